@@ -1,0 +1,300 @@
+/*
+ * llama3c.h -- the only public header of llama3c, a LLaMA-family inference engine in C11.
+ *
+ * Conventions
+ *  - Every fallible function returns an l3c_status (L3C_OK == 0, errors < 0). On error a
+ *    thread-local message naming the file / field / value is available from l3c_last_error(),
+ *    and every output pointer is set to NULL; nothing leaks.
+ *  - Objects are opaque handles. Whoever gets a handle from *_load / *_create owns it and
+ *    releases it with the matching *_free. Every *_free accepts NULL.
+ *  - Pointers returned by getters (const char *, const float *) are borrowed: they stay valid
+ *    until the owning object is freed or (for logits) until the next l3c_decode on that context.
+ *  - Token ids are int32_t. Sizes are size_t / int64_t.
+ *  - Nothing in this header assumes a CPU: weights, KV cache and activations live wherever the
+ *    backend puts them; results come back through the getters.
+ *  - Thread safety: an l3c_model is immutable after load and may be shared by many contexts and
+ *    threads; an l3c_context, l3c_sampler or l3c_tokenizer stream must be used by one thread at
+ *    a time.
+ */
+#ifndef LLAMA3C_H
+#define LLAMA3C_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define L3C_API __attribute__((visibility("default")))
+#else
+#define L3C_API
+#endif
+
+/* ---------------------------------------------------------------- status and errors */
+
+typedef enum l3c_status {
+    L3C_OK = 0,
+    L3C_ERR_NOMEM = -1,       /* an allocation failed */
+    L3C_ERR_IO = -2,          /* open / read / mmap failed */
+    L3C_ERR_FORMAT = -3,      /* the file or input is malformed */
+    L3C_ERR_UNSUPPORTED = -4, /* well-formed but not supported (tensor type, architecture) */
+    L3C_ERR_INVALID_ARG = -5, /* the caller passed something out of range */
+    L3C_ERR_CONTEXT_FULL = -6 /* the sequence would exceed the context length */
+} l3c_status;
+
+/* Message of the last failure on this thread ("" if none). Borrowed, thread-local. */
+L3C_API const char *l3c_last_error(void);
+/* Short constant name of a status ("L3C_ERR_FORMAT"). */
+L3C_API const char *l3c_status_name(l3c_status st);
+/* Library version string, e.g. "0.1.0". */
+L3C_API const char *l3c_version(void);
+/* Frees memory the library returned to the caller with "caller frees" in its description. */
+L3C_API void l3c_free(void *p);
+
+/* ---------------------------------------------------------------- opaque handles */
+
+typedef struct l3c_model l3c_model;         /* weights + hyperparameters + tokenizer, immutable */
+typedef struct l3c_context l3c_context;     /* KV cache for n_seq sequences + activations */
+typedef struct l3c_tokenizer l3c_tokenizer; /* vocabulary + merges + special tokens */
+typedef struct l3c_sampler l3c_sampler;     /* sampling chain with its own RNG and history */
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct l3c_model_params {
+    int n_threads;  /* threads for load-time work and default for contexts; <=0: physical cores */
+    int use_mmap;   /* 1 (default): weights are mapped from the file, never copied */
+    int verbose;    /* 1: progress and notes on stderr while loading */
+} l3c_model_params;
+
+L3C_API l3c_model_params l3c_model_default_params(void);
+
+/* Loads a GGUF file (llama architecture). Caller owns *out (l3c_model_free). */
+L3C_API l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_model **out);
+L3C_API void l3c_model_free(l3c_model *model);
+
+typedef struct l3c_model_info {
+    const char *name;        /* general.name or the file name; borrowed */
+    const char *arch;        /* "llama" */
+    int32_t n_vocab;
+    int32_t n_ctx_train;     /* context_length */
+    int32_t n_embd;          /* embedding_length (dim) */
+    int32_t n_layer;         /* block_count */
+    int32_t n_head;          /* attention.head_count */
+    int32_t n_head_kv;       /* attention.head_count_kv */
+    int32_t head_dim;        /* n_embd / n_head */
+    int32_t n_ff;            /* feed_forward_length */
+    int32_t n_rot;           /* rope.dimension_count */
+    float rope_theta;        /* rope.freq_base */
+    float norm_eps;          /* attention.layer_norm_rms_epsilon */
+    int tied_output;         /* 1 when output.weight is absent and token_embd is reused */
+    int has_rope_freqs;      /* 1 when rope_freqs.weight (Llama 3.1 'llama3' scaling) is present */
+    int64_t n_params;        /* total number of weight elements in the file's tensors */
+    size_t weight_bytes;     /* bytes of tensor data */
+    const char *file_type;   /* most common weight type, e.g. "Q4_1" */
+} l3c_model_info;
+
+L3C_API void l3c_model_get_info(const l3c_model *model, l3c_model_info *info);
+
+/* Per-tensor description, for `info` and `explain`. */
+typedef struct l3c_tensor_desc {
+    const char *name;      /* borrowed */
+    const char *type_name; /* "F32", "Q4_K", ... */
+    int n_dims;
+    int64_t ne[4];         /* ne[0] is the contiguous (row) dimension, as in GGUF */
+    int64_t n_elements;
+    size_t nbytes;
+} l3c_tensor_desc;
+
+L3C_API int64_t l3c_model_n_tensors(const l3c_model *model);
+L3C_API l3c_status l3c_model_tensor_desc(const l3c_model *model, int64_t i, l3c_tensor_desc *out);
+
+/* String metadata by key (e.g. "tokenizer.chat_template"); NULL when absent. Not NUL-safe for
+ * embedded NULs; borrowed, valid while the model lives. */
+L3C_API const char *l3c_model_meta_str(const l3c_model *model, const char *key);
+
+/* The model's tokenizer (borrowed, lives as long as the model). */
+L3C_API const l3c_tokenizer *l3c_model_tokenizer(const l3c_model *model);
+
+/* KV-cache bytes per token position (all layers, K and V) for the given cache type. */
+L3C_API size_t l3c_model_kv_bytes_per_pos(const l3c_model *model, int kv_type);
+
+/* ---------------------------------------------------------------- context (KV cache + batch decode) */
+
+enum { L3C_KV_F16 = 0, L3C_KV_F32 = 1, L3C_KV_Q8_0 = 2 };
+
+typedef struct l3c_context_params {
+    int32_t n_ctx;          /* positions per sequence; 0: the model's context, capped by kv_budget */
+    int32_t n_seq;          /* independent sequences (server slots), default 1 */
+    int32_t n_batch;        /* most tokens one l3c_decode call may carry, default 512 */
+    int n_threads;          /* <=0: the model's default */
+    int kv_type;            /* L3C_KV_F16 (default), L3C_KV_F32, L3C_KV_Q8_0 */
+    size_t kv_budget_bytes; /* cap for the whole KV cache when n_ctx == 0; default 1 GiB */
+} l3c_context_params;
+
+L3C_API l3c_context_params l3c_context_default_params(void);
+
+/* Caller owns *out. The model must outlive the context. */
+L3C_API l3c_status l3c_context_create(const l3c_model *model, const l3c_context_params *params,
+                                      l3c_context **out);
+L3C_API void l3c_context_free(l3c_context *ctx);
+L3C_API int32_t l3c_context_n_ctx(const l3c_context *ctx);
+L3C_API int32_t l3c_context_n_seq(const l3c_context *ctx);
+
+/*
+ * A batch: n_tokens tokens, each with its position and sequence. Tokens of one sequence must
+ * appear in increasing position order, and each sequence's positions must continue that
+ * sequence's cache (pos == current length of the sequence). logits[i] != 0 asks for the
+ * logits of token i (NULL: only the last token of the batch).
+ */
+typedef struct l3c_batch {
+    int32_t n_tokens;
+    const int32_t *tokens;  /* [n_tokens] */
+    const int32_t *pos;     /* [n_tokens] */
+    const int32_t *seq_id;  /* [n_tokens], 0 <= seq_id < n_seq; NULL: all 0 */
+    const int8_t *logits;   /* [n_tokens] or NULL */
+} l3c_batch;
+
+/* Runs the forward pass for the batch and appends its keys/values to the caches. */
+L3C_API l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *batch);
+
+/* Logits (n_vocab floats) of the i-th token of the last batch; NULL if not requested. */
+L3C_API const float *l3c_get_logits(const l3c_context *ctx, int32_t i);
+
+/* Number of positions currently held for a sequence. */
+L3C_API int32_t l3c_kv_seq_len(const l3c_context *ctx, int32_t seq_id);
+/* Drops positions >= n_keep of a sequence (0: clears it). Used for prefix reuse. */
+L3C_API l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep);
+
+/*
+ * Tracing, for `explain` and debugging: after every named op of the forward pass the callback
+ * receives the op name ("attn_norm", "q", "k", "v", "attn_scores", "attn_out", "ffn_norm",
+ * "ffn_gate", "ffn_up", "ffn_down", "l_out", "embd", "result_norm", "logits", ...), the layer
+ * (-1 outside blocks), and a row-major [rows x cols] float view (rows = tokens of the batch, or
+ * heads x tokens for per-head data; see docs/ARCHITECTURE.md). data is borrowed for the call only.
+ * NULL disables tracing. Tracing slows the forward pass; it never changes its results.
+ */
+typedef void (*l3c_trace_fn)(void *user, const char *op, int layer, const float *data,
+                             int64_t rows, int64_t cols);
+L3C_API void l3c_context_set_trace(l3c_context *ctx, l3c_trace_fn fn, void *user);
+
+/* ---------------------------------------------------------------- tokenizer */
+
+/* Loads a standalone tokenizer: Meta's tiktoken `tokenizer.model`, a Hugging Face
+ * `tokenizer.json`, or a GGUF file (vocabulary only). Caller owns *out. */
+L3C_API l3c_status l3c_tokenizer_load(const char *path, l3c_tokenizer **out);
+L3C_API void l3c_tokenizer_free(l3c_tokenizer *tok);
+
+enum {
+    L3C_TOKENIZE_ADD_BOS = 1,       /* prepend BOS (never twice: skipped if text starts with it) */
+    L3C_TOKENIZE_PARSE_SPECIAL = 2  /* special-token text ("<|eot_id|>") becomes the special id;
+                                       default: treated as plain text */
+};
+
+/*
+ * Tokenizes len bytes of text (any bytes; invalid UTF-8 is tokenized byte-wise). Returns the
+ * number of tokens written; if it exceeds cap, returns -(needed) and writes nothing useful.
+ */
+L3C_API int64_t l3c_tokenize(const l3c_tokenizer *tok, const char *text, size_t len, int32_t *out,
+                             int64_t cap, int flags);
+
+/* Raw bytes of one token (specials give their text). Returns bytes written, or -(needed). */
+L3C_API int32_t l3c_token_to_bytes(const l3c_tokenizer *tok, int32_t id, char *buf, int32_t cap);
+/* The vocabulary entry as stored (e.g. "Ġthe", "▁the", "<0x0A>"); borrowed; NULL if out of range. */
+L3C_API const char *l3c_token_text(const l3c_tokenizer *tok, int32_t id);
+
+/* Decodes ids to bytes (SentencePiece: the leading space after BOS is dropped as the reference does).
+ * Returns bytes written, or -(needed). */
+L3C_API int64_t l3c_detokenize(const l3c_tokenizer *tok, const int32_t *ids, int64_t n, char *buf,
+                               int64_t cap, int skip_special);
+
+L3C_API int32_t l3c_vocab_size(const l3c_tokenizer *tok);
+L3C_API int32_t l3c_token_bos(const l3c_tokenizer *tok); /* -1 if none */
+L3C_API int32_t l3c_token_eos(const l3c_tokenizer *tok);
+L3C_API int32_t l3c_token_eot(const l3c_tokenizer *tok); /* <|eot_id|> / <|im_end|>, -1 if none */
+/* 1 when the token ends a turn or the text (eos, eot, eom, ...). */
+L3C_API int l3c_token_is_eog(const l3c_tokenizer *tok, int32_t id);
+/* 1 for control / special tokens. */
+L3C_API int l3c_token_is_special(const l3c_tokenizer *tok, int32_t id);
+/* Id of an exact vocabulary entry (special tokens included), -1 if absent. */
+L3C_API int32_t l3c_token_lookup(const l3c_tokenizer *tok, const char *text, size_t len);
+
+/*
+ * Incremental UTF-8 safe detokenization for streaming: l3c_utf8_complete(buf, n) returns the
+ * length of the longest prefix of buf that does not end inside a UTF-8 sequence that could still
+ * be completed (invalid bytes count as complete, so output never stalls on garbage).
+ */
+L3C_API size_t l3c_utf8_complete(const char *buf, size_t n);
+
+/* ---------------------------------------------------------------- sampling */
+
+typedef struct l3c_sampler_params {
+    float temperature;     /* <= 0: greedy (argmax) */
+    int32_t top_k;         /* <= 0: off */
+    float top_p;           /* >= 1: off */
+    float min_p;           /* <= 0: off */
+    float repeat_penalty;  /* 1: off; applied to the last repeat_last_n accepted tokens */
+    int32_t repeat_last_n; /* default 64 */
+    uint64_t seed;         /* same seed, same logits -> same tokens */
+} l3c_sampler_params;
+
+L3C_API l3c_sampler_params l3c_sampler_default_params(void);
+L3C_API l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab,
+                                      l3c_sampler **out);
+L3C_API void l3c_sampler_free(l3c_sampler *s);
+/* Adds a bias to a token's logit before sampling (OpenAI logit_bias); -INFINITY bans it. */
+L3C_API l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias);
+/* Picks the next token from n_vocab logits (not modified). Does not accept it. */
+L3C_API int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits);
+/* Records a token in the history used by the repetition penalty. */
+L3C_API void l3c_sampler_accept(l3c_sampler *s, int32_t id);
+L3C_API void l3c_sampler_reset(l3c_sampler *s);
+
+/* ---------------------------------------------------------------- chat */
+
+typedef struct l3c_chat_message {
+    const char *role;    /* "system", "user", "assistant", "ipython", "tool" */
+    const char *content;
+} l3c_chat_message;
+
+typedef enum l3c_chat_template {
+    L3C_CHAT_AUTO = 0,   /* from tokenizer.chat_template, else by vocabulary */
+    L3C_CHAT_LLAMA3,     /* <|start_header_id|>role<|end_header_id|>\n\n content <|eot_id|> */
+    L3C_CHAT_CHATML,     /* <|im_start|>role\n content <|im_end|>\n */
+    L3C_CHAT_LLAMA2,     /* [INST] <<SYS>> ... [/INST] */
+    L3C_CHAT_ZEPHYR      /* <|user|>\n content </s>\n (TinyLlama chat) */
+} l3c_chat_template;
+
+/* Which template a model uses (resolves L3C_CHAT_AUTO). */
+L3C_API l3c_chat_template l3c_chat_template_detect(const l3c_model *model);
+L3C_API const char *l3c_chat_template_name(l3c_chat_template t);
+
+/*
+ * Formats messages into prompt text (to be tokenized with L3C_TOKENIZE_PARSE_SPECIAL on the
+ * template's own markers only: see l3c_chat_tokenize). add_assistant appends the header that
+ * starts the assistant's turn. *out is NUL-terminated; caller frees it with l3c_free.
+ */
+L3C_API l3c_status l3c_chat_format(l3c_chat_template t, const l3c_chat_message *msgs, size_t n,
+                                   int add_assistant, char **out);
+
+/*
+ * Formats and tokenizes a conversation so that the template's markers become special tokens
+ * while special-token text inside message contents stays plain text (a user cannot forge a turn).
+ * BOS is added when the template wants it. *out_ids is caller-freed (l3c_free).
+ */
+L3C_API l3c_status l3c_chat_tokenize(const l3c_model *model, l3c_chat_template t,
+                                     const l3c_chat_message *msgs, size_t n, int add_assistant,
+                                     int32_t **out_ids, int64_t *out_n);
+
+/* ---------------------------------------------------------------- system */
+
+/* The compute path chosen at start-up ("avx512", "avx2", "ref", ...); L3C_KERNELS=<path> forces one. */
+L3C_API const char *l3c_backend_path(void);
+/* Physical cores (default thread count). */
+L3C_API int l3c_default_threads(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LLAMA3C_H */

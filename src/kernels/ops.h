@@ -1,0 +1,41 @@
+/*
+ * ops.h -- the numeric ops the forward pass is made of, over a batch of T tokens.
+ * Rows are tokens; all activations are row-major float32 [T x n]. Each op has one
+ * implementation that uses the dispatched type table and the thread pool; ops are shared by
+ * the forward pass, `explain` tracing and (later) a backward pass.
+ */
+#ifndef L3C_OPS_H
+#define L3C_OPS_H
+
+#include "kernels/threadpool.h"
+#include "kernels/types.h"
+
+/* A weight matrix as stored in GGUF: ne0 = n_in (row length), ne1 = n_out rows of `type`. */
+typedef struct l3c_weight {
+    const char *name;
+    int type;
+    int64_t n_in, n_out;
+    size_t row_bytes;
+    const void *data;
+} l3c_weight;
+
+/*
+ * y[T x n_out] = x[T x n_in] @ W^T. scratch must hold l3c_matmul_scratch_bytes(W, T) bytes
+ * (the activations converted to W's vec_dot_type once per call).
+ */
+size_t l3c_matmul_scratch_bytes(const l3c_weight *w, int64_t T);
+void l3c_matmul(l3c_threadpool *tp, const l3c_weight *w, const float *x, float *y, int64_t T,
+                void *scratch);
+
+/* y[T x n] = x * rsqrt(mean(x^2) + eps) * g[n] */
+void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps);
+/* a[i] = silu(a[i]) * b[i] for n elements */
+void l3c_swiglu(float *a, const float *b, int64_t n);
+/* x[i] += y[i] */
+void l3c_add(float *x, const float *y, int64_t n);
+/* softmax of n values in place (max-subtracted) */
+void l3c_softmax(float *x, int64_t n);
+/* Embedding row lookup: dst[n_embd] = dequantized row `id` of the token_embd matrix */
+void l3c_get_row(const l3c_weight *w, int64_t id, float *dst);
+
+#endif /* L3C_OPS_H */

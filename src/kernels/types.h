@@ -1,0 +1,77 @@
+/*
+ * types.h -- the per-type table (ggml-compatible block formats) and the kernel dispatch.
+ *
+ * Every tensor type has one row of l3c_type_traits: block size, bytes per block, dequantize
+ * (to_float), quantize (from_float, for activation types and tests) and the dot product of one
+ * weight row with one activation row already converted to vec_dot_type. The scalar reference
+ * table (l3c_type_traits_ref, kernels/ref.c) is the oracle; ISA files (x86_avx2.c, x86_avx512.c,
+ * arm_neon.c) override entries and dispatch.c picks one table once at start-up
+ * (L3C_KERNELS=ref|avx2|avx512|... forces a path). Block layouts are byte-compatible with ggml
+ * so GGUF data is used in place.
+ */
+#ifndef L3C_TYPES_H
+#define L3C_TYPES_H
+
+#include "util/util.h"
+
+typedef enum l3c_type {
+    L3C_TYPE_F32 = 0,
+    L3C_TYPE_F16 = 1,
+    L3C_TYPE_Q4_0 = 2,
+    L3C_TYPE_Q4_1 = 3,
+    L3C_TYPE_Q5_0 = 6,
+    L3C_TYPE_Q5_1 = 7,
+    L3C_TYPE_Q8_0 = 8,
+    L3C_TYPE_Q8_1 = 9,
+    L3C_TYPE_Q2_K = 10,
+    L3C_TYPE_Q3_K = 11,
+    L3C_TYPE_Q4_K = 12,
+    L3C_TYPE_Q5_K = 13,
+    L3C_TYPE_Q6_K = 14,
+    L3C_TYPE_Q8_K = 15,
+    L3C_TYPE_BF16 = 30,
+    L3C_TYPE_COUNT = 40
+} l3c_type;
+
+#define L3C_QK4_0 32
+#define L3C_QK8_0 32
+#define L3C_QK_K 256
+
+/* n elements of src (a multiple of block_size) to float */
+typedef void (*l3c_to_float_fn)(const void *src, float *dst, int64_t n);
+/* n floats to blocks (n a multiple of block_size) */
+typedef void (*l3c_from_float_fn)(const float *src, void *dst, int64_t n);
+/* dot of n elements: w is a row of this type, x a row of vec_dot_type; result to *out */
+typedef void (*l3c_vec_dot_fn)(int64_t n, float *out, const void *w, const void *x);
+
+typedef struct l3c_type_traits {
+    const char *name;          /* "Q4_K"; NULL for ids that are not a type */
+    int64_t block_size;        /* elements per block */
+    size_t type_size;          /* bytes per block */
+    bool is_quantized;
+    l3c_to_float_fn to_float;
+    l3c_from_float_fn from_float;
+    l3c_vec_dot_fn vec_dot;    /* NULL: cannot be used as a weight type */
+    l3c_type vec_dot_type;     /* activation format vec_dot expects */
+} l3c_type_traits;
+
+/* Reference (scalar) table; entries are zero for unsupported ids. Never modified. */
+const l3c_type_traits *l3c_type_traits_ref(int type);
+/* Dispatched table for this CPU (falls back to the reference per entry). */
+const l3c_type_traits *l3c_type_traits_get(int type);
+/* 1 when the type can be a weight (has to_float and vec_dot). */
+bool l3c_type_supported(int type);
+const char *l3c_type_name(int type); /* "type 17" style text for unknown ids (static buffer per id) */
+/* Bytes for n elements; false when n is not a multiple of the block size or on overflow. */
+bool l3c_row_size(int type, int64_t n, size_t *out);
+
+/* fp16 / bf16 conversion (scalar, exact round-to-nearest-even) */
+float l3c_fp16_to_fp32(uint16_t h);
+uint16_t l3c_fp32_to_fp16(float f);
+float l3c_bf16_to_fp32(uint16_t h);
+uint16_t l3c_fp32_to_bf16(float f);
+
+/* Name of the dispatched path ("ref", "avx2", "avx512", ...). */
+const char *l3c_kernels_path(void);
+
+#endif /* L3C_TYPES_H */
