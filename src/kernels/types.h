@@ -43,6 +43,14 @@ typedef void (*l3c_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*l3c_from_float_fn)(const float *src, void *dst, int64_t n);
 /* dot of n elements: w is a row of this type, x a row of vec_dot_type; result to *out */
 typedef void (*l3c_vec_dot_fn)(int64_t n, float *out, const void *w, const void *x);
+/*
+ * Optional batched kernel (prompt path): for weight rows [0, n_rows) of w (row stride w_stride
+ * bytes) and T activation rows of x (vec_dot_type, row stride x_stride bytes), each of n
+ * elements: y[t * ldy + r] = dot(w row r, x row t). Same results as vec_dot up to float
+ * summation order. NULL: ops.c loops over vec_dot.
+ */
+typedef void (*l3c_gemm_fn)(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                            const void *w, size_t w_stride, const void *x, size_t x_stride);
 
 typedef struct l3c_type_traits {
     const char *name;          /* "Q4_K"; NULL for ids that are not a type */
@@ -53,6 +61,7 @@ typedef struct l3c_type_traits {
     l3c_from_float_fn from_float;
     l3c_vec_dot_fn vec_dot;    /* NULL: cannot be used as a weight type */
     l3c_type vec_dot_type;     /* activation format vec_dot expects */
+    l3c_gemm_fn gemm;          /* optional batched kernel, NULL in the reference table */
 } l3c_type_traits;
 
 /* Reference (scalar) table; entries are zero for unsupported ids. Never modified. */
@@ -70,6 +79,16 @@ float l3c_fp16_to_fp32(uint16_t h);
 uint16_t l3c_fp32_to_fp16(float f);
 float l3c_bf16_to_fp32(uint16_t h);
 uint16_t l3c_fp32_to_bf16(float f);
+
+/*
+ * Per-ISA overrides: each ISA file (x86_avx2.c, x86_avx512.c, arm_neon.c, ...) defines one
+ * function that replaces the entries it accelerates in a copy of the reference table.
+ * dispatch.c declares them weak, checks cpuid (and L3C_KERNELS) once, and calls the best ones
+ * in order (avx2 then avx512 on top).
+ */
+void l3c_kernels_override_avx2(l3c_type_traits *table /* [L3C_TYPE_COUNT] */);
+void l3c_kernels_override_avx512(l3c_type_traits *table);
+void l3c_kernels_override_neon(l3c_type_traits *table);
 
 /* Name of the dispatched path ("ref", "avx2", "avx512", ...). */
 const char *l3c_kernels_path(void);
