@@ -35,7 +35,7 @@ $(BUILD)/src/kernels/x86_amx.o:    ISA_FLAGS = -mavx2 -mfma -mf16c -mavx512f -ma
                                                -mamx-int8 -mamx-bf16 -fno-tree-dse -fno-dse
 endif
 
-.PHONY: all lib cli tests test test-unit test-py asan fuzz clean demo compile_commands
+.PHONY: all lib cli tests test test-unit test-py asan asan-ci fuzz clean demo compile_commands
 
 all: lib cli tests
 
@@ -73,6 +73,14 @@ asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 \
 	  SANFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  test
+
+# CI's sanitizer pass: every C unit test and the Python tests not marked slow, on the ASan build.
+ASAN_MAKE = $(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+  SANFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+asan-ci:
+	$(ASAN_MAKE) all
+	$(ASAN_MAKE) test-unit
+	$(ASAN_MAKE) test-py PYTEST_ARGS='-m "not slow"'
 
 demo: $(BUILD)/llama3c
 	./$(BUILD)/llama3c chat -m "$$(sh scripts/default-model.sh)" -n 128 \
