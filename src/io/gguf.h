@@ -11,6 +11,9 @@
  *   n_tensors x { gguf_string name | u32 n_dims (1..4) | n_dims x u64 ne | u32 ggml_type | u64 offset }
  *   padding to general.alignment (default 32) | tensor data (offsets relative to here, aligned)
  * (The implementation documents its checks in gguf.c.)
+ *
+ * Ownership: l3c_gguf_open* returns a reader the caller frees with l3c_gguf_close (NULL ok);
+ * every pointer handed out (kv, tensors, l3c_str, tensor data) is borrowed from it.
  */
 #ifndef L3C_GGUF_H
 #define L3C_GGUF_H
@@ -59,7 +62,9 @@ typedef struct l3c_gguf {
     l3c_gguf_kv *kv;          /* [n_kv] */
     l3c_gguf_tensor *tensors; /* [n_tensors] */
     size_t alignment;
-    size_t data_offset;
+    size_t data_offset;       /* absolute offset of the tensor data section (aligned) */
+    size_t *kv_sorted;        /* [n_kv] kv indices ordered by key bytes (binary search) */
+    size_t *tensor_sorted;    /* [n_tensors] tensor indices ordered by name */
 } l3c_gguf;
 
 /* Maps and parses a file. Errors name the file and the failing field. Caller frees with close. */
