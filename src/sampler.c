@@ -1,0 +1,301 @@
+/*
+ * sampler.c -- the sampling chain behind l3c_sampler_* (public API in llama3c.h).
+ *
+ * Owns: per-sampler buffers sized once at create time (n_vocab candidates, logit biases, a
+ * "seen" mark per token, the repetition history ring), and the PRNG state. l3c_sampler_sample
+ * never allocates, so the decode loop stays allocation-free.
+ *
+ * Chain (temperature > 0), in this order:
+ *   logit bias -> repetition penalty (llama.cpp: each distinct token among the last
+ *   repeat_last_n accepted ones gets logit>0 ? logit/penalty : logit*penalty) -> top-k (partial
+ *   selection with a k-heap, O(n log k)) -> softmax(logit / temperature) -> top-p (smallest prefix
+ *   of the sorted distribution whose mass is >= p) -> min-p (keep p >= min_p * p_max) -> draw.
+ * Greedy (temperature <= 0) applies bias and penalty, then takes the argmax.
+ *
+ * Invariants: candidates are totally ordered by (logit desc, id asc), so ties always resolve to
+ * the lowest id and results never depend on qsort's stability. Tokens whose adjusted logit is
+ * -inf or NaN are never candidates. The PRNG is xoshiro256** seeded through splitmix64 from
+ * params.seed: the same seed and logits give the same tokens on every platform that rounds
+ * expf() the same way.
+ */
+#include "util/util.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct cand {
+    float logit; /* adjusted logit, then probability after softmax */
+    int32_t id;
+} cand;
+
+struct l3c_sampler {
+    l3c_sampler_params p;
+    int32_t n_vocab;
+    float *bias;         /* [n_vocab] additive biases; NULL until the first set_logit_bias */
+    uint8_t *seen;       /* [n_vocab] scratch marks for de-duplicating the history; all 0 between calls */
+    cand *cands;         /* [n_vocab] working candidates */
+    int32_t *hist;       /* [repeat_last_n] ring of the last accepted tokens */
+    int32_t hist_len;    /* valid entries, <= repeat_last_n */
+    int32_t hist_head;   /* next write slot */
+    uint64_t rng[4];
+};
+
+/* ---------------------------------------------------------------- PRNG */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t xoshiro_next(uint64_t s[4]) {
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* Uniform double in [0, 1) with 53 random bits. */
+static double rng_uniform(uint64_t s[4]) { return (double)(xoshiro_next(s) >> 11) * 0x1.0p-53; }
+
+static void rng_seed(uint64_t s[4], uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+l3c_sampler_params l3c_sampler_default_params(void) {
+    l3c_sampler_params p = {
+        .temperature = 0.8f,
+        .top_k = 40,
+        .top_p = 0.95f,
+        .min_p = 0.05f,
+        .repeat_penalty = 1.0f,
+        .repeat_last_n = 64,
+        .seed = 0x5EED,
+    };
+    return p;
+}
+
+l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab, l3c_sampler **out) {
+    l3c_sampler *s = NULL;
+    l3c_status st;
+    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: out is NULL");
+    *out = NULL;
+    if (n_vocab <= 0) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: n_vocab %d <= 0", (int)n_vocab);
+    l3c_sampler_params p = params ? *params : l3c_sampler_default_params();
+    if (isnan(p.temperature) || isnan(p.top_p) || isnan(p.min_p) || isnan(p.repeat_penalty))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NaN parameter");
+    if (!(p.repeat_penalty > 0.0f))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: repeat_penalty %g must be > 0",
+                        (double)p.repeat_penalty);
+    if (p.repeat_last_n < 0) p.repeat_last_n = 0;
+
+    s = l3c_calloc(1, sizeof *s);
+    if (!s) return l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory");
+    s->p = p;
+    s->n_vocab = n_vocab;
+    s->seen = l3c_calloc((size_t)n_vocab, 1);
+    s->cands = l3c_malloc((size_t)n_vocab * sizeof *s->cands);
+    if (p.repeat_last_n > 0) s->hist = l3c_malloc((size_t)p.repeat_last_n * sizeof *s->hist);
+    if (!s->seen || !s->cands || (p.repeat_last_n > 0 && !s->hist)) {
+        st = l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for %d-token vocabulary", (int)n_vocab);
+        goto fail;
+    }
+    rng_seed(s->rng, p.seed);
+    *out = s;
+    return L3C_OK;
+fail:
+    l3c_sampler_free(s);
+    return st;
+}
+
+void l3c_sampler_free(l3c_sampler *s) {
+    if (!s) return;
+    free(s->bias);
+    free(s->seen);
+    free(s->cands);
+    free(s->hist);
+    free(s);
+}
+
+l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias) {
+    if (!s) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NULL sampler");
+    if (id < 0 || id >= s->n_vocab)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: logit bias for token %d outside vocabulary [0, %d)",
+                        (int)id, (int)s->n_vocab);
+    if (isnan(bias)) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NaN logit bias for token %d", (int)id);
+    if (!s->bias) {
+        s->bias = l3c_calloc((size_t)s->n_vocab, sizeof *s->bias);
+        if (!s->bias) return l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for logit biases");
+    }
+    s->bias[id] = bias;
+    return L3C_OK;
+}
+
+void l3c_sampler_accept(l3c_sampler *s, int32_t id) {
+    if (!s || s->p.repeat_last_n <= 0 || id < 0 || id >= s->n_vocab) return;
+    s->hist[s->hist_head] = id;
+    s->hist_head = (s->hist_head + 1) % s->p.repeat_last_n;
+    if (s->hist_len < s->p.repeat_last_n) s->hist_len++;
+}
+
+/* Clears the history and restarts the PRNG from the seed; logit biases are kept. */
+void l3c_sampler_reset(l3c_sampler *s) {
+    if (!s) return;
+    s->hist_len = s->hist_head = 0;
+    rng_seed(s->rng, s->p.seed);
+}
+
+/* ---------------------------------------------------------------- chain steps */
+
+/* a ranks before b: higher logit, then lower id. */
+static inline int cand_before(const cand *a, const cand *b) {
+    return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
+}
+
+static int cand_cmp(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
+    return cand_before(a, b) ? -1 : cand_before(b, a) ? 1 : 0;
+}
+
+/* Writes the adjusted logits (bias, penalty) of all usable tokens to s->cands; returns the count. */
+static int32_t build_candidates(l3c_sampler *s, const float *logits) {
+    int32_t n = s->n_vocab; /* filled in id order, so cands[id] is token id until compaction */
+    for (int32_t i = 0; i < n; i++) {
+        s->cands[i].id = i;
+        s->cands[i].logit = s->bias ? logits[i] + s->bias[i] : logits[i];
+    }
+    if (s->p.repeat_penalty != 1.0f) {
+        for (int32_t j = 0; j < s->hist_len; j++) {
+            int32_t id = s->hist[j];
+            if (s->seen[id]) continue; /* each distinct token is penalized once */
+            s->seen[id] = 1;
+            float *l = &s->cands[id].logit;
+            *l = *l > 0.0f ? *l / s->p.repeat_penalty : *l * s->p.repeat_penalty;
+        }
+        for (int32_t j = 0; j < s->hist_len; j++) s->seen[s->hist[j]] = 0;
+    }
+    /* drop banned (-inf) and NaN tokens, keeping id order */
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++) {
+        float l = s->cands[i].logit;
+        if (isnan(l) || l == -INFINITY) continue;
+        s->cands[m++] = s->cands[i];
+    }
+    return m;
+}
+
+/* Min-heap on rank (the root is the worst kept candidate). */
+static void heap_sift_down(cand *h, int32_t n, int32_t i) {
+    for (;;) {
+        int32_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && cand_before(&h[w], &h[l])) w = l;
+        if (r < n && cand_before(&h[w], &h[r])) w = r;
+        if (w == i) return;
+        cand t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
+/* Moves the k best of c[0..n) to c[0..k), sorted best first. O(n log k). */
+static void select_top_k(cand *c, int32_t n, int32_t k) {
+    for (int32_t i = k / 2 - 1; i >= 0; i--) heap_sift_down(c, k, i);
+    for (int32_t i = k; i < n; i++) {
+        if (cand_before(&c[i], &c[0])) {
+            c[0] = c[i];
+            heap_sift_down(c, k, 0);
+        }
+    }
+    qsort(c, (size_t)k, sizeof *c, cand_cmp);
+}
+
+int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
+    if (!s || !logits) return -1;
+    int32_t n = build_candidates(s, logits);
+    if (n == 0) {
+        /* everything is banned or NaN: fall back to the raw argmax so callers always get a token */
+        int32_t best = 0;
+        for (int32_t i = 1; i < s->n_vocab; i++)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    cand *c = s->cands;
+
+    if (s->p.temperature <= 0.0f) {
+        int32_t best = 0;
+        for (int32_t i = 1; i < n; i++)
+            if (cand_before(&c[i], &c[best])) best = i;
+        return c[best].id;
+    }
+
+    int sorted = 0;
+    if (s->p.top_k > 0 && s->p.top_k < n) {
+        select_top_k(c, n, s->p.top_k);
+        n = s->p.top_k;
+        sorted = 1;
+    }
+
+    /* softmax with temperature (max subtracted; probabilities overwrite the logits) */
+    float maxl = c[0].logit;
+    for (int32_t i = 1; i < n; i++)
+        if (c[i].logit > maxl) maxl = c[i].logit;
+    double sum = 0.0;
+    const float inv_t = 1.0f / s->p.temperature;
+    for (int32_t i = 0; i < n; i++) {
+        float e = expf((c[i].logit - maxl) * inv_t);
+        c[i].logit = e;
+        sum += e;
+    }
+    for (int32_t i = 0; i < n; i++) c[i].logit = (float)(c[i].logit / sum);
+
+    if (s->p.top_p < 1.0f && n > 1) {
+        if (!sorted) {
+            qsort(c, (size_t)n, sizeof *c, cand_cmp);
+            sorted = 1;
+        }
+        double cum = 0.0;
+        int32_t keep = n;
+        for (int32_t i = 0; i < n; i++) {
+            cum += c[i].logit;
+            if (cum >= s->p.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        n = keep;
+    }
+
+    if (s->p.min_p > 0.0f && n > 1) {
+        float pmax = c[0].logit;
+        if (!sorted)
+            for (int32_t i = 1; i < n; i++)
+                if (c[i].logit > pmax) pmax = c[i].logit;
+        const float thr = s->p.min_p * pmax;
+        int32_t m = 0;
+        for (int32_t i = 0; i < n; i++)
+            if (c[i].logit >= thr) c[m++] = c[i];
+        n = m; /* the max itself always survives, so n >= 1 */
+    }
+
+    /* draw from the renormalized remainder */
+    double total = 0.0;
+    for (int32_t i = 0; i < n; i++) total += c[i].logit;
+    double r = rng_uniform(s->rng) * total, cum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        cum += c[i].logit;
+        if (r < cum) return c[i].id;
+    }
+    return c[n - 1].id; /* rounding: r landed on the upper edge */
+}
