@@ -93,4 +93,14 @@ void l3c_kernels_override_neon(l3c_type_traits *table);
 /* Name of the dispatched path ("ref", "avx2", "avx512", ...). */
 const char *l3c_kernels_path(void);
 
+/*
+ * For tests and benchmarks: the paths this build and CPU can run, lowest first ("ref" is always
+ * first); writes up to max names and returns how many there are. l3c_kernels_build_table fills
+ * table[L3C_TYPE_COUNT] with the reference table plus the overrides of every path up to and
+ * including `name` (what dispatch would pick with L3C_KERNELS=name); false when the path is
+ * unknown or unavailable here.
+ */
+int l3c_kernels_available(const char **names, int max);
+bool l3c_kernels_build_table(const char *name, l3c_type_traits *table /* [L3C_TYPE_COUNT] */);
+
 #endif /* L3C_TYPES_H */

@@ -1,0 +1,214 @@
+/*
+ * dispatch.c -- picks the kernel table once per process, and answers the system questions of the
+ * public API (l3c_backend_path, l3c_default_threads).
+ *
+ * The dispatched table is a copy of the reference table with the ISA overrides applied in order
+ * (x86: avx2, then avx512 on top; arm: neon). An ISA is used only when its file is linked in
+ * (the override hooks are weak references: NULL when absent) AND the CPU and OS support every
+ * extension the file is compiled with (see the Makefile's ISA_FLAGS). L3C_KERNELS=<path> caps
+ * the path (e.g. avx2 on an avx512 machine, or ref); an unknown or unavailable value is
+ * reported on stderr once and ignored.
+ *
+ * Linking note: a weak reference does not pull an object out of a static archive, so the link
+ * lines must name the hooks with -Wl,-u,<hook> (the Makefile's LDLIBS does) for the ISA files to
+ * be linked from libllama3c.a.
+ *
+ * Invariants: the table is built exactly once (pthread_once) and never changes afterwards, so
+ * the pointers l3c_type_traits_get returns stay valid for the life of the process.
+ */
+#include "kernels/types.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <unistd.h>
+
+#pragma weak l3c_kernels_override_avx2
+#pragma weak l3c_kernels_override_avx512
+#pragma weak l3c_kernels_override_neon
+
+typedef struct isa_path {
+    const char *name;
+    void (*override)(l3c_type_traits *table); /* NULL: not linked in / not this architecture */
+    bool (*cpu_ok)(void);
+} isa_path;
+
+#if defined(__x86_64__) || defined(__i386__)
+static bool cpu_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("osxsave") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+/* every extension x86_avx512.c is compiled with (Makefile ISA_FLAGS) */
+static bool cpu_avx512(void) {
+    return cpu_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+}
+#endif
+
+#if defined(__aarch64__)
+static bool cpu_neon(void) { return true; } /* mandatory on AArch64 */
+#endif
+
+/* lowest first; each applies on top of the ones before it */
+static const isa_path g_paths[] = {
+    {"ref", NULL, NULL},
+#if defined(__x86_64__) || defined(__i386__)
+    {"avx2", l3c_kernels_override_avx2, cpu_avx2},
+    {"avx512", l3c_kernels_override_avx512, cpu_avx512},
+#elif defined(__aarch64__)
+    {"neon", l3c_kernels_override_neon, cpu_neon},
+#endif
+};
+
+static const isa_path *paths(int *count) {
+    *count = (int)(sizeof g_paths / sizeof g_paths[0]);
+    return g_paths;
+}
+
+static bool path_usable(const isa_path *p) {
+    return p->override == NULL ? strcmp(p->name, "ref") == 0 : p->cpu_ok();
+}
+
+/* index of the best usable path <= cap */
+static int best_path(int cap) {
+    int n, best = 0;
+    const isa_path *p = paths(&n);
+    for (int i = 1; i < n && i <= cap; i++)
+        if (path_usable(&p[i])) best = i;
+    return best;
+}
+
+static void fill_table(int upto, l3c_type_traits *table) {
+    int n;
+    const isa_path *p = paths(&n);
+    for (int t = 0; t < L3C_TYPE_COUNT; t++) table[t] = *l3c_type_traits_ref(t);
+    for (int i = 1; i <= upto && i < n; i++)
+        if (path_usable(&p[i])) p[i].override(table);
+}
+
+int l3c_kernels_available(const char **names, int max) {
+    int n, count = 0;
+    const isa_path *p = paths(&n);
+    for (int i = 0; i < n; i++) {
+        if (!path_usable(&p[i])) continue;
+        if (count < max) names[count] = p[i].name;
+        count++;
+    }
+    return count;
+}
+
+static int find_path(const char *name) {
+    int n;
+    const isa_path *p = paths(&n);
+    for (int i = 0; i < n; i++)
+        if (strcmp(p[i].name, name) == 0) return i;
+    return -1;
+}
+
+bool l3c_kernels_build_table(const char *name, l3c_type_traits *table) {
+    int i = name ? find_path(name) : -1;
+    if (i < 0) return false;
+    int n;
+    if (!path_usable(&paths(&n)[i])) return false;
+    fill_table(i, table);
+    return true;
+}
+
+static l3c_type_traits g_table[L3C_TYPE_COUNT];
+static const char *g_path_name = "ref";
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void dispatch_init(void) {
+    int n;
+    const isa_path *p = paths(&n);
+    int cap = n - 1;
+    const char *env = getenv("L3C_KERNELS");
+    if (env && *env) {
+        int i = find_path(env);
+        if (i < 0)
+            fprintf(stderr, "llama3c: L3C_KERNELS=%s is not a kernel path of this build; ignored\n",
+                    env);
+        else if (!path_usable(&p[i]))
+            fprintf(stderr, "llama3c: L3C_KERNELS=%s is not available on this CPU/build; ignored\n",
+                    env);
+        else
+            cap = i;
+    }
+    int best = best_path(cap);
+    fill_table(best, g_table);
+    g_path_name = p[best].name;
+}
+
+const l3c_type_traits *l3c_type_traits_get(int type) {
+    pthread_once(&g_once, dispatch_init);
+    if (type < 0 || type >= L3C_TYPE_COUNT) return l3c_type_traits_ref(type); /* zero entry */
+    return &g_table[type];
+}
+
+const char *l3c_kernels_path(void) {
+    pthread_once(&g_once, dispatch_init);
+    return g_path_name;
+}
+
+const char *l3c_backend_path(void) { return l3c_kernels_path(); }
+
+/* ---------------------------------------------------------------- default thread count */
+
+static int read_int_file(const char *path, long *out) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int ok = fscanf(f, "%ld", out) == 1;
+    fclose(f);
+    return ok;
+}
+
+/* Distinct (package, core) pairs among the CPUs this process may run on; 0 if unknown. */
+static int count_physical_cores(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    int n_cpu = CPU_COUNT(&set);
+    if (n_cpu <= 0) return 0;
+    long(*pairs)[2] = l3c_calloc((size_t)n_cpu, sizeof *pairs);
+    if (!pairs) return 0;
+    int n_pairs = 0, seen = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && seen < n_cpu; cpu++) {
+        if (!CPU_ISSET(cpu, &set)) continue;
+        seen++;
+        char path[128];
+        long core, pkg;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/core_id", cpu);
+        if (!read_int_file(path, &core)) goto unknown;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/physical_package_id",
+                 cpu);
+        if (!read_int_file(path, &pkg)) goto unknown;
+        bool dup = false;
+        for (int i = 0; i < n_pairs && !dup; i++) dup = pairs[i][0] == pkg && pairs[i][1] == core;
+        if (!dup) {
+            pairs[n_pairs][0] = pkg;
+            pairs[n_pairs][1] = core;
+            n_pairs++;
+        }
+    }
+    free(pairs);
+    return n_pairs;
+unknown:
+    free(pairs);
+    return 0;
+}
+
+static int g_default_threads;
+static pthread_once_t g_threads_once = PTHREAD_ONCE_INIT;
+
+static void threads_init(void) {
+    int n = count_physical_cores();
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    g_default_threads = n > 0 ? n : 1;
+}
+
+int l3c_default_threads(void) {
+    pthread_once(&g_threads_once, threads_init);
+    return g_default_threads;
+}
