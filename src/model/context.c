@@ -1,0 +1,183 @@
+/*
+ * context.c -- l3c_context: the KV cache for n_seq sequences and every activation buffer of the
+ * forward pass, all allocated here once (nothing is allocated per l3c_decode).
+ *
+ * KV cache layout (per sequence a contiguous slab, K and V alike):
+ *   k_cache[n_seq][n_layer][n_ctx][n_head_kv][hd]   elements of kv_type (F16 / F32 / Q8_0)
+ * Each head's hd elements are stored as whole blocks, so one head of one position is
+ * kv_head_bytes at offset kvh * kv_head_bytes inside its row. Positions >= seq_len[s] hold stale
+ * data and are never read. Truncation only lowers seq_len.
+ *
+ * n_ctx == 0 picks the model's context_length capped so that n_seq * n_ctx * kv_bytes_per_pos
+ * fits kv_budget_bytes (at least 16 positions, else an error).
+ */
+#include "model/model.h"
+
+#include <string.h>
+
+#define L3C_MIN_CTX 16
+#define L3C_MAX_SEQ 4096
+#define L3C_MAX_BATCH (1 << 20)
+
+l3c_context_params l3c_context_default_params(void) {
+    l3c_context_params p = {
+        .n_ctx = 0,
+        .n_seq = 1,
+        .n_batch = 512,
+        .n_threads = 0,
+        .kv_type = L3C_KV_F16,
+        .kv_budget_bytes = (size_t)1 << 30,
+    };
+    return p;
+}
+
+/* *p = l3c_malloc(a * b * elem) with overflow check; adds the size to *total. */
+static bool alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total) {
+    size_t n;
+    if (!l3c_mul_ok(a, b, &n) || !l3c_mul_ok(n, elem, &n)) return false;
+    void *p = l3c_malloc(n);
+    if (!p) return false;
+    *(void **)pp = p;
+    *total += n;
+    return true;
+}
+
+static size_t max_scratch(const l3c_model *m, int64_t T) {
+    const l3c_weights *w = &m->w;
+    size_t s = l3c_matmul_scratch_bytes(&w->output, T);
+    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
+        const l3c_layer *L = &w->layers[l];
+        const l3c_weight *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            s = L3C_MAX(s, l3c_matmul_scratch_bytes(all[i], T));
+    }
+    return s;
+}
+
+l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *params,
+                              l3c_context **out) {
+    l3c_status st;
+    if (out) *out = NULL;
+    if (!m || !out) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_context_create: NULL argument");
+    l3c_context_params p = params ? *params : l3c_context_default_params();
+    const l3c_config *c = &m->cfg;
+
+    if (p.n_seq < 1 || p.n_seq > L3C_MAX_SEQ)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "context: n_seq %d out of range [1, %d]", p.n_seq,
+                        L3C_MAX_SEQ);
+    if (p.n_batch < 1 || p.n_batch > L3C_MAX_BATCH)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "context: n_batch %d out of range [1, %d]", p.n_batch,
+                        L3C_MAX_BATCH);
+    if (p.n_ctx < 0) return l3c_fail(L3C_ERR_INVALID_ARG, "context: n_ctx %d < 0", p.n_ctx);
+    if (p.kv_type != L3C_KV_F16 && p.kv_type != L3C_KV_F32 && p.kv_type != L3C_KV_Q8_0)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "context: unknown kv_type %d", p.kv_type);
+    size_t row_bytes = l3c_kv_row_bytes(c, p.kv_type);
+    if (!row_bytes)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "context: kv_type %d needs head_dim (%d) to be a "
+                                             "multiple of its block size", p.kv_type, c->head_dim);
+    size_t per_pos = l3c_model_kv_bytes_per_pos(m, p.kv_type);
+
+    int32_t n_ctx = p.n_ctx;
+    if (n_ctx == 0) {
+        size_t budget = p.kv_budget_bytes ? p.kv_budget_bytes : ((size_t)1 << 30);
+        size_t fit = budget / per_pos / (size_t)p.n_seq;
+        n_ctx = (int32_t)L3C_MIN((size_t)c->n_ctx_train, fit);
+        if (n_ctx < L3C_MIN_CTX)
+            return l3c_fail(L3C_ERR_INVALID_ARG, "context: kv_budget_bytes %zu fits only %d positions "
+                                                 "for %d sequences (%zu bytes per position); need %d",
+                            budget, n_ctx, p.n_seq, per_pos, L3C_MIN_CTX);
+    }
+    int32_t n_batch = p.n_batch;
+    if ((int64_t)n_batch > (int64_t)n_ctx * p.n_seq) n_batch = (int32_t)((int64_t)n_ctx * p.n_seq);
+
+    l3c_context *ctx = l3c_calloc(1, sizeof *ctx);
+    if (!ctx) return l3c_fail(L3C_ERR_NOMEM, "context: out of memory");
+    ctx->model = m;
+    ctx->n_ctx = n_ctx;
+    ctx->n_seq = p.n_seq;
+    ctx->n_batch = n_batch;
+    ctx->kv_type = p.kv_type;
+    ctx->kv_row_bytes = row_bytes;
+    ctx->kv_head_bytes = row_bytes / (size_t)c->n_head_kv;
+    ctx->n_threads = p.n_threads > 0 ? p.n_threads : m->n_threads;
+
+    if ((st = l3c_threadpool_create(ctx->n_threads, &ctx->tp))) goto fail;
+    ctx->n_threads = l3c_threadpool_n_threads(ctx->tp);
+
+    const size_t B = (size_t)n_batch, E = (size_t)c->n_embd, hd = (size_t)c->head_dim;
+    const size_t q_dim = (size_t)c->n_head * hd, kv_dim = (size_t)c->n_head_kv * hd;
+    const size_t half = (size_t)c->n_rot / 2, nth = (size_t)ctx->n_threads;
+    size_t total = 0, slab;
+    bool ok = l3c_mul_ok((size_t)n_ctx * (size_t)p.n_seq, (size_t)c->n_layer, &slab) &&
+              alloc_arr(&ctx->k_cache, slab, row_bytes, 1, &total) &&
+              alloc_arr(&ctx->v_cache, slab, row_bytes, 1, &total) &&
+              alloc_arr(&ctx->seq_len, (size_t)p.n_seq, 1, sizeof(int32_t), &total) &&
+              alloc_arr(&ctx->seq_next, (size_t)p.n_seq, 1, sizeof(int32_t), &total) &&
+              alloc_arr(&ctx->x, B, E, sizeof(float), &total) &&
+              alloc_arr(&ctx->xb, B, E, sizeof(float), &total) &&
+              alloc_arr(&ctx->xb2, B, E, sizeof(float), &total) &&
+              alloc_arr(&ctx->q, B, q_dim, sizeof(float), &total) &&
+              alloc_arr(&ctx->k, B, kv_dim, sizeof(float), &total) &&
+              alloc_arr(&ctx->v, B, kv_dim, sizeof(float), &total) &&
+              alloc_arr(&ctx->att_out, B, q_dim, sizeof(float), &total) &&
+              alloc_arr(&ctx->hb, B, (size_t)c->n_ff, sizeof(float), &total) &&
+              alloc_arr(&ctx->hb2, B, (size_t)c->n_ff, sizeof(float), &total) &&
+              alloc_arr(&ctx->att, nth, (size_t)n_ctx, sizeof(float), &total) &&
+              alloc_arr(&ctx->kv_tmp, nth, hd, sizeof(float), &total) &&
+              alloc_arr(&ctx->rope_cos, B, half ? half : 1, sizeof(float), &total) &&
+              alloc_arr(&ctx->rope_sin, B, half ? half : 1, sizeof(float), &total) &&
+              alloc_arr(&ctx->inv_freq, half ? half : 1, 1, sizeof(double), &total) &&
+              alloc_arr(&ctx->logits, B, (size_t)c->n_vocab, sizeof(float), &total) &&
+              alloc_arr(&ctx->out_row, B, 1, sizeof(int32_t), &total) &&
+              alloc_arr(&ctx->out_idx, B, 1, sizeof(int32_t), &total) &&
+              alloc_arr(&ctx->scratch, max_scratch(m, (int64_t)B), 1, 1, &total);
+    if (!ok) {
+        st = l3c_fail(L3C_ERR_NOMEM, "context: out of memory (n_ctx %d, n_seq %d, n_batch %d; "
+                                     "%zu bytes allocated before the failure)",
+                      n_ctx, p.n_seq, n_batch, total);
+        goto fail;
+    }
+    memset(ctx->seq_len, 0, (size_t)p.n_seq * sizeof(int32_t));
+    l3c_rope_inv_freq(c, m->w.rope_freqs, ctx->inv_freq);
+    *out = ctx;
+    return L3C_OK;
+fail:
+    l3c_context_free(ctx);
+    return st;
+}
+
+void l3c_context_free(l3c_context *ctx) {
+    if (!ctx) return;
+    l3c_threadpool_free(ctx->tp);
+    void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_next, ctx->x, ctx->xb,
+                    ctx->xb2, ctx->q, ctx->k, ctx->v, ctx->att_out, ctx->hb, ctx->hb2, ctx->att,
+                    ctx->kv_tmp, ctx->rope_cos, ctx->rope_sin, ctx->inv_freq, ctx->logits,
+                    ctx->out_row, ctx->out_idx, ctx->scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(ctx);
+}
+
+int32_t l3c_context_n_ctx(const l3c_context *ctx) { return ctx ? ctx->n_ctx : 0; }
+int32_t l3c_context_n_seq(const l3c_context *ctx) { return ctx ? ctx->n_seq : 0; }
+
+int32_t l3c_kv_seq_len(const l3c_context *ctx, int32_t seq_id) {
+    if (!ctx || seq_id < 0 || seq_id >= ctx->n_seq) return 0;
+    return ctx->seq_len[seq_id];
+}
+
+l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep) {
+    if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: NULL context");
+    if (seq_id < 0 || seq_id >= ctx->n_seq)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: seq_id %d out of range [0, %d)",
+                        seq_id, ctx->n_seq);
+    if (n_keep < 0)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: n_keep %d < 0", n_keep);
+    if (n_keep < ctx->seq_len[seq_id]) ctx->seq_len[seq_id] = n_keep;
+    return L3C_OK;
+}
+
+void l3c_context_set_trace(l3c_context *ctx, l3c_trace_fn fn, void *user) {
+    if (!ctx) return;
+    ctx->trace = fn;
+    ctx->trace_user = user;
+}

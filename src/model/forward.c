@@ -1,0 +1,260 @@
+/*
+ * forward.c -- l3c_decode: the llama forward pass over one batch of T tokens that may belong to
+ * several sequences. Activations are row-major [T x n] float32 buffers owned by the context
+ * (context.c); rows are the batch's tokens in order. The op sequence, with the trace name each
+ * step reports (docs/ARCHITECTURE.md has the shapes and the trace contract):
+ *
+ *   x = embd(tokens)                                                   "embd"
+ *   for each layer l:
+ *     xb = rmsnorm(x) * attn_norm                                      "attn_norm"
+ *     q = xb @ Wq^T, k = xb @ Wk^T, v = xb @ Wv^T; rope(q), rope(k)    "q" "k" "v"
+ *     cache[seq][l][pos] = k, v
+ *     att_out = softmax(q . K_cache / sqrt(hd)) . V_cache  (causal)    "attn_scores" "attn_out"
+ *     xb2 = att_out @ Wo^T                                             "attn_proj"
+ *     x += xb2                                                         "ffn_inp"
+ *     xb = rmsnorm(x) * ffn_norm                                       "ffn_norm"
+ *     hb = xb @ Wgate^T, hb2 = xb @ Wup^T                              "ffn_gate" "ffn_up"
+ *     hb = silu(hb) * hb2                                              "ffn_act"
+ *     xb2 = hb @ Wdown^T                                               "ffn_down"
+ *     x += xb2                                                         "l_out"
+ *   rows = x[requested tokens]; rows = rmsnorm(rows) * output_norm     "result_norm"
+ *   logits = rows @ Wout^T                                             "logits"
+ *
+ * Invariant: a batch is fully validated before anything is written, and seq_len only grows at
+ * the end, so a rejected batch leaves the context unchanged.
+ */
+#include "model/model.h"
+
+#include <math.h>
+#include <string.h>
+
+#define TRACE(op, layer, data, rows, cols)                                                   \
+    do {                                                                                     \
+        if (ctx->trace) ctx->trace(ctx->trace_user, op, layer, data, (int64_t)(rows), (int64_t)(cols)); \
+    } while (0)
+
+static int kv_ggml_type(int kv_type) {
+    return kv_type == L3C_KV_F32 ? L3C_TYPE_F32 : kv_type == L3C_KV_Q8_0 ? L3C_TYPE_Q8_0 : L3C_TYPE_F16;
+}
+
+/* ---------------------------------------------------------------- KV cache store */
+
+static uint8_t *kv_row(const l3c_context *ctx, uint8_t *cache, int32_t seq, int32_t layer, int32_t pos) {
+    size_t idx = ((size_t)seq * (size_t)ctx->model->cfg.n_layer + (size_t)layer) * (size_t)ctx->n_ctx +
+                 (size_t)pos;
+    return cache + idx * ctx->kv_row_bytes;
+}
+
+/* k, v [T x n_head_kv*hd] -> cache rows of (seq_id[t], layer, pos[t]), converted per head. */
+static void kv_store(l3c_context *ctx, int32_t layer, const l3c_batch *b) {
+    const l3c_config *c = &ctx->model->cfg;
+    const l3c_from_float_fn from_float = l3c_type_traits_get(kv_ggml_type(ctx->kv_type))->from_float;
+    const int64_t hd = c->head_dim, kv_dim = (int64_t)c->n_head_kv * hd;
+    for (int32_t t = 0; t < b->n_tokens; t++) {
+        int32_t s = b->seq_id ? b->seq_id[t] : 0;
+        uint8_t *kr = kv_row(ctx, ctx->k_cache, s, layer, b->pos[t]);
+        uint8_t *vr = kv_row(ctx, ctx->v_cache, s, layer, b->pos[t]);
+        for (int h = 0; h < c->n_head_kv; h++) {
+            from_float(ctx->k + t * kv_dim + h * hd, kr + (size_t)h * ctx->kv_head_bytes, hd);
+            from_float(ctx->v + t * kv_dim + h * hd, vr + (size_t)h * ctx->kv_head_bytes, hd);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- attention */
+
+typedef struct attn_job {
+    l3c_context *ctx;
+    const l3c_batch *b;
+    int32_t layer;
+    float *probs;   /* tracing: [n_head * T x n_kv], row h*T + t; NULL otherwise */
+    int64_t n_kv;   /* columns of probs */
+} attn_job;
+
+/* One (token, query head) pair per task: att_out[t, h] = softmax(q . K / sqrt(hd)) . V over the
+ * token's own sequence, positions 0..pos (causal). GQA: head h reads kv head h / (n_head/n_head_kv). */
+static void attn_worker(void *arg, int ith, int nth) {
+    attn_job *job = arg;
+    l3c_context *ctx = job->ctx;
+    const l3c_batch *b = job->b;
+    const l3c_config *c = &ctx->model->cfg;
+    const int64_t T = b->n_tokens, hd = c->head_dim, q_dim = (int64_t)c->n_head * hd;
+    const int group = c->n_head / c->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int is_f32 = ctx->kv_type == L3C_KV_F32;
+    const l3c_to_float_fn to_float = l3c_type_traits_get(kv_ggml_type(ctx->kv_type))->to_float;
+    float *tmp = ctx->kv_tmp + (int64_t)ith * hd; /* [hd] one dequantized K or V head */
+
+    int64_t lo, hi;
+    l3c_split_range(T * c->n_head, ith, nth, &lo, &hi);
+    for (int64_t task = lo; task < hi; task++) {
+        const int64_t t = task / c->n_head;
+        const int h = (int)(task % c->n_head), kvh = h / group;
+        const int32_t s = b->seq_id ? b->seq_id[t] : 0, n_pos = b->pos[t] + 1;
+        const float *qh = ctx->q + t * q_dim + h * hd; /* [hd] */
+        float *att = job->probs ? job->probs + ((int64_t)h * T + t) * job->n_kv
+                                : ctx->att + (int64_t)ith * ctx->n_ctx; /* [n_pos] */
+        const uint8_t *kbase = kv_row(ctx, ctx->k_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
+        const uint8_t *vbase = kv_row(ctx, ctx->v_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
+
+        for (int32_t p = 0; p < n_pos; p++) {
+            const float *kp = (const float *)(kbase + (size_t)p * ctx->kv_row_bytes);
+            if (!is_f32) {
+                to_float(kp, tmp, hd);
+                kp = tmp;
+            }
+            float dot = 0.0f;
+            for (int64_t i = 0; i < hd; i++) dot += qh[i] * kp[i];
+            att[p] = dot * scale;
+        }
+        l3c_softmax(att, n_pos);
+
+        float *out = ctx->att_out + t * q_dim + h * hd; /* [hd] */
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int32_t p = 0; p < n_pos; p++) {
+            const float *vp = (const float *)(vbase + (size_t)p * ctx->kv_row_bytes);
+            if (!is_f32) {
+                to_float(vp, tmp, hd);
+                vp = tmp;
+            }
+            const float a = att[p];
+            for (int64_t i = 0; i < hd; i++) out[i] += a * vp[i];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- batch validation */
+
+static l3c_status validate(l3c_context *ctx, const l3c_batch *b) {
+    if (!b || !b->tokens || !b->pos)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "decode: batch or its tokens / pos is NULL");
+    if (b->n_tokens < 1 || b->n_tokens > ctx->n_batch)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "decode: batch has %d tokens; allowed 1..%d (n_batch)",
+                        b->n_tokens, ctx->n_batch);
+    const int32_t n_vocab = ctx->model->cfg.n_vocab;
+    memcpy(ctx->seq_next, ctx->seq_len, (size_t)ctx->n_seq * sizeof(int32_t));
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        int32_t s = b->seq_id ? b->seq_id[i] : 0;
+        if (s < 0 || s >= ctx->n_seq)
+            return l3c_fail(L3C_ERR_INVALID_ARG, "decode: token %d: seq_id %d out of range [0, %d)",
+                            i, s, ctx->n_seq);
+        if (b->tokens[i] < 0 || b->tokens[i] >= n_vocab)
+            return l3c_fail(L3C_ERR_INVALID_ARG, "decode: token %d: id %d out of range [0, %d)", i,
+                            b->tokens[i], n_vocab);
+        if (b->pos[i] != ctx->seq_next[s])
+            return l3c_fail(L3C_ERR_INVALID_ARG, "decode: token %d: pos %d, but sequence %d continues "
+                                                 "at position %d", i, b->pos[i], s, ctx->seq_next[s]);
+        if (b->pos[i] >= ctx->n_ctx)
+            return l3c_fail(L3C_ERR_CONTEXT_FULL, "decode: token %d: sequence %d is full (n_ctx %d)",
+                            i, s, ctx->n_ctx);
+        ctx->seq_next[s]++;
+    }
+    return L3C_OK;
+}
+
+/* ---------------------------------------------------------------- the forward pass */
+
+l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
+    if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "decode: NULL context");
+    ctx->n_out = 0;
+    ctx->last_n_tokens = 0;
+    l3c_status st = validate(ctx, b);
+    if (st != L3C_OK) return st;
+
+    const l3c_model *m = ctx->model;
+    const l3c_config *c = &m->cfg;
+    const l3c_weights *w = &m->w;
+    const int64_t T = b->n_tokens, E = c->n_embd, F = c->n_ff, hd = c->head_dim;
+    const int64_t q_dim = (int64_t)c->n_head * hd, kv_dim = (int64_t)c->n_head_kv * hd;
+    l3c_threadpool *tp = ctx->tp;
+
+    /* which rows get logits: batch->logits, or only the last token */
+    int32_t n_out = 0;
+    for (int32_t i = 0; i < T; i++) {
+        int want = b->logits ? b->logits[i] != 0 : i == T - 1;
+        ctx->out_row[i] = want ? n_out : -1;
+        if (want) ctx->out_idx[n_out++] = i;
+    }
+
+    /* tracing "attn_scores" needs every head's probabilities at once: the one allocation that
+     * decode makes, and only while tracing */
+    float *probs = NULL;
+    int64_t n_kv = 0;
+    if (ctx->trace) {
+        for (int32_t i = 0; i < T; i++) n_kv = L3C_MAX(n_kv, (int64_t)b->pos[i] + 1);
+        probs = l3c_calloc((size_t)(c->n_head * T), (size_t)n_kv * sizeof(float));
+        if (!probs)
+            return l3c_fail(L3C_ERR_NOMEM, "decode: out of memory for the attn_scores trace "
+                                           "(%lld x %lld)", (long long)(c->n_head * T), (long long)n_kv);
+    }
+
+    l3c_rope_tables(ctx->inv_freq, c->n_rot, b->pos, T, ctx->rope_cos, ctx->rope_sin);
+
+    /* x [T x E] = token embeddings */
+    for (int64_t t = 0; t < T; t++) l3c_get_row(&w->tok_embd, b->tokens[t], ctx->x + t * E);
+    TRACE("embd", -1, ctx->x, T, E);
+
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        const l3c_layer *L = &w->layers[l];
+
+        /* ---- attention block */
+        l3c_rmsnorm(ctx->x, L->attn_norm, ctx->xb, T, E, c->norm_eps); /* xb [T x E] */
+        TRACE("attn_norm", l, ctx->xb, T, E);
+
+        l3c_matmul(tp, &L->wq, ctx->xb, ctx->q, T, ctx->scratch); /* q [T x n_head*hd] */
+        l3c_matmul(tp, &L->wk, ctx->xb, ctx->k, T, ctx->scratch); /* k [T x n_head_kv*hd] */
+        l3c_matmul(tp, &L->wv, ctx->xb, ctx->v, T, ctx->scratch); /* v [T x n_head_kv*hd] */
+        l3c_rope_apply(ctx->q, T, c->n_head, (int)hd, c->n_rot, ctx->rope_cos, ctx->rope_sin);
+        l3c_rope_apply(ctx->k, T, c->n_head_kv, (int)hd, c->n_rot, ctx->rope_cos, ctx->rope_sin);
+        TRACE("q", l, ctx->q, T, q_dim);
+        TRACE("k", l, ctx->k, T, kv_dim);
+        TRACE("v", l, ctx->v, T, kv_dim);
+
+        kv_store(ctx, l, b);
+        attn_job job = {.ctx = ctx, .b = b, .layer = l, .probs = probs, .n_kv = n_kv};
+        l3c_threadpool_run(tp, attn_worker, &job); /* att_out [T x n_head*hd] */
+        if (probs) TRACE("attn_scores", l, probs, c->n_head * T, n_kv);
+        TRACE("attn_out", l, ctx->att_out, T, q_dim);
+
+        l3c_matmul(tp, &L->wo, ctx->att_out, ctx->xb2, T, ctx->scratch); /* xb2 [T x E] */
+        TRACE("attn_proj", l, ctx->xb2, T, E);
+        l3c_add(ctx->x, ctx->xb2, T * E);
+        TRACE("ffn_inp", l, ctx->x, T, E);
+
+        /* ---- feed-forward block (SwiGLU) */
+        l3c_rmsnorm(ctx->x, L->ffn_norm, ctx->xb, T, E, c->norm_eps); /* xb [T x E] */
+        TRACE("ffn_norm", l, ctx->xb, T, E);
+        l3c_matmul(tp, &L->w_gate, ctx->xb, ctx->hb, T, ctx->scratch); /* hb [T x F] */
+        TRACE("ffn_gate", l, ctx->hb, T, F);
+        l3c_matmul(tp, &L->w_up, ctx->xb, ctx->hb2, T, ctx->scratch);  /* hb2 [T x F] */
+        TRACE("ffn_up", l, ctx->hb2, T, F);
+        l3c_swiglu(ctx->hb, ctx->hb2, T * F);                         /* hb = silu(hb) * hb2 */
+        TRACE("ffn_act", l, ctx->hb, T, F);
+        l3c_matmul(tp, &L->w_down, ctx->hb, ctx->xb2, T, ctx->scratch); /* xb2 [T x E] */
+        TRACE("ffn_down", l, ctx->xb2, T, E);
+        l3c_add(ctx->x, ctx->xb2, T * E);
+        TRACE("l_out", l, ctx->x, T, E);
+    }
+
+    /* ---- head, only for the requested rows: gather x rows -> xb [n_out x E] */
+    if (n_out > 0) {
+        for (int32_t r = 0; r < n_out; r++)
+            memcpy(ctx->xb + (int64_t)r * E, ctx->x + (int64_t)ctx->out_idx[r] * E,
+                   (size_t)E * sizeof(float));
+        l3c_rmsnorm(ctx->xb, w->output_norm, ctx->xb2, n_out, E, c->norm_eps); /* xb2 [n_out x E] */
+        TRACE("result_norm", -1, ctx->xb2, n_out, E);
+        l3c_matmul(tp, &w->output, ctx->xb2, ctx->logits, n_out, ctx->scratch); /* [n_out x n_vocab] */
+        TRACE("logits", -1, ctx->logits, n_out, c->n_vocab);
+    }
+
+    free(probs);
+    memcpy(ctx->seq_len, ctx->seq_next, (size_t)ctx->n_seq * sizeof(int32_t));
+    ctx->n_out = n_out;
+    ctx->last_n_tokens = (int32_t)T;
+    return L3C_OK;
+}
+
+const float *l3c_get_logits(const l3c_context *ctx, int32_t i) {
+    if (!ctx || i < 0 || i >= ctx->last_n_tokens || ctx->out_row[i] < 0) return NULL;
+    return ctx->logits + (int64_t)ctx->out_row[i] * ctx->model->cfg.n_vocab;
+}

@@ -1,0 +1,144 @@
+/*
+ * model.h -- internal definitions of l3c_model and l3c_context (opaque in llama3c.h).
+ *
+ * Ownership:
+ *  - l3c_model owns the GGUF reader (and so the mapping every weight points into), the
+ *    tokenizer, NUL-terminated copies of the string metadata, and small float copies of norm
+ *    weights that were not F32 in the file. It is immutable after l3c_model_load.
+ *  - l3c_context borrows the model (which must outlive it) and owns one thread pool, the KV
+ *    cache and every activation buffer, all sized in l3c_context_create for n_batch tokens and
+ *    n_ctx positions, so l3c_decode never allocates (tracing "attn_scores" excepted).
+ *
+ * Files: config.c (hyperparameters from metadata, validated), weights.c (bind every tensor by
+ * name / type / shape), model.c (load, info, metadata), context.c (context + KV cache),
+ * rope.c (rotary embedding), forward.c (l3c_decode). docs/ARCHITECTURE.md describes the op
+ * sequence, the KV-cache layout and the trace contract.
+ */
+#ifndef L3C_MODEL_H
+#define L3C_MODEL_H
+
+#include "io/gguf.h"
+#include "kernels/ops.h"
+#include "kernels/threadpool.h"
+#include "kernels/types.h"
+
+/* Hyperparameters, validated by l3c_config_from_gguf. */
+typedef struct l3c_config {
+    int32_t n_vocab;
+    int32_t n_ctx_train;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;     /* n_embd / n_head */
+    int32_t n_ff;
+    int32_t n_rot;        /* rotated dims per head (<= head_dim, even) */
+    float rope_theta;
+    float norm_eps;
+    /* llama.rope.scaling.* (informational; llama3 scaling arrives as the rope_freqs tensor) */
+    char rope_scaling_type[32]; /* "" when absent */
+    float rope_scaling_factor;  /* 0 when absent */
+} l3c_config;
+
+/* Reads and validates the llama.* metadata. Errors name the file and the key. */
+l3c_status l3c_config_from_gguf(const l3c_gguf *g, l3c_config *cfg);
+
+/* One transformer block. Norm vectors are float32 [n_embd]. */
+typedef struct l3c_layer {
+    const float *attn_norm;  /* [n_embd] */
+    l3c_weight wq;           /* n_embd -> n_head*hd */
+    l3c_weight wk;           /* n_embd -> n_head_kv*hd */
+    l3c_weight wv;           /* n_embd -> n_head_kv*hd */
+    l3c_weight wo;           /* n_head*hd -> n_embd */
+    const float *ffn_norm;   /* [n_embd] */
+    l3c_weight w_gate;       /* n_embd -> n_ff */
+    l3c_weight w_up;         /* n_embd -> n_ff */
+    l3c_weight w_down;       /* n_ff -> n_embd */
+} l3c_layer;
+
+typedef struct l3c_weights {
+    l3c_weight tok_embd;     /* n_embd x n_vocab rows */
+    l3c_layer *layers;       /* [n_layer], owned */
+    const float *output_norm;/* [n_embd] */
+    l3c_weight output;       /* n_embd -> n_vocab (== tok_embd when tied) */
+    int tied_output;
+    const float *rope_freqs; /* [n_rot/2] or NULL */
+    float **owned;           /* float copies of non-F32 norm vectors, [n_owned] */
+    int n_owned;
+} l3c_weights;
+
+/* Binds every tensor; path is for messages. On failure w is left empty (l3c_weights_free ok). */
+l3c_status l3c_weights_bind(const l3c_gguf *g, const l3c_config *cfg, const char *path,
+                            l3c_weights *w);
+void l3c_weights_free(l3c_weights *w);
+
+struct l3c_model {
+    char *path;
+    char *name;               /* general.name or the file's base name */
+    char *file_type;          /* most common 2-D weight type name */
+    void *file_buf;           /* whole file when use_mmap == 0, else NULL */
+    l3c_gguf *gguf;
+    l3c_config cfg;
+    l3c_weights w;
+    l3c_tokenizer *tok;       /* NULL when the file has no tokenizer.ggml.model */
+    char **meta_str;          /* [gguf->n_kv]: NUL-terminated copy of each STRING value, else NULL */
+    int n_threads;            /* default for contexts */
+    int64_t n_params;
+    size_t weight_bytes;
+};
+
+/* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported. */
+size_t l3c_kv_row_bytes(const l3c_config *cfg, int kv_type);
+
+struct l3c_context {
+    const l3c_model *model;
+    int32_t n_ctx, n_seq, n_batch;
+    int kv_type;
+    l3c_threadpool *tp;
+    int n_threads;
+
+    /* KV cache: for sequence s and layer l, K rows at
+     * k_cache + ((s * n_layer + l) * n_ctx + pos) * kv_row_bytes, each row [n_head_kv][hd]
+     * of kv_type (V alike). seq_len[s] positions of sequence s are valid. */
+    uint8_t *k_cache, *v_cache;
+    size_t kv_row_bytes;      /* bytes of n_head_kv*hd elements */
+    size_t kv_head_bytes;     /* bytes of hd elements (one head's slice of a row) */
+    int32_t *seq_len;         /* [n_seq] */
+    int32_t *seq_next;        /* [n_seq] scratch for batch validation */
+
+    /* activations, row-major, B = n_batch */
+    float *x;        /* [B x n_embd]  residual stream */
+    float *xb;       /* [B x n_embd]  normed input of a sub-block */
+    float *xb2;      /* [B x n_embd]  output of wo / w_down; gathered rows for the head */
+    float *q;        /* [B x n_head*hd] */
+    float *k;        /* [B x n_head_kv*hd] */
+    float *v;        /* [B x n_head_kv*hd] */
+    float *att_out;  /* [B x n_head*hd] */
+    float *hb;       /* [B x n_ff] gate, then silu(gate)*up */
+    float *hb2;      /* [B x n_ff] up */
+    float *att;      /* [n_threads x n_ctx] attention probabilities, one row per worker */
+    float *kv_tmp;   /* [n_threads x hd] one dequantized K or V head row per worker */
+    float *rope_cos; /* [B x n_rot/2] for this batch's positions */
+    float *rope_sin; /* [B x n_rot/2] */
+    double *inv_freq;/* [n_rot/2] base^(-2i/n_rot) / rope_freqs[i] */
+    float *logits;   /* [B x n_vocab] rows of the requested tokens, in batch order */
+    int32_t *out_row;/* [B] batch index -> row of logits, -1 if not requested */
+    int32_t *out_idx;/* [B] logits row -> batch index */
+    int32_t n_out;   /* logits rows of the last batch */
+    int32_t last_n_tokens;
+    void *scratch;   /* l3c_matmul_scratch_bytes of the largest weight at B */
+
+    l3c_trace_fn trace;
+    void *trace_user;
+};
+
+/* Rotary embedding (rope.c). */
+void l3c_rope_inv_freq(const l3c_config *cfg, const float *rope_freqs, double *inv_freq);
+/* cos/sin [T x n_rot/2] for positions pos[T]. */
+void l3c_rope_tables(const double *inv_freq, int n_rot, const int32_t *pos, int64_t T, float *cos_out,
+                     float *sin_out);
+/* Rotates adjacent pairs (x[2i], x[2i+1]), i < n_rot/2, of every head of x [T x n_heads*hd]. */
+void l3c_rope_apply(float *x, int64_t T, int n_heads, int hd, int n_rot, const float *cos_t,
+                    const float *sin_t);
+
+#endif /* L3C_MODEL_H */
