@@ -1,0 +1,367 @@
+/*
+ * chat.c -- chat templates: detection (l3c_chat_template_detect), formatting to text
+ * (l3c_chat_format) and turn-safe tokenization (l3c_chat_tokenize).
+ *
+ * One formatter per template writes the conversation as a sequence of pieces through an emitter:
+ * "markers" (the template's own control strings: "<|im_start|>", "<|eot_id|>", "</s>", ...) and
+ * plain text (roles, newlines, message contents). Formatting concatenates all pieces. Tokenizing
+ * turns each marker that is a vocabulary entry into its id, and tokenizes the plain text between
+ * two such markers as ONE piece without special-token parsing. That is exactly how a reference
+ * tokenizer splits the fully formatted string at special tokens (each fragment in between is
+ * tokenized on its own), so for content without special-token text the ids equal
+ * tokenize(format(msgs), PARSE_SPECIAL); content that contains "<|eot_id|>" stays plain text and
+ * cannot forge a turn. Markers that are not single vocabulary entries ("[INST]") are plain text.
+ *
+ * Exact formats (contents trimmed where the reference templates trim them):
+ *   LLAMA3  <|begin_of_text|> + per message <|start_header_id|>ROLE<|end_header_id|>\n\nTRIM(C)<|eot_id|>
+ *           add_assistant: <|start_header_id|>assistant<|end_header_id|>\n\n
+ *   CHATML  per message <|im_start|>ROLE\nC<|im_end|>\n ; add_assistant: <|im_start|>assistant\n
+ *   LLAMA2  (Meta / HF) <s>[INST] STRIP(<<SYS>>\nS\n<</SYS>>\n\nU) [/INST] + " STRIP(A) </s>" ...
+ *           add_assistant adds nothing (the turn is open after [/INST]).
+ *   ZEPHYR  per message <|ROLE|>\nC</s>\n ; add_assistant: <|assistant|>\n
+ *
+ * Model-specific default: l3c_chat_tokenize (which knows the model) inserts the default system
+ * message that the model's own tokenizer.chat_template renders when the conversation has none
+ * (SmolLM2: "You are a helpful AI assistant named SmolLM, trained by Hugging Face"), so the
+ * tokens match what Hugging Face's apply_chat_template produces. l3c_chat_format, which knows
+ * only the template kind, never adds it.
+ */
+#include "util/util.h"
+
+#include <string.h>
+
+/* ---------------------------------------------------------------- emitter */
+
+typedef struct emitter {
+    l3c_buf text;                /* format: everything; tokenize: plain text not yet tokenized */
+    const l3c_tokenizer *tok;    /* NULL: format only */
+    int32_t *ids;                /* tokenize: output ids [n_ids], capacity cap_ids */
+    int64_t n_ids, cap_ids;
+} emitter;
+
+/* Room for `extra` more ids; ids is non-NULL afterwards. */
+static l3c_status reserve(emitter *e, int64_t extra) {
+    if (e->ids && e->n_ids + extra <= e->cap_ids) return L3C_OK;
+    int64_t cap = e->cap_ids ? e->cap_ids : 256;
+    while (cap < e->n_ids + extra) cap *= 2;
+    int32_t *p = l3c_realloc(e->ids, (size_t)cap * sizeof *p);
+    if (!p) return l3c_fail(L3C_ERR_NOMEM, "chat: out of memory for %lld tokens", (long long)cap);
+    e->ids = p;
+    e->cap_ids = cap;
+    return L3C_OK;
+}
+
+/* Tokenizes the pending plain text (no special parsing); flags may ask for BOS. */
+static l3c_status flush_text(emitter *e, int flags) {
+    if (!e->tok || (e->text.len == 0 && !(flags & L3C_TOKENIZE_ADD_BOS))) return L3C_OK;
+    const char *s = e->text.data ? e->text.data : "";
+    int64_t need = l3c_tokenize(e->tok, s, e->text.len, NULL, 0, flags);
+    if (need < 0) need = -need;
+    l3c_status st = reserve(e, need);
+    if (st) return st;
+    if (need > 0) {
+        int64_t got = l3c_tokenize(e->tok, s, e->text.len, e->ids + e->n_ids, e->cap_ids - e->n_ids, flags);
+        if (got < 0 || got > need)
+            return l3c_fail(L3C_ERR_FORMAT, "chat: tokenizer returned %lld tokens, expected %lld",
+                            (long long)got, (long long)need);
+        e->n_ids += got;
+    }
+    e->text.len = 0;
+    if (e->text.data) e->text.data[0] = '\0';
+    return L3C_OK;
+}
+
+static l3c_status emit_text(emitter *e, const char *s, size_t n) { return l3c_buf_append(&e->text, s, n); }
+static l3c_status emit_str(emitter *e, const char *s) { return emit_text(e, s, strlen(s)); }
+
+/* A template marker: a single special id when the vocabulary has it, plain text otherwise. */
+static l3c_status emit_marker(emitter *e, const char *m) {
+    if (e->tok) {
+        int32_t id = l3c_token_lookup(e->tok, m, strlen(m));
+        if (id >= 0) {
+            l3c_status st = flush_text(e, 0);
+            if (!st) st = reserve(e, 1);
+            if (st) return st;
+            e->ids[e->n_ids++] = id;
+            return L3C_OK;
+        }
+    }
+    return emit_str(e, m);
+}
+
+/* ---------------------------------------------------------------- formatters */
+
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+/* [*b, *e) of s without leading / trailing whitespace (Python str.strip / Jinja trim). */
+static void trim(const char *s, size_t n, size_t *b, size_t *e) {
+    size_t i = 0, j = n;
+    while (i < j && is_space(s[i])) i++;
+    while (j > i && is_space(s[j - 1])) j--;
+    *b = i;
+    *e = j;
+}
+
+static l3c_status emit_trimmed(emitter *e, const char *s) {
+    size_t b, en;
+    trim(s, strlen(s), &b, &en);
+    return emit_text(e, s + b, en - b);
+}
+
+#define TRY(x)                   \
+    do {                         \
+        l3c_status st_ = (x);    \
+        if (st_) return st_;     \
+    } while (0)
+
+static l3c_status fmt_llama3(emitter *e, const l3c_chat_message *m, size_t n, int add_assistant) {
+    TRY(emit_marker(e, "<|begin_of_text|>"));
+    for (size_t i = 0; i < n; i++) {
+        TRY(emit_marker(e, "<|start_header_id|>"));
+        TRY(emit_str(e, m[i].role));
+        TRY(emit_marker(e, "<|end_header_id|>"));
+        TRY(emit_str(e, "\n\n"));
+        TRY(emit_trimmed(e, m[i].content));
+        TRY(emit_marker(e, "<|eot_id|>"));
+    }
+    if (add_assistant) {
+        TRY(emit_marker(e, "<|start_header_id|>"));
+        TRY(emit_str(e, "assistant"));
+        TRY(emit_marker(e, "<|end_header_id|>"));
+        TRY(emit_str(e, "\n\n"));
+    }
+    return L3C_OK;
+}
+
+static l3c_status fmt_chatml(emitter *e, const l3c_chat_message *m, size_t n, int add_assistant) {
+    for (size_t i = 0; i < n; i++) {
+        TRY(emit_marker(e, "<|im_start|>"));
+        TRY(emit_str(e, m[i].role));
+        TRY(emit_str(e, "\n"));
+        TRY(emit_str(e, m[i].content));
+        TRY(emit_marker(e, "<|im_end|>"));
+        TRY(emit_str(e, "\n"));
+    }
+    if (add_assistant) {
+        TRY(emit_marker(e, "<|im_start|>"));
+        TRY(emit_str(e, "assistant\n"));
+    }
+    return L3C_OK;
+}
+
+/* One Llama 2 user turn: <s>[INST] STRIP(sys block + content) [/INST] */
+static l3c_status llama2_user(emitter *e, const char *sys, const char *content) {
+    l3c_buf body = {0};
+    l3c_status st = L3C_OK;
+    if (sys) st = l3c_buf_appendf(&body, "<<SYS>>\n%s\n<</SYS>>\n\n", sys);
+    if (!st) st = l3c_buf_append(&body, content, strlen(content));
+    if (!st) st = emit_marker(e, "<s>");
+    if (!st) st = emit_str(e, "[INST] ");
+    if (!st) {
+        size_t b, en;
+        trim(body.data, body.len, &b, &en);
+        st = emit_text(e, body.data + b, en - b);
+    }
+    if (!st) st = emit_str(e, " [/INST]");
+    l3c_buf_free(&body);
+    return st;
+}
+
+static l3c_status fmt_llama2(emitter *e, const l3c_chat_message *m, size_t n, int add_assistant) {
+    const char *sys = NULL; /* a system message waits for the next user turn */
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(m[i].role, "system")) {
+            sys = m[i].content;
+        } else if (!strcmp(m[i].role, "assistant")) {
+            TRY(emit_str(e, " "));
+            TRY(emit_trimmed(e, m[i].content));
+            TRY(emit_str(e, " "));
+            TRY(emit_marker(e, "</s>"));
+        } else { /* user, and tool / ipython results, which Llama 2 has no role for */
+            TRY(llama2_user(e, sys, m[i].content));
+            sys = NULL;
+        }
+    }
+    if (sys && add_assistant) TRY(llama2_user(e, sys, ""));
+    return L3C_OK;
+}
+
+static l3c_status fmt_zephyr(emitter *e, const l3c_chat_message *m, size_t n, int add_assistant) {
+    for (size_t i = 0; i < n; i++) {
+        TRY(emit_str(e, "<|"));
+        TRY(emit_str(e, m[i].role));
+        TRY(emit_str(e, "|>\n"));
+        TRY(emit_str(e, m[i].content));
+        TRY(emit_marker(e, "</s>"));
+        TRY(emit_str(e, "\n"));
+    }
+    if (add_assistant) TRY(emit_str(e, "<|assistant|>\n"));
+    return L3C_OK;
+}
+
+static l3c_status format_any(emitter *e, l3c_chat_template t, const l3c_chat_message *m, size_t n,
+                             int add_assistant) {
+    if (n && !m) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: %zu messages but msgs is NULL", n);
+    for (size_t i = 0; i < n; i++)
+        if (!m[i].role || !m[i].content)
+            return l3c_fail(L3C_ERR_INVALID_ARG, "chat: message %zu has a NULL %s", i,
+                            m[i].role ? "content" : "role");
+    switch (t) {
+    case L3C_CHAT_LLAMA3: return fmt_llama3(e, m, n, add_assistant);
+    case L3C_CHAT_CHATML: return fmt_chatml(e, m, n, add_assistant);
+    case L3C_CHAT_LLAMA2: return fmt_llama2(e, m, n, add_assistant);
+    case L3C_CHAT_ZEPHYR: return fmt_zephyr(e, m, n, add_assistant);
+    default:
+        return l3c_fail(L3C_ERR_INVALID_ARG, "chat: template %d is not a concrete template (resolve "
+                        "L3C_CHAT_AUTO with l3c_chat_template_detect)", (int)t);
+    }
+}
+
+/* ---------------------------------------------------------------- public API */
+
+const char *l3c_chat_template_name(l3c_chat_template t) {
+    switch (t) {
+    case L3C_CHAT_AUTO: return "auto";
+    case L3C_CHAT_LLAMA3: return "llama3";
+    case L3C_CHAT_CHATML: return "chatml";
+    case L3C_CHAT_LLAMA2: return "llama2";
+    case L3C_CHAT_ZEPHYR: return "zephyr";
+    }
+    return "unknown";
+}
+
+static l3c_chat_template detect_from_text(const char *tmpl) {
+    if (strstr(tmpl, "<|start_header_id|>")) return L3C_CHAT_LLAMA3;
+    if (strstr(tmpl, "<|im_start|>")) return L3C_CHAT_CHATML;
+    if (strstr(tmpl, "[INST]")) return L3C_CHAT_LLAMA2;
+    if (strstr(tmpl, "<|user|>")) return L3C_CHAT_ZEPHYR;
+    return L3C_CHAT_AUTO;
+}
+
+static int has_token(const l3c_tokenizer *tok, const char *s) {
+    return tok && l3c_token_lookup(tok, s, strlen(s)) >= 0;
+}
+
+l3c_chat_template l3c_chat_template_detect(const l3c_model *model) {
+    if (!model) return L3C_CHAT_CHATML;
+    const char *tmpl = l3c_model_meta_str(model, "tokenizer.chat_template");
+    if (tmpl) {
+        l3c_chat_template t = detect_from_text(tmpl);
+        if (t != L3C_CHAT_AUTO) return t;
+    }
+    /* no (recognised) template: the vocabulary tells the family */
+    const l3c_tokenizer *tok = l3c_model_tokenizer(model);
+    if (has_token(tok, "<|start_header_id|>")) return L3C_CHAT_LLAMA3;
+    if (has_token(tok, "<|im_start|>")) return L3C_CHAT_CHATML;
+    if (has_token(tok, "<|user|>")) return L3C_CHAT_ZEPHYR;
+    if (has_token(tok, "<s>") && has_token(tok, "</s>")) return L3C_CHAT_LLAMA2;
+    return L3C_CHAT_CHATML; /* llama.cpp's fallback as well */
+}
+
+l3c_status l3c_chat_format(l3c_chat_template t, const l3c_chat_message *msgs, size_t n,
+                           int add_assistant, char **out) {
+    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: out is NULL");
+    *out = NULL;
+    emitter e = {0};
+    l3c_status st = format_any(&e, t, msgs, n, add_assistant);
+    if (!st) st = l3c_buf_append(&e.text, "", 0); /* non-NULL and NUL-terminated even when empty */
+    if (st) goto fail;
+    *out = e.text.data;
+    return L3C_OK;
+fail:
+    l3c_buf_free(&e.text);
+    return st;
+}
+
+/*
+ * The default system message of a ChatML template that renders one when messages[0] is not a
+ * system message, e.g. SmolLM2's
+ *   {% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are ...<|im_end|>\n' }}
+ * Returns a caller-freed string, or NULL when the template has no such default (or on NOMEM,
+ * which then only loses the default).
+ */
+static char *chatml_default_system(const char *tmpl) {
+    const char *cond = strstr(tmpl, "!= 'system'");
+    if (!cond) cond = strstr(tmpl, "!= \"system\"");
+    if (!cond) return NULL;
+    const char *hdr = "<|im_start|>system";
+    const char *p = strstr(cond, hdr);
+    if (!p) return NULL;
+    /* the enclosing Jinja string literal: find its opening quote on the same {{ }} expression */
+    const char *q = p;
+    while (q > cond && *(q - 1) != '\'' && *(q - 1) != '"') q--;
+    if (q == cond) return NULL;
+    char quote = *(q - 1);
+    l3c_buf lit = {0};
+    for (const char *c = q; *c && *c != quote; c++) { /* decode the literal's escapes */
+        char ch = *c;
+        if (ch == '\\' && c[1]) {
+            c++;
+            ch = *c == 'n' ? '\n' : *c == 't' ? '\t' : *c == 'r' ? '\r' : *c;
+        }
+        if (l3c_buf_append(&lit, &ch, 1)) {
+            l3c_buf_free(&lit);
+            return NULL;
+        }
+    }
+    char *res = NULL;
+    size_t hl = strlen(hdr);
+    const char *s = lit.data;
+    if (s && !strncmp(s, hdr, hl) && s[hl] == '\n') {
+        const char *body = s + hl + 1, *end = strstr(body, "<|im_end|>");
+        if (end) res = l3c_strndup(body, (size_t)(end - body));
+    }
+    l3c_buf_free(&lit);
+    return res;
+}
+
+l3c_status l3c_chat_tokenize(const l3c_model *model, l3c_chat_template t, const l3c_chat_message *msgs,
+                             size_t n, int add_assistant, int32_t **out_ids, int64_t *out_n) {
+    emitter e = {0};
+    char *def_sys = NULL;
+    l3c_chat_message *with_sys = NULL;
+    l3c_status st;
+    if (!out_ids || !out_n) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: NULL output pointer");
+    *out_ids = NULL;
+    *out_n = 0;
+    if (!model) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: NULL model");
+    e.tok = l3c_model_tokenizer(model);
+    if (!e.tok) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: the model has no tokenizer");
+    if (t == L3C_CHAT_AUTO) t = l3c_chat_template_detect(model);
+
+    /* the model's own default system message, when its template (of this kind) has one */
+    const char *tmpl = l3c_model_meta_str(model, "tokenizer.chat_template");
+    if (t == L3C_CHAT_CHATML && tmpl && detect_from_text(tmpl) == t && msgs && n > 0 && msgs[0].role &&
+        strcmp(msgs[0].role, "system") != 0)
+        def_sys = chatml_default_system(tmpl);
+    if (def_sys) {
+        with_sys = l3c_malloc((n + 1) * sizeof *with_sys);
+        if (!with_sys) {
+            st = l3c_fail(L3C_ERR_NOMEM, "chat: out of memory");
+            goto fail;
+        }
+        with_sys[0].role = "system";
+        with_sys[0].content = def_sys;
+        memcpy(with_sys + 1, msgs, n * sizeof *msgs);
+        msgs = with_sys;
+        n++;
+    }
+
+    /* Zephyr (TinyLlama) text has no BOS marker; the tokenizer adds it when the model wants one */
+    if (t == L3C_CHAT_ZEPHYR && (st = flush_text(&e, L3C_TOKENIZE_ADD_BOS))) goto fail;
+    if ((st = format_any(&e, t, msgs, n, add_assistant))) goto fail;
+    if ((st = flush_text(&e, 0))) goto fail;
+    if ((st = reserve(&e, 0))) goto fail; /* a valid array even when empty */
+    *out_ids = e.ids;
+    *out_n = e.n_ids;
+    l3c_buf_free(&e.text);
+    free(def_sys);
+    free(with_sys);
+    return L3C_OK;
+fail:
+    free(e.ids);
+    l3c_buf_free(&e.text);
+    free(def_sys);
+    free(with_sys);
+    return st;
+}
