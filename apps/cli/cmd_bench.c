@@ -1,0 +1,196 @@
+/*
+ * cmd_bench.c -- `llama3c bench`: prompt-processing and generation speed, measured like
+ * llama.cpp's llama-bench so the two can be compared on the same file and threads:
+ *   pp: an empty sequence, then one batch of n_prompt tokens (in n_batch chunks) -> tokens/s;
+ *   tg: an empty sequence, then n_gen single-token decodes -> tokens/s.
+ * Tokens are pseudo-random ids (fixed seed); speed does not depend on them. Each test runs
+ * after one warm-up and is repeated -r times; medians and spread (min..max) are reported,
+ * with peak RSS and the kernel path. Built on the public header only.
+ */
+#include "cli.h"
+
+#include "llama3c.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: llama3c bench -m MODEL [options]\n"
+        "Measures prompt processing (pp) and generation (tg) speed.\n\n"
+        "  -m, --model FILE   GGUF model (required)\n"
+        "  -p N               prompt tokens (default 512; 0 skips pp)\n"
+        "  -n N               generated tokens (default 128; 0 skips tg)\n"
+        "  -b, --batch N      most tokens per decode call in pp (default 512)\n"
+        "  -t, --threads N    threads (default: physical cores)\n"
+        "  -r, --reps N       repetitions (default 3)\n"
+        "  --kv TYPE          KV cache type f16 (default), f32, q8_0\n"
+        "  --json             print one JSON object instead of the table\n"
+        "  -h, --help         this text\n");
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct stats {
+    double median, min, max;
+} stats;
+
+static stats summarize(double *v, int n) {
+    stats s = {0, 0, 0};
+    if (n <= 0) return s;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    s.min = v[0];
+    s.max = v[n - 1];
+    s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    return s;
+}
+
+/* Decodes n tokens from position 0 of sequence 0, `chunk` tokens per call; returns seconds or
+ * a negative value on error (message on stderr). */
+static double timed_decode(l3c_context *ctx, const int32_t *tokens, int32_t *pos, int32_t n,
+                           int32_t chunk) {
+    if (l3c_kv_seq_truncate(ctx, 0, 0) != L3C_OK) return -1;
+    double t0 = now_s();
+    for (int32_t i = 0; i < n; i += chunk) {
+        int32_t m = n - i < chunk ? n - i : chunk;
+        for (int32_t j = 0; j < m; j++) pos[j] = i + j;
+        l3c_batch b = {.n_tokens = m, .tokens = tokens + i, .pos = pos};
+        if (l3c_decode(ctx, &b) != L3C_OK) {
+            fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
+            return -1;
+        }
+    }
+    return now_s() - t0;
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *path = NULL;
+    int n_prompt = 512, n_gen = 128, n_batch = 512, threads = 0, reps = 3, json = 0;
+    int kv_type = L3C_KV_F16;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has) path = argv[++i];
+        else if (!strcmp(a, "-p") && has) n_prompt = atoi(argv[++i]);
+        else if (!strcmp(a, "-n") && has) n_gen = atoi(argv[++i]);
+        else if ((!strcmp(a, "-b") || !strcmp(a, "--batch")) && has) n_batch = atoi(argv[++i]);
+        else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has) threads = atoi(argv[++i]);
+        else if ((!strcmp(a, "-r") || !strcmp(a, "--reps")) && has) reps = atoi(argv[++i]);
+        else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--kv") && has) {
+            const char *k = argv[++i];
+            if (!strcmp(k, "f16")) kv_type = L3C_KV_F16;
+            else if (!strcmp(k, "f32")) kv_type = L3C_KV_F32;
+            else if (!strcmp(k, "q8_0")) kv_type = L3C_KV_Q8_0;
+            else { fprintf(stderr, "llama3c bench: unknown KV type '%s'\n", k); return 2; }
+        } else {
+            fprintf(stderr, "llama3c bench: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path || n_prompt < 0 || n_gen < 0 || reps < 1 || n_batch < 1 || (!n_prompt && !n_gen)) {
+        fprintf(stderr, "llama3c bench: need -m MODEL, -p/-n >= 0 (not both 0), -r >= 1, -b >= 1\n");
+        usage(stderr);
+        return 2;
+    }
+    if (threads <= 0) threads = l3c_default_threads();
+
+    l3c_model_params mp = l3c_model_default_params();
+    mp.n_threads = threads;
+    l3c_model *model = NULL;
+    if (l3c_model_load(path, &mp, &model) != L3C_OK) {
+        fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
+        return 1;
+    }
+    l3c_model_info info;
+    l3c_model_get_info(model, &info);
+    int32_t n_max = n_prompt > n_gen ? n_prompt : n_gen;
+    l3c_context_params cp = l3c_context_default_params();
+    cp.n_ctx = n_max + 8;
+    cp.n_batch = n_batch < n_prompt ? n_batch : (n_prompt > 0 ? n_prompt : 1);
+    cp.n_threads = threads;
+    cp.kv_type = kv_type;
+    l3c_context *ctx = NULL;
+    int32_t *tokens = malloc(sizeof(int32_t) * (size_t)(n_max + 1));
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)(cp.n_batch + 1));
+    double *pp = calloc((size_t)reps, sizeof(double)), *tg = calloc((size_t)reps, sizeof(double));
+    int rc = 1;
+    if (!tokens || !pos || !pp || !tg) { fprintf(stderr, "llama3c bench: out of memory\n"); goto done; }
+    if (l3c_context_create(model, &cp, &ctx) != L3C_OK) {
+        fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
+        goto done;
+    }
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (int32_t i = 0; i < n_max; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        tokens[i] = (int32_t)(x % (uint64_t)info.n_vocab);
+    }
+    /* warm-up: page the weights in, spin the thread pool up */
+    if (timed_decode(ctx, tokens, pos, n_prompt ? (n_prompt < 16 ? n_prompt : 16) : 1, cp.n_batch) < 0)
+        goto done;
+    for (int r = 0; r < reps; r++) {
+        if (n_prompt) {
+            double s = timed_decode(ctx, tokens, pos, n_prompt, cp.n_batch);
+            if (s < 0) goto done;
+            pp[r] = n_prompt / s;
+        }
+        if (n_gen) {
+            double s = timed_decode(ctx, tokens, pos, n_gen, 1);
+            if (s < 0) goto done;
+            tg[r] = n_gen / s;
+        }
+        if (!json)
+            fprintf(stderr, "llama3c bench: rep %d/%d: pp %.2f t/s, tg %.2f t/s\n", r + 1, reps,
+                    pp[r], tg[r]);
+    }
+    stats spp = summarize(pp, reps), stg = summarize(tg, reps);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    long long rss = (long long)ru.ru_maxrss * 1024;
+    if (json) {
+        printf("{\"model\": \"");
+        for (const char *c = path; *c; c++) {
+            if (*c == '"' || *c == '\\') putchar('\\');
+            putchar(*c);
+        }
+        printf("\", \"model_type\": \"%s\", \"n_params\": %lld, \"model_bytes\": %zu, "
+               "\"threads\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_batch\": %d, \"reps\": %d, "
+               "\"pp_tokens_per_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
+               "\"tg_tokens_per_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, "
+               "\"peak_rss_bytes\": %lld, \"path\": \"%s\"}\n",
+               info.file_type, (long long)info.n_params, info.weight_bytes, threads, n_prompt, n_gen,
+               cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, rss,
+               l3c_backend_path());
+    } else {
+        printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type, info.weight_bytes / 1e9);
+        printf("threads %d, path %s, %d reps\n", threads, l3c_backend_path(), reps);
+        if (n_prompt)
+            printf("pp%-5d %9.2f t/s  (min %.2f, max %.2f)\n", n_prompt, spp.median, spp.min, spp.max);
+        if (n_gen)
+            printf("tg%-5d %9.2f t/s  (min %.2f, max %.2f)\n", n_gen, stg.median, stg.min, stg.max);
+        printf("peak RSS %.1f MiB\n", rss / 1048576.0);
+    }
+    rc = 0;
+done:
+    free(tokens);
+    free(pos);
+    free(pp);
+    free(tg);
+    l3c_context_free(ctx);
+    l3c_model_free(model);
+    return rc;
+}
