@@ -67,7 +67,10 @@ typedef struct l3c_gguf {
     size_t *tensor_sorted;    /* [n_tensors] tensor indices ordered by name */
 } l3c_gguf;
 
-/* Maps and parses a file. Errors name the file and the failing field. Caller frees with close. */
+/* Maps and parses a file. Errors name the file and the failing field. Caller frees with close.
+ * Status: L3C_ERR_IO (open/mmap), L3C_ERR_FORMAT (malformed), L3C_ERR_UNSUPPORTED (GGUF v1 or
+ * other versions, big-endian GGUF, nested arrays, a tensor type id the kernel table does not
+ * know), L3C_ERR_NOMEM. *out is NULL on failure. */
 l3c_status l3c_gguf_open(const char *path, l3c_gguf **out);
 /* Parses a caller-owned buffer (fuzzing, tests); buf must outlive the reader. */
 l3c_status l3c_gguf_open_memory(const void *buf, size_t size, const char *name, l3c_gguf **out);
@@ -91,7 +94,9 @@ l3c_status l3c_gguf_get_str(const l3c_gguf *g, const char *key, int optional, l3
 /* Arrays: *out points to the kv (type checked: elem type must equal want, or want < 0 for any). */
 l3c_status l3c_gguf_get_arr(const l3c_gguf *g, const char *key, int optional, int want_elem_type,
                             const l3c_gguf_kv **out);
-/* Element i of a numeric array as double / int64 (no alignment assumptions). */
+/* Element i of a numeric array as double / int64 (no alignment assumptions). A numeric scalar
+ * kv reads as a 1-element array; i out of range or a STRING element gives 0; BOOL gives 0/1;
+ * arr_i64 truncates floats toward zero and saturates values outside int64 (NaN gives 0). */
 double l3c_gguf_arr_f64(const l3c_gguf_kv *kv, uint64_t i);
 int64_t l3c_gguf_arr_i64(const l3c_gguf_kv *kv, uint64_t i);
 
