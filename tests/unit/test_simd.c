@@ -1,0 +1,249 @@
+/*
+ * test_simd.c -- every ISA kernel table against the scalar reference (ref.c), on random data.
+ *
+ * For each path this CPU runs (avx2; avx2 + avx512 on top), a table is built from a copy of
+ * l3c_type_traits_ref() with the override hooks applied, and every entry that differs from the
+ * reference is compared with it:
+ *   - from_float (activation quantizers, F16): byte-exact, same blocks as the reference;
+ *   - to_float: bit-exact floats;
+ *   - vec_dot and gemm: |simd - ref| <= 1e-5 * M + 1e-30, M = sum |w_i x_i| over the dequantized
+ *     rows (plus |m * s| per block for Q4_1/Q5_1): integer block sums are exact, only the float
+ *     accumulation order differs.
+ * Row lengths: 1, 3, 7, 33 blocks of 32 (1, 3, 7 superblocks for K-quants; odd element counts
+ * for float rows); gemm on 7 rows x 9 tokens (ragged against every tile shape) with ldy > rows.
+ * Weight blocks are random bytes with realistic fp16 scales (1e-3 .. 2e-2), activations uniform
+ * in [-2, 2] with a few outliers.
+ */
+#include "check.h"
+#include "kernels/types.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ULL;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+static float rndf(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() & 0xFFFFFF) / 16777216.0f; }
+
+/* byte offsets of the fp16 scale fields to overwrite with realistic values, per type */
+typedef struct {
+    int type;
+    int n_fp16;
+    int off[2];
+    int signed_min; /* dmin / m fields may be negative */
+} scale_fields;
+
+static const scale_fields g_fields[] = {
+    {L3C_TYPE_Q4_0, 1, {0, 0}, 0},   {L3C_TYPE_Q4_1, 2, {0, 2}, 1},   {L3C_TYPE_Q5_0, 1, {0, 0}, 0},
+    {L3C_TYPE_Q5_1, 2, {0, 2}, 1},   {L3C_TYPE_Q8_0, 1, {0, 0}, 0},   {L3C_TYPE_Q2_K, 2, {80, 82}, 0},
+    {L3C_TYPE_Q3_K, 1, {108, 0}, 0}, {L3C_TYPE_Q4_K, 2, {0, 2}, 0},   {L3C_TYPE_Q5_K, 2, {0, 2}, 0},
+    {L3C_TYPE_Q6_K, 1, {208, 0}, 0},
+};
+
+/* n elements of random weights of `type` into dst (row_bytes bytes) */
+static void make_weights(int type, int64_t n, uint8_t *dst, size_t bytes) {
+    if (type == L3C_TYPE_F32 || type == L3C_TYPE_F16 || type == L3C_TYPE_BF16) {
+        float *f = malloc((size_t)n * sizeof(float));
+        for (int64_t i = 0; i < n; i++) f[i] = rndf(-0.1f, 0.1f);
+        l3c_type_traits_ref(type)->from_float(f, dst, n);
+        free(f);
+        return;
+    }
+    for (size_t i = 0; i < bytes; i++) dst[i] = (uint8_t)rnd();
+    const l3c_type_traits *tr = l3c_type_traits_ref(type);
+    for (size_t k = 0; k < sizeof g_fields / sizeof g_fields[0]; k++) {
+        if (g_fields[k].type != type) continue;
+        for (int64_t b = 0; b < n / tr->block_size; b++) {
+            uint8_t *blk = dst + (size_t)b * tr->type_size;
+            for (int f = 0; f < g_fields[k].n_fp16; f++) {
+                float v = rndf(1e-3f, 2e-2f);
+                if (f == 1 && g_fields[k].signed_min && (rnd() & 1)) v = -v * 4;
+                uint16_t h = l3c_fp32_to_fp16(v);
+                memcpy(blk + g_fields[k].off[f], &h, 2);
+            }
+        }
+    }
+}
+
+static void make_acts(int64_t n, float *x) {
+    for (int64_t i = 0; i < n; i++) x[i] = rndf(-2.0f, 2.0f);
+    if (n > 5) x[rnd() % n] = 9.5f, x[rnd() % n] = -11.25f;
+}
+
+/* sum |w_i x_i| of the dequantized rows (+ |m * s| for Q4_1 / Q5_1) */
+static double magnitude(int type, int64_t n, const void *w, const void *xq) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(type), *xt = l3c_type_traits_ref(tr->vec_dot_type);
+    float *wf = malloc((size_t)n * sizeof(float)), *xf = malloc((size_t)n * sizeof(float));
+    tr->to_float(w, wf, n);
+    xt->to_float(xq, xf, n);
+    double m = 0.0;
+    for (int64_t i = 0; i < n; i++) m += fabs((double)wf[i] * xf[i]);
+    if (type == L3C_TYPE_Q4_1 || type == L3C_TYPE_Q5_1) {
+        for (int64_t b = 0; b < n / 32; b++) {
+            uint16_t mh, sh;
+            memcpy(&mh, (const uint8_t *)w + b * tr->type_size + 2, 2);
+            memcpy(&sh, (const uint8_t *)xq + b * 36 + 2, 2);
+            m += fabs((double)l3c_fp16_to_fp32(mh) * l3c_fp16_to_fp32(sh));
+        }
+    }
+    free(wf);
+    free(xf);
+    return m;
+}
+
+static const int g_types[] = {L3C_TYPE_F32,  L3C_TYPE_F16,  L3C_TYPE_BF16, L3C_TYPE_Q4_0,
+                              L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q5_1, L3C_TYPE_Q8_0,
+                              L3C_TYPE_Q2_K, L3C_TYPE_Q3_K, L3C_TYPE_Q4_K, L3C_TYPE_Q5_K,
+                              L3C_TYPE_Q6_K};
+
+/* row lengths (elements) to test for a type */
+static int lengths(int type, int64_t out[8]) {
+    int64_t bs = l3c_type_traits_ref(type)->block_size;
+    if (bs == 1) {
+        const int64_t f[] = {1, 3, 7, 33, 100, 1056, 4099};
+        memcpy(out, f, sizeof f);
+        return 7;
+    }
+    const int64_t q[] = {1, 3, 7, 33};
+    int k = 0;
+    for (int i = 0; i < 4; i++)
+        if (bs == 32 || q[i] <= 7) out[k++] = q[i] * bs;
+    return k;
+}
+
+static void check_path(const char *path, const l3c_type_traits *tab) {
+    int before = check_failures, tested = 0;
+    /* activation quantizers and float conversions: exact */
+    const int act[] = {L3C_TYPE_Q8_0, L3C_TYPE_Q8_1, L3C_TYPE_Q8_K, L3C_TYPE_F16, L3C_TYPE_BF16};
+    for (size_t a = 0; a < sizeof act / sizeof act[0]; a++) {
+        const l3c_type_traits *rt = l3c_type_traits_ref(act[a]), *st = &tab[act[a]];
+        for (int64_t nb = 1; nb <= 9; nb += 4) {
+            int64_t n = nb * rt->block_size * (rt->block_size == 1 ? 37 : 1);
+            size_t bytes;
+            L3C_ASSERT(l3c_row_size(act[a], n, &bytes));
+            float *x = malloc((size_t)n * sizeof(float)), *y0 = malloc((size_t)n * sizeof(float)),
+                  *y1 = malloc((size_t)n * sizeof(float));
+            uint8_t *q0 = calloc(1, bytes), *q1 = calloc(1, bytes);
+            make_acts(n, x);
+            if (nb == 5) memset(x, 0, (size_t)L3C_MIN(n, 32) * sizeof(float)); /* zero block */
+            if (st->from_float != rt->from_float && st->from_float) {
+                rt->from_float(x, q0, n);
+                st->from_float(x, q1, n);
+                CHECK_MSG(memcmp(q0, q1, bytes) == 0, "%s from_float %s n=%lld differs", path,
+                          rt->name, (long long)n);
+                tested++;
+            }
+            if (st->to_float != rt->to_float && st->to_float) {
+                rt->from_float(x, q0, n);
+                rt->to_float(q0, y0, n);
+                st->to_float(q0, y1, n);
+                CHECK_MSG(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "%s to_float %s n=%lld",
+                          path, rt->name, (long long)n);
+                tested++;
+            }
+            free(x), free(y0), free(y1), free(q0), free(q1);
+        }
+    }
+    /* weight types: to_float exact, vec_dot and gemm within the float tolerance */
+    for (size_t k = 0; k < sizeof g_types / sizeof g_types[0]; k++) {
+        int type = g_types[k];
+        const l3c_type_traits *rt = l3c_type_traits_ref(type), *st = &tab[type];
+        if (!rt->vec_dot) continue;
+        int64_t lens[8];
+        int nl = lengths(type, lens);
+        for (int li = 0; li < nl; li++) {
+            int64_t n = lens[li];
+            enum { R = 7, T = 9, LDY = 11 };
+            size_t wb, xb;
+            L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(rt->vec_dot_type, n, &xb));
+            uint8_t *w = malloc(wb * R), *xq = malloc(xb * T);
+            float *x = malloc((size_t)n * sizeof(float)), *f0 = malloc((size_t)n * sizeof(float)),
+                  *f1 = malloc((size_t)n * sizeof(float));
+            for (int r = 0; r < R; r++) make_weights(type, n, w + r * wb, wb);
+            for (int t = 0; t < T; t++) {
+                make_acts(n, x);
+                l3c_type_traits_ref(rt->vec_dot_type)->from_float(x, xq + t * xb, n);
+            }
+            if (st->to_float != rt->to_float) {
+                rt->to_float(w, f0, n);
+                st->to_float(w, f1, n);
+                CHECK_MSG(memcmp(f0, f1, (size_t)n * sizeof(float)) == 0, "%s to_float %s n=%lld",
+                          path, rt->name, (long long)n);
+                tested++;
+            }
+            float yref[R * T], ygemm[T * LDY];
+            double mag[R * T];
+            for (int t = 0; t < T; t++)
+                for (int r = 0; r < R; r++) {
+                    rt->vec_dot(n, &yref[t * R + r], w + r * wb, xq + t * xb);
+                    mag[t * R + r] = magnitude(type, n, w + r * wb, xq + t * xb);
+                }
+            if (st->vec_dot != rt->vec_dot) {
+                double worst = 0.0;
+                for (int t = 0; t < T; t++)
+                    for (int r = 0; r < R; r++) {
+                        float y;
+                        st->vec_dot(n, &y, w + r * wb, xq + t * xb);
+                        double err = fabs((double)y - yref[t * R + r]), tol = 1e-5 * mag[t * R + r] + 1e-30;
+                        worst = fmax(worst, err / tol);
+                        CHECK_MSG(err <= tol, "%s vec_dot %s n=%lld r=%d t=%d: %.9g vs ref %.9g (tol %.3g)",
+                                  path, rt->name, (long long)n, r, t, y, yref[t * R + r], tol);
+                    }
+                tested++;
+                (void)worst;
+            }
+            if (st->gemm) {
+                for (int i = 0; i < T * LDY; i++) ygemm[i] = -777.0f;
+                st->gemm(n, R, T, ygemm, LDY, w, wb, xq, xb);
+                for (int t = 0; t < T; t++) {
+                    for (int r = 0; r < R; r++) {
+                        double err = fabs((double)ygemm[t * LDY + r] - yref[t * R + r]);
+                        double tol = 1e-5 * mag[t * R + r] + 1e-30;
+                        CHECK_MSG(err <= tol, "%s gemm %s n=%lld r=%d t=%d: %.9g vs ref %.9g", path,
+                                  rt->name, (long long)n, r, t, ygemm[t * LDY + r], yref[t * R + r]);
+                    }
+                    for (int r = R; r < LDY; r++)
+                        CHECK_MSG(ygemm[t * LDY + r] == -777.0f, "%s gemm %s wrote past n_rows", path, rt->name);
+                }
+                tested++;
+            }
+            free(w), free(xq), free(x), free(f0), free(f1);
+        }
+    }
+    fprintf(stderr, "test_simd: %s: %d kernel/size combinations compared, %d failures\n", path,
+            tested, check_failures - before);
+}
+
+int main(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    static l3c_type_traits tab[L3C_TYPE_COUNT];
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                __builtin_cpu_supports("f16c");
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                  __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+    if (!avx2) {
+        fprintf(stderr, "test_simd: skipping avx2 and avx512: CPU lacks AVX2/FMA/F16C\n");
+    } else {
+        for (int i = 0; i < L3C_TYPE_COUNT; i++) tab[i] = *l3c_type_traits_ref(i);
+        l3c_kernels_override_avx2(tab);
+        check_path("avx2", tab);
+        if (!avx512) {
+            fprintf(stderr, "test_simd: skipping avx512: CPU lacks one of AVX-512 F/BW/DQ/VL/VNNI/BF16\n");
+        } else {
+            l3c_kernels_override_avx512(tab);
+            check_path("avx512", tab);
+        }
+    }
+#else
+    fprintf(stderr, "test_simd: skipping: no x86-64 SIMD paths on this architecture\n");
+#endif
+    return CHECK_DONE("test_simd");
+}
