@@ -62,9 +62,10 @@ def eval_logits(model, ids, tmp_path, all_positions=True, batch=None, threads=TH
 
 
 def generate_ids(model, ids, n, extra=()):
-    """Greedy continuation ids from `llama3c run --ids ... --temp 0 --print-ids --ignore-eos`."""
+    """Greedy continuation ids from `llama3c run --ids ... --temp 0 --print-ids --ignore-eos --no-bos`
+    (the ids are the whole prompt: BOS, if wanted, is among them)."""
     p = run_cli("run", "-m", model, "--ids", ids_arg(ids), "-n", n, "--temp", 0, "--print-ids",
-                "--ignore-eos", "-t", THREADS, *extra)
+                "--ignore-eos", "--no-bos", "-t", THREADS, *extra)
     return [int(x) for x in p.stdout.split()]
 
 
