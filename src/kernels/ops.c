@@ -2,8 +2,8 @@
  * ops.c -- the numeric ops of the forward pass over T token rows, on the dispatched type table.
  *
  * matmul: each activation row is converted once to W's vec_dot_type (into the caller's
- * scratch; F32 rows are used in place), then the output rows are split across the pool. Each
- * thread walks its rows in tiles of TILE_ROWS weight rows and, for each tile, every token, so a
+ * scratch; F32 rows are used in place), then tiles of TILE_ROWS output rows are split across
+ * the pool. Each thread walks its tiles and, for each tile, every token, so a
  * tile of W stays in cache while all T activation rows stream past it (W is read once per call).
  * The traits' gemm kernel, when present, does one tile x all tokens in one call.
  *
@@ -15,7 +15,9 @@
 #include <math.h>
 #include <string.h>
 
-#define TILE_ROWS 16
+/* Rows per tile. Threads get whole tiles, so every row is computed by the same kernel call
+ * whatever the thread count: results do not depend on it. */
+#define TILE_ROWS 8
 
 /* bytes of one activation row in vec_dot_type; 0 when the weight is not usable */
 static size_t act_row_bytes(const l3c_weight *w, const l3c_type_traits *tr) {
@@ -55,10 +57,10 @@ static void dot_task(void *arg, int ith, int nth) {
     const matmul_job *j = arg;
     const l3c_weight *w = j->w;
     const char *wdata = w->data, *xq = j->xq;
-    int64_t lo, hi;
-    l3c_split_range(w->n_out, ith, nth, &lo, &hi);
-    for (int64_t r0 = lo; r0 < hi; r0 += TILE_ROWS) {
-        int64_t r1 = L3C_MIN(r0 + TILE_ROWS, hi);
+    int64_t lo, hi; /* in tiles: tile k is rows [k * TILE_ROWS, (k + 1) * TILE_ROWS) */
+    l3c_split_range((w->n_out + TILE_ROWS - 1) / TILE_ROWS, ith, nth, &lo, &hi);
+    for (int64_t r0 = lo * TILE_ROWS; r0 < L3C_MIN(hi * TILE_ROWS, w->n_out); r0 += TILE_ROWS) {
+        int64_t r1 = L3C_MIN(r0 + TILE_ROWS, w->n_out);
         if (j->tr->gemm) {
             j->tr->gemm(w->n_in, r1 - r0, j->T, j->y + r0, w->n_out,
                         wdata + (size_t)r0 * w->row_bytes, w->row_bytes, xq, j->x_stride);

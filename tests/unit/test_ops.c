@@ -1,0 +1,226 @@
+/*
+ * test_ops.c -- ops.c and threadpool.c against naive double-precision arithmetic.
+ *
+ *  - l3c_matmul (dispatched kernels) vs sum_i dequant(W)[r][i] * x[t][i] in double, with the
+ *    float activations (so the check is independent of our activation quantizers), for several
+ *    weight types, T in {1, 5, 17} and 1..4 threads. Tolerance relative to sum |w||x|, plus the
+ *    8-bit activation rounding (half a step of amax/127 per element) where the type uses it.
+ *    Results must also be bitwise identical for every thread count (ops.c splits whole tiles).
+ *  - rmsnorm, softmax, swiglu, add, get_row vs naive formulas (1e-6 relative).
+ *  - the thread pool: every worker runs exactly once per job, over many back-to-back jobs.
+ */
+#include "check.h"
+#include "kernels/ops.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
+
+static float rnd_f(float lo, float hi) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return lo + (hi - lo) * (float)((g_rng >> 40) & 0xFFFFFF) / 16777216.0f;
+}
+
+/* ---------------------------------------------------------------- thread pool */
+
+typedef struct {
+    atomic_int calls[8];
+    atomic_int bad_nth;
+    int nth;
+} count_job;
+
+static void count_task(void *arg, int ith, int nth) {
+    count_job *j = arg;
+    atomic_fetch_add(&j->calls[ith], 1);
+    if (nth != j->nth) atomic_fetch_add(&j->bad_nth, 1);
+}
+
+static void test_threadpool(void) {
+    l3c_threadpool *tp = (l3c_threadpool *)1;
+    CHECK(l3c_threadpool_create(0, &tp) == L3C_ERR_INVALID_ARG && tp == NULL);
+    for (int n = 1; n <= 4; n++) {
+        CHECK(l3c_threadpool_create(n, &tp) == L3C_OK);
+        if (!tp) continue;
+        CHECK(l3c_threadpool_n_threads(tp) == n);
+        count_job j = {.nth = n};
+        const int runs = 300;
+        for (int r = 0; r < runs; r++) l3c_threadpool_run(tp, count_task, &j);
+        for (int i = 0; i < n; i++)
+            CHECK_MSG(j.calls[i] == runs, "n=%d worker %d ran %d", n, i, (int)j.calls[i]);
+        CHECK(j.bad_nth == 0);
+        l3c_threadpool_free(tp);
+    }
+    l3c_threadpool_free(NULL);
+    /* allocation failure leaves nothing behind */
+    for (long k = 0; k < 6; k++) {
+        l3c_set_alloc_fail_after(k);
+        l3c_status st = l3c_threadpool_create(3, &tp);
+        l3c_set_alloc_fail_after(-1);
+        CHECK(st == L3C_OK || (st == L3C_ERR_NOMEM && tp == NULL));
+        l3c_threadpool_free(tp);
+    }
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+static const int k_types[] = {L3C_TYPE_F32,  L3C_TYPE_F16,  L3C_TYPE_BF16, L3C_TYPE_Q4_0,
+                              L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q5_1, L3C_TYPE_Q8_0,
+                              L3C_TYPE_Q2_K, L3C_TYPE_Q3_K, L3C_TYPE_Q4_K, L3C_TYPE_Q5_K,
+                              L3C_TYPE_Q6_K};
+
+/* weight data for a type: quantize random floats where a quantizer exists, else random bytes
+ * with sane fp16 scales at the K-quant positions (d and dmin are the last/first fields) */
+static void make_weights(int type, float *wf, void *w, int64_t n_out, int64_t n_in) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(type);
+    size_t row;
+    L3C_ASSERT(l3c_row_size(type, n_in, &row));
+    for (int64_t i = 0; i < n_out * n_in; i++) wf[i] = rnd_f(-1.0f, 1.0f);
+    if (tr->from_float) {
+        for (int64_t r = 0; r < n_out; r++)
+            tr->from_float(wf + r * n_in, (char *)w + r * row, n_in);
+    } else {
+        uint8_t *p = w;
+        for (size_t i = 0; i < (size_t)n_out * row; i++) p[i] = (uint8_t)(rnd_f(0, 256));
+        for (size_t b = 0; b < (size_t)n_out * row / tr->type_size; b++) {
+            uint8_t *blk = p + b * tr->type_size;
+            uint16_t d = l3c_fp32_to_fp16(rnd_f(0.0005f, 0.002f));
+            uint16_t dmin = l3c_fp32_to_fp16(rnd_f(0.0f, 0.002f));
+            switch (type) {
+            case L3C_TYPE_Q4_K:
+            case L3C_TYPE_Q5_K:
+                memcpy(blk, &d, 2), memcpy(blk + 2, &dmin, 2);
+                break;
+            case L3C_TYPE_Q2_K: memcpy(blk + 80, &d, 2), memcpy(blk + 82, &dmin, 2); break;
+            default: memcpy(blk + tr->type_size - 2, &d, 2); break; /* Q3_K, Q6_K */
+            }
+        }
+    }
+    for (int64_t r = 0; r < n_out; r++) tr->to_float((char *)w + r * row, wf + r * n_in, n_in);
+}
+
+static void test_matmul(void) {
+    const int64_t n_out = 37, T_max = 17;
+    const int64_t Ts[] = {1, 5, 17};
+    l3c_threadpool *pools[4] = {0};
+    for (int i = 0; i < 4; i++) CHECK(l3c_threadpool_create(i + 1, &pools[i]) == L3C_OK);
+    for (size_t k = 0; k < sizeof k_types / sizeof k_types[0]; k++) {
+        int type = k_types[k];
+        const l3c_type_traits *tr = l3c_type_traits_get(type);
+        int64_t n_in = tr->block_size == 256 ? 512 : tr->block_size == 32 ? 160 : 100;
+        size_t row;
+        CHECK(l3c_row_size(type, n_in, &row));
+        float *wf = malloc(sizeof(float) * n_out * n_in);
+        void *wdata = malloc(row * n_out);
+        float *x = malloc(sizeof(float) * T_max * n_in);
+        float *y = malloc(sizeof(float) * T_max * n_out), *y1 = malloc(sizeof(float) * T_max * n_out);
+        make_weights(type, wf, wdata, n_out, n_in);
+        l3c_weight w = {.name = "w", .type = type, .n_in = n_in, .n_out = n_out, .row_bytes = row,
+                        .data = wdata};
+        void *scratch = malloc(l3c_matmul_scratch_bytes(&w, T_max));
+        bool q8_act = tr->vec_dot_type != L3C_TYPE_F32;
+        for (size_t ti = 0; ti < 3; ti++) {
+            int64_t T = Ts[ti];
+            for (int64_t i = 0; i < T * n_in; i++) x[i] = rnd_f(-1.0f, 1.0f);
+            for (int nt = 1; nt <= 4; nt++) {
+                memset(y, 0xFF, sizeof(float) * T * n_out);
+                l3c_matmul(pools[nt - 1], &w, x, y, T, scratch);
+                if (nt == 1) memcpy(y1, y, sizeof(float) * T * n_out);
+                else CHECK_MSG(memcmp(y, y1, sizeof(float) * T * n_out) == 0,
+                               "%s T=%lld: %d threads differ from 1", tr->name, (long long)T, nt);
+            }
+            double worst = 0;
+            for (int64_t t = 0; t < T; t++) {
+                const float *xt = x + t * n_in;
+                double amax = 0;
+                for (int64_t i = 0; i < n_in; i++) amax = fmax(amax, fabs(xt[i]));
+                for (int64_t r = 0; r < n_out; r++) {
+                    const float *wr = wf + r * n_in;
+                    double s = 0, sa = 0, sw = 0;
+                    for (int64_t i = 0; i < n_in; i++) {
+                        s += (double)wr[i] * xt[i];
+                        sa += fabs((double)wr[i] * xt[i]);
+                        sw += fabs(wr[i]);
+                    }
+                    /* float summation 1e-5; Q8 activations: <= 0.5 step (amax/127, fp16 d) per
+                     * element; Q8_1's fp16 s adds ~2^-11 of the min term */
+                    double tol = 1e-5 * sa + (q8_act ? sw * amax / 127 * 0.51 + 1e-3 * sa : 0);
+                    double err = fabs(y1[t * n_out + r] - s);
+                    worst = fmax(worst, err / tol);
+                    CHECK_MSG(err <= tol, "%s T=%lld r=%lld: %g vs %g (tol %g)", tr->name,
+                              (long long)T, (long long)r, y1[t * n_out + r], s, tol);
+                }
+            }
+            if (T == 17) fprintf(stderr, "matmul %-5s worst err/tol %.3f\n", tr->name, worst);
+        }
+        /* get_row = to_float of the row */
+        float row_out[512];
+        l3c_get_row(&w, 36, row_out);
+        for (int64_t i = 0; i < n_in; i++)
+            CHECK_NEAR(row_out[i], wf[36 * n_in + i], 1e-6 * (1 + fabs(wf[36 * n_in + i])));
+        free(scratch);
+        free(wf);
+        free(wdata);
+        free(x);
+        free(y);
+        free(y1);
+    }
+    for (int i = 0; i < 4; i++) l3c_threadpool_free(pools[i]);
+    l3c_weight bad = {.type = 17, .n_in = 32, .n_out = 1};
+    CHECK(l3c_matmul_scratch_bytes(&bad, 1) == SIZE_MAX);
+}
+
+/* ---------------------------------------------------------------- elementwise ops */
+
+static void test_elementwise(void) {
+    enum { T = 3, N = 77 };
+    float x[T * N], g[N], y[T * N], a[N], b[N], a0[N];
+    for (int i = 0; i < T * N; i++) x[i] = rnd_f(-3.0f, 3.0f);
+    for (int i = 0; i < N; i++) g[i] = rnd_f(0.5f, 1.5f);
+    l3c_rmsnorm(x, g, y, T, N, 1e-5f);
+    for (int t = 0; t < T; t++) {
+        double ss = 0;
+        for (int i = 0; i < N; i++) ss += (double)x[t * N + i] * x[t * N + i];
+        double sc = 1.0 / sqrt(ss / N + 1e-5);
+        for (int i = 0; i < N; i++) {
+            double want = x[t * N + i] * sc * g[i];
+            CHECK_NEAR(y[t * N + i], want, 1e-6 * fabs(want) + 1e-7);
+        }
+    }
+    for (int i = 0; i < N; i++) a[i] = a0[i] = rnd_f(-10.0f, 10.0f), b[i] = rnd_f(-2.0f, 2.0f);
+    a[0] = a0[0] = -100.0f; /* silu underflows to -0 */
+    l3c_swiglu(a, b, N);
+    for (int i = 0; i < N; i++) {
+        double want = a0[i] / (1.0 + exp(-(double)a0[i])) * b[i];
+        CHECK_NEAR(a[i], want, 1e-6 * fabs(want) + 1e-7);
+    }
+    for (int i = 0; i < N; i++) a[i] = a0[i];
+    l3c_add(a, b, N);
+    for (int i = 0; i < N; i++) CHECK(a[i] == a0[i] + b[i]);
+    /* softmax, including a large offset that would overflow exp without max subtraction */
+    for (int i = 0; i < N; i++) a[i] = a0[i] = rnd_f(-20.0f, 20.0f) + 1000.0f;
+    l3c_softmax(a, N);
+    double z = 0, s = 0;
+    double m = a0[0];
+    for (int i = 1; i < N; i++) m = fmax(m, a0[i]);
+    for (int i = 0; i < N; i++) z += exp((double)a0[i] - m);
+    for (int i = 0; i < N; i++) {
+        double want = exp((double)a0[i] - m) / z;
+        CHECK_NEAR(a[i], want, 1e-6 * want + 1e-9);
+        s += a[i];
+    }
+    CHECK_NEAR(s, 1.0, 1e-5);
+    float one = 5.0f;
+    l3c_softmax(&one, 1);
+    CHECK(one == 1.0f);
+}
+
+int main(void) {
+    test_threadpool();
+    test_elementwise();
+    test_matmul();
+    return CHECK_DONE("test_ops");
+}
