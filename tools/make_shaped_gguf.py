@@ -95,12 +95,20 @@ def llama3_vocab(path):
 
 
 def synthetic_vocab(n_vocab):
+    """256 byte tokens, then byte pairs (each with its merge), then fillers, then 256 specials."""
     b2u = bytes_to_unicode()
-    tokens = [b2u[b] for b in range(256)]
-    tokens += ["<tok%d>" % i for i in range(256, n_vocab - 256)]
+    chars = [b2u[b] for b in range(256)]
+    tokens, merges = chars[:], []
+    for a in chars:
+        for b in chars:
+            if len(tokens) >= n_vocab - 256:
+                break
+            tokens.append(a + b)
+            merges.append(a + " " + b)
+    tokens += ["<tok%d>" % i for i in range(len(tokens), n_vocab - 256)]
     specials = LLAMA3_SPECIALS + ["<|reserved_special_token_%d|>" % i for i in range(3, 248)]
     tokens += specials[:256]
-    return tokens, [1] * (n_vocab - 256) + [3] * 256, []
+    return tokens, [1] * (n_vocab - 256) + [3] * 256, merges
 
 
 def llama3_rope_factors(head_dim, theta, factor=32.0, low=1.0, high=4.0, old_ctx=8192):
@@ -177,8 +185,7 @@ def main():
     w.add_tokenizer_pre("llama-bpe")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    if merges:
-        w.add_token_merges(merges)
+    w.add_token_merges(merges)
     w.add_bos_token_id(128000)
     w.add_eos_token_id(128009)
 

@@ -49,6 +49,7 @@ static void usage(FILE *f) {
         "  --kv-lengths LIST    context lengths for the KV-cache table (default 1024,8192,train)\n"
         "  --no-trace           model card, parameters and memory only\n"
         "  --html FILE          also write a self-contained HTML page\n"
+        "  --logits-out FILE    write the last position's logits (float32) of the traced run\n"
         "  -t, --threads N      threads for the traced run\n"
         "  -h, --help           this text\n");
 }
@@ -108,7 +109,7 @@ static void gather_params(const l3c_model *m, ex_report *r) {
  * if ffn_dim_multiplier: hidden = int(mult*hidden); round up to a multiple of multiple_of. */
 static void derive_ffn(int64_t dim, int64_t n_ff, ex_ffn_rule *f) {
     static const double mults[] = {1.0, 1.3, 1.5, 2.0, 1.2, 1.25, 1.4, 2.6, 3.0, 4.0};
-    static const int multiples[] = {256, 1024, 4096, 512, 128, 64, 32, 16, 8, 1};
+    static const int multiples[] = {1024, 256, 4096, 512, 128, 64, 32, 16, 8, 1};
     memset(f, 0, sizeof *f);
     f->four_d = 4 * dim;
     f->two_thirds = (int64_t)(2 * f->four_d / 3);
@@ -432,7 +433,7 @@ static void top5(const float *logits, int32_t n_vocab, const l3c_tokenizer *tok,
 }
 
 static int run_trace(l3c_model *model, ex_report *r, const int *layers, int n_layers,
-                     const int *heads, int n_heads, int threads) {
+                     const int *heads, int n_heads, int threads, const char *logits_out) {
     const l3c_tokenizer *tok = l3c_model_tokenizer(model);
     size_t len = strlen(r->prompt);
     int64_t n = l3c_tokenize(tok, r->prompt, len, NULL, 0, L3C_TOKENIZE_ADD_BOS);
@@ -474,9 +475,18 @@ static int run_trace(l3c_model *model, ex_report *r, const int *layers, int n_la
         return 1;
     }
     const float *logits = l3c_get_logits(ctx, (int32_t)r->n_tokens - 1);
+    int rc = 0;
     if (logits) top5(logits, r->info.n_vocab, tok, r->top);
+    if (logits && logits_out) {
+        FILE *f = fopen(logits_out, "wb");
+        if (!f || fwrite(logits, sizeof(float), (size_t)r->info.n_vocab, f) != (size_t)r->info.n_vocab) {
+            fprintf(stderr, "llama3c explain: cannot write %s\n", logits_out);
+            rc = 1;
+        }
+        if (f && fclose(f) != 0) rc = 1;
+    }
     l3c_context_free(ctx);
-    return 0;
+    return rc;
 }
 
 static void report_free(ex_report *r) {
@@ -489,6 +499,7 @@ static void report_free(ex_report *r) {
 
 int cmd_explain(int argc, char **argv) {
     const char *model_path = NULL, *prompt = "The capital of France is", *html = NULL;
+    const char *logits_out = NULL;
     const char *layers_arg = "0,-1", *heads_arg = "0", *kv_arg = NULL;
     int n_values = 4, trace = 1, threads = 0;
     for (int i = 1; i < argc; i++) {
@@ -502,6 +513,7 @@ int cmd_explain(int argc, char **argv) {
         else if (!strcmp(a, "--values") && has_val) n_values = atoi(argv[++i]);
         else if (!strcmp(a, "--kv-lengths") && has_val) kv_arg = argv[++i];
         else if (!strcmp(a, "--html") && has_val) html = argv[++i];
+        else if (!strcmp(a, "--logits-out") && has_val) logits_out = argv[++i];
         else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has_val) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--no-trace")) trace = 0;
         else {
@@ -560,7 +572,7 @@ int cmd_explain(int argc, char **argv) {
     print_params(&r);
     int rc = 0;
     if (trace) {
-        rc = run_trace(model, &r, layers, n_layers, heads, n_heads, threads);
+        rc = run_trace(model, &r, layers, n_layers, heads, n_heads, threads, logits_out);
         if (!rc) print_trace(&r, layers, n_layers, n_values, l3c_model_tokenizer(model));
     }
     if (!rc && html) {

@@ -40,8 +40,8 @@ static void diagram(FILE *f, const ex_report *r) {
     const l3c_model_info *in = &r->info;
     char s[160];
     int W = 620, x = 40, w = 420, y = 10;
-    int H = 16 * 44 + 60;
-    fprintf(f, "<svg id='diagram' xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' "
+    int H = 44 + 48 + 10 + 8 * 44 + 10 + 44 + 34 + 12; /* the boxes below, top to bottom */
+    fprintf(f, "<svg id='diagram' width='%d' height='%d' "
                "viewBox='0 0 %d %d'>", W, H, W, H);
     fputs("<defs><marker id='a' markerWidth='8' markerHeight='8' refX='4' refY='4' orient='auto'>"
           "<path d='M0,0 L8,4 L0,8 z' fill='#333'/></marker></defs>", f);
@@ -101,7 +101,7 @@ static void heatmap(FILE *f, const ex_attn *a, const ex_report *r) {
     const int cell = a->cols > 32 ? 8 : 18;
     int64_t rows = a->rows, cols = a->cols;
     int w = (int)(cols * cell) + 4, h = (int)(rows * cell) + 4;
-    fprintf(f, "<figure><svg class='heat' xmlns='http://www.w3.org/2000/svg' width='%d' height='%d'>",
+    fprintf(f, "<figure><svg class='heat' width='%d' height='%d'>",
             w, h);
     for (int64_t y = 0; y < rows; y++)
         for (int64_t x = 0; x < cols; x++) {
