@@ -1,0 +1,260 @@
+/*
+ * cmd_chat.c -- `llama3c chat`: conversation with a model through its chat template.
+ * Modes: one turn with -p; one user turn per stdin line when stdin is not a terminal; otherwise an
+ * interactive REPL ("> ", /exit, /reset). The whole conversation is re-tokenized every turn with
+ * l3c_chat_tokenize and fed through cli_session_feed, which keeps the KV-cache prefix it shares
+ * with the previous turn, so only the new tokens are evaluated. --print-prompt shows the exact
+ * prompt the model would see (the detokenized prompt ids, special tokens included) and exits.
+ */
+#include "cli.h"
+#include "common.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *CMD = "chat";
+
+static void help(FILE *f) {
+    cli_opts d;
+    cli_opts_init(&d, 512, 0.7f, 0.9f);
+    fprintf(f,
+            "usage: llama3c chat -m FILE [-p PROMPT] [--system TEXT] [options]\n\n"
+            "Chats through the model's chat template. With -p: answers one prompt. With stdin not a\n"
+            "terminal: every input line is a user turn (multi-turn). Otherwise: interactive (\"> \"),\n"
+            "/reset forgets the conversation, /exit (or end of input) quits.\n\n"
+            "chat:\n"
+            "  -p, --prompt TEXT       one user turn, answered, then exit\n"
+            "  --system TEXT           system message\n"
+            "  --message ROLE TEXT     add a message to the conversation first (repeatable)\n"
+            "  --template NAME         llama3 | chatml | llama2 | zephyr (default: from the model)\n"
+            "  --print-prompt          print the formatted prompt (with -p / --message) and exit\n"
+            "  --print-prompt-ids      print the prompt's token ids and exit\n");
+    cli_opts_help(f, &d);
+}
+
+typedef struct conv {
+    l3c_chat_message *m; /* roles are static strings or argv; contents are malloc'd */
+    size_t n, cap;
+    size_t n_keep;       /* messages kept by /reset (the system message and --message seeds) */
+} conv;
+
+static int conv_add(conv *c, const char *role, const char *content, size_t len) {
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 8;
+        l3c_chat_message *m = realloc(c->m, cap * sizeof *m);
+        if (!m) return -1;
+        c->m = m;
+        c->cap = cap;
+    }
+    char *s = malloc(len + 1);
+    if (!s) return -1;
+    memcpy(s, content, len);
+    s[len] = '\0';
+    c->m[c->n].role = role;
+    c->m[c->n].content = s;
+    c->n++;
+    return 0;
+}
+
+static void conv_truncate(conv *c, size_t n) {
+    while (c->n > n) free((char *)c->m[--c->n].content);
+}
+
+static void conv_free(conv *c) {
+    conv_truncate(c, 0);
+    free(c->m);
+}
+
+static int tokenize_conv(const l3c_model *model, l3c_chat_template t, const conv *c, int32_t **ids, int64_t *n) {
+    if (l3c_chat_tokenize(model, t, c->m, c->n, 1, ids, n) != L3C_OK)
+        return cli_runtime_error(CMD, "cannot format the conversation");
+    return 0;
+}
+
+/* One exchange: the user's text in, the answer streamed to stdout and added to the conversation. */
+static int turn(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c, const char *user, size_t len) {
+    if (conv_add(c, "user", user, len)) goto nomem;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    int rc = tokenize_conv(s->model, t, c, &ids, &n);
+    /* too long for the context: forget the oldest exchanges (never the seeded messages) */
+    while (!rc && n >= s->n_ctx && c->n > c->n_keep + 1) {
+        l3c_free(ids);
+        free((char *)c->m[c->n_keep].content);
+        memmove(c->m + c->n_keep, c->m + c->n_keep + 1, (c->n - c->n_keep - 1) * sizeof *c->m);
+        c->n--;
+        rc = tokenize_conv(s->model, t, c, &ids, &n);
+    }
+    if (!rc) rc = cli_session_feed(s, ids, n);
+    l3c_free(ids);
+    if (rc) {
+        conv_truncate(c, c->n - 1);
+        return rc;
+    }
+    char *answer = NULL;
+    cli_gen_opts g = {.out = stdout, .text = &answer};
+    rc = cli_session_generate(s, o, &g);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (!o->no_timings) cli_print_timings(s);
+    if (rc) return rc;
+    int bad = conv_add(c, "assistant", answer, strlen(answer));
+    free(answer);
+    if (bad) goto nomem;
+    return 0;
+nomem:
+    fprintf(stderr, "llama3c %s: out of memory\n", CMD);
+    return CLI_ERR;
+}
+
+static int print_prompt(const l3c_model *model, l3c_chat_template t, const conv *c, int as_ids) {
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    if (tokenize_conv(model, t, c, &ids, &n)) return CLI_ERR;
+    int rc = 0;
+    if (as_ids) {
+        for (int64_t i = 0; i < n; i++) printf("%s%d", i ? " " : "", (int)ids[i]);
+        printf("\n");
+    } else {
+        const l3c_tokenizer *tok = l3c_model_tokenizer(model);
+        int64_t need = l3c_detokenize(tok, ids, n, NULL, 0, 0);
+        need = need < 0 ? -need : need;
+        char *text = malloc((size_t)need + 1);
+        int64_t got = text ? l3c_detokenize(tok, ids, n, text, need, 0) : -1;
+        if (got < 0) {
+            rc = cli_runtime_error(CMD, "cannot detokenize the prompt");
+        } else {
+            fwrite(text, 1, (size_t)got, stdout);
+        }
+        free(text);
+    }
+    l3c_free(ids);
+    fflush(stdout);
+    return rc;
+}
+
+static int parse_template(const char *name, l3c_chat_template *t) {
+    const l3c_chat_template all[] = {L3C_CHAT_LLAMA3, L3C_CHAT_CHATML, L3C_CHAT_LLAMA2, L3C_CHAT_ZEPHYR};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (!strcmp(name, l3c_chat_template_name(all[i]))) {
+            *t = all[i];
+            return 0;
+        }
+    return cli_usage_error(CMD, "--template: unknown template '%s' (llama3, chatml, llama2, zephyr)", name);
+}
+
+int cmd_chat(int argc, char **argv) {
+    cli_opts o;
+    cli_opts_init(&o, 512, 0.7f, 0.9f);
+    const char *prompt = NULL, *system = NULL;
+    l3c_chat_template tmpl = L3C_CHAT_AUTO;
+    int print = 0, print_ids = 0, rc = 0;
+    conv c = {0};
+    char *line = NULL;
+    size_t line_cap = 0;
+    /* --message pairs are collected first so --system comes first regardless of order */
+    const char **seed_roles = calloc((size_t)argc, sizeof *seed_roles);
+    const char **seed_texts = calloc((size_t)argc, sizeof *seed_texts);
+    size_t n_seed = 0;
+    if (!seed_roles || !seed_texts) {
+        rc = CLI_ERR;
+        goto out;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r = cli_opts_parse(CMD, &o, argc, argv, &i);
+        if (r < 0) {
+            rc = CLI_USAGE;
+            goto out;
+        }
+        if (r > 0) continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help(stdout);
+            goto out;
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            if (!(prompt = cli_value(CMD, argc, argv, &i))) rc = CLI_USAGE;
+        } else if (!strcmp(a, "--system")) {
+            if (!(system = cli_value(CMD, argc, argv, &i))) rc = CLI_USAGE;
+        } else if (!strcmp(a, "--message")) {
+            if (i + 2 >= argc) {
+                rc = cli_usage_error(CMD, "--message needs ROLE and TEXT");
+            } else {
+                seed_roles[n_seed] = argv[++i];
+                seed_texts[n_seed++] = argv[++i];
+            }
+        } else if (!strcmp(a, "--template")) {
+            const char *v = cli_value(CMD, argc, argv, &i);
+            rc = v ? parse_template(v, &tmpl) : CLI_USAGE;
+        } else if (!strcmp(a, "--print-prompt")) {
+            print = 1;
+        } else if (!strcmp(a, "--print-prompt-ids")) {
+            print_ids = 1;
+        } else {
+            rc = cli_usage_error(CMD, "unknown option '%s'", a);
+        }
+        if (rc) goto out;
+    }
+    if ((rc = cli_opts_finish(CMD, &o))) goto out;
+
+    if ((system && conv_add(&c, "system", system, strlen(system))) ) goto nomem;
+    for (size_t i = 0; i < n_seed; i++)
+        if (conv_add(&c, seed_roles[i], seed_texts[i], strlen(seed_texts[i]))) goto nomem;
+    c.n_keep = c.n;
+
+    if (print || print_ids) {
+        l3c_model *model = NULL;
+        if ((rc = cli_load_model(CMD, o.model_path, o.n_threads, o.verbose, &model))) goto out;
+        if (tmpl == L3C_CHAT_AUTO) tmpl = l3c_chat_template_detect(model);
+        if (prompt && conv_add(&c, "user", prompt, strlen(prompt))) {
+            l3c_model_free(model);
+            goto nomem;
+        }
+        rc = print_prompt(model, tmpl, &c, print_ids);
+        l3c_model_free(model);
+        goto out;
+    }
+
+    cli_session s;
+    if ((rc = cli_session_open(&s, CMD, &o))) goto out;
+    if (tmpl == L3C_CHAT_AUTO) tmpl = l3c_chat_template_detect(s.model);
+    if (o.verbose) fprintf(stderr, "llama3c %s: template %s\n", CMD, l3c_chat_template_name(tmpl));
+
+    if (prompt) {
+        rc = turn(&s, &o, tmpl, &c, prompt, strlen(prompt));
+    } else {
+        int interactive = isatty(STDIN_FILENO);
+        if (interactive)
+            fprintf(stderr, "llama3c %s: template %s; /reset forgets the conversation, /exit quits\n", CMD,
+                    l3c_chat_template_name(tmpl));
+        for (;;) {
+            if (interactive) {
+                fputs("> ", stdout);
+                fflush(stdout);
+            }
+            ssize_t len = getline(&line, &line_cap, stdin);
+            if (len < 0) break;
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+            if (len == 0) continue;
+            if (interactive && !strcmp(line, "/exit")) break;
+            if (interactive && !strcmp(line, "/reset")) {
+                conv_truncate(&c, c.n_keep);
+                fprintf(stderr, "(conversation reset)\n");
+                continue;
+            }
+            if ((rc = turn(&s, &o, tmpl, &c, line, (size_t)len))) break;
+        }
+        if (interactive) fputc('\n', stdout);
+    }
+    cli_session_close(&s);
+    goto out;
+nomem:
+    fprintf(stderr, "llama3c %s: out of memory\n", CMD);
+    rc = CLI_ERR;
+out:
+    free(line);
+    conv_free(&c);
+    free(seed_roles);
+    free(seed_texts);
+    return rc;
+}

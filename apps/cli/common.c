@@ -1,0 +1,477 @@
+/*
+ * common.c -- shared CLI plumbing (see common.h): option parsing, model/context/sampler setup,
+ * prompt evaluation with KV-cache prefix reuse, and the streaming generation loop.
+ *
+ * Invariants of a session: cache[0..n_cache) are exactly the ids whose keys/values sequence 0 of
+ * the context holds (l3c_kv_seq_len(ctx, 0) == n_cache); logits, when non-NULL, belong to
+ * cache[n_cache-1] and are invalidated by every l3c_decode / truncate. Streaming output never
+ * splits a UTF-8 sequence: bytes are held back until l3c_utf8_complete says they are whole.
+ */
+#include "common.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- errors and values */
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "llama3c %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see `llama3c %s --help`)\n", cmd);
+    return CLI_USAGE;
+}
+
+int cli_runtime_error(const char *cmd, const char *what) {
+    const char *msg = l3c_last_error();
+    fprintf(stderr, "llama3c %s: %s%s%s\n", cmd, what, msg && *msg ? ": " : "", msg ? msg : "");
+    return CLI_ERR;
+}
+
+const char *cli_value(const char *cmd, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        cli_usage_error(cmd, "option %s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return cli_usage_error(cmd, "%s: '%s' is not an integer in [%ld, %ld]", opt, s, lo, hi);
+    *out = v;
+    return 0;
+}
+
+int cli_parse_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || isnan(v) || v < lo || v > hi)
+        return cli_usage_error(cmd, "%s: '%s' is not a number in [%g, %g]", opt, s, lo, hi);
+    *out = (float)v;
+    return 0;
+}
+
+int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    if (*s == '-') return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", opt, s);
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || end == s || *end) return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", opt, s);
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- shared options */
+
+void cli_opts_init(cli_opts *o, int32_t n_predict, float temp, float top_p) {
+    memset(o, 0, sizeof *o);
+    o->n_batch = 512;
+    o->n_predict = n_predict;
+    o->sp = l3c_sampler_default_params();
+    o->sp.temperature = temp;
+    o->sp.top_p = top_p;
+}
+
+int cli_opts_parse(const char *cmd, cli_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    long l;
+#define VAL()                                          \
+    do {                                               \
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1; \
+    } while (0)
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        VAL();
+        o->model_path = v;
+    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        VAL();
+        if (cli_parse_long(cmd, a, v, 1, 1024, &l)) return -1;
+        o->n_threads = (int)l;
+    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+        VAL();
+        if (cli_parse_long(cmd, a, v, 0, INT32_MAX, &l)) return -1;
+        o->n_ctx = (int32_t)l;
+    } else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) {
+        VAL();
+        if (cli_parse_long(cmd, a, v, 1, 1 << 20, &l)) return -1;
+        o->n_batch = (int32_t)l;
+    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+        VAL();
+        if (cli_parse_long(cmd, a, v, -1, INT32_MAX, &l)) return -1;
+        o->n_predict = (int32_t)l;
+    } else if (!strcmp(a, "--temp") || !strcmp(a, "--temperature")) {
+        VAL();
+        if (cli_parse_float(cmd, a, v, 0.0, 100.0, &o->sp.temperature)) return -1;
+    } else if (!strcmp(a, "--top-k")) {
+        VAL();
+        if (cli_parse_long(cmd, a, v, 0, INT32_MAX, &l)) return -1;
+        o->sp.top_k = (int32_t)l;
+    } else if (!strcmp(a, "--top-p")) {
+        VAL();
+        if (cli_parse_float(cmd, a, v, 0.0, 1.0, &o->sp.top_p)) return -1;
+    } else if (!strcmp(a, "--min-p")) {
+        VAL();
+        if (cli_parse_float(cmd, a, v, 0.0, 1.0, &o->sp.min_p)) return -1;
+    } else if (!strcmp(a, "--repeat-penalty")) {
+        VAL();
+        if (cli_parse_float(cmd, a, v, 1e-3, 100.0, &o->sp.repeat_penalty)) return -1;
+    } else if (!strcmp(a, "--repeat-last-n")) {
+        VAL();
+        if (cli_parse_long(cmd, a, v, 0, 1 << 20, &l)) return -1;
+        o->sp.repeat_last_n = (int32_t)l;
+    } else if (!strcmp(a, "--seed")) {
+        VAL();
+        if (cli_parse_u64(cmd, a, v, &o->sp.seed)) return -1;
+        o->seed_set = 1;
+    } else if (!strcmp(a, "--ignore-eos")) {
+        o->ignore_eos = 1;
+    } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+        o->verbose = 1;
+    } else if (!strcmp(a, "--no-timings")) {
+        o->no_timings = 1;
+    } else {
+        return 0;
+    }
+#undef VAL
+    return 1;
+}
+
+int cli_opts_finish(const char *cmd, cli_opts *o) {
+    if (!o->model_path) return cli_usage_error(cmd, "no model: pass -m FILE.gguf");
+    if (!o->seed_set) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        o->sp.seed = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    }
+    return 0;
+}
+
+void cli_opts_help(FILE *f, const cli_opts *d) {
+    fprintf(f,
+            "model and context:\n"
+            "  -m, --model FILE        GGUF model (required)\n"
+            "  -t, --threads N         worker threads (default: physical cores)\n"
+            "  -c, --ctx-size N        context positions (default: the model's, capped by a 1 GiB KV cache)\n"
+            "  -b, --batch-size N      prompt tokens per forward pass (default %d)\n"
+            "generation:\n"
+            "  -n, --n-predict N       tokens to generate, -1: until the end (default %d)\n"
+            "  --ignore-eos            keep generating past end-of-generation tokens\n"
+            "sampling:\n"
+            "  --temp T                temperature, 0: greedy (default %g)\n"
+            "  --top-k K               keep the K most likely tokens, 0: off (default %d)\n"
+            "  --top-p P               nucleus: smallest set with probability >= P, 1: off (default %g)\n"
+            "  --min-p M               drop tokens below M x the top probability, 0: off (default %g)\n"
+            "  --repeat-penalty R      penalty for the last --repeat-last-n tokens, 1: off (default %g)\n"
+            "  --repeat-last-n N       window of the repetition penalty (default %d)\n"
+            "  --seed S                random seed (default: drawn at random)\n"
+            "output:\n"
+            "  -v, --verbose           loading details and the seed on stderr\n"
+            "  --no-timings            no speed summary on stderr\n",
+            (int)d->n_batch, (int)d->n_predict, (double)d->sp.temperature, (int)d->sp.top_k,
+            (double)d->sp.top_p, (double)d->sp.min_p, (double)d->sp.repeat_penalty, (int)d->sp.repeat_last_n);
+}
+
+/* ---------------------------------------------------------------- model and session */
+
+int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, l3c_model **out) {
+    l3c_model_params mp = l3c_model_default_params();
+    if (n_threads > 0) mp.n_threads = n_threads;
+    mp.verbose = verbose;
+    fprintf(stderr, "llama3c %s: loading %s\n", cmd, path);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    if (l3c_model_load(path, &mp, out) != L3C_OK) {
+        char what[4200];
+        snprintf(what, sizeof what, "cannot load model '%s'", path);
+        return cli_runtime_error(cmd, what);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (verbose) {
+        l3c_model_info mi;
+        l3c_model_get_info(*out, &mi);
+        fprintf(stderr, "llama3c %s: %s (%s, %s), %d layers, n_embd %d, vocab %d, loaded in %.2f s, kernels: %s\n",
+                cmd, mi.name, mi.arch, mi.file_type, (int)mi.n_layer, (int)mi.n_embd, (int)mi.n_vocab,
+                (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9, l3c_backend_path());
+    }
+    return 0;
+}
+
+int cli_session_open(cli_session *s, const char *cmd, const cli_opts *o) {
+    memset(s, 0, sizeof *s);
+    s->cmd = cmd;
+    if (cli_load_model(cmd, o->model_path, o->n_threads, o->verbose, &s->model)) return CLI_ERR;
+    s->tok = l3c_model_tokenizer(s->model);
+    s->n_vocab = l3c_vocab_size(s->tok);
+
+    l3c_context_params cp = l3c_context_default_params();
+    cp.n_ctx = o->n_ctx;
+    cp.n_batch = o->n_batch;
+    cp.n_threads = o->n_threads;
+    if (l3c_context_create(s->model, &cp, &s->ctx) != L3C_OK) {
+        cli_runtime_error(cmd, "cannot create a context");
+        goto fail;
+    }
+    s->n_ctx = l3c_context_n_ctx(s->ctx);
+    s->n_batch = o->n_batch;
+    if (l3c_sampler_create(&o->sp, s->n_vocab, &s->smp) != L3C_OK) {
+        cli_runtime_error(cmd, "cannot create the sampler");
+        goto fail;
+    }
+    s->cache = malloc((size_t)s->n_ctx * sizeof *s->cache);
+    if (!s->cache) {
+        fprintf(stderr, "llama3c %s: out of memory\n", cmd);
+        goto fail;
+    }
+    if (o->verbose)
+        fprintf(stderr, "llama3c %s: context %d positions, seed %llu\n", cmd, (int)s->n_ctx,
+                (unsigned long long)o->sp.seed);
+    return 0;
+fail:
+    cli_session_close(s);
+    return CLI_ERR;
+}
+
+void cli_session_close(cli_session *s) {
+    free(s->cache);
+    l3c_sampler_free(s->smp);
+    l3c_context_free(s->ctx);
+    l3c_model_free(s->model);
+    memset(s, 0, sizeof *s);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Decodes one token at the end of the cache and keeps its logits. */
+static int decode_one(cli_session *s, int32_t id) {
+    int32_t pos = (int32_t)s->n_cache;
+    l3c_batch b = {.n_tokens = 1, .tokens = &id, .pos = &pos};
+    s->logits = NULL;
+    if (l3c_decode(s->ctx, &b) != L3C_OK) return cli_runtime_error(s->cmd, "decode failed");
+    s->cache[s->n_cache++] = id;
+    s->logits = l3c_get_logits(s->ctx, 0);
+    return 0;
+}
+
+int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
+    s->n_prompt = 0;
+    s->t_prompt = 0;
+    if (n <= 0) {
+        fprintf(stderr, "llama3c %s: the prompt is empty (no tokens)\n", s->cmd);
+        return CLI_ERR;
+    }
+    if (n > s->n_ctx) {
+        fprintf(stderr, "llama3c %s: the prompt has %lld tokens, more than the context's %d (use -c)\n", s->cmd,
+                (long long)n, (int)s->n_ctx);
+        return CLI_ERR;
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= s->n_vocab) {
+            fprintf(stderr, "llama3c %s: token id %d is outside the vocabulary [0, %d)\n", s->cmd, (int)ids[i],
+                    (int)s->n_vocab);
+            return CLI_ERR;
+        }
+    int64_t keep = 0;
+    while (keep < n && keep < s->n_cache && s->cache[keep] == ids[keep]) keep++;
+    if (keep == n && s->n_cache == n && s->logits) return 0; /* nothing new, logits still valid */
+    if (keep == n) keep = n - 1;                              /* re-evaluate the last one for its logits */
+    if (keep < s->n_cache) {
+        s->logits = NULL;
+        if (l3c_kv_seq_truncate(s->ctx, 0, (int32_t)keep) != L3C_OK)
+            return cli_runtime_error(s->cmd, "cannot truncate the KV cache");
+        s->n_cache = keep;
+    }
+    int32_t *pos = malloc((size_t)s->n_batch * sizeof *pos);
+    if (!pos) {
+        fprintf(stderr, "llama3c %s: out of memory\n", s->cmd);
+        return CLI_ERR;
+    }
+    double t0 = now_s();
+    int rc = 0;
+    while (s->n_cache < n) {
+        int32_t m = (int32_t)(n - s->n_cache < s->n_batch ? n - s->n_cache : s->n_batch);
+        for (int32_t j = 0; j < m; j++) pos[j] = (int32_t)s->n_cache + j;
+        l3c_batch b = {.n_tokens = m, .tokens = ids + s->n_cache, .pos = pos};
+        s->logits = NULL;
+        if (l3c_decode(s->ctx, &b) != L3C_OK) {
+            rc = cli_runtime_error(s->cmd, "decoding the prompt failed");
+            break;
+        }
+        memcpy(s->cache + s->n_cache, ids + s->n_cache, (size_t)m * sizeof *ids);
+        s->n_cache += m;
+        s->n_prompt += m;
+        if (s->n_cache == n) s->logits = l3c_get_logits(s->ctx, m - 1);
+    }
+    s->t_prompt = now_s() - t0;
+    free(pos);
+    if (!rc && !s->logits) {
+        fprintf(stderr, "llama3c %s: no logits after the prompt\n", s->cmd);
+        rc = CLI_ERR;
+    }
+    return rc;
+}
+
+/* Growable byte string for held-back UTF-8 bytes and the collected text. */
+typedef struct strbuf {
+    char *p;
+    size_t n, cap;
+} strbuf;
+
+static int sb_add(strbuf *b, const char *p, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) return -1;
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, p, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+    return 0;
+}
+
+int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g) {
+    strbuf pend = {0}, text = {0};
+    char small[256], *piece = small;
+    size_t piece_cap = sizeof small;
+    int rc = 0;
+    s->n_gen = 0;
+    s->t_gen = 0;
+    if (g->text) *g->text = NULL;
+    if (!s->logits) {
+        fprintf(stderr, "llama3c %s: nothing to continue (no prompt evaluated)\n", s->cmd);
+        return CLI_ERR;
+    }
+    double t0 = now_s();
+    for (int64_t i = 0; o->n_predict < 0 || i < o->n_predict; i++) {
+        int32_t id = l3c_sampler_sample(s->smp, s->logits);
+        if (id < 0) {
+            rc = cli_runtime_error(s->cmd, "sampling failed");
+            break;
+        }
+        l3c_sampler_accept(s->smp, id);
+        if (!o->ignore_eos && l3c_token_is_eog(s->tok, id)) break;
+        s->n_gen++;
+
+        if (g->print_ids) {
+            if (g->out) fprintf(g->out, "%s%d", s->n_gen > 1 ? " " : "", (int)id);
+        } else if (g->print_special || !l3c_token_is_special(s->tok, id)) {
+            int32_t nb = l3c_token_to_bytes(s->tok, id, piece, (int32_t)piece_cap);
+            if (nb < 0) {
+                char *bigger = realloc(piece == small ? NULL : piece, (size_t)-nb);
+                if (!bigger) {
+                    fprintf(stderr, "llama3c %s: out of memory\n", s->cmd);
+                    rc = CLI_ERR;
+                    break;
+                }
+                piece = bigger;
+                piece_cap = (size_t)-nb;
+                nb = l3c_token_to_bytes(s->tok, id, piece, (int32_t)piece_cap);
+            }
+            if (nb > 0 && (sb_add(&pend, piece, (size_t)nb) || (g->text && sb_add(&text, piece, (size_t)nb)))) {
+                fprintf(stderr, "llama3c %s: out of memory\n", s->cmd);
+                rc = CLI_ERR;
+                break;
+            }
+            size_t ok = l3c_utf8_complete(pend.p ? pend.p : "", pend.n);
+            if (ok && g->out) fwrite(pend.p, 1, ok, g->out);
+            memmove(pend.p, pend.p + ok, pend.n - ok);
+            pend.n -= ok;
+        }
+        if (g->out) fflush(g->out);
+
+        if (o->n_predict >= 0 && i + 1 >= o->n_predict) break; /* the last token needs no decode */
+        if (s->n_cache >= s->n_ctx) {
+            fprintf(stderr, "\nllama3c %s: context full (%d positions); stopping\n", s->cmd, (int)s->n_ctx);
+            break;
+        }
+        if ((rc = decode_one(s, id))) break;
+    }
+    s->t_gen = now_s() - t0;
+    if (pend.n && g->out) fwrite(pend.p, 1, pend.n, g->out); /* an incomplete tail, as it is */
+    if (g->out) fflush(g->out);
+    if (piece != small) free(piece);
+    free(pend.p);
+    if (g->text && !rc) {
+        if (!text.p && sb_add(&text, "", 0)) rc = CLI_ERR;
+        *g->text = text.p;
+        text.p = NULL;
+    }
+    free(text.p);
+    /* the logits of the last sampled (undecoded) token do not exist: a later feed re-evaluates */
+    if (s->logits && s->n_gen > 0) s->logits = NULL;
+    return rc;
+}
+
+void cli_print_timings(const cli_session *s) {
+    fprintf(stderr, "prompt: %lld tokens, %.2f tok/s | generation: %lld tokens, %.2f tok/s\n",
+            (long long)s->n_prompt, s->t_prompt > 0 ? (double)s->n_prompt / s->t_prompt : 0.0,
+            (long long)s->n_gen, s->t_gen > 0 ? (double)s->n_gen / s->t_gen : 0.0);
+}
+
+/* ---------------------------------------------------------------- files and tokens */
+
+char *cli_read_file(const char *cmd, const char *path, size_t *len) {
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f) {
+        fprintf(stderr, "llama3c %s: cannot open '%s': %s\n", cmd, path, strerror(errno));
+        return NULL;
+    }
+    strbuf b = {0};
+    char chunk[65536];
+    size_t r;
+    while ((r = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (sb_add(&b, chunk, r)) {
+            fprintf(stderr, "llama3c %s: out of memory reading '%s'\n", cmd, path);
+            free(b.p);
+            if (f != stdin) fclose(f);
+            return NULL;
+        }
+    int err = ferror(f);
+    if (f != stdin) fclose(f);
+    if (err || (!b.p && sb_add(&b, "", 0))) {
+        fprintf(stderr, "llama3c %s: cannot read '%s'\n", cmd, path);
+        free(b.p);
+        return NULL;
+    }
+    *len = b.n;
+    return b.p;
+}
+
+int cli_tokenize(const char *cmd, const l3c_tokenizer *tok, const char *text, size_t len, int flags,
+                 int32_t **ids, int64_t *n) {
+    *ids = NULL;
+    *n = 0;
+    int64_t need = l3c_tokenize(tok, text, len, NULL, 0, flags);
+    if (need == INT64_MIN) return cli_runtime_error(cmd, "cannot tokenize the prompt");
+    if (need < 0) need = -need;
+    int32_t *out = malloc((size_t)(need ? need : 1) * sizeof *out);
+    if (!out) {
+        fprintf(stderr, "llama3c %s: out of memory\n", cmd);
+        return CLI_ERR;
+    }
+    int64_t got = l3c_tokenize(tok, text, len, out, need, flags);
+    if (got < 0) {
+        free(out);
+        return cli_runtime_error(cmd, "cannot tokenize the prompt");
+    }
+    *ids = out;
+    *n = got;
+    return 0;
+}

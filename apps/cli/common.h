@@ -1,0 +1,106 @@
+/*
+ * common.h -- helpers shared by the CLI subcommands (run, chat, bench, explain, ...), built only on
+ * the public header:
+ *  - option parsing: value parsers with range checks that print "llama3c CMD: ..." and give exit
+ *    code 2, and the options every generating command shares (model, threads, context, sampling);
+ *  - a session: model + context + sampler, a mirror of the ids held in sequence 0's KV cache so a
+ *    new prompt only evaluates what differs from the cache (prefix reuse), and a generation loop
+ *    that streams UTF-8-safe text (or ids) and records timings.
+ * Exit codes: 0 ok, 1 runtime error (l3c_last_error() printed with the file), 2 usage error.
+ */
+#ifndef L3C_CLI_COMMON_H
+#define L3C_CLI_COMMON_H
+
+#include "llama3c.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+enum { CLI_OK = 0, CLI_ERR = 1, CLI_USAGE = 2 };
+
+/* "llama3c CMD: message" + a --help hint on stderr; returns CLI_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "llama3c CMD: what: <l3c_last_error()>" on stderr; returns CLI_ERR. */
+int cli_runtime_error(const char *cmd, const char *what);
+
+/* The value of option argv[*i] (advancing *i), or NULL after printing a usage error. */
+const char *cli_value(const char *cmd, int argc, char **argv, int *i);
+/* Parse a whole string as a number within [lo, hi]; 0 on success, CLI_USAGE (message printed) otherwise. */
+int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
+int cli_parse_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
+int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
+
+/* Options shared by the generating commands. */
+typedef struct cli_opts {
+    const char *model_path;   /* -m FILE (required) */
+    int n_threads;            /* -t N; 0: library default */
+    int32_t n_ctx;            /* -c N; 0: model's context capped by the KV budget */
+    int32_t n_batch;          /* -b N; prompt tokens per l3c_decode call */
+    int32_t n_predict;        /* -n N; < 0: until end of generation or full context */
+    l3c_sampler_params sp;    /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n --seed */
+    int seed_set;             /* 1 when --seed was given (else a random seed is drawn) */
+    int ignore_eos;           /* --ignore-eos */
+    int verbose;              /* -v: loading details and the seed on stderr */
+    int no_timings;           /* --no-timings */
+} cli_opts;
+
+/* Defaults for a command: n_predict, temperature and top-p differ between run and chat. */
+void cli_opts_init(cli_opts *o, int32_t n_predict, float temp, float top_p);
+/* Consumes argv[*i] (and its value) if it is a shared option: returns 1 consumed, 0 not a shared
+ * option, -1 usage error (message printed). */
+int cli_opts_parse(const char *cmd, cli_opts *o, int argc, char **argv, int *i);
+/* Checks required options and draws the seed; 0 or CLI_USAGE. */
+int cli_opts_finish(const char *cmd, cli_opts *o);
+/* Help lines for the shared options. */
+void cli_opts_help(FILE *f, const cli_opts *defaults);
+
+/* Loads a model with a "loading" note on stderr; 0 or CLI_ERR (message names the file). */
+int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, l3c_model **out);
+
+typedef struct cli_session {
+    const char *cmd;
+    l3c_model *model;
+    l3c_context *ctx;
+    l3c_sampler *smp;
+    const l3c_tokenizer *tok;
+    int32_t n_ctx, n_batch, n_vocab;
+    int32_t *cache;           /* [n_cache] ids held in sequence 0's KV cache, capacity n_ctx */
+    int64_t n_cache;
+    const float *logits;      /* logits after cache[n_cache-1]; NULL when not available */
+    int64_t n_prompt;         /* tokens evaluated by the last cli_session_feed */
+    double t_prompt;          /* its seconds */
+    int64_t n_gen;            /* tokens produced by the last cli_session_generate */
+    double t_gen;             /* its seconds (sampling + decoding) */
+} cli_session;
+
+/* Loads the model and creates context and sampler; 0 or CLI_ERR (printed). */
+int cli_session_open(cli_session *s, const char *cmd, const cli_opts *o);
+void cli_session_close(cli_session *s);
+
+/* Makes sequence 0 hold exactly ids[0..n): keeps the common prefix with the cache, evaluates the
+ * rest in n_batch chunks, and leaves the logits of ids[n-1]. 0 or CLI_ERR (printed). */
+int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n);
+
+typedef struct cli_gen_opts {
+    FILE *out;                /* where the text (or ids) streams; NULL: nowhere */
+    int print_ids;            /* 1: generated ids, space-separated, instead of text */
+    int print_special;        /* 1: special tokens' text is printed too */
+    char **text;              /* optional: the generated text (NUL-terminated, malloc'd; caller frees) */
+} cli_gen_opts;
+
+/* Samples up to o->n_predict tokens after the fed prompt, stopping at an end-of-generation token
+ * (unless ignore_eos) or a full context; each accepted token except the last is decoded into the
+ * cache. 0 or CLI_ERR (printed). */
+int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g);
+
+/* "prompt: N tokens, X tok/s | generation: N tokens, Y tok/s" on stderr. */
+void cli_print_timings(const cli_session *s);
+
+/* Reads a whole file (or "-" for stdin) into a NUL-terminated malloc'd buffer; NULL on error (printed). */
+char *cli_read_file(const char *cmd, const char *path, size_t *len);
+
+/* Tokenizes text into a malloc'd array; 0 or CLI_ERR (printed). */
+int cli_tokenize(const char *cmd, const l3c_tokenizer *tok, const char *text, size_t len, int flags,
+                 int32_t **ids, int64_t *n);
+
+#endif /* L3C_CLI_COMMON_H */
