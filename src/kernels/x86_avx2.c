@@ -177,33 +177,11 @@ INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_
  * unsigned bytes u in [0, 31]; sum (u - off) x = maddubs(u, x) - maddubs(off, x), the second
  * term computed once per activation block.
  */
-enum { B_Q4_0, B_Q4_1, B_Q5_0, B_Q5_1 };
-
-INLINE __m256i unpack_b32(int kind, const char *blk) {
-    switch (kind) {
-    case B_Q4_0: return x86_nibbles32(((const l3c_block_q4_0 *)blk)->qs);
-    case B_Q4_1: return x86_nibbles32(((const l3c_block_q4_1 *)blk)->qs);
-    case B_Q5_0: {
-        const l3c_block_q5_0 *b = (const void *)blk;
-        __m256i hi = _mm256_and_si256(x86_bits_to_bytes(x86_load_u32(b->qh)), _mm256_set1_epi8(0x10));
-        return _mm256_or_si256(x86_nibbles32(b->qs), hi);
-    }
-    default: {
-        const l3c_block_q5_1 *b = (const void *)blk;
-        __m256i hi = _mm256_and_si256(x86_bits_to_bytes(x86_load_u32(b->qh)), _mm256_set1_epi8(0x10));
-        return _mm256_or_si256(x86_nibbles32(b->qs), hi);
-    }
-    }
-}
-
-static const size_t b32_size[4] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q4_1),
-                                   sizeof(l3c_block_q5_0), sizeof(l3c_block_q5_1)};
-
 INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t ws, const char *x,
                      size_t xs, float *y, int64_t ldy) {
     const bool has_min = kind == B_Q4_1 || kind == B_Q5_1;
     const int off = kind == B_Q4_0 ? 8 : kind == B_Q5_0 ? 16 : 0;
-    const size_t wbs = b32_size[kind], xbs = has_min ? sizeof(l3c_block_q8_1) : sizeof(l3c_block_q8_0);
+    const size_t wbs = x86_b32_size[kind], xbs = has_min ? sizeof(l3c_block_q8_1) : sizeof(l3c_block_q8_0);
     const size_t xq_off = has_min ? offsetof(l3c_block_q8_1, qs) : offsetof(l3c_block_q8_0, qs);
     const __m256i ones = _mm256_set1_epi16(1), voff = _mm256_set1_epi8((char)off);
     __m256 acc[MAXR][MAXR];
@@ -218,7 +196,7 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
         float mw[MAXR];
         UNROLL for (int r = 0; r < RW; r++) {
             const char *blk = w + r * ws + b * wbs;
-            wq[r] = unpack_b32(kind, blk);
+            wq[r] = x86_unpack_b32(kind, blk);
             dw[r] = _mm256_set1_ps(x86_fp16(*(const uint16_t *)blk));
             mw[r] = has_min ? x86_fp16(((const uint16_t *)blk)[1]) : 0.0f;
         }
@@ -426,29 +404,6 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 
 /* ---------------------------------------------------------------- vec_dot + gemm per type */
 
-/* gemm over GEMM_RW x GEMM_RT tiles; ragged rows / tokens go through the 1 x 1 tile */
-#define DEFINE_KERNELS(name, TILE)                                                              \
-    static void vec_dot_##name(int64_t n, float *out, const void *w, const void *x) {          \
-        TILE(1, 1, n, (const char *)w, 0, (const char *)x, 0, out, 0);                          \
-    }                                                                                           \
-    static void gemm_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,        \
-                            const void *w, size_t w_stride, const void *x, size_t x_stride) {   \
-        const char *wc = w, *xc = x;                                                            \
-        int64_t r = 0;                                                                          \
-        for (; r + GEMM_RW <= n_rows; r += GEMM_RW) {                                           \
-            int64_t t = 0;                                                                      \
-            for (; t + GEMM_RT <= T; t += GEMM_RT)                                              \
-                TILE(GEMM_RW, GEMM_RT, n, wc + r * w_stride, w_stride, xc + t * x_stride,       \
-                     x_stride, y + t * ldy + r, ldy);                                           \
-            for (; t < T; t++)                                                                  \
-                TILE(GEMM_RW, 1, n, wc + r * w_stride, w_stride, xc + t * x_stride, 0,          \
-                     y + t * ldy + r, ldy);                                                     \
-        }                                                                                       \
-        for (; r < n_rows; r++)                                                                 \
-            for (int64_t t = 0; t < T; t++)                                                     \
-                TILE(1, 1, n, wc + r * w_stride, 0, xc + t * x_stride, 0, y + t * ldy + r, 0);  \
-    }
-
 #define T_F32(RW, RT, ...) tile_float(K_F32, RW, RT, __VA_ARGS__)
 #define T_F16(RW, RT, ...) tile_float(K_F16, RW, RT, __VA_ARGS__)
 #define T_BF16(RW, RT, ...) tile_float(K_BF16, RW, RT, __VA_ARGS__)
@@ -461,17 +416,17 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 #define T_Q5_K(RW, RT, ...) tile_q45_K(true, RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
 
-DEFINE_KERNELS(f32, T_F32)
-DEFINE_KERNELS(f16, T_F16)
-DEFINE_KERNELS(bf16, T_BF16)
-DEFINE_KERNELS(q4_0, T_Q4_0)
-DEFINE_KERNELS(q4_1, T_Q4_1)
-DEFINE_KERNELS(q5_0, T_Q5_0)
-DEFINE_KERNELS(q5_1, T_Q5_1)
-DEFINE_KERNELS(q8_0, T_Q8_0)
-DEFINE_KERNELS(q4_K, T_Q4_K)
-DEFINE_KERNELS(q5_K, T_Q5_K)
-DEFINE_KERNELS(q6_K, T_Q6_K)
+X86_DEFINE_KERNELS(f32, T_F32)
+X86_DEFINE_KERNELS(f16, T_F16)
+X86_DEFINE_KERNELS(bf16, T_BF16)
+X86_DEFINE_KERNELS(q4_0, T_Q4_0)
+X86_DEFINE_KERNELS(q4_1, T_Q4_1)
+X86_DEFINE_KERNELS(q5_0, T_Q5_0)
+X86_DEFINE_KERNELS(q5_1, T_Q5_1)
+X86_DEFINE_KERNELS(q8_0, T_Q8_0)
+X86_DEFINE_KERNELS(q4_K, T_Q4_K)
+X86_DEFINE_KERNELS(q5_K, T_Q5_K)
+X86_DEFINE_KERNELS(q6_K, T_Q6_K)
 
 #define SET_DOT(id, name)                    \
     do {                                     \

@@ -1,7 +1,377 @@
-/* placeholder, being written */
-#if defined(__x86_64__) && defined(__AVX512F__)
-#include "kernels/types.h"
-void l3c_kernels_override_avx512(l3c_type_traits *table) { (void)table; }
+/*
+ * x86_avx512.c -- AVX-512 (F/BW/DQ/VL + VNNI) kernels, applied on top of the AVX2 table: entries
+ * not set here stay AVX2. Same tile scheme as x86_avx2.c (one tile kernel per type serves vec_dot
+ * as 1 x 1 and gemm), with GEMM_RW = 4 weight rows x GEMM_RT = 4 tokens: the 32 vector registers
+ * hold 16 accumulators plus the unpacked weights of 4 rows.
+ *
+ *  - Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: 256-bit VNNI. _mm256_dpbusd_epi32 (u8 x s8, exact int32)
+ *    on the unsigned unpacked weights; the offset (8, 16, or 128 for Q8_0 whose weights are
+ *    biased to u8 by xor 0x80) is removed once per activation block as -off * sum(x), which is
+ *    the accumulator the dpbusd starts from.
+ *  - Q4_K / Q6_K: 512-bit, 64 elements per instruction: maddubs then _mm512_dpwssd_epi32 with
+ *    the per-sub-block scales spread over the lanes by _mm512_permutexvar_epi16.
+ *  - F32 / F16 / BF16: 512-bit FMA. BF16 weights are widened exactly (shift); _mm512_dpbf16_ps is
+ *    not used because it would round the F32 activations to bf16 (~3 significant digits).
+ *  - Q8_0 / Q8_K activation quantizers: 512-bit versions of the AVX2 ones, bit-exact with ref.c.
+ */
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__) && defined(__AVX512VNNI__) && defined(__FMA__) && defined(__F16C__)
+
+#include "kernels/x86_common.h"
+
+#define GEMM_RW 4
+#define GEMM_RT 4
+#define MAXR 4
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* ---------------------------------------------------------------- activation quantizers */
+
+static inline __m512 round_away512(__m512 v) {
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 frac = _mm512_sub_ps(v, t);
+    __mmask16 half = _mm512_cmp_ps_mask(_mm512_abs_ps(frac), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(_mm512_set1_ps(-0.0f), v));
+    return _mm512_mask_add_ps(t, half, t, one);
+}
+
+static void from_float_q8_0(const float *src, void *dst, int64_t n) {
+    l3c_block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *x = src + i * 32;
+        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i i0 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v0, vid)));
+        __m512i i1 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v1, vid)));
+        _mm_storeu_si128((__m128i *)b[i].qs, _mm512_cvtsepi32_epi8(i0));
+        _mm_storeu_si128((__m128i *)(b[i].qs + 16), _mm512_cvtsepi32_epi8(i1));
+        b[i].d = _cvtss_sh(d, 0);
+    }
+}
+
+static void from_float_q8_K(const float *src, void *dst, int64_t n) {
+    l3c_block_q8_K *b = dst;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float *x = src + i * 256;
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < 256; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+        float amax = _mm512_reduce_max_ps(m);
+        if (amax == 0.0f) {
+            memset(&b[i], 0, sizeof b[i]);
+            continue;
+        }
+        int first = 0;
+        for (int j = 0; j < 256; j += 16) {
+            __mmask16 k = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + j)), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (k) {
+                first = j + __builtin_ctz((unsigned)k);
+                break;
+            }
+        }
+        float iscale = -127.0f / x[first];
+        __m512 vs = _mm512_set1_ps(iscale);
+        for (int j = 0; j < 256; j += 16) {
+            /* round half to even (MXCSR default) like lrintf; saturation caps at 127 */
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(x + j)));
+            _mm_storeu_si128((__m128i *)(b[i].qs + j), _mm512_cvtsepi32_epi8(q));
+            b[i].bsums[j / 16] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        b[i].d = 1.0f / iscale;
+    }
+}
+
+/* ---------------------------------------------------------------- float rows */
+
+enum { K_F32, K_F16, K_BF16 };
+
+INLINE __m512 load_w16(int kind, const void *w, int64_t i) {
+    if (kind == K_F32) return _mm512_loadu_ps((const float *)w + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
+    if (kind == K_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+INLINE float scalar_w(int kind, const void *w, int64_t i) {
+    if (kind == K_F32) return ((const float *)w)[i];
+    if (kind == K_F16) return x86_fp16(((const uint16_t *)w)[i]);
+    return l3c_bf16_to_fp32(((const uint16_t *)w)[i]);
+}
+
+INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_t ws,
+                       const char *x, size_t xs, float *y, int64_t ldy) {
+    enum { U = 4 };
+    const int u = RW * RT >= 4 ? 1 : U;
+    __m512 acc[U][MAXR][MAXR];
+    UNROLL for (int k = 0; k < u; k++) UNROLL for (int r = 0; r < RW; r++)
+        UNROLL for (int t = 0; t < RT; t++) acc[k][r][t] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 * u <= n; i += 16 * u) {
+        UNROLL for (int k = 0; k < u; k++) {
+            __m512 wv[MAXR];
+            UNROLL for (int r = 0; r < RW; r++) wv[r] = load_w16(kind, w + r * ws, i + 16 * k);
+            UNROLL for (int t = 0; t < RT; t++) {
+                __m512 xv = _mm512_loadu_ps((const float *)(x + t * xs) + i + 16 * k);
+                UNROLL for (int r = 0; r < RW; r++) acc[k][r][t] = _mm512_fmadd_ps(wv[r], xv, acc[k][r][t]);
+            }
+        }
+    }
+    for (; i + 16 <= n; i += 16) {
+        __m512 wv[MAXR];
+        UNROLL for (int r = 0; r < RW; r++) wv[r] = load_w16(kind, w + r * ws, i);
+        UNROLL for (int t = 0; t < RT; t++) {
+            __m512 xv = _mm512_loadu_ps((const float *)(x + t * xs) + i);
+            UNROLL for (int r = 0; r < RW; r++) acc[0][r][t] = _mm512_fmadd_ps(wv[r], xv, acc[0][r][t]);
+        }
+    }
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
+        __m512 s = acc[0][r][t];
+        UNROLL for (int k = 1; k < u; k++) s = _mm512_add_ps(s, acc[k][r][t]);
+        float sum = _mm512_reduce_add_ps(s);
+        for (int64_t j = i; j < n; j++)
+            sum += scalar_w(kind, w + r * ws, j) * ((const float *)(x + t * xs))[j];
+        y[t * ldy + r] = sum;
+    }
+}
+
+/* ---------------------------------------------------------------- 32-element blocks (VNNI) */
+
+enum { B_Q8_0 = 4 };
+
+INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t ws, const char *x,
+                     size_t xs, float *y, int64_t ldy) {
+    const bool has_min = kind == B_Q4_1 || kind == B_Q5_1;
+    const int off = kind == B_Q4_0 ? 8 : kind == B_Q5_0 ? 16 : kind == B_Q8_0 ? 128 : 0;
+    const size_t wbs = kind == B_Q8_0 ? sizeof(l3c_block_q8_0) : x86_b32_size[kind];
+    const size_t xbs = has_min ? sizeof(l3c_block_q8_1) : sizeof(l3c_block_q8_0);
+    const size_t xq_off = has_min ? offsetof(l3c_block_q8_1, qs) : offsetof(l3c_block_q8_0, qs);
+    const __m256i voff = _mm256_set1_epi8((char)off);
+    __m256 acc[MAXR][MAXR];
+    float macc[MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
+        acc[r][t] = _mm256_setzero_ps();
+        macc[r][t] = 0.0f;
+    }
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i wq[MAXR];
+        __m256 dw[MAXR];
+        float mw[MAXR];
+        UNROLL for (int r = 0; r < RW; r++) {
+            const char *blk = w + r * ws + b * wbs;
+            if (kind == B_Q8_0)
+                wq[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), voff);
+            else
+                wq[r] = x86_unpack_b32(kind, blk);
+            dw[r] = _mm256_set1_ps(x86_fp16(*(const uint16_t *)blk));
+            mw[r] = has_min ? x86_fp16(((const uint16_t *)blk)[1]) : 0.0f;
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const char *xb = x + t * xs + b * xbs;
+            __m256i xq = _mm256_loadu_si256((const __m256i *)(xb + xq_off));
+            __m256 dx = _mm256_set1_ps(x86_fp16(*(const uint16_t *)xb));
+            __m256i base = _mm256_setzero_si256();
+            if (off) base = _mm256_sub_epi32(base, _mm256_dpbusd_epi32(_mm256_setzero_si256(), voff, xq));
+            float sx = has_min ? x86_fp16(((const uint16_t *)xb)[1]) : 0.0f;
+            UNROLL for (int r = 0; r < RW; r++) {
+                __m256 f = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base, wq[r], xq));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), f, acc[r][t]);
+                if (has_min) macc[r][t] += mw[r] * sx;
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        y[t * ldy + r] = x86_hsum_ps(acc[r][t]) + macc[r][t];
+}
+
+/* ---------------------------------------------------------------- K-quants x Q8_K (512-bit) */
+
+/* 16 int16 in the low 256 bits of v; lanes 16 * h .. 16 * h + 15 of the result = v[k_h] */
+static inline __m512i spread2(__m512i v, int k0, int k1) {
+    __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)k0)),
+                                     _mm256_set1_epi16((short)k1), 1);
+    return _mm512_permutexvar_epi16(idx, v);
+}
+
+/* lanes 8 * q .. 8 * q + 7 of the result = v[k + q], q < 4 */
+static inline __m512i spread4(__m512i v, int k) {
+    const __m512i base = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_epi16(_mm512_add_epi16(base, _mm512_set1_epi16((short)k)), v);
+}
+
+/*
+ * Q4_K: chunk j of 64 elements is [low nibbles of qs[32j..32j+31] | high nibbles], exactly
+ * the 64 activation bytes qs[64j..64j+63]; sub-blocks 2j and 2j+1 are the two 256-bit halves.
+ */
+INLINE void tile_q4_K(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
+                      float *y, int64_t ldy) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m256 acc[MAXR][MAXR];
+    float macc[MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
+        acc[r][t] = _mm256_setzero_ps();
+        macc[r][t] = 0.0f;
+    }
+    for (int64_t b = 0; b < n / 256; b++) {
+        const l3c_block_q4_K *wb[MAXR];
+        __m512i sc[MAXR];
+        __m128i mn[MAXR];
+        float dw[MAXR], dmw[MAXR], dx[MAXR];
+        __m512i isum[MAXR][MAXR];
+        UNROLL for (int r = 0; r < RW; r++) {
+            wb[r] = (const l3c_block_q4_K *)(w + r * ws) + b;
+            uint32_t u[4];
+            x86_k4_scales(wb[r]->scales, u);
+            __m256i s16 = _mm256_cvtepu8_epi16(_mm_setr_epi32((int)u[0], (int)u[1], (int)u[2], (int)u[3]));
+            sc[r] = _mm512_castsi256_si512(s16);
+            mn[r] = _mm256_extracti128_si256(s16, 1);
+            dw[r] = x86_fp16(wb[r]->d);
+            dmw[r] = x86_fp16(wb[r]->dmin);
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+            dx[t] = xb->d;
+            __m128i q8s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)xb->bsums),
+                                         _mm_loadu_si128((const __m128i *)(xb->bsums + 8)));
+            UNROLL for (int r = 0; r < RW; r++) {
+                __m128i pm = _mm_madd_epi16(mn[r], q8s);
+                pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, _MM_SHUFFLE(1, 0, 3, 2)));
+                pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, _MM_SHUFFLE(2, 3, 0, 1)));
+                macc[r][t] += dx[t] * dmw[r] * (float)_mm_cvtsi128_si32(pm);
+                isum[r][t] = _mm512_setzero_si512();
+            }
+        }
+        UNROLL for (int j = 0; j < 4; j++) {
+            __m512i q[MAXR], s[MAXR];
+            UNROLL for (int r = 0; r < RW; r++) {
+                __m256i bits = _mm256_loadu_si256((const __m256i *)(wb[r]->qs + 32 * j));
+                __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1);
+                q[r] = _mm512_and_si512(v, m4);
+                s[r] = spread2(sc[r], 2 * j, 2 * j + 1);
+            }
+            UNROLL for (int t = 0; t < RT; t++) {
+                __m512i xv = _mm512_loadu_si512(((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 64 * j);
+                UNROLL for (int r = 0; r < RW; r++)
+                    isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q[r], xv), s[r]);
+            }
+        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
+            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[r][t]),
+                                          _mm512_extracti64x4_epi64(isum[r][t], 1));
+            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx[t]), _mm256_cvtepi32_ps(s8), acc[r][t]);
+        }
+    }
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        y[t * ldy + r] = x86_hsum_ps(acc[r][t]) - macc[r][t];
+}
+
+/*
+ * Q6_K: per half c, the 64 bytes ql[64c..] give elements 0..63 (low nibbles) and 64..127 (high
+ * nibbles) of the half; the 2 high bits come from qh[32c + l] shifted by 0 / 2 (first zmm) and
+ * 4 / 6 (second). Unsigned q in [0, 63]; -32 folded in as -32 * sum_s sc[s] * bsum[s].
+ */
+INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
+                      float *y, int64_t ldy) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x03);
+    const __m512i sh01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+    __m256 acc[MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / 256; b++) {
+        const l3c_block_q6_K *wb[MAXR];
+        __m512i sc[MAXR], isum[MAXR][MAXR];
+        float dw[MAXR], dx[MAXR];
+        UNROLL for (int r = 0; r < RW; r++) {
+            wb[r] = (const l3c_block_q6_K *)(w + r * ws) + b;
+            dw[r] = x86_fp16(wb[r]->d);
+            sc[r] = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wb[r]->scales)));
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+            dx[t] = xb->d;
+            __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+            UNROLL for (int r = 0; r < RW; r++) {
+                __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(_mm512_castsi512_si256(sc[r]), bs), 5);
+                isum[r][t] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), corr));
+            }
+        }
+        UNROLL for (int c = 0; c < 2; c++) {
+            __m512i q[MAXR][2];
+            UNROLL for (int r = 0; r < RW; r++) {
+                __m512i l = _mm512_loadu_si512(wb[r]->ql + 64 * c);
+                __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(wb[r]->qh + 32 * c)));
+                q[r][0] = _mm512_or_si512(_mm512_and_si512(l, m4),
+                                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, sh01), m2), 4));
+                q[r][1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, sh23), m2), 4));
+            }
+            UNROLL for (int k = 0; k < 2; k++) {
+                __m512i s[MAXR];
+                UNROLL for (int r = 0; r < RW; r++) s[r] = spread4(sc[r], 8 * c + 4 * k);
+                UNROLL for (int t = 0; t < RT; t++) {
+                    __m512i xv = _mm512_loadu_si512(((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * c + 64 * k);
+                    UNROLL for (int r = 0; r < RW; r++)
+                        isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q[r][k], xv), s[r]);
+                }
+            }
+        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
+            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[r][t]),
+                                          _mm512_extracti64x4_epi64(isum[r][t], 1));
+            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx[t]), _mm256_cvtepi32_ps(s8), acc[r][t]);
+        }
+    }
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        y[t * ldy + r] = x86_hsum_ps(acc[r][t]);
+}
+
+/* ---------------------------------------------------------------- tables */
+
+#define T_F32(RW, RT, ...) tile_float(K_F32, RW, RT, __VA_ARGS__)
+#define T_F16(RW, RT, ...) tile_float(K_F16, RW, RT, __VA_ARGS__)
+#define T_BF16(RW, RT, ...) tile_float(K_BF16, RW, RT, __VA_ARGS__)
+#define T_Q4_0(RW, RT, ...) tile_b32(B_Q4_0, RW, RT, __VA_ARGS__)
+#define T_Q4_1(RW, RT, ...) tile_b32(B_Q4_1, RW, RT, __VA_ARGS__)
+#define T_Q5_0(RW, RT, ...) tile_b32(B_Q5_0, RW, RT, __VA_ARGS__)
+#define T_Q5_1(RW, RT, ...) tile_b32(B_Q5_1, RW, RT, __VA_ARGS__)
+#define T_Q8_0(RW, RT, ...) tile_b32(B_Q8_0, RW, RT, __VA_ARGS__)
+#define T_Q4_K(RW, RT, ...) tile_q4_K(RW, RT, __VA_ARGS__)
+#define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
+
+X86_DEFINE_KERNELS(f32, T_F32)
+X86_DEFINE_KERNELS(f16, T_F16)
+X86_DEFINE_KERNELS(bf16, T_BF16)
+X86_DEFINE_KERNELS(q4_0, T_Q4_0)
+X86_DEFINE_KERNELS(q4_1, T_Q4_1)
+X86_DEFINE_KERNELS(q5_0, T_Q5_0)
+X86_DEFINE_KERNELS(q5_1, T_Q5_1)
+X86_DEFINE_KERNELS(q8_0, T_Q8_0)
+X86_DEFINE_KERNELS(q4_K, T_Q4_K)
+X86_DEFINE_KERNELS(q6_K, T_Q6_K)
+
+#define SET_DOT(id, name)                   \
+    do {                                    \
+        table[id].vec_dot = vec_dot_##name; \
+        table[id].gemm = gemm_##name;       \
+    } while (0)
+
+void l3c_kernels_override_avx512(l3c_type_traits *table) {
+    table[L3C_TYPE_Q8_0].from_float = from_float_q8_0;
+    table[L3C_TYPE_Q8_K].from_float = from_float_q8_K;
+    SET_DOT(L3C_TYPE_F32, f32);
+    SET_DOT(L3C_TYPE_F16, f16);
+    SET_DOT(L3C_TYPE_BF16, bf16);
+    SET_DOT(L3C_TYPE_Q4_0, q4_0);
+    SET_DOT(L3C_TYPE_Q4_1, q4_1);
+    SET_DOT(L3C_TYPE_Q5_0, q5_0);
+    SET_DOT(L3C_TYPE_Q5_1, q5_1);
+    SET_DOT(L3C_TYPE_Q8_0, q8_0);
+    SET_DOT(L3C_TYPE_Q4_K, q4_K);
+    SET_DOT(L3C_TYPE_Q6_K, q6_K);
+}
+
 #else
-typedef int l3c_x86_avx512_empty;
+typedef int l3c_x86_avx512_empty; /* not an x86-64 AVX-512 build: the dispatcher skips this path */
 #endif

@@ -121,4 +121,52 @@ static inline __m256i x86_bcast16_mask(int k_lo, int k_hi) {
                             _mm_set1_epi16((short)((2 * k_lo) | ((2 * k_lo + 1) << 8))));
 }
 
+/* 32-element weight blocks unpacked to unsigned bytes: Q4_0/Q4_1 in [0, 15], Q5_0/Q5_1 in
+ * [0, 31] (the 5th bit from qh); the offset (8 / 16) or min is applied by the caller. */
+enum { B_Q4_0, B_Q4_1, B_Q5_0, B_Q5_1 };
+
+static inline __attribute__((always_inline)) __m256i x86_unpack_b32(int kind, const char *blk) {
+    switch (kind) {
+    case B_Q4_0: return x86_nibbles32(((const l3c_block_q4_0 *)blk)->qs);
+    case B_Q4_1: return x86_nibbles32(((const l3c_block_q4_1 *)blk)->qs);
+    case B_Q5_0: {
+        const l3c_block_q5_0 *b = (const void *)blk;
+        __m256i hi = _mm256_and_si256(x86_bits_to_bytes(x86_load_u32(b->qh)), _mm256_set1_epi8(0x10));
+        return _mm256_or_si256(x86_nibbles32(b->qs), hi);
+    }
+    default: {
+        const l3c_block_q5_1 *b = (const void *)blk;
+        __m256i hi = _mm256_and_si256(x86_bits_to_bytes(x86_load_u32(b->qh)), _mm256_set1_epi8(0x10));
+        return _mm256_or_si256(x86_nibbles32(b->qs), hi);
+    }
+    }
+}
+
+static const size_t x86_b32_size[4] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q4_1),
+                                   sizeof(l3c_block_q5_0), sizeof(l3c_block_q5_1)};
+
+/* vec_dot_<name> = the 1 x 1 tile; gemm_<name> walks GEMM_RW x GEMM_RT tiles (macros of the
+ * including file) and finishes ragged tokens with GEMM_RW x 1 tiles and ragged rows with 1 x 1. */
+#define X86_DEFINE_KERNELS(name, TILE)                                                              \
+    static void vec_dot_##name(int64_t n, float *out, const void *w, const void *x) {          \
+        TILE(1, 1, n, (const char *)w, 0, (const char *)x, 0, out, 0);                          \
+    }                                                                                           \
+    static void gemm_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,        \
+                            const void *w, size_t w_stride, const void *x, size_t x_stride) {   \
+        const char *wc = w, *xc = x;                                                            \
+        int64_t r = 0;                                                                          \
+        for (; r + GEMM_RW <= n_rows; r += GEMM_RW) {                                           \
+            int64_t t = 0;                                                                      \
+            for (; t + GEMM_RT <= T; t += GEMM_RT)                                              \
+                TILE(GEMM_RW, GEMM_RT, n, wc + r * w_stride, w_stride, xc + t * x_stride,       \
+                     x_stride, y + t * ldy + r, ldy);                                           \
+            for (; t < T; t++)                                                                  \
+                TILE(GEMM_RW, 1, n, wc + r * w_stride, w_stride, xc + t * x_stride, 0,          \
+                     y + t * ldy + r, ldy);                                                     \
+        }                                                                                       \
+        for (; r < n_rows; r++)                                                                 \
+            for (int64_t t = 0; t < T; t++)                                                     \
+                TILE(1, 1, n, wc + r * w_stride, 0, xc + t * x_stride, 0, y + t * ldy + r, 0);  \
+    }
+
 #endif /* L3C_X86_COMMON_H */

@@ -1,0 +1,194 @@
+/*
+ * bench_kernels.c -- single-thread kernel throughput per type and path (ref, avx2, avx512).
+ *
+ *   vec_dot: one activation row against a ~64 MB weight matrix (n = 4096, as many rows as fit),
+ *            reported as GB/s of weight bytes streamed and the speedup over ref. The ref path
+ *            (compute-bound) is timed on a prefix of the rows.
+ *   gemm:    T = 32 tokens x 1024 rows x n = 4096, called like ops.c does (16-row tiles x all
+ *            tokens); GFLOP/s = 2 n rows T / time, against the same path's vec_dot loop.
+ *
+ * Build (after `make lib`; the override hooks are referenced directly so they are linked):
+ *   cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc bench/bench_kernels.c build/libllama3c.a \
+ *      -lpcre2-8 -ljansson -lpthread -lm -o build/bench_kernels
+ * Run: build/bench_kernels [type-name ...]   (default: every weight type)
+ */
+#include "kernels/types.h"
+
+#include <string.h>
+#include <time.h>
+
+#define N_IN 4096
+#define MATRIX_BYTES (64u << 20)
+#define GEMM_ROWS 1024
+#define GEMM_T 32
+#define GEMM_TILE 16
+
+static uint64_t g_rng = 88172645463325252ULL;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+static float rndf(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() & 0xFFFFFF) / 16777216.0f; }
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* offsets of fp16 scale fields per type, set to realistic values (random bytes may be NaN) */
+static void fix_scales(int type, uint8_t *blk) {
+    int off[2] = {-1, -1};
+    switch (type) {
+    case L3C_TYPE_Q4_0: case L3C_TYPE_Q5_0: case L3C_TYPE_Q8_0: off[0] = 0; break;
+    case L3C_TYPE_Q4_1: case L3C_TYPE_Q5_1: case L3C_TYPE_Q4_K: case L3C_TYPE_Q5_K:
+        off[0] = 0, off[1] = 2; break;
+    case L3C_TYPE_Q2_K: off[0] = 80, off[1] = 82; break;
+    case L3C_TYPE_Q3_K: off[0] = 108; break;
+    case L3C_TYPE_Q6_K: off[0] = 208; break;
+    default: break;
+    }
+    for (int k = 0; k < 2; k++) {
+        if (off[k] < 0) continue;
+        uint16_t h = l3c_fp32_to_fp16(rndf(1e-3f, 2e-2f));
+        memcpy(blk + off[k], &h, 2);
+    }
+}
+
+static void make_matrix(int type, uint8_t *w, size_t row_bytes, int64_t rows) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(type);
+    if (!tr->is_quantized) {
+        float f[N_IN];
+        for (int64_t r = 0; r < rows; r++) {
+            for (int i = 0; i < N_IN; i++) f[i] = rndf(-0.1f, 0.1f);
+            tr->from_float(f, w + r * row_bytes, N_IN);
+        }
+        return;
+    }
+    size_t total = row_bytes * (size_t)rows;
+    for (size_t i = 0; i < total; i += 4) {
+        uint32_t v = rnd();
+        memcpy(w + i, &v, L3C_MIN(4, total - i));
+    }
+    for (size_t b = 0; b < total / tr->type_size; b++) fix_scales(type, w + b * tr->type_size);
+}
+
+typedef struct path {
+    const char *name;
+    l3c_type_traits tab[L3C_TYPE_COUNT];
+} path;
+
+static volatile float g_sink;
+
+/* seconds per pass over `rows` rows (best of reps) */
+static double time_vec_dot(l3c_vec_dot_fn dot, const uint8_t *w, size_t row_bytes, int64_t rows,
+                           const void *xq, int reps) {
+    float *y = malloc((size_t)rows * sizeof(float));
+    double best = 1e30;
+    for (int k = 0; k < reps; k++) {
+        double t0 = now();
+        for (int64_t r = 0; r < rows; r++) dot(N_IN, &y[r], w + r * row_bytes, xq);
+        best = L3C_MIN(best, now() - t0);
+    }
+    g_sink = y[rows / 2];
+    free(y);
+    return best;
+}
+
+static double time_gemm(const l3c_type_traits *tr, const uint8_t *w, size_t row_bytes,
+                        const uint8_t *xq, size_t x_bytes, float *y, bool use_gemm, int reps) {
+    double best = 1e30;
+    for (int k = 0; k < reps; k++) {
+        double t0 = now();
+        for (int64_t r0 = 0; r0 < GEMM_ROWS; r0 += GEMM_TILE) {
+            if (use_gemm) {
+                tr->gemm(N_IN, GEMM_TILE, GEMM_T, y + r0, GEMM_ROWS, w + r0 * row_bytes, row_bytes, xq, x_bytes);
+                continue;
+            }
+            for (int64_t t = 0; t < GEMM_T; t++)
+                for (int64_t r = r0; r < r0 + GEMM_TILE; r++)
+                    tr->vec_dot(N_IN, &y[t * GEMM_ROWS + r], w + r * row_bytes, xq + t * x_bytes);
+        }
+        best = L3C_MIN(best, now() - t0);
+    }
+    return best;
+}
+
+int main(int argc, char **argv) {
+    static path paths[3];
+    int np = 0;
+    paths[np].name = "ref";
+    for (int i = 0; i < L3C_TYPE_COUNT; i++) paths[np].tab[i] = *l3c_type_traits_ref(i);
+    np++;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        paths[np] = paths[np - 1];
+        paths[np].name = "avx2";
+        l3c_kernels_override_avx2(paths[np].tab);
+        np++;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16")) {
+            paths[np] = paths[np - 1];
+            paths[np].name = "avx512";
+            l3c_kernels_override_avx512(paths[np].tab);
+            np++;
+        }
+    }
+#endif
+    const int types[] = {L3C_TYPE_F32,  L3C_TYPE_F16,  L3C_TYPE_BF16, L3C_TYPE_Q4_0, L3C_TYPE_Q4_1,
+                         L3C_TYPE_Q5_0, L3C_TYPE_Q5_1, L3C_TYPE_Q8_0, L3C_TYPE_Q2_K, L3C_TYPE_Q3_K,
+                         L3C_TYPE_Q4_K, L3C_TYPE_Q5_K, L3C_TYPE_Q6_K};
+    printf("%-5s %-7s %10s %9s %8s | %14s %14s %8s\n", "type", "path", "vec_dot", "GB/s", "x ref",
+           "gemm GFLOP/s", "dot-loop GF/s", "gemm x");
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        int type = types[k];
+        const l3c_type_traits *rt = l3c_type_traits_ref(type);
+        if (argc > 1) {
+            bool want = false;
+            for (int a = 1; a < argc; a++) want |= strcmp(argv[a], rt->name) == 0;
+            if (!want) continue;
+        }
+        size_t row_bytes, x_bytes;
+        if (!l3c_row_size(type, N_IN, &row_bytes) || !l3c_row_size(rt->vec_dot_type, N_IN, &x_bytes))
+            continue;
+        int64_t rows = (int64_t)(MATRIX_BYTES / row_bytes);
+        uint8_t *w = aligned_alloc(64, (row_bytes * (size_t)rows + 63) & ~(size_t)63);
+        uint8_t *xq = aligned_alloc(64, (x_bytes * GEMM_T + 63) & ~(size_t)63);
+        float *y = malloc(sizeof(float) * GEMM_ROWS * GEMM_T), x[N_IN];
+        make_matrix(type, w, row_bytes, rows);
+        for (int t = 0; t < GEMM_T; t++) {
+            for (int i = 0; i < N_IN; i++) x[i] = rndf(-2.0f, 2.0f);
+            l3c_type_traits_ref(rt->vec_dot_type)->from_float(x, xq + t * x_bytes, N_IN);
+        }
+        double ref_gbs = 0.0;
+        for (int p = 0; p < np; p++) {
+            const l3c_type_traits *tr = &paths[p].tab[type];
+            if (p > 0 && tr->vec_dot == paths[p - 1].tab[type].vec_dot &&
+                tr->gemm == paths[p - 1].tab[type].gemm) {
+                printf("%-5s %-7s (same kernels as %s)\n", rt->name, paths[p].name, paths[p - 1].name);
+                continue;
+            }
+            int64_t r = p == 0 ? L3C_MIN(rows, 2048) : rows; /* ref: a prefix */
+            double s = time_vec_dot(tr->vec_dot, w, row_bytes, r, xq, p == 0 ? 1 : 3);
+            double gbs = (double)row_bytes * (double)r / s / 1e9;
+            if (p == 0) ref_gbs = gbs;
+            double flops = 2.0 * N_IN * GEMM_ROWS * GEMM_T;
+            double loop_s = time_gemm(tr, w, row_bytes, xq, x_bytes, y, false, p == 0 ? 1 : 2);
+            printf("%-5s %-7s %8.2f ms %9.2f %8.2f | ", rt->name, paths[p].name, s * 1e3 * rows / r,
+                   gbs, gbs / ref_gbs);
+            if (tr->gemm) {
+                double gemm_s = time_gemm(tr, w, row_bytes, xq, x_bytes, y, true, 2);
+                printf("%14.2f %14.2f %8.2f\n", flops / gemm_s / 1e9, flops / loop_s / 1e9, loop_s / gemm_s);
+            } else {
+                printf("%14s %14.2f %8s\n", "-", flops / loop_s / 1e9, "-");
+            }
+            fflush(stdout);
+        }
+        free(w), free(xq), free(y);
+    }
+    return 0;
+}
