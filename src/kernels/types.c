@@ -64,7 +64,7 @@ bool l3c_type_supported(int type) {
 }
 
 /* "type 17" names for ids without an entry, made once */
-static char g_unknown_names[L3C_TYPE_COUNT][16];
+static char g_unknown_names[L3C_TYPE_COUNT][24];
 static pthread_once_t g_names_once = PTHREAD_ONCE_INIT;
 
 static void make_unknown_names(void) {
