@@ -36,8 +36,10 @@
 #include <unistd.h>
 
 #define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_MIN_KV_BYTES 13     /* u64 key len + u32 type + 1-byte value */
-#define GGUF_MIN_TENSOR_BYTES 32 /* u64 name len + u32 n_dims + 1 x u64 ne + u32 type + u64 offset */
+/* smallest encodings: kv = u64 key len + u32 type + 1-byte value;
+ * tensor info = u64 name len + u32 n_dims + 1 x u64 ne + u32 type + u64 offset */
+#define GGUF_MIN_KV_BYTES     13
+#define GGUF_MIN_TENSOR_BYTES 32
 
 /* ---------------------------------------------------------------- cursor and error text */
 
@@ -48,7 +50,7 @@ typedef struct cursor {
     const char *file;
     const char *section; /* "header", "kv", "tensor" */
     uint64_t index;
-    l3c_str name;        /* key / tensor name once read (ptr NULL before) */
+    l3c_str name; /* key / tensor name once read (ptr NULL before) */
 } cursor;
 
 /* Printable, bounded copy of untrusted bytes for messages. */
@@ -59,7 +61,9 @@ static void safe_text(char *dst, size_t cap, const char *src, uint64_t len) {
         dst[n++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
     }
     if (len > 0 && n + 4 >= cap) {
-        dst[n++] = '.'; dst[n++] = '.'; dst[n++] = '.';
+        dst[n++] = '.';
+        dst[n++] = '.';
+        dst[n++] = '.';
     }
     dst[n] = '\0';
 }
@@ -77,7 +81,9 @@ static void where(const cursor *c, char *buf, size_t cap) {
     }
 }
 
-__attribute__((format(printf, 3, 4)))
+static l3c_status cur_fail(const cursor *c, l3c_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 static l3c_status cur_fail(const cursor *c, l3c_status st, const char *fmt, ...) {
     char loc[128], msg[512];
     va_list ap;
@@ -88,13 +94,16 @@ static l3c_status cur_fail(const cursor *c, l3c_status st, const char *fmt, ...)
     return l3c_fail(st, "gguf: %s: %s: %s", c->file, loc, msg);
 }
 
-static size_t left(const cursor *c) { return c->size - c->off; }
+static size_t left(const cursor *c) {
+    return c->size - c->off;
+}
 
 static l3c_status need(const cursor *c, size_t n, const char *field) {
     if (n <= left(c)) return L3C_OK;
     char loc[128];
     where(c, loc, sizeof loc);
-    return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: truncated at offset %zu reading %s %s (need %zu bytes, %zu left)",
+    return l3c_fail(L3C_ERR_FORMAT,
+                    "gguf: %s: truncated at offset %zu reading %s %s (need %zu bytes, %zu left)",
                     c->file, c->off, loc, field, n, left(c));
 }
 
@@ -102,7 +111,9 @@ static uint32_t le32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
+static uint64_t le64(const uint8_t *p) {
+    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
 
 static l3c_status rd_u32(cursor *c, const char *field, uint32_t *v) {
     l3c_status st = need(c, 4, field);
@@ -126,8 +137,9 @@ static l3c_status rd_str(cursor *c, const char *field, l3c_str *s) {
     l3c_status st = rd_u64(c, field, &len);
     if (st) return st;
     if (len > left(c)) {
-        return cur_fail(c, L3C_ERR_FORMAT, "%s length %llu at offset %zu exceeds the %zu bytes left",
-                        field, (unsigned long long)len, c->off - 8, left(c));
+        return cur_fail(c, L3C_ERR_FORMAT,
+                        "%s length %llu at offset %zu exceeds the %zu bytes left", field,
+                        (unsigned long long)len, c->off - 8, left(c));
     }
     s->ptr = (const char *)(c->p + c->off);
     s->len = len;
@@ -138,8 +150,8 @@ static l3c_status rd_str(cursor *c, const char *field, l3c_str *s) {
 /* ---------------------------------------------------------------- value types */
 
 static const char *const g_vtype_names[L3C_GGUF_VTYPE_COUNT] = {
-    "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "FLOAT32",
-    "BOOL", "STRING", "ARRAY", "UINT64", "INT64", "FLOAT64",
+    "UINT8", "INT8",   "UINT16", "INT16",  "UINT32", "INT32",   "FLOAT32",
+    "BOOL",  "STRING", "ARRAY",  "UINT64", "INT64",  "FLOAT64",
 };
 
 const char *l3c_gguf_vtype_name(l3c_gguf_vtype t) {
@@ -149,31 +161,62 @@ const char *l3c_gguf_vtype_name(l3c_gguf_vtype t) {
 /* Bytes of one fixed-size value; 0 for STRING / ARRAY. */
 static size_t vtype_size(l3c_gguf_vtype t) {
     switch (t) {
-    case L3C_GGUF_UINT8: case L3C_GGUF_INT8: case L3C_GGUF_BOOL: return 1;
-    case L3C_GGUF_UINT16: case L3C_GGUF_INT16: return 2;
-    case L3C_GGUF_UINT32: case L3C_GGUF_INT32: case L3C_GGUF_FLOAT32: return 4;
-    case L3C_GGUF_UINT64: case L3C_GGUF_INT64: case L3C_GGUF_FLOAT64: return 8;
-    default: return 0;
+    case L3C_GGUF_UINT8:
+    case L3C_GGUF_INT8:
+    case L3C_GGUF_BOOL:
+        return 1;
+    case L3C_GGUF_UINT16:
+    case L3C_GGUF_INT16:
+        return 2;
+    case L3C_GGUF_UINT32:
+    case L3C_GGUF_INT32:
+    case L3C_GGUF_FLOAT32:
+        return 4;
+    case L3C_GGUF_UINT64:
+    case L3C_GGUF_INT64:
+    case L3C_GGUF_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
 static bool vtype_is_int(l3c_gguf_vtype t) {
-    return t == L3C_GGUF_UINT8 || t == L3C_GGUF_INT8 || t == L3C_GGUF_UINT16 || t == L3C_GGUF_INT16 ||
-           t == L3C_GGUF_UINT32 || t == L3C_GGUF_INT32 || t == L3C_GGUF_UINT64 || t == L3C_GGUF_INT64;
+    return t == L3C_GGUF_UINT8 || t == L3C_GGUF_INT8 || t == L3C_GGUF_UINT16 ||
+           t == L3C_GGUF_INT16 || t == L3C_GGUF_UINT32 || t == L3C_GGUF_INT32 ||
+           t == L3C_GGUF_UINT64 || t == L3C_GGUF_INT64;
 }
 
 /* Integer at p of integer type t: signed values in *s, unsigned in *u; returns true if signed. */
 static bool load_int(l3c_gguf_vtype t, const uint8_t *p, int64_t *s, uint64_t *u) {
     switch (t) {
-    case L3C_GGUF_UINT8: *u = p[0]; return false;
-    case L3C_GGUF_INT8: *s = (int8_t)p[0]; return true;
-    case L3C_GGUF_UINT16: *u = (uint16_t)(p[0] | p[1] << 8); return false;
-    case L3C_GGUF_INT16: *s = (int16_t)(uint16_t)(p[0] | p[1] << 8); return true;
-    case L3C_GGUF_UINT32: *u = le32(p); return false;
-    case L3C_GGUF_INT32: *s = (int32_t)le32(p); return true;
-    case L3C_GGUF_UINT64: *u = le64(p); return false;
-    case L3C_GGUF_INT64: *s = (int64_t)le64(p); return true;
-    default: *u = 0; return false;
+    case L3C_GGUF_UINT8:
+        *u = p[0];
+        return false;
+    case L3C_GGUF_INT8:
+        *s = (int8_t)p[0];
+        return true;
+    case L3C_GGUF_UINT16:
+        *u = (uint16_t)(p[0] | p[1] << 8);
+        return false;
+    case L3C_GGUF_INT16:
+        *s = (int16_t)(uint16_t)(p[0] | p[1] << 8);
+        return true;
+    case L3C_GGUF_UINT32:
+        *u = le32(p);
+        return false;
+    case L3C_GGUF_INT32:
+        *s = (int32_t)le32(p);
+        return true;
+    case L3C_GGUF_UINT64:
+        *u = le64(p);
+        return false;
+    case L3C_GGUF_INT64:
+        *s = (int64_t)le64(p);
+        return true;
+    default:
+        *u = 0;
+        return false;
     }
 }
 
@@ -208,19 +251,24 @@ static l3c_status parse_value(cursor *c, l3c_gguf_kv *kv) {
     if (kv->type == L3C_GGUF_ARRAY) {
         uint32_t t;
         if ((st = rd_u32(c, "array element type", &t))) return st;
-        if (t >= L3C_GGUF_VTYPE_COUNT) return cur_fail(c, L3C_ERR_FORMAT, "array element type %u is invalid", t);
-        if (t == L3C_GGUF_ARRAY) return cur_fail(c, L3C_ERR_UNSUPPORTED, "nested arrays are not supported");
+        if (t >= L3C_GGUF_VTYPE_COUNT)
+            return cur_fail(c, L3C_ERR_FORMAT, "array element type %u is invalid", t);
+        if (t == L3C_GGUF_ARRAY)
+            return cur_fail(c, L3C_ERR_UNSUPPORTED, "nested arrays are not supported");
         et = kv->arr_type = (l3c_gguf_vtype)t;
         if ((st = rd_u64(c, "array length", &n))) return st;
         if (et == L3C_GGUF_STRING) {
             /* each element takes at least its u64 length */
             if (n > left(c) / 8) {
-                return cur_fail(c, L3C_ERR_FORMAT, "string array length %llu needs at least %llu bytes, %zu left",
+                return cur_fail(c, L3C_ERR_FORMAT,
+                                "string array length %llu needs at least %llu bytes, %zu left",
                                 (unsigned long long)n, (unsigned long long)n * 8ull, left(c));
             }
             kv->n = n;
             kv->strs = l3c_calloc((size_t)n, sizeof *kv->strs);
-            if (!kv->strs) return cur_fail(c, L3C_ERR_NOMEM, "out of memory for %llu strings", (unsigned long long)n);
+            if (!kv->strs)
+                return cur_fail(c, L3C_ERR_NOMEM, "out of memory for %llu strings",
+                                (unsigned long long)n);
             kv->data = c->p + c->off;
             for (uint64_t i = 0; i < n; i++) {
                 if ((st = rd_str(c, "array string", &kv->strs[i]))) return st;
@@ -231,14 +279,16 @@ static l3c_status parse_value(cursor *c, l3c_gguf_kv *kv) {
     esz = vtype_size(et);
     size_t total;
     if (n > SIZE_MAX || !l3c_mul_ok((size_t)n, esz, &total) || total > left(c)) {
-        return cur_fail(c, L3C_ERR_FORMAT, "%llu values of type %s at offset %zu exceed the %zu bytes left",
+        return cur_fail(c, L3C_ERR_FORMAT,
+                        "%llu values of type %s at offset %zu exceed the %zu bytes left",
                         (unsigned long long)n, l3c_gguf_vtype_name(et), c->off, left(c));
     }
     kv->n = n;
     kv->data = c->p + c->off;
     if (et == L3C_GGUF_BOOL) {
         for (size_t i = 0; i < total; i++) {
-            if (kv->data[i] > 1) return cur_fail(c, L3C_ERR_FORMAT, "bool value %u is not 0 or 1", kv->data[i]);
+            if (kv->data[i] > 1)
+                return cur_fail(c, L3C_ERR_FORMAT, "bool value %u is not 0 or 1", kv->data[i]);
         }
     }
     c->off += total;
@@ -268,7 +318,8 @@ static int cmp_ent(const void *pa, const void *pb) {
  * duplicate (its sorted position), or n when all names are unique. */
 static size_t sort_names(sort_ent *ents, size_t n, size_t *order) {
     if (n > 1) qsort(ents, n, sizeof *ents, cmp_ent);
-    for (size_t i = 0; i < n; i++) order[i] = ents[i].idx;
+    for (size_t i = 0; i < n; i++)
+        order[i] = ents[i].idx;
     for (size_t i = 1; i < n; i++) {
         if (cmp_ent(&ents[i - 1], &ents[i]) == 0) return i;
     }
@@ -291,32 +342,39 @@ static l3c_status parse_header(cursor *c, l3c_gguf *g) {
     l3c_status st;
     if ((st = need(c, 4, "magic"))) return st;
     if (memcmp(c->p, "GGUF", 4) != 0) {
-        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: bad magic %02x %02x %02x %02x (not a GGUF file)", c->file,
-                        c->p[0], c->p[1], c->p[2], c->p[3]);
+        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: bad magic %02x %02x %02x %02x (not a GGUF file)",
+                        c->file, c->p[0], c->p[1], c->p[2], c->p[3]);
     }
     c->off = 4;
     if ((st = rd_u32(c, "version", &g->version))) return st;
     uint32_t v = g->version, swapped = __builtin_bswap32(v);
     if (v != 2 && v != 3) {
         if (v != 1 && swapped >= 1 && swapped <= 3) {
-            return l3c_fail(L3C_ERR_UNSUPPORTED, "gguf: %s: big-endian GGUF (version %u byte-swapped) is not supported",
+            return l3c_fail(L3C_ERR_UNSUPPORTED,
+                            "gguf: %s: big-endian GGUF (version %u byte-swapped) is not supported",
                             c->file, swapped);
         }
         if (v == 1) {
-            return l3c_fail(L3C_ERR_UNSUPPORTED,
-                            "gguf: %s: GGUF version 1 is not supported (only 2 and 3; re-convert the model)", c->file);
+            return l3c_fail(
+                L3C_ERR_UNSUPPORTED,
+                "gguf: %s: GGUF version 1 is not supported (only 2 and 3; re-convert the model)",
+                c->file);
         }
-        return l3c_fail(L3C_ERR_UNSUPPORTED, "gguf: %s: GGUF version %u is not supported (only 2 and 3)", c->file, v);
+        return l3c_fail(L3C_ERR_UNSUPPORTED,
+                        "gguf: %s: GGUF version %u is not supported (only 2 and 3)", c->file, v);
     }
     if ((st = rd_u64(c, "tensor count", &g->n_tensors))) return st;
     if ((st = rd_u64(c, "kv count", &g->n_kv))) return st;
     if (g->n_kv > left(c) / GGUF_MIN_KV_BYTES) {
-        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: header: kv count %llu is impossible (%zu bytes left, >= %d per kv)",
+        return l3c_fail(L3C_ERR_FORMAT,
+                        "gguf: %s: header: kv count %llu is impossible: %zu bytes left, >= %d per "
+                        "kv (truncated or corrupt)",
                         c->file, (unsigned long long)g->n_kv, left(c), GGUF_MIN_KV_BYTES);
     }
     if (g->n_tensors > left(c) / GGUF_MIN_TENSOR_BYTES) {
         return l3c_fail(L3C_ERR_FORMAT,
-                        "gguf: %s: header: tensor count %llu is impossible (%zu bytes left, >= %d per tensor)",
+                        "gguf: %s: header: tensor count %llu is impossible: %zu bytes left, >= %d "
+                        "per tensor (truncated or corrupt)",
                         c->file, (unsigned long long)g->n_tensors, left(c), GGUF_MIN_TENSOR_BYTES);
     }
     return L3C_OK;
@@ -329,7 +387,8 @@ static l3c_status parse_kvs(cursor *c, l3c_gguf *g) {
     g->kv_sorted = l3c_calloc((size_t)g->n_kv, sizeof *g->kv_sorted);
     ents = l3c_calloc((size_t)g->n_kv, sizeof *ents);
     if (!g->kv || !g->kv_sorted || !ents) {
-        st = l3c_fail(L3C_ERR_NOMEM, "gguf: %s: out of memory for %llu kvs", c->file, (unsigned long long)g->n_kv);
+        st = l3c_fail(L3C_ERR_NOMEM, "gguf: %s: out of memory for %llu kvs", c->file,
+                      (unsigned long long)g->n_kv);
         goto fail;
     }
     c->section = "kv";
@@ -370,10 +429,12 @@ static l3c_status parse_alignment(cursor *c, l3c_gguf *g) {
     c->index = (uint64_t)(kv - g->kv);
     c->name = kv->key;
     if (kv->type != L3C_GGUF_UINT32) {
-        return cur_fail(c, L3C_ERR_FORMAT, "alignment has type %s, expected UINT32", l3c_gguf_vtype_name(kv->type));
+        return cur_fail(c, L3C_ERR_FORMAT, "alignment has type %s, expected UINT32",
+                        l3c_gguf_vtype_name(kv->type));
     }
     uint32_t a = le32(kv->data);
-    if (a == 0 || (a & (a - 1)) != 0) return cur_fail(c, L3C_ERR_FORMAT, "alignment %u is not a power of two", a);
+    if (a == 0 || (a & (a - 1)) != 0)
+        return cur_fail(c, L3C_ERR_FORMAT, "alignment %u is not a power of two", a);
     g->alignment = a;
     return L3C_OK;
 }
@@ -386,16 +447,20 @@ static l3c_status parse_tensor_info(cursor *c, l3c_gguf_tensor *t) {
     if ((st = rd_str(c, "name", &name))) return st;
     c->name = name;
     if (name.len == 0) return cur_fail(c, L3C_ERR_FORMAT, "empty tensor name");
-    if (memchr(name.ptr, 0, (size_t)name.len)) return cur_fail(c, L3C_ERR_FORMAT, "tensor name contains a NUL byte");
+    if (memchr(name.ptr, 0, (size_t)name.len))
+        return cur_fail(c, L3C_ERR_FORMAT, "tensor name contains a NUL byte");
     t->name = l3c_strndup(name.ptr, (size_t)name.len);
     if (!t->name) return cur_fail(c, L3C_ERR_NOMEM, "out of memory");
     if ((st = rd_u32(c, "n_dims", &t->n_dims))) return st;
-    if (t->n_dims < 1 || t->n_dims > 4) return cur_fail(c, L3C_ERR_FORMAT, "n_dims %u is not in 1..4", t->n_dims);
-    for (int d = 0; d < 4; d++) t->ne[d] = 1;
+    if (t->n_dims < 1 || t->n_dims > 4)
+        return cur_fail(c, L3C_ERR_FORMAT, "n_dims %u is not in 1..4", t->n_dims);
+    for (int d = 0; d < 4; d++)
+        t->ne[d] = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) {
         if ((st = rd_u64(c, "ne", &ne))) return st;
         if (ne < 1 || ne > (uint64_t)INT64_MAX) {
-            return cur_fail(c, L3C_ERR_FORMAT, "ne[%u] = %llu is not in 1..INT64_MAX", d, (unsigned long long)ne);
+            return cur_fail(c, L3C_ERR_FORMAT, "ne[%u] = %llu is not in 1..INT64_MAX", d,
+                            (unsigned long long)ne);
         }
         t->ne[d] = (int64_t)ne;
     }
@@ -409,8 +474,9 @@ static l3c_status size_tensor(cursor *c, const l3c_gguf *g, l3c_gguf_tensor *t) 
     int64_t n = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) {
         if (__builtin_mul_overflow(n, t->ne[d], &n)) {
-            return cur_fail(c, L3C_ERR_FORMAT, "element count %lld x %lld x %lld x %lld overflows int64",
-                            (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
+            return cur_fail(
+                c, L3C_ERR_FORMAT, "element count %lld x %lld x %lld x %lld overflows int64",
+                (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
         }
     }
     t->n_elements = n;
@@ -420,8 +486,9 @@ static l3c_status size_tensor(cursor *c, const l3c_gguf *g, l3c_gguf_tensor *t) 
     }
     size_t row, nbytes;
     if (t->ne[0] % tr->block_size != 0) {
-        return cur_fail(c, L3C_ERR_FORMAT, "ne[0] = %lld is not a multiple of the %s block size %lld",
-                        (long long)t->ne[0], tr->name ? tr->name : "type", (long long)tr->block_size);
+        return cur_fail(
+            c, L3C_ERR_FORMAT, "ne[0] = %lld is not a multiple of the %s block size %lld",
+            (long long)t->ne[0], tr->name ? tr->name : "type", (long long)tr->block_size);
     }
     if (!l3c_row_size((int)t->type, t->ne[0], &row) || (uint64_t)(n / t->ne[0]) > SIZE_MAX ||
         !l3c_mul_ok(row, (size_t)(n / t->ne[0]), &nbytes)) {
@@ -435,7 +502,8 @@ static l3c_status size_tensor(cursor *c, const l3c_gguf *g, l3c_gguf_tensor *t) 
     size_t begin, end;
     if (t->offset > SIZE_MAX || !l3c_add_ok(g->data_offset, (size_t)t->offset, &begin) ||
         !l3c_add_ok(begin, nbytes, &end) || end > g->size) {
-        return cur_fail(c, L3C_ERR_FORMAT, "data [%llu, +%zu) at data offset %zu ends past the file size %zu",
+        return cur_fail(c, L3C_ERR_FORMAT,
+                        "data [%llu, +%zu) at data offset %zu ends past the file size %zu",
                         (unsigned long long)t->offset, nbytes, g->data_offset, g->size);
     }
     t->data = g->base + begin;
@@ -479,7 +547,8 @@ static l3c_status parse_tensors(cursor *c, l3c_gguf *g) {
     if (dup < n) {
         c->index = ents[dup].idx;
         c->name = (l3c_str){ents[dup].ptr, ents[dup].len};
-        st = cur_fail(c, L3C_ERR_FORMAT, "duplicate tensor name (also tensor %zu)", ents[dup - 1].idx);
+        st = cur_fail(c, L3C_ERR_FORMAT, "duplicate tensor name (also tensor %zu)",
+                      ents[dup - 1].idx);
         goto fail;
     }
     if (n > 1) qsort(spans, n, sizeof *spans, cmp_span);
@@ -487,10 +556,13 @@ static l3c_status parse_tensors(cursor *c, l3c_gguf *g) {
         if (spans[i].begin < spans[i - 1].end) {
             const l3c_gguf_tensor *a = &g->tensors[spans[i - 1].idx];
             c->index = spans[i].idx;
-            c->name = (l3c_str){g->tensors[spans[i].idx].name, strlen(g->tensors[spans[i].idx].name)};
-            st = cur_fail(c, L3C_ERR_FORMAT, "data at offset %llu overlaps tensor %zu ('%.64s', offset %llu, %zu bytes)",
-                          (unsigned long long)spans[i].begin, spans[i - 1].idx, a->name,
-                          (unsigned long long)a->offset, a->nbytes);
+            c->name =
+                (l3c_str){g->tensors[spans[i].idx].name, strlen(g->tensors[spans[i].idx].name)};
+            st = cur_fail(
+                c, L3C_ERR_FORMAT,
+                "data at offset %llu overlaps tensor %zu ('%.64s', offset %llu, %zu bytes)",
+                (unsigned long long)spans[i].begin, spans[i - 1].idx, a->name,
+                (unsigned long long)a->offset, a->nbytes);
             goto fail;
         }
     }
@@ -573,18 +645,22 @@ l3c_status l3c_gguf_open(const char *path, l3c_gguf **out) {
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
-    if (map == MAP_FAILED) return l3c_fail(L3C_ERR_IO, "gguf: %s: mmap of %zu bytes failed: %s", path, size, strerror(e));
+    if (map == MAP_FAILED)
+        return l3c_fail(L3C_ERR_IO, "gguf: %s: mmap of %zu bytes failed: %s", path, size,
+                        strerror(e));
     return open_common(map, size, path, 1, out);
 }
 
 void l3c_gguf_close(l3c_gguf *g) {
     if (!g) return;
     if (g->kv) {
-        for (uint64_t i = 0; i < g->n_kv; i++) free(g->kv[i].strs);
+        for (uint64_t i = 0; i < g->n_kv; i++)
+            free(g->kv[i].strs);
         free(g->kv);
     }
     if (g->tensors) {
-        for (uint64_t i = 0; i < g->n_tensors; i++) free(g->tensors[i].name);
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+            free(g->tensors[i].name);
         free(g->tensors);
     }
     free(g->kv_sorted);
@@ -604,8 +680,10 @@ const l3c_gguf_kv *l3c_gguf_find(const l3c_gguf *g, const char *key) {
         const l3c_gguf_kv *kv = &g->kv[g->kv_sorted[mid]];
         int r = cmp_bytes(kv->key.ptr, kv->key.len, key, klen);
         if (r == 0) return kv;
-        if (r < 0) lo = mid + 1;
-        else hi = mid;
+        if (r < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
@@ -618,8 +696,10 @@ const l3c_gguf_tensor *l3c_gguf_find_tensor(const l3c_gguf *g, const char *name)
         const l3c_gguf_tensor *t = &g->tensors[g->tensor_sorted[mid]];
         int r = cmp_bytes(t->name, strlen(t->name), name, nlen);
         if (r == 0) return t;
-        if (r < 0) lo = mid + 1;
-        else hi = mid;
+        if (r < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
@@ -631,22 +711,25 @@ static l3c_status lookup(const l3c_gguf *g, const char *key, int optional, const
     *kv = NULL;
     if (!g || !key) return l3c_fail(L3C_ERR_INVALID_ARG, "gguf: NULL reader or key");
     *kv = l3c_gguf_find(g, key);
-    if (!*kv && !optional) return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: missing key '%s'", g->path, key);
+    if (!*kv && !optional)
+        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: missing key '%s'", g->path, key);
     return L3C_OK;
 }
 
-static l3c_status wrong_type(const l3c_gguf *g, const char *key, const l3c_gguf_kv *kv, const char *want) {
+static l3c_status wrong_type(const l3c_gguf *g, const char *key, const l3c_gguf_kv *kv,
+                             const char *want) {
     if (kv->type == L3C_GGUF_ARRAY) {
-        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' is an ARRAY of %s, expected %s", g->path, key,
-                        l3c_gguf_vtype_name(kv->arr_type), want);
+        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' is an ARRAY of %s, expected %s",
+                        g->path, key, l3c_gguf_vtype_name(kv->arr_type), want);
     }
     return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' has type %s, expected %s", g->path, key,
                     l3c_gguf_vtype_name(kv->type), want);
 }
 
 /* Integer value in [lo, hi]; the text names the target type for messages. */
-static l3c_status get_int_range(const l3c_gguf *g, const char *key, int optional, int64_t lo, uint64_t hi,
-                                const char *want, bool *found, int64_t *s_out, uint64_t *u_out) {
+static l3c_status get_int_range(const l3c_gguf *g, const char *key, int optional, int64_t lo,
+                                uint64_t hi, const char *want, bool *found, int64_t *s_out,
+                                uint64_t *u_out) {
     const l3c_gguf_kv *kv = NULL;
     l3c_status st = lookup(g, key, optional, &kv);
     *found = false;
@@ -656,14 +739,14 @@ static l3c_status get_int_range(const l3c_gguf *g, const char *key, int optional
     uint64_t u = 0;
     if (load_int(kv->type, kv->data, &s, &u)) {
         if (s < lo || (s > 0 && (uint64_t)s > hi)) {
-            return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' value %lld does not fit %s", g->path, key,
-                            (long long)s, want);
+            return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' value %lld does not fit %s",
+                            g->path, key, (long long)s, want);
         }
         u = (uint64_t)s;
     } else {
         if (u > hi) {
-            return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' value %llu does not fit %s", g->path, key,
-                            (unsigned long long)u, want);
+            return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' value %llu does not fit %s",
+                            g->path, key, (unsigned long long)u, want);
         }
         s = (int64_t)u; /* u <= hi <= INT64_MAX for every caller that reads s */
     }
@@ -706,7 +789,8 @@ l3c_status l3c_gguf_get_f32(const l3c_gguf *g, const char *key, int optional, fl
         return wrong_type(g, key, kv, "a number");
     }
     if (isfinite(v) && fabs(v) > FLT_MAX) {
-        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' value %g does not fit float32", g->path, key, v);
+        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' value %g does not fit float32", g->path,
+                        key, v);
     }
     *out = (float)v;
     return L3C_OK;
@@ -736,12 +820,14 @@ l3c_status l3c_gguf_get_arr(const l3c_gguf *g, const char *key, int optional, in
     l3c_status st = lookup(g, key, optional, &kv);
     if (st || !kv) return st;
     if (kv->type != L3C_GGUF_ARRAY) {
-        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' has type %s, expected an ARRAY", g->path, key,
-                        l3c_gguf_vtype_name(kv->type));
+        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' has type %s, expected an ARRAY",
+                        g->path, key, l3c_gguf_vtype_name(kv->type));
     }
     if (want_elem_type >= 0 && kv->arr_type != (l3c_gguf_vtype)want_elem_type) {
-        return l3c_fail(L3C_ERR_FORMAT, "gguf: %s: key '%s' is an ARRAY of %s, expected an ARRAY of %s", g->path,
-                        key, l3c_gguf_vtype_name(kv->arr_type), l3c_gguf_vtype_name((l3c_gguf_vtype)want_elem_type));
+        return l3c_fail(L3C_ERR_FORMAT,
+                        "gguf: %s: key '%s' is an ARRAY of %s, expected an ARRAY of %s", g->path,
+                        key, l3c_gguf_vtype_name(kv->arr_type),
+                        l3c_gguf_vtype_name((l3c_gguf_vtype)want_elem_type));
     }
     *out = kv;
     return L3C_OK;

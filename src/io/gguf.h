@@ -8,7 +8,7 @@
  *   n_kv x { gguf_string key | u32 value_type | value }
  *       gguf_string = u64 len | len bytes;   value_type: see l3c_gguf_vtype
  *       ARRAY value = u32 elem_type | u64 n | n values
- *   n_tensors x { gguf_string name | u32 n_dims (1..4) | n_dims x u64 ne | u32 ggml_type | u64 offset }
+ *   n_tensors x { gguf_string name | u32 n_dims (1..4) | n_dims x u64 ne | u32 type | u64 offset }
  *   padding to general.alignment (default 32) | tensor data (offsets relative to here, aligned)
  * (The implementation documents its checks in gguf.c.)
  *
@@ -21,10 +21,20 @@
 #include "util/util.h"
 
 typedef enum l3c_gguf_vtype {
-    L3C_GGUF_UINT8 = 0, L3C_GGUF_INT8 = 1, L3C_GGUF_UINT16 = 2, L3C_GGUF_INT16 = 3,
-    L3C_GGUF_UINT32 = 4, L3C_GGUF_INT32 = 5, L3C_GGUF_FLOAT32 = 6, L3C_GGUF_BOOL = 7,
-    L3C_GGUF_STRING = 8, L3C_GGUF_ARRAY = 9, L3C_GGUF_UINT64 = 10, L3C_GGUF_INT64 = 11,
-    L3C_GGUF_FLOAT64 = 12, L3C_GGUF_VTYPE_COUNT
+    L3C_GGUF_UINT8 = 0,
+    L3C_GGUF_INT8 = 1,
+    L3C_GGUF_UINT16 = 2,
+    L3C_GGUF_INT16 = 3,
+    L3C_GGUF_UINT32 = 4,
+    L3C_GGUF_INT32 = 5,
+    L3C_GGUF_FLOAT32 = 6,
+    L3C_GGUF_BOOL = 7,
+    L3C_GGUF_STRING = 8,
+    L3C_GGUF_ARRAY = 9,
+    L3C_GGUF_UINT64 = 10,
+    L3C_GGUF_INT64 = 11,
+    L3C_GGUF_FLOAT64 = 12,
+    L3C_GGUF_VTYPE_COUNT
 } l3c_gguf_vtype;
 
 typedef struct l3c_str {
@@ -34,37 +44,37 @@ typedef struct l3c_str {
 
 typedef struct l3c_gguf_kv {
     l3c_str key;
-    l3c_gguf_vtype type;      /* value type */
-    l3c_gguf_vtype arr_type;  /* element type when type == ARRAY */
-    uint64_t n;               /* element count when ARRAY, else 1 */
-    const uint8_t *data;      /* scalar value or first array element, inside the mapping (unaligned) */
-    l3c_str *strs;            /* STRING value ([1]) or array of strings ([n]); owned by the reader */
+    l3c_gguf_vtype type;     /* value type */
+    l3c_gguf_vtype arr_type; /* element type when type == ARRAY */
+    uint64_t n;              /* element count when ARRAY, else 1 */
+    const uint8_t *data; /* scalar value or first array element, inside the mapping (unaligned) */
+    l3c_str *strs;       /* STRING value ([1]) or array of strings ([n]); owned by the reader */
 } l3c_gguf_kv;
 
 typedef struct l3c_gguf_tensor {
-    char *name;               /* NUL-terminated copy, owned by the reader */
-    uint32_t type;            /* ggml type id (l3c_type in kernels/types.h) */
-    uint32_t n_dims;          /* 1..4 */
-    int64_t ne[4];            /* unused dims are 1 */
+    char *name;      /* NUL-terminated copy, owned by the reader */
+    uint32_t type;   /* ggml type id (l3c_type in kernels/types.h) */
+    uint32_t n_dims; /* 1..4 */
+    int64_t ne[4];   /* unused dims are 1 */
     int64_t n_elements;
-    uint64_t offset;          /* relative to the data section */
+    uint64_t offset; /* relative to the data section */
     size_t nbytes;
-    const void *data;         /* inside the mapping */
+    const void *data; /* inside the mapping */
 } l3c_gguf_tensor;
 
 typedef struct l3c_gguf {
-    char *path;               /* file name, for error messages */
-    const uint8_t *base;      /* mapping (or caller's buffer) */
+    char *path;          /* file name, for error messages */
+    const uint8_t *base; /* mapping (or caller's buffer) */
     size_t size;
-    int owns_map;             /* 1: munmap on close */
+    int owns_map; /* 1: munmap on close */
     uint32_t version;
     uint64_t n_kv, n_tensors;
     l3c_gguf_kv *kv;          /* [n_kv] */
     l3c_gguf_tensor *tensors; /* [n_tensors] */
     size_t alignment;
-    size_t data_offset;       /* absolute offset of the tensor data section (aligned) */
-    size_t *kv_sorted;        /* [n_kv] kv indices ordered by key bytes (binary search) */
-    size_t *tensor_sorted;    /* [n_tensors] tensor indices ordered by name */
+    size_t data_offset;    /* absolute offset of the tensor data section (aligned) */
+    size_t *kv_sorted;     /* [n_kv] kv indices ordered by key bytes (binary search) */
+    size_t *tensor_sorted; /* [n_tensors] tensor indices ordered by name */
 } l3c_gguf;
 
 /* Maps and parses a file. Errors name the file and the failing field. Caller frees with close.
@@ -88,7 +98,8 @@ const l3c_gguf_tensor *l3c_gguf_find_tensor(const l3c_gguf *g, const char *name)
  */
 l3c_status l3c_gguf_get_i64(const l3c_gguf *g, const char *key, int optional, int64_t *out);
 l3c_status l3c_gguf_get_u32(const l3c_gguf *g, const char *key, int optional, uint32_t *out);
-l3c_status l3c_gguf_get_f32(const l3c_gguf *g, const char *key, int optional, float *out); /* f32/f64/int */
+l3c_status l3c_gguf_get_f32(const l3c_gguf *g, const char *key, int optional,
+                            float *out); /* f32/f64/int */
 l3c_status l3c_gguf_get_bool(const l3c_gguf *g, const char *key, int optional, bool *out);
 l3c_status l3c_gguf_get_str(const l3c_gguf *g, const char *key, int optional, l3c_str *out);
 /* Arrays: *out points to the kv (type checked: elem type must equal want, or want < 0 for any). */

@@ -9,9 +9,9 @@
 
 #include <string.h>
 
-#define FUZZ_REQUIRE(c) \
-    do {                \
-        if (!(c)) __builtin_trap(); \
+#define FUZZ_REQUIRE(c)                                                                            \
+    do {                                                                                           \
+        if (!(c)) __builtin_trap();                                                                \
     } while (0)
 
 static volatile double g_sink;
@@ -44,7 +44,8 @@ static void exercise_kv(const l3c_gguf *g, const l3c_gguf_kv *kv) {
     }
     uint64_t n = kv->n < 4096 ? kv->n : 4096;
     double acc = 0;
-    for (uint64_t i = 0; i <= n; i++) acc += l3c_gguf_arr_f64(kv, i) + (double)l3c_gguf_arr_i64(kv, i);
+    for (uint64_t i = 0; i <= n; i++)
+        acc += l3c_gguf_arr_f64(kv, i) + (double)l3c_gguf_arr_i64(kv, i);
     if (kv->strs) {
         for (uint64_t i = 0; i < n; i++) {
             if (kv->strs[i].len) acc += (unsigned char)kv->strs[i].ptr[kv->strs[i].len - 1];
@@ -62,13 +63,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     FUZZ_REQUIRE(g->alignment && (g->alignment & (g->alignment - 1)) == 0);
-    for (uint64_t i = 0; i < g->n_kv; i++) exercise_kv(g, &g->kv[i]);
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        exercise_kv(g, &g->kv[i]);
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const l3c_gguf_tensor *t = &g->tensors[i];
         FUZZ_REQUIRE(l3c_gguf_find_tensor(g, t->name) == t);
         FUZZ_REQUIRE(t->n_dims >= 1 && t->n_dims <= 4 && t->n_elements >= 1);
         const uint8_t *p = t->data;
-        FUZZ_REQUIRE(p >= g->base && t->nbytes <= g->size && (size_t)(p - g->base) <= g->size - t->nbytes);
+        FUZZ_REQUIRE(p >= g->base && t->nbytes <= g->size &&
+                     (size_t)(p - g->base) <= g->size - t->nbytes);
         if (t->nbytes) g_sink = p[0] + p[t->nbytes - 1];
     }
     (void)l3c_gguf_find(g, "general.architecture");

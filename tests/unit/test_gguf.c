@@ -32,7 +32,8 @@ typedef struct gb {
 static void put(gb *b, const void *p, size_t n) {
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n) cap *= 2;
+        while (cap < b->n + n)
+            cap *= 2;
         b->d = realloc(b->d, cap);
         if (!b->d) abort(); /* test harness only */
         b->cap = cap;
@@ -40,15 +41,43 @@ static void put(gb *b, const void *p, size_t n) {
     memcpy(b->d + b->n, p, n);
     b->n += n;
 }
-static void put_u8(gb *b, uint8_t v) { put(b, &v, 1); }
-static void put_u16(gb *b, uint16_t v) { uint8_t x[2] = {(uint8_t)v, (uint8_t)(v >> 8)}; put(b, x, 2); }
-static void put_u32(gb *b, uint32_t v) { put_u16(b, (uint16_t)v); put_u16(b, (uint16_t)(v >> 16)); }
-static void put_u64(gb *b, uint64_t v) { put_u32(b, (uint32_t)v); put_u32(b, (uint32_t)(v >> 32)); }
-static void put_f32(gb *b, float f) { uint32_t u; memcpy(&u, &f, 4); put_u32(b, u); }
-static void put_f64(gb *b, double f) { uint64_t u; memcpy(&u, &f, 8); put_u64(b, u); }
-static void put_str(gb *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
-static void set_u32(gb *b, size_t at, uint32_t v) { for (int i = 0; i < 4; i++) b->d[at + i] = (uint8_t)(v >> 8 * i); }
-static void set_u64(gb *b, size_t at, uint64_t v) { for (int i = 0; i < 8; i++) b->d[at + i] = (uint8_t)(v >> 8 * i); }
+static void put_u8(gb *b, uint8_t v) {
+    put(b, &v, 1);
+}
+static void put_u16(gb *b, uint16_t v) {
+    uint8_t x[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+    put(b, x, 2);
+}
+static void put_u32(gb *b, uint32_t v) {
+    put_u16(b, (uint16_t)v);
+    put_u16(b, (uint16_t)(v >> 16));
+}
+static void put_u64(gb *b, uint64_t v) {
+    put_u32(b, (uint32_t)v);
+    put_u32(b, (uint32_t)(v >> 32));
+}
+static void put_f32(gb *b, float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    put_u32(b, u);
+}
+static void put_f64(gb *b, double f) {
+    uint64_t u;
+    memcpy(&u, &f, 8);
+    put_u64(b, u);
+}
+static void put_str(gb *b, const char *s) {
+    put_u64(b, strlen(s));
+    put(b, s, strlen(s));
+}
+static void set_u32(gb *b, size_t at, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        b->d[at + i] = (uint8_t)(v >> 8 * i);
+}
+static void set_u64(gb *b, size_t at, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        b->d[at + i] = (uint8_t)(v >> 8 * i);
+}
 
 /* ---------------------------------------------------------------- file description */
 
@@ -64,12 +93,12 @@ typedef struct tspec {
 
 typedef struct spec {
     uint32_t version;
-    int alignment_type;  /* -1: no general.alignment kv; else its value type */
+    int alignment_type; /* -1: no general.alignment kv; else its value type */
     uint64_t alignment;
     int n_tensors;
     tspec t[4];
-    int dup_key;         /* 1: write "t.u8" twice */
-    int n_kv_override;   /* when non-zero, header n_kv written as huge_kv */
+    int dup_key;       /* 1: write "t.u8" twice */
+    int n_kv_override; /* when non-zero, header n_kv written as huge_kv */
     uint64_t huge_kv;
     int n_t_override;
     uint64_t huge_t;
@@ -87,15 +116,23 @@ enum { N_BASE_KV = 21 };
 static size_t local_row_bytes(uint32_t type, uint64_t n) {
     if (n > (1u << 20)) return 0; /* hostile shapes: nothing written */
     switch (type) {
-    case 0: return (size_t)n * 4;           /* F32 */
-    case 1: return (size_t)n * 2;           /* F16 */
-    case 8: return (size_t)(n / 32) * 34;   /* Q8_0: fp16 d + 32 x int8 */
-    default: return 0;                      /* hostile cases: no data written */
+    case 0:
+        return (size_t)n * 4; /* F32 */
+    case 1:
+        return (size_t)n * 2; /* F16 */
+    case 8:
+        return (size_t)(n / 32) * 34; /* Q8_0: fp16 d + 32 x int8 */
+    default:
+        return 0; /* hostile cases: no data written */
     }
 }
 
 static spec default_spec(void) {
-    spec s = {.version = 3, .alignment_type = 4, .alignment = 64, .n_tensors = 4, .bool_value = 1,
+    spec s = {.version = 3,
+              .alignment_type = 4,
+              .alignment = 64,
+              .n_tensors = 4,
+              .bool_value = 1,
               .nested = 5};
     s.t[0] = (tspec){"tok_embd", 2, {8, 3, 1, 1}, 0, UINT64_MAX, 0, 0};
     s.t[1] = (tspec){"norm", 1, {16, 1, 1, 1}, 1, UINT64_MAX, 0, 0};
@@ -112,7 +149,8 @@ static void build(spec *s, gb *b, marks *m) {
     memset(m, 0, sizeof *m);
     b->n = 0;
     size_t align = s->alignment_type == 4 && s->alignment && !(s->alignment & (s->alignment - 1))
-                       ? (size_t)s->alignment : 32;
+                       ? (size_t)s->alignment
+                       : 32;
     put(b, "GGUF", 4);
     put_u32(b, s->version);
     put_u64(b, s->n_t_override ? s->huge_t : (uint64_t)s->n_tensors);
@@ -120,45 +158,110 @@ static void build(spec *s, gb *b, marks *m) {
     put_u64(b, s->n_kv_override ? s->huge_kv : n_kv);
 
     m->first_key_len = b->n;
-    put_str(b, "general.architecture"); put_u32(b, 8); put_str(b, "llama");
+    put_str(b, "general.architecture");
+    put_u32(b, 8);
+    put_str(b, "llama");
     if (s->alignment_type >= 0) {
         put_str(b, "general.alignment");
         put_u32(b, (uint32_t)s->alignment_type);
-        if (s->alignment_type == 10) put_u64(b, s->alignment);
-        else put_u32(b, (uint32_t)s->alignment);
+        if (s->alignment_type == 10)
+            put_u64(b, s->alignment);
+        else
+            put_u32(b, (uint32_t)s->alignment);
     }
-    put_str(b, "t.u8"); put_u32(b, 0); put_u8(b, 200);
-    if (s->dup_key) { put_str(b, "t.u8"); put_u32(b, 0); put_u8(b, 1); }
-    put_str(b, "t.i8"); m->i8_type = b->n; put_u32(b, 1); put_u8(b, (uint8_t)-5);
-    put_str(b, "t.u16"); put_u32(b, 2); put_u16(b, 60000);
-    put_str(b, "t.i16"); put_u32(b, 3); put_u16(b, (uint16_t)-30000);
-    put_str(b, "t.u32"); put_u32(b, 4); put_u32(b, 4000000000u);
-    put_str(b, "t.i32"); put_u32(b, 5); put_u32(b, (uint32_t)-2000000000);
-    put_str(b, "t.f32"); put_u32(b, 6); put_f32(b, 0.5f);
-    put_str(b, "t.bool"); put_u32(b, 7); put_u8(b, (uint8_t)s->bool_value);
-    put_str(b, "t.str"); put_u32(b, 8); put_str(b, "hello world");
-    put_str(b, "t.u64"); put_u32(b, 10); put_u64(b, (1ull << 63) + 5);
-    put_str(b, "t.i64"); put_u32(b, 11); put_u64(b, (uint64_t)-(1ll << 40));
-    put_str(b, "t.f64"); put_u32(b, 12); put_f64(b, 1e300);
-    put_str(b, "t.f64s"); put_u32(b, 12); put_f64(b, 0.25);
-    put_str(b, "t.small"); put_u32(b, 10); put_u64(b, 7);
-    put_str(b, "t.arr.str"); put_u32(b, 9); put_u32(b, 8); m->str_arr_count = b->n; put_u64(b, 3);
-    for (int i = 0; i < 3; i++) put_str(b, g_strs[i]);
-    put_str(b, "t.arr.i32"); put_u32(b, 9); put_u32(b, s->nested); put_u64(b, 3);
-    put_u32(b, 1); put_u32(b, (uint32_t)-2); put_u32(b, 3);
-    put_str(b, "t.arr.f32"); put_u32(b, 9); put_u32(b, 6); m->f32_arr_count = b->n; put_u64(b, 2);
-    put_f32(b, 1.5f); put_f32(b, -2.5f);
-    put_str(b, "t.arr.empty"); put_u32(b, 9); put_u32(b, 0); put_u64(b, 0);
-    put_str(b, "t.arr.bool"); put_u32(b, 9); put_u32(b, 7); put_u64(b, 2); put_u8(b, 1); put_u8(b, 0);
-    put_str(b, "t.arr.u64"); put_u32(b, 9); put_u32(b, 10); put_u64(b, 2);
-    put_u64(b, 1ull << 40); put_u64(b, UINT64_MAX);
+    put_str(b, "t.u8");
+    put_u32(b, 0);
+    put_u8(b, 200);
+    if (s->dup_key) {
+        put_str(b, "t.u8");
+        put_u32(b, 0);
+        put_u8(b, 1);
+    }
+    put_str(b, "t.i8");
+    m->i8_type = b->n;
+    put_u32(b, 1);
+    put_u8(b, (uint8_t)-5);
+    put_str(b, "t.u16");
+    put_u32(b, 2);
+    put_u16(b, 60000);
+    put_str(b, "t.i16");
+    put_u32(b, 3);
+    put_u16(b, (uint16_t)-30000);
+    put_str(b, "t.u32");
+    put_u32(b, 4);
+    put_u32(b, 4000000000u);
+    put_str(b, "t.i32");
+    put_u32(b, 5);
+    put_u32(b, (uint32_t)-2000000000);
+    put_str(b, "t.f32");
+    put_u32(b, 6);
+    put_f32(b, 0.5f);
+    put_str(b, "t.bool");
+    put_u32(b, 7);
+    put_u8(b, (uint8_t)s->bool_value);
+    put_str(b, "t.str");
+    put_u32(b, 8);
+    put_str(b, "hello world");
+    put_str(b, "t.u64");
+    put_u32(b, 10);
+    put_u64(b, (1ull << 63) + 5);
+    put_str(b, "t.i64");
+    put_u32(b, 11);
+    put_u64(b, (uint64_t) - (1ll << 40));
+    put_str(b, "t.f64");
+    put_u32(b, 12);
+    put_f64(b, 1e300);
+    put_str(b, "t.f64s");
+    put_u32(b, 12);
+    put_f64(b, 0.25);
+    put_str(b, "t.small");
+    put_u32(b, 10);
+    put_u64(b, 7);
+    put_str(b, "t.arr.str");
+    put_u32(b, 9);
+    put_u32(b, 8);
+    m->str_arr_count = b->n;
+    put_u64(b, 3);
+    for (int i = 0; i < 3; i++)
+        put_str(b, g_strs[i]);
+    put_str(b, "t.arr.i32");
+    put_u32(b, 9);
+    put_u32(b, s->nested);
+    put_u64(b, 3);
+    put_u32(b, 1);
+    put_u32(b, (uint32_t)-2);
+    put_u32(b, 3);
+    put_str(b, "t.arr.f32");
+    put_u32(b, 9);
+    put_u32(b, 6);
+    m->f32_arr_count = b->n;
+    put_u64(b, 2);
+    put_f32(b, 1.5f);
+    put_f32(b, -2.5f);
+    put_str(b, "t.arr.empty");
+    put_u32(b, 9);
+    put_u32(b, 0);
+    put_u64(b, 0);
+    put_str(b, "t.arr.bool");
+    put_u32(b, 9);
+    put_u32(b, 7);
+    put_u64(b, 2);
+    put_u8(b, 1);
+    put_u8(b, 0);
+    put_str(b, "t.arr.u64");
+    put_u32(b, 9);
+    put_u32(b, 10);
+    put_u64(b, 2);
+    put_u64(b, 1ull << 40);
+    put_u64(b, UINT64_MAX);
 
     /* tensor infos: offsets assigned in order, each aligned */
     uint64_t next = 0;
     for (int i = 0; i < s->n_tensors; i++) {
         tspec *t = &s->t[i];
         uint64_t n = 1;
-        for (uint32_t d = 0; d < t->n_dims && d < 4; d++) n *= t->ne[d];
+        for (uint32_t d = 0; d < t->n_dims && d < 4; d++)
+            n *= t->ne[d];
         t->nbytes = local_row_bytes(t->type, n);
         if (t->offset == UINT64_MAX) {
             t->offset = next;
@@ -168,11 +271,13 @@ static void build(spec *s, gb *b, marks *m) {
         m->tensor_info[i] = b->n;
         put_str(b, t->name);
         put_u32(b, t->n_dims);
-        for (uint32_t d = 0; d < t->n_dims && d < 8; d++) put_u64(b, t->ne[d < 4 ? d : 0]);
+        for (uint32_t d = 0; d < t->n_dims && d < 8; d++)
+            put_u64(b, t->ne[d < 4 ? d : 0]);
         put_u32(b, t->type);
         put_u64(b, t->offset);
     }
-    while (b->n % align) put_u8(b, 0);
+    while (b->n % align)
+        put_u8(b, 0);
     m->data_offset = b->n;
     /* data: byte k of tensor i is (i * 37 + k) & 255; gaps are zero */
     size_t end = m->data_offset;
@@ -180,7 +285,8 @@ static void build(spec *s, gb *b, marks *m) {
         if (s->t[i].placed && m->data_offset + s->t[i].offset + s->t[i].nbytes > end)
             end = m->data_offset + (size_t)s->t[i].offset + s->t[i].nbytes;
     }
-    while (b->n < end) put_u8(b, 0);
+    while (b->n < end)
+        put_u8(b, 0);
     for (int i = 0; i < s->n_tensors; i++) {
         for (size_t k = 0; s->t[i].placed && k < s->t[i].nbytes; k++) {
             size_t at = m->data_offset + (size_t)s->t[i].offset + k;
@@ -205,10 +311,12 @@ static void expect_fail(spec s, l3c_status want, const char *needle, int line) {
     l3c_gguf *g = (l3c_gguf *)1;
     uint8_t *copy;
     l3c_status st = open_copy(&b, b.n, &g, &copy);
-    CHECK_MSG(st == want, "line %d: status %s, want %s (%s)", line, l3c_status_name(st), l3c_status_name(want),
-              l3c_last_error());
+    CHECK_MSG(st == want, "line %d: status %s, want %s (%s)", line, l3c_status_name(st),
+              l3c_status_name(want), l3c_last_error());
     CHECK_MSG(g == NULL, "line %d: out not NULL on failure", line);
-    if (needle) CHECK_MSG(strstr(l3c_last_error(), needle), "line %d: '%s' not in '%s'", line, needle, l3c_last_error());
+    if (needle)
+        CHECK_MSG(strstr(l3c_last_error(), needle), "line %d: '%s' not in '%s'", line, needle,
+                  l3c_last_error());
     l3c_gguf_close(g);
     free(copy);
     free(b.d);
@@ -216,7 +324,8 @@ static void expect_fail(spec s, l3c_status want, const char *needle, int line) {
 #define EXPECT_FAIL(s, want, needle) expect_fail(s, want, needle, __LINE__)
 
 /* Patch variant: build the default file, apply fn, expect failure. */
-static void expect_patch_fail(void (*fn)(gb *, const marks *), l3c_status want, const char *needle, int line) {
+static void expect_patch_fail(void (*fn)(gb *, const marks *), l3c_status want, const char *needle,
+                              int line) {
     spec s = default_spec();
     gb b = {0};
     marks m;
@@ -225,29 +334,51 @@ static void expect_patch_fail(void (*fn)(gb *, const marks *), l3c_status want, 
     l3c_gguf *g = (l3c_gguf *)1;
     uint8_t *copy;
     l3c_status st = open_copy(&b, b.n, &g, &copy);
-    CHECK_MSG(st == want, "line %d: status %s, want %s (%s)", line, l3c_status_name(st), l3c_status_name(want),
-              l3c_last_error());
+    CHECK_MSG(st == want, "line %d: status %s, want %s (%s)", line, l3c_status_name(st),
+              l3c_status_name(want), l3c_last_error());
     CHECK_MSG(g == NULL, "line %d: out not NULL", line);
-    if (needle) CHECK_MSG(strstr(l3c_last_error(), needle), "line %d: '%s' not in '%s'", line, needle, l3c_last_error());
+    if (needle)
+        CHECK_MSG(strstr(l3c_last_error(), needle), "line %d: '%s' not in '%s'", line, needle,
+                  l3c_last_error());
     l3c_gguf_close(g);
     free(copy);
     free(b.d);
 }
 #define EXPECT_PATCH_FAIL(fn, want, needle) expect_patch_fail(fn, want, needle, __LINE__)
 
-static void p_magic(gb *b, const marks *m) { b->d[0] = 'X'; }
-static void p_key_len_huge(gb *b, const marks *m) { set_u64(b, m->first_key_len, UINT64_MAX); }
-static void p_key_len_past(gb *b, const marks *m) { set_u64(b, m->first_key_len, b->n); }
-static void p_vtype_99(gb *b, const marks *m) { set_u32(b, m->i8_type, 99); }
-static void p_str_arr_huge(gb *b, const marks *m) { set_u64(b, m->str_arr_count, 1ull << 60); }
-static void p_str_arr_max(gb *b, const marks *m) { set_u64(b, m->str_arr_count, UINT64_MAX); }
-static void p_f32_arr_overflow(gb *b, const marks *m) { set_u64(b, m->f32_arr_count, 1ull << 62); }
-static void p_f32_arr_past(gb *b, const marks *m) { set_u64(b, m->f32_arr_count, b->n / 4); }
-static void p_big_endian(gb *b, const marks *m) { set_u32(b, 4, 0x03000000u); }
+static void p_magic(gb *b, const marks *m) {
+    b->d[0] = 'X';
+}
+static void p_key_len_huge(gb *b, const marks *m) {
+    set_u64(b, m->first_key_len, UINT64_MAX);
+}
+static void p_key_len_past(gb *b, const marks *m) {
+    set_u64(b, m->first_key_len, b->n);
+}
+static void p_vtype_99(gb *b, const marks *m) {
+    set_u32(b, m->i8_type, 99);
+}
+static void p_str_arr_huge(gb *b, const marks *m) {
+    set_u64(b, m->str_arr_count, 1ull << 60);
+}
+static void p_str_arr_max(gb *b, const marks *m) {
+    set_u64(b, m->str_arr_count, UINT64_MAX);
+}
+static void p_f32_arr_overflow(gb *b, const marks *m) {
+    set_u64(b, m->f32_arr_count, 1ull << 62);
+}
+static void p_f32_arr_past(gb *b, const marks *m) {
+    set_u64(b, m->f32_arr_count, b->n / 4);
+}
+static void p_big_endian(gb *b, const marks *m) {
+    set_u32(b, 4, 0x03000000u);
+}
 
 /* ---------------------------------------------------------------- positive checks */
 
-static bool str_eq(l3c_str s, const char *c) { return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0; }
+static bool str_eq(l3c_str s, const char *c) {
+    return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0;
+}
 
 static void check_contents(const l3c_gguf *g, const spec *s, const marks *m) {
     CHECK(g->version == 3);
@@ -283,15 +414,15 @@ static void check_contents(const l3c_gguf *g, const spec *s, const marks *m) {
     CHECK(l3c_gguf_get_u32(g, "t.u32", 0, &u32) == L3C_OK && u32 == 4000000000u);
     CHECK(l3c_gguf_get_u32(g, "t.small", 0, &u32) == L3C_OK && u32 == 7);
     CHECK(l3c_gguf_get_u32(g, "general.alignment", 0, &u32) == L3C_OK && u32 == 64);
-    CHECK(l3c_gguf_get_u32(g, "t.i8", 0, &u32) == L3C_ERR_FORMAT);   /* negative */
-    CHECK(l3c_gguf_get_u32(g, "t.i64", 0, &u32) == L3C_ERR_FORMAT);  /* negative */
-    CHECK(l3c_gguf_get_u32(g, "t.u64", 0, &u32) == L3C_ERR_FORMAT);  /* too big */
+    CHECK(l3c_gguf_get_u32(g, "t.i8", 0, &u32) == L3C_ERR_FORMAT);  /* negative */
+    CHECK(l3c_gguf_get_u32(g, "t.i64", 0, &u32) == L3C_ERR_FORMAT); /* negative */
+    CHECK(l3c_gguf_get_u32(g, "t.u64", 0, &u32) == L3C_ERR_FORMAT); /* too big */
     CHECK(l3c_gguf_get_u32(g, "t.bool", 0, &u32) == L3C_ERR_FORMAT);
 
     CHECK(l3c_gguf_get_f32(g, "t.f32", 0, &f) == L3C_OK && f == 0.5f);
     CHECK(l3c_gguf_get_f32(g, "t.f64s", 0, &f) == L3C_OK && f == 0.25f);
     CHECK(l3c_gguf_get_f32(g, "t.i16", 0, &f) == L3C_OK && f == -30000.0f);
-    CHECK(l3c_gguf_get_f32(g, "t.f64", 0, &f) == L3C_ERR_FORMAT);    /* 1e300 */
+    CHECK(l3c_gguf_get_f32(g, "t.f64", 0, &f) == L3C_ERR_FORMAT); /* 1e300 */
     CHECK(l3c_gguf_get_f32(g, "t.str", 0, &f) == L3C_ERR_FORMAT);
 
     CHECK(l3c_gguf_get_bool(g, "t.bool", 0, &bo) == L3C_OK && bo);
@@ -320,11 +451,13 @@ static void check_contents(const l3c_gguf *g, const spec *s, const marks *m) {
     /* arrays */
     CHECK(l3c_gguf_get_arr(g, "t.arr.str", 0, L3C_GGUF_STRING, &kv) == L3C_OK);
     CHECK(kv->type == L3C_GGUF_ARRAY && kv->arr_type == L3C_GGUF_STRING && kv->n == 3);
-    for (int i = 0; i < 3; i++) CHECK(str_eq(kv->strs[i], g_strs[i]));
+    for (int i = 0; i < 3; i++)
+        CHECK(str_eq(kv->strs[i], g_strs[i]));
     CHECK(l3c_gguf_get_arr(g, "t.arr.str", 0, L3C_GGUF_INT32, &kv) == L3C_ERR_FORMAT);
     CHECK(l3c_gguf_get_arr(g, "t.u8", 0, -1, &kv) == L3C_ERR_FORMAT);
     CHECK(l3c_gguf_get_arr(g, "t.arr.i32", 0, -1, &kv) == L3C_OK && kv->n == 3);
-    CHECK(l3c_gguf_arr_i64(kv, 0) == 1 && l3c_gguf_arr_i64(kv, 1) == -2 && l3c_gguf_arr_i64(kv, 2) == 3);
+    CHECK(l3c_gguf_arr_i64(kv, 0) == 1 && l3c_gguf_arr_i64(kv, 1) == -2 &&
+          l3c_gguf_arr_i64(kv, 2) == 3);
     CHECK(l3c_gguf_arr_f64(kv, 1) == -2.0);
     CHECK(l3c_gguf_arr_i64(kv, 3) == 0); /* out of range */
     CHECK(l3c_gguf_get_arr(g, "t.arr.f32", 0, L3C_GGUF_FLOAT32, &kv) == L3C_OK && kv->n == 2);
@@ -335,7 +468,8 @@ static void check_contents(const l3c_gguf *g, const spec *s, const marks *m) {
     CHECK(l3c_gguf_get_arr(g, "t.arr.bool", 0, L3C_GGUF_BOOL, &kv) == L3C_OK && kv->n == 2);
     CHECK(l3c_gguf_arr_i64(kv, 0) == 1 && l3c_gguf_arr_i64(kv, 1) == 0);
     CHECK(l3c_gguf_get_arr(g, "t.arr.u64", 0, L3C_GGUF_UINT64, &kv) == L3C_OK && kv->n == 2);
-    CHECK(l3c_gguf_arr_i64(kv, 0) == (1ll << 40) && l3c_gguf_arr_i64(kv, 1) == INT64_MAX); /* saturates */
+    CHECK(l3c_gguf_arr_i64(kv, 0) == (1ll << 40) &&
+          l3c_gguf_arr_i64(kv, 1) == INT64_MAX); /* saturates */
     CHECK(l3c_gguf_arr_f64(kv, 1) == 18446744073709551615.0);
     CHECK(l3c_gguf_arr_i64(l3c_gguf_find(g, "t.i16"), 0) == -30000); /* scalar as 1-element */
     CHECK(l3c_gguf_arr_i64(l3c_gguf_find(g, "t.str"), 0) == 0);
@@ -346,7 +480,8 @@ static void check_contents(const l3c_gguf *g, const spec *s, const marks *m) {
         snprintf(key, sizeof key, "%.*s", (int)g->kv[i].key.len, g->kv[i].key.ptr);
         CHECK(l3c_gguf_find(g, key) == &g->kv[i]);
     }
-    CHECK(l3c_gguf_find(g, "t.u") == NULL && l3c_gguf_find(g, "t.u80") == NULL && l3c_gguf_find(g, "") == NULL);
+    CHECK(l3c_gguf_find(g, "t.u") == NULL && l3c_gguf_find(g, "t.u80") == NULL &&
+          l3c_gguf_find(g, "") == NULL);
 
     /* tensors: shape, type, offset, nbytes, data, lookup */
     static const size_t want_nbytes[4] = {8 * 3 * 4, 16 * 2, 2 * 2 * 34, 4 * 4};
@@ -364,11 +499,13 @@ static void check_contents(const l3c_gguf *g, const spec *s, const marks *m) {
         }
         CHECK(t->n_elements == n);
         CHECK_MSG(t->nbytes == want_nbytes[i], "tensor %d nbytes %zu", i, t->nbytes);
-        CHECK_MSG(t->offset == want_off[i], "tensor %d offset %llu", i, (unsigned long long)t->offset);
+        CHECK_MSG(t->offset == want_off[i], "tensor %d offset %llu", i,
+                  (unsigned long long)t->offset);
         CHECK((const uint8_t *)t->data == g->base + m->data_offset + want_off[i]);
         const uint8_t *p = t->data;
         bool ok = true;
-        for (size_t k = 0; k < t->nbytes; k++) ok = ok && p[k] == (uint8_t)(i * 37 + k);
+        for (size_t k = 0; k < t->nbytes; k++)
+            ok = ok && p[k] == (uint8_t)(i * 37 + k);
         CHECK_MSG(ok, "tensor %d data", i);
     }
     CHECK(l3c_gguf_find_tensor(g, "nope") == NULL && l3c_gguf_find_tensor(g, "norm2") == NULL);
@@ -453,7 +590,9 @@ static void test_truncation(void) {
         uint8_t *copy;
         l3c_status st = open_copy(&b, n, &g, &copy);
         if (st != L3C_ERR_FORMAT || g != NULL || !strstr(l3c_last_error(), "t.gguf")) {
-            if (bad++ < 5) fprintf(stderr, "truncated at %zu: %s %s\n", n, l3c_status_name(st), l3c_last_error());
+            if (bad++ < 5)
+                fprintf(stderr, "truncated at %zu: %s %s\n", n, l3c_status_name(st),
+                        l3c_last_error());
             l3c_gguf_close(g == (l3c_gguf *)1 ? NULL : g);
         }
         free(copy);
@@ -463,8 +602,9 @@ static void test_truncation(void) {
     l3c_gguf *g;
     uint8_t *copy;
     open_copy(&b, m.tensor_info[3] + 4, &g, &copy);
-    CHECK_MSG(strstr(l3c_last_error(), "truncated at offset") && strstr(l3c_last_error(), "tensor 3 name"), "%s",
-              l3c_last_error());
+    CHECK_MSG(strstr(l3c_last_error(), "truncated at offset") &&
+                  strstr(l3c_last_error(), "tensor 3 name"),
+              "%s", l3c_last_error());
     free(copy);
     free(b.d);
 }
@@ -499,22 +639,27 @@ static void test_hostile(void) {
 
     EXPECT_FAIL(WITH(s.alignment = 0), L3C_ERR_FORMAT, "power of two");
     EXPECT_FAIL(WITH(s.alignment = 48), L3C_ERR_FORMAT, "power of two");
-    EXPECT_FAIL(WITH(s.alignment_type = 10), L3C_ERR_FORMAT, "('general.alignment'): alignment has type UINT64");
+    EXPECT_FAIL(WITH(s.alignment_type = 10), L3C_ERR_FORMAT,
+                "('general.alignment'): alignment has type UINT64");
 
     EXPECT_FAIL(WITH(s.t[3].offset = 1u << 20), L3C_ERR_FORMAT, "past the file size");
     EXPECT_FAIL(WITH(s.t[3].offset = UINT64_MAX - 63), L3C_ERR_FORMAT, "past the file size");
     EXPECT_FAIL(WITH(s.t[1].offset = 8), L3C_ERR_FORMAT, "not a multiple of the alignment 64");
-    EXPECT_FAIL(WITH(s.t[2].offset = 64), L3C_ERR_FORMAT, "overlaps");          /* tok_embd is 96 bytes */
-    EXPECT_FAIL(WITH(s.t[3].offset = 192), L3C_ERR_FORMAT, "overlaps");         /* same start as blk.0.wq */
+    EXPECT_FAIL(WITH(s.t[2].offset = 64), L3C_ERR_FORMAT, "overlaps");  /* tok_embd is 96 bytes */
+    EXPECT_FAIL(WITH(s.t[3].offset = 192), L3C_ERR_FORMAT, "overlaps"); /* same start as blk.0.wq */
     EXPECT_FAIL(WITH(s.t[0].n_dims = 0), L3C_ERR_FORMAT, "n_dims 0");
     EXPECT_FAIL(WITH(s.t[0].n_dims = 5), L3C_ERR_FORMAT, "n_dims 5");
     EXPECT_FAIL(WITH(s.t[0].ne[1] = 0), L3C_ERR_FORMAT, "ne[1] = 0");
     EXPECT_FAIL(WITH(s.t[0].ne[0] = 1ull << 63), L3C_ERR_FORMAT, "ne[0]");
-    EXPECT_FAIL(WITH((s.t[3].ne[0] = 1ull << 32, s.t[3].ne[3] = 1ull << 32)), L3C_ERR_FORMAT, "overflows int64");
-    EXPECT_FAIL(WITH((s.t[3].ne[0] = 1ull << 61)), L3C_ERR_FORMAT, "tensor 3 ('w4d')");   /* 2^63 bytes */
-    EXPECT_FAIL(WITH((s.t[3].ne[0] = 1ull << 62)), L3C_ERR_FORMAT, "tensor 3 ('w4d')");   /* bytes overflow */
+    EXPECT_FAIL(WITH((s.t[3].ne[0] = 1ull << 32, s.t[3].ne[3] = 1ull << 32)), L3C_ERR_FORMAT,
+                "overflows int64");
+    EXPECT_FAIL(WITH((s.t[3].ne[0] = 1ull << 61)), L3C_ERR_FORMAT,
+                "tensor 3 ('w4d')"); /* 2^63 bytes */
+    EXPECT_FAIL(WITH((s.t[3].ne[0] = 1ull << 62)), L3C_ERR_FORMAT,
+                "tensor 3 ('w4d')"); /* bytes overflow */
     EXPECT_FAIL(WITH(s.t[2].ne[0] = 48), L3C_ERR_FORMAT, "block size 32");
-    EXPECT_FAIL(WITH(s.t[0].type = 99), L3C_ERR_UNSUPPORTED, "tensor 0 ('tok_embd'): tensor has unsupported type id 99");
+    EXPECT_FAIL(WITH(s.t[0].type = 99), L3C_ERR_UNSUPPORTED,
+                "tensor 0 ('tok_embd'): tensor has unsupported type id 99");
     EXPECT_FAIL(WITH(s.t[0].type = 4), L3C_ERR_UNSUPPORTED, "unsupported type id 4");
     EXPECT_FAIL(WITH(s.t[1].name = "tok_embd"), L3C_ERR_FORMAT, "duplicate tensor name");
     EXPECT_FAIL(WITH(s.t[1].name = ""), L3C_ERR_FORMAT, "empty tensor name");
@@ -568,8 +713,10 @@ static void dump_str(const char *p, uint64_t len) {
     putchar('"');
     for (uint64_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)p[i];
-        if (c > 0x20 && c < 0x7f && c != '\\' && c != '"') putchar(c);
-        else printf("\\x%02x", c);
+        if (c > 0x20 && c < 0x7f && c != '\\' && c != '"')
+            putchar(c);
+        else
+            printf("\\x%02x", c);
     }
     putchar('"');
 }
@@ -579,23 +726,33 @@ static void dump_value(l3c_gguf_vtype t, const l3c_gguf_kv *kv, uint64_t i) {
     switch (t) {
     case L3C_GGUF_FLOAT32: {
         p = kv->data + i * 4;
-        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        uint32_t u =
+            (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
         float f;
         memcpy(&f, &u, 4);
         printf("%.9g", f);
         break;
     }
-    case L3C_GGUF_FLOAT64: printf("%.17g", l3c_gguf_arr_f64(kv, i)); break;
-    case L3C_GGUF_BOOL: printf("%s", l3c_gguf_arr_i64(kv, i) ? "true" : "false"); break;
-    case L3C_GGUF_STRING: dump_str(kv->strs[i].ptr, kv->strs[i].len); break;
+    case L3C_GGUF_FLOAT64:
+        printf("%.17g", l3c_gguf_arr_f64(kv, i));
+        break;
+    case L3C_GGUF_BOOL:
+        printf("%s", l3c_gguf_arr_i64(kv, i) ? "true" : "false");
+        break;
+    case L3C_GGUF_STRING:
+        dump_str(kv->strs[i].ptr, kv->strs[i].len);
+        break;
     case L3C_GGUF_UINT64: {
         p = kv->data + i * 8;
         uint64_t u = 0;
-        for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
+        for (int k = 7; k >= 0; k--)
+            u = u << 8 | p[k];
         printf("%llu", (unsigned long long)u);
         break;
     }
-    default: printf("%lld", (long long)l3c_gguf_arr_i64(kv, i)); break;
+    default:
+        printf("%lld", (long long)l3c_gguf_arr_i64(kv, i));
+        break;
     }
 }
 
@@ -612,7 +769,8 @@ static int dump(const char *path) {
         return 1;
     }
     printf("gguf version %u n_kv %llu n_tensors %llu alignment %zu data_offset %zu\n", g->version,
-           (unsigned long long)g->n_kv, (unsigned long long)g->n_tensors, g->alignment, g->data_offset);
+           (unsigned long long)g->n_kv, (unsigned long long)g->n_tensors, g->alignment,
+           g->data_offset);
     for (uint64_t i = 0; i < g->n_kv; i++) {
         const l3c_gguf_kv *kv = &g->kv[i];
         printf("kv ");
@@ -635,7 +793,8 @@ static int dump(const char *path) {
         printf("tensor ");
         dump_str(t->name, strlen(t->name));
         printf(" %u %u ", t->type, t->n_dims);
-        for (uint32_t d = 0; d < t->n_dims; d++) printf("%s%lld", d ? "," : "", (long long)t->ne[d]);
+        for (uint32_t d = 0; d < t->n_dims; d++)
+            printf("%s%lld", d ? "," : "", (long long)t->ne[d]);
         printf(" %zu %zu\n", g->data_offset + (size_t)t->offset, t->nbytes);
     }
     l3c_gguf_close(g);
