@@ -1,0 +1,540 @@
+/*
+ * http.c -- libmicrohttpd glue of `llama3c serve`: routes, auth, limits, responses, streaming.
+ *
+ * Threading: MHD runs one thread per connection (MHD_USE_THREAD_PER_CONNECTION), so the access
+ * handler and the SSE reader may block while the engine works; they wait on their job in slices
+ * of WAIT_SLICE_MS and check between slices whether the client has hung up (poll POLLRDHUP on
+ * the socket), so a vanished client frees its slot within a slice even before any byte is due.
+ *
+ * Invariants
+ *  - Every request gets exactly one response or a closed connection; every response to a
+ *    request that reached a handler is counted in the metrics by the completed callback.
+ *  - A request body is held only up to srv->max_body bytes (413 beyond: announced lengths are
+ *    refused before reading, chunked bodies when they pass the limit); the per-connection
+ *    header memory is MHD's bounded pool. So memory per connection is bounded, and
+ *    connections are limited to srv->max_connections.
+ *  - The conn state (*con_cls) is owned by the connection's thread and freed in on_completed,
+ *    which also drops the job reference (which cancels the job if still running).
+ */
+#include "http.h"
+
+#include "metrics.h"
+#include "openai.h"
+
+#include <microhttpd.h>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WAIT_SLICE_MS 100
+#define SSE_BLOCK 4096
+
+typedef enum stream_phase { PH_START = 0, PH_RUN, PH_DONE } stream_phase;
+
+typedef struct conn {
+    server *srv;
+    struct MHD_Connection *mc;
+    metrics_endpoint ep;
+    struct timespec t0;
+    unsigned status;       /* status of the queued response, 0 until then */
+    int responded;         /* a response has been queued */
+    int is_post;
+    /* body */
+    char *body;
+    size_t len, cap;
+    int too_large;
+    /* generation */
+    api_request req;
+    sched_job *job;
+    int tokens_recorded;
+    /* streaming */
+    stream_phase phase;
+    char *sse;
+    size_t sse_len, sse_off, sse_cap;
+    char *text;
+    size_t text_len, text_cap;
+} conn;
+
+/* ------------------------------------------------------------------ helpers */
+
+static double since(const struct timespec *t0) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + 1e-9 * (double)(t.tv_nsec - t0->tv_nsec);
+}
+
+/* 1 when the peer has closed or reset the connection. */
+static int client_gone(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 1;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    if (poll(&p, 1, 0) < 0) return 0;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+/* Restarts the idle-timeout clock of a connection that was busy on our side (setting the
+ * timeout from 0 to a value resets MHD's timer). */
+static void touch(conn *c) {
+    if (!c->srv->timeout_s) return;
+    MHD_set_connection_option(c->mc, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    MHD_set_connection_option(c->mc, MHD_CONNECTION_OPTION_TIMEOUT, c->srv->timeout_s);
+}
+
+static enum MHD_Result queue(conn *c, unsigned status, struct MHD_Response *r) {
+    if (!r) return MHD_NO;
+    enum MHD_Result ok = MHD_queue_response(c->mc, status, r);
+    MHD_destroy_response(r);
+    if (ok == MHD_YES) {
+        c->status = status;
+        c->responded = 1;
+    }
+    return ok;
+}
+
+/* Takes ownership of body (malloc'd). */
+static enum MHD_Result respond(conn *c, unsigned status, const char *ctype, char *body, size_t len) {
+    if (!body) {
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                                  "\"param\":null,\"code\":null}}";
+        body = NULL;
+        struct MHD_Response *r =
+            MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+        if (r) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        return queue(c, 500, r);
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    return queue(c, status, r);
+}
+
+static enum MHD_Result respond_json(conn *c, unsigned status, char *body, size_t len) {
+    return respond(c, status, "application/json", body, len);
+}
+
+static enum MHD_Result respond_error(conn *c, const api_error *e) {
+    size_t len = 0;
+    char *body = api_error_json(e, &len);
+    if (!body) return respond_json(c, 500, NULL, 0);
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (e->status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (e->status == 405)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
+                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ? "POST" : "GET, HEAD");
+    if (e->status == 413 || e->status == 503)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    return queue(c, e->status, r);
+}
+
+static enum MHD_Result fail(conn *c, unsigned status, const char *type, const char *code,
+                            const char *msg) {
+    api_error e;
+    api_fail(&e, status, type, NULL, code, "%s", msg);
+    return respond_error(c, &e);
+}
+
+/* Constant-time comparison of the presented key with the configured one. */
+static int key_matches(const char *given, const char *key) {
+    size_t ng = strlen(given), nk = strlen(key);
+    unsigned char d = ng != nk;
+    for (size_t i = 0; i < nk; i++) d |= (unsigned char)((i < ng ? given[i] : 0) ^ key[i]);
+    return d == 0;
+}
+
+static int authorized(conn *c) {
+    if (!c->srv->api_key) return 1;
+    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    return key_matches(h, c->srv->api_key);
+}
+
+static metrics_endpoint route(const char *url) {
+    if (!strcmp(url, "/v1/chat/completions") || !strcmp(url, "/chat/completions")) return EP_CHAT;
+    if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions")) return EP_COMPLETIONS;
+    if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return EP_MODELS;
+    if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) return EP_HEALTH;
+    if (!strcmp(url, "/metrics")) return EP_METRICS;
+    if (!strcmp(url, "/") || !strcmp(url, "/index.html")) return EP_WEB;
+    return EP_OTHER;
+}
+
+/* ------------------------------------------------------------------ GET endpoints */
+
+static enum MHD_Result serve_get(conn *c) {
+    server *srv = c->srv;
+    size_t len = 0;
+    switch (c->ep) {
+    case EP_WEB: {
+        struct MHD_Response *r = MHD_create_response_from_buffer(
+            l3c_web_page_len, (void *)l3c_web_page, MHD_RESPMEM_PERSISTENT);
+        if (!r) return MHD_NO;
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
+        MHD_add_response_header(r, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                                "'unsafe-inline'; connect-src 'self'; img-src data:");
+        MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+        return queue(c, 200, r);
+    }
+    case EP_HEALTH: {
+        sched_stats st;
+        sched_get_stats(srv->sched, &st);
+        char *b = malloc(160);
+        if (!b) return respond_json(c, 500, NULL, 0);
+        len = (size_t)snprintf(b, 160,
+                               "{\"status\":\"ok\",\"slots_idle\":%d,\"slots_processing\":%d,"
+                               "\"queue\":%d}",
+                               st.n_slots - st.slots_busy, st.slots_busy, st.queue_len);
+        return respond_json(c, 200, b, len);
+    }
+    case EP_METRICS: {
+        char *b = metrics_render(srv->sched, &len);
+        if (!b) return respond_json(c, 500, NULL, 0);
+        return respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b, len);
+    }
+    case EP_MODELS: {
+        char *b = api_models_json(srv, &len);
+        return respond_json(c, 200, b, len);
+    }
+    default:
+        return fail(c, 404, "invalid_request_error", NULL, "not found");
+    }
+}
+
+/* ------------------------------------------------------------------ generation */
+
+static void record_tokens(conn *c, const sched_update *u) {
+    if (c->tokens_recorded) return;
+    c->tokens_recorded = 1;
+    metrics_record_tokens(u->n_prompt, u->n_gen);
+}
+
+/* Appends *np bytes (taking ownership of p) to the pending SSE output. The length is passed by
+ * pointer because it is written by the call that produces p in the same argument list. */
+static int sse_add(conn *c, char *p, const size_t *np) {
+    if (!p) return -1;
+    size_t n = *np;
+    if (n == 0) {
+        free(p);
+        return 0;
+    }
+    if (c->sse_len + n > c->sse_cap) {
+        size_t cap = c->sse_cap ? c->sse_cap : 1024;
+        while (cap < c->sse_len + n) cap *= 2;
+        char *q = realloc(c->sse, cap);
+        if (!q) {
+            free(p);
+            return -1;
+        }
+        c->sse = q;
+        c->sse_cap = cap;
+    }
+    memcpy(c->sse + c->sse_len, p, n);
+    c->sse_len += n;
+    free(p);
+    return 0;
+}
+
+static int sse_add_const(conn *c, const char *s) {
+    size_t n = strlen(s);
+    char *p = malloc(n);
+    if (!p) return -1;
+    memcpy(p, s, n);
+    return sse_add(c, p, &n);
+}
+
+/* Produces the next SSE events of a stream: the role chunk, content chunks, and at the end the
+ * finish chunk, the usage chunk (stream_options.include_usage) and "data: [DONE]". */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    conn *c = cls;
+    server *srv = c->srv;
+    size_t n;
+    (void)pos;
+    while (c->sse_off >= c->sse_len) {
+        if (c->phase == PH_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
+        c->sse_len = c->sse_off = 0;
+        if (c->phase == PH_START) {
+            c->phase = PH_RUN;
+            if (c->req.kind == API_CHAT &&
+                sse_add(c, api_stream_chunk(&c->req, 1, "", 0, SCHED_RUNNING, &n), &n))
+                goto oom;
+            continue;
+        }
+        sched_update u;
+        c->text_len = 0;
+        sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
+        if (c->text_len && sse_add(c, api_stream_chunk(&c->req, 0, c->text, c->text_len, SCHED_RUNNING, &n), &n))
+            goto oom;
+        if (u.finish == SCHED_RUNNING) {
+            if (!c->text_len && client_gone(c->mc)) {
+                sched_job_cancel(srv->sched, c->job);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            continue;
+        }
+        record_tokens(c, &u);
+        if (u.finish == SCHED_FINISH_ERROR || u.finish == SCHED_FINISH_CANCELLED) {
+            api_error e;
+            if (u.finish == SCHED_FINISH_ERROR)
+                api_fail(&e, 500, "server_error", NULL, NULL, "%s", u.error);
+            else
+                api_fail(&e, 503, "server_error", NULL, "unavailable", "the server is shutting down");
+            if (sse_add(c, api_stream_error(&e, &n), &n)) goto oom;
+        } else {
+            if (sse_add(c, api_stream_chunk(&c->req, 0, "", 0, u.finish, &n), &n)) goto oom;
+            if (c->req.include_usage && sse_add(c, api_stream_usage(&c->req, &u, &n), &n)) goto oom;
+        }
+        if (sse_add_const(c, "data: [DONE]\n\n")) goto oom;
+        c->phase = PH_DONE;
+    }
+    n = c->sse_len - c->sse_off;
+    if (n > max) n = max;
+    memcpy(buf, c->sse + c->sse_off, n);
+    c->sse_off += n;
+    touch(c);
+    return (ssize_t)n;
+oom:
+    sched_job_cancel(srv->sched, c->job);
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static enum MHD_Result start_stream(conn *c) {
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_read, c, NULL);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    return queue(c, 200, r);
+}
+
+/* Blocks until the job is over (or the client leaves), then sends the whole answer. */
+static enum MHD_Result finish_blocking(conn *c) {
+    server *srv = c->srv;
+    sched_update u;
+    for (;;) {
+        sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
+        if (u.finish != SCHED_RUNNING) break;
+        if (client_gone(c->mc)) {
+            sched_job_cancel(srv->sched, c->job);
+            return MHD_NO;
+        }
+    }
+    record_tokens(c, &u);
+    if (u.finish == SCHED_FINISH_ERROR) return fail(c, 500, "server_error", NULL, u.error);
+    if (u.finish == SCHED_FINISH_CANCELLED)
+        return fail(c, 503, "server_error", "unavailable", "the server is shutting down");
+    size_t len = 0;
+    char *body = api_response_json(&c->req, c->text, c->text_len, &u, &len);
+    touch(c);
+    return respond_json(c, 200, body, len);
+}
+
+static enum MHD_Result serve_generate(conn *c) {
+    server *srv = c->srv;
+    api_error e;
+    if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len, &c->req, &e))
+        return respond_error(c, &e);
+    free(c->body);
+    c->body = NULL;
+    c->len = c->cap = 0;
+    c->job = sched_job_new(c->req.prompt, c->req.n_prompt, &c->req.params);
+    c->req.prompt = NULL; /* owned by the job now (or freed) */
+    if (!c->job) return respond_json(c, 500, NULL, 0);
+    switch (sched_submit(srv->sched, c->job)) {
+    case SCHED_OK: break;
+    case SCHED_ERR_FULL:
+        return fail(c, 429, "rate_limit_error", "rate_limit_exceeded",
+                    "the server is busy: every slot is working and the queue is full; retry later");
+    case SCHED_ERR_STOPPING:
+        return fail(c, 503, "server_error", "unavailable", "the server is shutting down");
+    case SCHED_ERR_TOO_LONG:
+        return fail(c, 400, "invalid_request_error", "context_length_exceeded",
+                    "the prompt does not fit the context of a slot");
+    default: return respond_json(c, 500, NULL, 0);
+    }
+    return c->req.stream ? start_stream(c) : finish_blocking(c);
+}
+
+/* ------------------------------------------------------------------ MHD callbacks */
+
+static int content_type_ok(struct MHD_Connection *mc) {
+    const char *ct = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ct) return 1; /* tolerated: some clients send none */
+    while (*ct == ' ') ct++;
+    return !strncasecmp(ct, "application/json", 16) && (ct[16] == 0 || ct[16] == ';' || ct[16] == ' ');
+}
+
+/* The first call for a request: routing, method, auth and size checks before any body byte. */
+static enum MHD_Result on_headers(conn *c, const char *url, const char *method) {
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    int post = !strcmp(method, "POST");
+    char msg[200];
+    if (c->ep == EP_OTHER) {
+        snprintf(msg, sizeof msg, "Invalid URL (%.16s %.120s)", method, url);
+        return fail(c, 404, "invalid_request_error", NULL, msg);
+    }
+    int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS;
+    if ((wants_post && !post) || (!wants_post && !get)) {
+        snprintf(msg, sizeof msg, "method %.16s is not allowed on %.120s", method, url);
+        return fail(c, 405, "invalid_request_error", "method_not_allowed", msg);
+    }
+    int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_MODELS || c->ep == EP_METRICS;
+    if (needs_auth && !authorized(c))
+        return fail(c, 401, "invalid_request_error", "invalid_api_key",
+                    "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
+    if (!wants_post) return serve_get(c);
+    c->is_post = 1;
+    if (!content_type_ok(c->mc))
+        return fail(c, 415, "invalid_request_error", "unsupported_media_type",
+                    "the body must be JSON (Content-Type: application/json)");
+    const char *cl = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (n > c->srv->max_body) {
+            snprintf(msg, sizeof msg, "the body (%llu bytes) is larger than the limit of %zu bytes", n,
+                     c->srv->max_body);
+            return fail(c, 413, "invalid_request_error", "request_too_large", msg);
+        }
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const char *url,
+                                 const char *method, const char *version, const char *upload,
+                                 size_t *upload_size, void **con_cls) {
+    (void)version;
+    conn *c = *con_cls;
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (!c) return MHD_NO;
+        c->srv = cls;
+        c->mc = mc;
+        clock_gettime(CLOCK_MONOTONIC, &c->t0);
+        c->ep = route(url);
+        *con_cls = c;
+        return on_headers(c, url, method);
+    }
+    if (c->responded) { /* an early answer (413, ...) is queued: drop what still comes */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (c->too_large) return MHD_YES;
+        if (c->len + n > c->srv->max_body) {
+            c->too_large = 1;
+            free(c->body);
+            c->body = NULL;
+            c->len = c->cap = 0;
+            return MHD_YES;
+        }
+        if (c->len + n > c->cap) {
+            size_t cap = c->cap ? c->cap : 4096;
+            while (cap < c->len + n) cap *= 2;
+            if (cap > c->srv->max_body) cap = c->srv->max_body;
+            char *q = realloc(c->body, cap);
+            if (!q) return MHD_NO;
+            c->body = q;
+            c->cap = cap;
+        }
+        memcpy(c->body + c->len, upload, n);
+        c->len += n;
+        return MHD_YES;
+    }
+    if (c->too_large) {
+        char msg[120];
+        snprintf(msg, sizeof msg, "the body is larger than the limit of %zu bytes", c->srv->max_body);
+        return fail(c, 413, "invalid_request_error", "request_too_large", msg);
+    }
+    if (!c->is_post) return MHD_YES;
+    if (c->len == 0) return fail(c, 400, "invalid_request_error", NULL, "the request body is empty");
+    return serve_generate(c);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)mc;
+    server *srv = cls;
+    conn *c = *con_cls;
+    if (!c) return;
+    *con_cls = NULL;
+    unsigned status = c->status;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && c->job && c->phase != PH_DONE && c->req.stream)
+        status = 0; /* the stream was cut */
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && !c->responded) status = 0;
+    metrics_record_request(c->ep, status, since(&c->t0));
+    if (c->job) sched_job_release(srv->sched, c->job);
+    api_request_free(&c->req);
+    free(c->body);
+    free(c->sse);
+    free(c->text);
+    free(c);
+}
+
+/* ------------------------------------------------------------------ daemon */
+
+struct MHD_Daemon *http_start(server *srv) {
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char port[16];
+    snprintf(port, sizeof port, "%d", srv->port);
+    int rc = getaddrinfo(srv->host, port, &hints, &ai);
+    if (rc != 0 || !ai) {
+        fprintf(stderr, "llama3c serve: cannot resolve host '%s': %s\n", srv->host, gai_strerror(rc));
+        return NULL;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    if (srv->verbose) flags |= MHD_USE_ERROR_LOG;
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, (uint16_t)srv->port, NULL, NULL, on_access, srv,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, srv->timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 * 1024 * 1024,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!d) fprintf(stderr, "llama3c serve: cannot listen on %s:%d\n", srv->host, srv->port);
+    return d;
+}
+
+int http_port(struct MHD_Daemon *d) {
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return di ? di->port : -1;
+}
+
+void http_quiesce(struct MHD_Daemon *d) {
+    if (!d) return;
+    MHD_socket s = MHD_quiesce_daemon(d);
+    if (s != MHD_INVALID_SOCKET) close(s);
+}
+
+void http_stop(struct MHD_Daemon *d) {
+    if (d) MHD_stop_daemon(d);
+}

@@ -1,0 +1,642 @@
+/*
+ * openai.c -- request validation and response writing in OpenAI's wire format (see openai.h).
+ *
+ * Invariants
+ *  - JSON is only read and written with jansson; nothing here parses or prints JSON by hand.
+ *  - Every field is type- and range-checked before use; a wrong one gives a 400 that names it
+ *    in error.param. Unknown fields are ignored, as OpenAI does for forward compatibility.
+ *  - Text put into JSON is valid UTF-8 (invalid bytes become U+FFFD), so jansson never refuses it.
+ *  - Work per request is bounded by the body size: prompts longer (in bytes) than the context
+ *    could hold at MAX_BYTES_PER_TOKEN are refused before tokenizing.
+ */
+#include "openai.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_BYTES_PER_TOKEN 64
+#define MAX_STOP_BYTES 512
+#define MAX_LOGIT_BIAS 1024
+#define MAX_MODEL_NAME 256
+
+unsigned api_fail(api_error *err, unsigned status, const char *type, const char *param,
+                  const char *code, const char *fmt, ...) {
+    err->status = status;
+    err->type = type;
+    err->code = code;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+#define BAD(param, ...) api_fail(err, 400, "invalid_request_error", param, NULL, __VA_ARGS__)
+
+/* ------------------------------------------------------------------ UTF-8 */
+
+size_t api_utf8_sanitize(const char *src, size_t n, char *dst) {
+    const unsigned char *s = (const unsigned char *)src;
+    size_t i = 0, o = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t len = 0;
+        unsigned cp = 0, min = 0;
+        if (c < 0x80) {
+            dst[o++] = (char)c;
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            len = 2, cp = c & 0x1F, min = 0x80;
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3, cp = c & 0x0F, min = 0x800;
+        } else if ((c & 0xF8) == 0xF0) {
+            len = 4, cp = c & 0x07, min = 0x10000;
+        }
+        int ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) ok = 0;
+            else cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (ok && (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))) ok = 0;
+        if (ok) {
+            memcpy(dst + o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(dst + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    dst[o] = 0;
+    return o;
+}
+
+/* A JSON string of arbitrary bytes (invalid UTF-8 replaced). NULL when out of memory. */
+static json_t *json_text(const char *p, size_t n) {
+    if (n > (((size_t)-1) - 1) / 3) return NULL;
+    char *buf = malloc(3 * n + 1);
+    if (!buf) return NULL;
+    size_t m = api_utf8_sanitize(p ? p : "", p ? n : 0, buf);
+    json_t *j = json_stringn(buf, m);
+    free(buf);
+    return j;
+}
+
+/* ------------------------------------------------------------------ ids */
+
+static pthread_mutex_t g_id_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long long g_id_state;
+
+static void make_id(char *dst, size_t cap, const char *prefix) {
+    pthread_mutex_lock(&g_id_mu);
+    if (!g_id_state) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        g_id_state = ((unsigned long long)ts.tv_sec << 32) ^ (unsigned long long)ts.tv_nsec ^ 0x9E3779B97F4A7C15ULL;
+    }
+    /* splitmix64: unique per process run (a counter under a bijection), unpredictable enough
+     * for ids that are not secrets */
+    unsigned long long z = (g_id_state += 0x9E3779B97F4A7C15ULL);
+    pthread_mutex_unlock(&g_id_mu);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    snprintf(dst, cap, "%s%016llx", prefix, z);
+}
+
+static unsigned long long random_seed(void) {
+    char id[32];
+    make_id(id, sizeof id, "");
+    return strtoull(id, NULL, 16);
+}
+
+/* ------------------------------------------------------------------ field readers */
+
+/* Gets an optional field; absent and null both give NULL. */
+static json_t *opt(json_t *obj, const char *key) {
+    json_t *v = json_object_get(obj, key);
+    return json_is_null(v) ? NULL : v;
+}
+
+static unsigned get_number(json_t *obj, const char *key, double lo, double hi, double *out,
+                           api_error *err) {
+    json_t *v = opt(obj, key);
+    if (!v) return 0;
+    if (!json_is_number(v)) return BAD(key, "'%s' must be a number", key);
+    double d = json_number_value(v);
+    if (!(d >= lo && d <= hi)) return BAD(key, "'%s' must be between %g and %g", key, lo, hi);
+    *out = d;
+    return 0;
+}
+
+static unsigned get_int(json_t *obj, const char *key, long long lo, long long hi, long long *out,
+                        int *present, api_error *err) {
+    json_t *v = opt(obj, key);
+    if (!v) return 0;
+    if (!json_is_integer(v)) return BAD(key, "'%s' must be an integer", key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) return BAD(key, "'%s' must be between %lld and %lld", key, lo, hi);
+    *out = x;
+    if (present) *present = 1;
+    return 0;
+}
+
+static unsigned get_bool(json_t *obj, const char *key, int *out, api_error *err) {
+    json_t *v = opt(obj, key);
+    if (!v) return 0;
+    if (!json_is_boolean(v)) return BAD(key, "'%s' must be a boolean", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ prompts */
+
+typedef struct strbuf {
+    char *p;
+    size_t len, cap;
+} strbuf;
+
+static int sb_add(strbuf *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) return -1;
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return 0;
+}
+
+static const char *k_roles[] = {"system", "user", "assistant", "tool", "ipython"};
+
+static unsigned chat_prompt(const server *srv, json_t *body, api_request *r, api_error *err) {
+    json_t *msgs = json_object_get(body, "messages");
+    if (!msgs) return BAD("messages", "'messages' is a required property");
+    if (!json_is_array(msgs)) return BAD("messages", "'messages' must be an array");
+    size_t n = json_array_size(msgs);
+    if (n == 0) return BAD("messages", "'messages' must contain at least one message");
+    l3c_chat_message *cm = calloc(n, sizeof *cm);
+    strbuf *texts = calloc(n, sizeof *texts);
+    unsigned st = 0;
+    size_t total = 0;
+    char pname[64];
+    if (!cm || !texts) {
+        st = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(msgs, i);
+        if (!json_is_object(m)) {
+            snprintf(pname, sizeof pname, "messages[%zu]", i);
+            st = BAD(pname, "'messages[%zu]' must be an object", i);
+            goto done;
+        }
+        json_t *role = json_object_get(m, "role");
+        snprintf(pname, sizeof pname, "messages[%zu].role", i);
+        if (!json_is_string(role)) {
+            st = BAD(pname, "'messages[%zu].role' must be a string", i);
+            goto done;
+        }
+        const char *rs = json_string_value(role);
+        if (!strcmp(rs, "developer")) rs = "system";
+        cm[i].role = NULL;
+        for (size_t k = 0; k < sizeof k_roles / sizeof k_roles[0]; k++)
+            if (!strcmp(rs, k_roles[k])) cm[i].role = k_roles[k];
+        if (!cm[i].role) {
+            st = BAD(pname, "'messages[%zu].role' must be one of system, user, assistant, tool", i);
+            goto done;
+        }
+        json_t *c = json_object_get(m, "content");
+        snprintf(pname, sizeof pname, "messages[%zu].content", i);
+        if (json_is_string(c)) {
+            if (sb_add(&texts[i], json_string_value(c), json_string_length(c))) goto nomem;
+        } else if (json_is_array(c)) {
+            size_t idx;
+            json_t *part;
+            json_array_foreach(c, idx, part) {
+                json_t *ty = json_object_get(part, "type"), *tx = json_object_get(part, "text");
+                if (!json_is_object(part) || !json_is_string(ty) || strcmp(json_string_value(ty), "text")) {
+                    st = BAD(pname, "only content parts of type 'text' are supported");
+                    goto done;
+                }
+                if (!json_is_string(tx)) {
+                    st = BAD(pname, "a content part of type 'text' needs a string 'text'");
+                    goto done;
+                }
+                if (idx > 0 && sb_add(&texts[i], "\n", 1)) goto nomem;
+                if (sb_add(&texts[i], json_string_value(tx), json_string_length(tx))) goto nomem;
+            }
+        } else if (!c || json_is_null(c)) {
+            if (strcmp(cm[i].role, "assistant")) {
+                st = BAD(pname, "'messages[%zu].content' is required", i);
+                goto done;
+            }
+        } else {
+            st = BAD(pname, "'messages[%zu].content' must be a string or an array of text parts", i);
+            goto done;
+        }
+        if (sb_add(&texts[i], "", 0)) goto nomem;
+        cm[i].content = texts[i].p;
+        total += texts[i].len;
+    }
+    if (total > (size_t)srv->n_ctx * MAX_BYTES_PER_TOKEN) {
+        st = api_fail(err, 400, "invalid_request_error", "messages", "context_length_exceeded",
+                      "the messages (%zu bytes) cannot fit the context of %d tokens", total, srv->n_ctx);
+        goto done;
+    }
+    int64_t nt = 0;
+    int32_t *ids = NULL;
+    if (l3c_chat_tokenize(srv->model, srv->tmpl, cm, n, 1, &ids, &nt) != L3C_OK) {
+        st = BAD("messages", "cannot format the conversation: %s", l3c_last_error());
+        goto done;
+    }
+    if (nt <= 0 || nt > INT32_MAX) {
+        l3c_free(ids);
+        st = BAD("messages", "the conversation gives no tokens");
+        goto done;
+    }
+    r->prompt = malloc((size_t)nt * sizeof *r->prompt);
+    if (!r->prompt) {
+        l3c_free(ids);
+        goto nomem;
+    }
+    memcpy(r->prompt, ids, (size_t)nt * sizeof *ids);
+    l3c_free(ids);
+    r->n_prompt = (int32_t)nt;
+    goto done;
+nomem:
+    st = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+done:
+    if (texts)
+        for (size_t i = 0; i < n; i++) free(texts[i].p);
+    free(texts);
+    free(cm);
+    return st;
+}
+
+/* Tokenizes completion text; BOS is prepended when the model's template expects one at the
+ * start of a text (Llama 2 / 3 families), as `llama3c run` does. */
+static unsigned tokenize_text(const server *srv, const char *text, size_t len, api_request *r,
+                              api_error *err) {
+    if (len > (size_t)srv->n_ctx * MAX_BYTES_PER_TOKEN)
+        return api_fail(err, 400, "invalid_request_error", "prompt", "context_length_exceeded",
+                        "the prompt (%zu bytes) cannot fit the context of %d tokens", len, srv->n_ctx);
+    int flags = srv->tmpl == L3C_CHAT_CHATML ? 0 : L3C_TOKENIZE_ADD_BOS;
+    int64_t cap = (int64_t)len + 2;
+    r->prompt = malloc((size_t)cap * sizeof *r->prompt);
+    if (!r->prompt) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    int64_t n = l3c_tokenize(srv->tok, text, len, r->prompt, cap, flags);
+    if (n < 0) { /* more tokens than bytes + 2: cannot happen for byte-level BPE, but be safe */
+        int64_t need = -n;
+        int32_t *q = realloc(r->prompt, (size_t)need * sizeof *q);
+        if (!q) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        r->prompt = q;
+        n = l3c_tokenize(srv->tok, text, len, r->prompt, need, flags);
+    }
+    if (n <= 0) return BAD("prompt", "the prompt gives no tokens");
+    if (n > INT32_MAX) return BAD("prompt", "the prompt is too long");
+    r->n_prompt = (int32_t)n;
+    return 0;
+}
+
+static unsigned completion_prompt(const server *srv, json_t *body, api_request *r, api_error *err) {
+    json_t *p = json_object_get(body, "prompt");
+    if (!p) return BAD("prompt", "'prompt' is a required property");
+    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
+        p = json_array_get(p, 0);
+    if (json_is_string(p)) return tokenize_text(srv, json_string_value(p), json_string_length(p), r, err);
+    if (json_is_array(p) && json_array_size(p) > 0) { /* a prompt given as token ids */
+        size_t n = json_array_size(p);
+        if (n >= (size_t)srv->n_ctx)
+            return api_fail(err, 400, "invalid_request_error", "prompt", "context_length_exceeded",
+                            "the prompt has %zu tokens; the context holds %d", n, srv->n_ctx);
+        r->prompt = malloc(n * sizeof *r->prompt);
+        if (!r->prompt) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_array_get(p, i);
+            if (!json_is_integer(t) || json_integer_value(t) < 0 || json_integer_value(t) >= srv->n_vocab)
+                return BAD("prompt", "'prompt' must be a string, or an array of token ids below %d "
+                                     "(several prompts at once are not supported)", srv->n_vocab);
+            r->prompt[i] = (int32_t)json_integer_value(t);
+        }
+        r->n_prompt = (int32_t)n;
+        return 0;
+    }
+    return BAD("prompt", "'prompt' must be a string (several prompts at once are not supported)");
+}
+
+/* ------------------------------------------------------------------ sampling parameters */
+
+static unsigned parse_stop(json_t *body, api_request *r, api_error *err) {
+    json_t *v = opt(body, "stop");
+    if (!v) return 0;
+    json_t *one[1] = {v};
+    json_t **items = one;
+    size_t n = 1;
+    json_t *arr[SCHED_MAX_STOP];
+    if (json_is_array(v)) {
+        n = json_array_size(v);
+        if (n > SCHED_MAX_STOP) return BAD("stop", "'stop' may hold at most %d sequences", SCHED_MAX_STOP);
+        for (size_t i = 0; i < n; i++) arr[i] = json_array_get(v, i);
+        items = arr;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!json_is_string(items[i])) return BAD("stop", "'stop' must be a string or an array of strings");
+        size_t len = json_string_length(items[i]);
+        if (len > MAX_STOP_BYTES) return BAD("stop", "a stop sequence may be at most %d bytes", MAX_STOP_BYTES);
+        if (len == 0) continue;
+        char *s = malloc(len + 1);
+        if (!s) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        memcpy(s, json_string_value(items[i]), len + 1);
+        r->stop[r->params.n_stop] = s;
+        r->params.stop[r->params.n_stop] = s;
+        r->params.n_stop++;
+    }
+    return 0;
+}
+
+static unsigned parse_logit_bias(const server *srv, json_t *body, api_request *r, api_error *err) {
+    json_t *v = opt(body, "logit_bias");
+    if (!v) return 0;
+    if (!json_is_object(v)) return BAD("logit_bias", "'logit_bias' must be an object");
+    size_t n = json_object_size(v);
+    if (n == 0) return 0;
+    if (n > MAX_LOGIT_BIAS) return BAD("logit_bias", "'logit_bias' may hold at most %d entries", MAX_LOGIT_BIAS);
+    r->bias_ids = malloc(n * sizeof *r->bias_ids);
+    r->bias_vals = malloc(n * sizeof *r->bias_vals);
+    if (!r->bias_ids || !r->bias_vals) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    const char *key;
+    json_t *val;
+    size_t i = 0;
+    json_object_foreach(v, key, val) {
+        char *end = NULL;
+        long id = (*key >= '0' && *key <= '9') ? strtol(key, &end, 10) : -1;
+        if (id < 0 || !end || *end || id >= srv->n_vocab)
+            return BAD("logit_bias", "'logit_bias' keys must be token ids between 0 and %d", srv->n_vocab - 1);
+        if (!json_is_number(val) || !(json_number_value(val) >= -100 && json_number_value(val) <= 100))
+            return BAD("logit_bias", "'logit_bias' values must be numbers between -100 and 100");
+        r->bias_ids[i] = (int32_t)id;
+        r->bias_vals[i] = (float)json_number_value(val);
+        i++;
+    }
+    r->params.n_bias = (int32_t)i;
+    r->params.bias_ids = r->bias_ids;
+    r->params.bias_vals = r->bias_vals;
+    return 0;
+}
+
+static unsigned parse_params(const server *srv, json_t *body, api_request *r, api_error *err) {
+    unsigned st;
+    json_t *model = opt(body, "model");
+    if (model && !json_is_string(model)) return BAD("model", "'model' must be a string");
+    const char *mname = model ? json_string_value(model) : srv->model_id;
+    size_t mlen = strnlen(mname, MAX_MODEL_NAME);
+    r->model = malloc(mlen + 1);
+    if (!r->model) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    memcpy(r->model, mname, mlen);
+    r->model[mlen] = 0;
+
+    long long n = 1;
+    if ((st = get_int(body, "n", 1, 128, &n, NULL, err))) return st;
+    if (n != 1) return BAD("n", "only n=1 is supported");
+    if ((st = get_bool(body, "stream", &r->stream, err))) return st;
+    json_t *so = opt(body, "stream_options");
+    if (so) {
+        if (!json_is_object(so)) return BAD("stream_options", "'stream_options' must be an object");
+        if ((st = get_bool(so, "include_usage", &r->include_usage, err))) return st;
+    }
+    int lp = 0;
+    if ((st = get_bool(body, "logprobs", &lp, err))) return st;
+    if (lp) return BAD("logprobs", "logprobs are not supported");
+    if (r->kind == API_COMPLETION && opt(body, "logprobs") && !json_is_boolean(opt(body, "logprobs")))
+        return BAD("logprobs", "logprobs are not supported");
+
+    long long max_tokens = srv->n_ctx;
+    int have_max = 0;
+    if ((st = get_int(body, "max_tokens", 1, INT32_MAX, &max_tokens, &have_max, err))) return st;
+    if ((st = get_int(body, "max_completion_tokens", 1, INT32_MAX, &max_tokens, &have_max, err))) return st;
+    if (max_tokens > srv->n_ctx) max_tokens = srv->n_ctx;
+    r->params.max_tokens = (int32_t)max_tokens;
+
+    l3c_sampler_params sp = l3c_sampler_default_params();
+    sp.temperature = 1.0f;
+    sp.top_p = 1.0f;
+    sp.top_k = 0;
+    sp.min_p = 0.0f;
+    sp.repeat_penalty = 1.0f;
+    double d = 1.0;
+    if ((st = get_number(body, "temperature", 0, 2, &d, err))) return st;
+    sp.temperature = (float)d;
+    d = 1.0;
+    if ((st = get_number(body, "top_p", 0, 1, &d, err))) return st;
+    sp.top_p = (float)d;
+    d = 0;
+    if ((st = get_number(body, "presence_penalty", -2, 2, &d, err))) return st;
+    if ((st = get_number(body, "frequency_penalty", -2, 2, &d, err))) return st;
+    /* llama.cpp-style extensions */
+    long long k = 0;
+    if ((st = get_int(body, "top_k", 0, srv->n_vocab, &k, NULL, err))) return st;
+    sp.top_k = (int32_t)k;
+    d = 0;
+    if ((st = get_number(body, "min_p", 0, 1, &d, err))) return st;
+    sp.min_p = (float)d;
+    d = 1;
+    if ((st = get_number(body, "repeat_penalty", 0.01, 10, &d, err))) return st;
+    sp.repeat_penalty = (float)d;
+    json_t *seed = opt(body, "seed");
+    if (seed && !json_is_integer(seed)) return BAD("seed", "'seed' must be an integer");
+    sp.seed = seed ? (uint64_t)json_integer_value(seed) : random_seed();
+    r->params.sampler = sp;
+
+    if ((st = parse_stop(body, r, err))) return st;
+    return parse_logit_bias(srv, body, r, err);
+}
+
+unsigned api_parse_request(const server *srv, api_kind kind, const char *body, size_t len,
+                           api_request *r, api_error *err) {
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    if (!root)
+        return api_fail(err, 400, "invalid_request_error", NULL, NULL,
+                        "the body is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+                        jerr.column);
+    unsigned st;
+    if (!json_is_object(root)) {
+        st = BAD(NULL, "the body must be a JSON object");
+        goto out;
+    }
+    if ((st = parse_params(srv, root, r, err))) goto out;
+    st = kind == API_CHAT ? chat_prompt(srv, root, r, err) : completion_prompt(srv, root, r, err);
+    if (st) goto out;
+    if (r->n_prompt >= srv->n_ctx) {
+        st = api_fail(err, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt",
+                      "context_length_exceeded",
+                      "this model's context holds %d tokens per request; the prompt has %d",
+                      srv->n_ctx, r->n_prompt);
+        goto out;
+    }
+    make_id(r->id, sizeof r->id, kind == API_CHAT ? "chatcmpl-" : "cmpl-");
+    r->created = (long long)time(NULL);
+out:
+    json_decref(root);
+    if (st) api_request_free(r);
+    return st;
+}
+
+void api_request_free(api_request *r) {
+    if (!r) return;
+    free(r->model);
+    free(r->prompt);
+    free(r->bias_ids);
+    free(r->bias_vals);
+    for (int i = 0; i < SCHED_MAX_STOP; i++) free(r->stop[i]);
+    memset(r, 0, sizeof *r);
+}
+
+/* ------------------------------------------------------------------ writers */
+
+static char *dump(json_t *j, size_t *len) {
+    if (!j) return NULL;
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (s) *len = strlen(s);
+    return s;
+}
+
+/* Wraps a JSON document as one SSE event. */
+static char *sse(json_t *j, size_t *len) {
+    size_t n;
+    char *body = dump(j, &n);
+    if (!body) return NULL;
+    char *out = malloc(n + 9);
+    if (out) {
+        memcpy(out, "data: ", 6);
+        memcpy(out + 6, body, n);
+        memcpy(out + 6 + n, "\n\n", 3);
+        *len = n + 8;
+    }
+    free(body);
+    return out;
+}
+
+static json_t *error_obj(const api_error *err) {
+    /* the message may quote client bytes (a URL, a JSON error position): sanitized */
+    return json_pack("{s:{s:o,s:s,s:s?,s:s?}}", "error", "message",
+                     json_text(err->message, strlen(err->message)), "type",
+                     err->type ? err->type : "invalid_request_error", "param",
+                     err->param[0] ? err->param : NULL, "code", err->code);
+}
+
+char *api_error_json(const api_error *err, size_t *len) { return dump(error_obj(err), len); }
+char *api_stream_error(const api_error *err, size_t *len) { return sse(error_obj(err), len); }
+
+static const char *finish_name(sched_finish f) {
+    switch (f) {
+    case SCHED_FINISH_STOP: return "stop";
+    case SCHED_FINISH_LENGTH: return "length";
+    default: return NULL;
+    }
+}
+
+static json_t *usage_obj(const sched_update *u) {
+    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", (json_int_t)u->n_prompt,
+                     "completion_tokens", (json_int_t)u->n_gen, "total_tokens",
+                     (json_int_t)u->n_prompt + u->n_gen, "prompt_tokens_details", "cached_tokens",
+                     (json_int_t)u->n_cached);
+}
+
+static json_t *envelope(const api_request *r, const char *object) {
+    return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", r->id, "object", object, "created",
+                     (json_int_t)r->created, "model", r->model ? r->model : "", "system_fingerprint",
+                     "llama3c");
+}
+
+char *api_response_json(const api_request *r, const char *text, size_t text_len,
+                        const sched_update *u, size_t *len) {
+    json_t *content = json_text(text, text_len);
+    if (!content) return NULL;
+    const char *fr = finish_name(u->finish);
+    json_t *choice;
+    if (r->kind == API_CHAT)
+        choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s?}", "index", 0, "message", "role", "assistant",
+                           "content", content, "logprobs", "finish_reason", fr);
+    else
+        choice = json_pack("{s:o,s:i,s:n,s:s?}", "text", content, "index", 0, "logprobs",
+                           "finish_reason", fr);
+    json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion" : "text_completion");
+    json_t *usage = usage_obj(u);
+    if (!choice || !env || !usage) {
+        json_decref(choice);
+        json_decref(env);
+        json_decref(usage);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_pack("[o]", choice));
+    json_object_set_new(env, "usage", usage);
+    return dump(env, len);
+}
+
+char *api_stream_chunk(const api_request *r, int role_chunk, const char *text, size_t text_len,
+                       sched_finish finish, size_t *len) {
+    const char *fr = finish == SCHED_RUNNING ? NULL : finish_name(finish);
+    if (finish != SCHED_RUNNING && !fr) fr = "stop";
+    json_t *choice;
+    if (r->kind == API_CHAT) {
+        json_t *delta = json_object();
+        if (role_chunk) json_object_set_new(delta, "role", json_string("assistant"));
+        if (role_chunk || text_len) json_object_set_new(delta, "content", json_text(text, text_len));
+        choice = json_pack("{s:i,s:o,s:n,s:s?}", "index", 0, "delta", delta, "logprobs",
+                           "finish_reason", fr);
+    } else {
+        choice = json_pack("{s:o,s:i,s:n,s:s?}", "text", json_text(text, text_len), "index", 0,
+                           "logprobs", "finish_reason", fr);
+    }
+    json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion.chunk" : "text_completion");
+    if (!choice || !env) {
+        json_decref(choice);
+        json_decref(env);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_pack("[o]", choice));
+    if (r->include_usage) json_object_set_new(env, "usage", json_null());
+    return sse(env, len);
+}
+
+char *api_stream_usage(const api_request *r, const sched_update *u, size_t *len) {
+    json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion.chunk" : "text_completion");
+    json_t *usage = usage_obj(u);
+    if (!env || !usage) {
+        json_decref(env);
+        json_decref(usage);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_array());
+    json_object_set_new(env, "usage", usage);
+    return sse(env, len);
+}
+
+char *api_models_json(const server *srv, size_t *len) {
+    l3c_model_info info;
+    l3c_model_get_info(srv->model, &info);
+    return dump(json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:{s:i,s:i,s:I,s:s?}}]}", "object", "list", "data",
+                          "id", srv->model_id, "object", "model", "created",
+                          (json_int_t)srv->started_at, "owned_by", "llama3c", "meta", "n_ctx_slot",
+                          (int)srv->n_ctx, "n_vocab", (int)srv->n_vocab, "n_params",
+                          (json_int_t)info.n_params, "file_type", info.file_type),
+                len);
+}

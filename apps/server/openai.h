@@ -1,0 +1,69 @@
+/*
+ * openai.h -- the OpenAI wire format of `llama3c serve`: validates request bodies into a
+ * tokenized prompt plus generation parameters, and writes responses, stream chunks and errors
+ * exactly as the OpenAI API does. Pure functions of their inputs (no I/O, no global state other
+ * than an id counter); every input byte sequence gives either a request or an api_error.
+ */
+#ifndef L3C_SERVER_OPENAI_H
+#define L3C_SERVER_OPENAI_H
+
+#include "scheduler.h"
+#include "server.h"
+
+#include <stddef.h>
+
+typedef enum api_kind { API_CHAT = 0, API_COMPLETION = 1 } api_kind;
+
+typedef struct api_error {
+    unsigned status;      /* HTTP status */
+    const char *type;     /* "invalid_request_error", "authentication_error", ... */
+    const char *code;     /* NULL or e.g. "context_length_exceeded" */
+    char param[64];       /* "" when none */
+    char message[320];
+} api_error;
+
+typedef struct api_request {
+    api_kind kind;
+    int stream, include_usage;
+    char *model;          /* as sent, or the server's model id; owned */
+    int32_t *prompt;      /* owned (malloc) until handed to sched_job_new */
+    int32_t n_prompt;
+    sched_job_params params; /* arrays below back its pointers */
+    int32_t *bias_ids;
+    float *bias_vals;
+    char *stop[SCHED_MAX_STOP];
+    char id[48];          /* "chatcmpl-..." / "cmpl-..." */
+    long long created;
+} api_request;
+
+/* Sets *err and returns its status. */
+unsigned api_fail(api_error *err, unsigned status, const char *type, const char *param,
+                  const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* Parses and validates a body; on success (0) *out is filled (free with api_request_free),
+ * else returns the HTTP status and fills *err. */
+unsigned api_parse_request(const server *srv, api_kind kind, const char *body, size_t len,
+                           api_request *out, api_error *err);
+void api_request_free(api_request *r);
+
+/* All writers return a malloc'd NUL-terminated string (length in *len) or NULL when out of memory. */
+char *api_error_json(const api_error *err, size_t *len);
+/* Non-streamed response body. */
+char *api_response_json(const api_request *r, const char *text, size_t text_len,
+                        const sched_update *u, size_t *len);
+/* One SSE event "data: {chunk}\n\n". role_chunk: the opening chat chunk with the role;
+ * finish: SCHED_RUNNING for a content chunk, else the final chunk with finish_reason. */
+char *api_stream_chunk(const api_request *r, int role_chunk, const char *text, size_t text_len,
+                       sched_finish finish, size_t *len);
+/* The usage chunk sent when stream_options.include_usage is set (choices: []). */
+char *api_stream_usage(const api_request *r, const sched_update *u, size_t *len);
+/* "data: {"error":...}\n\n" for a failure in the middle of a stream. */
+char *api_stream_error(const api_error *err, size_t *len);
+/* GET /v1/models */
+char *api_models_json(const server *srv, size_t *len);
+
+/* Copies src into dst replacing invalid UTF-8 with U+FFFD; dst must hold 3 * n + 1 bytes.
+ * Returns the output length. */
+size_t api_utf8_sanitize(const char *src, size_t n, char *dst);
+
+#endif

@@ -1,0 +1,244 @@
+/*
+ * server.c -- `llama3c serve`: options, model and context set-up, start of the scheduler and the
+ * HTTP daemon, and the clean shutdown on SIGINT / SIGTERM.
+ *
+ * Order of life: parse options -> load the model -> create one context with n_seq = --parallel
+ * -> start the engine thread -> listen -> wait for a signal -> stop accepting -> cancel queued
+ * and running jobs (their clients get 503 or a final SSE error event) -> close connections
+ * -> free everything -> exit 0. Nothing is left running or allocated on any return path.
+ */
+#include "../cli/cli.h"
+#include "http.h"
+#include "metrics.h"
+#include "server.h"
+
+#include "llama3c.h"
+
+#include <errno.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static sem_t g_stop_sem;
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+    sem_post(&g_stop_sem); /* async-signal-safe */
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: llama3c serve -m MODEL [options]\n"
+            "\n"
+            "An OpenAI-compatible HTTP server (chat and text completions, streaming, /v1/models,\n"
+            "/health, /metrics, a web chat page at /). Many clients are served at once: each of\n"
+            "--parallel slots holds one request's KV cache, and one engine thread decodes all\n"
+            "active slots together in one batch per step.\n"
+            "\n"
+            "options:\n"
+            "  -m, --model PATH      GGUF model (required)\n"
+            "  --host HOST           address to bind (default 127.0.0.1)\n"
+            "  --port N              TCP port (default 8080; 0: any free port, printed at start)\n"
+            "  --parallel N          slots, i.e. requests generated at once (default 4)\n"
+            "  --ctx N               context positions per slot (default min(model, 2048))\n"
+            "  --queue N             requests that may wait for a slot; more get 429 (default 64)\n"
+            "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
+            "  --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
+            "                        (also read from LLAMA3C_API_KEY)\n"
+            "  --max-body BYTES      largest request body (default 1048576); larger: 413\n"
+            "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
+            "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
+            "  -t, --threads N       compute threads (default: physical cores)\n"
+            "  -v, --verbose         log HTTP errors and model loading on stderr\n");
+}
+
+static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long x = v ? strtoll(v, &end, 10) : 0;
+    if (!v || errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "llama3c serve: %s expects an integer in [%lld, %lld], got '%s'\n", opt, lo, hi,
+                v ? v : "");
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_args(server *srv, int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        char name[64];
+        const char *val = NULL;
+        const char *eq = strchr(a, '=');
+        if (a[0] == '-' && a[1] == '-' && eq && (size_t)(eq - a) < sizeof name) {
+            memcpy(name, a, (size_t)(eq - a));
+            name[eq - a] = 0;
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", a);
+        }
+        if (!strcmp(name, "-h") || !strcmp(name, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (!strcmp(name, "-v") || !strcmp(name, "--verbose")) {
+            srv->verbose = 1;
+            continue;
+        }
+        if (!val) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "llama3c serve: option %s needs a value\n", name);
+                return -1;
+            }
+            val = argv[++i];
+        }
+        long long x;
+        if (!strcmp(name, "-m") || !strcmp(name, "--model")) srv->model_path = val;
+        else if (!strcmp(name, "--host")) srv->host = val;
+        else if (!strcmp(name, "--api-key")) srv->api_key = val;
+        else if (!strcmp(name, "--port")) {
+            if (parse_int(name, val, 0, 65535, &x)) return -1;
+            srv->port = (int)x;
+        } else if (!strcmp(name, "--parallel") || !strcmp(name, "-np")) {
+            if (parse_int(name, val, 1, 256, &x)) return -1;
+            srv->parallel = (int)x;
+        } else if (!strcmp(name, "--ctx") || !strcmp(name, "-c")) {
+            if (parse_int(name, val, 0, 1 << 20, &x)) return -1;
+            if (x != 0 && x < 16) {
+                fprintf(stderr, "llama3c serve: --ctx must be 0 or at least 16\n");
+                return -1;
+            }
+            srv->ctx_per_slot = (int)x;
+        } else if (!strcmp(name, "--queue")) {
+            if (parse_int(name, val, 1, 100000, &x)) return -1;
+            srv->queue = (int)x;
+        } else if (!strcmp(name, "--batch") || !strcmp(name, "-b")) {
+            if (parse_int(name, val, 1, 65536, &x)) return -1;
+            srv->step_tokens = (int)x;
+        } else if (!strcmp(name, "--max-body")) {
+            if (parse_int(name, val, 64, (long long)1 << 34, &x)) return -1;
+            srv->max_body = (size_t)x;
+        } else if (!strcmp(name, "--timeout")) {
+            if (parse_int(name, val, 0, 86400, &x)) return -1;
+            srv->timeout_s = (unsigned)x;
+        } else if (!strcmp(name, "--max-connections")) {
+            if (parse_int(name, val, 1, 100000, &x)) return -1;
+            srv->max_connections = (int)x;
+        } else if (!strcmp(name, "-t") || !strcmp(name, "--threads")) {
+            if (parse_int(name, val, 0, 1024, &x)) return -1;
+            srv->threads = (int)x;
+        } else {
+            fprintf(stderr, "llama3c serve: unknown option '%s' (see --help)\n", name);
+            return -1;
+        }
+    }
+    if (!srv->model_path) {
+        fprintf(stderr, "llama3c serve: a model is required (-m MODEL)\n");
+        return -1;
+    }
+    if (srv->api_key && !*srv->api_key) srv->api_key = NULL;
+    if (!srv->max_connections) srv->max_connections = srv->parallel + srv->queue + 64;
+    return 0;
+}
+
+static void model_id_from_path(char *dst, size_t cap, const char *path) {
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    snprintf(dst, cap, "%s", *b ? b : path);
+    size_t n = strlen(dst);
+    if (n > 5 && !strcmp(dst + n - 5, ".gguf")) dst[n - 5] = 0;
+}
+
+int cmd_serve(int argc, char **argv) {
+    server srv = {0};
+    srv.host = "127.0.0.1";
+    srv.port = 8080;
+    srv.parallel = 4;
+    srv.queue = 64;
+    srv.step_tokens = 256;
+    srv.max_body = (size_t)1 << 20;
+    srv.timeout_s = 60;
+    srv.api_key = getenv("LLAMA3C_API_KEY");
+    int pr = parse_args(&srv, argc, argv);
+    if (pr) return pr > 0 ? 0 : 2;
+
+    int rc = 1;
+    struct MHD_Daemon *d = NULL;
+    sem_init(&g_stop_sem, 0, 0);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    l3c_model_params mp = l3c_model_default_params();
+    mp.n_threads = srv.threads;
+    mp.verbose = srv.verbose;
+    if (l3c_model_load(srv.model_path, &mp, &srv.model) != L3C_OK) {
+        fprintf(stderr, "llama3c serve: %s\n", l3c_last_error());
+        goto out;
+    }
+    l3c_model_info info;
+    l3c_model_get_info(srv.model, &info);
+    srv.tok = l3c_model_tokenizer(srv.model);
+    srv.n_vocab = l3c_vocab_size(srv.tok);
+    srv.tmpl = l3c_chat_template_detect(srv.model);
+    model_id_from_path(srv.model_id, sizeof srv.model_id, srv.model_path);
+    srv.started_at = (long long)time(NULL);
+
+    l3c_context_params cp = l3c_context_default_params();
+    int ctx = srv.ctx_per_slot;
+    if (ctx == 0) ctx = info.n_ctx_train > 0 && info.n_ctx_train < 2048 ? info.n_ctx_train : 2048;
+    cp.n_ctx = ctx;
+    cp.n_seq = srv.parallel;
+    cp.n_batch = srv.step_tokens + srv.parallel;
+    cp.n_threads = srv.threads;
+    if (l3c_context_create(srv.model, &cp, &srv.ctx) != L3C_OK) {
+        fprintf(stderr, "llama3c serve: cannot create the context: %s\n", l3c_last_error());
+        goto out;
+    }
+    srv.n_ctx = l3c_context_n_ctx(srv.ctx);
+
+    sched_options so = {srv.parallel, srv.step_tokens, srv.queue};
+    srv.sched = sched_create(srv.model, srv.ctx, &so);
+    if (!srv.sched || sched_start(srv.sched) != 0) {
+        fprintf(stderr, "llama3c serve: cannot start the scheduler\n");
+        goto out;
+    }
+    metrics_init();
+    if (g_stop) {
+        rc = 0;
+        goto out;
+    }
+    d = http_start(&srv);
+    if (!d) goto out;
+    fprintf(stderr,
+            "llama3c serve: %s (%s, template %s) with %d slots x %d positions, queue %d\n"
+            "llama3c serve: listening on http://%s:%d\n",
+            srv.model_id, info.file_type ? info.file_type : "?", l3c_chat_template_name(srv.tmpl),
+            srv.parallel, srv.n_ctx, srv.queue, srv.host, http_port(d));
+    fflush(stderr);
+
+    while (!g_stop)
+        if (sem_wait(&g_stop_sem) != 0 && errno != EINTR) break;
+    fprintf(stderr, "llama3c serve: shutting down\n");
+    rc = 0;
+out:
+    http_quiesce(d);
+    if (srv.sched) sched_stop(srv.sched);
+    http_stop(d);
+    sched_free(srv.sched);
+    l3c_context_free(srv.ctx);
+    l3c_model_free(srv.model);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    sem_destroy(&g_stop_sem);
+    return rc;
+}

@@ -1,0 +1,42 @@
+/*
+ * server.h -- state shared by the parts of `llama3c serve`: the options, the loaded model and
+ * the scheduler. One `server` exists per process; it is filled by server.c before the HTTP
+ * daemon starts and is read-only afterwards (the scheduler has its own locking).
+ */
+#ifndef L3C_SERVER_SERVER_H
+#define L3C_SERVER_SERVER_H
+
+#include "llama3c.h"
+#include "scheduler.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct server {
+    /* options */
+    const char *model_path;
+    const char *host;
+    int port;
+    int parallel;         /* slots */
+    int ctx_per_slot;     /* 0: min(model context, 2048) */
+    int queue;            /* waiting requests beyond the slots */
+    int step_tokens;      /* per-step token budget of the scheduler */
+    const char *api_key;  /* NULL: no authentication */
+    size_t max_body;      /* bytes */
+    unsigned timeout_s;   /* idle timeout of a connection */
+    int threads;
+    int max_connections;
+    int verbose;
+
+    /* engine, set up before the HTTP daemon starts */
+    l3c_model *model;
+    l3c_context *ctx;
+    const l3c_tokenizer *tok;
+    sched *sched;
+    l3c_chat_template tmpl;
+    int32_t n_ctx, n_vocab;
+    char model_id[256];
+    long long started_at; /* unix time */
+} server;
+
+#endif
