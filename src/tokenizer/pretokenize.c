@@ -71,7 +71,7 @@ l3c_status l3c_tok_add_regex(l3c_tokenizer *t, const char *pattern, size_t len, 
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return l3c_fail(err == PCRE2_ERROR_HEAPLIMIT || err < 100 ? L3C_ERR_FORMAT : L3C_ERR_FORMAT,
+        return l3c_fail(err == PCRE2_ERROR_HEAP_FAILED ? L3C_ERR_NOMEM : L3C_ERR_FORMAT,
                         "tokenizer: %s: pre-tokenizer regex at offset %zu: %s", what, (size_t)erroff,
                         (const char *)msg);
     }
