@@ -28,7 +28,8 @@ static void help(FILE *f) {
             "  --system TEXT           system message\n"
             "  --message ROLE TEXT     add a message to the conversation first (repeatable)\n"
             "  --template NAME         llama3 | chatml | llama2 | zephyr (default: from the model)\n"
-            "  --print-prompt          print the formatted prompt (with -p / --message) and exit\n"
+            "  --print-prompt          print the prompt the model would see (with -p / --message; the\n"
+            "                          detokenized prompt ids) and exit; without -m: the --template text\n"
             "  --print-prompt-ids      print the prompt's token ids and exit\n");
     cli_opts_help(f, &d);
 }
@@ -195,12 +196,27 @@ int cmd_chat(int argc, char **argv) {
         }
         if (rc) goto out;
     }
-    if ((rc = cli_opts_finish(CMD, &o))) goto out;
-
-    if ((system && conv_add(&c, "system", system, strlen(system))) ) goto nomem;
+    if (system && conv_add(&c, "system", system, strlen(system))) goto nomem;
     for (size_t i = 0; i < n_seed; i++)
         if (conv_add(&c, seed_roles[i], seed_texts[i], strlen(seed_texts[i]))) goto nomem;
     c.n_keep = c.n;
+
+    if (print && !o.model_path) { /* the template alone: l3c_chat_format's text */
+        if (tmpl == L3C_CHAT_AUTO) {
+            rc = cli_usage_error(CMD, "--print-prompt without -m needs --template");
+            goto out;
+        }
+        if (prompt && conv_add(&c, "user", prompt, strlen(prompt))) goto nomem;
+        char *text = NULL;
+        if (l3c_chat_format(tmpl, c.m, c.n, 1, &text) != L3C_OK) {
+            rc = cli_runtime_error(CMD, "cannot format the conversation");
+            goto out;
+        }
+        fputs(text, stdout);
+        l3c_free(text);
+        goto out;
+    }
+    if ((rc = cli_opts_finish(CMD, &o))) goto out;
 
     if (print || print_ids) {
         l3c_model *model = NULL;
