@@ -115,22 +115,31 @@ def test_logits_vs_llama_cpp(llama3c, tiny_model, tmp_path, shape, wtype):
     check(compare(ours, peer), wtype, f"{shape} {wtype} vs llama.cpp")
 
 
-BATCH_CASES = [("gqa4_untied_rf", "F32"), ("gqa3_untied", "F16"), ("gqa1_tied", "Q4_0"),
-               ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M")]
+BATCH_CASES = [("gqa4_untied_rf", "F32"), ("gqa3_untied", "F16"), ("gqa1_tied", "BF16"), ("gqa1_tied", "Q4_0"),
+               ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K")]
+FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
 @pytest.mark.parametrize("shape,wtype", BATCH_CASES, ids=[f"{s}-{t}" for s, t in BATCH_CASES])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_batch_vs_token_by_token(llama3c, tiny_model, tmp_path, shape, wtype, batch):
-    """Prompt in one batch vs in chunks of `batch` tokens: same logits up to summation order."""
+@pytest.mark.parametrize("kv", ["f16", "f32"])
+def test_batch_vs_token_by_token(llama3c, tiny_model, tmp_path, shape, wtype, batch, kv):
+    """Prompt in one batch vs in chunks of `batch` tokens (--batch 1: token by token, the decode path).
+
+    Quantized weights: the activations are quantized per row and the integer dot products are
+    exact, so the logits must be bitwise equal. Float weights: the batched (gemm tile) and
+    single-row kernels sum in different orders (measured ~5e-6 x rms with an F32 KV cache); with
+    the F16 KV cache such differences occasionally flip one f16 rounding of a key/value (measured
+    up to 5e-4 x rms), hence the two tolerances."""
     path = tiny_model(shape, SHAPES[shape], wtype)
-    full = eval_logits(path, PROMPT, tmp_path)
-    chunked = eval_logits(path, PROMPT, tmp_path, batch=batch)
-    d = np.abs(full.astype(np.float64) - chunked)
-    scale = float(np.sqrt(np.mean(full.astype(np.float64) ** 2)))
-    # Batched (gemm) and single-row (gemv) kernels may sum in different orders: allow 1e-4 x rms.
-    assert d.max() <= 1e-4 * scale, (f"--batch {batch} vs one batch: max|diff| {d.max():.3g} "
-                                     f"(rms logits {scale:.3f}, bitwise equal: {bool(d.max() == 0)})")
+    full = eval_logits(path, PROMPT, tmp_path, extra=("--kv", kv)).astype(np.float64)
+    chunked = eval_logits(path, PROMPT, tmp_path, batch=batch, extra=("--kv", kv))
+    d = np.abs(full - chunked)
+    scale = float(np.sqrt(np.mean(full ** 2)))
+    tol = 0.0 if wtype not in FLOAT_TYPES else (5e-5 if kv == "f32" else 2e-3) * scale
+    pos = int(np.unravel_index(int(np.argmax(d)), d.shape)[0])
+    assert d.max() <= tol, (f"{wtype} --kv {kv}: --batch {batch} vs one batch: max|diff| {d.max():.3g} at "
+                            f"position {pos} (tol {tol:.3g}; rms logits {scale:.3f})")
 
 
 GREEDY_SHAPES = list(SHAPES)

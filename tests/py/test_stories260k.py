@@ -99,6 +99,17 @@ def test_greedy_text_exact(llama3c, stories_gguf, stories_expected, wtype):
                          f"vs expected {want[max(0, first - 20):first + 20]!r} (lengths {len(out)} / {len(want)})")
 
 
+def test_detokenize_expected_ids(llama3c, stories_gguf, stories_expected):
+    """`detokenize --skip-special 1 <expected ids>` == run.c's text less its final newline
+    (SentencePiece: the leading space of the first piece after BOS is dropped)."""
+    exp, text = stories_expected
+    p = subprocess.run([llama3c, "detokenize", "-m", stories_gguf("f32"), "--skip-special"] +
+                       [str(i) for i in [1] + exp], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    want = _decode_expected(text)
+    assert p.stdout == want, f"ours {p.stdout[:40]!r}... ({len(p.stdout)} B) vs {want[:40]!r}... ({len(want)} B)"
+
+
 def test_greedy_q8_0(llama3c, stories_gguf, stories_expected):
     """Q8_0 weights (ffn_down rows of 172 stay F16) and 8-bit activations: the greedy path may leave
     the float one where the float top-2 margin is small (positions 71, 114, 185, ... have margins
