@@ -184,13 +184,16 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
     const size_t wbs = x86_b32_size[kind], xbs = has_min ? sizeof(l3c_block_q8_1) : sizeof(l3c_block_q8_0);
     const size_t xq_off = has_min ? offsetof(l3c_block_q8_1, qs) : offsetof(l3c_block_q8_0, qs);
     const __m256i ones = _mm256_set1_epi16(1), voff = _mm256_set1_epi8((char)off);
-    __m256 acc[MAXR][MAXR];
-    float macc[MAXR][MAXR];
+    const int U = RW * RT == 1 ? 2 : 1; /* 1 x 1: two accumulator chains */
+    __m256 acc[2][MAXR][MAXR];
+    float macc[2][MAXR][MAXR];
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
-        acc[r][t] = _mm256_setzero_ps();
-        macc[r][t] = 0.0f;
+        acc[0][r][t] = acc[1][r][t] = _mm256_setzero_ps();
+        macc[0][r][t] = macc[1][r][t] = 0.0f;
     }
-    for (int64_t b = 0; b < n / 32; b++) {
+    for (int64_t b0 = 0; b0 < n / 32; b0 += U) UNROLL for (int u = 0; u < U; u++) {
+        const int64_t b = b0 + u;
+        if (b >= n / 32) break;
         __m256i wq[MAXR];
         __m256 dw[MAXR];
         float mw[MAXR];
@@ -210,22 +213,25 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
                 __m256i p = _mm256_maddubs_epi16(wq[r], xq);
                 if (off) p = _mm256_sub_epi16(p, xo);
                 __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), f, acc[r][t]);
-                if (has_min) macc[r][t] += mw[r] * sx;
+                acc[u][r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), f, acc[u][r][t]);
+                if (has_min) macc[u][r][t] += mw[r] * sx;
             }
         }
     }
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
-        y[t * ldy + r] = x86_hsum_ps(acc[r][t]) + macc[r][t];
+        y[t * ldy + r] = x86_hsum_ps(_mm256_add_ps(acc[0][r][t], acc[1][r][t])) + (macc[0][r][t] + macc[1][r][t]);
 }
 
 /* Q8_0 x Q8_0: signed x signed via the sign trick (|w| once per row, sign(x, w) per pair) */
 INLINE void tile_q8_0(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
                       float *y, int64_t ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[MAXR][MAXR];
-    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / 32; b++) {
+    const int U = RW * RT == 1 ? 2 : 1; /* 1 x 1: two accumulator chains */
+    __m256 acc[2][MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[0][r][t] = acc[1][r][t] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < n / 32; b0 += U) UNROLL for (int u = 0; u < U; u++) {
+        const int64_t b = b0 + u;
+        if (b >= n / 32) break;
         __m256i wq[MAXR], wa[MAXR];
         __m256 dw[MAXR];
         UNROLL for (int r = 0; r < RW; r++) {
@@ -241,12 +247,12 @@ INLINE void tile_q8_0(int RW, int RT, int64_t n, const char *w, size_t ws, const
             UNROLL for (int r = 0; r < RW; r++) {
                 __m256i p = _mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(xq, wq[r]));
                 __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), f, acc[r][t]);
+                acc[u][r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), f, acc[u][r][t]);
             }
         }
     }
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
-        y[t * ldy + r] = x86_hsum_ps(acc[r][t]);
+        y[t * ldy + r] = x86_hsum_ps(_mm256_add_ps(acc[0][r][t], acc[1][r][t]));
 }
 
 /* ---------------------------------------------------------------- K-quants x Q8_K */

@@ -148,13 +148,16 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
     const size_t xbs = has_min ? sizeof(l3c_block_q8_1) : sizeof(l3c_block_q8_0);
     const size_t xq_off = has_min ? offsetof(l3c_block_q8_1, qs) : offsetof(l3c_block_q8_0, qs);
     const __m256i voff = _mm256_set1_epi8((char)off);
-    __m256 acc[MAXR][MAXR];
-    float macc[MAXR][MAXR];
+    const int U = RW * RT == 1 ? 2 : 1; /* 1 x 1: two accumulator chains */
+    __m256 acc[2][MAXR][MAXR];
+    float macc[2][MAXR][MAXR];
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
-        acc[r][t] = _mm256_setzero_ps();
-        macc[r][t] = 0.0f;
+        acc[0][r][t] = acc[1][r][t] = _mm256_setzero_ps();
+        macc[0][r][t] = macc[1][r][t] = 0.0f;
     }
-    for (int64_t b = 0; b < n / 32; b++) {
+    for (int64_t b0 = 0; b0 < n / 32; b0 += U) UNROLL for (int u = 0; u < U; u++) {
+        const int64_t b = b0 + u;
+        if (b >= n / 32) break;
         __m256i wq[MAXR];
         __m256 dw[MAXR];
         float mw[MAXR];
@@ -176,13 +179,13 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
             float sx = has_min ? x86_fp16(((const uint16_t *)xb)[1]) : 0.0f;
             UNROLL for (int r = 0; r < RW; r++) {
                 __m256 f = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base, wq[r], xq));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), f, acc[r][t]);
-                if (has_min) macc[r][t] += mw[r] * sx;
+                acc[u][r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), f, acc[u][r][t]);
+                if (has_min) macc[u][r][t] += mw[r] * sx;
             }
         }
     }
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
-        y[t * ldy + r] = x86_hsum_ps(acc[r][t]) + macc[r][t];
+        y[t * ldy + r] = x86_hsum_ps(_mm256_add_ps(acc[0][r][t], acc[1][r][t])) + (macc[0][r][t] + macc[1][r][t]);
 }
 
 /* ---------------------------------------------------------------- K-quants x Q8_K (512-bit) */
