@@ -459,3 +459,5 @@ int32_t l3c_token_to_bytes(const l3c_tokenizer *t, int32_t id, char *buf, int32_
     memcpy(buf, l3c_tok_bytes(t, id), (size_t)n);
     return n;
 }
+
+int l3c_tokenizer_wants_bos(const l3c_tokenizer *t) { return t && t->add_bos && t->bos >= 0; }
