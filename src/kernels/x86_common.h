@@ -151,8 +151,8 @@ static const size_t x86_b32_size[4] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_
     static void vec_dot_##name(int64_t n, float *out, const void *w, const void *x) {          \
         TILE(1, 1, n, (const char *)w, 0, (const char *)x, 0, out, 0);                          \
     }                                                                                           \
-    static void gemm_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,        \
-                            const void *w, size_t w_stride, const void *x, size_t x_stride) {   \
+    static __attribute__((unused)) void gemm_##name(int64_t n, int64_t n_rows, int64_t T,     \
+        float *y, int64_t ldy, const void *w, size_t w_stride, const void *x, size_t x_stride) {  \
         const char *wc = w, *xc = x;                                                            \
         int64_t r = 0;                                                                          \
         for (; r + GEMM_RW <= n_rows; r += GEMM_RW) {                                           \
