@@ -4,6 +4,8 @@
  * of 'self' + inline only). The page keeps the conversation in memory, sends it to
  * /v1/chat/completions with stream:true and renders the SSE deltas as they arrive
  * (fetch + ReadableStream). Text is inserted with textContent only (never innerHTML).
+ * A deep link /#ask=QUESTION types the question and presses Send on load (used by the
+ * headless-browser test, and handy for bookmarks).
  */
 #include "http.h"
 
@@ -146,7 +148,11 @@ const char l3c_web_page[] =
 "  if (aborter) aborter.abort();\n"
 "  history = []; log.textContent = '';\n"
 "});\n"
-"input.focus();\n"
+"/* deep link: /#ask=QUESTION[&temperature=T][&max_tokens=N] fills the box and presses Send */\n"
+"const link = new URLSearchParams(location.hash.slice(1));\n"
+"if (link.has('temperature')) $('temp').value = link.get('temperature');\n"
+"if (link.has('max_tokens')) $('maxtok').value = link.get('max_tokens');\n"
+"if (link.get('ask')) { input.value = link.get('ask'); send.click(); } else input.focus();\n"
 "</script></body></html>\n";
 
 const size_t l3c_web_page_len = sizeof l3c_web_page - 1;
