@@ -187,9 +187,12 @@ L3C_API l3c_status l3c_tokenizer_load(const char *path, l3c_tokenizer **out);
 L3C_API void l3c_tokenizer_free(l3c_tokenizer *tok);
 
 enum {
-    L3C_TOKENIZE_ADD_BOS = 1,       /* prepend BOS (never twice: skipped if text starts with it) */
-    L3C_TOKENIZE_PARSE_SPECIAL = 2  /* special-token text ("<|eot_id|>") becomes the special id;
+    L3C_TOKENIZE_ADD_BOS = 1,       /* prepend BOS if the vocabulary asks for it (GGUF
+                                       tokenizer.ggml.add_bos_token; Llama 3 / SentencePiece: yes;
+                                       never twice: skipped if the text starts with it) */
+    L3C_TOKENIZE_PARSE_SPECIAL = 2, /* special-token text ("<|eot_id|>") becomes the special id;
                                        default: treated as plain text */
+    L3C_TOKENIZE_FORCE_BOS = 4      /* prepend BOS whatever the vocabulary says */
 };
 
 /*

@@ -103,7 +103,7 @@ int cmd_tokenize(int argc, char **argv) {
             if (!has_val) return usage_err(cmd, "missing value for", a);
             file = argv[++i];
         } else if (!strcmp(a, "--ids")) ids_only = 1;
-        else if (!strcmp(a, "--bos")) flags |= L3C_TOKENIZE_ADD_BOS;
+        else if (!strcmp(a, "--bos")) flags |= L3C_TOKENIZE_FORCE_BOS;
         else if (!strcmp(a, "--special")) flags |= L3C_TOKENIZE_PARSE_SPECIAL;
         else if (!strcmp(a, "--time")) timing = 1;
         else return usage_err(cmd, "unknown option", a);

@@ -91,7 +91,8 @@ int64_t l3c_tokenize(const l3c_tokenizer *t, const char *text, size_t len, int32
     l3c_toksink s = {out, cap, 0};
     l3c_status st = L3C_OK;
     int prev_special = 1;
-    if ((flags & L3C_TOKENIZE_ADD_BOS) && t->bos >= 0) {
+    int want_bos = (flags & L3C_TOKENIZE_FORCE_BOS) || ((flags & L3C_TOKENIZE_ADD_BOS) && t->add_bos);
+    if (want_bos && t->bos >= 0) {
         const l3c_tokent *b = &t->tok[t->bos];
         int starts = parse_special && b->text_len > 0 && b->text_len <= len &&
                      memcmp(p, l3c_tok_text(t, t->bos), b->text_len) == 0;
