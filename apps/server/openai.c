@@ -289,13 +289,13 @@ done:
 
 /* Tokenizes completion text. Special-token text in the prompt becomes the special token (as
  * llama.cpp's server does: a raw completion prompt may carry its own chat markers). BOS is
- * prepended as `llama3c run` does, except for ChatML models, which do not start texts with one. */
+ * prepended when the vocabulary asks for it (add_bos_token), as `llama3c run` does. */
 static unsigned tokenize_text(const server *srv, const char *text, size_t len, api_request *r,
                               api_error *err) {
     if (len > (size_t)srv->n_ctx * MAX_BYTES_PER_TOKEN)
         return api_fail(err, 400, "invalid_request_error", "prompt", "context_length_exceeded",
                         "the prompt (%zu bytes) cannot fit the context of %d tokens", len, srv->n_ctx);
-    int flags = L3C_TOKENIZE_PARSE_SPECIAL | (srv->tmpl == L3C_CHAT_CHATML ? 0 : L3C_TOKENIZE_ADD_BOS);
+    int flags = L3C_TOKENIZE_PARSE_SPECIAL | L3C_TOKENIZE_ADD_BOS;
     int64_t cap = (int64_t)len + 2;
     r->prompt = malloc((size_t)cap * sizeof *r->prompt);
     if (!r->prompt) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
