@@ -46,8 +46,14 @@ PROMPTS = [
     "1, 2, 3, 4,",
 ]
 N_GEN = 32
-GREEDY_TIE_MARGIN = 0.15   # logits; llama3c vs llama.cpp differ by up to LOGIT_TOL (see below)
-LOGIT_TOL = 0.25           # max |diff| of prompt logits (logit rms ~ 3-5); measured value in docs/TESTING.md
+# Prompt logits, normalised by the logit RMS (~8): (nmax, nrms) limits. Measured on a 14-token
+# prompt: llama3c vs llama.cpp 0.18 / 0.032; vs the float64 reference llama3c 0.21 / 0.046 and
+# llama.cpp 0.20 / 0.045 (30 layers of 8-bit activations: both engines are equally far from it).
+LOGIT_TOL = (0.40, 0.07)
+REF_TOL = (0.40, 0.08)
+# Per-logit differences between the engines reach ~1.4 (rms 0.25), so a top-2 gap below this in
+# llama.cpp's logits is a near tie that either engine may break either way.
+GREEDY_TIE_MARGIN = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +68,7 @@ def lcpp_vocab(smollm2_path):
 def lcpp_model(smollm2_path):
     llama_cpp = llama_cpp_or_skip()
     lm = llama_cpp.Llama(model_path=smollm2_path, logits_all=True, n_ctx=256, n_batch=256,
-                         n_threads=THREADS, verbose=False)
+                         n_threads=1, verbose=False)  # 1: llama.cpp's spinning workers crawl on a loaded box
     yield lm
     lm.close()
 
@@ -94,20 +100,43 @@ def test_tokenize_matches_llama_cpp(llama3c, smollm2_path, lcpp_vocab, text):
     assert ours == want, f"{text!r}: ours {ours} vs llama.cpp {want}"
 
 
+LOGIT_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
+
+
+def normalised_diff(ours, other):
+    d = np.abs(ours - other)
+    rms = float(np.sqrt(np.mean(other ** 2)))
+    pos, tok = np.unravel_index(int(np.argmax(d)), d.shape)
+    return (float(d.max()) / rms, float(np.sqrt(np.mean(d * d))) / rms,
+            f"max|diff| {d.max():.4f} at pos {pos} token {tok}; rms diff {np.sqrt(np.mean(d * d)):.4f}; "
+            f"logit rms {rms:.3f}; argmax agreement {np.mean(ours.argmax(1) == other.argmax(1)):.3f}")
+
+
 def test_prompt_logits_close_to_llama_cpp(llama3c, smollm2_path, lcpp_model, tmp_path):
-    ids = lcpp_prompt_ids(lcpp_model, "The quick brown fox jumps over the lazy dog. Once upon a time")
+    ids = lcpp_prompt_ids(lcpp_model, LOGIT_PROMPT)
     lcpp_model.reset()
     lcpp_model.eval(ids)
     peer = np.array(lcpp_model.scores[:len(ids)], dtype=np.float64)
     ours = eval_logits(smollm2_path, ids, tmp_path).astype(np.float64)
     assert ours.shape == peer.shape
-    d = np.abs(ours - peer)
-    rms = float(np.sqrt(np.mean(peer ** 2)))
-    pos, tok = np.unravel_index(int(np.argmax(d)), d.shape)
-    agree = float(np.mean(ours.argmax(1) == peer.argmax(1)))
-    assert d.max() <= LOGIT_TOL, (f"max|diff| {d.max():.4f} at pos {pos} token {tok} (tol {LOGIT_TOL}); "
-                                  f"rms diff {np.sqrt(np.mean(d * d)):.4f}; logit rms {rms:.3f}; "
-                                  f"argmax agreement {agree:.3f}")
+    nmax, nrms, msg = normalised_diff(ours, peer)
+    print("llama3c vs llama.cpp: " + msg)
+    assert nmax <= LOGIT_TOL[0] and nrms <= LOGIT_TOL[1], f"vs llama.cpp (tol {LOGIT_TOL} x rms): " + msg
+
+
+def test_prompt_logits_vs_reference(llama3c, smollm2_path, tmp_path):
+    """vs the float64 numpy reference on the file's dequantized weights (needs ~1.2 GB of RAM)."""
+    from ref_forward import RefModel
+
+    # LOGIT_PROMPT as llama.cpp tokenizes it (no BOS for SmolLM2)
+    ids = [504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 30, 4027, 1980, 253, 655]
+    ref = RefModel(smollm2_path)
+    want = ref.forward(ids)
+    del ref
+    ours = eval_logits(smollm2_path, ids, tmp_path).astype(np.float64)
+    nmax, nrms, msg = normalised_diff(ours, want)
+    print("llama3c vs float64 reference: " + msg)
+    assert nmax <= REF_TOL[0] and nrms <= REF_TOL[1], f"vs reference (tol {REF_TOL} x rms): " + msg
 
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=range(len(PROMPTS)))
