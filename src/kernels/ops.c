@@ -2,22 +2,33 @@
  * ops.c -- the numeric ops of the forward pass over T token rows, on the dispatched type table.
  *
  * matmul: each activation row is converted once to W's vec_dot_type (into the caller's
- * scratch; F32 rows are used in place), then tiles of TILE_ROWS output rows are split across
- * the pool. Each thread walks its tiles and, for each tile, every token, so a
- * tile of W stays in cache while all T activation rows stream past it (W is read once per call).
- * The traits' gemm kernel, when present, does one tile x all tokens in one call.
+ * scratch; F32 rows are used in place), then the output rows, in tiles of TILE_ROWS, are
+ * computed as chunks of the thread pool (claimed dynamically, see threadpool.c). For each tile
+ * the traits' gemm (or a vec_dot loop) runs over every token, so a tile of W stays in cache
+ * while all T activation rows stream past it (W is read once per call). l3c_matmul_multi puts
+ * several weights that read the same x (Q/K/V, gate/up) into one job, with one conversion per
+ * activation type, and can finish SwiGLU inside the gate/up chunks: one thread-pool sync per
+ * group instead of one per weight plus one per conversion.
  *
- * Invariants: n_in is a multiple of the weight type's block size and the type is supported
- * (the weight loader checks both); nothing here allocates.
+ * Invariants: every output row is computed by the same kernel call on the same tile whatever
+ * the thread count and chunk size, so results never depend on them; n_in is a multiple of the
+ * weight type's block size and the type is supported (the weight loader checks both); nothing
+ * here allocates.
  */
 #include "kernels/ops.h"
 
 #include <math.h>
 #include <string.h>
 
-/* Rows per tile. Threads get whole tiles, so every row is computed by the same kernel call
- * whatever the thread count: results do not depend on it. */
+/* Rows per tile: the unit of work of one kernel call. */
 #define TILE_ROWS 8
+/* Up to this many elements (T * n_in) the caller converts x itself instead of paying a sync. */
+#define CONVERT_INLINE 65536
+/* Token rows per chunk of a parallel conversion. */
+#define CONVERT_ROWS 4
+/* Aim for this many chunks per thread so that a late or slow thread is absorbed by the rest. */
+#define CHUNKS_PER_THREAD 16
+#define SCRATCH_ALIGN 64
 
 /* bytes of one activation row in vec_dot_type; 0 when the weight is not usable */
 static size_t act_row_bytes(const l3c_weight *w, const l3c_type_traits *tr) {
@@ -26,67 +37,166 @@ static size_t act_row_bytes(const l3c_weight *w, const l3c_type_traits *tr) {
     return bytes;
 }
 
-size_t l3c_matmul_scratch_bytes(const l3c_weight *w, int64_t T) {
-    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
-    size_t row = act_row_bytes(w, tr), total;
-    if (row == 0 || T < 0 || !l3c_mul_ok(row, (size_t)T, &total)) return SIZE_MAX; /* unusable */
+static size_t align_up(size_t n) { return (n + SCRATCH_ALIGN - 1) / SCRATCH_ALIGN * SCRATCH_ALIGN; }
+
+/* Scratch for converting x to the vec_dot_type of each of w[0..n), shared between weights of
+ * the same type; slot[i] receives the byte offset of w[i]'s converted rows (SIZE_MAX: x used in
+ * place). Returns the total or SIZE_MAX when a weight is unusable. */
+static size_t plan_scratch(int n, const l3c_weight *const *w, int64_t T, size_t *slot) {
+    size_t total = 0;
+    if (n < 1 || n > L3C_MATMUL_MAX || T < 0) return SIZE_MAX;
+    for (int i = 0; i < n; i++) {
+        const l3c_type_traits *tr = l3c_type_traits_get(w[i]->type);
+        size_t row = act_row_bytes(w[i], tr), bytes;
+        if (row == 0 || w[i]->n_in != w[0]->n_in) return SIZE_MAX;
+        slot[i] = SIZE_MAX;
+        if (tr->vec_dot_type == L3C_TYPE_F32) continue;
+        for (int k = 0; k < i && slot[i] == SIZE_MAX; k++)
+            if (slot[k] != SIZE_MAX && l3c_type_traits_get(w[k]->type)->vec_dot_type == tr->vec_dot_type)
+                slot[i] = slot[k];
+        if (slot[i] != SIZE_MAX) continue;
+        if (!l3c_mul_ok(row, (size_t)T, &bytes) || total > SIZE_MAX - align_up(bytes)) return SIZE_MAX;
+        slot[i] = total;
+        total += align_up(bytes);
+    }
     return total;
 }
 
-typedef struct matmul_job {
-    const l3c_weight *w;
-    const l3c_type_traits *tr;
-    const float *x;     /* [T x n_in] */
-    const void *xq;     /* [T x x_stride bytes] x in vec_dot_type */
-    void *scratch;      /* where xq is written when a conversion is needed */
-    size_t x_stride;
-    float *y;           /* [T x n_out] */
-    int64_t T;
-} matmul_job;
-
-static void convert_task(void *arg, int ith, int nth) {
-    matmul_job *j = arg;
-    l3c_from_float_fn from = l3c_type_traits_get(j->tr->vec_dot_type)->from_float;
-    int64_t lo, hi;
-    l3c_split_range(j->T, ith, nth, &lo, &hi);
-    for (int64_t t = lo; t < hi; t++)
-        from(j->x + t * j->w->n_in, (char *)j->scratch + (size_t)t * j->x_stride, j->w->n_in);
+size_t l3c_matmul_multi_scratch_bytes(int n, const l3c_weight *const *w, int64_t T) {
+    size_t slot[L3C_MATMUL_MAX];
+    return plan_scratch(n, w, T, slot);
 }
 
-static void dot_task(void *arg, int ith, int nth) {
+size_t l3c_matmul_scratch_bytes(const l3c_weight *w, int64_t T) {
+    return l3c_matmul_multi_scratch_bytes(1, &w, T);
+}
+
+typedef struct matmul_job {
+    int n;
+    const l3c_weight *w[L3C_MATMUL_MAX];
+    const l3c_type_traits *tr[L3C_MATMUL_MAX];
+    float *y[L3C_MATMUL_MAX];     /* [T x w[i]->n_out] */
+    const void *xq[L3C_MATMUL_MAX]; /* [T x xs[i] bytes] x in w[i]'s vec_dot_type */
+    size_t xs[L3C_MATMUL_MAX];
+    int64_t first_chunk[L3C_MATMUL_MAX + 1]; /* chunks of w[i]: [first_chunk[i], first_chunk[i+1]) */
+    int64_t tiles_per_chunk;
+    int64_t T;
+    bool swiglu;
+    /* conversion: the distinct targets */
+    const float *x;               /* [T x n_in] */
+    int n_conv;
+    int conv_src[L3C_MATMUL_MAX]; /* weight index whose xq / xs / vec_dot_type to produce */
+    int64_t conv_rows;            /* token rows per conversion chunk */
+    int64_t conv_chunks;          /* per target */
+} matmul_job;
+
+static void convert_rows(const matmul_job *j, int k, int64_t t0, int64_t t1) {
+    const int i = j->conv_src[k];
+    l3c_from_float_fn from = l3c_type_traits_get(j->tr[i]->vec_dot_type)->from_float;
+    const int64_t n_in = j->w[i]->n_in;
+    for (int64_t t = t0; t < t1; t++)
+        from(j->x + t * n_in, (char *)j->xq[i] + (size_t)t * j->xs[i], n_in);
+}
+
+static void convert_chunk(void *arg, int64_t c, int ith) {
     const matmul_job *j = arg;
-    const l3c_weight *w = j->w;
-    const char *wdata = w->data, *xq = j->xq;
-    int64_t lo, hi; /* in tiles: tile k is rows [k * TILE_ROWS, (k + 1) * TILE_ROWS) */
-    l3c_split_range((w->n_out + TILE_ROWS - 1) / TILE_ROWS, ith, nth, &lo, &hi);
-    for (int64_t r0 = lo * TILE_ROWS; r0 < L3C_MIN(hi * TILE_ROWS, w->n_out); r0 += TILE_ROWS) {
-        int64_t r1 = L3C_MIN(r0 + TILE_ROWS, w->n_out);
-        if (j->tr->gemm) {
-            j->tr->gemm(w->n_in, r1 - r0, j->T, j->y + r0, w->n_out,
-                        wdata + (size_t)r0 * w->row_bytes, w->row_bytes, xq, j->x_stride);
+    const int k = (int)(c / j->conv_chunks);
+    const int64_t t0 = (c % j->conv_chunks) * j->conv_rows;
+    convert_rows(j, k, t0, L3C_MIN(t0 + j->conv_rows, j->T));
+}
+
+/* rows [r0, r1) of w[i] for every token */
+static void tile(const matmul_job *j, int i, int64_t r0, int64_t r1) {
+    const l3c_weight *w = j->w[i];
+    const l3c_type_traits *tr = j->tr[i];
+    const char *wdata = (const char *)w->data + (size_t)r0 * w->row_bytes;
+    const char *xq = j->xq[i];
+    float *y = j->y[i] + r0;
+    if (tr->gemm) {
+        tr->gemm(w->n_in, r1 - r0, j->T, y, w->n_out, wdata, w->row_bytes, xq, j->xs[i]);
+        return;
+    }
+    for (int64_t t = 0; t < j->T; t++)
+        for (int64_t r = 0; r < r1 - r0; r++)
+            tr->vec_dot(w->n_in, &y[t * w->n_out + r], wdata + (size_t)r * w->row_bytes,
+                        xq + (size_t)t * j->xs[i]);
+}
+
+static void dot_chunk(void *arg, int64_t c, int ith) {
+    const matmul_job *j = arg;
+    int i = 0;
+    while (c >= j->first_chunk[i + 1]) i++;
+    const int64_t n_out = j->w[i]->n_out;
+    const int64_t lo = (c - j->first_chunk[i]) * j->tiles_per_chunk * TILE_ROWS;
+    const int64_t hi = L3C_MIN(lo + j->tiles_per_chunk * TILE_ROWS, n_out);
+    for (int64_t r0 = lo; r0 < hi; r0 += TILE_ROWS) {
+        const int64_t r1 = L3C_MIN(r0 + TILE_ROWS, n_out);
+        tile(j, i, r0, r1);
+        if (j->swiglu) { /* w[0] = gate, w[1] = up: same tile of both, then the activation */
+            tile(j, 1, r0, r1);
+            for (int64_t t = 0; t < j->T; t++)
+                l3c_swiglu(j->y[0] + t * n_out + r0, j->y[1] + t * n_out + r0, r1 - r0);
+        }
+    }
+}
+
+/* fills first_chunk[] for tiles_per_chunk; returns the number of chunks */
+static int64_t layout_chunks(matmul_job *j) {
+    int64_t chunks = 0;
+    for (int i = 0; i < j->n; i++) {
+        j->first_chunk[i] = chunks;
+        if (!j->swiglu || i == 0)
+            chunks += l3c_n_chunks(l3c_n_chunks(j->w[i]->n_out, TILE_ROWS), j->tiles_per_chunk);
+    }
+    j->first_chunk[j->n] = chunks;
+    return chunks;
+}
+
+void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, float *const *y,
+                      const float *x, int64_t T, void *scratch, bool swiglu) {
+    size_t slot[L3C_MATMUL_MAX];
+    L3C_ASSERT(plan_scratch(n, w, T, slot) != SIZE_MAX);
+    L3C_ASSERT(!swiglu || (n == 2 && w[0]->n_out == w[1]->n_out));
+    if (T <= 0) return;
+    matmul_job job = {.n = n, .T = T, .swiglu = swiglu, .x = x};
+    for (int i = 0; i < n; i++) {
+        job.w[i] = w[i];
+        job.tr[i] = l3c_type_traits_get(w[i]->type);
+        job.y[i] = y[i];
+        job.xs[i] = act_row_bytes(w[i], job.tr[i]);
+        if (slot[i] == SIZE_MAX) {
+            job.xq[i] = x; /* F32: already in the activation format */
             continue;
         }
-        for (int64_t t = 0; t < j->T; t++)
-            for (int64_t r = r0; r < r1; r++)
-                j->tr->vec_dot(w->n_in, &j->y[t * w->n_out + r], wdata + (size_t)r * w->row_bytes,
-                               xq + (size_t)t * j->x_stride);
+        job.xq[i] = (char *)scratch + slot[i];
+        bool first = true;
+        for (int k = 0; k < job.n_conv; k++) first = first && job.xq[job.conv_src[k]] != job.xq[i];
+        if (first) job.conv_src[job.n_conv++] = i;
     }
+
+    /* ---- x to the activation types */
+    if (job.n_conv > 0) {
+        if (T * w[0]->n_in <= CONVERT_INLINE) {
+            for (int k = 0; k < job.n_conv; k++) convert_rows(&job, k, 0, T);
+        } else {
+            job.conv_rows = L3C_MAX(CONVERT_ROWS, l3c_n_chunks(T * job.n_conv, L3C_MAX_CHUNKS));
+            job.conv_chunks = l3c_n_chunks(T, job.conv_rows);
+            l3c_threadpool_run(tp, job.n_conv * job.conv_chunks, convert_chunk, &job);
+        }
+    }
+
+    /* ---- the products: chunks of tiles_per_chunk tiles, weight after weight */
+    const int nth = l3c_threadpool_n_threads(tp);
+    int64_t tiles = 0;
+    for (int i = 0; i < (swiglu ? 1 : n); i++) tiles += l3c_n_chunks(w[i]->n_out, TILE_ROWS);
+    job.tiles_per_chunk = nth == 1 ? tiles : L3C_MAX(1, tiles / (CHUNKS_PER_THREAD * nth));
+    while (layout_chunks(&job) > L3C_MAX_CHUNKS) job.tiles_per_chunk *= 2; /* huge matrices */
+    l3c_threadpool_run(tp, job.first_chunk[n], dot_chunk, &job);
 }
 
 void l3c_matmul(l3c_threadpool *tp, const l3c_weight *w, const float *x, float *y, int64_t T,
                 void *scratch) {
-    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
-    matmul_job job = {.w = w, .tr = tr, .x = x, .scratch = scratch, .y = y, .T = T};
-    job.x_stride = act_row_bytes(w, tr);
-    L3C_ASSERT(job.x_stride != 0);
-    if (T <= 0) return;
-    if (tr->vec_dot_type == L3C_TYPE_F32) {
-        job.xq = x; /* already in the activation format */
-    } else {
-        l3c_threadpool_run(tp, convert_task, &job);
-        job.xq = scratch;
-    }
-    l3c_threadpool_run(tp, dot_task, &job);
+    l3c_matmul_multi(tp, 1, &w, &y, x, T, scratch, false);
 }
 
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps) {

@@ -27,6 +27,18 @@ size_t l3c_matmul_scratch_bytes(const l3c_weight *w, int64_t T);
 void l3c_matmul(l3c_threadpool *tp, const l3c_weight *w, const float *x, float *y, int64_t T,
                 void *scratch);
 
+/*
+ * Up to L3C_MATMUL_MAX weights with the same n_in applied to the same x in ONE parallel job:
+ * y[i][T x w[i]->n_out] = x @ w[i]^T, x converted once per distinct vec_dot_type (Q/K/V share
+ * it, gate/up too). swiglu (n == 2, equal n_out): afterwards y[0] = silu(y[0]) * y[1], each
+ * row tile finished by the chunk that computed it (y[1] keeps the up projection). Results are
+ * bit-identical to separate l3c_matmul calls. scratch: l3c_matmul_multi_scratch_bytes.
+ */
+#define L3C_MATMUL_MAX 4
+size_t l3c_matmul_multi_scratch_bytes(int n, const l3c_weight *const *w, int64_t T);
+void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, float *const *y,
+                      const float *x, int64_t T, void *scratch, bool swiglu);
+
 /* y[T x n] = x * rsqrt(mean(x^2) + eps) * g[n] */
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps);
 /* a[i] = silu(a[i]) * b[i] for n elements */

@@ -47,9 +47,11 @@ static size_t max_scratch(const l3c_model *m, int64_t T) {
     size_t s = l3c_matmul_scratch_bytes(&w->output, T);
     for (int32_t l = 0; l < m->cfg.n_layer; l++) {
         const l3c_layer *L = &w->layers[l];
-        const l3c_weight *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-            s = L3C_MAX(s, l3c_matmul_scratch_bytes(all[i], T));
+        const l3c_weight *qkv[] = {&L->wq, &L->wk, &L->wv}, *gate_up[] = {&L->w_gate, &L->w_up};
+        s = L3C_MAX(s, l3c_matmul_multi_scratch_bytes(3, qkv, T));
+        s = L3C_MAX(s, l3c_matmul_multi_scratch_bytes(2, gate_up, T));
+        s = L3C_MAX(s, l3c_matmul_scratch_bytes(&L->wo, T));
+        s = L3C_MAX(s, l3c_matmul_scratch_bytes(&L->w_down, T));
     }
     return s;
 }
@@ -122,7 +124,7 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
               alloc_arr(&ctx->att_out, B, q_dim, sizeof(float), &total) &&
               alloc_arr(&ctx->hb, B, (size_t)c->n_ff, sizeof(float), &total) &&
               alloc_arr(&ctx->hb2, B, (size_t)c->n_ff, sizeof(float), &total) &&
-              alloc_arr(&ctx->att, nth, (size_t)n_ctx, sizeof(float), &total) &&
+              alloc_arr(&ctx->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), &total) &&
               alloc_arr(&ctx->kv_tmp, nth, hd, sizeof(float), &total) &&
               alloc_arr(&ctx->rope_cos, B, half ? half : 1, sizeof(float), &total) &&
               alloc_arr(&ctx->rope_sin, B, half ? half : 1, sizeof(float), &total) &&

@@ -69,57 +69,96 @@ typedef struct attn_job {
     int32_t layer;
     float *probs;   /* tracing: [n_head * T x n_kv], row h*T + t; NULL otherwise */
     int64_t n_kv;   /* columns of probs */
+    int64_t block0;   /* first token block of this job */
+    int64_t n_blocks; /* token blocks of L3C_ATT_TOKENS in this job */
+    const l3c_type_traits *kv_tr;
 } attn_job;
 
-/* One (token, query head) pair per task: att_out[t, h] = softmax(q . K / sqrt(hd)) . V over the
- * token's own sequence, positions 0..pos (causal). GQA: head h reads kv head h / (n_head/n_head_kv). */
-static void attn_worker(void *arg, int ith, int nth) {
-    attn_job *job = arg;
+static inline int32_t seq_of(const l3c_batch *b, int64_t t) { return b->seq_id ? b->seq_id[t] : 0; }
+
+/*
+ * Query head h for the batch tokens [a, e), which all belong to sequence s and have increasing
+ * positions (the batch validation guarantees it): att_out[t, h] = softmax(q . K / sqrt(hd)) . V
+ * over positions 0..pos[t] (causal). Scores of the whole run are one gemm of the F16/F32 K rows
+ * with the float queries (the cache is read in place, converted in registers); the masked
+ * upper triangle inside the run is computed and ignored. V rows are converted once per
+ * position and accumulated into every token of the run that sees them.
+ */
+static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith) {
     l3c_context *ctx = job->ctx;
     const l3c_batch *b = job->b;
     const l3c_config *c = &ctx->model->cfg;
+    const l3c_type_traits *tr = job->kv_tr;
     const int64_t T = b->n_tokens, hd = c->head_dim, q_dim = (int64_t)c->n_head * hd;
-    const int group = c->n_head / c->n_head_kv;
+    const int kvh = h / (c->n_head / c->n_head_kv);
+    const int32_t s = seq_of(b, a), n_pos_max = b->pos[e - 1] + 1;
     const float scale = 1.0f / sqrtf((float)hd);
-    const int is_f32 = ctx->kv_type == L3C_KV_F32;
-    const l3c_to_float_fn to_float = l3c_type_traits_get(kv_ggml_type(ctx->kv_type))->to_float;
-    float *tmp = ctx->kv_tmp + (int64_t)ith * hd; /* [hd] one dequantized K or V head */
+    const int64_t ld = ctx->n_ctx;
+    float *S = ctx->att + (int64_t)ith * L3C_ATT_TOKENS * ld; /* [e - a x n_ctx] scores */
+    float *tmp = ctx->kv_tmp + (int64_t)ith * hd;              /* [hd] one converted V row */
+    const uint8_t *kbase = kv_row(ctx, ctx->k_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
+    const uint8_t *vbase = kv_row(ctx, ctx->v_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
+    const float *q0 = ctx->q + a * q_dim + h * hd;
 
-    int64_t lo, hi;
-    l3c_split_range(T * c->n_head, ith, nth, &lo, &hi);
-    for (int64_t task = lo; task < hi; task++) {
-        const int64_t t = task / c->n_head;
-        const int h = (int)(task % c->n_head), kvh = h / group;
-        const int32_t s = b->seq_id ? b->seq_id[t] : 0, n_pos = b->pos[t] + 1;
-        const float *qh = ctx->q + t * q_dim + h * hd; /* [hd] */
-        float *att = job->probs ? job->probs + ((int64_t)h * T + t) * job->n_kv
-                                : ctx->att + (int64_t)ith * ctx->n_ctx; /* [n_pos] */
-        const uint8_t *kbase = kv_row(ctx, ctx->k_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
-        const uint8_t *vbase = kv_row(ctx, ctx->v_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
-
-        for (int32_t p = 0; p < n_pos; p++) {
-            const float *kp = (const float *)(kbase + (size_t)p * ctx->kv_row_bytes);
-            if (!is_f32) {
-                to_float(kp, tmp, hd);
-                kp = tmp;
+    /* scores S[t - a][p] = q_t . k_p */
+    if (tr->vec_dot_type == L3C_TYPE_F32 && tr->gemm) {
+        tr->gemm(hd, n_pos_max, e - a, S, ld, kbase, ctx->kv_row_bytes, q0, (size_t)q_dim * sizeof(float));
+    } else if (tr->vec_dot_type == L3C_TYPE_F32) {
+        for (int64_t t = a; t < e; t++)
+            for (int32_t p = 0; p <= b->pos[t]; p++)
+                tr->vec_dot(hd, &S[(t - a) * ld + p], kbase + (size_t)p * ctx->kv_row_bytes, q0 + (t - a) * q_dim);
+    } else { /* quantized cache: dequantize each K row */
+        for (int32_t p = 0; p < n_pos_max; p++) {
+            tr->to_float(kbase + (size_t)p * ctx->kv_row_bytes, tmp, hd);
+            for (int64_t t = a; t < e; t++) {
+                if (p > b->pos[t]) continue;
+                const float *qh = q0 + (t - a) * q_dim;
+                float dot = 0.0f;
+                for (int64_t i = 0; i < hd; i++) dot += qh[i] * tmp[i];
+                S[(t - a) * ld + p] = dot;
             }
-            float dot = 0.0f;
-            for (int64_t i = 0; i < hd; i++) dot += qh[i] * kp[i];
-            att[p] = dot * scale;
         }
-        l3c_softmax(att, n_pos);
+    }
+    for (int64_t t = a; t < e; t++) {
+        float *st = S + (t - a) * ld;
+        const int32_t n_pos = b->pos[t] + 1;
+        for (int32_t p = 0; p < n_pos; p++) st[p] *= scale;
+        l3c_softmax(st, n_pos);
+        if (job->probs) memcpy(job->probs + ((int64_t)h * T + t) * job->n_kv, st, (size_t)n_pos * sizeof(float));
+        memset(ctx->att_out + t * q_dim + h * hd, 0, (size_t)hd * sizeof(float));
+    }
 
-        float *out = ctx->att_out + t * q_dim + h * hd; /* [hd] */
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t p = 0; p < n_pos; p++) {
-            const float *vp = (const float *)(vbase + (size_t)p * ctx->kv_row_bytes);
-            if (!is_f32) {
-                to_float(vp, tmp, hd);
-                vp = tmp;
-            }
-            const float a = att[p];
-            for (int64_t i = 0; i < hd; i++) out[i] += a * vp[i];
+    /* att_out[t, h] = sum_p S[t - a][p] * v_p */
+    const bool f32 = ctx->kv_type == L3C_KV_F32;
+    for (int32_t p = 0; p < n_pos_max; p++) {
+        const float *vp = (const float *)(vbase + (size_t)p * ctx->kv_row_bytes);
+        if (!f32) {
+            tr->to_float(vp, tmp, hd);
+            vp = tmp;
         }
+        for (int64_t t = a; t < e; t++) {
+            if (p > b->pos[t]) continue;
+            const float w = S[(t - a) * ld + p];
+            float *out = ctx->att_out + t * q_dim + h * hd;
+            for (int64_t i = 0; i < hd; i++) out[i] += w * vp[i];
+        }
+    }
+}
+
+/* One chunk = one query head x one block of L3C_ATT_TOKENS batch tokens, split into runs of the
+ * same sequence. Block boundaries do not depend on the thread count, so neither do results.
+ * GQA: head h reads kv head h / (n_head / n_head_kv). */
+static void attn_chunk(void *arg, int64_t chunk, int ith) {
+    const attn_job *job = arg;
+    const l3c_batch *b = job->b;
+    const int h = (int)(chunk / job->n_blocks);
+    const int64_t t0 = (job->block0 + chunk % job->n_blocks) * L3C_ATT_TOKENS;
+    const int64_t t1 = L3C_MIN(t0 + L3C_ATT_TOKENS, (int64_t)b->n_tokens);
+    for (int64_t a = t0; a < t1;) {
+        int64_t e = a + 1;
+        while (e < t1 && seq_of(b, e) == seq_of(b, a)) e++;
+        attend_run(job, h, a, e, ith);
+        a = e;
     }
 }
 
@@ -167,6 +206,7 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
     const int64_t T = b->n_tokens, E = c->n_embd, F = c->n_ff, hd = c->head_dim;
     const int64_t q_dim = (int64_t)c->n_head * hd, kv_dim = (int64_t)c->n_head_kv * hd;
     l3c_threadpool *tp = ctx->tp;
+    const l3c_type_traits *kv_tr = l3c_type_traits_get(kv_ggml_type(ctx->kv_type));
 
     /* which rows get logits: batch->logits, or only the last token */
     int32_t n_out = 0;
@@ -201,9 +241,10 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
         l3c_rmsnorm(ctx->x, L->attn_norm, ctx->xb, T, E, c->norm_eps); /* xb [T x E] */
         TRACE("attn_norm", l, ctx->xb, T, E);
 
-        l3c_matmul(tp, &L->wq, ctx->xb, ctx->q, T, ctx->scratch); /* q [T x n_head*hd] */
-        l3c_matmul(tp, &L->wk, ctx->xb, ctx->k, T, ctx->scratch); /* k [T x n_head_kv*hd] */
-        l3c_matmul(tp, &L->wv, ctx->xb, ctx->v, T, ctx->scratch); /* v [T x n_head_kv*hd] */
+        /* q [T x n_head*hd], k, v [T x n_head_kv*hd]: one job, xb quantized once */
+        const l3c_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        float *const qkv_y[3] = {ctx->q, ctx->k, ctx->v};
+        l3c_matmul_multi(tp, 3, qkv_w, qkv_y, ctx->xb, T, ctx->scratch, false);
         l3c_rope_apply(ctx->q, T, c->n_head, (int)hd, c->n_rot, ctx->rope_cos, ctx->rope_sin);
         l3c_rope_apply(ctx->k, T, c->n_head_kv, (int)hd, c->n_rot, ctx->rope_cos, ctx->rope_sin);
         TRACE("q", l, ctx->q, T, q_dim);
@@ -211,8 +252,13 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
         TRACE("v", l, ctx->v, T, kv_dim);
 
         kv_store(ctx, l, b);
-        attn_job job = {.ctx = ctx, .b = b, .layer = l, .probs = probs, .n_kv = n_kv};
-        l3c_threadpool_run(tp, attn_worker, &job); /* att_out [T x n_head*hd] */
+        /* att_out [T x q_dim]; one job unless the batch has more blocks than a job has chunks */
+        const int64_t n_blocks = l3c_n_chunks(T, L3C_ATT_TOKENS), per_job = L3C_MAX_CHUNKS / c->n_head;
+        for (int64_t b0 = 0; b0 < n_blocks; b0 += per_job) {
+            attn_job job = {.ctx = ctx, .b = b, .layer = l, .probs = probs, .n_kv = n_kv,
+                            .block0 = b0, .n_blocks = L3C_MIN(per_job, n_blocks - b0), .kv_tr = kv_tr};
+            l3c_threadpool_run(tp, c->n_head * job.n_blocks, attn_chunk, &job);
+        }
         if (probs) TRACE("attn_scores", l, probs, c->n_head * T, n_kv);
         TRACE("attn_out", l, ctx->att_out, T, q_dim);
 
@@ -224,11 +270,16 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
         /* ---- feed-forward block (SwiGLU) */
         l3c_rmsnorm(ctx->x, L->ffn_norm, ctx->xb, T, E, c->norm_eps); /* xb [T x E] */
         TRACE("ffn_norm", l, ctx->xb, T, E);
-        l3c_matmul(tp, &L->w_gate, ctx->xb, ctx->hb, T, ctx->scratch); /* hb [T x F] */
-        TRACE("ffn_gate", l, ctx->hb, T, F);
-        l3c_matmul(tp, &L->w_up, ctx->xb, ctx->hb2, T, ctx->scratch);  /* hb2 [T x F] */
-        TRACE("ffn_up", l, ctx->hb2, T, F);
-        l3c_swiglu(ctx->hb, ctx->hb2, T * F);                         /* hb = silu(hb) * hb2 */
+        /* hb [T x F] = gate, hb2 [T x F] = up, one job; without tracing the same chunks
+         * finish hb = silu(hb) * hb2 */
+        const l3c_weight *gu_w[2] = {&L->w_gate, &L->w_up};
+        float *const gu_y[2] = {ctx->hb, ctx->hb2};
+        l3c_matmul_multi(tp, 2, gu_w, gu_y, ctx->xb, T, ctx->scratch, !ctx->trace);
+        if (ctx->trace) {
+            TRACE("ffn_gate", l, ctx->hb, T, F);
+            TRACE("ffn_up", l, ctx->hb2, T, F);
+            l3c_swiglu(ctx->hb, ctx->hb2, T * F);
+        }
         TRACE("ffn_act", l, ctx->hb, T, F);
         l3c_matmul(tp, &L->w_down, ctx->hb, ctx->xb2, T, ctx->scratch); /* xb2 [T x E] */
         TRACE("ffn_down", l, ctx->xb2, T, E);

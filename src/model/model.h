@@ -87,6 +87,9 @@ struct l3c_model {
     size_t weight_bytes;
 };
 
+/* Batch tokens per attention chunk (prompt path): their scores are one gemm per head. */
+#define L3C_ATT_TOKENS 16
+
 /* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported. */
 size_t l3c_kv_row_bytes(const l3c_config *cfg, int kv_type);
 
@@ -116,8 +119,8 @@ struct l3c_context {
     float *att_out;  /* [B x n_head*hd] */
     float *hb;       /* [B x n_ff] gate, then silu(gate)*up */
     float *hb2;      /* [B x n_ff] up */
-    float *att;      /* [n_threads x n_ctx] attention probabilities, one row per worker */
-    float *kv_tmp;   /* [n_threads x hd] one dequantized K or V head row per worker */
+    float *att;      /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
+    float *kv_tmp;   /* [n_threads x hd] one dequantized K or V head row per thread */
     float *rope_cos; /* [B x n_rot/2] for this batch's positions */
     float *rope_sin; /* [B x n_rot/2] */
     double *inv_freq;/* [n_rot/2] base^(-2i/n_rot) / rope_freqs[i] */

@@ -7,7 +7,8 @@
  *    8-bit activation rounding (half a step of amax/127 per element) where the type uses it.
  *    Results must also be bitwise identical for every thread count (ops.c splits whole tiles).
  *  - rmsnorm, softmax, swiglu, add, get_row vs naive formulas (1e-6 relative).
- *  - the thread pool: every worker runs exactly once per job, over many back-to-back jobs.
+ *  - the thread pool: every chunk runs exactly once per job, over many back-to-back jobs, never
+ *    two chunks at once on one thread index, and a slow worker does not lose chunks.
  */
 #include "check.h"
 #include "kernels/ops.h"
@@ -15,6 +16,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
 
@@ -28,15 +30,26 @@ static float rnd_f(float lo, float hi) {
 /* ---------------------------------------------------------------- thread pool */
 
 typedef struct {
-    atomic_int calls[8];
-    atomic_int bad_nth;
+    atomic_int calls[1000];
+    atomic_int bad_ith, running[8];
+    atomic_int overlap;
     int nth;
+    int slow_ith; /* this thread sleeps in each chunk it runs (-1: none) */
 } count_job;
 
-static void count_task(void *arg, int ith, int nth) {
+static void count_task(void *arg, int64_t chunk, int ith) {
     count_job *j = arg;
-    atomic_fetch_add(&j->calls[ith], 1);
-    if (nth != j->nth) atomic_fetch_add(&j->bad_nth, 1);
+    atomic_fetch_add(&j->calls[chunk], 1);
+    if (ith < 0 || ith >= j->nth) {
+        atomic_fetch_add(&j->bad_ith, 1);
+        return;
+    }
+    if (atomic_fetch_add(&j->running[ith], 1) != 0) atomic_fetch_add(&j->overlap, 1);
+    if (ith == j->slow_ith) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    atomic_fetch_sub(&j->running[ith], 1);
 }
 
 static void test_threadpool(void) {
@@ -46,14 +59,29 @@ static void test_threadpool(void) {
         CHECK(l3c_threadpool_create(n, &tp) == L3C_OK);
         if (!tp) continue;
         CHECK(l3c_threadpool_n_threads(tp) == n);
-        count_job j = {.nth = n};
+        /* every chunk exactly once per job, over many back-to-back jobs of varied sizes */
+        count_job j = {.nth = n, .slow_ith = -1};
         const int runs = 300;
-        for (int r = 0; r < runs; r++) l3c_threadpool_run(tp, count_task, &j);
-        for (int i = 0; i < n; i++)
-            CHECK_MSG(j.calls[i] == runs, "n=%d worker %d ran %d", n, i, (int)j.calls[i]);
-        CHECK(j.bad_nth == 0);
+        int64_t expect[1000] = {0};
+        for (int r = 0; r < runs; r++) {
+            int64_t chunks = (r * 37) % 1000;
+            l3c_threadpool_run(tp, chunks, count_task, &j);
+            for (int64_t c = 0; c < chunks; c++) expect[c]++;
+        }
+        for (int c = 0; c < 1000; c++)
+            CHECK_MSG(j.calls[c] == expect[c], "n=%d chunk %d ran %d, want %lld", n, c,
+                      (int)j.calls[c], (long long)expect[c]);
+        CHECK(j.bad_ith == 0 && j.overlap == 0);
+        /* a slow worker: the job still completes (others take its chunks), nothing twice */
+        if (n > 1) {
+            count_job s = {.nth = n, .slow_ith = 1};
+            for (int r = 0; r < 20; r++) l3c_threadpool_run(tp, 50, count_task, &s);
+            for (int c = 0; c < 50; c++) CHECK(s.calls[c] == 20);
+            CHECK(s.bad_ith == 0 && s.overlap == 0);
+        }
         l3c_threadpool_free(tp);
     }
+    l3c_threadpool_run(NULL, 3, count_task, &(count_job){.nth = 1, .slow_ith = -1});
     l3c_threadpool_free(NULL);
     /* allocation failure leaves nothing behind */
     for (long k = 0; k < 6; k++) {
