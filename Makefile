@@ -14,10 +14,10 @@ CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wno-unused-param
                 -fPIC -Iinclude -Isrc -pthread $(SANFLAGS) $(EXTRA_CFLAGS)
 LIB_CFLAGS = $(CFLAGS_COMMON) -fvisibility=hidden
 APP_CFLAGS = $(CFLAGS_COMMON)
-# kernels/dispatch.c reaches the ISA kernel files only through weak hooks, which do not pull
-# objects out of a static archive: -u names the hook of each ISA file present so the linker does.
-ISA_HOOKS := $(patsubst src/kernels/x86_%.c,l3c_kernels_override_%,$(wildcard src/kernels/x86_avx2.c src/kernels/x86_avx512.c)) \
-             $(patsubst src/kernels/arm_%.c,l3c_kernels_override_%,$(wildcard src/kernels/arm_neon.c))
+# kernels/dispatch.c references the x86 ISA hooks strongly (those files always compile), so
+# nothing extra is needed for them; an arm_neon.c hook would be weak, which does not pull its
+# object out of a static archive: -u names it so the linker does.
+ISA_HOOKS := $(patsubst src/kernels/arm_%.c,l3c_kernels_override_%,$(wildcard src/kernels/arm_neon.c))
 LDLIBS  = -lpcre2-8 -ljansson -lpthread -lm $(ISA_HOOKS:%=-Wl,-u,%)
 APP_LDLIBS = -lmicrohttpd $(LDLIBS)
 

@@ -3,15 +3,16 @@
  * public API (l3c_backend_path, l3c_default_threads).
  *
  * The dispatched table is a copy of the reference table with the ISA overrides applied in order
- * (x86: avx2, then avx512 on top; arm: neon). An ISA is used only when its file is linked in
- * (the override hooks are weak references: NULL when absent) AND the CPU and OS support every
- * extension the file is compiled with (see the Makefile's ISA_FLAGS). L3C_KERNELS=<path> caps
- * the path (e.g. avx2 on an avx512 machine, or ref); an unknown or unavailable value is
+ * (x86: avx2, then avx512 on top; arm: neon). An ISA is used only when the CPU and OS support
+ * every extension its file is compiled with (see the Makefile's ISA_FLAGS). L3C_KERNELS=<path>
+ * caps the path (e.g. avx2 on an avx512 machine, or ref); an unknown or unavailable value is
  * reported on stderr once and ignored.
  *
- * Linking note: a weak reference does not pull an object out of a static archive, so the link
- * lines must name the hooks with -Wl,-u,<hook> (the Makefile's LDLIBS does) for the ISA files to
- * be linked from libllama3c.a.
+ * Linking: on x86-64 the AVX2 / AVX-512 files always compile (their code is guarded by the
+ * compiler's ISA macros, which the Makefile sets for them), so their hooks are referenced
+ * strongly and any program linking libllama3c.a gets them, no linker flags needed. A file that
+ * was compiled without its flags (another build system) defines an empty hook instead, which
+ * reports itself as not built (override(NULL) == false), so the path is skipped. Other ISA hooks (neon) stay weak: NULL when not linked in.
  *
  * Invariants: the table is built exactly once (pthread_once) and never changes afterwards, so
  * the pointers l3c_type_traits_get returns stay valid for the life of the process.
@@ -23,13 +24,15 @@
 #include <string.h>
 #include <unistd.h>
 
+#if !defined(__x86_64__)
 #pragma weak l3c_kernels_override_avx2
 #pragma weak l3c_kernels_override_avx512
+#endif
 #pragma weak l3c_kernels_override_neon
 
 typedef struct isa_path {
     const char *name;
-    void (*override)(l3c_type_traits *table); /* NULL: not linked in / not this architecture */
+    bool (*override)(l3c_type_traits *table); /* NULL: not linked in / not this architecture */
     bool (*cpu_ok)(void);
 } isa_path;
 
@@ -69,7 +72,8 @@ static const isa_path *paths(int *count) {
 }
 
 static bool path_usable(const isa_path *p) {
-    return p->override == NULL ? strcmp(p->name, "ref") == 0 : p->cpu_ok();
+    if (p->override == NULL) return strcmp(p->name, "ref") == 0;
+    return p->override(NULL) && p->cpu_ok();
 }
 
 /* index of the best usable path <= cap */

@@ -82,13 +82,14 @@ uint16_t l3c_fp32_to_bf16(float f);
 
 /*
  * Per-ISA overrides: each ISA file (x86_avx2.c, x86_avx512.c, arm_neon.c, ...) defines one
- * function that replaces the entries it accelerates in a copy of the reference table.
- * dispatch.c declares them weak, checks cpuid (and L3C_KERNELS) once, and calls the best ones
- * in order (avx2 then avx512 on top).
+ * function that replaces the entries it accelerates in a copy of the reference table and
+ * returns true; with table == NULL it only answers whether the file was built with its ISA
+ * (false: an empty stand-in, see dispatch.c). dispatch.c checks cpuid (and L3C_KERNELS) once
+ * and calls the best ones in order (avx2 then avx512 on top).
  */
-void l3c_kernels_override_avx2(l3c_type_traits *table /* [L3C_TYPE_COUNT] */);
-void l3c_kernels_override_avx512(l3c_type_traits *table);
-void l3c_kernels_override_neon(l3c_type_traits *table);
+bool l3c_kernels_override_avx2(l3c_type_traits *table /* [L3C_TYPE_COUNT] or NULL */);
+bool l3c_kernels_override_avx512(l3c_type_traits *table);
+bool l3c_kernels_override_neon(l3c_type_traits *table);
 
 /* Name of the dispatched path ("ref", "avx2", "avx512", ...). */
 const char *l3c_kernels_path(void);

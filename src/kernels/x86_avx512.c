@@ -360,7 +360,8 @@ X86_DEFINE_KERNELS(q6_K, T_Q6_K)
         table[id].gemm = gemm_##name;       \
     } while (0)
 
-void l3c_kernels_override_avx512(l3c_type_traits *table) {
+bool l3c_kernels_override_avx512(l3c_type_traits *table) {
+    if (!table) return true; /* built: the path exists */
     table[L3C_TYPE_Q8_0].from_float = from_float_q8_0;
     table[L3C_TYPE_Q8_K].from_float = from_float_q8_K;
     SET_DOT(L3C_TYPE_F32, f32);
@@ -373,8 +374,12 @@ void l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q8_0, q8_0);
     SET_DOT(L3C_TYPE_Q4_K, q4_K);
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
+    return true;
 }
 
 #else
-typedef int l3c_x86_avx512_empty; /* not an x86-64 AVX-512 build: the dispatcher skips this path */
+/* Compiled without the ISA flags (or not x86-64): an empty hook, so the strong reference in
+ * dispatch.c links; the table stays as it was. */
+#include "kernels/types.h"
+bool l3c_kernels_override_avx512(l3c_type_traits *table) { (void)table; return false; }
 #endif
