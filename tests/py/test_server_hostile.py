@@ -1,0 +1,288 @@
+"""`llama3c serve` against hostile clients: a generated, seeded corpus of a few thousand requests.
+
+Kinds: random bytes; garbage request lines and headers; wrong methods on every route; bodies of
+random bytes, truncated JSON, invalid UTF-8, NUL escapes, huge numbers, deep nesting; valid
+requests with one field replaced by a random JSON value or deleted; bad Content-Length and
+chunked encodings; oversized headers and bodies; clients that disconnect mid-request (a body
+shorter than announced) and mid-stream. Eight client threads send them at once.
+
+Afterwards the server must be alive, answer /health, give the same greedy answer to a reference
+request as before the corpus, keep its RSS bounded, and every JSON error it sent must have
+OpenAI's shape. No 5xx answer is allowed (but 505 for an unknown HTTP version). The corpus is deterministic (seeded); its size is
+L3C_HOSTILE_N (default 2000; a 300-request sample runs in the fast suite).
+"""
+import collections
+import json
+import os
+import random
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from server_util import Server
+
+ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/",
+          "/v1/chat/completions/", "/v1//completions", "/nope", "/v1/chat/completions?x=1"]
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "FOO", "get", "P\x00ST"]
+FIELDS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+          "stop", "seed", "n", "logit_bias", "stream", "stream_options", "presence_penalty", "top_k"]
+
+
+def rand_json(r, depth=0):
+    k = r.randrange(12 if depth < 3 else 8)
+    if k == 0: return None
+    if k == 1: return r.choice([True, False])
+    if k == 2: return r.choice([0, -1, 1, 2, 2**31, 2**63 - 1, -2**63, 10**18, 7])
+    if k == 3: return r.choice([0.5, -0.0, 1e308, -1e308, 1e-320, 3.14, 100.5, 2.0])
+    if k == 4: return "".join(chr(r.randrange(1, 0x2FFF)) for _ in range(r.randrange(20)))
+    if k == 5: return r.choice(["", "user", "<|im_end|>", "\ud7ff", "x" * 600, "12", "-5", "system"])
+    if k == 6: return {str(r.randrange(60000)): r.choice([-100, 100, 0.5, 101, "x"])}
+    if k == 7: return [r.choice(["a", "b", "stop", ""]) for _ in range(r.randrange(7))]
+    if k in (8, 9): return [rand_json(r, depth + 1) for _ in range(r.randrange(4))]
+    return {r.choice(FIELDS + ["role", "content", "type", "text"]): rand_json(r, depth + 1)
+            for _ in range(r.randrange(4))}
+
+
+def base_request(r):
+    if r.random() < 0.5:
+        return "/v1/completions", {"model": "m", "prompt": r.choice(["Hi", "Once", "1 2 3", "<|im_start|>"]),
+                                   "max_tokens": r.choice([1, 2]), "temperature": 0}
+    return "/v1/chat/completions", {"model": "m", "max_tokens": 1, "temperature": r.choice([0, 0.7]),
+                                    "messages": [{"role": "user", "content": r.choice(["hi", "2+2?", "yo"])}]}
+
+
+def http(method, path, body=b"", headers=None, content_length=True):
+    h = {"Host": "127.0.0.1", "Connection": "close"}
+    if body and content_length:
+        h["Content-Length"] = str(len(body))
+    h.update(headers or {})
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+    return head.encode("latin-1", "replace") + body
+
+
+def json_http(path, obj, **kw):
+    return http("POST", path, json.dumps(obj).encode(), {"Content-Type": "application/json"}, **kw)
+
+
+def corpus(n, seed=20261127):
+    """Yields (kind, payload bytes, mode); mode: 'read' | 'half' (send, shut write, read) |
+    'drop' (send, close at once) | 'stream-drop' (read a little of the answer, then close)."""
+    r = random.Random(seed)
+    for i in range(n):
+        k = i % 20
+        if k == 0:
+            yield "random-bytes", bytes(r.randrange(256) for _ in range(r.randrange(1, 3000))), "half"
+        elif k == 1:
+            line = r.choice(METHODS) + " " + r.choice(ROUTES + ["*", "", "/" + "a" * 9000, "%00", "/../etc"])
+            yield "request-line", (line + r.choice([" HTTP/1.1", " HTTP/0.9", " HTTP/9.9", "", " HTTP/1.1 x"])
+                                   + "\r\n\r\n").encode("latin-1", "replace"), "half"
+        elif k == 2:
+            yield "method", http(r.choice(METHODS), r.choice(ROUTES), b'{"a":1}'), "read"
+        elif k == 3:
+            path, _ = base_request(r)
+            yield "random-body", http("POST", path, bytes(r.randrange(256) for _ in range(r.randrange(1, 500))),
+                                      {"Content-Type": "application/json"}), "read"
+        elif k == 4:
+            path, obj = base_request(r)
+            s = json.dumps(obj).encode()
+            yield "truncated-json", http("POST", path, s[:r.randrange(len(s))] or b"{",
+                                         {"Content-Type": "application/json"}), "read"
+        elif k in (5, 6, 7, 8):
+            path, obj = base_request(r)
+            f = r.choice(FIELDS)
+            if r.random() < 0.2:
+                obj.pop(f, None)
+            else:
+                obj[f] = rand_json(r)
+            if f in ("max_tokens", "max_completion_tokens") and (obj.get(f) is None or not isinstance(obj[f], int)
+                                                                 or obj[f] > 4):
+                obj[f] = r.choice([0, -1, "8", 2.5, [1], {"a": 1}])  # invalid only: keep generation short
+            if f == "stream" and obj.get("stream") is True:
+                obj["stream"] = "true"
+            yield "mutated-field:" + f, json_http(path, obj), "read"
+        elif k == 9:
+            depth = r.choice([100, 3000, 50000, 200000])
+            s = (r.choice(["[", '{"a":']) * depth).encode()
+            yield "deep-nesting", http("POST", "/v1/chat/completions", s, {"Content-Type": "application/json"}), "read"
+        elif k == 10:
+            lit = r.choice(["1e99999", "-1e99999", "123456789012345678901234567890", "NaN", "Infinity",
+                            "0x10", "1.5e308", "-0", "00012", "1e-99999"])
+            body = ('{"messages":[{"role":"user","content":"hi"}],"max_tokens":1,"temperature":%s}' % lit).encode()
+            yield "huge-number", http("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}), "read"
+        elif k == 11:
+            bad = r.choice([b'{"messages":[{"role":"user","content":"\xff\xfe"}],"max_tokens":1}',
+                            b'{"messages":[{"role":"user","content":"a\\u0000b"}],"max_tokens":1}',
+                            b'{"messages":[{"role":"user","content":"\\ud800"}],"max_tokens":1}',
+                            b'{"prompt":"x","max_tokens":1,"prompt":"y"}',
+                            b'\xef\xbb\xbf{"prompt":"bom","max_tokens":1}'])
+            yield "bad-utf8", http("POST", "/v1/completions", bad, {"Content-Type": "application/json"}), "read"
+        elif k == 12:
+            cl = r.choice(["abc", "-1", "99999999999999999999", "1 2", "", "0x10", "5000000"])
+            yield "content-length", http("POST", "/v1/completions", b'{"prompt":"x"}',
+                                         {"Content-Length": cl, "Content-Type": "application/json"},
+                                         content_length=False), "half"
+        elif k == 13:
+            chunks = r.choice([b"zz\r\nabc\r\n0\r\n\r\n", b"ffffffffffffffff\r\nab", b"3\r\nabc", b"-1\r\n\r\n",
+                               b"5\r\n{\"pr\r\n0\r\n\r\n"])
+            yield "chunked", http("POST", "/v1/completions", chunks,
+                                  {"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+                                  content_length=False), "half"
+        elif k == 14:
+            big = "x" * r.choice([8000, 70000, 300000])
+            yield "big-header", http("GET", "/health", b"", {"X-Big": big}), "half"
+        elif k == 15:
+            path, obj = base_request(r)
+            s = json.dumps(obj).encode()
+            payload = http("POST", path, b"", {"Content-Type": "application/json",
+                                               "Content-Length": str(len(s) + 100)}, content_length=False)
+            yield "drop-mid-request", payload + s[:r.randrange(len(s))], "drop"
+        elif k == 16:
+            path, obj = base_request(r)
+            obj.update(stream=True, max_tokens=r.choice([3, 6]))
+            yield "drop-mid-stream", json_http(path, obj), "stream-drop"
+        elif k == 17:
+            body = b"x" * r.choice([(1 << 20) + 1, 3 << 20])
+            yield "oversized-body", http("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}), "read"
+        elif k == 18:
+            path, obj = base_request(r)
+            yield "content-type", http("POST", path, json.dumps(obj).encode(),
+                                       {"Content-Type": r.choice(["text/plain", "multipart/form-data; boundary=x",
+                                                                  "application/jsonx", "application/x-www-form-urlencoded"])}), "read"
+        else:
+            path, obj = base_request(r)
+            obj["stream"] = r.random() < 0.5
+            yield "valid", json_http(path, obj), "read"
+
+
+def send(host, port, payload, mode, timeout=60):
+    s = socket.create_connection((host, port), timeout=timeout)
+    try:
+        try:
+            s.sendall(payload)
+        except OSError:
+            return b"", "send-failed"
+        if mode == "drop":
+            return b"", "dropped"
+        if mode == "half":
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        out = b""
+        limit = 200 if mode == "stream-drop" else 1 << 22
+        while len(out) < limit:
+            try:
+                b = s.recv(65536)
+            except socket.timeout:
+                return out, "timeout"
+            except OSError:
+                break
+            if not b:
+                break
+            out += b
+        return out, "ok"
+    finally:
+        s.close()
+
+
+def check_response(kind, payload, out, errors):
+    """Returns the status (0: no HTTP answer); records malformed error bodies."""
+    if not out.startswith(b"HTTP/1."):
+        return 0
+    try:
+        status = int(out[9:12])
+    except ValueError:
+        errors.append((kind, out[:120]))
+        return -1
+    head, _, body = out.partition(b"\r\n\r\n")
+    if payload.startswith(b"HEAD "):
+        return status  # headers only
+    if status >= 400 and b"application/json" in head.lower() and b"content-length" in head.lower():
+        try:
+            err = json.loads(body)["error"]
+            assert set(err) == {"message", "type", "param", "code"} and err["message"]
+        except Exception:
+            errors.append((kind, out[:300]))
+    return status
+
+
+REFERENCE = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+             "max_tokens": 12, "temperature": 0}
+
+
+def run_corpus(server, n):
+    st, ref = server.post_json("/v1/chat/completions", REFERENCE)
+    assert st == 200
+    rss0 = server.rss_kb()
+    statuses = collections.Counter()
+    by_kind = collections.defaultdict(collections.Counter)
+    outcomes = collections.Counter()
+    errors = []
+    lock = threading.Lock()
+
+    def one(item):
+        kind, payload, mode = item
+        out, how = send(server.host, server.port, payload, mode)
+        st = check_response(kind, payload, out, errors)
+        with lock:
+            statuses[st] += 1
+            by_kind[kind.split(":")[0]][st] += 1
+            outcomes[how] += 1
+
+    t0 = time.time()
+    with ThreadPoolExecutor(8) as ex:
+        for i, _ in enumerate(ex.map(one, corpus(n))):
+            if i % 250 == 0:
+                assert server.alive(), f"server died during the corpus:\n{server.log()[-3000:]}"
+    took = time.time() - t0
+    assert server.alive(), server.log()[-3000:]
+    st, h = server.health()
+    assert st == 200 and h["status"] == "ok"
+    # every slot comes back, nothing stays queued
+    deadline = time.time() + 10
+    while time.time() < deadline and (h["slots_processing"] or h["queue"]):
+        time.sleep(0.1)
+        h = server.health()[1]
+    assert h["slots_processing"] == 0 and h["queue"] == 0, h
+    st, after = server.post_json("/v1/chat/completions", REFERENCE)
+    assert st == 200 and after["choices"][0]["message"]["content"] == ref["choices"][0]["message"]["content"]
+    rss1 = server.rss_kb()
+    print(f"\nhostile corpus: {n} requests in {took:.1f} s; statuses {dict(statuses)}; outcomes {dict(outcomes)}; "
+          f"RSS {rss0} -> {rss1} KiB")
+    assert not errors, errors[:5]
+    # 505 is libmicrohttpd's answer to "HTTP/9.9"; any other 5xx is a server fault
+    assert not [s for s in statuses if s >= 500 and s != 505], {k: dict(v) for k, v in by_kind.items()}
+    assert outcomes["timeout"] == 0, outcomes
+    assert rss1 < rss0 + 96 * 1024, (rss0, rss1)
+    return statuses, by_kind
+
+
+@pytest.fixture(scope="module")
+def server(llama3c, smollm2_path):
+    s = Server(smollm2_path, "--parallel", 4, "--ctx", 128, "--queue", 256, "--max-body", 1 << 20,
+               "--timeout", 10)
+    s.start()
+    try:
+        yield s
+    finally:
+        code = s.stop()
+        s.kill()
+    assert code == 0, s.log()[-3000:]
+
+
+def test_hostile_sample(server):
+    statuses, by_kind = run_corpus(server, 300)
+    assert statuses[200] > 0 and statuses[400] > 0
+
+
+@pytest.mark.slow
+def test_hostile_corpus(server):
+    n = int(os.environ.get("L3C_HOSTILE_N", "2000"))
+    statuses, by_kind = run_corpus(server, n)
+    assert by_kind["valid"][200] == sum(by_kind["valid"].values())
+    # 413, or the connection reset while the client was still sending the rest of the body
+    assert set(by_kind["oversized-body"]) <= {413, 0} and by_kind["oversized-body"][413] > 0
+    assert set(by_kind["content-type"]) == {415}
