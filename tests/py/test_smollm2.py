@@ -47,7 +47,7 @@ PROMPTS = [
 ]
 N_GEN = 32
 # Prompt logits, normalised by the logit RMS (~8): (nmax, nrms) limits. Measured on a 14-token
-# prompt: llama3c vs llama.cpp 0.18 / 0.032; vs the float64 reference llama3c 0.21 / 0.046 and
+# prompt: llama3c vs llama.cpp 0.18-0.22 / 0.032-0.037; vs the float64 reference llama3c 0.21 / 0.046 and
 # llama.cpp 0.20 / 0.045 (30 layers of 8-bit activations: both engines are equally far from it).
 LOGIT_TOL = (0.40, 0.07)
 REF_TOL = (0.40, 0.08)
@@ -167,6 +167,11 @@ def test_greedy_matches_llama_cpp(llama3c, smollm2_path, lcpp_model, prompt):
 
 
 def test_chat_mentions_paris(llama3c, smollm2_path):
-    p = run_cli("chat", "-m", smollm2_path, "-p", "What is the capital of France?", "-n", 48, "--temp", 0,
+    """Coherence. The bare "What is the capital of France?" is a near tie at the first answer token
+    in llama.cpp too (gap 0.09 between "L" and "The"; greedy then rambles "L'Étoile, la Cité..."),
+    so the test uses the demo's prompt, whose greedy answer in llama.cpp is "The capital of France
+    is Paris." with top-2 gaps >= 0.88 over its first 7 tokens."""
+    p = run_cli("chat", "-m", smollm2_path, "-p", "What is the capital of France? Answer in one sentence.",
+                "-n", 48, "--temp", 0,
                 "--seed", 1, "-t", THREADS)
     assert "Paris" in p.stdout, f"answer does not mention Paris: {p.stdout!r}"
