@@ -13,7 +13,6 @@ expected difference is the engine's (llama.cpp-style) 8-bit quantization of the 
 against the same reference on the same files (docs/TESTING.md has the measured figures), with
 about 2x headroom; a real bug (wrong rope pairing, GQA mapping, norm, scale) gives nmax > 1.
 """
-import os
 
 import numpy as np
 import pytest
