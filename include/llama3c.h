@@ -204,6 +204,11 @@ L3C_API int64_t l3c_tokenize(const l3c_tokenizer *tok, const char *text, size_t 
 
 /* Raw bytes of one token (specials give their text). Returns bytes written, or -(needed). */
 L3C_API int32_t l3c_token_to_bytes(const l3c_tokenizer *tok, int32_t id, char *buf, int32_t cap);
+/* The bytes token `id` adds to streamed text when it follows token `prev` (-1: none): as
+ * l3c_token_to_bytes, except that a SentencePiece vocabulary drops the leading space of the
+ * first piece after BOS, as its reference decoder does. Returns bytes written, or -(needed). */
+L3C_API int32_t l3c_token_to_piece(const l3c_tokenizer *tok, int32_t prev, int32_t id, char *buf,
+                                   int32_t cap);
 /* The vocabulary entry as stored (e.g. "Ġthe", "▁the", "<0x0A>"); borrowed; NULL if out of range. */
 L3C_API const char *l3c_token_text(const l3c_tokenizer *tok, int32_t id);
 

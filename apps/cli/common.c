@@ -372,7 +372,8 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         if (g->print_ids) {
             if (g->out) fprintf(g->out, "%s%d", s->n_gen > 1 ? " " : "", (int)id);
         } else if (g->print_special || !l3c_token_is_special(s->tok, id)) {
-            int32_t nb = l3c_token_to_bytes(s->tok, id, piece, (int32_t)piece_cap);
+            int32_t prev = s->n_cache > 0 ? s->cache[s->n_cache - 1] : -1;
+            int32_t nb = l3c_token_to_piece(s->tok, prev, id, piece, (int32_t)piece_cap);
             if (nb < 0) {
                 char *bigger = realloc(piece == small ? NULL : piece, (size_t)-nb);
                 if (!bigger) {
@@ -382,7 +383,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
                 }
                 piece = bigger;
                 piece_cap = (size_t)-nb;
-                nb = l3c_token_to_bytes(s->tok, id, piece, (int32_t)piece_cap);
+                nb = l3c_token_to_piece(s->tok, prev, id, piece, (int32_t)piece_cap);
             }
             if (nb > 0 && (sb_add(&pend, piece, (size_t)nb) || (g->text && sb_add(&text, piece, (size_t)nb)))) {
                 fprintf(stderr, "llama3c %s: out of memory\n", s->cmd);

@@ -460,4 +460,18 @@ int32_t l3c_token_to_bytes(const l3c_tokenizer *t, int32_t id, char *buf, int32_
     return n;
 }
 
+int32_t l3c_token_to_piece(const l3c_tokenizer *t, int32_t prev, int32_t id, char *buf,
+                           int32_t cap) {
+    if (!t || id < 0 || id >= t->n_vocab) return 0;
+    const uint8_t *b = l3c_tok_bytes(t, id);
+    int32_t n = (int32_t)t->tok[id].bytes_len;
+    int is_text = t->tok[id].type != L3C_TT_CONTROL && t->tok[id].type != L3C_TT_UNKNOWN;
+    if (t->kind == L3C_TOK_SPM && t->add_space_prefix && prev >= 0 && prev == t->bos && is_text &&
+        n > 0 && b[0] == ' ')
+        b++, n--;
+    if (n > cap || (!buf && n)) return -n;
+    memcpy(buf, b, (size_t)n);
+    return n;
+}
+
 int l3c_tokenizer_wants_bos(const l3c_tokenizer *t) { return t && t->add_bos && t->bos >= 0; }
