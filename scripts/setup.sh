@@ -37,6 +37,8 @@ die() {
 
 # ---------------------------------------------------------------- 1. Debian packages
 PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev python3 python3-venv python3-pip)
+# the tests also drive pages (the server's chat page, explain --html) in headless Chromium
+((WITH_TEST)) && PKGS+=(chromium)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
