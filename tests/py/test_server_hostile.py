@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server_util import Server
+from server_util import BUILD, Server
 
 ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/",
           "/v1/chat/completions/", "/v1//completions", "/nope", "/v1/chat/completions?x=1"]
@@ -256,7 +256,8 @@ def run_corpus(server, n):
     # 505 is libmicrohttpd's answer to "HTTP/9.9"; any other 5xx is a server fault
     assert not [s for s in statuses if s >= 500 and s != 505], {k: dict(v) for k, v in by_kind.items()}
     assert outcomes["timeout"] == 0, outcomes
-    assert rss1 < rss0 + 96 * 1024, (rss0, rss1)
+    if "asan" not in BUILD:  # ASan keeps freed memory in quarantine: RSS says nothing there
+        assert rss1 < rss0 + 96 * 1024, (rss0, rss1)
     return statuses, by_kind
 
 
