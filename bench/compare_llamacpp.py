@@ -89,6 +89,15 @@ print(json.dumps({"pp_tokens_per_s": statistics.median(pp) if pp else 0,
     return json.loads(out.strip().splitlines()[-1])
 
 
+def best(runs):
+    """Per metric, the best of the alternated rounds (other processes only ever slow a run)."""
+    r = dict(runs[0])
+    for k in ("pp_tokens_per_s", "tg_tokens_per_s"):
+        r[k] = max(x[k] for x in runs)
+    r["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in runs)
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -96,6 +105,7 @@ def main():
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="alternated runs of each engine per file")
     ap.add_argument("--types", default="Q4_0,Q4_K_M,Q8_0,F16")
     ap.add_argument("--with-8b", action="store_true", help="also Llama-3-8B-shaped Q4_0 and Q4_K_M")
     ap.add_argument("--smollm2", action="store_true", help="also the default SmolLM2 Q4_1 model")
@@ -122,18 +132,22 @@ def main():
     bw = bandwidth(a.threads)
     print("read bandwidth with %d threads: %.1f GB/s" % (a.threads, bw))
     print("| file | GB/token | ours pp%d | llama.cpp pp%d | pp ratio | ours tg%d | llama.cpp tg%d "
-          "| tg ratio | ours % of bound | ours peak RSS |" % (a.p, a.p, a.n, a.n))
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| tg ratio | ours %% of bound | llama.cpp %% of bound | ours peak RSS |" % (a.p, a.p, a.n, a.n))
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, f in files:
         gb = weights_read_per_token(f) / 1e9
-        o = ours(f, a.threads, a.p, a.n, a.reps)
-        l = llamacpp(f, a.threads, a.p, a.n, a.reps)
+        runs_o, runs_l = [], []
+        for _ in range(a.rounds):  # alternate, so both see the same machine load
+            runs_o.append(ours(f, a.threads, a.p, a.n, a.reps))
+            runs_l.append(llamacpp(f, a.threads, a.p, a.n, a.reps))
+        o, l = best(runs_o), best(runs_l)
         bound = bw / gb
-        print("| %s | %.2f | %.1f | %.1f | %.2fx | %.2f | %.2f | %.2fx | %.0f%% | %.0f MiB |" % (
+        print("| %s | %.2f | %.1f | %.1f | %.2fx | %.2f | %.2f | %.2fx | %.0f%% | %.0f%% | %.0f MiB |" % (
             label, gb, o["pp_tokens_per_s"], l["pp_tokens_per_s"],
             o["pp_tokens_per_s"] / max(l["pp_tokens_per_s"], 1e-9), o["tg_tokens_per_s"],
             l["tg_tokens_per_s"], o["tg_tokens_per_s"] / max(l["tg_tokens_per_s"], 1e-9),
-            100 * o["tg_tokens_per_s"] / bound, o["peak_rss_bytes"] / 2**20), flush=True)
+            100 * o["tg_tokens_per_s"] / bound, 100 * l["tg_tokens_per_s"] / bound,
+            o["peak_rss_bytes"] / 2**20), flush=True)
     print("path: %s; llama.cpp via llama-cpp-python %s; %s" % (
         o["path"], l.get("version"), time.strftime("%Y-%m-%d")))
 

@@ -26,8 +26,11 @@
 #define CONVERT_INLINE 65536
 /* Token rows per chunk of a parallel conversion. */
 #define CONVERT_ROWS 4
-/* Aim for this many chunks per thread so that a late or slow thread is absorbed by the rest. */
+/* Aim for at least this many chunks per thread so that a late or slow thread is absorbed by
+ * the rest, and for at most CHUNK_MACS multiply-adds per chunk (~0.1 ms): when the OS preempts
+ * a worker in the middle of a chunk, the others wait for that chunk only. */
 #define CHUNKS_PER_THREAD 16
+#define CHUNK_MACS (1 << 21)
 #define SCRATCH_ALIGN 64
 
 /* bytes of one activation row in vec_dot_type; 0 when the weight is not usable */
@@ -189,7 +192,10 @@ void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, flo
     const int nth = l3c_threadpool_n_threads(tp);
     int64_t tiles = 0;
     for (int i = 0; i < (swiglu ? 1 : n); i++) tiles += l3c_n_chunks(w[i]->n_out, TILE_ROWS);
-    job.tiles_per_chunk = nth == 1 ? tiles : L3C_MAX(1, tiles / (CHUNKS_PER_THREAD * nth));
+    const int64_t tile_macs = TILE_ROWS * T * w[0]->n_in * (swiglu ? 2 : 1);
+    job.tiles_per_chunk = nth == 1 ? tiles
+                                   : L3C_MAX(1, L3C_MIN(tiles / (CHUNKS_PER_THREAD * nth),
+                                                        CHUNK_MACS / tile_macs));
     while (layout_chunks(&job) > L3C_MAX_CHUNKS) job.tiles_per_chunk *= 2; /* huge matrices */
     l3c_threadpool_run(tp, job.first_chunk[n], dot_chunk, &job);
 }
