@@ -551,7 +551,8 @@ static sched_finish sample_slot(sched *s, slot *sl, size_t *emit_to, long *stop_
     sl->n_gen++;
     sl->next_token = tok;
     char piece[256];
-    int32_t nb = l3c_token_to_bytes(s->tok, tok, piece, (int32_t)sizeof piece);
+    int32_t prev = sl->n_cache > 0 ? sl->cache[sl->n_cache - 1] : -1;
+    int32_t nb = l3c_token_to_piece(s->tok, prev, tok, piece, (int32_t)sizeof piece);
     size_t from = sl->gen_len;
     if (nb > 0 && gen_append(sl, piece, (size_t)nb) != 0) return SCHED_FINISH_ERROR;
     if (j->n_stop) {

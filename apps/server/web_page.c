@@ -4,8 +4,7 @@
  * of 'self' + inline only). The page keeps the conversation in memory, sends it to
  * /v1/chat/completions with stream:true and renders the SSE deltas as they arrive
  * (fetch + ReadableStream). Text is inserted with textContent only (never innerHTML).
- * A deep link /#ask=QUESTION types the question and presses Send on load (used by the
- * headless-browser test, and handy for bookmarks).
+ * Settings may come from the link: /#temperature=0&max_tokens=64.
  */
 #include "http.h"
 
@@ -148,11 +147,11 @@ const char l3c_web_page[] =
 "  if (aborter) aborter.abort();\n"
 "  history = []; log.textContent = '';\n"
 "});\n"
-"/* deep link: /#ask=QUESTION[&temperature=T][&max_tokens=N] fills the box and presses Send */\n"
+"/* settings from the link: /#temperature=T&max_tokens=N */\n"
 "const link = new URLSearchParams(location.hash.slice(1));\n"
 "if (link.has('temperature')) $('temp').value = link.get('temperature');\n"
 "if (link.has('max_tokens')) $('maxtok').value = link.get('max_tokens');\n"
-"if (link.get('ask')) { input.value = link.get('ask'); send.click(); } else input.focus();\n"
+"input.focus();\n"
 "</script></body></html>\n";
 
 const size_t l3c_web_page_len = sizeof l3c_web_page - 1;
