@@ -28,6 +28,7 @@ static void usage(FILE *f) {
         "  -t, --threads N    threads (default: physical cores)\n"
         "  -r, --reps N       repetitions (default 3)\n"
         "  --kv TYPE          KV cache type f16 (default), f32, q8_0\n"
+        "  -c, --ctx N        context size to allocate (default: max(-p, -n) + 8)\n"
         "  --json             print one JSON object instead of the table\n"
         "  -h, --help         this text\n");
 }
@@ -77,7 +78,7 @@ static double timed_decode(l3c_context *ctx, const int32_t *tokens, int32_t *pos
 
 int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
-    int n_prompt = 512, n_gen = 128, n_batch = 512, threads = 0, reps = 3, json = 0;
+    int n_prompt = 512, n_gen = 128, n_batch = 512, threads = 0, reps = 3, json = 0, n_ctx = 0;
     int kv_type = L3C_KV_F16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -89,6 +90,7 @@ int cmd_bench(int argc, char **argv) {
         else if ((!strcmp(a, "-b") || !strcmp(a, "--batch")) && has) n_batch = atoi(argv[++i]);
         else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has) threads = atoi(argv[++i]);
         else if ((!strcmp(a, "-r") || !strcmp(a, "--reps")) && has) reps = atoi(argv[++i]);
+        else if ((!strcmp(a, "-c") || !strcmp(a, "--ctx")) && has) n_ctx = atoi(argv[++i]);
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--kv") && has) {
             const char *k = argv[++i];
@@ -102,8 +104,11 @@ int cmd_bench(int argc, char **argv) {
             return 2;
         }
     }
-    if (!path || n_prompt < 0 || n_gen < 0 || reps < 1 || n_batch < 1 || (!n_prompt && !n_gen)) {
-        fprintf(stderr, "llama3c bench: need -m MODEL, -p/-n >= 0 (not both 0), -r >= 1, -b >= 1\n");
+    int32_t n_max = n_prompt > n_gen ? n_prompt : n_gen;
+    if (!path || n_prompt < 0 || n_gen < 0 || reps < 1 || n_batch < 1 || (!n_prompt && !n_gen) ||
+        (n_ctx != 0 && n_ctx < n_max)) {
+        fprintf(stderr, "llama3c bench: need -m MODEL, -p/-n >= 0 (not both 0), -r >= 1, -b >= 1, "
+                        "--ctx >= max(-p, -n)\n");
         usage(stderr);
         return 2;
     }
@@ -118,9 +123,8 @@ int cmd_bench(int argc, char **argv) {
     }
     l3c_model_info info;
     l3c_model_get_info(model, &info);
-    int32_t n_max = n_prompt > n_gen ? n_prompt : n_gen;
     l3c_context_params cp = l3c_context_default_params();
-    cp.n_ctx = n_max + 8;
+    cp.n_ctx = n_ctx ? n_ctx : n_max + 8;
     cp.n_batch = n_batch < n_prompt ? n_batch : (n_prompt > 0 ? n_prompt : 1);
     cp.n_threads = threads;
     cp.kv_type = kv_type;
@@ -168,16 +172,16 @@ int cmd_bench(int argc, char **argv) {
             putchar(*c);
         }
         printf("\", \"model_type\": \"%s\", \"n_params\": %lld, \"model_bytes\": %zu, "
-               "\"threads\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_batch\": %d, \"reps\": %d, "
+               "\"threads\": %d, \"n_ctx\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_batch\": %d, \"reps\": %d, "
                "\"pp_tokens_per_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
                "\"tg_tokens_per_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, "
                "\"peak_rss_bytes\": %lld, \"path\": \"%s\"}\n",
-               info.file_type, (long long)info.n_params, info.weight_bytes, threads, n_prompt, n_gen,
+               info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx, n_prompt, n_gen,
                cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, rss,
                l3c_backend_path());
     } else {
         printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type, info.weight_bytes / 1e9);
-        printf("threads %d, path %s, %d reps\n", threads, l3c_backend_path(), reps);
+        printf("threads %d, path %s, %d reps, n_ctx %d\n", threads, l3c_backend_path(), reps, cp.n_ctx);
         if (n_prompt)
             printf("pp%-5d %9.2f t/s  (min %.2f, max %.2f)\n", n_prompt, spp.median, spp.min, spp.max);
         if (n_gen)

@@ -201,6 +201,63 @@ static void test_matmul(void) {
     CHECK(l3c_matmul_scratch_bytes(&bad, 1) == SIZE_MAX);
 }
 
+/* l3c_matmul_multi == separate l3c_matmul calls (+ l3c_swiglu), bit for bit, for weights of
+ * different types and activation formats, on 1 and 3 threads, T below and above the size at
+ * which the conversion goes parallel. */
+static void test_matmul_multi(void) {
+    const int types[3] = {L3C_TYPE_Q4_K, L3C_TYPE_Q6_K, L3C_TYPE_Q4_1};
+    const int64_t n_in = 512, n_out[3] = {72, 37, 72}, Ts[] = {1, 3, 160};
+    l3c_weight w[3];
+    void *wdata[3];
+    float *wf = malloc(sizeof(float) * 72 * n_in);
+    for (int i = 0; i < 3; i++) {
+        size_t row;
+        CHECK(l3c_row_size(types[i], n_in, &row));
+        wdata[i] = malloc(row * (size_t)n_out[i]);
+        make_weights(types[i], wf, wdata[i], n_out[i], n_in);
+        w[i] = (l3c_weight){.name = "w", .type = types[i], .n_in = n_in, .n_out = n_out[i],
+                            .row_bytes = row, .data = wdata[i]};
+    }
+    const l3c_weight *all[3] = {&w[0], &w[1], &w[2]}, *gu[2] = {&w[0], &w[2]};
+    const int64_t T_max = 160;
+    float *x = malloc(sizeof(float) * T_max * n_in), *ref[3], *got[3];
+    float *act = malloc(sizeof(float) * T_max * 72);
+    for (int i = 0; i < 3; i++) {
+        ref[i] = malloc(sizeof(float) * T_max * n_out[i]);
+        got[i] = malloc(sizeof(float) * T_max * n_out[i]);
+    }
+    size_t sb = l3c_matmul_multi_scratch_bytes(3, all, T_max);
+    CHECK(sb != SIZE_MAX && sb >= l3c_matmul_scratch_bytes(&w[2], T_max));
+    void *scratch = malloc(sb);
+    l3c_threadpool *tp3 = NULL;
+    CHECK(l3c_threadpool_create(3, &tp3) == L3C_OK);
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+        const int64_t T = Ts[ti];
+        for (int64_t i = 0; i < T * n_in; i++) x[i] = rnd_f(-1.0f, 1.0f);
+        for (int i = 0; i < 3; i++) l3c_matmul(NULL, &w[i], x, ref[i], T, scratch);
+        for (int pass = 0; pass < 2; pass++) {
+            l3c_threadpool *tp = pass ? tp3 : NULL;
+            l3c_matmul_multi(tp, 3, all, got, x, T, scratch, false);
+            for (int i = 0; i < 3; i++)
+                CHECK_MSG(memcmp(got[i], ref[i], sizeof(float) * T * n_out[i]) == 0,
+                          "multi T=%lld weight %d differs", (long long)T, i);
+            float *gy[2] = {got[0], got[2]};
+            l3c_matmul_multi(tp, 2, gu, gy, x, T, scratch, true);
+            memcpy(act, ref[0], sizeof(float) * T * 72);
+            l3c_swiglu(act, ref[2], T * 72);
+            CHECK_MSG(memcmp(got[0], act, sizeof(float) * T * 72) == 0,
+                      "multi swiglu T=%lld differs", (long long)T);
+            CHECK(memcmp(got[2], ref[2], sizeof(float) * T * 72) == 0);
+        }
+    }
+    l3c_threadpool_free(tp3);
+    free(scratch);
+    free(x);
+    free(act);
+    free(wf);
+    for (int i = 0; i < 3; i++) free(wdata[i]), free(ref[i]), free(got[i]);
+}
+
 /* ---------------------------------------------------------------- elementwise ops */
 
 static void test_elementwise(void) {
@@ -250,5 +307,6 @@ int main(void) {
     test_threadpool();
     test_elementwise();
     test_matmul();
+    test_matmul_multi();
     return CHECK_DONE("test_ops");
 }
