@@ -421,6 +421,29 @@ done:
     l3c_context_free(c2);
 }
 
+/* Logits are bitwise the same on 1 and 3 threads (ops split whole tiles, attention whole
+ * heads x token blocks; the thread pool hands chunks out dynamically): an 8-token batch, then
+ * single tokens. */
+static void test_thread_invariance(l3c_model *m) {
+    float a[8 * V], b[8 * V];
+    l3c_context *c[2] = {NULL, NULL};
+    const int nth[2] = {1, 3};
+    for (int i = 0; i < 2; i++) {
+        l3c_context_params cp = l3c_context_default_params();
+        cp.n_ctx = 16;
+        cp.n_threads = nth[i];
+        CHECK(l3c_context_create(m, &cp, &c[i]) == L3C_OK);
+    }
+    if (!c[0] || !c[1]) goto done;
+    CHECK(decode_seq(c[0], IDS, 8, 0, 8, a) == 0 && decode_seq(c[1], IDS, 8, 0, 8, b) == 0);
+    CHECK_MSG(memcmp(a, b, sizeof a) == 0, "batch logits differ between 1 and 3 threads");
+    CHECK(decode_seq(c[0], IDS, 4, 0, 1, a) == 0 && decode_seq(c[1], IDS, 4, 0, 1, b) == 0);
+    CHECK_MSG(memcmp(a, b, sizeof(float) * 4 * V) == 0, "decode logits differ between 1 and 3 threads");
+done:
+    l3c_context_free(c[0]);
+    l3c_context_free(c[1]);
+}
+
 static void test_two_sequences(l3c_model *m) {
     /* seq 0: IDS[0..5), seq 1: IDS[5..8), interleaved in one batch */
     int32_t tok[8] = {IDS[0], IDS[5], IDS[1], IDS[6], IDS[2], IDS[3], IDS[7], IDS[4]};
@@ -663,6 +686,7 @@ int main(void) {
         test_batch_vs_single(m, L3C_KV_F16);
         test_batch_vs_single(m, L3C_KV_F32);
         test_two_sequences(m);
+        test_thread_invariance(m);
         test_truncate(m);
         test_bad_batches(m);
         test_trace(m);
