@@ -47,7 +47,7 @@ lib: $(BUILD)/libllama3c.a
 cli: $(BUILD)/llama3c
 tests: $(TEST_BIN)
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h apps/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(if $(filter src/%,$<),$(LIB_CFLAGS),$(APP_CFLAGS)) $(ISA_FLAGS) -c $< -o $@
 
