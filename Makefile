@@ -47,9 +47,11 @@ lib: $(BUILD)/libllama3c.a
 cli: $(BUILD)/llama3c
 tests: $(TEST_BIN)
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h apps/*/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(if $(filter src/%,$<),$(LIB_CFLAGS),$(APP_CFLAGS)) $(ISA_FLAGS) -c $< -o $@
+
+$(APP_OBJ): $(wildcard apps/*/*.h)
 
 $(BUILD)/libllama3c.a: $(LIB_OBJ)
 	@rm -f $@
