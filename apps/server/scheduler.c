@@ -113,7 +113,13 @@ sched_job *sched_job_new(int32_t *prompt, int32_t n_prompt, const sched_job_para
         free(prompt);
         return NULL;
     }
-    pthread_cond_init(&j->cond, NULL);
+    /* sched_job_wait computes its deadline on CLOCK_MONOTONIC: the condition must use it too
+     * (with the default CLOCK_REALTIME every wait would time out at once and spin) */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cond, &ca);
+    pthread_condattr_destroy(&ca);
     j->refs = 1;
     j->prompt = prompt;
     j->n_prompt = n_prompt;
@@ -259,6 +265,7 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->work, &ca);
+    pthread_condattr_destroy(&ca);
     s->slots = calloc((size_t)s->n_slots, sizeof *s->slots);
     s->queue = calloc((size_t)s->queue_cap, sizeof *s->queue);
     s->b_cap = s->step_tokens + s->n_slots;
