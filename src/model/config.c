@@ -78,7 +78,9 @@ l3c_status l3c_config_from_gguf(const l3c_gguf *g, l3c_config *cfg) {
 
     /* vocabulary size: llama.vocab_size, else the token list, else token_embd's ne1 */
     cfg->n_vocab = 0;
-    if ((st = get_int(g, "llama.vocab_size", 1, 1, L3C_MAX_VOCAB, &cfg->n_vocab))) return st;
+    if (l3c_gguf_find(g, "llama.vocab_size") &&
+        (st = get_int(g, "llama.vocab_size", 0, 1, L3C_MAX_VOCAB, &cfg->n_vocab)))
+        return st;
     if (cfg->n_vocab == 0) {
         const l3c_gguf_kv *toks = NULL;
         if ((st = l3c_gguf_get_arr(g, "tokenizer.ggml.tokens", 1, -1, &toks))) return st;

@@ -107,8 +107,9 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
         if ((st = l3c_tokenizer_from_gguf(g, &m->tok))) goto fail;
         int32_t nv = l3c_vocab_size(m->tok);
         if (nv > m->cfg.n_vocab) {
-            st = l3c_fail(L3C_ERR_FORMAT, "%s: tokenizer has %d tokens but the model's vocabulary "
-                                          "is %d", path, nv, m->cfg.n_vocab);
+            st = l3c_fail(L3C_ERR_FORMAT, "%s: key 'tokenizer.ggml.tokens' has %d tokens but the "
+                                          "model's vocabulary (token_embd.weight rows) is %d", path,
+                          nv, m->cfg.n_vocab);
             goto fail;
         }
     }

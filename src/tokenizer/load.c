@@ -8,25 +8,34 @@
  *    file) is treated as end-of-message for l3c_token_is_eog. Merge priority is the rank.
  *  - Hugging Face tokenizer.json (model.type BPE: vocab, merges as "a b" or ["a","b"],
  *    added_tokens, the pre_tokenizer's Split regex / ByteLevel).
- * l3c_tokenizer_load() picks the source by content: "GGUF" magic, a JSON object, else tiktoken.
+ * l3c_tokenizer_load() picks the source by content: "GGUF" magic, a JSON object, else tiktoken;
+ * l3c_tokenizer_load_memory() does the same on a caller's buffer (tests, fuzzing).
  * Owns nothing after returning: the file buffer is freed, the tokenizer goes to the caller.
  */
 #include "io/gguf.h"
 #include "tokenizer/tok_internal.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- GGUF */
 
-static int32_t opt_id(const l3c_gguf *g, const char *key, int32_t n, int32_t dflt, l3c_status *st) {
+/* A special-token id: absent gives dflt; present, it must be a vocabulary id (a BOS past the
+ * vocabulary would make every prompt index out of the embedding table's rows in the model). */
+static int32_t opt_id(const l3c_gguf *g, const char *what, const char *key, int32_t n, int32_t dflt,
+                      l3c_status *st) {
     uint32_t v = (uint32_t)-1;
     if (*st) return dflt;
     const l3c_gguf_kv *kv = l3c_gguf_find(g, key);
     if (!kv) return dflt;
     *st = l3c_gguf_get_u32(g, key, 1, &v);
     if (*st) return dflt;
-    if (v >= (uint32_t)n) return -1; /* e.g. a padding id past the vocabulary: treat as absent */
+    if (v >= (uint32_t)n) {
+        *st = l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: key '%s' = %u is out of range [0, %d)", what,
+                       key, (unsigned)v, (int)n);
+        return dflt;
+    }
     return (int32_t)v;
 }
 
@@ -54,14 +63,16 @@ l3c_status l3c_tokenizer_from_gguf(const l3c_gguf *g, l3c_tokenizer **out) {
     if (kind == L3C_TOK_BPE && (st = l3c_gguf_get_arr(g, "tokenizer.ggml.merges", 0, L3C_GGUF_STRING, &merges)))
         return st;
     if (tokens->n == 0 || tokens->n > INT32_MAX)
-        return l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: tokenizer.ggml.tokens has %llu entries", what,
+        return l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: key 'tokenizer.ggml.tokens' has %llu entries", what,
                         (unsigned long long)tokens->n);
     int32_t n = (int32_t)tokens->n;
     if (types && types->n != tokens->n)
-        return l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: token_type has %llu entries, tokens %d", what,
+        return l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: key 'tokenizer.ggml.token_type' has %llu entries, "
+                        "'tokenizer.ggml.tokens' %d", what,
                         (unsigned long long)types->n, (int)n);
     if (scores && scores->n != tokens->n)
-        return l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: scores has %llu entries, tokens %d", what,
+        return l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: key 'tokenizer.ggml.scores' has %llu entries, "
+                        "'tokenizer.ggml.tokens' %d", what,
                         (unsigned long long)scores->n, (int)n);
     if ((st = l3c_tokbuild_init(&b, kind, n, what))) return st;
     b.byte_level_text = kind == L3C_TOK_BPE;
@@ -95,11 +106,11 @@ l3c_status l3c_tokenizer_from_gguf(const l3c_gguf *g, l3c_tokenizer **out) {
     }
     if (kind == L3C_TOK_BPE && (st = l3c_tok_set_pre(t, pre.ptr, pre.len, what))) goto fail;
     st = L3C_OK;
-    t->bos = opt_id(g, "tokenizer.ggml.bos_token_id", n, kind == L3C_TOK_SPM && n > 1 ? 1 : -1, &st);
-    t->eos = opt_id(g, "tokenizer.ggml.eos_token_id", n, kind == L3C_TOK_SPM && n > 2 ? 2 : -1, &st);
-    t->unk = opt_id(g, "tokenizer.ggml.unknown_token_id", n, kind == L3C_TOK_SPM ? 0 : -1, &st);
-    t->eot = opt_id(g, "tokenizer.ggml.eot_token_id", n, -1, &st);
-    t->eom = opt_id(g, "tokenizer.ggml.eom_token_id", n, -1, &st);
+    t->bos = opt_id(g, what, "tokenizer.ggml.bos_token_id", n, kind == L3C_TOK_SPM && n > 1 ? 1 : -1, &st);
+    t->eos = opt_id(g, what, "tokenizer.ggml.eos_token_id", n, kind == L3C_TOK_SPM && n > 2 ? 2 : -1, &st);
+    t->unk = opt_id(g, what, "tokenizer.ggml.unknown_token_id", n, kind == L3C_TOK_SPM ? 0 : -1, &st);
+    t->eot = opt_id(g, what, "tokenizer.ggml.eot_token_id", n, -1, &st);
+    t->eom = opt_id(g, what, "tokenizer.ggml.eom_token_id", n, -1, &st);
     if (st) goto fail;
     bool add_bos = kind == L3C_TOK_SPM, add_space = kind == L3C_TOK_SPM;
     if ((st = l3c_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", 1, &add_bos))) goto fail;
@@ -278,12 +289,28 @@ static l3c_status json_pre(l3c_tokenizer *t, json_t *pt, const char *what) {
     return l3c_fail(L3C_ERR_UNSUPPORTED, "tokenizer: %s: pre-tokenizer type '%s' is not supported", what, type);
 }
 
+/* jansson allocates through the library hook (so allocation-failure tests reach the parser).
+ * Process-wide, set once: l3c_malloc is malloc and free is free, so JSON values another part of
+ * the program (the server) made before or makes after stay compatible. */
+static _Thread_local int g_json_oom; /* an allocation failed in this thread's current parse */
+static void *json_alloc(size_t n) {
+    void *p = l3c_malloc(n);
+    if (!p) g_json_oom = 1;
+    return p;
+}
+static void json_set_hooks(void) { json_set_alloc_funcs(json_alloc, free); }
+static pthread_once_t g_json_once = PTHREAD_ONCE_INIT;
+
 static l3c_status load_json(const char *data, size_t size, const char *what, l3c_tokenizer **out) {
     l3c_tokbuild b = {0};
     l3c_tokenizer *t = NULL;
     l3c_status st;
     json_error_t jerr;
+    pthread_once(&g_json_once, json_set_hooks);
+    g_json_oom = 0;
     json_t *root = json_loadb(data, size, 0, &jerr);
+    if (!root && g_json_oom) /* jansson reports some allocation failures as syntax errors */
+        return l3c_fail(L3C_ERR_NOMEM, "tokenizer: %s: out of memory parsing JSON", what);
     if (!root)
         return l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: JSON line %d: %s", what, jerr.line, jerr.text);
     json_t *model = json_object_get(root, "model");
@@ -314,6 +341,14 @@ static l3c_status load_json(const char *data, size_t size, const char *what, l3c
             goto fail;
         }
         maxid = L3C_MAX(maxid, json_integer_value(id));
+    }
+    /* every id in [0, maxid] needs an entry: more ids than entries cannot be a vocabulary, and
+     * checking first keeps one large id from sizing the tables */
+    if (maxid >= 0 && (size_t)maxid >= json_object_size(vocab) + json_array_size(added)) {
+        st = l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: id %lld but only %zu vocab + %zu added_tokens "
+                      "entries (ids must be 0..n-1)", what, (long long)maxid, json_object_size(vocab),
+                      json_array_size(added));
+        goto fail;
     }
     int32_t n = (int32_t)(maxid + 1);
     if ((st = l3c_tokbuild_init(&b, L3C_TOK_BPE, n, what))) goto fail;
@@ -411,10 +446,28 @@ l3c_status l3c_tokenizer_load(const char *path, l3c_tokenizer **out) {
     size_t size;
     l3c_status st = read_file(path, &data, &size);
     if (st) return st;
-    size_t k = 0;
-    while (k < size && (data[k] == ' ' || data[k] == '\t' || data[k] == '\r' || data[k] == '\n')) k++;
-    if (k < size && data[k] == '{') st = load_json(data, size, path, out);
-    else st = load_tiktoken(data, size, path, out);
+    st = l3c_tokenizer_load_memory(data, size, path, out);
     free(data);
     return st;
+}
+
+l3c_status l3c_tokenizer_load_memory(const void *buf, size_t size, const char *name,
+                                     l3c_tokenizer **out) {
+    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_tokenizer_load_memory: out is NULL");
+    *out = NULL;
+    if (!buf && size) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_tokenizer_load_memory: buf is NULL");
+    const char *data = buf ? buf : "";
+    if (!name) name = "memory";
+    if (size >= 4 && memcmp(data, "GGUF", 4) == 0) {
+        l3c_gguf *g = NULL;
+        l3c_status st = l3c_gguf_open_memory(data, size, name, &g);
+        if (st) return st;
+        st = l3c_tokenizer_from_gguf(g, out);
+        l3c_gguf_close(g);
+        return st;
+    }
+    size_t k = 0;
+    while (k < size && (data[k] == ' ' || data[k] == '\t' || data[k] == '\r' || data[k] == '\n')) k++;
+    if (k < size && data[k] == '{') return load_json(data, size, name, out);
+    return load_tiktoken(data, size, name, out);
 }

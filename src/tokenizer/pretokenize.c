@@ -65,7 +65,10 @@ l3c_status l3c_tok_add_regex(l3c_tokenizer *t, const char *pattern, size_t len, 
     }
     int err;
     PCRE2_SIZE erroff;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, PCRE2_UTF | PCRE2_UCP, &err, &erroff, cc);
+    /* \C would match one byte of a multi-byte character and hand the next match (and the next
+     * regex) an offset inside a character, which PCRE2_NO_UTF_CHECK makes undefined */
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C,
+                                   &err, &erroff, cc);
     pcre2_compile_context_free(cc);
     pcre2_general_context_free(gc);
     if (!re) {
