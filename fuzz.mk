@@ -24,3 +24,47 @@ $(FUZZ_DIR)/corpus/gguf: $(BUILD)/tests/test_gguf
 fuzz: $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/corpus/gguf
 	cd $(FUZZ_DIR) && ./fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
 	  -rss_limit_mb=2048 -print_final_stats=1 corpus/gguf
+
+# ---- tokenizer and model loading (tests/fuzz/fuzz_tokenizer.c, fuzz_model.c)
+#   make fuzz-tokenizer / fuzz-model / fuzz-all [FUZZ_SECONDS=n]
+# Instrumented: the harness, the GGUF seed writer (tests/unit/gguf_builder.c), the tokenizer, the
+# GGUF reader and util (both), and for the model harness src/model/*.c and src/chat.c; kernels
+# come uninstrumented from $(BUILD)/libllama3c.a. Seeds come from each harness's --write-seeds
+# mode. fuzz_tokenizer reads the Llama 3 tokenizer.model from L3C_FUZZ_TOKENIZER (default
+# /work/shared/data/llama3-tokenizer/tokenizer.model) and the SmolLM2 vocabulary from
+# L3C_FUZZ_GGUF_VOCAB (default: scripts/default-model.sh); a missing one only skips its mode.
+# -malloc_limit_mb makes one absurd allocation a finding even when the RSS would stay low.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Wno-unused-parameter -Iinclude -Isrc \
+               -Itests/unit -pthread
+FUZZ_TOK_SRC := tests/fuzz/fuzz_tokenizer.c tests/unit/gguf_builder.c $(sort $(wildcard src/tokenizer/*.c)) \
+                src/io/gguf.c src/util/util.c
+FUZZ_MODEL_SRC := tests/fuzz/fuzz_model.c tests/unit/gguf_builder.c $(sort $(wildcard src/model/*.c)) \
+                  $(sort $(wildcard src/tokenizer/*.c)) src/chat.c src/io/gguf.c src/util/util.c
+FUZZ_RUN = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+           -print_final_stats=1
+
+$(FUZZ_DIR)/fuzz_tokenizer: $(FUZZ_TOK_SRC) $(BUILD)/libllama3c.a tests/unit/gguf_builder.h \
+                            $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_TOK_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/fuzz_model: $(FUZZ_MODEL_SRC) $(BUILD)/libllama3c.a tests/unit/gguf_builder.h \
+                        $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_MODEL_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/tokenizer: $(FUZZ_DIR)/fuzz_tokenizer
+	$(FUZZ_DIR)/fuzz_tokenizer --write-seeds $@
+
+$(FUZZ_DIR)/corpus/model: $(FUZZ_DIR)/fuzz_model
+	$(FUZZ_DIR)/fuzz_model --write-seeds $@
+
+fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/corpus/tokenizer
+	cd $(FUZZ_DIR) && ./fuzz_tokenizer $(FUZZ_RUN) -max_len=4096 corpus/tokenizer
+
+fuzz-model: $(FUZZ_DIR)/fuzz_model $(FUZZ_DIR)/corpus/model
+	cd $(FUZZ_DIR) && ./fuzz_model $(FUZZ_RUN) -max_len=16384 corpus/model
+
+fuzz-all: fuzz fuzz-tokenizer fuzz-model
+
+.PHONY: fuzz-tokenizer fuzz-model fuzz-all

@@ -111,10 +111,13 @@ static void heap_update(bstate *s, int32_t i) {
     }
 }
 
+/* Single-byte fallback. A byte the vocabulary has no token for becomes <unk> in SentencePiece and
+ * is dropped in byte-level BPE (as llama.cpp and HF tokenizers do: there a GGUF's "unknown" id is
+ * often <|endoftext|>, and a stray byte must not put an end-of-text token into a prompt). */
 static void emit_bytes(const l3c_tokenizer *t, const uint8_t *p, size_t n, l3c_toksink *sink) {
     for (size_t k = 0; k < n; k++) {
         int32_t id = t->byte_tok[p[k]];
-        if (id < 0) id = t->unk;
+        if (id < 0 && t->kind == L3C_TOK_SPM) id = t->unk;
         if (id >= 0) l3c_sink_push(sink, id);
     }
 }

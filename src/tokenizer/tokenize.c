@@ -141,7 +141,7 @@ int64_t l3c_detokenize(const l3c_tokenizer *t, const int32_t *ids, int64_t n, ch
             if (bl > 0 && b[0] == ' ') b++, bl--;
             strip = 0;
         }
-        if (total + (int64_t)bl <= cap) memcpy(buf + total, b, bl);
+        if (bl && total + (int64_t)bl <= cap) memcpy(buf + total, b, bl); /* buf may be NULL */
         total += (int64_t)bl;
     }
     return total <= cap ? total : -total;

@@ -456,7 +456,7 @@ int32_t l3c_token_to_bytes(const l3c_tokenizer *t, int32_t id, char *buf, int32_
     if (!t || id < 0 || id >= t->n_vocab) return 0;
     int32_t n = (int32_t)t->tok[id].bytes_len;
     if (n > cap || (!buf && n)) return -n;
-    memcpy(buf, l3c_tok_bytes(t, id), (size_t)n);
+    if (n) memcpy(buf, l3c_tok_bytes(t, id), (size_t)n);
     return n;
 }
 
@@ -470,7 +470,7 @@ int32_t l3c_token_to_piece(const l3c_tokenizer *t, int32_t prev, int32_t id, cha
         n > 0 && b[0] == ' ')
         b++, n--;
     if (n > cap || (!buf && n)) return -n;
-    memcpy(buf, b, (size_t)n);
+    if (n) memcpy(buf, b, (size_t)n);
     return n;
 }
 

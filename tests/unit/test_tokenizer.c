@@ -6,9 +6,13 @@
  *    (ASan checks for leaks);
  *  - l3c_utf8_complete on complete, truncated and invalid sequences;
  *  - hostile input files (missing, malformed tiktoken line, bad JSON) give the right status;
- *  - Meta's Llama 3 tokenizer.model (when the shared data is present): the README's example.
+ *  - Meta's Llama 3 tokenizer.model (when the shared data is present): the README's example;
+ *  - regressions of tests/fuzz/fuzz_tokenizer.c findings: a byte-level vocabulary without a
+ *    byte's token drops it (never emits the GGUF "unknown" id, <|endoftext|> in SmolLM2);
+ *    out-of-range special ids; sparse tokenizer.json ids; \C in a Split regex; NULL buffers.
  */
 #include "check.h"
+#include "gguf_builder.h"
 #include "llama3c.h"
 
 #include <stdint.h>
@@ -165,11 +169,77 @@ static void test_llama3(void) {
     l3c_tokenizer_free(t);
 }
 
+/* GGUF gpt2 vocabulary: <|endoftext|> (control, the "unknown" id), the letters a-c, "ab". */
+static void write_gpt2_vocab(const char *path, void (*mutate)(ggf *)) {
+    ggf f = {0};
+    const char *tok[] = {"<|endoftext|>", "a", "b", "c", "ab"};
+    int32_t types[] = {3, 1, 1, 1, 1};
+    const char *merges[] = {"a b"};
+    ggf_kv_str(&f, "tokenizer.ggml.model", "gpt2");
+    ggf_kv_str(&f, "tokenizer.ggml.pre", "gpt-2");
+    ggf_kv_arr_str(&f, "tokenizer.ggml.tokens", tok, 5);
+    ggf_kv_arr_i32(&f, "tokenizer.ggml.token_type", types, 5);
+    ggf_kv_arr_str(&f, "tokenizer.ggml.merges", merges, 1);
+    ggf_kv_u32(&f, "tokenizer.ggml.unknown_token_id", 0);
+    ggf_kv_u32(&f, "tokenizer.ggml.eos_token_id", 0);
+    if (mutate) mutate(&f);
+    CHECK(ggf_write_file(&f, path) == 0);
+    ggf_free(&f);
+}
+static void bos_past_end(ggf *f) { ggf_kv_u32(f, "tokenizer.ggml.bos_token_id", 5); }
+static void eot_past_end(ggf *f) { ggf_kv_u32(f, "tokenizer.ggml.eot_token_id", 99); }
+
+static l3c_status load_text(const char *name, const char *text, l3c_tokenizer **t) {
+    char *p = write_tmp(name, text, strlen(text));
+    *t = (l3c_tokenizer *)1;
+    l3c_status st = l3c_tokenizer_load(p, t);
+    unlink(p);
+    return st;
+}
+
+static void test_fuzz_regressions(void) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/l3c_test_tok_%d_vocab.gguf", (int)getpid());
+    write_gpt2_vocab(path, NULL);
+    l3c_tokenizer *t = NULL;
+    CHECK_MSG(l3c_tokenizer_load(path, &t) == L3C_OK, "%s", l3c_last_error());
+    if (t) { /* 'x' and 0xff have no token: dropped, not <|endoftext|> */
+        int32_t ids[16];
+        int64_t n = l3c_tokenize(t, "abx\xff", 4, ids, 16, 0);
+        CHECK(ids_eq(ids, n, (int32_t[]){4}, 1));
+        n = l3c_tokenize(t, "a\xff" "b", 3, ids, 16, 0);
+        CHECK(ids_eq(ids, n, (int32_t[]){1, 2}, 2)); /* 0xff is its own piece: no merge across it */
+        int32_t one = 3;
+        CHECK(l3c_detokenize(t, &one, 1, NULL, 0, 0) == -1);
+        CHECK(l3c_token_to_bytes(t, 3, NULL, 0) == -1);
+        l3c_tokenizer_free(t);
+    }
+    void (*bad[])(ggf *) = {bos_past_end, eot_past_end};
+    const char *key[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eot_token_id"};
+    for (int i = 0; i < 2; i++) {
+        write_gpt2_vocab(path, bad[i]);
+        t = (l3c_tokenizer *)1;
+        CHECK(l3c_tokenizer_load(path, &t) == L3C_ERR_FORMAT && t == NULL);
+        CHECK_MSG(strstr(l3c_last_error(), key[i]) && strstr(l3c_last_error(), path), "%s", l3c_last_error());
+    }
+    unlink(path);
+    /* one id of 2e9 must not size the tables for 2e9 tokens */
+    CHECK(load_text("sparse.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":2000000000},"
+                                   "\"merges\":[]}}", &t) == L3C_ERR_FORMAT && t == NULL);
+    CHECK_MSG(strstr(l3c_last_error(), "2000000000") != NULL, "%s", l3c_last_error());
+    /* \C (one byte of a character) would split UTF-8 under PCRE2_NO_UTF_CHECK */
+    CHECK(load_text("bsc.json", "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\C\"}},"
+                                "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}", &t) ==
+          L3C_ERR_FORMAT && t == NULL);
+    CHECK_MSG(strstr(l3c_last_error(), "regex") != NULL, "%s", l3c_last_error());
+}
+
 int main(void) {
     test_tiny();
     test_alloc_failures();
     test_utf8_complete();
     test_hostile_files();
     test_llama3();
+    test_fuzz_regressions();
     return CHECK_DONE("test_tokenizer");
 }
