@@ -93,9 +93,9 @@ int64_t l3c_tokenize(const l3c_tokenizer *t, const char *text, size_t len, int32
     int prev_special = 1;
     int want_bos = (flags & L3C_TOKENIZE_FORCE_BOS) || ((flags & L3C_TOKENIZE_ADD_BOS) && t->add_bos);
     if (want_bos && t->bos >= 0) {
-        const l3c_tokent *b = &t->tok[t->bos];
-        int starts = parse_special && b->text_len > 0 && b->text_len <= len &&
-                     memcmp(p, l3c_tok_text(t, t->bos), b->text_len) == 0;
+        /* not twice: skipped when special parsing will cut BOS out of the start of the text (a
+         * BOS that is not a special token, or a longer special there, does not count) */
+        int starts = parse_special && len > 0 && special_at(t, p, len, parse_special) == t->bos;
         if (!starts) l3c_sink_push(&s, t->bos);
     }
     size_t start = 0;

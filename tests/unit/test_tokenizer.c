@@ -9,7 +9,8 @@
  *  - Meta's Llama 3 tokenizer.model (when the shared data is present): the README's example;
  *  - regressions of tests/fuzz/fuzz_tokenizer.c findings: a byte-level vocabulary without a
  *    byte's token drops it (never emits the GGUF "unknown" id, <|endoftext|> in SmolLM2);
- *    out-of-range special ids; sparse tokenizer.json ids; \C in a Split regex; NULL buffers.
+ *    out-of-range special ids; sparse tokenizer.json ids; \C in a Split regex; NULL buffers;
+ *    FORCE_BOS when the text starts with the text of a BOS that is not a special token.
  */
 #include "check.h"
 #include "gguf_builder.h"
@@ -186,6 +187,7 @@ static void write_gpt2_vocab(const char *path, void (*mutate)(ggf *)) {
     CHECK(ggf_write_file(&f, path) == 0);
     ggf_free(&f);
 }
+static void bos_normal(ggf *f) { ggf_kv_u32(f, "tokenizer.ggml.bos_token_id", 1); } /* "a" */
 static void bos_past_end(ggf *f) { ggf_kv_u32(f, "tokenizer.ggml.bos_token_id", 5); }
 static void eot_past_end(ggf *f) { ggf_kv_u32(f, "tokenizer.ggml.eot_token_id", 99); }
 
@@ -212,6 +214,16 @@ static void test_fuzz_regressions(void) {
         int32_t one = 3;
         CHECK(l3c_detokenize(t, &one, 1, NULL, 0, 0) == -1);
         CHECK(l3c_token_to_bytes(t, 3, NULL, 0) == -1);
+        l3c_tokenizer_free(t);
+    }
+    /* FORCE_BOS + PARSE_SPECIAL: a BOS that is an ordinary token is still prepended */
+    write_gpt2_vocab(path, bos_normal);
+    t = NULL;
+    CHECK_MSG(l3c_tokenizer_load(path, &t) == L3C_OK, "%s", l3c_last_error());
+    if (t) {
+        int32_t ids[8];
+        int64_t n = l3c_tokenize(t, "ab", 2, ids, 8, L3C_TOKENIZE_FORCE_BOS | L3C_TOKENIZE_PARSE_SPECIAL);
+        CHECK(ids_eq(ids, n, (int32_t[]){1, 4}, 2));
         l3c_tokenizer_free(t);
     }
     void (*bad[])(ggf *) = {bos_past_end, eot_past_end};
