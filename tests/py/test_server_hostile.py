@@ -6,8 +6,8 @@ requests with one field replaced by a random JSON value or deleted; bad Content-
 chunked encodings; oversized headers and bodies; clients that disconnect mid-request (a body
 shorter than announced) and mid-stream. Eight client threads send them at once.
 
-Afterwards the server must be alive, answer /health, give the same greedy answer to a reference
-request as before the corpus, keep its RSS bounded, and every JSON error it sent must have
+Afterwards the server must be alive, answer /health, free every slot, give the same greedy
+answer to a reference request as before the corpus, answer a chat request, keep its RSS bounded, and every JSON error it sent must have
 OpenAI's shape. No 5xx answer is allowed (but 505 for an unknown HTTP version). The corpus is deterministic (seeded); its size is
 L3C_HOSTILE_N (default 2000; a 300-request sample runs in the fast suite).
 """
@@ -209,13 +209,18 @@ def check_response(kind, payload, out, errors):
     return status
 
 
-REFERENCE = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
-             "max_tokens": 12, "temperature": 0}
+# A one-token prompt is evaluated the same way whatever the slots' caches hold (at least the last
+# prompt token is always evaluated, and then one token per step), so its greedy answer must not
+# change. (A longer prompt may reuse a cached prefix, and the engine's logits may differ in the
+# last bits between a prompt evaluated in one batch and in pieces, so its text is not compared.)
+REFERENCE = {"model": "m", "prompt": "Hello", "max_tokens": 12, "temperature": 0}
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 12, "temperature": 0}
 
 
 def run_corpus(server, n):
-    st, ref = server.post_json("/v1/chat/completions", REFERENCE)
-    assert st == 200
+    st, ref = server.post_json("/v1/completions", REFERENCE)
+    assert st == 200 and ref["usage"]["prompt_tokens"] == 1
     rss0 = server.rss_kb()
     statuses = collections.Counter()
     by_kind = collections.defaultdict(collections.Counter)
@@ -247,8 +252,10 @@ def run_corpus(server, n):
         time.sleep(0.1)
         h = server.health()[1]
     assert h["slots_processing"] == 0 and h["queue"] == 0, h
-    st, after = server.post_json("/v1/chat/completions", REFERENCE)
-    assert st == 200 and after["choices"][0]["message"]["content"] == ref["choices"][0]["message"]["content"]
+    st, after = server.post_json("/v1/completions", REFERENCE)
+    assert st == 200 and after["choices"][0]["text"] == ref["choices"][0]["text"]
+    st, chat = server.post_json("/v1/chat/completions", CHAT)
+    assert st == 200 and chat["choices"][0]["message"]["content"] and chat["usage"]["completion_tokens"] > 0
     rss1 = server.rss_kb()
     print(f"\nhostile corpus: {n} requests in {took:.1f} s; statuses {dict(statuses)}; outcomes {dict(outcomes)}; "
           f"RSS {rss0} -> {rss1} KiB")
