@@ -32,6 +32,11 @@
 
 static int g_fd = -1;
 static char g_path[64];
+static long g_inputs, g_loaded, g_decoded; /* printed at exit: how deep the inputs got */
+
+static void print_stats(void) {
+    fprintf(stderr, "fuzz_model: %ld inputs, %ld loaded, %ld decoded\n", g_inputs, g_loaded, g_decoded);
+}
 
 static void check_weight(const l3c_weight *w, int64_t n_in, int64_t n_out) {
     FUZZ_REQUIRE(w->data != NULL && w->n_in == n_in && w->n_out == n_out);
@@ -67,11 +72,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     mp.n_threads = 1;
     mp.use_mmap = size == 0 || !(data[size - 1] & 4); /* else the read-into-memory path */
     l3c_model *m = (l3c_model *)&g_fd;
+    g_inputs++;
     l3c_status st = l3c_model_load(g_path, &mp, &m);
     if (st != L3C_OK) {
         FUZZ_REQUIRE(m == NULL && l3c_last_error()[0] != '\0');
         return 0;
     }
+    g_loaded++;
     check_model(m);
     l3c_context_params cp = l3c_context_default_params();
     cp.n_ctx = 8, cp.n_batch = 4, cp.n_threads = 1;
@@ -88,6 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         l3c_batch b1 = {1, ids + 2, pos + 2, NULL, NULL};
         FUZZ_REQUIRE(l3c_decode(c, &b1) == L3C_OK && l3c_get_logits(c, 0) != NULL);
         FUZZ_REQUIRE(l3c_kv_seq_len(c, 0) == 3);
+        g_decoded++;
         l3c_context_free(c);
     }
     const l3c_tokenizer *t = l3c_model_tokenizer(m);
@@ -178,5 +186,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         exit(1);
     }
     snprintf(g_path, sizeof g_path, "/proc/self/fd/%d", g_fd);
+    atexit(print_stats);
     return 0;
 }

@@ -35,6 +35,11 @@
     } while (0)
 
 static l3c_tokenizer *g_llama3, *g_smol;
+static long g_load_inputs, g_loaded; /* printed at exit */
+
+static void print_stats(void) {
+    fprintf(stderr, "fuzz_tokenizer: %ld loader inputs, %ld loaded\n", g_load_inputs, g_loaded);
+}
 
 static l3c_tokenizer *load_vocab(const char *env, const char *dflt_path, int from_script) {
     char path[4096];
@@ -174,11 +179,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int mode = data[0] & 3;
     if (mode == 0) {
         l3c_tokenizer *t = (l3c_tokenizer *)&g_llama3;
+        g_load_inputs++;
         l3c_status st = l3c_tokenizer_load_memory(data + 1, size - 1, "fuzz", &t);
         if (st != L3C_OK) {
             FUZZ_REQUIRE(t == NULL && l3c_last_error()[0] != '\0');
             return 0;
         }
+        g_loaded++;
         exercise_loaded(t, data + 1, size - 1);
         l3c_tokenizer_free(t);
         return 0;
@@ -284,5 +291,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     }
     g_llama3 = load_vocab("L3C_FUZZ_TOKENIZER", "/work/shared/data/llama3-tokenizer/tokenizer.model", 0);
     g_smol = load_vocab("L3C_FUZZ_GGUF_VOCAB", NULL, 1);
+    atexit(print_stats);
     return 0;
 }
