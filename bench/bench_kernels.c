@@ -97,6 +97,22 @@ static double time_vec_dot(l3c_vec_dot_fn dot, const uint8_t *w, size_t row_byte
     return best;
 }
 
+/* the same pass as ops.c runs it for one token: gemm with T = 1 over 8-row tiles */
+static double time_gemv(const l3c_type_traits *tr, const uint8_t *w, size_t row_bytes, int64_t rows,
+                        const void *xq, int reps) {
+    float *y = malloc((size_t)rows * sizeof(float));
+    double best = 1e30;
+    for (int k = 0; k < reps; k++) {
+        double t0 = now();
+        for (int64_t r = 0; r + 8 <= rows; r += 8)
+            tr->gemm(N_IN, 8, 1, y + r, rows, w + r * row_bytes, row_bytes, xq, 0);
+        best = L3C_MIN(best, now() - t0);
+    }
+    g_sink = y[rows / 2];
+    free(y);
+    return best;
+}
+
 static double time_gemm(const l3c_type_traits *tr, const uint8_t *w, size_t row_bytes,
                         const uint8_t *xq, size_t x_bytes, float *y, bool use_gemm, int reps) {
     double best = 1e30;
@@ -180,6 +196,7 @@ int main(int argc, char **argv) {
             double loop_s = time_gemm(tr, w, row_bytes, xq, x_bytes, y, false, p == 0 ? 1 : 2);
             printf("%-5s %-7s %8.2f ms %9.2f %8.2f | ", rt->name, paths[p].name, s * 1e3 * rows / r,
                    gbs, gbs / ref_gbs);
+            if (tr->gemm) printf("gemv %6.2f GB/s | ", (double)row_bytes * (double)rows / time_gemv(tr, w, row_bytes, rows, xq, 3) / 1e9);
             if (tr->gemm) {
                 double gemm_s = time_gemm(tr, w, row_bytes, xq, x_bytes, y, true, 2);
                 printf("%14.2f %14.2f %8.2f\n", flops / gemm_s / 1e9, flops / loop_s / 1e9, loop_s / gemm_s);

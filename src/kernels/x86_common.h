@@ -160,9 +160,9 @@ static const size_t x86_b32_size[4] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_
             for (; t + GEMM_RT <= T; t += GEMM_RT)                                              \
                 TILE(GEMM_RW, GEMM_RT, n, wc + r * w_stride, w_stride, xc + t * x_stride,       \
                      x_stride, y + t * ldy + r, ldy);                                           \
-            for (; t < T; t++)                                                                  \
-                TILE(GEMM_RW, 1, n, wc + r * w_stride, w_stride, xc + t * x_stride, 0,          \
-                     y + t * ldy + r, ldy);                                                     \
+            for (; t < T; t++) /* 1 x 1 (two chains) streams faster than GEMM_RW x 1 */        \
+                for (int64_t k = r; k < r + GEMM_RW; k++)                                       \
+                    TILE(1, 1, n, wc + k * w_stride, 0, xc + t * x_stride, 0, y + t * ldy + k, 0); \
         }                                                                                       \
         for (; r < n_rows; r++)                                                                 \
             for (int64_t t = 0; t < T; t++)                                                     \
