@@ -188,6 +188,82 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
         y[t * ldy + r] = x86_hsum_ps(_mm256_add_ps(acc[0][r][t], acc[1][r][t])) + (macc[0][r][t] + macc[1][r][t]);
 }
 
+/*
+ * Q4_0 / Q8_0 x Q8_0, two blocks per 512-bit register ("pairs"): lanes 0..7 hold block b,
+ * lanes 8..15 block b + 1, so one dpbusd / cvt / mul / fma covers 64 elements. Scales come from
+ * one masked load of the pair's first 36 bytes (the fp16 d of both blocks) spread over the halves
+ * with vpermw; Q4_0's nibbles come from the same load (vpermw to [qs_b, qs_b, qs_b1, qs_b1],
+ * high halves shifted by 4). Masked loads never touch bytes past the pair, and a trailing odd
+ * block is a pair whose second half loads as zeros (contributes exactly 0).
+ */
+/* word lanes 0..7 <- word 0, lanes 8..15 <- word w1 (the upper 256 bits are not used) */
+#define P_SCALE_IDX(w1) _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, \
+                                         w1, w1, w1, w1, w1, w1, w1, w1, 0, 0, 0, 0, 0, 0, 0, 0)
+
+/* fp16 d of a block pair at word 0 and word w1 of v -> [d0 x 8, d1 x 8] as float */
+INLINE __m512 p_scales(__m512i v, __m512i idx) {
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, v)));
+}
+
+/* Q8_0 block pair (34-byte blocks) at p: the 64 quants; tail: only the first block */
+INLINE __m512i p_q8_qs(const char *p, bool tail) {
+    __m256i lo = _mm256_loadu_si256((const __m256i *)(p + 2));
+    if (tail) return _mm512_zextsi256_si512(lo);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
+}
+
+INLINE void p_tile(int kind, bool tail, int RW, int RT, const char *w, size_t ws, const char *x, size_t xs,
+                   int64_t b, __m512 acc[MAXR][MAXR]) {
+    const __m512i idx_q4 = _mm512_set_epi16(17, 16, 15, 14, 13, 12, 11, 10, 17, 16, 15, 14, 13, 12, 11, 10,
+                                            8, 7, 6, 5, 4, 3, 2, 1, 8, 7, 6, 5, 4, 3, 2, 1);
+    const __mmask32 m_q4 = tail ? 0x1FF : 0x3FFFF;  /* words of 1 or 2 Q4_0 blocks */
+    const __mmask32 m_q8 = tail ? 0x1FFFF : 0x3FFFF; /* word 0 .. 17: both d of a Q8_0 pair */
+    const size_t wbs = kind == B_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0);
+    const int off = kind == B_Q8_0 ? 128 : 8;
+    __m512i wq[MAXR];
+    __m512 dw[MAXR];
+    UNROLL for (int r = 0; r < RW; r++) {
+        const char *blk = w + r * ws + b * wbs;
+        if (kind == B_Q8_0) {
+            wq[r] = _mm512_xor_si512(p_q8_qs(blk, tail), _mm512_set1_epi8((char)0x80));
+            dw[r] = p_scales(_mm512_maskz_loadu_epi16(m_q8, blk), P_SCALE_IDX(17));
+        } else {
+            __m512i v = _mm512_maskz_loadu_epi16(m_q4, blk);
+            __m512i q = _mm512_permutexvar_epi16(idx_q4, v);
+            q = _mm512_mask_srli_epi16(q, 0xFF00FF00, q, 4);
+            wq[r] = _mm512_and_si512(q, _mm512_set1_epi8(0x0F));
+            dw[r] = p_scales(v, P_SCALE_IDX(9));
+        }
+    }
+    UNROLL for (int t = 0; t < RT; t++) {
+        const char *xb = x + t * xs + b * sizeof(l3c_block_q8_0);
+        __m512i xq = p_q8_qs(xb, tail);
+        __m512 dx = p_scales(_mm512_maskz_loadu_epi16(m_q8, xb), P_SCALE_IDX(17));
+        __m512i base = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)off), xq));
+        UNROLL for (int r = 0; r < RW; r++) {
+            __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base, wq[r], xq));
+            acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], dx), f, acc[r][t]);
+        }
+    }
+}
+
+INLINE void tile_pair(int kind, int RW, int RT, int64_t n, const char *w, size_t ws, const char *x,
+                      size_t xs, float *y, int64_t ldy) {
+    if (RW * RT == 1) { /* one row streamed from memory: the 256-bit kernel is as fast */
+        tile_b32(kind, 1, 1, n, w, ws, x, xs, y, ldy);
+        return;
+    }
+    const int64_t nb = n / 32;
+    __m512 acc[MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[r][t] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) p_tile(kind, false, RW, RT, w, ws, x, xs, b, acc);
+    if (b < nb) p_tile(kind, true, RW, RT, w, ws, x, xs, b, acc);
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
 /* ---------------------------------------------------------------- K-quants x Q8_K (512-bit) */
 
 /* 16 int16 in the low 256 bits of v; lanes 16 * h .. 16 * h + 15 of the result = v[k_h] */
@@ -335,11 +411,11 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 #define T_F32(RW, RT, ...) tile_float(K_F32, RW, RT, __VA_ARGS__)
 #define T_F16(RW, RT, ...) tile_float(K_F16, RW, RT, __VA_ARGS__)
 #define T_BF16(RW, RT, ...) tile_float(K_BF16, RW, RT, __VA_ARGS__)
-#define T_Q4_0(RW, RT, ...) tile_b32(B_Q4_0, RW, RT, __VA_ARGS__)
+#define T_Q4_0(RW, RT, ...) tile_pair(B_Q4_0, RW, RT, __VA_ARGS__)
 #define T_Q4_1(RW, RT, ...) tile_b32(B_Q4_1, RW, RT, __VA_ARGS__)
 #define T_Q5_0(RW, RT, ...) tile_b32(B_Q5_0, RW, RT, __VA_ARGS__)
 #define T_Q5_1(RW, RT, ...) tile_b32(B_Q5_1, RW, RT, __VA_ARGS__)
-#define T_Q8_0(RW, RT, ...) tile_b32(B_Q8_0, RW, RT, __VA_ARGS__)
+#define T_Q8_0(RW, RT, ...) tile_pair(B_Q8_0, RW, RT, __VA_ARGS__)
 #define T_Q4_K(RW, RT, ...) tile_q4_K(RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
 
