@@ -151,22 +151,25 @@ static const size_t x86_b32_size[4] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_
     static void vec_dot_##name(int64_t n, float *out, const void *w, const void *x) {          \
         TILE(1, 1, n, (const char *)w, 0, (const char *)x, 0, out, 0);                          \
     }                                                                                           \
+    /* tokens outer, rows inner: GEMM_RT activation rows stay in L1 while every row tile of the \
+     * call (n_rows, a few KiB of weights, L1/L2) passes them; the activations stream once. */  \
     static __attribute__((unused)) void gemm_##name(int64_t n, int64_t n_rows, int64_t T,     \
         float *y, int64_t ldy, const void *w, size_t w_stride, const void *x, size_t x_stride) {  \
         const char *wc = w, *xc = x;                                                            \
-        int64_t r = 0;                                                                          \
-        for (; r + GEMM_RW <= n_rows; r += GEMM_RW) {                                           \
-            int64_t t = 0;                                                                      \
-            for (; t + GEMM_RT <= T; t += GEMM_RT)                                              \
+        const int64_t rows = n_rows / GEMM_RW * GEMM_RW;                                        \
+        int64_t t = 0;                                                                          \
+        for (; t + GEMM_RT <= T; t += GEMM_RT)                                                  \
+            for (int64_t r = 0; r < rows; r += GEMM_RW)                                         \
                 TILE(GEMM_RW, GEMM_RT, n, wc + r * w_stride, w_stride, xc + t * x_stride,       \
                      x_stride, y + t * ldy + r, ldy);                                           \
-            for (; t < T; t++) /* 1 x 1 (two chains) streams faster than GEMM_RW x 1 */        \
-                for (int64_t k = r; k < r + GEMM_RW; k++)                                       \
-                    TILE(1, 1, n, wc + k * w_stride, 0, xc + t * x_stride, 0, y + t * ldy + k, 0); \
-        }                                                                                       \
-        for (; r < n_rows; r++)                                                                 \
-            for (int64_t t = 0; t < T; t++)                                                     \
+        /* ragged tokens (T = 1: generation) row by row: 1 x 1 (two chains) streams faster than \
+         * GEMM_RW x 1; then ragged rows */                                                    \
+        for (; t < T; t++)                                                                      \
+            for (int64_t r = 0; r < rows; r++)                                                  \
                 TILE(1, 1, n, wc + r * w_stride, 0, xc + t * x_stride, 0, y + t * ldy + r, 0);  \
+        for (int64_t r = rows; r < n_rows; r++)                                                 \
+            for (int64_t t2 = 0; t2 < T; t2++)                                                  \
+                TILE(1, 1, n, wc + r * w_stride, 0, xc + t2 * x_stride, 0, y + t2 * ldy + r, 0); \
     }
 
 #endif /* L3C_X86_COMMON_H */
