@@ -45,6 +45,8 @@ void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n,
 void l3c_swiglu(float *a, const float *b, int64_t n);
 /* x[i] += y[i] */
 void l3c_add(float *x, const float *y, int64_t n);
+/* y[i] += a * x[i] (y and x do not overlap); vectorized where the CPU allows, same rounding */
+void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n);
 /* softmax of n values in place (max-subtracted) */
 void l3c_softmax(float *x, int64_t n);
 /* Embedding row lookup: dst[n_embd] = dequantized row `id` of the token_embd matrix */

@@ -138,9 +138,7 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
         }
         for (int64_t t = a; t < e; t++) {
             if (p > b->pos[t]) continue;
-            const float w = S[(t - a) * ld + p];
-            float *out = ctx->att_out + t * q_dim + h * hd;
-            for (int64_t i = 0; i < hd; i++) out[i] += w * vp[i];
+            l3c_axpy(ctx->att_out + t * q_dim + h * hd, S[(t - a) * ld + p], vp, hd);
         }
     }
 }
