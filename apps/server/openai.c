@@ -419,10 +419,8 @@ static unsigned parse_params(const server *srv, json_t *body, api_request *r, ap
         if (!json_is_object(so)) return BAD("stream_options", "'stream_options' must be an object");
         if ((st = get_bool(so, "include_usage", &r->include_usage, err))) return st;
     }
-    int lp = 0;
-    if ((st = get_bool(body, "logprobs", &lp, err))) return st;
-    if (lp) return BAD("logprobs", "logprobs are not supported");
-    if (r->kind == API_COMPLETION && opt(body, "logprobs") && !json_is_boolean(opt(body, "logprobs")))
+    json_t *lp = opt(body, "logprobs"); /* chat: a boolean; legacy completions: an integer */
+    if (lp && !json_is_false(lp) && !(json_is_integer(lp) && json_integer_value(lp) == 0))
         return BAD("logprobs", "logprobs are not supported");
 
     long long max_tokens = srv->n_ctx;

@@ -35,19 +35,20 @@ def default_model():
 
 
 class Server:
-    def __init__(self, model, *args, binary=BIN, threads=THREADS, host="127.0.0.1"):
+    def __init__(self, model, *args, binary=BIN, threads=THREADS, host="127.0.0.1", env=None):
         self.cmd = [binary, "serve", "-m", model, "--host", host, "--port", "0", "-t", str(threads)]
         self.cmd += [str(a) for a in args]
         self.host = host
         self.port = None
         self.proc = None
         self.log_path = None
+        self.env = dict(os.environ, **(env or {}))
 
     # ------------------------------------------------------------------ life cycle
     def start(self, timeout=180):
         fd, self.log_path = tempfile.mkstemp(prefix="l3c_serve_", suffix=".log")
         log = os.fdopen(fd, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
         log.close()
         deadline = time.time() + timeout
         try:
@@ -86,12 +87,24 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._drop_log()
         return self.proc.returncode
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._drop_log()
+
+    def _drop_log(self):
+        """Once the process is gone its log is kept in memory and the file removed."""
+        if self.proc is not None and self.proc.poll() is not None and self.log_path:
+            self._final_log = self.log()
+            try:
+                os.remove(self.log_path)
+            except OSError:
+                pass
+            self.log_path = None
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -104,6 +117,8 @@ class Server:
         self.kill()
 
     def log(self):
+        if self.log_path is None:
+            return getattr(self, "_final_log", "")
         try:
             with open(self.log_path, "rb") as f:
                 return f.read().decode("utf-8", "replace")
