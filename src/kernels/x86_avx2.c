@@ -5,11 +5,13 @@
  * Tile kernels: tile_<type>(RW, RT, ...) computes the RW x RT dot products of RW weight rows with
  * RT activation rows in one pass over the blocks. RW and RT are compile-time constants after
  * inlining (always_inline + GCC unroll), so the accumulators live in registers. vec_dot is the
- * 1 x 1 tile; gemm walks the output in tiles of GEMM_RW = 2 weight rows x GEMM_RT = 4 tokens
- * (each weight block is unpacked once and used for 4 tokens, each activation block loaded once
- * for 2 rows; 8 float accumulators + operands fit the 16 ymm registers), and finishes ragged
+ * 1 x 1 tile; gemm walks the output in tiles of 2 weight rows x 4 tokens for the K-quants (one
+ * accumulator per pair) and 2 x 2 for the float and 32-element block types (two accumulator
+ * chains per pair: 8 accumulators + operands fit the 16 ymm registers), and finishes ragged
  * edges with vec_dot.
  *
+ * Batch invariance: every tile computes each pair in the canonical order of the 1 x 1 tile (same
+ * chains, same FMAs, same final reduction), so gemm == vec_dot bit for bit (x86_common.h).
  * Exactness: integer block sums are exact (see x86_common.h on maddubs); only the order of the
  * float accumulation differs from ref.c. The quantizers reproduce ref.c bit for bit (same scale
  * arithmetic, roundf for Q8_0/Q8_1, round-half-even for Q8_K).
@@ -133,11 +135,13 @@ INLINE float scalar_w(int kind, const void *w, int64_t i) {
     return l3c_bf16_to_fp32(((const uint16_t *)w)[i]);
 }
 
-/* U independent accumulators per output hide the FMA latency when the tile is small */
+/* U independent accumulators per output hide the FMA latency of the 1 x 1 tile */
 INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_t ws,
                        const char *x, size_t xs, float *y, int64_t ldy) {
-    enum { U = 4 };
-    const int u = RW * RT >= 4 ? 1 : U;
+    /* canonical order (every tile shape): U chains over interleaved 8-element groups, a
+     * ragged group into chain 0, chains summed in order, one horizontal sum, scalar tail */
+    enum { U = 2 };
+    const int u = U;
     __m256 acc[U][MAXR][MAXR];
     UNROLL for (int k = 0; k < u; k++) UNROLL for (int r = 0; r < RW; r++)
         UNROLL for (int t = 0; t < RT; t++) acc[k][r][t] = _mm256_setzero_ps();
@@ -184,7 +188,9 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
     const size_t wbs = x86_b32_size[kind], xbs = has_min ? sizeof(l3c_block_q8_1) : sizeof(l3c_block_q8_0);
     const size_t xq_off = has_min ? offsetof(l3c_block_q8_1, qs) : offsetof(l3c_block_q8_0, qs);
     const __m256i ones = _mm256_set1_epi16(1), voff = _mm256_set1_epi8((char)off);
-    const int U = RW * RT == 1 ? 2 : 1; /* 1 x 1: two accumulator chains */
+    /* canonical order (every tile shape): block b accumulates into chain b & 1 (one FMA of
+     * d_w * d_x by the exact integer dot), chains summed, one horizontal sum at the end */
+    const int U = 2;
     __m256 acc[2][MAXR][MAXR];
     float macc[2][MAXR][MAXR];
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
@@ -226,7 +232,9 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
 INLINE void tile_q8_0(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
                       float *y, int64_t ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const int U = RW * RT == 1 ? 2 : 1; /* 1 x 1: two accumulator chains */
+    /* canonical order (every tile shape): block b accumulates into chain b & 1 (one FMA of
+     * d_w * d_x by the exact integer dot), chains summed, one horizontal sum at the end */
+    const int U = 2;
     __m256 acc[2][MAXR][MAXR];
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[0][r][t] = acc[1][r][t] = _mm256_setzero_ps();
     for (int64_t b0 = 0; b0 < n / 32; b0 += U) UNROLL for (int u = 0; u < U; u++) {
@@ -422,14 +430,14 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 #define T_Q5_K(RW, RT, ...) tile_q45_K(true, RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
 
-X86_DEFINE_KERNELS(f32, T_F32)
-X86_DEFINE_KERNELS(f16, T_F16)
-X86_DEFINE_KERNELS(bf16, T_BF16)
-X86_DEFINE_KERNELS(q4_0, T_Q4_0)
-X86_DEFINE_KERNELS(q4_1, T_Q4_1)
-X86_DEFINE_KERNELS(q5_0, T_Q5_0)
-X86_DEFINE_KERNELS(q5_1, T_Q5_1)
-X86_DEFINE_KERNELS(q8_0, T_Q8_0)
+X86_DEFINE_KERNELS_T(f32, T_F32, 2, 2)
+X86_DEFINE_KERNELS_T(f16, T_F16, 2, 2)
+X86_DEFINE_KERNELS_T(bf16, T_BF16, 2, 2)
+X86_DEFINE_KERNELS_T(q4_0, T_Q4_0, 2, 2)
+X86_DEFINE_KERNELS_T(q4_1, T_Q4_1, 2, 2)
+X86_DEFINE_KERNELS_T(q5_0, T_Q5_0, 2, 2)
+X86_DEFINE_KERNELS_T(q5_1, T_Q5_1, 2, 2)
+X86_DEFINE_KERNELS_T(q8_0, T_Q8_0, 2, 2)
 X86_DEFINE_KERNELS(q4_K, T_Q4_K)
 X86_DEFINE_KERNELS(q5_K, T_Q5_K)
 X86_DEFINE_KERNELS(q6_K, T_Q6_K)

@@ -1,8 +1,12 @@
 /*
  * x86_avx512.c -- AVX-512 (F/BW/DQ/VL + VNNI) kernels, applied on top of the AVX2 table: entries
  * not set here stay AVX2. Same tile scheme as x86_avx2.c (one tile kernel per type serves vec_dot
- * as 1 x 1 and gemm), with GEMM_RW = 4 weight rows x GEMM_RT = 4 tokens: the 32 vector registers
- * hold 16 accumulators plus the unpacked weights of 4 rows.
+ * as 1 x 1 and gemm), with GEMM_RW = 4 weight rows x GEMM_RT = 4 tokens for Q4_0 / Q8_0 / K-quants
+ * (the 32 vector registers hold 16 accumulators plus the unpacked weights of 4 rows) and 2 x 4 for
+ * the float and other 32-element block types (two accumulator chains per pair). Every tile
+ * computes each (row, token) pair exactly as the 1 x 1 tile does (batch invariance, see
+ * x86_common.h); the Q4_0 / Q8_0 block-pair tiles match the 256-bit 1 x 1 kernel because their
+ * low / high 256-bit halves are its even / odd block chains.
  *
  *  - Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: 256-bit VNNI. _mm256_dpbusd_epi32 (u8 x s8, exact int32)
  *    on the unsigned unpacked weights; the offset (8, 16, or 128 for Q8_0 whose weights are
@@ -102,8 +106,10 @@ INLINE float scalar_w(int kind, const void *w, int64_t i) {
 
 INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_t ws,
                        const char *x, size_t xs, float *y, int64_t ldy) {
-    enum { U = 4 };
-    const int u = RW * RT >= 4 ? 1 : U;
+    /* canonical order (every tile shape): U chains over interleaved 16-element groups, a
+     * ragged group into chain 0, chains summed in order, one horizontal sum, scalar tail */
+    enum { U = 2 };
+    const int u = U;
     __m512 acc[U][MAXR][MAXR];
     UNROLL for (int k = 0; k < u; k++) UNROLL for (int r = 0; r < RW; r++)
         UNROLL for (int t = 0; t < RT; t++) acc[k][r][t] = _mm512_setzero_ps();
@@ -148,7 +154,9 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
     const size_t xbs = has_min ? sizeof(l3c_block_q8_1) : sizeof(l3c_block_q8_0);
     const size_t xq_off = has_min ? offsetof(l3c_block_q8_1, qs) : offsetof(l3c_block_q8_0, qs);
     const __m256i voff = _mm256_set1_epi8((char)off);
-    const int U = RW * RT == 1 ? 2 : 1; /* 1 x 1: two accumulator chains */
+    /* canonical order (every tile shape): block b accumulates into chain b & 1 (one FMA of
+     * d_w * d_x by the exact integer dot), chains summed, one horizontal sum at the end */
+    const int U = 2;
     __m256 acc[2][MAXR][MAXR];
     float macc[2][MAXR][MAXR];
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
@@ -195,6 +203,11 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
  * with vpermw; Q4_0's nibbles come from the same load (vpermw to [qs_b, qs_b, qs_b1, qs_b1],
  * high halves shifted by 4). Masked loads never touch bytes past the pair, and a trailing odd
  * block is a pair whose second half loads as zeros (contributes exactly 0).
+ *
+ * Batch invariance: lanes 0..7 of acc are exactly chain 0 (even blocks) of the 256-bit 1 x 1
+ * tile_b32, lanes 8..15 chain 1 (odd blocks), each updated by the same fma(d_w * d_x, int dot);
+ * _mm512_reduce_add_ps adds the halves first, then 4 + 4, 2 + 2, 1 + 1 lanes, which is
+ * x86_hsum_ps(chain 0 + chain 1) (float addition commutes). So tile_pair == vec_dot bit for bit.
  */
 /* word lanes 0..7 <- word 0, lanes 8..15 <- word w1 (the upper 256 bits are not used) */
 #define P_SCALE_IDX(w1) _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, \
@@ -419,13 +432,13 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 #define T_Q4_K(RW, RT, ...) tile_q4_K(RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
 
-X86_DEFINE_KERNELS(f32, T_F32)
-X86_DEFINE_KERNELS(f16, T_F16)
-X86_DEFINE_KERNELS(bf16, T_BF16)
+X86_DEFINE_KERNELS_T(f32, T_F32, 2, 4)
+X86_DEFINE_KERNELS_T(f16, T_F16, 2, 4)
+X86_DEFINE_KERNELS_T(bf16, T_BF16, 2, 4)
 X86_DEFINE_KERNELS(q4_0, T_Q4_0)
-X86_DEFINE_KERNELS(q4_1, T_Q4_1)
-X86_DEFINE_KERNELS(q5_0, T_Q5_0)
-X86_DEFINE_KERNELS(q5_1, T_Q5_1)
+X86_DEFINE_KERNELS_T(q4_1, T_Q4_1, 2, 4)
+X86_DEFINE_KERNELS_T(q5_0, T_Q5_0, 2, 4)
+X86_DEFINE_KERNELS_T(q5_1, T_Q5_1, 2, 4)
 X86_DEFINE_KERNELS(q8_0, T_Q8_0)
 X86_DEFINE_KERNELS(q4_K, T_Q4_K)
 X86_DEFINE_KERNELS(q6_K, T_Q6_K)

@@ -220,7 +220,69 @@ static void check_path(const char *path, const l3c_type_traits *tab) {
             tested, check_failures - before);
 }
 
+/*
+ * Batch invariance: gemm over every tile shape and ragged edge (rows 1..13, tokens 1..9) gives
+ * each (row, token) pair bit for bit what vec_dot gives it, so results never depend on T, the
+ * tile or the token's place in the batch. Run for every path, the reference included (no gemm
+ * there: ops.c loops vec_dot, trivially invariant, but vec_dot is still called per pair).
+ */
+static void check_invariance(const char *path, const l3c_type_traits *tab) {
+    int before = check_failures, tested = 0;
+    for (size_t k = 0; k < sizeof g_types / sizeof g_types[0]; k++) {
+        int type = g_types[k];
+        const l3c_type_traits *st = &tab[type];
+        if (!st->vec_dot) continue;
+        int64_t lens[8];
+        int nl = lengths(type, lens);
+        for (int li = 0; li < nl; li++) {
+            int64_t n = lens[li];
+            enum { R = 13, T = 9, LDY = 15 };
+            size_t wb, xb;
+            L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(st->vec_dot_type, n, &xb));
+            uint8_t *w = malloc(wb * R), *xq = malloc(xb * T);
+            float *x = malloc((size_t)n * sizeof(float));
+            for (int r = 0; r < R; r++) make_weights(type, n, w + r * wb, wb);
+            for (int t = 0; t < T; t++) {
+                make_acts(n, x);
+                l3c_type_traits_ref(st->vec_dot_type)->from_float(x, xq + t * xb, n);
+            }
+            float ydot[T][R], yg[T * LDY];
+            for (int t = 0; t < T; t++)
+                for (int r = 0; r < R; r++) st->vec_dot(n, &ydot[t][r], w + r * wb, xq + t * xb);
+            if (st->gemm) {
+                const int rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13};
+                for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
+                    for (int nt = 1; nt <= T; nt++)
+                        for (int t0 = 0; t0 + nt <= T; t0 += nt > 4 ? T : 3) {
+                            /* tokens t0 .. t0 + nt - 1, so a token sits at several tile positions */
+                            for (int i = 0; i < T * LDY; i++) yg[i] = -777.0f;
+                            st->gemm(n, rows[ri], nt, yg, LDY, w, wb, xq + t0 * xb, xb);
+                            for (int t = 0; t < nt; t++)
+                                for (int r = 0; r < rows[ri]; r++)
+                                    CHECK_MSG(memcmp(&yg[t * LDY + r], &ydot[t0 + t][r], sizeof(float)) == 0,
+                                              "%s invariance %s n=%lld rows=%d T=%d t0=%d r=%d t=%d: "
+                                              "gemm %.9g vs vec_dot %.9g", path, st->name, (long long)n,
+                                              rows[ri], nt, t0, r, t, yg[t * LDY + r], ydot[t0 + t][r]);
+                            tested++;
+                        }
+            }
+            /* vec_dot itself: the same pair twice gives the same bits (no state, no alignment) */
+            float again;
+            st->vec_dot(n, &again, w + (R - 1) * wb, xq + (T - 1) * xb);
+            CHECK_MSG(memcmp(&again, &ydot[T - 1][R - 1], sizeof(float)) == 0, "%s vec_dot %s repeat", path, st->name);
+            free(w), free(xq), free(x);
+        }
+    }
+    fprintf(stderr, "test_simd: %s: %d gemm batch-invariance checks, %d failures\n", path, tested,
+            check_failures - before);
+}
+
 int main(void) {
+    {
+        static l3c_type_traits reft[L3C_TYPE_COUNT];
+        for (int i = 0; i < L3C_TYPE_COUNT; i++) reft[i] = *l3c_type_traits_ref(i);
+        check_invariance("ref", reft);
+    }
 #if defined(__x86_64__)
     __builtin_cpu_init();
     static l3c_type_traits tab[L3C_TYPE_COUNT];
@@ -235,11 +297,13 @@ int main(void) {
         for (int i = 0; i < L3C_TYPE_COUNT; i++) tab[i] = *l3c_type_traits_ref(i);
         l3c_kernels_override_avx2(tab);
         check_path("avx2", tab);
+        check_invariance("avx2", tab);
         if (!avx512) {
             fprintf(stderr, "test_simd: skipping avx512: CPU lacks one of AVX-512 F/BW/DQ/VL/VNNI/BF16\n");
         } else {
             l3c_kernels_override_avx512(tab);
             check_path("avx512", tab);
+            check_invariance("avx512", tab);
         }
     }
 #else
