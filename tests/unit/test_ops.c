@@ -303,10 +303,48 @@ static void test_elementwise(void) {
     CHECK(one == 1.0f);
 }
 
+/* Batch invariance through l3c_matmul on the dispatched kernels: token t's outputs are bit for
+ * bit the same whether it is multiplied alone (T = 1), in a batch of 7 or of 37 (at several
+ * places in the batch), with 1 or 3 threads. n_out = 45 leaves ragged row tiles. */
+static void test_matmul_batch_invariance(void) {
+    enum { N_OUT = 45, T_MAX = 37 };
+    l3c_threadpool *tp3 = NULL;
+    CHECK(l3c_threadpool_create(3, &tp3) == L3C_OK);
+    for (size_t k = 0; k < sizeof k_types / sizeof k_types[0]; k++) {
+        int type = k_types[k];
+        const l3c_type_traits *tr = l3c_type_traits_get(type);
+        int64_t n_in = tr->block_size == 256 ? 512 : tr->block_size == 32 ? 224 : 200;
+        size_t row;
+        CHECK(l3c_row_size(type, n_in, &row));
+        float *wf = malloc(sizeof(float) * N_OUT * n_in);
+        void *wdata = malloc(row * N_OUT);
+        float *x = malloc(sizeof(float) * T_MAX * n_in);
+        float *ybig = malloc(sizeof(float) * T_MAX * N_OUT), *y = malloc(sizeof(float) * T_MAX * N_OUT);
+        make_weights(type, wf, wdata, N_OUT, n_in);
+        l3c_weight w = {.name = "w", .type = type, .n_in = n_in, .n_out = N_OUT, .row_bytes = row,
+                        .data = wdata};
+        void *scratch = malloc(l3c_matmul_scratch_bytes(&w, T_MAX));
+        for (int64_t i = 0; i < T_MAX * n_in; i++) x[i] = rnd_f(-1.0f, 1.0f);
+        l3c_matmul(tp3, &w, x, ybig, T_MAX, scratch);
+        const int64_t Ts[] = {1, 7, 37};
+        for (size_t ti = 0; ti < 3; ti++)
+            for (int64_t t0 = 0; t0 + Ts[ti] <= T_MAX; t0 += Ts[ti] == 1 ? 5 : Ts[ti]) {
+                l3c_matmul(t0 % 2 ? tp3 : NULL, &w, x + t0 * n_in, y, Ts[ti], scratch);
+                CHECK_MSG(memcmp(y, ybig + t0 * N_OUT, sizeof(float) * Ts[ti] * N_OUT) == 0,
+                          "%s (%s): tokens %lld..%lld in a batch of %lld differ from the batch of %d",
+                          tr->name, l3c_kernels_path(), (long long)t0, (long long)(t0 + Ts[ti] - 1),
+                          (long long)Ts[ti], T_MAX);
+            }
+        free(scratch), free(wf), free(wdata), free(x), free(ybig), free(y);
+    }
+    l3c_threadpool_free(tp3);
+}
+
 int main(void) {
     test_threadpool();
     test_elementwise();
     test_matmul();
     test_matmul_multi();
+    test_matmul_batch_invariance();
     return CHECK_DONE("test_ops");
 }
