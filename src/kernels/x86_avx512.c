@@ -1,9 +1,10 @@
 /*
  * x86_avx512.c -- AVX-512 (F/BW/DQ/VL + VNNI) kernels, applied on top of the AVX2 table: entries
  * not set here stay AVX2. Same tile scheme as x86_avx2.c (one tile kernel per type serves vec_dot
- * as 1 x 1 and gemm), with GEMM_RW = 4 weight rows x GEMM_RT = 4 tokens for Q4_0 / Q8_0 / K-quants
- * (the 32 vector registers hold 16 accumulators plus the unpacked weights of 4 rows) and 2 x 4 for
- * the float and other 32-element block types (two accumulator chains per pair). Every tile
+ * as 1 x 1 and gemm), with GEMM_RW = 4 weight rows x GEMM_RT = 4 tokens for the float types (one
+ * 512-bit accumulator chain per pair), Q4_0 / Q8_0 and the K-quants (the 32 vector registers
+ * hold 16 accumulators plus the unpacked weights of 4 rows), and 2 x 4 for Q4_1 / Q5_0 / Q5_1
+ * (two accumulator chains per pair). Every tile
  * computes each (row, token) pair exactly as the 1 x 1 tile does (batch invariance, see
  * x86_common.h); the Q4_0 / Q8_0 block-pair tiles match the 256-bit 1 x 1 kernel because their
  * low / high 256-bit halves are its even / odd block chains.
@@ -108,7 +109,7 @@ INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_
                        const char *x, size_t xs, float *y, int64_t ldy) {
     /* canonical order (every tile shape): U chains over interleaved 16-element groups, a
      * ragged group into chain 0, chains summed in order, one horizontal sum, scalar tail */
-    enum { U = 2 };
+    enum { U = 1 };
     const int u = U;
     __m512 acc[U][MAXR][MAXR];
     UNROLL for (int k = 0; k < u; k++) UNROLL for (int r = 0; r < RW; r++)
@@ -432,9 +433,9 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 #define T_Q4_K(RW, RT, ...) tile_q4_K(RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
 
-X86_DEFINE_KERNELS_T(f32, T_F32, 2, 4)
-X86_DEFINE_KERNELS_T(f16, T_F16, 2, 4)
-X86_DEFINE_KERNELS_T(bf16, T_BF16, 2, 4)
+X86_DEFINE_KERNELS(f32, T_F32)
+X86_DEFINE_KERNELS(f16, T_F16)
+X86_DEFINE_KERNELS(bf16, T_BF16)
 X86_DEFINE_KERNELS(q4_0, T_Q4_0)
 X86_DEFINE_KERNELS_T(q4_1, T_Q4_1, 2, 4)
 X86_DEFINE_KERNELS_T(q5_0, T_Q5_0, 2, 4)
