@@ -26,7 +26,7 @@ PRESETS = {
     "llama3-8b": dict(dim=4096, n_layer=32, n_head=32, n_kv=8, n_ff=14336, vocab=128256,
                       ctx=8192, theta=500000.0, tied=False, rope_scaling=False),
     "llama3.1-8b": dict(dim=4096, n_layer=32, n_head=32, n_kv=8, n_ff=14336, vocab=128256,
-                        ctx=131072, theta=500000.0, tied=False, rope_scaling=True),
+                        ctx=131072, theta=500000.0, tied=False, rope_scaling=True, factor=8.0),
     "llama3.2-1b": dict(dim=2048, n_layer=16, n_head=32, n_kv=8, n_ff=8192, vocab=128256,
                         ctx=131072, theta=500000.0, tied=True, rope_scaling=True),
     "llama3.2-3b": dict(dim=3072, n_layer=28, n_head=24, n_kv=8, n_ff=8192, vocab=128256,
@@ -237,7 +237,7 @@ def main():
         if name.endswith("_norm.weight"):
             f.write(np.ones(cols, dtype=np.float32).tobytes())
         elif name == "rope_freqs.weight":
-            f.write(llama3_rope_factors(hd, p["theta"]).tobytes())
+            f.write(llama3_rope_factors(hd, p["theta"], p.get("factor", 32.0)).tobytes())
         elif a.data == "zeros":
             f.seek(nb, os.SEEK_CUR)
         else:

@@ -24,6 +24,10 @@ import os
 import numpy as np
 import gguf
 
+import sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import make_shaped_gguf  # noqa: E402  (the shared rope-scaling factors)
+
 T = gguf.GGMLQuantizationType
 
 # Types gguf-py can encode itself (value: GGUF general.file_type).
@@ -69,24 +73,10 @@ class ModelSpec:
         return self.n_embd // self.n_head
 
 
-def llama3_rope_factors(head_dim, theta, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                        original_context=8192):
-    """rope_freqs.weight as llama.cpp's convert_hf_to_gguf computes it from Meta's apply_scaling:
-    the rotation frequency of pair i is divided by the factor."""
-    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    low_wl = original_context / low_freq_factor
-    high_wl = original_context / high_freq_factor
-    out = []
-    for f in freqs:
-        wl = 2 * math.pi / f
-        if wl < high_wl:
-            out.append(1.0)
-        elif wl > low_wl:
-            out.append(factor)
-        else:
-            smooth = (original_context / wl - low_freq_factor) / (high_freq_factor - low_freq_factor)
-            out.append(1.0 / ((1.0 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
+def llama3_rope_factors(head_dim, theta, factor=8.0):
+    """rope_freqs.weight from Meta's apply_scaling (Llama 3.1: factor 8): one implementation,
+    shared with tools/make_shaped_gguf.py."""
+    return make_shaped_gguf.llama3_rope_factors(head_dim, theta, factor=factor)
 
 
 def spm_vocab(n_vocab):
