@@ -648,6 +648,13 @@ l3c_status l3c_gguf_open(const char *path, l3c_gguf **out) {
     if (map == MAP_FAILED)
         return l3c_fail(L3C_ERR_IO, "gguf: %s: mmap of %zu bytes failed: %s", path, size,
                         strerror(e));
+#ifdef MADV_HUGEPAGE
+    /* Best effort (errors ignored): pages of the file that are not cached yet are read in as
+     * 2 MiB folios and mapped by PMD (one TLB entry per 2 MiB of weights instead of 512), which
+     * also serves every later mapping of the file. Pages already cached in small folios stay
+     * as they are. ~4% less CPU per generated token on a 1B Q4_0 (docs/PERFORMANCE.md). */
+    (void)madvise(map, size, MADV_HUGEPAGE);
+#endif
     return open_common(map, size, path, 1, out);
 }
 
