@@ -262,10 +262,60 @@ INLINE void p_tile(int kind, bool tail, int RW, int RT, const char *w, size_t ws
     }
 }
 
+/*
+ * Q4_0 x Q8_0, 1 x 1 (every generated token's matmuls): exactly tile_b32(B_Q4_0, 1, 1), with
+ * about half the vector instructions. Chain 0 (even blocks) lives in lanes 0..7 and chain 1 (odd
+ * blocks) in lanes 8..15 of one 512-bit accumulator, each lane updated by the same operations as
+ * the 256-bit chains: int dot = dpbusd(-dpbusd(0, 8, x), w, x), then fma(d_w * d_x, (float)dot).
+ * Per block pair the nibbles are unpacked with one shift / in-lane shuffle / and (no vpermw,
+ * which made the 512-bit pair tile slower than the 256-bit kernel for one row), and the four fp16
+ * scales are converted and multiplied in one xmm (d_w * d_x, the same product as the broadcasts'
+ * multiply). The end is the canonical hsum(chain 0 + chain 1) + 0.0f, so == tile_b32 bit for bit
+ * (test_simd compares it with the 4 x 4 pair tiles and ref).
+ */
+static void q4_0_dot_1x1(int64_t n, const char *wv, const char *xv, float *y) {
+    const l3c_block_q4_0 *w = (const void *)wv;
+    const l3c_block_q8_0 *x = (const void *)xv;
+    const int64_t nb = n / 32;
+    const __m512i off = _mm512_set1_epi8(8), m4 = _mm512_set1_epi8(0x0F);
+    const __m512i sidx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)w[b].qs)),
+                                            _mm_loadu_si128((const __m128i *)w[b + 1].qs), 1);
+        __m512i qq = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+        __m512i wq = _mm512_and_si512(_mm512_shuffle_i64x2(qq, qq, _MM_SHUFFLE(3, 1, 2, 0)), m4);
+        __m512i xq = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x[b].qs)),
+                                        _mm256_loadu_si256((const __m256i *)x[b + 1].qs), 1);
+        __m512i base = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, xq));
+        __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base, wq, xq));
+        uint64_t h = (uint64_t)w[b].d | (uint64_t)w[b + 1].d << 16 | (uint64_t)x[b].d << 32 |
+                     (uint64_t)x[b + 1].d << 48;
+        __m128 d = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)); /* dw0 dw1 dx0 dx1 */
+        __m128 p = _mm_mul_ps(d, _mm_movehl_ps(d, d));           /* dw0 * dx0, dw1 * dx1 */
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(p)), f, acc);
+    }
+    __m256 c0 = _mm512_castps512_ps256(acc), c1 = _mm512_extractf32x8_ps(acc, 1);
+    if (b < nb) { /* a last even block: chain 0 */
+        __m256i wq = x86_nibbles32(w[b].qs);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i voff = _mm256_set1_epi8(8);
+        __m256i base = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), voff, xq));
+        __m256 f = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base, wq, xq));
+        c0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(x86_fp16(w[b].d)), _mm256_set1_ps(x86_fp16(x[b].d))), f, c0);
+    }
+    const float zero = 0.0f; /* tile_b32's (macc[0] + macc[1]) */
+    *y = x86_hsum_ps(_mm256_add_ps(c0, c1)) + (zero + zero);
+}
+
 INLINE void tile_pair(int kind, int RW, int RT, int64_t n, const char *w, size_t ws, const char *x,
                       size_t xs, float *y, int64_t ldy) {
-    if (RW * RT == 1) { /* one row streamed from memory: the 256-bit kernel is as fast */
-        tile_b32(kind, 1, 1, n, w, ws, x, xs, y, ldy);
+    if (RW * RT == 1) { /* one row streamed from memory: 256-bit chains (Q4_0: both in one zmm) */
+        if (kind == B_Q4_0) q4_0_dot_1x1(n, w, x, y);
+        else tile_b32(kind, 1, 1, n, w, ws, x, xs, y, ldy);
         return;
     }
     const int64_t nb = n / 32;
