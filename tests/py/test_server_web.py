@@ -136,13 +136,14 @@ def test_web_chat_streams_answer(llama3c, smollm2_path):
         assert "SmolLM2" in browser.wait("document.getElementById('model').textContent", timeout=20)
         # the answer the page must show: the same request through the API at temperature 0, asked
         # after a warm-up so that it and the page's request both evaluate from the prefix cache
-        question = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
+        text = "What is the capital of France? Answer in one sentence."  # a clear-margin answer
+        question = {"messages": [{"role": "user", "content": text}],
                     "temperature": 0}
         server.post_json("/v1/chat/completions", dict(question, max_tokens=1))
         st, api = server.post_json("/v1/chat/completions", dict(question, max_tokens=48))
         assert st == 200
         browser.js("document.getElementById('input').focus()")
-        browser.call("Input.insertText", text="What is the capital of France?")
+        browser.call("Input.insertText", text=text)
         browser.click("#send")
         assert browser.wait("document.querySelector('.msg.user') !== null", timeout=10)
         # streaming: the bubble is marked .streaming until the stream ends; some text shows up
