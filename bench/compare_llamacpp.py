@@ -60,8 +60,7 @@ def ours(path, threads, p, n, reps):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def llamacpp(path, threads, p, n, reps):
-    code = r"""
+LLAMACPP = r"""
 import json, sys, time, resource, statistics
 import llama_cpp
 from llama_cpp import Llama
@@ -72,20 +71,28 @@ import random
 random.seed(1)
 toks = [random.randrange(llm.n_vocab()) for _ in range(max(p, n))]
 llm.reset(); llm.eval(toks[:16])
-pp, tg = [], []
+pp, tg, pp_cpu, tg_cpu = [], [], [], []
 for _ in range(reps):
     if p:
-        llm.reset(); t = time.perf_counter(); llm.eval(toks[:p]); pp.append(p / (time.perf_counter() - t))
+        llm.reset(); t = time.perf_counter(); c = time.process_time(); llm.eval(toks[:p])
+        pp.append(p / (time.perf_counter() - t)); pp_cpu.append(1e3 * (time.process_time() - c) / p)
     if n:
-        llm.reset(); t = time.perf_counter()
+        llm.reset(); t = time.perf_counter(); c = time.process_time()
         for i in range(n): llm.eval([toks[i]])
-        tg.append(n / (time.perf_counter() - t))
+        tg.append(n / (time.perf_counter() - t)); tg_cpu.append(1e3 * (time.process_time() - c) / n)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"pp_tokens_per_s": statistics.median(pp) if pp else 0,
-                  "tg_tokens_per_s": statistics.median(tg) if tg else 0, "peak_rss_bytes": rss,
-                  "version": llama_cpp.__version__}))
+                  "tg_tokens_per_s": statistics.median(tg) if tg else 0,
+                  "pp_cpu_ms_per_token": min(pp_cpu) if pp_cpu else 0,
+                  "tg_cpu_ms_per_token": min(tg_cpu) if tg_cpu else 0,
+                  "peak_rss_bytes": rss, "version": llama_cpp.__version__}))
 """
-    out = sh([sys.executable, "-c", code, path, str(threads), str(p), str(n), str(reps)])
+
+
+def llamacpp(path, threads, p, n, reps):
+    """llama.cpp through llama-cpp-python, in a child process: the same fields as `llama3c bench
+    --json` (median tokens/s, best CPU ms per token of all threads, peak RSS)."""
+    out = sh([sys.executable, "-c", LLAMACPP, path, str(threads), str(p), str(n), str(reps)])
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -113,7 +120,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     files = []
-    for t in a.types.split(","):
+    for t in filter(None, a.types.split(",")):
         f = os.path.join(a.dir, "llama3.2-1b-%s.gguf" % t)
         make_file(f, "llama3.2-1b", t)
         files.append(("1B " + t, f))

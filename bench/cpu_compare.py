@@ -9,49 +9,22 @@ over the rounds and the ratio llama.cpp / ours (> 1: we use less CPU per token).
     python3 bench/cpu_compare.py --threads 1 --rounds 3 -p 512 -n 32 FILE...
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(REPO, os.environ.get("L3C_BUILD", "build"), "llama3c")
 
-LLAMACPP = r"""
-import json, sys, time
-from llama_cpp import Llama
-path, threads, p, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = Llama(model_path=path, n_ctx=max(p, n) + 16, n_batch=512, n_ubatch=512, n_threads=threads,
-            n_threads_batch=threads, verbose=False, logits_all=False)
-import random
-random.seed(1)
-toks = [random.randrange(llm.n_vocab()) for _ in range(max(p, n))]
-llm.reset(); llm.eval(toks[:16])
-pp, tg = [], []
-for _ in range(reps):
-    if p:
-        llm.reset(); c = time.process_time(); llm.eval(toks[:p]); pp.append(1e3 * (time.process_time() - c) / p)
-    if n:
-        llm.reset(); c = time.process_time()
-        for i in range(n): llm.eval([toks[i]])
-        tg.append(1e3 * (time.process_time() - c) / n)
-print(json.dumps({"pp": min(pp) if pp else 0, "tg": min(tg) if tg else 0}))
-"""
-
-
-def run(cmd):
-    out = subprocess.run(cmd, check=True, text=True, capture_output=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_llamacpp as cmp  # noqa: E402  (both engines' runners live there)
 
 
 def ours(path, a):
-    r = run([BIN, "bench", "-m", path, "-t", str(a.threads), "-p", str(a.p), "-n", str(a.n),
-             "-r", str(a.reps), "--json"])
+    r = cmp.ours(path, a.threads, a.p, a.n, a.reps)
     return {"pp": r["pp_cpu_ms_per_token"], "tg": r["tg_cpu_ms_per_token"]}
 
 
 def theirs(path, a):
-    return run([sys.executable, "-c", LLAMACPP, path, str(a.threads), str(a.p), str(a.n), str(a.reps)])
+    r = cmp.llamacpp(path, a.threads, a.p, a.n, a.reps)
+    return {"pp": r["pp_cpu_ms_per_token"], "tg": r["tg_cpu_ms_per_token"]}
 
 
 def main():
