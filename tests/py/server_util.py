@@ -90,6 +90,18 @@ class Server:
         self._drop_log()
         return self.proc.returncode
 
+    def serving(self, check_exit=True):
+        """For fixtures (`yield from Server(...).serving()`): starts the server, yields it, then
+        stops it with SIGTERM and reaps it; check_exit: the exit code must be 0."""
+        self.start()
+        try:
+            yield self
+        finally:
+            code = self.stop()
+            self.kill()
+        if check_exit:
+            assert code == 0, f"server exit code {code}\n{self.log()[-3000:]}"
+
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

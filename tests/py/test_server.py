@@ -26,14 +26,7 @@ CTX = 512
 
 @pytest.fixture(scope="module")
 def server(llama3c, smollm2_path):
-    s = Server(smollm2_path, "--parallel", 4, "--ctx", CTX, "--max-body", 65536)
-    s.start()
-    try:
-        yield s
-    finally:
-        code = s.stop()
-        s.kill()
-    assert code == 0, f"server exit code {code}\n{s.log()[-3000:]}"
+    yield from Server(smollm2_path, "--parallel", 4, "--ctx", CTX, "--max-body", 65536).serving()
 
 
 @pytest.fixture(scope="module")
@@ -292,13 +285,8 @@ def test_chunked_body_over_limit(server):
 
 @pytest.fixture(scope="module")
 def keyed_server(llama3c, smollm2_path):
-    s = Server(smollm2_path, "--parallel", 1, "--ctx", 256, "--api-key", "s3cret-key")
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
-        s.kill()
+    yield from Server(smollm2_path, "--parallel", 1, "--ctx", 256,
+                      "--api-key", "s3cret-key").serving(check_exit=False)
 
 
 def test_api_key(keyed_server):

@@ -43,14 +43,7 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def server8(llama3c, smollm2_path):
-    s = Server(smollm2_path, "--parallel", 8, "--ctx", 256)
-    s.start()
-    try:
-        yield s
-    finally:
-        code = s.stop()
-        s.kill()
-    assert code == 0, s.log()[-3000:]
+    yield from Server(smollm2_path, "--parallel", 8, "--ctx", 256).serving()
 
 
 def body(prompt, stream=False, max_tokens=MAX_TOKENS):
@@ -80,22 +73,16 @@ def run_all(server, concurrent, max_tokens=MAX_TOKENS):
 
 
 @pytest.fixture(scope="module")
-def server_ref(llama3c, smollm2_path):
-    """The default kernels: batch invariant, so answers must not depend on the batching."""
-    s = Server(smollm2_path, "--parallel", 8, "--ctx", 256)
-    s.start()
-    try:
-        yield s
-    finally:
-        code = s.stop()
-        s.kill()
-    assert code == 0, s.log()[-3000:]
+def server_fresh(llama3c, smollm2_path):
+    """A server of its own, so its first round starts from empty caches (default kernels: batch
+    invariant, so answers must not depend on the batching)."""
+    yield from Server(smollm2_path, "--parallel", 8, "--ctx", 256).serving()
 
 
-def test_eight_clients_match_serial(server_ref):
-    cold, _ = run_all(server_ref, True, max_tokens=16)      # 8 prompts evaluated in shared batches
-    alone, _ = run_all(server_ref, False, max_tokens=16)    # one at a time (from the prefix cache)
-    together, _ = run_all(server_ref, True, max_tokens=16)  # 8 at once again
+def test_eight_clients_match_serial(server_fresh):
+    cold, _ = run_all(server_fresh, True, max_tokens=16)      # 8 prompts evaluated in shared batches
+    alone, _ = run_all(server_fresh, False, max_tokens=16)    # one at a time (from the prefix cache)
+    together, _ = run_all(server_fresh, True, max_tokens=16)  # 8 at once again
     for p, a, b, c in zip(PROMPTS, alone, together, cold):
         assert a == b == c, f"{p!r}: alone {a[0]!r} vs with 7 others {b[0]!r} / cold {c[0]!r}"
 
@@ -159,13 +146,8 @@ def test_disconnect_frees_slot(server8):
 
 @pytest.fixture(scope="module")
 def server1(llama3c, smollm2_path):
-    s = Server(smollm2_path, "--parallel", 1, "--queue", 1, "--ctx", 1024, "--timeout", 1)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
-        s.kill()
+    yield from Server(smollm2_path, "--parallel", 1, "--queue", 1, "--ctx", 1024,
+                      "--timeout", 1).serving(check_exit=False)
 
 
 def cpu_seconds(server):

@@ -270,15 +270,8 @@ def run_corpus(server, n):
 
 @pytest.fixture(scope="module")
 def server(llama3c, smollm2_path):
-    s = Server(smollm2_path, "--parallel", 4, "--ctx", 128, "--queue", 256, "--max-body", 1 << 20,
-               "--timeout", 10)
-    s.start()
-    try:
-        yield s
-    finally:
-        code = s.stop()
-        s.kill()
-    assert code == 0, s.log()[-3000:]
+    yield from Server(smollm2_path, "--parallel", 4, "--ctx", 128, "--queue", 256, "--max-body", 1 << 20,
+               "--timeout", 10).serving()
 
 
 def test_hostile_sample(server):
