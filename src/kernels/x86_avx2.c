@@ -121,18 +121,10 @@ static void to_float_bf16(const void *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = l3c_bf16_to_fp32(h[i]);
 }
 
-enum { K_F32, K_F16, K_BF16 };
-
 INLINE __m256 load_w8(int kind, const void *w, int64_t i) {
     if (kind == K_F32) return _mm256_loadu_ps((const float *)w + i);
     if (kind == K_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
     return load_bf16x8((const uint16_t *)w + i);
-}
-
-INLINE float scalar_w(int kind, const void *w, int64_t i) {
-    if (kind == K_F32) return ((const float *)w)[i];
-    if (kind == K_F16) return x86_fp16(((const uint16_t *)w)[i]);
-    return l3c_bf16_to_fp32(((const uint16_t *)w)[i]);
 }
 
 /* U independent accumulators per output hide the FMA latency of the 1 x 1 tile */
@@ -169,7 +161,7 @@ INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_
         UNROLL for (int k = 1; k < u; k++) s = _mm256_add_ps(s, acc[k][r][t]);
         float sum = x86_hsum_ps(s);
         for (int64_t j = i; j < n; j++)
-            sum += scalar_w(kind, w + r * ws, j) * ((const float *)(x + t * xs))[j];
+            sum += x86_scalar_w(kind, w + r * ws, j) * ((const float *)(x + t * xs))[j];
         y[t * ldy + r] = sum;
     }
 }

@@ -90,19 +90,11 @@ static void from_float_q8_K(const float *src, void *dst, int64_t n) {
 
 /* ---------------------------------------------------------------- float rows */
 
-enum { K_F32, K_F16, K_BF16 };
-
 INLINE __m512 load_w16(int kind, const void *w, int64_t i) {
     if (kind == K_F32) return _mm512_loadu_ps((const float *)w + i);
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
     if (kind == K_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-INLINE float scalar_w(int kind, const void *w, int64_t i) {
-    if (kind == K_F32) return ((const float *)w)[i];
-    if (kind == K_F16) return x86_fp16(((const uint16_t *)w)[i]);
-    return l3c_bf16_to_fp32(((const uint16_t *)w)[i]);
 }
 
 INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_t ws,
@@ -138,7 +130,7 @@ INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_
         UNROLL for (int k = 1; k < u; k++) s = _mm512_add_ps(s, acc[k][r][t]);
         float sum = _mm512_reduce_add_ps(s);
         for (int64_t j = i; j < n; j++)
-            sum += scalar_w(kind, w + r * ws, j) * ((const float *)(x + t * xs))[j];
+            sum += x86_scalar_w(kind, w + r * ws, j) * ((const float *)(x + t * xs))[j];
         y[t * ldy + r] = sum;
     }
 }

@@ -17,6 +17,15 @@
 
 static inline float x86_fp16(uint16_t h) { return _cvtsh_ss(h); }
 
+/* float weight rows: element i of a row of kind K_F32 / K_F16 / K_BF16 (scalar tails) */
+enum { K_F32, K_F16, K_BF16 };
+
+static inline float x86_scalar_w(int kind, const void *w, int64_t i) {
+    if (kind == K_F32) return ((const float *)w)[i];
+    if (kind == K_F16) return x86_fp16(((const uint16_t *)w)[i]);
+    return l3c_bf16_to_fp32(((const uint16_t *)w)[i]);
+}
+
 static inline float x86_hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
