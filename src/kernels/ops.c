@@ -1,8 +1,9 @@
 /*
  * ops.c -- the numeric ops of the forward pass over T token rows, on the dispatched type table.
  *
- * matmul: each activation row is converted once to W's vec_dot_type (into the caller's
- * scratch; F32 rows are used in place), then the output rows, in tiles of TILE_ROWS, are
+ * matmul: each activation row is converted once to W's activation format (its vec_dot_type, or
+ * the packed kernel's format when W has a packed copy; into the caller's scratch; F32 rows are
+ * used in place), then the output rows, in tiles of TILE_ROWS, are
  * computed as chunks of the thread pool (claimed dynamically, see threadpool.c). For each tile
  * the traits' gemm (or a vec_dot loop) runs over every token, so a tile of W stays in cache
  * while all T activation rows stream past it (W is read once per call). l3c_matmul_multi puts
@@ -20,8 +21,8 @@
 #include <math.h>
 #include <string.h>
 
-/* Rows per tile: the unit of work of one kernel call. */
-#define TILE_ROWS 8
+/* Rows per tile: the unit of work of one kernel call; a multiple of every pack_rows. */
+#define TILE_ROWS 16
 /* Up to this many elements (T * n_in) the caller converts x itself instead of paying a sync. */
 #define CONVERT_INLINE 65536
 /* Token rows per chunk of a parallel conversion. */
@@ -33,32 +34,44 @@
 #define CHUNK_MACS (1 << 21)
 #define SCRATCH_ALIGN 64
 
-/* bytes of one activation row in vec_dot_type; 0 when the weight is not usable */
-static size_t act_row_bytes(const l3c_weight *w, const l3c_type_traits *tr) {
-    size_t bytes;
-    if (!tr->vec_dot || !l3c_row_size(tr->vec_dot_type, w->n_in, &bytes)) return 0;
-    return bytes;
+/* The activation format a weight's kernel reads: its vec_dot_type, or the packed kernel's own
+ * format when the weight has a packed copy. from == NULL: F32, x is used in place. */
+typedef struct act_fmt {
+    l3c_from_float_fn from;
+    size_t row_bytes;
+} act_fmt;
+
+static bool act_format(const l3c_weight *w, const l3c_type_traits *tr, act_fmt *f) {
+    if (w->packed) {
+        if (!tr->gemm_packed || w->n_in % 32) return false;
+        f->from = tr->pack_act_from_float;
+        f->row_bytes = (size_t)(w->n_in / 32) * tr->pack_act_block_bytes;
+        return true;
+    }
+    if (!tr->vec_dot || !l3c_row_size(tr->vec_dot_type, w->n_in, &f->row_bytes)) return false;
+    f->from = tr->vec_dot_type == L3C_TYPE_F32 ? NULL : l3c_type_traits_get(tr->vec_dot_type)->from_float;
+    return true;
 }
 
 static size_t align_up(size_t n) { return (n + SCRATCH_ALIGN - 1) / SCRATCH_ALIGN * SCRATCH_ALIGN; }
 
-/* Scratch for converting x to the vec_dot_type of each of w[0..n), shared between weights of
- * the same type; slot[i] receives the byte offset of w[i]'s converted rows (SIZE_MAX: x used in
- * place). Returns the total or SIZE_MAX when a weight is unusable. */
-static size_t plan_scratch(int n, const l3c_weight *const *w, int64_t T, size_t *slot) {
+/* Scratch for converting x to the activation format of each of w[0..n), shared between weights
+ * with the same format; slot[i] receives the byte offset of w[i]'s converted rows (SIZE_MAX: x
+ * used in place). Returns the total or SIZE_MAX when a weight is unusable. */
+static size_t plan_scratch(int n, const l3c_weight *const *w, int64_t T, size_t *slot, act_fmt *fmt) {
     size_t total = 0;
     if (n < 1 || n > L3C_MATMUL_MAX || T < 0) return SIZE_MAX;
     for (int i = 0; i < n; i++) {
-        const l3c_type_traits *tr = l3c_type_traits_get(w[i]->type);
-        size_t row = act_row_bytes(w[i], tr), bytes;
-        if (row == 0 || w[i]->n_in != w[0]->n_in) return SIZE_MAX;
+        size_t bytes;
+        if (!act_format(w[i], l3c_type_traits_get(w[i]->type), &fmt[i]) || w[i]->n_in != w[0]->n_in)
+            return SIZE_MAX;
         slot[i] = SIZE_MAX;
-        if (tr->vec_dot_type == L3C_TYPE_F32) continue;
+        if (!fmt[i].from) continue;
         for (int k = 0; k < i && slot[i] == SIZE_MAX; k++)
-            if (slot[k] != SIZE_MAX && l3c_type_traits_get(w[k]->type)->vec_dot_type == tr->vec_dot_type)
-                slot[i] = slot[k];
+            if (slot[k] != SIZE_MAX && fmt[k].from == fmt[i].from) slot[i] = slot[k];
         if (slot[i] != SIZE_MAX) continue;
-        if (!l3c_mul_ok(row, (size_t)T, &bytes) || total > SIZE_MAX - align_up(bytes)) return SIZE_MAX;
+        if (!l3c_mul_ok(fmt[i].row_bytes, (size_t)T, &bytes) || total > SIZE_MAX - align_up(bytes))
+            return SIZE_MAX;
         slot[i] = total;
         total += align_up(bytes);
     }
@@ -67,7 +80,8 @@ static size_t plan_scratch(int n, const l3c_weight *const *w, int64_t T, size_t 
 
 size_t l3c_matmul_multi_scratch_bytes(int n, const l3c_weight *const *w, int64_t T) {
     size_t slot[L3C_MATMUL_MAX];
-    return plan_scratch(n, w, T, slot);
+    act_fmt fmt[L3C_MATMUL_MAX];
+    return plan_scratch(n, w, T, slot, fmt);
 }
 
 size_t l3c_matmul_scratch_bytes(const l3c_weight *w, int64_t T) {
@@ -79,8 +93,9 @@ typedef struct matmul_job {
     const l3c_weight *w[L3C_MATMUL_MAX];
     const l3c_type_traits *tr[L3C_MATMUL_MAX];
     float *y[L3C_MATMUL_MAX];     /* [T x w[i]->n_out] */
-    const void *xq[L3C_MATMUL_MAX]; /* [T x xs[i] bytes] x in w[i]'s vec_dot_type */
+    const void *xq[L3C_MATMUL_MAX]; /* [T x xs[i] bytes] x in w[i]'s activation format */
     size_t xs[L3C_MATMUL_MAX];
+    l3c_from_float_fn from[L3C_MATMUL_MAX];
     int64_t first_chunk[L3C_MATMUL_MAX + 1]; /* chunks of w[i]: [first_chunk[i], first_chunk[i+1]) */
     int64_t tiles_per_chunk;
     int64_t T;
@@ -88,17 +103,16 @@ typedef struct matmul_job {
     /* conversion: the distinct targets */
     const float *x;               /* [T x n_in] */
     int n_conv;
-    int conv_src[L3C_MATMUL_MAX]; /* weight index whose xq / xs / vec_dot_type to produce */
+    int conv_src[L3C_MATMUL_MAX]; /* weight index whose xq / xs / from to produce */
     int64_t conv_rows;            /* token rows per conversion chunk */
     int64_t conv_chunks;          /* per target */
 } matmul_job;
 
 static void convert_rows(const matmul_job *j, int k, int64_t t0, int64_t t1) {
     const int i = j->conv_src[k];
-    l3c_from_float_fn from = l3c_type_traits_get(j->tr[i]->vec_dot_type)->from_float;
     const int64_t n_in = j->w[i]->n_in;
     for (int64_t t = t0; t < t1; t++)
-        from(j->x + t * n_in, (char *)j->xq[i] + (size_t)t * j->xs[i], n_in);
+        j->from[i](j->x + t * n_in, (char *)j->xq[i] + (size_t)t * j->xs[i], n_in);
 }
 
 static void convert_chunk(void *arg, int64_t c, int ith) {
@@ -115,6 +129,11 @@ static void tile(const matmul_job *j, int i, int64_t r0, int64_t r1) {
     const char *wdata = (const char *)w->data + (size_t)r0 * w->row_bytes;
     const char *xq = j->xq[i];
     float *y = j->y[i] + r0;
+    if (w->packed) { /* groups of pack_rows rows, each pack_rows * row_bytes; r0 % pack_rows == 0 */
+        const char *g = (const char *)w->packed + (size_t)(r0 / tr->pack_rows) * tr->pack_rows * w->row_bytes;
+        tr->gemm_packed(w->n_in, r1 - r0, j->T, y, w->n_out, g, xq, j->xs[i]);
+        return;
+    }
     if (tr->gemm) {
         tr->gemm(w->n_in, r1 - r0, j->T, y, w->n_out, wdata, w->row_bytes, xq, j->xs[i]);
         return;
@@ -158,7 +177,8 @@ static int64_t layout_chunks(matmul_job *j) {
 void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, float *const *y,
                       const float *x, int64_t T, void *scratch, bool swiglu) {
     size_t slot[L3C_MATMUL_MAX];
-    L3C_ASSERT(plan_scratch(n, w, T, slot) != SIZE_MAX);
+    act_fmt fmt[L3C_MATMUL_MAX];
+    L3C_ASSERT(plan_scratch(n, w, T, slot, fmt) != SIZE_MAX);
     L3C_ASSERT(!swiglu || (n == 2 && w[0]->n_out == w[1]->n_out));
     if (T <= 0) return;
     matmul_job job = {.n = n, .T = T, .swiglu = swiglu, .x = x};
@@ -166,7 +186,8 @@ void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, flo
         job.w[i] = w[i];
         job.tr[i] = l3c_type_traits_get(w[i]->type);
         job.y[i] = y[i];
-        job.xs[i] = act_row_bytes(w[i], job.tr[i]);
+        job.xs[i] = fmt[i].row_bytes;
+        job.from[i] = fmt[i].from;
         if (slot[i] == SIZE_MAX) {
             job.xq[i] = x; /* F32: already in the activation format */
             continue;
@@ -203,6 +224,29 @@ void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, flo
 void l3c_matmul(l3c_threadpool *tp, const l3c_weight *w, const float *x, float *y, int64_t T,
                 void *scratch) {
     l3c_matmul_multi(tp, 1, &w, &y, x, T, scratch, false);
+}
+
+size_t l3c_weight_packed_bytes(const l3c_weight *w) {
+    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
+    size_t bytes;
+    if (!tr->pack_rows || w->n_in % 32 || TILE_ROWS % tr->pack_rows) return 0;
+    if (!l3c_mul_ok(w->row_bytes * (size_t)tr->pack_rows, (size_t)l3c_weight_pack_groups(w), &bytes)) return 0;
+    return bytes;
+}
+
+int64_t l3c_weight_pack_groups(const l3c_weight *w) {
+    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
+    return tr->pack_rows ? l3c_n_chunks(w->n_out, tr->pack_rows) : 0;
+}
+
+void l3c_weight_pack(const l3c_weight *w, void *dst, int64_t g0, int64_t g1) {
+    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
+    const int64_t R = tr->pack_rows;
+    for (int64_t g = g0; g < g1; g++) {
+        const int64_t r0 = g * R;
+        tr->pack(w->n_in, L3C_MIN(R, w->n_out - r0), (const char *)w->data + (size_t)r0 * w->row_bytes,
+                 w->row_bytes, (char *)dst + (size_t)g * (size_t)R * w->row_bytes);
+    }
 }
 
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps) {
@@ -271,5 +315,16 @@ void l3c_softmax(float *x, int64_t n) {
 void l3c_get_row(const l3c_weight *w, int64_t id, float *dst) {
     L3C_ASSERT(id >= 0 && id < w->n_out); /* callers validate token ids */
     const l3c_type_traits *tr = l3c_type_traits_get(w->type);
+    if (w->packed) { /* block by block from the group: the file's pages may have been released */
+        const int64_t R = tr->pack_rows, bs = tr->block_size;
+        const char *g = (const char *)w->packed + (size_t)(id / R) * (size_t)R * w->row_bytes;
+        char blk[64];
+        L3C_ASSERT(tr->type_size <= sizeof blk);
+        for (int64_t b = 0; b < w->n_in / bs; b++) {
+            tr->unpack(bs, g + (size_t)b * (size_t)R * tr->type_size, (int)(id % R), blk);
+            tr->to_float(blk, dst + b * bs, bs);
+        }
+        return;
+    }
     tr->to_float((const char *)w->data + (size_t)id * w->row_bytes, dst, w->n_in);
 }

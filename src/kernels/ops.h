@@ -17,7 +17,17 @@ typedef struct l3c_weight {
     int64_t n_in, n_out;
     size_t row_bytes;
     const void *data;
+    /* NULL, or the rows in the dispatched table's packed layout (l3c_weight_pack): then the
+     * matmuls read only this copy (data stays valid, e.g. for embedding rows) */
+    const void *packed;
 } l3c_weight;
+
+/* Bytes of w's packed copy in the dispatched table's layout; 0 when the type has none here. */
+size_t l3c_weight_packed_bytes(const l3c_weight *w);
+/* Writes the packed copy of w into dst (l3c_weight_packed_bytes(w) bytes), rows [g0, g1) of
+ * groups only (so that callers can split the work); set w->packed = dst afterwards. */
+void l3c_weight_pack(const l3c_weight *w, void *dst, int64_t g0, int64_t g1);
+int64_t l3c_weight_pack_groups(const l3c_weight *w);
 
 /*
  * y[T x n_out] = x[T x n_in] @ W^T. scratch must hold l3c_matmul_scratch_bytes(W, T) bytes

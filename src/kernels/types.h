@@ -52,6 +52,25 @@ typedef void (*l3c_vec_dot_fn)(int64_t n, float *out, const void *w, const void 
 typedef void (*l3c_gemm_fn)(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
                             const void *w, size_t w_stride, const void *x, size_t x_stride);
 
+/*
+ * Optional packed layout of a weight type on an ISA (x86_avx512.c: Q4_0, Q8_0): rows are
+ * interleaved in groups of pack_rows at model load, so that one vector register holds the same
+ * elements of pack_rows rows and one integer dot product serves all of them (ggml's "repack").
+ * A group takes exactly pack_rows * (row bytes) bytes; the last group of a matrix is padded with
+ * zero rows. pack writes one group from n_rows (<= pack_rows) rows of w.
+ */
+typedef void (*l3c_pack_fn)(int64_t n, int64_t n_rows, const void *w, size_t w_stride, void *dst);
+/* The inverse for one row: row r (< pack_rows) of the group at g, n elements, written in the
+ * file's block layout to dst (embedding rows of a tied output matrix come from the copy). */
+typedef void (*l3c_unpack_fn)(int64_t n, const void *g, int r, void *dst);
+/*
+ * Packed kernel: rows [0, n_rows) of the consecutive groups at wp, T activation rows of x in the
+ * pack_act format (row stride x_stride): y[t * ldy + r] = dot(row r, x row t). Each (row, token)
+ * value is the same whatever T, n_rows or the row's place in its group (batch invariance).
+ */
+typedef void (*l3c_gemm_packed_fn)(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                                   const void *wp, const void *x, size_t x_stride);
+
 typedef struct l3c_type_traits {
     const char *name;          /* "Q4_K"; NULL for ids that are not a type */
     int64_t block_size;        /* elements per block */
@@ -62,7 +81,23 @@ typedef struct l3c_type_traits {
     l3c_vec_dot_fn vec_dot;    /* NULL: cannot be used as a weight type */
     l3c_type vec_dot_type;     /* activation format vec_dot expects */
     l3c_gemm_fn gemm;          /* optional batched kernel, NULL in the reference table */
+    /* optional packed layout (see l3c_pack_fn); pack_rows == 0: none */
+    int pack_rows;
+    l3c_pack_fn pack;
+    l3c_unpack_fn unpack;
+    l3c_gemm_packed_fn gemm_packed;
+    l3c_from_float_fn pack_act_from_float; /* activations for gemm_packed */
+    size_t pack_act_block_bytes;           /* bytes per 32 activations in that format */
 } l3c_type_traits;
+
+/* Activation block of the packed Q4_0 / Q8_0 kernels: qs as in Q8_0, the scale as float (not
+ * rounded to fp16) and -off * sum(qs), the exact integer correction for weights stored as
+ * unsigned bytes with offset off (8 for Q4_0 nibbles, 128 for Q8_0 bytes xor 0x80). */
+typedef struct l3c_block_q8_0x {
+    float d;
+    int32_t neg_off_sum;
+    int8_t qs[32];
+} l3c_block_q8_0x;
 
 /* Reference (scalar) table; entries are zero for unsupported ids. Never modified. */
 const l3c_type_traits *l3c_type_traits_ref(int type);

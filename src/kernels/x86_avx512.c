@@ -462,6 +462,159 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
         y[t * ldy + r] = x86_hsum_ps(acc[r][t]);
 }
 
+/* ---------------------------------------------------------------- packed Q4_0 / Q8_0 (16 rows) */
+
+/*
+ * Rows interleaved by 16 (l3c_pack_fn): per 32-element block b, a group holds the 16 fp16 scales
+ * (32 bytes) then the quants as 64-byte chunks whose 32-bit lane r is 4 consecutive bytes of row
+ * r. Q4_0: 4 chunks, chunk g lane r = qs[4g .. 4g + 3] of row r, whose low nibbles are elements
+ * 4g .. 4g + 3 and high nibbles elements 16 + 4g .. 16 + 4g + 3 (18 bytes per row and block, as
+ * in the file). Q8_0: 8 chunks, chunk g lane r = elements 4g .. 4g + 3 xor 0x80 (unsigned).
+ *
+ * Kernel: lanes are rows. For one token and block, dpbusd(unsigned weight chunk, activation
+ * dword broadcast) over the 8 element groups gives the exact integer dot of all 16 rows, started
+ * from -off * sum(x) (stored in the activation block); then per lane
+ *     acc = fma(d_w * d_x, (float)isum, acc)
+ * block after block: one chain per (row, token), the same operations for any tile shape, so the
+ * result never depends on T, the number of rows or the thread split. The unpacked weights of a
+ * block stay in registers while up to PK_RT tokens pass them.
+ */
+#define PK_ROWS 16
+#define PK_RT 8
+
+static void pack_act(const float *src, void *dst, int64_t n, int off) {
+    l3c_block_q8_0x *b = dst;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *x = src + i * 32;
+        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i i0 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v0, vid)));
+        __m512i i1 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v1, vid)));
+        _mm_storeu_si128((__m128i *)b[i].qs, _mm512_cvtsepi32_epi8(i0));
+        _mm_storeu_si128((__m128i *)(b[i].qs + 16), _mm512_cvtsepi32_epi8(i1));
+        b[i].d = d;
+        b[i].neg_off_sum = -off * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    }
+}
+static void pack_act_q4_0(const float *src, void *dst, int64_t n) { pack_act(src, dst, n, 8); }
+static void pack_act_q8_0(const float *src, void *dst, int64_t n) { pack_act(src, dst, n, 128); }
+
+static void pack_q4_0(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    uint8_t *out = dst;
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint8_t *g = out + b * (PK_ROWS * sizeof(l3c_block_q4_0));
+        memset(g, 0, PK_ROWS * sizeof(l3c_block_q4_0));
+        for (int64_t r = 0; r < n_rows; r++) {
+            const l3c_block_q4_0 *blk = (const l3c_block_q4_0 *)((const char *)w + r * ws) + b;
+            memcpy(g + 2 * r, &blk->d, 2);
+            for (int c = 0; c < 4; c++) memcpy(g + 32 + 64 * c + 4 * r, blk->qs + 4 * c, 4);
+        }
+    }
+}
+
+static void pack_q8_0(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    uint8_t *out = dst;
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint8_t *g = out + b * (PK_ROWS * sizeof(l3c_block_q8_0));
+        memset(g, 0, 32);
+        for (int c = 0; c < 8; c++) memset(g + 32 + 64 * c, 0x80, 64); /* padding rows: q = 0 */
+        for (int64_t r = 0; r < n_rows; r++) {
+            const l3c_block_q8_0 *blk = (const l3c_block_q8_0 *)((const char *)w + r * ws) + b;
+            memcpy(g + 2 * r, &blk->d, 2);
+            for (int c = 0; c < 8; c++)
+                for (int k = 0; k < 4; k++) g[32 + 64 * c + 4 * r + k] = (uint8_t)blk->qs[4 * c + k] ^ 0x80;
+        }
+    }
+}
+
+static void unpack_q4_0(int64_t n, const void *g, int r, void *dst) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * sizeof(l3c_block_q4_0));
+        l3c_block_q4_0 *blk = (l3c_block_q4_0 *)dst + b;
+        memcpy(&blk->d, gb + 2 * r, 2);
+        for (int c = 0; c < 4; c++) memcpy(blk->qs + 4 * c, gb + 32 + 64 * c + 4 * r, 4);
+    }
+}
+
+static void unpack_q8_0(int64_t n, const void *g, int r, void *dst) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * sizeof(l3c_block_q8_0));
+        l3c_block_q8_0 *blk = (l3c_block_q8_0 *)dst + b;
+        memcpy(&blk->d, gb + 2 * r, 2);
+        for (int c = 0; c < 8; c++)
+            for (int k = 0; k < 4; k++) blk->qs[4 * c + k] = (int8_t)(gb[32 + 64 * c + 4 * r + k] ^ 0x80);
+    }
+}
+
+/* one group of 16 rows x RT tokens; acc[t] lane r = (row r, token t) */
+INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    const size_t gbs = PK_ROWS * (kind == B_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * gbs;
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        __m512i q[8];
+        if (kind == B_Q8_0) {
+            UNROLL for (int c = 0; c < 8; c++) q[c] = _mm512_loadu_si512(g + 32 + 64 * c);
+        } else {
+            UNROLL for (int c = 0; c < 4; c++) {
+                __m512i v = _mm512_loadu_si512(g + 32 + 64 * c);
+                q[c] = _mm512_and_si512(v, m4);
+                q[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(x + t * xs) + b;
+            const int32_t *xq = (const int32_t *)a->qs;
+            __m512i s = _mm512_set1_epi32(a->neg_off_sum);
+            UNROLL for (int c = 0; c < 8; c++) s = _mm512_dpbusd_epi32(s, q[c], _mm512_set1_epi32(xq[c]));
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[t]);
+        }
+    }
+}
+
+INLINE void pk_run(int kind, int RT, int64_t nb, const char *wp, const char *x, size_t xs, float *y,
+                   int64_t ldy, __mmask16 rows) {
+    __m512 acc[PK_RT];
+    UNROLL for (int t = 0; t < RT; t++) acc[t] = _mm512_setzero_ps();
+    pk_tile(kind, RT, nb, wp, x, xs, acc);
+    UNROLL for (int t = 0; t < RT; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
+}
+
+INLINE void gemm_packed(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                        const void *wp, const void *x, size_t xs) {
+    const int64_t nb = n / 32;
+    const size_t gbytes = (size_t)nb * PK_ROWS * (kind == B_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
+    for (int64_t t0 = 0; t0 < T; t0 += PK_RT) {
+        const int rt = (int)L3C_MIN(PK_RT, T - t0);
+        const char *xt = (const char *)x + t0 * xs;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += PK_ROWS) {
+            const char *g = (const char *)wp + (size_t)(r0 / PK_ROWS) * gbytes;
+            const int nr = (int)L3C_MIN(PK_ROWS, n_rows - r0);
+            const __mmask16 rows = (__mmask16)((1u << nr) - 1);
+            float *yt = y + t0 * ldy + r0;
+            switch (rt) {
+#define PK_CASE(k) case k: pk_run(kind, k, nb, g, xt, xs, yt, ldy, rows); break;
+            PK_CASE(1) PK_CASE(2) PK_CASE(3) PK_CASE(4) PK_CASE(5) PK_CASE(6) PK_CASE(7)
+            default: pk_run(kind, PK_RT, nb, g, xt, xs, yt, ldy, rows); break;
+#undef PK_CASE
+            }
+        }
+    }
+}
+
+static void gemm_packed_q4_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                             const void *wp, const void *x, size_t xs) {
+    gemm_packed(B_Q4_0, n, n_rows, T, y, ldy, wp, x, xs);
+}
+static void gemm_packed_q8_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                             const void *wp, const void *x, size_t xs) {
+    gemm_packed(B_Q8_0, n, n_rows, T, y, ldy, wp, x, xs);
+}
+
 /* ---------------------------------------------------------------- tables */
 
 #define T_F32(RW, RT, ...) tile_float(K_F32, RW, RT, __VA_ARGS__)
@@ -492,6 +645,16 @@ X86_DEFINE_KERNELS(q6_K, T_Q6_K)
         table[id].gemm = gemm_##name;       \
     } while (0)
 
+#define SET_PACKED(id, name)                                      \
+    do {                                                          \
+        table[id].pack_rows = PK_ROWS;                            \
+        table[id].pack = pack_##name;                             \
+        table[id].unpack = unpack_##name;                         \
+        table[id].gemm_packed = gemm_packed_##name;               \
+        table[id].pack_act_from_float = pack_act_##name;          \
+        table[id].pack_act_block_bytes = sizeof(l3c_block_q8_0x); \
+    } while (0)
+
 bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     if (!table) return true; /* built: the path exists */
     table[L3C_TYPE_Q8_0].from_float = from_float_q8_0;
@@ -506,6 +669,8 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q8_0, q8_0);
     SET_DOT(L3C_TYPE_Q4_K, q4_K);
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
+    SET_PACKED(L3C_TYPE_Q4_0, q4_0);
+    SET_PACKED(L3C_TYPE_Q8_0, q8_0);
     return true;
 }
 
@@ -513,5 +678,15 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
 /* Compiled without the ISA flags (or not x86-64): an empty hook, so the strong reference in
  * dispatch.c links; the table stays as it was. */
 #include "kernels/types.h"
+#define SET_PACKED(id, name)                                      \
+    do {                                                          \
+        table[id].pack_rows = PK_ROWS;                            \
+        table[id].pack = pack_##name;                             \
+        table[id].unpack = unpack_##name;                         \
+        table[id].gemm_packed = gemm_packed_##name;               \
+        table[id].pack_act_from_float = pack_act_##name;          \
+        table[id].pack_act_block_bytes = sizeof(l3c_block_q8_0x); \
+    } while (0)
+
 bool l3c_kernels_override_avx512(l3c_type_traits *table) { (void)table; return false; }
 #endif

@@ -116,6 +116,7 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
 
     m->n_threads = p.n_threads > 0 ? p.n_threads : l3c_default_threads();
     if (m->n_threads < 1) m->n_threads = 1;
+    if ((st = l3c_weights_pack(&m->w, &m->cfg, path, p.use_mmap, m->n_threads))) goto fail;
 
     if (p.verbose) {
         const l3c_config *c = &m->cfg;

@@ -65,12 +65,22 @@ typedef struct l3c_weights {
     const float *rope_freqs; /* [n_rot/2] or NULL */
     float **owned;           /* float copies of non-F32 norm vectors, [n_owned] */
     int n_owned;
+    void *pack_arena;        /* packed copies of the matrices (l3c_weights_pack), or NULL */
+    size_t pack_bytes;
 } l3c_weights;
 
 /* Binds every tensor; path is for messages. On failure w is left empty (l3c_weights_free ok). */
 l3c_status l3c_weights_bind(const l3c_gguf *g, const l3c_config *cfg, const char *path,
                             l3c_weights *w);
 void l3c_weights_free(l3c_weights *w);
+/*
+ * Packed copies of every matrix whose type has a packed layout on the dispatched kernel path
+ * (l3c_weight.packed), made with n_threads threads; with release_source the file pages of each
+ * packed matrix are dropped from the mapping right after (mmapped files), so peak RSS stays near
+ * one copy of the weights. L3C_PACK=0 in the environment turns packing off.
+ */
+l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *path,
+                            int release_source, int n_threads);
 
 struct l3c_model {
     char *path;

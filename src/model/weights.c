@@ -20,7 +20,10 @@
  */
 #include "model/model.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static void shape_str(const l3c_gguf_tensor *t, char *buf, size_t cap) {
     size_t off = 0;
@@ -159,8 +162,95 @@ fail:
     return st;
 }
 
+/* ---- packed copies */
+
+/* drops the whole pages of [p, p + n) from this process's mapping (they fault back in from the
+ * page cache if read again) */
+static void release_pages(const void *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) / page * page, hi = ((uintptr_t)p + n) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+typedef struct pack_job {
+    const l3c_weight *w;
+    void *dst;
+    int64_t groups_per_chunk, n_groups, rows_per_group;
+    int release;
+} pack_job;
+
+static void pack_chunk(void *arg, int64_t c, int ith) {
+    const pack_job *j = arg;
+    const int64_t g0 = c * j->groups_per_chunk, g1 = L3C_MIN(g0 + j->groups_per_chunk, j->n_groups);
+    l3c_weight_pack(j->w, j->dst, g0, g1);
+    if (j->release) { /* the source rows just packed (pages shared with a neighbour stay) */
+        const int64_t r0 = g0 * j->rows_per_group, r1 = L3C_MIN(g1 * j->rows_per_group, j->w->n_out);
+        release_pages((const char *)j->w->data + (size_t)r0 * j->w->row_bytes, (size_t)(r1 - r0) * j->w->row_bytes);
+    }
+}
+
+l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *path,
+                            int release_source, int n_threads) {
+    const char *env = getenv("L3C_PACK");
+    if (env && strcmp(env, "0") == 0) return L3C_OK;
+    /* every matrix a matmul reads (token_embd only as the tied output) */
+    const int n_mat = cfg->n_layer * 7 + 1;
+    l3c_weight **mat = l3c_calloc((size_t)n_mat, sizeof *mat);
+    size_t *off = l3c_calloc((size_t)n_mat, sizeof *off);
+    if (!mat || !off) {
+        free(mat);
+        free(off);
+        return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
+    }
+    for (int32_t l = 0; l < cfg->n_layer; l++) {
+        l3c_layer *L = &w->layers[l];
+        l3c_weight *m[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        memcpy(mat + 7 * l, m, sizeof m);
+    }
+    mat[n_mat - 1] = &w->output;
+    size_t total = 0;
+    for (int i = 0; i < n_mat; i++) {
+        size_t b = l3c_weight_packed_bytes(mat[i]);
+        off[i] = b ? total : SIZE_MAX;
+        total += (b + 4095) / 4096 * 4096;
+    }
+    l3c_status st = L3C_OK;
+    if (total == 0) goto done;
+    void *arena = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (arena == MAP_FAILED) {
+        st = l3c_fail(L3C_ERR_NOMEM, "%s: cannot map %.1f MiB for the packed weights", path,
+                      (double)total / (1024.0 * 1024.0));
+        goto done;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(arena, total, MADV_HUGEPAGE); /* best effort */
+#endif
+    l3c_threadpool *tp = NULL;
+    if (n_threads > 1 && l3c_threadpool_create(n_threads, &tp) != L3C_OK) tp = NULL;
+    for (int i = 0; i < n_mat; i++) {
+        if (off[i] == SIZE_MAX) continue;
+        pack_job j = {.w = mat[i], .dst = (char *)arena + off[i], .groups_per_chunk = 64,
+                      .n_groups = l3c_weight_pack_groups(mat[i]), .release = release_source};
+        j.rows_per_group = l3c_type_traits_get(mat[i]->type)->pack_rows;
+        l3c_threadpool_run(tp, l3c_n_chunks(j.n_groups, j.groups_per_chunk), pack_chunk, &j);
+        mat[i]->packed = j.dst;
+        /* the matmuls read only the copy now; keeps peak RSS near one copy of the weights */
+        if (release_source) release_pages(mat[i]->data, (size_t)mat[i]->n_out * mat[i]->row_bytes);
+    }
+    l3c_threadpool_free(tp);
+    mprotect(arena, total, PROT_READ);
+    w->pack_arena = arena;
+    w->pack_bytes = total;
+    if (w->tied_output) w->tok_embd.packed = w->output.packed; /* embedding rows from the copy */
+done:
+    free(mat);
+    free(off);
+    return st;
+}
+
 void l3c_weights_free(l3c_weights *w) {
     if (!w) return;
+    if (w->pack_arena) munmap(w->pack_arena, w->pack_bytes);
     for (int i = 0; i < w->n_owned; i++) free(w->owned[i]);
     free(w->owned);
     free(w->layers);
