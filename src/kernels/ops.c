@@ -43,9 +43,9 @@ typedef struct act_fmt {
 
 static bool act_format(const l3c_weight *w, const l3c_type_traits *tr, act_fmt *f) {
     if (w->packed) {
-        if (!tr->gemm_packed || w->n_in % 32) return false;
+        if (!tr->gemm_packed || w->n_in % tr->pack_act_block_size) return false;
         f->from = tr->pack_act_from_float;
-        f->row_bytes = (size_t)(w->n_in / 32) * tr->pack_act_block_bytes;
+        f->row_bytes = (size_t)(w->n_in / tr->pack_act_block_size) * tr->pack_act_type_size;
         return true;
     }
     if (!tr->vec_dot || !l3c_row_size(tr->vec_dot_type, w->n_in, &f->row_bytes)) return false;
@@ -229,7 +229,7 @@ void l3c_matmul(l3c_threadpool *tp, const l3c_weight *w, const float *x, float *
 size_t l3c_weight_packed_bytes(const l3c_weight *w) {
     const l3c_type_traits *tr = l3c_type_traits_get(w->type);
     size_t bytes;
-    if (!tr->pack_rows || w->n_in % 32 || TILE_ROWS % tr->pack_rows) return 0;
+    if (!tr->pack_rows || w->n_in % tr->pack_act_block_size || TILE_ROWS % tr->pack_rows) return 0;
     if (!l3c_mul_ok(w->row_bytes * (size_t)tr->pack_rows, (size_t)l3c_weight_pack_groups(w), &bytes)) return 0;
     return bytes;
 }
@@ -318,7 +318,7 @@ void l3c_get_row(const l3c_weight *w, int64_t id, float *dst) {
     if (w->packed) { /* block by block from the group: the file's pages may have been released */
         const int64_t R = tr->pack_rows, bs = tr->block_size;
         const char *g = (const char *)w->packed + (size_t)(id / R) * (size_t)R * w->row_bytes;
-        char blk[64];
+        char blk[512]; /* one block of any weight type (Q6_K: 210 bytes) */
         L3C_ASSERT(tr->type_size <= sizeof blk);
         for (int64_t b = 0; b < w->n_in / bs; b++) {
             tr->unpack(bs, g + (size_t)b * (size_t)R * tr->type_size, (int)(id % R), blk);

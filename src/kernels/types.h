@@ -86,8 +86,9 @@ typedef struct l3c_type_traits {
     l3c_pack_fn pack;
     l3c_unpack_fn unpack;
     l3c_gemm_packed_fn gemm_packed;
-    l3c_from_float_fn pack_act_from_float; /* activations for gemm_packed */
-    size_t pack_act_block_bytes;           /* bytes per 32 activations in that format */
+    l3c_from_float_fn pack_act_from_float; /* activations for gemm_packed, in blocks of */
+    int64_t pack_act_block_size;           /* this many elements, */
+    size_t pack_act_type_size;             /* each this many bytes */
 } l3c_type_traits;
 
 /* Activation block of the packed Q4_0 / Q8_0 kernels: qs as in Q8_0, the scale as float (not

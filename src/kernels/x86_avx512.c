@@ -615,6 +615,227 @@ static void gemm_packed_q8_0(int64_t n, int64_t n_rows, int64_t T, float *y, int
     gemm_packed(B_Q8_0, n, n_rows, T, y, ldy, wp, x, xs);
 }
 
+/*
+ * Packed Q4_K / Q6_K (16 rows, the same lanes-are-rows scheme, activations in Q8_K). Per
+ * super-block of 256 elements a group holds (sizes = 16 x the file's block):
+ *   Q4_K: d[16], dmin[16] (fp16), the 12 scale bytes as 3 chunks (lane r = bytes 4k .. 4k + 3
+ *         of row r), then qs as 32 chunks (j, c): lane r = qs[32j + 4c .. + 3], whose low
+ *         nibbles are elements 64j + 4c .. + 3 (sub-block 2j) and high nibbles sub-block 2j + 1.
+ *   Q6_K: d[16], the 16 int8 scales as 4 chunks with bytes ordered (s4k, s4k+2, s4k+1, s4k+3)
+ *         so that even / odd bytes sign-extend to the int16 pairs (s2p, s2p+1); then per half h
+ *         24 chunks: ql[64h + 4c ..] (A, c < 8), ql[64h + 32 + 4c ..] (B), qh[32h + 4c ..] (H).
+ * Per sub-block (Q4_K: 32 elements, scale sc and min mn) or 16-element group (Q6_K: scale s,
+ * quants q - 32), the exact integer dot of all 16 rows comes from dpbusd over the unsigned
+ * quants and is multiplied by the scale in int32; the mins / the -32 offset come from the Q8_K
+ * group sums by dpwssd; per super-block and lane:
+ *   Q4_K: acc = fma(d * dx, (float)isum, acc); acc = fnmadd(dmin * dx, (float)msum, acc)
+ *   Q6_K: acc = fma(d * dx, (float)(isum - 32 * osum), acc)
+ * The same operations for every tile shape: batch invariant.
+ */
+#define PK_RT_K 8
+
+static void pack_q4_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        uint8_t *g = (uint8_t *)dst + b * (PK_ROWS * sizeof(l3c_block_q4_K));
+        memset(g, 0, PK_ROWS * sizeof(l3c_block_q4_K));
+        for (int64_t r = 0; r < n_rows; r++) {
+            const l3c_block_q4_K *blk = (const l3c_block_q4_K *)((const char *)w + r * ws) + b;
+            memcpy(g + 2 * r, &blk->d, 2);
+            memcpy(g + 32 + 2 * r, &blk->dmin, 2);
+            for (int k = 0; k < 3; k++) memcpy(g + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+            for (int j = 0; j < 4; j++)
+                for (int c = 0; c < 8; c++) memcpy(g + 256 + (8 * j + c) * 64 + 4 * r, blk->qs + 32 * j + 4 * c, 4);
+        }
+    }
+}
+
+static void unpack_q4_K(int64_t n, const void *gv, int r, void *dst) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        const uint8_t *g = (const uint8_t *)gv + b * (PK_ROWS * sizeof(l3c_block_q4_K));
+        l3c_block_q4_K *blk = (l3c_block_q4_K *)dst + b;
+        memcpy(&blk->d, g + 2 * r, 2);
+        memcpy(&blk->dmin, g + 32 + 2 * r, 2);
+        for (int k = 0; k < 3; k++) memcpy(blk->scales + 4 * k, g + 64 + 64 * k + 4 * r, 4);
+        for (int j = 0; j < 4; j++)
+            for (int c = 0; c < 8; c++) memcpy(blk->qs + 32 * j + 4 * c, g + 256 + (8 * j + c) * 64 + 4 * r, 4);
+    }
+}
+
+static const int q6_perm[4] = {0, 2, 1, 3}; /* stored byte i of a scale chunk = scale 4k + perm[i] */
+
+static void pack_q6_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        uint8_t *g = (uint8_t *)dst + b * (PK_ROWS * sizeof(l3c_block_q6_K));
+        memset(g, 0, PK_ROWS * sizeof(l3c_block_q6_K));
+        for (int64_t r = 0; r < n_rows; r++) {
+            const l3c_block_q6_K *blk = (const l3c_block_q6_K *)((const char *)w + r * ws) + b;
+            memcpy(g + 2 * r, &blk->d, 2);
+            for (int k = 0; k < 4; k++)
+                for (int i = 0; i < 4; i++) g[32 + 64 * k + 4 * r + i] = (uint8_t)blk->scales[4 * k + q6_perm[i]];
+            for (int h = 0; h < 2; h++)
+                for (int c = 0; c < 8; c++) {
+                    uint8_t *o = g + 288 + h * 1536 + 4 * r;
+                    memcpy(o + c * 64, blk->ql + 64 * h + 4 * c, 4);
+                    memcpy(o + (8 + c) * 64, blk->ql + 64 * h + 32 + 4 * c, 4);
+                    memcpy(o + (16 + c) * 64, blk->qh + 32 * h + 4 * c, 4);
+                }
+        }
+    }
+}
+
+static void unpack_q6_K(int64_t n, const void *gv, int r, void *dst) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        const uint8_t *g = (const uint8_t *)gv + b * (PK_ROWS * sizeof(l3c_block_q6_K));
+        l3c_block_q6_K *blk = (l3c_block_q6_K *)dst + b;
+        memcpy(&blk->d, g + 2 * r, 2);
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < 4; i++) blk->scales[4 * k + q6_perm[i]] = (int8_t)g[32 + 64 * k + 4 * r + i];
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < 8; c++) {
+                const uint8_t *o = g + 288 + h * 1536 + 4 * r;
+                memcpy(blk->ql + 64 * h + 4 * c, o + c * 64, 4);
+                memcpy(blk->ql + 64 * h + 32 + 4 * c, o + (8 + c) * 64, 4);
+                memcpy(blk->qh + 32 * h + 4 * c, o + (16 + c) * 64, 4);
+            }
+    }
+}
+
+INLINE __m512i bcast32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT_K]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m6 = _mm512_set1_epi8(0x3F), mff = _mm512_set1_epi32(0xFF);
+    const __m512i m0f = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q4_K));
+        const __m512i a = _mm512_loadu_si512(g + 64), bb = _mm512_loadu_si512(g + 128), c = _mm512_loadu_si512(g + 192);
+        __m512i u[4];
+        u[0] = _mm512_and_si512(a, m6);
+        u[1] = _mm512_or_si512(_mm512_and_si512(c, m0f), _mm512_and_si512(_mm512_srli_epi32(a, 2), m30));
+        u[2] = _mm512_and_si512(bb, m6);
+        u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m0f), _mm512_and_si512(_mm512_srli_epi32(bb, 2), m30));
+        __m512i isum[PK_RT_K];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        for (int s = 0; s < 8; s++) {
+            const __m512i sc = _mm512_and_si512(_mm512_srli_epi32(u[s / 4], 8 * (s % 4)), mff);
+            const char *qc = g + 256 + (8 * (s / 2)) * 64;
+            __m512i q[8];
+            UNROLL for (int cc = 0; cc < 8; cc++) {
+                __m512i v = _mm512_loadu_si512(qc + 64 * cc);
+                q[cc] = _mm512_and_si512(s & 1 ? _mm512_srli_epi16(v, 4) : v, m4);
+            }
+            UNROLL for (int t = 0; t < RT; t++) {
+                const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 32 * s;
+                __m512i p = _mm512_setzero_si512();
+                UNROLL for (int cc = 0; cc < 8; cc++) p = _mm512_dpbusd_epi32(p, q[cc], bcast32(xq + 4 * cc));
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(p, sc));
+            }
+        }
+        __m512i mnp[8];
+        UNROLL for (int s = 0; s < 8; s++) {
+            __m512i mn = _mm512_and_si512(_mm512_srli_epi32(u[2 + s / 4], 8 * (s % 4)), mff);
+            mnp[s] = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16));
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+            __m512i m = _mm512_setzero_si512();
+            UNROLL for (int s = 0; s < 8; s++) m = _mm512_dpwssd_epi32(m, mnp[s], bcast32(xb->bsums + 2 * s));
+            const __m512 dx = _mm512_set1_ps(xb->d);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, dx), _mm512_cvtepi32_ps(m), acc[t]);
+        }
+    }
+}
+
+INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT_K]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q6_K));
+        __m512i isum[PK_RT_K];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        for (int sr = 0; sr < 8; sr++) { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4 */
+            const int h = sr / 4, qtr = sr % 4;
+            const __m512i sv = _mm512_loadu_si512(g + 32 + 64 * (sr / 2));
+            const __m512i pair = sr & 1 ? _mm512_srai_epi16(sv, 8) : _mm512_srai_epi16(_mm512_slli_epi16(sv, 8), 8);
+            const __m512i s0 = _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16), s1 = _mm512_srai_epi32(pair, 16);
+            const char *base = g + 288 + h * 1536;
+            __m512i q[8];
+            UNROLL for (int c = 0; c < 8; c++) {
+                __m512i lo = _mm512_loadu_si512(base + ((qtr & 1) ? 8 + c : c) * 64);
+                __m512i hb = _mm512_loadu_si512(base + (16 + c) * 64);
+                lo = _mm512_and_si512(qtr >= 2 ? _mm512_srli_epi16(lo, 4) : lo, m4);
+                /* the 2 high bits of this quarter to bits 4..5 */
+                __m512i hs = qtr == 0 ? _mm512_slli_epi16(hb, 4) : qtr == 1 ? _mm512_slli_epi16(hb, 2)
+                           : qtr == 2 ? hb : _mm512_srli_epi16(hb, 2);
+                q[c] = _mm512_ternarylogic_epi32(hs, m30, lo, 0xEA); /* (hs & m30) | lo */
+            }
+            UNROLL for (int t = 0; t < RT; t++) {
+                const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 32 * sr;
+                __m512i p0 = _mm512_setzero_si512(), p1 = _mm512_setzero_si512();
+                UNROLL for (int c = 0; c < 4; c++) p0 = _mm512_dpbusd_epi32(p0, q[c], bcast32(xq + 4 * c));
+                UNROLL for (int c = 4; c < 8; c++) p1 = _mm512_dpbusd_epi32(p1, q[c], bcast32(xq + 4 * c));
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(p0, s0), _mm512_mullo_epi32(p1, s1)));
+            }
+        }
+        __m512i pairs[8];
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m512i sv = _mm512_loadu_si512(g + 32 + 64 * k);
+            pairs[2 * k] = _mm512_srai_epi16(_mm512_slli_epi16(sv, 8), 8);
+            pairs[2 * k + 1] = _mm512_srai_epi16(sv, 8);
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+            __m512i o = _mm512_setzero_si512();
+            UNROLL for (int p = 0; p < 8; p++) o = _mm512_dpwssd_epi32(o, pairs[p], bcast32(xb->bsums + 2 * p));
+            const __m512i tot = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(o, 5));
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), _mm512_cvtepi32_ps(tot), acc[t]);
+        }
+    }
+}
+
+#define PK_K_KERNEL(name, TILE, BLK)                                                                 \
+    INLINE void pk_run_##name(int RT, int64_t nb, const char *wp, const char *x, size_t xs, float *y, \
+                              int64_t ldy, __mmask16 rows) {                                      \
+        __m512 acc[PK_RT_K];                                                                      \
+        UNROLL for (int t = 0; t < RT; t++) acc[t] = _mm512_setzero_ps();                         \
+        TILE(RT, nb, wp, x, xs, acc);                                                             \
+        UNROLL for (int t = 0; t < RT; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);     \
+    }                                                                                             \
+    static void gemm_packed_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,   \
+                                   const void *wp, const void *x, size_t xs) {                   \
+        const int64_t nb = n / 256;                                                               \
+        const size_t gbytes = (size_t)nb * PK_ROWS * sizeof(BLK);                                 \
+        for (int64_t t0 = 0; t0 < T; t0 += PK_RT_K) {                                             \
+            const int rt = (int)L3C_MIN(PK_RT_K, T - t0);                                         \
+            const char *xt = (const char *)x + t0 * xs;                                           \
+            for (int64_t r0 = 0; r0 < n_rows; r0 += PK_ROWS) {                                    \
+                const char *g = (const char *)wp + (size_t)(r0 / PK_ROWS) * gbytes;              \
+                const int nr = (int)L3C_MIN(PK_ROWS, n_rows - r0);                                \
+                const __mmask16 rows = (__mmask16)((1u << nr) - 1);                               \
+                float *yt = y + t0 * ldy + r0;                                                    \
+                switch (rt) {                                                                     \
+                case 1: pk_run_##name(1, nb, g, xt, xs, yt, ldy, rows); break;                    \
+                case 2: pk_run_##name(2, nb, g, xt, xs, yt, ldy, rows); break;                    \
+                case 3: pk_run_##name(3, nb, g, xt, xs, yt, ldy, rows); break;                    \
+                case 4: pk_run_##name(4, nb, g, xt, xs, yt, ldy, rows); break;                    \
+                case 5: pk_run_##name(5, nb, g, xt, xs, yt, ldy, rows); break;                    \
+                case 6: pk_run_##name(6, nb, g, xt, xs, yt, ldy, rows); break;                    \
+                case 7: pk_run_##name(7, nb, g, xt, xs, yt, ldy, rows); break;                    \
+                default: pk_run_##name(PK_RT_K, nb, g, xt, xs, yt, ldy, rows); break;             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+PK_K_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K)
+PK_K_KERNEL(q6_K, pk_q6_K_tile, l3c_block_q6_K)
+
 /* ---------------------------------------------------------------- tables */
 
 #define T_F32(RW, RT, ...) tile_float(K_F32, RW, RT, __VA_ARGS__)
@@ -645,14 +866,15 @@ X86_DEFINE_KERNELS(q6_K, T_Q6_K)
         table[id].gemm = gemm_##name;       \
     } while (0)
 
-#define SET_PACKED(id, name)                                      \
-    do {                                                          \
-        table[id].pack_rows = PK_ROWS;                            \
-        table[id].pack = pack_##name;                             \
-        table[id].unpack = unpack_##name;                         \
-        table[id].gemm_packed = gemm_packed_##name;               \
-        table[id].pack_act_from_float = pack_act_##name;          \
-        table[id].pack_act_block_bytes = sizeof(l3c_block_q8_0x); \
+#define SET_PACKED(id, name, act_from, act_block)          \
+    do {                                                  \
+        table[id].pack_rows = PK_ROWS;                    \
+        table[id].pack = pack_##name;                     \
+        table[id].unpack = unpack_##name;                 \
+        table[id].gemm_packed = gemm_packed_##name;       \
+        table[id].pack_act_from_float = act_from;         \
+        table[id].pack_act_block_size = act_block == sizeof(l3c_block_q8_K) ? 256 : 32; \
+        table[id].pack_act_type_size = act_block;         \
     } while (0)
 
 bool l3c_kernels_override_avx512(l3c_type_traits *table) {
@@ -669,8 +891,10 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q8_0, q8_0);
     SET_DOT(L3C_TYPE_Q4_K, q4_K);
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
-    SET_PACKED(L3C_TYPE_Q4_0, q4_0);
-    SET_PACKED(L3C_TYPE_Q8_0, q8_0);
+    SET_PACKED(L3C_TYPE_Q4_0, q4_0, pack_act_q4_0, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q8_0, q8_0, pack_act_q8_0, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q4_K, q4_K, from_float_q8_K, sizeof(l3c_block_q8_K));
+    SET_PACKED(L3C_TYPE_Q6_K, q6_K, from_float_q8_K, sizeof(l3c_block_q8_K));
     return true;
 }
 
@@ -678,14 +902,15 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
 /* Compiled without the ISA flags (or not x86-64): an empty hook, so the strong reference in
  * dispatch.c links; the table stays as it was. */
 #include "kernels/types.h"
-#define SET_PACKED(id, name)                                      \
-    do {                                                          \
-        table[id].pack_rows = PK_ROWS;                            \
-        table[id].pack = pack_##name;                             \
-        table[id].unpack = unpack_##name;                         \
-        table[id].gemm_packed = gemm_packed_##name;               \
-        table[id].pack_act_from_float = pack_act_##name;          \
-        table[id].pack_act_block_bytes = sizeof(l3c_block_q8_0x); \
+#define SET_PACKED(id, name, act_from, act_block)          \
+    do {                                                  \
+        table[id].pack_rows = PK_ROWS;                    \
+        table[id].pack = pack_##name;                     \
+        table[id].unpack = unpack_##name;                 \
+        table[id].gemm_packed = gemm_packed_##name;       \
+        table[id].pack_act_from_float = act_from;         \
+        table[id].pack_act_block_size = act_block == sizeof(l3c_block_q8_K) ? 256 : 32; \
+        table[id].pack_act_type_size = act_block;         \
     } while (0)
 
 bool l3c_kernels_override_avx512(l3c_type_traits *table) { (void)table; return false; }

@@ -280,7 +280,8 @@ static void check_invariance(const char *path, const l3c_type_traits *tab) {
 
 /*
  * Packed layouts (pack_rows > 0): pack / unpack round trip byte-exact; the packed activation
- * quantizer gives the reference Q8_0 quants, its fp16-rounded scale and -off * sum(qs); the
+ * quantizer gives the reference Q8_0 quants, its fp16-rounded scale and -off * sum(qs) (Q4_0,
+ * Q8_0), or exactly the reference Q8_K blocks (K-quants); the
  * packed gemm within 1e-5 * M of a float64 dot over the same integer quants, for row counts
  * around the group size (ragged last group, nothing written past n_rows or between rows of
  * ldy), and bit-identical for any T, token offset and row count (batch invariance).
@@ -291,14 +292,16 @@ static void check_packed(const char *path, const l3c_type_traits *tab) {
         const int type = g_types[k];
         const l3c_type_traits *st = &tab[type];
         if (!st->pack_rows) continue;
+        const bool k_quant = st->pack_act_block_size == 256;
         const int off = type == L3C_TYPE_Q4_0 ? 8 : 128, PR = st->pack_rows;
-        const int64_t lens[] = {32, 96, 224, 1056};
-        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
-            const int64_t n = lens[li], nb = n / 32;
+        const int64_t lens[] = {32, 96, 224, 1056}, klens[] = {256, 768, 1792};
+        for (size_t li = 0; li < (k_quant ? 3 : 4); li++) {
+            const int64_t n = k_quant ? klens[li] : lens[li], nb = n / st->pack_act_block_size;
             enum { R = 35, T = 11, LDY = 37 };
             const int ng = (R + PR - 1) / PR;
-            size_t wb, xb = (size_t)nb * st->pack_act_block_bytes, qb;
-            L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(L3C_TYPE_Q8_0, n, &qb));
+            const int act_type = k_quant ? L3C_TYPE_Q8_K : L3C_TYPE_Q8_0;
+            size_t wb, xb = (size_t)nb * st->pack_act_type_size, qb;
+            L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(act_type, n, &qb));
             uint8_t *w = malloc(wb * R), *pk = malloc(wb * PR * ng), *row = malloc(wb);
             uint8_t *xq = malloc(xb * T), *q8 = malloc(qb);
             float *x = malloc((size_t)n * sizeof(float)), *wf = malloc((size_t)n * R * sizeof(float));
@@ -313,7 +316,12 @@ static void check_packed(const char *path, const l3c_type_traits *tab) {
             for (int t = 0; t < T; t++) {
                 make_acts(n, x);
                 st->pack_act_from_float(x, xq + t * xb, n);
-                l3c_type_traits_ref(L3C_TYPE_Q8_0)->from_float(x, q8, n);
+                l3c_type_traits_ref(act_type)->from_float(x, q8, n);
+                if (k_quant) { /* the Q8_K blocks themselves */
+                    CHECK_MSG(memcmp(xq + t * xb, q8, qb) == 0, "%s packed activations for %s n=%lld t=%d",
+                              path, st->name, (long long)n, t);
+                    continue;
+                }
                 for (int64_t b = 0; b < nb; b++) {
                     const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(xq + t * xb) + b;
                     const l3c_block_q8_0 *q = (const l3c_block_q8_0 *)q8 + b;
@@ -332,9 +340,12 @@ static void check_packed(const char *path, const l3c_type_traits *tab) {
             for (int t = 0; t < T; t++) {
                 for (int r = 0; r < R; r++) {
                     const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(xq + t * xb);
+                    const l3c_block_q8_K *ak = (const l3c_block_q8_K *)(xq + t * xb);
                     double ref = 0.0, mag = 0.0;
                     for (int64_t i = 0; i < n; i++) {
-                        double p = (double)wf[r * n + i] * ((double)a[i / 32].d * a[i / 32].qs[i % 32]);
+                        double xv = k_quant ? (double)ak[i / 256].d * ak[i / 256].qs[i % 256]
+                                            : (double)a[i / 32].d * a[i / 32].qs[i % 32];
+                        double p = (double)wf[r * n + i] * xv;
                         ref += p, mag += fabs(p);
                     }
                     double err = fabs((double)y[t * LDY + r] - ref);
