@@ -116,7 +116,9 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
 
     m->n_threads = p.n_threads > 0 ? p.n_threads : l3c_default_threads();
     if (m->n_threads < 1) m->n_threads = 1;
+    double t_pack = l3c_time_s();
     if ((st = l3c_weights_pack(&m->w, &m->cfg, path, p.use_mmap, m->n_threads))) goto fail;
+    t_pack = l3c_time_s() - t_pack;
 
     if (p.verbose) {
         const l3c_config *c = &m->cfg;
@@ -127,6 +129,9 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
                 c->n_ff, c->n_vocab, c->n_ctx_train, (double)m->n_params / 1e6,
                 (double)m->weight_bytes / (1024.0 * 1024.0), m->file_type,
                 m->w.tied_output ? ", tied output" : "");
+        if (m->w.pack_bytes)
+            fprintf(stderr, "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s\n",
+                    (double)m->w.pack_bytes / (1024.0 * 1024.0), l3c_kernels_path(), t_pack);
     }
     *out = m;
     return L3C_OK;
