@@ -164,3 +164,20 @@ def test_greedy_f32_matches_reference(llama3c, tiny_model, shape):
                         pytrace=False)
         seq.append(nxt)
     assert len(ours) == n, f"generated {len(ours)} ids, expected {n}"
+
+
+# Packed weights (Q4_0 / Q8_0 / Q4_K / Q6_K on AVX-512 + VNNI, see docs/ARCHITECTURE.md) are the
+# default where the CPU has them; the per-row kernels over the file's layout (L3C_PACK=0, and every
+# CPU without the packed path) must stay as close to the reference.
+PACK_CASES = [("gqa1_tied", "Q4_0"), ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K")]
+
+
+@pytest.mark.parametrize("shape,wtype", PACK_CASES, ids=[f"{s}-{t}" for s, t in PACK_CASES])
+def test_unpacked_layout_vs_reference(llama3c, tiny_model, tmp_path, monkeypatch, shape, wtype):
+    path = tiny_model(shape, SHAPES[shape], wtype)
+    ref = reference(path)
+    packed = eval_logits(path, PROMPT, tmp_path)
+    monkeypatch.setenv("L3C_PACK", "0")
+    plain = eval_logits(path, PROMPT, tmp_path)
+    check(compare(plain, ref), wtype, f"{shape} {wtype} (L3C_PACK=0) vs numpy float64 reference")
+    check(compare(plain, packed), wtype, f"{shape} {wtype} L3C_PACK=0 vs packed")
