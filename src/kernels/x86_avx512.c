@@ -40,21 +40,24 @@ static inline __m512 round_away512(__m512 v) {
     return _mm512_mask_add_ps(t, half, t, one);
 }
 
+/* one block of 32 as ref.c's Q8_0: d = amax / 127, qs = roundf(x / d); returns d and sum(qs) */
+INLINE float q8_block512(const float *x, int8_t *qs, int *sum) {
+    __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    __m512 vid = _mm512_set1_ps(id);
+    __m512i i0 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v0, vid)));
+    __m512i i1 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v1, vid)));
+    _mm_storeu_si128((__m128i *)qs, _mm512_cvtsepi32_epi8(i0));
+    _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtsepi32_epi8(i1));
+    if (sum) *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    return d;
+}
+
 static void from_float_q8_0(const float *src, void *dst, int64_t n) {
     l3c_block_q8_0 *b = dst;
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float *x = src + i * 32;
-        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
-        __m512 vid = _mm512_set1_ps(id);
-        __m512i i0 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v0, vid)));
-        __m512i i1 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v1, vid)));
-        _mm_storeu_si128((__m128i *)b[i].qs, _mm512_cvtsepi32_epi8(i0));
-        _mm_storeu_si128((__m128i *)(b[i].qs + 16), _mm512_cvtsepi32_epi8(i1));
-        b[i].d = _cvtss_sh(d, 0);
-    }
+    for (int64_t i = 0; i < n / 32; i++) b[i].d = _cvtss_sh(q8_block512(src + i * 32, b[i].qs, NULL), 0);
 }
 
 static void from_float_q8_K(const float *src, void *dst, int64_t n) {
@@ -485,18 +488,9 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 static void pack_act(const float *src, void *dst, int64_t n, int off) {
     l3c_block_q8_0x *b = dst;
     for (int64_t i = 0; i < n / 32; i++) {
-        const float *x = src + i * 32;
-        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
-        __m512 vid = _mm512_set1_ps(id);
-        __m512i i0 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v0, vid)));
-        __m512i i1 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v1, vid)));
-        _mm_storeu_si128((__m128i *)b[i].qs, _mm512_cvtsepi32_epi8(i0));
-        _mm_storeu_si128((__m128i *)(b[i].qs + 16), _mm512_cvtsepi32_epi8(i1));
-        b[i].d = d;
-        b[i].neg_off_sum = -off * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+        int sum;
+        b[i].d = q8_block512(src + i * 32, b[i].qs, &sum);
+        b[i].neg_off_sum = -off * sum;
     }
 }
 static void pack_act_q4_0(const float *src, void *dst, int64_t n) { pack_act(src, dst, n, 8); }
@@ -902,16 +896,5 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
 /* Compiled without the ISA flags (or not x86-64): an empty hook, so the strong reference in
  * dispatch.c links; the table stays as it was. */
 #include "kernels/types.h"
-#define SET_PACKED(id, name, act_from, act_block)          \
-    do {                                                  \
-        table[id].pack_rows = PK_ROWS;                    \
-        table[id].pack = pack_##name;                     \
-        table[id].unpack = unpack_##name;                 \
-        table[id].gemm_packed = gemm_packed_##name;       \
-        table[id].pack_act_from_float = act_from;         \
-        table[id].pack_act_block_size = act_block == sizeof(l3c_block_q8_K) ? 256 : 32; \
-        table[id].pack_act_type_size = act_block;         \
-    } while (0)
-
 bool l3c_kernels_override_avx512(l3c_type_traits *table) { (void)table; return false; }
 #endif
