@@ -570,45 +570,6 @@ INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x,
     }
 }
 
-INLINE void pk_run(int kind, int RT, int64_t nb, const char *wp, const char *x, size_t xs, float *y,
-                   int64_t ldy, __mmask16 rows) {
-    __m512 acc[PK_RT];
-    UNROLL for (int t = 0; t < RT; t++) acc[t] = _mm512_setzero_ps();
-    pk_tile(kind, RT, nb, wp, x, xs, acc);
-    UNROLL for (int t = 0; t < RT; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
-}
-
-INLINE void gemm_packed(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
-                        const void *wp, const void *x, size_t xs) {
-    const int64_t nb = n / 32;
-    const size_t gbytes = (size_t)nb * PK_ROWS * (kind == B_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
-    for (int64_t t0 = 0; t0 < T; t0 += PK_RT) {
-        const int rt = (int)L3C_MIN(PK_RT, T - t0);
-        const char *xt = (const char *)x + t0 * xs;
-        for (int64_t r0 = 0; r0 < n_rows; r0 += PK_ROWS) {
-            const char *g = (const char *)wp + (size_t)(r0 / PK_ROWS) * gbytes;
-            const int nr = (int)L3C_MIN(PK_ROWS, n_rows - r0);
-            const __mmask16 rows = (__mmask16)((1u << nr) - 1);
-            float *yt = y + t0 * ldy + r0;
-            switch (rt) {
-#define PK_CASE(k) case k: pk_run(kind, k, nb, g, xt, xs, yt, ldy, rows); break;
-            PK_CASE(1) PK_CASE(2) PK_CASE(3) PK_CASE(4) PK_CASE(5) PK_CASE(6) PK_CASE(7)
-            default: pk_run(kind, PK_RT, nb, g, xt, xs, yt, ldy, rows); break;
-#undef PK_CASE
-            }
-        }
-    }
-}
-
-static void gemm_packed_q4_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
-                             const void *wp, const void *x, size_t xs) {
-    gemm_packed(B_Q4_0, n, n_rows, T, y, ldy, wp, x, xs);
-}
-static void gemm_packed_q8_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
-                             const void *wp, const void *x, size_t xs) {
-    gemm_packed(B_Q8_0, n, n_rows, T, y, ldy, wp, x, xs);
-}
-
 /*
  * Packed Q4_K / Q6_K (16 rows, the same lanes-are-rows scheme, activations in Q8_K). Per
  * super-block of 256 elements a group holds (sizes = 16 x the file's block):
@@ -626,8 +587,6 @@ static void gemm_packed_q8_0(int64_t n, int64_t n_rows, int64_t T, float *y, int
  *   Q6_K: acc = fma(d * dx, (float)(isum - 32 * osum), acc)
  * The same operations for every tile shape: batch invariant.
  */
-#define PK_RT_K 8
-
 static void pack_q4_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
     for (int64_t b = 0; b < n / 256; b++) {
         uint8_t *g = (uint8_t *)dst + b * (PK_ROWS * sizeof(l3c_block_q4_K));
@@ -700,7 +659,7 @@ INLINE __m512i bcast32(const void *p) {
     return _mm512_set1_epi32(v);
 }
 
-INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT_K]) {
+INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m6 = _mm512_set1_epi8(0x3F), mff = _mm512_set1_epi32(0xFF);
     const __m512i m0f = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     for (int64_t b = 0; b < nb; b++) {
@@ -711,7 +670,7 @@ INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
         u[1] = _mm512_or_si512(_mm512_and_si512(c, m0f), _mm512_and_si512(_mm512_srli_epi32(a, 2), m30));
         u[2] = _mm512_and_si512(bb, m6);
         u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m0f), _mm512_and_si512(_mm512_srli_epi32(bb, 2), m30));
-        __m512i isum[PK_RT_K];
+        __m512i isum[PK_RT];
         UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
         for (int s = 0; s < 8; s++) {
             const __m512i sc = _mm512_and_si512(_mm512_srli_epi32(u[s / 4], 8 * (s % 4)), mff);
@@ -746,11 +705,11 @@ INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
     }
 }
 
-INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT_K]) {
+INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     for (int64_t b = 0; b < nb; b++) {
         const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q6_K));
-        __m512i isum[PK_RT_K];
+        __m512i isum[PK_RT];
         UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
         for (int sr = 0; sr < 8; sr++) { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4 */
             const int h = sr / 4, qtr = sr % 4;
@@ -793,27 +752,29 @@ INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
     }
 }
 
-#define PK_K_KERNEL(name, TILE, BLK)                                                                 \
+/* The driver of every packed type: PK_RT tokens x 16 rows per tile call; TILE(RT, nb, wp, x, xs,
+ * acc) accumulates one group, QK = elements per block of the file's type. */
+#define PK_KERNEL(name, TILE, BLK, QK)                                                            \
     INLINE void pk_run_##name(int RT, int64_t nb, const char *wp, const char *x, size_t xs, float *y, \
                               int64_t ldy, __mmask16 rows) {                                      \
-        __m512 acc[PK_RT_K];                                                                      \
+        __m512 acc[PK_RT];                                                                        \
         UNROLL for (int t = 0; t < RT; t++) acc[t] = _mm512_setzero_ps();                         \
         TILE(RT, nb, wp, x, xs, acc);                                                             \
         UNROLL for (int t = 0; t < RT; t++) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);     \
     }                                                                                             \
     static void gemm_packed_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,   \
                                    const void *wp, const void *x, size_t xs) {                   \
-        const int64_t nb = n / 256;                                                               \
+        const int64_t nb = n / (QK);                                                              \
         const size_t gbytes = (size_t)nb * PK_ROWS * sizeof(BLK);                                 \
-        for (int64_t t0 = 0; t0 < T; t0 += PK_RT_K) {                                             \
-            const int rt = (int)L3C_MIN(PK_RT_K, T - t0);                                         \
+        for (int64_t t0 = 0; t0 < T; t0 += PK_RT) {                                               \
+            const int rt = (int)L3C_MIN(PK_RT, T - t0);                                           \
             const char *xt = (const char *)x + t0 * xs;                                           \
             for (int64_t r0 = 0; r0 < n_rows; r0 += PK_ROWS) {                                    \
                 const char *g = (const char *)wp + (size_t)(r0 / PK_ROWS) * gbytes;              \
                 const int nr = (int)L3C_MIN(PK_ROWS, n_rows - r0);                                \
                 const __mmask16 rows = (__mmask16)((1u << nr) - 1);                               \
                 float *yt = y + t0 * ldy + r0;                                                    \
-                switch (rt) {                                                                     \
+                switch (rt) { /* constant RT: the tile's loops unroll into registers */          \
                 case 1: pk_run_##name(1, nb, g, xt, xs, yt, ldy, rows); break;                    \
                 case 2: pk_run_##name(2, nb, g, xt, xs, yt, ldy, rows); break;                    \
                 case 3: pk_run_##name(3, nb, g, xt, xs, yt, ldy, rows); break;                    \
@@ -821,14 +782,18 @@ INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
                 case 5: pk_run_##name(5, nb, g, xt, xs, yt, ldy, rows); break;                    \
                 case 6: pk_run_##name(6, nb, g, xt, xs, yt, ldy, rows); break;                    \
                 case 7: pk_run_##name(7, nb, g, xt, xs, yt, ldy, rows); break;                    \
-                default: pk_run_##name(PK_RT_K, nb, g, xt, xs, yt, ldy, rows); break;             \
+                default: pk_run_##name(PK_RT, nb, g, xt, xs, yt, ldy, rows); break;               \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
     }
 
-PK_K_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K)
-PK_K_KERNEL(q6_K, pk_q6_K_tile, l3c_block_q6_K)
+#define PK_TILE_Q4_0(RT, ...) pk_tile(B_Q4_0, RT, __VA_ARGS__)
+#define PK_TILE_Q8_0(RT, ...) pk_tile(B_Q8_0, RT, __VA_ARGS__)
+PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
+PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
+PK_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K, 256)
+PK_KERNEL(q6_K, pk_q6_K_tile, l3c_block_q6_K, 256)
 
 /* ---------------------------------------------------------------- tables */
 
