@@ -66,6 +66,12 @@ typedef struct l3c_model_params {
     int n_threads;  /* threads for load-time work and default for contexts; <=0: physical cores */
     int use_mmap;   /* 1 (default): weights are mapped from the file, never copied */
     int verbose;    /* 1: progress and notes on stderr while loading */
+    /* 1: F16 / BF16 weight matrices multiply in bfloat16 where the kernel path has bf16 dot
+     * products (AVX512-BF16): F16 weights are rounded to bf16 once at load and activations at
+     * each matmul (~3 significant digits, like 8-bit activation blocks of quantized files), for
+     * ~2x the multiply-adds per instruction in prompts. 0 (default): exact F16 / BF16 weights and
+     * fp32 activations. Prompt and generation use the same arithmetic either way. */
+    int bf16_matmul;
 } l3c_model_params;
 
 L3C_API l3c_model_params l3c_model_default_params(void);
@@ -93,6 +99,7 @@ typedef struct l3c_model_info {
     int64_t n_params;        /* total number of weight elements in the file's tensors */
     size_t weight_bytes;     /* bytes of tensor data */
     const char *file_type;   /* most common weight type, e.g. "Q4_1" */
+    int32_t n_bf16_matmul;   /* weight matrices that multiply in bf16 (bf16_matmul), else 0 */
 } l3c_model_info;
 
 L3C_API void l3c_model_get_info(const l3c_model *model, l3c_model_info *info);

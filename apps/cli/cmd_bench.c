@@ -28,6 +28,7 @@ static void usage(FILE *f) {
         "  -t, --threads N    threads (default: physical cores)\n"
         "  -r, --reps N       repetitions (default 3)\n"
         "  --kv TYPE          KV cache type f16 (default), f32, q8_0\n"
+        "  --bf16             F16/BF16 matrices multiply in bfloat16 (see llama3c run --help)\n"
         "  -c, --ctx N        context size to allocate (default: max(-p, -n) + 8)\n"
         "  --json             print one JSON object instead of the table\n"
         "  -h, --help         this text\n");
@@ -90,7 +91,7 @@ static double timed_decode(l3c_context *ctx, const int32_t *tokens, int32_t *pos
 int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
     int n_prompt = 512, n_gen = 128, n_batch = 512, threads = 0, reps = 3, json = 0, n_ctx = 0;
-    int kv_type = L3C_KV_F16;
+    int kv_type = L3C_KV_F16, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
@@ -103,6 +104,7 @@ int cmd_bench(int argc, char **argv) {
         else if ((!strcmp(a, "-r") || !strcmp(a, "--reps")) && has) reps = atoi(argv[++i]);
         else if ((!strcmp(a, "-c") || !strcmp(a, "--ctx")) && has) n_ctx = atoi(argv[++i]);
         else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--bf16")) bf16 = 1;
         else if (!strcmp(a, "--kv") && has) {
             const char *k = argv[++i];
             if (!strcmp(k, "f16")) kv_type = L3C_KV_F16;
@@ -127,6 +129,7 @@ int cmd_bench(int argc, char **argv) {
 
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = threads;
+    mp.bf16_matmul = bf16;
     l3c_model *model = NULL;
     if (l3c_model_load(path, &mp, &model) != L3C_OK) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
@@ -192,13 +195,14 @@ int cmd_bench(int argc, char **argv) {
                "\"pp_tokens_per_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
                "\"tg_tokens_per_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, "
                "\"pp_cpu_ms_per_token\": %.4f, \"tg_cpu_ms_per_token\": %.4f, "
-               "\"peak_rss_bytes\": %lld, \"path\": \"%s\"}\n",
+               "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d}\n",
                info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx, n_prompt, n_gen,
                cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, cpp.min, ctg.min, rss,
-               l3c_backend_path());
+               l3c_backend_path(), (int)info.n_bf16_matmul);
     } else {
         printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type, info.weight_bytes / 1e9);
-        printf("threads %d, path %s, %d reps, n_ctx %d\n", threads, l3c_backend_path(), reps, cp.n_ctx);
+        printf("threads %d, path %s%s, %d reps, n_ctx %d\n", threads, l3c_backend_path(),
+               info.n_bf16_matmul ? " (bf16 matmul)" : "", reps, cp.n_ctx);
         if (n_prompt)
             printf("pp%-5d %9.2f t/s  (min %.2f, max %.2f)  CPU %.3f ms/token (best)\n", n_prompt,
                    spp.median, spp.min, spp.max, cpp.min);

@@ -220,7 +220,7 @@ int cmd_chat(int argc, char **argv) {
 
     if (print || print_ids) {
         l3c_model *model = NULL;
-        if ((rc = cli_load_model(CMD, o.model_path, o.n_threads, o.verbose, &model))) goto out;
+        if ((rc = cli_load_model(CMD, o.model_path, o.n_threads, o.verbose, o.bf16, &model))) goto out;
         if (tmpl == L3C_CHAT_AUTO) tmpl = l3c_chat_template_detect(model);
         if (prompt && conv_add(&c, "user", prompt, strlen(prompt))) {
             l3c_model_free(model);

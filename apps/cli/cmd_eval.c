@@ -3,7 +3,7 @@
  * raw little-endian float32 logits, for the reference tests (tests/py). Built on llama3c.h only.
  *
  *   llama3c eval -m MODEL (--ids "1 2 3" | --ids-file F) --logits-out OUT.f32
- *                [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0]
+ *                [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0] [--bf16]
  *
  * OUT holds [n_ids x n_vocab] floats with --all, else [n_vocab] for the last position.
  * --batch 1 decodes token by token (the KV-cache path); the default 512 decodes in chunks.
@@ -27,13 +27,14 @@ static double now_s(void) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: llama3c eval -m MODEL (--ids \"1 2 3\" | --ids-file F) --logits-out OUT.f32\n"
-            "                    [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0]\n"
+            "                    [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0] [--bf16]\n"
             "Evaluates the ids as one sequence from position 0 and writes little-endian float32\n"
             "logits: [n_ids x n_vocab] with --all, else the last position's [n_vocab].\n"
             "  --ctx N     context positions (default: max(n_ids, 16))\n"
             "  -t N        threads (default: physical cores)\n"
             "  --batch N   tokens per decode call (default 512; 1 = token by token)\n"
-            "  --kv TYPE   KV-cache type (default f16)\n");
+            "  --kv TYPE   KV-cache type (default f16)\n"
+            "  --bf16      F16/BF16 matrices multiply in bfloat16 (l3c_model_params.bf16_matmul)\n");
 }
 
 /* Appends whitespace-separated integers from s to *ids. Returns 0, or -1 on a bad number. */
@@ -79,12 +80,13 @@ static char *read_text(const char *path) {
 
 int cmd_eval(int argc, char **argv) {
     const char *model_path = NULL, *ids_str = NULL, *ids_file = NULL, *out_path = NULL;
-    int all = 0, n_threads = 0, n_batch = 512, n_ctx = 0, kv_type = L3C_KV_F16;
+    int all = 0, bf16 = 0, n_threads = 0, n_batch = 512, n_ctx = 0, kv_type = L3C_KV_F16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has_val = i + 1 < argc;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--all")) all = 1;
+        else if (!strcmp(a, "--bf16")) bf16 = 1;
         else if (!has_val) { fprintf(stderr, "llama3c eval: option %s needs a value\n", a); usage(stderr); return 2; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = argv[++i];
         else if (!strcmp(a, "--ids")) ids_str = argv[++i];
@@ -151,6 +153,7 @@ int cmd_eval(int argc, char **argv) {
     double t0 = now_s();
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = n_threads;
+    mp.bf16_matmul = bf16;
     if (l3c_model_load(model_path, &mp, &model) != L3C_OK) {
         fprintf(stderr, "llama3c eval: %s\n", l3c_last_error());
         goto done;

@@ -62,7 +62,7 @@ int cmd_info(int argc, char **argv) {
     if (!path) return cli_usage_error(CMD, "no model: pass -m FILE.gguf");
 
     l3c_model *model = NULL;
-    if (cli_load_model(CMD, path, 0, 0, &model)) return CLI_ERR;
+    if (cli_load_model(CMD, path, 0, 0, 0, &model)) return CLI_ERR;
     l3c_model_info mi;
     l3c_model_get_info(model, &mi);
     l3c_chat_template tmpl = l3c_chat_template_detect(model);

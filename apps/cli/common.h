@@ -41,6 +41,7 @@ typedef struct cli_opts {
     int seed_set;             /* 1 when --seed was given (else a random seed is drawn) */
     int ignore_eos;           /* --ignore-eos */
     int verbose;              /* -v: loading details and the seed on stderr */
+    int bf16;                 /* --bf16: F16/BF16 matrices multiply in bfloat16 */
     int no_timings;           /* --no-timings */
 } cli_opts;
 
@@ -55,7 +56,7 @@ int cli_opts_finish(const char *cmd, cli_opts *o);
 void cli_opts_help(FILE *f, const cli_opts *defaults);
 
 /* Loads a model with a "loading" note on stderr; 0 or CLI_ERR (message names the file). */
-int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, l3c_model **out);
+int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16, l3c_model **out);
 
 typedef struct cli_session {
     const char *cmd;

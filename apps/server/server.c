@@ -54,6 +54,7 @@ static void usage(FILE *f) {
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
             "  -t, --threads N       compute threads (default: physical cores)\n"
+            "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 digits)\n"
             "  -v, --verbose         log HTTP errors and model loading on stderr\n");
 }
 
@@ -89,6 +90,10 @@ static int parse_args(server *srv, int argc, char **argv) {
         }
         if (!strcmp(name, "-v") || !strcmp(name, "--verbose")) {
             srv->verbose = 1;
+            continue;
+        }
+        if (!strcmp(name, "--bf16")) {
+            srv->bf16 = 1;
             continue;
         }
         if (!val) {
@@ -181,6 +186,7 @@ int cmd_serve(int argc, char **argv) {
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = srv.threads;
     mp.verbose = srv.verbose;
+    mp.bf16_matmul = srv.bf16;
     if (l3c_model_load(srv.model_path, &mp, &srv.model) != L3C_OK) {
         fprintf(stderr, "llama3c serve: %s\n", l3c_last_error());
         goto out;

@@ -27,6 +27,7 @@ typedef struct server {
     int threads;
     int max_connections;
     int verbose;
+    int bf16;     /* --bf16: l3c_model_params.bf16_matmul */
 
     /* engine, set up before the HTTP daemon starts */
     l3c_model *model;

@@ -316,12 +316,13 @@ void l3c_get_row(const l3c_weight *w, int64_t id, float *dst) {
     L3C_ASSERT(id >= 0 && id < w->n_out); /* callers validate token ids */
     const l3c_type_traits *tr = l3c_type_traits_get(w->type);
     if (w->packed) { /* block by block from the group: the file's pages may have been released */
-        const int64_t R = tr->pack_rows, bs = tr->block_size;
+        const int64_t R = tr->pack_rows, bs = tr->pack_act_block_size; /* whole blocks, in order */
         const char *g = (const char *)w->packed + (size_t)(id / R) * (size_t)R * w->row_bytes;
-        char blk[512]; /* one block of any weight type (Q6_K: 210 bytes) */
-        L3C_ASSERT(tr->type_size <= sizeof blk);
+        char blk[512]; /* one such unit of any weight type (Q6_K: 210 bytes, F16: 64) */
+        size_t unit;
+        L3C_ASSERT(l3c_row_size(w->type, bs, &unit) && unit <= sizeof blk);
         for (int64_t b = 0; b < w->n_in / bs; b++) {
-            tr->unpack(bs, g + (size_t)b * (size_t)R * tr->type_size, (int)(id % R), blk);
+            tr->unpack(bs, g + (size_t)b * (size_t)R * unit, (int)(id % R), blk);
             tr->to_float(blk, dst + b * bs, bs);
         }
         return;

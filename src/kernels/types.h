@@ -53,15 +53,17 @@ typedef void (*l3c_gemm_fn)(int64_t n, int64_t n_rows, int64_t T, float *y, int6
                             const void *w, size_t w_stride, const void *x, size_t x_stride);
 
 /*
- * Optional packed layout of a weight type on an ISA (x86_avx512.c: Q4_0, Q8_0): rows are
+ * Optional packed layout of a weight type on an ISA (x86_avx512.c: Q4_0, Q8_0, Q4_K, Q6_K; F16 and
+ * BF16 as bf16, opt-in, see pack_bf16): rows are
  * interleaved in groups of pack_rows at model load, so that one vector register holds the same
  * elements of pack_rows rows and one integer dot product serves all of them (ggml's "repack").
  * A group takes exactly pack_rows * (row bytes) bytes; the last group of a matrix is padded with
  * zero rows. pack writes one group from n_rows (<= pack_rows) rows of w.
  */
 typedef void (*l3c_pack_fn)(int64_t n, int64_t n_rows, const void *w, size_t w_stride, void *dst);
-/* The inverse for one row: row r (< pack_rows) of the group at g, n elements, written in the
- * file's block layout to dst (embedding rows of a tied output matrix come from the copy). */
+/* The inverse for one row: row r (< pack_rows) of the group at g, n elements (a multiple of
+ * pack_act_block_size; the group's blocks of that many elements are consecutive), written in
+ * the file's block layout to dst (embedding rows of a tied output matrix come from the copy). */
 typedef void (*l3c_unpack_fn)(int64_t n, const void *g, int r, void *dst);
 /*
  * Packed kernel: rows [0, n_rows) of the consecutive groups at wp, T activation rows of x in the
@@ -89,6 +91,10 @@ typedef struct l3c_type_traits {
     l3c_from_float_fn pack_act_from_float; /* activations for gemm_packed, in blocks of */
     int64_t pack_act_block_size;           /* this many elements, */
     size_t pack_act_type_size;             /* each this many bytes */
+    /* the packed layout computes in bfloat16 (F16 / BF16 weights: weights rounded to bf16 at
+     * load, activations per matmul; ~3 significant digits): the loader uses it only when the
+     * model is loaded with bf16_matmul, never by default */
+    bool pack_bf16;
 } l3c_type_traits;
 
 /* Activation block of the packed Q4_0 / Q8_0 kernels: qs as in Q8_0, the scale as float (not

@@ -752,6 +752,91 @@ INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
     }
 }
 
+/*
+ * bf16 packed layout of F16 / BF16 weights (opt-in: a model loaded with bf16_matmul; see
+ * l3c_type_traits.pack_bf16). Per 32-element block a group holds 16 chunks of 64 bytes: chunk p,
+ * lane r = the bf16 pair (element 2p, element 2p + 1) of row r (F16 weights rounded to bf16,
+ * nearest even, at load; BF16 copied). Activations are rounded to bf16 the same way, in blocks
+ * of 32 (64 bytes). Kernel: one _mm512_dpbf16_ps per pair chunk and token (32 multiply-adds of
+ * exact bf16 products into fp32): one chain per (row, token) in element order, the same for every
+ * tile shape, so batch invariant; twice the multiply-adds per instruction of the fp32 FMA path.
+ */
+typedef struct pk_bf16_blk {
+    uint16_t v[32];
+} pk_bf16_blk;
+
+/* 32 floats to 32 bf16 (round to nearest even, as l3c_fp32_to_bf16 for non-NaN values) */
+INLINE __m512i bf16x32(const float *src) {
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+}
+
+static void pack_act_bf16(const float *src, void *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i += 32) _mm512_storeu_si512((char *)dst + 2 * i, bf16x32(src + i));
+}
+
+/* one block of 32 elements of row r to the group block gb (as dwords: pair p to lane r of chunk p) */
+INLINE void pk_bf16_scatter(__m512i pairs, uint8_t *gb, int64_t r) {
+    uint32_t dw[16];
+    _mm512_storeu_si512(dw, pairs);
+    for (int p = 0; p < 16; p++) memcpy(gb + 64 * p + 4 * r, &dw[p], 4);
+}
+
+static void pack_bf16_group(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst, bool from_f16) {
+    uint8_t *out = dst;
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint8_t *gb = out + b * (PK_ROWS * sizeof(pk_bf16_blk));
+        if (n_rows < PK_ROWS) memset(gb, 0, PK_ROWS * sizeof(pk_bf16_blk));
+        for (int64_t r = 0; r < n_rows; r++) {
+            const uint16_t *src = (const uint16_t *)((const char *)w + r * ws) + 32 * b;
+            __m512i v;
+            if (from_f16) {
+                float f[32];
+                _mm512_storeu_ps(f, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)src)));
+                _mm512_storeu_ps(f + 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + 16))));
+                v = bf16x32(f);
+            } else {
+                v = _mm512_loadu_si512(src);
+            }
+            pk_bf16_scatter(v, gb, r);
+        }
+    }
+}
+static void pack_f16(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    pack_bf16_group(n, n_rows, w, ws, dst, true);
+}
+static void pack_bf16(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    pack_bf16_group(n, n_rows, w, ws, dst, false);
+}
+
+static void unpack_bf16(int64_t n, const void *g, int r, void *dst) {
+    uint16_t *o = dst;
+    for (int64_t b = 0; b < n / 32; b++)
+        for (int p = 0; p < 16; p++)
+            memcpy(o + 32 * b + 2 * p, (const uint8_t *)g + b * (PK_ROWS * sizeof(pk_bf16_blk)) + 64 * p + 4 * r, 4);
+}
+
+/* to F16, the file's type: the bf16 values, which are F16 values except where rounding carried
+ * past 65504 (saturated to +-65504) */
+static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
+    uint16_t *o = dst;
+    unpack_bf16(n, g, r, dst);
+    for (int64_t i = 0; i < n; i++) {
+        float f = l3c_bf16_to_fp32(o[i]);
+        o[i] = l3c_fp32_to_fp16(f > 65504.0f ? 65504.0f : f < -65504.0f ? -65504.0f : f);
+    }
+}
+
+INLINE void pk_bf16_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(pk_bf16_blk));
+        UNROLL for (int p = 0; p < 16; p++) {
+            const __m512bh w = (__m512bh)_mm512_loadu_si512(g + 64 * p);
+            UNROLL for (int t = 0; t < RT; t++)
+                acc[t] = _mm512_dpbf16_ps(acc[t], w, (__m512bh)bcast32(x + t * xs + 64 * b + 4 * p));
+        }
+    }
+}
+
 /* The driver of every packed type: PK_RT tokens x 16 rows per tile call; TILE(RT, nb, wp, x, xs,
  * acc) accumulates one group, QK = elements per block of the file's type. */
 #define PK_KERNEL(name, TILE, BLK, QK)                                                            \
@@ -794,6 +879,7 @@ PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
 PK_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K, 256)
 PK_KERNEL(q6_K, pk_q6_K_tile, l3c_block_q6_K, 256)
+PK_KERNEL(bf16, pk_bf16_tile, pk_bf16_blk, 32)
 
 /* ---------------------------------------------------------------- tables */
 
@@ -825,12 +911,12 @@ X86_DEFINE_KERNELS(q6_K, T_Q6_K)
         table[id].gemm = gemm_##name;       \
     } while (0)
 
-#define SET_PACKED(id, name, act_from, act_block)          \
+#define SET_PACKED(id, name, kernel, act_from, act_block)          \
     do {                                                  \
         table[id].pack_rows = PK_ROWS;                    \
         table[id].pack = pack_##name;                     \
         table[id].unpack = unpack_##name;                 \
-        table[id].gemm_packed = gemm_packed_##name;       \
+        table[id].gemm_packed = gemm_packed_##kernel;     \
         table[id].pack_act_from_float = act_from;         \
         table[id].pack_act_block_size = act_block == sizeof(l3c_block_q8_K) ? 256 : 32; \
         table[id].pack_act_type_size = act_block;         \
@@ -850,10 +936,14 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q8_0, q8_0);
     SET_DOT(L3C_TYPE_Q4_K, q4_K);
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
-    SET_PACKED(L3C_TYPE_Q4_0, q4_0, pack_act_q4_0, sizeof(l3c_block_q8_0x));
-    SET_PACKED(L3C_TYPE_Q8_0, q8_0, pack_act_q8_0, sizeof(l3c_block_q8_0x));
-    SET_PACKED(L3C_TYPE_Q4_K, q4_K, from_float_q8_K, sizeof(l3c_block_q8_K));
-    SET_PACKED(L3C_TYPE_Q6_K, q6_K, from_float_q8_K, sizeof(l3c_block_q8_K));
+    SET_PACKED(L3C_TYPE_Q4_0, q4_0, q4_0, pack_act_q4_0, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q8_0, q8_0, q8_0, pack_act_q8_0, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q4_K, q4_K, q4_K, from_float_q8_K, sizeof(l3c_block_q8_K));
+    SET_PACKED(L3C_TYPE_Q6_K, q6_K, q6_K, from_float_q8_K, sizeof(l3c_block_q8_K));
+    /* bf16 layouts: used only for a model loaded with bf16_matmul (pack_bf16) */
+    SET_PACKED(L3C_TYPE_F16, f16, bf16, pack_act_bf16, sizeof(pk_bf16_blk));
+    SET_PACKED(L3C_TYPE_BF16, bf16, bf16, pack_act_bf16, sizeof(pk_bf16_blk));
+    table[L3C_TYPE_F16].pack_bf16 = table[L3C_TYPE_BF16].pack_bf16 = true;
     return true;
 }
 

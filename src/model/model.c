@@ -12,7 +12,7 @@
 #include <string.h>
 
 l3c_model_params l3c_model_default_params(void) {
-    l3c_model_params p = {.n_threads = 0, .use_mmap = 1, .verbose = 0};
+    l3c_model_params p = {.n_threads = 0, .use_mmap = 1, .verbose = 0, .bf16_matmul = 0};
     return p;
 }
 
@@ -117,7 +117,7 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
     m->n_threads = p.n_threads > 0 ? p.n_threads : l3c_default_threads();
     if (m->n_threads < 1) m->n_threads = 1;
     double t_pack = l3c_time_s();
-    if ((st = l3c_weights_pack(&m->w, &m->cfg, path, p.use_mmap, m->n_threads))) goto fail;
+    if ((st = l3c_weights_pack(&m->w, &m->cfg, path, p.use_mmap, p.bf16_matmul, m->n_threads))) goto fail;
     t_pack = l3c_time_s() - t_pack;
 
     if (p.verbose) {
@@ -130,8 +130,13 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
                 (double)m->weight_bytes / (1024.0 * 1024.0), m->file_type,
                 m->w.tied_output ? ", tied output" : "");
         if (m->w.pack_bytes)
-            fprintf(stderr, "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s\n",
-                    (double)m->w.pack_bytes / (1024.0 * 1024.0), l3c_kernels_path(), t_pack);
+            fprintf(stderr, "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s%s\n",
+                    (double)m->w.pack_bytes / (1024.0 * 1024.0), l3c_kernels_path(), t_pack,
+                    m->w.n_bf16 ? " (F16/BF16 matrices as bf16)" : "");
+        if (p.bf16_matmul && !m->w.n_bf16)
+            fprintf(stderr, "llama3c: bf16 matmul asked for, but no matrix uses it: the file has no "
+                            "F16/BF16 matrices, the %s kernels have no bf16 dot products (AVX512-BF16), "
+                            "or L3C_PACK=0\n", l3c_kernels_path());
     }
     *out = m;
     return L3C_OK;
@@ -180,6 +185,7 @@ void l3c_model_get_info(const l3c_model *m, l3c_model_info *info) {
     info->n_params = m->n_params;
     info->weight_bytes = m->weight_bytes;
     info->file_type = m->file_type;
+    info->n_bf16_matmul = m->w.n_bf16;
 }
 
 int64_t l3c_model_n_tensors(const l3c_model *m) { return m ? (int64_t)m->gguf->n_tensors : 0; }

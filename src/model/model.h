@@ -67,6 +67,7 @@ typedef struct l3c_weights {
     int n_owned;
     void *pack_arena;        /* packed copies of the matrices (l3c_weights_pack), or NULL */
     size_t pack_bytes;
+    int n_bf16;              /* matrices packed as bf16 (bf16_matmul) */
 } l3c_weights;
 
 /* Binds every tensor; path is for messages. On failure w is left empty (l3c_weights_free ok). */
@@ -77,10 +78,11 @@ void l3c_weights_free(l3c_weights *w);
  * Packed copies of every matrix whose type has a packed layout on the dispatched kernel path
  * (l3c_weight.packed), made with n_threads threads; with release_source the file pages of each
  * packed matrix are dropped from the mapping right after (mmapped files), so peak RSS stays near
- * one copy of the weights. L3C_PACK=0 in the environment turns packing off.
+ * one copy of the weights. Layouts that compute in bf16 (traits.pack_bf16) are used only with
+ * bf16 != 0. L3C_PACK=0 in the environment turns packing off.
  */
 l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *path,
-                            int release_source, int n_threads);
+                            int release_source, int bf16, int n_threads);
 
 struct l3c_model {
     char *path;

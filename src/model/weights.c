@@ -190,7 +190,7 @@ static void pack_chunk(void *arg, int64_t c, int ith) {
 }
 
 l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *path,
-                            int release_source, int n_threads) {
+                            int release_source, int bf16, int n_threads) {
     const char *env = getenv("L3C_PACK");
     if (env && strcmp(env, "0") == 0) return L3C_OK;
     /* every matrix a matmul reads (token_embd only as the tied output) */
@@ -211,6 +211,9 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     size_t total = 0;
     for (int i = 0; i < n_mat; i++) {
         size_t b = l3c_weight_packed_bytes(mat[i]);
+        const bool as_bf16 = b && l3c_type_traits_get(mat[i]->type)->pack_bf16;
+        if (as_bf16 && !bf16) b = 0; /* opt-in only */
+        w->n_bf16 += b && as_bf16;
         off[i] = b ? total : SIZE_MAX;
         total += (b + 4095) / 4096 * 4096;
     }

@@ -14,10 +14,12 @@ against the same reference on the same files (docs/TESTING.md has the measured f
 about 2x headroom; a real bug (wrong rope pairing, GQA mapping, norm, scale) gives nmax > 1.
 """
 
+import json
+
 import numpy as np
 import pytest
 
-from conftest import eval_logits, generate_ids, llama_cpp_or_skip
+from conftest import eval_logits, generate_ids, llama_cpp_or_skip, run_cli
 from gen_models import LLAMA_CPP_TYPES, ModelSpec
 from ref_forward import RefModel
 
@@ -50,6 +52,8 @@ TOL = {
     "Q6_K": (0.45, 0.08),
     "Q4_K_M": (0.45, 0.08),
     "Q5_K_M": (0.45, 0.08),
+    # F16 / BF16 with --bf16: measured nmax 0.046-0.074, nrms 0.008-0.013 (exact F16: 0.004)
+    "bf16_matmul": (0.15, 0.03),
 }
 
 PROMPT = [1] + [int(x) for x in np.random.default_rng(42).integers(3, 320, 31)]
@@ -181,3 +185,36 @@ def test_unpacked_layout_vs_reference(llama3c, tiny_model, tmp_path, monkeypatch
     plain = eval_logits(path, PROMPT, tmp_path)
     check(compare(plain, ref), wtype, f"{shape} {wtype} (L3C_PACK=0) vs numpy float64 reference")
     check(compare(plain, packed), wtype, f"{shape} {wtype} L3C_PACK=0 vs packed")
+
+
+# --bf16 (l3c_model_params.bf16_matmul): F16 / BF16 matrices multiply in bfloat16 where the kernel
+# path has bf16 dot products. Weights rounded to bf16 once and activations at each matmul: about the
+# precision of 8-bit activation blocks (TOL["bf16_matmul"]). Prompt and decode run the same
+# kernel (bit-identical logits for any batch split with an F32 KV cache).
+BF16_CASES = [("gqa1_tied", "F16"), ("gqa3_untied", "F16"), ("gqa4_untied_rf", "BF16")]
+
+
+def bf16_matrices(path):
+    """How many matrices --bf16 packs as bf16 on this machine (0: no AVX512-BF16 path)."""
+    p = run_cli("bench", "-m", path, "-p", 4, "-n", 0, "-r", 1, "-t", 1, "--bf16", "--json")
+    return json.loads(p.stdout)["bf16_matrices"]
+
+
+@pytest.mark.parametrize("shape,wtype", BF16_CASES, ids=[f"{s}-{t}" for s, t in BF16_CASES])
+def test_bf16_matmul_vs_reference(llama3c, tiny_model, tmp_path, shape, wtype):
+    path = tiny_model(shape, SHAPES[shape], wtype)
+    n = bf16_matrices(path)
+    if n == 0:
+        pytest.skip("--bf16 uses no matrix here: the kernel path has no bf16 dot products (needs AVX512-BF16)")
+    spec = SHAPES[shape]
+    assert n == 7 * spec.n_layer + 1, f"--bf16 packed {n} matrices, expected every matmul's"
+    ref = reference(path)
+    exact = eval_logits(path, PROMPT, tmp_path)
+    ours = eval_logits(path, PROMPT, tmp_path, extra=("--bf16",))
+    st = compare(ours, ref)
+    check(st, "bf16_matmul", f"{shape} {wtype} --bf16 vs numpy float64 reference")
+    assert compare(ours, exact)["nmax"] > 0, "--bf16 gave the exact path's logits: the option did nothing"
+    full = eval_logits(path, PROMPT, tmp_path, extra=("--bf16", "--kv", "f32"))
+    for batch in (1, 5):
+        chunked = eval_logits(path, PROMPT, tmp_path, batch=batch, extra=("--bf16", "--kv", "f32"))
+        assert np.array_equal(full, chunked), f"--bf16 --batch {batch} differs from one batch"

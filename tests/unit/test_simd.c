@@ -281,7 +281,10 @@ static void check_invariance(const char *path, const l3c_type_traits *tab) {
 /*
  * Packed layouts (pack_rows > 0): pack / unpack round trip byte-exact; the packed activation
  * quantizer gives the reference Q8_0 quants, its fp16-rounded scale and -off * sum(qs) (Q4_0,
- * Q8_0), or exactly the reference Q8_K blocks (K-quants); the
+ * Q8_0), or exactly the reference Q8_K blocks (K-quants). The bf16 layouts of F16 / BF16
+ * (pack_bf16): unpack gives each weight rounded to bf16 (nearest even; F16 back in F16,
+ * saturated at +-65504: one weight is 65504, which rounds up to 65536 in bf16) and the
+ * activations are l3c_fp32_to_bf16 of each float. The
  * packed gemm within 1e-5 * M of a float64 dot over the same integer quants, for row counts
  * around the group size (ragged last group, nothing written past n_rows or between rows of
  * ldy), and bit-identical for any T, token offset and row count (batch invariance).
@@ -292,32 +295,46 @@ static void check_packed(const char *path, const l3c_type_traits *tab) {
         const int type = g_types[k];
         const l3c_type_traits *st = &tab[type];
         if (!st->pack_rows) continue;
-        const bool k_quant = st->pack_act_block_size == 256;
+        const bool k_quant = st->pack_act_block_size == 256, bf16 = st->pack_bf16;
         const int off = type == L3C_TYPE_Q4_0 ? 8 : 128, PR = st->pack_rows;
         const int64_t lens[] = {32, 96, 224, 1056}, klens[] = {256, 768, 1792};
         for (size_t li = 0; li < (k_quant ? 3 : 4); li++) {
             const int64_t n = k_quant ? klens[li] : lens[li], nb = n / st->pack_act_block_size;
             enum { R = 35, T = 11, LDY = 37 };
             const int ng = (R + PR - 1) / PR;
-            const int act_type = k_quant ? L3C_TYPE_Q8_K : L3C_TYPE_Q8_0;
+            const int act_type = k_quant ? L3C_TYPE_Q8_K : bf16 ? L3C_TYPE_BF16 : L3C_TYPE_Q8_0;
             size_t wb, xb = (size_t)nb * st->pack_act_type_size, qb;
             L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(act_type, n, &qb));
             uint8_t *w = malloc(wb * R), *pk = malloc(wb * PR * ng), *row = malloc(wb);
             uint8_t *xq = malloc(xb * T), *q8 = malloc(qb);
             float *x = malloc((size_t)n * sizeof(float)), *wf = malloc((size_t)n * R * sizeof(float));
             for (int r = 0; r < R; r++) make_weights(type, n, w + r * wb, wb);
+            if (bf16) { /* the rounding edge of F16 -> bf16 -> F16, and a large BF16 value */
+                const uint16_t big = type == L3C_TYPE_F16 ? 0x7BFF : 0x4780;
+                memcpy(w + 3 * wb + 2 * (n - 1), &big, 2);
+            }
             for (int g = 0; g < ng; g++)
                 st->pack(n, L3C_MIN(PR, R - g * PR), w + (size_t)g * PR * wb, wb, pk + (size_t)g * PR * wb);
             for (int r = 0; r < R; r++) {
                 st->unpack(n, pk + (size_t)(r / PR) * PR * wb, r % PR, row);
-                CHECK_MSG(memcmp(row, w + r * wb, wb) == 0, "%s unpack %s n=%lld row %d", path, st->name, (long long)n, r);
                 l3c_type_traits_ref(type)->to_float(w + r * wb, wf + r * n, n);
+                if (bf16) { /* wf: the bf16 weights the kernel multiplies; row: them in the file's type */
+                    uint16_t *want = (uint16_t *)q8;
+                    for (int64_t i = 0; i < n; i++) {
+                        wf[r * n + i] = l3c_bf16_to_fp32(l3c_fp32_to_bf16(wf[r * n + i]));
+                        const float sat = fminf(fmaxf(wf[r * n + i], -65504.0f), 65504.0f);
+                        want[i] = type == L3C_TYPE_F16 ? l3c_fp32_to_fp16(sat) : l3c_fp32_to_bf16(wf[r * n + i]);
+                    }
+                    CHECK_MSG(memcmp(row, want, wb) == 0, "%s unpack %s n=%lld row %d", path, st->name, (long long)n, r);
+                } else {
+                    CHECK_MSG(memcmp(row, w + r * wb, wb) == 0, "%s unpack %s n=%lld row %d", path, st->name, (long long)n, r);
+                }
             }
             for (int t = 0; t < T; t++) {
                 make_acts(n, x);
                 st->pack_act_from_float(x, xq + t * xb, n);
                 l3c_type_traits_ref(act_type)->from_float(x, q8, n);
-                if (k_quant) { /* the Q8_K blocks themselves */
+                if (k_quant || bf16) { /* the Q8_K / BF16 rows themselves */
                     CHECK_MSG(memcmp(xq + t * xb, q8, qb) == 0, "%s packed activations for %s n=%lld t=%d",
                               path, st->name, (long long)n, t);
                     continue;
@@ -341,9 +358,11 @@ static void check_packed(const char *path, const l3c_type_traits *tab) {
                 for (int r = 0; r < R; r++) {
                     const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(xq + t * xb);
                     const l3c_block_q8_K *ak = (const l3c_block_q8_K *)(xq + t * xb);
+                    const uint16_t *ab = (const uint16_t *)(xq + t * xb);
                     double ref = 0.0, mag = 0.0;
                     for (int64_t i = 0; i < n; i++) {
                         double xv = k_quant ? (double)ak[i / 256].d * ak[i / 256].qs[i % 256]
+                                  : bf16    ? (double)l3c_bf16_to_fp32(ab[i])
                                             : (double)a[i / 32].d * a[i / 32].qs[i % 32];
                         double p = (double)wf[r * n + i] * xv;
                         ref += p, mag += fabs(p);
