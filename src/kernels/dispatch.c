@@ -52,7 +52,13 @@ static bool cpu_avx512(void) {
 #endif
 
 #if defined(__aarch64__)
-static bool cpu_neon(void) { return true; } /* mandatory on AArch64 */
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+/* NEON is mandatory on AArch64; arm_neon.c is also compiled with the dot-product extension
+ * (Makefile ISA_FLAGS), which the kernel reports in AT_HWCAP */
+static bool cpu_neon(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; }
 #endif
 
 /* lowest first; each applies on top of the ones before it */
