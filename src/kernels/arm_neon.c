@@ -61,7 +61,7 @@ static inline int8x16_t narrow_i32_to_i8(int32x4_t a, int32x4_t b, int32x4_t c, 
 /* Q8_0 / Q8_1 block: d = amax / 127, q = roundf(x / d), exactly as ref.c. Returns d, *sum. */
 static inline float quant_q8_block(const float *x, int8_t *qs, int *sum) {
     float32x4_t v[8], m = vdupq_n_f32(0.0f);
-    for (int k = 0; k < 8; k++) {
+    UNROLL for (int k = 0; k < 8; k++) {
         v[k] = vld1q_f32(x + 4 * k);
         m = vmaxq_f32(m, vabsq_f32(v[k]));
     }
@@ -69,7 +69,7 @@ static inline float quant_q8_block(const float *x, int8_t *qs, int *sum) {
     float d = amax / 127.0f;
     float id = d != 0.0f ? 1.0f / d : 0.0f;
     int32x4_t q[8], s = vdupq_n_s32(0);
-    for (int k = 0; k < 8; k++) {
+    UNROLL for (int k = 0; k < 8; k++) {
         q[k] = vcvtaq_s32_f32(vmulq_n_f32(v[k], id)); /* one rounding of x * id, then roundf */
         s = vaddq_s32(s, q[k]);
     }
@@ -81,7 +81,8 @@ static inline float quant_q8_block(const float *x, int8_t *qs, int *sum) {
 
 static void from_float_q8_0(const float *src, void *dst, int64_t n) {
     l3c_block_q8_0 *b = dst;
-    for (int64_t i = 0; i < n / 32; i++) b[i].d = f32_to_fp16(quant_q8_block(src + i * 32, b[i].qs, NULL));
+    for (int64_t i = 0; i < n / 32; i++)
+        b[i].d = f32_to_fp16(quant_q8_block(src + i * 32, b[i].qs, NULL));
 }
 
 static void from_float_q8_1(const float *src, void *dst, int64_t n) {
@@ -117,7 +118,7 @@ static void from_float_q8_K(const float *src, void *dst, int64_t n) {
         float iscale = -127.0f / x[first];
         for (int j = 0; j < 256; j += 16) {
             int32x4_t q[4];
-            for (int k = 0; k < 4; k++)
+            UNROLL for (int k = 0; k < 4; k++)
                 q[k] = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + j + 4 * k), iscale)); /* lrintf */
             int8x16_t v = narrow_i32_to_i8(q[0], q[1], q[2], q[3]); /* saturates at 127 */
             vst1q_s8(b[i].qs + j, v);
@@ -196,7 +197,8 @@ INLINE void tile_float(int kind, int RW, int RT, int64_t n, const char *w, size_
             const float *xt = (const float *)(x + t * xs) + i;
             UNROLL for (int c = 0; c < 4; c++) {
                 float32x4_t xv = vld1q_f32(xt + 4 * c);
-                UNROLL for (int r = 0; r < RW; r++) acc[c][r][t] = vfmaq_f32(acc[c][r][t], wv[r][c], xv);
+                UNROLL for (int r = 0; r < RW; r++)
+                    acc[c][r][t] = vfmaq_f32(acc[c][r][t], wv[r][c], xv);
             }
         }
     }
@@ -302,7 +304,8 @@ INLINE void tile_b32(int kind, int RW, int RT, int64_t n, const char *w, size_t 
         }
     }
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
-        y[t * ldy + r] = vaddvq_f32(vaddq_f32(acc[0][r][t], acc[1][r][t])) + (macc[0][r][t] + macc[1][r][t]);
+        y[t * ldy + r] = vaddvq_f32(vaddq_f32(acc[0][r][t], acc[1][r][t])) +
+                         (macc[0][r][t] + macc[1][r][t]);
 }
 
 /* Q8_0 x Q8_0: signed x signed SDOT, the same chains as tile_b32 */
@@ -359,8 +362,8 @@ static inline void k4_scales(const uint8_t *q, uint8_t out[16]) {
  * Canonical order per pair: acc += float(isum) * (d_w * d_x) (one FMA per block),
  * macc += d_x * dmin_w * msum; y = hadd(acc) - macc.
  */
-INLINE void tile_q45_K(bool five, int RW, int RT, int64_t n, const char *w, size_t ws, const char *x,
-                       size_t xs, float *y, int64_t ldy) {
+INLINE void tile_q45_K(bool five, int RW, int RT, int64_t n, const char *w, size_t ws,
+                       const char *x, size_t xs, float *y, int64_t ldy) {
     const size_t wbs = five ? sizeof(l3c_block_q5_K) : sizeof(l3c_block_q4_K);
     const uint8x16_t m4 = vdupq_n_u8(0x0F), b4 = vdupq_n_u8(0x10);
     float32x4_t acc[MAXR][MAXR];
@@ -405,10 +408,12 @@ INLINE void tile_q45_K(bool five, int RW, int RT, int64_t n, const char *w, size
                 UNROLL for (int k = 0; k < 2; k++) {
                     uint8x16_t bits = vld1q_u8(qs[r] + 32 * j + 16 * k);
                     uint8x16_t l = vandq_u8(bits, m4), h = vshrq_n_u8(bits, 4);
-                    if (five) {
+                    if (five) { /* bit 2j of qh[l] for sub-block 2j, bit 2j + 1 for 2j + 1 */
                         uint8x16_t hb = vld1q_u8(qh[r] + 16 * k);
-                        l = vorrq_u8(l, vandq_u8(vtstq_u8(hb, vdupq_n_u8((uint8_t)(1u << (2 * j)))), b4));
-                        h = vorrq_u8(h, vandq_u8(vtstq_u8(hb, vdupq_n_u8((uint8_t)(2u << (2 * j)))), b4));
+                        uint8x16_t bl = vdupq_n_u8((uint8_t)(1u << (2 * j)));
+                        uint8x16_t bh = vdupq_n_u8((uint8_t)(2u << (2 * j)));
+                        l = vorrq_u8(l, vandq_u8(vtstq_u8(hb, bl), b4));
+                        h = vorrq_u8(h, vandq_u8(vtstq_u8(hb, bh), b4));
                     }
                     lo[r][k] = vreinterpretq_s8_u8(l);
                     hi[r][k] = vreinterpretq_s8_u8(h);
@@ -419,8 +424,9 @@ INLINE void tile_q45_K(bool five, int RW, int RT, int64_t n, const char *w, size
                 int8x16_t xl0 = vld1q_s8(xq), xl1 = vld1q_s8(xq + 16);
                 int8x16_t xh0 = vld1q_s8(xq + 32), xh1 = vld1q_s8(xq + 48);
                 UNROLL for (int r = 0; r < RW; r++) {
-                    int32x4_t pl = vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo[r][0], xl0), lo[r][1], xl1);
-                    int32x4_t ph = vdotq_s32(vdotq_s32(vdupq_n_s32(0), hi[r][0], xh0), hi[r][1], xh1);
+                    const int32x4_t z = vdupq_n_s32(0);
+                    int32x4_t pl = vdotq_s32(vdotq_s32(z, lo[r][0], xl0), lo[r][1], xl1);
+                    int32x4_t ph = vdotq_s32(vdotq_s32(z, hi[r][0], xh0), hi[r][1], xh1);
                     isum[r][t] = vmlaq_n_s32(isum[r][t], pl, sm[r][2 * j]);
                     isum[r][t] = vmlaq_n_s32(isum[r][t], ph, sm[r][2 * j + 1]);
                 }
@@ -444,7 +450,8 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
     const uint8x16_t m4 = vdupq_n_u8(0x0F), m2 = vdupq_n_u8(0x30);
     const int8x16_t off = vdupq_n_s8(32);
     float32x4_t acc[MAXR][MAXR];
-    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[r][t] = vdupq_n_f32(0.0f);
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        acc[r][t] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < n / 256; b++) {
         const l3c_block_q6_K *wb[MAXR];
         float dw[MAXR], dx[MAXR];
@@ -469,11 +476,15 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
             }
             const int s = 8 * c + 2 * k;
             UNROLL for (int t = 0; t < RT; t++) {
-                const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * c + 32 * k;
+                const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+                const int8_t *xq = xb->qs + 128 * c + 32 * k;
                 int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
                 UNROLL for (int r = 0; r < RW; r++) {
-                    isum[r][t] = vmlaq_n_s32(isum[r][t], vdotq_s32(vdupq_n_s32(0), q[r][0], x0), wb[r]->scales[s]);
-                    isum[r][t] = vmlaq_n_s32(isum[r][t], vdotq_s32(vdupq_n_s32(0), q[r][1], x1), wb[r]->scales[s + 1]);
+                    const int32x4_t z = vdupq_n_s32(0);
+                    isum[r][t] =
+                        vmlaq_n_s32(isum[r][t], vdotq_s32(z, q[r][0], x0), wb[r]->scales[s]);
+                    isum[r][t] =
+                        vmlaq_n_s32(isum[r][t], vdotq_s32(z, q[r][1], x1), wb[r]->scales[s + 1]);
                 }
             }
         }
