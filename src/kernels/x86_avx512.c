@@ -711,7 +711,7 @@ INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
         const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q6_K));
         __m512i isum[PK_RT];
         UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
-        for (int sr = 0; sr < 8; sr++) { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4 */
+        UNROLL for (int sr = 0; sr < 8; sr++) { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4 */
             const int h = sr / 4, qtr = sr % 4;
             const __m512i sv = _mm512_loadu_si512(g + 32 + 64 * (sr / 2));
             const __m512i pair = sr & 1 ? _mm512_srai_epi16(sv, 8) : _mm512_srai_epi16(_mm512_slli_epi16(sv, 8), 8);
@@ -826,14 +826,43 @@ static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
     }
 }
 
+/* two groups (32 rows) x RT tokens: each activation broadcast serves both; every (row, token)
+ * chain is the one pk_bf16_tile computes */
+INLINE void pk_bf16_tile2(int RT, int64_t nb, const char *wp, size_t gbytes, const char *x, size_t xs,
+                          __m512 acc[PK_RT], __m512 acc1[PK_RT]) {
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(pk_bf16_blk));
+        for (int p = 0; p < 16; p++) {
+            const __m512bh w0 = (__m512bh)_mm512_loadu_si512(g + 64 * p);
+            const __m512bh w1 = (__m512bh)_mm512_loadu_si512(g + gbytes + 64 * p);
+            UNROLL for (int t = 0; t < RT; t++) {
+                const __m512bh xv = (__m512bh)bcast32(x + t * xs + 64 * b + 4 * p);
+                acc[t] = _mm512_dpbf16_ps(acc[t], w0, xv);
+                acc1[t] = _mm512_dpbf16_ps(acc1[t], w1, xv);
+            }
+        }
+    }
+}
+
 INLINE void pk_bf16_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
     for (int64_t b = 0; b < nb; b++) {
         const char *g = wp + b * (PK_ROWS * sizeof(pk_bf16_blk));
-        UNROLL for (int p = 0; p < 16; p++) {
+        for (int p = 0; p < 16; p++) {
             const __m512bh w = (__m512bh)_mm512_loadu_si512(g + 64 * p);
             UNROLL for (int t = 0; t < RT; t++)
                 acc[t] = _mm512_dpbf16_ps(acc[t], w, (__m512bh)bcast32(x + t * xs + 64 * b + 4 * p));
         }
+    }
+}
+
+INLINE void pk_run2_bf16(int RT, int64_t nb, const char *wp, size_t gbytes, const char *x, size_t xs,
+                         float *y, int64_t ldy, __mmask16 rows1) {
+    __m512 acc[PK_RT], acc1[PK_RT];
+    UNROLL for (int t = 0; t < RT; t++) acc[t] = acc1[t] = _mm512_setzero_ps();
+    pk_bf16_tile2(RT, nb, wp, gbytes, x, xs, acc, acc1);
+    UNROLL for (int t = 0; t < RT; t++) {
+        _mm512_storeu_ps(y + t * ldy, acc[t]);
+        _mm512_mask_storeu_ps(y + t * ldy + PK_ROWS, rows1, acc1[t]);
     }
 }
 
@@ -879,7 +908,36 @@ PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
 PK_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K, 256)
 PK_KERNEL(q6_K, pk_q6_K_tile, l3c_block_q6_K, 256)
-PK_KERNEL(bf16, pk_bf16_tile, pk_bf16_blk, 32)
+PK_KERNEL(bf16_1, pk_bf16_tile, pk_bf16_blk, 32)
+
+/* bf16: pairs of groups where there are two (pk_run2_bf16), else the one-group driver */
+static void gemm_packed_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
+                             const void *x, size_t xs) {
+    const int64_t nb = n / 32;
+    const size_t gbytes = (size_t)nb * PK_ROWS * sizeof(pk_bf16_blk);
+    const int64_t pairs = n_rows / (2 * PK_ROWS) * (2 * PK_ROWS);
+    for (int64_t t0 = 0; t0 < T; t0 += PK_RT) {
+        const int rt = (int)L3C_MIN(PK_RT, T - t0);
+        const char *xt = (const char *)x + t0 * xs;
+        for (int64_t r0 = 0; r0 < pairs; r0 += 2 * PK_ROWS) {
+            const char *g = (const char *)wp + (size_t)(r0 / PK_ROWS) * gbytes;
+            float *yt = y + t0 * ldy + r0;
+            switch (rt) {
+            case 1: pk_run2_bf16(1, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
+            case 2: pk_run2_bf16(2, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
+            case 3: pk_run2_bf16(3, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
+            case 4: pk_run2_bf16(4, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
+            default: /* 5..8: one tile of 8 (rt < 8 only at the end) */
+                if (rt == PK_RT) pk_run2_bf16(PK_RT, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF);
+                else gemm_packed_bf16_1(n, 2 * PK_ROWS, rt, yt, ldy, g, xt, xs);
+                break;
+            }
+        }
+    }
+    if (pairs < n_rows)
+        gemm_packed_bf16_1(n, n_rows - pairs, T, y + pairs, ldy,
+                           (const char *)wp + (size_t)(pairs / PK_ROWS) * gbytes, x, xs);
+}
 
 /* ---------------------------------------------------------------- tables */
 

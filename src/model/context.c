@@ -125,7 +125,7 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
               alloc_arr(&ctx->hb, B, (size_t)c->n_ff, sizeof(float), &total) &&
               alloc_arr(&ctx->hb2, B, (size_t)c->n_ff, sizeof(float), &total) &&
               alloc_arr(&ctx->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), &total) &&
-              alloc_arr(&ctx->kv_tmp, nth, hd, sizeof(float), &total) &&
+              alloc_arr(&ctx->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), &total) &&
               alloc_arr(&ctx->rope_cos, B, half ? half : 1, sizeof(float), &total) &&
               alloc_arr(&ctx->rope_sin, B, half ? half : 1, sizeof(float), &total) &&
               alloc_arr(&ctx->inv_freq, half ? half : 1, 1, sizeof(double), &total) &&

@@ -95,7 +95,7 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t ld = ctx->n_ctx;
     float *S = ctx->att + (int64_t)ith * L3C_ATT_TOKENS * ld; /* [e - a x n_ctx] scores */
-    float *tmp = ctx->kv_tmp + (int64_t)ith * hd;              /* [hd] one converted V row */
+    float *tmp = ctx->kv_tmp + (int64_t)ith * hd * L3C_ATT_ROWS; /* [L3C_ATT_ROWS x hd] converted rows */
     const uint8_t *kbase = kv_row(ctx, ctx->k_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
     const uint8_t *vbase = kv_row(ctx, ctx->v_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
     const float *q0 = ctx->q + a * q_dim + h * hd;
@@ -128,17 +128,22 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
         memset(ctx->att_out + t * q_dim + h * hd, 0, (size_t)hd * sizeof(float));
     }
 
-    /* att_out[t, h] = sum_p S[t - a][p] * v_p */
+    /* att_out[t, h] = sum_p S[t - a][p] * v_p, in blocks of L3C_ATT_ROWS rows of V converted
+     * once for every query (l3c_axpy_rows: the same sums as one axpy per row) */
     const bool f32 = ctx->kv_type == L3C_KV_F32;
-    for (int32_t p = 0; p < n_pos_max; p++) {
-        const float *vp = (const float *)(vbase + (size_t)p * ctx->kv_row_bytes);
+    for (int32_t p0 = 0; p0 < n_pos_max; p0 += L3C_ATT_ROWS) {
+        const int32_t p1 = L3C_MIN(p0 + L3C_ATT_ROWS, n_pos_max);
+        const float *vp = (const float *)(vbase + (size_t)p0 * ctx->kv_row_bytes);
+        int64_t ldv = (int64_t)(ctx->kv_row_bytes / sizeof(float));
         if (!f32) {
-            tr->to_float(vp, tmp, hd);
+            for (int32_t p = p0; p < p1; p++)
+                tr->to_float(vbase + (size_t)p * ctx->kv_row_bytes, tmp + (p - p0) * hd, hd);
             vp = tmp;
+            ldv = hd;
         }
         for (int64_t t = a; t < e; t++) {
-            if (p > b->pos[t]) continue;
-            l3c_axpy(ctx->att_out + t * q_dim + h * hd, S[(t - a) * ld + p], vp, hd);
+            const int32_t n = L3C_MIN(p1, b->pos[t] + 1) - p0;
+            if (n > 0) l3c_axpy_rows(ctx->att_out + t * q_dim + h * hd, S + (t - a) * ld + p0, vp, ldv, n, hd);
         }
     }
 }

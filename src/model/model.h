@@ -101,6 +101,8 @@ struct l3c_model {
 
 /* Batch tokens per attention chunk (prompt path): their scores are one gemm per head. */
 #define L3C_ATT_TOKENS 16
+/* V rows converted to float at a time (prompt path: each serves every query of the block). */
+#define L3C_ATT_ROWS 32
 
 /* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported. */
 size_t l3c_kv_row_bytes(const l3c_config *cfg, int kv_type);
@@ -132,7 +134,7 @@ struct l3c_context {
     float *hb;       /* [B x n_ff] gate, then silu(gate)*up */
     float *hb2;      /* [B x n_ff] up */
     float *att;      /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
-    float *kv_tmp;   /* [n_threads x hd] one dequantized K or V head row per thread */
+    float *kv_tmp;   /* [n_threads x L3C_ATT_ROWS x hd] dequantized K / V head rows per thread */
     float *rope_cos; /* [B x n_rot/2] for this batch's positions */
     float *rope_sin; /* [B x n_rot/2] */
     double *inv_freq;/* [n_rot/2] base^(-2i/n_rot) / rope_freqs[i] */

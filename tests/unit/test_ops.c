@@ -301,6 +301,19 @@ static void test_elementwise(void) {
     float one = 5.0f;
     l3c_softmax(&one, 1);
     CHECK(one == 1.0f);
+    /* axpy_rows == one axpy per row, bit for bit (vector body and scalar tail) */
+    enum { NR = 9, LDX = 83 };
+    static float X[NR * LDX], w[NR];
+    for (int i = 0; i < NR * LDX; i++) X[i] = rnd_f(-2.0f, 2.0f);
+    for (int r = 0; r < NR; r++) w[r] = rnd_f(-1.0f, 1.0f);
+    const int lens[] = {1, 15, 16, 17, 64, 77};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (int nr = 0; nr <= NR; nr += 3) {
+            for (int i = 0; i < N; i++) a[i] = a0[i] = rnd_f(-3.0f, 3.0f);
+            l3c_axpy_rows(a, w, X, LDX, nr, lens[li]);
+            for (int r = 0; r < nr; r++) l3c_axpy(a0, w[r], X + r * LDX, lens[li]);
+            CHECK_MSG(memcmp(a, a0, sizeof a) == 0, "axpy_rows n=%d rows=%d differs from axpy", lens[li], nr);
+        }
 }
 
 /* Batch invariance through l3c_matmul on the dispatched kernels: token t's outputs are bit for
