@@ -260,9 +260,6 @@ void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n,
     }
 }
 
-void l3c_swiglu(float *a, const float *b, int64_t n) {
-    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
-}
 
 /* y += a * x: AVX2 when the CPU has it (the forward pass is compiled for the baseline ISA, and
  * -O2 does not vectorize loops that need alias checks), with a separate multiply and add so
@@ -313,6 +310,131 @@ void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+/*
+ * exp for softmax and SiLU: Cephes' expf (range reduction by ln 2 in two parts, degree-6
+ * polynomial; within 2 ulp of exp over the clamped range [-88.376, 88.376], 0 below it when the
+ * power of two underflows, inf above). One formula in two spellings: EXP_STEPS over scalars
+ * (fmaf) and over AVX2 vectors, so every element gets the same bits whichever loop computes it
+ * and whatever the CPU (FMA rounds once either way).
+ */
+#define EXP_LO (-88.3762626647949f)
+#define EXP_HI 88.3762626647949f
+#define EXP_STEPS(x, FMA, MUL, ADD, ROUND, MIN, MAX, C, POW2)                          \
+    do {                                                                               \
+        x = MAX(MIN(x, C(EXP_HI)), C(EXP_LO));                                         \
+        const __typeof__(x) fx = ROUND(MUL(x, C(1.44269504088896341f)));               \
+        __typeof__(x) r = FMA(fx, C(-0.693359375f), x);                                \
+        r = FMA(fx, C(2.12194440e-4f), r);                                             \
+        __typeof__(x) y = C(1.9875691500e-4f);                                         \
+        y = FMA(y, r, C(1.3981999507e-3f));                                            \
+        y = FMA(y, r, C(8.3334519073e-3f));                                            \
+        y = FMA(y, r, C(4.1665795894e-2f));                                            \
+        y = FMA(y, r, C(1.6666665459e-1f));                                            \
+        y = FMA(y, r, C(5.0000001201e-1f));                                            \
+        y = ADD(FMA(y, MUL(r, r), r), C(1.0f));                                        \
+        x = MUL(y, POW2(fx));                                                          \
+    } while (0)
+
+static inline float s_pow2(float fx) { /* 2^fx for integral fx in [-127, 128]: 0 / inf at the ends */
+    uint32_t bits = (uint32_t)((int32_t)fx + 127) << 23;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+static inline float s_mul(float a, float b) { return a * b; }
+static inline float s_add(float a, float b) { return a + b; }
+static inline float s_c(float c) { return c; }
+
+static inline float l3c_expf(float x) {
+    EXP_STEPS(x, fmaf, s_mul, s_add, nearbyintf, fminf, fmaxf, s_c, s_pow2);
+    return x;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define V_TARGET __attribute__((target("avx2,fma")))
+V_TARGET static inline __m256 v_pow2(__m256 fx) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23));
+}
+V_TARGET static inline __m256 v_round(__m256 x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+V_TARGET static inline __m256 v_exp(__m256 x) {
+    EXP_STEPS(x, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, v_round, _mm256_min_ps, _mm256_max_ps,
+              _mm256_set1_ps, v_pow2);
+    return x;
+}
+V_TARGET static inline float s_expf_fma(float x) { /* the scalar spelling, with the FMA instruction */
+    EXP_STEPS(x, __builtin_fmaf, s_mul, s_add, nearbyintf, fminf, fmaxf, s_c, s_pow2);
+    return x;
+}
+
+V_TARGET static void swiglu_avx2(float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(a + i);
+        const __m256 e = v_exp(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(a + i, _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(b + i)));
+    }
+    for (; i < n; i++) a[i] = a[i] / (1.0f + s_expf_fma(-a[i])) * b[i];
+}
+
+/* x[i] = exp(x[i] - max) for all i; returns their sum (in double, four lanes then in order) */
+V_TARGET static double softmax_exp_avx2(float *x, int64_t n, float max) {
+    const __m256 vm = _mm256_set1_ps(max);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = v_exp(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4], sum = 0.0;
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    for (int k = 0; k < 4; k++) sum += lanes[k];
+    for (; i < n; i++) {
+        x[i] = s_expf_fma(x[i] - max);
+        sum += x[i];
+    }
+    return sum;
+}
+
+static int g_has_fma = -1;
+static bool has_fma(void) {
+    if (g_has_fma < 0) /* idempotent race */
+        g_has_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    return g_has_fma;
+}
+#endif
+
+void l3c_swiglu(float *a, const float *b, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (has_fma()) {
+        swiglu_avx2(a, b, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + l3c_expf(-a[i])) * b[i];
+}
+
+void l3c_softmax(float *x, int64_t n) {
+    if (n <= 0) return;
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) max = L3C_MAX(max, x[i]);
+    double sum = 0.0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (has_fma()) {
+        sum = softmax_exp_avx2(x, n, max);
+    } else
+#endif
+    {
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = l3c_expf(x[i] - max);
+            sum += x[i];
+        }
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
 void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ldx, int64_t n_rows, int64_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (g_has_avx2 < 0) g_has_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
@@ -326,19 +448,6 @@ void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ld
 
 void l3c_add(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
-}
-
-void l3c_softmax(float *x, int64_t n) {
-    if (n <= 0) return;
-    float max = x[0];
-    for (int64_t i = 1; i < n; i++) max = L3C_MAX(max, x[i]);
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
 void l3c_get_row(const l3c_weight *w, int64_t id, float *dst) {

@@ -301,6 +301,19 @@ static void test_elementwise(void) {
     float one = 5.0f;
     l3c_softmax(&one, 1);
     CHECK(one == 1.0f);
+    /* silu over [-100, 100]: within 3e-7 relative of float64 (the exp is within 2 ulp; 1e-36
+     * absolute where exp(-x) leaves the clamped range and silu is below 4e-37), and the
+     * vector body and the scalar tail give the same bits (each element alone: tail only) */
+    enum { NS = 2001 };
+    static float sa[NS], sb[NS], s1[NS];
+    for (int i = 0; i < NS; i++) sa[i] = s1[i] = -100.0f + 0.1f * (float)i + rnd_f(0.0f, 0.01f), sb[i] = 1.0f;
+    l3c_swiglu(sa, sb, NS);
+    for (int i = 0; i < NS; i++) {
+        const double v = s1[i], want = v / (1.0 + exp(-v));
+        CHECK_MSG(fabs(sa[i] - want) <= 3e-7 * fabs(want) + 1e-36, "silu(%.9g) = %.9g, want %.9g", v, sa[i], want);
+        l3c_swiglu(&s1[i], &sb[i], 1);
+        CHECK_MSG(memcmp(&s1[i], &sa[i], 4) == 0, "silu(x) alone differs from within a vector at %d", i);
+    }
     /* axpy_rows == one axpy per row, bit for bit (vector body and scalar tail) */
     enum { NR = 9, LDX = 83 };
     static float X[NR * LDX], w[NR];
