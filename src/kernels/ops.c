@@ -296,7 +296,24 @@ __attribute__((target("avx2"))) static void axpy_rows_avx2(float *restrict y, co
         for (int64_t k = i; k < n; k++) y[k] += a[r] * X[r * ldx + k];
 }
 
-static int g_has_avx2 = -1;
+__attribute__((target("avx512f"))) static void axpy_rows_avx512(float *restrict y, const float *a, const float *X,
+                                                                 int64_t ldx, int64_t n_rows, int64_t n) {
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 y0 = _mm512_loadu_ps(y + i), y1 = _mm512_loadu_ps(y + i + 16);
+        for (int64_t r = 0; r < n_rows; r++) {
+            const __m512 va = _mm512_set1_ps(a[r]);
+            const float *x = X + r * ldx + i;
+            y0 = _mm512_add_ps(y0, _mm512_mul_ps(va, _mm512_loadu_ps(x)));
+            y1 = _mm512_add_ps(y1, _mm512_mul_ps(va, _mm512_loadu_ps(x + 16)));
+        }
+        _mm512_storeu_ps(y + i, y0);
+        _mm512_storeu_ps(y + i + 16, y1);
+    }
+    if (i < n) axpy_rows_avx2(y + i, a, X + i, ldx, n_rows, n - i);
+}
+
+static int g_has_avx2 = -1, g_has_avx512 = -1;
 #endif
 
 void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
@@ -438,6 +455,11 @@ void l3c_softmax(float *x, int64_t n) {
 void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ldx, int64_t n_rows, int64_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (g_has_avx2 < 0) g_has_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (g_has_avx512 < 0) g_has_avx512 = g_has_avx2 && __builtin_cpu_supports("avx512f") ? 1 : 0;
+    if (g_has_avx512) {
+        axpy_rows_avx512(y, a, X, ldx, n_rows, n);
+        return;
+    }
     if (g_has_avx2) {
         axpy_rows_avx2(y, a, X, ldx, n_rows, n);
         return;
