@@ -578,7 +578,13 @@ INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x,
  *         nibbles are elements 64j + 4c .. + 3 (sub-block 2j) and high nibbles sub-block 2j + 1.
  *   Q6_K: d[16], the 16 int8 scales as 4 chunks with bytes ordered (s4k, s4k+2, s4k+1, s4k+3)
  *         so that even / odd bytes sign-extend to the int16 pairs (s2p, s2p+1); then per half h
- *         24 chunks: ql[64h + 4c ..] (A, c < 8), ql[64h + 32 + 4c ..] (B), qh[32h + 4c ..] (H).
+ *         (128 elements, quarters k = 0..3 of 32) and column c < 8, three chunks X0, X1, X2
+ *         (Q6_CHUNK): byte i of lane r holds, for l = 4c + i and q_k = the 6-bit quant of
+ *         element 32k + l of the half, X0 = q0 | (q3 & 3) << 6, X1 = q1 | (q3 >> 2 & 3) << 6,
+ *         X2 = q2 | (q3 >> 4) << 6. Quarters 0..2 unpack with one AND, quarter 3 with three
+ *         shifts and three logic ops; each chunk is read once per super-block, in memory order,
+ *         by the few-token tile (the 6-bit unpacking and a non-sequential stream made the
+ *         previous ql / qh chunk layout ~1.5x slower for one token).
  * Per sub-block (Q4_K: 32 elements, scale sc and min mn) or 16-element group (Q6_K: scale s,
  * quants q - 32), the exact integer dot of all 16 rows comes from dpbusd over the unsigned
  * quants and is multiplied by the scale in int32; the mins / the -32 offset come from the Q8_K
@@ -616,6 +622,9 @@ static void unpack_q4_K(int64_t n, const void *gv, int r, void *dst) {
 
 static const int q6_perm[4] = {0, 2, 1, 3}; /* stored byte i of a scale chunk = scale 4k + perm[i] */
 
+/* byte offset of chunk k (0..2) at column c (0..7) of half h in a Q6_K group */
+#define Q6_CHUNK(h, c, k) (288 + 1536 * (h) + 192 * (c) + 64 * (k))
+
 static void pack_q6_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
     for (int64_t b = 0; b < n / 256; b++) {
         uint8_t *g = (uint8_t *)dst + b * (PK_ROWS * sizeof(l3c_block_q6_K));
@@ -626,11 +635,15 @@ static void pack_q6_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void 
             for (int k = 0; k < 4; k++)
                 for (int i = 0; i < 4; i++) g[32 + 64 * k + 4 * r + i] = (uint8_t)blk->scales[4 * k + q6_perm[i]];
             for (int h = 0; h < 2; h++)
-                for (int c = 0; c < 8; c++) {
-                    uint8_t *o = g + 288 + h * 1536 + 4 * r;
-                    memcpy(o + c * 64, blk->ql + 64 * h + 4 * c, 4);
-                    memcpy(o + (8 + c) * 64, blk->ql + 64 * h + 32 + 4 * c, 4);
-                    memcpy(o + (16 + c) * 64, blk->qh + 32 * h + 4 * c, 4);
+                for (int l = 0; l < 32; l++) {
+                    const int a = blk->ql[64 * h + l], bq = blk->ql[64 * h + 32 + l];
+                    const int hb = blk->qh[32 * h + l];
+                    const int q0 = (a & 15) | (hb & 3) << 4, q1 = (bq & 15) | (hb >> 2 & 3) << 4;
+                    const int q2 = (a >> 4) | (hb >> 4 & 3) << 4, q3 = (bq >> 4) | (hb >> 6) << 4;
+                    uint8_t *o = g + Q6_CHUNK(h, l / 4, 0) + 4 * r + l % 4;
+                    o[0] = (uint8_t)(q0 | (q3 & 3) << 6);
+                    o[64] = (uint8_t)(q1 | (q3 >> 2 & 3) << 6);
+                    o[128] = (uint8_t)(q2 | (q3 >> 4) << 6);
                 }
         }
     }
@@ -644,11 +657,14 @@ static void unpack_q6_K(int64_t n, const void *gv, int r, void *dst) {
         for (int k = 0; k < 4; k++)
             for (int i = 0; i < 4; i++) blk->scales[4 * k + q6_perm[i]] = (int8_t)g[32 + 64 * k + 4 * r + i];
         for (int h = 0; h < 2; h++)
-            for (int c = 0; c < 8; c++) {
-                const uint8_t *o = g + 288 + h * 1536 + 4 * r;
-                memcpy(blk->ql + 64 * h + 4 * c, o + c * 64, 4);
-                memcpy(blk->ql + 64 * h + 32 + 4 * c, o + (8 + c) * 64, 4);
-                memcpy(blk->qh + 32 * h + 4 * c, o + (16 + c) * 64, 4);
+            for (int l = 0; l < 32; l++) {
+                const uint8_t *o = g + Q6_CHUNK(h, l / 4, 0) + 4 * r + l % 4;
+                const int q0 = o[0] & 63, q1 = o[64] & 63, q2 = o[128] & 63;
+                const int q3 = o[0] >> 6 | (o[64] >> 6) << 2 | (o[128] >> 6) << 4;
+                blk->ql[64 * h + l] = (uint8_t)((q0 & 15) | (q2 & 15) << 4);
+                blk->ql[64 * h + 32 + l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
+                blk->qh[32 * h + l] =
+                    (uint8_t)(q0 >> 4 | (q1 >> 4) << 2 | (q2 >> 4) << 4 | (q3 >> 4) << 6);
             }
     }
 }
@@ -705,28 +721,59 @@ INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
     }
 }
 
+/* the 6-bit quants of quarter qt at column c of half h: X_qt & 63 for qt < 3; quarter 3 is
+ * gathered from bits 6..7 of X0 (its bits 0..1), X1 (2..3) and X2 (4..5) */
+INLINE __m512i q6_quant(const char *g, int h, int c, int qt) {
+    const __m512i m3f = _mm512_set1_epi8(0x3F);
+    if (qt < 3) return _mm512_and_si512(_mm512_loadu_si512(g + Q6_CHUNK(h, c, qt)), m3f);
+    const __m512i a = _mm512_srli_epi16(_mm512_loadu_si512(g + Q6_CHUNK(h, c, 0)), 6);
+    const __m512i b = _mm512_srli_epi16(_mm512_loadu_si512(g + Q6_CHUNK(h, c, 1)), 4);
+    const __m512i d = _mm512_srli_epi16(_mm512_loadu_si512(g + Q6_CHUNK(h, c, 2)), 2);
+    const __m512i t = _mm512_ternarylogic_epi32(_mm512_set1_epi8(0x03), a, b, 0xCA); /* m ? a : b */
+    return _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_set1_epi8(0x0F), t, d, 0xCA), m3f);
+}
+
+/* int8 scale j (16-element group j of the super-block) of every row, as int32 lanes */
+INLINE __m512i q6_scale(const char *g, int j) {
+    static const int pos[4] = {0, 2, 1, 3}; /* inverse of q6_perm */
+    const __m512i v = _mm512_loadu_si512(g + 32 + 64 * (j / 4));
+    const int p = pos[j % 4];
+    return _mm512_srai_epi32(p == 3 ? v : _mm512_slli_epi32(v, 24 - 8 * p), 24);
+}
+
+/* the end of a super-block, the same per lane for every tile shape: the -32 offset from the
+ * Q8_K group sums, then acc = fma(d * dx, (float)(isum - 32 * osum), acc) */
+INLINE void q6_finish(int RT, const char *g, const char *x, size_t xs, int64_t b,
+                      const __m512i isum[PK_RT], __m512 acc[PK_RT]) {
+    __m512i pairs[8];
+    UNROLL for (int k = 0; k < 4; k++) {
+        const __m512i sv = _mm512_loadu_si512(g + 32 + 64 * k);
+        pairs[2 * k] = _mm512_srai_epi16(_mm512_slli_epi16(sv, 8), 8);
+        pairs[2 * k + 1] = _mm512_srai_epi16(sv, 8);
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+    UNROLL for (int t = 0; t < RT; t++) {
+        const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+        __m512i o = _mm512_setzero_si512();
+        UNROLL for (int p = 0; p < 8; p++)
+            o = _mm512_dpwssd_epi32(o, pairs[p], bcast32(xb->bsums + 2 * p));
+        const __m512i tot = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(o, 5));
+        const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
+        acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(tot), acc[t]);
+    }
+}
+
+/* many tokens: per 32-element quarter, its 8 quant chunks stay in registers for all RT tokens */
 INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     for (int64_t b = 0; b < nb; b++) {
         const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q6_K));
         __m512i isum[PK_RT];
         UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
         UNROLL for (int sr = 0; sr < 8; sr++) { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4 */
-            const int h = sr / 4, qtr = sr % 4;
-            const __m512i sv = _mm512_loadu_si512(g + 32 + 64 * (sr / 2));
-            const __m512i pair = sr & 1 ? _mm512_srai_epi16(sv, 8) : _mm512_srai_epi16(_mm512_slli_epi16(sv, 8), 8);
-            const __m512i s0 = _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16), s1 = _mm512_srai_epi32(pair, 16);
-            const char *base = g + 288 + h * 1536;
+            const int h = sr / 4, qt = sr % 4;
+            const __m512i s0 = q6_scale(g, 2 * sr), s1 = q6_scale(g, 2 * sr + 1);
             __m512i q[8];
-            UNROLL for (int c = 0; c < 8; c++) {
-                __m512i lo = _mm512_loadu_si512(base + ((qtr & 1) ? 8 + c : c) * 64);
-                __m512i hb = _mm512_loadu_si512(base + (16 + c) * 64);
-                lo = _mm512_and_si512(qtr >= 2 ? _mm512_srli_epi16(lo, 4) : lo, m4);
-                /* the 2 high bits of this quarter to bits 4..5 */
-                __m512i hs = qtr == 0 ? _mm512_slli_epi16(hb, 4) : qtr == 1 ? _mm512_slli_epi16(hb, 2)
-                           : qtr == 2 ? hb : _mm512_srli_epi16(hb, 2);
-                q[c] = _mm512_ternarylogic_epi32(hs, m30, lo, 0xEA); /* (hs & m30) | lo */
-            }
+            UNROLL for (int c = 0; c < 8; c++) q[c] = q6_quant(g, h, c, qt);
             UNROLL for (int t = 0; t < RT; t++) {
                 const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 32 * sr;
                 __m512i p0 = _mm512_setzero_si512(), p1 = _mm512_setzero_si512();
@@ -735,20 +782,39 @@ INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
                 isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(p0, s0), _mm512_mullo_epi32(p1, s1)));
             }
         }
-        __m512i pairs[8];
-        UNROLL for (int k = 0; k < 4; k++) {
-            const __m512i sv = _mm512_loadu_si512(g + 32 + 64 * k);
-            pairs[2 * k] = _mm512_srai_epi16(_mm512_slli_epi16(sv, 8), 8);
-            pairs[2 * k + 1] = _mm512_srai_epi16(sv, 8);
+        q6_finish(RT, g, x, xs, b, isum, acc);
+    }
+}
+
+/* few tokens (generation): the chunks in memory order, each loaded once for its four quarters;
+ * per token four partial dots (one per quarter) live across 4 columns */
+INLINE void pk_q6_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, size_t xs,
+                            __m512 acc[PK_RT]) {
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q6_K));
+        __m512i isum[PK_RT];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        UNROLL for (int h = 0; h < 2; h++) UNROLL for (int k = 0; k < 2; k++) {
+            __m512i p[PK_RT][4];
+            UNROLL for (int t = 0; t < RT; t++) UNROLL for (int qt = 0; qt < 4; qt++)
+                p[t][qt] = _mm512_setzero_si512();
+            UNROLL for (int c = 4 * k; c < 4 * k + 4; c++) {
+                __m512i q[4];
+                UNROLL for (int qt = 0; qt < 4; qt++) q[qt] = q6_quant(g, h, c, qt);
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const int8_t *xq =
+                        ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * h + 4 * c;
+                    UNROLL for (int qt = 0; qt < 4; qt++)
+                        p[t][qt] = _mm512_dpbusd_epi32(p[t][qt], q[qt], bcast32(xq + 32 * qt));
+                }
+            }
+            UNROLL for (int qt = 0; qt < 4; qt++) {
+                const __m512i s = q6_scale(g, 8 * h + 2 * qt + k);
+                UNROLL for (int t = 0; t < RT; t++)
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(p[t][qt], s));
+            }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-        UNROLL for (int t = 0; t < RT; t++) {
-            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
-            __m512i o = _mm512_setzero_si512();
-            UNROLL for (int p = 0; p < 8; p++) o = _mm512_dpwssd_epi32(o, pairs[p], bcast32(xb->bsums + 2 * p));
-            const __m512i tot = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(o, 5));
-            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), _mm512_cvtepi32_ps(tot), acc[t]);
-        }
+        q6_finish(RT, g, x, xs, b, isum, acc);
     }
 }
 
@@ -907,7 +973,10 @@ INLINE void pk_run2_bf16(int RT, int64_t nb, const char *wp, size_t gbytes, cons
 PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
 PK_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K, 256)
-PK_KERNEL(q6_K, pk_q6_K_tile, l3c_block_q6_K, 256)
+/* Q6_K: up to 4 tokens column by column (16 partial dots in registers), more quarter by quarter */
+#define PK_TILE_Q6_K(RT, ...) \
+    ((RT) <= 4 ? pk_q6_K_tile_cm(RT, __VA_ARGS__) : pk_q6_K_tile(RT, __VA_ARGS__))
+PK_KERNEL(q6_K, PK_TILE_Q6_K, l3c_block_q6_K, 256)
 PK_KERNEL(bf16_1, pk_bf16_tile, pk_bf16_blk, 32)
 
 /* bf16: pairs of groups where there are two (pk_run2_bf16), else the one-group driver */
