@@ -634,17 +634,20 @@ static void pack_q6_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void 
             memcpy(g + 2 * r, &blk->d, 2);
             for (int k = 0; k < 4; k++)
                 for (int i = 0; i < 4; i++) g[32 + 64 * k + 4 * r + i] = (uint8_t)blk->scales[4 * k + q6_perm[i]];
-            for (int h = 0; h < 2; h++)
+            for (int h = 0; h < 2; h++) {
+                uint8_t xk[3][32];
                 for (int l = 0; l < 32; l++) {
                     const int a = blk->ql[64 * h + l], bq = blk->ql[64 * h + 32 + l];
                     const int hb = blk->qh[32 * h + l];
                     const int q0 = (a & 15) | (hb & 3) << 4, q1 = (bq & 15) | (hb >> 2 & 3) << 4;
                     const int q2 = (a >> 4) | (hb >> 4 & 3) << 4, q3 = (bq >> 4) | (hb >> 6) << 4;
-                    uint8_t *o = g + Q6_CHUNK(h, l / 4, 0) + 4 * r + l % 4;
-                    o[0] = (uint8_t)(q0 | (q3 & 3) << 6);
-                    o[64] = (uint8_t)(q1 | (q3 >> 2 & 3) << 6);
-                    o[128] = (uint8_t)(q2 | (q3 >> 4) << 6);
+                    xk[0][l] = (uint8_t)(q0 | (q3 & 3) << 6);
+                    xk[1][l] = (uint8_t)(q1 | (q3 >> 2 & 3) << 6);
+                    xk[2][l] = (uint8_t)(q2 | (q3 >> 4) << 6);
                 }
+                for (int c = 0; c < 8; c++)
+                    for (int k = 0; k < 3; k++) memcpy(g + Q6_CHUNK(h, c, k) + 4 * r, xk[k] + 4 * c, 4);
+            }
         }
     }
 }
@@ -656,16 +659,19 @@ static void unpack_q6_K(int64_t n, const void *gv, int r, void *dst) {
         memcpy(&blk->d, g + 2 * r, 2);
         for (int k = 0; k < 4; k++)
             for (int i = 0; i < 4; i++) blk->scales[4 * k + q6_perm[i]] = (int8_t)g[32 + 64 * k + 4 * r + i];
-        for (int h = 0; h < 2; h++)
+        for (int h = 0; h < 2; h++) {
+            uint8_t xk[3][32];
+            for (int c = 0; c < 8; c++)
+                for (int k = 0; k < 3; k++) memcpy(xk[k] + 4 * c, g + Q6_CHUNK(h, c, k) + 4 * r, 4);
             for (int l = 0; l < 32; l++) {
-                const uint8_t *o = g + Q6_CHUNK(h, l / 4, 0) + 4 * r + l % 4;
-                const int q0 = o[0] & 63, q1 = o[64] & 63, q2 = o[128] & 63;
-                const int q3 = o[0] >> 6 | (o[64] >> 6) << 2 | (o[128] >> 6) << 4;
+                const int q0 = xk[0][l] & 63, q1 = xk[1][l] & 63, q2 = xk[2][l] & 63;
+                const int q3 = xk[0][l] >> 6 | (xk[1][l] >> 6) << 2 | (xk[2][l] >> 6) << 4;
                 blk->ql[64 * h + l] = (uint8_t)((q0 & 15) | (q2 & 15) << 4);
                 blk->ql[64 * h + 32 + l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
                 blk->qh[32 * h + l] =
                     (uint8_t)(q0 >> 4 | (q1 >> 4) << 2 | (q2 >> 4) << 4 | (q3 >> 4) << 6);
             }
+        }
     }
 }
 
