@@ -132,34 +132,35 @@ static double time_gemm(const l3c_type_traits *tr, const uint8_t *w, size_t row_
     return best;
 }
 
-/* packed layout (pack_rows > 0): gemv GB/s over the whole matrix (T = 1, as generation runs it)
+/* packed layout (L->rows > 0): gemv GB/s over the whole matrix (T = 1, as generation runs it)
  * and GFLOP/s for GEMM_T tokens x GEMM_ROWS rows, like the gemm column */
-static void time_packed(const l3c_type_traits *tr, const uint8_t *w, size_t row_bytes, int64_t rows) {
-    const int64_t R = tr->pack_rows;
+static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_t *w, size_t row_bytes, int64_t rows) {
+    const int64_t R = L->rows;
     rows = rows / R * R;
-    const size_t xb = (size_t)(N_IN / tr->pack_act_block_size) * tr->pack_act_type_size;
+    const size_t xb = (size_t)(N_IN / L->act_block_size) * L->act_type_size;
     uint8_t *pk = aligned_alloc(64, (row_bytes * (size_t)rows + 63) & ~(size_t)63);
     uint8_t *xq = aligned_alloc(64, (xb * GEMM_T + 63) & ~(size_t)63);
     float *y = malloc(sizeof(float) * (size_t)L3C_MAX(rows, GEMM_ROWS * GEMM_T)), x[N_IN];
     for (int64_t g = 0; g < rows / R; g++)
-        tr->pack(N_IN, R, w + g * R * row_bytes, row_bytes, pk + g * R * row_bytes);
+        L->pack(N_IN, R, w + g * R * row_bytes, row_bytes, pk + g * R * row_bytes);
     for (int t = 0; t < GEMM_T; t++) {
         for (int i = 0; i < N_IN; i++) x[i] = rndf(-2.0f, 2.0f);
-        tr->pack_act_from_float(x, xq + t * xb, N_IN);
+        if (L->act_from_float) L->act_from_float(x, xq + t * xb, N_IN);
+        else memcpy(xq + t * xb, x, sizeof x);
     }
     double best = 1e30, best_mm = 1e30;
     for (int k = 0; k < 3; k++) {
         double t0 = now();
         for (int64_t r = 0; r < rows; r += GEMM_TILE)
-            tr->gemm_packed(N_IN, GEMM_TILE, 1, y + r, rows, pk + r * row_bytes, xq, 0);
+            L->gemm(N_IN, GEMM_TILE, 1, y + r, rows, pk + r * row_bytes, xq, 0);
         best = L3C_MIN(best, now() - t0);
         t0 = now();
         for (int64_t r0 = 0; r0 < GEMM_ROWS; r0 += GEMM_TILE)
-            tr->gemm_packed(N_IN, GEMM_TILE, GEMM_T, y + r0, GEMM_ROWS, pk + r0 * row_bytes, xq, xb);
+            L->gemm(N_IN, GEMM_TILE, GEMM_T, y + r0, GEMM_ROWS, pk + r0 * row_bytes, xq, xb);
         best_mm = L3C_MIN(best_mm, now() - t0);
     }
     g_sink = y[0];
-    printf("      packed: gemv %6.2f GB/s | gemm %8.2f GFLOP/s\n", (double)row_bytes * (double)rows / best / 1e9,
+    printf("      %-7s gemv %6.2f GB/s | gemm %8.2f GFLOP/s\n", what, (double)row_bytes * (double)rows / best / 1e9,
            2.0 * N_IN * GEMM_ROWS * GEMM_T / best_mm / 1e9);
     free(pk), free(xq), free(y);
 }
@@ -235,7 +236,8 @@ int main(int argc, char **argv) {
             } else {
                 printf("%14s %14.2f %8s\n", "-", flops / loop_s / 1e9, "-");
             }
-            if (tr->pack_rows) time_packed(tr, w, row_bytes, rows);
+            if (tr->packed.rows) time_packed(&tr->packed, "packed:", w, row_bytes, rows);
+            if (tr->packed_bf16.rows) time_packed(&tr->packed_bf16, "bf16:", w, row_bytes, rows);
             fflush(stdout);
         }
         free(w), free(xq), free(y);

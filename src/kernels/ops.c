@@ -21,7 +21,7 @@
 #include <math.h>
 #include <string.h>
 
-/* Rows per tile: the unit of work of one kernel call; a multiple of every pack_rows. */
+/* Rows per tile: the unit of work of one kernel call; a multiple of every layout's rows. */
 #define TILE_ROWS 32
 /* Up to this many elements (T * n_in) the caller converts x itself instead of paying a sync. */
 #define CONVERT_INLINE 65536
@@ -43,9 +43,10 @@ typedef struct act_fmt {
 
 static bool act_format(const l3c_weight *w, const l3c_type_traits *tr, act_fmt *f) {
     if (w->packed) {
-        if (!tr->gemm_packed || w->n_in % tr->pack_act_block_size) return false;
-        f->from = tr->pack_act_from_float;
-        f->row_bytes = (size_t)(w->n_in / tr->pack_act_block_size) * tr->pack_act_type_size;
+        const l3c_pack_layout *L = w->layout;
+        if (!L || !L->gemm || w->n_in % L->act_block_size) return false;
+        f->from = L->act_from_float;
+        f->row_bytes = (size_t)(w->n_in / L->act_block_size) * L->act_type_size;
         return true;
     }
     if (!tr->vec_dot || !l3c_row_size(tr->vec_dot_type, w->n_in, &f->row_bytes)) return false;
@@ -129,9 +130,10 @@ static void tile(const matmul_job *j, int i, int64_t r0, int64_t r1) {
     const char *wdata = (const char *)w->data + (size_t)r0 * w->row_bytes;
     const char *xq = j->xq[i];
     float *y = j->y[i] + r0;
-    if (w->packed) { /* groups of pack_rows rows, each pack_rows * row_bytes; r0 % pack_rows == 0 */
-        const char *g = (const char *)w->packed + (size_t)(r0 / tr->pack_rows) * tr->pack_rows * w->row_bytes;
-        tr->gemm_packed(w->n_in, r1 - r0, j->T, y, w->n_out, g, xq, j->xs[i]);
+    if (w->packed) { /* groups of R rows, each R * row_bytes; r0 % R == 0 */
+        const int64_t R = w->layout->rows;
+        const char *g = (const char *)w->packed + (size_t)(r0 / R) * (size_t)R * w->row_bytes;
+        w->layout->gemm(w->n_in, r1 - r0, j->T, y, w->n_out, g, xq, j->xs[i]);
         return;
     }
     if (tr->gemm) {
@@ -226,25 +228,28 @@ void l3c_matmul(l3c_threadpool *tp, const l3c_weight *w, const float *x, float *
     l3c_matmul_multi(tp, 1, &w, &y, x, T, scratch, false);
 }
 
-size_t l3c_weight_packed_bytes(const l3c_weight *w) {
+const l3c_pack_layout *l3c_weight_layout(const l3c_weight *w, bool bf16) {
     const l3c_type_traits *tr = l3c_type_traits_get(w->type);
+    if (bf16 && tr->packed_bf16.rows) return &tr->packed_bf16;
+    return tr->packed.rows ? &tr->packed : NULL;
+}
+
+size_t l3c_weight_packed_bytes(const l3c_weight *w, const l3c_pack_layout *L) {
     size_t bytes;
-    if (!tr->pack_rows || w->n_in % tr->pack_act_block_size || TILE_ROWS % tr->pack_rows) return 0;
-    if (!l3c_mul_ok(w->row_bytes * (size_t)tr->pack_rows, (size_t)l3c_weight_pack_groups(w), &bytes)) return 0;
+    if (!L || !L->rows || w->n_in % L->act_block_size || TILE_ROWS % L->rows) return 0;
+    if (!l3c_mul_ok(w->row_bytes * (size_t)L->rows, (size_t)l3c_weight_pack_groups(w, L), &bytes)) return 0;
     return bytes;
 }
 
-int64_t l3c_weight_pack_groups(const l3c_weight *w) {
-    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
-    return tr->pack_rows ? l3c_n_chunks(w->n_out, tr->pack_rows) : 0;
+int64_t l3c_weight_pack_groups(const l3c_weight *w, const l3c_pack_layout *L) {
+    return L && L->rows ? l3c_n_chunks(w->n_out, L->rows) : 0;
 }
 
-void l3c_weight_pack(const l3c_weight *w, void *dst, int64_t g0, int64_t g1) {
-    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
-    const int64_t R = tr->pack_rows;
+void l3c_weight_pack(const l3c_weight *w, const l3c_pack_layout *L, void *dst, int64_t g0, int64_t g1) {
+    const int64_t R = L->rows;
     for (int64_t g = g0; g < g1; g++) {
         const int64_t r0 = g * R;
-        tr->pack(w->n_in, L3C_MIN(R, w->n_out - r0), (const char *)w->data + (size_t)r0 * w->row_bytes,
+        L->pack(w->n_in, L3C_MIN(R, w->n_out - r0), (const char *)w->data + (size_t)r0 * w->row_bytes,
                  w->row_bytes, (char *)dst + (size_t)g * (size_t)R * w->row_bytes);
     }
 }
@@ -476,13 +481,14 @@ void l3c_get_row(const l3c_weight *w, int64_t id, float *dst) {
     L3C_ASSERT(id >= 0 && id < w->n_out); /* callers validate token ids */
     const l3c_type_traits *tr = l3c_type_traits_get(w->type);
     if (w->packed) { /* block by block from the group: the file's pages may have been released */
-        const int64_t R = tr->pack_rows, bs = tr->pack_act_block_size; /* whole blocks, in order */
+        const l3c_pack_layout *L = w->layout;
+        const int64_t R = L->rows, bs = L->act_block_size; /* whole blocks, in order */
         const char *g = (const char *)w->packed + (size_t)(id / R) * (size_t)R * w->row_bytes;
         char blk[512]; /* one such unit of any weight type (Q6_K: 210 bytes, F16: 64) */
         size_t unit;
         L3C_ASSERT(l3c_row_size(w->type, bs, &unit) && unit <= sizeof blk);
         for (int64_t b = 0; b < w->n_in / bs; b++) {
-            tr->unpack(bs, g + (size_t)b * (size_t)R * unit, (int)(id % R), blk);
+            L->unpack(bs, g + (size_t)b * (size_t)R * unit, (int)(id % R), blk);
             tr->to_float(blk, dst + b * bs, bs);
         }
         return;

@@ -17,17 +17,21 @@ typedef struct l3c_weight {
     int64_t n_in, n_out;
     size_t row_bytes;
     const void *data;
-    /* NULL, or the rows in the dispatched table's packed layout (l3c_weight_pack): then the
+    /* NULL, or the rows in a packed layout of the dispatched table (l3c_weight_pack): then the
      * matmuls read only this copy (data stays valid, e.g. for embedding rows) */
     const void *packed;
+    const l3c_pack_layout *layout; /* the layout of packed */
 } l3c_weight;
 
-/* Bytes of w's packed copy in the dispatched table's layout; 0 when the type has none here. */
-size_t l3c_weight_packed_bytes(const l3c_weight *w);
-/* Writes the packed copy of w into dst (l3c_weight_packed_bytes(w) bytes), rows [g0, g1) of
- * groups only (so that callers can split the work); set w->packed = dst afterwards. */
-void l3c_weight_pack(const l3c_weight *w, void *dst, int64_t g0, int64_t g1);
-int64_t l3c_weight_pack_groups(const l3c_weight *w);
+/* Bytes of w's packed copy in layout (NULL: none); 0 when w cannot use it. */
+size_t l3c_weight_packed_bytes(const l3c_weight *w, const l3c_pack_layout *layout);
+/* The packed layout for w on the dispatched path (bf16: the bf16 one where there is one), or
+ * NULL when w's type has none */
+const l3c_pack_layout *l3c_weight_layout(const l3c_weight *w, bool bf16);
+/* Writes the packed copy of w in layout into dst (l3c_weight_packed_bytes bytes), groups
+ * [g0, g1) only (so that callers can split the work); set w->packed = dst and w->layout after. */
+void l3c_weight_pack(const l3c_weight *w, const l3c_pack_layout *layout, void *dst, int64_t g0, int64_t g1);
+int64_t l3c_weight_pack_groups(const l3c_weight *w, const l3c_pack_layout *layout);
 
 /*
  * y[T x n_out] = x[T x n_in] @ W^T. scratch must hold l3c_matmul_scratch_bytes(W, T) bytes

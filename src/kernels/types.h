@@ -53,25 +53,36 @@ typedef void (*l3c_gemm_fn)(int64_t n, int64_t n_rows, int64_t T, float *y, int6
                             const void *w, size_t w_stride, const void *x, size_t x_stride);
 
 /*
- * Optional packed layout of a weight type on an ISA (x86_avx512.c: Q4_0, Q8_0, Q4_K, Q6_K; F16 and
- * BF16 as bf16, opt-in, see pack_bf16): rows are
- * interleaved in groups of pack_rows at model load, so that one vector register holds the same
- * elements of pack_rows rows and one integer dot product serves all of them (ggml's "repack").
- * A group takes exactly pack_rows * (row bytes) bytes; the last group of a matrix is padded with
- * zero rows. pack writes one group from n_rows (<= pack_rows) rows of w.
+ * Optional packed layouts of a weight type on an ISA (x86_avx512.c: Q4_0, Q8_0, Q4_K, Q6_K, F16,
+ * BF16; F16 and BF16 also as bf16, opt-in): rows are interleaved in groups of `rows` at model
+ * load, so that one vector register holds the same elements of all rows of a group and one dot
+ * product instruction serves all of them (ggml's "repack"). A group takes exactly rows * (row
+ * bytes) bytes; the last group of a matrix is padded with zero rows. pack writes one group from
+ * n_rows (<= rows) rows of w.
  */
 typedef void (*l3c_pack_fn)(int64_t n, int64_t n_rows, const void *w, size_t w_stride, void *dst);
-/* The inverse for one row: row r (< pack_rows) of the group at g, n elements (a multiple of
- * pack_act_block_size; the group's blocks of that many elements are consecutive), written in
- * the file's block layout to dst (embedding rows of a tied output matrix come from the copy). */
+/* The inverse for one row: row r (< rows) of the group at g, n elements (a multiple of
+ * act_block_size; the group's blocks of that many elements are consecutive), written in the
+ * file's block layout to dst (embedding rows of a tied output matrix come from the copy). */
 typedef void (*l3c_unpack_fn)(int64_t n, const void *g, int r, void *dst);
 /*
  * Packed kernel: rows [0, n_rows) of the consecutive groups at wp, T activation rows of x in the
- * pack_act format (row stride x_stride): y[t * ldy + r] = dot(row r, x row t). Each (row, token)
- * value is the same whatever T, n_rows or the row's place in its group (batch invariance).
+ * layout's activation format (row stride x_stride): y[t * ldy + r] = dot(row r, x row t). Each
+ * (row, token) value is the same whatever T, n_rows or the row's place in its group (batch
+ * invariance).
  */
 typedef void (*l3c_gemm_packed_fn)(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
                                    const void *wp, const void *x, size_t x_stride);
+
+typedef struct l3c_pack_layout {
+    int rows;                        /* rows per group; 0: no such layout */
+    l3c_pack_fn pack;
+    l3c_unpack_fn unpack;
+    l3c_gemm_packed_fn gemm;
+    l3c_from_float_fn act_from_float; /* activations for gemm (NULL: F32 rows used as they are), */
+    int64_t act_block_size;           /* in blocks of this many elements, */
+    size_t act_type_size;             /* each this many bytes */
+} l3c_pack_layout;
 
 typedef struct l3c_type_traits {
     const char *name;          /* "Q4_K"; NULL for ids that are not a type */
@@ -83,18 +94,11 @@ typedef struct l3c_type_traits {
     l3c_vec_dot_fn vec_dot;    /* NULL: cannot be used as a weight type */
     l3c_type vec_dot_type;     /* activation format vec_dot expects */
     l3c_gemm_fn gemm;          /* optional batched kernel, NULL in the reference table */
-    /* optional packed layout (see l3c_pack_fn); pack_rows == 0: none */
-    int pack_rows;
-    l3c_pack_fn pack;
-    l3c_unpack_fn unpack;
-    l3c_gemm_packed_fn gemm_packed;
-    l3c_from_float_fn pack_act_from_float; /* activations for gemm_packed, in blocks of */
-    int64_t pack_act_block_size;           /* this many elements, */
-    size_t pack_act_type_size;             /* each this many bytes */
-    /* the packed layout computes in bfloat16 (F16 / BF16 weights: weights rounded to bf16 at
-     * load, activations per matmul; ~3 significant digits): the loader uses it only when the
-     * model is loaded with bf16_matmul, never by default */
-    bool pack_bf16;
+    /* optional packed layouts (see l3c_pack_fn): the exact one, used by default, and one that
+     * computes in bfloat16 (F16 / BF16 weights rounded to bf16 at load, activations at each
+     * matmul; ~3 significant digits), used only for a model loaded with bf16_matmul */
+    l3c_pack_layout packed;
+    l3c_pack_layout packed_bf16;
 } l3c_type_traits;
 
 /* Activation block of the packed Q4_0 / Q8_0 kernels: qs as in Q8_0, the scale as float (not

@@ -826,7 +826,7 @@ INLINE void pk_q6_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
 
 /*
  * bf16 packed layout of F16 / BF16 weights (opt-in: a model loaded with bf16_matmul; see
- * l3c_type_traits.pack_bf16). Per 32-element block a group holds 16 chunks of 64 bytes: chunk p,
+ * l3c_type_traits.packed_bf16). Per 32-element block a group holds 16 chunks of 64 bytes: chunk p,
  * lane r = the bf16 pair (element 2p, element 2p + 1) of row r (F16 weights rounded to bf16,
  * nearest even, at load; BF16 copied). Activations are rounded to bf16 the same way, in blocks
  * of 32 (64 bytes). Kernel: one _mm512_dpbf16_ps per pair chunk and token (32 multiply-adds of
@@ -898,46 +898,6 @@ static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
     }
 }
 
-/* two groups (32 rows) x RT tokens: each activation broadcast serves both; every (row, token)
- * chain is the one pk_bf16_tile computes */
-INLINE void pk_bf16_tile2(int RT, int64_t nb, const char *wp, size_t gbytes, const char *x, size_t xs,
-                          __m512 acc[PK_RT], __m512 acc1[PK_RT]) {
-    for (int64_t b = 0; b < nb; b++) {
-        const char *g = wp + b * (PK_ROWS * sizeof(pk_bf16_blk));
-        for (int p = 0; p < 16; p++) {
-            const __m512bh w0 = (__m512bh)_mm512_loadu_si512(g + 64 * p);
-            const __m512bh w1 = (__m512bh)_mm512_loadu_si512(g + gbytes + 64 * p);
-            UNROLL for (int t = 0; t < RT; t++) {
-                const __m512bh xv = (__m512bh)bcast32(x + t * xs + 64 * b + 4 * p);
-                acc[t] = _mm512_dpbf16_ps(acc[t], w0, xv);
-                acc1[t] = _mm512_dpbf16_ps(acc1[t], w1, xv);
-            }
-        }
-    }
-}
-
-INLINE void pk_bf16_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
-    for (int64_t b = 0; b < nb; b++) {
-        const char *g = wp + b * (PK_ROWS * sizeof(pk_bf16_blk));
-        for (int p = 0; p < 16; p++) {
-            const __m512bh w = (__m512bh)_mm512_loadu_si512(g + 64 * p);
-            UNROLL for (int t = 0; t < RT; t++)
-                acc[t] = _mm512_dpbf16_ps(acc[t], w, (__m512bh)bcast32(x + t * xs + 64 * b + 4 * p));
-        }
-    }
-}
-
-INLINE void pk_run2_bf16(int RT, int64_t nb, const char *wp, size_t gbytes, const char *x, size_t xs,
-                         float *y, int64_t ldy, __mmask16 rows1) {
-    __m512 acc[PK_RT], acc1[PK_RT];
-    UNROLL for (int t = 0; t < RT; t++) acc[t] = acc1[t] = _mm512_setzero_ps();
-    pk_bf16_tile2(RT, nb, wp, gbytes, x, xs, acc, acc1);
-    UNROLL for (int t = 0; t < RT; t++) {
-        _mm512_storeu_ps(y + t * ldy, acc[t]);
-        _mm512_mask_storeu_ps(y + t * ldy + PK_ROWS, rows1, acc1[t]);
-    }
-}
-
 /* The driver of every packed type: PK_RT tokens x 16 rows per tile call; TILE(RT, nb, wp, x, xs,
  * acc) accumulates one group, QK = elements per block of the file's type. */
 #define PK_KERNEL(name, TILE, BLK, QK)                                                            \
@@ -983,35 +943,114 @@ PK_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K, 256)
 #define PK_TILE_Q6_K(RT, ...) \
     ((RT) <= 4 ? pk_q6_K_tile_cm(RT, __VA_ARGS__) : pk_q6_K_tile(RT, __VA_ARGS__))
 PK_KERNEL(q6_K, PK_TILE_Q6_K, l3c_block_q6_K, 256)
-PK_KERNEL(bf16_1, pk_bf16_tile, pk_bf16_blk, 32)
+/*
+ * Exact packed layout of F16 / BF16 (the default for those types): per 32-element block a group
+ * holds 32 chunks of 32 bytes, chunk k = element k of the 16 rows, in the file's type. Kernel:
+ * the chunk widened exactly to 16 floats (vcvtph2ps; a 16-bit shift for bf16), then per token
+ * acc = fma(w, x, acc) with the broadcast fp32 activation: one chain per (row, token) in element
+ * order, the same for every tile shape (batch invariant).
+ */
+static void pack_x16(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint8_t *gb = (uint8_t *)dst + b * (PK_ROWS * 64);
+        if (n_rows < PK_ROWS) memset(gb, 0, PK_ROWS * 64);
+        for (int64_t r = 0; r < n_rows; r++) {
+            const uint8_t *src = (const uint8_t *)w + r * ws + 64 * b;
+            for (int k = 0; k < 32; k++) memcpy(gb + 32 * k + 2 * r, src + 2 * k, 2);
+        }
+    }
+}
 
-/* bf16: pairs of groups where there are two (pk_run2_bf16), else the one-group driver */
-static void gemm_packed_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
-                             const void *x, size_t xs) {
-    const int64_t nb = n / 32;
-    const size_t gbytes = (size_t)nb * PK_ROWS * sizeof(pk_bf16_blk);
-    const int64_t pairs = n_rows / (2 * PK_ROWS) * (2 * PK_ROWS);
-    for (int64_t t0 = 0; t0 < T; t0 += PK_RT) {
-        const int rt = (int)L3C_MIN(PK_RT, T - t0);
-        const char *xt = (const char *)x + t0 * xs;
-        for (int64_t r0 = 0; r0 < pairs; r0 += 2 * PK_ROWS) {
-            const char *g = (const char *)wp + (size_t)(r0 / PK_ROWS) * gbytes;
-            float *yt = y + t0 * ldy + r0;
-            switch (rt) {
-            case 1: pk_run2_bf16(1, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
-            case 2: pk_run2_bf16(2, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
-            case 3: pk_run2_bf16(3, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
-            case 4: pk_run2_bf16(4, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF); break;
-            default: /* 5..8: one tile of 8 (rt < 8 only at the end) */
-                if (rt == PK_RT) pk_run2_bf16(PK_RT, nb, g, gbytes, xt, xs, yt, ldy, 0xFFFF);
-                else gemm_packed_bf16_1(n, 2 * PK_ROWS, rt, yt, ldy, g, xt, xs);
-                break;
+static void unpack_x16(int64_t n, const void *g, int r, void *dst) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * 64);
+        for (int k = 0; k < 32; k++) memcpy((uint8_t *)dst + 64 * b + 2 * k, gb + 32 * k + 2 * r, 2);
+    }
+}
+
+/* The F16 / BF16 packed family: PKF_DOT is the bf16 pair layout (vdpbf16ps), PKF_F16 / PKF_BF16
+ * the exact one. G groups (1 or 2: two share each activation broadcast) x RT tokens;
+ * acc[g][t] lane r = (row 16 g + r, token t). */
+enum { PKF_DOT, PKF_F16, PKF_BF16 };
+
+INLINE __m512 pkf_widen(int kind, const char *p) {
+    const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return kind == PKF_F16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+INLINE void pkf_tile(int kind, int G, int RT, int64_t nb, const char *wp, size_t gbytes, const char *x, size_t xs,
+                     __m512 acc[2][PK_RT]) {
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * 64);
+        if (kind == PKF_DOT) {
+            for (int p = 0; p < 16; p++) {
+                __m512bh w[2];
+                UNROLL for (int gi = 0; gi < G; gi++) w[gi] = (__m512bh)_mm512_loadu_si512(g + gi * gbytes + 64 * p);
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const __m512bh xv = (__m512bh)bcast32(x + t * xs + 64 * b + 4 * p);
+                    UNROLL for (int gi = 0; gi < G; gi++) acc[gi][t] = _mm512_dpbf16_ps(acc[gi][t], w[gi], xv);
+                }
+            }
+        } else {
+            for (int k = 0; k < 32; k++) {
+                __m512 w[2];
+                UNROLL for (int gi = 0; gi < G; gi++) w[gi] = pkf_widen(kind, g + gi * gbytes + 32 * k);
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const __m512 xv = _mm512_set1_ps(((const float *)(x + t * xs))[32 * b + k]);
+                    UNROLL for (int gi = 0; gi < G; gi++) acc[gi][t] = _mm512_fmadd_ps(w[gi], xv, acc[gi][t]);
+                }
             }
         }
     }
-    if (pairs < n_rows)
-        gemm_packed_bf16_1(n, n_rows - pairs, T, y + pairs, ldy,
-                           (const char *)wp + (size_t)(pairs / PK_ROWS) * gbytes, x, xs);
+}
+
+INLINE void pkf_run(int kind, int G, int RT, int64_t nb, const char *wp, size_t gbytes, const char *x, size_t xs,
+                    float *y, int64_t ldy, __mmask16 last) {
+    __m512 acc[2][PK_RT];
+    UNROLL for (int gi = 0; gi < G; gi++) UNROLL for (int t = 0; t < RT; t++) acc[gi][t] = _mm512_setzero_ps();
+    pkf_tile(kind, G, RT, nb, wp, gbytes, x, xs, acc);
+    UNROLL for (int t = 0; t < RT; t++) UNROLL for (int gi = 0; gi < G; gi++)
+        _mm512_mask_storeu_ps(y + t * ldy + PK_ROWS * gi, gi == G - 1 ? last : 0xFFFF, acc[gi][t]);
+}
+
+INLINE void pkf_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
+                     const void *x, size_t xs) {
+    const int64_t nb = n / 32;
+    const size_t gbytes = (size_t)nb * PK_ROWS * 64;
+    for (int64_t t0 = 0; t0 < T; t0 += PK_RT) {
+        const int rt = (int)L3C_MIN(PK_RT, T - t0);
+        const char *xt = (const char *)x + t0 * xs;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += 2 * PK_ROWS) {
+            const char *g = (const char *)wp + (size_t)(r0 / PK_ROWS) * gbytes;
+            const int two = n_rows - r0 > PK_ROWS;
+            const int nr = (int)L3C_MIN(PK_ROWS, n_rows - r0 - PK_ROWS * two);
+            const __mmask16 last = (__mmask16)((1u << nr) - 1);
+            float *yt = y + t0 * ldy + r0;
+#define PKF_CASE(RT)                                                                  \
+    case RT:                                                                          \
+        if (two) pkf_run(kind, 2, RT, nb, g, gbytes, xt, xs, yt, ldy, last);          \
+        else pkf_run(kind, 1, RT, nb, g, gbytes, xt, xs, yt, ldy, last);              \
+        break;
+            switch (rt) { /* constant G and RT: the tile's loops unroll into registers */
+                PKF_CASE(1) PKF_CASE(2) PKF_CASE(3) PKF_CASE(4) PKF_CASE(5) PKF_CASE(6) PKF_CASE(7)
+                default: PKF_CASE(8)
+            }
+#undef PKF_CASE
+        }
+    }
+}
+
+static void gemm_packed_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
+                             const void *x, size_t xs) {
+    pkf_gemm(PKF_DOT, n, n_rows, T, y, ldy, wp, x, xs);
+}
+static void gemm_packed_f16x(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
+                             const void *x, size_t xs) {
+    pkf_gemm(PKF_F16, n, n_rows, T, y, ldy, wp, x, xs);
+}
+static void gemm_packed_bf16x(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
+                              const void *x, size_t xs) {
+    pkf_gemm(PKF_BF16, n, n_rows, T, y, ldy, wp, x, xs);
 }
 
 /* ---------------------------------------------------------------- tables */
@@ -1044,16 +1083,11 @@ X86_DEFINE_KERNELS(q6_K, T_Q6_K)
         table[id].gemm = gemm_##name;       \
     } while (0)
 
-#define SET_PACKED(id, name, kernel, act_from, act_block)          \
-    do {                                                  \
-        table[id].pack_rows = PK_ROWS;                    \
-        table[id].pack = pack_##name;                     \
-        table[id].unpack = unpack_##name;                 \
-        table[id].gemm_packed = gemm_packed_##kernel;     \
-        table[id].pack_act_from_float = act_from;         \
-        table[id].pack_act_block_size = act_block == sizeof(l3c_block_q8_K) ? 256 : 32; \
-        table[id].pack_act_type_size = act_block;         \
-    } while (0)
+#define LAYOUT(pk, unpk, kernel, act_from, act_block, act_bytes)                                      \
+    ((l3c_pack_layout){.rows = PK_ROWS, .pack = pk, .unpack = unpk, .gemm = kernel, .act_from_float = act_from, \
+                       .act_block_size = act_block, .act_type_size = act_bytes})
+#define SET_PACKED(id, name, act_from, act_block, act_bytes) \
+    table[id].packed = LAYOUT(pack_##name, unpack_##name, gemm_packed_##name, act_from, act_block, act_bytes)
 
 bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     if (!table) return true; /* built: the path exists */
@@ -1069,14 +1103,15 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q8_0, q8_0);
     SET_DOT(L3C_TYPE_Q4_K, q4_K);
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
-    SET_PACKED(L3C_TYPE_Q4_0, q4_0, q4_0, pack_act_q4_0, sizeof(l3c_block_q8_0x));
-    SET_PACKED(L3C_TYPE_Q8_0, q8_0, q8_0, pack_act_q8_0, sizeof(l3c_block_q8_0x));
-    SET_PACKED(L3C_TYPE_Q4_K, q4_K, q4_K, from_float_q8_K, sizeof(l3c_block_q8_K));
-    SET_PACKED(L3C_TYPE_Q6_K, q6_K, q6_K, from_float_q8_K, sizeof(l3c_block_q8_K));
-    /* bf16 layouts: used only for a model loaded with bf16_matmul (pack_bf16) */
-    SET_PACKED(L3C_TYPE_F16, f16, bf16, pack_act_bf16, sizeof(pk_bf16_blk));
-    SET_PACKED(L3C_TYPE_BF16, bf16, bf16, pack_act_bf16, sizeof(pk_bf16_blk));
-    table[L3C_TYPE_F16].pack_bf16 = table[L3C_TYPE_BF16].pack_bf16 = true;
+    SET_PACKED(L3C_TYPE_Q4_0, q4_0, pack_act_q4_0, 32, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q8_0, q8_0, pack_act_q8_0, 32, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q4_K, q4_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
+    SET_PACKED(L3C_TYPE_Q6_K, q6_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
+    /* F16 / BF16: exact (fp32 activations used in place), and bf16 for bf16_matmul only */
+    table[L3C_TYPE_F16].packed = LAYOUT(pack_x16, unpack_x16, gemm_packed_f16x, NULL, 32, 32 * sizeof(float));
+    table[L3C_TYPE_BF16].packed = LAYOUT(pack_x16, unpack_x16, gemm_packed_bf16x, NULL, 32, 32 * sizeof(float));
+    table[L3C_TYPE_F16].packed_bf16 = LAYOUT(pack_f16, unpack_f16, gemm_packed_bf16, pack_act_bf16, 32, 64);
+    table[L3C_TYPE_BF16].packed_bf16 = LAYOUT(pack_bf16, unpack_bf16, gemm_packed_bf16, pack_act_bf16, 32, 64);
     return true;
 }
 

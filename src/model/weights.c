@@ -174,6 +174,7 @@ static void release_pages(const void *p, size_t n) {
 
 typedef struct pack_job {
     const l3c_weight *w;
+    const l3c_pack_layout *layout;
     void *dst;
     int64_t groups_per_chunk, n_groups, rows_per_group;
     int release;
@@ -182,7 +183,7 @@ typedef struct pack_job {
 static void pack_chunk(void *arg, int64_t c, int ith) {
     const pack_job *j = arg;
     const int64_t g0 = c * j->groups_per_chunk, g1 = L3C_MIN(g0 + j->groups_per_chunk, j->n_groups);
-    l3c_weight_pack(j->w, j->dst, g0, g1);
+    l3c_weight_pack(j->w, j->layout, j->dst, g0, g1);
     if (j->release) { /* the source rows just packed (pages shared with a neighbour stay) */
         const int64_t r0 = g0 * j->rows_per_group, r1 = L3C_MIN(g1 * j->rows_per_group, j->w->n_out);
         release_pages((const char *)j->w->data + (size_t)r0 * j->w->row_bytes, (size_t)(r1 - r0) * j->w->row_bytes);
@@ -197,9 +198,11 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     const int n_mat = cfg->n_layer * 7 + 1;
     l3c_weight **mat = l3c_calloc((size_t)n_mat, sizeof *mat);
     size_t *off = l3c_calloc((size_t)n_mat, sizeof *off);
-    if (!mat || !off) {
+    const l3c_pack_layout **lay = l3c_calloc((size_t)n_mat, sizeof *lay);
+    if (!mat || !off || !lay) {
         free(mat);
         free(off);
+        free(lay);
         return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
     }
     for (int32_t l = 0; l < cfg->n_layer; l++) {
@@ -210,10 +213,9 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     mat[n_mat - 1] = &w->output;
     size_t total = 0;
     for (int i = 0; i < n_mat; i++) {
-        size_t b = l3c_weight_packed_bytes(mat[i]);
-        const bool as_bf16 = b && l3c_type_traits_get(mat[i]->type)->pack_bf16;
-        if (as_bf16 && !bf16) b = 0; /* opt-in only */
-        w->n_bf16 += b && as_bf16;
+        lay[i] = l3c_weight_layout(mat[i], bf16); /* the bf16 layouts only when asked for */
+        const size_t b = l3c_weight_packed_bytes(mat[i], lay[i]);
+        w->n_bf16 += b && lay[i] == &l3c_type_traits_get(mat[i]->type)->packed_bf16;
         off[i] = b ? total : SIZE_MAX;
         total += (b + 4095) / 4096 * 4096;
     }
@@ -232,11 +234,12 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     if (n_threads > 1 && l3c_threadpool_create(n_threads, &tp) != L3C_OK) tp = NULL;
     for (int i = 0; i < n_mat; i++) {
         if (off[i] == SIZE_MAX) continue;
-        pack_job j = {.w = mat[i], .dst = (char *)arena + off[i], .groups_per_chunk = 64,
-                      .n_groups = l3c_weight_pack_groups(mat[i]), .release = release_source};
-        j.rows_per_group = l3c_type_traits_get(mat[i]->type)->pack_rows;
+        pack_job j = {.w = mat[i], .layout = lay[i], .dst = (char *)arena + off[i], .groups_per_chunk = 64,
+                      .n_groups = l3c_weight_pack_groups(mat[i], lay[i]), .release = release_source};
+        j.rows_per_group = lay[i]->rows;
         l3c_threadpool_run(tp, l3c_n_chunks(j.n_groups, j.groups_per_chunk), pack_chunk, &j);
         mat[i]->packed = j.dst;
+        mat[i]->layout = lay[i];
         /* the matmuls read only the copy now; keeps peak RSS near one copy of the weights */
         if (release_source) release_pages(mat[i]->data, (size_t)mat[i]->n_out * mat[i]->row_bytes);
     }
@@ -244,10 +247,14 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     mprotect(arena, total, PROT_READ);
     w->pack_arena = arena;
     w->pack_bytes = total;
-    if (w->tied_output) w->tok_embd.packed = w->output.packed; /* embedding rows from the copy */
+    if (w->tied_output) { /* embedding rows from the copy */
+        w->tok_embd.packed = w->output.packed;
+        w->tok_embd.layout = w->output.layout;
+    }
 done:
     free(mat);
     free(off);
+    free(lay);
     return st;
 }
 

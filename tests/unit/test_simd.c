@@ -282,120 +282,132 @@ static void check_invariance(const char *path, const l3c_type_traits *tab) {
 }
 
 /*
- * Packed layouts (pack_rows > 0): pack / unpack round trip byte-exact; the packed activation
+ * Packed layouts (layout.rows > 0): pack / unpack round trip byte-exact; the packed activation
  * quantizer gives the reference Q8_0 quants, its fp16-rounded scale and -off * sum(qs) (Q4_0,
- * Q8_0), or exactly the reference Q8_K blocks (K-quants). The bf16 layouts of F16 / BF16
- * (pack_bf16): unpack gives each weight rounded to bf16 (nearest even; F16 back in F16,
+ * Q8_0), or exactly the reference Q8_K blocks (K-quants); the exact F16 / BF16 layouts take the
+ * fp32 activations as they are. The bf16 layouts of F16 / BF16 (packed_bf16): unpack gives each weight rounded to bf16 (nearest even; F16 back in F16,
  * saturated at +-65504: one weight is 65504, which rounds up to 65536 in bf16) and the
  * activations are l3c_fp32_to_bf16 of each float. The
  * packed gemm within 1e-5 * M of a float64 dot over the same integer quants, for row counts
  * around the group size (ragged last group, nothing written past n_rows or between rows of
  * ldy), and bit-identical for any T, token offset and row count (batch invariance).
  */
+/* one layout of one type; returns the number of invariance cases run */
+static int check_layout(const char *path, int type, const l3c_type_traits *st, const l3c_pack_layout *L, bool bf16) {
+    int tested = 0;
+    /* activations: Q8_K blocks, bf16, fp32 as they are (exact F16 / BF16), or Q8_0x blocks */
+    const bool k_quant = L->act_block_size == 256, f32 = !L->act_from_float;
+    const int off = type == L3C_TYPE_Q4_0 ? 8 : 128, PR = L->rows;
+    const int64_t lens[] = {32, 96, 224, 1056}, klens[] = {256, 768, 1792};
+    for (size_t li = 0; li < (k_quant ? 3 : 4); li++) {
+        const int64_t n = k_quant ? klens[li] : lens[li], nb = n / L->act_block_size;
+        enum { R = 35, T = 11, LDY = 37 };
+        const int ng = (R + PR - 1) / PR;
+        const int act_type = k_quant ? L3C_TYPE_Q8_K : bf16 ? L3C_TYPE_BF16 : f32 ? L3C_TYPE_F32 : L3C_TYPE_Q8_0;
+        size_t wb, xb = (size_t)nb * L->act_type_size, qb;
+        L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(act_type, n, &qb));
+        uint8_t *w = malloc(wb * R), *pk = malloc(wb * PR * ng), *row = malloc(wb);
+        uint8_t *xq = malloc(xb * T), *q8 = malloc(qb);
+        float *x = malloc((size_t)n * sizeof(float)), *wf = malloc((size_t)n * R * sizeof(float));
+        for (int r = 0; r < R; r++) make_weights(type, n, w + r * wb, wb);
+        if (bf16) { /* the rounding edge of F16 -> bf16 -> F16, and a large BF16 value */
+            const uint16_t big = type == L3C_TYPE_F16 ? 0x7BFF : 0x4780;
+            memcpy(w + 3 * wb + 2 * (n - 1), &big, 2);
+        }
+        for (int g = 0; g < ng; g++)
+            L->pack(n, L3C_MIN(PR, R - g * PR), w + (size_t)g * PR * wb, wb, pk + (size_t)g * PR * wb);
+        for (int r = 0; r < R; r++) {
+            L->unpack(n, pk + (size_t)(r / PR) * PR * wb, r % PR, row);
+            l3c_type_traits_ref(type)->to_float(w + r * wb, wf + r * n, n);
+            if (bf16) { /* wf: the bf16 weights the kernel multiplies; row: them in the file's type */
+                uint16_t *want = (uint16_t *)q8;
+                for (int64_t i = 0; i < n; i++) {
+                    wf[r * n + i] = l3c_bf16_to_fp32(l3c_fp32_to_bf16(wf[r * n + i]));
+                    const float sat = fminf(fmaxf(wf[r * n + i], -65504.0f), 65504.0f);
+                    want[i] = type == L3C_TYPE_F16 ? l3c_fp32_to_fp16(sat) : l3c_fp32_to_bf16(wf[r * n + i]);
+                }
+                CHECK_MSG(memcmp(row, want, wb) == 0, "%s unpack %s n=%lld row %d", path, st->name, (long long)n, r);
+            } else {
+                CHECK_MSG(memcmp(row, w + r * wb, wb) == 0, "%s unpack %s n=%lld row %d", path, st->name, (long long)n, r);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            make_acts(n, x);
+            if (f32) { /* used in place */
+                memcpy(xq + t * xb, x, (size_t)n * sizeof(float));
+                continue;
+            }
+            L->act_from_float(x, xq + t * xb, n);
+            l3c_type_traits_ref(act_type)->from_float(x, q8, n);
+            if (k_quant || bf16) { /* the Q8_K / BF16 rows themselves */
+                CHECK_MSG(memcmp(xq + t * xb, q8, qb) == 0, "%s packed activations for %s n=%lld t=%d",
+                          path, st->name, (long long)n, t);
+                continue;
+            }
+            for (int64_t b = 0; b < nb; b++) {
+                const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(xq + t * xb) + b;
+                const l3c_block_q8_0 *q = (const l3c_block_q8_0 *)q8 + b;
+                int sum = 0;
+                for (int i = 0; i < 32; i++) sum += a->qs[i];
+                CHECK_MSG(memcmp(a->qs, q->qs, 32) == 0 && l3c_fp32_to_fp16(a->d) == q->d &&
+                              a->neg_off_sum == -off * sum,
+                          "%s packed activations for %s n=%lld t=%d block %lld", path, st->name,
+                          (long long)n, t, (long long)b);
+            }
+        }
+        /* all rows and tokens at once, against float64 */
+        float *y = malloc(sizeof(float) * T * LDY), *y2 = malloc(sizeof(float) * T * LDY);
+        for (int i = 0; i < T * LDY; i++) y[i] = -777.0f;
+        L->gemm(n, R, T, y, LDY, pk, xq, xb);
+        for (int t = 0; t < T; t++) {
+            for (int r = 0; r < R; r++) {
+                const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(xq + t * xb);
+                const l3c_block_q8_K *ak = (const l3c_block_q8_K *)(xq + t * xb);
+                const uint16_t *ab = (const uint16_t *)(xq + t * xb);
+                double ref = 0.0, mag = 0.0;
+                for (int64_t i = 0; i < n; i++) {
+                    double xv = k_quant ? (double)ak[i / 256].d * ak[i / 256].qs[i % 256]
+                              : bf16    ? (double)l3c_bf16_to_fp32(ab[i])
+                              : f32     ? (double)((const float *)(xq + t * xb))[i]
+                                        : (double)a[i / 32].d * a[i / 32].qs[i % 32];
+                    double p = (double)wf[r * n + i] * xv;
+                    ref += p, mag += fabs(p);
+                }
+                double err = fabs((double)y[t * LDY + r] - ref);
+                CHECK_MSG(err <= 1e-5 * mag + 1e-30, "%s gemm_packed %s n=%lld r=%d t=%d: %.9g vs %.9g",
+                          path, st->name, (long long)n, r, t, y[t * LDY + r], ref);
+            }
+            for (int r = R; r < LDY; r++)
+                CHECK_MSG(y[t * LDY + r] == -777.0f, "%s gemm_packed %s wrote past n_rows", path, st->name);
+        }
+        /* any T, token offset and row count: the same bits */
+        const int rows[] = {1, 5, 15, 16, 17, 31, 35};
+        for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
+            for (int nt = 1; nt <= T; nt++)
+                for (int t0 = 0; t0 + nt <= T; t0 += nt > 3 ? T : 2) {
+                    for (int i = 0; i < T * LDY; i++) y2[i] = -777.0f;
+                    L->gemm(n, rows[ri], nt, y2, LDY, pk, xq + t0 * xb, xb);
+                    for (int t = 0; t < nt; t++) {
+                        for (int r = 0; r < rows[ri]; r++)
+                            CHECK_MSG(memcmp(&y2[t * LDY + r], &y[(t0 + t) * LDY + r], sizeof(float)) == 0,
+                                      "%s packed invariance %s n=%lld rows=%d T=%d t0=%d r=%d t=%d",
+                                      path, st->name, (long long)n, rows[ri], nt, t0, r, t);
+                        CHECK_MSG(y2[t * LDY + rows[ri]] == -777.0f, "%s gemm_packed %s wrote row %d",
+                                  path, st->name, rows[ri]);
+                    }
+                    tested++;
+                }
+        free(w), free(pk), free(row), free(xq), free(q8), free(x), free(wf), free(y), free(y2);
+    }
+    return tested;
+}
+
 static void check_packed(const char *path, const l3c_type_traits *tab) {
     int before = check_failures, tested = 0;
     for (size_t k = 0; k < sizeof g_types / sizeof g_types[0]; k++) {
-        const int type = g_types[k];
-        const l3c_type_traits *st = &tab[type];
-        if (!st->pack_rows) continue;
-        const bool k_quant = st->pack_act_block_size == 256, bf16 = st->pack_bf16;
-        const int off = type == L3C_TYPE_Q4_0 ? 8 : 128, PR = st->pack_rows;
-        const int64_t lens[] = {32, 96, 224, 1056}, klens[] = {256, 768, 1792};
-        for (size_t li = 0; li < (k_quant ? 3 : 4); li++) {
-            const int64_t n = k_quant ? klens[li] : lens[li], nb = n / st->pack_act_block_size;
-            enum { R = 35, T = 11, LDY = 37 };
-            const int ng = (R + PR - 1) / PR;
-            const int act_type = k_quant ? L3C_TYPE_Q8_K : bf16 ? L3C_TYPE_BF16 : L3C_TYPE_Q8_0;
-            size_t wb, xb = (size_t)nb * st->pack_act_type_size, qb;
-            L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(act_type, n, &qb));
-            uint8_t *w = malloc(wb * R), *pk = malloc(wb * PR * ng), *row = malloc(wb);
-            uint8_t *xq = malloc(xb * T), *q8 = malloc(qb);
-            float *x = malloc((size_t)n * sizeof(float)), *wf = malloc((size_t)n * R * sizeof(float));
-            for (int r = 0; r < R; r++) make_weights(type, n, w + r * wb, wb);
-            if (bf16) { /* the rounding edge of F16 -> bf16 -> F16, and a large BF16 value */
-                const uint16_t big = type == L3C_TYPE_F16 ? 0x7BFF : 0x4780;
-                memcpy(w + 3 * wb + 2 * (n - 1), &big, 2);
-            }
-            for (int g = 0; g < ng; g++)
-                st->pack(n, L3C_MIN(PR, R - g * PR), w + (size_t)g * PR * wb, wb, pk + (size_t)g * PR * wb);
-            for (int r = 0; r < R; r++) {
-                st->unpack(n, pk + (size_t)(r / PR) * PR * wb, r % PR, row);
-                l3c_type_traits_ref(type)->to_float(w + r * wb, wf + r * n, n);
-                if (bf16) { /* wf: the bf16 weights the kernel multiplies; row: them in the file's type */
-                    uint16_t *want = (uint16_t *)q8;
-                    for (int64_t i = 0; i < n; i++) {
-                        wf[r * n + i] = l3c_bf16_to_fp32(l3c_fp32_to_bf16(wf[r * n + i]));
-                        const float sat = fminf(fmaxf(wf[r * n + i], -65504.0f), 65504.0f);
-                        want[i] = type == L3C_TYPE_F16 ? l3c_fp32_to_fp16(sat) : l3c_fp32_to_bf16(wf[r * n + i]);
-                    }
-                    CHECK_MSG(memcmp(row, want, wb) == 0, "%s unpack %s n=%lld row %d", path, st->name, (long long)n, r);
-                } else {
-                    CHECK_MSG(memcmp(row, w + r * wb, wb) == 0, "%s unpack %s n=%lld row %d", path, st->name, (long long)n, r);
-                }
-            }
-            for (int t = 0; t < T; t++) {
-                make_acts(n, x);
-                st->pack_act_from_float(x, xq + t * xb, n);
-                l3c_type_traits_ref(act_type)->from_float(x, q8, n);
-                if (k_quant || bf16) { /* the Q8_K / BF16 rows themselves */
-                    CHECK_MSG(memcmp(xq + t * xb, q8, qb) == 0, "%s packed activations for %s n=%lld t=%d",
-                              path, st->name, (long long)n, t);
-                    continue;
-                }
-                for (int64_t b = 0; b < nb; b++) {
-                    const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(xq + t * xb) + b;
-                    const l3c_block_q8_0 *q = (const l3c_block_q8_0 *)q8 + b;
-                    int sum = 0;
-                    for (int i = 0; i < 32; i++) sum += a->qs[i];
-                    CHECK_MSG(memcmp(a->qs, q->qs, 32) == 0 && l3c_fp32_to_fp16(a->d) == q->d &&
-                                  a->neg_off_sum == -off * sum,
-                              "%s packed activations for %s n=%lld t=%d block %lld", path, st->name,
-                              (long long)n, t, (long long)b);
-                }
-            }
-            /* all rows and tokens at once, against float64 */
-            float *y = malloc(sizeof(float) * T * LDY), *y2 = malloc(sizeof(float) * T * LDY);
-            for (int i = 0; i < T * LDY; i++) y[i] = -777.0f;
-            st->gemm_packed(n, R, T, y, LDY, pk, xq, xb);
-            for (int t = 0; t < T; t++) {
-                for (int r = 0; r < R; r++) {
-                    const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(xq + t * xb);
-                    const l3c_block_q8_K *ak = (const l3c_block_q8_K *)(xq + t * xb);
-                    const uint16_t *ab = (const uint16_t *)(xq + t * xb);
-                    double ref = 0.0, mag = 0.0;
-                    for (int64_t i = 0; i < n; i++) {
-                        double xv = k_quant ? (double)ak[i / 256].d * ak[i / 256].qs[i % 256]
-                                  : bf16    ? (double)l3c_bf16_to_fp32(ab[i])
-                                            : (double)a[i / 32].d * a[i / 32].qs[i % 32];
-                        double p = (double)wf[r * n + i] * xv;
-                        ref += p, mag += fabs(p);
-                    }
-                    double err = fabs((double)y[t * LDY + r] - ref);
-                    CHECK_MSG(err <= 1e-5 * mag + 1e-30, "%s gemm_packed %s n=%lld r=%d t=%d: %.9g vs %.9g",
-                              path, st->name, (long long)n, r, t, y[t * LDY + r], ref);
-                }
-                for (int r = R; r < LDY; r++)
-                    CHECK_MSG(y[t * LDY + r] == -777.0f, "%s gemm_packed %s wrote past n_rows", path, st->name);
-            }
-            /* any T, token offset and row count: the same bits */
-            const int rows[] = {1, 5, 15, 16, 17, 31, 35};
-            for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
-                for (int nt = 1; nt <= T; nt++)
-                    for (int t0 = 0; t0 + nt <= T; t0 += nt > 3 ? T : 2) {
-                        for (int i = 0; i < T * LDY; i++) y2[i] = -777.0f;
-                        st->gemm_packed(n, rows[ri], nt, y2, LDY, pk, xq + t0 * xb, xb);
-                        for (int t = 0; t < nt; t++) {
-                            for (int r = 0; r < rows[ri]; r++)
-                                CHECK_MSG(memcmp(&y2[t * LDY + r], &y[(t0 + t) * LDY + r], sizeof(float)) == 0,
-                                          "%s packed invariance %s n=%lld rows=%d T=%d t0=%d r=%d t=%d",
-                                          path, st->name, (long long)n, rows[ri], nt, t0, r, t);
-                            CHECK_MSG(y2[t * LDY + rows[ri]] == -777.0f, "%s gemm_packed %s wrote row %d",
-                                      path, st->name, rows[ri]);
-                        }
-                        tested++;
-                    }
-            free(w), free(pk), free(row), free(xq), free(q8), free(x), free(wf), free(y), free(y2);
-        }
+        const l3c_type_traits *st = &tab[g_types[k]];
+        if (st->packed.rows) tested += check_layout(path, g_types[k], st, &st->packed, false);
+        if (st->packed_bf16.rows) tested += check_layout(path, g_types[k], st, &st->packed_bf16, true);
     }
     fprintf(stderr, "test_simd: %s: %d packed-kernel checks, %d failures\n", path, tested,
             check_failures - before);
