@@ -29,6 +29,7 @@
 
 #include "kernels/blocks.h"
 #include "kernels/ref.h"
+#include "kernels/tile_kernels.h"
 
 #include <arm_neon.h>
 #include <math.h>
@@ -497,31 +498,8 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 
 /* ---------------------------------------------------------------- vec_dot + gemm per type */
 
-/*
- * vec_dot_<name> = the 1 x 1 tile; gemm_<name> walks GEMM_RW x GEMM_RT tiles (tokens outer, so
- * a few activation rows stay in L1 while the call's weight rows pass them) and finishes ragged
- * tokens and ragged rows with 1 x 1 tiles, which compute each pair exactly as the big tiles do.
- */
-#define NEON_DEFINE_KERNELS(name, TILE)                                                         \
-    static void vec_dot_##name(int64_t n, float *out, const void *w, const void *x) {          \
-        TILE(1, 1, n, (const char *)w, 0, (const char *)x, 0, out, 0);                          \
-    }                                                                                           \
-    static void gemm_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,        \
-                            const void *w, size_t w_stride, const void *x, size_t x_stride) {   \
-        const char *wc = w, *xc = x;                                                            \
-        const int64_t rows = n_rows / GEMM_RW * GEMM_RW;                                        \
-        int64_t t = 0;                                                                          \
-        for (; t + GEMM_RT <= T; t += GEMM_RT)                                                  \
-            for (int64_t r = 0; r < rows; r += GEMM_RW)                                         \
-                TILE(GEMM_RW, GEMM_RT, n, wc + r * w_stride, w_stride, xc + t * x_stride,       \
-                     x_stride, y + t * ldy + r, ldy);                                           \
-        for (; t < T; t++)                                                                      \
-            for (int64_t r = 0; r < rows; r++)                                                  \
-                TILE(1, 1, n, wc + r * w_stride, 0, xc + t * x_stride, 0, y + t * ldy + r, 0);  \
-        for (int64_t r = rows; r < n_rows; r++)                                                 \
-            for (int64_t t2 = 0; t2 < T; t2++)                                                  \
-                TILE(1, 1, n, wc + r * w_stride, 0, xc + t2 * x_stride, 0, y + t2 * ldy + r, 0); \
-    }
+/* vec_dot_<name> = the 1 x 1 tile, gemm_<name> GEMM_RW x GEMM_RT tiles (kernels/tile_kernels.h) */
+#define NEON_DEFINE_KERNELS(name, TILE) L3C_DEFINE_TILE_KERNELS(name, TILE, GEMM_RW, GEMM_RT)
 
 #define T_F32(RW, RT, ...) tile_float(K_F32, RW, RT, __VA_ARGS__)
 #define T_F16(RW, RT, ...) tile_float(K_F16, RW, RT, __VA_ARGS__)

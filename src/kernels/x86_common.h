@@ -11,6 +11,7 @@
 
 #include "kernels/blocks.h"
 #include "kernels/ref.h"
+#include "kernels/tile_kernels.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -154,40 +155,8 @@ static inline __attribute__((always_inline)) __m256i x86_unpack_b32(int kind, co
 static const size_t x86_b32_size[4] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q4_1),
                                    sizeof(l3c_block_q5_0), sizeof(l3c_block_q5_1)};
 
-/*
- * vec_dot_<name> = the 1 x 1 tile; gemm_<name> walks RW x RT tiles and finishes ragged tokens
- * and ragged rows with 1 x 1 tiles.
- *
- * Batch invariance: every tile kernel computes each (row, token) pair with exactly the same
- * operations in the same order as the 1 x 1 tile (the same accumulator chains, lane layout,
- * FMA-vs-mul+add choice and final reduction); a larger tile only runs several such canonical
- * accumulators side by side. So a value never depends on T, the tile shape, the token's place
- * in the batch or the thread count (tests/unit/test_simd.c checks it with memcmp).
- */
-#define X86_DEFINE_KERNELS(name, TILE) X86_DEFINE_KERNELS_T(name, TILE, GEMM_RW, GEMM_RT)
-#define X86_DEFINE_KERNELS_T(name, TILE, RW_, RT_)                                                \
-    static void vec_dot_##name(int64_t n, float *out, const void *w, const void *x) {          \
-        TILE(1, 1, n, (const char *)w, 0, (const char *)x, 0, out, 0);                          \
-    }                                                                                           \
-    /* tokens outer, rows inner: RT_ activation rows stay in L1 while every row tile of the     \
-     * call (n_rows, a few KiB of weights, L1/L2) passes them; the activations stream once. */  \
-    static __attribute__((unused)) void gemm_##name(int64_t n, int64_t n_rows, int64_t T,     \
-        float *y, int64_t ldy, const void *w, size_t w_stride, const void *x, size_t x_stride) {  \
-        const char *wc = w, *xc = x;                                                            \
-        const int64_t rows = n_rows / (RW_) * (RW_);                                            \
-        int64_t t = 0;                                                                          \
-        for (; t + (RT_) <= T; t += (RT_))                                                      \
-            for (int64_t r = 0; r < rows; r += (RW_))                                           \
-                TILE(RW_, RT_, n, wc + r * w_stride, w_stride, xc + t * x_stride,               \
-                     x_stride, y + t * ldy + r, ldy);                                           \
-        /* ragged tokens (T = 1: generation) row by row, then ragged rows: 1 x 1 tiles, which  \
-         * compute each pair exactly as the big tiles do */                                     \
-        for (; t < T; t++)                                                                      \
-            for (int64_t r = 0; r < rows; r++)                                                  \
-                TILE(1, 1, n, wc + r * w_stride, 0, xc + t * x_stride, 0, y + t * ldy + r, 0);  \
-        for (int64_t r = rows; r < n_rows; r++)                                                 \
-            for (int64_t t2 = 0; t2 < T; t2++)                                                  \
-                TILE(1, 1, n, wc + r * w_stride, 0, xc + t2 * x_stride, 0, y + t2 * ldy + r, 0); \
-    }
+/* vec_dot / gemm of a type from its tile kernel (the driver is shared with arm_neon.c) */
+#define X86_DEFINE_KERNELS(name, TILE) L3C_DEFINE_TILE_KERNELS(name, TILE, GEMM_RW, GEMM_RT)
+#define X86_DEFINE_KERNELS_T(name, TILE, RW_, RT_) L3C_DEFINE_TILE_KERNELS(name, TILE, RW_, RT_)
 
 #endif /* L3C_X86_COMMON_H */
