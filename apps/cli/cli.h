@@ -16,4 +16,8 @@ int cmd_bench(int argc, char **argv);      /* apps/cli/cmd_bench.c   prompt / ge
 int cmd_explain(int argc, char **argv);    /* apps/cli/cmd_explain.c architecture walk-through */
 int cmd_serve(int argc, char **argv);      /* apps/server/server.c   OpenAI-compatible HTTP API */
 
+/* After loading with --bf16 (bf16_matmul): says on stderr when no matrix multiplies in bf16. */
+struct l3c_model;
+void cli_note_bf16(const char *cmd, const struct l3c_model *model);
+
 #endif

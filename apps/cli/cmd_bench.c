@@ -135,6 +135,7 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
         return 1;
     }
+    if (bf16) cli_note_bf16("bench", model);
     l3c_model_info info;
     l3c_model_get_info(model, &info);
     l3c_context_params cp = l3c_context_default_params();

@@ -158,6 +158,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "llama3c eval: %s\n", l3c_last_error());
         goto done;
     }
+    if (bf16) cli_note_bf16("eval", model);
     double t_load = now_s() - t0;
     l3c_model_info info;
     l3c_model_get_info(model, &info);

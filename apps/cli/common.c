@@ -189,6 +189,15 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
 
 /* ---------------------------------------------------------------- model and session */
 
+void cli_note_bf16(const char *cmd, const l3c_model *model) {
+    l3c_model_info mi;
+    l3c_model_get_info(model, &mi);
+    if (mi.n_bf16_matmul == 0)
+        fprintf(stderr, "llama3c %s: --bf16 changes nothing here: the model has no F16/BF16 matrices, "
+                        "the %s kernels have no bf16 dot products (AVX512-BF16), or L3C_PACK=0\n",
+                cmd, l3c_backend_path());
+}
+
 int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16, l3c_model **out) {
     l3c_model_params mp = l3c_model_default_params();
     if (n_threads > 0) mp.n_threads = n_threads;
@@ -203,6 +212,7 @@ int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose
         return cli_runtime_error(cmd, what);
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
+    if (bf16) cli_note_bf16(cmd, *out);
     if (verbose) {
         l3c_model_info mi;
         l3c_model_get_info(*out, &mi);

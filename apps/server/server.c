@@ -191,6 +191,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "llama3c serve: %s\n", l3c_last_error());
         goto out;
     }
+    if (srv.bf16) cli_note_bf16("serve", srv.model);
     l3c_model_info info;
     l3c_model_get_info(srv.model, &info);
     srv.tok = l3c_model_tokenizer(srv.model);

@@ -133,10 +133,6 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
             fprintf(stderr, "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s%s\n",
                     (double)m->w.pack_bytes / (1024.0 * 1024.0), l3c_kernels_path(), t_pack,
                     m->w.n_bf16 ? " (F16/BF16 matrices as bf16)" : "");
-        if (p.bf16_matmul && !m->w.n_bf16)
-            fprintf(stderr, "llama3c: bf16 matmul asked for, but no matrix uses it: the file has no "
-                            "F16/BF16 matrices, the %s kernels have no bf16 dot products (AVX512-BF16), "
-                            "or L3C_PACK=0\n", l3c_kernels_path());
     }
     *out = m;
     return L3C_OK;

@@ -219,3 +219,18 @@ def test_bf16_matmul_vs_reference(llama3c, tiny_model, tmp_path, shape, wtype):
     for batch in (1, 5):
         chunked = eval_logits(path, PROMPT, tmp_path, batch=batch, extra=("--bf16", "--kv", "f32"))
         assert np.array_equal(full, chunked), f"--bf16 --batch {batch} differs from one batch"
+
+
+def test_bf16_matmul_without_bf16_kernels(llama3c, tiny_model, tmp_path, monkeypatch):
+    """--bf16 where the kernel path has no bf16 layout (forced: L3C_KERNELS=avx2): a note on
+    stderr, no matrix in bf16, and the exact path's logits."""
+    path = tiny_model("gqa3_untied", SHAPES["gqa3_untied"], "F16")
+    monkeypatch.setenv("L3C_KERNELS", "avx2")
+    p = run_cli("bench", "-m", path, "-p", 4, "-n", 0, "-r", 1, "-t", 1, "--bf16", "--json")
+    if json.loads(p.stdout)["path"] != "avx2":
+        pytest.skip("no avx2 kernel path on this CPU/build")
+    assert json.loads(p.stdout)["bf16_matrices"] == 0
+    assert "--bf16 changes nothing here" in p.stderr, p.stderr
+    exact = eval_logits(path, PROMPT, tmp_path)
+    asked = eval_logits(path, PROMPT, tmp_path, extra=("--bf16",))
+    assert np.array_equal(exact, asked), "--bf16 without bf16 kernels changed the logits"
