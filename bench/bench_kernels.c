@@ -10,7 +10,10 @@
  * Build (after `make lib`; the override hooks are referenced directly so they are linked):
  *   cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc bench/bench_kernels.c build/libllama3c.a \
  *      -lpcre2-8 -ljansson -lpthread -lm -o build/bench_kernels
- * Run: build/bench_kernels [type-name ...]   (default: every weight type)
+ * Run: build/bench_kernels [--packed] [--l2] [type-name ...]   (default: every weight type)
+ *   --packed: only the packed-layout lines (gemv, gemm and pack speed), several repetitions
+ *   --l2:     a ~512 KiB matrix (fits in L2); the packed timings pass over it 128 times: the
+ *             packed kernels' compute rate without the memory stream
  */
 #include "kernels/types.h"
 
@@ -18,7 +21,9 @@
 #include <time.h>
 
 #define N_IN 4096
-#define MATRIX_BYTES (64u << 20)
+static size_t g_matrix_bytes = 64u << 20; /* weight matrix per type */
+static bool g_packed_only;
+static int g_passes = 1; /* passes over the matrix per timing (--l2) */
 #define GEMM_ROWS 1024
 #define GEMM_T 32
 #define GEMM_TILE 32
@@ -132,42 +137,61 @@ static double time_gemm(const l3c_type_traits *tr, const uint8_t *w, size_t row_
     return best;
 }
 
-/* packed layout (L->rows > 0): gemv GB/s over the whole matrix (T = 1, as generation runs it)
- * and GFLOP/s for GEMM_T tokens x GEMM_ROWS rows, like the gemm column */
+/* packed layout (L->rows > 0): gemv GB/s over the whole matrix (T = 1, as generation runs it),
+ * GFLOP/s for GEMM_T tokens x GEMM_ROWS rows (fewer with --l2), like the gemm column, and the
+ * pack rate (GB/s of weights, destination already touched) */
 static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_t *w, size_t row_bytes, int64_t rows) {
     const int64_t R = L->rows;
     rows = rows / R * R;
+    const int64_t mm_rows = L3C_MIN(GEMM_ROWS, rows / GEMM_TILE * GEMM_TILE);
     const size_t xb = (size_t)(N_IN / L->act_block_size) * L->act_type_size;
     uint8_t *pk = aligned_alloc(64, (row_bytes * (size_t)rows + 63) & ~(size_t)63);
     uint8_t *xq = aligned_alloc(64, (xb * GEMM_T + 63) & ~(size_t)63);
     float *y = malloc(sizeof(float) * (size_t)L3C_MAX(rows, GEMM_ROWS * GEMM_T)), x[N_IN];
-    for (int64_t g = 0; g < rows / R; g++)
-        L->pack(N_IN, R, w + g * R * row_bytes, row_bytes, pk + g * R * row_bytes);
+    memset(pk, 0, row_bytes * (size_t)rows);
+    double best_pk = 1e30;
+    for (int k = 0; k < 3; k++) {
+        double t0 = now();
+        for (int p = 0; p < g_passes; p++)
+            for (int64_t g = 0; g < rows / R; g++)
+                L->pack(N_IN, R, w + g * R * row_bytes, row_bytes, pk + g * R * row_bytes);
+        best_pk = L3C_MIN(best_pk, now() - t0);
+    }
     for (int t = 0; t < GEMM_T; t++) {
         for (int i = 0; i < N_IN; i++) x[i] = rndf(-2.0f, 2.0f);
         if (L->act_from_float) L->act_from_float(x, xq + t * xb, N_IN);
         else memcpy(xq + t * xb, x, sizeof x);
     }
+    const int reps = g_packed_only ? 7 : 3;
     double best = 1e30, best_mm = 1e30;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < reps; k++) {
         double t0 = now();
-        for (int64_t r = 0; r < rows; r += GEMM_TILE)
-            L->gemm(N_IN, GEMM_TILE, 1, y + r, rows, pk + r * row_bytes, xq, 0);
+        for (int p = 0; p < g_passes; p++)
+            for (int64_t r = 0; r < rows; r += GEMM_TILE)
+                L->gemm(N_IN, L3C_MIN(GEMM_TILE, rows - r), 1, y + r, rows, pk + r * row_bytes, xq, 0);
         best = L3C_MIN(best, now() - t0);
         t0 = now();
-        for (int64_t r0 = 0; r0 < GEMM_ROWS; r0 += GEMM_TILE)
-            L->gemm(N_IN, GEMM_TILE, GEMM_T, y + r0, GEMM_ROWS, pk + r0 * row_bytes, xq, xb);
-        best_mm = L3C_MIN(best_mm, now() - t0);
+        for (int p = 0; p < (g_passes + 3) / 4; p++)
+            for (int64_t r0 = 0; r0 < mm_rows; r0 += GEMM_TILE)
+                L->gemm(N_IN, GEMM_TILE, GEMM_T, y + r0, mm_rows, pk + r0 * row_bytes, xq, xb);
+        best_mm = L3C_MIN(best_mm, (now() - t0) / ((g_passes + 3) / 4));
     }
     g_sink = y[0];
-    printf("      %-7s gemv %6.2f GB/s | gemm %8.2f GFLOP/s\n", what, (double)row_bytes * (double)rows / best / 1e9,
-           2.0 * N_IN * GEMM_ROWS * GEMM_T / best_mm / 1e9);
+    const double bytes = (double)row_bytes * (double)rows * g_passes;
+    printf("      %-7s gemv %6.2f GB/s | gemm %8.2f GFLOP/s | pack %6.2f GB/s\n", what, bytes / best / 1e9,
+           2.0 * N_IN * (double)mm_rows * GEMM_T / best_mm / 1e9, bytes / best_pk / 1e9);
     free(pk), free(xq), free(y);
 }
 
 int main(int argc, char **argv) {
     static path paths[3];
     int np = 0;
+    int argn = 1;
+    for (; argn < argc && argv[argn][0] == '-'; argn++) {
+        if (strcmp(argv[argn], "--packed") == 0) g_packed_only = true;
+        else if (strcmp(argv[argn], "--l2") == 0) g_matrix_bytes = 512u << 10, g_passes = 128;
+        else return fprintf(stderr, "usage: %s [--packed] [--l2] [type-name ...]\n", argv[0]), 2;
+    }
     paths[np].name = "ref";
     for (int i = 0; i < L3C_TYPE_COUNT; i++) paths[np].tab[i] = *l3c_type_traits_ref(i);
     np++;
@@ -191,20 +215,21 @@ int main(int argc, char **argv) {
     const int types[] = {L3C_TYPE_F32,  L3C_TYPE_F16,  L3C_TYPE_BF16, L3C_TYPE_Q4_0, L3C_TYPE_Q4_1,
                          L3C_TYPE_Q5_0, L3C_TYPE_Q5_1, L3C_TYPE_Q8_0, L3C_TYPE_Q2_K, L3C_TYPE_Q3_K,
                          L3C_TYPE_Q4_K, L3C_TYPE_Q5_K, L3C_TYPE_Q6_K};
-    printf("%-5s %-7s %10s %9s %8s | %14s %14s %8s\n", "type", "path", "vec_dot", "GB/s", "x ref",
-           "gemm GFLOP/s", "dot-loop GF/s", "gemm x");
+    if (!g_packed_only)
+        printf("%-5s %-7s %10s %9s %8s | %14s %14s %8s\n", "type", "path", "vec_dot", "GB/s", "x ref",
+               "gemm GFLOP/s", "dot-loop GF/s", "gemm x");
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         int type = types[k];
         const l3c_type_traits *rt = l3c_type_traits_ref(type);
-        if (argc > 1) {
+        if (argc > argn) {
             bool want = false;
-            for (int a = 1; a < argc; a++) want |= strcmp(argv[a], rt->name) == 0;
+            for (int a = argn; a < argc; a++) want |= strcmp(argv[a], rt->name) == 0;
             if (!want) continue;
         }
         size_t row_bytes, x_bytes;
         if (!l3c_row_size(type, N_IN, &row_bytes) || !l3c_row_size(rt->vec_dot_type, N_IN, &x_bytes))
             continue;
-        int64_t rows = (int64_t)(MATRIX_BYTES / row_bytes);
+        int64_t rows = (int64_t)(g_matrix_bytes / row_bytes);
         uint8_t *w = aligned_alloc(64, (row_bytes * (size_t)rows + 63) & ~(size_t)63);
         uint8_t *xq = aligned_alloc(64, (x_bytes * GEMM_T + 63) & ~(size_t)63);
         float *y = malloc(sizeof(float) * GEMM_ROWS * GEMM_T), x[N_IN];
@@ -216,6 +241,14 @@ int main(int argc, char **argv) {
         double ref_gbs = 0.0;
         for (int p = 0; p < np; p++) {
             const l3c_type_traits *tr = &paths[p].tab[type];
+            if (g_packed_only) {
+                if (p != np - 1) continue;
+                printf("%-5s %-7s\n", rt->name, paths[p].name);
+                if (tr->packed.rows) time_packed(&tr->packed, "packed:", w, row_bytes, rows);
+                if (tr->packed_bf16.rows) time_packed(&tr->packed_bf16, "bf16:", w, row_bytes, rows);
+                fflush(stdout);
+                continue;
+            }
             if (p > 0 && tr->vec_dot == paths[p - 1].tab[type].vec_dot &&
                 tr->gemm == paths[p - 1].tab[type].gemm) {
                 printf("%-5s %-7s (same kernels as %s)\n", rt->name, paths[p].name, paths[p - 1].name);
