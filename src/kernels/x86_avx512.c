@@ -681,21 +681,71 @@ INLINE __m512i bcast32(const void *p) {
     return _mm512_set1_epi32(v);
 }
 
+/* acc + dpbusd / dpwssd(w, the dword at p broadcast), the broadcast embedded in the instruction
+ * (GCC 12 loads it with a separate vpbroadcastd: one instruction more per dot, ~10% of the
+ * one-token Q4_K tile's L2-resident rate) */
+INLINE __m512i dpbusd_b(__m512i acc, __m512i w, const void *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+    return acc;
+}
+INLINE __m512i dpwssd_b(__m512i acc, __m512i w, const void *p) {
+    __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+    return acc;
+}
+
+/* the 6-bit scales and mins of a Q4_K group as bytes: u[0] = sc0..3, u[1] = sc4..7,
+ * u[2] = m0..3, u[3] = m4..7 (byte k of lane r: row r's value 4 i + k of u[i]) */
+INLINE void q4k_scales(const char *g, __m512i u[4]) {
+    const __m512i m6 = _mm512_set1_epi8(0x3F), m0f = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const __m512i a = _mm512_loadu_si512(g + 64), bb = _mm512_loadu_si512(g + 128), c = _mm512_loadu_si512(g + 192);
+    u[0] = _mm512_and_si512(a, m6);
+    u[1] = _mm512_or_si512(_mm512_and_si512(c, m0f), _mm512_and_si512(_mm512_srli_epi32(a, 2), m30));
+    u[2] = _mm512_and_si512(bb, m6);
+    u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m0f), _mm512_and_si512(_mm512_srli_epi32(bb, 2), m30));
+}
+
+/* byte s % 4 of u[s / 4] as int32 lanes (one in-lane byte shuffle; u's bytes are < 64) */
+INLINE __m512i q4k_byte(const __m512i u[4], int s) {
+    const __m512i at = _mm512_set_epi32(12, 8, 4, 0, 12, 8, 4, 0, 12, 8, 4, 0, 12, 8, 4, 0);
+    return _mm512_shuffle_epi8(u[s / 4], _mm512_add_epi32(at, _mm512_set1_epi32((int)0x80808000u + s % 4)));
+}
+
+/* the same byte in both 16-bit halves of each lane (the int16 pair (m, m) for dpwssd) */
+INLINE __m512i q4k_byte2(const __m512i u[4], int s) {
+    const __m512i at = _mm512_set_epi32(0xC000C, 0x80008, 0x40004, 0, 0xC000C, 0x80008, 0x40004, 0,
+                                        0xC000C, 0x80008, 0x40004, 0, 0xC000C, 0x80008, 0x40004, 0);
+    return _mm512_shuffle_epi8(u[s / 4], _mm512_add_epi32(at, _mm512_set1_epi32((int)0x80008000u + (s % 4) * 0x10001)));
+}
+
+/* the end of a super-block, the same per lane for every tile shape: the mins from the Q8_K group
+ * sums, then acc = fma(d * dx, (float)isum, acc); acc = fnmadd(dmin * dx, (float)msum, acc) */
+INLINE void q4k_finish(int RT, const char *g, const __m512i u[4], const char *x, size_t xs, int64_t b,
+                       const __m512i isum[PK_RT], __m512 acc[PK_RT]) {
+    __m512i mnp[8];
+    UNROLL for (int s = 0; s < 8; s++) mnp[s] = q4k_byte2(u, 8 + s);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
+    UNROLL for (int t = 0; t < RT; t++) {
+        const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+        __m512i m = _mm512_setzero_si512();
+        UNROLL for (int s = 0; s < 8; s++) m = dpwssd_b(m, mnp[s], xb->bsums + 2 * s);
+        const __m512 dx = _mm512_set1_ps(xb->d);
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+        acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, dx), _mm512_cvtepi32_ps(m), acc[t]);
+    }
+}
+
+/* many tokens: per sub-block, its 8 unpacked chunks stay in registers for all RT tokens */
 INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m6 = _mm512_set1_epi8(0x3F), mff = _mm512_set1_epi32(0xFF);
-    const __m512i m0f = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q4_K));
-        const __m512i a = _mm512_loadu_si512(g + 64), bb = _mm512_loadu_si512(g + 128), c = _mm512_loadu_si512(g + 192);
         __m512i u[4];
-        u[0] = _mm512_and_si512(a, m6);
-        u[1] = _mm512_or_si512(_mm512_and_si512(c, m0f), _mm512_and_si512(_mm512_srli_epi32(a, 2), m30));
-        u[2] = _mm512_and_si512(bb, m6);
-        u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m0f), _mm512_and_si512(_mm512_srli_epi32(bb, 2), m30));
+        q4k_scales(g, u);
         __m512i isum[PK_RT];
         UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
         for (int s = 0; s < 8; s++) {
-            const __m512i sc = _mm512_and_si512(_mm512_srli_epi32(u[s / 4], 8 * (s % 4)), mff);
+            const __m512i sc = q4k_byte(u, s);
             const char *qc = g + 256 + (8 * (s / 2)) * 64;
             __m512i q[8];
             UNROLL for (int cc = 0; cc < 8; cc++) {
@@ -705,25 +755,48 @@ INLINE void pk_q4_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
             UNROLL for (int t = 0; t < RT; t++) {
                 const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 32 * s;
                 __m512i p = _mm512_setzero_si512();
-                UNROLL for (int cc = 0; cc < 8; cc++) p = _mm512_dpbusd_epi32(p, q[cc], bcast32(xq + 4 * cc));
+                UNROLL for (int cc = 0; cc < 8; cc++) p = dpbusd_b(p, q[cc], xq + 4 * cc);
                 isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(p, sc));
             }
         }
-        __m512i mnp[8];
-        UNROLL for (int s = 0; s < 8; s++) {
-            __m512i mn = _mm512_and_si512(_mm512_srli_epi32(u[2 + s / 4], 8 * (s % 4)), mff);
-            mnp[s] = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16));
+        q4k_finish(RT, g, u, x, xs, b, isum, acc);
+    }
+}
+
+/*
+ * few tokens (generation): the 32 quant chunks in memory order, each loaded once for both its
+ * sub-blocks. The high nibbles are used in place (v & 0xF0 = 16 x nibble), so the low sub-block's
+ * dot is scaled by 16 sc instead: isum16 = 16 isum exactly (|isum16| < 2^29), shifted back.
+ * Per token four partial dots (low / high nibbles x columns 0..3 / 4..7) in flight.
+ */
+INLINE void pk_q4_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q4_K));
+        __m512i u[4];
+        q4k_scales(g, u);
+        __m512i isum[PK_RT];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        UNROLL for (int j = 0; j < 4; j++) {
+            __m512i p[PK_RT][4];
+            UNROLL for (int t = 0; t < RT; t++) UNROLL for (int k = 0; k < 4; k++) p[t][k] = _mm512_setzero_si512();
+            UNROLL for (int c = 0; c < 8; c++) {
+                __m512i v = _mm512_loadu_si512(g + 256 + (8 * j + c) * 64);
+                __asm__("" : "+v"(v)); /* one load for both nibbles, not one folded into each use */
+                const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_andnot_si512(m4, v);
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 64 * j + 4 * c;
+                    p[t][c / 4] = dpbusd_b(p[t][c / 4], lo, xq);
+                    p[t][2 + c / 4] = dpbusd_b(p[t][2 + c / 4], hi, xq + 32);
+                }
+            }
+            const __m512i s0 = _mm512_slli_epi32(q4k_byte(u, 2 * j), 4), s1 = q4k_byte(u, 2 * j + 1);
+            UNROLL for (int t = 0; t < RT; t++)
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(p[t][0], p[t][1]), s0),
+                                                                     _mm512_mullo_epi32(_mm512_add_epi32(p[t][2], p[t][3]), s1)));
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-        const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
-        UNROLL for (int t = 0; t < RT; t++) {
-            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
-            __m512i m = _mm512_setzero_si512();
-            UNROLL for (int s = 0; s < 8; s++) m = _mm512_dpwssd_epi32(m, mnp[s], bcast32(xb->bsums + 2 * s));
-            const __m512 dx = _mm512_set1_ps(xb->d);
-            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc[t]);
-            acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, dx), _mm512_cvtepi32_ps(m), acc[t]);
-        }
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_srai_epi32(isum[t], 4);
+        q4k_finish(RT, g, u, x, xs, b, isum, acc);
     }
 }
 
@@ -938,7 +1011,10 @@ static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
 #define PK_TILE_Q8_0(RT, ...) pk_tile(B_Q8_0, RT, __VA_ARGS__)
 PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
-PK_KERNEL(q4_K, pk_q4_K_tile, l3c_block_q4_K, 256)
+/* Q4_K: up to 4 tokens chunk by chunk in memory order, more sub-block by sub-block */
+#define PK_TILE_Q4_K(RT, ...) \
+    ((RT) <= 4 ? pk_q4_K_tile_cm(RT, __VA_ARGS__) : pk_q4_K_tile(RT, __VA_ARGS__))
+PK_KERNEL(q4_K, PK_TILE_Q4_K, l3c_block_q4_K, 256)
 /* Q6_K: up to 4 tokens column by column (16 partial dots in registers), more quarter by quarter */
 #define PK_TILE_Q6_K(RT, ...) \
     ((RT) <= 4 ? pk_q6_K_tile_cm(RT, __VA_ARGS__) : pk_q6_K_tile(RT, __VA_ARGS__))
