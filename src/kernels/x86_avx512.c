@@ -835,7 +835,7 @@ INLINE void q6_finish(int RT, const char *g, const char *x, size_t xs, int64_t b
         const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
         __m512i o = _mm512_setzero_si512();
         UNROLL for (int p = 0; p < 8; p++)
-            o = _mm512_dpwssd_epi32(o, pairs[p], bcast32(xb->bsums + 2 * p));
+            o = dpwssd_b(o, pairs[p], xb->bsums + 2 * p);
         const __m512i tot = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(o, 5));
         const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
         acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(tot), acc[t]);
@@ -856,8 +856,8 @@ INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
             UNROLL for (int t = 0; t < RT; t++) {
                 const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 32 * sr;
                 __m512i p0 = _mm512_setzero_si512(), p1 = _mm512_setzero_si512();
-                UNROLL for (int c = 0; c < 4; c++) p0 = _mm512_dpbusd_epi32(p0, q[c], bcast32(xq + 4 * c));
-                UNROLL for (int c = 4; c < 8; c++) p1 = _mm512_dpbusd_epi32(p1, q[c], bcast32(xq + 4 * c));
+                UNROLL for (int c = 0; c < 4; c++) p0 = dpbusd_b(p0, q[c], xq + 4 * c);
+                UNROLL for (int c = 4; c < 8; c++) p1 = dpbusd_b(p1, q[c], xq + 4 * c);
                 isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(p0, s0), _mm512_mullo_epi32(p1, s1)));
             }
         }
@@ -865,10 +865,25 @@ INLINE void pk_q6_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
     }
 }
 
-/* few tokens (generation): the chunks in memory order, each loaded once for its four quarters;
- * per token four partial dots (one per quarter) live across 4 columns */
+/* int8 byte `at` (0..3) of each lane of v as int32 lanes, times 4 if x4 (vpshufb puts it in
+ * byte 3 above three zero bytes, vpsrad 22 or 24 sign-extends it) */
+INLINE __m512i q6_scale_at(__m512i v, int at, int x4) {
+    const __m512i ix = _mm512_set1_epi32((int)(0x00808080u | (uint32_t)at << 24));
+    const __m512i off = _mm512_set_epi32(12 << 24, 8 << 24, 4 << 24, 0, 12 << 24, 8 << 24, 4 << 24, 0,
+                                         12 << 24, 8 << 24, 4 << 24, 0, 12 << 24, 8 << 24, 4 << 24, 0);
+    return _mm512_srai_epi32(_mm512_shuffle_epi8(v, _mm512_add_epi32(ix, off)), x4 ? 22 : 24);
+}
+
+/*
+ * few tokens (generation): the chunks in memory order, each loaded once for its four quarters;
+ * per token four partial dots (one per quarter) live across 4 columns. Quarter 3 is built as
+ * 4 x its quants (bits 6..7 of X0, X1, X2 moved to bits 2..3, 4..5, 6..7: two shifts, two
+ * ternlogs, one and), so every quarter's dot is 4 x its share: quarters 0..2 take 4 sc (one
+ * vpshufb + vpsrad each), quarter 3 sc; isum4 = 4 isum exactly (|isum4| < 2^30), shifted back.
+ */
 INLINE void pk_q6_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, size_t xs,
                             __m512 acc[PK_RT]) {
+    const __m512i m3f = _mm512_set1_epi8(0x3F), m0c = _mm512_set1_epi8(0x0C), mfc = _mm512_set1_epi8((char)0xFC);
     for (int64_t b = 0; b < nb; b++) {
         const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q6_K));
         __m512i isum[PK_RT];
@@ -878,21 +893,36 @@ INLINE void pk_q6_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
             UNROLL for (int t = 0; t < RT; t++) UNROLL for (int qt = 0; qt < 4; qt++)
                 p[t][qt] = _mm512_setzero_si512();
             UNROLL for (int c = 4 * k; c < 4 * k + 4; c++) {
+                __m512i v0 = _mm512_loadu_si512(g + Q6_CHUNK(h, c, 0));
+                __m512i v1 = _mm512_loadu_si512(g + Q6_CHUNK(h, c, 1));
+                __m512i v2 = _mm512_loadu_si512(g + Q6_CHUNK(h, c, 2));
+                __asm__("" : "+v"(v0), "+v"(v1), "+v"(v2)); /* one load per chunk */
                 __m512i q[4];
-                UNROLL for (int qt = 0; qt < 4; qt++) q[qt] = q6_quant(g, h, c, qt);
+                q[0] = _mm512_and_si512(v0, m3f);
+                q[1] = _mm512_and_si512(v1, m3f);
+                q[2] = _mm512_and_si512(v2, m3f);
+                /* 0xE4: c ? a : b (the masks last, so that no copy of them is destroyed) */
+                const __m512i t3 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v0, 4), _mm512_srli_epi16(v1, 2), m0c, 0xE4);
+                q[3] = _mm512_and_si512(_mm512_ternarylogic_epi32(t3, v2, m3f, 0xE4), mfc); /* 4 x quarter 3 */
                 UNROLL for (int t = 0; t < RT; t++) {
-                    const int8_t *xq =
-                        ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * h + 4 * c;
-                    UNROLL for (int qt = 0; qt < 4; qt++)
-                        p[t][qt] = _mm512_dpbusd_epi32(p[t][qt], q[qt], bcast32(xq + 32 * qt));
+                    const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * h + 4 * c;
+                    UNROLL for (int qt = 0; qt < 4; qt++) p[t][qt] = dpbusd_b(p[t][qt], q[qt], xq + 32 * qt);
                 }
             }
-            UNROLL for (int qt = 0; qt < 4; qt++) {
-                const __m512i s = q6_scale(g, 8 * h + 2 * qt + k);
-                UNROLL for (int t = 0; t < RT; t++)
-                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(p[t][qt], s));
-            }
+            /* scale 8 h + 2 qt + k: byte 2 k + qt % 2 of lane r in scale chunk 2 h + qt / 2 */
+            const __m512i sa = _mm512_loadu_si512(g + 32 + 64 * (2 * h)), sb = _mm512_loadu_si512(g + 32 + 64 * (2 * h + 1));
+            __m512i s[4];
+            s[0] = q6_scale_at(sa, 2 * k, 1);
+            s[1] = q6_scale_at(sa, 2 * k + 1, 1);
+            s[2] = q6_scale_at(sb, 2 * k, 1);
+            s[3] = q6_scale_at(sb, 2 * k + 1, 0);
+            UNROLL for (int t = 0; t < RT; t++)
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(
+                    _mm512_add_epi32(_mm512_mullo_epi32(p[t][0], s[0]), _mm512_mullo_epi32(p[t][1], s[1])),
+                    _mm512_add_epi32(_mm512_mullo_epi32(p[t][2], s[2]), _mm512_mullo_epi32(p[t][3], s[3]))));
+            UNROLL for (int t = 0; t < RT; t++) __asm__("" : "+v"(isum[t])); /* scaled here, not spilled */
         }
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_srai_epi32(isum[t], 2);
         q6_finish(RT, g, x, xs, b, isum, acc);
     }
 }
