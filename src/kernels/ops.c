@@ -318,13 +318,24 @@ __attribute__((target("avx512f"))) static void axpy_rows_avx512(float *restrict 
     if (i < n) axpy_rows_avx2(y + i, a, X + i, ldx, n_rows, n - i);
 }
 
-static int g_has_avx2 = -1, g_has_avx512 = -1;
+/* what this CPU runs of the code above and below (bits; -1 until asked, an idempotent race) */
+enum { CAP_AVX2 = 1, CAP_FMA = 2, CAP_AVX512 = 4 };
+static int g_caps = -1;
+static int cpu_caps(void) {
+    if (g_caps < 0) {
+        int c = 0;
+        if (__builtin_cpu_supports("avx2")) c |= CAP_AVX2;
+        if ((c & CAP_AVX2) && __builtin_cpu_supports("fma")) c |= CAP_FMA;
+        if ((c & CAP_AVX2) && __builtin_cpu_supports("avx512f")) c |= CAP_AVX512;
+        g_caps = c;
+    }
+    return g_caps;
+}
 #endif
 
 void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (g_has_avx2 < 0) g_has_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0; /* idempotent race */
-    if (g_has_avx2) {
+    if (cpu_caps() & CAP_AVX2) {
         axpy_avx2(y, a, x, n);
         return;
     }
@@ -334,10 +345,10 @@ void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
 
 /*
  * exp for softmax and SiLU: Cephes' expf (range reduction by ln 2 in two parts, degree-6
- * polynomial; within 2 ulp of exp over the clamped range [-88.376, 88.376], 0 below it when the
- * power of two underflows, inf above). One formula in two spellings: EXP_STEPS over scalars
- * (fmaf) and over AVX2 vectors, so every element gets the same bits whichever loop computes it
- * and whatever the CPU (FMA rounds once either way).
+ * polynomial; within 2 ulp of exp on [-87.3, 88.376]; x is clamped to [-88.376, 88.376], so the
+ * result is 0 where 2^round(x log2 e) would be below 2^-126 and at most ~3.4e38, never inf). One
+ * formula in two spellings: EXP_STEPS over scalars (fmaf) and over AVX2 vectors, so every element
+ * gets the same bits whichever loop computes it and whatever the CPU (FMA rounds once either way).
  */
 #define EXP_LO (-88.3762626647949f)
 #define EXP_HI 88.3762626647949f
@@ -357,7 +368,7 @@ void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
         x = MUL(y, POW2(fx));                                                          \
     } while (0)
 
-static inline float s_pow2(float fx) { /* 2^fx for integral fx in [-127, 128]: 0 / inf at the ends */
+static inline float s_pow2(float fx) { /* 2^fx for integral fx in [-127, 127] (2^-127 gives 0) */
     uint32_t bits = (uint32_t)((int32_t)fx + 127) << 23;
     float f;
     memcpy(&f, &bits, 4);
@@ -383,10 +394,6 @@ V_TARGET static inline __m256 v_exp(__m256 x) {
               _mm256_set1_ps, v_pow2);
     return x;
 }
-V_TARGET static inline float s_expf_fma(float x) { /* the scalar spelling, with the FMA instruction */
-    EXP_STEPS(x, __builtin_fmaf, s_mul, s_add, nearbyintf, fminf, fmaxf, s_c, s_pow2);
-    return x;
-}
 
 V_TARGET static void swiglu_avx2(float *a, const float *b, int64_t n) {
     int64_t i = 0;
@@ -395,7 +402,7 @@ V_TARGET static void swiglu_avx2(float *a, const float *b, int64_t n) {
         const __m256 e = v_exp(_mm256_sub_ps(_mm256_setzero_ps(), v));
         _mm256_storeu_ps(a + i, _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(b + i)));
     }
-    for (; i < n; i++) a[i] = a[i] / (1.0f + s_expf_fma(-a[i])) * b[i];
+    for (; i < n; i++) a[i] = a[i] / (1.0f + l3c_expf(-a[i])) * b[i];
 }
 
 /* x[i] = exp(x[i] - max) for all i; returns their sum (in double, four lanes then in order) */
@@ -413,23 +420,17 @@ V_TARGET static double softmax_exp_avx2(float *x, int64_t n, float max) {
     _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
     for (int k = 0; k < 4; k++) sum += lanes[k];
     for (; i < n; i++) {
-        x[i] = s_expf_fma(x[i] - max);
+        x[i] = l3c_expf(x[i] - max);
         sum += x[i];
     }
     return sum;
 }
 
-static int g_has_fma = -1;
-static bool has_fma(void) {
-    if (g_has_fma < 0) /* idempotent race */
-        g_has_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
-    return g_has_fma;
-}
 #endif
 
 void l3c_swiglu(float *a, const float *b, int64_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (has_fma()) {
+    if (cpu_caps() & CAP_FMA) {
         swiglu_avx2(a, b, n);
         return;
     }
@@ -443,7 +444,7 @@ void l3c_softmax(float *x, int64_t n) {
     for (int64_t i = 1; i < n; i++) max = L3C_MAX(max, x[i]);
     double sum = 0.0;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (has_fma()) {
+    if (cpu_caps() & CAP_FMA) {
         sum = softmax_exp_avx2(x, n, max);
     } else
 #endif
@@ -459,13 +460,11 @@ void l3c_softmax(float *x, int64_t n) {
 
 void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ldx, int64_t n_rows, int64_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (g_has_avx2 < 0) g_has_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
-    if (g_has_avx512 < 0) g_has_avx512 = g_has_avx2 && __builtin_cpu_supports("avx512f") ? 1 : 0;
-    if (g_has_avx512) {
+    if (cpu_caps() & CAP_AVX512) {
         axpy_rows_avx512(y, a, X, ldx, n_rows, n);
         return;
     }
-    if (g_has_avx2) {
+    if (cpu_caps() & CAP_AVX2) {
         axpy_rows_avx2(y, a, X, ldx, n_rows, n);
         return;
     }

@@ -936,9 +936,7 @@ INLINE void pk_q6_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
  * exact bf16 products into fp32): one chain per (row, token) in element order, the same for every
  * tile shape, so batch invariant; twice the multiply-adds per instruction of the fp32 FMA path.
  */
-typedef struct pk_bf16_blk {
-    uint16_t v[32];
-} pk_bf16_blk;
+#define PKF_BLK 64 /* bytes of one row's 32-element block of 16-bit values, in every layout below */
 
 /* 32 floats to 32 bf16 (round to nearest even, as l3c_fp32_to_bf16 for non-NaN values) */
 INLINE __m512i bf16x32(const float *src) {
@@ -959,8 +957,8 @@ INLINE void pk_bf16_scatter(__m512i pairs, uint8_t *gb, int64_t r) {
 static void pack_bf16_group(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst, bool from_f16) {
     uint8_t *out = dst;
     for (int64_t b = 0; b < n / 32; b++) {
-        uint8_t *gb = out + b * (PK_ROWS * sizeof(pk_bf16_blk));
-        if (n_rows < PK_ROWS) memset(gb, 0, PK_ROWS * sizeof(pk_bf16_blk));
+        uint8_t *gb = out + b * (PK_ROWS * PKF_BLK);
+        if (n_rows < PK_ROWS) memset(gb, 0, PK_ROWS * PKF_BLK);
         for (int64_t r = 0; r < n_rows; r++) {
             const uint16_t *src = (const uint16_t *)((const char *)w + r * ws) + 32 * b;
             __m512i v;
@@ -987,7 +985,7 @@ static void unpack_bf16(int64_t n, const void *g, int r, void *dst) {
     uint16_t *o = dst;
     for (int64_t b = 0; b < n / 32; b++)
         for (int p = 0; p < 16; p++)
-            memcpy(o + 32 * b + 2 * p, (const uint8_t *)g + b * (PK_ROWS * sizeof(pk_bf16_blk)) + 64 * p + 4 * r, 4);
+            memcpy(o + 32 * b + 2 * p, (const uint8_t *)g + b * (PK_ROWS * PKF_BLK) + 64 * p + 4 * r, 4);
 }
 
 /* to F16, the file's type: the bf16 values, which are F16 values except where rounding carried
@@ -1058,8 +1056,8 @@ PK_KERNEL(q6_K, PK_TILE_Q6_K, l3c_block_q6_K, 256)
  */
 static void pack_x16(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
     for (int64_t b = 0; b < n / 32; b++) {
-        uint8_t *gb = (uint8_t *)dst + b * (PK_ROWS * 64);
-        if (n_rows < PK_ROWS) memset(gb, 0, PK_ROWS * 64);
+        uint8_t *gb = (uint8_t *)dst + b * (PK_ROWS * PKF_BLK);
+        if (n_rows < PK_ROWS) memset(gb, 0, PK_ROWS * PKF_BLK);
         for (int64_t r = 0; r < n_rows; r++) {
             const uint8_t *src = (const uint8_t *)w + r * ws + 64 * b;
             for (int k = 0; k < 32; k++) memcpy(gb + 32 * k + 2 * r, src + 2 * k, 2);
@@ -1069,7 +1067,7 @@ static void pack_x16(int64_t n, int64_t n_rows, const void *w, size_t ws, void *
 
 static void unpack_x16(int64_t n, const void *g, int r, void *dst) {
     for (int64_t b = 0; b < n / 32; b++) {
-        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * 64);
+        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * PKF_BLK);
         for (int k = 0; k < 32; k++) memcpy((uint8_t *)dst + 64 * b + 2 * k, gb + 32 * k + 2 * r, 2);
     }
 }
@@ -1087,7 +1085,7 @@ INLINE __m512 pkf_widen(int kind, const char *p) {
 INLINE void pkf_tile(int kind, int G, int RT, int64_t nb, const char *wp, size_t gbytes, const char *x, size_t xs,
                      __m512 acc[2][PK_RT]) {
     for (int64_t b = 0; b < nb; b++) {
-        const char *g = wp + b * (PK_ROWS * 64);
+        const char *g = wp + b * (PK_ROWS * PKF_BLK);
         if (kind == PKF_DOT) {
             for (int p = 0; p < 16; p++) {
                 __m512bh w[2];
@@ -1122,7 +1120,7 @@ INLINE void pkf_run(int kind, int G, int RT, int64_t nb, const char *wp, size_t 
 INLINE void pkf_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
                      const void *x, size_t xs) {
     const int64_t nb = n / 32;
-    const size_t gbytes = (size_t)nb * PK_ROWS * 64;
+    const size_t gbytes = (size_t)nb * PK_ROWS * PKF_BLK;
     for (int64_t t0 = 0; t0 < T; t0 += PK_RT) {
         const int rt = (int)L3C_MIN(PK_RT, T - t0);
         const char *xt = (const char *)x + t0 * xs;
