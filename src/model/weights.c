@@ -176,7 +176,7 @@ typedef struct pack_job {
     const l3c_weight *w;
     const l3c_pack_layout *layout;
     void *dst;
-    int64_t groups_per_chunk, n_groups, rows_per_group;
+    int64_t groups_per_chunk, n_groups;
     int release;
 } pack_job;
 
@@ -185,7 +185,7 @@ static void pack_chunk(void *arg, int64_t c, int ith) {
     const int64_t g0 = c * j->groups_per_chunk, g1 = L3C_MIN(g0 + j->groups_per_chunk, j->n_groups);
     l3c_weight_pack(j->w, j->layout, j->dst, g0, g1);
     if (j->release) { /* the source rows just packed (pages shared with a neighbour stay) */
-        const int64_t r0 = g0 * j->rows_per_group, r1 = L3C_MIN(g1 * j->rows_per_group, j->w->n_out);
+        const int64_t R = j->layout->rows, r0 = g0 * R, r1 = L3C_MIN(g1 * R, j->w->n_out);
         release_pages((const char *)j->w->data + (size_t)r0 * j->w->row_bytes, (size_t)(r1 - r0) * j->w->row_bytes);
     }
 }
@@ -198,11 +198,9 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     const int n_mat = cfg->n_layer * 7 + 1;
     l3c_weight **mat = l3c_calloc((size_t)n_mat, sizeof *mat);
     size_t *off = l3c_calloc((size_t)n_mat, sizeof *off);
-    const l3c_pack_layout **lay = l3c_calloc((size_t)n_mat, sizeof *lay);
-    if (!mat || !off || !lay) {
+    if (!mat || !off) {
         free(mat);
         free(off);
-        free(lay);
         return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
     }
     for (int32_t l = 0; l < cfg->n_layer; l++) {
@@ -213,9 +211,10 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     mat[n_mat - 1] = &w->output;
     size_t total = 0;
     for (int i = 0; i < n_mat; i++) {
-        lay[i] = l3c_weight_layout(mat[i], bf16); /* the bf16 layouts only when asked for */
-        const size_t b = l3c_weight_packed_bytes(mat[i], lay[i]);
-        w->n_bf16 += b && lay[i] == &l3c_type_traits_get(mat[i]->type)->packed_bf16;
+        const l3c_pack_layout *L = l3c_weight_layout(mat[i], bf16); /* bf16 ones only if asked */
+        const size_t b = l3c_weight_packed_bytes(mat[i], L);
+        mat[i]->layout = b ? L : NULL; /* read only once packed is set */
+        w->n_bf16 += b && L == &l3c_type_traits_get(mat[i]->type)->packed_bf16;
         off[i] = b ? total : SIZE_MAX;
         total += (b + 4095) / 4096 * 4096;
     }
@@ -234,12 +233,10 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     if (n_threads > 1 && l3c_threadpool_create(n_threads, &tp) != L3C_OK) tp = NULL;
     for (int i = 0; i < n_mat; i++) {
         if (off[i] == SIZE_MAX) continue;
-        pack_job j = {.w = mat[i], .layout = lay[i], .dst = (char *)arena + off[i], .groups_per_chunk = 64,
-                      .n_groups = l3c_weight_pack_groups(mat[i], lay[i]), .release = release_source};
-        j.rows_per_group = lay[i]->rows;
+        pack_job j = {.w = mat[i], .layout = mat[i]->layout, .dst = (char *)arena + off[i], .groups_per_chunk = 64,
+                      .n_groups = l3c_weight_pack_groups(mat[i], mat[i]->layout), .release = release_source};
         l3c_threadpool_run(tp, l3c_n_chunks(j.n_groups, j.groups_per_chunk), pack_chunk, &j);
         mat[i]->packed = j.dst;
-        mat[i]->layout = lay[i];
         /* the matmuls read only the copy now; keeps peak RSS near one copy of the weights */
         if (release_source) release_pages(mat[i]->data, (size_t)mat[i]->n_out * mat[i]->row_bytes);
     }
@@ -254,7 +251,6 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
 done:
     free(mat);
     free(off);
-    free(lay);
     return st;
 }
 
