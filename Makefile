@@ -35,6 +35,8 @@ ifeq ($(ARCH),x86_64)
 $(BUILD)/src/kernels/x86_avx2.o:   ISA_FLAGS = -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/x86_avx512.o: ISA_FLAGS = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512dq \
                                                -mavx512vl -mavx512vnni -mavx512bf16
+$(BUILD)/src/kernels/x86_amx_emu.o: ISA_FLAGS = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512dq \
+                                               -mavx512vl -mavx512vnni -mavx512bf16
 $(BUILD)/src/kernels/x86_amx.o:    ISA_FLAGS = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512dq \
                                                -mavx512vl -mavx512vnni -mavx512bf16 -mamx-tile \
                                                -mamx-int8 -mamx-bf16 -fno-tree-dse -fno-dse

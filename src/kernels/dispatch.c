@@ -3,10 +3,13 @@
  * public API (l3c_backend_path, l3c_default_threads).
  *
  * The dispatched table is a copy of the reference table with the ISA overrides applied in order
- * (x86: avx2, then avx512 on top; arm: neon). An ISA is used only when the CPU and OS support
- * every extension its file is compiled with (see the Makefile's ISA_FLAGS). L3C_KERNELS=<path>
- * caps the path (e.g. avx2 on an avx512 machine, or ref); an unknown or unavailable value is
- * reported on stderr once and ignored.
+ * (x86: avx2, then avx512, then amx on top; arm: neon). An ISA is used only when the CPU and OS
+ * support every extension its file is compiled with (see the Makefile's ISA_FLAGS); AMX also
+ * needs the OS to enable the tile state (XCR0) and Linux to grant it to this process
+ * (arch_prctl ARCH_REQ_XCOMP_PERM, asked once). L3C_KERNELS=<path> caps the path (e.g. avx2 on
+ * an avx512 machine, or ref); an unknown or unavailable value is reported on stderr once and
+ * ignored. "amx-emu" (the AMX kernels on an emulated tile unit, for tests) is used only when
+ * named: it is never the best path by itself.
  *
  * Linking: on x86-64 the AVX2 / AVX-512 files always compile (their code is guarded by the
  * compiler's ISA macros, which the Makefile sets for them), so their hooks are referenced
@@ -27,6 +30,8 @@
 #if !defined(__x86_64__)
 #pragma weak l3c_kernels_override_avx2
 #pragma weak l3c_kernels_override_avx512
+#pragma weak l3c_kernels_override_amx
+#pragma weak l3c_kernels_override_amx_emu
 #endif
 #pragma weak l3c_kernels_override_neon
 
@@ -34,6 +39,7 @@ typedef struct isa_path {
     const char *name;
     bool (*override)(l3c_type_traits *table); /* NULL: not linked in / not this architecture */
     bool (*cpu_ok)(void);
+    bool by_name_only; /* used only when L3C_KERNELS (or a test) names it */
 } isa_path;
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -49,6 +55,32 @@ static bool cpu_avx512(void) {
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
 }
+
+#include <cpuid.h>
+#include <sys/syscall.h>
+#define L3C_ARCH_REQ_XCOMP_PERM 0x1023 /* <asm/prctl.h>, Linux 5.16 */
+#define L3C_XFEATURE_XTILEDATA 18
+
+/* AMX-TILE, AMX-INT8 and AMX-BF16 (cpuid 7.0 EDX bits 24, 25, 22), the tile state enabled by the
+ * OS (XCR0 bits 17, 18) and granted to this process; answered once (the grant is per process) */
+static int g_amx = -1;
+static bool cpu_amx_probe(void) {
+    unsigned a, b, c, d, lo, hi;
+    if (!cpu_avx512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const unsigned need = 1u << 22 | 1u << 24 | 1u << 25;
+    if ((d & need) != need) return false;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return false;
+    return syscall(SYS_arch_prctl, L3C_ARCH_REQ_XCOMP_PERM, L3C_XFEATURE_XTILEDATA) == 0;
+}
+static bool cpu_amx(void) {
+    int v = __atomic_load_n(&g_amx, __ATOMIC_ACQUIRE);
+    if (v < 0) {
+        v = cpu_amx_probe();
+        __atomic_store_n(&g_amx, v, __ATOMIC_RELEASE);
+    }
+    return v == 1;
+}
 #endif
 
 #if defined(__aarch64__)
@@ -63,12 +95,14 @@ static bool cpu_neon(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; 
 
 /* lowest first; each applies on top of the ones before it */
 static const isa_path g_paths[] = {
-    {"ref", NULL, NULL},
+    {"ref", NULL, NULL, false},
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx2", l3c_kernels_override_avx2, cpu_avx2},
-    {"avx512", l3c_kernels_override_avx512, cpu_avx512},
+    {"avx2", l3c_kernels_override_avx2, cpu_avx2, false},
+    {"avx512", l3c_kernels_override_avx512, cpu_avx512, false},
+    {"amx", l3c_kernels_override_amx, cpu_amx, false},
+    {"amx-emu", l3c_kernels_override_amx_emu, cpu_avx512, true},
 #elif defined(__aarch64__)
-    {"neon", l3c_kernels_override_neon, cpu_neon},
+    {"neon", l3c_kernels_override_neon, cpu_neon, false},
 #endif
 };
 
@@ -82,12 +116,17 @@ static bool path_usable(const isa_path *p) {
     return p->override(NULL) && p->cpu_ok();
 }
 
+/* whether path i takes part in a table built up to path cap */
+static bool path_applies(const isa_path *p, int i, int cap) {
+    return path_usable(&p[i]) && (!p[i].by_name_only || i == cap);
+}
+
 /* index of the best usable path <= cap */
 static int best_path(int cap) {
     int n, best = 0;
     const isa_path *p = paths(&n);
     for (int i = 1; i < n && i <= cap; i++)
-        if (path_usable(&p[i])) best = i;
+        if (path_applies(p, i, cap)) best = i;
     return best;
 }
 
@@ -96,7 +135,7 @@ static void fill_table(int upto, l3c_type_traits *table) {
     const isa_path *p = paths(&n);
     for (int t = 0; t < L3C_TYPE_COUNT; t++) table[t] = *l3c_type_traits_ref(t);
     for (int i = 1; i <= upto && i < n; i++)
-        if (path_usable(&p[i])) p[i].override(table);
+        if (path_applies(p, i, upto)) p[i].override(table);
 }
 
 int l3c_kernels_available(const char **names, int max) {

@@ -136,8 +136,12 @@ uint16_t l3c_fp32_to_bf16(float f);
 bool l3c_kernels_override_avx2(l3c_type_traits *table /* [L3C_TYPE_COUNT] or NULL */);
 bool l3c_kernels_override_avx512(l3c_type_traits *table);
 bool l3c_kernels_override_neon(l3c_type_traits *table);
+/* AMX (x86_amx.c) replaces the gemm of some avx512 layouts; amx-emu (x86_amx_emu.c) is the same
+ * code on an emulated tile unit, for tests: dispatch picks it only when asked for by name. */
+bool l3c_kernels_override_amx(l3c_type_traits *table);
+bool l3c_kernels_override_amx_emu(l3c_type_traits *table);
 
-/* Name of the dispatched path ("ref", "avx2", "avx512", ...). */
+/* Name of the dispatched path ("ref", "avx2", "avx512", "amx", "neon", ...). */
 const char *l3c_kernels_path(void);
 
 /*

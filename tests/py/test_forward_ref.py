@@ -234,3 +234,51 @@ def test_bf16_matmul_without_bf16_kernels(llama3c, tiny_model, tmp_path, monkeyp
     exact = eval_logits(path, PROMPT, tmp_path)
     asked = eval_logits(path, PROMPT, tmp_path, extra=("--bf16",))
     assert np.array_equal(exact, asked), "--bf16 without bf16 kernels changed the logits"
+
+
+# AMX (src/kernels/x86_amx.h): the tile kernels of the packed Q4_0 / Q8_0 layouts reproduce the
+# avx512 packed kernel bit for bit (same integer block dots, same float epilogue in the same
+# order; calls with few tokens run the avx512 kernel itself); the bf16 tile kernel (--bf16) sums
+# in the tile unit's order, so it is held to the bf16 tolerance and to batch invariance.
+# "amx-emu" runs the same kernels on an emulated tile unit (any AVX-512 CPU); "amx" on the CPU's.
+AMX_PATHS = ("amx-emu", "amx")
+AMX_INT8_CASES = [(k, s, t) for k in AMX_PATHS
+                  for s, t in (("gqa1_tied", "Q4_0"), ("gqa4_untied_rf", "Q8_0"), ("gqa3_untied", "Q4_0"))]
+
+
+def use_kernel_path(name, model, monkeypatch):
+    """Sets L3C_KERNELS=name; skips the test when this CPU / build cannot run that path."""
+    monkeypatch.setenv("L3C_KERNELS", name)
+    p = run_cli("bench", "-m", model, "-p", 4, "-n", 0, "-r", 1, "-t", 1, "--json")
+    if json.loads(p.stdout)["path"] != name:
+        pytest.skip(f"kernel path {name} is not available on this CPU / OS: {p.stderr.strip()}")
+
+
+@pytest.mark.parametrize("kpath,shape,wtype", AMX_INT8_CASES, ids=[f"{k}-{s}-{t}" for k, s, t in AMX_INT8_CASES])
+def test_amx_int8_same_bits_as_avx512(llama3c, tiny_model, tmp_path, monkeypatch, kpath, shape, wtype):
+    path = tiny_model(shape, SHAPES[shape], wtype)
+    use_kernel_path("avx512", path, monkeypatch)
+    want = eval_logits(path, PROMPT, tmp_path, extra=("--kv", "f32"))
+    want_ids = generate_ids(path, PROMPT[:12], 8)
+    use_kernel_path(kpath, path, monkeypatch)
+    got = eval_logits(path, PROMPT, tmp_path, extra=("--kv", "f32"))  # 32 tokens: the tile kernels
+    assert np.array_equal(got, want), f"{kpath} logits differ from avx512's: {compare(got, want)}"
+    chunked = eval_logits(path, PROMPT, tmp_path, batch=5, extra=("--kv", "f32"))  # the avx512 kernel
+    assert np.array_equal(chunked, want), f"{kpath} --batch 5 differs from one batch"
+    assert generate_ids(path, PROMPT[:12], 8) == want_ids
+
+
+AMX_BF16_CASES = [(k, s, t) for k in AMX_PATHS for s, t in (("gqa1_tied", "F16"), ("gqa4_untied_rf", "BF16"))]
+
+
+@pytest.mark.parametrize("kpath,shape,wtype", AMX_BF16_CASES, ids=[f"{k}-{s}-{t}" for k, s, t in AMX_BF16_CASES])
+def test_amx_bf16_vs_reference(llama3c, tiny_model, tmp_path, monkeypatch, kpath, shape, wtype):
+    path = tiny_model(shape, SHAPES[shape], wtype)
+    use_kernel_path(kpath, path, monkeypatch)
+    ref = reference(path)
+    ours = eval_logits(path, PROMPT, tmp_path, extra=("--bf16",))
+    check(compare(ours, ref), "bf16_matmul", f"{shape} {wtype} --bf16 on {kpath} vs numpy float64 reference")
+    full = eval_logits(path, PROMPT, tmp_path, extra=("--bf16", "--kv", "f32"))
+    for batch in (1, 5, 17):
+        chunked = eval_logits(path, PROMPT, tmp_path, batch=batch, extra=("--bf16", "--kv", "f32"))
+        assert np.array_equal(full, chunked), f"{kpath} --bf16 --batch {batch} differs from one batch"

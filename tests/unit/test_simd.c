@@ -301,7 +301,7 @@ static int check_layout(const char *path, int type, const l3c_type_traits *st, c
     const int64_t lens[] = {32, 96, 224, 1056}, klens[] = {256, 768, 1792};
     for (size_t li = 0; li < (k_quant ? 3 : 4); li++) {
         const int64_t n = k_quant ? klens[li] : lens[li], nb = n / L->act_block_size;
-        enum { R = 35, T = 11, LDY = 37 };
+        enum { R = 35, T = 37, LDY = 37 }; /* T: 3 tiles of AMX's 16 tokens, 2 passes of its 32 */
         const int ng = (R + PR - 1) / PR;
         const int act_type = k_quant ? L3C_TYPE_Q8_K : bf16 ? L3C_TYPE_BF16 : f32 ? L3C_TYPE_F32 : L3C_TYPE_Q8_0;
         size_t wb, xb = (size_t)nb * L->act_type_size, qb;
@@ -382,9 +382,13 @@ static int check_layout(const char *path, int type, const l3c_type_traits *st, c
         }
         /* any T, token offset and row count: the same bits */
         const int rows[] = {1, 5, 15, 16, 17, 31, 35};
+        const int nts[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, T};
         for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
-            for (int nt = 1; nt <= T; nt++)
-                for (int t0 = 0; t0 + nt <= T; t0 += nt > 3 ? T : 2) {
+            for (size_t ni = 0; ni < sizeof nts / sizeof nts[0]; ni++) {
+                const int nt = nts[ni], offsets[] = {0, 1, T - nt};
+                for (int oi = 0; oi < 3; oi++) {
+                    const int t0 = offsets[oi];
+                    if (t0 + nt > T || (oi > 0 && t0 == offsets[oi - 1])) continue;
                     for (int i = 0; i < T * LDY; i++) y2[i] = -777.0f;
                     L->gemm(n, rows[ri], nt, y2, LDY, pk, xq + t0 * xb, xb);
                     for (int t = 0; t < nt; t++) {
@@ -397,6 +401,7 @@ static int check_layout(const char *path, int type, const l3c_type_traits *st, c
                     }
                     tested++;
                 }
+            }
         free(w), free(pk), free(row), free(xq), free(q8), free(x), free(wf), free(y), free(y2);
     }
     return tested;
@@ -441,6 +446,20 @@ int main(void) {
             check_path("avx512", tab);
             check_invariance("avx512", tab);
             check_packed("avx512", tab);
+            /* AMX on top (the real unit where the CPU has it; always the emulated one) */
+            const char *names[8];
+            int n_paths = l3c_kernels_available(names, 8);
+            bool amx = false;
+            for (int i = 0; i < n_paths && i < 8; i++) {
+                if (strncmp(names[i], "amx", 3) != 0) continue;
+                static l3c_type_traits atab[L3C_TYPE_COUNT];
+                CHECK_MSG(l3c_kernels_build_table(names[i], atab), "build table %s", names[i]);
+                check_path(names[i], atab);
+                check_invariance(names[i], atab);
+                check_packed(names[i], atab);
+                amx |= strcmp(names[i], "amx") == 0;
+            }
+            if (!amx) fprintf(stderr, "test_simd: skipping amx (the real tile unit): CPU or OS lacks AMX; amx-emu tested\n");
         }
     }
 #else

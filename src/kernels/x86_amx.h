@@ -1,0 +1,406 @@
+/*
+ * x86_amx.h -- AMX kernels (Advanced Matrix Extensions: 8 tile registers of up to 16 rows x 64
+ * bytes; TDPBSUD int8 and TDPBF16PS bf16 tile products) for three packed layouts of x86_avx512.c:
+ * Q4_0 and Q8_0 (int8) and the bf16 layout of F16 / BF16 weights (bf16_matmul, --bf16).
+ *
+ * Included twice. x86_amx.c runs the instructions (path "amx": dispatch.c picks it where cpuid,
+ * XCR0 and Linux's arch_prctl(ARCH_REQ_XCOMP_PERM) allow tiles). x86_amx_emu.c defines
+ * L3C_AMX_EMULATE and runs the same kernels on a C model of the tile unit (path "amx-emu", never
+ * picked by itself: L3C_KERNELS=amx-emu or the tests ask for it), which also enforces the shape
+ * rules the hardware faults on. So the kernels' logic is tested on any AVX-512 CPU, and on an
+ * AMX CPU the same tests run the real instructions.
+ *
+ * The layouts are the avx512 ones, unchanged (this path replaces only their gemm):
+ *  - Q4_0 / Q8_0: per 32-element block a group of 16 rows holds the 16 fp16 scales, then 64-byte
+ *    chunks whose lane r is 4 consecutive quants of row r, unsigned: exactly the B operand of
+ *    TDPBSUD (8 rows of 16 x 4 bytes; Q4_0's nibbles are split into bytes first). A = the signed
+ *    int8 quants of one block of up to 16 tokens (tile stride = the activation row), so C[token]
+ *    [row] is the exact int32 block dot, and the avx512 kernel's float epilogue follows in the
+ *    same order: acc = fma(d_w * d_x, (float)(isum - off * sum(x)), acc), block after block. The
+ *    results are bit-identical to the avx512 packed kernel, which therefore serves calls with
+ *    few tokens (decode), where a tile product would be mostly overhead.
+ *  - bf16: per 32-element block 16 chunks of 64 bytes, chunk p lane r = the bf16 pair (2p, 2p+1)
+ *    of row r: exactly the B operand of TDPBF16PS (16 rows of 16 pairs). A = 32 bf16 of up to
+ *    16 tokens; C accumulates fp32 over the whole row. The tile unit sums in its own order (not
+ *    vdpbf16ps's), so this kernel serves every T: each (row, token) value is the same whatever T,
+ *    the token's place or the row range (batch invariant), and differs from the avx512 bf16 path
+ *    in the last bits only.
+ *
+ * Tiles are configured per call (ldtilecfg: the tile state is per thread and another kernel may
+ * have changed it) and released at its end (tilerelease: the OS then saves no tile data).
+ *
+ * GCC 12: the _tile_* intrinsics do not tell the compiler what memory they touch (tileloadd has
+ * no memory operand, so stores into the buffer it reads may be dropped or moved after it;
+ * _tile_loadconfig is modelled as an 8-byte read, so dead-store elimination drops the rest of
+ * the config fill and ldtilecfg faults). Every tile instruction here is inline asm with a
+ * "memory" clobber, ldtilecfg takes the whole 64-byte config as its operand, and the Makefile
+ * also compiles x86_amx.c with -fno-tree-dse -fno-dse.
+ */
+#ifndef L3C_X86_AMX_H
+#define L3C_X86_AMX_H
+
+#include "kernels/blocks.h"
+#include "kernels/types.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL16 _Pragma("GCC unroll 16")
+
+/* ldtilecfg's operand (palette 1): rows and bytes per row of each tile; 0 / 0 = unused */
+typedef struct amx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+_Static_assert(sizeof(amx_cfg) == 64, "ldtilecfg reads 64 bytes");
+
+/* ---------------------------------------------------------------- the tile unit */
+#ifdef L3C_AMX_EMULATE
+/*
+ * The emulated unit: what the SDM's pseudo-code of each instruction does, per thread (tile
+ * state is per thread on the hardware too). A use that would raise #UD / #GP there (no config,
+ * an unconfigured tile, mismatched shapes, the same tile twice in a product) stops the program
+ * here: it is a bug in the kernel, never bad input.
+ */
+typedef struct amx_emu {
+    amx_cfg cfg;
+    bool on;
+    uint8_t t[8][16][64];
+} amx_emu;
+static __thread amx_emu g_amx;
+
+static void emu_cfg(const amx_cfg *c) {
+    L3C_ASSERT(c->palette == 1 && c->start_row == 0);
+    for (int i = 0; i < 14; i++) L3C_ASSERT(c->reserved[i] == 0);
+    for (int i = 0; i < 16; i++) {
+        L3C_ASSERT(c->rows[i] <= 16 && c->colsb[i] <= 64 && (c->rows[i] == 0) == (c->colsb[i] == 0));
+        L3C_ASSERT(i < 8 || c->rows[i] == 0);
+    }
+    g_amx.cfg = *c;
+    g_amx.on = true;
+    memset(g_amx.t, 0, sizeof g_amx.t);
+}
+
+static void emu_release(void) {
+    g_amx.on = false;
+    memset(g_amx.t, 0, sizeof g_amx.t);
+}
+
+static void emu_check(int t) { L3C_ASSERT(g_amx.on && t >= 0 && t < 8 && g_amx.cfg.rows[t] > 0); }
+
+static void emu_zero(int t) {
+    emu_check(t);
+    memset(g_amx.t[t], 0, sizeof g_amx.t[t]);
+}
+
+/* rows x colsb bytes from p, row r at p + r * stride; the rest of the tile reads as zero */
+static void emu_load(int t, const void *p, long stride) {
+    emu_check(t);
+    memset(g_amx.t[t], 0, sizeof g_amx.t[t]);
+    for (int r = 0; r < g_amx.cfg.rows[t]; r++)
+        memcpy(g_amx.t[t][r], (const char *)p + r * stride, g_amx.cfg.colsb[t]);
+}
+
+static void emu_store(int t, void *p, long stride) {
+    emu_check(t);
+    for (int r = 0; r < g_amx.cfg.rows[t]; r++) memcpy((char *)p + r * stride, g_amx.t[t][r], g_amx.cfg.colsb[t]);
+}
+
+/* C (M x N dwords) += A (M x K dwords) . B (K rows x N dwords): the shape rules of TDP* */
+static void emu_dp_check(int c, int a, int b) {
+    emu_check(c), emu_check(a), emu_check(b);
+    const amx_cfg *g = &g_amx.cfg;
+    L3C_ASSERT(c != a && c != b && a != b);
+    L3C_ASSERT(g->rows[c] == g->rows[a] && g->colsb[c] == g->colsb[b] && g->colsb[a] == 4 * g->rows[b]);
+    L3C_ASSERT(g->colsb[c] % 4 == 0 && g->colsb[a] % 4 == 0);
+}
+
+/* TDPBSUD: int32 C[m][n] += sum over k, i < 4 of (int8) A[m][4k + i] * (uint8) B[k][4n + i], wrapping */
+static void emu_dpbsud(int c, int a, int b) {
+    emu_dp_check(c, a, b);
+    const amx_cfg *g = &g_amx.cfg;
+    for (int m = 0; m < g->rows[c]; m++)
+        for (int n = 0; n < g->colsb[c] / 4; n++) {
+            uint32_t acc;
+            memcpy(&acc, &g_amx.t[c][m][4 * n], 4);
+            for (int k = 0; k < g->rows[b]; k++)
+                for (int i = 0; i < 4; i++)
+                    acc += (uint32_t)((int32_t)(int8_t)g_amx.t[a][m][4 * k + i] * (int32_t)g_amx.t[b][k][4 * n + i]);
+            memcpy(&g_amx.t[c][m][4 * n], &acc, 4);
+        }
+}
+
+/* bf16 at byte offset o of a tile row as float, denormals as zero (the unit's DAZ) */
+static float emu_bf16(const uint8_t *row, int o) {
+    uint16_t h;
+    memcpy(&h, row + o, 2);
+    if ((h & 0x7F80) == 0) h &= 0x8000;
+    return l3c_bf16_to_fp32(h);
+}
+
+static float emu_ftz(float v) { return fpclassify(v) == FP_SUBNORMAL ? copysignf(0.0f, v) : v; }
+
+/* TDPBF16PS: fp32 C[m][n] += A[m][2k] * B[k][2n], then += A[m][2k + 1] * B[k][2n + 1], k in
+ * order (products of bf16 are exact in fp32; one rounding per add, nearest even, FTZ) */
+static void emu_dpbf16ps(int c, int a, int b) {
+    emu_dp_check(c, a, b);
+    const amx_cfg *g = &g_amx.cfg;
+    for (int m = 0; m < g->rows[c]; m++)
+        for (int n = 0; n < g->colsb[c] / 4; n++) {
+            float acc;
+            memcpy(&acc, &g_amx.t[c][m][4 * n], 4);
+            for (int k = 0; k < g->rows[b]; k++)
+                for (int i = 0; i < 2; i++) {
+                    const float p = emu_bf16(g_amx.t[a][m], 4 * k + 2 * i) * emu_bf16(g_amx.t[b][k], 4 * n + 2 * i);
+                    acc = emu_ftz(acc + p);
+                }
+            memcpy(&g_amx.t[c][m][4 * n], &acc, 4);
+        }
+}
+
+#define AMX_CFG(c) emu_cfg(c)
+#define AMX_RELEASE() emu_release()
+#define AMX_ZERO(t) emu_zero(t)
+#define AMX_LOAD(t, p, stride) emu_load(t, p, (long)(stride))
+#define AMX_STORE(t, p, stride) emu_store(t, p, (long)(stride))
+#define AMX_DPBSUD(c, a, b) emu_dpbsud(c, a, b)
+#define AMX_DPBF16PS(c, a, b) emu_dpbf16ps(c, a, b)
+#define AMX_PATH_HOOK l3c_kernels_override_amx_emu
+
+#else /* the instructions (AT&T operand order: B, A, C) */
+#define AMX_CFG(c) __asm__ volatile("ldtilecfg %0" ::"m"(*(const amx_cfg *)(c)) : "memory")
+#define AMX_RELEASE() __asm__ volatile("tilerelease" ::: "memory")
+#define AMX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::: "memory")
+#define AMX_LOAD(t, p, stride) \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(p)), "r"((long)(stride)) : "memory")
+#define AMX_STORE(t, p, stride) \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(p)), "r"((long)(stride)) : "memory")
+#define AMX_DPBSUD(c, a, b) __asm__ volatile("tdpbsud %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
+#define AMX_DPBF16PS(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
+#define AMX_PATH_HOOK l3c_kernels_override_amx
+#endif
+
+#define AMX_M 16    /* tokens per A / C tile */
+#define AMX_ROWS 16 /* weight rows per packed group = dwords per C row */
+
+static void amx_tile_shape(amx_cfg *c, int t, int rows, int colsb) {
+    c->rows[t] = (uint8_t)(rows > 0 ? rows : 0);
+    c->colsb[t] = (uint16_t)(rows > 0 ? colsb : 0);
+}
+
+/* ---------------------------------------------------------------- Q4_0 / Q8_0 (TDPBSUD) */
+
+/* Calls with fewer tokens run the avx512 kernel (the same bits, see above). */
+#define AMX_INT8_MIN_T 8
+
+enum { AMX_Q4_0, AMX_Q8_0 };
+enum { ACT_QS = offsetof(l3c_block_q8_0x, qs), ACT_BYTES = sizeof(l3c_block_q8_0x) };
+
+static l3c_type_traits g_avx512[L3C_TYPE_COUNT]; /* the avx512 table: the few-token kernels */
+static pthread_once_t g_avx512_once = PTHREAD_ONCE_INIT;
+
+static void amx_avx512_init(void) {
+    for (int t = 0; t < L3C_TYPE_COUNT; t++) g_avx512[t] = *l3c_type_traits_ref(t);
+    l3c_kernels_override_avx2(g_avx512);
+    l3c_kernels_override_avx512(g_avx512);
+}
+
+/* the B tile of one block: 8 rows of 64 bytes (Q8_0: in place; Q4_0: nibbles to bytes in buf) */
+INLINE const uint8_t *q_btile(int kind, const char *gb, uint8_t *buf) {
+    if (kind == AMX_Q8_0) return (const uint8_t *)gb + 32;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int c = 0; c < 4; c++) {
+        const __m512i v = _mm512_loadu_si512(gb + 32 + 64 * c);
+        _mm512_store_si512(buf + 64 * c, _mm512_and_si512(v, m4));
+        _mm512_store_si512(buf + 64 * (c + 4), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+    }
+    return buf;
+}
+
+/* the avx512 kernel's epilogue of block b for M tokens, from the stored int32 C tile */
+INLINE void q_fold(int M, const char *gb, const char *x, size_t xs, int64_t b, const int32_t *c, __m512 acc[AMX_M]) {
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gb));
+    UNROLL16 for (int t = 0; t < AMX_M; t++) {
+        if (t >= M) break;
+        const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(x + t * xs) + b;
+        const __m512i s = _mm512_add_epi32(_mm512_load_si512(c + AMX_ROWS * t), _mm512_set1_epi32(a->neg_off_sum));
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[t]);
+    }
+}
+
+/* M tokens x one group of 16 rows. Tiles: C 0, 1; A 2, 3; B 4, 5 (two blocks in flight). */
+INLINE void q_group(int kind, int M, int64_t nb, const char *g, const char *x, size_t xs, float *y, int64_t ldy,
+                    __mmask16 rows) {
+    const size_t gbs = AMX_ROWS * (kind == AMX_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
+    _Alignas(64) int32_t c[2][AMX_M * AMX_ROWS];
+    _Alignas(64) uint8_t wb[2][512];
+    __m512 acc[AMX_M];
+    UNROLL16 for (int t = 0; t < AMX_M; t++) acc[t] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const char *g0 = g + b * gbs, *g1 = g0 + gbs;
+        AMX_ZERO(0);
+        AMX_ZERO(1);
+        AMX_LOAD(2, x + b * ACT_BYTES + ACT_QS, xs);
+        AMX_LOAD(3, x + (b + 1) * ACT_BYTES + ACT_QS, xs);
+        AMX_LOAD(4, q_btile(kind, g0, wb[0]), 64);
+        AMX_LOAD(5, q_btile(kind, g1, wb[1]), 64);
+        AMX_DPBSUD(0, 2, 4);
+        AMX_DPBSUD(1, 3, 5);
+        AMX_STORE(0, c[0], 64);
+        AMX_STORE(1, c[1], 64);
+        q_fold(M, g0, x, xs, b, c[0], acc);
+        q_fold(M, g1, x, xs, b + 1, c[1], acc);
+    }
+    if (b < nb) {
+        AMX_ZERO(0);
+        AMX_LOAD(2, x + b * ACT_BYTES + ACT_QS, xs);
+        AMX_LOAD(4, q_btile(kind, g + b * gbs, wb[0]), 64);
+        AMX_DPBSUD(0, 2, 4);
+        AMX_STORE(0, c[0], 64);
+        q_fold(M, g + b * gbs, x, xs, b, c[0], acc);
+    }
+    UNROLL16 for (int t = 0; t < AMX_M; t++) {
+        if (t >= M) break;
+        _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
+    }
+}
+
+static void q_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
+                   const void *x, size_t xs) {
+    if (T < AMX_INT8_MIN_T) {
+        g_avx512[type].packed.gemm(n, n_rows, T, y, ldy, wp, x, xs);
+        return;
+    }
+    const int64_t nb = n / 32;
+    const size_t gbytes = (size_t)nb * AMX_ROWS * (kind == AMX_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
+    amx_cfg cfg = {.palette = 1};
+    int shape = 0;
+    for (int64_t t0 = 0; t0 < T; t0 += AMX_M) {
+        const int M = (int)L3C_MIN(AMX_M, T - t0);
+        if (M != shape) {
+            amx_tile_shape(&cfg, 0, M, 64), amx_tile_shape(&cfg, 1, M, 64);
+            amx_tile_shape(&cfg, 2, M, 32), amx_tile_shape(&cfg, 3, M, 32);
+            amx_tile_shape(&cfg, 4, 8, 64), amx_tile_shape(&cfg, 5, 8, 64);
+            AMX_CFG(&cfg);
+            shape = M;
+        }
+        const char *xt = (const char *)x + t0 * xs;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += AMX_ROWS) {
+            const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
+            const __mmask16 rows = (__mmask16)((1u << L3C_MIN(AMX_ROWS, n_rows - r0)) - 1);
+            if (M == AMX_M) q_group(kind, AMX_M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
+            else q_group(kind, M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
+        }
+    }
+    AMX_RELEASE();
+}
+
+static void gemm_amx_q4_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp, const void *x,
+                          size_t xs) {
+    q_gemm(AMX_Q4_0, L3C_TYPE_Q4_0, n, n_rows, T, y, ldy, wp, x, xs);
+}
+static void gemm_amx_q8_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp, const void *x,
+                          size_t xs) {
+    q_gemm(AMX_Q8_0, L3C_TYPE_Q8_0, n, n_rows, T, y, ldy, wp, x, xs);
+}
+
+/* ---------------------------------------------------------------- bf16 (TDPBF16PS) */
+
+/*
+ * Up to 2 token tiles (TT: M0 + M1 <= 32 tokens) x 2 groups (G: 32 rows). Tiles: C 0 (tokens
+ * 0..15, group 0), 1 (tokens 0..15, group 1), 2 (tokens 16.., group 0), 3 (tokens 16.., group 1);
+ * A 4, 5; B 6, 7. Each A and B load serves two products.
+ */
+INLINE void bf16_tiles(int G, int TT, int64_t nb, const char *g, size_t gbytes, const char *x, size_t xs) {
+    AMX_ZERO(0);
+    if (G == 2) AMX_ZERO(1);
+    if (TT == 2) AMX_ZERO(2);
+    if (TT == 2 && G == 2) AMX_ZERO(3);
+    for (int64_t b = 0; b < nb; b++) {
+        AMX_LOAD(4, x + 64 * b, xs);
+        if (TT == 2) AMX_LOAD(5, x + AMX_M * xs + 64 * b, xs);
+        AMX_LOAD(6, g + (AMX_ROWS * 64) * b, 64);
+        if (G == 2) AMX_LOAD(7, g + gbytes + (AMX_ROWS * 64) * b, 64);
+        AMX_DPBF16PS(0, 4, 6);
+        if (G == 2) AMX_DPBF16PS(1, 4, 7);
+        if (TT == 2) AMX_DPBF16PS(2, 5, 6);
+        if (TT == 2 && G == 2) AMX_DPBF16PS(3, 5, 7);
+    }
+}
+
+/* C tile of M tokens x 16 rows to y (row stride ldy), its first nr rows only */
+#define BF16_STORE(tile, M, nr, y, ldy)                                                     \
+    do {                                                                                    \
+        if ((nr) == AMX_ROWS) {                                                             \
+            AMX_STORE(tile, y, (ldy) * sizeof(float));                                      \
+        } else {                                                                            \
+            _Alignas(64) float c_[AMX_M * AMX_ROWS];                                        \
+            AMX_STORE(tile, c_, AMX_ROWS * sizeof(float));                                  \
+            for (int t_ = 0; t_ < (M); t_++) memcpy((y) + t_ * (ldy), c_ + AMX_ROWS * t_, (nr) * sizeof(float)); \
+        }                                                                                   \
+    } while (0)
+
+static void gemm_amx_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp, const void *x,
+                          size_t xs) {
+    const int64_t nb = n / 32;
+    const size_t gbytes = (size_t)nb * AMX_ROWS * 64;
+    amx_cfg cfg = {.palette = 1};
+    int shape = 0;
+    for (int64_t t0 = 0; t0 < T; t0 += 2 * AMX_M) {
+        const int M0 = (int)L3C_MIN(AMX_M, T - t0), M1 = (int)L3C_MIN(AMX_M, T - t0 - M0);
+        if (shape != M0 + 64 * M1) {
+            amx_cfg fresh = {.palette = 1};
+            cfg = fresh;
+            amx_tile_shape(&cfg, 0, M0, 64), amx_tile_shape(&cfg, 1, M0, 64), amx_tile_shape(&cfg, 4, M0, 64);
+            amx_tile_shape(&cfg, 2, M1, 64), amx_tile_shape(&cfg, 3, M1, 64), amx_tile_shape(&cfg, 5, M1, 64);
+            amx_tile_shape(&cfg, 6, 16, 64), amx_tile_shape(&cfg, 7, 16, 64);
+            AMX_CFG(&cfg);
+            shape = M0 + 64 * M1;
+        }
+        const char *xt = (const char *)x + t0 * xs;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += 2 * AMX_ROWS) {
+            const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
+            const int nr0 = (int)L3C_MIN(AMX_ROWS, n_rows - r0), nr1 = (int)L3C_MIN(AMX_ROWS, n_rows - r0 - nr0);
+            if (nr1 > 0 && M1 > 0) bf16_tiles(2, 2, nb, g, gbytes, xt, xs);
+            else if (nr1 > 0) bf16_tiles(2, 1, nb, g, gbytes, xt, xs);
+            else if (M1 > 0) bf16_tiles(1, 2, nb, g, gbytes, xt, xs);
+            else bf16_tiles(1, 1, nb, g, gbytes, xt, xs);
+            float *y0 = y + t0 * ldy + r0, *y1 = y0 + AMX_M * ldy;
+            BF16_STORE(0, M0, nr0, y0, ldy);
+            if (nr1 > 0) BF16_STORE(1, M0, nr1, y0 + AMX_ROWS, ldy);
+            if (M1 > 0) BF16_STORE(2, M1, nr0, y1, ldy);
+            if (M1 > 0 && nr1 > 0) BF16_STORE(3, M1, nr1, y1 + AMX_ROWS, ldy);
+        }
+    }
+    AMX_RELEASE();
+}
+
+/* ---------------------------------------------------------------- table */
+
+/* Replaces the gemm of the avx512 layouts (kept: their pack, unpack and activation format);
+ * table == NULL: only says the file was built with its ISA. */
+bool AMX_PATH_HOOK(l3c_type_traits *table) {
+    if (!table) return true;
+    pthread_once(&g_avx512_once, amx_avx512_init);
+    static const struct {
+        int type;
+        bool bf16;
+        l3c_gemm_packed_fn gemm;
+    } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0},
+             {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
+             {L3C_TYPE_F16, true, gemm_amx_bf16},
+             {L3C_TYPE_BF16, true, gemm_amx_bf16}};
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        l3c_pack_layout *L = k[i].bf16 ? &table[k[i].type].packed_bf16 : &table[k[i].type].packed;
+        const l3c_pack_layout *V = k[i].bf16 ? &g_avx512[k[i].type].packed_bf16 : &g_avx512[k[i].type].packed;
+        if (L->rows == AMX_ROWS && V->rows == AMX_ROWS && L->pack == V->pack) L->gemm = k[i].gemm;
+    }
+    return true;
+}
+
+#endif /* L3C_X86_AMX_H */
