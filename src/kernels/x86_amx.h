@@ -1,7 +1,7 @@
 /*
  * x86_amx.h -- AMX kernels (Advanced Matrix Extensions: 8 tile registers of up to 16 rows x 64
  * bytes; TDPBSUD int8 and TDPBF16PS bf16 tile products) for three packed layouts of x86_avx512.c:
- * Q4_0 and Q8_0 (int8) and the bf16 layout of F16 / BF16 weights (bf16_matmul, --bf16).
+ * Q4_0, Q8_0, Q4_K and Q6_K (int8) and the bf16 layout of F16 / BF16 weights (--bf16).
  *
  * Included twice. x86_amx.c runs the instructions (path "amx": dispatch.c picks it where cpuid,
  * XCR0 and Linux's arch_prctl(ARCH_REQ_XCOMP_PERM) allow tiles). x86_amx_emu.c defines
@@ -19,6 +19,11 @@
  *    same order: acc = fma(d_w * d_x, (float)(isum - off * sum(x)), acc), block after block. The
  *    results are bit-identical to the avx512 packed kernel, which therefore serves calls with
  *    few tokens (decode), where a tile product would be mostly overhead.
+ *  - Q4_K / Q6_K: the same for every 32-element sub-block (Q4_K: its nibbles; Q6_K: two products
+ *    of 16 elements, one per scale) against the Q8_K activations; each C row is multiplied by its
+ *    rows' scales into the super-block's exact int32 sum, and the avx512 kernel's epilogue
+ *    (x86_packed.h: mins / -32 offset from the Q8_K group sums, two or one fma) finishes it:
+ *    bit-identical to the avx512 packed kernel too.
  *  - bf16: per 32-element block 16 chunks of 64 bytes, chunk p lane r = the bf16 pair (2p, 2p+1)
  *    of row r: exactly the B operand of TDPBF16PS (16 rows of 16 pairs). A = 32 bf16 of up to
  *    16 tokens; C accumulates fp32 over the whole row. The tile unit sums in its own order (not
@@ -39,15 +44,13 @@
 #ifndef L3C_X86_AMX_H
 #define L3C_X86_AMX_H
 
-#include "kernels/blocks.h"
 #include "kernels/types.h"
+#include "kernels/x86_packed.h"
 
-#include <immintrin.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 
-#define INLINE static inline __attribute__((always_inline))
 #define UNROLL16 _Pragma("GCC unroll 16")
 
 /* ldtilecfg's operand (palette 1): rows and bytes per row of each tile; 0 / 0 = unused */
@@ -185,19 +188,19 @@ static void emu_dpbf16ps(int c, int a, int b) {
 #endif
 
 #define AMX_M 16    /* tokens per A / C tile */
-#define AMX_ROWS 16 /* weight rows per packed group = dwords per C row */
+#define AMX_ROWS PK_ROWS /* weight rows per packed group = dwords per C row */
 
 static void amx_tile_shape(amx_cfg *c, int t, int rows, int colsb) {
     c->rows[t] = (uint8_t)(rows > 0 ? rows : 0);
     c->colsb[t] = (uint16_t)(rows > 0 ? colsb : 0);
 }
 
-/* ---------------------------------------------------------------- Q4_0 / Q8_0 (TDPBSUD) */
+/* ---------------------------------------------------------------- int8 (TDPBSUD) */
 
 /* Calls with fewer tokens run the avx512 kernel (the same bits, see above). */
 #define AMX_INT8_MIN_T 8
 
-enum { AMX_Q4_0, AMX_Q8_0 };
+enum { AMX_Q4_0, AMX_Q8_0, AMX_Q4_K, AMX_Q6_K };
 enum { ACT_QS = offsetof(l3c_block_q8_0x, qs), ACT_BYTES = sizeof(l3c_block_q8_0x) };
 
 static l3c_type_traits g_avx512[L3C_TYPE_COUNT]; /* the avx512 table: the few-token kernels */
@@ -209,7 +212,13 @@ static void amx_avx512_init(void) {
     l3c_kernels_override_avx512(g_avx512);
 }
 
-/* the B tile of one block: 8 rows of 64 bytes (Q8_0: in place; Q4_0: nibbles to bytes in buf) */
+static size_t group_block_bytes(int kind) { /* one block / super-block of a 16-row group */
+    static const size_t sz[] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q8_0), sizeof(l3c_block_q4_K),
+                                sizeof(l3c_block_q6_K)};
+    return PK_ROWS * sz[kind];
+}
+
+/* the B tile of one Q4_0 / Q8_0 block: 8 rows of 64 bytes (Q8_0: in place; Q4_0: nibbles to bytes) */
 INLINE const uint8_t *q_btile(int kind, const char *gb, uint8_t *buf) {
     if (kind == AMX_Q8_0) return (const uint8_t *)gb + 32;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -221,8 +230,8 @@ INLINE const uint8_t *q_btile(int kind, const char *gb, uint8_t *buf) {
     return buf;
 }
 
-/* the avx512 kernel's epilogue of block b for M tokens, from the stored int32 C tile */
-INLINE void q_fold(int M, const char *gb, const char *x, size_t xs, int64_t b, const int32_t *c, __m512 acc[AMX_M]) {
+/* the avx512 kernel's epilogue of Q4_0 / Q8_0 block b for M tokens, from the stored int32 C tile */
+INLINE void q_fold(int M, const char *gb, const char *x, size_t xs, int64_t b, const int32_t *c, __m512 acc[]) {
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gb));
     UNROLL16 for (int t = 0; t < AMX_M; t++) {
         if (t >= M) break;
@@ -232,27 +241,41 @@ INLINE void q_fold(int M, const char *gb, const char *x, size_t xs, int64_t b, c
     }
 }
 
-/* M tokens x one group of 16 rows. Tiles: C 0, 1; A 2, 3; B 4, 5 (two blocks in flight). */
-INLINE void q_group(int kind, int M, int64_t nb, const char *g, const char *x, size_t xs, float *y, int64_t ldy,
-                    __mmask16 rows) {
-    const size_t gbs = AMX_ROWS * (kind == AMX_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
+/* isum[t] += C0[t] * s0 + C1[t] * s1 (int32 lanes = rows) for the stored C tiles c0, c1 */
+INLINE void kq_scale_add(int M, const int32_t *c0, __m512i s0, const int32_t *c1, __m512i s1, __m512i isum[]) {
+    UNROLL16 for (int t = 0; t < AMX_M; t++) {
+        if (t >= M) break;
+        const __m512i p0 = _mm512_mullo_epi32(_mm512_load_si512(c0 + AMX_ROWS * t), s0);
+        const __m512i p1 = _mm512_mullo_epi32(_mm512_load_si512(c1 + AMX_ROWS * t), s1);
+        isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(p0, p1));
+    }
+}
+
+/* C0 = A(tile 2) . B(tile 4), C1 = A(3) . B(5), stored to c[0], c[1] */
+#define AMX_TWO_PRODUCTS(a0, a1, xs, b0, b1, c)  \
+    do {                                         \
+        AMX_ZERO(0);                             \
+        AMX_ZERO(1);                             \
+        AMX_LOAD(2, a0, xs);                     \
+        AMX_LOAD(3, a1, xs);                     \
+        AMX_LOAD(4, b0, 64);                     \
+        AMX_LOAD(5, b1, 64);                     \
+        AMX_DPBSUD(0, 2, 4);                     \
+        AMX_DPBSUD(1, 3, 5);                     \
+        AMX_STORE(0, (c)[0], 64);                \
+        AMX_STORE(1, (c)[1], 64);                \
+    } while (0)
+
+/* Q4_0 / Q8_0, blocks [0, nb): two blocks in flight */
+INLINE void q_blocks(int kind, int M, int64_t nb, const char *g, const char *x, size_t xs, __m512 acc[]) {
+    const size_t gbs = group_block_bytes(kind);
     _Alignas(64) int32_t c[2][AMX_M * AMX_ROWS];
     _Alignas(64) uint8_t wb[2][512];
-    __m512 acc[AMX_M];
-    UNROLL16 for (int t = 0; t < AMX_M; t++) acc[t] = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         const char *g0 = g + b * gbs, *g1 = g0 + gbs;
-        AMX_ZERO(0);
-        AMX_ZERO(1);
-        AMX_LOAD(2, x + b * ACT_BYTES + ACT_QS, xs);
-        AMX_LOAD(3, x + (b + 1) * ACT_BYTES + ACT_QS, xs);
-        AMX_LOAD(4, q_btile(kind, g0, wb[0]), 64);
-        AMX_LOAD(5, q_btile(kind, g1, wb[1]), 64);
-        AMX_DPBSUD(0, 2, 4);
-        AMX_DPBSUD(1, 3, 5);
-        AMX_STORE(0, c[0], 64);
-        AMX_STORE(1, c[1], 64);
+        AMX_TWO_PRODUCTS(x + b * ACT_BYTES + ACT_QS, x + (b + 1) * ACT_BYTES + ACT_QS, xs, q_btile(kind, g0, wb[0]),
+                         q_btile(kind, g1, wb[1]), c);
         q_fold(M, g0, x, xs, b, c[0], acc);
         q_fold(M, g1, x, xs, b + 1, c[1], acc);
     }
@@ -264,28 +287,83 @@ INLINE void q_group(int kind, int M, int64_t nb, const char *g, const char *x, s
         AMX_STORE(0, c[0], 64);
         q_fold(M, g + b * gbs, x, xs, b, c[0], acc);
     }
+}
+
+/* Q4_K, super-blocks [0, nb): per 64 elements the two sub-blocks of a nibble chunk row in flight */
+INLINE void q4k_blocks(int M, int64_t nb, const char *g, const char *x, size_t xs, __m512 acc[]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    _Alignas(64) int32_t c[2][AMX_M * AMX_ROWS];
+    _Alignas(64) uint8_t wb[2][512];
+    for (int64_t b = 0; b < nb; b++) {
+        const char *gb = g + b * group_block_bytes(AMX_Q4_K);
+        const char *xq = x + b * sizeof(l3c_block_q8_K) + offsetof(l3c_block_q8_K, qs);
+        __m512i u[4], isum[AMX_M];
+        q4k_scales(gb, u);
+        UNROLL16 for (int t = 0; t < AMX_M; t++) isum[t] = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) { /* sub-blocks 2j (low nibbles) and 2j + 1 (high) */
+            for (int cc = 0; cc < 8; cc++) {
+                const __m512i v = _mm512_loadu_si512(gb + 256 + (8 * j + cc) * 64);
+                _mm512_store_si512(wb[0] + 64 * cc, _mm512_and_si512(v, m4));
+                _mm512_store_si512(wb[1] + 64 * cc, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            }
+            AMX_TWO_PRODUCTS(xq + 64 * j, xq + 64 * j + 32, xs, wb[0], wb[1], c);
+            kq_scale_add(M, c[0], q4k_byte(u, 2 * j), c[1], q4k_byte(u, 2 * j + 1), isum);
+        }
+        q4k_finish(M, gb, u, x, xs, b, isum, acc);
+    }
+}
+
+/* Q6_K, super-blocks [0, nb): per 32 elements two products of 16 (one per scale) */
+INLINE void q6k_blocks(int M, int64_t nb, const char *g, const char *x, size_t xs, __m512 acc[]) {
+    _Alignas(64) int32_t c[2][AMX_M * AMX_ROWS];
+    _Alignas(64) uint8_t wb[512];
+    for (int64_t b = 0; b < nb; b++) {
+        const char *gb = g + b * group_block_bytes(AMX_Q6_K);
+        const char *xq = x + b * sizeof(l3c_block_q8_K) + offsetof(l3c_block_q8_K, qs);
+        __m512i isum[AMX_M];
+        UNROLL16 for (int t = 0; t < AMX_M; t++) isum[t] = _mm512_setzero_si512();
+        for (int sr = 0; sr < 8; sr++) { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4 */
+            for (int cc = 0; cc < 8; cc++) _mm512_store_si512(wb + 64 * cc, q6_quant(gb, sr / 4, cc, sr % 4));
+            AMX_TWO_PRODUCTS(xq + 32 * sr, xq + 32 * sr + 16, xs, wb, wb + 256, c);
+            kq_scale_add(M, c[0], q6_scale(gb, 2 * sr), c[1], q6_scale(gb, 2 * sr + 1), isum);
+        }
+        q6_finish(M, gb, x, xs, b, isum, acc);
+    }
+}
+
+/* M tokens x one group of 16 rows: the float accumulators, the blocks, the rows' outputs */
+INLINE void int8_group(int kind, int M, int64_t nb, const char *g, const char *x, size_t xs, float *y, int64_t ldy,
+                       __mmask16 rows) {
+    __m512 acc[AMX_M];
+    UNROLL16 for (int t = 0; t < AMX_M; t++) acc[t] = _mm512_setzero_ps();
+    if (kind == AMX_Q4_K) q4k_blocks(M, nb, g, x, xs, acc);
+    else if (kind == AMX_Q6_K) q6k_blocks(M, nb, g, x, xs, acc);
+    else q_blocks(kind, M, nb, g, x, xs, acc);
     UNROLL16 for (int t = 0; t < AMX_M; t++) {
         if (t >= M) break;
         _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
     }
 }
 
-static void q_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
-                   const void *x, size_t xs) {
+/* Tiles: C 0, 1 (M x 16 dwords); A 2, 3 (M x K bytes); B 4, 5 (K / 4 rows of 64 bytes); K = 16
+ * for Q6_K (one scale per 16 elements), else 32. */
+static void int8_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                      const void *wp, const void *x, size_t xs) {
     if (T < AMX_INT8_MIN_T) {
         g_avx512[type].packed.gemm(n, n_rows, T, y, ldy, wp, x, xs);
         return;
     }
-    const int64_t nb = n / 32;
-    const size_t gbytes = (size_t)nb * AMX_ROWS * (kind == AMX_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
+    const int K = kind == AMX_Q6_K ? 16 : 32;
+    const int64_t nb = n / (kind == AMX_Q4_K || kind == AMX_Q6_K ? 256 : 32);
+    const size_t gbytes = (size_t)nb * group_block_bytes(kind);
     amx_cfg cfg = {.palette = 1};
     int shape = 0;
     for (int64_t t0 = 0; t0 < T; t0 += AMX_M) {
         const int M = (int)L3C_MIN(AMX_M, T - t0);
         if (M != shape) {
             amx_tile_shape(&cfg, 0, M, 64), amx_tile_shape(&cfg, 1, M, 64);
-            amx_tile_shape(&cfg, 2, M, 32), amx_tile_shape(&cfg, 3, M, 32);
-            amx_tile_shape(&cfg, 4, 8, 64), amx_tile_shape(&cfg, 5, 8, 64);
+            amx_tile_shape(&cfg, 2, M, K), amx_tile_shape(&cfg, 3, M, K);
+            amx_tile_shape(&cfg, 4, K / 4, 64), amx_tile_shape(&cfg, 5, K / 4, 64);
             AMX_CFG(&cfg);
             shape = M;
         }
@@ -293,21 +371,22 @@ static void q_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, flo
         for (int64_t r0 = 0; r0 < n_rows; r0 += AMX_ROWS) {
             const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
             const __mmask16 rows = (__mmask16)((1u << L3C_MIN(AMX_ROWS, n_rows - r0)) - 1);
-            if (M == AMX_M) q_group(kind, AMX_M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
-            else q_group(kind, M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
+            if (M == AMX_M) int8_group(kind, AMX_M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
+            else int8_group(kind, M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
         }
     }
     AMX_RELEASE();
 }
 
-static void gemm_amx_q4_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp, const void *x,
-                          size_t xs) {
-    q_gemm(AMX_Q4_0, L3C_TYPE_Q4_0, n, n_rows, T, y, ldy, wp, x, xs);
-}
-static void gemm_amx_q8_0(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp, const void *x,
-                          size_t xs) {
-    q_gemm(AMX_Q8_0, L3C_TYPE_Q8_0, n, n_rows, T, y, ldy, wp, x, xs);
-}
+#define AMX_INT8_KERNEL(name, kind, type)                                                                  \
+    static void gemm_amx_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp, \
+                                const void *x, size_t xs) {                                                \
+        int8_gemm(kind, type, n, n_rows, T, y, ldy, wp, x, xs);                                            \
+    }
+AMX_INT8_KERNEL(q4_0, AMX_Q4_0, L3C_TYPE_Q4_0)
+AMX_INT8_KERNEL(q8_0, AMX_Q8_0, L3C_TYPE_Q8_0)
+AMX_INT8_KERNEL(q4_K, AMX_Q4_K, L3C_TYPE_Q4_K)
+AMX_INT8_KERNEL(q6_K, AMX_Q6_K, L3C_TYPE_Q6_K)
 
 /* ---------------------------------------------------------------- bf16 (TDPBF16PS) */
 
@@ -393,6 +472,8 @@ bool AMX_PATH_HOOK(l3c_type_traits *table) {
         l3c_gemm_packed_fn gemm;
     } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0},
              {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
+             {L3C_TYPE_Q4_K, false, gemm_amx_q4_K},
+             {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
              {L3C_TYPE_F16, true, gemm_amx_bf16},
              {L3C_TYPE_BF16, true, gemm_amx_bf16}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
