@@ -121,12 +121,12 @@ static bool path_applies(const isa_path *p, int i, int cap) {
     return path_usable(&p[i]) && (!p[i].by_name_only || i == cap);
 }
 
-/* index of the best usable path <= cap */
-static int best_path(int cap) {
+/* index of the best usable path <= cap; a by-name-only path only when it is cap and was named */
+static int best_path(int cap, bool named) {
     int n, best = 0;
     const isa_path *p = paths(&n);
     for (int i = 1; i < n && i <= cap; i++)
-        if (path_applies(p, i, cap)) best = i;
+        if (path_applies(p, i, cap) && (named || !p[i].by_name_only)) best = i;
     return best;
 }
 
@@ -174,6 +174,7 @@ static void dispatch_init(void) {
     int n;
     const isa_path *p = paths(&n);
     int cap = n - 1;
+    bool named = false;
     const char *env = getenv("L3C_KERNELS");
     if (env && *env) {
         int i = find_path(env);
@@ -184,9 +185,9 @@ static void dispatch_init(void) {
             fprintf(stderr, "llama3c: L3C_KERNELS=%s is not available on this CPU/build; ignored\n",
                     env);
         else
-            cap = i;
+            cap = i, named = true;
     }
-    int best = best_path(cap);
+    int best = best_path(cap, named);
     fill_table(best, g_table);
     g_path_name = p[best].name;
 }

@@ -317,6 +317,15 @@ static void test_dispatch(void) {
         found |= strcmp(names[i], l3c_kernels_path()) == 0;
     }
     CHECK_MSG(found, "dispatched path %s not among the available ones", l3c_kernels_path());
+    /* unasked, dispatch takes the best path that runs on the hardware: never the emulated one */
+    const char *env = getenv("L3C_KERNELS");
+    if (!env || !*env) {
+        const char *best = "ref";
+        for (int i = 0; i < n && i < 8; i++)
+            if (strcmp(names[i], "amx-emu") != 0) best = names[i];
+        CHECK_MSG(strcmp(l3c_kernels_path(), best) == 0, "dispatch picked %s, not the best real path %s",
+                  l3c_kernels_path(), best);
+    }
     CHECK(strcmp(l3c_backend_path(), l3c_kernels_path()) == 0);
     CHECK(!l3c_kernels_build_table("no-such-isa", (l3c_type_traits[L3C_TYPE_COUNT]){0}));
     /* the dispatched table is the table of its path */
