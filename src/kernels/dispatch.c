@@ -32,6 +32,7 @@
 #pragma weak l3c_kernels_override_avx512
 #pragma weak l3c_kernels_override_amx
 #pragma weak l3c_kernels_override_amx_emu
+#pragma weak l3c_kernels_amx_check
 #endif
 #pragma weak l3c_kernels_override_neon
 
@@ -71,7 +72,14 @@ static bool cpu_amx_probe(void) {
     if ((d & need) != need) return false;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     if ((lo & (3u << 17)) != (3u << 17)) return false;
-    return syscall(SYS_arch_prctl, L3C_ARCH_REQ_XCOMP_PERM, L3C_XFEATURE_XTILEDATA) == 0;
+    if (syscall(SYS_arch_prctl, L3C_ARCH_REQ_XCOMP_PERM, L3C_XFEATURE_XTILEDATA) != 0) return false;
+    if (!l3c_kernels_override_amx(NULL)) return false; /* not built: nothing to check */
+    const int agree = l3c_kernels_amx_check();
+    if (agree == 1) return true;
+    fprintf(stderr, "llama3c: %s; AMX not used\n",
+            agree == 0 ? "this CPU's AMX tile unit disagrees with the AVX-512 kernels"
+                       : "no memory to check the AMX kernels");
+    return false;
 }
 static bool cpu_amx(void) {
     int v = __atomic_load_n(&g_amx, __ATOMIC_ACQUIRE);

@@ -140,6 +140,11 @@ bool l3c_kernels_override_neon(l3c_type_traits *table);
  * code on an emulated tile unit, for tests: dispatch picks it only when asked for by name. */
 bool l3c_kernels_override_amx(l3c_type_traits *table);
 bool l3c_kernels_override_amx_emu(l3c_type_traits *table);
+/* Each AMX kernel == the avx512 one on random matrices (int8 bit for bit, bf16 within rounding):
+ * 1 yes, 0 no, -1 out of memory. dispatch.c offers "amx" only where it answers 1; call only
+ * where the CPU can run the path. */
+int l3c_kernels_amx_check(void);
+int l3c_kernels_amx_emu_check(void);
 
 /* Name of the dispatched path ("ref", "avx2", "avx512", "amx", "neon", ...). */
 const char *l3c_kernels_path(void);

@@ -47,7 +47,9 @@
 #include "kernels/types.h"
 #include "kernels/x86_packed.h"
 
+#include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -173,6 +175,7 @@ static void emu_dpbf16ps(int c, int a, int b) {
 #define AMX_DPBSUD(c, a, b) emu_dpbsud(c, a, b)
 #define AMX_DPBF16PS(c, a, b) emu_dpbf16ps(c, a, b)
 #define AMX_PATH_HOOK l3c_kernels_override_amx_emu
+#define AMX_CHECK_FN l3c_kernels_amx_emu_check
 
 #else /* the instructions (AT&T operand order: B, A, C) */
 #define AMX_CFG(c) __asm__ volatile("ldtilecfg %0" ::"m"(*(const amx_cfg *)(c)) : "memory")
@@ -185,6 +188,7 @@ static void emu_dpbf16ps(int c, int a, int b) {
 #define AMX_DPBSUD(c, a, b) __asm__ volatile("tdpbsud %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
 #define AMX_DPBF16PS(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
 #define AMX_PATH_HOOK l3c_kernels_override_amx
+#define AMX_CHECK_FN l3c_kernels_amx_check
 #endif
 
 #define AMX_M 16    /* tokens per A / C tile */
@@ -482,6 +486,89 @@ bool AMX_PATH_HOOK(l3c_type_traits *table) {
         if (L->rows == AMX_ROWS && V->rows == AMX_ROWS && L->pack == V->pack) L->gemm = k[i].gemm;
     }
     return true;
+}
+
+/* ---------------------------------------------------------------- start-up check */
+
+/*
+ * Every AMX kernel against the avx512 one on small random matrices (2 groups of 16 rows x 256
+ * elements x 19 tokens: a full and a ragged token tile): the int8 layouts bit for bit, bf16
+ * within 2e-3 (only the order of the fp32 sums differs: at most 256 roundings of partial sums
+ * below 64, i.e. < 1e-3; a wrong pairing or a 0.1% error in the products is far above it). dispatch.c runs it once before it offers the path "amx", so a tile unit that
+ * disagrees with the SDM's description (this code was tested on the emulation) costs speed,
+ * not correctness.
+ */
+enum { CHK_N = 256, CHK_R = 32, CHK_T = 19 };
+
+static uint32_t chk_rnd(uint32_t *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return *s >> 8;
+}
+
+/* rows of random quants with sane fp16 scales, or of values in [-1, 1] */
+static void chk_weights(int type, uint8_t *w, size_t bytes, uint32_t *seed) {
+    if (type == L3C_TYPE_F16 || type == L3C_TYPE_BF16) {
+        for (size_t i = 0; i < bytes / 2; i++) {
+            const float f = (float)(chk_rnd(seed) % 2001) / 1000.0f - 1.0f;
+            const uint16_t h = type == L3C_TYPE_F16 ? l3c_fp32_to_fp16(f) : l3c_fp32_to_bf16(f);
+            memcpy(w + 2 * i, &h, 2);
+        }
+        return;
+    }
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)chk_rnd(seed);
+    const uint16_t d = l3c_fp32_to_fp16(0.01f);
+    if (type == L3C_TYPE_Q4_0)
+        for (size_t b = 0; b < bytes / sizeof(l3c_block_q4_0); b++) ((l3c_block_q4_0 *)w)[b].d = d;
+    if (type == L3C_TYPE_Q8_0)
+        for (size_t b = 0; b < bytes / sizeof(l3c_block_q8_0); b++) ((l3c_block_q8_0 *)w)[b].d = d;
+    if (type == L3C_TYPE_Q4_K)
+        for (size_t b = 0; b < bytes / sizeof(l3c_block_q4_K); b++) ((l3c_block_q4_K *)w)[b].d = ((l3c_block_q4_K *)w)[b].dmin = d;
+    if (type == L3C_TYPE_Q6_K)
+        for (size_t b = 0; b < bytes / sizeof(l3c_block_q6_K); b++) ((l3c_block_q6_K *)w)[b].d = d;
+}
+
+static int chk_layout(int type, bool bf16, l3c_gemm_packed_fn amx, uint32_t *seed) {
+    const l3c_pack_layout *L = bf16 ? &g_avx512[type].packed_bf16 : &g_avx512[type].packed;
+    size_t row;
+    if (!L->rows || !l3c_row_size(type, CHK_N, &row)) return 0;
+    const size_t xs = CHK_N / L->act_block_size * L->act_type_size;
+    uint8_t *w = l3c_malloc(2 * row * CHK_R + xs * CHK_T);
+    float *f = l3c_malloc(sizeof(float) * (CHK_N + 2 * CHK_T * CHK_R));
+    int ok = w && f ? 1 : -1;
+    if (ok == 1) {
+        uint8_t *pk = w + row * CHK_R, *xq = pk + row * CHK_R;
+        float *x = f, *y0 = f + CHK_N, *y1 = y0 + CHK_T * CHK_R;
+        chk_weights(type, w, row * CHK_R, seed);
+        for (int g = 0; g < CHK_R / PK_ROWS; g++) L->pack(CHK_N, PK_ROWS, w + g * PK_ROWS * row, row, pk + g * PK_ROWS * row);
+        for (int t = 0; t < CHK_T; t++) {
+            for (int i = 0; i < CHK_N; i++) x[i] = (float)(chk_rnd(seed) % 2001) / 1000.0f - 1.0f;
+            L->act_from_float(x, xq + t * xs, CHK_N);
+        }
+        L->gemm(CHK_N, CHK_R, CHK_T, y0, CHK_R, pk, xq, xs);
+        amx(CHK_N, CHK_R, CHK_T, y1, CHK_R, pk, xq, xs);
+        for (int i = 0; i < CHK_T * CHK_R && ok == 1; i++)
+            ok = bf16 ? fabsf(y0[i] - y1[i]) <= 2e-3f : memcmp(&y0[i], &y1[i], sizeof(float)) == 0;
+    }
+    free(w), free(f);
+    return ok;
+}
+
+/* 1: every kernel agrees; 0: one does not; -1: out of memory (nothing known) */
+int AMX_CHECK_FN(void) {
+    pthread_once(&g_avx512_once, amx_avx512_init);
+    static const struct {
+        int type;
+        bool bf16;
+        l3c_gemm_packed_fn gemm;
+    } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
+             {L3C_TYPE_Q4_K, false, gemm_amx_q4_K}, {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
+             {L3C_TYPE_F16, true, gemm_amx_bf16},   {L3C_TYPE_BF16, true, gemm_amx_bf16}};
+    uint32_t seed = 12345;
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        const int r = chk_layout(k[i].type, k[i].bf16, k[i].gemm, &seed);
+        if (r != 1) return r;
+    }
+    return 1;
 }
 
 #endif /* L3C_X86_AMX_H */

@@ -7,11 +7,11 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__AVX512BF16__)
 
-#include <math.h>
 #define L3C_AMX_EMULATE 1
 #include "kernels/x86_amx.h"
 
 #else
 #include "kernels/types.h"
 bool l3c_kernels_override_amx_emu(l3c_type_traits *table) { (void)table; return false; }
+int l3c_kernels_amx_emu_check(void) { return 0; }
 #endif

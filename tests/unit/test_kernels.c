@@ -317,6 +317,13 @@ static void test_dispatch(void) {
         found |= strcmp(names[i], l3c_kernels_path()) == 0;
     }
     CHECK_MSG(found, "dispatched path %s not among the available ones", l3c_kernels_path());
+#if defined(__x86_64__)
+    /* the start-up check of the AMX kernels (dispatch runs it on the real unit) on the emulated one */
+    bool emu = false;
+    for (int i = 0; i < n && i < 8; i++) emu |= strcmp(names[i], "amx-emu") == 0;
+    if (emu) CHECK(l3c_kernels_amx_emu_check() == 1);
+    else fprintf(stderr, "test_kernels: skipping the AMX start-up check on amx-emu: no AVX-512 path\n");
+#endif
     /* unasked, dispatch takes the best path that runs on the hardware: never the emulated one */
     const char *env = getenv("L3C_KERNELS");
     if (!env || !*env) {
