@@ -954,14 +954,20 @@ PK_KERNEL(q6_K, PK_TILE_Q6_K, l3c_block_q6_K, 256)
  * acc = fma(w, x, acc) with the broadcast fp32 activation: one chain per (row, token) in element
  * order, the same for every tile shape (batch invariant).
  */
+/* per block: each row's pairs (2p, 2p + 1) to lane r of a pair chunk p (as the bf16 layout), then
+ * one word permutation per pair chunk: [element 2p of rows 0..15, element 2p + 1 of rows 0..15] =
+ * chunks 2p and 2p + 1 (a 1B F16 model loads in 0.9 s instead of 1.6 s from the page cache) */
 static void pack_x16(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    const __m512i evens_then_odds = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+                                                     30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    _Alignas(64) uint8_t pairs[PK_ROWS * PKF_BLK];
+    if (n_rows < PK_ROWS) memset(pairs, 0, sizeof pairs); /* padding rows stay zero */
     for (int64_t b = 0; b < n / 32; b++) {
         uint8_t *gb = (uint8_t *)dst + b * (PK_ROWS * PKF_BLK);
-        if (n_rows < PK_ROWS) memset(gb, 0, PK_ROWS * PKF_BLK);
-        for (int64_t r = 0; r < n_rows; r++) {
-            const uint8_t *src = (const uint8_t *)w + r * ws + 64 * b;
-            for (int k = 0; k < 32; k++) memcpy(gb + 32 * k + 2 * r, src + 2 * k, 2);
-        }
+        for (int64_t r = 0; r < n_rows; r++)
+            pk_bf16_scatter(_mm512_loadu_si512((const uint8_t *)w + r * ws + 64 * b), pairs, r);
+        for (int p = 0; p < 16; p++)
+            _mm512_storeu_si512(gb + 64 * p, _mm512_permutexvar_epi16(evens_then_odds, _mm512_load_si512(pairs + 64 * p)));
     }
 }
 
