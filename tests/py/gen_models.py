@@ -43,6 +43,9 @@ GGUF_PY_TYPES = {
 }
 # Types made by llama.cpp's quantizer from an F32 file (value: name of the llama_cpp ftype constant).
 LLAMA_CPP_TYPES = {
+    "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "Q3_K": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
+    "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
     "Q4_K": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "Q5_K": "LLAMA_FTYPE_MOSTLY_Q5_K_S",

@@ -33,8 +33,8 @@ SHAPES = {
     "gqa3_untied": ModelSpec(n_embd=192, n_layer=2, n_head=6, n_head_kv=2, n_ff=384, n_vocab=320,
                              tied=False, seed=11),
 }
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
-         "Q4_K_M", "Q5_K_M"]
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+         "Q3_K_M", "Q4_K_M", "Q5_K_M"]
 CASES = [(s, t) for s in SHAPES for t in TYPES if not (t in LLAMA_CPP_TYPES and SHAPES[s].n_embd % 256)]
 
 # (nmax, nrms) limits per type; see the module docstring and docs/TESTING.md.
@@ -47,6 +47,9 @@ TOL = {
     "Q4_1": (0.40, 0.07),
     "Q5_0": (0.40, 0.07),
     "Q5_1": (0.40, 0.07),
+    "Q2_K": (0.45, 0.08),
+    "Q3_K": (0.45, 0.08),
+    "Q3_K_M": (0.45, 0.08),
     "Q4_K": (0.45, 0.08),
     "Q5_K": (0.45, 0.08),
     "Q6_K": (0.45, 0.08),
@@ -119,7 +122,8 @@ def test_logits_vs_llama_cpp(llama3c, tiny_model, tmp_path, shape, wtype):
 
 
 BATCH_CASES = [("gqa4_untied_rf", "F32"), ("gqa3_untied", "F16"), ("gqa1_tied", "BF16"), ("gqa1_tied", "Q4_0"),
-               ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K")]
+               ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K"),
+               ("gqa1_tied", "Q3_K_M"), ("gqa4_untied_rf", "Q2_K")]
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
