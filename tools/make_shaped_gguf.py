@@ -35,14 +35,15 @@ PRESETS = {
 
 Q = gguf.GGMLQuantizationType
 TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0,
-         "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K,
-         "Q6_K": Q.Q6_K}
-# Q4_K_M-like mix: attn_v and ffn_down (and output) in Q6_K, the rest Q4_K (close to llama.cpp's).
-MIXES = {"Q4_K_M": ("Q4_K", "Q6_K"), "Q5_K_M": ("Q5_K", "Q6_K")}
+         "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K,
+         "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
+# Q4_K_M-like mix: attn_v and ffn_down (and output) in Q6_K, the rest Q4_K (close to llama.cpp's;
+# its Q3_K_M puts those in Q4_K / Q5_K / Q6_K, here all Q5_K).
+MIXES = {"Q3_K_M": ("Q3_K", "Q5_K"), "Q4_K_M": ("Q4_K", "Q6_K"), "Q5_K_M": ("Q5_K", "Q6_K")}
 
 # byte offsets of the fp16 scale fields in each block (they must be finite for real kernels)
 SCALE_FIELDS = {Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q8_0: [0],
-                Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
+                Q.Q2_K: [80, 82], Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
 
 
 def bytes_to_unicode():
