@@ -1,8 +1,7 @@
 /*
  * arm_neon.c -- AArch64 NEON + dot-product kernels: activation quantizers (Q8_0, Q8_1, Q8_K),
  * F16/BF16 to_float, F16 from_float, and one "tile" kernel per weight type (F32, F16, BF16, Q4_0,
- * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) that serves both vec_dot and gemm. Q2_K / Q3_K keep
- * the reference kernels.
+ * Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) that serves both vec_dot and gemm.
  *
  * ISA choice: the whole file is compiled with -march=armv8.2-a+dotprod (Makefile ISA_FLAGS) and
  * the integer block sums use SDOT (vdotq_s32); there is no NEON-without-dotprod variant. The
@@ -343,6 +342,153 @@ INLINE void tile_q8_0(int RW, int RT, int64_t n, const char *w, size_t ws, const
 
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
+/*
+ * Q2_K: element 128c + 32j + 16h + l is bits 2j..2j+1 of qs[32c + 16h + l], so each 16-byte
+ * vector is sub-block s = 8c + 2j + h. sc[s] * q <= 15 * 3 fits int8, so the weights are scaled
+ * before SDOT: one SDOT chain per pair and no int32 multiply per (pair, sub-block). Per block:
+ * isum = sum_s sdot(sc[s] * q_s, x_s); msum = sum_s mn[s] * bsum[s]. Canonical order per pair:
+ * acc += float(isum) * (d_w * d_x) (one FMA per block), macc += d_x * dmin_w * msum;
+ * y = hadd(acc) - macc.
+ */
+INLINE void tile_q2_K(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
+                      float *y, int64_t ldy) {
+    const uint8x16_t m2 = vdupq_n_u8(3), m4 = vdupq_n_u8(0x0F);
+    float32x4_t acc[MAXR][MAXR];
+    float macc[MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
+        acc[r][t] = vdupq_n_f32(0.0f);
+        macc[r][t] = 0.0f;
+    }
+    for (int64_t b = 0; b < n / 256; b++) {
+        const l3c_block_q2_K *wb[MAXR];
+        uint8_t sc[MAXR][16];
+        int16x8_t mn[MAXR][2];
+        float dw[MAXR], dmw[MAXR], dx[MAXR];
+        int32x4_t isum[MAXR][MAXR];
+        UNROLL for (int r = 0; r < RW; r++) {
+            wb[r] = (const l3c_block_q2_K *)(w + r * ws) + b;
+            uint8x16_t s = vld1q_u8(wb[r]->scales);
+            vst1q_u8(sc[r], vandq_u8(s, m4));
+            uint8x16_t m = vshrq_n_u8(s, 4);
+            mn[r][0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(m)));
+            mn[r][1] = vreinterpretq_s16_u16(vmovl_high_u8(m));
+            dw[r] = fp16_to_f32(wb[r]->d);
+            dmw[r] = fp16_to_f32(wb[r]->dmin);
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+            dx[t] = xb->d;
+            int16x8_t bs0 = vld1q_s16(xb->bsums), bs1 = vld1q_s16(xb->bsums + 8);
+            UNROLL for (int r = 0; r < RW; r++) {
+                int32x4_t pm = vmull_s16(vget_low_s16(mn[r][0]), vget_low_s16(bs0));
+                pm = vmlal_high_s16(pm, mn[r][0], bs0);
+                pm = vmlal_s16(pm, vget_low_s16(mn[r][1]), vget_low_s16(bs1));
+                pm = vmlal_high_s16(pm, mn[r][1], bs1);
+                macc[r][t] += dx[t] * dmw[r] * (float)vaddvq_s32(pm);
+                isum[r][t] = vdupq_n_s32(0);
+            }
+        }
+        UNROLL for (int c = 0; c < 2; c++) {
+            uint8x16_t bits[MAXR][2];
+            UNROLL for (int r = 0; r < RW; r++) UNROLL for (int h = 0; h < 2; h++)
+                bits[r][h] = vld1q_u8(wb[r]->qs + 32 * c + 16 * h);
+            UNROLL for (int j = 0; j < 4; j++) {
+                int8x16_t q[MAXR][2];
+                UNROLL for (int r = 0; r < RW; r++) UNROLL for (int h = 0; h < 2; h++) {
+                    uint8x16_t v = vandq_u8(vshlq_u8(bits[r][h], vdupq_n_s8((int8_t)(-2 * j))), m2);
+                    q[r][h] = vreinterpretq_s8_u8(vmulq_u8(v, vdupq_n_u8(sc[r][8 * c + 2 * j + h])));
+                }
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * c + 32 * j;
+                    int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
+                    UNROLL for (int r = 0; r < RW; r++)
+                        isum[r][t] = vdotq_s32(vdotq_s32(isum[r][t], q[r][0], x0), q[r][1], x1);
+                }
+            }
+        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+            acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(isum[r][t]), vdupq_n_f32(dw[r] * dx[t]));
+    }
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        y[t * ldy + r] = vaddvq_f32(acc[r][t]) - macc[r][t];
+}
+
+/* Q3_K: the 12 packed scale bytes -> the 16 signed 6-bit scales (l3c_k3_scale - 32). Byte k of
+ * word i holds sub-block 4i + k: low 4 bits from scales[0..7] (low nibbles for i < 2, high for
+ * i >= 2), high 2 bits from bits 2i..2i+1 of scales[8 + k]. */
+static inline void k3_scales(const uint8_t *q, int8_t out[16]) {
+    uint32_t a, b, c, u[4];
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    u[0] = (a & 0x0F0F0F0F) | ((c << 4) & 0x30303030);
+    u[1] = (b & 0x0F0F0F0F) | ((c << 2) & 0x30303030);
+    u[2] = ((a >> 4) & 0x0F0F0F0F) | (c & 0x30303030);
+    u[3] = ((b >> 4) & 0x0F0F0F0F) | ((c >> 2) & 0x30303030);
+    vst1q_s8(out, vsubq_s8(vreinterpretq_s8_u32(vld1q_u32(u)), vdupq_n_s8(32)));
+}
+
+/*
+ * Q3_K: low 2 bits as Q2_K; the high bit of element 128c + 32j + 16h + l is bit 4c + j of
+ * hmask[16h + l], clear meaning -4, so q = lo - (bit clear ? 4 : 0) in [-4, 3]. Each 16-byte
+ * vector is sub-block s = 8c + 2j + h with its signed scale (sc * q reaches 128: no int8
+ * pre-scaling as in Q2_K). Canonical order per pair: isum += sc[s] * sdot_s in s order,
+ * acc += float(isum) * (d_w * d_x) per block; y = hadd(acc).
+ */
+INLINE void tile_q3_K(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
+                      float *y, int64_t ldy) {
+    const uint8x16_t m2 = vdupq_n_u8(3), four = vdupq_n_u8(4);
+    float32x4_t acc[MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        acc[r][t] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < n / 256; b++) {
+        const l3c_block_q3_K *wb[MAXR];
+        int8_t sc[MAXR][16];
+        uint8x16_t hm[MAXR][2];
+        float dw[MAXR], dx[MAXR];
+        int32x4_t isum[MAXR][MAXR];
+        UNROLL for (int r = 0; r < RW; r++) {
+            wb[r] = (const l3c_block_q3_K *)(w + r * ws) + b;
+            k3_scales(wb[r]->scales, sc[r]);
+            hm[r][0] = vld1q_u8(wb[r]->hmask);
+            hm[r][1] = vld1q_u8(wb[r]->hmask + 16);
+            dw[r] = fp16_to_f32(wb[r]->d);
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            dx[t] = ((const l3c_block_q8_K *)(x + t * xs) + b)->d;
+            UNROLL for (int r = 0; r < RW; r++) isum[r][t] = vdupq_n_s32(0);
+        }
+        UNROLL for (int c = 0; c < 2; c++) {
+            uint8x16_t bits[MAXR][2];
+            UNROLL for (int r = 0; r < RW; r++) UNROLL for (int h = 0; h < 2; h++)
+                bits[r][h] = vld1q_u8(wb[r]->qs + 32 * c + 16 * h);
+            UNROLL for (int j = 0; j < 4; j++) {
+                const uint8x16_t hbit = vdupq_n_u8((uint8_t)(1u << (4 * c + j)));
+                int8x16_t q[MAXR][2];
+                UNROLL for (int r = 0; r < RW; r++) UNROLL for (int h = 0; h < 2; h++) {
+                    uint8x16_t lo = vandq_u8(vshlq_u8(bits[r][h], vdupq_n_s8((int8_t)(-2 * j))), m2);
+                    uint8x16_t neg = vbicq_u8(four, vtstq_u8(hm[r][h], hbit));
+                    q[r][h] = vreinterpretq_s8_u8(vsubq_u8(lo, neg));
+                }
+                const int s = 8 * c + 2 * j;
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * c + 32 * j;
+                    int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
+                    UNROLL for (int r = 0; r < RW; r++) {
+                        const int32x4_t z = vdupq_n_s32(0);
+                        isum[r][t] = vmlaq_n_s32(isum[r][t], vdotq_s32(z, q[r][0], x0), sc[r][s]);
+                        isum[r][t] = vmlaq_n_s32(isum[r][t], vdotq_s32(z, q[r][1], x1), sc[r][s + 1]);
+                    }
+                }
+            }
+        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+            acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(isum[r][t]), vdupq_n_f32(dw[r] * dx[t]));
+    }
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        y[t * ldy + r] = vaddvq_f32(acc[r][t]);
+}
+
 /* Q4_K / Q5_K: the 12 packed scale bytes -> sc[8] (bytes 0..7) and mn[8] (bytes 8..15) */
 static inline void k4_scales(const uint8_t *q, uint8_t out[16]) {
     uint32_t a, b, c, u[4];
@@ -509,6 +655,8 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 #define T_Q5_0(RW, RT, ...) tile_b32(B_Q5_0, RW, RT, __VA_ARGS__)
 #define T_Q5_1(RW, RT, ...) tile_b32(B_Q5_1, RW, RT, __VA_ARGS__)
 #define T_Q8_0(RW, RT, ...) tile_q8_0(RW, RT, __VA_ARGS__)
+#define T_Q2_K(RW, RT, ...) tile_q2_K(RW, RT, __VA_ARGS__)
+#define T_Q3_K(RW, RT, ...) tile_q3_K(RW, RT, __VA_ARGS__)
 #define T_Q4_K(RW, RT, ...) tile_q45_K(false, RW, RT, __VA_ARGS__)
 #define T_Q5_K(RW, RT, ...) tile_q45_K(true, RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
@@ -521,6 +669,8 @@ NEON_DEFINE_KERNELS(q4_1, T_Q4_1)
 NEON_DEFINE_KERNELS(q5_0, T_Q5_0)
 NEON_DEFINE_KERNELS(q5_1, T_Q5_1)
 NEON_DEFINE_KERNELS(q8_0, T_Q8_0)
+NEON_DEFINE_KERNELS(q2_K, T_Q2_K)
+NEON_DEFINE_KERNELS(q3_K, T_Q3_K)
 NEON_DEFINE_KERNELS(q4_K, T_Q4_K)
 NEON_DEFINE_KERNELS(q5_K, T_Q5_K)
 NEON_DEFINE_KERNELS(q6_K, T_Q6_K)
@@ -547,6 +697,8 @@ bool l3c_kernels_override_neon(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q5_0, q5_0);
     SET_DOT(L3C_TYPE_Q5_1, q5_1);
     SET_DOT(L3C_TYPE_Q8_0, q8_0);
+    SET_DOT(L3C_TYPE_Q2_K, q2_K);
+    SET_DOT(L3C_TYPE_Q3_K, q3_K);
     SET_DOT(L3C_TYPE_Q4_K, q4_K);
     SET_DOT(L3C_TYPE_Q5_K, q5_K);
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
