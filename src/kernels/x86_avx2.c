@@ -507,10 +507,10 @@ INLINE void tile_q3_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
         UNROLL for (int t = 0; t < RT; t++) {
             const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
             dx[t] = xb->d;
-            __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-            UNROLL for (int r = 0; r < RW; r++)
-                isum[r][t] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                              _mm256_slli_epi32(_mm256_madd_epi16(sc[r], bs), 2));
+            /* -4 * bsum fits int16 (|bsum| <= 16 * 128) */
+            __m256i bs = _mm256_sub_epi16(_mm256_setzero_si256(),
+                _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), 2));
+            UNROLL for (int r = 0; r < RW; r++) isum[r][t] = _mm256_madd_epi16(sc[r], bs);
         }
         UNROLL for (int c = 0; c < 2; c++) {
             __m256i bits[MAXR], scc[MAXR];
