@@ -230,10 +230,12 @@ int main(int argc, char **argv) {
         if (!l3c_row_size(type, N_IN, &row_bytes) || !l3c_row_size(rt->vec_dot_type, N_IN, &x_bytes))
             continue;
         int64_t rows = (int64_t)(g_matrix_bytes / row_bytes);
-        uint8_t *w = aligned_alloc(64, (row_bytes * (size_t)rows + 63) & ~(size_t)63);
+        /* the gemm timing reads GEMM_ROWS rows, more than a --l2 matrix has */
+        const int64_t alloc_rows = L3C_MAX(rows, GEMM_ROWS);
+        uint8_t *w = aligned_alloc(64, (row_bytes * (size_t)alloc_rows + 63) & ~(size_t)63);
         uint8_t *xq = aligned_alloc(64, (x_bytes * GEMM_T + 63) & ~(size_t)63);
         float *y = malloc(sizeof(float) * GEMM_ROWS * GEMM_T), x[N_IN];
-        make_matrix(type, w, row_bytes, rows);
+        make_matrix(type, w, row_bytes, alloc_rows);
         for (int t = 0; t < GEMM_T; t++) {
             for (int i = 0; i < N_IN; i++) x[i] = rndf(-2.0f, 2.0f);
             l3c_type_traits_ref(rt->vec_dot_type)->from_float(x, xq + t * x_bytes, N_IN);
