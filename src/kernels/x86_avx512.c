@@ -13,8 +13,9 @@
  *    on the unsigned unpacked weights; the offset (8, 16, or 128 for Q8_0 whose weights are
  *    biased to u8 by xor 0x80) is removed once per activation block as -off * sum(x), which is
  *    the accumulator the dpbusd starts from.
- *  - Q4_K / Q6_K: 512-bit, 64 elements per instruction: maddubs then _mm512_dpwssd_epi32 with
- *    the per-sub-block scales spread over the lanes by _mm512_permutexvar_epi16.
+ *  - Q2_K / Q3_K / Q4_K / Q6_K: 512-bit, 64 elements per instruction: maddubs then
+ *    _mm512_dpwssd_epi32 with the per-sub-block scales spread over the lanes by
+ *    _mm512_permutexvar_epi16.
  *  - F32 / F16 / BF16: 512-bit FMA. BF16 weights are widened exactly (shift); _mm512_dpbf16_ps is
  *    not used because it would round the F32 activations to bf16 (~3 significant digits).
  *  - Q8_0 / Q8_K activation quantizers: 512-bit versions of the AVX2 ones, bit-exact with ref.c.
@@ -452,6 +453,96 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
                     UNROLL for (int r = 0; r < RW; r++)
                         isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q[r][k], xv), s[r]);
                 }
+            }
+        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
+            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[r][t]),
+                                          _mm512_extracti64x4_epi64(isum[r][t], 1));
+            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx[t]), _mm256_cvtepi32_ps(s8), acc[r][t]);
+        }
+    }
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+        y[t * ldy + r] = x86_hsum_ps(acc[r][t]);
+}
+
+/* Q3_K: the 12 packed bytes -> 16 signed scales (6 bits minus 32) as int16 lanes */
+static inline __m256i q3_K_scales(const uint8_t *q) {
+    uint32_t a = x86_load_u32(q), b = x86_load_u32(q + 4), c = x86_load_u32(q + 8);
+    __m128i s = _mm_setr_epi32((int)((a & 0x0F0F0F0F) | ((c << 4) & 0x30303030)),
+                               (int)((b & 0x0F0F0F0F) | ((c << 2) & 0x30303030)),
+                               (int)(((a >> 4) & 0x0F0F0F0F) | (c & 0x30303030)),
+                               (int)(((b >> 4) & 0x0F0F0F0F) | ((c >> 2) & 0x30303030)));
+    return _mm256_cvtepi8_epi16(_mm_sub_epi8(s, _mm_set1_epi8(32)));
+}
+
+/*
+ * Q2_K / Q3_K: as in x86_avx2.c, one 32-byte load of qs per 128-element half c gives four 2-bit
+ * chunks; here broadcast to both 256-bit halves and shifted by (0, 2) and (4, 6), a zmm holds
+ * chunks 2J and 2J + 1, i.e. the 64 activation bytes 128c + 64J.., sub-blocks 8c + 4J + 0..3
+ * (spread4). Q3_K's high bit (bit 4c + j of hmask) becomes a byte mask (vptestmb) that adds 4
+ * to the low bits: q + 4 in [0, 7], the -4 folded in as -4 * sum_s sc[s] * bsum[s].
+ */
+INLINE void tile_q23_K(bool three, int RW, int RT, int64_t n, const char *w, size_t ws, const char *x,
+                       size_t xs, float *y, int64_t ldy) {
+    const size_t wbs = three ? sizeof(l3c_block_q3_K) : sizeof(l3c_block_q2_K);
+    const __m512i m2 = _mm512_set1_epi8(0x03), four = _mm512_set1_epi8(0x04);
+    const __m512i sh[2] = {_mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1),
+                           _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1)};
+    __m256 acc[MAXR][MAXR];
+    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / 256; b++) {
+        const uint8_t *qs[MAXR];
+        __m512i sc[MAXR], hm[MAXR], isum[MAXR][MAXR];
+        __m256i mn[MAXR];
+        float dw[MAXR], dmw[MAXR], dx[MAXR];
+        UNROLL for (int r = 0; r < RW; r++) {
+            const char *blk = w + r * ws + b * wbs;
+            if (three) {
+                const l3c_block_q3_K *q3 = (const l3c_block_q3_K *)blk;
+                qs[r] = q3->qs;
+                dw[r] = x86_fp16(q3->d);
+                sc[r] = _mm512_castsi256_si512(q3_K_scales(q3->scales));
+                hm[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)q3->hmask));
+            } else {
+                const l3c_block_q2_K *q2 = (const l3c_block_q2_K *)blk;
+                qs[r] = q2->qs;
+                dw[r] = x86_fp16(q2->d);
+                dmw[r] = x86_fp16(q2->dmin);
+                __m128i s8 = _mm_loadu_si128((const __m128i *)q2->scales);
+                sc[r] = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s8, _mm_set1_epi8(0x0F))));
+                mn[r] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(0x0F)));
+            }
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+            dx[t] = xb->d;
+            __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+            if (three) bs = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(bs, 2));
+            UNROLL for (int r = 0; r < RW; r++) {
+                if (three) {
+                    isum[r][t] = _mm512_zextsi256_si512(_mm256_madd_epi16(_mm512_castsi512_si256(sc[r]), bs));
+                } else {
+                    __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn[r], bs));
+                    acc[r][t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmw[r] * dx[t]), m, acc[r][t]);
+                    isum[r][t] = _mm512_setzero_si512();
+                }
+            }
+        }
+        UNROLL for (int c = 0; c < 2; c++) UNROLL for (int J = 0; J < 2; J++) {
+            __m512i q[MAXR], s[MAXR];
+            const int k = 4 * c + 2 * J; /* hmask bit of the low half's chunk */
+            const __m512i hbit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << k)),
+                                                    _mm256_set1_epi8((char)(1 << (k + 1))), 1);
+            UNROLL for (int r = 0; r < RW; r++) {
+                __m512i bits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs[r] + 32 * c)));
+                q[r] = _mm512_and_si512(_mm512_srlv_epi16(bits, sh[J]), m2);
+                if (three) q[r] = _mm512_mask_add_epi8(q[r], _mm512_test_epi8_mask(hm[r], hbit), q[r], four);
+                s[r] = spread4(sc[r], 8 * c + 4 * J);
+            }
+            UNROLL for (int t = 0; t < RT; t++) {
+                __m512i xv = _mm512_loadu_si512(((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * c + 64 * J);
+                UNROLL for (int r = 0; r < RW; r++)
+                    isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q[r], xv), s[r]);
             }
         }
         UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
@@ -1073,6 +1164,8 @@ static void gemm_packed_bf16x(int64_t n, int64_t n_rows, int64_t T, float *y, in
 #define T_Q5_0(RW, RT, ...) tile_b32(B_Q5_0, RW, RT, __VA_ARGS__)
 #define T_Q5_1(RW, RT, ...) tile_b32(B_Q5_1, RW, RT, __VA_ARGS__)
 #define T_Q8_0(RW, RT, ...) tile_pair(B_Q8_0, RW, RT, __VA_ARGS__)
+#define T_Q2_K(RW, RT, ...) tile_q23_K(false, RW, RT, __VA_ARGS__)
+#define T_Q3_K(RW, RT, ...) tile_q23_K(true, RW, RT, __VA_ARGS__)
 #define T_Q4_K(RW, RT, ...) tile_q4_K(RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)
 
@@ -1084,6 +1177,8 @@ X86_DEFINE_KERNELS_T(q4_1, T_Q4_1, 2, 4)
 X86_DEFINE_KERNELS_T(q5_0, T_Q5_0, 2, 4)
 X86_DEFINE_KERNELS_T(q5_1, T_Q5_1, 2, 4)
 X86_DEFINE_KERNELS(q8_0, T_Q8_0)
+X86_DEFINE_KERNELS(q2_K, T_Q2_K)
+X86_DEFINE_KERNELS(q3_K, T_Q3_K)
 X86_DEFINE_KERNELS(q4_K, T_Q4_K)
 X86_DEFINE_KERNELS(q6_K, T_Q6_K)
 
@@ -1111,6 +1206,8 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q5_0, q5_0);
     SET_DOT(L3C_TYPE_Q5_1, q5_1);
     SET_DOT(L3C_TYPE_Q8_0, q8_0);
+    SET_DOT(L3C_TYPE_Q2_K, q2_K);
+    SET_DOT(L3C_TYPE_Q3_K, q3_K);
     SET_DOT(L3C_TYPE_Q4_K, q4_K);
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
     SET_PACKED(L3C_TYPE_Q4_0, q4_0, pack_act_q4_0, 32, sizeof(l3c_block_q8_0x));
