@@ -408,6 +408,12 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
         y[t * ldy + r] = x86_hsum_ps(acc[r][t]);
 }
 
+/* 64-bit lanes 2h, 2h + 1 of v (the int16 scales of half h) in both 128-bit halves; both
+ * immediates constant so that builds without unrolling (-O1) compile */
+INLINE __m256i bcast_half(__m256i v, int h) {
+    return h ? _mm256_permute4x64_epi64(v, 0xEE) : _mm256_permute4x64_epi64(v, 0x44);
+}
+
 /*
  * Q2_K / Q3_K: per 128-element half c, the 32 bytes qs[32c..] hold 2-bit fields j = 0..3, each
  * the 32-element chunk 128c + 32j (low 16 bytes: sub-block 8c + 2j, high: 8c + 2j + 1), so one
@@ -448,7 +454,7 @@ INLINE void tile_q2_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
             __m256i bits[MAXR], scc[MAXR];
             UNROLL for (int r = 0; r < RW; r++) {
                 bits[r] = _mm256_loadu_si256((const __m256i *)(wb[r]->qs + 32 * c));
-                scc[r] = _mm256_permute4x64_epi64(sc[r], c ? 0xEE : 0x44);
+                scc[r] = bcast_half(sc[r], c);
             }
             UNROLL for (int j = 0; j < 4; j++) {
                 __m256i q[MAXR], scv[MAXR];
@@ -516,7 +522,7 @@ INLINE void tile_q3_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
             __m256i bits[MAXR], scc[MAXR];
             UNROLL for (int r = 0; r < RW; r++) {
                 bits[r] = _mm256_loadu_si256((const __m256i *)(wb[r]->qs + 32 * c));
-                scc[r] = _mm256_permute4x64_epi64(sc[r], c ? 0xEE : 0x44);
+                scc[r] = bcast_half(sc[r], c);
             }
             UNROLL for (int j = 0; j < 4; j++) {
                 __m256i q[MAXR], scv[MAXR];
