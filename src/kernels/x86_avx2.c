@@ -414,6 +414,13 @@ INLINE __m256i bcast_half(__m256i v, int h) {
     return h ? _mm256_permute4x64_epi64(v, 0xEE) : _mm256_permute4x64_epi64(v, 0x44);
 }
 
+/* bit k (0..7) of each byte of h, moved to bit 2 */
+INLINE __m256i q3_K_hbit(__m256i h, int k) {
+    const __m256i m = _mm256_set1_epi8(0x04);
+    if (k < 2) return _mm256_and_si256(_mm256_slli_epi16(h, 2 - k), m);
+    return _mm256_and_si256(_mm256_srli_epi16(h, k - 2), m);
+}
+
 /*
  * Q2_K / Q3_K: per 128-element half c, the 32 bytes qs[32c..] hold 2-bit fields j = 0..3, each
  * the 32-element chunk 128c + 32j (low 16 bytes: sub-block 8c + 2j, high: 8c + 2j + 1), so one
@@ -423,112 +430,62 @@ INLINE __m256i bcast_half(__m256i v, int h) {
  * Q3_K: q + 4 = lo | hbit << 2 in [0, 7] (unsigned for maddubs); the -4 is folded in once per
  * block as -4 * sum_s sc[s] * bsum[s], as Q6_K does with its -32.
  */
-INLINE void tile_q2_K(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
-                      float *y, int64_t ldy) {
+
+INLINE void tile_q23_K(bool three, int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
+                       float *y, int64_t ldy) {
+    const size_t wbs = three ? sizeof(l3c_block_q3_K) : sizeof(l3c_block_q2_K);
     const __m256i m2 = _mm256_set1_epi8(0x03), m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[MAXR][MAXR];
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[r][t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / 256; b++) {
-        const l3c_block_q2_K *wb[MAXR];
-        __m256i sc[MAXR], mn[MAXR], isum[MAXR][MAXR];
+        const uint8_t *qs[MAXR];
+        __m256i sc[MAXR], mn[MAXR], hm[MAXR], isum[MAXR][MAXR];
         float dw[MAXR], dmw[MAXR], dx[MAXR];
         UNROLL for (int r = 0; r < RW; r++) {
-            wb[r] = (const l3c_block_q2_K *)(w + r * ws) + b;
-            dw[r] = x86_fp16(wb[r]->d);
-            dmw[r] = x86_fp16(wb[r]->dmin);
-            __m128i s8 = _mm_loadu_si128((const __m128i *)wb[r]->scales);
-            sc[r] = _mm256_cvtepu8_epi16(_mm_and_si128(s8, _mm256_castsi256_si128(m4)));
-            mn[r] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm256_castsi256_si128(m4)));
+            const char *blk = w + r * ws + b * wbs;
+            if (three) {
+                const l3c_block_q3_K *q3 = (const l3c_block_q3_K *)blk;
+                qs[r] = q3->qs;
+                dw[r] = x86_fp16(q3->d);
+                sc[r] = q3_K_scales(q3->scales);
+                hm[r] = _mm256_loadu_si256((const __m256i *)q3->hmask);
+            } else {
+                const l3c_block_q2_K *q2 = (const l3c_block_q2_K *)blk;
+                qs[r] = q2->qs;
+                dw[r] = x86_fp16(q2->d);
+                dmw[r] = x86_fp16(q2->dmin);
+                __m128i s8 = _mm_loadu_si128((const __m128i *)q2->scales);
+                sc[r] = _mm256_cvtepu8_epi16(_mm_and_si128(s8, _mm256_castsi256_si128(m4)));
+                mn[r] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm256_castsi256_si128(m4)));
+            }
         }
         UNROLL for (int t = 0; t < RT; t++) {
             const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
             dx[t] = xb->d;
             __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+            /* Q3_K: -4 * bsum fits int16 (|bsum| <= 16 * 128) */
+            if (three) bs = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(bs, 2));
             UNROLL for (int r = 0; r < RW; r++) {
-                __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn[r], bs));
-                acc[r][t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmw[r] * dx[t]), m, acc[r][t]);
-                isum[r][t] = _mm256_setzero_si256();
+                if (three) {
+                    isum[r][t] = _mm256_madd_epi16(sc[r], bs);
+                } else {
+                    __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn[r], bs));
+                    acc[r][t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmw[r] * dx[t]), m, acc[r][t]);
+                    isum[r][t] = _mm256_setzero_si256();
+                }
             }
         }
         UNROLL for (int c = 0; c < 2; c++) {
             __m256i bits[MAXR], scc[MAXR];
             UNROLL for (int r = 0; r < RW; r++) {
-                bits[r] = _mm256_loadu_si256((const __m256i *)(wb[r]->qs + 32 * c));
+                bits[r] = _mm256_loadu_si256((const __m256i *)(qs[r] + 32 * c));
                 scc[r] = bcast_half(sc[r], c);
             }
             UNROLL for (int j = 0; j < 4; j++) {
                 __m256i q[MAXR], scv[MAXR];
                 UNROLL for (int r = 0; r < RW; r++) {
                     q[r] = _mm256_and_si256(_mm256_srli_epi16(bits[r], 2 * j), m2);
-                    scv[r] = _mm256_shuffle_epi8(scc[r], x86_bcast16_mask(2 * j, 2 * j + 1));
-                }
-                UNROLL for (int t = 0; t < RT; t++) {
-                    const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 128 * c + 32 * j;
-                    __m256i xv = _mm256_loadu_si256((const __m256i *)xq);
-                    UNROLL for (int r = 0; r < RW; r++)
-                        isum[r][t] = _mm256_add_epi32(isum[r][t],
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], xv), scv[r]));
-                }
-            }
-        }
-        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
-            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx[t]), _mm256_cvtepi32_ps(isum[r][t]), acc[r][t]);
-    }
-    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
-        y[t * ldy + r] = x86_hsum_ps(acc[r][t]);
-}
-
-/* Q3_K: the 12 packed bytes -> 16 signed scales (6 bits minus 32) as int16 lanes */
-static inline __m256i q3_K_scales(const uint8_t *q) {
-    uint32_t a = x86_load_u32(q), b = x86_load_u32(q + 4), c = x86_load_u32(q + 8);
-    __m128i s = _mm_setr_epi32((int)((a & 0x0F0F0F0F) | ((c << 4) & 0x30303030)),
-                               (int)((b & 0x0F0F0F0F) | ((c << 2) & 0x30303030)),
-                               (int)(((a >> 4) & 0x0F0F0F0F) | (c & 0x30303030)),
-                               (int)(((b >> 4) & 0x0F0F0F0F) | ((c >> 2) & 0x30303030)));
-    return _mm256_cvtepi8_epi16(_mm_sub_epi8(s, _mm_set1_epi8(32)));
-}
-
-/* bit k (0..7) of each byte of h, moved to bit 2 */
-INLINE __m256i q3_K_hbit(__m256i h, int k) {
-    const __m256i m = _mm256_set1_epi8(0x04);
-    if (k < 2) return _mm256_and_si256(_mm256_slli_epi16(h, 2 - k), m);
-    return _mm256_and_si256(_mm256_srli_epi16(h, k - 2), m);
-}
-
-INLINE void tile_q3_K(int RW, int RT, int64_t n, const char *w, size_t ws, const char *x, size_t xs,
-                      float *y, int64_t ldy) {
-    const __m256i m2 = _mm256_set1_epi8(0x03);
-    __m256 acc[MAXR][MAXR];
-    UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / 256; b++) {
-        const l3c_block_q3_K *wb[MAXR];
-        __m256i sc[MAXR], hm[MAXR], isum[MAXR][MAXR];
-        float dw[MAXR], dx[MAXR];
-        UNROLL for (int r = 0; r < RW; r++) {
-            wb[r] = (const l3c_block_q3_K *)(w + r * ws) + b;
-            dw[r] = x86_fp16(wb[r]->d);
-            sc[r] = q3_K_scales(wb[r]->scales);
-            hm[r] = _mm256_loadu_si256((const __m256i *)wb[r]->hmask);
-        }
-        UNROLL for (int t = 0; t < RT; t++) {
-            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
-            dx[t] = xb->d;
-            /* -4 * bsum fits int16 (|bsum| <= 16 * 128) */
-            __m256i bs = _mm256_sub_epi16(_mm256_setzero_si256(),
-                _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), 2));
-            UNROLL for (int r = 0; r < RW; r++) isum[r][t] = _mm256_madd_epi16(sc[r], bs);
-        }
-        UNROLL for (int c = 0; c < 2; c++) {
-            __m256i bits[MAXR], scc[MAXR];
-            UNROLL for (int r = 0; r < RW; r++) {
-                bits[r] = _mm256_loadu_si256((const __m256i *)(wb[r]->qs + 32 * c));
-                scc[r] = bcast_half(sc[r], c);
-            }
-            UNROLL for (int j = 0; j < 4; j++) {
-                __m256i q[MAXR], scv[MAXR];
-                UNROLL for (int r = 0; r < RW; r++) {
-                    q[r] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits[r], 2 * j), m2),
-                                           q3_K_hbit(hm[r], 4 * c + j));
+                    if (three) q[r] = _mm256_or_si256(q[r], q3_K_hbit(hm[r], 4 * c + j));
                     scv[r] = _mm256_shuffle_epi8(scc[r], x86_bcast16_mask(2 * j, 2 * j + 1));
                 }
                 UNROLL for (int t = 0; t < RT; t++) {
@@ -557,8 +514,8 @@ INLINE void tile_q3_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
 #define T_Q5_0(RW, RT, ...) tile_b32(B_Q5_0, RW, RT, __VA_ARGS__)
 #define T_Q5_1(RW, RT, ...) tile_b32(B_Q5_1, RW, RT, __VA_ARGS__)
 #define T_Q8_0(RW, RT, ...) tile_q8_0(RW, RT, __VA_ARGS__)
-#define T_Q2_K(RW, RT, ...) tile_q2_K(RW, RT, __VA_ARGS__)
-#define T_Q3_K(RW, RT, ...) tile_q3_K(RW, RT, __VA_ARGS__)
+#define T_Q2_K(RW, RT, ...) tile_q23_K(false, RW, RT, __VA_ARGS__)
+#define T_Q3_K(RW, RT, ...) tile_q23_K(true, RW, RT, __VA_ARGS__)
 #define T_Q4_K(RW, RT, ...) tile_q45_K(false, RW, RT, __VA_ARGS__)
 #define T_Q5_K(RW, RT, ...) tile_q45_K(true, RW, RT, __VA_ARGS__)
 #define T_Q6_K(RW, RT, ...) tile_q6_K(RW, RT, __VA_ARGS__)

@@ -325,6 +325,13 @@ INLINE void tile_pair(int kind, int RW, int RT, int64_t n, const char *w, size_t
 
 /* ---------------------------------------------------------------- K-quants x Q8_K (512-bit) */
 
+/* the end of a super-block of the K-quant tiles: acc + d * (float)(the two 256-bit halves of isum
+ * added), the same for every tile shape */
+INLINE __m256 kq_fold(__m512i isum, float d, __m256 acc) {
+    const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc);
+}
+
 /* 16 int16 in the low 256 bits of v; lanes 16 * h .. 16 * h + 15 of the result = v[k_h] */
 static inline __m512i spread2(__m512i v, int k0, int k1) {
     __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)k0)),
@@ -395,11 +402,8 @@ INLINE void tile_q4_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
                     isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q[r], xv), s[r]);
             }
         }
-        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
-            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[r][t]),
-                                          _mm512_extracti64x4_epi64(isum[r][t], 1));
-            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx[t]), _mm256_cvtepi32_ps(s8), acc[r][t]);
-        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+            acc[r][t] = kq_fold(isum[r][t], dw[r] * dx[t], acc[r][t]);
     }
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
         y[t * ldy + r] = x86_hsum_ps(acc[r][t]) - macc[r][t];
@@ -455,24 +459,11 @@ INLINE void tile_q6_K(int RW, int RT, int64_t n, const char *w, size_t ws, const
                 }
             }
         }
-        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
-            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[r][t]),
-                                          _mm512_extracti64x4_epi64(isum[r][t], 1));
-            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx[t]), _mm256_cvtepi32_ps(s8), acc[r][t]);
-        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+            acc[r][t] = kq_fold(isum[r][t], dw[r] * dx[t], acc[r][t]);
     }
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
         y[t * ldy + r] = x86_hsum_ps(acc[r][t]);
-}
-
-/* Q3_K: the 12 packed bytes -> 16 signed scales (6 bits minus 32) as int16 lanes */
-static inline __m256i q3_K_scales(const uint8_t *q) {
-    uint32_t a = x86_load_u32(q), b = x86_load_u32(q + 4), c = x86_load_u32(q + 8);
-    __m128i s = _mm_setr_epi32((int)((a & 0x0F0F0F0F) | ((c << 4) & 0x30303030)),
-                               (int)((b & 0x0F0F0F0F) | ((c << 2) & 0x30303030)),
-                               (int)(((a >> 4) & 0x0F0F0F0F) | (c & 0x30303030)),
-                               (int)(((b >> 4) & 0x0F0F0F0F) | ((c >> 2) & 0x30303030)));
-    return _mm256_cvtepi8_epi16(_mm_sub_epi8(s, _mm_set1_epi8(32)));
 }
 
 /*
@@ -545,11 +536,8 @@ INLINE void tile_q23_K(bool three, int RW, int RT, int64_t n, const char *w, siz
                     isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q[r], xv), s[r]);
             }
         }
-        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++) {
-            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[r][t]),
-                                          _mm512_extracti64x4_epi64(isum[r][t], 1));
-            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx[t]), _mm256_cvtepi32_ps(s8), acc[r][t]);
-        }
+        UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
+            acc[r][t] = kq_fold(isum[r][t], dw[r] * dx[t], acc[r][t]);
     }
     UNROLL for (int r = 0; r < RW; r++) UNROLL for (int t = 0; t < RT; t++)
         y[t * ldy + r] = x86_hsum_ps(acc[r][t]);

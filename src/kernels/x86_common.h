@@ -47,6 +47,16 @@ static inline uint32_t x86_load_u32(const void *p) {
     return v;
 }
 
+/* Q3_K: the 12 packed bytes -> 16 signed scales (6 bits minus 32) as int16 lanes */
+static inline __m256i q3_K_scales(const uint8_t *q) {
+    uint32_t a = x86_load_u32(q), b = x86_load_u32(q + 4), c = x86_load_u32(q + 8);
+    __m128i s = _mm_setr_epi32((int)((a & 0x0F0F0F0F) | ((c << 4) & 0x30303030)),
+                               (int)((b & 0x0F0F0F0F) | ((c << 2) & 0x30303030)),
+                               (int)(((a >> 4) & 0x0F0F0F0F) | (c & 0x30303030)),
+                               (int)(((b >> 4) & 0x0F0F0F0F) | ((c >> 2) & 0x30303030)));
+    return _mm256_cvtepi8_epi16(_mm_sub_epi8(s, _mm_set1_epi8(32)));
+}
+
 /* 16 bytes of packed nibbles -> 32 bytes in [0, 15]: element j (low nibble of qs[j]) at byte j,
  * element j + 16 (high nibble) at byte j + 16. */
 static inline __m256i x86_nibbles32(const uint8_t *qs) {
