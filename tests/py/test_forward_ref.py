@@ -178,7 +178,7 @@ def test_greedy_f32_matches_reference(llama3c, tiny_model, shape):
 # are the default where the CPU has them; the per-row kernels over the file's layout (L3C_PACK=0,
 # and every CPU without the packed path) must stay as close to the reference.
 PACK_CASES = [("gqa1_tied", "Q4_0"), ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K"),
-              ("gqa1_tied", "F16"), ("gqa3_untied", "BF16")]
+              ("gqa1_tied", "F16"), ("gqa3_untied", "BF16"), ("gqa4_untied_rf", "Q5_K_M"), ("gqa1_tied", "Q3_K_M")]
 
 
 @pytest.mark.parametrize("shape,wtype", PACK_CASES, ids=[f"{s}-{t}" for s, t in PACK_CASES])
