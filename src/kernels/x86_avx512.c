@@ -1142,6 +1142,160 @@ static void gemm_packed_bf16x(int64_t n, int64_t n_rows, int64_t T, float *y, in
     pkf_gemm(PKF_BF16, n, n_rows, T, y, ldy, wp, x, xs);
 }
 
+/* ---------------------------------------------------------------- packed Q5_K (16 rows) */
+
+/*
+ * Per super-block a group holds 16 x 176 bytes: d[16], dmin[16] and the 3 scale chunks exactly as
+ * packed Q4_K (so q4k_scales / q4k_finish serve both), then per 64-element pair j 10 chunks of 64
+ * bytes, in the order the one-token tile reads them. With a_l, b_l the 5-bit quants of element l
+ * (< 32) of sub-blocks 2j and 2j + 1:
+ *   Q5_B(j, k), k < 2: byte i of lane r holds b_l >> 3 of row r at bits 2m, 2m + 1 for the 4
+ *                columns c = 4k + m (l = 4c + i);
+ *   Q5_Y(j, c), c < 8: byte i of lane r = a_l << 3 | (b_l & 7) of row r (l = 4c + i).
+ * Then Y & 0xF8 = 8 a (one and) and b = (Y & 7) | (B shifted by 3 - 2m) & 0x18 (a shift, an and,
+ * a ternlog): 4 ops per Y chunk for both quants, where the file's nibbles plus planes of 5th bits
+ * took 7 (a one-token kernel ~12% slower). The dots of a are 8x theirs, so b's take 8 sc and
+ * isum8 = 8 isum exactly (|isum8| < 2^29) is shifted back before Q4_K's epilogue (mins from the
+ * Q8_K group sums, per-lane float): the same operations for every tile shape, batch invariant.
+ */
+#define Q5_B(j, k) (256 + 640 * (j) + 64 * (k))
+#define Q5_Y(j, c) (256 + 640 * (j) + 128 + 64 * (c))
+
+/* per row and pair j, 8 elements per 64-bit word: bytes of a and b, then Y and B as above */
+static void pack_q5_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    const uint64_t m01 = 0x0101010101010101u;
+    for (int64_t b = 0; b < n / 256; b++) {
+        uint8_t *g = (uint8_t *)dst + b * (PK_ROWS * sizeof(l3c_block_q5_K));
+        memset(g, 0, PK_ROWS * sizeof(l3c_block_q5_K));
+        for (int64_t r = 0; r < n_rows; r++) {
+            const l3c_block_q5_K *blk = (const l3c_block_q5_K *)((const char *)w + r * ws) + b;
+            memcpy(g + 2 * r, &blk->d, 2);
+            memcpy(g + 32 + 2 * r, &blk->dmin, 2);
+            for (int k = 0; k < 3; k++) memcpy(g + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+            for (int j = 0; j < 4; j++) {
+                uint64_t hb[4]; /* bytes b_l >> 3 of l = 8 wd .. 8 wd + 7 */
+                for (int wd = 0; wd < 4; wd++) {
+                    uint64_t q, h;
+                    memcpy(&q, blk->qs + 32 * j + 8 * wd, 8);
+                    memcpy(&h, blk->qh + 8 * wd, 8);
+                    h >>= 2 * j;
+                    const uint64_t a = (q & 15 * m01) | (h & m01) << 4, bq = (q >> 4 & 15 * m01) | (h & 2 * m01) << 3;
+                    const uint64_t y = a << 3 | (bq & 7 * m01);
+                    memcpy(g + Q5_Y(j, 2 * wd) + 4 * r, &y, 4); /* bytes 4..7: l = 8 wd + 4 + i */
+                    memcpy(g + Q5_Y(j, 2 * wd + 1) + 4 * r, (const char *)&y + 4, 4);
+                    hb[wd] = bq >> 3 & 3 * m01;
+                }
+                for (int k = 0; k < 2; k++) { /* columns 4k + m: words 2k, 2k + 1, low then high half */
+                    const uint64_t lo = hb[2 * k], hi = hb[2 * k + 1];
+                    const uint32_t v = (uint32_t)lo | (uint32_t)(lo >> 32) << 2 | (uint32_t)hi << 4 | (uint32_t)(hi >> 32) << 6;
+                    memcpy(g + Q5_B(j, k) + 4 * r, &v, 4);
+                }
+            }
+        }
+    }
+}
+
+static void unpack_q5_K(int64_t n, const void *gv, int r, void *dst) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        const uint8_t *g = (const uint8_t *)gv + b * (PK_ROWS * sizeof(l3c_block_q5_K));
+        l3c_block_q5_K *blk = (l3c_block_q5_K *)dst + b;
+        memcpy(&blk->d, g + 2 * r, 2);
+        memcpy(&blk->dmin, g + 32 + 2 * r, 2);
+        for (int k = 0; k < 3; k++) memcpy(blk->scales + 4 * k, g + 64 + 64 * k + 4 * r, 4);
+        memset(blk->qh, 0, sizeof blk->qh);
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) {
+                const int c = l / 4, i = l % 4, y = g[Q5_Y(j, c) + 4 * r + i];
+                const int a = y >> 3, bq = (y & 7) | (g[Q5_B(j, c / 4) + 4 * r + i] >> 2 * (c % 4) & 3) << 3;
+                blk->qs[32 * j + l] = (uint8_t)((a & 15) | (bq & 15) << 4);
+                blk->qh[l] |= (uint8_t)((a >> 4 | (bq >> 4) << 1) << 2 * j);
+            }
+    }
+}
+
+/* b of column c (see the layout) from its Y chunk and B chunk (the 16-bit shifts keep bits 3..4
+ * within their byte: bits 0..1 move up 3, bits 6..7 down 3) */
+INLINE __m512i q5_high(__m512i y, __m512i bv, int c) {
+    const __m512i m07 = _mm512_set1_epi8(0x07), m18 = _mm512_set1_epi8(0x18);
+    const int sh = 3 - 2 * (c % 4);
+    const __m512i t = sh > 0 ? _mm512_slli_epi16(bv, sh) : _mm512_srli_epi16(bv, -sh);
+    return _mm512_ternarylogic_epi32(_mm512_and_si512(t, m18), y, m07, 0xF8); /* a | (b & c) */
+}
+
+/* many tokens: per sub-block, its 8 unpacked chunks stay in registers for all RT tokens */
+INLINE void pk_q5_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    const __m512i mf8 = _mm512_set1_epi8((char)0xF8);
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q5_K));
+        __m512i u[4];
+        q4k_scales(g, u);
+        __m512i isum[PK_RT];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) UNROLL for (int h = 0; h < 2; h++) {
+            const __m512i sc = h ? _mm512_slli_epi32(q4k_byte(u, 2 * j + 1), 3) : q4k_byte(u, 2 * j);
+            __m512i q[8];
+            UNROLL for (int c = 0; c < 8; c++) {
+                const __m512i y = _mm512_loadu_si512(g + Q5_Y(j, c));
+                q[c] = h ? q5_high(y, _mm512_loadu_si512(g + Q5_B(j, c / 4)), c) : _mm512_and_si512(y, mf8);
+            }
+            UNROLL for (int t = 0; t < RT; t++) {
+                const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 64 * j + 32 * h;
+                __m512i p = _mm512_setzero_si512();
+                UNROLL for (int c = 0; c < 8; c++) p = dpbusd_b(p, q[c], xq + 4 * c);
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(p, sc));
+            }
+        }
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_srai_epi32(isum[t], 3);
+        q4k_finish(RT, g, u, x, xs, b, isum, acc);
+    }
+}
+
+/*
+ * few tokens (generation): the 10 chunks of each pair j in memory order, each loaded once; per
+ * token 2 NP partial dots in flight (a / b x NP column ranges; NP = 1 from 3 tokens on, so that
+ * the partials, u and the unpacking fit in the 32 registers).
+ */
+INLINE void pk_q5_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    const int NP = RT <= 2 ? 2 : 1;
+    const __m512i mf8 = _mm512_set1_epi8((char)0xF8);
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * (PK_ROWS * sizeof(l3c_block_q5_K));
+        __m512i u[4];
+        q4k_scales(g, u);
+        __m512i isum[PK_RT];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        UNROLL for (int j = 0; j < 4; j++) {
+            const __m512i b0 = _mm512_loadu_si512(g + Q5_B(j, 0)), b1 = _mm512_loadu_si512(g + Q5_B(j, 1));
+            __m512i p[PK_RT][4];
+            UNROLL for (int t = 0; t < RT; t++) UNROLL for (int k = 0; k < 2 * NP; k++) p[t][k] = _mm512_setzero_si512();
+            UNROLL for (int c = 0; c < 8; c++) {
+                __m512i y = _mm512_loadu_si512(g + Q5_Y(j, c));
+                __asm__("" : "+v"(y)); /* one load for both quants, not one folded into each use */
+                const __m512i lo = _mm512_and_si512(y, mf8), hi = q5_high(y, c < 4 ? b0 : b1, c);
+                const int k = c * NP / 8;
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 64 * j + 4 * c;
+                    p[t][k] = dpbusd_b(p[t][k], lo, xq);
+                    p[t][NP + k] = dpbusd_b(p[t][NP + k], hi, xq + 32);
+                }
+            }
+            const __m512i s0 = q4k_byte(u, 2 * j), s1 = _mm512_slli_epi32(q4k_byte(u, 2 * j + 1), 3);
+            UNROLL for (int t = 0; t < RT; t++) {
+                __m512i d0 = p[t][0], d1 = p[t][NP];
+                if (NP == 2) d0 = _mm512_add_epi32(d0, p[t][1]), d1 = _mm512_add_epi32(d1, p[t][3]);
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(d0, s0), _mm512_mullo_epi32(d1, s1)));
+            }
+        }
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_srai_epi32(isum[t], 3);
+        q4k_finish(RT, g, u, x, xs, b, isum, acc);
+    }
+}
+
+/* Q5_K: up to 4 tokens pair by pair in memory order, more sub-block by sub-block */
+#define PK_TILE_Q5_K(RT, ...) \
+    ((RT) <= 4 ? pk_q5_K_tile_cm(RT, __VA_ARGS__) : pk_q5_K_tile(RT, __VA_ARGS__))
+PK_KERNEL(q5_K, PK_TILE_Q5_K, l3c_block_q5_K, 256)
+
 /* ---------------------------------------------------------------- tables */
 
 #define T_F32(RW, RT, ...) tile_float(K_F32, RW, RT, __VA_ARGS__)
@@ -1201,6 +1355,7 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_PACKED(L3C_TYPE_Q4_0, q4_0, pack_act_q4_0, 32, sizeof(l3c_block_q8_0x));
     SET_PACKED(L3C_TYPE_Q8_0, q8_0, pack_act_q8_0, 32, sizeof(l3c_block_q8_0x));
     SET_PACKED(L3C_TYPE_Q4_K, q4_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
+    SET_PACKED(L3C_TYPE_Q5_K, q5_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
     SET_PACKED(L3C_TYPE_Q6_K, q6_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
     /* F16 / BF16: exact (fp32 activations used in place), and bf16 for bf16_matmul only */
     table[L3C_TYPE_F16].packed = LAYOUT(pack_x16, unpack_x16, gemm_packed_f16x, NULL, 32, 32 * sizeof(float));
