@@ -254,6 +254,9 @@ int main(int argc, char **argv) {
             if (p > 0 && tr->vec_dot == paths[p - 1].tab[type].vec_dot &&
                 tr->gemm == paths[p - 1].tab[type].gemm) {
                 printf("%-5s %-7s (same kernels as %s)\n", rt->name, paths[p].name, paths[p - 1].name);
+                /* a packed layout of this path alone (Q5_K on avx512) still gets its line */
+                if (tr->packed.rows && tr->packed.gemm != paths[p - 1].tab[type].packed.gemm)
+                    time_packed(&tr->packed, "packed:", w, row_bytes, rows);
                 continue;
             }
             int64_t r = p == 0 ? L3C_MIN(rows, 2048) : rows; /* ref: a prefix */
