@@ -646,6 +646,179 @@ INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x,
     }
 }
 
+/* ---------------------------------------------------------------- packed Q3_K (16 rows) */
+
+/*
+ * Packed Q3_K (lanes are rows, as Q4_K / Q6_K below; activations in Q8_K). The quants are kept
+ * unsigned, v = q + 4 in 0..7 (the file's 2 low bits | the hmask bit << 2). Per super-block a
+ * group holds (16 x 110 bytes, as the file):
+ *   d[16] (fp16);
+ *   3 scale chunks Y0..Y2: byte i of lane r holds, for w_j = row r's 6-bit scale j xor 32 (s_j =
+ *     scale - 32 as 6-bit two's complement) and p = (0, 2, 1, 3)[i], Yk = w_{4k+p} << 2 | bits
+ *     2k .. 2k + 1 of w_{12+p} (q3_scales: the int8 4 s with one AND, or three shifts, two
+ *     ternlogs, one AND for scales 12..15; the order makes even / odd bytes the int16 pairs
+ *     (s_2p, s_2p+1) for the bsums);
+ *   4 rounds of 64 elements (4 groups of 16 with a scale each), each two triples (columns c = 0,
+ *     1) of three chunks X0, X1, X2 (Q3_CHUNK), read in memory order. Slot s of group u at
+ *     column c holds elements 64 rho + 16 u + 4 (2 s + c) + i in byte i of lane r:
+ *       X0 = A << 2 | B << 5 | G & 3,   X1 = C << 2 | D << 5 | G >> 2 | (H & 1) << 1,
+ *       X2 = E << 2 | F << 5 | H >> 1,  with (A, C) group 0, (B, D) 1, (E, G) 2, (F, H) 3
+ *     (q3_quants: 13 instructions give all 8 as 4 v or 32 v, the same factor within a group).
+ * Kernel: per group, dpbusd of the unsigned quants, times 8 s (groups 0, 2) or s (1, 3) in
+ * int32, so isum32 = 32 isum exactly (|isum32| < 2^28); the -4 offset from the bsums
+ * (q3_finish): acc = fma(d * dx, (float)(isum32 / 32 - sum_g 4 s_g bsum_g), acc). The same
+ * operations for every tile shape: batch invariant.
+ */
+#define Q3_GROUP (PK_ROWS * sizeof(l3c_block_q3_K))
+
+/* v = q + 4 (0..7) of the 256 elements of a block (ref.c unpack_q3_K): element 128 c + 32 j + l
+ * is bits 2 j .. 2 j + 1 of qs[32 c + l] | bit 4 c + j of hmask[l] << 2 */
+static void q3_values(const l3c_block_q3_K *blk, uint8_t v[256]) {
+    for (int c = 0; c < 2; c++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++)
+                v[128 * c + 32 * j + l] =
+                    (uint8_t)((blk->qs[32 * c + l] >> (2 * j) & 3) | (blk->hmask[l] >> (4 * c + j) & 1) << 2);
+}
+
+static const int q3_perm[4] = {0, 2, 1, 3};
+
+static void pack_q3_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        uint8_t *g = (uint8_t *)dst + b * Q3_GROUP;
+        memset(g, 0, Q3_GROUP);
+        for (int64_t r = 0; r < n_rows; r++) {
+            const l3c_block_q3_K *blk = (const l3c_block_q3_K *)((const char *)w + r * ws) + b;
+            memcpy(g + 2 * r, &blk->d, 2);
+            int sw[16];
+            for (int j = 0; j < 16; j++) sw[j] = l3c_k3_scale(j, blk->scales) ^ 32;
+            for (int k = 0; k < 3; k++)
+                for (int i = 0; i < 4; i++)
+                    g[32 + 64 * k + 4 * r + i] = (uint8_t)(sw[4 * k + q3_perm[i]] << 2 | (sw[12 + q3_perm[i]] >> (2 * k) & 3));
+            uint8_t v[256];
+            q3_values(blk, v);
+            for (int rho = 0; rho < 4; rho++)
+                for (int c = 0; c < 2; c++) { /* 4 bytes at a time (values < 8: no carry between bytes) */
+                    const uint8_t *e = v + 64 * rho + 4 * c; /* slot s of group u: e + 16 u + 8 s */
+                    uint32_t A, B, C, D, E, F, G, H;
+                    memcpy(&A, e, 4), memcpy(&C, e + 8, 4), memcpy(&B, e + 16, 4), memcpy(&D, e + 24, 4);
+                    memcpy(&E, e + 32, 4), memcpy(&G, e + 40, 4), memcpy(&F, e + 48, 4), memcpy(&H, e + 56, 4);
+                    const uint32_t x0 = A << 2 | B << 5 | (G & 0x03030303u);
+                    const uint32_t x1 = C << 2 | D << 5 | (G >> 2 & 0x01010101u) | (H & 0x01010101u) << 1;
+                    const uint32_t x2 = E << 2 | F << 5 | (H >> 1 & 0x03030303u);
+                    uint8_t *o = g + Q3_CHUNK(rho, c, 0) + 4 * r;
+                    memcpy(o, &x0, 4), memcpy(o + 64, &x1, 4), memcpy(o + 128, &x2, 4);
+                }
+        }
+    }
+}
+
+static void unpack_q3_K(int64_t n, const void *gv, int r, void *dst) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        const uint8_t *g = (const uint8_t *)gv + b * Q3_GROUP;
+        l3c_block_q3_K *blk = (l3c_block_q3_K *)dst + b;
+        memcpy(&blk->d, g + 2 * r, 2);
+        int u[16] = {0};
+        for (int k = 0; k < 3; k++)
+            for (int i = 0; i < 4; i++) {
+                const int y = g[32 + 64 * k + 4 * r + i];
+                u[4 * k + q3_perm[i]] = y >> 2;
+                u[12 + q3_perm[i]] |= (y & 3) << (2 * k);
+            }
+        memset(blk->scales, 0, sizeof(blk->scales));
+        for (int j = 0; j < 16; j++) {
+            const int s = u[j] ^ 32;
+            blk->scales[j % 8] |= (uint8_t)((s & 15) << (4 * (j / 8)));
+            blk->scales[8 + j % 4] |= (uint8_t)((s >> 4) << (2 * (j / 4)));
+        }
+        uint8_t v[256];
+        for (int rho = 0; rho < 4; rho++)
+            for (int c = 0; c < 2; c++)
+                for (int i = 0; i < 4; i++) {
+                    const uint8_t *o = g + Q3_CHUNK(rho, c, 0) + 4 * r + i;
+                    const int x0 = o[0], x1 = o[64], x2 = o[128];
+                    uint8_t *e = v + 64 * rho + 4 * c + i;
+                    e[0] = (uint8_t)(x0 >> 2 & 7), e[16] = (uint8_t)(x0 >> 5);
+                    e[8] = (uint8_t)(x1 >> 2 & 7), e[24] = (uint8_t)(x1 >> 5);
+                    e[32] = (uint8_t)(x2 >> 2 & 7), e[48] = (uint8_t)(x2 >> 5);
+                    e[40] = (uint8_t)((x0 & 3) | (x1 & 1) << 2);
+                    e[56] = (uint8_t)((x1 >> 1 & 1) | (x2 & 3) << 1);
+                }
+        for (int l = 0; l < 32; l++) {
+            int hm = 0;
+            for (int c = 0; c < 2; c++) {
+                int q = 0;
+                for (int j = 0; j < 4; j++) {
+                    const int e = v[128 * c + 32 * j + l];
+                    q |= (e & 3) << (2 * j);
+                    hm |= (e >> 2) << (4 * c + j);
+                }
+                blk->qs[32 * c + l] = (uint8_t)q;
+            }
+            blk->hmask[l] = (uint8_t)hm;
+        }
+    }
+}
+
+/* few tokens (generation): the triples in memory order, each unpacked once; per token the four
+ * groups of a round accumulate over both columns, then are scaled */
+INLINE void pk_q3_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * Q3_GROUP;
+        __m512i isum[PK_RT];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        UNROLL for (int rho = 0; rho < 4; rho++) {
+            __m512i p[PK_RT][4];
+            UNROLL for (int t = 0; t < RT; t++) UNROLL for (int u = 0; u < 4; u++) p[t][u] = _mm512_setzero_si512();
+            UNROLL for (int c = 0; c < 2; c++) {
+                __m512i q[8];
+                q3_quants(g + Q3_CHUNK(rho, c, 0), q);
+                UNROLL for (int t = 0; t < RT; t++) {
+                    const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 64 * rho + 4 * c;
+                    UNROLL for (int u = 0; u < 4; u++) UNROLL for (int s = 0; s < 2; s++)
+                        p[t][u] = dpbusd_b(p[t][u], q[2 * u + s], xq + 16 * u + 8 * s);
+                }
+            }
+            __m512i D[4], sc[4];
+            q3_scales(g, D);
+            UNROLL for (int u = 0; u < 4; u++) sc[u] = q3_scale(D[rho], u);
+            UNROLL for (int t = 0; t < RT; t++)
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(
+                    _mm512_add_epi32(_mm512_mullo_epi32(p[t][0], sc[0]), _mm512_mullo_epi32(p[t][1], sc[1])),
+                    _mm512_add_epi32(_mm512_mullo_epi32(p[t][2], sc[2]), _mm512_mullo_epi32(p[t][3], sc[3]))));
+        }
+        q3_finish(RT, g, x, xs, b, isum, acc);
+    }
+}
+
+/* many tokens: per half round (two groups), its 8 unpacked chunks stay in registers for all RT
+ * tokens (the triples are unpacked twice, from L1) */
+INLINE void pk_q3_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * Q3_GROUP;
+        __m512i isum[PK_RT];
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
+        UNROLL for (int rho = 0; rho < 4; rho++) UNROLL for (int h = 0; h < 2; h++) {
+            __m512i q[2][8], D[4];
+            q3_quants(g + Q3_CHUNK(rho, 0, 0), q[0]);
+            q3_quants(g + Q3_CHUNK(rho, 1, 0), q[1]);
+            q3_scales(g, D);
+            const __m512i s0 = q3_scale(D[rho], 2 * h), s1 = q3_scale(D[rho], 2 * h + 1);
+            UNROLL for (int t = 0; t < RT; t++) {
+                const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 64 * rho + 32 * h;
+                __m512i p0 = _mm512_setzero_si512(), p1 = _mm512_setzero_si512();
+                UNROLL for (int s = 0; s < 2; s++) UNROLL for (int c = 0; c < 2; c++) {
+                    p0 = dpbusd_b(p0, q[c][4 * h + s], xq + 8 * s + 4 * c);
+                    p1 = dpbusd_b(p1, q[c][4 * h + 2 + s], xq + 16 + 8 * s + 4 * c);
+                }
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(p0, s0), _mm512_mullo_epi32(p1, s1)));
+            }
+        }
+        q3_finish(RT, g, x, xs, b, isum, acc);
+    }
+}
+/* ---------------------------------------------------------------- end of packed Q3_K */
+
 /*
  * Packed Q4_K / Q6_K (16 rows, the same lanes-are-rows scheme, activations in Q8_K). Per
  * super-block of 256 elements a group holds (sizes = 16 x the file's block):
@@ -1018,6 +1191,10 @@ static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
 #define PK_TILE_Q8_0(RT, ...) pk_tile(B_Q8_0, RT, __VA_ARGS__)
 PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
+/* Q3_K: up to 4 tokens triple by triple in memory order, more half round by half round */
+#define PK_TILE_Q3_K(RT, ...) \
+    ((RT) <= 4 ? pk_q3_K_tile_cm(RT, __VA_ARGS__) : pk_q3_K_tile(RT, __VA_ARGS__))
+PK_KERNEL(q3_K, PK_TILE_Q3_K, l3c_block_q3_K, 256)
 /* Q4_K: up to 4 tokens chunk by chunk in memory order, more sub-block by sub-block */
 #define PK_TILE_Q4_K(RT, ...) \
     ((RT) <= 4 ? pk_q4_K_tile_cm(RT, __VA_ARGS__) : pk_q4_K_tile(RT, __VA_ARGS__))
@@ -1354,6 +1531,7 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
     SET_PACKED(L3C_TYPE_Q4_0, q4_0, pack_act_q4_0, 32, sizeof(l3c_block_q8_0x));
     SET_PACKED(L3C_TYPE_Q8_0, q8_0, pack_act_q8_0, 32, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q3_K, q3_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
     SET_PACKED(L3C_TYPE_Q4_K, q4_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
     SET_PACKED(L3C_TYPE_Q5_K, q5_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
     SET_PACKED(L3C_TYPE_Q6_K, q6_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));

@@ -32,6 +32,84 @@ INLINE __m512i dpwssd_b(__m512i acc, __m512i w, const void *p) {
     return acc;
 }
 
+/* ---- packed Q3_K (the layout: x86_avx512.c, "packed Q3_K") */
+
+/* byte offset of chunk k (0..2) of the triple at column c (0..1) of round rho (0..3) */
+#define Q3_CHUNK(rho, c, k) (224 + 384 * (rho) + 192 * (c) + 64 * (k))
+
+/* the 16 scales as int8 bytes 4 s (s = 6-bit scale - 32): D[k] byte i of lane r = 4 s_{4k +
+ * (0, 2, 1, 3)[i]} of row r. D[0..2] are the scale chunks' top 6 bits; D[3] is gathered from
+ * their bits 0..1 (to bits 2..3, 4..5, 6..7). */
+INLINE void q3_scales(const char *g, __m512i D[4]) {
+    const __m512i mfc = _mm512_set1_epi8((char)0xFC), m0c = _mm512_set1_epi8(0x0C), m30 = _mm512_set1_epi8(0x30);
+    const __m512i y0 = _mm512_loadu_si512(g + 32), y1 = _mm512_loadu_si512(g + 96), y2 = _mm512_loadu_si512(g + 160);
+    D[0] = _mm512_and_si512(y0, mfc);
+    D[1] = _mm512_and_si512(y1, mfc);
+    D[2] = _mm512_and_si512(y2, mfc);
+    /* 16-bit shifts left: the bits kept (>= the shift count in each byte) come from the same byte */
+    const __m512i t = _mm512_ternarylogic_epi32(_mm512_slli_epi16(y1, 4), _mm512_slli_epi16(y2, 6), m30, 0xE4); /* c ? a : b */
+    D[3] = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_slli_epi16(y0, 2), t, m0c, 0xE4), mfc);
+}
+
+/* scale of group u (0..3) of a round from its D vector, as int32 lanes: 8 s for u even (whose
+ * quants unpack as 4 x), s for u odd (32 x). Byte p = (0, 2, 1, 3)[u] of each lane moved to the
+ * top, then vpsrad 23 or 26; 8 s needs zeros below (bit 23): a shift left for p = 0, a vpshufb
+ * for p = 1; bits 26..31 are the top byte's alone for u odd. */
+INLINE __m512i q3_scale(__m512i d, int u) {
+    if (u == 0) return _mm512_srai_epi32(_mm512_slli_epi32(d, 24), 23);
+    if (u == 1) return _mm512_srai_epi32(_mm512_slli_epi32(d, 8), 26);
+    if (u == 3) return _mm512_srai_epi32(d, 26);
+    const __m512i at1 = _mm512_set_epi32(0x0D808080, 0x09808080, 0x05808080, 0x01808080, 0x0D808080, 0x09808080,
+                                         0x05808080, 0x01808080, 0x0D808080, 0x09808080, 0x05808080, 0x01808080,
+                                         0x0D808080, 0x09808080, 0x05808080, 0x01808080);
+    return _mm512_srai_epi32(_mm512_shuffle_epi8(d, at1), 23);
+}
+
+/*
+ * The 8 quant chunks of a triple X0, X1, X2 at p (lane r byte i of each: two 3-bit values in
+ * bits 2..4 and 5..7, and two bits of the values G, H), as unsigned bytes times 4 (u even) or
+ * 32 (u odd): q[2 u + s] = slot s of group u. G = X0 bits 0..1 | X1 bit 0 << 2; H = X1 bit 1 |
+ * X2 bits 0..1 << 1. 13 instructions for 8 chunks.
+ */
+INLINE void q3_quants(const char *p, __m512i q[8]) {
+    const __m512i m1c = _mm512_set1_epi8(0x1C), me0 = _mm512_set1_epi8((char)0xE0);
+    const __m512i m0c = _mm512_set1_epi8(0x0C), m20 = _mm512_set1_epi8(0x20);
+    __m512i x0 = _mm512_loadu_si512(p), x1 = _mm512_loadu_si512(p + 64), x2 = _mm512_loadu_si512(p + 128);
+    __asm__("" : "+v"(x0), "+v"(x1), "+v"(x2)); /* one load per chunk, not one folded into each use */
+    q[0] = _mm512_and_si512(x0, m1c); /* A */
+    q[2] = _mm512_and_si512(x0, me0); /* B */
+    q[1] = _mm512_and_si512(x1, m1c); /* C */
+    q[3] = _mm512_and_si512(x1, me0); /* D */
+    q[4] = _mm512_and_si512(x2, m1c); /* E */
+    q[6] = _mm512_and_si512(x2, me0); /* F */
+    /* 16-bit shifts left: the bits kept come from the same byte; 0xE4: c ? a : b */
+    const __m512i s1 = _mm512_slli_epi16(x1, 4);
+    q[5] = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_slli_epi16(x0, 2), s1, m0c, 0xE4), m1c); /* G */
+    q[7] = _mm512_and_si512(_mm512_ternarylogic_epi32(s1, _mm512_slli_epi16(x2, 6), m20, 0xE4), me0); /* H */
+}
+
+/* the end of a super-block, the same per lane for every tile shape: isum32 = 32 x the dot of
+ * the unsigned quants (q + 4); the -4 offset from the Q8_K group sums (o = sum 4 s bsum), then
+ * acc = fma(d * dx, (float)(isum32 / 32 - o), acc) */
+INLINE void q3_finish(int RT, const char *g, const char *x, size_t xs, int64_t b, const __m512i isum[],
+                      __m512 acc[]) {
+    __m512i D[4], pairs[8];
+    q3_scales(g, D);
+    UNROLL for (int k = 0; k < 4; k++) { /* int16 pairs (4 s_2p, 4 s_2p+1) */
+        pairs[2 * k] = _mm512_srai_epi16(_mm512_slli_epi16(D[k], 8), 8);
+        pairs[2 * k + 1] = _mm512_srai_epi16(D[k], 8);
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+    UNROLL for (int t = 0; t < RT; t++) {
+        const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+        __m512i o = _mm512_setzero_si512();
+        UNROLL for (int p = 0; p < 8; p++) o = dpwssd_b(o, pairs[p], xb->bsums + 2 * p);
+        const __m512i tot = _mm512_sub_epi32(_mm512_srai_epi32(isum[t], 5), o);
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), _mm512_cvtepi32_ps(tot), acc[t]);
+    }
+}
+/* ---- end of packed Q3_K */
+
 /* the 6-bit scales and mins of a Q4_K group as bytes: u[0] = sc0..3, u[1] = sc4..7,
  * u[2] = m0..3, u[3] = m4..7 (byte k of lane r: row r's value 4 i + k of u[i]) */
 INLINE void q4k_scales(const char *g, __m512i u[4]) {
