@@ -664,10 +664,12 @@ INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x,
  *       X0 = A << 2 | B << 5 | G & 3,   X1 = C << 2 | D << 5 | G >> 2 | (H & 1) << 1,
  *       X2 = E << 2 | F << 5 | H >> 1,  with (A, C) group 0, (B, D) 1, (E, G) 2, (F, H) 3
  *     (q3_quants: 13 instructions give all 8 as 4 v or 32 v, the same factor within a group).
- * Kernel: per group, dpbusd of the unsigned quants, times 8 s (groups 0, 2) or s (1, 3) in
- * int32, so isum32 = 32 isum exactly (|isum32| < 2^28); the -4 offset from the bsums
- * (q3_finish): acc = fma(d * dx, (float)(isum32 / 32 - sum_g 4 s_g bsum_g), acc). The same
- * operations for every tile shape: batch invariant.
+ * Kernels: both find per (row, token) the exact tot = sum_g s_g (dot of group g's q) and end
+ * with the same acc = fma(d * dx, (float)tot, acc) (q3_acc): batch invariant.
+ *   few tokens: per group, dpbusd of the chunks as 4 v or 32 v, times 8 s or s in int32
+ *     (isum32 = 32 x the dot of v, |isum32| < 2^28), the -4 offset from the bsums (q3_finish);
+ *   many tokens: the chunks as v; per pair of groups the two dots, started from -4 bsum, as one
+ *     int16 pair into one dpwssd by the scale pair (4 s, 4 s').
  */
 #define Q3_GROUP (PK_ROWS * sizeof(l3c_block_q3_K))
 
@@ -786,35 +788,60 @@ INLINE void pk_q3_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
                 isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(
                     _mm512_add_epi32(_mm512_mullo_epi32(p[t][0], sc[0]), _mm512_mullo_epi32(p[t][1], sc[1])),
                     _mm512_add_epi32(_mm512_mullo_epi32(p[t][2], sc[2]), _mm512_mullo_epi32(p[t][3], sc[3]))));
+            UNROLL for (int t = 0; t < RT; t++) __asm__("" : "+v"(isum[t])); /* scaled here, not spilled */
         }
         q3_finish(RT, g, x, xs, b, isum, acc);
     }
 }
 
-/* many tokens: per half round (two groups), its 8 unpacked chunks stay in registers for all RT
- * tokens (the triples are unpacked twice, from L1) */
+/* the int32 at p broadcast by a load (GCC otherwise keeps off[] in registers and shuffles) */
+INLINE __m512i bcast_m(const int32_t *p) {
+    __m512i v;
+    __asm__("vpbroadcastd %1, %0" : "=v"(v) : "m"(*p));
+    return v;
+}
+
+/*
+ * many tokens: per half round (two groups, the Q8_K group-sum pair p), its 8 chunks unpacked as
+ * v stay in registers for all RT tokens. Per token the two groups' dots, started from -4 bsum
+ * (the offset: |dot| < 2^15), become one int16 pair (vpslld, vpternlogd) that one dpwssd by the
+ * scale pair (4 s_2p, 4 s_2p+1) adds: isum4 = 4 tot, no vpmulld and no offset pass.
+ */
 INLINE void pk_q3_K_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    const __m512i lo16 = _mm512_set1_epi32(0xFFFF);
     for (int64_t b = 0; b < nb; b++) {
         const char *g = wp + b * Q3_GROUP;
+        int32_t off[PK_RT][16]; /* -4 bsum_g per token, as int32 to broadcast */
         __m512i isum[PK_RT];
-        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_setzero_si512();
-        UNROLL for (int rho = 0; rho < 4; rho++) UNROLL for (int h = 0; h < 2; h++) {
-            __m512i q[2][8], D[4];
-            q3_quants(g + Q3_CHUNK(rho, 0, 0), q[0]);
-            q3_quants(g + Q3_CHUNK(rho, 1, 0), q[1]);
-            q3_scales(g, D);
-            const __m512i s0 = q3_scale(D[rho], 2 * h), s1 = q3_scale(D[rho], 2 * h + 1);
-            UNROLL for (int t = 0; t < RT; t++) {
-                const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 64 * rho + 32 * h;
-                __m512i p0 = _mm512_setzero_si512(), p1 = _mm512_setzero_si512();
-                UNROLL for (int s = 0; s < 2; s++) UNROLL for (int c = 0; c < 2; c++) {
-                    p0 = dpbusd_b(p0, q[c][4 * h + s], xq + 8 * s + 4 * c);
-                    p1 = dpbusd_b(p1, q[c][4 * h + 2 + s], xq + 16 + 8 * s + 4 * c);
-                }
-                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(p0, s0), _mm512_mullo_epi32(p1, s1)));
-            }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)((const l3c_block_q8_K *)(x + t * xs) + b)->bsums);
+            _mm512_storeu_si512(off[t], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_cvtepi16_epi32(bs), 2)));
+            isum[t] = _mm512_setzero_si512();
         }
-        q3_finish(RT, g, x, xs, b, isum, acc);
+        UNROLL for (int rho = 0; rho < 4; rho++) UNROLL for (int h = 0; h < 2; h++) {
+            const int p = 2 * rho + h; /* groups 2 p, 2 p + 1 */
+            __m512i q[2][4], D[4];
+            UNROLL for (int c = 0; c < 2; c++) {
+                __m512i xt[3];
+                q3_load(g + Q3_CHUNK(rho, c, 0), 2 + h, xt);
+                q3_quants_v(xt[0], xt[1], xt[2], h, q[c]);
+            }
+            q3_scales(g, D);
+            const __m512i sp = q3_pair(D, p);
+            UNROLL for (int t = 0; t < RT; t++) {
+                const int8_t *xq = ((const l3c_block_q8_K *)(x + t * xs) + b)->qs + 32 * p;
+                __m512i p0 = bcast_m(&off[t][2 * p]), p1 = bcast_m(&off[t][2 * p + 1]);
+                UNROLL for (int s = 0; s < 2; s++) UNROLL for (int c = 0; c < 2; c++) {
+                    p0 = dpbusd_b(p0, q[c][s], xq + 8 * s + 4 * c);
+                    p1 = dpbusd_b(p1, q[c][2 + s], xq + 16 + 8 * s + 4 * c);
+                }
+                const __m512i pr = _mm512_ternarylogic_epi32(p0, _mm512_slli_epi32(p1, 16), lo16, 0xE4); /* c ? a : b */
+                isum[t] = _mm512_dpwssd_epi32(isum[t], pr, sp);
+            }
+            UNROLL for (int t = 0; t < RT; t++) __asm__("" : "+v"(isum[t])); /* here, not spilled */
+        }
+        UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_srai_epi32(isum[t], 2);
+        q3_acc(RT, g, x, xs, b, isum, acc);
     }
 }
 /* ---------------------------------------------------------------- end of packed Q3_K */

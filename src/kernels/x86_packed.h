@@ -88,25 +88,62 @@ INLINE void q3_quants(const char *p, __m512i q[8]) {
     q[7] = _mm512_and_si512(_mm512_ternarylogic_epi32(s1, _mm512_slli_epi16(x2, 6), m20, 0xE4), me0); /* H */
 }
 
-/* the end of a super-block, the same per lane for every tile shape: isum32 = 32 x the dot of
- * the unsigned quants (q + 4); the -4 offset from the Q8_K group sums (o = sum 4 s bsum), then
- * acc = fma(d * dx, (float)(isum32 / 32 - o), acc) */
+/* the half h (0: groups 0, 1; 1: groups 2, 3) of the triple x0, x1, x2 as v (0..7): q[2 (u -
+ * 2 h) + s] = slot s of group u (16-bit shifts then AND: the bits kept come from the same byte) */
+INLINE void q3_quants_v(__m512i x0, __m512i x1, __m512i x2, int h, __m512i q[4]) {
+    const __m512i m7 = _mm512_set1_epi8(7);
+    if (h == 0) {
+        q[0] = _mm512_and_si512(_mm512_srli_epi16(x0, 2), m7); /* A */
+        q[1] = _mm512_and_si512(_mm512_srli_epi16(x1, 2), m7); /* C */
+        q[2] = _mm512_and_si512(_mm512_srli_epi16(x0, 5), m7); /* B */
+        q[3] = _mm512_and_si512(_mm512_srli_epi16(x1, 5), m7); /* D */
+        return;
+    }
+    q[0] = _mm512_and_si512(_mm512_srli_epi16(x2, 2), m7); /* E */
+    q[2] = _mm512_and_si512(_mm512_srli_epi16(x2, 5), m7); /* F */
+    /* 0xE4: c ? a : b */
+    q[1] = _mm512_and_si512(_mm512_ternarylogic_epi32(x0, _mm512_slli_epi16(x1, 2), _mm512_set1_epi8(3), 0xE4), m7); /* G */
+    q[3] = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(x1, 1), _mm512_slli_epi16(x2, 1),
+                                                      _mm512_set1_epi8(1), 0xE4), m7); /* H */
+}
+
+/* the first n (2, 3) chunks of the triple at p, each loaded once (not folded into each use) */
+INLINE void q3_load(const char *p, int n, __m512i x[3]) {
+    x[0] = _mm512_loadu_si512(p), x[1] = _mm512_loadu_si512(p + 64);
+    x[2] = n == 3 ? _mm512_loadu_si512(p + 128) : _mm512_setzero_si512();
+    __asm__("" : "+v"(x[0]), "+v"(x[1]));
+    if (n == 3) __asm__("" : "+v"(x[2]));
+}
+
+/* the int16 pairs (4 s_2p, 4 s_2p+1) of every row for the Q8_K group-sum pair p (0..7) */
+INLINE __m512i q3_pair(const __m512i D[4], int p) {
+    return p % 2 ? _mm512_srai_epi16(D[p / 2], 8) : _mm512_srai_epi16(_mm512_slli_epi16(D[p / 2], 8), 8);
+}
+
+/* the end of a super-block, the same per lane for every tile shape, from the exact integer dot
+ * tot[t] = sum_g s_g (dot of group g's q) of each row: acc = fma(d * dx, (float)tot, acc) */
+INLINE void q3_acc(int RT, const char *g, const char *x, size_t xs, int64_t b, const __m512i tot[], __m512 acc[]) {
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+    UNROLL for (int t = 0; t < RT; t++) {
+        const float dx = ((const l3c_block_q8_K *)(x + t * xs) + b)->d;
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(dx)), _mm512_cvtepi32_ps(tot[t]), acc[t]);
+    }
+}
+
+/* q3_acc from isum32 = 32 x the dot of the unsigned quants (q + 4): the -4 offset from the Q8_K
+ * group sums, tot = isum32 / 32 - sum_g 4 s_g bsum_g */
 INLINE void q3_finish(int RT, const char *g, const char *x, size_t xs, int64_t b, const __m512i isum[],
                       __m512 acc[]) {
-    __m512i D[4], pairs[8];
+    __m512i D[4], pairs[8], tot[PK_RT];
     q3_scales(g, D);
-    UNROLL for (int k = 0; k < 4; k++) { /* int16 pairs (4 s_2p, 4 s_2p+1) */
-        pairs[2 * k] = _mm512_srai_epi16(_mm512_slli_epi16(D[k], 8), 8);
-        pairs[2 * k + 1] = _mm512_srai_epi16(D[k], 8);
-    }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+    UNROLL for (int p = 0; p < 8; p++) pairs[p] = q3_pair(D, p);
     UNROLL for (int t = 0; t < RT; t++) {
         const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
         __m512i o = _mm512_setzero_si512();
         UNROLL for (int p = 0; p < 8; p++) o = dpwssd_b(o, pairs[p], xb->bsums + 2 * p);
-        const __m512i tot = _mm512_sub_epi32(_mm512_srai_epi32(isum[t], 5), o);
-        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), _mm512_cvtepi32_ps(tot), acc[t]);
+        tot[t] = _mm512_sub_epi32(_mm512_srai_epi32(isum[t], 5), o);
     }
+    q3_acc(RT, g, x, xs, b, tot, acc);
 }
 /* ---- end of packed Q3_K */
 
