@@ -696,7 +696,8 @@ static void pack_q3_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void 
             for (int j = 0; j < 16; j++) sw[j] = l3c_k3_scale(j, blk->scales) ^ 32;
             for (int k = 0; k < 3; k++)
                 for (int i = 0; i < 4; i++)
-                    g[32 + 64 * k + 4 * r + i] = (uint8_t)(sw[4 * k + q3_perm[i]] << 2 | (sw[12 + q3_perm[i]] >> (2 * k) & 3));
+                    g[32 + 64 * k + 4 * r + i] =
+                        (uint8_t)(sw[4 * k + q3_perm[i]] << 2 | (sw[12 + q3_perm[i]] >> (2 * k) & 3));
             uint8_t v[256];
             q3_values(blk, v);
             for (int rho = 0; rho < 4; rho++)
@@ -815,7 +816,8 @@ INLINE void pk_q3_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
         __m512i isum[PK_RT];
         UNROLL for (int t = 0; t < RT; t++) {
             const __m256i bs = _mm256_loadu_si256((const __m256i *)((const l3c_block_q8_K *)(x + t * xs) + b)->bsums);
-            _mm512_storeu_si512(off[t], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_cvtepi16_epi32(bs), 2)));
+            const __m512i bs4 = _mm512_slli_epi32(_mm512_cvtepi16_epi32(bs), 2);
+            _mm512_storeu_si512(off[t], _mm512_sub_epi32(_mm512_setzero_si512(), bs4));
             isum[t] = _mm512_setzero_si512();
         }
         UNROLL for (int rho = 0; rho < 4; rho++) UNROLL for (int h = 0; h < 2; h++) {

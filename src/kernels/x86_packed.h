@@ -46,8 +46,9 @@ INLINE void q3_scales(const char *g, __m512i D[4]) {
     D[0] = _mm512_and_si512(y0, mfc);
     D[1] = _mm512_and_si512(y1, mfc);
     D[2] = _mm512_and_si512(y2, mfc);
-    /* 16-bit shifts left: the bits kept (>= the shift count in each byte) come from the same byte */
-    const __m512i t = _mm512_ternarylogic_epi32(_mm512_slli_epi16(y1, 4), _mm512_slli_epi16(y2, 6), m30, 0xE4); /* c ? a : b */
+    /* 16-bit shifts left: the bits kept (>= the shift count in each byte) come from the same
+     * byte; 0xE4: c ? a : b */
+    const __m512i t = _mm512_ternarylogic_epi32(_mm512_slli_epi16(y1, 4), _mm512_slli_epi16(y2, 6), m30, 0xE4);
     D[3] = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_slli_epi16(y0, 2), t, m0c, 0xE4), mfc);
 }
 
@@ -102,7 +103,8 @@ INLINE void q3_quants_v(__m512i x0, __m512i x1, __m512i x2, int h, __m512i q[4])
     q[0] = _mm512_and_si512(_mm512_srli_epi16(x2, 2), m7); /* E */
     q[2] = _mm512_and_si512(_mm512_srli_epi16(x2, 5), m7); /* F */
     /* 0xE4: c ? a : b */
-    q[1] = _mm512_and_si512(_mm512_ternarylogic_epi32(x0, _mm512_slli_epi16(x1, 2), _mm512_set1_epi8(3), 0xE4), m7); /* G */
+    q[1] = _mm512_and_si512(_mm512_ternarylogic_epi32(x0, _mm512_slli_epi16(x1, 2), _mm512_set1_epi8(3), 0xE4),
+                            m7); /* G */
     q[3] = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(x1, 1), _mm512_slli_epi16(x2, 1),
                                                       _mm512_set1_epi8(1), 0xE4), m7); /* H */
 }
