@@ -53,8 +53,8 @@ typedef void (*l3c_gemm_fn)(int64_t n, int64_t n_rows, int64_t T, float *y, int6
                             const void *w, size_t w_stride, const void *x, size_t x_stride);
 
 /*
- * Optional packed layouts of a weight type on an ISA (x86_avx512.c: Q4_0, Q8_0, Q4_K, Q6_K, F16,
- * BF16; F16 and BF16 also as bf16, opt-in): rows are interleaved in groups of `rows` at model
+ * Optional packed layouts of a weight type on an ISA (x86_avx512.c: Q4_0, Q8_0, Q3_K, Q4_K, Q5_K,
+ * Q6_K, F16, BF16; F16 and BF16 also as bf16, opt-in): rows are interleaved in groups of `rows` at model
  * load, so that one vector register holds the same elements of all rows of a group and one dot
  * product instruction serves all of them (ggml's "repack"). A group takes exactly rows * (row
  * bytes) bytes; the last group of a matrix is padded with zero rows. pack writes one group from

@@ -123,7 +123,7 @@ def test_logits_vs_llama_cpp(llama3c, tiny_model, tmp_path, shape, wtype):
 
 BATCH_CASES = [("gqa4_untied_rf", "F32"), ("gqa3_untied", "F16"), ("gqa1_tied", "BF16"), ("gqa1_tied", "Q4_0"),
                ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K"),
-               ("gqa1_tied", "Q3_K_M"), ("gqa4_untied_rf", "Q2_K")]
+               ("gqa1_tied", "Q3_K_M"), ("gqa4_untied_rf", "Q2_K"), ("gqa1_tied", "Q5_K_M")]
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
