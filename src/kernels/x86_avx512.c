@@ -871,15 +871,26 @@ INLINE void pk_q3_K_tile(int RT, int64_t nb, const char *wp, const char *x, size
  *   Q6_K: acc = fma(d * dx, (float)(isum - 32 * osum), acc)
  * The same operations for every tile shape: batch invariant.
  */
+/* the first 256 bytes of a packed Q4_K / Q5_K super-block (the same scale format): row r's d
+ * and dmin (fp16, at 2r and 32 + 2r) and its 12 scale bytes as 3 chunks (4 bytes at lane r) */
+static void kq_header_pack(uint8_t *g, int64_t r, const uint16_t *d, const uint16_t *dmin, const uint8_t *scales) {
+    memcpy(g + 2 * r, d, 2);
+    memcpy(g + 32 + 2 * r, dmin, 2);
+    for (int k = 0; k < 3; k++) memcpy(g + 64 + 64 * k + 4 * r, scales + 4 * k, 4);
+}
+static void kq_header_unpack(const uint8_t *g, int r, uint16_t *d, uint16_t *dmin, uint8_t *scales) {
+    memcpy(d, g + 2 * r, 2);
+    memcpy(dmin, g + 32 + 2 * r, 2);
+    for (int k = 0; k < 3; k++) memcpy(scales + 4 * k, g + 64 + 64 * k + 4 * r, 4);
+}
+
 static void pack_q4_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
     for (int64_t b = 0; b < n / 256; b++) {
         uint8_t *g = (uint8_t *)dst + b * (PK_ROWS * sizeof(l3c_block_q4_K));
         memset(g, 0, PK_ROWS * sizeof(l3c_block_q4_K));
         for (int64_t r = 0; r < n_rows; r++) {
             const l3c_block_q4_K *blk = (const l3c_block_q4_K *)((const char *)w + r * ws) + b;
-            memcpy(g + 2 * r, &blk->d, 2);
-            memcpy(g + 32 + 2 * r, &blk->dmin, 2);
-            for (int k = 0; k < 3; k++) memcpy(g + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+            kq_header_pack(g, r, &blk->d, &blk->dmin, blk->scales);
             for (int j = 0; j < 4; j++)
                 for (int c = 0; c < 8; c++) memcpy(g + 256 + (8 * j + c) * 64 + 4 * r, blk->qs + 32 * j + 4 * c, 4);
         }
@@ -890,9 +901,7 @@ static void unpack_q4_K(int64_t n, const void *gv, int r, void *dst) {
     for (int64_t b = 0; b < n / 256; b++) {
         const uint8_t *g = (const uint8_t *)gv + b * (PK_ROWS * sizeof(l3c_block_q4_K));
         l3c_block_q4_K *blk = (l3c_block_q4_K *)dst + b;
-        memcpy(&blk->d, g + 2 * r, 2);
-        memcpy(&blk->dmin, g + 32 + 2 * r, 2);
-        for (int k = 0; k < 3; k++) memcpy(blk->scales + 4 * k, g + 64 + 64 * k + 4 * r, 4);
+        kq_header_unpack(g, r, &blk->d, &blk->dmin, blk->scales);
         for (int j = 0; j < 4; j++)
             for (int c = 0; c < 8; c++) memcpy(blk->qs + 32 * j + 4 * c, g + 256 + (8 * j + c) * 64 + 4 * r, 4);
     }
@@ -1375,9 +1384,7 @@ static void pack_q5_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void 
         memset(g, 0, PK_ROWS * sizeof(l3c_block_q5_K));
         for (int64_t r = 0; r < n_rows; r++) {
             const l3c_block_q5_K *blk = (const l3c_block_q5_K *)((const char *)w + r * ws) + b;
-            memcpy(g + 2 * r, &blk->d, 2);
-            memcpy(g + 32 + 2 * r, &blk->dmin, 2);
-            for (int k = 0; k < 3; k++) memcpy(g + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+            kq_header_pack(g, r, &blk->d, &blk->dmin, blk->scales);
             for (int j = 0; j < 4; j++) {
                 uint64_t hb[4]; /* bytes b_l >> 3 of l = 8 wd .. 8 wd + 7 */
                 for (int wd = 0; wd < 4; wd++) {
@@ -1405,9 +1412,7 @@ static void unpack_q5_K(int64_t n, const void *gv, int r, void *dst) {
     for (int64_t b = 0; b < n / 256; b++) {
         const uint8_t *g = (const uint8_t *)gv + b * (PK_ROWS * sizeof(l3c_block_q5_K));
         l3c_block_q5_K *blk = (l3c_block_q5_K *)dst + b;
-        memcpy(&blk->d, g + 2 * r, 2);
-        memcpy(&blk->dmin, g + 32 + 2 * r, 2);
-        for (int k = 0; k < 3; k++) memcpy(blk->scales + 4 * k, g + 64 + 64 * k + 4 * r, 4);
+        kq_header_unpack(g, r, &blk->d, &blk->dmin, blk->scales);
         memset(blk->qh, 0, sizeof blk->qh);
         for (int j = 0; j < 4; j++)
             for (int l = 0; l < 32; l++) {
