@@ -64,7 +64,7 @@ static bool cpu_avx512(void) {
 
 /* AMX-TILE, AMX-INT8 and AMX-BF16 (cpuid 7.0 EDX bits 24, 25, 22), the tile state enabled by the
  * OS (XCR0 bits 17, 18) and granted to this process; answered once (the grant is per process) */
-static int g_amx = -1;
+static int g_amx_usable = -1; /* -1: not probed yet */
 static bool cpu_amx_probe(void) {
     unsigned a, b, c, d, lo, hi;
     if (!cpu_avx512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
@@ -82,10 +82,10 @@ static bool cpu_amx_probe(void) {
     return false;
 }
 static bool cpu_amx(void) {
-    int v = __atomic_load_n(&g_amx, __ATOMIC_ACQUIRE);
+    int v = __atomic_load_n(&g_amx_usable, __ATOMIC_ACQUIRE);
     if (v < 0) {
         v = cpu_amx_probe();
-        __atomic_store_n(&g_amx, v, __ATOMIC_RELEASE);
+        __atomic_store_n(&g_amx_usable, v, __ATOMIC_RELEASE);
     }
     return v == 1;
 }
