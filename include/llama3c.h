@@ -252,6 +252,11 @@ typedef struct l3c_sampler_params {
     float repeat_penalty;  /* 1: off; applied to the last repeat_last_n accepted tokens */
     int32_t repeat_last_n; /* default 64 */
     uint64_t seed;         /* same seed, same logits -> same tokens */
+    /* OpenAI presence / frequency penalties, 0: off. Over every token accepted since create or
+     * reset (the completion so far): logit[j] -= frequency_penalty * count[j]
+     * + presence_penalty * (count[j] > 0). Applied after the repetition penalty. */
+    float presence_penalty;
+    float frequency_penalty;
 } l3c_sampler_params;
 
 L3C_API l3c_sampler_params l3c_sampler_default_params(void);
@@ -262,7 +267,7 @@ L3C_API void l3c_sampler_free(l3c_sampler *s);
 L3C_API l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias);
 /* Picks the next token from n_vocab logits (not modified). Does not accept it. */
 L3C_API int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits);
-/* Records a token in the history used by the repetition penalty. */
+/* Records a token in the history used by the repetition, presence and frequency penalties. */
 L3C_API void l3c_sampler_accept(l3c_sampler *s, int32_t id);
 L3C_API void l3c_sampler_reset(l3c_sampler *s);
 

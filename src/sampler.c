@@ -7,10 +7,12 @@
  *
  * Chain (temperature > 0), in this order:
  *   logit bias -> repetition penalty (llama.cpp: each distinct token among the last
- *   repeat_last_n accepted ones gets logit>0 ? logit/penalty : logit*penalty) -> top-k (partial
+ *   repeat_last_n accepted ones gets logit>0 ? logit/penalty : logit*penalty) -> presence /
+ *   frequency penalties (OpenAI: logit -= frequency * count + presence * (count > 0), counts over
+ *   every token accepted since create / reset) -> top-k (partial
  *   selection with a k-heap, O(n log k)) -> softmax(logit / temperature) -> top-p (smallest prefix
  *   of the sorted distribution whose mass is >= p) -> min-p (keep p >= min_p * p_max) -> draw.
- * Greedy (temperature <= 0) applies bias and penalty, then takes the argmax.
+ * Greedy (temperature <= 0) applies bias and penalties, then takes the argmax.
  *
  * Invariants: candidates are totally ordered by (logit desc, id asc), so ties always resolve to
  * the lowest id and results never depend on qsort's stability. Tokens whose adjusted logit is
@@ -37,6 +39,9 @@ struct l3c_sampler {
     int32_t *hist;       /* [repeat_last_n] ring of the last accepted tokens */
     int32_t hist_len;    /* valid entries, <= repeat_last_n */
     int32_t hist_head;   /* next write slot */
+    int32_t *counts;     /* [n_vocab] accepted-token counts; NULL when both OpenAI penalties are 0 */
+    int32_t *counted;    /* [n_vocab] distinct ids with counts[id] > 0, in first-seen order */
+    int32_t n_counted;
     uint64_t rng[4];
 };
 
@@ -95,6 +100,9 @@ l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab,
     l3c_sampler_params p = params ? *params : l3c_sampler_default_params();
     if (isnan(p.temperature) || isnan(p.top_p) || isnan(p.min_p) || isnan(p.repeat_penalty))
         return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NaN parameter");
+    if (!isfinite(p.presence_penalty) || !isfinite(p.frequency_penalty))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: presence_penalty %g / frequency_penalty %g must be finite",
+                        (double)p.presence_penalty, (double)p.frequency_penalty);
     if (!(p.repeat_penalty > 0.0f))
         return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: repeat_penalty %g must be > 0",
                         (double)p.repeat_penalty);
@@ -107,7 +115,12 @@ l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab,
     s->seen = l3c_calloc((size_t)n_vocab, 1);
     s->cands = l3c_malloc((size_t)n_vocab * sizeof *s->cands);
     if (p.repeat_last_n > 0) s->hist = l3c_malloc((size_t)p.repeat_last_n * sizeof *s->hist);
-    if (!s->seen || !s->cands || (p.repeat_last_n > 0 && !s->hist)) {
+    const int counting = p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+    if (counting) {
+        s->counts = l3c_calloc((size_t)n_vocab, sizeof *s->counts);
+        s->counted = l3c_malloc((size_t)n_vocab * sizeof *s->counted);
+    }
+    if (!s->seen || !s->cands || (p.repeat_last_n > 0 && !s->hist) || (counting && (!s->counts || !s->counted))) {
         st = l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for %d-token vocabulary", (int)n_vocab);
         goto fail;
     }
@@ -125,6 +138,8 @@ void l3c_sampler_free(l3c_sampler *s) {
     free(s->seen);
     free(s->cands);
     free(s->hist);
+    free(s->counts);
+    free(s->counted);
     free(s);
 }
 
@@ -143,16 +158,23 @@ l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias) {
 }
 
 void l3c_sampler_accept(l3c_sampler *s, int32_t id) {
-    if (!s || s->p.repeat_last_n <= 0 || id < 0 || id >= s->n_vocab) return;
+    if (!s || id < 0 || id >= s->n_vocab) return;
+    if (s->counts) {
+        if (s->counts[id] == 0) s->counted[s->n_counted++] = id;
+        if (s->counts[id] < INT32_MAX) s->counts[id]++;
+    }
+    if (s->p.repeat_last_n <= 0) return;
     s->hist[s->hist_head] = id;
     s->hist_head = (s->hist_head + 1) % s->p.repeat_last_n;
     if (s->hist_len < s->p.repeat_last_n) s->hist_len++;
 }
 
-/* Clears the history and restarts the PRNG from the seed; logit biases are kept. */
+/* Clears the history and the counts and restarts the PRNG from the seed; logit biases are kept. */
 void l3c_sampler_reset(l3c_sampler *s) {
     if (!s) return;
     s->hist_len = s->hist_head = 0;
+    for (int32_t j = 0; j < s->n_counted; j++) s->counts[s->counted[j]] = 0;
+    s->n_counted = 0;
     rng_seed(s->rng, s->p.seed);
 }
 
@@ -168,7 +190,7 @@ static int cand_cmp(const void *pa, const void *pb) {
     return cand_before(a, b) ? -1 : cand_before(b, a) ? 1 : 0;
 }
 
-/* Writes the adjusted logits (bias, penalty) of all usable tokens to s->cands; returns the count. */
+/* Writes the adjusted logits (bias, penalties) of all usable tokens to s->cands; returns the count. */
 static int32_t build_candidates(l3c_sampler *s, const float *logits) {
     int32_t n = s->n_vocab; /* filled in id order, so cands[id] is token id until compaction */
     for (int32_t i = 0; i < n; i++) {
@@ -184,6 +206,10 @@ static int32_t build_candidates(l3c_sampler *s, const float *logits) {
             *l = *l > 0.0f ? *l / s->p.repeat_penalty : *l * s->p.repeat_penalty;
         }
         for (int32_t j = 0; j < s->hist_len; j++) s->seen[s->hist[j]] = 0;
+    }
+    for (int32_t j = 0; j < s->n_counted; j++) { /* OpenAI presence / frequency penalties */
+        int32_t id = s->counted[j];
+        s->cands[id].logit -= (float)s->counts[id] * s->p.frequency_penalty + s->p.presence_penalty;
     }
     /* drop banned (-inf) and NaN tokens, keeping id order */
     int32_t m = 0;

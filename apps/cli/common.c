@@ -130,6 +130,12 @@ int cli_opts_parse(const char *cmd, cli_opts *o, int argc, char **argv, int *i) 
         VAL();
         if (cli_parse_long(cmd, a, v, 0, 1 << 20, &l)) return -1;
         o->sp.repeat_last_n = (int32_t)l;
+    } else if (!strcmp(a, "--presence-penalty")) {
+        VAL();
+        if (cli_parse_float(cmd, a, v, -2.0, 2.0, &o->sp.presence_penalty)) return -1;
+    } else if (!strcmp(a, "--frequency-penalty")) {
+        VAL();
+        if (cli_parse_float(cmd, a, v, -2.0, 2.0, &o->sp.frequency_penalty)) return -1;
     } else if (!strcmp(a, "--seed")) {
         VAL();
         if (cli_parse_u64(cmd, a, v, &o->sp.seed)) return -1;
@@ -179,6 +185,8 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
             "  --min-p M               drop tokens below M x the top probability, 0: off (default %g)\n"
             "  --repeat-penalty R      penalty for the last --repeat-last-n tokens, 1: off (default %g)\n"
             "  --repeat-last-n N       window of the repetition penalty (default %d)\n"
+            "  --presence-penalty P    OpenAI's: subtract P from tokens already generated, -2..2 (default 0)\n"
+            "  --frequency-penalty F   OpenAI's: subtract F x the count of each generated token, -2..2 (default 0)\n"
             "  --seed S                random seed (default: drawn at random)\n"
             "output:\n"
             "  -v, --verbose           loading details and the seed on stderr\n"

@@ -444,7 +444,10 @@ static unsigned parse_params(const server *srv, json_t *body, api_request *r, ap
     sp.top_p = (float)d;
     d = 0;
     if ((st = get_number(body, "presence_penalty", -2, 2, &d, err))) return st;
+    sp.presence_penalty = (float)d;
+    d = 0;
     if ((st = get_number(body, "frequency_penalty", -2, 2, &d, err))) return st;
+    sp.frequency_penalty = (float)d;
     /* llama.cpp-style extensions */
     long long k = 0;
     if ((st = get_int(body, "top_k", 0, srv->n_vocab, &k, NULL, err))) return st;

@@ -1,7 +1,8 @@
 /*
  * test_sampler.c -- l3c_sampler_* against hand-computed expectations: greedy ties, top-k == 1 is
  * greedy, seeding is reproducible, top-p / min-p keep exactly the sets the definitions give on
- * crafted distributions, llama.cpp repetition-penalty math, empirical frequencies within 3 sigma
+ * crafted distributions, llama.cpp repetition-penalty math, OpenAI presence / frequency penalties
+ * against a direct recomputation from the accepted tokens, empirical frequencies within 3 sigma
  * of softmax(logits / T), logit-bias bans, argument errors and allocation failures.
  */
 #include "check.h"
@@ -245,6 +246,125 @@ static void test_repeat_penalty(void) {
     l3c_sampler_free(s);
 }
 
+/* OpenAI presence / frequency penalties vs a reference that recounts the accepted tokens from a
+ * plain list at every step: logit[j] -= fp * count[j] + pp * (count[j] > 0), after the
+ * repetition penalty. Greedy paths of 300 steps over random logits must pick the reference's
+ * argmax at every step where the reference's top-2 gap is not a near tie. */
+static void penalized_ref(const float *l, int32_t n, const int32_t *acc, int n_acc, float pp, float fp,
+                          float rp, int rlast, double *out) {
+    for (int32_t j = 0; j < n; j++) {
+        int cnt = 0, recent = 0;
+        for (int k = 0; k < n_acc; k++)
+            if (acc[k] == j) {
+                cnt++;
+                if (k >= n_acc - rlast) recent = 1;
+            }
+        double v = l[j];
+        if (recent && rp != 1.0f) v = v > 0 ? v / rp : v * rp;
+        out[j] = v - (double)fp * cnt - (cnt > 0 ? (double)pp : 0.0);
+    }
+}
+
+static void test_presence_frequency(void) {
+    enum { N = 64, STEPS = 300 };
+    static const float cfg[][3] = {/* presence, frequency, repeat */
+                                   {0.0f, 0.35f, 1.0f}, {1.3f, 0.0f, 1.0f},  {0.6f, 0.2f, 1.0f},
+                                   {-0.5f, 0.1f, 1.0f}, {0.4f, -0.05f, 1.0f}, {0.5f, 0.25f, 1.3f}};
+    float l[N];
+    double ref[N];
+    int32_t acc[STEPS];
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        l3c_sampler_params p = plain(0.0f);
+        p.presence_penalty = cfg[c][0];
+        p.frequency_penalty = cfg[c][1];
+        p.repeat_penalty = cfg[c][2];
+        p.repeat_last_n = 16;
+        l3c_sampler *s = make(&p, N);
+        int compared = 0, changed = 0;
+        for (int t = 0; t < STEPS; t++) {
+            fill_logits(l, N, 1000u + (unsigned)t % 7); /* a few logit vectors recur: counts matter */
+            penalized_ref(l, N, acc, t, p.presence_penalty, p.frequency_penalty, p.repeat_penalty,
+                          p.repeat_last_n, ref);
+            int32_t best = 0, second = -1, raw = 0;
+            for (int32_t j = 1; j < N; j++) {
+                if (ref[j] > ref[best]) {
+                    second = best;
+                    best = j;
+                } else if (second < 0 || ref[j] > ref[second]) {
+                    second = j;
+                }
+                if (l[j] > l[raw]) raw = j;
+            }
+            int32_t got = l3c_sampler_sample(s, l);
+            if (ref[best] - ref[second] > 1e-4) {
+                CHECK_MSG(got == best, "config %zu step %d: sampler %d, reference %d", c, t, (int)got, (int)best);
+                compared++;
+            }
+            changed += best != raw;
+            l3c_sampler_accept(s, got);
+            acc[t] = got;
+        }
+        CHECK_MSG(compared > STEPS - 5, "config %zu: only %d steps compared", c, compared);
+        CHECK_MSG(changed > 10, "config %zu: the penalties changed only %d of %d choices", c, changed, STEPS);
+        /* reset forgets the counts */
+        l3c_sampler_reset(s);
+        fill_logits(l, N, 1000u);
+        int32_t raw = 0;
+        for (int32_t j = 1; j < N; j++)
+            if (l[j] > l[raw]) raw = j;
+        CHECK(l3c_sampler_sample(s, l) == raw);
+        l3c_sampler_free(s);
+    }
+
+    /* exact arithmetic on a small case: token 0 accepted 3 times, token 1 once */
+    l3c_sampler_params p = plain(0.0f);
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    l3c_sampler *s = make(&p, 3);
+    l3c_sampler_accept(s, 0);
+    l3c_sampler_accept(s, 1);
+    l3c_sampler_accept(s, 0);
+    l3c_sampler_accept(s, 0);
+    /* 0: 2.3 - 0.75 - 0.5 = 1.05; 1: 1.8 - 0.25 - 0.5 = 1.05 -> tie, lowest id; 2: 1.04 */
+    float a[3] = {2.3f, 1.8f, 1.04f};
+    CHECK(l3c_sampler_sample(s, a) == 0);
+    float b[3] = {2.3f, 1.8f, 1.06f}; /* 2 is not penalized */
+    CHECK(l3c_sampler_sample(s, b) == 2);
+    float d[3] = {2.3f, 1.9f, 1.06f}; /* 1: 1.15 beats 0: 1.05 */
+    CHECK(l3c_sampler_sample(s, d) == 1);
+    l3c_sampler_free(s);
+
+    /* with temperature: frequencies follow softmax of the penalized logits */
+    p = plain(1.0f);
+    p.presence_penalty = 0.4f;
+    p.frequency_penalty = 0.3f;
+    p.seed = 4242;
+    s = make(&p, 3);
+    l3c_sampler_accept(s, 0);
+    l3c_sampler_accept(s, 0);
+    l3c_sampler_accept(s, 2);
+    float l3[3] = {1.5f, 1.0f, -0.5f};
+    double adj[3] = {1.5 - 0.6 - 0.4, 1.0, -0.5 - 0.3 - 0.4}, z = 0;
+    for (int i = 0; i < 3; i++) z += exp(adj[i]);
+    int hits[3];
+    count(s, l3, 3, 30000, hits);
+    for (int i = 0; i < 3; i++) {
+        double pe = exp(adj[i]) / z, sig = sqrt(pe * (1 - pe) / 30000.0);
+        CHECK_MSG(fabs(hits[i] / 30000.0 - pe) <= 3 * sig, "token %d: %g vs %g", i, hits[i] / 30000.0, pe);
+    }
+    l3c_sampler_free(s);
+
+    /* non-finite penalties are refused */
+    p = plain(1.0f);
+    p.presence_penalty = NAN;
+    s = (l3c_sampler *)1;
+    CHECK(l3c_sampler_create(&p, 10, &s) == L3C_ERR_INVALID_ARG && s == NULL);
+    p.presence_penalty = 0.0f;
+    p.frequency_penalty = INFINITY;
+    CHECK(l3c_sampler_create(&p, 10, &s) == L3C_ERR_INVALID_ARG && s == NULL);
+    CHECK(strstr(l3c_last_error(), "frequency_penalty") != NULL);
+}
+
 static void test_frequencies(void) {
     const float l[5] = {0.3f, -1.2f, 1.7f, 0.9f, 0.0f};
     const float temps[2] = {1.0f, 0.6f};
@@ -317,6 +437,22 @@ static void test_errors(void) {
         }
     }
     CHECK(failed >= 3);
+    /* with the OpenAI penalties on, two more allocations (counts) */
+    p.presence_penalty = 0.5f;
+    failed = 0;
+    for (long n = 0; n < 6; n++) {
+        l3c_set_alloc_fail_after(n);
+        s = (l3c_sampler *)1;
+        l3c_status st = l3c_sampler_create(&p, 100, &s);
+        l3c_set_alloc_fail_after(-1);
+        if (st == L3C_OK) {
+            l3c_sampler_free(s);
+        } else {
+            CHECK(st == L3C_ERR_NOMEM && s == NULL);
+            failed++;
+        }
+    }
+    CHECK(failed >= 5);
 }
 
 static void test_large_vocab_speed(void) {
@@ -347,6 +483,7 @@ int main(void) {
     test_top_p();
     test_min_p();
     test_repeat_penalty();
+    test_presence_frequency();
     test_frequencies();
     test_logit_bias();
     test_errors();
