@@ -559,7 +559,11 @@ static sched_finish sample_slot(sched *s, slot *sl, size_t *emit_to, long *stop_
     sl->next_token = tok;
     char piece[256];
     int32_t prev = sl->n_cache > 0 ? sl->cache[sl->n_cache - 1] : -1;
-    int32_t nb = l3c_token_to_piece(s->tok, prev, tok, piece, (int32_t)sizeof piece);
+    /* control tokens (<|im_start|>, ...) are counted but give no text, as in `llama3c run`
+     * without --print-special (and llama.cpp's server) */
+    int32_t nb = l3c_token_is_special(s->tok, tok)
+                     ? 0
+                     : l3c_token_to_piece(s->tok, prev, tok, piece, (int32_t)sizeof piece);
     size_t from = sl->gen_len;
     if (nb > 0 && gen_append(sl, piece, (size_t)nb) != 0) return SCHED_FINISH_ERROR;
     if (j->n_stop) {

@@ -234,3 +234,17 @@ def test_penalties_change_output_deterministically(server, smollm2_path):
         assert st == 400 and r["error"]["param"] == f, (f, v, st, r)
     p = run_cli("run", "-m", smollm2_path, "-p", "x", "--presence-penalty", "3", check=False)
     assert p.returncode == 2 and "--presence-penalty" in p.stderr
+
+
+def test_special_tokens_give_no_text(server, smollm2_path):
+    """A generated control token (not an EOG) counts but gives no text, in the server as in `run`
+    (which shows it only with --print-special)."""
+    for tid in (1, 4):  # <|im_start|>, <reponame>
+        name = run_cli("detokenize", "-m", smollm2_path, tid).stdout
+        assert name.startswith("<") and name.endswith(">"), name
+        body = {"prompt": "Hello", "max_tokens": 3, "temperature": 0, "logit_bias": {str(tid): 100}}
+        r = post(server, "/v1/completions", body)
+        assert r["choices"][0]["text"] == "" and r["usage"]["completion_tokens"] == 3, r
+        assert stream(server, "/v1/completions", body)[0] == ""
+        r = post(server, "/v1/chat/completions", dict(body, messages=[{"role": "user", "content": "Hi"}]))
+        assert r["choices"][0]["message"]["content"] == "" and r["choices"][0]["finish_reason"] == "length"
