@@ -251,6 +251,11 @@ def test_errors(server, client):
     # too long prompt
     e, _ = expect_error(server, 400, {"messages": [{"role": "user", "content": "hello " * CTX}]},
                         code="context_length_exceeded")
+    assert f"context holds {CTX} tokens" in e["message"] and e["param"] == "messages", e
+    e, _ = expect_error(server, 400, {"prompt": "hello " * CTX}, path="/v1/completions", code="context_length_exceeded")
+    assert f"context holds {CTX} tokens" in e["message"] and e["param"] == "prompt", e
+    expect_error(server, 400, {"messages": msgs, "presence_penalty": 2.5}, param="presence_penalty")
+    expect_error(server, 400, {"messages": msgs, "frequency_penalty": "1"}, param="frequency_penalty")
     # routes, methods, content type, size
     expect_error(server, 404, None, path="/v1/nope", method="GET")
     _, hdr = expect_error(server, 405, None, method="GET")

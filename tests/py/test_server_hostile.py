@@ -10,6 +10,14 @@ Afterwards the server must be alive, answer /health, free every slot, give the s
 answer to a reference request as before the corpus, answer a chat request, keep its RSS bounded, and every JSON error it sent must have
 OpenAI's shape. No 5xx answer is allowed (but 505 for an unknown HTTP version). The corpus is deterministic (seeded); its size is
 L3C_HOSTILE_N (default 2000; a 300-request sample runs in the fast suite).
+
+Every request also carries the status it must get, computed independently of the server: a
+malformed or non-object body, deep nesting, invalid UTF-8: 400; a mutated field: 400 exactly when
+the value breaks the documented type / range rules (`expect_field`, written from docs/SERVER.md),
+else 200 (both only where the tokenizer alone can tell whether a long prompt fits); unknown route
+404, wrong method 405, body too large 413 (or a reset while still sending), wrong Content-Type 415,
+huge headers 431 (libmicrohttpd). Only garbage request lines and random bytes (answered by
+libmicrohttpd, HTML bodies) are checked against a set of statuses.
 """
 import collections
 import json
@@ -67,29 +75,136 @@ def json_http(path, obj, **kw):
     return http("POST", path, json.dumps(obj).encode(), {"Content-Type": "application/json"}, **kw)
 
 
+N_VOCAB = 49152  # SmolLM2
+POST_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/chat/completions?x=1"}
+GET_ROUTES = {"/v1/models", "/health", "/metrics", "/"}
+HUGE_NUMBER = {"1e99999": 400, "-1e99999": 400, "123456789012345678901234567890": 400, "NaN": 400,
+               "Infinity": 400, "0x10": 400, "1.5e308": 400, "-0": 200, "00012": 400,
+               "1e-99999": 200}  # jansson: overflow is an error, underflow gives 0 (a valid temperature)
+# an unterminated chunked body: the connection closes without an answer (libmicrohttpd)
+CHUNKED = {b"zz\r\nabc\r\n0\r\n\r\n": {400}, b"ffffffffffffffff\r\nab": {0}, b"3\r\nabc": {0},
+           b"-1\r\n\r\n": {400}, b"5\r\n{\"pr\r\n0\r\n\r\n": {400}}
+
+
+def expect_method(method, route):
+    """The status of `method route` with the body {"a":1} (no Content-Type)."""
+    if route in POST_ROUTES:
+        return 400 if method == "POST" else 405  # POST: neither 'messages' nor 'prompt'
+    if route in GET_ROUTES:
+        return 200 if method in ("GET", "HEAD") else 405
+    return 404
+
+
+def is_num(v, lo, hi):
+    return type(v) in (int, float) and lo <= v <= hi
+
+
+def is_int(v):
+    return type(v) is int
+
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "ipython"}
+
+
+def messages_ok(v):
+    """None: not valid; else the total content bytes (the prompt may still be too long)."""
+    if type(v) is not list or not v:
+        return None
+    total = 0
+    for m in v:
+        if type(m) is not dict or type(m.get("role")) is not str or m["role"] not in ROLES:
+            return None
+        c = m.get("content")
+        if type(c) is str:
+            total += len(c.encode())
+        elif type(c) is list:
+            for part in c:
+                if type(part) is not dict or part.get("type") != "text" or type(part.get("text")) is not str:
+                    return None
+                total += len(part["text"].encode()) + 1
+        elif not (c is None and m["role"] == "assistant"):
+            return None
+    return total
+
+
+def expect_field(path, f, obj):
+    """The statuses a request with field f mutated (or removed) may get: {400}, {200}, or both
+    where only the tokenizer can tell whether the prompt fits the 128-token context."""
+    v = obj.get(f)
+    chat = "chat" in path
+    long_ok = {200, 400}
+    if f == "model":
+        ok = v is None or type(v) is str
+    elif f == "messages":
+        if not chat:
+            return {200}
+        total = messages_ok(v)
+        if total is None:
+            return {400}
+        return {200} if total <= 200 else long_ok
+    elif f == "prompt":
+        if chat:
+            return {200}
+        if type(v) is list and len(v) == 1 and type(v[0]) is str:
+            v = v[0]
+        if type(v) is str:
+            return {400} if v == "" else {200} if len(v.encode()) <= 200 else long_ok
+        ok = type(v) is list and 0 < len(v) < 128 and all(is_int(t) and 0 <= t < N_VOCAB for t in v)
+    elif f in ("max_tokens", "max_completion_tokens"):
+        ok = v is None or (is_int(v) and 1 <= v <= 2**31 - 1)
+    elif f == "temperature":
+        ok = v is None or is_num(v, 0, 2)
+    elif f == "top_p":
+        ok = v is None or is_num(v, 0, 1)
+    elif f == "presence_penalty":
+        ok = v is None or is_num(v, -2, 2)
+    elif f == "top_k":
+        ok = v is None or (is_int(v) and 0 <= v <= N_VOCAB)
+    elif f == "seed":
+        ok = v is None or is_int(v)
+    elif f == "n":
+        ok = v is None or (is_int(v) and v == 1)
+    elif f == "stream":
+        ok = v is None or type(v) is bool
+    elif f == "stream_options":
+        ok = v is None or (type(v) is dict and (v.get("include_usage") is None or type(v["include_usage"]) is bool))
+    elif f == "stop":
+        items = v if type(v) is list else [v]
+        ok = v is None or ((type(v) is str or (type(v) is list and len(v) <= 4))
+                           and all(type(x) is str and len(x.encode()) <= 512 for x in items))
+    elif f == "logit_bias":
+        ok = v is None or (type(v) is dict and len(v) <= 1024 and all(
+            k.isdigit() and k.isascii() and int(k) < N_VOCAB and is_num(b, -100, 100) for k, b in v.items()))
+    else:
+        raise AssertionError(f)
+    return {200} if ok else {400}
+
+
 def corpus(n, seed=20261127):
-    """Yields (kind, payload bytes, mode); mode: 'read' | 'half' (send, shut write, read) |
-    'drop' (send, close at once) | 'stream-drop' (read a little of the answer, then close)."""
+    """Yields (kind, payload bytes, mode, expected statuses); mode: 'read' | 'half' (send, shut
+    write, read) | 'drop' (send, close at once) | 'stream-drop' (read a little of the answer,
+    then close). Status 0: no HTTP answer (the connection closed)."""
     r = random.Random(seed)
     for i in range(n):
         k = i % 20
         if k == 0:
-            yield "random-bytes", bytes(r.randrange(256) for _ in range(r.randrange(1, 3000))), "half"
+            yield "random-bytes", bytes(r.randrange(256) for _ in range(r.randrange(1, 3000))), "half", {0, 400}
         elif k == 1:
             line = r.choice(METHODS) + " " + r.choice(ROUTES + ["*", "", "/" + "a" * 9000, "%00", "/../etc"])
             yield "request-line", (line + r.choice([" HTTP/1.1", " HTTP/0.9", " HTTP/9.9", "", " HTTP/1.1 x"])
-                                   + "\r\n\r\n").encode("latin-1", "replace"), "half"
+                                   + "\r\n\r\n").encode("latin-1", "replace"), "half", {0, 200, 400, 404, 405, 505}
         elif k == 2:
-            yield "method", http(r.choice(METHODS), r.choice(ROUTES), b'{"a":1}'), "read"
+            m, route = r.choice(METHODS), r.choice(ROUTES)
+            yield "method", http(m, route, b'{"a":1}'), "read", {expect_method(m, route)}
         elif k == 3:
             path, _ = base_request(r)
             yield "random-body", http("POST", path, bytes(r.randrange(256) for _ in range(r.randrange(1, 500))),
-                                      {"Content-Type": "application/json"}), "read"
+                                      {"Content-Type": "application/json"}), "read", {400}
         elif k == 4:
             path, obj = base_request(r)
             s = json.dumps(obj).encode()
             yield "truncated-json", http("POST", path, s[:r.randrange(len(s))] or b"{",
-                                         {"Content-Type": "application/json"}), "read"
+                                         {"Content-Type": "application/json"}), "read", {400}
         elif k in (5, 6, 7, 8):
             path, obj = base_request(r)
             f = r.choice(FIELDS)
@@ -102,59 +217,65 @@ def corpus(n, seed=20261127):
                 obj[f] = r.choice([0, -1, "8", 2.5, [1], {"a": 1}])  # invalid only: keep generation short
             if f == "stream" and obj.get("stream") is True:
                 obj["stream"] = "true"
-            yield "mutated-field:" + f, json_http(path, obj), "read"
+            yield "mutated-field:" + f, json_http(path, obj), "read", expect_field(path, f, obj)
         elif k == 9:
             depth = r.choice([100, 3000, 50000, 200000])
             s = (r.choice(["[", '{"a":']) * depth).encode()
-            yield "deep-nesting", http("POST", "/v1/chat/completions", s, {"Content-Type": "application/json"}), "read"
+            yield "deep-nesting", http("POST", "/v1/chat/completions", s, {"Content-Type": "application/json"}), "read", {400}
         elif k == 10:
             lit = r.choice(["1e99999", "-1e99999", "123456789012345678901234567890", "NaN", "Infinity",
                             "0x10", "1.5e308", "-0", "00012", "1e-99999"])
             body = ('{"messages":[{"role":"user","content":"hi"}],"max_tokens":1,"temperature":%s}' % lit).encode()
-            yield "huge-number", http("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}), "read"
+            yield "huge-number", http("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}), "read", \
+                {HUGE_NUMBER[lit]}
         elif k == 11:
             bad = r.choice([b'{"messages":[{"role":"user","content":"\xff\xfe"}],"max_tokens":1}',
                             b'{"messages":[{"role":"user","content":"a\\u0000b"}],"max_tokens":1}',
                             b'{"messages":[{"role":"user","content":"\\ud800"}],"max_tokens":1}',
                             b'{"prompt":"x","max_tokens":1,"prompt":"y"}',
                             b'\xef\xbb\xbf{"prompt":"bom","max_tokens":1}'])
-            yield "bad-utf8", http("POST", "/v1/completions", bad, {"Content-Type": "application/json"}), "read"
+            # invalid UTF-8, NUL, a lone surrogate and a BOM are refused by jansson; a repeated key: the last wins
+            yield "bad-utf8", http("POST", "/v1/completions", bad, {"Content-Type": "application/json"}), "read", \
+                {200 if b'"prompt":"y"' in bad else 400}
         elif k == 12:
             cl = r.choice(["abc", "-1", "99999999999999999999", "1 2", "", "0x10", "5000000"])
             yield "content-length", http("POST", "/v1/completions", b'{"prompt":"x"}',
                                          {"Content-Length": cl, "Content-Type": "application/json"},
-                                         content_length=False), "half"
+                                         content_length=False), "half", {413 if cl.isdigit() and int(cl) > (1 << 20) else 400}
         elif k == 13:
             chunks = r.choice([b"zz\r\nabc\r\n0\r\n\r\n", b"ffffffffffffffff\r\nab", b"3\r\nabc", b"-1\r\n\r\n",
                                b"5\r\n{\"pr\r\n0\r\n\r\n"])
             yield "chunked", http("POST", "/v1/completions", chunks,
                                   {"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
-                                  content_length=False), "half"
+                                  content_length=False), "half", CHUNKED[chunks]
         elif k == 14:
             big = "x" * r.choice([8000, 70000, 300000])
-            yield "big-header", http("GET", "/health", b"", {"X-Big": big}), "half"
+            yield "big-header", http("GET", "/health", b"", {"X-Big": big}), "half", {200 if len(big) < 32768 else 431}
         elif k == 15:
             path, obj = base_request(r)
             s = json.dumps(obj).encode()
             payload = http("POST", path, b"", {"Content-Type": "application/json",
                                                "Content-Length": str(len(s) + 100)}, content_length=False)
-            yield "drop-mid-request", payload + s[:r.randrange(len(s))], "drop"
+            yield "drop-mid-request", payload + s[:r.randrange(len(s))], "drop", {0}
         elif k == 16:
             path, obj = base_request(r)
             obj.update(stream=True, max_tokens=r.choice([3, 6]))
-            yield "drop-mid-stream", json_http(path, obj), "stream-drop"
+            yield "drop-mid-stream", json_http(path, obj), "stream-drop", {200}
         elif k == 17:
             body = b"x" * r.choice([(1 << 20) + 1, 3 << 20])
-            yield "oversized-body", http("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}), "read"
+            # 413, or the connection reset while the client was still sending the rest of the body
+            yield "oversized-body", http("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}), "read", \
+                {413, 0}
         elif k == 18:
             path, obj = base_request(r)
             yield "content-type", http("POST", path, json.dumps(obj).encode(),
                                        {"Content-Type": r.choice(["text/plain", "multipart/form-data; boundary=x",
-                                                                  "application/jsonx", "application/x-www-form-urlencoded"])}), "read"
+                                                                  "application/jsonx", "application/x-www-form-urlencoded"])}), "read", \
+                {415}
         else:
             path, obj = base_request(r)
             obj["stream"] = r.random() < 0.5
-            yield "valid", json_http(path, obj), "read"
+            yield "valid", json_http(path, obj), "read", {200}
 
 
 def send(host, port, payload, mode, timeout=60):
@@ -228,11 +349,15 @@ def run_corpus(server, n):
     errors = []
     lock = threading.Lock()
 
+    wrong = []
+
     def one(item):
-        kind, payload, mode = item
+        kind, payload, mode, expect = item
         out, how = send(server.host, server.port, payload, mode)
         st = check_response(kind, payload, out, errors)
         with lock:
+            if st not in expect:
+                wrong.append((kind, sorted(expect), st, payload[:160], out[:300]))
             statuses[st] += 1
             by_kind[kind.split(":")[0]][st] += 1
             outcomes[how] += 1
@@ -260,6 +385,7 @@ def run_corpus(server, n):
     print(f"\nhostile corpus: {n} requests in {took:.1f} s; statuses {dict(statuses)}; outcomes {dict(outcomes)}; "
           f"RSS {rss0} -> {rss1} KiB")
     assert not errors, errors[:5]
+    assert not wrong, f"{len(wrong)} answers with an unexpected status, e.g. {wrong[:4]}"
     # 505 is libmicrohttpd's answer to "HTTP/9.9"; any other 5xx is a server fault
     assert not [s for s in statuses if s >= 500 and s != 505], {k: dict(v) for k, v in by_kind.items()}
     assert outcomes["timeout"] == 0, outcomes
