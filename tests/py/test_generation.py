@@ -60,7 +60,7 @@ def path(smollm2_path, chat_ids, eog):
 
 def test_stop_point_agrees_with_llama_cpp(smollm2_path, chat_ids, path, eog):
     llama_cpp = llama_cpp_or_skip()
-    llm = llama_cpp.Llama(model_path=smollm2_path, n_ctx=256, n_threads=1, logits_all=False, verbose=False)
+    llm = llama_cpp.Llama(model_path=smollm2_path, n_ctx=256, n_batch=256, n_threads=1, logits_all=True, verbose=False)
     ids = list(chat_ids)
     got = []
     llm.eval(ids)
