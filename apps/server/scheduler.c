@@ -565,7 +565,15 @@ static sched_finish sample_slot(sched *s, slot *sl, size_t *emit_to, long *stop_
                      ? 0
                      : l3c_token_to_piece(s->tok, prev, tok, piece, (int32_t)sizeof piece);
     size_t from = sl->gen_len;
-    if (nb > 0 && gen_append(sl, piece, (size_t)nb) != 0) return SCHED_FINISH_ERROR;
+    if (nb < 0) { /* a piece longer than the stack buffer: -nb bytes are needed */
+        char *big = malloc((size_t)-nb);
+        int32_t nb2 = big ? l3c_token_to_piece(s->tok, prev, tok, big, -nb) : -1;
+        int rc = nb2 > 0 ? gen_append(sl, big, (size_t)nb2) : nb2 == 0 ? 0 : -1;
+        free(big);
+        if (rc != 0) return SCHED_FINISH_ERROR;
+    } else if (nb > 0 && gen_append(sl, piece, (size_t)nb) != 0) {
+        return SCHED_FINISH_ERROR;
+    }
     if (j->n_stop) {
         long at = find_stop(j, sl->gen, sl->gen_len, from);
         if (at >= 0) {
