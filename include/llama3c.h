@@ -283,7 +283,10 @@ typedef enum l3c_chat_template {
     L3C_CHAT_LLAMA3,     /* <|start_header_id|>role<|end_header_id|>\n\n content <|eot_id|> */
     L3C_CHAT_CHATML,     /* <|im_start|>role\n content <|im_end|>\n */
     L3C_CHAT_LLAMA2,     /* [INST] <<SYS>> ... [/INST] */
-    L3C_CHAT_ZEPHYR      /* <|user|>\n content </s>\n (TinyLlama chat) */
+    L3C_CHAT_ZEPHYR,     /* <|user|>\n content </s>\n (TinyLlama chat) */
+    L3C_CHAT_LLAMA31     /* Llama 3.1 / 3.2 / 3.3 Instruct: LLAMA3 plus the built-in system block
+                            ("Cutting Knowledge Date: December 2023\nToday Date: DATE\n\n" + system),
+                            tool / ipython results JSON-encoded under the ipython header */
 } l3c_chat_template;
 
 /* Which template a model uses (resolves L3C_CHAT_AUTO). */
@@ -306,6 +309,19 @@ L3C_API l3c_status l3c_chat_format(l3c_chat_template t, const l3c_chat_message *
 L3C_API l3c_status l3c_chat_tokenize(const l3c_model *model, l3c_chat_template t,
                                      const l3c_chat_message *msgs, size_t n, int add_assistant,
                                      int32_t **out_ids, int64_t *out_n);
+
+/*
+ * The same with the date that L3C_CHAT_LLAMA31 prints as "Today Date: DATE" (the templates'
+ * date_string variable, e.g. "26 Jul 2024"); other templates ignore it. date NULL: the
+ * template's own default: "26 Jul 2024" (Llama 3.1 / 3.3), or, for a model whose
+ * tokenizer.chat_template calls strftime_now (Llama 3.2), today's local date as "%d %b %Y", as
+ * Hugging Face renders it; l3c_chat_format_ex (no model) always uses "26 Jul 2024".
+ */
+L3C_API l3c_status l3c_chat_format_ex(l3c_chat_template t, const l3c_chat_message *msgs, size_t n,
+                                      int add_assistant, const char *date, char **out);
+L3C_API l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_template t,
+                                        const l3c_chat_message *msgs, size_t n, int add_assistant,
+                                        const char *date, int32_t **out_ids, int64_t *out_n);
 
 /* ---------------------------------------------------------------- system */
 

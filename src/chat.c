@@ -19,6 +19,17 @@
  *   LLAMA2  (Meta / HF) <s>[INST] STRIP(<<SYS>>\nS\n<</SYS>>\n\nU) [/INST] + " STRIP(A) </s>" ...
  *           add_assistant adds nothing (the turn is open after [/INST]).
  *   ZEPHYR  per message <|ROLE|>\nC</s>\n ; add_assistant: <|assistant|>\n
+ *   LLAMA31 (Meta's Llama 3.1 / 3.2 / 3.3 Instruct tokenizer.chat_template, without tools)
+ *           <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n
+ *           Cutting Knowledge Date: December 2023\nToday Date: DATE\n\n TRIM(S) <|eot_id|>
+ *           (always; S = messages[0] when it is a system message, else empty), then per message
+ *           like LLAMA3, except tool / ipython: <|start_header_id|>ipython<|end_header_id|>\n\n
+ *           JSON(C)<|eot_id|> where JSON is Python's json.dumps(C, ensure_ascii=False): the
+ *           template's `content is iterable` is true for a string, so it applies tojson.
+ *           DATE: the template's date_string (default "26 Jul 2024"; Llama 3.2's template uses
+ *           strftime_now("%d %b %Y") when the renderer defines it, as Hugging Face does).
+ *           Tools (tools= / tool_calls) are not supported: messages have only role and content.
+ * TRIM is Python's str.strip() (Jinja's trim): Unicode whitespace, not only ASCII.
  *
  * Model-specific default: l3c_chat_tokenize (which knows the model) inserts the default system
  * message that the model's own tokenizer.chat_template renders when the conversation has none
@@ -28,7 +39,9 @@
  */
 #include "util/util.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 /* ---------------------------------------------------------------- emitter */
 
@@ -91,13 +104,39 @@ static l3c_status emit_marker(emitter *e, const char *m) {
 
 /* ---------------------------------------------------------------- formatters */
 
-static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+/* Python's str.isspace() code points (what str.strip() removes). */
+static int is_space_cp(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
+           c == 0x3000;
+}
 
-/* [*b, *e) of s without leading / trailing whitespace (Python str.strip / Jinja trim). */
+/* Length of a well-formed UTF-8 sequence at s[0..n) and its code point; 0 if malformed. */
+static size_t utf8_at(const unsigned char *s, size_t n, uint32_t *cp) {
+    size_t len = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 : (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+    if (!len || len > n) return 0;
+    uint32_t c = len == 1 ? s[0] : s[0] & (0x7f >> len);
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xc0) != 0x80) return 0;
+        c = c << 6 | (s[k] & 0x3f);
+    }
+    *cp = c;
+    return len;
+}
+
+/* [*b, *e) of s without leading / trailing whitespace (Python str.strip / Jinja trim; UTF-8). */
 static void trim(const char *s, size_t n, size_t *b, size_t *e) {
+    const unsigned char *u = (const unsigned char *)s;
     size_t i = 0, j = n;
-    while (i < j && is_space(s[i])) i++;
-    while (j > i && is_space(s[j - 1])) j--;
+    uint32_t cp;
+    for (size_t k; i < j && (k = utf8_at(u + i, j - i, &cp)) && is_space_cp(cp);) i += k;
+    while (j > i) {
+        size_t st = j - 1; /* start of the last sequence: back over continuation bytes */
+        while (st > i && j - st < 4 && (u[st] & 0xc0) == 0x80) st--;
+        size_t k = utf8_at(u + st, j - st, &cp);
+        if (k != j - st || !is_space_cp(cp)) break;
+        j = st;
+    }
     *b = i;
     *e = j;
 }
@@ -130,6 +169,65 @@ static l3c_status fmt_llama3(emitter *e, const l3c_chat_message *m, size_t n, in
         TRY(emit_marker(e, "<|end_header_id|>"));
         TRY(emit_str(e, "\n\n"));
     }
+    return L3C_OK;
+}
+
+/* Python's json.dumps(s, ensure_ascii=False) of a string (HF's tojson filter). */
+static l3c_status emit_json_string(emitter *e, const char *s) {
+    TRY(emit_str(e, "\""));
+    const char *run = s;
+    for (const char *p = s;; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c && c >= 0x20 && c != '"' && c != '\\') continue;
+        TRY(emit_text(e, run, (size_t)(p - run)));
+        if (!c) break;
+        char esc[8];
+        switch (c) {
+        case '"': strcpy(esc, "\\\""); break;
+        case '\\': strcpy(esc, "\\\\"); break;
+        case '\n': strcpy(esc, "\\n"); break;
+        case '\r': strcpy(esc, "\\r"); break;
+        case '\t': strcpy(esc, "\\t"); break;
+        case '\b': strcpy(esc, "\\b"); break;
+        case '\f': strcpy(esc, "\\f"); break;
+        default: snprintf(esc, sizeof esc, "\\u%04x", c); break;
+        }
+        TRY(emit_str(e, esc));
+        run = p + 1;
+    }
+    return emit_str(e, "\"");
+}
+
+static l3c_status header(emitter *e, const char *role) {
+    TRY(emit_marker(e, "<|start_header_id|>"));
+    TRY(emit_str(e, role));
+    TRY(emit_marker(e, "<|end_header_id|>"));
+    return emit_str(e, "\n\n");
+}
+
+static l3c_status fmt_llama31(emitter *e, const l3c_chat_message *m, size_t n, int add_assistant,
+                              const char *date) {
+    size_t i = 0;
+    const char *sys = "";
+    if (n > 0 && !strcmp(m[0].role, "system")) sys = m[i++].content;
+    TRY(emit_marker(e, "<|begin_of_text|>"));
+    TRY(header(e, "system"));
+    TRY(emit_str(e, "Cutting Knowledge Date: December 2023\nToday Date: "));
+    TRY(emit_str(e, date));
+    TRY(emit_str(e, "\n\n"));
+    TRY(emit_trimmed(e, sys));
+    TRY(emit_marker(e, "<|eot_id|>"));
+    for (; i < n; i++) {
+        if (!strcmp(m[i].role, "ipython") || !strcmp(m[i].role, "tool")) {
+            TRY(header(e, "ipython"));
+            TRY(emit_json_string(e, m[i].content));
+        } else {
+            TRY(header(e, m[i].role));
+            TRY(emit_trimmed(e, m[i].content));
+        }
+        TRY(emit_marker(e, "<|eot_id|>"));
+    }
+    if (add_assistant) TRY(header(e, "assistant"));
     return L3C_OK;
 }
 
@@ -199,8 +297,10 @@ static l3c_status fmt_zephyr(emitter *e, const l3c_chat_message *m, size_t n, in
     return L3C_OK;
 }
 
+#define LLAMA31_DEFAULT_DATE "26 Jul 2024"
+
 static l3c_status format_any(emitter *e, l3c_chat_template t, const l3c_chat_message *m, size_t n,
-                             int add_assistant) {
+                             int add_assistant, const char *date) {
     if (n && !m) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: %zu messages but msgs is NULL", n);
     for (size_t i = 0; i < n; i++)
         if (!m[i].role || !m[i].content)
@@ -211,6 +311,7 @@ static l3c_status format_any(emitter *e, l3c_chat_template t, const l3c_chat_mes
     case L3C_CHAT_CHATML: return fmt_chatml(e, m, n, add_assistant);
     case L3C_CHAT_LLAMA2: return fmt_llama2(e, m, n, add_assistant);
     case L3C_CHAT_ZEPHYR: return fmt_zephyr(e, m, n, add_assistant);
+    case L3C_CHAT_LLAMA31: return fmt_llama31(e, m, n, add_assistant, date ? date : LLAMA31_DEFAULT_DATE);
     default:
         return l3c_fail(L3C_ERR_INVALID_ARG, "chat: template %d is not a concrete template (resolve "
                         "L3C_CHAT_AUTO with l3c_chat_template_detect)", (int)t);
@@ -226,11 +327,14 @@ const char *l3c_chat_template_name(l3c_chat_template t) {
     case L3C_CHAT_CHATML: return "chatml";
     case L3C_CHAT_LLAMA2: return "llama2";
     case L3C_CHAT_ZEPHYR: return "zephyr";
+    case L3C_CHAT_LLAMA31: return "llama31";
     }
     return "unknown";
 }
 
 static l3c_chat_template detect_from_text(const char *tmpl) {
+    /* Llama 3.1 / 3.2 / 3.3 Instruct: the built-in system block */
+    if (strstr(tmpl, "<|start_header_id|>") && strstr(tmpl, "Cutting Knowledge Date")) return L3C_CHAT_LLAMA31;
     if (strstr(tmpl, "<|start_header_id|>")) return L3C_CHAT_LLAMA3;
     if (strstr(tmpl, "<|im_start|>")) return L3C_CHAT_CHATML;
     if (strstr(tmpl, "[INST]")) return L3C_CHAT_LLAMA2;
@@ -260,10 +364,15 @@ l3c_chat_template l3c_chat_template_detect(const l3c_model *model) {
 
 l3c_status l3c_chat_format(l3c_chat_template t, const l3c_chat_message *msgs, size_t n,
                            int add_assistant, char **out) {
+    return l3c_chat_format_ex(t, msgs, n, add_assistant, NULL, out);
+}
+
+l3c_status l3c_chat_format_ex(l3c_chat_template t, const l3c_chat_message *msgs, size_t n,
+                              int add_assistant, const char *date, char **out) {
     if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: out is NULL");
     *out = NULL;
     emitter e = {0};
-    l3c_status st = format_any(&e, t, msgs, n, add_assistant);
+    l3c_status st = format_any(&e, t, msgs, n, add_assistant, date);
     if (!st) st = l3c_buf_append(&e.text, "", 0); /* non-NULL and NUL-terminated even when empty */
     if (st) goto fail;
     *out = e.text.data;
@@ -317,7 +426,14 @@ static char *chatml_default_system(const char *tmpl) {
 
 l3c_status l3c_chat_tokenize(const l3c_model *model, l3c_chat_template t, const l3c_chat_message *msgs,
                              size_t n, int add_assistant, int32_t **out_ids, int64_t *out_n) {
+    return l3c_chat_tokenize_ex(model, t, msgs, n, add_assistant, NULL, out_ids, out_n);
+}
+
+l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_template t, const l3c_chat_message *msgs,
+                                size_t n, int add_assistant, const char *date, int32_t **out_ids,
+                                int64_t *out_n) {
     emitter e = {0};
+    char today[64];
     char *def_sys = NULL;
     l3c_chat_message *with_sys = NULL;
     l3c_status st;
@@ -347,9 +463,16 @@ l3c_status l3c_chat_tokenize(const l3c_model *model, l3c_chat_template t, const 
         n++;
     }
 
+    /* Llama 3.2's template: date_string = strftime_now("%d %b %Y") (Hugging Face defines it) */
+    if (t == L3C_CHAT_LLAMA31 && !date && tmpl && strstr(tmpl, "strftime_now")) {
+        time_t now = time(NULL);
+        struct tm tm;
+        if (localtime_r(&now, &tm) && strftime(today, sizeof today, "%d %b %Y", &tm) > 0) date = today;
+    }
+
     /* Zephyr (TinyLlama) text has no BOS marker; the tokenizer adds it when the model wants one */
     if (t == L3C_CHAT_ZEPHYR && (st = flush_text(&e, L3C_TOKENIZE_ADD_BOS))) goto fail;
-    if ((st = format_any(&e, t, msgs, n, add_assistant))) goto fail;
+    if ((st = format_any(&e, t, msgs, n, add_assistant, date))) goto fail;
     if ((st = flush_text(&e, 0))) goto fail;
     if ((st = reserve(&e, 0))) goto fail; /* a valid array even when empty */
     *out_ids = e.ids;

@@ -129,7 +129,9 @@ def llama3_rope_factors(head_dim, theta, factor=32.0, low=1.0, high=4.0, old_ctx
     return np.array(out, dtype=np.float32)
 
 
-def random_blocks(qtype, n_rows, n_cols, rng):
+def random_blocks(qtype, n_rows, n_cols, rng, scale=0.001):
+    """Random rows: quantized types get uniform random quants with every block scale = `scale`
+    (Q8_0: weights uniform in +-128 * scale, std ~74 * scale); float types N(0, 0.02^2)."""
     bs, ts = gguf.GGML_QUANT_SIZES[qtype]
     n_blocks = n_rows * n_cols // bs
     if qtype == Q.F32:
@@ -141,7 +143,7 @@ def random_blocks(qtype, n_rows, n_cols, rng):
     if qtype == Q.BF16:
         v = (rng.standard_normal(n_rows * n_cols, dtype=np.float32) * 0.02).view(np.uint32)
         return (v >> 16).astype(np.uint16).view(np.uint8).reshape(n_rows, n_cols * 2)
-    scale = np.full(n_blocks, 0.001, dtype=np.float16).view(np.uint8).reshape(n_blocks, 2)
+    scale = np.full(n_blocks, scale, dtype=np.float16).view(np.uint8).reshape(n_blocks, 2)
     for off in SCALE_FIELDS.get(qtype, []):
         raw[:, off:off + 2] = scale
     return raw.reshape(n_rows, n_cols // bs * ts)
@@ -157,6 +159,8 @@ def main():
     ap.add_argument("--tokenizer", help="Meta's Llama 3 tokenizer.model for a real vocabulary")
     ap.add_argument("--layers", type=int, help="override the number of blocks")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--block-scale", type=float, default=0.001,
+                    help="--data random: the scale of every quantized block (default 0.001)")
     a = ap.parse_args()
     p = dict(PRESETS[a.preset])
     if a.layers:
@@ -243,7 +247,7 @@ def main():
             f.seek(nb, os.SEEK_CUR)
         else:
             for r0 in range(0, rows, 4096):
-                f.write(random_blocks(qt, min(4096, rows - r0), cols, rng).tobytes())
+                f.write(random_blocks(qt, min(4096, rows - r0), cols, rng, a.block_scale).tobytes())
         if pad:
             f.seek(pad, os.SEEK_CUR)
         done += nb

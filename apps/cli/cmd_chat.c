@@ -27,7 +27,10 @@ static void help(FILE *f) {
             "  -p, --prompt TEXT       one user turn, answered, then exit\n"
             "  --system TEXT           system message\n"
             "  --message ROLE TEXT     add a message to the conversation first (repeatable)\n"
-            "  --template NAME         llama3 | chatml | llama2 | zephyr (default: from the model)\n"
+            "  --template NAME         llama3 | llama31 | chatml | llama2 | zephyr (default: from the\n"
+            "                          model)\n"
+            "  --date TEXT             llama31: the \"Today Date: TEXT\" of the system block (default: the\n"
+            "                          template's: 26 Jul 2024, or today for Llama 3.2's strftime_now)\n"
             "  --print-prompt          print the prompt the model would see (with -p / --message; the\n"
             "                          detokenized prompt ids) and exit; without -m: the --template text\n"
             "  --print-prompt-ids      print the prompt's token ids and exit\n");
@@ -67,8 +70,10 @@ static void conv_free(conv *c) {
     free(c->m);
 }
 
+static const char *g_date; /* --date, NULL: the template's default */
+
 static int tokenize_conv(const l3c_model *model, l3c_chat_template t, const conv *c, int32_t **ids, int64_t *n) {
-    if (l3c_chat_tokenize(model, t, c->m, c->n, 1, ids, n) != L3C_OK)
+    if (l3c_chat_tokenize_ex(model, t, c->m, c->n, 1, g_date, ids, n) != L3C_OK)
         return cli_runtime_error(CMD, "cannot format the conversation");
     return 0;
 }
@@ -136,13 +141,14 @@ static int print_prompt(const l3c_model *model, l3c_chat_template t, const conv 
 }
 
 static int parse_template(const char *name, l3c_chat_template *t) {
-    const l3c_chat_template all[] = {L3C_CHAT_LLAMA3, L3C_CHAT_CHATML, L3C_CHAT_LLAMA2, L3C_CHAT_ZEPHYR};
+    const l3c_chat_template all[] = {L3C_CHAT_LLAMA3, L3C_CHAT_LLAMA31, L3C_CHAT_CHATML, L3C_CHAT_LLAMA2,
+                                     L3C_CHAT_ZEPHYR};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (!strcmp(name, l3c_chat_template_name(all[i]))) {
             *t = all[i];
             return 0;
         }
-    return cli_usage_error(CMD, "--template: unknown template '%s' (llama3, chatml, llama2, zephyr)", name);
+    return cli_usage_error(CMD, "--template: unknown template '%s' (llama3, llama31, chatml, llama2, zephyr)", name);
 }
 
 int cmd_chat(int argc, char **argv) {
@@ -187,6 +193,8 @@ int cmd_chat(int argc, char **argv) {
         } else if (!strcmp(a, "--template")) {
             const char *v = cli_value(CMD, argc, argv, &i);
             rc = v ? parse_template(v, &tmpl) : CLI_USAGE;
+        } else if (!strcmp(a, "--date")) {
+            if (!(g_date = cli_value(CMD, argc, argv, &i))) rc = CLI_USAGE;
         } else if (!strcmp(a, "--print-prompt")) {
             print = 1;
         } else if (!strcmp(a, "--print-prompt-ids")) {
@@ -208,7 +216,7 @@ int cmd_chat(int argc, char **argv) {
         }
         if (prompt && conv_add(&c, "user", prompt, strlen(prompt))) goto nomem;
         char *text = NULL;
-        if (l3c_chat_format(tmpl, c.m, c.n, 1, &text) != L3C_OK) {
+        if (l3c_chat_format_ex(tmpl, c.m, c.n, 1, g_date, &text) != L3C_OK) {
             rc = cli_runtime_error(CMD, "cannot format the conversation");
             goto out;
         }

@@ -5,7 +5,8 @@
  *   llama3c eval -m MODEL (--ids "1 2 3" | --ids-file F) --logits-out OUT.f32
  *                [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0] [--bf16]
  *
- * OUT holds [n_ids x n_vocab] floats with --all, else [n_vocab] for the last position.
+ * OUT holds [n_ids x n_vocab] floats with --all, [n_positions x n_vocab] with --positions
+ * "P1 P2 ..." (those positions' rows, in the order given), else [n_vocab] for the last position.
  * --batch 1 decodes token by token (the KV-cache path); the default 512 decodes in chunks.
  */
 #include "cli.h"
@@ -30,6 +31,7 @@ static void usage(FILE *f) {
             "                    [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0] [--bf16]\n"
             "Evaluates the ids as one sequence from position 0 and writes little-endian float32\n"
             "logits: [n_ids x n_vocab] with --all, else the last position's [n_vocab].\n"
+            "  --positions \"P ...\"  only these positions' rows (0-based, in the order given)\n"
             "  --ctx N     context positions (default: max(n_ids, 16))\n"
             "  -t N        threads (default: physical cores)\n"
             "  --batch N   tokens per decode call (default 512; 1 = token by token)\n"
@@ -79,7 +81,7 @@ static char *read_text(const char *path) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model_path = NULL, *ids_str = NULL, *ids_file = NULL, *out_path = NULL;
+    const char *model_path = NULL, *ids_str = NULL, *ids_file = NULL, *out_path = NULL, *pos_str = NULL;
     int all = 0, bf16 = 0, n_threads = 0, n_batch = 512, n_ctx = 0, kv_type = L3C_KV_F16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -90,6 +92,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!has_val) { fprintf(stderr, "llama3c eval: option %s needs a value\n", a); usage(stderr); return 2; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = argv[++i];
         else if (!strcmp(a, "--ids")) ids_str = argv[++i];
+        else if (!strcmp(a, "--positions")) pos_str = argv[++i];
         else if (!strcmp(a, "--ids-file")) ids_file = argv[++i];
         else if (!strcmp(a, "--logits-out") || !strcmp(a, "-o")) out_path = argv[++i];
         else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) n_ctx = atoi(argv[++i]);
@@ -145,6 +148,26 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
 
+    int32_t *sel = NULL; /* --positions */
+    int64_t n_sel = 0, sel_cap = 0;
+    if (pos_str) {
+        if (all || parse_ids(pos_str, &sel, &n_sel, &sel_cap) != 0 || n_sel == 0) {
+            fprintf(stderr, "llama3c eval: --positions: %s\n",
+                    all ? "not with --all" : "not a non-empty list of integers");
+            free(sel);
+            free(ids);
+            return 2;
+        }
+        for (int64_t k = 0; k < n_sel; k++)
+            if (sel[k] < 0 || sel[k] >= n_ids) {
+                fprintf(stderr, "llama3c eval: --positions: %d is outside [0, %lld)\n", (int)sel[k],
+                        (long long)n_ids);
+                free(sel);
+                free(ids);
+                return 2;
+            }
+    }
+
     int rc = 1;
     l3c_model *model = NULL;
     l3c_context *ctx = NULL;
@@ -173,7 +196,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "llama3c eval: %s\n", l3c_last_error());
         goto done;
     }
-    const int64_t n_rows = all ? n_ids : 1;
+    const int64_t n_rows = all ? n_ids : sel ? n_sel : 1;
     out = malloc((size_t)n_rows * (size_t)n_vocab * sizeof(float));
     int32_t *pos = malloc((size_t)n_ids * sizeof(int32_t));
     int8_t *want = malloc((size_t)n_ids);
@@ -185,8 +208,9 @@ int cmd_eval(int argc, char **argv) {
     }
     for (int64_t i = 0; i < n_ids; i++) {
         pos[i] = (int32_t)i;
-        want[i] = (int8_t)(all || i == n_ids - 1);
+        want[i] = (int8_t)(all || (!sel && i == n_ids - 1));
     }
+    for (int64_t k = 0; k < n_sel; k++) want[sel[k]] = 1;
 
     double t1 = now_s();
     int ok = 1;
@@ -203,6 +227,11 @@ int cmd_eval(int argc, char **argv) {
         for (int32_t i = 0; i < n; i++) {
             if (!want[start + i]) continue;
             const float *lg = l3c_get_logits(ctx, i);
+            if (sel) { /* every row that asks for this position (a position may repeat) */
+                for (int64_t k = 0; k < n_sel; k++)
+                    if (sel[k] == start + i) memcpy(out + k * n_vocab, lg, (size_t)n_vocab * sizeof(float));
+                continue;
+            }
             int64_t row = all ? start + i : 0;
             memcpy(out + row * n_vocab, lg, (size_t)n_vocab * sizeof(float));
         }
@@ -232,6 +261,7 @@ done:
     if (f) fclose(f);
     free(out);
     free(ids);
+    free(sel);
     l3c_context_free(ctx);
     l3c_model_free(model);
     return rc;

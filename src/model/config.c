@@ -100,15 +100,34 @@ l3c_status l3c_config_from_gguf(const l3c_gguf *g, l3c_config *cfg) {
         }
     }
 
-    /* llama.rope.scaling.* is informational: llama3-style scaling is applied via rope_freqs */
+    /* rope scaling (llama.cpp's reading): factor from llama.rope.scaling.factor, else the older
+     * llama.rope.scale_linear; type absent = linear; "none" never scales; positions are
+     * multiplied by 1 / factor. Llama 3.1 'llama3' scaling is the rope_freqs tensor instead. */
     l3c_str stype = {0};
     if ((st = l3c_gguf_get_str(g, "llama.rope.scaling.type", 1, &stype))) return st;
-    if (stype.ptr) {
+    if (l3c_gguf_find(g, "llama.rope.scaling.type")) {
         size_t n = L3C_MIN(stype.len, sizeof cfg->rope_scaling_type - 1);
-        memcpy(cfg->rope_scaling_type, stype.ptr, n);
+        if (n) memcpy(cfg->rope_scaling_type, stype.ptr, n);
         cfg->rope_scaling_type[n] = '\0';
+        /* 'llama3' is accepted where its factors come as the rope_freqs tensor (Llama 3.1) */
+        const bool llama3 = !strcmp(cfg->rope_scaling_type, "llama3") &&
+                            l3c_gguf_find_tensor(g, "rope_freqs.weight") != NULL;
+        if (strlen(cfg->rope_scaling_type) != stype.len ||
+            (strcmp(cfg->rope_scaling_type, "none") && strcmp(cfg->rope_scaling_type, "linear") && !llama3))
+            return l3c_fail(L3C_ERR_UNSUPPORTED,
+                            "%s: llama.rope.scaling.type = '%.*s' is not supported (llama3c implements "
+                            "'none', 'linear' and Llama 3.1 scaling through the rope_freqs tensor)",
+                            g->path, (int)L3C_MIN(stype.len, 64), stype.ptr);
     }
-    if ((st = l3c_gguf_get_f32(g, "llama.rope.scaling.factor", 1, &cfg->rope_scaling_factor)))
-        return st;
+    const char *fkey = "llama.rope.scaling.factor";
+    if (!l3c_gguf_find(g, fkey) && l3c_gguf_find(g, "llama.rope.scale_linear")) fkey = "llama.rope.scale_linear";
+    if ((st = l3c_gguf_get_f32(g, fkey, 1, &cfg->rope_scaling_factor))) return st;
+    if (!(isfinite(cfg->rope_scaling_factor) && cfg->rope_scaling_factor >= 0.0f && cfg->rope_scaling_factor < 1e6f))
+        return l3c_fail(L3C_ERR_FORMAT, "%s: key '%s' = %g must be in [0, 1e6) (0: no scaling)", g->path,
+                        fkey, (double)cfg->rope_scaling_factor);
+    cfg->rope_freq_scale = 1.0f;
+    if (cfg->rope_scaling_factor > 0.0f && strcmp(cfg->rope_scaling_type, "none") != 0 &&
+        strcmp(cfg->rope_scaling_type, "llama3") != 0)
+        cfg->rope_freq_scale = 1.0f / cfg->rope_scaling_factor;
     return L3C_OK;
 }

@@ -35,9 +35,12 @@ typedef struct l3c_config {
     int32_t n_rot;        /* rotated dims per head (<= head_dim, even) */
     float rope_theta;
     float norm_eps;
-    /* llama.rope.scaling.* (informational; llama3 scaling arrives as the rope_freqs tensor) */
+    /* llama.rope.scaling.*: type "none" or "linear" (absent: linear when a factor is given, as in
+     * llama.cpp); others (yarn, longrope, ...) are refused. Llama 3.1 'llama3' scaling has no
+     * type: it arrives as the rope_freqs tensor. */
     char rope_scaling_type[32]; /* "" when absent */
-    float rope_scaling_factor;  /* 0 when absent */
+    float rope_scaling_factor;  /* llama.rope.scaling.factor (or rope.scale_linear); 0 when absent */
+    float rope_freq_scale;      /* positions are multiplied by this: 1 / factor for linear, else 1 */
 } l3c_config;
 
 /* Reads and validates the llama.* metadata. Errors name the file and the key. */

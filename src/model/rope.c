@@ -2,7 +2,8 @@
  * rope.c -- rotary position embedding in llama.cpp's "normal" mode, which is what GGUF llama
  * files need: the converter permutes the rows of attn_q / attn_k so that each head's rotated
  * pairs are adjacent, (x[2i], x[2i+1]) for i < n_rot/2; dims >= n_rot pass through.
- *   angle(pos, i) = pos * base^(-2i/n_rot) / rope_freqs[i]     (rope_freqs: Llama 3.1 scaling)
+ *   angle(pos, i) = pos * s * base^(-2i/n_rot) / rope_freqs[i]
+ * rope_freqs: Llama 3.1 scaling; s: linear scaling, 1 / llama.rope.scaling.factor (else 1).
  *   (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)
  * Angles are computed in double (positions reach 10^5..10^6), then rounded to float.
  */
@@ -13,7 +14,7 @@
 void l3c_rope_inv_freq(const l3c_config *cfg, const float *rope_freqs, double *inv_freq) {
     const int half = cfg->n_rot / 2;
     for (int i = 0; i < half; i++) {
-        double f = pow((double)cfg->rope_theta, -2.0 * i / (double)cfg->n_rot);
+        double f = (double)cfg->rope_freq_scale * pow((double)cfg->rope_theta, -2.0 * i / (double)cfg->n_rot);
         if (rope_freqs) f /= (double)rope_freqs[i];
         inv_freq[i] = f;
     }

@@ -70,6 +70,9 @@ class ModelSpec:
     eps: float = 1e-5
     seed: int = 1234
     gain: float = 1.0             # weight std = gain / sqrt(fan_in)
+    rope_factor: float = 8.0      # rope_freqs: Meta's scaling factor (Llama 3.1: 8, Llama 3.2: 32)
+    llama3_vocab: str = ""        # path of Meta's Llama 3 tokenizer.model: its real vocabulary
+    kv: tuple = ()                # extra metadata ((key, value), ...): str / float / int values
 
     @property
     def head_dim(self):
@@ -128,7 +131,7 @@ def random_weights(spec):
     if not spec.tied:
         w["output.weight"] = (rng.standard_normal((spec.n_vocab, d)) * (2.0 / math.sqrt(d))).astype(np.float32)
     if spec.rope_freqs:
-        w["rope_freqs.weight"] = llama3_rope_factors(hd, spec.theta)
+        w["rope_freqs.weight"] = llama3_rope_factors(hd, spec.theta, spec.rope_factor)
     return w
 
 
@@ -158,16 +161,34 @@ def write_model(path, spec, wtype="F32", name=None):
     wr.add_rope_freq_base(spec.theta)
     wr.add_layer_norm_rms_eps(spec.eps)
     wr.add_vocab_size(spec.n_vocab)
-    tokens, scores, types = spm_vocab(spec.n_vocab)
-    wr.add_tokenizer_model("llama")
-    wr.add_token_list(tokens)
-    wr.add_token_scores(scores)
-    wr.add_token_types(types)
-    wr.add_bos_token_id(1)
-    wr.add_eos_token_id(2)
-    wr.add_unk_token_id(0)
-    wr.add_add_bos_token(True)
-    wr.add_add_space_prefix(True)
+    if spec.llama3_vocab:
+        tokens, types, merges = make_shaped_gguf.llama3_vocab(spec.llama3_vocab)
+        assert len(tokens) == spec.n_vocab, f"the Llama 3 vocabulary has {len(tokens)} tokens"
+        wr.add_tokenizer_model("gpt2")
+        wr.add_tokenizer_pre("llama-bpe")
+        wr.add_token_list(tokens)
+        wr.add_token_types(types)
+        wr.add_token_merges(merges)
+        wr.add_bos_token_id(128000)
+        wr.add_eos_token_id(128009)
+    else:
+        tokens, scores, types = spm_vocab(spec.n_vocab)
+        wr.add_tokenizer_model("llama")
+        wr.add_token_list(tokens)
+        wr.add_token_scores(scores)
+        wr.add_token_types(types)
+        wr.add_bos_token_id(1)
+        wr.add_eos_token_id(2)
+        wr.add_unk_token_id(0)
+        wr.add_add_bos_token(True)
+        wr.add_add_space_prefix(True)
+    for key, val in spec.kv:
+        if isinstance(val, str):
+            wr.add_string(key, val)
+        elif isinstance(val, float):
+            wr.add_float32(key, val)
+        else:
+            wr.add_uint32(key, int(val))
     for tname, a in random_weights(spec).items():
         if a.ndim == 1 or qtype == T.F32:
             wr.add_tensor(tname, a)

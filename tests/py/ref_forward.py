@@ -7,7 +7,9 @@ float64. Deliberately simple and unoptimised, like llm.c's CPU reference.
 Conventions (llama.cpp's LLM_ARCH_LLAMA):
   - a GGUF tensor with ne = [n0, n1] is the row-major numpy matrix [n1, n0]; y = W @ x;
   - RoPE "normal" mode: adjacent pairs (x[2i], x[2i+1]) of each head rotated by
-    pos * theta^(-2i/n_rot) / rope_freqs[i] (rope_freqs only when the tensor exists);
+    pos * freq_scale * theta^(-2i/n_rot) / rope_freqs[i] (rope_freqs only when the tensor exists;
+    freq_scale = 1 / llama.rope.scaling.factor (or the older rope.scale_linear) unless
+    llama.rope.scaling.type is "none": linear scaling as llama.cpp reads it);
     dimensions >= n_rot are left alone;
   - RMSNorm y = x / sqrt(mean(x^2) + eps) * w; SwiGLU ffn_down(silu(ffn_gate x) * ffn_up x);
   - output.weight absent: the classifier is token_embd (tied).
@@ -42,6 +44,11 @@ class RefModel:
         self.n_rot = int(_field(r, p + "rope.dimension_count", self.head_dim))
         self.theta = float(_field(r, p + "rope.freq_base", 10000.0))
         self.eps = float(_field(r, p + "attention.layer_norm_rms_epsilon", 1e-5))
+        self.scaling_type = _field(r, p + "rope.scaling.type", "linear")
+        if self.scaling_type not in ("none", "linear"):
+            raise ValueError(f"{path}: rope scaling {self.scaling_type!r} is not modelled here")
+        factor = float(_field(r, p + "rope.scaling.factor", _field(r, p + "rope.scale_linear", 0.0)))
+        self.freq_scale = 1.0 / factor if factor > 0 and self.scaling_type != "none" else 1.0
         self.types = {}
         self.w = {}
         for t in r.tensors:
@@ -61,7 +68,7 @@ class RefModel:
     def rope(self, x, pos):
         """x: [T, H, head_dim], pos: [T]. Rotates adjacent pairs of the first n_rot dims."""
         half = self.n_rot // 2
-        inv = self.theta ** (-2.0 * np.arange(half) / self.n_rot)
+        inv = self.freq_scale * self.theta ** (-2.0 * np.arange(half) / self.n_rot)
         if self.rope_freqs is not None:
             inv = inv / self.rope_freqs[:half]
         ang = pos[:, None].astype(np.float64) * inv[None, :]  # [T, half]
@@ -74,8 +81,9 @@ class RefModel:
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, ids):
-        """Logits [T, n_vocab] (float64) of ids evaluated as one sequence from position 0."""
+    def forward(self, ids, rows=None):
+        """Logits [T, n_vocab] (float64) of ids evaluated as one sequence from position 0;
+        rows (a list of positions): only those rows' logits, [len(rows), n_vocab]."""
         ids = np.asarray(ids, dtype=np.int64)
         T = len(ids)
         hd, H, Hkv = self.head_dim, self.n_head, self.n_head_kv
@@ -100,6 +108,8 @@ class RefModel:
             h = self.rmsnorm(x, g("ffn_norm"))
             a = h @ g("ffn_gate").T
             x = x + ((a / (1.0 + np.exp(-a))) * (h @ g("ffn_up").T)) @ g("ffn_down").T
+        if rows is not None:
+            x = x[np.asarray(rows, dtype=np.int64)]
         return self.rmsnorm(x, self.w["output_norm.weight"]) @ self.out.T
 
     def greedy(self, ids, n):

@@ -7,15 +7,22 @@ Face's apply_chat_template renders them (jinja2 sandbox, trim_blocks, lstrip_blo
   `llama3c tokenize --special`, and by llama.cpp when llama-cpp-python is importable);
 - special-token text typed inside a message stays plain text (no forged turns);
 - Llama 3 (Meta's official template), Llama 2 chat and Zephyr (TinyLlama) templates embedded
-  here vs `llama3c chat --print-prompt --template NAME` (l3c_chat_format, no model needed).
+  here vs `llama3c chat --print-prompt --template NAME` (l3c_chat_format, no model needed);
+- Llama 3.1 and 3.2 Instruct: Meta's own tokenizer.chat_template texts (tests/py/data/*.jinja,
+  sources noted in tests/py/data/README.md), rendered with Hugging Face's environment (its tojson
+  and strftime_now), vs `--template llama31` (no model) and vs a GGUF carrying the template
+  (detection from tokenizer.chat_template, the prompt text and its ids) with the real Llama 3
+  vocabulary; date_string fixed (the 3.1 default, or --date / date_string for 3.2's strftime_now).
 Tolerance: none, byte-for-byte / id-for-id equality.
 """
+import json
 import os
 import subprocess
+import time
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, DATA, HERE, llama_cpp_or_skip, run_cli
 
 jinja2 = pytest.importorskip("jinja2", reason="jinja2 (the reference template engine) is not installed")
 gguf = pytest.importorskip("gguf", reason="gguf-py is not installed")
@@ -69,7 +76,10 @@ CONVERSATIONS = {
 }
 
 
-def render(template, messages, bos="", eos=""):
+def render(template, messages, bos="", eos="", add_generation_prompt=True, **extra):
+    """Hugging Face's apply_chat_template rendering (transformers' _compile_jinja_template):
+    sandbox, trim_blocks, lstrip_blocks, loopcontrols, its own tojson (json.dumps, no HTML escaping)
+    and strftime_now; extra variables (date_string=...) are passed like apply_chat_template's kwargs."""
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -78,9 +88,14 @@ def render(template, messages, bos="", eos=""):
     def raise_exception(msg):
         raise jinja2.exceptions.TemplateError(msg)
 
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=bos,
-                                            eos_token=eos)
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            bos_token=bos, eos_token=eos, **extra)
 
 
 def chat_args(messages):
@@ -171,3 +186,118 @@ def test_llama31_ipython_role(llama3c):
 def test_print_prompt_without_model_needs_template(llama3c):
     p = run_cli("chat", "--print-prompt", "-p", "hi", check=False)
     assert p.returncode == 2 and "--template" in p.stderr
+
+
+# ---------------------------------------------------------------- Llama 3.1 / 3.2 Instruct
+
+def fixture_text(name):
+    with open(os.path.join(HERE, "data", name), encoding="utf-8") as f:
+        return f.read()
+
+
+LLAMA31_TEMPLATE = fixture_text("llama31_instruct.jinja")
+LLAMA32_TEMPLATE = fixture_text("llama32_instruct.jinja")
+
+LLAMA31_CONVERSATIONS = dict(CONVERSATIONS)
+LLAMA31_CONVERSATIONS.update({
+    "tool_result": [
+        {"role": "system", "content": "You can call tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "<|python_tag|>weather.call(city=\"Paris\")"},
+        {"role": "tool", "content": '{"temp_c": 21, "sky": "clear"}'},
+        {"role": "user", "content": "Warm?"},
+    ],
+    "ipython_escapes": [
+        {"role": "ipython", "content": 'quote " backslash \\ newline\n tab\t cr\r bell\x07 del\x7f \u00e9\U0001F642 '},
+        {"role": "user", "content": "and?"},
+    ],
+    "unicode_whitespace_trim": [
+        {"role": "system", "content": "\u3000\xa0 spaced system \u2003\n"},
+        {"role": "user", "content": "\x1c\x85 hi \u2028\u00e9\u205f"},
+    ],
+    "second_system_mid_conversation": [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "system", "content": "  late system  "},
+        {"role": "user", "content": "c"},
+    ],
+})
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA31_CONVERSATIONS))
+def test_llama31_template_text(llama3c, name):
+    """l3c_chat_format (no model) vs Meta's 3.1 template with its default date_string."""
+    msgs = LLAMA31_CONVERSATIONS[name]
+    want = render(LLAMA31_TEMPLATE, msgs, "<|begin_of_text|>")
+    assert "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" in want
+    got = cli_stdout("chat", "--print-prompt", "--template", "llama31", *chat_args(msgs)).decode("utf-8")
+    assert got == want
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA31_CONVERSATIONS))
+def test_llama32_template_text_with_date(llama3c, name):
+    """Meta's 3.2 template (date from strftime_now unless date_string is given) vs --date."""
+    msgs = LLAMA31_CONVERSATIONS[name]
+    want = render(LLAMA32_TEMPLATE, msgs, "<|begin_of_text|>", date_string="05 Mar 2025")
+    got = cli_stdout("chat", "--print-prompt", "--template", "llama31", "--date", "05 Mar 2025",
+                     *chat_args(msgs)).decode("utf-8")
+    assert got == want
+
+
+LLAMA3_TOKMODEL = os.path.join(DATA, "llama3-tokenizer", "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def llama31_models(tiny_model):
+    """Tiny random llamas with Meta's Llama 3 vocabulary and the 3.1 / 3.2 chat templates."""
+    if not os.path.exists(LLAMA3_TOKMODEL):
+        pytest.skip(f"Llama 3 tokenizer.model not found at {LLAMA3_TOKMODEL}")
+    import gen_models
+
+    out = {}
+    for name, tmpl in (("llama31", LLAMA31_TEMPLATE), ("llama32", LLAMA32_TEMPLATE)):
+        spec = gen_models.ModelSpec(n_embd=64, n_layer=1, n_head=2, n_head_kv=2, n_ff=128, n_vocab=128256,
+                                    llama3_vocab=LLAMA3_TOKMODEL, kv=(("tokenizer.chat_template", tmpl),))
+        out[name] = tiny_model(f"chat_{name}", spec, "F32")
+    return out
+
+
+def test_llama31_detected_from_gguf_template(llama3c, llama31_models):
+    for path in llama31_models.values():
+        info = run_cli("info", "-m", path).stdout
+        assert [l.split()[-1] for l in info.splitlines() if l.startswith("chat_template")] == ["llama31"], info
+
+
+@pytest.mark.parametrize("which", ["llama31", "llama32"])
+@pytest.mark.parametrize("name", sorted(LLAMA31_CONVERSATIONS))
+def test_llama31_model_prompt_text_and_ids(llama3c, llama31_models, which, name, tmp_path):
+    """With the template in the GGUF: the prompt the model sees == the rendered template, and its
+    ids == the whole rendered text tokenized with special tokens parsed (llama3c, and llama.cpp
+    when importable). The 3.2 template is rendered with date_string given, as --date gives it."""
+    path, msgs = llama31_models[which], LLAMA31_CONVERSATIONS[name]
+    tmpl = LLAMA31_TEMPLATE if which == "llama31" else LLAMA32_TEMPLATE
+    date = [] if which == "llama31" else ["--date", "05 Mar 2025"]
+    want = render(tmpl, msgs, "<|begin_of_text|>", **({} if which == "llama31" else {"date_string": "05 Mar 2025"}))
+    got = cli_stdout("chat", "-m", path, "--print-prompt", *date, *chat_args(msgs)).decode("utf-8")
+    assert got == want
+    ids = [int(x) for x in cli_stdout("chat", "-m", path, "--print-prompt-ids", *date, *chat_args(msgs)).split()]
+    f = tmp_path / "prompt.txt"
+    f.write_bytes(want.encode("utf-8"))
+    whole = [int(x) for x in cli_stdout("tokenize", "-m", path, "--special", "--ids", "-f", f).split()]
+    if "<|python_tag|>" not in want:  # typed in a message: plain text for chat, a special token for --special
+        assert ids == whole
+    assert ids[0] == 128000 and ids.count(128006) == ids.count(128007) == ids.count(128009) + 1
+    llama_cpp = llama_cpp_or_skip()
+    vocab = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    if "<|python_tag|>" not in want:
+        assert ids == vocab.tokenize(want.encode("utf-8"), add_bos=False, special=True)
+
+
+def test_llama32_model_default_date_is_today(llama3c, llama31_models):
+    """No --date: the 3.2 template's strftime_now("%d %b %Y"), as Hugging Face renders it."""
+    msgs = [{"role": "user", "content": "What day is it?"}]
+    before = render(LLAMA32_TEMPLATE, msgs, "<|begin_of_text|>")
+    got = cli_stdout("chat", "-m", llama31_models["llama32"], "--print-prompt", *chat_args(msgs)).decode("utf-8")
+    after = render(LLAMA32_TEMPLATE, msgs, "<|begin_of_text|>")  # the same unless midnight passed
+    assert got in (before, after)
+    assert "Today Date: 26 Jul 2024" not in got

@@ -1,6 +1,6 @@
 /*
  * test_chat.c -- chat templates. l3c_chat_format must equal hand-written expected strings taken
- * from the reference templates (Meta's Llama 3 / Llama 2 formats, ChatML, Zephyr). With a model
+ * from the reference templates (Meta's Llama 3 / 3.1 / Llama 2 formats, ChatML, Zephyr). With a model
  * (L3C_MODEL, else scripts/default-model.sh: SmolLM2, ChatML), l3c_chat_tokenize must equal
  * tokenizing the fully formatted string with PARSE_SPECIAL for benign content, must keep
  * special-token text in contents as plain text, and must insert SmolLM2's default system message.
@@ -42,6 +42,27 @@ static void test_formats(void) {
                   "<|begin_of_text|><|start_header_id|>ipython<|end_header_id|>\n\n{\"x\": 1}<|eot_id|>"
                   "<|start_header_id|>assistant<|end_header_id|>\n\n");
 
+    /* Llama 3.1 Instruct (Meta's template, no tools): built-in system block, tool results JSON */
+    expect_format(L3C_CHAT_LLAMA31, conv, 4, 1,
+                  "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                  "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nYou are terse.<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    const l3c_chat_message tool31[] = {{"user", "\xc2\xa0 hi \xe3\x80\x80"}, {"tool", " {\"a\": \"\\\n\x01\"} "}};
+    expect_format(L3C_CHAT_LLAMA31, tool31, 2, 0,
+                  "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                  "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                  "<|start_header_id|>ipython<|end_header_id|>\n\n\" {\\\"a\\\": \\\"\\\\\\n\\u0001\\\"} \"<|eot_id|>");
+    char *dated = NULL;
+    CHECK(l3c_chat_format_ex(L3C_CHAT_LLAMA31, NULL, 0, 1, "05 Mar 2025", &dated) == L3C_OK);
+    CHECK(dated && !strcmp(dated, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                                  "Cutting Knowledge Date: December 2023\nToday Date: 05 Mar 2025\n\n<|eot_id|>"
+                                  "<|start_header_id|>assistant<|end_header_id|>\n\n"));
+    l3c_free(dated);
+
     expect_format(L3C_CHAT_CHATML, conv, 4, 1,
                   "<|im_start|>system\nYou are terse.<|im_end|>\n"
                   "<|im_start|>user\nHi there!<|im_end|>\n"
@@ -65,6 +86,7 @@ static void test_formats(void) {
     CHECK(!strcmp(l3c_chat_template_name(L3C_CHAT_CHATML), "chatml"));
     CHECK(!strcmp(l3c_chat_template_name(L3C_CHAT_LLAMA2), "llama2"));
     CHECK(!strcmp(l3c_chat_template_name(L3C_CHAT_ZEPHYR), "zephyr"));
+    CHECK(!strcmp(l3c_chat_template_name(L3C_CHAT_LLAMA31), "llama31"));
 }
 
 static void test_errors(void) {
