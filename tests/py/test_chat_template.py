@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, llama_cpp_or_skip, run_cli
 
 jinja2 = pytest.importorskip("jinja2", reason="jinja2 (the reference template engine) is not installed")
 gguf = pytest.importorskip("gguf", reason="gguf-py is not installed")
@@ -128,10 +128,7 @@ def test_smollm2_prompt_ids_match_whole_text_tokenization(llama3c, smol, name, t
     f.write_bytes(text.encode("utf-8"))
     whole = [int(x) for x in cli_stdout("tokenize", "-m", smol["path"], "--special", "--ids", "-f", f).split()]
     assert got == whole
-    try:
-        import llama_cpp
-    except ImportError:
-        return  # the llama3c tokenizer's own tests compare it with llama.cpp
+    llama_cpp = llama_cpp_or_skip()
     vocab = llama_cpp.Llama(model_path=smol["path"], vocab_only=True, verbose=False)
     assert got == vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
