@@ -159,18 +159,19 @@ def stories_expected(stories_files):
 # CI skip policy (BEGIN; owned by the CI set-up: .ci/run, scripts/setup.sh, tests/ci_allowed_skips.txt)
 #
 # Every skip is listed at the end of the run (pytest.ini: -rs, plus the "skip policy" section below)
-# and written to $L3C_BUILD/test-artifacts/skips.txt. Under CI (CI=true, or L3C_STRICT_SKIPS=1) a
-# skip FAILS the run unless tests/ci_allowed_skips.txt allows it: a missing reference (llama_cpp,
-# tiktoken, gguf, chromium, ../shared/data, the default model) must never let CI pass quietly.
+# and written to $L3C_BUILD/test-artifacts/skips.txt (the counts to pytest-summary.txt, which
+# .ci/run reads). Under CI (CI=true, or L3C_STRICT_SKIPS=1) a skip FAILS the run unless
+# tests/ci_allowed_skips.txt allows it: a missing reference (llama_cpp, tiktoken, gguf, chromium,
+# ../shared/data, the default model) must never let CI pass quietly.
 # A CI run in which no test passed fails too. Allow-list lines:
-#     <test id glob> | <regex the skip message must match> | <why this skip is legitimate>
+#     <test id, * and ? wildcards> | <regex the skip message must match> | <why this skip is legitimate>
 # ==================================================================================================
-import fnmatch  # noqa: E402
 import re  # noqa: E402
 
 ALLOWED_SKIPS_FILE = os.path.join(REPO, "tests", "ci_allowed_skips.txt")
 _skips = []  # (nodeid, message) of every skipped test or module
 _n_passed = [0]
+_n_failed = [0]
 
 
 def ci_strict():
@@ -180,7 +181,9 @@ def ci_strict():
 
 
 def load_allowed_skips(path=ALLOWED_SKIPS_FILE):
-    """[(glob, compiled regex, why)]; a malformed line is an error naming the file and line."""
+    """[(test id pattern, skip message regex, why)], both compiled; in the test id only * and ? are
+    wildcards (brackets are literal: parametrized ids). A malformed line is an error naming the
+    file and line."""
     out = []
     if not os.path.isfile(path):
         return out
@@ -197,14 +200,15 @@ def load_allowed_skips(path=ALLOWED_SKIPS_FILE):
                 rx = re.compile(parts[1])
             except re.error as e:
                 raise pytest.UsageError(f"{path}:{no}: bad regex {parts[1]!r}: {e}") from None
-            out.append((parts[0], rx, parts[2]))
+            glob = re.compile(re.escape(parts[0]).replace(r"\*", ".*").replace(r"\?", ".") + r"\Z")
+            out.append((glob, rx, parts[2]))
     return out
 
 
 def skip_allowed(nodeid, message, allowed):
     """The allow-list entry that covers this skip, else None."""
     for glob, rx, why in allowed:
-        if fnmatch.fnmatchcase(nodeid, glob) and rx.search(message):
+        if glob.match(nodeid) and rx.search(message):
             return why
     return None
 
@@ -229,6 +233,8 @@ def pytest_runtest_logreport(report):
         _skips.append((report.nodeid, _skip_message(report)))
     elif report.when == "call" and report.passed:
         _n_passed[0] += 1
+    elif report.failed:
+        _n_failed[0] += 1
 
 
 def _policy(config):
@@ -244,6 +250,9 @@ def pytest_sessionfinish(session, exitstatus):
         with open(os.path.join(art, "skips.txt"), "w", encoding="utf-8") as f:
             for nodeid, msg, why in rows:
                 f.write(f"{'allowed' if why else 'NOT ALLOWED'}\t{nodeid}\t{msg}\n")
+        with open(os.path.join(art, "pytest-summary.txt"), "w", encoding="utf-8") as f:
+            f.write(f"passed {_n_passed[0]} failed {_n_failed[0]} skipped {len(rows)} "
+                    f"skips_not_allowed {sum(why is None for _, _, why in rows)} exitstatus {int(exitstatus)}\n")
     except OSError:
         pass
     if not ci_strict() or exitstatus not in (0, pytest.ExitCode.TESTS_FAILED):
