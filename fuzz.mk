@@ -26,7 +26,7 @@ fuzz: $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/corpus/gguf
 	  -rss_limit_mb=2048 -print_final_stats=1 corpus/gguf
 
 # ---- tokenizer and model loading (tests/fuzz/fuzz_tokenizer.c, fuzz_model.c)
-#   make fuzz-tokenizer / fuzz-model / fuzz-all [FUZZ_SECONDS=n]
+#   make fuzz-tokenizer / fuzz-model / fuzz-all (every harness) [FUZZ_SECONDS=n]
 # Instrumented: the harness, the GGUF seed writer (tests/unit/gguf_builder.c), the tokenizer, the
 # GGUF reader and util (both), and for the model harness src/model/*.c and src/chat.c; kernels
 # come uninstrumented from $(BUILD)/libllama3c.a. Seeds come from each harness's --write-seeds
@@ -65,7 +65,7 @@ fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/corpus/tokenizer
 fuzz-model: $(FUZZ_DIR)/fuzz_model $(FUZZ_DIR)/corpus/model
 	cd $(FUZZ_DIR) && ./fuzz_model $(FUZZ_RUN) -max_len=16384 corpus/model
 
-fuzz-all: fuzz fuzz-tokenizer fuzz-model
+fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat
 
 .PHONY: fuzz-tokenizer fuzz-model fuzz-all
 
