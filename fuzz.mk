@@ -26,7 +26,7 @@ fuzz: $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/corpus/gguf
 	  -rss_limit_mb=2048 -print_final_stats=1 corpus/gguf
 
 # ---- tokenizer and model loading (tests/fuzz/fuzz_tokenizer.c, fuzz_model.c)
-#   make fuzz-tokenizer / fuzz-model / fuzz-all [FUZZ_SECONDS=n]
+#   make fuzz-tokenizer / fuzz-model / fuzz-all (every harness) [FUZZ_SECONDS=n]
 # Instrumented: the harness, the GGUF seed writer (tests/unit/gguf_builder.c), the tokenizer, the
 # GGUF reader and util (both), and for the model harness src/model/*.c and src/chat.c; kernels
 # come uninstrumented from $(BUILD)/libllama3c.a. Seeds come from each harness's --write-seeds
@@ -65,6 +65,57 @@ fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/corpus/tokenizer
 fuzz-model: $(FUZZ_DIR)/fuzz_model $(FUZZ_DIR)/corpus/model
 	cd $(FUZZ_DIR) && ./fuzz_model $(FUZZ_RUN) -max_len=16384 corpus/model
 
-fuzz-all: fuzz fuzz-tokenizer fuzz-model
+fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat
 
 .PHONY: fuzz-tokenizer fuzz-model fuzz-all
+
+# ---- server request bodies and chat formatting (tests/fuzz/fuzz_server_request.c, fuzz_chat.c)
+#   make fuzz-server / fuzz-chat [FUZZ_SECONDS=n]
+# Both load the default model once (L3C_FUZZ_MODEL, else scripts/default-model.sh) and exit 1
+# without it. fuzz_server_request: apps/server/openai.c's api_parse_request on arbitrary bodies,
+# then every response writer; fuzz_chat: l3c_chat_format / l3c_chat_tokenize with every template
+# (it #includes src/chat.c to reach the static default-system parser). Instrumented: the harness,
+# openai.c, chat.c, the tokenizer, the GGUF reader and util; the model loader and kernels come
+# uninstrumented from $(BUILD)/libllama3c.a.
+FUZZ_SERVER_SRC := tests/fuzz/fuzz_server_request.c apps/server/openai.c src/chat.c \
+                   $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
+FUZZ_CHAT_SRC := tests/fuzz/fuzz_chat.c $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
+
+$(FUZZ_DIR)/fuzz_server_request: $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a apps/server/openai.h \
+                                 apps/server/scheduler.h apps/server/server.h $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Iapps/server $(FUZZ_SAN) -o $@ $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/fuzz_chat: $(FUZZ_CHAT_SRC) src/chat.c $(BUILD)/libllama3c.a $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_CHAT_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/server: $(FUZZ_DIR)/fuzz_server_request
+	@mkdir -p $@
+	$(FUZZ_DIR)/fuzz_server_request --write-seeds $@
+
+$(FUZZ_DIR)/corpus/chat: $(FUZZ_DIR)/fuzz_chat
+	@mkdir -p $@
+	$(FUZZ_DIR)/fuzz_chat --write-seeds $@
+
+fuzz-server: $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/corpus/server
+	cd $(FUZZ_DIR) && ./fuzz_server_request $(FUZZ_RUN) -max_len=8192 corpus/server
+
+fuzz-chat: $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/corpus/chat
+	cd $(FUZZ_DIR) && ./fuzz_chat $(FUZZ_RUN) -max_len=4096 corpus/chat
+
+# ---- CI: every harness built and run for FUZZ_CI_SECONDS each (default 30); any finding (crash,
+# leak, timeout, out-of-memory) fails, and so does a harness whose reference vocabulary is missing
+# (L3C_FUZZ_STRICT=1). The test data folder follows L3C_DATA as the tests do. Corpora grow in
+# build-fuzz/corpus/ between runs; findings are left in build-fuzz/ (crash-*, leak-*, ...).
+FUZZ_CI_SECONDS ?= 30
+FUZZ_DATA ?= $(or $(L3C_DATA),$(if $(wildcard ../shared/data),../shared/data,shared/data))
+FUZZ_CI_ENV = L3C_FUZZ_STRICT=1 L3C_FUZZ_TOKENIZER=$(abspath $(FUZZ_DATA))/llama3-tokenizer/tokenizer.model
+fuzz-ci:
+	$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_model \
+	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat
+	rm -f $(FUZZ_DIR)/crash-* $(FUZZ_DIR)/leak-* $(FUZZ_DIR)/timeout-* $(FUZZ_DIR)/oom-*
+	$(FUZZ_CI_ENV) $(MAKE) --no-print-directory FUZZ_SECONDS=$(FUZZ_CI_SECONDS) fuzz fuzz-tokenizer fuzz-model \
+	  fuzz-server fuzz-chat
+
+.PHONY: fuzz-server fuzz-chat fuzz-ci

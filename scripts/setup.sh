@@ -8,6 +8,10 @@
 # With --test it also installs the test dependencies into .venv (gguf numpy tiktoken pytest openai
 # jinja2) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
 # ~/.cache/llama3c/wheels, building that wheel once if absent.
+# With --test it finally verifies every reference the suite compares against (python modules
+# importable, chromium runs, clang builds a libFuzzer target, the default model, and the sha256 of
+# each ../shared/data file the tests read; L3C_DATA overrides the folder) and fails naming the
+# first missing or wrong one: CI must not pass because a reference was absent and tests skipped.
 # Every step checks first, so running it again only does what is missing.
 set -euo pipefail
 
@@ -18,7 +22,7 @@ for a in "$@"; do
     case "$a" in
     --test) WITH_TEST=1 ;;
     -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         echo "usage: scripts/setup.sh [--test]"
         exit 0
         ;;
@@ -38,8 +42,10 @@ die() {
 # ---------------------------------------------------------------- 1. Debian packages
 PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev python3 python3-venv python3-pip)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and
-# `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user
-((WITH_TEST)) && PKGS+=(chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+# `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user, and
+# `make fuzz-ci` builds the libFuzzer harnesses with clang (libclang-rt-dev: the fuzzer and
+# sanitizer runtimes, only a Recommends of clang, which --no-install-recommends leaves out)
+((WITH_TEST)) && PKGS+=(chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user clang libclang-rt-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -129,6 +135,41 @@ if ((WITH_TEST)); then
         # its runtime dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index
         "${PIP[@]}" "${wheels[-1]}"
     fi
+fi
+
+# ---------------------------------------------------------------- verify the test references
+if ((WITH_TEST)); then
+    for m in numpy gguf tiktoken jinja2 openai pytest llama_cpp; do
+        err=$("$PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv: ${err##*$'\n'}"
+    done
+    chromium=$(command -v chromium || command -v chromium-browser) || die "chromium is not on PATH (the web-page tests need it)"
+    "$chromium" --headless --no-sandbox --disable-gpu --version >/dev/null 2>&1 ||
+        die "$chromium does not start (--headless --version failed)"
+    tmpc=$(mktemp -d)
+    printf '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n' >"$tmpc/f.c"
+    if ! err=$(clang -fsanitize=fuzzer,address,undefined -o "$tmpc/f" "$tmpc/f.c" 2>&1); then
+        rm -rf "$tmpc"
+        die "clang cannot build a libFuzzer target (clang, libclang-rt-dev): ${err##*$'\n'}"
+    fi
+    rm -rf "$tmpc"
+    # ../shared/data (beside the checkout; L3C_DATA overrides, as in tests/py/conftest.py): the
+    # sha256 of each file the tests read, as recorded in that folder's README.md
+    DATA=${L3C_DATA:-$ROOT/../shared/data}
+    [ -d "$DATA" ] || DATA=$ROOT/shared/data
+    while read -r sum rel; do
+        f=$DATA/$rel
+        [ -f "$f" ] || die "test data missing: $f (put the shared data at ../shared/data or set L3C_DATA)"
+        got=$(sha256sum "$f" | cut -d' ' -f1)
+        [ "$got" = "$sum" ] || die "test data differs: $f has sha256 $got, expected $sum"
+    done <<'EOF_SUMS'
+82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55 llama3-tokenizer/tokenizer.model
+1d705272c15ef86cbfc636c9129bb457a8bdb94354f38d9553598a28d4ad7879 llama3-tokenizer/Meta-Llama-3-8B.params.json
+b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696 stories260K/stories260K.bin
+037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312 stories260K/tok512.bin
+a3213f9ea026d75bf2993355ae334822d7c9d34328964c711ab030d3148e6cef stories260K/expected_greedy_t0.txt
+0216cc3ebe402a4b4f7221564caa5dd593708753568ff2818ae74e4e8283fb61 stories260K/expected_greedy_t0.ids
+EOF_SUMS
+    say "test references: python modules, chromium, clang/libFuzzer, default model, test data ($DATA): verified"
 fi
 
 say "done. Try: make demo   (or: build/llama3c chat -m \"\$(sh scripts/default-model.sh)\")"

@@ -404,11 +404,15 @@ static unsigned parse_params(const server *srv, json_t *body, api_request *r, ap
     json_t *model = opt(body, "model");
     if (model && !json_is_string(model)) return BAD("model", "'model' must be a string");
     const char *mname = model ? json_string_value(model) : srv->model_id;
+    /* The name goes back into every response as a JSON string, so it must stay valid UTF-8: at
+     * most MAX_MODEL_NAME bytes, never cut inside a UTF-8 sequence (a cut one made every writer
+     * fail, after the generation, found by tests/fuzz/fuzz_server_request.c), and invalid bytes
+     * (a model file's name may hold any) replaced. */
     size_t mlen = strnlen(mname, MAX_MODEL_NAME);
-    r->model = malloc(mlen + 1);
+    while (mlen > 0 && mname[mlen] && ((unsigned char)mname[mlen] & 0xC0) == 0x80) mlen--;
+    r->model = malloc(3 * mlen + 1);
     if (!r->model) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
-    memcpy(r->model, mname, mlen);
-    r->model[mlen] = 0;
+    api_utf8_sanitize(mname, mlen, r->model);
 
     long long n = 1;
     if ((st = get_int(body, "n", 1, 128, &n, NULL, err))) return st;
@@ -635,8 +639,8 @@ char *api_stream_usage(const api_request *r, const sched_update *u, size_t *len)
 char *api_models_json(const server *srv, size_t *len) {
     l3c_model_info info;
     l3c_model_get_info(srv->model, &info);
-    return dump(json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:{s:i,s:i,s:I,s:s?}}]}", "object", "list", "data",
-                          "id", srv->model_id, "object", "model", "created",
+    return dump(json_pack("{s:s,s:[{s:o,s:s,s:I,s:s,s:{s:i,s:i,s:I,s:s?}}]}", "object", "list", "data",
+                          "id", json_text(srv->model_id, strlen(srv->model_id)), "object", "model", "created",
                           (json_int_t)srv->started_at, "owned_by", "llama3c", "meta", "n_ctx_slot",
                           (int)srv->n_ctx, "n_vocab", (int)srv->n_vocab, "n_params",
                           (json_int_t)info.n_params, "file_type", info.file_type),

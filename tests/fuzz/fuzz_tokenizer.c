@@ -13,7 +13,8 @@
  * decode(encode(x)) == x without PARSE_SPECIAL and BOS (less the bytes a byte-level vocabulary has
  * no token for: SmolLM2 lacks 21 of them); l3c_utf8_complete keeps all but at most
  * the last 3 bytes and never cuts a valid sequence in two.
- * A vocabulary that cannot be found is skipped (its mode returns at once) with one note.
+ * A vocabulary that cannot be found is skipped (its mode returns at once) with one note, or
+ * with L3C_FUZZ_STRICT=1 (make fuzz-ci) ends the run with exit status 1.
  *
  *   fuzz_tokenizer --write-seeds DIR     writes the seed corpus (tiny files of each format)
  * Build and run: `make fuzz-tokenizer` (fuzz.mk).
@@ -57,8 +58,10 @@ static l3c_tokenizer *load_vocab(const char *env, const char *dflt_path, int fro
     if (!p) p = dflt_path;
     l3c_tokenizer *t = NULL;
     if (!p || l3c_tokenizer_load(p, &t) != L3C_OK) {
-        fprintf(stderr, "fuzz_tokenizer: %s not loaded (%s); its mode is skipped\n", env,
-                p ? l3c_last_error() : "no path");
+        const char *strict = getenv("L3C_FUZZ_STRICT"); /* make fuzz-ci: a missing vocabulary fails */
+        fprintf(stderr, "fuzz_tokenizer: %s not loaded (%s); %s\n", env, p ? l3c_last_error() : "no path",
+                strict && !strcmp(strict, "1") ? "L3C_FUZZ_STRICT=1: failing" : "its mode is skipped");
+        if (strict && !strcmp(strict, "1")) exit(1);
         return NULL;
     }
     fprintf(stderr, "fuzz_tokenizer: %s = %s (%d tokens)\n", env, p, l3c_vocab_size(t));

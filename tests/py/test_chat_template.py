@@ -143,10 +143,7 @@ def test_smollm2_prompt_ids_match_whole_text_tokenization(llama3c, smol, name, t
     f.write_bytes(text.encode("utf-8"))
     whole = [int(x) for x in cli_stdout("tokenize", "-m", smol["path"], "--special", "--ids", "-f", f).split()]
     assert got == whole
-    try:
-        import llama_cpp
-    except ImportError:
-        return  # the llama3c tokenizer's own tests compare it with llama.cpp
+    llama_cpp = llama_cpp_or_skip()
     vocab = llama_cpp.Llama(model_path=smol["path"], vocab_only=True, verbose=False)
     assert got == vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 

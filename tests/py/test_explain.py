@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def parse_components(text):
 @pytest.fixture(scope="module")
 def llama3_8b_file(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("shaped") / "llama3-8b-q4km.gguf")
-    subprocess.run(["python3", SHAPED, path, "--preset", "llama3-8b", "--type", "Q4_K_M",
+    subprocess.run([sys.executable, SHAPED, path, "--preset", "llama3-8b", "--type", "Q4_K_M",
                     "--data", "zeros"], check=True, capture_output=True)
     return path
 

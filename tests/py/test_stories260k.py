@@ -36,7 +36,7 @@ def test_converter_rejects_wrong_size(stories_files, tmp_path):
     assert p.returncode == 1, p.stderr
     size = os.path.getsize(ckpt)
     assert f"{size - 4} bytes" in p.stderr and f"implies {size} bytes" in p.stderr, p.stderr
-    assert not (tmp_path / "x.gguf").exists() or p.returncode == 1
+    assert not (tmp_path / "x.gguf").exists(), "the converter left a half-written output file"
 
 
 def test_converter_metadata(stories_gguf):

@@ -155,10 +155,9 @@ def test_spm_round_trip(llama3c, stories_vocab, tmp_path):
 
 def test_spm_vs_llama_cpp(llama3c, stories_vocab, tmp_path):
     llama_cpp = llama_cpp_or_skip()
-    try:
-        llm = llama_cpp.Llama(model_path=stories_vocab, vocab_only=True, verbose=False)
-    except Exception as e:  # noqa: BLE001 -- the reason is reported
-        pytest.skip(f"llama.cpp does not load the vocab-only GGUF: {e}")
+    # llama.cpp loads this vocab-only GGUF (llama-cpp-python 0.3.x): a failure to load is a real
+    # failure (our writer's metadata or llama.cpp changed), not a reason to skip
+    llm = llama_cpp.Llama(model_path=stories_vocab, vocab_only=True, verbose=False)
     with open(os.path.join(STORIES, "expected_greedy_t0.txt")) as f:
         story = f.read()
     for t in SPM_TEXTS + [story, story[:100], "<s>x</s>"]:

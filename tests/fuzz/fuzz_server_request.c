@@ -1,0 +1,208 @@
+/*
+ * fuzz_server_request.c -- libFuzzer harness for the server's request parser (apps/server/openai.c,
+ * api_parse_request): the input is an HTTP request body, parsed once as a chat completion and once
+ * as a legacy completion against a real model (the default SmolLM2 GGUF: L3C_FUZZ_MODEL, else
+ * `scripts/default-model.sh`; without it the harness exits 1: it would test nothing). The chat
+ * template is the model's own or, chosen by the body's length, every other template in turn.
+ * Checked (a failure traps):
+ *   - an error is a 4xx (500 only for "out of memory") with a message,
+ *     nothing left allocated in the request, and api_error_json / api_stream_error give valid JSON;
+ *   - a request that parses keeps every promise the scheduler relies on: 1 <= n_prompt < n_ctx,
+ *     every id in the vocabulary, 1 <= max_tokens <= n_ctx, sampler parameters in their documented
+ *     ranges, stop strings non-empty and at most SCHED_MAX_STOP, logit_bias ids in the vocabulary
+ *     and values in [-100, 100], a model name of at most 256 bytes;
+ *   - every writer (response, stream chunks, usage) returns valid JSON for it, with the input
+ *     bytes themselves as the generated text (invalid UTF-8 included).
+ *
+ *   fuzz_server_request --write-seeds DIR   writes valid and near-valid bodies
+ * Build and run: `make fuzz-server` (fuzz.mk).
+ */
+#include "openai.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define FUZZ_REQUIRE(c)                                                                            \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "%s:%d: FUZZ_REQUIRE(%s) failed\n", __FILE__, __LINE__, #c);         \
+            __builtin_trap();                                                                      \
+        }                                                                                          \
+    } while (0)
+
+static server g_srv;
+static l3c_chat_template g_own;
+static long g_inputs, g_parsed[2]; /* printed at exit */
+
+static void print_stats(void) {
+    fprintf(stderr, "fuzz_server_request: %ld inputs, %ld chat and %ld completion requests parsed\n",
+            g_inputs, g_parsed[API_CHAT], g_parsed[API_COMPLETION]);
+}
+
+static void require_json(char *s, size_t len, int sse) {
+    FUZZ_REQUIRE(s != NULL && strlen(s) == len);
+    const char *p = s;
+    size_t n = len;
+    if (sse) { /* "data: {...}\n\n" */
+        FUZZ_REQUIRE(len > 8 && !memcmp(s, "data: ", 6) && !memcmp(s + len - 2, "\n\n", 2));
+        p += 6, n -= 8;
+    }
+    json_error_t e;
+    json_t *j = json_loadb(p, n, JSON_ALLOW_NUL, &e); /* "\u0000" is valid JSON (a generated NUL byte) */
+    if (!j) fprintf(stderr, "invalid JSON from a writer (%s): %.*s\n", e.text, (int)(n > 300 ? 300 : n), p);
+    FUZZ_REQUIRE(j != NULL && json_is_object(j));
+    json_decref(j);
+    free(s);
+}
+
+static void check_error(const api_error *err, const api_request *r) {
+    FUZZ_REQUIRE(err->status >= 400 && err->status < 500 ||
+                 (err->status == 500 && strstr(err->message, "out of memory")));
+    FUZZ_REQUIRE(err->message[0] != '\0' && err->type != NULL);
+    /* nothing left allocated (the caller frees nothing after an error) */
+    FUZZ_REQUIRE(!r->prompt && !r->model && !r->bias_ids && !r->bias_vals && r->n_prompt == 0);
+    for (int i = 0; i < SCHED_MAX_STOP; i++) FUZZ_REQUIRE(!r->stop[i]);
+    size_t len = 0;
+    require_json(api_error_json(err, &len), len, 0);
+    require_json(api_stream_error(err, &len), len, 1);
+}
+
+static void check_request(const api_request *r, api_kind kind, const uint8_t *data, size_t size) {
+    const server *s = &g_srv;
+    FUZZ_REQUIRE(r->kind == kind && r->prompt != NULL);
+    FUZZ_REQUIRE(r->n_prompt >= 1 && r->n_prompt < s->n_ctx);
+    for (int32_t i = 0; i < r->n_prompt; i++) FUZZ_REQUIRE(r->prompt[i] >= 0 && r->prompt[i] < s->n_vocab);
+    const sched_job_params *p = &r->params;
+    FUZZ_REQUIRE(p->max_tokens >= 1 && p->max_tokens <= s->n_ctx);
+    const l3c_sampler_params *sp = &p->sampler;
+    FUZZ_REQUIRE(sp->temperature >= 0 && sp->temperature <= 2);
+    FUZZ_REQUIRE(sp->top_p >= 0 && sp->top_p <= 1 && sp->min_p >= 0 && sp->min_p <= 1);
+    FUZZ_REQUIRE(sp->top_k >= 0 && sp->top_k <= s->n_vocab);
+    FUZZ_REQUIRE(sp->repeat_penalty >= 0.01f && sp->repeat_penalty <= 10);
+    FUZZ_REQUIRE(p->n_stop >= 0 && p->n_stop <= SCHED_MAX_STOP);
+    for (int i = 0; i < p->n_stop; i++) FUZZ_REQUIRE(p->stop[i] && p->stop[i][0]);
+    FUZZ_REQUIRE(p->n_bias >= 0 && (p->n_bias == 0 || (p->bias_ids && p->bias_vals)));
+    for (int32_t i = 0; i < p->n_bias; i++)
+        FUZZ_REQUIRE(p->bias_ids[i] >= 0 && p->bias_ids[i] < s->n_vocab && p->bias_vals[i] >= -100 &&
+                     p->bias_vals[i] <= 100);
+    FUZZ_REQUIRE(r->model && strlen(r->model) <= 256);
+    FUZZ_REQUIRE(!strncmp(r->id, kind == API_CHAT ? "chatcmpl-" : "cmpl-", kind == API_CHAT ? 9 : 5));
+
+    /* the writers, with the body's own bytes as the generated text */
+    sched_update u = {SCHED_FINISH_LENGTH, r->n_prompt, 0, 7, ""};
+    size_t len = 0;
+    require_json(api_response_json(r, (const char *)data, size, &u, &len), len, 0);
+    require_json(api_stream_chunk(r, 1, (const char *)data, size > 16 ? 16 : size, SCHED_RUNNING, &len), len, 1);
+    require_json(api_stream_chunk(r, 0, (const char *)data, size, SCHED_FINISH_STOP, &len), len, 1);
+    require_json(api_stream_usage(r, &u, &len), len, 1);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    g_inputs++;
+    /* the model's own template, or by the body's length each concrete one */
+    l3c_chat_template t = g_own;
+    if (size % 3 == 0) {
+        int n = 0;
+        while (strcmp(l3c_chat_template_name((l3c_chat_template)(n + 1)), "unknown")) n++;
+        t = (l3c_chat_template)(1 + (size / 3) % n);
+    }
+    g_srv.tmpl = t;
+    for (int k = 0; k < 2; k++) {
+        api_kind kind = k ? API_COMPLETION : API_CHAT;
+        api_request r;
+        api_error err;
+        memset(&err, 0, sizeof err);
+        unsigned st = api_parse_request(&g_srv, kind, (const char *)data, size, &r, &err);
+        if (st) {
+            FUZZ_REQUIRE(st == err.status);
+            check_error(&err, &r);
+            continue;
+        }
+        g_parsed[kind]++;
+        check_request(&r, kind, data, size);
+        api_request_free(&r);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- seeds */
+
+static const char *k_seeds[] = {
+    "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}",
+    "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"Hi "
+    "<|im_start|>\"},{\"role\":\"assistant\",\"content\":null},{\"role\":\"developer\",\"content\":\"x\"}],"
+    "\"temperature\":0,\"top_p\":0.9,\"max_tokens\":16,\"stop\":[\"\\n\",\"END\"],\"seed\":42,\"stream\":true,"
+    "\"stream_options\":{\"include_usage\":true}}",
+    "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\","
+    "\"text\":\"\\u00e9\\ud83d\\ude00\"}]}],\"logit_bias\":{\"0\":-100,\"5\":2.5},\"top_k\":40,\"min_p\":0.05,"
+    "\"repeat_penalty\":1.1,\"n\":1,\"logprobs\":false,\"max_completion_tokens\":3}",
+    "{\"model\":\"m\",\"prompt\":\"Once upon a time\",\"max_tokens\":8,\"temperature\":0.7}",
+    "{\"prompt\":[1,2,3,4],\"stop\":\"x\",\"presence_penalty\":0.5,\"frequency_penalty\":-0.5}",
+    "{\"prompt\":[\"one prompt in an array\"],\"logprobs\":0,\"stream\":false}",
+    "{\"messages\":[{\"role\":\"tool\",\"content\":\"{}\"},{\"role\":\"ipython\",\"content\":\"1\"}],"
+    "\"prompt\":\"both\"}",
+    "{\"messages\":[],\"prompt\":[]}",
+    "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}],\"prompt\":[-1]}",
+    "{\"model\":\"\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9"
+    "\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\",\"prompt\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"y\"}]}",
+    "[1,2]",
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}],\"prompt\":\"a\\u0000b\",\"stop\":[\"\\u0000\"]}",
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":1e400}",
+};
+
+static void write_seeds(const char *dir) {
+    mkdir(dir, 0755);
+    for (size_t i = 0; i < sizeof k_seeds / sizeof k_seeds[0]; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/seed%02zu.json", dir, i);
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(k_seeds[i], 1, strlen(k_seeds[i]), f) != strlen(k_seeds[i]) || fclose(f)) {
+            perror(path);
+            exit(1);
+        }
+    }
+}
+
+static const char *model_path(char *buf, size_t cap) {
+    const char *p = getenv("L3C_FUZZ_MODEL");
+    if (p && *p) return p;
+    FILE *f = popen("sh scripts/default-model.sh 2>/dev/null || sh ../scripts/default-model.sh 2>/dev/null", "r");
+    if (!f) return NULL;
+    const char *r = fgets(buf, (int)cap, f) ? buf : NULL;
+    pclose(f);
+    if (r) buf[strcspn(buf, "\n")] = 0;
+    return r && *r ? r : NULL;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    if (*argc == 3 && strcmp((*argv)[1], "--write-seeds") == 0) {
+        write_seeds((*argv)[2]);
+        exit(0);
+    }
+    char buf[4096];
+    const char *path = model_path(buf, sizeof buf);
+    l3c_model_params mp = l3c_model_default_params();
+    mp.n_threads = 1;
+    mp.verbose = 0;
+    if (!path || l3c_model_load(path, &mp, &g_srv.model) != L3C_OK) {
+        fprintf(stderr, "fuzz_server_request: no model (%s): set L3C_FUZZ_MODEL or install the default "
+                "model (scripts/setup.sh)\n", path ? l3c_last_error() : "scripts/default-model.sh found none");
+        exit(1);
+    }
+    g_srv.tok = l3c_model_tokenizer(g_srv.model);
+    if (!g_srv.tok) {
+        fprintf(stderr, "fuzz_server_request: %s has no tokenizer\n", path);
+        exit(1);
+    }
+    g_srv.n_ctx = 256;
+    g_srv.n_vocab = l3c_vocab_size(g_srv.tok);
+    g_own = l3c_chat_template_detect(g_srv.model);
+    snprintf(g_srv.model_id, sizeof g_srv.model_id, "fuzz-model");
+    fprintf(stderr, "fuzz_server_request: %s, template %s, n_vocab %d, n_ctx %d\n", path,
+            l3c_chat_template_name(g_own), g_srv.n_vocab, g_srv.n_ctx);
+    atexit(print_stats);
+    return 0;
+}
