@@ -76,6 +76,11 @@ class RefModel:
 
     def forward(self, ids):
         """Logits [T, n_vocab] (float64) of ids evaluated as one sequence from position 0."""
+        return self.hidden(ids) @ self.out.T
+
+    def hidden(self, ids):
+        """Final-normed hidden state [T, n_embd] (float64): after output_norm, before the classifier
+        (what llama.cpp returns as the embeddings of a llama model)."""
         ids = np.asarray(ids, dtype=np.int64)
         T = len(ids)
         hd, H, Hkv = self.head_dim, self.n_head, self.n_head_kv
@@ -100,7 +105,7 @@ class RefModel:
             h = self.rmsnorm(x, g("ffn_norm"))
             a = h @ g("ffn_gate").T
             x = x + ((a / (1.0 + np.exp(-a))) * (h @ g("ffn_up").T)) @ g("ffn_down").T
-        return self.rmsnorm(x, self.w["output_norm.weight"]) @ self.out.T
+        return self.rmsnorm(x, self.w["output_norm.weight"])
 
     def greedy(self, ids, n):
         """Greedy continuation: n new ids after the prompt (full recompute per step; tiny models only)."""
