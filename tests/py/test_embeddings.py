@@ -185,3 +185,168 @@ def test_cli_error_inputs(llama3c, smollm2_path, tmp_path):
     assert p.returncode == 1 and "input 2 (line 2) gives no tokens" in p.stderr, p.stderr
     p = run_cli("embed", "-m", "/nonexistent.gguf", "-p", "x", check=False)
     assert p.returncode == 1 and "cannot load model '/nonexistent.gguf'" in p.stderr, p.stderr
+
+
+# ------------------------------------------------------------------ server: POST /v1/embeddings
+
+SERVER_CTX = 256
+
+
+@pytest.fixture(scope="module")
+def server(llama3c, smollm2_path):
+    from server_util import Server
+    yield from Server(smollm2_path, "--parallel", 4, "--ctx", SERVER_CTX, "--batch", 64).serving()
+
+
+@pytest.fixture(scope="module")
+def cli_unit(llama3c, smollm2_path, tmp_path_factory):
+    """The CLI's normalized mean vectors of SMOL_TEXTS (float32)."""
+    return embed(smollm2_path, SMOL_TEXTS, tmp_path_factory.mktemp("cli"), "mean", normalize=True)[0]
+
+
+def post(server, body):
+    return server.post_json("/v1/embeddings", body)
+
+
+def vectors(resp):
+    assert resp["object"] == "list" and [d["index"] for d in resp["data"]] == list(range(len(resp["data"])))
+    assert all(d["object"] == "embedding" for d in resp["data"])
+    return np.asarray([d["embedding"] for d in resp["data"]], np.float32)
+
+
+def token_ids(smollm2_path, text):
+    p = run_cli("tokenize", "-m", smollm2_path, "-p", text, "--ids")
+    return [int(x) for x in p.stdout.split()]
+
+
+def test_server_equals_cli(server, cli_unit, smollm2_path):
+    st, r = post(server, {"model": "m", "input": SMOL_TEXTS})
+    assert st == 200, r
+    assert np.array_equal(vectors(r), cli_unit), "server vectors != `llama3c embed --normalize` (bitwise)"
+    n_tok = sum(len(token_ids(smollm2_path, t)) for t in SMOL_TEXTS)
+    assert r["usage"] == {"prompt_tokens": n_tok, "total_tokens": n_tok} and r["model"] == "m"
+    st, one = post(server, {"input": SMOL_TEXTS[1]})  # a single string; model defaults to the file's
+    assert st == 200 and np.array_equal(vectors(one)[0], cli_unit[1])
+    assert one["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    # token ids: one list, or a list of lists, equal the text inputs
+    ids = [token_ids(smollm2_path, t) for t in SMOL_TEXTS[:2]]
+    st, r1 = post(server, {"input": ids[1]})
+    st2, r2 = post(server, {"input": ids})
+    assert st == st2 == 200 and np.array_equal(vectors(r1)[0], cli_unit[1])
+    assert np.array_equal(vectors(r2), cli_unit[:2])
+
+
+def test_server_base64_dimensions_and_openai_client(server, cli_unit, smollm2_path):
+    import base64
+    import openai
+    st, r = post(server, {"input": SMOL_TEXTS, "encoding_format": "base64"})
+    assert st == 200
+    got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r["data"]])
+    assert np.array_equal(got, cli_unit)
+    # dimensions: the first N of the raw vector, re-normalized (Matryoshka style)
+    st, r = post(server, {"input": SMOL_TEXTS, "dimensions": 64})
+    v = vectors(r).astype(np.float64)
+    assert st == 200 and v.shape == (len(SMOL_TEXTS), 64)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
+    cut = cli_unit[:, :64].astype(np.float64)
+    assert np.abs(v - cut / np.linalg.norm(cut, axis=1, keepdims=True)).max() < 1e-6
+    # the openai client (it asks for base64 and decodes it)
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    e = client.embeddings.create(model="any", input=SMOL_TEXTS)
+    assert np.array_equal(np.asarray([d.embedding for d in e.data], np.float32), cli_unit)
+    assert e.usage.prompt_tokens == e.usage.total_tokens > 0
+    e = client.embeddings.create(model="any", input=SMOL_TEXTS[0], encoding_format="float", dimensions=8)
+    assert len(e.data) == 1 and len(e.data[0].embedding) == 8
+
+
+def test_server_concurrent_requests_share_batches(server, cli_unit):
+    """8 concurrent requests (2 inputs each, with a greedy chat running beside them) equal the
+    serial answers bitwise; the batches carried several sequences at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    chat = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 24, "temperature": 0}
+    st, alone = server.post_json("/v1/chat/completions", chat)
+    assert st == 200
+    before = server.metrics()
+    jobs = [[SMOL_TEXTS[i % 4], SMOL_TEXTS[(i + 1) % 4]] for i in range(8)]
+    with ThreadPoolExecutor(9) as ex:
+        chat_f = ex.submit(server.post_json, "/v1/chat/completions", chat)
+        futs = [ex.submit(post, server, {"input": j}) for j in jobs]
+        res = [f.result() for f in futs]
+        st, busy = chat_f.result()
+    assert st == 200 and busy["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
+    for i, (st, r) in enumerate(res):
+        assert st == 200, r
+        assert np.array_equal(vectors(r), cli_unit[[i % 4, (i + 1) % 4]]), f"request {i} differs"
+    after = server.metrics()
+    steps = after["llama3c_decode_steps_total"] - before["llama3c_decode_steps_total"]
+    toks = after["llama3c_batch_tokens_total"] - before["llama3c_batch_tokens_total"]
+    assert toks / steps > 2, f"{toks} tokens in {steps} steps: the requests were not batched together"
+    assert after['llama3c_requests_total{endpoint="/v1/embeddings",status="200"}'] >= 8
+
+
+def test_server_truncate(server, smollm2_path):
+    text = "word " * 400  # > 256 tokens
+    st, r = post(server, {"input": ["ok", text]})
+    assert st == 400 and r["error"]["code"] == "context_length_exceeded" and r["error"]["param"] == "input"
+    assert re.fullmatch(r"'input\[1\]' has \d+ tokens; the context holds 256 per input \(\"truncate\": true "
+                        r"cuts it\)", r["error"]["message"]), r
+    st, r = post(server, {"input": text, "truncate": True})
+    assert st == 200 and r["usage"]["prompt_tokens"] == SERVER_CTX
+    st, want = post(server, {"input": token_ids(smollm2_path, text)[:SERVER_CTX]})
+    assert st == 200 and np.array_equal(vectors(r), vectors(want))
+
+
+N_VOCAB = 49152
+
+
+@pytest.mark.parametrize("body,param,msg", [
+    ({}, "input", "'input' is a required property"),
+    ({"input": None}, "input", "'input' is a required property"),
+    ({"input": ""}, "input", "'input[0]' is an empty string"),
+    ({"input": ["a", ""]}, "input", "'input[1]' is an empty string"),
+    ({"input": []}, "input", "'input' must not be an empty array"),
+    ({"input": [[]]}, "input", "'input[0]' is an empty array of token ids"),
+    ({"input": 5}, "input", "'input' must be a string, an array of strings, an array of token ids or an array "
+                            "of arrays of token ids"),
+    ({"input": {"text": "a"}}, "input", "'input' must be a string, an array of strings, an array of token ids "
+                                        "or an array of arrays of token ids"),
+    ({"input": ["a", 1]}, "input", "'input' must be a string, an array of strings, an array of token ids or an "
+                                   "array of arrays of token ids (input[1] is neither)"),
+    ({"input": [["a"]]}, "input", "'input' must be a string, an array of strings, an array of token ids or an "
+                                  "array of arrays of token ids (input[0] is neither)"),
+    ({"input": [1, "a"]}, "input", f"'input' token ids must be integers between 0 and {N_VOCAB - 1}"),
+    ({"input": [-1]}, "input", f"'input' token ids must be integers between 0 and {N_VOCAB - 1}"),
+    ({"input": [[N_VOCAB]]}, "input", f"'input' token ids must be integers between 0 and {N_VOCAB - 1}"),
+    ({"input": ["a"] * 2049}, "input", "'input' may hold at most 2048 inputs"),
+    ({"input": "a", "encoding_format": "int8"}, "encoding_format", "'encoding_format' must be 'float' or 'base64'"),
+    ({"input": "a", "dimensions": 0}, "dimensions", "'dimensions' must be between 1 and 576"),
+    ({"input": "a", "dimensions": 577}, "dimensions", "'dimensions' must be between 1 and 576"),
+    ({"input": "a", "dimensions": "8"}, "dimensions", "'dimensions' must be an integer"),
+    ({"input": "a", "truncate": "yes"}, "truncate", "'truncate' must be a boolean"),
+    ({"input": "a", "model": 3}, "model", "'model' must be a string"),
+    ([1, 2], None, "the body must be a JSON object"),
+])
+def test_server_hostile_inputs(server, body, param, msg):
+    st, r = post(server, body)
+    assert st == 400, r
+    assert r["error"] == {"message": msg, "type": "invalid_request_error", "param": param, "code": None}, r
+
+
+def test_server_http_errors(server):
+    st, h, _ = server.request("GET", "/v1/embeddings")
+    assert st == 405 and h["allow"] == "POST"
+    st, _, data = server.request("POST", "/v1/embeddings", b"{not json")
+    assert st == 400 and b"the body is not valid JSON" in data
+    st, _, data = server.request("POST", "/v1/embeddings", b"")
+    assert st == 400 and b"the request body is empty" in data
+    assert server.health()[1]["slots_processing"] == 0
+
+
+def test_server_pooling_option(llama3c, smollm2_path, tmp_path):
+    from server_util import Server
+    want, _ = embed(smollm2_path, SMOL_TEXTS, tmp_path, "last", normalize=True)
+    with Server(smollm2_path, "--parallel", 2, "--ctx", 128, "--pooling", "last") as srv:
+        st, r = post(srv, {"input": SMOL_TEXTS})
+        assert st == 200 and np.array_equal(vectors(r), want)
+    p = run_cli("serve", "-m", smollm2_path, "--pooling", "none", check=False, timeout=60)
+    assert p.returncode == 2 and "--pooling expects mean, cls or last, got 'none'" in p.stderr, p.stderr
