@@ -131,6 +131,14 @@ L3C_API size_t l3c_model_kv_bytes_per_pos(const l3c_model *model, int kv_type);
 
 enum { L3C_KV_F16 = 0, L3C_KV_F32 = 1, L3C_KV_Q8_0 = 2 };
 
+/* How an embeddings context (l3c_context_params.embeddings) pools a sequence's token vectors. */
+typedef enum l3c_pooling {
+    L3C_POOLING_MEAN = 0, /* mean of the vectors of every token of the sequence (default) */
+    L3C_POOLING_CLS = 1,  /* the vector of the sequence's first token (position 0: BOS, if fed) */
+    L3C_POOLING_LAST = 2, /* the vector of its last token */
+    L3C_POOLING_NONE = 3  /* none: per-token vectors only (l3c_get_embeddings) */
+} l3c_pooling;
+
 typedef struct l3c_context_params {
     int32_t n_ctx;          /* positions per sequence; 0: the model's context, capped by kv_budget */
     int32_t n_seq;          /* independent sequences (server slots), default 1 */
@@ -138,6 +146,13 @@ typedef struct l3c_context_params {
     int n_threads;          /* <=0: the model's default */
     int kv_type;            /* L3C_KV_F16 (default), L3C_KV_F32, L3C_KV_Q8_0 */
     size_t kv_budget_bytes; /* cap for the whole KV cache when n_ctx == 0; default 1 GiB */
+    /* Embeddings. 1: every l3c_decode also computes the final-normed hidden state of each token
+     * (after output_norm, before the output projection: what llama.cpp returns as embeddings for
+     * llama models) and pools it per sequence (l3c_get_embeddings, l3c_get_embeddings_seq).
+     * Logits are still computed for the tokens that ask for them (batch->logits). 0 (default): off. */
+    int embeddings;
+    int pooling;            /* l3c_pooling; default L3C_POOLING_MEAN */
+    int embd_normalize;     /* 1: every returned vector is scaled to unit L2 norm; default 0 */
 } l3c_context_params;
 
 L3C_API l3c_context_params l3c_context_default_params(void);
@@ -153,7 +168,8 @@ L3C_API int32_t l3c_context_n_seq(const l3c_context *ctx);
  * A batch: n_tokens tokens, each with its position and sequence. Tokens of one sequence must
  * appear in increasing position order, and each sequence's positions must continue that
  * sequence's cache (pos == current length of the sequence). logits[i] != 0 asks for the
- * logits of token i (NULL: only the last token of the batch).
+ * logits of token i (NULL: only the last token of the batch; in an embeddings context: none,
+ * so the output projection is skipped).
  */
 typedef struct l3c_batch {
     int32_t n_tokens;
@@ -168,6 +184,26 @@ L3C_API l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *batch);
 
 /* Logits (n_vocab floats) of the i-th token of the last batch; NULL if not requested. */
 L3C_API const float *l3c_get_logits(const l3c_context *ctx, int32_t i);
+
+/*
+ * Embeddings (contexts created with embeddings = 1; NULL otherwise). Vectors have n_embd floats
+ * (l3c_model_info.n_embd), unit length with embd_normalize. Borrowed: valid until the next
+ * l3c_decode or l3c_kv_seq_truncate on the context.
+ *
+ * l3c_get_embeddings: the vector of the i-th token of the last batch (every token has one,
+ * whatever the pooling); NULL if i is out of range.
+ *
+ * l3c_get_embeddings_seq: the pooled vector of a sequence over ALL the tokens it holds
+ * (positions 0 .. l3c_kv_seq_len - 1), also when they were fed in several l3c_decode calls:
+ * the pooled state is kept per sequence and extended by each batch (llama.cpp pools over the
+ * tokens of one batch only; the two agree when a sequence is fed whole in one batch). The sums
+ * run in position order, so the vector does not depend on how the input was split into batches
+ * or what else shared them. NULL when the pooling is L3C_POOLING_NONE, the sequence is empty or
+ * seq_id out of range, or after l3c_kv_seq_truncate dropped part (not all) of the sequence: its
+ * pooled state is then unknown until the sequence is cleared (truncated to 0) and fed again.
+ */
+L3C_API const float *l3c_get_embeddings(const l3c_context *ctx, int32_t i);
+L3C_API const float *l3c_get_embeddings_seq(const l3c_context *ctx, int32_t seq_id);
 
 /* Number of positions currently held for a sequence. */
 L3C_API int32_t l3c_kv_seq_len(const l3c_context *ctx, int32_t seq_id);

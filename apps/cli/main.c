@@ -19,6 +19,7 @@
 #pragma weak cmd_bench
 #pragma weak cmd_explain
 #pragma weak cmd_serve
+#pragma weak cmd_embed
 
 typedef struct command {
     const char *name;
@@ -43,6 +44,7 @@ int main(int argc, char **argv) {
         {"detokenize", cmd_detokenize, "token ids to text"},
         {"bench", cmd_bench, "measure prompt and generation speed"},
         {"explain", cmd_explain, "walk through the architecture with the loaded model's numbers"},
+        {"embed", cmd_embed, "embeddings of texts (pooled hidden states), JSON or NPY"},
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
         {"eval", cmd_eval, "write the logits of given token ids to a file (for tests)"},
     };

@@ -53,6 +53,7 @@ typedef struct conn {
     int too_large;
     /* generation */
     api_request req;
+    api_embd_request ereq; /* embeddings */
     sched_job *job;
     int tokens_recorded;
     /* streaming */
@@ -137,7 +138,8 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
     if (e->status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (e->status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ? "POST" : "GET, HEAD");
+                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS
+                                    ? "POST" : "GET, HEAD");
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
@@ -172,6 +174,7 @@ static metrics_endpoint route(const char *url) {
     if (!strcmp(url, "/v1/chat/completions") || !strcmp(url, "/chat/completions")) return EP_CHAT;
     if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions")) return EP_COMPLETIONS;
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return EP_MODELS;
+    if (!strcmp(url, "/v1/embeddings") || !strcmp(url, "/embeddings")) return EP_EMBEDDINGS;
     if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) return EP_HEALTH;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
     if (!strcmp(url, "/") || !strcmp(url, "/index.html")) return EP_WEB;
@@ -349,19 +352,47 @@ static enum MHD_Result finish_blocking(conn *c) {
     return respond_json(c, 200, body, len);
 }
 
-static enum MHD_Result serve_generate(conn *c) {
+static enum MHD_Result submit_failed(conn *c, sched_submit_result r);
+
+/* POST /v1/embeddings: one scheduler job for all the inputs (one slot each, batched with the
+ * other requests' work); blocks until they are pooled, then sends the vectors. */
+static enum MHD_Result serve_embeddings(conn *c) {
     server *srv = c->srv;
     api_error e;
-    if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len, &c->req, &e))
-        return respond_error(c, &e);
+    if (api_parse_embeddings(srv, c->body, c->len, &c->ereq, &e)) return respond_error(c, &e);
     free(c->body);
     c->body = NULL;
     c->len = c->cap = 0;
-    c->job = sched_job_new(c->req.prompt, c->req.n_prompt, &c->req.params);
-    c->req.prompt = NULL; /* owned by the job now (or freed) */
+    c->job = sched_embd_job_new(c->ereq.tokens, c->ereq.off, c->ereq.n_inputs);
+    c->ereq.tokens = NULL; /* owned by the job now (or freed) */
     if (!c->job) return respond_json(c, 500, NULL, 0);
-    switch (sched_submit(srv->sched, c->job)) {
-    case SCHED_OK: break;
+    sched_submit_result sr = sched_submit(srv->sched, c->job);
+    if (sr != SCHED_OK) return submit_failed(c, sr);
+    sched_update u;
+    for (;;) {
+        sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
+        if (u.finish != SCHED_RUNNING) break;
+        if (client_gone(c->mc)) {
+            sched_job_cancel(srv->sched, c->job);
+            return MHD_NO;
+        }
+    }
+    record_tokens(c, &u);
+    if (u.finish == SCHED_FINISH_ERROR) return fail(c, 500, "server_error", NULL, u.error);
+    if (u.finish == SCHED_FINISH_CANCELLED)
+        return fail(c, 503, "server_error", "unavailable", "the server is shutting down");
+    const float *embd = sched_job_embeddings(srv->sched, c->job);
+    if (!embd) return fail(c, 500, "server_error", NULL, "no embeddings");
+    l3c_model_info info;
+    l3c_model_get_info(srv->model, &info);
+    size_t len = 0;
+    char *body = api_embeddings_json(&c->ereq, embd, info.n_embd, &len);
+    touch(c);
+    return respond_json(c, 200, body, len);
+}
+
+static enum MHD_Result submit_failed(conn *c, sched_submit_result r) {
+    switch (r) {
     case SCHED_ERR_FULL:
         return fail(c, 429, "rate_limit_error", "rate_limit_exceeded",
                     "the server is busy: every slot is working and the queue is full; retry later");
@@ -372,6 +403,22 @@ static enum MHD_Result serve_generate(conn *c) {
                     "the prompt does not fit the context of a slot");
     default: return respond_json(c, 500, NULL, 0);
     }
+}
+
+static enum MHD_Result serve_generate(conn *c) {
+    server *srv = c->srv;
+    api_error e;
+    if (c->ep == EP_EMBEDDINGS) return serve_embeddings(c);
+    if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len, &c->req, &e))
+        return respond_error(c, &e);
+    free(c->body);
+    c->body = NULL;
+    c->len = c->cap = 0;
+    c->job = sched_job_new(c->req.prompt, c->req.n_prompt, &c->req.params);
+    c->req.prompt = NULL; /* owned by the job now (or freed) */
+    if (!c->job) return respond_json(c, 500, NULL, 0);
+    sched_submit_result sr = sched_submit(srv->sched, c->job);
+    if (sr != SCHED_OK) return submit_failed(c, sr);
     return c->req.stream ? start_stream(c) : finish_blocking(c);
 }
 
@@ -393,12 +440,13 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
         snprintf(msg, sizeof msg, "Invalid URL (%.16s %.120s)", method, url);
         return fail(c, 404, "invalid_request_error", NULL, msg);
     }
-    int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS;
+    int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS;
     if ((wants_post && !post) || (!wants_post && !get)) {
         snprintf(msg, sizeof msg, "method %.16s is not allowed on %.120s", method, url);
         return fail(c, 405, "invalid_request_error", "method_not_allowed", msg);
     }
-    int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_MODELS || c->ep == EP_METRICS;
+    int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
+                     c->ep == EP_MODELS || c->ep == EP_METRICS;
     if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
@@ -487,6 +535,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     metrics_record_request(c->ep, status, since(&c->t0));
     if (c->job) sched_job_release(srv->sched, c->job);
     api_request_free(&c->req);
+    api_embd_request_free(&c->ereq);
     free(c->body);
     free(c->sse);
     free(c->text);

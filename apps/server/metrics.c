@@ -27,7 +27,7 @@ static struct {
 } M = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static const char *k_ep_label[EP_COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/models",
-                                           "/health", "/metrics", "/", "other"};
+                                           "/health", "/metrics", "/", "/v1/embeddings", "other"};
 
 const char *metrics_endpoint_label(metrics_endpoint e) {
     return e < EP_COUNT ? k_ep_label[e] : "other";

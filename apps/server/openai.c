@@ -646,3 +646,241 @@ char *api_models_json(const server *srv, size_t *len) {
                           (json_int_t)info.n_params, "file_type", info.file_type),
                 len);
 }
+
+/* ------------------------------------------------------------------ embeddings */
+
+#define MAX_EMBD_INPUTS 2048
+
+/* Appends the tokens of one input (text, or token ids when text is NULL and ids is a JSON array)
+ * to r; cut to the context with truncate, else a 400 when longer. */
+static unsigned embd_add_input(const server *srv, api_embd_request *r, size_t *cap, size_t idx,
+                               json_t *item, int truncate, api_error *err) {
+    const int32_t n_ctx = srv->n_ctx;
+    int64_t n = 0;
+    int32_t *dst;
+    size_t need_max;
+    if (json_is_string(item)) {
+        size_t len = json_string_length(item);
+        if (len == 0) return BAD("input", "'input[%zu]' is an empty string", idx);
+        if (!truncate && len > (size_t)n_ctx * MAX_BYTES_PER_TOKEN)
+            return api_fail(err, 400, "invalid_request_error", "input", "context_length_exceeded",
+                            "'input[%zu]' (%zu bytes) cannot fit the context of %d tokens (\"truncate\": "
+                            "true cuts it)", idx, len, n_ctx);
+        need_max = len + 2;
+    } else {
+        need_max = json_array_size(item);
+        if (need_max == 0) return BAD("input", "'input[%zu]' is an empty array of token ids", idx);
+    }
+    size_t have = (size_t)r->off[r->n_inputs];
+    if (have + need_max > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < have + need_max) c *= 2;
+        int32_t *q = realloc(r->tokens, c * sizeof *q);
+        if (!q) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        r->tokens = q;
+        *cap = c;
+    }
+    dst = r->tokens + have;
+    if (json_is_string(item)) {
+        /* as llama.cpp's llama_tokenize(add_special, no parse_special): BOS when the vocabulary
+         * asks for it; special-token text stays text */
+        n = l3c_tokenize(srv->tok, json_string_value(item), json_string_length(item), dst,
+                         (int64_t)need_max, L3C_TOKENIZE_ADD_BOS);
+        if (n <= 0) return BAD("input", "'input[%zu]' gives no tokens", idx);
+    } else {
+        for (size_t i = 0; i < need_max; i++) {
+            json_t *t = json_array_get(item, i);
+            if (!json_is_integer(t) || json_integer_value(t) < 0 || json_integer_value(t) >= srv->n_vocab)
+                return BAD("input", "'input' token ids must be integers between 0 and %d", srv->n_vocab - 1);
+            dst[i] = (int32_t)json_integer_value(t);
+        }
+        n = (int64_t)need_max;
+    }
+    if (n > n_ctx) {
+        if (!truncate)
+            return api_fail(err, 400, "invalid_request_error", "input", "context_length_exceeded",
+                            "'input[%zu]' has %lld tokens; the context holds %d per input (\"truncate\": "
+                            "true cuts it)", idx, (long long)n, n_ctx);
+        n = n_ctx;
+    }
+    r->off[r->n_inputs + 1] = (int32_t)(have + (size_t)n);
+    r->n_inputs++;
+    return 0;
+}
+
+unsigned api_parse_embeddings(const server *srv, const char *body, size_t len, api_embd_request *r,
+                              api_error *err) {
+    memset(r, 0, sizeof *r);
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    if (!root)
+        return api_fail(err, 400, "invalid_request_error", NULL, NULL,
+                        "the body is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+                        jerr.column);
+    unsigned st = 0;
+    if (!json_is_object(root)) {
+        st = BAD(NULL, "the body must be a JSON object");
+        goto out;
+    }
+    json_t *model = opt(root, "model");
+    if (model && !json_is_string(model)) {
+        st = BAD("model", "'model' must be a string");
+        goto out;
+    }
+    const char *mname = model ? json_string_value(model) : srv->model_id;
+    size_t mlen = strnlen(mname, MAX_MODEL_NAME);
+    if (!(r->model = malloc(mlen + 1))) goto nomem;
+    memcpy(r->model, mname, mlen);
+    r->model[mlen] = 0;
+
+    json_t *fmt = opt(root, "encoding_format");
+    if (fmt && (!json_is_string(fmt) || (strcmp(json_string_value(fmt), "float") &&
+                                         strcmp(json_string_value(fmt), "base64")))) {
+        st = BAD("encoding_format", "'encoding_format' must be 'float' or 'base64'");
+        goto out;
+    }
+    r->base64 = fmt && !strcmp(json_string_value(fmt), "base64");
+    l3c_model_info info;
+    l3c_model_get_info(srv->model, &info);
+    long long dims = info.n_embd;
+    if ((st = get_int(root, "dimensions", 1, info.n_embd, &dims, NULL, err))) goto out;
+    r->dimensions = (int32_t)dims;
+    int truncate = 0;
+    if ((st = get_bool(root, "truncate", &truncate, err))) goto out;
+
+    json_t *in = json_object_get(root, "input");
+    if (!in || json_is_null(in)) {
+        st = BAD("input", "'input' is a required property");
+        goto out;
+    }
+    /* a string; an array of strings; an array of token ids (one input); an array of such arrays */
+    size_t n = json_is_array(in) ? json_array_size(in) : 1;
+    int ids_one = json_is_array(in) && n > 0 && json_is_integer(json_array_get(in, 0));
+    if (json_is_array(in) && n == 0) {
+        st = BAD("input", "'input' must not be an empty array");
+        goto out;
+    }
+    if (!json_is_string(in) && !json_is_array(in)) {
+        st = BAD("input", "'input' must be a string, an array of strings, an array of token ids or "
+                          "an array of arrays of token ids");
+        goto out;
+    }
+    if (ids_one) n = 1;
+    if (n > MAX_EMBD_INPUTS) {
+        st = BAD("input", "'input' may hold at most %d inputs", MAX_EMBD_INPUTS);
+        goto out;
+    }
+    if (!(r->off = calloc(n + 1, sizeof *r->off))) goto nomem;
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *item = json_is_string(in) || ids_one ? in : json_array_get(in, i);
+        int ok = json_is_string(item) || (json_is_array(item) && (ids_one || !json_is_string(in)));
+        if (json_is_array(item) && !ids_one)
+            for (size_t k = 0; ok && k < json_array_size(item); k++)
+                ok = json_is_integer(json_array_get(item, k));
+        if (!ok) {
+            st = BAD("input", "'input' must be a string, an array of strings, an array of token ids or "
+                              "an array of arrays of token ids (input[%zu] is neither)", i);
+            goto out;
+        }
+        if ((st = embd_add_input(srv, r, &cap, i, item, truncate, err))) goto out;
+    }
+    goto out;
+nomem:
+    st = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+out:
+    json_decref(root);
+    if (st) api_embd_request_free(r);
+    return st;
+}
+
+void api_embd_request_free(api_embd_request *r) {
+    if (!r) return;
+    free(r->model);
+    free(r->tokens);
+    free(r->off);
+    memset(r, 0, sizeof *r);
+}
+
+/* Standard base64 of n bytes into dst (4 * ((n + 2) / 3) + 1 bytes, NUL-terminated). */
+static void base64_encode(const unsigned char *src, size_t n, char *dst) {
+    static const char k[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)src[i] << 16 | (i + 1 < n ? (unsigned)src[i + 1] << 8 : 0) |
+                     (i + 2 < n ? src[i + 2] : 0);
+        dst[o++] = k[v >> 18 & 63];
+        dst[o++] = k[v >> 12 & 63];
+        dst[o++] = i + 1 < n ? k[v >> 6 & 63] : '=';
+        dst[o++] = i + 2 < n ? k[v & 63] : '=';
+    }
+    dst[o] = 0;
+}
+
+/* One data item, its vector cut to d dims and normalized as the library's embd_normalize does
+ * (sum of squares in double, each float times 1 / norm), so a full-size vector equals
+ * `llama3c embed --normalize` bitwise. */
+static json_t *embd_item(const api_embd_request *r, int32_t idx, const float *v, int32_t d, float *tmp) {
+    double ss = 0.0;
+    for (int32_t i = 0; i < d; i++) ss += (double)v[i] * v[i];
+    const double inv = ss > 0.0 ? 1.0 / sqrt(ss) : 1.0;
+    for (int32_t i = 0; i < d; i++) tmp[i] = ss > 0.0 ? (float)(v[i] * inv) : v[i];
+    json_t *e;
+    if (r->base64) {
+        unsigned char *bytes = malloc((size_t)d * 4);
+        char *b64 = malloc(((size_t)d * 4 + 2) / 3 * 4 + 1);
+        if (!bytes || !b64) {
+            free(bytes);
+            free(b64);
+            return NULL;
+        }
+        for (int32_t i = 0; i < d; i++) {
+            uint32_t u;
+            memcpy(&u, &tmp[i], 4);
+            for (int k = 0; k < 4; k++) bytes[4 * i + k] = (unsigned char)(u >> (8 * k));
+        }
+        base64_encode(bytes, (size_t)d * 4, b64);
+        e = json_string(b64);
+        free(bytes);
+        free(b64);
+    } else {
+        e = json_array();
+        for (int32_t i = 0; e && i < d; i++)
+            if (!isfinite(tmp[i]) || json_array_append_new(e, json_real(tmp[i]))) {
+                json_decref(e);
+                return NULL;
+            }
+    }
+    return json_pack("{s:s,s:i,s:o}", "object", "embedding", "index", (json_int_t)idx, "embedding", e);
+}
+
+char *api_embeddings_json(const api_embd_request *r, const float *embd, int32_t n_embd, size_t *len) {
+    /* the envelope by jansson with an empty "data" array, the items dumped one at a time into it
+     * (so at most one vector is a jansson tree at once, whatever the number of inputs) */
+    json_int_t n_tok = r->off[r->n_inputs];
+    json_t *env = json_pack("{s:s,s:[],s:s,s:{s:I,s:I}}", "object", "list", "data", "model",
+                            r->model ? r->model : "", "usage", "prompt_tokens", n_tok, "total_tokens", n_tok);
+    size_t env_len = 0;
+    char *head = dump(env, &env_len);
+    const int32_t d = r->dimensions > 0 && r->dimensions < n_embd ? r->dimensions : n_embd;
+    float *tmp = malloc((size_t)d * sizeof *tmp);
+    char *at = head ? strstr(head, "\"data\":[]") : NULL;
+    strbuf b = {0};
+    int ok = at && tmp && !sb_add(&b, head, (size_t)(at - head) + 8);
+    for (int32_t i = 0; ok && i < r->n_inputs; i++) {
+        json_t *j = embd_item(r, i, embd + (size_t)i * (size_t)n_embd, d, tmp);
+        char *item = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL; /* exact float32 */
+        json_decref(j);
+        ok = item && !(i && sb_add(&b, ",", 1)) && !sb_add(&b, item, strlen(item));
+        free(item);
+    }
+    ok = ok && !sb_add(&b, at + 8, env_len - (size_t)(at + 8 - head));
+    free(head);
+    free(tmp);
+    if (!ok) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

@@ -62,6 +62,25 @@ char *api_stream_error(const api_error *err, size_t *len);
 /* GET /v1/models */
 char *api_models_json(const server *srv, size_t *len);
 
+/* POST /v1/embeddings: inputs tokenized and concatenated (input i is tokens[off[i] .. off[i+1])). */
+typedef struct api_embd_request {
+    char *model;          /* as sent, or the server's model id; owned */
+    int32_t *tokens;      /* owned (malloc) until handed to sched_embd_job_new */
+    int32_t *off;         /* [n_inputs + 1], owned */
+    int32_t n_inputs;
+    int32_t dimensions;   /* returned dimensions: the first ones of each vector, re-normalized */
+    int base64;           /* encoding_format "base64": little-endian float32 bytes */
+} api_embd_request;
+
+/* Parses and validates an embeddings body; 0 and *out filled (api_embd_request_free), or the
+ * HTTP status with *err filled. */
+unsigned api_parse_embeddings(const server *srv, const char *body, size_t len, api_embd_request *out,
+                              api_error *err);
+void api_embd_request_free(api_embd_request *r);
+/* The response for raw pooled vectors embd [n_inputs x n_embd]: each cut to r->dimensions and
+ * scaled to unit L2 norm. */
+char *api_embeddings_json(const api_embd_request *r, const float *embd, int32_t n_embd, size_t *len);
+
 /* Copies src into dst replacing invalid UTF-8 with U+FFFD; dst must hold 3 * n + 1 bytes.
  * Returns the output length. */
 size_t api_utf8_sanitize(const char *src, size_t n, char *dst);

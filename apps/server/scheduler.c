@@ -37,6 +37,11 @@ struct sched_job {
     char *stop[SCHED_MAX_STOP];
     size_t stop_len[SCHED_MAX_STOP];
     size_t stop_max;
+    /* embedding jobs (n_inputs > 0): input i is prompt[in_off[i] .. in_off[i + 1]) */
+    int32_t n_inputs;
+    int32_t *in_off;           /* [n_inputs + 1] */
+    float *embd;               /* [n_inputs x n_embd], allocated by sched_submit; each row written
+                                * by the engine before its input counts as done */
 
     /* guarded by sched.mu */
     int refs;
@@ -47,6 +52,8 @@ struct sched_job {
     char error[160];
     int cancelled;
     int32_t n_gen, n_cached;
+    int32_t next_input;        /* embedding inputs handed to slots */
+    int32_t n_inputs_done;     /* embedding inputs pooled */
 };
 
 typedef enum slot_state { SLOT_FREE = 0, SLOT_PREFILL, SLOT_GEN } slot_state;
@@ -61,7 +68,11 @@ typedef struct slot {
     int32_t n_prompt_done;/* prompt tokens in the cache for the current job */
     int32_t next_token;
     int32_t n_gen;
-    int32_t logit_idx;    /* batch index whose logits to sample this step, or -1 */
+    int32_t logit_idx;    /* batch index whose logits to sample this step; -1 not in this step's
+                           * batch; -2 in it without logits */
+    const int32_t *ptoks; /* the tokens this slot prefills: the job's prompt or one input */
+    int32_t plen;
+    int32_t input;        /* index of the embedding input this slot pools, -1: generation */
     uint64_t last_used;   /* step counter when the slot last finished a job (LRU tiebreak) */
     uint64_t started;     /* assignment order (oldest prefill first) */
     l3c_sampler *smp;
@@ -73,7 +84,7 @@ struct sched {
     const l3c_model *model;
     const l3c_tokenizer *tok;
     l3c_context *ctx;
-    int32_t n_ctx, n_vocab, step_tokens;
+    int32_t n_ctx, n_vocab, n_embd, step_tokens;
     int32_t n_slots;
     slot *slots;
 
@@ -103,11 +114,14 @@ static void job_free(sched_job *j) {
     free(j->bias_vals);
     for (int i = 0; i < SCHED_MAX_STOP; i++) free(j->stop[i]);
     free(j->out);
+    free(j->in_off);
+    free(j->embd);
     pthread_cond_destroy(&j->cond);
     free(j);
 }
 
-sched_job *sched_job_new(int32_t *prompt, int32_t n_prompt, const sched_job_params *p) {
+/* A job holding one reference, with its prompt (freed on failure). */
+static sched_job *job_alloc(int32_t *prompt, int32_t n_prompt) {
     sched_job *j = calloc(1, sizeof *j);
     if (!j) {
         free(prompt);
@@ -123,6 +137,25 @@ sched_job *sched_job_new(int32_t *prompt, int32_t n_prompt, const sched_job_para
     j->refs = 1;
     j->prompt = prompt;
     j->n_prompt = n_prompt;
+    return j;
+}
+
+sched_job *sched_embd_job_new(int32_t *tokens, const int32_t *off, int32_t n_inputs) {
+    sched_job *j = job_alloc(tokens, off[n_inputs]);
+    if (!j) return NULL;
+    j->in_off = malloc(((size_t)n_inputs + 1) * sizeof *j->in_off);
+    if (!j->in_off) {
+        job_free(j);
+        return NULL;
+    }
+    memcpy(j->in_off, off, ((size_t)n_inputs + 1) * sizeof *off);
+    j->n_inputs = n_inputs;
+    return j;
+}
+
+sched_job *sched_job_new(int32_t *prompt, int32_t n_prompt, const sched_job_params *p) {
+    sched_job *j = job_alloc(prompt, n_prompt);
+    if (!j) return NULL;
     j->max_tokens = p->max_tokens > 0 ? p->max_tokens : 1;
     j->sampler = p->sampler;
     if (p->n_bias > 0) {
@@ -257,6 +290,9 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
     s->ctx = ctx;
     s->n_ctx = l3c_context_n_ctx(ctx);
     s->n_vocab = l3c_vocab_size(s->tok);
+    l3c_model_info info;
+    l3c_model_get_info(model, &info);
+    s->n_embd = info.n_embd;
     s->n_slots = opt->n_slots;
     s->step_tokens = opt->step_tokens > 0 ? opt->step_tokens : 256;
     s->queue_cap = opt->queue_cap > 0 ? opt->queue_cap : 1;
@@ -278,6 +314,7 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
         slot *sl = &s->slots[i];
         sl->id = i;
         sl->logit_idx = -1;
+        sl->input = -1;
         sl->cache = malloc((size_t)s->n_ctx * sizeof *sl->cache);
         if (!sl->cache) goto fail;
         l3c_kv_seq_truncate(ctx, i, 0);
@@ -313,7 +350,16 @@ void sched_free(sched *s) {
 }
 
 sched_submit_result sched_submit(sched *s, sched_job *job) {
-    if (job->n_prompt < 1 || job->n_prompt >= s->n_ctx) return SCHED_ERR_TOO_LONG;
+    if (job->n_inputs > 0) { /* an input may fill the context: nothing is generated after it */
+        for (int32_t i = 0; i < job->n_inputs; i++) {
+            int32_t len = job->in_off[i + 1] - job->in_off[i];
+            if (len < 1 || len > s->n_ctx) return SCHED_ERR_TOO_LONG;
+        }
+        if (!job->embd && !(job->embd = calloc((size_t)job->n_inputs * (size_t)s->n_embd, sizeof(float))))
+            return SCHED_ERR_NOMEM;
+    } else if (job->n_prompt < 1 || job->n_prompt >= s->n_ctx) {
+        return SCHED_ERR_TOO_LONG;
+    }
     pthread_mutex_lock(&s->mu);
     sched_submit_result r = SCHED_OK;
     if (s->stopping) {
@@ -331,6 +377,13 @@ sched_submit_result sched_submit(sched *s, sched_job *job) {
     return r;
 }
 
+const float *sched_job_embeddings(sched *s, sched_job *job) {
+    pthread_mutex_lock(&s->mu);
+    const float *e = job->n_inputs > 0 && job->finish == SCHED_FINISH_STOP ? job->embd : NULL;
+    pthread_mutex_unlock(&s->mu);
+    return e;
+}
+
 void sched_get_stats(sched *s, sched_stats *st) {
     pthread_mutex_lock(&s->mu);
     *st = s->stats;
@@ -343,12 +396,29 @@ void sched_get_stats(sched *s, sched_stats *st) {
 static void slot_release_locked(sched *s, slot *sl, sched_finish f, const char *err) {
     if (sl->job) {
         job_finish_locked(sl->job, f, err);
+        /* an embedding job that failed in one slot is over: its other slots and the inputs still
+         * queued are dropped (admit_locked) */
+        if (f == SCHED_FINISH_ERROR) sl->job->cancelled = 1;
         job_unref_locked(sl->job);
     }
     sl->job = NULL;
     sl->state = SLOT_FREE;
     sl->last_used = s->clock;
     sl->logit_idx = -1;
+    sl->input = -1;
+    s->stats.slots_busy--;
+}
+
+/* mu held. A slot's embedding input is pooled: the job finishes with its last input. */
+static void slot_input_done_locked(sched *s, slot *sl) {
+    sched_job *j = sl->job;
+    if (++j->n_inputs_done == j->n_inputs) job_finish_locked(j, SCHED_FINISH_STOP, NULL);
+    job_unref_locked(j);
+    sl->job = NULL;
+    sl->state = SLOT_FREE;
+    sl->last_used = s->clock;
+    sl->logit_idx = -1;
+    sl->input = -1;
     s->stats.slots_busy--;
 }
 
@@ -375,6 +445,39 @@ static slot *pick_slot(sched *s, const sched_job *j, int32_t *lcp_out) {
     return best;
 }
 
+/* mu held. The free slot for an embedding input: the one with the fewest cached tokens (the
+ * least a chat loses), ties: least recently used. NULL when none is free. */
+static slot *pick_embd_slot(sched *s) {
+    slot *best = NULL;
+    for (int32_t i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->state != SLOT_FREE) continue;
+        if (!best || sl->n_cache < best->n_cache ||
+            (sl->n_cache == best->n_cache && sl->last_used < best->last_used))
+            best = sl;
+    }
+    return best;
+}
+
+/* mu held. Gives the next input of embedding job j to slot sl, cleared (the context pools a
+ * sequence over every position it holds). The slot holds its own reference to the job. */
+static void slot_assign_embd_locked(sched *s, slot *sl, sched_job *j) {
+    const int32_t i = j->next_input++;
+    l3c_kv_seq_truncate(s->ctx, sl->id, 0);
+    sl->n_cache = 0;
+    sl->n_prompt_done = 0;
+    sl->n_gen = 0;
+    sl->logit_idx = -1;
+    sl->ptoks = j->prompt + j->in_off[i];
+    sl->plen = j->in_off[i + 1] - j->in_off[i];
+    sl->input = i;
+    sl->job = j;
+    sl->state = SLOT_PREFILL;
+    sl->started = ++s->assign_counter;
+    j->refs++;
+    s->stats.slots_busy++;
+}
+
 /* mu held. Sets up a slot for a job: sampler, prefix reuse. Returns 0, or -1 (job failed). */
 static int slot_assign_locked(sched *s, slot *sl, sched_job *j, int32_t lcp) {
     l3c_sampler_free(sl->smp);
@@ -395,6 +498,9 @@ static int slot_assign_locked(sched *s, slot *sl, sched_job *j, int32_t lcp) {
     sl->n_gen = 0;
     sl->gen_len = sl->emitted = 0;
     sl->logit_idx = -1;
+    sl->ptoks = j->prompt;
+    sl->plen = j->n_prompt;
+    sl->input = -1;
     sl->job = j;
     sl->state = SLOT_PREFILL;
     sl->started = ++s->assign_counter;
@@ -413,6 +519,15 @@ static void admit_locked(sched *s) {
     }
     while (s->q_len > 0) {
         sched_job *j = s->queue[s->q_head];
+        if (!j->cancelled && !s->stopping && j->n_inputs > 0) {
+            slot *sl;
+            while (j->next_input < j->n_inputs && (sl = pick_embd_slot(s))) slot_assign_embd_locked(s, sl, j);
+            if (j->next_input < j->n_inputs) break; /* the rest waits for free slots */
+            s->q_head = (s->q_head + 1) % s->queue_cap;
+            s->q_len--;
+            job_unref_locked(j); /* the queue's reference; each slot holds its own */
+            continue;
+        }
         if (!j->cancelled && !s->stopping) {
             int32_t lcp;
             slot *sl = pick_slot(s, j, &lcp);
@@ -501,26 +616,25 @@ static int32_t build_batch(sched *s) {
         slot *next = NULL;
         for (int32_t i = 0; i < s->n_slots; i++) {
             slot *sl = &s->slots[i];
-            if (sl->state == SLOT_PREFILL && sl->logit_idx < 0 && (!next || sl->started < next->started))
+            if (sl->state == SLOT_PREFILL && sl->logit_idx == -1 && (!next || sl->started < next->started))
                 next = sl;
         }
         if (!next || budget <= 0) break;
-        const sched_job *j = next->job;
-        int32_t take = j->n_prompt - next->n_prompt_done;
+        int32_t take = next->plen - next->n_prompt_done;
         if (take > budget) take = budget;
         for (int32_t t = 0; t < take; t++) {
-            s->b_tok[n] = j->prompt[next->n_prompt_done + t];
+            s->b_tok[n] = next->ptoks[next->n_prompt_done + t];
             s->b_pos[n] = next->n_cache + t;
             s->b_seq[n] = next->id;
             s->b_logits[n] = 0;
             n++;
         }
         budget -= take;
-        if (next->n_prompt_done + take == j->n_prompt) {
+        if (next->n_prompt_done + take == next->plen && next->input < 0) {
             s->b_logits[n - 1] = 1;
             next->logit_idx = n - 1;
         } else {
-            next->logit_idx = -2; /* in the batch, no logits yet */
+            next->logit_idx = -2; /* in the batch, no logits (yet, or ever: embedding input) */
         }
     }
     return n;
@@ -613,6 +727,20 @@ static void engine_step(sched *s) {
         return;
     }
     int32_t n_prefill = commit_batch(s, n);
+
+    /* embedding inputs fed whole: their pooled vectors (each into its own row of the job) */
+    for (int32_t i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->state != SLOT_PREFILL || sl->input < 0 || sl->n_prompt_done < sl->plen) continue;
+        const float *v = l3c_get_embeddings_seq(s->ctx, sl->id);
+        if (v)
+            memcpy(sl->job->embd + (size_t)sl->input * (size_t)s->n_embd, v,
+                   (size_t)s->n_embd * sizeof(float));
+        pthread_mutex_lock(&s->mu);
+        if (v) slot_input_done_locked(s, sl);
+        else slot_release_locked(s, sl, SCHED_FINISH_ERROR, "the context gave no pooled embedding");
+        pthread_mutex_unlock(&s->mu);
+    }
 
     /* sample outside the lock; collect per-slot results */
     sched_finish fin[s->n_slots > 0 ? s->n_slots : 1];

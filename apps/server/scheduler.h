@@ -10,8 +10,9 @@
  * Jobs: created by an HTTP thread (which tokenizes the prompt), submitted into a bounded FIFO
  * queue, assigned to the free slot whose cached tokens share the longest prefix with the prompt
  * (prefix cache), and reference-counted: the HTTP side and the scheduler each hold a reference;
- * sched_job_release drops the caller's. All job fields the two sides share are guarded by the
- * scheduler mutex; everything else in a slot belongs to the engine thread alone.
+ * sched_job_release drops the caller's (a slot holding one input of an embedding job holds one
+ * more). All job fields the two sides share are guarded by the scheduler mutex; everything
+ * else in a slot belongs to the engine thread alone.
  */
 #ifndef L3C_SERVER_SCHEDULER_H
 #define L3C_SERVER_SCHEDULER_H
@@ -67,6 +68,21 @@ typedef struct sched_update {
     int32_t n_gen;         /* completion tokens so far */
     char error[160];       /* for SCHED_FINISH_ERROR */
 } sched_update;
+
+/*
+ * Embedding jobs. One job holds the n_inputs inputs of a request, concatenated in tokens
+ * (ownership taken; NULL on allocation failure, tokens freed), input i being
+ * tokens[off[i] .. off[i+1]) with 1 <= length <= the slot context (off is copied). The
+ * scheduler gives each input its own free slot (cleared first: the context pools a sequence
+ * over all its positions), so the inputs of one request and of concurrent requests are
+ * evaluated in the same batches, beside the generating slots' tokens. The job finishes
+ * (SCHED_FINISH_STOP) when every input is pooled; n_prompt counts all their tokens.
+ * Requires a context created with embeddings = 1 and a pooling other than NONE.
+ */
+sched_job *sched_embd_job_new(int32_t *tokens, const int32_t *off, int32_t n_inputs);
+/* After SCHED_FINISH_STOP: n_inputs x n_embd floats, input by input (raw, not normalized);
+ * owned by the job. NULL for other jobs or before the end. */
+const float *sched_job_embeddings(sched *s, sched_job *job);
 
 /* Caller keeps ownership of model and ctx; they must outlive the scheduler. */
 sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_options *opt);

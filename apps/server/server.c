@@ -35,8 +35,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: llama3c serve -m MODEL [options]\n"
             "\n"
-            "An OpenAI-compatible HTTP server (chat and text completions, streaming, /v1/models,\n"
-            "/health, /metrics, a web chat page at /). Many clients are served at once: each of\n"
+            "An OpenAI-compatible HTTP server (chat and text completions, streaming, embeddings,\n"
+            "/v1/models, /health, /metrics, a web chat page at /). Many clients are served at once: each of\n"
             "--parallel slots holds one request's KV cache, and one engine thread decodes all\n"
             "active slots together in one batch per step.\n"
             "\n"
@@ -53,6 +53,7 @@ static void usage(FILE *f) {
             "  --max-body BYTES      largest request body (default 1048576); larger: 413\n"
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
+            "  --pooling P           /v1/embeddings pooling: mean (default), cls (first token) or last\n"
             "  -t, --threads N       compute threads (default: physical cores)\n"
             "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 digits)\n"
             "  -v, --verbose         log HTTP errors and model loading on stderr\n");
@@ -135,6 +136,15 @@ static int parse_args(server *srv, int argc, char **argv) {
         } else if (!strcmp(name, "--max-connections")) {
             if (parse_int(name, val, 1, 100000, &x)) return -1;
             srv->max_connections = (int)x;
+        } else if (!strcmp(name, "--pooling")) {
+            if (!strcmp(val, "mean")) srv->pooling = L3C_POOLING_MEAN;
+            else if (!strcmp(val, "cls")) srv->pooling = L3C_POOLING_CLS;
+            else if (!strcmp(val, "last")) srv->pooling = L3C_POOLING_LAST;
+            else {
+                fprintf(stderr, "llama3c serve: --pooling expects mean, cls or last, got '%s' (/v1/embeddings "
+                                "returns one vector per input)\n", val);
+                return -1;
+            }
         } else if (!strcmp(name, "-t") || !strcmp(name, "--threads")) {
             if (parse_int(name, val, 0, 1024, &x)) return -1;
             srv->threads = (int)x;
@@ -207,6 +217,8 @@ int cmd_serve(int argc, char **argv) {
     cp.n_seq = srv.parallel;
     cp.n_batch = srv.step_tokens + srv.parallel;
     cp.n_threads = srv.threads;
+    cp.embeddings = 1; /* /v1/embeddings: pooled per slot (a few vector ops per batch token) */
+    cp.pooling = srv.pooling;
     if (l3c_context_create(srv.model, &cp, &srv.ctx) != L3C_OK) {
         fprintf(stderr, "llama3c serve: cannot create the context: %s\n", l3c_last_error());
         goto out;

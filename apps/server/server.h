@@ -28,6 +28,7 @@ typedef struct server {
     int max_connections;
     int verbose;
     int bf16;     /* --bf16: l3c_model_params.bf16_matmul */
+    int pooling;  /* --pooling: l3c_pooling of /v1/embeddings (MEAN, CLS or LAST) */
 
     /* engine, set up before the HTTP daemon starts */
     l3c_model *model;

@@ -27,6 +27,9 @@ l3c_context_params l3c_context_default_params(void) {
         .n_threads = 0,
         .kv_type = L3C_KV_F16,
         .kv_budget_bytes = (size_t)1 << 30,
+        .embeddings = 0,
+        .pooling = L3C_POOLING_MEAN,
+        .embd_normalize = 0,
     };
     return p;
 }
@@ -73,6 +76,9 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     if (p.n_ctx < 0) return l3c_fail(L3C_ERR_INVALID_ARG, "context: n_ctx %d < 0", p.n_ctx);
     if (p.kv_type != L3C_KV_F16 && p.kv_type != L3C_KV_F32 && p.kv_type != L3C_KV_Q8_0)
         return l3c_fail(L3C_ERR_INVALID_ARG, "context: unknown kv_type %d", p.kv_type);
+    if (p.embeddings && (p.pooling < L3C_POOLING_MEAN || p.pooling > L3C_POOLING_NONE))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "context: unknown pooling %d (L3C_POOLING_MEAN, _CLS, "
+                                             "_LAST or _NONE)", p.pooling);
     size_t row_bytes = l3c_kv_row_bytes(c, p.kv_type);
     if (!row_bytes)
         return l3c_fail(L3C_ERR_UNSUPPORTED, "context: kv_type %d needs head_dim (%d) to be a "
@@ -102,6 +108,9 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     ctx->kv_row_bytes = row_bytes;
     ctx->kv_head_bytes = row_bytes / (size_t)c->n_head_kv;
     ctx->n_threads = p.n_threads > 0 ? p.n_threads : m->n_threads;
+    ctx->embeddings = p.embeddings != 0;
+    ctx->pooling = p.pooling;
+    ctx->embd_normalize = p.embd_normalize != 0;
 
     if ((st = l3c_threadpool_create(ctx->n_threads, &ctx->tp))) goto fail;
     ctx->n_threads = l3c_threadpool_n_threads(ctx->tp);
@@ -133,6 +142,11 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
               alloc_arr(&ctx->out_row, B, 1, sizeof(int32_t), &total) &&
               alloc_arr(&ctx->out_idx, B, 1, sizeof(int32_t), &total) &&
               alloc_arr(&ctx->scratch, max_scratch(m, (int64_t)B), 1, 1, &total);
+    if (ok && ctx->embeddings)
+        ok = alloc_arr(&ctx->embd, B, E, sizeof(float), &total) &&
+             alloc_arr(&ctx->embd_acc, (size_t)p.n_seq, E, sizeof(double), &total) &&
+             alloc_arr(&ctx->embd_seq, (size_t)p.n_seq, E, sizeof(float), &total) &&
+             alloc_arr(&ctx->embd_n, (size_t)p.n_seq, 1, sizeof(int32_t), &total);
     if (!ok) {
         st = l3c_fail(L3C_ERR_NOMEM, "context: out of memory (n_ctx %d, n_seq %d, n_batch %d; "
                                      "%zu bytes allocated before the failure)",
@@ -140,6 +154,7 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
         goto fail;
     }
     memset(ctx->seq_len, 0, (size_t)p.n_seq * sizeof(int32_t));
+    if (ctx->embd_n) memset(ctx->embd_n, 0, (size_t)p.n_seq * sizeof(int32_t));
     l3c_rope_inv_freq(c, m->w.rope_freqs, ctx->inv_freq);
     *out = ctx;
     return L3C_OK;
@@ -154,7 +169,8 @@ void l3c_context_free(l3c_context *ctx) {
     void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_next, ctx->x, ctx->xb,
                     ctx->xb2, ctx->q, ctx->k, ctx->v, ctx->att_out, ctx->hb, ctx->hb2, ctx->att,
                     ctx->kv_tmp, ctx->rope_cos, ctx->rope_sin, ctx->inv_freq, ctx->logits,
-                    ctx->out_row, ctx->out_idx, ctx->scratch};
+                    ctx->out_row, ctx->out_idx, ctx->scratch, ctx->embd, ctx->embd_acc,
+                    ctx->embd_seq, ctx->embd_n};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
 }
@@ -174,7 +190,10 @@ l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep)
                         seq_id, ctx->n_seq);
     if (n_keep < 0)
         return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: n_keep %d < 0", n_keep);
-    if (n_keep < ctx->seq_len[seq_id]) ctx->seq_len[seq_id] = n_keep;
+    if (n_keep < ctx->seq_len[seq_id]) {
+        ctx->seq_len[seq_id] = n_keep;
+        l3c_pool_truncate(ctx, seq_id, n_keep);
+    }
     return L3C_OK;
 }
 

@@ -18,6 +18,7 @@
  *     xb2 = hb @ Wdown^T                                               "ffn_down"
  *     x += xb2                                                         "l_out"
  *   rows = x[requested tokens]; rows = rmsnorm(rows) * output_norm     "result_norm"
+ *     (embeddings context: every row is normed, kept and pooled: pooling.c)
  *   logits = rows @ Wout^T                                             "logits"
  *
  * Invariant: a batch is fully validated before anything is written, and seq_len only grows at
@@ -214,7 +215,7 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
     /* which rows get logits: batch->logits, or only the last token */
     int32_t n_out = 0;
     for (int32_t i = 0; i < T; i++) {
-        int want = b->logits ? b->logits[i] != 0 : i == T - 1;
+        int want = b->logits ? b->logits[i] != 0 : i == T - 1 && !ctx->embeddings;
         ctx->out_row[i] = want ? n_out : -1;
         if (want) ctx->out_idx[n_out++] = i;
     }
@@ -290,19 +291,30 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
         TRACE("l_out", l, ctx->x, T, E);
     }
 
-    /* ---- head, only for the requested rows: gather x rows -> xb [n_out x E] */
-    if (n_out > 0) {
+    /* ---- head. Embeddings: every row normed -> embd [T x E], the requested ones gathered into
+     * xb2 [n_out x E]; else only the requested rows: gather x rows -> xb, norm -> xb2. Each row
+     * is normed alone, so the logits are the same either way. */
+    if (ctx->embeddings) {
+        l3c_rmsnorm(ctx->x, w->output_norm, ctx->embd, T, E, c->norm_eps);
+        TRACE("result_norm", -1, ctx->embd, T, E);
+        for (int32_t r = 0; r < n_out; r++)
+            memcpy(ctx->xb2 + (int64_t)r * E, ctx->embd + (int64_t)ctx->out_idx[r] * E,
+                   (size_t)E * sizeof(float));
+    } else if (n_out > 0) {
         for (int32_t r = 0; r < n_out; r++)
             memcpy(ctx->xb + (int64_t)r * E, ctx->x + (int64_t)ctx->out_idx[r] * E,
                    (size_t)E * sizeof(float));
         l3c_rmsnorm(ctx->xb, w->output_norm, ctx->xb2, n_out, E, c->norm_eps); /* xb2 [n_out x E] */
         TRACE("result_norm", -1, ctx->xb2, n_out, E);
+    }
+    if (n_out > 0) {
         l3c_matmul(tp, &w->output, ctx->xb2, ctx->logits, n_out, ctx->scratch); /* [n_out x n_vocab] */
         TRACE("logits", -1, ctx->logits, n_out, c->n_vocab);
     }
 
     free(probs);
     memcpy(ctx->seq_len, ctx->seq_next, (size_t)ctx->n_seq * sizeof(int32_t));
+    if (ctx->embeddings) l3c_pool_batch(ctx, b); /* pooling.c */
     ctx->n_out = n_out;
     ctx->last_n_tokens = (int32_t)T;
     return L3C_OK;

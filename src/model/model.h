@@ -11,7 +11,8 @@
  *
  * Files: config.c (hyperparameters from metadata, validated), weights.c (bind every tensor by
  * name / type / shape), model.c (load, info, metadata), context.c (context + KV cache),
- * rope.c (rotary embedding), forward.c (l3c_decode). docs/ARCHITECTURE.md describes the op
+ * rope.c (rotary embedding), forward.c (l3c_decode), pooling.c (embeddings).
+ * docs/ARCHITECTURE.md describes the op
  * sequence, the KV-cache layout and the trace contract.
  */
 #ifndef L3C_MODEL_H
@@ -148,9 +149,26 @@ struct l3c_context {
     int32_t last_n_tokens;
     void *scratch;   /* l3c_matmul_scratch_bytes of the largest weight at B */
 
+    /* embeddings (pooling.c); NULL buffers unless the context was created with embeddings = 1 */
+    int embeddings, pooling, embd_normalize;
+    float *embd;       /* [B x n_embd] final-normed hidden state of each token of the last batch */
+    double *embd_acc;  /* [n_seq x n_embd] pooled state: MEAN the sum of the rows, CLS the first
+                        * row, LAST the last row (not kept for NONE) */
+    float *embd_seq;   /* [n_seq x n_embd] pooled vector, written for the sequences of each batch */
+    int32_t *embd_n;   /* [n_seq] tokens in embd_acc (== seq_len), -1: unknown after a partial
+                        * truncation until the sequence is cleared */
+
     l3c_trace_fn trace;
     void *trace_user;
 };
+
+/* Embeddings (pooling.c). After the forward pass of a validated batch b and the update of
+ * seq_len, with the normed rows in ctx->embd [T x n_embd]: extends each sequence's pooled state,
+ * writes the pooled vectors of the batch's sequences, and normalizes the returned vectors if
+ * asked. */
+void l3c_pool_batch(l3c_context *ctx, const l3c_batch *b);
+/* Sequence seq keeps n_keep < its length positions (l3c_kv_seq_truncate). */
+void l3c_pool_truncate(l3c_context *ctx, int32_t seq, int32_t n_keep);
 
 /* Rotary embedding (rope.c). */
 void l3c_rope_inv_freq(const l3c_config *cfg, const float *rope_freqs, double *inv_freq);

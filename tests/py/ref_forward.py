@@ -84,6 +84,14 @@ class RefModel:
     def forward(self, ids, rows=None):
         """Logits [T, n_vocab] (float64) of ids evaluated as one sequence from position 0;
         rows (a list of positions): only those rows' logits, [len(rows), n_vocab]."""
+        x = self.hidden(ids)
+        if rows is not None:
+            x = x[np.asarray(rows, dtype=np.int64)]
+        return x @ self.out.T
+
+    def hidden(self, ids):
+        """Final-normed hidden state [T, n_embd] (float64): after output_norm, before the classifier
+        (what llama.cpp returns as the embeddings of a llama model)."""
         ids = np.asarray(ids, dtype=np.int64)
         T = len(ids)
         hd, H, Hkv = self.head_dim, self.n_head, self.n_head_kv
@@ -108,9 +116,7 @@ class RefModel:
             h = self.rmsnorm(x, g("ffn_norm"))
             a = h @ g("ffn_gate").T
             x = x + ((a / (1.0 + np.exp(-a))) * (h @ g("ffn_up").T)) @ g("ffn_down").T
-        if rows is not None:
-            x = x[np.asarray(rows, dtype=np.int64)]
-        return self.rmsnorm(x, self.w["output_norm.weight"]) @ self.out.T
+        return self.rmsnorm(x, self.w["output_norm.weight"])
 
     def greedy(self, ids, n):
         """Greedy continuation: n new ids after the prompt (full recompute per step; tiny models only)."""

@@ -1,0 +1,363 @@
+/*
+ * cmd_embed.c -- `llama3c embed`: embeddings of texts (the final-normed hidden state, pooled per
+ * input), built on the public header only.
+ *
+ *   llama3c embed -m MODEL [-p TEXT | -f FILE] [--pooling mean|cls|last|none] [--normalize]
+ *                 [--format json|npy] [-o OUT] [--truncate] [-t N] [-b N]
+ *
+ * Inputs: -p TEXT is one input; -f FILE (or stdin) gives one input per line (a final newline
+ * does not start another input; "\r\n" endings are accepted). Each is tokenized as llama.cpp's
+ * llama_tokenize(add_special = true, parse_special = false) does: BOS when the vocabulary asks
+ * for it, special-token text kept as plain text.
+ *
+ * Evaluation: every input is its own sequence; up to MAX_SEQ of them share each decode batch of
+ * -b tokens, and an input longer than the batch continues in the next one (the library pools a
+ * sequence over all its batches), so the vectors do not depend on -b or on the other inputs.
+ *
+ * Output: JSON, a list with one vector per input (pooling none: per input a list of per-token
+ * vectors), one line per vector, floats printed with 9 significant digits (exact for float32);
+ * or NPY, little-endian float32 [n_inputs, n_embd] (none: [total tokens, n_embd], the inputs'
+ * tokens one after the other).
+ */
+#include "cli.h"
+#include "common.h"
+
+#include "llama3c.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_SEQ 16
+#define KV_BUDGET ((size_t)1 << 30)
+
+static const char *const CMD = "embed";
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: llama3c embed -m MODEL [-p TEXT | -f FILE] [--pooling mean|cls|last|none]\n"
+            "                     [--normalize] [--format json|npy] [-o OUT] [--truncate] [-t N] [-b N]\n"
+            "Embeddings: the model's final-normed hidden state (after output_norm, as llama.cpp's\n"
+            "embeddings for llama models), pooled per input.\n"
+            "  -m, --model FILE     GGUF model (required)\n"
+            "  -p, --prompt TEXT    one input\n"
+            "  -f, --file FILE      one input per line (default: stdin; '-' is stdin)\n"
+            "  --pooling P          mean (default): mean over the input's tokens; cls: the first\n"
+            "                       token (BOS when the vocabulary adds one); last: the last token;\n"
+            "                       none: one vector per token\n"
+            "  --normalize          scale every vector to unit L2 norm\n"
+            "  --format F           json (default): a list of vectors, one per line; npy: float32\n"
+            "                       [inputs, n_embd] (none: [tokens, n_embd], inputs one after the other)\n"
+            "  -o, --output OUT     write to OUT instead of stdout\n"
+            "  --truncate           cut inputs longer than the model's context (default: error)\n"
+            "  -t, --threads N      compute threads (default: physical cores)\n"
+            "  -b, --batch-size N   tokens per decode call (default 512; results do not depend on it)\n");
+}
+
+typedef struct input {
+    int32_t *ids;
+    int64_t n;
+    int64_t row; /* first output row (pooling none: of its first token) */
+} input;
+
+/* Splits text into lines (the last newline ends the last line; "\r\n" accepted). */
+static int split_lines(char *text, size_t len, char ***lines, size_t **lens, size_t *n) {
+    size_t cap = 0;
+    *lines = NULL, *lens = NULL, *n = 0;
+    size_t i = 0;
+    while (i < len) {
+        char *nl = memchr(text + i, '\n', len - i);
+        size_t e = nl ? (size_t)(nl - text) : len, l = e - i;
+        if (l && text[i + l - 1] == '\r') l--;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **a = realloc(*lines, cap * sizeof *a);
+            size_t *b = realloc(*lens, cap * sizeof *b);
+            if (a) *lines = a;
+            if (b) *lens = b;
+            if (!a || !b) return -1;
+        }
+        (*lines)[*n] = text + i;
+        (*lens)[*n] = l;
+        (*n)++;
+        i = e + 1;
+    }
+    return 0;
+}
+
+static int write_npy(FILE *f, const float *v, int64_t rows, int64_t cols) {
+    char hdr[128];
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
+                     (long long)rows, (long long)cols);
+    int total = 10 + n + 1, pad = (64 - total % 64) % 64;
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 0, 0};
+    pre[8] = (unsigned char)((n + pad + 1) & 0xff);
+    pre[9] = (unsigned char)((n + pad + 1) >> 8);
+    if (fwrite(pre, 1, 10, f) != 10 || fwrite(hdr, 1, (size_t)n, f) != (size_t)n) return -1;
+    for (int i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    for (int64_t i = 0; i < rows * cols; i++) { /* little-endian whatever the host */
+        uint32_t u;
+        memcpy(&u, &v[i], 4);
+        unsigned char b[4] = {(unsigned char)u, (unsigned char)(u >> 8), (unsigned char)(u >> 16),
+                              (unsigned char)(u >> 24)};
+        if (fwrite(b, 1, 4, f) != 4) return -1;
+    }
+    return 0;
+}
+
+static void write_vec(FILE *f, const float *v, int64_t n) {
+    fputc('[', f);
+    for (int64_t i = 0; i < n; i++) fprintf(f, i ? ",%.9g" : "%.9g", (double)v[i]);
+    fputc(']', f);
+}
+
+static void write_json(FILE *f, const float *v, const input *in, size_t n_in, int64_t dim, int per_token) {
+    fputs("[\n", f);
+    for (size_t k = 0; k < n_in; k++) {
+        if (!per_token) {
+            write_vec(f, v + (int64_t)k * dim, dim);
+        } else {
+            fputs("[\n", f);
+            for (int64_t t = 0; t < in[k].n; t++) {
+                write_vec(f, v + (in[k].row + t) * dim, dim);
+                fputs(t + 1 < in[k].n ? ",\n" : "\n", f);
+            }
+            fputc(']', f);
+        }
+        fputs(k + 1 < n_in ? ",\n" : "\n", f);
+    }
+    fputs("]\n", f);
+}
+
+/* Decodes every input (sequences of MAX_SEQ slots, batches of n_batch tokens) and copies each
+ * pooled vector (or every token's vector) into out. 0 or CLI_ERR (printed). */
+static int embed_all(l3c_context *ctx, int32_t n_batch, input *in, size_t n_in, int64_t dim, int per_token,
+                     float *out) {
+    const int32_t n_seq = l3c_context_n_seq(ctx);
+    int32_t *bt = malloc((size_t)n_batch * sizeof *bt), *bp = malloc((size_t)n_batch * sizeof *bp);
+    int32_t *bs = malloc((size_t)n_batch * sizeof *bs);
+    int64_t *bpos = malloc((size_t)n_batch * sizeof *bpos); /* output row of each batch token */
+    long slot_in[MAX_SEQ];
+    int64_t slot_fed[MAX_SEQ];
+    int rc = CLI_ERR;
+    if (!bt || !bp || !bs || !bpos) {
+        fprintf(stderr, "llama3c %s: out of memory\n", CMD);
+        goto done;
+    }
+    for (int32_t s = 0; s < n_seq; s++) slot_in[s] = -1;
+    size_t next = 0, n_done = 0;
+    while (n_done < n_in) {
+        for (int32_t s = 0; s < n_seq && next < n_in; s++)
+            if (slot_in[s] < 0) slot_in[s] = (long)next++, slot_fed[s] = 0;
+        /* fill the batch: slots in input order, each with as much of its rest as fits */
+        int32_t n = 0;
+        for (;;) {
+            int32_t best = -1;
+            for (int32_t s = 0; s < n_seq; s++)
+                if (slot_in[s] >= 0 && slot_fed[s] < in[slot_in[s]].n &&
+                    (best < 0 || slot_in[s] < slot_in[best]))
+                    best = s;
+            if (best < 0 || n == n_batch) break;
+            const input *x = &in[slot_in[best]];
+            while (slot_fed[best] < x->n && n < n_batch) {
+                bt[n] = x->ids[slot_fed[best]];
+                bp[n] = (int32_t)slot_fed[best];
+                bs[n] = best;
+                bpos[n] = x->row + slot_fed[best];
+                slot_fed[best]++, n++;
+            }
+        }
+        l3c_batch b = {n, bt, bp, bs, NULL};
+        if (l3c_decode(ctx, &b) != L3C_OK) {
+            rc = cli_runtime_error(CMD, "decode failed");
+            goto done;
+        }
+        if (per_token)
+            for (int32_t i = 0; i < n; i++)
+                memcpy(out + bpos[i] * dim, l3c_get_embeddings(ctx, i), (size_t)dim * sizeof(float));
+        for (int32_t s = 0; s < n_seq; s++) {
+            if (slot_in[s] < 0 || slot_fed[s] < in[slot_in[s]].n) continue;
+            if (!per_token) {
+                const float *v = l3c_get_embeddings_seq(ctx, s);
+                if (!v) {
+                    rc = cli_runtime_error(CMD, "no pooled embedding");
+                    goto done;
+                }
+                memcpy(out + in[slot_in[s]].row * dim, v, (size_t)dim * sizeof(float));
+            }
+            l3c_kv_seq_truncate(ctx, s, 0);
+            slot_in[s] = -1;
+            n_done++;
+        }
+    }
+    rc = CLI_OK;
+done:
+    free(bt), free(bp), free(bs), free(bpos);
+    return rc;
+}
+
+int cmd_embed(int argc, char **argv) {
+    const char *model_path = NULL, *text = NULL, *file = NULL, *out_path = NULL;
+    int pooling = L3C_POOLING_MEAN, normalize = 0, npy = 0, truncate = 0, n_threads = 0, n_batch = 512;
+    long l;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return CLI_OK;
+        } else if (!strcmp(a, "--normalize")) {
+            normalize = 1;
+        } else if (!strcmp(a, "--truncate")) {
+            truncate = 1;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "-p") || !strcmp(a, "--prompt") ||
+                   !strcmp(a, "-f") || !strcmp(a, "--file") || !strcmp(a, "-o") || !strcmp(a, "--output") ||
+                   !strcmp(a, "--pooling") || !strcmp(a, "--format") || !strcmp(a, "-t") ||
+                   !strcmp(a, "--threads") || !strcmp(a, "-b") || !strcmp(a, "--batch-size")) {
+            if (!(v = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
+            if (a[1] == 'm' || !strcmp(a, "--model")) model_path = v;
+            else if (a[1] == 'p' || !strcmp(a, "--prompt")) text = v;
+            else if (a[1] == 'f' || !strcmp(a, "--file")) file = v;
+            else if (a[1] == 'o' || !strcmp(a, "--output")) out_path = v;
+            else if (!strcmp(a, "--pooling")) {
+                if (!strcmp(v, "mean")) pooling = L3C_POOLING_MEAN;
+                else if (!strcmp(v, "cls")) pooling = L3C_POOLING_CLS;
+                else if (!strcmp(v, "last")) pooling = L3C_POOLING_LAST;
+                else if (!strcmp(v, "none")) pooling = L3C_POOLING_NONE;
+                else return cli_usage_error(CMD, "--pooling: '%s' is not one of mean, cls, last, none", v);
+            } else if (!strcmp(a, "--format")) {
+                if (!strcmp(v, "json")) npy = 0;
+                else if (!strcmp(v, "npy")) npy = 1;
+                else return cli_usage_error(CMD, "--format: '%s' is not one of json, npy", v);
+            } else if (a[1] == 't' || !strcmp(a, "--threads")) {
+                if (cli_parse_long(CMD, a, v, 1, 1024, &l)) return CLI_USAGE;
+                n_threads = (int)l;
+            } else {
+                if (cli_parse_long(CMD, a, v, 1, 1 << 20, &l)) return CLI_USAGE;
+                n_batch = (int)l;
+            }
+        } else {
+            return cli_usage_error(CMD, "unknown option '%s'", a);
+        }
+    }
+    if (!model_path) return cli_usage_error(CMD, "a model is required (-m MODEL)");
+    if (text && file) return cli_usage_error(CMD, "give either -p or -f, not both");
+
+    int rc = CLI_ERR;
+    char *data = NULL, **lines = NULL;
+    size_t *lens = NULL, n_in = 0, dlen = 0;
+    input *in = NULL;
+    float *out = NULL;
+    l3c_model *model = NULL;
+    l3c_context *ctx = NULL;
+    FILE *of = NULL;
+    if (text) {
+        n_in = 1;
+        lines = malloc(sizeof *lines), lens = malloc(sizeof *lens);
+        if (!lines || !lens) goto oom;
+        lines[0] = (char *)text, lens[0] = strlen(text);
+    } else {
+        const char *src = file ? file : "-";
+        if (!(data = cli_read_file(CMD, src, &dlen))) goto done;
+        if (split_lines(data, dlen, &lines, &lens, &n_in)) goto oom;
+        if (n_in == 0) {
+            fprintf(stderr, "llama3c %s: '%s' has no input lines\n", CMD, file ? file : "stdin");
+            rc = CLI_USAGE;
+            goto done;
+        }
+    }
+    if (cli_load_model(CMD, model_path, n_threads, 0, 0, &model)) goto done;
+    l3c_model_info mi;
+    l3c_model_get_info(model, &mi);
+    const l3c_tokenizer *tok = l3c_model_tokenizer(model);
+    if (!tok) {
+        fprintf(stderr, "llama3c %s: '%s' has no tokenizer\n", CMD, model_path);
+        goto done;
+    }
+    const int64_t dim = mi.n_embd;
+    in = calloc(n_in, sizeof *in);
+    if (!in) goto oom;
+    int64_t rows = 0, max_len = 0, n_tokens = 0;
+    for (size_t k = 0; k < n_in; k++) {
+        if (cli_tokenize(CMD, tok, lines[k], lens[k], L3C_TOKENIZE_ADD_BOS, &in[k].ids, &in[k].n)) goto done;
+        if (in[k].n == 0) {
+            fprintf(stderr, "llama3c %s: input %zu (line %zu) gives no tokens\n", CMD, k + 1, k + 1);
+            goto done;
+        }
+        if (in[k].n > mi.n_ctx_train) {
+            if (!truncate) {
+                fprintf(stderr, "llama3c %s: input %zu has %lld tokens; the model's context holds %d "
+                                "(--truncate cuts it)\n",
+                        CMD, k + 1, (long long)in[k].n, (int)mi.n_ctx_train);
+                goto done;
+            }
+            in[k].n = mi.n_ctx_train;
+        }
+        in[k].row = pooling == L3C_POOLING_NONE ? rows : (int64_t)k;
+        rows += pooling == L3C_POOLING_NONE ? in[k].n : 1;
+        if (in[k].n > max_len) max_len = in[k].n;
+        n_tokens += in[k].n;
+    }
+
+    /* sequences: as many as fit the KV budget at the longest input's length, at most MAX_SEQ */
+    size_t per_seq = l3c_model_kv_bytes_per_pos(model, L3C_KV_F16) * (size_t)(max_len < 16 ? 16 : max_len);
+    int32_t n_seq = (int32_t)(n_in < MAX_SEQ ? n_in : MAX_SEQ);
+    while (n_seq > 1 && per_seq * (size_t)n_seq > KV_BUDGET) n_seq--;
+    l3c_context_params cp = l3c_context_default_params();
+    cp.n_ctx = (int32_t)(max_len < 16 ? 16 : max_len);
+    cp.n_seq = n_seq;
+    cp.n_batch = n_batch;
+    cp.n_threads = n_threads;
+    cp.embeddings = 1;
+    cp.pooling = pooling;
+    cp.embd_normalize = normalize;
+    if (l3c_context_create(model, &cp, &ctx) != L3C_OK) {
+        rc = cli_runtime_error(CMD, "cannot create the context");
+        goto done;
+    }
+    out = malloc((size_t)rows * (size_t)dim * sizeof *out);
+    if (!out) goto oom;
+    if ((int64_t)n_batch > (int64_t)cp.n_ctx * n_seq) n_batch = cp.n_ctx * n_seq; /* as the context does */
+    if (embed_all(ctx, n_batch, in, n_in, dim, pooling == L3C_POOLING_NONE, out)) goto done;
+
+    static const char *const pool_names[] = {"mean", "cls", "last", "none"};
+    fprintf(stderr, "llama3c %s: %zu inputs, %lld tokens, pooling %s, %lld dimensions\n", CMD, n_in,
+            (long long)n_tokens, pool_names[pooling], (long long)dim);
+    of = out_path ? fopen(out_path, "wb") : stdout;
+    if (!of) {
+        fprintf(stderr, "llama3c %s: cannot open '%s': %s\n", CMD, out_path, strerror(errno));
+        goto done;
+    }
+    if (npy) {
+        if (write_npy(of, out, rows, dim)) goto write_err;
+    } else {
+        write_json(of, out, in, n_in, dim, pooling == L3C_POOLING_NONE);
+    }
+    if (ferror(of) || (of == stdout ? fflush(of) : fclose(of)) != 0) {
+        if (of != stdout) of = NULL;
+        goto write_err;
+    }
+    of = NULL;
+    rc = CLI_OK;
+    goto done;
+write_err:
+    fprintf(stderr, "llama3c %s: cannot write '%s': %s\n", CMD, out_path ? out_path : "stdout",
+            strerror(errno));
+    goto done;
+oom:
+    fprintf(stderr, "llama3c %s: out of memory\n", CMD);
+done:
+    if (of && of != stdout) fclose(of);
+    if (in)
+        for (size_t k = 0; k < n_in; k++) free(in[k].ids);
+    free(in);
+    free(out);
+    free(lines);
+    free(lens);
+    free(data);
+    l3c_context_free(ctx);
+    l3c_model_free(model);
+    return rc;
+}
