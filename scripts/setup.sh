@@ -36,10 +36,10 @@ die() {
 }
 
 # ---------------------------------------------------------------- 1. Debian packages
-PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev python3 python3-venv python3-pip)
+PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev python3 python3-venv python3-pip)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and
 # `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user
-((WITH_TEST)) && PKGS+=(chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+((WITH_TEST)) && PKGS+=(poppler-utils chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
