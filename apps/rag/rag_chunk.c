@@ -99,6 +99,7 @@ int rag_chunk_text(const l3c_tokenizer *tok, const char *text, size_t len, int c
                 ns = t;
                 break;
             }
+        while (ns + 1 < te && blank(text, off[ns], off[ns + 1])) ns++; /* no leading blank lines */
         ts = ns > ts ? ns : ts + 1;
     }
     /* 1-based lines: line_start of byte_start, line_end of the last byte */
