@@ -593,11 +593,6 @@ done:
     return rc;
 }
 
-static const char ASK_SYSTEM[] =
-    "You answer questions using only the numbered sources given with the question. Cite every source "
-    "you use by its number in square brackets, like [1]. If the sources do not contain the answer, say "
-    "that you do not know.";
-
 static int cmd_ask(rag_args *a) {
     const char *question = question_of(a, "ask");
     if (!question) return CLI_USAGE;
@@ -615,24 +610,17 @@ static int cmd_ask(rag_args *a) {
     int32_t *ids = NULL;
     int64_t n_ids = 0;
     if ((rc = retrieve(&e, a, question, &h, &n))) goto done;
-    size_t cap = strlen(question) + 64;
-    for (int i = 0; i < n; i++) cap += strlen(h[i].text) + strlen(h[i].path) + 64;
-    if (!(user = malloc(cap))) {
+    if (!(user = rag_sources_text(h, n, question))) {
         rc = rag_error("out of memory");
         goto done;
     }
-    size_t w = (size_t)snprintf(user, cap, "Sources:\n");
-    for (int i = 0; i < n; i++)
-        w += (size_t)snprintf(user + w, cap - w, "[%d] (%s:%d-%d)\n%s\n\n", i + 1, h[i].path, h[i].line_start,
-                              h[i].line_end, h[i].text);
-    snprintf(user + w, cap - w, "Question: %s", question);
-    l3c_chat_message msgs[2] = {{"system", ASK_SYSTEM}, {"user", user}};
+    l3c_chat_message msgs[2] = {{"system", RAG_SYSTEM_PROMPT}, {"user", user}};
     l3c_chat_template t = l3c_chat_template_detect(s.model);
     if (l3c_chat_tokenize(s.model, t, msgs, 2, 1, &ids, &n_ids) != L3C_OK) {
         rc = cli_runtime_error(CMD, "cannot format the prompt");
         goto done;
     }
-    if (a->show_prompt) fprintf(stderr, "--- system:\n%s\n--- user:\n%s\n---\n", ASK_SYSTEM, user);
+    if (a->show_prompt) fprintf(stderr, "--- system:\n%s\n--- user:\n%s\n---\n", RAG_SYSTEM_PROMPT, user);
     if (n_ids >= s.n_ctx) {
         fprintf(stderr, "llama3c %s: the prompt (%lld tokens) does not fit the context (%d): lower -k\n", CMD,
                 (long long)n_ids, (int)s.n_ctx);

@@ -11,6 +11,7 @@
  *  - rag_embed.c: pooled, L2-normalized embeddings of texts with an l3c embeddings context, and
  *    the model fingerprint recorded in the index.
  *  - rag_sha256.c: SHA-256 (file identity for incremental re-indexing).
+ *  - rag_prompt.c: the instructions and numbered sources given to the model to answer from.
  *
  * Errors: functions return 0 on success and -1 on failure with a message (naming the file, table
  * or value) in the caller's buffer err[RAG_ERR_CAP]. Nothing exits; nothing leaks on any path.
@@ -153,6 +154,13 @@ typedef struct rag_hit {
 int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t n_embd, int k, rag_mode mode,
                      double alpha, rag_hit **hits, int *n_hits, char *err);
 void rag_hits_free(rag_hit *hits, int n);
+
+/* ---------------------------------------------------------------- prompt (rag_prompt.c) */
+
+/* The system message of an answer from sources: use only them, cite them as [n]. */
+extern const char RAG_SYSTEM_PROMPT[];
+/* "Sources:\n[1] (path:a-b)\ntext\n\n...Question: QUESTION" as the user message; malloc'd. */
+char *rag_sources_text(const rag_hit *h, int n, const char *question);
 
 /* Replaces invalid UTF-8 and NUL / control bytes other than \t \n \r with U+FFFD; malloc'd. */
 char *rag_utf8_clean(const char *s, size_t n);

@@ -541,3 +541,60 @@ def test_errors(built, smollm2_path, tiny_model, tmp_path):
     expect_fail(["rag", "index", "-m", smollm2_path, "--db", tmp_path / "x.db", tmp_path / "missing_dir"], 1,
                 "missing_dir")
     expect_fail(["rag", "frobnicate"], 2, "frobnicate")
+
+
+# ---------------------------------------------------------------- server
+
+
+@pytest.fixture(scope="module")
+def rag_server(built, smollm2_path):
+    from server_util import Server
+    yield from Server(smollm2_path, "--rag-db", built[1], "--parallel", 2, "--ctx", 1024).serving()
+
+
+def test_server_rag_query(built, smollm2_path, rag_server):
+    root, db = built
+    for q, name, phrase in QUESTIONS[:6]:
+        st, r = rag_server.post_json("/v1/rag/query", {"query": q, "k": 3})
+        assert st == 200, r
+        assert r["object"] == "list" and r["mode"] == "hybrid" and len(r["data"]) == 3
+        top = r["data"][0]
+        assert os.path.basename(top["path"]) == name and phrase in top["text"], (q, top)
+        cli = query(smollm2_path, db, q)  # the same chunks as the CLI (the vectors agree to ~1e-3)
+        assert [h["path"] for h in r["data"]] == [h["path"] for h in cli]
+        assert top["cosine"] == pytest.approx(cli[0]["cosine"], abs=2e-3)
+    st, r = rag_server.post_json("/v1/rag/query", {"query": QUESTIONS[0][0], "k": 2, "mode": "bm25"})
+    assert st == 200 and r["mode"] == "bm25" and len(r["data"]) == 2
+    for body, param in [({}, "query"), ({"query": ""}, "query"), ({"query": "x", "k": 0}, "k"),
+                        ({"query": "x", "k": "3"}, "k"), ({"query": "x", "mode": "fuzzy"}, "mode")]:
+        st, r = rag_server.post_json("/v1/rag/query", body)
+        assert st == 400 and r["error"]["param"] == param, (body, r)
+    assert rag_server.request("GET", "/v1/rag/query")[0] == 405
+
+
+def test_server_chat_with_rag(built, rag_server):
+    q, name, phrase = QUESTIONS[2]
+    st, r = rag_server.post_json("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": q}], "max_tokens": 24, "temperature": 0, "rag": {"k": 3}})
+    assert st == 200, r
+    src = r["rag_sources"]
+    assert [s["rank"] for s in src] == [1, 2, 3] and os.path.basename(src[0]["path"]) == name
+    # the prompt held the system instructions and three numbered sources
+    assert r["usage"]["prompt_tokens"] > 150
+    st2, plain = rag_server.post_json("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": q}], "max_tokens": 24, "temperature": 0})
+    assert st2 == 200 and "rag_sources" not in plain and plain["usage"]["prompt_tokens"] < 60
+    for rag, code in [({"k": 0}, 400), ("yes", 400)]:
+        st, r = rag_server.post_json("/v1/chat/completions", {"messages": [{"role": "user", "content": q}],
+                                                              "rag": rag})
+        assert st == code and r["error"]["param"] == "rag", r
+
+
+def test_server_rag_db_errors(built, smollm2_path, tiny_model, tmp_path):
+    from gen_models import ModelSpec
+    tiny = tiny_model("ragtiny", ModelSpec(n_embd=64, n_layer=1, n_head=4, n_head_kv=2, n_ff=128, n_vocab=320,
+                                           tied=True, seed=3), "F32")
+    for model, db, needle in [(tiny, built[1], "different model"), (smollm2_path, tmp_path / "no.db", "does not exist")]:
+        p = subprocess.run([BIN, "serve", "-m", model, "--rag-db", str(db), "--port", "0", "-t", str(THREADS)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and needle in p.stderr, p.stderr
