@@ -38,7 +38,8 @@ die() {
 # ---------------------------------------------------------------- 1. Debian packages
 PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev python3 python3-venv python3-pip)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and
-# `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user
+# `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user; the
+# rag tests read a PDF through pdftotext (poppler-utils)
 ((WITH_TEST)) && PKGS+=(poppler-utils chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 missing=()
 for p in "${PKGS[@]}"; do
