@@ -176,7 +176,8 @@ static int embed_all(l3c_context *ctx, int32_t n_batch, input *in, size_t n_in, 
             goto done;
         }
         if (per_token)
-            for (int32_t i = 0; i < n; i++) memcpy(out + bpos[i] * dim, l3c_get_embeddings(ctx, i), (size_t)dim * sizeof(float));
+            for (int32_t i = 0; i < n; i++)
+                memcpy(out + bpos[i] * dim, l3c_get_embeddings(ctx, i), (size_t)dim * sizeof(float));
         for (int32_t s = 0; s < n_seq; s++) {
             if (slot_in[s] < 0 || slot_fed[s] < in[slot_in[s]].n) continue;
             if (!per_token) {
@@ -288,7 +289,8 @@ int cmd_embed(int argc, char **argv) {
         if (in[k].n > mi.n_ctx_train) {
             if (!truncate) {
                 fprintf(stderr, "llama3c %s: input %zu has %lld tokens; the model's context holds %d "
-                                "(--truncate cuts it)\n", CMD, k + 1, (long long)in[k].n, (int)mi.n_ctx_train);
+                                "(--truncate cuts it)\n",
+                        CMD, k + 1, (long long)in[k].n, (int)mi.n_ctx_train);
                 goto done;
             }
             in[k].n = mi.n_ctx_train;
@@ -341,7 +343,8 @@ int cmd_embed(int argc, char **argv) {
     rc = CLI_OK;
     goto done;
 write_err:
-    fprintf(stderr, "llama3c %s: cannot write '%s': %s\n", CMD, out_path ? out_path : "stdout", strerror(errno));
+    fprintf(stderr, "llama3c %s: cannot write '%s': %s\n", CMD, out_path ? out_path : "stdout",
+            strerror(errno));
     goto done;
 oom:
     fprintf(stderr, "llama3c %s: out of memory\n", CMD);

@@ -769,7 +769,8 @@ unsigned api_parse_embeddings(const server *srv, const char *body, size_t len, a
         json_t *item = json_is_string(in) || ids_one ? in : json_array_get(in, i);
         int ok = json_is_string(item) || (json_is_array(item) && (ids_one || !json_is_string(in)));
         if (json_is_array(item) && !ids_one)
-            for (size_t k = 0; ok && k < json_array_size(item); k++) ok = json_is_integer(json_array_get(item, k));
+            for (size_t k = 0; ok && k < json_array_size(item); k++)
+                ok = json_is_integer(json_array_get(item, k));
         if (!ok) {
             st = BAD("input", "'input' must be a string, an array of strings, an array of token ids or "
                               "an array of arrays of token ids (input[%zu] is neither)", i);

@@ -721,7 +721,9 @@ static void engine_step(sched *s) {
         slot *sl = &s->slots[i];
         if (sl->state != SLOT_PREFILL || sl->input < 0 || sl->n_prompt_done < sl->plen) continue;
         const float *v = l3c_get_embeddings_seq(s->ctx, sl->id);
-        if (v) memcpy(sl->job->embd + (size_t)sl->input * (size_t)s->n_embd, v, (size_t)s->n_embd * sizeof(float));
+        if (v)
+            memcpy(sl->job->embd + (size_t)sl->input * (size_t)s->n_embd, v,
+                   (size_t)s->n_embd * sizeof(float));
         pthread_mutex_lock(&s->mu);
         if (v) slot_input_done_locked(s, sl);
         else slot_release_locked(s, sl, SCHED_FINISH_ERROR, "the context gave no pooled embedding");

@@ -78,7 +78,8 @@ static void test_hidden_state_and_pooling(const l3c_model *m, const int32_t *ids
     CHECK(ec && l3c_get_embeddings(ec, 0) == NULL && l3c_get_embeddings_seq(ec, 0) == NULL);
     CHECK(l3c_decode(ec, &b) == L3C_OK);
     int logits_same = 1;
-    for (int t = 0; t < NT; t++) logits_same &= !memcmp(logits + t * V, l3c_get_logits(ec, t), V * sizeof(float));
+    for (int t = 0; t < NT; t++)
+        logits_same &= !memcmp(logits + t * V, l3c_get_logits(ec, t), V * sizeof(float));
     CHECK_MSG(logits_same, "logits differ between a plain and an embeddings context");
 
     /* vector @ token_embd^T == logits */
@@ -125,7 +126,8 @@ static void test_hidden_state_and_pooling(const l3c_model *m, const int32_t *ids
     CHECK(nc && feed(nc, ids, NT, 0, NT) == 0);
     const float *u = l3c_get_embeddings_seq(nc, 0), *r = l3c_get_embeddings_seq(ec, 0);
     double nu = 0, nr = 0, dot = 0;
-    for (int i = 0; u && r && i < E; i++) nu += (double)u[i] * u[i], nr += (double)r[i] * r[i], dot += (double)u[i] * r[i];
+    for (int i = 0; u && r && i < E; i++)
+        nu += (double)u[i] * u[i], nr += (double)r[i] * r[i], dot += (double)u[i] * r[i];
     CHECK_MSG(fabs(sqrt(nu) - 1) < 1e-6 && fabs(dot / sqrt(nr) - 1) < 1e-6, "normalized: |u| %g, cos %g",
               sqrt(nu), dot / sqrt(nr));
     const float *ut = l3c_get_embeddings(nc, 3);
