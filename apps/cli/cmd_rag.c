@@ -33,36 +33,44 @@
 
 static const char *const CMD = "rag";
 
-#define DEFAULT_CHUNK 128
+#define DEFAULT_CHUNK   128
 #define DEFAULT_OVERLAP 32
-#define EMBED_CTX 512 /* tokens embedded per chunk / query at most (chunks are far shorter) */
+#define EMBED_CTX       512 /* tokens embedded per chunk / query at most (chunks are far shorter) */
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: llama3c rag index -m MODEL --db DB [--chunk N] [--overlap N] DIR|FILE...\n"
-            "       llama3c rag query -m MODEL --db DB [-k K] [--mode hybrid|vector|bm25] [--json] QUESTION\n"
-            "       llama3c rag ask   -m MODEL --db DB [-k K] [--mode M] [generation options] QUESTION\n"
-            "       llama3c rag chunk -m MODEL [--chunk N] [--overlap N] FILE\n"
-            "\n"
-            "index: chunks .md/.markdown/.txt/.text files (and .pdf through pdftotext) of the folders by\n"
-            "  tokens, embeds every chunk with the model and stores text, ranges and vectors in the SQLite\n"
-            "  file DB; re-running it only indexes new or changed files (safe after an interruption).\n"
-            "query: the K best chunks for QUESTION with file:lines and scores.\n"
-            "ask: answers QUESTION from the K best chunks, cited as [n], then lists the sources.\n"
-            "chunk: prints the chunk ranges of one file as JSON (for tests and tuning).\n"
-            "\n"
-            "options:\n"
-            "  --db FILE               the index (SQLite)\n"
-            "  --chunk N               tokens per chunk (default %d; index and chunk only; fixed per index)\n"
-            "  --overlap N             tokens shared by consecutive chunks, < N/2 (default %d)\n"
-            "  -k N                    chunks to retrieve (default 5 for query, 4 for ask)\n"
-            "  --mode M                hybrid (default): BM25 and cosine scores, each scaled to [0, 1]\n"
-            "                          over the candidates, mixed alpha : 1 - alpha; vector: cosine of\n"
-            "                          the embeddings only; bm25: SQLite FTS5 only\n"
-            "  --alpha A               hybrid: weight of BM25 in [0, 1] (default %.1f)\n"
-            "  --json                  query: print JSON\n"
-            "  --show-prompt           ask: print the prompt given to the model on stderr\n",
-            DEFAULT_CHUNK, DEFAULT_OVERLAP, RAG_HYBRID_ALPHA);
+    fprintf(
+        f,
+        "usage: llama3c rag index -m MODEL --db DB [--chunk N] [--overlap N] DIR|FILE...\n"
+        "       llama3c rag query -m MODEL --db DB [-k K] [--mode hybrid|vector|bm25] [--json] "
+        "QUESTION\n"
+        "       llama3c rag ask   -m MODEL --db DB [-k K] [--mode M] [generation options] "
+        "QUESTION\n"
+        "       llama3c rag chunk -m MODEL [--chunk N] [--overlap N] FILE\n"
+        "\n"
+        "index: chunks .md/.markdown/.txt/.text files (and .pdf through pdftotext) of the folders "
+        "by\n"
+        "  tokens, embeds every chunk with the model and stores text, ranges and vectors in the "
+        "SQLite\n"
+        "  file DB; re-running it only indexes new or changed files (safe after an interruption).\n"
+        "query: the K best chunks for QUESTION with file:lines and scores.\n"
+        "ask: answers QUESTION from the K best chunks, cited as [n], then lists the sources.\n"
+        "chunk: prints the chunk ranges of one file as JSON (for tests and tuning).\n"
+        "\n"
+        "options:\n"
+        "  --db FILE               the index (SQLite)\n"
+        "  --chunk N               tokens per chunk (default %d; index and chunk only; fixed per "
+        "index)\n"
+        "  --overlap N             tokens shared by consecutive chunks, < N/2 (default %d)\n"
+        "  -k N                    chunks to retrieve (default 5 for query, 4 for ask)\n"
+        "  --mode M                hybrid (default): BM25 and cosine scores, each scaled to [0, "
+        "1]\n"
+        "                          over the candidates, mixed alpha : 1 - alpha; vector: cosine "
+        "of\n"
+        "                          the embeddings only; bm25: SQLite FTS5 only\n"
+        "  --alpha A               hybrid: weight of BM25 in [0, 1] (default %.1f)\n"
+        "  --json                  query: print JSON\n"
+        "  --show-prompt           ask: print the prompt given to the model on stderr\n",
+        DEFAULT_CHUNK, DEFAULT_OVERLAP, RAG_HYBRID_ALPHA);
     cli_opts tmp;
     cli_opts_init(&tmp, 256, 0.0f, 1.0f);
     cli_opts_help(f, &tmp);
@@ -74,14 +82,15 @@ typedef struct rag_args {
     int chunk, overlap, chunk_set, k, json, show_prompt;
     rag_mode mode;
     float alpha;
-    char **pos;  /* positional arguments */
+    char **pos; /* positional arguments */
     int n_pos;
 } rag_args;
 
 static int parse(rag_args *a, int argc, char **argv, int default_k) {
     memset(a, 0, sizeof *a);
     cli_opts_init(&a->o, 256, 0.0f, 1.0f);
-    a->chunk = DEFAULT_CHUNK, a->overlap = DEFAULT_OVERLAP, a->k = default_k, a->mode = RAG_HYBRID, a->alpha = (float)RAG_HYBRID_ALPHA;
+    a->chunk = DEFAULT_CHUNK, a->overlap = DEFAULT_OVERLAP, a->k = default_k, a->mode = RAG_HYBRID,
+    a->alpha = (float)RAG_HYBRID_ALPHA;
     a->pos = calloc((size_t)argc + 1, sizeof *a->pos);
     if (!a->pos) return CLI_ERR;
     long l;
@@ -94,21 +103,30 @@ static int parse(rag_args *a, int argc, char **argv, int default_k) {
         int r = cli_opts_parse(CMD, &a->o, argc, argv, &i);
         if (r < 0) return CLI_USAGE;
         if (r > 0) continue;
-        if (!strcmp(s, "--json")) a->json = 1;
-        else if (!strcmp(s, "--show-prompt")) a->show_prompt = 1;
+        if (!strcmp(s, "--json"))
+            a->json = 1;
+        else if (!strcmp(s, "--show-prompt"))
+            a->show_prompt = 1;
         else if (!strcmp(s, "--db")) {
             if (!(a->db = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
         } else if (!strcmp(s, "--chunk") || !strcmp(s, "--overlap") || !strcmp(s, "-k")) {
             if (!(v = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
-            if (cli_parse_long(CMD, s, v, s[1] == 'k' ? 1 : 0, s[1] == 'k' ? 100 : 4096, &l)) return CLI_USAGE;
-            if (!strcmp(s, "--chunk")) a->chunk = (int)l, a->chunk_set = 1;
-            else if (!strcmp(s, "--overlap")) a->overlap = (int)l, a->chunk_set = 1;
-            else a->k = (int)l;
+            if (cli_parse_long(CMD, s, v, s[1] == 'k' ? 1 : 0, s[1] == 'k' ? 100 : 4096, &l))
+                return CLI_USAGE;
+            if (!strcmp(s, "--chunk"))
+                a->chunk = (int)l, a->chunk_set = 1;
+            else if (!strcmp(s, "--overlap"))
+                a->overlap = (int)l, a->chunk_set = 1;
+            else
+                a->k = (int)l;
         } else if (!strcmp(s, "--alpha")) {
-            if (!(v = cli_value(CMD, argc, argv, &i)) || cli_parse_float(CMD, s, v, 0.0, 1.0, &a->alpha)) return CLI_USAGE;
+            if (!(v = cli_value(CMD, argc, argv, &i)) ||
+                cli_parse_float(CMD, s, v, 0.0, 1.0, &a->alpha))
+                return CLI_USAGE;
         } else if (!strcmp(s, "--mode")) {
             if (!(v = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
-            if (rag_mode_parse(v, &a->mode)) return cli_usage_error(CMD, "--mode: '%s' is not one of hybrid, vector, bm25", v);
+            if (rag_mode_parse(v, &a->mode))
+                return cli_usage_error(CMD, "--mode: '%s' is not one of hybrid, vector, bm25", v);
         } else if (s[0] == '-' && s[1]) {
             return cli_usage_error(CMD, "unknown option '%s'", s);
         } else {
@@ -116,8 +134,11 @@ static int parse(rag_args *a, int argc, char **argv, int default_k) {
         }
     }
     if (a->chunk < 8 || a->overlap >= a->chunk / 2)
-        return cli_usage_error(CMD, "--chunk %d --overlap %d: need a chunk of at least 8 tokens and an overlap "
-                                    "below half of it", a->chunk, a->overlap);
+        return cli_usage_error(
+            CMD,
+            "--chunk %d --overlap %d: need a chunk of at least 8 tokens and an overlap "
+            "below half of it",
+            a->chunk, a->overlap);
     if (cli_opts_finish(CMD, &a->o)) return CLI_USAGE;
     return 0;
 }
@@ -141,7 +162,8 @@ static const char *ext_of(const char *p) {
 }
 
 static int is_text_ext(const char *e) {
-    return !strcasecmp(e, "md") || !strcasecmp(e, "markdown") || !strcasecmp(e, "txt") || !strcasecmp(e, "text");
+    return !strcasecmp(e, "md") || !strcasecmp(e, "markdown") || !strcasecmp(e, "txt") ||
+           !strcasecmp(e, "text");
 }
 
 typedef struct strvec {
@@ -162,11 +184,14 @@ static int sv_push(strvec *s, const char *x) {
 }
 
 static void sv_free(strvec *s) {
-    for (size_t i = 0; i < s->n; i++) free(s->v[i]);
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i]);
     free(s->v);
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* Appends the indexable files under path (recursively; hidden entries skipped). */
 static int walk(const char *path, strvec *out, int top) {
@@ -178,7 +203,11 @@ static int walk(const char *path, strvec *out, int top) {
     if (S_ISREG(st.st_mode)) {
         const char *e = ext_of(path);
         if (is_text_ext(e) || !strcasecmp(e, "pdf")) return sv_push(out, path);
-        if (top) fprintf(stderr, "llama3c %s: warning: skipping '%s' (not .md, .markdown, .txt, .text or .pdf)\n", CMD, path);
+        if (top)
+            fprintf(
+                stderr,
+                "llama3c %s: warning: skipping '%s' (not .md, .markdown, .txt, .text or .pdf)\n",
+                CMD, path);
         return 0;
     }
     if (!S_ISDIR(st.st_mode)) return 0;
@@ -214,7 +243,8 @@ static int have_pdftotext(void) {
     if (!path) return 0;
     char *p = strdup(path), *save = NULL;
     int found = 0;
-    for (char *d = p ? strtok_r(p, ":", &save) : NULL; d && !found; d = strtok_r(NULL, ":", &save)) {
+    for (char *d = p ? strtok_r(p, ":", &save) : NULL; d && !found;
+         d = strtok_r(NULL, ":", &save)) {
         char f[4096];
         snprintf(f, sizeof f, "%s/pdftotext", *d ? d : ".");
         found = access(f, X_OK) == 0;
@@ -258,8 +288,8 @@ static char *pdf_text(const char *path, size_t *len) {
     int status = 0;
     waitpid(pid, &status, 0);
     if (!buf || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "llama3c %s: warning: skipping '%s': pdftotext failed (exit status %d)\n", CMD, path,
-                WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        fprintf(stderr, "llama3c %s: warning: skipping '%s': pdftotext failed (exit status %d)\n",
+                CMD, path, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
         free(buf);
         return NULL;
     }
@@ -334,13 +364,15 @@ static int env_open(rag_env *e, const rag_args *a, l3c_model *model, int create)
     int found = 0;
     if (rag_store_get_meta(e->store, &e->meta, &found, err)) goto fail;
     if (!found && !create) {
-        snprintf(err, sizeof err, "index '%s' holds nothing yet (build it with `llama3c rag index`)", a->db);
+        snprintf(err, sizeof err,
+                 "index '%s' holds nothing yet (build it with `llama3c rag index`)", a->db);
         goto fail;
     }
     if (model) {
         e->model = model;
     } else {
-        if (cli_load_model(CMD, a->o.model_path, a->o.n_threads, a->o.verbose, a->o.bf16, &e->model)) {
+        if (cli_load_model(CMD, a->o.model_path, a->o.n_threads, a->o.verbose, a->o.bf16,
+                           &e->model)) {
             env_close(e);
             return CLI_ERR;
         }
@@ -350,10 +382,13 @@ static int env_open(rag_env *e, const rag_args *a, l3c_model *model, int create)
     l3c_model_get_info(e->model, &mi);
     if (rag_model_fingerprint(a->o.model_path, e->model, e->fp, err)) goto fail;
     if (found) {
-        if (rag_meta_check_model(&e->meta, e->fp, mi.n_embd, mi.name ? mi.name : "", a->db, err)) goto fail;
-        if (create && a->chunk_set && (a->chunk != e->meta.chunk_tokens || a->overlap != e->meta.overlap)) {
+        if (rag_meta_check_model(&e->meta, e->fp, mi.n_embd, mi.name ? mi.name : "", a->db, err))
+            goto fail;
+        if (create && a->chunk_set &&
+            (a->chunk != e->meta.chunk_tokens || a->overlap != e->meta.overlap)) {
             snprintf(err, sizeof err,
-                     "index '%s' was built with --chunk %d --overlap %d, not %d / %d: use those or a new --db",
+                     "index '%s' was built with --chunk %d --overlap %d, not %d / %d: use those or "
+                     "a new --db",
                      a->db, (int)e->meta.chunk_tokens, (int)e->meta.overlap, a->chunk, a->overlap);
             goto fail;
         }
@@ -388,7 +423,8 @@ static int cmd_index(rag_args *a) {
         char *r = strdup(a->pos[i]);
         if (!r) return CLI_ERR;
         size_t l = strlen(r);
-        while (l > 1 && r[l - 1] == '/') r[--l] = 0;
+        while (l > 1 && r[l - 1] == '/')
+            r[--l] = 0;
         int bad = walk(r, &files, 1) || sv_push(&roots, r);
         free(r);
         if (bad) {
@@ -409,8 +445,8 @@ static int cmd_index(rag_args *a) {
     long n_new = 0, n_same = 0, n_skip = 0, n_chunks = 0, n_cut = 0;
     strvec kept = {0};
     rc = CLI_ERR;
-    fprintf(stderr, "llama3c %s: indexing %zu files into %s (chunks of %d tokens, overlap %d)\n", CMD, files.n,
-            a->db, (int)e.meta.chunk_tokens, (int)e.meta.overlap);
+    fprintf(stderr, "llama3c %s: indexing %zu files into %s (chunks of %d tokens, overlap %d)\n",
+            CMD, files.n, a->db, (int)e.meta.chunk_tokens, (int)e.meta.overlap);
     for (size_t fi = 0; fi < files.n; fi++) {
         const char *path = files.v[fi];
         const int is_pdf = !strcasecmp(ext_of(path), "pdf");
@@ -421,8 +457,10 @@ static int cmd_index(rag_args *a) {
             continue;
         }
         if (is_pdf && !pdf_ok) {
-            fprintf(stderr, "llama3c %s: warning: skipping '%s': pdftotext (Debian: poppler-utils) is not "
-                            "installed\n", CMD, path);
+            fprintf(stderr,
+                    "llama3c %s: warning: skipping '%s': pdftotext (Debian: poppler-utils) is not "
+                    "installed\n",
+                    CMD, path);
             n_skip++;
             continue;
         }
@@ -438,7 +476,8 @@ static int cmd_index(rag_args *a) {
         size_t raw_len = 0, len = 0;
         char *raw = read_all(path, &raw_len);
         if (!raw) {
-            fprintf(stderr, "llama3c %s: warning: skipping '%s': cannot read it: %s\n", CMD, path, strerror(errno));
+            fprintf(stderr, "llama3c %s: warning: skipping '%s': cannot read it: %s\n", CMD, path,
+                    strerror(errno));
             kept.n--, free(kept.v[kept.n]);
             n_skip++;
             continue;
@@ -446,7 +485,8 @@ static int cmd_index(rag_args *a) {
         rag_sha256_hex(raw, raw_len, sha);
         if (found && !strcmp(sha, osha)) { /* same content, new mtime */
             free(raw);
-            if (rag_store_touch_file(e.store, path, (int64_t)st.st_size, mtime_ns(&st), err)) goto fail;
+            if (rag_store_touch_file(e.store, path, (int64_t)st.st_size, mtime_ns(&st), err))
+                goto fail;
             n_same++;
             continue;
         }
@@ -461,7 +501,8 @@ static int cmd_index(rag_args *a) {
                 continue;
             }
         } else if (memchr(text, 0, len)) {
-            fprintf(stderr, "llama3c %s: warning: skipping '%s': it holds NUL bytes (binary?)\n", CMD, path);
+            fprintf(stderr, "llama3c %s: warning: skipping '%s': it holds NUL bytes (binary?)\n",
+                    CMD, path);
             free(text);
             kept.n--, free(kept.v[kept.n]);
             n_skip++;
@@ -470,7 +511,8 @@ static int cmd_index(rag_args *a) {
         rag_chunk *ch = NULL;
         size_t nch = 0;
         float *vecs = NULL;
-        if (rag_chunk_text(e.emb.tok, text, len, e.meta.chunk_tokens, e.meta.overlap, &ch, &nch, err)) {
+        if (rag_chunk_text(e.emb.tok, text, len, e.meta.chunk_tokens, e.meta.overlap, &ch, &nch,
+                           err)) {
             free(text);
             goto fail;
         }
@@ -488,27 +530,32 @@ static int cmd_index(rag_args *a) {
         char title[256];
         title_of(path, title, sizeof title);
         if (!bad)
-            bad = rag_store_put_file(e.store, path, title, (int64_t)st.st_size, mtime_ns(&st), sha, text, ch, nch,
-                                     vecs, dim, err);
+            bad = rag_store_put_file(e.store, path, title, (int64_t)st.st_size, mtime_ns(&st), sha,
+                                     text, ch, nch, vecs, dim, err);
         free(text), free(ch), free(vecs);
         if (bad) goto fail;
         n_new++;
         n_chunks += (long)nch;
         double dt = now_s() - t0;
-        fprintf(stderr, "llama3c %s: [%zu/%zu] %s: %zu chunks (%.1f chunks/s)\n", CMD, fi + 1, files.n, path, nch,
-                dt > 0 ? (double)n_chunks / dt : 0.0);
+        fprintf(stderr, "llama3c %s: [%zu/%zu] %s: %zu chunks (%.1f chunks/s)\n", CMD, fi + 1,
+                files.n, path, nch, dt > 0 ? (double)n_chunks / dt : 0.0);
     }
     int removed = 0;
-    if (rag_store_remove_missing(e.store, kept.v, kept.n, roots.v, roots.n, &removed, err)) goto fail;
+    if (rag_store_remove_missing(e.store, kept.v, kept.n, roots.v, roots.n, &removed, err))
+        goto fail;
     int64_t tf = 0, tc = 0;
     if (rag_store_counts(e.store, &tf, &tc, err)) goto fail;
     double dt = now_s() - t0;
     fprintf(stderr,
-            "llama3c %s: %ld files indexed (%ld chunks, %.1f chunks/s), %ld unchanged, %ld skipped, %d removed "
+            "llama3c %s: %ld files indexed (%ld chunks, %.1f chunks/s), %ld unchanged, %ld "
+            "skipped, %d removed "
             "in %.1f s; the index holds %lld files, %lld chunks\n",
-            CMD, n_new, n_chunks, dt > 0 ? (double)n_chunks / dt : 0.0, n_same, n_skip, removed, dt, (long long)tf,
-            (long long)tc);
-    if (n_cut) fprintf(stderr, "llama3c %s: note: %ld chunks were longer than %d tokens and embedded cut\n", CMD, n_cut, EMBED_CTX);
+            CMD, n_new, n_chunks, dt > 0 ? (double)n_chunks / dt : 0.0, n_same, n_skip, removed, dt,
+            (long long)tf, (long long)tc);
+    if (n_cut)
+        fprintf(stderr,
+                "llama3c %s: note: %ld chunks were longer than %d tokens and embedded cut\n", CMD,
+                n_cut, EMBED_CTX);
     rc = CLI_OK;
     goto done;
 oom:
@@ -528,7 +575,9 @@ static int retrieve(rag_env *e, const rag_args *a, const char *question, rag_hit
     float *q = malloc((size_t)e->emb.n_embd * sizeof *q);
     if (!q) return rag_error("out of memory");
     int bad = a->mode != RAG_BM25 && rag_embed(&e->emb, question, strlen(question), q, NULL, err);
-    if (!bad) bad = rag_store_search(e->store, question, a->mode == RAG_BM25 ? NULL : q, e->emb.n_embd, a->k, a->mode, a->alpha, hits, n, err);
+    if (!bad)
+        bad = rag_store_search(e->store, question, a->mode == RAG_BM25 ? NULL : q, e->emb.n_embd,
+                               a->k, a->mode, a->alpha, hits, n, err);
     free(q);
     return bad ? rag_error(err) : 0;
 }
@@ -558,13 +607,14 @@ static int cmd_query(rag_args *a) {
         json_t *res = json_array();
         for (int i = 0; i < n; i++)
             json_array_append_new(
-                res, json_pack("{s:i, s:s, s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:i, s:i, s:s}", "rank", i + 1, "path",
-                               h[i].path, "line_start", h[i].line_start, "line_end", h[i].line_end, "byte_start",
-                               (json_int_t)h[i].byte_start, "byte_end", (json_int_t)h[i].byte_end, "score",
-                               h[i].score, "bm25", h[i].bm25, "cosine", h[i].cosine, "rank_bm25", h[i].rank_bm25,
+                res, json_pack("{s:i, s:s, s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:i, s:i, s:s}",
+                               "rank", i + 1, "path", h[i].path, "line_start", h[i].line_start,
+                               "line_end", h[i].line_end, "byte_start", (json_int_t)h[i].byte_start,
+                               "byte_end", (json_int_t)h[i].byte_end, "score", h[i].score, "bm25",
+                               h[i].bm25, "cosine", h[i].cosine, "rank_bm25", h[i].rank_bm25,
                                "rank_vector", h[i].rank_vec, "text", h[i].text));
-        json_t *root = json_pack("{s:s, s:s, s:i, s:o}", "query", question, "mode", rag_mode_name(a->mode), "k", a->k,
-                                 "results", res);
+        json_t *root = json_pack("{s:s, s:s, s:i, s:o}", "query", question, "mode",
+                                 rag_mode_name(a->mode), "k", a->k, "results", res);
         char *s = root ? json_dumps(root, JSON_INDENT(1) | JSON_ENSURE_ASCII) : NULL;
         json_decref(root);
         if (!s) {
@@ -575,8 +625,9 @@ static int cmd_query(rag_args *a) {
         free(s);
     } else {
         for (int i = 0; i < n; i++) {
-            printf("[%d] %s:%d-%d  score %.4f (bm25 %.3f rank %d, cosine %.4f rank %d)\n", i + 1, h[i].path,
-                   h[i].line_start, h[i].line_end, h[i].score, h[i].bm25, h[i].rank_bm25, h[i].cosine, h[i].rank_vec);
+            printf("[%d] %s:%d-%d  score %.4f (bm25 %.3f rank %d, cosine %.4f rank %d)\n", i + 1,
+                   h[i].path, h[i].line_start, h[i].line_end, h[i].score, h[i].bm25, h[i].rank_bm25,
+                   h[i].cosine, h[i].rank_vec);
             const char *t = h[i].text;
             while (*t) {
                 const char *nl = strchr(t, '\n');
@@ -620,10 +671,12 @@ static int cmd_ask(rag_args *a) {
         rc = cli_runtime_error(CMD, "cannot format the prompt");
         goto done;
     }
-    if (a->show_prompt) fprintf(stderr, "--- system:\n%s\n--- user:\n%s\n---\n", RAG_SYSTEM_PROMPT, user);
+    if (a->show_prompt)
+        fprintf(stderr, "--- system:\n%s\n--- user:\n%s\n---\n", RAG_SYSTEM_PROMPT, user);
     if (n_ids >= s.n_ctx) {
-        fprintf(stderr, "llama3c %s: the prompt (%lld tokens) does not fit the context (%d): lower -k\n", CMD,
-                (long long)n_ids, (int)s.n_ctx);
+        fprintf(stderr,
+                "llama3c %s: the prompt (%lld tokens) does not fit the context (%d): lower -k\n",
+                CMD, (long long)n_ids, (int)s.n_ctx);
         rc = CLI_ERR;
         goto done;
     }
@@ -631,7 +684,8 @@ static int cmd_ask(rag_args *a) {
     cli_gen_opts g = {stdout, 0, 0, NULL};
     rc = cli_session_generate(&s, &a->o, &g);
     printf("\n\nSources:\n");
-    for (int i = 0; i < n; i++) printf("[%d] %s:%d-%d\n", i + 1, h[i].path, h[i].line_start, h[i].line_end);
+    for (int i = 0; i < n; i++)
+        printf("[%d] %s:%d-%d\n", i + 1, h[i].path, h[i].line_start, h[i].line_end);
     fflush(stdout);
     if (!a->o.no_timings) cli_print_timings(&s);
 done:
@@ -664,9 +718,10 @@ static int cmd_chunk(rag_args *a) {
     } else {
         printf("[\n");
         for (size_t i = 0; i < n; i++)
-            printf(" {\"byte_start\": %zu, \"byte_end\": %zu, \"line_start\": %d, \"line_end\": %d, \"n_tokens\": %d}%s\n",
-                   ch[i].byte_start, ch[i].byte_end, (int)ch[i].line_start, (int)ch[i].line_end, (int)ch[i].n_tokens,
-                   i + 1 < n ? "," : "");
+            printf(" {\"byte_start\": %zu, \"byte_end\": %zu, \"line_start\": %d, \"line_end\": "
+                   "%d, \"n_tokens\": %d}%s\n",
+                   ch[i].byte_start, ch[i].byte_end, (int)ch[i].line_start, (int)ch[i].line_end,
+                   (int)ch[i].n_tokens, i + 1 < n ? "," : "");
         printf("]\n");
     }
     free(ch), free(text);
@@ -680,13 +735,18 @@ int cmd_rag(int argc, char **argv) {
         return argc < 2 ? CLI_USAGE : CLI_OK;
     }
     const char *sub = argv[1];
-    int (*fn)(rag_args *) = !strcmp(sub, "index") ? cmd_index : !strcmp(sub, "query") ? cmd_query
-                          : !strcmp(sub, "ask") ? cmd_ask : !strcmp(sub, "chunk") ? cmd_chunk : NULL;
+    int (*fn)(rag_args *) = !strcmp(sub, "index")   ? cmd_index
+                            : !strcmp(sub, "query") ? cmd_query
+                            : !strcmp(sub, "ask")   ? cmd_ask
+                            : !strcmp(sub, "chunk") ? cmd_chunk
+                                                    : NULL;
     if (!fn) return cli_usage_error(CMD, "unknown subcommand '%s' (index, query, ask, chunk)", sub);
     rag_args a;
     int rc = parse(&a, argc - 1, argv + 1, fn == cmd_ask ? 4 : 5);
-    if (rc == 0) rc = fn(&a);
-    else if (rc < 0) rc = CLI_OK; /* --help */
+    if (rc == 0)
+        rc = fn(&a);
+    else if (rc < 0)
+        rc = CLI_OK; /* --help */
     free(a.pos);
     return rc;
 }

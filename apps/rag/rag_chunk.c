@@ -24,23 +24,30 @@ static int fail(char *err, const char *fmt, const char *a) {
 static int strength(const char *t, size_t len, size_t p) {
     if (p == 0 || p >= len) return 4;
     char a = t[p - 1], b = t[p];
-    if (a == '\n') return p >= 2 && (t[p - 2] == '\n' || (t[p - 2] == '\r' && p >= 3 && t[p - 3] == '\n')) ? 4 : 3;
-    if ((a == '.' || a == '!' || a == '?' || a == ':' || a == ';') && (b == ' ' || b == '\n' || b == '\t')) return 2;
+    if (a == '\n')
+        return p >= 2 && (t[p - 2] == '\n' || (t[p - 2] == '\r' && p >= 3 && t[p - 3] == '\n')) ? 4
+                                                                                                : 3;
+    if ((a == '.' || a == '!' || a == '?' || a == ':' || a == ';') &&
+        (b == ' ' || b == '\n' || b == '\t'))
+        return 2;
     if (a == ' ' || a == '\t' || b == ' ' || b == '\t' || b == '\n') return 1;
     return 0;
 }
 
 static int blank(const char *t, size_t a, size_t b) {
     for (size_t i = a; i < b; i++)
-        if (t[i] != ' ' && t[i] != '\t' && t[i] != '\n' && t[i] != '\r' && t[i] != '\f' && t[i] != '\v') return 0;
+        if (t[i] != ' ' && t[i] != '\t' && t[i] != '\n' && t[i] != '\r' && t[i] != '\f' &&
+            t[i] != '\v')
+            return 0;
     return 1;
 }
 
-int rag_chunk_text(const l3c_tokenizer *tok, const char *text, size_t len, int chunk_tokens, int overlap,
-                   rag_chunk **out, size_t *n_out, char *err) {
+int rag_chunk_text(const l3c_tokenizer *tok, const char *text, size_t len, int chunk_tokens,
+                   int overlap, rag_chunk **out, size_t *n_out, char *err) {
     *out = NULL, *n_out = 0;
     if (chunk_tokens < 8 || overlap < 0 || overlap >= chunk_tokens / 2) {
-        snprintf(err, RAG_ERR_CAP, "chunk size %d / overlap %d: need chunk >= 8 and 0 <= overlap < chunk/2",
+        snprintf(err, RAG_ERR_CAP,
+                 "chunk size %d / overlap %d: need chunk >= 8 and 0 <= overlap < chunk/2",
                  chunk_tokens, overlap);
         return -1;
     }
@@ -66,7 +73,8 @@ int rag_chunk_text(const l3c_tokenizer *tok, const char *text, size_t len, int c
     }
     off[n] = len;
     if (pos != len) /* not byte-exact: spread the offsets evenly */
-        for (int64_t i = 0; i < n; i++) off[i] = (size_t)((double)len * (double)i / (double)n);
+        for (int64_t i = 0; i < n; i++)
+            off[i] = (size_t)((double)len * (double)i / (double)n);
 
     int64_t ts = 0;
     while (ts < n) {
@@ -99,17 +107,20 @@ int rag_chunk_text(const l3c_tokenizer *tok, const char *text, size_t len, int c
                 ns = t;
                 break;
             }
-        while (ns + 1 < te && blank(text, off[ns], off[ns + 1])) ns++; /* no leading blank lines */
+        while (ns + 1 < te && blank(text, off[ns], off[ns + 1]))
+            ns++; /* no leading blank lines */
         ts = ns > ts ? ns : ts + 1;
     }
     /* 1-based lines: line_start of byte_start, line_end of the last byte */
     size_t p = 0;
     int32_t line = 1;
     for (size_t i = 0; i < n_ch; i++) { /* byte_start increases with i */
-        for (; p < ch[i].byte_start; p++) line += text[p] == '\n';
+        for (; p < ch[i].byte_start; p++)
+            line += text[p] == '\n';
         ch[i].line_start = line;
         int32_t l2 = line;
-        for (size_t q = ch[i].byte_start; q + 1 < ch[i].byte_end; q++) l2 += text[q] == '\n';
+        for (size_t q = ch[i].byte_start; q + 1 < ch[i].byte_end; q++)
+            l2 += text[q] == '\n';
         ch[i].line_end = l2;
     }
     free(ids), free(off);
@@ -130,10 +141,12 @@ char *rag_utf8_clean(const char *s, size_t n) {
         unsigned c = u[i];
         size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
         int ok = k > 0 && i + k <= n;
-        for (size_t j = 1; ok && j < k; j++) ok = (u[i + j] & 0xC0) == 0x80;
+        for (size_t j = 1; ok && j < k; j++)
+            ok = (u[i + j] & 0xC0) == 0x80;
         if (ok && k == 2) ok = c >= 0xC2;
         if (ok && k == 3) ok = !(c == 0xE0 && u[i + 1] < 0xA0) && !(c == 0xED && u[i + 1] >= 0xA0);
-        if (ok && k == 4) ok = c <= 0xF4 && !(c == 0xF0 && u[i + 1] < 0x90) && !(c == 0xF4 && u[i + 1] >= 0x90);
+        if (ok && k == 4)
+            ok = c <= 0xF4 && !(c == 0xF0 && u[i + 1] < 0x90) && !(c == 0xF4 && u[i + 1] >= 0x90);
         if (ok && k == 1) ok = c >= 0x20 || c == '\t' || c == '\n' || c == '\r';
         if (!ok) {
             memcpy(w, "\xEF\xBF\xBD", 3), w += 3, i++;

@@ -14,7 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int rag_embedder_init(rag_embedder *e, const l3c_model *model, int32_t n_ctx, int n_threads, char *err) {
+int rag_embedder_init(rag_embedder *e, const l3c_model *model, int32_t n_ctx, int n_threads,
+                      char *err) {
     memset(e, 0, sizeof *e);
     l3c_model_info mi;
     l3c_model_get_info(model, &mi);
@@ -49,7 +50,8 @@ void rag_embedder_free(rag_embedder *e) {
     memset(e, 0, sizeof *e);
 }
 
-int rag_embed(rag_embedder *e, const char *text, size_t len, float *out, int *truncated, char *err) {
+int rag_embed(rag_embedder *e, const char *text, size_t len, float *out, int *truncated,
+              char *err) {
     int64_t n = l3c_tokenize(e->tok, text, len, e->ids, e->n_ctx, L3C_TOKENIZE_ADD_BOS);
     int cut = 0;
     if (n < 0) { /* longer than the context: keep the first n_ctx tokens */
@@ -74,7 +76,8 @@ int rag_embed(rag_embedder *e, const char *text, size_t len, float *out, int *tr
         snprintf(err, RAG_ERR_CAP, "out of memory");
         return -1;
     }
-    for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)i;
+    for (int64_t i = 0; i < n; i++)
+        pos[i] = (int32_t)i;
     l3c_kv_seq_truncate(e->ctx, 0, 0);
     l3c_batch b = {(int32_t)n, e->ids, pos, NULL, NULL};
     l3c_status st = l3c_decode(e->ctx, &b);
@@ -107,9 +110,10 @@ int rag_model_fingerprint(const char *path, const l3c_model *model, char hex[65]
     l3c_model_info mi;
     l3c_model_get_info(model, &mi);
     char desc[512];
-    int dn = snprintf(desc, sizeof desc, "llama3c-rag-model-v1\n%lld\n%s\n%s\n%s\n%d %d %d %d\n", (long long)st.st_size,
-                      mi.name ? mi.name : "", mi.arch ? mi.arch : "", mi.file_type ? mi.file_type : "",
-                      (int)mi.n_vocab, (int)mi.n_embd, (int)mi.n_layer, (int)mi.n_ff);
+    int dn = snprintf(desc, sizeof desc, "llama3c-rag-model-v1\n%lld\n%s\n%s\n%s\n%d %d %d %d\n",
+                      (long long)st.st_size, mi.name ? mi.name : "", mi.arch ? mi.arch : "",
+                      mi.file_type ? mi.file_type : "", (int)mi.n_vocab, (int)mi.n_embd,
+                      (int)mi.n_layer, (int)mi.n_ff);
     rag_sha256 h;
     rag_sha256_init(&h);
     rag_sha256_update(&h, desc, (size_t)dn);

@@ -9,20 +9,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char RAG_SYSTEM_PROMPT[] =
-    "You answer questions using only the numbered sources given with the question. Cite every source "
-    "you use by its number in square brackets, like [1]. If the sources do not contain the answer, say "
-    "that you do not know.";
+const char RAG_SYSTEM_PROMPT[] = "You answer questions using only the numbered sources given with "
+                                 "the question. Cite every source "
+                                 "you use by its number in square brackets, like [1]. If the "
+                                 "sources do not contain the answer, say "
+                                 "that you do not know.";
 
 char *rag_sources_text(const rag_hit *h, int n, const char *question) {
     size_t cap = strlen(question) + 64;
-    for (int i = 0; i < n; i++) cap += strlen(h[i].text) + strlen(h[i].path) + 64;
+    for (int i = 0; i < n; i++)
+        cap += strlen(h[i].text) + strlen(h[i].path) + 64;
     char *s = malloc(cap);
     if (!s) return NULL;
     size_t w = (size_t)snprintf(s, cap, "Sources:\n");
     for (int i = 0; i < n; i++)
-        w += (size_t)snprintf(s + w, cap - w, "[%d] (%s:%d-%d)\n%s\n\n", i + 1, h[i].path, (int)h[i].line_start,
-                              (int)h[i].line_end, h[i].text);
+        w += (size_t)snprintf(s + w, cap - w, "[%d] (%s:%d-%d)\n%s\n\n", i + 1, h[i].path,
+                              (int)h[i].line_start, (int)h[i].line_end, h[i].text);
     snprintf(s + w, cap - w, "Question: %s", question);
     return s;
 }

@@ -73,30 +73,39 @@ const char *rag_mode_name(rag_mode m) {
 }
 
 int rag_mode_parse(const char *s, rag_mode *out) {
-    if (!strcmp(s, "hybrid")) *out = RAG_HYBRID;
-    else if (!strcmp(s, "vector")) *out = RAG_VECTOR;
-    else if (!strcmp(s, "bm25")) *out = RAG_BM25;
-    else return -1;
+    if (!strcmp(s, "hybrid"))
+        *out = RAG_HYBRID;
+    else if (!strcmp(s, "vector"))
+        *out = RAG_VECTOR;
+    else if (!strcmp(s, "bm25"))
+        *out = RAG_BM25;
+    else
+        return -1;
     return 0;
 }
 
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS files(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE,"
-    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, n_chunks INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS chunks(id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES files(id),"
+    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, n_chunks INTEGER NOT "
+    "NULL);"
+    "CREATE TABLE IF NOT EXISTS chunks(id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES "
+    "files(id),"
     " seq INTEGER NOT NULL, byte_start INTEGER NOT NULL, byte_end INTEGER NOT NULL,"
     " line_start INTEGER NOT NULL, line_end INTEGER NOT NULL, n_tokens INTEGER NOT NULL,"
     " text TEXT NOT NULL, embedding BLOB NOT NULL);"
     "CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id, seq);"
-    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter unicode61');";
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter "
+    "unicode61');";
 
 int rag_store_open(const char *path, int create, rag_store **out, char *err) {
     *out = NULL;
     struct stat st;
     int exists = stat(path, &st) == 0;
     if (!exists && !create)
-        return failf(err, "index '%s' does not exist (build it with `llama3c rag index --db %s DIR`)", path, path);
+        return failf(err,
+                     "index '%s' does not exist (build it with `llama3c rag index --db %s DIR`)",
+                     path, path);
     if (exists && !S_ISREG(st.st_mode)) return failf(err, "index '%s' is not a regular file", path);
     rag_store *s = calloc(1, sizeof *s);
     if (!s || !(s->path = strdup(path))) {
@@ -105,7 +114,8 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
     }
     int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_FULLMUTEX;
     if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
-        failf(err, "cannot open index '%s': %s", path, s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        failf(err, "cannot open index '%s': %s", path,
+              s->db ? sqlite3_errmsg(s->db) : "out of memory");
         goto fail;
     }
     sqlite3_busy_timeout(s->db, 10000);
@@ -113,8 +123,9 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
     /* the first read tells a SQLite file from anything else ("file is not a database") */
     sqlite3_stmt *q = NULL;
     int n_tables = -1, has_meta = 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT count(*), sum(name='meta') FROM sqlite_master WHERE type='table'", -1,
-                           &q, NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(
+            s->db, "SELECT count(*), sum(name='meta') FROM sqlite_master WHERE type='table'", -1,
+            &q, NULL) == SQLITE_OK &&
         sqlite3_step(q) == SQLITE_ROW) {
         n_tables = sqlite3_column_int(q, 0);
         has_meta = sqlite3_column_int(q, 1);
@@ -128,8 +139,9 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
         failf(err, "'%s' is a SQLite database but not a llama3c RAG index (no meta table)", path);
         goto fail;
     }
-    if (exists && n_tables > 0) { /* a damaged page fails here with a clear message, not mid-query */
-        char *msg = NULL, result[128] = "";
+    if (exists &&
+        n_tables > 0) { /* a damaged page fails here with a clear message, not mid-query */
+        char result[128] = "";
         sqlite3_stmt *ic = NULL;
         if (sqlite3_prepare_v2(s->db, "PRAGMA quick_check", -1, &ic, NULL) == SQLITE_OK &&
             sqlite3_step(ic) == SQLITE_ROW)
@@ -137,9 +149,10 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
         else
             snprintf(result, sizeof result, "%s", sqlite3_errmsg(s->db));
         sqlite3_finalize(ic);
-        sqlite3_free(msg);
         if (strcmp(result, "ok")) {
-            failf(err, "index '%s' is corrupted (PRAGMA quick_check: %s); delete it and run `rag index` again",
+            failf(err,
+                  "index '%s' is corrupted (PRAGMA quick_check: %s); delete it and run `rag index` "
+                  "again",
                   path, result);
             goto fail;
         }
@@ -152,7 +165,8 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
         }
         if (exec(s, "BEGIN IMMEDIATE;", err)) goto fail;
         char sql[256];
-        snprintf(sql, sizeof sql, "INSERT OR IGNORE INTO meta VALUES('schema_version','%d');", RAG_SCHEMA_VERSION);
+        snprintf(sql, sizeof sql, "INSERT OR IGNORE INTO meta VALUES('schema_version','%d');",
+                 RAG_SCHEMA_VERSION);
         if (exec(s, SCHEMA, err) || exec(s, sql, err) || exec(s, "COMMIT;", err)) {
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
             goto fail;
@@ -165,8 +179,9 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
     if (sqlite3_step(q) == SQLITE_ROW) ver = atoi((const char *)sqlite3_column_text(q, 0));
     sqlite3_finalize(q);
     if (ver != RAG_SCHEMA_VERSION) {
-        failf(err, "index '%s' has schema version %d; this llama3c reads version %d (rebuild the index)", path, ver,
-              RAG_SCHEMA_VERSION);
+        failf(err,
+              "index '%s' has schema version %d; this llama3c reads version %d (rebuild the index)",
+              path, ver, RAG_SCHEMA_VERSION);
         goto fail;
     }
     *out = s;
@@ -185,8 +200,8 @@ void rag_store_close(rag_store *s) {
 
 /* ---------------------------------------------------------------- meta */
 
-static const char *const META_KEYS[] = {"model_fingerprint", "model_name", "n_embd", "chunk_tokens", "overlap",
-                                        "pooling"};
+static const char *const META_KEYS[] = {"model_fingerprint", "model_name", "n_embd",
+                                        "chunk_tokens",      "overlap",    "pooling"};
 
 int rag_store_get_meta(rag_store *s, rag_meta *m, int *found, char *err) {
     memset(m, 0, sizeof *m);
@@ -195,20 +210,28 @@ int rag_store_get_meta(rag_store *s, rag_meta *m, int *found, char *err) {
     if (prep(s, "SELECT key, value FROM meta", &q, err)) return -1;
     int have = 0, rc;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        const char *k = (const char *)sqlite3_column_text(q, 0), *v = (const char *)sqlite3_column_text(q, 1);
+        const char *k = (const char *)sqlite3_column_text(q, 0),
+                   *v = (const char *)sqlite3_column_text(q, 1);
         if (!k || !v) continue;
-        if (!strcmp(k, META_KEYS[0])) snprintf(m->fingerprint, sizeof m->fingerprint, "%s", v), have |= 1;
-        else if (!strcmp(k, META_KEYS[1])) snprintf(m->model_name, sizeof m->model_name, "%s", v), have |= 2;
-        else if (!strcmp(k, META_KEYS[2])) m->n_embd = atoi(v), have |= 4;
-        else if (!strcmp(k, META_KEYS[3])) m->chunk_tokens = atoi(v), have |= 8;
-        else if (!strcmp(k, META_KEYS[4])) m->overlap = atoi(v), have |= 16;
-        else if (!strcmp(k, META_KEYS[5])) snprintf(m->pooling, sizeof m->pooling, "%s", v), have |= 32;
+        if (!strcmp(k, META_KEYS[0]))
+            snprintf(m->fingerprint, sizeof m->fingerprint, "%s", v), have |= 1;
+        else if (!strcmp(k, META_KEYS[1]))
+            snprintf(m->model_name, sizeof m->model_name, "%s", v), have |= 2;
+        else if (!strcmp(k, META_KEYS[2]))
+            m->n_embd = atoi(v), have |= 4;
+        else if (!strcmp(k, META_KEYS[3]))
+            m->chunk_tokens = atoi(v), have |= 8;
+        else if (!strcmp(k, META_KEYS[4]))
+            m->overlap = atoi(v), have |= 16;
+        else if (!strcmp(k, META_KEYS[5]))
+            snprintf(m->pooling, sizeof m->pooling, "%s", v), have |= 32;
     }
     sqlite3_finalize(q);
     if (rc != SQLITE_DONE) return dbfail(s, err, "reading the meta table");
     if (have == 0) return 0;
     if (have != 63 || m->n_embd <= 0 || m->chunk_tokens <= 0)
-        return failf(err, "index '%s': the meta table is incomplete or invalid (rebuild the index)", s->path);
+        return failf(err, "index '%s': the meta table is incomplete or invalid (rebuild the index)",
+                     s->path);
     *found = 1;
     return 0;
 }
@@ -239,22 +262,24 @@ fail:
     return -1;
 }
 
-int rag_meta_check_model(const rag_meta *have, const char *fingerprint, int32_t n_embd, const char *model_name,
-                         const char *db_path, char *err) {
+int rag_meta_check_model(const rag_meta *have, const char *fingerprint, int32_t n_embd,
+                         const char *model_name, const char *db_path, char *err) {
     if (strcmp(have->fingerprint, fingerprint) || have->n_embd != n_embd)
-        return failf(err,
-                     "index '%s' was built with a different model ('%s', n_embd %d, fingerprint %.12s) than "
-                     "this one ('%s', n_embd %d, fingerprint %.12s): its vectors are not comparable; use the "
-                     "same model or rebuild the index into a new --db",
-                     db_path, have->model_name, (int)have->n_embd, have->fingerprint, model_name, (int)n_embd,
-                     fingerprint);
+        return failf(
+            err,
+            "index '%s' was built with a different model ('%s', n_embd %d, fingerprint %.12s) than "
+            "this one ('%s', n_embd %d, fingerprint %.12s): its vectors are not comparable; use "
+            "the "
+            "same model or rebuild the index into a new --db",
+            db_path, have->model_name, (int)have->n_embd, have->fingerprint, model_name,
+            (int)n_embd, fingerprint);
     return 0;
 }
 
 /* ---------------------------------------------------------------- files */
 
-int rag_store_file_state(rag_store *s, const char *path, int64_t *size, int64_t *mtime_ns, char sha[65],
-                         int *found, char *err) {
+int rag_store_file_state(rag_store *s, const char *path, int64_t *size, int64_t *mtime_ns,
+                         char sha[65], int *found, char *err) {
     sqlite3_stmt *q;
     *found = 0;
     if (prep(s, "SELECT size, mtime_ns, sha256 FROM files WHERE path = ?1", &q, err)) return -1;
@@ -271,7 +296,8 @@ int rag_store_file_state(rag_store *s, const char *path, int64_t *size, int64_t 
     return 0;
 }
 
-int rag_store_touch_file(rag_store *s, const char *path, int64_t size, int64_t mtime_ns, char *err) {
+int rag_store_touch_file(rag_store *s, const char *path, int64_t size, int64_t mtime_ns,
+                         char *err) {
     sqlite3_stmt *q;
     if (prep(s, "UPDATE files SET size = ?2, mtime_ns = ?3 WHERE path = ?1", &q, err)) return -1;
     sqlite3_bind_text(q, 1, path, -1, SQLITE_STATIC);
@@ -301,18 +327,22 @@ static int delete_file(rag_store *s, int64_t file_id, char *err) {
 static int64_t file_id_of(rag_store *s, const char *path) {
     sqlite3_stmt *q;
     int64_t id = 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT id FROM files WHERE path = ?1", -1, &q, NULL) != SQLITE_OK) return -1;
+    if (sqlite3_prepare_v2(s->db, "SELECT id FROM files WHERE path = ?1", -1, &q, NULL) !=
+        SQLITE_OK)
+        return -1;
     sqlite3_bind_text(q, 1, path, -1, SQLITE_STATIC);
     int rc = sqlite3_step(q);
-    if (rc == SQLITE_ROW) id = sqlite3_column_int64(q, 0);
-    else if (rc != SQLITE_DONE) id = -1;
+    if (rc == SQLITE_ROW)
+        id = sqlite3_column_int64(q, 0);
+    else if (rc != SQLITE_DONE)
+        id = -1;
     sqlite3_finalize(q);
     return id;
 }
 
-int rag_store_put_file(rag_store *s, const char *path, const char *title, int64_t size, int64_t mtime_ns,
-                       const char *sha, const char *text, const rag_chunk *chunks, size_t n_chunks,
-                       const float *vecs, int32_t n_embd, char *err) {
+int rag_store_put_file(rag_store *s, const char *path, const char *title, int64_t size,
+                       int64_t mtime_ns, const char *sha, const char *text, const rag_chunk *chunks,
+                       size_t n_chunks, const float *vecs, int32_t n_embd, char *err) {
     sqlite3_stmt *qf = NULL, *qc = NULL, *qt = NULL;
     if (exec(s, "BEGIN IMMEDIATE", err)) return -1;
     int64_t old = file_id_of(s, path);
@@ -321,9 +351,14 @@ int rag_store_put_file(rag_store *s, const char *path, const char *title, int64_
         goto fail;
     }
     if (old > 0 && delete_file(s, old, err)) goto fail;
-    if (prep(s, "INSERT INTO files(path, size, mtime_ns, sha256, n_chunks) VALUES(?1, ?2, ?3, ?4, ?5)", &qf, err) ||
-        prep(s, "INSERT INTO chunks(file_id, seq, byte_start, byte_end, line_start, line_end, n_tokens, text,"
-                " embedding) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &qc, err) ||
+    if (prep(s,
+             "INSERT INTO files(path, size, mtime_ns, sha256, n_chunks) VALUES(?1, ?2, ?3, ?4, ?5)",
+             &qf, err) ||
+        prep(s,
+             "INSERT INTO chunks(file_id, seq, byte_start, byte_end, line_start, line_end, "
+             "n_tokens, text,"
+             " embedding) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             &qc, err) ||
         prep(s, "INSERT INTO chunks_fts(rowid, title, text) VALUES(?1, ?2, ?3)", &qt, err))
         goto fail;
     sqlite3_bind_text(qf, 1, path, -1, SQLITE_STATIC);
@@ -351,7 +386,8 @@ int rag_store_put_file(rag_store *s, const char *path, const char *title, int64_
         sqlite3_bind_int(qc, 6, c->line_end);
         sqlite3_bind_int(qc, 7, c->n_tokens);
         sqlite3_bind_text(qc, 8, clean, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(qc, 9, vecs + i * (size_t)n_embd, (int)((size_t)n_embd * sizeof(float)), SQLITE_STATIC);
+        sqlite3_bind_blob(qc, 9, vecs + i * (size_t)n_embd, (int)((size_t)n_embd * sizeof(float)),
+                          SQLITE_STATIC);
         int rc = sqlite3_step(qc);
         sqlite3_reset(qc);
         int64_t cid = sqlite3_last_insert_rowid(s->db);
@@ -379,10 +415,12 @@ fail:
     return -1;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
-int rag_store_remove_missing(rag_store *s, char *const *keep, size_t n_keep, char *const *roots, size_t n_roots,
-                             int *removed, char *err) {
+int rag_store_remove_missing(rag_store *s, char *const *keep, size_t n_keep, char *const *roots,
+                             size_t n_roots, int *removed, char *err) {
     *removed = 0;
     char **sorted = malloc((n_keep ? n_keep : 1) * sizeof *sorted);
     int64_t *gone = NULL;
@@ -398,7 +436,8 @@ int rag_store_remove_missing(rag_store *s, char *const *keep, size_t n_keep, cha
         int under = 0;
         for (size_t r = 0; r < n_roots && !under; r++) {
             size_t l = strlen(roots[r]);
-            under = !strncmp(p, roots[r], l) && (p[l] == 0 || p[l] == '/' || (l && roots[r][l - 1] == '/'));
+            under = !strncmp(p, roots[r], l) &&
+                    (p[l] == 0 || p[l] == '/' || (l && roots[r][l - 1] == '/'));
         }
         if (!under || bsearch(&p, sorted, n_keep, sizeof *sorted, cmp_str)) continue;
         if (n_gone == cap) {
@@ -436,9 +475,11 @@ fail:
 
 int rag_store_counts(rag_store *s, int64_t *n_files, int64_t *n_chunks, char *err) {
     sqlite3_stmt *q;
-    if (prep(s, "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM chunks)", &q, err)) return -1;
+    if (prep(s, "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM chunks)", &q, err))
+        return -1;
     int rc = sqlite3_step(q);
-    if (rc == SQLITE_ROW) *n_files = sqlite3_column_int64(q, 0), *n_chunks = sqlite3_column_int64(q, 1);
+    if (rc == SQLITE_ROW)
+        *n_files = sqlite3_column_int64(q, 0), *n_chunks = sqlite3_column_int64(q, 1);
     sqlite3_finalize(q);
     return rc == SQLITE_ROW ? 0 : dbfail(s, err, "counting");
 }
@@ -468,7 +509,8 @@ static char *fts_query(const char *text) {
         *w++ = '"';
         for (; i < n; i++) {
             c = (unsigned char)text[i];
-            if (!((c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80)) break;
+            if (!((c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80))
+                break;
             *w++ = (char)c;
         }
         *w++ = '"';
@@ -509,8 +551,8 @@ static int by_fused(const void *pa, const void *pb) {
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
-int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t n_embd, int k, rag_mode mode,
-                     double alpha, rag_hit **hits, int *n_hits, char *err) {
+int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t n_embd, int k,
+                     rag_mode mode, double alpha, rag_hit **hits, int *n_hits, char *err) {
     *hits = NULL, *n_hits = 0;
     cand *cs = NULL;
     int nc = 0, capc = 0, n_take = k > RAG_CANDIDATES ? k : RAG_CANDIDATES;
@@ -522,8 +564,10 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
     if (mode != RAG_VECTOR) { /* BM25 candidates */
         if (!(fq = fts_query(query))) goto oom;
         if (*fq) {
-            if (prep(s, "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 "
-                        "ORDER BY 2, 1 LIMIT ?2", &q, err))
+            if (prep(s,
+                     "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 "
+                     "ORDER BY 2, 1 LIMIT ?2",
+                     &q, err))
                 goto fail;
             sqlite3_bind_text(q, 1, fq, -1, SQLITE_STATIC);
             sqlite3_bind_int(q, 2, n_take);
@@ -553,8 +597,9 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
         }
         while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
             if (sqlite3_column_bytes(q, 1) != (int)((size_t)n_embd * sizeof(float))) {
-                failf(err, "index '%s': chunk %lld has a %d-byte vector, expected %d x 4 bytes", s->path,
-                      (long long)sqlite3_column_int64(q, 0), sqlite3_column_bytes(q, 1), (int)n_embd);
+                failf(err, "index '%s': chunk %lld has a %d-byte vector, expected %d x 4 bytes",
+                      s->path, (long long)sqlite3_column_int64(q, 0), sqlite3_column_bytes(q, 1),
+                      (int)n_embd);
                 free(top);
                 goto fail;
             }
@@ -563,7 +608,8 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
                 if (cs[i].id == sqlite3_column_int64(q, 0)) cs[i].cosine = d;
             if (nt == n_take && d <= top[nt - 1].cosine) continue;
             int i = nt < n_take ? nt++ : nt - 1;
-            while (i > 0 && top[i - 1].cosine < d) top[i] = top[i - 1], i--;
+            while (i > 0 && top[i - 1].cosine < d)
+                top[i] = top[i - 1], i--;
             top[i] = (cand){sqlite3_column_int64(q, 0), 0, d, 0, 0, 0};
         }
         sqlite3_finalize(q);
@@ -587,7 +633,9 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
     /* min-max ranges over the candidates (BM25: over its own list; outside it a chunk counts 0) */
     double bmin = 0, bmax = 0, cmin = 0, cmax = 0;
     for (int i = 0; i < nc; i++) {
-        if (i < n_bm) bmin = i == 0 || cs[i].bm25 < bmin ? cs[i].bm25 : bmin, bmax = i == 0 || cs[i].bm25 > bmax ? cs[i].bm25 : bmax;
+        if (i < n_bm)
+            bmin = i == 0 || cs[i].bm25 < bmin ? cs[i].bm25 : bmin,
+            bmax = i == 0 || cs[i].bm25 > bmax ? cs[i].bm25 : bmax;
         cmin = i == 0 || cs[i].cosine < cmin ? cs[i].cosine : cmin;
         cmax = i == 0 || cs[i].cosine > cmax ? cs[i].cosine : cmax;
     }
@@ -595,14 +643,19 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
         cand *c = &cs[i];
         double nb = !c->rank_bm25 ? 0 : bmax > bmin ? (c->bm25 - bmin) / (bmax - bmin) : 1;
         double nv = cmax > cmin ? (c->cosine - cmin) / (cmax - cmin) : 1;
-        c->fused = mode == RAG_BM25 ? c->bm25 : mode == RAG_VECTOR ? c->cosine : alpha * nb + (1 - alpha) * nv;
+        c->fused = mode == RAG_BM25     ? c->bm25
+                   : mode == RAG_VECTOR ? c->cosine
+                                        : alpha * nb + (1 - alpha) * nv;
     }
     qsort(cs, (size_t)nc, sizeof *cs, by_fused);
     int n = nc < k ? nc : k;
     if (n == 0) goto done;
     if (!(h = calloc((size_t)n, sizeof *h))) goto oom;
-    if (prep(s, "SELECT f.path, c.text, c.byte_start, c.byte_end, c.line_start, c.line_end, c.embedding "
-                "FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id = ?1", &q, err))
+    if (prep(s,
+             "SELECT f.path, c.text, c.byte_start, c.byte_end, c.line_start, c.line_end, "
+             "c.embedding "
+             "FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id = ?1",
+             &q, err))
         goto fail;
     for (int i = 0; i < n; i++) {
         sqlite3_bind_int64(q, 1, cs[i].id);
@@ -622,7 +675,8 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
         x->score = cs[i].fused;
         x->bm25 = cs[i].bm25;
         x->cosine = qvec && sqlite3_column_bytes(q, 6) == (int)((size_t)n_embd * sizeof(float))
-                        ? dot(qvec, sqlite3_column_blob(q, 6), n_embd) : 0;
+                        ? dot(qvec, sqlite3_column_blob(q, 6), n_embd)
+                        : 0;
         x->rank_bm25 = cs[i].rank_bm25;
         x->rank_vec = cs[i].rank_vec;
         sqlite3_reset(q);
@@ -644,6 +698,7 @@ fail:
 
 void rag_hits_free(rag_hit *hits, int n) {
     if (!hits) return;
-    for (int i = 0; i < n; i++) free(hits[i].path), free(hits[i].text);
+    for (int i = 0; i < n; i++)
+        free(hits[i].path), free(hits[i].text);
     free(hits);
 }

@@ -144,8 +144,8 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
     if (e->status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (e->status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
-                                        c->ep == EP_RAG
+                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ||
+                                        c->ep == EP_EMBEDDINGS || c->ep == EP_RAG
                                     ? "POST" : "GET, HEAD");
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -360,7 +360,8 @@ static enum MHD_Result finish_blocking(conn *c) {
         json_t *root = json_loadb(body, len, 0, NULL);
         free(body);
         body = NULL;
-        if (root && !json_object_set(root, "rag_sources", c->rag_sources)) body = json_dumps(root, JSON_COMPACT);
+        if (root && !json_object_set(root, "rag_sources", c->rag_sources))
+            body = json_dumps(root, JSON_COMPACT);
         json_decref(root);
         len = body ? strlen(body) : 0;
     }
@@ -446,7 +447,8 @@ static int rag_embed_query(conn *c, const char *text, float *out, api_error *e) 
     }
     if (n == 0) {
         free(ids);
-        return (int)api_fail(e, 400, "invalid_request_error", "query", NULL, "the query has no tokens");
+        return (int)api_fail(e, 400, "invalid_request_error", "query", NULL,
+                             "the query has no tokens");
     }
     off[1] = (int32_t)n;
     sched_job *job = sched_embd_job_new(ids, off, 1); /* takes ids */
@@ -454,9 +456,11 @@ static int rag_embed_query(conn *c, const char *text, float *out, api_error *e) 
     int rc = 0;
     sched_submit_result sr = sched_submit(srv->sched, job);
     if (sr != SCHED_OK) {
-        rc = (int)(sr == SCHED_ERR_FULL ? api_fail(e, 429, "rate_limit_error", NULL, "rate_limit_exceeded",
-                                                   "the server is busy; retry later")
-                   : api_fail(e, 503, "server_error", NULL, "unavailable", "the server cannot embed the query now"));
+        rc = (int)(sr == SCHED_ERR_FULL
+                       ? api_fail(e, 429, "rate_limit_error", NULL, "rate_limit_exceeded",
+                                  "the server is busy; retry later")
+                       : api_fail(e, 503, "server_error", NULL, "unavailable",
+                                  "the server cannot embed the query now"));
         goto done;
     }
     sched_update u;
@@ -471,17 +475,20 @@ static int rag_embed_query(conn *c, const char *text, float *out, api_error *e) 
     }
     const float *v = u.finish == SCHED_FINISH_STOP ? sched_job_embeddings(srv->sched, job) : NULL;
     if (!v) {
-        rc = (int)api_fail(e, u.finish == SCHED_FINISH_CANCELLED ? 503 : 500, "server_error", NULL, NULL,
-                           "embedding the query failed%s%s", u.finish == SCHED_FINISH_ERROR ? ": " : "",
+        rc = (int)api_fail(e, u.finish == SCHED_FINISH_CANCELLED ? 503 : 500, "server_error", NULL,
+                           NULL, "embedding the query failed%s%s",
+                           u.finish == SCHED_FINISH_ERROR ? ": " : "",
                            u.finish == SCHED_FINISH_ERROR ? u.error : "");
         goto done;
     }
     l3c_model_info info;
     l3c_model_get_info(srv->model, &info);
     double s2 = 0;
-    for (int32_t i = 0; i < info.n_embd; i++) s2 += (double)v[i] * v[i];
+    for (int32_t i = 0; i < info.n_embd; i++)
+        s2 += (double)v[i] * v[i];
     float inv = s2 > 0 ? (float)(1.0 / sqrt(s2)) : 0.0f;
-    for (int32_t i = 0; i < info.n_embd; i++) out[i] = v[i] * inv;
+    for (int32_t i = 0; i < info.n_embd; i++)
+        out[i] = v[i] * inv;
 done:
     sched_job_release(srv->sched, job);
     c->text_len = 0; /* an embeddings job writes no text; the buffer is reused for the answer */
@@ -502,8 +509,10 @@ static int rag_params(json_t *obj, const char *where, int *k, rag_mode *mode, ap
     return 0;
 }
 
-/* Retrieval for a query: embed (unless bm25), then search the index. 0, -1 (client left) or status. */
-static int rag_search(conn *c, const char *query, int k, rag_mode mode, rag_hit **hits, int *n, api_error *e) {
+/* Retrieval for a query: embed (unless bm25), then search the index. 0, -1 (client left) or status.
+ */
+static int rag_search(conn *c, const char *query, int k, rag_mode mode, rag_hit **hits, int *n,
+                      api_error *e) {
     server *srv = c->srv;
     l3c_model_info info;
     l3c_model_get_info(srv->model, &info);
@@ -513,8 +522,8 @@ static int rag_search(conn *c, const char *query, int k, rag_mode mode, rag_hit 
     if (rc == 0) {
         char err[RAG_ERR_CAP];
         pthread_mutex_lock(&srv->rag_mu);
-        int bad = rag_store_search(srv->rag, query, mode == RAG_BM25 ? NULL : q, info.n_embd, k, mode,
-                                   RAG_HYBRID_ALPHA, hits, n, err);
+        int bad = rag_store_search(srv->rag, query, mode == RAG_BM25 ? NULL : q, info.n_embd, k,
+                                   mode, RAG_HYBRID_ALPHA, hits, n, err);
         pthread_mutex_unlock(&srv->rag_mu);
         if (bad) rc = (int)api_fail(e, 500, "server_error", NULL, NULL, "%s", err);
     }
@@ -523,9 +532,9 @@ static int rag_search(conn *c, const char *query, int k, rag_mode mode, rag_hit 
 }
 
 static json_t *hit_json(const rag_hit *h, int rank, int with_text) {
-    json_t *o = json_pack("{s:i, s:s, s:i, s:i, s:f, s:f, s:f}", "rank", rank, "path", h->path, "line_start",
-                          h->line_start, "line_end", h->line_end, "score", h->score, "bm25", h->bm25, "cosine",
-                          h->cosine);
+    json_t *o = json_pack("{s:i, s:s, s:i, s:i, s:f, s:f, s:f}", "rank", rank, "path", h->path,
+                          "line_start", h->line_start, "line_end", h->line_end, "score", h->score,
+                          "bm25", h->bm25, "cosine", h->cosine);
     if (o && with_text) json_object_set_new(o, "text", json_string(h->text));
     return o;
 }
@@ -534,7 +543,9 @@ static json_t *hit_json(const rag_hit *h, int rank, int with_text) {
 static enum MHD_Result serve_rag_query(conn *c) {
     server *srv = c->srv;
     api_error e;
-    if (!srv->rag) return fail(c, 404, "invalid_request_error", NULL, "this server has no RAG index (start it with --rag-db)");
+    if (!srv->rag)
+        return fail(c, 404, "invalid_request_error", NULL,
+                    "this server has no RAG index (start it with --rag-db)");
     json_error_t je;
     json_t *root = json_loadb(c->body, c->len, 0, &je);
     if (!root || !json_is_object(root)) {
@@ -547,7 +558,8 @@ static enum MHD_Result serve_rag_query(conn *c) {
     rag_hit *h = NULL;
     int n = 0;
     if (!json_is_string(jq) || !*json_string_value(jq)) {
-        st = (int)api_fail(&e, 400, "invalid_request_error", "query", NULL, "'query' must be a non-empty string");
+        st = (int)api_fail(&e, 400, "invalid_request_error", "query", NULL,
+                           "'query' must be a non-empty string");
     } else if (!(st = rag_params(root, NULL, &k, &mode, &e))) {
         st = rag_search(c, json_string_value(jq), k, mode, &h, &n, &e);
     }
@@ -556,9 +568,10 @@ static enum MHD_Result serve_rag_query(conn *c) {
         return st < 0 ? MHD_NO : respond_error(c, &e);
     }
     json_t *data = json_array();
-    for (int i = 0; i < n; i++) json_array_append_new(data, hit_json(&h[i], i + 1, 1));
-    json_t *out = json_pack("{s:s, s:O, s:s, s:o}", "object", "list", "query", jq, "mode", rag_mode_name(mode), "data",
-                            data);
+    for (int i = 0; i < n; i++)
+        json_array_append_new(data, hit_json(&h[i], i + 1, 1));
+    json_t *out = json_pack("{s:s, s:O, s:s, s:o}", "object", "list", "query", jq, "mode",
+                            rag_mode_name(mode), "data", data);
     char *body = out ? json_dumps(out, JSON_COMPACT) : NULL;
     json_decref(out);
     json_decref(root);
@@ -592,7 +605,8 @@ static int rag_chat_augment(conn *c) {
         goto out;
     }
     if (!json_is_object(rag)) {
-        st = (int)api_fail(&e, 400, "invalid_request_error", "rag", NULL, "'rag' must be an object like {\"k\": 4}");
+        st = (int)api_fail(&e, 400, "invalid_request_error", "rag", NULL,
+                           "'rag' must be an object like {\"k\": 4}");
         goto out;
     }
     if ((st = rag_params(rag, "rag", &k, &mode, &e))) goto out;
@@ -602,19 +616,23 @@ static int rag_chat_augment(conn *c) {
     }
     json_t *content = last ? json_object_get(last, "content") : NULL;
     if (!json_is_string(content) || !*json_string_value(content)) {
-        st = (int)api_fail(&e, 400, "invalid_request_error", "messages", NULL,
-                           "with 'rag', the last user message must have a non-empty string content (the query)");
+        st = (int)api_fail(
+            &e, 400, "invalid_request_error", "messages", NULL,
+            "with 'rag', the last user message must have a non-empty string content (the query)");
         goto out;
     }
     if ((st = rag_search(c, json_string_value(content), k, mode, &h, &n, &e))) goto out;
     char *user = rag_sources_text(h, n, json_string_value(content));
-    json_t *sources = json_array(), *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);
-    for (int j = 0; j < n; j++) json_array_append_new(sources, hit_json(&h[j], j + 1, 0));
+    json_t *sources = json_array(),
+           *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);
+    for (int j = 0; j < n; j++)
+        json_array_append_new(sources, hit_json(&h[j], j + 1, 0));
     if (!user || !sources || !sys || json_object_set_new(last, "content", json_string(user)) ||
         json_array_insert_new(msgs, 0, sys)) {
         free(user);
         json_decref(sources);
-        st = (int)api_fail(&e, 500, "server_error", NULL, NULL, "out of memory building the prompt");
+        st =
+            (int)api_fail(&e, 500, "server_error", NULL, NULL, "out of memory building the prompt");
         goto out;
     }
     free(user);
@@ -622,7 +640,8 @@ static int rag_chat_augment(conn *c) {
     char *body = json_dumps(root, JSON_COMPACT);
     if (!body) {
         json_decref(sources);
-        st = (int)api_fail(&e, 500, "server_error", NULL, NULL, "out of memory building the prompt");
+        st =
+            (int)api_fail(&e, 500, "server_error", NULL, NULL, "out of memory building the prompt");
         goto out;
     }
     free(c->body);
@@ -680,13 +699,14 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
         snprintf(msg, sizeof msg, "Invalid URL (%.16s %.120s)", method, url);
         return fail(c, 404, "invalid_request_error", NULL, msg);
     }
-    int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
+    int wants_post =
+        c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
     if ((wants_post && !post) || (!wants_post && !get)) {
         snprintf(msg, sizeof msg, "method %.16s is not allowed on %.120s", method, url);
         return fail(c, 405, "invalid_request_error", "method_not_allowed", msg);
     }
-    int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG ||
-                     c->ep == EP_MODELS || c->ep == EP_METRICS;
+    int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
+                     c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS;
     if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");

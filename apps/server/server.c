@@ -56,8 +56,8 @@ static void usage(FILE *f) {
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
             "  --pooling P           /v1/embeddings pooling: mean (default), cls (first token) or last\n"
-            "  --rag-db FILE         a `llama3c rag index` built with this model: POST /v1/rag/query and\n"
-            "                        retrieval in chat completions (\"rag\": {\"k\": 4}); docs/RAG.md\n"
+            "  --rag-db FILE         a `llama3c rag index` of this model: POST /v1/rag/query\n"
+            "                        and chat completions with \"rag\": {\"k\": 4} (docs/RAG.md)\n"
             "  -t, --threads N       compute threads (default: physical cores)\n"
             "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 digits)\n"
             "  -v, --verbose         log HTTP errors and model loading on stderr\n");
@@ -181,17 +181,22 @@ static int open_rag(server *srv, const l3c_model_info *info) {
     rag_meta m;
     int found = 0;
     if (srv->pooling != L3C_POOLING_MEAN) {
-        fprintf(stderr, "llama3c serve: --rag-db needs --pooling mean (the index holds mean-pooled vectors)\n");
+        fprintf(
+            stderr,
+            "llama3c serve: --rag-db needs --pooling mean (the index holds mean-pooled vectors)\n");
         return -1;
     }
-    int bad = rag_store_open(srv->rag_db, 0, &srv->rag, err) || rag_store_get_meta(srv->rag, &m, &found, err);
+    int bad = rag_store_open(srv->rag_db, 0, &srv->rag, err) ||
+              rag_store_get_meta(srv->rag, &m, &found, err);
     if (!bad && !found) {
-        snprintf(err, sizeof err, "index '%s' holds nothing yet (build it with `llama3c rag index`)", srv->rag_db);
+        snprintf(err, sizeof err,
+                 "index '%s' holds nothing yet (build it with `llama3c rag index`)", srv->rag_db);
         bad = 1;
     }
     if (!bad)
         bad = rag_model_fingerprint(srv->model_path, srv->model, fp, err) ||
-              rag_meta_check_model(&m, fp, info->n_embd, info->name ? info->name : "", srv->rag_db, err);
+              rag_meta_check_model(&m, fp, info->n_embd, info->name ? info->name : "", srv->rag_db,
+                                   err);
     if (bad) {
         fprintf(stderr, "llama3c serve: %s\n", err);
         rag_store_close(srv->rag);
@@ -201,8 +206,8 @@ static int open_rag(server *srv, const l3c_model_info *info) {
     pthread_mutex_init(&srv->rag_mu, NULL);
     int64_t nf = 0, nc = 0;
     if (rag_store_counts(srv->rag, &nf, &nc, err) == 0)
-        fprintf(stderr, "llama3c serve: RAG index %s: %lld files, %lld chunks\n", srv->rag_db, (long long)nf,
-                (long long)nc);
+        fprintf(stderr, "llama3c serve: RAG index %s: %lld files, %lld chunks\n", srv->rag_db,
+                (long long)nf, (long long)nc);
     return 0;
 }
 
