@@ -342,6 +342,7 @@ def top1_right(hits, name, phrase):
     return os.path.basename(hits[0]["path"]) == name and phrase in hits[0]["text"]
 
 
+@pytest.mark.slow  # 25 model loads; ~2 min under ASan
 def test_retrieval_top1(built, smollm2_path):
     root, db = built
     assert len(QUESTIONS) >= 20
