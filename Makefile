@@ -1,6 +1,6 @@
 # llama3c build. `make` builds the library, the CLI and the unit tests into $(BUILD)/;
 # `make test` runs every test; `make asan` builds and tests under ASan+UBSan in build-asan/.
-# System packages (Debian): build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev
+# System packages (Debian): build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev
 # (scripts/setup.sh installs them).
 
 CC      ?= cc
@@ -20,11 +20,11 @@ APP_CFLAGS = $(CFLAGS_COMMON)
 # object out of a static archive: -u names it so the linker does.
 ISA_HOOKS := $(patsubst src/kernels/arm_%.c,l3c_kernels_override_%,$(wildcard src/kernels/arm_neon.c))
 LDLIBS  = -lpcre2-8 -ljansson -lpthread -lm $(ISA_HOOKS:%=-Wl,-u,%)
-APP_LDLIBS = -lmicrohttpd $(LDLIBS)
+APP_LDLIBS = -lmicrohttpd -lsqlite3 $(LDLIBS)
 
 LIB_SRC  := $(sort $(wildcard src/*.c src/*/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
-APP_SRC  := $(sort $(wildcard apps/cli/*.c apps/server/*.c))
+APP_SRC  := $(sort $(wildcard apps/cli/*.c apps/server/*.c apps/rag/*.c))
 APP_OBJ  := $(APP_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)

@@ -40,12 +40,14 @@ die() {
 }
 
 # ---------------------------------------------------------------- 1. Debian packages
-PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev python3 python3-venv python3-pip)
+PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev python3 python3-venv python3-pip)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and
-# `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user, and
+# `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user,
 # `make fuzz-ci` builds the libFuzzer harnesses with clang (libclang-rt-dev: the fuzzer and
-# sanitizer runtimes, only a Recommends of clang, which --no-install-recommends leaves out)
-((WITH_TEST)) && PKGS+=(chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user clang libclang-rt-dev)
+# sanitizer runtimes, only a Recommends of clang, which --no-install-recommends leaves out), the
+# rag tests read a PDF through pdftotext (poppler-utils), and the training / Hugging Face tests
+# compare with Debian's CPU-only torch (python3-torch)
+((WITH_TEST)) && PKGS+=(chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user clang libclang-rt-dev poppler-utils python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then

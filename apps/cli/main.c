@@ -20,6 +20,7 @@
 #pragma weak cmd_explain
 #pragma weak cmd_serve
 #pragma weak cmd_embed
+#pragma weak cmd_rag
 
 typedef struct command {
     const char *name;
@@ -45,6 +46,7 @@ int main(int argc, char **argv) {
         {"bench", cmd_bench, "measure prompt and generation speed"},
         {"explain", cmd_explain, "walk through the architecture with the loaded model's numbers"},
         {"embed", cmd_embed, "embeddings of texts (pooled hidden states), JSON or NPY"},
+        {"rag", cmd_rag, "index text / markdown / PDF files, retrieve, answer with sources"},
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
         {"eval", cmd_eval, "write the logits of given token ids to a file (for tests)"},
     };

@@ -21,9 +21,14 @@
 #include "metrics.h"
 #include "openai.h"
 
+#include "../rag/rag.h"
+
+#include <jansson.h>
+
 #include <microhttpd.h>
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -54,6 +59,7 @@ typedef struct conn {
     /* generation */
     api_request req;
     api_embd_request ereq; /* embeddings */
+    json_t *rag_sources;   /* chat with "rag": the sources, added to the non-streamed response */
     sched_job *job;
     int tokens_recorded;
     /* streaming */
@@ -138,7 +144,8 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
     if (e->status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (e->status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS
+                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ||
+                                        c->ep == EP_EMBEDDINGS || c->ep == EP_RAG
                                     ? "POST" : "GET, HEAD");
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -175,6 +182,7 @@ static metrics_endpoint route(const char *url) {
     if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions")) return EP_COMPLETIONS;
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return EP_MODELS;
     if (!strcmp(url, "/v1/embeddings") || !strcmp(url, "/embeddings")) return EP_EMBEDDINGS;
+    if (!strcmp(url, "/v1/rag/query")) return EP_RAG;
     if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) return EP_HEALTH;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
     if (!strcmp(url, "/") || !strcmp(url, "/index.html")) return EP_WEB;
@@ -348,6 +356,15 @@ static enum MHD_Result finish_blocking(conn *c) {
         return fail(c, 503, "server_error", "unavailable", "the server is shutting down");
     size_t len = 0;
     char *body = api_response_json(&c->req, c->text, c->text_len, &u, &len);
+    if (body && c->rag_sources) { /* chat with "rag": the sources the prompt numbered [1]..[k] */
+        json_t *root = json_loadb(body, len, 0, NULL);
+        free(body);
+        body = NULL;
+        if (root && !json_object_set(root, "rag_sources", c->rag_sources))
+            body = json_dumps(root, JSON_COMPACT);
+        json_decref(root);
+        len = body ? strlen(body) : 0;
+    }
     touch(c);
     return respond_json(c, 200, body, len);
 }
@@ -405,10 +422,252 @@ static enum MHD_Result submit_failed(conn *c, sched_submit_result r) {
     }
 }
 
+/* ------------------------------------------------------------------ retrieval (--rag-db) */
+
+#define RAG_QUERY_TOKENS 512 /* as `llama3c rag` embeds a query: BOS + at most this many tokens */
+
+/* The unit-length mean-pooled vector of BOS + text, through the scheduler (one embeddings job,
+ * batched with the other requests). 0 ok; -1 the client left; else an HTTP status in *e. */
+static int rag_embed_query(conn *c, const char *text, float *out, api_error *e) {
+    server *srv = c->srv;
+    int32_t cap = RAG_QUERY_TOKENS < srv->n_ctx ? RAG_QUERY_TOKENS : srv->n_ctx;
+    int32_t *ids = malloc((size_t)cap * sizeof *ids), off[2] = {0, 0};
+    if (!ids) return (int)api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+    int64_t n = l3c_tokenize(srv->tok, text, strlen(text), ids, cap, L3C_TOKENIZE_ADD_BOS);
+    if (n < 0) { /* longer: the first cap tokens, as the CLI */
+        int32_t *all = malloc((size_t)-n * sizeof *all);
+        if (!all) {
+            free(ids);
+            return (int)api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+        }
+        l3c_tokenize(srv->tok, text, strlen(text), all, -n, L3C_TOKENIZE_ADD_BOS);
+        memcpy(ids, all, (size_t)cap * sizeof *ids);
+        free(all);
+        n = cap;
+    }
+    if (n == 0) {
+        free(ids);
+        return (int)api_fail(e, 400, "invalid_request_error", "query", NULL,
+                             "the query has no tokens");
+    }
+    off[1] = (int32_t)n;
+    sched_job *job = sched_embd_job_new(ids, off, 1); /* takes ids */
+    if (!job) return (int)api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+    int rc = 0;
+    sched_submit_result sr = sched_submit(srv->sched, job);
+    if (sr != SCHED_OK) {
+        rc = (int)(sr == SCHED_ERR_FULL
+                       ? api_fail(e, 429, "rate_limit_error", NULL, "rate_limit_exceeded",
+                                  "the server is busy; retry later")
+                       : api_fail(e, 503, "server_error", NULL, "unavailable",
+                                  "the server cannot embed the query now"));
+        goto done;
+    }
+    sched_update u;
+    for (;;) {
+        sched_job_wait(srv->sched, job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
+        if (u.finish != SCHED_RUNNING) break;
+        if (client_gone(c->mc)) {
+            sched_job_cancel(srv->sched, job);
+            rc = -1;
+            goto done;
+        }
+    }
+    const float *v = u.finish == SCHED_FINISH_STOP ? sched_job_embeddings(srv->sched, job) : NULL;
+    if (!v) {
+        rc = (int)api_fail(e, u.finish == SCHED_FINISH_CANCELLED ? 503 : 500, "server_error", NULL,
+                           NULL, "embedding the query failed%s%s",
+                           u.finish == SCHED_FINISH_ERROR ? ": " : "",
+                           u.finish == SCHED_FINISH_ERROR ? u.error : "");
+        goto done;
+    }
+    l3c_model_info info;
+    l3c_model_get_info(srv->model, &info);
+    double s2 = 0;
+    for (int32_t i = 0; i < info.n_embd; i++)
+        s2 += (double)v[i] * v[i];
+    float inv = s2 > 0 ? (float)(1.0 / sqrt(s2)) : 0.0f;
+    for (int32_t i = 0; i < info.n_embd; i++)
+        out[i] = v[i] * inv;
+done:
+    sched_job_release(srv->sched, job);
+    c->text_len = 0; /* an embeddings job writes no text; the buffer is reused for the answer */
+    return rc;
+}
+
+/* Parses {"k": int, "mode": string} fields of obj (either may be absent). 0 or 400 in *e, whose
+ * param is `where` (the enclosing field), or the field itself when where is NULL. */
+static int rag_params(json_t *obj, const char *where, int *k, rag_mode *mode, api_error *e) {
+    json_t *jk = json_object_get(obj, "k"), *jm = json_object_get(obj, "mode");
+    if (jk && (!json_is_integer(jk) || json_integer_value(jk) < 1 || json_integer_value(jk) > 100))
+        return (int)api_fail(e, 400, "invalid_request_error", where ? where : "k", NULL,
+                             "'k' must be an integer in [1, 100]");
+    if (jk) *k = (int)json_integer_value(jk);
+    if (jm && (!json_is_string(jm) || rag_mode_parse(json_string_value(jm), mode)))
+        return (int)api_fail(e, 400, "invalid_request_error", where ? where : "mode", NULL,
+                             "'mode' must be one of \"hybrid\", \"vector\", \"bm25\"");
+    return 0;
+}
+
+/* Retrieval for a query: embed (unless bm25), then search the index. 0, -1 (client left) or status.
+ */
+static int rag_search(conn *c, const char *query, int k, rag_mode mode, rag_hit **hits, int *n,
+                      api_error *e) {
+    server *srv = c->srv;
+    l3c_model_info info;
+    l3c_model_get_info(srv->model, &info);
+    float *q = malloc((size_t)info.n_embd * sizeof *q);
+    if (!q) return (int)api_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+    int rc = mode == RAG_BM25 ? 0 : rag_embed_query(c, query, q, e);
+    if (rc == 0) {
+        char err[RAG_ERR_CAP];
+        pthread_mutex_lock(&srv->rag_mu);
+        int bad = rag_store_search(srv->rag, query, mode == RAG_BM25 ? NULL : q, info.n_embd, k,
+                                   mode, RAG_HYBRID_ALPHA, hits, n, err);
+        pthread_mutex_unlock(&srv->rag_mu);
+        if (bad) rc = (int)api_fail(e, 500, "server_error", NULL, NULL, "%s", err);
+    }
+    free(q);
+    return rc;
+}
+
+static json_t *hit_json(const rag_hit *h, int rank, int with_text) {
+    json_t *o = json_pack("{s:i, s:s, s:i, s:i, s:f, s:f, s:f}", "rank", rank, "path", h->path,
+                          "line_start", h->line_start, "line_end", h->line_end, "score", h->score,
+                          "bm25", h->bm25, "cosine", h->cosine);
+    if (o && with_text) json_object_set_new(o, "text", json_string(h->text));
+    return o;
+}
+
+/* POST /v1/rag/query {"query": "...", "k": 5, "mode": "hybrid"} -> the ranked chunks. */
+static enum MHD_Result serve_rag_query(conn *c) {
+    server *srv = c->srv;
+    api_error e;
+    if (!srv->rag)
+        return fail(c, 404, "invalid_request_error", NULL,
+                    "this server has no RAG index (start it with --rag-db)");
+    json_error_t je;
+    json_t *root = json_loadb(c->body, c->len, 0, &je);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        return fail(c, 400, "invalid_request_error", NULL, "the body must be a JSON object");
+    }
+    json_t *jq = json_object_get(root, "query");
+    int k = 5, st;
+    rag_mode mode = RAG_HYBRID;
+    rag_hit *h = NULL;
+    int n = 0;
+    if (!json_is_string(jq) || !*json_string_value(jq)) {
+        st = (int)api_fail(&e, 400, "invalid_request_error", "query", NULL,
+                           "'query' must be a non-empty string");
+    } else if (!(st = rag_params(root, NULL, &k, &mode, &e))) {
+        st = rag_search(c, json_string_value(jq), k, mode, &h, &n, &e);
+    }
+    if (st) {
+        json_decref(root);
+        return st < 0 ? MHD_NO : respond_error(c, &e);
+    }
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(data, hit_json(&h[i], i + 1, 1));
+    json_t *out = json_pack("{s:s, s:O, s:s, s:o}", "object", "list", "query", jq, "mode",
+                            rag_mode_name(mode), "data", data);
+    char *body = out ? json_dumps(out, JSON_COMPACT) : NULL;
+    json_decref(out);
+    json_decref(root);
+    rag_hits_free(h, n);
+    touch(c);
+    return respond_json(c, 200, body, body ? strlen(body) : 0);
+}
+
+/* Chat completions with the extension field "rag": {"k": 4, "mode": "hybrid"}: retrieves chunks for
+ * the last user message, adds the instructions as a system message (before any the client sent) and
+ * the numbered sources before the question in that user message, removes "rag", and puts the new
+ * body in c->body; the sources are added to a non-streamed response as "rag_sources".
+ * Returns 0 (go on), 1 (an error was answered) or -1 (the client left). */
+static int rag_chat_augment(conn *c) {
+    server *srv = c->srv;
+    json_t *root = json_loadb(c->body, c->len, 0, NULL), *rag;
+    if (!root || !json_is_object(root) || !(rag = json_object_get(root, "rag"))) {
+        json_decref(root);
+        return 0; /* not ours: api_parse_request reports what is wrong */
+    }
+    api_error e;
+    int st = 0, k = 4, n = 0;
+    rag_mode mode = RAG_HYBRID;
+    rag_hit *h = NULL;
+    json_t *msgs = json_object_get(root, "messages"), *last = NULL;
+    size_t i;
+    json_t *m;
+    if (!srv->rag) {
+        st = (int)api_fail(&e, 400, "invalid_request_error", "rag", NULL,
+                           "this server has no RAG index (start it with --rag-db)");
+        goto out;
+    }
+    if (!json_is_object(rag)) {
+        st = (int)api_fail(&e, 400, "invalid_request_error", "rag", NULL,
+                           "'rag' must be an object like {\"k\": 4}");
+        goto out;
+    }
+    if ((st = rag_params(rag, "rag", &k, &mode, &e))) goto out;
+    json_array_foreach(msgs, i, m) {
+        json_t *role = json_object_get(m, "role");
+        if (json_is_string(role) && !strcmp(json_string_value(role), "user")) last = m;
+    }
+    json_t *content = last ? json_object_get(last, "content") : NULL;
+    if (!json_is_string(content) || !*json_string_value(content)) {
+        st = (int)api_fail(
+            &e, 400, "invalid_request_error", "messages", NULL,
+            "with 'rag', the last user message must have a non-empty string content (the query)");
+        goto out;
+    }
+    if ((st = rag_search(c, json_string_value(content), k, mode, &h, &n, &e))) goto out;
+    char *user = rag_sources_text(h, n, json_string_value(content));
+    json_t *sources = json_array(),
+           *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);
+    for (int j = 0; j < n; j++)
+        json_array_append_new(sources, hit_json(&h[j], j + 1, 0));
+    if (!user || !sources || !sys || json_object_set_new(last, "content", json_string(user)) ||
+        json_array_insert_new(msgs, 0, sys)) {
+        free(user);
+        json_decref(sources);
+        st =
+            (int)api_fail(&e, 500, "server_error", NULL, NULL, "out of memory building the prompt");
+        goto out;
+    }
+    free(user);
+    json_object_del(root, "rag");
+    char *body = json_dumps(root, JSON_COMPACT);
+    if (!body) {
+        json_decref(sources);
+        st =
+            (int)api_fail(&e, 500, "server_error", NULL, NULL, "out of memory building the prompt");
+        goto out;
+    }
+    free(c->body);
+    c->body = body;
+    c->len = c->cap = strlen(body);
+    c->rag_sources = sources;
+out:
+    rag_hits_free(h, n);
+    json_decref(root);
+    if (st < 0) return -1;
+    if (st > 0) {
+        respond_error(c, &e);
+        return 1;
+    }
+    return 0;
+}
+
 static enum MHD_Result serve_generate(conn *c) {
     server *srv = c->srv;
     api_error e;
     if (c->ep == EP_EMBEDDINGS) return serve_embeddings(c);
+    if (c->ep == EP_RAG) return serve_rag_query(c);
+    if (c->ep == EP_CHAT) {
+        int r = rag_chat_augment(c);
+        if (r != 0) return r > 0 ? MHD_YES : MHD_NO; /* answered (error) or the client left */
+    }
     if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len, &c->req, &e))
         return respond_error(c, &e);
     free(c->body);
@@ -440,13 +699,14 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
         snprintf(msg, sizeof msg, "Invalid URL (%.16s %.120s)", method, url);
         return fail(c, 404, "invalid_request_error", NULL, msg);
     }
-    int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS;
+    int wants_post =
+        c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
     if ((wants_post && !post) || (!wants_post && !get)) {
         snprintf(msg, sizeof msg, "method %.16s is not allowed on %.120s", method, url);
         return fail(c, 405, "invalid_request_error", "method_not_allowed", msg);
     }
     int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
-                     c->ep == EP_MODELS || c->ep == EP_METRICS;
+                     c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS;
     if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
@@ -536,6 +796,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (c->job) sched_job_release(srv->sched, c->job);
     api_request_free(&c->req);
     api_embd_request_free(&c->ereq);
+    json_decref(c->rag_sources);
     free(c->body);
     free(c->sse);
     free(c->text);

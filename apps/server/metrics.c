@@ -27,7 +27,8 @@ static struct {
 } M = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static const char *k_ep_label[EP_COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/models",
-                                           "/health", "/metrics", "/", "/v1/embeddings", "other"};
+                                           "/health", "/metrics", "/", "/v1/embeddings",
+                                           "/v1/rag/query", "other"};
 
 const char *metrics_endpoint_label(metrics_endpoint e) {
     return e < EP_COUNT ? k_ep_label[e] : "other";

@@ -12,6 +12,8 @@
 #include "metrics.h"
 #include "server.h"
 
+#include "../rag/rag.h"
+
 #include "llama3c.h"
 
 #include <errno.h>
@@ -54,6 +56,8 @@ static void usage(FILE *f) {
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
             "  --pooling P           /v1/embeddings pooling: mean (default), cls (first token) or last\n"
+            "  --rag-db FILE         a `llama3c rag index` of this model: POST /v1/rag/query\n"
+            "                        and chat completions with \"rag\": {\"k\": 4} (docs/RAG.md)\n"
             "  -t, --threads N       compute threads (default: physical cores)\n"
             "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 digits)\n"
             "  -v, --verbose         log HTTP errors and model loading on stderr\n");
@@ -108,6 +112,7 @@ static int parse_args(server *srv, int argc, char **argv) {
         if (!strcmp(name, "-m") || !strcmp(name, "--model")) srv->model_path = val;
         else if (!strcmp(name, "--host")) srv->host = val;
         else if (!strcmp(name, "--api-key")) srv->api_key = val;
+        else if (!strcmp(name, "--rag-db")) srv->rag_db = val;
         else if (!strcmp(name, "--port")) {
             if (parse_int(name, val, 0, 65535, &x)) return -1;
             srv->port = (int)x;
@@ -170,6 +175,42 @@ static void model_id_from_path(char *dst, size_t cap, const char *path) {
     if (n > 5 && !strcmp(dst + n - 5, ".gguf")) dst[n - 5] = 0;
 }
 
+/* --rag-db: the index must exist, hold something, and have been built with this model. */
+static int open_rag(server *srv, const l3c_model_info *info) {
+    char err[RAG_ERR_CAP], fp[65];
+    rag_meta m;
+    int found = 0;
+    if (srv->pooling != L3C_POOLING_MEAN) {
+        fprintf(
+            stderr,
+            "llama3c serve: --rag-db needs --pooling mean (the index holds mean-pooled vectors)\n");
+        return -1;
+    }
+    int bad = rag_store_open(srv->rag_db, 0, &srv->rag, err) ||
+              rag_store_get_meta(srv->rag, &m, &found, err);
+    if (!bad && !found) {
+        snprintf(err, sizeof err,
+                 "index '%s' holds nothing yet (build it with `llama3c rag index`)", srv->rag_db);
+        bad = 1;
+    }
+    if (!bad)
+        bad = rag_model_fingerprint(srv->model_path, srv->model, fp, err) ||
+              rag_meta_check_model(&m, fp, info->n_embd, info->name ? info->name : "", srv->rag_db,
+                                   err);
+    if (bad) {
+        fprintf(stderr, "llama3c serve: %s\n", err);
+        rag_store_close(srv->rag);
+        srv->rag = NULL;
+        return -1;
+    }
+    pthread_mutex_init(&srv->rag_mu, NULL);
+    int64_t nf = 0, nc = 0;
+    if (rag_store_counts(srv->rag, &nf, &nc, err) == 0)
+        fprintf(stderr, "llama3c serve: RAG index %s: %lld files, %lld chunks\n", srv->rag_db,
+                (long long)nf, (long long)nc);
+    return 0;
+}
+
 int cmd_serve(int argc, char **argv) {
     server srv = {0};
     srv.host = "127.0.0.1";
@@ -224,6 +265,7 @@ int cmd_serve(int argc, char **argv) {
         goto out;
     }
     srv.n_ctx = l3c_context_n_ctx(srv.ctx);
+    if (srv.rag_db && open_rag(&srv, &info)) goto out;
 
     sched_options so = {srv.parallel, srv.step_tokens, srv.queue};
     srv.sched = sched_create(srv.model, srv.ctx, &so);
@@ -256,6 +298,8 @@ out:
     sched_free(srv.sched);
     l3c_context_free(srv.ctx);
     l3c_model_free(srv.model);
+    if (srv.rag) pthread_mutex_destroy(&srv.rag_mu);
+    rag_store_close(srv.rag);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     sem_destroy(&g_stop_sem);

@@ -9,8 +9,11 @@
 #include "llama3c.h"
 #include "scheduler.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+
+struct rag_store;
 
 typedef struct server {
     /* options */
@@ -29,6 +32,7 @@ typedef struct server {
     int verbose;
     int bf16;     /* --bf16: l3c_model_params.bf16_matmul */
     int pooling;  /* --pooling: l3c_pooling of /v1/embeddings (MEAN, CLS or LAST) */
+    const char *rag_db;   /* --rag-db: index for /v1/rag/query and chat "rag" (NULL: off) */
 
     /* engine, set up before the HTTP daemon starts */
     l3c_model *model;
@@ -39,6 +43,8 @@ typedef struct server {
     int32_t n_ctx, n_vocab;
     char model_id[256];
     long long started_at; /* unix time */
+    struct rag_store *rag;    /* opened and checked against the model at start; NULL: no --rag-db */
+    pthread_mutex_t rag_mu;   /* one search at a time on the shared SQLite connection */
 } server;
 
 #endif

@@ -1,0 +1,704 @@
+/*
+ * rag_store.c -- the RAG index: one SQLite database (WAL journal, synchronous FULL).
+ *
+ * Schema (RAG_SCHEMA_VERSION 1):
+ *   meta(key PRIMARY KEY, value)         schema_version, model_fingerprint, model_name, n_embd,
+ *                                        pooling, chunk_tokens, overlap
+ *   files(id, path UNIQUE, size, mtime_ns, sha256, n_chunks)
+ *                                        a row exists only for a file whose chunks are all stored
+ *   chunks(id, file_id, seq, byte_start, byte_end, line_start, line_end, n_tokens, text, embedding)
+ *                                        embedding: n_embd float32 (host order, little-endian on
+ *                                        every supported target), unit L2 norm
+ *   chunks_fts USING fts5(title, text; porter + unicode61)   rowid == chunks.id
+ *
+ * Invariant: a file's rows (files, chunks, chunks_fts) change only inside one transaction, so
+ * after a crash or kill -9 at any point the index holds, for every file, either all its chunks
+ * of one version or none (SQLite's atomic commit; the WAL is rolled back or replayed on the next
+ * open). Re-running `rag index` then resumes: files already complete are skipped by sha256.
+ *
+ * Search: BM25 from FTS5 (the query's words OR-ed), cosine by an exact scan of every stored vector
+ * (O(chunks x n_embd) per query: fine for a local folder, not for millions of chunks), hybrid by
+ * relative score fusion of the two top-RAG_CANDIDATES lists (RAG_HYBRID_ALPHA in rag.h).
+ */
+#include "rag.h"
+
+#include <sqlite3.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct rag_store {
+    sqlite3 *db;
+    char *path;
+};
+
+static int failf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int failf(char *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, RAG_ERR_CAP, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int dbfail(rag_store *s, char *err, const char *what) {
+    return failf(err, "index '%s': %s: %s", s->path, what, sqlite3_errmsg(s->db));
+}
+
+static int exec(rag_store *s, const char *sql, char *err) {
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        failf(err, "index '%s': %s (in: %.60s)", s->path, msg ? msg : sqlite3_errmsg(s->db), sql);
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int prep(rag_store *s, const char *sql, sqlite3_stmt **st, char *err) {
+    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+        *st = NULL;
+        return dbfail(s, err, "preparing a statement");
+    }
+    return 0;
+}
+
+const char *rag_mode_name(rag_mode m) {
+    return m == RAG_VECTOR ? "vector" : m == RAG_BM25 ? "bm25" : "hybrid";
+}
+
+int rag_mode_parse(const char *s, rag_mode *out) {
+    if (!strcmp(s, "hybrid"))
+        *out = RAG_HYBRID;
+    else if (!strcmp(s, "vector"))
+        *out = RAG_VECTOR;
+    else if (!strcmp(s, "bm25"))
+        *out = RAG_BM25;
+    else
+        return -1;
+    return 0;
+}
+
+static const char SCHEMA[] =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS files(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE,"
+    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, n_chunks INTEGER NOT "
+    "NULL);"
+    "CREATE TABLE IF NOT EXISTS chunks(id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES "
+    "files(id),"
+    " seq INTEGER NOT NULL, byte_start INTEGER NOT NULL, byte_end INTEGER NOT NULL,"
+    " line_start INTEGER NOT NULL, line_end INTEGER NOT NULL, n_tokens INTEGER NOT NULL,"
+    " text TEXT NOT NULL, embedding BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id, seq);"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter "
+    "unicode61');";
+
+int rag_store_open(const char *path, int create, rag_store **out, char *err) {
+    *out = NULL;
+    struct stat st;
+    int exists = stat(path, &st) == 0;
+    if (!exists && !create)
+        return failf(err,
+                     "index '%s' does not exist (build it with `llama3c rag index --db %s DIR`)",
+                     path, path);
+    if (exists && !S_ISREG(st.st_mode)) return failf(err, "index '%s' is not a regular file", path);
+    rag_store *s = calloc(1, sizeof *s);
+    if (!s || !(s->path = strdup(path))) {
+        free(s);
+        return failf(err, "out of memory");
+    }
+    int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_FULLMUTEX;
+    if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
+        failf(err, "cannot open index '%s': %s", path,
+              s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 10000);
+    sqlite3_extended_result_codes(s->db, 1);
+    /* the first read tells a SQLite file from anything else ("file is not a database") */
+    sqlite3_stmt *q = NULL;
+    int n_tables = -1, has_meta = 0;
+    if (sqlite3_prepare_v2(
+            s->db, "SELECT count(*), sum(name='meta') FROM sqlite_master WHERE type='table'", -1,
+            &q, NULL) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+        n_tables = sqlite3_column_int(q, 0);
+        has_meta = sqlite3_column_int(q, 1);
+    }
+    sqlite3_finalize(q);
+    if (n_tables < 0) {
+        failf(err, "'%s' is not a usable llama3c RAG index: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    if (n_tables > 0 && !has_meta) {
+        failf(err, "'%s' is a SQLite database but not a llama3c RAG index (no meta table)", path);
+        goto fail;
+    }
+    if (exists &&
+        n_tables > 0) { /* a damaged page fails here with a clear message, not mid-query */
+        char result[128] = "";
+        sqlite3_stmt *ic = NULL;
+        if (sqlite3_prepare_v2(s->db, "PRAGMA quick_check", -1, &ic, NULL) == SQLITE_OK &&
+            sqlite3_step(ic) == SQLITE_ROW)
+            snprintf(result, sizeof result, "%s", (const char *)sqlite3_column_text(ic, 0));
+        else
+            snprintf(result, sizeof result, "%s", sqlite3_errmsg(s->db));
+        sqlite3_finalize(ic);
+        if (strcmp(result, "ok")) {
+            failf(err,
+                  "index '%s' is corrupted (PRAGMA quick_check: %s); delete it and run `rag index` "
+                  "again",
+                  path, result);
+            goto fail;
+        }
+    }
+    if (exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", err)) goto fail;
+    if (n_tables == 0) {
+        if (!create) {
+            failf(err, "index '%s' is empty (build it with `llama3c rag index`)", path);
+            goto fail;
+        }
+        if (exec(s, "BEGIN IMMEDIATE;", err)) goto fail;
+        char sql[256];
+        snprintf(sql, sizeof sql, "INSERT OR IGNORE INTO meta VALUES('schema_version','%d');",
+                 RAG_SCHEMA_VERSION);
+        if (exec(s, SCHEMA, err) || exec(s, sql, err) || exec(s, "COMMIT;", err)) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            goto fail;
+        }
+    }
+    /* schema version */
+    q = NULL;
+    int ver = -1;
+    if (prep(s, "SELECT value FROM meta WHERE key='schema_version'", &q, err)) goto fail;
+    if (sqlite3_step(q) == SQLITE_ROW) ver = atoi((const char *)sqlite3_column_text(q, 0));
+    sqlite3_finalize(q);
+    if (ver != RAG_SCHEMA_VERSION) {
+        failf(err,
+              "index '%s' has schema version %d; this llama3c reads version %d (rebuild the index)",
+              path, ver, RAG_SCHEMA_VERSION);
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    rag_store_close(s);
+    return -1;
+}
+
+void rag_store_close(rag_store *s) {
+    if (!s) return;
+    sqlite3_close(s->db);
+    free(s->path);
+    free(s);
+}
+
+/* ---------------------------------------------------------------- meta */
+
+static const char *const META_KEYS[] = {"model_fingerprint", "model_name", "n_embd",
+                                        "chunk_tokens",      "overlap",    "pooling"};
+
+int rag_store_get_meta(rag_store *s, rag_meta *m, int *found, char *err) {
+    memset(m, 0, sizeof *m);
+    *found = 0;
+    sqlite3_stmt *q;
+    if (prep(s, "SELECT key, value FROM meta", &q, err)) return -1;
+    int have = 0, rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(q, 0),
+                   *v = (const char *)sqlite3_column_text(q, 1);
+        if (!k || !v) continue;
+        if (!strcmp(k, META_KEYS[0]))
+            snprintf(m->fingerprint, sizeof m->fingerprint, "%s", v), have |= 1;
+        else if (!strcmp(k, META_KEYS[1]))
+            snprintf(m->model_name, sizeof m->model_name, "%s", v), have |= 2;
+        else if (!strcmp(k, META_KEYS[2]))
+            m->n_embd = atoi(v), have |= 4;
+        else if (!strcmp(k, META_KEYS[3]))
+            m->chunk_tokens = atoi(v), have |= 8;
+        else if (!strcmp(k, META_KEYS[4]))
+            m->overlap = atoi(v), have |= 16;
+        else if (!strcmp(k, META_KEYS[5]))
+            snprintf(m->pooling, sizeof m->pooling, "%s", v), have |= 32;
+    }
+    sqlite3_finalize(q);
+    if (rc != SQLITE_DONE) return dbfail(s, err, "reading the meta table");
+    if (have == 0) return 0;
+    if (have != 63 || m->n_embd <= 0 || m->chunk_tokens <= 0)
+        return failf(err, "index '%s': the meta table is incomplete or invalid (rebuild the index)",
+                     s->path);
+    *found = 1;
+    return 0;
+}
+
+int rag_store_set_meta(rag_store *s, const rag_meta *m, char *err) {
+    char a[16], b[16], c[16];
+    snprintf(a, sizeof a, "%d", (int)m->n_embd);
+    snprintf(b, sizeof b, "%d", (int)m->chunk_tokens);
+    snprintf(c, sizeof c, "%d", (int)m->overlap);
+    const char *vals[] = {m->fingerprint, m->model_name, a, b, c, m->pooling};
+    sqlite3_stmt *q;
+    if (exec(s, "BEGIN IMMEDIATE", err)) return -1;
+    if (prep(s, "INSERT OR REPLACE INTO meta VALUES(?1, ?2)", &q, err)) goto fail;
+    for (int i = 0; i < 6; i++) {
+        sqlite3_bind_text(q, 1, META_KEYS[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, vals[i], -1, SQLITE_STATIC);
+        if (sqlite3_step(q) != SQLITE_DONE) {
+            dbfail(s, err, "writing the meta table");
+            sqlite3_finalize(q);
+            goto fail;
+        }
+        sqlite3_reset(q);
+    }
+    sqlite3_finalize(q);
+    return exec(s, "COMMIT", err);
+fail:
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+int rag_meta_check_model(const rag_meta *have, const char *fingerprint, int32_t n_embd,
+                         const char *model_name, const char *db_path, char *err) {
+    if (strcmp(have->fingerprint, fingerprint) || have->n_embd != n_embd)
+        return failf(
+            err,
+            "index '%s' was built with a different model ('%s', n_embd %d, fingerprint %.12s) than "
+            "this one ('%s', n_embd %d, fingerprint %.12s): its vectors are not comparable; use "
+            "the "
+            "same model or rebuild the index into a new --db",
+            db_path, have->model_name, (int)have->n_embd, have->fingerprint, model_name,
+            (int)n_embd, fingerprint);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- files */
+
+int rag_store_file_state(rag_store *s, const char *path, int64_t *size, int64_t *mtime_ns,
+                         char sha[65], int *found, char *err) {
+    sqlite3_stmt *q;
+    *found = 0;
+    if (prep(s, "SELECT size, mtime_ns, sha256 FROM files WHERE path = ?1", &q, err)) return -1;
+    sqlite3_bind_text(q, 1, path, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        *found = 1;
+        *size = sqlite3_column_int64(q, 0);
+        *mtime_ns = sqlite3_column_int64(q, 1);
+        snprintf(sha, 65, "%s", (const char *)sqlite3_column_text(q, 2));
+    }
+    sqlite3_finalize(q);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return dbfail(s, err, "reading the files table");
+    return 0;
+}
+
+int rag_store_touch_file(rag_store *s, const char *path, int64_t size, int64_t mtime_ns,
+                         char *err) {
+    sqlite3_stmt *q;
+    if (prep(s, "UPDATE files SET size = ?2, mtime_ns = ?3 WHERE path = ?1", &q, err)) return -1;
+    sqlite3_bind_text(q, 1, path, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, size);
+    sqlite3_bind_int64(q, 3, mtime_ns);
+    int rc = sqlite3_step(q);
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE ? 0 : dbfail(s, err, "updating the files table");
+}
+
+/* Deletes a file's rows (inside the caller's transaction). */
+static int delete_file(rag_store *s, int64_t file_id, char *err) {
+    static const char *const sql[] = {
+        "DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?1)",
+        "DELETE FROM chunks WHERE file_id = ?1", "DELETE FROM files WHERE id = ?1"};
+    for (int i = 0; i < 3; i++) {
+        sqlite3_stmt *q;
+        if (prep(s, sql[i], &q, err)) return -1;
+        sqlite3_bind_int64(q, 1, file_id);
+        int rc = sqlite3_step(q);
+        sqlite3_finalize(q);
+        if (rc != SQLITE_DONE) return dbfail(s, err, "deleting a file's chunks");
+    }
+    return 0;
+}
+
+static int64_t file_id_of(rag_store *s, const char *path) {
+    sqlite3_stmt *q;
+    int64_t id = 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT id FROM files WHERE path = ?1", -1, &q, NULL) !=
+        SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(q, 1, path, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        id = sqlite3_column_int64(q, 0);
+    else if (rc != SQLITE_DONE)
+        id = -1;
+    sqlite3_finalize(q);
+    return id;
+}
+
+int rag_store_put_file(rag_store *s, const char *path, const char *title, int64_t size,
+                       int64_t mtime_ns, const char *sha, const char *text, const rag_chunk *chunks,
+                       size_t n_chunks, const float *vecs, int32_t n_embd, char *err) {
+    sqlite3_stmt *qf = NULL, *qc = NULL, *qt = NULL;
+    if (exec(s, "BEGIN IMMEDIATE", err)) return -1;
+    int64_t old = file_id_of(s, path);
+    if (old < 0) {
+        dbfail(s, err, "reading the files table");
+        goto fail;
+    }
+    if (old > 0 && delete_file(s, old, err)) goto fail;
+    if (prep(s,
+             "INSERT INTO files(path, size, mtime_ns, sha256, n_chunks) VALUES(?1, ?2, ?3, ?4, ?5)",
+             &qf, err) ||
+        prep(s,
+             "INSERT INTO chunks(file_id, seq, byte_start, byte_end, line_start, line_end, "
+             "n_tokens, text,"
+             " embedding) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             &qc, err) ||
+        prep(s, "INSERT INTO chunks_fts(rowid, title, text) VALUES(?1, ?2, ?3)", &qt, err))
+        goto fail;
+    sqlite3_bind_text(qf, 1, path, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(qf, 2, size);
+    sqlite3_bind_int64(qf, 3, mtime_ns);
+    sqlite3_bind_text(qf, 4, sha, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(qf, 5, (sqlite3_int64)n_chunks);
+    if (sqlite3_step(qf) != SQLITE_DONE) {
+        dbfail(s, err, "inserting into files");
+        goto fail;
+    }
+    int64_t fid = sqlite3_last_insert_rowid(s->db);
+    for (size_t i = 0; i < n_chunks; i++) {
+        const rag_chunk *c = &chunks[i];
+        char *clean = rag_utf8_clean(text + c->byte_start, c->byte_end - c->byte_start);
+        if (!clean) {
+            failf(err, "out of memory");
+            goto fail;
+        }
+        sqlite3_bind_int64(qc, 1, fid);
+        sqlite3_bind_int64(qc, 2, (sqlite3_int64)i);
+        sqlite3_bind_int64(qc, 3, (sqlite3_int64)c->byte_start);
+        sqlite3_bind_int64(qc, 4, (sqlite3_int64)c->byte_end);
+        sqlite3_bind_int(qc, 5, c->line_start);
+        sqlite3_bind_int(qc, 6, c->line_end);
+        sqlite3_bind_int(qc, 7, c->n_tokens);
+        sqlite3_bind_text(qc, 8, clean, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(qc, 9, vecs + i * (size_t)n_embd, (int)((size_t)n_embd * sizeof(float)),
+                          SQLITE_STATIC);
+        int rc = sqlite3_step(qc);
+        sqlite3_reset(qc);
+        int64_t cid = sqlite3_last_insert_rowid(s->db);
+        sqlite3_bind_int64(qt, 1, cid);
+        sqlite3_bind_text(qt, 2, title, -1, SQLITE_STATIC);
+        sqlite3_bind_text(qt, 3, clean, -1, SQLITE_TRANSIENT);
+        int rt = rc == SQLITE_DONE ? sqlite3_step(qt) : rc;
+        sqlite3_reset(qt);
+        free(clean);
+        if (rc != SQLITE_DONE || rt != SQLITE_DONE) {
+            dbfail(s, err, "inserting a chunk");
+            goto fail;
+        }
+    }
+    sqlite3_finalize(qf), sqlite3_finalize(qc), sqlite3_finalize(qt);
+    qf = qc = qt = NULL;
+    /* test hook: a window inside the open transaction for the kill -9 test (docs/RAG.md) */
+    const char *delay = getenv("L3C_RAG_TEST_DELAY_MS");
+    if (delay && atoi(delay) > 0) usleep((useconds_t)atoi(delay) * 1000);
+    if (exec(s, "COMMIT", err)) goto fail;
+    return 0;
+fail:
+    sqlite3_finalize(qf), sqlite3_finalize(qc), sqlite3_finalize(qt);
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int rag_store_remove_missing(rag_store *s, char *const *keep, size_t n_keep, char *const *roots,
+                             size_t n_roots, int *removed, char *err) {
+    *removed = 0;
+    char **sorted = malloc((n_keep ? n_keep : 1) * sizeof *sorted);
+    int64_t *gone = NULL;
+    size_t n_gone = 0, cap = 0;
+    sqlite3_stmt *q = NULL;
+    if (!sorted) return failf(err, "out of memory");
+    memcpy(sorted, keep, n_keep * sizeof *sorted);
+    qsort(sorted, n_keep, sizeof *sorted, cmp_str);
+    if (prep(s, "SELECT id, path FROM files", &q, err)) goto fail;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        const char *p = (const char *)sqlite3_column_text(q, 1);
+        int under = 0;
+        for (size_t r = 0; r < n_roots && !under; r++) {
+            size_t l = strlen(roots[r]);
+            under = !strncmp(p, roots[r], l) &&
+                    (p[l] == 0 || p[l] == '/' || (l && roots[r][l - 1] == '/'));
+        }
+        if (!under || bsearch(&p, sorted, n_keep, sizeof *sorted, cmp_str)) continue;
+        if (n_gone == cap) {
+            cap = cap ? 2 * cap : 16;
+            int64_t *g = realloc(gone, cap * sizeof *g);
+            if (!g) {
+                failf(err, "out of memory");
+                goto fail;
+            }
+            gone = g;
+        }
+        gone[n_gone++] = sqlite3_column_int64(q, 0);
+    }
+    sqlite3_finalize(q);
+    q = NULL;
+    if (rc != SQLITE_DONE) {
+        dbfail(s, err, "reading the files table");
+        goto fail;
+    }
+    for (size_t i = 0; i < n_gone; i++) {
+        if (exec(s, "BEGIN IMMEDIATE", err)) goto fail;
+        if (delete_file(s, gone[i], err) || exec(s, "COMMIT", err)) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            goto fail;
+        }
+        (*removed)++;
+    }
+    free(sorted), free(gone);
+    return 0;
+fail:
+    sqlite3_finalize(q);
+    free(sorted), free(gone);
+    return -1;
+}
+
+int rag_store_counts(rag_store *s, int64_t *n_files, int64_t *n_chunks, char *err) {
+    sqlite3_stmt *q;
+    if (prep(s, "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM chunks)", &q, err))
+        return -1;
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        *n_files = sqlite3_column_int64(q, 0), *n_chunks = sqlite3_column_int64(q, 1);
+    sqlite3_finalize(q);
+    return rc == SQLITE_ROW ? 0 : dbfail(s, err, "counting");
+}
+
+/* ---------------------------------------------------------------- search */
+
+typedef struct cand {
+    int64_t id;
+    double bm25, cosine, fused;
+    int32_t rank_bm25, rank_vec;
+} cand;
+
+/* FTS5 query: every word of the text (letters, digits, non-ASCII bytes) as a quoted string, OR-ed;
+ * "" when the text has no words. malloc'd. */
+static char *fts_query(const char *text) {
+    size_t n = strlen(text);
+    char *q = malloc(4 * n + 8), *w = q;
+    if (!q) return NULL;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)text[i];
+        int word = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80;
+        if (!word) {
+            i++;
+            continue;
+        }
+        if (w != q) w += sprintf(w, " OR ");
+        *w++ = '"';
+        for (; i < n; i++) {
+            c = (unsigned char)text[i];
+            if (!((c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80))
+                break;
+            *w++ = (char)c;
+        }
+        *w++ = '"';
+    }
+    *w = 0;
+    return q;
+}
+
+static cand *cand_get(cand **cs, int *n, int *cap, int64_t id) {
+    for (int i = 0; i < *n; i++)
+        if ((*cs)[i].id == id) return &(*cs)[i];
+    if (*n == *cap) {
+        int nc = *cap ? 2 * *cap : 64;
+        cand *p = realloc(*cs, (size_t)nc * sizeof *p);
+        if (!p) return NULL;
+        *cs = p, *cap = nc;
+    }
+    cand *c = &(*cs)[(*n)++];
+    memset(c, 0, sizeof *c);
+    c->id = id;
+    return c;
+}
+
+static double dot(const float *a, const void *blob, int32_t n) {
+    double s = 0;
+    const unsigned char *b = blob;
+    for (int32_t i = 0; i < n; i++) {
+        float v;
+        memcpy(&v, b + 4 * (size_t)i, 4);
+        s += (double)a[i] * (double)v;
+    }
+    return s;
+}
+
+static int by_fused(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
+    if (a->fused != b->fused) return a->fused > b->fused ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t n_embd, int k,
+                     rag_mode mode, double alpha, rag_hit **hits, int *n_hits, char *err) {
+    *hits = NULL, *n_hits = 0;
+    cand *cs = NULL;
+    int nc = 0, capc = 0, n_take = k > RAG_CANDIDATES ? k : RAG_CANDIDATES;
+    sqlite3_stmt *q = NULL;
+    char *fq = NULL;
+    rag_hit *h = NULL;
+    int nh = 0;
+    if (k <= 0) return 0;
+    if (mode != RAG_VECTOR) { /* BM25 candidates */
+        if (!(fq = fts_query(query))) goto oom;
+        if (*fq) {
+            if (prep(s,
+                     "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 "
+                     "ORDER BY 2, 1 LIMIT ?2",
+                     &q, err))
+                goto fail;
+            sqlite3_bind_text(q, 1, fq, -1, SQLITE_STATIC);
+            sqlite3_bind_int(q, 2, n_take);
+            int rc, r = 0;
+            while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+                cand *c = cand_get(&cs, &nc, &capc, sqlite3_column_int64(q, 0));
+                if (!c) goto oom;
+                c->bm25 = -sqlite3_column_double(q, 1);
+                c->rank_bm25 = ++r;
+            }
+            sqlite3_finalize(q);
+            q = NULL;
+            if (rc != SQLITE_DONE) {
+                dbfail(s, err, "full-text search");
+                goto fail;
+            }
+        }
+    }
+    const int n_bm = nc;
+    if (mode != RAG_BM25) { /* exact cosine scan, top n_take kept sorted (ties: lower id first) */
+        cand *top = malloc((size_t)n_take * sizeof *top);
+        int nt = 0, rc;
+        if (!top) goto oom;
+        if (prep(s, "SELECT id, embedding FROM chunks ORDER BY id", &q, err)) {
+            free(top);
+            goto fail;
+        }
+        while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+            if (sqlite3_column_bytes(q, 1) != (int)((size_t)n_embd * sizeof(float))) {
+                failf(err, "index '%s': chunk %lld has a %d-byte vector, expected %d x 4 bytes",
+                      s->path, (long long)sqlite3_column_int64(q, 0), sqlite3_column_bytes(q, 1),
+                      (int)n_embd);
+                free(top);
+                goto fail;
+            }
+            double d = dot(qvec, sqlite3_column_blob(q, 1), n_embd);
+            for (int i = 0; i < n_bm; i++) /* exact cosine of every BM25 candidate too */
+                if (cs[i].id == sqlite3_column_int64(q, 0)) cs[i].cosine = d;
+            if (nt == n_take && d <= top[nt - 1].cosine) continue;
+            int i = nt < n_take ? nt++ : nt - 1;
+            while (i > 0 && top[i - 1].cosine < d)
+                top[i] = top[i - 1], i--;
+            top[i] = (cand){sqlite3_column_int64(q, 0), 0, d, 0, 0, 0};
+        }
+        sqlite3_finalize(q);
+        q = NULL;
+        if (rc != SQLITE_DONE) {
+            free(top);
+            dbfail(s, err, "reading the vectors");
+            goto fail;
+        }
+        for (int i = 0; i < nt; i++) {
+            cand *c = cand_get(&cs, &nc, &capc, top[i].id);
+            if (!c) {
+                free(top);
+                goto oom;
+            }
+            c->cosine = top[i].cosine;
+            c->rank_vec = i + 1;
+        }
+        free(top);
+    }
+    /* min-max ranges over the candidates (BM25: over its own list; outside it a chunk counts 0) */
+    double bmin = 0, bmax = 0, cmin = 0, cmax = 0;
+    for (int i = 0; i < nc; i++) {
+        if (i < n_bm)
+            bmin = i == 0 || cs[i].bm25 < bmin ? cs[i].bm25 : bmin,
+            bmax = i == 0 || cs[i].bm25 > bmax ? cs[i].bm25 : bmax;
+        cmin = i == 0 || cs[i].cosine < cmin ? cs[i].cosine : cmin;
+        cmax = i == 0 || cs[i].cosine > cmax ? cs[i].cosine : cmax;
+    }
+    for (int i = 0; i < nc; i++) {
+        cand *c = &cs[i];
+        double nb = !c->rank_bm25 ? 0 : bmax > bmin ? (c->bm25 - bmin) / (bmax - bmin) : 1;
+        double nv = cmax > cmin ? (c->cosine - cmin) / (cmax - cmin) : 1;
+        c->fused = mode == RAG_BM25     ? c->bm25
+                   : mode == RAG_VECTOR ? c->cosine
+                                        : alpha * nb + (1 - alpha) * nv;
+    }
+    qsort(cs, (size_t)nc, sizeof *cs, by_fused);
+    int n = nc < k ? nc : k;
+    if (n == 0) goto done;
+    if (!(h = calloc((size_t)n, sizeof *h))) goto oom;
+    if (prep(s,
+             "SELECT f.path, c.text, c.byte_start, c.byte_end, c.line_start, c.line_end, "
+             "c.embedding "
+             "FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.id = ?1",
+             &q, err))
+        goto fail;
+    for (int i = 0; i < n; i++) {
+        sqlite3_bind_int64(q, 1, cs[i].id);
+        if (sqlite3_step(q) != SQLITE_ROW) {
+            dbfail(s, err, "reading a chunk");
+            goto fail;
+        }
+        rag_hit *x = &h[nh++];
+        x->chunk_id = cs[i].id;
+        x->path = strdup((const char *)sqlite3_column_text(q, 0));
+        x->text = strdup((const char *)sqlite3_column_text(q, 1));
+        if (!x->path || !x->text) goto oom;
+        x->byte_start = sqlite3_column_int64(q, 2);
+        x->byte_end = sqlite3_column_int64(q, 3);
+        x->line_start = sqlite3_column_int(q, 4);
+        x->line_end = sqlite3_column_int(q, 5);
+        x->score = cs[i].fused;
+        x->bm25 = cs[i].bm25;
+        x->cosine = qvec && sqlite3_column_bytes(q, 6) == (int)((size_t)n_embd * sizeof(float))
+                        ? dot(qvec, sqlite3_column_blob(q, 6), n_embd)
+                        : 0;
+        x->rank_bm25 = cs[i].rank_bm25;
+        x->rank_vec = cs[i].rank_vec;
+        sqlite3_reset(q);
+    }
+    sqlite3_finalize(q);
+    q = NULL;
+done:
+    free(cs), free(fq);
+    *hits = h, *n_hits = nh;
+    return 0;
+oom:
+    failf(err, "out of memory");
+fail:
+    sqlite3_finalize(q);
+    free(cs), free(fq);
+    rag_hits_free(h, nh);
+    return -1;
+}
+
+void rag_hits_free(rag_hit *hits, int n) {
+    if (!hits) return;
+    for (int i = 0; i < n; i++)
+        free(hits[i].path), free(hits[i].text);
+    free(hits);
+}
