@@ -68,3 +68,22 @@ fuzz-model: $(FUZZ_DIR)/fuzz_model $(FUZZ_DIR)/corpus/model
 fuzz-all: fuzz fuzz-tokenizer fuzz-model
 
 .PHONY: fuzz-tokenizer fuzz-model fuzz-all
+
+# ---- safetensors reader (tests/fuzz/fuzz_safetensors.c)
+#   make fuzz-safetensors [FUZZ_SECONDS=n]
+# Instrumented: the harness, src/io/safetensors.c and util; jansson and the type table come
+# uninstrumented. Seeds come from test_safetensors --write-seeds.
+FUZZ_ST_SRC := tests/fuzz/fuzz_safetensors.c src/io/safetensors.c src/util/util.c
+
+$(FUZZ_DIR)/fuzz_safetensors: $(FUZZ_ST_SRC) $(BUILD)/libllama3c.a $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_ST_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/safetensors: $(BUILD)/tests/test_safetensors
+	@mkdir -p $@
+	$(BUILD)/tests/test_safetensors --write-seeds $@
+
+fuzz-safetensors: $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/corpus/safetensors
+	cd $(FUZZ_DIR) && ./fuzz_safetensors $(FUZZ_RUN) -max_len=4096 corpus/safetensors
+
+.PHONY: fuzz-safetensors
