@@ -12,7 +12,9 @@ transformers), so the pytest side never imports torch: it runs this file under t
 
 Command line (under the torch interpreter): python torch_ref.py make SPEC.json OUTDIR LOGITS.npy
 spec keys: vocab, hidden, ff, layers, heads, kv_heads, dtype (float32|float16|bfloat16), tied,
-rope_scaling (dict or null), max_shard_size (str or null), seed, ids, ctx, theta, tokenizer (bool).
+rope_scaling (dict or null), max_shard_size (str or null), seed, ids, ctx, theta, tokenizer (bool:
+also write a byte-level BPE tokenizer.json + tokenizer_config.json, and LOGITS.npy.tok.json with the
+`tokenizers` library's ids of spec["texts"]).
 """
 import json
 import os
@@ -117,6 +119,10 @@ def _make(spec_path, outdir, logits_path):
     model.save_pretrained(outdir, **kw)
     if s.get("tokenizer"):
         _tokenizer_json(outdir, s["vocab"])
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(os.path.join(outdir, "tokenizer.json"))
+        with open(logits_path + ".tok.json", "w") as f:  # the reference tokenization of spec["texts"]
+            json.dump([tok.encode(t, add_special_tokens=False).ids for t in s.get("texts", [])], f)
     ref = LlamaForCausalLM.from_pretrained(outdir, torch_dtype=torch.float32, attn_implementation="eager")
     ref.eval()
     with torch.no_grad():
