@@ -69,6 +69,25 @@ fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat
 
 .PHONY: fuzz-tokenizer fuzz-model fuzz-all
 
+# ---- safetensors reader (tests/fuzz/fuzz_safetensors.c)
+#   make fuzz-safetensors [FUZZ_SECONDS=n]
+# Instrumented: the harness, src/io/safetensors.c and util; jansson and the type table come
+# uninstrumented. Seeds come from test_safetensors --write-seeds.
+FUZZ_ST_SRC := tests/fuzz/fuzz_safetensors.c src/io/safetensors.c src/util/util.c
+
+$(FUZZ_DIR)/fuzz_safetensors: $(FUZZ_ST_SRC) $(BUILD)/libllama3c.a $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_ST_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/safetensors: $(BUILD)/tests/test_safetensors
+	@mkdir -p $@
+	$(BUILD)/tests/test_safetensors --write-seeds $@
+
+fuzz-safetensors: $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/corpus/safetensors
+	cd $(FUZZ_DIR) && ./fuzz_safetensors $(FUZZ_RUN) -max_len=4096 corpus/safetensors
+
+.PHONY: fuzz-safetensors
+
 # ---- server request bodies and chat formatting (tests/fuzz/fuzz_server_request.c, fuzz_chat.c)
 #   make fuzz-server / fuzz-chat [FUZZ_SECONDS=n]
 # Both load the default model once (L3C_FUZZ_MODEL, else scripts/default-model.sh) and exit 1
@@ -113,9 +132,9 @@ FUZZ_DATA ?= $(or $(L3C_DATA),$(if $(wildcard ../shared/data),../shared/data,sha
 FUZZ_CI_ENV = L3C_FUZZ_STRICT=1 L3C_FUZZ_TOKENIZER=$(abspath $(FUZZ_DATA))/llama3-tokenizer/tokenizer.model
 fuzz-ci:
 	$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_model \
-	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat
+	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/fuzz_safetensors
 	rm -f $(FUZZ_DIR)/crash-* $(FUZZ_DIR)/leak-* $(FUZZ_DIR)/timeout-* $(FUZZ_DIR)/oom-*
 	$(FUZZ_CI_ENV) $(MAKE) --no-print-directory FUZZ_SECONDS=$(FUZZ_CI_SECONDS) fuzz fuzz-tokenizer fuzz-model \
-	  fuzz-server fuzz-chat
+	  fuzz-server fuzz-chat fuzz-safetensors
 
 .PHONY: fuzz-server fuzz-chat fuzz-ci

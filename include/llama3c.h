@@ -222,6 +222,21 @@ typedef void (*l3c_trace_fn)(void *user, const char *op, int layer, const float 
                              int64_t rows, int64_t cols);
 L3C_API void l3c_context_set_trace(l3c_context *ctx, l3c_trace_fn fn, void *user);
 
+/* ---------------------------------------------------------------- convert */
+
+/* Called after each tensor is written: i of n (1-based), its name and output type name. */
+typedef void (*l3c_convert_progress_fn)(int64_t i, int64_t n, const char *name, const char *type,
+                                        void *user);
+/*
+ * Writes in_path -- a Hugging Face Llama folder (config.json + safetensors + tokenizer.json) or a
+ * GGUF -- as a GGUF file of out_type: "F32", "F16", "BF16", "Q8_0" (as llama.cpp's
+ * convert_hf_to_gguf.py --outtype) or "Q4_K_M" (llama-quantize's mix). 1-D tensors stay F32. The
+ * file appears at out_path only when complete (written to out_path.tmp, then renamed). progress
+ * may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
+ */
+L3C_API l3c_status l3c_convert(const char *in_path, const char *out_path, const char *out_type,
+                               l3c_convert_progress_fn progress, void *user);
+
 /* ---------------------------------------------------------------- tokenizer */
 
 /* Loads a standalone tokenizer: Meta's tiktoken `tokenizer.model`, a Hugging Face

@@ -6,7 +6,7 @@
 #      llama-cpp-python, which running llama3c does not need);
 #   3. `make`.
 # With --test it also installs the test dependencies into .venv (gguf numpy tiktoken pytest openai
-# jinja2) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
+# jinja2), the torch reference venv .venv-torch (Debian python3-torch + transformers) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
 # ~/.cache/llama3c/wheels, building that wheel once if absent.
 # With --test it finally verifies every reference the suite compares against (python modules
 # importable, chromium runs, clang builds a libFuzzer target, the default model, and the sha256 of
@@ -136,6 +136,25 @@ if ((WITH_TEST)); then
         say "installing llama-cpp-python from ${wheels[-1]}"
         # its runtime dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index
         "${PIP[@]}" "${wheels[-1]}"
+    fi
+
+    # ---- torch + transformers reference for the Hugging Face folder tests (tests/py/torch_ref.py).
+    # Debian's CPU-only python3-torch (PyPI's torch pulls ~3 GB of CUDA) in a separate venv made
+    # from Debian's python, with transformers 4.49.0: the newest that runs on torch 1.13 (4.50
+    # imports torch.distributed.tensor, which 1.13 lacks).
+    TORCH_PY="$ROOT/.venv-torch/bin/python"
+    if ! dpkg-query -W -f='${Status}' python3-torch 2>/dev/null | grep -q '^install ok installed$'; then
+        say "installing Debian's python3-torch (CPU)"
+        if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-torch
+    fi
+    [ -x "$TORCH_PY" ] || /usr/bin/python3 -m venv --system-site-packages "$ROOT/.venv-torch"
+    if "$TORCH_PY" -c "import torch, transformers, safetensors, tokenizers; assert transformers.__version__ == '4.49.0'" 2>/dev/null; then
+        say "torch reference venv (.venv-torch): present"
+    else
+        say "installing transformers 4.49.0 + safetensors into .venv-torch"
+        "$TORCH_PY" -m pip install --disable-pip-version-check -q "transformers==4.49.0" safetensors
     fi
 fi
 

@@ -21,6 +21,7 @@
 #pragma weak cmd_serve
 #pragma weak cmd_embed
 #pragma weak cmd_rag
+#pragma weak cmd_convert
 
 typedef struct command {
     const char *name;
@@ -49,6 +50,7 @@ int main(int argc, char **argv) {
         {"rag", cmd_rag, "index text / markdown / PDF files, retrieve, answer with sources"},
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
         {"eval", cmd_eval, "write the logits of given token ids to a file (for tests)"},
+        {"convert", cmd_convert, "a Hugging Face folder (or GGUF) to GGUF: F16, Q8_0, Q4_K_M, ..."},
     };
     const size_t n = sizeof cmds / sizeof cmds[0];
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {

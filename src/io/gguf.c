@@ -501,12 +501,12 @@ static l3c_status size_tensor(cursor *c, const l3c_gguf *g, l3c_gguf_tensor *t) 
     }
     size_t begin, end;
     if (t->offset > SIZE_MAX || !l3c_add_ok(g->data_offset, (size_t)t->offset, &begin) ||
-        !l3c_add_ok(begin, nbytes, &end) || end > g->size) {
+        !l3c_add_ok(begin, nbytes, &end) || (end > g->size && !g->header_only)) {
         return cur_fail(c, L3C_ERR_FORMAT,
                         "data [%llu, +%zu) at data offset %zu ends past the file size %zu",
                         (unsigned long long)t->offset, nbytes, g->data_offset, g->size);
     }
-    t->data = g->base + begin;
+    t->data = g->header_only ? NULL : g->base + begin;
     return L3C_OK;
 }
 
@@ -585,7 +585,7 @@ static l3c_status parse(l3c_gguf *g) {
 /* ---------------------------------------------------------------- open / close */
 
 static l3c_status open_common(const uint8_t *base, size_t size, const char *name, int owns_map,
-                              l3c_gguf **out) {
+                              int header_only, l3c_gguf **out) {
     l3c_status st;
     l3c_gguf *g = l3c_calloc(1, sizeof *g);
     if (!g) {
@@ -595,6 +595,7 @@ static l3c_status open_common(const uint8_t *base, size_t size, const char *name
     g->base = base;
     g->size = size;
     g->owns_map = owns_map;
+    g->header_only = header_only;
     g->path = l3c_strdup(name);
     if (!g->path) {
         st = l3c_fail(L3C_ERR_NOMEM, "gguf: %s: out of memory", name);
@@ -614,7 +615,15 @@ l3c_status l3c_gguf_open_memory(const void *buf, size_t size, const char *name, 
     if (!name) name = "<memory>";
     if (!buf && size) return l3c_fail(L3C_ERR_INVALID_ARG, "gguf: %s: NULL buffer", name);
     if (!buf) buf = "";
-    return open_common(buf, size, name, 0, out);
+    return open_common(buf, size, name, 0, 0, out);
+}
+
+l3c_status l3c_gguf_open_header(const void *buf, size_t size, const char *name, l3c_gguf **out) {
+    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "gguf: out is NULL");
+    *out = NULL;
+    if (!name) name = "<memory>";
+    if (!buf) return l3c_fail(L3C_ERR_INVALID_ARG, "gguf: %s: NULL buffer", name);
+    return open_common(buf, size, name, 0, 1, out);
 }
 
 l3c_status l3c_gguf_open(const char *path, l3c_gguf **out) {
@@ -655,7 +664,7 @@ l3c_status l3c_gguf_open(const char *path, l3c_gguf **out) {
      * as they are. ~4% less CPU per generated token on a 1B Q4_0 (docs/PERFORMANCE.md). */
     (void)madvise(map, size, MADV_HUGEPAGE);
 #endif
-    return open_common(map, size, path, 1, out);
+    return open_common(map, size, path, 1, 0, out);
 }
 
 void l3c_gguf_close(l3c_gguf *g) {

@@ -75,6 +75,7 @@ typedef struct l3c_gguf {
     size_t data_offset;    /* absolute offset of the tensor data section (aligned) */
     size_t *kv_sorted;     /* [n_kv] kv indices ordered by key bytes (binary search) */
     size_t *tensor_sorted; /* [n_tensors] tensor indices ordered by name */
+    int header_only;       /* l3c_gguf_open_header: tensor data lives elsewhere */
 } l3c_gguf;
 
 /* Maps and parses a file. Errors name the file and the failing field. Caller frees with close.
@@ -84,6 +85,10 @@ typedef struct l3c_gguf {
 l3c_status l3c_gguf_open(const char *path, l3c_gguf **out);
 /* Parses a caller-owned buffer (fuzzing, tests); buf must outlive the reader. */
 l3c_status l3c_gguf_open_memory(const void *buf, size_t size, const char *name, l3c_gguf **out);
+/* Parses metadata and tensor infos only (a Hugging Face folder seen as GGUF, model/hf.c): offsets
+ * are checked for alignment and overlap but not against the buffer, and every tensor's data is
+ * NULL for the caller to point at its bytes (which must outlive the reader). */
+l3c_status l3c_gguf_open_header(const void *buf, size_t size, const char *name, l3c_gguf **out);
 void l3c_gguf_close(l3c_gguf *g);
 
 /* Lookup; NULL when absent. */

@@ -38,6 +38,10 @@ L3C_INTERNAL L3C_REF_FROM_FLOAT(q4_1);
 L3C_INTERNAL L3C_REF_FROM_FLOAT(q5_0);
 L3C_INTERNAL L3C_REF_FROM_FLOAT(q5_1);
 L3C_INTERNAL L3C_REF_FROM_FLOAT(q8_0);
+/* Weight quantizers of llama-quantize's K types (quant_k.c; ggml's quantize_row_q4_K_ref /
+ * q6_K_ref, byte for byte), for `llama3c convert`. */
+L3C_INTERNAL void l3c_quantize_row_q4_K(const float *src, void *dst, int64_t n);
+L3C_INTERNAL void l3c_quantize_row_q6_K(const float *src, void *dst, int64_t n);
 L3C_INTERNAL L3C_REF_FROM_FLOAT(q8_1);
 L3C_INTERNAL L3C_REF_FROM_FLOAT(q8_K);
 

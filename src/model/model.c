@@ -6,6 +6,7 @@
  */
 #include "model/model.h"
 
+#include "model/hf.h"
 #include "tokenizer/tokenizer.h"
 
 #include <errno.h>
@@ -74,7 +75,9 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
     if (!m) return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
     if (!(m->path = l3c_strdup(path))) goto nomem;
 
-    if (p.use_mmap) {
+    if (l3c_path_is_dir(path)) { /* a Hugging Face folder (model/hf.c), always mapped */
+        if ((st = l3c_hf_open(path, &m->hf, &m->gguf))) goto fail;
+    } else if (p.use_mmap) {
         if ((st = l3c_gguf_open(path, &m->gguf))) goto fail;
     } else {
         size_t size = 0;
@@ -117,7 +120,9 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
     m->n_threads = p.n_threads > 0 ? p.n_threads : l3c_default_threads();
     if (m->n_threads < 1) m->n_threads = 1;
     double t_pack = l3c_time_s();
-    if ((st = l3c_weights_pack(&m->w, &m->cfg, path, p.use_mmap, p.bf16_matmul, m->n_threads))) goto fail;
+    /* pages of packed matrices are dropped only where they refault from a file: not the owned
+     * (permuted) copies of a Hugging Face folder */
+    if ((st = l3c_weights_pack(&m->w, &m->cfg, path, p.use_mmap && !m->hf, p.bf16_matmul, m->n_threads))) goto fail;
     t_pack = l3c_time_s() - t_pack;
 
     if (p.verbose) {
@@ -151,6 +156,7 @@ void l3c_model_free(l3c_model *m) {
     l3c_tokenizer_free(m->tok);
     l3c_weights_free(&m->w);
     l3c_gguf_close(m->gguf);
+    l3c_hf_free(m->hf);
     free(m->file_buf);
     free(m->name);
     free(m->file_type);

@@ -2,7 +2,8 @@
  * model.h -- internal definitions of l3c_model and l3c_context (opaque in llama3c.h).
  *
  * Ownership:
- *  - l3c_model owns the GGUF reader (and so the mapping every weight points into), the
+ *  - l3c_model owns the GGUF reader (and so the mapping every weight points into; for a Hugging
+ *    Face folder a header-only reader over the folder's safetensors mappings, model/hf.c), the
  *    tokenizer, NUL-terminated copies of the string metadata, and small float copies of norm
  *    weights that were not F32 in the file. It is immutable after l3c_model_load.
  *  - l3c_context borrows the model (which must outlive it) and owns one thread pool, the KV
@@ -94,6 +95,7 @@ struct l3c_model {
     char *file_type;          /* most common 2-D weight type name */
     void *file_buf;           /* whole file when use_mmap == 0, else NULL */
     l3c_gguf *gguf;
+    struct l3c_hf *hf;        /* a Hugging Face folder (model/hf.h) the gguf's tensors point into */
     l3c_config cfg;
     l3c_weights w;
     l3c_tokenizer *tok;       /* NULL when the file has no tokenizer.ggml.model */

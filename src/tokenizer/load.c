@@ -8,11 +8,13 @@
  *    file) is treated as end-of-message for l3c_token_is_eog. Merge priority is the rank.
  *  - Hugging Face tokenizer.json (model.type BPE: vocab, merges as "a b" or ["a","b"],
  *    added_tokens, the pre_tokenizer's Split regex / ByteLevel).
- * l3c_tokenizer_load() picks the source by content: "GGUF" magic, a JSON object, else tiktoken;
+ * l3c_tokenizer_load() takes a Hugging Face folder (model/hf.c: tokenizer.json as GGUF metadata)
+ * or picks the source of a file by content: "GGUF" magic, a JSON object, else tiktoken;
  * l3c_tokenizer_load_memory() does the same on a caller's buffer (tests, fuzzing).
  * Owns nothing after returning: the file buffer is freed, the tokenizer goes to the caller.
  */
 #include "io/gguf.h"
+#include "model/hf.h"
 #include "tokenizer/tok_internal.h"
 
 #include <jansson.h>
@@ -429,6 +431,17 @@ l3c_status l3c_tokenizer_load(const char *path, l3c_tokenizer **out) {
     if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_tokenizer_load: out is NULL");
     *out = NULL;
     if (!path) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_tokenizer_load: path is NULL");
+    if (l3c_path_is_dir(path)) { /* a Hugging Face folder: its tokenizer.json seen as GGUF metadata */
+        l3c_hf *hf = NULL;
+        l3c_gguf *g = NULL;
+        l3c_status st = l3c_hf_open(path, &hf, &g);
+        if (!st && !l3c_gguf_find(g, "tokenizer.ggml.model"))
+            st = l3c_fail(L3C_ERR_FORMAT, "tokenizer: %s: the folder has no tokenizer.json", path);
+        if (!st) st = l3c_tokenizer_from_gguf(g, out);
+        l3c_gguf_close(g);
+        l3c_hf_free(hf);
+        return st;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) return l3c_fail(L3C_ERR_IO, "tokenizer: cannot open '%s'", path);
     char magic[4] = {0};

@@ -98,6 +98,22 @@ l3c_status l3c_tok_set_pre(l3c_tokenizer *t, const char *pre, size_t len, const 
                     what, (int)L3C_MIN(len, 64), pre);
 }
 
+const char *l3c_tok_pre_name(const char *const *res, int n) {
+    for (size_t i = 0; i < sizeof PRE_TABLE / sizeof PRE_TABLE[0] - 1; i++) { /* not "default" */
+        int k = 0;
+        for (; k < n && k < L3C_TOK_MAX_RE && PRE_TABLE[i].re[k]; k++)
+            if (strcmp(res[k] ? res[k] : RE_GPT2, PRE_TABLE[i].re[k]) != 0) break;
+        if (k == n && (k == L3C_TOK_MAX_RE || !PRE_TABLE[i].re[k])) {
+            const char *bar = strchr(PRE_TABLE[i].names, '|');
+            static _Thread_local char name[32];
+            size_t len = bar ? (size_t)(bar - PRE_TABLE[i].names) : strlen(PRE_TABLE[i].names);
+            snprintf(name, sizeof name, "%.*s", (int)len, PRE_TABLE[i].names);
+            return name;
+        }
+    }
+    return NULL;
+}
+
 typedef struct split_ctx {
     const l3c_tokenizer *t;
     pcre2_match_data *md;

@@ -101,6 +101,10 @@ l3c_status l3c_tok_add_merge(l3c_tokenizer *t, const char *left, size_t llen, co
                              size_t rlen, int32_t rank, const char *what);
 /* Compiles the pre-tokenizer for a GGUF `tokenizer.ggml.pre` name (NULL: "default"). */
 l3c_status l3c_tok_set_pre(l3c_tokenizer *t, const char *pre, size_t len, const char *what);
+/* The GGUF pre name (first of its table entry: "llama-bpe", "smollm", "gpt-2", "qwen2") whose regex
+ * chain is exactly res[0..n) (res[i] NULL: GPT-2's ByteLevel regex), or NULL (tokenizer.json ->
+ * GGUF conversion). */
+const char *l3c_tok_pre_name(const char *const *res, int n);
 /* Compiles one explicit regex (tokenizer.json). */
 l3c_status l3c_tok_add_regex(l3c_tokenizer *t, const char *pattern, size_t len, const char *what);
 /* Specials list, byte tokens, end-of-generation flags, by-name defaults. */
