@@ -145,7 +145,7 @@ l3c_status l3c_train_model_create(const l3c_train_config *cfg_in, uint64_t seed,
             for (size_t j = 0; j < n; j++) w[j] = 1.0f;
             continue;
         }
-        double sd = strcmp(t->name, "token_embd.weight") == 0 ? 1.0 : 1.0 / sqrt((double)t->cols);
+        double sd = 1.0 / sqrt((double)t->cols); /* token_embd / output: 1/sqrt(n_embd) too */
         if (strstr(t->name, "attn_output") || strstr(t->name, "ffn_down")) sd *= resid_scale;
         for (size_t j = 0; j < n; j++) w[j] = (float)(sd * l3c_rng_normal(&rng));
     }

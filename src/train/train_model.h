@@ -80,8 +80,9 @@ typedef struct l3c_train_model {
     float *scratch;         /* backward gradient buffers */
 } l3c_train_model;
 
-/* A model with seeded random weights: matrices N(0, 1/n_in) (attn_output and ffn_down also
- * scaled by 1/sqrt(2 n_layer)), token_embd N(0, 1), norms 1. */
+/* A model with seeded random weights: matrices N(0, 1/n_in) (token_embd and output too, so a
+ * tied head starts with O(1) logits; attn_output and ffn_down also scaled by 1/sqrt(2 n_layer)),
+ * norms 1. */
 l3c_status l3c_train_model_create(const l3c_train_config *cfg, uint64_t seed, l3c_train_model **out);
 /* The weights of a llama GGUF, dequantized to fp32 with the type table's to_float. Errors name
  * the file and the tensor. */
