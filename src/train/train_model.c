@@ -129,6 +129,7 @@ nomem:;
 }
 
 l3c_status l3c_train_model_create(const l3c_train_config *cfg_in, uint64_t seed, l3c_train_model **out) {
+    *out = NULL;
     l3c_train_config cfg = *cfg_in;
     if (cfg.n_rot == 0 && cfg.n_head > 0) cfg.n_rot = cfg.n_embd / cfg.n_head;
     l3c_train_model *m;

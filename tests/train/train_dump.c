@@ -62,6 +62,12 @@ static FILE *open_text(const char *dir, const char *name) {
 }
 
 int main(int argc, char **argv) {
+    l3c_train_model *m = NULL;
+    int32_t *ids = NULL, *tgt = NULL;
+    FILE *f = NULL, *sf = NULL;
+    int rc = 1;
+#define FAIL(msg, arg) do { die(msg, arg); goto done; } while (0)
+
     const char *model_path = NULL, *random = NULL, *ids_path = NULL, *tgt_path = NULL, *out = NULL;
     int tied = 0, ckpt = 0, steps = 0, n_rot = 0;
     long long B = 0, T = 0;
@@ -94,14 +100,13 @@ int main(int argc, char **argv) {
         else if (ARG("--beta1")) ap.beta1 = strtof(v, NULL);
         else if (ARG("--beta2")) ap.beta2 = strtof(v, NULL);
         else if (ARG("--adam-eps")) ap.eps = strtof(v, NULL);
-        else return die("unknown or incomplete argument", a);
+        else FAIL("unknown or incomplete argument", a);
 #undef ARG
     }
-    if (!!model_path == !!random) return die("give exactly one of --model and --random", NULL);
-    if (!ids_path || !out || B < 1 || T < 1) return die("need --ids, --out, --batch and --seq", NULL);
-    if (steps > 0 && !tgt_path) return die("--steps needs --targets", NULL);
+    if (!!model_path == !!random) FAIL("give exactly one of --model and --random", NULL);
+    if (!ids_path || !out || B < 1 || T < 1) FAIL("need --ids, --out, --batch and --seq", NULL);
+    if (steps > 0 && !tgt_path) FAIL("--steps needs --targets", NULL);
 
-    l3c_train_model *m = NULL;
     l3c_status st;
     if (model_path) {
         st = l3c_train_model_from_gguf(model_path, &m);
@@ -109,66 +114,70 @@ int main(int argc, char **argv) {
         l3c_train_config c = {.rope_theta = theta, .norm_eps = eps, .tied = tied, .n_rot = n_rot};
         if (sscanf(random, "%d,%d,%d,%d,%d,%d", &c.n_vocab, &c.n_embd, &c.n_layer, &c.n_head,
                    &c.n_head_kv, &c.n_ff) != 6)
-            return die("--random wants V,D,L,H,HKV,FF", random);
+            FAIL("--random wants V,D,L,H,HKV,FF", random);
         st = l3c_train_model_create(&c, seed, &m);
     }
-    if (st) return die(l3c_last_error(), NULL);
+    if (st) FAIL(l3c_last_error(), NULL);
     m->checkpoint = ckpt;
 
     size_t n_ids = 0, n_tgt = 0;
-    int32_t *ids = read_file(ids_path, &n_ids), *tgt = tgt_path ? read_file(tgt_path, &n_tgt) : NULL;
+    ids = read_file(ids_path, &n_ids);
+    tgt = tgt_path ? read_file(tgt_path, &n_tgt) : NULL;
     if (!ids || n_ids != (size_t)(B * T) * sizeof(int32_t))
-        return die("--ids file is missing or not B*T int32 values", ids_path);
-    if (tgt_path && (!tgt || n_tgt != n_ids)) return die("--targets file is missing or not B*T int32", tgt_path);
+        FAIL("--ids file is missing or not B*T int32 values", ids_path);
+    if (tgt_path && (!tgt || n_tgt != n_ids)) FAIL("--targets file is missing or not B*T int32", tgt_path);
 
     const l3c_train_config *c = &m->cfg;
-    FILE *f = open_text(out, "config.txt");
-    if (!f) return 1;
+    if (!(f = open_text(out, "config.txt"))) goto done;
     fprintf(f, "n_vocab %d\nn_embd %d\nn_layer %d\nn_head %d\nn_head_kv %d\nn_ff %d\nn_rot %d\n"
                "rope_theta %.9g\nnorm_eps %.9g\ntied %d\nrope_freqs %d\n", c->n_vocab, c->n_embd,
             c->n_layer, c->n_head, c->n_head_kv, c->n_ff, c->n_rot, (double)c->rope_theta,
             (double)c->norm_eps, c->tied, m->rope_freqs != NULL);
-    fclose(f);
-    if (!(f = open_text(out, "index.txt"))) return 1;
+    fclose(f), f = NULL;
+    if (!(f = open_text(out, "index.txt"))) goto done;
     for (int i = 0; i < m->n_tensors; i++)
         fprintf(f, "%s %lld %lld %zu\n", m->tensors[i].name, (long long)m->tensors[i].rows,
                 (long long)m->tensors[i].cols, m->tensors[i].offset);
-    fclose(f);
-    if (write_file(out, "params.f32", m->params, m->n_params * sizeof(float))) return 1;
+    fclose(f), f = NULL;
+    if (write_file(out, "params.f32", m->params, m->n_params * sizeof(float))) goto done;
     if (m->rope_freqs && write_file(out, "rope_freqs.f32", m->rope_freqs, (size_t)c->n_rot / 2 * sizeof(float)))
-        return 1;
+        goto done;
 
     float loss = 0.0f;
-    if ((st = l3c_train_forward(m, ids, tgt, B, T, &loss))) return die(l3c_last_error(), NULL);
-    if (write_file(out, "logits.f32", m->logits, (size_t)(B * T * c->n_vocab) * sizeof(float))) return 1;
+    if ((st = l3c_train_forward(m, ids, tgt, B, T, &loss))) FAIL(l3c_last_error(), NULL);
+    if (write_file(out, "logits.f32", m->logits, (size_t)(B * T * c->n_vocab) * sizeof(float))) goto done;
     if (tgt) {
         l3c_train_zero_grad(m);
-        if ((st = l3c_train_backward(m))) return die(l3c_last_error(), NULL);
-        if (write_file(out, "grads.f32", m->grads, m->n_params * sizeof(float))) return 1;
-        if (!(f = open_text(out, "loss.txt"))) return 1;
+        if ((st = l3c_train_backward(m))) FAIL(l3c_last_error(), NULL);
+        if (write_file(out, "grads.f32", m->grads, m->n_params * sizeof(float))) goto done;
+        if (!(f = open_text(out, "loss.txt"))) goto done;
         fprintf(f, "%.9g\n", (double)loss);
-        fclose(f);
+        fclose(f), f = NULL;
         printf("loss %.9g\n", (double)loss);
     }
     if (steps > 0) {
-        FILE *sf = open_text(out, "steps.txt");
-        if (!sf) return 1;
+        if (!(sf = open_text(out, "steps.txt"))) goto done;
         /* step 0 reuses the gradients just computed */
         for (int s = 0; s < steps; s++) {
             if (s > 0) {
-                if ((st = l3c_train_forward(m, ids, tgt, B, T, &loss))) return die(l3c_last_error(), NULL);
+                if ((st = l3c_train_forward(m, ids, tgt, B, T, &loss))) FAIL(l3c_last_error(), NULL);
                 l3c_train_zero_grad(m);
-                if ((st = l3c_train_backward(m))) return die(l3c_last_error(), NULL);
+                if ((st = l3c_train_backward(m))) FAIL(l3c_last_error(), NULL);
             }
             float norm = 0.0f, lr = 0.0f;
-            if ((st = l3c_train_step(m, &ap, s, &norm, &lr))) return die(l3c_last_error(), NULL);
+            if ((st = l3c_train_step(m, &ap, s, &norm, &lr))) FAIL(l3c_last_error(), NULL);
             fprintf(sf, "%d %.9g %.9g %.9g\n", s, (double)loss, (double)lr, (double)norm);
         }
-        fclose(sf);
-        if (write_file(out, "params_final.f32", m->params, m->n_params * sizeof(float))) return 1;
+        fclose(sf), sf = NULL;
+        if (write_file(out, "params_final.f32", m->params, m->n_params * sizeof(float))) goto done;
     }
+    rc = 0;
+done:
+    if (f) fclose(f);
+    if (sf) fclose(sf);
     free(ids);
     free(tgt);
     l3c_train_model_free(m);
-    return 0;
+    return rc;
+#undef FAIL
 }
