@@ -397,9 +397,10 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
                              int64_t T, float *loss) {
     *loss = 0.0f;
     const l3c_train_config *c = &m->cfg;
-    if (B < 1 || T < 1 || B > (1 << 20) || T > (1 << 20))
-        return l3c_fail(L3C_ERR_INVALID_ARG, "train: batch %lld x %lld tokens is out of range",
-                        (long long)B, (long long)T);
+    /* bounds keep every buffer size (B*T*H*T floats of attention) far inside int64 */
+    if (B < 1 || T < 1 || T > (1 << 16) || B * T > (1 << 24))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: batch %lld x %lld tokens is out of range "
+                        "(T <= 65536, B*T <= 2^24)", (long long)B, (long long)T);
     const int64_t N = B * T, D = c->n_embd, V = c->n_vocab;
     for (int64_t n = 0; n < N; n++) {
         if (ids[n] < 0 || ids[n] >= V)
