@@ -29,6 +29,8 @@ APP_OBJ  := $(APP_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_HELPERS := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
+# test drivers that are not unit tests (run by the Python tests)
+TRAIN_DUMP := $(BUILD)/tests/train_dump
 
 # Per-ISA kernel files get their own flags; the code inside picks them at run time (dispatch.c).
 ifeq ($(ARCH),x86_64)
@@ -52,7 +54,7 @@ all: lib cli tests
 
 lib: $(BUILD)/libllama3c.a
 cli: $(BUILD)/llama3c
-tests: $(TEST_BIN)
+tests: $(TEST_BIN) $(TRAIN_DUMP)
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h)
 	@mkdir -p $(dir $@)
@@ -70,6 +72,10 @@ $(BUILD)/llama3c: $(APP_OBJ) $(BUILD)/libllama3c.a
 $(BUILD)/tests/%: tests/unit/%.c $(TEST_HELPERS) $(BUILD)/libllama3c.a $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) -Itests/unit -o $@ $< $(TEST_HELPERS) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(TRAIN_DUMP): tests/train/train_dump.c $(BUILD)/libllama3c.a
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) -o $@ $< $(BUILD)/libllama3c.a $(LDLIBS)
 
 test-unit: $(TEST_BIN)
 	@sh tests/run_unit.sh $(TEST_BIN)

@@ -1,0 +1,491 @@
+/*
+ * train_model.c -- the fp32 training model (train_model.h): parameter / gradient / AdamW
+ * arenas, forward to the loss through the op pairs of train_ops.c, backward in reverse op
+ * order, optional per-layer activation recomputation.
+ *
+ * One block, forward (x_in -> x_out; N = B*T rows), and what it saves (l3c_train_acts):
+ *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1
+ *   q, k, v = xn1 Wq^T, Wk^T, Wv^T; rope q, k   q, k (rotated), v
+ *   ao = attention(q, k, v)                  att (probabilities), ao
+ *   x_mid = x_in + ao Wo^T                   x_mid
+ *   xn2 = rmsnorm(x_mid, ffn_norm)           xn2, rstd2
+ *   h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h
+ *   x_out = x_mid + h Wd^T                   (x_out is the next block's x_in, kept in x_res)
+ * Backward runs the same list upside down with one residual-gradient buffer dres updated in
+ * place: the add ops' backward is "dres passes through", each rmsnorm backward adds its branch.
+ */
+#include "train/train_model.h"
+
+#include "model/model.h"
+#include "train/train_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+struct l3c_train_acts {
+    float *xn1, *rstd1, *q, *k, *v, *att, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
+};
+
+/* Backward scratch (one set, reused by every layer) and the forward's temporary. */
+typedef struct bwd_bufs {
+    float *dres, *dxn, *dao, *dq, *dk, *dv, *dh, *dg, *du, *tmp;
+    int32_t *pos;
+} bwd_bufs;
+
+static int64_t q_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head * m->head_dim; }
+static int64_t kv_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head_kv * m->head_dim; }
+
+/* ------------------------------------------------------------------ tensor table + arenas */
+
+static void add_tensor(l3c_train_model *m, const char *name, int64_t rows, int64_t cols, size_t *off) {
+    l3c_train_tensor *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->rows = rows;
+    t->cols = cols;
+    t->offset = *off;
+    *off += (size_t)(rows * cols);
+}
+
+/* Points p's fields into arena by the tensor table (same order as build_table). */
+static void bind(const l3c_train_model *m, float *arena, l3c_train_params *p) {
+    const l3c_train_tensor *t = m->tensors;
+    p->tok_embd = arena + (t++)->offset;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        l3c_train_layer *L = &p->layers[l];
+        L->attn_norm = arena + (t++)->offset;
+        L->wq = arena + (t++)->offset;
+        L->wk = arena + (t++)->offset;
+        L->wv = arena + (t++)->offset;
+        L->wo = arena + (t++)->offset;
+        L->ffn_norm = arena + (t++)->offset;
+        L->w_gate = arena + (t++)->offset;
+        L->w_up = arena + (t++)->offset;
+        L->w_down = arena + (t++)->offset;
+    }
+    p->output_norm = arena + (t++)->offset;
+    p->output = m->cfg.tied ? p->tok_embd : arena + (t++)->offset;
+}
+
+static l3c_status validate(const l3c_train_config *c) {
+    if (c->n_vocab < 1 || c->n_embd < 1 || c->n_layer < 1 || c->n_head < 1 || c->n_head_kv < 1 ||
+        c->n_ff < 1)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: every size must be positive (vocab %d, embd %d, "
+                        "layers %d, heads %d, kv heads %d, ff %d)", c->n_vocab, c->n_embd, c->n_layer,
+                        c->n_head, c->n_head_kv, c->n_ff);
+    if (c->n_embd % c->n_head || c->n_head % c->n_head_kv)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: n_embd %d must divide by n_head %d and n_head by "
+                        "n_head_kv %d", c->n_embd, c->n_head, c->n_head_kv);
+    const int hd = c->n_embd / c->n_head;
+    if (c->n_rot < 2 || c->n_rot > hd || c->n_rot % 2)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: n_rot %d must be even and in [2, head_dim %d]",
+                        c->n_rot, hd);
+    if (!(c->norm_eps > 0.0f) || !(c->rope_theta > 1.0f))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: norm_eps %g must be > 0 and rope_theta %g > 1",
+                        (double)c->norm_eps, (double)c->rope_theta);
+    return L3C_OK;
+}
+
+/* The model shell: table, arenas (zeroed), bound pointers. */
+static l3c_status alloc_model(const l3c_train_config *cfg, l3c_train_model **out) {
+    *out = NULL;
+    l3c_status st = validate(cfg);
+    if (st) return st;
+    l3c_train_model *m = l3c_calloc(1, sizeof *m);
+    if (!m) return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the model");
+    m->cfg = *cfg;
+    m->head_dim = cfg->n_embd / cfg->n_head;
+    const int64_t D = cfg->n_embd, V = cfg->n_vocab, F = cfg->n_ff, qd = q_dim(m), kd = kv_dim(m);
+    m->tensors = l3c_calloc((size_t)cfg->n_layer * 9 + 3, sizeof *m->tensors);
+    m->p.layers = l3c_calloc((size_t)cfg->n_layer, sizeof(l3c_train_layer));
+    m->g.layers = l3c_calloc((size_t)cfg->n_layer, sizeof(l3c_train_layer));
+    if (!m->tensors || !m->p.layers || !m->g.layers) goto nomem;
+    size_t off = 0;
+    char name[48];
+    add_tensor(m, "token_embd.weight", V, D, &off);
+    for (int l = 0; l < cfg->n_layer; l++) {
+        static const char *const names[9] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                             "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
+        const int64_t rows[9] = {1, qd, kd, kd, D, 1, F, F, D};
+        const int64_t cols[9] = {D, D, D, D, qd, D, D, D, F};
+        for (int i = 0; i < 9; i++) {
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, names[i]);
+            add_tensor(m, name, rows[i], cols[i], &off);
+        }
+    }
+    add_tensor(m, "output_norm.weight", 1, D, &off);
+    if (!cfg->tied) add_tensor(m, "output.weight", V, D, &off);
+    m->n_params = off;
+    m->params = l3c_calloc(off, sizeof(float));
+    m->grads = l3c_calloc(off, sizeof(float));
+    if (!m->params || !m->grads) goto nomem;
+    bind(m, m->params, &m->p);
+    bind(m, m->grads, &m->g);
+    *out = m;
+    return L3C_OK;
+nomem:;
+    const size_t n = m->n_params;
+    l3c_train_model_free(m);
+    return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for %zu parameters", n);
+}
+
+l3c_status l3c_train_model_create(const l3c_train_config *cfg_in, uint64_t seed, l3c_train_model **out) {
+    *out = NULL;
+    l3c_train_config cfg = *cfg_in;
+    if (cfg.n_rot == 0 && cfg.n_head > 0) cfg.n_rot = cfg.n_embd / cfg.n_head;
+    l3c_train_model *m;
+    l3c_status st = alloc_model(&cfg, &m);
+    if (st) return st;
+    l3c_rng rng;
+    l3c_rng_seed(&rng, seed);
+    const double resid_scale = 1.0 / sqrt(2.0 * cfg.n_layer);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const l3c_train_tensor *t = &m->tensors[i];
+        float *w = m->params + t->offset;
+        const size_t n = (size_t)(t->rows * t->cols);
+        if (t->rows == 1) { /* norm vector */
+            for (size_t j = 0; j < n; j++) w[j] = 1.0f;
+            continue;
+        }
+        double sd = 1.0 / sqrt((double)t->cols); /* token_embd / output: 1/sqrt(n_embd) too */
+        if (strstr(t->name, "attn_output") || strstr(t->name, "ffn_down")) sd *= resid_scale;
+        for (size_t j = 0; j < n; j++) w[j] = (float)(sd * l3c_rng_normal(&rng));
+    }
+    *out = m;
+    return L3C_OK;
+}
+
+/* Dequantizes GGUF tensor `name` into dst [rows x cols]; vectors are 1-D [cols]. */
+static l3c_status load_tensor(const l3c_gguf *g, const char *name, int64_t rows, int64_t cols, float *dst) {
+    const l3c_gguf_tensor *t = l3c_gguf_find_tensor(g, name);
+    if (!t) return l3c_fail(L3C_ERR_FORMAT, "%s: missing tensor '%s'", g->path, name);
+    const bool shape_ok = rows == 1 ? (t->n_dims == 1 && t->ne[0] == cols)
+                                    : (t->n_dims == 2 && t->ne[0] == cols && t->ne[1] == rows);
+    if (!shape_ok)
+        return l3c_fail(L3C_ERR_FORMAT, "%s: tensor '%s' has shape [%lld, %lld] (%u dims), expected "
+                        "[%lld, %lld]", g->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                        t->n_dims, (long long)cols, (long long)rows);
+    const l3c_type_traits *tr = l3c_type_traits_ref((int)t->type);
+    if (!tr || !tr->to_float || t->n_elements % tr->block_size)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which cannot be "
+                        "dequantized", g->path, name, l3c_type_name((int)t->type));
+    tr->to_float(t->data, dst, t->n_elements);
+    for (int64_t i = 0; i < t->n_elements; i++)
+        if (!isfinite(dst[i]))
+            return l3c_fail(L3C_ERR_FORMAT, "%s: tensor '%s' element %lld is not finite", g->path,
+                            name, (long long)i);
+    return L3C_OK;
+}
+
+l3c_status l3c_train_model_from_gguf(const char *path, l3c_train_model **out) {
+    *out = NULL;
+    l3c_gguf *g = NULL;
+    l3c_train_model *m = NULL;
+    l3c_status st = l3c_gguf_open(path, &g);
+    if (st) return st;
+    l3c_config c;
+    if ((st = l3c_config_from_gguf(g, &c))) goto fail;
+    l3c_train_config tc = {.n_vocab = c.n_vocab, .n_embd = c.n_embd, .n_layer = c.n_layer,
+                           .n_head = c.n_head, .n_head_kv = c.n_head_kv, .n_ff = c.n_ff,
+                           .n_rot = c.n_rot, .rope_theta = c.rope_theta, .norm_eps = c.norm_eps,
+                           .tied = l3c_gguf_find_tensor(g, "output.weight") == NULL};
+    if ((st = alloc_model(&tc, &m))) goto fail;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const l3c_train_tensor *t = &m->tensors[i];
+        if ((st = load_tensor(g, t->name, t->rows, t->cols, m->params + t->offset))) goto fail;
+    }
+    const l3c_gguf_tensor *rf = l3c_gguf_find_tensor(g, "rope_freqs.weight");
+    if (rf) {
+        if (rf->n_dims != 1 || rf->ne[0] < c.n_rot / 2) {
+            st = l3c_fail(L3C_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' has %lld elements, expected "
+                          "%d", path, (long long)rf->ne[0], c.n_rot / 2);
+            goto fail;
+        }
+        m->rope_freqs = l3c_calloc((size_t)rf->ne[0], sizeof(float));
+        if (!m->rope_freqs) {
+            st = l3c_fail(L3C_ERR_NOMEM, "train: out of memory");
+            goto fail;
+        }
+        if ((st = load_tensor(g, "rope_freqs.weight", 1, rf->ne[0], m->rope_freqs))) goto fail;
+    }
+    l3c_gguf_close(g);
+    *out = m;
+    return L3C_OK;
+fail:
+    l3c_train_model_free(m);
+    l3c_gguf_close(g);
+    return st;
+}
+
+static void free_acts(l3c_train_model *m) {
+    if (m->acts) free(m->acts[0].xn1); /* every set is one allocation */
+    free(m->acts);
+    free(m->x_res);
+    free(m->scratch);
+    free(m->ids);
+    m->acts = NULL;
+    m->x_res = m->scratch = NULL;
+    m->ids = m->targets = NULL;
+    m->cap_tokens = 0;
+}
+
+void l3c_train_model_free(l3c_train_model *m) {
+    if (!m) return;
+    free_acts(m);
+    free(m->tensors);
+    free(m->p.layers);
+    free(m->g.layers);
+    free(m->params);
+    free(m->grads);
+    free(m->adam_m);
+    free(m->adam_v);
+    free(m->rope_freqs);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ activation buffers */
+
+static size_t per_layer_floats(const l3c_train_model *m, int64_t B, int64_t T) {
+    const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
+    return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + B * m->cfg.n_head * T * T);
+}
+
+size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int checkpoint) {
+    const int64_t L = m->cfg.n_layer, D = m->cfg.n_embd, V = m->cfg.n_vocab;
+    const size_t layer = per_layer_floats(m, 1, T) / (size_t)T; /* per token at length T */
+    const size_t fl = (size_t)((L + 1) * D + D + 2 + V) + (checkpoint ? 1 : (size_t)L) * layer;
+    return fl * sizeof(float);
+}
+
+static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
+    const int ckpt = m->checkpoint ? 1 : 0;
+    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt) return L3C_OK; /* same layout */
+    free_acts(m);
+    const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, V = m->cfg.n_vocab, qd = q_dim(m),
+                  kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer;
+    const int n_sets = ckpt ? 1 : m->cfg.n_layer;
+    const size_t per = per_layer_floats(m, B, T);
+    m->acts = l3c_calloc((size_t)n_sets, sizeof *m->acts);
+    float *a = l3c_malloc((size_t)n_sets * per * sizeof(float));
+    m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + N * V + N + 2 * N * half) * sizeof(float));
+    m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float) +
+                            (size_t)N * sizeof(int32_t));
+    m->ids = l3c_malloc((size_t)N * 2 * sizeof(int32_t));
+    if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids) {
+        free(a);
+        free_acts(m);
+        return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the activations of %lld x %lld tokens",
+                        (long long)B, (long long)T);
+    }
+    for (int s = 0; s < n_sets; s++) {
+        l3c_train_acts *A = &m->acts[s];
+        A->xn1 = a, a += N * D;
+        A->rstd1 = a, a += N;
+        A->q = a, a += N * qd;
+        A->k = a, a += N * kd;
+        A->v = a, a += N * kd;
+        A->att = a, a += B * m->cfg.n_head * T * T;
+        A->ao = a, a += N * qd;
+        A->x_mid = a, a += N * D;
+        A->xn2 = a, a += N * D;
+        A->rstd2 = a, a += N;
+        A->g = a, a += N * F;
+        A->u = a, a += N * F;
+        A->h = a, a += N * F;
+    }
+    float *x = m->x_res + (L + 1) * N * D;
+    m->xn_f = x, x += N * D;
+    m->rstd_f = x, x += N;
+    m->logits = x, x += N * V;
+    m->lse = x, x += N;
+    m->rope_cos = x, x += N * half;
+    m->rope_sin = x;
+    m->targets = m->ids + N;
+    m->B = B;
+    m->T = T;
+    m->cap_tokens = N;
+    m->cap_ckpt = ckpt;
+    return L3C_OK;
+}
+
+static bwd_bufs scratch_bufs(const l3c_train_model *m) {
+    const int64_t N = m->B * m->T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
+    bwd_bufs s;
+    float *x = m->scratch;
+    s.dres = x, x += N * D;
+    s.dxn = x, x += N * D;
+    s.tmp = x, x += N * D;
+    s.dao = x, x += N * qd;
+    s.dq = x, x += N * qd;
+    s.dk = x, x += N * kd;
+    s.dv = x, x += N * kd;
+    s.dh = x, x += N * F;
+    s.dg = x, x += N * F;
+    s.du = x, x += N * F;
+    s.pos = (int32_t *)x;
+    return s;
+}
+
+static void zero(float *x, int64_t n) { memset(x, 0, (size_t)n * sizeof(float)); }
+
+/* ------------------------------------------------------------------ one block */
+
+/* x_out NULL: recompute the saved activations only (checkpointed backward). */
+static void layer_forward(const l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
+                          float *tmp, float *x_out) {
+    const l3c_train_config *c = &m->cfg;
+    const l3c_train_layer *W = &m->p.layers[l];
+    const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff, qd = q_dim(m), kd = kv_dim(m);
+    const int hd = m->head_dim;
+    l3c_tr_rmsnorm_fwd(x_in, W->attn_norm, N, D, c->norm_eps, a->xn1, a->rstd1);
+    l3c_tr_matmul_fwd(a->xn1, W->wq, N, D, qd, a->q);
+    l3c_tr_matmul_fwd(a->xn1, W->wk, N, D, kd, a->k);
+    l3c_tr_matmul_fwd(a->xn1, W->wv, N, D, kd, a->v);
+    l3c_tr_rope_fwd(a->q, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
+    l3c_tr_rope_fwd(a->k, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
+    l3c_tr_attention_fwd(a->q, a->k, a->v, m->B, m->T, c->n_head, c->n_head_kv, hd, a->att, a->ao);
+    l3c_tr_matmul_fwd(a->ao, W->wo, N, qd, D, tmp);
+    memcpy(a->x_mid, x_in, (size_t)(N * D) * sizeof(float));
+    l3c_tr_add_fwd(a->x_mid, tmp, N * D);
+    l3c_tr_rmsnorm_fwd(a->x_mid, W->ffn_norm, N, D, c->norm_eps, a->xn2, a->rstd2);
+    l3c_tr_matmul_fwd(a->xn2, W->w_gate, N, D, F, a->g);
+    l3c_tr_matmul_fwd(a->xn2, W->w_up, N, D, F, a->u);
+    l3c_tr_swiglu_fwd(a->g, a->u, N * F, a->h);
+    if (!x_out) return;
+    l3c_tr_matmul_fwd(a->h, W->w_down, N, F, D, tmp);
+    memcpy(x_out, a->x_mid, (size_t)(N * D) * sizeof(float));
+    l3c_tr_add_fwd(x_out, tmp, N * D);
+}
+
+/* s->dres holds dL/dx_out on entry and dL/dx_in on return. */
+static void layer_backward(l3c_train_model *m, int l, const float *x_in, const l3c_train_acts *a,
+                           const bwd_bufs *s) {
+    const l3c_train_config *c = &m->cfg;
+    const l3c_train_layer *W = &m->p.layers[l];
+    l3c_train_layer *G = &m->g.layers[l];
+    const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff, qd = q_dim(m), kd = kv_dim(m);
+    const int hd = m->head_dim;
+    /* x_out = x_mid + h Wd^T: dres passes to x_mid (add backward), the branch gets dres too */
+    zero(s->dh, N * F);
+    l3c_tr_matmul_bwd(a->h, W->w_down, s->dres, N, F, D, s->dh, G->w_down);
+    zero(s->dg, N * F);
+    zero(s->du, N * F);
+    l3c_tr_swiglu_bwd(a->g, a->u, s->dh, N * F, s->dg, s->du);
+    zero(s->dxn, N * D);
+    l3c_tr_matmul_bwd(a->xn2, W->w_gate, s->dg, N, D, F, s->dxn, G->w_gate);
+    l3c_tr_matmul_bwd(a->xn2, W->w_up, s->du, N, D, F, s->dxn, G->w_up);
+    l3c_tr_rmsnorm_bwd(a->x_mid, W->ffn_norm, a->rstd2, s->dxn, N, D, s->dres, G->ffn_norm);
+    /* x_mid = x_in + ao Wo^T */
+    zero(s->dao, N * qd);
+    l3c_tr_matmul_bwd(a->ao, W->wo, s->dres, N, qd, D, s->dao, G->wo);
+    zero(s->dq, N * qd);
+    zero(s->dk, N * kd);
+    zero(s->dv, N * kd);
+    l3c_tr_attention_bwd(a->q, a->k, a->v, a->att, s->dao, m->B, m->T, c->n_head, c->n_head_kv, hd,
+                         s->dq, s->dk, s->dv);
+    l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
+    l3c_tr_rope_bwd(s->dk, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
+    zero(s->dxn, N * D);
+    l3c_tr_matmul_bwd(a->xn1, W->wq, s->dq, N, D, qd, s->dxn, G->wq);
+    l3c_tr_matmul_bwd(a->xn1, W->wk, s->dk, N, D, kd, s->dxn, G->wk);
+    l3c_tr_matmul_bwd(a->xn1, W->wv, s->dv, N, D, kd, s->dxn, G->wv);
+    l3c_tr_rmsnorm_bwd(x_in, W->attn_norm, a->rstd1, s->dxn, N, D, s->dres, G->attn_norm);
+}
+
+/* ------------------------------------------------------------------ model forward / backward */
+
+l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
+                             int64_t T, float *loss) {
+    *loss = 0.0f;
+    const l3c_train_config *c = &m->cfg;
+    /* bounds keep every buffer size (B*T*H*T floats of attention) far inside int64 */
+    if (B < 1 || T < 1 || T > (1 << 16) || B * T > (1 << 24))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: batch %lld x %lld tokens is out of range "
+                        "(T <= 65536, B*T <= 2^24)", (long long)B, (long long)T);
+    const int64_t N = B * T, D = c->n_embd, V = c->n_vocab;
+    for (int64_t n = 0; n < N; n++) {
+        if (ids[n] < 0 || ids[n] >= V)
+            return l3c_fail(L3C_ERR_INVALID_ARG, "train: token id %d at %lld is outside [0, %lld)",
+                            ids[n], (long long)n, (long long)V);
+        if (targets && (targets[n] < -1 || targets[n] >= V))
+            return l3c_fail(L3C_ERR_INVALID_ARG, "train: target %d at %lld is outside [-1, %lld)",
+                            targets[n], (long long)n, (long long)V);
+    }
+    l3c_status st = reserve(m, B, T);
+    if (st) return st;
+    bwd_bufs s = scratch_bufs(m);
+    memcpy(m->ids, ids, (size_t)N * sizeof(int32_t));
+    for (int64_t n = 0; n < N; n++) {
+        m->targets[n] = targets ? targets[n] : -1;
+        s.pos[n] = (int32_t)(n % T);
+    }
+    m->n_valid = -1; /* no backward without targets */
+    l3c_tr_rope_tables(s.pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
+    l3c_tr_embedding_fwd(m->p.tok_embd, D, m->ids, N, m->x_res);
+    for (int l = 0; l < c->n_layer; l++)
+        layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
+                      m->x_res + (l + 1) * N * D);
+    const float *xf = m->x_res + (int64_t)c->n_layer * N * D;
+    l3c_tr_rmsnorm_fwd(xf, m->p.output_norm, N, D, c->norm_eps, m->xn_f, m->rstd_f);
+    l3c_tr_matmul_fwd(m->xn_f, m->p.output, N, D, V, m->logits);
+    if (!targets) return L3C_OK;
+    int64_t nv = 0;
+    const double sum = l3c_tr_xent_fwd(m->logits, m->targets, N, V, m->lse, &nv);
+    m->n_valid = nv;
+    *loss = nv ? (float)(sum / (double)nv) : 0.0f;
+    return L3C_OK;
+}
+
+void l3c_train_zero_grad(l3c_train_model *m) { zero(m->grads, (int64_t)m->n_params); }
+
+l3c_status l3c_train_backward(l3c_train_model *m) {
+    if (!m->acts || m->n_valid < 0)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: backward needs a forward with targets first "
+                        "(and runs once per forward)");
+    const l3c_train_config *c = &m->cfg;
+    const int64_t N = m->B * m->T, D = c->n_embd, V = c->n_vocab;
+    bwd_bufs s = scratch_bufs(m);
+    const float scale = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
+    float *dlogits = m->logits; /* in place */
+    l3c_tr_xent_bwd(m->logits, m->lse, m->targets, N, V, scale, dlogits);
+    zero(s.dxn, N * D);
+    l3c_tr_matmul_bwd(m->xn_f, m->p.output, dlogits, N, D, V, s.dxn, m->g.output);
+    zero(s.dres, N * D);
+    l3c_tr_rmsnorm_bwd(m->x_res + (int64_t)c->n_layer * N * D, m->p.output_norm, m->rstd_f, s.dxn, N, D,
+                       s.dres, m->g.output_norm);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        const float *x_in = m->x_res + l * N * D;
+        l3c_train_acts *a = &m->acts[m->checkpoint ? 0 : l];
+        if (m->checkpoint) layer_forward(m, l, x_in, a, s.tmp, NULL);
+        layer_backward(m, l, x_in, a, &s);
+    }
+    l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);
+    m->n_valid = -1;
+    return L3C_OK;
+}
+
+/* ------------------------------------------------------------------ optimizer step */
+
+l3c_status l3c_train_step(l3c_train_model *m, const l3c_adamw_params *p, int step, float *grad_norm,
+                          float *lr_out) {
+    if (!m->adam_m) {
+        m->adam_m = l3c_calloc(m->n_params, sizeof(float));
+        m->adam_v = l3c_calloc(m->n_params, sizeof(float));
+        if (!m->adam_m || !m->adam_v) {
+            free(m->adam_m), free(m->adam_v);
+            m->adam_m = m->adam_v = NULL;
+            return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the AdamW state");
+        }
+    }
+    const double norm = l3c_grad_clip(m->grads, m->n_params, p->grad_clip);
+    const float lr = l3c_lr_at(p, step);
+    m->adam_t++;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const l3c_train_tensor *t = &m->tensors[i];
+        const size_t o = t->offset, n = (size_t)(t->rows * t->cols);
+        l3c_adamw_update(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, n, lr, p->beta1,
+                         p->beta2, p->eps, t->rows > 1 ? p->weight_decay : 0.0f, m->adam_t);
+    }
+    if (grad_norm) *grad_norm = (float)norm;
+    if (lr_out) *lr_out = lr;
+    return L3C_OK;
+}

@@ -1,0 +1,113 @@
+/*
+ * train_model.h -- an fp32 llama for training: forward to a loss, backward to gradients of
+ * every parameter, AdamW steps.
+ *
+ * Memory (like llm.c): all parameters live in one arena `params` [n_params]; gradients in a
+ * second (`grads`), AdamW moments in a third and fourth (`adam_m`, `adam_v`, allocated at the
+ * first step). The tensor table names every parameter by its GGUF name, in arena order:
+ *   token_embd [V x D]; per layer: attn_norm [D], attn_q [H*hd x D], attn_k [Hkv*hd x D],
+ *   attn_v [Hkv*hd x D], attn_output [D x H*hd], ffn_norm [D], ffn_gate [F x D], ffn_up [F x D],
+ *   ffn_down [D x F]; output_norm [D]; output [V x D] unless tied (then the head is token_embd).
+ * rope_freqs (Llama 3.1) is a constant, not a parameter.
+ *
+ * A batch is B sequences of T tokens ([B x T] ids, positions 0..T-1 in each) with targets
+ * [B x T]: target < 0 is masked (padding, prompt tokens), so right-padded chat examples train
+ * on their answer tokens only. The loss is the mean over unmasked targets.
+ *
+ * Activations are sized at the first forward for (B, T) (reallocated when the batch grows).
+ * With checkpointing on, only each layer's input (the residual stream) is kept; backward
+ * recomputes one layer at a time into a single set of buffers, with the same code, so the
+ * gradients are bitwise identical to the stored-activation path.
+ *
+ * Ownership: l3c_train_model owns all its arenas and buffers (l3c_train_model_free).
+ */
+#ifndef L3C_TRAIN_MODEL_H
+#define L3C_TRAIN_MODEL_H
+
+#include "train/optim.h"
+#include "util/util.h"
+
+typedef struct l3c_train_config {
+    int32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff;
+    int32_t n_rot;    /* rotated dims per head; 0 in create() means head_dim */
+    float rope_theta; /* 10000 */
+    float norm_eps;   /* 1e-5 */
+    int tied;         /* output head shares token_embd */
+} l3c_train_config;
+
+/* Pointers of one set of parameters (or gradients) into an arena. */
+typedef struct l3c_train_layer {
+    float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+} l3c_train_layer;
+typedef struct l3c_train_params {
+    float *tok_embd;
+    l3c_train_layer *layers; /* [n_layer] */
+    float *output_norm;
+    float *output; /* == tok_embd when tied */
+} l3c_train_params;
+
+typedef struct l3c_train_tensor {
+    char name[48];
+    int64_t rows, cols; /* [rows x cols] row-major; vectors have rows == 1 */
+    size_t offset;      /* in floats, into params / grads */
+} l3c_train_tensor;
+
+typedef struct l3c_train_acts l3c_train_acts; /* per-layer saved activations (train_model.c) */
+
+typedef struct l3c_train_model {
+    l3c_train_config cfg;
+    int32_t head_dim;
+    float *rope_freqs; /* [n_rot/2] or NULL */
+    size_t n_params;
+    float *params, *grads, *adam_m, *adam_v;
+    l3c_train_params p, g;
+    l3c_train_tensor *tensors;
+    int n_tensors;
+    int checkpoint; /* recompute layer activations in backward */
+    int adam_t;     /* AdamW steps taken */
+
+    /* activations of the last forward (B x T) */
+    int64_t B, T, cap_tokens;
+    int cap_ckpt;
+    int32_t *ids, *targets; /* [N] copies */
+    float *x_res;           /* [(n_layer + 1) x N x D] input of each layer, then the final stream */
+    l3c_train_acts *acts;   /* [n_layer], or [1] with checkpointing */
+    float *rope_cos, *rope_sin; /* [N x n_rot/2] */
+    float *xn_f, *rstd_f;   /* final norm: [N x D], [N] */
+    float *logits;          /* [N x V]; backward turns it into dlogits */
+    float *lse;             /* [N] */
+    int64_t n_valid;        /* unmasked targets of the last forward */
+    float *scratch;         /* backward gradient buffers */
+} l3c_train_model;
+
+/* A model with seeded random weights: matrices N(0, 1/n_in) (token_embd and output too, so a
+ * tied head starts with O(1) logits; attn_output and ffn_down also scaled by 1/sqrt(2 n_layer)),
+ * norms 1. */
+l3c_status l3c_train_model_create(const l3c_train_config *cfg, uint64_t seed, l3c_train_model **out);
+/* The weights of a llama GGUF, dequantized to fp32 with the type table's to_float. Errors name
+ * the file and the tensor. */
+l3c_status l3c_train_model_from_gguf(const char *path, l3c_train_model **out);
+void l3c_train_model_free(l3c_train_model *m);
+
+/*
+ * Forward of B sequences of T tokens. targets [B x T] may be NULL (logits only, *loss = 0).
+ * Leaves m->logits [B*T x V] (raw) for inspection until the next backward. *loss: mean
+ * cross-entropy over unmasked targets (0 when there are none).
+ */
+l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
+                             int64_t T, float *loss);
+/* Sets every gradient to 0. */
+void l3c_train_zero_grad(l3c_train_model *m);
+/* Backward of the last forward (which needs targets): ADDS d(loss)/d(param) into m->grads. */
+l3c_status l3c_train_backward(l3c_train_model *m);
+
+/* One optimizer step on m->grads: clip (p->grad_clip), lr = l3c_lr_at(p, step), AdamW with
+ * weight decay on the 2-D tensors only (norm vectors are not decayed). *grad_norm (optional)
+ * gets the norm before clipping, *lr_out the rate used. */
+l3c_status l3c_train_step(l3c_train_model *m, const l3c_adamw_params *p, int step, float *grad_norm,
+                          float *lr_out);
+
+/* Bytes of saved activations per token for this model at sequence length T (doc figure). */
+size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int checkpoint);
+
+#endif /* L3C_TRAIN_MODEL_H */
