@@ -1,12 +1,6 @@
 /*
- * context.c -- l3c_context: the KV cache for n_seq sequences and every activation buffer of the
- * forward pass, all allocated here once (nothing is allocated per l3c_decode).
- *
- * KV cache layout (per sequence a contiguous slab, K and V alike):
- *   k_cache[n_seq][n_layer][n_ctx][n_head_kv][hd]   elements of kv_type (F16 / F32 / Q8_0)
- * Each head's hd elements are stored as whole blocks, so one head of one position is
- * kv_head_bytes at offset kvh * kv_head_bytes inside its row. Positions >= seq_len[s] hold stale
- * data and are never read. Truncation only lowers seq_len.
+ * context.c -- l3c_context: the KV cache for n_seq sequences (kv_cache.c) and every activation
+ * buffer of the forward pass, all allocated here once (nothing is allocated per l3c_decode).
  *
  * n_ctx == 0 picks the model's context_length capped so that n_seq * n_ctx * kv_bytes_per_pos
  * fits kv_budget_bytes (at least 16 positions, else an error).
@@ -31,8 +25,7 @@ l3c_context_params l3c_context_default_params(void) {
     return p;
 }
 
-/* *p = l3c_malloc(a * b * elem) with overflow check; adds the size to *total. */
-static bool alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total) {
+bool l3c_alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total) {
     size_t n;
     if (!l3c_mul_ok(a, b, &n) || !l3c_mul_ok(n, elem, &n)) return false;
     void *p = l3c_malloc(n);
@@ -98,9 +91,6 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     ctx->n_ctx = n_ctx;
     ctx->n_seq = p.n_seq;
     ctx->n_batch = n_batch;
-    ctx->kv_type = p.kv_type;
-    ctx->kv_row_bytes = row_bytes;
-    ctx->kv_head_bytes = row_bytes / (size_t)c->n_head_kv;
     ctx->n_threads = p.n_threads > 0 ? p.n_threads : m->n_threads;
 
     if ((st = l3c_threadpool_create(ctx->n_threads, &ctx->tp))) goto fail;
@@ -109,37 +99,34 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     const size_t B = (size_t)n_batch, E = (size_t)c->n_embd, hd = (size_t)c->head_dim;
     const size_t q_dim = (size_t)c->n_head * hd, kv_dim = (size_t)c->n_head_kv * hd;
     const size_t half = (size_t)c->n_rot / 2, nth = (size_t)ctx->n_threads;
-    size_t total = 0, slab;
-    bool ok = l3c_mul_ok((size_t)n_ctx * (size_t)p.n_seq, (size_t)c->n_layer, &slab) &&
-              alloc_arr(&ctx->k_cache, slab, row_bytes, 1, &total) &&
-              alloc_arr(&ctx->v_cache, slab, row_bytes, 1, &total) &&
-              alloc_arr(&ctx->seq_len, (size_t)p.n_seq, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->seq_next, (size_t)p.n_seq, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->x, B, E, sizeof(float), &total) &&
-              alloc_arr(&ctx->xb, B, E, sizeof(float), &total) &&
-              alloc_arr(&ctx->xb2, B, E, sizeof(float), &total) &&
-              alloc_arr(&ctx->q, B, q_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->k, B, kv_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->v, B, kv_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->att_out, B, q_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->hb, B, (size_t)c->n_ff, sizeof(float), &total) &&
-              alloc_arr(&ctx->hb2, B, (size_t)c->n_ff, sizeof(float), &total) &&
-              alloc_arr(&ctx->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), &total) &&
-              alloc_arr(&ctx->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), &total) &&
-              alloc_arr(&ctx->rope_cos, B, half ? half : 1, sizeof(float), &total) &&
-              alloc_arr(&ctx->rope_sin, B, half ? half : 1, sizeof(float), &total) &&
-              alloc_arr(&ctx->inv_freq, half ? half : 1, 1, sizeof(double), &total) &&
-              alloc_arr(&ctx->logits, B, (size_t)c->n_vocab, sizeof(float), &total) &&
-              alloc_arr(&ctx->out_row, B, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->out_idx, B, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->scratch, max_scratch(m, (int64_t)B), 1, 1, &total);
+    size_t total = 0;
+    /* kv_type and head_dim were checked above: the cache can only fail for memory */
+    bool ok = l3c_kv_cache_init(&ctx->kv, p.n_seq, c->n_layer, n_ctx, c->n_head_kv, c->head_dim,
+                                p.kv_type, &total) == L3C_OK &&
+              l3c_alloc_arr(&ctx->x, B, E, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->xb, B, E, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->xb2, B, E, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->q, B, q_dim, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->k, B, kv_dim, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->v, B, kv_dim, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->att_out, B, q_dim, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->hb, B, (size_t)c->n_ff, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->hb2, B, (size_t)c->n_ff, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->rope_cos, B, half ? half : 1, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->rope_sin, B, half ? half : 1, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->inv_freq, half ? half : 1, 1, sizeof(double), &total) &&
+              l3c_alloc_arr(&ctx->logits, B, (size_t)c->n_vocab, sizeof(float), &total) &&
+              l3c_alloc_arr(&ctx->out_row, B, 1, sizeof(int32_t), &total) &&
+              l3c_alloc_arr(&ctx->out_idx, B, 1, sizeof(int32_t), &total) &&
+              l3c_alloc_arr(&ctx->scratch, max_scratch(m, (int64_t)B), 1, 1, &total);
     if (!ok) {
         st = l3c_fail(L3C_ERR_NOMEM, "context: out of memory (n_ctx %d, n_seq %d, n_batch %d; "
                                      "%zu bytes allocated before the failure)",
                       n_ctx, p.n_seq, n_batch, total);
         goto fail;
     }
-    memset(ctx->seq_len, 0, (size_t)p.n_seq * sizeof(int32_t));
     l3c_rope_inv_freq(c, m->w.rope_freqs, ctx->inv_freq);
     *out = ctx;
     return L3C_OK;
@@ -151,7 +138,8 @@ fail:
 void l3c_context_free(l3c_context *ctx) {
     if (!ctx) return;
     l3c_threadpool_free(ctx->tp);
-    void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_next, ctx->x, ctx->xb,
+    l3c_kv_cache_free(&ctx->kv);
+    void *bufs[] = {ctx->x, ctx->xb,
                     ctx->xb2, ctx->q, ctx->k, ctx->v, ctx->att_out, ctx->hb, ctx->hb2, ctx->att,
                     ctx->kv_tmp, ctx->rope_cos, ctx->rope_sin, ctx->inv_freq, ctx->logits,
                     ctx->out_row, ctx->out_idx, ctx->scratch};
@@ -161,22 +149,6 @@ void l3c_context_free(l3c_context *ctx) {
 
 int32_t l3c_context_n_ctx(const l3c_context *ctx) { return ctx ? ctx->n_ctx : 0; }
 int32_t l3c_context_n_seq(const l3c_context *ctx) { return ctx ? ctx->n_seq : 0; }
-
-int32_t l3c_kv_seq_len(const l3c_context *ctx, int32_t seq_id) {
-    if (!ctx || seq_id < 0 || seq_id >= ctx->n_seq) return 0;
-    return ctx->seq_len[seq_id];
-}
-
-l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep) {
-    if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: NULL context");
-    if (seq_id < 0 || seq_id >= ctx->n_seq)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: seq_id %d out of range [0, %d)",
-                        seq_id, ctx->n_seq);
-    if (n_keep < 0)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: n_keep %d < 0", n_keep);
-    if (n_keep < ctx->seq_len[seq_id]) ctx->seq_len[seq_id] = n_keep;
-    return L3C_OK;
-}
 
 void l3c_context_set_trace(l3c_context *ctx, l3c_trace_fn fn, void *user) {
     if (!ctx) return;

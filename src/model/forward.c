@@ -33,34 +33,6 @@
         if (ctx->trace) ctx->trace(ctx->trace_user, op, layer, data, (int64_t)(rows), (int64_t)(cols)); \
     } while (0)
 
-static int kv_ggml_type(int kv_type) {
-    return kv_type == L3C_KV_F32 ? L3C_TYPE_F32 : kv_type == L3C_KV_Q8_0 ? L3C_TYPE_Q8_0 : L3C_TYPE_F16;
-}
-
-/* ---------------------------------------------------------------- KV cache store */
-
-static uint8_t *kv_row(const l3c_context *ctx, uint8_t *cache, int32_t seq, int32_t layer, int32_t pos) {
-    size_t idx = ((size_t)seq * (size_t)ctx->model->cfg.n_layer + (size_t)layer) * (size_t)ctx->n_ctx +
-                 (size_t)pos;
-    return cache + idx * ctx->kv_row_bytes;
-}
-
-/* k, v [T x n_head_kv*hd] -> cache rows of (seq_id[t], layer, pos[t]), converted per head. */
-static void kv_store(l3c_context *ctx, int32_t layer, const l3c_batch *b) {
-    const l3c_config *c = &ctx->model->cfg;
-    const l3c_from_float_fn from_float = l3c_type_traits_get(kv_ggml_type(ctx->kv_type))->from_float;
-    const int64_t hd = c->head_dim, kv_dim = (int64_t)c->n_head_kv * hd;
-    for (int32_t t = 0; t < b->n_tokens; t++) {
-        int32_t s = b->seq_id ? b->seq_id[t] : 0;
-        uint8_t *kr = kv_row(ctx, ctx->k_cache, s, layer, b->pos[t]);
-        uint8_t *vr = kv_row(ctx, ctx->v_cache, s, layer, b->pos[t]);
-        for (int h = 0; h < c->n_head_kv; h++) {
-            from_float(ctx->k + t * kv_dim + h * hd, kr + (size_t)h * ctx->kv_head_bytes, hd);
-            from_float(ctx->v + t * kv_dim + h * hd, vr + (size_t)h * ctx->kv_head_bytes, hd);
-        }
-    }
-}
-
 /* ---------------------------------------------------------------- attention */
 
 typedef struct attn_job {
@@ -96,20 +68,22 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
     const int64_t ld = ctx->n_ctx;
     float *S = ctx->att + (int64_t)ith * L3C_ATT_TOKENS * ld; /* [e - a x n_ctx] scores */
     float *tmp = ctx->kv_tmp + (int64_t)ith * hd * L3C_ATT_ROWS; /* [L3C_ATT_ROWS x hd] converted rows */
-    const uint8_t *kbase = kv_row(ctx, ctx->k_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
-    const uint8_t *vbase = kv_row(ctx, ctx->v_cache, s, job->layer, 0) + (size_t)kvh * ctx->kv_head_bytes;
+    const l3c_kv_cache *kv = &ctx->kv;
+    const size_t row_bytes = kv->row_bytes;
+    const uint8_t *kbase = l3c_kv_cache_row(kv, kv->k, s, job->layer, 0) + (size_t)kvh * kv->head_bytes;
+    const uint8_t *vbase = l3c_kv_cache_row(kv, kv->v, s, job->layer, 0) + (size_t)kvh * kv->head_bytes;
     const float *q0 = ctx->q + a * q_dim + h * hd;
 
     /* scores S[t - a][p] = q_t . k_p */
     if (tr->vec_dot_type == L3C_TYPE_F32 && tr->gemm) {
-        tr->gemm(hd, n_pos_max, e - a, S, ld, kbase, ctx->kv_row_bytes, q0, (size_t)q_dim * sizeof(float));
+        tr->gemm(hd, n_pos_max, e - a, S, ld, kbase, row_bytes, q0, (size_t)q_dim * sizeof(float));
     } else if (tr->vec_dot_type == L3C_TYPE_F32) {
         for (int64_t t = a; t < e; t++)
             for (int32_t p = 0; p <= b->pos[t]; p++)
-                tr->vec_dot(hd, &S[(t - a) * ld + p], kbase + (size_t)p * ctx->kv_row_bytes, q0 + (t - a) * q_dim);
+                tr->vec_dot(hd, &S[(t - a) * ld + p], kbase + (size_t)p * row_bytes, q0 + (t - a) * q_dim);
     } else { /* quantized cache: dequantize each K row */
         for (int32_t p = 0; p < n_pos_max; p++) {
-            tr->to_float(kbase + (size_t)p * ctx->kv_row_bytes, tmp, hd);
+            tr->to_float(kbase + (size_t)p * row_bytes, tmp, hd);
             for (int64_t t = a; t < e; t++) {
                 if (p > b->pos[t]) continue;
                 const float *qh = q0 + (t - a) * q_dim;
@@ -130,14 +104,14 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
 
     /* att_out[t, h] = sum_p S[t - a][p] * v_p, in blocks of L3C_ATT_ROWS rows of V converted
      * once for every query (l3c_axpy_rows: the same sums as one axpy per row) */
-    const bool f32 = ctx->kv_type == L3C_KV_F32;
+    const bool f32 = kv->type == L3C_KV_F32;
     for (int32_t p0 = 0; p0 < n_pos_max; p0 += L3C_ATT_ROWS) {
         const int32_t p1 = L3C_MIN(p0 + L3C_ATT_ROWS, n_pos_max);
-        const float *vp = (const float *)(vbase + (size_t)p0 * ctx->kv_row_bytes);
-        int64_t ldv = (int64_t)(ctx->kv_row_bytes / sizeof(float));
+        const float *vp = (const float *)(vbase + (size_t)p0 * row_bytes);
+        int64_t ldv = (int64_t)(row_bytes / sizeof(float));
         if (!f32) {
             for (int32_t p = p0; p < p1; p++)
-                tr->to_float(vbase + (size_t)p * ctx->kv_row_bytes, tmp + (p - p0) * hd, hd);
+                tr->to_float(vbase + (size_t)p * row_bytes, tmp + (p - p0) * hd, hd);
             vp = tmp;
             ldv = hd;
         }
@@ -174,7 +148,8 @@ static l3c_status validate(l3c_context *ctx, const l3c_batch *b) {
         return l3c_fail(L3C_ERR_INVALID_ARG, "decode: batch has %d tokens; allowed 1..%d (n_batch)",
                         b->n_tokens, ctx->n_batch);
     const int32_t n_vocab = ctx->model->cfg.n_vocab;
-    memcpy(ctx->seq_next, ctx->seq_len, (size_t)ctx->n_seq * sizeof(int32_t));
+    int32_t *seq_next = ctx->kv.seq_next;
+    memcpy(seq_next, ctx->kv.seq_len, (size_t)ctx->n_seq * sizeof(int32_t));
     for (int32_t i = 0; i < b->n_tokens; i++) {
         int32_t s = b->seq_id ? b->seq_id[i] : 0;
         if (s < 0 || s >= ctx->n_seq)
@@ -183,13 +158,13 @@ static l3c_status validate(l3c_context *ctx, const l3c_batch *b) {
         if (b->tokens[i] < 0 || b->tokens[i] >= n_vocab)
             return l3c_fail(L3C_ERR_INVALID_ARG, "decode: token %d: id %d out of range [0, %d)", i,
                             b->tokens[i], n_vocab);
-        if (b->pos[i] != ctx->seq_next[s])
+        if (b->pos[i] != seq_next[s])
             return l3c_fail(L3C_ERR_INVALID_ARG, "decode: token %d: pos %d, but sequence %d continues "
-                                                 "at position %d", i, b->pos[i], s, ctx->seq_next[s]);
+                                                 "at position %d", i, b->pos[i], s, seq_next[s]);
         if (b->pos[i] >= ctx->n_ctx)
             return l3c_fail(L3C_ERR_CONTEXT_FULL, "decode: token %d: sequence %d is full (n_ctx %d)",
                             i, s, ctx->n_ctx);
-        ctx->seq_next[s]++;
+        seq_next[s]++;
     }
     return L3C_OK;
 }
@@ -209,7 +184,7 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
     const int64_t T = b->n_tokens, E = c->n_embd, F = c->n_ff, hd = c->head_dim;
     const int64_t q_dim = (int64_t)c->n_head * hd, kv_dim = (int64_t)c->n_head_kv * hd;
     l3c_threadpool *tp = ctx->tp;
-    const l3c_type_traits *kv_tr = l3c_type_traits_get(kv_ggml_type(ctx->kv_type));
+    const l3c_type_traits *kv_tr = l3c_type_traits_get(ctx->kv.elem_type);
 
     /* which rows get logits: batch->logits, or only the last token */
     int32_t n_out = 0;
@@ -254,7 +229,7 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
         TRACE("k", l, ctx->k, T, kv_dim);
         TRACE("v", l, ctx->v, T, kv_dim);
 
-        kv_store(ctx, l, b);
+        l3c_kv_cache_store(&ctx->kv, l, ctx->k, ctx->v, T, b->seq_id, b->pos, c->n_head_kv, hd);
         /* att_out [T x q_dim]; one job unless the batch has more blocks than a job has chunks */
         const int64_t n_blocks = l3c_n_chunks(T, L3C_ATT_TOKENS), per_job = L3C_MAX_CHUNKS / c->n_head;
         for (int64_t b0 = 0; b0 < n_blocks; b0 += per_job) {
@@ -302,7 +277,7 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
     }
 
     free(probs);
-    memcpy(ctx->seq_len, ctx->seq_next, (size_t)ctx->n_seq * sizeof(int32_t));
+    l3c_kv_cache_commit(&ctx->kv);
     ctx->n_out = n_out;
     ctx->last_n_tokens = (int32_t)T;
     return L3C_OK;

@@ -10,8 +10,8 @@
  *    n_ctx positions, so l3c_decode never allocates (tracing "attn_scores" excepted).
  *
  * Files: config.c (hyperparameters from metadata, validated), weights.c (bind every tensor by
- * name / type / shape), model.c (load, info, metadata), context.c (context + KV cache),
- * rope.c (rotary embedding), forward.c (l3c_decode). docs/ARCHITECTURE.md describes the op
+ * name / type / shape), model.c (load, info, metadata), context.c (context), kv_cache.c (KV
+ * cache), rope.c (rotary embedding), forward.c (l3c_decode). docs/ARCHITECTURE.md describes the op
  * sequence, the KV-cache layout and the trace contract.
  */
 #ifndef L3C_MODEL_H
@@ -21,6 +21,7 @@
 #include "kernels/ops.h"
 #include "kernels/threadpool.h"
 #include "kernels/types.h"
+#include "model/kv_cache.h"
 
 /* Hyperparameters, validated by l3c_config_from_gguf. */
 typedef struct l3c_config {
@@ -104,24 +105,20 @@ struct l3c_model {
 /* V rows converted to float at a time (prompt path: each serves every query of the block). */
 #define L3C_ATT_ROWS 32
 
-/* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported. */
+/* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported
+ * (kv_cache.c). */
 size_t l3c_kv_row_bytes(const l3c_config *cfg, int kv_type);
+
+/* *pp = l3c_malloc(a * b * elem) with overflow checks; adds the size to *total (context.c). */
+bool l3c_alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total);
 
 struct l3c_context {
     const l3c_model *model;
     int32_t n_ctx, n_seq, n_batch;
-    int kv_type;
     l3c_threadpool *tp;
     int n_threads;
 
-    /* KV cache: for sequence s and layer l, K rows at
-     * k_cache + ((s * n_layer + l) * n_ctx + pos) * kv_row_bytes, each row [n_head_kv][hd]
-     * of kv_type (V alike). seq_len[s] positions of sequence s are valid. */
-    uint8_t *k_cache, *v_cache;
-    size_t kv_row_bytes;      /* bytes of n_head_kv*hd elements */
-    size_t kv_head_bytes;     /* bytes of hd elements (one head's slice of a row) */
-    int32_t *seq_len;         /* [n_seq] */
-    int32_t *seq_next;        /* [n_seq] scratch for batch validation */
+    l3c_kv_cache kv;  /* [n_seq][n_layer][n_ctx] K and V rows + seq_len (kv_cache.h) */
 
     /* activations, row-major, B = n_batch */
     float *x;        /* [B x n_embd]  residual stream */
