@@ -49,6 +49,37 @@ static size_t max_scratch(const l3c_model *m, int64_t T) {
     return s;
 }
 
+/* Every l3c_activations buffer for B tokens (shapes in model.h); false when out of memory. */
+static bool activations_alloc(l3c_activations *a, const l3c_model *m, size_t B, int32_t n_ctx,
+                              int n_threads, size_t *total) {
+    const l3c_config *c = &m->cfg;
+    const size_t E = (size_t)c->n_embd, hd = (size_t)c->head_dim;
+    const size_t q_dim = (size_t)c->n_head * hd, kv_dim = (size_t)c->n_head_kv * hd;
+    const size_t half = (size_t)c->n_rot / 2, nth = (size_t)n_threads;
+    return l3c_alloc_arr(&a->x, B, E, sizeof(float), total) &&
+           l3c_alloc_arr(&a->xb, B, E, sizeof(float), total) &&
+           l3c_alloc_arr(&a->xb2, B, E, sizeof(float), total) &&
+           l3c_alloc_arr(&a->q, B, q_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->k, B, kv_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->v, B, kv_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->att_out, B, q_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->hb, B, (size_t)c->n_ff, sizeof(float), total) &&
+           l3c_alloc_arr(&a->hb2, B, (size_t)c->n_ff, sizeof(float), total) &&
+           l3c_alloc_arr(&a->logits, B, (size_t)c->n_vocab, sizeof(float), total) &&
+           l3c_alloc_arr(&a->inv_freq, half ? half : 1, 1, sizeof(double), total) &&
+           l3c_alloc_arr(&a->rope_cos, B, half ? half : 1, sizeof(float), total) &&
+           l3c_alloc_arr(&a->rope_sin, B, half ? half : 1, sizeof(float), total) &&
+           l3c_alloc_arr(&a->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), total) &&
+           l3c_alloc_arr(&a->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), total) &&
+           l3c_alloc_arr(&a->scratch, max_scratch(m, (int64_t)B), 1, 1, total);
+}
+
+static void activations_free(l3c_activations *a) {
+    void *bufs[] = {a->x, a->xb, a->xb2, a->q, a->k, a->v, a->att_out, a->hb, a->hb2, a->logits,
+                    a->inv_freq, a->rope_cos, a->rope_sin, a->att, a->kv_tmp, a->scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+}
+
 l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *params,
                               l3c_context **out) {
     l3c_status st;
@@ -96,38 +127,20 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     if ((st = l3c_threadpool_create(ctx->n_threads, &ctx->tp))) goto fail;
     ctx->n_threads = l3c_threadpool_n_threads(ctx->tp);
 
-    const size_t B = (size_t)n_batch, E = (size_t)c->n_embd, hd = (size_t)c->head_dim;
-    const size_t q_dim = (size_t)c->n_head * hd, kv_dim = (size_t)c->n_head_kv * hd;
-    const size_t half = (size_t)c->n_rot / 2, nth = (size_t)ctx->n_threads;
     size_t total = 0;
     /* kv_type and head_dim were checked above: the cache can only fail for memory */
     bool ok = l3c_kv_cache_init(&ctx->kv, p.n_seq, c->n_layer, n_ctx, c->n_head_kv, c->head_dim,
                                 p.kv_type, &total) == L3C_OK &&
-              l3c_alloc_arr(&ctx->x, B, E, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->xb, B, E, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->xb2, B, E, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->q, B, q_dim, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->k, B, kv_dim, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->v, B, kv_dim, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->att_out, B, q_dim, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->hb, B, (size_t)c->n_ff, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->hb2, B, (size_t)c->n_ff, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->rope_cos, B, half ? half : 1, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->rope_sin, B, half ? half : 1, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->inv_freq, half ? half : 1, 1, sizeof(double), &total) &&
-              l3c_alloc_arr(&ctx->logits, B, (size_t)c->n_vocab, sizeof(float), &total) &&
-              l3c_alloc_arr(&ctx->out_row, B, 1, sizeof(int32_t), &total) &&
-              l3c_alloc_arr(&ctx->out_idx, B, 1, sizeof(int32_t), &total) &&
-              l3c_alloc_arr(&ctx->scratch, max_scratch(m, (int64_t)B), 1, 1, &total);
+              activations_alloc(&ctx->act, m, (size_t)n_batch, n_ctx, ctx->n_threads, &total) &&
+              l3c_alloc_arr(&ctx->out_row, (size_t)n_batch, 1, sizeof(int32_t), &total) &&
+              l3c_alloc_arr(&ctx->out_idx, (size_t)n_batch, 1, sizeof(int32_t), &total);
     if (!ok) {
         st = l3c_fail(L3C_ERR_NOMEM, "context: out of memory (n_ctx %d, n_seq %d, n_batch %d; "
                                      "%zu bytes allocated before the failure)",
                       n_ctx, p.n_seq, n_batch, total);
         goto fail;
     }
-    l3c_rope_inv_freq(c, m->w.rope_freqs, ctx->inv_freq);
+    l3c_rope_inv_freq(c, m->w.rope_freqs, ctx->act.inv_freq);
     *out = ctx;
     return L3C_OK;
 fail:
@@ -139,11 +152,9 @@ void l3c_context_free(l3c_context *ctx) {
     if (!ctx) return;
     l3c_threadpool_free(ctx->tp);
     l3c_kv_cache_free(&ctx->kv);
-    void *bufs[] = {ctx->x, ctx->xb,
-                    ctx->xb2, ctx->q, ctx->k, ctx->v, ctx->att_out, ctx->hb, ctx->hb2, ctx->att,
-                    ctx->kv_tmp, ctx->rope_cos, ctx->rope_sin, ctx->inv_freq, ctx->logits,
-                    ctx->out_row, ctx->out_idx, ctx->scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    activations_free(&ctx->act);
+    free(ctx->out_row);
+    free(ctx->out_idx);
     free(ctx);
 }
 

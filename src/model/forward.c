@@ -66,13 +66,13 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
     const int32_t s = seq_of(b, a), n_pos_max = b->pos[e - 1] + 1;
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t ld = ctx->n_ctx;
-    float *S = ctx->att + (int64_t)ith * L3C_ATT_TOKENS * ld; /* [e - a x n_ctx] scores */
-    float *tmp = ctx->kv_tmp + (int64_t)ith * hd * L3C_ATT_ROWS; /* [L3C_ATT_ROWS x hd] converted rows */
+    float *S = ctx->act.att + (int64_t)ith * L3C_ATT_TOKENS * ld; /* [e - a x n_ctx] scores */
+    float *tmp = ctx->act.kv_tmp + (int64_t)ith * hd * L3C_ATT_ROWS; /* [L3C_ATT_ROWS x hd] converted rows */
     const l3c_kv_cache *kv = &ctx->kv;
     const size_t row_bytes = kv->row_bytes;
     const uint8_t *kbase = l3c_kv_cache_row(kv, kv->k, s, job->layer, 0) + (size_t)kvh * kv->head_bytes;
     const uint8_t *vbase = l3c_kv_cache_row(kv, kv->v, s, job->layer, 0) + (size_t)kvh * kv->head_bytes;
-    const float *q0 = ctx->q + a * q_dim + h * hd;
+    const float *q0 = ctx->act.q + a * q_dim + h * hd;
 
     /* scores S[t - a][p] = q_t . k_p */
     if (tr->vec_dot_type == L3C_TYPE_F32 && tr->gemm) {
@@ -99,7 +99,7 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
         for (int32_t p = 0; p < n_pos; p++) st[p] *= scale;
         l3c_softmax(st, n_pos);
         if (job->probs) memcpy(job->probs + ((int64_t)h * T + t) * job->n_kv, st, (size_t)n_pos * sizeof(float));
-        memset(ctx->att_out + t * q_dim + h * hd, 0, (size_t)hd * sizeof(float));
+        memset(ctx->act.att_out + t * q_dim + h * hd, 0, (size_t)hd * sizeof(float));
     }
 
     /* att_out[t, h] = sum_p S[t - a][p] * v_p, in blocks of L3C_ATT_ROWS rows of V converted
@@ -117,7 +117,7 @@ static void attend_run(const attn_job *job, int h, int64_t a, int64_t e, int ith
         }
         for (int64_t t = a; t < e; t++) {
             const int32_t n = L3C_MIN(p1, b->pos[t] + 1) - p0;
-            if (n > 0) l3c_axpy_rows(ctx->att_out + t * q_dim + h * hd, S + (t - a) * ld + p0, vp, ldv, n, hd);
+            if (n > 0) l3c_axpy_rows(ctx->act.att_out + t * q_dim + h * hd, S + (t - a) * ld + p0, vp, ldv, n, hd);
         }
     }
 }
@@ -206,30 +206,30 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
                                            "(%lld x %lld)", (long long)(c->n_head * T), (long long)n_kv);
     }
 
-    l3c_rope_tables(ctx->inv_freq, c->n_rot, b->pos, T, ctx->rope_cos, ctx->rope_sin);
+    l3c_rope_tables(ctx->act.inv_freq, c->n_rot, b->pos, T, ctx->act.rope_cos, ctx->act.rope_sin);
 
     /* x [T x E] = token embeddings */
-    for (int64_t t = 0; t < T; t++) l3c_get_row(&w->tok_embd, b->tokens[t], ctx->x + t * E);
-    TRACE("embd", -1, ctx->x, T, E);
+    for (int64_t t = 0; t < T; t++) l3c_get_row(&w->tok_embd, b->tokens[t], ctx->act.x + t * E);
+    TRACE("embd", -1, ctx->act.x, T, E);
 
     for (int32_t l = 0; l < c->n_layer; l++) {
         const l3c_layer *L = &w->layers[l];
 
         /* ---- attention block */
-        l3c_rmsnorm(ctx->x, L->attn_norm, ctx->xb, T, E, c->norm_eps); /* xb [T x E] */
-        TRACE("attn_norm", l, ctx->xb, T, E);
+        l3c_rmsnorm(ctx->act.x, L->attn_norm, ctx->act.xb, T, E, c->norm_eps); /* xb [T x E] */
+        TRACE("attn_norm", l, ctx->act.xb, T, E);
 
         /* q [T x n_head*hd], k, v [T x n_head_kv*hd]: one job, xb quantized once */
         const l3c_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
-        float *const qkv_y[3] = {ctx->q, ctx->k, ctx->v};
-        l3c_matmul_multi(tp, 3, qkv_w, qkv_y, ctx->xb, T, ctx->scratch, false);
-        l3c_rope_apply(ctx->q, T, c->n_head, (int)hd, c->n_rot, ctx->rope_cos, ctx->rope_sin);
-        l3c_rope_apply(ctx->k, T, c->n_head_kv, (int)hd, c->n_rot, ctx->rope_cos, ctx->rope_sin);
-        TRACE("q", l, ctx->q, T, q_dim);
-        TRACE("k", l, ctx->k, T, kv_dim);
-        TRACE("v", l, ctx->v, T, kv_dim);
+        float *const qkv_y[3] = {ctx->act.q, ctx->act.k, ctx->act.v};
+        l3c_matmul_multi(tp, 3, qkv_w, qkv_y, ctx->act.xb, T, ctx->act.scratch, false);
+        l3c_rope_apply(ctx->act.q, T, c->n_head, (int)hd, c->n_rot, ctx->act.rope_cos, ctx->act.rope_sin);
+        l3c_rope_apply(ctx->act.k, T, c->n_head_kv, (int)hd, c->n_rot, ctx->act.rope_cos, ctx->act.rope_sin);
+        TRACE("q", l, ctx->act.q, T, q_dim);
+        TRACE("k", l, ctx->act.k, T, kv_dim);
+        TRACE("v", l, ctx->act.v, T, kv_dim);
 
-        l3c_kv_cache_store(&ctx->kv, l, ctx->k, ctx->v, T, b->seq_id, b->pos, c->n_head_kv, hd);
+        l3c_kv_cache_store(&ctx->kv, l, ctx->act.k, ctx->act.v, T, b->seq_id, b->pos, c->n_head_kv, hd);
         /* att_out [T x q_dim]; one job unless the batch has more blocks than a job has chunks */
         const int64_t n_blocks = l3c_n_chunks(T, L3C_ATT_TOKENS), per_job = L3C_MAX_CHUNKS / c->n_head;
         for (int64_t b0 = 0; b0 < n_blocks; b0 += per_job) {
@@ -238,42 +238,42 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
             l3c_threadpool_run(tp, c->n_head * job.n_blocks, attn_chunk, &job);
         }
         if (probs) TRACE("attn_scores", l, probs, c->n_head * T, n_kv);
-        TRACE("attn_out", l, ctx->att_out, T, q_dim);
+        TRACE("attn_out", l, ctx->act.att_out, T, q_dim);
 
-        l3c_matmul(tp, &L->wo, ctx->att_out, ctx->xb2, T, ctx->scratch); /* xb2 [T x E] */
-        TRACE("attn_proj", l, ctx->xb2, T, E);
-        l3c_add(ctx->x, ctx->xb2, T * E);
-        TRACE("ffn_inp", l, ctx->x, T, E);
+        l3c_matmul(tp, &L->wo, ctx->act.att_out, ctx->act.xb2, T, ctx->act.scratch); /* xb2 [T x E] */
+        TRACE("attn_proj", l, ctx->act.xb2, T, E);
+        l3c_add(ctx->act.x, ctx->act.xb2, T * E);
+        TRACE("ffn_inp", l, ctx->act.x, T, E);
 
         /* ---- feed-forward block (SwiGLU) */
-        l3c_rmsnorm(ctx->x, L->ffn_norm, ctx->xb, T, E, c->norm_eps); /* xb [T x E] */
-        TRACE("ffn_norm", l, ctx->xb, T, E);
+        l3c_rmsnorm(ctx->act.x, L->ffn_norm, ctx->act.xb, T, E, c->norm_eps); /* xb [T x E] */
+        TRACE("ffn_norm", l, ctx->act.xb, T, E);
         /* hb [T x F] = gate, hb2 [T x F] = up, one job; without tracing the same chunks
          * finish hb = silu(hb) * hb2 */
         const l3c_weight *gu_w[2] = {&L->w_gate, &L->w_up};
-        float *const gu_y[2] = {ctx->hb, ctx->hb2};
-        l3c_matmul_multi(tp, 2, gu_w, gu_y, ctx->xb, T, ctx->scratch, !ctx->trace);
+        float *const gu_y[2] = {ctx->act.hb, ctx->act.hb2};
+        l3c_matmul_multi(tp, 2, gu_w, gu_y, ctx->act.xb, T, ctx->act.scratch, !ctx->trace);
         if (ctx->trace) {
-            TRACE("ffn_gate", l, ctx->hb, T, F);
-            TRACE("ffn_up", l, ctx->hb2, T, F);
-            l3c_swiglu(ctx->hb, ctx->hb2, T * F);
+            TRACE("ffn_gate", l, ctx->act.hb, T, F);
+            TRACE("ffn_up", l, ctx->act.hb2, T, F);
+            l3c_swiglu(ctx->act.hb, ctx->act.hb2, T * F);
         }
-        TRACE("ffn_act", l, ctx->hb, T, F);
-        l3c_matmul(tp, &L->w_down, ctx->hb, ctx->xb2, T, ctx->scratch); /* xb2 [T x E] */
-        TRACE("ffn_down", l, ctx->xb2, T, E);
-        l3c_add(ctx->x, ctx->xb2, T * E);
-        TRACE("l_out", l, ctx->x, T, E);
+        TRACE("ffn_act", l, ctx->act.hb, T, F);
+        l3c_matmul(tp, &L->w_down, ctx->act.hb, ctx->act.xb2, T, ctx->act.scratch); /* xb2 [T x E] */
+        TRACE("ffn_down", l, ctx->act.xb2, T, E);
+        l3c_add(ctx->act.x, ctx->act.xb2, T * E);
+        TRACE("l_out", l, ctx->act.x, T, E);
     }
 
     /* ---- head, only for the requested rows: gather x rows -> xb [n_out x E] */
     if (n_out > 0) {
         for (int32_t r = 0; r < n_out; r++)
-            memcpy(ctx->xb + (int64_t)r * E, ctx->x + (int64_t)ctx->out_idx[r] * E,
+            memcpy(ctx->act.xb + (int64_t)r * E, ctx->act.x + (int64_t)ctx->out_idx[r] * E,
                    (size_t)E * sizeof(float));
-        l3c_rmsnorm(ctx->xb, w->output_norm, ctx->xb2, n_out, E, c->norm_eps); /* xb2 [n_out x E] */
-        TRACE("result_norm", -1, ctx->xb2, n_out, E);
-        l3c_matmul(tp, &w->output, ctx->xb2, ctx->logits, n_out, ctx->scratch); /* [n_out x n_vocab] */
-        TRACE("logits", -1, ctx->logits, n_out, c->n_vocab);
+        l3c_rmsnorm(ctx->act.xb, w->output_norm, ctx->act.xb2, n_out, E, c->norm_eps); /* xb2 [n_out x E] */
+        TRACE("result_norm", -1, ctx->act.xb2, n_out, E);
+        l3c_matmul(tp, &w->output, ctx->act.xb2, ctx->act.logits, n_out, ctx->act.scratch); /* [n_out x n_vocab] */
+        TRACE("logits", -1, ctx->act.logits, n_out, c->n_vocab);
     }
 
     free(probs);
@@ -285,5 +285,5 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
 
 const float *l3c_get_logits(const l3c_context *ctx, int32_t i) {
     if (!ctx || i < 0 || i >= ctx->last_n_tokens || ctx->out_row[i] < 0) return NULL;
-    return ctx->logits + (int64_t)ctx->out_row[i] * ctx->model->cfg.n_vocab;
+    return ctx->act.logits + (int64_t)ctx->out_row[i] * ctx->model->cfg.n_vocab;
 }

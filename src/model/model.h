@@ -112,35 +112,46 @@ size_t l3c_kv_row_bytes(const l3c_config *cfg, int kv_type);
 /* *pp = l3c_malloc(a * b * elem) with overflow checks; adds the size to *total (context.c). */
 bool l3c_alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total);
 
+/*
+ * The forward pass's buffers, owned by the context and sized at creation for B = n_batch tokens
+ * (context.c). Row-major float32, one row per batch token in batch order; E = n_embd,
+ * F = n_ff, hd = head_dim.
+ */
+typedef struct l3c_activations {
+    float *x;         /* [B x E]  residual stream */
+    float *xb;        /* [B x E]  normed input of a sub-block; the head's gathered rows */
+    float *xb2;       /* [B x E]  output of wo / w_down; the head's normed rows */
+    float *q;         /* [B x n_head*hd]     queries, after rope */
+    float *k;         /* [B x n_head_kv*hd]  keys, after rope (then stored in the cache) */
+    float *v;         /* [B x n_head_kv*hd]  values */
+    float *att_out;   /* [B x n_head*hd]     attention output, before wo */
+    float *hb;        /* [B x F]  gate, then silu(gate) * up */
+    float *hb2;       /* [B x F]  up */
+    float *logits;    /* [B x n_vocab] rows of the requested tokens, in batch order */
+    /* rope */
+    double *inv_freq; /* [n_rot/2] base^(-2i/n_rot) / rope_freqs[i], fixed per context */
+    float *rope_cos;  /* [B x n_rot/2] for this batch's positions */
+    float *rope_sin;  /* [B x n_rot/2] */
+    /* workspace of the ops */
+    float *att;       /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
+    float *kv_tmp;    /* [n_threads x L3C_ATT_ROWS x hd] dequantized K / V head rows per thread */
+    void *scratch;    /* l3c_matmul_scratch_bytes of the largest weight at B */
+} l3c_activations;
+
 struct l3c_context {
     const l3c_model *model;
     int32_t n_ctx, n_seq, n_batch;
     l3c_threadpool *tp;
     int n_threads;
 
-    l3c_kv_cache kv;  /* [n_seq][n_layer][n_ctx] K and V rows + seq_len (kv_cache.h) */
+    l3c_kv_cache kv;      /* [n_seq][n_layer][n_ctx] K and V rows + seq_len (kv_cache.h) */
+    l3c_activations act;  /* the forward pass's buffers for n_batch tokens */
 
-    /* activations, row-major, B = n_batch */
-    float *x;        /* [B x n_embd]  residual stream */
-    float *xb;       /* [B x n_embd]  normed input of a sub-block */
-    float *xb2;      /* [B x n_embd]  output of wo / w_down; gathered rows for the head */
-    float *q;        /* [B x n_head*hd] */
-    float *k;        /* [B x n_head_kv*hd] */
-    float *v;        /* [B x n_head_kv*hd] */
-    float *att_out;  /* [B x n_head*hd] */
-    float *hb;       /* [B x n_ff] gate, then silu(gate)*up */
-    float *hb2;      /* [B x n_ff] up */
-    float *att;      /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
-    float *kv_tmp;   /* [n_threads x L3C_ATT_ROWS x hd] dequantized K / V head rows per thread */
-    float *rope_cos; /* [B x n_rot/2] for this batch's positions */
-    float *rope_sin; /* [B x n_rot/2] */
-    double *inv_freq;/* [n_rot/2] base^(-2i/n_rot) / rope_freqs[i] */
-    float *logits;   /* [B x n_vocab] rows of the requested tokens, in batch order */
-    int32_t *out_row;/* [B] batch index -> row of logits, -1 if not requested */
-    int32_t *out_idx;/* [B] logits row -> batch index */
-    int32_t n_out;   /* logits rows of the last batch */
+    /* which rows of the last batch have logits (act.logits), B = n_batch */
+    int32_t *out_row; /* [B] batch index -> row of logits, -1 if not requested */
+    int32_t *out_idx; /* [B] logits row -> batch index */
+    int32_t n_out;    /* logits rows of the last batch */
     int32_t last_n_tokens;
-    void *scratch;   /* l3c_matmul_scratch_bytes of the largest weight at B */
 
     l3c_trace_fn trace;
     void *trace_user;
