@@ -119,6 +119,7 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     l3c_context *ctx = l3c_calloc(1, sizeof *ctx);
     if (!ctx) return l3c_fail(L3C_ERR_NOMEM, "context: out of memory");
     ctx->model = m;
+    ctx->backend = &l3c_backend_cpu;
     ctx->n_ctx = n_ctx;
     ctx->n_seq = p.n_seq;
     ctx->n_batch = n_batch;

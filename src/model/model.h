@@ -5,14 +5,18 @@
  *  - l3c_model owns the GGUF reader (and so the mapping every weight points into), the
  *    tokenizer, NUL-terminated copies of the string metadata, and small float copies of norm
  *    weights that were not F32 in the file. It is immutable after l3c_model_load.
- *  - l3c_context borrows the model (which must outlive it) and owns one thread pool, the KV
- *    cache and every activation buffer, all sized in l3c_context_create for n_batch tokens and
- *    n_ctx positions, so l3c_decode never allocates (tracing "attn_scores" excepted).
+ *  - l3c_context borrows the model (which must outlive it) and its backend (a static table),
+ *    and owns one thread pool, the KV cache (l3c_kv_cache) and every activation buffer
+ *    (l3c_activations), all sized in l3c_context_create for n_batch tokens and n_ctx
+ *    positions, so l3c_decode never allocates (tracing "attn_scores" excepted).
  *
  * Files: config.c (hyperparameters from metadata, validated), weights.c (bind every tensor by
- * name / type / shape), model.c (load, info, metadata), context.c (context), kv_cache.c (KV
- * cache), rope.c (rotary embedding), forward.c (l3c_decode). docs/ARCHITECTURE.md describes the op
- * sequence, the KV-cache layout and the trace contract.
+ * name / type / shape), model.c (load, info, metadata), context.c (context, activations),
+ * kv_cache.c/.h (KV cache: layout, store, seq_len bookkeeping), rope.c (rotary embedding),
+ * forward.c (l3c_decode: validation, then the fixed op sequence: embd, layer_forward per layer,
+ * head), backend.h (the op table the sequence calls), backend_cpu.c + attention.c (the CPU
+ * backend). docs/ARCHITECTURE.md describes the op sequence, the KV-cache layout and the trace
+ * contract.
  */
 #ifndef L3C_MODEL_H
 #define L3C_MODEL_H
@@ -21,6 +25,7 @@
 #include "kernels/ops.h"
 #include "kernels/threadpool.h"
 #include "kernels/types.h"
+#include "model/backend.h"
 #include "model/kv_cache.h"
 
 /* Hyperparameters, validated by l3c_config_from_gguf. */
@@ -136,10 +141,15 @@ typedef struct l3c_activations {
     float *att;       /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
     float *kv_tmp;    /* [n_threads x L3C_ATT_ROWS x hd] dequantized K / V head rows per thread */
     void *scratch;    /* l3c_matmul_scratch_bytes of the largest weight at B */
+    /* tracing "attn_scores": [n_head*T x n_kv], row h*T + t; allocated by l3c_decode only while
+     * tracing (its one allocation), NULL otherwise */
+    float *probs;
+    int64_t n_kv;     /* columns of probs: max(pos) + 1 over the batch */
 } l3c_activations;
 
 struct l3c_context {
     const l3c_model *model;
+    const l3c_backend *backend; /* the ops l3c_decode runs (l3c_backend_cpu) */
     int32_t n_ctx, n_seq, n_batch;
     l3c_threadpool *tp;
     int n_threads;
