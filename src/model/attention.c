@@ -26,9 +26,9 @@ static inline int32_t seq_of(const l3c_batch *b, int64_t t) { return b->seq_id ?
 
 /*
  * Query head h for the batch tokens [a, e), which all belong to sequence s and have increasing
- * positions (the batch validation guarantees it): att_out[t, h] = softmax(q . K / sqrt(hd)) . V
- * over positions 0..pos[t] (causal), att_out = job->out. Scores of the whole run are one gemm of the F16/F32 K rows
- * with the float queries (the cache is read in place, converted in registers); the masked
+ * positions (the batch validation guarantees it): out[t, h] = softmax(q . K / sqrt(hd)) . V
+ * over positions 0..pos[t] (causal). Scores of the whole run are one gemm of the F16/F32 K
+ * rows with the float queries (the cache is read in place, converted in registers); the masked
  * upper triangle inside the run is computed and ignored. V rows are converted once per
  * position and accumulated into every token of the run that sees them.
  */
