@@ -1,12 +1,6 @@
 /*
- * context.c -- l3c_context: the KV cache for n_seq sequences and every activation buffer of the
- * forward pass, all allocated here once (nothing is allocated per l3c_decode).
- *
- * KV cache layout (per sequence a contiguous slab, K and V alike):
- *   k_cache[n_seq][n_layer][n_ctx][n_head_kv][hd]   elements of kv_type (F16 / F32 / Q8_0)
- * Each head's hd elements are stored as whole blocks, so one head of one position is
- * kv_head_bytes at offset kvh * kv_head_bytes inside its row. Positions >= seq_len[s] hold stale
- * data and are never read. Truncation only lowers seq_len.
+ * context.c -- l3c_context: the KV cache for n_seq sequences (kv_cache.c) and every activation
+ * buffer of the forward pass, all allocated here once (nothing is allocated per l3c_decode).
  *
  * n_ctx == 0 picks the model's context_length capped so that n_seq * n_ctx * kv_bytes_per_pos
  * fits kv_budget_bytes (at least 16 positions, else an error).
@@ -34,8 +28,7 @@ l3c_context_params l3c_context_default_params(void) {
     return p;
 }
 
-/* *p = l3c_malloc(a * b * elem) with overflow check; adds the size to *total. */
-static bool alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total) {
+bool l3c_alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total) {
     size_t n;
     if (!l3c_mul_ok(a, b, &n) || !l3c_mul_ok(n, elem, &n)) return false;
     void *p = l3c_malloc(n);
@@ -57,6 +50,37 @@ static size_t max_scratch(const l3c_model *m, int64_t T) {
         s = L3C_MAX(s, l3c_matmul_scratch_bytes(&L->w_down, T));
     }
     return s;
+}
+
+/* Every l3c_activations buffer for B tokens (shapes in model.h); false when out of memory. */
+static bool activations_alloc(l3c_activations *a, const l3c_model *m, size_t B, int32_t n_ctx,
+                              int n_threads, size_t *total) {
+    const l3c_config *c = &m->cfg;
+    const size_t E = (size_t)c->n_embd, hd = (size_t)c->head_dim;
+    const size_t q_dim = (size_t)c->n_head * hd, kv_dim = (size_t)c->n_head_kv * hd;
+    const size_t half = (size_t)c->n_rot / 2, nth = (size_t)n_threads;
+    return l3c_alloc_arr(&a->x, B, E, sizeof(float), total) &&
+           l3c_alloc_arr(&a->xb, B, E, sizeof(float), total) &&
+           l3c_alloc_arr(&a->xb2, B, E, sizeof(float), total) &&
+           l3c_alloc_arr(&a->q, B, q_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->k, B, kv_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->v, B, kv_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->att_out, B, q_dim, sizeof(float), total) &&
+           l3c_alloc_arr(&a->hb, B, (size_t)c->n_ff, sizeof(float), total) &&
+           l3c_alloc_arr(&a->hb2, B, (size_t)c->n_ff, sizeof(float), total) &&
+           l3c_alloc_arr(&a->logits, B, (size_t)c->n_vocab, sizeof(float), total) &&
+           l3c_alloc_arr(&a->inv_freq, half ? half : 1, 1, sizeof(double), total) &&
+           l3c_alloc_arr(&a->rope_cos, B, half ? half : 1, sizeof(float), total) &&
+           l3c_alloc_arr(&a->rope_sin, B, half ? half : 1, sizeof(float), total) &&
+           l3c_alloc_arr(&a->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), total) &&
+           l3c_alloc_arr(&a->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), total) &&
+           l3c_alloc_arr(&a->scratch, max_scratch(m, (int64_t)B), 1, 1, total);
+}
+
+static void activations_free(l3c_activations *a) {
+    void *bufs[] = {a->x, a->xb, a->xb2, a->q, a->k, a->v, a->att_out, a->hb, a->hb2, a->logits,
+                    a->inv_freq, a->rope_cos, a->rope_sin, a->att, a->kv_tmp, a->scratch, a->embd};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
 }
 
 l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *params,
@@ -101,12 +125,10 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     l3c_context *ctx = l3c_calloc(1, sizeof *ctx);
     if (!ctx) return l3c_fail(L3C_ERR_NOMEM, "context: out of memory");
     ctx->model = m;
+    ctx->backend = &l3c_backend_cpu;
     ctx->n_ctx = n_ctx;
     ctx->n_seq = p.n_seq;
     ctx->n_batch = n_batch;
-    ctx->kv_type = p.kv_type;
-    ctx->kv_row_bytes = row_bytes;
-    ctx->kv_head_bytes = row_bytes / (size_t)c->n_head_kv;
     ctx->n_threads = p.n_threads > 0 ? p.n_threads : m->n_threads;
     ctx->embeddings = p.embeddings != 0;
     ctx->pooling = p.pooling;
@@ -115,47 +137,28 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     if ((st = l3c_threadpool_create(ctx->n_threads, &ctx->tp))) goto fail;
     ctx->n_threads = l3c_threadpool_n_threads(ctx->tp);
 
-    const size_t B = (size_t)n_batch, E = (size_t)c->n_embd, hd = (size_t)c->head_dim;
-    const size_t q_dim = (size_t)c->n_head * hd, kv_dim = (size_t)c->n_head_kv * hd;
-    const size_t half = (size_t)c->n_rot / 2, nth = (size_t)ctx->n_threads;
-    size_t total = 0, slab;
-    bool ok = l3c_mul_ok((size_t)n_ctx * (size_t)p.n_seq, (size_t)c->n_layer, &slab) &&
-              alloc_arr(&ctx->k_cache, slab, row_bytes, 1, &total) &&
-              alloc_arr(&ctx->v_cache, slab, row_bytes, 1, &total) &&
-              alloc_arr(&ctx->seq_len, (size_t)p.n_seq, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->seq_next, (size_t)p.n_seq, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->x, B, E, sizeof(float), &total) &&
-              alloc_arr(&ctx->xb, B, E, sizeof(float), &total) &&
-              alloc_arr(&ctx->xb2, B, E, sizeof(float), &total) &&
-              alloc_arr(&ctx->q, B, q_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->k, B, kv_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->v, B, kv_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->att_out, B, q_dim, sizeof(float), &total) &&
-              alloc_arr(&ctx->hb, B, (size_t)c->n_ff, sizeof(float), &total) &&
-              alloc_arr(&ctx->hb2, B, (size_t)c->n_ff, sizeof(float), &total) &&
-              alloc_arr(&ctx->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), &total) &&
-              alloc_arr(&ctx->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), &total) &&
-              alloc_arr(&ctx->rope_cos, B, half ? half : 1, sizeof(float), &total) &&
-              alloc_arr(&ctx->rope_sin, B, half ? half : 1, sizeof(float), &total) &&
-              alloc_arr(&ctx->inv_freq, half ? half : 1, 1, sizeof(double), &total) &&
-              alloc_arr(&ctx->logits, B, (size_t)c->n_vocab, sizeof(float), &total) &&
-              alloc_arr(&ctx->out_row, B, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->out_idx, B, 1, sizeof(int32_t), &total) &&
-              alloc_arr(&ctx->scratch, max_scratch(m, (int64_t)B), 1, 1, &total);
-    if (ok && ctx->embeddings)
-        ok = alloc_arr(&ctx->embd, B, E, sizeof(float), &total) &&
-             alloc_arr(&ctx->embd_acc, (size_t)p.n_seq, E, sizeof(double), &total) &&
-             alloc_arr(&ctx->embd_seq, (size_t)p.n_seq, E, sizeof(float), &total) &&
-             alloc_arr(&ctx->embd_n, (size_t)p.n_seq, 1, sizeof(int32_t), &total);
+    size_t total = 0;
+    /* kv_type and head_dim were checked above: the cache can only fail for memory */
+    bool ok = l3c_kv_cache_init(&ctx->kv, p.n_seq, c->n_layer, n_ctx, c->n_head_kv, c->head_dim,
+                                p.kv_type, &total) == L3C_OK &&
+              activations_alloc(&ctx->act, m, (size_t)n_batch, n_ctx, ctx->n_threads, &total) &&
+              l3c_alloc_arr(&ctx->out_row, (size_t)n_batch, 1, sizeof(int32_t), &total) &&
+              l3c_alloc_arr(&ctx->out_idx, (size_t)n_batch, 1, sizeof(int32_t), &total);
+    if (ok && ctx->embeddings) {
+        const size_t E = (size_t)c->n_embd;
+        ok = l3c_alloc_arr(&ctx->act.embd, (size_t)n_batch, E, sizeof(float), &total) &&
+             l3c_alloc_arr(&ctx->embd_acc, (size_t)p.n_seq, E, sizeof(double), &total) &&
+             l3c_alloc_arr(&ctx->embd_seq, (size_t)p.n_seq, E, sizeof(float), &total) &&
+             l3c_alloc_arr(&ctx->embd_n, (size_t)p.n_seq, 1, sizeof(int32_t), &total);
+    }
     if (!ok) {
         st = l3c_fail(L3C_ERR_NOMEM, "context: out of memory (n_ctx %d, n_seq %d, n_batch %d; "
                                      "%zu bytes allocated before the failure)",
                       n_ctx, p.n_seq, n_batch, total);
         goto fail;
     }
-    memset(ctx->seq_len, 0, (size_t)p.n_seq * sizeof(int32_t));
     if (ctx->embd_n) memset(ctx->embd_n, 0, (size_t)p.n_seq * sizeof(int32_t));
-    l3c_rope_inv_freq(c, m->w.rope_freqs, ctx->inv_freq);
+    l3c_rope_inv_freq(c, m->w.rope_freqs, ctx->act.inv_freq);
     *out = ctx;
     return L3C_OK;
 fail:
@@ -166,36 +169,18 @@ fail:
 void l3c_context_free(l3c_context *ctx) {
     if (!ctx) return;
     l3c_threadpool_free(ctx->tp);
-    void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_next, ctx->x, ctx->xb,
-                    ctx->xb2, ctx->q, ctx->k, ctx->v, ctx->att_out, ctx->hb, ctx->hb2, ctx->att,
-                    ctx->kv_tmp, ctx->rope_cos, ctx->rope_sin, ctx->inv_freq, ctx->logits,
-                    ctx->out_row, ctx->out_idx, ctx->scratch, ctx->embd, ctx->embd_acc,
-                    ctx->embd_seq, ctx->embd_n};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    l3c_kv_cache_free(&ctx->kv);
+    activations_free(&ctx->act);
+    free(ctx->out_row);
+    free(ctx->out_idx);
+    free(ctx->embd_acc);
+    free(ctx->embd_seq);
+    free(ctx->embd_n);
     free(ctx);
 }
 
 int32_t l3c_context_n_ctx(const l3c_context *ctx) { return ctx ? ctx->n_ctx : 0; }
 int32_t l3c_context_n_seq(const l3c_context *ctx) { return ctx ? ctx->n_seq : 0; }
-
-int32_t l3c_kv_seq_len(const l3c_context *ctx, int32_t seq_id) {
-    if (!ctx || seq_id < 0 || seq_id >= ctx->n_seq) return 0;
-    return ctx->seq_len[seq_id];
-}
-
-l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep) {
-    if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: NULL context");
-    if (seq_id < 0 || seq_id >= ctx->n_seq)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: seq_id %d out of range [0, %d)",
-                        seq_id, ctx->n_seq);
-    if (n_keep < 0)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: n_keep %d < 0", n_keep);
-    if (n_keep < ctx->seq_len[seq_id]) {
-        ctx->seq_len[seq_id] = n_keep;
-        l3c_pool_truncate(ctx, seq_id, n_keep);
-    }
-    return L3C_OK;
-}
 
 void l3c_context_set_trace(l3c_context *ctx, l3c_trace_fn fn, void *user) {
     if (!ctx) return;

@@ -218,20 +218,6 @@ const char *l3c_model_meta_str(const l3c_model *m, const char *key) {
 
 const l3c_tokenizer *l3c_model_tokenizer(const l3c_model *m) { return m ? m->tok : NULL; }
 
-size_t l3c_kv_row_bytes(const l3c_config *cfg, int kv_type) {
-    int type;
-    switch (kv_type) {
-    case L3C_KV_F16: type = L3C_TYPE_F16; break;
-    case L3C_KV_F32: type = L3C_TYPE_F32; break;
-    case L3C_KV_Q8_0: type = L3C_TYPE_Q8_0; break;
-    default: return 0;
-    }
-    /* every head's slice must be whole blocks (rows are stored per head) */
-    size_t head_bytes;
-    if (!l3c_row_size(type, cfg->head_dim, &head_bytes)) return 0;
-    return head_bytes * (size_t)cfg->n_head_kv;
-}
-
 size_t l3c_model_kv_bytes_per_pos(const l3c_model *m, int kv_type) {
     if (!m) return 0;
     return 2 * (size_t)m->cfg.n_layer * l3c_kv_row_bytes(&m->cfg, kv_type);

@@ -6,15 +6,19 @@
  *    Face folder a header-only reader over the folder's safetensors mappings, model/hf.c), the
  *    tokenizer, NUL-terminated copies of the string metadata, and small float copies of norm
  *    weights that were not F32 in the file. It is immutable after l3c_model_load.
- *  - l3c_context borrows the model (which must outlive it) and owns one thread pool, the KV
- *    cache and every activation buffer, all sized in l3c_context_create for n_batch tokens and
- *    n_ctx positions, so l3c_decode never allocates (tracing "attn_scores" excepted).
+ *  - l3c_context borrows the model (which must outlive it) and its backend (a static table),
+ *    and owns one thread pool, the KV cache (l3c_kv_cache) and every activation buffer
+ *    (l3c_activations), all sized in l3c_context_create for n_batch tokens and n_ctx
+ *    positions, so l3c_decode never allocates (tracing "attn_scores" excepted).
  *
  * Files: config.c (hyperparameters from metadata, validated), weights.c (bind every tensor by
- * name / type / shape), model.c (load, info, metadata), context.c (context + KV cache),
- * rope.c (rotary embedding), forward.c (l3c_decode), pooling.c (embeddings).
- * docs/ARCHITECTURE.md describes the op
- * sequence, the KV-cache layout and the trace contract.
+ * name / type / shape), model.c (load, info, metadata), context.c (context, activations),
+ * kv_cache.c/.h (KV cache: layout, store, seq_len bookkeeping), rope.c (rotary embedding),
+ * forward.c (l3c_decode: validation, then the fixed op sequence: embd, layer_forward per layer,
+ * head), backend.h (the op table the sequence calls), backend_cpu.c + attention.c (the CPU
+ * backend), pooling.c (embeddings).
+ * docs/ARCHITECTURE.md describes the op sequence, the KV-cache layout and the trace
+ * contract.
  */
 #ifndef L3C_MODEL_H
 #define L3C_MODEL_H
@@ -23,6 +27,8 @@
 #include "kernels/ops.h"
 #include "kernels/threadpool.h"
 #include "kernels/types.h"
+#include "model/backend.h"
+#include "model/kv_cache.h"
 
 /* Hyperparameters, validated by l3c_config_from_gguf. */
 typedef struct l3c_config {
@@ -110,50 +116,64 @@ struct l3c_model {
 /* V rows converted to float at a time (prompt path: each serves every query of the block). */
 #define L3C_ATT_ROWS 32
 
-/* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported. */
+/* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported
+ * (kv_cache.c). */
 size_t l3c_kv_row_bytes(const l3c_config *cfg, int kv_type);
+
+/* *pp = l3c_malloc(a * b * elem) with overflow checks; adds the size to *total (context.c). */
+bool l3c_alloc_arr(void *pp, size_t a, size_t b, size_t elem, size_t *total);
+
+/*
+ * The forward pass's buffers, owned by the context and sized at creation for B = n_batch tokens
+ * (context.c). Row-major float32, one row per batch token in batch order; E = n_embd,
+ * F = n_ff, hd = head_dim.
+ */
+typedef struct l3c_activations {
+    float *x;         /* [B x E]  residual stream */
+    float *xb;        /* [B x E]  normed input of a sub-block; the head's gathered rows */
+    float *xb2;       /* [B x E]  output of wo / w_down; the head's normed rows */
+    float *q;         /* [B x n_head*hd]     queries, after rope */
+    float *k;         /* [B x n_head_kv*hd]  keys, after rope (then stored in the cache) */
+    float *v;         /* [B x n_head_kv*hd]  values */
+    float *att_out;   /* [B x n_head*hd]     attention output, before wo */
+    float *hb;        /* [B x F]  gate, then silu(gate) * up */
+    float *hb2;       /* [B x F]  up */
+    float *logits;    /* [B x n_vocab] rows of the requested tokens, in batch order */
+    float *embd;      /* [B x E] embeddings context only (else NULL): every token's final-normed
+                       * hidden state, l3c_get_embeddings (pooling.c) */
+    /* rope */
+    double *inv_freq; /* [n_rot/2] base^(-2i/n_rot) / rope_freqs[i], fixed per context */
+    float *rope_cos;  /* [B x n_rot/2] for this batch's positions */
+    float *rope_sin;  /* [B x n_rot/2] */
+    /* workspace of the ops */
+    float *att;       /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
+    float *kv_tmp;    /* [n_threads x L3C_ATT_ROWS x hd] dequantized K / V head rows per thread */
+    void *scratch;    /* l3c_matmul_scratch_bytes of the largest weight at B */
+    /* tracing "attn_scores": [n_head*T x n_kv], row h*T + t; allocated by l3c_decode only while
+     * tracing (its one allocation), NULL otherwise */
+    float *probs;
+    int64_t n_kv;     /* columns of probs: max(pos) + 1 over the batch */
+} l3c_activations;
 
 struct l3c_context {
     const l3c_model *model;
+    const l3c_backend *backend; /* the ops l3c_decode runs (l3c_backend_cpu) */
     int32_t n_ctx, n_seq, n_batch;
-    int kv_type;
     l3c_threadpool *tp;
     int n_threads;
 
-    /* KV cache: for sequence s and layer l, K rows at
-     * k_cache + ((s * n_layer + l) * n_ctx + pos) * kv_row_bytes, each row [n_head_kv][hd]
-     * of kv_type (V alike). seq_len[s] positions of sequence s are valid. */
-    uint8_t *k_cache, *v_cache;
-    size_t kv_row_bytes;      /* bytes of n_head_kv*hd elements */
-    size_t kv_head_bytes;     /* bytes of hd elements (one head's slice of a row) */
-    int32_t *seq_len;         /* [n_seq] */
-    int32_t *seq_next;        /* [n_seq] scratch for batch validation */
+    l3c_kv_cache kv;      /* [n_seq][n_layer][n_ctx] K and V rows + seq_len (kv_cache.h) */
+    l3c_activations act;  /* the forward pass's buffers for n_batch tokens */
 
-    /* activations, row-major, B = n_batch */
-    float *x;        /* [B x n_embd]  residual stream */
-    float *xb;       /* [B x n_embd]  normed input of a sub-block */
-    float *xb2;      /* [B x n_embd]  output of wo / w_down; gathered rows for the head */
-    float *q;        /* [B x n_head*hd] */
-    float *k;        /* [B x n_head_kv*hd] */
-    float *v;        /* [B x n_head_kv*hd] */
-    float *att_out;  /* [B x n_head*hd] */
-    float *hb;       /* [B x n_ff] gate, then silu(gate)*up */
-    float *hb2;      /* [B x n_ff] up */
-    float *att;      /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
-    float *kv_tmp;   /* [n_threads x L3C_ATT_ROWS x hd] dequantized K / V head rows per thread */
-    float *rope_cos; /* [B x n_rot/2] for this batch's positions */
-    float *rope_sin; /* [B x n_rot/2] */
-    double *inv_freq;/* [n_rot/2] base^(-2i/n_rot) / rope_freqs[i] */
-    float *logits;   /* [B x n_vocab] rows of the requested tokens, in batch order */
-    int32_t *out_row;/* [B] batch index -> row of logits, -1 if not requested */
-    int32_t *out_idx;/* [B] logits row -> batch index */
-    int32_t n_out;   /* logits rows of the last batch */
+    /* which rows of the last batch have logits (act.logits), B = n_batch */
+    int32_t *out_row; /* [B] batch index -> row of logits, -1 if not requested */
+    int32_t *out_idx; /* [B] logits row -> batch index */
+    int32_t n_out;    /* logits rows of the last batch */
     int32_t last_n_tokens;
-    void *scratch;   /* l3c_matmul_scratch_bytes of the largest weight at B */
 
-    /* embeddings (pooling.c); NULL buffers unless the context was created with embeddings = 1 */
+    /* embeddings (pooling.c): per-sequence pooled state (the per-token rows are act.embd); NULL
+     * buffers unless the context was created with embeddings = 1 */
     int embeddings, pooling, embd_normalize;
-    float *embd;       /* [B x n_embd] final-normed hidden state of each token of the last batch */
     double *embd_acc;  /* [n_seq x n_embd] pooled state: MEAN the sum of the rows, CLS the first
                         * row, LAST the last row (not kept for NONE) */
     float *embd_seq;   /* [n_seq x n_embd] pooled vector, written for the sequences of each batch */
@@ -165,7 +185,7 @@ struct l3c_context {
 };
 
 /* Embeddings (pooling.c). After the forward pass of a validated batch b and the update of
- * seq_len, with the normed rows in ctx->embd [T x n_embd]: extends each sequence's pooled state,
+ * seq_len, with the normed rows in ctx->act.embd [T x n_embd]: extends each sequence's pooled state,
  * writes the pooled vectors of the batch's sequences, and normalizes the returned vectors if
  * asked. */
 void l3c_pool_batch(l3c_context *ctx, const l3c_batch *b);

@@ -1,6 +1,6 @@
 /*
  * pooling.c -- embeddings of an l3c_context created with embeddings = 1: per-token vectors (the
- * final-normed hidden state, ctx->embd, written by l3c_decode) and their pooling per sequence.
+ * final-normed hidden state, ctx->act.embd, written by l3c_decode) and their pooling per sequence.
  *
  * Invariants
  *  - embd_n[s] == seq_len[s] whenever embd_n[s] >= 0: the pooled state of sequence s covers
@@ -31,7 +31,7 @@ void l3c_pool_batch(l3c_context *ctx, const l3c_batch *b) {
     if (ctx->pooling != L3C_POOLING_NONE) {
         for (int64_t t = 0; t < T; t++) {
             const int32_t s = b->seq_id ? b->seq_id[t] : 0;
-            const float *row = ctx->embd + t * E;
+            const float *row = ctx->act.embd + t * E;
             double *acc = ctx->embd_acc + (int64_t)s * E;
             if (b->pos[t] == 0) ctx->embd_n[s] = 0;
             if (ctx->embd_n[s] < 0) continue; /* unknown since a partial truncation */
@@ -46,7 +46,7 @@ void l3c_pool_batch(l3c_context *ctx, const l3c_batch *b) {
          * already the new length) */
         for (int64_t t = 0; t < T; t++) {
             const int32_t s = b->seq_id ? b->seq_id[t] : 0;
-            if (b->pos[t] != ctx->seq_len[s] - 1 || ctx->embd_n[s] <= 0) continue;
+            if (b->pos[t] != ctx->kv.seq_len[s] - 1 || ctx->embd_n[s] <= 0) continue;
             const double *acc = ctx->embd_acc + (int64_t)s * E;
             float *out = ctx->embd_seq + (int64_t)s * E;
             const double scale = ctx->pooling == L3C_POOLING_MEAN ? 1.0 / ctx->embd_n[s] : 1.0;
@@ -55,7 +55,7 @@ void l3c_pool_batch(l3c_context *ctx, const l3c_batch *b) {
         }
     }
     if (ctx->embd_normalize)
-        for (int64_t t = 0; t < T; t++) normalize(ctx->embd + t * E, E);
+        for (int64_t t = 0; t < T; t++) normalize(ctx->act.embd + t * E, E);
 }
 
 void l3c_pool_truncate(l3c_context *ctx, int32_t seq, int32_t n_keep) {
@@ -64,13 +64,13 @@ void l3c_pool_truncate(l3c_context *ctx, int32_t seq, int32_t n_keep) {
 }
 
 const float *l3c_get_embeddings(const l3c_context *ctx, int32_t i) {
-    if (!ctx || !ctx->embd || i < 0 || i >= ctx->last_n_tokens) return NULL;
-    return ctx->embd + (int64_t)i * ctx->model->cfg.n_embd;
+    if (!ctx || !ctx->act.embd || i < 0 || i >= ctx->last_n_tokens) return NULL;
+    return ctx->act.embd + (int64_t)i * ctx->model->cfg.n_embd;
 }
 
 const float *l3c_get_embeddings_seq(const l3c_context *ctx, int32_t seq_id) {
-    if (!ctx || !ctx->embd || ctx->pooling == L3C_POOLING_NONE || seq_id < 0 || seq_id >= ctx->n_seq)
+    if (!ctx || !ctx->act.embd || ctx->pooling == L3C_POOLING_NONE || seq_id < 0 || seq_id >= ctx->n_seq)
         return NULL;
-    if (ctx->embd_n[seq_id] <= 0 || ctx->embd_n[seq_id] != ctx->seq_len[seq_id]) return NULL;
+    if (ctx->embd_n[seq_id] <= 0 || ctx->embd_n[seq_id] != ctx->kv.seq_len[seq_id]) return NULL;
     return ctx->embd_seq + (int64_t)seq_id * ctx->model->cfg.n_embd;
 }

@@ -1,0 +1,65 @@
+/*
+ * backend.h -- the ops the forward pass is made of, as one table of function pointers per
+ * backend. forward.c is a fixed sequence of these calls (docs/ARCHITECTURE.md lists it); a
+ * backend supplies them for its memory and its kernels. The CPU backend (backend_cpu.c) is the
+ * kernels of src/kernels/ plus attention.c. A backward pass, another device or pipeline stages
+ * sit beside it and reuse forward.c's sequence instead of copying it.
+ *
+ * Conventions: activations are row-major float32 [T x n], one row per batch token in batch
+ * order (E = n_embd, hd = head_dim). Buffers are explicit arguments, so an op may be called on
+ * any buffer of the right shape; the context supplies the rest: the model's shapes, the thread
+ * pool, the matmul scratch and attention workspace (l3c_activations) and the KV cache. Ops do
+ * not allocate and cannot fail: shapes are checked when the weights are bound, batches when
+ * l3c_decode validates them. An op costs one indirect call; the work inside is unchanged.
+ */
+#ifndef L3C_BACKEND_H
+#define L3C_BACKEND_H
+
+#include "kernels/ops.h"
+#include "llama3c.h"
+
+typedef struct l3c_backend {
+    const char *name;
+    /* x [T x w->n_in] = rows ids[T] of the embedding matrix w, converted to float */
+    void (*get_rows)(l3c_context *ctx, const l3c_weight *w, const int32_t *ids, int64_t T, float *x);
+    /* y [n x cols] = rows idx[n] of x [. x cols] */
+    void (*gather_rows)(l3c_context *ctx, const float *x, const int32_t *idx, int64_t n, int64_t cols,
+                        float *y);
+    /* y [T x n] = x * rsqrt(mean(x^2) + eps) * g[n] */
+    void (*rmsnorm)(l3c_context *ctx, const float *x, const float *g, float *y, int64_t T, int64_t n,
+                    float eps);
+    /* y [T x w->n_out] = x [T x w->n_in] @ w^T */
+    void (*matmul)(l3c_context *ctx, const l3c_weight *w, const float *x, float *y, int64_t T);
+    /* n <= L3C_MATMUL_MAX weights with the same n_in on the same x in one pass,
+     * y[i] [T x w[i]->n_out] = x @ w[i]^T (bit-identical to n matmuls); swiglu (n == 2, equal
+     * n_out): the fused feed-forward, y[0] = silu(y[0]) * y[1] afterwards (y[1] keeps up) */
+    void (*matmul_multi)(l3c_context *ctx, int n, const l3c_weight *const *w, float *const *y,
+                         const float *x, int64_t T, bool swiglu);
+    /* cos_t, sin_t [T x n_rot/2]: the rotation angles of positions pos[T] */
+    void (*rope_tables)(l3c_context *ctx, const int32_t *pos, int64_t T, float *cos_t, float *sin_t);
+    /* rotates the first n_rot dims of every head of x [T x n_heads*hd] by the tables */
+    void (*rope)(l3c_context *ctx, float *x, int64_t T, int n_heads, const float *cos_t,
+                 const float *sin_t);
+    /* k, v [T x n_head_kv*hd] -> the cache rows (seq_id[t], layer, pos[t]) of the batch's tokens */
+    void (*kv_store)(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *k,
+                     const float *v);
+    /* out [T x n_head*hd]: token t, head h = softmax(q_h . K[0..pos_t] / sqrt(hd)) . V[0..pos_t]
+     * over the layer's cache of t's sequence (causal; GQA: kv head h / (n_head / n_head_kv)).
+     * probs: NULL, or [n_head*T x n_kv] receiving row h*T + t's probabilities (columns
+     * 0..pos_t; the others are left alone) */
+    void (*attention)(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q, float *out,
+                      float *probs, int64_t n_kv);
+    /* a[i] = silu(a[i]) * b[i], n elements */
+    void (*swiglu)(l3c_context *ctx, float *a, const float *b, int64_t n);
+    /* x[i] += y[i], n elements (the residual connection) */
+    void (*add)(l3c_context *ctx, float *x, const float *y, int64_t n);
+} l3c_backend;
+
+/* The CPU backend: src/kernels/ on the context's thread pool (backend_cpu.c). */
+extern const l3c_backend l3c_backend_cpu;
+
+/* Its attention op (attention.c). */
+void l3c_attention_cpu(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q, float *out,
+                       float *probs, int64_t n_kv);
+
+#endif /* L3C_BACKEND_H */
