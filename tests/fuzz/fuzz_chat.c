@@ -64,7 +64,10 @@ static void check_format(l3c_chat_template t, const l3c_chat_message *m, size_t 
     size_t in = 0;
     for (size_t i = 0; i < n; i++) in += strlen(m[i].role) + strlen(m[i].content);
     size_t out = strlen(all);
-    FUZZ_REQUIRE(out <= in + PER_MSG_OVERHEAD * (n + 2));
+    /* Llama 3.1: a built-in system block, and tool / ipython contents JSON-encoded (<= 6 bytes
+     * per byte: \u00XX) */
+    const int l31 = t == L3C_CHAT_LLAMA31;
+    FUZZ_REQUIRE(out <= (l31 ? 6 * in + 256 : in) + PER_MSG_OVERHEAD * (n + 2));
     /* every content is there (trimmed where the template trims) */
     for (size_t i = 0; i < n; i++) {
         const char *s;
@@ -78,6 +81,7 @@ static void check_format(l3c_chat_template t, const l3c_chat_message *m, size_t 
             while (j < n && !strcmp(m[j].role, "assistant")) j++;
             dropped = j == n ? !add : !strcmp(m[j].role, "system");
         }
+        if (l31 && (!strcmp(m[i].role, "tool") || !strcmp(m[i].role, "ipython"))) dropped = 1; /* encoded */
         if (!dropped && !contains(all, s, len)) {
             fprintf(stderr, "template %s: content %zu (%zu bytes) missing from the formatted text\n",
                     l3c_chat_template_name(t), i, len);
@@ -87,7 +91,9 @@ static void check_format(l3c_chat_template t, const l3c_chat_message *m, size_t 
     /* incremental */
     FUZZ_REQUIRE(l3c_chat_format(t, m, n, 0, &noadd) == L3C_OK);
     FUZZ_REQUIRE(!strncmp(all, noadd, strlen(noadd)));
-    for (size_t k = 0; k < n; k++) {
+    /* Llama 3.1: a leading system message fills the built-in block, which an empty prefix
+     * renders without it */
+    for (size_t k = l31 && n > 0 && !strcmp(m[0].role, "system") ? 1 : 0; k < n; k++) {
         char *part = NULL;
         FUZZ_REQUIRE(l3c_chat_format(t, m, k, 0, &part) == L3C_OK);
         FUZZ_REQUIRE(!strncmp(noadd, part, strlen(part)));
