@@ -42,39 +42,10 @@ struct l3c_sampler {
     int32_t *counts;     /* [n_vocab] accepted-token counts; NULL when both OpenAI penalties are 0 */
     int32_t *counted;    /* [n_vocab] distinct ids with counts[id] > 0, in first-seen order */
     int32_t n_counted;
-    uint64_t rng[4];
+    l3c_rng rng;
 };
 
 /* ---------------------------------------------------------------- PRNG */
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t xoshiro_next(uint64_t s[4]) {
-    uint64_t result = rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-/* Uniform double in [0, 1) with 53 random bits. */
-static double rng_uniform(uint64_t s[4]) { return (double)(xoshiro_next(s) >> 11) * 0x1.0p-53; }
-
-static void rng_seed(uint64_t s[4], uint64_t seed) {
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
-}
 
 /* ---------------------------------------------------------------- lifecycle */
 
@@ -124,7 +95,7 @@ l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab,
         st = l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for %d-token vocabulary", (int)n_vocab);
         goto fail;
     }
-    rng_seed(s->rng, p.seed);
+    l3c_rng_seed(&s->rng, p.seed);
     *out = s;
     return L3C_OK;
 fail:
@@ -175,7 +146,7 @@ void l3c_sampler_reset(l3c_sampler *s) {
     s->hist_len = s->hist_head = 0;
     for (int32_t j = 0; j < s->n_counted; j++) s->counts[s->counted[j]] = 0;
     s->n_counted = 0;
-    rng_seed(s->rng, s->p.seed);
+    l3c_rng_seed(&s->rng, s->p.seed);
 }
 
 /* ---------------------------------------------------------------- chain steps */
@@ -318,7 +289,7 @@ int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
     /* draw from the renormalized remainder */
     double total = 0.0;
     for (int32_t i = 0; i < n; i++) total += c[i].logit;
-    double r = rng_uniform(s->rng) * total, cum = 0.0;
+    double r = l3c_rng_uniform(&s->rng) * total, cum = 0.0;
     for (int32_t i = 0; i < n; i++) {
         cum += c[i].logit;
         if (r < cum) return c[i].id;

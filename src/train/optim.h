@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/util.h"
+
 typedef struct l3c_adamw_params {
     float lr;           /* peak learning rate */
     float beta1, beta2; /* 0.9, 0.999 */
@@ -39,13 +41,7 @@ double l3c_grad_clip(float *g, size_t n, float max_norm);
 void l3c_adamw_update(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
                       float beta2, float eps, float wd, int t);
 
-/* Seeded generator (xoshiro256** seeded by splitmix64): reproducible init and shuffles. */
-typedef struct l3c_rng {
-    uint64_t s[4];
-} l3c_rng;
-void l3c_rng_seed(l3c_rng *r, uint64_t seed);
-uint64_t l3c_rng_u64(l3c_rng *r);
-double l3c_rng_uniform(l3c_rng *r); /* [0, 1) with 53 bits */
+/* l3c_rng (util.h): reproducible init and shuffles */
 double l3c_rng_normal(l3c_rng *r);  /* N(0, 1), Box-Muller */
 /* Fisher-Yates shuffle of a[n]. */
 void l3c_rng_shuffle(l3c_rng *r, int32_t *a, size_t n);

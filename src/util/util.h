@@ -67,4 +67,13 @@ double l3c_time_s(void);
 #define L3C_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define L3C_MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* Seeded generator (xoshiro256** seeded by splitmix64): the sampler's draws, training init and
+ * shuffles. Same seed, same sequence on every platform. */
+typedef struct l3c_rng {
+    uint64_t s[4];
+} l3c_rng;
+void l3c_rng_seed(l3c_rng *r, uint64_t seed);
+uint64_t l3c_rng_u64(l3c_rng *r);
+double l3c_rng_uniform(l3c_rng *r); /* [0, 1) with 53 bits */
+
 #endif /* L3C_UTIL_H */
