@@ -13,10 +13,17 @@
  *   x_out = x_mid + h Wd^T                   (x_out is the next block's x_in, kept in x_res)
  * Backward runs the same list upside down with one residual-gradient buffer dres updated in
  * place: the add ops' backward is "dres passes through", each rmsnorm backward adds its branch.
+ *
+ * Every matrix product is a "linear" (linear_fwd / linear_bwd): the engine's l3c_matmul on an
+ * l3c_weight forward, the threaded per-tile kernels of train_kernels.c backward. In full mode
+ * the weights are F32 views of the parameter arena and get dW; in LoRA mode they are the base
+ * model's (any type, frozen: only dx) plus the adapter's branch s (x A^T) B^T, whose A and B
+ * get gradients. Norms and attention use the op pairs of train_ops.c.
  */
 #include "train/train_model.h"
 
 #include "model/model.h"
+#include "train/train_kernels.h"
 #include "train/train_ops.h"
 
 #include <math.h>
@@ -24,6 +31,7 @@
 
 struct l3c_train_acts {
     float *xn1, *rstd1, *q, *k, *v, *att, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
+    float *lu[L3C_TRAIN_N_MATS]; /* LoRA: x A^T [N x rank] of each adapted matrix, else NULL */
 };
 
 /* Backward scratch (one set, reused by every layer) and the forward's temporary. */
@@ -43,7 +51,22 @@ static void add_tensor(l3c_train_model *m, const char *name, int64_t rows, int64
     t->rows = rows;
     t->cols = cols;
     t->offset = *off;
+    t->decay = rows > 1;
     *off += (size_t)(rows * cols);
+}
+
+/* F32 views of the parameter matrices (full mode). */
+static void bind_mats(l3c_train_model *m) {
+    const int64_t D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const l3c_train_layer *P = &m->p.layers[l];
+        float *const w[L3C_TRAIN_N_MATS] = {P->wq, P->wk, P->wv, P->wo, P->w_gate, P->w_up, P->w_down};
+        const int64_t in[L3C_TRAIN_N_MATS] = {D, D, D, qd, D, D, F};
+        const int64_t out[L3C_TRAIN_N_MATS] = {qd, kd, kd, D, F, F, D};
+        for (int t = 0; t < L3C_TRAIN_N_MATS; t++)
+            m->mats[l * L3C_TRAIN_N_MATS + t] = l3c_trk_f32_weight(w[t], in[t], out[t], "train matrix");
+    }
+    m->head = l3c_trk_f32_weight(m->p.output, D, m->cfg.n_vocab, "output");
 }
 
 /* Points p's fields into arena by the tensor table (same order as build_table). */
@@ -98,7 +121,8 @@ static l3c_status alloc_model(const l3c_train_config *cfg, l3c_train_model **out
     m->tensors = l3c_calloc((size_t)cfg->n_layer * 9 + 3, sizeof *m->tensors);
     m->p.layers = l3c_calloc((size_t)cfg->n_layer, sizeof(l3c_train_layer));
     m->g.layers = l3c_calloc((size_t)cfg->n_layer, sizeof(l3c_train_layer));
-    if (!m->tensors || !m->p.layers || !m->g.layers) goto nomem;
+    m->mats = l3c_calloc((size_t)cfg->n_layer * L3C_TRAIN_N_MATS, sizeof(l3c_weight));
+    if (!m->tensors || !m->p.layers || !m->g.layers || !m->mats) goto nomem;
     size_t off = 0;
     char name[48];
     add_tensor(m, "token_embd.weight", V, D, &off);
@@ -120,6 +144,7 @@ static l3c_status alloc_model(const l3c_train_config *cfg, l3c_train_model **out
     if (!m->params || !m->grads) goto nomem;
     bind(m, m->params, &m->p);
     bind(m, m->grads, &m->g);
+    bind_mats(m);
     *out = m;
     return L3C_OK;
 nomem:;
@@ -216,14 +241,120 @@ fail:
     return st;
 }
 
+l3c_status l3c_train_model_lora(const l3c_model *base, unsigned targets, int32_t rank, float alpha,
+                                uint64_t seed, const l3c_lora_adapter *init, l3c_train_model **out) {
+    *out = NULL;
+    const l3c_config *c = &base->cfg;
+    if (c->rope_freq_scale != 1.0f)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "%s: training with linear rope scaling (factor %g) is not "
+                        "supported", base->path, (double)c->rope_scaling_factor);
+    if (!(alpha > 0.0f) || !isfinite(alpha))
+        return l3c_fail(L3C_ERR_INVALID_ARG, "LoRA alpha %g must be a positive number", (double)alpha);
+    l3c_train_model *m = l3c_calloc(1, sizeof *m);
+    if (!m) return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the model");
+    m->base = base;
+    m->cfg = (l3c_train_config){.n_vocab = c->n_vocab, .n_embd = c->n_embd, .n_layer = c->n_layer,
+                                .n_head = c->n_head, .n_head_kv = c->n_head_kv, .n_ff = c->n_ff,
+                                .n_rot = c->n_rot, .rope_theta = c->rope_theta, .norm_eps = c->norm_eps,
+                                .tied = base->w.tied_output};
+    m->head_dim = c->head_dim;
+    m->rope_freqs = NULL;
+    l3c_status st;
+    if ((st = l3c_lora_create(c, targets, rank, alpha, &m->lora)) ||
+        (st = l3c_lora_create(c, targets, rank, alpha, &m->dlora)))
+        goto fail;
+    m->lora_scale = alpha / (float)rank;
+    m->params = m->lora->arena;
+    m->grads = m->dlora->arena;
+    m->n_params = m->lora->n_floats;
+    m->p.layers = l3c_calloc((size_t)c->n_layer, sizeof(l3c_train_layer));
+    m->g.layers = l3c_calloc((size_t)c->n_layer, sizeof(l3c_train_layer)); /* all NULL: frozen */
+    m->mats = l3c_calloc((size_t)c->n_layer * L3C_TRAIN_N_MATS, sizeof(l3c_weight));
+    m->tensors = l3c_calloc((size_t)c->n_layer * L3C_TRAIN_N_MATS * 2, sizeof *m->tensors);
+    if (base->w.rope_freqs) {
+        m->rope_freqs = l3c_malloc((size_t)(c->n_rot / 2) * sizeof(float));
+        if (m->rope_freqs) memcpy(m->rope_freqs, base->w.rope_freqs, (size_t)(c->n_rot / 2) * sizeof(float));
+    }
+    if (!m->p.layers || !m->g.layers || !m->mats || !m->tensors || (base->w.rope_freqs && !m->rope_freqs)) {
+        st = l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the model");
+        goto fail;
+    }
+    /* frozen: norms and matrices are the base's (read only; no gradient pointers) */
+    m->p.output_norm = (float *)base->w.output_norm;
+    m->head = base->w.output;
+    for (int l = 0; l < c->n_layer; l++) {
+        const l3c_layer *bl = &base->w.layers[l];
+        m->p.layers[l].attn_norm = (float *)bl->attn_norm;
+        m->p.layers[l].ffn_norm = (float *)bl->ffn_norm;
+        const l3c_weight *w[L3C_TRAIN_N_MATS] = {&bl->wq, &bl->wk, &bl->wv, &bl->wo,
+                                                 &bl->w_gate, &bl->w_up, &bl->w_down};
+        for (int t = 0; t < L3C_TRAIN_N_MATS; t++) {
+            m->mats[l * L3C_TRAIN_N_MATS + t] = *w[t];
+            const l3c_lora_mat *am = l3c_lora_get(m->lora, l, (l3c_lora_target)t);
+            if (!am) continue;
+            for (int ab = 0; ab < 2; ab++) {
+                l3c_train_tensor *tt = &m->tensors[m->n_tensors++];
+                snprintf(tt->name, sizeof tt->name, "blk.%d.%s.weight.lora_%c", l,
+                         l3c_lora_target_gguf_name((l3c_lora_target)t), ab ? 'b' : 'a');
+                tt->rows = ab ? am->n_out : am->rank;
+                tt->cols = ab ? am->rank : am->n_in;
+                tt->offset = (size_t)((ab ? am->b : am->a) - m->lora->arena);
+                tt->decay = 1;
+            }
+        }
+    }
+    if (init) {
+        if (init->n_floats != m->lora->n_floats || init->rank != rank || init->targets != targets ||
+            init->n_layer != c->n_layer) {
+            st = l3c_fail(L3C_ERR_INVALID_ARG, "LoRA: the initial adapter (rank %d, %zu values) does "
+                          "not match rank %d with these targets (%zu values)", (int)init->rank,
+                          init->n_floats, (int)rank, m->lora->n_floats);
+            goto fail;
+        }
+        memcpy(m->lora->arena, init->arena, init->n_floats * sizeof(float));
+    } else { /* PEFT's default: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(n_in), 1/sqrt(n_in)), B = 0 */
+        l3c_rng rng;
+        l3c_rng_seed(&rng, seed);
+        for (int l = 0; l < c->n_layer; l++)
+            for (int t = 0; t < L3C_TRAIN_N_MATS; t++) {
+                const l3c_lora_mat *am = l3c_lora_get(m->lora, l, (l3c_lora_target)t);
+                if (!am) continue;
+                const double bound = 1.0 / sqrt((double)am->n_in);
+                for (int64_t i = 0; i < am->rank * am->n_in; i++)
+                    am->a[i] = (float)(bound * (2.0 * l3c_rng_uniform(&rng) - 1.0));
+            }
+    }
+    *out = m;
+    return L3C_OK;
+fail:
+    l3c_train_model_free(m);
+    return st;
+}
+
+l3c_status l3c_train_model_set_threads(l3c_train_model *m, int n_threads) {
+    if (n_threads < 1 || n_threads > 512)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: %d threads is out of range (1..512)", n_threads);
+    l3c_threadpool *tp = NULL;
+    if (n_threads > 1) {
+        l3c_status st = l3c_threadpool_create(n_threads, &tp);
+        if (st) return st;
+    }
+    l3c_threadpool_free(m->tp);
+    m->tp = tp;
+    return L3C_OK;
+}
+
 static void free_acts(l3c_train_model *m) {
     if (m->acts) free(m->acts[0].xn1); /* every set is one allocation */
     free(m->acts);
     free(m->x_res);
     free(m->scratch);
     free(m->ids);
+    free(m->lora_tmp);
+    free(m->mm_scratch);
     m->acts = NULL;
-    m->x_res = m->scratch = NULL;
+    m->x_res = m->scratch = m->lora_tmp = NULL;
+    m->mm_scratch = NULL;
     m->ids = m->targets = NULL;
     m->cap_tokens = 0;
 }
@@ -234,8 +365,15 @@ void l3c_train_model_free(l3c_train_model *m) {
     free(m->tensors);
     free(m->p.layers);
     free(m->g.layers);
-    free(m->params);
-    free(m->grads);
+    free(m->mats);
+    l3c_threadpool_free(m->tp);
+    if (m->lora) { /* the arenas are the adapters' */
+        l3c_lora_free(m->lora);
+        l3c_lora_free(m->dlora);
+    } else {
+        free(m->params);
+        free(m->grads);
+    }
     free(m->adam_m);
     free(m->adam_v);
     free(m->rope_freqs);
@@ -244,9 +382,12 @@ void l3c_train_model_free(l3c_train_model *m) {
 
 /* ------------------------------------------------------------------ activation buffers */
 
+static int32_t lora_rank(const l3c_train_model *m) { return m->lora ? m->lora->rank : 0; }
+
 static size_t per_layer_floats(const l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
-    return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + B * m->cfg.n_head * T * T);
+    return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + B * m->cfg.n_head * T * T +
+                    N * L3C_TRAIN_N_MATS * lora_rank(m));
 }
 
 size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int checkpoint) {
@@ -256,21 +397,45 @@ size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int ch
     return fl * sizeof(float);
 }
 
+/* The largest l3c_matmul scratch of any matrix at L3C_TRAIN_MM_ROWS tokens. */
+static size_t mm_scratch_bytes(const l3c_train_model *m) {
+    size_t mx = l3c_matmul_scratch_bytes(&m->head, L3C_TRAIN_MM_ROWS);
+    for (int i = 0; i < m->cfg.n_layer * L3C_TRAIN_N_MATS; i++) {
+        const l3c_weight *w = &m->mats[i];
+        size_t b = l3c_matmul_scratch_bytes(w, L3C_TRAIN_MM_ROWS);
+        if (b > mx) mx = b;
+        if (m->lora) { /* the branch's two F32 products */
+            const int32_t r = m->lora->rank;
+            l3c_weight wa = l3c_trk_f32_weight(NULL, w->n_in, r, "lora_a");
+            l3c_weight wb = l3c_trk_f32_weight(NULL, r, w->n_out, "lora_b");
+            b = l3c_matmul_scratch_bytes(&wa, L3C_TRAIN_MM_ROWS);
+            if (b > mx) mx = b;
+            b = l3c_matmul_scratch_bytes(&wb, L3C_TRAIN_MM_ROWS);
+            if (b > mx) mx = b;
+        }
+    }
+    return mx;
+}
+
 static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int ckpt = m->checkpoint ? 1 : 0;
     if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt) return L3C_OK; /* same layout */
     free_acts(m);
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, V = m->cfg.n_vocab, qd = q_dim(m),
-                  kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer;
+                  kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer, r = lora_rank(m);
     const int n_sets = ckpt ? 1 : m->cfg.n_layer;
     const size_t per = per_layer_floats(m, B, T);
+    const int64_t wide = F > qd ? (F > D ? F : D) : (qd > D ? qd : D); /* widest n_out of a block */
     m->acts = l3c_calloc((size_t)n_sets, sizeof *m->acts);
     float *a = l3c_malloc((size_t)n_sets * per * sizeof(float));
     m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + N * V + N + 2 * N * half) * sizeof(float));
     m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float) +
                             (size_t)N * sizeof(int32_t));
     m->ids = l3c_malloc((size_t)N * 2 * sizeof(int32_t));
-    if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids) {
+    m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide > r ? wide : r)) * sizeof(float)) : NULL;
+    const size_t mmb = mm_scratch_bytes(m);
+    m->mm_scratch = l3c_malloc(mmb ? mmb : 1);
+    if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) || !m->mm_scratch) {
         free(a);
         free_acts(m);
         return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the activations of %lld x %lld tokens",
@@ -291,6 +456,7 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
         A->g = a, a += N * F;
         A->u = a, a += N * F;
         A->h = a, a += N * F;
+        for (int t = 0; t < L3C_TRAIN_N_MATS; t++) A->lu[t] = r ? a : NULL, a += N * r;
     }
     float *x = m->x_res + (L + 1) * N * D;
     m->xn_f = x, x += N * D;
@@ -327,80 +493,146 @@ static bwd_bufs scratch_bufs(const l3c_train_model *m) {
 
 static void zero(float *x, int64_t n) { memset(x, 0, (size_t)n * sizeof(float)); }
 
+/* ------------------------------------------------------------------ linear: y = x W^T (+ LoRA) */
+
+/* y [N x w->n_out] = x [N x w->n_in] W^T with the engine's kernel, L3C_TRAIN_MM_ROWS rows a call */
+static void mm(l3c_train_model *m, const l3c_weight *w, const float *x, float *y, int64_t N) {
+    for (int64_t n0 = 0; n0 < N; n0 += L3C_TRAIN_MM_ROWS) {
+        const int64_t n = N - n0 < L3C_TRAIN_MM_ROWS ? N - n0 : L3C_TRAIN_MM_ROWS;
+        l3c_matmul(m->tp, w, x + n0 * w->n_in, y + n0 * w->n_out, n, m->mm_scratch);
+    }
+}
+
+/* Matrix t of layer l: y = x W^T, plus the adapter's s (x A^T) B^T (x A^T saved in lu). */
+static void linear_fwd(l3c_train_model *m, int l, int t, const float *x, float *y, float *lu) {
+    const int64_t N = m->B * m->T;
+    const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
+    mm(m, w, x, y, N);
+    const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, (l3c_lora_target)t) : NULL;
+    if (!am) return;
+    const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
+    const l3c_weight wb = l3c_trk_f32_weight(am->b, am->rank, am->n_out, "lora_b");
+    mm(m, &wa, x, lu, N);
+    mm(m, &wb, lu, m->lora_tmp, N);
+    l3c_axpy(y, m->lora_scale, m->lora_tmp, N * w->n_out);
+}
+
+/* Backward of linear_fwd for dy: dx += dy W (dx may be NULL), dW += dy^T x (full mode), and
+ * the adapter's dB += s dy^T (x A^T), d(x A^T) = s dy B, dA += d(x A^T)^T x, dx += d(x A^T) A. */
+static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, const float *lu,
+                             const float *dy, float *dx, float *dW) {
+    const int64_t N = m->B * m->T;
+    const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
+    l3c_status st = L3C_OK;
+    if (dx && (st = l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx))) return st;
+    if (dW && (st = l3c_trk_matmul_dw(m->tp, x, dy, N, w->n_in, w->n_out, 1.0f, dW))) return st;
+    const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, (l3c_lora_target)t) : NULL;
+    if (!am) return L3C_OK;
+    const l3c_lora_mat *gm = l3c_lora_get(m->dlora, l, (l3c_lora_target)t);
+    const int32_t r = am->rank;
+    float *dlu = m->lora_tmp; /* [N x r] */
+    const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, r, "lora_a");
+    const l3c_weight wb = l3c_trk_f32_weight(am->b, r, am->n_out, "lora_b");
+    zero(dlu, N * r);
+    if ((st = l3c_trk_matmul_dw(m->tp, lu, dy, N, r, am->n_out, m->lora_scale, gm->b)) ||
+        (st = l3c_trk_matmul_dx(m->tp, &wb, dy, N, m->lora_scale, dlu)) ||
+        (st = l3c_trk_matmul_dw(m->tp, x, dlu, N, am->n_in, r, 1.0f, gm->a)))
+        return st;
+    if (dx && (st = l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, dx))) return st;
+    return L3C_OK;
+}
+
 /* ------------------------------------------------------------------ one block */
 
 /* x_out NULL: recompute the saved activations only (checkpointed backward). */
-static void layer_forward(const l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
-                          float *tmp, float *x_out) {
+static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *tmp,
+                          float *x_out) {
     const l3c_train_config *c = &m->cfg;
     const l3c_train_layer *W = &m->p.layers[l];
-    const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff, qd = q_dim(m), kd = kv_dim(m);
+    const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff;
     const int hd = m->head_dim;
     l3c_tr_rmsnorm_fwd(x_in, W->attn_norm, N, D, c->norm_eps, a->xn1, a->rstd1);
-    l3c_tr_matmul_fwd(a->xn1, W->wq, N, D, qd, a->q);
-    l3c_tr_matmul_fwd(a->xn1, W->wk, N, D, kd, a->k);
-    l3c_tr_matmul_fwd(a->xn1, W->wv, N, D, kd, a->v);
+    linear_fwd(m, l, L3C_LORA_Q, a->xn1, a->q, a->lu[L3C_LORA_Q]);
+    linear_fwd(m, l, L3C_LORA_K, a->xn1, a->k, a->lu[L3C_LORA_K]);
+    linear_fwd(m, l, L3C_LORA_V, a->xn1, a->v, a->lu[L3C_LORA_V]);
     l3c_tr_rope_fwd(a->q, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
     l3c_tr_rope_fwd(a->k, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_tr_attention_fwd(a->q, a->k, a->v, m->B, m->T, c->n_head, c->n_head_kv, hd, a->att, a->ao);
-    l3c_tr_matmul_fwd(a->ao, W->wo, N, qd, D, tmp);
+    l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->B, m->T, c->n_head, c->n_head_kv, hd, a->att, a->ao);
+    linear_fwd(m, l, L3C_LORA_O, a->ao, tmp, a->lu[L3C_LORA_O]);
     memcpy(a->x_mid, x_in, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(a->x_mid, tmp, N * D);
     l3c_tr_rmsnorm_fwd(a->x_mid, W->ffn_norm, N, D, c->norm_eps, a->xn2, a->rstd2);
-    l3c_tr_matmul_fwd(a->xn2, W->w_gate, N, D, F, a->g);
-    l3c_tr_matmul_fwd(a->xn2, W->w_up, N, D, F, a->u);
+    linear_fwd(m, l, L3C_LORA_GATE, a->xn2, a->g, a->lu[L3C_LORA_GATE]);
+    linear_fwd(m, l, L3C_LORA_UP, a->xn2, a->u, a->lu[L3C_LORA_UP]);
     l3c_tr_swiglu_fwd(a->g, a->u, N * F, a->h);
     if (!x_out) return;
-    l3c_tr_matmul_fwd(a->h, W->w_down, N, F, D, tmp);
+    linear_fwd(m, l, L3C_LORA_DOWN, a->h, tmp, a->lu[L3C_LORA_DOWN]);
     memcpy(x_out, a->x_mid, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(x_out, tmp, N * D);
 }
 
-/* s->dres holds dL/dx_out on entry and dL/dx_in on return. */
-static void layer_backward(l3c_train_model *m, int l, const float *x_in, const l3c_train_acts *a,
-                           const bwd_bufs *s) {
+/* s->dres holds dL/dx_out on entry and dL/dx_in on return. G's pointers are NULL for frozen
+ * weights (LoRA mode). */
+static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, const l3c_train_acts *a,
+                                 const bwd_bufs *s) {
     const l3c_train_config *c = &m->cfg;
     const l3c_train_layer *W = &m->p.layers[l];
-    l3c_train_layer *G = &m->g.layers[l];
+    const l3c_train_layer *G = &m->g.layers[l];
     const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff, qd = q_dim(m), kd = kv_dim(m);
     const int hd = m->head_dim;
+    l3c_status st;
     /* x_out = x_mid + h Wd^T: dres passes to x_mid (add backward), the branch gets dres too */
     zero(s->dh, N * F);
-    l3c_tr_matmul_bwd(a->h, W->w_down, s->dres, N, F, D, s->dh, G->w_down);
+    if ((st = linear_bwd(m, l, L3C_LORA_DOWN, a->h, a->lu[L3C_LORA_DOWN], s->dres, s->dh, G->w_down)))
+        return st;
     zero(s->dg, N * F);
     zero(s->du, N * F);
     l3c_tr_swiglu_bwd(a->g, a->u, s->dh, N * F, s->dg, s->du);
     zero(s->dxn, N * D);
-    l3c_tr_matmul_bwd(a->xn2, W->w_gate, s->dg, N, D, F, s->dxn, G->w_gate);
-    l3c_tr_matmul_bwd(a->xn2, W->w_up, s->du, N, D, F, s->dxn, G->w_up);
+    if ((st = linear_bwd(m, l, L3C_LORA_GATE, a->xn2, a->lu[L3C_LORA_GATE], s->dg, s->dxn, G->w_gate)) ||
+        (st = linear_bwd(m, l, L3C_LORA_UP, a->xn2, a->lu[L3C_LORA_UP], s->du, s->dxn, G->w_up)))
+        return st;
     l3c_tr_rmsnorm_bwd(a->x_mid, W->ffn_norm, a->rstd2, s->dxn, N, D, s->dres, G->ffn_norm);
     /* x_mid = x_in + ao Wo^T */
     zero(s->dao, N * qd);
-    l3c_tr_matmul_bwd(a->ao, W->wo, s->dres, N, qd, D, s->dao, G->wo);
+    if ((st = linear_bwd(m, l, L3C_LORA_O, a->ao, a->lu[L3C_LORA_O], s->dres, s->dao, G->wo))) return st;
     zero(s->dq, N * qd);
     zero(s->dk, N * kd);
     zero(s->dv, N * kd);
-    l3c_tr_attention_bwd(a->q, a->k, a->v, a->att, s->dao, m->B, m->T, c->n_head, c->n_head_kv, hd,
-                         s->dq, s->dk, s->dv);
+    l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, a->att, s->dao, m->B, m->T, c->n_head, c->n_head_kv, hd,
+                          s->dq, s->dk, s->dv);
     l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
     l3c_tr_rope_bwd(s->dk, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
     zero(s->dxn, N * D);
-    l3c_tr_matmul_bwd(a->xn1, W->wq, s->dq, N, D, qd, s->dxn, G->wq);
-    l3c_tr_matmul_bwd(a->xn1, W->wk, s->dk, N, D, kd, s->dxn, G->wk);
-    l3c_tr_matmul_bwd(a->xn1, W->wv, s->dv, N, D, kd, s->dxn, G->wv);
+    if ((st = linear_bwd(m, l, L3C_LORA_Q, a->xn1, a->lu[L3C_LORA_Q], s->dq, s->dxn, G->wq)) ||
+        (st = linear_bwd(m, l, L3C_LORA_K, a->xn1, a->lu[L3C_LORA_K], s->dk, s->dxn, G->wk)) ||
+        (st = linear_bwd(m, l, L3C_LORA_V, a->xn1, a->lu[L3C_LORA_V], s->dv, s->dxn, G->wv)))
+        return st;
     l3c_tr_rmsnorm_bwd(x_in, W->attn_norm, a->rstd1, s->dxn, N, D, s->dres, G->attn_norm);
+    return L3C_OK;
 }
 
 /* ------------------------------------------------------------------ model forward / backward */
+
+/* token embeddings of ids [N] into x [N x D] */
+static void embed(const l3c_train_model *m, const int32_t *ids, int64_t N, float *x) {
+    const int64_t D = m->cfg.n_embd;
+    if (m->base)
+        for (int64_t n = 0; n < N; n++) l3c_get_row(&m->base->w.tok_embd, ids[n], x + n * D);
+    else
+        l3c_tr_embedding_fwd(m->p.tok_embd, D, ids, N, x);
+}
 
 l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                              int64_t T, float *loss) {
     *loss = 0.0f;
     const l3c_train_config *c = &m->cfg;
-    /* bounds keep every buffer size (B*T*H*T floats of attention) far inside int64 */
-    if (B < 1 || T < 1 || T > (1 << 16) || B * T > (1 << 24))
+    /* bounds keep every buffer size (B*T*H*T floats of attention) far inside int64, and the
+     * attention's (sequence, kv head) chunks inside one pool job */
+    if (B < 1 || T < 1 || T > (1 << 16) || B * T > (1 << 24) || B * c->n_head_kv > L3C_MAX_CHUNKS)
         return l3c_fail(L3C_ERR_INVALID_ARG, "train: batch %lld x %lld tokens is out of range "
-                        "(T <= 65536, B*T <= 2^24)", (long long)B, (long long)T);
+                        "(T <= 65536, B*T <= 2^24, B*n_head_kv <= %d)", (long long)B, (long long)T,
+                        L3C_MAX_CHUNKS);
     const int64_t N = B * T, D = c->n_embd, V = c->n_vocab;
     for (int64_t n = 0; n < N; n++) {
         if (ids[n] < 0 || ids[n] >= V)
@@ -420,13 +652,13 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
     }
     m->n_valid = -1; /* no backward without targets */
     l3c_tr_rope_tables(s.pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
-    l3c_tr_embedding_fwd(m->p.tok_embd, D, m->ids, N, m->x_res);
+    embed(m, m->ids, N, m->x_res);
     for (int l = 0; l < c->n_layer; l++)
         layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
                       m->x_res + (l + 1) * N * D);
     const float *xf = m->x_res + (int64_t)c->n_layer * N * D;
     l3c_tr_rmsnorm_fwd(xf, m->p.output_norm, N, D, c->norm_eps, m->xn_f, m->rstd_f);
-    l3c_tr_matmul_fwd(m->xn_f, m->p.output, N, D, V, m->logits);
+    mm(m, &m->head, m->xn_f, m->logits, N);
     if (!targets) return L3C_OK;
     int64_t nv = 0;
     const double sum = l3c_tr_xent_fwd(m->logits, m->targets, N, V, m->lse, &nv);
@@ -446,9 +678,13 @@ l3c_status l3c_train_backward(l3c_train_model *m) {
     bwd_bufs s = scratch_bufs(m);
     const float scale = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
     float *dlogits = m->logits; /* in place */
+    l3c_status st;
+    m->n_valid = -1;
     l3c_tr_xent_bwd(m->logits, m->lse, m->targets, N, V, scale, dlogits);
     zero(s.dxn, N * D);
-    l3c_tr_matmul_bwd(m->xn_f, m->p.output, dlogits, N, D, V, s.dxn, m->g.output);
+    if ((st = l3c_trk_matmul_dx(m->tp, &m->head, dlogits, N, 1.0f, s.dxn))) return st;
+    if (m->g.output && (st = l3c_trk_matmul_dw(m->tp, m->xn_f, dlogits, N, D, V, 1.0f, m->g.output)))
+        return st;
     zero(s.dres, N * D);
     l3c_tr_rmsnorm_bwd(m->x_res + (int64_t)c->n_layer * N * D, m->p.output_norm, m->rstd_f, s.dxn, N, D,
                        s.dres, m->g.output_norm);
@@ -456,10 +692,9 @@ l3c_status l3c_train_backward(l3c_train_model *m) {
         const float *x_in = m->x_res + l * N * D;
         l3c_train_acts *a = &m->acts[m->checkpoint ? 0 : l];
         if (m->checkpoint) layer_forward(m, l, x_in, a, s.tmp, NULL);
-        layer_backward(m, l, x_in, a, &s);
+        if ((st = layer_backward(m, l, x_in, a, &s))) return st;
     }
-    l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);
-    m->n_valid = -1;
+    if (m->g.tok_embd) l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);
     return L3C_OK;
 }
 
@@ -483,7 +718,7 @@ l3c_status l3c_train_step(l3c_train_model *m, const l3c_adamw_params *p, int ste
         const l3c_train_tensor *t = &m->tensors[i];
         const size_t o = t->offset, n = (size_t)(t->rows * t->cols);
         l3c_adamw_update(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, n, lr, p->beta1,
-                         p->beta2, p->eps, t->rows > 1 ? p->weight_decay : 0.0f, m->adam_t);
+                         p->beta2, p->eps, t->decay ? p->weight_decay : 0.0f, m->adam_t);
     }
     if (grad_norm) *grad_norm = (float)norm;
     if (lr_out) *lr_out = lr;

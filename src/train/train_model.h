@@ -24,8 +24,13 @@
 #ifndef L3C_TRAIN_MODEL_H
 #define L3C_TRAIN_MODEL_H
 
+#include "kernels/ops.h"
+#include "kernels/threadpool.h"
+#include "model/lora.h"
 #include "train/optim.h"
 #include "util/util.h"
+
+struct l3c_model;
 
 typedef struct l3c_train_config {
     int32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff;
@@ -47,15 +52,31 @@ typedef struct l3c_train_params {
 } l3c_train_params;
 
 typedef struct l3c_train_tensor {
-    char name[48];
+    char name[64];
     int64_t rows, cols; /* [rows x cols] row-major; vectors have rows == 1 */
     size_t offset;      /* in floats, into params / grads */
+    int decay;          /* AdamW weight decay applies (matrices, not norm vectors) */
 } l3c_train_tensor;
+
+/* The 7 matrices of a block, in l3c_lora_target order (q, k, v, o, gate, up, down). */
+#define L3C_TRAIN_N_MATS L3C_LORA_N_TARGETS
 
 typedef struct l3c_train_acts l3c_train_acts; /* per-layer saved activations (train_model.c) */
 
 typedef struct l3c_train_model {
     l3c_train_config cfg;
+    /* LoRA mode (l3c_train_model_lora): the base model's matrices stay in their file types
+     * (mmapped, never an fp32 copy) and are frozen, like its norms and embedding; the
+     * parameters are the adapter's arena (params == lora->arena, grads == dlora->arena).
+     * NULL in full mode. */
+    const struct l3c_model *base;
+    l3c_lora_adapter *lora, *dlora;
+    float lora_scale;          /* alpha / rank */
+    /* every matrix as an l3c_weight ([n_layer x 7] + the head): F32 views of the parameter
+     * arena in full mode, the base's weights in LoRA mode */
+    l3c_weight *mats, head;
+    l3c_threadpool *tp;        /* NULL: one thread (l3c_train_model_set_threads) */
+    void *mm_scratch;          /* l3c_matmul scratch for L3C_TRAIN_MM_ROWS tokens */
     int32_t head_dim;
     float *rope_freqs; /* [n_rot/2] or NULL */
     size_t n_params;
@@ -78,7 +99,11 @@ typedef struct l3c_train_model {
     float *lse;             /* [N] */
     int64_t n_valid;        /* unmasked targets of the last forward */
     float *scratch;         /* backward gradient buffers */
+    float *lora_tmp;        /* [N x max n_out]: a LoRA branch's output; its gradient [N x rank] */
 } l3c_train_model;
+
+/* Token rows per matmul call (bounds the kernel scratch). */
+#define L3C_TRAIN_MM_ROWS 512
 
 /* A model with seeded random weights: matrices N(0, 1/n_in) (token_embd and output too, so a
  * tied head starts with O(1) logits; attn_output and ffn_down also scaled by 1/sqrt(2 n_layer)),
@@ -87,6 +112,17 @@ l3c_status l3c_train_model_create(const l3c_train_config *cfg, uint64_t seed, l3
 /* The weights of a llama GGUF, dequantized to fp32 with the type table's to_float. Errors name
  * the file and the tensor. */
 l3c_status l3c_train_model_from_gguf(const char *path, l3c_train_model **out);
+/*
+ * LoRA on a loaded base model (which must outlive the training model): rank-`rank` adapters on
+ * the targets (bit mask of l3c_lora_target) of every layer, scale alpha / rank. init NULL: A
+ * ~ U(-1/sqrt(n_in), 1/sqrt(n_in)) from seed (PEFT's kaiming_uniform(a=sqrt(5))), B = 0, so
+ * training starts from the base model; else a copy of init (same shapes required: resume).
+ * Models with linear rope scaling are refused (the training rope has no position scale).
+ */
+l3c_status l3c_train_model_lora(const struct l3c_model *base, unsigned targets, int32_t rank, float alpha,
+                                uint64_t seed, const l3c_lora_adapter *init, l3c_train_model **out);
+/* Runs the kernels on n_threads threads (default 1). */
+l3c_status l3c_train_model_set_threads(l3c_train_model *m, int n_threads);
 void l3c_train_model_free(l3c_train_model *m);
 
 /*
@@ -102,7 +138,7 @@ void l3c_train_zero_grad(l3c_train_model *m);
 l3c_status l3c_train_backward(l3c_train_model *m);
 
 /* One optimizer step on m->grads: clip (p->grad_clip), lr = l3c_lr_at(p, step), AdamW with
- * weight decay on the 2-D tensors only (norm vectors are not decayed). *grad_norm (optional)
+ * weight decay on the tensors marked decay (matrices; not norm vectors). *grad_norm (optional)
  * gets the norm before clipping, *lr_out the rate used. */
 l3c_status l3c_train_step(l3c_train_model *m, const l3c_adamw_params *p, int step, float *grad_norm,
                           float *lr_out);

@@ -48,7 +48,7 @@ void l3c_tr_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const
         const float c = dot * r * r / (float)D;
         for (int64_t i = 0; i < D; i++) {
             dxr[i] += r * (g[i] * w[i] - xr[i] * c);
-            dw[i] += g[i] * xr[i] * r;
+            if (dw) dw[i] += g[i] * xr[i] * r;
         }
     }
 }
@@ -134,38 +134,80 @@ void l3c_tr_rope_bwd(float *dx, int64_t N, int n_heads, int hd, int n_rot, const
 
 /* ------------------------------------------------------------------ causal GQA attention */
 
-void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, int64_t B, int64_t T,
-                          int n_head, int n_head_kv, int hd, float *att, float *out) {
+void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, int64_t b, int kh, int64_t T,
+                               int n_head, int n_head_kv, int hd, float *att, float *out) {
     const int group = n_head / n_head_kv;
     const int64_t qs = (int64_t)n_head * hd, ks = (int64_t)n_head_kv * hd; /* row strides */
     const float scale = 1.0f / sqrtf((float)hd);
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *qr = q + (b * T + t) * qs + (int64_t)h * hd;
+            float *p = att + ((b * n_head + h) * T + t) * T; /* [T] */
+            float mx = -INFINITY;
+            for (int64_t j = 0; j <= t; j++) {
+                const float *kr = k + (b * T + j) * ks + (int64_t)kh * hd;
+                float s = 0.0f;
+                for (int d = 0; d < hd; d++) s += qr[d] * kr[d];
+                p[j] = s * scale;
+                if (p[j] > mx) mx = p[j];
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j <= t; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            const float inv = 1.0f / sum;
+            for (int64_t j = 0; j <= t; j++) p[j] *= inv;
+            for (int64_t j = t + 1; j < T; j++) p[j] = 0.0f;
+            float *o = out + (b * T + t) * qs + (int64_t)h * hd;
+            for (int d = 0; d < hd; d++) o[d] = 0.0f;
+            for (int64_t j = 0; j <= t; j++) {
+                const float *vr = v + (b * T + j) * ks + (int64_t)kh * hd;
+                for (int d = 0; d < hd; d++) o[d] += p[j] * vr[d];
+            }
+        }
+}
+
+void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, int64_t B, int64_t T,
+                          int n_head, int n_head_kv, int hd, float *att, float *out) {
     for (int64_t b = 0; b < B; b++)
-        for (int h = 0; h < n_head; h++) {
-            const int kh = h / group;
-            for (int64_t t = 0; t < T; t++) {
-                const float *qr = q + (b * T + t) * qs + (int64_t)h * hd;
-                float *p = att + ((b * n_head + h) * T + t) * T; /* [T] */
-                float mx = -INFINITY;
-                for (int64_t j = 0; j <= t; j++) {
-                    const float *kr = k + (b * T + j) * ks + (int64_t)kh * hd;
-                    float s = 0.0f;
-                    for (int d = 0; d < hd; d++) s += qr[d] * kr[d];
-                    p[j] = s * scale;
-                    if (p[j] > mx) mx = p[j];
-                }
-                float sum = 0.0f;
-                for (int64_t j = 0; j <= t; j++) {
-                    p[j] = expf(p[j] - mx);
-                    sum += p[j];
-                }
-                const float inv = 1.0f / sum;
-                for (int64_t j = 0; j <= t; j++) p[j] *= inv;
-                for (int64_t j = t + 1; j < T; j++) p[j] = 0.0f;
-                float *o = out + (b * T + t) * qs + (int64_t)h * hd;
-                for (int d = 0; d < hd; d++) o[d] = 0.0f;
-                for (int64_t j = 0; j <= t; j++) {
-                    const float *vr = v + (b * T + j) * ks + (int64_t)kh * hd;
-                    for (int d = 0; d < hd; d++) o[d] += p[j] * vr[d];
+        for (int kh = 0; kh < n_head_kv; kh++)
+            l3c_tr_attention_fwd_part(q, k, v, b, kh, T, n_head, n_head_kv, hd, att, out);
+}
+
+void l3c_tr_attention_bwd_part(const float *q, const float *k, const float *v, const float *att,
+                               const float *dout, int64_t b, int kh, int64_t T, int n_head, int n_head_kv,
+                               int hd, float *dq, float *dk, float *dv) {
+    const int group = n_head / n_head_kv;
+    const int64_t qs = (int64_t)n_head * hd, ks = (int64_t)n_head_kv * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    /* dk, dv of kv head kh sum over the group's query heads */
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *p = att + ((b * n_head + h) * T + t) * T;
+            const float *qr = q + (b * T + t) * qs + (int64_t)h * hd;
+            const float *dor = dout + (b * T + t) * qs + (int64_t)h * hd;
+            float *dqr = dq + (b * T + t) * qs + (int64_t)h * hd;
+            /* dp_j = dout . v_j; softmax backward ds_j = p_j (dp_j - sum_i p_i dp_i) */
+            float pdp = 0.0f;
+            for (int64_t j = 0; j <= t; j++) {
+                const float *vr = v + (b * T + j) * ks + (int64_t)kh * hd;
+                float dp = 0.0f;
+                for (int d = 0; d < hd; d++) dp += dor[d] * vr[d];
+                pdp += p[j] * dp;
+            }
+            for (int64_t j = 0; j <= t; j++) {
+                const float *vr = v + (b * T + j) * ks + (int64_t)kh * hd;
+                const float *kr = k + (b * T + j) * ks + (int64_t)kh * hd;
+                float *dvr = dv + (b * T + j) * ks + (int64_t)kh * hd;
+                float *dkr = dk + (b * T + j) * ks + (int64_t)kh * hd;
+                float dp = 0.0f;
+                for (int d = 0; d < hd; d++) dp += dor[d] * vr[d];
+                const float ds = p[j] * (dp - pdp) * scale;
+                for (int d = 0; d < hd; d++) {
+                    dvr[d] += p[j] * dor[d];
+                    dqr[d] += ds * kr[d];
+                    dkr[d] += ds * qr[d];
                 }
             }
         }
@@ -174,41 +216,9 @@ void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, int64_
 void l3c_tr_attention_bwd(const float *q, const float *k, const float *v, const float *att,
                           const float *dout, int64_t B, int64_t T, int n_head, int n_head_kv, int hd,
                           float *dq, float *dk, float *dv) {
-    const int group = n_head / n_head_kv;
-    const int64_t qs = (int64_t)n_head * hd, ks = (int64_t)n_head_kv * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t b = 0; b < B; b++)
-        for (int h = 0; h < n_head; h++) {
-            const int kh = h / group; /* dk, dv of kv head kh sum over the group's query heads */
-            for (int64_t t = 0; t < T; t++) {
-                const float *p = att + ((b * n_head + h) * T + t) * T;
-                const float *qr = q + (b * T + t) * qs + (int64_t)h * hd;
-                const float *dor = dout + (b * T + t) * qs + (int64_t)h * hd;
-                float *dqr = dq + (b * T + t) * qs + (int64_t)h * hd;
-                /* dp_j = dout . v_j; softmax backward ds_j = p_j (dp_j - sum_i p_i dp_i) */
-                float pdp = 0.0f;
-                for (int64_t j = 0; j <= t; j++) {
-                    const float *vr = v + (b * T + j) * ks + (int64_t)kh * hd;
-                    float dp = 0.0f;
-                    for (int d = 0; d < hd; d++) dp += dor[d] * vr[d];
-                    pdp += p[j] * dp;
-                }
-                for (int64_t j = 0; j <= t; j++) {
-                    const float *vr = v + (b * T + j) * ks + (int64_t)kh * hd;
-                    const float *kr = k + (b * T + j) * ks + (int64_t)kh * hd;
-                    float *dvr = dv + (b * T + j) * ks + (int64_t)kh * hd;
-                    float *dkr = dk + (b * T + j) * ks + (int64_t)kh * hd;
-                    float dp = 0.0f;
-                    for (int d = 0; d < hd; d++) dp += dor[d] * vr[d];
-                    const float ds = p[j] * (dp - pdp) * scale;
-                    for (int d = 0; d < hd; d++) {
-                        dvr[d] += p[j] * dor[d];
-                        dqr[d] += ds * kr[d];
-                        dkr[d] += ds * qr[d];
-                    }
-                }
-            }
-        }
+        for (int kh = 0; kh < n_head_kv; kh++)
+            l3c_tr_attention_bwd_part(q, k, v, att, dout, b, kh, T, n_head, n_head_kv, hd, dq, dk, dv);
 }
 
 /* ------------------------------------------------------------------ swiglu */

@@ -22,7 +22,7 @@ void l3c_tr_embedding_bwd(float *dtable, int64_t D, const int32_t *ids, int64_t 
 
 /* rmsnorm: y = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps), as the engine (sum of squares in
  * double). Saves rstd [N]. Backward: dx += rstd * (dy*w - x * rstd^2 * mean(dy*w*x)),
- * dw += sum_n dy * x * rstd. */
+ * dw += sum_n dy * x * rstd (dw may be NULL: a frozen weight). */
 void l3c_tr_rmsnorm_fwd(const float *x, const float *w, int64_t N, int64_t D, float eps, float *y,
                         float *rstd);
 void l3c_tr_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy, int64_t N,
@@ -54,6 +54,13 @@ void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, int64_
 void l3c_tr_attention_bwd(const float *q, const float *k, const float *v, const float *att,
                           const float *dout, int64_t B, int64_t T, int n_head, int n_head_kv, int hd,
                           float *dq, float *dk, float *dv);
+/* The same for sequence b and the query heads of kv head kh only (the whole ops loop these
+ * over b, kh; parts touch disjoint outputs, so they may run in parallel). */
+void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, int64_t b, int kh, int64_t T,
+                               int n_head, int n_head_kv, int hd, float *att, float *out);
+void l3c_tr_attention_bwd_part(const float *q, const float *k, const float *v, const float *att,
+                               const float *dout, int64_t b, int kh, int64_t T, int n_head, int n_head_kv,
+                               int hd, float *dq, float *dk, float *dv);
 
 /* swiglu: h = silu(g) * u over n elements. Backward: dg += dh*u*silu'(g), du += dh*silu(g). */
 void l3c_tr_swiglu_fwd(const float *g, const float *u, int64_t n, float *h);
