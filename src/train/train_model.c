@@ -565,7 +565,14 @@ static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_trai
     linear_fwd(m, l, L3C_LORA_GATE, a->xn2, a->g, a->lu[L3C_LORA_GATE]);
     linear_fwd(m, l, L3C_LORA_UP, a->xn2, a->u, a->lu[L3C_LORA_UP]);
     l3c_tr_swiglu_fwd(a->g, a->u, N * F, a->h);
-    if (!x_out) return;
+    if (!x_out) { /* the down matrix's output is not needed again, its adapter's h A^T is */
+        const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, L3C_LORA_DOWN) : NULL;
+        if (am) {
+            const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
+            mm(m, &wa, a->h, a->lu[L3C_LORA_DOWN], N);
+        }
+        return;
+    }
     linear_fwd(m, l, L3C_LORA_DOWN, a->h, tmp, a->lu[L3C_LORA_DOWN]);
     memcpy(x_out, a->x_mid, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(x_out, tmp, N * D);

@@ -299,3 +299,112 @@ def test_bad_input_errors(tmp_path, train_dump):
     p = subprocess.run([train_dump, "--model", os.path.join(d, "bad2.gguf"), *bargs, "--out", d],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "ffn_gate.weight" in p.stderr and "shape" in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------- LoRA on a frozen GGUF base
+
+def write_base(d, gguf_path):
+    """base.f32 + base_index.txt: every tensor of the GGUF, dequantized by gguf-py (the torch side's
+    frozen weights; independent of the engine's loader)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    r = GGUFReader(gguf_path)
+    parts, off = [], 0
+    with open(os.path.join(d, "base_index.txt"), "w") as f:
+        for t in r.tensors:
+            a = np.asarray(dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32).reshape(-1)
+            shape = [int(x) for x in t.shape]
+            rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[1], shape[0])
+            f.write(f"{t.name} {rows} {cols} {off}\n")
+            parts.append(a)
+            off += a.size
+    np.concatenate(parts).astype("<f4").tofile(os.path.join(d, "base.f32"))
+
+
+LORA = ["--lora-rank", "4", "--lora-alpha", "8", "--lora-b-std", "0.05"]
+# (id, GGUF options, LoRA targets, tolerance of every gradient as max|diff|/max|ref|): an F32
+# base multiplies in fp32 like torch; a Q8_0 base's forward quantizes activations to 8 bits
+# (the engine's matmul), torch sees float64 activations on the same dequantized weights
+LORA_CASES = [
+    ("f32-untied-rope_freqs-all", dict(tied=False, rope_freqs=True), "q,k,v,o,gate,up,down", 1e-4),
+    ("f32-tied-qv", dict(tied=True, rope_freqs=False), "q,v", 1e-4),
+    ("q8_0-tied-all", dict(tied=True, rope_freqs=True, wtype="Q8_0"), "q,k,v,o,gate,up,down", 0.15),
+]
+
+
+@pytest.mark.parametrize("case", LORA_CASES, ids=[c[0] for c in LORA_CASES])
+def test_lora_grads_vs_torch(case, tmp_path, train_dump, torch_python):
+    """LoRA on a frozen GGUF base (weights kept in their type, backward dequantizing per tile):
+    loss, logits and the gradient of every A and B equal torch autograd of W + s B A."""
+    name, opts, targets, tol = case
+    d = str(tmp_path)
+    ids, tgt = batch(64)
+    bargs = write_batch(d, ids, tgt)
+    path = write_gguf(os.path.join(d, "base.gguf"), **opts)
+    write_base(d, path)
+    run([train_dump, "--model", path, *LORA, "--lora-targets", targets, *bargs, "--out", d, "--threads", "2"])
+    run([torch_python, TORCH_REF, d, *bargs])
+    names = [n for n, *_ in index(d)]
+    want = {f"blk.{l}.{t}.weight.lora_{ab}" for l in range(2) for t in
+            [dict(q="attn_q", k="attn_k", v="attn_v", o="attn_output", gate="ffn_gate", up="ffn_up",
+                  down="ffn_down")[x] for x in targets.split(",")] for ab in "ab"}
+    assert set(names) == want, f"adapter tensors {names}"
+    loss = float(open(os.path.join(d, "loss.txt")).read())
+    ref_loss = float(open(os.path.join(d, "ref_loss.txt")).read())
+    assert abs(loss - ref_loss) <= tol * abs(ref_loss), f"loss {loss} vs torch {ref_loss}"
+    logits = np.fromfile(os.path.join(d, "logits.f32"), dtype="<f4").astype(np.float64)
+    ref_logits = np.fromfile(os.path.join(d, "ref_logits.f64"), dtype="<f8")
+    assert rel(logits, ref_logits) <= tol, f"logits differ: {rel(logits, ref_logits):.2e}"
+    g = np.fromfile(os.path.join(d, "grads.f32"), dtype="<f4").astype(np.float64)
+    rg = np.fromfile(os.path.join(d, "ref_grads.f64"), dtype="<f8")
+    bad, worst = [], 0.0
+    for n, rows, cols, off in index(d):
+        a, b = g[off:off + rows * cols], rg[off:off + rows * cols]
+        assert np.max(np.abs(b)) > 0, f"{n}: torch gradient is all zero (test has no teeth)"
+        r = rel(a, b)
+        worst = max(worst, r)
+        if not r <= tol:
+            bad.append(f"{n}: max|diff|/max|ref| {r:.2e}")
+    assert not bad, "LoRA gradients differ from torch autograd:\n" + "\n".join(bad)
+    print(f"{name}: loss {loss:.6f} (torch {ref_loss:.6f}), logits {rel(logits, ref_logits):.1e}, "
+          f"worst grad {worst:.2e}")
+
+
+def test_lora_threads_and_checkpoint_bitwise(tmp_path, train_dump):
+    """1 or 3 threads, stored or recomputed activations: the same bits (the kernels' chunks
+    each own their outputs)."""
+    d = str(tmp_path)
+    ids, tgt = batch(64)
+    bargs = write_batch(d, ids, tgt)
+    path = write_gguf(os.path.join(d, "base.gguf"), tied=True, wtype="Q8_0")
+    outs = []
+    for extra in (["--threads", "1"], ["--threads", "3"], ["--threads", "2", "--checkpoint"]):
+        o = os.path.join(d, "_".join(extra).replace("-", ""))
+        os.mkdir(o)
+        run([train_dump, "--model", path, *LORA, *bargs, "--out", o, *extra])
+        outs.append(o)
+    for f in ("loss.txt", "logits.f32", "grads.f32"):
+        ref = open(os.path.join(outs[0], f), "rb").read()
+        for o in outs[1:]:
+            assert open(os.path.join(o, f), "rb").read() == ref, f"{f} differs in {o}"
+
+
+def test_lora_adamw_steps_vs_torch(tmp_path, train_dump, torch_python):
+    """10 AdamW steps on the adapter of an F32 base follow torch.optim.AdamW on A and B."""
+    d = str(tmp_path)
+    ids, tgt = batch(64, seed=3)
+    bargs = write_batch(d, ids, tgt)
+    path = write_gguf(os.path.join(d, "m.gguf"), tied=False, rope_freqs=True)
+    write_base(d, path)
+    run([train_dump, "--model", path, *LORA, *bargs, "--out", d, *ADAM, "--threads", "2"])
+    run([torch_python, TORCH_REF, d, *bargs, *ADAM])
+    c = np.loadtxt(os.path.join(d, "steps.txt"))
+    r = np.loadtxt(os.path.join(d, "ref_steps.txt"))
+    np.testing.assert_allclose(c[:, 3], r[:, 3], rtol=1e-4, err_msg="gradient norms")
+    np.testing.assert_allclose(c[:, 1], r[:, 1], rtol=1e-4, err_msg="losses of 10 AdamW steps")
+    assert r[-1, 1] < 0.95 * r[0, 1], "the loss should fall over 10 steps"
+    p = np.fromfile(os.path.join(d, "params_final.f32"), dtype="<f4").astype(np.float64)
+    rp = np.fromfile(os.path.join(d, "ref_params_final.f64"), dtype="<f8")
+    assert rel(p, rp) <= 1e-4, f"final adapter differs: {rel(p, rp):.2e}"
+    print("LoRA losses", " ".join(f"{x:.5f}" for x in c[:, 1]), f"final params {rel(p, rp):.1e}")

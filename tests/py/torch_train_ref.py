@@ -13,6 +13,11 @@ GQA query head h reading kv head h // (n_head / n_head_kv), causal softmax(q k^T
 RMSNorm, SwiGLU, cross-entropy with ignore_index=-1 averaged over the unmasked targets.
 All in float64. AdamW is torch.optim.AdamW (weight decay on the 2-D tensors only), the schedule
 linear warmup + cosine, clipping torch.nn.utils.clip_grad_norm_.
+
+LoRA (config.txt has lora_scale): the parameters are the adapters' A [r x in] and B [out x r]
+(index names "<matrix>.lora_a" / ".lora_b"); the frozen base weights come from DIR/base.f32 +
+DIR/base_index.txt, written by the test from the GGUF with gguf-py's dequantization; each
+adapted matrix is W + lora_scale * B @ A (PEFT's merged form), only A and B get gradients.
 """
 import argparse
 import math
@@ -48,6 +53,31 @@ def make_params(index, flat):
         a = a.reshape(cols) if rows == 1 else a.reshape(rows, cols)
         P[name] = torch.tensor(a, dtype=torch.float64, requires_grad=True)
     return P
+
+
+def load_base(d):
+    """The frozen base weights (LoRA), float64, no grad."""
+    flat = np.fromfile(os.path.join(d, "base.f32"), dtype="<f4")
+    base = {}
+    with open(os.path.join(d, "base_index.txt")) as f:
+        for line in f:
+            name, rows, cols, off = line.split()
+            rows, cols, off = int(rows), int(cols), int(off)
+            a = flat[off:off + rows * cols].astype(np.float64)
+            base[name] = torch.tensor(a.reshape(cols) if rows == 1 else a.reshape(rows, cols))
+    return base
+
+
+def merged(P, base, scale):
+    """The weights the forward sees: base, with W + scale * B @ A for every adapted matrix."""
+    if base is None:
+        return P
+    M = dict(base)
+    for name in P:
+        if name.endswith(".lora_a"):
+            w = name[:-len(".lora_a")]
+            M[w] = base[w] + scale * (P[w + ".lora_b"] @ P[name])
+    return M
 
 
 def forward(P, cfg, freqs, ids):
@@ -133,8 +163,10 @@ def main():
     tgt = torch.tensor(np.fromfile(a.targets, dtype="<i4").reshape(shape).astype(np.int64))
     P = make_params(index, flat)
     names = [n for n, *_ in index]
+    base = load_base(a.dir) if "lora_scale" in cfg else None
+    scale = cfg.get("lora_scale", 1.0)
 
-    logits = forward(P, cfg, freqs, ids)
+    logits = forward(merged(P, base, scale), cfg, freqs, ids)
     loss = loss_of(logits, tgt)
     loss.backward()
     logits.detach().numpy().astype("<f8").tofile(os.path.join(a.dir, "ref_logits.f64"))
@@ -154,7 +186,7 @@ def main():
         with open(os.path.join(a.dir, "ref_steps.txt"), "w") as f:
             for s in range(a.steps):
                 opt.zero_grad()
-                loss = loss_of(forward(P, cfg, freqs, ids), tgt)
+                loss = loss_of(forward(merged(P, base, scale), cfg, freqs, ids), tgt)
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, a.clip) if a.clip > 0 else torch.tensor(0.0)
                 lr = lr_at(a, s)

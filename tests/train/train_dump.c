@@ -7,7 +7,13 @@
  *               [--eps X] [--n-rot R])
  *              --ids F.i32 [--targets F.i32] --batch B --seq T [--checkpoint] --out DIR
  *              [--steps K --lr X --wd X --warmup N --total N --min-lr-ratio X --clip X
- *               --beta1 X --beta2 X --adam-eps X]
+ *               --beta1 X --beta2 X --adam-eps X] [--threads N]
+ *              [--lora-rank R --lora-alpha A --lora-targets q,k,... [--lora-b-std S]]
+ *
+ * With --lora-rank the model is a LoRA on the --model GGUF (loaded by the engine, weights kept
+ * in their type): the parameters are the adapter's A / B (index.txt names them
+ * blk.N.attn_q.weight.lora_a ...), config.txt adds lora_scale; --lora-b-std S draws B from
+ * N(0, S) (seeded) instead of 0, so that A's gradient is not zero either.
  *
  * DIR gets: config.txt (key value lines), index.txt ("name rows cols offset" per parameter,
  * offsets in floats), params.f32 (the initial parameters, arena order), logits.f32 [B*T x V] of
@@ -15,6 +21,7 @@
  * steps.txt ("step loss lr grad_norm" per step; the loss before that step's update) and
  * params_final.f32. rope_freqs.f32 when the model has it. Exit 0 on success, 1 with a message.
  */
+#include "llama3c.h"
 #include "train/train_model.h"
 
 #include <errno.h>
@@ -63,13 +70,16 @@ static FILE *open_text(const char *dir, const char *name) {
 
 int main(int argc, char **argv) {
     l3c_train_model *m = NULL;
+    l3c_model *base = NULL;
     int32_t *ids = NULL, *tgt = NULL;
     FILE *f = NULL, *sf = NULL;
     int rc = 1;
 #define FAIL(msg, arg) do { die(msg, arg); goto done; } while (0)
 
     const char *model_path = NULL, *random = NULL, *ids_path = NULL, *tgt_path = NULL, *out = NULL;
-    int tied = 0, ckpt = 0, steps = 0, n_rot = 0;
+    int tied = 0, ckpt = 0, steps = 0, n_rot = 0, threads = 1, lora_rank = 0;
+    float lora_alpha = 16.0f, lora_b_std = 0.0f;
+    const char *lora_targets = "q,k,v,o,gate,up,down";
     long long B = 0, T = 0;
     unsigned long long seed = 42;
     float theta = 10000.0f, eps = 1e-5f;
@@ -100,6 +110,11 @@ int main(int argc, char **argv) {
         else if (ARG("--beta1")) ap.beta1 = strtof(v, NULL);
         else if (ARG("--beta2")) ap.beta2 = strtof(v, NULL);
         else if (ARG("--adam-eps")) ap.eps = strtof(v, NULL);
+        else if (ARG("--threads")) threads = atoi(v);
+        else if (ARG("--lora-rank")) lora_rank = atoi(v);
+        else if (ARG("--lora-alpha")) lora_alpha = strtof(v, NULL);
+        else if (ARG("--lora-targets")) lora_targets = v;
+        else if (ARG("--lora-b-std")) lora_b_std = strtof(v, NULL);
         else FAIL("unknown or incomplete argument", a);
 #undef ARG
     }
@@ -108,7 +123,33 @@ int main(int argc, char **argv) {
     if (steps > 0 && !tgt_path) FAIL("--steps needs --targets", NULL);
 
     l3c_status st;
-    if (model_path) {
+    if (lora_rank > 0) {
+        if (!model_path) FAIL("--lora-rank needs --model", NULL);
+        unsigned targets = 0;
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", lora_targets);
+        for (char *sv = NULL, *t = strtok_r(buf, ",", &sv); t; t = strtok_r(NULL, ",", &sv)) {
+            int k = 0;
+            while (k < L3C_LORA_N_TARGETS && strcmp(t, l3c_lora_target_short_name((l3c_lora_target)k))) k++;
+            if (k == L3C_LORA_N_TARGETS) FAIL("unknown LoRA target", t);
+            targets |= 1u << k;
+        }
+        l3c_model_params mp = l3c_model_default_params();
+        mp.n_threads = threads;
+        if ((st = l3c_model_load(model_path, &mp, &base))) FAIL(l3c_last_error(), NULL);
+        st = l3c_train_model_lora(base, targets, lora_rank, lora_alpha, seed, NULL, &m);
+        if (!st && lora_b_std > 0.0f) {
+            l3c_rng rng;
+            l3c_rng_seed(&rng, seed + 1);
+            for (int l = 0; l < m->cfg.n_layer; l++)
+                for (int t = 0; t < L3C_LORA_N_TARGETS; t++) {
+                    l3c_lora_mat *am = l3c_lora_get(m->lora, l, (l3c_lora_target)t);
+                    if (!am) continue;
+                    for (int64_t i = 0; i < am->n_out * am->rank; i++)
+                        am->b[i] = (float)(lora_b_std * l3c_rng_normal(&rng));
+                }
+        }
+    } else if (model_path) {
         st = l3c_train_model_from_gguf(model_path, &m);
     } else {
         l3c_train_config c = {.rope_theta = theta, .norm_eps = eps, .tied = tied, .n_rot = n_rot};
@@ -119,6 +160,7 @@ int main(int argc, char **argv) {
     }
     if (st) FAIL(l3c_last_error(), NULL);
     m->checkpoint = ckpt;
+    if (threads > 1 && (st = l3c_train_model_set_threads(m, threads))) FAIL(l3c_last_error(), NULL);
 
     size_t n_ids = 0, n_tgt = 0;
     ids = read_file(ids_path, &n_ids);
@@ -133,6 +175,7 @@ int main(int argc, char **argv) {
                "rope_theta %.9g\nnorm_eps %.9g\ntied %d\nrope_freqs %d\n", c->n_vocab, c->n_embd,
             c->n_layer, c->n_head, c->n_head_kv, c->n_ff, c->n_rot, (double)c->rope_theta,
             (double)c->norm_eps, c->tied, m->rope_freqs != NULL);
+    if (m->lora) fprintf(f, "lora_scale %.9g\n", (double)m->lora_scale);
     fclose(f), f = NULL;
     if (!(f = open_text(out, "index.txt"))) goto done;
     for (int i = 0; i < m->n_tensors; i++)
@@ -178,6 +221,7 @@ done:
     free(ids);
     free(tgt);
     l3c_train_model_free(m);
+    l3c_model_free(base);
     return rc;
 #undef FAIL
 }

@@ -1,0 +1,132 @@
+/*
+ * test_train_kernels.c -- the threaded training kernels (src/train/train_kernels.c) against the
+ * scalar pairs of train_ops.c: matmul_dx over weights of every common GGUF type (the scalar
+ * reference gets the weight dequantized whole by the type table), matmul_dw, and the batch-
+ * parallel attention (bitwise equal to the scalar loops, whatever the thread count).
+ */
+#include "check.h"
+#include "kernels/ref.h"
+#include "kernels/types.h"
+#include "train/train_kernels.h"
+#include "train/train_ops.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned long long rs = 88172645463325252ull;
+static float frand(void) { /* xorshift64, [-1, 1) */
+    rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+    return (float)((rs >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+static void fill(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = frand();
+}
+static double rel_diff(const float *a, const float *b, int64_t n) {
+    double mx = 0.0, d = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (fabs(b[i]) > mx) mx = fabs(b[i]);
+        if (fabs(a[i] - b[i]) > d) d = fabs(a[i] - b[i]);
+    }
+    return mx > 0.0 ? d / mx : d;
+}
+
+/* dx += scale dy W for W of type `type` [n_out x n_in], on nt threads, vs the scalar pair on
+ * W dequantized whole */
+static void check_dx(int type, int64_t n_in, int64_t n_out, int64_t N, float scale, int nt) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(type);
+    const size_t row_bytes = (size_t)(n_in / tr->block_size) * tr->type_size;
+    float *wf = malloc(sizeof(float) * (size_t)(n_in * n_out)), *wd = malloc(sizeof(float) * (size_t)(n_in * n_out));
+    char *wq = malloc(row_bytes * (size_t)n_out);
+    float *dy = malloc(sizeof(float) * (size_t)(N * n_out)), *dys = malloc(sizeof(float) * (size_t)(N * n_out));
+    float *dx = malloc(sizeof(float) * (size_t)(N * n_in)), *ref = malloc(sizeof(float) * (size_t)(N * n_in));
+    fill(wf, n_in * n_out);
+    fill(dy, N * n_out);
+    fill(dx, N * n_in);
+    memcpy(ref, dx, sizeof(float) * (size_t)(N * n_in)); /* accumulates onto what is there */
+    for (int64_t o = 0; o < n_out; o++) {
+        if (type == L3C_TYPE_F32) memcpy(wq + o * row_bytes, wf + o * n_in, row_bytes);
+        else if (type == L3C_TYPE_Q4_K) l3c_quantize_row_q4_K(wf + o * n_in, wq + o * row_bytes, n_in);
+        else if (type == L3C_TYPE_Q6_K) l3c_quantize_row_q6_K(wf + o * n_in, wq + o * row_bytes, n_in);
+        else tr->from_float(wf + o * n_in, wq + o * row_bytes, n_in);
+        tr->to_float(wq + o * row_bytes, wd + o * n_in, n_in);
+    }
+    for (int64_t i = 0; i < N * n_out; i++) dys[i] = scale * dy[i];
+    l3c_weight w = {.name = "w", .type = type, .n_in = n_in, .n_out = n_out, .row_bytes = row_bytes, .data = wq};
+    l3c_threadpool *tp = NULL;
+    if (nt > 1) CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
+    CHECK(l3c_trk_matmul_dx(tp, &w, dy, N, scale, dx) == L3C_OK);
+    l3c_tr_matmul_bwd(NULL, wd, dys, N, n_in, n_out, ref, NULL);
+    const double r = rel_diff(dx, ref, N * n_in);
+    CHECK_MSG(r <= 2e-6, "matmul_dx %s [%lld x %lld] N %lld threads %d: %.2e", tr->name, (long long)n_out,
+              (long long)n_in, (long long)N, nt, r);
+    l3c_threadpool_free(tp);
+    free(wf), free(wd), free(wq), free(dy), free(dys), free(dx), free(ref);
+}
+
+static void check_dw(int64_t n_in, int64_t n_out, int64_t N, float scale, int nt) {
+    float *x = malloc(sizeof(float) * (size_t)(N * n_in)), *dy = malloc(sizeof(float) * (size_t)(N * n_out));
+    float *dys = malloc(sizeof(float) * (size_t)(N * n_out));
+    float *dw = malloc(sizeof(float) * (size_t)(n_in * n_out)), *ref = malloc(sizeof(float) * (size_t)(n_in * n_out));
+    fill(x, N * n_in);
+    fill(dy, N * n_out);
+    fill(dw, n_in * n_out);
+    memcpy(ref, dw, sizeof(float) * (size_t)(n_in * n_out));
+    for (int64_t i = 0; i < N * n_out; i++) dys[i] = scale * dy[i];
+    l3c_threadpool *tp = NULL;
+    if (nt > 1) CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
+    CHECK(l3c_trk_matmul_dw(tp, x, dy, N, n_in, n_out, scale, dw) == L3C_OK);
+    l3c_tr_matmul_bwd(x, NULL, dys, N, n_in, n_out, NULL, ref);
+    const double r = rel_diff(dw, ref, n_in * n_out);
+    CHECK_MSG(r <= 2e-6, "matmul_dw [%lld x %lld] N %lld: %.2e", (long long)n_out, (long long)n_in, (long long)N, r);
+    l3c_threadpool_free(tp);
+    free(x), free(dy), free(dys), free(dw), free(ref);
+}
+
+static void check_attention(int64_t B, int64_t T, int H, int Hkv, int hd, int nt) {
+    const int64_t N = B * T, qd = (int64_t)H * hd, kd = (int64_t)Hkv * hd, na = B * H * T * T;
+    float *q = malloc(sizeof(float) * (size_t)(N * qd)), *k = malloc(sizeof(float) * (size_t)(N * kd));
+    float *v = malloc(sizeof(float) * (size_t)(N * kd)), *dout = malloc(sizeof(float) * (size_t)(N * qd));
+    float *att[2], *out[2], *dq[2], *dk[2], *dv[2];
+    fill(q, N * qd), fill(k, N * kd), fill(v, N * kd), fill(dout, N * qd);
+    for (int i = 0; i < 2; i++) {
+        att[i] = malloc(sizeof(float) * (size_t)na), out[i] = malloc(sizeof(float) * (size_t)(N * qd));
+        dq[i] = calloc((size_t)(N * qd), sizeof(float)), dk[i] = calloc((size_t)(N * kd), sizeof(float));
+        dv[i] = calloc((size_t)(N * kd), sizeof(float));
+    }
+    l3c_threadpool *tp = NULL;
+    if (nt > 1) CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
+    l3c_tr_attention_fwd(q, k, v, B, T, H, Hkv, hd, att[0], out[0]);
+    l3c_tr_attention_bwd(q, k, v, att[0], dout, B, T, H, Hkv, hd, dq[0], dk[0], dv[0]);
+    l3c_trk_attention_fwd(tp, q, k, v, B, T, H, Hkv, hd, att[1], out[1]);
+    l3c_trk_attention_bwd(tp, q, k, v, att[1], dout, B, T, H, Hkv, hd, dq[1], dk[1], dv[1]);
+    CHECK(!memcmp(att[0], att[1], sizeof(float) * (size_t)na));
+    CHECK(!memcmp(out[0], out[1], sizeof(float) * (size_t)(N * qd)));
+    CHECK(!memcmp(dq[0], dq[1], sizeof(float) * (size_t)(N * qd)));
+    CHECK(!memcmp(dk[0], dk[1], sizeof(float) * (size_t)(N * kd)));
+    CHECK(!memcmp(dv[0], dv[1], sizeof(float) * (size_t)(N * kd)));
+    l3c_threadpool_free(tp);
+    for (int i = 0; i < 2; i++) free(att[i]), free(out[i]), free(dq[i]), free(dk[i]), free(dv[i]);
+    free(q), free(k), free(v), free(dout);
+}
+
+int main(void) {
+    const int types[] = {L3C_TYPE_F32, L3C_TYPE_F16, L3C_TYPE_BF16, L3C_TYPE_Q8_0, L3C_TYPE_Q4_0,
+                         L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q4_K, L3C_TYPE_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        /* several column chunks and token chunks, a last partial tile of rows */
+        check_dx(types[i], 1280, 70, 130, 1.0f, 3);
+        check_dx(types[i], 256, 33, 5, 0.5f, 1);
+    }
+    check_dx(L3C_TYPE_F32, 8, 300, 70, 2.0f, 2); /* a LoRA B: rank-wide rows, split by tokens */
+    check_dx(L3C_TYPE_F32, 3000, 8, 70, 1.0f, 2);  /* a LoRA A */
+    check_dw(576, 8, 200, 2.0f, 2);
+    check_dw(8, 1536, 200, 1.0f, 3);
+    check_dw(64, 19, 1, 1.0f, 1);
+    check_attention(3, 17, 6, 2, 8, 3);
+    check_attention(1, 9, 4, 4, 16, 2);
+    /* a type without to_float is refused */
+    l3c_weight bad = {.name = "bad", .type = 9999, .n_in = 32, .n_out = 1, .row_bytes = 32};
+    float g[1] = {0}, x[32] = {0};
+    CHECK(l3c_trk_matmul_dx(NULL, &bad, g, 1, 1.0f, x) == L3C_ERR_UNSUPPORTED);
+    return CHECK_DONE("test_train_kernels");
+}
