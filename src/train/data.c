@@ -204,8 +204,23 @@ static l3c_status add_windows(builder *b, const int32_t *ids, size_t n, int32_t 
 
 static const char *const ROLES[] = {"system", "user", "assistant", "tool", "ipython"};
 
-static int is_prefix(const int32_t *a, int64_t na, const int32_t *b, int64_t nb) {
-    return na <= nb && !memcmp(a, b, (size_t)na * sizeof *a);
+/* 1 when the bytes of a[0..na) are a prefix of the bytes of b[0..nb) (0 also on NOMEM). */
+static int text_prefix(const l3c_tokenizer *tok, const int32_t *a, int64_t na, const int32_t *b, int64_t nb) {
+    l3c_buf x = {0}, y = {0};
+    char piece[256];
+    int ok = 1;
+    for (int64_t k = 0; k < na && ok; k++) {
+        int32_t n = l3c_token_to_bytes(tok, a[k], piece, sizeof piece);
+        ok = n >= 0 && !l3c_buf_append(&x, piece, (size_t)n);
+    }
+    for (int64_t k = 0; k < nb && ok && y.len < x.len; k++) {
+        int32_t n = l3c_token_to_bytes(tok, b[k], piece, sizeof piece);
+        ok = n >= 0 && !l3c_buf_append(&y, piece, (size_t)n);
+    }
+    ok = ok && y.len >= x.len && (x.len == 0 || !memcmp(x.data, y.data, x.len));
+    l3c_buf_free(&x);
+    l3c_buf_free(&y);
+    return ok;
 }
 
 static int64_t first_diff(const int32_t *a, int64_t na, const int32_t *b, int64_t nb) {
@@ -234,26 +249,36 @@ static l3c_status chat_mask(const chat_ctx *c, const l3c_chat_message *m, const 
         if (!st) st = l3c_chat_tokenize_ex(c->model, c->tmpl, m, i + 1, 0, c->date, &thru, &n_thru);
         if (st) {
             st = l3c_fail(st, "data: %s:%lld: message %zu: %s", c->path, (long long)line, i + 1, l3c_last_error());
-        } else if (!is_prefix(pre, n_pre, thru, n_thru) || !is_prefix(thru, n_thru, full, n_full)) {
-            int bad_pre = !is_prefix(pre, n_pre, thru, n_thru);
-            int64_t at = bad_pre ? first_diff(pre, n_pre, thru, n_thru) : first_diff(thru, n_thru, full, n_full);
+            goto next;
+        }
+        /* the turn ends at the last end-of-turn token of `thru` (ChatML's trailing "\n" is not trained) */
+        int64_t end = n_thru;
+        for (int64_t k = n_thru - 1; k >= 0; k--)
+            if (l3c_token_is_eog(c->tok, thru[k])) {
+                end = k + 1;
+                break;
+            }
+        /* The prefix may differ from the whole only inside its trailing plain text, where the header's
+         * last characters merge with the content (ChatML "assistant\n" + " 42": "\n " is one token);
+         * that merged token is trained. Earlier, the template itself is not prefix-stable. */
+        const int64_t start = first_diff(pre, n_pre, full, n_full);
+        int bad_pre = 0;
+        for (int64_t k = start; k < n_pre && !bad_pre; k++) bad_pre = l3c_token_is_special(c->tok, pre[k]);
+        bad_pre = bad_pre || !text_prefix(c->tok, pre + start, n_pre - start, full + start, n_full - start);
+        const int bad_thru = first_diff(thru, n_thru, full, n_full) < end;
+        if (bad_pre || bad_thru || start >= end) {
             st = l3c_fail(L3C_ERR_UNSUPPORTED,
                           "data: %s:%lld: message %zu (assistant): the %s template is not prefix-stable here: the "
                           "ids of the conversation %s differ from the whole conversation's at token %lld, so the "
                           "assistant turn's tokens cannot be located%s",
                           c->path, (long long)line, i + 1, l3c_chat_template_name(c->tmpl),
-                          bad_pre ? "before this message (with the assistant header)" : "through this message",
-                          (long long)at, i == 0 ? " (a conversation should not start with an assistant message)" : "");
-        } else {
-            /* the turn: [n_pre, n_thru); trained through its last end-of-turn token */
-            int64_t end = n_thru;
-            for (int64_t k = n_thru - 1; k >= n_pre; k--)
-                if (l3c_token_is_eog(c->tok, thru[k])) {
-                    end = k + 1;
-                    break;
-                }
-            for (int64_t k = n_pre; k < end; k++) mask[k] = 1;
+                          bad_thru ? "through this message" : "before this message (with the assistant header)",
+                          (long long)(bad_thru ? first_diff(thru, n_thru, full, n_full) : start),
+                          i == 0 ? " (a conversation should not start with an assistant message)" : "");
+            goto next;
         }
+        for (int64_t k = start; k < end; k++) mask[k] = 1;
+    next:
         free(pre);
         free(thru);
     }
