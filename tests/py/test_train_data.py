@@ -327,3 +327,58 @@ def test_bad_files_name_file_and_line(dump_bin, smol, tmp_path, name, data, patt
 def test_missing_file(dump_bin, smol, tmp_path):
     p = run_dump("-m", smol["path"], "--data", tmp_path / "nope.jsonl", ok=False)
     assert p.returncode == 1 and "nope.jsonl: cannot open: No such file" in p.stderr.decode()
+
+
+# ---------------------------------------------------------------- loss plot (SVG)
+
+def test_loss_plot_svg_maps_back_to_values(dump_bin, tmp_path):
+    import math
+    import xml.etree.ElementTree as ET
+
+    rows = [{"step": s, "epoch": 0, "loss": 3.0 * math.exp(-s / 40) + 0.4 + 0.05 * math.sin(s), "lr": 1e-4}
+            for s in range(1, 201)]
+    rows += [{"step": s, "eval_loss": 3.2 * math.exp(-s / 50) + 0.6, "eval_ppl": 1.0} for s in (50, 100, 150, 200)]
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    svg = tmp_path / "loss.svg"
+    p = subprocess.run([DUMP, "--plot", str(m), str(svg), "--title", "LoRA <smollm2> & kjv"], capture_output=True)
+    assert p.returncode == 0, p.stderr.decode()
+    root = ET.parse(svg).getroot()  # valid XML
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    assert root.find("s:text[@id='title']", ns).text == "LoRA <smollm2> & kjv"
+    rect = {k: float(v) for k, v in root.find("s:rect[@id='plot']", ns).attrib.items() if k in ("x", "y", "width", "height")}
+    g = root.find(".//s:g[@id='data']", ns)
+    x0, x1, y0, y1 = (float(g.attrib[k]) for k in ("data-x0", "data-x1", "data-y0", "data-y1"))
+
+    def back(px, py):
+        return (x0 + (px - rect["x"]) / rect["width"] * (x1 - x0),
+                y0 + (rect["y"] + rect["height"] - py) / rect["height"] * (y1 - y0))
+
+    tol_x, tol_y = 0.006 * (x1 - x0) / rect["width"] * 2, 0.006 * (y1 - y0) / rect["height"] * 2
+    pts = [tuple(map(float, p.split(","))) for p in g.find("s:polyline[@id='train']", ns).attrib["points"].split()]
+    train = [r for r in rows if "loss" in r]
+    assert len(pts) == len(train)
+    for (px, py), r in zip(pts, train):
+        x, y = back(px, py)
+        assert abs(x - r["step"]) <= tol_x and abs(y - r["loss"]) <= tol_y
+    circles = g.findall("s:g[@id='eval']/s:circle", ns)
+    evals = [r for r in rows if "eval_loss" in r]
+    assert len(circles) == len(evals)
+    for c, r in zip(circles, evals):
+        x, y = back(float(c.attrib["cx"]), float(c.attrib["cy"]))
+        assert abs(x - r["step"]) <= tol_x and abs(y - r["eval_loss"]) <= tol_y
+    # every point inside the plot area; the y ticks sit where their values map
+    ys = [r["loss"] for r in train] + [r["eval_loss"] for r in evals]
+    assert y0 <= min(ys) and max(ys) <= y1
+    yt = root.findall(".//s:text[@class='ytick']", ns)
+    xt = root.findall(".//s:text[@class='xtick']", ns)
+    assert len(yt) >= 3 and len(xt) >= 3
+    for t in yt:
+        assert abs(back(rect["x"], float(t.attrib["y"]))[1] - float(t.attrib["data-v"])) <= tol_y
+        assert float(t.text) == float(t.attrib["data-v"])
+    for t in xt:
+        assert abs(back(float(t.attrib["x"]), 0)[0] - float(t.attrib["data-v"])) <= tol_x
+    # a bad metrics line is named
+    m.write_text('{"step": 1, "loss": 2}\n{"step": \n')
+    p = subprocess.run([DUMP, "--plot", str(m), str(svg)], capture_output=True)
+    assert p.returncode == 1 and b"metrics.jsonl:2:" in p.stderr

@@ -6,6 +6,7 @@
  *   data_dump -m MODEL.gguf --data FILE [--seq T] [--format auto|text|jsonl|chat] [--drop-long]
  *             [--min-tokens N] [--template NAME] [--date D] [--split FRAC --seed S]
  *             [--batch B --steps N --from-step K --seed S] [--describe]
+ *   data_dump --plot METRICS.jsonl OUT.svg [--title T]     (l3c_plot_svg_from_jsonl, no model)
  *
  * Output: {"format", "seq_len", "pad_id", "n_records", "n_truncated", "n_dropped_long",
  * "n_dropped_empty", "n_tokens_cut", "n_trained", "examples": [{"line", "tokens", "mask"}],
@@ -15,6 +16,7 @@
  * message on stderr on failure.
  */
 #include "train/data.h"
+#include "train/report.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +40,7 @@ static int fail(const char *what) {
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *data = NULL;
+    const char *model_path = NULL, *data = NULL, *plot_in = NULL, *plot_out = NULL, *title = NULL;
     l3c_data_params p = l3c_data_default_params();
     double split = -1;
     unsigned long long seed = 0;
@@ -49,6 +51,11 @@ int main(int argc, char **argv) {
 #define ARG(name) (strcmp(a, name) == 0 && v && (i++, 1))
         if (ARG("-m")) model_path = v;
         else if (ARG("--data")) data = v;
+        else if (ARG("--title")) title = v;
+        else if (strcmp(a, "--plot") == 0 && i + 2 < argc) {
+            plot_in = argv[++i];
+            plot_out = argv[++i];
+        }
         else if (ARG("--seq")) p.seq_len = atoi(v);
         else if (ARG("--min-tokens")) p.min_tokens = atoi(v);
         else if (ARG("--date")) p.date = v;
@@ -70,6 +77,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    if (plot_in) return l3c_plot_svg_from_jsonl(plot_in, plot_out, title) ? fail("plot") : 0;
     if (!model_path || !data) {
         fprintf(stderr, "data_dump: -m MODEL and --data FILE are required\n");
         return 2;
