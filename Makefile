@@ -31,6 +31,7 @@ TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_HELPERS := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
 # test drivers that are not unit tests (run by the Python tests)
 TRAIN_DUMP := $(BUILD)/tests/train_dump
+DATA_DUMP := $(BUILD)/tests/data_dump
 
 # Per-ISA kernel files get their own flags; the code inside picks them at run time (dispatch.c).
 ifeq ($(ARCH),x86_64)
@@ -54,7 +55,7 @@ all: lib cli tests
 
 lib: $(BUILD)/libllama3c.a
 cli: $(BUILD)/llama3c
-tests: $(TEST_BIN) $(TRAIN_DUMP)
+tests: $(TEST_BIN) $(TRAIN_DUMP) $(DATA_DUMP)
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h)
 	@mkdir -p $(dir $@)
@@ -74,6 +75,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(TEST_HELPERS) $(BUILD)/libllama3c.a $(wildcar
 	$(CC) $(APP_CFLAGS) -Itests/unit -o $@ $< $(TEST_HELPERS) $(BUILD)/libllama3c.a $(LDLIBS)
 
 $(TRAIN_DUMP): tests/train/train_dump.c $(BUILD)/libllama3c.a
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) -o $@ $< $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(DATA_DUMP): tests/train/data_dump.c $(BUILD)/libllama3c.a
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) -o $@ $< $(BUILD)/libllama3c.a $(LDLIBS)
 

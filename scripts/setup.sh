@@ -41,6 +41,8 @@ die() {
 
 # ---------------------------------------------------------------- 1. Debian packages
 PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev python3 python3-venv python3-pip)
+# the public-domain training corpus (scripts/get_corpus.sh): the King James Bible, `bible -f`
+PKGS+=(bible-kjv bible-kjv-text)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and
 # `make test-arm64` cross-compiles the kernel tests for arm64 and runs them under qemu-user,
 # `make fuzz-ci` builds the libFuzzer harnesses with clang (libclang-rt-dev: the fuzzer and
@@ -173,6 +175,8 @@ if ((WITH_TEST)); then
         die "clang cannot build a libFuzzer target (clang, libclang-rt-dev): ${err##*$'\n'}"
     fi
     rm -rf "$tmpc"
+    [ "$(bible -f Ge1:1 2>/dev/null)" = "Ge1:1 In the beginning God created the heaven and the earth." ] ||
+        die "bible (bible-kjv, bible-kjv-text) does not print Genesis 1:1 (scripts/get_corpus.sh needs it)"
     # ../shared/data (beside the checkout; L3C_DATA overrides, as in tests/py/conftest.py): the
     # sha256 of each file the tests read, as recorded in that folder's README.md
     DATA=${L3C_DATA:-$ROOT/../shared/data}
@@ -190,7 +194,7 @@ b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696 stories260K/sto
 a3213f9ea026d75bf2993355ae334822d7c9d34328964c711ab030d3148e6cef stories260K/expected_greedy_t0.txt
 0216cc3ebe402a4b4f7221564caa5dd593708753568ff2818ae74e4e8283fb61 stories260K/expected_greedy_t0.ids
 EOF_SUMS
-    say "test references: python modules, chromium, clang/libFuzzer, default model, test data ($DATA): verified"
+    say "test references: python modules, chromium, clang/libFuzzer, bible, default model, test data ($DATA): verified"
 fi
 
 say "done. Try: make demo   (or: build/llama3c chat -m \"\$(sh scripts/default-model.sh)\")"

@@ -72,7 +72,7 @@ class ModelSpec:
     gain: float = 1.0             # weight std = gain / sqrt(fan_in)
     rope_factor: float = 8.0      # rope_freqs: Meta's scaling factor (Llama 3.1: 8, Llama 3.2: 32)
     llama3_vocab: str = ""        # path of Meta's Llama 3 tokenizer.model: its real vocabulary
-    kv: tuple = ()                # extra metadata ((key, value), ...): str / float / int values
+    kv: tuple = ()                # extra metadata ((key, value), ...): str / bool / float / int values
 
     @property
     def head_dim(self):
@@ -185,6 +185,8 @@ def write_model(path, spec, wtype="F32", name=None):
     for key, val in spec.kv:
         if isinstance(val, str):
             wr.add_string(key, val)
+        elif isinstance(val, bool):
+            wr.add_bool(key, val)
         elif isinstance(val, float):
             wr.add_float32(key, val)
         else:
