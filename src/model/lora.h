@@ -97,6 +97,9 @@ static inline float l3c_lora_mat_scale(const l3c_lora_adapter *a, const l3c_lora
  * is created when missing.
  */
 l3c_status l3c_lora_load(const char *path, const l3c_config *cfg, l3c_lora_adapter **out);
+/* The same for GGUF bytes in a caller's buffer (tests, fuzzing); name is for messages. */
+l3c_status l3c_lora_load_gguf_memory(const void *buf, size_t size, const char *name, const l3c_config *cfg,
+                                     l3c_lora_adapter **out);
 l3c_status l3c_lora_save_gguf(const l3c_lora_adapter *a, const l3c_config *cfg, const char *path);
 l3c_status l3c_lora_save_peft(const l3c_lora_adapter *a, const l3c_config *cfg, const char *dir,
                               const char *base_model_name);

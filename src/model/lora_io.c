@@ -213,11 +213,10 @@ static int parse_gguf_name(const char *name, int n_layer, int *layer, int *targe
 
 static int str_is(l3c_str s, const char *want) { return s.len == strlen(want) && !memcmp(s.ptr, want, s.len); }
 
-static l3c_status load_gguf(const char *path, const l3c_config *cfg, l3c_lora_adapter **out) {
-    l3c_gguf *g = NULL;
+/* The adapter in an open GGUF reader g (path: for messages); g stays open. */
+static l3c_status load_gguf(const l3c_gguf *g, const char *path, const l3c_config *cfg, l3c_lora_adapter **out) {
     src_mat (*mats)[2] = NULL;
-    l3c_status st = l3c_gguf_open(path, &g);
-    if (st) return st;
+    l3c_status st;
     l3c_str s = {0};
     if ((st = l3c_gguf_get_str(g, "general.type", 1, &s))) goto done;
     if (!str_is(s, "adapter")) {
@@ -272,11 +271,24 @@ static l3c_status load_gguf(const char *path, const l3c_config *cfg, l3c_lora_ad
         }
         /* ne [n_in, rank] (A) / [rank, n_out] (B): row-major [ne1 x ne0] */
         src_mat *m = &mats[(size_t)l * L3C_LORA_N_TARGETS + tg][which];
+        if (m->data) {
+            st = l3c_fail(L3C_ERR_FORMAT, "%s: tensors '%s' and '%s' are the same matrix", path, m->name, t->name);
+            goto done;
+        }
         *m = (src_mat){.data = t->data, .type = (int)t->type, .rows = t->ne[1], .cols = t->ne[0], .name = t->name};
     }
     st = build(path, cfg, (const src_mat(*)[2])mats, alpha, 0, 0, out);
 done:
     free(mats);
+    return st;
+}
+
+l3c_status l3c_lora_load_gguf_memory(const void *buf, size_t size, const char *name, const l3c_config *cfg,
+                                     l3c_lora_adapter **out) {
+    l3c_gguf *g = NULL;
+    *out = NULL;
+    l3c_status st = l3c_gguf_open_memory(buf, size, name, &g);
+    if (!st) st = load_gguf(g, name, cfg, out);
     l3c_gguf_close(g);
     return st;
 }
@@ -405,6 +417,10 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
             goto done;
         }
         src_mat *m = &mats[(size_t)l * L3C_LORA_N_TARGETS + tg][which];
+        if (m->data) { /* "model.layers..." and "base_model.model.model.layers..." */
+            st = l3c_fail(L3C_ERR_FORMAT, "%s: tensors '%s' and '%s' are the same matrix", sp, m->name, t->name);
+            goto done;
+        }
         *m = (src_mat){.data = t->data, .type = t->type, .rows = t->shape[0], .cols = t->shape[1], .name = t->name};
     }
     st = build(sp, cfg, (const src_mat(*)[2])mats, alpha, rank, 1, out);
@@ -419,7 +435,12 @@ l3c_status l3c_lora_load(const char *path, const l3c_config *cfg, l3c_lora_adapt
     if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_lora_load: NULL argument");
     *out = NULL;
     if (!path || !cfg) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_lora_load: NULL argument");
-    return l3c_path_is_dir(path) ? load_peft(path, cfg, out) : load_gguf(path, cfg, out);
+    if (l3c_path_is_dir(path)) return load_peft(path, cfg, out);
+    l3c_gguf *g = NULL;
+    l3c_status st = l3c_gguf_open(path, &g);
+    if (!st) st = load_gguf(g, path, cfg, out);
+    l3c_gguf_close(g);
+    return st;
 }
 
 /* ---------------------------------------------------------------- writers */
