@@ -370,3 +370,27 @@ def test_export_usage_errors(llama3c, base, tmp_path):
     p = run_cli("export", "--merge", "-m", base, "--lora", ad, "-o", str(tmp_path / "t.gguf"), "--type", "q2_k",
                 check=False)
     assert p.returncode == 1 and "is not one of same" in p.stderr
+
+
+# ---------------------------------------------------------------- run, chat and serve apply it too
+
+@pytest.mark.slow
+def test_run_and_serve_apply_the_adapter(llama3c, smollm2_path, tmp_path):
+    import http.client
+    from server_util import Server
+    ad = make_adapter(tmp_path, smollm2_path, "gen", 8, wtype="F16", gain=1.0, alpha=8.0)
+    prompt = "The capital of France is"
+
+    def run(*extra):
+        return run_cli("run", "-m", smollm2_path, "-p", prompt, "-n", 8, "--temp", 0, "-t", THREADS, *extra).stdout
+
+    with_lora, plain = run("--lora", ad), run()
+    assert with_lora != plain, "the adapter does not change greedy generation"
+    with Server(smollm2_path, "--lora", ad) as srv:
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+        c.request("POST", "/v1/completions", json.dumps({"prompt": prompt, "max_tokens": 8, "temperature": 0}),
+                  {"Content-Type": "application/json"})
+        r = c.getresponse()
+        body = json.loads(r.read())
+    assert r.status == 200, body
+    assert body["choices"][0]["text"] == with_lora
