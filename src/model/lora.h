@@ -82,12 +82,12 @@ static inline float l3c_lora_mat_scale(const l3c_lora_adapter *a, const l3c_lora
  * .weight.lora_a (ne [n_in, rank]) and .lora_b (ne [rank, n_out]) of any type the type table can
  * read: F32, F16, BF16, Q8_0, ...) or a PEFT folder (adapter_config.json with peft_type LORA, r,
  * lora_alpha, use_rslora (scale alpha / sqrt(r): stored as alpha * sqrt(r)); DoRA, biases,
- * fan_in_fan_out, modules_to_save, rank_pattern / alpha_pattern are refused; and
+ * fan_in_fan_out, modules_to_save, alpha_pattern are refused; rank_pattern: the tensors' ranks; and
  * adapter_model.safetensors, F32 / F16 / BF16, names
  * base_model.model.model.layers.N.<self_attn|mlp>.<x>_proj.lora_A.weight [r, n_in] and
  * .lora_B.weight [n_out, r]; B rows of q_proj / k_proj are permuted into GGUF order). Every
  * matrix is checked against cfg (layer index, n_in, n_out, A and B of equal rank, both present);
- * ranks may differ between matrices (PEFT: they must equal r). Errors name the file and the
+ * ranks may differ between matrices (PEFT: they must equal r unless rank_pattern is given). Errors name the file and the
  * tensor or key. Memory: one arena as l3c_lora_create lays it out, matrices that are absent
  * taking no space.
  *

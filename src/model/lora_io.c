@@ -347,7 +347,6 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
         {"use_dora", "DoRA (use_dora) adapters are not supported"},
         {"fan_in_fan_out", "fan_in_fan_out (Conv1D-style weights) is not supported"},
         {"modules_to_save", "modules_to_save (fully trained extra modules) is not supported"},
-        {"rank_pattern", "rank_pattern (per-module ranks) is not supported"},
         {"alpha_pattern", "alpha_pattern (per-module alphas) is not supported"},
         {"lora_bias", "lora_bias is not supported"},
         {"layer_replication", "layer_replication is not supported"},
@@ -373,8 +372,16 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
     }
     const int32_t rank = (int32_t)json_integer_value(r);
     float alpha = (float)json_number_value(la);
-    /* rsLoRA scales by alpha / sqrt(r): the same as alpha * sqrt(r) / r */
-    if (json_is_true(json_object_get(c, "use_rslora"))) alpha = (float)(json_number_value(la) * sqrt((double)rank));
+    /* rank_pattern: per-module ranks, which the tensors' shapes give (alpha / each one's rank) */
+    const int mixed = !json_empty(json_object_get(c, "rank_pattern"));
+    /* rsLoRA scales by alpha / sqrt(r): the same as alpha * sqrt(r) / r (one r only) */
+    if (json_is_true(json_object_get(c, "use_rslora"))) {
+        if (mixed) {
+            st = l3c_fail(L3C_ERR_UNSUPPORTED, "%s: use_rslora with rank_pattern is not supported", f);
+            goto done;
+        }
+        alpha = (float)(json_number_value(la) * sqrt((double)rank));
+    }
     if (alpha == 0.0f) { /* 0 would mean "scale 1" (llama.cpp's convention for GGUF files) */
         st = l3c_fail(L3C_ERR_FORMAT, "%s: lora_alpha is 0 (the adapter would do nothing)", f);
         goto done;
@@ -423,7 +430,7 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
         }
         *m = (src_mat){.data = t->data, .type = t->type, .rows = t->shape[0], .cols = t->shape[1], .name = t->name};
     }
-    st = build(sp, cfg, (const src_mat(*)[2])mats, alpha, rank, 1, out);
+    st = build(sp, cfg, (const src_mat(*)[2])mats, alpha, mixed ? 0 : rank, 1, out);
 done:
     free(mats);
     l3c_safetensors_close(sf);
