@@ -17,25 +17,36 @@
 #define CMD "export"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: llama3c export --merge -m BASE --lora FILE [--lora-scale S] ... -o OUT.gguf [--type T]\n"
-            "       llama3c export --lora-convert -m BASE IN OUT [--base-name NAME]\n"
-            "\n"
-            "--merge         writes BASE (a GGUF or a Hugging Face folder) with the LoRA adapters merged:\n"
-            "                each adapted matrix becomes W + scale * (alpha / rank) B A; every other tensor\n"
-            "                and all metadata are copied as they are. The file appears only when complete.\n"
-            "  --type T      type of the merged matrices: same (default: the base matrix's type where\n"
-            "                llama3c can quantize it -- F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,\n"
-            "                Q6_K -- else F16), or one of those for every merged matrix (F16 where a row\n"
-            "                is not a multiple of its block). Requantizing a quantized matrix adds its\n"
-            "                rounding error again; F32 / F16 keep the merge exact / nearly exact.\n"
-            "  --quiet       no progress bar\n"
-            "--lora-convert  converts the adapter IN (a GGUF LoRA file or a PEFT folder) for the base\n"
-            "                model BASE (its shapes and head counts; only its metadata is read) to OUT:\n"
-            "                a GGUF LoRA file if OUT ends in .gguf, else a PEFT folder (adapter_config.json\n"
-            "                + adapter_model.safetensors, F32). Q / K rows are permuted between the GGUF\n"
-            "                and Hugging Face layouts as llama.cpp's converters do.\n"
-            "  --base-name N PEFT's base_model_name_or_path (default: the base's general.name)\n");
+    fprintf(
+        f,
+        "usage: llama3c export --merge -m BASE --lora FILE [--lora-scale S] ... -o OUT.gguf "
+        "[--type T]\n"
+        "       llama3c export --lora-convert -m BASE IN OUT [--base-name NAME]\n"
+        "\n"
+        "--merge         writes BASE (a GGUF or a Hugging Face folder) with the LoRA adapters "
+        "merged:\n"
+        "                each adapted matrix becomes W + scale * (alpha / rank) B A; every other "
+        "tensor\n"
+        "                and all metadata are copied as they are. The file appears only when "
+        "complete.\n"
+        "  --type T      type of the merged matrices: same (default: the base matrix's type where\n"
+        "                llama3c can quantize it -- F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+        "Q4_K,\n"
+        "                Q6_K -- else F16), or one of those for every merged matrix (F16 where a "
+        "row\n"
+        "                is not a multiple of its block). Requantizing a quantized matrix adds "
+        "its\n"
+        "                rounding error again; F32 / F16 keep the merge exact / nearly exact.\n"
+        "  --quiet       no progress bar\n"
+        "--lora-convert  converts the adapter IN (a GGUF LoRA file or a PEFT folder) for the base\n"
+        "                model BASE (its shapes and head counts; only its metadata is read) to "
+        "OUT:\n"
+        "                a GGUF LoRA file if OUT ends in .gguf, else a PEFT folder "
+        "(adapter_config.json\n"
+        "                + adapter_model.safetensors, F32). Q / K rows are permuted between the "
+        "GGUF\n"
+        "                and Hugging Face layouts as llama.cpp's converters do.\n"
+        "  --base-name N PEFT's base_model_name_or_path (default: the base's general.name)\n");
     cli_lora_help(f);
 }
 
@@ -81,7 +92,8 @@ int cmd_export(int argc, char **argv) {
             return cli_usage_error(CMD, "unknown or extra argument '%s'", a);
         }
     }
-    if (merge == convert) return cli_usage_error(CMD, "give exactly one of --merge and --lora-convert");
+    if (merge == convert)
+        return cli_usage_error(CMD, "give exactly one of --merge and --lora-convert");
     if (!base) return cli_usage_error(CMD, "no base model: pass -m BASE");
     if (convert) {
         if (n_pos != 2 || lora.n || out)
@@ -92,12 +104,15 @@ int cmd_export(int argc, char **argv) {
         return CLI_OK;
     }
     if (!lora.n || !out || n_pos)
-        return cli_usage_error(CMD, "--merge needs at least one --lora FILE and -o OUT.gguf (no other arguments)");
-    if (l3c_adapter_merge(base, lora.n, lora.path, lora.scale, out, type, quiet ? NULL : progress, NULL) != L3C_OK) {
+        return cli_usage_error(
+            CMD, "--merge needs at least one --lora FILE and -o OUT.gguf (no other arguments)");
+    if (l3c_adapter_merge(base, lora.n, lora.path, lora.scale, out, type, quiet ? NULL : progress,
+                          NULL) != L3C_OK) {
         if (!quiet) fputc('\n', stderr);
         return cli_runtime_error(CMD, "cannot merge");
     }
-    if (!quiet) fprintf(stderr, "llama3c export: wrote %s (%d adapter%s merged, type %s)\n", out, lora.n,
-                        lora.n > 1 ? "s" : "", type);
+    if (!quiet)
+        fprintf(stderr, "llama3c export: wrote %s (%d adapter%s merged, type %s)\n", out, lora.n,
+                lora.n > 1 ? "s" : "", type);
     return CLI_OK;
 }

@@ -14,7 +14,8 @@
 
 l3c_status l3c_adapter_load(const l3c_model *model, const char *path, l3c_adapter **out) {
     if (out) *out = NULL;
-    if (!model || !path || !out) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_adapter_load: NULL argument");
+    if (!model || !path || !out)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_adapter_load: NULL argument");
     l3c_adapter *ad = l3c_calloc(1, sizeof *ad);
     if (!ad) return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
     l3c_status st = l3c_lora_load(path, &model->cfg, &ad->lora);
@@ -37,18 +38,22 @@ void l3c_adapter_free(l3c_adapter *ad) {
 l3c_status l3c_context_set_adapter(l3c_context *ctx, const l3c_adapter *ad, float scale) {
     if (!ctx || !ad) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_context_set_adapter: NULL argument");
     if (!isfinite(scale))
-        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_context_set_adapter: scale %g is not finite", (double)scale);
+        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_context_set_adapter: scale %g is not finite",
+                        (double)scale);
     const l3c_config *c = &ctx->model->cfg;
-    if (ad->model != ctx->model &&
-        (ad->cfg.n_layer != c->n_layer || ad->cfg.n_embd != c->n_embd || ad->cfg.n_head != c->n_head ||
-         ad->cfg.n_head_kv != c->n_head_kv || ad->cfg.n_ff != c->n_ff))
-        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_context_set_adapter: the adapter was loaded for a model of "
+    if (ad->model != ctx->model && (ad->cfg.n_layer != c->n_layer || ad->cfg.n_embd != c->n_embd ||
+                                    ad->cfg.n_head != c->n_head ||
+                                    ad->cfg.n_head_kv != c->n_head_kv || ad->cfg.n_ff != c->n_ff))
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "l3c_context_set_adapter: the adapter was loaded for a model of "
                         "other shapes");
     int i = 0;
-    while (i < ctx->n_adapters && ctx->adapters[i].lora != ad->lora) i++;
+    while (i < ctx->n_adapters && ctx->adapters[i].lora != ad->lora)
+        i++;
     if (scale == 0.0f) { /* remove */
         if (i < ctx->n_adapters) {
-            memmove(&ctx->adapters[i], &ctx->adapters[i + 1], (size_t)(ctx->n_adapters - i - 1) * sizeof *ctx->adapters);
+            memmove(&ctx->adapters[i], &ctx->adapters[i + 1],
+                    (size_t)(ctx->n_adapters - i - 1) * sizeof *ctx->adapters);
             ctx->n_adapters--;
         }
         return L3C_OK;
@@ -60,11 +65,14 @@ l3c_status l3c_context_set_adapter(l3c_context *ctx, const l3c_adapter *ad, floa
             if (!l3c_mul_ok((size_t)ctx->n_batch, (size_t)ad->lora->rank * sizeof(float), &n))
                 return l3c_fail(L3C_ERR_NOMEM, "l3c_context_set_adapter: scratch size overflows");
             float *t = l3c_realloc(a->lora_tmp, n);
-            if (!t) return l3c_fail(L3C_ERR_NOMEM, "l3c_context_set_adapter: out of memory (%zu bytes)", n);
+            if (!t)
+                return l3c_fail(L3C_ERR_NOMEM, "l3c_context_set_adapter: out of memory (%zu bytes)",
+                                n);
             a->lora_tmp = t;
             a->lora_rank = ad->lora->rank;
         }
-        l3c_ctx_adapter *arr = l3c_realloc(ctx->adapters, (size_t)(ctx->n_adapters + 1) * sizeof *arr);
+        l3c_ctx_adapter *arr =
+            l3c_realloc(ctx->adapters, (size_t)(ctx->n_adapters + 1) * sizeof *arr);
         if (!arr) return l3c_fail(L3C_ERR_NOMEM, "l3c_context_set_adapter: out of memory");
         ctx->adapters = arr;
         ctx->adapters[ctx->n_adapters++] = (l3c_ctx_adapter){.lora = ad->lora, .scale = scale};
@@ -107,8 +115,10 @@ l3c_status l3c_adapter_convert(const char *base_path, const char *in_path, const
     if (st) return st;
     l3c_lora_adapter *a = NULL;
     if ((st = l3c_lora_load(in_path, &cfg, &a))) return st;
-    if (ends_with(out_path, ".gguf")) st = l3c_lora_save_gguf(a, &cfg, out_path);
-    else st = l3c_lora_save_peft(a, &cfg, out_path, base_model_name ? base_model_name : name);
+    if (ends_with(out_path, ".gguf"))
+        st = l3c_lora_save_gguf(a, &cfg, out_path);
+    else
+        st = l3c_lora_save_peft(a, &cfg, out_path, base_model_name ? base_model_name : name);
     l3c_lora_free(a);
     return st;
 }

@@ -32,7 +32,8 @@ static quant_fn quantizer(int type) {
 static int adapted_target(const char *name, int n_layer, int *layer) {
     int l = -1, n = 0;
     char rest[64];
-    if (sscanf(name, "blk.%d.%63s%n", &l, rest, &n) != 2 || l < 0 || l >= n_layer || name[n]) return -1;
+    if (sscanf(name, "blk.%d.%63s%n", &l, rest, &n) != 2 || l < 0 || l >= n_layer || name[n])
+        return -1;
     for (int t = 0; t < L3C_LORA_N_TARGETS; t++) {
         char want[64];
         snprintf(want, sizeof want, "%s.weight", l3c_lora_target_gguf_name((l3c_lora_target)t));
@@ -44,18 +45,24 @@ static int adapted_target(const char *name, int n_layer, int *layer) {
     return -1;
 }
 
-l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *const *adapter_paths,
-                             const float *scales, const char *out_path, const char *out_type,
+l3c_status l3c_adapter_merge(const char *base_path, int n_adapters,
+                             const char *const *adapter_paths, const float *scales,
+                             const char *out_path, const char *out_type,
                              l3c_convert_progress_fn progress, void *user) {
     if (!base_path || !out_path || n_adapters < 1 || !adapter_paths || !scales)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "merge: needs a base model, at least one adapter and an output");
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "merge: needs a base model, at least one adapter and an output");
     int want = -1; /* -1: each matrix's own type */
     if (out_type && strcasecmp(out_type, "same") != 0) {
         for (int t = 0; t < L3C_TYPE_COUNT && want < 0; t++)
-            if (l3c_type_traits_ref(t)->name && !strcasecmp(out_type, l3c_type_name(t)) && quantizer(t)) want = t;
+            if (l3c_type_traits_ref(t)->name && !strcasecmp(out_type, l3c_type_name(t)) &&
+                quantizer(t))
+                want = t;
         if (want < 0)
-            return l3c_fail(L3C_ERR_INVALID_ARG, "merge: type '%s' is not one of same, F32, F16, BF16, Q8_0, Q4_0, "
-                            "Q4_1, Q5_0, Q5_1, Q4_K, Q6_K", out_type);
+            return l3c_fail(L3C_ERR_INVALID_ARG,
+                            "merge: type '%s' is not one of same, F32, F16, BF16, Q8_0, Q4_0, "
+                            "Q4_1, Q5_0, Q5_1, Q4_K, Q6_K",
+                            out_type);
     }
     l3c_status st;
     l3c_hf *hf = NULL;
@@ -69,8 +76,10 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *
     void *qrow = NULL;
     int *types = NULL, *targets = NULL, *layers = NULL;
     char *tmp = NULL;
-    if (l3c_path_is_dir(base_path)) st = l3c_hf_open(base_path, &hf, &g);
-    else st = l3c_gguf_open(base_path, &g);
+    if (l3c_path_is_dir(base_path))
+        st = l3c_hf_open(base_path, &hf, &g);
+    else
+        st = l3c_gguf_open(base_path, &g);
     if (st) return st;
     l3c_config cfg;
     if ((st = l3c_config_from_gguf(g, &cfg))) goto done;
@@ -78,7 +87,8 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *
     for (int k = 0; k < n_adapters; k++)
         if ((st = l3c_lora_load(adapter_paths[k], &cfg, &ads[k]))) goto done;
 
-    for (uint64_t i = 0; i < g->n_kv; i++) l3c_gguf_w_copy_kv(&w, &g->kv[i]);
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        l3c_gguf_w_copy_kv(&w, &g->kv[i]);
     const size_t nt = g->n_tensors ? g->n_tensors : 1;
     types = l3c_calloc(nt, sizeof *types);
     targets = l3c_calloc(nt, sizeof *targets);
@@ -95,7 +105,8 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *
         if (!used) targets[i] = -1;
         if (targets[i] >= 0) {
             if (!l3c_type_traits_ref((int)t->type)->to_float) {
-                st = l3c_fail(L3C_ERR_UNSUPPORTED, "merge: %s: tensor '%s' of type %s cannot be read", base_path,
+                st = l3c_fail(L3C_ERR_UNSUPPORTED,
+                              "merge: %s: tensor '%s' of type %s cannot be read", base_path,
                               t->name, l3c_type_name((int)t->type));
                 goto done;
             }
@@ -137,18 +148,22 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *
             for (int64_t o = 0; o < n_out; o++) {
                 float *row = mat;
                 src->to_float((const uint8_t *)t->data + (size_t)o * in_row, row, n_in);
-                for (int64_t c = 0; c < n_in; c++) acc[c] = 0.0;
+                for (int64_t c = 0; c < n_in; c++)
+                    acc[c] = 0.0;
                 for (int k = 0; k < n_adapters; k++) {
-                    const l3c_lora_mat *m = l3c_lora_get(ads[k], layers[i], (l3c_lora_target)targets[i]);
+                    const l3c_lora_mat *m =
+                        l3c_lora_get(ads[k], layers[i], (l3c_lora_target)targets[i]);
                     if (!m) continue;
                     const double s = (double)scales[k] * l3c_lora_mat_scale(ads[k], m);
                     for (int32_t r = 0; r < m->rank; r++) {
                         const double b = s * m->b[o * m->rank + r];
                         const float *a = m->a + (int64_t)r * n_in;
-                        for (int64_t c = 0; c < n_in; c++) acc[c] += b * a[c];
+                        for (int64_t c = 0; c < n_in; c++)
+                            acc[c] += b * a[c];
                     }
                 }
-                for (int64_t c = 0; c < n_in; c++) row[c] = (float)(row[c] + acc[c]);
+                for (int64_t c = 0; c < n_in; c++)
+                    row[c] = (float)(row[c] + acc[c]);
                 q(row, qrow, n_in);
                 if (fwrite(qrow, 1, out_row, f) != out_row) goto io_err;
             }
@@ -160,7 +175,8 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *
             if (fwrite(zeros, 1, pad, f) != pad) goto io_err;
             pos += pad;
         }
-        if (progress) progress((int64_t)i + 1, (int64_t)g->n_tensors, t->name, l3c_type_name(types[i]), user);
+        if (progress)
+            progress((int64_t)i + 1, (int64_t)g->n_tensors, t->name, l3c_type_name(types[i]), user);
     }
     if (fclose(f) != 0) {
         f = NULL;
@@ -168,7 +184,8 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *
     }
     f = NULL;
     if (rename(tmp, out_path) != 0) {
-        st = l3c_fail(L3C_ERR_IO, "merge: cannot rename %s to %s: %s", tmp, out_path, strerror(errno));
+        st = l3c_fail(L3C_ERR_IO, "merge: cannot rename %s to %s: %s", tmp, out_path,
+                      strerror(errno));
         goto done;
     }
     st = L3C_OK;
@@ -188,7 +205,8 @@ done:
     free(types);
     free(targets);
     free(layers);
-    for (int k = 0; ads && k < n_adapters; k++) l3c_lora_free(ads[k]);
+    for (int k = 0; ads && k < n_adapters; k++)
+        l3c_lora_free(ads[k]);
     free(ads);
     l3c_buf_free(&header);
     l3c_gguf_w_free(&w);

@@ -20,8 +20,15 @@
         if (!(c)) __builtin_trap();                                                                \
     } while (0)
 
-static const l3c_config CFG = {.n_vocab = 16, .n_ctx_train = 32, .n_embd = 8, .n_layer = 2, .n_head = 2,
-                               .n_head_kv = 1, .head_dim = 4, .n_ff = 16, .n_rot = 4};
+static const l3c_config CFG = {.n_vocab = 16,
+                               .n_ctx_train = 32,
+                               .n_embd = 8,
+                               .n_layer = 2,
+                               .n_head = 2,
+                               .n_head_kv = 1,
+                               .head_dim = 4,
+                               .n_ff = 16,
+                               .n_rot = 4};
 static volatile float g_sink;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -45,7 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     FUZZ_REQUIRE(used == a->n_floats);
     float acc = 0;
-    for (size_t i = 0; i < a->n_floats; i++) acc += a->arena[i];
+    for (size_t i = 0; i < a->n_floats; i++)
+        acc += a->arena[i];
     g_sink = acc;
     l3c_lora_free(a);
     return 0;
@@ -63,12 +71,15 @@ static void seed(const char *dir, const char *name, const ggf *f) {
 }
 
 /* blk.L.<target>.weight.lora_a / _b of the given rank and type (0 F32, 1 F16, 30 BF16) */
-static void add_mat(ggf *f, int l, const char *target, int64_t n_in, int64_t n_out, int64_t rank, uint32_t type) {
+static void add_mat(ggf *f, int l, const char *target, int64_t n_in, int64_t n_out, int64_t rank,
+                    uint32_t type) {
     char name[96];
     snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", l, target);
-    ggf_tensor_add(f, name, 2, (int64_t[4]){n_in, rank, 1, 1}, type, NULL, ggf_type_bytes(type, n_in * rank));
+    ggf_tensor_add(f, name, 2, (int64_t[4]){n_in, rank, 1, 1}, type, NULL,
+                   ggf_type_bytes(type, n_in * rank));
     name[strlen(name) - 1] = 'b';
-    ggf_tensor_add(f, name, 2, (int64_t[4]){rank, n_out, 1, 1}, type, NULL, ggf_type_bytes(type, n_out * rank));
+    ggf_tensor_add(f, name, 2, (int64_t[4]){rank, n_out, 1, 1}, type, NULL,
+                   ggf_type_bytes(type, n_out * rank));
 }
 
 static void adapter(ggf *f, uint32_t type, int all, int rank) {
@@ -97,9 +108,11 @@ static void write_seeds(const char *dir) {
     ggf_del_tensor(&f, "blk.1.ffn_up.weight.lora_b");
     seed(dir, "missing_b", &f);
     add_mat(&f, 1, "ffn_up", 8, 16, 3, 0);
-    ggf_tensor_add(&f, "blk.1.ffn_up.weight.lora_b", 2, (int64_t[4]){2, 16, 1, 1}, 0, NULL, 2 * 16 * 4);
+    ggf_tensor_add(&f, "blk.1.ffn_up.weight.lora_b", 2, (int64_t[4]){2, 16, 1, 1}, 0, NULL,
+                   2 * 16 * 4);
     seed(dir, "rank_mismatch", &f);
-    ggf_tensor_add(&f, "blk.2.attn_q.weight.lora_a", 2, (int64_t[4]){8, 2, 1, 1}, 0, NULL, 8 * 2 * 4);
+    ggf_tensor_add(&f, "blk.2.attn_q.weight.lora_a", 2, (int64_t[4]){8, 2, 1, 1}, 0, NULL,
+                   8 * 2 * 4);
     seed(dir, "layer_out_of_range", &f);
     ggf_free(&f);
     adapter(&f, 1, 0, 1);
@@ -109,7 +122,8 @@ static void write_seeds(const char *dir) {
     ggf_free(&f);
     adapter(&f, 30, 1, 4);
     seed(dir, "all_bf16", &f);
-    ggf_tensor_add(&f, "blk.0.attn_q.weight.lora_a", 2, (int64_t[4]){16, 4, 1, 1}, 30, NULL, 16 * 4 * 2);
+    ggf_tensor_add(&f, "blk.0.attn_q.weight.lora_a", 2, (int64_t[4]){16, 4, 1, 1}, 30, NULL,
+                   16 * 4 * 2);
     seed(dir, "wrong_n_in", &f);
     ggf_free(&f);
 }

@@ -49,7 +49,8 @@ static void test_op(l3c_model *m) {
         l3c_context_params cp = l3c_context_default_params();
         cp.n_ctx = 128, cp.n_batch = 128, cp.n_threads = c ? 3 : 1;
         CHECK(l3c_context_create(m, &cp, &ctx[c]) == L3C_OK);
-        ctx[c]->act.lora_tmp = malloc(128 * 16 * sizeof(float)); /* what set_adapter would allocate */
+        ctx[c]->act.lora_tmp =
+            malloc(128 * 16 * sizeof(float)); /* what set_adapter would allocate */
         ctx[c]->act.lora_rank = 16;
     }
     const int64_t Ts[] = {1, 5, 70}, n_in = 13, n_out = 150;
@@ -60,10 +61,14 @@ static void test_op(l3c_model *m) {
         for (int ri = 0; ri < 3; ri++) {
             const int64_t T = Ts[ti];
             const int r = ranks[ri];
-            for (int64_t i = 0; i < r * n_in; i++) A[i] = frand();
-            for (int64_t i = 0; i < r * n_out; i++) B[i] = frand();
-            for (int64_t i = 0; i < T * n_in; i++) x[i] = frand();
-            for (int64_t i = 0; i < T * n_out; i++) y0[i] = y1[i] = y2[i] = frand();
+            for (int64_t i = 0; i < r * n_in; i++)
+                A[i] = frand();
+            for (int64_t i = 0; i < r * n_out; i++)
+                B[i] = frand();
+            for (int64_t i = 0; i < T * n_in; i++)
+                x[i] = frand();
+            for (int64_t i = 0; i < T * n_out; i++)
+                y0[i] = y1[i] = y2[i] = frand();
             const float s = 0.37f;
             l3c_backend_cpu.lora(ctx[0], A, B, r, n_in, n_out, s, x, y1, T);
             l3c_backend_cpu.lora(ctx[1], A, B, r, n_in, n_out, s, x, y2, T);
@@ -74,7 +79,8 @@ static void test_op(l3c_model *m) {
                     double d = 0;
                     for (int k = 0; k < r; k++) {
                         double xa = 0;
-                        for (int64_t i = 0; i < n_in; i++) xa += (double)x[t * n_in + i] * A[k * n_in + i];
+                        for (int64_t i = 0; i < n_in; i++)
+                            xa += (double)x[t * n_in + i] * A[k * n_in + i];
                         d += xa * B[o * r + k];
                     }
                     double want = y0[t * n_out + o] + s * d;
@@ -88,7 +94,8 @@ static void test_op(l3c_model *m) {
 }
 
 static int same(const l3c_lora_adapter *a, const l3c_lora_adapter *b) {
-    if (a->n_layer != b->n_layer || a->alpha != b->alpha || a->targets != b->targets || a->n_floats != b->n_floats)
+    if (a->n_layer != b->n_layer || a->alpha != b->alpha || a->targets != b->targets ||
+        a->n_floats != b->n_floats)
         return 0;
     for (int32_t l = 0; l < a->n_layer; l++)
         for (int t = 0; t < L3C_LORA_N_TARGETS; t++) {
@@ -105,7 +112,8 @@ static void test_round_trips(const l3c_model *m) {
     const l3c_config *cfg = &m->cfg;
     l3c_lora_adapter *a = NULL, *g = NULL, *p = NULL;
     CHECK(l3c_lora_create(cfg, 0x7f, 3, 6.0f, &a) == L3C_OK);
-    for (size_t i = 0; i < a->n_floats; i++) a->arena[i] = frand();
+    for (size_t i = 0; i < a->n_floats; i++)
+        a->arena[i] = frand();
     char gpath[512], pdir[512];
     snprintf(gpath, sizeof gpath, "%s/rt.gguf", g_dir);
     snprintf(pdir, sizeof pdir, "%s/rt_peft", g_dir);
@@ -116,21 +124,28 @@ static void test_round_trips(const l3c_model *m) {
     l3c_lora_free(g), l3c_lora_free(p);
     g = p = NULL;
 
-    /* mixed ranks, not every layer: GGUF as it is; PEFT through rank_pattern and full module names */
+    /* mixed ranks, not every layer: GGUF as it is; PEFT through rank_pattern and full module names
+     */
     ggf f = {0};
     ggf_kv_str(&f, "general.architecture", "llama");
     ggf_kv_str(&f, "general.type", "adapter");
     ggf_kv_str(&f, "adapter.type", "lora");
     ggf_kv_f32(&f, "adapter.lora.alpha", 4.0f);
     float data[16 * 24];
-    for (size_t i = 0; i < sizeof data / 4; i++) data[i] = frand();
-    ggf_tensor_add(&f, "blk.0.attn_k.weight.lora_a", 2, (int64_t[4]){16, 2, 1, 1}, 0, data, 16 * 2 * 4);
-    ggf_tensor_add(&f, "blk.0.attn_k.weight.lora_b", 2, (int64_t[4]){2, 8, 1, 1}, 0, data + 7, 2 * 8 * 4);
-    ggf_tensor_add(&f, "blk.1.ffn_down.weight.lora_a", 2, (int64_t[4]){24, 5, 1, 1}, 0, data + 3, 24 * 5 * 4);
-    ggf_tensor_add(&f, "blk.1.ffn_down.weight.lora_b", 2, (int64_t[4]){5, 16, 1, 1}, 0, data + 9, 5 * 16 * 4);
+    for (size_t i = 0; i < sizeof data / 4; i++)
+        data[i] = frand();
+    ggf_tensor_add(&f, "blk.0.attn_k.weight.lora_a", 2, (int64_t[4]){16, 2, 1, 1}, 0, data,
+                   16 * 2 * 4);
+    ggf_tensor_add(&f, "blk.0.attn_k.weight.lora_b", 2, (int64_t[4]){2, 8, 1, 1}, 0, data + 7,
+                   2 * 8 * 4);
+    ggf_tensor_add(&f, "blk.1.ffn_down.weight.lora_a", 2, (int64_t[4]){24, 5, 1, 1}, 0, data + 3,
+                   24 * 5 * 4);
+    ggf_tensor_add(&f, "blk.1.ffn_down.weight.lora_b", 2, (int64_t[4]){5, 16, 1, 1}, 0, data + 9,
+                   5 * 16 * 4);
     CHECK(ggf_write_file(&f, gpath) == 0);
     ggf_free(&f);
-    CHECK(l3c_lora_load(gpath, cfg, &g) == L3C_OK && g && g->rank == 5 && g->n_floats == 2 * 24 + 5 * 40);
+    CHECK(l3c_lora_load(gpath, cfg, &g) == L3C_OK && g && g->rank == 5 &&
+          g->n_floats == 2 * 24 + 5 * 40);
     snprintf(pdir, sizeof pdir, "%s/rt_peft_mixed", g_dir);
     CHECK(g && l3c_lora_save_peft(g, cfg, pdir, NULL) == L3C_OK);
     CHECK(l3c_lora_load(pdir, cfg, &p) == L3C_OK && p && same(g, p));
@@ -155,8 +170,10 @@ static void test_alloc_fail(const l3c_model *m) {
         l3c_set_alloc_fail_after(k);
         l3c_status st = l3c_lora_load_gguf_memory(buf, n, "af", cfg, &a);
         l3c_set_alloc_fail_after(-1);
-        if (st == L3C_OK) ok_at = (int)k;
-        else CHECK_MSG(st == L3C_ERR_NOMEM && a == NULL, "fail after %ld: %s", k, l3c_last_error());
+        if (st == L3C_OK)
+            ok_at = (int)k;
+        else
+            CHECK_MSG(st == L3C_ERR_NOMEM && a == NULL, "fail after %ld: %s", k, l3c_last_error());
         l3c_lora_free(a);
         a = NULL;
     }
@@ -178,7 +195,8 @@ static void test_context(l3c_model *m) {
     CHECK(l3c_decode(ctx, &b) == L3C_OK);
     memcpy(base, l3c_get_logits(ctx, 3), sizeof base);
     CHECK(l3c_context_set_adapter(ctx, ad, 2.0f) == L3C_OK && ctx->n_adapters == 1);
-    CHECK(l3c_context_set_adapter(ctx, ad, 1.0f) == L3C_OK && ctx->n_adapters == 1 && ctx->adapters[0].scale == 1.0f);
+    CHECK(l3c_context_set_adapter(ctx, ad, 1.0f) == L3C_OK && ctx->n_adapters == 1 &&
+          ctx->adapters[0].scale == 1.0f);
     CHECK(l3c_kv_seq_truncate(ctx, 0, 0) == L3C_OK && l3c_decode(ctx, &b) == L3C_OK);
     memcpy(with, l3c_get_logits(ctx, 3), sizeof with);
     CHECK(memcmp(base, with, sizeof base) != 0);
