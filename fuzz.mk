@@ -65,7 +65,7 @@ fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/corpus/tokenizer
 fuzz-model: $(FUZZ_DIR)/fuzz_model $(FUZZ_DIR)/corpus/model
 	cd $(FUZZ_DIR) && ./fuzz_model $(FUZZ_RUN) -max_len=16384 corpus/model
 
-fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat
+fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat fuzz-lora
 
 .PHONY: fuzz-tokenizer fuzz-model fuzz-all
 
@@ -132,9 +132,30 @@ FUZZ_DATA ?= $(or $(L3C_DATA),$(if $(wildcard ../shared/data),../shared/data,sha
 FUZZ_CI_ENV = L3C_FUZZ_STRICT=1 L3C_FUZZ_TOKENIZER=$(abspath $(FUZZ_DATA))/llama3-tokenizer/tokenizer.model
 fuzz-ci:
 	$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_model \
-	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/fuzz_safetensors
+	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/fuzz_lora
 	rm -f $(FUZZ_DIR)/crash-* $(FUZZ_DIR)/leak-* $(FUZZ_DIR)/timeout-* $(FUZZ_DIR)/oom-*
 	$(FUZZ_CI_ENV) $(MAKE) --no-print-directory FUZZ_SECONDS=$(FUZZ_CI_SECONDS) fuzz fuzz-tokenizer fuzz-model \
-	  fuzz-server fuzz-chat fuzz-safetensors
+	  fuzz-server fuzz-chat fuzz-safetensors fuzz-lora
 
 .PHONY: fuzz-server fuzz-chat fuzz-ci
+
+# ---- GGUF LoRA adapters (tests/fuzz/fuzz_lora.c)
+#   make fuzz-lora [FUZZ_SECONDS=n]
+# Instrumented: the harness, the seed writer, src/model/lora.c and lora_io.c, the GGUF reader,
+# safetensors, hf.c (the q / k permutation) and util; the rest from $(BUILD)/libllama3c.a.
+FUZZ_LORA_SRC := tests/fuzz/fuzz_lora.c tests/unit/gguf_builder.c src/model/lora.c src/model/lora_io.c \
+                 src/model/hf.c src/io/gguf.c src/io/gguf_write.c src/io/safetensors.c src/util/util.c
+
+$(FUZZ_DIR)/fuzz_lora: $(FUZZ_LORA_SRC) $(BUILD)/libllama3c.a tests/unit/gguf_builder.h \
+                       $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_LORA_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/lora: $(FUZZ_DIR)/fuzz_lora
+	@mkdir -p $(FUZZ_DIR)/corpus
+	$(FUZZ_DIR)/fuzz_lora --write-seeds $@
+
+fuzz-lora: $(FUZZ_DIR)/fuzz_lora $(FUZZ_DIR)/corpus/lora
+	cd $(FUZZ_DIR) && ./fuzz_lora $(FUZZ_RUN) -max_len=8192 corpus/lora
+
+.PHONY: fuzz-lora

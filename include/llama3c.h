@@ -222,6 +222,63 @@ typedef void (*l3c_trace_fn)(void *user, const char *op, int layer, const float 
                              int64_t rows, int64_t cols);
 L3C_API void l3c_context_set_trace(l3c_context *ctx, l3c_trace_fn fn, void *user);
 
+/* ---------------------------------------------------------------- LoRA adapters */
+
+/*
+ * A LoRA adapter adds low-rank updates to a model's matrices: W' = W + scale * (alpha / rank) B A
+ * for the attention (q, k, v, o) and feed-forward (gate, up, down) matrices it adapts
+ * (docs/LORA.md). Files: a llama.cpp GGUF LoRA (general.type = adapter, adapter.type = lora) or
+ * a PEFT folder (adapter_config.json + adapter_model.safetensors).
+ */
+typedef struct l3c_adapter l3c_adapter;
+
+/*
+ * Loads an adapter for model (every matrix checked against the model's shapes). Caller owns *out
+ * (l3c_adapter_free); the model must outlive it. An adapter is immutable: it may be set on many
+ * contexts of its model at once. Status: L3C_ERR_IO (missing file), L3C_ERR_FORMAT (malformed;
+ * shapes, layers or ranks that do not fit the model: the message names the file and tensor),
+ * L3C_ERR_UNSUPPORTED (DoRA and other PEFT types, biases, tensors of other modules),
+ * L3C_ERR_NOMEM.
+ */
+L3C_API l3c_status l3c_adapter_load(const l3c_model *model, const char *path, l3c_adapter **out);
+L3C_API void l3c_adapter_free(l3c_adapter *adapter);
+
+/*
+ * Applies adapter to every later l3c_decode on ctx with the given user scale (1: as trained);
+ * scale 0 removes it; setting an adapter already set changes its scale. Several adapters may be
+ * set: their deltas add up, in the order they were first set. The adapter must have been loaded
+ * for ctx's model and must outlive its use by ctx (remove it, or free the context, first).
+ * Keys / values already in the KV cache keep the values computed before the change: truncate the
+ * sequences that should see it. May allocate (scratch for a larger rank): call between decodes.
+ * Without any adapter set, l3c_decode computes exactly what it computes without this API.
+ */
+L3C_API l3c_status l3c_context_set_adapter(l3c_context *ctx, const l3c_adapter *adapter, float scale);
+
+/*
+ * Converts an adapter file for the base model at base_path (GGUF or Hugging Face folder; only its
+ * hyperparameters are read: they give the shapes and the q / k row permutation): out_path ending
+ * in ".gguf" becomes a GGUF LoRA file, anything else a PEFT folder (created if missing) with
+ * base_model_name_or_path = base_model_name (NULL: the base's general.name). Tensors are written
+ * as F32; files appear only when complete.
+ */
+L3C_API l3c_status l3c_adapter_convert(const char *base_path, const char *in_path, const char *out_path,
+                                       const char *base_model_name);
+
+/*
+ * Writes base_path (GGUF or Hugging Face folder) with n_adapters adapters merged in, scales[k]
+ * the user scale of adapter_paths[k]: every adapted matrix becomes W + sum_k scales[k] *
+ * (alpha_k / rank) B_k A_k (float, then quantized again), everything else is copied as it is.
+ * out_type: NULL or "same": each adapted matrix keeps its type where llama3c can quantize it
+ * (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K), else F16; or a type name among
+ * those for every adapted matrix (F16 for rows that are not a multiple of its block). progress
+ * (may be NULL) is called after each tensor. The file appears at out_path only when complete.
+ */
+L3C_API l3c_status l3c_adapter_merge(const char *base_path, int n_adapters, const char *const *adapter_paths,
+                                     const float *scales, const char *out_path, const char *out_type,
+                                     void (*progress)(int64_t i, int64_t n, const char *name,
+                                                      const char *type, void *user),
+                                     void *user);
+
 /* ---------------------------------------------------------------- convert */
 
 /* Called after each tensor is written: i of n (1-based), its name and output type name. */

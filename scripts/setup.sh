@@ -6,7 +6,7 @@
 #      llama-cpp-python, which running llama3c does not need);
 #   3. `make`.
 # With --test it also installs the test dependencies into .venv (gguf numpy tiktoken pytest openai
-# jinja2), the torch reference venv .venv-torch (Debian python3-torch + transformers) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
+# jinja2), the torch reference venv .venv-torch (Debian python3-torch + transformers + peft) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
 # ~/.cache/llama3c/wheels, building that wheel once if absent.
 # With --test it finally verifies every reference the suite compares against (python modules
 # importable, chromium runs, clang builds a libFuzzer target, the default model, and the sha256 of
@@ -158,12 +158,28 @@ if ((WITH_TEST)); then
         say "installing transformers 4.49.0 + safetensors into .venv-torch"
         "$TORCH_PY" -m pip install --disable-pip-version-check -q "transformers==4.49.0" safetensors
     fi
+    # peft (the LoRA tests' reference, tests/py/peft_ref.py) 0.14.0 with accelerate 0.34.2, both
+    # fine on torch 1.13, installed --no-deps: pip reads Debian's torch "1.13.0a0" as a pre-release
+    # below their "torch>=1.13" and would pull a CUDA torch from PyPI. Their other dependencies
+    # (huggingface_hub, psutil, pyyaml, tqdm, packaging) come with transformers / Debian; jinja2:
+    # peft's save_pretrained writes a model card from a template.
+    if "$TORCH_PY" -c "import peft, accelerate, jinja2; assert peft.__version__ == '0.14.0' and accelerate.__version__ == '0.34.2'" 2>/dev/null; then
+        say "peft reference (.venv-torch): present"
+    else
+        say "installing peft 0.14.0 + accelerate 0.34.2 + jinja2 into .venv-torch"
+        "$TORCH_PY" -m pip install --disable-pip-version-check -q --no-deps "peft==0.14.0" "accelerate==0.34.2"
+        "$TORCH_PY" -m pip install --disable-pip-version-check -q jinja2
+    fi
 fi
 
 # ---------------------------------------------------------------- verify the test references
 if ((WITH_TEST)); then
     for m in numpy gguf tiktoken jinja2 openai pytest llama_cpp; do
         err=$("$PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv: ${err##*$'\n'}"
+    done
+    TORCH_PY="$ROOT/.venv-torch/bin/python"
+    for m in torch transformers safetensors peft; do
+        err=$("$TORCH_PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv-torch: ${err##*$'\n'}"
     done
     chromium=$(command -v chromium || command -v chromium-browser) || die "chromium is not on PATH (the web-page tests need it)"
     "$chromium" --headless --no-sandbox --disable-gpu --version >/dev/null 2>&1 ||
@@ -194,7 +210,7 @@ b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696 stories260K/sto
 a3213f9ea026d75bf2993355ae334822d7c9d34328964c711ab030d3148e6cef stories260K/expected_greedy_t0.txt
 0216cc3ebe402a4b4f7221564caa5dd593708753568ff2818ae74e4e8283fb61 stories260K/expected_greedy_t0.ids
 EOF_SUMS
-    say "test references: python modules, chromium, clang/libFuzzer, bible, default model, test data ($DATA): verified"
+    say "test references: python modules (.venv, .venv-torch), chromium, clang/libFuzzer, bible, default model, test data ($DATA): verified"
 fi
 
 say "done. Try: make demo   (or: build/llama3c chat -m \"\$(sh scripts/default-model.sh)\")"

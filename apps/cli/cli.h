@@ -10,6 +10,7 @@ int cmd_run(int argc, char **argv);        /* apps/cli/cmd_run.c     generate fr
 int cmd_chat(int argc, char **argv);       /* apps/cli/cmd_chat.c    interactive / scripted chat */
 int cmd_info(int argc, char **argv);       /* apps/cli/cmd_info.c    hyperparameters, tensors, memory */
 int cmd_convert(int argc, char **argv);    /* apps/cli/cmd_convert.c HF folder / GGUF -> GGUF */
+int cmd_export(int argc, char **argv);     /* apps/cli/cmd_export.c  LoRA: merge, GGUF <-> PEFT */
 int cmd_eval(int argc, char **argv);       /* apps/cli/cmd_eval.c    logits of given ids (tests) */
 int cmd_tokenize(int argc, char **argv);   /* apps/cli/cmd_tokenize.c */
 int cmd_detokenize(int argc, char **argv); /* apps/cli/cmd_tokenize.c */

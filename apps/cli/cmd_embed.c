@@ -54,6 +54,7 @@ static void usage(FILE *f) {
             "  --truncate           cut inputs longer than the model's context (default: error)\n"
             "  -t, --threads N      compute threads (default: physical cores)\n"
             "  -b, --batch-size N   tokens per decode call (default 512; results do not depend on it)\n");
+    cli_lora_help(f);
 }
 
 typedef struct input {
@@ -203,11 +204,16 @@ int cmd_embed(int argc, char **argv) {
     const char *model_path = NULL, *text = NULL, *file = NULL, *out_path = NULL;
     int pooling = L3C_POOLING_MEAN, normalize = 0, npy = 0, truncate = 0, n_threads = 0, n_batch = 512;
     long l;
+    int lr;
+    cli_lora lora = {0};
+    l3c_adapter **adapters = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return CLI_OK;
+        } else if ((lr = cli_lora_parse(CMD, &lora, argc, argv, &i))) {
+            if (lr < 0) return CLI_USAGE;
         } else if (!strcmp(a, "--normalize")) {
             normalize = 1;
         } else if (!strcmp(a, "--truncate")) {
@@ -317,6 +323,7 @@ int cmd_embed(int argc, char **argv) {
         rc = cli_runtime_error(CMD, "cannot create the context");
         goto done;
     }
+    if (cli_lora_load(CMD, &lora, model, ctx, &adapters)) goto done;
     out = malloc((size_t)rows * (size_t)dim * sizeof *out);
     if (!out) goto oom;
     if ((int64_t)n_batch > (int64_t)cp.n_ctx * n_seq) n_batch = cp.n_ctx * n_seq; /* as the context does */
@@ -358,6 +365,7 @@ done:
     free(lens);
     free(data);
     l3c_context_free(ctx);
+    cli_adapters_free(adapters, lora.n);
     l3c_model_free(model);
     return rc;
 }

@@ -4,12 +4,14 @@
  *
  *   llama3c eval -m MODEL (--ids "1 2 3" | --ids-file F) --logits-out OUT.f32
  *                [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0] [--bf16]
+ *                [--lora FILE [--lora-scale S]]...
  *
  * OUT holds [n_ids x n_vocab] floats with --all, [n_positions x n_vocab] with --positions
  * "P1 P2 ..." (those positions' rows, in the order given), else [n_vocab] for the last position.
  * --batch 1 decodes token by token (the KV-cache path); the default 512 decodes in chunks.
  */
 #include "cli.h"
+#include "common.h"
 
 #include "llama3c.h"
 
@@ -37,6 +39,7 @@ static void usage(FILE *f) {
             "  --batch N   tokens per decode call (default 512; 1 = token by token)\n"
             "  --kv TYPE   KV-cache type (default f16)\n"
             "  --bf16      F16/BF16 matrices multiply in bfloat16 (l3c_model_params.bf16_matmul)\n");
+    cli_lora_help(f);
 }
 
 /* Appends whitespace-separated integers from s to *ids. Returns 0, or -1 on a bad number. */
@@ -82,11 +85,14 @@ static char *read_text(const char *path) {
 
 int cmd_eval(int argc, char **argv) {
     const char *model_path = NULL, *ids_str = NULL, *ids_file = NULL, *out_path = NULL, *pos_str = NULL;
-    int all = 0, bf16 = 0, n_threads = 0, n_batch = 512, n_ctx = 0, kv_type = L3C_KV_F16;
+    int all = 0, bf16 = 0, n_threads = 0, n_batch = 512, n_ctx = 0, kv_type = L3C_KV_F16, lr;
+    cli_lora lora = {0};
+    l3c_adapter **adapters = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has_val = i + 1 < argc;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if ((lr = cli_lora_parse("eval", &lora, argc, argv, &i)) != 0) { if (lr < 0) return 2; }
         else if (!strcmp(a, "--all")) all = 1;
         else if (!strcmp(a, "--bf16")) bf16 = 1;
         else if (!has_val) { fprintf(stderr, "llama3c eval: option %s needs a value\n", a); usage(stderr); return 2; }
@@ -196,6 +202,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "llama3c eval: %s\n", l3c_last_error());
         goto done;
     }
+    if (cli_lora_load("eval", &lora, model, ctx, &adapters)) goto done;
     const int64_t n_rows = all ? n_ids : sel ? n_sel : 1;
     out = malloc((size_t)n_rows * (size_t)n_vocab * sizeof(float));
     int32_t *pos = malloc((size_t)n_ids * sizeof(int32_t));
@@ -263,6 +270,7 @@ done:
     free(ids);
     free(sel);
     l3c_context_free(ctx);
+    cli_adapters_free(adapters, lora.n);
     l3c_model_free(model);
     return rc;
 }

@@ -73,6 +73,73 @@ int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out
     return 0;
 }
 
+/* ---------------------------------------------------------------- LoRA adapters */
+
+int cli_lora_parse(const char *cmd, cli_lora *l, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    if (!strcmp(a, "--lora") || !strcmp(a, "--lora-scaled")) {
+        if (l->n == CLI_MAX_LORA) {
+            cli_usage_error(cmd, "at most %d adapters (--lora)", CLI_MAX_LORA);
+            return -1;
+        }
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        l->path[l->n] = v;
+        l->scale[l->n] = 1.0f;
+        if (!strcmp(a, "--lora-scaled")) {
+            if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+            if (cli_parse_float(cmd, a, v, -1e6, 1e6, &l->scale[l->n])) return -1;
+        }
+        l->n++;
+        return 1;
+    }
+    if (!strcmp(a, "--lora-scale")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!l->n) {
+            cli_usage_error(cmd, "--lora-scale sets the scale of the --lora before it; none was given");
+            return -1;
+        }
+        return cli_parse_float(cmd, a, v, -1e6, 1e6, &l->scale[l->n - 1]) ? -1 : 1;
+    }
+    return 0;
+}
+
+int cli_lora_load(const char *cmd, const cli_lora *l, const l3c_model *model, l3c_context *ctx,
+                  l3c_adapter ***out) {
+    *out = NULL;
+    if (!l->n) return 0;
+    l3c_adapter **ads = calloc((size_t)l->n, sizeof *ads);
+    if (!ads) {
+        fprintf(stderr, "llama3c %s: out of memory\n", cmd);
+        return CLI_ERR;
+    }
+    for (int k = 0; k < l->n; k++) {
+        char what[4200];
+        snprintf(what, sizeof what, "cannot load the LoRA adapter '%s'", l->path[k]);
+        if (l3c_adapter_load(model, l->path[k], &ads[k]) != L3C_OK ||
+            (ctx && l3c_context_set_adapter(ctx, ads[k], l->scale[k]) != L3C_OK)) {
+            cli_runtime_error(cmd, what);
+            if (ctx)
+                for (int j = 0; j <= k; j++) l3c_context_set_adapter(ctx, ads[j], 0.0f);
+            cli_adapters_free(ads, l->n);
+            return CLI_ERR;
+        }
+        fprintf(stderr, "llama3c %s: LoRA adapter %s, scale %g\n", cmd, l->path[k], (double)l->scale[k]);
+    }
+    *out = ads;
+    return 0;
+}
+
+void cli_adapters_free(l3c_adapter **a, int n) {
+    for (int k = 0; a && k < n; k++) l3c_adapter_free(a[k]);
+    free(a);
+}
+
+void cli_lora_help(FILE *f) {
+    fprintf(f, "  --lora FILE             apply a LoRA adapter: a GGUF LoRA file or a PEFT folder (repeatable)\n"
+               "  --lora-scale S          scale of the --lora before it (default 1; 0 disables it)\n"
+               "  --lora-scaled FILE S    the same as --lora FILE --lora-scale S\n");
+}
+
 /* ---------------------------------------------------------------- shared options */
 
 void cli_opts_init(cli_opts *o, int32_t n_predict, float temp, float top_p) {
@@ -87,6 +154,8 @@ void cli_opts_init(cli_opts *o, int32_t n_predict, float temp, float top_p) {
 int cli_opts_parse(const char *cmd, cli_opts *o, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
     long l;
+    int lr = cli_lora_parse(cmd, &o->lora, argc, argv, i);
+    if (lr) return lr;
 #define VAL()                                          \
     do {                                               \
         if (!(v = cli_value(cmd, argc, argv, i))) return -1; \
@@ -175,6 +244,8 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
             "                          activations rounded to ~3 significant digits (default: exact)\n"
             "  -c, --ctx-size N        context positions (default: the model's, capped by a 1 GiB KV cache)\n"
             "  -b, --batch-size N      prompt tokens per forward pass (default %d)\n"
+            "  --lora FILE             apply a LoRA adapter: a GGUF LoRA file or a PEFT folder (repeatable)\n"
+            "  --lora-scale S          scale of the --lora before it (default 1; 0 disables it)\n"
             "generation:\n"
             "  -n, --n-predict N       tokens to generate, -1: until the end (default %d)\n"
             "  --ignore-eos            keep generating past end-of-generation tokens\n"
@@ -246,6 +317,8 @@ int cli_session_open(cli_session *s, const char *cmd, const cli_opts *o) {
         cli_runtime_error(cmd, "cannot create a context");
         goto fail;
     }
+    if (cli_lora_load(cmd, &o->lora, s->model, s->ctx, &s->adapters)) goto fail;
+    s->n_adapters = o->lora.n;
     s->n_ctx = l3c_context_n_ctx(s->ctx);
     s->n_batch = o->n_batch;
     if (l3c_sampler_create(&o->sp, s->n_vocab, &s->smp) != L3C_OK) {
@@ -270,6 +343,7 @@ void cli_session_close(cli_session *s) {
     free(s->cache);
     l3c_sampler_free(s->smp);
     l3c_context_free(s->ctx);
+    cli_adapters_free(s->adapters, s->n_adapters);
     l3c_model_free(s->model);
     memset(s, 0, sizeof *s);
 }

@@ -30,6 +30,26 @@ int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, lon
 int cli_parse_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
 int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
 
+/* LoRA adapters on the command line: --lora FILE (repeatable), --lora-scale S (the scale of the
+ * last --lora before it; default 1), --lora-scaled FILE S (llama.cpp's spelling). */
+#define CLI_MAX_LORA 16
+typedef struct cli_lora {
+    const char *path[CLI_MAX_LORA];
+    float scale[CLI_MAX_LORA];
+    int n;
+} cli_lora;
+
+/* Consumes argv[*i] (and its values) if it is a LoRA option: 1 consumed, 0 not one, -1 usage
+ * error (message printed). */
+int cli_lora_parse(const char *cmd, cli_lora *l, int argc, char **argv, int *i);
+/* Loads l's adapters for model and sets them on ctx with their scales; *out gets them
+ * (cli_adapters_free(*out, l->n) after the context). 0 or CLI_ERR (printed, nothing kept). */
+int cli_lora_load(const char *cmd, const cli_lora *l, const l3c_model *model, l3c_context *ctx,
+                  l3c_adapter ***out);
+void cli_adapters_free(l3c_adapter **a, int n);
+/* Help lines for the LoRA options. */
+void cli_lora_help(FILE *f);
+
 /* Options shared by the generating commands. */
 typedef struct cli_opts {
     const char *model_path;   /* -m FILE (required) */
@@ -43,6 +63,7 @@ typedef struct cli_opts {
     int verbose;              /* -v: loading details and the seed on stderr */
     int bf16;                 /* --bf16: F16/BF16 matrices multiply in bfloat16 */
     int no_timings;           /* --no-timings */
+    cli_lora lora;            /* --lora FILE [--lora-scale S] ... */
 } cli_opts;
 
 /* Defaults for a command: n_predict, temperature and top-p differ between run and chat. */
@@ -63,6 +84,8 @@ typedef struct cli_session {
     l3c_model *model;
     l3c_context *ctx;
     l3c_sampler *smp;
+    l3c_adapter **adapters;   /* [n_adapters] set on ctx (--lora) */
+    int n_adapters;
     const l3c_tokenizer *tok;
     int32_t n_ctx, n_batch, n_vocab;
     int32_t *cache;           /* [n_cache] ids held in sequence 0's KV cache, capacity n_ctx */

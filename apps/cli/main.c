@@ -22,6 +22,7 @@
 #pragma weak cmd_embed
 #pragma weak cmd_rag
 #pragma weak cmd_convert
+#pragma weak cmd_export
 
 typedef struct command {
     const char *name;
@@ -51,6 +52,7 @@ int main(int argc, char **argv) {
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
         {"eval", cmd_eval, "write the logits of given token ids to a file (for tests)"},
         {"convert", cmd_convert, "a Hugging Face folder (or GGUF) to GGUF: F16, Q8_0, Q4_K_M, ..."},
+        {"export", cmd_export, "LoRA adapters: merge into a model, convert GGUF <-> PEFT"},
     };
     const size_t n = sizeof cmds / sizeof cmds[0];
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {

@@ -8,6 +8,7 @@
  * -> free everything -> exit 0. Nothing is left running or allocated on any return path.
  */
 #include "../cli/cli.h"
+#include "../cli/common.h"
 #include "http.h"
 #include "metrics.h"
 #include "server.h"
@@ -61,6 +62,7 @@ static void usage(FILE *f) {
             "  -t, --threads N       compute threads (default: physical cores)\n"
             "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 digits)\n"
             "  -v, --verbose         log HTTP errors and model loading on stderr\n");
+    cli_lora_help(f);
 }
 
 static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out) {
@@ -76,9 +78,12 @@ static int parse_int(const char *opt, const char *v, long long lo, long long hi,
     return 0;
 }
 
-static int parse_args(server *srv, int argc, char **argv) {
+static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int lr = cli_lora_parse("serve", lora, argc, argv, &i);
+        if (lr < 0) return -1;
+        if (lr) continue;
         char name[64];
         const char *val = NULL;
         const char *eq = strchr(a, '=');
@@ -221,7 +226,9 @@ int cmd_serve(int argc, char **argv) {
     srv.max_body = (size_t)1 << 20;
     srv.timeout_s = 60;
     srv.api_key = getenv("LLAMA3C_API_KEY");
-    int pr = parse_args(&srv, argc, argv);
+    cli_lora lora = {0};
+    l3c_adapter **adapters = NULL;
+    int pr = parse_args(&srv, &lora, argc, argv);
     if (pr) return pr > 0 ? 0 : 2;
 
     int rc = 1;
@@ -264,6 +271,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "llama3c serve: cannot create the context: %s\n", l3c_last_error());
         goto out;
     }
+    if (cli_lora_load("serve", &lora, srv.model, srv.ctx, &adapters)) goto out;
     srv.n_ctx = l3c_context_n_ctx(srv.ctx);
     if (srv.rag_db && open_rag(&srv, &info)) goto out;
 
@@ -297,6 +305,7 @@ out:
     http_stop(d);
     sched_free(srv.sched);
     l3c_context_free(srv.ctx);
+    cli_adapters_free(adapters, lora.n);
     l3c_model_free(srv.model);
     if (srv.rag) pthread_mutex_destroy(&srv.rag_mu);
     rag_store_close(srv.rag);

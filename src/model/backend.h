@@ -53,6 +53,10 @@ typedef struct l3c_backend {
     void (*swiglu)(l3c_context *ctx, float *a, const float *b, int64_t n);
     /* x[i] += y[i], n elements (the residual connection) */
     void (*add)(l3c_context *ctx, float *x, const float *y, int64_t n);
+    /* LoRA: y [T x n_out] += scale * (x [T x n_in] @ A^T) @ B^T, A [rank x n_in], B [n_out x rank]
+     * (the context's lora_tmp holds x A^T, [T x rank]) */
+    void (*lora)(l3c_context *ctx, const float *A, const float *B, int32_t rank, int64_t n_in,
+                 int64_t n_out, float scale, const float *x, float *y, int64_t T);
 } l3c_backend;
 
 /* The CPU backend: src/kernels/ on the context's thread pool (backend_cpu.c). */

@@ -50,6 +50,51 @@ static void cpu_swiglu(l3c_context *ctx, float *a, const float *b, int64_t n) { 
 
 static void cpu_add(l3c_context *ctx, float *x, const float *y, int64_t n) { l3c_add(x, y, n); }
 
+/* ---- lora: two small matmuls, tmp = x A^T then y += scale * tmp B^T, each on the thread pool.
+ * Every output element is one thread's fixed-order sum, so results do not depend on the
+ * thread count or on how tokens are batched. */
+
+typedef struct lora_job {
+    const float *A, *B, *x;
+    float *y, *tmp;
+    int64_t rank, n_in, n_out, T;
+    float scale;
+} lora_job;
+
+#define LORA_ROWS 64 /* tokens (step 1) / output rows (step 2) per chunk */
+
+/* sum a[i] * b[i] in 8 fixed lanes (vectorizable, order independent of the caller) */
+static float dot8(const float *a, const float *b, int64_t n) {
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += a[i + k] * b[i + k];
+    for (int k = 0; i < n; i++, k++) s[k] += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+static void lora_down_chunk(void *arg, int64_t chunk, int ith) { /* tmp [T x rank] = x A^T */
+    const lora_job *j = arg;
+    for (int64_t t = chunk * LORA_ROWS; t < L3C_MIN(j->T, (chunk + 1) * LORA_ROWS); t++)
+        for (int64_t r = 0; r < j->rank; r++)
+            j->tmp[t * j->rank + r] = dot8(j->x + t * j->n_in, j->A + r * j->n_in, j->n_in);
+}
+
+static void lora_up_chunk(void *arg, int64_t chunk, int ith) { /* y += scale * tmp B^T */
+    const lora_job *j = arg;
+    for (int64_t o = chunk * LORA_ROWS; o < L3C_MIN(j->n_out, (chunk + 1) * LORA_ROWS); o++)
+        for (int64_t t = 0; t < j->T; t++)
+            j->y[t * j->n_out + o] += j->scale * dot8(j->tmp + t * j->rank, j->B + o * j->rank, j->rank);
+}
+
+static void cpu_lora(l3c_context *ctx, const float *A, const float *B, int32_t rank, int64_t n_in,
+                     int64_t n_out, float scale, const float *x, float *y, int64_t T) {
+    lora_job j = {.A = A, .B = B, .x = x, .y = y, .tmp = ctx->act.lora_tmp, .rank = rank, .n_in = n_in,
+                  .n_out = n_out, .T = T, .scale = scale};
+    l3c_threadpool_run(ctx->tp, l3c_n_chunks(T, LORA_ROWS), lora_down_chunk, &j);
+    l3c_threadpool_run(ctx->tp, l3c_n_chunks(n_out, LORA_ROWS), lora_up_chunk, &j);
+}
+
 const l3c_backend l3c_backend_cpu = {
     .name = "cpu",
     .get_rows = cpu_get_rows,
@@ -63,4 +108,5 @@ const l3c_backend l3c_backend_cpu = {
     .attention = l3c_attention_cpu,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .lora = cpu_lora,
 };

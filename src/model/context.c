@@ -79,7 +79,8 @@ static bool activations_alloc(l3c_activations *a, const l3c_model *m, size_t B, 
 
 static void activations_free(l3c_activations *a) {
     void *bufs[] = {a->x, a->xb, a->xb2, a->q, a->k, a->v, a->att_out, a->hb, a->hb2, a->logits,
-                    a->inv_freq, a->rope_cos, a->rope_sin, a->att, a->kv_tmp, a->scratch, a->embd};
+                    a->inv_freq, a->rope_cos, a->rope_sin, a->att, a->kv_tmp, a->scratch, a->embd,
+                    a->lora_tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
 }
 
@@ -176,6 +177,7 @@ void l3c_context_free(l3c_context *ctx) {
     free(ctx->embd_acc);
     free(ctx->embd_seq);
     free(ctx->embd_n);
+    free(ctx->adapters);
     free(ctx);
 }
 

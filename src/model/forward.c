@@ -26,10 +26,14 @@
  *     the requested rows gathered from it)
  *   logits = rows @ Wout^T                                  matmul        "logits"
  * (Without tracing, the gate/up matmul_multi applies swiglu in the same pass.)
+ * LoRA adapters set on the context (l3c_context_set_adapter) add their delta right after the
+ * matmul of each adapted matrix: y += scale * (x A^T) B^T (op `lora`; q and k before rope, as
+ * their weights' rows are); a layer whose gate or up is adapted does not fuse swiglu.
  *
  * Invariant: a batch is fully validated before anything is written, and seq_len only grows at
  * the end (l3c_kv_cache_commit), so a rejected batch leaves the context unchanged.
  */
+#include "model/lora.h"
 #include "model/model.h"
 
 #include <string.h>
@@ -71,6 +75,25 @@ static l3c_status validate(l3c_context *ctx, const l3c_batch *b) {
 
 /* ---------------------------------------------------------------- the forward pass */
 
+/* 1 when some adapter set on the context adapts (layer l, target t) */
+static bool has_lora(const l3c_context *ctx, int32_t l, l3c_lora_target t) {
+    for (int i = 0; i < ctx->n_adapters; i++)
+        if (l3c_lora_get(ctx->adapters[i].lora, l, t)) return true;
+    return false;
+}
+
+/* y [T x n_out] += every adapter's delta of (layer l, target t) on x [T x n_in], in the order
+ * the adapters were set */
+static void lora_deltas(l3c_context *ctx, int32_t l, l3c_lora_target t, const float *x, float *y, int64_t T) {
+    for (int i = 0; i < ctx->n_adapters; i++) {
+        const l3c_lora_adapter *ad = ctx->adapters[i].lora;
+        const l3c_lora_mat *m = l3c_lora_get(ad, l, t);
+        if (m)
+            ctx->backend->lora(ctx, m->a, m->b, m->rank, m->n_in, m->n_out,
+                               ctx->adapters[i].scale * l3c_lora_mat_scale(ad, m), x, y, T);
+    }
+}
+
 /* One transformer block over the batch: x [T x E] -> x [T x E]; appends the batch's k, v to the
  * layer's cache. */
 static void layer_forward(l3c_context *ctx, int32_t l, const l3c_batch *b) {
@@ -88,6 +111,11 @@ static void layer_forward(l3c_context *ctx, int32_t l, const l3c_batch *b) {
     const l3c_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
     float *const qkv_y[3] = {a->q, a->k, a->v};
     be->matmul_multi(ctx, 3, qkv_w, qkv_y, a->xb, T, false);
+    if (ctx->n_adapters) {
+        lora_deltas(ctx, l, L3C_LORA_Q, a->xb, a->q, T);
+        lora_deltas(ctx, l, L3C_LORA_K, a->xb, a->k, T);
+        lora_deltas(ctx, l, L3C_LORA_V, a->xb, a->v, T);
+    }
     be->rope(ctx, a->q, T, c->n_head, a->rope_cos, a->rope_sin);
     be->rope(ctx, a->k, T, c->n_head_kv, a->rope_cos, a->rope_sin);
     TRACE("q", l, a->q, T, q_dim);
@@ -98,6 +126,7 @@ static void layer_forward(l3c_context *ctx, int32_t l, const l3c_batch *b) {
     if (a->probs) TRACE("attn_scores", l, a->probs, c->n_head * T, a->n_kv);
     TRACE("attn_out", l, a->att_out, T, q_dim);
     be->matmul(ctx, &L->wo, a->att_out, a->xb2, T);                       /* xb2 [T x E] */
+    if (ctx->n_adapters) lora_deltas(ctx, l, L3C_LORA_O, a->att_out, a->xb2, T);
     TRACE("attn_proj", l, a->xb2, T, E);
     be->add(ctx, a->x, a->xb2, T * E);                                    /* x += xb2 */
     TRACE("ffn_inp", l, a->x, T, E);
@@ -105,18 +134,25 @@ static void layer_forward(l3c_context *ctx, int32_t l, const l3c_batch *b) {
     /* ---- feed-forward block (SwiGLU) */
     be->rmsnorm(ctx, a->x, L->ffn_norm, a->xb, T, E, c->norm_eps);      /* xb [T x E] */
     TRACE("ffn_norm", l, a->xb, T, E);
-    /* hb = gate, hb2 = up [T x F], one pass over xb; without tracing the same pass finishes
-     * hb = silu(hb) * hb2 (gate and up are not traced then) */
+    /* hb = gate, hb2 = up [T x F], one pass over xb; without tracing or LoRA on gate / up the
+     * same pass finishes hb = silu(hb) * hb2 (gate and up are not traced then) */
     const l3c_weight *gu_w[2] = {&L->w_gate, &L->w_up};
     float *const gu_y[2] = {a->hb, a->hb2};
-    be->matmul_multi(ctx, 2, gu_w, gu_y, a->xb, T, !ctx->trace);
-    if (ctx->trace) {
+    const bool fused = !ctx->trace && !(ctx->n_adapters && (has_lora(ctx, l, L3C_LORA_GATE) ||
+                                                             has_lora(ctx, l, L3C_LORA_UP)));
+    be->matmul_multi(ctx, 2, gu_w, gu_y, a->xb, T, fused);
+    if (!fused) {
+        if (ctx->n_adapters) {
+            lora_deltas(ctx, l, L3C_LORA_GATE, a->xb, a->hb, T);
+            lora_deltas(ctx, l, L3C_LORA_UP, a->xb, a->hb2, T);
+        }
         TRACE("ffn_gate", l, a->hb, T, F);
         TRACE("ffn_up", l, a->hb2, T, F);
         be->swiglu(ctx, a->hb, a->hb2, T * F);                            /* hb [T x F] */
     }
     TRACE("ffn_act", l, a->hb, T, F);
     be->matmul(ctx, &L->w_down, a->hb, a->xb2, T);                        /* xb2 [T x E] */
+    if (ctx->n_adapters) lora_deltas(ctx, l, L3C_LORA_DOWN, a->hb, a->xb2, T);
     TRACE("ffn_down", l, a->xb2, T, E);
     be->add(ctx, a->x, a->xb2, T * E);                                    /* x += xb2 */
     TRACE("l_out", l, a->x, T, E);

@@ -564,13 +564,24 @@ nomem:
 
 /* Q/K rows as convert_hf_to_gguf.py's permute(w, n_head, n_head): reshape (heads, 2, hd/2, in),
  * swap axes 1 and 2: GGUF row h*hd + 2i + j is HF row h*hd + j*hd/2 + i. */
-static void permute_rows(const uint8_t *src, uint8_t *dst, int64_t rows, size_t row_bytes, int64_t heads) {
+void l3c_hf_permute_rows(const void *src_, void *dst_, int64_t rows, size_t row_bytes, int64_t heads,
+                         int inverse) {
+    const uint8_t *src = src_;
+    uint8_t *dst = dst_;
     const int64_t hd = rows / heads, half = hd / 2;
     for (int64_t h = 0; h < heads; h++)
         for (int64_t i = 0; i < half; i++)
-            for (int64_t j = 0; j < 2; j++)
-                memcpy(dst + (size_t)(h * hd + 2 * i + j) * row_bytes,
-                       src + (size_t)(h * hd + j * half + i) * row_bytes, row_bytes);
+            for (int64_t j = 0; j < 2; j++) {
+                size_t g = (size_t)(h * hd + 2 * i + j) * row_bytes, f = (size_t)(h * hd + j * half + i) * row_bytes;
+                memcpy(dst + (inverse ? f : g), src + (inverse ? g : f), row_bytes);
+            }
+}
+
+l3c_status l3c_hf_load_json(const char *dir, const char *name, int optional, void **out) {
+    json_t *j = NULL;
+    l3c_status st = load_json(dir, name, optional, &j);
+    *out = j;
+    return st;
 }
 
 static l3c_status add_tensors(l3c_hf *hf, const hf_cfg *h, l3c_gguf_writer *w) {
@@ -633,7 +644,7 @@ static l3c_status bind_data(l3c_hf *hf, l3c_gguf *g) {
                 uint8_t *copy = own(hf, t->nbytes);
                 if (!copy) return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory copying '%s'", s->file, s->st->name);
                 if (s->permute_heads)
-                    permute_rows(s->data, copy, t->ne[1], t->nbytes / (size_t)t->ne[1], s->permute_heads);
+                    l3c_hf_permute_rows(s->data, copy, t->ne[1], t->nbytes / (size_t)t->ne[1], s->permute_heads, 0);
                 else
                     memcpy(copy, s->data, t->nbytes);
                 s->data = copy;

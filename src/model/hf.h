@@ -32,4 +32,14 @@ int l3c_path_is_dir(const char *path);
 l3c_status l3c_hf_open(const char *dir, l3c_hf **hf, l3c_gguf **g);
 void l3c_hf_free(l3c_hf *hf);
 
+/* Q/K rows as convert_hf_to_gguf.py's permute(w, n_head, n_head): HF order -> GGUF order (GGUF
+ * row h*hd + 2i + j is HF row h*hd + j*hd/2 + i); inverse != 0: GGUF -> HF. rows % heads == 0 and
+ * rows / heads even (the caller checks). */
+void l3c_hf_permute_rows(const void *src, void *dst, int64_t rows, size_t row_bytes, int64_t heads,
+                         int inverse);
+
+/* Parses dir/name as one JSON object (json_t *, caller json_decref's it; void * keeps jansson out
+ * of this header). *out NULL (and L3C_OK) when optional and the file is absent. */
+l3c_status l3c_hf_load_json(const char *dir, const char *name, int optional, void **out);
+
 #endif /* L3C_HF_H */

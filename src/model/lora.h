@@ -67,4 +67,48 @@ static inline l3c_lora_mat *l3c_lora_get(const l3c_lora_adapter *a, int32_t laye
     return m->a ? m : NULL;
 }
 
+/* The factor of B A in W' = W + user_scale * factor * B A: alpha / (the matrix's rank), as
+ * llama.cpp and PEFT compute it per matrix; alpha == 0 (a GGUF file without
+ * adapter.lora.alpha): 1, as llama.cpp. */
+static inline float l3c_lora_mat_scale(const l3c_lora_adapter *a, const l3c_lora_mat *m) {
+    return a->alpha != 0.0f ? a->alpha / (float)m->rank : 1.0f;
+}
+
+/* ---------------------------------------------------------------- files (lora_io.c)
+ *
+ * l3c_lora_load: path is a GGUF LoRA file (llama.cpp's convert_lora_to_gguf.py or
+ * l3c_lora_save_gguf: general.type "adapter", adapter.type "lora", optional
+ * adapter.lora.alpha; tensors blk.N.<attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down>
+ * .weight.lora_a (ne [n_in, rank]) and .lora_b (ne [rank, n_out]) of any type the type table can
+ * read: F32, F16, BF16, Q8_0, ...) or a PEFT folder (adapter_config.json with peft_type LORA, r,
+ * lora_alpha, use_rslora (scale alpha / sqrt(r): stored as alpha * sqrt(r)); DoRA, biases,
+ * fan_in_fan_out, modules_to_save, alpha_pattern are refused; rank_pattern: the tensors' ranks; and
+ * adapter_model.safetensors, F32 / F16 / BF16, names
+ * base_model.model.model.layers.N.<self_attn|mlp>.<x>_proj.lora_A.weight [r, n_in] and
+ * .lora_B.weight [n_out, r]; B rows of q_proj / k_proj are permuted into GGUF order). Every
+ * matrix is checked against cfg (layer index, n_in, n_out, A and B of equal rank, both present);
+ * ranks may differ between matrices (PEFT: they must equal r unless rank_pattern is given). Errors name the file and the
+ * tensor or key. Memory: one arena as l3c_lora_create lays it out, matrices that are absent
+ * taking no space.
+ *
+ * l3c_lora_save_gguf / l3c_lora_save_peft write F32 tensors (PEFT: B rows of q / k back in HF
+ * order; adapter_config.json as peft 0.14 writes it, with base_model_name_or_path). Each file is
+ * written to NAME.tmp and renamed when complete; on error nothing is left behind. The PEFT folder
+ * is created when missing.
+ */
+l3c_status l3c_lora_load(const char *path, const l3c_config *cfg, l3c_lora_adapter **out);
+/* The same for GGUF bytes in a caller's buffer (tests, fuzzing); name is for messages. */
+l3c_status l3c_lora_load_gguf_memory(const void *buf, size_t size, const char *name, const l3c_config *cfg,
+                                     l3c_lora_adapter **out);
+l3c_status l3c_lora_save_gguf(const l3c_lora_adapter *a, const l3c_config *cfg, const char *path);
+l3c_status l3c_lora_save_peft(const l3c_lora_adapter *a, const l3c_config *cfg, const char *dir,
+                              const char *base_model_name);
+
+/* The public handle (llama3c.h l3c_adapter): an adapter checked against one model's shapes. */
+struct l3c_adapter {
+    l3c_lora_adapter *lora;
+    l3c_config cfg;      /* of the model it was loaded for */
+    const l3c_model *model;
+};
+
 #endif /* L3C_LORA_H */

@@ -15,7 +15,7 @@
  * name / type / shape), model.c (load, info, metadata), context.c (context, activations),
  * kv_cache.c/.h (KV cache: layout, store, seq_len bookkeeping), rope.c (rotary embedding),
  * forward.c (l3c_decode: validation, then the fixed op sequence: embd, layer_forward per layer,
- * head), backend.h (the op table the sequence calls), backend_cpu.c + attention.c (the CPU
+ * head), lora.c / lora_io.c / adapter.c / lora_merge.c (LoRA adapters), backend.h (the op table the sequence calls), backend_cpu.c + attention.c (the CPU
  * backend), pooling.c (embeddings).
  * docs/ARCHITECTURE.md describes the op sequence, the KV-cache layout and the trace
  * contract.
@@ -153,7 +153,17 @@ typedef struct l3c_activations {
      * tracing (its one allocation), NULL otherwise */
     float *probs;
     int64_t n_kv;     /* columns of probs: max(pos) + 1 over the batch */
+    /* LoRA (l3c_context_set_adapter): [B x lora_rank] = x A^T of one adapted matrix; NULL until
+     * an adapter is set, grown by l3c_context_set_adapter only (never by l3c_decode) */
+    float *lora_tmp;
+    int32_t lora_rank;
 } l3c_activations;
+
+/* One adapter set on a context, with its user scale (adapter.c). */
+typedef struct l3c_ctx_adapter {
+    const struct l3c_lora_adapter *lora;
+    float scale;
+} l3c_ctx_adapter;
 
 struct l3c_context {
     const l3c_model *model;
@@ -182,6 +192,11 @@ struct l3c_context {
 
     l3c_trace_fn trace;
     void *trace_user;
+
+    /* LoRA adapters (l3c_context_set_adapter, adapter.c), applied in this order after each
+     * adapted matrix (forward.c); [n_adapters], owned array, borrowed adapters */
+    l3c_ctx_adapter *adapters;
+    int n_adapters;
 };
 
 /* Embeddings (pooling.c). After the forward pass of a validated batch b and the update of
