@@ -18,6 +18,7 @@ int cmd_bench(int argc, char **argv);      /* apps/cli/cmd_bench.c   prompt / ge
 int cmd_explain(int argc, char **argv);    /* apps/cli/cmd_explain.c architecture walk-through */
 int cmd_embed(int argc, char **argv);      /* apps/cli/cmd_embed.c   embeddings of texts */
 int cmd_rag(int argc, char **argv);        /* apps/cli/cmd_rag.c     index, retrieve, answer */
+int cmd_train(int argc, char **argv);      /* apps/cli/cmd_train.c   LoRA fine-tuning (internal src/train/ API) */
 int cmd_serve(int argc, char **argv);      /* apps/server/server.c   OpenAI-compatible HTTP API */
 
 /* After loading with --bf16 (bf16_matmul): says on stderr when no matrix multiplies in bf16. */

@@ -23,6 +23,7 @@
 #pragma weak cmd_rag
 #pragma weak cmd_convert
 #pragma weak cmd_export
+#pragma weak cmd_train
 
 typedef struct command {
     const char *name;
@@ -52,6 +53,7 @@ int main(int argc, char **argv) {
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
         {"eval", cmd_eval, "write the logits of given token ids to a file (for tests)"},
         {"convert", cmd_convert, "a Hugging Face folder (or GGUF) to GGUF: F16, Q8_0, Q4_K_M, ..."},
+        {"train", cmd_train, "LoRA fine-tuning on a GGUF base: adapters as GGUF and PEFT"},
         {"export", cmd_export, "LoRA adapters: merge into a model, convert GGUF <-> PEFT"},
     };
     const size_t n = sizeof cmds / sizeof cmds[0];

@@ -1,0 +1,506 @@
+/*
+ * cmd_train.c -- `llama3c train`: LoRA fine-tuning on a GGUF base (weights kept in their file
+ * type), with data from a text / JSONL / chat file, an eval split, progress, a JSONL metrics
+ * log, a loss plot, checkpoints with exact resume, and the adapter in both formats users load
+ * (llama.cpp GGUF LoRA and a PEFT folder).
+ *
+ * Unlike the other commands this one is built on the internal training API (src/train/,
+ * docs/TRAINING.md), not only on llama3c.h: training has no public C API yet.
+ *
+ * The run is a pure function of (model, data, options): batches come from (seed, step)
+ * (l3c_data_locate / l3c_data_order), the optimizer state is the adapter, the AdamW moments and
+ * the step count, all in DIR/train_state.bin. `--resume` continues from that file and gives
+ * bitwise the same adapter as a run that was never interrupted.
+ */
+#include "cli.h"
+#include "common.h"
+
+#include "model/lora.h"
+#include "model/model.h"
+#include "train/data.h"
+#include "train/report.h"
+#include "train/train_model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *CMD = "train";
+
+typedef struct train_opts {
+    const char *model, *data, *eval_data, *out;
+    int n_threads, rank, batch, seq, steps, epochs, warmup, eval_every, save_every, log_every;
+    int checkpoint, resume, quiet;
+    unsigned targets;
+    float alpha, lr, min_lr_ratio, wd, clip, eval_frac;
+    uint64_t seed;
+} train_opts;
+
+static void help(FILE *f) {
+    fprintf(f,
+            "usage: llama3c train -m MODEL.gguf --data FILE -o DIR [options]\n"
+            "LoRA fine-tuning: the base model stays in its file type (QLoRA-style: quantized weights are\n"
+            "dequantized per tile in the backward pass); only the adapters A, B are trained (AdamW).\n"
+            "\n"
+            "data:\n"
+            "  --data FILE          .txt (plain text, cut into windows of --seq tokens), .jsonl with\n"
+            "                       {\"text\": ...} per line, or .jsonl chat {\"messages\": [...]} (rendered\n"
+            "                       with the model's chat template; loss on the assistant turns only)\n"
+            "  --eval-data FILE     evaluation examples (default: --eval-frac of --data)\n"
+            "  --eval-frac X        share of --data held out for evaluation (default 0.05; 0: none)\n"
+            "  --seq T              tokens per sequence (default 256)\n"
+            "  --batch B            sequences per step (default 4)\n"
+            "LoRA:\n"
+            "  --lora               LoRA fine-tuning (the default and, for now, the only mode)\n"
+            "  --rank R             adapter rank (default 8)\n"
+            "  --alpha A            scale alpha / rank (default 16)\n"
+            "  --targets LIST       matrices to adapt, from q,k,v,o,gate,up,down (default all)\n"
+            "optimizer:\n"
+            "  --steps N            optimizer steps (default: --epochs over the training examples)\n"
+            "  --epochs E           passes over the data (default 1)\n"
+            "  --lr X               peak learning rate (default 2e-4)\n"
+            "  --warmup N           linear warmup steps (default 0), then cosine decay to\n"
+            "  --min-lr-ratio X     X * lr at the last step (default 0.1)\n"
+            "  --wd X               AdamW weight decay (default 0)\n"
+            "  --clip X             clip the global gradient norm to X (default 1; 0: off)\n"
+            "  --seed S             initialisation and data order (default 42)\n"
+            "run:\n"
+            "  -o, --out DIR        output folder: adapter.gguf (llama.cpp LoRA), adapter/ (PEFT:\n"
+            "                       adapter_config.json + adapter_model.safetensors), metrics.jsonl,\n"
+            "                       loss.svg, train_state.bin (for --resume)\n"
+            "  --resume             continue the run saved in DIR (same options required)\n"
+            "  --eval-every N       evaluate every N steps (default: 10 times per run; 0: at the end)\n"
+            "  --save-every N       write train_state.bin and the adapters every N steps (default 0: end)\n"
+            "  --log-every N        progress line every N steps when stderr is not a terminal (default 10)\n"
+            "  -t, --threads N      threads (default: physical cores)\n"
+            "  --no-checkpoint      keep every layer's activations (faster, more memory); the default\n"
+            "                       recomputes them layer by layer in the backward pass\n"
+            "  -q, --quiet          no progress line\n"
+            "The last line on stdout is a JSON summary (steps, tokens, tok_per_s, losses, peak RSS).\n");
+}
+
+static int parse_targets(const char *s, unsigned *out) {
+    char buf[256];
+    if (strlen(s) >= sizeof buf) return cli_usage_error(CMD, "--targets: list too long");
+    snprintf(buf, sizeof buf, "%s", s);
+    unsigned t = 0;
+    for (char *sv = NULL, *p = strtok_r(buf, ",", &sv); p; p = strtok_r(NULL, ",", &sv)) {
+        int k = 0;
+        while (k < L3C_LORA_N_TARGETS && strcmp(p, l3c_lora_target_short_name((l3c_lora_target)k))) k++;
+        if (k == L3C_LORA_N_TARGETS)
+            return cli_usage_error(CMD, "--targets: unknown matrix '%s' (use q,k,v,o,gate,up,down)", p);
+        t |= 1u << k;
+    }
+    if (!t) return cli_usage_error(CMD, "--targets: empty list");
+    *out = t;
+    return 0;
+}
+
+static int parse(int argc, char **argv, train_opts *o) {
+    *o = (train_opts){.rank = 8, .alpha = 16.0f, .batch = 4, .seq = 256, .epochs = 1, .lr = 2e-4f,
+                      .min_lr_ratio = 0.1f, .clip = 1.0f, .eval_frac = 0.05f, .eval_every = -1,
+                      .log_every = 10, .checkpoint = 1, .seed = 42,
+                      .targets = (1u << L3C_LORA_N_TARGETS) - 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        long n;
+        int rc = 0;
+#define VAL() ((v = cli_value(CMD, argc, argv, &i)) != NULL)
+#define LONG(lo, hi, dst) (VAL() ? ((rc = cli_parse_long(CMD, a, v, lo, hi, &n)) ? rc : ((dst) = (int)n, 0)) : CLI_USAGE)
+#define FLT(lo, hi, dst) (VAL() ? cli_parse_float(CMD, a, v, lo, hi, &(dst)) : CLI_USAGE)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help(stdout);
+            exit(0);
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            if (!VAL()) return CLI_USAGE;
+            o->model = v;
+        } else if (!strcmp(a, "--data")) {
+            if (!VAL()) return CLI_USAGE;
+            o->data = v;
+        } else if (!strcmp(a, "--eval-data")) {
+            if (!VAL()) return CLI_USAGE;
+            o->eval_data = v;
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--out")) {
+            if (!VAL()) return CLI_USAGE;
+            o->out = v;
+        } else if (!strcmp(a, "--targets")) {
+            if (!VAL() || (rc = parse_targets(v, &o->targets))) return CLI_USAGE;
+        } else if (!strcmp(a, "--seed")) {
+            if (!VAL() || (rc = cli_parse_u64(CMD, a, v, &o->seed))) return CLI_USAGE;
+        } else if (!strcmp(a, "--lora")) {
+        } else if (!strcmp(a, "--resume")) {
+            o->resume = 1;
+        } else if (!strcmp(a, "--no-checkpoint")) {
+            o->checkpoint = 0;
+        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            o->quiet = 1;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) rc = LONG(1, 512, o->n_threads);
+        else if (!strcmp(a, "--rank")) rc = LONG(1, 4096, o->rank);
+        else if (!strcmp(a, "--batch")) rc = LONG(1, 4096, o->batch);
+        else if (!strcmp(a, "--seq")) rc = LONG(2, 65536, o->seq);
+        else if (!strcmp(a, "--steps")) rc = LONG(1, 100000000, o->steps);
+        else if (!strcmp(a, "--epochs")) rc = LONG(1, 100000, o->epochs);
+        else if (!strcmp(a, "--warmup")) rc = LONG(0, 100000000, o->warmup);
+        else if (!strcmp(a, "--eval-every")) rc = LONG(0, 100000000, o->eval_every);
+        else if (!strcmp(a, "--save-every")) rc = LONG(0, 100000000, o->save_every);
+        else if (!strcmp(a, "--log-every")) rc = LONG(1, 100000000, o->log_every);
+        else if (!strcmp(a, "--alpha")) rc = FLT(1e-6, 1e6, o->alpha);
+        else if (!strcmp(a, "--lr")) rc = FLT(0.0, 10.0, o->lr);
+        else if (!strcmp(a, "--min-lr-ratio")) rc = FLT(0.0, 1.0, o->min_lr_ratio);
+        else if (!strcmp(a, "--wd")) rc = FLT(0.0, 10.0, o->wd);
+        else if (!strcmp(a, "--clip")) rc = FLT(0.0, 1e6, o->clip);
+        else if (!strcmp(a, "--eval-frac")) rc = FLT(0.0, 0.5, o->eval_frac);
+        else return cli_usage_error(CMD, "unknown option '%s'", a);
+        if (rc) return CLI_USAGE;
+#undef VAL
+#undef LONG
+#undef FLT
+    }
+    if (!o->model) return cli_usage_error(CMD, "-m MODEL is required");
+    if (!o->data) return cli_usage_error(CMD, "--data FILE is required");
+    if (!o->out) return cli_usage_error(CMD, "-o DIR (the output folder) is required");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ files */
+
+static void join(char *dst, size_t n, const char *dir, const char *name) { snprintf(dst, n, "%s/%s", dir, name); }
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+/* What a resumed run must share with the one it continues. */
+static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_dataset *train,
+                            const l3c_dataset *eval, int total) {
+    char s[1024];
+    snprintf(s, sizeof s, "v1|%lld|%d|%d|%d|%d|%d|%u|%.9g|%d|%d|%.9g|%.9g|%.9g|%.9g|%.9g|%d|%llu|%zu|%zu|%zu|%zu",
+             (long long)m->n_params, m->cfg.n_vocab, m->cfg.n_embd, m->cfg.n_layer, o->rank, o->checkpoint,
+             o->targets, (double)o->alpha, o->batch, o->seq, (double)o->lr, (double)o->min_lr_ratio,
+             (double)o->wd, (double)o->clip, (double)o->eval_frac, o->warmup, (unsigned long long)o->seed,
+             train->n_ex, train->n_tokens, eval ? eval->n_ex : 0, eval ? eval->n_tokens : 0);
+    uint64_t h = fnv(1469598103934665603ull, s, strlen(s));
+    h = fnv(h, &total, sizeof total);
+    h = fnv(h, train->tokens, train->n_tokens * sizeof(int32_t));
+    return fnv(h, train->mask, train->n_tokens);
+}
+
+#define STATE_MAGIC "L3CTRN01"
+
+/* train_state.bin: magic, fingerprint, next step, AdamW t, n, then params, m, v [n] floats. */
+static int save_state(const char *dir, const l3c_train_model *tm, uint64_t fp, int64_t next_step) {
+    char path[4096], tmp[4200];
+    join(path, sizeof path, dir, "train_state.bin");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        fprintf(stderr, "llama3c train: cannot write %s: %s\n", tmp, strerror(errno));
+        return CLI_ERR;
+    }
+    const uint64_t n = tm->n_params;
+    const int64_t t = tm->adam_t;
+    int ok = fwrite(STATE_MAGIC, 8, 1, f) == 1 && fwrite(&fp, 8, 1, f) == 1 && fwrite(&next_step, 8, 1, f) == 1 &&
+             fwrite(&t, 8, 1, f) == 1 && fwrite(&n, 8, 1, f) == 1 &&
+             fwrite(tm->params, sizeof(float), n, f) == n &&
+             fwrite(tm->adam_m, sizeof(float), n, f) == n && fwrite(tm->adam_v, sizeof(float), n, f) == n;
+    ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        fprintf(stderr, "llama3c train: cannot write %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+        return CLI_ERR;
+    }
+    return 0;
+}
+
+static int load_state(const char *dir, l3c_train_model *tm, uint64_t fp, int64_t *next_step) {
+    char path[4096];
+    join(path, sizeof path, dir, "train_state.bin");
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "llama3c train: --resume: cannot open %s: %s\n", path, strerror(errno));
+        return CLI_ERR;
+    }
+    char magic[8];
+    uint64_t ffp = 0, n = 0;
+    int64_t step = 0, t = 0;
+    int rc = CLI_ERR;
+    if (fread(magic, 8, 1, f) != 1 || memcmp(magic, STATE_MAGIC, 8) || fread(&ffp, 8, 1, f) != 1 ||
+        fread(&step, 8, 1, f) != 1 || fread(&t, 8, 1, f) != 1 || fread(&n, 8, 1, f) != 1) {
+        fprintf(stderr, "llama3c train: %s: not a llama3c training state (bad header)\n", path);
+    } else if (ffp != fp) {
+        fprintf(stderr, "llama3c train: %s was written by a run with other options, model or data; "
+                        "--resume needs the same ones\n", path);
+    } else if (n != tm->n_params || step < 0 || t < 0 || t > step) {
+        fprintf(stderr, "llama3c train: %s: inconsistent state (%llu values, step %lld)\n", path,
+                (unsigned long long)n, (long long)step);
+    } else if (fread(tm->params, sizeof(float), n, f) != n || fread(tm->adam_m, sizeof(float), n, f) != n ||
+               fread(tm->adam_v, sizeof(float), n, f) != n || fgetc(f) != EOF) {
+        fprintf(stderr, "llama3c train: %s: truncated or too long\n", path);
+    } else {
+        tm->adam_t = (int)t;
+        *next_step = step;
+        rc = 0;
+    }
+    fclose(f);
+    return rc;
+}
+
+/* Keeps the metrics log's lines of steps < next_step (a resumed run rewrites the rest). */
+static int trim_metrics(const char *path, int64_t next_step) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *o = fopen(tmp, "w");
+    if (!o) {
+        fclose(f);
+        return CLI_ERR;
+    }
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        long long s;
+        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s < next_step) fputs(line, o);
+    }
+    fclose(f);
+    if (fclose(o) != 0 || rename(tmp, path) != 0) return CLI_ERR;
+    return 0;
+}
+
+static int save_adapters(const char *dir, const l3c_model *model, const l3c_train_model *tm) {
+    char path[4096];
+    join(path, sizeof path, dir, "adapter.gguf");
+    if (l3c_lora_save_gguf(tm->lora, &model->cfg, path)) return cli_runtime_error(CMD, "saving the adapter");
+    join(path, sizeof path, dir, "adapter");
+    if (l3c_lora_save_peft(tm->lora, &model->cfg, path, model->name))
+        return cli_runtime_error(CMD, "saving the PEFT adapter");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ evaluation */
+
+/* Mean loss over every trained target of ds (batches of B, in order). */
+static int evaluate(l3c_train_model *tm, const l3c_dataset *ds, int B, int T, int32_t *ids, int32_t *tgt,
+                    double *mean) {
+    double sum = 0.0;
+    int64_t n = 0;
+    const size_t steps = l3c_data_steps_per_epoch(ds, B);
+    for (size_t k = 0; k < steps; k++) {
+        l3c_data_batch(ds, NULL, k * (size_t)B, B, T, ids, tgt);
+        float loss;
+        if (l3c_train_forward(tm, ids, tgt, B, T, &loss)) return cli_runtime_error(CMD, "evaluation");
+        sum += (double)loss * (double)tm->n_valid;
+        n += tm->n_valid;
+    }
+    tm->n_valid = -1;
+    *mean = n ? sum / (double)n : NAN;
+    return 0;
+}
+
+static long long peak_rss_mib(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (long long)ru.ru_maxrss / 1024;
+}
+
+/* ------------------------------------------------------------------ the command */
+
+int cmd_train(int argc, char **argv) {
+    train_opts o;
+    int rc = parse(argc, argv, &o);
+    if (rc) return rc;
+    l3c_model *model = NULL;
+    l3c_dataset *all = NULL, *train = NULL, *eval = NULL;
+    l3c_train_model *tm = NULL;
+    l3c_metrics_log *ml = NULL;
+    int32_t *ids = NULL, *tgt = NULL, *order = NULL;
+    char path[4096];
+
+    if (mkdir(o.out, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "llama3c train: cannot create %s: %s\n", o.out, strerror(errno));
+        return CLI_ERR;
+    }
+    if ((rc = cli_load_model(CMD, o.model, o.n_threads, 0, 0, &model))) return rc;
+    rc = CLI_ERR;
+    l3c_data_params dp = l3c_data_default_params();
+    dp.seq_len = o.seq;
+    if (l3c_data_load(model, o.data, &dp, &all)) {
+        cli_runtime_error(CMD, "reading the data");
+        goto done;
+    }
+    if (o.eval_data) {
+        if (l3c_data_split(all, 0.0, o.seed, &train, &eval) || l3c_data_load(model, o.eval_data, &dp, &eval)) {
+            cli_runtime_error(CMD, "reading the evaluation data");
+            goto done;
+        }
+    } else if (o.eval_frac > 0.0f && all->n_ex < 2) {
+        fprintf(stderr, "llama3c train: %s has %zu example(s): too few to hold out an evaluation share "
+                        "(use --eval-frac 0 or --eval-data)\n", o.data, all->n_ex);
+        goto done;
+    } else if (l3c_data_split(all, o.eval_frac, o.seed, &train, &eval)) {
+        cli_runtime_error(CMD, "splitting the data");
+        goto done;
+    }
+    if (!o.quiet) {
+        l3c_data_describe(train, "train", stderr);
+        if (eval) l3c_data_describe(eval, "eval", stderr);
+    }
+    if (train->n_ex == 0 || train->n_trained == 0) {
+        fprintf(stderr, "llama3c train: %s: no training examples with a trained target\n", o.data);
+        goto done;
+    }
+
+    const int B = o.batch, T = o.seq;
+    const size_t spe = l3c_data_steps_per_epoch(train, B);
+    const int64_t total64 = o.steps ? o.steps : (int64_t)spe * o.epochs;
+    if (total64 > 100000000) {
+        fprintf(stderr, "llama3c train: %lld steps is too many\n", (long long)total64);
+        goto done;
+    }
+    const int total = (int)total64;
+    if (o.eval_every < 0) o.eval_every = total >= 10 ? total / 10 : 1;
+
+    if (l3c_train_model_lora(model, o.targets, o.rank, o.alpha, o.seed, NULL, &tm)) {
+        cli_runtime_error(CMD, "setting up LoRA");
+        goto done;
+    }
+    tm->checkpoint = o.checkpoint;
+    const int nt = o.n_threads > 0 ? o.n_threads : model->n_threads;
+    if (l3c_train_model_set_threads(tm, nt)) {
+        cli_runtime_error(CMD, "starting threads");
+        goto done;
+    }
+    tm->adam_m = calloc(tm->n_params, sizeof(float));
+    tm->adam_v = calloc(tm->n_params, sizeof(float));
+    ids = malloc((size_t)B * T * sizeof *ids);
+    tgt = malloc((size_t)B * T * sizeof *tgt);
+    order = malloc((train->n_ex ? train->n_ex : 1) * sizeof *order);
+    if (!tm->adam_m || !tm->adam_v || !ids || !tgt || !order) {
+        fprintf(stderr, "llama3c train: out of memory\n");
+        goto done;
+    }
+    const uint64_t fp = fingerprint(&o, model, train, eval, total);
+    int64_t first = 0;
+    join(path, sizeof path, o.out, "metrics.jsonl");
+    if (o.resume) {
+        if (load_state(o.out, tm, fp, &first) || trim_metrics(path, first)) goto done;
+        fprintf(stderr, "llama3c train: resuming at step %lld of %d\n", (long long)first, total);
+    }
+    if (l3c_metrics_open(path, o.resume, &ml)) {
+        cli_runtime_error(CMD, "opening the metrics log");
+        goto done;
+    }
+    fprintf(stderr, "llama3c train: LoRA rank %d alpha %g on %s (%zu adapter values), %d steps of %d x %d "
+                    "tokens, %d threads%s\n", o.rank, (double)o.alpha, model->name, tm->n_params, total, B, T,
+            nt, o.checkpoint ? ", recomputing activations" : "");
+
+    l3c_adamw_params ap = l3c_adamw_default_params();
+    ap.lr = o.lr;
+    ap.weight_decay = o.wd;
+    ap.grad_clip = o.clip;
+    ap.warmup_steps = o.warmup;
+    ap.total_steps = total;
+    ap.min_lr_ratio = o.min_lr_ratio;
+
+    l3c_progress pr;
+    l3c_progress_init(&pr, o.quiet ? NULL : stderr, first, total, o.log_every, -1);
+    const double t0 = l3c_time_s();
+    double t_train = 0.0, first_loss = NAN, last_loss = NAN, first_eval = NAN, last_eval = NAN;
+    int64_t tokens = 0, trained = 0, cur_epoch = -1;
+    if (eval && first == 0) { /* the base model's eval loss, the baseline the adapter improves on */
+        if (evaluate(tm, eval, B, T, ids, tgt, &first_eval)) goto done;
+        l3c_metrics_row r = l3c_metrics_row_empty(0);
+        r.eval_loss = first_eval;
+        r.eval_ppl = exp(first_eval);
+        l3c_metrics_write(ml, &r);
+        last_eval = first_eval;
+        fprintf(stderr, "llama3c train: eval loss before training %.4f (ppl %.2f)\n", first_eval, exp(first_eval));
+    }
+    for (int64_t step = first; step < total; step++) {
+        int64_t epoch;
+        size_t start;
+        l3c_data_locate(train, B, step, &epoch, &start);
+        if (epoch != cur_epoch) {
+            l3c_data_order(train->n_ex, o.seed, epoch, order);
+            cur_epoch = epoch;
+        }
+        const int64_t n_tgt = l3c_data_batch(train, order, start, B, T, ids, tgt);
+        const double ts = l3c_time_s();
+        float loss = 0.0f, norm = 0.0f, lr = 0.0f;
+        if (l3c_train_forward(tm, ids, tgt, B, T, &loss)) {
+            cli_runtime_error(CMD, "forward");
+            goto done;
+        }
+        l3c_train_zero_grad(tm);
+        if (l3c_train_backward(tm) || l3c_train_step(tm, &ap, (int)step, &norm, &lr)) {
+            cli_runtime_error(CMD, "backward");
+            goto done;
+        }
+        t_train += l3c_time_s() - ts;
+        tokens += (int64_t)B * T;
+        trained += n_tgt;
+        if (isnan(first_loss)) first_loss = loss;
+        last_loss = loss;
+        if (!isfinite(loss)) {
+            fprintf(stderr, "\nllama3c train: the loss is %g at step %lld: lower --lr?\n", (double)loss,
+                    (long long)step);
+            goto done;
+        }
+        l3c_metrics_row r = l3c_metrics_row_empty(step + 1);
+        r.epoch = epoch;
+        r.loss = loss;
+        r.lr = lr;
+        r.grad_norm = norm;
+        r.tokens = tokens;
+        r.tok_per_s = t_train > 0 ? (double)tokens / t_train : NAN;
+        r.elapsed_s = l3c_time_s() - t0;
+        const int last = step + 1 == total;
+        if (eval && ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || last)) {
+            if (evaluate(tm, eval, B, T, ids, tgt, &last_eval)) goto done;
+            r.eval_loss = last_eval;
+            r.eval_ppl = exp(last_eval);
+        }
+        l3c_metrics_write(ml, &r);
+        l3c_progress_update(&pr, step + 1, loss, lr, r.tok_per_s);
+        if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last) {
+            if (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm)) goto done;
+        }
+    }
+    l3c_progress_finish(&pr);
+    if (first == total && save_adapters(o.out, model, tm)) goto done; /* resumed a finished run */
+    l3c_metrics_close(ml);
+    ml = NULL;
+    char svg[4096];
+    join(svg, sizeof svg, o.out, "loss.svg");
+    if (l3c_plot_svg_from_jsonl(path, svg, "llama3c train: loss")) {
+        cli_runtime_error(CMD, "plotting the loss");
+        goto done;
+    }
+    fprintf(stderr, "llama3c train: wrote %s/adapter.gguf, %s/adapter/ (PEFT), metrics.jsonl, loss.svg\n", o.out,
+            o.out);
+    printf("{\"steps\": %d, \"first_step\": %lld, \"tokens\": %lld, \"trained_tokens\": %lld, \"seconds\": %.3f, "
+           "\"tok_per_s\": %.2f, \"first_loss\": %.6g, \"train_loss\": %.6g, \"eval_loss_before\": %.6g, "
+           "\"eval_loss\": %.6g, \"peak_rss_mib\": %lld, \"threads\": %d, \"adapter_values\": %zu}\n",
+           total, (long long)first, (long long)tokens, (long long)trained, t_train,
+           t_train > 0 ? (double)tokens / t_train : 0.0, isnan(first_loss) ? -1.0 : first_loss,
+           isnan(last_loss) ? -1.0 : last_loss, isnan(first_eval) ? -1.0 : first_eval,
+           isnan(last_eval) ? -1.0 : last_eval, peak_rss_mib(), nt, tm->n_params);
+    rc = 0;
+done:
+    if (ml) l3c_metrics_close(ml);
+    free(ids);
+    free(tgt);
+    free(order);
+    l3c_train_model_free(tm);
+    l3c_data_free(all);
+    l3c_data_free(train);
+    l3c_data_free(eval);
+    l3c_model_free(model);
+    return rc;
+}
