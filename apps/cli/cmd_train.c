@@ -33,7 +33,7 @@ static const char *CMD = "train";
 
 typedef struct train_opts {
     const char *model, *data, *eval_data, *out;
-    int n_threads, rank, batch, seq, steps, epochs, warmup, eval_every, save_every, log_every;
+    int n_threads, rank, batch, seq, steps, epochs, warmup, eval_every, save_every, log_every, stop_after;
     int checkpoint, resume, quiet;
     unsigned targets;
     float alpha, lr, min_lr_ratio, wd, clip, eval_frac;
@@ -73,6 +73,7 @@ static void help(FILE *f) {
             "                       adapter_config.json + adapter_model.safetensors), metrics.jsonl,\n"
             "                       loss.svg, train_state.bin (for --resume)\n"
             "  --resume             continue the run saved in DIR (same options required)\n"
+            "  --stop-after N       save the state and stop after step N (continue with --resume)\n"
             "  --eval-every N       evaluate every N steps (default: 10 times per run; 0: at the end)\n"
             "  --save-every N       write train_state.bin and the adapters every N steps (default 0: end)\n"
             "  --log-every N        progress line every N steps when stderr is not a terminal (default 10)\n"
@@ -148,6 +149,7 @@ static int parse(int argc, char **argv, train_opts *o) {
         else if (!strcmp(a, "--eval-every")) rc = LONG(0, 100000000, o->eval_every);
         else if (!strcmp(a, "--save-every")) rc = LONG(0, 100000000, o->save_every);
         else if (!strcmp(a, "--log-every")) rc = LONG(1, 100000000, o->log_every);
+        else if (!strcmp(a, "--stop-after")) rc = LONG(1, 100000000, o->stop_after);
         else if (!strcmp(a, "--alpha")) rc = FLT(1e-6, 1e6, o->alpha);
         else if (!strcmp(a, "--lr")) rc = FLT(0.0, 10.0, o->lr);
         else if (!strcmp(a, "--min-lr-ratio")) rc = FLT(0.0, 1.0, o->min_lr_ratio);
@@ -252,7 +254,7 @@ static int load_state(const char *dir, l3c_train_model *tm, uint64_t fp, int64_t
     return rc;
 }
 
-/* Keeps the metrics log's lines of steps < next_step (a resumed run rewrites the rest). */
+/* Keeps the metrics log's lines of the next_step steps done (a resumed run rewrites the rest). */
 static int trim_metrics(const char *path, int64_t next_step) {
     FILE *f = fopen(path, "r");
     if (!f) return 0;
@@ -266,7 +268,7 @@ static int trim_metrics(const char *path, int64_t next_step) {
     char line[4096];
     while (fgets(line, sizeof line, f)) {
         long long s;
-        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s < next_step) fputs(line, o);
+        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s <= next_step) fputs(line, o);
     }
     fclose(f);
     if (fclose(o) != 0 || rename(tmp, path) != 0) return CLI_ERR;
@@ -322,7 +324,7 @@ int cmd_train(int argc, char **argv) {
     int32_t *ids = NULL, *tgt = NULL, *order = NULL;
     char path[4096];
 
-    if (mkdir(o.out, 0777) != 0 && errno != EEXIST) {
+    if (mkdir(o.out, 0777) != 0 && errno != EEXIST) { /* made before loading: a bad path fails fast */
         fprintf(stderr, "llama3c train: cannot create %s: %s\n", o.out, strerror(errno));
         return CLI_ERR;
     }
@@ -468,8 +470,16 @@ int cmd_train(int argc, char **argv) {
         }
         l3c_metrics_write(ml, &r);
         l3c_progress_update(&pr, step + 1, loss, lr, r.tok_per_s);
-        if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last) {
+        const int stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
+        if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last || stop) {
             if (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm)) goto done;
+        }
+        if (stop) {
+            l3c_progress_finish(&pr);
+            fprintf(stderr, "llama3c train: stopped after step %lld as asked; continue with --resume\n",
+                    (long long)(step + 1));
+            rc = 0;
+            goto done;
         }
     }
     l3c_progress_finish(&pr);

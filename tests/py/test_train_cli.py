@@ -1,0 +1,165 @@
+"""`llama3c train` end to end (apps/cli/cmd_train.c): LoRA on a quantized base learns (the eval
+loss falls, and llama.cpp running the saved adapter agrees it fell), outputs are complete and
+parse, a run stopped and resumed is bitwise the uninterrupted one, and bad input is refused with a
+clear message and nothing half-written.
+
+References: llama-cpp-python (`Llama(lora_path=...)`) recomputes the loss of the held-out text
+with the adapter llama3c wrote; the tokenizer and chat masks have their own tests
+(test_train_data.py), the adapter formats theirs (test_lora_infer.py), the gradients theirs
+(test_train_grad.py).
+"""
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from conftest import THREADS, eval_logits, llama_cpp_or_skip, run_cli
+
+STEPS = 40
+ARGS = ["--steps", STEPS, "--batch", 4, "--seq", 32, "--lr", 3e-3, "--warmup", 4, "-t", 2, "--seed", 7,
+        "--eval-every", 10, "--log-every", 10]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    import gen_models
+
+    return tiny_model("train_cli", gen_models.ModelSpec(), "Q4_0")
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    """A small corpus with structure to learn (sums of digits in a fixed sentence)."""
+    import random
+
+    r = random.Random(0)
+    lines = []
+    for _ in range(400):
+        a, b = r.randint(1, 9), r.randint(1, 9)
+        lines.append(f"the cat sat on the mat and {a} plus {b} is {a + b}.")
+    p = tmp_path_factory.mktemp("train_data") / "sums.txt"
+    p.write_text("\n".join(lines) + "\n")
+    return str(p)
+
+
+def summary(p):
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def metrics(d):
+    with open(os.path.join(d, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_lora_on_q4_0_learns_and_writes_everything(llama3c, tiny, text, tmp_path):
+    out = str(tmp_path / "run")
+    p = run_cli("train", "-m", tiny, "--data", text, "-o", out, *ARGS, "--eval-frac", 0.1)
+    s = summary(p)
+    assert s["steps"] == STEPS and s["tokens"] == STEPS * 4 * 32
+    assert s["eval_loss"] < 0.5 * s["eval_loss_before"], s
+    assert "step 40/40" in p.stderr and "eval loss before training" in p.stderr
+    rows = metrics(out)
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, STEPS + 1))
+    assert all(k in train_rows[-1] for k in ("lr", "grad_norm", "tokens", "tok_per_s", "elapsed_s"))
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) == 1 + STEPS // 10 and evals[-1] < evals[0]
+    ET.parse(os.path.join(out, "loss.svg"))  # well-formed XML (the plot itself: test_train_data.py)
+    for f in ("adapter.gguf", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+              "train_state.bin"):
+        assert os.path.getsize(os.path.join(out, f)) > 0, f
+    cfg = json.load(open(os.path.join(out, "adapter", "adapter_config.json")))
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and cfg["peft_type"] == "LORA"
+    assert sorted(cfg["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                    "up_proj", "down_proj"])
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def nll(logits, ids):
+    z = logits[:-1].astype(np.float64)
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    return float(np.mean(lse - z[np.arange(len(ids) - 1), ids[1:]]))
+
+
+def test_adapter_lowers_loss_in_llama_cpp_too(llama3c, tiny, text, tmp_path):
+    """The adapter the trainer saved, run by llama.cpp (lora_path) and by `llama3c eval --lora`,
+    lowers the loss of a sentence of the corpus's form; both engines agree on the logits."""
+    llama_cpp = llama_cpp_or_skip()
+    out = str(tmp_path / "run")
+    run_cli("train", "-m", tiny, "--data", text, "-o", out, *ARGS, "--eval-frac", 0)
+    adapter = os.path.join(out, "adapter.gguf")
+    lm = llama_cpp.Llama(model_path=tiny, n_ctx=64, verbose=False)
+    ids = lm.tokenize(b"the cat sat on the mat and 3 plus 4 is 7.", add_bos=True)
+    lm.close()
+    base = eval_logits(tiny, ids, tmp_path)
+    ours = eval_logits(tiny, ids, tmp_path, extra=("--lora", adapter))
+    scores = {}
+    for name, kw in (("base", {}), ("lora", dict(lora_path=adapter))):
+        lm = llama_cpp.Llama(model_path=tiny, logits_all=True, n_ctx=64, n_threads=THREADS, verbose=False, **kw)
+        lm.eval(ids)
+        scores[name] = np.array(lm.scores[:len(ids)], dtype=np.float64)
+        lm.close()
+    rms = np.sqrt(np.mean(scores["lora"] ** 2))
+    diff = np.abs(ours - scores["lora"]).max() / rms
+    assert diff <= 0.30, f"llama3c --lora vs llama.cpp lora_path: max diff {diff:.3f} x rms (Q4_0 tolerance 0.30)"
+    before, after, cpp_after = nll(base, ids), nll(ours, ids), nll(scores["lora"], ids)
+    print(f"NLL per token: base {before:.3f}, with adapter {after:.3f} (llama.cpp {cpp_after:.3f})")
+    assert after < 0.5 * before and cpp_after < 0.5 * nll(scores["base"], ids)
+
+
+def test_resume_is_bitwise_identical(llama3c, tiny, text, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run_cli("train", "-m", tiny, "--data", text, "-o", a, *ARGS)
+    p = run_cli("train", "-m", tiny, "--data", text, "-o", b, *ARGS, "--stop-after", 17)
+    assert "stopped after step 17" in p.stderr and not p.stdout.strip()
+    p = run_cli("train", "-m", tiny, "--data", text, "-o", b, *ARGS, "--resume")
+    assert "resuming at step 17" in p.stderr and summary(p)["first_step"] == 17
+    for f in ("train_state.bin", "adapter.gguf", "adapter/adapter_model.safetensors"):
+        assert open(os.path.join(a, f), "rb").read() == open(os.path.join(b, f), "rb").read(), f
+    key = lambda rows: [(r["step"], r.get("loss"), r.get("eval_loss"), r.get("grad_norm")) for r in rows]  # noqa
+    assert key(metrics(a)) == key(metrics(b))
+    # other options: refused
+    p = run_cli("train", "-m", tiny, "--data", text, "-o", b, *ARGS, "--lr", 1e-3, "--resume", check=False)
+    assert p.returncode == 1 and "other options" in p.stderr
+
+
+@pytest.mark.parametrize("name,content,pattern", [
+    ("bad.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [', r"bad\.jsonl:2"),
+    ("empty.txt", "", r"empty\.txt"),
+])
+def test_bad_data_is_refused_and_nothing_written(llama3c, tiny, tmp_path, name, content, pattern):
+    import re
+
+    data = tmp_path / name
+    data.write_text(content)
+    out = tmp_path / "out"
+    p = run_cli("train", "-m", tiny, "--data", data, "-o", out, *ARGS, check=False)
+    assert p.returncode == 1 and re.search(pattern, p.stderr), p.stderr
+    assert not out.exists() or not os.listdir(out), os.listdir(out)
+
+
+def test_usage_errors(llama3c, tiny, text, tmp_path):
+    for extra, msg in ((["--targets", "q,x"], "unknown matrix 'x'"), (["--rank", 0], "--rank"),
+                       (["--lr", "abc"], "--lr")):
+        p = run_cli("train", "-m", tiny, "--data", text, "-o", tmp_path / "o", *extra, check=False)
+        assert p.returncode == 2 and msg in p.stderr, p.stderr
+    p = run_cli("train", "-m", tiny, "--data", text, "-o", tmp_path / "o2", *ARGS, "--resume", check=False)
+    assert p.returncode == 1 and "train_state.bin" in p.stderr
+    p = run_cli("train", "-m", tmp_path / "missing.gguf", "--data", text, "-o", tmp_path / "o3", check=False)
+    assert p.returncode == 1 and "missing.gguf" in p.stderr
+
+
+def test_smollm2_chat_lora_smoke(llama3c, smollm2_path, tmp_path):
+    """The default model on the shipped chat examples: a few steps run, the loss is only on the
+    assistant turns (trained tokens well below all tokens), the eval loss falls."""
+    data = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "examples", "train",
+                        "chat_small.jsonl")
+    out = str(tmp_path / "smol")
+    p = run_cli("train", "-m", smollm2_path, "--data", data, "-o", out, "--steps", 4, "--batch", 2, "--seq", 64,
+                "--lr", 1e-3, "-t", 2, "--eval-frac", 0.02, "--rank", 4, "--targets", "q,v", timeout=900)
+    s = summary(p)
+    assert 0 < s["trained_tokens"] < 0.6 * s["tokens"], s
+    assert s["eval_loss"] < s["eval_loss_before"], s
