@@ -54,12 +54,13 @@ void l3c_progress_init(l3c_progress *p, FILE *f, int64_t first, int64_t total, i
     p->first = first;
     p->total = total;
     p->every = every > 0 ? every : 10;
-    p->tty = tty >= 0 ? tty : isatty(fileno(f));
+    p->tty = !f ? 0 : tty >= 0 ? tty : isatty(fileno(f));
     p->width = 20;
     p->t0 = l3c_time_s();
 }
 
 void l3c_progress_update(l3c_progress *p, int64_t step, double loss, double lr, double tok_per_s) {
+    if (!p->f) return;
     if (!p->tty && step % p->every != 0 && step != p->total) return;
     const double el = l3c_time_s() - p->t0;
     const int64_t done = step - p->first;
@@ -78,6 +79,7 @@ void l3c_progress_update(l3c_progress *p, int64_t step, double loss, double lr, 
 }
 
 void l3c_progress_finish(l3c_progress *p) {
+    if (!p->f) return;
     if (p->tty && p->last_len) fputc('\n', p->f);
     p->last_len = 0;
     fflush(p->f);

@@ -40,6 +40,7 @@ typedef struct l3c_progress {
 } l3c_progress;
 
 /* f: usually stderr; tty: -1 detects (isatty), 0 / 1 force. first: the step the run starts at. */
+/* f NULL: silent (--quiet). tty < 0: isatty(f). */
 void l3c_progress_init(l3c_progress *p, FILE *f, int64_t first, int64_t total, int every, int tty);
 /* After step `step` (1-based count of steps done) with its loss, learning rate and throughput. */
 void l3c_progress_update(l3c_progress *p, int64_t step, double loss, double lr, double tok_per_s);

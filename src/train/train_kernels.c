@@ -12,6 +12,7 @@
 
 #include "train/train_ops.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,6 +75,59 @@ static void dx_chunk(void *arg, int64_t chunk, int ith) {
     }
 }
 
+/*
+ * The batched path (N >= DX_GEMM_MIN tokens): dx[:, c0:c1] += scale * dy Wt^T with Wt = W[:, c0:c1]^T
+ * [cw x n_out], one column slice of W at a time dequantized and transposed into an F32 matrix, so
+ * the product runs in the engine's register-blocked F32 gemm (l3c_matmul). The slice holds at
+ * most DX_SLICE floats.
+ */
+#define DX_GEMM_MIN 16
+#define DX_SLICE (1 << 20)
+
+static l3c_status matmul_dx_gemm(l3c_threadpool *tp, const l3c_weight *w, const l3c_type_traits *tr,
+                                  const float *dy, int64_t N, float scale, float *dx) {
+    const int64_t bs = tr->block_size;
+    int64_t cw = DX_SLICE / w->n_out / bs * bs;
+    if (cw < bs) cw = bs;
+    if (cw > w->n_in) cw = w->n_in;
+    const int64_t rows = N < 512 ? N : 512;
+    l3c_weight wt = l3c_trk_f32_weight(NULL, w->n_out, cw, "W^T slice");
+    const size_t sb = l3c_matmul_scratch_bytes(&wt, rows);
+    float *buf = malloc((size_t)(w->n_out * cw * 2 + rows * cw) * sizeof(float));
+    void *scratch = malloc(sb ? sb : 1);
+    if (!buf || !scratch) {
+        free(buf), free(scratch);
+        return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the backward slices");
+    }
+    float *row = buf, *t = buf + w->n_out * cw, *y = t + w->n_out * cw;
+    for (int64_t c0 = 0; c0 < w->n_in; c0 += cw) {
+        const int64_t c = c0 + cw <= w->n_in ? cw : w->n_in - c0;
+        const size_t off = (size_t)(c0 / bs) * tr->type_size;
+        for (int64_t o = 0; o < w->n_out; o++) {
+            const char *src = (const char *)w->data + (size_t)o * w->row_bytes + off;
+            const float *r = row;
+            if (w->type == L3C_TYPE_F32) r = (const float *)src;
+            else tr->to_float(src, row, c);
+            for (int64_t i = 0; i < c; i++) t[i * w->n_out + o] = r[i];
+        }
+        wt = l3c_trk_f32_weight(t, w->n_out, c, "W^T slice");
+        for (int64_t n0 = 0; n0 < N; n0 += rows) {
+            const int64_t nn = N - n0 < rows ? N - n0 : rows;
+            l3c_matmul(tp, &wt, dy + n0 * w->n_out, y, nn, scratch);
+            for (int64_t n = 0; n < nn; n++) l3c_axpy(dx + (n0 + n) * w->n_in + c0, scale, y + n * c, c);
+        }
+    }
+    free(buf);
+    free(scratch);
+    return L3C_OK;
+}
+
+/* L3C_TRAIN_DX=tiles forces the per-tile axpy path (tests compare the two) */
+static int getenv_gemm(void) {
+    const char *e = getenv("L3C_TRAIN_DX");
+    return !(e && !strcmp(e, "tiles"));
+}
+
 l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const float *dy, int64_t N,
                              float scale, float *dx) {
     const l3c_type_traits *tr = l3c_type_traits_ref(w->type);
@@ -81,6 +135,7 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
         return l3c_fail(L3C_ERR_UNSUPPORTED, "train: weight '%s' of type %s cannot be dequantized",
                         w->name ? w->name : "?", l3c_type_name(w->type));
     if (N <= 0) return L3C_OK;
+    if (N >= DX_GEMM_MIN && getenv_gemm()) return matmul_dx_gemm(tp, w, tr, dy, N, scale, dx);
     const int nt = l3c_threadpool_n_threads(tp);
     const int64_t bs = tr->block_size;
     int64_t cols = (DX_COLS + bs - 1) / bs * bs;
@@ -145,37 +200,92 @@ l3c_status l3c_trk_matmul_dw(l3c_threadpool *tp, const float *x, const float *dy
 
 /* ------------------------------------------------------------------ attention */
 
+/* One (sequence, kv head) part per chunk, the loops of train_ops.c's attention pairs with the
+ * engine's vectorized dot product (the F32 type's vec_dot) and axpy; the softmax as there. */
 typedef struct att_job {
     const float *q, *k, *v, *att_c, *dout;
     float *att, *out, *dq, *dk, *dv;
     int64_t T;
     int n_head, n_head_kv, hd;
+    l3c_vec_dot_fn dot;
+    float *dp; /* [n_threads x T] backward scratch */
 } att_job;
 
 static void att_fwd_chunk(void *arg, int64_t chunk, int ith) {
     const att_job *j = arg;
-    l3c_tr_attention_fwd_part(j->q, j->k, j->v, chunk / j->n_head_kv, (int)(chunk % j->n_head_kv), j->T,
-                              j->n_head, j->n_head_kv, j->hd, j->att, j->out);
+    const int64_t b = chunk / j->n_head_kv, T = j->T;
+    const int kh = (int)(chunk % j->n_head_kv), hd = j->hd, group = j->n_head / j->n_head_kv;
+    const int64_t qs = (int64_t)j->n_head * hd, ks = (int64_t)j->n_head_kv * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *qr = j->q + (b * T + t) * qs + (int64_t)h * hd;
+            float *p = j->att + ((b * j->n_head + h) * T + t) * T;
+            float mx = -INFINITY;
+            for (int64_t i = 0; i <= t; i++) {
+                float sc;
+                j->dot(hd, &sc, j->k + (b * T + i) * ks + (int64_t)kh * hd, qr);
+                p[i] = sc * scale;
+                if (p[i] > mx) mx = p[i];
+            }
+            float sum = 0.0f;
+            for (int64_t i = 0; i <= t; i++) {
+                p[i] = expf(p[i] - mx);
+                sum += p[i];
+            }
+            const float inv = 1.0f / sum;
+            for (int64_t i = 0; i <= t; i++) p[i] *= inv;
+            for (int64_t i = t + 1; i < T; i++) p[i] = 0.0f;
+            float *o = j->out + (b * T + t) * qs + (int64_t)h * hd;
+            memset(o, 0, (size_t)hd * sizeof(float));
+            for (int64_t i = 0; i <= t; i++) l3c_axpy(o, p[i], j->v + (b * T + i) * ks + (int64_t)kh * hd, hd);
+        }
 }
 
 static void att_bwd_chunk(void *arg, int64_t chunk, int ith) {
     const att_job *j = arg;
-    l3c_tr_attention_bwd_part(j->q, j->k, j->v, j->att_c, j->dout, chunk / j->n_head_kv,
-                              (int)(chunk % j->n_head_kv), j->T, j->n_head, j->n_head_kv, j->hd, j->dq,
-                              j->dk, j->dv);
+    const int64_t b = chunk / j->n_head_kv, T = j->T;
+    const int kh = (int)(chunk % j->n_head_kv), hd = j->hd, group = j->n_head / j->n_head_kv;
+    const int64_t qs = (int64_t)j->n_head * hd, ks = (int64_t)j->n_head_kv * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *dp = j->dp + (size_t)ith * (size_t)T;
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *p = j->att_c + ((b * j->n_head + h) * T + t) * T;
+            const float *qr = j->q + (b * T + t) * qs + (int64_t)h * hd;
+            const float *dor = j->dout + (b * T + t) * qs + (int64_t)h * hd;
+            float *dqr = j->dq + (b * T + t) * qs + (int64_t)h * hd;
+            float pdp = 0.0f;
+            for (int64_t i = 0; i <= t; i++) {
+                j->dot(hd, &dp[i], j->v + (b * T + i) * ks + (int64_t)kh * hd, dor);
+                pdp += p[i] * dp[i];
+            }
+            for (int64_t i = 0; i <= t; i++) {
+                const int64_t r = (b * T + i) * ks + (int64_t)kh * hd;
+                const float ds = p[i] * (dp[i] - pdp) * scale;
+                l3c_axpy(j->dv + r, p[i], dor, hd);
+                l3c_axpy(dqr, ds, j->k + r, hd);
+                l3c_axpy(j->dk + r, ds, qr, hd);
+            }
+        }
 }
 
 void l3c_trk_attention_fwd(l3c_threadpool *tp, const float *q, const float *k, const float *v, int64_t B,
                            int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out) {
     att_job j = {.q = q, .k = k, .v = v, .att = att, .out = out, .T = T, .n_head = n_head,
-                 .n_head_kv = n_head_kv, .hd = hd};
+                 .n_head_kv = n_head_kv, .hd = hd, .dot = l3c_type_traits_get(L3C_TYPE_F32)->vec_dot};
     l3c_threadpool_run(tp, B * n_head_kv, att_fwd_chunk, &j);
 }
 
-void l3c_trk_attention_bwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
-                           const float *att, const float *dout, int64_t B, int64_t T, int n_head,
-                           int n_head_kv, int hd, float *dq, float *dk, float *dv) {
+l3c_status l3c_trk_attention_bwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
+                                 const float *att, const float *dout, int64_t B, int64_t T, int n_head,
+                                 int n_head_kv, int hd, float *dq, float *dk, float *dv) {
     att_job j = {.q = q, .k = k, .v = v, .att_c = att, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
-                 .T = T, .n_head = n_head, .n_head_kv = n_head_kv, .hd = hd};
+                 .T = T, .n_head = n_head, .n_head_kv = n_head_kv, .hd = hd,
+                 .dot = l3c_type_traits_get(L3C_TYPE_F32)->vec_dot};
+    j.dp = malloc((size_t)l3c_threadpool_n_threads(tp) * (size_t)T * sizeof(float));
+    if (!j.dp) return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the attention backward");
     l3c_threadpool_run(tp, B * n_head_kv, att_bwd_chunk, &j);
+    free(j.dp);
+    return L3C_OK;
 }

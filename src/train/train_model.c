@@ -606,8 +606,9 @@ static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, c
     zero(s->dq, N * qd);
     zero(s->dk, N * kd);
     zero(s->dv, N * kd);
-    l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, a->att, s->dao, m->B, m->T, c->n_head, c->n_head_kv, hd,
-                          s->dq, s->dk, s->dv);
+    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, a->att, s->dao, m->B, m->T, c->n_head,
+                                    c->n_head_kv, hd, s->dq, s->dk, s->dv)))
+        return st;
     l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
     l3c_tr_rope_bwd(s->dk, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
     zero(s->dxn, N * D);
