@@ -152,6 +152,7 @@ def test_usage_errors(llama3c, tiny, text, tmp_path):
     assert p.returncode == 1 and "missing.gguf" in p.stderr
 
 
+@pytest.mark.slow
 def test_smollm2_chat_lora_smoke(llama3c, smollm2_path, tmp_path):
     """The default model on the shipped chat examples: a few steps run, the loss is only on the
     assistant turns (trained tokens well below all tokens), the eval loss falls."""
