@@ -212,7 +212,8 @@ l3c_status l3c_train_model_from_gguf(const char *path, l3c_train_model **out) {
     l3c_train_config tc = {.n_vocab = c.n_vocab, .n_embd = c.n_embd, .n_layer = c.n_layer,
                            .n_head = c.n_head, .n_head_kv = c.n_head_kv, .n_ff = c.n_ff,
                            .n_rot = c.n_rot, .rope_theta = c.rope_theta, .norm_eps = c.norm_eps,
-                           .tied = l3c_gguf_find_tensor(g, "output.weight") == NULL};
+                           .tied = l3c_gguf_find_tensor(g, "output.weight") == NULL,
+                           .n_ctx = c.n_ctx_train};
     if ((st = alloc_model(&tc, &m))) goto fail;
     for (int i = 0; i < m->n_tensors; i++) {
         const l3c_train_tensor *t = &m->tensors[i];
@@ -256,7 +257,7 @@ l3c_status l3c_train_model_lora(const l3c_model *base, unsigned targets, int32_t
     m->cfg = (l3c_train_config){.n_vocab = c->n_vocab, .n_embd = c->n_embd, .n_layer = c->n_layer,
                                 .n_head = c->n_head, .n_head_kv = c->n_head_kv, .n_ff = c->n_ff,
                                 .n_rot = c->n_rot, .rope_theta = c->rope_theta, .norm_eps = c->norm_eps,
-                                .tied = base->w.tied_output};
+                                .tied = base->w.tied_output, .n_ctx = c->n_ctx_train};
     m->head_dim = c->head_dim;
     m->rope_freqs = NULL;
     l3c_status st;

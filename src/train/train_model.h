@@ -38,6 +38,8 @@ typedef struct l3c_train_config {
     float rope_theta; /* 10000 */
     float norm_eps;   /* 1e-5 */
     int tied;         /* output head shares token_embd */
+    int32_t n_ctx;    /* context length a saved model declares (llama.context_length); the
+                       * math does not use it; from_gguf / lora: the file's, else 0 */
 } l3c_train_config;
 
 /* Pointers of one set of parameters (or gradients) into an arena. */

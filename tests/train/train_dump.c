@@ -4,7 +4,7 @@
  * needs to files, for tests/py/test_train_grad.py (torch autograd on the same weights).
  *
  *   train_dump (--model F.gguf | --random V,D,L,H,HKV,FF [--tied] [--seed S] [--theta X]
- *               [--eps X] [--n-rot R])
+ *               [--eps X] [--n-rot R] | --config F.json (--tok-from M.gguf | --vocab V) [--seed S])
  *              --ids F.i32 [--targets F.i32] --batch B --seq T [--checkpoint] --out DIR
  *              [--steps K --lr X --wd X --warmup N --total N --min-lr-ratio X --clip X
  *               --beta1 X --beta2 X --adam-eps X] [--threads N]
@@ -15,6 +15,11 @@
  * blk.N.attn_q.weight.lora_a ...), config.txt adds lora_scale; --lora-b-std S draws B from
  * N(0, S) (seeded) instead of 0, so that A's gradient is not zero either.
  *
+ * --config reads a from-scratch config (l3c_train_config_from_json; the vocabulary size from
+ * --tok-from's model or --vocab) and builds a random model of that shape. --save-gguf PATH writes
+ * the model after the first forward (l3c_train_model_save_gguf) with --tok-from's tokenizer
+ * (none without it), context length --n-ctx (default: the config's) and general.name --name.
+ *
  * DIR gets: config.txt (key value lines), index.txt ("name rows cols offset" per parameter,
  * offsets in floats), params.f32 (the initial parameters, arena order), logits.f32 [B*T x V] of
  * the first forward, and with targets: loss.txt, grads.f32 (of the first batch); with --steps:
@@ -22,6 +27,7 @@
  * params_final.f32. rope_freqs.f32 when the model has it. Exit 0 on success, 1 with a message.
  */
 #include "llama3c.h"
+#include "train/train_io.h"
 #include "train/train_model.h"
 
 #include <errno.h>
@@ -70,7 +76,7 @@ static FILE *open_text(const char *dir, const char *name) {
 
 int main(int argc, char **argv) {
     l3c_train_model *m = NULL;
-    l3c_model *base = NULL;
+    l3c_model *base = NULL, *tok_src = NULL;
     int32_t *ids = NULL, *tgt = NULL;
     FILE *f = NULL, *sf = NULL;
     int rc = 1;
@@ -80,6 +86,8 @@ int main(int argc, char **argv) {
     int tied = 0, ckpt = 0, steps = 0, n_rot = 0, threads = 1, lora_rank = 0;
     float lora_alpha = 16.0f, lora_b_std = 0.0f;
     const char *lora_targets = "q,k,v,o,gate,up,down";
+    const char *config = NULL, *tok_from = NULL, *save = NULL, *name = NULL;
+    int vocab = 0, n_ctx = 0;
     long long B = 0, T = 0;
     unsigned long long seed = 42;
     float theta = 10000.0f, eps = 1e-5f;
@@ -89,6 +97,12 @@ int main(int argc, char **argv) {
 #define ARG(name) (strcmp(a, name) == 0 && v && (i++, 1))
         if (ARG("--model")) model_path = v;
         else if (ARG("--random")) random = v;
+        else if (ARG("--config")) config = v;
+        else if (ARG("--tok-from")) tok_from = v;
+        else if (ARG("--vocab")) vocab = atoi(v);
+        else if (ARG("--save-gguf")) save = v;
+        else if (ARG("--n-ctx")) n_ctx = atoi(v);
+        else if (ARG("--name")) name = v;
         else if (strcmp(a, "--tied") == 0) tied = 1;
         else if (strcmp(a, "--checkpoint") == 0) ckpt = 1;
         else if (ARG("--seed")) seed = strtoull(v, NULL, 10);
@@ -118,7 +132,11 @@ int main(int argc, char **argv) {
         else FAIL("unknown or incomplete argument", a);
 #undef ARG
     }
-    if (!!model_path == !!random) FAIL("give exactly one of --model and --random", NULL);
+    if (!!model_path + !!random + !!config != 1) FAIL("give exactly one of --model, --random and --config", NULL);
+    if (tok_from) {
+        l3c_model_params mp = l3c_model_default_params();
+        if (l3c_model_load(tok_from, &mp, &tok_src)) FAIL(l3c_last_error(), NULL);
+    }
     if (!ids_path || !out || B < 1 || T < 1) FAIL("need --ids, --out, --batch and --seq", NULL);
     if (steps > 0 && !tgt_path) FAIL("--steps needs --targets", NULL);
 
@@ -149,6 +167,15 @@ int main(int argc, char **argv) {
                         am->b[i] = (float)(lora_b_std * l3c_rng_normal(&rng));
                 }
         }
+    } else if (config) {
+        l3c_train_config c;
+        if (tok_src) {
+            l3c_model_info info;
+            l3c_model_get_info(tok_src, &info);
+            vocab = info.n_vocab;
+        }
+        if ((st = l3c_train_config_from_json(config, vocab, &c))) FAIL(l3c_last_error(), NULL);
+        st = l3c_train_model_create(&c, seed, &m);
     } else if (model_path) {
         st = l3c_train_model_from_gguf(model_path, &m);
     } else {
@@ -172,9 +199,9 @@ int main(int argc, char **argv) {
     const l3c_train_config *c = &m->cfg;
     if (!(f = open_text(out, "config.txt"))) goto done;
     fprintf(f, "n_vocab %d\nn_embd %d\nn_layer %d\nn_head %d\nn_head_kv %d\nn_ff %d\nn_rot %d\n"
-               "rope_theta %.9g\nnorm_eps %.9g\ntied %d\nrope_freqs %d\n", c->n_vocab, c->n_embd,
+               "rope_theta %.9g\nnorm_eps %.9g\ntied %d\nrope_freqs %d\nn_ctx %d\n", c->n_vocab, c->n_embd,
             c->n_layer, c->n_head, c->n_head_kv, c->n_ff, c->n_rot, (double)c->rope_theta,
-            (double)c->norm_eps, c->tied, m->rope_freqs != NULL);
+            (double)c->norm_eps, c->tied, m->rope_freqs != NULL, c->n_ctx);
     if (m->lora) fprintf(f, "lora_scale %.9g\n", (double)m->lora_scale);
     fclose(f), f = NULL;
     if (!(f = open_text(out, "index.txt"))) goto done;
@@ -189,6 +216,7 @@ int main(int argc, char **argv) {
     float loss = 0.0f;
     if ((st = l3c_train_forward(m, ids, tgt, B, T, &loss))) FAIL(l3c_last_error(), NULL);
     if (write_file(out, "logits.f32", m->logits, (size_t)(B * T * c->n_vocab) * sizeof(float))) goto done;
+    if (save && (st = l3c_train_model_save_gguf(m, tok_src, n_ctx, save, name))) FAIL(l3c_last_error(), NULL);
     if (tgt) {
         l3c_train_zero_grad(m);
         if ((st = l3c_train_backward(m))) FAIL(l3c_last_error(), NULL);
@@ -222,6 +250,7 @@ done:
     free(tgt);
     l3c_train_model_free(m);
     l3c_model_free(base);
+    l3c_model_free(tok_src);
     return rc;
 #undef FAIL
 }
