@@ -170,6 +170,14 @@ if ((WITH_TEST)); then
         "$TORCH_PY" -m pip install --disable-pip-version-check -q --no-deps "peft==0.14.0" "accelerate==0.34.2"
         "$TORCH_PY" -m pip install --disable-pip-version-check -q jinja2
     fi
+    # gguf-py in .venv-torch: bench/torch_peft_train.py reads and dequantizes the GGUF base there
+    # (--no-deps: numpy, pyyaml, tqdm come from Debian / transformers)
+    if "$TORCH_PY" -c "import gguf.quants" 2>/dev/null; then
+        say "gguf in .venv-torch: present"
+    else
+        say "installing gguf 0.19.0 into .venv-torch"
+        "$TORCH_PY" -m pip install --disable-pip-version-check -q --no-deps "gguf==0.19.0"
+    fi
 fi
 
 # ---------------------------------------------------------------- verify the test references
