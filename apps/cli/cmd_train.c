@@ -19,6 +19,7 @@
 #include "model/model.h"
 #include "train/data.h"
 #include "train/report.h"
+#include "train/train_io.h"
 #include "train/train_model.h"
 
 #include <errno.h>
@@ -32,9 +33,9 @@
 static const char *CMD = "train";
 
 typedef struct train_opts {
-    const char *model, *data, *eval_data, *out;
+    const char *model, *data, *eval_data, *out, *config;
     int n_threads, rank, batch, seq, steps, epochs, warmup, eval_every, save_every, log_every, stop_after;
-    int checkpoint, resume, quiet;
+    int checkpoint, resume, quiet, from_scratch, lr_set;
     unsigned targets;
     float alpha, lr, min_lr_ratio, wd, clip, eval_frac;
     uint64_t seed;
@@ -43,8 +44,12 @@ typedef struct train_opts {
 static void help(FILE *f) {
     fprintf(f,
             "usage: llama3c train -m MODEL.gguf --data FILE -o DIR [options]\n"
+            "       llama3c train --from-scratch --config tiny.json -m TOKENIZER.gguf --data FILE -o DIR\n"
             "LoRA fine-tuning: the base model stays in its file type (QLoRA-style: quantized weights are\n"
             "dequantized per tile in the backward pass); only the adapters A, B are trained (AdamW).\n"
+            "--from-scratch pre-trains a new fp32 llama of the --config shapes (JSON: n_embd, n_layer, n_head,\n"
+            "n_head_kv, n_ff, rope_theta, norm_eps, tied, n_ctx, or a Hugging Face config.json) with the\n"
+            "vocabulary and tokenizer of -m, and writes DIR/model.gguf.\n"
             "\n"
             "data:\n"
             "  --data FILE          .txt (plain text, cut into windows of --seq tokens), .jsonl with\n"
@@ -55,14 +60,14 @@ static void help(FILE *f) {
             "  --seq T              tokens per sequence (default 256)\n"
             "  --batch B            sequences per step (default 4)\n"
             "LoRA:\n"
-            "  --lora               LoRA fine-tuning (the default and, for now, the only mode)\n"
+            "  --lora               LoRA fine-tuning (the default)\n"
             "  --rank R             adapter rank (default 8)\n"
             "  --alpha A            scale alpha / rank (default 16)\n"
             "  --targets LIST       matrices to adapt, from q,k,v,o,gate,up,down (default all)\n"
             "optimizer:\n"
             "  --steps N            optimizer steps (default: --epochs over the training examples)\n"
             "  --epochs E           passes over the data (default 1)\n"
-            "  --lr X               peak learning rate (default 2e-4)\n"
+            "  --lr X               peak learning rate (default 2e-4; 1e-3 with --from-scratch)\n"
             "  --warmup N           linear warmup steps (default 0), then cosine decay to\n"
             "  --min-lr-ratio X     X * lr at the last step (default 0.1)\n"
             "  --wd X               AdamW weight decay (default 0)\n"
@@ -132,6 +137,11 @@ static int parse(int argc, char **argv, train_opts *o) {
             if (!VAL() || (rc = parse_targets(v, &o->targets))) return CLI_USAGE;
         } else if (!strcmp(a, "--seed")) {
             if (!VAL() || (rc = cli_parse_u64(CMD, a, v, &o->seed))) return CLI_USAGE;
+        } else if (!strcmp(a, "--config")) {
+            if (!VAL()) return CLI_USAGE;
+            o->config = v;
+        } else if (!strcmp(a, "--from-scratch")) {
+            o->from_scratch = 1;
         } else if (!strcmp(a, "--lora")) {
         } else if (!strcmp(a, "--resume")) {
             o->resume = 1;
@@ -151,7 +161,7 @@ static int parse(int argc, char **argv, train_opts *o) {
         else if (!strcmp(a, "--log-every")) rc = LONG(1, 100000000, o->log_every);
         else if (!strcmp(a, "--stop-after")) rc = LONG(1, 100000000, o->stop_after);
         else if (!strcmp(a, "--alpha")) rc = FLT(1e-6, 1e6, o->alpha);
-        else if (!strcmp(a, "--lr")) rc = FLT(0.0, 10.0, o->lr);
+        else if (!strcmp(a, "--lr")) rc = FLT(0.0, 10.0, o->lr), o->lr_set = 1;
         else if (!strcmp(a, "--min-lr-ratio")) rc = FLT(0.0, 1.0, o->min_lr_ratio);
         else if (!strcmp(a, "--wd")) rc = FLT(0.0, 10.0, o->wd);
         else if (!strcmp(a, "--clip")) rc = FLT(0.0, 1e6, o->clip);
@@ -165,6 +175,8 @@ static int parse(int argc, char **argv, train_opts *o) {
     if (!o->model) return cli_usage_error(CMD, "-m MODEL is required");
     if (!o->data) return cli_usage_error(CMD, "--data FILE is required");
     if (!o->out) return cli_usage_error(CMD, "-o DIR (the output folder) is required");
+    if (o->from_scratch != !!o->config) return cli_usage_error(CMD, "--from-scratch and --config FILE go together");
+    if (o->from_scratch && !o->lr_set) o->lr = 1e-3f;
     return 0;
 }
 
@@ -179,8 +191,8 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 }
 
 /* What a resumed run must share with the one it continues. */
-static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_dataset *train,
-                            const l3c_dataset *eval, int total) {
+static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_train_model *tm,
+                            const l3c_dataset *train, const l3c_dataset *eval, int total) {
     char s[1024];
     snprintf(s, sizeof s, "v1|%lld|%d|%d|%d|%d|%d|%u|%.9g|%d|%d|%.9g|%.9g|%.9g|%.9g|%.9g|%d|%llu|%zu|%zu|%zu|%zu",
              (long long)m->n_params, m->cfg.n_vocab, m->cfg.n_embd, m->cfg.n_layer, o->rank, o->checkpoint,
@@ -189,6 +201,9 @@ static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_d
              train->n_ex, train->n_tokens, eval ? eval->n_ex : 0, eval ? eval->n_tokens : 0);
     uint64_t h = fnv(1469598103934665603ull, s, strlen(s));
     h = fnv(h, &total, sizeof total);
+    h = fnv(h, &o->from_scratch, sizeof o->from_scratch);
+    h = fnv(h, &tm->n_params, sizeof tm->n_params);
+    h = fnv(h, &tm->cfg, sizeof tm->cfg); /* shapes, rope, eps (from_scratch: the --config) */
     h = fnv(h, train->tokens, train->n_tokens * sizeof(int32_t));
     return fnv(h, train->mask, train->n_tokens);
 }
@@ -277,6 +292,12 @@ static int trim_metrics(const char *path, int64_t next_step) {
 
 static int save_adapters(const char *dir, const l3c_model *model, const l3c_train_model *tm) {
     char path[4096];
+    if (!tm->lora) { /* --from-scratch: the whole model, with -m's tokenizer */
+        join(path, sizeof path, dir, "model.gguf");
+        if (l3c_train_model_save_gguf(tm, model, 0, path, "llama3c-pretrained"))
+            return cli_runtime_error(CMD, "saving the model");
+        return 0;
+    }
     join(path, sizeof path, dir, "adapter.gguf");
     if (l3c_lora_save_gguf(tm->lora, &model->cfg, path)) return cli_runtime_error(CMD, "saving the adapter");
     join(path, sizeof path, dir, "adapter");
@@ -368,7 +389,13 @@ int cmd_train(int argc, char **argv) {
     const int total = (int)total64;
     if (o.eval_every < 0) o.eval_every = total >= 10 ? total / 10 : 1;
 
-    if (l3c_train_model_lora(model, o.targets, o.rank, o.alpha, o.seed, NULL, &tm)) {
+    if (o.from_scratch) {
+        l3c_train_config tc;
+        if (l3c_train_config_from_json(o.config, model->cfg.n_vocab, &tc) || l3c_train_model_create(&tc, o.seed, &tm)) {
+            cli_runtime_error(CMD, "creating the model");
+            goto done;
+        }
+    } else if (l3c_train_model_lora(model, o.targets, o.rank, o.alpha, o.seed, NULL, &tm)) {
         cli_runtime_error(CMD, "setting up LoRA");
         goto done;
     }
@@ -387,7 +414,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "llama3c train: out of memory\n");
         goto done;
     }
-    const uint64_t fp = fingerprint(&o, model, train, eval, total);
+    const uint64_t fp = fingerprint(&o, model, tm, train, eval, total);
     int64_t first = 0;
     join(path, sizeof path, o.out, "metrics.jsonl");
     if (o.resume) {
@@ -398,9 +425,14 @@ int cmd_train(int argc, char **argv) {
         cli_runtime_error(CMD, "opening the metrics log");
         goto done;
     }
-    fprintf(stderr, "llama3c train: LoRA rank %d alpha %g on %s (%zu adapter values), %d steps of %d x %d "
-                    "tokens, %d threads%s\n", o.rank, (double)o.alpha, model->name, tm->n_params, total, B, T,
-            nt, o.checkpoint ? ", recomputing activations" : "");
+    if (o.from_scratch)
+        fprintf(stderr, "llama3c train: from scratch, %d layers x %d wide, %zu parameters, vocabulary of %s\n",
+                tm->cfg.n_layer, tm->cfg.n_embd, tm->n_params, model->name);
+    else
+        fprintf(stderr, "llama3c train: LoRA rank %d alpha %g on %s (%zu adapter values)\n", o.rank,
+                (double)o.alpha, model->name, tm->n_params);
+    fprintf(stderr, "llama3c train: %d steps of %d x %d tokens, %d threads%s\n", total, B, T, nt,
+            o.checkpoint ? ", recomputing activations" : "");
 
     l3c_adamw_params ap = l3c_adamw_default_params();
     ap.lr = o.lr;
@@ -492,11 +524,14 @@ int cmd_train(int argc, char **argv) {
         cli_runtime_error(CMD, "plotting the loss");
         goto done;
     }
-    fprintf(stderr, "llama3c train: wrote %s/adapter.gguf, %s/adapter/ (PEFT), metrics.jsonl, loss.svg\n", o.out,
-            o.out);
+    if (o.from_scratch)
+        fprintf(stderr, "llama3c train: wrote %s/model.gguf, metrics.jsonl, loss.svg\n", o.out);
+    else
+        fprintf(stderr, "llama3c train: wrote %s/adapter.gguf, %s/adapter/ (PEFT), metrics.jsonl, loss.svg\n",
+                o.out, o.out);
     printf("{\"steps\": %d, \"first_step\": %lld, \"tokens\": %lld, \"trained_tokens\": %lld, \"seconds\": %.3f, "
            "\"tok_per_s\": %.2f, \"first_loss\": %.6g, \"train_loss\": %.6g, \"eval_loss_before\": %.6g, "
-           "\"eval_loss\": %.6g, \"peak_rss_mib\": %lld, \"threads\": %d, \"adapter_values\": %zu}\n",
+           "\"eval_loss\": %.6g, \"peak_rss_mib\": %lld, \"threads\": %d, \"trained_values\": %zu}\n",
            total, (long long)first, (long long)tokens, (long long)trained, t_train,
            t_train > 0 ? (double)tokens / t_train : 0.0, isnan(first_loss) ? -1.0 : first_loss,
            isnan(last_loss) ? -1.0 : last_loss, isnan(first_eval) ? -1.0 : first_eval,
