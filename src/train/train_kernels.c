@@ -135,7 +135,8 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
         return l3c_fail(L3C_ERR_UNSUPPORTED, "train: weight '%s' of type %s cannot be dequantized",
                         w->name ? w->name : "?", l3c_type_name(w->type));
     if (N <= 0) return L3C_OK;
-    if (N >= DX_GEMM_MIN && getenv_gemm()) return matmul_dx_gemm(tp, w, tr, dy, N, scale, dx);
+    /* the gemm pays off for wide products; a LoRA factor (rank-wide rows or columns) stays on tiles */
+    if (N >= DX_GEMM_MIN && w->n_in >= 64 && w->n_out >= 64 && getenv_gemm()) return matmul_dx_gemm(tp, w, tr, dy, N, scale, dx);
     const int nt = l3c_threadpool_n_threads(tp);
     const int64_t bs = tr->block_size;
     int64_t cols = (DX_COLS + bs - 1) / bs * bs;
@@ -157,6 +158,73 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
     l3c_threadpool_run(tp, n_chunks, dx_chunk, &j);
     free(j.tiles);
     free(j.coef);
+    return L3C_OK;
+}
+
+/* ------------------------------------------------------------------ transposed Q8_0 copies */
+
+typedef struct tq_job {
+    const l3c_weight *w;
+    const l3c_type_traits *tr, *q8;
+    char *dst;        /* [n_in rows x n_out/32 blocks] */
+    size_t row_bytes; /* of the transpose */
+    float *tmp;       /* [n_threads x (32 x n_in + n_out)] */
+} tq_job;
+
+/* chunk: 32 rows of the transpose = 32 columns of w, i.e. all of w's rows dequantized, and the
+ * block [32 rows x 32 cols] pieces regrouped */
+static void tq_chunk(void *arg, int64_t chunk, int ith) {
+    const tq_job *j = arg;
+    const l3c_weight *w = j->w;
+    const int64_t bs = j->tr->block_size, c0 = chunk * 32;
+    /* columns [c0, c0 + 32) of every row of w: dequantize the block that holds them */
+    const int64_t b0 = c0 / bs * bs, bw = bs > 32 ? bs : 32;
+    float *blk = j->tmp + (size_t)ith * (size_t)(bw + 32 * w->n_out);
+    float *t = blk + bw; /* [32 x n_out] */
+    for (int64_t o = 0; o < w->n_out; o++) {
+        const char *src = (const char *)w->data + (size_t)o * w->row_bytes + (size_t)(b0 / bs) * j->tr->type_size;
+        j->tr->to_float(src, blk, bs > 32 ? bs : 32);
+        for (int64_t i = 0; i < 32; i++) t[i * w->n_out + o] = blk[c0 - b0 + i];
+    }
+    for (int64_t i = 0; i < 32; i++)
+        j->q8->from_float(t + i * w->n_out, j->dst + (size_t)(c0 + i) * j->row_bytes, w->n_out);
+}
+
+l3c_status l3c_trk_transpose_q8(l3c_threadpool *tp, const l3c_weight *w, l3c_weight *wt, void **mem) {
+    *mem = NULL;
+    const l3c_type_traits *tr = l3c_type_traits_ref(w->type), *q8 = l3c_type_traits_ref(L3C_TYPE_Q8_0);
+    if (!tr || !tr->to_float || w->n_in % 32 || w->n_out % 32 || w->n_in % tr->block_size)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "train: '%s' cannot be transposed to Q8_0", w->name ? w->name : "?");
+    const size_t rb = (size_t)(w->n_out / 32) * q8->type_size;
+    const int nt = l3c_threadpool_n_threads(tp);
+    const int64_t bw = tr->block_size > 32 ? tr->block_size : 32;
+    tq_job j = {.w = w, .tr = tr, .q8 = q8, .row_bytes = rb};
+    j.dst = malloc(rb * (size_t)w->n_in);
+    j.tmp = malloc((size_t)nt * (size_t)(bw + 32 * w->n_out) * sizeof(float));
+    if (!j.dst || !j.tmp) {
+        free(j.dst), free(j.tmp);
+        return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the transposed copy of '%s'",
+                        w->name ? w->name : "?");
+    }
+    l3c_threadpool_run(tp, w->n_in / 32, tq_chunk, &j);
+    free(j.tmp);
+    *wt = (l3c_weight){.name = w->name, .type = L3C_TYPE_Q8_0, .n_in = w->n_out, .n_out = w->n_in,
+                       .row_bytes = rb, .data = j.dst};
+    const l3c_pack_layout *L = l3c_weight_layout(wt, false);
+    const size_t pb = L ? l3c_weight_packed_bytes(wt, L) : 0;
+    if (pb) { /* the packed copy replaces the plain one (matmuls read only the packed) */
+        void *pk = malloc(pb);
+        if (pk) {
+            l3c_weight_pack(wt, L, pk, 0, l3c_weight_pack_groups(wt, L));
+            free(j.dst);
+            wt->packed = pk;
+            wt->layout = L;
+            wt->data = pk; /* never read as rows (the matmuls read packed); kept non-NULL */
+            *mem = pk;
+            return L3C_OK;
+        }
+    }
+    *mem = j.dst;
     return L3C_OK;
 }
 

@@ -21,6 +21,15 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
 /* dW [n_out x n_in] += scale * dy^T x: x [N x n_in], dy [N x n_out] (fp32 weights' gradient). */
 l3c_status l3c_trk_matmul_dw(l3c_threadpool *tp, const float *x, const float *dy, int64_t N, int64_t n_in,
                              int64_t n_out, float scale, float *dW);
+/*
+ * The transpose of w as a Q8_0 matrix [n_in rows of n_out] (w->n_out % 32 == 0), packed for the
+ * dispatched kernels when they have a layout: dx = dy W is then l3c_matmul(wt, dy), the engine's
+ * 8-bit gemm (dy quantized to 8-bit blocks like any activation). For quantized bases, whose
+ * weights are already 4 to 8 bits: one 8.5-bit copy instead of dequantizing every step. *mem
+ * receives the allocation (free it); built with the pool's threads.
+ */
+l3c_status l3c_trk_transpose_q8(l3c_threadpool *tp, const l3c_weight *w, l3c_weight *wt, void **mem);
+
 /* An F32 l3c_weight over W [n_out x n_in] (row-major floats), for l3c_matmul and matmul_dx. */
 l3c_weight l3c_trk_f32_weight(const float *W, int64_t n_in, int64_t n_out, const char *name);
 

@@ -78,6 +78,12 @@ typedef struct l3c_train_model {
      * arena in full mode, the base's weights in LoRA mode */
     l3c_weight *mats, head;
     l3c_threadpool *tp;        /* NULL: one thread (l3c_train_model_set_threads) */
+    /* LoRA on a quantized base: Q8_0 transposes of the matrices for the backward dx (built at the
+     * first forward; l3c_trk_transpose_q8), .n_in == 0 where none; their allocations in t_mem */
+    l3c_weight *mats_t, head_t;
+    void **t_mem;
+    int n_t_mem;
+    float *dx_tmp;             /* [N x widest n_in]: dy W^T before it is added into dx */
     void *mm_scratch;          /* l3c_matmul scratch for L3C_TRAIN_MM_ROWS tokens */
     int32_t head_dim;
     float *rope_freqs; /* [n_rot/2] or NULL */

@@ -63,6 +63,40 @@ static void check_dx(int type, int64_t n_in, int64_t n_out, int64_t N, float sca
     free(wf), free(wd), free(wq), free(dy), free(dys), free(dx), free(ref);
 }
 
+/* dx = dy W through the Q8_0 transpose and the engine's 8-bit gemm vs the scalar pair on W
+ * dequantized (tolerance: dy and W^T in 8-bit blocks, ~0.5% of the largest value) */
+static void check_transpose_q8(int type, int64_t n_in, int64_t n_out, int64_t N, int nt) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(type);
+    const size_t row_bytes = (size_t)(n_in / tr->block_size) * tr->type_size;
+    float *wf = malloc(sizeof(float) * (size_t)(n_in * n_out)), *wd = malloc(sizeof(float) * (size_t)(n_in * n_out));
+    char *wq = malloc(row_bytes * (size_t)n_out);
+    float *dy = malloc(sizeof(float) * (size_t)(N * n_out));
+    float *dx = malloc(sizeof(float) * (size_t)(N * n_in)), *ref = calloc((size_t)(N * n_in), sizeof(float));
+    fill(wf, n_in * n_out);
+    fill(dy, N * n_out);
+    for (int64_t o = 0; o < n_out; o++) {
+        if (type == L3C_TYPE_Q4_K) l3c_quantize_row_q4_K(wf + o * n_in, wq + o * row_bytes, n_in);
+        else if (type == L3C_TYPE_Q6_K) l3c_quantize_row_q6_K(wf + o * n_in, wq + o * row_bytes, n_in);
+        else tr->from_float(wf + o * n_in, wq + o * row_bytes, n_in);
+        tr->to_float(wq + o * row_bytes, wd + o * n_in, n_in);
+    }
+    l3c_weight w = {.name = "w", .type = type, .n_in = n_in, .n_out = n_out, .row_bytes = row_bytes, .data = wq};
+    l3c_threadpool *tp = NULL;
+    if (nt > 1) CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
+    l3c_weight wt;
+    void *mem = NULL;
+    CHECK(l3c_trk_transpose_q8(tp, &w, &wt, &mem) == L3C_OK);
+    CHECK(wt.n_in == n_out && wt.n_out == n_in);
+    void *scratch = malloc(l3c_matmul_scratch_bytes(&wt, N) + 1);
+    l3c_matmul(tp, &wt, dy, dx, N, scratch);
+    l3c_tr_matmul_bwd(NULL, wd, dy, N, n_in, n_out, ref, NULL);
+    const double r = rel_diff(dx, ref, N * n_in);
+    CHECK_MSG(r <= 1e-2, "transpose_q8 %s [%lld x %lld]: %.2e", tr->name, (long long)n_out, (long long)n_in, r);
+    l3c_threadpool_free(tp);
+    free(scratch), free(mem);
+    free(wf), free(wd), free(wq), free(dy), free(dx), free(ref);
+}
+
 static void check_dw(int64_t n_in, int64_t n_out, int64_t N, float scale, int nt) {
     float *x = malloc(sizeof(float) * (size_t)(N * n_in)), *dy = malloc(sizeof(float) * (size_t)(N * n_out));
     float *dys = malloc(sizeof(float) * (size_t)(N * n_out));
@@ -135,6 +169,11 @@ int main(void) {
         check_dx(L3C_TYPE_F32, 3000, 8, 70, 1.0f, 2);  /* a LoRA A */
     }
     unsetenv("L3C_TRAIN_DX");
+    const int qtypes[] = {L3C_TYPE_Q8_0, L3C_TYPE_Q4_0, L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q4_K, L3C_TYPE_Q6_K};
+    for (size_t i = 0; i < sizeof qtypes / sizeof *qtypes; i++) {
+        check_transpose_q8(qtypes[i], 512, 96, 40, 2);
+        check_transpose_q8(qtypes[i], 256, 1024, 7, 1);
+    }
     check_dw(576, 8, 200, 2.0f, 2);
     check_dw(8, 1536, 200, 1.0f, 3);
     check_dw(64, 19, 1, 1.0f, 1);
