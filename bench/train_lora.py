@@ -111,7 +111,8 @@ def bench_llama3c(a, model, outdir, n_total):
     cmd = [os.path.join(BUILD, "llama3c"), "train", "-m", model, "--data", a.data, "-o", outdir,
            "--lora", "--rank", str(a.rank), "--alpha", str(a.alpha), "--targets", a.targets,
            "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(n_total), "--lr", str(a.lr),
-           "--warmup", "0", "--wd", "0", "--threads", str(a.threads), "--seed", str(a.seed), "--eval-frac", "0"]
+           "--warmup", "0", "--min-lr-ratio", "1", "--wd", "0",  # constant lr, as torch here
+           "--threads", str(a.threads), "--seed", str(a.seed), "--eval-frac", "0"]
     if a.no_checkpoint:
         cmd.append("--no-checkpoint")
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
