@@ -210,6 +210,16 @@ done:
 /* ---------------------------------------------------------------- GGUF LoRA */
 
 /* "blk.N.<target>.weight.lora_a|b" -> layer, target, which (0 a, 1 b); 0 ok, -1 other name */
+/* The error for a tensor name parse_*_name refused (r -2: layer out of range, else not a
+ * LoRA matrix of the expected pattern). */
+static l3c_status bad_name(const char *path, const char *name, int r, int n_layer, const char *pattern) {
+    if (r == -2)
+        return l3c_fail(L3C_ERR_FORMAT, "%s: tensor '%s': layer out of range (the model has %d layers): an "
+                        "adapter for another model?", path, name, n_layer);
+    return l3c_fail(L3C_ERR_UNSUPPORTED, "%s: tensor '%s' is not a LoRA matrix llama3c applies (%s)", path,
+                    name, pattern);
+}
+
 static int parse_gguf_name(const char *name, int n_layer, int *layer, int *target, int *which) {
     if (strncmp(name, "blk.", 4) != 0) return -1;
     const char *p = name + 4;
@@ -284,19 +294,9 @@ static l3c_status load_gguf(const l3c_gguf *g, const char *path, const l3c_confi
         const l3c_gguf_tensor *t = &g->tensors[i];
         int l, tg, which;
         int r = parse_gguf_name(t->name, cfg->n_layer, &l, &tg, &which);
-        if (r == -2) {
-            st = l3c_fail(L3C_ERR_FORMAT,
-                          "%s: tensor '%s': layer out of range (the model has %d layers): an "
-                          "adapter for another model?",
-                          path, t->name, cfg->n_layer);
-            goto done;
-        }
         if (r < 0) {
-            st = l3c_fail(L3C_ERR_UNSUPPORTED,
-                          "%s: tensor '%s' is not a LoRA matrix llama3c applies "
-                          "(blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}."
-                          "weight.lora_a/b)",
-                          path, t->name);
+            st = bad_name(path, t->name, r, cfg->n_layer,
+                          "blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_a/b");
             goto done;
         }
         if (t->n_dims != 2) {
@@ -454,19 +454,9 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
         const l3c_st_tensor *t = &sf->tensors[i];
         int l, tg, which;
         int pr = parse_peft_name(t->name, cfg->n_layer, &l, &tg, &which);
-        if (pr == -2) {
-            st = l3c_fail(L3C_ERR_FORMAT,
-                          "%s: tensor '%s': layer out of range (the model has %d layers): an "
-                          "adapter for another model?",
-                          sp, t->name, cfg->n_layer);
-            goto done;
-        }
         if (pr < 0) {
-            st = l3c_fail(L3C_ERR_UNSUPPORTED,
-                          "%s: tensor '%s' is not a LoRA matrix llama3c applies "
-                          "(model.layers.N.{self_attn.{q,k,v,o}_proj,mlp.{gate,up,down}_proj}.lora_"
-                          "A/B.weight)",
-                          sp, t->name);
+            st = bad_name(sp, t->name, pr, cfg->n_layer,
+                          "model.layers.N.{self_attn.{q,k,v,o}_proj,mlp.{gate,up,down}_proj}.lora_A/B.weight");
             goto done;
         }
         if (t->type < 0 || t->n_dims != 2) {
