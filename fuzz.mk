@@ -123,11 +123,11 @@ fuzz-server: $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/corpus/server
 fuzz-chat: $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/corpus/chat
 	cd $(FUZZ_DIR) && ./fuzz_chat $(FUZZ_RUN) -max_len=4096 corpus/chat
 
-# ---- CI: every harness built and run for FUZZ_CI_SECONDS each (default 30); any finding (crash,
+# ---- CI: every harness built and run for FUZZ_CI_SECONDS each (default 20); any finding (crash,
 # leak, timeout, out-of-memory) fails, and so does a harness whose reference vocabulary is missing
 # (L3C_FUZZ_STRICT=1). The test data folder follows L3C_DATA as the tests do. Corpora grow in
 # build-fuzz/corpus/ between runs; findings are left in build-fuzz/ (crash-*, leak-*, ...).
-FUZZ_CI_SECONDS ?= 30
+FUZZ_CI_SECONDS ?= 20
 FUZZ_DATA ?= $(or $(L3C_DATA),$(if $(wildcard ../shared/data),../shared/data,shared/data))
 FUZZ_CI_ENV = L3C_FUZZ_STRICT=1 L3C_FUZZ_TOKENIZER=$(abspath $(FUZZ_DATA))/llama3-tokenizer/tokenizer.model
 fuzz-ci:
