@@ -59,7 +59,9 @@ def model_1b(folder):
         tok = os.path.join(data, "llama3-tokenizer", "tokenizer.model")
         print("writing %s (~0.7 GB)" % path, file=sys.stderr)
         os.makedirs(folder, exist_ok=True)
-        subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_shaped_gguf.py"), path,
+        venv = os.path.join(REPO, ".venv", "bin", "python")  # numpy + gguf live there
+        py = venv if os.path.exists(venv) else sys.executable
+        subprocess.run([py, os.path.join(REPO, "tools", "make_shaped_gguf.py"), path,
                         "--preset", "llama3.2-1b", "--type", "Q4_0", "--data", "random",
                         "--tokenizer", tok], check=True)
     return path
