@@ -220,9 +220,11 @@ static l3c_status bad_name(const char *path, const char *name, int r, int n_laye
                     name, pattern);
 }
 
-static int parse_gguf_name(const char *name, int n_layer, int *layer, int *target, int *which) {
-    if (strncmp(name, "blk.", 4) != 0) return -1;
-    const char *p = name + 4;
+/* p = "N.<target name><suffix a | b>" -> layer, target, which (0: A, 1: B); -1 not such a name,
+ * -2 a layer >= n_layer. names: the GGUF or PEFT spelling of the targets. */
+static int parse_layer_target(const char *p, int n_layer, const char *(*names)(l3c_lora_target),
+                              const char *suffix_a, const char *suffix_b, int *layer, int *target,
+                              int *which) {
     long l = 0;
     if (*p < '0' || *p > '9') return -1;
     while (*p >= '0' && *p <= '9') {
@@ -231,18 +233,25 @@ static int parse_gguf_name(const char *name, int n_layer, int *layer, int *targe
     }
     if (*p++ != '.') return -1;
     for (int t = 0; t < L3C_LORA_N_TARGETS; t++) {
-        const char *tn = l3c_lora_target_gguf_name(t);
+        const char *tn = names((l3c_lora_target)t);
         size_t n = strlen(tn);
         if (strncmp(p, tn, n) != 0) continue;
         const char *r = p + n;
-        if (!strcmp(r, ".weight.lora_a") || !strcmp(r, ".weight.lora_b")) {
+        const int b = !strcmp(r, suffix_b);
+        if (b || !strcmp(r, suffix_a)) {
             *layer = (int)l;
             *target = t;
-            *which = r[13] == 'b';
+            *which = b;
             return l < n_layer ? 0 : -2;
         }
     }
     return -1;
+}
+
+static int parse_gguf_name(const char *name, int n_layer, int *layer, int *target, int *which) {
+    if (strncmp(name, "blk.", 4) != 0) return -1;
+    return parse_layer_target(name + 4, n_layer, l3c_lora_target_gguf_name, ".weight.lora_a", ".weight.lora_b",
+                              layer, target, which);
 }
 
 static int str_is(l3c_str s, const char *want) {
@@ -340,27 +349,8 @@ static int parse_peft_name(const char *name, int n_layer, int *layer, int *targe
     const char *p = name;
     if (!strncmp(p, "base_model.model.", 17)) p += 17;
     if (strncmp(p, "model.layers.", 13) != 0) return -1;
-    p += 13;
-    long l = 0;
-    if (*p < '0' || *p > '9') return -1;
-    while (*p >= '0' && *p <= '9') {
-        l = l * 10 + (*p++ - '0');
-        if (l > 1 << 20) return -1;
-    }
-    if (*p++ != '.') return -1;
-    for (int t = 0; t < L3C_LORA_N_TARGETS; t++) {
-        const char *tn = l3c_lora_target_peft_name(t);
-        size_t n = strlen(tn);
-        if (strncmp(p, tn, n) != 0) continue;
-        const char *r = p + n;
-        if (!strcmp(r, ".lora_A.weight") || !strcmp(r, ".lora_B.weight")) {
-            *layer = (int)l;
-            *target = t;
-            *which = r[6] == 'B';
-            return l < n_layer ? 0 : -2;
-        }
-    }
-    return -1;
+    return parse_layer_target(p + 13, n_layer, l3c_lora_target_peft_name, ".lora_A.weight", ".lora_B.weight",
+                              layer, target, which);
 }
 
 static int json_falsy(json_t *v) {
