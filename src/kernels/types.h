@@ -110,6 +110,17 @@ typedef struct l3c_block_q8_0x {
     int8_t qs[32];
 } l3c_block_q8_0x;
 
+/* Activation block of the packed Q4_1 kernels: qs as in Q8_0, the scale as float and s = d *
+ * (float)sum(qs) (the Q8_1 'ds' trick, unrounded): the block's min term is m_w * s. */
+typedef struct l3c_block_q8_1x {
+    float d;
+    float s;
+    int8_t qs[32];
+} l3c_block_q8_1x;
+_Static_assert(offsetof(l3c_block_q8_1x, qs) == offsetof(l3c_block_q8_0x, qs) &&
+                   sizeof(l3c_block_q8_1x) == sizeof(l3c_block_q8_0x),
+               "the packed activation blocks share their quants' place");
+
 /* Reference (scalar) table; entries are zero for unsupported ids. Never modified. */
 const l3c_type_traits *l3c_type_traits_ref(int type);
 /* Dispatched table for this CPU (falls back to the reference per entry). */

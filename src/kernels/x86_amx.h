@@ -1,7 +1,7 @@
 /*
  * x86_amx.h -- AMX kernels (Advanced Matrix Extensions: 8 tile registers of up to 16 rows x 64
- * bytes; TDPBSUD int8 and TDPBF16PS bf16 tile products) for three packed layouts of x86_avx512.c:
- * Q4_0, Q8_0, Q4_K and Q6_K (int8) and the bf16 layout of F16 / BF16 weights (--bf16).
+ * bytes; TDPBSUD int8 and TDPBF16PS bf16 tile products) for the packed layouts of x86_avx512.c:
+ * Q4_0, Q4_1, Q8_0, Q4_K and Q6_K (int8) and the bf16 layout of F16 / BF16 weights (--bf16).
  *
  * Included twice. x86_amx.c runs the instructions (path "amx": dispatch.c picks it where cpuid,
  * XCR0 and Linux's arch_prctl(ARCH_REQ_XCOMP_PERM) allow tiles). x86_amx_emu.c defines
@@ -19,6 +19,9 @@
  *    same order: acc = fma(d_w * d_x, (float)(isum - off * sum(x)), acc), block after block. The
  *    results are bit-identical to the avx512 packed kernel, which therefore serves calls with
  *    few tokens (decode), where a tile product would be mostly overhead.
+ *  - Q4_1: as Q4_0 (its nibble chunks follow the 16 fp16 mins), with no offset: C is the exact
+ *    isum, folded as acc = fma(d_w * d_x, (float)isum, acc); the min chain fma(m_w, s_x, macc)
+ *    runs per lane after the blocks and is added, as in the avx512 kernel: the same bits.
  *  - Q4_K / Q6_K: the same for every 32-element sub-block (Q4_K: its nibbles; Q6_K: two products
  *    of 16 elements, one per scale) against the Q8_K activations; each C row is multiplied by its
  *    rows' scales into the super-block's exact int32 sum, and the avx512 kernel's epilogue
@@ -204,7 +207,7 @@ static void amx_tile_shape(amx_cfg *c, int t, int rows, int colsb) {
 /* Calls with fewer tokens run the avx512 kernel (the same bits, see above). */
 #define AMX_INT8_MIN_T 8
 
-enum { AMX_Q4_0, AMX_Q8_0, AMX_Q4_K, AMX_Q6_K };
+enum { AMX_Q4_0, AMX_Q8_0, AMX_Q4_K, AMX_Q6_K, AMX_Q4_1 };
 enum { ACT_QS = offsetof(l3c_block_q8_0x, qs), ACT_BYTES = sizeof(l3c_block_q8_0x) };
 
 static l3c_type_traits g_avx512[L3C_TYPE_COUNT]; /* the avx512 table: the few-token kernels */
@@ -218,29 +221,34 @@ static void amx_avx512_init(void) {
 
 static size_t group_block_bytes(int kind) { /* one block / super-block of a 16-row group */
     static const size_t sz[] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q8_0), sizeof(l3c_block_q4_K),
-                                sizeof(l3c_block_q6_K)};
+                                sizeof(l3c_block_q6_K), sizeof(l3c_block_q4_1)};
     return PK_ROWS * sz[kind];
 }
 
-/* the B tile of one Q4_0 / Q8_0 block: 8 rows of 64 bytes (Q8_0: in place; Q4_0: nibbles to bytes) */
+/* the B tile of one Q4_0 / Q8_0 / Q4_1 block: 8 rows of 64 bytes (Q8_0: in place; Q4_0 / Q4_1:
+ * nibbles to bytes; Q4_1's chunks follow its 16 mins) */
 INLINE const uint8_t *q_btile(int kind, const char *gb, uint8_t *buf) {
     if (kind == AMX_Q8_0) return (const uint8_t *)gb + 32;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int q0 = kind == AMX_Q4_1 ? 64 : 32;
     for (int c = 0; c < 4; c++) {
-        const __m512i v = _mm512_loadu_si512(gb + 32 + 64 * c);
+        const __m512i v = _mm512_loadu_si512(gb + q0 + 64 * c);
         _mm512_store_si512(buf + 64 * c, _mm512_and_si512(v, m4));
         _mm512_store_si512(buf + 64 * (c + 4), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
     }
     return buf;
 }
 
-/* the avx512 kernel's epilogue of Q4_0 / Q8_0 block b for M tokens, from the stored int32 C tile */
-INLINE void q_fold(int M, const char *gb, const char *x, size_t xs, int64_t b, const int32_t *c, __m512 acc[]) {
+/* the avx512 kernel's epilogue of Q4_0 / Q8_0 block b for M tokens, from the stored int32 C tile
+ * (Q4_1: its isum part; the mins follow in q41_mins) */
+INLINE void q_fold(int kind, int M, const char *gb, const char *x, size_t xs, int64_t b, const int32_t *c,
+                   __m512 acc[]) {
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gb));
     UNROLL16 for (int t = 0; t < AMX_M; t++) {
         if (t >= M) break;
         const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)(x + t * xs) + b;
-        const __m512i s = _mm512_add_epi32(_mm512_load_si512(c + AMX_ROWS * t), _mm512_set1_epi32(a->neg_off_sum));
+        const __m512i ci = _mm512_load_si512(c + AMX_ROWS * t);
+        const __m512i s = kind == AMX_Q4_1 ? ci : _mm512_add_epi32(ci, _mm512_set1_epi32(a->neg_off_sum));
         acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[t]);
     }
 }
@@ -270,7 +278,7 @@ INLINE void kq_scale_add(int M, const int32_t *c0, __m512i s0, const int32_t *c1
         AMX_STORE(1, (c)[1], 64);                \
     } while (0)
 
-/* Q4_0 / Q8_0, blocks [0, nb): two blocks in flight */
+/* Q4_0 / Q8_0 / Q4_1, blocks [0, nb): two blocks in flight */
 INLINE void q_blocks(int kind, int M, int64_t nb, const char *g, const char *x, size_t xs, __m512 acc[]) {
     const size_t gbs = group_block_bytes(kind);
     _Alignas(64) int32_t c[2][AMX_M * AMX_ROWS];
@@ -280,8 +288,8 @@ INLINE void q_blocks(int kind, int M, int64_t nb, const char *g, const char *x, 
         const char *g0 = g + b * gbs, *g1 = g0 + gbs;
         AMX_TWO_PRODUCTS(x + b * ACT_BYTES + ACT_QS, x + (b + 1) * ACT_BYTES + ACT_QS, xs, q_btile(kind, g0, wb[0]),
                          q_btile(kind, g1, wb[1]), c);
-        q_fold(M, g0, x, xs, b, c[0], acc);
-        q_fold(M, g1, x, xs, b + 1, c[1], acc);
+        q_fold(kind, M, g0, x, xs, b, c[0], acc);
+        q_fold(kind, M, g1, x, xs, b + 1, c[1], acc);
     }
     if (b < nb) {
         AMX_ZERO(0);
@@ -289,7 +297,22 @@ INLINE void q_blocks(int kind, int M, int64_t nb, const char *g, const char *x, 
         AMX_LOAD(4, q_btile(kind, g + b * gbs, wb[0]), 64);
         AMX_DPBSUD(0, 2, 4);
         AMX_STORE(0, c[0], 64);
-        q_fold(M, g + b * gbs, x, xs, b, c[0], acc);
+        q_fold(kind, M, g + b * gbs, x, xs, b, c[0], acc);
+    }
+}
+
+/* Q4_1's min chain per lane and token, block after block, then added: the avx512 kernel's
+ * macc = fma(m_w, s_x, macc) and acc + macc (the same operations in the same order per lane, so
+ * the same bits although here it runs after the isum chain instead of beside it) */
+INLINE void q41_mins(int M, int64_t nb, const char *g, const char *x, size_t xs, __m512 acc[]) {
+    const size_t gbs = group_block_bytes(AMX_Q4_1);
+    for (int t = 0; t < M; t++) {
+        const l3c_block_q8_1x *a = (const l3c_block_q8_1x *)(x + t * xs);
+        __m512 macc = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++)
+            macc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + b * gbs + 32))),
+                                   _mm512_set1_ps(a[b].s), macc);
+        acc[t] = _mm512_add_ps(acc[t], macc);
     }
 }
 
@@ -346,6 +369,7 @@ INLINE void int8_group(int kind, int M, int64_t nb, const char *g, const char *x
     if (kind == AMX_Q4_K) q4k_blocks(M, nb, g, x, xs, acc);
     else if (kind == AMX_Q6_K) q6k_blocks(M, nb, g, x, xs, acc);
     else q_blocks(kind, M, nb, g, x, xs, acc);
+    if (kind == AMX_Q4_1) q41_mins(M, nb, g, x, xs, acc);
     UNROLL16 for (int t = 0; t < AMX_M; t++) {
         if (t >= M) break;
         _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
@@ -392,6 +416,7 @@ static void int8_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, 
     }
 AMX_INT8_KERNEL(q4_0, AMX_Q4_0, L3C_TYPE_Q4_0)
 AMX_INT8_KERNEL(q8_0, AMX_Q8_0, L3C_TYPE_Q8_0)
+AMX_INT8_KERNEL(q4_1, AMX_Q4_1, L3C_TYPE_Q4_1)
 AMX_INT8_KERNEL(q4_K, AMX_Q4_K, L3C_TYPE_Q4_K)
 AMX_INT8_KERNEL(q6_K, AMX_Q6_K, L3C_TYPE_Q6_K)
 
@@ -479,6 +504,7 @@ bool AMX_PATH_HOOK(l3c_type_traits *table) {
         l3c_gemm_packed_fn gemm;
     } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0},
              {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
+             {L3C_TYPE_Q4_1, false, gemm_amx_q4_1},
              {L3C_TYPE_Q4_K, false, gemm_amx_q4_K},
              {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
              {L3C_TYPE_F16, true, gemm_amx_bf16},
@@ -522,6 +548,8 @@ static void chk_weights(int type, uint8_t *w, size_t bytes, uint32_t *seed) {
     const uint16_t d = l3c_fp32_to_fp16(0.01f);
     if (type == L3C_TYPE_Q4_0)
         for (size_t b = 0; b < bytes / sizeof(l3c_block_q4_0); b++) ((l3c_block_q4_0 *)w)[b].d = d;
+    if (type == L3C_TYPE_Q4_1)
+        for (size_t b = 0; b < bytes / sizeof(l3c_block_q4_1); b++) ((l3c_block_q4_1 *)w)[b].d = ((l3c_block_q4_1 *)w)[b].m = d;
     if (type == L3C_TYPE_Q8_0)
         for (size_t b = 0; b < bytes / sizeof(l3c_block_q8_0); b++) ((l3c_block_q8_0 *)w)[b].d = d;
     if (type == L3C_TYPE_Q4_K)
@@ -564,6 +592,7 @@ int AMX_CHECK_FN(void) {
         bool bf16;
         l3c_gemm_packed_fn gemm;
     } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
+             {L3C_TYPE_Q4_1, false, gemm_amx_q4_1},
              {L3C_TYPE_Q4_K, false, gemm_amx_q4_K}, {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
              {L3C_TYPE_F16, true, gemm_amx_bf16},   {L3C_TYPE_BF16, true, gemm_amx_bf16}};
     uint32_t seed = 12345;

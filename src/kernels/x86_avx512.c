@@ -646,6 +646,82 @@ INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x,
     }
 }
 
+/*
+ * Packed Q4_1 (16 rows): per 32-element block a group holds the 16 fp16 scales d (32 bytes), the
+ * 16 fp16 mins m (32 bytes), then the 4 nibble chunks of Q4_0's layout (20 bytes per row and
+ * block, as in the file). Activations: l3c_block_q8_1x (Q8_0 quants, float d, s = d * sum(qs)).
+ * Per lane (row) and token: isum = the exact integer dot of the unsigned nibbles with the quants
+ * (dpbusd from 0), then block after block
+ *     acc = fma(d_w * d_x, (float)isum, acc),   macc = fma(m_w, s_x, macc)
+ * and y = acc + macc at the end: two independent chains, the same operations for every tile
+ * shape (batch invariant); x86_amx.h's kernel takes isum from the tile unit and ends the same way.
+ */
+static void pack_act_q4_1(const float *src, void *dst, int64_t n) {
+    l3c_block_q8_1x *b = dst;
+    for (int64_t i = 0; i < n / 32; i++) {
+        int sum;
+        b[i].d = q8_block512(src + i * 32, b[i].qs, &sum);
+        b[i].s = b[i].d * (float)sum;
+    }
+}
+
+static void pack_q4_1(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    uint8_t *out = dst;
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint8_t *g = out + b * (PK_ROWS * sizeof(l3c_block_q4_1));
+        memset(g, 0, PK_ROWS * sizeof(l3c_block_q4_1));
+        for (int64_t r = 0; r < n_rows; r++) {
+            const l3c_block_q4_1 *blk = (const l3c_block_q4_1 *)((const char *)w + r * ws) + b;
+            memcpy(g + 2 * r, &blk->d, 2);
+            memcpy(g + 32 + 2 * r, &blk->m, 2);
+            for (int c = 0; c < 4; c++) memcpy(g + 64 + 64 * c + 4 * r, blk->qs + 4 * c, 4);
+        }
+    }
+}
+
+static void unpack_q4_1(int64_t n, const void *g, int r, void *dst) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * sizeof(l3c_block_q4_1));
+        l3c_block_q4_1 *blk = (l3c_block_q4_1 *)dst + b;
+        memcpy(&blk->d, gb + 2 * r, 2);
+        memcpy(&blk->m, gb + 32 + 2 * r, 2);
+        for (int c = 0; c < 4; c++) memcpy(blk->qs + 4 * c, gb + 64 + 64 * c + 4 * r, 4);
+    }
+}
+
+/* one group of 16 rows x RT tokens; acc[t] lane r = (row r, token t). A block's nibbles are
+ * unpacked once for the RT tokens; each token's dot runs as two chains of 4 dpbusd (shorter
+ * latency for decode), whose integer sum is exact, so any split gives the same isum. */
+INLINE void pk_q4_1_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    const size_t gbs = PK_ROWS * sizeof(l3c_block_q4_1);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 macc[PK_RT];
+    UNROLL for (int t = 0; t < RT; t++) macc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const char *g = wp + b * gbs;
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
+        __m512i q[8];
+        UNROLL for (int c = 0; c < 4; c++) {
+            const __m512i v = _mm512_loadu_si512(g + 64 + 64 * c);
+            q[c] = _mm512_and_si512(v, m4);
+            q[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        UNROLL for (int t = 0; t < RT; t++) {
+            const l3c_block_q8_1x *a = (const l3c_block_q8_1x *)(x + t * xs) + b;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            UNROLL for (int c = 0; c < 4; c++) {
+                s0 = dpbusd_b(s0, q[c], a->qs + 4 * c);
+                s1 = dpbusd_b(s1, q[c + 4], a->qs + 16 + 4 * c);
+            }
+            const __m512i s = _mm512_add_epi32(s0, s1);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[t]);
+            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), macc[t]);
+        }
+    }
+    UNROLL for (int t = 0; t < RT; t++) acc[t] = _mm512_add_ps(acc[t], macc[t]);
+}
+
 /* ---------------------------------------------------------------- packed Q3_K (16 rows) */
 
 /*
@@ -1229,6 +1305,7 @@ static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
 #define PK_TILE_Q8_0(RT, ...) pk_tile(B_Q8_0, RT, __VA_ARGS__)
 PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
+PK_KERNEL(q4_1, pk_q4_1_tile, l3c_block_q4_1, 32)
 /* Q3_K: up to 4 tokens triple by triple in memory order, more half round by half round */
 #define PK_TILE_Q3_K(RT, ...) \
     ((RT) <= 4 ? pk_q3_K_tile_cm(RT, __VA_ARGS__) : pk_q3_K_tile(RT, __VA_ARGS__))
@@ -1565,6 +1642,7 @@ bool l3c_kernels_override_avx512(l3c_type_traits *table) {
     SET_DOT(L3C_TYPE_Q6_K, q6_K);
     SET_PACKED(L3C_TYPE_Q4_0, q4_0, pack_act_q4_0, 32, sizeof(l3c_block_q8_0x));
     SET_PACKED(L3C_TYPE_Q8_0, q8_0, pack_act_q8_0, 32, sizeof(l3c_block_q8_0x));
+    SET_PACKED(L3C_TYPE_Q4_1, q4_1, pack_act_q4_1, 32, sizeof(l3c_block_q8_1x));
     SET_PACKED(L3C_TYPE_Q3_K, q3_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
     SET_PACKED(L3C_TYPE_Q4_K, q4_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));
     SET_PACKED(L3C_TYPE_Q5_K, q5_K, from_float_q8_K, 256, sizeof(l3c_block_q8_K));

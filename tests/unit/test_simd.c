@@ -284,7 +284,7 @@ static void check_invariance(const char *path, const l3c_type_traits *tab) {
 /*
  * Packed layouts (layout.rows > 0): pack / unpack round trip byte-exact; the packed activation
  * quantizer gives the reference Q8_0 quants, its fp16-rounded scale and -off * sum(qs) (Q4_0,
- * Q8_0), or exactly the reference Q8_K blocks (K-quants); the exact F16 / BF16 layouts take the
+ * Q8_0) or s = d * sum(qs) (Q4_1), or exactly the reference Q8_K blocks (K-quants); the exact F16 / BF16 layouts take the
  * fp32 activations as they are. The bf16 layouts of F16 / BF16 (packed_bf16): unpack gives each weight rounded to bf16 (nearest even; F16 back in F16,
  * saturated at +-65504: one weight is 65504, which rounds up to 65536 in bf16) and the
  * activations are l3c_fp32_to_bf16 of each float. The
@@ -349,8 +349,9 @@ static int check_layout(const char *path, int type, const l3c_type_traits *st, c
                 const l3c_block_q8_0 *q = (const l3c_block_q8_0 *)q8 + b;
                 int sum = 0;
                 for (int i = 0; i < 32; i++) sum += a->qs[i];
-                CHECK_MSG(memcmp(a->qs, q->qs, 32) == 0 && l3c_fp32_to_fp16(a->d) == q->d &&
-                              a->neg_off_sum == -off * sum,
+                const l3c_block_q8_1x *a1 = (const l3c_block_q8_1x *)a; /* Q4_1: s = d * sum */
+                const bool corr = type == L3C_TYPE_Q4_1 ? a1->s == a1->d * (float)sum : a->neg_off_sum == -off * sum;
+                CHECK_MSG(memcmp(a->qs, q->qs, 32) == 0 && l3c_fp32_to_fp16(a->d) == q->d && corr,
                           "%s packed activations for %s n=%lld t=%d block %lld", path, st->name,
                           (long long)n, t, (long long)b);
             }
