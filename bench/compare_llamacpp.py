@@ -8,6 +8,12 @@ native flags) on each file and prints a table: tokens/s of both, the ratio, and 
 bandwidth bound (bandwidth / weight bytes read per generated token). Not a test: run it by hand.
 
     python3 bench/compare_llamacpp.py --threads 2 --dir /tmp/l3c-bench [--with-8b] [--smollm2]
+
+With --llama-bench PATH the peer is llama.cpp's own `llama-bench` binary instead (`-o json`, the
+mean of its -r repetitions); --build-peer DIR builds that binary first, natively, from the
+vendor/llama.cpp of the llama-cpp-python sdist (pip download --no-binary), Release, with
+-fno-tree-dse -fno-dse (GCC 12 otherwise drops ggml's AMX tile config: SIGILL), into DIR.
+--kernels PATH runs llama3c with L3C_KERNELS=PATH (e.g. avx512 on an AMX machine).
 """
 import argparse
 import json
@@ -54,9 +60,10 @@ def weights_read_per_token(path):
     return total
 
 
-def ours(path, threads, p, n, reps, extra=()):
+def ours(path, threads, p, n, reps, extra=(), kernels=None):
+    env = dict(os.environ, L3C_KERNELS=kernels) if kernels else None
     out = sh([BIN, "bench", "-m", path, "-t", str(threads), "-p", str(p), "-n", str(n),
-              "-r", str(reps), "--json", *extra])
+              "-r", str(reps), "--json", *extra], env=env)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -96,6 +103,44 @@ def llamacpp(path, threads, p, n, reps):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def build_peer(dest):
+    """llama-bench from the llama-cpp-python sdist's vendor/llama.cpp, native Release build;
+    returns the binary's path (reused when it exists)."""
+    binary = os.path.join(dest, "build", "bin", "llama-bench")
+    if os.path.exists(binary):
+        return binary
+    import glob
+    import tarfile
+    src = os.path.join(dest, "sdist")
+    os.makedirs(src, exist_ok=True)
+    sh([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        "llama-cpp-python", "-d", src])
+    tgz = sorted(glob.glob(os.path.join(src, "llama_cpp_python-*.tar.gz")))[-1]
+    with tarfile.open(tgz) as t:
+        t.extractall(src)
+    vendor = os.path.join(tgz[:-len(".tar.gz")], "vendor", "llama.cpp")
+    flags = "-fno-tree-dse -fno-dse"
+    sh(["cmake", "-S", vendor, "-B", os.path.join(dest, "build"), "-DGGML_NATIVE=ON",
+        "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_C_FLAGS=" + flags, "-DCMAKE_CXX_FLAGS=" + flags,
+        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=OFF"])
+    sh(["cmake", "--build", os.path.join(dest, "build"), "--target", "llama-bench", "-j2"])
+    return binary
+
+
+def llama_bench(binary, path, threads, p, n, reps):
+    """llama.cpp's llama-bench: mean tokens/s of its reps, in the fields of `llama3c bench --json`
+    that the table uses (no CPU time or RSS from it)."""
+    out = sh([binary, "-m", path, "-t", str(threads), "-p", str(p), "-n", str(n), "-r", str(reps),
+              "-o", "json"])
+    r = {"pp_tokens_per_s": 0.0, "tg_tokens_per_s": 0.0, "peak_rss_bytes": 0,
+         "version": "llama-bench"}
+    for e in json.loads(out[out.index("["):]):
+        key = "pp_tokens_per_s" if e.get("n_gen", 0) == 0 else "tg_tokens_per_s"
+        r[key] = float(e["avg_ts"])
+        r["version"] = "llama-bench %s" % e.get("build_commit", "")
+    return r
+
+
 def best(runs):
     """Per metric, the best of the alternated rounds (other processes only ever slow a run)."""
     r = dict(runs[0])
@@ -119,7 +164,13 @@ def main():
     ap.add_argument("--files", nargs="*", default=[], help="extra GGUF files to compare")
     ap.add_argument("--bf16", action="store_true",
                     help="F16 files once more with llama3c --bf16 (bf16 matmul; llama.cpp unchanged)")
+    ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary as the peer")
+    ap.add_argument("--build-peer", metavar="DIR",
+                    help="build llama-bench natively from the llama-cpp-python sdist into DIR")
+    ap.add_argument("--kernels", help="L3C_KERNELS for llama3c (e.g. avx512)")
     a = ap.parse_args()
+    if a.build_peer:
+        a.llama_bench = build_peer(a.build_peer)
     os.makedirs(a.dir, exist_ok=True)
     files = []
     for t in filter(None, a.types.split(",")):
@@ -149,8 +200,11 @@ def main():
         gb = weights_read_per_token(f) / 1e9
         runs_o, runs_l = [], []
         for _ in range(a.rounds):  # alternate, so both see the same machine load
-            runs_o.append(ours(f, a.threads, a.p, a.n, a.reps, extra))
-            runs_l.append(llamacpp(f, a.threads, a.p, a.n, a.reps))
+            runs_o.append(ours(f, a.threads, a.p, a.n, a.reps, extra, a.kernels))
+            if a.llama_bench:
+                runs_l.append(llama_bench(a.llama_bench, f, a.threads, a.p, a.n, a.reps))
+            else:
+                runs_l.append(llamacpp(f, a.threads, a.p, a.n, a.reps))
         o, l = best(runs_o), best(runs_l)
         bound = bw / gb
         print("| %s | %.2f | %.1f | %.1f | %.2fx | %.2f | %.2f | %.2fx | %.0f%% | %.0f%% | %.0f MiB |" % (
@@ -159,8 +213,11 @@ def main():
             l["tg_tokens_per_s"], o["tg_tokens_per_s"] / max(l["tg_tokens_per_s"], 1e-9),
             100 * o["tg_tokens_per_s"] / bound, 100 * l["tg_tokens_per_s"] / bound,
             o["peak_rss_bytes"] / 2**20), flush=True)
-    print("path: %s; llama.cpp via llama-cpp-python %s; %s" % (
-        o["path"], l.get("version"), time.strftime("%Y-%m-%d")))
+    cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo")
+                if x.startswith("model name")), "?")
+    print("path: %s; llama.cpp: %s; CPU: %s; load average %s; %s" % (
+        o["path"], l.get("version") if a.llama_bench else "llama-cpp-python " + str(l.get("version")),
+        cpu, " ".join(open("/proc/loadavg").read().split()[:3]), time.strftime("%Y-%m-%d")))
 
 
 if __name__ == "__main__":
