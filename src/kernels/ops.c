@@ -426,6 +426,29 @@ V_TARGET static double softmax_exp_avx2(float *x, int64_t n, float max) {
     return sum;
 }
 
+/* max over x (lane-wise max_ps(m, x) is L3C_MAX(m, x); the same value as the scalar loop for any
+ * input without NaN) */
+V_TARGET static float softmax_max_avx2(const float *x, int64_t n) {
+    float max = x[0];
+    int64_t i = 0;
+    if (n >= 8) {
+        __m256 m = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+        float lanes[8];
+        _mm256_storeu_ps(lanes, m);
+        max = lanes[0];
+        for (int k = 1; k < 8; k++) max = L3C_MAX(max, lanes[k]);
+    }
+    for (; i < n; i++) max = L3C_MAX(max, x[i]);
+    return max;
+}
+
+V_TARGET static void scale_avx2(float *x, int64_t n, float a) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(a)));
+    for (; i < n; i++) x[i] *= a;
+}
+
 #endif
 
 void l3c_swiglu(float *a, const float *b, int64_t n) {
@@ -440,14 +463,17 @@ void l3c_swiglu(float *a, const float *b, int64_t n) {
 
 void l3c_softmax(float *x, int64_t n) {
     if (n <= 0) return;
-    float max = x[0];
-    for (int64_t i = 1; i < n; i++) max = L3C_MAX(max, x[i]);
     double sum = 0.0;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_caps() & CAP_FMA) {
+    if (cpu_caps() & CAP_FMA) { /* the scalar loops' bits: max is exact, exp as EXP_STEPS */
+        const float max = softmax_max_avx2(x, n);
         sum = softmax_exp_avx2(x, n, max);
-    } else
+        scale_avx2(x, n, (float)(1.0 / sum));
+        return;
+    }
 #endif
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) max = L3C_MAX(max, x[i]);
     {
         for (int64_t i = 0; i < n; i++) {
             x[i] = l3c_expf(x[i] - max);
