@@ -405,6 +405,30 @@ V_TARGET static void swiglu_avx2(float *a, const float *b, int64_t n) {
     for (; i < n; i++) a[i] = a[i] / (1.0f + l3c_expf(-a[i])) * b[i];
 }
 
+/* the same EXP_STEPS on 16 lanes (each lane's operations are v_exp's: the same bits) */
+#define V512_TARGET __attribute__((target("avx512f")))
+V512_TARGET static inline __m512 v512_pow2(__m512 fx) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23));
+}
+V512_TARGET static inline __m512 v512_round(__m512 x) {
+    return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+V512_TARGET static inline __m512 v512_exp(__m512 x) {
+    EXP_STEPS(x, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, v512_round, _mm512_min_ps, _mm512_max_ps,
+              _mm512_set1_ps, v512_pow2);
+    return x;
+}
+
+V512_TARGET static void swiglu_avx512(float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(a + i);
+        const __m512 e = v512_exp(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        _mm512_storeu_ps(a + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_loadu_ps(b + i)));
+    }
+    if (i < n) swiglu_avx2(a + i, b + i, n - i);
+}
+
 /* x[i] = exp(x[i] - max) for all i; returns their sum (in double, four lanes then in order) */
 V_TARGET static double softmax_exp_avx2(float *x, int64_t n, float max) {
     const __m256 vm = _mm256_set1_ps(max);
@@ -453,6 +477,10 @@ V_TARGET static void scale_avx2(float *x, int64_t n, float a) {
 
 void l3c_swiglu(float *a, const float *b, int64_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
+    if ((cpu_caps() & (CAP_FMA | CAP_AVX512)) == (CAP_FMA | CAP_AVX512)) {
+        swiglu_avx512(a, b, n);
+        return;
+    }
     if (cpu_caps() & CAP_FMA) {
         swiglu_avx2(a, b, n);
         return;
