@@ -26,7 +26,11 @@ static void help(FILE *f) {
             "  --special               parse special-token text (\"<|eot_id|>\") in the prompt\n"
             "  --echo                  print the prompt text before the continuation\n"
             "  --print-ids             print the generated token ids (space-separated) instead of text\n"
-            "  --print-special         print the text of special tokens that are generated\n");
+            "  --print-special         print the text of special tokens that are generated\n"
+            "  --lookup N              speculative decoding by prompt lookup: decode up to N (1..%d) tokens\n"
+            "                          that followed the last n-gram's latest earlier occurrence with each\n"
+            "                          token, keep those the sampler then produces; output unchanged\n",
+            CLI_LOOKUP_MAX);
     cli_opts_help(f, &d);
 }
 
@@ -69,7 +73,7 @@ int cmd_run(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o, 256, 0.8f, 0.95f);
     const char *prompt = NULL, *prompt_file = NULL, *ids_text = NULL;
-    int no_bos = 0, special = 0, echo = 0, print_ids = 0, print_special = 0;
+    int no_bos = 0, special = 0, echo = 0, print_ids = 0, print_special = 0, lookup = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_opts_parse(CMD, &o, argc, argv, &i);
@@ -94,6 +98,14 @@ int cmd_run(int argc, char **argv) {
             print_ids = 1;
         } else if (!strcmp(a, "--print-special")) {
             print_special = 1;
+        } else if (!strcmp(a, "--lookup")) {
+            const char *v = cli_value(CMD, argc, argv, &i);
+            if (!v) return CLI_USAGE;
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*v == '\0' || *end || n < 1 || n > CLI_LOOKUP_MAX)
+                return cli_usage_error(CMD, "--lookup: '%s' is not a number of tokens from 1 to %d", v, CLI_LOOKUP_MAX);
+            lookup = (int)n;
         } else {
             return cli_usage_error(CMD, "unknown option '%s'", a);
         }
@@ -140,11 +152,14 @@ int cmd_run(int argc, char **argv) {
             free(t);
         }
     }
-    cli_gen_opts g = {.out = stdout, .print_ids = print_ids, .print_special = print_special};
+    cli_gen_opts g = {.out = stdout, .print_ids = print_ids, .print_special = print_special, .lookup = lookup};
     rc = cli_session_generate(&s, &o, &g);
     if (print_ids || isatty(STDOUT_FILENO)) fputc('\n', stdout);
     fflush(stdout);
     if (!o.no_timings) cli_print_timings(&s);
+    if (lookup && !o.no_timings)
+        fprintf(stderr, "lookup: %lld draft tokens decoded, %lld accepted (%.0f%%)\n", (long long)s.n_drafted,
+                (long long)s.n_accepted, s.n_drafted ? 100.0 * (double)s.n_accepted / (double)s.n_drafted : 0.0);
 close:
     cli_session_close(&s);
 done:

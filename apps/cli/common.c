@@ -365,6 +365,43 @@ static int decode_one(cli_session *s, int32_t id) {
     return 0;
 }
 
+/* up to k tokens that followed the latest earlier occurrence of the last m (3, 2, then 1) tokens
+ * of the sequence cache[0..n) + id; returns how many were written to draft */
+static int lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft) {
+#define HIST(i) ((i) < n ? cache[i] : id)
+    const int64_t h = n + 1;
+    for (int m = 3; m >= 1; m--) {
+        for (int64_t j = h - m - 1; j >= 0; j--) {
+            int q = 0;
+            while (q < m && HIST(j + q) == HIST(h - m + q)) q++;
+            if (q < m) continue;
+            int c = 0;
+            for (; c < k && j + m + c < h; c++) draft[c] = HIST(j + m + c);
+            return c;
+        }
+    }
+    return 0;
+#undef HIST
+}
+
+/* id and nd draft tokens in one batch, logits for every row; the cache takes id only */
+static int decode_draft(cli_session *s, int32_t id, const int32_t *draft, int nd) {
+    int32_t tok[CLI_LOOKUP_MAX + 1], pos[CLI_LOOKUP_MAX + 1];
+    int8_t want[CLI_LOOKUP_MAX + 1];
+    for (int j = 0; j <= nd; j++) {
+        tok[j] = j ? draft[j - 1] : id;
+        pos[j] = (int32_t)s->n_cache + j;
+        want[j] = 1;
+    }
+    l3c_batch b = {.n_tokens = nd + 1, .tokens = tok, .pos = pos, .logits = want};
+    s->logits = NULL;
+    if (l3c_decode(s->ctx, &b) != L3C_OK) return cli_runtime_error(s->cmd, "decode failed");
+    s->cache[s->n_cache++] = id;
+    s->logits = l3c_get_logits(s->ctx, 0);
+    s->n_drafted += nd;
+    return 0;
+}
+
 int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
     s->n_prompt = 0;
     s->t_prompt = 0;
@@ -449,8 +486,11 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
     char small[256], *piece = small;
     size_t piece_cap = sizeof small;
     int rc = 0;
+    int32_t draft[CLI_LOOKUP_MAX];
+    int nd = 0, di = 0; /* draft tokens in the cache's rows past n_cache; the next one to match */
     s->n_gen = 0;
     s->t_gen = 0;
+    s->n_drafted = s->n_accepted = 0;
     if (g->text) *g->text = NULL;
     if (!s->logits) {
         fprintf(stderr, "llama3c %s: nothing to continue (no prompt evaluated)\n", s->cmd);
@@ -496,12 +536,30 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         if (g->out) fflush(g->out);
 
         if (o->n_predict >= 0 && i + 1 >= o->n_predict) break; /* the last token needs no decode */
+        if (di < nd && id == draft[di]) { /* drafted: its row and the logits after it exist */
+            s->cache[s->n_cache++] = id;
+            s->logits = l3c_get_logits(s->ctx, ++di);
+            s->n_accepted++;
+            continue;
+        }
+        if (di < nd && l3c_kv_seq_truncate(s->ctx, 0, (int32_t)s->n_cache) != L3C_OK) {
+            rc = cli_runtime_error(s->cmd, "cannot drop the rejected draft");
+            break;
+        }
+        nd = di = 0;
         if (s->n_cache >= s->n_ctx) {
             fprintf(stderr, "\nllama3c %s: context full (%d positions); stopping\n", s->cmd, (int)s->n_ctx);
             break;
         }
-        if ((rc = decode_one(s, id))) break;
+        int k = g->lookup < CLI_LOOKUP_MAX ? g->lookup : CLI_LOOKUP_MAX;
+        if (k > s->n_ctx - s->n_cache - 1) k = (int)(s->n_ctx - s->n_cache - 1);
+        if (o->n_predict >= 0 && k > o->n_predict - i - 2) k = (int)(o->n_predict - i - 2);
+        if (k > 0) nd = lookup_draft(s->cache, s->n_cache, id, k, draft);
+        if ((rc = nd > 0 ? decode_draft(s, id, draft, nd) : decode_one(s, id))) break;
     }
+    /* drafted rows never matched: the cache holds exactly cache[0..n_cache) again */
+    if (di < nd && l3c_kv_seq_truncate(s->ctx, 0, (int32_t)s->n_cache) != L3C_OK && !rc)
+        rc = cli_runtime_error(s->cmd, "cannot drop the rejected draft");
     s->t_gen = now_s() - t0;
     if (pend.n && g->out) fwrite(pend.p, 1, pend.n, g->out); /* an incomplete tail, as it is */
     if (g->out) fflush(g->out);

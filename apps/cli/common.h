@@ -95,6 +95,8 @@ typedef struct cli_session {
     double t_prompt;          /* its seconds */
     int64_t n_gen;            /* tokens produced by the last cli_session_generate */
     double t_gen;             /* its seconds (sampling + decoding) */
+    int64_t n_drafted;        /* --lookup: draft tokens decoded by the last cli_session_generate */
+    int64_t n_accepted;       /* of them, the ones the sampler then produced (their rows reused) */
 } cli_session;
 
 /* Loads the model and creates context and sampler; 0 or CLI_ERR (printed). */
@@ -110,11 +112,23 @@ typedef struct cli_gen_opts {
     int print_ids;            /* 1: generated ids, space-separated, instead of text */
     int print_special;        /* 1: special tokens' text is printed too */
     char **text;              /* optional: the generated text (NUL-terminated, malloc'd; caller frees) */
+    int lookup;               /* > 0: prompt-lookup drafts of up to this many tokens (CLI_LOOKUP_MAX) */
 } cli_gen_opts;
+
+#define CLI_LOOKUP_MAX 16
 
 /* Samples up to o->n_predict tokens after the fed prompt, stopping at an end-of-generation token
  * (unless ignore_eos) or a full context; each accepted token except the last is decoded into the
- * cache. 0 or CLI_ERR (printed). */
+ * cache. 0 or CLI_ERR (printed).
+ *
+ * g->lookup > 0 (speculative decoding by prompt lookup, no second model): with each sampled token
+ * the up to g->lookup tokens that followed the latest earlier occurrence of the last 3 (else 2,
+ * else 1) tokens of the sequence are decoded in the same batch, with logits for every row. The
+ * sampler still draws every token from the logits of the sequence as it is; while it produces
+ * the drafted tokens their rows are kept (no decode for them), at the first difference the rest
+ * is dropped from the cache. The logits of a row do not depend on the batch (the engine is batch
+ * invariant), so the output, greedy or sampled with a seed, is identical to decoding without
+ * drafts; only the number of decode calls changes. */
 int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g);
 
 /* "prompt: N tokens, X tok/s | generation: N tokens, Y tok/s" on stderr. */
