@@ -28,7 +28,7 @@ static void help(FILE *f) {
             "  --print-ids             print the generated token ids (space-separated) instead of text\n"
             "  --print-special         print the text of special tokens that are generated\n"
             "  --lookup N              speculative decoding by prompt lookup: decode up to N (1..%d) tokens\n"
-            "                          that followed the last n-gram's latest earlier occurrence with each\n"
+            "                          that followed the last 3 or 2 tokens' latest earlier occurrence with each\n"
             "                          token, keep those the sampler then produces; output unchanged\n",
             CLI_LOOKUP_MAX);
     cli_opts_help(f, &d);

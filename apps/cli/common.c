@@ -365,12 +365,12 @@ static int decode_one(cli_session *s, int32_t id) {
     return 0;
 }
 
-/* up to k tokens that followed the latest earlier occurrence of the last m (3, 2, then 1) tokens
+/* up to k tokens that followed the latest earlier occurrence of the last m (3, then 2) tokens
  * of the sequence cache[0..n) + id; returns how many were written to draft */
 static int lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft) {
 #define HIST(i) ((i) < n ? cache[i] : id)
     const int64_t h = n + 1;
-    for (int m = 3; m >= 1; m--) {
+    for (int m = 3; m >= 2; m--) {
         for (int64_t j = h - m - 1; j >= 0; j--) {
             int q = 0;
             while (q < m && HIST(j + q) == HIST(h - m + q)) q++;

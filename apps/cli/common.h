@@ -122,8 +122,9 @@ typedef struct cli_gen_opts {
  * cache. 0 or CLI_ERR (printed).
  *
  * g->lookup > 0 (speculative decoding by prompt lookup, no second model): with each sampled token
- * the up to g->lookup tokens that followed the latest earlier occurrence of the last 3 (else 2,
- * else 1) tokens of the sequence are decoded in the same batch, with logits for every row. The
+ * the up to g->lookup tokens that followed the latest earlier occurrence of the last 3 (else 2)
+ * tokens of the sequence (single-token matches draft too often in vain: measured 5% accepted on
+ * free text, 1.2x the CPU time, against 12% and 1.0x with bigrams) are decoded in the same batch, with logits for every row. The
  * sampler still draws every token from the logits of the sequence as it is; while it produces
  * the drafted tokens their rows are kept (no decode for them), at the first difference the rest
  * is dropped from the cache. The logits of a row do not depend on the batch (the engine is batch
