@@ -572,18 +572,35 @@ static void pack_act(const float *src, void *dst, int64_t n, int off) {
 static void pack_act_q4_0(const float *src, void *dst, int64_t n) { pack_act(src, dst, n, 8); }
 static void pack_act_q8_0(const float *src, void *dst, int64_t n) { pack_act(src, dst, n, 128); }
 
-static void pack_q4_0(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
-    uint8_t *out = dst;
+/* Q4_0 / Q4_1: nh = 1 / 2 fp16 fields (d; d, m) before the 16 nibble bytes of a block; the
+ * group holds the nh fields of its 16 rows (32 bytes each), then the 4 nibble chunks */
+static void pack_q4(int nh, int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
+    const size_t bs = 2 * (size_t)nh + 16;
     for (int64_t b = 0; b < n / 32; b++) {
-        uint8_t *g = out + b * (PK_ROWS * sizeof(l3c_block_q4_0));
-        memset(g, 0, PK_ROWS * sizeof(l3c_block_q4_0));
+        uint8_t *g = (uint8_t *)dst + b * (PK_ROWS * bs);
+        memset(g, 0, PK_ROWS * bs);
         for (int64_t r = 0; r < n_rows; r++) {
-            const l3c_block_q4_0 *blk = (const l3c_block_q4_0 *)((const char *)w + r * ws) + b;
-            memcpy(g + 2 * r, &blk->d, 2);
-            for (int c = 0; c < 4; c++) memcpy(g + 32 + 64 * c + 4 * r, blk->qs + 4 * c, 4);
+            const uint8_t *blk = (const uint8_t *)w + r * ws + b * bs;
+            for (int h = 0; h < nh; h++) memcpy(g + 32 * h + 2 * r, blk + 2 * h, 2);
+            for (int c = 0; c < 4; c++) memcpy(g + 32 * nh + 64 * c + 4 * r, blk + 2 * nh + 4 * c, 4);
         }
     }
 }
+
+static void unpack_q4(int nh, int64_t n, const void *g, int r, void *dst) {
+    const size_t bs = 2 * (size_t)nh + 16;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * bs);
+        uint8_t *blk = (uint8_t *)dst + b * bs;
+        for (int h = 0; h < nh; h++) memcpy(blk + 2 * h, gb + 32 * h + 2 * r, 2);
+        for (int c = 0; c < 4; c++) memcpy(blk + 2 * nh + 4 * c, gb + 32 * nh + 64 * c + 4 * r, 4);
+    }
+}
+
+static void pack_q4_0(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) { pack_q4(1, n, n_rows, w, ws, dst); }
+static void pack_q4_1(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) { pack_q4(2, n, n_rows, w, ws, dst); }
+static void unpack_q4_0(int64_t n, const void *g, int r, void *dst) { unpack_q4(1, n, g, r, dst); }
+static void unpack_q4_1(int64_t n, const void *g, int r, void *dst) { unpack_q4(2, n, g, r, dst); }
 
 static void pack_q8_0(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
     uint8_t *out = dst;
@@ -597,15 +614,6 @@ static void pack_q8_0(int64_t n, int64_t n_rows, const void *w, size_t ws, void 
             for (int c = 0; c < 8; c++)
                 for (int k = 0; k < 4; k++) g[32 + 64 * c + 4 * r + k] = (uint8_t)blk->qs[4 * c + k] ^ 0x80;
         }
-    }
-}
-
-static void unpack_q4_0(int64_t n, const void *g, int r, void *dst) {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * sizeof(l3c_block_q4_0));
-        l3c_block_q4_0 *blk = (l3c_block_q4_0 *)dst + b;
-        memcpy(&blk->d, gb + 2 * r, 2);
-        for (int c = 0; c < 4; c++) memcpy(blk->qs + 4 * c, gb + 32 + 64 * c + 4 * r, 4);
     }
 }
 
@@ -662,30 +670,6 @@ static void pack_act_q4_1(const float *src, void *dst, int64_t n) {
         int sum;
         b[i].d = q8_block512(src + i * 32, b[i].qs, &sum);
         b[i].s = b[i].d * (float)sum;
-    }
-}
-
-static void pack_q4_1(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
-    uint8_t *out = dst;
-    for (int64_t b = 0; b < n / 32; b++) {
-        uint8_t *g = out + b * (PK_ROWS * sizeof(l3c_block_q4_1));
-        memset(g, 0, PK_ROWS * sizeof(l3c_block_q4_1));
-        for (int64_t r = 0; r < n_rows; r++) {
-            const l3c_block_q4_1 *blk = (const l3c_block_q4_1 *)((const char *)w + r * ws) + b;
-            memcpy(g + 2 * r, &blk->d, 2);
-            memcpy(g + 32 + 2 * r, &blk->m, 2);
-            for (int c = 0; c < 4; c++) memcpy(g + 64 + 64 * c + 4 * r, blk->qs + 4 * c, 4);
-        }
-    }
-}
-
-static void unpack_q4_1(int64_t n, const void *g, int r, void *dst) {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const uint8_t *gb = (const uint8_t *)g + b * (PK_ROWS * sizeof(l3c_block_q4_1));
-        l3c_block_q4_1 *blk = (l3c_block_q4_1 *)dst + b;
-        memcpy(&blk->d, gb + 2 * r, 2);
-        memcpy(&blk->m, gb + 32 + 2 * r, 2);
-        for (int c = 0; c < 4; c++) memcpy(blk->qs + 4 * c, gb + 64 + 64 * c + 4 * r, 4);
     }
 }
 
