@@ -28,8 +28,7 @@ int main(int argc, char **argv) {
 
     l3c_model_params mp = l3c_model_default_params();
     l3c_model *model = NULL;
-    if (l3c_model_load(path, &mp, &model) != L3C_OK)
-        return fail(path);
+    if (l3c_model_load(path, &mp, &model) != L3C_OK) return fail(path);
     const l3c_tokenizer *tok = l3c_model_tokenizer(model);
 
     /* tokenize: a first call with no room returns -(needed) */
@@ -46,8 +45,7 @@ int main(int argc, char **argv) {
 
     l3c_context_params cp = l3c_context_default_params();
     cp.n_ctx = (int32_t)n + n_predict + 1;
-    if (cp.n_batch < (int32_t)n)
-        cp.n_batch = (int32_t)n;
+    if (cp.n_batch < (int32_t)n) cp.n_batch = (int32_t)n;
     l3c_context *ctx = NULL;
     l3c_sampler_params sp = l3c_sampler_default_params();
     sp.temperature = 0; /* greedy */
@@ -78,13 +76,11 @@ int main(int argc, char **argv) {
     int32_t prev = ids[n - 1], p = (int32_t)n, last = (int32_t)n - 1; /* last: logits row */
     for (int i = 0; i < n_predict; i++) {
         int32_t id = l3c_sampler_sample(smp, l3c_get_logits(ctx, last));
-        if (id < 0 || l3c_token_is_eog(tok, id))
-            break;
+        if (id < 0 || l3c_token_is_eog(tok, id)) break;
         l3c_sampler_accept(smp, id);
         char piece[256];
         int32_t k = l3c_token_to_piece(tok, prev, id, piece, (int32_t)sizeof piece);
-        if (k > 0)
-            fwrite(piece, 1, (size_t)k, stdout);
+        if (k > 0) fwrite(piece, 1, (size_t)k, stdout);
         fflush(stdout);
         prev = id;
         l3c_batch one = {.n_tokens = 1, .tokens = &id, .pos = &p};

@@ -89,8 +89,10 @@ void rag_embedder_free(rag_embedder *e);
  * its text. */
 int rag_embed(rag_embedder *e, const char *text, size_t len, float *out, int *truncated, char *err);
 
-/* Model identity stored in the index: sha256 over the file size, its first and last MiB, and the
- * model's name / type / shape (hashing whole multi-GB files on every query would be too slow). */
+/* Model identity stored in the index: sha256 over the model's name / type / shape and, for a GGUF
+ * file, its size and first and last MiB; for a Hugging Face folder, the same for every regular file
+ * in it (config, tokenizer, each safetensors shard), in name order, so the folder's content, not
+ * its name, identifies it (hashing whole multi-GB files on every open would be too slow). */
 int rag_model_fingerprint(const char *path, const l3c_model *model, char hex[65], char *err);
 
 /* ---------------------------------------------------------------- store */
@@ -149,6 +151,14 @@ typedef struct rag_hit {
     double bm25, cosine; /* components (0 when the chunk was not among that ranking's candidates) */
     int32_t rank_bm25, rank_vec; /* 1-based ranks among the candidates; 0: not in that list */
 } rag_hit;
+
+/* Query limits: a query is a question, not a document. Longer ones are refused (CLI: usage error;
+ * server: 400 naming the field) before any work, so one request cannot make the FTS5 query or the
+ * embedding arbitrarily large under the store's lock. */
+#define RAG_QUERY_MAX_BYTES 4096
+#define RAG_QUERY_MAX_TERMS 64
+/* 0 when query is within the limits, else -1 with the reason in err. */
+int rag_query_check(const char *query, char *err);
 
 /* The top k chunks for a query: query text for BM25 (its words, OR-ed), qvec[n_embd] (unit) for
  * cosine; qvec may be NULL in RAG_BM25 mode. alpha: the BM25 weight of RAG_HYBRID (0..1). *hits

@@ -492,28 +492,60 @@ typedef struct cand {
     int32_t rank_bm25, rank_vec;
 } cand;
 
-/* FTS5 query: every word of the text (letters, digits, non-ASCII bytes) as a quoted string, OR-ed;
- * "" when the text has no words. malloc'd. */
+static int is_word_byte(unsigned char c) {
+    return (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80;
+}
+
+static int count_terms(const char *text) {
+    int n = 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p;) {
+        if (!is_word_byte(*p)) {
+            p++;
+            continue;
+        }
+        n++;
+        while (*p && is_word_byte(*p))
+            p++;
+    }
+    return n;
+}
+
+int rag_query_check(const char *query, char *err) {
+    size_t n = strlen(query);
+    if (n > RAG_QUERY_MAX_BYTES) {
+        snprintf(err, RAG_ERR_CAP,
+                 "the query is %zu bytes; the limit is %d (ask a question, not a document)", n,
+                 RAG_QUERY_MAX_BYTES);
+        return -1;
+    }
+    int t = count_terms(query);
+    if (t > RAG_QUERY_MAX_TERMS) {
+        snprintf(err, RAG_ERR_CAP, "the query has %d words; the limit is %d", t,
+                 RAG_QUERY_MAX_TERMS);
+        return -1;
+    }
+    return 0;
+}
+
+/* FTS5 query: the words of the text (letters, digits, non-ASCII bytes) as quoted strings, OR-ed,
+ * at most RAG_QUERY_MAX_TERMS of them (callers check the limits first; this bounds the work
+ * whatever they pass); "" when the text has no words. malloc'd. */
 static char *fts_query(const char *text) {
     size_t n = strlen(text);
     char *q = malloc(4 * n + 8), *w = q;
     if (!q) return NULL;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)text[i];
-        int word = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80;
-        if (!word) {
+    int terms = 0;
+    for (size_t i = 0; i < n && terms < RAG_QUERY_MAX_TERMS;) {
+        if (!is_word_byte((unsigned char)text[i])) {
             i++;
             continue;
         }
         if (w != q) w += sprintf(w, " OR ");
         *w++ = '"';
-        for (; i < n; i++) {
-            c = (unsigned char)text[i];
-            if (!((c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80))
-                break;
-            *w++ = (char)c;
-        }
+        for (; i < n && is_word_byte((unsigned char)text[i]); i++)
+            *w++ = text[i];
         *w++ = '"';
+        terms++;
     }
     *w = 0;
     return q;
