@@ -40,7 +40,7 @@
 #include <unistd.h>
 
 #define WAIT_SLICE_MS 100
-#define SSE_BLOCK     4096
+#define SSE_BLOCK 4096
 
 typedef enum stream_phase { PH_START = 0, PH_RUN, PH_DONE } stream_phase;
 
@@ -49,8 +49,8 @@ typedef struct conn {
     struct MHD_Connection *mc;
     metrics_endpoint ep;
     struct timespec t0;
-    unsigned status; /* status of the queued response, 0 until then */
-    int responded;   /* a response has been queued */
+    unsigned status;       /* status of the queued response, 0 until then */
+    int responded;         /* a response has been queued */
     int is_post;
     /* body */
     char *body;
@@ -80,8 +80,7 @@ static double since(const struct timespec *t0) {
 
 /* 1 when the peer has closed or reset the connection. */
 static int client_gone(struct MHD_Connection *mc) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!ci) return 1;
     struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
     if (poll(&p, 1, 0) < 0) return 0;
@@ -108,12 +107,10 @@ static enum MHD_Result queue(conn *c, unsigned status, struct MHD_Response *r) {
 }
 
 /* Takes ownership of body (malloc'd). */
-static enum MHD_Result respond(conn *c, unsigned status, const char *ctype, char *body,
-                               size_t len) {
+static enum MHD_Result respond(conn *c, unsigned status, const char *ctype, char *body, size_t len) {
     if (!body) {
-        static const char oom[] =
-            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-            "\"param\":null,\"code\":null}}";
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                                  "\"param\":null,\"code\":null}}";
         body = NULL;
         struct MHD_Response *r =
             MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
@@ -149,12 +146,10 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
                                 c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ||
                                         c->ep == EP_EMBEDDINGS || c->ep == EP_RAG
-                                    ? "POST"
-                                    : "GET, HEAD");
+                                    ? "POST" : "GET, HEAD");
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
-    if (e->status == 429 || e->status == 503)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     return queue(c, e->status, r);
 }
 
@@ -169,19 +164,16 @@ static enum MHD_Result fail(conn *c, unsigned status, const char *type, const ch
 static int key_matches(const char *given, const char *key) {
     size_t ng = strlen(given), nk = strlen(key);
     unsigned char d = ng != nk;
-    for (size_t i = 0; i < nk; i++)
-        d |= (unsigned char)((i < ng ? given[i] : 0) ^ key[i]);
+    for (size_t i = 0; i < nk; i++) d |= (unsigned char)((i < ng ? given[i] : 0) ^ key[i]);
     return d == 0;
 }
 
 static int authorized(conn *c) {
     if (!c->srv->api_key) return 1;
-    const char *h =
-        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
     h += 7;
-    while (*h == ' ')
-        h++;
+    while (*h == ' ') h++;
     return key_matches(h, c->srv->api_key);
 }
 
@@ -258,8 +250,7 @@ static int sse_add(conn *c, char *p, const size_t *np) {
     }
     if (c->sse_len + n > c->sse_cap) {
         size_t cap = c->sse_cap ? c->sse_cap : 1024;
-        while (cap < c->sse_len + n)
-            cap *= 2;
+        while (cap < c->sse_len + n) cap *= 2;
         char *q = realloc(c->sse, cap);
         if (!q) {
             free(p);
@@ -302,8 +293,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         sched_update u;
         c->text_len = 0;
         sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
-        if (c->text_len &&
-            sse_add(c, api_stream_chunk(&c->req, 0, c->text, c->text_len, SCHED_RUNNING, &n), &n))
+        if (c->text_len && sse_add(c, api_stream_chunk(&c->req, 0, c->text, c->text_len, SCHED_RUNNING, &n), &n))
             goto oom;
         if (u.finish == SCHED_RUNNING) {
             if (!c->text_len && client_gone(c->mc)) {
@@ -318,8 +308,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             if (u.finish == SCHED_FINISH_ERROR)
                 api_fail(&e, 500, "server_error", NULL, NULL, "%s", u.error);
             else
-                api_fail(&e, 503, "server_error", NULL, "unavailable",
-                         "the server is shutting down");
+                api_fail(&e, 503, "server_error", NULL, "unavailable", "the server is shutting down");
             if (sse_add(c, api_stream_error(&e, &n), &n)) goto oom;
         } else {
             if (sse_add(c, api_stream_chunk(&c->req, 0, "", 0, u.finish, &n), &n)) goto oom;
@@ -429,8 +418,7 @@ static enum MHD_Result submit_failed(conn *c, sched_submit_result r) {
     case SCHED_ERR_TOO_LONG:
         return fail(c, 400, "invalid_request_error", "context_length_exceeded",
                     "the prompt does not fit the context of a slot");
-    default:
-        return respond_json(c, 500, NULL, 0);
+    default: return respond_json(c, 500, NULL, 0);
     }
 }
 
@@ -636,7 +624,8 @@ static int rag_chat_augment(conn *c) {
             "with 'rag', the last user message must have a non-empty string content (the query)");
         goto out;
     }
-    if ((st = rag_search(c, json_string_value(content), "messages", k, mode, &h, &n, &e))) goto out;
+    if ((st = rag_search(c, json_string_value(content), "messages", k, mode, &h, &n, &e)))
+        goto out;
     char *user = rag_sources_text(h, n, json_string_value(content));
     json_t *sources = json_array(),
            *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);
@@ -683,8 +672,7 @@ static enum MHD_Result serve_generate(conn *c) {
         int r = rag_chat_augment(c);
         if (r != 0) return r > 0 ? MHD_YES : MHD_NO; /* answered (error) or the client left */
     }
-    if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len,
-                          &c->req, &e))
+    if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len, &c->req, &e))
         return respond_error(c, &e);
     free(c->body);
     c->body = NULL;
@@ -702,10 +690,8 @@ static enum MHD_Result serve_generate(conn *c) {
 static int content_type_ok(struct MHD_Connection *mc) {
     const char *ct = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!ct) return 1; /* tolerated: some clients send none */
-    while (*ct == ' ')
-        ct++;
-    return !strncasecmp(ct, "application/json", 16) &&
-           (ct[16] == 0 || ct[16] == ';' || ct[16] == ' ');
+    while (*ct == ' ') ct++;
+    return !strncasecmp(ct, "application/json", 16) && (ct[16] == 0 || ct[16] == ';' || ct[16] == ' ');
 }
 
 /* The first call for a request: routing, method, auth and size checks before any body byte. */
@@ -733,14 +719,13 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
     if (!content_type_ok(c->mc))
         return fail(c, 415, "invalid_request_error", "unsupported_media_type",
                     "the body must be JSON (Content-Type: application/json)");
-    const char *cl =
-        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end;
         unsigned long long n = strtoull(cl, &end, 10);
         if (n > c->srv->max_body) {
-            snprintf(msg, sizeof msg, "the body (%llu bytes) is larger than the limit of %zu bytes",
-                     n, c->srv->max_body);
+            snprintf(msg, sizeof msg, "the body (%llu bytes) is larger than the limit of %zu bytes", n,
+                     c->srv->max_body);
             return fail(c, 413, "invalid_request_error", "request_too_large", msg);
         }
     }
@@ -779,8 +764,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const cha
         }
         if (c->len + n > c->cap) {
             size_t cap = c->cap ? c->cap : 4096;
-            while (cap < c->len + n)
-                cap *= 2;
+            while (cap < c->len + n) cap *= 2;
             if (cap > c->srv->max_body) cap = c->srv->max_body;
             char *q = realloc(c->body, cap);
             if (!q) return MHD_NO;
@@ -793,13 +777,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const cha
     }
     if (c->too_large) {
         char msg[120];
-        snprintf(msg, sizeof msg, "the body is larger than the limit of %zu bytes",
-                 c->srv->max_body);
+        snprintf(msg, sizeof msg, "the body is larger than the limit of %zu bytes", c->srv->max_body);
         return fail(c, 413, "invalid_request_error", "request_too_large", msg);
     }
     if (!c->is_post) return MHD_YES;
-    if (c->len == 0)
-        return fail(c, 400, "invalid_request_error", NULL, "the request body is empty");
+    if (c->len == 0) return fail(c, 400, "invalid_request_error", NULL, "the request body is empty");
     return serve_generate(c);
 }
 
@@ -811,8 +793,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (!c) return;
     *con_cls = NULL;
     unsigned status = c->status;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && c->job && c->phase != PH_DONE &&
-        c->req.stream)
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && c->job && c->phase != PH_DONE && c->req.stream)
         status = 0; /* the stream was cut */
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && !c->responded) status = 0;
     metrics_record_request(c->ep, status, since(&c->t0));
@@ -837,19 +818,21 @@ struct MHD_Daemon *http_start(server *srv) {
     snprintf(port, sizeof port, "%d", srv->port);
     int rc = getaddrinfo(srv->host, port, &hints, &ai);
     if (rc != 0 || !ai) {
-        fprintf(stderr, "llama3c serve: cannot resolve host '%s': %s\n", srv->host,
-                gai_strerror(rc));
+        fprintf(stderr, "llama3c serve: cannot resolve host '%s': %s\n", srv->host, gai_strerror(rc));
         return NULL;
     }
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     if (srv->verbose) flags |= MHD_USE_ERROR_LOG;
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)srv->port, NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        srv->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
-        MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 * 1024 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, srv, MHD_OPTION_END);
+        flags, (uint16_t)srv->port, NULL, NULL, on_access, srv,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, srv->timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 * 1024 * 1024,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!d) fprintf(stderr, "llama3c serve: cannot listen on %s:%d\n", srv->host, srv->port);
     return d;
