@@ -56,7 +56,7 @@ all: lib cli tests
 
 lib: $(BUILD)/libllama3c.a
 cli: $(BUILD)/llama3c
-tests: $(TEST_BIN) $(TRAIN_DUMP) $(DATA_DUMP)
+tests: $(TEST_BIN) $(TRAIN_DUMP) $(DATA_DUMP) $(BUILD)/bench/rag_scale
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h)
 	@mkdir -p $(dir $@)
@@ -93,6 +93,12 @@ $(TRAIN_DUMP): tests/train/train_dump.c $(BUILD)/libllama3c.a
 $(DATA_DUMP): tests/train/data_dump.c $(BUILD)/libllama3c.a
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) -o $@ $< $(BUILD)/libllama3c.a $(LDLIBS)
+
+# bench/rag_scale.c: the RAG index's vector search at 10k..1M chunks (docs/RAG.md; not a test)
+RAG_OBJ := $(filter $(BUILD)/apps/rag/%,$(APP_OBJ))
+$(BUILD)/bench/rag_scale: bench/rag_scale.c $(RAG_OBJ) $(BUILD)/libllama3c.a
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) -o $@ $< $(RAG_OBJ) $(BUILD)/libllama3c.a $(APP_LDLIBS)
 
 test-unit: $(TEST_BIN)
 	@sh tests/run_unit.sh $(TEST_BIN)

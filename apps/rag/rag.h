@@ -152,6 +152,34 @@ typedef struct rag_hit {
     int32_t rank_bm25, rank_vec; /* 1-based ranks among the candidates; 0: not in that list */
 } rag_hit;
 
+/* ---------------------------------------------------------------- vector matrix (rag_vec.c) */
+
+/* Every chunk vector of an index, int8 per vector (v ~ scale[r] * q[r]), rows in id order. */
+typedef struct rag_vecs {
+    int64_t n, cap;
+    int32_t dim;
+    int64_t *ids; /* [n] chunk ids */
+    int8_t *q;    /* [n x dim] */
+    float *scale; /* [n] */
+} rag_vecs;
+
+typedef struct rag_scored {
+    int64_t id;
+    double score;
+} rag_scored;
+
+/* q[n] = round(v / scale), scale = max|v| / 127; returns scale. */
+float rag_quantize_i8(const float *v, int32_t n, int8_t *q);
+int rag_vecs_reserve(rag_vecs *m, int64_t n, int32_t dim);
+int rag_vecs_append(rag_vecs *m, int64_t id, const float *v, int32_t dim);
+void rag_vecs_free(rag_vecs *m);
+/* The keep best rows by int8 dot product with query[dim] (quantized the same way), on n_threads
+ * threads; out[keep] sorted by score descending, ties by id; the order does not depend on the
+ * thread count. 0, or -1 out of memory. */
+int rag_vecs_scan(const rag_vecs *m, const float *query, int keep, int n_threads, rag_scored *out,
+                  int *n_out);
+int rag_default_threads(void);
+
 /* Query limits: a query is a question, not a document. Longer ones are refused (CLI: usage error;
  * server: 400 naming the field) before any work, so one request cannot make the FTS5 query or the
  * embedding arbitrarily large under the store's lock. */
