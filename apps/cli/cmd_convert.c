@@ -3,6 +3,7 @@
  * GGUF) to a GGUF file of type T (l3c_convert), with a per-tensor progress bar on stderr.
  */
 #include "cli.h"
+#include "common.h"
 
 #include "llama3c.h"
 
@@ -10,13 +11,16 @@
 #include <string.h>
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: llama3c convert IN -o OUT.gguf [--type F16|BF16|F32|Q8_0|Q4_K_M] [--quiet]\n"
-               "  IN          a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json)\n"
-               "              or a GGUF file\n"
-               "  -o FILE     the GGUF to write (appears only when complete)\n"
-               "  --type T    F16 (default), BF16, F32, Q8_0 (as convert_hf_to_gguf.py --outtype), or\n"
-               "              Q4_K_M (llama-quantize's mix: Q4_K, Q6_K for output / some attn_v, ffn_down)\n"
-               "  --quiet     no progress bar\n");
+    fprintf(
+        f,
+        "usage: llama3c convert IN -o OUT.gguf [--type F16|BF16|F32|Q8_0|Q4_K_M] [--quiet]\n"
+        "  IN          a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json)\n"
+        "              or a GGUF file\n"
+        "  -o FILE     the GGUF to write (appears only when complete; never IN itself)\n"
+        "  --type T    F16 (default), BF16, F32, Q8_0 (as convert_hf_to_gguf.py --outtype), or\n"
+        "              Q4_K_M (llama-quantize's mix: Q4_K, Q6_K for output / some attn_v, "
+        "ffn_down)\n"
+        "  --quiet     no progress bar\n");
 }
 
 static void progress(int64_t i, int64_t n, const char *name, const char *type, void *user) {
@@ -55,6 +59,7 @@ int cmd_convert(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    cli_remove_partial_outputs_on_signal();
     l3c_status st = l3c_convert(in, out, type, quiet ? NULL : progress, NULL);
     if (st != L3C_OK) {
         fprintf(stderr, "\nllama3c convert: %s\n", l3c_last_error());

@@ -95,6 +95,7 @@ int cmd_export(int argc, char **argv) {
     if (merge == convert)
         return cli_usage_error(CMD, "give exactly one of --merge and --lora-convert");
     if (!base) return cli_usage_error(CMD, "no base model: pass -m BASE");
+    cli_remove_partial_outputs_on_signal();
     if (convert) {
         if (n_pos != 2 || lora.n || out)
             return cli_usage_error(CMD, "--lora-convert takes IN and OUT (no --lora, no -o)");

@@ -25,10 +25,16 @@ int cli_runtime_error(const char *cmd, const char *what);
 
 /* The value of option argv[*i] (advancing *i), or NULL after printing a usage error. */
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
-/* Parse a whole string as a number within [lo, hi]; 0 on success, CLI_USAGE (message printed) otherwise. */
+/* Parse a whole string as a number within [lo, hi]; 0 on success, CLI_USAGE (message printed)
+ * otherwise. */
 int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
-int cli_parse_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
+int cli_parse_float(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                    float *out);
 int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
+
+/* SIGINT / SIGTERM / SIGHUP remove the temporary files of outputs not yet complete
+ * (l3c_remove_partial_outputs) and then end the process as the signal would have. */
+void cli_remove_partial_outputs_on_signal(void);
 
 /* LoRA adapters on the command line: --lora FILE (repeatable), --lora-scale S (the scale of the
  * last --lora before it; default 1), --lora-scaled FILE S (llama.cpp's spelling). */
@@ -52,18 +58,19 @@ void cli_lora_help(FILE *f);
 
 /* Options shared by the generating commands. */
 typedef struct cli_opts {
-    const char *model_path;   /* -m FILE (required) */
-    int n_threads;            /* -t N; 0: library default */
-    int32_t n_ctx;            /* -c N; 0: model's context capped by the KV budget */
-    int32_t n_batch;          /* -b N; prompt tokens per l3c_decode call */
-    int32_t n_predict;        /* -n N; < 0: until end of generation or full context */
-    l3c_sampler_params sp;    /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n --seed */
-    int seed_set;             /* 1 when --seed was given (else a random seed is drawn) */
-    int ignore_eos;           /* --ignore-eos */
-    int verbose;              /* -v: loading details and the seed on stderr */
-    int bf16;                 /* --bf16: F16/BF16 matrices multiply in bfloat16 */
-    int no_timings;           /* --no-timings */
-    cli_lora lora;            /* --lora FILE [--lora-scale S] ... */
+    const char *model_path; /* -m FILE (required) */
+    int n_threads;          /* -t N; 0: library default */
+    int32_t n_ctx;          /* -c N; 0: model's context capped by the KV budget */
+    int32_t n_batch;        /* -b N; prompt tokens per l3c_decode call */
+    int32_t n_predict;      /* -n N; < 0: until end of generation or full context */
+    l3c_sampler_params
+        sp;         /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n --seed */
+    int seed_set;   /* 1 when --seed was given (else a random seed is drawn) */
+    int ignore_eos; /* --ignore-eos */
+    int verbose;    /* -v: loading details and the seed on stderr */
+    int bf16;       /* --bf16: F16/BF16 matrices multiply in bfloat16 */
+    int no_timings; /* --no-timings */
+    cli_lora lora;  /* --lora FILE [--lora-scale S] ... */
 } cli_opts;
 
 /* Defaults for a command: n_predict, temperature and top-p differ between run and chat. */
@@ -77,24 +84,25 @@ int cli_opts_finish(const char *cmd, cli_opts *o);
 void cli_opts_help(FILE *f, const cli_opts *defaults);
 
 /* Loads a model with a "loading" note on stderr; 0 or CLI_ERR (message names the file). */
-int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16, l3c_model **out);
+int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16,
+                   l3c_model **out);
 
 typedef struct cli_session {
     const char *cmd;
     l3c_model *model;
     l3c_context *ctx;
     l3c_sampler *smp;
-    l3c_adapter **adapters;   /* [n_adapters] set on ctx (--lora) */
+    l3c_adapter **adapters; /* [n_adapters] set on ctx (--lora) */
     int n_adapters;
     const l3c_tokenizer *tok;
     int32_t n_ctx, n_batch, n_vocab;
-    int32_t *cache;           /* [n_cache] ids held in sequence 0's KV cache, capacity n_ctx */
+    int32_t *cache; /* [n_cache] ids held in sequence 0's KV cache, capacity n_ctx */
     int64_t n_cache;
-    const float *logits;      /* logits after cache[n_cache-1]; NULL when not available */
-    int64_t n_prompt;         /* tokens evaluated by the last cli_session_feed */
-    double t_prompt;          /* its seconds */
-    int64_t n_gen;            /* tokens produced by the last cli_session_generate */
-    double t_gen;             /* its seconds (sampling + decoding) */
+    const float *logits; /* logits after cache[n_cache-1]; NULL when not available */
+    int64_t n_prompt;    /* tokens evaluated by the last cli_session_feed */
+    double t_prompt;     /* its seconds */
+    int64_t n_gen;       /* tokens produced by the last cli_session_generate */
+    double t_gen;        /* its seconds (sampling + decoding) */
 } cli_session;
 
 /* Loads the model and creates context and sampler; 0 or CLI_ERR (printed). */
@@ -106,10 +114,10 @@ void cli_session_close(cli_session *s);
 int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n);
 
 typedef struct cli_gen_opts {
-    FILE *out;                /* where the text (or ids) streams; NULL: nowhere */
-    int print_ids;            /* 1: generated ids, space-separated, instead of text */
-    int print_special;        /* 1: special tokens' text is printed too */
-    char **text;              /* optional: the generated text (NUL-terminated, malloc'd; caller frees) */
+    FILE *out;         /* where the text (or ids) streams; NULL: nowhere */
+    int print_ids;     /* 1: generated ids, space-separated, instead of text */
+    int print_special; /* 1: special tokens' text is printed too */
+    char **text;       /* optional: the generated text (NUL-terminated, malloc'd; caller frees) */
 } cli_gen_opts;
 
 /* Samples up to o->n_predict tokens after the fed prompt, stopping at an end-of-generation token
@@ -120,7 +128,8 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
 /* "prompt: N tokens, X tok/s | generation: N tokens, Y tok/s" on stderr. */
 void cli_print_timings(const cli_session *s);
 
-/* Reads a whole file (or "-" for stdin) into a NUL-terminated malloc'd buffer; NULL on error (printed). */
+/* Reads a whole file (or "-" for stdin) into a NUL-terminated malloc'd buffer; NULL on error
+ * (printed). */
 char *cli_read_file(const char *cmd, const char *path, size_t *len);
 
 /* Tokenizes text into a malloc'd array; 0 or CLI_ERR (printed). */
