@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f) {
     fprintf(
@@ -35,7 +36,7 @@ static void progress(int64_t i, int64_t n, const char *name, const char *type, v
 
 int cmd_convert(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *type = "F16";
-    int quiet = 0;
+    int quiet = 0, r;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -47,6 +48,8 @@ int cmd_convert(int argc, char **argv) {
             type = argv[++i];
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
+        } else if ((r = cli_compat_parse("convert", argc, argv, &i))) {
+            if (r < 0) return CLI_USAGE;
         } else if (a[0] != '-' && !in) {
             in = a;
         } else {
@@ -62,7 +65,8 @@ int cmd_convert(int argc, char **argv) {
     cli_remove_partial_outputs_on_signal();
     l3c_status st = l3c_convert(in, out, type, quiet ? NULL : progress, NULL);
     if (st != L3C_OK) {
-        fprintf(stderr, "\nllama3c convert: %s\n", l3c_last_error());
+        if (!quiet && isatty(STDERR_FILENO)) fputc('\n', stderr); /* end the bar's line */
+        fprintf(stderr, "llama3c convert: %s\n", l3c_last_error());
         return 1;
     }
     if (!quiet) fprintf(stderr, "llama3c convert: wrote %s (%s)\n", out, type);

@@ -13,6 +13,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CMD "export"
 
@@ -86,6 +87,8 @@ int cmd_export(int argc, char **argv) {
             if (!(type = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
         } else if (!strcmp(a, "--base-name")) {
             if (!(base_name = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
+        } else if ((r = cli_compat_parse(CMD, argc, argv, &i))) {
+            if (r < 0) return CLI_USAGE;
         } else if (a[0] != '-' && n_pos < 2) {
             pos[n_pos++] = a;
         } else {
@@ -109,7 +112,7 @@ int cmd_export(int argc, char **argv) {
             CMD, "--merge needs at least one --lora FILE and -o OUT.gguf (no other arguments)");
     if (l3c_adapter_merge(base, lora.n, lora.path, lora.scale, out, type, quiet ? NULL : progress,
                           NULL) != L3C_OK) {
-        if (!quiet) fputc('\n', stderr);
+        if (!quiet && isatty(STDERR_FILENO)) fputc('\n', stderr); /* end the bar's line */
         return cli_runtime_error(CMD, "cannot merge");
     }
     if (!quiet)

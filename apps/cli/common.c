@@ -9,6 +9,7 @@
  */
 #include "common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -74,6 +75,138 @@ int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out
         return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", opt, s);
     *out = (uint64_t)v;
     return 0;
+}
+
+/* ---------------------------------------------------------------- the option parser */
+
+int cli_is(const char *arg, const char *names) {
+    if (arg[0] != '-') return 0;
+    while (*names) {
+        const char *end = strchr(names, '|');
+        size_t n = end ? (size_t)(end - names) : strlen(names);
+        size_t k = 0;
+        int dashes = 1; /* the leading dashes must match exactly */
+        for (; k < n && arg[k]; k++) {
+            char x = arg[k], y = names[k];
+            if (dashes && y != '-') dashes = 0;
+            if (!dashes && x == '_') x = '-';
+            if (x != y) break;
+        }
+        if (k == n && !arg[k]) return 1;
+        if (!end) break;
+        names = end + 1;
+    }
+    return 0;
+}
+
+int cli_str(const char *cmd, int argc, char **argv, int *i, const char **out) {
+    const char *v = cli_value(cmd, argc, argv, i);
+    if (!v) return CLI_USAGE;
+    *out = v;
+    return 0;
+}
+
+int cli_int(const char *cmd, int argc, char **argv, int *i, long lo, long hi, int *out) {
+    const char *opt = argv[*i], *v = cli_value(cmd, argc, argv, i);
+    long l;
+    if (!v || cli_parse_long(cmd, opt, v, lo, hi, &l)) return CLI_USAGE;
+    *out = (int)l;
+    return 0;
+}
+
+int cli_i32(const char *cmd, int argc, char **argv, int *i, long lo, long hi, int32_t *out) {
+    int v;
+    if (cli_int(cmd, argc, argv, i, lo, hi, &v)) return CLI_USAGE;
+    *out = (int32_t)v;
+    return 0;
+}
+
+int cli_flt(const char *cmd, int argc, char **argv, int *i, double lo, double hi, float *out) {
+    const char *opt = argv[*i], *v = cli_value(cmd, argc, argv, i);
+    if (!v || cli_parse_float(cmd, opt, v, lo, hi, out)) return CLI_USAGE;
+    return 0;
+}
+
+int cli_compat_parse(const char *cmd, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    int n;
+    if (cli_is(a, "-ngl|--n-gpu-layers|--gpu-layers")) {
+        if (cli_int(cmd, argc, argv, i, -1, 1 << 20, &n)) return -1;
+        if (n != 0)
+            fprintf(stderr, "llama3c %s: note: %s %d ignored: this build runs on the CPU only\n",
+                    cmd, a, n);
+        return 1;
+    }
+    if (cli_is(a, "--keep")) {
+        if (cli_int(cmd, argc, argv, i, -1, INT32_MAX, &n)) return -1;
+        fprintf(stderr,
+                "llama3c %s: note: --keep ignored: llama3c never shifts the context (chat drops "
+                "whole old turns)\n",
+                cmd);
+        return 1;
+    }
+    if (cli_is(a, "--mlock|--no-mmap|--color|-cnv|--conversation|--log-disable|-fa|--flash-attn")) {
+        fprintf(stderr, "llama3c %s: note: %s changes nothing here (llama.cpp option)\n", cmd, a);
+        return 1;
+    }
+    return 0;
+}
+
+static int hex_value(char c) {
+    return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
+}
+
+void cli_unescape(char *s) {
+    char *o = s;
+    for (const char *p = s; *p; p++) {
+        char c = *p == '\\' ? p[1] : 0, r;
+        switch (c) {
+        case 'n':
+            r = '\n';
+            break;
+        case 't':
+            r = '\t';
+            break;
+        case 'r':
+            r = '\r';
+            break;
+        case 'a':
+            r = '\a';
+            break;
+        case 'b':
+            r = '\b';
+            break;
+        case 'f':
+            r = '\f';
+            break;
+        case 'v':
+            r = '\v';
+            break;
+        case '\\':
+        case '\'':
+        case '"':
+        case '?':
+            r = c;
+            break;
+        case 'x':
+            if (isxdigit((unsigned char)p[2])) {
+                int v = hex_value(p[2]), k = 3;
+                if (isxdigit((unsigned char)p[3])) v = v * 16 + hex_value(p[k++]);
+                if (v) { /* \x00 would end the string: kept as it is */
+                    *o++ = (char)v;
+                    p += k - 1;
+                    continue;
+                }
+            }
+            /* fall through */
+        default:
+            *o++ = *p;
+            continue;
+        }
+        *o++ = r;
+        p++;
+    }
+    *o = '\0';
 }
 
 /* ---------------------------------------------------------------- signals */
@@ -187,65 +320,65 @@ int cli_opts_parse(const char *cmd, cli_opts *o, int argc, char **argv, int *i) 
     do {                                                                                           \
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;                                       \
     } while (0)
-    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+    if (cli_is(a, CLI_MODEL)) {
         VAL();
         o->model_path = v;
-    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+    } else if (cli_is(a, CLI_THREADS)) {
         VAL();
         if (cli_parse_long(cmd, a, v, 1, 1024, &l)) return -1;
         o->n_threads = (int)l;
-    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+    } else if (cli_is(a, CLI_CTX)) {
         VAL();
         if (cli_parse_long(cmd, a, v, 0, INT32_MAX, &l)) return -1;
         o->n_ctx = (int32_t)l;
-    } else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) {
+    } else if (cli_is(a, CLI_BATCH)) {
         VAL();
         if (cli_parse_long(cmd, a, v, 1, 1 << 20, &l)) return -1;
         o->n_batch = (int32_t)l;
-    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+    } else if (cli_is(a, "-n|--n-predict")) {
         VAL();
         if (cli_parse_long(cmd, a, v, -1, INT32_MAX, &l)) return -1;
         o->n_predict = (int32_t)l;
-    } else if (!strcmp(a, "--temp") || !strcmp(a, "--temperature")) {
+    } else if (cli_is(a, "--temp|--temperature")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 0.0, 100.0, &o->sp.temperature)) return -1;
-    } else if (!strcmp(a, "--top-k")) {
+    } else if (cli_is(a, "--top-k")) {
         VAL();
         if (cli_parse_long(cmd, a, v, 0, INT32_MAX, &l)) return -1;
         o->sp.top_k = (int32_t)l;
-    } else if (!strcmp(a, "--top-p")) {
+    } else if (cli_is(a, "--top-p")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 0.0, 1.0, &o->sp.top_p)) return -1;
-    } else if (!strcmp(a, "--min-p")) {
+    } else if (cli_is(a, "--min-p")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 0.0, 1.0, &o->sp.min_p)) return -1;
-    } else if (!strcmp(a, "--repeat-penalty")) {
+    } else if (cli_is(a, "--repeat-penalty")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 1e-3, 100.0, &o->sp.repeat_penalty)) return -1;
-    } else if (!strcmp(a, "--repeat-last-n")) {
+    } else if (cli_is(a, "--repeat-last-n")) {
         VAL();
         if (cli_parse_long(cmd, a, v, 0, 1 << 20, &l)) return -1;
         o->sp.repeat_last_n = (int32_t)l;
-    } else if (!strcmp(a, "--presence-penalty")) {
+    } else if (cli_is(a, "--presence-penalty")) {
         VAL();
         if (cli_parse_float(cmd, a, v, -2.0, 2.0, &o->sp.presence_penalty)) return -1;
-    } else if (!strcmp(a, "--frequency-penalty")) {
+    } else if (cli_is(a, "--frequency-penalty")) {
         VAL();
         if (cli_parse_float(cmd, a, v, -2.0, 2.0, &o->sp.frequency_penalty)) return -1;
-    } else if (!strcmp(a, "--seed")) {
+    } else if (cli_is(a, "--seed")) {
         VAL();
         if (cli_parse_u64(cmd, a, v, &o->sp.seed)) return -1;
         o->seed_set = 1;
-    } else if (!strcmp(a, "--ignore-eos")) {
+    } else if (cli_is(a, "--ignore-eos")) {
         o->ignore_eos = 1;
-    } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+    } else if (cli_is(a, "-v|--verbose")) {
         o->verbose = 1;
-    } else if (!strcmp(a, "--bf16")) {
+    } else if (cli_is(a, "--bf16")) {
         o->bf16 = 1;
-    } else if (!strcmp(a, "--no-timings")) {
+    } else if (cli_is(a, "--no-timings")) {
         o->no_timings = 1;
     } else {
-        return 0;
+        return cli_compat_parse(cmd, argc, argv, i);
     }
 #undef VAL
     return 1;
@@ -297,7 +430,10 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
         "  --seed S                random seed (default: drawn at random)\n"
         "output:\n"
         "  -v, --verbose           loading details and the seed on stderr\n"
-        "  --no-timings            no speed summary on stderr\n",
+        "  --no-timings            no speed summary on stderr\n"
+        "llama.cpp spellings: --ctx for -c, \"_\" for \"-\" (--repeat_penalty); -ngl N, --mlock,\n"
+        "  --no-mmap, --color, -cnv, --keep N, -fa are accepted and change nothing (a note says "
+        "so)\n",
         (int)d->n_batch, (int)d->n_predict, (double)d->sp.temperature, (int)d->sp.top_k,
         (double)d->sp.top_p, (double)d->sp.min_p, (double)d->sp.repeat_penalty,
         (int)d->sp.repeat_last_n);

@@ -23,6 +23,35 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 /* "llama3c CMD: what: <l3c_last_error()>" on stderr; returns CLI_ERR. */
 int cli_runtime_error(const char *cmd, const char *what);
 
+/*
+ * The option parser every command uses. A command's loop reads
+ *     if (cli_is(a, CLI_CTX)) { if (cli_int(CMD, argc, argv, &i, 0, INT32_MAX, &n_ctx)) return
+ * CLI_USAGE; }
+ *     ...
+ *     else if ((r = cli_compat_parse(CMD, argc, argv, &i))) { if (r < 0) return CLI_USAGE; }
+ *     else return cli_usage_error(CMD, "unknown option '%s'", a);
+ * Names: "|"-separated aliases; "_" and "-" match each other after the leading dashes
+ * (llama.cpp's "--repeat_penalty"). Values are whole numbers in range or a usage error naming
+ * the option and the value (exit 2); nothing is silently replaced or cut.
+ */
+#define CLI_MODEL   "-m|--model"
+#define CLI_THREADS "-t|--threads"
+#define CLI_CTX     "-c|--ctx-size|--ctx"
+#define CLI_BATCH   "-b|--batch-size|--batch"
+int cli_is(const char *arg, const char *names);
+/* Consume the value of option argv[*i]: 0 or CLI_USAGE (printed). */
+int cli_str(const char *cmd, int argc, char **argv, int *i, const char **out);
+int cli_int(const char *cmd, int argc, char **argv, int *i, long lo, long hi, int *out);
+int cli_i32(const char *cmd, int argc, char **argv, int *i, long lo, long hi, int32_t *out);
+int cli_flt(const char *cmd, int argc, char **argv, int *i, double lo, double hi, float *out);
+/* llama.cpp flags that change nothing here (-ngl/--n-gpu-layers N, --mlock, --no-mmap, --color,
+ * -cnv/--conversation, --log-disable, -fa/--flash-attn, --keep N for commands without a context
+ * to keep): consumed with a note on stderr. 1 consumed, 0 not one, -1 usage error (printed). */
+int cli_compat_parse(const char *cmd, int argc, char **argv, int *i);
+/* llama.cpp's -e: the escapes \n \t \r \a \b \f \v \\ \' \" \? \xHH in s, in place (others,
+ * and \x00, stay as they are). */
+void cli_unescape(char *s);
+
 /* The value of option argv[*i] (advancing *i), or NULL after printing a usage error. */
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
 /* Parse a whole string as a number within [lo, hi]; 0 on success, CLI_USAGE (message printed)

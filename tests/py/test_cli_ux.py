@@ -22,6 +22,17 @@ def tiny(tiny_model):
     return tiny_model("ux_tiny", SPEC, "F32")
 
 
+def cli(*args, check=True, timeout=300, input=None):
+    """run_cli for random tiny models, whose replies are arbitrary bytes: stdout/stderr decoded with
+    replacement characters."""
+    cmd = [BIN] + [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input)
+    p.stdout, p.stderr = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    if check and p.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)}\nexit {p.returncode}\nstderr:\n{p.stderr[-4000:]}", pytrace=False)
+    return p
+
+
 def leftovers(folder, keep):
     return sorted(set(os.listdir(folder)) - set(keep))
 
@@ -106,3 +117,58 @@ def test_convert_interrupted_leaves_no_partial_file(llama3c, tiny, tmp_path, sig
             p.kill()
         os.close(r)
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- rows 4-6: one strict option parser
+
+BAD_VALUES = [  # (args after -m MODEL, the option and value the message names)
+    (["bench", "-t", "abc"], "-t: 'abc'"),
+    (["bench", "-t", "0"], "-t: '0'"),
+    (["bench", "-p", "16abc"], "-p: '16abc'"),
+    (["eval", "--ctx", "abc", "--ids", "1", "-o", "/dev/null"], "--ctx: 'abc'"),
+    (["explain", "-t", "0"], "-t: '0'"),
+    (["explain", "--values", "-1"], "--values: '-1'"),
+    (["explain", "--kv-lengths", "0,-5"], "--kv-lengths: '0,-5'"),
+    (["embed", "-p", "x", "-c", "12x"], "-c: '12x'"),
+    (["run", "-p", "x", "--repeat_penalty", "x"], "--repeat_penalty: 'x'"),
+    (["run", "-p", "x", "-ngl", "lots"], "-ngl: 'lots'"),
+]
+
+
+@pytest.mark.parametrize("args,named", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_are_usage_errors_naming_option_and_value(llama3c, tiny, args, named):
+    p = cli(args[0], "-m", tiny, *args[1:], check=False, timeout=120)
+    assert p.returncode == 2, f"exit {p.returncode}\n{p.stderr}"
+    assert named in p.stderr, p.stderr
+
+
+def test_context_aliases_everywhere(llama3c, tiny, tmp_path):
+    for flag in ("-c", "--ctx-size", "--ctx"):
+        cli("run", "-m", tiny, "-p", "a b", "-n", 2, flag, 32, "--no-timings", "-t", THREADS)
+        cli("eval", "-m", tiny, "--ids", "1 2 3", "-o", tmp_path / "l.f32", flag, 32, "-t", THREADS)
+        cli("bench", "-m", tiny, "-p", 8, "-n", 4, "-r", 1, flag, 32, "-t", THREADS)
+        cli("chat", "-m", tiny, "-p", "hi", "-n", 2, flag, 64, "--no-timings", "-t", THREADS)
+        # embed's -c bounds the tokens of an input: 3 tokens do not fit 2
+        cli("embed", "-m", tiny, "-p", "a b c d", flag, 64, "-t", THREADS)
+        p = cli("embed", "-m", tiny, "-p", "a b c d", flag, 2, "-t", THREADS, check=False)
+        assert p.returncode == 1 and "the context holds 2" in p.stderr, p.stderr
+        p = cli("serve", "-m", tiny, flag, "abc", check=False)
+        assert p.returncode != 0 and f"{flag} expects an integer" in p.stderr, p.stderr
+
+
+def test_llama_cpp_flags_accepted_with_a_note(llama3c, tiny):
+    p = cli("run", "-m", tiny, "-p", "a b", "-n", 2, "-ngl", 0, "--mlock", "--color", "-cnv", "--keep", 4,
+                "--repeat_penalty", "1.1", "--repeat_last_n", 16, "--no-timings", "-t", THREADS)
+    for flag in ("--mlock", "--color", "-cnv", "--keep"):
+        assert f"note: {flag}" in p.stderr, p.stderr
+    assert "-ngl" not in p.stderr  # -ngl 0 asks for nothing this build lacks
+    p = cli("bench", "-m", tiny, "-p", 8, "-n", 4, "-r", 1, "--n-gpu-layers", 99, "-t", THREADS)
+    assert "CPU only" in p.stderr, p.stderr
+
+
+def test_escape_flag_processes_the_prompt(llama3c, tiny):
+    raw = r"a\nb\t\x41\\"
+    p = cli("run", "-m", tiny, "-p", raw, "-e", "--echo", "-n", 1, "--temp", 0, "--no-timings", "-t", THREADS)
+    assert p.stdout.startswith("a\nb\tA\\"), repr(p.stdout)
+    p = cli("run", "-m", tiny, "-p", raw, "--echo", "-n", 1, "--temp", 0, "--no-timings", "-t", THREADS)
+    assert p.stdout.startswith(raw), repr(p.stdout)

@@ -150,8 +150,8 @@ def test_cli_truncate(llama3c, tiny_model, tmp_path):
     path = tiny_model("embd", SPEC, "F32")
     long_text = " ".join(["abc"] * 400)  # > the tiny model's 256-token context
     p = run_cli("embed", "-m", path, "-p", long_text, check=False)
-    assert p.returncode == 1 and re.search(r"input 1 has \d+ tokens; the model's context holds 256 "
-                                           r"\(--truncate cuts it\)", p.stderr), p.stderr
+    assert p.returncode == 1 and re.search(r"input 1 has \d+ tokens; the context holds 256 "
+                                           r"\(--truncate cuts it; -c sets the context\)", p.stderr), p.stderr
     cut, err = embed(path, [long_text], tmp_path, "last", extra=("--truncate",))
     assert "1 inputs, 256 tokens" in err
     llama_cpp = llama_cpp_or_skip()
