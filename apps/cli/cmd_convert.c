@@ -24,16 +24,6 @@ static void usage(FILE *f) {
         "  --quiet     no progress bar\n");
 }
 
-static void progress(int64_t i, int64_t n, const char *name, const char *type, void *user) {
-    (void)user;
-    const int width = 30;
-    int fill = n ? (int)(i * width / n) : width;
-    fprintf(stderr, "\r[%.*s%*s] %lld/%lld %-32.32s %-6s", fill, "##############################",
-            width - fill, "", (long long)i, (long long)n, name, type);
-    if (i == n) fputc('\n', stderr);
-    fflush(stderr);
-}
-
 int cmd_convert(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *type = "F16";
     int quiet = 0, r;
@@ -63,7 +53,7 @@ int cmd_convert(int argc, char **argv) {
         return 2;
     }
     cli_remove_partial_outputs_on_signal();
-    l3c_status st = l3c_convert(in, out, type, quiet ? NULL : progress, NULL);
+    l3c_status st = l3c_convert(in, out, type, quiet ? NULL : cli_progress, (void *)"convert");
     if (st != L3C_OK) {
         if (!quiet && isatty(STDERR_FILENO)) fputc('\n', stderr); /* end the bar's line */
         fprintf(stderr, "llama3c convert: %s\n", l3c_last_error());

@@ -209,6 +209,25 @@ void cli_unescape(char *s) {
     *o = '\0';
 }
 
+/* ---------------------------------------------------------------- progress */
+
+void cli_progress(int64_t i, int64_t n, const char *name, const char *type, void *user) {
+    static int tty = -1;
+    if (tty < 0) tty = isatty(STDERR_FILENO);
+    if (tty) {
+        const int width = 30;
+        int fill = n ? (int)(i * width / n) : width;
+        fprintf(stderr, "\r[%.*s%*s] %lld/%lld %-32.32s %-6s", fill,
+                "##############################", width - fill, "", (long long)i, (long long)n,
+                name, type);
+        if (i == n) fputc('\n', stderr);
+    } else if (i == n || (n > 0 && i * 10 / n != (i - 1) * 10 / n)) {
+        fprintf(stderr, "llama3c %s: %lld/%lld tensors (%d%%), %s %s\n", (const char *)user,
+                (long long)i, (long long)n, n ? (int)(i * 100 / n) : 100, name, type);
+    }
+    fflush(stderr);
+}
+
 /* ---------------------------------------------------------------- signals */
 
 static void remove_partial_and_die(int sig) {

@@ -65,6 +65,11 @@ int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out
  * (l3c_remove_partial_outputs) and then end the process as the signal would have. */
 void cli_remove_partial_outputs_on_signal(void);
 
+/* Per-tensor progress of convert / export (an l3c_convert_progress_fn; user: the command's name).
+ * On a terminal: one bar redrawn with \r; otherwise plain lines at every 10% and at the end, so
+ * a log file or CI output stays readable. */
+void cli_progress(int64_t i, int64_t n, const char *name, const char *type, void *user);
+
 /* LoRA adapters on the command line: --lora FILE (repeatable), --lora-scale S (the scale of the
  * last --lora before it; default 1), --lora-scaled FILE S (llama.cpp's spelling). */
 #define CLI_MAX_LORA 16

@@ -172,3 +172,19 @@ def test_escape_flag_processes_the_prompt(llama3c, tiny):
     assert p.stdout.startswith("a\nb\tA\\"), repr(p.stdout)
     p = cli("run", "-m", tiny, "-p", raw, "--echo", "-n", 1, "--temp", 0, "--no-timings", "-t", THREADS)
     assert p.stdout.startswith(raw), repr(p.stdout)
+
+
+# ---------------------------------------------------------------- row 14: progress in a log file
+
+
+def test_convert_and_export_progress_is_plain_lines_when_not_a_terminal(llama3c, tiny, tmp_path):
+    import lora_gen
+    shapes, _ = lora_gen.model_shapes(tiny)
+    ad = lora_gen.write_gguf_lora(str(tmp_path / "ad.gguf"), lora_gen.random_lora(shapes, 4, ["attn_q"], None, seed=1),
+                                  8.0)
+    for args in (["convert", tiny, "-o", tmp_path / "c.gguf", "--type", "Q8_0"],
+                 ["export", "--merge", "-m", tiny, "--lora", ad, "-o", tmp_path / "m.gguf"]):
+        err = cli(*args).stderr
+        assert "\r" not in err, repr(err[:300])
+        lines = [ln for ln in err.splitlines() if "tensors (" in ln]
+        assert 5 <= len(lines) <= 12 and lines[-1].split(": ")[1].startswith("21/21 tensors (100%)"), err
