@@ -6,7 +6,8 @@
  *                 [--format json|npy] [-o OUT] [--truncate] [-t N] [-b N]
  *
  * Inputs: -p TEXT is one input; -f FILE (or stdin) gives one input per line (a final newline
- * does not start another input; "\r\n" endings are accepted). Each is tokenized as llama.cpp's
+ * does not start another input; "\r\n" endings are accepted; blank lines are skipped with a
+ * note on stderr). Each is tokenized as llama.cpp's
  * llama_tokenize(add_special = true, parse_special = false) does: BOS when the vocabulary asks
  * for it, special-token text kept as plain text.
  *
@@ -45,7 +46,8 @@ static void usage(FILE *f) {
         "embeddings for llama models), pooled per input.\n"
         "  -m, --model FILE     GGUF model (required)\n"
         "  -p, --prompt TEXT    one input\n"
-        "  -f, --file FILE      one input per line (default: stdin; '-' is stdin)\n"
+        "  -f, --file FILE      one input per line, blank lines skipped (default: stdin; '-' is "
+        "stdin)\n"
         "  --pooling P          mean (default): mean over the input's tokens; cls: the first\n"
         "                       token (BOS when the vocabulary adds one); last: the last token;\n"
         "                       none: one vector per token\n"
@@ -282,6 +284,7 @@ int cmd_embed(int argc, char **argv) {
     l3c_model *model = NULL;
     l3c_context *ctx = NULL;
     FILE *of = NULL;
+    l3c_output *output = NULL;
     if (text) {
         n_in = 1;
         lines = malloc(sizeof *lines), lens = malloc(sizeof *lens);
@@ -291,6 +294,26 @@ int cmd_embed(int argc, char **argv) {
         const char *src = file ? file : "-";
         if (!(data = cli_read_file(CMD, src, &dlen))) goto done;
         if (split_lines(data, dlen, &lines, &lens, &n_in)) goto oom;
+        /* blank lines are skipped (one vector per non-blank line), with a note naming them */
+        size_t kept = 0, n_blank = 0;
+        char blanks[128] = "";
+        for (size_t k = 0; k < n_in; k++) {
+            if (lens[k] == 0) {
+                size_t used = strlen(blanks);
+                if (n_blank++ < 8)
+                    snprintf(blanks + used, sizeof blanks - used, "%s%zu", used ? ", " : "", k + 1);
+                else if (n_blank == 9)
+                    snprintf(blanks + used, sizeof blanks - used, ", ...");
+                continue;
+            }
+            lines[kept] = lines[k], lens[kept++] = lens[k];
+        }
+        if (n_blank)
+            fprintf(
+                stderr,
+                "llama3c %s: skipped %zu blank line%s (line %s): one vector per non-blank line\n",
+                CMD, n_blank, n_blank > 1 ? "s" : "", blanks);
+        n_in = kept;
         if (n_in == 0) {
             fprintf(stderr, "llama3c %s: '%s' has no input lines\n", CMD, file ? file : "stdin");
             rc = CLI_USAGE;
@@ -314,8 +337,7 @@ int cmd_embed(int argc, char **argv) {
         if (cli_tokenize(CMD, tok, lines[k], lens[k], L3C_TOKENIZE_ADD_BOS, &in[k].ids, &in[k].n))
             goto done;
         if (in[k].n == 0) {
-            fprintf(stderr, "llama3c %s: input %zu (line %zu) gives no tokens\n", CMD, k + 1,
-                    k + 1);
+            fprintf(stderr, "llama3c %s: input %zu gives no tokens\n", CMD, k + 1);
             goto done;
         }
         if (in[k].n > max_tokens) {
@@ -362,9 +384,12 @@ int cmd_embed(int argc, char **argv) {
     static const char *const pool_names[] = {"mean", "cls", "last", "none"};
     fprintf(stderr, "llama3c %s: %zu inputs, %lld tokens, pooling %s, %lld dimensions\n", CMD, n_in,
             (long long)n_tokens, pool_names[pooling], (long long)dim);
-    of = out_path ? fopen(out_path, "wb") : stdout;
-    if (!of) {
-        fprintf(stderr, "llama3c %s: cannot open '%s': %s\n", CMD, out_path, strerror(errno));
+    const char *inputs[2] = {model_path, file};
+    of = stdout;
+    if (out_path &&
+        l3c_output_open(out_path, inputs, 2, &output, &of) != L3C_OK) { /* whole or nothing */
+        of = NULL;
+        rc = cli_runtime_error(CMD, "cannot write the output");
         goto done;
     }
     if (npy) {
@@ -372,11 +397,16 @@ int cmd_embed(int argc, char **argv) {
     } else {
         write_json(of, out, in, n_in, dim, pooling == L3C_POOLING_NONE);
     }
-    if (ferror(of) || (of == stdout ? fflush(of) : fclose(of)) != 0) {
-        if (of != stdout) of = NULL;
-        goto write_err;
-    }
+    if (ferror(of) || fflush(of) != 0) goto write_err;
     of = NULL;
+    if (output) {
+        l3c_output *o = output;
+        output = NULL;
+        if (l3c_output_commit(o) != L3C_OK) {
+            rc = cli_runtime_error(CMD, "cannot write the output");
+            goto done;
+        }
+    }
     rc = CLI_OK;
     goto done;
 write_err:
@@ -386,7 +416,7 @@ write_err:
 oom:
     fprintf(stderr, "llama3c %s: out of memory\n", CMD);
 done:
-    if (of && of != stdout) fclose(of);
+    l3c_output_abort(output);
     if (in)
         for (size_t k = 0; k < n_in; k++)
             free(in[k].ids);

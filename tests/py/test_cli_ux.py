@@ -188,3 +188,17 @@ def test_convert_and_export_progress_is_plain_lines_when_not_a_terminal(llama3c,
         assert "\r" not in err, repr(err[:300])
         lines = [ln for ln in err.splitlines() if "tensors (" in ln]
         assert 5 <= len(lines) <= 12 and lines[-1].split(": ")[1].startswith("21/21 tensors (100%)"), err
+
+
+# ---------------------------------------------------------------- row 11: embed and blank lines
+
+
+def test_embed_skips_blank_lines_with_a_note(llama3c, tiny):
+    import json
+    p = cli("embed", "-m", tiny, "-t", THREADS, input=b"a\nb\n\nc\n\n")
+    vecs = json.loads(p.stdout)
+    assert len(vecs) == 3, p.stdout[:200]
+    assert "skipped 2 blank lines (line 3, 5)" in p.stderr, p.stderr
+    # the same vectors as the inputs without the blank lines
+    q = cli("embed", "-m", tiny, "-t", THREADS, input=b"a\nb\nc\n")
+    assert q.stdout == p.stdout
