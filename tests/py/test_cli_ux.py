@@ -202,3 +202,47 @@ def test_embed_skips_blank_lines_with_a_note(llama3c, tiny):
     # the same vectors as the inputs without the blank lines
     q = cli("embed", "-m", tiny, "-t", THREADS, input=b"a\nb\nc\n")
     assert q.stdout == p.stdout
+
+
+# ---------------------------------------------------------------- row 12: rag index leaves nothing behind
+
+
+def notes_dir(tmp_path, n=6):
+    d = tmp_path / "notes"
+    d.mkdir()
+    for i in range(n):
+        (d / f"n{i}.md").write_text(f"note {i} about things and stuff\n")
+    return d
+
+
+def test_rag_index_failure_leaves_no_new_db(llama3c, tmp_path):
+    notes = notes_dir(tmp_path)
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    p = cli("rag", "index", "-m", tmp_path / "empty.gguf", "--db", tmp_path / "new.db", notes, check=False)
+    assert p.returncode == 1 and "file is empty" in p.stderr, p.stderr
+    assert leftovers(tmp_path, ["notes", "empty.gguf"]) == []
+
+
+def test_rag_index_interrupted_removes_a_new_db_keeps_an_old_one(llama3c, tiny, tmp_path):
+    notes = notes_dir(tmp_path)
+    db = tmp_path / "new.db"
+
+    def interrupted_run():
+        p = subprocess.Popen([BIN, "rag", "index", "-m", tiny, "--db", db, "-t", str(THREADS), notes],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=dict(os.environ, L3C_RAG_TEST_DELAY_MS="300"))
+        deadline = time.time() + 30
+        while not db.exists() and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # inside a file's transaction
+        assert p.poll() is None
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 130, err
+        return err.decode()
+
+    err = interrupted_run()
+    assert "nothing is kept" in err and leftovers(tmp_path, ["notes"]) == [], err
+    cli("rag", "index", "-m", tiny, "--db", db, "-t", THREADS, notes / "n0.md")
+    err = interrupted_run()
+    assert "kept" in err and db.exists(), err
