@@ -563,6 +563,17 @@ static int64_t mtime_ns(const struct stat *st) {
     return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
 }
 
+static volatile sig_atomic_t g_stop; /* SIGINT / SIGTERM during index: stop between chunks */
+
+static void on_stop(int sig) {
+    g_stop = sig;
+    signal(sig, SIG_DFL); /* a second one ends the process at once */
+}
+
+/* The index is written in place, one file per transaction, so a run killed outright (SIGKILL,
+ * power loss) leaves a consistent index that a re-run completes. A run that fails or is stopped
+ * (SIGINT / SIGTERM, checked between chunks) removes an index it created, so no new DB is left
+ * behind; an existing index keeps the files finished so far. */
 static int cmd_index(rag_args *a) {
     if (a->n_pos == 0) return cli_usage_error(CMD, "index: give the folders or files to index");
     strvec files = {0}, roots = {0};
@@ -588,24 +599,30 @@ static int cmd_index(rag_args *a) {
     if (w.n_links_skipped)
         fprintf(stderr, "llama3c %s: %ld symbolic links not followed (--follow-symlinks)\n", CMD,
                 w.n_links_skipped);
+    struct stat dbst;
+    const int fresh = a->db && stat(a->db, &dbst) != 0 && errno == ENOENT;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     rag_env e;
-    int rc = env_open(&e, a, NULL, 1);
-    if (rc) {
-        sv_free(&files), sv_free(&roots);
-        return rc;
-    }
     char err[RAG_ERR_CAP];
+    strvec kept = {0};
+    int rc = env_open(&e, a, NULL, 1);
+    if (rc) goto done;
     const int pdf_ok = have_pdftotext();
     const int32_t dim = e.emb.n_embd;
     double t0 = now_s();
     long n_new = 0, n_same = 0, n_skip = 0, n_chunks = 0, n_cut = 0;
-    strvec kept = {0};
     rc = CLI_ERR;
     fprintf(stderr, "llama3c %s: indexing %zu files into %s (chunks of %d tokens, overlap %d)\n",
             CMD, files.n, a->db, (int)e.meta.chunk_tokens, (int)e.meta.overlap);
     for (size_t fi = 0; fi < files.n; fi++) {
         const char *path = files.v[fi];
         const int is_pdf = !strcasecmp(ext_of(path), "pdf");
+        if (g_stop) goto interrupted;
         struct stat st;
         if (stat(path, &st) != 0) {
             fprintf(stderr, "llama3c %s: warning: skipping '%s': %s\n", CMD, path, strerror(errno));
@@ -686,6 +703,10 @@ static int cmd_index(rag_args *a) {
         int bad = 0;
         for (size_t c = 0; c < nch && !bad; c++) {
             int cut = 0;
+            if (g_stop) {
+                free(text), free(ch), free(vecs);
+                goto interrupted;
+            }
             bad = rag_embed(&e.emb, text + ch[c].byte_start, ch[c].byte_end - ch[c].byte_start,
                             vecs + c * (size_t)dim, &cut, err);
             n_cut += cut;
@@ -721,6 +742,12 @@ static int cmd_index(rag_args *a) {
                 n_cut, EMBED_CTX);
     rc = CLI_OK;
     goto done;
+interrupted:
+    fprintf(stderr, "llama3c %s: interrupted; %s\n", CMD,
+            fresh ? "nothing is kept"
+                  : "the files indexed so far are kept (a re-run does the rest)");
+    rc = 128 + (int)g_stop;
+    goto done;
 oom:
     snprintf(err, sizeof err, "out of memory");
 fail:
@@ -728,6 +755,17 @@ fail:
 done:
     sv_free(&kept), sv_free(&files), sv_free(&roots);
     env_close(&e);
+    if (fresh && rc) { /* the database and SQLite's WAL files beside it */
+        char side[4200];
+        unlink(a->db);
+        snprintf(side, sizeof side, "%s-wal", a->db);
+        unlink(side);
+        snprintf(side, sizeof side, "%s-shm", a->db);
+        unlink(side);
+        fprintf(stderr, "llama3c %s: removed the new index %s\n", CMD, a->db);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     return rc;
 }
 
