@@ -93,14 +93,30 @@ static int turn(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c,
     int32_t *ids = NULL;
     int64_t n = 0;
     int rc = tokenize_conv(s->model, t, c, &ids, &n);
-    /* too long for the context: forget the oldest exchanges (never the seeded messages) */
-    while (!rc && n >= s->n_ctx && c->n > c->n_keep + 1) {
+    /* Too long to leave room for the reply: forget the oldest messages (never the seeded ones)
+     * until the prompt plus -n tokens fit (-n -1: a quarter of the context; at most half of it),
+     * and a user message comes first again. */
+    const int64_t reserve = o->n_predict >= 0 && o->n_predict < s->n_ctx / 2
+                                ? o->n_predict
+                                : s->n_ctx / (o->n_predict < 0 ? 4 : 2);
+    size_t n_dropped = 0;
+    const int64_t n_before = n;
+    while (!rc && c->n > c->n_keep + 1 &&
+           (n + reserve > s->n_ctx || strcmp(c->m[c->n_keep].role, "user") != 0)) {
         l3c_free(ids);
         free((char *)c->m[c->n_keep].content);
         memmove(c->m + c->n_keep, c->m + c->n_keep + 1, (c->n - c->n_keep - 1) * sizeof *c->m);
         c->n--;
+        n_dropped++;
         rc = tokenize_conv(s->model, t, c, &ids, &n);
     }
+    if (n_dropped && !rc)
+        fprintf(stderr,
+                "llama3c %s: dropped the %zu oldest message%s (%lld of %lld prompt tokens) to "
+                "leave %lld "
+                "positions of the %d-position context for the reply\n",
+                CMD, n_dropped, n_dropped > 1 ? "s" : "", (long long)(n_before - n),
+                (long long)n_before, (long long)reserve, (int)s->n_ctx);
     if (!rc) rc = cli_session_feed(s, ids, n);
     l3c_free(ids);
     if (rc) {

@@ -246,3 +246,17 @@ def test_rag_index_interrupted_removes_a_new_db_keeps_an_old_one(llama3c, tiny, 
     cli("rag", "index", "-m", tiny, "--db", db, "-t", THREADS, notes / "n0.md")
     err = interrupted_run()
     assert "kept" in err and db.exists(), err
+
+
+# ---------------------------------------------------------------- row 3: chat history keeps room for -n
+
+
+def test_chat_trims_history_to_leave_room_for_the_reply(llama3c, tiny):
+    turns = "".join(f"tell me more about turn {i} please\n" for i in range(5)).encode()
+    p = cli("chat", "-m", tiny, "--template", "chatml", "-c", 160, "-n", 48, "--ignore-eos", "--temp", 0,
+            "-t", THREADS, input=turns)
+    gens = [ln for ln in p.stderr.splitlines() if ln.startswith("prompt:")]
+    assert len(gens) == 5 and all("generation: 48 tokens" in g for g in gens), p.stderr
+    assert "context full" not in p.stderr
+    drops = [ln for ln in p.stderr.splitlines() if "dropped the" in ln]
+    assert drops and all("to leave 48 positions of the 160-position context" in d for d in drops), p.stderr
