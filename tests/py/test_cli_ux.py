@@ -260,3 +260,34 @@ def test_chat_trims_history_to_leave_room_for_the_reply(llama3c, tiny):
     assert "context full" not in p.stderr
     drops = [ln for ln in p.stderr.splitlines() if "dropped the" in ln]
     assert drops and all("to leave 48 positions of the 160-position context" in d for d in drops), p.stderr
+
+
+# ---------------------------------------------------------------- row 15: train and Ctrl-C
+
+
+def test_train_sigint_saves_state_and_adapters_and_resumes(llama3c, tiny, tmp_path):
+    import json
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"the cat sat on the mat and {i % 9} plus 1 is {i % 9 + 1}.\n" for i in range(200)))
+    out = tmp_path / "run"
+    args = ["train", "-m", tiny, "--data", text, "-o", out, "--steps", 400, "--batch", 2, "--seq", 16,
+            "--seed", 3, "-t", str(THREADS), "--log-every", 1000]
+    p = subprocess.Popen([BIN] + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None and \
+            not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    err = err.decode()
+    assert p.returncode == 130, err
+    steps = [json.loads(ln)["step"] for ln in log.read_text().splitlines()]
+    assert "interrupted after step" in err and f"step {steps[-1]};" in err, err
+    assert 3 <= steps[-1] < 400
+    for f in ("train_state.bin", "adapter.gguf", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+        assert (out / f).stat().st_size > 0, f
+    assert not [f for f in os.listdir(out) if f.startswith(".")]
+    p = cli(*args, "--resume")
+    assert f"resuming at step {steps[-1]} of 400" in p.stderr, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["steps"] == 400
