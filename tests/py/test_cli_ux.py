@@ -291,3 +291,91 @@ def test_train_sigint_saves_state_and_adapters_and_resumes(llama3c, tiny, tmp_pa
     p = cli(*args, "--resume")
     assert f"resuming at step {steps[-1]} of 400" in p.stderr, p.stderr
     assert json.loads(p.stdout.splitlines()[-1])["steps"] == 400
+
+
+# ---------------------------------------------------------------- rows 2, 13: interactive chat (pty)
+
+LONG_CTX = ModelSpec(n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128, n_vocab=320, n_ctx=65536, tied=False,
+                     seed=5)
+
+
+class Pty:
+    """`llama3c args` on a pseudo-terminal: what it wrote so far, and keys typed to it."""
+
+    def __init__(self, args):
+        import pty
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: stdin/stdout/stderr are the terminal
+            os.execv(BIN, [BIN] + [str(a) for a in args])
+        self.out = b""
+
+    def expect(self, needle, timeout=30):
+        """Reads until needle (bytes) appears after what earlier calls consumed; returns the text read."""
+        import select
+        deadline = time.time() + timeout
+        while needle not in self.out:
+            left = deadline - time.time()
+            assert left > 0, f"no {needle!r} in {self.out[-600:]!r}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"the program ended before {needle!r}: {self.out[-600:]!r}"
+                self.out += chunk
+        i = self.out.index(needle) + len(needle)
+        got, self.out = self.out[:i], self.out[i:]
+        return got
+
+    def send(self, keys):
+        os.write(self.fd, keys)
+
+    def wait(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            try:
+                os.read(self.fd, 4096)
+            except OSError:
+                time.sleep(0.02)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError("the program did not end")
+
+
+def test_interactive_chat_ctrl_c_history_slash_commands_multiline(llama3c, tiny_model):
+    model = tiny_model("ux_long_ctx", LONG_CTX, "F32")
+    t = Pty(["chat", "-m", model, "--template", "chatml", "-c", 65536, "-n", -1, "--ignore-eos", "-t", 1])
+    t.expect(b"> ")
+    t.send(b"hello\r")
+    t.expect(b"hello")
+    time.sleep(0.3)  # the reply streams (65536 positions: it would run for minutes)
+    t.send(b"\x03")  # Ctrl-C: stops the reply, the conversation goes on
+    t.expect(b"(reply stopped)")
+    t.expect(b"> ")
+    t.send(b"/help\r")  # a slash command, not a message
+    assert b"/clear" in t.expect(b"Ctrl-C")
+    t.expect(b"> ")
+    t.send(b"\x1b[A")  # Up arrow: the history holds "/help", then "hello"
+    t.send(b"\x1b[A")
+    t.expect(b"hello")
+    t.send(b"\x15/clear\r")  # Ctrl-U clears the recalled line
+    t.expect(b"(conversation cleared)")
+    t.send("half typed é".encode())  # Ctrl-C with text on the line drops the line, sends nothing
+    t.expect("é".encode())
+    t.send(b"\x03")
+    assert b"again to quit" not in t.expect(b"> ")
+    t.send(b"first line\\\r")  # a line ending in \ continues
+    t.expect(b"... ")
+    t.send(b"second line\r")
+    time.sleep(0.3)
+    t.send(b"\x03")
+    t.expect(b"(reply stopped)")
+    t.expect(b"> ")
+    t.send(b"\x03")  # Ctrl-C on an empty line: a hint; twice: quit
+    t.expect(b"Ctrl-C again to quit")
+    t.expect(b"> ")
+    t.send(b"\x03")
+    assert t.wait() == 0
