@@ -7,6 +7,8 @@
 #include <histedit.h>
 #include <limits.h>
 #include <locale.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,19 +16,42 @@
 #include <wchar.h>
 
 struct chat_line {
+    volatile sig_atomic_t *interrupted; /* set by the caller's SIGINT handler */
     EditLine *el;
     History *hist;
     const char *prompt;
 };
 
+/* Waits for a byte of input; -1 with errno EINTR once Ctrl-C was pressed, also when it came
+ * before the wait began (SIGINT is blocked between the check of the flag and ppoll, which
+ * unblocks it atomically). */
+static int wait_input(chat_line *l) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    int r;
+    if (*l->interrupted) {
+        r = -1;
+    } else {
+        struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+        r = ppoll(&p, 1, NULL, &old);
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (r < 0 && *l->interrupted) errno = EINTR;
+    return r < 0 ? -1 : 0;
+}
+
 /* libedit's own reader retries a read() cut by a signal once, so one Ctrl-C would be lost: this
  * one gives up at once (errno EINTR). Bytes are decoded as the locale's multibyte characters. */
 static int read_char(EditLine *el, wchar_t *wc) {
-    (void)el;
+    chat_line *l = NULL;
+    el_get(el, EL_CLIENTDATA, &l);
     char buf[MB_LEN_MAX];
     size_t n = 0;
     for (;;) {
         char b;
+        if (wait_input(l)) return -1;
         ssize_t r = read(STDIN_FILENO, &b, 1);
         if (r < 0) return -1; /* EINTR (Ctrl-C) or a read error; errno says which */
         if (r == 0) return 0;
@@ -47,9 +72,10 @@ static char *prompt_of(EditLine *el) {
     return (char *)(l && l->prompt ? l->prompt : "> ");
 }
 
-chat_line *chat_line_open(const char *prog) {
+chat_line *chat_line_open(const char *prog, volatile sig_atomic_t *interrupted) {
     chat_line *l = calloc(1, sizeof *l);
     if (!l) return NULL;
+    l->interrupted = interrupted;
     HistEvent ev;
     setlocale(LC_CTYPE, ""); /* UTF-8 input is edited as characters */
     if (!(l->el = el_init(prog, stdin, stdout, stderr)) || !(l->hist = history_init())) {

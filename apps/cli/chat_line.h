@@ -7,6 +7,8 @@
 #ifndef L3C_CHAT_LINE_H
 #define L3C_CHAT_LINE_H
 
+#include <signal.h>
+
 typedef struct chat_line chat_line;
 
 enum {
@@ -17,8 +19,9 @@ enum {
     CHAT_LINE_ERROR = 4
 };
 
-/* NULL when libedit cannot start (out of memory). */
-chat_line *chat_line_open(const char *prog);
+/* NULL when libedit cannot start (out of memory). *interrupted: the flag the caller's SIGINT
+ * handler sets (checked before every wait for input, so no Ctrl-C is lost). */
+chat_line *chat_line_open(const char *prog, volatile sig_atomic_t *interrupted);
 void chat_line_close(chat_line *l);
 /* Reads one line after prompt; *out: malloc'd, without the newline (caller frees) on CHAT_LINE_OK.
  */

@@ -182,7 +182,7 @@ static void interactive_help(void) {
 /* stdin is a terminal: libedit line editing and history, slash commands, multi-line input, Ctrl-C
  * stops a reply (the conversation stays) and, twice on an empty line, quits. */
 static int interactive(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c) {
-    chat_line *ed = chat_line_open("llama3c");
+    chat_line *ed = chat_line_open("llama3c", &g_interrupt);
     if (!ed) {
         fprintf(stderr, "llama3c %s: cannot start the line editor\n", CMD);
         return CLI_ERR;
