@@ -354,6 +354,32 @@ static int trim_metrics(const char *path, int64_t next_step) {
                                             : 0;
 }
 
+/* The files written into -o must not be an input (-m, --data, --eval-data, --config): checked
+ * before anything is done, by device and inode (links count). */
+static int refuse_inputs_as_outputs(const train_opts *o) {
+    static const char *const outs[] = {"model.gguf",
+                                       "adapter.gguf",
+                                       "train_state.bin",
+                                       "metrics.jsonl",
+                                       "loss.svg",
+                                       "adapter/adapter_model.safetensors",
+                                       "adapter/adapter_config.json"};
+    const char *ins[] = {o->model, o->data, o->eval_data, o->config};
+    for (size_t k = 0; k < sizeof outs / sizeof outs[0]; k++) {
+        char path[4096];
+        struct stat so, si;
+        join(path, sizeof path, o->out, outs[k]);
+        if (stat(path, &so) != 0) continue;
+        for (size_t j = 0; j < sizeof ins / sizeof ins[0]; j++)
+            if (ins[j] && stat(ins[j], &si) == 0 && si.st_dev == so.st_dev &&
+                si.st_ino == so.st_ino)
+                return cli_usage_error(
+                    CMD, "%s is the input %s: it would be overwritten; choose another -o", path,
+                    ins[j]);
+    }
+    return 0;
+}
+
 static int save_adapters(const char *dir, const l3c_model *model, const l3c_train_model *tm) {
     char path[4096];
     if (!tm->lora) { /* --from-scratch: the whole model, with -m's tokenizer */
@@ -416,6 +442,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "llama3c train: cannot create %s: %s\n", o.out, strerror(errno));
         return CLI_ERR;
     }
+    if ((rc = refuse_inputs_as_outputs(&o))) return rc;
     if ((rc = cli_load_model(CMD, o.model, o.n_threads, 0, 0, &model))) return rc;
     rc = CLI_ERR;
     l3c_data_params dp = l3c_data_default_params();

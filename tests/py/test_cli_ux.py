@@ -76,6 +76,18 @@ def test_export_merge_refuses_base_and_adapter_as_output(llama3c, tiny, tmp_path
     assert leftovers(tmp_path, files) == []
 
 
+def test_train_refuses_an_input_among_its_outputs(llama3c, tiny, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.gguf").write_bytes(open(tiny, "rb").read())
+    (tmp_path / "t.txt").write_text("some text to train on\n" * 20)
+    before = (out / "model.gguf").read_bytes()
+    p = cli("train", "--from-scratch", "--config", tmp_path / "t.txt", "-m", out / "model.gguf",
+            "--data", tmp_path / "t.txt", "-o", out, check=False)
+    assert p.returncode == 2 and "is the input" in p.stderr, p.stderr
+    assert (out / "model.gguf").read_bytes() == before and os.listdir(out) == ["model.gguf"]
+
+
 def blocked_stderr_pipe():
     """A pipe whose buffer is already full: the child's first write to stderr blocks."""
     r, w = os.pipe()
