@@ -13,6 +13,7 @@
 
 #include "llama3c.h"
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -152,6 +153,8 @@ typedef struct cli_gen_opts {
     int print_ids;     /* 1: generated ids, space-separated, instead of text */
     int print_special; /* 1: special tokens' text is printed too */
     char **text;       /* optional: the generated text (NUL-terminated, malloc'd; caller frees) */
+    volatile sig_atomic_t *stop; /* optional: generation ends before the next token once *stop
+                                    is nonzero (set by a signal handler: chat's Ctrl-C) */
 } cli_gen_opts;
 
 /* Samples up to o->n_predict tokens after the fed prompt, stopping at an end-of-generation token
