@@ -431,6 +431,36 @@ L3C_API l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_templat
                                         const l3c_chat_message *msgs, size_t n, int add_assistant,
                                         const char *date, int32_t **out_ids, int64_t *out_n);
 
+/*
+ * Tools (function calling). tools: a JSON array of tool definitions as OpenAI's `tools` field
+ * ([{"type": "function", "function": {"name", "description", "parameters"}}], rendered as given,
+ * key order kept), NULL: none. tool_calls: NULL, or one entry per message: for an assistant
+ * message that called tools, the JSON array of its calls as OpenAI's `tool_calls`
+ * ([{"id", "type": "function", "function": {"name", "arguments"}}]; arguments a JSON object or
+ * a string holding one), else NULL. Borrowed for the call.
+ *   LLAMA31 (and LLAMA3 with tools): Meta's Llama 3.1 template: "Environment: ipython" in the
+ *     system turn, the definitions (json.dumps(indent=4)) in front of the first user message, a
+ *     call as {"name": "NAME", "parameters": ARGS} in an assistant turn (several calls: one
+ *     turn each), "tool" / "ipython" messages as ipython turns.
+ *   CHATML, LLAMA2, ZEPHYR (no tool protocol of their own): the definitions are listed at the end
+ *     of the system message (one is added) with the instruction to reply with only
+ *     {"tool_calls": [{"name": ..., "arguments": {...}}]}; a call is rendered in that form.
+ * docs/SERVER.md ("Tools") gives the exact texts.
+ */
+typedef struct l3c_chat_tools {
+    const char *tools;
+    const char *const *tool_calls; /* [n] or NULL */
+} l3c_chat_tools;
+
+/* l3c_chat_format_ex / l3c_chat_tokenize_ex with tools (NULL: none). */
+L3C_API l3c_status l3c_chat_format_tools(l3c_chat_template t, const l3c_chat_message *msgs,
+                                         size_t n, const l3c_chat_tools *tools, int add_assistant,
+                                         const char *date, char **out);
+L3C_API l3c_status l3c_chat_tokenize_tools(const l3c_model *model, l3c_chat_template t,
+                                           const l3c_chat_message *msgs, size_t n,
+                                           const l3c_chat_tools *tools, int add_assistant,
+                                           const char *date, int32_t **out_ids, int64_t *out_n);
+
 /* ---------------------------------------------------------------- system */
 
 /* The compute path chosen at start-up ("avx512", "avx2", "ref", ...); L3C_KERNELS=<path> forces one. */
