@@ -11,6 +11,8 @@
  */
 #include "openai.h"
 
+#include "grammar_cache.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -493,7 +495,11 @@ static unsigned parse_structured(const server *srv, json_t *body, api_request *r
     unsigned st = tools_parse(srv->tok, srv->tmpl, body, &r->tools, err);
     char *fmt = NULL;
     if (!st) st = tools_response_format(body, &fmt, err);
-    if (st) return st;
+    if (!st && fmt) st = tools_check_schema(fmt, "response_format.json_schema.schema", err);
+    if (st) {
+        free(fmt);
+        return st;
+    }
     const api_tools *t = r->tools;
     if (!t || t->choice == TOOLS_NONE) {
         r->schema = fmt;
@@ -517,6 +523,18 @@ static unsigned parse_structured(const server *srv, json_t *body, api_request *r
     r->schema = calls;
     r->schema_lazy = t->choice == TOOLS_AUTO;
     return 0;
+}
+
+/* The grammar of r->schema (from the server's cache) into r->params. The parts were checked one
+ * by one (check_schema), so a failure here is the combination's. */
+static unsigned compile_schema(const server *srv, api_request *r, api_error *err) {
+    l3c_status st;
+    r->params.grammar = gcache_get(srv->grammars, r->schema, strlen(r->schema), &st);
+    r->params.grammar_lazy = r->schema_lazy;
+    if (r->params.grammar) return 0;
+    if (st == L3C_ERR_NOMEM) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    return BAD(r->tools ? "tools" : "response_format", "cannot enforce the output format: %s",
+               l3c_last_error());
 }
 
 unsigned api_parse_request(const server *srv, api_kind kind, const char *body, size_t len,
@@ -545,6 +563,7 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
                       srv->n_ctx, r->n_prompt);
         goto out;
     }
+    if (r->schema && (st = compile_schema(srv, r, err))) goto out;
     make_id(r->id, sizeof r->id, kind == API_CHAT ? "chatcmpl-" : "cmpl-");
     r->created = (long long)time(NULL);
 out:
@@ -562,6 +581,7 @@ void api_request_free(api_request *r) {
     for (int i = 0; i < SCHED_MAX_STOP; i++) free(r->stop[i]);
     tools_free(r->tools);
     free(r->schema);
+    gcache_unref(r->params.grammar);
     memset(r, 0, sizeof *r);
 }
 
@@ -742,7 +762,7 @@ char *api_stream_text(api_request *r, const char *text, size_t text_len, size_t 
         return api_stream_chunk(r, 0, text, text_len, SCHED_RUNNING, len);
     if (held_add(t, text, text_len)) return NULL;
     size_t i = 0;
-    while (i < t->held_len && strchr(" \t\r\n", t->held[i]))
+    while (i < t->held_len && t->held[i] && strchr(" \t\r\n", t->held[i]))
         i++;
     *len = 0;
     if (i == t->held_len) return calloc(1, 1); /* only whitespace yet */

@@ -7,11 +7,12 @@
  * and running jobs (their clients get 503 or a final SSE error event) -> close connections
  * -> free everything -> exit 0. Nothing is left running or allocated on any return path.
  */
+#include "server.h"
 #include "../cli/cli.h"
 #include "../cli/common.h"
+#include "grammar_cache.h"
 #include "http.h"
 #include "metrics.h"
-#include "server.h"
 
 #include "../rag/rag.h"
 
@@ -24,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define GRAMMAR_CACHE_SIZE 32 /* compiled schemas kept for later requests */
 
 static sem_t g_stop_sem;
 static volatile sig_atomic_t g_stop;
@@ -275,6 +278,10 @@ int cmd_serve(int argc, char **argv) {
     srv.n_ctx = l3c_context_n_ctx(srv.ctx);
     if (srv.rag_db && open_rag(&srv, &info)) goto out;
 
+    if (!(srv.grammars = gcache_create(srv.tok, GRAMMAR_CACHE_SIZE))) {
+        fprintf(stderr, "llama3c serve: out of memory\n");
+        goto out;
+    }
     sched_options so = {srv.parallel, srv.step_tokens, srv.queue};
     srv.sched = sched_create(srv.model, srv.ctx, &so);
     if (!srv.sched || sched_start(srv.sched) != 0) {
@@ -304,6 +311,7 @@ out:
     if (srv.sched) sched_stop(srv.sched);
     http_stop(d);
     sched_free(srv.sched);
+    gcache_free(srv.grammars); /* after the jobs, which hold references */
     l3c_context_free(srv.ctx);
     cli_adapters_free(adapters, lora.n);
     l3c_model_free(srv.model);

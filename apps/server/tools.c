@@ -95,6 +95,14 @@ static unsigned check_tools(json_t *tools, api_error *err) {
         json_t *st = opt_field(f, "strict");
         snprintf(p, sizeof p, "tools[%zu].function.strict", k);
         if (st && !json_is_boolean(st)) return BAD(p, "'%s' must be a boolean", p);
+        if (pa) {
+            char *txt = json_dumps(pa, JSON_COMPACT);
+            if (!txt) return NOMEM();
+            snprintf(p, sizeof p, "tools[%zu].function.parameters", k);
+            unsigned bad = tools_check_schema(txt, p, err);
+            free(txt);
+            if (bad) return bad;
+        }
     }
     return 0;
 }
@@ -157,6 +165,15 @@ nomem:
 fail:
     tools_free(t);
     return st;
+}
+
+unsigned tools_check_schema(const char *schema, const char *param, api_error *err) {
+    char *gbnf = NULL;
+    l3c_status st = l3c_json_schema_to_gbnf(schema, strlen(schema), &gbnf);
+    l3c_free(gbnf);
+    if (st == L3C_OK) return 0;
+    if (st == L3C_ERR_NOMEM) return NOMEM();
+    return BAD(param, "'%s': %s", param, l3c_last_error());
 }
 
 /* ------------------------------------------------------------------ the schema of a call */

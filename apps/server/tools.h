@@ -51,6 +51,10 @@ unsigned tools_parse(const l3c_tokenizer *tok, l3c_chat_template tmpl, json_t *b
                      api_tools **out, api_error *err);
 void tools_free(api_tools *t);
 
+/* 0 when the JSON schema text can be enforced, else a 400 naming param with the grammar
+ * engine's message (the schema is converted to GBNF: cheap, no vocabulary involved). */
+unsigned tools_check_schema(const char *schema, const char *param, api_error *err);
+
 /* The JSON schema (caller frees) of what a reply that calls tools may be; NULL when out of memory.
  */
 char *tools_calls_schema(const api_tools *t);
