@@ -100,7 +100,7 @@ make -C "$ROOT" -j"$(nproc)"
 # ---------------------------------------------------------------- test dependencies
 if ((WITH_TEST)); then
     need=()
-    for m in gguf numpy tiktoken pytest openai jinja2; do
+    for m in gguf numpy tiktoken pytest openai jinja2 jsonschema; do
         has_module "$m" || need+=("$m")
     done
     if ((${#need[@]})); then
@@ -182,7 +182,7 @@ fi
 
 # ---------------------------------------------------------------- verify the test references
 if ((WITH_TEST)); then
-    for m in numpy gguf tiktoken jinja2 openai pytest llama_cpp; do
+    for m in numpy gguf tiktoken jinja2 openai pytest llama_cpp jsonschema; do
         err=$("$PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv: ${err##*$'\n'}"
     done
     TORCH_PY="$ROOT/.venv-torch/bin/python"
