@@ -1,0 +1,756 @@
+/*
+ * matcher.c -- compiled grammars (l3c_grammar) and their per-sampler parse state (l3c_gmatch).
+ *
+ * A parse state is a set of pushdown stacks, as in llama.cpp: each stack is a list of element
+ * positions, the top one a character class still to match, the ones below the continuations of
+ * the rules that referenced it. Stacks are interned as nodes (top position, parent node) in a
+ * hash table, so a stack is one int, equal stacks are equal ints, and what follows a node is
+ * computed once and memoized:
+ *   exp(node)   the stacks whose tops are character classes, reached by expanding rule
+ *               references and popping finished rules (an empty alternative pops at once);
+ *   succ(node)  exp of the stack after the top class has matched one code point.
+ * Node 0 is the empty stack: the grammar is complete on that path.
+ *
+ * Input is bytes, the grammar is code points: a state item is (node, partial code point, bytes
+ * still needed). A lead byte keeps the item only if some code point with that prefix can match
+ * the top class (exact range test), so a token that ends inside a code point (byte-level BPE
+ * splits them) is allowed exactly when some completion is.
+ *
+ * Token masks: the vocabulary's byte strings form a trie (built once per grammar). The mask
+ * walks the trie depth-first carrying the item set: each edge steps every item by one byte; an
+ * empty set prunes the subtree; every token that ends at a node reached with a non-empty set is
+ * allowed. Work is bounded by the trie nodes the grammar can reach times the live stacks.
+ * Masks are cached per state (sorted item list -> bitmask) since the same states recur (every
+ * JSON string body, every value position of the same object). Control tokens never match
+ * text; end-of-generation tokens are allowed when node 0 is in the set.
+ *
+ * Invariants: items in a set are distinct; the grammar (rules, trie) is never written after
+ * l3c_grammar_* returns, so it is shared freely; everything mutable is in l3c_gmatch.
+ */
+#include "grammar/grammar.h"
+#include "tokenizer/tokenizer.h"
+
+#include <string.h>
+
+#define MAX_STACK_DEPTH  20000
+#define MASK_CACHE_SLOTS 64
+
+enum { TK_TEXT = 0, TK_EOG = 1, TK_NEVER = 2 };
+
+typedef struct tnode {
+    int32_t child;   /* first child, -1: none */
+    int32_t sibling; /* next sibling, -1: none */
+    int32_t tok;     /* first token ending here, -1: none (more via tok_next) */
+    uint8_t byte;    /* label of the edge into this node */
+} tnode;
+
+struct l3c_grammar {
+    gram_rules *r;
+    int32_t n_vocab;
+    uint8_t *kind; /* [n_vocab] TK_* */
+    char *bytes;   /* token bytes, concatenated */
+    uint32_t *off; /* [n_vocab + 1] */
+    tnode *trie;   /* [n_trie], node 0 the root */
+    uint32_t n_trie;
+    int32_t *tok_next; /* [n_vocab] next token ending at the same trie node, -1: none */
+    int32_t *eog;      /* [n_eog] end-of-generation token ids */
+    int32_t n_eog;
+};
+
+typedef struct snode {
+    uint32_t pos;   /* top element */
+    int32_t parent; /* node below, 0: none */
+    int32_t depth;
+    int32_t exp_off, exp_len;   /* memo of exp(node) in pool; exp_off < 0: not yet */
+    int32_t succ_off, succ_len; /* memo of succ(node) */
+} snode;
+
+typedef struct item {
+    int32_t node;
+    uint32_t acc;  /* partial code point */
+    uint16_t need; /* continuation bytes still needed, 0: none */
+    uint16_t len;  /* length of the whole UTF-8 sequence (overlong forms are rejected) */
+} item;
+
+/* Smallest code point of a UTF-8 sequence of len bytes. */
+static const uint32_t UTF8_MIN[5] = {0, 0, 0x80, 0x800, 0x10000};
+
+/* Does some completion of (acc, need more bytes) of a len-byte sequence match the class at pos? */
+static int partial_ok(const gel *el, uint32_t pos, uint32_t acc, uint32_t need, uint32_t len) {
+    uint32_t lo = acc << (6 * need), hi = lo | ((1u << (6 * need)) - 1);
+    if (lo < UTF8_MIN[len]) lo = UTF8_MIN[len];
+    if (hi > 0x10FFFF) hi = 0x10FFFF;
+    return lo <= hi && l3c_gram_match_range(el, pos, lo, hi);
+}
+
+typedef struct ivec {
+    int32_t *v;
+    size_t n, cap;
+} ivec;
+
+typedef struct mcache {
+    item *key;
+    uint32_t n_key;
+    uint32_t *bits;
+    int64_t count;
+    uint64_t stamp;
+} mcache;
+
+struct l3c_gmatch {
+    const l3c_grammar *g;
+    snode *nodes;
+    uint32_t n_nodes, cap_nodes;
+    int32_t *ht; /* open addressing: node ids, 0 = empty slot */
+    uint32_t ht_cap;
+    int32_t *pool; /* memo lists */
+    size_t pool_len, pool_cap;
+    uint32_t *mark; /* [cap_nodes] generation stamps for dedupe in step_byte */
+    uint32_t gen;
+    uint32_t *mark2; /* [cap_nodes] the same for pool_store (which runs inside step_byte) */
+    uint32_t gen2;
+    item *cur; /* current state */
+    uint32_t n_cur;
+    item *work; /* trie walk / step scratch: frames of items */
+    size_t work_len, work_cap;
+    l3c_status err; /* sticky allocation failure */
+    mcache cache[MASK_CACHE_SLOTS];
+    int32_t cache_words;
+    uint64_t stamp;
+    char why[160];
+};
+
+/* ---------------------------------------------------------------- small helpers */
+
+static int is_end(uint32_t t) {
+    return t == G_END || t == G_ALT;
+}
+
+static int ivec_push(l3c_gmatch *m, ivec *v, int32_t x) {
+    if (v->n == v->cap) {
+        size_t nc = v->cap ? v->cap * 2 : 16;
+        int32_t *nv = l3c_realloc(v->v, nc * sizeof *nv);
+        if (!nv) {
+            m->err = L3C_ERR_NOMEM;
+            return -1;
+        }
+        v->v = nv;
+        v->cap = nc;
+    }
+    v->v[v->n++] = x;
+    return 0;
+}
+
+static int work_push(l3c_gmatch *m, item it) {
+    if (m->work_len == m->work_cap) {
+        size_t nc = m->work_cap ? m->work_cap * 2 : 1024;
+        item *nv = l3c_realloc(m->work, nc * sizeof *nv);
+        if (!nv) {
+            m->err = L3C_ERR_NOMEM;
+            return -1;
+        }
+        m->work = nv;
+        m->work_cap = nc;
+    }
+    m->work[m->work_len++] = it;
+    return 0;
+}
+
+static uint32_t next_gen(l3c_gmatch *m) {
+    if (++m->gen == 0) {
+        memset(m->mark, 0, (size_t)m->cap_nodes * sizeof *m->mark);
+        m->gen = 1;
+    }
+    return m->gen;
+}
+
+static uint32_t next_gen2(l3c_gmatch *m) {
+    if (++m->gen2 == 0) {
+        memset(m->mark2, 0, (size_t)m->cap_nodes * sizeof *m->mark2);
+        m->gen2 = 1;
+    }
+    return m->gen2;
+}
+
+/* ---------------------------------------------------------------- stack nodes */
+
+static uint32_t hash2(uint32_t a, int32_t b) {
+    uint64_t h = ((uint64_t)a << 32) ^ (uint32_t)b;
+    h *= 0x9E3779B97F4A7C15ull;
+    return (uint32_t)(h >> 32);
+}
+
+static int ht_grow(l3c_gmatch *m) {
+    uint32_t nc = m->ht_cap ? m->ht_cap * 2 : 1024;
+    int32_t *nh = l3c_calloc(nc, sizeof *nh);
+    if (!nh) return -1;
+    for (uint32_t k = 1; k < m->n_nodes; k++) {
+        uint32_t h = hash2(m->nodes[k].pos, m->nodes[k].parent) & (nc - 1);
+        while (nh[h])
+            h = (h + 1) & (nc - 1);
+        nh[h] = (int32_t)k;
+    }
+    free(m->ht);
+    m->ht = nh;
+    m->ht_cap = nc;
+    return 0;
+}
+
+/* The node for stack (pos over parent); -1 when too deep or out of memory. */
+static int32_t intern(l3c_gmatch *m, uint32_t pos, int32_t parent) {
+    if ((m->n_nodes + 1) * 2 > m->ht_cap && ht_grow(m) < 0) {
+        m->err = L3C_ERR_NOMEM;
+        return -1;
+    }
+    uint32_t h = hash2(pos, parent) & (m->ht_cap - 1);
+    for (; m->ht[h]; h = (h + 1) & (m->ht_cap - 1)) {
+        const snode *s = &m->nodes[m->ht[h]];
+        if (s->pos == pos && s->parent == parent) return m->ht[h];
+    }
+    int32_t depth = parent ? m->nodes[parent].depth + 1 : 1;
+    if (depth > MAX_STACK_DEPTH) return -1; /* nesting this deep is not followed */
+    if (m->n_nodes == m->cap_nodes) {
+        uint32_t nc = m->cap_nodes * 2;
+        snode *nn = l3c_realloc(m->nodes, (size_t)nc * sizeof *nn);
+        uint32_t *nm = nn ? l3c_realloc(m->mark, (size_t)nc * sizeof *nm) : NULL;
+        if (nn) m->nodes = nn;
+        if (nm) m->mark = nm;
+        uint32_t *nm2 = nm ? l3c_realloc(m->mark2, (size_t)nc * sizeof *nm2) : NULL;
+        if (!nn || !nm || !nm2) {
+            m->err = L3C_ERR_NOMEM;
+            return -1;
+        }
+        m->mark2 = nm2;
+        memset(nm + m->cap_nodes, 0, (size_t)(nc - m->cap_nodes) * sizeof *nm);
+        memset(nm2 + m->cap_nodes, 0, (size_t)(nc - m->cap_nodes) * sizeof *nm2);
+        m->cap_nodes = nc;
+    }
+    int32_t id = (int32_t)m->n_nodes++;
+    m->nodes[id] = (snode){pos, parent, depth, -1, 0, -1, 0};
+    m->ht[h] = id;
+    return id;
+}
+
+static int32_t pool_store(l3c_gmatch *m, ivec *v) {
+    /* dedupe in place, keeping first occurrences */
+    uint32_t g = next_gen2(m);
+    size_t k = 0;
+    for (size_t j = 0; j < v->n; j++) {
+        int32_t x = v->v[j];
+        if (m->mark2[x] == g) continue;
+        m->mark2[x] = g;
+        v->v[k++] = x;
+    }
+    v->n = k;
+    if (m->pool_len + k > m->pool_cap) {
+        size_t nc = m->pool_cap ? m->pool_cap : 4096;
+        while (nc < m->pool_len + k)
+            nc *= 2;
+        int32_t *np = l3c_realloc(m->pool, nc * sizeof *np);
+        if (!np) {
+            m->err = L3C_ERR_NOMEM;
+            return -1;
+        }
+        m->pool = np;
+        m->pool_cap = nc;
+    }
+    int32_t off = (int32_t)m->pool_len;
+    memcpy(m->pool + off, v->v, k * sizeof *v->v);
+    m->pool_len += k;
+    return off;
+}
+
+static void expand_pos(l3c_gmatch *m, uint32_t pos, int32_t parent, ivec *out);
+
+/* exp(n): memoized; returns the list's offset in m->pool (length in *len), -1 on failure. */
+static int32_t expand_node(l3c_gmatch *m, int32_t n, int32_t *len) {
+    if (m->nodes[n].exp_off >= 0) {
+        *len = m->nodes[n].exp_len;
+        return m->nodes[n].exp_off;
+    }
+    ivec tmp = {0};
+    expand_pos(m, m->nodes[n].pos, m->nodes[n].parent, &tmp);
+    int32_t off = m->err ? -1 : pool_store(m, &tmp);
+    if (off >= 0) {
+        m->nodes[n].exp_off = off;
+        m->nodes[n].exp_len = (int32_t)tmp.n;
+        *len = (int32_t)tmp.n;
+    }
+    free(tmp.v);
+    return off;
+}
+
+static void expand_pos(l3c_gmatch *m, uint32_t pos, int32_t parent, ivec *out) {
+    const gel *el = m->g->r->el;
+    uint32_t t = el[pos].type;
+    if (m->err) return;
+    if (is_end(t)) { /* this rule is done: continue with the stack below */
+        if (parent == 0) {
+            ivec_push(m, out, 0);
+            return;
+        }
+        int32_t len;
+        int32_t off = expand_node(m, parent, &len);
+        for (int32_t k = 0; off >= 0 && k < len; k++)
+            ivec_push(m, out, m->pool[off + k]);
+        return;
+    }
+    if (t == G_REF) {
+        int32_t cont = parent;
+        if (!is_end(el[pos + 1].type)) { /* a finished sequence pops straight to the parent */
+            cont = intern(m, pos + 1, parent);
+            if (cont < 0) return;
+        }
+        uint32_t a = m->g->r->rule_off[el[pos].val];
+        for (;;) {
+            expand_pos(m, a, cont, out);
+            while (!is_end(el[a].type))
+                a++;
+            if (el[a].type == G_END) break;
+            a++;
+        }
+        return;
+    }
+    int32_t id = intern(m, pos, parent);
+    if (id >= 0) ivec_push(m, out, id);
+}
+
+static int32_t succ_node(l3c_gmatch *m, int32_t n, int32_t *len) {
+    if (m->nodes[n].succ_off >= 0) {
+        *len = m->nodes[n].succ_len;
+        return m->nodes[n].succ_off;
+    }
+    ivec tmp = {0};
+    expand_pos(m, l3c_gram_class_end(m->g->r->el, m->nodes[n].pos), m->nodes[n].parent, &tmp);
+    int32_t off = m->err ? -1 : pool_store(m, &tmp);
+    if (off >= 0) {
+        m->nodes[n].succ_off = off;
+        m->nodes[n].succ_len = (int32_t)tmp.n;
+        *len = (int32_t)tmp.n;
+    }
+    free(tmp.v);
+    return off;
+}
+
+/* ---------------------------------------------------------------- stepping by bytes */
+
+/* Steps the items work[in_off .. in_off + n_in) by byte b, appending the result to work. */
+static void step_byte(l3c_gmatch *m, size_t in_off, size_t n_in, uint8_t b) {
+    const gel *el = m->g->r->el;
+    uint32_t g = next_gen(m);
+    for (size_t k = 0; k < n_in; k++) {
+        item it = m->work[in_off + k];
+        if (it.node == 0) continue;
+        uint32_t pos = m->nodes[it.node].pos;
+        uint32_t cp;
+        if (it.need == 0) {
+            if (b < 0x80) {
+                cp = b;
+            } else {
+                uint32_t need, acc;
+                if ((b & 0xE0) == 0xC0)
+                    need = 1, acc = b & 0x1F;
+                else if ((b & 0xF0) == 0xE0)
+                    need = 2, acc = b & 0x0F;
+                else if ((b & 0xF8) == 0xF0)
+                    need = 3, acc = b & 0x07;
+                else
+                    continue;
+                if (partial_ok(el, pos, acc, need, need + 1))
+                    work_push(m, (item){it.node, acc, (uint16_t)need, (uint16_t)(need + 1)});
+                continue;
+            }
+        } else {
+            if ((b & 0xC0) != 0x80) continue;
+            uint32_t acc = (it.acc << 6) | (b & 0x3F), need = it.need - 1u;
+            if (need) {
+                if (partial_ok(el, pos, acc, need, it.len))
+                    work_push(m, (item){it.node, acc, (uint16_t)need, it.len});
+                continue;
+            }
+            if (acc < UTF8_MIN[it.len] || acc > 0x10FFFF) continue;
+            cp = acc;
+        }
+        if (!l3c_gram_match_char(el, pos, cp)) continue;
+        int32_t len;
+        int32_t off = succ_node(m, it.node, &len);
+        for (int32_t j = 0; off >= 0 && j < len; j++) {
+            int32_t s = m->pool[off + j];
+            if (m->mark[s] == g) continue;
+            m->mark[s] = g;
+            work_push(m, (item){s, 0, 0, 0});
+        }
+    }
+}
+
+/* Runs len bytes from the current state; the resulting items are work[*out_off .. work_len). */
+static size_t run_bytes(l3c_gmatch *m, const uint8_t *p, size_t len, size_t *out_off) {
+    m->work_len = 0;
+    for (uint32_t k = 0; k < m->n_cur; k++)
+        work_push(m, m->cur[k]);
+    size_t in_off = 0, n_in = m->work_len;
+    for (size_t k = 0; k < len && n_in; k++) {
+        size_t o = m->work_len;
+        step_byte(m, in_off, n_in, p[k]);
+        in_off = o;
+        n_in = m->work_len - o;
+    }
+    *out_off = in_off;
+    return n_in;
+}
+
+/* ---------------------------------------------------------------- state */
+
+static int has_accept(const l3c_gmatch *m) {
+    for (uint32_t k = 0; k < m->n_cur; k++)
+        if (m->cur[k].node == 0 && m->cur[k].need == 0) return 1;
+    return 0;
+}
+
+static l3c_status set_cur(l3c_gmatch *m, const item *it, size_t n) {
+    item *nc = l3c_realloc(m->cur, (n ? n : 1) * sizeof *nc);
+    if (!nc) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+    memmove(nc, it, n * sizeof *nc);
+    m->cur = nc;
+    m->n_cur = (uint32_t)n;
+    return L3C_OK;
+}
+
+void l3c_gmatch_reset(l3c_gmatch *m) {
+    if (!m) return;
+    ivec tmp = {0};
+    const gram_rules *r = m->g->r;
+    uint32_t a = r->rule_off[r->root];
+    for (;;) {
+        expand_pos(m, a, 0, &tmp);
+        while (!is_end(r->el[a].type))
+            a++;
+        if (r->el[a].type == G_END) break;
+        a++;
+    }
+    m->n_cur = 0;
+    if (!m->err) {
+        int32_t off = pool_store(m, &tmp);
+        item *its = off >= 0 ? l3c_malloc((tmp.n ? tmp.n : 1) * sizeof *its) : NULL;
+        if (its) {
+            for (size_t k = 0; k < tmp.n; k++)
+                its[k] = (item){m->pool[off + k], 0, 0, 0};
+            if (set_cur(m, its, tmp.n) != L3C_OK) m->err = L3C_ERR_NOMEM;
+        } else {
+            m->err = L3C_ERR_NOMEM;
+        }
+        free(its);
+    }
+    free(tmp.v);
+}
+
+l3c_status l3c_gmatch_create(const l3c_grammar *g, l3c_gmatch **out) {
+    *out = NULL;
+    l3c_gmatch *m = l3c_calloc(1, sizeof *m);
+    if (!m) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+    m->g = g;
+    m->cap_nodes = 256;
+    m->nodes = l3c_malloc(m->cap_nodes * sizeof *m->nodes);
+    m->mark = l3c_calloc(m->cap_nodes, sizeof *m->mark);
+    m->mark2 = l3c_calloc(m->cap_nodes, sizeof *m->mark2);
+    m->cache_words = (g->n_vocab + 31) / 32;
+    if (!m->nodes || !m->mark || !m->mark2 || ht_grow(m) < 0) goto oom;
+    m->nodes[0] = (snode){0, 0, 0, 0, 0, 0, 0}; /* the empty stack */
+    m->n_nodes = 1;
+    l3c_gmatch_reset(m);
+    if (m->err) goto oom;
+    *out = m;
+    return L3C_OK;
+oom:
+    l3c_gmatch_free(m);
+    return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+}
+
+void l3c_gmatch_free(l3c_gmatch *m) {
+    if (!m) return;
+    for (int k = 0; k < MASK_CACHE_SLOTS; k++) {
+        free(m->cache[k].key);
+        free(m->cache[k].bits);
+    }
+    free(m->nodes);
+    free(m->ht);
+    free(m->pool);
+    free(m->mark);
+    free(m->mark2);
+    free(m->cur);
+    free(m->work);
+    free(m);
+}
+
+int32_t l3c_grammar_n_vocab(const l3c_grammar *g) {
+    return g ? g->n_vocab : 0;
+}
+
+static const uint8_t *tok_bytes(const l3c_grammar *g, int32_t id, size_t *len) {
+    *len = g->off[id + 1] - g->off[id];
+    return (const uint8_t *)g->bytes + g->off[id];
+}
+
+int l3c_gmatch_allows(l3c_gmatch *m, int32_t id) {
+    const l3c_grammar *g = m->g;
+    if (id < 0 || id >= g->n_vocab) return 0;
+    if (g->kind[id] == TK_EOG) return has_accept(m);
+    if (g->kind[id] != TK_TEXT) return 0;
+    size_t len, off;
+    const uint8_t *p = tok_bytes(g, id, &len);
+    return run_bytes(m, p, len, &off) > 0 && !m->err;
+}
+
+l3c_status l3c_gmatch_accept(l3c_gmatch *m, int32_t id) {
+    const l3c_grammar *g = m->g;
+    if (id >= 0 && id < g->n_vocab && g->kind[id] == TK_EOG && has_accept(m)) {
+        static const item done = {0, 0, 0, 0};
+        return set_cur(m, &done, 1);
+    }
+    size_t n = 0, off = 0;
+    if (id >= 0 && id < g->n_vocab && g->kind[id] == TK_TEXT) {
+        size_t len;
+        const uint8_t *p = tok_bytes(g, id, &len);
+        n = run_bytes(m, p, len, &off);
+    }
+    if (m->err) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+    l3c_status st = set_cur(m, m->work + off, n);
+    if (st != L3C_OK) return st;
+    if (n == 0)
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "grammar: token %d is not allowed here; the parse state is now dead",
+                        (int)id);
+    return L3C_OK;
+}
+
+int l3c_gmatch_done(const l3c_gmatch *m) {
+    return m && m->n_cur == 1 && m->cur[0].node == 0 && m->cur[0].need == 0;
+}
+
+int l3c_gmatch_dead(const l3c_gmatch *m) {
+    return !m || m->n_cur == 0;
+}
+
+const char *l3c_gmatch_why_none(const l3c_gmatch *m) {
+    if (m->n_cur == 0) return "the output so far left the grammar (dead parse state)";
+    if (l3c_gmatch_done(m))
+        return m->g->n_eog
+                   ? "the grammar is complete and every end-of-generation token is banned"
+                   : "the grammar is complete and the vocabulary has no end-of-generation token";
+    return "no token of the vocabulary (that is not banned) can continue the grammar here";
+}
+
+/* ---------------------------------------------------------------- masks */
+
+static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, uint32_t *bits,
+                 int64_t *count) {
+    const l3c_grammar *g = m->g;
+    for (int32_t c = g->trie[tn].child; c >= 0; c = g->trie[c].sibling) {
+        size_t o = m->work_len;
+        step_byte(m, in_off, n_in, g->trie[c].byte);
+        size_t n = m->work_len - o;
+        if (n) {
+            for (int32_t t = g->trie[c].tok; t >= 0; t = g->tok_next[t]) {
+                bits[t >> 5] |= 1u << (t & 31);
+                (*count)++;
+            }
+            if (g->trie[c].child >= 0) walk(m, c, o, n, bits, count);
+        }
+        m->work_len = o;
+    }
+}
+
+static int item_cmp(const void *pa, const void *pb) {
+    const item *a = pa, *b = pb;
+    if (a->node != b->node) return a->node < b->node ? -1 : 1;
+    if (a->need != b->need) return a->need < b->need ? -1 : 1;
+    if (a->len != b->len) return a->len < b->len ? -1 : 1;
+    return a->acc < b->acc ? -1 : a->acc > b->acc;
+}
+
+/* Computes the mask of the current state into m's cache; returns the slot, -1 on failure. */
+static int cached_mask(l3c_gmatch *m) {
+    qsort(m->cur, m->n_cur, sizeof *m->cur, item_cmp);
+    int victim = 0;
+    for (int k = 0; k < MASK_CACHE_SLOTS; k++) {
+        mcache *c = &m->cache[k];
+        if (c->bits && c->n_key == m->n_cur &&
+            memcmp(c->key, m->cur, m->n_cur * sizeof *m->cur) == 0) {
+            c->stamp = ++m->stamp;
+            return k;
+        }
+        if (c->stamp < m->cache[victim].stamp) victim = k;
+    }
+    mcache *c = &m->cache[victim];
+    item *key = l3c_realloc(c->key, (m->n_cur ? m->n_cur : 1) * sizeof *key);
+    if (!key) return -1;
+    c->key = key;
+    if (!c->bits)
+        c->bits = l3c_malloc((size_t)(m->cache_words ? m->cache_words : 1) * sizeof *c->bits);
+    if (!c->bits) return -1;
+    memcpy(c->key, m->cur, m->n_cur * sizeof *m->cur);
+    c->n_key = m->n_cur;
+    memset(c->bits, 0, (size_t)m->cache_words * sizeof *c->bits);
+    int64_t count = 0;
+    m->work_len = 0;
+    for (uint32_t k = 0; k < m->n_cur; k++)
+        work_push(m, m->cur[k]);
+    walk(m, 0, 0, m->work_len, c->bits, &count);
+    if (has_accept(m))
+        for (int32_t k = 0; k < m->g->n_eog; k++) {
+            int32_t t = m->g->eog[k];
+            c->bits[t >> 5] |= 1u << (t & 31);
+            count++;
+        }
+    if (m->err) {
+        c->n_key = 0;
+        free(c->bits);
+        c->bits = NULL;
+        return -1;
+    }
+    c->count = count;
+    c->stamp = ++m->stamp;
+    return victim;
+}
+
+int64_t l3c_gmatch_mask(l3c_gmatch *m, uint32_t *bits, int32_t n_bits) {
+    int32_t words = (n_bits + 31) / 32;
+    int slot = cached_mask(m);
+    if (slot < 0) {
+        l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory computing a token mask");
+        return -1;
+    }
+    const mcache *c = &m->cache[slot];
+    int32_t cw = L3C_MIN(words, m->cache_words);
+    memcpy(bits, c->bits, (size_t)cw * sizeof *bits);
+    if (words > cw) memset(bits + cw, 0, (size_t)(words - cw) * sizeof *bits);
+    if (n_bits < m->g->n_vocab && (n_bits & 31)) bits[words - 1] &= (1u << (n_bits & 31)) - 1;
+    return c->count;
+}
+
+/* ---------------------------------------------------------------- compiled grammars */
+
+void l3c_grammar_free(l3c_grammar *g) {
+    if (!g) return;
+    l3c_gram_rules_free(g->r);
+    free(g->kind);
+    free(g->bytes);
+    free(g->off);
+    free(g->trie);
+    free(g->tok_next);
+    free(g->eog);
+    free(g);
+}
+
+static l3c_status build_vocab(l3c_grammar *g, const l3c_tokenizer *tok) {
+    int32_t n = l3c_vocab_size(tok);
+    g->n_vocab = n;
+    g->kind = l3c_malloc((size_t)(n ? n : 1));
+    g->off = l3c_malloc(((size_t)n + 1) * sizeof *g->off);
+    g->tok_next = l3c_malloc((size_t)(n ? n : 1) * sizeof *g->tok_next);
+    g->eog = l3c_malloc((size_t)(n ? n : 1) * sizeof *g->eog);
+    if (!g->kind || !g->off || !g->tok_next || !g->eog) goto oom;
+    size_t total = 0, cap = (size_t)n * 8 + 64;
+    g->bytes = l3c_malloc(cap);
+    if (!g->bytes) goto oom;
+    for (int32_t id = 0; id < n; id++) {
+        g->off[id] = (uint32_t)total;
+        g->tok_next[id] = -1;
+        if (l3c_token_is_eog(tok, id)) {
+            g->kind[id] = TK_EOG;
+            g->eog[g->n_eog++] = id;
+            continue;
+        }
+        g->kind[id] = TK_NEVER;
+        if (l3c_token_is_special(tok, id)) continue;
+        int32_t need = l3c_token_to_bytes(tok, id, NULL, 0);
+        if (need < 0) need = -need;
+        if (need <= 0) continue;
+        if (total + (size_t)need > cap) {
+            while (total + (size_t)need > cap)
+                cap *= 2;
+            char *nb = l3c_realloc(g->bytes, cap);
+            if (!nb) goto oom;
+            g->bytes = nb;
+        }
+        int32_t got = l3c_token_to_bytes(tok, id, g->bytes + total, need);
+        if (got <= 0) continue;
+        total += (size_t)got;
+        g->kind[id] = TK_TEXT;
+    }
+    g->off[n] = (uint32_t)total;
+
+    /* trie: nodes are appended as tokens are inserted; children are sibling lists */
+    uint32_t cap_t = 1024;
+    g->trie = l3c_malloc(cap_t * sizeof *g->trie);
+    if (!g->trie) goto oom;
+    g->trie[0] = (tnode){-1, -1, -1, 0};
+    g->n_trie = 1;
+    for (int32_t id = 0; id < n; id++) {
+        if (g->kind[id] != TK_TEXT) continue;
+        size_t len;
+        const uint8_t *p = tok_bytes(g, id, &len);
+        int32_t cur = 0;
+        for (size_t k = 0; k < len; k++) {
+            int32_t c = g->trie[cur].child;
+            while (c >= 0 && g->trie[c].byte != p[k])
+                c = g->trie[c].sibling;
+            if (c < 0) {
+                if (g->n_trie == cap_t) {
+                    cap_t *= 2;
+                    tnode *nt = l3c_realloc(g->trie, cap_t * sizeof *nt);
+                    if (!nt) goto oom;
+                    g->trie = nt;
+                }
+                c = (int32_t)g->n_trie++;
+                g->trie[c] = (tnode){-1, g->trie[cur].child, -1, p[k]};
+                g->trie[cur].child = c;
+            }
+            cur = c;
+        }
+        g->tok_next[id] = g->trie[cur].tok;
+        g->trie[cur].tok = id;
+    }
+    return L3C_OK;
+oom:
+    return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for a %d-token vocabulary", (int)n);
+}
+
+static l3c_status grammar_from_rules(const l3c_tokenizer *tok, gram_rules *r, l3c_grammar **out) {
+    l3c_grammar *g = l3c_calloc(1, sizeof *g);
+    if (!g) {
+        l3c_gram_rules_free(r);
+        return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+    }
+    g->r = r;
+    l3c_status st = build_vocab(g, tok);
+    if (st != L3C_OK) {
+        l3c_grammar_free(g);
+        return st;
+    }
+    *out = g;
+    return L3C_OK;
+}
+
+l3c_status l3c_grammar_from_gbnf(const l3c_tokenizer *tok, const char *gbnf, size_t len,
+                                 const char *root, l3c_grammar **out) {
+    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: out is NULL");
+    *out = NULL;
+    if (!tok) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: NULL tokenizer");
+    gram_rules *r = NULL;
+    l3c_status st = l3c_gbnf_parse(gbnf, len, root, &r);
+    if (st != L3C_OK) return st;
+    return grammar_from_rules(tok, r, out);
+}
+
+l3c_status l3c_grammar_from_json_schema(const l3c_tokenizer *tok, const char *schema_json,
+                                        size_t len, l3c_grammar **out) {
+    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: out is NULL");
+    *out = NULL;
+    if (!tok) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: NULL tokenizer");
+    char *gbnf = NULL;
+    l3c_status st = l3c_json_schema_to_gbnf(schema_json, len, &gbnf);
+    if (st != L3C_OK) return st;
+    st = l3c_grammar_from_gbnf(tok, gbnf, strlen(gbnf), "root", out);
+    free(gbnf);
+    return st;
+}
