@@ -200,7 +200,8 @@ char *tools_calls_schema(const api_tools *t) {
     if (t->protocol == TOOLS_GENERIC && one) {
         json_t *arr =
             json_pack("{s:s,s:o,s:i}", "type", "array", "items", json_incref(one), "minItems", 1);
-        if (arr && !t->parallel) json_object_set_new(arr, "maxItems", json_integer(1));
+        if (arr && (!t->parallel || t->named)) /* a named function: one call of it */
+            json_object_set_new(arr, "maxItems", json_integer(1));
         s = json_pack("{s:s,s:{s:o},s:[s],s:b}", "type", "object", "properties", "tool_calls", arr,
                       "required", "tool_calls", "additionalProperties", 0);
         json_decref(one);

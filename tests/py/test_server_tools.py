@@ -39,7 +39,7 @@ WEATHER = {
                 "city": {"type": "string", "description": "City name, e.g. \"Paris\"\n(no country)"},
                 "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
                 "days": {"type": "integer", "minimum": 1, "maximum": 7},
-                "threshold": {"type": "number", "minimum": 0.5, "maximum": 1e-05, "default": 100.0},
+                "threshold": {"type": "number", "default": 1e-05, "examples": [0.5, 100.0, 1.5e+300]},
                 "extra": {},
                 "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
             },
@@ -138,3 +138,222 @@ def test_generic_tools_prompt(llama3c, smollm2_path):
                 + "<|im_start|>assistant\n" + call + "<|im_end|>\n"
                 + "<|im_start|>tool\n{\"temp\": 21, \"sky\": \"clear\"}<|im_end|>\n<|im_start|>assistant\n")
         assert got == want
+
+
+# ---------------------------------------------------------------------------- errors (fast)
+
+SMALL_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+BAD_BODIES = [
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0].function.name"),
+    ({"tools": [SMALL_TOOL, {"type": "function", "function": {"name": "g", "parameters": "object"}}]},
+     "tools[1].function.parameters"),
+    ({"tools": [SMALL_TOOL, {"type": "function", "function": {
+        "name": "g", "parameters": {"type": "object", "properties": {"a": {"type": "strnig"}}}}}]},
+     "tools[1].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}]}, "tools[0].function.parameters"),
+    ({"tools": [SMALL_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": "f"}, "tools"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"a": {"type": "string", "frobnicate": 3}}}}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "$ref": "#/$defs/node", "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}},
+                                                   "required": ["next"]}}}}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+]
+
+
+@pytest.fixture(scope="module")
+def smol_server(llama3c, smollm2_path):
+    yield from Server(smollm2_path, "--parallel", 2, "--ctx", 1024).serving()
+
+
+@pytest.fixture(scope="module")
+def client(smol_server):
+    return openai.OpenAI(base_url=smol_server.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.mark.parametrize("i", range(len(BAD_BODIES)))
+def test_bad_tools_and_formats_are_400_naming_the_field(smol_server, i):
+    extra, param = BAD_BODIES[i]
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, **extra}
+    st, r = smol_server.post_json("/v1/chat/completions", body)
+    assert st == 400, r
+    assert r["error"]["param"] == param, r
+    assert r["error"]["type"] == "invalid_request_error" and r["error"]["message"], r
+
+
+def test_bad_message_tool_calls_are_400(smol_server):
+    msgs = [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {}}]}]
+    st, r = smol_server.post_json("/v1/chat/completions", {"messages": msgs, "max_tokens": 1})
+    assert st == 400 and r["error"]["param"] == "messages[1].tool_calls[0].function.name", r
+
+
+# ---------------------------------------------------------------------------- generation (slow, SmolLM2)
+
+jsonschema = pytest.importorskip("jsonschema")
+
+CALL_TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "The current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
+                                                        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                       "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "The time now in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 24}},
+                       "required": ["zone"], "additionalProperties": False}}},
+]
+PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in CALL_TOOLS}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def check_calls(calls, only=None):
+    assert calls, "no tool calls"
+    for c in calls:
+        assert c.type == "function" and c.id.startswith("call_")
+        assert c.function.name in PARAMS and (only is None or c.function.name == only)
+        jsonschema.validate(json.loads(c.function.arguments), PARAMS[c.function.name])
+
+
+def stream_calls(client, **kw):
+    """Streams a completion; rebuilds content and tool calls from the deltas as OpenAI documents it."""
+    chunks = list(client.chat.completions.create(model="m", stream=True, **kw))
+    content, calls, finish = "", {}, []
+    for ch in chunks:
+        d = ch.choices[0].delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            if tc.id:  # the first delta of a call: id, type and name, no arguments yet
+                assert tc.index not in calls and tc.type == "function" and tc.function.name
+                calls[tc.index] = {"id": tc.id, "name": tc.function.name, "arguments": tc.function.arguments or ""}
+            else:
+                calls[tc.index]["arguments"] += tc.function.arguments
+        if ch.choices[0].finish_reason:
+            finish.append(ch.choices[0].finish_reason)
+    return content, [calls[i] for i in sorted(calls)], finish
+
+
+@pytest.mark.slow
+def test_tool_call_required_streamed_and_not(client):
+    kw = dict(messages=ASK, tools=CALL_TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=0,
+              max_tokens=60)
+    r = client.chat.completions.create(model="m", **kw)
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls" and ch.message.content is None, ch
+    check_calls(ch.message.tool_calls)
+    assert len(ch.message.tool_calls) == 1
+    content, calls, finish = stream_calls(client, **kw)
+    assert finish == ["tool_calls"] and content == ""
+    assert [(c["name"], c["arguments"]) for c in calls] == [(c.function.name, c.function.arguments)
+                                                            for c in ch.message.tool_calls]
+
+
+@pytest.mark.slow
+def test_tool_call_named_function(client):
+    r = client.chat.completions.create(model="m", messages=ASK, tools=CALL_TOOLS, temperature=0, max_tokens=60,
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert r.choices[0].finish_reason == "tool_calls"
+    check_calls(r.choices[0].message.tool_calls, only="get_time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_round_trip(client, stream):
+    """call -> tool result -> final answer, with tool_choice auto on the second turn."""
+    r = client.chat.completions.create(model="m", messages=ASK, tools=CALL_TOOLS, tool_choice="required",
+                                       parallel_tool_calls=False, temperature=0, max_tokens=60)
+    call = r.choices[0].message.tool_calls[0]
+    msgs = ASK + [r.choices[0].message.model_dump(exclude_none=True),
+                  {"role": "tool", "tool_call_id": call.id, "content": "{\"temperature\": 21, \"sky\": \"sunny\"}"}]
+    kw = dict(messages=msgs, tools=CALL_TOOLS, temperature=0, max_tokens=40)
+    if stream:
+        content, calls, finish = stream_calls(client, **kw)
+    else:
+        f = client.chat.completions.create(model="m", **kw)
+        content, calls, finish = f.choices[0].message.content, f.choices[0].message.tool_calls or [], \
+            [f.choices[0].finish_reason]
+        assert f.usage.prompt_tokens > r.usage.prompt_tokens + 10  # the call and its result are in the prompt
+    assert not calls and finish[0] in ("stop", "length") and content.strip(), (content, calls, finish)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True])
+def test_badly_written_call_is_text(client, stream):
+    """A call cut short (here by a stop string inside it) is not a call: its text comes back as
+    content with finish_reason "stop", never an error."""
+    kw = dict(messages=ASK, tools=CALL_TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=0,
+              max_tokens=60, stop=["arguments"])
+    if stream:
+        content, calls, finish = stream_calls(client, **kw)
+    else:
+        r = client.chat.completions.create(model="m", **kw)
+        content, calls, finish = r.choices[0].message.content, r.choices[0].message.tool_calls, \
+            [r.choices[0].finish_reason]
+    assert not calls and finish == ["stop"]
+    assert content.lstrip().startswith("{") and "tool_calls" in content and "arguments" not in content
+
+
+SCHEMAS = {
+    "person": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user", "guest"]}}, "required": ["name", "age", "role"],
+        "additionalProperties": False},
+    "nested": {"type": "object", "properties": {
+        "title": {"type": "string", "maxLength": 16},
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["red", "green", "blue"]}, "minItems": 1,
+                 "maxItems": 3},
+        "owner": {"$ref": "#/$defs/owner"}}, "required": ["title", "tags", "owner"], "additionalProperties": False,
+        "$defs": {"owner": {"type": "object", "properties": {"id": {"type": "integer"},
+                                                             "ok": {"type": "boolean"}},
+                            "required": ["id", "ok"], "additionalProperties": False}}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("temperature", [0, 0.8])
+def test_response_format_json_schema(client, name, temperature):
+    schema = SCHEMAS[name]
+    r = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": f"Give me an example {name} as JSON."}], temperature=temperature,
+        seed=7, max_tokens=90, response_format={"type": "json_schema",
+                                                "json_schema": {"name": name, "schema": schema, "strict": True}})
+    assert r.choices[0].finish_reason == "stop", r
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+@pytest.mark.slow
+def test_response_format_json_object_streamed(client):
+    kw = dict(messages=[{"role": "user", "content": 'Give Bob, age 30, as a JSON object with keys "name" and "age".'}],
+              temperature=0, max_tokens=60, response_format={"type": "json_object"})
+    r = client.chat.completions.create(model="m", **kw)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    content, calls, finish = stream_calls(client, **kw)
+    assert content == r.choices[0].message.content and finish == ["stop"] and not calls
+
+
+@pytest.mark.slow
+def test_parse_with_pydantic(client):
+    from typing import List, Literal
+
+    from pydantic import BaseModel, Field
+
+    class Pet(BaseModel):
+        name: str = Field(max_length=16)
+        kind: Literal["cat", "dog", "bird"]
+        age: int = Field(ge=0, le=30)
+        toys: List[str] = Field(max_length=2)
+
+    r = client.chat.completions.parse(model="m", messages=[{"role": "user", "content": "Invent a pet."}],
+                                      response_format=Pet, temperature=0, max_tokens=80)
+    pet = r.choices[0].message.parsed
+    assert isinstance(pet, Pet) and r.choices[0].finish_reason == "stop"
+    assert Pet.model_validate_json(r.choices[0].message.content) == pet
