@@ -357,3 +357,64 @@ def test_parse_with_pydantic(client):
     pet = r.choices[0].message.parsed
     assert isinstance(pet, Pet) and r.choices[0].finish_reason == "stop"
     assert Pet.model_validate_json(r.choices[0].message.content) == pet
+
+
+# ---------------------------------------------------------------------------- Llama 3.1 protocol generation
+
+def _llama31_chat(server, **extra):
+    body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": CALL_TOOLS, "temperature": 0,
+            "max_tokens": 80, "seed": 3, **extra}
+    return server.post_json("/v1/chat/completions", body)
+
+
+def _token_id(server, text):
+    """The id of a single-token text in the served model's vocabulary (llama3c tokenize --special)."""
+    from conftest import run_cli
+
+    path = server.cmd[server.cmd.index("-m") + 1]
+    ids = run_cli("tokenize", "-m", path, "--special", "--ids", "-p", text).stdout.split()
+    assert len(ids) == 1, ids
+    return int(ids[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["required", "named", "lazy_brace", "lazy_python_tag"])
+def test_llama31_protocol_calls(llama31_server, how):
+    """A tiny random model with the Llama 3.1 template: whatever it would write, the grammar makes
+    the reply a {"name", "parameters"} call that parses into tool_calls: from the first token
+    (required, a named function) or, with tool_choice auto, from the token that opens a JSON
+    object or from <|python_tag|> (pushed here with logit_bias, as the model would choose them)."""
+    extra = {}
+    if how == "required":
+        extra = {"tool_choice": "required"}
+    elif how == "named":
+        extra = {"tool_choice": {"type": "function", "function": {"name": "get_time"}}}
+    elif how == "lazy_brace":
+        extra = {"logit_bias": {str(_token_id(llama31_server, "{")): 100}}
+    else:
+        extra = {"logit_bias": {str(_token_id(llama31_server, "<|python_tag|>")): 100}}
+    st, r = _llama31_chat(llama31_server, **extra)
+    assert st == 200, r
+    ch = r["choices"][0]
+    assert ch["finish_reason"] == "tool_calls", ch
+    calls = ch["message"]["tool_calls"]
+    assert len(calls) == 1 and ch["message"]["content"] is None
+    name = calls[0]["function"]["name"]
+    assert name == "get_time" if how == "named" else name in PARAMS
+    jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), PARAMS[name])
+    st, events, _ = llama31_server.stream("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": CALL_TOOLS, "temperature": 0,
+        "max_tokens": 80, "seed": 3, "stream": True, **extra})
+    deltas = [e["choices"][0]["delta"] for e in events[:-1] if e["choices"]]
+    got = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    assert got[0]["function"]["name"] == name and got[0]["id"].startswith("call_")
+    assert "".join(d["function"].get("arguments", "") for d in got) == calls[0]["function"]["arguments"]
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls" and events[-1] == "[DONE]"
+
+
+@pytest.mark.slow
+def test_llama31_auto_text_is_not_forced(llama31_server):
+    """tool_choice auto and a reply that does not open a JSON object: no grammar, plain text."""
+    st, r = _llama31_chat(llama31_server, logit_bias={str(_token_id(llama31_server, "{")): -100}, max_tokens=8)
+    assert st == 200 and r["choices"][0]["finish_reason"] in ("stop", "length"), r
+    assert "tool_calls" not in r["choices"][0]["message"]
