@@ -643,21 +643,18 @@ static json_t *envelope(const api_request *r, const char *object) {
                      "llama3c");
 }
 
-static json_t *tool_calls_message(json_t *calls);
+static char *tool_calls_response(const api_request *r, const char *text, size_t text_len,
+                                 const sched_update *u, size_t *len);
 
 char *api_response_json(const api_request *r, const char *text, size_t text_len,
                         const sched_update *u, size_t *len) {
-    json_t *calls = r->kind == API_CHAT && u->finish == SCHED_FINISH_STOP
-                        ? tools_parse_reply(r->tools, text, text_len, api_make_id)
-                        : NULL;
-    json_t *content = calls ? json_null() : json_text(text, text_len);
+    char *tc = r->tools ? tool_calls_response(r, text, text_len, u, len) : NULL;
+    if (tc) return tc; /* else not a call: text */
+    json_t *content = json_text(text, text_len);
     if (!content) return NULL;
-    const char *fr = calls ? "tool_calls" : finish_name(u->finish);
+    const char *fr = finish_name(u->finish);
     json_t *choice;
-    if (calls)
-        choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "message", tool_calls_message(calls),
-                           "logprobs", "finish_reason", fr);
-    else if (r->kind == API_CHAT)
+    if (r->kind == API_CHAT)
         choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s?}", "index", 0, "message", "role", "assistant",
                            "content", content, "logprobs", "finish_reason", fr);
     else
@@ -721,9 +718,28 @@ void api_make_id(char *dst, size_t cap, const char *prefix) {
     make_id(dst, cap, prefix);
 }
 
-/* {"role":"assistant","content":null,"tool_calls":CALLS}; takes calls */
-static json_t *tool_calls_message(json_t *calls) {
-    return json_pack("{s:s,s:n,s:o}", "role", "assistant", "content", "tool_calls", calls);
+/* The non-streamed response when the reply is a well-formed call (NULL: it is not, or out of
+ * memory): message {"role":"assistant","content":null,"tool_calls":[...]}, finish_reason
+ * "tool_calls". */
+static char *tool_calls_response(const api_request *r, const char *text, size_t text_len,
+                                 const sched_update *u, size_t *len) {
+    json_t *calls = r->kind == API_CHAT && u->finish == SCHED_FINISH_STOP
+                        ? tools_parse_reply(r->tools, text, text_len, api_make_id)
+                        : NULL;
+    if (!calls) return NULL;
+    json_t *choice = json_pack("{s:i,s:{s:s,s:n,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant",
+                               "content", "tool_calls", calls, "logprobs", "finish_reason", "tool_calls");
+    json_t *env = envelope(r, "chat.completion");
+    json_t *usage = usage_obj(u);
+    if (!choice || !env || !usage) {
+        json_decref(choice);
+        json_decref(env);
+        json_decref(usage);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_pack("[o]", choice));
+    json_object_set_new(env, "usage", usage);
+    return dump(env, len);
 }
 
 /* One chat chunk with delta = the given object (taken). */
