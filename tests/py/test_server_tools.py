@@ -418,3 +418,20 @@ def test_llama31_auto_text_is_not_forced(llama31_server):
     st, r = _llama31_chat(llama31_server, logit_bias={str(_token_id(llama31_server, "{")): -100}, max_tokens=8)
     assert st == 200 and r["choices"][0]["finish_reason"] in ("stop", "length"), r
     assert "tool_calls" not in r["choices"][0]["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_llama31_tools_with_response_format(llama31_server, seed):
+    """tool_choice auto + response_format: the answer is a call or follows the format (one grammar)."""
+    schema = SCHEMAS["person"]
+    st, r = _llama31_chat(llama31_server, temperature=1.0, seed=seed, max_tokens=80,
+                          response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    assert st == 200, r
+    ch = r["choices"][0]
+    if ch["finish_reason"] == "tool_calls":
+        c = ch["message"]["tool_calls"][0]["function"]
+        jsonschema.validate(json.loads(c["arguments"]), PARAMS[c["name"]])
+    else:
+        assert ch["finish_reason"] == "stop", ch
+        jsonschema.validate(json.loads(ch["message"]["content"]), schema)
