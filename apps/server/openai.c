@@ -727,8 +727,9 @@ static char *tool_calls_response(const api_request *r, const char *text, size_t 
                         ? tools_parse_reply(r->tools, text, text_len, api_make_id)
                         : NULL;
     if (!calls) return NULL;
-    json_t *choice = json_pack("{s:i,s:{s:s,s:n,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant",
-                               "content", "tool_calls", calls, "logprobs", "finish_reason", "tool_calls");
+    json_t *choice =
+        json_pack("{s:i,s:{s:s,s:n,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant",
+                  "content", "tool_calls", calls, "logprobs", "finish_reason", "tool_calls");
     json_t *env = envelope(r, "chat.completion");
     json_t *usage = usage_obj(u);
     if (!choice || !env || !usage) {

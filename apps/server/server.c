@@ -26,7 +26,8 @@
 #include <string.h>
 #include <time.h>
 
-#define GRAMMAR_CACHE_SIZE 16 /* compiled schemas kept for later requests (~7 MB each for a 128K vocabulary) */
+/* compiled schemas kept for later requests (about 7 MB each for a 128K vocabulary) */
+#define GRAMMAR_CACHE_SIZE 16
 
 static sem_t g_stop_sem;
 static volatile sig_atomic_t g_stop;

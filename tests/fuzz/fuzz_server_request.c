@@ -153,7 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         g_parsed[kind]++;
         check_request(&r, kind, data, size);
-        if (r.tools) { /* the body's "reply" string as a model's answer, through the parser and the filter */
+        if (r.tools) { /* the body's "reply" string as an answer: the parser and the filter */
             json_t *root = json_loadb((const char *)data, size, 0, NULL);
             json_t *reply = json_object_get(root, "reply");
             const char *txt = json_is_string(reply) ? json_string_value(reply) : (const char *)data;
