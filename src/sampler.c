@@ -34,18 +34,18 @@ typedef struct cand {
 struct l3c_sampler {
     l3c_sampler_params p;
     int32_t n_vocab;
-    float *bias;   /* [n_vocab] additive biases; NULL until the first set_logit_bias */
-    uint8_t *seen; /* [n_vocab] scratch marks for de-duplicating the history; all 0 between calls */
-    cand *cands;   /* [n_vocab] working candidates */
-    int32_t *hist; /* [repeat_last_n] ring of the last accepted tokens */
-    int32_t hist_len;  /* valid entries, <= repeat_last_n */
-    int32_t hist_head; /* next write slot */
-    int32_t *counts;   /* [n_vocab] accepted-token counts; NULL when both OpenAI penalties are 0 */
-    int32_t *counted;  /* [n_vocab] distinct ids with counts[id] > 0, in first-seen order */
+    float *bias;         /* [n_vocab] additive biases; NULL until the first set_logit_bias */
+    uint8_t *seen;       /* [n_vocab] scratch marks for de-duplicating the history; all 0 between calls */
+    cand *cands;         /* [n_vocab] working candidates */
+    int32_t *hist;       /* [repeat_last_n] ring of the last accepted tokens */
+    int32_t hist_len;    /* valid entries, <= repeat_last_n */
+    int32_t hist_head;   /* next write slot */
+    int32_t *counts;     /* [n_vocab] accepted-token counts; NULL when both OpenAI penalties are 0 */
+    int32_t *counted;    /* [n_vocab] distinct ids with counts[id] > 0, in first-seen order */
     int32_t n_counted;
     l3c_rng rng;
-    l3c_gmatch *gm; /* grammar parse state; NULL: unconstrained */
-    uint32_t *mask; /* [(n_vocab + 31) / 32] allowed-token bits, with gm */
+    l3c_gmatch *gm;      /* grammar parse state; NULL: unconstrained */
+    uint32_t *mask;      /* [(n_vocab + 31) / 32] allowed-token bits, with gm */
 };
 
 /* ---------------------------------------------------------------- PRNG */
@@ -65,20 +65,17 @@ l3c_sampler_params l3c_sampler_default_params(void) {
     return p;
 }
 
-l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab,
-                              l3c_sampler **out) {
+l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab, l3c_sampler **out) {
     l3c_sampler *s = NULL;
     l3c_status st;
     if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: out is NULL");
     *out = NULL;
-    if (n_vocab <= 0)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: n_vocab %d <= 0", (int)n_vocab);
+    if (n_vocab <= 0) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: n_vocab %d <= 0", (int)n_vocab);
     l3c_sampler_params p = params ? *params : l3c_sampler_default_params();
     if (isnan(p.temperature) || isnan(p.top_p) || isnan(p.min_p) || isnan(p.repeat_penalty))
         return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NaN parameter");
     if (!isfinite(p.presence_penalty) || !isfinite(p.frequency_penalty))
-        return l3c_fail(L3C_ERR_INVALID_ARG,
-                        "sampler: presence_penalty %g / frequency_penalty %g must be finite",
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: presence_penalty %g / frequency_penalty %g must be finite",
                         (double)p.presence_penalty, (double)p.frequency_penalty);
     if (!(p.repeat_penalty > 0.0f))
         return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: repeat_penalty %g must be > 0",
@@ -97,10 +94,8 @@ l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t n_vocab,
         s->counts = l3c_calloc((size_t)n_vocab, sizeof *s->counts);
         s->counted = l3c_malloc((size_t)n_vocab * sizeof *s->counted);
     }
-    if (!s->seen || !s->cands || (p.repeat_last_n > 0 && !s->hist) ||
-        (counting && (!s->counts || !s->counted))) {
-        st =
-            l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for %d-token vocabulary", (int)n_vocab);
+    if (!s->seen || !s->cands || (p.repeat_last_n > 0 && !s->hist) || (counting && (!s->counts || !s->counted))) {
+        st = l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for %d-token vocabulary", (int)n_vocab);
         goto fail;
     }
     l3c_rng_seed(&s->rng, p.seed);
@@ -127,11 +122,9 @@ void l3c_sampler_free(l3c_sampler *s) {
 l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias) {
     if (!s) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NULL sampler");
     if (id < 0 || id >= s->n_vocab)
-        return l3c_fail(L3C_ERR_INVALID_ARG,
-                        "sampler: logit bias for token %d outside vocabulary [0, %d)", (int)id,
-                        (int)s->n_vocab);
-    if (isnan(bias))
-        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NaN logit bias for token %d", (int)id);
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: logit bias for token %d outside vocabulary [0, %d)",
+                        (int)id, (int)s->n_vocab);
+    if (isnan(bias)) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NaN logit bias for token %d", (int)id);
     if (!s->bias) {
         s->bias = l3c_calloc((size_t)s->n_vocab, sizeof *s->bias);
         if (!s->bias) return l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for logit biases");
@@ -157,8 +150,7 @@ void l3c_sampler_accept(l3c_sampler *s, int32_t id) {
 void l3c_sampler_reset(l3c_sampler *s) {
     if (!s) return;
     s->hist_len = s->hist_head = 0;
-    for (int32_t j = 0; j < s->n_counted; j++)
-        s->counts[s->counted[j]] = 0;
+    for (int32_t j = 0; j < s->n_counted; j++) s->counts[s->counted[j]] = 0;
     s->n_counted = 0;
     l3c_rng_seed(&s->rng, s->p.seed);
     if (s->gm) l3c_gmatch_reset(s->gm);
@@ -170,8 +162,7 @@ l3c_status l3c_sampler_set_grammar(l3c_sampler *s, const l3c_grammar *g) {
     s->gm = NULL;
     if (!g) return L3C_OK;
     if (l3c_grammar_n_vocab(g) > s->n_vocab)
-        return l3c_fail(L3C_ERR_INVALID_ARG,
-                        "sampler: the grammar's vocabulary (%d tokens) exceeds the sampler's (%d)",
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: the grammar's vocabulary (%d tokens) exceeds the sampler's (%d)",
                         (int)l3c_grammar_n_vocab(g), (int)s->n_vocab);
     if (!s->mask) {
         s->mask = l3c_malloc(((size_t)s->n_vocab + 31) / 32 * sizeof *s->mask);
@@ -196,8 +187,7 @@ static int cand_cmp(const void *pa, const void *pb) {
     return cand_before(a, b) ? -1 : cand_before(b, a) ? 1 : 0;
 }
 
-/* Writes the adjusted logits (bias, penalties) of all usable tokens to s->cands; returns the count.
- */
+/* Writes the adjusted logits (bias, penalties) of all usable tokens to s->cands; returns the count. */
 static int32_t build_candidates(l3c_sampler *s, const float *logits) {
     int32_t n = s->n_vocab; /* filled in id order, so cands[id] is token id until compaction */
     for (int32_t i = 0; i < n; i++) {
@@ -212,8 +202,7 @@ static int32_t build_candidates(l3c_sampler *s, const float *logits) {
             float *l = &s->cands[id].logit;
             *l = *l > 0.0f ? *l / s->p.repeat_penalty : *l * s->p.repeat_penalty;
         }
-        for (int32_t j = 0; j < s->hist_len; j++)
-            s->seen[s->hist[j]] = 0;
+        for (int32_t j = 0; j < s->hist_len; j++) s->seen[s->hist[j]] = 0;
     }
     for (int32_t j = 0; j < s->n_counted; j++) { /* OpenAI presence / frequency penalties */
         int32_t id = s->counted[j];
@@ -245,8 +234,7 @@ static void heap_sift_down(cand *h, int32_t n, int32_t i) {
 
 /* Moves the k best of c[0..n) to c[0..k), sorted best first. O(n log k). */
 static void select_top_k(cand *c, int32_t n, int32_t k) {
-    for (int32_t i = k / 2 - 1; i >= 0; i--)
-        heap_sift_down(c, k, i);
+    for (int32_t i = k / 2 - 1; i >= 0; i--) heap_sift_down(c, k, i);
     for (int32_t i = k; i < n; i++) {
         if (cand_before(&c[i], &c[0])) {
             c[0] = c[i];
@@ -283,8 +271,7 @@ static int32_t sample_chain(l3c_sampler *s, int32_t n, int sorted) {
         c[i].logit = e;
         sum += e;
     }
-    for (int32_t i = 0; i < n; i++)
-        c[i].logit = (float)(c[i].logit / sum);
+    for (int32_t i = 0; i < n; i++) c[i].logit = (float)(c[i].logit / sum);
 
     if (s->p.top_p < 1.0f && n > 1) {
         if (!sorted) {
@@ -317,8 +304,7 @@ static int32_t sample_chain(l3c_sampler *s, int32_t n, int sorted) {
 
     /* draw from the renormalized remainder */
     double total = 0.0;
-    for (int32_t i = 0; i < n; i++)
-        total += c[i].logit;
+    for (int32_t i = 0; i < n; i++) total += c[i].logit;
     double r = l3c_rng_uniform(&s->rng) * total, cum = 0.0;
     for (int32_t i = 0; i < n; i++) {
         cum += c[i].logit;
@@ -329,11 +315,11 @@ static int32_t sample_chain(l3c_sampler *s, int32_t n, int sorted) {
 
 /*
  * With a grammar the result is drawn from the chain applied to the allowed tokens only (logits of
- * the others = -inf). The full mask walks the vocabulary trie, so it is computed only when
- * needed: greedy takes the best candidate if the grammar allows it (the argmax of the masked
+ * the others = -inf). The full mask walks the vocabulary trie, so it is computed only when needed:
+ * greedy takes the best candidate if the grammar allows it (it is then the argmax of the masked
  * logits); top-k sampling checks candidates in rank order and, once it has the k best allowed
  * ones, has exactly the masked top-k set. Otherwise (or when too few pass) the mask filters all
- * candidates.
+ * candidates. Either way the distribution is exactly the chain's over the masked logits.
  */
 static int32_t sample_grammar(l3c_sampler *s, const float *logits, int32_t n) {
     cand *c = s->cands;
@@ -357,8 +343,7 @@ static int32_t sample_grammar(l3c_sampler *s, const float *logits, int32_t n) {
         if (s->mask[id >> 5] >> (id & 31) & 1) c[m++] = c[i];
     }
     if (m == 0) {
-        l3c_fail(L3C_ERR_INVALID_ARG, "grammar: no token is allowed: %s",
-                 l3c_gmatch_why_none(s->gm));
+        l3c_fail(L3C_ERR_INVALID_ARG, "grammar: no token is allowed: %s", l3c_gmatch_why_none(s->gm));
         return -1;
     }
     return sample_chain(s, m, 0);

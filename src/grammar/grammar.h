@@ -51,6 +51,12 @@ int l3c_gram_match_range(const gel *el, uint32_t pos, uint32_t lo, uint32_t hi);
 /* The element after the char class starting at pos. */
 uint32_t l3c_gram_class_end(const gel *el, uint32_t pos);
 
+/* A compiled grammar over an explicit vocabulary (tests, fuzzing): token i is lens[i] bytes at
+ * tokens[i] (0 bytes: never allowed); eog (-1: none) ends generation. Takes r (freed on error). */
+l3c_status l3c_grammar_from_rules_vocab(gram_rules *r, const char *const *tokens,
+                                        const size_t *lens, int32_t n, int32_t eog,
+                                        l3c_grammar **out);
+
 /* Per-sampler parse state over a compiled grammar. */
 typedef struct l3c_gmatch l3c_gmatch;
 l3c_status l3c_gmatch_create(const l3c_grammar *g, l3c_gmatch **out);

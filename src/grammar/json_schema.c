@@ -1314,8 +1314,33 @@ l3c_status l3c_json_schema_to_gbnf(const char *schema_json, size_t len, char **o
     l3c_status st = c.st;
     l3c_buf o = {0};
     if (r && st == L3C_OK) {
-        /* root ::= the top rule (an alias keeps "root" the start whatever the top rule is) */
-        set_body(&c, root_rule, fmt(&c, "%s", r));
+        /* root ::= the top rule (an alias keeps "root" the start whatever the top rule is), without
+         * the whitespace every value allows after itself: after the top value comes the end */
+        const char *top = NULL;
+        for (size_t k = 0; k < c.n_rules; k++)
+            if (c.rules[k].name == r) top = c.rules[k].body;
+        size_t tl = top ? strlen(top) : 0;
+        int strip = tl > 6 && !strcmp(top + tl - 6, " space");
+        for (size_t k = 0, depth = 0, in_lit = 0, in_cls = 0; strip && k < tl; k++) {
+            char ch = top[k];
+            if ((in_lit || in_cls) && ch == '\\')
+                k++;
+            else if (in_lit)
+                in_lit = ch != '"';
+            else if (in_cls)
+                in_cls = ch != ']';
+            else if (ch == '"')
+                in_lit = 1;
+            else if (ch == '[')
+                in_cls = 1;
+            else if (ch == '(')
+                depth++;
+            else if (ch == ')')
+                depth--;
+            else if (ch == '|' && depth == 0)
+                strip = 0; /* top-level alternatives: keep the alias */
+        }
+        set_body(&c, root_rule, strip ? fmt(&c, "%.*s", (int)(tl - 6), top) : fmt(&c, "%s", r));
         for (size_t k = 0; k < c.n_rules; k++)
             l3c_buf_appendf(&o, "%s ::= %s\n", c.rules[k].name, c.rules[k].body);
         if (l3c_buf_append(&o, "", 1) != L3C_OK)

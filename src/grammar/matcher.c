@@ -32,7 +32,8 @@
 
 #include <string.h>
 
-#define MAX_STACK_DEPTH  20000
+#define MAX_STACK_DEPTH  10000 /* stack nodes deeper than this are not followed */
+#define MAX_EXPAND_DEPTH 2000  /* rule references / pops resolved in one expansion */
 #define MASK_CACHE_SLOTS 64
 
 enum { TK_TEXT = 0, TK_EOG = 1, TK_NEVER = 2 };
@@ -112,7 +113,8 @@ struct l3c_gmatch {
     uint32_t n_cur;
     item *work; /* trie walk / step scratch: frames of items */
     size_t work_len, work_cap;
-    l3c_status err; /* sticky allocation failure */
+    l3c_status err; /* sticky failure (allocation, expansion too deep) */
+    int depth;      /* expand_pos recursion */
     mcache cache[MASK_CACHE_SLOTS];
     int32_t cache_words;
     uint64_t stamp;
@@ -279,10 +281,21 @@ static int32_t expand_node(l3c_gmatch *m, int32_t n, int32_t *len) {
     return off;
 }
 
+static void expand_pos_(l3c_gmatch *m, uint32_t pos, int32_t parent, ivec *out);
+
 static void expand_pos(l3c_gmatch *m, uint32_t pos, int32_t parent, ivec *out) {
+    if (m->err) return;
+    if (++m->depth > MAX_EXPAND_DEPTH) {
+        m->err = L3C_ERR_UNSUPPORTED; /* rule chains this deep would overflow the C stack */
+    } else {
+        expand_pos_(m, pos, parent, out);
+    }
+    m->depth--;
+}
+
+static void expand_pos_(l3c_gmatch *m, uint32_t pos, int32_t parent, ivec *out) {
     const gel *el = m->g->r->el;
     uint32_t t = el[pos].type;
-    if (m->err) return;
     if (is_end(t)) { /* this rule is done: continue with the stack below */
         if (parent == 0) {
             ivec_push(m, out, 0);
@@ -400,6 +413,15 @@ static size_t run_bytes(l3c_gmatch *m, const uint8_t *p, size_t len, size_t *out
 
 /* ---------------------------------------------------------------- state */
 
+/* The message for a sticky failure. */
+static l3c_status report(const l3c_gmatch *m) {
+    if (m->err == L3C_ERR_UNSUPPORTED)
+        return l3c_fail(L3C_ERR_UNSUPPORTED,
+                        "grammar: rules nest deeper than %d references at one point",
+                        MAX_EXPAND_DEPTH);
+    return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+}
+
 static int has_accept(const l3c_gmatch *m) {
     for (uint32_t k = 0; k < m->n_cur; k++)
         if (m->cur[k].node == 0 && m->cur[k].need == 0) return 1;
@@ -457,7 +479,11 @@ l3c_status l3c_gmatch_create(const l3c_grammar *g, l3c_gmatch **out) {
     m->nodes[0] = (snode){0, 0, 0, 0, 0, 0, 0}; /* the empty stack */
     m->n_nodes = 1;
     l3c_gmatch_reset(m);
-    if (m->err) goto oom;
+    if (m->err) {
+        l3c_status st = report(m);
+        l3c_gmatch_free(m);
+        return st;
+    }
     *out = m;
     return L3C_OK;
 oom:
@@ -512,7 +538,7 @@ l3c_status l3c_gmatch_accept(l3c_gmatch *m, int32_t id) {
         const uint8_t *p = tok_bytes(g, id, &len);
         n = run_bytes(m, p, len, &off);
     }
-    if (m->err) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+    if (m->err) return report(m);
     l3c_status st = set_cur(m, m->work + off, n);
     if (st != L3C_OK) return st;
     if (n == 0)
@@ -616,7 +642,7 @@ int64_t l3c_gmatch_mask(l3c_gmatch *m, uint32_t *bits, int32_t n_bits) {
     int32_t words = (n_bits + 31) / 32;
     int slot = cached_mask(m);
     if (slot < 0) {
-        l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory computing a token mask");
+        report(m);
         return -1;
     }
     const mcache *c = &m->cache[slot];
@@ -641,8 +667,29 @@ void l3c_grammar_free(l3c_grammar *g) {
     free(g);
 }
 
-static l3c_status build_vocab(l3c_grammar *g, const l3c_tokenizer *tok) {
-    int32_t n = l3c_vocab_size(tok);
+/* Where token byte strings come from: a tokenizer, or explicit arrays (tests, fuzzing). */
+typedef struct vsrc {
+    const l3c_tokenizer *tok;
+    const char *const *toks;
+    const size_t *lens;
+    int32_t n, eog;
+} vsrc;
+
+static int vs_eog(const vsrc *v, int32_t id) {
+    return v->tok ? l3c_token_is_eog(v->tok, id) : id == v->eog;
+}
+
+/* Bytes of token id into buf (cap bytes): count, -(needed), or 0 for a token that never matches. */
+static int32_t vs_bytes(const vsrc *v, int32_t id, char *buf, int32_t cap) {
+    if (v->tok)
+        return l3c_token_is_special(v->tok, id) ? 0 : l3c_token_to_bytes(v->tok, id, buf, cap);
+    if (v->lens[id] > (size_t)cap) return -(int32_t)v->lens[id];
+    memcpy(buf, v->toks[id], v->lens[id]);
+    return (int32_t)v->lens[id];
+}
+
+static l3c_status build_vocab(l3c_grammar *g, const vsrc *vs) {
+    int32_t n = vs->n;
     g->n_vocab = n;
     g->kind = l3c_malloc((size_t)(n ? n : 1));
     g->off = l3c_malloc(((size_t)n + 1) * sizeof *g->off);
@@ -655,14 +702,13 @@ static l3c_status build_vocab(l3c_grammar *g, const l3c_tokenizer *tok) {
     for (int32_t id = 0; id < n; id++) {
         g->off[id] = (uint32_t)total;
         g->tok_next[id] = -1;
-        if (l3c_token_is_eog(tok, id)) {
+        if (vs_eog(vs, id)) {
             g->kind[id] = TK_EOG;
             g->eog[g->n_eog++] = id;
             continue;
         }
         g->kind[id] = TK_NEVER;
-        if (l3c_token_is_special(tok, id)) continue;
-        int32_t need = l3c_token_to_bytes(tok, id, NULL, 0);
+        int32_t need = vs_bytes(vs, id, NULL, 0);
         if (need < 0) need = -need;
         if (need <= 0) continue;
         if (total + (size_t)need > cap) {
@@ -672,7 +718,7 @@ static l3c_status build_vocab(l3c_grammar *g, const l3c_tokenizer *tok) {
             if (!nb) goto oom;
             g->bytes = nb;
         }
-        int32_t got = l3c_token_to_bytes(tok, id, g->bytes + total, need);
+        int32_t got = vs_bytes(vs, id, g->bytes + total, need);
         if (got <= 0) continue;
         total += (size_t)got;
         g->kind[id] = TK_TEXT;
@@ -715,14 +761,14 @@ oom:
     return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for a %d-token vocabulary", (int)n);
 }
 
-static l3c_status grammar_from_rules(const l3c_tokenizer *tok, gram_rules *r, l3c_grammar **out) {
+static l3c_status grammar_from_rules(const vsrc *vs, gram_rules *r, l3c_grammar **out) {
     l3c_grammar *g = l3c_calloc(1, sizeof *g);
     if (!g) {
         l3c_gram_rules_free(r);
         return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
     }
     g->r = r;
-    l3c_status st = build_vocab(g, tok);
+    l3c_status st = build_vocab(g, vs);
     if (st != L3C_OK) {
         l3c_grammar_free(g);
         return st;
@@ -739,7 +785,16 @@ l3c_status l3c_grammar_from_gbnf(const l3c_tokenizer *tok, const char *gbnf, siz
     gram_rules *r = NULL;
     l3c_status st = l3c_gbnf_parse(gbnf, len, root, &r);
     if (st != L3C_OK) return st;
-    return grammar_from_rules(tok, r, out);
+    vsrc vs = {.tok = tok, .n = l3c_vocab_size(tok), .eog = -1};
+    return grammar_from_rules(&vs, r, out);
+}
+
+l3c_status l3c_grammar_from_rules_vocab(gram_rules *r, const char *const *tokens,
+                                        const size_t *lens, int32_t n, int32_t eog,
+                                        l3c_grammar **out) {
+    *out = NULL;
+    vsrc vs = {.toks = tokens, .lens = lens, .n = n, .eog = eog};
+    return grammar_from_rules(&vs, r, out);
 }
 
 l3c_status l3c_grammar_from_json_schema(const l3c_tokenizer *tok, const char *schema_json,

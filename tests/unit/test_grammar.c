@@ -315,6 +315,30 @@ static void test_schema(void) {
     }
 }
 
+/* A chain of 5000 rules each referring to the next: refused with a message, not a stack overflow.
+ */
+static void test_deep_chain(void) {
+    size_t cap = 5000 * 32, len = 0;
+    char *src = malloc(cap);
+    len += (size_t)snprintf(src + len, cap - len, "root ::= r0\n");
+    for (int k = 0; k < 5000; k++)
+        len += (size_t)snprintf(src + len, cap - len, "r%d ::= r%d\n", k, k + 1);
+    len += (size_t)snprintf(src + len, cap - len, "r5000 ::= \"a\"\n");
+    l3c_grammar *g = NULL;
+    CHECK(l3c_grammar_from_gbnf(tok, src, len, NULL, &g) == L3C_OK);
+    l3c_gmatch *m = NULL;
+    if (g) {
+        CHECK(l3c_gmatch_create(g, &m) == L3C_ERR_UNSUPPORTED && m == NULL);
+        CHECK(strstr(l3c_last_error(), "nest deeper") != NULL);
+        l3c_sampler *s = NULL;
+        CHECK(l3c_sampler_create(NULL, l3c_vocab_size(tok), &s) == L3C_OK);
+        CHECK(l3c_sampler_set_grammar(s, g) == L3C_ERR_UNSUPPORTED);
+        l3c_sampler_free(s);
+    }
+    l3c_grammar_free(g);
+    free(src);
+}
+
 static void test_sampler(void) {
     int32_t n = l3c_vocab_size(tok);
     l3c_grammar *g = compile("root ::= \"ab\" [0-9]\n");
@@ -395,6 +419,7 @@ int main(void) {
         test_masks();
         test_schema();
         test_sampler();
+        test_deep_chain();
         l3c_tokenizer_free(tok);
     }
     printf("test_grammar: %d checks, %d failed\n", check_count, check_failures);
