@@ -93,7 +93,7 @@ def llama31_server(llama3c, tiny_model):
     spec = gen_models.ModelSpec(n_embd=64, n_layer=1, n_head=2, n_head_kv=2, n_ff=128, n_vocab=128256,
                                 llama3_vocab=LLAMA3_TOKMODEL, kv=(("tokenizer.chat_template", LLAMA31_TEMPLATE),))
     path = tiny_model("chat_llama31", spec, "F32")
-    yield from Server(path, "--parallel", 2, "--ctx", 2048).serving()
+    yield from Server(path, "--parallel", 2, "--ctx", 32768).serving()  # room for test_llama31_tools_json_forms
 
 
 def apply_template(server, body):
@@ -107,6 +107,30 @@ def test_llama31_tools_prompt_matches_meta_template(llama31_server, name):
     msgs = LLAMA31_TOOL_CONVERSATIONS[name]
     want = render(LLAMA31_TEMPLATE, msgs, "<|begin_of_text|>", tools=TOOLS)
     got = apply_template(llama31_server, {"messages": openai_messages(msgs), "tools": TOOLS})
+    assert got == want
+
+
+def test_llama31_tools_json_forms(llama31_server):
+    """Python's json.dumps forms that Meta's template relies on (tojson with indent=4 and without):
+    2,000 random doubles over the whole exponent range (repr: shortest round trip, fixed or
+    exponent notation), integers, and strings with control characters, quotes and non-ASCII text."""
+    import random
+
+    r = random.Random(2026)
+    floats = [r.uniform(-1, 1) * 10 ** r.randint(-320, 308) for _ in range(1500)]
+    floats += [float(r.randint(-2**53, 2**53)) for _ in range(200)] + [r.random() for _ in range(300)]
+    floats += [5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 0.1, 1e-4, 1e-5, 1e15, 1e16, 123.0]
+    ints = [r.randint(-2**62, 2**62) for _ in range(50)]
+    text = "".join(chr(c) for c in range(1, 0x80)) + "é東京🙂\u2028\x7f"
+    tool = {"type": "function", "function": {"name": "g", "description": text, "parameters": {
+        "type": "object", "properties": {
+            "a": {"type": "array", "default": floats, "examples": [ints, [text, {}, [], None, True]]},
+            text: {"type": "string", "description": text}}}}}
+    msgs = [{"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "g", "arguments": {"f": floats[:50],
+                                                                                           "t": text}}}]}]
+    want = render(LLAMA31_TEMPLATE, msgs, "<|begin_of_text|>", tools=[tool])
+    got = apply_template(llama31_server, {"messages": openai_messages(msgs), "tools": [tool]})
     assert got == want
 
 
