@@ -714,7 +714,7 @@ static sched_finish sample_slot(sched *s, slot *sl, size_t *emit_to, long *stop_
     if (!logits) return SCHED_FINISH_ERROR;
     int32_t tok = l3c_sampler_sample(sl->smp, logits);
     int accepted = sl->grammar_wait && tok >= 0 ? lazy_grammar_start(s, sl, logits, &tok) : 0;
-    if (!accepted) l3c_sampler_accept(sl->smp, tok);
+    if (!accepted && tok >= 0) l3c_sampler_accept(sl->smp, tok);
     sl->state = SLOT_GEN;
     if (tok < 0 || l3c_token_is_eog(s->tok, tok)) { /* not part of the answer, not counted */
         *emit_to = sl->gen_len;
