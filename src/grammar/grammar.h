@@ -62,6 +62,8 @@ typedef struct l3c_gmatch l3c_gmatch;
 l3c_status l3c_gmatch_create(const l3c_grammar *g, l3c_gmatch **out);
 void l3c_gmatch_free(l3c_gmatch *m);
 void l3c_gmatch_reset(l3c_gmatch *m);
+/* on = 0: every mask is computed afresh (benchmarks of the trie walk); default 1. */
+void l3c_gmatch_set_cache(l3c_gmatch *m, int on);
 /* Vocabulary size of the grammar's tokenizer. */
 int32_t l3c_grammar_n_vocab(const l3c_grammar *g);
 /* 1 when token id may come next, 0 when not. */

@@ -45,6 +45,16 @@ typedef struct tnode {
     uint8_t byte;    /* label of the edge into this node */
 } tnode;
 
+/* Below a trie node (edges under it, tokens in its subtree): which ASCII bytes occur, whether
+ * any byte >= 0x80 does, whether some token there is not well-formed UTF-8 (a stray continuation
+ * byte, an overlong or out-of-range sequence; a truncated last code point is fine), and the
+ * range [ts, te) of its subtree's tokens in g->order. */
+typedef struct tsum {
+    uint64_t asc[2];
+    int32_t ts, te;
+    uint8_t hi, unclean;
+} tsum;
+
 struct l3c_grammar {
     gram_rules *r;
     int32_t n_vocab;
@@ -56,6 +66,8 @@ struct l3c_grammar {
     int32_t *tok_next; /* [n_vocab] next token ending at the same trie node, -1: none */
     int32_t *eog;      /* [n_eog] end-of-generation token ids */
     int32_t n_eog;
+    tsum *sum;         /* [n_trie] what lies below each trie node (loop-state shortcut) */
+    int32_t *order;    /* [tokens in the trie] token ids in depth-first order: a subtree is a range */
 };
 
 typedef struct snode {
@@ -115,6 +127,16 @@ struct l3c_gmatch {
     size_t work_len, work_cap;
     l3c_status err; /* sticky failure (allocation, expansion too deep) */
     int depth;      /* expand_pos recursion */
+    int no_cache;   /* benchmarks: recompute every mask */
+    struct loopmemo {
+        item *key;  /* sorted item set */
+        uint32_t n;
+        uint64_t asc[2]; /* ASCII bytes b with step(set, b) == set */
+        int hi;          /* every code point >= 0x80 maps the set to itself */
+    } loops[8];
+    int n_loops, next_loop;
+    uint32_t *mark3; /* [cap_nodes] set-equality stamps */
+    uint32_t gen3;
     mcache cache[MASK_CACHE_SLOTS];
     int32_t cache_words;
     uint64_t stamp;
@@ -222,6 +244,13 @@ static int32_t intern(l3c_gmatch *m, uint32_t pos, int32_t parent) {
             return -1;
         }
         m->mark2 = nm2;
+        uint32_t *nm3 = l3c_realloc(m->mark3, (size_t)nc * sizeof *nm3);
+        if (!nm3) {
+            m->err = L3C_ERR_NOMEM;
+            return -1;
+        }
+        m->mark3 = nm3;
+        memset(nm3 + m->cap_nodes, 0, (size_t)(nc - m->cap_nodes) * sizeof *nm3);
         memset(nm + m->cap_nodes, 0, (size_t)(nc - m->cap_nodes) * sizeof *nm);
         memset(nm2 + m->cap_nodes, 0, (size_t)(nc - m->cap_nodes) * sizeof *nm2);
         m->cap_nodes = nc;
@@ -474,8 +503,9 @@ l3c_status l3c_gmatch_create(const l3c_grammar *g, l3c_gmatch **out) {
     m->nodes = l3c_malloc(m->cap_nodes * sizeof *m->nodes);
     m->mark = l3c_calloc(m->cap_nodes, sizeof *m->mark);
     m->mark2 = l3c_calloc(m->cap_nodes, sizeof *m->mark2);
+    m->mark3 = l3c_calloc(m->cap_nodes, sizeof *m->mark3);
     m->cache_words = (g->n_vocab + 31) / 32;
-    if (!m->nodes || !m->mark || !m->mark2 || ht_grow(m) < 0) goto oom;
+    if (!m->nodes || !m->mark || !m->mark2 || !m->mark3 || ht_grow(m) < 0) goto oom;
     m->nodes[0] = (snode){0, 0, 0, 0, 0, 0, 0}; /* the empty stack */
     m->n_nodes = 1;
     l3c_gmatch_reset(m);
@@ -502,9 +532,15 @@ void l3c_gmatch_free(l3c_gmatch *m) {
     free(m->pool);
     free(m->mark);
     free(m->mark2);
+    free(m->mark3);
+    for (int k = 0; k < m->n_loops; k++) free(m->loops[k].key);
     free(m->cur);
     free(m->work);
     free(m);
+}
+
+void l3c_gmatch_set_cache(l3c_gmatch *m, int on) {
+    m->no_cache = !on;
 }
 
 int32_t l3c_grammar_n_vocab(const l3c_grammar *g) {
@@ -567,21 +603,155 @@ const char *l3c_gmatch_why_none(const l3c_gmatch *m) {
 
 /* ---------------------------------------------------------------- masks */
 
-static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, uint32_t *bits,
-                 int64_t *count) {
+static int item_cmp(const void *pa, const void *pb);
+
+/* 1 when items a[0..na) and b[0..nb) are the same set (both duplicate-free, need == 0). */
+static int same_set(l3c_gmatch *m, const item *a, size_t na, const item *b, size_t nb) {
+    if (na != nb) return 0;
+    if (++m->gen3 == 0) {
+        memset(m->mark3, 0, (size_t)m->cap_nodes * sizeof *m->mark3);
+        m->gen3 = 1;
+    }
+    for (size_t k = 0; k < na; k++) {
+        if (a[k].need) return 0;
+        m->mark3[a[k].node] = m->gen3;
+    }
+    for (size_t k = 0; k < nb; k++)
+        if (b[k].need || m->mark3[b[k].node] != m->gen3) return 0;
+    return 1;
+}
+
+/* Does every class of the set accept all code points >= 0x80 (1), none (0), or some (-1)? */
+static int hi_uniform(const gel *el, uint32_t pos) {
+    uint32_t t = el[pos].type;
+    if (t == G_CHAR_ANY) return 1;
+    if (!l3c_gram_match_range(el, pos, 0x80, 0x10FFFF)) return 0;
+    if (t == G_CHAR_NOT) { /* all, unless an excluded range reaches above 0x7F */
+        uint32_t k = pos;
+        do {
+            uint32_t hi = el[k + 1].type == G_RNG_UPPER ? el[k + 1].val : el[k].val;
+            if (hi >= 0x80) return -1;
+            k += el[k + 1].type == G_RNG_UPPER ? 2 : 1;
+        } while (el[k].type == G_CHAR_ALT);
+        return 1;
+    }
+    return -1;
+}
+
+/* The loop memo of the set work[off .. off + n): which single bytes / code points leave it
+ * unchanged. NULL when the set is not a loop state or on failure. */
+static const struct loopmemo *loop_of(l3c_gmatch *m, size_t off, size_t n) {
+    item *key = l3c_malloc((n ? n : 1) * sizeof *key);
+    if (!key) return NULL;
+    memcpy(key, m->work + off, n * sizeof *key);
+    qsort(key, n, sizeof *key, item_cmp);
+    for (int k = 0; k < m->n_loops; k++)
+        if (m->loops[k].n == n && !memcmp(m->loops[k].key, key, n * sizeof *key)) {
+            free(key);
+            return &m->loops[k];
+        }
+    struct loopmemo lm = {key, (uint32_t)n, {0, 0}, 1};
+    size_t base = m->work_len;
+    for (int b = 0; b < 128 && !m->err; b++) {
+        m->work_len = base;
+        step_byte(m, off, n, (uint8_t)b);
+        if (same_set(m, m->work + off, n, m->work + base, m->work_len - base)) lm.asc[b >> 6] |= 1ull << (b & 63);
+    }
+    /* code points >= 0x80: every class all-or-nothing, and the union of the successors of the
+     * accepting ones is the set itself */
+    const gel *el = m->g->r->el;
+    size_t o2 = base;
+    m->work_len = base;
+    for (size_t k = 0; k < n && lm.hi && !m->err; k++) {
+        item it = m->work[off + k];
+        int u = it.node == 0 ? 0 : hi_uniform(el, m->nodes[it.node].pos);
+        if (u < 0) lm.hi = 0;
+        if (u <= 0) continue;
+        int32_t len;
+        int32_t so = succ_node(m, it.node, &len);
+        for (int32_t j = 0; so >= 0 && j < len; j++) work_push(m, (item){m->pool[so + j], 0, 0, 0});
+    }
+    if (lm.hi && !m->err) {
+        /* dedupe the successors, then compare */
+        size_t w = o2;
+        if (++m->gen == 0) m->gen = 1;
+        for (size_t k = o2; k < m->work_len; k++) {
+            if (m->mark[m->work[k].node] == m->gen) continue;
+            m->mark[m->work[k].node] = m->gen;
+            m->work[w++] = m->work[k];
+        }
+        lm.hi = same_set(m, m->work + off, n, m->work + o2, w - o2);
+    }
+    m->work_len = base;
+    if (m->err) {
+        free(key);
+        return NULL;
+    }
+    int slot;
+    if (m->n_loops < 8) {
+        slot = m->n_loops++;
+    } else {
+        slot = m->next_loop++ & 7;
+        free(m->loops[slot].key);
+    }
+    m->loops[slot] = lm;
+    return &m->loops[slot];
+}
+
+/* Marks every token in the subtree of trie node c (its own tokens included). */
+static void mark_subtree(const l3c_grammar *g, int32_t c, uint32_t *bits) {
+    for (int32_t k = g->sum[c].ts; k < g->sum[c].te; k++) {
+        int32_t t = g->order[k];
+        bits[t >> 5] |= 1u << (t & 31);
+    }
+}
+
+/*
+ * Depth-first walk: the items work[in_off .. in_off + n_in) are the state after the bytes of trie
+ * node tn. Shortcut: when a byte leaves the set unchanged (a loop such as the body of a JSON
+ * string) and every byte / code point below the child leaves it unchanged too, the whole
+ * subtree is allowed without stepping (tokens that are not well-formed UTF-8 excluded).
+ */
+static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, const struct loopmemo *lm,
+                 size_t anc_off, size_t anc_n, const struct loopmemo *anc, uint32_t *bits) {
     const l3c_grammar *g = m->g;
     for (int32_t c = g->trie[tn].child; c >= 0; c = g->trie[c].sibling) {
-        size_t o = m->work_len;
-        step_byte(m, in_off, n_in, g->trie[c].byte);
-        size_t n = m->work_len - o;
-        if (n) {
-            for (int32_t t = g->trie[c].tok; t >= 0; t = g->tok_next[t]) {
-                bits[t >> 5] |= 1u << (t & 31);
-                (*count)++;
+        uint8_t b = g->trie[c].byte;
+        const tsum *su = &g->sum[c];
+        size_t o = m->work_len, n;
+        const struct loopmemo *clm = NULL; /* the memo of the set at c, when it is a loop state */
+        struct loopmemo copy;
+        if (lm && b < 0x80 && (lm->asc[b >> 6] >> (b & 63) & 1)) {
+            o = in_off; /* the byte leaves the set as it is: no step needed */
+            n = n_in;
+            clm = lm;
+        } else {
+            step_byte(m, in_off, n_in, b);
+            n = m->work_len - o;
+            if (n && anc && same_set(m, m->work + anc_off, anc_n, m->work + o, n)) {
+                clm = anc; /* back in the loop state of an ancestor (after a multi-byte character) */
+            } else if (n && b < 0x80 && same_set(m, m->work + in_off, n_in, m->work + o, n)) {
+                clm = lm;
+                if (!clm && (clm = loop_of(m, o, n))) { /* a copy: the memo slot may be reused below */
+                    copy = *clm;
+                    clm = &copy;
+                }
             }
-            if (g->trie[c].child >= 0) walk(m, c, o, n, bits, count);
         }
-        m->work_len = o;
+        if (n) {
+            for (int32_t t = g->trie[c].tok; t >= 0; t = g->tok_next[t])
+                bits[t >> 5] |= 1u << (t & 31);
+            if (g->trie[c].child >= 0) {
+                if (clm && !(su->asc[0] & ~clm->asc[0]) && !(su->asc[1] & ~clm->asc[1]) &&
+                    (!su->hi || (clm->hi && !su->unclean)))
+                    mark_subtree(g, c, bits);
+                else if (clm)
+                    walk(m, c, o, n, clm, o, n, clm, bits);
+                else
+                    walk(m, c, o, n, NULL, anc_off, anc_n, anc, bits);
+            }
+        }
+        if (o != in_off) m->work_len = o;
     }
 }
 
@@ -597,7 +767,7 @@ static int item_cmp(const void *pa, const void *pb) {
 static int cached_mask(l3c_gmatch *m) {
     qsort(m->cur, m->n_cur, sizeof *m->cur, item_cmp);
     int victim = 0;
-    for (int k = 0; k < MASK_CACHE_SLOTS; k++) {
+    for (int k = 0; k < (m->no_cache ? 0 : MASK_CACHE_SLOTS); k++) {
         mcache *c = &m->cache[k];
         if (c->bits && c->n_key == m->n_cur &&
             memcmp(c->key, m->cur, m->n_cur * sizeof *m->cur) == 0) {
@@ -620,13 +790,24 @@ static int cached_mask(l3c_gmatch *m) {
     m->work_len = 0;
     for (uint32_t k = 0; k < m->n_cur; k++)
         work_push(m, m->cur[k]);
-    walk(m, 0, 0, m->work_len, c->bits, &count);
+    {
+        /* the start state may itself be a loop state (inside a JSON string, say) */
+        const struct loopmemo *lm0 = m->work_len ? loop_of(m, 0, m->work_len) : NULL;
+        struct loopmemo copy0;
+        if (lm0) {
+            copy0 = *lm0;
+            lm0 = &copy0;
+            if (!(lm0->asc[0] | lm0->asc[1]) && !lm0->hi) lm0 = NULL; /* not a loop: no shortcut */
+        }
+        walk(m, 0, 0, m->work_len, lm0, 0, m->work_len, lm0, c->bits);
+    }
     if (has_accept(m))
         for (int32_t k = 0; k < m->g->n_eog; k++) {
             int32_t t = m->g->eog[k];
             c->bits[t >> 5] |= 1u << (t & 31);
-            count++;
         }
+    for (int32_t k = 0; k < m->cache_words; k++)
+        count += __builtin_popcount(c->bits[k]);
     if (m->err) {
         c->n_key = 0;
         free(c->bits);
@@ -664,6 +845,8 @@ void l3c_grammar_free(l3c_grammar *g) {
     free(g->trie);
     free(g->tok_next);
     free(g->eog);
+    free(g->sum);
+    free(g->order);
     free(g);
 }
 
@@ -686,6 +869,82 @@ static int32_t vs_bytes(const vsrc *v, int32_t id, char *buf, int32_t cap) {
     if (v->lens[id] > (size_t)cap) return -(int32_t)v->lens[id];
     memcpy(buf, v->toks[id], v->lens[id]);
     return (int32_t)v->lens[id];
+}
+
+/* 1 when the bytes decode as the matcher decodes them (a truncated last code point allowed). */
+static int utf8_clean(const uint8_t *p, size_t len) {
+    for (size_t k = 0; k < len;) {
+        uint8_t b = p[k];
+        uint32_t need, cp;
+        if (b < 0x80) {
+            k++;
+            continue;
+        }
+        if ((b & 0xE0) == 0xC0) need = 1, cp = b & 0x1F;
+        else if ((b & 0xF0) == 0xE0) need = 2, cp = b & 0x0F;
+        else if ((b & 0xF8) == 0xF0) need = 3, cp = b & 0x07;
+        else return 0;
+        uint32_t n = need;
+        for (k++; n && k < len; k++, n--) {
+            if ((p[k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (p[k] & 0x3F);
+        }
+        uint32_t lo = cp << (6 * n), hi = lo | ((1u << (6 * n)) - 1);
+        if (hi < UTF8_MIN[need + 1] || lo > 0x10FFFF) return 0;
+    }
+    return 1;
+}
+
+/* Fills g->sum and g->order by an iterative depth-first pass over the trie. */
+static l3c_status build_summaries(l3c_grammar *g) {
+    int32_t n_tok = 0;
+    for (int32_t id = 0; id < g->n_vocab; id++) n_tok += g->kind[id] == TK_TEXT;
+    g->sum = l3c_calloc(g->n_trie, sizeof *g->sum);
+    g->order = l3c_malloc((size_t)(n_tok ? n_tok : 1) * sizeof *g->order);
+    int32_t *stk = l3c_malloc((size_t)g->n_trie * sizeof *stk), *it = l3c_malloc((size_t)g->n_trie * sizeof *it);
+    if (!g->sum || !g->order || !stk || !it) {
+        free(stk);
+        free(it);
+        return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for the vocabulary trie");
+    }
+    int32_t sp = 0, pos = 0;
+    stk[sp] = 0;
+    it[sp++] = -2; /* -2: not entered yet */
+    while (sp) {
+        int32_t v = stk[sp - 1];
+        if (it[sp - 1] == -2) { /* enter: own tokens first */
+            g->sum[v].ts = pos;
+            for (int32_t t = g->trie[v].tok; t >= 0; t = g->tok_next[t]) {
+                g->order[pos++] = t;
+                size_t len;
+                const uint8_t *p = tok_bytes(g, t, &len);
+                if (!utf8_clean(p, len)) g->sum[v].unclean = 1;
+            }
+            it[sp - 1] = g->trie[v].child;
+        }
+        int32_t c = it[sp - 1];
+        if (c >= 0) {
+            it[sp - 1] = g->trie[c].sibling;
+            stk[sp] = c;
+            it[sp++] = -2;
+            continue;
+        }
+        g->sum[v].te = pos; /* leave: fold into the parent */
+        sp--;
+        if (sp) {
+            tsum *pa = &g->sum[stk[sp - 1]], *su = &g->sum[v];
+            uint8_t b = g->trie[v].byte;
+            if (b < 0x80) pa->asc[b >> 6] |= 1ull << (b & 63);
+            else pa->hi = 1;
+            pa->asc[0] |= su->asc[0];
+            pa->asc[1] |= su->asc[1];
+            pa->hi |= su->hi;
+            pa->unclean |= su->unclean;
+        }
+    }
+    free(stk);
+    free(it);
+    return L3C_OK;
 }
 
 static l3c_status build_vocab(l3c_grammar *g, const vsrc *vs) {
@@ -756,7 +1015,7 @@ static l3c_status build_vocab(l3c_grammar *g, const vsrc *vs) {
         g->tok_next[id] = g->trie[cur].tok;
         g->trie[cur].tok = id;
     }
-    return L3C_OK;
+    return build_summaries(g);
 oom:
     return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for a %d-token vocabulary", (int)n);
 }

@@ -123,12 +123,15 @@ SCHEMAS = [
     {"type": "object"},
 ]
 assert len(SCHEMAS) >= 50
-# Extra keys (additionalProperties) and free JSON values are unbounded strings and objects: a random
-# tiny model need not close them within a token budget, so they run on SmolLM2 only.
+# Extra keys (additionalProperties) and free JSON values are unbounded: a random tiny model need not
+# close them within a token budget, so they run on SmolLM2 only; 37, 38 and 55 are left out of
+# generation (SmolLM2 too invents keys without end: '"age_min_min_min": 25, ...'); their grammars
+# are checked string by string in tests/unit/test_grammar.c.
 UNBOUNDED = [36, 37, 38, 54, 55]
 TINY = [k for k in range(len(SCHEMAS)) if k not in UNBOUNDED]
-# SmolLM2: nested objects, arrays of objects, enums, oneOf, $ref, recursion, and the unbounded ones
-SMOL_SUBSET = [29, 34, 43, 45, 48] + UNBOUNDED
+# SmolLM2: nested objects, arrays of objects, enums, oneOf, $ref, recursion, extra keys, any value
+SMOL_SUBSET = [29, 34, 43, 45, 48, 36, 54]
+assert len(TINY) + len([k for k in SMOL_SUBSET if k in UNBOUNDED]) >= 50
 
 
 def _write(tmp_path, name, text):
