@@ -15,6 +15,7 @@
 
 struct gcache_entry {
     gcache *owner;
+    gcache_kind kind;
     char *key;
     size_t key_len;
     l3c_grammar *g;
@@ -58,9 +59,9 @@ void gcache_free(gcache *c) {
 }
 
 /* mu held */
-static gcache_entry *find(gcache *c, const char *key, size_t len) {
+static gcache_entry *find(gcache *c, gcache_kind kind, const char *key, size_t len) {
     for (gcache_entry *e = c->head; e; e = e->next)
-        if (e->key_len == len && !memcmp(e->key, key, len)) return e;
+        if (e->kind == kind && e->key_len == len && !memcmp(e->key, key, len)) return e;
     return NULL;
 }
 
@@ -77,10 +78,11 @@ static void evict_one(gcache *c) {
     if (--e->refs == 0) entry_free(e);
 }
 
-gcache_entry *gcache_get(gcache *c, const char *schema, size_t len, l3c_status *st) {
+gcache_entry *gcache_get(gcache *c, gcache_kind kind, const char *schema, size_t len,
+                         l3c_status *st) {
     *st = L3C_OK;
     pthread_mutex_lock(&c->mu);
-    gcache_entry *e = find(c, schema, len);
+    gcache_entry *e = find(c, kind, schema, len);
     if (e) {
         e->refs++;
         e->last_used = ++c->clock;
@@ -89,7 +91,9 @@ gcache_entry *gcache_get(gcache *c, const char *schema, size_t len, l3c_status *
     if (e) return e;
 
     l3c_grammar *g = NULL;
-    if ((*st = l3c_grammar_from_json_schema(c->tok, schema, len, &g)) != L3C_OK) return NULL;
+    *st = kind == GCACHE_GBNF ? l3c_grammar_from_gbnf(c->tok, schema, len, NULL, &g)
+                              : l3c_grammar_from_json_schema(c->tok, schema, len, &g);
+    if (*st != L3C_OK) return NULL;
     e = calloc(1, sizeof *e);
     char *key = malloc(len + 1);
     if (!e || !key) {
@@ -101,10 +105,11 @@ gcache_entry *gcache_get(gcache *c, const char *schema, size_t len, l3c_status *
     }
     memcpy(key, schema, len);
     key[len] = 0;
-    *e = (gcache_entry){.owner = c, .key = key, .key_len = len, .g = g, .refs = 2, .in_cache = 1};
+    *e = (gcache_entry){
+        .owner = c, .kind = kind, .key = key, .key_len = len, .g = g, .refs = 2, .in_cache = 1};
 
     pthread_mutex_lock(&c->mu);
-    gcache_entry *other = find(c, schema, len);
+    gcache_entry *other = find(c, kind, schema, len);
     if (other) { /* compiled meanwhile by another request */
         other->refs++;
         other->last_used = ++c->clock;

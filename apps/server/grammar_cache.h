@@ -24,9 +24,12 @@ gcache *gcache_create(const l3c_tokenizer *tok, int cap);
 /* After every entry handed out was released (the scheduler is stopped and freed). NULL-safe. */
 void gcache_free(gcache *c);
 
-/* The grammar of a JSON schema (len bytes), compiled on a miss, with one reference for the
- * caller; NULL on failure with the library's status in *st (its message in l3c_last_error()). */
-gcache_entry *gcache_get(gcache *c, const char *schema, size_t len, l3c_status *st);
+typedef enum gcache_kind { GCACHE_JSON_SCHEMA = 0, GCACHE_GBNF } gcache_kind;
+
+/* The grammar of a JSON schema or of GBNF text (len bytes; root rule "root"), compiled on a
+ * miss, with one reference for the caller; NULL on failure with the library's status in *st
+ * (its message in l3c_last_error()). */
+gcache_entry *gcache_get(gcache *c, gcache_kind kind, const char *text, size_t len, l3c_status *st);
 const l3c_grammar *gcache_grammar(const gcache_entry *e);
 void gcache_ref(gcache_entry *e);
 void gcache_unref(gcache_entry *e); /* NULL-safe */

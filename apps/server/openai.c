@@ -496,15 +496,20 @@ static unsigned parse_structured(const server *srv, json_t *body, api_request *r
     char *fmt = NULL;
     if (!st) st = tools_response_format(body, &fmt, err);
     if (!st && fmt) st = tools_check_schema(fmt, "response_format.json_schema.schema", err);
-    if (st) {
+    const api_tools *t = r->tools;
+    if (!st && (r->gbnf || r->schema) && (fmt || (t && t->choice != TOOLS_NONE)))
+        st = BAD(r->schema_field, "'%s' cannot be combined with response_format or tools",
+                 r->schema_field);
+    if (st || r->gbnf || r->schema) {
         free(fmt);
         return st;
     }
-    const api_tools *t = r->tools;
     if (!t || t->choice == TOOLS_NONE) {
         r->schema = fmt;
+        r->schema_field = "response_format";
         return 0;
     }
+    r->schema_field = "tools";
     char *calls = tools_calls_schema(t);
     if (!calls) {
         free(fmt);
@@ -525,15 +530,39 @@ static unsigned parse_structured(const server *srv, json_t *body, api_request *r
     return 0;
 }
 
-/* The grammar of r->schema (from the server's cache) into r->params. The parts were checked one
- * by one (check_schema), so a failure here is the combination's. */
+/* Extensions (as llama.cpp's server), chat and completions: "grammar" (GBNF text, root rule
+ * "root") or "json_schema" (a JSON Schema), instead of response_format / tools. */
+static unsigned parse_grammar_ext(json_t *body, api_request *r, api_error *err) {
+    json_t *g = opt(body, "grammar"), *js = opt(body, "json_schema");
+    if (g && js) return BAD("grammar", "'grammar' and 'json_schema' are alternatives: give one");
+    if (g) {
+        if (!json_is_string(g) || !json_string_length(g))
+            return BAD("grammar",
+                       "'grammar' must be a non-empty string of GBNF (root rule 'root')");
+        r->schema_field = "grammar";
+        r->gbnf = strdup(json_string_value(g));
+        return r->gbnf ? 0 : api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (!js) return 0;
+    if (!json_is_object(js) && !json_is_boolean(js))
+        return BAD("json_schema", "'json_schema' must be a JSON Schema object");
+    r->schema_field = "json_schema";
+    r->schema = json_dumps(js, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!r->schema) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    return tools_check_schema(r->schema, "json_schema", err);
+}
+
+/* The grammar of r->gbnf or r->schema (from the server's cache) into r->params. Schemas were
+ * checked one by one before (tools_check_schema), so a failure there is the combination's. */
 static unsigned compile_schema(const server *srv, api_request *r, api_error *err) {
     l3c_status st;
-    r->params.grammar = gcache_get(srv->grammars, r->schema, strlen(r->schema), &st);
+    const char *text = r->gbnf ? r->gbnf : r->schema;
+    gcache_kind kind = r->gbnf ? GCACHE_GBNF : GCACHE_JSON_SCHEMA;
+    r->params.grammar = gcache_get(srv->grammars, kind, text, strlen(text), &st);
     r->params.grammar_lazy = r->schema_lazy;
     if (r->params.grammar) return 0;
     if (st == L3C_ERR_NOMEM) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
-    return BAD(r->tools ? "tools" : "response_format", "cannot enforce the output format: %s",
+    return BAD(r->schema_field, "'%s': cannot enforce the output format: %s", r->schema_field,
                l3c_last_error());
 }
 
@@ -553,6 +582,7 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
         goto out;
     }
     if ((st = parse_params(srv, root, r, err))) goto out;
+    if ((st = parse_grammar_ext(root, r, err))) goto out;
     if (kind == API_CHAT && (st = parse_structured(srv, root, r, err))) goto out;
     st = kind == API_CHAT ? chat_prompt(srv, root, r, err) : completion_prompt(srv, root, r, err);
     if (st) goto out;
@@ -563,7 +593,7 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
                       srv->n_ctx, r->n_prompt);
         goto out;
     }
-    if (r->schema && (st = compile_schema(srv, r, err))) goto out;
+    if ((r->schema || r->gbnf) && (st = compile_schema(srv, r, err))) goto out;
     make_id(r->id, sizeof r->id, kind == API_CHAT ? "chatcmpl-" : "cmpl-");
     r->created = (long long)time(NULL);
 out:
@@ -581,6 +611,7 @@ void api_request_free(api_request *r) {
     for (int i = 0; i < SCHED_MAX_STOP; i++) free(r->stop[i]);
     tools_free(r->tools);
     free(r->schema);
+    free(r->gbnf);
     gcache_unref(r->params.grammar);
     memset(r, 0, sizeof *r);
 }

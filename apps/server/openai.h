@@ -39,6 +39,8 @@ typedef struct api_request {
     api_tools *tools; /* tools / tool_choice; replies are parsed for calls unless choice NONE */
     char *schema;     /* JSON schema the reply must follow (response_format and/or calls) */
     int schema_lazy;  /* 1: enforced only once the reply opens a JSON object (tool_choice auto) */
+    char *gbnf;       /* extension "grammar": GBNF the reply must follow (instead of schema) */
+    const char *schema_field; /* the request field the constraint came from (error messages) */
 } api_request;
 
 /* Sets *err and returns its status. */

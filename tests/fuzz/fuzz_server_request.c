@@ -67,7 +67,7 @@ static void check_error(const api_error *err, const api_request *r) {
     FUZZ_REQUIRE(err->message[0] != '\0' && err->type != NULL);
     /* nothing left allocated (the caller frees nothing after an error) */
     FUZZ_REQUIRE(!r->prompt && !r->model && !r->bias_ids && !r->bias_vals && r->n_prompt == 0);
-    FUZZ_REQUIRE(!r->tools && !r->schema && !r->params.grammar);
+    FUZZ_REQUIRE(!r->tools && !r->schema && !r->gbnf && !r->params.grammar);
     for (int i = 0; i < SCHED_MAX_STOP; i++) FUZZ_REQUIRE(!r->stop[i]);
     size_t len = 0;
     require_json(api_error_json(err, &len), len, 0);
@@ -102,7 +102,7 @@ static void check_request(const api_request *r, api_kind kind, const uint8_t *da
     require_json(api_stream_chunk(r, 1, (const char *)data, size > 16 ? 16 : size, SCHED_RUNNING, &len), len, 1);
     require_json(api_stream_chunk(r, 0, (const char *)data, size, SCHED_FINISH_STOP, &len), len, 1);
     require_json(api_stream_usage(r, &u, &len), len, 1);
-    FUZZ_REQUIRE(!r->schema == !r->params.grammar);
+    FUZZ_REQUIRE(!(r->schema || r->gbnf) == !r->params.grammar);
 }
 
 /* The stream filter over a reply: every event it gives is one or more valid SSE JSON events. */
@@ -211,6 +211,10 @@ static const char *k_seeds[] = {
     "\"additionalProperties\":false}}}}",
     "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"response_format\":{\"type\":\"json_object\"},"
     "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"g\",\"parameters\":{\"type\":\"object\"}}}]}",
+    "{\"prompt\":\"Answer:\",\"grammar\":\"root ::= (\\\"yes\\\" | \\\"no\\\") [.!]?\",\"max_tokens\":4,"
+    "\"messages\":[{\"role\":\"user\",\"content\":\"ok?\"}]}",
+    "{\"prompt\":\"List:\",\"json_schema\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"},"
+    "\"maxItems\":2},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
 };
 
 static void write_seeds(const char *dir) {

@@ -189,6 +189,13 @@ BAD_BODIES = [
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}},
      "response_format.json_schema.name"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"grammar": "root ::= answer"}, "grammar"),  # an undefined rule
+    ({"grammar": "root ::= \"a"}, "grammar"),
+    ({"grammar": 5}, "grammar"),
+    ({"json_schema": {"type": "object", "properties": {"a": {"type": "strnig"}}}}, "json_schema"),
+    ({"grammar": "root ::= \"a\"", "json_schema": {}}, "grammar"),
+    ({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}, "grammar"),
+    ({"json_schema": {}, "tools": [SMALL_TOOL]}, "json_schema"),
 ]
 
 
@@ -210,6 +217,11 @@ def test_bad_tools_and_formats_are_400_naming_the_field(smol_server, i):
     assert st == 400, r
     assert r["error"]["param"] == param, r
     assert r["error"]["type"] == "invalid_request_error" and r["error"]["message"], r
+
+
+def test_bad_grammar_on_completions_is_400(smol_server):
+    st, r = smol_server.post_json("/v1/completions", {"prompt": "x", "grammar": "root ::= answer"})
+    assert st == 400 and r["error"]["param"] == "grammar" and "answer" in r["error"]["message"], r
 
 
 def test_bad_message_tool_calls_are_400(smol_server):
@@ -459,3 +471,25 @@ def test_llama31_tools_with_response_format(llama31_server, seed):
     else:
         assert ch["finish_reason"] == "stop", ch
         jsonschema.validate(json.loads(ch["message"]["content"]), schema)
+
+
+@pytest.mark.slow
+def test_grammar_and_json_schema_extensions(client, smol_server):
+    """llama.cpp's extension fields: "grammar" (GBNF) and "json_schema", on chat and on completions."""
+    gbnf = 'root ::= ("yes" | "no") "." " " [A-Z] [a-z]{2,8} "."'
+    import re
+
+    for path, body in (("/v1/completions", {"prompt": "Is the sky blue? Answer:"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Is the sky blue?"}]})):
+        st, r = smol_server.post_json(path, {**body, "grammar": gbnf, "max_tokens": 20, "temperature": 0.7,
+                                             "seed": 5})
+        assert st == 200, r
+        ch = r["choices"][0]
+        text = ch["text"] if "text" in ch else ch["message"]["content"]
+        assert re.fullmatch(r"(yes|no)\. [A-Z][a-z]{2,8}\.", text) and ch["finish_reason"] == "stop", ch
+    schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 2,
+              "maxItems": 4}
+    st, r = smol_server.post_json("/v1/completions", {"prompt": "Some numbers:", "json_schema": schema,
+                                                      "max_tokens": 30, "temperature": 0})
+    assert st == 200 and r["choices"][0]["finish_reason"] == "stop", r
+    jsonschema.validate(json.loads(r["choices"][0]["text"]), schema)
