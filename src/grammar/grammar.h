@@ -51,6 +51,14 @@ int l3c_gram_match_range(const gel *el, uint32_t pos, uint32_t lo, uint32_t hi);
 /* The element after the char class starting at pos. */
 uint32_t l3c_gram_class_end(const gel *el, uint32_t pos);
 
+/* A vocabulary index (token bytes, trie, subtree summaries): the part of a compiled grammar that
+ * depends only on the tokenizer. Built once per tokenizer and kept by it (l3c_tokenizer_free
+ * releases its reference); each grammar holds a reference. */
+typedef struct l3c_gvocab l3c_gvocab;
+void l3c_gvocab_release(l3c_gvocab *v);
+/* The tokenizer's slot for its index (tokenizer/vocab.c), read and set atomically. */
+l3c_gvocab **l3c_tokenizer_gvocab_slot(const l3c_tokenizer *tok);
+
 /* A compiled grammar over an explicit vocabulary (tests, fuzzing): token i is lens[i] bytes at
  * tokens[i] (0 bytes: never allowed); eog (-1: none) ends generation. Takes r (freed on error). */
 l3c_status l3c_grammar_from_rules_vocab(gram_rules *r, const char *const *tokens,

@@ -55,8 +55,8 @@ typedef struct tsum {
     uint8_t hi, unclean;
 } tsum;
 
-struct l3c_grammar {
-    gram_rules *r;
+struct l3c_gvocab {
+    int refs; /* the tokenizer's reference + one per grammar (atomic) */
     int32_t n_vocab;
     uint8_t *kind; /* [n_vocab] TK_* */
     char *bytes;   /* token bytes, concatenated */
@@ -66,8 +66,13 @@ struct l3c_grammar {
     int32_t *tok_next; /* [n_vocab] next token ending at the same trie node, -1: none */
     int32_t *eog;      /* [n_eog] end-of-generation token ids */
     int32_t n_eog;
-    tsum *sum;         /* [n_trie] what lies below each trie node (loop-state shortcut) */
-    int32_t *order;    /* [tokens in the trie] token ids in depth-first order: a subtree is a range */
+    tsum *sum;      /* [n_trie] what lies below each trie node (loop-state shortcut) */
+    int32_t *order; /* [tokens in the trie] token ids in depth-first order: a subtree is a range */
+};
+
+struct l3c_grammar {
+    gram_rules *r;
+    l3c_gvocab *v; /* shared, reference-counted; the tokenizer keeps it for the next grammar */
 };
 
 typedef struct snode {
@@ -129,7 +134,7 @@ struct l3c_gmatch {
     int depth;      /* expand_pos recursion */
     int no_cache;   /* benchmarks: recompute every mask */
     struct loopmemo {
-        item *key;  /* sorted item set */
+        item *key; /* sorted item set */
         uint32_t n;
         uint64_t asc[2]; /* ASCII bytes b with step(set, b) == set */
         int hi;          /* every code point >= 0x80 maps the set to itself */
@@ -504,7 +509,7 @@ l3c_status l3c_gmatch_create(const l3c_grammar *g, l3c_gmatch **out) {
     m->mark = l3c_calloc(m->cap_nodes, sizeof *m->mark);
     m->mark2 = l3c_calloc(m->cap_nodes, sizeof *m->mark2);
     m->mark3 = l3c_calloc(m->cap_nodes, sizeof *m->mark3);
-    m->cache_words = (g->n_vocab + 31) / 32;
+    m->cache_words = (g->v->n_vocab + 31) / 32;
     if (!m->nodes || !m->mark || !m->mark2 || !m->mark3 || ht_grow(m) < 0) goto oom;
     m->nodes[0] = (snode){0, 0, 0, 0, 0, 0, 0}; /* the empty stack */
     m->n_nodes = 1;
@@ -533,7 +538,8 @@ void l3c_gmatch_free(l3c_gmatch *m) {
     free(m->mark);
     free(m->mark2);
     free(m->mark3);
-    for (int k = 0; k < m->n_loops; k++) free(m->loops[k].key);
+    for (int k = 0; k < m->n_loops; k++)
+        free(m->loops[k].key);
     free(m->cur);
     free(m->work);
     free(m);
@@ -544,16 +550,16 @@ void l3c_gmatch_set_cache(l3c_gmatch *m, int on) {
 }
 
 int32_t l3c_grammar_n_vocab(const l3c_grammar *g) {
-    return g ? g->n_vocab : 0;
+    return g ? g->v->n_vocab : 0;
 }
 
-static const uint8_t *tok_bytes(const l3c_grammar *g, int32_t id, size_t *len) {
+static const uint8_t *tok_bytes(const l3c_gvocab *g, int32_t id, size_t *len) {
     *len = g->off[id + 1] - g->off[id];
     return (const uint8_t *)g->bytes + g->off[id];
 }
 
 int l3c_gmatch_allows(l3c_gmatch *m, int32_t id) {
-    const l3c_grammar *g = m->g;
+    const l3c_gvocab *g = m->g->v;
     if (id < 0 || id >= g->n_vocab) return 0;
     if (g->kind[id] == TK_EOG) return has_accept(m);
     if (g->kind[id] != TK_TEXT) return 0;
@@ -563,7 +569,7 @@ int l3c_gmatch_allows(l3c_gmatch *m, int32_t id) {
 }
 
 l3c_status l3c_gmatch_accept(l3c_gmatch *m, int32_t id) {
-    const l3c_grammar *g = m->g;
+    const l3c_gvocab *g = m->g->v;
     if (id >= 0 && id < g->n_vocab && g->kind[id] == TK_EOG && has_accept(m)) {
         static const item done = {0, 0, 0, 0};
         return set_cur(m, &done, 1);
@@ -595,7 +601,7 @@ int l3c_gmatch_dead(const l3c_gmatch *m) {
 const char *l3c_gmatch_why_none(const l3c_gmatch *m) {
     if (m->n_cur == 0) return "the output so far left the grammar (dead parse state)";
     if (l3c_gmatch_done(m))
-        return m->g->n_eog
+        return m->g->v->n_eog
                    ? "the grammar is complete and every end-of-generation token is banned"
                    : "the grammar is complete and the vocabulary has no end-of-generation token";
     return "no token of the vocabulary (that is not banned) can continue the grammar here";
@@ -655,7 +661,8 @@ static const struct loopmemo *loop_of(l3c_gmatch *m, size_t off, size_t n) {
     for (int b = 0; b < 128 && !m->err; b++) {
         m->work_len = base;
         step_byte(m, off, n, (uint8_t)b);
-        if (same_set(m, m->work + off, n, m->work + base, m->work_len - base)) lm.asc[b >> 6] |= 1ull << (b & 63);
+        if (same_set(m, m->work + off, n, m->work + base, m->work_len - base))
+            lm.asc[b >> 6] |= 1ull << (b & 63);
     }
     /* code points >= 0x80: every class all-or-nothing, and the union of the successors of the
      * accepting ones is the set itself */
@@ -669,7 +676,8 @@ static const struct loopmemo *loop_of(l3c_gmatch *m, size_t off, size_t n) {
         if (u <= 0) continue;
         int32_t len;
         int32_t so = succ_node(m, it.node, &len);
-        for (int32_t j = 0; so >= 0 && j < len; j++) work_push(m, (item){m->pool[so + j], 0, 0, 0});
+        for (int32_t j = 0; so >= 0 && j < len; j++)
+            work_push(m, (item){m->pool[so + j], 0, 0, 0});
     }
     if (lm.hi && !m->err) {
         /* dedupe the successors, then compare */
@@ -699,7 +707,7 @@ static const struct loopmemo *loop_of(l3c_gmatch *m, size_t off, size_t n) {
 }
 
 /* Marks every token in the subtree of trie node c (its own tokens included). */
-static void mark_subtree(const l3c_grammar *g, int32_t c, uint32_t *bits) {
+static void mark_subtree(const l3c_gvocab *g, int32_t c, uint32_t *bits) {
     for (int32_t k = g->sum[c].ts; k < g->sum[c].te; k++) {
         int32_t t = g->order[k];
         bits[t >> 5] |= 1u << (t & 31);
@@ -714,7 +722,7 @@ static void mark_subtree(const l3c_grammar *g, int32_t c, uint32_t *bits) {
  */
 static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, const struct loopmemo *lm,
                  size_t anc_off, size_t anc_n, const struct loopmemo *anc, uint32_t *bits) {
-    const l3c_grammar *g = m->g;
+    const l3c_gvocab *g = m->g->v;
     for (int32_t c = g->trie[tn].child; c >= 0; c = g->trie[c].sibling) {
         uint8_t b = g->trie[c].byte;
         const tsum *su = &g->sum[c];
@@ -729,10 +737,12 @@ static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, const st
             step_byte(m, in_off, n_in, b);
             n = m->work_len - o;
             if (n && anc && same_set(m, m->work + anc_off, anc_n, m->work + o, n)) {
-                clm = anc; /* back in the loop state of an ancestor (after a multi-byte character) */
+                clm =
+                    anc; /* back in the loop state of an ancestor (after a multi-byte character) */
             } else if (n && b < 0x80 && same_set(m, m->work + in_off, n_in, m->work + o, n)) {
                 clm = lm;
-                if (!clm && (clm = loop_of(m, o, n))) { /* a copy: the memo slot may be reused below */
+                if (!clm &&
+                    (clm = loop_of(m, o, n))) { /* a copy: the memo slot may be reused below */
                     copy = *clm;
                     clm = &copy;
                 }
@@ -802,8 +812,8 @@ static int cached_mask(l3c_gmatch *m) {
         walk(m, 0, 0, m->work_len, lm0, 0, m->work_len, lm0, c->bits);
     }
     if (has_accept(m))
-        for (int32_t k = 0; k < m->g->n_eog; k++) {
-            int32_t t = m->g->eog[k];
+        for (int32_t k = 0; k < m->g->v->n_eog; k++) {
+            int32_t t = m->g->v->eog[k];
             c->bits[t >> 5] |= 1u << (t & 31);
         }
     for (int32_t k = 0; k < m->cache_words; k++)
@@ -830,15 +840,14 @@ int64_t l3c_gmatch_mask(l3c_gmatch *m, uint32_t *bits, int32_t n_bits) {
     int32_t cw = L3C_MIN(words, m->cache_words);
     memcpy(bits, c->bits, (size_t)cw * sizeof *bits);
     if (words > cw) memset(bits + cw, 0, (size_t)(words - cw) * sizeof *bits);
-    if (n_bits < m->g->n_vocab && (n_bits & 31)) bits[words - 1] &= (1u << (n_bits & 31)) - 1;
+    if (n_bits < m->g->v->n_vocab && (n_bits & 31)) bits[words - 1] &= (1u << (n_bits & 31)) - 1;
     return c->count;
 }
 
 /* ---------------------------------------------------------------- compiled grammars */
 
-void l3c_grammar_free(l3c_grammar *g) {
-    if (!g) return;
-    l3c_gram_rules_free(g->r);
+void l3c_gvocab_release(l3c_gvocab *g) {
+    if (!g || __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
     free(g->kind);
     free(g->bytes);
     free(g->off);
@@ -847,6 +856,13 @@ void l3c_grammar_free(l3c_grammar *g) {
     free(g->eog);
     free(g->sum);
     free(g->order);
+    free(g);
+}
+
+void l3c_grammar_free(l3c_grammar *g) {
+    if (!g) return;
+    l3c_gram_rules_free(g->r);
+    l3c_gvocab_release(g->v);
     free(g);
 }
 
@@ -880,10 +896,14 @@ static int utf8_clean(const uint8_t *p, size_t len) {
             k++;
             continue;
         }
-        if ((b & 0xE0) == 0xC0) need = 1, cp = b & 0x1F;
-        else if ((b & 0xF0) == 0xE0) need = 2, cp = b & 0x0F;
-        else if ((b & 0xF8) == 0xF0) need = 3, cp = b & 0x07;
-        else return 0;
+        if ((b & 0xE0) == 0xC0)
+            need = 1, cp = b & 0x1F;
+        else if ((b & 0xF0) == 0xE0)
+            need = 2, cp = b & 0x0F;
+        else if ((b & 0xF8) == 0xF0)
+            need = 3, cp = b & 0x07;
+        else
+            return 0;
         uint32_t n = need;
         for (k++; n && k < len; k++, n--) {
             if ((p[k] & 0xC0) != 0x80) return 0;
@@ -896,12 +916,14 @@ static int utf8_clean(const uint8_t *p, size_t len) {
 }
 
 /* Fills g->sum and g->order by an iterative depth-first pass over the trie. */
-static l3c_status build_summaries(l3c_grammar *g) {
+static l3c_status build_summaries(l3c_gvocab *g) {
     int32_t n_tok = 0;
-    for (int32_t id = 0; id < g->n_vocab; id++) n_tok += g->kind[id] == TK_TEXT;
+    for (int32_t id = 0; id < g->n_vocab; id++)
+        n_tok += g->kind[id] == TK_TEXT;
     g->sum = l3c_calloc(g->n_trie, sizeof *g->sum);
     g->order = l3c_malloc((size_t)(n_tok ? n_tok : 1) * sizeof *g->order);
-    int32_t *stk = l3c_malloc((size_t)g->n_trie * sizeof *stk), *it = l3c_malloc((size_t)g->n_trie * sizeof *it);
+    int32_t *stk = l3c_malloc((size_t)g->n_trie * sizeof *stk),
+            *it = l3c_malloc((size_t)g->n_trie * sizeof *it);
     if (!g->sum || !g->order || !stk || !it) {
         free(stk);
         free(it);
@@ -934,8 +956,10 @@ static l3c_status build_summaries(l3c_grammar *g) {
         if (sp) {
             tsum *pa = &g->sum[stk[sp - 1]], *su = &g->sum[v];
             uint8_t b = g->trie[v].byte;
-            if (b < 0x80) pa->asc[b >> 6] |= 1ull << (b & 63);
-            else pa->hi = 1;
+            if (b < 0x80)
+                pa->asc[b >> 6] |= 1ull << (b & 63);
+            else
+                pa->hi = 1;
             pa->asc[0] |= su->asc[0];
             pa->asc[1] |= su->asc[1];
             pa->hi |= su->hi;
@@ -947,7 +971,7 @@ static l3c_status build_summaries(l3c_grammar *g) {
     return L3C_OK;
 }
 
-static l3c_status build_vocab(l3c_grammar *g, const vsrc *vs) {
+static l3c_status build_vocab(l3c_gvocab *g, const vsrc *vs) {
     int32_t n = vs->n;
     g->n_vocab = n;
     g->kind = l3c_malloc((size_t)(n ? n : 1));
@@ -1020,18 +1044,52 @@ oom:
     return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for a %d-token vocabulary", (int)n);
 }
 
-static l3c_status grammar_from_rules(const vsrc *vs, gram_rules *r, l3c_grammar **out) {
+static l3c_status vocab_new(const vsrc *vs, l3c_gvocab **out) {
+    l3c_gvocab *v = l3c_calloc(1, sizeof *v);
+    if (!v) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+    v->refs = 1;
+    l3c_status st = build_vocab(v, vs);
+    if (st != L3C_OK) {
+        l3c_gvocab_release(v);
+        return st;
+    }
+    *out = v;
+    return L3C_OK;
+}
+
+/* The tokenizer's vocabulary index, built on first use and kept by the tokenizer (one more
+ * reference for the caller). Threads racing to build it keep the first one published. */
+static l3c_status vocab_of(const l3c_tokenizer *tok, l3c_gvocab **out) {
+    l3c_gvocab **slot = l3c_tokenizer_gvocab_slot(tok);
+    l3c_gvocab *v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (!v) {
+        vsrc vs = {.tok = tok, .n = l3c_vocab_size(tok), .eog = -1};
+        l3c_gvocab *fresh = NULL;
+        l3c_status st = vocab_new(&vs, &fresh);
+        if (st != L3C_OK) return st;
+        l3c_gvocab *expected = NULL;
+        if (__atomic_compare_exchange_n(slot, &expected, fresh, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            v = fresh;
+        } else {
+            l3c_gvocab_release(fresh);
+            v = expected;
+        }
+    }
+    __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
+    *out = v;
+    return L3C_OK;
+}
+
+static l3c_status grammar_new(gram_rules *r, l3c_gvocab *v, l3c_grammar **out) {
     l3c_grammar *g = l3c_calloc(1, sizeof *g);
     if (!g) {
         l3c_gram_rules_free(r);
+        l3c_gvocab_release(v);
         return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
     }
     g->r = r;
-    l3c_status st = build_vocab(g, vs);
-    if (st != L3C_OK) {
-        l3c_grammar_free(g);
-        return st;
-    }
+    g->v = v;
     *out = g;
     return L3C_OK;
 }
@@ -1044,8 +1102,12 @@ l3c_status l3c_grammar_from_gbnf(const l3c_tokenizer *tok, const char *gbnf, siz
     gram_rules *r = NULL;
     l3c_status st = l3c_gbnf_parse(gbnf, len, root, &r);
     if (st != L3C_OK) return st;
-    vsrc vs = {.tok = tok, .n = l3c_vocab_size(tok), .eog = -1};
-    return grammar_from_rules(&vs, r, out);
+    l3c_gvocab *v = NULL;
+    if ((st = vocab_of(tok, &v)) != L3C_OK) {
+        l3c_gram_rules_free(r);
+        return st;
+    }
+    return grammar_new(r, v, out);
 }
 
 l3c_status l3c_grammar_from_rules_vocab(gram_rules *r, const char *const *tokens,
@@ -1053,7 +1115,13 @@ l3c_status l3c_grammar_from_rules_vocab(gram_rules *r, const char *const *tokens
                                         l3c_grammar **out) {
     *out = NULL;
     vsrc vs = {.toks = tokens, .lens = lens, .n = n, .eog = eog};
-    return grammar_from_rules(&vs, r, out);
+    l3c_gvocab *v = NULL;
+    l3c_status st = vocab_new(&vs, &v);
+    if (st != L3C_OK) {
+        l3c_gram_rules_free(r);
+        return st;
+    }
+    return grammar_new(r, v, out);
 }
 
 l3c_status l3c_grammar_from_json_schema(const l3c_tokenizer *tok, const char *schema_json,

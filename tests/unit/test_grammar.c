@@ -339,6 +339,26 @@ static void test_deep_chain(void) {
     free(src);
 }
 
+/* The vocabulary index is built once per tokenizer and shared; a grammar outlives its tokenizer. */
+static void test_lifetime(const char *path) {
+    l3c_tokenizer *t2 = NULL;
+    CHECK(l3c_tokenizer_load(path, &t2) == L3C_OK);
+    if (!t2) return;
+    l3c_grammar *a = NULL, *b = NULL;
+    const char *src = "root ::= \"ab\" [0-9]\n";
+    CHECK(l3c_grammar_from_gbnf(t2, src, strlen(src), NULL, &a) == L3C_OK);
+    CHECK(l3c_grammar_from_json_schema(t2, "{\"type\":\"boolean\"}", 18, &b) == L3C_OK);
+    l3c_tokenizer_free(t2);
+    l3c_grammar_free(a);
+    l3c_gmatch *m = NULL;
+    CHECK(b && l3c_gmatch_create(b, &m) == L3C_OK);
+    if (m) {
+        CHECK(l3c_gmatch_allows(m, byte_tok['t']) && !l3c_gmatch_allows(m, byte_tok['x']));
+        l3c_gmatch_free(m);
+    }
+    l3c_grammar_free(b);
+}
+
 static void test_sampler(void) {
     int32_t n = l3c_vocab_size(tok);
     l3c_grammar *g = compile("root ::= \"ab\" [0-9]\n");
@@ -420,6 +440,7 @@ int main(void) {
         test_schema();
         test_sampler();
         test_deep_chain();
+        test_lifetime(path);
         l3c_tokenizer_free(tok);
     }
     printf("test_grammar: %d checks, %d failed\n", check_count, check_failures);
