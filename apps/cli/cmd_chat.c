@@ -51,6 +51,7 @@ static void help(FILE *f) {
         "text\n"
         "  --print-prompt-ids      print the prompt's token ids and exit\n");
     cli_opts_help(f, &d);
+    cli_grammar_help(f);
 }
 
 typedef struct conv {
@@ -87,7 +88,8 @@ static void conv_free(conv *c) {
     free(c->m);
 }
 
-static const char *g_date; /* --date, NULL: the template's default */
+static const char *g_date;     /* --date, NULL: the template's default */
+static l3c_grammar *g_grammar; /* --grammar / --json-schema / --json: each answer restarts it */
 
 static int tokenize_conv(const l3c_model *model, l3c_chat_template t, const conv *c, int32_t **ids,
                          int64_t *n) {
@@ -135,6 +137,10 @@ static int turn(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c,
     }
     char *answer = NULL;
     cli_gen_opts g = {.out = stdout, .text = &answer, .stop = stop};
+    if (g_grammar && l3c_sampler_set_grammar(s->smp, g_grammar) != L3C_OK) {
+        conv_truncate(c, c->n - 1);
+        return cli_runtime_error(CMD, "cannot set the grammar");
+    }
     rc = cli_session_generate(s, o, &g);
     fputc('\n', stdout);
     fflush(stdout);
@@ -327,6 +333,7 @@ int cmd_chat(int argc, char **argv) {
     const char **seed_roles = calloc((size_t)argc, sizeof *seed_roles);
     const char **seed_texts = calloc((size_t)argc, sizeof *seed_texts);
     size_t n_seed = 0;
+    cli_grammar gopt = {0};
     if (!seed_roles || !seed_texts) {
         rc = CLI_ERR;
         goto out;
@@ -334,6 +341,7 @@ int cmd_chat(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_opts_parse(CMD, &o, argc, argv, &i);
+        if (!r) r = cli_grammar_parse(CMD, &gopt, argc, argv, &i);
         if (r < 0) {
             rc = CLI_USAGE;
             goto out;
@@ -415,6 +423,10 @@ int cmd_chat(int argc, char **argv) {
     if ((rc = cli_session_open(&s, CMD, &o))) goto out;
     if (tmpl == L3C_CHAT_AUTO) tmpl = l3c_chat_template_detect(s.model);
     if (o.verbose) fprintf(stderr, "llama3c %s: template %s\n", CMD, l3c_chat_template_name(tmpl));
+    if ((rc = cli_grammar_load(CMD, &gopt, s.tok, &g_grammar))) {
+        cli_session_close(&s);
+        goto out;
+    }
 
     if (prompt) {
         rc = turn(&s, &o, tmpl, &c, prompt, strlen(prompt), NULL);
@@ -431,6 +443,8 @@ int cmd_chat(int argc, char **argv) {
         }
     }
     cli_session_close(&s);
+    l3c_grammar_free(g_grammar);
+    g_grammar = NULL;
     goto out;
 nomem:
     fprintf(stderr, "llama3c %s: out of memory\n", CMD);

@@ -700,6 +700,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         }
         if (g->out) fflush(g->out);
 
+        if (l3c_sampler_grammar_done(s->smp)) break;           /* the grammar allows nothing more */
         if (o->n_predict >= 0 && i + 1 >= o->n_predict) break; /* the last token needs no decode */
         if (s->n_cache >= s->n_ctx) {
             fprintf(stderr, "\nllama3c %s: context full (%d positions); stopping\n", s->cmd,
