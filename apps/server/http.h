@@ -10,8 +10,12 @@
 
 struct MHD_Daemon;
 
-/* Starts listening on srv->host:srv->port. NULL (message on stderr) on failure. */
-struct MHD_Daemon *http_start(server *srv);
+/* Binds and listens on srv->host:srv->port: the socket, or -1 with the reason on stderr
+ * ("Address already in use", ...). Done before the model loads, so a busy port fails at once. */
+int http_listen(const server *srv);
+/* Serves on the listening socket fd (taken over, also on failure). NULL (message on stderr) on
+ * failure. */
+struct MHD_Daemon *http_start(server *srv, int fd);
 /* The port actually bound (useful with port 0). */
 int http_port(struct MHD_Daemon *d);
 /* Stops accepting new connections; connections already open go on. */

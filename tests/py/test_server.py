@@ -259,7 +259,7 @@ def test_errors(server, client):
     # routes, methods, content type, size
     expect_error(server, 404, None, path="/v1/nope", method="GET")
     _, hdr = expect_error(server, 405, None, method="GET")
-    assert hdr["allow"] == "POST"
+    assert hdr["allow"] == "POST, OPTIONS"
     expect_error(server, 405, {"x": 1}, path="/v1/models")
     expect_error(server, 415, b"messages=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     expect_error(server, 413, {"messages": [{"role": "user", "content": "x" * 70000}]}, code="request_too_large")
