@@ -243,7 +243,8 @@ static metrics_endpoint route(const char *url) {
     if (!strcmp(url, "/v1/rag/query")) return EP_RAG;
     if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) return EP_HEALTH;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
-    if (!strcmp(url, "/") || !strcmp(url, "/index.html")) return EP_WEB;
+    web_asset a;
+    if (web_asset_find(url, &a)) return EP_WEB;
     return EP_OTHER;
 }
 
@@ -253,17 +254,6 @@ static enum MHD_Result serve_get(conn *c) {
     server *srv = c->srv;
     size_t len = 0;
     switch (c->ep) {
-    case EP_WEB: {
-        struct MHD_Response *r = MHD_create_response_from_buffer(
-            l3c_web_page_len, (void *)l3c_web_page, MHD_RESPMEM_PERSISTENT);
-        if (!r) return MHD_NO;
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
-        MHD_add_response_header(r, "Content-Security-Policy",
-                                "default-src 'none'; script-src 'unsafe-inline'; style-src "
-                                "'unsafe-inline'; connect-src 'self'; img-src data:");
-        MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-        return queue(c, 200, r);
-    }
     case EP_HEALTH: {
         sched_stats st;
         sched_get_stats(srv->sched, &st);
@@ -287,6 +277,25 @@ static enum MHD_Result serve_get(conn *c) {
     default:
         return fail(c, 404, "invalid_request_error", NULL, "not found");
     }
+}
+
+/* GET /, /chat.js, /vendor/...: the web page's files. The policy lets the page run only the
+ * server's own scripts (no inline script, so text that reached the page as HTML could not run)
+ * and talk only to this server. */
+static enum MHD_Result serve_web(conn *c, const char *url) {
+    web_asset a;
+    if (!web_asset_find(url, &a)) return fail(c, 404, "invalid_request_error", NULL, "not found");
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(a.len, (void *)a.data, MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, a.content_type);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, a.cache_control);
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+                            "connect-src 'self'; img-src data:; base-uri 'none'; "
+                            "form-action 'none'; frame-ancestors 'none'");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    return queue(c, 200, r);
 }
 
 /* ------------------------------------------------------------------ generation */
@@ -769,7 +778,7 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
     if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
-    if (!wants_post) return serve_get(c);
+    if (!wants_post) return c->ep == EP_WEB ? serve_web(c, url) : serve_get(c);
     c->is_post = 1;
     if (!content_type_ok(c->mc))
         return fail(c, 415, "invalid_request_error", "unsupported_media_type",

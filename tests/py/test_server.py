@@ -78,7 +78,7 @@ def test_chat_non_stream(client, smollm2_path):
     r = chat(client, [{"role": "system", "content": "Be brief."},
                       {"role": "user", "content": "What is the capital of France?"}], max_tokens=24)
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
-    assert r.model == "smol-test"
+    assert r.model == "SmolLM2-135M-Instruct.Q4_1"  # the served model, not the name asked for
     c = r.choices[0]
     assert c.message.role == "assistant" and c.message.content
     assert c.finish_reason in ("stop", "length")

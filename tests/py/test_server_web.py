@@ -34,6 +34,8 @@ class Browser:
         def fds():
             os.dup2(cmd_r, 3)
             os.dup2(res_w, 4)
+            os.set_inheritable(3, True)  # dup2(3, 3) (pipes on fds 3/4) would keep close-on-exec
+            os.set_inheritable(4, True)
 
         self.proc = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
