@@ -217,7 +217,7 @@ static const char chat_js[] =
 "  log.textContent = '';\n"
 "  const chat = currentChat();\n"
 "  if (!chat || !chat.messages.length) showEmpty();\n"
-"  else for (const m of chat.messages) bubble(m.role, m.content, m.meta);\n"
+"  else for (const m of chat.messages) bubble(m.role, m.content, m.meta).classList.add('done');\n"
 "  renderList();\n"
 "}\n"
 "function renderList() {\n"
