@@ -335,7 +335,7 @@ def test_server_hostile_inputs(server, body, param, msg):
 
 def test_server_http_errors(server):
     st, h, _ = server.request("GET", "/v1/embeddings")
-    assert st == 405 and h["allow"] == "POST"
+    assert st == 405 and h["allow"] == "POST, OPTIONS"
     st, _, data = server.request("POST", "/v1/embeddings", b"{not json")
     assert st == 400 and b"the body is not valid JSON" in data
     st, _, data = server.request("POST", "/v1/embeddings", b"")

@@ -70,8 +70,10 @@ def test_health_models_metrics_page(server, client):
     assert m["llama3c_slots_total"] == 4 and "llama3c_queue_depth" in m
     st, hdr, page = server.request("GET", "/")
     assert st == 200 and hdr["content-type"].startswith("text/html")
-    assert b"/v1/chat/completions" in page and b"getReader" in page
+    assert b'src="/chat.js"' in page
     assert b"http://" not in page and b"https://" not in page  # self-contained
+    st, hdr, js = server.request("GET", "/chat.js")  # the page's script (tests/py/test_server_web.py)
+    assert st == 200 and b"/v1/chat/completions" in js and b"getReader" in js
 
 
 def test_chat_non_stream(client, smollm2_path):
