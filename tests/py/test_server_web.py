@@ -251,9 +251,25 @@ def test_web_chat_streams_answer(web_server):
         assert browser.wait("!!document.getElementById('empty')", timeout=10)
         assert browser.js("document.querySelectorAll('#chats li').length") == 1
         assert browser.js(STORED)["current"] is None
-        browser.click("#chats li .del")
-        assert browser.wait("document.querySelectorAll('#chats li').length === 0", timeout=10)
-        assert browser.js(STORED)["chats"] == []
+        # a reload in the middle of an answer keeps what had arrived
+        browser.js("document.getElementById('maxtok').value = 200")
+        browser.js("document.getElementById('input').focus()")
+        browser.call("Input.insertText", text="Count from 1 to 100, one number per line.")
+        browser.click("#send")
+        assert browser.wait("(() => { const a = document.querySelector('.msg.assistant.streaming .body');"
+                            " return a && a.textContent.length > 4; })()", timeout=60)
+        browser.call("Page.reload")
+        assert browser.wait("document.readyState === 'complete' && "
+                            "document.querySelectorAll('#chats li').length === 2", timeout=20)
+        chats = browser.js(STORED)
+        cur = [c for c in chats["chats"] if c["id"] == chats["current"]][0]
+        assert [m["role"] for m in cur["messages"]] == ["user", "assistant"], cur
+        assert cur["messages"][1]["meta"] == "interrupted" and cur["messages"][1]["content"], cur
+        assert browser.wait("document.querySelectorAll('.msg.assistant').length === 1", timeout=10)
+        for n in (1, 0):
+            browser.click("#chats li .del")
+            assert browser.wait(f"document.querySelectorAll('#chats li').length === {n}", timeout=10)
+        assert browser.js(STORED)["chats"] == [] and browser.js("!!document.getElementById('empty')")
     finally:
         if browser:
             browser.close()
