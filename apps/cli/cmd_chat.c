@@ -18,29 +18,35 @@ static const char *CMD = "chat";
 static void help(FILE *f) {
     cli_opts d;
     cli_opts_init(&d, 512, 0.7f, 0.9f);
-    fprintf(f,
-            "usage: llama3c chat -m FILE [-p PROMPT] [--system TEXT] [options]\n\n"
-            "Chats through the model's chat template. With -p: answers one prompt. With stdin not a\n"
-            "terminal: every input line is a user turn (multi-turn). Otherwise: interactive (\"> \"),\n"
-            "/reset forgets the conversation, /exit (or end of input) quits.\n\n"
-            "chat:\n"
-            "  -p, --prompt TEXT       one user turn, answered, then exit\n"
-            "  --system TEXT           system message\n"
-            "  --message ROLE TEXT     add a message to the conversation first (repeatable)\n"
-            "  --template NAME         llama3 | llama31 | chatml | llama2 | zephyr (default: from the\n"
-            "                          model)\n"
-            "  --date TEXT             llama31: the \"Today Date: TEXT\" of the system block (default: the\n"
-            "                          template's: 26 Jul 2024, or today for Llama 3.2's strftime_now)\n"
-            "  --print-prompt          print the prompt the model would see (with -p / --message; the\n"
-            "                          detokenized prompt ids) and exit; without -m: the --template text\n"
-            "  --print-prompt-ids      print the prompt's token ids and exit\n");
+    fprintf(
+        f,
+        "usage: llama3c chat -m FILE [-p PROMPT] [--system TEXT] [options]\n\n"
+        "Chats through the model's chat template. With -p: answers one prompt. With stdin not a\n"
+        "terminal: every input line is a user turn (multi-turn). Otherwise: interactive (\"> \"),\n"
+        "/reset forgets the conversation, /exit (or end of input) quits.\n\n"
+        "chat:\n"
+        "  -p, --prompt TEXT       one user turn, answered, then exit\n"
+        "  -e, --escape            process escapes (\\n \\t \\\" \\\\ \\xHH ...) in -p, --system, "
+        "--message\n"
+        "  --system TEXT           system message\n"
+        "  --message ROLE TEXT     add a message to the conversation first (repeatable)\n"
+        "  --template NAME         llama3 | llama31 | chatml | llama2 | zephyr (default: from the\n"
+        "                          model)\n"
+        "  --date TEXT             llama31: the \"Today Date: TEXT\" of the system block (default: "
+        "the\n"
+        "                          template's: 26 Jul 2024, or today for Llama 3.2's "
+        "strftime_now)\n"
+        "  --print-prompt          print the prompt the model would see (with -p / --message; the\n"
+        "                          detokenized prompt ids) and exit; without -m: the --template "
+        "text\n"
+        "  --print-prompt-ids      print the prompt's token ids and exit\n");
     cli_opts_help(f, &d);
 }
 
 typedef struct conv {
     l3c_chat_message *m; /* roles are static strings or argv; contents are malloc'd */
     size_t n, cap;
-    size_t n_keep;       /* messages kept by /reset (the system message and --message seeds) */
+    size_t n_keep; /* messages kept by /reset (the system message and --message seeds) */
 } conv;
 
 static int conv_add(conv *c, const char *role, const char *content, size_t len) {
@@ -62,7 +68,8 @@ static int conv_add(conv *c, const char *role, const char *content, size_t len) 
 }
 
 static void conv_truncate(conv *c, size_t n) {
-    while (c->n > n) free((char *)c->m[--c->n].content);
+    while (c->n > n)
+        free((char *)c->m[--c->n].content);
 }
 
 static void conv_free(conv *c) {
@@ -72,14 +79,16 @@ static void conv_free(conv *c) {
 
 static const char *g_date; /* --date, NULL: the template's default */
 
-static int tokenize_conv(const l3c_model *model, l3c_chat_template t, const conv *c, int32_t **ids, int64_t *n) {
+static int tokenize_conv(const l3c_model *model, l3c_chat_template t, const conv *c, int32_t **ids,
+                         int64_t *n) {
     if (l3c_chat_tokenize_ex(model, t, c->m, c->n, 1, g_date, ids, n) != L3C_OK)
         return cli_runtime_error(CMD, "cannot format the conversation");
     return 0;
 }
 
 /* One exchange: the user's text in, the answer streamed to stdout and added to the conversation. */
-static int turn(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c, const char *user, size_t len) {
+static int turn(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c, const char *user,
+                size_t len) {
     if (conv_add(c, "user", user, len)) goto nomem;
     int32_t *ids = NULL;
     int64_t n = 0;
@@ -120,7 +129,8 @@ static int print_prompt(const l3c_model *model, l3c_chat_template t, const conv 
     if (tokenize_conv(model, t, c, &ids, &n)) return CLI_ERR;
     int rc = 0;
     if (as_ids) {
-        for (int64_t i = 0; i < n; i++) printf("%s%d", i ? " " : "", (int)ids[i]);
+        for (int64_t i = 0; i < n; i++)
+            printf("%s%d", i ? " " : "", (int)ids[i]);
         printf("\n");
     } else {
         const l3c_tokenizer *tok = l3c_model_tokenizer(model);
@@ -141,14 +151,15 @@ static int print_prompt(const l3c_model *model, l3c_chat_template t, const conv 
 }
 
 static int parse_template(const char *name, l3c_chat_template *t) {
-    const l3c_chat_template all[] = {L3C_CHAT_LLAMA3, L3C_CHAT_LLAMA31, L3C_CHAT_CHATML, L3C_CHAT_LLAMA2,
-                                     L3C_CHAT_ZEPHYR};
+    const l3c_chat_template all[] = {L3C_CHAT_LLAMA3, L3C_CHAT_LLAMA31, L3C_CHAT_CHATML,
+                                     L3C_CHAT_LLAMA2, L3C_CHAT_ZEPHYR};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (!strcmp(name, l3c_chat_template_name(all[i]))) {
             *t = all[i];
             return 0;
         }
-    return cli_usage_error(CMD, "--template: unknown template '%s' (llama3, llama31, chatml, llama2, zephyr)", name);
+    return cli_usage_error(
+        CMD, "--template: unknown template '%s' (llama3, llama31, chatml, llama2, zephyr)", name);
 }
 
 int cmd_chat(int argc, char **argv) {
@@ -156,7 +167,7 @@ int cmd_chat(int argc, char **argv) {
     cli_opts_init(&o, 512, 0.7f, 0.9f);
     const char *prompt = NULL, *system = NULL;
     l3c_chat_template tmpl = L3C_CHAT_AUTO;
-    int print = 0, print_ids = 0, rc = 0;
+    int print = 0, print_ids = 0, escape = 0, rc = 0;
     conv c = {0};
     char *line = NULL;
     size_t line_cap = 0;
@@ -195,6 +206,8 @@ int cmd_chat(int argc, char **argv) {
             rc = v ? parse_template(v, &tmpl) : CLI_USAGE;
         } else if (!strcmp(a, "--date")) {
             if (!(g_date = cli_value(CMD, argc, argv, &i))) rc = CLI_USAGE;
+        } else if (!strcmp(a, "-e") || !strcmp(a, "--escape")) {
+            escape = 1;
         } else if (!strcmp(a, "--print-prompt")) {
             print = 1;
         } else if (!strcmp(a, "--print-prompt-ids")) {
@@ -203,6 +216,12 @@ int cmd_chat(int argc, char **argv) {
             rc = cli_usage_error(CMD, "unknown option '%s'", a);
         }
         if (rc) goto out;
+    }
+    if (escape) { /* argv's strings: ours to change */
+        if (prompt) cli_unescape((char *)prompt);
+        if (system) cli_unescape((char *)system);
+        for (size_t i = 0; i < n_seed; i++)
+            cli_unescape((char *)seed_texts[i]);
     }
     if (system && conv_add(&c, "system", system, strlen(system))) goto nomem;
     for (size_t i = 0; i < n_seed; i++)
@@ -228,7 +247,8 @@ int cmd_chat(int argc, char **argv) {
 
     if (print || print_ids) {
         l3c_model *model = NULL;
-        if ((rc = cli_load_model(CMD, o.model_path, o.n_threads, o.verbose, o.bf16, &model))) goto out;
+        if ((rc = cli_load_model(CMD, o.model_path, o.n_threads, o.verbose, o.bf16, &model)))
+            goto out;
         if (tmpl == L3C_CHAT_AUTO) tmpl = l3c_chat_template_detect(model);
         if (prompt && conv_add(&c, "user", prompt, strlen(prompt))) {
             l3c_model_free(model);
@@ -249,7 +269,8 @@ int cmd_chat(int argc, char **argv) {
     } else {
         int interactive = isatty(STDIN_FILENO);
         if (interactive)
-            fprintf(stderr, "llama3c %s: template %s; /reset forgets the conversation, /exit quits\n", CMD,
+            fprintf(stderr,
+                    "llama3c %s: template %s; /reset forgets the conversation, /exit quits\n", CMD,
                     l3c_chat_template_name(tmpl));
         for (;;) {
             if (interactive) {
@@ -258,7 +279,8 @@ int cmd_chat(int argc, char **argv) {
             }
             ssize_t len = getline(&line, &line_cap, stdin);
             if (len < 0) break;
-            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = '\0';
             if (len == 0) continue;
             if (interactive && !strcmp(line, "/exit")) break;
             if (interactive && !strcmp(line, "/reset")) {

@@ -34,7 +34,8 @@ static const char *CMD = "train";
 
 typedef struct train_opts {
     const char *model, *data, *eval_data, *out, *config;
-    int n_threads, rank, batch, seq, steps, epochs, warmup, eval_every, save_every, log_every, stop_after;
+    int n_threads, rank, batch, seq, steps, epochs, warmup, eval_every, save_every, log_every,
+        stop_after;
     int checkpoint, resume, quiet, from_scratch, lr_set;
     unsigned targets;
     float alpha, lr, min_lr_ratio, wd, clip, eval_frac;
@@ -42,51 +43,60 @@ typedef struct train_opts {
 } train_opts;
 
 static void help(FILE *f) {
-    fprintf(f,
-            "usage: llama3c train -m MODEL.gguf --data FILE -o DIR [options]\n"
-            "       llama3c train --from-scratch --config tiny.json -m TOKENIZER.gguf --data FILE -o DIR\n"
-            "LoRA fine-tuning: the base model stays in its file type (QLoRA-style: quantized weights are\n"
-            "dequantized per tile in the backward pass); only the adapters A, B are trained (AdamW).\n"
-            "--from-scratch pre-trains a new fp32 llama of the --config shapes (JSON: n_embd, n_layer, n_head,\n"
-            "n_head_kv, n_ff, rope_theta, norm_eps, tied, n_ctx, or a Hugging Face config.json) with the\n"
-            "vocabulary and tokenizer of -m, and writes DIR/model.gguf.\n"
-            "\n"
-            "data:\n"
-            "  --data FILE          .txt (plain text, cut into windows of --seq tokens), .jsonl with\n"
-            "                       {\"text\": ...} per line, or .jsonl chat {\"messages\": [...]} (rendered\n"
-            "                       with the model's chat template; loss on the assistant turns only)\n"
-            "  --eval-data FILE     evaluation examples (default: --eval-frac of --data)\n"
-            "  --eval-frac X        share of --data held out for evaluation (default 0.05; 0: none)\n"
-            "  --seq T              tokens per sequence (default 256)\n"
-            "  --batch B            sequences per step (default 4)\n"
-            "LoRA:\n"
-            "  --lora               LoRA fine-tuning (the default)\n"
-            "  --rank R             adapter rank (default 8)\n"
-            "  --alpha A            scale alpha / rank (default 16)\n"
-            "  --targets LIST       matrices to adapt, from q,k,v,o,gate,up,down (default all)\n"
-            "optimizer:\n"
-            "  --steps N            optimizer steps (default: --epochs over the training examples)\n"
-            "  --epochs E           passes over the data (default 1)\n"
-            "  --lr X               peak learning rate (default 2e-4; 1e-3 with --from-scratch)\n"
-            "  --warmup N           linear warmup steps (default 0), then cosine decay to\n"
-            "  --min-lr-ratio X     X * lr at the last step (default 0.1)\n"
-            "  --wd X               AdamW weight decay (default 0)\n"
-            "  --clip X             clip the global gradient norm to X (default 1; 0: off)\n"
-            "  --seed S             initialisation and data order (default 42)\n"
-            "run:\n"
-            "  -o, --out DIR        output folder: adapter.gguf (llama.cpp LoRA), adapter/ (PEFT:\n"
-            "                       adapter_config.json + adapter_model.safetensors), metrics.jsonl,\n"
-            "                       loss.svg, train_state.bin (for --resume)\n"
-            "  --resume             continue the run saved in DIR (same options required)\n"
-            "  --stop-after N       save the state and stop after step N (continue with --resume)\n"
-            "  --eval-every N       evaluate every N steps (default: 10 times per run; 0: at the end)\n"
-            "  --save-every N       write train_state.bin and the adapters every N steps (default 0: end)\n"
-            "  --log-every N        progress line every N steps when stderr is not a terminal (default 10)\n"
-            "  -t, --threads N      threads (default: physical cores)\n"
-            "  --no-checkpoint      keep every layer's activations (faster, more memory); the default\n"
-            "                       recomputes them layer by layer in the backward pass\n"
-            "  -q, --quiet          no progress line\n"
-            "The last line on stdout is a JSON summary (steps, tokens, tok_per_s, losses, peak RSS).\n");
+    fprintf(
+        f,
+        "usage: llama3c train -m MODEL.gguf --data FILE -o DIR [options]\n"
+        "       llama3c train --from-scratch --config tiny.json -m TOKENIZER.gguf --data FILE -o "
+        "DIR\n"
+        "LoRA fine-tuning: the base model stays in its file type (QLoRA-style: quantized weights "
+        "are\n"
+        "dequantized per tile in the backward pass); only the adapters A, B are trained (AdamW).\n"
+        "--from-scratch pre-trains a new fp32 llama of the --config shapes (JSON: n_embd, n_layer, "
+        "n_head,\n"
+        "n_head_kv, n_ff, rope_theta, norm_eps, tied, n_ctx, or a Hugging Face config.json) with "
+        "the\n"
+        "vocabulary and tokenizer of -m, and writes DIR/model.gguf.\n"
+        "\n"
+        "data:\n"
+        "  --data FILE          .txt (plain text, cut into windows of --seq tokens), .jsonl with\n"
+        "                       {\"text\": ...} per line, or .jsonl chat {\"messages\": [...]} "
+        "(rendered\n"
+        "                       with the model's chat template; loss on the assistant turns only)\n"
+        "  --eval-data FILE     evaluation examples (default: --eval-frac of --data)\n"
+        "  --eval-frac X        share of --data held out for evaluation (default 0.05; 0: none)\n"
+        "  --seq T              tokens per sequence (default 256; also -c, --ctx-size, --ctx)\n"
+        "  --batch B            sequences per step (default 4)\n"
+        "LoRA:\n"
+        "  --lora               LoRA fine-tuning (the default)\n"
+        "  --rank R             adapter rank (default 8)\n"
+        "  --alpha A            scale alpha / rank (default 16)\n"
+        "  --targets LIST       matrices to adapt, from q,k,v,o,gate,up,down (default all)\n"
+        "optimizer:\n"
+        "  --steps N            optimizer steps (default: --epochs over the training examples)\n"
+        "  --epochs E           passes over the data (default 1)\n"
+        "  --lr X               peak learning rate (default 2e-4; 1e-3 with --from-scratch)\n"
+        "  --warmup N           linear warmup steps (default 0), then cosine decay to\n"
+        "  --min-lr-ratio X     X * lr at the last step (default 0.1)\n"
+        "  --wd X               AdamW weight decay (default 0)\n"
+        "  --clip X             clip the global gradient norm to X (default 1; 0: off)\n"
+        "  --seed S             initialisation and data order (default 42)\n"
+        "run:\n"
+        "  -o, --out DIR        output folder: adapter.gguf (llama.cpp LoRA), adapter/ (PEFT:\n"
+        "                       adapter_config.json + adapter_model.safetensors), metrics.jsonl,\n"
+        "                       loss.svg, train_state.bin (for --resume)\n"
+        "  --resume             continue the run saved in DIR (same options required)\n"
+        "  --stop-after N       save the state and stop after step N (continue with --resume)\n"
+        "  --eval-every N       evaluate every N steps (default: 10 times per run; 0: at the end)\n"
+        "  --save-every N       write train_state.bin and the adapters every N steps (default 0: "
+        "end)\n"
+        "  --log-every N        progress line every N steps when stderr is not a terminal (default "
+        "10)\n"
+        "  -t, --threads N      threads (default: physical cores)\n"
+        "  --no-checkpoint      keep every layer's activations (faster, more memory); the default\n"
+        "                       recomputes them layer by layer in the backward pass\n"
+        "  -q, --quiet          no progress line\n"
+        "The last line on stdout is a JSON summary (steps, tokens, tok_per_s, losses, peak "
+        "RSS).\n");
 }
 
 static int parse_targets(const char *s, unsigned *out) {
@@ -96,9 +106,11 @@ static int parse_targets(const char *s, unsigned *out) {
     unsigned t = 0;
     for (char *sv = NULL, *p = strtok_r(buf, ",", &sv); p; p = strtok_r(NULL, ",", &sv)) {
         int k = 0;
-        while (k < L3C_LORA_N_TARGETS && strcmp(p, l3c_lora_target_short_name((l3c_lora_target)k))) k++;
+        while (k < L3C_LORA_N_TARGETS && strcmp(p, l3c_lora_target_short_name((l3c_lora_target)k)))
+            k++;
         if (k == L3C_LORA_N_TARGETS)
-            return cli_usage_error(CMD, "--targets: unknown matrix '%s' (use q,k,v,o,gate,up,down)", p);
+            return cli_usage_error(CMD, "--targets: unknown matrix '%s' (use q,k,v,o,gate,up,down)",
+                                   p);
         t |= 1u << k;
     }
     if (!t) return cli_usage_error(CMD, "--targets: empty list");
@@ -107,16 +119,27 @@ static int parse_targets(const char *s, unsigned *out) {
 }
 
 static int parse(int argc, char **argv, train_opts *o) {
-    *o = (train_opts){.rank = 8, .alpha = 16.0f, .batch = 4, .seq = 256, .epochs = 1, .lr = 2e-4f,
-                      .min_lr_ratio = 0.1f, .clip = 1.0f, .eval_frac = 0.05f, .eval_every = -1,
-                      .log_every = 10, .checkpoint = 1, .seed = 42,
+    *o = (train_opts){.rank = 8,
+                      .alpha = 16.0f,
+                      .batch = 4,
+                      .seq = 256,
+                      .epochs = 1,
+                      .lr = 2e-4f,
+                      .min_lr_ratio = 0.1f,
+                      .clip = 1.0f,
+                      .eval_frac = 0.05f,
+                      .eval_every = -1,
+                      .log_every = 10,
+                      .checkpoint = 1,
+                      .seed = 42,
                       .targets = (1u << L3C_LORA_N_TARGETS) - 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long n;
         int rc = 0;
 #define VAL() ((v = cli_value(CMD, argc, argv, &i)) != NULL)
-#define LONG(lo, hi, dst) (VAL() ? ((rc = cli_parse_long(CMD, a, v, lo, hi, &n)) ? rc : ((dst) = (int)n, 0)) : CLI_USAGE)
+#define LONG(lo, hi, dst)                                                                          \
+    (VAL() ? ((rc = cli_parse_long(CMD, a, v, lo, hi, &n)) ? rc : ((dst) = (int)n, 0)) : CLI_USAGE)
 #define FLT(lo, hi, dst) (VAL() ? cli_parse_float(CMD, a, v, lo, hi, &(dst)) : CLI_USAGE)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             help(stdout);
@@ -149,24 +172,44 @@ static int parse(int argc, char **argv, train_opts *o) {
             o->checkpoint = 0;
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             o->quiet = 1;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) rc = LONG(1, 512, o->n_threads);
-        else if (!strcmp(a, "--rank")) rc = LONG(1, 4096, o->rank);
-        else if (!strcmp(a, "--batch")) rc = LONG(1, 4096, o->batch);
-        else if (!strcmp(a, "--seq")) rc = LONG(2, 65536, o->seq);
-        else if (!strcmp(a, "--steps")) rc = LONG(1, 100000000, o->steps);
-        else if (!strcmp(a, "--epochs")) rc = LONG(1, 100000, o->epochs);
-        else if (!strcmp(a, "--warmup")) rc = LONG(0, 100000000, o->warmup);
-        else if (!strcmp(a, "--eval-every")) rc = LONG(0, 100000000, o->eval_every);
-        else if (!strcmp(a, "--save-every")) rc = LONG(0, 100000000, o->save_every);
-        else if (!strcmp(a, "--log-every")) rc = LONG(1, 100000000, o->log_every);
-        else if (!strcmp(a, "--stop-after")) rc = LONG(1, 100000000, o->stop_after);
-        else if (!strcmp(a, "--alpha")) rc = FLT(1e-6, 1e6, o->alpha);
-        else if (!strcmp(a, "--lr")) rc = FLT(0.0, 10.0, o->lr), o->lr_set = 1;
-        else if (!strcmp(a, "--min-lr-ratio")) rc = FLT(0.0, 1.0, o->min_lr_ratio);
-        else if (!strcmp(a, "--wd")) rc = FLT(0.0, 10.0, o->wd);
-        else if (!strcmp(a, "--clip")) rc = FLT(0.0, 1e6, o->clip);
-        else if (!strcmp(a, "--eval-frac")) rc = FLT(0.0, 0.5, o->eval_frac);
-        else return cli_usage_error(CMD, "unknown option '%s'", a);
+        } else if (cli_is(a, CLI_THREADS))
+            rc = LONG(1, 512, o->n_threads);
+        else if (!strcmp(a, "--rank"))
+            rc = LONG(1, 4096, o->rank);
+        else if (!strcmp(a, "--batch"))
+            rc = LONG(1, 4096, o->batch);
+        else if (cli_is(a, "--seq|" CLI_CTX))
+            rc = LONG(2, 65536, o->seq);
+        else if (!strcmp(a, "--steps"))
+            rc = LONG(1, 100000000, o->steps);
+        else if (!strcmp(a, "--epochs"))
+            rc = LONG(1, 100000, o->epochs);
+        else if (!strcmp(a, "--warmup"))
+            rc = LONG(0, 100000000, o->warmup);
+        else if (!strcmp(a, "--eval-every"))
+            rc = LONG(0, 100000000, o->eval_every);
+        else if (!strcmp(a, "--save-every"))
+            rc = LONG(0, 100000000, o->save_every);
+        else if (!strcmp(a, "--log-every"))
+            rc = LONG(1, 100000000, o->log_every);
+        else if (!strcmp(a, "--stop-after"))
+            rc = LONG(1, 100000000, o->stop_after);
+        else if (!strcmp(a, "--alpha"))
+            rc = FLT(1e-6, 1e6, o->alpha);
+        else if (!strcmp(a, "--lr"))
+            rc = FLT(0.0, 10.0, o->lr), o->lr_set = 1;
+        else if (!strcmp(a, "--min-lr-ratio"))
+            rc = FLT(0.0, 1.0, o->min_lr_ratio);
+        else if (!strcmp(a, "--wd"))
+            rc = FLT(0.0, 10.0, o->wd);
+        else if (!strcmp(a, "--clip"))
+            rc = FLT(0.0, 1e6, o->clip);
+        else if (!strcmp(a, "--eval-frac"))
+            rc = FLT(0.0, 0.5, o->eval_frac);
+        else if ((rc = cli_compat_parse(CMD, argc, argv, &i)))
+            rc = rc < 0 ? CLI_USAGE : 0;
+        else
+            return cli_usage_error(CMD, "unknown option '%s'", a);
         if (rc) return CLI_USAGE;
 #undef VAL
 #undef LONG
@@ -175,18 +218,22 @@ static int parse(int argc, char **argv, train_opts *o) {
     if (!o->model) return cli_usage_error(CMD, "-m MODEL is required");
     if (!o->data) return cli_usage_error(CMD, "--data FILE is required");
     if (!o->out) return cli_usage_error(CMD, "-o DIR (the output folder) is required");
-    if (o->from_scratch != !!o->config) return cli_usage_error(CMD, "--from-scratch and --config FILE go together");
+    if (o->from_scratch != !!o->config)
+        return cli_usage_error(CMD, "--from-scratch and --config FILE go together");
     if (o->from_scratch && !o->lr_set) o->lr = 1e-3f;
     return 0;
 }
 
 /* ------------------------------------------------------------------ files */
 
-static void join(char *dst, size_t n, const char *dir, const char *name) { snprintf(dst, n, "%s/%s", dir, name); }
+static void join(char *dst, size_t n, const char *dir, const char *name) {
+    snprintf(dst, n, "%s/%s", dir, name);
+}
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n) {
     const unsigned char *c = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 1099511628211ull;
     return h;
 }
 
@@ -194,11 +241,14 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_train_model *tm,
                             const l3c_dataset *train, const l3c_dataset *eval, int total) {
     char s[1024];
-    snprintf(s, sizeof s, "v1|%lld|%d|%d|%d|%d|%d|%u|%.9g|%d|%d|%.9g|%.9g|%.9g|%.9g|%.9g|%d|%llu|%zu|%zu|%zu|%zu",
-             (long long)m->n_params, m->cfg.n_vocab, m->cfg.n_embd, m->cfg.n_layer, o->rank, o->checkpoint,
-             o->targets, (double)o->alpha, o->batch, o->seq, (double)o->lr, (double)o->min_lr_ratio,
-             (double)o->wd, (double)o->clip, (double)o->eval_frac, o->warmup, (unsigned long long)o->seed,
-             train->n_ex, train->n_tokens, eval ? eval->n_ex : 0, eval ? eval->n_tokens : 0);
+    snprintf(
+        s, sizeof s,
+        "v1|%lld|%d|%d|%d|%d|%d|%u|%.9g|%d|%d|%.9g|%.9g|%.9g|%.9g|%.9g|%d|%llu|%zu|%zu|%zu|%zu",
+        (long long)m->n_params, m->cfg.n_vocab, m->cfg.n_embd, m->cfg.n_layer, o->rank,
+        o->checkpoint, o->targets, (double)o->alpha, o->batch, o->seq, (double)o->lr,
+        (double)o->min_lr_ratio, (double)o->wd, (double)o->clip, (double)o->eval_frac, o->warmup,
+        (unsigned long long)o->seed, train->n_ex, train->n_tokens, eval ? eval->n_ex : 0,
+        eval ? eval->n_tokens : 0);
     uint64_t h = fnv(1469598103934665603ull, s, strlen(s));
     h = fnv(h, &total, sizeof total);
     h = fnv(h, &o->from_scratch, sizeof o->from_scratch);
@@ -222,10 +272,11 @@ static int save_state(const char *dir, const l3c_train_model *tm, uint64_t fp, i
     }
     const uint64_t n = tm->n_params;
     const int64_t t = tm->adam_t;
-    int ok = fwrite(STATE_MAGIC, 8, 1, f) == 1 && fwrite(&fp, 8, 1, f) == 1 && fwrite(&next_step, 8, 1, f) == 1 &&
-             fwrite(&t, 8, 1, f) == 1 && fwrite(&n, 8, 1, f) == 1 &&
-             fwrite(tm->params, sizeof(float), n, f) == n &&
-             fwrite(tm->adam_m, sizeof(float), n, f) == n && fwrite(tm->adam_v, sizeof(float), n, f) == n;
+    int ok = fwrite(STATE_MAGIC, 8, 1, f) == 1 && fwrite(&fp, 8, 1, f) == 1 &&
+             fwrite(&next_step, 8, 1, f) == 1 && fwrite(&t, 8, 1, f) == 1 &&
+             fwrite(&n, 8, 1, f) == 1 && fwrite(tm->params, sizeof(float), n, f) == n &&
+             fwrite(tm->adam_m, sizeof(float), n, f) == n &&
+             fwrite(tm->adam_v, sizeof(float), n, f) == n;
     ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
     ok &= fclose(f) == 0;
     if (!ok || rename(tmp, path) != 0) {
@@ -252,12 +303,15 @@ static int load_state(const char *dir, l3c_train_model *tm, uint64_t fp, int64_t
         fread(&step, 8, 1, f) != 1 || fread(&t, 8, 1, f) != 1 || fread(&n, 8, 1, f) != 1) {
         fprintf(stderr, "llama3c train: %s: not a llama3c training state (bad header)\n", path);
     } else if (ffp != fp) {
-        fprintf(stderr, "llama3c train: %s was written by a run with other options, model or data; "
-                        "--resume needs the same ones\n", path);
+        fprintf(stderr,
+                "llama3c train: %s was written by a run with other options, model or data; "
+                "--resume needs the same ones\n",
+                path);
     } else if (n != tm->n_params || step < 0 || t < 0 || t > step) {
         fprintf(stderr, "llama3c train: %s: inconsistent state (%llu values, step %lld)\n", path,
                 (unsigned long long)n, (long long)step);
-    } else if (fread(tm->params, sizeof(float), n, f) != n || fread(tm->adam_m, sizeof(float), n, f) != n ||
+    } else if (fread(tm->params, sizeof(float), n, f) != n ||
+               fread(tm->adam_m, sizeof(float), n, f) != n ||
                fread(tm->adam_v, sizeof(float), n, f) != n || fgetc(f) != EOF) {
         fprintf(stderr, "llama3c train: %s: truncated or too long\n", path);
     } else {
@@ -299,7 +353,8 @@ static int save_adapters(const char *dir, const l3c_model *model, const l3c_trai
         return 0;
     }
     join(path, sizeof path, dir, "adapter.gguf");
-    if (l3c_lora_save_gguf(tm->lora, &model->cfg, path)) return cli_runtime_error(CMD, "saving the adapter");
+    if (l3c_lora_save_gguf(tm->lora, &model->cfg, path))
+        return cli_runtime_error(CMD, "saving the adapter");
     join(path, sizeof path, dir, "adapter");
     if (l3c_lora_save_peft(tm->lora, &model->cfg, path, model->name))
         return cli_runtime_error(CMD, "saving the PEFT adapter");
@@ -309,15 +364,16 @@ static int save_adapters(const char *dir, const l3c_model *model, const l3c_trai
 /* ------------------------------------------------------------------ evaluation */
 
 /* Mean loss over every trained target of ds (batches of B, in order). */
-static int evaluate(l3c_train_model *tm, const l3c_dataset *ds, int B, int T, int32_t *ids, int32_t *tgt,
-                    double *mean) {
+static int evaluate(l3c_train_model *tm, const l3c_dataset *ds, int B, int T, int32_t *ids,
+                    int32_t *tgt, double *mean) {
     double sum = 0.0;
     int64_t n = 0;
     const size_t steps = l3c_data_steps_per_epoch(ds, B);
     for (size_t k = 0; k < steps; k++) {
         l3c_data_batch(ds, NULL, k * (size_t)B, B, T, ids, tgt);
         float loss;
-        if (l3c_train_forward(tm, ids, tgt, B, T, &loss)) return cli_runtime_error(CMD, "evaluation");
+        if (l3c_train_forward(tm, ids, tgt, B, T, &loss))
+            return cli_runtime_error(CMD, "evaluation");
         sum += (double)loss * (double)tm->n_valid;
         n += tm->n_valid;
     }
@@ -345,7 +401,8 @@ int cmd_train(int argc, char **argv) {
     int32_t *ids = NULL, *tgt = NULL, *order = NULL;
     char path[4096];
 
-    if (mkdir(o.out, 0777) != 0 && errno != EEXIST) { /* made before loading: a bad path fails fast */
+    if (mkdir(o.out, 0777) != 0 &&
+        errno != EEXIST) { /* made before loading: a bad path fails fast */
         fprintf(stderr, "llama3c train: cannot create %s: %s\n", o.out, strerror(errno));
         return CLI_ERR;
     }
@@ -358,13 +415,16 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     if (o.eval_data) {
-        if (l3c_data_split(all, 0.0, o.seed, &train, &eval) || l3c_data_load(model, o.eval_data, &dp, &eval)) {
+        if (l3c_data_split(all, 0.0, o.seed, &train, &eval) ||
+            l3c_data_load(model, o.eval_data, &dp, &eval)) {
             cli_runtime_error(CMD, "reading the evaluation data");
             goto done;
         }
     } else if (o.eval_frac > 0.0f && all->n_ex < 2) {
-        fprintf(stderr, "llama3c train: %s has %zu example(s): too few to hold out an evaluation share "
-                        "(use --eval-frac 0 or --eval-data)\n", o.data, all->n_ex);
+        fprintf(stderr,
+                "llama3c train: %s has %zu example(s): too few to hold out an evaluation share "
+                "(use --eval-frac 0 or --eval-data)\n",
+                o.data, all->n_ex);
         goto done;
     } else if (l3c_data_split(all, o.eval_frac, o.seed, &train, &eval)) {
         cli_runtime_error(CMD, "splitting the data");
@@ -391,7 +451,8 @@ int cmd_train(int argc, char **argv) {
 
     if (o.from_scratch) {
         l3c_train_config tc;
-        if (l3c_train_config_from_json(o.config, model->cfg.n_vocab, &tc) || l3c_train_model_create(&tc, o.seed, &tm)) {
+        if (l3c_train_config_from_json(o.config, model->cfg.n_vocab, &tc) ||
+            l3c_train_model_create(&tc, o.seed, &tm)) {
             cli_runtime_error(CMD, "creating the model");
             goto done;
         }
@@ -426,8 +487,10 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     if (o.from_scratch)
-        fprintf(stderr, "llama3c train: from scratch, %d layers x %d wide, %zu parameters, vocabulary of %s\n",
-                tm->cfg.n_layer, tm->cfg.n_embd, tm->n_params, model->name);
+        fprintf(
+            stderr,
+            "llama3c train: from scratch, %d layers x %d wide, %zu parameters, vocabulary of %s\n",
+            tm->cfg.n_layer, tm->cfg.n_embd, tm->n_params, model->name);
     else
         fprintf(stderr, "llama3c train: LoRA rank %d alpha %g on %s (%zu adapter values)\n", o.rank,
                 (double)o.alpha, model->name, tm->n_params);
@@ -454,7 +517,8 @@ int cmd_train(int argc, char **argv) {
         r.eval_ppl = exp(first_eval);
         l3c_metrics_write(ml, &r);
         last_eval = first_eval;
-        fprintf(stderr, "llama3c train: eval loss before training %.4f (ppl %.2f)\n", first_eval, exp(first_eval));
+        fprintf(stderr, "llama3c train: eval loss before training %.4f (ppl %.2f)\n", first_eval,
+                exp(first_eval));
     }
     for (int64_t step = first; step < total; step++) {
         int64_t epoch;
@@ -482,8 +546,8 @@ int cmd_train(int argc, char **argv) {
         if (isnan(first_loss)) first_loss = loss;
         last_loss = loss;
         if (!isfinite(loss)) {
-            fprintf(stderr, "\nllama3c train: the loss is %g at step %lld: lower --lr?\n", (double)loss,
-                    (long long)step);
+            fprintf(stderr, "\nllama3c train: the loss is %g at step %lld: lower --lr?\n",
+                    (double)loss, (long long)step);
             goto done;
         }
         l3c_metrics_row r = l3c_metrics_row_empty(step + 1);
@@ -508,7 +572,8 @@ int cmd_train(int argc, char **argv) {
         }
         if (stop) {
             l3c_progress_finish(&pr);
-            fprintf(stderr, "llama3c train: stopped after step %lld as asked; continue with --resume\n",
+            fprintf(stderr,
+                    "llama3c train: stopped after step %lld as asked; continue with --resume\n",
                     (long long)(step + 1));
             rc = 0;
             goto done;
@@ -527,15 +592,20 @@ int cmd_train(int argc, char **argv) {
     if (o.from_scratch)
         fprintf(stderr, "llama3c train: wrote %s/model.gguf, metrics.jsonl, loss.svg\n", o.out);
     else
-        fprintf(stderr, "llama3c train: wrote %s/adapter.gguf, %s/adapter/ (PEFT), metrics.jsonl, loss.svg\n",
-                o.out, o.out);
-    printf("{\"steps\": %d, \"first_step\": %lld, \"tokens\": %lld, \"trained_tokens\": %lld, \"seconds\": %.3f, "
-           "\"tok_per_s\": %.2f, \"first_loss\": %.6g, \"train_loss\": %.6g, \"eval_loss_before\": %.6g, "
-           "\"eval_loss\": %.6g, \"peak_rss_mib\": %lld, \"threads\": %d, \"trained_values\": %zu}\n",
-           total, (long long)first, (long long)tokens, (long long)trained, t_train,
-           t_train > 0 ? (double)tokens / t_train : 0.0, isnan(first_loss) ? -1.0 : first_loss,
-           isnan(last_loss) ? -1.0 : last_loss, isnan(first_eval) ? -1.0 : first_eval,
-           isnan(last_eval) ? -1.0 : last_eval, peak_rss_mib(), nt, tm->n_params);
+        fprintf(
+            stderr,
+            "llama3c train: wrote %s/adapter.gguf, %s/adapter/ (PEFT), metrics.jsonl, loss.svg\n",
+            o.out, o.out);
+    printf(
+        "{\"steps\": %d, \"first_step\": %lld, \"tokens\": %lld, \"trained_tokens\": %lld, "
+        "\"seconds\": %.3f, "
+        "\"tok_per_s\": %.2f, \"first_loss\": %.6g, \"train_loss\": %.6g, \"eval_loss_before\": "
+        "%.6g, "
+        "\"eval_loss\": %.6g, \"peak_rss_mib\": %lld, \"threads\": %d, \"trained_values\": %zu}\n",
+        total, (long long)first, (long long)tokens, (long long)trained, t_train,
+        t_train > 0 ? (double)tokens / t_train : 0.0, isnan(first_loss) ? -1.0 : first_loss,
+        isnan(last_loss) ? -1.0 : last_loss, isnan(first_eval) ? -1.0 : first_eval,
+        isnan(last_eval) ? -1.0 : last_eval, peak_rss_mib(), nt, tm->n_params);
     rc = 0;
 done:
     if (ml) l3c_metrics_close(ml);
