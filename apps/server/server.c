@@ -89,6 +89,17 @@ static int parse_int(const char *opt, const char *v, long long lo, long long hi,
     return 0;
 }
 
+/* --cors: "*" or an origin exactly as a browser's Origin header has it: scheme "://" host, an
+ * optional ":port", no path, no trailing slash (which would never match). */
+static int cors_origin_ok(const char *v) {
+    if (!strcmp(v, "*")) return 1;
+    const char *h = strstr(v, "://");
+    if (!h || h == v || !h[3]) return 0;
+    for (const char *p = v; p < h; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || strchr("+-.", *p))) return 0;
+    return !strpbrk(h + 3, "/?# \t");
+}
+
 /* --alias / --cors: a non-empty value appended to a bounded list. */
 static int add_name(const char *opt, const char *v, const char **list, int *n, int cap) {
     if (!*v) {
@@ -164,6 +175,14 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
             }
             if (add_name(name, val, srv->aliases, &srv->n_aliases, SERVER_MAX_ALIASES)) return -1;
         } else if (!strcmp(name, "--cors")) {
+            if (!cors_origin_ok(val)) {
+                fprintf(stderr,
+                        "llama3c serve: --cors expects an origin as a browser sends it, "
+                        "scheme://host[:port] with no path (http://localhost:3000), or *; got "
+                        "'%s'\n",
+                        val);
+                return -1;
+            }
             if (add_name(name, val, srv->cors, &srv->n_cors, SERVER_MAX_CORS)) return -1;
         } else if (!strcmp(name, "--port")) {
             if (parse_int(name, val, 0, 65535, &x)) return -1;

@@ -7,7 +7,8 @@
   Allow-Origin header on normal, error and streamed answers for an allowed origin only;
 - UTF-8: a generation cut by max_tokens never ends in a cut character, streamed or not; bytes
   that are invalid whatever follows still show as U+FFFD (forced with logit_bias, exact);
-- a port in use: the reason ("Address already in use"), exit 1, before the model is loaded.
+- a port in use: the reason ("Address already in use"), exit 1, before the model is loaded;
+- a --cors value no browser sends (a path, no scheme) and an empty or long --alias: exit 2.
 """
 import json
 import socket
@@ -181,3 +182,13 @@ def test_port_in_use(llama3c, smollm2_path):
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in p.stderr, p.stderr
     assert "--port" in p.stderr and "listening" not in p.stderr
     assert took < 10  # the port is taken before the model is loaded
+
+
+def test_bad_cors_and_alias_options(llama3c, smollm2_path):
+    for args, needle in ((["--cors", "http://localhost:3000/"], "--cors expects an origin"),
+                         (["--cors", "localhost:3000"], "--cors expects an origin"),
+                         (["--alias", ""], "--alias needs a non-empty value"),
+                         (["-a", "x" * 300], "a name of at most 255 bytes")):
+        p = subprocess.run([BIN, "serve", "-m", smollm2_path, "--port", "0", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and needle in p.stderr, (args, p.stderr)
