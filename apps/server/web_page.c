@@ -203,7 +203,7 @@ static const char chat_js[] =
 "  for (const line of ['Type a question below: Enter sends it, Shift+Enter starts a new line.',\n"
 "                      'Answers are shown as Markdown (code blocks, lists, tables) while they stream in; ' +\n"
 "                      'Stop ends an answer early.',\n"
-"                      'Chats are kept in this browser, listed on the left; the server keeps nothing.']) {\n"
+"                      'Chats are kept in this browser, in the list of chats; the server keeps nothing.']) {\n"
 "    const p = document.createElement('p');\n"
 "    p.textContent = line;\n"
 "    e.appendChild(p);\n"
