@@ -28,8 +28,10 @@
 #include <microhttpd.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <math.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,8 +97,69 @@ static void touch(conn *c) {
     MHD_set_connection_option(c->mc, MHD_CONNECTION_OPTION_TIMEOUT, c->srv->timeout_s);
 }
 
+/* ------------------------------------------------------------------ CORS (--cors) */
+
+/* The Access-Control-Allow-Origin value for this request: NULL (no CORS headers) unless the
+ * request has an Origin that --cors allows; "*" when --cors * was given. */
+static const char *cors_origin(conn *c) {
+    const server *srv = c->srv;
+    if (!srv->n_cors) return NULL;
+    const char *o = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, "Origin");
+    if (!o) return NULL;
+    for (int i = 0; i < srv->n_cors; i++)
+        if (!strcmp(srv->cors[i], "*")) return "*";
+    for (int i = 0; i < srv->n_cors; i++)
+        if (!strcmp(srv->cors[i], o)) return o;
+    return NULL;
+}
+
+/* Adds the CORS headers of an allowed origin to any response (normal, error or stream). */
+static void cors_headers(conn *c, struct MHD_Response *r) {
+    const char *origin = cors_origin(c);
+    if (c->srv->n_cors && strcmp(origin ? origin : "", "*"))
+        MHD_add_response_header(r, "Vary", "Origin"); /* the answer depends on the Origin */
+    if (origin) MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
+}
+
+/* The methods a known path takes. */
+static const char *allowed_methods(metrics_endpoint ep) {
+    return ep == EP_CHAT || ep == EP_COMPLETIONS || ep == EP_EMBEDDINGS || ep == EP_RAG ||
+                   ep == EP_APPLY_TEMPLATE
+               ? "POST, OPTIONS"
+               : "GET, HEAD, OPTIONS";
+}
+
+static enum MHD_Result queue(conn *c, unsigned status, struct MHD_Response *r);
+
+/* OPTIONS on a known path (a browser's CORS preflight, or a client asking): 204 with Allow, and
+ * for an allowed origin the Access-Control-Allow-* headers (methods, the request headers asked
+ * for, e.g. Authorization and Content-Type, cached 10 minutes). Needs no API key: a preflight
+ * never carries one. */
+static enum MHD_Result serve_options(conn *c) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    const char *methods = allowed_methods(c->ep);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, methods);
+    if (cors_origin(c)) {
+        MHD_add_response_header(r, "Access-Control-Allow-Methods", methods);
+        /* echo the asked-for headers when they are plain header names (a "*" would not cover
+         * Authorization); else the two the API needs */
+        const char *h =
+            MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+        int plain =
+            h && *h && strlen(h) <= 1000 &&
+            strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ") ==
+                strlen(h);
+        MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                                plain ? h : "Authorization, Content-Type");
+        MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    }
+    return queue(c, 204, r);
+}
+
 static enum MHD_Result queue(conn *c, unsigned status, struct MHD_Response *r) {
     if (!r) return MHD_NO;
+    cors_headers(c, r);
     enum MHD_Result ok = MHD_queue_response(c->mc, status, r);
     MHD_destroy_response(r);
     if (ok == MHD_YES) {
@@ -142,13 +205,7 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     if (e->status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    if (e->status == 405)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ||
-                                        c->ep == EP_EMBEDDINGS || c->ep == EP_RAG ||
-                                        c->ep == EP_APPLY_TEMPLATE
-                                    ? "POST"
-                                    : "GET, HEAD");
+    if (e->status == 405) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allowed_methods(c->ep));
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
@@ -188,7 +245,8 @@ static metrics_endpoint route(const char *url) {
     if (!strcmp(url, "/apply-template")) return EP_APPLY_TEMPLATE;
     if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) return EP_HEALTH;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
-    if (!strcmp(url, "/") || !strcmp(url, "/index.html")) return EP_WEB;
+    web_asset a;
+    if (web_asset_find(url, &a)) return EP_WEB;
     return EP_OTHER;
 }
 
@@ -198,17 +256,6 @@ static enum MHD_Result serve_get(conn *c) {
     server *srv = c->srv;
     size_t len = 0;
     switch (c->ep) {
-    case EP_WEB: {
-        struct MHD_Response *r = MHD_create_response_from_buffer(
-            l3c_web_page_len, (void *)l3c_web_page, MHD_RESPMEM_PERSISTENT);
-        if (!r) return MHD_NO;
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
-        MHD_add_response_header(r, "Content-Security-Policy",
-                                "default-src 'none'; script-src 'unsafe-inline'; style-src "
-                                "'unsafe-inline'; connect-src 'self'; img-src data:");
-        MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-        return queue(c, 200, r);
-    }
     case EP_HEALTH: {
         sched_stats st;
         sched_get_stats(srv->sched, &st);
@@ -232,6 +279,25 @@ static enum MHD_Result serve_get(conn *c) {
     default:
         return fail(c, 404, "invalid_request_error", NULL, "not found");
     }
+}
+
+/* GET /, /chat.js, /vendor/...: the web page's files. The policy lets the page run only the
+ * server's own scripts (no inline script, so text that reached the page as HTML could not run)
+ * and talk only to this server. */
+static enum MHD_Result serve_web(conn *c, const char *url) {
+    web_asset a;
+    if (!web_asset_find(url, &a)) return fail(c, 404, "invalid_request_error", NULL, "not found");
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(a.len, (void *)a.data, MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, a.content_type);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, a.cache_control);
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+                            "connect-src 'self'; img-src data:; base-uri 'none'; "
+                            "form-action 'none'; frame-ancestors 'none'");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    return queue(c, 200, r);
 }
 
 /* ------------------------------------------------------------------ generation */
@@ -718,6 +784,7 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
         snprintf(msg, sizeof msg, "Invalid URL (%.16s %.120s)", method, url);
         return fail(c, 404, "invalid_request_error", NULL, msg);
     }
+    if (!strcmp(method, "OPTIONS")) return serve_options(c);
     int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
                      c->ep == EP_RAG || c->ep == EP_APPLY_TEMPLATE;
     if ((wants_post && !post) || (!wants_post && !get)) {
@@ -730,7 +797,7 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
     if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
-    if (!wants_post) return serve_get(c);
+    if (!wants_post) return c->ep == EP_WEB ? serve_web(c, url) : serve_get(c);
     c->is_post = 1;
     if (!content_type_ok(c->mc))
         return fail(c, 415, "invalid_request_error", "unsupported_media_type",
@@ -825,7 +892,39 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
 
 /* ------------------------------------------------------------------ daemon */
 
-struct MHD_Daemon *http_start(server *srv) {
+/* Binds and listens on the first address of ai that works; -1 with the reason on stderr (the
+ * strerror of the first failure: "Address already in use", "Permission denied", ...). Done here
+ * rather than in libmicrohttpd, whose failure says only that it failed. */
+static int listen_on(const server *srv, const struct addrinfo *ai) {
+    int err = 0;
+    const char *what = "bind";
+    for (const struct addrinfo *a = ai; a; a = a->ai_next) {
+        int fd =
+            socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+        if (fd < 0) {
+            if (!err) err = errno, what = "socket";
+            continue;
+        }
+        int one = 1;
+        /* a restart need not wait for the old connections' TIME_WAIT */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (a->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0) return fd;
+        if (!err) err = errno, what = "bind";
+        close(fd);
+    }
+    fprintf(stderr, "llama3c serve: cannot listen on %s:%d: %s (%s)%s\n", srv->host, srv->port,
+            strerror(err), what,
+            err == EADDRINUSE ? "; another process has this port: choose another with --port "
+                                "(0 picks a free one)"
+            : err == EACCES && srv->port > 0 && srv->port < 1024
+                ? "; ports below 1024 need privileges: use --port 8080"
+            : err == EADDRNOTAVAIL ? "; the address is not one of this machine's (--host)"
+                                   : "");
+    return -1;
+}
+
+int http_listen(const server *srv) {
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -835,28 +934,42 @@ struct MHD_Daemon *http_start(server *srv) {
     int rc = getaddrinfo(srv->host, port, &hints, &ai);
     if (rc != 0 || !ai) {
         fprintf(stderr, "llama3c serve: cannot resolve host '%s': %s\n", srv->host, gai_strerror(rc));
-        return NULL;
+        return -1;
     }
+    int fd = listen_on(srv, ai);
+    freeaddrinfo(ai);
+    return fd;
+}
+
+struct MHD_Daemon *http_start(server *srv, int fd) {
+    struct sockaddr_storage sa;
+    socklen_t sn = sizeof sa;
+    int family = getsockname(fd, (struct sockaddr *)&sa, &sn) == 0 ? sa.ss_family : AF_INET;
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    if (family == AF_INET6) flags |= MHD_USE_IPv6;
     if (srv->verbose) flags |= MHD_USE_ERROR_LOG;
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)srv->port, NULL, NULL, on_access, srv,
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, srv->timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
-        MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 * 1024 * 1024,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (!d) fprintf(stderr, "llama3c serve: cannot listen on %s:%d\n", srv->host, srv->port);
+        flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        srv->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 * 1024 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, srv, MHD_OPTION_END);
+    if (!d) {
+        fprintf(stderr, "llama3c serve: cannot start the HTTP server on %s:%d: %s\n", srv->host,
+                srv->port, strerror(errno));
+        close(fd);
+    }
     return d;
 }
 
+/* The port the listening socket is bound to (the one picked by --port 0). */
 int http_port(struct MHD_Daemon *d) {
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    return di ? di->port : -1;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_storage sa;
+    socklen_t n = sizeof sa;
+    if (!di || getsockname(di->listen_fd, (struct sockaddr *)&sa, &n) != 0) return -1;
+    if (sa.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&sa)->sin_port);
 }
 
 void http_quiesce(struct MHD_Daemon *d) {

@@ -416,11 +416,35 @@ static unsigned parse_logit_bias(const server *srv, json_t *body, api_request *r
     return 0;
 }
 
-static unsigned parse_params(const server *srv, json_t *body, api_request *r, api_error *err) {
-    unsigned st;
+/* The names the model is served under: the --alias names, else the file name (model_id). */
+static int served_names(const server *srv, const char **names) {
+    if (!srv->n_aliases) {
+        names[0] = srv->model_id;
+        return 1;
+    }
+    for (int i = 0; i < srv->n_aliases; i++)
+        names[i] = srv->aliases[i];
+    return srv->n_aliases;
+}
+
+unsigned api_check_model(const server *srv, json_t *body, api_error *err) {
     json_t *model = opt(body, "model");
     if (model && !json_is_string(model)) return BAD("model", "'model' must be a string");
-    const char *mname = model ? json_string_value(model) : srv->model_id;
+    const char *want = model ? json_string_value(model) : "";
+    if (!srv->strict_model || !*want) return 0;
+    const char *names[SERVER_MAX_ALIASES];
+    int n = served_names(srv, names);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(want, names[i])) return 0;
+    return api_fail(err, 404, "invalid_request_error", "model", "model_not_found",
+                    "The model `%.80s` does not exist: this server serves `%.80s` (GET /v1/models)",
+                    want, srv->model_id);
+}
+
+static unsigned parse_params(const server *srv, json_t *body, api_request *r, api_error *err) {
+    unsigned st;
+    if ((st = api_check_model(srv, body, err))) return st;
+    const char *mname = srv->model_id; /* replies name the served model, whatever was asked */
     /* The name goes back into every response as a JSON string, so it must stay valid UTF-8: at
      * most MAX_MODEL_NAME bytes, never cut inside a UTF-8 sequence (a cut one made every writer
      * fail, after the generation, found by tests/fuzz/fuzz_server_request.c), and invalid bytes
@@ -903,15 +927,26 @@ char *api_prompt_json(const server *srv, const api_request *r, size_t *len) {
     return dump(json_pack("{s:o,s:o}", "prompt", p, "tokens", ids), len);
 }
 
+/* GET /v1/models: one entry per name the model is served under (see served_names), the
+ * reply name first; with --strict-model these are exactly the names a request may use. */
 char *api_models_json(const server *srv, size_t *len) {
     l3c_model_info info;
     l3c_model_get_info(srv->model, &info);
-    return dump(json_pack("{s:s,s:[{s:o,s:s,s:I,s:s,s:{s:i,s:i,s:I,s:s?}}]}", "object", "list", "data",
-                          "id", json_text(srv->model_id, strlen(srv->model_id)), "object", "model", "created",
-                          (json_int_t)srv->started_at, "owned_by", "llama3c", "meta", "n_ctx_slot",
-                          (int)srv->n_ctx, "n_vocab", (int)srv->n_vocab, "n_params",
-                          (json_int_t)info.n_params, "file_type", info.file_type),
-                len);
+    const char *names[SERVER_MAX_ALIASES];
+    int n = served_names(srv, names);
+    json_t *data = json_array();
+    for (int i = 0; data && i < n; i++) {
+        json_t *m = json_pack("{s:o,s:s,s:I,s:s,s:{s:i,s:i,s:I,s:s?}}", "id",
+                              json_text(names[i], strlen(names[i])), "object", "model", "created",
+                              (json_int_t)srv->started_at, "owned_by", "llama3c", "meta",
+                              "n_ctx_slot", (int)srv->n_ctx, "n_vocab", (int)srv->n_vocab,
+                              "n_params", (json_int_t)info.n_params, "file_type", info.file_type);
+        if (!m || json_array_append_new(data, m)) {
+            json_decref(data);
+            data = NULL;
+        }
+    }
+    return dump(data ? json_pack("{s:s,s:o}", "object", "list", "data", data) : NULL, len);
 }
 
 /* ------------------------------------------------------------------ embeddings */
@@ -989,16 +1024,11 @@ unsigned api_parse_embeddings(const server *srv, const char *body, size_t len, a
         st = BAD(NULL, "the body must be a JSON object");
         goto out;
     }
-    json_t *model = opt(root, "model");
-    if (model && !json_is_string(model)) {
-        st = BAD("model", "'model' must be a string");
-        goto out;
-    }
-    const char *mname = model ? json_string_value(model) : srv->model_id;
+    if ((st = api_check_model(srv, root, err))) goto out;
+    const char *mname = srv->model_id; /* replies name the served model, whatever was asked */
     size_t mlen = strnlen(mname, MAX_MODEL_NAME);
-    if (!(r->model = malloc(mlen + 1))) goto nomem;
-    memcpy(r->model, mname, mlen);
-    r->model[mlen] = 0;
+    if (!(r->model = malloc(3 * mlen + 1))) goto nomem;
+    api_utf8_sanitize(mname, mlen, r->model); /* a file name may hold any bytes */
 
     json_t *fmt = opt(root, "encoding_format");
     if (fmt && (!json_is_string(fmt) || (strcmp(json_string_value(fmt), "float") &&

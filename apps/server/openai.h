@@ -11,6 +11,8 @@
 #include "server.h"
 #include "tools.h"
 
+#include <jansson.h>
+
 #include <stddef.h>
 
 typedef enum api_kind { API_CHAT = 0, API_COMPLETION = 1 } api_kind;
@@ -52,6 +54,12 @@ unsigned api_fail(api_error *err, unsigned status, const char *type, const char 
 unsigned api_parse_request(const server *srv, api_kind kind, const char *body, size_t len,
                            api_request *out, api_error *err);
 void api_request_free(api_request *r);
+
+/* The "model" field of a request body (a JSON object): 0 when it may be served, else the HTTP
+ * status (400: not a string; 404 model_not_found: with --strict-model, a name other than the
+ * served ones; an absent or empty name is always accepted) with *err filled. Replies always
+ * carry the served name (srv->model_id), whatever the request named. */
+unsigned api_check_model(const server *srv, json_t *body, api_error *err);
 
 /* All writers return a malloc'd NUL-terminated string (length in *len) or NULL when out of memory. */
 char *api_error_json(const api_error *err, size_t *len);

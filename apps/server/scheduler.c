@@ -705,6 +705,16 @@ static int lazy_grammar_start(sched *s, slot *sl, const float *logits, int32_t *
     return python;
 }
 
+/* Where the text of a slot ends when the server cuts the generation (max_tokens, full context):
+ * everything, less a trailing UTF-8 sequence that the next token could still have completed
+ * (the 🌕 of "\xF0\x9F\x8C" is neither shown cut nor as U+FFFD). Bytes that are invalid
+ * whatever follows are kept: the writers show them as U+FFFD. An end-of-generation token or a
+ * stop string ends the text where the model put it, so an incomplete tail there is invalid
+ * output and kept too. */
+static size_t cut_text_end(const slot *sl) {
+    return sl->emitted + l3c_utf8_complete(sl->gen + sl->emitted, sl->gen_len - sl->emitted);
+}
+
 /* Samples a slot that has logits this step; returns the finish reason (RUNNING to go on). */
 static sched_finish sample_slot(sched *s, slot *sl, size_t *emit_to, long *stop_at) {
     const sched_job *j = sl->job;
@@ -752,7 +762,7 @@ static sched_finish sample_slot(sched *s, slot *sl, size_t *emit_to, long *stop_
         return SCHED_FINISH_STOP;
     }
     if (sl->n_gen >= j->max_tokens || sl->n_cache >= s->n_ctx) {
-        *emit_to = sl->gen_len;
+        *emit_to = cut_text_end(sl);
         return SCHED_FINISH_LENGTH;
     }
     size_t safe = sl->gen_len - (j->n_stop ? stop_holdback(j, sl->gen, sl->emitted, sl->gen_len) : 0);

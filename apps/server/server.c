@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* compiled grammars kept for later requests (small: the vocabulary index they use is built once
  * per tokenizer and shared, about 50 MB for the 128K Llama 3 vocabulary) */
@@ -67,6 +68,12 @@ static void usage(FILE *f) {
             "last\n"
             "  --rag-db FILE         a `llama3c rag index` of this model: POST /v1/rag/query\n"
             "                        and chat completions with \"rag\": {\"k\": 4} (docs/RAG.md)\n"
+            "  -a, --alias NAME      the model's name in replies and /v1/models (default: the file\n"
+            "                        name without .gguf); repeatable: every NAME is accepted\n"
+            "  --strict-model        a request naming a model not served (not an alias) gets 404\n"
+            "                        model_not_found, as OpenAI (default: any name is accepted)\n"
+            "  --cors ORIGIN         let web pages of ORIGIN (e.g. http://localhost:3000, or *)\n"
+            "                        call the API from a browser; repeatable (default: none)\n"
             "  -t, --threads N       compute threads (default: physical cores)\n"
             "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 "
             "digits)\n"
@@ -84,6 +91,31 @@ static int parse_int(const char *opt, const char *v, long long lo, long long hi,
         return -1;
     }
     *out = x;
+    return 0;
+}
+
+/* --cors: "*" or an origin exactly as a browser's Origin header has it: scheme "://" host, an
+ * optional ":port", no path, no trailing slash (which would never match). */
+static int cors_origin_ok(const char *v) {
+    if (!strcmp(v, "*")) return 1;
+    const char *h = strstr(v, "://");
+    if (!h || h == v || !h[3]) return 0;
+    for (const char *p = v; p < h; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || strchr("+-.", *p))) return 0;
+    return !strpbrk(h + 3, "/?# \t");
+}
+
+/* --alias / --cors: a non-empty value appended to a bounded list. */
+static int add_name(const char *opt, const char *v, const char **list, int *n, int cap) {
+    if (!*v) {
+        fprintf(stderr, "llama3c serve: %s needs a non-empty value\n", opt);
+        return -1;
+    }
+    if (*n >= cap) {
+        fprintf(stderr, "llama3c serve: %s given more than %d times\n", opt, cap);
+        return -1;
+    }
+    list[(*n)++] = v;
     return 0;
 }
 
@@ -115,6 +147,10 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
             srv->bf16 = 1;
             continue;
         }
+        if (!strcmp(name, "--strict-model")) {
+            srv->strict_model = 1;
+            continue;
+        }
         if (!val && !eq) {
             int r = cli_compat_parse("serve", argc, argv, &i);
             if (r < 0) return -1;
@@ -136,7 +172,24 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
             srv->api_key = val;
         else if (!strcmp(name, "--rag-db"))
             srv->rag_db = val;
-        else if (!strcmp(name, "--port")) {
+        else if (!strcmp(name, "--alias") || !strcmp(name, "-a")) {
+            if (strlen(val) >= sizeof srv->model_id) {
+                fprintf(stderr, "llama3c serve: %s: a name of at most %zu bytes, got %zu\n", name,
+                        sizeof srv->model_id - 1, strlen(val));
+                return -1;
+            }
+            if (add_name(name, val, srv->aliases, &srv->n_aliases, SERVER_MAX_ALIASES)) return -1;
+        } else if (!strcmp(name, "--cors")) {
+            if (!cors_origin_ok(val)) {
+                fprintf(stderr,
+                        "llama3c serve: --cors expects an origin as a browser sends it, "
+                        "scheme://host[:port] with no path (http://localhost:3000), or *; got "
+                        "'%s'\n",
+                        val);
+                return -1;
+            }
+            if (add_name(name, val, srv->cors, &srv->n_cors, SERVER_MAX_CORS)) return -1;
+        } else if (!strcmp(name, "--port")) {
             if (parse_int(name, val, 0, 65535, &x)) return -1;
             srv->port = (int)x;
         } else if (!strcmp(name, "--parallel") || !strcmp(name, "-np")) {
@@ -257,6 +310,9 @@ int cmd_serve(int argc, char **argv) {
 
     int rc = 1;
     struct MHD_Daemon *d = NULL;
+    /* the port first: a busy or forbidden one fails at once, before minutes of model loading */
+    int listen_fd = http_listen(&srv);
+    if (listen_fd < 0) return 1;
     sem_init(&g_stop_sem, 0, 0);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -279,7 +335,10 @@ int cmd_serve(int argc, char **argv) {
     srv.tok = l3c_model_tokenizer(srv.model);
     srv.n_vocab = l3c_vocab_size(srv.tok);
     srv.tmpl = l3c_chat_template_detect(srv.model);
-    model_id_from_path(srv.model_id, sizeof srv.model_id, srv.model_path);
+    if (srv.n_aliases)
+        snprintf(srv.model_id, sizeof srv.model_id, "%s", srv.aliases[0]);
+    else
+        model_id_from_path(srv.model_id, sizeof srv.model_id, srv.model_path);
     srv.started_at = (long long)time(NULL);
 
     l3c_context_params cp = l3c_context_default_params();
@@ -314,13 +373,15 @@ int cmd_serve(int argc, char **argv) {
         rc = 0;
         goto out;
     }
-    d = http_start(&srv);
+    d = http_start(&srv, listen_fd);
+    listen_fd = -1; /* taken over by http_start */
     if (!d) goto out;
     fprintf(stderr,
             "llama3c serve: %s (%s, template %s) with %d slots x %d positions, queue %d\n"
-            "llama3c serve: listening on http://%s:%d\n",
+            "llama3c serve: listening on http://%s%s%s:%d\n",
             srv.model_id, info.file_type ? info.file_type : "?", l3c_chat_template_name(srv.tmpl),
-            srv.parallel, srv.n_ctx, srv.queue, srv.host, http_port(d));
+            srv.parallel, srv.n_ctx, srv.queue, strchr(srv.host, ':') ? "[" : "", srv.host,
+            strchr(srv.host, ':') ? "]" : "", http_port(d)); /* an IPv6 literal in brackets */
     fflush(stderr);
 
     while (!g_stop)
@@ -328,6 +389,7 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "llama3c serve: shutting down\n");
     rc = 0;
 out:
+    if (listen_fd >= 0) close(listen_fd);
     http_quiesce(d);
     if (srv.sched) sched_stop(srv.sched);
     http_stop(d);

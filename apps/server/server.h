@@ -16,6 +16,9 @@
 struct rag_store;
 struct gcache;
 
+#define SERVER_MAX_ALIASES 8
+#define SERVER_MAX_CORS    16
+
 typedef struct server {
     /* options */
     const char *model_path;
@@ -34,6 +37,14 @@ typedef struct server {
     int bf16;     /* --bf16: l3c_model_params.bf16_matmul */
     int pooling;  /* --pooling: l3c_pooling of /v1/embeddings (MEAN, CLS or LAST) */
     const char *rag_db;   /* --rag-db: index for /v1/rag/query and chat "rag" (NULL: off) */
+    /* --alias NAME (repeatable): names the model is served under; the first is the one replies
+     * carry ("model"), all are listed by /v1/models. None: the file name without .gguf. */
+    const char *aliases[SERVER_MAX_ALIASES];
+    int n_aliases;
+    int strict_model; /* --strict-model: a request naming another model gets 404 */
+    /* --cors ORIGIN (repeatable; "*": any): origins whose pages may call the API */
+    const char *cors[SERVER_MAX_CORS];
+    int n_cors;
 
     /* engine, set up before the HTTP daemon starts */
     l3c_model *model;
