@@ -14,7 +14,8 @@
  *   header  "L3CLOGP1" | u32 n_vocab | u32 n_ctx | u32 n_chunk | i32 bos (-1: first tokens kept)
  *           | u64 vocabulary fingerprint (FNV-1a 64 of every token's text) | char model[64]
  *   tokens  i32 [n_chunk * n_ctx]: the text's tokens (before the BOS replacement)
- *   rows    n_chunk * (n_ctx - 1 - n_ctx/2) of: f32 lo | f32 scale | u16 q[n_vocab]
+ *   rows    n_chunk * (n_ctx - 1 - n_ctx/2) of: f32 lo | f32 scale | f32 lp_next | u16 q[n_vocab]
+ *           lp_next: the exact log p of the text's next token (the base's perplexity);
  *           q >= 1: log p = lo + scale * (q - 1), with lo = max(min log p, max log p - 24) and
  *           scale = (max log p - lo) / 65534, so |error| <= scale / 2 <= 24 / 131068;
  *           q = 0: log p < max log p - 24, taken as probability 0.
@@ -190,7 +191,7 @@ typedef struct logp_header {
 enum { LOGP_HEADER_BYTES = 8 + 4 * 4 + 8 + 64 };
 
 static size_t logp_row_bytes(int32_t n_vocab) {
-    return 8 + 2 * (size_t)n_vocab;
+    return 12 + 2 * (size_t)n_vocab;
 }
 
 static void put_u32(unsigned char *p, uint32_t v) {
@@ -296,15 +297,16 @@ static double logp_encode(const float *lg, int32_t n_vocab, int32_t tok, unsigne
     const float scale = (float)((mx - lo) / LOGP_QMAX);
     put_f32(out, lo);
     put_f32(out + 4, scale);
-    unsigned char *q = out + 8;
+    put_f32(out + 8, (float)((double)lg[tok] - lse));
+    unsigned char *q = out + 12;
     for (int32_t i = 0; i < n_vocab; i++) {
         double v = (double)lg[i] - lse;
         long k;
-        if (v < (double)lo)
+        if (v < mx - LOGP_RANGE) /* dropped; the test is in double: lo is rounded to float */
             k = 0;
         else if (scale > 0) {
             k = lround((v - (double)lo) / (double)scale) + 1;
-            if (k > LOGP_QMAX + 1) k = LOGP_QMAX + 1;
+            k = k < 1 ? 1 : k > LOGP_QMAX + 1 ? LOGP_QMAX + 1 : k;
         } else
             k = 1;
         q[2 * i] = (unsigned char)k;
@@ -367,7 +369,7 @@ static int kl_row(void *user, int32_t pos, const float *lg) {
     const int32_t tok = s->chunk[pos + 1];
     const unsigned char *row = s->base + (size_t)(pos - s->first) * logp_row_bytes(s->n_vocab);
     const double lo = get_f32(row), scale = get_f32(row + 4);
-    const unsigned char *q = row + 8;
+    const unsigned char *q = row + 12;
     int32_t top, top_base = 0;
     unsigned qmax = 0;
     const double lse = lp_lse(lg, s->n_vocab, &top);
@@ -385,9 +387,8 @@ static int kl_row(void *user, int32_t pos, const float *lg) {
         double lpb = lo + scale * (k - 1) - lse_b;
         kl += exp(lpb) * (lpb - ((double)lg[i] - lse));
     }
-    unsigned kt = q[2 * tok] | (unsigned)q[2 * tok + 1] << 8;
     const double nll = lse - (double)lg[tok];
-    const double nll_b = -(lo + scale * (kt ? kt - 1 : 0) - lse_b); /* dropped: at most this */
+    const double nll_b = -(double)get_f32(row + 8);
     s->nll += nll;
     s->nll2 += nll * nll;
     s->nll_base += nll_b;
@@ -704,9 +705,8 @@ static int mc_row(void *user, int32_t pos, const float *lg) {
 static int mc_tokenize(const l3c_tokenizer *tok, const char *path, int line, const char *ctx_text,
                        const char *ending, mc_seq *q) {
     size_t lc = strlen(ctx_text), le = strlen(ending), sp = lc;
-    while (sp > 0 &&
-           (ctx_text[sp - 1] == ' ' || ctx_text[sp - 1] == '\t' || ctx_text[sp - 1] == '\n'))
-        sp--;
+    while (sp > 0 && strchr(" \t\n\r\v\f", ctx_text[sp - 1]))
+        sp--; /* as str.rstrip() (ASCII) */
     char *whole = malloc(lc + 1 + le + 1);
     if (!whole) return CLI_ERR;
     memcpy(whole, ctx_text, lc);
