@@ -68,6 +68,10 @@ typedef struct conn {
     size_t sse_len, sse_off, sse_cap;
     char *text;
     size_t text_len, text_cap;
+    /* logprobs: records taken from the job (blocking: all; stream: this chunk's) */
+    sched_logprob *lp;
+    int32_t n_lp;
+    int echo_sent;         /* stream: completions' echo text went out with the first chunk */
 } conn;
 
 /* ------------------------------------------------------------------ helpers */
@@ -273,6 +277,54 @@ static int sse_add_const(conn *c, const char *s) {
     return sse_add(c, p, &n);
 }
 
+/* Appends the job's new logprob records to c->lp (the request asked for them); -1 out of memory. */
+static int take_logprobs(conn *c) {
+    if (!c->req.params.logprobs) return 0;
+    sched_logprob *lp = NULL;
+    int32_t n = sched_job_take_logprobs(c->srv->sched, c->job, &lp);
+    if (!n) return 0;
+    sched_logprob *q = realloc(c->lp, ((size_t)c->n_lp + (size_t)n) * sizeof *q);
+    if (!q) {
+        free(lp);
+        return -1;
+    }
+    memcpy(q + c->n_lp, lp, (size_t)n * sizeof *lp);
+    free(lp);
+    c->lp = q;
+    c->n_lp += n;
+    return 0;
+}
+
+/* One content chunk of a stream with the new text and logprob records (completions' echo text
+ * first, once); nothing when there is neither. -1 out of memory. */
+static int stream_content(conn *c) {
+    size_t n;
+    c->n_lp = 0;
+    if (take_logprobs(c)) return -1;
+    const char *text = c->text;
+    size_t len = c->text_len;
+    char *joined = NULL;
+    if (c->req.echo && !c->echo_sent && (len || c->n_lp)) {
+        if (!(joined = malloc(c->req.echo_len + len + 1))) return -1;
+        memcpy(joined, c->req.echo_text, c->req.echo_len);
+        memcpy(joined + c->req.echo_len, c->text, len);
+        text = joined;
+        len += c->req.echo_len;
+        c->echo_sent = 1;
+    }
+    int rc = 0;
+    if (len || c->n_lp) {
+        c->req.lp = c->lp;
+        c->req.n_lp = c->n_lp;
+        rc = sse_add(c, api_stream_chunk(&c->req, 0, text, len, SCHED_RUNNING, &n), &n);
+        api_logprobs_advance(&c->req);
+        c->req.lp = NULL;
+        c->req.n_lp = 0;
+    }
+    free(joined);
+    return rc;
+}
+
 /* Produces the next SSE events of a stream: the role chunk, content chunks, and at the end the
  * finish chunk, the usage chunk (stream_options.include_usage) and "data: [DONE]". */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -293,8 +345,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         sched_update u;
         c->text_len = 0;
         sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
-        if (c->text_len && sse_add(c, api_stream_chunk(&c->req, 0, c->text, c->text_len, SCHED_RUNNING, &n), &n))
-            goto oom;
+        if (stream_content(c)) goto oom;
         if (u.finish == SCHED_RUNNING) {
             if (!c->text_len && client_gone(c->mc)) {
                 sched_job_cancel(srv->sched, c->job);
@@ -354,6 +405,9 @@ static enum MHD_Result finish_blocking(conn *c) {
     if (u.finish == SCHED_FINISH_ERROR) return fail(c, 500, "server_error", NULL, u.error);
     if (u.finish == SCHED_FINISH_CANCELLED)
         return fail(c, 503, "server_error", "unavailable", "the server is shutting down");
+    if (take_logprobs(c)) return fail(c, 500, "server_error", NULL, "out of memory");
+    c->req.lp = c->lp;
+    c->req.n_lp = c->n_lp;
     size_t len = 0;
     char *body = api_response_json(&c->req, c->text, c->text_len, &u, &len);
     if (body && c->rag_sources) { /* chat with "rag": the sources the prompt numbered [1]..[k] */
@@ -800,6 +854,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     free(c->body);
     free(c->sse);
     free(c->text);
+    free(c->lp);
     free(c);
 }
 
