@@ -689,13 +689,13 @@ typedef struct mc_item {
 
 typedef struct mc_score {
     const int32_t *ids;
-    int32_t n_ctx_tok, n_vocab;
+    int32_t n, n_ctx_tok, n_vocab;
     double ll;
 } mc_score;
 
 static int mc_row(void *user, int32_t pos, const float *lg) {
     mc_score *m = user;
-    if (pos + 1 < m->n_ctx_tok) return 0;
+    if (pos + 1 < m->n_ctx_tok || pos + 1 >= m->n) return 0;
     m->ll += (double)lg[m->ids[pos + 1]] - lp_lse(lg, m->n_vocab, NULL);
     return 0;
 }
@@ -871,7 +871,7 @@ static int run_multiple_choice(const ppl_opts *o) {
                 cli_runtime_error(CMD, "cannot truncate the KV cache");
                 goto done;
             }
-            mc_score m = {.ids = q->ids, .n_ctx_tok = q->n_ctx_tok, .n_vocab = r.n_vocab};
+            mc_score m = {.ids = q->ids, .n = q->n, .n_ctx_tok = q->n_ctx_tok, .n_vocab = r.n_vocab};
             n_cache = keep;
             if (decode_span(&r, q->ids + keep, q->n - keep, keep, q->n_ctx_tok - 1, mc_row, &m))
                 goto done;

@@ -40,6 +40,16 @@ def kjv(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def smollm2_f32(smollm2_path, tmp_path_factory):
+    """SmolLM2's Q4_1 weights dequantized to F32 (`convert --type F32`): both engines then compute
+    in float32 and their logits agree to ~5e-3 rms (vs ~0.3 on the Q4_1 file, where both
+    quantize activations to 8 bits: test_smollm2.py)."""
+    f32 = tmp_path_factory.mktemp("smollm2") / "smollm2_f32.gguf"
+    run_cli("convert", smollm2_path, "-o", f32, "--type", "F32", "--quiet")
+    return str(f32)
+
+
 def log_softmax(x):
     x = np.asarray(x, dtype=np.float64)
     m = x.max(axis=-1, keepdims=True)
@@ -76,12 +86,12 @@ def ours(*args, json_out):
         return json.load(f), p
 
 
-def check_ppl(model, text, n_ctx, n_chunks, tmp_path):
+def check_ppl(model, text, n_ctx, n_chunks, tmp_path, rel_tol=1e-3):
     got, p = ours("-m", model, "-f", text, "-c", n_ctx, "--chunks", n_chunks, json_out=tmp_path / "p.json")
     ppl, err, count = lcpp_perplexity(model, text, n_ctx, n_chunks)
     assert got["count"] == count == n_chunks * (n_ctx - 1 - n_ctx // 2)
-    assert abs(got["ppl"] / ppl - 1) < 1e-3, f"llama3c PPL {got['ppl']:.5f} vs llama.cpp's method {ppl:.5f}"
-    assert abs(got["ppl_err"] / err - 1) < 1e-2, (got["ppl_err"], err)
+    assert abs(got["ppl"] / ppl - 1) < rel_tol, f"llama3c PPL {got['ppl']:.5f} vs llama.cpp's method {ppl:.5f}"
+    assert abs(got["ppl_err"] / err - 1) < 10 * rel_tol, (got["ppl_err"], err)
     # llama-perplexity's printed lines
     assert f"[{n_chunks}]" in p.stdout and "Final estimate: PPL = " in p.stdout
     assert "chunk 1/" in p.stderr
@@ -93,9 +103,12 @@ def test_perplexity_tiny_equals_llama_cpp(tiny_model, kjv, tmp_path):
 
 
 @pytest.mark.slow
-def test_perplexity_smollm2_equals_llama_cpp(smollm2_path, kjv, tmp_path):
-    got = check_ppl(smollm2_path, kjv, 256, 3, tmp_path)
+def test_perplexity_smollm2_equals_llama_cpp(smollm2_path, smollm2_f32, kjv, tmp_path):
+    """F32 SmolLM2: PPL within 0.1% (measured 0.05% on 381 tokens). The Q4_1 file itself: the
+    engines' 8-bit activations leave ~0.5% on 381 tokens (measured 0.55%): 2%."""
+    got = check_ppl(smollm2_f32, kjv, 256, 3, tmp_path)
     assert 1.5 < got["ppl"] < 30, got  # a real model on English prose
+    check_ppl(smollm2_path, kjv, 256, 3, tmp_path, rel_tol=2e-2)
 
 
 def test_perplexity_bad_input(tiny_model, kjv, tmp_path):
@@ -224,11 +237,14 @@ def test_kl_refuses_mismatch(tiny_model, kjv, tmp_path):
 ITEMS = [
     {"ctx": "The capital of France is", "endings": ["Paris.", "a large yellow banana that sings.", "Berlin."],
      "label": 0},
-    {"ctx": "In the beginning God created the heaven and the ", "endings": ["earth.", "spreadsheet.", "moon"],
+    {"ctx": "In the beginning God created the heaven and the", "endings": ["earth.", "spreadsheet.", "moon"],
      "label": "0"},
     {"ctx": "Two plus two equals", "endings": ["four.", "seventeen.", "a café naïve résumé"], "label": 0},
     {"ctx": "She opened the umbrella because it was", "endings": ["raining.", "Tuesday in the kitchen sink."],
      "label": 0},
+    # trailing whitespace moves into the continuation (lm-evaluation-harness): "\n earth"
+    {"ctx": "And the evening and the morning were the first day.\n", "endings": ["And God said", "Zebra"],
+     "label": 1},
 ]
 
 
@@ -253,13 +269,15 @@ def lcpp_mc_logliks(model, items):
     return out
 
 
-def check_mc(model, tmp_path):
+def check_mc(model, tmp_path, atol=1e-2):
+    """atol: per-ending sums of ~3-15 token log-probs; the tiny F32 model's agree to ~1e-3 per token
+    (both engines keep an F16 KV cache)."""
     f = tmp_path / "mc.jsonl"
     f.write_text("\n".join(json.dumps(it) for it in ITEMS) + "\n\n")
     got, p = ours("-m", model, "--multiple-choice", f, json_out=tmp_path / "mc.json")
     ref = lcpp_mc_logliks(model, ITEMS)
     for i, (g, r) in enumerate(zip(got["loglik"], ref)):
-        assert np.allclose(g, r, atol=1e-3 * max(1, np.abs(r).max() / 10)), (i, g, r)
+        assert np.allclose(g, r, rtol=1e-4, atol=atol), (i, g, r)
     labels = [int(it["label"]) for it in ITEMS]
     acc = np.mean([int(np.argmax(g)) == lab for g, lab in zip(got["loglik"], labels)])
     norm = [np.array(g) / [len(e.encode()) for e in it["endings"]] for g, it in zip(got["loglik"], ITEMS)]
@@ -274,9 +292,13 @@ def test_multiple_choice_tiny_vs_llama_cpp(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_multiple_choice_smollm2(smollm2_path, tmp_path):
-    got = check_mc(smollm2_path, tmp_path)
-    assert got["acc_norm"] >= 0.75, got  # SmolLM2 knows these
+def test_multiple_choice_smollm2(smollm2_f32, tmp_path):
+    # F32 logits differ by up to ~0.02 per token between the engines (a few tokens per ending)
+    got = check_mc(smollm2_f32, tmp_path, atol=0.05)
+    # SmolLM2 knows the first four (the fifth tests the whitespace split; its label is arbitrary)
+    for i in range(4):
+        lls = np.array(got["loglik"][i]) / [len(e.encode()) for e in ITEMS[i]["endings"]]
+        assert int(np.argmax(lls)) == int(ITEMS[i]["label"]), (i, got["loglik"][i])
 
 
 def test_multiple_choice_bad_input(tiny_model, tmp_path):
