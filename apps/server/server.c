@@ -57,6 +57,7 @@ static void usage(FILE *f) {
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
             "  --pooling P           /v1/embeddings pooling: mean (default), cls (first token) or last\n"
+            "  --kv TYPE             KV-cache type: f16 (default), f32, q8_0\n"
             "  --rag-db FILE         a `llama3c rag index` of this model: POST /v1/rag/query\n"
             "                        and chat completions with \"rag\": {\"k\": 4} (docs/RAG.md)\n"
             "  -t, --threads N       compute threads (default: physical cores)\n"
@@ -118,6 +119,15 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         else if (!strcmp(name, "--host")) srv->host = val;
         else if (!strcmp(name, "--api-key")) srv->api_key = val;
         else if (!strcmp(name, "--rag-db")) srv->rag_db = val;
+        else if (!strcmp(name, "--kv")) {
+            if (!strcmp(val, "f16")) srv->kv_type = L3C_KV_F16;
+            else if (!strcmp(val, "f32")) srv->kv_type = L3C_KV_F32;
+            else if (!strcmp(val, "q8_0")) srv->kv_type = L3C_KV_Q8_0;
+            else {
+                fprintf(stderr, "llama3c serve: unknown --kv '%s' (f16, f32, q8_0)\n", val);
+                return -1;
+            }
+        }
         else if (!strcmp(name, "--port")) {
             if (parse_int(name, val, 0, 65535, &x)) return -1;
             srv->port = (int)x;
@@ -267,6 +277,7 @@ int cmd_serve(int argc, char **argv) {
     cp.n_threads = srv.threads;
     cp.embeddings = 1; /* /v1/embeddings: pooled per slot (a few vector ops per batch token) */
     cp.pooling = srv.pooling;
+    cp.kv_type = srv.kv_type;
     if (l3c_context_create(srv.model, &cp, &srv.ctx) != L3C_OK) {
         fprintf(stderr, "llama3c serve: cannot create the context: %s\n", l3c_last_error());
         goto out;

@@ -32,6 +32,7 @@ typedef struct server {
     int verbose;
     int bf16;     /* --bf16: l3c_model_params.bf16_matmul */
     int pooling;  /* --pooling: l3c_pooling of /v1/embeddings (MEAN, CLS or LAST) */
+    int kv_type;  /* --kv: L3C_KV_F16 (default), L3C_KV_F32, L3C_KV_Q8_0 */
     const char *rag_db;   /* --rag-db: index for /v1/rag/query and chat "rag" (NULL: off) */
 
     /* engine, set up before the HTTP daemon starts */
