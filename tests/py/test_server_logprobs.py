@@ -181,3 +181,95 @@ def test_logprobs_errors(server, path, body, param):
     base = {"messages": [{"role": "user", "content": "a"}]} if "chat" in path else {"prompt": "a"}
     st, got = post(server, path, dict(base, max_tokens=1, **body))
     assert st == 400 and got["error"]["param"] == param, got
+
+
+# ------------------------------------------------------------------ lm-evaluation-harness client
+
+class LlamaCppTokenizer:
+    """A tiktoken-shaped tokenizer (encode / decode / decode_batch / eot_token) over the model's own
+    vocabulary (llama-cpp-python, vocab_only) for lm-eval's TemplateAPI: the tiny model has no
+    Hugging Face tokenizer files to load. No BOS, as lm-eval's encode."""
+
+    def __init__(self, model):
+        import llama_cpp
+        self.llm = llama_cpp.Llama(model_path=model, vocab_only=True, verbose=False)
+        self.eot_token = self.llm.token_bos()
+
+    def encode(self, s):
+        return self.llm.tokenize(s.encode(), add_bos=False, special=False)
+
+    def encode_batch(self, strings):
+        return [self.encode(s) for s in strings]
+
+    def decode(self, ids):
+        return self.llm.detokenize(ids).decode("utf-8", "replace")
+
+    def decode_batch(self, batch):
+        return [self.decode(ids) for ids in batch]
+
+
+@pytest.fixture(scope="module")
+def lm_eval_lm(server, model):
+    llama_cpp_or_skip()
+    oc = pytest.importorskip("lm_eval.models.openai_completions",
+                             reason="lm_eval is not installed (scripts/setup.sh --test installs it)")
+    lm = oc.LocalCompletionsAPI(base_url=server.base_url + "/v1/completions", model="tiny",
+                                tokenizer_backend=None, eos_string="</s>", max_retries=1, max_gen_toks=8)
+    lm.tokenizer_backend = "tiktoken"  # its encode / decode_batch calls fit LlamaCppTokenizer
+    lm.tokenizer = LlamaCppTokenizer(model)
+    lm.tokenized_requests = True  # token-id prompts: [[ids]] with echo + logprobs
+    return lm
+
+
+LL_REQUESTS = [("abc de", " fgh"), ("the cat sat on", " the mat"), ("", "hello"), ("x y z ", "w")]
+
+
+def test_lm_eval_loglikelihood_equals_direct(lm_eval_lm, llm):
+    from lm_eval.api.instance import Instance
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i) for i, a in enumerate(LL_REQUESTS)]
+    got = lm_eval_lm.loglikelihood(reqs)
+    tok = lm_eval_lm.tokenizer
+    for (ctx, cont), (ll, greedy) in zip(LL_REQUESTS, got):
+        # lm-eval's split: trailing spaces of the context go to the continuation; an empty
+        # context is the prefix token alone
+        n_sp = len(ctx) - len(ctx.rstrip())
+        if n_sp:
+            ctx, cont = ctx[:-n_sp], ctx[-n_sp:] + cont
+        whole = tok.encode(ctx + cont)
+        ctx_ids = tok.encode(ctx) if ctx else [tok.eot_token]
+        cont_ids = whole[len(ctx_ids):] if ctx else tok.encode(cont)
+        ids = ctx_ids + cont_ids
+        llm.reset()
+        llm.eval(ids)
+        lp = log_softmax(np.array(llm.scores[:len(ids)]))
+        pos = range(len(ctx_ids) - 1, len(ids) - 1)
+        ref = sum(lp[p, ids[p + 1]] for p in pos)
+        ref_greedy = all(int(np.argmax(lp[p])) == ids[p + 1] for p in pos)
+        assert ll == pytest.approx(ref, abs=TOL * len(cont_ids)), (ctx, cont, ll, ref)
+        assert greedy == ref_greedy, (ctx, cont)
+
+
+def test_lm_eval_generate_until_equals_direct(lm_eval_lm, llm):
+    from lm_eval.api.instance import Instance
+    args = [("abc de", {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}),
+            ("the cat", {"until": ["zz"], "max_gen_toks": 4, "temperature": 0})]
+    reqs = [Instance(request_type="generate_until", doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
+    got = lm_eval_lm.generate_until(reqs)
+    tok = lm_eval_lm.tokenizer
+    for (ctx, kw), text in zip(args, got):
+        # greedy on llama.cpp's logits; the bytes as text with invalid UTF-8 replaced by U+FFFD (as
+        # the server sends it; llama-cpp-python's own completion drops such bytes), cut at a stop
+        ids = tok.encode(ctx)
+        llm.reset()
+        llm.eval(ids)
+        gen = []
+        for _ in range(kw["max_gen_toks"]):
+            t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if t == llm.token_eos():
+                break
+            gen.append(t)
+            llm.eval([t])
+        ref = llm.detokenize(gen, prev_tokens=ids).decode("utf-8", "replace")
+        for stop in kw["until"]:
+            ref = ref.split(stop)[0]
+        assert text == ref, (ctx, text, ref)
