@@ -18,6 +18,7 @@
  */
 #include "http.h"
 
+#include "accounts.h"
 #include "metrics.h"
 #include "openai.h"
 
@@ -72,6 +73,9 @@ typedef struct conn {
     sched_logprob *lp;
     int32_t n_lp;
     int echo_sent;         /* stream: completions' echo text went out with the first chunk */
+    /* --api-keys */
+    acct_usage *acct;      /* the request's account (usage and tokens/day); NULL: none */
+    long retry_after;      /* seconds for a 429's Retry-After (0: 1) */
 } conn;
 
 /* ------------------------------------------------------------------ helpers */
@@ -153,7 +157,11 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
                                     ? "POST" : "GET, HEAD");
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
-    if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (e->status == 429 || e->status == 503) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%ld", c->retry_after > 0 ? c->retry_after : 1L);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
     return queue(c, e->status, r);
 }
 
@@ -179,6 +187,29 @@ static int authorized(conn *c) {
     h += 7;
     while (*h == ' ') h++;
     return key_matches(h, c->srv->api_key);
+}
+
+/* --api-keys: the key's account, and its limits for a generation request. MHD_YES to go on with
+ * c->acct set; otherwise the 401 / 429 is queued (the return value is queue's). */
+static enum MHD_Result account_check(conn *c, int *ok) {
+    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *key = NULL;
+    if (h && !strncasecmp(h, "Bearer ", 7))
+        for (key = h + 7; *key == ' '; key++) {}
+    int counts = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
+    const char *what = "";
+    acct_result r = accounts_check(c->srv->accounts, key, counts, &c->acct, &c->retry_after, &what);
+    *ok = r == ACCT_OK;
+    if (r == ACCT_UNAUTHORIZED)
+        return fail(c, 401, "invalid_request_error", "invalid_api_key",
+                    "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
+    if (r == ACCT_LIMITED) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "rate limit reached for this API key (%s); retry after %ld s", what,
+                 c->retry_after);
+        return fail(c, 429, "rate_limit_error", "rate_limit_exceeded", msg);
+    }
+    return MHD_YES;
 }
 
 static metrics_endpoint route(const char *url) {
@@ -224,6 +255,20 @@ static enum MHD_Result serve_get(conn *c) {
     case EP_METRICS: {
         char *b = metrics_render(srv->sched, &len);
         if (!b) return respond_json(c, 500, NULL, 0);
+        if (srv->accounts) { /* usage per API key */
+            size_t kl = 0;
+            char *k = accounts_render(srv->accounts, &kl);
+            char *both = k ? realloc(b, len + kl + 1) : NULL;
+            if (!both) {
+                free(k);
+                free(b);
+                return respond_json(c, 500, NULL, 0);
+            }
+            memcpy(both + len, k, kl + 1);
+            free(k);
+            b = both;
+            len += kl;
+        }
         return respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b, len);
     }
     case EP_MODELS: {
@@ -241,6 +286,7 @@ static void record_tokens(conn *c, const sched_update *u) {
     if (c->tokens_recorded) return;
     c->tokens_recorded = 1;
     metrics_record_tokens(u->n_prompt, u->n_gen);
+    if (c->acct) accounts_add_tokens(c->srv->accounts, c->acct, u->n_prompt, u->n_gen);
 }
 
 /* Appends *np bytes (taking ownership of p) to the pending SSE output. The length is passed by
@@ -761,7 +807,11 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
     }
     int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
                      c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS;
-    if (needs_auth && !authorized(c))
+    if (needs_auth && c->srv->accounts) {
+        int ok;
+        enum MHD_Result r = account_check(c, &ok);
+        if (!ok) return r;
+    } else if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
     if (!wants_post) return serve_get(c);

@@ -14,6 +14,7 @@
 #include "server.h"
 
 #include "../rag/rag.h"
+#include "accounts.h"
 
 #include "llama3c.h"
 
@@ -27,6 +28,13 @@
 
 static sem_t g_stop_sem;
 static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_reload; /* SIGHUP: re-read --api-keys */
+
+static void on_hup(int sig) {
+    (void)sig;
+    g_reload = 1;
+    sem_post(&g_stop_sem);
+}
 
 static void on_signal(int sig) {
     (void)sig;
@@ -53,6 +61,9 @@ static void usage(FILE *f) {
             "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
             "  --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
             "                        (also read from LLAMA3C_API_KEY)\n"
+            "  --api-keys FILE       accounts: lines 'NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]';\n"
+            "                        over a limit: 429 + Retry-After; usage per key in /metrics;\n"
+            "                        SIGHUP re-reads FILE (requests in flight go on)\n"
             "  --max-body BYTES      largest request body (default 1048576); larger: 413\n"
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
@@ -118,6 +129,7 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         if (!strcmp(name, "-m") || !strcmp(name, "--model")) srv->model_path = val;
         else if (!strcmp(name, "--host")) srv->host = val;
         else if (!strcmp(name, "--api-key")) srv->api_key = val;
+        else if (!strcmp(name, "--api-keys")) srv->api_keys_path = val;
         else if (!strcmp(name, "--rag-db")) srv->rag_db = val;
         else if (!strcmp(name, "--kv")) {
             if (!strcmp(val, "f16")) srv->kv_type = L3C_KV_F16;
@@ -226,6 +238,37 @@ static int open_rag(server *srv, const l3c_model_info *info) {
     return 0;
 }
 
+/* --api-keys: loads the accounts and re-reads them on SIGHUP. 0, or -1 (printed). */
+static int open_accounts(server *srv) {
+    char err[512];
+    if (srv->api_key) {
+        fprintf(stderr, "llama3c serve: --api-key (or LLAMA3C_API_KEY) and --api-keys exclude each other\n");
+        return -1;
+    }
+    if (!(srv->accounts = accounts_load(srv->api_keys_path, err, sizeof err))) {
+        fprintf(stderr, "llama3c serve: --api-keys: %s\n", err);
+        return -1;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_hup;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGHUP, &sa, NULL);
+    fprintf(stderr, "llama3c serve: %d API keys from %s\n", accounts_count(srv->accounts), srv->api_keys_path);
+    return 0;
+}
+
+static void reload_accounts(server *srv) {
+    char err[512];
+    g_reload = 0;
+    if (!srv->accounts) return;
+    if (accounts_reload(srv->accounts, err, sizeof err))
+        fprintf(stderr, "llama3c serve: SIGHUP: --api-keys not reloaded, the old keys stay: %s\n", err);
+    else
+        fprintf(stderr, "llama3c serve: SIGHUP: %d API keys reloaded from %s\n", accounts_count(srv->accounts),
+                srv->api_keys_path);
+    fflush(stderr);
+}
+
 int cmd_serve(int argc, char **argv) {
     server srv = {0};
     srv.host = "127.0.0.1";
@@ -260,6 +303,7 @@ int cmd_serve(int argc, char **argv) {
         goto out;
     }
     if (srv.bf16) cli_note_bf16("serve", srv.model);
+    if (srv.api_keys_path && open_accounts(&srv)) goto out;
     l3c_model_info info;
     l3c_model_get_info(srv.model, &info);
     srv.tok = l3c_model_tokenizer(srv.model);
@@ -306,8 +350,10 @@ int cmd_serve(int argc, char **argv) {
             srv.parallel, srv.n_ctx, srv.queue, srv.host, http_port(d));
     fflush(stderr);
 
-    while (!g_stop)
+    while (!g_stop) {
         if (sem_wait(&g_stop_sem) != 0 && errno != EINTR) break;
+        if (g_reload) reload_accounts(&srv);
+    }
     fprintf(stderr, "llama3c serve: shutting down\n");
     rc = 0;
 out:
@@ -320,6 +366,8 @@ out:
     l3c_model_free(srv.model);
     if (srv.rag) pthread_mutex_destroy(&srv.rag_mu);
     rag_store_close(srv.rag);
+    accounts_free(srv.accounts);
+    if (srv.api_keys_path) signal(SIGHUP, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     sem_destroy(&g_stop_sem);

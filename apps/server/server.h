@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 struct rag_store;
+struct accounts;
 
 typedef struct server {
     /* options */
@@ -25,6 +26,7 @@ typedef struct server {
     int queue;            /* waiting requests beyond the slots */
     int step_tokens;      /* per-step token budget of the scheduler */
     const char *api_key;  /* NULL: no authentication */
+    const char *api_keys_path; /* --api-keys FILE: named keys with limits (accounts.h) */
     size_t max_body;      /* bytes */
     unsigned timeout_s;   /* idle timeout of a connection */
     int threads;
@@ -45,6 +47,7 @@ typedef struct server {
     char model_id[256];
     long long started_at; /* unix time */
     struct rag_store *rag;    /* opened and checked against the model at start; NULL: no --rag-db */
+    struct accounts *accounts; /* --api-keys; NULL: none (then api_key, if set, is the one key) */
     pthread_mutex_t rag_mu;   /* one search at a time on the shared SQLite connection */
 } server;
 
