@@ -103,6 +103,16 @@ def test_tokens_per_day(keyed):
     assert st == 200
 
 
+def reload(server, text, expect):
+    """Writes the keys file, sends SIGHUP and waits for the log line saying expect."""
+    server.keys_file.write_text(text)
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 20
+    while expect not in server.log():
+        assert time.time() < deadline, server.log()[-2000:]
+        time.sleep(0.05)
+
+
 def test_reload_keeps_in_flight(keyed):
     # a streaming request admitted with alice's key, read slowly across the reload
     c = http.client.HTTPConnection(keyed.host, keyed.port, timeout=60)
@@ -113,12 +123,7 @@ def test_reload_keeps_in_flight(keyed):
     assert r.status == 200
     first = r.readline()
     assert first.startswith(b"data: ")
-    keyed.keys_file.write_text("carol  carol-key-0004\nbob bob-key-000002\n")
-    keyed.proc.send_signal(signal.SIGHUP)
-    deadline = time.time() + 20
-    while "2 API keys reloaded" not in keyed.log():
-        assert time.time() < deadline, keyed.log()[-2000:]
-        time.sleep(0.05)
+    reload(keyed, "carol  carol-key-0004\nbob bob-key-000002\n", "2 API keys reloaded")
     rest = r.read().decode()
     c.close()
     assert rest.rstrip().endswith("data: [DONE]") and '"finish_reason":"length"' in rest, rest[-500:]
@@ -128,12 +133,7 @@ def test_reload_keeps_in_flight(keyed):
     m = keyed.metrics(headers=auth("carol-key-0004"))
     assert m['llama3c_key_tokens_total{key="alice",kind="completion"}'] == 120  # counted after the reload
     # a malformed file: the keys stay as they are
-    keyed.keys_file.write_text("carol\n")
-    keyed.proc.send_signal(signal.SIGHUP)
-    deadline = time.time() + 20
-    while "not reloaded" not in keyed.log():
-        assert time.time() < deadline, keyed.log()[-2000:]
-        time.sleep(0.05)
+    reload(keyed, "carol\n", "not reloaded")
     assert "keys.txt:1:" in keyed.log()
     assert complete(keyed, "carol-key-0004")[0] == 200
 
