@@ -871,7 +871,8 @@ static int run_multiple_choice(const ppl_opts *o) {
                 cli_runtime_error(CMD, "cannot truncate the KV cache");
                 goto done;
             }
-            mc_score m = {.ids = q->ids, .n = q->n, .n_ctx_tok = q->n_ctx_tok, .n_vocab = r.n_vocab};
+            mc_score m = {
+                .ids = q->ids, .n = q->n, .n_ctx_tok = q->n_ctx_tok, .n_vocab = r.n_vocab};
             n_cache = keep;
             if (decode_span(&r, q->ids + keep, q->n - keep, keep, q->n_ctx_tok - 1, mc_row, &m))
                 goto done;

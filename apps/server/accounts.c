@@ -15,15 +15,15 @@
 #include <time.h>
 
 #define MAX_NAME 64
-#define MIN_KEY 8
-#define MAX_KEY 256
+#define MIN_KEY  8
+#define MAX_KEY  256
 
 struct acct_usage {
     char name[MAX_NAME + 1];
-    long rpm, tpd;          /* limits of the current table (0: none) */
-    double bucket;          /* requests available now (token bucket of rpm) */
-    double bucket_t;        /* when bucket was last refilled (monotonic seconds) */
-    long day;               /* UTC day of day_tokens */
+    long rpm, tpd;   /* limits of the current table (0: none) */
+    double bucket;   /* requests available now (token bucket of rpm) */
+    double bucket_t; /* when bucket was last refilled (monotonic seconds) */
+    long day;        /* UTC day of day_tokens */
     long day_tokens;
     unsigned long long requests, limited, prompt_tokens, completion_tokens;
     struct acct_usage *next;
@@ -50,7 +50,8 @@ static double mono_s(void) {
 }
 
 static void tab_free(acct *t, int n) {
-    for (int i = 0; t && i < n; i++) free(t[i].key);
+    for (int i = 0; t && i < n; i++)
+        free(t[i].key);
     free(t);
 }
 
@@ -81,8 +82,8 @@ static int parse_limit(const char *s, long *out) {
 }
 
 /* Parses path into a new table (usage records from a, limits not yet applied). */
-static int parse_file(accounts *a, const char *path, acct **out, int *n_out, long **limits, char *err,
-                      size_t cap) {
+static int parse_file(accounts *a, const char *path, acct **out, int *n_out, long **limits,
+                      char *err, size_t cap) {
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, cap, "cannot open '%s': %s", path, strerror(errno));
@@ -104,7 +105,8 @@ static int parse_file(accounts *a, const char *path, acct **out, int *n_out, lon
         int nf = 0;
         for (char *tok = strtok(line, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) {
             if (nf == 4) {
-                snprintf(err, cap, "%s:%d: more than NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]", path,
+                snprintf(err, cap,
+                         "%s:%d: more than NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]", path,
                          lineno);
                 goto out;
             }
@@ -112,25 +114,28 @@ static int parse_file(accounts *a, const char *path, acct **out, int *n_out, lon
         }
         if (nf == 0) continue;
         if (nf < 2) {
-            snprintf(err, cap, "%s:%d: expected NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]", path, lineno);
+            snprintf(err, cap, "%s:%d: expected NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]",
+                     path, lineno);
             goto out;
         }
         size_t ln = strlen(field[0]), lk = strlen(field[1]);
         int bad_name = ln == 0 || ln > MAX_NAME;
         for (size_t i = 0; i < ln && !bad_name; i++) {
             char ch = field[0][i];
-            bad_name = !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                         ch == '_' || ch == '.' || ch == '-');
+            bad_name = !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                         (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-');
         }
         if (bad_name) {
-            snprintf(err, cap, "%s:%d: the name must be 1-%d of [A-Za-z0-9_.-]", path, lineno, MAX_NAME);
+            snprintf(err, cap, "%s:%d: the name must be 1-%d of [A-Za-z0-9_.-]", path, lineno,
+                     MAX_NAME);
             goto out;
         }
         int bad_key = lk < MIN_KEY || lk > MAX_KEY;
-        for (size_t i = 0; i < lk && !bad_key; i++) bad_key = field[1][i] < 0x21 || field[1][i] > 0x7e;
+        for (size_t i = 0; i < lk && !bad_key; i++)
+            bad_key = field[1][i] < 0x21 || field[1][i] > 0x7e;
         if (bad_key) {
-            snprintf(err, cap, "%s:%d: the key of '%s' must be %d-%d printable ASCII bytes", path, lineno,
-                     field[0], MIN_KEY, MAX_KEY);
+            snprintf(err, cap, "%s:%d: the key of '%s' must be %d-%d printable ASCII bytes", path,
+                     lineno, field[0], MIN_KEY, MAX_KEY);
             goto out;
         }
         long rpm = 0, tpd = 0;
@@ -144,7 +149,8 @@ static int parse_file(accounts *a, const char *path, acct **out, int *n_out, lon
                 goto out;
             }
             if (t[i].key_len == lk && !memcmp(t[i].key, field[1], lk)) {
-                snprintf(err, cap, "%s:%d: the key of '%s' is also '%s''s", path, lineno, field[0], t[i].u->name);
+                snprintf(err, cap, "%s:%d: the key of '%s' is also '%s''s", path, lineno, field[0],
+                         t[i].u->name);
                 goto out;
             }
         }
@@ -169,7 +175,9 @@ static int parse_file(accounts *a, const char *path, acct **out, int *n_out, lon
         goto out;
     }
     if (n == 0) {
-        snprintf(err, cap, "%s: no accounts (lines of NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]])", path);
+        snprintf(err, cap,
+                 "%s: no accounts (lines of NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]])",
+                 path);
         goto out;
     }
     *out = t;
@@ -257,12 +265,13 @@ int accounts_count(accounts *a) {
 /* Constant time in the key's contents: every byte of every configured key is compared. */
 static int key_equal(const char *given, size_t ng, const char *key, size_t nk) {
     unsigned char d = ng != nk;
-    for (size_t i = 0; i < nk; i++) d |= (unsigned char)((i < ng ? given[i] : 0) ^ key[i]);
+    for (size_t i = 0; i < nk; i++)
+        d |= (unsigned char)((i < ng ? given[i] : 0) ^ key[i]);
     return d == 0;
 }
 
-acct_result accounts_check(accounts *a, const char *key, int count, acct_usage **usage, long *retry_after,
-                           const char **what) {
+acct_result accounts_check(accounts *a, const char *key, int count, acct_usage **usage,
+                           long *retry_after, const char **what) {
     *usage = NULL;
     size_t ng = key ? strnlen(key, MAX_KEY + 1) : 0;
     pthread_mutex_lock(&a->mu);
@@ -322,7 +331,8 @@ void accounts_add_tokens(accounts *a, acct_usage *u, long prompt_tokens, long co
 static int buf_add(char **b, size_t *n, size_t *cap, const char *p, size_t m) {
     if (*n + m + 1 > *cap) {
         size_t c = *cap ? *cap : 1024;
-        while (*n + m + 1 > c) c *= 2;
+        while (*n + m + 1 > c)
+            c *= 2;
         char *q = realloc(*b, c);
         if (!q) {
             free(*b);
@@ -355,14 +365,15 @@ char *accounts_render(accounts *a, size_t *len) {
     pthread_mutex_lock(&a->mu);
     for (acct_usage *u = a->usage; u && b; u = u->next) {
         char line[1024];
-        int m = snprintf(line, sizeof line,
-                         "llama3c_key_requests_total{key=\"%s\"} %llu\n"
-                         "llama3c_key_limited_total{key=\"%s\"} %llu\n"
-                         "llama3c_key_tokens_total{key=\"%s\",kind=\"prompt\"} %llu\n"
-                         "llama3c_key_tokens_total{key=\"%s\",kind=\"completion\"} %llu\n"
-                         "llama3c_key_day_tokens{key=\"%s\"} %ld\n",
-                         u->name, u->requests, u->name, u->limited, u->name, u->prompt_tokens, u->name,
-                         u->completion_tokens, u->name, u->day == today ? u->day_tokens : 0);
+        int m =
+            snprintf(line, sizeof line,
+                     "llama3c_key_requests_total{key=\"%s\"} %llu\n"
+                     "llama3c_key_limited_total{key=\"%s\"} %llu\n"
+                     "llama3c_key_tokens_total{key=\"%s\",kind=\"prompt\"} %llu\n"
+                     "llama3c_key_tokens_total{key=\"%s\",kind=\"completion\"} %llu\n"
+                     "llama3c_key_day_tokens{key=\"%s\"} %ld\n",
+                     u->name, u->requests, u->name, u->limited, u->name, u->prompt_tokens, u->name,
+                     u->completion_tokens, u->name, u->day == today ? u->day_tokens : 0);
         buf_add(&b, &n, &cap, line, (size_t)m);
     }
     pthread_mutex_unlock(&a->mu);

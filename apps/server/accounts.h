@@ -37,11 +37,12 @@ typedef enum acct_result { ACCT_OK = 0, ACCT_UNAUTHORIZED = 1, ACCT_LIMITED = 2 
  * *usage gets the account's record (for accounts_add_tokens); on ACCT_LIMITED *retry_after gets
  * the seconds to wait and *what "requests per minute" or "tokens per day".
  */
-acct_result accounts_check(accounts *a, const char *key, int count, acct_usage **usage, long *retry_after,
-                           const char **what);
+acct_result accounts_check(accounts *a, const char *key, int count, acct_usage **usage,
+                           long *retry_after, const char **what);
 /* Adds a finished request's tokens to its account's usage. */
 void accounts_add_tokens(accounts *a, acct_usage *u, long prompt_tokens, long completion_tokens);
-/* Prometheus lines of per-key usage (llama3c_key_*{key="NAME"}); caller frees; NULL on no memory. */
+/* Prometheus lines of per-key usage (llama3c_key_*{key="NAME"}); caller frees; NULL on no memory.
+ */
 char *accounts_render(accounts *a, size_t *len);
 
 #endif
