@@ -258,6 +258,28 @@ static int logp_read_header(FILE *f, const char *path, logp_header *h, int32_t *
         return CLI_ERR;
     }
     size_t n = (size_t)h->n_chunk * h->n_ctx;
+    /* the size the header implies must be the file's (before allocating what it asks for) */
+    const unsigned long long want = LOGP_HEADER_BYTES + 4ull * n +
+                                    (unsigned long long)h->n_chunk * (h->n_ctx - 1 - h->n_ctx / 2) *
+                                        logp_row_bytes((int32_t)h->n_vocab);
+    long here = ftell(f), size = -1;
+    if (here >= 0 && fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    if (size < 0 || fseek(f, here, SEEK_SET) != 0) {
+        fprintf(stderr,
+                "llama3c " CMD
+                ": '%s': cannot seek (a --save-logits file must be a regular file)\n",
+                path);
+        return CLI_ERR;
+    }
+    if ((unsigned long long)size != want) {
+        fprintf(stderr,
+                "llama3c " CMD
+                ": '%s' %s: %ld bytes, its header (n_vocab %u, n_ctx %u, n_chunk %u) makes %llu\n",
+                path,
+                (unsigned long long)size < want ? "is truncated" : "is longer than its header says",
+                size, h->n_vocab, h->n_ctx, h->n_chunk, want);
+        return CLI_ERR;
+    }
     int32_t *t = malloc(n * sizeof *t);
     unsigned char *raw = malloc(n * 4);
     if (!t || !raw || fread(raw, 4, n, f) != n) {
@@ -743,11 +765,9 @@ static void mc_free(mc_item *items, int n) {
 }
 
 /* Reads the JSONL file into items (tokenized); 0 or CLI_ERR (printed: file, line, field). */
-static int mc_load(const char *path, const l3c_tokenizer *tok, long max_tasks, mc_item **out,
-                   int *n_out) {
-    size_t len;
-    char *text = cli_read_file(CMD, path, &len);
-    if (!text) return CLI_ERR;
+/* Parses the JSONL text (NUL-terminated; lines are cut in place) read from path (for messages). */
+static int mc_parse(char *text, const char *path, const l3c_tokenizer *tok, long max_tasks,
+                    mc_item **out, int *n_out) {
     mc_item *items = NULL;
     int n = 0, cap = 0, line = 0, rc = 0;
     for (char *p = text; *p && !rc && (max_tasks <= 0 || n < max_tasks);) {
@@ -792,6 +812,7 @@ static int mc_load(const char *path, const l3c_tokenizer *tok, long max_tasks, m
             cap = cap ? 2 * cap : 64;
             mc_item *ni = realloc(items, (size_t)cap * sizeof *ni);
             if (!ni) {
+                fprintf(stderr, "llama3c " CMD ": out of memory reading '%s'\n", path);
                 json_decref(j);
                 rc = CLI_ERR;
                 break;
@@ -803,6 +824,7 @@ static int mc_load(const char *path, const l3c_tokenizer *tok, long max_tasks, m
         it->label = (int)label;
         it->seq = calloc(json_array_size(je), sizeof *it->seq);
         if (!it->seq) {
+            fprintf(stderr, "llama3c " CMD ": out of memory reading '%s'\n", path);
             json_decref(j);
             rc = CLI_ERR;
             break;
@@ -814,7 +836,6 @@ static int mc_load(const char *path, const l3c_tokenizer *tok, long max_tasks, m
         }
         json_decref(j);
     }
-    free(text);
     if (!rc && n == 0) {
         fprintf(stderr, "llama3c " CMD ": %s: no items\n", path);
         rc = CLI_ERR;
@@ -826,6 +847,16 @@ static int mc_load(const char *path, const l3c_tokenizer *tok, long max_tasks, m
     *out = items;
     *n_out = n;
     return 0;
+}
+
+static int mc_load(const char *path, const l3c_tokenizer *tok, long max_tasks, mc_item **out,
+                   int *n_out) {
+    size_t len;
+    char *text = cli_read_file(CMD, path, &len);
+    if (!text) return CLI_ERR;
+    int rc = mc_parse(text, path, tok, max_tasks, out, n_out);
+    free(text);
+    return rc;
 }
 
 static int run_multiple_choice(const ppl_opts *o) {
