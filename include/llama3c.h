@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -288,11 +289,36 @@ typedef void (*l3c_convert_progress_fn)(int64_t i, int64_t n, const char *name, 
  * Writes in_path -- a Hugging Face Llama folder (config.json + safetensors + tokenizer.json) or a
  * GGUF -- as a GGUF file of out_type: "F32", "F16", "BF16", "Q8_0" (as llama.cpp's
  * convert_hf_to_gguf.py --outtype) or "Q4_K_M" (llama-quantize's mix). 1-D tensors stay F32. The
- * file appears at out_path only when complete (written to out_path.tmp, then renamed). progress
- * may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
+ * file appears at out_path only when complete (see output files below); an out_path that is
+ * in_path (or a file in it) is refused. progress may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
  */
 L3C_API l3c_status l3c_convert(const char *in_path, const char *out_path, const char *out_type,
                                l3c_convert_progress_fn progress, void *user);
+
+/* ---------------------------------------------------------------- output files */
+
+/*
+ * Every file the library writes (convert, merge, adapters, trained models) goes to a temporary
+ * file beside its destination and is renamed over it only when complete (after fsync); a
+ * destination that is one of the inputs (same file, through links too) is refused with
+ * L3C_ERR_INVALID_ARG. Programs use the same mechanism for their own outputs:
+ *   l3c_output_open: refuses a path that is one of inputs[0..n_inputs) (NULL entries skipped; a
+ *     folder stands for every file directly in it), creates the temporary file and gives its
+ *     FILE* (binary, write) in *f; the caller writes and never closes f. Caller owns *out.
+ *   l3c_output_commit: flushes, fsyncs, closes and renames into place; frees o (also on error,
+ *     when the temporary file is removed). l3c_output_abort: closes and removes it; frees o
+ *     (NULL is a no-op).
+ *   l3c_output_tmp_path: the temporary file's name, for writers that need a path (SQLite).
+ * l3c_remove_partial_outputs() unlinks every temporary file not yet committed or aborted; it is
+ * async-signal-safe, for a SIGINT / SIGTERM handler.
+ */
+typedef struct l3c_output l3c_output;
+L3C_API l3c_status l3c_output_open(const char *path, const char *const *inputs, int n_inputs,
+                                   l3c_output **out, FILE **f);
+L3C_API const char *l3c_output_tmp_path(const l3c_output *o);
+L3C_API l3c_status l3c_output_commit(l3c_output *o);
+L3C_API void l3c_output_abort(l3c_output *o);
+L3C_API void l3c_remove_partial_outputs(void);
 
 /* ---------------------------------------------------------------- tokenizer */
 

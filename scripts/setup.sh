@@ -40,7 +40,7 @@ die() {
 }
 
 # ---------------------------------------------------------------- 1. Debian packages
-PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev python3 python3-venv python3-pip)
+PKGS=(build-essential pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev libedit-dev python3 python3-venv python3-pip)
 # the public-domain training corpus (scripts/get_corpus.sh): the King James Bible, `bible -f`
 PKGS+=(bible-kjv bible-kjv-text)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and

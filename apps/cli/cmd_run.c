@@ -15,18 +15,22 @@ static const char *CMD = "run";
 static void help(FILE *f) {
     cli_opts d;
     cli_opts_init(&d, 256, 0.8f, 0.95f);
-    fprintf(f,
-            "usage: llama3c run -m FILE (-p PROMPT | -f FILE | --ids \"1 2 3\") [options]\n\n"
-            "Continues a prompt (raw completion: no chat template) and streams the new text to stdout.\n\n"
-            "prompt:\n"
-            "  -p, --prompt TEXT       the prompt, used as-is\n"
-            "  -f, --file FILE         read the prompt from FILE (\"-\": stdin)\n"
-            "  --ids \"ID ID ...\"       the prompt as token ids (space or comma separated), used exactly\n"
-            "  --no-bos                do not add the BOS token (text prompts only)\n"
-            "  --special               parse special-token text (\"<|eot_id|>\") in the prompt\n"
-            "  --echo                  print the prompt text before the continuation\n"
-            "  --print-ids             print the generated token ids (space-separated) instead of text\n"
-            "  --print-special         print the text of special tokens that are generated\n");
+    fprintf(f, "usage: llama3c run -m FILE (-p PROMPT | -f FILE | --ids \"1 2 3\") [options]\n\n"
+               "Continues a prompt (raw completion: no chat template) and streams the new text to "
+               "stdout.\n\n"
+               "prompt:\n"
+               "  -p, --prompt TEXT       the prompt, used as-is\n"
+               "  -f, --file FILE         read the prompt from FILE (\"-\": stdin)\n"
+               "  --ids \"ID ID ...\"       the prompt as token ids (space or comma separated), "
+               "used exactly\n"
+               "  -e, --escape            process escapes in the prompt (\\n \\t \\\" \\\\ \\xHH "
+               "...), as llama.cpp's -e\n"
+               "  --no-bos                do not add the BOS token (text prompts only)\n"
+               "  --special               parse special-token text (\"<|eot_id|>\") in the prompt\n"
+               "  --echo                  print the prompt text before the continuation\n"
+               "  --print-ids             print the generated token ids (space-separated) instead "
+               "of text\n"
+               "  --print-special         print the text of special tokens that are generated\n");
     cli_opts_help(f, &d);
 }
 
@@ -37,7 +41,8 @@ static int parse_ids(const char *s, int32_t **out, int64_t *n) {
     if (!ids) return cli_usage_error(CMD, "out of memory");
     const char *p = s;
     for (;;) {
-        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n')
+            p++;
         if (!*p) break;
         char *end;
         long v = strtol(p, &end, 10);
@@ -69,7 +74,7 @@ int cmd_run(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o, 256, 0.8f, 0.95f);
     const char *prompt = NULL, *prompt_file = NULL, *ids_text = NULL;
-    int no_bos = 0, special = 0, echo = 0, print_ids = 0, print_special = 0;
+    int no_bos = 0, special = 0, echo = 0, print_ids = 0, print_special = 0, escape = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_opts_parse(CMD, &o, argc, argv, &i);
@@ -84,6 +89,8 @@ int cmd_run(int argc, char **argv) {
             if (!(prompt_file = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
         } else if (!strcmp(a, "--ids")) {
             if (!(ids_text = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
+        } else if (!strcmp(a, "-e") || !strcmp(a, "--escape")) {
+            escape = 1;
         } else if (!strcmp(a, "--no-bos")) {
             no_bos = 1;
         } else if (!strcmp(a, "--special")) {
@@ -114,22 +121,25 @@ int cmd_run(int argc, char **argv) {
             return CLI_ERR;
         }
         prompt = file_text;
-    } else if (prompt) {
-        prompt_len = strlen(prompt);
     }
+    if (prompt && escape)
+        cli_unescape((char *)prompt); /* argv's or file_text: both ours to change */
+    if (prompt) prompt_len = escape || !prompt_file ? strlen(prompt) : prompt_len;
 
     cli_session s;
     int rc = cli_session_open(&s, CMD, &o);
     if (rc) goto done;
     if (!ids) {
-        int flags = (no_bos ? 0 : L3C_TOKENIZE_ADD_BOS) | (special ? L3C_TOKENIZE_PARSE_SPECIAL : 0);
+        int flags =
+            (no_bos ? 0 : L3C_TOKENIZE_ADD_BOS) | (special ? L3C_TOKENIZE_PARSE_SPECIAL : 0);
         if ((rc = cli_tokenize(CMD, s.tok, prompt, prompt_len, flags, &ids, &n_ids))) goto close;
     }
     if (o.verbose) fprintf(stderr, "llama3c %s: prompt of %lld tokens\n", CMD, (long long)n_ids);
     if ((rc = cli_session_feed(&s, ids, n_ids))) goto close;
     if (echo) {
         if (print_ids) {
-            for (int64_t i = 0; i < n_ids; i++) printf("%d ", (int)ids[i]);
+            for (int64_t i = 0; i < n_ids; i++)
+                printf("%d ", (int)ids[i]);
         } else if (prompt) {
             fwrite(prompt, 1, prompt_len, stdout);
         } else {

@@ -611,9 +611,12 @@ static int rag_params(json_t *obj, const char *where, int *k, rag_mode *mode, ap
 
 /* Retrieval for a query: embed (unless bm25), then search the index. 0, -1 (client left) or status.
  */
-static int rag_search(conn *c, const char *query, int k, rag_mode mode, rag_hit **hits, int *n,
-                      api_error *e) {
+static int rag_search(conn *c, const char *query, const char *where, int k, rag_mode mode,
+                      rag_hit **hits, int *n, api_error *e) {
     server *srv = c->srv;
+    char qerr[RAG_ERR_CAP];
+    if (rag_query_check(query, qerr))
+        return (int)api_fail(e, 400, "invalid_request_error", where, NULL, "%s", qerr);
     l3c_model_info info;
     l3c_model_get_info(srv->model, &info);
     float *q = malloc((size_t)info.n_embd * sizeof *q);
@@ -661,7 +664,7 @@ static enum MHD_Result serve_rag_query(conn *c) {
         st = (int)api_fail(&e, 400, "invalid_request_error", "query", NULL,
                            "'query' must be a non-empty string");
     } else if (!(st = rag_params(root, NULL, &k, &mode, &e))) {
-        st = rag_search(c, json_string_value(jq), k, mode, &h, &n, &e);
+        st = rag_search(c, json_string_value(jq), "query", k, mode, &h, &n, &e);
     }
     if (st) {
         json_decref(root);
@@ -721,7 +724,8 @@ static int rag_chat_augment(conn *c) {
             "with 'rag', the last user message must have a non-empty string content (the query)");
         goto out;
     }
-    if ((st = rag_search(c, json_string_value(content), k, mode, &h, &n, &e))) goto out;
+    if ((st = rag_search(c, json_string_value(content), "messages", k, mode, &h, &n, &e)))
+        goto out;
     char *user = rag_sources_text(h, n, json_string_value(content));
     json_t *sources = json_array(),
            *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);

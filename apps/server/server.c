@@ -7,11 +7,11 @@
  * and running jobs (their clients get 503 or a final SSE error event) -> close connections
  * -> free everything -> exit 0. Nothing is left running or allocated on any return path.
  */
+#include "server.h"
 #include "../cli/cli.h"
 #include "../cli/common.h"
 #include "http.h"
 #include "metrics.h"
-#include "server.h"
 
 #include "../rag/rag.h"
 #include "accounts.h"
@@ -47,7 +47,8 @@ static void usage(FILE *f) {
             "usage: llama3c serve -m MODEL [options]\n"
             "\n"
             "An OpenAI-compatible HTTP server (chat and text completions, streaming, embeddings,\n"
-            "/v1/models, /health, /metrics, a web chat page at /). Many clients are served at once: each of\n"
+            "/v1/models, /health, /metrics, a web chat page at /). Many clients are served at "
+            "once: each of\n"
             "--parallel slots holds one request's KV cache, and one engine thread decodes all\n"
             "active slots together in one batch per step.\n"
             "\n"
@@ -56,7 +57,8 @@ static void usage(FILE *f) {
             "  --host HOST           address to bind (default 127.0.0.1)\n"
             "  --port N              TCP port (default 8080; 0: any free port, printed at start)\n"
             "  --parallel N          slots, i.e. requests generated at once (default 4)\n"
-            "  --ctx N               context positions per slot (default min(model, 2048))\n"
+            "  -c, --ctx N           context positions per slot (default min(model, 2048); also "
+            "--ctx-size)\n"
             "  --queue N             requests that may wait for a slot; more get 429 (default 64)\n"
             "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
             "  --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
@@ -67,12 +69,14 @@ static void usage(FILE *f) {
             "  --max-body BYTES      largest request body (default 1048576); larger: 413\n"
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
-            "  --pooling P           /v1/embeddings pooling: mean (default), cls (first token) or last\n"
+            "  --pooling P           /v1/embeddings pooling: mean (default), cls (first token) or "
+            "last\n"
             "  --kv TYPE             KV-cache type: f16 (default), f32, q8_0\n"
             "  --rag-db FILE         a `llama3c rag index` of this model: POST /v1/rag/query\n"
             "                        and chat completions with \"rag\": {\"k\": 4} (docs/RAG.md)\n"
             "  -t, --threads N       compute threads (default: physical cores)\n"
-            "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 digits)\n"
+            "  --bf16                F16/BF16 matrices multiply in bfloat16 (faster prompts, ~3 "
+            "digits)\n"
             "  -v, --verbose         log HTTP errors and model loading on stderr\n");
     cli_lora_help(f);
 }
@@ -82,8 +86,8 @@ static int parse_int(const char *opt, const char *v, long long lo, long long hi,
     errno = 0;
     long long x = v ? strtoll(v, &end, 10) : 0;
     if (!v || errno || end == v || *end || x < lo || x > hi) {
-        fprintf(stderr, "llama3c serve: %s expects an integer in [%lld, %lld], got '%s'\n", opt, lo, hi,
-                v ? v : "");
+        fprintf(stderr, "llama3c serve: %s expects an integer in [%lld, %lld], got '%s'\n", opt, lo,
+                hi, v ? v : "");
         return -1;
     }
     *out = x;
@@ -118,6 +122,11 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
             srv->bf16 = 1;
             continue;
         }
+        if (!val && !eq) {
+            int r = cli_compat_parse("serve", argc, argv, &i);
+            if (r < 0) return -1;
+            if (r) continue;
+        }
         if (!val) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "llama3c serve: option %s needs a value\n", name);
@@ -126,15 +135,23 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
             val = argv[++i];
         }
         long long x;
-        if (!strcmp(name, "-m") || !strcmp(name, "--model")) srv->model_path = val;
-        else if (!strcmp(name, "--host")) srv->host = val;
-        else if (!strcmp(name, "--api-key")) srv->api_key = val;
-        else if (!strcmp(name, "--api-keys")) srv->api_keys_path = val;
-        else if (!strcmp(name, "--rag-db")) srv->rag_db = val;
+        if (!strcmp(name, "-m") || !strcmp(name, "--model"))
+            srv->model_path = val;
+        else if (!strcmp(name, "--host"))
+            srv->host = val;
+        else if (!strcmp(name, "--api-key"))
+            srv->api_key = val;
+        else if (!strcmp(name, "--api-keys"))
+            srv->api_keys_path = val;
+        else if (!strcmp(name, "--rag-db"))
+            srv->rag_db = val;
         else if (!strcmp(name, "--kv")) {
-            if (!strcmp(val, "f16")) srv->kv_type = L3C_KV_F16;
-            else if (!strcmp(val, "f32")) srv->kv_type = L3C_KV_F32;
-            else if (!strcmp(val, "q8_0")) srv->kv_type = L3C_KV_Q8_0;
+            if (!strcmp(val, "f16"))
+                srv->kv_type = L3C_KV_F16;
+            else if (!strcmp(val, "f32"))
+                srv->kv_type = L3C_KV_F32;
+            else if (!strcmp(val, "q8_0"))
+                srv->kv_type = L3C_KV_Q8_0;
             else {
                 fprintf(stderr, "llama3c serve: unknown --kv '%s' (f16, f32, q8_0)\n", val);
                 return -1;
@@ -146,7 +163,7 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         } else if (!strcmp(name, "--parallel") || !strcmp(name, "-np")) {
             if (parse_int(name, val, 1, 256, &x)) return -1;
             srv->parallel = (int)x;
-        } else if (!strcmp(name, "--ctx") || !strcmp(name, "-c")) {
+        } else if (cli_is(name, CLI_CTX)) {
             if (parse_int(name, val, 0, 1 << 20, &x)) return -1;
             if (x != 0 && x < 16) {
                 fprintf(stderr, "llama3c serve: --ctx must be 0 or at least 16\n");
@@ -169,12 +186,18 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
             if (parse_int(name, val, 1, 100000, &x)) return -1;
             srv->max_connections = (int)x;
         } else if (!strcmp(name, "--pooling")) {
-            if (!strcmp(val, "mean")) srv->pooling = L3C_POOLING_MEAN;
-            else if (!strcmp(val, "cls")) srv->pooling = L3C_POOLING_CLS;
-            else if (!strcmp(val, "last")) srv->pooling = L3C_POOLING_LAST;
+            if (!strcmp(val, "mean"))
+                srv->pooling = L3C_POOLING_MEAN;
+            else if (!strcmp(val, "cls"))
+                srv->pooling = L3C_POOLING_CLS;
+            else if (!strcmp(val, "last"))
+                srv->pooling = L3C_POOLING_LAST;
             else {
-                fprintf(stderr, "llama3c serve: --pooling expects mean, cls or last, got '%s' (/v1/embeddings "
-                                "returns one vector per input)\n", val);
+                fprintf(
+                    stderr,
+                    "llama3c serve: --pooling expects mean, cls or last, got '%s' (/v1/embeddings "
+                    "returns one vector per input)\n",
+                    val);
                 return -1;
             }
         } else if (!strcmp(name, "-t") || !strcmp(name, "--threads")) {
