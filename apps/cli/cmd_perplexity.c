@@ -54,7 +54,7 @@ static void usage(FILE *f) {
         "       llama3c perplexity -m MODEL --multiple-choice FILE.jsonl [--tasks N]\n"
         "Perplexity by llama.cpp's method: chunks of N tokens, BOS first, the second half scored.\n"
         "  -f FILE            the text ('-': stdin)\n"
-        "  -c, --ctx-size N   tokens per chunk (default 512)\n"
+        "  -c, --ctx-size N   tokens per chunk (default 512; also --ctx)\n"
         "  --chunks N         at most N chunks (default: all whole chunks)\n"
         "  -b, --batch-size N tokens per decode call (default and most: the chunk size)\n"
         "  -t N               threads (default: physical cores)\n"
@@ -62,9 +62,9 @@ static void usage(FILE *f) {
         "  --bf16             F16/BF16 matrices multiply in bfloat16\n"
         "  --save-logits FILE store this (base) model's distributions (docs/EVAL.md: format, "
         "size)\n"
-        "  --kl-base FILE     KL divergence, top-1 agreement and ln(PPL ratio) against FILE's "
-        "base;\n"
-        "                     the text comes from FILE (a -f text must tokenize to the same ids)\n"
+        "  --kl-base FILE     KL divergence, top-1 agreement and ln(PPL ratio) against FILE's\n"
+        "                     base (also --kl-divergence-base); the text comes from FILE (a -f\n"
+        "                     text must tokenize to the same ids)\n"
         "  --multiple-choice FILE  JSONL items {\"ctx\", \"endings\": [...], \"label\"}: acc and\n"
         "                     acc_norm (log-likelihood / UTF-8 bytes of the ending)\n"
         "  --tasks N          at most the first N multiple-choice items\n"
@@ -943,48 +943,46 @@ done:
 
 int cmd_perplexity(int argc, char **argv) {
     ppl_opts o = {.n_ctx = 512, .kv_type = L3C_KV_F16};
-    int lr;
+    int r;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        long n;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+        const char *a = argv[i], *v = NULL;
+        int n;
+        if (cli_is(a, "-h|--help")) {
             usage(stdout);
             return 0;
-        }
-        if ((lr = cli_lora_parse(CMD, &o.lora, argc, argv, &i)) != 0) {
-            if (lr < 0) return CLI_USAGE;
-            continue;
-        }
-        if (!strcmp(a, "--bf16")) {
+        } else if ((r = cli_lora_parse(CMD, &o.lora, argc, argv, &i))) {
+            if (r < 0) return CLI_USAGE;
+        } else if (cli_is(a, "--bf16")) {
             o.bf16 = 1;
-            continue;
-        }
-        if (!(v = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
-        if (!strcmp(a, "-m") || !strcmp(a, "--model"))
-            o.model_path = v;
-        else if (!strcmp(a, "-f") || !strcmp(a, "--file"))
-            o.text_path = v;
-        else if (!strcmp(a, "--save-logits"))
-            o.save_path = v;
-        else if (!strcmp(a, "--kl-base"))
-            o.kl_path = v;
-        else if (!strcmp(a, "--multiple-choice"))
-            o.mc_path = v;
-        else if (!strcmp(a, "--json"))
-            o.json_path = v;
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            if (cli_parse_long(CMD, a, v, 4, 1 << 20, &o.n_ctx)) return CLI_USAGE;
+        } else if (cli_is(a, CLI_MODEL)) {
+            if (cli_str(CMD, argc, argv, &i, &o.model_path)) return CLI_USAGE;
+        } else if (cli_is(a, "-f|--file")) {
+            if (cli_str(CMD, argc, argv, &i, &o.text_path)) return CLI_USAGE;
+        } else if (cli_is(a, "--save-logits")) {
+            if (cli_str(CMD, argc, argv, &i, &o.save_path)) return CLI_USAGE;
+        } else if (cli_is(a, "--kl-base|--kl-divergence-base")) {
+            if (cli_str(CMD, argc, argv, &i, &o.kl_path)) return CLI_USAGE;
+        } else if (cli_is(a, "--multiple-choice")) {
+            if (cli_str(CMD, argc, argv, &i, &o.mc_path)) return CLI_USAGE;
+        } else if (cli_is(a, "--json")) {
+            if (cli_str(CMD, argc, argv, &i, &o.json_path)) return CLI_USAGE;
+        } else if (cli_is(a, CLI_CTX)) {
+            if (cli_int(CMD, argc, argv, &i, 4, 1 << 20, &n)) return CLI_USAGE;
+            o.n_ctx = n;
             o.ctx_given = 1;
-        } else if (!strcmp(a, "--chunks")) {
-            if (cli_parse_long(CMD, a, v, 1, 1L << 30, &o.n_chunks)) return CLI_USAGE;
-        } else if (!strcmp(a, "--tasks")) {
-            if (cli_parse_long(CMD, a, v, 1, 1L << 30, &o.n_tasks)) return CLI_USAGE;
-        } else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) {
-            if (cli_parse_long(CMD, a, v, 1, 1 << 20, &o.n_batch)) return CLI_USAGE;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (cli_parse_long(CMD, a, v, 1, 1024, &n)) return CLI_USAGE;
-            o.n_threads = (int)n;
-        } else if (!strcmp(a, "--kv")) {
+        } else if (cli_is(a, "--chunks")) {
+            if (cli_int(CMD, argc, argv, &i, 1, 1 << 30, &n)) return CLI_USAGE;
+            o.n_chunks = n;
+        } else if (cli_is(a, "--tasks|--multiple-choice-tasks")) {
+            if (cli_int(CMD, argc, argv, &i, 1, 1 << 30, &n)) return CLI_USAGE;
+            o.n_tasks = n;
+        } else if (cli_is(a, CLI_BATCH)) {
+            if (cli_int(CMD, argc, argv, &i, 1, 1 << 20, &n)) return CLI_USAGE;
+            o.n_batch = n;
+        } else if (cli_is(a, CLI_THREADS)) {
+            if (cli_int(CMD, argc, argv, &i, 1, 1024, &o.n_threads)) return CLI_USAGE;
+        } else if (cli_is(a, "--kv")) {
+            if (cli_str(CMD, argc, argv, &i, &v)) return CLI_USAGE;
             if (!strcmp(v, "f16"))
                 o.kv_type = L3C_KV_F16;
             else if (!strcmp(v, "f32"))
@@ -992,7 +990,9 @@ int cmd_perplexity(int argc, char **argv) {
             else if (!strcmp(v, "q8_0"))
                 o.kv_type = L3C_KV_Q8_0;
             else
-                return cli_usage_error(CMD, "unknown --kv '%s' (f16, f32, q8_0)", v);
+                return cli_usage_error(CMD, "--kv: '%s' is not f16, f32 or q8_0", v);
+        } else if ((r = cli_compat_parse(CMD, argc, argv, &i))) {
+            if (r < 0) return CLI_USAGE;
         } else
             return cli_usage_error(CMD, "unknown option '%s'", a);
     }
