@@ -100,7 +100,7 @@ FUZZ_SERVER_SRC := tests/fuzz/fuzz_server_request.c apps/server/openai.c src/cha
                    $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
 FUZZ_CHAT_SRC := tests/fuzz/fuzz_chat.c $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
 
-$(FUZZ_DIR)/fuzz_server_request: $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a apps/server/openai.h \
+$(FUZZ_DIR)/fuzz_server_request: $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a apps/server/openai.h tests/fuzz/fuzz_model_path.h \
                                  apps/server/scheduler.h apps/server/server.h $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Iapps/server $(FUZZ_SAN) -o $@ $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
@@ -149,7 +149,7 @@ fuzz-ci:
 FUZZ_EVAL_SRC := tests/fuzz/fuzz_eval_files.c apps/cli/common.c apps/cli/logprob.c \
                  $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
 
-$(FUZZ_DIR)/fuzz_eval_files: $(FUZZ_EVAL_SRC) apps/cli/cmd_perplexity.c apps/cli/common.h apps/cli/logprob.h \
+$(FUZZ_DIR)/fuzz_eval_files: $(FUZZ_EVAL_SRC) apps/cli/cmd_perplexity.c apps/cli/common.h apps/cli/logprob.h tests/fuzz/fuzz_model_path.h \
                              $(BUILD)/libllama3c.a $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_EVAL_SRC) $(BUILD)/libllama3c.a $(LDLIBS)

@@ -39,12 +39,6 @@
 #define LOGP_RANGE 24.0  /* nats below the most probable token that a saved row keeps */
 #define LOGP_QMAX  65534 /* q in 1..65535 */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void usage(FILE *f) {
     fprintf(
         f,
@@ -440,7 +434,7 @@ static void mean_err(double sum, double sum2, int64_t n, double *mean, double *e
 }
 
 static void progress(int64_t i, int64_t n, double t0, const ppl_state *s) {
-    double m, e, dt = now_s() - t0;
+    double m, e, dt = cli_now_s() - t0;
     mean_err(s->nll, s->nll2, s->count, &m, &e);
     fprintf(stderr,
             "llama3c " CMD ": chunk %lld/%lld  PPL %.4f +/- %.5f  %.2f s/chunk, ETA %.1f s\n",
@@ -510,7 +504,7 @@ static int run_perplexity(const ppl_opts *o) {
             "llama3c " CMD ": %lld tokens, %lld chunks of %d, batch %d, %d scored per chunk\n",
             (long long)n_ids, (long long)n_chunk, (int)n_ctx, (int)r.n_batch,
             (int)(n_ctx - 1 - s.first));
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (int64_t c = 0; c < n_chunk; c++) {
         s.chunk = ids + c * n_ctx;
         if (ppl_chunk(&r, &s, scratch, bos, ppl_row)) goto done;
@@ -531,7 +525,7 @@ static int run_perplexity(const ppl_opts *o) {
     mean_err(s.nll, s.nll2, s.count, &m, &e);
     printf("Final estimate: PPL = %.4f +/- %.5f\n", exp(m), exp(m) * e);
     fprintf(stderr, "llama3c " CMD ": %lld tokens scored in %.2f s\n", (long long)s.count,
-            now_s() - t0);
+            cli_now_s() - t0);
     rc = write_json(o->json_path,
                     json_pack("{s:f, s:f, s:f, s:I, s:I, s:i}", "ppl", exp(m), "ppl_err",
                               exp(m) * e, "mean_nll", m, "count", (json_int_t)s.count, "n_chunk",
@@ -626,7 +620,7 @@ static int run_kl(const ppl_opts *o) {
             o->kl_path, h.model, (long long)n_chunk, (int)s.n_ctx);
     printf("chunk             PPL          ln(PPL(Q)/PPL(base))          KL Divergence          "
            "Same top p\n");
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (int64_t c = 0; c < n_chunk; c++) {
         if (fread(rows, 1, chunk_bytes, f) != chunk_bytes) {
             fprintf(stderr, "llama3c " CMD ": '%s' is truncated: no rows for chunk %lld\n",
@@ -884,7 +878,7 @@ static int run_multiple_choice(const ppl_opts *o) {
     if (!(cache = malloc((size_t)n_max * sizeof *cache))) goto done;
     int32_t n_cache = 0;
     int n_acc = 0, n_acc_norm = 0;
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (int i = 0; i < n_items; i++) {
         const mc_item *it = &items[i];
         int best = 0, best_norm = 0;
@@ -920,7 +914,7 @@ static int run_multiple_choice(const ppl_opts *o) {
         n_acc_norm += best_norm == it->label;
         fprintf(stderr, "llama3c " CMD ": item %d/%d  acc %.4f  acc_norm %.4f  (%.2f s/item)\n",
                 i + 1, n_items, (double)n_acc / (i + 1), (double)n_acc_norm / (i + 1),
-                (now_s() - t0) / (i + 1));
+                (cli_now_s() - t0) / (i + 1));
     }
     const double a = (double)n_acc / n_items, an = (double)n_acc_norm / n_items;
     /* standard errors as lm-evaluation-harness reports them: sample std / sqrt(n) */

@@ -12,6 +12,7 @@
  *   build-fuzz/fuzz_eval_files --write-seeds DIR   writes the seed corpus
  */
 #include "../../apps/cli/cmd_perplexity.c"
+#include "fuzz_model_path.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -147,22 +148,9 @@ static void write_seeds(const char *dir) {
         write_seed(dir, 2 + i, jsonl[i], strlen(jsonl[i]));
 }
 
-static const char *vocab_path(char *buf, size_t cap) {
-    const char *p = getenv("L3C_FUZZ_MODEL");
-    if (p && *p) return p;
-    FILE *f = popen(
-        "sh scripts/default-model.sh 2>/dev/null || sh ../scripts/default-model.sh 2>/dev/null",
-        "r");
-    if (!f) return NULL;
-    const char *r = fgets(buf, (int)cap, f) ? buf : NULL;
-    pclose(f);
-    if (r) buf[strcspn(buf, "\n")] = 0;
-    return r && *r ? r : NULL;
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     char buf[4096];
-    const char *path = vocab_path(buf, sizeof buf);
+    const char *path = fuzz_model_path(buf, sizeof buf);
     if (!path || l3c_tokenizer_load(path, &g_tok) != L3C_OK) {
         fprintf(stderr,
                 "fuzz_eval_files: no vocabulary (%s): set L3C_FUZZ_MODEL or install the default "

@@ -17,6 +17,7 @@
  *   fuzz_server_request --write-seeds DIR   writes valid and near-valid bodies
  * Build and run: `make fuzz-server` (fuzz.mk).
  */
+#include "fuzz_model_path.h"
 #include "openai.h"
 
 #include <jansson.h>
@@ -197,24 +198,13 @@ static void write_seeds(const char *dir) {
     }
 }
 
-static const char *model_path(char *buf, size_t cap) {
-    const char *p = getenv("L3C_FUZZ_MODEL");
-    if (p && *p) return p;
-    FILE *f = popen("sh scripts/default-model.sh 2>/dev/null || sh ../scripts/default-model.sh 2>/dev/null", "r");
-    if (!f) return NULL;
-    const char *r = fgets(buf, (int)cap, f) ? buf : NULL;
-    pclose(f);
-    if (r) buf[strcspn(buf, "\n")] = 0;
-    return r && *r ? r : NULL;
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     if (*argc == 3 && strcmp((*argv)[1], "--write-seeds") == 0) {
         write_seeds((*argv)[2]);
         exit(0);
     }
     char buf[4096];
-    const char *path = model_path(buf, sizeof buf);
+    const char *path = fuzz_model_path(buf, sizeof buf);
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = 1;
     mp.verbose = 0;
