@@ -65,7 +65,7 @@ fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/corpus/tokenizer
 fuzz-model: $(FUZZ_DIR)/fuzz_model $(FUZZ_DIR)/corpus/model
 	cd $(FUZZ_DIR) && ./fuzz_model $(FUZZ_RUN) -max_len=16384 corpus/model
 
-fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat fuzz-lora fuzz-grammar
+fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat fuzz-lora fuzz-grammar fuzz-eval
 
 .PHONY: fuzz-tokenizer fuzz-model fuzz-all
 
@@ -102,7 +102,7 @@ FUZZ_SERVER_SRC := tests/fuzz/fuzz_server_request.c apps/server/openai.c apps/se
 FUZZ_CHAT_SRC := tests/fuzz/fuzz_chat.c $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
 
 $(FUZZ_DIR)/fuzz_server_request: $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a $(wildcard apps/server/*.h) \
-                                 $(wildcard include/*.h src/*/*.h)
+                                 tests/fuzz/fuzz_model_path.h $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Iapps/server $(FUZZ_SAN) -o $@ $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
 
@@ -134,12 +134,35 @@ FUZZ_CI_ENV = L3C_FUZZ_STRICT=1 L3C_FUZZ_TOKENIZER=$(abspath $(FUZZ_DATA))/llama
 fuzz-ci:
 	$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_model \
 	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/fuzz_lora \
-	  $(FUZZ_DIR)/fuzz_grammar
+	  $(FUZZ_DIR)/fuzz_grammar $(FUZZ_DIR)/fuzz_eval_files
 	rm -f $(FUZZ_DIR)/crash-* $(FUZZ_DIR)/leak-* $(FUZZ_DIR)/timeout-* $(FUZZ_DIR)/oom-*
 	$(FUZZ_CI_ENV) $(MAKE) --no-print-directory FUZZ_SECONDS=$(FUZZ_CI_SECONDS) fuzz fuzz-tokenizer fuzz-model \
-	  fuzz-server fuzz-chat fuzz-safetensors fuzz-lora fuzz-grammar
+	  fuzz-server fuzz-chat fuzz-safetensors fuzz-lora fuzz-grammar fuzz-eval
 
 .PHONY: fuzz-server fuzz-chat fuzz-ci
+
+# ---- the files `llama3c perplexity` reads (tests/fuzz/fuzz_eval_files.c)
+#   make fuzz-eval [FUZZ_SECONDS=n]
+# --kl-base files (header, token ids, rows scored by kl_row) and --multiple-choice JSONL
+# (tokenized with the default model's vocabulary: L3C_FUZZ_MODEL, else scripts/default-model.sh;
+# exit 1 without it). Instrumented: the harness (which #includes apps/cli/cmd_perplexity.c),
+# apps/cli/common.c and logprob.c, the tokenizer, the GGUF reader and util.
+FUZZ_EVAL_SRC := tests/fuzz/fuzz_eval_files.c apps/cli/common.c apps/cli/logprob.c \
+                 $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
+
+$(FUZZ_DIR)/fuzz_eval_files: $(FUZZ_EVAL_SRC) apps/cli/cmd_perplexity.c apps/cli/common.h apps/cli/logprob.h tests/fuzz/fuzz_model_path.h \
+                             $(BUILD)/libllama3c.a $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_EVAL_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/eval: $(FUZZ_DIR)/fuzz_eval_files
+	@mkdir -p $@
+	$(FUZZ_DIR)/fuzz_eval_files --write-seeds $@
+
+fuzz-eval: $(FUZZ_DIR)/fuzz_eval_files $(FUZZ_DIR)/corpus/eval
+	cd $(FUZZ_DIR) && ./fuzz_eval_files $(FUZZ_RUN) -max_len=8192 corpus/eval
+
+.PHONY: fuzz-eval
 
 # ---- GGUF LoRA adapters (tests/fuzz/fuzz_lora.c)
 #   make fuzz-lora [FUZZ_SECONDS=n]

@@ -6,7 +6,7 @@
 #      llama-cpp-python, which running llama3c does not need);
 #   3. `make`.
 # With --test it also installs the test dependencies into .venv (gguf numpy tiktoken pytest openai
-# jinja2 jsonschema), the torch reference venv .venv-torch (Debian python3-torch + transformers + peft) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
+# jinja2 jsonschema; lm_eval's API client, --no-deps), the torch reference venv .venv-torch (Debian python3-torch + transformers + peft) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
 # ~/.cache/llama3c/wheels, building that wheel once if absent.
 # With --test it finally verifies every reference the suite compares against (python modules
 # importable, chromium runs, clang builds a libFuzzer target, the default model, and the sha256 of
@@ -110,6 +110,19 @@ if ((WITH_TEST)); then
         say "test dependencies: all present"
     fi
 
+    # lm-evaluation-harness: tests/py/test_server_logprobs.py drives its local-completions client
+    # against `llama3c serve`. Its declared dependencies (datasets, evaluate, scikit-learn, ...) serve
+    # its task datasets and metrics, not the API client, so it goes in with --no-deps plus what
+    # lm_eval.models.openai_completions imports (its [api] extra: aiohttp, tenacity, requests,
+    # tqdm; and pyyaml). No torch is pulled.
+    if "$PY" -c "import lm_eval.models.openai_completions" 2>/dev/null; then
+        say "lm_eval (API client): present"
+    else
+        say "installing lm_eval 0.4.13 (--no-deps) + aiohttp tenacity requests tqdm pyyaml"
+        "${PIP[@]}" --no-deps "lm_eval==0.4.13"
+        "${PIP[@]}" aiohttp tenacity requests tqdm pyyaml
+    fi
+
     if has_module llama_cpp; then
         say "llama-cpp-python: present"
     else
@@ -182,7 +195,7 @@ fi
 
 # ---------------------------------------------------------------- verify the test references
 if ((WITH_TEST)); then
-    for m in numpy gguf tiktoken jinja2 openai pytest jsonschema llama_cpp; do
+    for m in numpy gguf tiktoken jinja2 openai pytest jsonschema llama_cpp lm_eval.models.openai_completions; do
         err=$("$PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv: ${err##*$'\n'}"
     done
     TORCH_PY="$ROOT/.venv-torch/bin/python"

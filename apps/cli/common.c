@@ -547,7 +547,7 @@ void cli_session_close(cli_session *s) {
     memset(s, 0, sizeof *s);
 }
 
-static double now_s(void) {
+double cli_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -599,7 +599,7 @@ int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
         fprintf(stderr, "llama3c %s: out of memory\n", s->cmd);
         return CLI_ERR;
     }
-    double t0 = now_s();
+    double t0 = cli_now_s();
     int rc = 0;
     while (s->n_cache < n) {
         int32_t m = (int32_t)(n - s->n_cache < s->n_batch ? n - s->n_cache : s->n_batch);
@@ -616,7 +616,7 @@ int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
         s->n_prompt += m;
         if (s->n_cache == n) s->logits = l3c_get_logits(s->ctx, m - 1);
     }
-    s->t_prompt = now_s() - t0;
+    s->t_prompt = cli_now_s() - t0;
     free(pos);
     if (!rc && !s->logits) {
         fprintf(stderr, "llama3c %s: no logits after the prompt\n", s->cmd);
@@ -659,7 +659,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         fprintf(stderr, "llama3c %s: nothing to continue (no prompt evaluated)\n", s->cmd);
         return CLI_ERR;
     }
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (int64_t i = 0; o->n_predict < 0 || i < o->n_predict; i++) {
         if (g->stop && *g->stop) break;
         int32_t id = l3c_sampler_sample(s->smp, s->logits);
@@ -709,7 +709,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         }
         if ((rc = decode_one(s, id))) break;
     }
-    s->t_gen = now_s() - t0;
+    s->t_gen = cli_now_s() - t0;
     if (pend.n && g->out) fwrite(pend.p, 1, pend.n, g->out); /* an incomplete tail, as it is */
     if (g->out) fflush(g->out);
     if (piece != small) free(piece);

@@ -53,6 +53,9 @@ int cli_compat_parse(const char *cmd, int argc, char **argv, int *i);
  * and \x00, stay as they are). */
 void cli_unescape(char *s);
 
+/* Seconds on the monotonic clock. */
+double cli_now_s(void);
+
 /* The value of option argv[*i] (advancing *i), or NULL after printing a usage error. */
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
 /* Parse a whole string as a number within [lo, hi]; 0 on success, CLI_USAGE (message printed)

@@ -14,6 +14,7 @@
 #pragma weak cmd_chat
 #pragma weak cmd_info
 #pragma weak cmd_eval
+#pragma weak cmd_perplexity
 #pragma weak cmd_tokenize
 #pragma weak cmd_detokenize
 #pragma weak cmd_bench
@@ -51,6 +52,7 @@ int main(int argc, char **argv) {
         {"embed", cmd_embed, "embeddings of texts (pooled hidden states), JSON or NPY"},
         {"rag", cmd_rag, "index text / markdown / PDF files, retrieve, answer with sources"},
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
+        {"perplexity", cmd_perplexity, "perplexity of a text, KL divergence vs a base, multiple-choice accuracy"},
         {"eval", cmd_eval, "write the logits of given token ids to a file (for tests)"},
         {"convert", cmd_convert, "a Hugging Face folder (or GGUF) to GGUF: F16, Q8_0, Q4_K_M, ..."},
         {"train", cmd_train, "LoRA fine-tuning on a GGUF base: adapters as GGUF and PEFT"},

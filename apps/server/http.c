@@ -18,6 +18,7 @@
  */
 #include "http.h"
 
+#include "accounts.h"
 #include "metrics.h"
 #include "openai.h"
 
@@ -70,6 +71,13 @@ typedef struct conn {
     size_t sse_len, sse_off, sse_cap;
     char *text;
     size_t text_len, text_cap;
+    /* logprobs: records taken from the job (blocking: all; stream: this chunk's) */
+    sched_logprob *lp;
+    int32_t n_lp;
+    int echo_sent;         /* stream: completions' echo text went out with the first chunk */
+    /* --api-keys */
+    acct_usage *acct;      /* the request's account (usage and tokens/day); NULL: none */
+    long retry_after;      /* seconds for a 429's Retry-After (0: 1) */
 } conn;
 
 /* ------------------------------------------------------------------ helpers */
@@ -208,7 +216,11 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
     if (e->status == 405) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allowed_methods(c->ep));
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
-    if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (e->status == 429 || e->status == 503) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%ld", c->retry_after > 0 ? c->retry_after : 1L);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
     return queue(c, e->status, r);
 }
 
@@ -234,6 +246,29 @@ static int authorized(conn *c) {
     h += 7;
     while (*h == ' ') h++;
     return key_matches(h, c->srv->api_key);
+}
+
+/* --api-keys: the key's account, and its limits for a generation request. MHD_YES to go on with
+ * c->acct set; otherwise the 401 / 429 is queued (the return value is queue's). */
+static enum MHD_Result account_check(conn *c, int *ok) {
+    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *key = NULL;
+    if (h && !strncasecmp(h, "Bearer ", 7))
+        for (key = h + 7; *key == ' '; key++) {}
+    int counts = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
+    const char *what = "";
+    acct_result r = accounts_check(c->srv->accounts, key, counts, &c->acct, &c->retry_after, &what);
+    *ok = r == ACCT_OK;
+    if (r == ACCT_UNAUTHORIZED)
+        return fail(c, 401, "invalid_request_error", "invalid_api_key",
+                    "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
+    if (r == ACCT_LIMITED) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "rate limit reached for this API key (%s); retry after %ld s", what,
+                 c->retry_after);
+        return fail(c, 429, "rate_limit_error", "rate_limit_exceeded", msg);
+    }
+    return MHD_YES;
 }
 
 static metrics_endpoint route(const char *url) {
@@ -270,6 +305,20 @@ static enum MHD_Result serve_get(conn *c) {
     case EP_METRICS: {
         char *b = metrics_render(srv->sched, &len);
         if (!b) return respond_json(c, 500, NULL, 0);
+        if (srv->accounts) { /* usage per API key */
+            size_t kl = 0;
+            char *k = accounts_render(srv->accounts, &kl);
+            char *both = k ? realloc(b, len + kl + 1) : NULL;
+            if (!both) {
+                free(k);
+                free(b);
+                return respond_json(c, 500, NULL, 0);
+            }
+            memcpy(both + len, k, kl + 1);
+            free(k);
+            b = both;
+            len += kl;
+        }
         return respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b, len);
     }
     case EP_MODELS: {
@@ -306,6 +355,7 @@ static void record_tokens(conn *c, const sched_update *u) {
     if (c->tokens_recorded) return;
     c->tokens_recorded = 1;
     metrics_record_tokens(u->n_prompt, u->n_gen);
+    if (c->acct) accounts_add_tokens(c->srv->accounts, c->acct, u->n_prompt, u->n_gen);
 }
 
 /* Appends *np bytes (taking ownership of p) to the pending SSE output. The length is passed by
@@ -342,6 +392,54 @@ static int sse_add_const(conn *c, const char *s) {
     return sse_add(c, p, &n);
 }
 
+/* Appends the job's new logprob records to c->lp (the request asked for them); -1 out of memory. */
+static int take_logprobs(conn *c) {
+    if (!c->req.params.logprobs) return 0;
+    sched_logprob *lp = NULL;
+    int32_t n = sched_job_take_logprobs(c->srv->sched, c->job, &lp);
+    if (!n) return 0;
+    sched_logprob *q = realloc(c->lp, ((size_t)c->n_lp + (size_t)n) * sizeof *q);
+    if (!q) {
+        free(lp);
+        return -1;
+    }
+    memcpy(q + c->n_lp, lp, (size_t)n * sizeof *lp);
+    free(lp);
+    c->lp = q;
+    c->n_lp += n;
+    return 0;
+}
+
+/* One content chunk of a stream with the new text and logprob records (completions' echo text
+ * first, once); nothing when there is neither. -1 out of memory. */
+static int stream_content(conn *c) {
+    size_t n;
+    c->n_lp = 0;
+    if (take_logprobs(c)) return -1;
+    const char *text = c->text;
+    size_t len = c->text_len;
+    char *joined = NULL;
+    if (c->req.echo && !c->echo_sent && (len || c->n_lp)) {
+        if (!(joined = malloc(c->req.echo_len + len + 1))) return -1;
+        memcpy(joined, c->req.echo_text, c->req.echo_len);
+        memcpy(joined + c->req.echo_len, c->text, len);
+        text = joined;
+        len += c->req.echo_len;
+        c->echo_sent = 1;
+    }
+    int rc = 0;
+    if (len || c->n_lp) {
+        c->req.lp = c->lp;
+        c->req.n_lp = c->n_lp;
+        rc = sse_add(c, api_stream_text(&c->req, text, len, &n), &n); /* tools may hold it */
+        api_logprobs_advance(&c->req);
+        c->req.lp = NULL;
+        c->req.n_lp = 0;
+    }
+    free(joined);
+    return rc;
+}
+
 /* Produces the next SSE events of a stream: the role chunk, content chunks, and at the end the
  * finish chunk, the usage chunk (stream_options.include_usage) and "data: [DONE]". */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -362,8 +460,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         sched_update u;
         c->text_len = 0;
         sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
-        if (c->text_len && sse_add(c, api_stream_text(&c->req, c->text, c->text_len, &n), &n))
-            goto oom;
+        if (stream_content(c)) goto oom;
         if (u.finish == SCHED_RUNNING) {
             if (!c->text_len && client_gone(c->mc)) {
                 sched_job_cancel(srv->sched, c->job);
@@ -423,6 +520,9 @@ static enum MHD_Result finish_blocking(conn *c) {
     if (u.finish == SCHED_FINISH_ERROR) return fail(c, 500, "server_error", NULL, u.error);
     if (u.finish == SCHED_FINISH_CANCELLED)
         return fail(c, 503, "server_error", "unavailable", "the server is shutting down");
+    if (take_logprobs(c)) return fail(c, 500, "server_error", NULL, "out of memory");
+    c->req.lp = c->lp;
+    c->req.n_lp = c->n_lp;
     size_t len = 0;
     char *body = api_response_json(&c->req, c->text, c->text_len, &u, &len);
     if (body && c->rag_sources) { /* chat with "rag": the sources the prompt numbered [1]..[k] */
@@ -794,7 +894,11 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
     int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
                      c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS ||
                      c->ep == EP_APPLY_TEMPLATE;
-    if (needs_auth && !authorized(c))
+    if (needs_auth && c->srv->accounts) {
+        int ok;
+        enum MHD_Result r = account_check(c, &ok);
+        if (!ok) return r;
+    } else if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
     if (!wants_post) return c->ep == EP_WEB ? serve_web(c, url) : serve_get(c);
@@ -887,6 +991,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     free(c->body);
     free(c->sse);
     free(c->text);
+    free(c->lp);
     free(c);
 }
 

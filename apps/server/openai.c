@@ -333,7 +333,8 @@ static unsigned tokenize_text(const server *srv, const char *text, size_t len, a
 static unsigned completion_prompt(const server *srv, json_t *body, api_request *r, api_error *err) {
     json_t *p = json_object_get(body, "prompt");
     if (!p) return BAD("prompt", "'prompt' is a required property");
-    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
+    if (json_is_array(p) && json_array_size(p) == 1 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
         p = json_array_get(p, 0);
     if (json_is_string(p)) return tokenize_text(srv, json_string_value(p), json_string_length(p), r, err);
     if (json_is_array(p) && json_array_size(p) > 0) { /* a prompt given as token ids */
@@ -416,6 +417,57 @@ static unsigned parse_logit_bias(const server *srv, json_t *body, api_request *r
     return 0;
 }
 
+/* Chat: "logprobs": bool, "top_logprobs": 0..20 (needs logprobs). Completions: "logprobs": N in
+ * 0..20 (the sampled token plus the N most probable; OpenAI allows 5), "echo": bool (the prompt
+ * precedes the text; with logprobs its tokens get logprobs too, the first null). */
+static unsigned parse_logprobs(const server *srv, json_t *body, api_request *r, api_error *err) {
+    unsigned st;
+    json_t *lp = opt(body, "logprobs");
+    long long top = 0;
+    int have_top = 0;
+    r->tok = srv->tok;
+    if (r->kind == API_CHAT) {
+        if ((st = get_bool(body, "logprobs", &r->params.logprobs, err))) return st;
+        if ((st = get_int(body, "top_logprobs", 0, SCHED_MAX_TOP_LOGPROBS, &top, &have_top, err))) return st;
+        if (have_top && !r->params.logprobs)
+            return BAD("top_logprobs", "'top_logprobs' requires 'logprobs': true");
+        r->params.top_logprobs = (int32_t)top;
+        return 0;
+    }
+    if (lp && json_is_boolean(lp)) { /* some clients send a boolean: true = the token alone */
+        r->params.logprobs = json_is_true(lp);
+    } else if (lp) {
+        if ((st = get_int(body, "logprobs", 0, SCHED_MAX_TOP_LOGPROBS, &top, NULL, err))) return st;
+        r->params.logprobs = 1;
+        r->params.top_logprobs = (int32_t)top;
+    }
+    if ((st = get_bool(body, "echo", &r->echo, err))) return st;
+    r->params.echo_logprobs = r->echo && r->params.logprobs;
+    if (!r->echo) return 0;
+    json_t *p = json_object_get(body, "prompt");
+    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
+        p = json_array_get(p, 0);
+    if (json_is_string(p)) { /* token-id prompts are echoed from their tokens by the writer */
+        r->echo_len = json_string_length(p);
+        if (!(r->echo_text = malloc(r->echo_len + 1)))
+            return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        memcpy(r->echo_text, json_string_value(p), r->echo_len + 1);
+    }
+    return 0;
+}
+
+/* echo of a token-id prompt: the text of its tokens (specials skipped, as they are in text). */
+static unsigned echo_token_prompt(api_request *r, api_error *err) {
+    int64_t need = l3c_detokenize(r->tok, r->prompt, r->n_prompt, NULL, 0, 1);
+    if (need < 0) need = -need;
+    if (!(r->echo_text = malloc((size_t)need + 1)))
+        return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    int64_t got = l3c_detokenize(r->tok, r->prompt, r->n_prompt, r->echo_text, need, 1);
+    r->echo_len = got > 0 ? (size_t)got : 0;
+    r->echo_text[r->echo_len] = '\0';
+    return 0;
+}
+
 /* The names the model is served under: the --alias names, else the file name (model_id). */
 static int served_names(const server *srv, const char **names) {
     if (!srv->n_aliases) {
@@ -464,9 +516,7 @@ static unsigned parse_params(const server *srv, json_t *body, api_request *r, ap
         if (!json_is_object(so)) return BAD("stream_options", "'stream_options' must be an object");
         if ((st = get_bool(so, "include_usage", &r->include_usage, err))) return st;
     }
-    json_t *lp = opt(body, "logprobs"); /* chat: a boolean; legacy completions: an integer */
-    if (lp && !json_is_false(lp) && !(json_is_integer(lp) && json_integer_value(lp) == 0))
-        return BAD("logprobs", "logprobs are not supported");
+    if ((st = parse_logprobs(srv, body, r, err))) return st;
 
     long long max_tokens = srv->n_ctx;
     int have_max = 0;
@@ -609,6 +659,7 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
     if ((st = parse_grammar_ext(root, r, err))) goto out;
     if (kind == API_CHAT && (st = parse_structured(srv, root, r, err))) goto out;
     st = kind == API_CHAT ? chat_prompt(srv, root, r, err) : completion_prompt(srv, root, r, err);
+    if (!st && r->echo && !r->echo_text) st = echo_token_prompt(r, err);
     if (st) goto out;
     if (r->n_prompt >= srv->n_ctx) {
         st = api_fail(err, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt",
@@ -632,6 +683,7 @@ void api_request_free(api_request *r) {
     free(r->prompt);
     free(r->bias_ids);
     free(r->bias_vals);
+    free(r->echo_text);
     for (int i = 0; i < SCHED_MAX_STOP; i++) free(r->stop[i]);
     tools_free(r->tools);
     free(r->schema);
@@ -692,6 +744,101 @@ static json_t *usage_obj(const sched_update *u) {
                      (json_int_t)u->n_cached);
 }
 
+/* ------------------------------------------------------------------ logprobs */
+
+/* The bytes token e adds to the text (specials: none) into buf (cap 256 or more); *text_bytes
+ * gets how many of them the text holds. Returns the token's bytes (specials: their own text). */
+static int32_t lp_piece(const api_request *r, int32_t id, int32_t prev, char *buf, int32_t cap,
+                        int32_t *text_bytes) {
+    int special = l3c_token_is_special(r->tok, id);
+    int32_t n = special ? l3c_token_to_bytes(r->tok, id, buf, cap) : l3c_token_to_piece(r->tok, prev, id, buf, cap);
+    if (n < 0) n = 0; /* longer than any vocabulary entry we serve: shown empty */
+    *text_bytes = special ? 0 : n;
+    return n;
+}
+
+static json_t *lp_bytes(const char *p, int32_t n) {
+    json_t *a = json_array();
+    for (int32_t i = 0; i < n; i++) json_array_append_new(a, json_integer((unsigned char)p[i]));
+    return a;
+}
+
+static json_t *lp_number(float v) { return isnan(v) ? json_null() : json_real(v); }
+
+/* The "logprobs" object of r->lp[0 .. n_lp): chat {"content": [...], "refusal": null}, or
+ * completions {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; *off is the byte
+ * offset of the first token in the choice's text, advanced past them. NULL: none asked for. */
+static json_t *logprobs_json(const api_request *r, size_t *off) {
+    if (!r->params.logprobs) return NULL;
+    char buf[512], tb[512];
+    int32_t nt;
+    if (r->kind == API_CHAT) {
+        json_t *content = json_array();
+        for (int32_t i = 0; i < r->n_lp; i++) {
+            const sched_logprob *e = &r->lp[i];
+            int32_t n = lp_piece(r, e->id, e->prev, buf, sizeof buf, &nt);
+            json_t *top = json_array();
+            for (int32_t k = 0; k < e->n_top; k++) {
+                int32_t m = lp_piece(r, e->top_id[k], e->prev, tb, sizeof tb, &nt);
+                json_array_append_new(top, json_pack("{s:o,s:o,s:o}", "token", json_text(tb, (size_t)m), "logprob",
+                                                     lp_number(e->top_lp[k]), "bytes", lp_bytes(tb, m)));
+            }
+            json_array_append_new(content, json_pack("{s:o,s:o,s:o,s:o}", "token", json_text(buf, (size_t)n),
+                                                     "logprob", lp_number(e->logprob), "bytes", lp_bytes(buf, n),
+                                                     "top_logprobs", top));
+        }
+        return json_pack("{s:o,s:n}", "content", content, "refusal");
+    }
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    for (int32_t i = 0; i < r->n_lp; i++) {
+        const sched_logprob *e = &r->lp[i];
+        int32_t n = lp_piece(r, e->id, e->prev, buf, sizeof buf, &nt);
+        json_array_append_new(tokens, json_text(buf, (size_t)n));
+        json_array_append_new(lps, lp_number(e->logprob));
+        json_array_append_new(offs, json_integer((json_int_t)*off));
+        *off += (size_t)nt;
+        if (isnan(e->logprob)) {
+            json_array_append_new(tops, json_null());
+            continue;
+        }
+        json_t *top = json_object();
+        for (int32_t k = 0; k < e->n_top; k++) {
+            int32_t m = lp_piece(r, e->top_id[k], e->prev, tb, sizeof tb, &nt);
+            json_t *key = json_text(tb, (size_t)m);
+            if (key && !json_object_get(top, json_string_value(key))) /* equal texts: the likelier */
+                json_object_set_new(top, json_string_value(key), lp_number(e->top_lp[k]));
+            json_decref(key);
+        }
+        json_array_append_new(tops, top);
+    }
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs", tops,
+                     "text_offset", offs);
+}
+
+void api_logprobs_advance(api_request *r) {
+    char buf[512];
+    int32_t nt;
+    for (int32_t i = 0; i < r->n_lp; i++) {
+        lp_piece(r, r->lp[i].id, r->lp[i].prev, buf, sizeof buf, &nt);
+        r->lp_text_off += (size_t)nt;
+    }
+}
+
+/* The choice's text: with completions' echo, the prompt (as sent, or the prompt tokens' text)
+ * and then text. */
+static json_t *echo_text_json(const api_request *r, const char *text, size_t text_len) {
+    if (!r->echo) return json_text(text, text_len);
+    char *all = malloc(r->echo_len + text_len + 1);
+    json_t *j = NULL;
+    if (all) {
+        if (r->echo_len) memcpy(all, r->echo_text, r->echo_len);
+        memcpy(all + r->echo_len, text, text_len);
+        j = json_text(all, r->echo_len + text_len);
+    }
+    free(all);
+    return j;
+}
+
 static json_t *envelope(const api_request *r, const char *object) {
     return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", r->id, "object", object, "created",
                      (json_int_t)r->created, "model", r->model ? r->model : "", "system_fingerprint",
@@ -705,15 +852,17 @@ char *api_response_json(const api_request *r, const char *text, size_t text_len,
                         const sched_update *u, size_t *len) {
     char *tc = r->tools ? tool_calls_response(r, text, text_len, u, len) : NULL;
     if (tc) return tc; /* else not a call: text */
-    json_t *content = json_text(text, text_len);
+    json_t *content = echo_text_json(r, text, text_len);
     if (!content) return NULL;
     const char *fr = finish_name(u->finish);
     json_t *choice;
+    size_t off = r->lp_text_off;
+    json_t *lp = logprobs_json(r, &off);
     if (r->kind == API_CHAT)
-        choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s?}", "index", 0, "message", "role", "assistant",
-                           "content", content, "logprobs", "finish_reason", fr);
+        choice = json_pack("{s:i,s:{s:s,s:o},s:o?,s:s?}", "index", 0, "message", "role", "assistant",
+                           "content", content, "logprobs", lp, "finish_reason", fr);
     else
-        choice = json_pack("{s:o,s:i,s:n,s:s?}", "text", content, "index", 0, "logprobs",
+        choice = json_pack("{s:o,s:i,s:o?,s:s?}", "text", content, "index", 0, "logprobs", lp,
                            "finish_reason", fr);
     json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion" : "text_completion");
     json_t *usage = usage_obj(u);
@@ -733,15 +882,17 @@ char *api_stream_chunk(const api_request *r, int role_chunk, const char *text, s
     const char *fr = finish == SCHED_RUNNING ? NULL : finish_name(finish);
     if (finish != SCHED_RUNNING && !fr) fr = "stop";
     json_t *choice;
+    size_t off = r->lp_text_off;
+    json_t *lp = r->n_lp ? logprobs_json(r, &off) : NULL;
     if (r->kind == API_CHAT) {
         json_t *delta = json_object();
         if (role_chunk) json_object_set_new(delta, "role", json_string("assistant"));
         if (role_chunk || text_len) json_object_set_new(delta, "content", json_text(text, text_len));
-        choice = json_pack("{s:i,s:o,s:n,s:s?}", "index", 0, "delta", delta, "logprobs",
+        choice = json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "delta", delta, "logprobs", lp,
                            "finish_reason", fr);
     } else {
-        choice = json_pack("{s:o,s:i,s:n,s:s?}", "text", json_text(text, text_len), "index", 0,
-                           "logprobs", "finish_reason", fr);
+        choice = json_pack("{s:o,s:i,s:o?,s:s?}", "text", json_text(text, text_len), "index", 0,
+                           "logprobs", lp, "finish_reason", fr);
     }
     json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion.chunk" : "text_completion");
     if (!choice || !env) {

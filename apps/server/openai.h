@@ -43,6 +43,16 @@ typedef struct api_request {
     int schema_lazy;  /* 1: enforced only once the reply opens a JSON object (tool_choice auto) */
     char *gbnf;       /* extension "grammar": GBNF the reply must follow (instead of schema) */
     const char *schema_field; /* the request field the constraint came from (error messages) */
+    /* logprobs (params.logprobs / top_logprobs / echo_logprobs) and completions' echo */
+    const l3c_tokenizer *tok; /* borrowed: token texts for the logprobs */
+    int echo;             /* completions "echo": the prompt text precedes the completion */
+    char *echo_text;      /* the prompt as text (owned); echo only */
+    size_t echo_len;
+    /* set by the HTTP side before a writer call: the records the response or chunk carries
+     * (borrowed), and the running byte offset of the next token in the choice's text */
+    const sched_logprob *lp;
+    int32_t n_lp;
+    size_t lp_text_off;
 } api_request;
 
 /* Sets *err and returns its status. */
@@ -63,7 +73,8 @@ unsigned api_check_model(const server *srv, json_t *body, api_error *err);
 
 /* All writers return a malloc'd NUL-terminated string (length in *len) or NULL when out of memory. */
 char *api_error_json(const api_error *err, size_t *len);
-/* Non-streamed response body. */
+/* Non-streamed response body (text: the completion; with echo the writer prepends echo_text;
+ * r->lp / n_lp: the choice's logprobs, "logprobs": null when the request asked for none). */
 char *api_response_json(const api_request *r, const char *text, size_t text_len,
                         const sched_update *u, size_t *len);
 /* One SSE event "data: {chunk}\n\n". role_chunk: the opening chat chunk with the role;
@@ -82,6 +93,8 @@ char *api_prompt_json(const server *srv, const api_request *r, size_t *len);
 /* Ids such as "call_..." (unique per process run). */
 void api_make_id(char *dst, size_t cap, const char *prefix);
 
+/* Adds the text bytes of r->lp[0 .. n_lp) to r->lp_text_off (after a chunk carried them). */
+void api_logprobs_advance(api_request *r);
 /* The usage chunk sent when stream_options.include_usage is set (choices: []). */
 char *api_stream_usage(const api_request *r, const sched_update *u, size_t *len);
 /* "data: {"error":...}\n\n" for a failure in the middle of a stream. */

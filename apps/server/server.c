@@ -15,6 +15,7 @@
 #include "metrics.h"
 
 #include "../rag/rag.h"
+#include "accounts.h"
 
 #include "llama3c.h"
 
@@ -33,6 +34,13 @@
 
 static sem_t g_stop_sem;
 static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_reload; /* SIGHUP: re-read --api-keys */
+
+static void on_hup(int sig) {
+    (void)sig;
+    g_reload = 1;
+    sem_post(&g_stop_sem);
+}
 
 static void on_signal(int sig) {
     (void)sig;
@@ -61,11 +69,15 @@ static void usage(FILE *f) {
             "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
             "  --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
             "                        (also read from LLAMA3C_API_KEY)\n"
+            "  --api-keys FILE       accounts: lines 'NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]';\n"
+            "                        over a limit: 429 + Retry-After; usage per key in /metrics;\n"
+            "                        SIGHUP re-reads FILE (requests in flight go on)\n"
             "  --max-body BYTES      largest request body (default 1048576); larger: 413\n"
             "  --timeout SECONDS     idle timeout of a connection (default 60; 0: none)\n"
             "  --max-connections N   open connections at most (default parallel + queue + 64)\n"
             "  --pooling P           /v1/embeddings pooling: mean (default), cls (first token) or "
             "last\n"
+            "  --kv TYPE             KV-cache type: f16 (default), f32, q8_0\n"
             "  --rag-db FILE         a `llama3c rag index` of this model: POST /v1/rag/query\n"
             "                        and chat completions with \"rag\": {\"k\": 4} (docs/RAG.md)\n"
             "  -a, --alias NAME      the model's name in replies and /v1/models (default: the file\n"
@@ -170,6 +182,8 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
             srv->host = val;
         else if (!strcmp(name, "--api-key"))
             srv->api_key = val;
+        else if (!strcmp(name, "--api-keys"))
+            srv->api_keys_path = val;
         else if (!strcmp(name, "--rag-db"))
             srv->rag_db = val;
         else if (!strcmp(name, "--alias") || !strcmp(name, "-a")) {
@@ -189,6 +203,17 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
                 return -1;
             }
             if (add_name(name, val, srv->cors, &srv->n_cors, SERVER_MAX_CORS)) return -1;
+        } else if (!strcmp(name, "--kv")) {
+            if (!strcmp(val, "f16"))
+                srv->kv_type = L3C_KV_F16;
+            else if (!strcmp(val, "f32"))
+                srv->kv_type = L3C_KV_F32;
+            else if (!strcmp(val, "q8_0"))
+                srv->kv_type = L3C_KV_Q8_0;
+            else {
+                fprintf(stderr, "llama3c serve: unknown --kv '%s' (f16, f32, q8_0)\n", val);
+                return -1;
+            }
         } else if (!strcmp(name, "--port")) {
             if (parse_int(name, val, 0, 65535, &x)) return -1;
             srv->port = (int)x;
@@ -293,6 +318,37 @@ static int open_rag(server *srv, const l3c_model_info *info) {
     return 0;
 }
 
+/* --api-keys: loads the accounts and re-reads them on SIGHUP. 0, or -1 (printed). */
+static int open_accounts(server *srv) {
+    char err[512];
+    if (srv->api_key) {
+        fprintf(stderr, "llama3c serve: --api-key (or LLAMA3C_API_KEY) and --api-keys exclude each other\n");
+        return -1;
+    }
+    if (!(srv->accounts = accounts_load(srv->api_keys_path, err, sizeof err))) {
+        fprintf(stderr, "llama3c serve: --api-keys: %s\n", err);
+        return -1;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_hup;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGHUP, &sa, NULL);
+    fprintf(stderr, "llama3c serve: %d API keys from %s\n", accounts_count(srv->accounts), srv->api_keys_path);
+    return 0;
+}
+
+static void reload_accounts(server *srv) {
+    char err[512];
+    g_reload = 0;
+    if (!srv->accounts) return;
+    if (accounts_reload(srv->accounts, err, sizeof err))
+        fprintf(stderr, "llama3c serve: SIGHUP: --api-keys not reloaded, the old keys stay: %s\n", err);
+    else
+        fprintf(stderr, "llama3c serve: SIGHUP: %d API keys reloaded from %s\n", accounts_count(srv->accounts),
+                srv->api_keys_path);
+    fflush(stderr);
+}
+
 int cmd_serve(int argc, char **argv) {
     server srv = {0};
     srv.host = "127.0.0.1";
@@ -330,6 +386,7 @@ int cmd_serve(int argc, char **argv) {
         goto out;
     }
     if (srv.bf16) cli_note_bf16("serve", srv.model);
+    if (srv.api_keys_path && open_accounts(&srv)) goto out;
     l3c_model_info info;
     l3c_model_get_info(srv.model, &info);
     srv.tok = l3c_model_tokenizer(srv.model);
@@ -350,6 +407,7 @@ int cmd_serve(int argc, char **argv) {
     cp.n_threads = srv.threads;
     cp.embeddings = 1; /* /v1/embeddings: pooled per slot (a few vector ops per batch token) */
     cp.pooling = srv.pooling;
+    cp.kv_type = srv.kv_type;
     if (l3c_context_create(srv.model, &cp, &srv.ctx) != L3C_OK) {
         fprintf(stderr, "llama3c serve: cannot create the context: %s\n", l3c_last_error());
         goto out;
@@ -384,8 +442,10 @@ int cmd_serve(int argc, char **argv) {
             strchr(srv.host, ':') ? "]" : "", http_port(d)); /* an IPv6 literal in brackets */
     fflush(stderr);
 
-    while (!g_stop)
+    while (!g_stop) {
         if (sem_wait(&g_stop_sem) != 0 && errno != EINTR) break;
+        if (g_reload) reload_accounts(&srv);
+    }
     fprintf(stderr, "llama3c serve: shutting down\n");
     rc = 0;
 out:
@@ -400,6 +460,8 @@ out:
     l3c_model_free(srv.model);
     if (srv.rag) pthread_mutex_destroy(&srv.rag_mu);
     rag_store_close(srv.rag);
+    accounts_free(srv.accounts);
+    if (srv.api_keys_path) signal(SIGHUP, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     sem_destroy(&g_stop_sem);

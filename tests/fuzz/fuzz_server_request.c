@@ -20,11 +20,13 @@
  * Build and run: `make fuzz-server` (fuzz.mk).
  */
 #include "grammar_cache.h"
+#include "fuzz_model_path.h"
 #include "openai.h"
 
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -103,6 +105,34 @@ static void check_request(const api_request *r, api_kind kind, const uint8_t *da
     require_json(api_stream_chunk(r, 0, (const char *)data, size, SCHED_FINISH_STOP, &len), len, 1);
     require_json(api_stream_usage(r, &u, &len), len, 1);
     FUZZ_REQUIRE(!(r->schema || r->gbnf) == !r->params.grammar);
+
+    /* logprobs: records with ids taken from the body's bytes (any id, any prev, NaN first) */
+    FUZZ_REQUIRE(p->top_logprobs >= 0 && p->top_logprobs <= SCHED_MAX_TOP_LOGPROBS);
+    FUZZ_REQUIRE(!p->echo_logprobs || (kind == API_COMPLETION && r->echo && p->logprobs));
+    FUZZ_REQUIRE(!r->echo || r->echo_text);
+    sched_logprob lp[4];
+    memset(lp, 0, sizeof lp);
+    for (int i = 0; i < 4; i++) {
+        uint32_t v = 0;
+        for (size_t k = 0; k < 4 && 4 * (size_t)i + k < size; k++) v = v << 8 | data[4 * i + k];
+        lp[i].id = (int32_t)(v % (uint32_t)s->n_vocab);
+        lp[i].prev = i ? lp[i - 1].id : -1;
+        lp[i].prompt = i == 0;
+        lp[i].logprob = i == 0 ? NAN : -(float)(v % 1000) / 10;
+        lp[i].n_top = p->top_logprobs;
+        for (int k = 0; k < lp[i].n_top; k++) {
+            lp[i].top_id[k] = (int32_t)((v + (uint32_t)k * 7919u) % (uint32_t)s->n_vocab);
+            lp[i].top_lp[k] = -(float)k;
+        }
+    }
+    api_request *rw = (api_request *)r;
+    rw->lp = lp;
+    rw->n_lp = 4;
+    require_json(api_response_json(r, (const char *)data, size, &u, &len), len, 0);
+    require_json(api_stream_chunk(r, 0, (const char *)data, size, SCHED_RUNNING, &len), len, 1);
+    api_logprobs_advance(rw);
+    rw->lp = NULL;
+    rw->n_lp = 0;
 }
 
 /* The stream filter over a reply: every event it gives is one or more valid SSE JSON events. */
@@ -184,6 +214,8 @@ static const char *k_seeds[] = {
     "\"text\":\"\\u00e9\\ud83d\\ude00\"}]}],\"logit_bias\":{\"0\":-100,\"5\":2.5},\"top_k\":40,\"min_p\":0.05,"
     "\"repeat_penalty\":1.1,\"n\":1,\"logprobs\":false,\"max_completion_tokens\":3}",
     "{\"model\":\"m\",\"prompt\":\"Once upon a time\",\"max_tokens\":8,\"temperature\":0.7}",
+    "{\"prompt\":[[1,2,3]],\"max_tokens\":1,\"logprobs\":5,\"echo\":true,\"temperature\":0}",
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":20}",
     "{\"prompt\":[1,2,3,4],\"stop\":\"x\",\"presence_penalty\":0.5,\"frequency_penalty\":-0.5}",
     "{\"prompt\":[\"one prompt in an array\"],\"logprobs\":0,\"stream\":false}",
     "{\"messages\":[{\"role\":\"tool\",\"content\":\"{}\"},{\"role\":\"ipython\",\"content\":\"1\"}],"
@@ -230,24 +262,13 @@ static void write_seeds(const char *dir) {
     }
 }
 
-static const char *model_path(char *buf, size_t cap) {
-    const char *p = getenv("L3C_FUZZ_MODEL");
-    if (p && *p) return p;
-    FILE *f = popen("sh scripts/default-model.sh 2>/dev/null || sh ../scripts/default-model.sh 2>/dev/null", "r");
-    if (!f) return NULL;
-    const char *r = fgets(buf, (int)cap, f) ? buf : NULL;
-    pclose(f);
-    if (r) buf[strcspn(buf, "\n")] = 0;
-    return r && *r ? r : NULL;
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     if (*argc == 3 && strcmp((*argv)[1], "--write-seeds") == 0) {
         write_seeds((*argv)[2]);
         exit(0);
     }
     char buf[4096];
-    const char *path = model_path(buf, sizeof buf);
+    const char *path = fuzz_model_path(buf, sizeof buf);
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = 1;
     mp.verbose = 0;

@@ -246,7 +246,7 @@ def test_errors(server, client):
     expect_error(server, 400, {"messages": msgs, "logit_bias": {"abc": 1}}, param="logit_bias")
     expect_error(server, 400, {"messages": msgs, "logit_bias": {"5": 1000}}, param="logit_bias")
     expect_error(server, 400, {"messages": msgs, "seed": "x"}, param="seed")
-    expect_error(server, 400, {"messages": msgs, "logprobs": True}, param="logprobs")
+    expect_error(server, 400, {"messages": msgs, "logprobs": True, "top_logprobs": 21}, param="top_logprobs")
     expect_error(server, 400, {"prompt": 5}, path="/v1/completions", param="prompt")
     expect_error(server, 400, {"messages": msgs, "max_tokens": 10**30})  # jansson: integer overflow
     expect_error(server, 400, b"")
