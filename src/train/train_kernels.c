@@ -272,6 +272,7 @@ l3c_status l3c_trk_matmul_dw(l3c_threadpool *tp, const float *x, const float *dy
  * engine's vectorized dot product (the F32 type's vec_dot) and axpy; the softmax as there. */
 typedef struct att_job {
     const float *q, *k, *v, *att_c, *dout;
+    const int32_t *pos; /* [B*T] or NULL */
     float *att, *out, *dq, *dk, *dv;
     int64_t T;
     int n_head, n_head_kv, hd;
@@ -289,24 +290,26 @@ static void att_fwd_chunk(void *arg, int64_t chunk, int ith) {
         for (int64_t t = 0; t < T; t++) {
             const float *qr = j->q + (b * T + t) * qs + (int64_t)h * hd;
             float *p = j->att + ((b * j->n_head + h) * T + t) * T;
+            const int64_t i0 = t - (j->pos ? j->pos[b * T + t] : t); /* t's segment starts here */
             float mx = -INFINITY;
-            for (int64_t i = 0; i <= t; i++) {
+            for (int64_t i = 0; i < i0; i++) p[i] = 0.0f;
+            for (int64_t i = i0; i <= t; i++) {
                 float sc;
                 j->dot(hd, &sc, j->k + (b * T + i) * ks + (int64_t)kh * hd, qr);
                 p[i] = sc * scale;
                 if (p[i] > mx) mx = p[i];
             }
             float sum = 0.0f;
-            for (int64_t i = 0; i <= t; i++) {
+            for (int64_t i = i0; i <= t; i++) {
                 p[i] = expf(p[i] - mx);
                 sum += p[i];
             }
             const float inv = 1.0f / sum;
-            for (int64_t i = 0; i <= t; i++) p[i] *= inv;
+            for (int64_t i = i0; i <= t; i++) p[i] *= inv;
             for (int64_t i = t + 1; i < T; i++) p[i] = 0.0f;
             float *o = j->out + (b * T + t) * qs + (int64_t)h * hd;
             memset(o, 0, (size_t)hd * sizeof(float));
-            for (int64_t i = 0; i <= t; i++) l3c_axpy(o, p[i], j->v + (b * T + i) * ks + (int64_t)kh * hd, hd);
+            for (int64_t i = i0; i <= t; i++) l3c_axpy(o, p[i], j->v + (b * T + i) * ks + (int64_t)kh * hd, hd);
         }
 }
 
@@ -323,12 +326,13 @@ static void att_bwd_chunk(void *arg, int64_t chunk, int ith) {
             const float *qr = j->q + (b * T + t) * qs + (int64_t)h * hd;
             const float *dor = j->dout + (b * T + t) * qs + (int64_t)h * hd;
             float *dqr = j->dq + (b * T + t) * qs + (int64_t)h * hd;
+            const int64_t i0 = t - (j->pos ? j->pos[b * T + t] : t);
             float pdp = 0.0f;
-            for (int64_t i = 0; i <= t; i++) {
+            for (int64_t i = i0; i <= t; i++) {
                 j->dot(hd, &dp[i], j->v + (b * T + i) * ks + (int64_t)kh * hd, dor);
                 pdp += p[i] * dp[i];
             }
-            for (int64_t i = 0; i <= t; i++) {
+            for (int64_t i = i0; i <= t; i++) {
                 const int64_t r = (b * T + i) * ks + (int64_t)kh * hd;
                 const float ds = p[i] * (dp[i] - pdp) * scale;
                 l3c_axpy(j->dv + r, p[i], dor, hd);
@@ -338,17 +342,19 @@ static void att_bwd_chunk(void *arg, int64_t chunk, int ith) {
         }
 }
 
-void l3c_trk_attention_fwd(l3c_threadpool *tp, const float *q, const float *k, const float *v, int64_t B,
-                           int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out) {
-    att_job j = {.q = q, .k = k, .v = v, .att = att, .out = out, .T = T, .n_head = n_head,
+void l3c_trk_attention_fwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
+                           const int32_t *pos, int64_t B, int64_t T, int n_head, int n_head_kv, int hd,
+                           float *att, float *out) {
+    att_job j = {.q = q, .k = k, .v = v, .pos = pos, .att = att, .out = out, .T = T, .n_head = n_head,
                  .n_head_kv = n_head_kv, .hd = hd, .dot = l3c_type_traits_get(L3C_TYPE_F32)->vec_dot};
     l3c_threadpool_run(tp, B * n_head_kv, att_fwd_chunk, &j);
 }
 
 l3c_status l3c_trk_attention_bwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
-                                 const float *att, const float *dout, int64_t B, int64_t T, int n_head,
-                                 int n_head_kv, int hd, float *dq, float *dk, float *dv) {
-    att_job j = {.q = q, .k = k, .v = v, .att_c = att, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
+                                 const int32_t *pos, const float *att, const float *dout, int64_t B,
+                                 int64_t T, int n_head, int n_head_kv, int hd, float *dq, float *dk,
+                                 float *dv) {
+    att_job j = {.q = q, .k = k, .v = v, .pos = pos, .att_c = att, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
                  .T = T, .n_head = n_head, .n_head_kv = n_head_kv, .hd = hd,
                  .dot = l3c_type_traits_get(L3C_TYPE_F32)->vec_dot};
     j.dp = malloc((size_t)l3c_threadpool_n_threads(tp) * (size_t)T * sizeof(float));

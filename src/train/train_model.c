@@ -38,7 +38,6 @@ struct l3c_train_acts {
 /* Backward scratch (one set, reused by every layer) and the forward's temporary. */
 typedef struct bwd_bufs {
     float *dres, *dxn, *dao, *dq, *dk, *dv, *dh, *dg, *du, *tmp;
-    int32_t *pos;
 } bwd_bufs;
 
 static int64_t q_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head * m->head_dim; }
@@ -358,7 +357,7 @@ static void free_acts(l3c_train_model *m) {
     m->acts = NULL;
     m->x_res = m->scratch = m->lora_tmp = m->dx_tmp = NULL;
     m->mm_scratch = NULL;
-    m->ids = m->targets = NULL;
+    m->ids = m->targets = m->pos = NULL;
     m->cap_tokens = 0;
 }
 
@@ -466,9 +465,8 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->acts = l3c_calloc((size_t)n_sets, sizeof *m->acts);
     float *a = l3c_malloc((size_t)n_sets * per * sizeof(float));
     m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + N * V + N + 2 * N * half) * sizeof(float));
-    m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float) +
-                            (size_t)N * sizeof(int32_t));
-    m->ids = l3c_malloc((size_t)N * 2 * sizeof(int32_t));
+    m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
+    m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
     m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide > r ? wide : r)) * sizeof(float)) : NULL;
     m->dx_tmp = m->mats_t ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const size_t mmb = mm_scratch_bytes(m);
@@ -505,6 +503,7 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->rope_cos = x, x += N * half;
     m->rope_sin = x;
     m->targets = m->ids + N;
+    m->pos = m->ids + 2 * N;
     m->B = B;
     m->T = T;
     m->cap_tokens = N;
@@ -525,8 +524,7 @@ static bwd_bufs scratch_bufs(const l3c_train_model *m) {
     s.dv = x, x += N * kd;
     s.dh = x, x += N * F;
     s.dg = x, x += N * F;
-    s.du = x, x += N * F;
-    s.pos = (int32_t *)x;
+    s.du = x;
     return s;
 }
 
@@ -606,7 +604,7 @@ static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_trai
     linear_fwd(m, l, L3C_LORA_V, a->xn1, a->v, a->lu[L3C_LORA_V]);
     l3c_tr_rope_fwd(a->q, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
     l3c_tr_rope_fwd(a->k, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->B, m->T, c->n_head, c->n_head_kv, hd, a->att, a->ao);
+    l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->pos, m->B, m->T, c->n_head, c->n_head_kv, hd, a->att, a->ao);
     linear_fwd(m, l, L3C_LORA_O, a->ao, tmp, a->lu[L3C_LORA_O]);
     memcpy(a->x_mid, x_in, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(a->x_mid, tmp, N * D);
@@ -655,7 +653,7 @@ static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, c
     zero(s->dq, N * qd);
     zero(s->dk, N * kd);
     zero(s->dv, N * kd);
-    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, a->att, s->dao, m->B, m->T, c->n_head,
+    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, m->pos, a->att, s->dao, m->B, m->T, c->n_head,
                                     c->n_head_kv, hd, s->dq, s->dk, s->dv)))
         return st;
     l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
@@ -682,6 +680,11 @@ static void embed(const l3c_train_model *m, const int32_t *ids, int64_t N, float
 
 l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                              int64_t T, float *loss) {
+    return l3c_train_forward_pos(m, ids, targets, NULL, B, T, loss);
+}
+
+l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const int32_t *targets,
+                                 const int32_t *pos, int64_t B, int64_t T, float *loss) {
     *loss = 0.0f;
     const l3c_train_config *c = &m->cfg;
     /* bounds keep every buffer size (B*T*H*T floats of attention) far inside int64, and the
@@ -698,6 +701,12 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
         if (targets && (targets[n] < -1 || targets[n] >= V))
             return l3c_fail(L3C_ERR_INVALID_ARG, "train: target %d at %lld is outside [-1, %lld)",
                             targets[n], (long long)n, (long long)V);
+        /* a packed row: positions count up by one inside an example and restart at 0 */
+        const int64_t t = n % T;
+        if (pos && !(pos[n] == 0 || (t > 0 && pos[n] == pos[n - 1] + 1)))
+            return l3c_fail(L3C_ERR_INVALID_ARG, "train: position %d at row %lld, token %lld neither "
+                            "restarts at 0 nor follows %d", pos[n], (long long)(n / T), (long long)t,
+                            t > 0 ? pos[n - 1] : -1);
     }
     l3c_status st = reserve(m, B, T);
     if (st) return st;
@@ -705,10 +714,10 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
     memcpy(m->ids, ids, (size_t)N * sizeof(int32_t));
     for (int64_t n = 0; n < N; n++) {
         m->targets[n] = targets ? targets[n] : -1;
-        s.pos[n] = (int32_t)(n % T);
+        m->pos[n] = pos ? pos[n] : (int32_t)(n % T);
     }
     m->n_valid = -1; /* no backward without targets */
-    l3c_tr_rope_tables(s.pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
+    l3c_tr_rope_tables(m->pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
     embed(m, m->ids, N, m->x_res);
     for (int l = 0; l < c->n_layer; l++)
         layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
@@ -727,13 +736,20 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
 void l3c_train_zero_grad(l3c_train_model *m) { zero(m->grads, (int64_t)m->n_params); }
 
 l3c_status l3c_train_backward(l3c_train_model *m) {
+    return l3c_train_backward_n(m, m->n_valid);
+}
+
+l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
     if (!m->acts || m->n_valid < 0)
         return l3c_fail(L3C_ERR_INVALID_ARG, "train: backward needs a forward with targets first "
                         "(and runs once per forward)");
+    if (n_norm < m->n_valid)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: the loss of %lld targets cannot be normalized by "
+                        "%lld", (long long)m->n_valid, (long long)n_norm);
     const l3c_train_config *c = &m->cfg;
     const int64_t N = m->B * m->T, D = c->n_embd, V = c->n_vocab;
     bwd_bufs s = scratch_bufs(m);
-    const float scale = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
+    const float scale = n_norm ? 1.0f / (float)n_norm : 0.0f;
     float *dlogits = m->logits; /* in place */
     l3c_status st;
     m->n_valid = -1;

@@ -10,7 +10,8 @@
  *   ffn_down [D x F]; output_norm [D]; output [V x D] unless tied (then the head is token_embd).
  * rope_freqs (Llama 3.1) is a constant, not a parameter.
  *
- * A batch is B sequences of T tokens ([B x T] ids, positions 0..T-1 in each) with targets
+ * A batch is B sequences of T tokens ([B x T] ids, positions 0..T-1 in each, or per packed
+ * example: l3c_train_forward_pos) with targets
  * [B x T]: target < 0 is masked (padding, prompt tokens), so right-padded chat examples train
  * on their answer tokens only. The loss is the mean over unmasked targets.
  *
@@ -99,6 +100,7 @@ typedef struct l3c_train_model {
     int64_t B, T, cap_tokens;
     int cap_ckpt;
     int32_t *ids, *targets; /* [N] copies */
+    int32_t *pos;           /* [N] rope positions (t, or restarting per packed example) */
     float *x_res;           /* [(n_layer + 1) x N x D] input of each layer, then the final stream */
     l3c_train_acts *acts;   /* [n_layer], or [1] with checkpointing */
     float *rope_cos, *rope_sin; /* [N x n_rot/2] */
@@ -140,10 +142,22 @@ void l3c_train_model_free(l3c_train_model *m);
  */
 l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                              int64_t T, float *loss);
+/*
+ * The same for packed rows: pos [B x T] (NULL: 0..T-1 per row) restarts at 0 where an example
+ * starts and counts up by one inside it (anything else is refused). Each example gets its own
+ * rope positions and attends only to its own tokens, so the loss and the gradients of a packed
+ * batch are those of the examples padded one per row (tested within 1e-6).
+ */
+l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const int32_t *targets,
+                                 const int32_t *pos, int64_t B, int64_t T, float *loss);
 /* Sets every gradient to 0. */
 void l3c_train_zero_grad(l3c_train_model *m);
 /* Backward of the last forward (which needs targets): ADDS d(loss)/d(param) into m->grads. */
 l3c_status l3c_train_backward(l3c_train_model *m);
+/* The same with the loss normalized by n_norm targets (>= this forward's m->n_valid) instead of
+ * this forward's: gradient accumulation over micro-batches passes their total, so the summed
+ * gradients are those of one batch holding them all. */
+l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm);
 
 /* One optimizer step on m->grads: clip (p->grad_clip), lr = l3c_lr_at(p, step), AdamW with
  * weight decay on the tensors marked decay (matrices; not norm vectors). *grad_norm (optional)

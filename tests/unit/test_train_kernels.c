@@ -131,12 +131,12 @@ static void check_attention(int64_t B, int64_t T, int H, int Hkv, int hd, int nt
     }
     l3c_threadpool *tp = NULL;
     if (nt > 1) CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
-    l3c_tr_attention_fwd(q, k, v, B, T, H, Hkv, hd, att[0], out[0]);
+    l3c_tr_attention_fwd(q, k, v, NULL, B, T, H, Hkv, hd, att[0], out[0]);
     l3c_tr_attention_bwd(q, k, v, att[0], dout, B, T, H, Hkv, hd, dq[0], dk[0], dv[0]);
-    l3c_trk_attention_fwd(tp, q, k, v, B, T, H, Hkv, hd, att[1], out[1]);
-    CHECK(l3c_trk_attention_bwd(tp, q, k, v, att[1], dout, B, T, H, Hkv, hd, dq[1], dk[1], dv[1]) == L3C_OK);
-    l3c_trk_attention_fwd(NULL, q, k, v, B, T, H, Hkv, hd, att[2], out[2]);
-    CHECK(l3c_trk_attention_bwd(NULL, q, k, v, att[2], dout, B, T, H, Hkv, hd, dq[2], dk[2], dv[2]) == L3C_OK);
+    l3c_trk_attention_fwd(tp, q, k, v, NULL, B, T, H, Hkv, hd, att[1], out[1]);
+    CHECK(l3c_trk_attention_bwd(tp, q, k, v, NULL, att[1], dout, B, T, H, Hkv, hd, dq[1], dk[1], dv[1]) == L3C_OK);
+    l3c_trk_attention_fwd(NULL, q, k, v, NULL, B, T, H, Hkv, hd, att[2], out[2]);
+    CHECK(l3c_trk_attention_bwd(NULL, q, k, v, NULL, att[2], dout, B, T, H, Hkv, hd, dq[2], dk[2], dv[2]) == L3C_OK);
     const double tol = 2e-6;
     CHECK_MSG(rel_diff(att[1], att[0], na) <= tol, "attention probabilities %.2e", rel_diff(att[1], att[0], na));
     CHECK_MSG(rel_diff(out[1], out[0], N * qd) <= tol, "attention out %.2e", rel_diff(out[1], out[0], N * qd));
