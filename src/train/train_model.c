@@ -6,7 +6,7 @@
  * One block, forward (x_in -> x_out; N = B*T rows), and what it saves (l3c_train_acts):
  *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1
  *   q, k, v = xn1 Wq^T, Wk^T, Wv^T; rope q, k   q, k (rotated), v
- *   ao = attention(q, k, v)                  att (probabilities), ao
+ *   ao = attention(q, k, v)                  alse (row log-sum-exp, not the T x T probabilities), ao
  *   x_mid = x_in + ao Wo^T                   x_mid
  *   xn2 = rmsnorm(x_mid, ffn_norm)           xn2, rstd2
  *   h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h
@@ -31,7 +31,7 @@
 #include <string.h>
 
 struct l3c_train_acts {
-    float *xn1, *rstd1, *q, *k, *v, *att, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
+    float *xn1, *rstd1, *q, *k, *v, *alse, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
     float *lu[L3C_TRAIN_N_MATS]; /* LoRA: x A^T [N x rank] of each adapted matrix, else NULL */
 };
 
@@ -387,18 +387,25 @@ void l3c_train_model_free(l3c_train_model *m) {
 
 /* ------------------------------------------------------------------ activation buffers */
 
+int64_t l3c_train_xent_rows(const l3c_train_model *m, int64_t N) {
+    int64_t r = L3C_TRAIN_XENT_FLOATS / m->cfg.n_vocab;
+    r = r < 16 ? 16 : r > L3C_TRAIN_MM_ROWS ? L3C_TRAIN_MM_ROWS : r;
+    return r < N ? r : N;
+}
+
 static int32_t lora_rank(const l3c_train_model *m) { return m->lora ? m->lora->rank : 0; }
 
 static size_t per_layer_floats(const l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
-    return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + B * m->cfg.n_head * T * T +
+    return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + N * m->cfg.n_head +
                     N * L3C_TRAIN_N_MATS * lora_rank(m));
 }
 
 size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int checkpoint) {
     const int64_t L = m->cfg.n_layer, D = m->cfg.n_embd, V = m->cfg.n_vocab;
     const size_t layer = per_layer_floats(m, 1, T) / (size_t)T; /* per token at length T */
-    const size_t fl = (size_t)((L + 1) * D + D + 2 + V) + (checkpoint ? 1 : (size_t)L) * layer;
+    const size_t fl = (size_t)((L + 1) * D + D + 2) + (checkpoint ? 1 : (size_t)L) * layer;
+    (void)V; /* the logits are a chunk of rows (l3c_train_xent_rows), not per token */
     return fl * sizeof(float);
 }
 
@@ -455,7 +462,9 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int ckpt = m->checkpoint ? 1 : 0;
     l3c_status st = build_transposes(m);
     if (st) return st;
-    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt) return L3C_OK; /* same layout */
+    const int keep = m->keep_logits ? 1 : 0;
+    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt && m->cap_keep == keep)
+        return L3C_OK; /* same layout */
     free_acts(m);
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, V = m->cfg.n_vocab, qd = q_dim(m),
                   kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer, r = lora_rank(m);
@@ -464,7 +473,9 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t wide = F > qd ? (F > D ? F : D) : (qd > D ? qd : D); /* widest n_out of a block */
     m->acts = l3c_calloc((size_t)n_sets, sizeof *m->acts);
     float *a = l3c_malloc((size_t)n_sets * per * sizeof(float));
-    m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + N * V + N + 2 * N * half) * sizeof(float));
+    const int64_t R = l3c_train_xent_rows(m, N);
+    m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + (keep ? N * V : 0) + R * V + N + 2 * N * half) *
+                          sizeof(float));
     m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
     m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
     m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide > r ? wide : r)) * sizeof(float)) : NULL;
@@ -485,7 +496,7 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
         A->q = a, a += N * qd;
         A->k = a, a += N * kd;
         A->v = a, a += N * kd;
-        A->att = a, a += B * m->cfg.n_head * T * T;
+        A->alse = a, a += N * m->cfg.n_head;
         A->ao = a, a += N * qd;
         A->x_mid = a, a += N * D;
         A->xn2 = a, a += N * D;
@@ -498,7 +509,8 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     float *x = m->x_res + (L + 1) * N * D;
     m->xn_f = x, x += N * D;
     m->rstd_f = x, x += N;
-    m->logits = x, x += N * V;
+    m->logits = keep ? x : NULL, x += keep ? N * V : 0;
+    m->xent_buf = x, x += R * V;
     m->lse = x, x += N;
     m->rope_cos = x, x += N * half;
     m->rope_sin = x;
@@ -508,6 +520,7 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->T = T;
     m->cap_tokens = N;
     m->cap_ckpt = ckpt;
+    m->cap_keep = keep;
     return L3C_OK;
 }
 
@@ -542,8 +555,7 @@ static void mm(l3c_train_model *m, const l3c_weight *w, const float *x, float *y
 
 /* dx += dy W: through w's Q8_0 transpose when there is one, else dequantizing slices */
 static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const l3c_weight *wt, const float *dy,
-                          float *dx) {
-    const int64_t N = m->B * m->T;
+                          int64_t N, float *dx) {
     if (!wt || !wt->n_in) return l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx);
     mm(m, wt, dy, m->dx_tmp, N);
     l3c_add(dx, m->dx_tmp, N * w->n_in);
@@ -571,7 +583,7 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     const int64_t N = m->B * m->T;
     const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
     l3c_status st = L3C_OK;
-    if (dx && (st = base_dx(m, w, m->mats_t ? &m->mats_t[l * L3C_TRAIN_N_MATS + t] : NULL, dy, dx))) return st;
+    if (dx && (st = base_dx(m, w, m->mats_t ? &m->mats_t[l * L3C_TRAIN_N_MATS + t] : NULL, dy, N, dx))) return st;
     if (dW && (st = l3c_trk_matmul_dw(m->tp, x, dy, N, w->n_in, w->n_out, 1.0f, dW))) return st;
     const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, (l3c_lora_target)t) : NULL;
     if (!am) return L3C_OK;
@@ -592,8 +604,8 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
 /* ------------------------------------------------------------------ one block */
 
 /* x_out NULL: recompute the saved activations only (checkpointed backward). */
-static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *tmp,
-                          float *x_out) {
+static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *tmp,
+                                float *x_out) {
     const l3c_train_config *c = &m->cfg;
     const l3c_train_layer *W = &m->p.layers[l];
     const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff;
@@ -604,7 +616,9 @@ static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_trai
     linear_fwd(m, l, L3C_LORA_V, a->xn1, a->v, a->lu[L3C_LORA_V]);
     l3c_tr_rope_fwd(a->q, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
     l3c_tr_rope_fwd(a->k, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->pos, m->B, m->T, c->n_head, c->n_head_kv, hd, a->att, a->ao);
+    l3c_status st = l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->pos, m->B, m->T, c->n_head, c->n_head_kv,
+                                          hd, a->alse, a->ao);
+    if (st) return st;
     linear_fwd(m, l, L3C_LORA_O, a->ao, tmp, a->lu[L3C_LORA_O]);
     memcpy(a->x_mid, x_in, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(a->x_mid, tmp, N * D);
@@ -618,11 +632,12 @@ static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_trai
             const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
             mm(m, &wa, a->h, a->lu[L3C_LORA_DOWN], N);
         }
-        return;
+        return L3C_OK;
     }
     linear_fwd(m, l, L3C_LORA_DOWN, a->h, tmp, a->lu[L3C_LORA_DOWN]);
     memcpy(x_out, a->x_mid, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(x_out, tmp, N * D);
+    return L3C_OK;
 }
 
 /* s->dres holds dL/dx_out on entry and dL/dx_in on return. G's pointers are NULL for frozen
@@ -653,7 +668,7 @@ static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, c
     zero(s->dq, N * qd);
     zero(s->dk, N * kd);
     zero(s->dv, N * kd);
-    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, m->pos, a->att, s->dao, m->B, m->T, c->n_head,
+    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, m->pos, a->alse, s->dao, m->B, m->T, c->n_head,
                                     c->n_head_kv, hd, s->dq, s->dk, s->dv)))
         return st;
     l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
@@ -720,14 +735,25 @@ l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const i
     l3c_tr_rope_tables(m->pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
     embed(m, m->ids, N, m->x_res);
     for (int l = 0; l < c->n_layer; l++)
-        layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
-                      m->x_res + (l + 1) * N * D);
+        if ((st = layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
+                                m->x_res + (l + 1) * N * D)))
+            return st;
     const float *xf = m->x_res + (int64_t)c->n_layer * N * D;
     l3c_tr_rmsnorm_fwd(xf, m->p.output_norm, N, D, c->norm_eps, m->xn_f, m->rstd_f);
-    mm(m, &m->head, m->xn_f, m->logits, N);
-    if (!targets) return L3C_OK;
+    /* head + cross-entropy R rows at a time: the [N x V] logits are never all in memory */
+    const int64_t R = l3c_train_xent_rows(m, N);
     int64_t nv = 0;
-    const double sum = l3c_tr_xent_fwd(m->logits, m->targets, N, V, m->lse, &nv);
+    double sum = 0.0;
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+        const int64_t r = N - n0 < R ? N - n0 : R;
+        mm(m, &m->head, m->xn_f + n0 * D, m->xent_buf, r);
+        if (m->logits) memcpy(m->logits + n0 * V, m->xent_buf, (size_t)(r * V) * sizeof(float));
+        if (!targets) continue;
+        int64_t c_nv = 0;
+        sum += l3c_tr_xent_fwd(m->xent_buf, m->targets + n0, r, V, m->lse + n0, &c_nv);
+        nv += c_nv;
+    }
+    if (!targets) return L3C_OK;
     m->n_valid = nv;
     *loss = nv ? (float)(sum / (double)nv) : 0.0f;
     return L3C_OK;
@@ -750,21 +776,29 @@ l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
     const int64_t N = m->B * m->T, D = c->n_embd, V = c->n_vocab;
     bwd_bufs s = scratch_bufs(m);
     const float scale = n_norm ? 1.0f / (float)n_norm : 0.0f;
-    float *dlogits = m->logits; /* in place */
     l3c_status st;
     m->n_valid = -1;
-    l3c_tr_xent_bwd(m->logits, m->lse, m->targets, N, V, scale, dlogits);
     zero(s.dxn, N * D);
-    if ((st = base_dx(m, &m->head, m->mats_t ? &m->head_t : NULL, dlogits, s.dxn))) return st;
-    if (m->g.output && (st = l3c_trk_matmul_dw(m->tp, m->xn_f, dlogits, N, D, V, 1.0f, m->g.output)))
-        return st;
+    /* the forward's chunks again: logits recomputed, turned into dlogits in place, then the head's
+     * dx (and dW in full mode) of those rows */
+    const int64_t R = l3c_train_xent_rows(m, N);
+    float *dlogits = m->xent_buf;
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+        const int64_t r = N - n0 < R ? N - n0 : R;
+        mm(m, &m->head, m->xn_f + n0 * D, dlogits, r);
+        l3c_tr_xent_bwd(dlogits, m->lse + n0, m->targets + n0, r, V, scale, dlogits);
+        if ((st = base_dx(m, &m->head, m->mats_t ? &m->head_t : NULL, dlogits, r, s.dxn + n0 * D))) return st;
+        if (m->g.output &&
+            (st = l3c_trk_matmul_dw(m->tp, m->xn_f + n0 * D, dlogits, r, D, V, 1.0f, m->g.output)))
+            return st;
+    }
     zero(s.dres, N * D);
     l3c_tr_rmsnorm_bwd(m->x_res + (int64_t)c->n_layer * N * D, m->p.output_norm, m->rstd_f, s.dxn, N, D,
                        s.dres, m->g.output_norm);
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const float *x_in = m->x_res + l * N * D;
         l3c_train_acts *a = &m->acts[m->checkpoint ? 0 : l];
-        if (m->checkpoint) layer_forward(m, l, x_in, a, s.tmp, NULL);
+        if (m->checkpoint && (st = layer_forward(m, l, x_in, a, s.tmp, NULL))) return st;
         if ((st = layer_backward(m, l, x_in, a, &s))) return st;
     }
     if (m->g.tok_embd) l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);

@@ -105,7 +105,10 @@ typedef struct l3c_train_model {
     l3c_train_acts *acts;   /* [n_layer], or [1] with checkpointing */
     float *rope_cos, *rope_sin; /* [N x n_rot/2] */
     float *xn_f, *rstd_f;   /* final norm: [N x D], [N] */
-    float *logits;          /* [N x V]; backward turns it into dlogits */
+    int keep_logits;        /* 1: the forward also keeps all logits in `logits` (tests, dumps) */
+    int cap_keep;
+    float *logits;          /* [N x V] raw logits of the last forward when keep_logits, else NULL */
+    float *xent_buf;        /* [l3c_train_xent_rows x V]: one chunk of logits / dlogits */
     float *lse;             /* [N] */
     int64_t n_valid;        /* unmasked targets of the last forward */
     float *scratch;         /* backward gradient buffers */
@@ -114,6 +117,10 @@ typedef struct l3c_train_model {
 
 /* Token rows per matmul call (bounds the kernel scratch). */
 #define L3C_TRAIN_MM_ROWS 512
+/* Floats of one chunk of logits: the head and the cross-entropy run this many / n_vocab rows at a
+ * time (16 .. L3C_TRAIN_MM_ROWS), forward and again in backward (4 M floats: 16 MiB). */
+#define L3C_TRAIN_XENT_FLOATS (1 << 22)
+int64_t l3c_train_xent_rows(const l3c_train_model *m, int64_t N);
 
 /* A model with seeded random weights: matrices N(0, 1/n_in) (token_embd and output too, so a
  * tied head starts with O(1) logits; attn_output and ffn_down also scaled by 1/sqrt(2 n_layer)),
@@ -137,7 +144,8 @@ void l3c_train_model_free(l3c_train_model *m);
 
 /*
  * Forward of B sequences of T tokens. targets [B x T] may be NULL (logits only, *loss = 0).
- * Leaves m->logits [B*T x V] (raw) for inspection until the next backward. *loss: mean
+ * With m->keep_logits set, leaves m->logits [B*T x V] (raw) for inspection; otherwise the logits
+ * exist one chunk of rows at a time (l3c_train_xent_rows), recomputed in backward. *loss: mean
  * cross-entropy over unmasked targets (0 when there are none).
  */
 l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,

@@ -187,6 +187,7 @@ int main(int argc, char **argv) {
     }
     if (st) FAIL(l3c_last_error(), NULL);
     m->checkpoint = ckpt;
+    m->keep_logits = 1; /* logits.f32 */
     if (threads > 1 && (st = l3c_train_model_set_threads(m, threads))) FAIL(l3c_last_error(), NULL);
 
     size_t n_ids = 0, n_tgt = 0;
