@@ -38,6 +38,7 @@ typedef struct train_opts {
         stop_after;
     int checkpoint, resume, quiet, from_scratch, lr_set;
     int pack, grad_accum; /* pack: -1 auto (on for JSONL), 0, 1 */
+    int full, rslora;
     unsigned targets;
     float alpha, lr, min_lr_ratio, wd, clip, eval_frac;
     uint64_t seed;
@@ -78,6 +79,11 @@ static void help(FILE *f) {
         "  --rank R             adapter rank (default 8)\n"
         "  --alpha A            scale alpha / rank (default 16)\n"
         "  --targets LIST       matrices to adapt, from q,k,v,o,gate,up,down (default all)\n"
+        "  --rslora             rank-stabilized LoRA: scale alpha / sqrt(rank) (PEFT use_rslora)\n"
+        "full fine-tuning:\n"
+        "  --full               train every weight of an F32 / F16 / BF16 base (fp32 copy, AdamW\n"
+        "                       on all of it) and write DIR/model.gguf (F32, the base's tokenizer\n"
+        "                       and metadata); quantized bases: use LoRA\n"
         "optimizer:\n"
         "  --steps N            optimizer steps (default: --epochs over the training examples)\n"
         "  --epochs E           passes over the data (default 1)\n"
@@ -174,6 +180,10 @@ static int parse(int argc, char **argv, train_opts *o) {
             o->config = v;
         } else if (!strcmp(a, "--from-scratch")) {
             o->from_scratch = 1;
+        } else if (!strcmp(a, "--full")) {
+            o->full = 1;
+        } else if (!strcmp(a, "--rslora")) {
+            o->rslora = 1;
         } else if (!strcmp(a, "--lora")) {
         } else if (!strcmp(a, "--resume")) {
             o->resume = 1;
@@ -234,6 +244,9 @@ static int parse(int argc, char **argv, train_opts *o) {
     if (o->from_scratch != !!o->config)
         return cli_usage_error(CMD, "--from-scratch and --config FILE go together");
     if (o->from_scratch && !o->lr_set) o->lr = 1e-3f;
+    if (o->full && o->from_scratch)
+        return cli_usage_error(CMD, "--full fine-tunes -m; --from-scratch makes a new model: one of them");
+    if (o->full && !o->lr_set) o->lr = 1e-5f;
     return 0;
 }
 
@@ -267,6 +280,8 @@ static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_t
     h = fnv(h, &o->from_scratch, sizeof o->from_scratch);
     h = fnv(h, &o->pack, sizeof o->pack); /* resolved (0 / 1) */
     h = fnv(h, &o->grad_accum, sizeof o->grad_accum);
+    h = fnv(h, &o->full, sizeof o->full);
+    h = fnv(h, &o->rslora, sizeof o->rslora);
     h = fnv(h, &tm->n_params, sizeof tm->n_params);
     h = fnv(h, &tm->cfg, sizeof tm->cfg); /* shapes, rope, eps (from_scratch: the --config) */
     h = fnv(h, train->tokens, train->n_tokens * sizeof(int32_t));
@@ -359,11 +374,14 @@ static int trim_metrics(const char *path, int64_t next_step) {
     return 0;
 }
 
+/* general.name of a saved whole model: --from-scratch's, or --full's (the base's name + "-ft") */
+static const char *g_model_name = "llama3c-pretrained";
+
 static int save_adapters(const char *dir, const l3c_model *model, const l3c_train_model *tm) {
     char path[4096];
-    if (!tm->lora) { /* --from-scratch: the whole model, with -m's tokenizer */
+    if (!tm->lora) { /* --from-scratch / --full: the whole model, with -m's tokenizer */
         join(path, sizeof path, dir, "model.gguf");
-        if (l3c_train_model_save_gguf(tm, model, 0, path, "llama3c-pretrained"))
+        if (l3c_train_model_save_gguf(tm, model, 0, path, g_model_name))
             return cli_runtime_error(CMD, "saving the model");
         return 0;
     }
@@ -385,6 +403,27 @@ static int pack_data(l3c_dataset **ds, int T, int quiet) {
                 p->n_ex, T);
     l3c_data_free(*ds);
     *ds = p;
+    return 0;
+}
+
+/* --full trains an fp32 copy of every weight: only bases stored in F32 / F16 / BF16 (a quantized
+ * base would be trained and saved at another precision than it was made for). */
+static int full_base_check(const l3c_model *m, const char *path) {
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const l3c_layer *L = &m->w.layers[l];
+        const l3c_weight *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof w / sizeof *w; i++) {
+            const int t = w[i]->type;
+            if (t != L3C_TYPE_F32 && t != L3C_TYPE_F16 && t != L3C_TYPE_BF16) {
+                fprintf(stderr,
+                        "llama3c train: --full needs an F32, F16 or BF16 base; %s has %s weights "
+                        "(layer %d): fine-tune it with LoRA (the default, QLoRA-style), or --full "
+                        "an unquantized copy\n",
+                        path, l3c_type_name(t), l);
+                return CLI_ERR;
+            }
+        }
+    }
     return 0;
 }
 
@@ -486,9 +525,24 @@ int cmd_train(int argc, char **argv) {
             cli_runtime_error(CMD, "creating the model");
             goto done;
         }
-    } else if (l3c_train_model_lora(model, o.targets, o.rank, o.alpha, o.seed, NULL, &tm)) {
-        cli_runtime_error(CMD, "setting up LoRA");
-        goto done;
+    } else if (o.full) {
+        static char name[300];
+        if (full_base_check(model, o.model)) goto done;
+        if (l3c_train_model_from_gguf(o.model, &tm)) {
+            cli_runtime_error(CMD, "loading the model for full fine-tuning");
+            goto done;
+        }
+        snprintf(name, sizeof name, "%s-ft", model->name);
+        g_model_name = name;
+    } else {
+        /* rsLoRA scales by alpha / sqrt(r) == (alpha sqrt(r)) / r: the adapter keeps that alpha
+         * (GGUF: llama.cpp's alpha / r gives the same scale) and remembers the user's for PEFT */
+        const float a = o.rslora ? (float)(o.alpha * sqrt((double)o.rank)) : o.alpha;
+        if (l3c_train_model_lora(model, o.targets, o.rank, a, o.seed, NULL, &tm)) {
+            cli_runtime_error(CMD, "setting up LoRA");
+            goto done;
+        }
+        if (o.rslora) tm->lora->rs_alpha = o.alpha;
     }
     tm->checkpoint = o.checkpoint;
     const int nt = o.n_threads > 0 ? o.n_threads : model->n_threads;
@@ -522,9 +576,12 @@ int cmd_train(int argc, char **argv) {
             stderr,
             "llama3c train: from scratch, %d layers x %d wide, %zu parameters, vocabulary of %s\n",
             tm->cfg.n_layer, tm->cfg.n_embd, tm->n_params, model->name);
+    else if (o.full)
+        fprintf(stderr, "llama3c train: full fine-tuning of %s (%zu parameters, fp32)\n",
+                model->name, tm->n_params);
     else
-        fprintf(stderr, "llama3c train: LoRA rank %d alpha %g on %s (%zu adapter values)\n", o.rank,
-                (double)o.alpha, model->name, tm->n_params);
+        fprintf(stderr, "llama3c train: %s rank %d alpha %g on %s (%zu adapter values)\n",
+                o.rslora ? "rsLoRA" : "LoRA", o.rank, (double)o.alpha, model->name, tm->n_params);
     fprintf(stderr, "llama3c train: %d steps of %d x %d tokens%s, %d threads%s\n", total, B * G, T,
             G > 1 ? " (micro-batches' gradients summed)" : "", nt,
             o.checkpoint ? ", recomputing activations" : "");
@@ -637,7 +694,7 @@ int cmd_train(int argc, char **argv) {
         cli_runtime_error(CMD, "plotting the loss");
         goto done;
     }
-    if (o.from_scratch)
+    if (o.from_scratch || o.full)
         fprintf(stderr, "llama3c train: wrote %s/model.gguf, metrics.jsonl, loss.svg\n", o.out);
     else
         fprintf(
