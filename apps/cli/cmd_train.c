@@ -40,7 +40,7 @@ typedef struct train_opts {
     int pack, grad_accum; /* pack: -1 auto (on for JSONL), 0, 1 */
     int full, rslora;
     unsigned targets;
-    float alpha, lr, min_lr_ratio, wd, clip, eval_frac;
+    float alpha, lr, min_lr_ratio, wd, clip, eval_frac, lora_dropout;
     uint64_t seed;
 } train_opts;
 
@@ -80,6 +80,10 @@ static void help(FILE *f) {
         "  --alpha A            scale alpha / rank (default 16)\n"
         "  --targets LIST       matrices to adapt, from q,k,v,o,gate,up,down (default all)\n"
         "  --rslora             rank-stabilized LoRA: scale alpha / sqrt(rank) (PEFT use_rslora)\n"
+        "  --lora-dropout P     drop each element of the adapters' inputs with probability P "
+        "while\n"
+        "                       training (seeded by --seed and the step; none in evaluation;\n"
+        "                       default 0)\n"
         "full fine-tuning:\n"
         "  --full               train every weight of an F32 / F16 / BF16 base (fp32 copy, AdamW\n"
         "                       on all of it) and write DIR/model.gguf (F32, the base's tokenizer\n"
@@ -229,6 +233,8 @@ static int parse(int argc, char **argv, train_opts *o) {
             rc = FLT(0.0, 1e6, o->clip);
         else if (!strcmp(a, "--eval-frac"))
             rc = FLT(0.0, 0.5, o->eval_frac);
+        else if (!strcmp(a, "--lora-dropout"))
+            rc = FLT(0.0, 0.9, o->lora_dropout);
         else if ((rc = cli_compat_parse(CMD, argc, argv, &i)))
             rc = rc < 0 ? CLI_USAGE : 0;
         else
@@ -245,7 +251,8 @@ static int parse(int argc, char **argv, train_opts *o) {
         return cli_usage_error(CMD, "--from-scratch and --config FILE go together");
     if (o->from_scratch && !o->lr_set) o->lr = 1e-3f;
     if (o->full && o->from_scratch)
-        return cli_usage_error(CMD, "--full fine-tunes -m; --from-scratch makes a new model: one of them");
+        return cli_usage_error(
+            CMD, "--full fine-tunes -m; --from-scratch makes a new model: one of them");
     if (o->full && !o->lr_set) o->lr = 1e-5f;
     return 0;
 }
@@ -282,6 +289,7 @@ static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_t
     h = fnv(h, &o->grad_accum, sizeof o->grad_accum);
     h = fnv(h, &o->full, sizeof o->full);
     h = fnv(h, &o->rslora, sizeof o->rslora);
+    h = fnv(h, &o->lora_dropout, sizeof o->lora_dropout);
     h = fnv(h, &tm->n_params, sizeof tm->n_params);
     h = fnv(h, &tm->cfg, sizeof tm->cfg); /* shapes, rope, eps (from_scratch: the --config) */
     h = fnv(h, train->tokens, train->n_tokens * sizeof(int32_t));
@@ -435,6 +443,7 @@ static int evaluate(l3c_train_model *tm, const l3c_dataset *ds, int B, int T, in
     double sum = 0.0;
     int64_t n = 0;
     const size_t steps = l3c_data_steps_per_epoch(ds, B);
+    tm->dropout_on = 0; /* LoRA dropout is for training only */
     for (size_t k = 0; k < steps; k++) {
         l3c_data_batch_pos(ds, NULL, k * (size_t)B, B, T, ids, tgt, pos);
         float loss;
@@ -543,6 +552,7 @@ int cmd_train(int argc, char **argv) {
             goto done;
         }
         if (o.rslora) tm->lora->rs_alpha = o.alpha;
+        tm->lora_dropout = tm->lora->dropout = o.lora_dropout;
     }
     tm->checkpoint = o.checkpoint;
     const int nt = o.n_threads > 0 ? o.n_threads : model->n_threads;
@@ -628,6 +638,9 @@ int cmd_train(int argc, char **argv) {
         for (int g = 0; g < G && start + (size_t)g * B < train->n_ex; g++) {
             float mloss;
             l3c_data_batch_pos(train, order, start + (size_t)g * B, B, T, ids, tgt, pos);
+            tm->dropout_on =
+                1; /* a mask per (seed, step, micro-batch): resumed runs see the same */
+            tm->dropout_seed = o.seed * 0x9e3779b97f4a7c15ull + (uint64_t)(step * G + g);
             if (l3c_train_forward_pos(tm, ids, tgt, pos, B, T, &mloss)) {
                 cli_runtime_error(CMD, "forward");
                 goto done;

@@ -687,7 +687,7 @@ static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
     bad |= json_object_set_new(c, "loftq_config", json_object());
     bad |= json_object_set_new(c, "lora_alpha", jalpha);
     bad |= json_object_set_new(c, "lora_bias", json_false());
-    bad |= json_object_set_new(c, "lora_dropout", json_real(0.0));
+    bad |= json_object_set_new(c, "lora_dropout", json_real(a->dropout));
     bad |= json_object_set_new(c, "megatron_config", json_null());
     bad |= json_object_set_new(c, "megatron_core", json_string("megatron.core"));
     bad |= json_object_set_new(c, "modules_to_save", json_null());

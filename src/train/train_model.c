@@ -353,9 +353,10 @@ static void free_acts(l3c_train_model *m) {
     free(m->ids);
     free(m->lora_tmp);
     free(m->dx_tmp);
+    free(m->drop_buf);
     free(m->mm_scratch);
     m->acts = NULL;
-    m->x_res = m->scratch = m->lora_tmp = m->dx_tmp = NULL;
+    m->x_res = m->scratch = m->lora_tmp = m->dx_tmp = m->drop_buf = NULL;
     m->mm_scratch = NULL;
     m->ids = m->targets = m->pos = NULL;
     m->cap_tokens = 0;
@@ -463,7 +464,8 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     l3c_status st = build_transposes(m);
     if (st) return st;
     const int keep = m->keep_logits ? 1 : 0;
-    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt && m->cap_keep == keep)
+    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt && m->cap_keep == keep &&
+        !!m->drop_buf == (m->lora && m->lora_dropout > 0.0f))
         return L3C_OK; /* same layout */
     free_acts(m);
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, V = m->cfg.n_vocab, qd = q_dim(m),
@@ -480,10 +482,12 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
     m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide > r ? wide : r)) * sizeof(float)) : NULL;
     m->dx_tmp = m->mats_t ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
+    const int drop = r && m->lora_dropout > 0.0f;
+    m->drop_buf = drop ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const size_t mmb = mm_scratch_bytes(m);
     m->mm_scratch = l3c_malloc(mmb ? mmb : 1);
     if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) || !m->mm_scratch ||
-        (m->mats_t && !m->dx_tmp)) {
+        (m->mats_t && !m->dx_tmp) || (drop && !m->drop_buf)) {
         free(a);
         free_acts(m);
         return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the activations of %lld x %lld tokens",
@@ -562,7 +566,39 @@ static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const l3c_wei
     return L3C_OK;
 }
 
-/* Matrix t of layer l: y = x W^T, plus the adapter's s (x A^T) B^T (x A^T saved in lu). */
+/* ------------------------------------------------------------------ LoRA dropout */
+
+static uint64_t mix64(uint64_t z) { /* splitmix64's finalizer */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Element i of the mask of (layer l, matrix t) in the forward seeded by seed: 0 with probability
+ * p, else 1 / (1 - p). A hash of (seed, l, t, i), so the backward and a checkpointed recompute
+ * regenerate the forward's mask instead of storing it. */
+static float drop_keep(uint64_t seed, int l, int t, int64_t i, float p) {
+    const uint64_t h = mix64(seed ^ mix64(((uint64_t)l << 8 | (uint64_t)t) + 0x9e3779b97f4a7c15ull) ^
+                             mix64((uint64_t)i * 0xd1b54a32d192ed03ull + 1));
+    const float u = (float)(h >> 40) * (1.0f / 16777216.0f); /* [0, 1) in steps of 2^-24 */
+    return u < p ? 0.0f : 1.0f / (1.0f - p);
+}
+
+void l3c_train_dropout_mask(const l3c_train_model *m, int l, int t, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
+}
+
+/* The input of matrix (l, t)'s LoRA branch: x itself, or with the last forward's dropout on, x
+ * times its mask in m->drop_buf. */
+static const float *lora_input(l3c_train_model *m, int l, int t, const float *x, int64_t n_in) {
+    if (!m->drop_fwd) return x;
+    const int64_t n = m->B * m->T * n_in;
+    for (int64_t i = 0; i < n; i++) m->drop_buf[i] = x[i] * drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
+    return m->drop_buf;
+}
+
+/* Matrix t of layer l: y = x W^T, plus the adapter's s (x A^T) B^T (x A^T saved in lu; x through
+ * the dropout mask when it is on). */
 static void linear_fwd(l3c_train_model *m, int l, int t, const float *x, float *y, float *lu) {
     const int64_t N = m->B * m->T;
     const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
@@ -571,7 +607,7 @@ static void linear_fwd(l3c_train_model *m, int l, int t, const float *x, float *
     if (!am) return;
     const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
     const l3c_weight wb = l3c_trk_f32_weight(am->b, am->rank, am->n_out, "lora_b");
-    mm(m, &wa, x, lu, N);
+    mm(m, &wa, lora_input(m, l, t, x, am->n_in), lu, N);
     mm(m, &wb, lu, m->lora_tmp, N);
     l3c_axpy(y, m->lora_scale, m->lora_tmp, N * w->n_out);
 }
@@ -595,9 +631,15 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     zero(dlu, N * r);
     if ((st = l3c_trk_matmul_dw(m->tp, lu, dy, N, r, am->n_out, m->lora_scale, gm->b)) ||
         (st = l3c_trk_matmul_dx(m->tp, &wb, dy, N, m->lora_scale, dlu)) ||
-        (st = l3c_trk_matmul_dw(m->tp, x, dlu, N, am->n_in, r, 1.0f, gm->a)))
+        (st = l3c_trk_matmul_dw(m->tp, lora_input(m, l, t, x, am->n_in), dlu, N, am->n_in, r, 1.0f, gm->a)))
         return st;
-    if (dx && (st = l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, dx))) return st;
+    if (!dx) return L3C_OK;
+    if (!m->drop_fwd) return l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, dx);
+    /* through the dropout: dx += (d(x A^T) A) * mask */
+    zero(m->drop_buf, N * am->n_in);
+    if ((st = l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, m->drop_buf))) return st;
+    for (int64_t i = 0; i < N * am->n_in; i++)
+        dx[i] += m->drop_buf[i] * drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
     return L3C_OK;
 }
 
@@ -630,7 +672,7 @@ static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3
         const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, L3C_LORA_DOWN) : NULL;
         if (am) {
             const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
-            mm(m, &wa, a->h, a->lu[L3C_LORA_DOWN], N);
+            mm(m, &wa, lora_input(m, l, L3C_LORA_DOWN, a->h, am->n_in), a->lu[L3C_LORA_DOWN], N);
         }
         return L3C_OK;
     }
@@ -732,6 +774,8 @@ l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const i
         m->pos[n] = pos ? pos[n] : (int32_t)(n % T);
     }
     m->n_valid = -1; /* no backward without targets */
+    m->drop_fwd = m->lora && m->lora_dropout > 0.0f && m->dropout_on; /* the backward's too */
+    m->drop_fwd_seed = m->dropout_seed;
     l3c_tr_rope_tables(m->pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
     embed(m, m->ids, N, m->x_res);
     for (int l = 0; l < c->n_layer; l++)

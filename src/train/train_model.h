@@ -75,6 +75,16 @@ typedef struct l3c_train_model {
     const struct l3c_model *base;
     l3c_lora_adapter *lora, *dlora;
     float lora_scale;          /* alpha / rank */
+    /* LoRA dropout (PEFT's lora_dropout): with lora_dropout p > 0 and dropout_on, a forward drops
+     * each element of every LoRA branch's input with probability p (kept ones scaled 1/(1-p)),
+     * by a mask hashed from (dropout_seed, layer, matrix, element): the backward (and a
+     * checkpointed recompute) regenerate it. dropout_on 0 (evaluation): no dropout. */
+    float lora_dropout;
+    int dropout_on;
+    uint64_t dropout_seed;
+    int drop_fwd;              /* the last forward's: dropout applied, with this seed */
+    uint64_t drop_fwd_seed;
+    float *drop_buf;           /* [N x widest n_in]: a masked input / its gradient */
     /* every matrix as an l3c_weight ([n_layer x 7] + the head): F32 views of the parameter
      * arena in full mode, the base's weights in LoRA mode */
     l3c_weight *mats, head;
@@ -172,6 +182,10 @@ l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm);
  * gets the norm before clipping, *lr_out the rate used. */
 l3c_status l3c_train_step(l3c_train_model *m, const l3c_adamw_params *p, int step, float *grad_norm,
                           float *lr_out);
+
+/* The dropout mask (0 or 1/(1-p)) of the last forward for matrix t (l3c_lora_target) of layer l:
+ * out [n] = elements 0..n-1 of its [N x n_in] input, row-major (tests hand it to torch). */
+void l3c_train_dropout_mask(const l3c_train_model *m, int l, int t, int64_t n, float *out);
 
 /* Bytes of saved activations per token for this model at sequence length T (doc figure). */
 size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int checkpoint);

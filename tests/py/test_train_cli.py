@@ -252,3 +252,22 @@ def test_packing_and_accumulation_are_exact(llama3c, tiny, docs, tmp_path):
     assert up["trained_tok_per_s"] < up["tok_per_s"]
     p = run_cli("train", *common, "--grad-accum", 0, "-o", tmp_path / "bad", check=False)
     assert p.returncode == 2 and "--grad-accum" in p.stderr
+
+
+def test_lora_dropout_in_training_only(llama3c, tiny, text, tmp_path):
+    """--lora-dropout: training losses change (a mask per step), evaluation is without dropout
+    (the held-out loss before training is the plain run's, bit for bit), the PEFT config records
+    it, and a stopped + resumed run is bitwise the uninterrupted one (masks from seed and step)."""
+    common = ["-m", tiny, "--data", text, "--steps", 12, *ARGS[2:], "--eval-frac", 0.1]
+    a, b, c = (str(tmp_path / x) for x in "abc")
+    sa = summary(run_cli("train", *common, "-o", a, "--lora-dropout", 0.2))
+    sb = summary(run_cli("train", *common, "-o", b))
+    assert sa["eval_loss_before"] == sb["eval_loss_before"]
+    la = [r["loss"] for r in metrics(a) if "loss" in r]
+    lb = [r["loss"] for r in metrics(b) if "loss" in r]
+    assert la[0] == lb[0] and la[1] != lb[1]  # B starts at 0: the branch (and its dropout) adds nothing yet
+    cfg = json.load(open(os.path.join(a, "adapter", "adapter_config.json")))
+    assert abs(cfg["lora_dropout"] - 0.2) < 1e-6
+    run_cli("train", *common, "-o", c, "--lora-dropout", 0.2, "--stop-after", 5)
+    run_cli("train", *common, "-o", c, "--lora-dropout", 0.2, "--resume")
+    assert open(os.path.join(a, "adapter.gguf"), "rb").read() == open(os.path.join(c, "adapter.gguf"), "rb").read()

@@ -390,6 +390,54 @@ def test_lora_threads_and_checkpoint_bitwise(tmp_path, train_dump):
             assert open(os.path.join(o, f), "rb").read() == ref, f"{f} differs in {o}"
 
 
+def test_lora_dropout_grads_vs_torch(tmp_path, train_dump, torch_python):
+    """--lora-dropout: the forward drops elements of each LoRA branch's input (mask hashed from the
+    seed, 0 or 1/(1-p)); torch on the same masks (x W^T + s ((x * mask) A^T) B^T, unmerged) gives
+    the loss, logits and every A / B gradient within 1e-4 (F32 base); the masks drop about p of
+    the elements, differ between matrices and seeds; 1 / 3 threads and checkpointing bitwise."""
+    d = str(tmp_path)
+    ids, tgt = batch(64)
+    bargs = write_batch(d, ids, tgt)
+    path = write_gguf(os.path.join(d, "base.gguf"), tied=False, rope_freqs=True)
+    write_base(d, path)
+    drop = ["--lora-dropout", "0.3", "--dropout-seed", "11"]
+    run([train_dump, "--model", path, *LORA, *drop, *bargs, "--out", d, "--threads", "2"])
+    run([torch_python, TORCH_REF, d, *bargs])
+    loss = float(open(os.path.join(d, "loss.txt")).read())
+    ref_loss = float(open(os.path.join(d, "ref_loss.txt")).read())
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), f"loss {loss} vs torch {ref_loss}"
+    logits = np.fromfile(os.path.join(d, "logits.f32"), dtype="<f4").astype(np.float64)
+    assert rel(logits, np.fromfile(os.path.join(d, "ref_logits.f64"), dtype="<f8")) <= 1e-4
+    g = np.fromfile(os.path.join(d, "grads.f32"), dtype="<f4").astype(np.float64)
+    rg = np.fromfile(os.path.join(d, "ref_grads.f64"), dtype="<f8")
+    worst = 0.0
+    for n, rows, cols, off in index(d):
+        a, b = g[off:off + rows * cols], rg[off:off + rows * cols]
+        assert np.max(np.abs(b)) > 0, n
+        worst = max(worst, rel(a, b))
+    assert worst <= 1e-4, f"LoRA gradients with dropout differ from torch: {worst:.2e}"
+    masks = np.fromfile(os.path.join(d, "dropout.f32"), dtype="<f4")
+    zero = float(np.mean(masks == 0))
+    assert abs(zero - 0.3) < 0.01 and set(np.unique(masks)) == {0.0, np.float32(1 / 0.7)}, zero
+    n0 = B * T * 32  # the first matrix's mask (attn_q: B*T x n_embd 32) vs the second's (attn_k)
+    assert not np.array_equal(masks[:n0], masks[n0:2 * n0])
+    # another seed, another mask and loss; no dropout: another loss again
+    outs = {}
+    for name, extra in (("seed12", ["--lora-dropout", "0.3", "--dropout-seed", "12"]), ("none", []),
+                        ("t1", [*drop, "--threads", "1"]), ("t3ckpt", [*drop, "--threads", "3", "--checkpoint"])):
+        o = os.path.join(d, name)
+        os.mkdir(o)
+        run([train_dump, "--model", path, *LORA, *extra, *bargs, "--out", o])
+        outs[name] = o
+    other = float(open(os.path.join(outs["seed12"], "loss.txt")).read())
+    plain = float(open(os.path.join(outs["none"], "loss.txt")).read())
+    assert other != loss and plain != loss and not os.path.exists(os.path.join(outs["none"], "dropout.f32"))
+    for f in ("loss.txt", "logits.f32", "grads.f32", "dropout.f32"):
+        ref = open(os.path.join(outs["t1"], f), "rb").read()
+        assert open(os.path.join(outs["t3ckpt"], f), "rb").read() == ref, f
+    print(f"dropout 0.3: loss {loss:.6f} (torch {ref_loss:.6f}; no dropout {plain:.6f}), worst grad {worst:.2e}")
+
+
 def test_lora_adamw_steps_vs_torch(tmp_path, train_dump, torch_python):
     """10 AdamW steps on the adapter of an F32 base follow torch.optim.AdamW on A and B."""
     d = str(tmp_path)
