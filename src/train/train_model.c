@@ -43,6 +43,14 @@ typedef struct bwd_bufs {
 static int64_t q_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head * m->head_dim; }
 static int64_t kv_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head_kv * m->head_dim; }
 
+/* exact mode: rows of a quantized W dequantized per slice (<= 2^20 floats, <= 4096 rows) */
+#define EXACT_FLOATS (1 << 20)
+#define EXACT_ROWS 4096
+static int64_t exact_rows(int64_t n_in) {
+    const int64_t r = EXACT_FLOATS / n_in;
+    return r < 1 ? 1 : r > EXACT_ROWS ? EXACT_ROWS : r;
+}
+
 /* ------------------------------------------------------------------ tensor table + arenas */
 
 static void add_tensor(l3c_train_model *m, const char *name, int64_t rows, int64_t cols, size_t *off) {
@@ -354,6 +362,11 @@ static void free_acts(l3c_train_model *m) {
     free(m->lora_tmp);
     free(m->dx_tmp);
     free(m->drop_buf);
+    free(m->exact_w);
+    free(m->exact_y);
+    free(m->exact_scratch);
+    m->exact_w = m->exact_y = NULL;
+    m->exact_scratch = NULL;
     free(m->mm_scratch);
     m->acts = NULL;
     m->x_res = m->scratch = m->lora_tmp = m->dx_tmp = m->drop_buf = NULL;
@@ -442,7 +455,7 @@ static size_t mm_scratch_bytes(const l3c_train_model *m) {
  * L3C_TRAIN_DX=gemm / tiles keeps the dequantizing paths instead (tests compare them). */
 static l3c_status build_transposes(l3c_train_model *m) {
     const char *e = getenv("L3C_TRAIN_DX");
-    if (!m->base || m->mats_t || (e && (!strcmp(e, "gemm") || !strcmp(e, "tiles")))) return L3C_OK;
+    if (!m->base || m->mats_t || m->exact || (e && (!strcmp(e, "gemm") || !strcmp(e, "tiles")))) return L3C_OK;
     const int n = m->cfg.n_layer * L3C_TRAIN_N_MATS;
     m->mats_t = l3c_calloc((size_t)n, sizeof *m->mats_t);
     m->t_mem = l3c_calloc((size_t)n + 1, sizeof *m->t_mem);
@@ -483,6 +496,19 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide > r ? wide : r)) * sizeof(float)) : NULL;
     m->dx_tmp = m->mats_t ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const int drop = r && m->lora_dropout > 0.0f;
+    if (m->exact && !m->exact_w) {
+        const l3c_weight s = l3c_trk_f32_weight(NULL, wide, exact_rows(D), "exact slice");
+        m->exact_w = l3c_malloc(EXACT_FLOATS * sizeof(float) > (size_t)wide * sizeof(float)
+                                    ? EXACT_FLOATS * sizeof(float)
+                                    : (size_t)wide * sizeof(float));
+        m->exact_y = l3c_malloc((size_t)L3C_TRAIN_MM_ROWS * EXACT_ROWS * sizeof(float));
+        const size_t sb = l3c_matmul_scratch_bytes(&s, L3C_TRAIN_MM_ROWS);
+        m->exact_scratch = l3c_malloc(sb ? sb : 1);
+        if (!m->exact_w || !m->exact_y || !m->exact_scratch) {
+            free_acts(m);
+            return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the exact mode");
+        }
+    }
     m->drop_buf = drop ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const size_t mmb = mm_scratch_bytes(m);
     m->mm_scratch = l3c_malloc(mmb ? mmb : 1);
@@ -549,11 +575,32 @@ static void zero(float *x, int64_t n) { memset(x, 0, (size_t)n * sizeof(float));
 
 /* ------------------------------------------------------------------ linear: y = x W^T (+ LoRA) */
 
-/* y [N x w->n_out] = x [N x w->n_in] W^T with the engine's kernel, L3C_TRAIN_MM_ROWS rows a call */
+/* Exact mode: y [n x w->n_out] = x W^T in fp32 for a quantized w, EXACT_SLICE rows of W at a
+ * time dequantized (the type's to_float) into m->exact_w and multiplied by the F32 kernel. */
+
+static void mm_exact(l3c_train_model *m, const l3c_weight *w, const float *x, float *y, int64_t n) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(w->type);
+    const int64_t R = exact_rows(w->n_in);
+    for (int64_t o0 = 0; o0 < w->n_out; o0 += R) {
+        const int64_t r = w->n_out - o0 < R ? w->n_out - o0 : R;
+        for (int64_t i = 0; i < r; i++)
+            tr->to_float((const char *)w->data + (size_t)(o0 + i) * w->row_bytes, m->exact_w + i * w->n_in, w->n_in);
+        const l3c_weight s = l3c_trk_f32_weight(m->exact_w, w->n_in, r, "exact slice");
+        l3c_matmul(m->tp, &s, x, m->exact_y, n, m->exact_scratch);
+        for (int64_t t = 0; t < n; t++)
+            memcpy(y + t * w->n_out + o0, m->exact_y + t * r, (size_t)r * sizeof(float));
+    }
+}
+
+/* y [N x w->n_out] = x [N x w->n_in] W^T with the engine's kernel, L3C_TRAIN_MM_ROWS rows a call
+ * (exact mode: quantized weights dequantized, no 8-bit activations) */
 static void mm(l3c_train_model *m, const l3c_weight *w, const float *x, float *y, int64_t N) {
     for (int64_t n0 = 0; n0 < N; n0 += L3C_TRAIN_MM_ROWS) {
         const int64_t n = N - n0 < L3C_TRAIN_MM_ROWS ? N - n0 : L3C_TRAIN_MM_ROWS;
-        l3c_matmul(m->tp, w, x + n0 * w->n_in, y + n0 * w->n_out, n, m->mm_scratch);
+        if (m->exact && w->type != L3C_TYPE_F32)
+            mm_exact(m, w, x + n0 * w->n_in, y + n0 * w->n_out, n);
+        else
+            l3c_matmul(m->tp, w, x + n0 * w->n_in, y + n0 * w->n_out, n, m->mm_scratch);
     }
 }
 

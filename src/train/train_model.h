@@ -85,6 +85,13 @@ typedef struct l3c_train_model {
     int drop_fwd;              /* the last forward's: dropout applied, with this seed */
     uint64_t drop_fwd_seed;
     float *drop_buf;           /* [N x widest n_in]: a masked input / its gradient */
+    /* exact mode (set before the first forward): matrices of a quantized base are multiplied in
+     * fp32, dequantized a slice of rows at a time forward (no 8-bit activations) and per tile
+     * backward (no Q8_0 transposes): the gradients of W + s B A on the dequantized weights, as
+     * with an F32 base. Slower; for tests and checks. */
+    int exact;
+    float *exact_w, *exact_y;  /* a slice of W [<= 2^20 floats], its product [512 x <= 4096] */
+    void *exact_scratch;
     /* every matrix as an l3c_weight ([n_layer x 7] + the head): F32 views of the parameter
      * arena in full mode, the base's weights in LoRA mode */
     l3c_weight *mats, head;

@@ -9,14 +9,15 @@
  *              [--steps K --lr X --wd X --warmup N --total N --min-lr-ratio X --clip X
  *               --beta1 X --beta2 X --adam-eps X] [--threads N]
  *              [--lora-rank R --lora-alpha A --lora-targets q,k,... [--lora-b-std S]
- *               [--lora-dropout P --dropout-seed S]]
+ *               [--lora-dropout P --dropout-seed S] [--exact 1]]
  *
  * With --lora-rank the model is a LoRA on the --model GGUF (loaded by the engine, weights kept
  * in their type): the parameters are the adapter's A / B (index.txt names them
  * blk.N.attn_q.weight.lora_a ...), config.txt adds lora_scale; --lora-b-std S draws B from
  * N(0, S) (seeded) instead of 0, so that A's gradient is not zero either. --lora-dropout P runs the
  * forward / backward with dropout on (seed S) and writes dropout.f32: the mask of every adapted
- * matrix (layers in order, targets in enum order), [B*T x n_in] each, 0 or 1/(1-P).
+ * matrix (layers in order, targets in enum order), [B*T x n_in] each, 0 or 1/(1-P). --exact 1:
+ * the exact mode (quantized base multiplied in fp32, l3c_train_model.exact).
  *
  * --config reads a from-scratch config (l3c_train_config_from_json; the vocabulary size from
  * --tok-from's model or --vocab) and builds a random model of that shape. --save-gguf PATH writes
@@ -89,6 +90,7 @@ int main(int argc, char **argv) {
     int tied = 0, ckpt = 0, steps = 0, n_rot = 0, threads = 1, lora_rank = 0;
     float lora_alpha = 16.0f, lora_b_std = 0.0f, lora_dropout = 0.0f;
     unsigned long long dropout_seed = 1;
+    int exact = 0;
     const char *lora_targets = "q,k,v,o,gate,up,down";
     const char *config = NULL, *tok_from = NULL, *save = NULL, *name = NULL;
     int vocab = 0, n_ctx = 0;
@@ -134,6 +136,7 @@ int main(int argc, char **argv) {
         else if (ARG("--lora-targets")) lora_targets = v;
         else if (ARG("--lora-b-std")) lora_b_std = strtof(v, NULL);
         else if (ARG("--lora-dropout")) lora_dropout = strtof(v, NULL);
+        else if (ARG("--exact")) exact = atoi(v);
         else if (ARG("--dropout-seed")) dropout_seed = strtoull(v, NULL, 10);
         else FAIL("unknown or incomplete argument", a);
 #undef ARG
@@ -195,6 +198,7 @@ int main(int argc, char **argv) {
     m->checkpoint = ckpt;
     m->keep_logits = 1; /* logits.f32 */
     m->lora_dropout = lora_dropout;
+    m->exact = exact;
     m->dropout_on = lora_dropout > 0.0f;
     m->dropout_seed = dropout_seed;
     if (threads > 1 && (st = l3c_train_model_set_threads(m, threads))) FAIL(l3c_last_error(), NULL);
