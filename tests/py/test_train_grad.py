@@ -492,6 +492,7 @@ def _quant_base(d, wtype, shapes):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", QUANT_CASES, ids=[c[0] for c in QUANT_CASES])
 def test_lora_grads_on_quantized_bases_vs_torch(case, tmp_path, train_dump, torch_python):
     """LoRA on Q4_0 / Q8_0 / Q4_K_M bases vs torch float64 on the dequantized weights (gguf-py):
