@@ -438,14 +438,17 @@ def test_lora_dropout_grads_vs_torch(tmp_path, train_dump, torch_python):
     print(f"dropout 0.3: loss {loss:.6f} (torch {ref_loss:.6f}; no dropout {plain:.6f}), worst grad {worst:.2e}")
 
 
-def test_lora_adamw_steps_vs_torch(tmp_path, train_dump, torch_python):
-    """10 AdamW steps on the adapter of an F32 base follow torch.optim.AdamW on A and B."""
+@pytest.mark.parametrize("wtype", ["F32", "Q4_0"])
+def test_lora_adamw_steps_vs_torch(tmp_path, train_dump, torch_python, wtype):
+    """10 AdamW steps on the adapter of an F32 base (and of a Q4_0 base in exact mode, torch on
+    gguf-py's dequantization) follow torch.optim.AdamW on A and B."""
     d = str(tmp_path)
     ids, tgt = batch(64, seed=3)
     bargs = write_batch(d, ids, tgt)
-    path = write_gguf(os.path.join(d, "m.gguf"), tied=False, rope_freqs=True)
+    path = write_gguf(os.path.join(d, "m.gguf"), tied=False, rope_freqs=True, wtype=wtype)
     write_base(d, path)
-    run([train_dump, "--model", path, *LORA, *bargs, "--out", d, *ADAM, "--threads", "2"])
+    exact = ["--exact", "1"] if wtype != "F32" else []
+    run([train_dump, "--model", path, *LORA, *bargs, "--out", d, *ADAM, "--threads", "2", *exact])
     run([torch_python, TORCH_REF, d, *bargs, *ADAM])
     c = np.loadtxt(os.path.join(d, "steps.txt"))
     r = np.loadtxt(os.path.join(d, "ref_steps.txt"))
