@@ -1,7 +1,7 @@
 # llama3c build. `make` builds the library, the CLI and the unit tests into $(BUILD)/;
 # `make test` runs every test; `make asan` builds and tests under ASan+UBSan in build-asan/.
 # System packages (Debian): build-essential pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev
-# (scripts/setup.sh installs them).
+# libedit-dev (chat's line editing) (scripts/setup.sh installs them).
 
 CC      ?= cc
 BUILD   ?= build
@@ -20,7 +20,7 @@ APP_CFLAGS = $(CFLAGS_COMMON)
 # object out of a static archive: -u names it so the linker does.
 ISA_HOOKS := $(patsubst src/kernels/arm_%.c,l3c_kernels_override_%,$(wildcard src/kernels/arm_neon.c))
 LDLIBS  = -lpcre2-8 -ljansson -lpthread -lm $(ISA_HOOKS:%=-Wl,-u,%)
-APP_LDLIBS = -lmicrohttpd -lsqlite3 $(LDLIBS)
+APP_LDLIBS = -lmicrohttpd -lsqlite3 -ledit $(LDLIBS)
 
 LIB_SRC  := $(sort $(wildcard src/*.c src/*/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)

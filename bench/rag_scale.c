@@ -10,7 +10,8 @@
  *
  * Prints per size: index build time, first-query time (matrix load), query time (median of 21
  * queries, ms), matrix bytes, recall@10 and recall@50 (fraction of the float64 top-k found in
- * the search's top-k), and peak RSS.
+ * the search's top-k), peak RSS, and an FNV hash of every hit id (equal across kernel paths:
+ * L3C_KERNELS=ref|avx2 against the default).
  */
 #include "../apps/rag/rag.h"
 
@@ -85,7 +86,8 @@ static int run(long n) {
         size_t o = 0;
         for (long c = 0; c < nc; c++) {
             ch[c].byte_start = o;
-            o += (size_t)sprintf(text + o, "w%06ld x%05ld\n", (long)(urand() * 1e6), c0 + c % 100000);
+            o += (size_t)sprintf(text + o, "w%06ld x%05ld\n", (long)(urand() * 1e6),
+                                 c0 + c % 100000);
             ch[c].byte_end = o;
             ch[c].line_start = ch[c].line_end = (int32_t)c + 1;
             ch[c].n_tokens = 4;
@@ -109,6 +111,7 @@ static int run(long n) {
     /* queries: a stored vector plus noise (a near neighbour exists, as for a real question) */
     float q[DIM];
     double times[QUERIES], t_first = 0, recall10 = 0, recall50 = 0;
+    uint64_t hits_hash = 1469598103934665603ull; /* FNV-1a of every query's hit ids, in order */
     rag_scored *exact = malloc((size_t)n * sizeof *exact);
     for (int qi = 0; qi < QUERIES; qi++) {
         const float *base = all + (size_t)(urand() * (double)n) * DIM;
@@ -133,6 +136,9 @@ static int run(long n) {
             exact[r] = (rag_scored){r + 1, d}; /* chunk ids are 1..n in insertion order */
         }
         qsort(exact, (size_t)n, sizeof *exact, cmp_desc);
+        for (int j = 0; j < nh; j++)
+            for (int b = 0; b < 8; b++)
+                hits_hash = (hits_hash ^ (uint8_t)(h[j].chunk_id >> (8 * b))) * 1099511628211ull;
         int hit10 = 0, hit50 = 0;
         for (int i = 0; i < 50 && i < n; i++)
             for (int j = 0; j < nh; j++)
@@ -146,9 +152,9 @@ static int run(long n) {
     qsort(times + 1, QUERIES - 1, sizeof *times, cmp_dbl);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("| %ld | %.1f s | %.0f ms | %.1f ms | %.1f MB | %.3f | %.3f | %ld MB |\n", n, t_build,
-           t_first * 1e3, times[QUERIES / 2] * 1e3, (double)n * (DIM + 12) / 1e6, recall10, recall50,
-           ru.ru_maxrss / 1024);
+    printf("| %ld | %.1f s | %.0f ms | %.1f ms | %.1f MB | %.3f | %.3f | %ld MB | %016llx |\n", n,
+           t_build, t_first * 1e3, times[QUERIES / 2] * 1e3, (double)n * (DIM + 12) / 1e6, recall10,
+           recall50, ru.ru_maxrss / 1024, (unsigned long long)hits_hash);
     fflush(stdout);
     rag_store_close(s);
     free(all), free(text), free(ch), free(exact);
@@ -160,8 +166,9 @@ static int run(long n) {
 }
 
 int main(int argc, char **argv) {
-    printf("| chunks | build | first query (loads the int8 matrix) | query, median | matrix | "
-           "recall@10 | recall@50 | peak RSS |\n|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| chunks | build | first query (loads the int8 matrix) | query, median | matrix | "
+        "recall@10 | recall@50 | peak RSS | hits (FNV) |\n|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 1; i < argc; i++)
         if (run(atol(argv[i]))) return 1;
     if (argc < 2) return run(10000);

@@ -399,11 +399,64 @@ L3C_API l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t 
 L3C_API void l3c_sampler_free(l3c_sampler *s);
 /* Adds a bias to a token's logit before sampling (OpenAI logit_bias); -INFINITY bans it. */
 L3C_API l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias);
-/* Picks the next token from n_vocab logits (not modified). Does not accept it. */
+/* Picks the next token from n_vocab logits (not modified). Does not accept it. Returns -1 only
+ * under a grammar that allows no token (see l3c_sampler_set_grammar). */
 L3C_API int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits);
 /* Records a token in the history used by the repetition, presence and frequency penalties. */
 L3C_API void l3c_sampler_accept(l3c_sampler *s, int32_t id);
 L3C_API void l3c_sampler_reset(l3c_sampler *s);
+
+/* ---------------------------------------------------------------- grammars (constrained output) */
+
+/*
+ * A grammar restricts what a sampler may pick: at each step only tokens whose bytes continue a
+ * string of the grammar's language are candidates (the sampler renormalizes over them; greedy
+ * takes the best of them). Grammars are GBNF as llama.cpp writes it (docs/GRAMMAR.md) or JSON
+ * Schema, converted to GBNF (keywords the converter cannot enforce are refused by name, never
+ * ignored). A compiled grammar belongs to one tokenizer's vocabulary (it holds a trie over the
+ * token byte strings, built by the first grammar compiled for that tokenizer and kept by the
+ * tokenizer for the next ones: ~0.1-0.5 s for 128K tokens, then well under a millisecond); it
+ * does not need the tokenizer afterwards, is immutable and may be shared by many samplers and
+ * threads. Compiling grammars for one tokenizer from several threads at once is safe. Control
+ * tokens never match grammar text; end-of-generation tokens (l3c_token_is_eog) are allowed
+ * exactly when the grammar can be complete.
+ */
+typedef struct l3c_grammar l3c_grammar;
+
+/*
+ * Compiles GBNF source (len bytes, need not be NUL-terminated) starting at rule root (NULL:
+ * "root"). Caller owns *out (l3c_grammar_free). Status: L3C_ERR_FORMAT (syntax error, undefined
+ * rule, left recursion, missing root: the message names the line, column and rule),
+ * L3C_ERR_UNSUPPORTED (token references), L3C_ERR_NOMEM.
+ */
+L3C_API l3c_status l3c_grammar_from_gbnf(const l3c_tokenizer *tok, const char *gbnf, size_t len,
+                                         const char *root, l3c_grammar **out);
+/*
+ * Compiles a JSON Schema (len bytes of JSON) via l3c_json_schema_to_gbnf. Caller owns *out.
+ * Status: L3C_ERR_FORMAT (not JSON, or a malformed schema), L3C_ERR_UNSUPPORTED (a keyword or
+ * value that cannot be enforced; the message names it and its JSON pointer), L3C_ERR_NOMEM.
+ */
+L3C_API l3c_status l3c_grammar_from_json_schema(const l3c_tokenizer *tok, const char *schema_json,
+                                                size_t len, l3c_grammar **out);
+/* The GBNF text a JSON Schema converts to (NUL-terminated; caller frees it with l3c_free).
+ * Same statuses as l3c_grammar_from_json_schema. The schema `{}` or `true` means any JSON value;
+ * {"type":"object"} any JSON object. */
+L3C_API l3c_status l3c_json_schema_to_gbnf(const char *schema_json, size_t len, char **out_gbnf);
+L3C_API void l3c_grammar_free(l3c_grammar *g);
+
+/*
+ * Constrains sampler s with grammar g (borrowed: g must outlive its use by s); NULL removes the
+ * constraint. The parse state starts at the beginning of the grammar; l3c_sampler_accept advances
+ * it by the accepted token (a token the grammar does not allow leaves it dead), l3c_sampler_reset
+ * restarts it. With a grammar, l3c_sampler_sample returns -1 when no token is allowed (the
+ * grammar is complete and the vocabulary has no end-of-generation token, the state is dead, or
+ * every allowed token was banned by logit biases): l3c_last_error() says which. The vocabulary
+ * of g's tokenizer must not exceed the sampler's n_vocab (L3C_ERR_INVALID_ARG).
+ */
+L3C_API l3c_status l3c_sampler_set_grammar(l3c_sampler *s, const l3c_grammar *g);
+/* 1 when s has a grammar that is complete with nothing more allowed (only end-of-generation
+ * tokens may follow), else 0. */
+L3C_API int l3c_sampler_grammar_done(const l3c_sampler *s);
 
 /* ---------------------------------------------------------------- chat */
 
@@ -456,6 +509,36 @@ L3C_API l3c_status l3c_chat_format_ex(l3c_chat_template t, const l3c_chat_messag
 L3C_API l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_template t,
                                         const l3c_chat_message *msgs, size_t n, int add_assistant,
                                         const char *date, int32_t **out_ids, int64_t *out_n);
+
+/*
+ * Tools (function calling). tools: a JSON array of tool definitions as OpenAI's `tools` field
+ * ([{"type": "function", "function": {"name", "description", "parameters"}}], rendered as given,
+ * key order kept), NULL: none. tool_calls: NULL, or one entry per message: for an assistant
+ * message that called tools, the JSON array of its calls as OpenAI's `tool_calls`
+ * ([{"id", "type": "function", "function": {"name", "arguments"}}]; arguments a JSON object or
+ * a string holding one), else NULL. Borrowed for the call.
+ *   LLAMA31 (and LLAMA3 with tools): Meta's Llama 3.1 template: "Environment: ipython" in the
+ *     system turn, the definitions (json.dumps(indent=4)) in front of the first user message, a
+ *     call as {"name": "NAME", "parameters": ARGS} in an assistant turn (several calls: one
+ *     turn each), "tool" / "ipython" messages as ipython turns.
+ *   CHATML, LLAMA2, ZEPHYR (no tool protocol of their own): the definitions are listed at the end
+ *     of the system message (one is added) with the instruction to reply with only
+ *     {"tool_calls": [{"name": ..., "arguments": {...}}]}; a call is rendered in that form.
+ * docs/SERVER.md ("Tools") gives the exact texts.
+ */
+typedef struct l3c_chat_tools {
+    const char *tools;
+    const char *const *tool_calls; /* [n] or NULL */
+} l3c_chat_tools;
+
+/* l3c_chat_format_ex / l3c_chat_tokenize_ex with tools (NULL: none). */
+L3C_API l3c_status l3c_chat_format_tools(l3c_chat_template t, const l3c_chat_message *msgs,
+                                         size_t n, const l3c_chat_tools *tools, int add_assistant,
+                                         const char *date, char **out);
+L3C_API l3c_status l3c_chat_tokenize_tools(const l3c_model *model, l3c_chat_template t,
+                                           const l3c_chat_message *msgs, size_t n,
+                                           const l3c_chat_tools *tools, int add_assistant,
+                                           const char *date, int32_t **out_ids, int64_t *out_n);
 
 /* ---------------------------------------------------------------- system */
 

@@ -6,7 +6,7 @@
 #      llama-cpp-python, which running llama3c does not need);
 #   3. `make`.
 # With --test it also installs the test dependencies into .venv (gguf numpy tiktoken pytest openai
-# jinja2), the torch reference venv .venv-torch (Debian python3-torch + transformers + peft) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
+# jinja2 jsonschema), the torch reference venv .venv-torch (Debian python3-torch + transformers + peft) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
 # ~/.cache/llama3c/wheels, building that wheel once if absent.
 # With --test it finally verifies every reference the suite compares against (python modules
 # importable, chromium runs, clang builds a libFuzzer target, the default model, and the sha256 of
@@ -40,7 +40,7 @@ die() {
 }
 
 # ---------------------------------------------------------------- 1. Debian packages
-PKGS=(build-essential pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev python3 python3-venv python3-pip)
+PKGS=(build-essential pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev libedit-dev python3 python3-venv python3-pip)
 # the public-domain training corpus (scripts/get_corpus.sh): the King James Bible, `bible -f`
 PKGS+=(bible-kjv bible-kjv-text)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and
@@ -100,7 +100,7 @@ make -C "$ROOT" -j"$(nproc)"
 # ---------------------------------------------------------------- test dependencies
 if ((WITH_TEST)); then
     need=()
-    for m in gguf numpy tiktoken pytest openai jinja2; do
+    for m in gguf numpy tiktoken pytest openai jinja2 jsonschema; do
         has_module "$m" || need+=("$m")
     done
     if ((${#need[@]})); then
@@ -182,7 +182,7 @@ fi
 
 # ---------------------------------------------------------------- verify the test references
 if ((WITH_TEST)); then
-    for m in numpy gguf tiktoken jinja2 openai pytest llama_cpp; do
+    for m in numpy gguf tiktoken jinja2 openai pytest jsonschema llama_cpp; do
         err=$("$PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv: ${err##*$'\n'}"
     done
     TORCH_PY="$ROOT/.venv-torch/bin/python"

@@ -887,7 +887,7 @@ static int cmd_ask(rag_args *a) {
         goto done;
     }
     if ((rc = cli_session_feed(&s, ids, n_ids))) goto done;
-    cli_gen_opts g = {stdout, 0, 0, NULL};
+    cli_gen_opts g = {.out = stdout};
     rc = cli_session_generate(&s, &a->o, &g);
     printf("\n\nSources:\n");
     for (int i = 0; i < n; i++)

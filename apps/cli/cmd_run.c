@@ -32,6 +32,7 @@ static void help(FILE *f) {
                "of text\n"
                "  --print-special         print the text of special tokens that are generated\n");
     cli_opts_help(f, &d);
+    cli_grammar_help(f);
 }
 
 /* "1 2, 3" -> ids; 0 or CLI_USAGE */
@@ -75,9 +76,12 @@ int cmd_run(int argc, char **argv) {
     cli_opts_init(&o, 256, 0.8f, 0.95f);
     const char *prompt = NULL, *prompt_file = NULL, *ids_text = NULL;
     int no_bos = 0, special = 0, echo = 0, print_ids = 0, print_special = 0, escape = 0;
+    cli_grammar gopt = {0};
+    l3c_grammar *grammar = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_opts_parse(CMD, &o, argc, argv, &i);
+        if (!r) r = cli_grammar_parse(CMD, &gopt, argc, argv, &i);
         if (r < 0) return CLI_USAGE;
         if (r > 0) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -134,6 +138,11 @@ int cmd_run(int argc, char **argv) {
             (no_bos ? 0 : L3C_TOKENIZE_ADD_BOS) | (special ? L3C_TOKENIZE_PARSE_SPECIAL : 0);
         if ((rc = cli_tokenize(CMD, s.tok, prompt, prompt_len, flags, &ids, &n_ids))) goto close;
     }
+    if ((rc = cli_grammar_load(CMD, &gopt, s.tok, &grammar))) goto close;
+    if (grammar && l3c_sampler_set_grammar(s.smp, grammar) != L3C_OK) {
+        rc = cli_runtime_error(CMD, "cannot set the grammar");
+        goto close;
+    }
     if (o.verbose) fprintf(stderr, "llama3c %s: prompt of %lld tokens\n", CMD, (long long)n_ids);
     if ((rc = cli_session_feed(&s, ids, n_ids))) goto close;
     if (echo) {
@@ -153,10 +162,14 @@ int cmd_run(int argc, char **argv) {
     cli_gen_opts g = {.out = stdout, .print_ids = print_ids, .print_special = print_special};
     rc = cli_session_generate(&s, &o, &g);
     if (print_ids || isatty(STDOUT_FILENO)) fputc('\n', stdout);
+    if (!rc && grammar && !l3c_sampler_grammar_done(s.smp))
+        fprintf(stderr, "llama3c %s: note: stopped before the grammar was complete (-n %d)\n", CMD,
+                (int)o.n_predict);
     fflush(stdout);
     if (!o.no_timings) cli_print_timings(&s);
 close:
     cli_session_close(&s);
+    l3c_grammar_free(grammar);
 done:
     free(ids);
     free(file_text);

@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -298,16 +299,23 @@ static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_t
 
 #define STATE_MAGIC "L3CTRN01"
 
+/* SIGINT / SIGTERM: the step under way finishes, state and adapters are saved, exit 128 + signal.
+ * A second signal ends the process at once (removing any file half-written). */
+static volatile sig_atomic_t g_stop;
+
+static void on_stop(int sig) {
+    g_stop = sig;
+    cli_remove_partial_outputs_on_signal();
+}
+
 /* train_state.bin: magic, fingerprint, next step, AdamW t, n, then params, m, v [n] floats. */
 static int save_state(const char *dir, const l3c_train_model *tm, uint64_t fp, int64_t next_step) {
-    char path[4096], tmp[4200];
+    char path[4096];
     join(path, sizeof path, dir, "train_state.bin");
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        fprintf(stderr, "llama3c train: cannot write %s: %s\n", tmp, strerror(errno));
-        return CLI_ERR;
-    }
+    l3c_output *out;
+    FILE *f;
+    if (l3c_output_open(path, NULL, 0, &out, &f) != L3C_OK)
+        return cli_runtime_error(CMD, "saving the state");
     const uint64_t n = tm->n_params;
     const int64_t t = tm->adam_t;
     int ok = fwrite(STATE_MAGIC, 8, 1, f) == 1 && fwrite(&fp, 8, 1, f) == 1 &&
@@ -315,13 +323,12 @@ static int save_state(const char *dir, const l3c_train_model *tm, uint64_t fp, i
              fwrite(&n, 8, 1, f) == 1 && fwrite(tm->params, sizeof(float), n, f) == n &&
              fwrite(tm->adam_m, sizeof(float), n, f) == n &&
              fwrite(tm->adam_v, sizeof(float), n, f) == n;
-    ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
+    if (!ok) {
         fprintf(stderr, "llama3c train: cannot write %s: %s\n", path, strerror(errno));
-        unlink(tmp);
+        l3c_output_abort(out);
         return CLI_ERR;
     }
+    if (l3c_output_commit(out) != L3C_OK) return cli_runtime_error(CMD, "saving the state");
     return 0;
 }
 
@@ -365,12 +372,11 @@ static int load_state(const char *dir, l3c_train_model *tm, uint64_t fp, int64_t
 static int trim_metrics(const char *path, int64_t next_step) {
     FILE *f = fopen(path, "r");
     if (!f) return 0;
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *o = fopen(tmp, "w");
-    if (!o) {
+    l3c_output *out;
+    FILE *o;
+    if (l3c_output_open(path, NULL, 0, &out, &o) != L3C_OK) {
         fclose(f);
-        return CLI_ERR;
+        return cli_runtime_error(CMD, "rewriting the metrics log");
     }
     char line[4096];
     while (fgets(line, sizeof line, f)) {
@@ -378,7 +384,37 @@ static int trim_metrics(const char *path, int64_t next_step) {
         if (sscanf(line, "{\"step\": %lld", &s) == 1 && s <= next_step) fputs(line, o);
     }
     fclose(f);
-    if (fclose(o) != 0 || rename(tmp, path) != 0) return CLI_ERR;
+    if (ferror(o)) {
+        l3c_output_abort(out);
+        return CLI_ERR;
+    }
+    return l3c_output_commit(out) != L3C_OK ? cli_runtime_error(CMD, "rewriting the metrics log")
+                                            : 0;
+}
+
+/* The files written into -o must not be an input (-m, --data, --eval-data, --config): checked
+ * before anything is done, by device and inode (links count). */
+static int refuse_inputs_as_outputs(const train_opts *o) {
+    static const char *const outs[] = {"model.gguf",
+                                       "adapter.gguf",
+                                       "train_state.bin",
+                                       "metrics.jsonl",
+                                       "loss.svg",
+                                       "adapter/adapter_model.safetensors",
+                                       "adapter/adapter_config.json"};
+    const char *ins[] = {o->model, o->data, o->eval_data, o->config};
+    for (size_t k = 0; k < sizeof outs / sizeof outs[0]; k++) {
+        char path[4096];
+        struct stat so, si;
+        join(path, sizeof path, o->out, outs[k]);
+        if (stat(path, &so) != 0) continue;
+        for (size_t j = 0; j < sizeof ins / sizeof ins[0]; j++)
+            if (ins[j] && stat(ins[j], &si) == 0 && si.st_dev == so.st_dev &&
+                si.st_ino == so.st_ino)
+                return cli_usage_error(
+                    CMD, "%s is the input %s: it would be overwritten; choose another -o", path,
+                    ins[j]);
+    }
     return 0;
 }
 
@@ -481,6 +517,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "llama3c train: cannot create %s: %s\n", o.out, strerror(errno));
         return CLI_ERR;
     }
+    if ((rc = refuse_inputs_as_outputs(&o))) return rc;
     if ((rc = cli_load_model(CMD, o.model, o.n_threads, 0, 0, &model))) return rc;
     rc = CLI_ERR;
     l3c_data_params dp = l3c_data_default_params();
@@ -604,6 +641,12 @@ int cmd_train(int argc, char **argv) {
     ap.total_steps = total;
     ap.min_lr_ratio = o.min_lr_ratio;
 
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     l3c_progress pr;
     l3c_progress_init(&pr, o.quiet ? NULL : stderr, first, total, o.log_every, -1);
     const double t0 = l3c_time_s();
@@ -684,16 +727,24 @@ int cmd_train(int argc, char **argv) {
         }
         l3c_metrics_write(ml, &r);
         l3c_progress_update(&pr, step + 1, loss, lr, r.tok_per_s, r.trained_tok_per_s);
-        const int stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
+        const int stop =
+            (o.stop_after > 0 && step + 1 == o.stop_after && !last) || (g_stop && !last);
         if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last || stop) {
             if (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm)) goto done;
         }
         if (stop) {
             l3c_progress_finish(&pr);
-            fprintf(stderr,
-                    "llama3c train: stopped after step %lld as asked; continue with --resume\n",
-                    (long long)(step + 1));
-            rc = 0;
+            if (g_stop)
+                fprintf(
+                    stderr,
+                    "llama3c train: interrupted after step %lld; state and adapters saved in %s; "
+                    "continue with --resume\n",
+                    (long long)(step + 1), o.out);
+            else
+                fprintf(stderr,
+                        "llama3c train: stopped after step %lld as asked; continue with --resume\n",
+                        (long long)(step + 1));
+            rc = g_stop ? 128 + (int)g_stop : 0;
             goto done;
         }
     }

@@ -661,6 +661,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
     }
     double t0 = now_s();
     for (int64_t i = 0; o->n_predict < 0 || i < o->n_predict; i++) {
+        if (g->stop && *g->stop) break;
         int32_t id = l3c_sampler_sample(s->smp, s->logits);
         if (id < 0) {
             rc = cli_runtime_error(s->cmd, "sampling failed");
@@ -699,6 +700,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         }
         if (g->out) fflush(g->out);
 
+        if (l3c_sampler_grammar_done(s->smp)) break;           /* the grammar allows nothing more */
         if (o->n_predict >= 0 && i + 1 >= o->n_predict) break; /* the last token needs no decode */
         if (s->n_cache >= s->n_ctx) {
             fprintf(stderr, "\nllama3c %s: context full (%d positions); stopping\n", s->cmd,

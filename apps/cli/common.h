@@ -13,6 +13,7 @@
 
 #include "llama3c.h"
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -90,6 +91,19 @@ void cli_adapters_free(l3c_adapter **a, int n);
 /* Help lines for the LoRA options. */
 void cli_lora_help(FILE *f);
 
+/* Constrained output (run, chat): --grammar FILE, --json-schema FILE|JSON, --json. */
+typedef struct cli_grammar {
+    const char *gbnf_file;
+    const char *schema;
+    int json;
+} cli_grammar;
+/* Consumes argv[*i] (and its value) if it is a grammar option: 1 consumed, 0 not one, -1 usage
+ * error (printed). */
+int cli_grammar_parse(const char *cmd, cli_grammar *g, int argc, char **argv, int *i);
+/* Compiles the grammar the options name for tok (*out NULL when none); 0 or CLI_ERR (printed). */
+int cli_grammar_load(const char *cmd, const cli_grammar *g, const l3c_tokenizer *tok, l3c_grammar **out);
+void cli_grammar_help(FILE *f);
+
 /* Options shared by the generating commands. */
 typedef struct cli_opts {
     const char *model_path; /* -m FILE (required) */
@@ -152,6 +166,8 @@ typedef struct cli_gen_opts {
     int print_ids;     /* 1: generated ids, space-separated, instead of text */
     int print_special; /* 1: special tokens' text is printed too */
     char **text;       /* optional: the generated text (NUL-terminated, malloc'd; caller frees) */
+    volatile sig_atomic_t *stop; /* optional: generation ends before the next token once *stop
+                                    is nonzero (set by a signal handler: chat's Ctrl-C) */
 } cli_gen_opts;
 
 /* Samples up to o->n_predict tokens after the fed prompt, stopping at an end-of-generation token

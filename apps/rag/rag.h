@@ -154,12 +154,13 @@ typedef struct rag_hit {
 
 /* ---------------------------------------------------------------- vector matrix (rag_vec.c) */
 
-/* Every chunk vector of an index, int8 per vector (v ~ scale[r] * q[r]), rows in id order. */
+/* Every chunk vector of an index, int8 per vector (v ~ scale[r] * q[r]), rows in id order,
+ * stored offset by 128 as uint8. */
 typedef struct rag_vecs {
     int64_t n, cap;
     int32_t dim;
     int64_t *ids; /* [n] chunk ids */
-    int8_t *q;    /* [n x dim] */
+    uint8_t *q;   /* [n x dim]: q + 128, see rag_vec.c */
     float *scale; /* [n] */
 } rag_vecs;
 

@@ -145,8 +145,10 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
     if (e->status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
                                 c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ||
-                                        c->ep == EP_EMBEDDINGS || c->ep == EP_RAG
-                                    ? "POST" : "GET, HEAD");
+                                        c->ep == EP_EMBEDDINGS || c->ep == EP_RAG ||
+                                        c->ep == EP_APPLY_TEMPLATE
+                                    ? "POST"
+                                    : "GET, HEAD");
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
@@ -183,6 +185,7 @@ static metrics_endpoint route(const char *url) {
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return EP_MODELS;
     if (!strcmp(url, "/v1/embeddings") || !strcmp(url, "/embeddings")) return EP_EMBEDDINGS;
     if (!strcmp(url, "/v1/rag/query")) return EP_RAG;
+    if (!strcmp(url, "/apply-template")) return EP_APPLY_TEMPLATE;
     if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) return EP_HEALTH;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
     if (!strcmp(url, "/") || !strcmp(url, "/index.html")) return EP_WEB;
@@ -293,7 +296,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         sched_update u;
         c->text_len = 0;
         sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
-        if (c->text_len && sse_add(c, api_stream_chunk(&c->req, 0, c->text, c->text_len, SCHED_RUNNING, &n), &n))
+        if (c->text_len && sse_add(c, api_stream_text(&c->req, c->text, c->text_len, &n), &n))
             goto oom;
         if (u.finish == SCHED_RUNNING) {
             if (!c->text_len && client_gone(c->mc)) {
@@ -311,7 +314,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 api_fail(&e, 503, "server_error", NULL, "unavailable", "the server is shutting down");
             if (sse_add(c, api_stream_error(&e, &n), &n)) goto oom;
         } else {
-            if (sse_add(c, api_stream_chunk(&c->req, 0, "", 0, u.finish, &n), &n)) goto oom;
+            if (sse_add(c, api_stream_end(&c->req, u.finish, &n), &n)) goto oom;
             if (c->req.include_usage && sse_add(c, api_stream_usage(&c->req, &u, &n), &n)) goto oom;
         }
         if (sse_add_const(c, "data: [DONE]\n\n")) goto oom;
@@ -663,11 +666,23 @@ out:
     return 0;
 }
 
+/* POST /apply-template (as llama.cpp's server): a chat completion body -> {"prompt", "tokens"}: the
+ * prompt the model would see (tools included), nothing generated. */
+static enum MHD_Result serve_apply_template(conn *c) {
+    api_error e;
+    if (api_parse_request(c->srv, API_CHAT, c->body, c->len, &c->req, &e))
+        return respond_error(c, &e);
+    size_t len = 0;
+    char *body = api_prompt_json(c->srv, &c->req, &len);
+    return respond_json(c, 200, body, len);
+}
+
 static enum MHD_Result serve_generate(conn *c) {
     server *srv = c->srv;
     api_error e;
     if (c->ep == EP_EMBEDDINGS) return serve_embeddings(c);
     if (c->ep == EP_RAG) return serve_rag_query(c);
+    if (c->ep == EP_APPLY_TEMPLATE) return serve_apply_template(c);
     if (c->ep == EP_CHAT) {
         int r = rag_chat_augment(c);
         if (r != 0) return r > 0 ? MHD_YES : MHD_NO; /* answered (error) or the client left */
@@ -703,14 +718,15 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
         snprintf(msg, sizeof msg, "Invalid URL (%.16s %.120s)", method, url);
         return fail(c, 404, "invalid_request_error", NULL, msg);
     }
-    int wants_post =
-        c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
+    int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
+                     c->ep == EP_RAG || c->ep == EP_APPLY_TEMPLATE;
     if ((wants_post && !post) || (!wants_post && !get)) {
         snprintf(msg, sizeof msg, "method %.16s is not allowed on %.120s", method, url);
         return fail(c, 405, "invalid_request_error", "method_not_allowed", msg);
     }
     int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
-                     c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS;
+                     c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS ||
+                     c->ep == EP_APPLY_TEMPLATE;
     if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");

@@ -11,6 +11,8 @@
  */
 #include "openai.h"
 
+#include "grammar_cache.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -190,10 +192,12 @@ static unsigned chat_prompt(const server *srv, json_t *body, api_request *r, api
     if (n == 0) return BAD("messages", "'messages' must contain at least one message");
     l3c_chat_message *cm = calloc(n, sizeof *cm);
     strbuf *texts = calloc(n, sizeof *texts);
+    char **calls = calloc(n, sizeof *calls); /* per message: its tool_calls as JSON text, or NULL */
+    int any_calls = 0;
     unsigned st = 0;
     size_t total = 0;
     char pname[64];
-    if (!cm || !texts) {
+    if (!cm || !texts || !calls) {
         st = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
         goto done;
     }
@@ -218,6 +222,13 @@ static unsigned chat_prompt(const server *srv, json_t *body, api_request *r, api
         if (!cm[i].role) {
             st = BAD(pname, "'messages[%zu].role' must be one of system, user, assistant, tool", i);
             goto done;
+        }
+        if (!strcmp(cm[i].role, "assistant")) {
+            if ((st = tools_message_calls(m, i, &calls[i], err))) goto done;
+            if (calls[i]) {
+                any_calls = 1;
+                total += strlen(calls[i]);
+            }
         }
         json_t *c = json_object_get(m, "content");
         snprintf(pname, sizeof pname, "messages[%zu].content", i);
@@ -259,7 +270,9 @@ static unsigned chat_prompt(const server *srv, json_t *body, api_request *r, api
     }
     int64_t nt = 0;
     int32_t *ids = NULL;
-    if (l3c_chat_tokenize(srv->model, srv->tmpl, cm, n, 1, &ids, &nt) != L3C_OK) {
+    l3c_chat_tools ct = {r->tools ? r->tools->defs_json : NULL,
+                         any_calls ? (const char *const *)calls : NULL};
+    if (l3c_chat_tokenize_tools(srv->model, srv->tmpl, cm, n, &ct, 1, NULL, &ids, &nt) != L3C_OK) {
         st = BAD("messages", "cannot format the conversation: %s", l3c_last_error());
         goto done;
     }
@@ -282,6 +295,10 @@ nomem:
 done:
     if (texts)
         for (size_t i = 0; i < n; i++) free(texts[i].p);
+    if (calls)
+        for (size_t i = 0; i < n; i++)
+            free(calls[i]);
+    free(calls);
     free(texts);
     free(cm);
     return st;
@@ -471,6 +488,84 @@ static unsigned parse_params(const server *srv, json_t *body, api_request *r, ap
     return parse_logit_bias(srv, body, r, err);
 }
 
+/* tools / tool_choice / parallel_tool_calls and response_format (chat only): r->tools and the
+ * schema the reply must follow. Both at once: the reply is a call or follows the format (anyOf),
+ * enforced from its first token. */
+static unsigned parse_structured(const server *srv, json_t *body, api_request *r, api_error *err) {
+    unsigned st = tools_parse(srv->tok, srv->tmpl, body, &r->tools, err);
+    char *fmt = NULL;
+    if (!st) st = tools_response_format(body, &fmt, err);
+    if (!st && fmt) st = tools_check_schema(fmt, "response_format.json_schema.schema", err);
+    const api_tools *t = r->tools;
+    if (!st && (r->gbnf || r->schema) && (fmt || (t && t->choice != TOOLS_NONE)))
+        st = BAD(r->schema_field, "'%s' cannot be combined with response_format or tools",
+                 r->schema_field);
+    if (st || r->gbnf || r->schema) {
+        free(fmt);
+        return st;
+    }
+    if (!t || t->choice == TOOLS_NONE) {
+        r->schema = fmt;
+        r->schema_field = "response_format";
+        return 0;
+    }
+    r->schema_field = "tools";
+    char *calls = tools_calls_schema(t);
+    if (!calls) {
+        free(fmt);
+        return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (fmt && t->choice == TOOLS_AUTO) { /* a call or the format */
+        size_t n = strlen(calls) + strlen(fmt) + 16;
+        r->schema = malloc(n);
+        if (r->schema) snprintf(r->schema, n, "{\"anyOf\":[%s,%s]}", calls, fmt);
+        free(calls);
+        free(fmt);
+        if (!r->schema) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        return 0;
+    }
+    free(fmt); /* a call is required: the format does not apply */
+    r->schema = calls;
+    r->schema_lazy = t->choice == TOOLS_AUTO;
+    return 0;
+}
+
+/* Extensions (as llama.cpp's server), chat and completions: "grammar" (GBNF text, root rule
+ * "root") or "json_schema" (a JSON Schema), instead of response_format / tools. */
+static unsigned parse_grammar_ext(json_t *body, api_request *r, api_error *err) {
+    json_t *g = opt(body, "grammar"), *js = opt(body, "json_schema");
+    if (g && js) return BAD("grammar", "'grammar' and 'json_schema' are alternatives: give one");
+    if (g) {
+        if (!json_is_string(g) || !json_string_length(g))
+            return BAD("grammar",
+                       "'grammar' must be a non-empty string of GBNF (root rule 'root')");
+        r->schema_field = "grammar";
+        r->gbnf = strdup(json_string_value(g));
+        return r->gbnf ? 0 : api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (!js) return 0;
+    if (!json_is_object(js) && !json_is_boolean(js))
+        return BAD("json_schema", "'json_schema' must be a JSON Schema object");
+    r->schema_field = "json_schema";
+    r->schema = json_dumps(js, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!r->schema) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    return tools_check_schema(r->schema, "json_schema", err);
+}
+
+/* The grammar of r->gbnf or r->schema (from the server's cache) into r->params. Schemas were
+ * checked one by one before (tools_check_schema), so a failure there is the combination's. */
+static unsigned compile_schema(const server *srv, api_request *r, api_error *err) {
+    l3c_status st;
+    const char *text = r->gbnf ? r->gbnf : r->schema;
+    gcache_kind kind = r->gbnf ? GCACHE_GBNF : GCACHE_JSON_SCHEMA;
+    r->params.grammar = gcache_get(srv->grammars, kind, text, strlen(text), &st);
+    r->params.grammar_lazy = r->schema_lazy;
+    if (r->params.grammar) return 0;
+    if (st == L3C_ERR_NOMEM) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    return BAD(r->schema_field, "'%s': cannot enforce the output format: %s", r->schema_field,
+               l3c_last_error());
+}
+
 unsigned api_parse_request(const server *srv, api_kind kind, const char *body, size_t len,
                            api_request *r, api_error *err) {
     memset(r, 0, sizeof *r);
@@ -487,6 +582,8 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
         goto out;
     }
     if ((st = parse_params(srv, root, r, err))) goto out;
+    if ((st = parse_grammar_ext(root, r, err))) goto out;
+    if (kind == API_CHAT && (st = parse_structured(srv, root, r, err))) goto out;
     st = kind == API_CHAT ? chat_prompt(srv, root, r, err) : completion_prompt(srv, root, r, err);
     if (st) goto out;
     if (r->n_prompt >= srv->n_ctx) {
@@ -496,6 +593,7 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
                       srv->n_ctx, r->n_prompt);
         goto out;
     }
+    if ((r->schema || r->gbnf) && (st = compile_schema(srv, r, err))) goto out;
     make_id(r->id, sizeof r->id, kind == API_CHAT ? "chatcmpl-" : "cmpl-");
     r->created = (long long)time(NULL);
 out:
@@ -511,6 +609,10 @@ void api_request_free(api_request *r) {
     free(r->bias_ids);
     free(r->bias_vals);
     for (int i = 0; i < SCHED_MAX_STOP; i++) free(r->stop[i]);
+    tools_free(r->tools);
+    free(r->schema);
+    free(r->gbnf);
+    gcache_unref(r->params.grammar);
     memset(r, 0, sizeof *r);
 }
 
@@ -572,8 +674,13 @@ static json_t *envelope(const api_request *r, const char *object) {
                      "llama3c");
 }
 
+static char *tool_calls_response(const api_request *r, const char *text, size_t text_len,
+                                 const sched_update *u, size_t *len);
+
 char *api_response_json(const api_request *r, const char *text, size_t text_len,
                         const sched_update *u, size_t *len) {
+    char *tc = r->tools ? tool_calls_response(r, text, text_len, u, len) : NULL;
+    if (tc) return tc; /* else not a call: text */
     json_t *content = json_text(text, text_len);
     if (!content) return NULL;
     const char *fr = finish_name(u->finish);
@@ -634,6 +741,166 @@ char *api_stream_usage(const api_request *r, const sched_update *u, size_t *len)
     json_object_set_new(env, "choices", json_array());
     json_object_set_new(env, "usage", usage);
     return sse(env, len);
+}
+
+/* ------------------------------------------------------------------ tool calls (tools.h) */
+
+void api_make_id(char *dst, size_t cap, const char *prefix) {
+    make_id(dst, cap, prefix);
+}
+
+/* The non-streamed response when the reply is a well-formed call (NULL: it is not, or out of
+ * memory): message {"role":"assistant","content":null,"tool_calls":[...]}, finish_reason
+ * "tool_calls". */
+static char *tool_calls_response(const api_request *r, const char *text, size_t text_len,
+                                 const sched_update *u, size_t *len) {
+    json_t *calls = r->kind == API_CHAT && u->finish == SCHED_FINISH_STOP
+                        ? tools_parse_reply(r->tools, text, text_len, api_make_id)
+                        : NULL;
+    if (!calls) return NULL;
+    json_t *choice =
+        json_pack("{s:i,s:{s:s,s:n,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant",
+                  "content", "tool_calls", calls, "logprobs", "finish_reason", "tool_calls");
+    json_t *env = envelope(r, "chat.completion");
+    json_t *usage = usage_obj(u);
+    if (!choice || !env || !usage) {
+        json_decref(choice);
+        json_decref(env);
+        json_decref(usage);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_pack("[o]", choice));
+    json_object_set_new(env, "usage", usage);
+    return dump(env, len);
+}
+
+/* One chat chunk with delta = the given object (taken). */
+static json_t *delta_chunk(const api_request *r, json_t *delta, const char *finish) {
+    json_t *choice = json_pack("{s:i,s:o,s:n,s:s?}", "index", 0, "delta", delta, "logprobs",
+                               "finish_reason", finish);
+    json_t *env = envelope(r, "chat.completion.chunk");
+    if (!choice || !env) {
+        json_decref(choice);
+        json_decref(env);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_pack("[o]", choice));
+    if (r->include_usage) json_object_set_new(env, "usage", json_null());
+    return env;
+}
+
+static int held_add(api_tools *t, const char *p, size_t n) {
+    if (t->held_len + n + 1 > t->held_cap) {
+        size_t cap = t->held_cap ? t->held_cap : 256;
+        while (cap < t->held_len + n + 1)
+            cap *= 2;
+        char *q = realloc(t->held, cap);
+        if (!q) return -1;
+        t->held = q;
+        t->held_cap = cap;
+    }
+    memcpy(t->held + t->held_len, p, n);
+    t->held_len += n;
+    return 0;
+}
+
+char *api_stream_text(api_request *r, const char *text, size_t text_len, size_t *len) {
+    api_tools *t = r->tools;
+    if (!t || t->choice == TOOLS_NONE || t->decided == 1)
+        return api_stream_chunk(r, 0, text, text_len, SCHED_RUNNING, len);
+    if (held_add(t, text, text_len)) return NULL;
+    size_t i = 0;
+    while (i < t->held_len && t->held[i] && strchr(" \t\r\n", t->held[i]))
+        i++;
+    *len = 0;
+    if (i == t->held_len) return calloc(1, 1); /* only whitespace yet */
+    if (t->held[i] == '{' || t->held[i] == '[') {
+        t->decided = 2; /* a call perhaps: held until the end */
+        return calloc(1, 1);
+    }
+    t->decided = 1; /* plain text: what was held goes out, the rest streams */
+    char *out = api_stream_chunk(r, 0, t->held, t->held_len, SCHED_RUNNING, len);
+    t->held_len = 0;
+    return out;
+}
+
+char *api_stream_end(api_request *r, sched_finish finish, size_t *len) {
+    api_tools *t = r->tools;
+    if (!t || t->choice == TOOLS_NONE || t->decided == 1 || !t->held_len)
+        return api_stream_chunk(r, 0, "", 0, finish, len);
+    json_t *calls = finish == SCHED_FINISH_STOP
+                        ? tools_parse_reply(t, t->held, t->held_len, api_make_id)
+                        : NULL;
+    if (!calls) { /* not a call after all: the text, then the finish chunk */
+        size_t n1 = 0, n2 = 0;
+        char *a = api_stream_chunk(r, 0, t->held, t->held_len, SCHED_RUNNING, &n1);
+        char *b = api_stream_chunk(r, 0, "", 0, finish, &n2);
+        char *out = a && b ? malloc(n1 + n2 + 1) : NULL;
+        if (out) {
+            memcpy(out, a, n1);
+            memcpy(out + n1, b, n2 + 1);
+            *len = n1 + n2;
+        }
+        free(a);
+        free(b);
+        return out;
+    }
+    /* per call: {index, id, type, function: {name, arguments: ""}}, then the arguments in pieces
+     * of at most 64 bytes ({index, function: {arguments}}), as OpenAI streams them */
+    strbuf b = {0};
+    int ok = 1;
+    for (size_t k = 0; ok && k < json_array_size(calls); k++) {
+        json_t *c = json_array_get(calls, k), *f = json_object_get(c, "function");
+        const char *args = json_string_value(json_object_get(f, "arguments"));
+        json_t *head = json_pack("{s:[{s:i,s:O,s:s,s:{s:O,s:s}}]}", "tool_calls", "index",
+                                 (json_int_t)k, "id", json_object_get(c, "id"), "type", "function",
+                                 "function", "name", json_object_get(f, "name"), "arguments", "");
+        size_t n;
+        char *ev = sse(delta_chunk(r, head, NULL), &n);
+        ok = ev && !sb_add(&b, ev, n);
+        free(ev);
+        for (size_t at = 0, al = strlen(args); ok && at < al;) {
+            size_t piece = al - at > 64 ? 64 : al - at;
+            while (at + piece < al && ((unsigned char)args[at + piece] & 0xC0) == 0x80)
+                piece++; /* whole UTF-8 */
+            json_t *d = json_pack("{s:[{s:i,s:{s:s%}}]}", "tool_calls", "index", (json_int_t)k,
+                                  "function", "arguments", args + at, piece);
+            ev = sse(delta_chunk(r, d, NULL), &n);
+            ok = ev && !sb_add(&b, ev, n);
+            free(ev);
+            at += piece;
+        }
+    }
+    size_t n;
+    char *ev = ok ? sse(delta_chunk(r, json_object(), "tool_calls"), &n) : NULL;
+    ok = ev && !sb_add(&b, ev, n);
+    free(ev);
+    json_decref(calls);
+    if (!ok) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+char *api_prompt_json(const server *srv, const api_request *r, size_t *len) {
+    int64_t need = l3c_detokenize(srv->tok, r->prompt, r->n_prompt, NULL, 0, 0);
+    if (need < 0) need = -need;
+    char *text = malloc((size_t)need + 1);
+    if (!text) return NULL;
+    int64_t got = l3c_detokenize(srv->tok, r->prompt, r->n_prompt, text, need, 0);
+    json_t *p = got >= 0 ? json_text(text, (size_t)got) : NULL;
+    free(text);
+    json_t *ids = json_array();
+    for (int32_t i = 0; ids && i < r->n_prompt; i++)
+        json_array_append_new(ids, json_integer(r->prompt[i]));
+    if (!p || !ids) {
+        json_decref(p);
+        json_decref(ids);
+        return NULL;
+    }
+    return dump(json_pack("{s:o,s:o}", "prompt", p, "tokens", ids), len);
 }
 
 char *api_models_json(const server *srv, size_t *len) {

@@ -9,6 +9,7 @@
 
 #include "scheduler.h"
 #include "server.h"
+#include "tools.h"
 
 #include <stddef.h>
 
@@ -34,6 +35,12 @@ typedef struct api_request {
     char *stop[SCHED_MAX_STOP];
     char id[48];          /* "chatcmpl-..." / "cmpl-..." */
     long long created;
+    /* structured output (tools.h): NULL when the request has none */
+    api_tools *tools; /* tools / tool_choice; replies are parsed for calls unless choice NONE */
+    char *schema;     /* JSON schema the reply must follow (response_format and/or calls) */
+    int schema_lazy;  /* 1: enforced only once the reply opens a JSON object (tool_choice auto) */
+    char *gbnf;       /* extension "grammar": GBNF the reply must follow (instead of schema) */
+    const char *schema_field; /* the request field the constraint came from (error messages) */
 } api_request;
 
 /* Sets *err and returns its status. */
@@ -55,6 +62,18 @@ char *api_response_json(const api_request *r, const char *text, size_t text_len,
  * finish: SCHED_RUNNING for a content chunk, else the final chunk with finish_reason. */
 char *api_stream_chunk(const api_request *r, int role_chunk, const char *text, size_t text_len,
                        sched_finish finish, size_t *len);
+/* Streaming through the tool-call filter (requests with tools; others: as api_stream_chunk):
+ * api_stream_text gives the events for new text (perhaps none: a reply that opens like a call
+ * is held back), api_stream_end the rest at the end: the held text, or the tool_calls deltas
+ * (index, id, function.name, then the arguments), and the chunk with the finish_reason. */
+char *api_stream_text(api_request *r, const char *text, size_t text_len, size_t *len);
+char *api_stream_end(api_request *r, sched_finish finish, size_t *len);
+/* POST /apply-template: {"prompt": the chat prompt as the model sees it (special tokens as text)}.
+ */
+char *api_prompt_json(const server *srv, const api_request *r, size_t *len);
+/* Ids such as "call_..." (unique per process run). */
+void api_make_id(char *dst, size_t cap, const char *prefix);
+
 /* The usage chunk sent when stream_options.include_usage is set (choices: []). */
 char *api_stream_usage(const api_request *r, const sched_update *u, size_t *len);
 /* "data: {"error":...}\n\n" for a failure in the middle of a stream. */

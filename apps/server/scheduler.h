@@ -44,6 +44,12 @@ typedef struct sched_job_params {
     const float *bias_vals;            /* [n_bias] */
     int32_t n_stop;                    /* <= SCHED_MAX_STOP */
     const char *stop[SCHED_MAX_STOP];  /* non-empty strings (NUL-terminated) */
+    /* structured output: the grammar the answer must follow (NULL: none; the job takes its own
+     * reference). The job ends (SCHED_FINISH_STOP) when the grammar is complete. grammar_lazy:
+     * enforced only from the first token that opens a JSON object ('{' after whitespace) or is
+     * <|python_tag|> (which itself is not part of the grammar): tool_choice auto */
+    struct gcache_entry *grammar;
+    int grammar_lazy;
 } sched_job_params;
 
 typedef struct sched_options {

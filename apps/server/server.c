@@ -10,6 +10,7 @@
 #include "server.h"
 #include "../cli/cli.h"
 #include "../cli/common.h"
+#include "grammar_cache.h"
 #include "http.h"
 #include "metrics.h"
 
@@ -24,6 +25,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* compiled grammars kept for later requests (small: the vocabulary index they use is built once
+ * per tokenizer and shared, about 50 MB for the 128K Llama 3 vocabulary) */
+#define GRAMMAR_CACHE_SIZE 64
 
 static sem_t g_stop_sem;
 static volatile sig_atomic_t g_stop;
@@ -294,6 +299,10 @@ int cmd_serve(int argc, char **argv) {
     srv.n_ctx = l3c_context_n_ctx(srv.ctx);
     if (srv.rag_db && open_rag(&srv, &info)) goto out;
 
+    if (!(srv.grammars = gcache_create(srv.tok, GRAMMAR_CACHE_SIZE))) {
+        fprintf(stderr, "llama3c serve: out of memory\n");
+        goto out;
+    }
     sched_options so = {srv.parallel, srv.step_tokens, srv.queue};
     srv.sched = sched_create(srv.model, srv.ctx, &so);
     if (!srv.sched || sched_start(srv.sched) != 0) {
@@ -323,6 +332,7 @@ out:
     if (srv.sched) sched_stop(srv.sched);
     http_stop(d);
     sched_free(srv.sched);
+    gcache_free(srv.grammars); /* after the jobs, which hold references */
     l3c_context_free(srv.ctx);
     cli_adapters_free(adapters, lora.n);
     l3c_model_free(srv.model);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 struct rag_store;
+struct gcache;
 
 typedef struct server {
     /* options */
@@ -44,6 +45,7 @@ typedef struct server {
     char model_id[256];
     long long started_at; /* unix time */
     struct rag_store *rag;    /* opened and checked against the model at start; NULL: no --rag-db */
+    struct gcache *grammars;  /* compiled response_format / tools grammars, by schema text */
     pthread_mutex_t rag_mu;   /* one search at a time on the shared SQLite connection */
 } server;
 

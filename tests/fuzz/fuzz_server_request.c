@@ -11,12 +11,15 @@
  *     every id in the vocabulary, 1 <= max_tokens <= n_ctx, sampler parameters in their documented
  *     ranges, stop strings non-empty and at most SCHED_MAX_STOP, logit_bias ids in the vocabulary
  *     and values in [-100, 100], a model name of at most 256 bytes;
- *   - every writer (response, stream chunks, usage) returns valid JSON for it, with the input
- *     bytes themselves as the generated text (invalid UTF-8 included).
+ *   - every writer (response, stream chunks, usage, the tool-call stream filter) returns valid
+ *     JSON for it, with the input bytes themselves as the generated text (invalid UTF-8
+ *     included); a request with tools or response_format has its grammar compiled, and its
+ *     reply parsed for tool calls (the body's bytes, then the body's own "reply" string).
  *
  *   fuzz_server_request --write-seeds DIR   writes valid and near-valid bodies
  * Build and run: `make fuzz-server` (fuzz.mk).
  */
+#include "grammar_cache.h"
 #include "openai.h"
 
 #include <jansson.h>
@@ -64,6 +67,7 @@ static void check_error(const api_error *err, const api_request *r) {
     FUZZ_REQUIRE(err->message[0] != '\0' && err->type != NULL);
     /* nothing left allocated (the caller frees nothing after an error) */
     FUZZ_REQUIRE(!r->prompt && !r->model && !r->bias_ids && !r->bias_vals && r->n_prompt == 0);
+    FUZZ_REQUIRE(!r->tools && !r->schema && !r->gbnf && !r->params.grammar);
     for (int i = 0; i < SCHED_MAX_STOP; i++) FUZZ_REQUIRE(!r->stop[i]);
     size_t len = 0;
     require_json(api_error_json(err, &len), len, 0);
@@ -98,6 +102,32 @@ static void check_request(const api_request *r, api_kind kind, const uint8_t *da
     require_json(api_stream_chunk(r, 1, (const char *)data, size > 16 ? 16 : size, SCHED_RUNNING, &len), len, 1);
     require_json(api_stream_chunk(r, 0, (const char *)data, size, SCHED_FINISH_STOP, &len), len, 1);
     require_json(api_stream_usage(r, &u, &len), len, 1);
+    FUZZ_REQUIRE(!(r->schema || r->gbnf) == !r->params.grammar);
+}
+
+/* The stream filter over a reply: every event it gives is one or more valid SSE JSON events. */
+static void check_stream_filter(api_request *r, const char *reply, size_t n) {
+    size_t len = 0, half = n / 2;
+    char *a = api_stream_text(r, reply, half, &len);
+    FUZZ_REQUIRE(a != NULL);
+    free(a);
+    a = api_stream_text(r, reply + half, n - half, &len);
+    FUZZ_REQUIRE(a != NULL);
+    free(a);
+    char *end = api_stream_end(r, SCHED_FINISH_STOP, &len);
+    FUZZ_REQUIRE(end != NULL && strlen(end) == len);
+    for (char *ev = end; *ev;) { /* "data: {...}\n\n" events */
+        char *nx = strstr(ev, "\n\n");
+        FUZZ_REQUIRE(nx != NULL);
+        size_t evlen = (size_t)(nx + 2 - ev);
+        char *one = malloc(evlen + 1);
+        FUZZ_REQUIRE(one != NULL);
+        memcpy(one, ev, evlen);
+        one[evlen] = 0;
+        require_json(one, evlen, 1);
+        ev = nx + 2;
+    }
+    free(end);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -123,6 +153,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         g_parsed[kind]++;
         check_request(&r, kind, data, size);
+        if (r.tools) { /* the body's "reply" string as an answer: the parser and the filter */
+            json_t *root = json_loadb((const char *)data, size, 0, NULL);
+            json_t *reply = json_object_get(root, "reply");
+            const char *txt = json_is_string(reply) ? json_string_value(reply) : (const char *)data;
+            size_t n = json_is_string(reply) ? json_string_length(reply) : size;
+            json_t *calls = tools_parse_reply(r.tools, txt, n, api_make_id);
+            FUZZ_REQUIRE(!calls || json_array_size(calls) > 0);
+            json_decref(calls);
+            sched_update u = {SCHED_FINISH_STOP, r.n_prompt, 0, 7, ""};
+            size_t len = 0;
+            require_json(api_response_json(&r, txt, n, &u, &len), len, 0);
+            check_stream_filter(&r, txt, n);
+            json_decref(root);
+        }
         api_request_free(&r);
     }
     return 0;
@@ -151,6 +195,26 @@ static const char *k_seeds[] = {
     "[1,2]",
     "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}],\"prompt\":\"a\\u0000b\",\"stop\":[\"\\u0000\"]}",
     "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":1e400}",
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"},{\"role\":\"assistant\",\"content\":null,"
+    "\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":"
+    "\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"21C\"}],"
+    "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":"
+    "\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}}}],\"tool_choice\":"
+    "\"auto\",\"reply\":\"{\\\"tool_calls\\\": [{\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": "
+    "{\\\"city\\\": \\\"Oslo\\\"}}]}\"}",
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"tools\":[{\"type\":\"function\",\"function\":"
+    "{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}},"
+    "\"parallel_tool_calls\":false,\"reply\":\"{\\\"name\\\": \\\"f\\\", \\\"parameters\\\": {}}\"}",
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"List\"}],\"response_format\":{\"type\":\"json_schema\","
+    "\"json_schema\":{\"name\":\"l\",\"strict\":true,\"schema\":{\"type\":\"object\",\"properties\":{\"a\":"
+    "{\"type\":\"array\",\"items\":{\"enum\":[1,\"x\",null]},\"maxItems\":3}},\"required\":[\"a\"],"
+    "\"additionalProperties\":false}}}}",
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"response_format\":{\"type\":\"json_object\"},"
+    "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"g\",\"parameters\":{\"type\":\"object\"}}}]}",
+    "{\"prompt\":\"Answer:\",\"grammar\":\"root ::= (\\\"yes\\\" | \\\"no\\\") [.!]?\",\"max_tokens\":4,"
+    "\"messages\":[{\"role\":\"user\",\"content\":\"ok?\"}]}",
+    "{\"prompt\":\"List:\",\"json_schema\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"},"
+    "\"maxItems\":2},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
 };
 
 static void write_seeds(const char *dir) {
@@ -200,6 +264,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     g_srv.n_ctx = 256;
     g_srv.n_vocab = l3c_vocab_size(g_srv.tok);
     g_own = l3c_chat_template_detect(g_srv.model);
+    g_srv.grammars = gcache_create(g_srv.tok, 8);
+    FUZZ_REQUIRE(g_srv.grammars != NULL);
     snprintf(g_srv.model_id, sizeof g_srv.model_id, "fuzz-model");
     fprintf(stderr, "fuzz_server_request: %s, template %s, n_vocab %d, n_ctx %d\n", path,
             l3c_chat_template_name(g_own), g_srv.n_vocab, g_srv.n_ctx);

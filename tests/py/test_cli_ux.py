@@ -76,6 +76,18 @@ def test_export_merge_refuses_base_and_adapter_as_output(llama3c, tiny, tmp_path
     assert leftovers(tmp_path, files) == []
 
 
+def test_train_refuses_an_input_among_its_outputs(llama3c, tiny, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.gguf").write_bytes(open(tiny, "rb").read())
+    (tmp_path / "t.txt").write_text("some text to train on\n" * 20)
+    before = (out / "model.gguf").read_bytes()
+    p = cli("train", "--from-scratch", "--config", tmp_path / "t.txt", "-m", out / "model.gguf",
+            "--data", tmp_path / "t.txt", "-o", out, check=False)
+    assert p.returncode == 2 and "is the input" in p.stderr, p.stderr
+    assert (out / "model.gguf").read_bytes() == before and os.listdir(out) == ["model.gguf"]
+
+
 def blocked_stderr_pipe():
     """A pipe whose buffer is already full: the child's first write to stderr blocks."""
     r, w = os.pipe()
@@ -246,3 +258,136 @@ def test_rag_index_interrupted_removes_a_new_db_keeps_an_old_one(llama3c, tiny, 
     cli("rag", "index", "-m", tiny, "--db", db, "-t", THREADS, notes / "n0.md")
     err = interrupted_run()
     assert "kept" in err and db.exists(), err
+
+
+# ---------------------------------------------------------------- row 3: chat history keeps room for -n
+
+
+def test_chat_trims_history_to_leave_room_for_the_reply(llama3c, tiny):
+    turns = "".join(f"tell me more about turn {i} please\n" for i in range(5)).encode()
+    p = cli("chat", "-m", tiny, "--template", "chatml", "-c", 160, "-n", 48, "--ignore-eos", "--temp", 0,
+            "-t", THREADS, input=turns)
+    gens = [ln for ln in p.stderr.splitlines() if ln.startswith("prompt:")]
+    assert len(gens) == 5 and all("generation: 48 tokens" in g for g in gens), p.stderr
+    assert "context full" not in p.stderr
+    drops = [ln for ln in p.stderr.splitlines() if "dropped the" in ln]
+    assert drops and all("to leave 48 positions of the 160-position context" in d for d in drops), p.stderr
+
+
+# ---------------------------------------------------------------- row 15: train and Ctrl-C
+
+
+def test_train_sigint_saves_state_and_adapters_and_resumes(llama3c, tiny, tmp_path):
+    import json
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"the cat sat on the mat and {i % 9} plus 1 is {i % 9 + 1}.\n" for i in range(200)))
+    out = tmp_path / "run"
+    args = ["train", "-m", tiny, "--data", text, "-o", out, "--steps", 400, "--batch", 2, "--seq", 16,
+            "--seed", 3, "-t", str(THREADS), "--log-every", 1000]
+    p = subprocess.Popen([BIN] + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None and \
+            not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    err = err.decode()
+    assert p.returncode == 130, err
+    steps = [json.loads(ln)["step"] for ln in log.read_text().splitlines()]
+    assert "interrupted after step" in err and f"step {steps[-1]};" in err, err
+    assert 3 <= steps[-1] < 400
+    for f in ("train_state.bin", "adapter.gguf", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+        assert (out / f).stat().st_size > 0, f
+    assert not [f for f in os.listdir(out) if f.startswith(".")]
+    p = cli(*args, "--resume")
+    assert f"resuming at step {steps[-1]} of 400" in p.stderr, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["steps"] == 400
+
+
+# ---------------------------------------------------------------- rows 2, 13: interactive chat (pty)
+
+LONG_CTX = ModelSpec(n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128, n_vocab=320, n_ctx=65536, tied=False,
+                     seed=5)
+
+
+class Pty:
+    """`llama3c args` on a pseudo-terminal: what it wrote so far, and keys typed to it."""
+
+    def __init__(self, args):
+        import pty
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: stdin/stdout/stderr are the terminal
+            os.execv(BIN, [BIN] + [str(a) for a in args])
+        self.out = b""
+
+    def expect(self, needle, timeout=30):
+        """Reads until needle (bytes) appears after what earlier calls consumed; returns the text read."""
+        import select
+        deadline = time.time() + timeout
+        while needle not in self.out:
+            left = deadline - time.time()
+            assert left > 0, f"no {needle!r} in {self.out[-600:]!r}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"the program ended before {needle!r}: {self.out[-600:]!r}"
+                self.out += chunk
+        i = self.out.index(needle) + len(needle)
+        got, self.out = self.out[:i], self.out[i:]
+        return got
+
+    def send(self, keys):
+        os.write(self.fd, keys)
+
+    def wait(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            try:
+                os.read(self.fd, 4096)
+            except OSError:
+                time.sleep(0.02)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError("the program did not end")
+
+
+def test_interactive_chat_ctrl_c_history_slash_commands_multiline(llama3c, tiny_model):
+    model = tiny_model("ux_long_ctx", LONG_CTX, "F32")
+    t = Pty(["chat", "-m", model, "--template", "chatml", "-c", 65536, "-n", -1, "--ignore-eos", "-t", 1])
+    t.expect(b"> ")
+    t.send(b"hello\r")
+    t.expect(b"hello")
+    time.sleep(0.3)  # the reply streams (65536 positions: it would run for minutes)
+    t.send(b"\x03")  # Ctrl-C: stops the reply, the conversation goes on
+    t.expect(b"(reply stopped)")
+    t.expect(b"> ")
+    t.send(b"/help\r")  # a slash command, not a message
+    assert b"/clear" in t.expect(b"Ctrl-C")
+    t.expect(b"> ")
+    t.send(b"\x1b[A")  # Up arrow: the history holds "/help", then "hello"
+    t.send(b"\x1b[A")
+    t.expect(b"hello")
+    t.send(b"\x15/clear\r")  # Ctrl-U clears the recalled line
+    t.expect(b"(conversation cleared)")
+    t.send("half typed é".encode())  # Ctrl-C with text on the line drops the line, sends nothing
+    t.expect("é".encode())
+    t.send(b"\x03")
+    assert b"again to quit" not in t.expect(b"> ")
+    t.send(b"first line\\\r")  # a line ending in \ continues
+    t.expect(b"... ")
+    t.send(b"second line\r")
+    time.sleep(0.3)
+    t.send(b"\x03")
+    t.expect(b"(reply stopped)")
+    t.expect(b"> ")
+    t.send(b"\x03")  # Ctrl-C on an empty line: a hint; twice: quit
+    t.expect(b"Ctrl-C again to quit")
+    t.expect(b"> ")
+    t.send(b"\x03")
+    assert t.wait() == 0
