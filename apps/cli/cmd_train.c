@@ -38,8 +38,10 @@ typedef struct train_opts {
     int n_threads, rank, batch, seq, steps, epochs, warmup, eval_every, save_every, log_every,
         stop_after;
     int checkpoint, resume, quiet, from_scratch, lr_set;
+    int pack, grad_accum; /* pack: -1 auto (on for JSONL), 0, 1 */
+    int full, rslora;
     unsigned targets;
-    float alpha, lr, min_lr_ratio, wd, clip, eval_frac;
+    float alpha, lr, min_lr_ratio, wd, clip, eval_frac, lora_dropout;
     uint64_t seed;
 } train_opts;
 
@@ -66,12 +68,27 @@ static void help(FILE *f) {
         "  --eval-data FILE     evaluation examples (default: --eval-frac of --data)\n"
         "  --eval-frac X        share of --data held out for evaluation (default 0.05; 0: none)\n"
         "  --seq T              tokens per sequence (default 256; also -c, --ctx-size, --ctx)\n"
-        "  --batch B            sequences per step (default 4)\n"
+        "  --batch B            sequences per micro-batch (default 4)\n"
+        "  --grad-accum N       micro-batches per optimizer step, gradients summed and the loss\n"
+        "                       normalized by all their trained tokens (== one batch of N x B;\n"
+        "                       default 1)\n"
+        "  --pack, --no-pack    pack short examples into rows of --seq tokens, each attending to\n"
+        "                       itself with its own positions (the same loss as unpacked, less\n"
+        "                       padding); default on for JSONL text / chat data, off for .txt\n"
         "LoRA:\n"
         "  --lora               LoRA fine-tuning (the default)\n"
         "  --rank R             adapter rank (default 8)\n"
         "  --alpha A            scale alpha / rank (default 16)\n"
         "  --targets LIST       matrices to adapt, from q,k,v,o,gate,up,down (default all)\n"
+        "  --rslora             rank-stabilized LoRA: scale alpha / sqrt(rank) (PEFT use_rslora)\n"
+        "  --lora-dropout P     drop each element of the adapters' inputs with probability P "
+        "while\n"
+        "                       training (seeded by --seed and the step; none in evaluation;\n"
+        "                       default 0)\n"
+        "full fine-tuning:\n"
+        "  --full               train every weight of an F32 / F16 / BF16 base (fp32 copy, AdamW\n"
+        "                       on all of it) and write DIR/model.gguf (F32, the base's tokenizer\n"
+        "                       and metadata); quantized bases: use LoRA\n"
         "optimizer:\n"
         "  --steps N            optimizer steps (default: --epochs over the training examples)\n"
         "  --epochs E           passes over the data (default 1)\n"
@@ -132,6 +149,8 @@ static int parse(int argc, char **argv, train_opts *o) {
                       .eval_every = -1,
                       .log_every = 10,
                       .checkpoint = 1,
+                      .pack = -1,
+                      .grad_accum = 1,
                       .seed = 42,
                       .targets = (1u << L3C_LORA_N_TARGETS) - 1};
     for (int i = 1; i < argc; i++) {
@@ -166,11 +185,17 @@ static int parse(int argc, char **argv, train_opts *o) {
             o->config = v;
         } else if (!strcmp(a, "--from-scratch")) {
             o->from_scratch = 1;
+        } else if (!strcmp(a, "--full")) {
+            o->full = 1;
+        } else if (!strcmp(a, "--rslora")) {
+            o->rslora = 1;
         } else if (!strcmp(a, "--lora")) {
         } else if (!strcmp(a, "--resume")) {
             o->resume = 1;
         } else if (!strcmp(a, "--no-checkpoint")) {
             o->checkpoint = 0;
+        } else if (!strcmp(a, "--pack") || !strcmp(a, "--no-pack")) {
+            o->pack = !strcmp(a, "--pack");
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             o->quiet = 1;
         } else if (cli_is(a, CLI_THREADS))
@@ -179,6 +204,8 @@ static int parse(int argc, char **argv, train_opts *o) {
             rc = LONG(1, 4096, o->rank);
         else if (!strcmp(a, "--batch"))
             rc = LONG(1, 4096, o->batch);
+        else if (!strcmp(a, "--grad-accum"))
+            rc = LONG(1, 4096, o->grad_accum);
         else if (cli_is(a, "--seq|" CLI_CTX))
             rc = LONG(2, 65536, o->seq);
         else if (!strcmp(a, "--steps"))
@@ -207,6 +234,8 @@ static int parse(int argc, char **argv, train_opts *o) {
             rc = FLT(0.0, 1e6, o->clip);
         else if (!strcmp(a, "--eval-frac"))
             rc = FLT(0.0, 0.5, o->eval_frac);
+        else if (!strcmp(a, "--lora-dropout"))
+            rc = FLT(0.0, 0.9, o->lora_dropout);
         else if ((rc = cli_compat_parse(CMD, argc, argv, &i)))
             rc = rc < 0 ? CLI_USAGE : 0;
         else
@@ -222,6 +251,10 @@ static int parse(int argc, char **argv, train_opts *o) {
     if (o->from_scratch != !!o->config)
         return cli_usage_error(CMD, "--from-scratch and --config FILE go together");
     if (o->from_scratch && !o->lr_set) o->lr = 1e-3f;
+    if (o->full && o->from_scratch)
+        return cli_usage_error(
+            CMD, "--full fine-tunes -m; --from-scratch makes a new model: one of them");
+    if (o->full && !o->lr_set) o->lr = 1e-5f;
     return 0;
 }
 
@@ -253,6 +286,11 @@ static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_t
     uint64_t h = fnv(1469598103934665603ull, s, strlen(s));
     h = fnv(h, &total, sizeof total);
     h = fnv(h, &o->from_scratch, sizeof o->from_scratch);
+    h = fnv(h, &o->pack, sizeof o->pack); /* resolved (0 / 1) */
+    h = fnv(h, &o->grad_accum, sizeof o->grad_accum);
+    h = fnv(h, &o->full, sizeof o->full);
+    h = fnv(h, &o->rslora, sizeof o->rslora);
+    h = fnv(h, &o->lora_dropout, sizeof o->lora_dropout);
     h = fnv(h, &tm->n_params, sizeof tm->n_params);
     h = fnv(h, &tm->cfg, sizeof tm->cfg); /* shapes, rope, eps (from_scratch: the --config) */
     h = fnv(h, train->tokens, train->n_tokens * sizeof(int32_t));
@@ -380,11 +418,14 @@ static int refuse_inputs_as_outputs(const train_opts *o) {
     return 0;
 }
 
+/* general.name of a saved whole model: --from-scratch's, or --full's (the base's name + "-ft") */
+static const char *g_model_name = "llama3c-pretrained";
+
 static int save_adapters(const char *dir, const l3c_model *model, const l3c_train_model *tm) {
     char path[4096];
-    if (!tm->lora) { /* --from-scratch: the whole model, with -m's tokenizer */
+    if (!tm->lora) { /* --from-scratch / --full: the whole model, with -m's tokenizer */
         join(path, sizeof path, dir, "model.gguf");
-        if (l3c_train_model_save_gguf(tm, model, 0, path, "llama3c-pretrained"))
+        if (l3c_train_model_save_gguf(tm, model, 0, path, g_model_name))
             return cli_runtime_error(CMD, "saving the model");
         return 0;
     }
@@ -397,18 +438,52 @@ static int save_adapters(const char *dir, const l3c_model *model, const l3c_trai
     return 0;
 }
 
+/* Replaces *ds by its packed form (l3c_data_pack) and says how many rows it saved. */
+static int pack_data(l3c_dataset **ds, int T, int quiet) {
+    l3c_dataset *p;
+    if (l3c_data_pack(*ds, T, &p)) return cli_runtime_error(CMD, "packing the data");
+    if (!quiet)
+        fprintf(stderr, "data: packed %zu examples into %zu rows of <= %d tokens\n", (*ds)->n_ex,
+                p->n_ex, T);
+    l3c_data_free(*ds);
+    *ds = p;
+    return 0;
+}
+
+/* --full trains an fp32 copy of every weight: only bases stored in F32 / F16 / BF16 (a quantized
+ * base would be trained and saved at another precision than it was made for). */
+static int full_base_check(const l3c_model *m, const char *path) {
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const l3c_layer *L = &m->w.layers[l];
+        const l3c_weight *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof w / sizeof *w; i++) {
+            const int t = w[i]->type;
+            if (t != L3C_TYPE_F32 && t != L3C_TYPE_F16 && t != L3C_TYPE_BF16) {
+                fprintf(stderr,
+                        "llama3c train: --full needs an F32, F16 or BF16 base; %s has %s weights "
+                        "(layer %d): fine-tune it with LoRA (the default, QLoRA-style), or --full "
+                        "an unquantized copy\n",
+                        path, l3c_type_name(t), l);
+                return CLI_ERR;
+            }
+        }
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ evaluation */
 
 /* Mean loss over every trained target of ds (batches of B, in order). */
 static int evaluate(l3c_train_model *tm, const l3c_dataset *ds, int B, int T, int32_t *ids,
-                    int32_t *tgt, double *mean) {
+                    int32_t *tgt, int32_t *pos, double *mean) {
     double sum = 0.0;
     int64_t n = 0;
     const size_t steps = l3c_data_steps_per_epoch(ds, B);
+    tm->dropout_on = 0; /* LoRA dropout is for training only */
     for (size_t k = 0; k < steps; k++) {
-        l3c_data_batch(ds, NULL, k * (size_t)B, B, T, ids, tgt);
+        l3c_data_batch_pos(ds, NULL, k * (size_t)B, B, T, ids, tgt, pos);
         float loss;
-        if (l3c_train_forward(tm, ids, tgt, B, T, &loss))
+        if (l3c_train_forward_pos(tm, ids, tgt, pos, B, T, &loss))
             return cli_runtime_error(CMD, "evaluation");
         sum += (double)loss * (double)tm->n_valid;
         n += tm->n_valid;
@@ -434,7 +509,7 @@ int cmd_train(int argc, char **argv) {
     l3c_dataset *all = NULL, *train = NULL, *eval = NULL;
     l3c_train_model *tm = NULL;
     l3c_metrics_log *ml = NULL;
-    int32_t *ids = NULL, *tgt = NULL, *order = NULL;
+    int32_t *ids = NULL, *tgt = NULL, *pos = NULL, *order = NULL;
     char path[4096];
 
     if (mkdir(o.out, 0777) != 0 &&
@@ -475,9 +550,12 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "llama3c train: %s: no training examples with a trained target\n", o.data);
         goto done;
     }
+    if (o.pack < 0) o.pack = train->format != L3C_DATA_TEXT;
+    if (o.pack && (pack_data(&train, o.seq, o.quiet) || (eval && pack_data(&eval, o.seq, 1))))
+        goto done;
 
-    const int B = o.batch, T = o.seq;
-    const size_t spe = l3c_data_steps_per_epoch(train, B);
+    const int B = o.batch, T = o.seq, G = o.grad_accum;
+    const size_t spe = l3c_data_steps_per_epoch(train, B * G);
     const int64_t total64 = o.steps ? o.steps : (int64_t)spe * o.epochs;
     if (total64 > 100000000) {
         fprintf(stderr, "llama3c train: %lld steps is too many\n", (long long)total64);
@@ -493,9 +571,25 @@ int cmd_train(int argc, char **argv) {
             cli_runtime_error(CMD, "creating the model");
             goto done;
         }
-    } else if (l3c_train_model_lora(model, o.targets, o.rank, o.alpha, o.seed, NULL, &tm)) {
-        cli_runtime_error(CMD, "setting up LoRA");
-        goto done;
+    } else if (o.full) {
+        static char name[300];
+        if (full_base_check(model, o.model)) goto done;
+        if (l3c_train_model_from_gguf(o.model, &tm)) {
+            cli_runtime_error(CMD, "loading the model for full fine-tuning");
+            goto done;
+        }
+        snprintf(name, sizeof name, "%s-ft", model->name);
+        g_model_name = name;
+    } else {
+        /* rsLoRA scales by alpha / sqrt(r) == (alpha sqrt(r)) / r: the adapter keeps that alpha
+         * (GGUF: llama.cpp's alpha / r gives the same scale) and remembers the user's for PEFT */
+        const float a = o.rslora ? (float)(o.alpha * sqrt((double)o.rank)) : o.alpha;
+        if (l3c_train_model_lora(model, o.targets, o.rank, a, o.seed, NULL, &tm)) {
+            cli_runtime_error(CMD, "setting up LoRA");
+            goto done;
+        }
+        if (o.rslora) tm->lora->rs_alpha = o.alpha;
+        tm->lora_dropout = tm->lora->dropout = o.lora_dropout;
     }
     tm->checkpoint = o.checkpoint;
     const int nt = o.n_threads > 0 ? o.n_threads : model->n_threads;
@@ -507,8 +601,9 @@ int cmd_train(int argc, char **argv) {
     tm->adam_v = calloc(tm->n_params, sizeof(float));
     ids = malloc((size_t)B * T * sizeof *ids);
     tgt = malloc((size_t)B * T * sizeof *tgt);
+    pos = malloc((size_t)B * T * sizeof *pos);
     order = malloc((train->n_ex ? train->n_ex : 1) * sizeof *order);
-    if (!tm->adam_m || !tm->adam_v || !ids || !tgt || !order) {
+    if (!tm->adam_m || !tm->adam_v || !ids || !tgt || !pos || !order) {
         fprintf(stderr, "llama3c train: out of memory\n");
         goto done;
     }
@@ -528,10 +623,14 @@ int cmd_train(int argc, char **argv) {
             stderr,
             "llama3c train: from scratch, %d layers x %d wide, %zu parameters, vocabulary of %s\n",
             tm->cfg.n_layer, tm->cfg.n_embd, tm->n_params, model->name);
+    else if (o.full)
+        fprintf(stderr, "llama3c train: full fine-tuning of %s (%zu parameters, fp32)\n",
+                model->name, tm->n_params);
     else
-        fprintf(stderr, "llama3c train: LoRA rank %d alpha %g on %s (%zu adapter values)\n", o.rank,
-                (double)o.alpha, model->name, tm->n_params);
-    fprintf(stderr, "llama3c train: %d steps of %d x %d tokens, %d threads%s\n", total, B, T, nt,
+        fprintf(stderr, "llama3c train: %s rank %d alpha %g on %s (%zu adapter values)\n",
+                o.rslora ? "rsLoRA" : "LoRA", o.rank, (double)o.alpha, model->name, tm->n_params);
+    fprintf(stderr, "llama3c train: %d steps of %d x %d tokens%s, %d threads%s\n", total, B * G, T,
+            G > 1 ? " (micro-batches' gradients summed)" : "", nt,
             o.checkpoint ? ", recomputing activations" : "");
 
     l3c_adamw_params ap = l3c_adamw_default_params();
@@ -554,7 +653,7 @@ int cmd_train(int argc, char **argv) {
     double t_train = 0.0, first_loss = NAN, last_loss = NAN, first_eval = NAN, last_eval = NAN;
     int64_t tokens = 0, trained = 0, cur_epoch = -1;
     if (eval && first == 0) { /* the base model's eval loss, the baseline the adapter improves on */
-        if (evaluate(tm, eval, B, T, ids, tgt, &first_eval)) goto done;
+        if (evaluate(tm, eval, B, T, ids, tgt, pos, &first_eval)) goto done;
         l3c_metrics_row r = l3c_metrics_row_empty(0);
         r.eval_loss = first_eval;
         r.eval_ppl = exp(first_eval);
@@ -566,25 +665,42 @@ int cmd_train(int argc, char **argv) {
     for (int64_t step = first; step < total; step++) {
         int64_t epoch;
         size_t start;
-        l3c_data_locate(train, B, step, &epoch, &start);
+        l3c_data_locate(train, B * G, step, &epoch, &start);
         if (epoch != cur_epoch) {
             l3c_data_order(train->n_ex, o.seed, epoch, order);
             cur_epoch = epoch;
         }
-        const int64_t n_tgt = l3c_data_batch(train, order, start, B, T, ids, tgt);
+        /* G micro-batches of B rows, the loss normalized by the trained targets of all of them */
+        int64_t n_tgt = 0;
+        for (int g = 0; g < G; g++)
+            n_tgt += l3c_data_batch(train, order, start + (size_t)g * B, B, T, ids, tgt);
         const double ts = l3c_time_s();
         float loss = 0.0f, norm = 0.0f, lr = 0.0f;
-        if (l3c_train_forward(tm, ids, tgt, B, T, &loss)) {
-            cli_runtime_error(CMD, "forward");
-            goto done;
-        }
+        double loss_sum = 0.0;
         l3c_train_zero_grad(tm);
-        if (l3c_train_backward(tm) || l3c_train_step(tm, &ap, (int)step, &norm, &lr)) {
-            cli_runtime_error(CMD, "backward");
+        for (int g = 0; g < G && start + (size_t)g * B < train->n_ex; g++) {
+            float mloss;
+            l3c_data_batch_pos(train, order, start + (size_t)g * B, B, T, ids, tgt, pos);
+            tm->dropout_on =
+                1; /* a mask per (seed, step, micro-batch): resumed runs see the same */
+            tm->dropout_seed = o.seed * 0x9e3779b97f4a7c15ull + (uint64_t)(step * G + g);
+            if (l3c_train_forward_pos(tm, ids, tgt, pos, B, T, &mloss)) {
+                cli_runtime_error(CMD, "forward");
+                goto done;
+            }
+            loss_sum += (double)mloss * (double)tm->n_valid;
+            if (l3c_train_backward_n(tm, n_tgt)) {
+                cli_runtime_error(CMD, "backward");
+                goto done;
+            }
+        }
+        loss = n_tgt ? (float)(loss_sum / (double)n_tgt) : 0.0f;
+        if (l3c_train_step(tm, &ap, (int)step, &norm, &lr)) {
+            cli_runtime_error(CMD, "optimizer step");
             goto done;
         }
         t_train += l3c_time_s() - ts;
-        tokens += (int64_t)B * T;
+        tokens += (int64_t)B * T * G;
         trained += n_tgt;
         if (isnan(first_loss)) first_loss = loss;
         last_loss = loss;
@@ -600,15 +716,17 @@ int cmd_train(int argc, char **argv) {
         r.grad_norm = norm;
         r.tokens = tokens;
         r.tok_per_s = t_train > 0 ? (double)tokens / t_train : NAN;
+        r.trained_tokens = trained;
+        r.trained_tok_per_s = t_train > 0 ? (double)trained / t_train : NAN;
         r.elapsed_s = l3c_time_s() - t0;
         const int last = step + 1 == total;
         if (eval && ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || last)) {
-            if (evaluate(tm, eval, B, T, ids, tgt, &last_eval)) goto done;
+            if (evaluate(tm, eval, B, T, ids, tgt, pos, &last_eval)) goto done;
             r.eval_loss = last_eval;
             r.eval_ppl = exp(last_eval);
         }
         l3c_metrics_write(ml, &r);
-        l3c_progress_update(&pr, step + 1, loss, lr, r.tok_per_s);
+        l3c_progress_update(&pr, step + 1, loss, lr, r.tok_per_s, r.trained_tok_per_s);
         const int stop =
             (o.stop_after > 0 && step + 1 == o.stop_after && !last) || (g_stop && !last);
         if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last || stop) {
@@ -640,7 +758,7 @@ int cmd_train(int argc, char **argv) {
         cli_runtime_error(CMD, "plotting the loss");
         goto done;
     }
-    if (o.from_scratch)
+    if (o.from_scratch || o.full)
         fprintf(stderr, "llama3c train: wrote %s/model.gguf, metrics.jsonl, loss.svg\n", o.out);
     else
         fprintf(
@@ -650,18 +768,21 @@ int cmd_train(int argc, char **argv) {
     printf(
         "{\"steps\": %d, \"first_step\": %lld, \"tokens\": %lld, \"trained_tokens\": %lld, "
         "\"seconds\": %.3f, "
-        "\"tok_per_s\": %.2f, \"first_loss\": %.6g, \"train_loss\": %.6g, \"eval_loss_before\": "
+        "\"tok_per_s\": %.2f, \"trained_tok_per_s\": %.2f, \"packed\": %d, \"first_loss\": %.6g, "
+        "\"train_loss\": %.6g, \"eval_loss_before\": "
         "%.6g, "
         "\"eval_loss\": %.6g, \"peak_rss_mib\": %lld, \"threads\": %d, \"trained_values\": %zu}\n",
         total, (long long)first, (long long)tokens, (long long)trained, t_train,
-        t_train > 0 ? (double)tokens / t_train : 0.0, isnan(first_loss) ? -1.0 : first_loss,
-        isnan(last_loss) ? -1.0 : last_loss, isnan(first_eval) ? -1.0 : first_eval,
-        isnan(last_eval) ? -1.0 : last_eval, peak_rss_mib(), nt, tm->n_params);
+        t_train > 0 ? (double)tokens / t_train : 0.0, t_train > 0 ? (double)trained / t_train : 0.0,
+        o.pack, isnan(first_loss) ? -1.0 : first_loss, isnan(last_loss) ? -1.0 : last_loss,
+        isnan(first_eval) ? -1.0 : first_eval, isnan(last_eval) ? -1.0 : last_eval, peak_rss_mib(),
+        nt, tm->n_params);
     rc = 0;
 done:
     if (ml) l3c_metrics_close(ml);
     free(ids);
     free(tgt);
+    free(pos);
     free(order);
     l3c_train_model_free(tm);
     l3c_data_free(all);

@@ -477,6 +477,7 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
                        .name = t->name};
     }
     st = build(sp, cfg, (const src_mat(*)[2])mats, alpha, mixed ? 0 : rank, 1, out);
+    if (!st && json_is_true(json_object_get(c, "use_rslora"))) (*out)->rs_alpha = (float)json_number_value(la);
 done:
     free(mats);
     l3c_safetensors_close(sf);
@@ -665,7 +666,8 @@ static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
                 const char *pn = strchr(l3c_lora_target_peft_name(t), '.') + 1; /* "q_proj" */
                 if (json_array_append_new(targets, json_string(pn))) goto nomem;
             }
-    const double alpha = a->alpha;
+    /* rsLoRA: PEFT's lora_alpha with use_rslora (scale lora_alpha / sqrt(r) == a->alpha / r) */
+    const double alpha = a->rs_alpha != 0.0f ? a->rs_alpha : a->alpha;
     json_t *jalpha = alpha == floor(alpha) && fabs(alpha) < 1e15 ? json_integer((json_int_t)alpha)
                                                                  : json_real(alpha);
     int bad = 0;
@@ -685,7 +687,7 @@ static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
     bad |= json_object_set_new(c, "loftq_config", json_object());
     bad |= json_object_set_new(c, "lora_alpha", jalpha);
     bad |= json_object_set_new(c, "lora_bias", json_false());
-    bad |= json_object_set_new(c, "lora_dropout", json_real(0.0));
+    bad |= json_object_set_new(c, "lora_dropout", json_real(a->dropout));
     bad |= json_object_set_new(c, "megatron_config", json_null());
     bad |= json_object_set_new(c, "megatron_core", json_string("megatron.core"));
     bad |= json_object_set_new(c, "modules_to_save", json_null());
@@ -696,7 +698,7 @@ static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
     bad |= json_object_set(c, "target_modules", targets);
     bad |= json_object_set_new(c, "task_type", json_string("CAUSAL_LM"));
     bad |= json_object_set_new(c, "use_dora", json_false());
-    bad |= json_object_set_new(c, "use_rslora", json_false());
+    bad |= json_object_set_new(c, "use_rslora", a->rs_alpha != 0.0f ? json_true() : json_false());
     if (bad) goto nomem;
     if ((st = l3c_outfile_open(&o, path, NULL, 0, "lora"))) goto done;
     if (json_dumpf(c, o.f, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
