@@ -8,6 +8,7 @@
  * with peak RSS and the kernel path. Built on the public header only.
  */
 #include "cli.h"
+#include "common.h"
 
 #include "llama3c.h"
 
@@ -31,6 +32,9 @@ static void usage(FILE *f) {
         "  --bf16             F16/BF16 matrices multiply in bfloat16 (see llama3c run --help)\n"
         "  -c, --ctx N        context size to allocate (default: max(-p, -n) + 8)\n"
         "  --json             print one JSON object instead of the table\n"
+        "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
+        "                     (see llama3c run --help); each rank reports its peak RSS and the\n"
+        "                     bytes it sent per generated token on stderr\n"
         "  -h, --help         this text\n");
 }
 
@@ -94,7 +98,7 @@ int cmd_bench(int argc, char **argv) {
     int kv_type = L3C_KV_F16, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int has = i + 1 < argc;
+        int has = i + 1 < argc, sr;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has) path = argv[++i];
         else if (!strcmp(a, "-p") && has) n_prompt = atoi(argv[++i]);
@@ -105,6 +109,7 @@ int cmd_bench(int argc, char **argv) {
         else if ((!strcmp(a, "-c") || !strcmp(a, "--ctx")) && has) n_ctx = atoi(argv[++i]);
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--bf16")) bf16 = 1;
+        else if ((sr = cli_split_parse("bench", argc, argv, &i)) != 0) { if (sr < 0) return 2; }
         else if (!strcmp(a, "--kv") && has) {
             const char *k = argv[++i];
             if (!strcmp(k, "f16")) kv_type = L3C_KV_F16;
@@ -131,7 +136,7 @@ int cmd_bench(int argc, char **argv) {
     mp.n_threads = threads;
     mp.bf16_matmul = bf16;
     l3c_model *model = NULL;
-    if (l3c_model_load(path, &mp, &model) != L3C_OK) {
+    if (cli_model_load(path, &mp, &model) != L3C_OK) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
         return 1;
     }
@@ -149,6 +154,7 @@ int cmd_bench(int argc, char **argv) {
     double *pp = calloc((size_t)reps, sizeof(double)), *tg = calloc((size_t)reps, sizeof(double));
     double *ppc = calloc((size_t)reps, sizeof(double)), *tgc = calloc((size_t)reps, sizeof(double));
     int rc = 1;
+    double tg_bytes = 0; /* bytes this rank sent per generated token (distributed runs) */
     if (!tokens || !pos || !pp || !tg || !ppc || !tgc) { fprintf(stderr, "llama3c bench: out of memory\n"); goto done; }
     if (l3c_context_create(model, &cp, &ctx) != L3C_OK) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
@@ -171,8 +177,10 @@ int cmd_bench(int argc, char **argv) {
             ppc[r] = 1e3 * c / n_prompt;
         }
         if (n_gen) {
+            const uint64_t sent0 = l3c_dist_bytes_sent();
             double s = timed_decode(ctx, tokens, pos, n_gen, 1, &c);
             if (s < 0) goto done;
+            tg_bytes = (double)(l3c_dist_bytes_sent() - sent0) / n_gen;
             tg[r] = n_gen / s;
             tgc[r] = 1e3 * c / n_gen;
         }
@@ -185,6 +193,9 @@ int cmd_bench(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     long long rss = (long long)ru.ru_maxrss * 1024;
+    if (l3c_dist_size() > 1)
+        fprintf(stderr, "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token\n",
+                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes);
     if (json) {
         printf("{\"model\": \"");
         for (const char *c = path; *c; c++) {
@@ -196,10 +207,11 @@ int cmd_bench(int argc, char **argv) {
                "\"pp_tokens_per_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
                "\"tg_tokens_per_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, "
                "\"pp_cpu_ms_per_token\": %.4f, \"tg_cpu_ms_per_token\": %.4f, "
-               "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d}\n",
+               "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d, "
+               "\"ranks\": %d, \"tg_bytes_sent_per_token\": %.1f}\n",
                info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx, n_prompt, n_gen,
                cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, cpp.min, ctg.min, rss,
-               l3c_backend_path(), (int)info.n_bf16_matmul);
+               l3c_backend_path(), (int)info.n_bf16_matmul, l3c_dist_size(), tg_bytes);
     } else {
         printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type, info.weight_bytes / 1e9);
         printf("threads %d, path %s%s, %d reps, n_ctx %d\n", threads, l3c_backend_path(),

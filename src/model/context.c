@@ -80,7 +80,7 @@ static bool activations_alloc(l3c_activations *a, const l3c_model *m, size_t B, 
 static void activations_free(l3c_activations *a) {
     void *bufs[] = {a->x, a->xb, a->xb2, a->q, a->k, a->v, a->att_out, a->hb, a->hb2, a->logits,
                     a->inv_freq, a->rope_cos, a->rope_sin, a->att, a->kv_tmp, a->scratch, a->embd,
-                    a->lora_tmp};
+                    a->lora_tmp, a->dist_part};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
 }
 
@@ -126,7 +126,7 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
     l3c_context *ctx = l3c_calloc(1, sizeof *ctx);
     if (!ctx) return l3c_fail(L3C_ERR_NOMEM, "context: out of memory");
     ctx->model = m;
-    ctx->backend = &l3c_backend_cpu;
+    ctx->backend = m->backend ? m->backend : &l3c_backend_cpu;
     ctx->n_ctx = n_ctx;
     ctx->n_seq = p.n_seq;
     ctx->n_batch = n_batch;
@@ -145,6 +145,8 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
               activations_alloc(&ctx->act, m, (size_t)n_batch, n_ctx, ctx->n_threads, &total) &&
               l3c_alloc_arr(&ctx->out_row, (size_t)n_batch, 1, sizeof(int32_t), &total) &&
               l3c_alloc_arr(&ctx->out_idx, (size_t)n_batch, 1, sizeof(int32_t), &total);
+    if (ok && m->w.output.dist == L3C_WDIST_GATHER) /* tensor split: this rank's logits */
+        ok = l3c_alloc_arr(&ctx->act.dist_part, (size_t)n_batch, (size_t)m->w.output.n_out, sizeof(float), &total);
     if (ok && ctx->embeddings) {
         const size_t E = (size_t)c->n_embd;
         ok = l3c_alloc_arr(&ctx->act.embd, (size_t)n_batch, E, sizeof(float), &total) &&

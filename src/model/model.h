@@ -107,6 +107,10 @@ struct l3c_model {
     l3c_tokenizer *tok;       /* NULL when the file has no tokenizer.ggml.model */
     char **meta_str;          /* [gguf->n_kv]: NUL-terminated copy of each STRING value, else NULL */
     int n_threads;            /* default for contexts */
+    /* a distributed run's share (src/dist/shard.h; cfg and w are then this rank's) or NULL, and
+     * the backend contexts of this model use (l3c_backend_cpu, or the split's) */
+    struct l3c_shard *shard;
+    const l3c_backend *backend;
     int64_t n_params;
     size_t weight_bytes;
 };
@@ -157,6 +161,9 @@ typedef struct l3c_activations {
      * an adapter is set, grown by l3c_context_set_adapter only (never by l3c_decode) */
     float *lora_tmp;
     int32_t lora_rank;
+    /* tensor split (src/dist): [B x this rank's vocabulary rows], its logits before the gather;
+     * NULL otherwise */
+    float *dist_part;
 } l3c_activations;
 
 /* One adapter set on a context, with its user scale (adapter.c). */

@@ -244,7 +244,8 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     mprotect(arena, total, PROT_READ);
     w->pack_arena = arena;
     w->pack_bytes = total;
-    if (w->tied_output) { /* embedding rows from the copy */
+    if (w->tied_output && w->output.n_out == w->tok_embd.n_out) { /* embedding rows from the copy
+                                                                    * (not a rank's vocabulary slice) */
         w->tok_embd.packed = w->output.packed;
         w->tok_embd.layout = w->output.layout;
     }

@@ -1,0 +1,64 @@
+/*
+ * backend_dist.c -- the backend of a tensor-split model (shard.h): every op is the CPU
+ * backend's on this rank's share, and three of them add the split's messages, so forward.c's
+ * op sequence stays the one definition of the block:
+ *   get_rows   first op of a batch: rank 0's batch (token count and a hash of the ids) is
+ *              broadcast and compared, so ranks that were fed different batches stop with a
+ *              message instead of computing garbage (16 bytes per batch);
+ *   matmul     attn_output and ffn_down (L3C_WDIST_SUM): the rank's partial sums are
+ *              all-reduced, T x n_embd floats each, twice per layer (Megatron);
+ *              the output head (L3C_WDIST_GATHER): every rank's vocabulary slice is gathered on
+ *              every rank, one row at a time into the logits (n_vocab floats per row), so every
+ *              rank samples from the same logits.
+ * Every other op touches only the rank's own heads / FFN units, whose counts are the model
+ * config's (attention, rope and the KV cache see n_head_kv of this rank).
+ */
+#include "dist/comm.h"
+#include "dist/shard.h"
+
+#include <pthread.h>
+#include <string.h>
+
+static void tp_get_rows(l3c_context *ctx, const l3c_weight *w, const int32_t *ids, int64_t T,
+                        float *x) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int64_t t = 0; t < T; t++)
+        h = (h ^ (uint32_t)ids[t]) * 0x100000001b3ull;
+    uint64_t ref[2] = {(uint64_t)T, h};
+    l3c_comm_bcast(ref, sizeof ref, 0);
+    if (ref[0] != (uint64_t)T || ref[1] != h)
+        l3c_comm_abort(
+            "decode: this rank's batch (%lld tokens) differs from rank 0's (%llu tokens): "
+            "every rank must decode the same batches",
+            (long long)T, (unsigned long long)ref[0]);
+    l3c_backend_cpu.get_rows(ctx, w, ids, T, x);
+}
+
+static void tp_matmul(l3c_context *ctx, const l3c_weight *w, const float *x, float *y, int64_t T) {
+    if (w->dist == L3C_WDIST_GATHER) {
+        const l3c_shard *s = ctx->model->shard;
+        const int64_t V = ctx->model->cfg.n_vocab;
+        float *part = ctx->act.dist_part; /* [T x vocab slice] */
+        l3c_backend_cpu.matmul(ctx, w, x, part, T);
+        for (int64_t t = 0; t < T; t++)
+            l3c_comm_allgather_f32(part + t * w->n_out, y + t * V, s->vocab_n);
+        return;
+    }
+    l3c_backend_cpu.matmul(ctx, w, x, y, T);
+    if (w->dist == L3C_WDIST_SUM) l3c_comm_allreduce_sum_f32(y, T * w->n_out);
+}
+
+static l3c_backend g_tensor;
+static pthread_once_t g_tensor_once = PTHREAD_ONCE_INIT;
+
+static void tensor_init(void) {
+    g_tensor = l3c_backend_cpu;
+    g_tensor.name = "tensor";
+    g_tensor.get_rows = tp_get_rows;
+    g_tensor.matmul = tp_matmul;
+}
+
+const l3c_backend *l3c_backend_tensor(void) {
+    pthread_once(&g_tensor_once, tensor_init);
+    return &g_tensor;
+}
