@@ -12,6 +12,14 @@
  *              rank samples from the same logits.
  * Every other op touches only the rank's own heads / FFN units, whose counts are the model
  * config's (attention, rope and the KV cache see n_head_kv of this rank).
+ *
+ * The backend of a layer-split model (pipeline stages) shares get_rows and the gathered output
+ * head, and adds:
+ *   stage      before the stage's layers x [T x n_embd] comes from the previous rank, after them
+ *              it goes to the next (point to point), and the last rank's x is broadcast to every
+ *              rank for its vocabulary slice of the head;
+ *   kv_store, attention   the cache holds the stage's layers only: layer - layer0.
+ * One sequence's token passes the stages one after another (no overlap between stages).
  */
 #include "dist/comm.h"
 #include "dist/shard.h"
@@ -61,4 +69,49 @@ static void tensor_init(void) {
 const l3c_backend *l3c_backend_tensor(void) {
     pthread_once(&g_tensor_once, tensor_init);
     return &g_tensor;
+}
+
+/* ---- layer split: the KV cache holds the stage's layers only, so the cache ops see the
+ * layer's index within the stage */
+
+static void pp_kv_store(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *k,
+                        const float *v) {
+    l3c_backend_cpu.kv_store(ctx, layer - ctx->model->layer0, b, k, v);
+}
+
+static void pp_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
+                         float *out, float *probs, int64_t n_kv) {
+    l3c_backend_cpu.attention(ctx, layer - ctx->model->layer0, b, q, out, probs, n_kv);
+}
+
+/* before the stage's layers: x from the previous stage (rank 0 keeps its embedding); after them:
+ * x to the next stage, and the last stage's x to every rank for the head (each computes its
+ * vocabulary slice of the logits, gathered by tp_matmul) */
+static void pp_stage(l3c_context *ctx, int end, float *x, int64_t T) {
+    const l3c_shard *s = ctx->model->shard;
+    const int64_t n = T * ctx->model->cfg.n_embd;
+    if (!end) {
+        if (s->rank > 0) l3c_comm_recv_f32(x, n, s->rank - 1);
+        return;
+    }
+    if (s->rank < s->size - 1) l3c_comm_send_f32(x, n, s->rank + 1);
+    l3c_comm_bcast(x, (size_t)n * sizeof(float), s->size - 1);
+}
+
+static l3c_backend g_layers;
+static pthread_once_t g_layers_once = PTHREAD_ONCE_INIT;
+
+static void layers_init(void) {
+    g_layers = l3c_backend_cpu;
+    g_layers.name = "layers";
+    g_layers.get_rows = tp_get_rows;
+    g_layers.matmul = tp_matmul;
+    g_layers.kv_store = pp_kv_store;
+    g_layers.attention = pp_attention;
+    g_layers.stage = pp_stage;
+}
+
+const l3c_backend *l3c_backend_layers(void) {
+    pthread_once(&g_layers_once, layers_init);
+    return &g_layers;
 }

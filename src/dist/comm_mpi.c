@@ -17,7 +17,9 @@
 
 #include <limits.h>
 #include <mpi.h>
+#include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 static int g_init; /* 1: MPI_Init was called by us */
 static int g_rank, g_size = 1;
@@ -31,6 +33,17 @@ static int launched_by_mpi(void) {
     return 0;
 }
 
+/* mpirun ends the surviving ranks with SIGTERM when one fails: say so, naming this rank (the
+ * message is formatted at init, as a handler may only write) */
+static char g_term_msg[160];
+static size_t g_term_len;
+
+static void on_term(int sig) {
+    ssize_t w = write(2, g_term_msg, g_term_len);
+    (void)w;
+    _exit(128 + sig);
+}
+
 int l3c_comm_init(int *argc, char ***argv) {
     if (g_init || !launched_by_mpi()) return 0;
     int provided = 0;
@@ -42,6 +55,16 @@ int l3c_comm_init(int *argc, char ***argv) {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    int n =
+        snprintf(g_term_msg, sizeof g_term_msg,
+                 "llama3c: rank %d of %d: stopped by the MPI launcher (another rank failed or was "
+                 "killed; see its message)\n",
+                 g_rank, g_size);
+    g_term_len = n > 0 ? L3C_MIN((size_t)n, sizeof g_term_msg - 1) : 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
     if (provided < MPI_THREAD_SERIALIZED && g_size > 1)
         l3c_comm_abort("this MPI provides thread level %d; llama3c needs MPI_THREAD_SERIALIZED",
                        provided);

@@ -130,22 +130,11 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *c, const l3c_mode
                           path, N, c->n_ff, N, (long long)bd);
             goto fail;
         }
-        if (c->n_vocab < N) {
-            st = l3c_fail(L3C_ERR_UNSUPPORTED, "%s: vocabulary of %d < %d ranks", path, c->n_vocab,
-                          N);
-            goto fail;
-        }
         int64_t lo, hi;
         share(c->n_head_kv, N, rank, &lo, &hi);
         s->kv0 = (int32_t)lo, s->kv1 = (int32_t)hi;
         share(c->n_ff / bd, N, rank, &lo, &hi);
         s->ff0 = (int32_t)(lo * bd), s->ff1 = (int32_t)(hi * bd);
-        if (!(s->vocab_n = l3c_calloc((size_t)N, sizeof *s->vocab_n))) goto nomem;
-        for (int r = 0; r < N; r++) {
-            share(c->n_vocab, N, r, &lo, &hi);
-            s->vocab_n[r] = hi - lo;
-            if (r == rank) s->vocab0 = (int32_t)lo, s->vocab1 = (int32_t)hi;
-        }
     } else {
         if (N > c->n_layer) {
             st = l3c_fail(L3C_ERR_INVALID_ARG,
@@ -180,6 +169,19 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *c, const l3c_mode
         s->first[N] = c->n_layer;
         s->layer0 = s->first[rank];
         s->layer1 = s->first[rank + 1];
+    }
+    /* the output head: a vocabulary slice per rank in both splits (the layer split hands the last
+     * stage's x to every rank for it) */
+    if (c->n_vocab < N) {
+        st = l3c_fail(L3C_ERR_UNSUPPORTED, "%s: vocabulary of %d < %d ranks", path, c->n_vocab, N);
+        goto fail;
+    }
+    if (!(s->vocab_n = l3c_calloc((size_t)N, sizeof *s->vocab_n))) goto nomem;
+    for (int r = 0; r < N; r++) {
+        int64_t lo, hi;
+        share(c->n_vocab, N, r, &lo, &hi);
+        s->vocab_n[r] = hi - lo;
+        if (r == rank) s->vocab0 = (int32_t)lo, s->vocab1 = (int32_t)hi;
     }
     (void)split_name;
     *out = s;
@@ -228,7 +230,18 @@ static size_t keep_cols(l3c_weight *w, int64_t c0, int64_t c1, char *dst, int re
 
 l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *c, const char *path,
                            int release_file_pages) {
-    if (s->split != L3C_SPLIT_TENSOR) return L3C_OK;
+    if (s->split == L3C_SPLIT_LAYERS) {
+        /* other stages' layers are forgotten (never read, so never resident) */
+        for (int32_t l = 0; l < c->n_layer; l++) {
+            if (l >= s->layer0 && l < s->layer1) continue;
+            l3c_layer *L = &w->layers[l];
+            l3c_weight *m[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+            for (int i = 0; i < 7; i++)
+                m[i]->data = NULL;
+        }
+        keep_rows(&w->output, s->vocab0, s->vocab1, L3C_WDIST_GATHER);
+        return L3C_OK;
+    }
     const int64_t hd = c->head_dim, G = c->n_head / c->n_head_kv;
     const int64_t q0 = s->kv0 * G * hd, q1 = s->kv1 * G * hd, k0 = s->kv0 * hd, k1 = s->kv1 * hd;
     size_t total = 0;
@@ -264,6 +277,10 @@ l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *c, const ch
     c->n_head_kv = s->kv1 - s->kv0;
     c->n_ff = s->ff1 - s->ff0;
     return L3C_OK;
+}
+
+int32_t l3c_shard_min_i32(const l3c_shard *s, int32_t v) {
+    return (int32_t)-l3c_comm_max_i64(-(int64_t)v);
 }
 
 void l3c_shard_free(l3c_shard *s) {

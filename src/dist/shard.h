@@ -51,8 +51,13 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *cfg, const l3c_mo
 l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *cfg, const char *path,
                            int release_file_pages);
 void l3c_shard_free(l3c_shard *s);
+/* min over the ranks of v (collective) */
+int32_t l3c_shard_min_i32(const l3c_shard *s, int32_t v);
 
 /* The backend of a tensor-split model (backend_dist.c): the CPU ops plus the split's messages. */
 const l3c_backend *l3c_backend_tensor(void);
+/* The backend of a layer-split model: the CPU ops on the stage's layers, x passed between stages.
+ */
+const l3c_backend *l3c_backend_layers(void);
 
 #endif /* L3C_SHARD_H */

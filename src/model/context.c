@@ -5,6 +5,7 @@
  * n_ctx == 0 picks the model's context_length capped so that n_seq * n_ctx * kv_bytes_per_pos
  * fits kv_budget_bytes (at least 16 positions, else an error).
  */
+#include "dist/shard.h"
 #include "model/model.h"
 
 #include <string.h>
@@ -120,6 +121,9 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
                                                  "for %d sequences (%zu bytes per position); need %d",
                             budget, n_ctx, p.n_seq, per_pos, L3C_MIN_CTX);
     }
+    /* a distributed model: every rank holds another share of the cache, so the positions that fit
+     * may differ; all take the smallest (collective: every rank creates its contexts in turn) */
+    if (m->shard) n_ctx = l3c_shard_min_i32(m->shard, n_ctx);
     int32_t n_batch = p.n_batch;
     if ((int64_t)n_batch > (int64_t)n_ctx * p.n_seq) n_batch = (int32_t)((int64_t)n_ctx * p.n_seq);
 
@@ -140,7 +144,7 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
 
     size_t total = 0;
     /* kv_type and head_dim were checked above: the cache can only fail for memory */
-    bool ok = l3c_kv_cache_init(&ctx->kv, p.n_seq, c->n_layer, n_ctx, c->n_head_kv, c->head_dim,
+    bool ok = l3c_kv_cache_init(&ctx->kv, p.n_seq, m->layer1 - m->layer0, n_ctx, c->n_head_kv, c->head_dim,
                                 p.kv_type, &total) == L3C_OK &&
               activations_alloc(&ctx->act, m, (size_t)n_batch, n_ctx, ctx->n_threads, &total) &&
               l3c_alloc_arr(&ctx->out_row, (size_t)n_batch, 1, sizeof(int32_t), &total) &&

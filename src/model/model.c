@@ -93,9 +93,14 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
      * before any weight is touched (collective: every rank gets here) */
     if ((st = l3c_shard_plan(g, &m->cfg, &p, path, &m->shard))) goto fail;
     m->backend = &l3c_backend_cpu;
-    if (m->shard && m->shard->split == L3C_SPLIT_TENSOR) m->backend = l3c_backend_tensor();
+    if (m->shard) m->backend = m->shard->split == L3C_SPLIT_TENSOR ? l3c_backend_tensor() : l3c_backend_layers();
     if ((st = l3c_weights_bind(g, &m->cfg, path, &m->w))) goto fail;
-    if (m->shard && (st = l3c_shard_apply(m->shard, &m->w, &m->cfg, path, p.use_mmap && !m->hf))) goto fail;
+    m->layer0 = 0;
+    m->layer1 = m->cfg.n_layer;
+    if (m->shard) {
+        if ((st = l3c_shard_apply(m->shard, &m->w, &m->cfg, path, p.use_mmap && !m->hf))) goto fail;
+        if (m->shard->split == L3C_SPLIT_LAYERS) m->layer0 = m->shard->layer0, m->layer1 = m->shard->layer1;
+    }
 
     /* string metadata, NUL-terminated once */
     m->meta_str = l3c_calloc(g->n_kv ? (size_t)g->n_kv : 1, sizeof *m->meta_str);
@@ -148,6 +153,9 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
                             "vocabulary [%d, %d); %.1f MiB of attn_output / ffn_down columns copied\n",
                     s->rank, s->size, s->kv0, s->kv1, s->ff0, s->ff1, s->vocab0, s->vocab1,
                     (double)s->arena_bytes / (1024.0 * 1024.0));
+        if (s && s->split == L3C_SPLIT_LAYERS)
+            fprintf(stderr, "llama3c: rank %d of %d (--split layers): layers [%d, %d), vocabulary [%d, %d)\n",
+                    s->rank, s->size, s->layer0, s->layer1, s->vocab0, s->vocab1);
         if (m->w.pack_bytes)
             fprintf(stderr, "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s%s\n",
                     (double)m->w.pack_bytes / (1024.0 * 1024.0), l3c_kernels_path(), t_pack,
@@ -235,5 +243,5 @@ const l3c_tokenizer *l3c_model_tokenizer(const l3c_model *m) { return m ? m->tok
 
 size_t l3c_model_kv_bytes_per_pos(const l3c_model *m, int kv_type) {
     if (!m) return 0;
-    return 2 * (size_t)m->cfg.n_layer * l3c_kv_row_bytes(&m->cfg, kv_type);
+    return 2 * (size_t)(m->layer1 - m->layer0) * l3c_kv_row_bytes(&m->cfg, kv_type); /* held layers */
 }

@@ -111,6 +111,8 @@ struct l3c_model {
      * the backend contexts of this model use (l3c_backend_cpu, or the split's) */
     struct l3c_shard *shard;
     const l3c_backend *backend;
+    int32_t layer0, layer1;   /* the layers this model holds and runs: [0, n_layer), or a
+                               * pipeline stage's range (the KV cache has layer1 - layer0) */
     int64_t n_params;
     size_t weight_bytes;
 };
