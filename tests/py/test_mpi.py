@@ -164,10 +164,10 @@ def greedy_mpi(mpi, n_ranks, split, model, ids, n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n,split", [(2, "tensor"), (3, "tensor"), (3, "layers")])
+@pytest.mark.parametrize("n,split", [(2, "tensor"), (3, "layers")])
 def test_smollm2_greedy_equals_single_process(mpi, smollm2_path, tmp_path, n, split):
     prompt = [504, 3575, 282, 4649, 314]  # "The capital of France is"
-    n_gen = 24
+    n_gen = 16
     want = greedy_single(smollm2_path, prompt, n_gen)
     assert len(want) == n_gen
     # the single process's logits along its own greedy path, for the near-tie margins
