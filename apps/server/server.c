@@ -230,6 +230,11 @@ int cmd_serve(int argc, char **argv) {
     l3c_adapter **adapters = NULL;
     int pr = parse_args(&srv, &lora, argc, argv);
     if (pr) return pr > 0 ? 0 : 2;
+    if (l3c_dist_size() > 1) {
+        fprintf(stderr, "llama3c serve: does not run under mpirun yet (%d ranks): serve one process, or use "
+                        "run / chat / eval / bench with --split (docs/DISTRIBUTED.md)\n", l3c_dist_size());
+        return 2;
+    }
 
     int rc = 1;
     struct MHD_Daemon *d = NULL;
