@@ -110,13 +110,16 @@ def test_tensor_split_logits_equal_single_process(mpi, tiny, tmp_path, model, n)
     got = eval_mpi(mpi, n, tiny[model], tmp_path, ["--split", "tensor"])
     assert got.shape == ref.shape
     err = rel_err(got, ref)
+    print(f"--split tensor x{n} {model}: relative error {err:.3g}")
     assert err <= REL_TOL_F32, f"--split tensor over {n} ranks: max |diff| / max |logit| = {err:.3g}"
 
 
 def test_tensor_split_q8_0(mpi, tiny, tmp_path):
     ref = eval_single(tiny["q8_0"], tmp_path).astype(np.float64)
     got = eval_mpi(mpi, 2, tiny["q8_0"], tmp_path, ["--split", "tensor"])
-    assert rel_err(got, ref) <= 1e-5
+    err = rel_err(got, ref)
+    print(f"--split tensor x2 Q8_0: relative error {err:.3g}")
+    assert err <= 1e-5
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
@@ -127,6 +130,7 @@ def test_layer_split_logits_equal_single_process(mpi, tiny, tmp_path, n, layers)
     args = ["--split", "layers"] + (["--layers-per-rank", layers] if layers else [])
     got = eval_mpi(mpi, n, tiny["f32"], tmp_path, args)
     err = rel_err(got, ref)
+    print(f"--split layers x{n} ({layers}): relative error {err:.3g}")
     assert err <= REL_TOL_F32, f"--split layers over {n} ranks ({layers}): relative error {err:.3g}"
 
 
