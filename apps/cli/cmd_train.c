@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "common.h"
 
+#include "dist/comm.h"
 #include "model/lora.h"
 #include "model/model.h"
 #include "train/data.h"
@@ -332,6 +333,44 @@ static long long peak_rss_mib(void) {
     return (long long)ru.ru_maxrss / 1024;
 }
 
+/* ------------------------------------------------------------------ data parallel (mpirun)
+ * Under mpirun every rank holds the whole model and trains on its share of every batch: rows
+ * [b0, b1) of the step's B sequences. Its loss and gradients are means over its own n targets;
+ * weighted by n / n_total and summed over the ranks (MPI all-reduce) they are the means over the
+ * whole batch, so N ranks x B/N sequences step like one process with B (up to the order of float
+ * sums). Rank 0's summed gradients are then broadcast, so every rank takes the same AdamW step and
+ * the parameters stay bitwise equal (checked at every save: dp_check_same). Rank 0 writes every
+ * file; the others read only (--resume: the same output folder on every node). */
+
+static void dp_share(int B, int *b0, int *b1) {
+    const int N = l3c_comm_size(), r = l3c_comm_rank(), base = B / N, extra = B % N;
+    *b0 = r * base + (r < extra ? r : extra);
+    *b1 = *b0 + base + (r < extra);
+}
+
+/* grads, *loss: this rank's means over n_valid targets -> the means over every rank's targets */
+static void dp_reduce(l3c_train_model *tm, int64_t n_valid, float *loss) {
+    if (l3c_comm_size() == 1) return;
+    float w[2] = {(float)n_valid, *loss * (float)n_valid};
+    l3c_comm_allreduce_sum_f32(w, 2);
+    const float scale = w[0] > 0 ? (float)n_valid / w[0] : 0.0f;
+    for (size_t i = 0; i < tm->n_params; i++) tm->grads[i] *= scale;
+    l3c_comm_allreduce_sum_f32(tm->grads, (int64_t)tm->n_params);
+    l3c_comm_bcast(tm->grads, tm->n_params * sizeof(float), 0); /* one result, bit for bit */
+    *loss = w[0] > 0 ? w[1] / w[0] : 0.0f;
+}
+
+/* every rank's parameters equal rank 0's, bit for bit (else the job stops) */
+static void dp_check_same(const l3c_train_model *tm, int64_t step) {
+    if (l3c_comm_size() == 1) return;
+    uint64_t h = 0xcbf29ce484222325ull, h0;
+    const unsigned char *b = (const unsigned char *)tm->params;
+    for (size_t i = 0; i < tm->n_params * sizeof(float); i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    h0 = h;
+    l3c_comm_bcast(&h0, sizeof h0, 0);
+    if (h != h0) l3c_comm_abort("train: after step %lld the parameters differ from rank 0's", (long long)step);
+}
+
 /* ------------------------------------------------------------------ the command */
 
 int cmd_train(int argc, char **argv) {
@@ -345,6 +384,12 @@ int cmd_train(int argc, char **argv) {
     int32_t *ids = NULL, *tgt = NULL, *order = NULL;
     char path[4096];
 
+    const int writer = l3c_comm_rank() == 0; /* data parallel: rank 0 writes the files */
+    if (o.batch < l3c_comm_size()) {
+        fprintf(stderr, "llama3c train: --batch %d is smaller than the %d ranks (each takes a share of "
+                        "every batch)\n", o.batch, l3c_comm_size());
+        return CLI_USAGE;
+    }
     if (mkdir(o.out, 0777) != 0 && errno != EEXIST) { /* made before loading: a bad path fails fast */
         fprintf(stderr, "llama3c train: cannot create %s: %s\n", o.out, strerror(errno));
         return CLI_ERR;
@@ -418,10 +463,10 @@ int cmd_train(int argc, char **argv) {
     int64_t first = 0;
     join(path, sizeof path, o.out, "metrics.jsonl");
     if (o.resume) {
-        if (load_state(o.out, tm, fp, &first) || trim_metrics(path, first)) goto done;
+        if (load_state(o.out, tm, fp, &first) || (writer && trim_metrics(path, first))) goto done;
         fprintf(stderr, "llama3c train: resuming at step %lld of %d\n", (long long)first, total);
     }
-    if (l3c_metrics_open(path, o.resume, &ml)) {
+    if (l3c_metrics_open(writer ? path : "/dev/null", o.resume, &ml)) {
         cli_runtime_error(CMD, "opening the metrics log");
         goto done;
     }
@@ -433,6 +478,11 @@ int cmd_train(int argc, char **argv) {
                 (double)o.alpha, model->name, tm->n_params);
     fprintf(stderr, "llama3c train: %d steps of %d x %d tokens, %d threads%s\n", total, B, T, nt,
             o.checkpoint ? ", recomputing activations" : "");
+    int b0, b1; /* this rank's rows of every batch */
+    dp_share(B, &b0, &b1);
+    if (l3c_comm_size() > 1)
+        fprintf(stderr, "llama3c train: rank %d of %d: sequences [%d, %d) of every batch\n", l3c_comm_rank(),
+                l3c_comm_size(), b0, b1);
 
     l3c_adamw_params ap = l3c_adamw_default_params();
     ap.lr = o.lr;
@@ -467,12 +517,18 @@ int cmd_train(int argc, char **argv) {
         const int64_t n_tgt = l3c_data_batch(train, order, start, B, T, ids, tgt);
         const double ts = l3c_time_s();
         float loss = 0.0f, norm = 0.0f, lr = 0.0f;
-        if (l3c_train_forward(tm, ids, tgt, B, T, &loss)) {
+        if (l3c_train_forward(tm, ids + (size_t)b0 * T, tgt + (size_t)b0 * T, b1 - b0, T, &loss)) {
             cli_runtime_error(CMD, "forward");
             goto done;
         }
+        const int64_t n_valid = tm->n_valid; /* this rank's targets (backward resets it) */
         l3c_train_zero_grad(tm);
-        if (l3c_train_backward(tm) || l3c_train_step(tm, &ap, (int)step, &norm, &lr)) {
+        if (l3c_train_backward(tm)) {
+            cli_runtime_error(CMD, "backward");
+            goto done;
+        }
+        dp_reduce(tm, n_valid, &loss);
+        if (l3c_train_step(tm, &ap, (int)step, &norm, &lr)) {
             cli_runtime_error(CMD, "backward");
             goto done;
         }
@@ -504,7 +560,8 @@ int cmd_train(int argc, char **argv) {
         l3c_progress_update(&pr, step + 1, loss, lr, r.tok_per_s);
         const int stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
         if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last || stop) {
-            if (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm)) goto done;
+            dp_check_same(tm, step + 1);
+            if (writer && (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm))) goto done;
         }
         if (stop) {
             l3c_progress_finish(&pr);
@@ -515,9 +572,13 @@ int cmd_train(int argc, char **argv) {
         }
     }
     l3c_progress_finish(&pr);
-    if (first == total && save_adapters(o.out, model, tm)) goto done; /* resumed a finished run */
+    if (writer && first == total && save_adapters(o.out, model, tm)) goto done; /* resumed a finished run */
     l3c_metrics_close(ml);
     ml = NULL;
+    if (!writer) {
+        rc = 0;
+        goto done;
+    }
     char svg[4096];
     join(svg, sizeof svg, o.out, "loss.svg");
     if (l3c_plot_svg_from_jsonl(path, svg, "llama3c train: loss")) {
