@@ -471,6 +471,14 @@ L3C_API int l3c_dist_size(void); /* 1 without a job */
 L3C_API const char *l3c_dist_transport(void);
 /* Copies rank 0's bytes[n] to every rank (e.g. the sampled token, a seed). Collective. */
 L3C_API void l3c_dist_bcast(void *bytes, size_t n);
+/* A context driven from rank 0 (a server: only rank 0 knows what comes next). Every rank creates
+ * the same context; rank 0 calls l3c_dist_lead on it, then uses it as usual: each l3c_decode and
+ * l3c_kv_seq_truncate is first sent to the other ranks, which sit in l3c_dist_follow making the
+ * same calls on theirs, until rank 0 calls l3c_dist_release (which l3c_dist_follow returns on).
+ * Only rank 0's results mean anything to the caller. In a run of one rank they do nothing. */
+L3C_API l3c_status l3c_dist_lead(l3c_context *ctx);
+L3C_API l3c_status l3c_dist_follow(l3c_context *ctx);
+L3C_API void l3c_dist_release(l3c_context *ctx);
 /* Payload bytes this rank has sent to its peers so far. */
 L3C_API uint64_t l3c_dist_bytes_sent(void);
 /* Ends every rank of the job with status 1 after printing "llama3c: rank R of N: why" (for a

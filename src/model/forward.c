@@ -162,6 +162,7 @@ static void layer_forward(l3c_context *ctx, int32_t l, const l3c_batch *b) {
 
 l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
     if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "decode: NULL context");
+    if (ctx->mirror_decode) ctx->mirror_decode(ctx, b); /* a led context: the followers do the same */
     ctx->n_out = 0;
     ctx->last_n_tokens = 0;
     l3c_status st = validate(ctx, b);

@@ -206,6 +206,11 @@ struct l3c_context {
      * adapted matrix (forward.c); [n_adapters], owned array, borrowed adapters */
     l3c_ctx_adapter *adapters;
     int n_adapters;
+
+    /* l3c_dist_lead (src/dist/follow.c): each l3c_decode / l3c_kv_seq_truncate is first announced
+     * to the other ranks, which make the same call; NULL otherwise */
+    void (*mirror_decode)(l3c_context *ctx, const l3c_batch *b);
+    void (*mirror_truncate)(l3c_context *ctx, int32_t seq_id, int32_t n_keep);
 };
 
 /* Embeddings (pooling.c). After the forward pass of a validated batch b and the update of

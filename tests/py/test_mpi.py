@@ -348,3 +348,92 @@ def test_data_parallel_batch_smaller_than_ranks(mpi, tiny, sums_text, tmp_path):
     p = mpirun(mpi, 3, "train", "-m", tiny["f32"], "--data", sums_text, "--steps", 2, "--batch", 2, "-o",
                tmp_path / "x", check=False, timeout=60)
     assert_fast_failure(p, t0, "--batch 2 is smaller than the 3 ranks")
+
+
+# ---------------------------------------------------------------- serve
+
+def start_server(cmd, log_path, timeout=90):
+    import re
+
+    log = open(log_path, "wb")
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(r"listening on http://[^\s]*:(\d+)", open(log_path, errors="replace").read())
+        if m:
+            return p, int(m.group(1))
+        if p.poll() is not None:
+            break
+        time.sleep(0.2)
+    p.kill()
+    p.wait()
+    pytest.fail(f"server did not start: {' '.join(cmd)}\n{open(log_path, errors='replace').read()[-3000:]}")
+
+
+def post(port, path, body):
+    import http.client
+    import json
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = json.loads(r.read())
+    c.close()
+    assert r.status == 200, data
+    return data
+
+
+SERVE_REQUESTS = [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "What is the capital of France? Answer "
+                                                                      "in one sentence."}],
+                              "temperature": 0, "max_tokens": 24}),
+    ("/v1/completions", {"prompt": "Once upon a time", "temperature": 0, "max_tokens": 24}),
+    ("/v1/embeddings", {"input": ["hello world", "the cat sat on the mat"]}),
+]
+
+
+def answers(port):
+    """The requests, two of them at once (continuous batching), then the embeddings."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as ex:
+        texts = list(ex.map(lambda r: post(port, *r), SERVE_REQUESTS[:2]))
+    out = [texts[0]["choices"][0]["message"]["content"], texts[1]["choices"][0]["text"]]
+    emb = post(port, *SERVE_REQUESTS[2])
+    return out, np.array([d["embedding"] for d in emb["data"]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["layers", "tensor"])
+def test_serve_under_mpi_answers_like_one_process(mpi, smollm2_path, tmp_path, split):
+    """mpirun -np 2 serve: rank 0 serves HTTP, rank 1 follows every decode. Greedy answers (two
+    requests in one batch) equal the single-process server's; embeddings within 1e-6 of the max
+    (layers: the same arithmetic), cosine >= 0.999 (tensor: sums in another order, then 8-bit
+    activation blocks; test_embeddings.py's SmolLM2 vs llama.cpp bound); rank 0's SIGTERM ends both
+    ranks cleanly (status 0)."""
+    common = ["serve", "-m", smollm2_path, "--host", "127.0.0.1", "--port", "0", "-t", "1", "--parallel", "2"]
+    p1, port1 = start_server([MPI_BIN] + common, tmp_path / "one.log")
+    try:
+        want_text, want_emb = answers(port1)
+    finally:
+        p1.terminate()
+        p1.wait(timeout=30)
+    pm, port = start_server(mpi + ["-np", "2", MPI_BIN] + common + ["--split", split], tmp_path / "mpi.log")
+    try:
+        got_text, got_emb = answers(port)
+        ranks = rank_pids(pm.pid, 2, time.monotonic() + 10)
+        os.kill(ranks[0], signal.SIGTERM)
+        rc = pm.wait(timeout=30)
+    finally:
+        if pm.poll() is None:
+            pm.kill()
+            pm.wait()
+    assert got_text == want_text
+    assert "Paris" in got_text[0]
+    if split == "layers":
+        assert np.abs(got_emb - want_emb).max() <= 1e-6 * np.abs(want_emb).max()
+    else:
+        cos = (got_emb * want_emb).sum(1) / np.linalg.norm(got_emb, axis=1) / np.linalg.norm(want_emb, axis=1)
+        assert cos.min() >= 0.999, cos
+    assert rc == 0, open(tmp_path / "mpi.log", errors="replace").read()[-3000:]
