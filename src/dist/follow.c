@@ -18,10 +18,12 @@
 enum { CALL_STOP = 0, CALL_DECODE = 1, CALL_TRUNCATE = 2 };
 
 static void announce(l3c_context *ctx, int what, const l3c_batch *b, int32_t seq, int32_t n_keep) {
-    if (what == CALL_DECODE && (!b || !b->tokens || !b->pos || b->n_tokens < 1 || b->n_tokens > ctx->n_batch))
+    if (what == CALL_DECODE &&
+        (!b || !b->tokens || !b->pos || b->n_tokens < 1 || b->n_tokens > ctx->n_batch))
         return;
     const int64_t n = what == CALL_DECODE ? b->n_tokens : 0;
-    int64_t h[6] = {what, n, seq, n_keep, what == CALL_DECODE && b->seq_id, what == CALL_DECODE && b->logits};
+    int64_t h[6] = {
+        what, n, seq, n_keep, what == CALL_DECODE && b->seq_id, what == CALL_DECODE && b->logits};
     l3c_comm_bcast(h, sizeof h, 0);
     if (what != CALL_DECODE) return;
     l3c_comm_bcast((void *)b->tokens, (size_t)n * sizeof(int32_t), 0);
@@ -30,7 +32,9 @@ static void announce(l3c_context *ctx, int what, const l3c_batch *b, int32_t seq
     if (h[5]) l3c_comm_bcast((void *)b->logits, (size_t)n, 0);
 }
 
-static void mirror_decode(l3c_context *ctx, const l3c_batch *b) { announce(ctx, CALL_DECODE, b, 0, 0); }
+static void mirror_decode(l3c_context *ctx, const l3c_batch *b) {
+    announce(ctx, CALL_DECODE, b, 0, 0);
+}
 
 static void mirror_truncate(l3c_context *ctx, int32_t seq, int32_t n_keep) {
     announce(ctx, CALL_TRUNCATE, NULL, seq, n_keep);
@@ -38,7 +42,8 @@ static void mirror_truncate(l3c_context *ctx, int32_t seq, int32_t n_keep) {
 
 l3c_status l3c_dist_lead(l3c_context *ctx) {
     if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_dist_lead: NULL context");
-    if (l3c_comm_rank() != 0) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_dist_lead: only rank 0 leads");
+    if (l3c_comm_rank() != 0)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_dist_lead: only rank 0 leads");
     if (l3c_comm_size() == 1) return L3C_OK;
     ctx->mirror_decode = mirror_decode;
     ctx->mirror_truncate = mirror_truncate;
@@ -75,14 +80,18 @@ l3c_status l3c_dist_follow(l3c_context *ctx) {
         }
         const int64_t n = h[1];
         if (h[0] != CALL_DECODE || n < 1 || (size_t)n > cap)
-            l3c_comm_abort("l3c_dist_follow: unexpected call %lld of %lld tokens from rank 0 (a context of "
-                           "%d tokens per batch): the ranks' contexts differ", (long long)h[0], (long long)n,
-                           ctx->n_batch);
+            l3c_comm_abort(
+                "l3c_dist_follow: unexpected call %lld of %lld tokens from rank 0 (a context of "
+                "%d tokens per batch): the ranks' contexts differ",
+                (long long)h[0], (long long)n, ctx->n_batch);
         l3c_comm_bcast(tokens, (size_t)n * sizeof(int32_t), 0);
         l3c_comm_bcast(pos, (size_t)n * sizeof(int32_t), 0);
         if (h[4]) l3c_comm_bcast(seq, (size_t)n * sizeof(int32_t), 0);
         if (h[5]) l3c_comm_bcast(logits, (size_t)n, 0);
-        l3c_batch b = {.n_tokens = (int32_t)n, .tokens = tokens, .pos = pos, .seq_id = h[4] ? seq : NULL,
+        l3c_batch b = {.n_tokens = (int32_t)n,
+                       .tokens = tokens,
+                       .pos = pos,
+                       .seq_id = h[4] ? seq : NULL,
                        .logits = h[5] ? logits : NULL};
         l3c_decode(ctx, &b); /* a refusal here is rank 0's too */
     }

@@ -316,7 +316,7 @@ def test_data_parallel_training_equals_one_process(mpi, tiny, sums_text, tmp_pat
     loss (10 AdamW steps). F32 base: 1e-5 relative (measured <= 1.7e-7). Q4_0 base: 2e-2: the
     summed gradients differ from one process's in the last bits (step 2's grad norm by ~1e-6),
     and the next forward's 8-bit activation blocks round some elements one step the other way
-    (measured <= 8e-3 over 2 and 3 ranks). The run itself checks that the parameters are bitwise
+    (measured 3.9e-3 on 2 ranks, 3.2e-3 on 3). The run itself checks that the parameters are bitwise
     equal across ranks at its save (else it stops)."""
     if "SMALL" in extra:
         cfg = tmp_path / "small.json"
@@ -404,22 +404,31 @@ def answers(port):
     return out, np.array([d["embedding"] for d in emb["data"]])
 
 
+@pytest.fixture(scope="module")
+def single_server_answers(mpi, smollm2_path, tmp_path_factory):
+    p1, port1 = start_server([MPI_BIN] + serve_args(smollm2_path), tmp_path_factory.mktemp("serve") / "one.log")
+    try:
+        return answers(port1)
+    finally:
+        p1.terminate()
+        p1.wait(timeout=30)
+
+
+def serve_args(model):
+    return ["serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "-t", "1", "--parallel", "2"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("split", ["layers", "tensor"])
-def test_serve_under_mpi_answers_like_one_process(mpi, smollm2_path, tmp_path, split):
+def test_serve_under_mpi_answers_like_one_process(mpi, smollm2_path, single_server_answers, tmp_path, split):
     """mpirun -np 2 serve: rank 0 serves HTTP, rank 1 follows every decode. Greedy answers (two
     requests in one batch) equal the single-process server's; embeddings within 1e-6 of the max
     (layers: the same arithmetic), cosine >= 0.999 (tensor: sums in another order, then 8-bit
     activation blocks; test_embeddings.py's SmolLM2 vs llama.cpp bound); rank 0's SIGTERM ends both
     ranks cleanly (status 0)."""
-    common = ["serve", "-m", smollm2_path, "--host", "127.0.0.1", "--port", "0", "-t", "1", "--parallel", "2"]
-    p1, port1 = start_server([MPI_BIN] + common, tmp_path / "one.log")
-    try:
-        want_text, want_emb = answers(port1)
-    finally:
-        p1.terminate()
-        p1.wait(timeout=30)
-    pm, port = start_server(mpi + ["-np", "2", MPI_BIN] + common + ["--split", split], tmp_path / "mpi.log")
+    want_text, want_emb = single_server_answers
+    pm, port = start_server(mpi + ["-np", "2", MPI_BIN] + serve_args(smollm2_path) + ["--split", split],
+                            tmp_path / "mpi.log")
     try:
         got_text, got_emb = answers(port)
         ranks = rank_pids(pm.pid, 2, time.monotonic() + 10)
