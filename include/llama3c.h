@@ -479,8 +479,10 @@ L3C_API void l3c_dist_bcast(void *bytes, size_t n);
 L3C_API l3c_status l3c_dist_lead(l3c_context *ctx);
 L3C_API l3c_status l3c_dist_follow(l3c_context *ctx);
 L3C_API void l3c_dist_release(l3c_context *ctx);
-/* Payload bytes this rank has sent to its peers so far. */
+/* Payload bytes this rank has sent to its peers so far, and the wall seconds it has spent in
+ * message passing (transfers and waiting for its peers). */
 L3C_API uint64_t l3c_dist_bytes_sent(void);
+L3C_API double l3c_dist_comm_seconds(void);
 /* Ends every rank of the job with status 1 after printing "llama3c: rank R of N: why" (for a
  * rank that fails alone: its peers must not wait for it). Returns only in a run of one rank. */
 L3C_API void l3c_dist_abort(const char *why);

@@ -155,6 +155,7 @@ int cmd_bench(int argc, char **argv) {
     double *ppc = calloc((size_t)reps, sizeof(double)), *tgc = calloc((size_t)reps, sizeof(double));
     int rc = 1;
     double tg_bytes = 0; /* bytes this rank sent per generated token (distributed runs) */
+    double tg_comm = 0;  /* share of the tg time this rank spent in message passing */
     if (!tokens || !pos || !pp || !tg || !ppc || !tgc) { fprintf(stderr, "llama3c bench: out of memory\n"); goto done; }
     if (l3c_context_create(model, &cp, &ctx) != L3C_OK) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
@@ -178,9 +179,11 @@ int cmd_bench(int argc, char **argv) {
         }
         if (n_gen) {
             const uint64_t sent0 = l3c_dist_bytes_sent();
+            const double comm0 = l3c_dist_comm_seconds();
             double s = timed_decode(ctx, tokens, pos, n_gen, 1, &c);
             if (s < 0) goto done;
             tg_bytes = (double)(l3c_dist_bytes_sent() - sent0) / n_gen;
+            tg_comm = (l3c_dist_comm_seconds() - comm0) / s;
             tg[r] = n_gen / s;
             tgc[r] = 1e3 * c / n_gen;
         }
@@ -194,8 +197,9 @@ int cmd_bench(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     long long rss = (long long)ru.ru_maxrss * 1024;
     if (l3c_dist_size() > 1)
-        fprintf(stderr, "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token\n",
-                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes);
+        fprintf(stderr, "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token, "
+                        "%.0f%% of tg in message passing\n",
+                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes, 100.0 * tg_comm);
     if (json) {
         printf("{\"model\": \"");
         for (const char *c = path; *c; c++) {

@@ -43,6 +43,8 @@ void l3c_comm_barrier(void);
 /* Payload bytes this rank has handed to the transport since start (for the figures of
  * docs/DISTRIBUTED.md): allreduce n*4, allgather its own part, bcast from the root, send n*4. */
 uint64_t l3c_comm_bytes_sent(void);
+/* Wall seconds this rank has spent inside MPI calls (transfers and waiting for peers). */
+double l3c_comm_seconds(void);
 
 /* Prints "llama3c: rank R of N: <message>" on stderr and ends every rank with status 1. */
 _Noreturn void l3c_comm_abort(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -23,7 +23,8 @@
 
 static int g_init; /* 1: MPI_Init was called by us */
 static int g_rank, g_size = 1;
-static uint64_t g_sent; /* payload bytes handed to MPI */
+static uint64_t g_sent;  /* payload bytes handed to MPI */
+static double g_seconds; /* wall time inside MPI calls */
 
 static int launched_by_mpi(void) {
     static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK",   "PMI_RANK", "PMI_SIZE",
@@ -105,13 +106,22 @@ void l3c_comm_abort(const char *fmt, ...) {
 }
 
 /* ends the job when an MPI call failed */
-static void check(int rc, const char *op) {
+static void check_rc(int rc, const char *op) {
     if (rc == MPI_SUCCESS) return;
     char why[MPI_MAX_ERROR_STRING] = "";
     int len = 0;
     MPI_Error_string(rc, why, &len);
     l3c_comm_abort("%s failed: %s (a peer rank died or the ranks disagree)", op, why);
 }
+
+/* runs one MPI call, adding its wall time to g_seconds */
+#define check(call, op)                                                                            \
+    do {                                                                                           \
+        const double t0_ = l3c_time_s();                                                           \
+        const int rc_ = (call);                                                                    \
+        g_seconds += l3c_time_s() - t0_;                                                           \
+        check_rc(rc_, op);                                                                         \
+    } while (0)
 
 static int count_of(int64_t n, const char *op) {
     if (n < 0 || n > INT_MAX)
@@ -181,4 +191,8 @@ int64_t l3c_comm_max_i64(int64_t v) {
 
 void l3c_comm_barrier(void) {
     if (g_size > 1) check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+}
+
+double l3c_comm_seconds(void) {
+    return g_seconds;
 }

@@ -58,3 +58,7 @@ void l3c_comm_abort(const char *fmt, ...) {
     va_end(ap);
     exit(1);
 }
+
+double l3c_comm_seconds(void) {
+    return 0.0;
+}

@@ -56,10 +56,6 @@ static int64_t max_block(const l3c_gguf *g, const char *suffix, int32_t n_layer)
     return b;
 }
 
-static const char *split_name(int split) {
-    return split == L3C_SPLIT_TENSOR ? "tensor" : split == L3C_SPLIT_LAYERS ? "layers" : "none";
-}
-
 l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *c, const l3c_model_params *p,
                           const char *path, l3c_shard **out) {
     *out = NULL;
@@ -183,7 +179,6 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *c, const l3c_mode
         s->vocab_n[r] = hi - lo;
         if (r == rank) s->vocab0 = (int32_t)lo, s->vocab1 = (int32_t)hi;
     }
-    (void)split_name;
     *out = s;
     return L3C_OK;
 nomem:
