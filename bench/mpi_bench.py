@@ -46,8 +46,8 @@ def bench(cmd_prefix, model, a, extra):
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    ranks = {int(m.group(1)): (float(m.group(2)), float(m.group(3))) for m in re.finditer(
-        r"rank (\d+) of \d+: peak RSS ([0-9.]+) MiB, sent ([0-9.]+) bytes", p.stderr)}
+    ranks = {int(m.group(1)): (float(m.group(2)), float(m.group(3)), float(m.group(4))) for m in re.finditer(
+        r"rank (\d+) of \d+: peak RSS ([0-9.]+) MiB, sent ([0-9.]+) bytes per generated token, ([0-9.]+)%", p.stderr)}
     return res, ranks
 
 
@@ -69,7 +69,8 @@ def main():
     for model in models:
         info = model_info(model)
         print(f"\n{os.path.basename(model)}: n_embd {info['n_embd']}, {info['n_layer']} layers, vocab {info['n_vocab']}")
-        print(f"{'run':28} {'pp t/s':>8} {'tg t/s':>8} {'RSS MiB/rank':>14} {'sent B/token/rank (formula)':>34}")
+        print(f"{'run':28} {'pp t/s':>8} {'tg t/s':>8} {'RSS MiB/rank':>14} {'sent B/token/rank (formula)':>34} "
+              f"{'tg % in MPI':>12}")
         res, _ = bench([MPI_BIN], model, a, ["-t", "2"])
         print(f"{'1 process x 2 threads':28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
               f"{res['peak_rss_bytes'] / 2**20:14.1f} {'-':>34}")
@@ -79,8 +80,9 @@ def main():
             res, ranks = bench(mpi + [MPI_BIN], model, a, ["-t", "1", "--split", split])
             rss = "/".join(f"{ranks[r][0]:.0f}" for r in sorted(ranks))
             sent = "/".join(f"{ranks[r][1]:.0f} ({formula(split, info, 2, r)})" for r in sorted(ranks))
+            comm = "/".join(f"{ranks[r][2]:.0f}" for r in sorted(ranks))
             print(f"{'2 ranks x 1 thread, ' + split:28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
-                  f"{rss:>14} {sent:>34}")
+                  f"{rss:>14} {sent:>34} {comm:>12}")
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
