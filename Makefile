@@ -4,6 +4,17 @@
 # libedit-dev (chat's line editing) (scripts/setup.sh installs them).
 
 CC      ?= cc
+# MPI=1: the same program joined to an MPI job when started by mpirun (src/dist/comm_mpi.c, Open MPI:
+# openmpi-bin libopenmpi-dev), built into its own folder; plain `make` uses src/dist/comm_none.c.
+MPI     ?= 0
+ifeq ($(MPI),1)
+BUILD   ?= build-mpi
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
+ifeq ($(MPI_LIBS),)
+$(error MPI=1 needs Open MPI's development files (Debian: openmpi-bin libopenmpi-dev; pkg-config ompi-c))
+endif
+endif
 BUILD   ?= build
 OPT     ?= -O2
 SANFLAGS ?=
@@ -19,10 +30,10 @@ APP_CFLAGS = $(CFLAGS_COMMON)
 # nothing extra is needed for them; an arm_neon.c hook would be weak, which does not pull its
 # object out of a static archive: -u names it so the linker does.
 ISA_HOOKS := $(patsubst src/kernels/arm_%.c,l3c_kernels_override_%,$(wildcard src/kernels/arm_neon.c))
-LDLIBS  = -lpcre2-8 -ljansson -lpthread -lm $(ISA_HOOKS:%=-Wl,-u,%)
+LDLIBS  = -lpcre2-8 -ljansson -lpthread -lm $(ISA_HOOKS:%=-Wl,-u,%) $(MPI_LIBS)
 APP_LDLIBS = -lmicrohttpd -lsqlite3 -ledit $(LDLIBS)
 
-LIB_SRC  := $(sort $(wildcard src/*.c src/*/*.c))
+LIB_SRC  := $(filter-out src/dist/comm_$(if $(filter 1,$(MPI)),none,mpi).c,$(sort $(wildcard src/*.c src/*/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 APP_SRC  := $(sort $(wildcard apps/cli/*.c apps/server/*.c apps/rag/*.c))
 APP_OBJ  := $(APP_SRC:%.c=$(BUILD)/%.o)
@@ -44,6 +55,8 @@ $(BUILD)/src/kernels/x86_amx.o:    ISA_FLAGS = -mavx2 -mfma -mf16c -mavx512f -ma
                                                -mavx512vl -mavx512vnni -mavx512bf16 -mamx-tile \
                                                -mamx-int8 -mamx-bf16 -fno-tree-dse -fno-dse
 endif
+# the one file that includes mpi.h (per-file flags, like the ISA files)
+$(BUILD)/src/dist/comm_mpi.o: ISA_FLAGS = $(MPI_CFLAGS)
 ifeq ($(ARCH),aarch64)
 # dispatch.c offers the neon path only where AT_HWCAP reports the dot-product extension
 $(BUILD)/src/kernels/arm_neon.o:   ISA_FLAGS = -march=armv8.2-a+dotprod
@@ -181,6 +194,6 @@ compile_commands:
 	bear -- $(MAKE) -B all
 
 clean:
-	rm -rf build build-asan build-fuzz build-arm64
+	rm -rf build build-asan build-fuzz build-arm64 build-mpi
 
 -include fuzz.mk

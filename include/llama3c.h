@@ -73,7 +73,20 @@ typedef struct l3c_model_params {
      * ~2x the multiply-adds per instruction in prompts. 0 (default): exact F16 / BF16 weights and
      * fp32 activations. Prompt and generation use the same arithmetic either way. */
     int bf16_matmul;
+    /* How the ranks of a distributed run (l3c_dist_init under mpirun) share the model; ignored
+     * (the whole model) in a run of one rank. L3C_SPLIT_NONE (default): every rank holds all of
+     * it. L3C_SPLIT_TENSOR: rank r holds whole KV-head groups of attention, a slice of the FFN and
+     * of the vocabulary (needs ranks <= n_head_kv). L3C_SPLIT_LAYERS: rank r holds a contiguous
+     * range of layers (needs ranks <= n_layer). Every rank must load the same file with the same
+     * split; l3c_model_load checks it (a header hash) and fails on every rank otherwise.
+     * docs/DISTRIBUTED.md. */
+    int split;
+    /* L3C_SPLIT_LAYERS: layers of each rank ([l3c_dist_size()] counts summing to n_layer, each
+     * >= 1), or NULL for shares as even as possible. Borrowed for the call. */
+    const int32_t *layers_per_rank;
 } l3c_model_params;
+
+enum { L3C_SPLIT_NONE = 0, L3C_SPLIT_TENSOR = 1, L3C_SPLIT_LAYERS = 2 };
 
 L3C_API l3c_model_params l3c_model_default_params(void);
 
@@ -546,6 +559,42 @@ L3C_API l3c_status l3c_chat_tokenize_tools(const l3c_model *model, l3c_chat_temp
 L3C_API const char *l3c_backend_path(void);
 /* Physical cores (default thread count). */
 L3C_API int l3c_default_threads(void);
+
+/* ---------------------------------------------------------------- distributed runs (MPI)
+ * A program started N times by mpirun (in a build with MPI=1) joins one job of N ranks here;
+ * models loaded with l3c_model_params.split then run their forward passes together: every rank
+ * must make the same calls (load, context, l3c_decode with the same batches) in the same order,
+ * and every rank gets the same logits. Rank 0 is the one that reads input and writes output;
+ * its batches are the reference (another rank's different batch ends the job with a message).
+ * A peer that fails ends every rank with a message naming it. Without MPI, or started without a
+ * launcher, the program is rank 0 of 1 and these calls cost nothing. docs/DISTRIBUTED.md. */
+
+/* Joins the job if an MPI launcher started the process; call once before anything else, with
+ * main's arguments. L3C_OK or L3C_ERR_IO (MPI could not start). */
+L3C_API l3c_status l3c_dist_init(int *argc, char ***argv);
+/* Leaves the job (MPI_Finalize); call at the end of main, after every model is freed. */
+L3C_API void l3c_dist_finalize(void);
+L3C_API int l3c_dist_rank(void); /* 0 .. size-1 */
+L3C_API int l3c_dist_size(void); /* 1 without a job */
+/* "mpi" in a build with MPI=1, else "none" */
+L3C_API const char *l3c_dist_transport(void);
+/* Copies rank 0's bytes[n] to every rank (e.g. the sampled token, a seed). Collective. */
+L3C_API void l3c_dist_bcast(void *bytes, size_t n);
+/* A context driven from rank 0 (a server: only rank 0 knows what comes next). Every rank creates
+ * the same context; rank 0 calls l3c_dist_lead on it, then uses it as usual: each l3c_decode and
+ * l3c_kv_seq_truncate is first sent to the other ranks, which sit in l3c_dist_follow making the
+ * same calls on theirs, until rank 0 calls l3c_dist_release (which l3c_dist_follow returns on).
+ * Only rank 0's results mean anything to the caller. In a run of one rank they do nothing. */
+L3C_API l3c_status l3c_dist_lead(l3c_context *ctx);
+L3C_API l3c_status l3c_dist_follow(l3c_context *ctx);
+L3C_API void l3c_dist_release(l3c_context *ctx);
+/* Payload bytes this rank has sent to its peers so far, and the wall seconds it has spent in
+ * message passing (transfers and waiting for its peers). */
+L3C_API uint64_t l3c_dist_bytes_sent(void);
+L3C_API double l3c_dist_comm_seconds(void);
+/* Ends every rank of the job with status 1 after printing "llama3c: rank R of N: why" (for a
+ * rank that fails alone: its peers must not wait for it). Returns only in a run of one rank. */
+L3C_API void l3c_dist_abort(const char *why);
 
 #ifdef __cplusplus
 }

@@ -50,6 +50,9 @@ PKGS+=(bible-kjv bible-kjv-text)
 # rag tests read a PDF through pdftotext (poppler-utils), and the training / Hugging Face tests
 # compare with Debian's CPU-only torch (python3-torch)
 ((WITH_TEST)) && PKGS+=(chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user clang libclang-rt-dev poppler-utils python3-torch)
+# the distributed runs (`make MPI=1`, tests/py/test_mpi.py, docs/DISTRIBUTED.md): Open MPI, found
+# through pkg-config (ompi-c)
+((WITH_TEST)) && PKGS+=(openmpi-bin libopenmpi-dev pkgconf)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -212,6 +215,12 @@ if ((WITH_TEST)); then
         die "clang cannot build a libFuzzer target (clang, libclang-rt-dev): ${err##*$'\n'}"
     fi
     rm -rf "$tmpc"
+    pkg-config --exists ompi-c || die "pkg-config does not find Open MPI (ompi-c): make MPI=1 needs libopenmpi-dev"
+    command -v mpirun >/dev/null 2>&1 || die "mpirun is not on PATH (openmpi-bin): tests/py/test_mpi.py needs it"
+    mpi_root=()
+    [ "$(id -u)" -eq 0 ] && mpi_root=(--allow-run-as-root)
+    [ "$(mpirun "${mpi_root[@]}" --oversubscribe -np 2 echo mpi-ok 2>&1 | grep -c '^mpi-ok$')" = 2 ] ||
+        die "mpirun cannot start 2 processes here (mpirun ${mpi_root[*]} --oversubscribe -np 2 echo)"
     [ "$(bible -f Ge1:1 2>/dev/null)" = "Ge1:1 In the beginning God created the heaven and the earth." ] ||
         die "bible (bible-kjv, bible-kjv-text) does not print Genesis 1:1 (scripts/get_corpus.sh needs it)"
     # ../shared/data (beside the checkout; L3C_DATA overrides, as in tests/py/conftest.py): the
@@ -231,7 +240,7 @@ b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696 stories260K/sto
 a3213f9ea026d75bf2993355ae334822d7c9d34328964c711ab030d3148e6cef stories260K/expected_greedy_t0.txt
 0216cc3ebe402a4b4f7221564caa5dd593708753568ff2818ae74e4e8283fb61 stories260K/expected_greedy_t0.ids
 EOF_SUMS
-    say "test references: python modules (.venv, .venv-torch), chromium, clang/libFuzzer, bible, default model, test data ($DATA): verified"
+    say "test references: python modules (.venv, .venv-torch), chromium, clang/libFuzzer, Open MPI, bible, default model, test data ($DATA): verified"
 fi
 
 say "done. Try: make demo   (or: build/llama3c chat -m \"\$(sh scripts/default-model.sh)\")"

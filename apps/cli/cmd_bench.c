@@ -34,6 +34,9 @@ static void usage(FILE *f) {
             "  --bf16             F16/BF16 matrices multiply in bfloat16 (see llama3c run --help)\n"
             "  -c, --ctx-size N   context size to allocate (default: max(-p, -n) + 8; also --ctx)\n"
             "  --json             print one JSON object instead of the table\n"
+            "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
+            "                     (see llama3c run --help); each rank reports its peak RSS and the\n"
+            "                     bytes it sent per generated token on stderr\n"
             "  -h, --help         this text\n");
 }
 
@@ -131,7 +134,9 @@ int cmd_bench(int argc, char **argv) {
                 kv_type = L3C_KV_Q8_0;
             else
                 return cli_usage_error(CMD, "--kv: '%s' is not f16, f32 or q8_0", k);
-        } else if ((r = cli_compat_parse(CMD, argc, argv, &i)))
+        } else if ((r = cli_split_parse(CMD, argc, argv, &i)))
+            bad = r < 0;
+        else if ((r = cli_compat_parse(CMD, argc, argv, &i)))
             bad = r < 0;
         else
             return cli_usage_error(CMD, "unknown option '%s'", a);
@@ -149,7 +154,7 @@ int cmd_bench(int argc, char **argv) {
     mp.n_threads = threads;
     mp.bf16_matmul = bf16;
     l3c_model *model = NULL;
-    if (l3c_model_load(path, &mp, &model) != L3C_OK) {
+    if (cli_model_load(path, &mp, &model) != L3C_OK) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
         return 1;
     }
@@ -167,6 +172,8 @@ int cmd_bench(int argc, char **argv) {
     double *pp = calloc((size_t)reps, sizeof(double)), *tg = calloc((size_t)reps, sizeof(double));
     double *ppc = calloc((size_t)reps, sizeof(double)), *tgc = calloc((size_t)reps, sizeof(double));
     int rc = 1;
+    double tg_bytes = 0; /* bytes this rank sent per generated token (distributed runs) */
+    double tg_comm = 0;  /* share of the tg time this rank spent in message passing */
     if (!tokens || !pos || !pp || !tg || !ppc || !tgc) {
         fprintf(stderr, "llama3c bench: out of memory\n");
         goto done;
@@ -195,8 +202,12 @@ int cmd_bench(int argc, char **argv) {
             ppc[r] = 1e3 * c / n_prompt;
         }
         if (n_gen) {
+            const uint64_t sent0 = l3c_dist_bytes_sent();
+            const double comm0 = l3c_dist_comm_seconds();
             double s = timed_decode(ctx, tokens, pos, n_gen, 1, &c);
             if (s < 0) goto done;
+            tg_bytes = (double)(l3c_dist_bytes_sent() - sent0) / n_gen;
+            tg_comm = (l3c_dist_comm_seconds() - comm0) / s;
             tg[r] = n_gen / s;
             tgc[r] = 1e3 * c / n_gen;
         }
@@ -209,6 +220,10 @@ int cmd_bench(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     long long rss = (long long)ru.ru_maxrss * 1024;
+    if (l3c_dist_size() > 1)
+        fprintf(stderr, "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token, "
+                        "%.0f%% of tg in message passing\n",
+                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes, 100.0 * tg_comm);
     if (json) {
         printf("{\"model\": \"");
         for (const char *c = path; *c; c++) {
@@ -221,10 +236,11 @@ int cmd_bench(int argc, char **argv) {
                "\"pp_tokens_per_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
                "\"tg_tokens_per_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, "
                "\"pp_cpu_ms_per_token\": %.4f, \"tg_cpu_ms_per_token\": %.4f, "
-               "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d}\n",
-               info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx,
-               n_prompt, n_gen, cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min,
-               stg.max, cpp.min, ctg.min, rss, l3c_backend_path(), (int)info.n_bf16_matmul);
+               "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d, "
+               "\"ranks\": %d, \"tg_bytes_sent_per_token\": %.1f}\n",
+               info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx, n_prompt, n_gen,
+               cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, cpp.min, ctg.min, rss,
+               l3c_backend_path(), (int)info.n_bf16_matmul, l3c_dist_size(), tg_bytes);
     } else {
         printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type,
                info.weight_bytes / 1e9);

@@ -320,6 +320,26 @@ static int parse_template(const char *name, l3c_chat_template *t) {
         CMD, "--template: unknown template '%s' (llama3, llama31, chatml, llama2, zephyr)", name);
 }
 
+/* One input line (getline). In a distributed run rank 0 reads it (mpirun gives stdin to rank 0
+ * only) and every rank gets a copy, so that all take the same turns. */
+static ssize_t read_line(char **line, size_t *cap) {
+    int64_t len = l3c_dist_rank() == 0 ? (int64_t)getline(line, cap, stdin) : 0;
+    if (l3c_dist_size() == 1) return (ssize_t)len;
+    l3c_dist_bcast(&len, sizeof len);
+    if (len < 0) return -1;
+    if (l3c_dist_rank() != 0 && *cap < (size_t)len + 1) {
+        char *p = realloc(*line, (size_t)len + 1);
+        if (!p) {
+            l3c_dist_abort("out of memory for an input line");
+            return -1;
+        }
+        *line = p;
+        *cap = (size_t)len + 1;
+    }
+    l3c_dist_bcast(*line, (size_t)len + 1);
+    return (ssize_t)len;
+}
+
 int cmd_chat(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o, 512, 0.7f, 0.9f);
@@ -430,11 +450,11 @@ int cmd_chat(int argc, char **argv) {
 
     if (prompt) {
         rc = turn(&s, &o, tmpl, &c, prompt, strlen(prompt), NULL);
-    } else if (isatty(STDIN_FILENO)) {
+    } else if (isatty(STDIN_FILENO) && l3c_dist_size() == 1) {
         rc = interactive(&s, &o, tmpl, &c);
-    } else { /* piped: one user turn per line */
+    } else { /* piped (or under mpirun: rank 0 reads, every rank gets the line): a turn per line */
         for (;;) {
-            ssize_t len = getline(&line, &line_cap, stdin);
+            ssize_t len = read_line(&line, &line_cap);
             if (len < 0) break;
             while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
                 line[--len] = '\0';

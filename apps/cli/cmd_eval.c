@@ -38,6 +38,7 @@ static void usage(FILE *f) {
            "  -t N        threads (default: physical cores)\n"
            "  --batch N   tokens per decode call (default 512; 1 = token by token)\n"
            "  --kv TYPE   KV-cache type (default f16)\n"
+           "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
            "  --bf16      F16/BF16 matrices multiply in bfloat16 (l3c_model_params.bf16_matmul)\n");
     cli_lora_help(f);
 }
@@ -106,6 +107,8 @@ int cmd_eval(int argc, char **argv) {
             all = 1;
         else if (!strcmp(a, "--bf16"))
             bf16 = 1;
+        else if ((r = cli_split_parse("eval", argc, argv, &i)) != 0)
+            bad = r < 0;
         else if (cli_is(a, CLI_MODEL))
             bad = cli_str("eval", argc, argv, &i, &model_path);
         else if (!strcmp(a, "--ids"))
@@ -203,7 +206,7 @@ int cmd_eval(int argc, char **argv) {
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = n_threads;
     mp.bf16_matmul = bf16;
-    if (l3c_model_load(model_path, &mp, &model) != L3C_OK) {
+    if (cli_model_load(model_path, &mp, &model) != L3C_OK) {
         fprintf(stderr, "llama3c eval: %s\n", l3c_last_error());
         goto done;
     }
@@ -273,6 +276,10 @@ int cmd_eval(int argc, char **argv) {
     free(want);
     if (!ok) goto done;
 
+    if (l3c_dist_rank() != 0) { /* every rank has the same logits; rank 0 writes them */
+        rc = 0;
+        goto done;
+    }
     f = fopen(out_path, "wb");
     if (!f ||
         fwrite(out, sizeof(float), (size_t)(n_rows * n_vocab), f) != (size_t)(n_rows * n_vocab)) {

@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "common.h"
 
+#include "dist/comm.h"
 #include "model/lora.h"
 #include "model/model.h"
 #include "train/data.h"
@@ -499,6 +500,44 @@ static long long peak_rss_mib(void) {
     return (long long)ru.ru_maxrss / 1024;
 }
 
+/* ------------------------------------------------------------------ data parallel (mpirun)
+ * Under mpirun every rank holds the whole model and trains on its share of every batch: rows
+ * [b0, b1) of each of the step's micro-batches of B sequences. Its gradients and loss are sums over
+ * its own targets divided by the whole step's target count (every rank loads the whole batch and
+ * counts them), so summed over the ranks (MPI all-reduce) they are the step's means: N ranks x B/N
+ * sequences step like one process with B (up to the order of float sums). Rank 0's summed gradients are then broadcast, so every rank takes the same AdamW step and
+ * the parameters stay bitwise equal (checked at every save: dp_check_same). Rank 0 writes every
+ * file; the others read only (--resume: the same output folder on every node). */
+
+static void dp_share(int B, int *b0, int *b1) {
+    const int N = l3c_comm_size(), r = l3c_comm_rank(), base = B / N, extra = B % N;
+    *b0 = r * base + (r < extra ? r : extra);
+    *b1 = *b0 + base + (r < extra);
+}
+
+static void dp_reduce(l3c_train_model *tm, double *loss_sum) {
+    /* each rank's gradients are its rows' share of the step's gradient (normalized by the
+     * targets of the whole step), so the step's gradient is their sum; rank 0's sum is then sent
+     * to all, so every rank applies the same bits */
+    if (l3c_comm_size() == 1) return;
+    float w = (float)*loss_sum;
+    l3c_comm_allreduce_sum_f32(&w, 1);
+    l3c_comm_allreduce_sum_f32(tm->grads, (int64_t)tm->n_params);
+    l3c_comm_bcast(tm->grads, tm->n_params * sizeof(float), 0); /* one result, bit for bit */
+    *loss_sum = (double)w;
+}
+
+/* every rank's parameters equal rank 0's, bit for bit (else the job stops) */
+static void dp_check_same(const l3c_train_model *tm, int64_t step) {
+    if (l3c_comm_size() == 1) return;
+    uint64_t h = 0xcbf29ce484222325ull, h0;
+    const unsigned char *b = (const unsigned char *)tm->params;
+    for (size_t i = 0; i < tm->n_params * sizeof(float); i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    h0 = h;
+    l3c_comm_bcast(&h0, sizeof h0, 0);
+    if (h != h0) l3c_comm_abort("train: after step %lld the parameters differ from rank 0's", (long long)step);
+}
+
 /* ------------------------------------------------------------------ the command */
 
 int cmd_train(int argc, char **argv) {
@@ -512,6 +551,14 @@ int cmd_train(int argc, char **argv) {
     int32_t *ids = NULL, *tgt = NULL, *pos = NULL, *order = NULL;
     char path[4096];
 
+    const int writer = l3c_comm_rank() == 0; /* data parallel: rank 0 writes the files */
+    if (o.batch < l3c_comm_size()) {
+        fprintf(stderr,
+                "llama3c train: --batch %d is smaller than the %d ranks (each takes a share of "
+                "every batch)\n",
+                o.batch, l3c_comm_size());
+        return CLI_USAGE;
+    }
     if (mkdir(o.out, 0777) != 0 &&
         errno != EEXIST) { /* made before loading: a bad path fails fast */
         fprintf(stderr, "llama3c train: cannot create %s: %s\n", o.out, strerror(errno));
@@ -611,10 +658,10 @@ int cmd_train(int argc, char **argv) {
     int64_t first = 0;
     join(path, sizeof path, o.out, "metrics.jsonl");
     if (o.resume) {
-        if (load_state(o.out, tm, fp, &first) || trim_metrics(path, first)) goto done;
+        if (load_state(o.out, tm, fp, &first) || (writer && trim_metrics(path, first))) goto done;
         fprintf(stderr, "llama3c train: resuming at step %lld of %d\n", (long long)first, total);
     }
-    if (l3c_metrics_open(path, o.resume, &ml)) {
+    if (l3c_metrics_open(writer ? path : "/dev/null", o.resume, &ml)) {
         cli_runtime_error(CMD, "opening the metrics log");
         goto done;
     }
@@ -632,6 +679,11 @@ int cmd_train(int argc, char **argv) {
     fprintf(stderr, "llama3c train: %d steps of %d x %d tokens%s, %d threads%s\n", total, B * G, T,
             G > 1 ? " (micro-batches' gradients summed)" : "", nt,
             o.checkpoint ? ", recomputing activations" : "");
+    int b0, b1; /* this rank's rows of every batch */
+    dp_share(B, &b0, &b1);
+    if (l3c_comm_size() > 1)
+        fprintf(stderr, "llama3c train: rank %d of %d: sequences [%d, %d) of every batch\n", l3c_comm_rank(),
+                l3c_comm_size(), b0, b1);
 
     l3c_adamw_params ap = l3c_adamw_default_params();
     ap.lr = o.lr;
@@ -678,13 +730,16 @@ int cmd_train(int argc, char **argv) {
         float loss = 0.0f, norm = 0.0f, lr = 0.0f;
         double loss_sum = 0.0;
         l3c_train_zero_grad(tm);
+        /* data parallel: this rank runs rows [b0, b1) of every micro-batch; n_tgt counts the
+         * whole step's targets on every rank, so the ranks' gradients add up to the step's */
         for (int g = 0; g < G && start + (size_t)g * B < train->n_ex; g++) {
             float mloss;
             l3c_data_batch_pos(train, order, start + (size_t)g * B, B, T, ids, tgt, pos);
             tm->dropout_on =
                 1; /* a mask per (seed, step, micro-batch): resumed runs see the same */
             tm->dropout_seed = o.seed * 0x9e3779b97f4a7c15ull + (uint64_t)(step * G + g);
-            if (l3c_train_forward_pos(tm, ids, tgt, pos, B, T, &mloss)) {
+            const size_t r0 = (size_t)b0 * (size_t)T;
+            if (l3c_train_forward_pos(tm, ids + r0, tgt + r0, pos + r0, b1 - b0, T, &mloss)) {
                 cli_runtime_error(CMD, "forward");
                 goto done;
             }
@@ -694,6 +749,7 @@ int cmd_train(int argc, char **argv) {
                 goto done;
             }
         }
+        dp_reduce(tm, &loss_sum);
         loss = n_tgt ? (float)(loss_sum / (double)n_tgt) : 0.0f;
         if (l3c_train_step(tm, &ap, (int)step, &norm, &lr)) {
             cli_runtime_error(CMD, "optimizer step");
@@ -730,7 +786,8 @@ int cmd_train(int argc, char **argv) {
         const int stop =
             (o.stop_after > 0 && step + 1 == o.stop_after && !last) || (g_stop && !last);
         if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last || stop) {
-            if (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm)) goto done;
+            dp_check_same(tm, step + 1);
+            if (writer && (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm))) goto done;
         }
         if (stop) {
             l3c_progress_finish(&pr);
@@ -749,9 +806,13 @@ int cmd_train(int argc, char **argv) {
         }
     }
     l3c_progress_finish(&pr);
-    if (first == total && save_adapters(o.out, model, tm)) goto done; /* resumed a finished run */
+    if (writer && first == total && save_adapters(o.out, model, tm)) goto done; /* resumed a finished run */
     l3c_metrics_close(ml);
     ml = NULL;
+    if (!writer) {
+        rc = 0;
+        goto done;
+    }
     char svg[4096];
     join(svg, sizeof svg, o.out, "loss.svg");
     if (l3c_plot_svg_from_jsonl(path, svg, "llama3c train: loss")) {

@@ -397,10 +397,65 @@ int cli_opts_parse(const char *cmd, cli_opts *o, int argc, char **argv, int *i) 
     } else if (cli_is(a, "--no-timings")) {
         o->no_timings = 1;
     } else {
-        return cli_compat_parse(cmd, argc, argv, i);
+        int r = cli_split_parse(cmd, argc, argv, i);
+        return r ? r : cli_compat_parse(cmd, argc, argv, i);
     }
 #undef VAL
     return 1;
+}
+
+/* The split of this process's models (one per process: it is one rank of one job). */
+static int g_split = L3C_SPLIT_NONE;
+static int32_t *g_layers_per_rank; /* [l3c_dist_size()] or NULL */
+
+int cli_split_parse(const char *cmd, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    if (!strcmp(a, "--split")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "none")) g_split = L3C_SPLIT_NONE;
+        else if (!strcmp(v, "tensor")) g_split = L3C_SPLIT_TENSOR;
+        else if (!strcmp(v, "layers")) g_split = L3C_SPLIT_LAYERS;
+        else {
+            cli_usage_error(cmd, "--split '%s': expected none, tensor or layers", v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "--layers-per-rank")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        const int n = l3c_dist_size();
+        free(g_layers_per_rank);
+        if (!(g_layers_per_rank = calloc((size_t)n, sizeof *g_layers_per_rank))) {
+            fprintf(stderr, "llama3c %s: out of memory\n", cmd);
+            return -1;
+        }
+        int k = 0;
+        for (const char *p = v; *p; k++) {
+            char *end;
+            long x = strtol(p, &end, 10);
+            if (end == p || x < 1 || x > 1 << 20 || (*end && *end != ',') || k >= n) {
+                cli_usage_error(cmd, "--layers-per-rank '%s': expected %d positive layer counts separated "
+                                     "by commas, one per rank", v, n);
+                return -1;
+            }
+            g_layers_per_rank[k] = (int32_t)x;
+            p = *end ? end + 1 : end;
+        }
+        if (k != n) {
+            cli_usage_error(cmd, "--layers-per-rank '%s' gives %d counts for %d ranks", v, k, n);
+            return -1;
+        }
+        g_split = L3C_SPLIT_LAYERS;
+        return 1;
+    }
+    return 0;
+}
+
+void cli_split_help(FILE *f) {
+    fprintf(f, "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
+               "  --split none|tensor|layers  how the ranks share the model: tensor (heads, FFN and\n"
+               "                          vocabulary; N <= KV heads) or layers (pipeline); default none\n"
+               "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n");
 }
 
 int cli_opts_finish(const char *cmd, cli_opts *o) {
@@ -410,6 +465,7 @@ int cli_opts_finish(const char *cmd, cli_opts *o) {
         clock_gettime(CLOCK_REALTIME, &ts);
         o->sp.seed = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^
                      ((uint64_t)getpid() << 32);
+        l3c_dist_bcast(&o->sp.seed, sizeof o->sp.seed); /* every rank of a distributed run draws alike */
     }
     return 0;
 }
@@ -447,6 +503,9 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
         "  --frequency-penalty F   OpenAI's: subtract F x the count of each generated token, -2..2 "
         "(default 0)\n"
         "  --seed S                random seed (default: drawn at random)\n"
+        "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
+        "  --split none|tensor|layers  how the ranks share the model (default none)\n"
+        "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
         "output:\n"
         "  -v, --verbose           loading details and the seed on stderr\n"
         "  --no-timings            no speed summary on stderr\n"
@@ -470,12 +529,20 @@ void cli_note_bf16(const char *cmd, const l3c_model *model) {
                 cmd, l3c_backend_path());
 }
 
+l3c_status cli_model_load(const char *path, l3c_model_params *mp, l3c_model **out) {
+    mp->split = g_split;
+    mp->layers_per_rank = g_layers_per_rank;
+    return l3c_model_load(path, mp, out);
+}
+
 int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16,
                    l3c_model **out) {
     l3c_model_params mp = l3c_model_default_params();
     if (n_threads > 0) mp.n_threads = n_threads;
     mp.verbose = verbose;
     mp.bf16_matmul = bf16;
+    mp.split = g_split;
+    mp.layers_per_rank = g_layers_per_rank;
     fprintf(stderr, "llama3c %s: loading %s\n", cmd, path);
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -663,6 +730,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
     for (int64_t i = 0; o->n_predict < 0 || i < o->n_predict; i++) {
         if (g->stop && *g->stop) break;
         int32_t id = l3c_sampler_sample(s->smp, s->logits);
+        l3c_dist_bcast(&id, sizeof id); /* a distributed run follows rank 0's choice */
         if (id < 0) {
             rc = cli_runtime_error(s->cmd, "sampling failed");
             break;

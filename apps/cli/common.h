@@ -134,6 +134,14 @@ int cli_opts_finish(const char *cmd, cli_opts *o);
 /* Help lines for the shared options. */
 void cli_opts_help(FILE *f, const cli_opts *defaults);
 
+/* --split none|tensor|layers and --layers-per-rank A,B,...: the split of every model this process
+ * loads with cli_load_model (l3c_model_params.split; one per process, as a process is one rank).
+ * Returns 1 consumed, 0 not one, -1 usage error (printed). cli_opts_parse takes them too. */
+int cli_split_parse(const char *cmd, int argc, char **argv, int *i);
+void cli_split_help(FILE *f);
+/* Loads a model with the process's split: l3c_model_load with the options above. */
+l3c_status cli_model_load(const char *path, l3c_model_params *mp, l3c_model **out);
+
 /* Loads a model with a "loading" note on stderr; 0 or CLI_ERR (message names the file). */
 int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16,
                    l3c_model **out);

@@ -137,6 +137,10 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         int lr = cli_lora_parse("serve", lora, argc, argv, &i);
         if (lr < 0) return -1;
         if (lr) continue;
+        if ((lr = cli_split_parse("serve", argc, argv, &i)) != 0) { /* --split, --layers-per-rank */
+            if (lr < 0) return -1;
+            continue;
+        }
         char name[64];
         const char *val = NULL;
         const char *eq = strchr(a, '=');
@@ -381,7 +385,7 @@ int cmd_serve(int argc, char **argv) {
     mp.n_threads = srv.threads;
     mp.verbose = srv.verbose;
     mp.bf16_matmul = srv.bf16;
-    if (l3c_model_load(srv.model_path, &mp, &srv.model) != L3C_OK) {
+    if (cli_model_load(srv.model_path, &mp, &srv.model) != L3C_OK) {
         fprintf(stderr, "llama3c serve: %s\n", l3c_last_error());
         goto out;
     }
@@ -414,6 +418,16 @@ int cmd_serve(int argc, char **argv) {
     }
     if (cli_lora_load("serve", &lora, srv.model, srv.ctx, &adapters)) goto out;
     srv.n_ctx = l3c_context_n_ctx(srv.ctx);
+    /* under mpirun (docs/DISTRIBUTED.md): rank 0 serves; the other ranks make every decode of its
+     * context on theirs until it releases them at shutdown */
+    if (l3c_dist_rank() != 0) {
+        rc = l3c_dist_follow(srv.ctx) == L3C_OK ? 0 : 1;
+        goto out;
+    }
+    if (l3c_dist_lead(srv.ctx) != L3C_OK) {
+        fprintf(stderr, "llama3c serve: %s\n", l3c_last_error());
+        goto out;
+    }
     if (srv.rag_db && open_rag(&srv, &info)) goto out;
 
     if (!(srv.grammars = gcache_create(srv.tok, GRAMMAR_CACHE_SIZE))) {
@@ -454,6 +468,7 @@ out:
     if (srv.sched) sched_stop(srv.sched);
     http_stop(d);
     sched_free(srv.sched);
+    if (l3c_dist_rank() == 0) l3c_dist_release(srv.ctx); /* the other ranks' l3c_dist_follow returns */
     gcache_free(srv.grammars); /* after the jobs, which hold references */
     l3c_context_free(srv.ctx);
     cli_adapters_free(adapters, lora.n);

@@ -41,6 +41,10 @@ l3c_status l3c_context_set_adapter(l3c_context *ctx, const l3c_adapter *ad, floa
     if (!isfinite(scale))
         return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_context_set_adapter: scale %g is not finite",
                         (double)scale);
+    if (ctx->model->shard && scale != 0.0f)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "l3c_context_set_adapter: LoRA adapters are not supported "
+                                             "on a model split over ranks (--split); merge the adapter "
+                                             "into the model first (llama3c export)");
     const l3c_config *c = &ctx->model->cfg;
     if (ad->model != ctx->model && (ad->cfg.n_layer != c->n_layer || ad->cfg.n_embd != c->n_embd ||
                                     ad->cfg.n_head != c->n_head ||
