@@ -45,14 +45,16 @@ typedef struct tnode {
     uint8_t byte;    /* label of the edge into this node */
 } tnode;
 
-/* Below a trie node (edges under it, tokens in its subtree): which ASCII bytes occur, whether
- * any byte >= 0x80 does, whether some token there is not well-formed UTF-8 (a stray continuation
- * byte, an overlong or out-of-range sequence; a truncated last code point is fine), and the
- * range [ts, te) of its subtree's tokens in g->order. */
+/* The trie as the masks walk it: nodes in depth-first preorder (the root is 0, a node's first
+ * child is the next node, its next sibling is `end`), so a walk reads memory forward. Per node:
+ * the edge byte into it, which ASCII bytes occur below it, whether any byte >= 0x80 does,
+ * whether some token in its subtree is not well-formed UTF-8 (a stray continuation byte, an
+ * overlong or out-of-range sequence; a truncated last code point is fine), its own tokens
+ * order[ts .. own_end) and its subtree's tokens order[ts .. te). */
 typedef struct tsum {
     uint64_t asc[2];
-    int32_t ts, te;
-    uint8_t hi, unclean;
+    int32_t ts, own_end, te, end;
+    uint8_t byte, hi, unclean;
 } tsum;
 
 struct l3c_gvocab {
@@ -66,7 +68,7 @@ struct l3c_gvocab {
     int32_t *tok_next; /* [n_vocab] next token ending at the same trie node, -1: none */
     int32_t *eog;      /* [n_eog] end-of-generation token ids */
     int32_t n_eog;
-    tsum *sum;      /* [n_trie] what lies below each trie node (loop-state shortcut) */
+    tsum *sum;      /* [n_trie] the trie in preorder with what lies below each node */
     int32_t *order; /* [tokens in the trie] token ids in depth-first order: a subtree is a range */
 };
 
@@ -723,9 +725,9 @@ static void mark_subtree(const l3c_gvocab *g, int32_t c, uint32_t *bits) {
 static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, const struct loopmemo *lm,
                  size_t anc_off, size_t anc_n, const struct loopmemo *anc, uint32_t *bits) {
     const l3c_gvocab *g = m->g->v;
-    for (int32_t c = g->trie[tn].child; c >= 0; c = g->trie[c].sibling) {
-        uint8_t b = g->trie[c].byte;
+    for (int32_t c = tn + 1; c < g->sum[tn].end; c = g->sum[c].end) {
         const tsum *su = &g->sum[c];
+        uint8_t b = su->byte;
         size_t o = m->work_len, n;
         const struct loopmemo *clm = NULL; /* the memo of the set at c, when it is a loop state */
         struct loopmemo copy;
@@ -749,9 +751,11 @@ static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, const st
             }
         }
         if (n) {
-            for (int32_t t = g->trie[c].tok; t >= 0; t = g->tok_next[t])
+            for (int32_t k = su->ts; k < su->own_end; k++) {
+                int32_t t = g->order[k];
                 bits[t >> 5] |= 1u << (t & 31);
-            if (g->trie[c].child >= 0) {
+            }
+            if (su->end > c + 1) {
                 if (clm && !(su->asc[0] & ~clm->asc[0]) && !(su->asc[1] & ~clm->asc[1]) &&
                     (!su->hi || (clm->hi && !su->unclean)))
                     mark_subtree(g, c, bits);
@@ -915,33 +919,40 @@ static int utf8_clean(const uint8_t *p, size_t len) {
     return 1;
 }
 
-/* Fills g->sum and g->order by an iterative depth-first pass over the trie. */
+/* Lays the linked trie out in preorder (g->sum) with its summaries and the token order, then
+ * drops the linked form. */
 static l3c_status build_summaries(l3c_gvocab *g) {
     int32_t n_tok = 0;
     for (int32_t id = 0; id < g->n_vocab; id++)
         n_tok += g->kind[id] == TK_TEXT;
     g->sum = l3c_calloc(g->n_trie, sizeof *g->sum);
     g->order = l3c_malloc((size_t)(n_tok ? n_tok : 1) * sizeof *g->order);
-    int32_t *stk = l3c_malloc((size_t)g->n_trie * sizeof *stk),
-            *it = l3c_malloc((size_t)g->n_trie * sizeof *it);
-    if (!g->sum || !g->order || !stk || !it) {
+    int32_t *stk = l3c_malloc((size_t)g->n_trie * sizeof *stk);
+    int32_t *it = l3c_malloc((size_t)g->n_trie * sizeof *it);
+    int32_t *nid = l3c_malloc((size_t)g->n_trie * sizeof *nid);
+    if (!g->sum || !g->order || !stk || !it || !nid) {
         free(stk);
         free(it);
+        free(nid);
         return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for the vocabulary trie");
     }
-    int32_t sp = 0, pos = 0;
+    int32_t sp = 0, pos = 0, next = 0;
     stk[sp] = 0;
     it[sp++] = -2; /* -2: not entered yet */
     while (sp) {
         int32_t v = stk[sp - 1];
-        if (it[sp - 1] == -2) { /* enter: own tokens first */
-            g->sum[v].ts = pos;
+        if (it[sp - 1] == -2) { /* enter: a new preorder index, own tokens first */
+            int32_t x = nid[sp - 1] = next++;
+            tsum *su = &g->sum[x];
+            su->byte = g->trie[v].byte;
+            su->ts = pos;
             for (int32_t t = g->trie[v].tok; t >= 0; t = g->tok_next[t]) {
                 g->order[pos++] = t;
                 size_t len;
                 const uint8_t *p = tok_bytes(g, t, &len);
-                if (!utf8_clean(p, len)) g->sum[v].unclean = 1;
+                if (!utf8_clean(p, len)) su->unclean = 1;
             }
+            su->own_end = pos;
             it[sp - 1] = g->trie[v].child;
         }
         int32_t c = it[sp - 1];
@@ -951,13 +962,14 @@ static l3c_status build_summaries(l3c_gvocab *g) {
             it[sp++] = -2;
             continue;
         }
-        g->sum[v].te = pos; /* leave: fold into the parent */
+        tsum *su = &g->sum[nid[sp - 1]]; /* leave: close the ranges, fold into the parent */
+        su->te = pos;
+        su->end = next;
         sp--;
         if (sp) {
-            tsum *pa = &g->sum[stk[sp - 1]], *su = &g->sum[v];
-            uint8_t b = g->trie[v].byte;
-            if (b < 0x80)
-                pa->asc[b >> 6] |= 1ull << (b & 63);
+            tsum *pa = &g->sum[nid[sp - 1]];
+            if (su->byte < 0x80)
+                pa->asc[su->byte >> 6] |= 1ull << (su->byte & 63);
             else
                 pa->hi = 1;
             pa->asc[0] |= su->asc[0];
@@ -968,6 +980,11 @@ static l3c_status build_summaries(l3c_gvocab *g) {
     }
     free(stk);
     free(it);
+    free(nid);
+    free(g->trie);
+    free(g->tok_next);
+    g->trie = NULL;
+    g->tok_next = NULL;
     return L3C_OK;
 }
 
