@@ -28,7 +28,6 @@
  * l3c_grammar_* returns, so it is shared freely; everything mutable is in l3c_gmatch.
  */
 #include "grammar/grammar.h"
-#include "tokenizer/tokenizer.h"
 
 #include <string.h>
 
@@ -870,25 +869,13 @@ void l3c_grammar_free(l3c_grammar *g) {
     free(g);
 }
 
-/* Where token byte strings come from: a tokenizer, or explicit arrays (tests, fuzzing). */
-typedef struct vsrc {
-    const l3c_tokenizer *tok;
-    const char *const *toks;
-    const size_t *lens;
-    int32_t n, eog;
-} vsrc;
-
-static int vs_eog(const vsrc *v, int32_t id) {
-    return v->tok ? l3c_token_is_eog(v->tok, id) : id == v->eog;
+static int vs_eog(const l3c_vsrc *v, int32_t id) {
+    return v->is_eog(v->ctx, id);
 }
 
 /* Bytes of token id into buf (cap bytes): count, -(needed), or 0 for a token that never matches. */
-static int32_t vs_bytes(const vsrc *v, int32_t id, char *buf, int32_t cap) {
-    if (v->tok)
-        return l3c_token_is_special(v->tok, id) ? 0 : l3c_token_to_bytes(v->tok, id, buf, cap);
-    if (v->lens[id] > (size_t)cap) return -(int32_t)v->lens[id];
-    memcpy(buf, v->toks[id], v->lens[id]);
-    return (int32_t)v->lens[id];
+static int32_t vs_bytes(const l3c_vsrc *v, int32_t id, char *buf, int32_t cap) {
+    return v->bytes(v->ctx, id, buf, cap);
 }
 
 /* 1 when the bytes decode as the matcher decodes them (a truncated last code point allowed). */
@@ -988,7 +975,7 @@ static l3c_status build_summaries(l3c_gvocab *g) {
     return L3C_OK;
 }
 
-static l3c_status build_vocab(l3c_gvocab *g, const vsrc *vs) {
+static l3c_status build_vocab(l3c_gvocab *g, const l3c_vsrc *vs) {
     int32_t n = vs->n;
     g->n_vocab = n;
     g->kind = l3c_malloc((size_t)(n ? n : 1));
@@ -1061,7 +1048,8 @@ oom:
     return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for a %d-token vocabulary", (int)n);
 }
 
-static l3c_status vocab_new(const vsrc *vs, l3c_gvocab **out) {
+l3c_status l3c_gvocab_build(const l3c_vsrc *vs, l3c_gvocab **out) {
+    *out = NULL;
     l3c_gvocab *v = l3c_calloc(1, sizeof *v);
     if (!v) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
     v->refs = 1;
@@ -1074,31 +1062,12 @@ static l3c_status vocab_new(const vsrc *vs, l3c_gvocab **out) {
     return L3C_OK;
 }
 
-/* The tokenizer's vocabulary index, built on first use and kept by the tokenizer (one more
- * reference for the caller). Threads racing to build it keep the first one published. */
-static l3c_status vocab_of(const l3c_tokenizer *tok, l3c_gvocab **out) {
-    l3c_gvocab **slot = l3c_tokenizer_gvocab_slot(tok);
-    l3c_gvocab *v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-    if (!v) {
-        vsrc vs = {.tok = tok, .n = l3c_vocab_size(tok), .eog = -1};
-        l3c_gvocab *fresh = NULL;
-        l3c_status st = vocab_new(&vs, &fresh);
-        if (st != L3C_OK) return st;
-        l3c_gvocab *expected = NULL;
-        if (__atomic_compare_exchange_n(slot, &expected, fresh, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
-            v = fresh;
-        } else {
-            l3c_gvocab_release(fresh);
-            v = expected;
-        }
-    }
+void l3c_gvocab_ref(l3c_gvocab *v) {
     __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
-    *out = v;
-    return L3C_OK;
 }
 
-static l3c_status grammar_new(gram_rules *r, l3c_gvocab *v, l3c_grammar **out) {
+l3c_status l3c_grammar_make(gram_rules *r, l3c_gvocab *v, l3c_grammar **out) {
+    *out = NULL;
     l3c_grammar *g = l3c_calloc(1, sizeof *g);
     if (!g) {
         l3c_gram_rules_free(r);
@@ -1111,45 +1080,35 @@ static l3c_status grammar_new(gram_rules *r, l3c_gvocab *v, l3c_grammar **out) {
     return L3C_OK;
 }
 
-l3c_status l3c_grammar_from_gbnf(const l3c_tokenizer *tok, const char *gbnf, size_t len,
-                                 const char *root, l3c_grammar **out) {
-    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: out is NULL");
-    *out = NULL;
-    if (!tok) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: NULL tokenizer");
-    gram_rules *r = NULL;
-    l3c_status st = l3c_gbnf_parse(gbnf, len, root, &r);
-    if (st != L3C_OK) return st;
-    l3c_gvocab *v = NULL;
-    if ((st = vocab_of(tok, &v)) != L3C_OK) {
-        l3c_gram_rules_free(r);
-        return st;
-    }
-    return grammar_new(r, v, out);
+/* Explicit token strings (tests, fuzzing). */
+typedef struct arrays {
+    const char *const *toks;
+    const size_t *lens;
+    int32_t eog;
+} arrays;
+
+static int arr_eog(const void *ctx, int32_t id) {
+    return id == ((const arrays *)ctx)->eog;
+}
+
+static int32_t arr_bytes(const void *ctx, int32_t id, char *buf, int32_t cap) {
+    const arrays *a = ctx;
+    if (a->lens[id] > (size_t)cap) return -(int32_t)a->lens[id];
+    memcpy(buf, a->toks[id], a->lens[id]);
+    return (int32_t)a->lens[id];
 }
 
 l3c_status l3c_grammar_from_rules_vocab(gram_rules *r, const char *const *tokens,
                                         const size_t *lens, int32_t n, int32_t eog,
                                         l3c_grammar **out) {
     *out = NULL;
-    vsrc vs = {.toks = tokens, .lens = lens, .n = n, .eog = eog};
+    arrays a = {tokens, lens, eog};
+    l3c_vsrc vs = {.ctx = &a, .n = n, .is_eog = arr_eog, .bytes = arr_bytes};
     l3c_gvocab *v = NULL;
-    l3c_status st = vocab_new(&vs, &v);
+    l3c_status st = l3c_gvocab_build(&vs, &v);
     if (st != L3C_OK) {
         l3c_gram_rules_free(r);
         return st;
     }
-    return grammar_new(r, v, out);
-}
-
-l3c_status l3c_grammar_from_json_schema(const l3c_tokenizer *tok, const char *schema_json,
-                                        size_t len, l3c_grammar **out) {
-    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: out is NULL");
-    *out = NULL;
-    if (!tok) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: NULL tokenizer");
-    char *gbnf = NULL;
-    l3c_status st = l3c_json_schema_to_gbnf(schema_json, len, &gbnf);
-    if (st != L3C_OK) return st;
-    st = l3c_grammar_from_gbnf(tok, gbnf, strlen(gbnf), "root", out);
-    free(gbnf);
-    return st;
+    return l3c_grammar_make(r, v, out);
 }
