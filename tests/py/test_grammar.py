@@ -312,7 +312,11 @@ def test_chat_every_answer_follows_the_schema(llama3c, stories_gguf):
               "required": ["ok", "n"]}
     p = run_cli("chat", "-m", stories_gguf("f32"), "--json-schema", json.dumps(schema), "-n", 100, "--temp", 1.0,
                 "--seed", 9, "--no-timings", input="hi\nagain\n")
-    answers = [line for line in p.stdout.splitlines() if line.strip()]
+    dec, text, pos, answers = json.JSONDecoder(), p.stdout, 0, []
+    while text[pos:].strip():  # answers are separated by newlines; JSON whitespace may hold some too
+        pos += len(text[pos:]) - len(text[pos:].lstrip())
+        value, pos = dec.raw_decode(text, pos)
+        answers.append(value)
     assert len(answers) == 2, p.stdout
     for a in answers:
-        jsonschema.validate(json.loads(a), schema)
+        jsonschema.validate(a, schema)
