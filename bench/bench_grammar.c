@@ -51,7 +51,8 @@ typedef struct stat3 {
 static stat3 stats(double *v, int n) {
     stat3 s = {0, 0, 0};
     if (n <= 0) return s;
-    for (int i = 0; i < n; i++) s.mean += v[i];
+    for (int i = 0; i < n; i++)
+        s.mean += v[i];
     s.mean /= n;
     qsort(v, (size_t)n, sizeof *v, dcmp);
     s.median = v[n / 2];
@@ -86,8 +87,10 @@ int main(int argc, char **argv) {
     int32_t nv = l3c_vocab_size(tok);
     int32_t *ids = malloc((dlen + 16) * sizeof *ids);
     int64_t n = l3c_tokenize(tok, doc, dlen, ids, (int64_t)dlen + 16, 0);
-    double *t_mask = malloc((size_t)n * sizeof(double)), *t_cached = malloc((size_t)n * sizeof(double));
-    double *t_fast = malloc((size_t)n * sizeof(double)), *t_rej = malloc((size_t)n * sizeof(double));
+    double *t_mask = malloc((size_t)n * sizeof(double)),
+           *t_cached = malloc((size_t)n * sizeof(double));
+    double *t_fast = malloc((size_t)n * sizeof(double)),
+           *t_rej = malloc((size_t)n * sizeof(double));
     double *t_plain = malloc((size_t)n * sizeof(double));
     uint32_t *bits = malloc(((size_t)nv + 31) / 32 * 4);
     float *logits = malloc((size_t)nv * sizeof *logits);
@@ -111,8 +114,8 @@ int main(int argc, char **argv) {
         allowed_sum += cnt;
         if (!(bits[ids[i] >> 5] >> (ids[i] & 31) & 1) || l3c_gmatch_accept(m, ids[i]) != L3C_OK ||
             l3c_gmatch_accept(mc, ids[i]) != L3C_OK) {
-            fprintf(stderr, "bench_grammar: the grammar rejects the document at token %lld (%d)\n", (long long)i,
-                    (int)ids[i]);
+            fprintf(stderr, "bench_grammar: the grammar rejects the document at token %lld (%d)\n",
+                    (long long)i, (int)ids[i]);
             return 1;
         }
     }
@@ -142,8 +145,8 @@ int main(int argc, char **argv) {
             double b = l3c_time_s();
             (pass == 0 ? t_fast : pass == 1 ? t_rej : t_plain)[i] = (b - a) * 1e3;
             if (got != ids[i] && pass < 2) {
-                fprintf(stderr, "bench_grammar: sampler picked %d, not the document's %d at %lld\n", (int)got,
-                        (int)ids[i], (long long)i);
+                fprintf(stderr, "bench_grammar: sampler picked %d, not the document's %d at %lld\n",
+                        (int)got, (int)ids[i], (long long)i);
                 return 1;
             }
         }
@@ -153,20 +156,28 @@ int main(int argc, char **argv) {
           sr = stats(t_rej, (int)n), sp = stats(t_plain, (int)n);
     if (as_json) {
         printf("{\"vocab\": %d, \"tokens\": %lld, \"compile_ms\": %.3f, \"mask_median_ms\": %.4f, "
-               "\"mask_mean_ms\": %.4f, \"mask_p90_ms\": %.4f, \"cached_median_ms\": %.4f, \"cached_mean_ms\": %.4f, "
-               "\"sample_fast_median_ms\": %.4f, \"sample_reject_median_ms\": %.4f, \"plain_median_ms\": %.4f, "
+               "\"mask_mean_ms\": %.4f, \"mask_p90_ms\": %.4f, \"cached_median_ms\": %.4f, "
+               "\"cached_mean_ms\": %.4f, "
+               "\"sample_fast_median_ms\": %.4f, \"sample_reject_median_ms\": %.4f, "
+               "\"plain_median_ms\": %.4f, "
                "\"mean_allowed\": %.1f}\n",
-               (int)nv, (long long)n, t_compile * 1e3, sm.median, sm.mean, sm.p90, sc.median, sc.mean, sf.median,
-               sr.median, sp.median, (double)allowed_sum / (double)n);
+               (int)nv, (long long)n, t_compile * 1e3, sm.median, sm.mean, sm.p90, sc.median,
+               sc.mean, sf.median, sr.median, sp.median, (double)allowed_sum / (double)n);
     } else {
-        printf("vocabulary %d tokens, document %lld tokens, grammar compiled in %.1f ms, mean %.0f tokens allowed\n",
+        printf("vocabulary %d tokens, document %lld tokens, grammar compiled in %.1f ms, mean %.0f "
+               "tokens allowed\n",
                (int)nv, (long long)n, t_compile * 1e3, (double)allowed_sum / (double)n);
         printf("%-28s %10s %10s %10s\n", "ms per token", "median", "mean", "p90");
-        printf("%-28s %10.4f %10.4f %10.4f\n", "mask (trie walk, no cache)", sm.median, sm.mean, sm.p90);
-        printf("%-28s %10.4f %10.4f %10.4f\n", "mask (with state cache)", sc.median, sc.mean, sc.p90);
-        printf("%-28s %10.4f %10.4f %10.4f\n", "sample+accept, grammar ok", sf.median, sf.mean, sf.p90);
-        printf("%-28s %10.4f %10.4f %10.4f\n", "sample+accept, best reject", sr.median, sr.mean, sr.p90);
-        printf("%-28s %10.4f %10.4f %10.4f\n", "sample+accept, no grammar", sp.median, sp.mean, sp.p90);
+        printf("%-28s %10.4f %10.4f %10.4f\n", "mask (trie walk, no cache)", sm.median, sm.mean,
+               sm.p90);
+        printf("%-28s %10.4f %10.4f %10.4f\n", "mask (with state cache)", sc.median, sc.mean,
+               sc.p90);
+        printf("%-28s %10.4f %10.4f %10.4f\n", "sample+accept, grammar ok", sf.median, sf.mean,
+               sf.p90);
+        printf("%-28s %10.4f %10.4f %10.4f\n", "sample+accept, best reject", sr.median, sr.mean,
+               sr.p90);
+        printf("%-28s %10.4f %10.4f %10.4f\n", "sample+accept, no grammar", sp.median, sp.mean,
+               sp.p90);
     }
     l3c_gmatch_free(m);
     l3c_gmatch_free(mc);

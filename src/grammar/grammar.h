@@ -5,6 +5,9 @@
  *  json_schema.c JSON Schema -> GBNF text
  *  matcher.c     l3c_grammar (rules + vocabulary trie) and l3c_gmatch, the per-sampler parse
  *                state: pushdown stacks over code points, token checks and token masks
+ *  compile.c     the public constructors: a tokenizer's vocabulary index (cached on the
+ *                tokenizer), GBNF or JSON Schema -> l3c_grammar. Kept apart so that the sampler
+ *                (matcher.c) links without the tokenizer and jansson (the arm64 test build)
  *
  * Rules are stored as llama.cpp stores them: each rule is a sequence of elements, alternatives
  * separated by G_ALT, the rule closed by G_END. A character class is one G_CHAR / G_CHAR_NOT
@@ -56,6 +59,20 @@ uint32_t l3c_gram_class_end(const gel *el, uint32_t pos);
  * releases its reference); each grammar holds a reference. */
 typedef struct l3c_gvocab l3c_gvocab;
 void l3c_gvocab_release(l3c_gvocab *v);
+void l3c_gvocab_ref(l3c_gvocab *v);
+/* Where token byte strings come from (compile.c: a tokenizer; matcher.c: arrays). bytes returns
+ * the count written, -(needed) when cap is too small, or 0 for a token that never matches text
+ * (control tokens). */
+typedef struct l3c_vsrc {
+    const void *ctx;
+    int32_t n;
+    int (*is_eog)(const void *ctx, int32_t id);
+    int32_t (*bytes)(const void *ctx, int32_t id, char *buf, int32_t cap);
+} l3c_vsrc;
+/* Builds an index (one reference for the caller). */
+l3c_status l3c_gvocab_build(const l3c_vsrc *vs, l3c_gvocab **out);
+/* A grammar from rules and a vocabulary index; takes both references (released on error). */
+l3c_status l3c_grammar_make(gram_rules *r, l3c_gvocab *v, l3c_grammar **out);
 /* The tokenizer's slot for its index (tokenizer/vocab.c), read and set atomically. */
 l3c_gvocab **l3c_tokenizer_gvocab_slot(const l3c_tokenizer *tok);
 

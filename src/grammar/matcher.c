@@ -28,7 +28,6 @@
  * l3c_grammar_* returns, so it is shared freely; everything mutable is in l3c_gmatch.
  */
 #include "grammar/grammar.h"
-#include "tokenizer/tokenizer.h"
 
 #include <string.h>
 
@@ -45,14 +44,16 @@ typedef struct tnode {
     uint8_t byte;    /* label of the edge into this node */
 } tnode;
 
-/* Below a trie node (edges under it, tokens in its subtree): which ASCII bytes occur, whether
- * any byte >= 0x80 does, whether some token there is not well-formed UTF-8 (a stray continuation
- * byte, an overlong or out-of-range sequence; a truncated last code point is fine), and the
- * range [ts, te) of its subtree's tokens in g->order. */
+/* The trie as the masks walk it: nodes in depth-first preorder (the root is 0, a node's first
+ * child is the next node, its next sibling is `end`), so a walk reads memory forward. Per node:
+ * the edge byte into it, which ASCII bytes occur below it, whether any byte >= 0x80 does,
+ * whether some token in its subtree is not well-formed UTF-8 (a stray continuation byte, an
+ * overlong or out-of-range sequence; a truncated last code point is fine), its own tokens
+ * order[ts .. own_end) and its subtree's tokens order[ts .. te). */
 typedef struct tsum {
     uint64_t asc[2];
-    int32_t ts, te;
-    uint8_t hi, unclean;
+    int32_t ts, own_end, te, end;
+    uint8_t byte, hi, unclean;
 } tsum;
 
 struct l3c_gvocab {
@@ -66,7 +67,7 @@ struct l3c_gvocab {
     int32_t *tok_next; /* [n_vocab] next token ending at the same trie node, -1: none */
     int32_t *eog;      /* [n_eog] end-of-generation token ids */
     int32_t n_eog;
-    tsum *sum;      /* [n_trie] what lies below each trie node (loop-state shortcut) */
+    tsum *sum;      /* [n_trie] the trie in preorder with what lies below each node */
     int32_t *order; /* [tokens in the trie] token ids in depth-first order: a subtree is a range */
 };
 
@@ -723,9 +724,9 @@ static void mark_subtree(const l3c_gvocab *g, int32_t c, uint32_t *bits) {
 static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, const struct loopmemo *lm,
                  size_t anc_off, size_t anc_n, const struct loopmemo *anc, uint32_t *bits) {
     const l3c_gvocab *g = m->g->v;
-    for (int32_t c = g->trie[tn].child; c >= 0; c = g->trie[c].sibling) {
-        uint8_t b = g->trie[c].byte;
+    for (int32_t c = tn + 1; c < g->sum[tn].end; c = g->sum[c].end) {
         const tsum *su = &g->sum[c];
+        uint8_t b = su->byte;
         size_t o = m->work_len, n;
         const struct loopmemo *clm = NULL; /* the memo of the set at c, when it is a loop state */
         struct loopmemo copy;
@@ -749,9 +750,11 @@ static void walk(l3c_gmatch *m, int32_t tn, size_t in_off, size_t n_in, const st
             }
         }
         if (n) {
-            for (int32_t t = g->trie[c].tok; t >= 0; t = g->tok_next[t])
+            for (int32_t k = su->ts; k < su->own_end; k++) {
+                int32_t t = g->order[k];
                 bits[t >> 5] |= 1u << (t & 31);
-            if (g->trie[c].child >= 0) {
+            }
+            if (su->end > c + 1) {
                 if (clm && !(su->asc[0] & ~clm->asc[0]) && !(su->asc[1] & ~clm->asc[1]) &&
                     (!su->hi || (clm->hi && !su->unclean)))
                     mark_subtree(g, c, bits);
@@ -866,25 +869,13 @@ void l3c_grammar_free(l3c_grammar *g) {
     free(g);
 }
 
-/* Where token byte strings come from: a tokenizer, or explicit arrays (tests, fuzzing). */
-typedef struct vsrc {
-    const l3c_tokenizer *tok;
-    const char *const *toks;
-    const size_t *lens;
-    int32_t n, eog;
-} vsrc;
-
-static int vs_eog(const vsrc *v, int32_t id) {
-    return v->tok ? l3c_token_is_eog(v->tok, id) : id == v->eog;
+static int vs_eog(const l3c_vsrc *v, int32_t id) {
+    return v->is_eog(v->ctx, id);
 }
 
 /* Bytes of token id into buf (cap bytes): count, -(needed), or 0 for a token that never matches. */
-static int32_t vs_bytes(const vsrc *v, int32_t id, char *buf, int32_t cap) {
-    if (v->tok)
-        return l3c_token_is_special(v->tok, id) ? 0 : l3c_token_to_bytes(v->tok, id, buf, cap);
-    if (v->lens[id] > (size_t)cap) return -(int32_t)v->lens[id];
-    memcpy(buf, v->toks[id], v->lens[id]);
-    return (int32_t)v->lens[id];
+static int32_t vs_bytes(const l3c_vsrc *v, int32_t id, char *buf, int32_t cap) {
+    return v->bytes(v->ctx, id, buf, cap);
 }
 
 /* 1 when the bytes decode as the matcher decodes them (a truncated last code point allowed). */
@@ -915,33 +906,40 @@ static int utf8_clean(const uint8_t *p, size_t len) {
     return 1;
 }
 
-/* Fills g->sum and g->order by an iterative depth-first pass over the trie. */
+/* Lays the linked trie out in preorder (g->sum) with its summaries and the token order, then
+ * drops the linked form. */
 static l3c_status build_summaries(l3c_gvocab *g) {
     int32_t n_tok = 0;
     for (int32_t id = 0; id < g->n_vocab; id++)
         n_tok += g->kind[id] == TK_TEXT;
     g->sum = l3c_calloc(g->n_trie, sizeof *g->sum);
     g->order = l3c_malloc((size_t)(n_tok ? n_tok : 1) * sizeof *g->order);
-    int32_t *stk = l3c_malloc((size_t)g->n_trie * sizeof *stk),
-            *it = l3c_malloc((size_t)g->n_trie * sizeof *it);
-    if (!g->sum || !g->order || !stk || !it) {
+    int32_t *stk = l3c_malloc((size_t)g->n_trie * sizeof *stk);
+    int32_t *it = l3c_malloc((size_t)g->n_trie * sizeof *it);
+    int32_t *nid = l3c_malloc((size_t)g->n_trie * sizeof *nid);
+    if (!g->sum || !g->order || !stk || !it || !nid) {
         free(stk);
         free(it);
+        free(nid);
         return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for the vocabulary trie");
     }
-    int32_t sp = 0, pos = 0;
+    int32_t sp = 0, pos = 0, next = 0;
     stk[sp] = 0;
     it[sp++] = -2; /* -2: not entered yet */
     while (sp) {
         int32_t v = stk[sp - 1];
-        if (it[sp - 1] == -2) { /* enter: own tokens first */
-            g->sum[v].ts = pos;
+        if (it[sp - 1] == -2) { /* enter: a new preorder index, own tokens first */
+            int32_t x = nid[sp - 1] = next++;
+            tsum *su = &g->sum[x];
+            su->byte = g->trie[v].byte;
+            su->ts = pos;
             for (int32_t t = g->trie[v].tok; t >= 0; t = g->tok_next[t]) {
                 g->order[pos++] = t;
                 size_t len;
                 const uint8_t *p = tok_bytes(g, t, &len);
-                if (!utf8_clean(p, len)) g->sum[v].unclean = 1;
+                if (!utf8_clean(p, len)) su->unclean = 1;
             }
+            su->own_end = pos;
             it[sp - 1] = g->trie[v].child;
         }
         int32_t c = it[sp - 1];
@@ -951,13 +949,14 @@ static l3c_status build_summaries(l3c_gvocab *g) {
             it[sp++] = -2;
             continue;
         }
-        g->sum[v].te = pos; /* leave: fold into the parent */
+        tsum *su = &g->sum[nid[sp - 1]]; /* leave: close the ranges, fold into the parent */
+        su->te = pos;
+        su->end = next;
         sp--;
         if (sp) {
-            tsum *pa = &g->sum[stk[sp - 1]], *su = &g->sum[v];
-            uint8_t b = g->trie[v].byte;
-            if (b < 0x80)
-                pa->asc[b >> 6] |= 1ull << (b & 63);
+            tsum *pa = &g->sum[nid[sp - 1]];
+            if (su->byte < 0x80)
+                pa->asc[su->byte >> 6] |= 1ull << (su->byte & 63);
             else
                 pa->hi = 1;
             pa->asc[0] |= su->asc[0];
@@ -968,10 +967,15 @@ static l3c_status build_summaries(l3c_gvocab *g) {
     }
     free(stk);
     free(it);
+    free(nid);
+    free(g->trie);
+    free(g->tok_next);
+    g->trie = NULL;
+    g->tok_next = NULL;
     return L3C_OK;
 }
 
-static l3c_status build_vocab(l3c_gvocab *g, const vsrc *vs) {
+static l3c_status build_vocab(l3c_gvocab *g, const l3c_vsrc *vs) {
     int32_t n = vs->n;
     g->n_vocab = n;
     g->kind = l3c_malloc((size_t)(n ? n : 1));
@@ -1044,7 +1048,8 @@ oom:
     return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory for a %d-token vocabulary", (int)n);
 }
 
-static l3c_status vocab_new(const vsrc *vs, l3c_gvocab **out) {
+l3c_status l3c_gvocab_build(const l3c_vsrc *vs, l3c_gvocab **out) {
+    *out = NULL;
     l3c_gvocab *v = l3c_calloc(1, sizeof *v);
     if (!v) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
     v->refs = 1;
@@ -1057,31 +1062,12 @@ static l3c_status vocab_new(const vsrc *vs, l3c_gvocab **out) {
     return L3C_OK;
 }
 
-/* The tokenizer's vocabulary index, built on first use and kept by the tokenizer (one more
- * reference for the caller). Threads racing to build it keep the first one published. */
-static l3c_status vocab_of(const l3c_tokenizer *tok, l3c_gvocab **out) {
-    l3c_gvocab **slot = l3c_tokenizer_gvocab_slot(tok);
-    l3c_gvocab *v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-    if (!v) {
-        vsrc vs = {.tok = tok, .n = l3c_vocab_size(tok), .eog = -1};
-        l3c_gvocab *fresh = NULL;
-        l3c_status st = vocab_new(&vs, &fresh);
-        if (st != L3C_OK) return st;
-        l3c_gvocab *expected = NULL;
-        if (__atomic_compare_exchange_n(slot, &expected, fresh, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
-            v = fresh;
-        } else {
-            l3c_gvocab_release(fresh);
-            v = expected;
-        }
-    }
+void l3c_gvocab_ref(l3c_gvocab *v) {
     __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
-    *out = v;
-    return L3C_OK;
 }
 
-static l3c_status grammar_new(gram_rules *r, l3c_gvocab *v, l3c_grammar **out) {
+l3c_status l3c_grammar_make(gram_rules *r, l3c_gvocab *v, l3c_grammar **out) {
+    *out = NULL;
     l3c_grammar *g = l3c_calloc(1, sizeof *g);
     if (!g) {
         l3c_gram_rules_free(r);
@@ -1094,45 +1080,35 @@ static l3c_status grammar_new(gram_rules *r, l3c_gvocab *v, l3c_grammar **out) {
     return L3C_OK;
 }
 
-l3c_status l3c_grammar_from_gbnf(const l3c_tokenizer *tok, const char *gbnf, size_t len,
-                                 const char *root, l3c_grammar **out) {
-    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: out is NULL");
-    *out = NULL;
-    if (!tok) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: NULL tokenizer");
-    gram_rules *r = NULL;
-    l3c_status st = l3c_gbnf_parse(gbnf, len, root, &r);
-    if (st != L3C_OK) return st;
-    l3c_gvocab *v = NULL;
-    if ((st = vocab_of(tok, &v)) != L3C_OK) {
-        l3c_gram_rules_free(r);
-        return st;
-    }
-    return grammar_new(r, v, out);
+/* Explicit token strings (tests, fuzzing). */
+typedef struct arrays {
+    const char *const *toks;
+    const size_t *lens;
+    int32_t eog;
+} arrays;
+
+static int arr_eog(const void *ctx, int32_t id) {
+    return id == ((const arrays *)ctx)->eog;
+}
+
+static int32_t arr_bytes(const void *ctx, int32_t id, char *buf, int32_t cap) {
+    const arrays *a = ctx;
+    if (a->lens[id] > (size_t)cap) return -(int32_t)a->lens[id];
+    memcpy(buf, a->toks[id], a->lens[id]);
+    return (int32_t)a->lens[id];
 }
 
 l3c_status l3c_grammar_from_rules_vocab(gram_rules *r, const char *const *tokens,
                                         const size_t *lens, int32_t n, int32_t eog,
                                         l3c_grammar **out) {
     *out = NULL;
-    vsrc vs = {.toks = tokens, .lens = lens, .n = n, .eog = eog};
+    arrays a = {tokens, lens, eog};
+    l3c_vsrc vs = {.ctx = &a, .n = n, .is_eog = arr_eog, .bytes = arr_bytes};
     l3c_gvocab *v = NULL;
-    l3c_status st = vocab_new(&vs, &v);
+    l3c_status st = l3c_gvocab_build(&vs, &v);
     if (st != L3C_OK) {
         l3c_gram_rules_free(r);
         return st;
     }
-    return grammar_new(r, v, out);
-}
-
-l3c_status l3c_grammar_from_json_schema(const l3c_tokenizer *tok, const char *schema_json,
-                                        size_t len, l3c_grammar **out) {
-    if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: out is NULL");
-    *out = NULL;
-    if (!tok) return l3c_fail(L3C_ERR_INVALID_ARG, "grammar: NULL tokenizer");
-    char *gbnf = NULL;
-    l3c_status st = l3c_json_schema_to_gbnf(schema_json, len, &gbnf);
-    if (st != L3C_OK) return st;
-    st = l3c_grammar_from_gbnf(tok, gbnf, strlen(gbnf), "root", out);
-    free(gbnf);
-    return st;
+    return l3c_grammar_make(r, v, out);
 }

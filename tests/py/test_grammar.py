@@ -303,3 +303,20 @@ def test_dead_state_is_a_clear_error(llama3c, stories_gguf, tmp_path):
 def test_options_conflict(llama3c, stories_gguf):
     p = run_cli("run", "-m", stories_gguf("f32"), "-p", "x", "--json", "--grammar", "x.gbnf", check=False)
     assert p.returncode == 2 and "only one of" in p.stderr
+
+
+def test_chat_every_answer_follows_the_schema(llama3c, stories_gguf):
+    """chat restarts the grammar for each answer (two turns from stdin)."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                               "n": {"type": "integer", "minimum": 1, "maximum": 5}},
+              "required": ["ok", "n"]}
+    p = run_cli("chat", "-m", stories_gguf("f32"), "--json-schema", json.dumps(schema), "-n", 100, "--temp", 1.0,
+                "--seed", 9, "--no-timings", input="hi\nagain\n")
+    dec, text, pos, answers = json.JSONDecoder(), p.stdout, 0, []
+    while text[pos:].strip():  # answers are separated by newlines; JSON whitespace may hold some too
+        pos += len(text[pos:]) - len(text[pos:].lstrip())
+        value, pos = dec.raw_decode(text, pos)
+        answers.append(value)
+    assert len(answers) == 2, p.stdout
+    for a in answers:
+        jsonschema.validate(a, schema)
