@@ -123,18 +123,9 @@ int cmd_bench(int argc, char **argv) {
             json = 1;
         else if (!strcmp(a, "--bf16"))
             bf16 = 1;
-        else if (!strcmp(a, "--kv")) {
-            const char *k;
-            if ((bad = cli_str(CMD, argc, argv, &i, &k))) break;
-            if (!strcmp(k, "f16"))
-                kv_type = L3C_KV_F16;
-            else if (!strcmp(k, "f32"))
-                kv_type = L3C_KV_F32;
-            else if (!strcmp(k, "q8_0"))
-                kv_type = L3C_KV_Q8_0;
-            else
-                return cli_usage_error(CMD, "--kv: '%s' is not f16, f32 or q8_0", k);
-        } else if ((r = cli_split_parse(CMD, argc, argv, &i)))
+        else if (!strcmp(a, "--kv"))
+            bad = cli_kv(CMD, argc, argv, &i, &kv_type);
+        else if ((r = cli_split_parse(CMD, argc, argv, &i)))
             bad = r < 0;
         else if ((r = cli_compat_parse(CMD, argc, argv, &i)))
             bad = r < 0;

@@ -125,18 +125,9 @@ int cmd_eval(int argc, char **argv) {
             bad = cli_int("eval", argc, argv, &i, 1, 1024, &n_threads);
         else if (cli_is(a, CLI_BATCH))
             bad = cli_int("eval", argc, argv, &i, 1, 1 << 20, &n_batch);
-        else if (!strcmp(a, "--kv")) {
-            const char *k;
-            if ((bad = cli_str("eval", argc, argv, &i, &k))) return CLI_USAGE;
-            if (!strcmp(k, "f16"))
-                kv_type = L3C_KV_F16;
-            else if (!strcmp(k, "f32"))
-                kv_type = L3C_KV_F32;
-            else if (!strcmp(k, "q8_0"))
-                kv_type = L3C_KV_Q8_0;
-            else
-                return cli_usage_error("eval", "--kv: '%s' is not f16, f32 or q8_0", k);
-        } else if ((r = cli_compat_parse("eval", argc, argv, &i)))
+        else if (!strcmp(a, "--kv"))
+            bad = cli_kv("eval", argc, argv, &i, &kv_type);
+        else if ((r = cli_compat_parse("eval", argc, argv, &i)))
             bad = r < 0;
         else
             return cli_usage_error("eval", "unknown option '%s'", a);

@@ -127,6 +127,20 @@ int cli_flt(const char *cmd, int argc, char **argv, int *i, double lo, double hi
     return 0;
 }
 
+int cli_kv(const char *cmd, int argc, char **argv, int *i, int *kv_type) {
+    const char *k;
+    if (cli_str(cmd, argc, argv, i, &k)) return -1;
+    if (!strcmp(k, "f16"))
+        *kv_type = L3C_KV_F16;
+    else if (!strcmp(k, "f32"))
+        *kv_type = L3C_KV_F32;
+    else if (!strcmp(k, "q8_0"))
+        *kv_type = L3C_KV_Q8_0;
+    else
+        return cli_usage_error(cmd, "--kv: '%s' is not f16, f32 or q8_0", k), -1;
+    return 0;
+}
+
 int cli_compat_parse(const char *cmd, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     int n;

@@ -49,6 +49,8 @@ int cli_flt(const char *cmd, int argc, char **argv, int *i, double lo, double hi
  * -cnv/--conversation, --log-disable, -fa/--flash-attn, --keep N for commands without a context
  * to keep): consumed with a note on stderr. 1 consumed, 0 not one, -1 usage error (printed). */
 int cli_compat_parse(const char *cmd, int argc, char **argv, int *i);
+/* --kv f16|f32|q8_0 (argv[*i] is the option): *kv_type = L3C_KV_*; -1 (reported) on a bad value. */
+int cli_kv(const char *cmd, int argc, char **argv, int *i, int *kv_type);
 /* llama.cpp's -e: the escapes \n \t \r \a \b \f \v \\ \' \" \? \xHH in s, in place (others,
  * and \x00, stay as they are). */
 void cli_unescape(char *s);

@@ -848,6 +848,22 @@ static json_t *envelope(const api_request *r, const char *object) {
 static char *tool_calls_response(const api_request *r, const char *text, size_t text_len,
                                  const sched_update *u, size_t *len);
 
+/* A whole (non-streamed) response: the envelope, choices [choice] (taken) and usage. */
+static char *response_with(const api_request *r, json_t *choice, const char *object,
+                           const sched_update *u, size_t *len) {
+    json_t *env = envelope(r, object);
+    json_t *usage = usage_obj(u);
+    if (!choice || !env || !usage) {
+        json_decref(choice);
+        json_decref(env);
+        json_decref(usage);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_pack("[o]", choice));
+    json_object_set_new(env, "usage", usage);
+    return dump(env, len);
+}
+
 char *api_response_json(const api_request *r, const char *text, size_t text_len,
                         const sched_update *u, size_t *len) {
     char *tc = r->tools ? tool_calls_response(r, text, text_len, u, len) : NULL;
@@ -864,17 +880,8 @@ char *api_response_json(const api_request *r, const char *text, size_t text_len,
     else
         choice = json_pack("{s:o,s:i,s:o?,s:s?}", "text", content, "index", 0, "logprobs", lp,
                            "finish_reason", fr);
-    json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion" : "text_completion");
-    json_t *usage = usage_obj(u);
-    if (!choice || !env || !usage) {
-        json_decref(choice);
-        json_decref(env);
-        json_decref(usage);
-        return NULL;
-    }
-    json_object_set_new(env, "choices", json_pack("[o]", choice));
-    json_object_set_new(env, "usage", usage);
-    return dump(env, len);
+    return response_with(r, choice, r->kind == API_CHAT ? "chat.completion" : "text_completion", u,
+                         len);
 }
 
 char *api_stream_chunk(const api_request *r, int role_chunk, const char *text, size_t text_len,
@@ -936,17 +943,7 @@ static char *tool_calls_response(const api_request *r, const char *text, size_t 
     json_t *choice =
         json_pack("{s:i,s:{s:s,s:n,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant",
                   "content", "tool_calls", calls, "logprobs", "finish_reason", "tool_calls");
-    json_t *env = envelope(r, "chat.completion");
-    json_t *usage = usage_obj(u);
-    if (!choice || !env || !usage) {
-        json_decref(choice);
-        json_decref(env);
-        json_decref(usage);
-        return NULL;
-    }
-    json_object_set_new(env, "choices", json_pack("[o]", choice));
-    json_object_set_new(env, "usage", usage);
-    return dump(env, len);
+    return response_with(r, choice, "chat.completion", u, len);
 }
 
 /* One chat chunk with delta = the given object (taken). */
