@@ -1,9 +1,20 @@
 # llama3c build. `make` builds the library, the CLI and the unit tests into $(BUILD)/;
 # `make test` runs every test; `make asan` builds and tests under ASan+UBSan in build-asan/.
-# System packages (Debian): build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev
-# (scripts/setup.sh installs them).
+# System packages (Debian): build-essential pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev
+# libedit-dev (chat's line editing) (scripts/setup.sh installs them).
 
 CC      ?= cc
+# MPI=1: the same program joined to an MPI job when started by mpirun (src/dist/comm_mpi.c, Open MPI:
+# openmpi-bin libopenmpi-dev), built into its own folder; plain `make` uses src/dist/comm_none.c.
+MPI     ?= 0
+ifeq ($(MPI),1)
+BUILD   ?= build-mpi
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
+ifeq ($(MPI_LIBS),)
+$(error MPI=1 needs Open MPI's development files (Debian: openmpi-bin libopenmpi-dev; pkg-config ompi-c))
+endif
+endif
 BUILD   ?= build
 OPT     ?= -O2
 SANFLAGS ?=
@@ -19,10 +30,10 @@ APP_CFLAGS = $(CFLAGS_COMMON)
 # nothing extra is needed for them; an arm_neon.c hook would be weak, which does not pull its
 # object out of a static archive: -u names it so the linker does.
 ISA_HOOKS := $(patsubst src/kernels/arm_%.c,l3c_kernels_override_%,$(wildcard src/kernels/arm_neon.c))
-LDLIBS  = -lpcre2-8 -ljansson -lpthread -lm $(ISA_HOOKS:%=-Wl,-u,%)
-APP_LDLIBS = -lmicrohttpd -lsqlite3 $(LDLIBS)
+LDLIBS  = -lpcre2-8 -ljansson -lpthread -lm $(ISA_HOOKS:%=-Wl,-u,%) $(MPI_LIBS)
+APP_LDLIBS = -lmicrohttpd -lsqlite3 -ledit $(LDLIBS)
 
-LIB_SRC  := $(sort $(wildcard src/*.c src/*/*.c))
+LIB_SRC  := $(filter-out src/dist/comm_$(if $(filter 1,$(MPI)),none,mpi).c,$(sort $(wildcard src/*.c src/*/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 APP_SRC  := $(sort $(wildcard apps/cli/*.c apps/server/*.c apps/rag/*.c))
 APP_OBJ  := $(APP_SRC:%.c=$(BUILD)/%.o)
@@ -44,18 +55,21 @@ $(BUILD)/src/kernels/x86_amx.o:    ISA_FLAGS = -mavx2 -mfma -mf16c -mavx512f -ma
                                                -mavx512vl -mavx512vnni -mavx512bf16 -mamx-tile \
                                                -mamx-int8 -mamx-bf16 -fno-tree-dse -fno-dse
 endif
+# the one file that includes mpi.h (per-file flags, like the ISA files)
+$(BUILD)/src/dist/comm_mpi.o: ISA_FLAGS = $(MPI_CFLAGS)
 ifeq ($(ARCH),aarch64)
 # dispatch.c offers the neon path only where AT_HWCAP reports the dot-product extension
 $(BUILD)/src/kernels/arm_neon.o:   ISA_FLAGS = -march=armv8.2-a+dotprod
 endif
 
-.PHONY: all lib cli tests test test-unit test-py test-arm64 asan asan-ci fuzz clean demo compile_commands
+.PHONY: all lib cli tests test test-unit test-py test-arm64 asan asan-ci fuzz clean demo compile_commands \
+        shared install uninstall
 
 all: lib cli tests
 
 lib: $(BUILD)/libllama3c.a
 cli: $(BUILD)/llama3c
-tests: $(TEST_BIN) $(TRAIN_DUMP) $(DATA_DUMP)
+tests: $(TEST_BIN) $(TRAIN_DUMP) $(DATA_DUMP) $(BUILD)/bench/rag_scale
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h src/*.h)
 	@mkdir -p $(dir $@)
@@ -66,6 +80,17 @@ $(APP_OBJ): $(wildcard apps/*/*.h)
 $(BUILD)/libllama3c.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+
+# The shared library: the same objects (all -fPIC), only the public l3c_* symbols exported
+# (-fvisibility=hidden + L3C_API, and the version script as a second fence), soname libllama3c.so.MAJOR.
+VERSION := $(shell sed -n 's/.*l3c_version(void) { return "\([0-9.]*\)"; }.*/\1/p' src/util/util.c)
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
+SONAME  := libllama3c.so.$(SOMAJOR)
+SHLIB   := $(BUILD)/libllama3c.so.$(VERSION)
+shared: $(SHLIB)
+$(SHLIB): $(LIB_OBJ) src/llama3c.map
+	$(CC) $(CFLAGS_COMMON) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/llama3c.map \
+	  -Wl,--no-undefined -o $@ $(LIB_OBJ) $(LDLIBS)
 
 $(BUILD)/llama3c: $(APP_OBJ) $(BUILD)/libllama3c.a
 	$(CC) $(APP_CFLAGS) -o $@ $(APP_OBJ) $(BUILD)/libllama3c.a $(APP_LDLIBS)
@@ -81,6 +106,12 @@ $(TRAIN_DUMP): tests/train/train_dump.c $(BUILD)/libllama3c.a
 $(DATA_DUMP): tests/train/data_dump.c $(BUILD)/libllama3c.a
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) -o $@ $< $(BUILD)/libllama3c.a $(LDLIBS)
+
+# bench/rag_scale.c: the RAG index's vector search at 10k..1M chunks (docs/RAG.md; not a test)
+RAG_OBJ := $(filter $(BUILD)/apps/rag/%,$(APP_OBJ))
+$(BUILD)/bench/rag_scale: bench/rag_scale.c $(RAG_OBJ) $(BUILD)/libllama3c.a
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) -o $@ $< $(RAG_OBJ) $(BUILD)/libllama3c.a $(APP_LDLIBS)
 
 test-unit: $(TEST_BIN)
 	@sh tests/run_unit.sh $(TEST_BIN)
@@ -132,6 +163,29 @@ test-arm64:
 	@out=$$($(QEMU_ARM64) -cpu cortex-a72 build-arm64/tests/test_kernels 2>&1) || { echo "$$out"; exit 1; }; \
 	  echo "$$out" | grep "paths available: ref;"
 
+# make install [PREFIX=/usr/local] [DESTDIR=]: the program, the header, the static and the shared
+# library (with its soname links) and llama3c.pc for pkg-config (docs/INSTALL.md). `make uninstall`
+# removes exactly those files.
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+BINDIR  ?= $(PREFIX)/bin
+PCDIR   ?= $(LIBDIR)/pkgconfig
+install: $(BUILD)/libllama3c.a $(SHLIB) $(BUILD)/llama3c scripts/llama3c.pc.in
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PCDIR)
+	install -m 755 $(BUILD)/llama3c $(DESTDIR)$(BINDIR)/llama3c
+	install -m 644 include/llama3c.h $(DESTDIR)$(INCDIR)/llama3c.h
+	install -m 644 $(BUILD)/libllama3c.a $(DESTDIR)$(LIBDIR)/libllama3c.a
+	install -m 755 $(SHLIB) $(DESTDIR)$(LIBDIR)/libllama3c.so.$(VERSION)
+	ln -sf libllama3c.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libllama3c.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' scripts/llama3c.pc.in >$(DESTDIR)$(PCDIR)/llama3c.pc
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/llama3c $(DESTDIR)$(INCDIR)/llama3c.h $(DESTDIR)$(LIBDIR)/libllama3c.a \
+	      $(DESTDIR)$(LIBDIR)/libllama3c.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	      $(DESTDIR)$(LIBDIR)/libllama3c.so $(DESTDIR)$(PCDIR)/llama3c.pc
+
 demo: $(BUILD)/llama3c
 	./$(BUILD)/llama3c chat -m "$$(sh scripts/default-model.sh)" -n 128 \
 	  -p "What is the capital of France? Answer in one sentence."
@@ -140,6 +194,6 @@ compile_commands:
 	bear -- $(MAKE) -B all
 
 clean:
-	rm -rf build build-asan build-fuzz build-arm64
+	rm -rf build build-asan build-fuzz build-arm64 build-mpi
 
 -include fuzz.mk

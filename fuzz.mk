@@ -65,7 +65,7 @@ fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/corpus/tokenizer
 fuzz-model: $(FUZZ_DIR)/fuzz_model $(FUZZ_DIR)/corpus/model
 	cd $(FUZZ_DIR) && ./fuzz_model $(FUZZ_RUN) -max_len=16384 corpus/model
 
-fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat fuzz-lora
+fuzz-all: fuzz fuzz-tokenizer fuzz-model fuzz-server fuzz-chat fuzz-lora fuzz-grammar fuzz-eval
 
 .PHONY: fuzz-tokenizer fuzz-model fuzz-all
 
@@ -96,12 +96,13 @@ fuzz-safetensors: $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/corpus/safetensors
 # (it #includes src/chat.c to reach the static default-system parser). Instrumented: the harness,
 # openai.c, chat.c, the tokenizer, the GGUF reader and util; the model loader and kernels come
 # uninstrumented from $(BUILD)/libllama3c.a.
-FUZZ_SERVER_SRC := tests/fuzz/fuzz_server_request.c apps/server/openai.c src/chat.c \
+FUZZ_SERVER_SRC := tests/fuzz/fuzz_server_request.c apps/server/openai.c apps/server/tools.c \
+                   apps/server/grammar_cache.c src/chat.c src/io/pyjson.c \
                    $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
 FUZZ_CHAT_SRC := tests/fuzz/fuzz_chat.c $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
 
-$(FUZZ_DIR)/fuzz_server_request: $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a apps/server/openai.h \
-                                 apps/server/scheduler.h apps/server/server.h $(wildcard include/*.h src/*/*.h)
+$(FUZZ_DIR)/fuzz_server_request: $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a $(wildcard apps/server/*.h) \
+                                 tests/fuzz/fuzz_model_path.h $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Iapps/server $(FUZZ_SAN) -o $@ $(FUZZ_SERVER_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
 
@@ -132,12 +133,36 @@ FUZZ_DATA ?= $(or $(L3C_DATA),$(if $(wildcard ../shared/data),../shared/data,sha
 FUZZ_CI_ENV = L3C_FUZZ_STRICT=1 L3C_FUZZ_TOKENIZER=$(abspath $(FUZZ_DATA))/llama3-tokenizer/tokenizer.model
 fuzz-ci:
 	$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_model \
-	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/fuzz_lora
+	  $(FUZZ_DIR)/fuzz_server_request $(FUZZ_DIR)/fuzz_chat $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/fuzz_lora \
+	  $(FUZZ_DIR)/fuzz_grammar $(FUZZ_DIR)/fuzz_eval_files
 	rm -f $(FUZZ_DIR)/crash-* $(FUZZ_DIR)/leak-* $(FUZZ_DIR)/timeout-* $(FUZZ_DIR)/oom-*
 	$(FUZZ_CI_ENV) $(MAKE) --no-print-directory FUZZ_SECONDS=$(FUZZ_CI_SECONDS) fuzz fuzz-tokenizer fuzz-model \
-	  fuzz-server fuzz-chat fuzz-safetensors fuzz-lora
+	  fuzz-server fuzz-chat fuzz-safetensors fuzz-lora fuzz-grammar fuzz-eval
 
 .PHONY: fuzz-server fuzz-chat fuzz-ci
+
+# ---- the files `llama3c perplexity` reads (tests/fuzz/fuzz_eval_files.c)
+#   make fuzz-eval [FUZZ_SECONDS=n]
+# --kl-base files (header, token ids, rows scored by kl_row) and --multiple-choice JSONL
+# (tokenized with the default model's vocabulary: L3C_FUZZ_MODEL, else scripts/default-model.sh;
+# exit 1 without it). Instrumented: the harness (which #includes apps/cli/cmd_perplexity.c),
+# apps/cli/common.c and logprob.c, the tokenizer, the GGUF reader and util.
+FUZZ_EVAL_SRC := tests/fuzz/fuzz_eval_files.c apps/cli/common.c apps/cli/logprob.c \
+                 $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
+
+$(FUZZ_DIR)/fuzz_eval_files: $(FUZZ_EVAL_SRC) apps/cli/cmd_perplexity.c apps/cli/common.h apps/cli/logprob.h tests/fuzz/fuzz_model_path.h \
+                             $(BUILD)/libllama3c.a $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_EVAL_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/eval: $(FUZZ_DIR)/fuzz_eval_files
+	@mkdir -p $@
+	$(FUZZ_DIR)/fuzz_eval_files --write-seeds $@
+
+fuzz-eval: $(FUZZ_DIR)/fuzz_eval_files $(FUZZ_DIR)/corpus/eval
+	cd $(FUZZ_DIR) && ./fuzz_eval_files $(FUZZ_RUN) -max_len=8192 corpus/eval
+
+.PHONY: fuzz-eval
 
 # ---- GGUF LoRA adapters (tests/fuzz/fuzz_lora.c)
 #   make fuzz-lora [FUZZ_SECONDS=n]
@@ -159,3 +184,23 @@ fuzz-lora: $(FUZZ_DIR)/fuzz_lora $(FUZZ_DIR)/corpus/lora
 	cd $(FUZZ_DIR) && ./fuzz_lora $(FUZZ_RUN) -max_len=8192 corpus/lora
 
 .PHONY: fuzz-lora
+
+# ---- grammars (tests/fuzz/fuzz_grammar.c)
+#   make fuzz-grammar [FUZZ_SECONDS=n]
+# GBNF text and JSON Schemas (jansson uninstrumented), then the matcher driven over a synthetic
+# vocabulary with masks checked against per-token checks. Instrumented: the harness,
+# src/grammar/*.c and util; the rest from $(BUILD)/libllama3c.a. Seeds: fuzz_grammar --write-seeds.
+FUZZ_GRAMMAR_SRC := tests/fuzz/fuzz_grammar.c $(sort $(wildcard src/grammar/*.c)) src/util/util.c
+
+$(FUZZ_DIR)/fuzz_grammar: $(FUZZ_GRAMMAR_SRC) $(BUILD)/libllama3c.a $(wildcard include/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(FUZZ_GRAMMAR_SRC) $(BUILD)/libllama3c.a $(LDLIBS)
+
+$(FUZZ_DIR)/corpus/grammar: $(FUZZ_DIR)/fuzz_grammar
+	@mkdir -p $(FUZZ_DIR)/corpus
+	$(FUZZ_DIR)/fuzz_grammar --write-seeds $@
+
+fuzz-grammar: $(FUZZ_DIR)/fuzz_grammar $(FUZZ_DIR)/corpus/grammar
+	cd $(FUZZ_DIR) && ./fuzz_grammar $(FUZZ_RUN) -max_len=4096 corpus/grammar
+
+.PHONY: fuzz-grammar

@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -72,7 +73,20 @@ typedef struct l3c_model_params {
      * ~2x the multiply-adds per instruction in prompts. 0 (default): exact F16 / BF16 weights and
      * fp32 activations. Prompt and generation use the same arithmetic either way. */
     int bf16_matmul;
+    /* How the ranks of a distributed run (l3c_dist_init under mpirun) share the model; ignored
+     * (the whole model) in a run of one rank. L3C_SPLIT_NONE (default): every rank holds all of
+     * it. L3C_SPLIT_TENSOR: rank r holds whole KV-head groups of attention, a slice of the FFN and
+     * of the vocabulary (needs ranks <= n_head_kv). L3C_SPLIT_LAYERS: rank r holds a contiguous
+     * range of layers (needs ranks <= n_layer). Every rank must load the same file with the same
+     * split; l3c_model_load checks it (a header hash) and fails on every rank otherwise.
+     * docs/DISTRIBUTED.md. */
+    int split;
+    /* L3C_SPLIT_LAYERS: layers of each rank ([l3c_dist_size()] counts summing to n_layer, each
+     * >= 1), or NULL for shares as even as possible. Borrowed for the call. */
+    const int32_t *layers_per_rank;
 } l3c_model_params;
+
+enum { L3C_SPLIT_NONE = 0, L3C_SPLIT_TENSOR = 1, L3C_SPLIT_LAYERS = 2 };
 
 L3C_API l3c_model_params l3c_model_default_params(void);
 
@@ -288,11 +302,36 @@ typedef void (*l3c_convert_progress_fn)(int64_t i, int64_t n, const char *name, 
  * Writes in_path -- a Hugging Face Llama folder (config.json + safetensors + tokenizer.json) or a
  * GGUF -- as a GGUF file of out_type: "F32", "F16", "BF16", "Q8_0" (as llama.cpp's
  * convert_hf_to_gguf.py --outtype) or "Q4_K_M" (llama-quantize's mix). 1-D tensors stay F32. The
- * file appears at out_path only when complete (written to out_path.tmp, then renamed). progress
- * may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
+ * file appears at out_path only when complete (see output files below); an out_path that is
+ * in_path (or a file in it) is refused. progress may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
  */
 L3C_API l3c_status l3c_convert(const char *in_path, const char *out_path, const char *out_type,
                                l3c_convert_progress_fn progress, void *user);
+
+/* ---------------------------------------------------------------- output files */
+
+/*
+ * Every file the library writes (convert, merge, adapters, trained models) goes to a temporary
+ * file beside its destination and is renamed over it only when complete (after fsync); a
+ * destination that is one of the inputs (same file, through links too) is refused with
+ * L3C_ERR_INVALID_ARG. Programs use the same mechanism for their own outputs:
+ *   l3c_output_open: refuses a path that is one of inputs[0..n_inputs) (NULL entries skipped; a
+ *     folder stands for every file directly in it), creates the temporary file and gives its
+ *     FILE* (binary, write) in *f; the caller writes and never closes f. Caller owns *out.
+ *   l3c_output_commit: flushes, fsyncs, closes and renames into place; frees o (also on error,
+ *     when the temporary file is removed). l3c_output_abort: closes and removes it; frees o
+ *     (NULL is a no-op).
+ *   l3c_output_tmp_path: the temporary file's name, for writers that need a path (SQLite).
+ * l3c_remove_partial_outputs() unlinks every temporary file not yet committed or aborted; it is
+ * async-signal-safe, for a SIGINT / SIGTERM handler.
+ */
+typedef struct l3c_output l3c_output;
+L3C_API l3c_status l3c_output_open(const char *path, const char *const *inputs, int n_inputs,
+                                   l3c_output **out, FILE **f);
+L3C_API const char *l3c_output_tmp_path(const l3c_output *o);
+L3C_API l3c_status l3c_output_commit(l3c_output *o);
+L3C_API void l3c_output_abort(l3c_output *o);
+L3C_API void l3c_remove_partial_outputs(void);
 
 /* ---------------------------------------------------------------- tokenizer */
 
@@ -373,11 +412,64 @@ L3C_API l3c_status l3c_sampler_create(const l3c_sampler_params *params, int32_t 
 L3C_API void l3c_sampler_free(l3c_sampler *s);
 /* Adds a bias to a token's logit before sampling (OpenAI logit_bias); -INFINITY bans it. */
 L3C_API l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias);
-/* Picks the next token from n_vocab logits (not modified). Does not accept it. */
+/* Picks the next token from n_vocab logits (not modified). Does not accept it. Returns -1 only
+ * under a grammar that allows no token (see l3c_sampler_set_grammar). */
 L3C_API int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits);
 /* Records a token in the history used by the repetition, presence and frequency penalties. */
 L3C_API void l3c_sampler_accept(l3c_sampler *s, int32_t id);
 L3C_API void l3c_sampler_reset(l3c_sampler *s);
+
+/* ---------------------------------------------------------------- grammars (constrained output) */
+
+/*
+ * A grammar restricts what a sampler may pick: at each step only tokens whose bytes continue a
+ * string of the grammar's language are candidates (the sampler renormalizes over them; greedy
+ * takes the best of them). Grammars are GBNF as llama.cpp writes it (docs/GRAMMAR.md) or JSON
+ * Schema, converted to GBNF (keywords the converter cannot enforce are refused by name, never
+ * ignored). A compiled grammar belongs to one tokenizer's vocabulary (it holds a trie over the
+ * token byte strings, built by the first grammar compiled for that tokenizer and kept by the
+ * tokenizer for the next ones: ~0.1-0.5 s for 128K tokens, then well under a millisecond); it
+ * does not need the tokenizer afterwards, is immutable and may be shared by many samplers and
+ * threads. Compiling grammars for one tokenizer from several threads at once is safe. Control
+ * tokens never match grammar text; end-of-generation tokens (l3c_token_is_eog) are allowed
+ * exactly when the grammar can be complete.
+ */
+typedef struct l3c_grammar l3c_grammar;
+
+/*
+ * Compiles GBNF source (len bytes, need not be NUL-terminated) starting at rule root (NULL:
+ * "root"). Caller owns *out (l3c_grammar_free). Status: L3C_ERR_FORMAT (syntax error, undefined
+ * rule, left recursion, missing root: the message names the line, column and rule),
+ * L3C_ERR_UNSUPPORTED (token references), L3C_ERR_NOMEM.
+ */
+L3C_API l3c_status l3c_grammar_from_gbnf(const l3c_tokenizer *tok, const char *gbnf, size_t len,
+                                         const char *root, l3c_grammar **out);
+/*
+ * Compiles a JSON Schema (len bytes of JSON) via l3c_json_schema_to_gbnf. Caller owns *out.
+ * Status: L3C_ERR_FORMAT (not JSON, or a malformed schema), L3C_ERR_UNSUPPORTED (a keyword or
+ * value that cannot be enforced; the message names it and its JSON pointer), L3C_ERR_NOMEM.
+ */
+L3C_API l3c_status l3c_grammar_from_json_schema(const l3c_tokenizer *tok, const char *schema_json,
+                                                size_t len, l3c_grammar **out);
+/* The GBNF text a JSON Schema converts to (NUL-terminated; caller frees it with l3c_free).
+ * Same statuses as l3c_grammar_from_json_schema. The schema `{}` or `true` means any JSON value;
+ * {"type":"object"} any JSON object. */
+L3C_API l3c_status l3c_json_schema_to_gbnf(const char *schema_json, size_t len, char **out_gbnf);
+L3C_API void l3c_grammar_free(l3c_grammar *g);
+
+/*
+ * Constrains sampler s with grammar g (borrowed: g must outlive its use by s); NULL removes the
+ * constraint. The parse state starts at the beginning of the grammar; l3c_sampler_accept advances
+ * it by the accepted token (a token the grammar does not allow leaves it dead), l3c_sampler_reset
+ * restarts it. With a grammar, l3c_sampler_sample returns -1 when no token is allowed (the
+ * grammar is complete and the vocabulary has no end-of-generation token, the state is dead, or
+ * every allowed token was banned by logit biases): l3c_last_error() says which. The vocabulary
+ * of g's tokenizer must not exceed the sampler's n_vocab (L3C_ERR_INVALID_ARG).
+ */
+L3C_API l3c_status l3c_sampler_set_grammar(l3c_sampler *s, const l3c_grammar *g);
+/* 1 when s has a grammar that is complete with nothing more allowed (only end-of-generation
+ * tokens may follow), else 0. */
+L3C_API int l3c_sampler_grammar_done(const l3c_sampler *s);
 
 /* ---------------------------------------------------------------- chat */
 
@@ -431,12 +523,78 @@ L3C_API l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_templat
                                         const l3c_chat_message *msgs, size_t n, int add_assistant,
                                         const char *date, int32_t **out_ids, int64_t *out_n);
 
+/*
+ * Tools (function calling). tools: a JSON array of tool definitions as OpenAI's `tools` field
+ * ([{"type": "function", "function": {"name", "description", "parameters"}}], rendered as given,
+ * key order kept), NULL: none. tool_calls: NULL, or one entry per message: for an assistant
+ * message that called tools, the JSON array of its calls as OpenAI's `tool_calls`
+ * ([{"id", "type": "function", "function": {"name", "arguments"}}]; arguments a JSON object or
+ * a string holding one), else NULL. Borrowed for the call.
+ *   LLAMA31 (and LLAMA3 with tools): Meta's Llama 3.1 template: "Environment: ipython" in the
+ *     system turn, the definitions (json.dumps(indent=4)) in front of the first user message, a
+ *     call as {"name": "NAME", "parameters": ARGS} in an assistant turn (several calls: one
+ *     turn each), "tool" / "ipython" messages as ipython turns.
+ *   CHATML, LLAMA2, ZEPHYR (no tool protocol of their own): the definitions are listed at the end
+ *     of the system message (one is added) with the instruction to reply with only
+ *     {"tool_calls": [{"name": ..., "arguments": {...}}]}; a call is rendered in that form.
+ * docs/SERVER.md ("Tools") gives the exact texts.
+ */
+typedef struct l3c_chat_tools {
+    const char *tools;
+    const char *const *tool_calls; /* [n] or NULL */
+} l3c_chat_tools;
+
+/* l3c_chat_format_ex / l3c_chat_tokenize_ex with tools (NULL: none). */
+L3C_API l3c_status l3c_chat_format_tools(l3c_chat_template t, const l3c_chat_message *msgs,
+                                         size_t n, const l3c_chat_tools *tools, int add_assistant,
+                                         const char *date, char **out);
+L3C_API l3c_status l3c_chat_tokenize_tools(const l3c_model *model, l3c_chat_template t,
+                                           const l3c_chat_message *msgs, size_t n,
+                                           const l3c_chat_tools *tools, int add_assistant,
+                                           const char *date, int32_t **out_ids, int64_t *out_n);
+
 /* ---------------------------------------------------------------- system */
 
 /* The compute path chosen at start-up ("avx512", "avx2", "ref", ...); L3C_KERNELS=<path> forces one. */
 L3C_API const char *l3c_backend_path(void);
 /* Physical cores (default thread count). */
 L3C_API int l3c_default_threads(void);
+
+/* ---------------------------------------------------------------- distributed runs (MPI)
+ * A program started N times by mpirun (in a build with MPI=1) joins one job of N ranks here;
+ * models loaded with l3c_model_params.split then run their forward passes together: every rank
+ * must make the same calls (load, context, l3c_decode with the same batches) in the same order,
+ * and every rank gets the same logits. Rank 0 is the one that reads input and writes output;
+ * its batches are the reference (another rank's different batch ends the job with a message).
+ * A peer that fails ends every rank with a message naming it. Without MPI, or started without a
+ * launcher, the program is rank 0 of 1 and these calls cost nothing. docs/DISTRIBUTED.md. */
+
+/* Joins the job if an MPI launcher started the process; call once before anything else, with
+ * main's arguments. L3C_OK or L3C_ERR_IO (MPI could not start). */
+L3C_API l3c_status l3c_dist_init(int *argc, char ***argv);
+/* Leaves the job (MPI_Finalize); call at the end of main, after every model is freed. */
+L3C_API void l3c_dist_finalize(void);
+L3C_API int l3c_dist_rank(void); /* 0 .. size-1 */
+L3C_API int l3c_dist_size(void); /* 1 without a job */
+/* "mpi" in a build with MPI=1, else "none" */
+L3C_API const char *l3c_dist_transport(void);
+/* Copies rank 0's bytes[n] to every rank (e.g. the sampled token, a seed). Collective. */
+L3C_API void l3c_dist_bcast(void *bytes, size_t n);
+/* A context driven from rank 0 (a server: only rank 0 knows what comes next). Every rank creates
+ * the same context; rank 0 calls l3c_dist_lead on it, then uses it as usual: each l3c_decode and
+ * l3c_kv_seq_truncate is first sent to the other ranks, which sit in l3c_dist_follow making the
+ * same calls on theirs, until rank 0 calls l3c_dist_release (which l3c_dist_follow returns on).
+ * Only rank 0's results mean anything to the caller. In a run of one rank they do nothing. */
+L3C_API l3c_status l3c_dist_lead(l3c_context *ctx);
+L3C_API l3c_status l3c_dist_follow(l3c_context *ctx);
+L3C_API void l3c_dist_release(l3c_context *ctx);
+/* Payload bytes this rank has sent to its peers so far, and the wall seconds it has spent in
+ * message passing (transfers and waiting for its peers). */
+L3C_API uint64_t l3c_dist_bytes_sent(void);
+L3C_API double l3c_dist_comm_seconds(void);
+/* Ends every rank of the job with status 1 after printing "llama3c: rank R of N: why" (for a
+ * rank that fails alone: its peers must not wait for it). Returns only in a run of one rank. */
+L3C_API void l3c_dist_abort(const char *why);
 
 #ifdef __cplusplus
 }

@@ -6,7 +6,7 @@
 #      llama-cpp-python, which running llama3c does not need);
 #   3. `make`.
 # With --test it also installs the test dependencies into .venv (gguf numpy tiktoken pytest openai
-# jinja2), the torch reference venv .venv-torch (Debian python3-torch + transformers + peft) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
+# jinja2 jsonschema; lm_eval's API client, --no-deps), the torch reference venv .venv-torch (Debian python3-torch + transformers + peft) and llama-cpp-python (the peer engine the tests compare with) from a wheel cached in
 # ~/.cache/llama3c/wheels, building that wheel once if absent.
 # With --test it finally verifies every reference the suite compares against (python modules
 # importable, chromium runs, clang builds a libFuzzer target, the default model, and the sha256 of
@@ -40,7 +40,7 @@ die() {
 }
 
 # ---------------------------------------------------------------- 1. Debian packages
-PKGS=(build-essential libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev python3 python3-venv python3-pip)
+PKGS=(build-essential pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev libedit-dev python3 python3-venv python3-pip)
 # the public-domain training corpus (scripts/get_corpus.sh): the King James Bible, `bible -f`
 PKGS+=(bible-kjv bible-kjv-text)
 # the tests also drive pages (the server's chat page, explain --html) in headless Chromium, and
@@ -50,6 +50,9 @@ PKGS+=(bible-kjv bible-kjv-text)
 # rag tests read a PDF through pdftotext (poppler-utils), and the training / Hugging Face tests
 # compare with Debian's CPU-only torch (python3-torch)
 ((WITH_TEST)) && PKGS+=(chromium gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user clang libclang-rt-dev poppler-utils python3-torch)
+# the distributed runs (`make MPI=1`, tests/py/test_mpi.py, docs/DISTRIBUTED.md): Open MPI, found
+# through pkg-config (ompi-c)
+((WITH_TEST)) && PKGS+=(openmpi-bin libopenmpi-dev pkgconf)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -100,7 +103,7 @@ make -C "$ROOT" -j"$(nproc)"
 # ---------------------------------------------------------------- test dependencies
 if ((WITH_TEST)); then
     need=()
-    for m in gguf numpy tiktoken pytest openai jinja2; do
+    for m in gguf numpy tiktoken pytest openai jinja2 jsonschema; do
         has_module "$m" || need+=("$m")
     done
     if ((${#need[@]})); then
@@ -108,6 +111,19 @@ if ((WITH_TEST)); then
         "${PIP[@]}" "${need[@]}"
     else
         say "test dependencies: all present"
+    fi
+
+    # lm-evaluation-harness: tests/py/test_server_logprobs.py drives its local-completions client
+    # against `llama3c serve`. Its declared dependencies (datasets, evaluate, scikit-learn, ...) serve
+    # its task datasets and metrics, not the API client, so it goes in with --no-deps plus what
+    # lm_eval.models.openai_completions imports (its [api] extra: aiohttp, tenacity, requests,
+    # tqdm; and pyyaml). No torch is pulled.
+    if "$PY" -c "import lm_eval.models.openai_completions" 2>/dev/null; then
+        say "lm_eval (API client): present"
+    else
+        say "installing lm_eval 0.4.13 (--no-deps) + aiohttp tenacity requests tqdm pyyaml"
+        "${PIP[@]}" --no-deps "lm_eval==0.4.13"
+        "${PIP[@]}" aiohttp tenacity requests tqdm pyyaml
     fi
 
     if has_module llama_cpp; then
@@ -182,7 +198,7 @@ fi
 
 # ---------------------------------------------------------------- verify the test references
 if ((WITH_TEST)); then
-    for m in numpy gguf tiktoken jinja2 openai pytest llama_cpp; do
+    for m in numpy gguf tiktoken jinja2 openai pytest jsonschema llama_cpp lm_eval.models.openai_completions; do
         err=$("$PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv: ${err##*$'\n'}"
     done
     TORCH_PY="$ROOT/.venv-torch/bin/python"
@@ -199,6 +215,12 @@ if ((WITH_TEST)); then
         die "clang cannot build a libFuzzer target (clang, libclang-rt-dev): ${err##*$'\n'}"
     fi
     rm -rf "$tmpc"
+    pkg-config --exists ompi-c || die "pkg-config does not find Open MPI (ompi-c): make MPI=1 needs libopenmpi-dev"
+    command -v mpirun >/dev/null 2>&1 || die "mpirun is not on PATH (openmpi-bin): tests/py/test_mpi.py needs it"
+    mpi_root=()
+    [ "$(id -u)" -eq 0 ] && mpi_root=(--allow-run-as-root)
+    [ "$(mpirun "${mpi_root[@]}" --oversubscribe -np 2 echo mpi-ok 2>&1 | grep -c '^mpi-ok$')" = 2 ] ||
+        die "mpirun cannot start 2 processes here (mpirun ${mpi_root[*]} --oversubscribe -np 2 echo)"
     [ "$(bible -f Ge1:1 2>/dev/null)" = "Ge1:1 In the beginning God created the heaven and the earth." ] ||
         die "bible (bible-kjv, bible-kjv-text) does not print Genesis 1:1 (scripts/get_corpus.sh needs it)"
     # ../shared/data (beside the checkout; L3C_DATA overrides, as in tests/py/conftest.py): the
@@ -218,7 +240,7 @@ b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696 stories260K/sto
 a3213f9ea026d75bf2993355ae334822d7c9d34328964c711ab030d3148e6cef stories260K/expected_greedy_t0.txt
 0216cc3ebe402a4b4f7221564caa5dd593708753568ff2818ae74e4e8283fb61 stories260K/expected_greedy_t0.ids
 EOF_SUMS
-    say "test references: python modules (.venv, .venv-torch), chromium, clang/libFuzzer, bible, default model, test data ($DATA): verified"
+    say "test references: python modules (.venv, .venv-torch), chromium, clang/libFuzzer, Open MPI, bible, default model, test data ($DATA): verified"
 fi
 
 say "done. Try: make demo   (or: build/llama3c chat -m \"\$(sh scripts/default-model.sh)\")"

@@ -13,13 +13,14 @@
  * cannot forge a turn. Markers that are not single vocabulary entries ("[INST]") are plain text.
  *
  * Exact formats (contents trimmed where the reference templates trim them):
- *   LLAMA3  <|begin_of_text|> + per message <|start_header_id|>ROLE<|end_header_id|>\n\nTRIM(C)<|eot_id|>
- *           add_assistant: <|start_header_id|>assistant<|end_header_id|>\n\n
- *   CHATML  per message <|im_start|>ROLE\nC<|im_end|>\n ; add_assistant: <|im_start|>assistant\n
- *   LLAMA2  (Meta / HF) <s>[INST] STRIP(<<SYS>>\nS\n<</SYS>>\n\nU) [/INST] + " STRIP(A) </s>" ...
- *           add_assistant adds nothing (the turn is open after [/INST]).
- *   ZEPHYR  per message <|ROLE|>\nC</s>\n ; add_assistant: <|assistant|>\n
- *   LLAMA31 (Meta's Llama 3.1 / 3.2 / 3.3 Instruct tokenizer.chat_template, without tools)
+ *   LLAMA3  <|begin_of_text|> + per message
+ * <|start_header_id|>ROLE<|end_header_id|>\n\nTRIM(C)<|eot_id|> add_assistant:
+ * <|start_header_id|>assistant<|end_header_id|>\n\n CHATML  per message
+ * <|im_start|>ROLE\nC<|im_end|>\n ; add_assistant: <|im_start|>assistant\n LLAMA2  (Meta / HF)
+ * <s>[INST] STRIP(<<SYS>>\nS\n<</SYS>>\n\nU) [/INST] + " STRIP(A) </s>" ... add_assistant adds
+ * nothing (the turn is open after [/INST]). ZEPHYR  per message <|ROLE|>\nC</s>\n ; add_assistant:
+ * <|assistant|>\n LLAMA31 (Meta's Llama 3.1 / 3.2 / 3.3 Instruct tokenizer.chat_template, without
+ * tools)
  *           <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n
  *           Cutting Knowledge Date: December 2023\nToday Date: DATE\n\n TRIM(S) <|eot_id|>
  *           (always; S = messages[0] when it is a system message, else empty), then per message
@@ -28,7 +29,13 @@
  *           template's `content is iterable` is true for a string, so it applies tojson.
  *           DATE: the template's date_string (default "26 Jul 2024"; Llama 3.2's template uses
  *           strftime_now("%d %b %Y") when the renderer defines it, as Hugging Face does).
- *           Tools (tools= / tool_calls) are not supported: messages have only role and content.
+ *           With tools (l3c_chat_format_tools): Meta's template with tools= and tool_calls
+ *           (tools_in_user_message, its default): "Environment: ipython\n" opens the system turn,
+ *           the tools (tojson(indent=4), each + "\n\n") after LLAMA31_TOOLS_PROMPT open the first
+ *           message after the system message, an assistant message with a call is
+ *           {"name": "NAME", "parameters": tojson(ARGS)}<|eot_id|>. LLAMA3 with tools: the same
+ *           without the date lines ("Environment: ipython\n\n" + S).
+ *   Others with tools: the generic protocol (generic_messages below).
  * TRIM is Python's str.strip() (Jinja's trim): Unicode whitespace, not only ASCII.
  *
  * Model-specific default: l3c_chat_tokenize (which knows the model) inserts the default system
@@ -37,8 +44,10 @@
  * tokens match what Hugging Face's apply_chat_template produces. l3c_chat_format, which knows
  * only the template kind, never adds it.
  */
+#include "io/pyjson.h"
 #include "util/util.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -205,19 +214,113 @@ static l3c_status header(emitter *e, const char *role) {
     return emit_str(e, "\n\n");
 }
 
+/* ---------------------------------------------------------------- tools */
+
+/* A conversation's tools, parsed from l3c_chat_tools: the definitions (a JSON array, NULL: none)
+ * and per message its calls (a non-empty JSON array, NULL: none). */
+typedef struct tools_ctx {
+    json_t *defs;
+    json_t **calls; /* [n] */
+} tools_ctx;
+
+static const json_t *msg_calls(const tools_ctx *tc, size_t i) {
+    return tc && tc->calls ? tc->calls[i] : NULL;
+}
+
+static l3c_status emit_pyjson(emitter *e, const json_t *j, int indent) {
+    l3c_buf b = {0};
+    l3c_status st = l3c_pyjson_dump(j, indent, &b);
+    if (!st && b.len) st = emit_text(e, b.data, b.len);
+    l3c_buf_free(&b);
+    return st;
+}
+
+/* The call's function name and arguments ({"function": {"name", "arguments"}} as OpenAI writes
+ * it, or {"name", "arguments"}); arguments given as a JSON string are parsed (a string that is
+ * not JSON stays a string). *args is a new reference. */
+static l3c_status call_parts(const json_t *call, size_t msg, size_t k, const char **name,
+                             json_t **args) {
+    const json_t *f = json_object_get(call, "function");
+    if (!json_is_object(f)) f = call;
+    const json_t *nm = json_object_get(f, "name");
+    if (!json_is_string(nm))
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "chat: message %zu: tool call %zu has no function name", msg, k);
+    *name = json_string_value(nm);
+    json_t *a = json_object_get(f, "arguments");
+    if (!a) a = json_object_get(f, "parameters");
+    if (json_is_string(a)) {
+        json_t *parsed =
+            json_loadb(json_string_value(a), json_string_length(a), JSON_DECODE_ANY, NULL);
+        *args = parsed ? parsed : json_incref(a);
+    } else {
+        *args = a ? json_incref(a) : json_object();
+    }
+    return *args ? L3C_OK : l3c_fail(L3C_ERR_NOMEM, "chat: out of memory");
+}
+
+/* Llama 3.1's custom tool call: {"name": "NAME", "parameters": tojson(ARGS)} */
+static l3c_status emit_llama31_call(emitter *e, const json_t *call, size_t msg, size_t k) {
+    const char *name;
+    json_t *args;
+    TRY(call_parts(call, msg, k, &name, &args));
+    l3c_status st = emit_str(e, "{\"name\": \"");
+    if (!st) st = emit_str(e, name);
+    if (!st) st = emit_str(e, "\", \"parameters\": ");
+    if (!st) st = emit_pyjson(e, args, -1);
+    if (!st) st = emit_str(e, "}");
+    json_decref(args);
+    return st;
+}
+
+#define LLAMA31_TOOLS_PROMPT                                                                       \
+    "Given the following functions, please respond with a JSON for a function call with its "      \
+    "proper "                                                                                      \
+    "arguments that best answers the given prompt.\n\nRespond in the format {\"name\": function "  \
+    "name, "                                                                                       \
+    "\"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n"
+
+/* Llama 3.1 (is31) and Llama 3 with tools: Meta's Llama 3.1 template (tools_in_user_message). */
 static l3c_status fmt_llama31(emitter *e, const l3c_chat_message *m, size_t n, int add_assistant,
-                              const char *date) {
+                              const char *date, const tools_ctx *tc, int is31) {
     size_t i = 0;
     const char *sys = "";
+    const json_t *defs = tc ? tc->defs : NULL;
     if (n > 0 && !strcmp(m[0].role, "system")) sys = m[i++].content;
     TRY(emit_marker(e, "<|begin_of_text|>"));
     TRY(header(e, "system"));
-    TRY(emit_str(e, "Cutting Knowledge Date: December 2023\nToday Date: "));
-    TRY(emit_str(e, date));
-    TRY(emit_str(e, "\n\n"));
+    if (defs) TRY(emit_str(e, is31 ? "Environment: ipython\n" : "Environment: ipython\n\n"));
+    if (is31) {
+        TRY(emit_str(e, "Cutting Knowledge Date: December 2023\nToday Date: "));
+        TRY(emit_str(e, date));
+        TRY(emit_str(e, "\n\n"));
+    }
     TRY(emit_trimmed(e, sys));
     TRY(emit_marker(e, "<|eot_id|>"));
+    if (defs) { /* the tools go in front of the first message after the system message */
+        if (i >= n)
+            return l3c_fail(L3C_ERR_INVALID_ARG,
+                            "chat: the Llama 3.1 template puts the tools into the first "
+                            "user message, and the conversation has none");
+        TRY(header(e, "user"));
+        TRY(emit_str(e, LLAMA31_TOOLS_PROMPT));
+        for (size_t k = 0; k < json_array_size(defs); k++) {
+            TRY(emit_pyjson(e, json_array_get(defs, k), 4));
+            TRY(emit_str(e, "\n\n"));
+        }
+        TRY(emit_trimmed(e, m[i++].content));
+        TRY(emit_marker(e, "<|eot_id|>"));
+    }
     for (; i < n; i++) {
+        const json_t *calls = msg_calls(tc, i);
+        if (calls) { /* Meta's template takes one call; several become consecutive turns */
+            for (size_t k = 0; k < json_array_size(calls); k++) {
+                TRY(header(e, "assistant"));
+                TRY(emit_llama31_call(e, json_array_get(calls, k), i, k));
+                TRY(emit_marker(e, "<|eot_id|>"));
+            }
+            continue;
+        }
         if (!strcmp(m[i].role, "ipython") || !strcmp(m[i].role, "tool")) {
             TRY(header(e, "ipython"));
             TRY(emit_json_string(e, m[i].content));
@@ -299,23 +402,181 @@ static l3c_status fmt_zephyr(emitter *e, const l3c_chat_message *m, size_t n, in
 
 #define LLAMA31_DEFAULT_DATE "26 Jul 2024"
 
+/* ---------------------------------------------------------------- tools: parsing and the generic
+ * protocol */
+
+static void tools_ctx_free(tools_ctx *tc, size_t n) {
+    json_decref(tc->defs);
+    if (tc->calls)
+        for (size_t i = 0; i < n; i++)
+            json_decref(tc->calls[i]);
+    free(tc->calls);
+    memset(tc, 0, sizeof *tc);
+}
+
+/* Parses l3c_chat_tools into tc; *any = 0 when there is nothing to render. */
+static l3c_status tools_ctx_parse(const l3c_chat_tools *tools, size_t n, tools_ctx *tc, int *any) {
+    memset(tc, 0, sizeof *tc);
+    *any = 0;
+    if (!tools) return L3C_OK;
+    if (tools->tools) {
+        json_error_t je;
+        tc->defs = json_loads(tools->tools, 0, &je);
+        if (!json_is_array(tc->defs)) {
+            tools_ctx_free(tc, n);
+            return l3c_fail(L3C_ERR_INVALID_ARG,
+                            "chat: tools must be a JSON array of tool definitions%s%s",
+                            je.text[0] ? ": " : "", je.text);
+        }
+        for (size_t k = 0; k < json_array_size(tc->defs); k++)
+            if (!json_is_object(json_array_get(tc->defs, k))) {
+                tools_ctx_free(tc, n);
+                return l3c_fail(L3C_ERR_INVALID_ARG, "chat: tools[%zu] is not a JSON object", k);
+            }
+        *any = 1;
+    }
+    if (tools->tool_calls && n) {
+        tc->calls = l3c_calloc(n, sizeof *tc->calls);
+        if (!tc->calls) {
+            tools_ctx_free(tc, n);
+            return l3c_fail(L3C_ERR_NOMEM, "chat: out of memory");
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (!tools->tool_calls[i]) continue;
+            json_t *c = json_loads(tools->tool_calls[i], 0, NULL);
+            if (!json_is_array(c)) {
+                json_decref(c);
+                tools_ctx_free(tc, n);
+                return l3c_fail(L3C_ERR_INVALID_ARG,
+                                "chat: message %zu: tool_calls must be a JSON array", i);
+            }
+            if (json_array_size(c) == 0) {
+                json_decref(c);
+                continue;
+            }
+            tc->calls[i] = c;
+            *any = 1;
+        }
+    }
+    return L3C_OK;
+}
+
+#define GENERIC_TOOLS_PROMPT_END                                                                   \
+    "\nTo call one or more of them, reply with only a JSON object of the form {\"tool_calls\": "   \
+    "[{\"name\": "                                                                                 \
+    "\"function name\", \"arguments\": {\"argument name\": value}}]} and nothing else. Otherwise " \
+    "answer "                                                                                      \
+    "in plain text."
+
+/* Messages rewritten for a template without a tool protocol of its own (ChatML, Llama 2, Zephyr):
+ * the tool list goes at the end of the system message (one is added first when there is none),
+ * an assistant message with calls gets {"tool_calls": [{"name", "arguments"}]} after its content,
+ * tool results keep their role. out[] and the strings in *bufs are caller-freed. */
+static l3c_status generic_messages(const l3c_chat_message *m, size_t n, const tools_ctx *tc,
+                                   l3c_chat_message **out, size_t *out_n, l3c_buf **bufs) {
+    size_t add = tc->defs && !(n > 0 && !strcmp(m[0].role, "system"));
+    l3c_chat_message *o = l3c_calloc(n + add, sizeof *o);
+    l3c_buf *b = l3c_calloc(n + 1, sizeof *b);
+    l3c_status st = L3C_OK;
+    *out = NULL;
+    *bufs = NULL;
+    if (!o || !b) {
+        free(o);
+        free(b);
+        return l3c_fail(L3C_ERR_NOMEM, "chat: out of memory");
+    }
+    if (add) o[0] = (l3c_chat_message){"system", ""};
+    memcpy(o + add, m, n * sizeof *m);
+    if (tc->defs) {
+        l3c_buf *s = &b[n];
+        if (o[0].content[0]) st = l3c_buf_appendf(s, "%s\n\n", o[0].content);
+        if (!st) st = l3c_buf_appendf(s, "You can call the following functions (tools):\n");
+        for (size_t k = 0; !st && k < json_array_size(tc->defs); k++) {
+            st = l3c_pyjson_dump(json_array_get(tc->defs, k), -1, s);
+            if (!st) st = l3c_buf_append(s, "\n", 1);
+        }
+        if (!st) st = l3c_buf_appendf(s, "%s", GENERIC_TOOLS_PROMPT_END);
+        if (!st) o[0].content = s->data;
+    }
+    for (size_t i = 0; !st && i < n; i++) {
+        const json_t *calls = msg_calls(tc, i);
+        if (!calls) continue;
+        json_t *list = json_array(), *obj = json_pack("{s:o}", "tool_calls", list);
+        if (!list || !obj) st = l3c_fail(L3C_ERR_NOMEM, "chat: out of memory");
+        for (size_t k = 0; !st && k < json_array_size(calls); k++) {
+            const char *name;
+            json_t *args;
+            st = call_parts(json_array_get(calls, k), i, k, &name, &args);
+            if (!st && json_array_append_new(
+                           list, json_pack("{s:s,s:o}", "name", name, "arguments", args)))
+                st = l3c_fail(L3C_ERR_NOMEM, "chat: out of memory");
+        }
+        size_t cb, ce;
+        trim(m[i].content, strlen(m[i].content), &cb, &ce);
+        if (!st && ce > cb)
+            st = l3c_buf_appendf(&b[i], "%.*s\n", (int)(ce - cb), m[i].content + cb);
+        if (!st) st = l3c_pyjson_dump(obj, -1, &b[i]);
+        json_decref(obj);
+        if (!st) o[i + add].content = b[i].data;
+    }
+    if (st) {
+        for (size_t i = 0; i <= n; i++)
+            l3c_buf_free(&b[i]);
+        free(b);
+        free(o);
+        return st;
+    }
+    *out = o;
+    *out_n = n + add;
+    *bufs = b;
+    return L3C_OK;
+}
+
 static l3c_status format_any(emitter *e, l3c_chat_template t, const l3c_chat_message *m, size_t n,
-                             int add_assistant, const char *date) {
+                             int add_assistant, const char *date, const l3c_chat_tools *tools) {
     if (n && !m) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: %zu messages but msgs is NULL", n);
     for (size_t i = 0; i < n; i++)
         if (!m[i].role || !m[i].content)
             return l3c_fail(L3C_ERR_INVALID_ARG, "chat: message %zu has a NULL %s", i,
                             m[i].role ? "content" : "role");
-    switch (t) {
-    case L3C_CHAT_LLAMA3: return fmt_llama3(e, m, n, add_assistant);
-    case L3C_CHAT_CHATML: return fmt_chatml(e, m, n, add_assistant);
-    case L3C_CHAT_LLAMA2: return fmt_llama2(e, m, n, add_assistant);
-    case L3C_CHAT_ZEPHYR: return fmt_zephyr(e, m, n, add_assistant);
-    case L3C_CHAT_LLAMA31: return fmt_llama31(e, m, n, add_assistant, date ? date : LLAMA31_DEFAULT_DATE);
-    default:
+    if (t < L3C_CHAT_LLAMA3 || t > L3C_CHAT_LLAMA31)
         return l3c_fail(L3C_ERR_INVALID_ARG, "chat: template %d is not a concrete template (resolve "
                         "L3C_CHAT_AUTO with l3c_chat_template_detect)", (int)t);
+    tools_ctx tc;
+    int any;
+    TRY(tools_ctx_parse(tools, n, &tc, &any));
+    l3c_status st;
+    if (!date) date = LLAMA31_DEFAULT_DATE;
+    if (t == L3C_CHAT_LLAMA31 || (t == L3C_CHAT_LLAMA3 && any)) {
+        st = fmt_llama31(e, m, n, add_assistant, date, any ? &tc : NULL, t == L3C_CHAT_LLAMA31);
+    } else {
+        l3c_chat_message *gm = NULL;
+        l3c_buf *bufs = NULL;
+        size_t gn = n;
+        st = any ? generic_messages(m, n, &tc, &gm, &gn, &bufs) : L3C_OK;
+        const l3c_chat_message *mm = gm ? gm : m;
+        if (!st) switch (t) {
+            case L3C_CHAT_LLAMA3:
+                st = fmt_llama3(e, mm, gn, add_assistant);
+                break;
+            case L3C_CHAT_CHATML:
+                st = fmt_chatml(e, mm, gn, add_assistant);
+                break;
+            case L3C_CHAT_LLAMA2:
+                st = fmt_llama2(e, mm, gn, add_assistant);
+                break;
+            default:
+                st = fmt_zephyr(e, mm, gn, add_assistant);
+                break;
+            }
+        if (bufs)
+            for (size_t i = 0; i <= n; i++)
+                l3c_buf_free(&bufs[i]);
+        free(bufs);
+        free(gm);
     }
+    tools_ctx_free(&tc, n);
+    return st;
 }
 
 /* ---------------------------------------------------------------- public API */
@@ -369,10 +630,16 @@ l3c_status l3c_chat_format(l3c_chat_template t, const l3c_chat_message *msgs, si
 
 l3c_status l3c_chat_format_ex(l3c_chat_template t, const l3c_chat_message *msgs, size_t n,
                               int add_assistant, const char *date, char **out) {
+    return l3c_chat_format_tools(t, msgs, n, NULL, add_assistant, date, out);
+}
+
+l3c_status l3c_chat_format_tools(l3c_chat_template t, const l3c_chat_message *msgs, size_t n,
+                                 const l3c_chat_tools *tools, int add_assistant, const char *date,
+                                 char **out) {
     if (!out) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: out is NULL");
     *out = NULL;
     emitter e = {0};
-    l3c_status st = format_any(&e, t, msgs, n, add_assistant, date);
+    l3c_status st = format_any(&e, t, msgs, n, add_assistant, date, tools);
     if (!st) st = l3c_buf_append(&e.text, "", 0); /* non-NULL and NUL-terminated even when empty */
     if (st) goto fail;
     *out = e.text.data;
@@ -432,10 +699,20 @@ l3c_status l3c_chat_tokenize(const l3c_model *model, l3c_chat_template t, const 
 l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_template t, const l3c_chat_message *msgs,
                                 size_t n, int add_assistant, const char *date, int32_t **out_ids,
                                 int64_t *out_n) {
+    return l3c_chat_tokenize_tools(model, t, msgs, n, NULL, add_assistant, date, out_ids, out_n);
+}
+
+l3c_status l3c_chat_tokenize_tools(const l3c_model *model, l3c_chat_template t,
+                                   const l3c_chat_message *msgs, size_t n,
+                                   const l3c_chat_tools *tools, int add_assistant, const char *date,
+                                   int32_t **out_ids, int64_t *out_n) {
     emitter e = {0};
     char today[64];
     char *def_sys = NULL;
     l3c_chat_message *with_sys = NULL;
+    const l3c_chat_tools *tools_sh = tools; /* tool_calls shifted with the default system message */
+    l3c_chat_tools shifted = {0};
+    const char **calls_sh = NULL;
     l3c_status st;
     if (!out_ids || !out_n) return l3c_fail(L3C_ERR_INVALID_ARG, "chat: NULL output pointer");
     *out_ids = NULL;
@@ -460,6 +737,17 @@ l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_template t, con
         with_sys[0].content = def_sys;
         memcpy(with_sys + 1, msgs, n * sizeof *msgs);
         msgs = with_sys;
+        if (tools && tools->tool_calls) {
+            calls_sh = l3c_calloc(n + 1, sizeof *calls_sh);
+            if (!calls_sh) {
+                st = l3c_fail(L3C_ERR_NOMEM, "chat: out of memory");
+                goto fail;
+            }
+            memcpy(calls_sh + 1, tools->tool_calls, n * sizeof *calls_sh);
+            shifted = *tools;
+            shifted.tool_calls = calls_sh;
+            tools_sh = &shifted;
+        }
         n++;
     }
 
@@ -472,7 +760,7 @@ l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_template t, con
 
     /* Zephyr (TinyLlama) text has no BOS marker; the tokenizer adds it when the model wants one */
     if (t == L3C_CHAT_ZEPHYR && (st = flush_text(&e, L3C_TOKENIZE_ADD_BOS))) goto fail;
-    if ((st = format_any(&e, t, msgs, n, add_assistant, date))) goto fail;
+    if ((st = format_any(&e, t, msgs, n, add_assistant, date, tools_sh))) goto fail;
     if ((st = flush_text(&e, 0))) goto fail;
     if ((st = reserve(&e, 0))) goto fail; /* a valid array even when empty */
     *out_ids = e.ids;
@@ -480,11 +768,13 @@ l3c_status l3c_chat_tokenize_ex(const l3c_model *model, l3c_chat_template t, con
     l3c_buf_free(&e.text);
     free(def_sys);
     free(with_sys);
+    free(calls_sh);
     return L3C_OK;
 fail:
     free(e.ids);
     l3c_buf_free(&e.text);
     free(def_sys);
     free(with_sys);
+    free(calls_sh);
     return st;
 }

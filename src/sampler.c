@@ -20,6 +20,7 @@
  * params.seed: the same seed and logits give the same tokens on every platform that rounds
  * expf() the same way.
  */
+#include "grammar/grammar.h"
 #include "util/util.h"
 
 #include <math.h>
@@ -43,6 +44,8 @@ struct l3c_sampler {
     int32_t *counted;    /* [n_vocab] distinct ids with counts[id] > 0, in first-seen order */
     int32_t n_counted;
     l3c_rng rng;
+    l3c_gmatch *gm;      /* grammar parse state; NULL: unconstrained */
+    uint32_t *mask;      /* [(n_vocab + 31) / 32] allowed-token bits, with gm */
 };
 
 /* ---------------------------------------------------------------- PRNG */
@@ -111,6 +114,8 @@ void l3c_sampler_free(l3c_sampler *s) {
     free(s->hist);
     free(s->counts);
     free(s->counted);
+    l3c_gmatch_free(s->gm);
+    free(s->mask);
     free(s);
 }
 
@@ -134,6 +139,7 @@ void l3c_sampler_accept(l3c_sampler *s, int32_t id) {
         if (s->counts[id] == 0) s->counted[s->n_counted++] = id;
         if (s->counts[id] < INT32_MAX) s->counts[id]++;
     }
+    if (s->gm) l3c_gmatch_accept(s->gm, id); /* a disallowed token leaves the state dead */
     if (s->p.repeat_last_n <= 0) return;
     s->hist[s->hist_head] = id;
     s->hist_head = (s->hist_head + 1) % s->p.repeat_last_n;
@@ -147,6 +153,26 @@ void l3c_sampler_reset(l3c_sampler *s) {
     for (int32_t j = 0; j < s->n_counted; j++) s->counts[s->counted[j]] = 0;
     s->n_counted = 0;
     l3c_rng_seed(&s->rng, s->p.seed);
+    if (s->gm) l3c_gmatch_reset(s->gm);
+}
+
+l3c_status l3c_sampler_set_grammar(l3c_sampler *s, const l3c_grammar *g) {
+    if (!s) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NULL sampler");
+    l3c_gmatch_free(s->gm);
+    s->gm = NULL;
+    if (!g) return L3C_OK;
+    if (l3c_grammar_n_vocab(g) > s->n_vocab)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: the grammar's vocabulary (%d tokens) exceeds the sampler's (%d)",
+                        (int)l3c_grammar_n_vocab(g), (int)s->n_vocab);
+    if (!s->mask) {
+        s->mask = l3c_malloc(((size_t)s->n_vocab + 31) / 32 * sizeof *s->mask);
+        if (!s->mask) return l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for the grammar mask");
+    }
+    return l3c_gmatch_create(g, &s->gm);
+}
+
+int l3c_sampler_grammar_done(const l3c_sampler *s) {
+    return s && s->gm && l3c_gmatch_done(s->gm);
 }
 
 /* ---------------------------------------------------------------- chain steps */
@@ -218,18 +244,9 @@ static void select_top_k(cand *c, int32_t n, int32_t k) {
     qsort(c, (size_t)k, sizeof *c, cand_cmp);
 }
 
-int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
-    if (!s || !logits) return -1;
-    int32_t n = build_candidates(s, logits);
-    if (n == 0) {
-        /* everything is banned or NaN: fall back to the raw argmax so callers always get a token */
-        int32_t best = 0;
-        for (int32_t i = 1; i < s->n_vocab; i++)
-            if (logits[i] > logits[best]) best = i;
-        return best;
-    }
+/* The chain after candidate building on c[0..n), n >= 1; sorted: c is already sorted best first. */
+static int32_t sample_chain(l3c_sampler *s, int32_t n, int sorted) {
     cand *c = s->cands;
-
     if (s->p.temperature <= 0.0f) {
         int32_t best = 0;
         for (int32_t i = 1; i < n; i++)
@@ -237,8 +254,7 @@ int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
         return c[best].id;
     }
 
-    int sorted = 0;
-    if (s->p.top_k > 0 && s->p.top_k < n) {
+    if (!sorted && s->p.top_k > 0 && s->p.top_k < n) {
         select_top_k(c, n, s->p.top_k);
         n = s->p.top_k;
         sorted = 1;
@@ -295,4 +311,54 @@ int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
         if (r < cum) return c[i].id;
     }
     return c[n - 1].id; /* rounding: r landed on the upper edge */
+}
+
+/*
+ * With a grammar the result is drawn from the chain applied to the allowed tokens only (logits of
+ * the others = -inf). The full mask walks the vocabulary trie, so it is computed only when needed:
+ * greedy takes the best candidate if the grammar allows it (it is then the argmax of the masked
+ * logits); top-k sampling checks candidates in rank order and, once it has the k best allowed
+ * ones, has exactly the masked top-k set. Otherwise (or when too few pass) the mask filters all
+ * candidates. Either way the distribution is exactly the chain's over the masked logits.
+ */
+static int32_t sample_grammar(l3c_sampler *s, const float *logits, int32_t n) {
+    cand *c = s->cands;
+    if (n > 0 && s->p.temperature <= 0.0f) {
+        int32_t best = 0;
+        for (int32_t i = 1; i < n; i++)
+            if (cand_before(&c[i], &c[best])) best = i;
+        if (l3c_gmatch_allows(s->gm, c[best].id)) return c[best].id;
+    } else if (n > 0 && s->p.top_k > 0 && s->p.top_k < n) {
+        int32_t k = s->p.top_k, K = L3C_MIN(n, L3C_MAX(4 * k, 64)), m = 0;
+        select_top_k(c, n, K);
+        for (int32_t i = 0; i < K && m < k; i++)
+            if (l3c_gmatch_allows(s->gm, c[i].id)) c[m++] = c[i];
+        if (m == k) return sample_chain(s, m, 1);
+        n = build_candidates(s, logits); /* select_top_k dropped the rest */
+    }
+    if (l3c_gmatch_mask(s->gm, s->mask, s->n_vocab) < 0) return -1;
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t id = c[i].id;
+        if (s->mask[id >> 5] >> (id & 31) & 1) c[m++] = c[i];
+    }
+    if (m == 0) {
+        l3c_fail(L3C_ERR_INVALID_ARG, "grammar: no token is allowed: %s", l3c_gmatch_why_none(s->gm));
+        return -1;
+    }
+    return sample_chain(s, m, 0);
+}
+
+int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
+    if (!s || !logits) return -1;
+    int32_t n = build_candidates(s, logits);
+    if (s->gm) return sample_grammar(s, logits, n);
+    if (n == 0) {
+        /* everything is banned or NaN: fall back to the raw argmax so callers always get a token */
+        int32_t best = 0;
+        for (int32_t i = 1; i < s->n_vocab; i++)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    return sample_chain(s, n, 0);
 }

@@ -12,6 +12,7 @@ int cmd_info(int argc, char **argv);       /* apps/cli/cmd_info.c    hyperparame
 int cmd_convert(int argc, char **argv);    /* apps/cli/cmd_convert.c HF folder / GGUF -> GGUF */
 int cmd_export(int argc, char **argv);     /* apps/cli/cmd_export.c  LoRA: merge, GGUF <-> PEFT */
 int cmd_eval(int argc, char **argv);       /* apps/cli/cmd_eval.c    logits of given ids (tests) */
+int cmd_perplexity(int argc, char **argv); /* apps/cli/cmd_perplexity.c perplexity, KL divergence, multiple choice */
 int cmd_tokenize(int argc, char **argv);   /* apps/cli/cmd_tokenize.c */
 int cmd_detokenize(int argc, char **argv); /* apps/cli/cmd_tokenize.c */
 int cmd_bench(int argc, char **argv);      /* apps/cli/cmd_bench.c   prompt / generation speed */

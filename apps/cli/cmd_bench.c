@@ -8,6 +8,7 @@
  * with peak RSS and the kernel path. Built on the public header only.
  */
 #include "cli.h"
+#include "common.h"
 
 #include "llama3c.h"
 
@@ -17,21 +18,26 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#define CMD "bench"
+
 static void usage(FILE *f) {
     fprintf(f,
-        "usage: llama3c bench -m MODEL [options]\n"
-        "Measures prompt processing (pp) and generation (tg) speed.\n\n"
-        "  -m, --model FILE   GGUF model (required)\n"
-        "  -p N               prompt tokens (default 512; 0 skips pp)\n"
-        "  -n N               generated tokens (default 128; 0 skips tg)\n"
-        "  -b, --batch N      most tokens per decode call in pp (default 512)\n"
-        "  -t, --threads N    threads (default: physical cores)\n"
-        "  -r, --reps N       repetitions (default 3)\n"
-        "  --kv TYPE          KV cache type f16 (default), f32, q8_0\n"
-        "  --bf16             F16/BF16 matrices multiply in bfloat16 (see llama3c run --help)\n"
-        "  -c, --ctx N        context size to allocate (default: max(-p, -n) + 8)\n"
-        "  --json             print one JSON object instead of the table\n"
-        "  -h, --help         this text\n");
+            "usage: llama3c bench -m MODEL [options]\n"
+            "Measures prompt processing (pp) and generation (tg) speed.\n\n"
+            "  -m, --model FILE   GGUF model (required)\n"
+            "  -p N               prompt tokens (default 512; 0 skips pp)\n"
+            "  -n N               generated tokens (default 128; 0 skips tg)\n"
+            "  -b, --batch N      most tokens per decode call in pp (default 512)\n"
+            "  -t, --threads N    threads (default: physical cores)\n"
+            "  -r, --reps N       repetitions (default 3)\n"
+            "  --kv TYPE          KV cache type f16 (default), f32, q8_0\n"
+            "  --bf16             F16/BF16 matrices multiply in bfloat16 (see llama3c run --help)\n"
+            "  -c, --ctx-size N   context size to allocate (default: max(-p, -n) + 8; also --ctx)\n"
+            "  --json             print one JSON object instead of the table\n"
+            "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
+            "                     (see llama3c run --help); each rank reports its peak RSS and the\n"
+            "                     bytes it sent per generated token on stderr\n"
+            "  -h, --help         this text\n");
 }
 
 static double now_s(void) {
@@ -76,7 +82,8 @@ static double timed_decode(l3c_context *ctx, const int32_t *tokens, int32_t *pos
     double t0 = now_s();
     for (int32_t i = 0; i < n; i += chunk) {
         int32_t m = n - i < chunk ? n - i : chunk;
-        for (int32_t j = 0; j < m; j++) pos[j] = i + j;
+        for (int32_t j = 0; j < m; j++)
+            pos[j] = i + j;
         l3c_batch b = {.n_tokens = m, .tokens = tokens + i, .pos = pos};
         if (l3c_decode(ctx, &b) != L3C_OK) {
             fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
@@ -94,44 +101,51 @@ int cmd_bench(int argc, char **argv) {
     int kv_type = L3C_KV_F16, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int has = i + 1 < argc;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-        else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has) path = argv[++i];
-        else if (!strcmp(a, "-p") && has) n_prompt = atoi(argv[++i]);
-        else if (!strcmp(a, "-n") && has) n_gen = atoi(argv[++i]);
-        else if ((!strcmp(a, "-b") || !strcmp(a, "--batch")) && has) n_batch = atoi(argv[++i]);
-        else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has) threads = atoi(argv[++i]);
-        else if ((!strcmp(a, "-r") || !strcmp(a, "--reps")) && has) reps = atoi(argv[++i]);
-        else if ((!strcmp(a, "-c") || !strcmp(a, "--ctx")) && has) n_ctx = atoi(argv[++i]);
-        else if (!strcmp(a, "--json")) json = 1;
-        else if (!strcmp(a, "--bf16")) bf16 = 1;
-        else if (!strcmp(a, "--kv") && has) {
-            const char *k = argv[++i];
-            if (!strcmp(k, "f16")) kv_type = L3C_KV_F16;
-            else if (!strcmp(k, "f32")) kv_type = L3C_KV_F32;
-            else if (!strcmp(k, "q8_0")) kv_type = L3C_KV_Q8_0;
-            else { fprintf(stderr, "llama3c bench: unknown KV type '%s'\n", k); return 2; }
-        } else {
-            fprintf(stderr, "llama3c bench: unknown or incomplete option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
+        int bad = 0, r;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (cli_is(a, CLI_MODEL))
+            bad = cli_str(CMD, argc, argv, &i, &path);
+        else if (cli_is(a, "-p|--n-prompt"))
+            bad = cli_int(CMD, argc, argv, &i, 0, 1 << 20, &n_prompt);
+        else if (cli_is(a, "-n|--n-gen"))
+            bad = cli_int(CMD, argc, argv, &i, 0, 1 << 20, &n_gen);
+        else if (cli_is(a, CLI_BATCH))
+            bad = cli_int(CMD, argc, argv, &i, 1, 1 << 20, &n_batch);
+        else if (cli_is(a, CLI_THREADS))
+            bad = cli_int(CMD, argc, argv, &i, 1, 1024, &threads);
+        else if (cli_is(a, "-r|--reps|--repetitions"))
+            bad = cli_int(CMD, argc, argv, &i, 1, 100000, &reps);
+        else if (cli_is(a, CLI_CTX))
+            bad = cli_int(CMD, argc, argv, &i, 0, INT32_MAX, &n_ctx);
+        else if (!strcmp(a, "--json"))
+            json = 1;
+        else if (!strcmp(a, "--bf16"))
+            bf16 = 1;
+        else if (!strcmp(a, "--kv"))
+            bad = cli_kv(CMD, argc, argv, &i, &kv_type);
+        else if ((r = cli_split_parse(CMD, argc, argv, &i)))
+            bad = r < 0;
+        else if ((r = cli_compat_parse(CMD, argc, argv, &i)))
+            bad = r < 0;
+        else
+            return cli_usage_error(CMD, "unknown option '%s'", a);
+        if (bad) return CLI_USAGE;
     }
+    if (!path) return cli_usage_error(CMD, "no model: pass -m FILE.gguf");
+    if (!n_prompt && !n_gen)
+        return cli_usage_error(CMD, "-p and -n are both 0: nothing to measure");
     int32_t n_max = n_prompt > n_gen ? n_prompt : n_gen;
-    if (!path || n_prompt < 0 || n_gen < 0 || reps < 1 || n_batch < 1 || (!n_prompt && !n_gen) ||
-        (n_ctx != 0 && n_ctx < n_max)) {
-        fprintf(stderr, "llama3c bench: need -m MODEL, -p/-n >= 0 (not both 0), -r >= 1, -b >= 1, "
-                        "--ctx >= max(-p, -n)\n");
-        usage(stderr);
-        return 2;
-    }
+    if (n_ctx != 0 && n_ctx < n_max)
+        return cli_usage_error(CMD, "-c %d is smaller than max(-p, -n) = %d", n_ctx, (int)n_max);
     if (threads <= 0) threads = l3c_default_threads();
 
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = threads;
     mp.bf16_matmul = bf16;
     l3c_model *model = NULL;
-    if (l3c_model_load(path, &mp, &model) != L3C_OK) {
+    if (cli_model_load(path, &mp, &model) != L3C_OK) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
         return 1;
     }
@@ -149,18 +163,26 @@ int cmd_bench(int argc, char **argv) {
     double *pp = calloc((size_t)reps, sizeof(double)), *tg = calloc((size_t)reps, sizeof(double));
     double *ppc = calloc((size_t)reps, sizeof(double)), *tgc = calloc((size_t)reps, sizeof(double));
     int rc = 1;
-    if (!tokens || !pos || !pp || !tg || !ppc || !tgc) { fprintf(stderr, "llama3c bench: out of memory\n"); goto done; }
+    double tg_bytes = 0; /* bytes this rank sent per generated token (distributed runs) */
+    double tg_comm = 0;  /* share of the tg time this rank spent in message passing */
+    if (!tokens || !pos || !pp || !tg || !ppc || !tgc) {
+        fprintf(stderr, "llama3c bench: out of memory\n");
+        goto done;
+    }
     if (l3c_context_create(model, &cp, &ctx) != L3C_OK) {
         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
         goto done;
     }
     uint64_t x = 0x9E3779B97F4A7C15ull;
     for (int32_t i = 0; i < n_max; i++) {
-        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
         tokens[i] = (int32_t)(x % (uint64_t)info.n_vocab);
     }
     /* warm-up: page the weights in, spin the thread pool up */
-    if (timed_decode(ctx, tokens, pos, n_prompt ? (n_prompt < 16 ? n_prompt : 16) : 1, cp.n_batch, NULL) < 0)
+    if (timed_decode(ctx, tokens, pos, n_prompt ? (n_prompt < 16 ? n_prompt : 16) : 1, cp.n_batch,
+                     NULL) < 0)
         goto done;
     for (int r = 0; r < reps; r++) {
         double c = 0;
@@ -171,8 +193,12 @@ int cmd_bench(int argc, char **argv) {
             ppc[r] = 1e3 * c / n_prompt;
         }
         if (n_gen) {
+            const uint64_t sent0 = l3c_dist_bytes_sent();
+            const double comm0 = l3c_dist_comm_seconds();
             double s = timed_decode(ctx, tokens, pos, n_gen, 1, &c);
             if (s < 0) goto done;
+            tg_bytes = (double)(l3c_dist_bytes_sent() - sent0) / n_gen;
+            tg_comm = (l3c_dist_comm_seconds() - comm0) / s;
             tg[r] = n_gen / s;
             tgc[r] = 1e3 * c / n_gen;
         }
@@ -185,6 +211,10 @@ int cmd_bench(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     long long rss = (long long)ru.ru_maxrss * 1024;
+    if (l3c_dist_size() > 1)
+        fprintf(stderr, "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token, "
+                        "%.0f%% of tg in message passing\n",
+                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes, 100.0 * tg_comm);
     if (json) {
         printf("{\"model\": \"");
         for (const char *c = path; *c; c++) {
@@ -192,16 +222,19 @@ int cmd_bench(int argc, char **argv) {
             putchar(*c);
         }
         printf("\", \"model_type\": \"%s\", \"n_params\": %lld, \"model_bytes\": %zu, "
-               "\"threads\": %d, \"n_ctx\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_batch\": %d, \"reps\": %d, "
+               "\"threads\": %d, \"n_ctx\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_batch\": %d, "
+               "\"reps\": %d, "
                "\"pp_tokens_per_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
                "\"tg_tokens_per_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, "
                "\"pp_cpu_ms_per_token\": %.4f, \"tg_cpu_ms_per_token\": %.4f, "
-               "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d}\n",
+               "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d, "
+               "\"ranks\": %d, \"tg_bytes_sent_per_token\": %.1f}\n",
                info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx, n_prompt, n_gen,
                cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, cpp.min, ctg.min, rss,
-               l3c_backend_path(), (int)info.n_bf16_matmul);
+               l3c_backend_path(), (int)info.n_bf16_matmul, l3c_dist_size(), tg_bytes);
     } else {
-        printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type, info.weight_bytes / 1e9);
+        printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type,
+               info.weight_bytes / 1e9);
         printf("threads %d, path %s%s, %d reps, n_ctx %d\n", threads, l3c_backend_path(),
                info.n_bf16_matmul ? " (bf16 matmul)" : "", reps, cp.n_ctx);
         if (n_prompt)

@@ -3,35 +3,30 @@
  * GGUF) to a GGUF file of type T (l3c_convert), with a per-tensor progress bar on stderr.
  */
 #include "cli.h"
+#include "common.h"
 
 #include "llama3c.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: llama3c convert IN -o OUT.gguf [--type F16|BF16|F32|Q8_0|Q4_K_M] [--quiet]\n"
-               "  IN          a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json)\n"
-               "              or a GGUF file\n"
-               "  -o FILE     the GGUF to write (appears only when complete)\n"
-               "  --type T    F16 (default), BF16, F32, Q8_0 (as convert_hf_to_gguf.py --outtype), or\n"
-               "              Q4_K_M (llama-quantize's mix: Q4_K, Q6_K for output / some attn_v, ffn_down)\n"
-               "  --quiet     no progress bar\n");
-}
-
-static void progress(int64_t i, int64_t n, const char *name, const char *type, void *user) {
-    (void)user;
-    const int width = 30;
-    int fill = n ? (int)(i * width / n) : width;
-    fprintf(stderr, "\r[%.*s%*s] %lld/%lld %-32.32s %-6s", fill, "##############################",
-            width - fill, "", (long long)i, (long long)n, name, type);
-    if (i == n) fputc('\n', stderr);
-    fflush(stderr);
+    fprintf(
+        f,
+        "usage: llama3c convert IN -o OUT.gguf [--type F16|BF16|F32|Q8_0|Q4_K_M] [--quiet]\n"
+        "  IN          a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json)\n"
+        "              or a GGUF file\n"
+        "  -o FILE     the GGUF to write (appears only when complete; never IN itself)\n"
+        "  --type T    F16 (default), BF16, F32, Q8_0 (as convert_hf_to_gguf.py --outtype), or\n"
+        "              Q4_K_M (llama-quantize's mix: Q4_K, Q6_K for output / some attn_v, "
+        "ffn_down)\n"
+        "  --quiet     no progress bar\n");
 }
 
 int cmd_convert(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *type = "F16";
-    int quiet = 0;
+    int quiet = 0, r;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -43,6 +38,8 @@ int cmd_convert(int argc, char **argv) {
             type = argv[++i];
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
+        } else if ((r = cli_compat_parse("convert", argc, argv, &i))) {
+            if (r < 0) return CLI_USAGE;
         } else if (a[0] != '-' && !in) {
             in = a;
         } else {
@@ -55,9 +52,11 @@ int cmd_convert(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    l3c_status st = l3c_convert(in, out, type, quiet ? NULL : progress, NULL);
+    cli_remove_partial_outputs_on_signal();
+    l3c_status st = l3c_convert(in, out, type, quiet ? NULL : cli_progress, (void *)"convert");
     if (st != L3C_OK) {
-        fprintf(stderr, "\nllama3c convert: %s\n", l3c_last_error());
+        if (!quiet && isatty(STDERR_FILENO)) fputc('\n', stderr); /* end the bar's line */
+        fprintf(stderr, "llama3c convert: %s\n", l3c_last_error());
         return 1;
     }
     if (!quiet) fprintf(stderr, "llama3c convert: wrote %s (%s)\n", out, type);

@@ -6,7 +6,8 @@
  *                 [--format json|npy] [-o OUT] [--truncate] [-t N] [-b N]
  *
  * Inputs: -p TEXT is one input; -f FILE (or stdin) gives one input per line (a final newline
- * does not start another input; "\r\n" endings are accepted). Each is tokenized as llama.cpp's
+ * does not start another input; "\r\n" endings are accepted; blank lines are skipped with a
+ * note on stderr). Each is tokenized as llama.cpp's
  * llama_tokenize(add_special = true, parse_special = false) does: BOS when the vocabulary asks
  * for it, special-token text kept as plain text.
  *
@@ -30,30 +31,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_SEQ 16
+#define MAX_SEQ   16
 #define KV_BUDGET ((size_t)1 << 30)
 
 static const char *const CMD = "embed";
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: llama3c embed -m MODEL [-p TEXT | -f FILE] [--pooling mean|cls|last|none]\n"
-            "                     [--normalize] [--format json|npy] [-o OUT] [--truncate] [-t N] [-b N]\n"
-            "Embeddings: the model's final-normed hidden state (after output_norm, as llama.cpp's\n"
-            "embeddings for llama models), pooled per input.\n"
-            "  -m, --model FILE     GGUF model (required)\n"
-            "  -p, --prompt TEXT    one input\n"
-            "  -f, --file FILE      one input per line (default: stdin; '-' is stdin)\n"
-            "  --pooling P          mean (default): mean over the input's tokens; cls: the first\n"
-            "                       token (BOS when the vocabulary adds one); last: the last token;\n"
-            "                       none: one vector per token\n"
-            "  --normalize          scale every vector to unit L2 norm\n"
-            "  --format F           json (default): a list of vectors, one per line; npy: float32\n"
-            "                       [inputs, n_embd] (none: [tokens, n_embd], inputs one after the other)\n"
-            "  -o, --output OUT     write to OUT instead of stdout\n"
-            "  --truncate           cut inputs longer than the model's context (default: error)\n"
-            "  -t, --threads N      compute threads (default: physical cores)\n"
-            "  -b, --batch-size N   tokens per decode call (default 512; results do not depend on it)\n");
+    fprintf(
+        f,
+        "usage: llama3c embed -m MODEL [-p TEXT | -f FILE] [--pooling mean|cls|last|none]\n"
+        "                     [--normalize] [--format json|npy] [-o OUT] [--truncate] [-t N] [-b "
+        "N]\n"
+        "Embeddings: the model's final-normed hidden state (after output_norm, as llama.cpp's\n"
+        "embeddings for llama models), pooled per input.\n"
+        "  -m, --model FILE     GGUF model (required)\n"
+        "  -p, --prompt TEXT    one input\n"
+        "  -f, --file FILE      one input per line, blank lines skipped (default: stdin; '-' is "
+        "stdin)\n"
+        "  --pooling P          mean (default): mean over the input's tokens; cls: the first\n"
+        "                       token (BOS when the vocabulary adds one); last: the last token;\n"
+        "                       none: one vector per token\n"
+        "  --normalize          scale every vector to unit L2 norm\n"
+        "  --format F           json (default): a list of vectors, one per line; npy: float32\n"
+        "                       [inputs, n_embd] (none: [tokens, n_embd], inputs one after the "
+        "other)\n"
+        "  -o, --output OUT     write to OUT instead of stdout\n"
+        "  --truncate           cut inputs longer than the context (default: error)\n"
+        "  -c, --ctx-size N     most tokens per input (default: the model's training context; also "
+        "--ctx)\n"
+        "  -t, --threads N      compute threads (default: physical cores)\n"
+        "  -b, --batch-size N   tokens per decode call (default 512; results do not depend on "
+        "it)\n");
     cli_lora_help(f);
 }
 
@@ -90,14 +98,16 @@ static int split_lines(char *text, size_t len, char ***lines, size_t **lens, siz
 
 static int write_npy(FILE *f, const float *v, int64_t rows, int64_t cols) {
     char hdr[128];
-    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
+    int n = snprintf(hdr, sizeof hdr,
+                     "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
                      (long long)rows, (long long)cols);
     int total = 10 + n + 1, pad = (64 - total % 64) % 64;
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 0, 0};
     pre[8] = (unsigned char)((n + pad + 1) & 0xff);
     pre[9] = (unsigned char)((n + pad + 1) >> 8);
     if (fwrite(pre, 1, 10, f) != 10 || fwrite(hdr, 1, (size_t)n, f) != (size_t)n) return -1;
-    for (int i = 0; i < pad; i++) fputc(' ', f);
+    for (int i = 0; i < pad; i++)
+        fputc(' ', f);
     fputc('\n', f);
     for (int64_t i = 0; i < rows * cols; i++) { /* little-endian whatever the host */
         uint32_t u;
@@ -111,11 +121,13 @@ static int write_npy(FILE *f, const float *v, int64_t rows, int64_t cols) {
 
 static void write_vec(FILE *f, const float *v, int64_t n) {
     fputc('[', f);
-    for (int64_t i = 0; i < n; i++) fprintf(f, i ? ",%.9g" : "%.9g", (double)v[i]);
+    for (int64_t i = 0; i < n; i++)
+        fprintf(f, i ? ",%.9g" : "%.9g", (double)v[i]);
     fputc(']', f);
 }
 
-static void write_json(FILE *f, const float *v, const input *in, size_t n_in, int64_t dim, int per_token) {
+static void write_json(FILE *f, const float *v, const input *in, size_t n_in, int64_t dim,
+                       int per_token) {
     fputs("[\n", f);
     for (size_t k = 0; k < n_in; k++) {
         if (!per_token) {
@@ -135,8 +147,8 @@ static void write_json(FILE *f, const float *v, const input *in, size_t n_in, in
 
 /* Decodes every input (sequences of MAX_SEQ slots, batches of n_batch tokens) and copies each
  * pooled vector (or every token's vector) into out. 0 or CLI_ERR (printed). */
-static int embed_all(l3c_context *ctx, int32_t n_batch, input *in, size_t n_in, int64_t dim, int per_token,
-                     float *out) {
+static int embed_all(l3c_context *ctx, int32_t n_batch, input *in, size_t n_in, int64_t dim,
+                     int per_token, float *out) {
     const int32_t n_seq = l3c_context_n_seq(ctx);
     int32_t *bt = malloc((size_t)n_batch * sizeof *bt), *bp = malloc((size_t)n_batch * sizeof *bp);
     int32_t *bs = malloc((size_t)n_batch * sizeof *bs);
@@ -148,7 +160,8 @@ static int embed_all(l3c_context *ctx, int32_t n_batch, input *in, size_t n_in, 
         fprintf(stderr, "llama3c %s: out of memory\n", CMD);
         goto done;
     }
-    for (int32_t s = 0; s < n_seq; s++) slot_in[s] = -1;
+    for (int32_t s = 0; s < n_seq; s++)
+        slot_in[s] = -1;
     size_t next = 0, n_done = 0;
     while (n_done < n_in) {
         for (int32_t s = 0; s < n_seq && next < n_in; s++)
@@ -178,7 +191,8 @@ static int embed_all(l3c_context *ctx, int32_t n_batch, input *in, size_t n_in, 
         }
         if (per_token)
             for (int32_t i = 0; i < n; i++)
-                memcpy(out + bpos[i] * dim, l3c_get_embeddings(ctx, i), (size_t)dim * sizeof(float));
+                memcpy(out + bpos[i] * dim, l3c_get_embeddings(ctx, i),
+                       (size_t)dim * sizeof(float));
         for (int32_t s = 0; s < n_seq; s++) {
             if (slot_in[s] < 0 || slot_fed[s] < in[slot_in[s]].n) continue;
             if (!per_token) {
@@ -202,9 +216,9 @@ done:
 
 int cmd_embed(int argc, char **argv) {
     const char *model_path = NULL, *text = NULL, *file = NULL, *out_path = NULL;
-    int pooling = L3C_POOLING_MEAN, normalize = 0, npy = 0, truncate = 0, n_threads = 0, n_batch = 512;
-    long l;
-    int lr;
+    int pooling = L3C_POOLING_MEAN, normalize = 0, npy = 0, truncate = 0, n_threads = 0,
+        n_batch = 512;
+    int n_ctx = 0, lr;
     cli_lora lora = {0};
     l3c_adapter **adapters = NULL;
     for (int i = 1; i < argc; i++) {
@@ -218,32 +232,43 @@ int cmd_embed(int argc, char **argv) {
             normalize = 1;
         } else if (!strcmp(a, "--truncate")) {
             truncate = 1;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "-p") || !strcmp(a, "--prompt") ||
-                   !strcmp(a, "-f") || !strcmp(a, "--file") || !strcmp(a, "-o") || !strcmp(a, "--output") ||
-                   !strcmp(a, "--pooling") || !strcmp(a, "--format") || !strcmp(a, "-t") ||
-                   !strcmp(a, "--threads") || !strcmp(a, "-b") || !strcmp(a, "--batch-size")) {
-            if (!(v = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
-            if (a[1] == 'm' || !strcmp(a, "--model")) model_path = v;
-            else if (a[1] == 'p' || !strcmp(a, "--prompt")) text = v;
-            else if (a[1] == 'f' || !strcmp(a, "--file")) file = v;
-            else if (a[1] == 'o' || !strcmp(a, "--output")) out_path = v;
-            else if (!strcmp(a, "--pooling")) {
-                if (!strcmp(v, "mean")) pooling = L3C_POOLING_MEAN;
-                else if (!strcmp(v, "cls")) pooling = L3C_POOLING_CLS;
-                else if (!strcmp(v, "last")) pooling = L3C_POOLING_LAST;
-                else if (!strcmp(v, "none")) pooling = L3C_POOLING_NONE;
-                else return cli_usage_error(CMD, "--pooling: '%s' is not one of mean, cls, last, none", v);
-            } else if (!strcmp(a, "--format")) {
-                if (!strcmp(v, "json")) npy = 0;
-                else if (!strcmp(v, "npy")) npy = 1;
-                else return cli_usage_error(CMD, "--format: '%s' is not one of json, npy", v);
-            } else if (a[1] == 't' || !strcmp(a, "--threads")) {
-                if (cli_parse_long(CMD, a, v, 1, 1024, &l)) return CLI_USAGE;
-                n_threads = (int)l;
-            } else {
-                if (cli_parse_long(CMD, a, v, 1, 1 << 20, &l)) return CLI_USAGE;
-                n_batch = (int)l;
-            }
+        } else if (cli_is(a, CLI_MODEL)) {
+            if (cli_str(CMD, argc, argv, &i, &model_path)) return CLI_USAGE;
+        } else if (cli_is(a, "-p|--prompt")) {
+            if (cli_str(CMD, argc, argv, &i, &text)) return CLI_USAGE;
+        } else if (cli_is(a, "-f|--file")) {
+            if (cli_str(CMD, argc, argv, &i, &file)) return CLI_USAGE;
+        } else if (cli_is(a, "-o|--output")) {
+            if (cli_str(CMD, argc, argv, &i, &out_path)) return CLI_USAGE;
+        } else if (cli_is(a, CLI_THREADS)) {
+            if (cli_int(CMD, argc, argv, &i, 1, 1024, &n_threads)) return CLI_USAGE;
+        } else if (cli_is(a, CLI_BATCH)) {
+            if (cli_int(CMD, argc, argv, &i, 1, 1 << 20, &n_batch)) return CLI_USAGE;
+        } else if (cli_is(a, CLI_CTX)) {
+            if (cli_int(CMD, argc, argv, &i, 0, INT32_MAX, &n_ctx)) return CLI_USAGE;
+        } else if (cli_is(a, "--pooling")) {
+            if (cli_str(CMD, argc, argv, &i, &v)) return CLI_USAGE;
+            if (!strcmp(v, "mean"))
+                pooling = L3C_POOLING_MEAN;
+            else if (!strcmp(v, "cls"))
+                pooling = L3C_POOLING_CLS;
+            else if (!strcmp(v, "last"))
+                pooling = L3C_POOLING_LAST;
+            else if (!strcmp(v, "none"))
+                pooling = L3C_POOLING_NONE;
+            else
+                return cli_usage_error(CMD, "--pooling: '%s' is not one of mean, cls, last, none",
+                                       v);
+        } else if (cli_is(a, "--format")) {
+            if (cli_str(CMD, argc, argv, &i, &v)) return CLI_USAGE;
+            if (!strcmp(v, "json"))
+                npy = 0;
+            else if (!strcmp(v, "npy"))
+                npy = 1;
+            else
+                return cli_usage_error(CMD, "--format: '%s' is not one of json, npy", v);
+        } else if ((lr = cli_compat_parse(CMD, argc, argv, &i))) {
+            if (lr < 0) return CLI_USAGE;
         } else {
             return cli_usage_error(CMD, "unknown option '%s'", a);
         }
@@ -259,6 +284,7 @@ int cmd_embed(int argc, char **argv) {
     l3c_model *model = NULL;
     l3c_context *ctx = NULL;
     FILE *of = NULL;
+    l3c_output *output = NULL;
     if (text) {
         n_in = 1;
         lines = malloc(sizeof *lines), lens = malloc(sizeof *lens);
@@ -268,6 +294,26 @@ int cmd_embed(int argc, char **argv) {
         const char *src = file ? file : "-";
         if (!(data = cli_read_file(CMD, src, &dlen))) goto done;
         if (split_lines(data, dlen, &lines, &lens, &n_in)) goto oom;
+        /* blank lines are skipped (one vector per non-blank line), with a note naming them */
+        size_t kept = 0, n_blank = 0;
+        char blanks[128] = "";
+        for (size_t k = 0; k < n_in; k++) {
+            if (lens[k] == 0) {
+                size_t used = strlen(blanks);
+                if (n_blank++ < 8)
+                    snprintf(blanks + used, sizeof blanks - used, "%s%zu", used ? ", " : "", k + 1);
+                else if (n_blank == 9)
+                    snprintf(blanks + used, sizeof blanks - used, ", ...");
+                continue;
+            }
+            lines[kept] = lines[k], lens[kept++] = lens[k];
+        }
+        if (n_blank)
+            fprintf(
+                stderr,
+                "llama3c %s: skipped %zu blank line%s (line %s): one vector per non-blank line\n",
+                CMD, n_blank, n_blank > 1 ? "s" : "", blanks);
+        n_in = kept;
         if (n_in == 0) {
             fprintf(stderr, "llama3c %s: '%s' has no input lines\n", CMD, file ? file : "stdin");
             rc = CLI_USAGE;
@@ -283,23 +329,26 @@ int cmd_embed(int argc, char **argv) {
         goto done;
     }
     const int64_t dim = mi.n_embd;
+    const int64_t max_tokens = n_ctx > 0 ? n_ctx : mi.n_ctx_train;
     in = calloc(n_in, sizeof *in);
     if (!in) goto oom;
     int64_t rows = 0, max_len = 0, n_tokens = 0;
     for (size_t k = 0; k < n_in; k++) {
-        if (cli_tokenize(CMD, tok, lines[k], lens[k], L3C_TOKENIZE_ADD_BOS, &in[k].ids, &in[k].n)) goto done;
+        if (cli_tokenize(CMD, tok, lines[k], lens[k], L3C_TOKENIZE_ADD_BOS, &in[k].ids, &in[k].n))
+            goto done;
         if (in[k].n == 0) {
-            fprintf(stderr, "llama3c %s: input %zu (line %zu) gives no tokens\n", CMD, k + 1, k + 1);
+            fprintf(stderr, "llama3c %s: input %zu gives no tokens\n", CMD, k + 1);
             goto done;
         }
-        if (in[k].n > mi.n_ctx_train) {
+        if (in[k].n > max_tokens) {
             if (!truncate) {
-                fprintf(stderr, "llama3c %s: input %zu has %lld tokens; the model's context holds %d "
-                                "(--truncate cuts it)\n",
-                        CMD, k + 1, (long long)in[k].n, (int)mi.n_ctx_train);
+                fprintf(stderr,
+                        "llama3c %s: input %zu has %lld tokens; the context holds %lld "
+                        "(--truncate cuts it; -c sets the context)\n",
+                        CMD, k + 1, (long long)in[k].n, (long long)max_tokens);
                 goto done;
             }
-            in[k].n = mi.n_ctx_train;
+            in[k].n = max_tokens;
         }
         in[k].row = pooling == L3C_POOLING_NONE ? rows : (int64_t)k;
         rows += pooling == L3C_POOLING_NONE ? in[k].n : 1;
@@ -308,9 +357,11 @@ int cmd_embed(int argc, char **argv) {
     }
 
     /* sequences: as many as fit the KV budget at the longest input's length, at most MAX_SEQ */
-    size_t per_seq = l3c_model_kv_bytes_per_pos(model, L3C_KV_F16) * (size_t)(max_len < 16 ? 16 : max_len);
+    size_t per_seq =
+        l3c_model_kv_bytes_per_pos(model, L3C_KV_F16) * (size_t)(max_len < 16 ? 16 : max_len);
     int32_t n_seq = (int32_t)(n_in < MAX_SEQ ? n_in : MAX_SEQ);
-    while (n_seq > 1 && per_seq * (size_t)n_seq > KV_BUDGET) n_seq--;
+    while (n_seq > 1 && per_seq * (size_t)n_seq > KV_BUDGET)
+        n_seq--;
     l3c_context_params cp = l3c_context_default_params();
     cp.n_ctx = (int32_t)(max_len < 16 ? 16 : max_len);
     cp.n_seq = n_seq;
@@ -326,15 +377,19 @@ int cmd_embed(int argc, char **argv) {
     if (cli_lora_load(CMD, &lora, model, ctx, &adapters)) goto done;
     out = malloc((size_t)rows * (size_t)dim * sizeof *out);
     if (!out) goto oom;
-    if ((int64_t)n_batch > (int64_t)cp.n_ctx * n_seq) n_batch = cp.n_ctx * n_seq; /* as the context does */
+    if ((int64_t)n_batch > (int64_t)cp.n_ctx * n_seq)
+        n_batch = cp.n_ctx * n_seq; /* as the context does */
     if (embed_all(ctx, n_batch, in, n_in, dim, pooling == L3C_POOLING_NONE, out)) goto done;
 
     static const char *const pool_names[] = {"mean", "cls", "last", "none"};
     fprintf(stderr, "llama3c %s: %zu inputs, %lld tokens, pooling %s, %lld dimensions\n", CMD, n_in,
             (long long)n_tokens, pool_names[pooling], (long long)dim);
-    of = out_path ? fopen(out_path, "wb") : stdout;
-    if (!of) {
-        fprintf(stderr, "llama3c %s: cannot open '%s': %s\n", CMD, out_path, strerror(errno));
+    const char *inputs[2] = {model_path, file};
+    of = stdout;
+    if (out_path &&
+        l3c_output_open(out_path, inputs, 2, &output, &of) != L3C_OK) { /* whole or nothing */
+        of = NULL;
+        rc = cli_runtime_error(CMD, "cannot write the output");
         goto done;
     }
     if (npy) {
@@ -342,11 +397,16 @@ int cmd_embed(int argc, char **argv) {
     } else {
         write_json(of, out, in, n_in, dim, pooling == L3C_POOLING_NONE);
     }
-    if (ferror(of) || (of == stdout ? fflush(of) : fclose(of)) != 0) {
-        if (of != stdout) of = NULL;
-        goto write_err;
-    }
+    if (ferror(of) || fflush(of) != 0) goto write_err;
     of = NULL;
+    if (output) {
+        l3c_output *o = output;
+        output = NULL;
+        if (l3c_output_commit(o) != L3C_OK) {
+            rc = cli_runtime_error(CMD, "cannot write the output");
+            goto done;
+        }
+    }
     rc = CLI_OK;
     goto done;
 write_err:
@@ -356,9 +416,10 @@ write_err:
 oom:
     fprintf(stderr, "llama3c %s: out of memory\n", CMD);
 done:
-    if (of && of != stdout) fclose(of);
+    l3c_output_abort(output);
     if (in)
-        for (size_t k = 0; k < n_in; k++) free(in[k].ids);
+        for (size_t k = 0; k < n_in; k++)
+            free(in[k].ids);
     free(in);
     free(out);
     free(lines);

@@ -28,17 +28,18 @@ static double now_s(void) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: llama3c eval -m MODEL (--ids \"1 2 3\" | --ids-file F) --logits-out OUT.f32\n"
-            "                    [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0] [--bf16]\n"
-            "Evaluates the ids as one sequence from position 0 and writes little-endian float32\n"
-            "logits: [n_ids x n_vocab] with --all, else the last position's [n_vocab].\n"
-            "  --positions \"P ...\"  only these positions' rows (0-based, in the order given)\n"
-            "  --ctx N     context positions (default: max(n_ids, 16))\n"
-            "  -t N        threads (default: physical cores)\n"
-            "  --batch N   tokens per decode call (default 512; 1 = token by token)\n"
-            "  --kv TYPE   KV-cache type (default f16)\n"
-            "  --bf16      F16/BF16 matrices multiply in bfloat16 (l3c_model_params.bf16_matmul)\n");
+    fprintf(
+        f, "usage: llama3c eval -m MODEL (--ids \"1 2 3\" | --ids-file F) --logits-out OUT.f32\n"
+           "                    [--all] [--ctx N] [-t N] [--batch N] [--kv f16|f32|q8_0] [--bf16]\n"
+           "Evaluates the ids as one sequence from position 0 and writes little-endian float32\n"
+           "logits: [n_ids x n_vocab] with --all, else the last position's [n_vocab].\n"
+           "  --positions \"P ...\"  only these positions' rows (0-based, in the order given)\n"
+           "  -c, --ctx-size N  context positions (default: max(n_ids, 16); also --ctx)\n"
+           "  -t N        threads (default: physical cores)\n"
+           "  --batch N   tokens per decode call (default 512; 1 = token by token)\n"
+           "  --kv TYPE   KV-cache type (default f16)\n"
+           "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
+           "  --bf16      F16/BF16 matrices multiply in bfloat16 (l3c_model_params.bf16_matmul)\n");
     cli_lora_help(f);
 }
 
@@ -46,7 +47,8 @@ static void usage(FILE *f) {
 static int parse_ids(const char *s, int32_t **ids, int64_t *n, int64_t *cap) {
     const char *p = s;
     for (;;) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',') p++;
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',')
+            p++;
         if (!*p) return 0;
         char *end;
         errno = 0;
@@ -74,7 +76,11 @@ static char *read_text(const char *path) {
         len += r;
         if (len + 1 < cap) break;
         char *nb = realloc(buf, cap * 2);
-        if (!nb) { free(buf); buf = NULL; break; }
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
         buf = nb;
         cap *= 2;
     }
@@ -84,45 +90,52 @@ static char *read_text(const char *path) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model_path = NULL, *ids_str = NULL, *ids_file = NULL, *out_path = NULL, *pos_str = NULL;
+    const char *model_path = NULL, *ids_str = NULL, *ids_file = NULL, *out_path = NULL,
+               *pos_str = NULL;
     int all = 0, bf16 = 0, n_threads = 0, n_batch = 512, n_ctx = 0, kv_type = L3C_KV_F16, lr;
     cli_lora lora = {0};
     l3c_adapter **adapters = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int has_val = i + 1 < argc;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-        else if ((lr = cli_lora_parse("eval", &lora, argc, argv, &i)) != 0) { if (lr < 0) return 2; }
-        else if (!strcmp(a, "--all")) all = 1;
-        else if (!strcmp(a, "--bf16")) bf16 = 1;
-        else if (!has_val) { fprintf(stderr, "llama3c eval: option %s needs a value\n", a); usage(stderr); return 2; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = argv[++i];
-        else if (!strcmp(a, "--ids")) ids_str = argv[++i];
-        else if (!strcmp(a, "--positions")) pos_str = argv[++i];
-        else if (!strcmp(a, "--ids-file")) ids_file = argv[++i];
-        else if (!strcmp(a, "--logits-out") || !strcmp(a, "-o")) out_path = argv[++i];
-        else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) n_ctx = atoi(argv[++i]);
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) n_threads = atoi(argv[++i]);
-        else if (!strcmp(a, "--batch") || !strcmp(a, "-b")) n_batch = atoi(argv[++i]);
-        else if (!strcmp(a, "--kv")) {
-            const char *k = argv[++i];
-            if (!strcmp(k, "f16")) kv_type = L3C_KV_F16;
-            else if (!strcmp(k, "f32")) kv_type = L3C_KV_F32;
-            else if (!strcmp(k, "q8_0")) kv_type = L3C_KV_Q8_0;
-            else { fprintf(stderr, "llama3c eval: unknown --kv '%s'\n", k); return 2; }
-        } else {
-            fprintf(stderr, "llama3c eval: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
+        int bad = 0, r;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if ((lr = cli_lora_parse("eval", &lora, argc, argv, &i)) != 0) {
+            if (lr < 0) return 2;
+        } else if (!strcmp(a, "--all"))
+            all = 1;
+        else if (!strcmp(a, "--bf16"))
+            bf16 = 1;
+        else if ((r = cli_split_parse("eval", argc, argv, &i)) != 0)
+            bad = r < 0;
+        else if (cli_is(a, CLI_MODEL))
+            bad = cli_str("eval", argc, argv, &i, &model_path);
+        else if (!strcmp(a, "--ids"))
+            bad = cli_str("eval", argc, argv, &i, &ids_str);
+        else if (!strcmp(a, "--positions"))
+            bad = cli_str("eval", argc, argv, &i, &pos_str);
+        else if (!strcmp(a, "--ids-file"))
+            bad = cli_str("eval", argc, argv, &i, &ids_file);
+        else if (cli_is(a, "-o|--logits-out"))
+            bad = cli_str("eval", argc, argv, &i, &out_path);
+        else if (cli_is(a, CLI_CTX))
+            bad = cli_int("eval", argc, argv, &i, 0, INT32_MAX, &n_ctx);
+        else if (cli_is(a, CLI_THREADS))
+            bad = cli_int("eval", argc, argv, &i, 1, 1024, &n_threads);
+        else if (cli_is(a, CLI_BATCH))
+            bad = cli_int("eval", argc, argv, &i, 1, 1 << 20, &n_batch);
+        else if (!strcmp(a, "--kv"))
+            bad = cli_kv("eval", argc, argv, &i, &kv_type);
+        else if ((r = cli_compat_parse("eval", argc, argv, &i)))
+            bad = r < 0;
+        else
+            return cli_usage_error("eval", "unknown option '%s'", a);
+        if (bad) return CLI_USAGE;
     }
     if (!model_path || (!ids_str && !ids_file) || !out_path) {
         fprintf(stderr, "llama3c eval: -m, --ids (or --ids-file) and --logits-out are required\n");
         usage(stderr);
-        return 2;
-    }
-    if (n_batch < 1 || n_ctx < 0) {
-        fprintf(stderr, "llama3c eval: --batch must be >= 1 and --ctx >= 0\n");
         return 2;
     }
 
@@ -136,7 +149,8 @@ int cmd_eval(int argc, char **argv) {
     if (ids_file) {
         char *text = read_text(ids_file);
         if (!text) {
-            fprintf(stderr, "llama3c eval: cannot read --ids-file '%s': %s\n", ids_file, strerror(errno));
+            fprintf(stderr, "llama3c eval: cannot read --ids-file '%s': %s\n", ids_file,
+                    strerror(errno));
             free(ids);
             return 1;
         }
@@ -183,7 +197,7 @@ int cmd_eval(int argc, char **argv) {
     l3c_model_params mp = l3c_model_default_params();
     mp.n_threads = n_threads;
     mp.bf16_matmul = bf16;
-    if (l3c_model_load(model_path, &mp, &model) != L3C_OK) {
+    if (cli_model_load(model_path, &mp, &model) != L3C_OK) {
         fprintf(stderr, "llama3c eval: %s\n", l3c_last_error());
         goto done;
     }
@@ -217,13 +231,17 @@ int cmd_eval(int argc, char **argv) {
         pos[i] = (int32_t)i;
         want[i] = (int8_t)(all || (!sel && i == n_ids - 1));
     }
-    for (int64_t k = 0; k < n_sel; k++) want[sel[k]] = 1;
+    for (int64_t k = 0; k < n_sel; k++)
+        want[sel[k]] = 1;
 
     double t1 = now_s();
     int ok = 1;
     for (int64_t start = 0; start < n_ids && ok; start += n_batch) {
         int32_t n = (int32_t)(n_ids - start < n_batch ? n_ids - start : n_batch);
-        l3c_batch b = {.n_tokens = n, .tokens = ids + start, .pos = pos + start, .seq_id = NULL,
+        l3c_batch b = {.n_tokens = n,
+                       .tokens = ids + start,
+                       .pos = pos + start,
+                       .seq_id = NULL,
                        .logits = want + start};
         if (l3c_decode(ctx, &b) != L3C_OK) {
             fprintf(stderr, "llama3c eval: decode at position %lld: %s\n", (long long)start,
@@ -236,7 +254,8 @@ int cmd_eval(int argc, char **argv) {
             const float *lg = l3c_get_logits(ctx, i);
             if (sel) { /* every row that asks for this position (a position may repeat) */
                 for (int64_t k = 0; k < n_sel; k++)
-                    if (sel[k] == start + i) memcpy(out + k * n_vocab, lg, (size_t)n_vocab * sizeof(float));
+                    if (sel[k] == start + i)
+                        memcpy(out + k * n_vocab, lg, (size_t)n_vocab * sizeof(float));
                 continue;
             }
             int64_t row = all ? start + i : 0;
@@ -248,8 +267,13 @@ int cmd_eval(int argc, char **argv) {
     free(want);
     if (!ok) goto done;
 
+    if (l3c_dist_rank() != 0) { /* every rank has the same logits; rank 0 writes them */
+        rc = 0;
+        goto done;
+    }
     f = fopen(out_path, "wb");
-    if (!f || fwrite(out, sizeof(float), (size_t)(n_rows * n_vocab), f) != (size_t)(n_rows * n_vocab)) {
+    if (!f ||
+        fwrite(out, sizeof(float), (size_t)(n_rows * n_vocab), f) != (size_t)(n_rows * n_vocab)) {
         fprintf(stderr, "llama3c eval: cannot write '%s': %s\n", out_path, strerror(errno));
         goto done;
     }
@@ -259,8 +283,9 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     f = NULL;
-    fprintf(stderr, "n_vocab %lld\nn_ids %lld, rows written %lld, batch %d, n_ctx %d\n"
-                    "load %.3f s, eval %.3f s (%.1f tokens/s)\n",
+    fprintf(stderr,
+            "n_vocab %lld\nn_ids %lld, rows written %lld, batch %d, n_ctx %d\n"
+            "load %.3f s, eval %.3f s (%.1f tokens/s)\n",
             (long long)n_vocab, (long long)n_ids, (long long)n_rows, n_batch,
             l3c_context_n_ctx(ctx), t_load, t_eval, t_eval > 0 ? (double)n_ids / t_eval : 0.0);
     rc = 0;

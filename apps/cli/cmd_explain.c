@@ -7,10 +7,12 @@
  * same as one self-contained page (explain_html.c). Built on the public header only.
  */
 #include "cli.h"
+#include "common.h"
 #include "explain.h"
 
 #include "llama3c.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,21 +26,29 @@ const char *const explain_component_names[EX_N_COMPONENTS] = {
 };
 
 void explain_fmt_count(int64_t n, char *buf, size_t cap) {
-    if (n >= 1000000000) snprintf(buf, cap, "%.2fB", n / 1e9);
-    else if (n >= 1000000) snprintf(buf, cap, "%.1fM", n / 1e6);
-    else if (n >= 1000) snprintf(buf, cap, "%.1fK", n / 1e3);
-    else snprintf(buf, cap, "%lld", (long long)n);
+    if (n >= 1000000000)
+        snprintf(buf, cap, "%.2fB", n / 1e9);
+    else if (n >= 1000000)
+        snprintf(buf, cap, "%.1fM", n / 1e6);
+    else if (n >= 1000)
+        snprintf(buf, cap, "%.1fK", n / 1e3);
+    else
+        snprintf(buf, cap, "%lld", (long long)n);
 }
 
 void explain_fmt_bytes(double n, char *buf, size_t cap) {
     const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int u = 0;
-    while (n >= 1024 && u < 4) { n /= 1024; u++; }
+    while (n >= 1024 && u < 4) {
+        n /= 1024;
+        u++;
+    }
     snprintf(buf, cap, u ? "%.2f %s" : "%.0f %s", n, unit[u]);
 }
 
 static void usage(FILE *f) {
-    fprintf(f,
+    fprintf(
+        f,
         "usage: llama3c explain -m MODEL [options]\n"
         "Walks through the LLaMA architecture with the loaded model's real shapes and numbers.\n\n"
         "  -m, --model FILE     GGUF model (required)\n"
@@ -57,11 +67,14 @@ static void usage(FILE *f) {
 /* ---- component of a tensor by name */
 
 static int component_of(const char *name) {
-    static const struct { const char *suffix; int comp; } map[] = {
-        {"attn_q.weight", EX_ATTN_Q},       {"attn_k.weight", EX_ATTN_K},
-        {"attn_v.weight", EX_ATTN_V},       {"attn_output.weight", EX_ATTN_O},
-        {"ffn_gate.weight", EX_FFN_GATE},   {"ffn_up.weight", EX_FFN_UP},
-        {"ffn_down.weight", EX_FFN_DOWN},   {"attn_norm.weight", EX_NORMS},
+    static const struct {
+        const char *suffix;
+        int comp;
+    } map[] = {
+        {"attn_q.weight", EX_ATTN_Q},     {"attn_k.weight", EX_ATTN_K},
+        {"attn_v.weight", EX_ATTN_V},     {"attn_output.weight", EX_ATTN_O},
+        {"ffn_gate.weight", EX_FFN_GATE}, {"ffn_up.weight", EX_FFN_UP},
+        {"ffn_down.weight", EX_FFN_DOWN}, {"attn_norm.weight", EX_NORMS},
         {"ffn_norm.weight", EX_NORMS},
     };
     if (!strcmp(name, "token_embd.weight")) return EX_EMBED;
@@ -92,7 +105,8 @@ static void gather_params(const l3c_model *m, ex_report *r) {
         r->params.sum += d.n_elements;
         if (layer_of(d.name) == 0) r->params.per_layer[c] += d.n_elements;
         int t = 0;
-        while (t < r->n_types && strcmp(r->types[t].name, d.type_name)) t++;
+        while (t < r->n_types && strcmp(r->types[t].name, d.type_name))
+            t++;
         if (t == r->n_types && t < (int)(sizeof r->types / sizeof r->types[0])) {
             r->types[t].name = d.type_name;
             r->n_types++;
@@ -129,24 +143,34 @@ static void derive_ffn(int64_t dim, int64_t n_ff, ex_ffn_rule *f) {
         }
 }
 
-/* ---- list parsing: "0,1,-1" or "all" */
+/* ---- list parsing: "0,1,-1" or "all"; -1 (message printed) on anything else, a value out of
+ * range or more than cap values. Negative values count from n_max when from_end, else are errors.
+ */
 
-static int parse_list(const char *s, int *out, int cap, int n_max) {
+static int parse_list(const char *opt, const char *s, int *out, int cap, int lo, int n_max,
+                      int from_end) {
     int n = 0;
     if (!strcmp(s, "all")) {
-        for (int i = 0; i < n_max && n < cap; i++) out[n++] = i;
+        for (int i = 0; i < n_max && n < cap; i++)
+            out[n++] = i;
         return n;
     }
-    while (*s && n < cap) {
+    const char *all = s;
+    while (*s) {
         char *end;
+        errno = 0;
         long v = strtol(s, &end, 10);
-        if (end == s) return -1;
-        if (v < 0) v += n_max;
-        if (v < 0 || v >= n_max) return -1;
+        if (end == s || errno || (*end && *end != ',')) break;
+        if (v < 0 && from_end) v += n_max;
+        if (v < lo || v >= n_max || n == cap) break;
         out[n++] = (int)v;
-        s = end;
-        if (*s == ',') s++;
-        else if (*s) return -1;
+        s = *end ? end + 1 : end;
+    }
+    if (*s || !n || s[-1] == ',') {
+        cli_usage_error("explain",
+                        "%s: '%s' is not a list of at most %d values in [%s%d, %d] (or \"all\")",
+                        opt, all, cap, from_end ? "-" : "", from_end ? n_max : lo, n_max - 1);
+        return -1;
     }
     return n;
 }
@@ -185,7 +209,10 @@ static void on_trace(void *user, const char *op, int layer, const float *data, i
     if (r->n_steps == r->cap_steps) {
         int64_t cap = r->cap_steps ? 2 * r->cap_steps : 64;
         ex_step *s = realloc(r->steps, (size_t)cap * sizeof *s);
-        if (!s) { ts->failed = 1; return; }
+        if (!s) {
+            ts->failed = 1;
+            return;
+        }
         r->steps = s;
         r->cap_steps = cap;
     }
@@ -211,7 +238,8 @@ static void on_trace(void *user, const char *op, int layer, const float *data, i
     s->max = mx;
     const float *last = data + (rows - 1) * cols;
     s->n_head = (int)(cols < 8 ? cols : 8);
-    for (int i = 0; i < s->n_head; i++) s->head[i] = last[i];
+    for (int i = 0; i < s->n_head; i++)
+        s->head[i] = last[i];
     /* attention probabilities: rows = n_head * T (head-major), cols = positions */
     if (!strcmp(op, "attn_scores") && in_list(ts->layers, ts->n_layers_sel, layer) &&
         rows % ts->n_head == 0) {
@@ -220,11 +248,17 @@ static void on_trace(void *user, const char *op, int layer, const float *data, i
             int head = ts->heads[h];
             if (head >= ts->n_head) continue;
             ex_attn *na = realloc(r->attn, (size_t)(r->n_attn + 1) * sizeof *na);
-            if (!na) { ts->failed = 1; return; }
+            if (!na) {
+                ts->failed = 1;
+                return;
+            }
             r->attn = na;
             ex_attn *a = &r->attn[r->n_attn];
             a->p = malloc((size_t)(T * cols) * sizeof(float));
-            if (!a->p) { ts->failed = 1; return; }
+            if (!a->p) {
+                ts->failed = 1;
+                return;
+            }
             memcpy(a->p, data + (int64_t)head * T * cols, (size_t)(T * cols) * sizeof(float));
             a->layer = layer;
             a->head = head;
@@ -249,8 +283,9 @@ static void print_card(const ex_report *r) {
     printf("  features (dim)        %d\n", in->n_embd);
     printf("  blocks (layers)       %d\n", in->n_layer);
     printf("  query heads           %d\n", in->n_head);
-    printf("  key/value heads       %d (grouped-query attention: %d query heads share each KV head)\n",
-           in->n_head_kv, in->n_head_kv ? in->n_head / in->n_head_kv : 0);
+    printf(
+        "  key/value heads       %d (grouped-query attention: %d query heads share each KV head)\n",
+        in->n_head_kv, in->n_head_kv ? in->n_head / in->n_head_kv : 0);
     printf("  head dimension        %d (= %d / %d)\n", in->head_dim, in->n_embd, in->n_head);
     printf("  FFN hidden            %d\n", in->n_ff);
     const ex_ffn_rule *f = &r->ffn;
@@ -262,7 +297,8 @@ static void print_card(const ex_report *r) {
         printf("; rounded up to a multiple of %d -> %lld\n", f->multiple_of, (long long)f->rounded);
     } else {
         printf("    (not reproduced by Meta's rule 4*dim*2/3*multiplier rounded to multiple_of;"
-               " the file says %d)\n", in->n_ff);
+               " the file says %d)\n",
+               in->n_ff);
     }
     printf("  context window        %d tokens (training)\n", in->n_ctx_train);
     printf("  rope                  theta %g, %d rotated dims per head, scaling: %s\n",
@@ -308,12 +344,15 @@ static void print_params(const ex_report *r) {
 static void print_values(const ex_step *s, int n_values) {
     printf("[");
     int n = s->n_head < n_values ? s->n_head : n_values;
-    for (int i = 0; i < n; i++) printf("%s%.4g", i ? ", " : "", s->head[i]);
+    for (int i = 0; i < n; i++)
+        printf("%s%.4g", i ? ", " : "", s->head[i]);
     printf("%s]", s->cols > n ? ", ..." : "");
 }
 
 static const char *op_meaning(const char *op) {
-    static const struct { const char *op, *what; } m[] = {
+    static const struct {
+        const char *op, *what;
+    } m[] = {
         {"embd", "embedding lookup: one-hot (T x V) @ W_embd (V x D) = row lookup"},
         {"attn_norm", "RMSNorm before attention"},
         {"q", "queries, RoPE applied (heads x head_dim per token)"},
@@ -342,9 +381,11 @@ static void print_trace(const ex_report *r, const int *layers, int n_layers, int
     const l3c_model_info *in = &r->info;
     printf("== Traced run of \"%s\"\n", r->prompt);
     printf("  token ids (T = %lld):", (long long)r->n_tokens);
-    for (int64_t i = 0; i < r->n_tokens; i++) printf(" %d", r->tokens[i]);
+    for (int64_t i = 0; i < r->n_tokens; i++)
+        printf(" %d", r->tokens[i]);
     printf("\n  pieces:");
-    for (int64_t i = 0; i < r->n_tokens; i++) printf(" [%s]", r->pieces[i]);
+    for (int64_t i = 0; i < r->n_tokens; i++)
+        printf(" [%s]", r->pieces[i]);
     printf("\n  one-hot input X: T x V = %lld x %d; row t has a single 1 at column id[t] "
            "(e.g. row 0 at column %d)\n",
            (long long)r->n_tokens, in->n_vocab, r->tokens[0]);
@@ -384,7 +425,8 @@ static void print_trace(const ex_report *r, const int *layers, int n_layers, int
                 int64_t rr = at->rows < 8 ? at->rows : 8, cc = at->cols < 8 ? at->cols : 8;
                 for (int64_t y = 0; y < rr; y++) {
                     printf("  %14s", "");
-                    for (int64_t x = 0; x < cc; x++) printf(" %5.3f", at->p[y * at->cols + x]);
+                    for (int64_t x = 0; x < cc; x++)
+                        printf(" %5.3f", at->p[y * at->cols + x]);
                     printf("%s\n", at->cols > cc ? " ..." : "");
                 }
             }
@@ -406,9 +448,12 @@ static void piece_text(const l3c_tokenizer *tok, int32_t id, char *out, size_t c
     size_t o = 0;
     for (int32_t i = 0; i < n && o + 5 < cap; i++) {
         unsigned char c = (unsigned char)raw[i];
-        if (c == '\n') o += (size_t)snprintf(out + o, cap - o, "\\n");
-        else if (c < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
-        else out[o++] = (char)c;
+        if (c == '\n')
+            o += (size_t)snprintf(out + o, cap - o, "\\n");
+        else if (c < 0x20)
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
+        else
+            out[o++] = (char)c;
     }
     out[o] = '\0';
 }
@@ -417,14 +462,19 @@ static void top5(const float *logits, int32_t n_vocab, const l3c_tokenizer *tok,
     double mx = -INFINITY, z = 0;
     for (int32_t i = 0; i < n_vocab; i++)
         if (logits[i] > mx) mx = logits[i];
-    for (int32_t i = 0; i < n_vocab; i++) z += exp(logits[i] - mx);
+    for (int32_t i = 0; i < n_vocab; i++)
+        z += exp(logits[i] - mx);
     for (int k = 0; k < 5; k++) {
         top[k].id = -1;
         float best = -INFINITY;
         for (int32_t i = 0; i < n_vocab; i++) {
             int taken = 0;
-            for (int j = 0; j < k; j++) taken |= top[j].id == i;
-            if (!taken && logits[i] > best) { best = logits[i]; top[k].id = i; }
+            for (int j = 0; j < k; j++)
+                taken |= top[j].id == i;
+            if (!taken && logits[i] > best) {
+                best = logits[i];
+                top[k].id = i;
+            }
         }
         if (top[k].id < 0) continue;
         top[k].prob = (float)(exp(best - mx) / z);
@@ -446,7 +496,8 @@ static int run_trace(l3c_model *model, ex_report *r, const int *layers, int n_la
         fprintf(stderr, "llama3c explain: the prompt gives no tokens\n");
         return 1;
     }
-    for (int64_t i = 0; i < r->n_tokens; i++) piece_text(tok, r->tokens[i], r->pieces[i], 48);
+    for (int64_t i = 0; i < r->n_tokens; i++)
+        piece_text(tok, r->tokens[i], r->pieces[i], 48);
 
     l3c_context_params cp = l3c_context_default_params();
     cp.n_ctx = (int32_t)(r->n_tokens < 16 ? 16 : r->n_tokens);
@@ -457,12 +508,20 @@ static int run_trace(l3c_model *model, ex_report *r, const int *layers, int n_la
         fprintf(stderr, "llama3c explain: %s\n", l3c_last_error());
         return 1;
     }
-    trace_state ts = {.r = r, .heads = heads, .n_heads_sel = n_heads, .layers = layers,
-                      .n_layers_sel = n_layers, .n_head = r->info.n_head};
+    trace_state ts = {.r = r,
+                      .heads = heads,
+                      .n_heads_sel = n_heads,
+                      .layers = layers,
+                      .n_layers_sel = n_layers,
+                      .n_head = r->info.n_head};
     l3c_context_set_trace(ctx, on_trace, &ts);
     int32_t *pos = calloc((size_t)r->n_tokens, sizeof *pos);
-    if (!pos) { l3c_context_free(ctx); return 1; }
-    for (int64_t i = 0; i < r->n_tokens; i++) pos[i] = (int32_t)i;
+    if (!pos) {
+        l3c_context_free(ctx);
+        return 1;
+    }
+    for (int64_t i = 0; i < r->n_tokens; i++)
+        pos[i] = (int32_t)i;
     l3c_batch b = {.n_tokens = (int32_t)r->n_tokens, .tokens = r->tokens, .pos = pos};
     double t0 = now_ms();
     ts.t_prev = t0;
@@ -479,7 +538,8 @@ static int run_trace(l3c_model *model, ex_report *r, const int *layers, int n_la
     if (logits) top5(logits, r->info.n_vocab, tok, r->top);
     if (logits && logits_out) {
         FILE *f = fopen(logits_out, "wb");
-        if (!f || fwrite(logits, sizeof(float), (size_t)r->info.n_vocab, f) != (size_t)r->info.n_vocab) {
+        if (!f ||
+            fwrite(logits, sizeof(float), (size_t)r->info.n_vocab, f) != (size_t)r->info.n_vocab) {
             fprintf(stderr, "llama3c explain: cannot write %s\n", logits_out);
             rc = 1;
         }
@@ -493,9 +553,12 @@ static void report_free(ex_report *r) {
     free(r->tokens);
     free(r->pieces);
     free(r->steps);
-    for (int i = 0; i < r->n_attn; i++) free(r->attn[i].p);
+    for (int i = 0; i < r->n_attn; i++)
+        free(r->attn[i].p);
     free(r->attn);
 }
+
+#define CMD "explain"
 
 int cmd_explain(int argc, char **argv) {
     const char *model_path = NULL, *prompt = "The capital of France is", *html = NULL;
@@ -504,30 +567,40 @@ int cmd_explain(int argc, char **argv) {
     int n_values = 4, trace = 1, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int has_val = i + 1 < argc;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-        else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has_val) model_path = argv[++i];
-        else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && has_val) prompt = argv[++i];
-        else if (!strcmp(a, "--layers") && has_val) layers_arg = argv[++i];
-        else if (!strcmp(a, "--heads") && has_val) heads_arg = argv[++i];
-        else if (!strcmp(a, "--values") && has_val) n_values = atoi(argv[++i]);
-        else if (!strcmp(a, "--kv-lengths") && has_val) kv_arg = argv[++i];
-        else if (!strcmp(a, "--html") && has_val) html = argv[++i];
-        else if (!strcmp(a, "--logits-out") && has_val) logits_out = argv[++i];
-        else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has_val) threads = atoi(argv[++i]);
-        else if (!strcmp(a, "--no-trace")) trace = 0;
-        else {
-            fprintf(stderr, "llama3c explain: unknown or incomplete option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
+        int bad = 0, r;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (cli_is(a, CLI_MODEL))
+            bad = cli_str(CMD, argc, argv, &i, &model_path);
+        else if (cli_is(a, "-p|--prompt"))
+            bad = cli_str(CMD, argc, argv, &i, &prompt);
+        else if (!strcmp(a, "--layers"))
+            bad = cli_str(CMD, argc, argv, &i, &layers_arg);
+        else if (!strcmp(a, "--heads"))
+            bad = cli_str(CMD, argc, argv, &i, &heads_arg);
+        else if (!strcmp(a, "--values"))
+            bad = cli_int(CMD, argc, argv, &i, 1, 8, &n_values);
+        else if (!strcmp(a, "--kv-lengths"))
+            bad = cli_str(CMD, argc, argv, &i, &kv_arg);
+        else if (!strcmp(a, "--html"))
+            bad = cli_str(CMD, argc, argv, &i, &html);
+        else if (!strcmp(a, "--logits-out"))
+            bad = cli_str(CMD, argc, argv, &i, &logits_out);
+        else if (cli_is(a, CLI_THREADS))
+            bad = cli_int(CMD, argc, argv, &i, 1, 1024, &threads);
+        else if (!strcmp(a, "--no-trace"))
+            trace = 0;
+        else if ((r = cli_compat_parse(CMD, argc, argv, &i)))
+            bad = r < 0;
+        else
+            return cli_usage_error(CMD, "unknown option '%s'", a);
+        if (bad) return CLI_USAGE;
     }
-    if (!model_path) {
-        fprintf(stderr, "llama3c explain: -m MODEL is required\n");
-        usage(stderr);
-        return 2;
-    }
-    if (n_values < 1 || n_values > 8) n_values = n_values < 1 ? 1 : 8;
+    if (!model_path) return cli_usage_error(CMD, "no model: pass -m FILE.gguf");
+    int kvl[8];
+    int n_kvl = kv_arg ? parse_list("--kv-lengths", kv_arg, kvl, 8, 1, 1 << 30, 0) : 0;
+    if (n_kvl < 0) return CLI_USAGE;
 
     l3c_model_params mp = l3c_model_default_params();
     l3c_model *model = NULL;
@@ -543,20 +616,17 @@ int cmd_explain(int argc, char **argv) {
     r.template_name = l3c_chat_template_name(l3c_chat_template_detect(model));
     const char *stype = l3c_model_meta_str(model, "llama.rope.scaling.type");
     r.scaling = r.info.has_rope_freqs ? "llama3 (per-frequency factors from rope_freqs)"
-                : stype                ? stype
-                                       : "none";
+                : stype               ? stype
+                                      : "none";
     derive_ffn(r.info.n_embd, r.info.n_ff, &r.ffn);
     gather_params(model, &r);
     r.kv_per_pos = l3c_model_kv_bytes_per_pos(model, L3C_KV_F16);
 
     int layers[1024], heads[256];
-    int n_layers = parse_list(layers_arg, layers, 1024, r.info.n_layer);
-    int n_heads = parse_list(heads_arg, heads, 256, r.info.n_head);
-    int kvl[8];
-    int n_kvl = kv_arg ? parse_list(kv_arg, kvl, 8, 1 << 30) : 0;
-    if (n_layers < 0 || n_heads < 0 || n_kvl < 0) {
-        fprintf(stderr, "llama3c explain: bad --layers/--heads/--kv-lengths list (layers 0..%d, "
-                        "heads 0..%d)\n", r.info.n_layer - 1, r.info.n_head - 1);
+    int n_layers = parse_list("--layers", layers_arg, layers, 1024, 0, r.info.n_layer, 1);
+    int n_heads =
+        n_layers < 0 ? -1 : parse_list("--heads", heads_arg, heads, 256, 0, r.info.n_head, 1);
+    if (n_layers < 0 || n_heads < 0) {
         l3c_model_free(model);
         return 2;
     }

@@ -13,6 +13,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CMD "export"
 
@@ -50,16 +51,6 @@ static void usage(FILE *f) {
     cli_lora_help(f);
 }
 
-static void progress(int64_t i, int64_t n, const char *name, const char *type, void *user) {
-    (void)user;
-    const int width = 30;
-    int fill = n ? (int)(i * width / n) : width;
-    fprintf(stderr, "\r[%.*s%*s] %lld/%lld %-32.32s %-6s", fill, "##############################",
-            width - fill, "", (long long)i, (long long)n, name, type);
-    if (i == n) fputc('\n', stderr);
-    fflush(stderr);
-}
-
 int cmd_export(int argc, char **argv) {
     const char *base = NULL, *out = NULL, *type = "same", *base_name = NULL, *pos[2] = {NULL, NULL};
     int merge = 0, convert = 0, quiet = 0, n_pos = 0, r;
@@ -86,6 +77,8 @@ int cmd_export(int argc, char **argv) {
             if (!(type = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
         } else if (!strcmp(a, "--base-name")) {
             if (!(base_name = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
+        } else if ((r = cli_compat_parse(CMD, argc, argv, &i))) {
+            if (r < 0) return CLI_USAGE;
         } else if (a[0] != '-' && n_pos < 2) {
             pos[n_pos++] = a;
         } else {
@@ -95,6 +88,7 @@ int cmd_export(int argc, char **argv) {
     if (merge == convert)
         return cli_usage_error(CMD, "give exactly one of --merge and --lora-convert");
     if (!base) return cli_usage_error(CMD, "no base model: pass -m BASE");
+    cli_remove_partial_outputs_on_signal();
     if (convert) {
         if (n_pos != 2 || lora.n || out)
             return cli_usage_error(CMD, "--lora-convert takes IN and OUT (no --lora, no -o)");
@@ -106,9 +100,9 @@ int cmd_export(int argc, char **argv) {
     if (!lora.n || !out || n_pos)
         return cli_usage_error(
             CMD, "--merge needs at least one --lora FILE and -o OUT.gguf (no other arguments)");
-    if (l3c_adapter_merge(base, lora.n, lora.path, lora.scale, out, type, quiet ? NULL : progress,
-                          NULL) != L3C_OK) {
-        if (!quiet) fputc('\n', stderr);
+    if (l3c_adapter_merge(base, lora.n, lora.path, lora.scale, out, type,
+                          quiet ? NULL : cli_progress, (void *)CMD) != L3C_OK) {
+        if (!quiet && isatty(STDERR_FILENO)) fputc('\n', stderr); /* end the bar's line */
         return cli_runtime_error(CMD, "cannot merge");
     }
     if (!quiet)

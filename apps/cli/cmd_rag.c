@@ -10,7 +10,10 @@
  * .pdf files (text from `pdftotext`, poppler-utils, when installed; otherwise skipped with a
  * warning), chunks each by tokens, embeds each chunk and stores a file's chunks in one
  * transaction. A file whose size and mtime, or else sha256, match the index is skipped, so a
- * re-run (also after kill -9) only does what is missing; files gone from the folders are dropped.
+ * re-run (also after kill -9) only does what is missing; files gone from the folders are dropped,
+ * files that are there but were skipped this time (too large, extractor missing or failing) are
+ * kept as indexed before. The walk never loops and stays inside the given folders unless
+ * --follow-symlinks (walk()); files are stored by canonical path.
  * Built on the public header and apps/rag/ only.
  */
 #include "cli.h"
@@ -22,6 +25,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +38,11 @@
 
 static const char *const CMD = "rag";
 
-#define DEFAULT_CHUNK   128
-#define DEFAULT_OVERLAP 32
-#define EMBED_CTX       512 /* tokens embedded per chunk / query at most (chunks are far shorter) */
+#define DEFAULT_CHUNK           128
+#define DEFAULT_OVERLAP         32
+#define EMBED_CTX               512 /* tokens embedded per chunk / query at most (chunks are far shorter) */
+#define DEFAULT_MAX_FILE_BYTES  (16LL << 20) /* larger files are skipped (reported) */
+#define DEFAULT_EXTRACT_TIMEOUT 60.0         /* seconds pdftotext may run on one file */
 
 static void usage(FILE *f) {
     fprintf(
@@ -68,6 +75,11 @@ static void usage(FILE *f) {
         "of\n"
         "                          the embeddings only; bm25: SQLite FTS5 only\n"
         "  --alpha A               hybrid: weight of BM25 in [0, 1] (default %.1f)\n"
+        "  --follow-symlinks       index: follow symbolic links below the folders (default: skip\n"
+        "                          them; a folder is walked once however it is reached)\n"
+        "  --max-file-bytes N      index: skip files (and PDF text) larger than N bytes; suffixes\n"
+        "                          K, M, G (default 16M)\n"
+        "  --extract-timeout S     index: seconds pdftotext may spend on one PDF (default 60)\n"
         "  --json                  query: print JSON\n"
         "  --show-prompt           ask: print the prompt given to the model on stderr\n",
         DEFAULT_CHUNK, DEFAULT_OVERLAP, RAG_HYBRID_ALPHA);
@@ -79,7 +91,9 @@ static void usage(FILE *f) {
 typedef struct rag_args {
     cli_opts o;
     const char *db;
-    int chunk, overlap, chunk_set, k, json, show_prompt;
+    int chunk, overlap, chunk_set, k, json, show_prompt, follow_symlinks;
+    long long max_file_bytes;
+    float extract_timeout;
     rag_mode mode;
     float alpha;
     char **pos; /* positional arguments */
@@ -91,6 +105,7 @@ static int parse(rag_args *a, int argc, char **argv, int default_k) {
     cli_opts_init(&a->o, 256, 0.0f, 1.0f);
     a->chunk = DEFAULT_CHUNK, a->overlap = DEFAULT_OVERLAP, a->k = default_k, a->mode = RAG_HYBRID,
     a->alpha = (float)RAG_HYBRID_ALPHA;
+    a->max_file_bytes = DEFAULT_MAX_FILE_BYTES, a->extract_timeout = (float)DEFAULT_EXTRACT_TIMEOUT;
     a->pos = calloc((size_t)argc + 1, sizeof *a->pos);
     if (!a->pos) return CLI_ERR;
     long l;
@@ -107,7 +122,27 @@ static int parse(rag_args *a, int argc, char **argv, int default_k) {
             a->json = 1;
         else if (!strcmp(s, "--show-prompt"))
             a->show_prompt = 1;
-        else if (!strcmp(s, "--db")) {
+        else if (!strcmp(s, "--follow-symlinks"))
+            a->follow_symlinks = 1;
+        else if (!strcmp(s, "--max-file-bytes")) {
+            if (!(v = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
+            char *end = NULL;
+            errno = 0;
+            long long x = strtoll(v, &end, 10);
+            int sh = !*end                                    ? 0
+                     : !strcmp(end, "K") || !strcmp(end, "k") ? 10
+                     : !strcmp(end, "M")                      ? 20
+                     : !strcmp(end, "G")                      ? 30
+                                                              : -1;
+            if (errno || end == v || sh < 0 || x < 1 || x > (1LL << (62 - sh)))
+                return cli_usage_error(
+                    CMD, "--max-file-bytes: '%s' is not a size (bytes, or N K/M/G)", v);
+            a->max_file_bytes = x << sh;
+        } else if (!strcmp(s, "--extract-timeout")) {
+            if (!(v = cli_value(CMD, argc, argv, &i)) ||
+                cli_parse_float(CMD, s, v, 0.1, 86400.0, &a->extract_timeout))
+                return CLI_USAGE;
+        } else if (!strcmp(s, "--db")) {
             if (!(a->db = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
         } else if (!strcmp(s, "--chunk") || !strcmp(s, "--overlap") || !strcmp(s, "-k")) {
             if (!(v = cli_value(CMD, argc, argv, &i))) return CLI_USAGE;
@@ -193,16 +228,76 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Appends the indexable files under path (recursively; hidden entries skipped). */
-static int walk(const char *path, strvec *out, int top) {
+/*
+ * The folder walk. It never loops and never leaves the folders it was given unless asked:
+ *  - symbolic links below a root are skipped (with a note) unless --follow-symlinks; a root that
+ *    is itself a link is followed (the user named it);
+ *  - every directory entered is recorded by (device, inode), so a folder reached twice (a link
+ *    loop such as `a -> .`, a bind mount, a followed link back up) is walked once;
+ *  - files are recorded by their canonical path (realpath), so `notes` and `./notes`, or a file
+ *    reached through two links, are one file; the list is sorted and made unique afterwards.
+ */
+typedef struct walk_state {
+    int follow;  /* --follow-symlinks */
+    strvec *out; /* canonical file paths */
+    dev_t *dev;  /* directories entered */
+    ino_t *ino;
+    size_t n_dirs, cap_dirs;
+    long n_links_skipped;
+} walk_state;
+
+static int walk_seen_dir(walk_state *w, const struct stat *st) {
+    for (size_t i = 0; i < w->n_dirs; i++)
+        if (w->dev[i] == st->st_dev && w->ino[i] == st->st_ino) return 1;
+    if (w->n_dirs == w->cap_dirs) {
+        size_t c = w->cap_dirs ? 2 * w->cap_dirs : 64;
+        dev_t *d = realloc(w->dev, c * sizeof *d);
+        if (d) w->dev = d;
+        ino_t *n = realloc(w->ino, c * sizeof *n);
+        if (n) w->ino = n;
+        if (!d || !n) return -1;
+        w->cap_dirs = c;
+    }
+    w->dev[w->n_dirs] = st->st_dev, w->ino[w->n_dirs] = st->st_ino, w->n_dirs++;
+    return 0;
+}
+
+static int walk(walk_state *w, const char *path, int top) {
     struct stat st;
-    if (stat(path, &st) != 0) {
+    if (lstat(path, &st) != 0) {
         fprintf(stderr, "llama3c %s: cannot read '%s': %s\n", CMD, path, strerror(errno));
         return top ? -1 : 0;
     }
+    if (S_ISLNK(st.st_mode)) {
+        if (!top && !w->follow) {
+            w->n_links_skipped++;
+            if (w->n_links_skipped <= 5)
+                fprintf(stderr,
+                        "llama3c %s: note: not following the symbolic link '%s' "
+                        "(--follow-symlinks follows links)\n",
+                        CMD, path);
+            return 0;
+        }
+        if (stat(path, &st) != 0) {
+            fprintf(stderr, "llama3c %s: %s '%s': %s\n", CMD,
+                    top ? "cannot read" : "warning: skipping the broken link", path,
+                    strerror(errno));
+            return top ? -1 : 0;
+        }
+    }
     if (S_ISREG(st.st_mode)) {
         const char *e = ext_of(path);
-        if (is_text_ext(e) || !strcasecmp(e, "pdf")) return sv_push(out, path);
+        if (is_text_ext(e) || !strcasecmp(e, "pdf")) {
+            char *canon = realpath(path, NULL);
+            if (!canon) {
+                fprintf(stderr, "llama3c %s: warning: skipping '%s': %s\n", CMD, path,
+                        strerror(errno));
+                return 0;
+            }
+            int rc = sv_push(w->out, canon);
+            free(canon);
+            return rc;
+        }
         if (top)
             fprintf(
                 stderr,
@@ -211,6 +306,8 @@ static int walk(const char *path, strvec *out, int top) {
         return 0;
     }
     if (!S_ISDIR(st.st_mode)) return 0;
+    int seen = walk_seen_dir(w, &st);
+    if (seen) return seen < 0 ? -1 : 0; /* walked already (a loop, or two names of one folder) */
     DIR *d = opendir(path);
     if (!d) {
         fprintf(stderr, "llama3c %s: cannot open folder '%s': %s\n", CMD, path, strerror(errno));
@@ -231,11 +328,25 @@ static int walk(const char *path, strvec *out, int top) {
             break;
         }
         sprintf(child, "%s%s%s", path, pl && path[pl - 1] == '/' ? "" : "/", names.v[i]);
-        rc = walk(child, out, 0);
+        rc = walk(w, child, 0);
         free(child);
     }
     sv_free(&names);
     return rc;
+}
+
+/* Sorts the walk's files and drops repeats (one file reached through several roots or links). */
+static void sv_sort_unique(strvec *s) {
+    if (!s->n) return;
+    qsort(s->v, s->n, sizeof *s->v, cmp_str);
+    size_t o = 1;
+    for (size_t i = 1; i < s->n; i++) {
+        if (!strcmp(s->v[i], s->v[o - 1]))
+            free(s->v[i]);
+        else
+            s->v[o++] = s->v[i];
+    }
+    s->n = o;
 }
 
 static int have_pdftotext(void) {
@@ -253,8 +364,12 @@ static int have_pdftotext(void) {
     return found;
 }
 
-/* The text of a PDF from `pdftotext -enc UTF-8 FILE -` (no shell); NULL on failure (printed). */
-static char *pdf_text(const char *path, size_t *len) {
+/*
+ * The text of a PDF from `pdftotext -enc UTF-8 FILE -` (no shell); NULL on failure (printed).
+ * Bounded: the extractor is killed after timeout_s seconds or once it has written more than cap
+ * bytes, and the file is then skipped with the reason.
+ */
+static char *pdf_text(const char *path, size_t *len, double timeout_s, size_t cap_out) {
     int fd[2];
     if (pipe(fd) != 0) return NULL;
     pid_t pid = fork();
@@ -271,9 +386,26 @@ static char *pdf_text(const char *path, size_t *len) {
     close(fd[1]);
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap + 1);
-    ssize_t r = 0;
-    while (buf && (r = read(fd[0], buf + n, cap - n)) > 0) {
+    const char *why = NULL;
+    const double deadline = now_s() + timeout_s;
+    while (buf) {
+        double left = deadline - now_s();
+        if (left <= 0) {
+            why = "timed out";
+            break;
+        }
+        struct pollfd pfd = {.fd = fd[0], .events = POLLIN};
+        int pr = poll(&pfd, 1, left > 1.0 ? 1000 : (int)(left * 1000) + 1);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr <= 0) continue;
+        ssize_t r = read(fd[0], buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
         n += (size_t)r;
+        if (n > cap_out) {
+            why = "wrote more text than --max-file-bytes";
+            break;
+        }
         if (n == cap) {
             char *b = realloc(buf, 2 * cap + 1);
             if (!b) {
@@ -285,8 +417,16 @@ static char *pdf_text(const char *path, size_t *len) {
         }
     }
     close(fd[0]);
+    if (why || !buf) kill(pid, SIGKILL);
     int status = 0;
-    waitpid(pid, &status, 0);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (why) {
+        fprintf(stderr, "llama3c %s: warning: skipping '%s': pdftotext %s (killed)\n", CMD, path,
+                why);
+        free(buf);
+        return NULL;
+    }
     if (!buf || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "llama3c %s: warning: skipping '%s': pdftotext failed (exit status %d)\n",
                 CMD, path, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
@@ -298,13 +438,20 @@ static char *pdf_text(const char *path, size_t *len) {
     return buf;
 }
 
-static char *read_all(const char *path, size_t *len) {
+/* The whole file, or NULL (errno set; EFBIG when it holds more than cap bytes). */
+static char *read_all(const char *path, size_t *len, size_t max) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     size_t cap = 1 << 16, n = 0, r;
     char *buf = malloc(cap + 1);
     while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
         n += r;
+        if (n > max) {
+            free(buf);
+            fclose(f);
+            errno = EFBIG;
+            return NULL;
+        }
         if (n == cap) {
             char *b = realloc(buf, 2 * cap + 1);
             if (!b) {
@@ -416,46 +563,75 @@ static int64_t mtime_ns(const struct stat *st) {
     return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
 }
 
+static volatile sig_atomic_t g_stop; /* SIGINT / SIGTERM during index: stop between chunks */
+
+static void on_stop(int sig) {
+    g_stop = sig;
+    signal(sig, SIG_DFL); /* a second one ends the process at once */
+}
+
+/* The index is written in place, one file per transaction, so a run killed outright (SIGKILL,
+ * power loss) leaves a consistent index that a re-run completes. A run that fails or is stopped
+ * (SIGINT / SIGTERM, checked between chunks) removes an index it created, so no new DB is left
+ * behind; an existing index keeps the files finished so far. */
 static int cmd_index(rag_args *a) {
     if (a->n_pos == 0) return cli_usage_error(CMD, "index: give the folders or files to index");
     strvec files = {0}, roots = {0};
+    walk_state w = {.follow = a->follow_symlinks, .out = &files};
     for (int i = 0; i < a->n_pos; i++) {
-        char *r = strdup(a->pos[i]);
-        if (!r) return CLI_ERR;
-        size_t l = strlen(r);
-        while (l > 1 && r[l - 1] == '/')
-            r[--l] = 0;
-        int bad = walk(r, &files, 1) || sv_push(&roots, r);
+        /* roots by canonical path: the index stores canonical paths, and removal of files gone
+         * from a root compares against these prefixes */
+        char *r = realpath(a->pos[i], NULL);
+        if (!r) {
+            fprintf(stderr, "llama3c %s: cannot read '%s': %s\n", CMD, a->pos[i], strerror(errno));
+            sv_free(&files), sv_free(&roots), free(w.dev), free(w.ino);
+            return CLI_ERR;
+        }
+        int bad = walk(&w, r, 1) || sv_push(&roots, r);
         free(r);
         if (bad) {
-            sv_free(&files), sv_free(&roots);
+            sv_free(&files), sv_free(&roots), free(w.dev), free(w.ino);
             return CLI_ERR;
         }
     }
+    free(w.dev), free(w.ino);
+    sv_sort_unique(&files);
+    if (w.n_links_skipped)
+        fprintf(stderr, "llama3c %s: %ld symbolic links not followed (--follow-symlinks)\n", CMD,
+                w.n_links_skipped);
+    struct stat dbst;
+    const int fresh = a->db && stat(a->db, &dbst) != 0 && errno == ENOENT;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     rag_env e;
-    int rc = env_open(&e, a, NULL, 1);
-    if (rc) {
-        sv_free(&files), sv_free(&roots);
-        return rc;
-    }
     char err[RAG_ERR_CAP];
+    strvec kept = {0};
+    int rc = env_open(&e, a, NULL, 1);
+    if (rc) goto done;
     const int pdf_ok = have_pdftotext();
     const int32_t dim = e.emb.n_embd;
     double t0 = now_s();
     long n_new = 0, n_same = 0, n_skip = 0, n_chunks = 0, n_cut = 0;
-    strvec kept = {0};
     rc = CLI_ERR;
     fprintf(stderr, "llama3c %s: indexing %zu files into %s (chunks of %d tokens, overlap %d)\n",
             CMD, files.n, a->db, (int)e.meta.chunk_tokens, (int)e.meta.overlap);
     for (size_t fi = 0; fi < files.n; fi++) {
         const char *path = files.v[fi];
         const int is_pdf = !strcasecmp(ext_of(path), "pdf");
+        if (g_stop) goto interrupted;
         struct stat st;
         if (stat(path, &st) != 0) {
             fprintf(stderr, "llama3c %s: warning: skipping '%s': %s\n", CMD, path, strerror(errno));
             n_skip++;
             continue;
         }
+        /* from here on the file exists: whatever happens, an earlier index of it is kept (a
+         * file skipped this time is not a file removed) */
+        if (sv_push(&kept, path)) goto oom;
         if (is_pdf && !pdf_ok) {
             fprintf(stderr,
                     "llama3c %s: warning: skipping '%s': pdftotext (Debian: poppler-utils) is not "
@@ -464,7 +640,14 @@ static int cmd_index(rag_args *a) {
             n_skip++;
             continue;
         }
-        if (sv_push(&kept, path)) goto oom;
+        if ((long long)st.st_size > a->max_file_bytes) {
+            fprintf(stderr,
+                    "llama3c %s: warning: skipping '%s': %lld bytes, more than --max-file-bytes "
+                    "%lld\n",
+                    CMD, path, (long long)st.st_size, a->max_file_bytes);
+            n_skip++;
+            continue;
+        }
         int64_t osize = 0, omtime = 0;
         char osha[65] = "", sha[65];
         int found = 0;
@@ -474,11 +657,10 @@ static int cmd_index(rag_args *a) {
             continue;
         }
         size_t raw_len = 0, len = 0;
-        char *raw = read_all(path, &raw_len);
+        char *raw = read_all(path, &raw_len, (size_t)a->max_file_bytes);
         if (!raw) {
             fprintf(stderr, "llama3c %s: warning: skipping '%s': cannot read it: %s\n", CMD, path,
-                    strerror(errno));
-            kept.n--, free(kept.v[kept.n]);
+                    errno == EFBIG ? "it grew past --max-file-bytes" : strerror(errno));
             n_skip++;
             continue;
         }
@@ -493,10 +675,9 @@ static int cmd_index(rag_args *a) {
         char *text = raw;
         len = raw_len;
         if (is_pdf) {
-            text = pdf_text(path, &len);
+            text = pdf_text(path, &len, a->extract_timeout, (size_t)a->max_file_bytes);
             free(raw);
             if (!text) {
-                kept.n--, free(kept.v[kept.n]);
                 n_skip++;
                 continue;
             }
@@ -504,7 +685,6 @@ static int cmd_index(rag_args *a) {
             fprintf(stderr, "llama3c %s: warning: skipping '%s': it holds NUL bytes (binary?)\n",
                     CMD, path);
             free(text);
-            kept.n--, free(kept.v[kept.n]);
             n_skip++;
             continue;
         }
@@ -523,6 +703,10 @@ static int cmd_index(rag_args *a) {
         int bad = 0;
         for (size_t c = 0; c < nch && !bad; c++) {
             int cut = 0;
+            if (g_stop) {
+                free(text), free(ch), free(vecs);
+                goto interrupted;
+            }
             bad = rag_embed(&e.emb, text + ch[c].byte_start, ch[c].byte_end - ch[c].byte_start,
                             vecs + c * (size_t)dim, &cut, err);
             n_cut += cut;
@@ -558,6 +742,12 @@ static int cmd_index(rag_args *a) {
                 n_cut, EMBED_CTX);
     rc = CLI_OK;
     goto done;
+interrupted:
+    fprintf(stderr, "llama3c %s: interrupted; %s\n", CMD,
+            fresh ? "nothing is kept"
+                  : "the files indexed so far are kept (a re-run does the rest)");
+    rc = 128 + (int)g_stop;
+    goto done;
 oom:
     snprintf(err, sizeof err, "out of memory");
 fail:
@@ -565,6 +755,17 @@ fail:
 done:
     sv_free(&kept), sv_free(&files), sv_free(&roots);
     env_close(&e);
+    if (fresh && rc) { /* the database and SQLite's WAL files beside it */
+        char side[4200];
+        unlink(a->db);
+        snprintf(side, sizeof side, "%s-wal", a->db);
+        unlink(side);
+        snprintf(side, sizeof side, "%s-shm", a->db);
+        unlink(side);
+        fprintf(stderr, "llama3c %s: removed the new index %s\n", CMD, a->db);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     return rc;
 }
 
@@ -589,6 +790,11 @@ static const char *question_of(const rag_args *a, const char *sub) {
     }
     if (!*a->pos[0]) {
         cli_usage_error(CMD, "%s: the question is empty", sub);
+        return NULL;
+    }
+    char err[RAG_ERR_CAP];
+    if (rag_query_check(a->pos[0], err)) {
+        cli_usage_error(CMD, "%s: %s", sub, err);
         return NULL;
     }
     return a->pos[0];

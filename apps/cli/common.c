@@ -9,8 +9,10 @@
  */
 #include "common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +55,8 @@ int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, lon
     return 0;
 }
 
-int cli_parse_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out) {
+int cli_parse_float(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                    float *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -68,9 +71,193 @@ int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out
     errno = 0;
     if (*s == '-') return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", opt, s);
     unsigned long long v = strtoull(s, &end, 0);
-    if (errno || end == s || *end) return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", opt, s);
+    if (errno || end == s || *end)
+        return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", opt, s);
     *out = (uint64_t)v;
     return 0;
+}
+
+/* ---------------------------------------------------------------- the option parser */
+
+int cli_is(const char *arg, const char *names) {
+    if (arg[0] != '-') return 0;
+    while (*names) {
+        const char *end = strchr(names, '|');
+        size_t n = end ? (size_t)(end - names) : strlen(names);
+        size_t k = 0;
+        int dashes = 1; /* the leading dashes must match exactly */
+        for (; k < n && arg[k]; k++) {
+            char x = arg[k], y = names[k];
+            if (dashes && y != '-') dashes = 0;
+            if (!dashes && x == '_') x = '-';
+            if (x != y) break;
+        }
+        if (k == n && !arg[k]) return 1;
+        if (!end) break;
+        names = end + 1;
+    }
+    return 0;
+}
+
+int cli_str(const char *cmd, int argc, char **argv, int *i, const char **out) {
+    const char *v = cli_value(cmd, argc, argv, i);
+    if (!v) return CLI_USAGE;
+    *out = v;
+    return 0;
+}
+
+int cli_int(const char *cmd, int argc, char **argv, int *i, long lo, long hi, int *out) {
+    const char *opt = argv[*i], *v = cli_value(cmd, argc, argv, i);
+    long l;
+    if (!v || cli_parse_long(cmd, opt, v, lo, hi, &l)) return CLI_USAGE;
+    *out = (int)l;
+    return 0;
+}
+
+int cli_i32(const char *cmd, int argc, char **argv, int *i, long lo, long hi, int32_t *out) {
+    int v;
+    if (cli_int(cmd, argc, argv, i, lo, hi, &v)) return CLI_USAGE;
+    *out = (int32_t)v;
+    return 0;
+}
+
+int cli_flt(const char *cmd, int argc, char **argv, int *i, double lo, double hi, float *out) {
+    const char *opt = argv[*i], *v = cli_value(cmd, argc, argv, i);
+    if (!v || cli_parse_float(cmd, opt, v, lo, hi, out)) return CLI_USAGE;
+    return 0;
+}
+
+int cli_kv(const char *cmd, int argc, char **argv, int *i, int *kv_type) {
+    const char *k;
+    if (cli_str(cmd, argc, argv, i, &k)) return -1;
+    if (!strcmp(k, "f16"))
+        *kv_type = L3C_KV_F16;
+    else if (!strcmp(k, "f32"))
+        *kv_type = L3C_KV_F32;
+    else if (!strcmp(k, "q8_0"))
+        *kv_type = L3C_KV_Q8_0;
+    else
+        return cli_usage_error(cmd, "--kv: '%s' is not f16, f32 or q8_0", k), -1;
+    return 0;
+}
+
+int cli_compat_parse(const char *cmd, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    int n;
+    if (cli_is(a, "-ngl|--n-gpu-layers|--gpu-layers")) {
+        if (cli_int(cmd, argc, argv, i, -1, 1 << 20, &n)) return -1;
+        if (n != 0)
+            fprintf(stderr, "llama3c %s: note: %s %d ignored: this build runs on the CPU only\n",
+                    cmd, a, n);
+        return 1;
+    }
+    if (cli_is(a, "--keep")) {
+        if (cli_int(cmd, argc, argv, i, -1, INT32_MAX, &n)) return -1;
+        fprintf(stderr,
+                "llama3c %s: note: --keep ignored: llama3c never shifts the context (chat drops "
+                "whole old turns)\n",
+                cmd);
+        return 1;
+    }
+    if (cli_is(a, "--mlock|--no-mmap|--color|-cnv|--conversation|--log-disable|-fa|--flash-attn")) {
+        fprintf(stderr, "llama3c %s: note: %s changes nothing here (llama.cpp option)\n", cmd, a);
+        return 1;
+    }
+    return 0;
+}
+
+static int hex_value(char c) {
+    return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
+}
+
+void cli_unescape(char *s) {
+    char *o = s;
+    for (const char *p = s; *p; p++) {
+        char c = *p == '\\' ? p[1] : 0, r;
+        switch (c) {
+        case 'n':
+            r = '\n';
+            break;
+        case 't':
+            r = '\t';
+            break;
+        case 'r':
+            r = '\r';
+            break;
+        case 'a':
+            r = '\a';
+            break;
+        case 'b':
+            r = '\b';
+            break;
+        case 'f':
+            r = '\f';
+            break;
+        case 'v':
+            r = '\v';
+            break;
+        case '\\':
+        case '\'':
+        case '"':
+        case '?':
+            r = c;
+            break;
+        case 'x':
+            if (isxdigit((unsigned char)p[2])) {
+                int v = hex_value(p[2]), k = 3;
+                if (isxdigit((unsigned char)p[3])) v = v * 16 + hex_value(p[k++]);
+                if (v) { /* \x00 would end the string: kept as it is */
+                    *o++ = (char)v;
+                    p += k - 1;
+                    continue;
+                }
+            }
+            /* fall through */
+        default:
+            *o++ = *p;
+            continue;
+        }
+        *o++ = r;
+        p++;
+    }
+    *o = '\0';
+}
+
+/* ---------------------------------------------------------------- progress */
+
+void cli_progress(int64_t i, int64_t n, const char *name, const char *type, void *user) {
+    static int tty = -1;
+    if (tty < 0) tty = isatty(STDERR_FILENO);
+    if (tty) {
+        const int width = 30;
+        int fill = n ? (int)(i * width / n) : width;
+        fprintf(stderr, "\r[%.*s%*s] %lld/%lld %-32.32s %-6s", fill,
+                "##############################", width - fill, "", (long long)i, (long long)n,
+                name, type);
+        if (i == n) fputc('\n', stderr);
+    } else if (i == n || (n > 0 && i * 10 / n != (i - 1) * 10 / n)) {
+        fprintf(stderr, "llama3c %s: %lld/%lld tensors (%d%%), %s %s\n", (const char *)user,
+                (long long)i, (long long)n, n ? (int)(i * 100 / n) : 100, name, type);
+    }
+    fflush(stderr);
+}
+
+/* ---------------------------------------------------------------- signals */
+
+static void remove_partial_and_die(int sig) {
+    l3c_remove_partial_outputs();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void cli_remove_partial_outputs_on_signal(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = remove_partial_and_die;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 }
 
 /* ---------------------------------------------------------------- LoRA adapters */
@@ -95,7 +282,8 @@ int cli_lora_parse(const char *cmd, cli_lora *l, int argc, char **argv, int *i) 
     if (!strcmp(a, "--lora-scale")) {
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;
         if (!l->n) {
-            cli_usage_error(cmd, "--lora-scale sets the scale of the --lora before it; none was given");
+            cli_usage_error(cmd,
+                            "--lora-scale sets the scale of the --lora before it; none was given");
             return -1;
         }
         return cli_parse_float(cmd, a, v, -1e6, 1e6, &l->scale[l->n - 1]) ? -1 : 1;
@@ -119,25 +307,30 @@ int cli_lora_load(const char *cmd, const cli_lora *l, const l3c_model *model, l3
             (ctx && l3c_context_set_adapter(ctx, ads[k], l->scale[k]) != L3C_OK)) {
             cli_runtime_error(cmd, what);
             if (ctx)
-                for (int j = 0; j <= k; j++) l3c_context_set_adapter(ctx, ads[j], 0.0f);
+                for (int j = 0; j <= k; j++)
+                    l3c_context_set_adapter(ctx, ads[j], 0.0f);
             cli_adapters_free(ads, l->n);
             return CLI_ERR;
         }
-        fprintf(stderr, "llama3c %s: LoRA adapter %s, scale %g\n", cmd, l->path[k], (double)l->scale[k]);
+        fprintf(stderr, "llama3c %s: LoRA adapter %s, scale %g\n", cmd, l->path[k],
+                (double)l->scale[k]);
     }
     *out = ads;
     return 0;
 }
 
 void cli_adapters_free(l3c_adapter **a, int n) {
-    for (int k = 0; a && k < n; k++) l3c_adapter_free(a[k]);
+    for (int k = 0; a && k < n; k++)
+        l3c_adapter_free(a[k]);
     free(a);
 }
 
 void cli_lora_help(FILE *f) {
-    fprintf(f, "  --lora FILE             apply a LoRA adapter: a GGUF LoRA file or a PEFT folder (repeatable)\n"
-               "  --lora-scale S          scale of the --lora before it (default 1; 0 disables it)\n"
-               "  --lora-scaled FILE S    the same as --lora FILE --lora-scale S\n");
+    fprintf(f,
+            "  --lora FILE             apply a LoRA adapter: a GGUF LoRA file or a PEFT folder "
+            "(repeatable)\n"
+            "  --lora-scale S          scale of the --lora before it (default 1; 0 disables it)\n"
+            "  --lora-scaled FILE S    the same as --lora FILE --lora-scale S\n");
 }
 
 /* ---------------------------------------------------------------- shared options */
@@ -156,72 +349,127 @@ int cli_opts_parse(const char *cmd, cli_opts *o, int argc, char **argv, int *i) 
     long l;
     int lr = cli_lora_parse(cmd, &o->lora, argc, argv, i);
     if (lr) return lr;
-#define VAL()                                          \
-    do {                                               \
-        if (!(v = cli_value(cmd, argc, argv, i))) return -1; \
+#define VAL()                                                                                      \
+    do {                                                                                           \
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;                                       \
     } while (0)
-    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+    if (cli_is(a, CLI_MODEL)) {
         VAL();
         o->model_path = v;
-    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+    } else if (cli_is(a, CLI_THREADS)) {
         VAL();
         if (cli_parse_long(cmd, a, v, 1, 1024, &l)) return -1;
         o->n_threads = (int)l;
-    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+    } else if (cli_is(a, CLI_CTX)) {
         VAL();
         if (cli_parse_long(cmd, a, v, 0, INT32_MAX, &l)) return -1;
         o->n_ctx = (int32_t)l;
-    } else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) {
+    } else if (cli_is(a, CLI_BATCH)) {
         VAL();
         if (cli_parse_long(cmd, a, v, 1, 1 << 20, &l)) return -1;
         o->n_batch = (int32_t)l;
-    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+    } else if (cli_is(a, "-n|--n-predict")) {
         VAL();
         if (cli_parse_long(cmd, a, v, -1, INT32_MAX, &l)) return -1;
         o->n_predict = (int32_t)l;
-    } else if (!strcmp(a, "--temp") || !strcmp(a, "--temperature")) {
+    } else if (cli_is(a, "--temp|--temperature")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 0.0, 100.0, &o->sp.temperature)) return -1;
-    } else if (!strcmp(a, "--top-k")) {
+    } else if (cli_is(a, "--top-k")) {
         VAL();
         if (cli_parse_long(cmd, a, v, 0, INT32_MAX, &l)) return -1;
         o->sp.top_k = (int32_t)l;
-    } else if (!strcmp(a, "--top-p")) {
+    } else if (cli_is(a, "--top-p")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 0.0, 1.0, &o->sp.top_p)) return -1;
-    } else if (!strcmp(a, "--min-p")) {
+    } else if (cli_is(a, "--min-p")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 0.0, 1.0, &o->sp.min_p)) return -1;
-    } else if (!strcmp(a, "--repeat-penalty")) {
+    } else if (cli_is(a, "--repeat-penalty")) {
         VAL();
         if (cli_parse_float(cmd, a, v, 1e-3, 100.0, &o->sp.repeat_penalty)) return -1;
-    } else if (!strcmp(a, "--repeat-last-n")) {
+    } else if (cli_is(a, "--repeat-last-n")) {
         VAL();
         if (cli_parse_long(cmd, a, v, 0, 1 << 20, &l)) return -1;
         o->sp.repeat_last_n = (int32_t)l;
-    } else if (!strcmp(a, "--presence-penalty")) {
+    } else if (cli_is(a, "--presence-penalty")) {
         VAL();
         if (cli_parse_float(cmd, a, v, -2.0, 2.0, &o->sp.presence_penalty)) return -1;
-    } else if (!strcmp(a, "--frequency-penalty")) {
+    } else if (cli_is(a, "--frequency-penalty")) {
         VAL();
         if (cli_parse_float(cmd, a, v, -2.0, 2.0, &o->sp.frequency_penalty)) return -1;
-    } else if (!strcmp(a, "--seed")) {
+    } else if (cli_is(a, "--seed")) {
         VAL();
         if (cli_parse_u64(cmd, a, v, &o->sp.seed)) return -1;
         o->seed_set = 1;
-    } else if (!strcmp(a, "--ignore-eos")) {
+    } else if (cli_is(a, "--ignore-eos")) {
         o->ignore_eos = 1;
-    } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+    } else if (cli_is(a, "-v|--verbose")) {
         o->verbose = 1;
-    } else if (!strcmp(a, "--bf16")) {
+    } else if (cli_is(a, "--bf16")) {
         o->bf16 = 1;
-    } else if (!strcmp(a, "--no-timings")) {
+    } else if (cli_is(a, "--no-timings")) {
         o->no_timings = 1;
     } else {
-        return 0;
+        int r = cli_split_parse(cmd, argc, argv, i);
+        return r ? r : cli_compat_parse(cmd, argc, argv, i);
     }
 #undef VAL
     return 1;
+}
+
+/* The split of this process's models (one per process: it is one rank of one job). */
+static int g_split = L3C_SPLIT_NONE;
+static int32_t *g_layers_per_rank; /* [l3c_dist_size()] or NULL */
+
+int cli_split_parse(const char *cmd, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    if (!strcmp(a, "--split")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "none")) g_split = L3C_SPLIT_NONE;
+        else if (!strcmp(v, "tensor")) g_split = L3C_SPLIT_TENSOR;
+        else if (!strcmp(v, "layers")) g_split = L3C_SPLIT_LAYERS;
+        else {
+            cli_usage_error(cmd, "--split '%s': expected none, tensor or layers", v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "--layers-per-rank")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        const int n = l3c_dist_size();
+        free(g_layers_per_rank);
+        if (!(g_layers_per_rank = calloc((size_t)n, sizeof *g_layers_per_rank))) {
+            fprintf(stderr, "llama3c %s: out of memory\n", cmd);
+            return -1;
+        }
+        int k = 0;
+        for (const char *p = v; *p; k++) {
+            char *end;
+            long x = strtol(p, &end, 10);
+            if (end == p || x < 1 || x > 1 << 20 || (*end && *end != ',') || k >= n) {
+                cli_usage_error(cmd, "--layers-per-rank '%s': expected %d positive layer counts separated "
+                                     "by commas, one per rank", v, n);
+                return -1;
+            }
+            g_layers_per_rank[k] = (int32_t)x;
+            p = *end ? end + 1 : end;
+        }
+        if (k != n) {
+            cli_usage_error(cmd, "--layers-per-rank '%s' gives %d counts for %d ranks", v, k, n);
+            return -1;
+        }
+        g_split = L3C_SPLIT_LAYERS;
+        return 1;
+    }
+    return 0;
+}
+
+void cli_split_help(FILE *f) {
+    fprintf(f, "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
+               "  --split none|tensor|layers  how the ranks share the model: tensor (heads, FFN and\n"
+               "                          vocabulary; N <= KV heads) or layers (pipeline); default none\n"
+               "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n");
 }
 
 int cli_opts_finish(const char *cmd, cli_opts *o) {
@@ -229,41 +477,58 @@ int cli_opts_finish(const char *cmd, cli_opts *o) {
     if (!o->seed_set) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        o->sp.seed = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+        o->sp.seed = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^
+                     ((uint64_t)getpid() << 32);
+        l3c_dist_bcast(&o->sp.seed, sizeof o->sp.seed); /* every rank of a distributed run draws alike */
     }
     return 0;
 }
 
 void cli_opts_help(FILE *f, const cli_opts *d) {
-    fprintf(f,
-            "model and context:\n"
-            "  -m, --model FILE        GGUF model (required)\n"
-            "  -t, --threads N         worker threads (default: physical cores)\n"
-            "  --bf16                  F16/BF16 weight matrices multiply in bfloat16 where the CPU has\n"
-            "                          bf16 dot products (AVX512-BF16): faster prompts, weights and\n"
-            "                          activations rounded to ~3 significant digits (default: exact)\n"
-            "  -c, --ctx-size N        context positions (default: the model's, capped by a 1 GiB KV cache)\n"
-            "  -b, --batch-size N      prompt tokens per forward pass (default %d)\n"
-            "  --lora FILE             apply a LoRA adapter: a GGUF LoRA file or a PEFT folder (repeatable)\n"
-            "  --lora-scale S          scale of the --lora before it (default 1; 0 disables it)\n"
-            "generation:\n"
-            "  -n, --n-predict N       tokens to generate, -1: until the end (default %d)\n"
-            "  --ignore-eos            keep generating past end-of-generation tokens\n"
-            "sampling:\n"
-            "  --temp T                temperature, 0: greedy (default %g)\n"
-            "  --top-k K               keep the K most likely tokens, 0: off (default %d)\n"
-            "  --top-p P               nucleus: smallest set with probability >= P, 1: off (default %g)\n"
-            "  --min-p M               drop tokens below M x the top probability, 0: off (default %g)\n"
-            "  --repeat-penalty R      penalty for the last --repeat-last-n tokens, 1: off (default %g)\n"
-            "  --repeat-last-n N       window of the repetition penalty (default %d)\n"
-            "  --presence-penalty P    OpenAI's: subtract P from tokens already generated, -2..2 (default 0)\n"
-            "  --frequency-penalty F   OpenAI's: subtract F x the count of each generated token, -2..2 (default 0)\n"
-            "  --seed S                random seed (default: drawn at random)\n"
-            "output:\n"
-            "  -v, --verbose           loading details and the seed on stderr\n"
-            "  --no-timings            no speed summary on stderr\n",
-            (int)d->n_batch, (int)d->n_predict, (double)d->sp.temperature, (int)d->sp.top_k,
-            (double)d->sp.top_p, (double)d->sp.min_p, (double)d->sp.repeat_penalty, (int)d->sp.repeat_last_n);
+    fprintf(
+        f,
+        "model and context:\n"
+        "  -m, --model FILE        GGUF model (required)\n"
+        "  -t, --threads N         worker threads (default: physical cores)\n"
+        "  --bf16                  F16/BF16 weight matrices multiply in bfloat16 where the CPU "
+        "has\n"
+        "                          bf16 dot products (AVX512-BF16): faster prompts, weights and\n"
+        "                          activations rounded to ~3 significant digits (default: exact)\n"
+        "  -c, --ctx-size N        context positions (default: the model's, capped by a 1 GiB KV "
+        "cache)\n"
+        "  -b, --batch-size N      prompt tokens per forward pass (default %d)\n"
+        "  --lora FILE             apply a LoRA adapter: a GGUF LoRA file or a PEFT folder "
+        "(repeatable)\n"
+        "  --lora-scale S          scale of the --lora before it (default 1; 0 disables it)\n"
+        "generation:\n"
+        "  -n, --n-predict N       tokens to generate, -1: until the end (default %d)\n"
+        "  --ignore-eos            keep generating past end-of-generation tokens\n"
+        "sampling:\n"
+        "  --temp T                temperature, 0: greedy (default %g)\n"
+        "  --top-k K               keep the K most likely tokens, 0: off (default %d)\n"
+        "  --top-p P               nucleus: smallest set with probability >= P, 1: off (default "
+        "%g)\n"
+        "  --min-p M               drop tokens below M x the top probability, 0: off (default %g)\n"
+        "  --repeat-penalty R      penalty for the last --repeat-last-n tokens, 1: off (default "
+        "%g)\n"
+        "  --repeat-last-n N       window of the repetition penalty (default %d)\n"
+        "  --presence-penalty P    OpenAI's: subtract P from tokens already generated, -2..2 "
+        "(default 0)\n"
+        "  --frequency-penalty F   OpenAI's: subtract F x the count of each generated token, -2..2 "
+        "(default 0)\n"
+        "  --seed S                random seed (default: drawn at random)\n"
+        "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
+        "  --split none|tensor|layers  how the ranks share the model (default none)\n"
+        "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
+        "output:\n"
+        "  -v, --verbose           loading details and the seed on stderr\n"
+        "  --no-timings            no speed summary on stderr\n"
+        "llama.cpp spellings: --ctx for -c, \"_\" for \"-\" (--repeat_penalty); -ngl N, --mlock,\n"
+        "  --no-mmap, --color, -cnv, --keep N, -fa are accepted and change nothing (a note says "
+        "so)\n",
+        (int)d->n_batch, (int)d->n_predict, (double)d->sp.temperature, (int)d->sp.top_k,
+        (double)d->sp.top_p, (double)d->sp.min_p, (double)d->sp.repeat_penalty,
+        (int)d->sp.repeat_last_n);
 }
 
 /* ---------------------------------------------------------------- model and session */
@@ -272,16 +537,26 @@ void cli_note_bf16(const char *cmd, const l3c_model *model) {
     l3c_model_info mi;
     l3c_model_get_info(model, &mi);
     if (mi.n_bf16_matmul == 0)
-        fprintf(stderr, "llama3c %s: --bf16 changes nothing here: the model has no F16/BF16 matrices, "
-                        "the %s kernels have no bf16 dot products (AVX512-BF16), or L3C_PACK=0\n",
+        fprintf(stderr,
+                "llama3c %s: --bf16 changes nothing here: the model has no F16/BF16 matrices, "
+                "the %s kernels have no bf16 dot products (AVX512-BF16), or L3C_PACK=0\n",
                 cmd, l3c_backend_path());
 }
 
-int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16, l3c_model **out) {
+l3c_status cli_model_load(const char *path, l3c_model_params *mp, l3c_model **out) {
+    mp->split = g_split;
+    mp->layers_per_rank = g_layers_per_rank;
+    return l3c_model_load(path, mp, out);
+}
+
+int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16,
+                   l3c_model **out) {
     l3c_model_params mp = l3c_model_default_params();
     if (n_threads > 0) mp.n_threads = n_threads;
     mp.verbose = verbose;
     mp.bf16_matmul = bf16;
+    mp.split = g_split;
+    mp.layers_per_rank = g_layers_per_rank;
     fprintf(stderr, "llama3c %s: loading %s\n", cmd, path);
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -295,9 +570,13 @@ int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose
     if (verbose) {
         l3c_model_info mi;
         l3c_model_get_info(*out, &mi);
-        fprintf(stderr, "llama3c %s: %s (%s, %s), %d layers, n_embd %d, vocab %d, loaded in %.2f s, kernels: %s\n",
-                cmd, mi.name, mi.arch, mi.file_type, (int)mi.n_layer, (int)mi.n_embd, (int)mi.n_vocab,
-                (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9, l3c_backend_path());
+        fprintf(stderr,
+                "llama3c %s: %s (%s, %s), %d layers, n_embd %d, vocab %d, loaded in %.2f s, "
+                "kernels: %s\n",
+                cmd, mi.name, mi.arch, mi.file_type, (int)mi.n_layer, (int)mi.n_embd,
+                (int)mi.n_vocab,
+                (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9,
+                l3c_backend_path());
     }
     return 0;
 }
@@ -305,7 +584,8 @@ int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose
 int cli_session_open(cli_session *s, const char *cmd, const cli_opts *o) {
     memset(s, 0, sizeof *s);
     s->cmd = cmd;
-    if (cli_load_model(cmd, o->model_path, o->n_threads, o->verbose, o->bf16, &s->model)) return CLI_ERR;
+    if (cli_load_model(cmd, o->model_path, o->n_threads, o->verbose, o->bf16, &s->model))
+        return CLI_ERR;
     s->tok = l3c_model_tokenizer(s->model);
     s->n_vocab = l3c_vocab_size(s->tok);
 
@@ -348,7 +628,7 @@ void cli_session_close(cli_session *s) {
     memset(s, 0, sizeof *s);
 }
 
-static double now_s(void) {
+double cli_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -410,20 +690,22 @@ int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
         return CLI_ERR;
     }
     if (n > s->n_ctx) {
-        fprintf(stderr, "llama3c %s: the prompt has %lld tokens, more than the context's %d (use -c)\n", s->cmd,
-                (long long)n, (int)s->n_ctx);
+        fprintf(stderr,
+                "llama3c %s: the prompt has %lld tokens, more than the context's %d (use -c)\n",
+                s->cmd, (long long)n, (int)s->n_ctx);
         return CLI_ERR;
     }
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= s->n_vocab) {
-            fprintf(stderr, "llama3c %s: token id %d is outside the vocabulary [0, %d)\n", s->cmd, (int)ids[i],
-                    (int)s->n_vocab);
+            fprintf(stderr, "llama3c %s: token id %d is outside the vocabulary [0, %d)\n", s->cmd,
+                    (int)ids[i], (int)s->n_vocab);
             return CLI_ERR;
         }
     int64_t keep = 0;
-    while (keep < n && keep < s->n_cache && s->cache[keep] == ids[keep]) keep++;
+    while (keep < n && keep < s->n_cache && s->cache[keep] == ids[keep])
+        keep++;
     if (keep == n && s->n_cache == n && s->logits) return 0; /* nothing new, logits still valid */
-    if (keep == n) keep = n - 1;                              /* re-evaluate the last one for its logits */
+    if (keep == n) keep = n - 1; /* re-evaluate the last one for its logits */
     if (keep < s->n_cache) {
         s->logits = NULL;
         if (l3c_kv_seq_truncate(s->ctx, 0, (int32_t)keep) != L3C_OK)
@@ -435,11 +717,12 @@ int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
         fprintf(stderr, "llama3c %s: out of memory\n", s->cmd);
         return CLI_ERR;
     }
-    double t0 = now_s();
+    double t0 = cli_now_s();
     int rc = 0;
     while (s->n_cache < n) {
         int32_t m = (int32_t)(n - s->n_cache < s->n_batch ? n - s->n_cache : s->n_batch);
-        for (int32_t j = 0; j < m; j++) pos[j] = (int32_t)s->n_cache + j;
+        for (int32_t j = 0; j < m; j++)
+            pos[j] = (int32_t)s->n_cache + j;
         l3c_batch b = {.n_tokens = m, .tokens = ids + s->n_cache, .pos = pos};
         s->logits = NULL;
         if (l3c_decode(s->ctx, &b) != L3C_OK) {
@@ -451,7 +734,7 @@ int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
         s->n_prompt += m;
         if (s->n_cache == n) s->logits = l3c_get_logits(s->ctx, m - 1);
     }
-    s->t_prompt = now_s() - t0;
+    s->t_prompt = cli_now_s() - t0;
     free(pos);
     if (!rc && !s->logits) {
         fprintf(stderr, "llama3c %s: no logits after the prompt\n", s->cmd);
@@ -469,7 +752,8 @@ typedef struct strbuf {
 static int sb_add(strbuf *b, const char *p, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n + 1) cap *= 2;
+        while (cap < b->n + n + 1)
+            cap *= 2;
         char *q = realloc(b->p, cap);
         if (!q) return -1;
         b->p = q;
@@ -496,9 +780,11 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         fprintf(stderr, "llama3c %s: nothing to continue (no prompt evaluated)\n", s->cmd);
         return CLI_ERR;
     }
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (int64_t i = 0; o->n_predict < 0 || i < o->n_predict; i++) {
+        if (g->stop && *g->stop) break;
         int32_t id = l3c_sampler_sample(s->smp, s->logits);
+        l3c_dist_bcast(&id, sizeof id); /* a distributed run follows rank 0's choice */
         if (id < 0) {
             rc = cli_runtime_error(s->cmd, "sampling failed");
             break;
@@ -523,7 +809,8 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
                 piece_cap = (size_t)-nb;
                 nb = l3c_token_to_piece(s->tok, prev, id, piece, (int32_t)piece_cap);
             }
-            if (nb > 0 && (sb_add(&pend, piece, (size_t)nb) || (g->text && sb_add(&text, piece, (size_t)nb)))) {
+            if (nb > 0 && (sb_add(&pend, piece, (size_t)nb) ||
+                           (g->text && sb_add(&text, piece, (size_t)nb)))) {
                 fprintf(stderr, "llama3c %s: out of memory\n", s->cmd);
                 rc = CLI_ERR;
                 break;
@@ -535,6 +822,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         }
         if (g->out) fflush(g->out);
 
+        if (l3c_sampler_grammar_done(s->smp)) break;           /* the grammar allows nothing more */
         if (o->n_predict >= 0 && i + 1 >= o->n_predict) break; /* the last token needs no decode */
         if (di < nd && id == draft[di]) { /* drafted: its row and the logits after it exist */
             s->cache[s->n_cache++] = id;
@@ -548,7 +836,8 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
         }
         nd = di = 0;
         if (s->n_cache >= s->n_ctx) {
-            fprintf(stderr, "\nllama3c %s: context full (%d positions); stopping\n", s->cmd, (int)s->n_ctx);
+            fprintf(stderr, "\nllama3c %s: context full (%d positions); stopping\n", s->cmd,
+                    (int)s->n_ctx);
             break;
         }
         int k = g->lookup < CLI_LOOKUP_MAX ? g->lookup : CLI_LOOKUP_MAX;
@@ -560,7 +849,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
     /* drafted rows never matched: the cache holds exactly cache[0..n_cache) again */
     if (di < nd && l3c_kv_seq_truncate(s->ctx, 0, (int32_t)s->n_cache) != L3C_OK && !rc)
         rc = cli_runtime_error(s->cmd, "cannot drop the rejected draft");
-    s->t_gen = now_s() - t0;
+    s->t_gen = cli_now_s() - t0;
     if (pend.n && g->out) fwrite(pend.p, 1, pend.n, g->out); /* an incomplete tail, as it is */
     if (g->out) fflush(g->out);
     if (piece != small) free(piece);

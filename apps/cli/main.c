@@ -14,6 +14,7 @@
 #pragma weak cmd_chat
 #pragma weak cmd_info
 #pragma weak cmd_eval
+#pragma weak cmd_perplexity
 #pragma weak cmd_tokenize
 #pragma weak cmd_detokenize
 #pragma weak cmd_bench
@@ -39,7 +40,7 @@ static void usage(FILE *f, const command *cmds, size_t n) {
     fprintf(f, "\n`llama3c COMMAND --help` describes each command's options.\n");
 }
 
-int main(int argc, char **argv) {
+static int run_command(int argc, char **argv) {
     const command cmds[] = {
         {"run", cmd_run, "generate text from a prompt (streams to stdout)"},
         {"chat", cmd_chat, "chat with a model (interactive, or one turn with -p / stdin)"},
@@ -51,6 +52,7 @@ int main(int argc, char **argv) {
         {"embed", cmd_embed, "embeddings of texts (pooled hidden states), JSON or NPY"},
         {"rag", cmd_rag, "index text / markdown / PDF files, retrieve, answer with sources"},
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
+        {"perplexity", cmd_perplexity, "perplexity of a text, KL divergence vs a base, multiple-choice accuracy"},
         {"eval", cmd_eval, "write the logits of given token ids to a file (for tests)"},
         {"convert", cmd_convert, "a Hugging Face folder (or GGUF) to GGUF: F16, Q8_0, Q4_K_M, ..."},
         {"train", cmd_train, "LoRA fine-tuning on a GGUF base: adapters as GGUF and PEFT"},
@@ -76,4 +78,27 @@ int main(int argc, char **argv) {
     fprintf(stderr, "llama3c: unknown command '%s'\n\n", argv[1]);
     usage(stderr, cmds, n);
     return 2;
+}
+
+/* Under mpirun (a build with MPI=1) every rank runs the same command; rank 0 writes the output
+ * (the others' stdout goes to /dev/null, their stderr stays for messages), and a rank that fails
+ * ends the whole job so that no peer waits for it. */
+int main(int argc, char **argv) {
+    if (l3c_dist_init(&argc, &argv) != L3C_OK) {
+        fprintf(stderr, "llama3c: %s\n", l3c_last_error());
+        return 1;
+    }
+    if (l3c_dist_rank() != 0 && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, "llama3c: cannot redirect stdout of rank %d\n", l3c_dist_rank());
+        l3c_dist_abort("cannot redirect stdout");
+    }
+    int rc = run_command(argc, argv);
+    fflush(stdout);
+    if (rc != 0 && l3c_dist_size() > 1) {
+        char why[64];
+        snprintf(why, sizeof why, "the command failed (status %d); stopping every rank", rc);
+        l3c_dist_abort(why);
+    }
+    l3c_dist_finalize();
+    return rc;
 }

@@ -89,8 +89,10 @@ void rag_embedder_free(rag_embedder *e);
  * its text. */
 int rag_embed(rag_embedder *e, const char *text, size_t len, float *out, int *truncated, char *err);
 
-/* Model identity stored in the index: sha256 over the file size, its first and last MiB, and the
- * model's name / type / shape (hashing whole multi-GB files on every query would be too slow). */
+/* Model identity stored in the index: sha256 over the model's name / type / shape and, for a GGUF
+ * file, its size and first and last MiB; for a Hugging Face folder, the same for every regular file
+ * in it (config, tokenizer, each safetensors shard), in name order, so the folder's content, not
+ * its name, identifies it (hashing whole multi-GB files on every open would be too slow). */
 int rag_model_fingerprint(const char *path, const l3c_model *model, char hex[65], char *err);
 
 /* ---------------------------------------------------------------- store */
@@ -149,6 +151,43 @@ typedef struct rag_hit {
     double bm25, cosine; /* components (0 when the chunk was not among that ranking's candidates) */
     int32_t rank_bm25, rank_vec; /* 1-based ranks among the candidates; 0: not in that list */
 } rag_hit;
+
+/* ---------------------------------------------------------------- vector matrix (rag_vec.c) */
+
+/* Every chunk vector of an index, int8 per vector (v ~ scale[r] * q[r]), rows in id order,
+ * stored offset by 128 as uint8. */
+typedef struct rag_vecs {
+    int64_t n, cap;
+    int32_t dim;
+    int64_t *ids; /* [n] chunk ids */
+    uint8_t *q;   /* [n x dim]: q + 128, see rag_vec.c */
+    float *scale; /* [n] */
+} rag_vecs;
+
+typedef struct rag_scored {
+    int64_t id;
+    double score;
+} rag_scored;
+
+/* q[n] = round(v / scale), scale = max|v| / 127; returns scale. */
+float rag_quantize_i8(const float *v, int32_t n, int8_t *q);
+int rag_vecs_reserve(rag_vecs *m, int64_t n, int32_t dim);
+int rag_vecs_append(rag_vecs *m, int64_t id, const float *v, int32_t dim);
+void rag_vecs_free(rag_vecs *m);
+/* The keep best rows by int8 dot product with query[dim] (quantized the same way), on n_threads
+ * threads; out[keep] sorted by score descending, ties by id; the order does not depend on the
+ * thread count. 0, or -1 out of memory. */
+int rag_vecs_scan(const rag_vecs *m, const float *query, int keep, int n_threads, rag_scored *out,
+                  int *n_out);
+int rag_default_threads(void);
+
+/* Query limits: a query is a question, not a document. Longer ones are refused (CLI: usage error;
+ * server: 400 naming the field) before any work, so one request cannot make the FTS5 query or the
+ * embedding arbitrarily large under the store's lock. */
+#define RAG_QUERY_MAX_BYTES 4096
+#define RAG_QUERY_MAX_TERMS 64
+/* 0 when query is within the limits, else -1 with the reason in err. */
+int rag_query_check(const char *query, char *err);
 
 /* The top k chunks for a query: query text for BM25 (its words, OR-ed), qvec[n_embd] (unit) for
  * cosine; qvec may be NULL in RAG_BM25 mode. alpha: the BM25 weight of RAG_HYBRID (0..1). *hits

@@ -8,6 +8,7 @@
  */
 #include "rag.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,45 +94,115 @@ int rag_embed(rag_embedder *e, const char *text, size_t len, float *out, int *tr
     return 0;
 }
 
-int rag_model_fingerprint(const char *path, const l3c_model *model, char hex[65], char *err) {
-    enum { PART = 1 << 20 };
+/* Adds one file to the fingerprint: its name in the folder and size (name NULL: a lone file, whose
+ * size the caller hashed), first and last MiB. buf holds FP_PART bytes. */
+enum { FP_PART = 1 << 20 };
+static int fp_add_file(rag_sha256 *h, const char *path, const char *name, unsigned char *buf,
+                       char *err) {
     FILE *f = fopen(path, "rb");
     struct stat st;
-    unsigned char *buf = malloc(PART);
+    if (!f || fstat(fileno(f), &st) != 0) {
+        snprintf(err, RAG_ERR_CAP, "cannot read model '%s': %s", path, strerror(errno));
+        if (f) fclose(f);
+        return -1;
+    }
+    if (name) { /* a folder's file */
+        char desc[600];
+        int dn = snprintf(desc, sizeof desc, "%s\n%lld\n", name, (long long)st.st_size);
+        rag_sha256_update(h, desc, (size_t)(dn < (int)sizeof desc ? dn : (int)sizeof desc - 1));
+    }
+    size_t got = fread(buf, 1, FP_PART, f);
+    rag_sha256_update(h, buf, got);
+    int rc = 0;
+    if (st.st_size > FP_PART) {
+        off_t at = st.st_size > 2 * FP_PART ? st.st_size - FP_PART : FP_PART;
+        if (fseeko(f, at, SEEK_SET) != 0) {
+            snprintf(err, RAG_ERR_CAP, "cannot seek in model '%s': %s", path, strerror(errno));
+            rc = -1;
+        } else {
+            got = fread(buf, 1, FP_PART, f);
+            rag_sha256_update(h, buf, got);
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int rag_model_fingerprint(const char *path, const l3c_model *model, char hex[65], char *err) {
+    struct stat st;
+    unsigned char *buf = malloc(FP_PART);
+    char **names = NULL;
+    size_t n = 0, cap = 0;
     int rc = -1;
     if (!buf) {
         snprintf(err, RAG_ERR_CAP, "out of memory");
         goto done;
     }
-    if (!f || fstat(fileno(f), &st) != 0) {
+    if (stat(path, &st) != 0) {
         snprintf(err, RAG_ERR_CAP, "cannot read model '%s': %s", path, strerror(errno));
         goto done;
     }
     l3c_model_info mi;
     l3c_model_get_info(model, &mi);
-    char desc[512];
-    int dn = snprintf(desc, sizeof desc, "llama3c-rag-model-v1\n%lld\n%s\n%s\n%s\n%d %d %d %d\n",
-                      (long long)st.st_size, mi.name ? mi.name : "", mi.arch ? mi.arch : "",
+    /* a file: the v1 description (indexes built before folders were hashed stay valid);
+     * a folder: v2, without a size of its own */
+    const int dir = S_ISDIR(st.st_mode);
+    char desc[512], size[32] = "";
+    if (!dir) snprintf(size, sizeof size, "%lld\n", (long long)st.st_size);
+    int dn = snprintf(desc, sizeof desc, "llama3c-rag-model-%s\n%s%s\n%s\n%s\n%d %d %d %d\n",
+                      dir ? "v2" : "v1", size, mi.name ? mi.name : "", mi.arch ? mi.arch : "",
                       mi.file_type ? mi.file_type : "", (int)mi.n_vocab, (int)mi.n_embd,
                       (int)mi.n_layer, (int)mi.n_ff);
     rag_sha256 h;
     rag_sha256_init(&h);
     rag_sha256_update(&h, desc, (size_t)dn);
-    size_t got = fread(buf, 1, PART, f);
-    rag_sha256_update(&h, buf, got);
-    if (st.st_size > PART) {
-        off_t at = st.st_size > 2 * PART ? st.st_size - PART : PART;
-        if (fseeko(f, at, SEEK_SET) != 0) {
-            snprintf(err, RAG_ERR_CAP, "cannot seek in model '%s': %s", path, strerror(errno));
+    if (!dir) {
+        if (fp_add_file(&h, path, NULL, buf, err)) goto done;
+    } else {
+        /* a Hugging Face folder: every regular file in it (config, tokenizer, each safetensors
+         * shard) by name, size, first and last MiB, in name order */
+        DIR *d = opendir(path);
+        if (!d) {
+            snprintf(err, RAG_ERR_CAP, "cannot open model folder '%s': %s", path, strerror(errno));
             goto done;
         }
-        got = fread(buf, 1, PART, f);
-        rag_sha256_update(&h, buf, got);
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (de->d_name[0] == '.') continue;
+            if (n == cap) {
+                size_t c = cap ? 2 * cap : 32;
+                char **p = realloc(names, c * sizeof *p);
+                if (!p) break;
+                names = p, cap = c;
+            }
+            if (!(names[n] = strdup(de->d_name))) break;
+            n++;
+        }
+        int oom = de != NULL;
+        closedir(d);
+        if (oom) {
+            snprintf(err, RAG_ERR_CAP, "out of memory");
+            goto done;
+        }
+        qsort(names, n, sizeof *names, cmp_name);
+        for (size_t i = 0; i < n; i++) {
+            char full[4096];
+            struct stat fs;
+            snprintf(full, sizeof full, "%s/%s", path, names[i]);
+            if (stat(full, &fs) != 0 || !S_ISREG(fs.st_mode)) continue;
+            if (fp_add_file(&h, full, names[i], buf, err)) goto done;
+        }
     }
     rag_sha256_final(&h, hex);
     rc = 0;
 done:
-    if (f) fclose(f);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
     free(buf);
     return rc;
 }

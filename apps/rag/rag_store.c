@@ -16,9 +16,10 @@
  * of one version or none (SQLite's atomic commit; the WAL is rolled back or replayed on the next
  * open). Re-running `rag index` then resumes: files already complete are skipped by sha256.
  *
- * Search: BM25 from FTS5 (the query's words OR-ed), cosine by an exact scan of every stored vector
- * (O(chunks x n_embd) per query: fine for a local folder, not for millions of chunks), hybrid by
- * relative score fusion of the two top-RAG_CANDIDATES lists (RAG_HYBRID_ALPHA in rag.h).
+ * Search: BM25 from FTS5 (the query's words OR-ed); cosine by a scan of every vector held in
+ * memory as int8 (rag_vec.c: loaded once, reloaded when the database changes) whose best rows are
+ * then reranked by their exact float32 cosines read from SQLite; hybrid by relative score fusion
+ * of the two top-RAG_CANDIDATES lists (RAG_HYBRID_ALPHA in rag.h).
  */
 #include "rag.h"
 
@@ -35,6 +36,11 @@
 struct rag_store {
     sqlite3 *db;
     char *path;
+    /* the vectors as an int8 matrix (rag_vec.c), loaded by the first search and reloaded when
+     * the database changed: data_version (other connections' commits) or vecs_loaded = 0 (ours) */
+    rag_vecs vecs;
+    int vecs_loaded;
+    int64_t data_version;
 };
 
 static int failf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -194,6 +200,7 @@ fail:
 void rag_store_close(rag_store *s) {
     if (!s) return;
     sqlite3_close(s->db);
+    rag_vecs_free(&s->vecs);
     free(s->path);
     free(s);
 }
@@ -343,6 +350,7 @@ static int64_t file_id_of(rag_store *s, const char *path) {
 int rag_store_put_file(rag_store *s, const char *path, const char *title, int64_t size,
                        int64_t mtime_ns, const char *sha, const char *text, const rag_chunk *chunks,
                        size_t n_chunks, const float *vecs, int32_t n_embd, char *err) {
+    s->vecs_loaded = 0; /* our own write: data_version does not count it */
     sqlite3_stmt *qf = NULL, *qc = NULL, *qt = NULL;
     if (exec(s, "BEGIN IMMEDIATE", err)) return -1;
     int64_t old = file_id_of(s, path);
@@ -421,6 +429,7 @@ static int cmp_str(const void *a, const void *b) {
 
 int rag_store_remove_missing(rag_store *s, char *const *keep, size_t n_keep, char *const *roots,
                              size_t n_roots, int *removed, char *err) {
+    s->vecs_loaded = 0; /* our own write: data_version does not count it */
     *removed = 0;
     char **sorted = malloc((n_keep ? n_keep : 1) * sizeof *sorted);
     int64_t *gone = NULL;
@@ -492,28 +501,60 @@ typedef struct cand {
     int32_t rank_bm25, rank_vec;
 } cand;
 
-/* FTS5 query: every word of the text (letters, digits, non-ASCII bytes) as a quoted string, OR-ed;
- * "" when the text has no words. malloc'd. */
+static int is_word_byte(unsigned char c) {
+    return (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80;
+}
+
+static int count_terms(const char *text) {
+    int n = 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p;) {
+        if (!is_word_byte(*p)) {
+            p++;
+            continue;
+        }
+        n++;
+        while (*p && is_word_byte(*p))
+            p++;
+    }
+    return n;
+}
+
+int rag_query_check(const char *query, char *err) {
+    size_t n = strlen(query);
+    if (n > RAG_QUERY_MAX_BYTES) {
+        snprintf(err, RAG_ERR_CAP,
+                 "the query is %zu bytes; the limit is %d (ask a question, not a document)", n,
+                 RAG_QUERY_MAX_BYTES);
+        return -1;
+    }
+    int t = count_terms(query);
+    if (t > RAG_QUERY_MAX_TERMS) {
+        snprintf(err, RAG_ERR_CAP, "the query has %d words; the limit is %d", t,
+                 RAG_QUERY_MAX_TERMS);
+        return -1;
+    }
+    return 0;
+}
+
+/* FTS5 query: the words of the text (letters, digits, non-ASCII bytes) as quoted strings, OR-ed,
+ * at most RAG_QUERY_MAX_TERMS of them (callers check the limits first; this bounds the work
+ * whatever they pass); "" when the text has no words. malloc'd. */
 static char *fts_query(const char *text) {
     size_t n = strlen(text);
     char *q = malloc(4 * n + 8), *w = q;
     if (!q) return NULL;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)text[i];
-        int word = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80;
-        if (!word) {
+    int terms = 0;
+    for (size_t i = 0; i < n && terms < RAG_QUERY_MAX_TERMS;) {
+        if (!is_word_byte((unsigned char)text[i])) {
             i++;
             continue;
         }
         if (w != q) w += sprintf(w, " OR ");
         *w++ = '"';
-        for (; i < n; i++) {
-            c = (unsigned char)text[i];
-            if (!((c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c >= 0x80))
-                break;
-            *w++ = (char)c;
-        }
+        for (; i < n && is_word_byte((unsigned char)text[i]); i++)
+            *w++ = text[i];
         *w++ = '"';
+        terms++;
     }
     *w = 0;
     return q;
@@ -548,6 +589,58 @@ static double dot(const float *a, const void *blob, int32_t n) {
 static int by_fused(const void *pa, const void *pb) {
     const cand *a = pa, *b = pb;
     if (a->fused != b->fused) return a->fused > b->fused ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* The matrix of every vector, (re)loaded when the database changed since it was read. */
+static int vecs_ensure(rag_store *s, int32_t n_embd, char *err) {
+    sqlite3_stmt *q = NULL;
+    int64_t dv = -1;
+    if (prep(s, "PRAGMA data_version", &q, err)) return -1;
+    if (sqlite3_step(q) == SQLITE_ROW) dv = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    if (s->vecs_loaded && dv == s->data_version && s->vecs.dim == n_embd) return 0;
+    s->vecs.n = 0;
+    s->vecs_loaded = 0;
+    if (prep(s, "SELECT id, embedding FROM chunks ORDER BY id", &q, err)) return -1;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (sqlite3_column_bytes(q, 1) != (int)((size_t)n_embd * sizeof(float))) {
+            failf(err, "index '%s': chunk %lld has a %d-byte vector, expected %d x 4 bytes",
+                  s->path, (long long)sqlite3_column_int64(q, 0), sqlite3_column_bytes(q, 1),
+                  (int)n_embd);
+            sqlite3_finalize(q);
+            return -1;
+        }
+        if (rag_vecs_append(&s->vecs, sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1),
+                            n_embd)) {
+            sqlite3_finalize(q);
+            return failf(err, "out of memory loading the vectors of '%s'", s->path);
+        }
+    }
+    sqlite3_finalize(q);
+    if (rc != SQLITE_DONE) return dbfail(s, err, "reading the vectors");
+    if (s->vecs.n == 0) s->vecs.dim = n_embd;
+    s->vecs_loaded = 1, s->data_version = dv;
+    return 0;
+}
+
+/* The exact cosine of chunk id (its float32 vector, q: "SELECT embedding ... WHERE id = ?1"). */
+static int exact_cosine(rag_store *s, sqlite3_stmt *q, int64_t id, const float *qvec,
+                        int32_t n_embd, double *out, char *err) {
+    sqlite3_reset(q);
+    sqlite3_bind_int64(q, 1, id);
+    if (sqlite3_step(q) != SQLITE_ROW) return dbfail(s, err, "reading a vector");
+    if (sqlite3_column_bytes(q, 0) != (int)((size_t)n_embd * sizeof(float)))
+        return failf(err, "index '%s': chunk %lld has a %d-byte vector, expected %d x 4 bytes",
+                     s->path, (long long)id, sqlite3_column_bytes(q, 0), (int)n_embd);
+    *out = dot(qvec, sqlite3_column_blob(q, 0), n_embd);
+    return 0;
+}
+
+static int by_score(const void *pa, const void *pb) {
+    const rag_scored *a = pa, *b = pb;
+    if (a->score != b->score) return a->score > b->score ? -1 : 1;
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
@@ -587,48 +680,45 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
         }
     }
     const int n_bm = nc;
-    if (mode != RAG_BM25) { /* exact cosine scan, top n_take kept sorted (ties: lower id first) */
-        cand *top = malloc((size_t)n_take * sizeof *top);
-        int nt = 0, rc;
-        if (!top) goto oom;
-        if (prep(s, "SELECT id, embedding FROM chunks ORDER BY id", &q, err)) {
-            free(top);
+    if (mode != RAG_BM25) { /* int8 scan of the matrix, exact float32 rerank of its best rows */
+        if (vecs_ensure(s, n_embd, err)) goto fail;
+        const int keep = 4 * n_take < 200 ? 200 : 4 * n_take;
+        rag_scored *sc = malloc((size_t)keep * sizeof *sc);
+        int ns = 0;
+        if (!sc || rag_vecs_scan(&s->vecs, qvec, keep, rag_default_threads(), sc, &ns)) {
+            free(sc);
+            goto oom;
+        }
+        if (prep(s, "SELECT embedding FROM chunks WHERE id = ?1", &q, err)) {
+            free(sc);
             goto fail;
         }
-        while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-            if (sqlite3_column_bytes(q, 1) != (int)((size_t)n_embd * sizeof(float))) {
-                failf(err, "index '%s': chunk %lld has a %d-byte vector, expected %d x 4 bytes",
-                      s->path, (long long)sqlite3_column_int64(q, 0), sqlite3_column_bytes(q, 1),
-                      (int)n_embd);
-                free(top);
+        /* exact cosines: the scan's rows, then every BM25 candidate */
+        for (int i = 0; i < ns + n_bm; i++) {
+            int64_t id = i < ns ? sc[i].id : cs[i - ns].id;
+            double d = 0;
+            if (exact_cosine(s, q, id, qvec, n_embd, &d, err)) {
+                free(sc);
                 goto fail;
             }
-            double d = dot(qvec, sqlite3_column_blob(q, 1), n_embd);
-            for (int i = 0; i < n_bm; i++) /* exact cosine of every BM25 candidate too */
-                if (cs[i].id == sqlite3_column_int64(q, 0)) cs[i].cosine = d;
-            if (nt == n_take && d <= top[nt - 1].cosine) continue;
-            int i = nt < n_take ? nt++ : nt - 1;
-            while (i > 0 && top[i - 1].cosine < d)
-                top[i] = top[i - 1], i--;
-            top[i] = (cand){sqlite3_column_int64(q, 0), 0, d, 0, 0, 0};
+            if (i < ns)
+                sc[i].score = d;
+            else
+                cs[i - ns].cosine = d;
         }
         sqlite3_finalize(q);
         q = NULL;
-        if (rc != SQLITE_DONE) {
-            free(top);
-            dbfail(s, err, "reading the vectors");
-            goto fail;
-        }
-        for (int i = 0; i < nt; i++) {
-            cand *c = cand_get(&cs, &nc, &capc, top[i].id);
+        qsort(sc, (size_t)ns, sizeof *sc, by_score);
+        for (int i = 0; i < ns && i < n_take; i++) {
+            cand *c = cand_get(&cs, &nc, &capc, sc[i].id);
             if (!c) {
-                free(top);
+                free(sc);
                 goto oom;
             }
-            c->cosine = top[i].cosine;
+            c->cosine = sc[i].score;
             c->rank_vec = i + 1;
         }
-        free(top);
+        free(sc);
     }
     /* min-max ranges over the candidates (BM25: over its own list; outside it a chunk counts 0) */
     double bmin = 0, bmax = 0, cmin = 0, cmax = 0;

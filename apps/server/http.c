@@ -18,6 +18,7 @@
  */
 #include "http.h"
 
+#include "accounts.h"
 #include "metrics.h"
 #include "openai.h"
 
@@ -28,8 +29,10 @@
 #include <microhttpd.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <math.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +71,13 @@ typedef struct conn {
     size_t sse_len, sse_off, sse_cap;
     char *text;
     size_t text_len, text_cap;
+    /* logprobs: records taken from the job (blocking: all; stream: this chunk's) */
+    sched_logprob *lp;
+    int32_t n_lp;
+    int echo_sent;         /* stream: completions' echo text went out with the first chunk */
+    /* --api-keys */
+    acct_usage *acct;      /* the request's account (usage and tokens/day); NULL: none */
+    long retry_after;      /* seconds for a 429's Retry-After (0: 1) */
 } conn;
 
 /* ------------------------------------------------------------------ helpers */
@@ -95,8 +105,69 @@ static void touch(conn *c) {
     MHD_set_connection_option(c->mc, MHD_CONNECTION_OPTION_TIMEOUT, c->srv->timeout_s);
 }
 
+/* ------------------------------------------------------------------ CORS (--cors) */
+
+/* The Access-Control-Allow-Origin value for this request: NULL (no CORS headers) unless the
+ * request has an Origin that --cors allows; "*" when --cors * was given. */
+static const char *cors_origin(conn *c) {
+    const server *srv = c->srv;
+    if (!srv->n_cors) return NULL;
+    const char *o = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, "Origin");
+    if (!o) return NULL;
+    for (int i = 0; i < srv->n_cors; i++)
+        if (!strcmp(srv->cors[i], "*")) return "*";
+    for (int i = 0; i < srv->n_cors; i++)
+        if (!strcmp(srv->cors[i], o)) return o;
+    return NULL;
+}
+
+/* Adds the CORS headers of an allowed origin to any response (normal, error or stream). */
+static void cors_headers(conn *c, struct MHD_Response *r) {
+    const char *origin = cors_origin(c);
+    if (c->srv->n_cors && strcmp(origin ? origin : "", "*"))
+        MHD_add_response_header(r, "Vary", "Origin"); /* the answer depends on the Origin */
+    if (origin) MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
+}
+
+/* The methods a known path takes. */
+static const char *allowed_methods(metrics_endpoint ep) {
+    return ep == EP_CHAT || ep == EP_COMPLETIONS || ep == EP_EMBEDDINGS || ep == EP_RAG ||
+                   ep == EP_APPLY_TEMPLATE
+               ? "POST, OPTIONS"
+               : "GET, HEAD, OPTIONS";
+}
+
+static enum MHD_Result queue(conn *c, unsigned status, struct MHD_Response *r);
+
+/* OPTIONS on a known path (a browser's CORS preflight, or a client asking): 204 with Allow, and
+ * for an allowed origin the Access-Control-Allow-* headers (methods, the request headers asked
+ * for, e.g. Authorization and Content-Type, cached 10 minutes). Needs no API key: a preflight
+ * never carries one. */
+static enum MHD_Result serve_options(conn *c) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    const char *methods = allowed_methods(c->ep);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, methods);
+    if (cors_origin(c)) {
+        MHD_add_response_header(r, "Access-Control-Allow-Methods", methods);
+        /* echo the asked-for headers when they are plain header names (a "*" would not cover
+         * Authorization); else the two the API needs */
+        const char *h =
+            MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+        int plain =
+            h && *h && strlen(h) <= 1000 &&
+            strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ") ==
+                strlen(h);
+        MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                                plain ? h : "Authorization, Content-Type");
+        MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    }
+    return queue(c, 204, r);
+}
+
 static enum MHD_Result queue(conn *c, unsigned status, struct MHD_Response *r) {
     if (!r) return MHD_NO;
+    cors_headers(c, r);
     enum MHD_Result ok = MHD_queue_response(c->mc, status, r);
     MHD_destroy_response(r);
     if (ok == MHD_YES) {
@@ -142,14 +213,14 @@ static enum MHD_Result respond_error(conn *c, const api_error *e) {
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     if (e->status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    if (e->status == 405)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                c->ep == EP_CHAT || c->ep == EP_COMPLETIONS ||
-                                        c->ep == EP_EMBEDDINGS || c->ep == EP_RAG
-                                    ? "POST" : "GET, HEAD");
+    if (e->status == 405) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allowed_methods(c->ep));
     if (e->status == 413 || e->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
-    if (e->status == 429 || e->status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (e->status == 429 || e->status == 503) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%ld", c->retry_after > 0 ? c->retry_after : 1L);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
     return queue(c, e->status, r);
 }
 
@@ -177,15 +248,40 @@ static int authorized(conn *c) {
     return key_matches(h, c->srv->api_key);
 }
 
+/* --api-keys: the key's account, and its limits for a generation request. MHD_YES to go on with
+ * c->acct set; otherwise the 401 / 429 is queued (the return value is queue's). */
+static enum MHD_Result account_check(conn *c, int *ok) {
+    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *key = NULL;
+    if (h && !strncasecmp(h, "Bearer ", 7))
+        for (key = h + 7; *key == ' '; key++) {}
+    int counts = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
+    const char *what = "";
+    acct_result r = accounts_check(c->srv->accounts, key, counts, &c->acct, &c->retry_after, &what);
+    *ok = r == ACCT_OK;
+    if (r == ACCT_UNAUTHORIZED)
+        return fail(c, 401, "invalid_request_error", "invalid_api_key",
+                    "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
+    if (r == ACCT_LIMITED) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "rate limit reached for this API key (%s); retry after %ld s", what,
+                 c->retry_after);
+        return fail(c, 429, "rate_limit_error", "rate_limit_exceeded", msg);
+    }
+    return MHD_YES;
+}
+
 static metrics_endpoint route(const char *url) {
     if (!strcmp(url, "/v1/chat/completions") || !strcmp(url, "/chat/completions")) return EP_CHAT;
     if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions")) return EP_COMPLETIONS;
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return EP_MODELS;
     if (!strcmp(url, "/v1/embeddings") || !strcmp(url, "/embeddings")) return EP_EMBEDDINGS;
     if (!strcmp(url, "/v1/rag/query")) return EP_RAG;
+    if (!strcmp(url, "/apply-template")) return EP_APPLY_TEMPLATE;
     if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) return EP_HEALTH;
     if (!strcmp(url, "/metrics")) return EP_METRICS;
-    if (!strcmp(url, "/") || !strcmp(url, "/index.html")) return EP_WEB;
+    web_asset a;
+    if (web_asset_find(url, &a)) return EP_WEB;
     return EP_OTHER;
 }
 
@@ -195,17 +291,6 @@ static enum MHD_Result serve_get(conn *c) {
     server *srv = c->srv;
     size_t len = 0;
     switch (c->ep) {
-    case EP_WEB: {
-        struct MHD_Response *r = MHD_create_response_from_buffer(
-            l3c_web_page_len, (void *)l3c_web_page, MHD_RESPMEM_PERSISTENT);
-        if (!r) return MHD_NO;
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
-        MHD_add_response_header(r, "Content-Security-Policy",
-                                "default-src 'none'; script-src 'unsafe-inline'; style-src "
-                                "'unsafe-inline'; connect-src 'self'; img-src data:");
-        MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-        return queue(c, 200, r);
-    }
     case EP_HEALTH: {
         sched_stats st;
         sched_get_stats(srv->sched, &st);
@@ -220,6 +305,20 @@ static enum MHD_Result serve_get(conn *c) {
     case EP_METRICS: {
         char *b = metrics_render(srv->sched, &len);
         if (!b) return respond_json(c, 500, NULL, 0);
+        if (srv->accounts) { /* usage per API key */
+            size_t kl = 0;
+            char *k = accounts_render(srv->accounts, &kl);
+            char *both = k ? realloc(b, len + kl + 1) : NULL;
+            if (!both) {
+                free(k);
+                free(b);
+                return respond_json(c, 500, NULL, 0);
+            }
+            memcpy(both + len, k, kl + 1);
+            free(k);
+            b = both;
+            len += kl;
+        }
         return respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b, len);
     }
     case EP_MODELS: {
@@ -231,12 +330,32 @@ static enum MHD_Result serve_get(conn *c) {
     }
 }
 
+/* GET /, /chat.js, /vendor/...: the web page's files. The policy lets the page run only the
+ * server's own scripts (no inline script, so text that reached the page as HTML could not run)
+ * and talk only to this server. */
+static enum MHD_Result serve_web(conn *c, const char *url) {
+    web_asset a;
+    if (!web_asset_find(url, &a)) return fail(c, 404, "invalid_request_error", NULL, "not found");
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(a.len, (void *)a.data, MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, a.content_type);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, a.cache_control);
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+                            "connect-src 'self'; img-src data:; base-uri 'none'; "
+                            "form-action 'none'; frame-ancestors 'none'");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    return queue(c, 200, r);
+}
+
 /* ------------------------------------------------------------------ generation */
 
 static void record_tokens(conn *c, const sched_update *u) {
     if (c->tokens_recorded) return;
     c->tokens_recorded = 1;
     metrics_record_tokens(u->n_prompt, u->n_gen);
+    if (c->acct) accounts_add_tokens(c->srv->accounts, c->acct, u->n_prompt, u->n_gen);
 }
 
 /* Appends *np bytes (taking ownership of p) to the pending SSE output. The length is passed by
@@ -273,6 +392,54 @@ static int sse_add_const(conn *c, const char *s) {
     return sse_add(c, p, &n);
 }
 
+/* Appends the job's new logprob records to c->lp (the request asked for them); -1 out of memory. */
+static int take_logprobs(conn *c) {
+    if (!c->req.params.logprobs) return 0;
+    sched_logprob *lp = NULL;
+    int32_t n = sched_job_take_logprobs(c->srv->sched, c->job, &lp);
+    if (!n) return 0;
+    sched_logprob *q = realloc(c->lp, ((size_t)c->n_lp + (size_t)n) * sizeof *q);
+    if (!q) {
+        free(lp);
+        return -1;
+    }
+    memcpy(q + c->n_lp, lp, (size_t)n * sizeof *lp);
+    free(lp);
+    c->lp = q;
+    c->n_lp += n;
+    return 0;
+}
+
+/* One content chunk of a stream with the new text and logprob records (completions' echo text
+ * first, once); nothing when there is neither. -1 out of memory. */
+static int stream_content(conn *c) {
+    size_t n;
+    c->n_lp = 0;
+    if (take_logprobs(c)) return -1;
+    const char *text = c->text;
+    size_t len = c->text_len;
+    char *joined = NULL;
+    if (c->req.echo && !c->echo_sent && (len || c->n_lp)) {
+        if (!(joined = malloc(c->req.echo_len + len + 1))) return -1;
+        memcpy(joined, c->req.echo_text, c->req.echo_len);
+        memcpy(joined + c->req.echo_len, c->text, len);
+        text = joined;
+        len += c->req.echo_len;
+        c->echo_sent = 1;
+    }
+    int rc = 0;
+    if (len || c->n_lp) {
+        c->req.lp = c->lp;
+        c->req.n_lp = c->n_lp;
+        rc = sse_add(c, api_stream_text(&c->req, text, len, &n), &n); /* tools may hold it */
+        api_logprobs_advance(&c->req);
+        c->req.lp = NULL;
+        c->req.n_lp = 0;
+    }
+    free(joined);
+    return rc;
+}
+
 /* Produces the next SSE events of a stream: the role chunk, content chunks, and at the end the
  * finish chunk, the usage chunk (stream_options.include_usage) and "data: [DONE]". */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -293,8 +460,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         sched_update u;
         c->text_len = 0;
         sched_job_wait(srv->sched, c->job, WAIT_SLICE_MS, &c->text, &c->text_len, &c->text_cap, &u);
-        if (c->text_len && sse_add(c, api_stream_chunk(&c->req, 0, c->text, c->text_len, SCHED_RUNNING, &n), &n))
-            goto oom;
+        if (stream_content(c)) goto oom;
         if (u.finish == SCHED_RUNNING) {
             if (!c->text_len && client_gone(c->mc)) {
                 sched_job_cancel(srv->sched, c->job);
@@ -311,7 +477,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 api_fail(&e, 503, "server_error", NULL, "unavailable", "the server is shutting down");
             if (sse_add(c, api_stream_error(&e, &n), &n)) goto oom;
         } else {
-            if (sse_add(c, api_stream_chunk(&c->req, 0, "", 0, u.finish, &n), &n)) goto oom;
+            if (sse_add(c, api_stream_end(&c->req, u.finish, &n), &n)) goto oom;
             if (c->req.include_usage && sse_add(c, api_stream_usage(&c->req, &u, &n), &n)) goto oom;
         }
         if (sse_add_const(c, "data: [DONE]\n\n")) goto oom;
@@ -354,6 +520,9 @@ static enum MHD_Result finish_blocking(conn *c) {
     if (u.finish == SCHED_FINISH_ERROR) return fail(c, 500, "server_error", NULL, u.error);
     if (u.finish == SCHED_FINISH_CANCELLED)
         return fail(c, 503, "server_error", "unavailable", "the server is shutting down");
+    if (take_logprobs(c)) return fail(c, 500, "server_error", NULL, "out of memory");
+    c->req.lp = c->lp;
+    c->req.n_lp = c->n_lp;
     size_t len = 0;
     char *body = api_response_json(&c->req, c->text, c->text_len, &u, &len);
     if (body && c->rag_sources) { /* chat with "rag": the sources the prompt numbered [1]..[k] */
@@ -511,9 +680,12 @@ static int rag_params(json_t *obj, const char *where, int *k, rag_mode *mode, ap
 
 /* Retrieval for a query: embed (unless bm25), then search the index. 0, -1 (client left) or status.
  */
-static int rag_search(conn *c, const char *query, int k, rag_mode mode, rag_hit **hits, int *n,
-                      api_error *e) {
+static int rag_search(conn *c, const char *query, const char *where, int k, rag_mode mode,
+                      rag_hit **hits, int *n, api_error *e) {
     server *srv = c->srv;
+    char qerr[RAG_ERR_CAP];
+    if (rag_query_check(query, qerr))
+        return (int)api_fail(e, 400, "invalid_request_error", where, NULL, "%s", qerr);
     l3c_model_info info;
     l3c_model_get_info(srv->model, &info);
     float *q = malloc((size_t)info.n_embd * sizeof *q);
@@ -561,7 +733,7 @@ static enum MHD_Result serve_rag_query(conn *c) {
         st = (int)api_fail(&e, 400, "invalid_request_error", "query", NULL,
                            "'query' must be a non-empty string");
     } else if (!(st = rag_params(root, NULL, &k, &mode, &e))) {
-        st = rag_search(c, json_string_value(jq), k, mode, &h, &n, &e);
+        st = rag_search(c, json_string_value(jq), "query", k, mode, &h, &n, &e);
     }
     if (st) {
         json_decref(root);
@@ -621,7 +793,8 @@ static int rag_chat_augment(conn *c) {
             "with 'rag', the last user message must have a non-empty string content (the query)");
         goto out;
     }
-    if ((st = rag_search(c, json_string_value(content), k, mode, &h, &n, &e))) goto out;
+    if ((st = rag_search(c, json_string_value(content), "messages", k, mode, &h, &n, &e)))
+        goto out;
     char *user = rag_sources_text(h, n, json_string_value(content));
     json_t *sources = json_array(),
            *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);
@@ -659,11 +832,23 @@ out:
     return 0;
 }
 
+/* POST /apply-template (as llama.cpp's server): a chat completion body -> {"prompt", "tokens"}: the
+ * prompt the model would see (tools included), nothing generated. */
+static enum MHD_Result serve_apply_template(conn *c) {
+    api_error e;
+    if (api_parse_request(c->srv, API_CHAT, c->body, c->len, &c->req, &e))
+        return respond_error(c, &e);
+    size_t len = 0;
+    char *body = api_prompt_json(c->srv, &c->req, &len);
+    return respond_json(c, 200, body, len);
+}
+
 static enum MHD_Result serve_generate(conn *c) {
     server *srv = c->srv;
     api_error e;
     if (c->ep == EP_EMBEDDINGS) return serve_embeddings(c);
     if (c->ep == EP_RAG) return serve_rag_query(c);
+    if (c->ep == EP_APPLY_TEMPLATE) return serve_apply_template(c);
     if (c->ep == EP_CHAT) {
         int r = rag_chat_augment(c);
         if (r != 0) return r > 0 ? MHD_YES : MHD_NO; /* answered (error) or the client left */
@@ -699,18 +884,24 @@ static enum MHD_Result on_headers(conn *c, const char *url, const char *method) 
         snprintf(msg, sizeof msg, "Invalid URL (%.16s %.120s)", method, url);
         return fail(c, 404, "invalid_request_error", NULL, msg);
     }
-    int wants_post =
-        c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS || c->ep == EP_RAG;
+    if (!strcmp(method, "OPTIONS")) return serve_options(c);
+    int wants_post = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
+                     c->ep == EP_RAG || c->ep == EP_APPLY_TEMPLATE;
     if ((wants_post && !post) || (!wants_post && !get)) {
         snprintf(msg, sizeof msg, "method %.16s is not allowed on %.120s", method, url);
         return fail(c, 405, "invalid_request_error", "method_not_allowed", msg);
     }
     int needs_auth = c->ep == EP_CHAT || c->ep == EP_COMPLETIONS || c->ep == EP_EMBEDDINGS ||
-                     c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS;
-    if (needs_auth && !authorized(c))
+                     c->ep == EP_RAG || c->ep == EP_MODELS || c->ep == EP_METRICS ||
+                     c->ep == EP_APPLY_TEMPLATE;
+    if (needs_auth && c->srv->accounts) {
+        int ok;
+        enum MHD_Result r = account_check(c, &ok);
+        if (!ok) return r;
+    } else if (needs_auth && !authorized(c))
         return fail(c, 401, "invalid_request_error", "invalid_api_key",
                     "Incorrect API key provided (send it as 'Authorization: Bearer KEY')");
-    if (!wants_post) return serve_get(c);
+    if (!wants_post) return c->ep == EP_WEB ? serve_web(c, url) : serve_get(c);
     c->is_post = 1;
     if (!content_type_ok(c->mc))
         return fail(c, 415, "invalid_request_error", "unsupported_media_type",
@@ -800,12 +991,45 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     free(c->body);
     free(c->sse);
     free(c->text);
+    free(c->lp);
     free(c);
 }
 
 /* ------------------------------------------------------------------ daemon */
 
-struct MHD_Daemon *http_start(server *srv) {
+/* Binds and listens on the first address of ai that works; -1 with the reason on stderr (the
+ * strerror of the first failure: "Address already in use", "Permission denied", ...). Done here
+ * rather than in libmicrohttpd, whose failure says only that it failed. */
+static int listen_on(const server *srv, const struct addrinfo *ai) {
+    int err = 0;
+    const char *what = "bind";
+    for (const struct addrinfo *a = ai; a; a = a->ai_next) {
+        int fd =
+            socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+        if (fd < 0) {
+            if (!err) err = errno, what = "socket";
+            continue;
+        }
+        int one = 1;
+        /* a restart need not wait for the old connections' TIME_WAIT */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (a->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0) return fd;
+        if (!err) err = errno, what = "bind";
+        close(fd);
+    }
+    fprintf(stderr, "llama3c serve: cannot listen on %s:%d: %s (%s)%s\n", srv->host, srv->port,
+            strerror(err), what,
+            err == EADDRINUSE ? "; another process has this port: choose another with --port "
+                                "(0 picks a free one)"
+            : err == EACCES && srv->port > 0 && srv->port < 1024
+                ? "; ports below 1024 need privileges: use --port 8080"
+            : err == EADDRNOTAVAIL ? "; the address is not one of this machine's (--host)"
+                                   : "");
+    return -1;
+}
+
+int http_listen(const server *srv) {
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -815,28 +1039,42 @@ struct MHD_Daemon *http_start(server *srv) {
     int rc = getaddrinfo(srv->host, port, &hints, &ai);
     if (rc != 0 || !ai) {
         fprintf(stderr, "llama3c serve: cannot resolve host '%s': %s\n", srv->host, gai_strerror(rc));
-        return NULL;
+        return -1;
     }
+    int fd = listen_on(srv, ai);
+    freeaddrinfo(ai);
+    return fd;
+}
+
+struct MHD_Daemon *http_start(server *srv, int fd) {
+    struct sockaddr_storage sa;
+    socklen_t sn = sizeof sa;
+    int family = getsockname(fd, (struct sockaddr *)&sa, &sn) == 0 ? sa.ss_family : AF_INET;
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    if (family == AF_INET6) flags |= MHD_USE_IPv6;
     if (srv->verbose) flags |= MHD_USE_ERROR_LOG;
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)srv->port, NULL, NULL, on_access, srv,
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, srv->timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
-        MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 * 1024 * 1024,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (!d) fprintf(stderr, "llama3c serve: cannot listen on %s:%d\n", srv->host, srv->port);
+        flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        srv->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 * 1024 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, srv, MHD_OPTION_END);
+    if (!d) {
+        fprintf(stderr, "llama3c serve: cannot start the HTTP server on %s:%d: %s\n", srv->host,
+                srv->port, strerror(errno));
+        close(fd);
+    }
     return d;
 }
 
+/* The port the listening socket is bound to (the one picked by --port 0). */
 int http_port(struct MHD_Daemon *d) {
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    return di ? di->port : -1;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_storage sa;
+    socklen_t n = sizeof sa;
+    if (!di || getsockname(di->listen_fd, (struct sockaddr *)&sa, &n) != 0) return -1;
+    if (sa.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&sa)->sin_port);
 }
 
 void http_quiesce(struct MHD_Daemon *d) {

@@ -28,7 +28,7 @@ static struct {
 
 static const char *k_ep_label[EP_COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/models",
                                            "/health", "/metrics", "/", "/v1/embeddings",
-                                           "/v1/rag/query", "other"};
+                                           "/v1/rag/query", "/apply-template", "other"};
 
 const char *metrics_endpoint_label(metrics_endpoint e) {
     return e < EP_COUNT ? k_ep_label[e] : "other";

@@ -12,7 +12,7 @@
 
 typedef enum metrics_endpoint {
     EP_CHAT = 0, EP_COMPLETIONS, EP_MODELS, EP_HEALTH, EP_METRICS, EP_WEB, EP_EMBEDDINGS, EP_RAG,
-    EP_OTHER, EP_COUNT
+    EP_APPLY_TEMPLATE, EP_OTHER, EP_COUNT
 } metrics_endpoint;
 
 const char *metrics_endpoint_label(metrics_endpoint e);

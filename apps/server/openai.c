@@ -11,6 +11,8 @@
  */
 #include "openai.h"
 
+#include "grammar_cache.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -190,10 +192,12 @@ static unsigned chat_prompt(const server *srv, json_t *body, api_request *r, api
     if (n == 0) return BAD("messages", "'messages' must contain at least one message");
     l3c_chat_message *cm = calloc(n, sizeof *cm);
     strbuf *texts = calloc(n, sizeof *texts);
+    char **calls = calloc(n, sizeof *calls); /* per message: its tool_calls as JSON text, or NULL */
+    int any_calls = 0;
     unsigned st = 0;
     size_t total = 0;
     char pname[64];
-    if (!cm || !texts) {
+    if (!cm || !texts || !calls) {
         st = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
         goto done;
     }
@@ -218,6 +222,13 @@ static unsigned chat_prompt(const server *srv, json_t *body, api_request *r, api
         if (!cm[i].role) {
             st = BAD(pname, "'messages[%zu].role' must be one of system, user, assistant, tool", i);
             goto done;
+        }
+        if (!strcmp(cm[i].role, "assistant")) {
+            if ((st = tools_message_calls(m, i, &calls[i], err))) goto done;
+            if (calls[i]) {
+                any_calls = 1;
+                total += strlen(calls[i]);
+            }
         }
         json_t *c = json_object_get(m, "content");
         snprintf(pname, sizeof pname, "messages[%zu].content", i);
@@ -259,7 +270,9 @@ static unsigned chat_prompt(const server *srv, json_t *body, api_request *r, api
     }
     int64_t nt = 0;
     int32_t *ids = NULL;
-    if (l3c_chat_tokenize(srv->model, srv->tmpl, cm, n, 1, &ids, &nt) != L3C_OK) {
+    l3c_chat_tools ct = {r->tools ? r->tools->defs_json : NULL,
+                         any_calls ? (const char *const *)calls : NULL};
+    if (l3c_chat_tokenize_tools(srv->model, srv->tmpl, cm, n, &ct, 1, NULL, &ids, &nt) != L3C_OK) {
         st = BAD("messages", "cannot format the conversation: %s", l3c_last_error());
         goto done;
     }
@@ -282,6 +295,10 @@ nomem:
 done:
     if (texts)
         for (size_t i = 0; i < n; i++) free(texts[i].p);
+    if (calls)
+        for (size_t i = 0; i < n; i++)
+            free(calls[i]);
+    free(calls);
     free(texts);
     free(cm);
     return st;
@@ -316,7 +333,8 @@ static unsigned tokenize_text(const server *srv, const char *text, size_t len, a
 static unsigned completion_prompt(const server *srv, json_t *body, api_request *r, api_error *err) {
     json_t *p = json_object_get(body, "prompt");
     if (!p) return BAD("prompt", "'prompt' is a required property");
-    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
+    if (json_is_array(p) && json_array_size(p) == 1 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
         p = json_array_get(p, 0);
     if (json_is_string(p)) return tokenize_text(srv, json_string_value(p), json_string_length(p), r, err);
     if (json_is_array(p) && json_array_size(p) > 0) { /* a prompt given as token ids */
@@ -399,11 +417,86 @@ static unsigned parse_logit_bias(const server *srv, json_t *body, api_request *r
     return 0;
 }
 
-static unsigned parse_params(const server *srv, json_t *body, api_request *r, api_error *err) {
+/* Chat: "logprobs": bool, "top_logprobs": 0..20 (needs logprobs). Completions: "logprobs": N in
+ * 0..20 (the sampled token plus the N most probable; OpenAI allows 5), "echo": bool (the prompt
+ * precedes the text; with logprobs its tokens get logprobs too, the first null). */
+static unsigned parse_logprobs(const server *srv, json_t *body, api_request *r, api_error *err) {
     unsigned st;
+    json_t *lp = opt(body, "logprobs");
+    long long top = 0;
+    int have_top = 0;
+    r->tok = srv->tok;
+    if (r->kind == API_CHAT) {
+        if ((st = get_bool(body, "logprobs", &r->params.logprobs, err))) return st;
+        if ((st = get_int(body, "top_logprobs", 0, SCHED_MAX_TOP_LOGPROBS, &top, &have_top, err))) return st;
+        if (have_top && !r->params.logprobs)
+            return BAD("top_logprobs", "'top_logprobs' requires 'logprobs': true");
+        r->params.top_logprobs = (int32_t)top;
+        return 0;
+    }
+    if (lp && json_is_boolean(lp)) { /* some clients send a boolean: true = the token alone */
+        r->params.logprobs = json_is_true(lp);
+    } else if (lp) {
+        if ((st = get_int(body, "logprobs", 0, SCHED_MAX_TOP_LOGPROBS, &top, NULL, err))) return st;
+        r->params.logprobs = 1;
+        r->params.top_logprobs = (int32_t)top;
+    }
+    if ((st = get_bool(body, "echo", &r->echo, err))) return st;
+    r->params.echo_logprobs = r->echo && r->params.logprobs;
+    if (!r->echo) return 0;
+    json_t *p = json_object_get(body, "prompt");
+    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
+        p = json_array_get(p, 0);
+    if (json_is_string(p)) { /* token-id prompts are echoed from their tokens by the writer */
+        r->echo_len = json_string_length(p);
+        if (!(r->echo_text = malloc(r->echo_len + 1)))
+            return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        memcpy(r->echo_text, json_string_value(p), r->echo_len + 1);
+    }
+    return 0;
+}
+
+/* echo of a token-id prompt: the text of its tokens (specials skipped, as they are in text). */
+static unsigned echo_token_prompt(api_request *r, api_error *err) {
+    int64_t need = l3c_detokenize(r->tok, r->prompt, r->n_prompt, NULL, 0, 1);
+    if (need < 0) need = -need;
+    if (!(r->echo_text = malloc((size_t)need + 1)))
+        return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    int64_t got = l3c_detokenize(r->tok, r->prompt, r->n_prompt, r->echo_text, need, 1);
+    r->echo_len = got > 0 ? (size_t)got : 0;
+    r->echo_text[r->echo_len] = '\0';
+    return 0;
+}
+
+/* The names the model is served under: the --alias names, else the file name (model_id). */
+static int served_names(const server *srv, const char **names) {
+    if (!srv->n_aliases) {
+        names[0] = srv->model_id;
+        return 1;
+    }
+    for (int i = 0; i < srv->n_aliases; i++)
+        names[i] = srv->aliases[i];
+    return srv->n_aliases;
+}
+
+unsigned api_check_model(const server *srv, json_t *body, api_error *err) {
     json_t *model = opt(body, "model");
     if (model && !json_is_string(model)) return BAD("model", "'model' must be a string");
-    const char *mname = model ? json_string_value(model) : srv->model_id;
+    const char *want = model ? json_string_value(model) : "";
+    if (!srv->strict_model || !*want) return 0;
+    const char *names[SERVER_MAX_ALIASES];
+    int n = served_names(srv, names);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(want, names[i])) return 0;
+    return api_fail(err, 404, "invalid_request_error", "model", "model_not_found",
+                    "The model `%.80s` does not exist: this server serves `%.80s` (GET /v1/models)",
+                    want, srv->model_id);
+}
+
+static unsigned parse_params(const server *srv, json_t *body, api_request *r, api_error *err) {
+    unsigned st;
+    if ((st = api_check_model(srv, body, err))) return st;
+    const char *mname = srv->model_id; /* replies name the served model, whatever was asked */
     /* The name goes back into every response as a JSON string, so it must stay valid UTF-8: at
      * most MAX_MODEL_NAME bytes, never cut inside a UTF-8 sequence (a cut one made every writer
      * fail, after the generation, found by tests/fuzz/fuzz_server_request.c), and invalid bytes
@@ -423,9 +516,7 @@ static unsigned parse_params(const server *srv, json_t *body, api_request *r, ap
         if (!json_is_object(so)) return BAD("stream_options", "'stream_options' must be an object");
         if ((st = get_bool(so, "include_usage", &r->include_usage, err))) return st;
     }
-    json_t *lp = opt(body, "logprobs"); /* chat: a boolean; legacy completions: an integer */
-    if (lp && !json_is_false(lp) && !(json_is_integer(lp) && json_integer_value(lp) == 0))
-        return BAD("logprobs", "logprobs are not supported");
+    if ((st = parse_logprobs(srv, body, r, err))) return st;
 
     long long max_tokens = srv->n_ctx;
     int have_max = 0;
@@ -471,6 +562,84 @@ static unsigned parse_params(const server *srv, json_t *body, api_request *r, ap
     return parse_logit_bias(srv, body, r, err);
 }
 
+/* tools / tool_choice / parallel_tool_calls and response_format (chat only): r->tools and the
+ * schema the reply must follow. Both at once: the reply is a call or follows the format (anyOf),
+ * enforced from its first token. */
+static unsigned parse_structured(const server *srv, json_t *body, api_request *r, api_error *err) {
+    unsigned st = tools_parse(srv->tok, srv->tmpl, body, &r->tools, err);
+    char *fmt = NULL;
+    if (!st) st = tools_response_format(body, &fmt, err);
+    if (!st && fmt) st = tools_check_schema(fmt, "response_format.json_schema.schema", err);
+    const api_tools *t = r->tools;
+    if (!st && (r->gbnf || r->schema) && (fmt || (t && t->choice != TOOLS_NONE)))
+        st = BAD(r->schema_field, "'%s' cannot be combined with response_format or tools",
+                 r->schema_field);
+    if (st || r->gbnf || r->schema) {
+        free(fmt);
+        return st;
+    }
+    if (!t || t->choice == TOOLS_NONE) {
+        r->schema = fmt;
+        r->schema_field = "response_format";
+        return 0;
+    }
+    r->schema_field = "tools";
+    char *calls = tools_calls_schema(t);
+    if (!calls) {
+        free(fmt);
+        return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (fmt && t->choice == TOOLS_AUTO) { /* a call or the format */
+        size_t n = strlen(calls) + strlen(fmt) + 16;
+        r->schema = malloc(n);
+        if (r->schema) snprintf(r->schema, n, "{\"anyOf\":[%s,%s]}", calls, fmt);
+        free(calls);
+        free(fmt);
+        if (!r->schema) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+        return 0;
+    }
+    free(fmt); /* a call is required: the format does not apply */
+    r->schema = calls;
+    r->schema_lazy = t->choice == TOOLS_AUTO;
+    return 0;
+}
+
+/* Extensions (as llama.cpp's server), chat and completions: "grammar" (GBNF text, root rule
+ * "root") or "json_schema" (a JSON Schema), instead of response_format / tools. */
+static unsigned parse_grammar_ext(json_t *body, api_request *r, api_error *err) {
+    json_t *g = opt(body, "grammar"), *js = opt(body, "json_schema");
+    if (g && js) return BAD("grammar", "'grammar' and 'json_schema' are alternatives: give one");
+    if (g) {
+        if (!json_is_string(g) || !json_string_length(g))
+            return BAD("grammar",
+                       "'grammar' must be a non-empty string of GBNF (root rule 'root')");
+        r->schema_field = "grammar";
+        r->gbnf = strdup(json_string_value(g));
+        return r->gbnf ? 0 : api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (!js) return 0;
+    if (!json_is_object(js) && !json_is_boolean(js))
+        return BAD("json_schema", "'json_schema' must be a JSON Schema object");
+    r->schema_field = "json_schema";
+    r->schema = json_dumps(js, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!r->schema) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    return tools_check_schema(r->schema, "json_schema", err);
+}
+
+/* The grammar of r->gbnf or r->schema (from the server's cache) into r->params. Schemas were
+ * checked one by one before (tools_check_schema), so a failure there is the combination's. */
+static unsigned compile_schema(const server *srv, api_request *r, api_error *err) {
+    l3c_status st;
+    const char *text = r->gbnf ? r->gbnf : r->schema;
+    gcache_kind kind = r->gbnf ? GCACHE_GBNF : GCACHE_JSON_SCHEMA;
+    r->params.grammar = gcache_get(srv->grammars, kind, text, strlen(text), &st);
+    r->params.grammar_lazy = r->schema_lazy;
+    if (r->params.grammar) return 0;
+    if (st == L3C_ERR_NOMEM) return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+    return BAD(r->schema_field, "'%s': cannot enforce the output format: %s", r->schema_field,
+               l3c_last_error());
+}
+
 unsigned api_parse_request(const server *srv, api_kind kind, const char *body, size_t len,
                            api_request *r, api_error *err) {
     memset(r, 0, sizeof *r);
@@ -487,7 +656,10 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
         goto out;
     }
     if ((st = parse_params(srv, root, r, err))) goto out;
+    if ((st = parse_grammar_ext(root, r, err))) goto out;
+    if (kind == API_CHAT && (st = parse_structured(srv, root, r, err))) goto out;
     st = kind == API_CHAT ? chat_prompt(srv, root, r, err) : completion_prompt(srv, root, r, err);
+    if (!st && r->echo && !r->echo_text) st = echo_token_prompt(r, err);
     if (st) goto out;
     if (r->n_prompt >= srv->n_ctx) {
         st = api_fail(err, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt",
@@ -496,6 +668,7 @@ unsigned api_parse_request(const server *srv, api_kind kind, const char *body, s
                       srv->n_ctx, r->n_prompt);
         goto out;
     }
+    if ((r->schema || r->gbnf) && (st = compile_schema(srv, r, err))) goto out;
     make_id(r->id, sizeof r->id, kind == API_CHAT ? "chatcmpl-" : "cmpl-");
     r->created = (long long)time(NULL);
 out:
@@ -510,7 +683,12 @@ void api_request_free(api_request *r) {
     free(r->prompt);
     free(r->bias_ids);
     free(r->bias_vals);
+    free(r->echo_text);
     for (int i = 0; i < SCHED_MAX_STOP; i++) free(r->stop[i]);
+    tools_free(r->tools);
+    free(r->schema);
+    free(r->gbnf);
+    gcache_unref(r->params.grammar);
     memset(r, 0, sizeof *r);
 }
 
@@ -566,25 +744,114 @@ static json_t *usage_obj(const sched_update *u) {
                      (json_int_t)u->n_cached);
 }
 
+/* ------------------------------------------------------------------ logprobs */
+
+/* The bytes token e adds to the text (specials: none) into buf (cap 256 or more); *text_bytes
+ * gets how many of them the text holds. Returns the token's bytes (specials: their own text). */
+static int32_t lp_piece(const api_request *r, int32_t id, int32_t prev, char *buf, int32_t cap,
+                        int32_t *text_bytes) {
+    int special = l3c_token_is_special(r->tok, id);
+    int32_t n = special ? l3c_token_to_bytes(r->tok, id, buf, cap) : l3c_token_to_piece(r->tok, prev, id, buf, cap);
+    if (n < 0) n = 0; /* longer than any vocabulary entry we serve: shown empty */
+    *text_bytes = special ? 0 : n;
+    return n;
+}
+
+static json_t *lp_bytes(const char *p, int32_t n) {
+    json_t *a = json_array();
+    for (int32_t i = 0; i < n; i++) json_array_append_new(a, json_integer((unsigned char)p[i]));
+    return a;
+}
+
+static json_t *lp_number(float v) { return isnan(v) ? json_null() : json_real(v); }
+
+/* The "logprobs" object of r->lp[0 .. n_lp): chat {"content": [...], "refusal": null}, or
+ * completions {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; *off is the byte
+ * offset of the first token in the choice's text, advanced past them. NULL: none asked for. */
+static json_t *logprobs_json(const api_request *r, size_t *off) {
+    if (!r->params.logprobs) return NULL;
+    char buf[512], tb[512];
+    int32_t nt;
+    if (r->kind == API_CHAT) {
+        json_t *content = json_array();
+        for (int32_t i = 0; i < r->n_lp; i++) {
+            const sched_logprob *e = &r->lp[i];
+            int32_t n = lp_piece(r, e->id, e->prev, buf, sizeof buf, &nt);
+            json_t *top = json_array();
+            for (int32_t k = 0; k < e->n_top; k++) {
+                int32_t m = lp_piece(r, e->top_id[k], e->prev, tb, sizeof tb, &nt);
+                json_array_append_new(top, json_pack("{s:o,s:o,s:o}", "token", json_text(tb, (size_t)m), "logprob",
+                                                     lp_number(e->top_lp[k]), "bytes", lp_bytes(tb, m)));
+            }
+            json_array_append_new(content, json_pack("{s:o,s:o,s:o,s:o}", "token", json_text(buf, (size_t)n),
+                                                     "logprob", lp_number(e->logprob), "bytes", lp_bytes(buf, n),
+                                                     "top_logprobs", top));
+        }
+        return json_pack("{s:o,s:n}", "content", content, "refusal");
+    }
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    for (int32_t i = 0; i < r->n_lp; i++) {
+        const sched_logprob *e = &r->lp[i];
+        int32_t n = lp_piece(r, e->id, e->prev, buf, sizeof buf, &nt);
+        json_array_append_new(tokens, json_text(buf, (size_t)n));
+        json_array_append_new(lps, lp_number(e->logprob));
+        json_array_append_new(offs, json_integer((json_int_t)*off));
+        *off += (size_t)nt;
+        if (isnan(e->logprob)) {
+            json_array_append_new(tops, json_null());
+            continue;
+        }
+        json_t *top = json_object();
+        for (int32_t k = 0; k < e->n_top; k++) {
+            int32_t m = lp_piece(r, e->top_id[k], e->prev, tb, sizeof tb, &nt);
+            json_t *key = json_text(tb, (size_t)m);
+            if (key && !json_object_get(top, json_string_value(key))) /* equal texts: the likelier */
+                json_object_set_new(top, json_string_value(key), lp_number(e->top_lp[k]));
+            json_decref(key);
+        }
+        json_array_append_new(tops, top);
+    }
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs", tops,
+                     "text_offset", offs);
+}
+
+void api_logprobs_advance(api_request *r) {
+    char buf[512];
+    int32_t nt;
+    for (int32_t i = 0; i < r->n_lp; i++) {
+        lp_piece(r, r->lp[i].id, r->lp[i].prev, buf, sizeof buf, &nt);
+        r->lp_text_off += (size_t)nt;
+    }
+}
+
+/* The choice's text: with completions' echo, the prompt (as sent, or the prompt tokens' text)
+ * and then text. */
+static json_t *echo_text_json(const api_request *r, const char *text, size_t text_len) {
+    if (!r->echo) return json_text(text, text_len);
+    char *all = malloc(r->echo_len + text_len + 1);
+    json_t *j = NULL;
+    if (all) {
+        if (r->echo_len) memcpy(all, r->echo_text, r->echo_len);
+        memcpy(all + r->echo_len, text, text_len);
+        j = json_text(all, r->echo_len + text_len);
+    }
+    free(all);
+    return j;
+}
+
 static json_t *envelope(const api_request *r, const char *object) {
     return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", r->id, "object", object, "created",
                      (json_int_t)r->created, "model", r->model ? r->model : "", "system_fingerprint",
                      "llama3c");
 }
 
-char *api_response_json(const api_request *r, const char *text, size_t text_len,
-                        const sched_update *u, size_t *len) {
-    json_t *content = json_text(text, text_len);
-    if (!content) return NULL;
-    const char *fr = finish_name(u->finish);
-    json_t *choice;
-    if (r->kind == API_CHAT)
-        choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s?}", "index", 0, "message", "role", "assistant",
-                           "content", content, "logprobs", "finish_reason", fr);
-    else
-        choice = json_pack("{s:o,s:i,s:n,s:s?}", "text", content, "index", 0, "logprobs",
-                           "finish_reason", fr);
-    json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion" : "text_completion");
+static char *tool_calls_response(const api_request *r, const char *text, size_t text_len,
+                                 const sched_update *u, size_t *len);
+
+/* A whole (non-streamed) response: the envelope, choices [choice] (taken) and usage. */
+static char *response_with(const api_request *r, json_t *choice, const char *object,
+                           const sched_update *u, size_t *len) {
+    json_t *env = envelope(r, object);
     json_t *usage = usage_obj(u);
     if (!choice || !env || !usage) {
         json_decref(choice);
@@ -597,20 +864,42 @@ char *api_response_json(const api_request *r, const char *text, size_t text_len,
     return dump(env, len);
 }
 
+char *api_response_json(const api_request *r, const char *text, size_t text_len,
+                        const sched_update *u, size_t *len) {
+    char *tc = r->tools ? tool_calls_response(r, text, text_len, u, len) : NULL;
+    if (tc) return tc; /* else not a call: text */
+    json_t *content = echo_text_json(r, text, text_len);
+    if (!content) return NULL;
+    const char *fr = finish_name(u->finish);
+    json_t *choice;
+    size_t off = r->lp_text_off;
+    json_t *lp = logprobs_json(r, &off);
+    if (r->kind == API_CHAT)
+        choice = json_pack("{s:i,s:{s:s,s:o},s:o?,s:s?}", "index", 0, "message", "role", "assistant",
+                           "content", content, "logprobs", lp, "finish_reason", fr);
+    else
+        choice = json_pack("{s:o,s:i,s:o?,s:s?}", "text", content, "index", 0, "logprobs", lp,
+                           "finish_reason", fr);
+    return response_with(r, choice, r->kind == API_CHAT ? "chat.completion" : "text_completion", u,
+                         len);
+}
+
 char *api_stream_chunk(const api_request *r, int role_chunk, const char *text, size_t text_len,
                        sched_finish finish, size_t *len) {
     const char *fr = finish == SCHED_RUNNING ? NULL : finish_name(finish);
     if (finish != SCHED_RUNNING && !fr) fr = "stop";
     json_t *choice;
+    size_t off = r->lp_text_off;
+    json_t *lp = r->n_lp ? logprobs_json(r, &off) : NULL;
     if (r->kind == API_CHAT) {
         json_t *delta = json_object();
         if (role_chunk) json_object_set_new(delta, "role", json_string("assistant"));
         if (role_chunk || text_len) json_object_set_new(delta, "content", json_text(text, text_len));
-        choice = json_pack("{s:i,s:o,s:n,s:s?}", "index", 0, "delta", delta, "logprobs",
+        choice = json_pack("{s:i,s:o,s:o?,s:s?}", "index", 0, "delta", delta, "logprobs", lp,
                            "finish_reason", fr);
     } else {
-        choice = json_pack("{s:o,s:i,s:n,s:s?}", "text", json_text(text, text_len), "index", 0,
-                           "logprobs", "finish_reason", fr);
+        choice = json_pack("{s:o,s:i,s:o?,s:s?}", "text", json_text(text, text_len), "index", 0,
+                           "logprobs", lp, "finish_reason", fr);
     }
     json_t *env = envelope(r, r->kind == API_CHAT ? "chat.completion.chunk" : "text_completion");
     if (!choice || !env) {
@@ -636,15 +925,176 @@ char *api_stream_usage(const api_request *r, const sched_update *u, size_t *len)
     return sse(env, len);
 }
 
+/* ------------------------------------------------------------------ tool calls (tools.h) */
+
+void api_make_id(char *dst, size_t cap, const char *prefix) {
+    make_id(dst, cap, prefix);
+}
+
+/* The non-streamed response when the reply is a well-formed call (NULL: it is not, or out of
+ * memory): message {"role":"assistant","content":null,"tool_calls":[...]}, finish_reason
+ * "tool_calls". */
+static char *tool_calls_response(const api_request *r, const char *text, size_t text_len,
+                                 const sched_update *u, size_t *len) {
+    json_t *calls = r->kind == API_CHAT && u->finish == SCHED_FINISH_STOP
+                        ? tools_parse_reply(r->tools, text, text_len, api_make_id)
+                        : NULL;
+    if (!calls) return NULL;
+    json_t *choice =
+        json_pack("{s:i,s:{s:s,s:n,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant",
+                  "content", "tool_calls", calls, "logprobs", "finish_reason", "tool_calls");
+    return response_with(r, choice, "chat.completion", u, len);
+}
+
+/* One chat chunk with delta = the given object (taken). */
+static json_t *delta_chunk(const api_request *r, json_t *delta, const char *finish) {
+    json_t *choice = json_pack("{s:i,s:o,s:n,s:s?}", "index", 0, "delta", delta, "logprobs",
+                               "finish_reason", finish);
+    json_t *env = envelope(r, "chat.completion.chunk");
+    if (!choice || !env) {
+        json_decref(choice);
+        json_decref(env);
+        return NULL;
+    }
+    json_object_set_new(env, "choices", json_pack("[o]", choice));
+    if (r->include_usage) json_object_set_new(env, "usage", json_null());
+    return env;
+}
+
+static int held_add(api_tools *t, const char *p, size_t n) {
+    if (t->held_len + n + 1 > t->held_cap) {
+        size_t cap = t->held_cap ? t->held_cap : 256;
+        while (cap < t->held_len + n + 1)
+            cap *= 2;
+        char *q = realloc(t->held, cap);
+        if (!q) return -1;
+        t->held = q;
+        t->held_cap = cap;
+    }
+    memcpy(t->held + t->held_len, p, n);
+    t->held_len += n;
+    return 0;
+}
+
+char *api_stream_text(api_request *r, const char *text, size_t text_len, size_t *len) {
+    api_tools *t = r->tools;
+    if (!t || t->choice == TOOLS_NONE || t->decided == 1)
+        return api_stream_chunk(r, 0, text, text_len, SCHED_RUNNING, len);
+    if (held_add(t, text, text_len)) return NULL;
+    size_t i = 0;
+    while (i < t->held_len && t->held[i] && strchr(" \t\r\n", t->held[i]))
+        i++;
+    *len = 0;
+    if (i == t->held_len) return calloc(1, 1); /* only whitespace yet */
+    if (t->held[i] == '{' || t->held[i] == '[') {
+        t->decided = 2; /* a call perhaps: held until the end */
+        return calloc(1, 1);
+    }
+    t->decided = 1; /* plain text: what was held goes out, the rest streams */
+    char *out = api_stream_chunk(r, 0, t->held, t->held_len, SCHED_RUNNING, len);
+    t->held_len = 0;
+    return out;
+}
+
+char *api_stream_end(api_request *r, sched_finish finish, size_t *len) {
+    api_tools *t = r->tools;
+    if (!t || t->choice == TOOLS_NONE || t->decided == 1 || !t->held_len)
+        return api_stream_chunk(r, 0, "", 0, finish, len);
+    json_t *calls = finish == SCHED_FINISH_STOP
+                        ? tools_parse_reply(t, t->held, t->held_len, api_make_id)
+                        : NULL;
+    if (!calls) { /* not a call after all: the text, then the finish chunk */
+        size_t n1 = 0, n2 = 0;
+        char *a = api_stream_chunk(r, 0, t->held, t->held_len, SCHED_RUNNING, &n1);
+        char *b = api_stream_chunk(r, 0, "", 0, finish, &n2);
+        char *out = a && b ? malloc(n1 + n2 + 1) : NULL;
+        if (out) {
+            memcpy(out, a, n1);
+            memcpy(out + n1, b, n2 + 1);
+            *len = n1 + n2;
+        }
+        free(a);
+        free(b);
+        return out;
+    }
+    /* per call: {index, id, type, function: {name, arguments: ""}}, then the arguments in pieces
+     * of at most 64 bytes ({index, function: {arguments}}), as OpenAI streams them */
+    strbuf b = {0};
+    int ok = 1;
+    for (size_t k = 0; ok && k < json_array_size(calls); k++) {
+        json_t *c = json_array_get(calls, k), *f = json_object_get(c, "function");
+        const char *args = json_string_value(json_object_get(f, "arguments"));
+        json_t *head = json_pack("{s:[{s:i,s:O,s:s,s:{s:O,s:s}}]}", "tool_calls", "index",
+                                 (json_int_t)k, "id", json_object_get(c, "id"), "type", "function",
+                                 "function", "name", json_object_get(f, "name"), "arguments", "");
+        size_t n;
+        char *ev = sse(delta_chunk(r, head, NULL), &n);
+        ok = ev && !sb_add(&b, ev, n);
+        free(ev);
+        for (size_t at = 0, al = strlen(args); ok && at < al;) {
+            size_t piece = al - at > 64 ? 64 : al - at;
+            while (at + piece < al && ((unsigned char)args[at + piece] & 0xC0) == 0x80)
+                piece++; /* whole UTF-8 */
+            json_t *d = json_pack("{s:[{s:i,s:{s:s%}}]}", "tool_calls", "index", (json_int_t)k,
+                                  "function", "arguments", args + at, piece);
+            ev = sse(delta_chunk(r, d, NULL), &n);
+            ok = ev && !sb_add(&b, ev, n);
+            free(ev);
+            at += piece;
+        }
+    }
+    size_t n;
+    char *ev = ok ? sse(delta_chunk(r, json_object(), "tool_calls"), &n) : NULL;
+    ok = ev && !sb_add(&b, ev, n);
+    free(ev);
+    json_decref(calls);
+    if (!ok) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+char *api_prompt_json(const server *srv, const api_request *r, size_t *len) {
+    int64_t need = l3c_detokenize(srv->tok, r->prompt, r->n_prompt, NULL, 0, 0);
+    if (need < 0) need = -need;
+    char *text = malloc((size_t)need + 1);
+    if (!text) return NULL;
+    int64_t got = l3c_detokenize(srv->tok, r->prompt, r->n_prompt, text, need, 0);
+    json_t *p = got >= 0 ? json_text(text, (size_t)got) : NULL;
+    free(text);
+    json_t *ids = json_array();
+    for (int32_t i = 0; ids && i < r->n_prompt; i++)
+        json_array_append_new(ids, json_integer(r->prompt[i]));
+    if (!p || !ids) {
+        json_decref(p);
+        json_decref(ids);
+        return NULL;
+    }
+    return dump(json_pack("{s:o,s:o}", "prompt", p, "tokens", ids), len);
+}
+
+/* GET /v1/models: one entry per name the model is served under (see served_names), the
+ * reply name first; with --strict-model these are exactly the names a request may use. */
 char *api_models_json(const server *srv, size_t *len) {
     l3c_model_info info;
     l3c_model_get_info(srv->model, &info);
-    return dump(json_pack("{s:s,s:[{s:o,s:s,s:I,s:s,s:{s:i,s:i,s:I,s:s?}}]}", "object", "list", "data",
-                          "id", json_text(srv->model_id, strlen(srv->model_id)), "object", "model", "created",
-                          (json_int_t)srv->started_at, "owned_by", "llama3c", "meta", "n_ctx_slot",
-                          (int)srv->n_ctx, "n_vocab", (int)srv->n_vocab, "n_params",
-                          (json_int_t)info.n_params, "file_type", info.file_type),
-                len);
+    const char *names[SERVER_MAX_ALIASES];
+    int n = served_names(srv, names);
+    json_t *data = json_array();
+    for (int i = 0; data && i < n; i++) {
+        json_t *m = json_pack("{s:o,s:s,s:I,s:s,s:{s:i,s:i,s:I,s:s?}}", "id",
+                              json_text(names[i], strlen(names[i])), "object", "model", "created",
+                              (json_int_t)srv->started_at, "owned_by", "llama3c", "meta",
+                              "n_ctx_slot", (int)srv->n_ctx, "n_vocab", (int)srv->n_vocab,
+                              "n_params", (json_int_t)info.n_params, "file_type", info.file_type);
+        if (!m || json_array_append_new(data, m)) {
+            json_decref(data);
+            data = NULL;
+        }
+    }
+    return dump(data ? json_pack("{s:s,s:o}", "object", "list", "data", data) : NULL, len);
 }
 
 /* ------------------------------------------------------------------ embeddings */
@@ -722,16 +1172,11 @@ unsigned api_parse_embeddings(const server *srv, const char *body, size_t len, a
         st = BAD(NULL, "the body must be a JSON object");
         goto out;
     }
-    json_t *model = opt(root, "model");
-    if (model && !json_is_string(model)) {
-        st = BAD("model", "'model' must be a string");
-        goto out;
-    }
-    const char *mname = model ? json_string_value(model) : srv->model_id;
+    if ((st = api_check_model(srv, root, err))) goto out;
+    const char *mname = srv->model_id; /* replies name the served model, whatever was asked */
     size_t mlen = strnlen(mname, MAX_MODEL_NAME);
-    if (!(r->model = malloc(mlen + 1))) goto nomem;
-    memcpy(r->model, mname, mlen);
-    r->model[mlen] = 0;
+    if (!(r->model = malloc(3 * mlen + 1))) goto nomem;
+    api_utf8_sanitize(mname, mlen, r->model); /* a file name may hold any bytes */
 
     json_t *fmt = opt(root, "encoding_format");
     if (fmt && (!json_is_string(fmt) || (strcmp(json_string_value(fmt), "float") &&

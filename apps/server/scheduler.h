@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #define SCHED_MAX_STOP 4
+#define SCHED_MAX_TOP_LOGPROBS 20
 
 typedef struct sched sched;
 typedef struct sched_job sched_job;
@@ -44,7 +45,36 @@ typedef struct sched_job_params {
     const float *bias_vals;            /* [n_bias] */
     int32_t n_stop;                    /* <= SCHED_MAX_STOP */
     const char *stop[SCHED_MAX_STOP];  /* non-empty strings (NUL-terminated) */
+    /* structured output: the grammar the answer must follow (NULL: none; the job takes its own
+     * reference). The job ends (SCHED_FINISH_STOP) when the grammar is complete. grammar_lazy:
+     * enforced only from the first token that opens a JSON object ('{' after whitespace) or is
+     * <|python_tag|> (which itself is not part of the grammar): tool_choice auto */
+    struct gcache_entry *grammar;
+    int grammar_lazy;
+    int logprobs;                      /* 1: record a sched_logprob per generated token */
+    int32_t top_logprobs;              /* alternatives per token, 0..SCHED_MAX_TOP_LOGPROBS */
+    int echo_logprobs;                 /* 1: the prompt's tokens too (no prefix cache: all evaluated) */
 } sched_job_params;
+
+/*
+ * One token's log-probability: log-softmax of the model's raw logits at the position before it
+ * (before temperature, penalties, logit_bias or truncation: what the model assigns), and the
+ * top_logprobs most probable tokens there (ties: lower id first). A job with echo_logprobs gets
+ * its prompt tokens first (the first with logprob NaN: nothing predicts it), then the generated
+ * ones; end-of-generation tokens are not recorded (they are not part of the text).
+ */
+typedef struct sched_logprob {
+    int32_t id, prev;      /* the token, and the one before it (-1: none), for its text piece */
+    int prompt;            /* 1: a prompt token (echo) */
+    float logprob;
+    int32_t n_top;
+    int32_t top_id[SCHED_MAX_TOP_LOGPROBS];
+    float top_lp[SCHED_MAX_TOP_LOGPROBS];
+} sched_logprob;
+
+/* Moves the records made since the last call into *out (malloc'd, the caller frees it; NULL when
+ * none). Returns their number. */
+int32_t sched_job_take_logprobs(struct sched *s, struct sched_job *job, sched_logprob **out);
 
 typedef struct sched_options {
     int32_t n_slots;     /* == n_seq of the context */

@@ -14,6 +14,11 @@
 #include <stdint.h>
 
 struct rag_store;
+struct gcache;
+
+#define SERVER_MAX_ALIASES 8
+#define SERVER_MAX_CORS    16
+struct accounts;
 
 typedef struct server {
     /* options */
@@ -25,6 +30,7 @@ typedef struct server {
     int queue;            /* waiting requests beyond the slots */
     int step_tokens;      /* per-step token budget of the scheduler */
     const char *api_key;  /* NULL: no authentication */
+    const char *api_keys_path; /* --api-keys FILE: named keys with limits (accounts.h) */
     size_t max_body;      /* bytes */
     unsigned timeout_s;   /* idle timeout of a connection */
     int threads;
@@ -32,7 +38,16 @@ typedef struct server {
     int verbose;
     int bf16;     /* --bf16: l3c_model_params.bf16_matmul */
     int pooling;  /* --pooling: l3c_pooling of /v1/embeddings (MEAN, CLS or LAST) */
+    int kv_type;  /* --kv: L3C_KV_F16 (default), L3C_KV_F32, L3C_KV_Q8_0 */
     const char *rag_db;   /* --rag-db: index for /v1/rag/query and chat "rag" (NULL: off) */
+    /* --alias NAME (repeatable): names the model is served under; the first is the one replies
+     * carry ("model"), all are listed by /v1/models. None: the file name without .gguf. */
+    const char *aliases[SERVER_MAX_ALIASES];
+    int n_aliases;
+    int strict_model; /* --strict-model: a request naming another model gets 404 */
+    /* --cors ORIGIN (repeatable; "*": any): origins whose pages may call the API */
+    const char *cors[SERVER_MAX_CORS];
+    int n_cors;
 
     /* engine, set up before the HTTP daemon starts */
     l3c_model *model;
@@ -44,6 +59,8 @@ typedef struct server {
     char model_id[256];
     long long started_at; /* unix time */
     struct rag_store *rag;    /* opened and checked against the model at start; NULL: no --rag-db */
+    struct gcache *grammars;  /* compiled response_format / tools grammars, by schema text */
+    struct accounts *accounts; /* --api-keys; NULL: none (then api_key, if set, is the one key) */
     pthread_mutex_t rag_mu;   /* one search at a time on the shared SQLite connection */
 } server;
 

@@ -21,7 +21,13 @@ typedef struct l3c_weight {
      * matmuls read only this copy (data stays valid, e.g. for embedding rows) */
     const void *packed;
     const l3c_pack_layout *layout; /* the layout of packed */
+    /* a distributed model's share (src/dist/shard.h): L3C_WDIST_WHOLE (0) the matrix or rows that
+     * need no message; L3C_WDIST_SUM: a range of input columns, y is this rank's partial sum;
+     * L3C_WDIST_GATHER: a range of output rows, y is this rank's slice. The kernels ignore it. */
+    int dist;
 } l3c_weight;
+
+enum { L3C_WDIST_WHOLE = 0, L3C_WDIST_SUM = 1, L3C_WDIST_GATHER = 2 };
 
 /* Bytes of w's packed copy in layout (NULL: none); 0 when w cannot use it. */
 size_t l3c_weight_packed_bytes(const l3c_weight *w, const l3c_pack_layout *layout);

@@ -6,6 +6,7 @@
  * each one's delta after the adapted matmuls. The one scratch buffer the deltas need
  * (act.lora_tmp, [n_batch x largest rank]) grows here, so l3c_decode still never allocates.
  */
+#include "io/outfile.h"
 #include "model/hf.h"
 #include "model/lora.h"
 
@@ -40,6 +41,10 @@ l3c_status l3c_context_set_adapter(l3c_context *ctx, const l3c_adapter *ad, floa
     if (!isfinite(scale))
         return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_context_set_adapter: scale %g is not finite",
                         (double)scale);
+    if (ctx->model->shard && scale != 0.0f)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "l3c_context_set_adapter: LoRA adapters are not supported "
+                                             "on a model split over ranks (--split); merge the adapter "
+                                             "into the model first (llama3c export)");
     const l3c_config *c = &ctx->model->cfg;
     if (ad->model != ctx->model && (ad->cfg.n_layer != c->n_layer || ad->cfg.n_embd != c->n_embd ||
                                     ad->cfg.n_head != c->n_head ||
@@ -114,6 +119,9 @@ l3c_status l3c_adapter_convert(const char *base_path, const char *in_path, const
     l3c_status st = read_config(base_path, &cfg, name, sizeof name);
     if (st) return st;
     l3c_lora_adapter *a = NULL;
+    if ((st = l3c_check_not_input(out_path, in_path, "adapter")) ||
+        (st = l3c_check_not_input(out_path, base_path, "adapter")))
+        return st;
     if ((st = l3c_lora_load(in_path, &cfg, &a))) return st;
     if (ends_with(out_path, ".gguf"))
         st = l3c_lora_save_gguf(a, &cfg, out_path);

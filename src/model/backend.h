@@ -57,6 +57,10 @@ typedef struct l3c_backend {
      * (the context's lora_tmp holds x A^T, [T x rank]) */
     void (*lora)(l3c_context *ctx, const float *A, const float *B, int32_t rank, int64_t n_in,
                  int64_t n_out, float scale, const float *x, float *y, int64_t T);
+    /* the residual stream x [T x E] around the model's layers [layer0, layer1) (l3c_model):
+     * end == 0 before the first of them, 1 after the last. A pipeline stage (src/dist) receives x
+     * from the previous stage there and hands it on; the CPU backend does nothing. */
+    void (*stage)(l3c_context *ctx, int end, float *x, int64_t T);
 } l3c_backend;
 
 /* The CPU backend: src/kernels/ on the context's thread pool (backend_cpu.c). */

@@ -95,6 +95,8 @@ static void cpu_lora(l3c_context *ctx, const float *A, const float *B, int32_t r
     l3c_threadpool_run(ctx->tp, l3c_n_chunks(n_out, LORA_ROWS), lora_up_chunk, &j);
 }
 
+static void cpu_stage(l3c_context *ctx, int end, float *x, int64_t T) {}
+
 const l3c_backend l3c_backend_cpu = {
     .name = "cpu",
     .get_rows = cpu_get_rows,
@@ -109,4 +111,5 @@ const l3c_backend l3c_backend_cpu = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .lora = cpu_lora,
+    .stage = cpu_stage,
 };

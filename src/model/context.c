@@ -5,6 +5,7 @@
  * n_ctx == 0 picks the model's context_length capped so that n_seq * n_ctx * kv_bytes_per_pos
  * fits kv_budget_bytes (at least 16 positions, else an error).
  */
+#include "dist/shard.h"
 #include "model/model.h"
 
 #include <string.h>
@@ -80,7 +81,7 @@ static bool activations_alloc(l3c_activations *a, const l3c_model *m, size_t B, 
 static void activations_free(l3c_activations *a) {
     void *bufs[] = {a->x, a->xb, a->xb2, a->q, a->k, a->v, a->att_out, a->hb, a->hb2, a->logits,
                     a->inv_freq, a->rope_cos, a->rope_sin, a->att, a->kv_tmp, a->scratch, a->embd,
-                    a->lora_tmp};
+                    a->lora_tmp, a->dist_part};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
 }
 
@@ -120,13 +121,16 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
                                                  "for %d sequences (%zu bytes per position); need %d",
                             budget, n_ctx, p.n_seq, per_pos, L3C_MIN_CTX);
     }
+    /* a distributed model: every rank holds another share of the cache, so the positions that fit
+     * may differ; all take the smallest (collective: every rank creates its contexts in turn) */
+    if (m->shard) n_ctx = l3c_shard_min_i32(m->shard, n_ctx);
     int32_t n_batch = p.n_batch;
     if ((int64_t)n_batch > (int64_t)n_ctx * p.n_seq) n_batch = (int32_t)((int64_t)n_ctx * p.n_seq);
 
     l3c_context *ctx = l3c_calloc(1, sizeof *ctx);
     if (!ctx) return l3c_fail(L3C_ERR_NOMEM, "context: out of memory");
     ctx->model = m;
-    ctx->backend = &l3c_backend_cpu;
+    ctx->backend = m->backend ? m->backend : &l3c_backend_cpu;
     ctx->n_ctx = n_ctx;
     ctx->n_seq = p.n_seq;
     ctx->n_batch = n_batch;
@@ -140,11 +144,13 @@ l3c_status l3c_context_create(const l3c_model *m, const l3c_context_params *para
 
     size_t total = 0;
     /* kv_type and head_dim were checked above: the cache can only fail for memory */
-    bool ok = l3c_kv_cache_init(&ctx->kv, p.n_seq, c->n_layer, n_ctx, c->n_head_kv, c->head_dim,
+    bool ok = l3c_kv_cache_init(&ctx->kv, p.n_seq, m->layer1 - m->layer0, n_ctx, c->n_head_kv, c->head_dim,
                                 p.kv_type, &total) == L3C_OK &&
               activations_alloc(&ctx->act, m, (size_t)n_batch, n_ctx, ctx->n_threads, &total) &&
               l3c_alloc_arr(&ctx->out_row, (size_t)n_batch, 1, sizeof(int32_t), &total) &&
               l3c_alloc_arr(&ctx->out_idx, (size_t)n_batch, 1, sizeof(int32_t), &total);
+    if (ok && m->w.output.dist == L3C_WDIST_GATHER) /* tensor split: this rank's logits */
+        ok = l3c_alloc_arr(&ctx->act.dist_part, (size_t)n_batch, (size_t)m->w.output.n_out, sizeof(float), &total);
     if (ok && ctx->embeddings) {
         const size_t E = (size_t)c->n_embd;
         ok = l3c_alloc_arr(&ctx->act.embd, (size_t)n_batch, E, sizeof(float), &total) &&

@@ -11,9 +11,11 @@
  *    of 256 (Q4_K -> Q5_0, Q6_K -> Q8_0);
  *  - data: each row to float (the type table's to_float), then the reference quantizer (ggml's
  *    quantize_row_*_ref; no importance matrix).
- * The output is written to OUT.tmp and renamed when complete.
+ * The output is written to a temporary file beside OUT and renamed when complete (io/outfile.h);
+ * an OUT that is the input is refused.
  */
 #include "io/gguf_write.h"
+#include "io/outfile.h"
 #include "kernels/ref.h"
 #include "model/hf.h"
 #include "model/model.h"
@@ -29,19 +31,22 @@ typedef struct ftype_info {
 } ftype_info;
 
 static const ftype_info FTYPES[] = {
-    {"F32", 0, L3C_TYPE_F32},    {"F16", 1, L3C_TYPE_F16},   {"BF16", 32, L3C_TYPE_BF16},
-    {"Q8_0", 7, L3C_TYPE_Q8_0},  {"Q4_K_M", 15, L3C_TYPE_Q4_K},
+    {"F32", 0, L3C_TYPE_F32},   {"F16", 1, L3C_TYPE_F16},      {"BF16", 32, L3C_TYPE_BF16},
+    {"Q8_0", 7, L3C_TYPE_Q8_0}, {"Q4_K_M", 15, L3C_TYPE_Q4_K},
 };
 
 /* llama.cpp's use_more_bits(i_layer, n_layers) */
-static int use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+static int use_more_bits(int i, int n) {
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
 
 static int layer_of(const char *name) {
     int l = -1;
     return sscanf(name, "blk.%d.", &l) == 1 ? l : -1;
 }
 
-static int tensor_type(const ftype_info *ft, const l3c_gguf_tensor *t, int n_layer, int has_output) {
+static int tensor_type(const ftype_info *ft, const l3c_gguf_tensor *t, int n_layer,
+                       int has_output) {
     if (t->n_dims < 2) return L3C_TYPE_F32;
     int type = ft->type;
     if (ft->file_type == 15) {
@@ -61,38 +66,50 @@ typedef void (*quant_fn)(const float *src, void *dst, int64_t n);
 
 static quant_fn quantizer(int type) {
     switch (type) {
-    case L3C_TYPE_F32: return l3c_ref_from_float_f32;
-    case L3C_TYPE_F16: return l3c_ref_from_float_f16;
-    case L3C_TYPE_BF16: return l3c_ref_from_float_bf16;
-    case L3C_TYPE_Q8_0: return l3c_ref_from_float_q8_0;
-    case L3C_TYPE_Q5_0: return l3c_ref_from_float_q5_0;
-    case L3C_TYPE_Q4_K: return l3c_quantize_row_q4_K;
-    case L3C_TYPE_Q6_K: return l3c_quantize_row_q6_K;
-    default: return NULL;
+    case L3C_TYPE_F32:
+        return l3c_ref_from_float_f32;
+    case L3C_TYPE_F16:
+        return l3c_ref_from_float_f16;
+    case L3C_TYPE_BF16:
+        return l3c_ref_from_float_bf16;
+    case L3C_TYPE_Q8_0:
+        return l3c_ref_from_float_q8_0;
+    case L3C_TYPE_Q5_0:
+        return l3c_ref_from_float_q5_0;
+    case L3C_TYPE_Q4_K:
+        return l3c_quantize_row_q4_K;
+    case L3C_TYPE_Q6_K:
+        return l3c_quantize_row_q6_K;
+    default:
+        return NULL;
     }
 }
 
 l3c_status l3c_convert(const char *in, const char *out, const char *out_type,
                        l3c_convert_progress_fn progress, void *user) {
-    if (!in || !out || !out_type) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_convert: NULL argument");
+    if (!in || !out || !out_type)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_convert: NULL argument");
     const ftype_info *ft = NULL;
     for (size_t i = 0; i < sizeof FTYPES / sizeof FTYPES[0]; i++)
         if (!strcasecmp(out_type, FTYPES[i].name)) ft = &FTYPES[i];
     if (!ft)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "convert: type '%s' is not one of F32, F16, BF16, Q8_0, Q4_K_M",
-                        out_type);
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "convert: type '%s' is not one of F32, F16, BF16, Q8_0, Q4_K_M", out_type);
     l3c_status st;
     l3c_hf *hf = NULL;
     l3c_gguf *g = NULL;
     l3c_gguf_writer w = {0};
     l3c_buf header = {0};
+    l3c_outfile of = {0};
     FILE *f = NULL;
     float *row = NULL;
     void *qrow = NULL;
     int *types = NULL;
-    char *tmp = NULL;
-    if (l3c_path_is_dir(in)) st = l3c_hf_open(in, &hf, &g);
-    else st = l3c_gguf_open(in, &g);
+    if ((st = l3c_check_not_input(out, in, "convert"))) return st;
+    if (l3c_path_is_dir(in))
+        st = l3c_hf_open(in, &hf, &g);
+    else
+        st = l3c_gguf_open(in, &g);
     if (st) return st;
     l3c_config cfg;
     if ((st = l3c_config_from_gguf(g, &cfg))) goto done;
@@ -115,8 +132,8 @@ l3c_status l3c_convert(const char *in, const char *out, const char *out_type,
         const l3c_gguf_tensor *t = &g->tensors[i];
         types[i] = tensor_type(ft, t, cfg.n_layer, has_output);
         if (!l3c_type_traits_ref((int)t->type)->to_float) {
-            st = l3c_fail(L3C_ERR_UNSUPPORTED, "convert: %s: tensor '%s' of type %s cannot be read", in,
-                          t->name, l3c_type_name((int)t->type));
+            st = l3c_fail(L3C_ERR_UNSUPPORTED, "convert: %s: tensor '%s' of type %s cannot be read",
+                          in, t->name, l3c_type_name((int)t->type));
             goto done;
         }
         max_row = L3C_MAX(max_row, t->ne[0]);
@@ -124,13 +141,8 @@ l3c_status l3c_convert(const char *in, const char *out, const char *out_type,
     }
     if ((st = l3c_gguf_w_finish(&w, &header))) goto done;
 
-    size_t n = strlen(out) + 5;
-    if (!(tmp = l3c_malloc(n))) goto nomem;
-    snprintf(tmp, n, "%s.tmp", out);
-    if (!(f = fopen(tmp, "wb"))) {
-        st = l3c_fail(L3C_ERR_IO, "convert: cannot create %s: %s", tmp, strerror(errno));
-        goto done;
-    }
+    if ((st = l3c_outfile_open(&of, out, &in, 1, "convert"))) goto done;
+    f = of.f;
     row = l3c_malloc((size_t)max_row * sizeof(float));
     qrow = l3c_malloc((size_t)max_row * sizeof(float)); /* any output row is <= 4 bytes / element */
     if (!row || !qrow) goto nomem;
@@ -156,28 +168,18 @@ l3c_status l3c_convert(const char *in, const char *out, const char *out_type,
             if (fwrite(zeros, 1, pad, f) != pad) goto io_err;
             pos += pad;
         }
-        if (progress) progress((int64_t)i + 1, (int64_t)g->n_tensors, t->name, l3c_type_name(types[i]), user);
+        if (progress)
+            progress((int64_t)i + 1, (int64_t)g->n_tensors, t->name, l3c_type_name(types[i]), user);
     }
-    if (fclose(f) != 0) {
-        f = NULL;
-        goto io_err;
-    }
-    f = NULL;
-    if (rename(tmp, out) != 0) {
-        st = l3c_fail(L3C_ERR_IO, "convert: cannot rename %s to %s: %s", tmp, out, strerror(errno));
-        goto done;
-    }
-    st = L3C_OK;
+    st = l3c_outfile_commit(&of);
     goto done;
 io_err:
-    st = l3c_fail(L3C_ERR_IO, "convert: writing %s failed: %s", tmp, strerror(errno));
+    st = l3c_fail(L3C_ERR_IO, "convert: writing %s failed: %s", of.tmp, strerror(errno));
     goto done;
 nomem:
     st = l3c_fail(L3C_ERR_NOMEM, "convert: out of memory");
 done:
-    if (f) fclose(f);
-    if (st && tmp) remove(tmp);
-    free(tmp);
+    l3c_outfile_abort(&of); /* nothing after a commit */
     free(row);
     free(qrow);
     free(types);

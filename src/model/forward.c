@@ -7,7 +7,8 @@
  * contract):
  *
  *   x = embd(tokens)                                        get_rows      "embd"
- *   for each layer l (layer_forward):
+ *   (x from the previous pipeline stage)                    stage
+ *   for each layer l the model holds (layer_forward; all but in a pipeline stage):
  *     xb = rmsnorm(x) * attn_norm                           rmsnorm       "attn_norm"
  *     q = xb @ Wq^T, k = xb @ Wk^T, v = xb @ Wv^T           matmul_multi
  *     rope(q), rope(k)                                      rope          "q" "k" "v"
@@ -20,6 +21,7 @@
  *     hb = silu(hb) * hb2                                   swiglu        "ffn_act"
  *     xb2 = hb @ Wdown^T                                    matmul        "ffn_down"
  *     x += xb2                                              add           "l_out"
+ *   (x to the next pipeline stage)                          stage
  *   rows = x[requested tokens]                              gather_rows
  *   rows = rmsnorm(rows) * output_norm                      rmsnorm       "result_norm"
  *     (embeddings context: every row is normed, into act.embd, kept and pooled: pooling.c;
@@ -160,6 +162,7 @@ static void layer_forward(l3c_context *ctx, int32_t l, const l3c_batch *b) {
 
 l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
     if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "decode: NULL context");
+    if (ctx->mirror_decode) ctx->mirror_decode(ctx, b); /* a led context: the followers do the same */
     ctx->n_out = 0;
     ctx->last_n_tokens = 0;
     l3c_status st = validate(ctx, b);
@@ -196,7 +199,9 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
     be->get_rows(ctx, &w->tok_embd, b->tokens, T, a->x);                  /* x [T x E] */
     TRACE("embd", -1, a->x, T, E);
 
-    for (int32_t l = 0; l < c->n_layer; l++) layer_forward(ctx, l, b);
+    be->stage(ctx, 0, a->x, T); /* a pipeline stage: x from the previous one */
+    for (int32_t l = ctx->model->layer0; l < ctx->model->layer1; l++) layer_forward(ctx, l, b);
+    be->stage(ctx, 1, a->x, T); /* ... and on to the next */
 
     /* ---- head. Embeddings: every row normed -> embd [T x E], the requested ones gathered into
      * xb2 [n_out x E]; else only the requested rows: gather x rows -> xb [n_out x E], norm -> xb2.

@@ -90,6 +90,7 @@ int32_t l3c_kv_seq_len(const l3c_context *ctx, int32_t seq_id) {
 
 l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep) {
     if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: NULL context");
+    if (ctx->mirror_truncate) ctx->mirror_truncate(ctx, seq_id, n_keep); /* a led context */
     if (seq_id < 0 || seq_id >= ctx->n_seq)
         return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_truncate: seq_id %d out of range [0, %d)",
                         seq_id, ctx->n_seq);

@@ -44,6 +44,9 @@ typedef struct l3c_lora_adapter {
     int32_t n_layer;
     int32_t rank;        /* the common rank (files with mixed ranks: the largest) */
     float alpha;         /* scale = alpha / rank */
+    float rs_alpha;      /* rsLoRA (PEFT use_rslora): the user's alpha, scale rs_alpha / sqrt(rank)
+                          * == alpha / rank (alpha = rs_alpha sqrt(rank)); 0: plain LoRA */
+    float dropout;       /* the lora_dropout it was trained with (PEFT config; no effect here) */
     unsigned targets;    /* bit t set: target t adapted (in at least one layer) */
     l3c_lora_mat *mats;  /* [n_layer * L3C_LORA_N_TARGETS], mats[l * L3C_LORA_N_TARGETS + t] */
     float *arena;

@@ -7,11 +7,13 @@
  * target, A then B; absent matrices take no space) and converts each tensor to fp32 with the
  * type table's to_float. PEFT's B rows of q_proj / k_proj are permuted into GGUF order with
  * the same permutation the Hugging Face loader applies to the weights (hf.c); saving a PEFT
- * folder applies the inverse. Writers go to NAME.tmp and rename when complete.
+ * folder applies the inverse. Writers go to a temporary file and rename it when complete
+ * (io/outfile.h).
  */
 #include "model/lora.h"
 
 #include "io/gguf_write.h"
+#include "io/outfile.h"
 #include "io/safetensors.h"
 #include "model/hf.h"
 
@@ -212,12 +214,16 @@ done:
 /* "blk.N.<target>.weight.lora_a|b" -> layer, target, which (0 a, 1 b); 0 ok, -1 other name */
 /* The error for a tensor name parse_*_name refused (r -2: layer out of range, else not a
  * LoRA matrix of the expected pattern). */
-static l3c_status bad_name(const char *path, const char *name, int r, int n_layer, const char *pattern) {
+static l3c_status bad_name(const char *path, const char *name, int r, int n_layer,
+                           const char *pattern) {
     if (r == -2)
-        return l3c_fail(L3C_ERR_FORMAT, "%s: tensor '%s': layer out of range (the model has %d layers): an "
-                        "adapter for another model?", path, name, n_layer);
-    return l3c_fail(L3C_ERR_UNSUPPORTED, "%s: tensor '%s' is not a LoRA matrix llama3c applies (%s)", path,
-                    name, pattern);
+        return l3c_fail(L3C_ERR_FORMAT,
+                        "%s: tensor '%s': layer out of range (the model has %d layers): an "
+                        "adapter for another model?",
+                        path, name, n_layer);
+    return l3c_fail(L3C_ERR_UNSUPPORTED,
+                    "%s: tensor '%s' is not a LoRA matrix llama3c applies (%s)", path, name,
+                    pattern);
 }
 
 /* p = "N.<target name><suffix a | b>" -> layer, target, which (0: A, 1: B); -1 not such a name,
@@ -250,8 +256,8 @@ static int parse_layer_target(const char *p, int n_layer, const char *(*names)(l
 
 static int parse_gguf_name(const char *name, int n_layer, int *layer, int *target, int *which) {
     if (strncmp(name, "blk.", 4) != 0) return -1;
-    return parse_layer_target(name + 4, n_layer, l3c_lora_target_gguf_name, ".weight.lora_a", ".weight.lora_b",
-                              layer, target, which);
+    return parse_layer_target(name + 4, n_layer, l3c_lora_target_gguf_name, ".weight.lora_a",
+                              ".weight.lora_b", layer, target, which);
 }
 
 static int str_is(l3c_str s, const char *want) {
@@ -305,7 +311,8 @@ static l3c_status load_gguf(const l3c_gguf *g, const char *path, const l3c_confi
         int r = parse_gguf_name(t->name, cfg->n_layer, &l, &tg, &which);
         if (r < 0) {
             st = bad_name(path, t->name, r, cfg->n_layer,
-                          "blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_a/b");
+                          "blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}."
+                          "weight.lora_a/b");
             goto done;
         }
         if (t->n_dims != 2) {
@@ -349,8 +356,8 @@ static int parse_peft_name(const char *name, int n_layer, int *layer, int *targe
     const char *p = name;
     if (!strncmp(p, "base_model.model.", 17)) p += 17;
     if (strncmp(p, "model.layers.", 13) != 0) return -1;
-    return parse_layer_target(p + 13, n_layer, l3c_lora_target_peft_name, ".lora_A.weight", ".lora_B.weight",
-                              layer, target, which);
+    return parse_layer_target(p + 13, n_layer, l3c_lora_target_peft_name, ".lora_A.weight",
+                              ".lora_B.weight", layer, target, which);
 }
 
 static int json_falsy(json_t *v) {
@@ -446,7 +453,8 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
         int pr = parse_peft_name(t->name, cfg->n_layer, &l, &tg, &which);
         if (pr < 0) {
             st = bad_name(sp, t->name, pr, cfg->n_layer,
-                          "model.layers.N.{self_attn.{q,k,v,o}_proj,mlp.{gate,up,down}_proj}.lora_A/B.weight");
+                          "model.layers.N.{self_attn.{q,k,v,o}_proj,mlp.{gate,up,down}_proj}.lora_"
+                          "A/B.weight");
             goto done;
         }
         if (t->type < 0 || t->n_dims != 2) {
@@ -469,6 +477,7 @@ static l3c_status load_peft(const char *dir, const l3c_config *cfg, l3c_lora_ada
                        .name = t->name};
     }
     st = build(sp, cfg, (const src_mat(*)[2])mats, alpha, mixed ? 0 : rank, 1, out);
+    if (!st && json_is_true(json_object_get(c, "use_rslora"))) (*out)->rs_alpha = (float)json_number_value(la);
 done:
     free(mats);
     l3c_safetensors_close(sf);
@@ -490,29 +499,10 @@ l3c_status l3c_lora_load(const char *path, const l3c_config *cfg, l3c_lora_adapt
 
 /* ---------------------------------------------------------------- writers */
 
-static char *tmp_name(const char *path) {
-    size_t n = strlen(path) + 5;
-    char *t = l3c_malloc(n);
-    if (t) snprintf(t, n, "%s.tmp", path);
-    return t;
-}
-
-/* Opens path.tmp for writing; *tmp is the name (caller frees). */
-static l3c_status open_tmp(const char *path, char **tmp, FILE **f) {
-    *f = NULL;
-    if (!(*tmp = tmp_name(path))) return l3c_fail(L3C_ERR_NOMEM, "out of memory");
-    if (!(*f = fopen(*tmp, "wb")))
-        return l3c_fail(L3C_ERR_IO, "cannot create %s: %s", *tmp, strerror(errno));
-    return L3C_OK;
-}
-
-/* Closes f and renames tmp to path (st == OK), else removes tmp. */
-static l3c_status finish_tmp(l3c_status st, FILE *f, const char *tmp, const char *path) {
-    if (f && fclose(f) != 0 && !st)
-        st = l3c_fail(L3C_ERR_IO, "writing %s failed: %s", tmp, strerror(errno));
-    if (!st && rename(tmp, path) != 0)
-        st = l3c_fail(L3C_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (st && tmp) remove(tmp);
+/* Closes o and renames it into place (st == OK), else removes it (io/outfile.h). */
+static l3c_status finish_out(l3c_status st, l3c_outfile *o) {
+    if (!st) return l3c_outfile_commit(o);
+    l3c_outfile_abort(o);
     return st;
 }
 
@@ -527,8 +517,8 @@ l3c_status l3c_lora_save_gguf(const l3c_lora_adapter *a, const l3c_config *cfg, 
         return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_lora_save_gguf: NULL argument");
     l3c_gguf_writer w = {0};
     l3c_buf header = {0};
-    char *tmp = NULL, name[96];
-    FILE *f = NULL;
+    char name[96];
+    l3c_outfile o = {0};
     l3c_status st;
     l3c_gguf_w_str(&w, "general.architecture", "llama", 5);
     l3c_gguf_w_str(&w, "general.type", "adapter", 7);
@@ -546,7 +536,9 @@ l3c_status l3c_lora_save_gguf(const l3c_lora_adapter *a, const l3c_config *cfg, 
             l3c_gguf_w_tensor(&w, name, L3C_TYPE_F32, 2, ne_b);
         }
     if ((st = l3c_gguf_w_finish(&w, &header))) goto done;
-    if ((st = open_tmp(path, &tmp, &f))) goto done;
+    if ((st = l3c_outfile_open(&o, path, NULL, 0, "lora"))) goto done;
+    FILE *f = o.f;
+    const char *tmp = o.tmp;
     if ((st = write_all(f, tmp, header.data, header.len))) goto done;
     static const char zeros[L3C_GGUF_W_ALIGN];
     for (int32_t l = 0; l < a->n_layer && !st; l++)
@@ -563,8 +555,7 @@ l3c_status l3c_lora_save_gguf(const l3c_lora_adapter *a, const l3c_config *cfg, 
                                (L3C_GGUF_W_ALIGN - nb % L3C_GGUF_W_ALIGN) % L3C_GGUF_W_ALIGN);
         }
 done:
-    if (tmp) st = finish_tmp(st, f, tmp, path);
-    free(tmp);
+    st = o.tmp ? finish_out(st, &o) : st;
     l3c_buf_free(&header);
     l3c_gguf_w_free(&w);
     return st;
@@ -585,8 +576,8 @@ static void peft_module(char *out, size_t cap, int l, int t) {
 static l3c_status write_safetensors(const l3c_lora_adapter *a, const l3c_config *cfg,
                                     const char *path) {
     l3c_buf h = {0};
-    char *tmp = NULL, mod[96];
-    FILE *f = NULL;
+    char mod[96];
+    l3c_outfile o = {0};
     float *perm = NULL;
     size_t off = 0;
     l3c_status st = l3c_buf_appendf(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
@@ -615,7 +606,9 @@ static l3c_status write_safetensors(const l3c_lora_adapter *a, const l3c_config 
     while (!st && h.len % 8)
         st = l3c_buf_append(&h, " ", 1);
     if (st) goto done;
-    if ((st = open_tmp(path, &tmp, &f))) goto done;
+    if ((st = l3c_outfile_open(&o, path, NULL, 0, "lora"))) goto done;
+    FILE *f = o.f;
+    const char *tmp = o.tmp;
     uint64_t n = h.len;
     if ((st = write_all(f, tmp, &n, 8)) || (st = write_all(f, tmp, h.data, h.len))) goto done;
     for (int32_t l = 0; l < a->n_layer && !st; l++)
@@ -640,8 +633,7 @@ static l3c_status write_safetensors(const l3c_lora_adapter *a, const l3c_config 
                 st = write_all(f, tmp, b, nb);
         }
 done:
-    if (tmp) st = finish_tmp(st, f, tmp, path);
-    free(tmp);
+    st = o.tmp ? finish_out(st, &o) : st;
     free(perm);
     l3c_buf_free(&h);
     return st;
@@ -650,7 +642,8 @@ done:
 static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
                                const char *base_model_name) {
     l3c_status st = L3C_OK;
-    char *tmp = NULL, mod[96];
+    char mod[96];
+    l3c_outfile o = {0};
     json_t *c = json_object(), *targets = json_array(), *ranks = json_object();
     if (!c || !targets || !ranks) goto nomem;
     /* the same targets in every layer: PEFT's short names; else each module's full name */
@@ -673,7 +666,8 @@ static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
                 const char *pn = strchr(l3c_lora_target_peft_name(t), '.') + 1; /* "q_proj" */
                 if (json_array_append_new(targets, json_string(pn))) goto nomem;
             }
-    const double alpha = a->alpha;
+    /* rsLoRA: PEFT's lora_alpha with use_rslora (scale lora_alpha / sqrt(r) == a->alpha / r) */
+    const double alpha = a->rs_alpha != 0.0f ? a->rs_alpha : a->alpha;
     json_t *jalpha = alpha == floor(alpha) && fabs(alpha) < 1e15 ? json_integer((json_int_t)alpha)
                                                                  : json_real(alpha);
     int bad = 0;
@@ -693,7 +687,7 @@ static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
     bad |= json_object_set_new(c, "loftq_config", json_object());
     bad |= json_object_set_new(c, "lora_alpha", jalpha);
     bad |= json_object_set_new(c, "lora_bias", json_false());
-    bad |= json_object_set_new(c, "lora_dropout", json_real(0.0));
+    bad |= json_object_set_new(c, "lora_dropout", json_real(a->dropout));
     bad |= json_object_set_new(c, "megatron_config", json_null());
     bad |= json_object_set_new(c, "megatron_core", json_string("megatron.core"));
     bad |= json_object_set_new(c, "modules_to_save", json_null());
@@ -704,17 +698,16 @@ static l3c_status write_config(const l3c_lora_adapter *a, const char *path,
     bad |= json_object_set(c, "target_modules", targets);
     bad |= json_object_set_new(c, "task_type", json_string("CAUSAL_LM"));
     bad |= json_object_set_new(c, "use_dora", json_false());
-    bad |= json_object_set_new(c, "use_rslora", json_false());
+    bad |= json_object_set_new(c, "use_rslora", a->rs_alpha != 0.0f ? json_true() : json_false());
     if (bad) goto nomem;
-    if (!(tmp = tmp_name(path))) goto nomem;
-    if (json_dump_file(c, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
-        st = l3c_fail(L3C_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    st = finish_tmp(st, NULL, tmp, path);
+    if ((st = l3c_outfile_open(&o, path, NULL, 0, "lora"))) goto done;
+    if (json_dumpf(c, o.f, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
+        st = l3c_fail(L3C_ERR_IO, "cannot write %s: %s", o.tmp, strerror(errno));
+    st = finish_out(st, &o);
     goto done;
 nomem:
     st = l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
 done:
-    free(tmp);
     json_decref(c);
     json_decref(targets);
     json_decref(ranks);

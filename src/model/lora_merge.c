@@ -8,9 +8,11 @@
  * double per row), and the row is quantized again to the output type: the base matrix's own type
  * ("same") where llama3c has a quantizer for it (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
  * Q4_K, Q6_K), else F16; or the type asked for (F32, F16, BF16, Q8_0, ... with rows a multiple of
- * its block, else F16). Written to OUT.tmp and renamed when complete.
+ * its block, else F16). Written to a temporary file beside OUT and renamed when
+ * complete (io/outfile.h); an OUT that is the base or an adapter is refused.
  */
 #include "io/gguf_write.h"
+#include "io/outfile.h"
 #include "kernels/ref.h"
 #include "model/hf.h"
 #include "model/lora.h"
@@ -70,12 +72,15 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters,
     l3c_lora_adapter **ads = NULL;
     l3c_gguf_writer w = {0};
     l3c_buf header = {0};
+    l3c_outfile of = {0};
     FILE *f = NULL;
     float *mat = NULL;
     double *acc = NULL;
     void *qrow = NULL;
     int *types = NULL, *targets = NULL, *layers = NULL;
-    char *tmp = NULL;
+    if ((st = l3c_check_not_input(out_path, base_path, "merge"))) return st;
+    for (int k = 0; k < n_adapters; k++)
+        if ((st = l3c_check_not_input(out_path, adapter_paths[k], "merge"))) return st;
     if (l3c_path_is_dir(base_path))
         st = l3c_hf_open(base_path, &hf, &g);
     else
@@ -119,13 +124,8 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters,
     }
     if ((st = l3c_gguf_w_finish(&w, &header))) goto done;
 
-    size_t n = strlen(out_path) + 5;
-    if (!(tmp = l3c_malloc(n))) goto nomem;
-    snprintf(tmp, n, "%s.tmp", out_path);
-    if (!(f = fopen(tmp, "wb"))) {
-        st = l3c_fail(L3C_ERR_IO, "merge: cannot create %s: %s", tmp, strerror(errno));
-        goto done;
-    }
+    if ((st = l3c_outfile_open(&of, out_path, &base_path, 1, "merge"))) goto done;
+    f = of.f;
     mat = l3c_malloc((size_t)max_row * sizeof(float));
     acc = l3c_malloc((size_t)max_row * sizeof(double));
     qrow = l3c_malloc((size_t)max_row * sizeof(float)); /* any output row is <= 4 bytes / element */
@@ -178,27 +178,15 @@ l3c_status l3c_adapter_merge(const char *base_path, int n_adapters,
         if (progress)
             progress((int64_t)i + 1, (int64_t)g->n_tensors, t->name, l3c_type_name(types[i]), user);
     }
-    if (fclose(f) != 0) {
-        f = NULL;
-        goto io_err;
-    }
-    f = NULL;
-    if (rename(tmp, out_path) != 0) {
-        st = l3c_fail(L3C_ERR_IO, "merge: cannot rename %s to %s: %s", tmp, out_path,
-                      strerror(errno));
-        goto done;
-    }
-    st = L3C_OK;
+    st = l3c_outfile_commit(&of);
     goto done;
 io_err:
-    st = l3c_fail(L3C_ERR_IO, "merge: writing %s failed: %s", tmp, strerror(errno));
+    st = l3c_fail(L3C_ERR_IO, "merge: writing %s failed: %s", of.tmp, strerror(errno));
     goto done;
 nomem:
     st = l3c_fail(L3C_ERR_NOMEM, "merge: out of memory");
 done:
-    if (f) fclose(f);
-    if (st && tmp) remove(tmp);
-    free(tmp);
+    l3c_outfile_abort(&of); /* nothing after a commit */
     free(mat);
     free(acc);
     free(qrow);

@@ -6,6 +6,7 @@
  */
 #include "model/model.h"
 
+#include "dist/shard.h"
 #include "model/hf.h"
 #include "tokenizer/tokenizer.h"
 
@@ -13,7 +14,8 @@
 #include <string.h>
 
 l3c_model_params l3c_model_default_params(void) {
-    l3c_model_params p = {.n_threads = 0, .use_mmap = 1, .verbose = 0, .bf16_matmul = 0};
+    l3c_model_params p = {.n_threads = 0, .use_mmap = 1, .verbose = 0, .bf16_matmul = 0,
+                          .split = L3C_SPLIT_NONE, .layers_per_rank = NULL};
     return p;
 }
 
@@ -87,7 +89,18 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
     const l3c_gguf *g = m->gguf;
 
     if ((st = l3c_config_from_gguf(g, &m->cfg))) goto fail;
+    /* a distributed run: the split checked against the model and the ranks' files compared
+     * before any weight is touched (collective: every rank gets here) */
+    if ((st = l3c_shard_plan(g, &m->cfg, &p, path, &m->shard))) goto fail;
+    m->backend = &l3c_backend_cpu;
+    if (m->shard) m->backend = m->shard->split == L3C_SPLIT_TENSOR ? l3c_backend_tensor() : l3c_backend_layers();
     if ((st = l3c_weights_bind(g, &m->cfg, path, &m->w))) goto fail;
+    m->layer0 = 0;
+    m->layer1 = m->cfg.n_layer;
+    if (m->shard) {
+        if ((st = l3c_shard_apply(m->shard, &m->w, &m->cfg, path, p.use_mmap && !m->hf))) goto fail;
+        if (m->shard->split == L3C_SPLIT_LAYERS) m->layer0 = m->shard->layer0, m->layer1 = m->shard->layer1;
+    }
 
     /* string metadata, NUL-terminated once */
     m->meta_str = l3c_calloc(g->n_kv ? (size_t)g->n_kv : 1, sizeof *m->meta_str);
@@ -134,6 +147,15 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
                 c->n_ff, c->n_vocab, c->n_ctx_train, (double)m->n_params / 1e6,
                 (double)m->weight_bytes / (1024.0 * 1024.0), m->file_type,
                 m->w.tied_output ? ", tied output" : "");
+        const l3c_shard *s = m->shard;
+        if (s && s->split == L3C_SPLIT_TENSOR)
+            fprintf(stderr, "llama3c: rank %d of %d (--split tensor): KV heads [%d, %d), FFN [%d, %d), "
+                            "vocabulary [%d, %d); %.1f MiB of attn_output / ffn_down columns copied\n",
+                    s->rank, s->size, s->kv0, s->kv1, s->ff0, s->ff1, s->vocab0, s->vocab1,
+                    (double)s->arena_bytes / (1024.0 * 1024.0));
+        if (s && s->split == L3C_SPLIT_LAYERS)
+            fprintf(stderr, "llama3c: rank %d of %d (--split layers): layers [%d, %d), vocabulary [%d, %d)\n",
+                    s->rank, s->size, s->layer0, s->layer1, s->vocab0, s->vocab1);
         if (m->w.pack_bytes)
             fprintf(stderr, "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s%s\n",
                     (double)m->w.pack_bytes / (1024.0 * 1024.0), l3c_kernels_path(), t_pack,
@@ -155,6 +177,7 @@ void l3c_model_free(l3c_model *m) {
     free(m->meta_str);
     l3c_tokenizer_free(m->tok);
     l3c_weights_free(&m->w);
+    l3c_shard_free(m->shard);
     l3c_gguf_close(m->gguf);
     l3c_hf_free(m->hf);
     free(m->file_buf);
@@ -168,7 +191,7 @@ void l3c_model_get_info(const l3c_model *m, l3c_model_info *info) {
     if (!info) return;
     memset(info, 0, sizeof *info);
     if (!m) return;
-    const l3c_config *c = &m->cfg;
+    const l3c_config *c = m->shard ? &m->shard->full : &m->cfg; /* the file's, not this rank's */
     info->name = m->name;
     info->arch = "llama";
     info->n_vocab = c->n_vocab;
@@ -220,5 +243,5 @@ const l3c_tokenizer *l3c_model_tokenizer(const l3c_model *m) { return m ? m->tok
 
 size_t l3c_model_kv_bytes_per_pos(const l3c_model *m, int kv_type) {
     if (!m) return 0;
-    return 2 * (size_t)m->cfg.n_layer * l3c_kv_row_bytes(&m->cfg, kv_type);
+    return 2 * (size_t)(m->layer1 - m->layer0) * l3c_kv_row_bytes(&m->cfg, kv_type); /* held layers */
 }

@@ -16,7 +16,7 @@
  * kv_cache.c/.h (KV cache: layout, store, seq_len bookkeeping), rope.c (rotary embedding),
  * forward.c (l3c_decode: validation, then the fixed op sequence: embd, layer_forward per layer,
  * head), lora.c / lora_io.c / adapter.c / lora_merge.c (LoRA adapters), backend.h (the op table the sequence calls), backend_cpu.c + attention.c (the CPU
- * backend), pooling.c (embeddings).
+ * backend), pooling.c (embeddings). A distributed run's share and backends: src/dist/.
  * docs/ARCHITECTURE.md describes the op sequence, the KV-cache layout and the trace
  * contract.
  */
@@ -107,6 +107,12 @@ struct l3c_model {
     l3c_tokenizer *tok;       /* NULL when the file has no tokenizer.ggml.model */
     char **meta_str;          /* [gguf->n_kv]: NUL-terminated copy of each STRING value, else NULL */
     int n_threads;            /* default for contexts */
+    /* a distributed run's share (src/dist/shard.h; cfg and w are then this rank's) or NULL, and
+     * the backend contexts of this model use (l3c_backend_cpu, or the split's) */
+    struct l3c_shard *shard;
+    const l3c_backend *backend;
+    int32_t layer0, layer1;   /* the layers this model holds and runs: [0, n_layer), or a
+                               * pipeline stage's range (the KV cache has layer1 - layer0) */
     int64_t n_params;
     size_t weight_bytes;
 };
@@ -157,6 +163,9 @@ typedef struct l3c_activations {
      * an adapter is set, grown by l3c_context_set_adapter only (never by l3c_decode) */
     float *lora_tmp;
     int32_t lora_rank;
+    /* tensor split (src/dist): [B x this rank's vocabulary rows], its logits before the gather;
+     * NULL otherwise */
+    float *dist_part;
 } l3c_activations;
 
 /* One adapter set on a context, with its user scale (adapter.c). */
@@ -197,6 +206,11 @@ struct l3c_context {
      * adapted matrix (forward.c); [n_adapters], owned array, borrowed adapters */
     l3c_ctx_adapter *adapters;
     int n_adapters;
+
+    /* l3c_dist_lead (src/dist/follow.c): each l3c_decode / l3c_kv_seq_truncate is first announced
+     * to the other ranks, which make the same call; NULL otherwise */
+    void (*mirror_decode)(l3c_context *ctx, const l3c_batch *b);
+    void (*mirror_truncate)(l3c_context *ctx, int32_t seq_id, int32_t n_keep);
 };
 
 /* Embeddings (pooling.c). After the forward pass of a validated batch b and the update of

@@ -212,7 +212,8 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     size_t total = 0;
     for (int i = 0; i < n_mat; i++) {
         const l3c_pack_layout *L = l3c_weight_layout(mat[i], bf16); /* bf16 ones only if asked */
-        const size_t b = l3c_weight_packed_bytes(mat[i], L);
+        const size_t b = mat[i]->data ? l3c_weight_packed_bytes(mat[i], L) : 0; /* NULL: another
+                                                                                 * pipeline stage's */
         mat[i]->layout = b ? L : NULL; /* read only once packed is set */
         w->n_bf16 += b && L == &l3c_type_traits_get(mat[i]->type)->packed_bf16;
         off[i] = b ? total : SIZE_MAX;
@@ -244,7 +245,8 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
     mprotect(arena, total, PROT_READ);
     w->pack_arena = arena;
     w->pack_bytes = total;
-    if (w->tied_output) { /* embedding rows from the copy */
+    if (w->tied_output && w->output.n_out == w->tok_embd.n_out) { /* embedding rows from the copy
+                                                                    * (not a rank's vocabulary slice) */
         w->tok_embd.packed = w->output.packed;
         w->tok_embd.layout = w->output.layout;
     }

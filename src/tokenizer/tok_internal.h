@@ -73,6 +73,8 @@ struct l3c_tokenizer {
     uint8_t special_first[256]; /* 1 when some special starts with that byte */
     int32_t bos, eos, eot, eom, unk;
     int add_bos, add_space_prefix;
+    struct l3c_gvocab *gvocab; /* grammar index of this vocabulary (src/grammar/), built on first
+                                  use and published atomically; released by l3c_tokenizer_free */
 };
 
 /* ---- builder used by the loaders (vocab.c) */

@@ -5,6 +5,7 @@
  * Owns: everything reachable from struct l3c_tokenizer (freed by l3c_tokenizer_free).
  * Invariants: see tok_internal.h.
  */
+#include "grammar/grammar.h"
 #include "tokenizer/tok_internal.h"
 
 #include <string.h>
@@ -422,7 +423,14 @@ void l3c_tokenizer_free(l3c_tokenizer *t) {
     free(t->merges.key), free(t->merges.rank), free(t->merges.result);
     for (int i = 0; i < t->n_re; i++) pcre2_code_free(t->re[i]);
     free(t->specials);
+    l3c_gvocab_release(t->gvocab);
     free(t);
+}
+
+/* The grammar engine's cache of this vocabulary's index: the tokenizer is otherwise immutable,
+ * so the slot is written once, atomically (grammar/matcher.c). */
+struct l3c_gvocab **l3c_tokenizer_gvocab_slot(const l3c_tokenizer *t) {
+    return &((l3c_tokenizer *)t)->gvocab;
 }
 
 int32_t l3c_vocab_size(const l3c_tokenizer *t) { return t ? t->n_vocab : 0; }

@@ -31,6 +31,7 @@ void l3c_data_free(l3c_dataset *ds) {
     free(ds->tokens);
     free(ds->mask);
     free(ds->ex);
+    free(ds->pos);
     free(ds->path);
     free(ds);
 }
@@ -572,6 +573,76 @@ fail:
     return st;
 }
 
+l3c_status l3c_data_pack(const l3c_dataset *src, int32_t T, l3c_dataset **out) {
+    *out = NULL;
+    if (!src || src->pos || T < 1)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "data: pack: needs an unpacked dataset and T >= 1");
+    enum { OPEN = 64 };
+    const size_t n = src->n_ex;
+    int32_t *group = l3c_malloc((n ? n : 1) * sizeof *group); /* group of each source example */
+    int64_t *used = l3c_malloc((n ? n : 1) * sizeof *used);   /* tokens in each group */
+    size_t *first = l3c_malloc((n ? n : 1) * sizeof *first);  /* each group's first source example */
+    builder b = {0};
+    l3c_dataset *ds = b.ds = l3c_calloc(1, sizeof *ds);
+    l3c_status st = L3C_OK;
+    if (!group || !used || !first || !ds || !(ds->path = l3c_strdup(src->path)) ||
+        !(ds->pos = l3c_malloc((src->n_tokens ? src->n_tokens : 1) * sizeof *ds->pos))) {
+        st = l3c_fail(L3C_ERR_NOMEM, "data: out of memory");
+        goto done;
+    }
+    size_t n_groups = 0;
+    for (size_t i = 0; i < n; i++) {
+        const int32_t len = src->ex[i].len;
+        size_t g = n_groups;
+        if (len <= T)
+            for (size_t c = n_groups > OPEN ? n_groups - OPEN : 0; c < n_groups; c++)
+                if (used[c] + len <= T) {
+                    g = c;
+                    break;
+                }
+        if (g == n_groups) {
+            used[n_groups] = 0;
+            first[n_groups++] = i;
+        }
+        used[g] += len;
+        group[i] = (int32_t)g;
+    }
+    ds->seq_len = src->seq_len;
+    ds->pad_id = src->pad_id;
+    ds->format = src->format;
+    ds->n_records = src->n_records;
+    ds->n_truncated = src->n_truncated;
+    ds->n_dropped_long = src->n_dropped_long;
+    ds->n_dropped_empty = src->n_dropped_empty;
+    ds->n_tokens_cut = src->n_tokens_cut;
+    ds->n_packed = n;
+    /* each group walks the examples from its first one until it is complete: an example index is
+     * walked by at most OPEN + 1 groups (those open when it was placed) */
+    for (size_t g = 0; g < n_groups && !st; g++) {
+        const size_t off0 = ds->n_tokens;
+        for (size_t i = first[g]; i < n && !st; i++) {
+            if (group[i] != (int32_t)g) continue;
+            const l3c_data_example *e = &src->ex[i];
+            size_t off;
+            if ((st = push_tokens(&b, src->tokens + e->off, src->mask + e->off, 0, (size_t)e->len, &off))) break;
+            ds->mask[off] = 0;
+            for (int32_t t = 0; t < e->len; t++) ds->pos[off + (size_t)t] = t;
+            if ((int64_t)(ds->n_tokens - off0) >= used[g]) break; /* the group is complete */
+        }
+        if (!st) st = push_example(&b, off0, (int32_t)(ds->n_tokens - off0), src->ex[first[g]].line);
+    }
+done:
+    free(group);
+    free(used);
+    free(first);
+    if (st) {
+        l3c_data_free(ds);
+        return st;
+    }
+    *out = ds;
+    return L3C_OK;
+}
+
 l3c_status l3c_data_split(const l3c_dataset *ds, double eval_frac, uint64_t seed, l3c_dataset **train,
                           l3c_dataset **eval) {
     if (!train || !eval) return l3c_fail(L3C_ERR_INVALID_ARG, "data: split: NULL output");
@@ -632,13 +703,18 @@ void l3c_data_locate(const l3c_dataset *ds, int B, int64_t step, int64_t *epoch,
 
 int64_t l3c_data_batch(const l3c_dataset *ds, const int32_t *order, size_t start, int B, int T, int32_t *ids,
                        int32_t *targets) {
+    return l3c_data_batch_pos(ds, order, start, B, T, ids, targets, NULL);
+}
+
+int64_t l3c_data_batch_pos(const l3c_dataset *ds, const int32_t *order, size_t start, int B, int T,
+                           int32_t *ids, int32_t *targets, int32_t *pos) {
     L3C_ASSERT(ds && B > 0 && T > 0 && ids && targets);
     int64_t n_trained = 0;
     for (int b = 0; b < B; b++) {
         int32_t *row = ids + (size_t)b * (size_t)T, *tgt = targets + (size_t)b * (size_t)T;
         const size_t k = start + (size_t)b;
         int32_t len = 0;
-        const int32_t *tok = NULL;
+        const int32_t *tok = NULL, *tpos = NULL;
         const uint8_t *mask = NULL;
         if (k < ds->n_ex) {
             const int32_t i = order ? order[k] : (int32_t)k;
@@ -647,11 +723,14 @@ int64_t l3c_data_batch(const l3c_dataset *ds, const int32_t *order, size_t start
             len = L3C_MIN(e->len, T + 1);
             tok = ds->tokens + e->off;
             mask = ds->mask + e->off;
+            tpos = ds->pos ? ds->pos + e->off : NULL;
         }
         for (int t = 0; t < T; t++) {
             row[t] = t < len ? tok[t] : ds->pad_id;
             tgt[t] = t + 1 < len && mask[t + 1] ? tok[t + 1] : -1;
             n_trained += tgt[t] >= 0;
+            if (pos) /* padding continues the row's last example */
+                pos[(size_t)b * (size_t)T + (size_t)t] = !tpos ? t : t < len ? tpos[t] : tpos[len - 1] + (t - len + 1);
         }
     }
     return n_trained;

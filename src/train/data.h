@@ -90,6 +90,9 @@ typedef struct l3c_dataset {
     size_t n_dropped_empty; /* examples with no trained target (no assistant turn, a 1-token doc) */
     size_t n_tokens_cut;    /* tokens lost to truncation, drops and short last windows */
     int64_t n_trained;      /* trained targets over all examples */
+    /* packed (l3c_data_pack): each example holds whole source examples one after another */
+    int32_t *pos;           /* [n_tokens] position of each token in its source example, or NULL */
+    size_t n_packed;        /* source examples in the packed ones (0: not packed) */
 } l3c_dataset;
 
 /* Loads path (see the top of this file) with model's tokenizer and chat template. *out is NULL on
@@ -121,6 +124,25 @@ void l3c_data_locate(const l3c_dataset *ds, int B, int64_t step, int64_t *epoch,
  */
 int64_t l3c_data_batch(const l3c_dataset *ds, const int32_t *order, size_t start, int B, int T,
                        int32_t *ids, int32_t *targets);
+/*
+ * The same, also writing pos [B*T]: the rope position of every input token, 0..len-1 per source
+ * example of a packed dataset (t for an unpacked one); padding continues the row's last example.
+ * Feed to l3c_train_forward_pos. pos NULL: l3c_data_batch.
+ */
+int64_t l3c_data_batch_pos(const l3c_dataset *ds, const int32_t *order, size_t start, int B, int T,
+                           int32_t *ids, int32_t *targets, int32_t *pos);
+
+/*
+ * Packing: *out holds ds's examples (ds unpacked) grouped into examples of at most T tokens
+ * (one longer example, T+1 tokens, stays alone): first-fit in source order over the 64 most
+ * recently opened groups, the parts of a group in source order. Each part keeps its tokens and
+ * masks (its first token's mask cleared: nothing in the row predicts it) and records its own
+ * positions in pos. Batches of the packed set with l3c_data_batch_pos and l3c_train_forward_pos
+ * give each part its own positions and attention, so the loss is that of the unpacked examples;
+ * with fewer rows, fewer padding positions are computed. lines: the group's first part's.
+ */
+l3c_status l3c_data_pack(const l3c_dataset *ds, int32_t T, l3c_dataset **out);
+
 /* Targets >= 0 among n (the trained tokens of a batch, for tokens/s). */
 int64_t l3c_data_count_targets(const int32_t *targets, size_t n);
 

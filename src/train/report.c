@@ -35,8 +35,8 @@ static void fmt_commas(char *b, size_t cap, double v) {
 }
 
 int l3c_progress_format(char *buf, size_t cap, int64_t step, int64_t total, int width, double loss, double lr,
-                        double tok_per_s, double eta_s) {
-    char bar[256], rate[32], eta[32];
+                        double tok_per_s, double trained_per_s, double eta_s) {
+    char bar[256], rate[32], eta[32], trained[64] = "";
     width = L3C_MAX(1, L3C_MIN(width, (int)sizeof bar - 1));
     const double frac = total > 0 ? L3C_MIN(1.0, (double)step / (double)total) : 0;
     const int filled = (int)(frac * width);
@@ -44,8 +44,13 @@ int l3c_progress_format(char *buf, size_t cap, int64_t step, int64_t total, int 
     bar[width] = '\0';
     fmt_commas(rate, sizeof rate, tok_per_s);
     fmt_duration(eta, sizeof eta, eta_s);
-    return snprintf(buf, cap, "step %lld/%lld [%s] loss %.3f lr %.1e | %s tok/s | ETA %s", (long long)step,
-                    (long long)total, bar, loss, lr, rate, eta);
+    if (trained_per_s >= 0) {
+        char t[32];
+        fmt_commas(t, sizeof t, trained_per_s);
+        snprintf(trained, sizeof trained, "%s trained tok/s, ", t);
+    }
+    return snprintf(buf, cap, "step %lld/%lld [%s] loss %.3f lr %.1e | %s%s tok/s | ETA %s", (long long)step,
+                    (long long)total, bar, loss, lr, trained, rate, eta);
 }
 
 void l3c_progress_init(l3c_progress *p, FILE *f, int64_t first, int64_t total, int every, int tty) {
@@ -59,14 +64,15 @@ void l3c_progress_init(l3c_progress *p, FILE *f, int64_t first, int64_t total, i
     p->t0 = l3c_time_s();
 }
 
-void l3c_progress_update(l3c_progress *p, int64_t step, double loss, double lr, double tok_per_s) {
+void l3c_progress_update(l3c_progress *p, int64_t step, double loss, double lr, double tok_per_s,
+                         double trained_per_s) {
     if (!p->f) return;
     if (!p->tty && step % p->every != 0 && step != p->total) return;
     const double el = l3c_time_s() - p->t0;
     const int64_t done = step - p->first;
     const double eta = done > 0 ? el / (double)done * (double)(p->total - step) : -1;
     char line[512];
-    int n = l3c_progress_format(line, sizeof line, step, p->total, p->width, loss, lr, tok_per_s, eta);
+    int n = l3c_progress_format(line, sizeof line, step, p->total, p->width, loss, lr, tok_per_s, trained_per_s, eta);
     size_t len = n < 0 ? 0 : L3C_MIN((size_t)n, sizeof line - 1);
     if (p->tty) {
         /* pad with spaces over a longer previous line */
@@ -95,8 +101,8 @@ struct l3c_metrics_log {
 l3c_metrics_row l3c_metrics_row_empty(int64_t step) {
     l3c_metrics_row r;
     r.step = step;
-    r.epoch = r.tokens = -1;
-    r.loss = r.eval_loss = r.eval_ppl = r.lr = r.grad_norm = r.tok_per_s = r.elapsed_s = NAN;
+    r.epoch = r.tokens = r.trained_tokens = -1;
+    r.loss = r.eval_loss = r.eval_ppl = r.lr = r.grad_norm = r.tok_per_s = r.trained_tok_per_s = r.elapsed_s = NAN;
     return r;
 }
 
@@ -136,6 +142,8 @@ l3c_status l3c_metrics_write(l3c_metrics_log *log, const l3c_metrics_row *r) {
     put_double(f, "grad_norm", r->grad_norm);
     if (r->tokens >= 0) fprintf(f, ",\"tokens\":%lld", (long long)r->tokens);
     put_double(f, "tok_per_s", r->tok_per_s);
+    if (r->trained_tokens >= 0) fprintf(f, ",\"trained_tokens\":%lld", (long long)r->trained_tokens);
+    put_double(f, "trained_tok_per_s", r->trained_tok_per_s);
     put_double(f, "elapsed_s", r->elapsed_s);
     fputs("}\n", f);
     if (fflush(f) != 0 || ferror(f))

@@ -2,13 +2,14 @@
  * report.h -- what a training run shows and leaves behind: the progress line on stderr, the
  * JSONL metrics log, and a loss plot as a standalone SVG.
  *
- * Progress: `step 120/500 [=====>    ] loss 2.314 lr 1.9e-04 | 1,234 tok/s | ETA 3m12s`, redrawn in
+ * Progress: `step 120/500 [=====>    ] loss 2.314 lr 1.9e-04 | 456 trained tok/s, 1,234 tok/s |
+ * ETA 3m12s` (trained: target tokens with a loss; tok/s: every position computed), redrawn in
  * place with \r on a terminal; elsewhere (a log file, CI) one plain line every `every` steps and at
  * the last step.
  *
  * Metrics log: one JSON object per line, flushed per line, keys in this order when present:
  *   {"step", "epoch", "loss", "eval_loss", "eval_ppl", "lr", "grad_norm", "tokens", "tok_per_s",
- *    "elapsed_s"}; a double that is NaN and an integer < 0 are left out (so eval lines carry only
+ *    "trained_tokens", "trained_tok_per_s", "elapsed_s"}; a double that is NaN and an integer < 0 are left out (so eval lines carry only
  *   step / eval_loss / eval_ppl, ...); an infinite double is written as null.
  *
  * Plot: train loss per step as a polyline, eval loss as circles, axes with "nice" ticks (1, 2, 5 x
@@ -42,21 +43,23 @@ typedef struct l3c_progress {
 /* f: usually stderr; tty: -1 detects (isatty), 0 / 1 force. first: the step the run starts at. */
 /* f NULL: silent (--quiet). tty < 0: isatty(f). */
 void l3c_progress_init(l3c_progress *p, FILE *f, int64_t first, int64_t total, int every, int tty);
-/* After step `step` (1-based count of steps done) with its loss, learning rate and throughput. */
-void l3c_progress_update(l3c_progress *p, int64_t step, double loss, double lr, double tok_per_s);
+/* After step `step` (1-based count of steps done) with its loss, learning rate and throughput
+ * (positions / s, trained targets / s; trained_per_s < 0 leaves it out). */
+void l3c_progress_update(l3c_progress *p, int64_t step, double loss, double lr, double tok_per_s,
+                         double trained_per_s);
 /* Ends the redrawn line (newline on a terminal). */
 void l3c_progress_finish(l3c_progress *p);
 /* The line itself (no \r / \n), for the above and for tests; eta_s < 0: "ETA ?". Returns the length
  * snprintf would write. */
 int l3c_progress_format(char *buf, size_t cap, int64_t step, int64_t total, int width, double loss, double lr,
-                        double tok_per_s, double eta_s);
+                        double tok_per_s, double trained_per_s, double eta_s);
 
 /* ---------------------------------------------------------------- metrics log */
 
 typedef struct l3c_metrics_row {
     int64_t step;                /* always written */
-    int64_t epoch, tokens;       /* < 0: left out */
-    double loss, eval_loss, eval_ppl, lr, grad_norm, tok_per_s, elapsed_s; /* NaN: left out */
+    int64_t epoch, tokens, trained_tokens; /* < 0: left out */
+    double loss, eval_loss, eval_ppl, lr, grad_norm, tok_per_s, trained_tok_per_s, elapsed_s; /* NaN: left out */
 } l3c_metrics_row;
 
 /* A row with step set and everything else absent. */

@@ -11,6 +11,7 @@
 #include "train/train_io.h"
 
 #include "io/gguf_write.h"
+#include "io/outfile.h"
 #include "kernels/types.h"
 #include "model/model.h"
 
@@ -291,8 +292,8 @@ l3c_status l3c_train_model_save_gguf(const l3c_train_model *m, const l3c_model *
     l3c_status st;
     l3c_gguf_writer w = {0};
     l3c_buf header = {0};
+    l3c_outfile o = {0};
     FILE *f = NULL;
-    char *tmp = NULL;
 
     /* metadata, in convert_hf_to_gguf.py's order */
     l3c_gguf_w_str(&w, "general.architecture", "llama", 5);
@@ -323,16 +324,8 @@ l3c_status l3c_train_model_save_gguf(const l3c_train_model *m, const l3c_model *
     if (m->rope_freqs) l3c_gguf_w_tensor(&w, "rope_freqs.weight", L3C_TYPE_F32, 1, &n_freqs);
     if ((st = l3c_gguf_w_finish(&w, &header))) goto done;
 
-    const size_t n = strlen(path) + 5;
-    if (!(tmp = l3c_malloc(n))) {
-        st = l3c_fail(L3C_ERR_NOMEM, "save: out of memory");
-        goto done;
-    }
-    snprintf(tmp, n, "%s.tmp", path);
-    if (!(f = fopen(tmp, "wb"))) {
-        st = l3c_fail(L3C_ERR_IO, "save: cannot create %s: %s", tmp, strerror(errno));
-        goto done;
-    }
+    if ((st = l3c_outfile_open(&o, path, NULL, 0, "save"))) goto done;
+    f = o.f;
     if (fwrite(header.data, 1, header.len, f) != header.len) goto io_err;
     static const char zeros[L3C_GGUF_W_ALIGN];
     const int n_data = m->n_tensors + (m->rope_freqs != NULL);
@@ -345,24 +338,12 @@ l3c_status l3c_train_model_save_gguf(const l3c_train_model *m, const l3c_model *
             (L3C_GGUF_W_ALIGN - count * sizeof(float) % L3C_GGUF_W_ALIGN) % L3C_GGUF_W_ALIGN;
         if (i + 1 < n_data && pad && fwrite(zeros, 1, pad, f) != pad) goto io_err;
     }
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) goto io_err;
-    if (fclose(f) != 0) {
-        f = NULL;
-        goto io_err;
-    }
-    f = NULL;
-    if (rename(tmp, path) != 0) {
-        st = l3c_fail(L3C_ERR_IO, "save: cannot rename %s to %s: %s", tmp, path, strerror(errno));
-        goto done;
-    }
-    st = L3C_OK;
+    st = l3c_outfile_commit(&o);
     goto done;
 io_err:
-    st = l3c_fail(L3C_ERR_IO, "save: writing %s failed: %s", tmp, strerror(errno));
+    st = l3c_fail(L3C_ERR_IO, "save: writing %s failed: %s", o.tmp, strerror(errno));
 done:
-    if (f) fclose(f);
-    if (st && tmp) remove(tmp);
-    free(tmp);
+    l3c_outfile_abort(&o); /* nothing after a commit */
     l3c_buf_free(&header);
     l3c_gguf_w_free(&w);
     return st;

@@ -269,44 +269,55 @@ l3c_status l3c_trk_matmul_dw(l3c_threadpool *tp, const float *x, const float *dy
 /* ------------------------------------------------------------------ attention */
 
 /* One (sequence, kv head) part per chunk, the loops of train_ops.c's attention pairs with the
- * engine's vectorized dot product (the F32 type's vec_dot) and axpy; the softmax as there. */
+ * engine's vectorized dot product (the F32 type's vec_dot) and axpy; the softmax as there.
+ * Flash-attention style, no probabilities are stored: the forward keeps each query row's
+ * log-sum-exp lse = max + log(sum) [B x n_head x T], the backward recomputes the row's scores
+ * q.k / sqrt(hd) and p = exp(score - lse), one query row at a time, into per-thread scratch. */
 typedef struct att_job {
-    const float *q, *k, *v, *att_c, *dout;
-    float *att, *out, *dq, *dk, *dv;
+    const float *q, *k, *v, *lse_c, *dout;
+    const int32_t *pos; /* [B*T] or NULL */
+    float *lse, *out, *dq, *dk, *dv;
     int64_t T;
     int n_head, n_head_kv, hd;
     l3c_vec_dot_fn dot;
-    float *dp; /* [n_threads x T] backward scratch */
+    float *buf; /* [n_threads x 2T] scratch: a row's probabilities, and (backward) dp */
 } att_job;
+
+/* p[i0..t] = scaled scores of query row qr against keys i0..t of kv head kh in sequence b; returns the max */
+static float att_scores(const att_job *j, int64_t b, int kh, const float *qr, int64_t i0, int64_t t, float *p) {
+    const int64_t T = j->T, ks = (int64_t)j->n_head_kv * j->hd;
+    const float scale = 1.0f / sqrtf((float)j->hd);
+    float mx = -INFINITY;
+    for (int64_t i = i0; i <= t; i++) {
+        float sc;
+        j->dot(j->hd, &sc, j->k + (b * T + i) * ks + (int64_t)kh * j->hd, qr);
+        p[i] = sc * scale;
+        if (p[i] > mx) mx = p[i];
+    }
+    return mx;
+}
 
 static void att_fwd_chunk(void *arg, int64_t chunk, int ith) {
     const att_job *j = arg;
     const int64_t b = chunk / j->n_head_kv, T = j->T;
     const int kh = (int)(chunk % j->n_head_kv), hd = j->hd, group = j->n_head / j->n_head_kv;
     const int64_t qs = (int64_t)j->n_head * hd, ks = (int64_t)j->n_head_kv * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
+    float *p = j->buf + (size_t)ith * 2 * (size_t)T;
     for (int h = kh * group; h < (kh + 1) * group; h++)
         for (int64_t t = 0; t < T; t++) {
             const float *qr = j->q + (b * T + t) * qs + (int64_t)h * hd;
-            float *p = j->att + ((b * j->n_head + h) * T + t) * T;
-            float mx = -INFINITY;
-            for (int64_t i = 0; i <= t; i++) {
-                float sc;
-                j->dot(hd, &sc, j->k + (b * T + i) * ks + (int64_t)kh * hd, qr);
-                p[i] = sc * scale;
-                if (p[i] > mx) mx = p[i];
-            }
+            const int64_t i0 = t - (j->pos ? j->pos[b * T + t] : t); /* t's segment starts here */
+            const float mx = att_scores(j, b, kh, qr, i0, t, p);
             float sum = 0.0f;
-            for (int64_t i = 0; i <= t; i++) {
+            for (int64_t i = i0; i <= t; i++) {
                 p[i] = expf(p[i] - mx);
                 sum += p[i];
             }
             const float inv = 1.0f / sum;
-            for (int64_t i = 0; i <= t; i++) p[i] *= inv;
-            for (int64_t i = t + 1; i < T; i++) p[i] = 0.0f;
+            j->lse[(b * j->n_head + h) * T + t] = mx + logf(sum);
             float *o = j->out + (b * T + t) * qs + (int64_t)h * hd;
             memset(o, 0, (size_t)hd * sizeof(float));
-            for (int64_t i = 0; i <= t; i++) l3c_axpy(o, p[i], j->v + (b * T + i) * ks + (int64_t)kh * hd, hd);
+            for (int64_t i = i0; i <= t; i++) l3c_axpy(o, p[i] * inv, j->v + (b * T + i) * ks + (int64_t)kh * hd, hd);
         }
 }
 
@@ -316,19 +327,22 @@ static void att_bwd_chunk(void *arg, int64_t chunk, int ith) {
     const int kh = (int)(chunk % j->n_head_kv), hd = j->hd, group = j->n_head / j->n_head_kv;
     const int64_t qs = (int64_t)j->n_head * hd, ks = (int64_t)j->n_head_kv * hd;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *dp = j->dp + (size_t)ith * (size_t)T;
+    float *p = j->buf + (size_t)ith * 2 * (size_t)T, *dp = p + T;
     for (int h = kh * group; h < (kh + 1) * group; h++)
         for (int64_t t = 0; t < T; t++) {
-            const float *p = j->att_c + ((b * j->n_head + h) * T + t) * T;
             const float *qr = j->q + (b * T + t) * qs + (int64_t)h * hd;
             const float *dor = j->dout + (b * T + t) * qs + (int64_t)h * hd;
             float *dqr = j->dq + (b * T + t) * qs + (int64_t)h * hd;
+            const int64_t i0 = t - (j->pos ? j->pos[b * T + t] : t);
+            const float lse = j->lse_c[(b * j->n_head + h) * T + t];
+            att_scores(j, b, kh, qr, i0, t, p);
             float pdp = 0.0f;
-            for (int64_t i = 0; i <= t; i++) {
+            for (int64_t i = i0; i <= t; i++) {
+                p[i] = expf(p[i] - lse);
                 j->dot(hd, &dp[i], j->v + (b * T + i) * ks + (int64_t)kh * hd, dor);
                 pdp += p[i] * dp[i];
             }
-            for (int64_t i = 0; i <= t; i++) {
+            for (int64_t i = i0; i <= t; i++) {
                 const int64_t r = (b * T + i) * ks + (int64_t)kh * hd;
                 const float ds = p[i] * (dp[i] - pdp) * scale;
                 l3c_axpy(j->dv + r, p[i], dor, hd);
@@ -338,22 +352,28 @@ static void att_bwd_chunk(void *arg, int64_t chunk, int ith) {
         }
 }
 
-void l3c_trk_attention_fwd(l3c_threadpool *tp, const float *q, const float *k, const float *v, int64_t B,
-                           int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out) {
-    att_job j = {.q = q, .k = k, .v = v, .att = att, .out = out, .T = T, .n_head = n_head,
-                 .n_head_kv = n_head_kv, .hd = hd, .dot = l3c_type_traits_get(L3C_TYPE_F32)->vec_dot};
-    l3c_threadpool_run(tp, B * n_head_kv, att_fwd_chunk, &j);
+static l3c_status att_run(l3c_threadpool *tp, att_job *j, int64_t B, void (*fn)(void *, int64_t, int)) {
+    j->dot = l3c_type_traits_get(L3C_TYPE_F32)->vec_dot;
+    j->buf = malloc((size_t)l3c_threadpool_n_threads(tp) * 2 * (size_t)j->T * sizeof(float));
+    if (!j->buf) return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the attention");
+    l3c_threadpool_run(tp, B * j->n_head_kv, fn, j);
+    free(j->buf);
+    return L3C_OK;
+}
+
+l3c_status l3c_trk_attention_fwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
+                                 const int32_t *pos, int64_t B, int64_t T, int n_head, int n_head_kv, int hd,
+                                 float *lse, float *out) {
+    att_job j = {.q = q, .k = k, .v = v, .pos = pos, .lse = lse, .out = out, .T = T, .n_head = n_head,
+                 .n_head_kv = n_head_kv, .hd = hd};
+    return att_run(tp, &j, B, att_fwd_chunk);
 }
 
 l3c_status l3c_trk_attention_bwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
-                                 const float *att, const float *dout, int64_t B, int64_t T, int n_head,
-                                 int n_head_kv, int hd, float *dq, float *dk, float *dv) {
-    att_job j = {.q = q, .k = k, .v = v, .att_c = att, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
-                 .T = T, .n_head = n_head, .n_head_kv = n_head_kv, .hd = hd,
-                 .dot = l3c_type_traits_get(L3C_TYPE_F32)->vec_dot};
-    j.dp = malloc((size_t)l3c_threadpool_n_threads(tp) * (size_t)T * sizeof(float));
-    if (!j.dp) return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the attention backward");
-    l3c_threadpool_run(tp, B * n_head_kv, att_bwd_chunk, &j);
-    free(j.dp);
-    return L3C_OK;
+                                 const int32_t *pos, const float *lse, const float *dout, int64_t B,
+                                 int64_t T, int n_head, int n_head_kv, int hd, float *dq, float *dk,
+                                 float *dv) {
+    att_job j = {.q = q, .k = k, .v = v, .pos = pos, .lse_c = lse, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
+                 .T = T, .n_head = n_head, .n_head_kv = n_head_kv, .hd = hd};
+    return att_run(tp, &j, B, att_bwd_chunk);
 }

@@ -34,11 +34,17 @@ l3c_status l3c_trk_transpose_q8(l3c_threadpool *tp, const l3c_weight *w, l3c_wei
 l3c_weight l3c_trk_f32_weight(const float *W, int64_t n_in, int64_t n_out, const char *name);
 
 /* l3c_tr_attention_fwd / _bwd (train_ops.h) with the (sequence, kv head) parts spread over the
- * pool and the engine's vectorized dot / axpy inside (same loops, sums in another order). */
-void l3c_trk_attention_fwd(l3c_threadpool *tp, const float *q, const float *k, const float *v, int64_t B,
-                           int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out);
+ * pool and the engine's vectorized dot / axpy inside (same loops, sums in another order).
+ * pos [B*T] or NULL: packed rows, as l3c_tr_attention_fwd (keys of the query's own example).
+ * Memory as flash attention: no [B x n_head x T x T] probabilities; the forward saves the
+ * log-sum-exp of each query row, lse [B x n_head x T], and the backward recomputes one row's
+ * scores and probabilities at a time from q, k and lse (scratch: 2T floats per thread). */
+l3c_status l3c_trk_attention_fwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
+                                 const int32_t *pos, int64_t B, int64_t T, int n_head, int n_head_kv, int hd,
+                                 float *lse, float *out);
 l3c_status l3c_trk_attention_bwd(l3c_threadpool *tp, const float *q, const float *k, const float *v,
-                                 const float *att, const float *dout, int64_t B, int64_t T, int n_head,
-                                 int n_head_kv, int hd, float *dq, float *dk, float *dv);
+                                 const int32_t *pos, const float *lse, const float *dout, int64_t B,
+                                 int64_t T, int n_head, int n_head_kv, int hd, float *dq, float *dk,
+                                 float *dv);
 
 #endif /* L3C_TRAIN_KERNELS_H */

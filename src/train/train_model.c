@@ -6,7 +6,7 @@
  * One block, forward (x_in -> x_out; N = B*T rows), and what it saves (l3c_train_acts):
  *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1
  *   q, k, v = xn1 Wq^T, Wk^T, Wv^T; rope q, k   q, k (rotated), v
- *   ao = attention(q, k, v)                  att (probabilities), ao
+ *   ao = attention(q, k, v)                  alse (row log-sum-exp, not the T x T probabilities), ao
  *   x_mid = x_in + ao Wo^T                   x_mid
  *   xn2 = rmsnorm(x_mid, ffn_norm)           xn2, rstd2
  *   h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h
@@ -31,18 +31,25 @@
 #include <string.h>
 
 struct l3c_train_acts {
-    float *xn1, *rstd1, *q, *k, *v, *att, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
+    float *xn1, *rstd1, *q, *k, *v, *alse, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
     float *lu[L3C_TRAIN_N_MATS]; /* LoRA: x A^T [N x rank] of each adapted matrix, else NULL */
 };
 
 /* Backward scratch (one set, reused by every layer) and the forward's temporary. */
 typedef struct bwd_bufs {
     float *dres, *dxn, *dao, *dq, *dk, *dv, *dh, *dg, *du, *tmp;
-    int32_t *pos;
 } bwd_bufs;
 
 static int64_t q_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head * m->head_dim; }
 static int64_t kv_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head_kv * m->head_dim; }
+
+/* exact mode: rows of a quantized W dequantized per slice (<= 2^20 floats, <= 4096 rows) */
+#define EXACT_FLOATS (1 << 20)
+#define EXACT_ROWS 4096
+static int64_t exact_rows(int64_t n_in) {
+    const int64_t r = EXACT_FLOATS / n_in;
+    return r < 1 ? 1 : r > EXACT_ROWS ? EXACT_ROWS : r;
+}
 
 /* ------------------------------------------------------------------ tensor table + arenas */
 
@@ -354,11 +361,17 @@ static void free_acts(l3c_train_model *m) {
     free(m->ids);
     free(m->lora_tmp);
     free(m->dx_tmp);
+    free(m->drop_buf);
+    free(m->exact_w);
+    free(m->exact_y);
+    free(m->exact_scratch);
+    m->exact_w = m->exact_y = NULL;
+    m->exact_scratch = NULL;
     free(m->mm_scratch);
     m->acts = NULL;
-    m->x_res = m->scratch = m->lora_tmp = m->dx_tmp = NULL;
+    m->x_res = m->scratch = m->lora_tmp = m->dx_tmp = m->drop_buf = NULL;
     m->mm_scratch = NULL;
-    m->ids = m->targets = NULL;
+    m->ids = m->targets = m->pos = NULL;
     m->cap_tokens = 0;
 }
 
@@ -388,18 +401,25 @@ void l3c_train_model_free(l3c_train_model *m) {
 
 /* ------------------------------------------------------------------ activation buffers */
 
+int64_t l3c_train_xent_rows(const l3c_train_model *m, int64_t N) {
+    int64_t r = L3C_TRAIN_XENT_FLOATS / m->cfg.n_vocab;
+    r = r < 16 ? 16 : r > L3C_TRAIN_MM_ROWS ? L3C_TRAIN_MM_ROWS : r;
+    return r < N ? r : N;
+}
+
 static int32_t lora_rank(const l3c_train_model *m) { return m->lora ? m->lora->rank : 0; }
 
 static size_t per_layer_floats(const l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
-    return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + B * m->cfg.n_head * T * T +
+    return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + N * m->cfg.n_head +
                     N * L3C_TRAIN_N_MATS * lora_rank(m));
 }
 
 size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int checkpoint) {
     const int64_t L = m->cfg.n_layer, D = m->cfg.n_embd, V = m->cfg.n_vocab;
     const size_t layer = per_layer_floats(m, 1, T) / (size_t)T; /* per token at length T */
-    const size_t fl = (size_t)((L + 1) * D + D + 2 + V) + (checkpoint ? 1 : (size_t)L) * layer;
+    const size_t fl = (size_t)((L + 1) * D + D + 2) + (checkpoint ? 1 : (size_t)L) * layer;
+    (void)V; /* the logits are a chunk of rows (l3c_train_xent_rows), not per token */
     return fl * sizeof(float);
 }
 
@@ -435,7 +455,7 @@ static size_t mm_scratch_bytes(const l3c_train_model *m) {
  * L3C_TRAIN_DX=gemm / tiles keeps the dequantizing paths instead (tests compare them). */
 static l3c_status build_transposes(l3c_train_model *m) {
     const char *e = getenv("L3C_TRAIN_DX");
-    if (!m->base || m->mats_t || (e && (!strcmp(e, "gemm") || !strcmp(e, "tiles")))) return L3C_OK;
+    if (!m->base || m->mats_t || m->exact || (e && (!strcmp(e, "gemm") || !strcmp(e, "tiles")))) return L3C_OK;
     const int n = m->cfg.n_layer * L3C_TRAIN_N_MATS;
     m->mats_t = l3c_calloc((size_t)n, sizeof *m->mats_t);
     m->t_mem = l3c_calloc((size_t)n + 1, sizeof *m->t_mem);
@@ -456,7 +476,10 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int ckpt = m->checkpoint ? 1 : 0;
     l3c_status st = build_transposes(m);
     if (st) return st;
-    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt) return L3C_OK; /* same layout */
+    const int keep = m->keep_logits ? 1 : 0;
+    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt && m->cap_keep == keep &&
+        !!m->drop_buf == (m->lora && m->lora_dropout > 0.0f))
+        return L3C_OK; /* same layout */
     free_acts(m);
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, V = m->cfg.n_vocab, qd = q_dim(m),
                   kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer, r = lora_rank(m);
@@ -465,16 +488,32 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t wide = F > qd ? (F > D ? F : D) : (qd > D ? qd : D); /* widest n_out of a block */
     m->acts = l3c_calloc((size_t)n_sets, sizeof *m->acts);
     float *a = l3c_malloc((size_t)n_sets * per * sizeof(float));
-    m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + N * V + N + 2 * N * half) * sizeof(float));
-    m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float) +
-                            (size_t)N * sizeof(int32_t));
-    m->ids = l3c_malloc((size_t)N * 2 * sizeof(int32_t));
+    const int64_t R = l3c_train_xent_rows(m, N);
+    m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + (keep ? N * V : 0) + R * V + N + 2 * N * half) *
+                          sizeof(float));
+    m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
+    m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
     m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide > r ? wide : r)) * sizeof(float)) : NULL;
     m->dx_tmp = m->mats_t ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
+    const int drop = r && m->lora_dropout > 0.0f;
+    if (m->exact && !m->exact_w) {
+        const l3c_weight s = l3c_trk_f32_weight(NULL, wide, exact_rows(D), "exact slice");
+        m->exact_w = l3c_malloc(EXACT_FLOATS * sizeof(float) > (size_t)wide * sizeof(float)
+                                    ? EXACT_FLOATS * sizeof(float)
+                                    : (size_t)wide * sizeof(float));
+        m->exact_y = l3c_malloc((size_t)L3C_TRAIN_MM_ROWS * EXACT_ROWS * sizeof(float));
+        const size_t sb = l3c_matmul_scratch_bytes(&s, L3C_TRAIN_MM_ROWS);
+        m->exact_scratch = l3c_malloc(sb ? sb : 1);
+        if (!m->exact_w || !m->exact_y || !m->exact_scratch) {
+            free_acts(m);
+            return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the exact mode");
+        }
+    }
+    m->drop_buf = drop ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const size_t mmb = mm_scratch_bytes(m);
     m->mm_scratch = l3c_malloc(mmb ? mmb : 1);
     if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) || !m->mm_scratch ||
-        (m->mats_t && !m->dx_tmp)) {
+        (m->mats_t && !m->dx_tmp) || (drop && !m->drop_buf)) {
         free(a);
         free_acts(m);
         return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the activations of %lld x %lld tokens",
@@ -487,7 +526,7 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
         A->q = a, a += N * qd;
         A->k = a, a += N * kd;
         A->v = a, a += N * kd;
-        A->att = a, a += B * m->cfg.n_head * T * T;
+        A->alse = a, a += N * m->cfg.n_head;
         A->ao = a, a += N * qd;
         A->x_mid = a, a += N * D;
         A->xn2 = a, a += N * D;
@@ -500,15 +539,18 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     float *x = m->x_res + (L + 1) * N * D;
     m->xn_f = x, x += N * D;
     m->rstd_f = x, x += N;
-    m->logits = x, x += N * V;
+    m->logits = keep ? x : NULL, x += keep ? N * V : 0;
+    m->xent_buf = x, x += R * V;
     m->lse = x, x += N;
     m->rope_cos = x, x += N * half;
     m->rope_sin = x;
     m->targets = m->ids + N;
+    m->pos = m->ids + 2 * N;
     m->B = B;
     m->T = T;
     m->cap_tokens = N;
     m->cap_ckpt = ckpt;
+    m->cap_keep = keep;
     return L3C_OK;
 }
 
@@ -525,8 +567,7 @@ static bwd_bufs scratch_bufs(const l3c_train_model *m) {
     s.dv = x, x += N * kd;
     s.dh = x, x += N * F;
     s.dg = x, x += N * F;
-    s.du = x, x += N * F;
-    s.pos = (int32_t *)x;
+    s.du = x;
     return s;
 }
 
@@ -534,25 +575,77 @@ static void zero(float *x, int64_t n) { memset(x, 0, (size_t)n * sizeof(float));
 
 /* ------------------------------------------------------------------ linear: y = x W^T (+ LoRA) */
 
-/* y [N x w->n_out] = x [N x w->n_in] W^T with the engine's kernel, L3C_TRAIN_MM_ROWS rows a call */
+/* Exact mode: y [n x w->n_out] = x W^T in fp32 for a quantized w, EXACT_SLICE rows of W at a
+ * time dequantized (the type's to_float) into m->exact_w and multiplied by the F32 kernel. */
+
+static void mm_exact(l3c_train_model *m, const l3c_weight *w, const float *x, float *y, int64_t n) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(w->type);
+    const int64_t R = exact_rows(w->n_in);
+    for (int64_t o0 = 0; o0 < w->n_out; o0 += R) {
+        const int64_t r = w->n_out - o0 < R ? w->n_out - o0 : R;
+        for (int64_t i = 0; i < r; i++)
+            tr->to_float((const char *)w->data + (size_t)(o0 + i) * w->row_bytes, m->exact_w + i * w->n_in, w->n_in);
+        const l3c_weight s = l3c_trk_f32_weight(m->exact_w, w->n_in, r, "exact slice");
+        l3c_matmul(m->tp, &s, x, m->exact_y, n, m->exact_scratch);
+        for (int64_t t = 0; t < n; t++)
+            memcpy(y + t * w->n_out + o0, m->exact_y + t * r, (size_t)r * sizeof(float));
+    }
+}
+
+/* y [N x w->n_out] = x [N x w->n_in] W^T with the engine's kernel, L3C_TRAIN_MM_ROWS rows a call
+ * (exact mode: quantized weights dequantized, no 8-bit activations) */
 static void mm(l3c_train_model *m, const l3c_weight *w, const float *x, float *y, int64_t N) {
     for (int64_t n0 = 0; n0 < N; n0 += L3C_TRAIN_MM_ROWS) {
         const int64_t n = N - n0 < L3C_TRAIN_MM_ROWS ? N - n0 : L3C_TRAIN_MM_ROWS;
-        l3c_matmul(m->tp, w, x + n0 * w->n_in, y + n0 * w->n_out, n, m->mm_scratch);
+        if (m->exact && w->type != L3C_TYPE_F32)
+            mm_exact(m, w, x + n0 * w->n_in, y + n0 * w->n_out, n);
+        else
+            l3c_matmul(m->tp, w, x + n0 * w->n_in, y + n0 * w->n_out, n, m->mm_scratch);
     }
 }
 
 /* dx += dy W: through w's Q8_0 transpose when there is one, else dequantizing slices */
 static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const l3c_weight *wt, const float *dy,
-                          float *dx) {
-    const int64_t N = m->B * m->T;
+                          int64_t N, float *dx) {
     if (!wt || !wt->n_in) return l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx);
     mm(m, wt, dy, m->dx_tmp, N);
     l3c_add(dx, m->dx_tmp, N * w->n_in);
     return L3C_OK;
 }
 
-/* Matrix t of layer l: y = x W^T, plus the adapter's s (x A^T) B^T (x A^T saved in lu). */
+/* ------------------------------------------------------------------ LoRA dropout */
+
+static uint64_t mix64(uint64_t z) { /* splitmix64's finalizer */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Element i of the mask of (layer l, matrix t) in the forward seeded by seed: 0 with probability
+ * p, else 1 / (1 - p). A hash of (seed, l, t, i), so the backward and a checkpointed recompute
+ * regenerate the forward's mask instead of storing it. */
+static float drop_keep(uint64_t seed, int l, int t, int64_t i, float p) {
+    const uint64_t h = mix64(seed ^ mix64(((uint64_t)l << 8 | (uint64_t)t) + 0x9e3779b97f4a7c15ull) ^
+                             mix64((uint64_t)i * 0xd1b54a32d192ed03ull + 1));
+    const float u = (float)(h >> 40) * (1.0f / 16777216.0f); /* [0, 1) in steps of 2^-24 */
+    return u < p ? 0.0f : 1.0f / (1.0f - p);
+}
+
+void l3c_train_dropout_mask(const l3c_train_model *m, int l, int t, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
+}
+
+/* The input of matrix (l, t)'s LoRA branch: x itself, or with the last forward's dropout on, x
+ * times its mask in m->drop_buf. */
+static const float *lora_input(l3c_train_model *m, int l, int t, const float *x, int64_t n_in) {
+    if (!m->drop_fwd) return x;
+    const int64_t n = m->B * m->T * n_in;
+    for (int64_t i = 0; i < n; i++) m->drop_buf[i] = x[i] * drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
+    return m->drop_buf;
+}
+
+/* Matrix t of layer l: y = x W^T, plus the adapter's s (x A^T) B^T (x A^T saved in lu; x through
+ * the dropout mask when it is on). */
 static void linear_fwd(l3c_train_model *m, int l, int t, const float *x, float *y, float *lu) {
     const int64_t N = m->B * m->T;
     const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
@@ -561,7 +654,7 @@ static void linear_fwd(l3c_train_model *m, int l, int t, const float *x, float *
     if (!am) return;
     const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
     const l3c_weight wb = l3c_trk_f32_weight(am->b, am->rank, am->n_out, "lora_b");
-    mm(m, &wa, x, lu, N);
+    mm(m, &wa, lora_input(m, l, t, x, am->n_in), lu, N);
     mm(m, &wb, lu, m->lora_tmp, N);
     l3c_axpy(y, m->lora_scale, m->lora_tmp, N * w->n_out);
 }
@@ -573,7 +666,7 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     const int64_t N = m->B * m->T;
     const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
     l3c_status st = L3C_OK;
-    if (dx && (st = base_dx(m, w, m->mats_t ? &m->mats_t[l * L3C_TRAIN_N_MATS + t] : NULL, dy, dx))) return st;
+    if (dx && (st = base_dx(m, w, m->mats_t ? &m->mats_t[l * L3C_TRAIN_N_MATS + t] : NULL, dy, N, dx))) return st;
     if (dW && (st = l3c_trk_matmul_dw(m->tp, x, dy, N, w->n_in, w->n_out, 1.0f, dW))) return st;
     const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, (l3c_lora_target)t) : NULL;
     if (!am) return L3C_OK;
@@ -585,17 +678,23 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     zero(dlu, N * r);
     if ((st = l3c_trk_matmul_dw(m->tp, lu, dy, N, r, am->n_out, m->lora_scale, gm->b)) ||
         (st = l3c_trk_matmul_dx(m->tp, &wb, dy, N, m->lora_scale, dlu)) ||
-        (st = l3c_trk_matmul_dw(m->tp, x, dlu, N, am->n_in, r, 1.0f, gm->a)))
+        (st = l3c_trk_matmul_dw(m->tp, lora_input(m, l, t, x, am->n_in), dlu, N, am->n_in, r, 1.0f, gm->a)))
         return st;
-    if (dx && (st = l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, dx))) return st;
+    if (!dx) return L3C_OK;
+    if (!m->drop_fwd) return l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, dx);
+    /* through the dropout: dx += (d(x A^T) A) * mask */
+    zero(m->drop_buf, N * am->n_in);
+    if ((st = l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, m->drop_buf))) return st;
+    for (int64_t i = 0; i < N * am->n_in; i++)
+        dx[i] += m->drop_buf[i] * drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
     return L3C_OK;
 }
 
 /* ------------------------------------------------------------------ one block */
 
 /* x_out NULL: recompute the saved activations only (checkpointed backward). */
-static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *tmp,
-                          float *x_out) {
+static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *tmp,
+                                float *x_out) {
     const l3c_train_config *c = &m->cfg;
     const l3c_train_layer *W = &m->p.layers[l];
     const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff;
@@ -606,7 +705,9 @@ static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_trai
     linear_fwd(m, l, L3C_LORA_V, a->xn1, a->v, a->lu[L3C_LORA_V]);
     l3c_tr_rope_fwd(a->q, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
     l3c_tr_rope_fwd(a->k, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->B, m->T, c->n_head, c->n_head_kv, hd, a->att, a->ao);
+    l3c_status st = l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->pos, m->B, m->T, c->n_head, c->n_head_kv,
+                                          hd, a->alse, a->ao);
+    if (st) return st;
     linear_fwd(m, l, L3C_LORA_O, a->ao, tmp, a->lu[L3C_LORA_O]);
     memcpy(a->x_mid, x_in, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(a->x_mid, tmp, N * D);
@@ -618,13 +719,14 @@ static void layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_trai
         const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, L3C_LORA_DOWN) : NULL;
         if (am) {
             const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
-            mm(m, &wa, a->h, a->lu[L3C_LORA_DOWN], N);
+            mm(m, &wa, lora_input(m, l, L3C_LORA_DOWN, a->h, am->n_in), a->lu[L3C_LORA_DOWN], N);
         }
-        return;
+        return L3C_OK;
     }
     linear_fwd(m, l, L3C_LORA_DOWN, a->h, tmp, a->lu[L3C_LORA_DOWN]);
     memcpy(x_out, a->x_mid, (size_t)(N * D) * sizeof(float));
     l3c_tr_add_fwd(x_out, tmp, N * D);
+    return L3C_OK;
 }
 
 /* s->dres holds dL/dx_out on entry and dL/dx_in on return. G's pointers are NULL for frozen
@@ -655,7 +757,7 @@ static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, c
     zero(s->dq, N * qd);
     zero(s->dk, N * kd);
     zero(s->dv, N * kd);
-    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, a->att, s->dao, m->B, m->T, c->n_head,
+    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, m->pos, a->alse, s->dao, m->B, m->T, c->n_head,
                                     c->n_head_kv, hd, s->dq, s->dk, s->dv)))
         return st;
     l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
@@ -682,6 +784,11 @@ static void embed(const l3c_train_model *m, const int32_t *ids, int64_t N, float
 
 l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                              int64_t T, float *loss) {
+    return l3c_train_forward_pos(m, ids, targets, NULL, B, T, loss);
+}
+
+l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const int32_t *targets,
+                                 const int32_t *pos, int64_t B, int64_t T, float *loss) {
     *loss = 0.0f;
     const l3c_train_config *c = &m->cfg;
     /* bounds keep every buffer size (B*T*H*T floats of attention) far inside int64, and the
@@ -698,6 +805,12 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
         if (targets && (targets[n] < -1 || targets[n] >= V))
             return l3c_fail(L3C_ERR_INVALID_ARG, "train: target %d at %lld is outside [-1, %lld)",
                             targets[n], (long long)n, (long long)V);
+        /* a packed row: positions count up by one inside an example and restart at 0 */
+        const int64_t t = n % T;
+        if (pos && !(pos[n] == 0 || (t > 0 && pos[n] == pos[n - 1] + 1)))
+            return l3c_fail(L3C_ERR_INVALID_ARG, "train: position %d at row %lld, token %lld neither "
+                            "restarts at 0 nor follows %d", pos[n], (long long)(n / T), (long long)t,
+                            t > 0 ? pos[n - 1] : -1);
     }
     l3c_status st = reserve(m, B, T);
     if (st) return st;
@@ -705,20 +818,33 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
     memcpy(m->ids, ids, (size_t)N * sizeof(int32_t));
     for (int64_t n = 0; n < N; n++) {
         m->targets[n] = targets ? targets[n] : -1;
-        s.pos[n] = (int32_t)(n % T);
+        m->pos[n] = pos ? pos[n] : (int32_t)(n % T);
     }
     m->n_valid = -1; /* no backward without targets */
-    l3c_tr_rope_tables(s.pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
+    m->drop_fwd = m->lora && m->lora_dropout > 0.0f && m->dropout_on; /* the backward's too */
+    m->drop_fwd_seed = m->dropout_seed;
+    l3c_tr_rope_tables(m->pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
     embed(m, m->ids, N, m->x_res);
     for (int l = 0; l < c->n_layer; l++)
-        layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
-                      m->x_res + (l + 1) * N * D);
+        if ((st = layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
+                                m->x_res + (l + 1) * N * D)))
+            return st;
     const float *xf = m->x_res + (int64_t)c->n_layer * N * D;
     l3c_tr_rmsnorm_fwd(xf, m->p.output_norm, N, D, c->norm_eps, m->xn_f, m->rstd_f);
-    mm(m, &m->head, m->xn_f, m->logits, N);
-    if (!targets) return L3C_OK;
+    /* head + cross-entropy R rows at a time: the [N x V] logits are never all in memory */
+    const int64_t R = l3c_train_xent_rows(m, N);
     int64_t nv = 0;
-    const double sum = l3c_tr_xent_fwd(m->logits, m->targets, N, V, m->lse, &nv);
+    double sum = 0.0;
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+        const int64_t r = N - n0 < R ? N - n0 : R;
+        mm(m, &m->head, m->xn_f + n0 * D, m->xent_buf, r);
+        if (m->logits) memcpy(m->logits + n0 * V, m->xent_buf, (size_t)(r * V) * sizeof(float));
+        if (!targets) continue;
+        int64_t c_nv = 0;
+        sum += l3c_tr_xent_fwd(m->xent_buf, m->targets + n0, r, V, m->lse + n0, &c_nv);
+        nv += c_nv;
+    }
+    if (!targets) return L3C_OK;
     m->n_valid = nv;
     *loss = nv ? (float)(sum / (double)nv) : 0.0f;
     return L3C_OK;
@@ -727,28 +853,43 @@ l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32
 void l3c_train_zero_grad(l3c_train_model *m) { zero(m->grads, (int64_t)m->n_params); }
 
 l3c_status l3c_train_backward(l3c_train_model *m) {
+    return l3c_train_backward_n(m, m->n_valid);
+}
+
+l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
     if (!m->acts || m->n_valid < 0)
         return l3c_fail(L3C_ERR_INVALID_ARG, "train: backward needs a forward with targets first "
                         "(and runs once per forward)");
+    if (n_norm < m->n_valid)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: the loss of %lld targets cannot be normalized by "
+                        "%lld", (long long)m->n_valid, (long long)n_norm);
     const l3c_train_config *c = &m->cfg;
     const int64_t N = m->B * m->T, D = c->n_embd, V = c->n_vocab;
     bwd_bufs s = scratch_bufs(m);
-    const float scale = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
-    float *dlogits = m->logits; /* in place */
+    const float scale = n_norm ? 1.0f / (float)n_norm : 0.0f;
     l3c_status st;
     m->n_valid = -1;
-    l3c_tr_xent_bwd(m->logits, m->lse, m->targets, N, V, scale, dlogits);
     zero(s.dxn, N * D);
-    if ((st = base_dx(m, &m->head, m->mats_t ? &m->head_t : NULL, dlogits, s.dxn))) return st;
-    if (m->g.output && (st = l3c_trk_matmul_dw(m->tp, m->xn_f, dlogits, N, D, V, 1.0f, m->g.output)))
-        return st;
+    /* the forward's chunks again: logits recomputed, turned into dlogits in place, then the head's
+     * dx (and dW in full mode) of those rows */
+    const int64_t R = l3c_train_xent_rows(m, N);
+    float *dlogits = m->xent_buf;
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+        const int64_t r = N - n0 < R ? N - n0 : R;
+        mm(m, &m->head, m->xn_f + n0 * D, dlogits, r);
+        l3c_tr_xent_bwd(dlogits, m->lse + n0, m->targets + n0, r, V, scale, dlogits);
+        if ((st = base_dx(m, &m->head, m->mats_t ? &m->head_t : NULL, dlogits, r, s.dxn + n0 * D))) return st;
+        if (m->g.output &&
+            (st = l3c_trk_matmul_dw(m->tp, m->xn_f + n0 * D, dlogits, r, D, V, 1.0f, m->g.output)))
+            return st;
+    }
     zero(s.dres, N * D);
     l3c_tr_rmsnorm_bwd(m->x_res + (int64_t)c->n_layer * N * D, m->p.output_norm, m->rstd_f, s.dxn, N, D,
                        s.dres, m->g.output_norm);
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const float *x_in = m->x_res + l * N * D;
         l3c_train_acts *a = &m->acts[m->checkpoint ? 0 : l];
-        if (m->checkpoint) layer_forward(m, l, x_in, a, s.tmp, NULL);
+        if (m->checkpoint && (st = layer_forward(m, l, x_in, a, s.tmp, NULL))) return st;
         if ((st = layer_backward(m, l, x_in, a, &s))) return st;
     }
     if (m->g.tok_embd) l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);

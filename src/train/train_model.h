@@ -10,7 +10,8 @@
  *   ffn_down [D x F]; output_norm [D]; output [V x D] unless tied (then the head is token_embd).
  * rope_freqs (Llama 3.1) is a constant, not a parameter.
  *
- * A batch is B sequences of T tokens ([B x T] ids, positions 0..T-1 in each) with targets
+ * A batch is B sequences of T tokens ([B x T] ids, positions 0..T-1 in each, or per packed
+ * example: l3c_train_forward_pos) with targets
  * [B x T]: target < 0 is masked (padding, prompt tokens), so right-padded chat examples train
  * on their answer tokens only. The loss is the mean over unmasked targets.
  *
@@ -74,6 +75,23 @@ typedef struct l3c_train_model {
     const struct l3c_model *base;
     l3c_lora_adapter *lora, *dlora;
     float lora_scale;          /* alpha / rank */
+    /* LoRA dropout (PEFT's lora_dropout): with lora_dropout p > 0 and dropout_on, a forward drops
+     * each element of every LoRA branch's input with probability p (kept ones scaled 1/(1-p)),
+     * by a mask hashed from (dropout_seed, layer, matrix, element): the backward (and a
+     * checkpointed recompute) regenerate it. dropout_on 0 (evaluation): no dropout. */
+    float lora_dropout;
+    int dropout_on;
+    uint64_t dropout_seed;
+    int drop_fwd;              /* the last forward's: dropout applied, with this seed */
+    uint64_t drop_fwd_seed;
+    float *drop_buf;           /* [N x widest n_in]: a masked input / its gradient */
+    /* exact mode (set before the first forward): matrices of a quantized base are multiplied in
+     * fp32, dequantized a slice of rows at a time forward (no 8-bit activations) and per tile
+     * backward (no Q8_0 transposes): the gradients of W + s B A on the dequantized weights, as
+     * with an F32 base. Slower; for tests and checks. */
+    int exact;
+    float *exact_w, *exact_y;  /* a slice of W [<= 2^20 floats], its product [512 x <= 4096] */
+    void *exact_scratch;
     /* every matrix as an l3c_weight ([n_layer x 7] + the head): F32 views of the parameter
      * arena in full mode, the base's weights in LoRA mode */
     l3c_weight *mats, head;
@@ -99,11 +117,15 @@ typedef struct l3c_train_model {
     int64_t B, T, cap_tokens;
     int cap_ckpt;
     int32_t *ids, *targets; /* [N] copies */
+    int32_t *pos;           /* [N] rope positions (t, or restarting per packed example) */
     float *x_res;           /* [(n_layer + 1) x N x D] input of each layer, then the final stream */
     l3c_train_acts *acts;   /* [n_layer], or [1] with checkpointing */
     float *rope_cos, *rope_sin; /* [N x n_rot/2] */
     float *xn_f, *rstd_f;   /* final norm: [N x D], [N] */
-    float *logits;          /* [N x V]; backward turns it into dlogits */
+    int keep_logits;        /* 1: the forward also keeps all logits in `logits` (tests, dumps) */
+    int cap_keep;
+    float *logits;          /* [N x V] raw logits of the last forward when keep_logits, else NULL */
+    float *xent_buf;        /* [l3c_train_xent_rows x V]: one chunk of logits / dlogits */
     float *lse;             /* [N] */
     int64_t n_valid;        /* unmasked targets of the last forward */
     float *scratch;         /* backward gradient buffers */
@@ -112,6 +134,10 @@ typedef struct l3c_train_model {
 
 /* Token rows per matmul call (bounds the kernel scratch). */
 #define L3C_TRAIN_MM_ROWS 512
+/* Floats of one chunk of logits: the head and the cross-entropy run this many / n_vocab rows at a
+ * time (16 .. L3C_TRAIN_MM_ROWS), forward and again in backward (4 M floats: 16 MiB). */
+#define L3C_TRAIN_XENT_FLOATS (1 << 22)
+int64_t l3c_train_xent_rows(const l3c_train_model *m, int64_t N);
 
 /* A model with seeded random weights: matrices N(0, 1/n_in) (token_embd and output too, so a
  * tied head starts with O(1) logits; attn_output and ffn_down also scaled by 1/sqrt(2 n_layer)),
@@ -135,21 +161,38 @@ void l3c_train_model_free(l3c_train_model *m);
 
 /*
  * Forward of B sequences of T tokens. targets [B x T] may be NULL (logits only, *loss = 0).
- * Leaves m->logits [B*T x V] (raw) for inspection until the next backward. *loss: mean
+ * With m->keep_logits set, leaves m->logits [B*T x V] (raw) for inspection; otherwise the logits
+ * exist one chunk of rows at a time (l3c_train_xent_rows), recomputed in backward. *loss: mean
  * cross-entropy over unmasked targets (0 when there are none).
  */
 l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                              int64_t T, float *loss);
+/*
+ * The same for packed rows: pos [B x T] (NULL: 0..T-1 per row) restarts at 0 where an example
+ * starts and counts up by one inside it (anything else is refused). Each example gets its own
+ * rope positions and attends only to its own tokens, so the loss and the gradients of a packed
+ * batch are those of the examples padded one per row (tested within 1e-6).
+ */
+l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const int32_t *targets,
+                                 const int32_t *pos, int64_t B, int64_t T, float *loss);
 /* Sets every gradient to 0. */
 void l3c_train_zero_grad(l3c_train_model *m);
 /* Backward of the last forward (which needs targets): ADDS d(loss)/d(param) into m->grads. */
 l3c_status l3c_train_backward(l3c_train_model *m);
+/* The same with the loss normalized by n_norm targets (>= this forward's m->n_valid) instead of
+ * this forward's: gradient accumulation over micro-batches passes their total, so the summed
+ * gradients are those of one batch holding them all. */
+l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm);
 
 /* One optimizer step on m->grads: clip (p->grad_clip), lr = l3c_lr_at(p, step), AdamW with
  * weight decay on the tensors marked decay (matrices; not norm vectors). *grad_norm (optional)
  * gets the norm before clipping, *lr_out the rate used. */
 l3c_status l3c_train_step(l3c_train_model *m, const l3c_adamw_params *p, int step, float *grad_norm,
                           float *lr_out);
+
+/* The dropout mask (0 or 1/(1-p)) of the last forward for matrix t (l3c_lora_target) of layer l:
+ * out [n] = elements 0..n-1 of its [N x n_in] input, row-major (tests hand it to torch). */
+void l3c_train_dropout_mask(const l3c_train_model *m, int l, int t, int64_t n, float *out);
 
 /* Bytes of saved activations per token for this model at sequence length T (doc figure). */
 size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int checkpoint);

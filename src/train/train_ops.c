@@ -134,8 +134,8 @@ void l3c_tr_rope_bwd(float *dx, int64_t N, int n_heads, int hd, int n_rot, const
 
 /* ------------------------------------------------------------------ causal GQA attention */
 
-void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, int64_t b, int kh, int64_t T,
-                               int n_head, int n_head_kv, int hd, float *att, float *out) {
+void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, const int32_t *pos, int64_t b,
+                               int kh, int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out) {
     const int group = n_head / n_head_kv;
     const int64_t qs = (int64_t)n_head * hd, ks = (int64_t)n_head_kv * hd; /* row strides */
     const float scale = 1.0f / sqrtf((float)hd);
@@ -143,8 +143,10 @@ void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, i
         for (int64_t t = 0; t < T; t++) {
             const float *qr = q + (b * T + t) * qs + (int64_t)h * hd;
             float *p = att + ((b * n_head + h) * T + t) * T; /* [T] */
+            const int64_t j0 = t - (pos ? pos[b * T + t] : t); /* first key of t's segment */
             float mx = -INFINITY;
-            for (int64_t j = 0; j <= t; j++) {
+            for (int64_t j = 0; j < j0; j++) p[j] = 0.0f;
+            for (int64_t j = j0; j <= t; j++) {
                 const float *kr = k + (b * T + j) * ks + (int64_t)kh * hd;
                 float s = 0.0f;
                 for (int d = 0; d < hd; d++) s += qr[d] * kr[d];
@@ -152,27 +154,27 @@ void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, i
                 if (p[j] > mx) mx = p[j];
             }
             float sum = 0.0f;
-            for (int64_t j = 0; j <= t; j++) {
+            for (int64_t j = j0; j <= t; j++) {
                 p[j] = expf(p[j] - mx);
                 sum += p[j];
             }
             const float inv = 1.0f / sum;
-            for (int64_t j = 0; j <= t; j++) p[j] *= inv;
+            for (int64_t j = j0; j <= t; j++) p[j] *= inv;
             for (int64_t j = t + 1; j < T; j++) p[j] = 0.0f;
             float *o = out + (b * T + t) * qs + (int64_t)h * hd;
             for (int d = 0; d < hd; d++) o[d] = 0.0f;
-            for (int64_t j = 0; j <= t; j++) {
+            for (int64_t j = j0; j <= t; j++) {
                 const float *vr = v + (b * T + j) * ks + (int64_t)kh * hd;
                 for (int d = 0; d < hd; d++) o[d] += p[j] * vr[d];
             }
         }
 }
 
-void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, int64_t B, int64_t T,
-                          int n_head, int n_head_kv, int hd, float *att, float *out) {
+void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, const int32_t *pos, int64_t B,
+                          int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out) {
     for (int64_t b = 0; b < B; b++)
         for (int kh = 0; kh < n_head_kv; kh++)
-            l3c_tr_attention_fwd_part(q, k, v, b, kh, T, n_head, n_head_kv, hd, att, out);
+            l3c_tr_attention_fwd_part(q, k, v, pos, b, kh, T, n_head, n_head_kv, hd, att, out);
 }
 
 void l3c_tr_attention_bwd_part(const float *q, const float *k, const float *v, const float *att,

@@ -47,17 +47,19 @@ void l3c_tr_rope_bwd(float *dx, int64_t N, int n_heads, int hd, int n_rot, const
 
 /* Causal GQA attention over B sequences of T tokens: query head h reads kv head
  * h / (n_head / n_head_kv). q [N x n_head*hd], k, v [N x n_head_kv*hd], out [N x n_head*hd].
- * Saves the probabilities att [B x n_head x T x T] (zero above the diagonal).
+ * pos [N] (NULL: t) are the rope positions of packed rows: a position restarts at 0 where an
+ * example starts, and query t attends to keys t - pos[t] .. t only (its own example).
+ * Saves the probabilities att [B x n_head x T x T] (zero outside the attended keys).
  * Backward accumulates dq, dk, dv (dk, dv summed over the query heads sharing a kv head). */
-void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, int64_t B, int64_t T,
-                          int n_head, int n_head_kv, int hd, float *att, float *out);
+void l3c_tr_attention_fwd(const float *q, const float *k, const float *v, const int32_t *pos, int64_t B,
+                          int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out);
 void l3c_tr_attention_bwd(const float *q, const float *k, const float *v, const float *att,
                           const float *dout, int64_t B, int64_t T, int n_head, int n_head_kv, int hd,
                           float *dq, float *dk, float *dv);
 /* The same for sequence b and the query heads of kv head kh only (the whole ops loop these
  * over b, kh; parts touch disjoint outputs, so they may run in parallel). */
-void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, int64_t b, int kh, int64_t T,
-                               int n_head, int n_head_kv, int hd, float *att, float *out);
+void l3c_tr_attention_fwd_part(const float *q, const float *k, const float *v, const int32_t *pos, int64_t b,
+                               int kh, int64_t T, int n_head, int n_head_kv, int hd, float *att, float *out);
 void l3c_tr_attention_bwd_part(const float *q, const float *k, const float *v, const float *att,
                                const float *dout, int64_t b, int kh, int64_t T, int n_head, int n_head_kv,
                                int hd, float *dq, float *dk, float *dv);

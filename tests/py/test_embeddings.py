@@ -150,8 +150,8 @@ def test_cli_truncate(llama3c, tiny_model, tmp_path):
     path = tiny_model("embd", SPEC, "F32")
     long_text = " ".join(["abc"] * 400)  # > the tiny model's 256-token context
     p = run_cli("embed", "-m", path, "-p", long_text, check=False)
-    assert p.returncode == 1 and re.search(r"input 1 has \d+ tokens; the model's context holds 256 "
-                                           r"\(--truncate cuts it\)", p.stderr), p.stderr
+    assert p.returncode == 1 and re.search(r"input 1 has \d+ tokens; the context holds 256 "
+                                           r"\(--truncate cuts it; -c sets the context\)", p.stderr), p.stderr
     cut, err = embed(path, [long_text], tmp_path, "last", extra=("--truncate",))
     assert "1 inputs, 256 tokens" in err
     llama_cpp = llama_cpp_or_skip()
@@ -180,9 +180,11 @@ def test_cli_error_inputs(llama3c, smollm2_path, tmp_path):
     p = run_cli("embed", "-m", smollm2_path, "-f", empty, check=False)
     assert p.returncode == 2 and f"'{empty}' has no input lines" in p.stderr, p.stderr
     blank = tmp_path / "blank.txt"
-    blank.write_text("hello\n\nworld\n")  # SmolLM2 adds no BOS: an empty line has no tokens
-    p = run_cli("embed", "-m", smollm2_path, "-f", blank, check=False)
-    assert p.returncode == 1 and "input 2 (line 2) gives no tokens" in p.stderr, p.stderr
+    blank.write_text("hello\n\nworld\n")  # a blank line is skipped with a note (issue #24)
+    p = run_cli("embed", "-m", smollm2_path, "-f", blank)
+    assert "skipped 1 blank line (line 2)" in p.stderr and len(json.loads(p.stdout)) == 2, p.stderr
+    p = run_cli("embed", "-m", smollm2_path, "-p", "", check=False)  # SmolLM2 adds no BOS: no tokens
+    assert p.returncode == 1 and "input 1 gives no tokens" in p.stderr, p.stderr
     p = run_cli("embed", "-m", "/nonexistent.gguf", "-p", "x", check=False)
     assert p.returncode == 1 and "cannot load model '/nonexistent.gguf'" in p.stderr, p.stderr
 
@@ -224,7 +226,8 @@ def test_server_equals_cli(server, cli_unit, smollm2_path):
     assert st == 200, r
     assert np.array_equal(vectors(r), cli_unit), "server vectors != `llama3c embed --normalize` (bitwise)"
     n_tok = sum(len(token_ids(smollm2_path, t)) for t in SMOL_TEXTS)
-    assert r["usage"] == {"prompt_tokens": n_tok, "total_tokens": n_tok} and r["model"] == "m"
+    assert r["usage"] == {"prompt_tokens": n_tok, "total_tokens": n_tok}
+    assert r["model"] == "SmolLM2-135M-Instruct.Q4_1"  # the served name, not the one asked for
     st, one = post(server, {"input": SMOL_TEXTS[1]})  # a single string; model defaults to the file's
     assert st == 200 and np.array_equal(vectors(one)[0], cli_unit[1])
     assert one["model"] == "SmolLM2-135M-Instruct.Q4_1"
@@ -334,7 +337,7 @@ def test_server_hostile_inputs(server, body, param, msg):
 
 def test_server_http_errors(server):
     st, h, _ = server.request("GET", "/v1/embeddings")
-    assert st == 405 and h["allow"] == "POST"
+    assert st == 405 and h["allow"] == "POST, OPTIONS"
     st, _, data = server.request("POST", "/v1/embeddings", b"{not json")
     assert st == 400 and b"the body is not valid JSON" in data
     st, _, data = server.request("POST", "/v1/embeddings", b"")

@@ -90,7 +90,8 @@ CONVERT_TOL = {"F32": 1e-5, "F16": 1e-2, "Q8_0": 0.08, "Q4_K_M": 0.08}
 def convert(folder, out, wtype):
     p = run_cli("convert", folder, "-o", out, "--type", wtype)
     assert "21/21" in p.stderr or "/" in p.stderr  # the progress bar
-    assert os.path.exists(out) and not os.path.exists(out + ".tmp")
+    assert os.path.exists(out)
+    assert not [f for f in os.listdir(os.path.dirname(out) or ".") if f.startswith("." + os.path.basename(out) + ".")]
     return out
 
 

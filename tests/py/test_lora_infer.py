@@ -151,7 +151,8 @@ def test_merge_f32_equals_runtime_lora_and_loads_in_llama_cpp(llama3c, base, tmp
     ad = make_adapter(tmp_path, base, "m", 8)
     out = str(tmp_path / "merged.gguf")
     p = run_cli("export", "--merge", "-m", base, "--lora", ad, "--lora-scale", 0.8, "-o", out, "--type", "f32")
-    assert "wrote" in p.stderr and "/" in p.stderr and os.path.exists(out) and not os.path.exists(out + ".tmp")
+    assert "wrote" in p.stderr and "/" in p.stderr and os.path.exists(out)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".merged.gguf.")]  # no temporary file left
     # F32 KV cache: with F16 a last-bit difference in k / v can round to the next F16 value
     runtime = eval_logits(base, IDS, tmp_path, extra=("--kv", "f32", *lora_args((ad, 0.8))))
     merged = eval_logits(out, IDS, tmp_path, extra=("--kv", "f32"))
@@ -366,7 +367,7 @@ def test_export_usage_errors(llama3c, base, tmp_path):
         assert run_cli("export", *args, check=False).returncode == 2, args
     out = str(tmp_path / "no" / "such" / "dir.gguf")
     p = run_cli("export", "--merge", "-m", base, "--lora", ad, "-o", out, "--quiet", check=False)
-    assert p.returncode == 1 and "cannot create" in p.stderr and not os.path.exists(out + ".tmp")
+    assert p.returncode == 1 and "cannot create" in p.stderr and not os.path.exists(os.path.dirname(out))
     p = run_cli("export", "--merge", "-m", base, "--lora", ad, "-o", str(tmp_path / "t.gguf"), "--type", "q2_k",
                 check=False)
     assert p.returncode == 1 and "is not one of same" in p.stderr

@@ -70,15 +70,17 @@ def test_health_models_metrics_page(server, client):
     assert m["llama3c_slots_total"] == 4 and "llama3c_queue_depth" in m
     st, hdr, page = server.request("GET", "/")
     assert st == 200 and hdr["content-type"].startswith("text/html")
-    assert b"/v1/chat/completions" in page and b"getReader" in page
+    assert b'src="/chat.js"' in page
     assert b"http://" not in page and b"https://" not in page  # self-contained
+    st, hdr, js = server.request("GET", "/chat.js")  # the page's script (tests/py/test_server_web.py)
+    assert st == 200 and b"/v1/chat/completions" in js and b"getReader" in js
 
 
 def test_chat_non_stream(client, smollm2_path):
     r = chat(client, [{"role": "system", "content": "Be brief."},
                       {"role": "user", "content": "What is the capital of France?"}], max_tokens=24)
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
-    assert r.model == "smol-test"
+    assert r.model == "SmolLM2-135M-Instruct.Q4_1"  # the served model, not the name asked for
     c = r.choices[0]
     assert c.message.role == "assistant" and c.message.content
     assert c.finish_reason in ("stop", "length")
@@ -244,7 +246,7 @@ def test_errors(server, client):
     expect_error(server, 400, {"messages": msgs, "logit_bias": {"abc": 1}}, param="logit_bias")
     expect_error(server, 400, {"messages": msgs, "logit_bias": {"5": 1000}}, param="logit_bias")
     expect_error(server, 400, {"messages": msgs, "seed": "x"}, param="seed")
-    expect_error(server, 400, {"messages": msgs, "logprobs": True}, param="logprobs")
+    expect_error(server, 400, {"messages": msgs, "logprobs": True, "top_logprobs": 21}, param="top_logprobs")
     expect_error(server, 400, {"prompt": 5}, path="/v1/completions", param="prompt")
     expect_error(server, 400, {"messages": msgs, "max_tokens": 10**30})  # jansson: integer overflow
     expect_error(server, 400, b"")
@@ -259,7 +261,7 @@ def test_errors(server, client):
     # routes, methods, content type, size
     expect_error(server, 404, None, path="/v1/nope", method="GET")
     _, hdr = expect_error(server, 405, None, method="GET")
-    assert hdr["allow"] == "POST"
+    assert hdr["allow"] == "POST, OPTIONS"
     expect_error(server, 405, {"x": 1}, path="/v1/models")
     expect_error(server, 415, b"messages=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     expect_error(server, 413, {"messages": [{"role": "user", "content": "x" * 70000}]}, code="request_too_large")

@@ -80,8 +80,30 @@ def merged(P, base, scale):
     return M
 
 
-def forward(P, cfg, freqs, ids):
-    """ids [B, T] -> logits [B, T, V]."""
+TARGETS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+
+
+def load_dropout(d, P, cfg, B, T):
+    """DIR/dropout.f32 (train_dump --lora-dropout): {(layer, matrix): mask [B, T, n_in]}, else None."""
+    path = os.path.join(d, "dropout.f32")
+    if not os.path.exists(path):
+        return None
+    flat, off, masks = np.fromfile(path, dtype="<f4").astype(np.float64), 0, {}
+    for l in range(cfg["n_layer"]):
+        for t in TARGETS:
+            a = P.get(f"blk.{l}.{t}.weight.lora_a")
+            if a is None:
+                continue
+            n = B * T * a.shape[1]
+            masks[(l, t)] = torch.tensor(flat[off:off + n].reshape(B, T, a.shape[1]))
+            off += n
+    assert off == flat.size, "dropout.f32 has the wrong size"
+    return masks
+
+
+def forward(P, cfg, freqs, ids, lora=None):
+    """ids [B, T] -> logits [B, T, V]. lora (base, scale, masks): the adapters unmerged, each
+    branch's input times its dropout mask (x W^T + scale ((x * mask) A^T) B^T)."""
     B, T = ids.shape
     D, H, Hkv = cfg["n_embd"], cfg["n_head"], cfg["n_head_kv"]
     hd = D // H
@@ -106,18 +128,29 @@ def forward(P, cfg, freqs, ids):
     x = F.embedding(ids, P["token_embd.weight"])
     for l in range(cfg["n_layer"]):
         g = lambda n: P[f"blk.{l}.{n}.weight"]  # noqa: E731
+
+        def lin(h, n, l=l):
+            if lora is None:
+                return h @ g(n).T
+            base, scale, masks = lora
+            y = h @ base[f"blk.{l}.{n}.weight"].T
+            a = P.get(f"blk.{l}.{n}.weight.lora_a")
+            if a is not None:
+                y = y + scale * (((h * masks[(l, n)]) @ a.T) @ P[f"blk.{l}.{n}.weight.lora_b"].T)
+            return y
+
         h = rmsnorm(x, g("attn_norm"))
-        q = rope((h @ g("attn_q").T).view(B, T, H, hd))
-        k = rope((h @ g("attn_k").T).view(B, T, Hkv, hd))
-        v = (h @ g("attn_v").T).view(B, T, Hkv, hd)
+        q = rope(lin(h, "attn_q").view(B, T, H, hd))
+        k = rope(lin(h, "attn_k").view(B, T, Hkv, hd))
+        v = lin(h, "attn_v").view(B, T, Hkv, hd)
         k = k.repeat_interleave(H // Hkv, dim=2)  # query head h -> kv head h // group
         v = v.repeat_interleave(H // Hkv, dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, dim=-1)
         o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
-        x = x + o @ g("attn_output").T
+        x = x + lin(o, "attn_output")
         h = rmsnorm(x, g("ffn_norm"))
-        x = x + (F.silu(h @ g("ffn_gate").T) * (h @ g("ffn_up").T)) @ g("ffn_down").T
+        x = x + lin(F.silu(lin(h, "ffn_gate")) * lin(h, "ffn_up"), "ffn_down")
     out = P.get("output.weight", P["token_embd.weight"])
     return rmsnorm(x, P["output_norm.weight"]) @ out.T
 
@@ -166,7 +199,11 @@ def main():
     base = load_base(a.dir) if "lora_scale" in cfg else None
     scale = cfg.get("lora_scale", 1.0)
 
-    logits = forward(merged(P, base, scale), cfg, freqs, ids)
+    masks = load_dropout(a.dir, P, cfg, *shape) if base is not None else None
+    if masks is not None:  # dropout: the branches unmerged (the base's norms / embedding from base)
+        logits = forward(dict(base, **P), cfg, freqs, ids, lora=(base, scale, masks))
+    else:
+        logits = forward(merged(P, base, scale), cfg, freqs, ids)
     loss = loss_of(logits, tgt)
     loss.backward()
     logits.detach().numpy().astype("<f8").tofile(os.path.join(a.dir, "ref_logits.f64"))

@@ -8,12 +8,16 @@
  *              --ids F.i32 [--targets F.i32] --batch B --seq T [--checkpoint] --out DIR
  *              [--steps K --lr X --wd X --warmup N --total N --min-lr-ratio X --clip X
  *               --beta1 X --beta2 X --adam-eps X] [--threads N]
- *              [--lora-rank R --lora-alpha A --lora-targets q,k,... [--lora-b-std S]]
+ *              [--lora-rank R --lora-alpha A --lora-targets q,k,... [--lora-b-std S]
+ *               [--lora-dropout P --dropout-seed S] [--exact 1]]
  *
  * With --lora-rank the model is a LoRA on the --model GGUF (loaded by the engine, weights kept
  * in their type): the parameters are the adapter's A / B (index.txt names them
  * blk.N.attn_q.weight.lora_a ...), config.txt adds lora_scale; --lora-b-std S draws B from
- * N(0, S) (seeded) instead of 0, so that A's gradient is not zero either.
+ * N(0, S) (seeded) instead of 0, so that A's gradient is not zero either. --lora-dropout P runs the
+ * forward / backward with dropout on (seed S) and writes dropout.f32: the mask of every adapted
+ * matrix (layers in order, targets in enum order), [B*T x n_in] each, 0 or 1/(1-P). --exact 1:
+ * the exact mode (quantized base multiplied in fp32, l3c_train_model.exact).
  *
  * --config reads a from-scratch config (l3c_train_config_from_json; the vocabulary size from
  * --tok-from's model or --vocab) and builds a random model of that shape. --save-gguf PATH writes
@@ -84,7 +88,9 @@ int main(int argc, char **argv) {
 
     const char *model_path = NULL, *random = NULL, *ids_path = NULL, *tgt_path = NULL, *out = NULL;
     int tied = 0, ckpt = 0, steps = 0, n_rot = 0, threads = 1, lora_rank = 0;
-    float lora_alpha = 16.0f, lora_b_std = 0.0f;
+    float lora_alpha = 16.0f, lora_b_std = 0.0f, lora_dropout = 0.0f;
+    unsigned long long dropout_seed = 1;
+    int exact = 0;
     const char *lora_targets = "q,k,v,o,gate,up,down";
     const char *config = NULL, *tok_from = NULL, *save = NULL, *name = NULL;
     int vocab = 0, n_ctx = 0;
@@ -129,6 +135,9 @@ int main(int argc, char **argv) {
         else if (ARG("--lora-alpha")) lora_alpha = strtof(v, NULL);
         else if (ARG("--lora-targets")) lora_targets = v;
         else if (ARG("--lora-b-std")) lora_b_std = strtof(v, NULL);
+        else if (ARG("--lora-dropout")) lora_dropout = strtof(v, NULL);
+        else if (ARG("--exact")) exact = atoi(v);
+        else if (ARG("--dropout-seed")) dropout_seed = strtoull(v, NULL, 10);
         else FAIL("unknown or incomplete argument", a);
 #undef ARG
     }
@@ -187,6 +196,11 @@ int main(int argc, char **argv) {
     }
     if (st) FAIL(l3c_last_error(), NULL);
     m->checkpoint = ckpt;
+    m->keep_logits = 1; /* logits.f32 */
+    m->lora_dropout = lora_dropout;
+    m->exact = exact;
+    m->dropout_on = lora_dropout > 0.0f;
+    m->dropout_seed = dropout_seed;
     if (threads > 1 && (st = l3c_train_model_set_threads(m, threads))) FAIL(l3c_last_error(), NULL);
 
     size_t n_ids = 0, n_tgt = 0;
@@ -216,6 +230,22 @@ int main(int argc, char **argv) {
     float loss = 0.0f;
     if ((st = l3c_train_forward(m, ids, tgt, B, T, &loss))) FAIL(l3c_last_error(), NULL);
     if (write_file(out, "logits.f32", m->logits, (size_t)(B * T * c->n_vocab) * sizeof(float))) goto done;
+    if (m->lora && m->dropout_on) {
+        if (!(f = open_text(out, "dropout.f32"))) goto done;
+        for (int l = 0; l < c->n_layer; l++)
+            for (int t = 0; t < L3C_LORA_N_TARGETS; t++) {
+                const l3c_lora_mat *am = l3c_lora_get(m->lora, l, (l3c_lora_target)t);
+                if (!am) continue;
+                const int64_t n = B * T * am->n_in;
+                float *mask = malloc((size_t)n * sizeof(float));
+                if (!mask) FAIL("out of memory", NULL);
+                l3c_train_dropout_mask(m, l, t, n, mask);
+                const int ok = fwrite(mask, sizeof(float), (size_t)n, f) == (size_t)n;
+                free(mask);
+                if (!ok) FAIL("cannot write dropout.f32", out);
+            }
+        fclose(f), f = NULL;
+    }
     if (save && (st = l3c_train_model_save_gguf(m, tok_src, n_ctx, save, name))) FAIL(l3c_last_error(), NULL);
     if (tgt) {
         l3c_train_zero_grad(m);

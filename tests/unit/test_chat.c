@@ -102,6 +102,113 @@ static void test_errors(void) {
     CHECK(ids == NULL && n == 0);
 }
 
+/* Tools (l3c_chat_format_tools): Llama 3 with Llama 3.1's protocol, the generic protocol of the
+ * other templates, Python json.dumps number and string forms, and the refusals. (Llama 3.1 is
+ * compared with Meta's template rendered by jinja2 in tests/py/test_server_tools.py.) */
+static void expect_tools(l3c_chat_template t, const l3c_chat_message *m, size_t n,
+                         const l3c_chat_tools *tools, const char *want) {
+    char *got = NULL;
+    l3c_status st = l3c_chat_format_tools(t, m, n, tools, 1, NULL, &got);
+    CHECK_MSG(st == L3C_OK, "%s: %s", l3c_chat_template_name(t), l3c_last_error());
+    if (st) return;
+    CHECK_MSG(!strcmp(got, want), "%s:\n got: [%s]\nwant: [%s]", l3c_chat_template_name(t), got,
+              want);
+    l3c_free(got);
+}
+
+static void test_tools(void) {
+    const char *defs =
+        "[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"x\":[1.0,"
+        "1e-05,1e16,1.5e+300,-0.0,0.0001,123456789012345680000.0,7],\"s\":\"a\\\"\\u0001"
+        "\\u00e9\",\"e\":{},\"l\":[]}}}]";
+    const char *calls[] = {NULL,
+                           "[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+                           "\"arguments\":\"{\\\"k\\\": [1, 2.50]}\"}}]",
+                           NULL};
+    const l3c_chat_message m[] = {{"user", " Q "}, {"assistant", ""}, {"tool", "R"}};
+    const l3c_chat_tools tools = {defs, calls};
+    const char *py_compact =
+        "{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": "
+        "{\"x\": [1.0, 1e-05, 1e+16, 1.5e+300, -0.0, 0.0001, 1.2345678901234568e+20, "
+        "7], \"s\": \"a\\\"\\u0001\u00e9\", \"e\": {}, \"l\": []}}}";
+    expect_tools(
+        L3C_CHAT_LLAMA3, m, 3, &tools,
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n\n"
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, "
+        "please respond with a JSON for a function call with its proper arguments that best "
+        "answers the given prompt.\n\nRespond in the format {\"name\": function name, "
+        "\"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n"
+        "{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"f\",\n"
+        "        \"parameters\": {\n            \"x\": [\n                1.0,\n"
+        "                1e-05,\n                1e+16,\n                1.5e+300,\n"
+        "                -0.0,\n                0.0001,\n                1.2345678901234568e+20,\n"
+        "                7\n            ],\n            \"s\": \"a\\\"\\u0001\u00e9\",\n"
+        "            \"e\": {},\n            \"l\": []\n        }\n    }\n}\n\nQ<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"f\", \"parameters\": "
+        "{\"k\": [1, 2.5]}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n\"R\""
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    char want[4096];
+    snprintf(
+        want, sizeof want,
+        "<|im_start|>system\nYou can call the following functions (tools):\n%s\n\nTo call one or "
+        "more of them, reply with only a JSON object of the form {\"tool_calls\": [{\"name\": "
+        "\"function name\", \"arguments\": {\"argument name\": value}}]} and nothing else. "
+        "Otherwise answer in plain text.<|im_end|>\n<|im_start|>user\n Q <|im_end|>\n"
+        "<|im_start|>assistant\n{\"tool_calls\": [{\"name\": \"f\", \"arguments\": {\"k\": [1, "
+        "2.5]}}]}<|im_end|>\n<|im_start|>tool\nR<|im_end|>\n<|im_start|>assistant\n",
+        py_compact);
+    expect_tools(L3C_CHAT_CHATML, m, 3, &tools, want);
+    /* a system message of its own: the tools follow it; an assistant's text stays before its calls
+     */
+    const l3c_chat_message m2[] = {
+        {"system", "Be brief."}, {"user", "Q"}, {"assistant", "Let me see."}};
+    const char *calls2[] = {NULL, NULL, calls[1]};
+    const l3c_chat_tools tools2 = {"[]", calls2};
+    expect_tools(
+        L3C_CHAT_ZEPHYR, m2, 3, &tools2,
+        "<|system|>\nBe brief.\n\nYou can call the following functions (tools):\n\nTo call one or "
+        "more of them, reply with only a JSON object of the form {\"tool_calls\": [{\"name\": "
+        "\"function name\", \"arguments\": {\"argument name\": value}}]} and nothing else. "
+        "Otherwise answer in plain text.</s>\n<|user|>\nQ</s>\n<|assistant|>\nLet me see.\n"
+        "{\"tool_calls\": [{\"name\": \"f\", \"arguments\": {\"k\": [1, 2.5]}}]}</s>\n"
+        "<|assistant|>\n");
+    /* no tools at all: exactly l3c_chat_format */
+    const l3c_chat_tools none = {NULL, NULL};
+    expect_tools(
+        L3C_CHAT_LLAMA3, conv, 4, &none,
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    /* refusals */
+    char *out = (char *)1;
+    const l3c_chat_tools bad_defs = {"{\"not\":\"an array\"}", NULL};
+    CHECK(l3c_chat_format_tools(L3C_CHAT_CHATML, m, 1, &bad_defs, 1, NULL, &out) ==
+              L3C_ERR_INVALID_ARG &&
+          !out);
+    const l3c_chat_tools bad_item = {"[1]", NULL};
+    CHECK(l3c_chat_format_tools(L3C_CHAT_LLAMA31, m, 1, &bad_item, 1, NULL, &out) ==
+              L3C_ERR_INVALID_ARG &&
+          !out);
+    const char *bad_calls[] = {NULL, "{}", NULL};
+    const l3c_chat_tools bad_c = {NULL, bad_calls};
+    CHECK(l3c_chat_format_tools(L3C_CHAT_LLAMA31, m, 3, &bad_c, 1, NULL, &out) ==
+              L3C_ERR_INVALID_ARG &&
+          !out);
+    const char *no_name[] = {NULL, "[{\"function\":{\"arguments\":{}}}]", NULL};
+    const l3c_chat_tools bad_n = {NULL, no_name};
+    CHECK(l3c_chat_format_tools(L3C_CHAT_CHATML, m, 3, &bad_n, 1, NULL, &out) ==
+              L3C_ERR_INVALID_ARG &&
+          !out);
+    CHECK(strstr(l3c_last_error(), "no function name") != NULL);
+    const l3c_chat_message only_sys[] = {{"system", "S"}};
+    CHECK(l3c_chat_format_tools(L3C_CHAT_LLAMA31, only_sys, 1, &tools, 1, NULL, &out) ==
+              L3C_ERR_INVALID_ARG &&
+          !out);
+    CHECK(strstr(l3c_last_error(), "first user message") != NULL);
+}
+
 static char *model_path(void) {
     const char *env = getenv("L3C_MODEL");
     if (env && *env) return strdup(env);
@@ -199,6 +306,7 @@ static void test_with_model(void) {
 int main(void) {
     test_formats();
     test_errors();
+    test_tools();
     test_with_model();
     return CHECK_DONE("test_chat");
 }

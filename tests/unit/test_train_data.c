@@ -135,18 +135,21 @@ static void test_split(void) {
 
 static void test_progress_and_metrics(void) {
     char line[256];
-    l3c_progress_format(line, sizeof line, 120, 500, 10, 2.3141, 1.9e-4, 1234.4, 192);
+    l3c_progress_format(line, sizeof line, 120, 500, 10, 2.3141, 1.9e-4, 1234.4, -1, 192);
     CHECK_MSG(!strcmp(line, "step 120/500 [==>       ] loss 2.314 lr 1.9e-04 | 1,234 tok/s | ETA 3m12s"), "[%s]", line);
-    l3c_progress_format(line, sizeof line, 500, 500, 4, 0.5, 0, 12345678, -1);
+    l3c_progress_format(line, sizeof line, 500, 500, 4, 0.5, 0, 12345678, -1, -1);
     CHECK_MSG(!strcmp(line, "step 500/500 [====] loss 0.500 lr 0.0e+00 | 12,345,678 tok/s | ETA ?"), "[%s]", line);
-    l3c_progress_format(line, sizeof line, 0, 10, 3, 9, 1e-3, 0, 7300);
+    l3c_progress_format(line, sizeof line, 0, 10, 3, 9, 1e-3, 0, -1, 7300);
     CHECK_MSG(!strcmp(line, "step 0/10 [>  ] loss 9.000 lr 1.0e-03 | 0 tok/s | ETA 2h01m"), "[%s]", line);
+    l3c_progress_format(line, sizeof line, 3, 10, 3, 9, 1e-3, 2500, 1234.4, 60);
+    CHECK_MSG(!strcmp(line, "step 3/10 [>  ] loss 9.000 lr 1.0e-03 | 1,234 trained tok/s, 2,500 tok/s | ETA 1m00s"),
+              "[%s]", line);
 
     /* not a terminal: a line every 2 steps and at the last */
     FILE *f = tmpfile();
     l3c_progress p;
     l3c_progress_init(&p, f, 0, 5, 2, 0);
-    for (int s = 1; s <= 5; s++) l3c_progress_update(&p, s, 1.0, 1e-4, 100);
+    for (int s = 1; s <= 5; s++) l3c_progress_update(&p, s, 1.0, 1e-4, 100, 50);
     l3c_progress_finish(&p);
     rewind(f);
     int lines = 0, c;

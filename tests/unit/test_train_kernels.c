@@ -116,41 +116,64 @@ static void check_dw(int64_t n_in, int64_t n_out, int64_t N, float scale, int nt
     free(x), free(dy), free(dys), free(dw), free(ref);
 }
 
-/* the threaded, vectorized attention vs the scalar pair (tolerance: sums in another order), and
- * 1 thread vs nt threads bitwise */
-static void check_attention(int64_t B, int64_t T, int H, int Hkv, int hd, int nt) {
-    const int64_t N = B * T, qd = (int64_t)H * hd, kd = (int64_t)Hkv * hd, na = B * H * T * T;
+/* the threaded, vectorized, flash-style attention (row log-sum-exp saved, probabilities
+ * recomputed) vs the scalar pair that stores them (tolerance: sums in another order), and 1 thread
+ * vs nt threads bitwise. packed: rows hold examples of 1..5 tokens (positions restart). */
+static void check_attention(int64_t B, int64_t T, int H, int Hkv, int hd, int nt, int packed) {
+    const int64_t N = B * T, qd = (int64_t)H * hd, kd = (int64_t)Hkv * hd, na = B * H * T * T, nl = B * H * T;
     float *q = malloc(sizeof(float) * (size_t)(N * qd)), *k = malloc(sizeof(float) * (size_t)(N * kd));
     float *v = malloc(sizeof(float) * (size_t)(N * kd)), *dout = malloc(sizeof(float) * (size_t)(N * qd));
-    float *att[3], *out[3], *dq[3], *dk[3], *dv[3];
+    float *att = malloc(sizeof(float) * (size_t)na), *lse[3], *out[3], *dq[3], *dk[3], *dv[3];
+    int32_t *pos = NULL;
+    if (packed) {
+        pos = malloc(sizeof(int32_t) * (size_t)N);
+        for (int64_t n = 0, run = 0; n < N; n++, run++) {
+            if (n % T == 0 || run == 1 + (n * 7) % 5) run = 0;
+            pos[n] = (int32_t)run;
+        }
+    }
     fill(q, N * qd), fill(k, N * kd), fill(v, N * kd), fill(dout, N * qd);
     for (int i = 0; i < 3; i++) {
-        att[i] = malloc(sizeof(float) * (size_t)na), out[i] = malloc(sizeof(float) * (size_t)(N * qd));
+        lse[i] = malloc(sizeof(float) * (size_t)nl), out[i] = malloc(sizeof(float) * (size_t)(N * qd));
         dq[i] = calloc((size_t)(N * qd), sizeof(float)), dk[i] = calloc((size_t)(N * kd), sizeof(float));
         dv[i] = calloc((size_t)(N * kd), sizeof(float));
     }
     l3c_threadpool *tp = NULL;
     if (nt > 1) CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
-    l3c_tr_attention_fwd(q, k, v, B, T, H, Hkv, hd, att[0], out[0]);
-    l3c_tr_attention_bwd(q, k, v, att[0], dout, B, T, H, Hkv, hd, dq[0], dk[0], dv[0]);
-    l3c_trk_attention_fwd(tp, q, k, v, B, T, H, Hkv, hd, att[1], out[1]);
-    CHECK(l3c_trk_attention_bwd(tp, q, k, v, att[1], dout, B, T, H, Hkv, hd, dq[1], dk[1], dv[1]) == L3C_OK);
-    l3c_trk_attention_fwd(NULL, q, k, v, B, T, H, Hkv, hd, att[2], out[2]);
-    CHECK(l3c_trk_attention_bwd(NULL, q, k, v, att[2], dout, B, T, H, Hkv, hd, dq[2], dk[2], dv[2]) == L3C_OK);
+    l3c_tr_attention_fwd(q, k, v, pos, B, T, H, Hkv, hd, att, out[0]);
+    l3c_tr_attention_bwd(q, k, v, att, dout, B, T, H, Hkv, hd, dq[0], dk[0], dv[0]);
+    CHECK(l3c_trk_attention_fwd(tp, q, k, v, pos, B, T, H, Hkv, hd, lse[1], out[1]) == L3C_OK);
+    CHECK(l3c_trk_attention_bwd(tp, q, k, v, pos, lse[1], dout, B, T, H, Hkv, hd, dq[1], dk[1], dv[1]) == L3C_OK);
+    CHECK(l3c_trk_attention_fwd(NULL, q, k, v, pos, B, T, H, Hkv, hd, lse[2], out[2]) == L3C_OK);
+    CHECK(l3c_trk_attention_bwd(NULL, q, k, v, pos, lse[2], dout, B, T, H, Hkv, hd, dq[2], dk[2], dv[2]) ==
+          L3C_OK);
+    /* the probabilities the saved lse gives back, exp(q.k / sqrt(hd) - lse), vs the stored ones */
+    float *p = calloc((size_t)na, sizeof(float));
+    for (int64_t b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t j0 = t - (pos ? pos[b * T + t] : t);
+                for (int64_t j = j0; j <= t; j++) {
+                    double sc = 0;
+                    for (int d = 0; d < hd; d++)
+                        sc += (double)q[(b * T + t) * qd + h * hd + d] * k[(b * T + j) * kd + (h / (H / Hkv)) * hd + d];
+                    p[((b * H + h) * T + t) * T + j] = (float)exp(sc / sqrt((double)hd) - lse[1][(b * H + h) * T + t]);
+                }
+            }
     const double tol = 2e-6;
-    CHECK_MSG(rel_diff(att[1], att[0], na) <= tol, "attention probabilities %.2e", rel_diff(att[1], att[0], na));
+    CHECK_MSG(rel_diff(p, att, na) <= 1e-5, "attention probabilities from lse %.2e", rel_diff(p, att, na));
     CHECK_MSG(rel_diff(out[1], out[0], N * qd) <= tol, "attention out %.2e", rel_diff(out[1], out[0], N * qd));
     CHECK_MSG(rel_diff(dq[1], dq[0], N * qd) <= tol, "attention dq %.2e", rel_diff(dq[1], dq[0], N * qd));
     CHECK_MSG(rel_diff(dk[1], dk[0], N * kd) <= tol, "attention dk %.2e", rel_diff(dk[1], dk[0], N * kd));
     CHECK_MSG(rel_diff(dv[1], dv[0], N * kd) <= tol, "attention dv %.2e", rel_diff(dv[1], dv[0], N * kd));
-    CHECK(!memcmp(att[1], att[2], sizeof(float) * (size_t)na));
+    CHECK(!memcmp(lse[1], lse[2], sizeof(float) * (size_t)nl));
     CHECK(!memcmp(out[1], out[2], sizeof(float) * (size_t)(N * qd)));
     CHECK(!memcmp(dq[1], dq[2], sizeof(float) * (size_t)(N * qd)));
     CHECK(!memcmp(dk[1], dk[2], sizeof(float) * (size_t)(N * kd)));
     CHECK(!memcmp(dv[1], dv[2], sizeof(float) * (size_t)(N * kd)));
     l3c_threadpool_free(tp);
-    for (int i = 0; i < 3; i++) free(att[i]), free(out[i]), free(dq[i]), free(dk[i]), free(dv[i]);
-    free(q), free(k), free(v), free(dout);
+    for (int i = 0; i < 3; i++) free(lse[i]), free(out[i]), free(dq[i]), free(dk[i]), free(dv[i]);
+    free(q), free(k), free(v), free(dout), free(att), free(p), free(pos);
 }
 
 int main(void) {
@@ -177,9 +200,11 @@ int main(void) {
     check_dw(576, 8, 200, 2.0f, 2);
     check_dw(8, 1536, 200, 1.0f, 3);
     check_dw(64, 19, 1, 1.0f, 1);
-    check_attention(3, 17, 6, 2, 8, 3);
-    check_attention(1, 9, 4, 4, 16, 2);
-    check_attention(2, 70, 9, 3, 64, 2); /* SmolLM2's heads */
+    check_attention(3, 17, 6, 2, 8, 3, 0);
+    check_attention(3, 17, 6, 2, 8, 3, 1);
+    check_attention(1, 9, 4, 4, 16, 2, 0);
+    check_attention(2, 70, 9, 3, 64, 2, 0);
+    check_attention(2, 70, 9, 3, 64, 2, 1); /* SmolLM2's heads */
     /* a type without to_float is refused */
     l3c_weight bad = {.name = "bad", .type = 9999, .n_in = 32, .n_out = 1, .row_bytes = 32};
     float g[1] = {0}, x[32] = {0};

@@ -5,10 +5,14 @@
  *  - gradients accumulate across backward calls (two identical batches: 2x within 1e-6);
  *  - a fully masked batch gives loss 0 and zero gradients; backward twice is refused;
  *  - bad configs and ids give L3C_ERR_INVALID_ARG with a message naming the value;
+ *  - packing: examples packed into rows (positions restarting, attention confined to each) give
+ *    the loss and gradients of the same examples one per padded row, within 1e-6; gradient
+ *    accumulation of micro-batches (backward_n) == one batch of all of them, within 1e-6;
  *  - the lr schedule at its landmarks, AdamW's first step in closed form (p -= lr*g/(|g|+eps)
  *    after decay), clipping to the max norm, a reproducible RNG and a shuffle that permutes.
  */
 #include "check.h"
+#include "train/data.h"
 #include "train/train_model.h"
 
 #include <math.h>
@@ -23,7 +27,123 @@ static void make_batch(int32_t *ids, int32_t *tgt, int V) {
     }
 }
 
+/* n examples of lengths 2..14 (example i: len 2 + (5 i) % 13), random ids < V, masks mixed */
+static l3c_dataset *varied_dataset(size_t n, int V, int32_t T) {
+    l3c_dataset *ds = calloc(1, sizeof *ds);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += 2 + (5 * i) % 13;
+    ds->tokens = malloc(total * sizeof *ds->tokens);
+    ds->mask = malloc(total);
+    ds->ex = calloc(n, sizeof *ds->ex);
+    ds->path = strdup("varied");
+    ds->seq_len = T;
+    ds->pad_id = 1;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t len = 2 + (int32_t)((5 * i) % 13), nt = 0;
+        for (int32_t k = 0; k < len; k++) {
+            ds->tokens[off + k] = (int32_t)((i * 31 + (size_t)k * 17 + 5) % (size_t)V);
+            ds->mask[off + k] = k >= len / 3; /* a "prompt" third untrained */
+            nt += k > 0 && ds->mask[off + k];
+        }
+        ds->ex[i] = (l3c_data_example){.off = off, .len = len, .n_trained = nt, .line = (int64_t)i + 1};
+        ds->n_trained += nt;
+        off += (size_t)len;
+    }
+    ds->n_tokens = total;
+    ds->n_ex = n;
+    return ds;
+}
+
+/* max |a - b| / max |b| over n */
+static double rel_max(const float *a, const float *b, size_t n) {
+    double e = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - b[i]));
+        mx = fmax(mx, fabs((double)b[i]));
+    }
+    return mx > 0 ? e / mx : e;
+}
+
+/* loss and gradients of ds's rows [start, start + B) (order NULL), packed positions when ds is */
+static float run_rows(l3c_train_model *m, const l3c_dataset *ds, size_t start, int Bn, int Tn, int64_t n_norm,
+                      float *grads, int64_t *n_valid) {
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(Bn * Tn)), *tgt = malloc(sizeof(int32_t) * (size_t)(Bn * Tn));
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)(Bn * Tn));
+    l3c_data_batch_pos(ds, NULL, start, Bn, Tn, ids, tgt, pos);
+    float loss = -1.0f;
+    CHECK(l3c_train_forward_pos(m, ids, tgt, ds->pos ? pos : NULL, Bn, Tn, &loss) == L3C_OK);
+    if (n_valid) *n_valid = m->n_valid;
+    CHECK(l3c_train_backward_n(m, n_norm > 0 ? n_norm : m->n_valid) == L3C_OK);
+    if (grads) memcpy(grads, m->grads, m->n_params * sizeof(float));
+    free(ids), free(tgt), free(pos);
+    return loss;
+}
+
+static void test_packing_and_accumulation(void) {
+    l3c_train_config c = {.n_vocab = 50, .n_embd = 32, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
+                          .n_ff = 40, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tied = 1};
+    l3c_train_model *m = NULL;
+    CHECK(l3c_train_model_create(&c, 5, &m) == L3C_OK);
+    CHECK(l3c_train_model_set_threads(m, 2) == L3C_OK);
+    const int n = 12, Tu = 14, Tp = 32;
+    l3c_dataset *ds = varied_dataset((size_t)n, c.n_vocab, Tu), *pk = NULL;
+    CHECK(l3c_data_pack(ds, Tp, &pk) == L3C_OK && pk->pos && pk->n_packed == (size_t)n);
+    CHECK(pk->n_trained == ds->n_trained && pk->n_ex < (size_t)n);
+    CHECK(l3c_data_pack(pk, Tp, &(l3c_dataset *){NULL}) == L3C_ERR_INVALID_ARG); /* packed twice */
+    float *gu = malloc(m->n_params * sizeof(float)), *gp = malloc(m->n_params * sizeof(float));
+    l3c_train_zero_grad(m);
+    const float lu = run_rows(m, ds, 0, n, Tu, 0, gu, NULL); /* one example per row, padded to Tu */
+    l3c_train_zero_grad(m);
+    const float lp = run_rows(m, pk, 0, (int)pk->n_ex, Tp, 0, gp, NULL);
+    CHECK_MSG(fabs(lu - lp) <= 1e-6 * fabs(lu), "packed loss %.9g != unpacked %.9g", lp, lu);
+    const double rg = rel_max(gp, gu, m->n_params);
+    CHECK_MSG(rg <= 1e-6, "packed gradients differ from unpacked: %.2e of the largest", rg);
+    printf("packing: %d examples in %zu rows of %d; loss %.9g vs %.9g, gradients %.2e\n", n, pk->n_ex, Tp, lp,
+           lu, rg);
+    /* the same rows without their positions (one sequence per row) are another loss: the test
+     * can tell */
+    {
+        int32_t *ids = malloc(sizeof(int32_t) * pk->n_ex * Tp), *tgt = malloc(sizeof(int32_t) * pk->n_ex * Tp);
+        l3c_data_batch(pk, NULL, 0, (int)pk->n_ex, Tp, ids, tgt);
+        float lx;
+        CHECK(l3c_train_forward(m, ids, tgt, (int64_t)pk->n_ex, Tp, &lx) == L3C_OK);
+        CHECK(fabs(lx - lu) > 1e-3 * fabs(lu));
+        /* positions that neither restart nor count up are refused */
+        int32_t *pos = calloc(pk->n_ex * Tp, sizeof(int32_t));
+        pos[1] = 5;
+        CHECK(l3c_train_forward_pos(m, ids, tgt, pos, (int64_t)pk->n_ex, Tp, &lx) == L3C_ERR_INVALID_ARG);
+        CHECK(strstr(l3c_last_error(), "position 5") != NULL);
+        free(ids), free(tgt), free(pos);
+    }
+    /* accumulation: 3 micro-batches of 4 rows, each normalized by the 12 rows' trained targets */
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n * Tu)), *tgt = malloc(sizeof(int32_t) * (size_t)(n * Tu));
+    const int64_t total = l3c_data_batch(ds, NULL, 0, n, Tu, ids, tgt);
+    l3c_train_zero_grad(m);
+    double lsum = 0.0;
+    for (int g = 0; g < 3; g++) {
+        int64_t nv = 0;
+        const float l = run_rows(m, ds, (size_t)g * 4, 4, Tu, total, NULL, &nv);
+        lsum += (double)l * (double)nv;
+    }
+    CHECK(m->n_valid == -1); /* consumed */
+    const double ra = rel_max(m->grads, gu, m->n_params);
+    CHECK_MSG(fabs(lsum / (double)total - lu) <= 1e-6 * fabs(lu), "accumulated loss %.9g != %.9g",
+              lsum / (double)total, lu);
+    CHECK_MSG(ra <= 1e-6, "accumulated gradients differ from one batch: %.2e of the largest", ra);
+    printf("accumulation: 3 x 4 rows vs 12: gradients %.2e\n", ra);
+    /* a normalization below this forward's own count is refused */
+    float l;
+    CHECK(l3c_train_forward(m, ids, tgt, n, Tu, &l) == L3C_OK);
+    CHECK(l3c_train_backward_n(m, 1) == L3C_ERR_INVALID_ARG);
+    free(ids), free(tgt), free(gu), free(gp);
+    l3c_data_free(ds);
+    l3c_data_free(pk);
+    l3c_train_model_free(m);
+}
+
 int main(void) {
+    test_packing_and_accumulation();
     l3c_train_config c = {.n_vocab = 40, .n_embd = 24, .n_layer = 3, .n_head = 6, .n_head_kv = 2,
                           .n_ff = 36, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tied = 0};
     int32_t ids[B * T], tgt[B * T];

@@ -82,7 +82,7 @@ static double loss_rope(void) {
     return dot_r(Y, R, B * T * H * HD);
 }
 static double loss_attention(void) {
-    l3c_tr_attention_fwd(Q, K, VV, B, T, H, HKV, HD, ATT, Y);
+    l3c_tr_attention_fwd(Q, K, VV, NULL, B, T, H, HKV, HD, ATT, Y);
     return dot_r(Y, R, B * T * H * HD);
 }
 static double loss_swiglu(void) {
@@ -159,7 +159,7 @@ int main(void) {
         Q = rnd(nq, 1.0f, 0.0f), K = rnd(nk, 1.0f, 0.0f), VV = rnd(nk, 1.0f, 0.0f);
         ATT = zeros(B * H * T * T);
         float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
-        l3c_tr_attention_fwd(Q, K, VV, B, T, H, HKV, HD, ATT, Y);
+        l3c_tr_attention_fwd(Q, K, VV, NULL, B, T, H, HKV, HD, ATT, Y);
         l3c_tr_attention_bwd(Q, K, VV, ATT, R, B, T, H, HKV, HD, dq, dk, dv);
         fd_check("attention dq", Q, nq, dq, loss_attention);
         fd_check("attention dk", K, nk, dk, loss_attention);

@@ -1,0 +1,176 @@
+/*
+ * rag_scale.c -- how the RAG index's vector search scales (docs/RAG.md "Scale"): builds an index
+ * of N synthetic chunks (random unit vectors of n_embd 576, SmolLM2's width; short random texts),
+ * then times loading the int8 matrix and queries, and measures recall of the int8 scan + exact
+ * rerank against a float64 brute force over the same vectors.
+ *
+ * Build and run (not a CI test):
+ *   make build/bench/rag_scale
+ *   build/bench/rag_scale 10000 100000 1000000      # sizes; DB files go to $TMPDIR (removed)
+ *
+ * Prints per size: index build time, first-query time (matrix load), query time (median of 21
+ * queries, ms), matrix bytes, recall@10 and recall@50 (fraction of the float64 top-k found in
+ * the search's top-k), peak RSS, and an FNV hash of every hit id (equal across kernel paths:
+ * L3C_KERNELS=ref|avx2 against the default).
+ */
+#include "../apps/rag/rag.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIM      576
+#define PER_FILE 1000
+#define QUERIES  21
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static double urand(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+static float nrand(void) {
+    double u = urand() + 1e-300, v = urand();
+    return (float)(sqrt(-2 * log(u)) * cos(2 * M_PI * v));
+}
+static void unit(float *v) {
+    double s = 0;
+    for (int i = 0; i < DIM; i++)
+        s += (double)v[i] * v[i];
+    float inv = (float)(1 / sqrt(s));
+    for (int i = 0; i < DIM; i++)
+        v[i] *= inv;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    const rag_scored *x = a, *y = b;
+    return x->score > y->score ? -1 : x->score < y->score ? 1 : (x->id > y->id) - (x->id < y->id);
+}
+
+static int cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int run(long n) {
+    char db[512], err[RAG_ERR_CAP];
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(db, sizeof db, "%s/rag_scale_%ld_%d.db", tmp, n, (int)getpid());
+    rag_store *s = NULL;
+    if (rag_store_open(db, 1, &s, err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    rag_meta m = {0};
+    snprintf(m.fingerprint, sizeof m.fingerprint, "bench");
+    m.n_embd = DIM, m.chunk_tokens = 128, m.overlap = 32;
+    snprintf(m.pooling, sizeof m.pooling, "mean");
+    rag_store_set_meta(s, &m, err);
+    /* all vectors kept for the brute force (n x DIM floats) */
+    float *all = malloc((size_t)n * DIM * sizeof *all);
+    char *text = malloc((size_t)PER_FILE * 16 + 1);
+    rag_chunk *ch = malloc(PER_FILE * sizeof *ch);
+    if (!all || !text || !ch) return 1;
+    double t0 = now_s();
+    for (long f = 0; f * PER_FILE < n; f++) {
+        long c0 = f * PER_FILE, nc = n - c0 < PER_FILE ? n - c0 : PER_FILE;
+        size_t o = 0;
+        for (long c = 0; c < nc; c++) {
+            ch[c].byte_start = o;
+            o += (size_t)sprintf(text + o, "w%06ld x%05ld\n", (long)(urand() * 1e6),
+                                 c0 + c % 100000);
+            ch[c].byte_end = o;
+            ch[c].line_start = ch[c].line_end = (int32_t)c + 1;
+            ch[c].n_tokens = 4;
+            float *v = all + (size_t)(c0 + c) * DIM;
+            for (int i = 0; i < DIM; i++)
+                v[i] = nrand();
+            unit(v);
+        }
+        char path[64], sha[65];
+        snprintf(path, sizeof path, "/bench/file%06ld.txt", f);
+        snprintf(sha, sizeof sha, "%064ld", f);
+        if (rag_store_put_file(s, path, path, (int64_t)o, 0, sha, text, ch, (size_t)nc,
+                               all + (size_t)c0 * DIM, DIM, err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        if (f % 100 == 99) fprintf(stderr, "\r  %ld / %ld chunks", c0 + nc, n);
+    }
+    double t_build = now_s() - t0;
+    fprintf(stderr, "\r");
+    /* queries: a stored vector plus noise (a near neighbour exists, as for a real question) */
+    float q[DIM];
+    double times[QUERIES], t_first = 0, recall10 = 0, recall50 = 0;
+    uint64_t hits_hash = 1469598103934665603ull; /* FNV-1a of every query's hit ids, in order */
+    rag_scored *exact = malloc((size_t)n * sizeof *exact);
+    for (int qi = 0; qi < QUERIES; qi++) {
+        const float *base = all + (size_t)(urand() * (double)n) * DIM;
+        for (int i = 0; i < DIM; i++)
+            q[i] = base[i] + 0.7f * nrand() / sqrtf(DIM);
+        unit(q);
+        rag_hit *h = NULL;
+        int nh = 0;
+        double a = now_s();
+        if (rag_store_search(s, "", q, DIM, 50, RAG_VECTOR, 0, &h, &nh, err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        double dt = now_s() - a;
+        if (qi == 0) t_first = dt;
+        times[qi] = dt;
+        for (long r = 0; r < n; r++) {
+            double d = 0;
+            const float *v = all + (size_t)r * DIM;
+            for (int i = 0; i < DIM; i++)
+                d += (double)q[i] * v[i];
+            exact[r] = (rag_scored){r + 1, d}; /* chunk ids are 1..n in insertion order */
+        }
+        qsort(exact, (size_t)n, sizeof *exact, cmp_desc);
+        for (int j = 0; j < nh; j++)
+            for (int b = 0; b < 8; b++)
+                hits_hash = (hits_hash ^ (uint8_t)(h[j].chunk_id >> (8 * b))) * 1099511628211ull;
+        int hit10 = 0, hit50 = 0;
+        for (int i = 0; i < 50 && i < n; i++)
+            for (int j = 0; j < nh; j++)
+                if (h[j].chunk_id == exact[i].id) {
+                    hit50++;
+                    if (i < 10 && j < 10) hit10++;
+                }
+        recall10 += hit10 / 10.0 / QUERIES, recall50 += hit50 / 50.0 / QUERIES;
+        rag_hits_free(h, nh);
+    }
+    qsort(times + 1, QUERIES - 1, sizeof *times, cmp_dbl);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("| %ld | %.1f s | %.0f ms | %.1f ms | %.1f MB | %.3f | %.3f | %ld MB | %016llx |\n", n,
+           t_build, t_first * 1e3, times[QUERIES / 2] * 1e3, (double)n * (DIM + 12) / 1e6, recall10,
+           recall50, ru.ru_maxrss / 1024, (unsigned long long)hits_hash);
+    fflush(stdout);
+    rag_store_close(s);
+    free(all), free(text), free(ch), free(exact);
+    char side[600];
+    unlink(db);
+    snprintf(side, sizeof side, "%s-wal", db), unlink(side);
+    snprintf(side, sizeof side, "%s-shm", db), unlink(side);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    printf(
+        "| chunks | build | first query (loads the int8 matrix) | query, median | matrix | "
+        "recall@10 | recall@50 | peak RSS | hits (FNV) |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (int i = 1; i < argc; i++)
+        if (run(atol(argv[i]))) return 1;
+    if (argc < 2) return run(10000);
+    return 0;
+}
