@@ -270,7 +270,7 @@ def lcpp_mc_logliks(model, items):
     return out
 
 
-def check_mc(model, tmp_path, atol=1e-2):
+def check_mc(model, tmp_path, atol=1e-2, rtol=1e-4):
     """atol: per-ending sums of ~3-15 token log-probs; the tiny F32 model's agree to ~1e-3 per token
     (both engines keep an F16 KV cache)."""
     f = tmp_path / "mc.jsonl"
@@ -278,7 +278,7 @@ def check_mc(model, tmp_path, atol=1e-2):
     got, p = ours("-m", model, "--multiple-choice", f, json_out=tmp_path / "mc.json")
     ref = lcpp_mc_logliks(model, ITEMS)
     for i, (g, r) in enumerate(zip(got["loglik"], ref)):
-        assert np.allclose(g, r, rtol=1e-4, atol=atol), (i, g, r)
+        assert np.allclose(g, r, rtol=rtol, atol=atol), (i, g, r)
     labels = [int(it["label"]) for it in ITEMS]
     acc = np.mean([int(np.argmax(g)) == lab for g, lab in zip(got["loglik"], labels)])
     norm = [np.array(g) / [len(e.encode()) for e in it["endings"]] for g, it in zip(got["loglik"], ITEMS)]
@@ -296,7 +296,10 @@ def test_multiple_choice_tiny_vs_llama_cpp(tiny_model, tmp_path):
 def test_multiple_choice_smollm2(smollm2_path, tmp_path):
     # the Q4_1 file: the engines' logits differ by ~0.3 rms (8-bit activations in both), per-token
     # log-probs by up to ~0.1 (measured 0.056 on a 2-token ending): sums of 1-7 tokens, 0.3
-    got = check_mc(smollm2_path, tmp_path, atol=0.3)
+    # Q4_1: both engines round activations to 8 bits, each its own way (llama3c's packed kernel
+    # keeps the block scale and sum unrounded), so per-token log-probs differ by ~0.03 and a sum
+    # over n tokens by ~0.03 n: 2% of the sum (measured: 0.44 of 45.3, 1.0%), at least 0.3
+    got = check_mc(smollm2_path, tmp_path, atol=0.3, rtol=0.02)
     # SmolLM2 knows the first four (the fifth tests the whitespace split; its label is arbitrary):
     # each is right by acc or acc_norm, and at least three by acc_norm (Q4_1 puts "seventeen." a
     # hair above "four." per byte, -0.678 vs -0.693; F32 weights do not)
