@@ -96,7 +96,8 @@ fuzz-safetensors: $(FUZZ_DIR)/fuzz_safetensors $(FUZZ_DIR)/corpus/safetensors
 # (it #includes src/chat.c to reach the static default-system parser). Instrumented: the harness,
 # openai.c, chat.c, the tokenizer, the GGUF reader and util; the model loader and kernels come
 # uninstrumented from $(BUILD)/libllama3c.a.
-FUZZ_SERVER_SRC := tests/fuzz/fuzz_server_request.c apps/server/openai.c apps/server/tools.c \
+FUZZ_SERVER_SRC := tests/fuzz/fuzz_server_request.c apps/server/openai.c apps/server/api_error.c \
+                   apps/server/tools.c \
                    apps/server/grammar_cache.c src/chat.c src/io/pyjson.c \
                    $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c
 FUZZ_CHAT_SRC := tests/fuzz/fuzz_chat.c $(sort $(wildcard src/tokenizer/*.c)) src/io/gguf.c src/util/util.c

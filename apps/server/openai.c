@@ -16,7 +16,6 @@
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,19 +25,6 @@
 #define MAX_STOP_BYTES 512
 #define MAX_LOGIT_BIAS 1024
 #define MAX_MODEL_NAME 256
-
-unsigned api_fail(api_error *err, unsigned status, const char *type, const char *param,
-                  const char *code, const char *fmt, ...) {
-    err->status = status;
-    err->type = type;
-    err->code = code;
-    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
-    va_end(ap);
-    return status;
-}
 
 #define BAD(param, ...) api_fail(err, 400, "invalid_request_error", param, NULL, __VA_ARGS__)
 

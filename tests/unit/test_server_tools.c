@@ -10,24 +10,10 @@
  *    no other keys; generic: the tool_calls array, maxItems 1 without parallel calls);
  *  - tools_response_format: text / json_object / json_schema and its 400s.
  */
+#include "../../apps/server/api_error.c"
 #include "../../apps/server/tools.c"
 
 #include "check.h"
-
-#include <stdarg.h>
-
-unsigned api_fail(api_error *err, unsigned status, const char *type, const char *param,
-                  const char *code, const char *fmt, ...) {
-    err->status = status;
-    err->type = type;
-    err->code = code;
-    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
-    va_end(ap);
-    return status;
-}
 
 static void fake_id(char *dst, size_t cap, const char *prefix) {
     static int n;
