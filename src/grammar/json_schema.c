@@ -239,6 +239,15 @@ static const char *primitive(conv *c, const char *name) {
     return cfail(c, L3C_ERR_INVALID_ARG, "internal: no primitive '%s'", name);
 }
 
+/* add_rule with the body built in o (taken: NUL-terminated here, freed on failure). */
+static const char *add_rule_buf(conv *c, const char *name, l3c_buf *o) {
+    if (l3c_buf_append(o, "", 1) != L3C_OK) {
+        l3c_buf_free(o);
+        return cfail(c, L3C_ERR_NOMEM, "out of memory");
+    }
+    return add_rule(c, name, o->data);
+}
+
 /* ---------------------------------------------------------------- integer ranges */
 
 /* GBNF for the decimal numbers in [a, b], both with n digits (a, b as digit strings). */
@@ -355,11 +364,7 @@ static const char *integer_rule(conv *c, const char *name, int has_min, long lon
         l3c_buf_free(&o);
         return NULL;
     }
-    if (l3c_buf_append(&o, "", 1) != L3C_OK) {
-        l3c_buf_free(&o);
-        return cfail(c, L3C_ERR_NOMEM, "out of memory");
-    }
-    return add_rule(c, name, o.data);
+    return add_rule_buf(c, name, &o);
 }
 
 /* ---------------------------------------------------------------- schema walk */
@@ -558,11 +563,7 @@ static const char *not_keys_rule(conv *c, const char **keys, size_t n, const cha
         l3c_buf_free(&o);
         return NULL;
     }
-    if (l3c_buf_append(&o, "", 1) != L3C_OK) {
-        l3c_buf_free(&o);
-        return cfail(c, L3C_ERR_NOMEM, "out of memory");
-    }
-    return add_rule(c, name, o.data);
+    return add_rule_buf(c, name, &o);
 }
 
 static const char *visit_object(conv *c, json_t *s, const char *name, const char *path) {
@@ -702,12 +703,7 @@ static const char *visit_object(conv *c, json_t *s, const char *name, const char
         if (!alts) o.len -= 5; /* no members possible: "{" space "}" */
     }
     l3c_buf_append(&o, " \"}\" space", 10);
-    if (l3c_buf_append(&o, "", 1) != L3C_OK) {
-        l3c_buf_free(&o);
-        cfail(c, L3C_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    result = add_rule(c, name, o.data);
+    result = add_rule_buf(c, name, &o);
 done:
     free(keys);
     free(kvs);
@@ -833,11 +829,7 @@ static const char *visit_array(conv *c, json_t *s, const char *name, const char 
         put_repetition(&o, r, "\",\" space", mn, mx);
     }
     l3c_buf_append(&o, " \"]\" space", 10);
-    if (l3c_buf_append(&o, "", 1) != L3C_OK) {
-        l3c_buf_free(&o);
-        return cfail(c, L3C_ERR_NOMEM, "out of memory");
-    }
-    return add_rule(c, name, o.data);
+    return add_rule_buf(c, name, &o);
 }
 
 static const char *visit_string(conv *c, json_t *s, const char *name, const char *path) {
@@ -1063,11 +1055,7 @@ static const char *visit_alternatives(conv *c, json_t *s, const char *kw, const 
         }
         l3c_buf_appendf(&o, "%s%s", i ? " | " : "", r);
     }
-    if (l3c_buf_append(&o, "", 1) != L3C_OK) {
-        l3c_buf_free(&o);
-        return cfail(c, L3C_ERR_NOMEM, "out of memory");
-    }
-    return add_rule(c, name, o.data);
+    return add_rule_buf(c, name, &o);
 }
 
 /* allOf: one schema, or objects whose properties / required merge. */
@@ -1187,12 +1175,7 @@ static const char *visit(conv *c, json_t *s, const char *name, const char *path)
         }
         /* a type beside enum/const is ignored only when every value has it */
         l3c_buf_append(&o, ") space", 7);
-        if (l3c_buf_append(&o, "", 1) != L3C_OK) {
-            l3c_buf_free(&o);
-            cfail(c, L3C_ERR_NOMEM, "out of memory");
-            goto out;
-        }
-        r = add_rule(c, name, o.data);
+        r = add_rule_buf(c, name, &o);
     } else {
         const char *types[8];
         size_t nt = 0;
@@ -1246,12 +1229,7 @@ static const char *visit(conv *c, json_t *s, const char *name, const char *path)
                 }
                 l3c_buf_appendf(&o, "%s%s", t ? " | " : "", x);
             }
-            if (l3c_buf_append(&o, "", 1) != L3C_OK) {
-                l3c_buf_free(&o);
-                cfail(c, L3C_ERR_NOMEM, "out of memory");
-                goto out;
-            }
-            r = add_rule(c, name, o.data);
+            r = add_rule_buf(c, name, &o);
         }
     }
 out:
