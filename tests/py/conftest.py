@@ -77,6 +77,38 @@ def llama_cpp_or_skip():
     return llama_cpp
 
 
+def llama_cpp_logits_f32kv(model, text):
+    """llama-cpp-python's logits of every position of BOS + text on model, with an F32 KV cache (as
+    `llama3c eval --kv f32`): (ids, float64 [len(ids) x n_vocab])."""
+    import numpy as np
+
+    llama_cpp = llama_cpp_or_skip()
+    lm = llama_cpp.Llama(model_path=model, logits_all=True, n_ctx=64, n_threads=THREADS, verbose=False,
+                         type_k=0, type_v=0)  # GGML_TYPE_F32
+    try:
+        ids = lm.tokenize(text.encode(), add_bos=True)
+        lm.eval(ids)
+        return ids, np.array(lm.scores[:len(ids)], dtype=np.float64)
+    finally:
+        lm.close()
+
+
+def write_sums_corpus(folder):
+    """A small corpus with structure to learn: 400 lines of sums of digits in a fixed sentence.
+    Returns the path of folder/sums.txt."""
+    import random
+
+    r = random.Random(0)
+    lines = []
+    for _ in range(400):
+        a, b = r.randint(1, 9), r.randint(1, 9)
+        lines.append(f"the cat sat on the mat and {a} plus {b} is {a + b}.")
+    p = os.path.join(str(folder), "sums.txt")
+    with open(p, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return p
+
+
 @pytest.fixture(scope="session")
 def llama3c():
     if not os.path.isfile(BIN) or not os.access(BIN, os.X_OK):

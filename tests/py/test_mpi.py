@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import BIN, REPO, ids_arg
+from conftest import BIN, REPO, ids_arg, write_sums_corpus
 from gen_models import ModelSpec, write_model
 
 MPI_BIN = os.path.join(REPO, os.environ.get("L3C_MPI_BUILD", "build-mpi"), "llama3c")
@@ -299,16 +299,7 @@ TRAIN_ARGS = ["--steps", 10, "--batch", 4, "--seq", 32, "--lr", 3e-3, "--warmup"
 
 @pytest.fixture(scope="module")
 def sums_text(tmp_path_factory):
-    import random
-
-    r = random.Random(0)
-    lines = []
-    for _ in range(400):
-        a, b = r.randint(1, 9), r.randint(1, 9)
-        lines.append(f"the cat sat on the mat and {a} plus {b} is {a + b}.")
-    p = tmp_path_factory.mktemp("mpi_train") / "sums.txt"
-    p.write_text("\n".join(lines) + "\n")
-    return str(p)
+    return write_sums_corpus(tmp_path_factory.mktemp("mpi_train"))
 
 
 def step_losses(folder):

@@ -16,7 +16,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from conftest import THREADS, eval_logits, llama_cpp_or_skip, run_cli
+from conftest import THREADS, eval_logits, llama_cpp_logits_f32kv, llama_cpp_or_skip, run_cli, \
+    write_sums_corpus
 
 STEPS = 40
 ARGS = ["--steps", STEPS, "--batch", 4, "--seq", 32, "--lr", 3e-3, "--warmup", 4, "-t", 2, "--seed", 7,
@@ -33,16 +34,7 @@ def tiny(tiny_model):
 @pytest.fixture(scope="module")
 def text(tmp_path_factory):
     """A small corpus with structure to learn (sums of digits in a fixed sentence)."""
-    import random
-
-    r = random.Random(0)
-    lines = []
-    for _ in range(400):
-        a, b = r.randint(1, 9), r.randint(1, 9)
-        lines.append(f"the cat sat on the mat and {a} plus {b} is {a + b}.")
-    p = tmp_path_factory.mktemp("train_data") / "sums.txt"
-    p.write_text("\n".join(lines) + "\n")
-    return str(p)
+    return write_sums_corpus(tmp_path_factory.mktemp("train_data"))
 
 
 def summary(p):
@@ -170,7 +162,7 @@ def test_from_scratch_trains_saves_and_resumes(llama3c, tiny, text, tmp_path):
     """--from-scratch --config: a new fp32 llama with -m's vocabulary learns the corpus (eval loss
     falls), model.gguf loads in llama3c and llama.cpp with the same logits, and a stopped + resumed
     run is bitwise the uninterrupted one."""
-    llama_cpp = llama_cpp_or_skip()
+    llama_cpp_or_skip()  # the reference is needed: skip before training
     cfg = tmp_path / "small.json"
     cfg.write_text(json.dumps({"n_embd": 32, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "n_ff": 64,
                                "n_ctx": 64}))
@@ -184,12 +176,7 @@ def test_from_scratch_trains_saves_and_resumes(llama3c, tiny, text, tmp_path):
     for f in ("model.gguf", "train_state.bin"):
         assert open(os.path.join(a, f), "rb").read() == open(os.path.join(b, f), "rb").read(), f
     model = os.path.join(a, "model.gguf")
-    lm = llama_cpp.Llama(model_path=model, logits_all=True, n_ctx=64, n_threads=THREADS, verbose=False,
-                         type_k=0, type_v=0)  # F32 KV cache, as --kv f32
-    ids = lm.tokenize(b"the cat sat on the mat and 2 plus 5 is 7.", add_bos=True)
-    lm.eval(ids)
-    ref = np.array(lm.scores[:len(ids)], dtype=np.float64)
-    lm.close()
+    ids, ref = llama_cpp_logits_f32kv(model, "the cat sat on the mat and 2 plus 5 is 7.")
     ours = eval_logits(model, ids, tmp_path, extra=("--kv", "f32"))
     diff = np.abs(ours - ref).max() / np.abs(ref).max()
     assert diff <= 1e-4, f"model.gguf: llama3c vs llama.cpp logits {diff:.2e}"

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import THREADS, eval_logits, llama_cpp_or_skip, run_cli
+from conftest import eval_logits, llama_cpp_logits_f32kv, llama_cpp_or_skip, run_cli
 from test_lora_infer import HF_TOL, IDS, hf_nmax, peft_logits, peft_python  # noqa: F401 (fixture)
 from torch_ref import make_hf_model, torch_python  # noqa: F401  (fixture)
 
@@ -69,7 +69,7 @@ def tiny_f32(tiny_model):
 
 
 def test_full_finetune_lowers_loss_and_loads_in_llama_cpp(llama3c, tiny_f32, tiny_model, text, tmp_path):
-    llama_cpp = llama_cpp_or_skip()
+    llama_cpp_or_skip()  # the reference is needed: skip before training
     out = str(tmp_path / "full")
     p = run_cli("train", "-m", tiny_f32, "--data", text, "-o", out, "--full", "--steps", 20, "--batch", 4,
                 "--seq", 32, "--lr", 3e-3, "--warmup", 2, "-t", 2, "--eval-frac", 0.1, "--eval-every", 10)
@@ -77,12 +77,7 @@ def test_full_finetune_lowers_loss_and_loads_in_llama_cpp(llama3c, tiny_f32, tin
     assert "full fine-tuning" in p.stderr and s["eval_loss"] < 0.7 * s["eval_loss_before"], s
     model = os.path.join(out, "model.gguf")
     assert not os.path.exists(os.path.join(out, "adapter.gguf"))
-    lm = llama_cpp.Llama(model_path=model, logits_all=True, n_ctx=64, n_threads=THREADS, verbose=False,
-                         type_k=0, type_v=0)  # F32 KV cache, as --kv f32
-    ids = lm.tokenize(b"Hello world! 3 llamas eat grass; 42 pieces.", add_bos=True)
-    lm.eval(ids)
-    ref = np.array(lm.scores[:len(ids)], dtype=np.float64)
-    lm.close()
+    ids, ref = llama_cpp_logits_f32kv(model, "Hello world! 3 llamas eat grass; 42 pieces.")
     ours = eval_logits(model, ids, tmp_path, extra=("--kv", "f32"))
     diff = np.abs(ours - ref).max() / np.abs(ref).max()
     assert diff <= 1e-4, f"model.gguf: llama3c vs llama.cpp logits {diff:.2e}"
