@@ -72,7 +72,7 @@ __attribute__((target("avx2"))) static int32_t dot_u8s8_avx2(const uint8_t *u, c
 
 typedef int32_t (*dot_fn)(const uint8_t *, const int8_t *, int32_t);
 
-static dot_fn pick_dot(void) {
+static dot_fn pick_dot_once(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     const char *cap = getenv("L3C_KERNELS"); /* ref / avx2 cap the path, as for the engine */
     __builtin_cpu_init();
@@ -82,6 +82,17 @@ static dot_fn pick_dot(void) {
     if ((!cap || strcmp(cap, "ref")) && __builtin_cpu_supports("avx2")) return dot_u8s8_avx2;
 #endif
     return dot_u8s8_ref;
+}
+
+/* the path, chosen on the first scan (cpuid and L3C_KERNELS do not change while running) */
+static pthread_once_t g_dot_once = PTHREAD_ONCE_INIT;
+static dot_fn g_dot;
+static void dot_init(void) {
+    g_dot = pick_dot_once();
+}
+static dot_fn pick_dot(void) {
+    pthread_once(&g_dot_once, dot_init);
+    return g_dot;
 }
 
 float rag_quantize_i8(const float *v, int32_t n, int8_t *q) {
