@@ -239,6 +239,12 @@ static const char *primitive(conv *c, const char *name) {
     return cfail(c, L3C_ERR_INVALID_ARG, "internal: no primitive '%s'", name);
 }
 
+/* Frees the rule being built in o and returns r (NULL: the failure already recorded). */
+static const char *free_buf(l3c_buf *o, const char *r) {
+    l3c_buf_free(o);
+    return r;
+}
+
 /* add_rule with the body built in o (taken: NUL-terminated here, freed on failure). */
 static const char *add_rule_buf(conv *c, const char *name, l3c_buf *o) {
     if (l3c_buf_append(o, "", 1) != L3C_OK) {
@@ -756,18 +762,20 @@ static const char *visit_array(conv *c, json_t *s, const char *name, const char 
     l3c_buf_append(&o, "\"[\" space ", 10);
     if (prefix) {
         if (!json_is_array(prefix))
-            return cfail(c, L3C_ERR_FORMAT, "%s/prefixItems: not an array", path);
+            return free_buf(&o, cfail(c, L3C_ERR_FORMAT, "%s/prefixItems: not an array", path));
         size_t np = json_array_size(prefix);
         if (items && !json_is_false(items) && !json_is_object(items))
-            return cfail(c, L3C_ERR_FORMAT, "%s/items: must be a schema or false", path);
+            return free_buf(&o,
+                            cfail(c, L3C_ERR_FORMAT, "%s/items: must be a schema or false", path));
         int more = items && json_is_object(items);
         if ((long)np < mn && !more)
-            return cfail(c, L3C_ERR_UNSUPPORTED,
-                         "%s: minItems %ld exceeds the %zu prefixItems and items is not a schema",
-                         path, mn, np);
+            return free_buf(
+                &o, cfail(c, L3C_ERR_UNSUPPORTED,
+                          "%s: minItems %ld exceeds the %zu prefixItems and items is not a schema",
+                          path, mn, np));
         if (mx >= 0 && (long)np > mx)
-            return cfail(c, L3C_ERR_UNSUPPORTED, "%s: maxItems %ld below the %zu prefixItems", path,
-                         mx, np);
+            return free_buf(&o, cfail(c, L3C_ERR_UNSUPPORTED,
+                                      "%s: maxItems %ld below the %zu prefixItems", path, mx, np));
         if (mn > 0 && (long)np > mn) mn = (long)np;
         /* all prefix items are written (a tuple), then the extra items */
         size_t i;
@@ -794,7 +802,7 @@ static const char *visit_array(conv *c, json_t *s, const char *name, const char 
             }
             long emin = mn > (long)np ? mn - (long)np : 0, emax = mx >= 0 ? mx - (long)np : -1;
             char *one = fmt(c, "\",\" space %s", r);
-            if (!one) return NULL;
+            if (!one) return free_buf(&o, NULL);
             if (emax != 0) {
                 if (np == 0)
                     put_repetition(&o, r, "\",\" space", emin, emax);
@@ -816,11 +824,12 @@ static const char *visit_array(conv *c, json_t *s, const char *name, const char 
             r = visit(c, items, sn, sp);
         } else if (json_is_false(items)) {
             if (mn > 0)
-                return cfail(c, L3C_ERR_UNSUPPORTED, "%s: items false with minItems %ld", path, mn);
+                return free_buf(&o, cfail(c, L3C_ERR_UNSUPPORTED,
+                                          "%s: items false with minItems %ld", path, mn));
             mx = 0;
             r = "";
         } else {
-            return cfail(c, L3C_ERR_FORMAT, "%s/items: must be a schema", path);
+            return free_buf(&o, cfail(c, L3C_ERR_FORMAT, "%s/items: must be a schema", path));
         }
         if (!r) {
             l3c_buf_free(&o);
