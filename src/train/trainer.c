@@ -44,6 +44,7 @@ struct l3c_trainer {
     uint64_t fp;
     int nt, b0, b1, writer;
     char *metrics_path;  /* NULL: no log */
+    int64_t resumed_at;  /* the step load_state resumed at, -1: not resumed */
     l3c_metrics_log *ml; /* opened at the first write */
     l3c_progress pr;
     int pr_started;
@@ -289,6 +290,7 @@ l3c_status l3c_trainer_create(const l3c_model *model, const l3c_trainer_params *
     t->p = *params;
     t->p.config_path = t->p.data_path = t->p.eval_data_path = t->p.metrics_path = NULL;
     t->cur_epoch = -1;
+    t->resumed_at = -1;
     t->t0 = -1.0;
     t->writer = l3c_comm_rank() == 0;
     if (t->p.lr < 0.0f)
@@ -411,8 +413,8 @@ static l3c_status metrics_write(l3c_trainer *t, const l3c_metrics_row *r) {
     if (!t->metrics_path || !t->writer) return L3C_OK;
     if (!t->ml) {
         l3c_status st;
-        if (t->next > 0 && (st = trim_metrics(t->metrics_path, t->next))) return st;
-        if ((st = l3c_metrics_open(t->metrics_path, t->next > 0, &t->ml)))
+        if (t->resumed_at >= 0 && (st = trim_metrics(t->metrics_path, t->resumed_at))) return st;
+        if ((st = l3c_metrics_open(t->metrics_path, t->resumed_at >= 0, &t->ml)))
             return fail_in(st, "opening the metrics log");
     }
     return l3c_metrics_write(t->ml, r);
@@ -697,7 +699,7 @@ l3c_status l3c_trainer_load_state(l3c_trainer *t, const char *path) {
         memcpy(tm->adam_m, buf + n, n * sizeof(float));
         memcpy(tm->adam_v, buf + 2 * n, n * sizeof(float));
         tm->adam_t = (int)at;
-        t->next = step;
+        t->next = t->resumed_at = step;
         if (t->ml) { /* reopened (trimmed) at the next write */
             l3c_metrics_close(t->ml);
             t->ml = NULL;
