@@ -125,7 +125,8 @@ static l3c_status check_params(const l3c_model *model, const l3c_trainer_params 
     RANGE(p->grad_clip, 0.0, 1e6)
     RANGE(p->eval_every, -1, 100000000)
     RANGE(p->log_every, 1, 100000000)
-    RANGE(p->n_threads, -1, 512)
+    if (p->n_threads > 512)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "trainer: n_threads %d is more than 512", p->n_threads);
     if (p->data_parallel && p->batch < l3c_comm_size())
         return l3c_fail(L3C_ERR_INVALID_ARG,
                         "trainer: batch %d is smaller than the %d ranks (each takes a share of "
