@@ -610,58 +610,58 @@ L3C_API const char *l3c_train_target_name(int k);
 
 /* What one optimizer step did (l3c_trainer_step, and the on_step callback). */
 typedef struct l3c_train_step_info {
-    int64_t step;              /* steps done, this one included (1 .. total_steps) */
+    int64_t step; /* steps done, this one included (1 .. total_steps) */
     int64_t total_steps;
-    int64_t epoch;             /* 0-based pass over the training examples */
-    float loss;                /* mean loss over the step's trained targets (every rank's) */
-    float lr;                  /* learning rate used */
-    float grad_norm;           /* global gradient norm before clipping */
-    double eval_loss;          /* evaluated after this step (eval_every, last step), else NaN */
+    int64_t epoch;    /* 0-based pass over the training examples */
+    float loss;       /* mean loss over the step's trained targets (every rank's) */
+    float lr;         /* learning rate used */
+    float grad_norm;  /* global gradient norm before clipping */
+    double eval_loss; /* evaluated after this step (eval_every, last step), else NaN */
     /* since the trainer was created (resumed runs count from the step they resumed at): */
-    int64_t tokens;            /* positions computed (batch x seq_len x grad_accum per step) */
-    int64_t trained_tokens;    /* targets with a loss (padding and prompt tokens excluded) */
-    double train_seconds;      /* wall seconds spent in steps (not evaluation, not saving) */
-    double tok_per_s;          /* tokens / train_seconds */
-    double trained_tok_per_s;  /* trained_tokens / train_seconds */
-    double elapsed_s;          /* wall seconds since the trainer's first step or evaluation */
+    int64_t tokens;           /* positions computed (batch x seq_len x grad_accum per step) */
+    int64_t trained_tokens;   /* targets with a loss (padding and prompt tokens excluded) */
+    double train_seconds;     /* wall seconds spent in steps (not evaluation, not saving) */
+    double tok_per_s;         /* tokens / train_seconds */
+    double trained_tok_per_s; /* trained_tokens / train_seconds */
+    double elapsed_s;         /* wall seconds since the trainer's first step or evaluation */
 } l3c_train_step_info;
 
 /* Called after every step with a finite loss (info borrowed for the call). */
 typedef void (*l3c_train_step_fn)(void *user, const l3c_train_step_info *info);
 
 typedef struct l3c_trainer_params {
-    int mode;                  /* l3c_train_mode; default L3C_TRAIN_LORA */
-    const char *config_path;   /* L3C_TRAIN_SCRATCH: the shapes (JSON: n_embd, n_layer, n_head,
-                                  n_head_kv, n_ff, rope_theta, norm_eps, tied, n_ctx, or a Hugging
-                                  Face config.json); docs/TRAINING.md */
+    int mode;                /* l3c_train_mode; default L3C_TRAIN_LORA */
+    const char *config_path; /* L3C_TRAIN_SCRATCH: the shapes (JSON: n_embd, n_layer, n_head,
+                                n_head_kv, n_ff, rope_theta, norm_eps, tied, n_ctx, or a Hugging
+                                Face config.json); docs/TRAINING.md */
     /* LoRA */
-    unsigned lora_targets;     /* L3C_TRAIN_TARGET_* bits; default ALL */
-    int32_t lora_rank;         /* default 8 */
-    float lora_alpha;          /* scale alpha / rank; default 16 */
-    int rslora;                /* 1: rank-stabilized, scale alpha / sqrt(rank) (PEFT use_rslora) */
-    float lora_dropout;        /* [0, 0.9]: drop adapter inputs while training; default 0 */
+    unsigned lora_targets; /* L3C_TRAIN_TARGET_* bits; default ALL */
+    int32_t lora_rank;     /* default 8 */
+    float lora_alpha;      /* scale alpha / rank; default 16 */
+    int rslora;            /* 1: rank-stabilized, scale alpha / sqrt(rank) (PEFT use_rslora) */
+    float lora_dropout;    /* [0, 0.9]: drop adapter inputs while training; default 0 */
     /* data */
-    const char *data_path;     /* required */
-    const char *eval_data_path;/* evaluation examples; NULL: eval_frac of data_path held out */
-    float eval_frac;           /* [0, 0.5]; default 0.05; 0 (and no eval_data_path): no evaluation */
-    int32_t seq_len;           /* tokens per sequence, >= 2; default 256 */
-    int32_t batch;             /* sequences per micro-batch; default 4 (>= l3c_dist_size() with
-                                  data_parallel) */
-    int32_t grad_accum;        /* micro-batches per step, gradients summed; default 1 */
-    int pack;                  /* pack short examples into rows: 1, 0, or -1 (default): on for
-                                  JSONL data, off for plain text */
+    const char *data_path;      /* required */
+    const char *eval_data_path; /* evaluation examples; NULL: eval_frac of data_path held out */
+    float eval_frac;    /* [0, 0.5]; default 0.05; 0 (and no eval_data_path): no evaluation */
+    int32_t seq_len;    /* tokens per sequence, >= 2; default 256 */
+    int32_t batch;      /* sequences per micro-batch; default 4 (>= l3c_dist_size() with
+                           data_parallel) */
+    int32_t grad_accum; /* micro-batches per step, gradients summed; default 1 */
+    int pack;           /* pack short examples into rows: 1, 0, or -1 (default): on for
+                           JSONL data, off for plain text */
     /* optimizer and schedule */
-    int64_t steps;             /* optimizer steps; 0 (default): epochs over the training examples */
-    int32_t epochs;            /* default 1 */
-    float lr;                  /* peak learning rate; < 0 (default): 2e-4 LoRA, 1e-5 full, 1e-3
-                                  scratch */
-    int32_t warmup;            /* linear warmup steps; default 0 */
-    float min_lr_ratio;        /* cosine decay to min_lr_ratio * lr at the last step; default 0.1 */
-    float weight_decay;        /* AdamW decoupled weight decay (matrices only); default 0 */
-    float grad_clip;           /* max global gradient norm; default 1; 0: off */
-    uint64_t seed;             /* initialisation, data split and order, dropout; default 42 */
-    int32_t eval_every;        /* l3c_trainer_step evaluates every eval_every steps and after
-                                  the last; -1 (default): 10 times per run; 0: after the last only */
+    int64_t steps;      /* optimizer steps; 0 (default): epochs over the training examples */
+    int32_t epochs;     /* default 1 */
+    float lr;           /* peak learning rate; < 0 (default): 2e-4 LoRA, 1e-5 full, 1e-3
+                           scratch */
+    int32_t warmup;     /* linear warmup steps; default 0 */
+    float min_lr_ratio; /* cosine decay to min_lr_ratio * lr at the last step; default 0.1 */
+    float weight_decay; /* AdamW decoupled weight decay (matrices only); default 0 */
+    float grad_clip;    /* max global gradient norm; default 1; 0: off */
+    uint64_t seed;      /* initialisation, data split and order, dropout; default 42 */
+    int32_t eval_every; /* l3c_trainer_step evaluates every eval_every steps and after
+                           the last; -1 (default): 10 times per run; 0: after the last only */
     /* run */
     int n_threads;             /* <= 0: the model's default */
     int checkpoint;            /* 1 (default): recompute activations layer by layer in backward
@@ -694,17 +694,17 @@ L3C_API l3c_status l3c_trainer_create(const l3c_model *model, const l3c_trainer_
 L3C_API void l3c_trainer_free(l3c_trainer *t);
 
 typedef struct l3c_trainer_info {
-    int mode;                    /* l3c_train_mode */
-    int64_t total_steps;         /* steps of the whole run */
-    int64_t next_step;           /* steps done (0 .. total_steps) */
-    size_t n_trained_values;     /* parameters being trained (adapter values or weights) */
-    int32_t n_layer, n_embd;     /* of the trained model (scratch: the config's) */
+    int mode;                /* l3c_train_mode */
+    int64_t total_steps;     /* steps of the whole run */
+    int64_t next_step;       /* steps done (0 .. total_steps) */
+    size_t n_trained_values; /* parameters being trained (adapter values or weights) */
+    int32_t n_layer, n_embd; /* of the trained model (scratch: the config's) */
     int n_threads;
-    int packed;                  /* 1 when the data were packed */
-    size_t n_train_examples;     /* rows of the training set (packed rows when packed) */
-    size_t n_eval_examples;      /* 0: no evaluation set */
+    int packed;                     /* 1 when the data were packed */
+    size_t n_train_examples;        /* rows of the training set (packed rows when packed) */
+    size_t n_eval_examples;         /* 0: no evaluation set */
     int32_t batch_begin, batch_end; /* this rank's rows [begin, end) of every micro-batch */
-    uint64_t fingerprint;        /* hash of what a resumed run must share with this one */
+    uint64_t fingerprint;           /* hash of what a resumed run must share with this one */
 } l3c_trainer_info;
 
 L3C_API void l3c_trainer_get_info(const l3c_trainer *t, l3c_trainer_info *info);

@@ -88,14 +88,17 @@ static l3c_status fail_in(l3c_status st, const char *what) {
     return l3c_fail(st, "%s%s%s", what, *msg ? ": " : "", msg);
 }
 
-static int dp_size(const l3c_trainer *t) { return t->p.data_parallel ? l3c_comm_size() : 1; }
+static int dp_size(const l3c_trainer *t) {
+    return t->p.data_parallel ? l3c_comm_size() : 1;
+}
 
 static l3c_status check_params(const l3c_model *model, const l3c_trainer_params *p) {
-#define RANGE(field, lo, hi)                                                                        \
+#define RANGE(field, lo, hi)                                                                       \
     if (!((field) >= (lo) && (field) <= (hi)))                                                     \
         return l3c_fail(L3C_ERR_INVALID_ARG, "trainer: " #field " %g is out of range [%g, %g]",    \
                         (double)(field), (double)(lo), (double)(hi));
-    if (!model || !p) return l3c_fail(L3C_ERR_INVALID_ARG, "trainer: model and params are required");
+    if (!model || !p)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "trainer: model and params are required");
     if (p->mode < L3C_TRAIN_LORA || p->mode > L3C_TRAIN_SCRATCH)
         return l3c_fail(L3C_ERR_INVALID_ARG, "trainer: unknown mode %d", p->mode);
     if (!p->data_path || !*p->data_path)
@@ -126,7 +129,8 @@ static l3c_status check_params(const l3c_model *model, const l3c_trainer_params 
     RANGE(p->eval_every, -1, 100000000)
     RANGE(p->log_every, 1, 100000000)
     if (p->n_threads > 512)
-        return l3c_fail(L3C_ERR_INVALID_ARG, "trainer: n_threads %d is more than 512", p->n_threads);
+        return l3c_fail(L3C_ERR_INVALID_ARG, "trainer: n_threads %d is more than 512",
+                        p->n_threads);
     if (p->data_parallel && p->batch < l3c_comm_size())
         return l3c_fail(L3C_ERR_INVALID_ARG,
                         "trainer: batch %d is smaller than the %d ranks (each takes a share of "
@@ -189,11 +193,11 @@ static uint64_t fingerprint(const l3c_trainer *t) {
     snprintf(
         s, sizeof s,
         "v1|%lld|%d|%d|%d|%d|%d|%u|%.9g|%d|%d|%.9g|%.9g|%.9g|%.9g|%.9g|%d|%llu|%zu|%zu|%zu|%zu",
-        (long long)m->n_params, m->cfg.n_vocab, m->cfg.n_embd, m->cfg.n_layer, rank,
-        o->checkpoint, targets, (double)o->lora_alpha, batch, seq, (double)o->lr,
-        (double)o->min_lr_ratio, (double)o->weight_decay, (double)o->grad_clip,
-        (double)o->eval_frac, warmup, (unsigned long long)o->seed, train->n_ex, train->n_tokens,
-        eval ? eval->n_ex : 0, eval ? eval->n_tokens : 0);
+        (long long)m->n_params, m->cfg.n_vocab, m->cfg.n_embd, m->cfg.n_layer, rank, o->checkpoint,
+        targets, (double)o->lora_alpha, batch, seq, (double)o->lr, (double)o->min_lr_ratio,
+        (double)o->weight_decay, (double)o->grad_clip, (double)o->eval_frac, warmup,
+        (unsigned long long)o->seed, train->n_ex, train->n_tokens, eval ? eval->n_ex : 0,
+        eval ? eval->n_tokens : 0);
     uint64_t h = fnv(1469598103934665603ull, s, strlen(s));
     h = fnv(h, &total, sizeof total);
     h = fnv(h, &from_scratch, sizeof from_scratch);
@@ -265,8 +269,8 @@ static l3c_status build_model(l3c_trainer *t) {
     } else {
         /* rsLoRA scales by alpha / sqrt(r) == (alpha sqrt(r)) / r: the adapter keeps that alpha
          * (GGUF: llama.cpp's alpha / r gives the same scale) and remembers the user's for PEFT */
-        const float a = o->rslora ? (float)(o->lora_alpha * sqrt((double)o->lora_rank))
-                                  : o->lora_alpha;
+        const float a =
+            o->rslora ? (float)(o->lora_alpha * sqrt((double)o->lora_rank)) : o->lora_alpha;
         if ((st = l3c_train_model_lora(model, o->lora_targets, o->lora_rank, a, o->seed, NULL,
                                        &t->tm)))
             return fail_in(st, "setting up LoRA");
@@ -528,8 +532,8 @@ l3c_status l3c_trainer_step(l3c_trainer *t, l3c_train_step_info *info) {
         tm->dropout_on = 1; /* a mask per (seed, step, micro-batch): resumed runs see the same */
         tm->dropout_seed = t->p.seed * 0x9e3779b97f4a7c15ull + (uint64_t)(step * G + g);
         const size_t r0 = (size_t)t->b0 * (size_t)T;
-        if ((st = l3c_train_forward_pos(tm, t->ids + r0, t->tgt + r0, t->pos + r0, t->b1 - t->b0,
-                                        T, &mloss)))
+        if ((st = l3c_train_forward_pos(tm, t->ids + r0, t->tgt + r0, t->pos + r0, t->b1 - t->b0, T,
+                                        &mloss)))
             return fail_in(st, "forward");
         loss_sum += (double)mloss * (double)tm->n_valid;
         if ((st = l3c_train_backward_n(tm, n_tgt))) return fail_in(st, "backward");
@@ -596,7 +600,8 @@ static int ends_with(const char *s, const char *suffix) {
 }
 
 l3c_status l3c_trainer_save_adapter(l3c_trainer *t, const char *path) {
-    if (!t || !path) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_trainer_save_adapter: NULL argument");
+    if (!t || !path)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_trainer_save_adapter: NULL argument");
     if (!t->tm->lora)
         return l3c_fail(L3C_ERR_INVALID_ARG,
                         "l3c_trainer_save_adapter: the trainer trains a whole model, not an "
@@ -621,7 +626,8 @@ l3c_status l3c_trainer_save_model(l3c_trainer *t, const char *path, const char *
                         "(l3c_trainer_save_adapter)");
     dp_check_same(t);
     if (!t->writer) return L3C_OK;
-    l3c_status st = l3c_train_model_save_gguf(t->tm, t->model, 0, path, name ? name : t->model_name);
+    l3c_status st =
+        l3c_train_model_save_gguf(t->tm, t->model, 0, path, name ? name : t->model_name);
     return st ? fail_in(st, "saving the model") : L3C_OK;
 }
 
@@ -689,8 +695,8 @@ l3c_status l3c_trainer_load_state(l3c_trainer *t, const char *path) {
                       "the same ones",
                       path);
     } else if (n != tm->n_params || step < 0 || step > t->total || at < 0 || at > step) {
-        l3c_fail(st, "%s: inconsistent state (%llu values, step %lld)", path,
-                 (unsigned long long)n, (long long)step);
+        l3c_fail(st, "%s: inconsistent state (%llu values, step %lld)", path, (unsigned long long)n,
+                 (long long)step);
     } else if (!(buf = malloc(3 * n * sizeof(float) + 1))) {
         st = l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
     } else if (fread(buf, sizeof(float), 3 * n, f) != 3 * n || fgetc(f) != EOF) {

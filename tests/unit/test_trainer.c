@@ -26,7 +26,9 @@
 
 static char g_dir[256];
 
-static void pathf(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", g_dir, name); }
+static void pathf(char *buf, size_t n, const char *name) {
+    snprintf(buf, n, "%s/%s", g_dir, name);
+}
 
 static l3c_model *tiny_model(const char *name, uint32_t wtype, int n_embd) {
     ggb_llama_opts o = ggb_llama_default();
@@ -69,7 +71,8 @@ static int count_lines(const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     int n = 0, c;
-    while ((c = fgetc(f)) != EOF) n += c == '\n';
+    while ((c = fgetc(f)) != EOF)
+        n += c == '\n';
     fclose(f);
     return n;
 }
@@ -142,7 +145,7 @@ static void test_defaults_and_refusals(const l3c_model *m, const l3c_model *q8) 
     BAD(grad_clip, -1.0f, "grad_clip");
     BAD(eval_every, -2, "eval_every");
     BAD(log_every, 0, "log_every");
-    BAD(config_path, "x.json", "config_path"); /* a config with LoRA */
+    BAD(config_path, "x.json", "config_path");   /* a config with LoRA */
     BAD(mode, L3C_TRAIN_SCRATCH, "config_path"); /* scratch without one */
 #undef BAD
     char missing[512];
