@@ -12,7 +12,14 @@
  * queries, ms), matrix bytes, recall@10 and recall@50 (fraction of the float64 top-k found in
  * the search's top-k), peak RSS, and an FNV hash of every hit id (equal across kernel paths:
  * L3C_KERNELS=ref|avx2 against the default).
+ *
+ *   build/bench/rag_scale --clients 100000     # concurrent searches (docs/RAG.md "Server")
+ *
+ * then also prints, per size, hybrid searches per second (best of 3 rounds) with 1 client, 2 clients on one
+ * connection behind a mutex (what `serve --rag-db` did before the pool) and 2 clients with a
+ * connection each (rag_store_open_more: the matrix is shared, searches run concurrently).
  */
+#include <pthread.h>
 #include "../apps/rag/rag.h"
 
 #include <math.h>
@@ -60,6 +67,59 @@ static int cmp_dbl(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
+
+#define TP_QUERIES 40 /* per client */
+
+typedef struct client {
+    rag_store *s;
+    pthread_mutex_t *mu; /* NULL: own connection */
+    const float *all;
+    long n;
+    unsigned seed;
+    int failed;
+} client;
+
+static void *client_run(void *arg) {
+    client *c = arg;
+    char err[RAG_ERR_CAP], text[64];
+    float q[DIM];
+    for (int i = 0; i < TP_QUERIES; i++) {
+        c->seed = c->seed * 1103515245u + 12345u;
+        long r = (long)((c->seed >> 8) % (unsigned)c->n);
+        memcpy(q, c->all + (size_t)r * DIM, sizeof q);
+        snprintf(text, sizeof text, "x%05ld w%06ld", r, (long)(c->seed % 1000000));
+        rag_hit *h = NULL;
+        int nh = 0;
+        if (c->mu) pthread_mutex_lock(c->mu);
+        int bad = rag_store_search(c->s, text, q, DIM, 5, RAG_HYBRID, RAG_HYBRID_ALPHA, &h, &nh, err);
+        if (c->mu) pthread_mutex_unlock(c->mu);
+        if (bad || nh == 0 || h[0].chunk_id != r + 1) { /* the stored vector itself must win */
+            if (bad) fprintf(stderr, "%s\n", err);
+            c->failed = 1;
+        }
+        rag_hits_free(h, nh);
+    }
+    return NULL;
+}
+
+/* Searches per second of n_clients threads (each TP_QUERIES hybrid searches). */
+static double throughput(rag_store **stores, int n_clients, pthread_mutex_t *mu, const float *all,
+                         long n) {
+    client cs[2];
+    pthread_t th[2];
+    double t0 = now_s();
+    for (int i = 0; i < n_clients; i++) {
+        cs[i] = (client){stores[i], mu, all, n, 77u + (unsigned)i, 0};
+        pthread_create(&th[i], NULL, client_run, &cs[i]);
+    }
+    int failed = 0;
+    for (int i = 0; i < n_clients; i++)
+        pthread_join(th[i], NULL), failed |= cs[i].failed;
+    double dt = now_s() - t0;
+    return failed ? -1 : n_clients * TP_QUERIES / dt;
+}
+
+static int g_clients; /* --clients */
 
 static int run(long n) {
     char db[512], err[RAG_ERR_CAP];
@@ -150,6 +210,38 @@ static int run(long n) {
         rag_hits_free(h, nh);
     }
     qsort(times + 1, QUERIES - 1, sizeof *times, cmp_dbl);
+    if (g_clients) {
+        rag_store *two[2] = {s, NULL};
+        if (rag_store_open_more(s, &two[1], err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+        rag_store *same[2] = {s, s};
+        /* a warm-up, then 3 rounds of the three set-ups interleaved (a busy machine: the best) */
+        double one = throughput(two, 2, NULL, all, n), locked = 0, pooled = 0;
+        for (int round = 0; round < 3 && one >= 0; round++) {
+            double a = throughput(two, 1, NULL, all, n), b = throughput(same, 2, &mu, all, n),
+                   c = throughput(two, 2, NULL, all, n);
+            if (a < 0 || b < 0 || c < 0) {
+                one = -1;
+                break;
+            }
+            one = round == 0 || a > one ? a : one;
+            locked = b > locked ? b : locked;
+            pooled = c > pooled ? c : pooled;
+        }
+        if (one < 0 || locked < 0 || pooled < 0) {
+            fprintf(stderr, "a concurrent search failed or missed its own vector\n");
+            return 1;
+        }
+        fprintf(stderr,
+                "%ld chunks, hybrid searches/s: 1 client %.1f | 2 clients, one connection + mutex "
+                "%.1f (x%.2f) | 2 clients, a connection each %.1f (x%.2f); matrix loads %lld\n",
+                n, one, locked, locked / one, pooled, pooled / one,
+                (long long)rag_store_matrix_loads(s));
+        rag_store_close(two[1]);
+    }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("| %ld | %.1f s | %.0f ms | %.1f ms | %.1f MB | %.3f | %.3f | %ld MB | %016llx |\n", n,
@@ -169,8 +261,15 @@ int main(int argc, char **argv) {
     printf(
         "| chunks | build | first query (loads the int8 matrix) | query, median | matrix | "
         "recall@10 | recall@50 | peak RSS | hits (FNV) |\n|---|---|---|---|---|---|---|---|---|\n");
-    for (int i = 1; i < argc; i++)
+    int sizes = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--clients")) {
+            g_clients = 1;
+            continue;
+        }
+        sizes++;
         if (run(atol(argv[i]))) return 1;
-    if (argc < 2) return run(10000);
+    }
+    if (!sizes) return run(10000);
     return 0;
 }

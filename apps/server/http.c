@@ -693,10 +693,10 @@ static int rag_search(conn *c, const char *query, const char *where, int k, rag_
     int rc = mode == RAG_BM25 ? 0 : rag_embed_query(c, query, q, e);
     if (rc == 0) {
         char err[RAG_ERR_CAP];
-        pthread_mutex_lock(&srv->rag_mu);
-        int bad = rag_store_search(srv->rag, query, mode == RAG_BM25 ? NULL : q, info.n_embd, k,
-                                   mode, RAG_HYBRID_ALPHA, hits, n, err);
-        pthread_mutex_unlock(&srv->rag_mu);
+        rag_store *db = rag_pool_get(srv->rag, err); /* concurrent searches: one connection each */
+        int bad = !db || rag_store_search(db, query, mode == RAG_BM25 ? NULL : q, info.n_embd, k,
+                                          mode, RAG_HYBRID_ALPHA, hits, n, err);
+        rag_pool_put(srv->rag, db);
         if (bad) rc = (int)api_fail(e, 500, "server_error", NULL, NULL, "%s", err);
     }
     free(q);
