@@ -219,6 +219,14 @@ void rag_hits_free(rag_hit *hits, int n);
 /* The system message of an answer from sources: use only them, cite them as [n]. */
 extern const char RAG_SYSTEM_PROMPT[];
 /* "Sources:\n[1] (path:a-b)\ntext\n\n...Question: QUESTION" as the user message; malloc'd. */
+/* Abstention (docs/RAG.md "Unanswerable questions"): the retrieval confidence of an answer is the
+ * best BM25 score (higher is better) among its retrieved chunks, 0 when none matches a word of the
+ * question (vector mode computes no BM25: 0). Below RAG_MIN_SCORE (`rag ask --min-score`, the
+ * server's "min_score") the answer is RAG_DONT_KNOW, without calling the model. The default was
+ * calibrated on tests/py/rag_eval_set.py: it refused no answerable question there. */
+#define RAG_MIN_SCORE 3.0
+extern const char RAG_DONT_KNOW[];
+double rag_confidence(const rag_hit *h, int n);
 char *rag_sources_text(const rag_hit *h, int n, const char *question);
 
 /* Replaces invalid UTF-8 and NUL / control bytes other than \t \n \r with U+FFFD; malloc'd. */

@@ -678,6 +678,19 @@ static int rag_params(json_t *obj, const char *where, int *k, rag_mode *mode, ap
     return 0;
 }
 
+/* "min_score" (number >= 0; default RAG_MIN_SCORE, 0 in vector mode, which has no BM25 score):
+ * the retrieval confidence under which the answer is "I don't know" ("abstain": true). */
+static int rag_min_score(json_t *obj, rag_mode mode, double *out, api_error *e) {
+    json_t *j = json_object_get(obj, "min_score");
+    *out = mode == RAG_VECTOR ? 0 : RAG_MIN_SCORE;
+    if (!j) return 0;
+    if (!json_is_number(j) || json_number_value(j) < 0 || json_number_value(j) > 1e6)
+        return (int)api_fail(e, 400, "invalid_request_error", "min_score", NULL,
+                             "'min_score' must be a number in [0, 1e6]");
+    *out = json_number_value(j);
+    return 0;
+}
+
 /* Retrieval for a query: embed (unless bm25), then search the index. 0, -1 (client left) or status.
  */
 static int rag_search(conn *c, const char *query, const char *where, int k, rag_mode mode,
@@ -729,10 +742,12 @@ static enum MHD_Result serve_rag_query(conn *c) {
     rag_mode mode = RAG_HYBRID;
     rag_hit *h = NULL;
     int n = 0;
+    double min_score = 0;
     if (!json_is_string(jq) || !*json_string_value(jq)) {
         st = (int)api_fail(&e, 400, "invalid_request_error", "query", NULL,
                            "'query' must be a non-empty string");
-    } else if (!(st = rag_params(root, NULL, &k, &mode, &e))) {
+    } else if (!(st = rag_params(root, NULL, &k, &mode, &e)) &&
+               !(st = rag_min_score(root, mode, &min_score, &e))) {
         st = rag_search(c, json_string_value(jq), "query", k, mode, &h, &n, &e);
     }
     if (st) {
@@ -742,8 +757,10 @@ static enum MHD_Result serve_rag_query(conn *c) {
     json_t *data = json_array();
     for (int i = 0; i < n; i++)
         json_array_append_new(data, hit_json(&h[i], i + 1, 1));
-    json_t *out = json_pack("{s:s, s:O, s:s, s:o}", "object", "list", "query", jq, "mode",
-                            rag_mode_name(mode), "data", data);
+    double conf = rag_confidence(h, n);
+    json_t *out = json_pack("{s:s, s:O, s:s, s:f, s:b, s:o}", "object", "list", "query", jq,
+                            "mode", rag_mode_name(mode), "confidence", conf, "abstain",
+                            conf < min_score, "data", data);
     char *body = out ? json_dumps(out, JSON_COMPACT) : NULL;
     json_decref(out);
     json_decref(root);

@@ -208,3 +208,19 @@ UNANSWERABLE = [
     "How deep are the caves where the glowing moss grows?",
     "Who was the last director of the copper mine?",
 ]
+
+# Off the corpus's topics (abstention: docs/RAG.md "Unanswerable questions").
+OFF_TOPIC = [
+    "What is the capital of France?",
+    "How do I reset the password of my wifi router?",
+    "Who won the football world cup in 2010?",
+    "What is the boiling point of mercury?",
+    "Which programming language uses a borrow checker?",
+    "How many moons does Jupiter have?",
+    "What is a good recipe for tomato soup?",
+    "When did the Roman empire fall?",
+    "How do vaccines train the immune system?",
+    "What is the speed of light in a vacuum?",
+    "Who painted the Mona Lisa?",
+    "How do I file my income tax return?",
+]
