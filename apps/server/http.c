@@ -63,6 +63,7 @@ typedef struct conn {
     api_request req;
     api_embd_request ereq; /* embeddings */
     json_t *rag_sources;   /* chat with "rag": the sources, added to the non-streamed response */
+    int rag_abstain;       /* chat with "rag": confidence below min_score, answered without the model */
     sched_job *job;
     int tokens_recorded;
     /* streaming */
@@ -798,7 +799,9 @@ static int rag_chat_augment(conn *c) {
                            "'rag' must be an object like {\"k\": 4}");
         goto out;
     }
-    if ((st = rag_params(rag, "rag", &k, &mode, &e))) goto out;
+    double min_score = 0;
+    if ((st = rag_params(rag, "rag", &k, &mode, &e)) || (st = rag_min_score(rag, mode, &min_score, &e)))
+        goto out;
     json_array_foreach(msgs, i, m) {
         json_t *role = json_object_get(m, "role");
         if (json_is_string(role) && !strcmp(json_string_value(role), "user")) last = m;
@@ -812,6 +815,7 @@ static int rag_chat_augment(conn *c) {
     }
     if ((st = rag_search(c, json_string_value(content), "messages", k, mode, &h, &n, &e)))
         goto out;
+    c->rag_abstain = rag_confidence(h, n) < min_score; /* serve_rag_abstain answers it */
     char *user = rag_sources_text(h, n, json_string_value(content));
     json_t *sources = json_array(),
            *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);
@@ -849,6 +853,40 @@ out:
     return 0;
 }
 
+/* Chat with "rag" whose retrieval confidence is below min_score: the fixed RAG_DONT_KNOW as the
+ * assistant's reply, streamed or not as asked, without a scheduler job (the model is not run:
+ * usage counts no tokens), with "rag_sources" (the nearest chunks) and "rag_abstained": true in a
+ * non-streamed response. */
+static enum MHD_Result serve_rag_abstain(conn *c) {
+    sched_update u = {.finish = SCHED_FINISH_STOP};
+    size_t len = 0, n = 0;
+    const size_t tl = strlen(RAG_DONT_KNOW);
+    if (!c->req.stream) {
+        char *body = api_response_json(&c->req, RAG_DONT_KNOW, tl, &u, &len);
+        json_t *root = body ? json_loadb(body, len, 0, NULL) : NULL;
+        free(body);
+        body = NULL;
+        if (root && !json_object_set(root, "rag_sources", c->rag_sources) &&
+            !json_object_set_new(root, "rag_abstained", json_true()))
+            body = json_dumps(root, JSON_COMPACT);
+        json_decref(root);
+        touch(c);
+        return respond_json(c, 200, body, body ? strlen(body) : 0);
+    }
+    int bad = sse_add(c, api_stream_chunk(&c->req, 1, "", 0, SCHED_RUNNING, &n), &n) ||
+              sse_add(c, api_stream_text(&c->req, RAG_DONT_KNOW, tl, &n), &n) ||
+              sse_add(c, api_stream_end(&c->req, SCHED_FINISH_STOP, &n), &n) ||
+              (c->req.include_usage && sse_add(c, api_stream_usage(&c->req, &u, &n), &n)) ||
+              sse_add_const(c, "data: [DONE]\n\n");
+    if (bad) return respond_json(c, 500, NULL, 0);
+    struct MHD_Response *r = MHD_create_response_from_buffer(c->sse_len, c->sse, MHD_RESPMEM_MUST_COPY);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    touch(c);
+    return queue(c, 200, r);
+}
+
 /* POST /apply-template (as llama.cpp's server): a chat completion body -> {"prompt", "tokens"}: the
  * prompt the model would see (tools included), nothing generated. */
 static enum MHD_Result serve_apply_template(conn *c) {
@@ -872,6 +910,7 @@ static enum MHD_Result serve_generate(conn *c) {
     }
     if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len, &c->req, &e))
         return respond_error(c, &e);
+    if (c->rag_abstain) return serve_rag_abstain(c);
     free(c->body);
     c->body = NULL;
     c->len = c->cap = 0;

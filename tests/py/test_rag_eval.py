@@ -117,6 +117,32 @@ def test_abstention(built, smollm2_path):
             for r in res:  # the confidence is the best BM25 score of the hits
                 assert r["confidence"] == pytest.approx(max([h["bm25"] for h in r["data"]] + [0]), abs=1e-9)
             refused[name] = (sum(r["abstain"] for r in res), len(qs))
+        # chat completions with "rag": the same decision; a refused question gets the fixed reply,
+        # streamed or not, without a token generated
+        off = next(q for q in OFF_TOPIC if q.startswith("How many moons"))
+        ans = QUESTIONS[2][0]
+        for stream in (False, True):
+            body = {"messages": [{"role": "user", "content": off}], "rag": {"k": 4}, "max_tokens": 8,
+                    "stream": stream}
+            st, _, raw = srv.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(), timeout=60)
+            assert st == 200, raw
+            raw = raw.decode() if isinstance(raw, bytes) else raw
+            if stream:
+                events = [json.loads(line[6:]) for line in raw.splitlines()
+                          if line.startswith("data: ") and line != "data: [DONE]"]
+                text = "".join(ev["choices"][0]["delta"].get("content") or "" for ev in events if ev["choices"])
+                assert raw.rstrip().endswith("data: [DONE]")
+                assert events[-1]["choices"][0]["finish_reason"] == "stop"
+            else:
+                out = json.loads(raw)
+                text = out["choices"][0]["message"]["content"]
+                assert out["rag_abstained"] is True and len(out["rag_sources"]) == 4
+                assert out["usage"]["completion_tokens"] == 0
+            assert text == "I don't know: no indexed passage answers this.", raw
+        body = {"messages": [{"role": "user", "content": ans}], "rag": {"k": 4}, "max_tokens": 4}
+        st, _, raw = srv.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(), timeout=120)
+        out = json.loads(raw)
+        assert st == 200 and "rag_abstained" not in out and out["usage"]["completion_tokens"] > 0, raw
     tp = refused["near"][0] + refused["off"][0]
     pred = tp + refused["answerable"][0]
     stats = {"refused": refused, "precision": tp / pred if pred else None,
