@@ -222,7 +222,9 @@ static int store_open(const char *path, int create, rag_share *share, rag_store 
         failf(err, "'%s' is a SQLite database but not a llama3c RAG index (no meta table)", path);
         goto fail;
     }
-    if (exists && n_tables > 0 && !share) { /* a damaged page fails here with a clear message, not mid-query */
+    /* a damaged page fails here with a clear message, not mid-query (once per index: the pool's
+     * further connections skip it) */
+    if (exists && n_tables > 0 && !share) {
         char result[128] = "";
         sqlite3_stmt *ic = NULL;
         if (sqlite3_prepare_v2(s->db, "PRAGMA quick_check", -1, &ic, NULL) == SQLITE_OK &&
