@@ -15,12 +15,13 @@
  *
  *   build/bench/rag_scale --clients 100000     # concurrent searches (docs/RAG.md "Server")
  *
- * then also prints, per size, hybrid and bm25 searches per second (best of 3 rounds) with 1 client, 2 clients on one
- * connection behind a mutex (what `serve --rag-db` did before the pool) and 2 clients with a
- * connection each (rag_store_open_more: the matrix is shared, searches run concurrently).
+ * then also prints, per size, hybrid and bm25 searches per second (best of 3 rounds) with 1 client,
+ * 2 clients on one connection behind a mutex (what `serve --rag-db` did before the pool) and 2
+ * clients with a connection each (rag_store_open_more: the matrix is shared, searches run
+ * concurrently).
  */
-#include <pthread.h>
 #include "../apps/rag/rag.h"
+#include <pthread.h>
 
 #include <math.h>
 #include <stdio.h>

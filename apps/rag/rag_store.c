@@ -119,8 +119,7 @@ static const char SCHEMA[] =
     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter "
     "unicode61');";
 
-static int store_open(const char *path, int create, rag_share *share, rag_store **out,
-                      char *err);
+static int store_open(const char *path, int create, rag_share *share, rag_store **out, char *err);
 
 int rag_store_open(const char *path, int create, rag_store **out, char *err) {
     return store_open(path, create, NULL, out, err);
@@ -174,8 +173,7 @@ static const char GENERATION_SQL[] =
     "CREATE TRIGGER IF NOT EXISTS chunks_gen_upd AFTER UPDATE OF id, embedding ON chunks BEGIN"
     " UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'; END;";
 
-static int store_open(const char *path, int create, rag_share *share, rag_store **out,
-                      char *err) {
+static int store_open(const char *path, int create, rag_share *share, rag_store **out, char *err) {
     *out = NULL;
     struct stat st;
     int exists = stat(path, &st) == 0;
@@ -772,8 +770,9 @@ static int read_generation(rag_store *s, int64_t *gen, char *err) {
     if (rc == SQLITE_ROW) *gen = sqlite3_column_int64(q, 0);
     sqlite3_finalize(q);
     if (rc != SQLITE_ROW)
-        return rc == SQLITE_DONE ? failf(err, "index '%s': no generation in the meta table", s->path)
-                                 : dbfail(s, err, "reading the meta table");
+        return rc == SQLITE_DONE
+                   ? failf(err, "index '%s': no generation in the meta table", s->path)
+                   : dbfail(s, err, "reading the meta table");
     return 0;
 }
 

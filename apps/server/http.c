@@ -63,7 +63,7 @@ typedef struct conn {
     api_request req;
     api_embd_request ereq; /* embeddings */
     json_t *rag_sources;   /* chat with "rag": the sources, added to the non-streamed response */
-    int rag_abstain;       /* chat with "rag": confidence below min_score, answered without the model */
+    int rag_abstain; /* chat with "rag": confidence below min_score, answered without the model */
     sched_job *job;
     int tokens_recorded;
     /* streaming */
@@ -759,9 +759,9 @@ static enum MHD_Result serve_rag_query(conn *c) {
     for (int i = 0; i < n; i++)
         json_array_append_new(data, hit_json(&h[i], i + 1, 1));
     double conf = rag_confidence(h, n);
-    json_t *out = json_pack("{s:s, s:O, s:s, s:f, s:b, s:o}", "object", "list", "query", jq,
-                            "mode", rag_mode_name(mode), "confidence", conf, "abstain",
-                            conf < min_score, "data", data);
+    json_t *out = json_pack("{s:s, s:O, s:s, s:f, s:b, s:o}", "object", "list", "query", jq, "mode",
+                            rag_mode_name(mode), "confidence", conf, "abstain", conf < min_score,
+                            "data", data);
     char *body = out ? json_dumps(out, JSON_COMPACT) : NULL;
     json_decref(out);
     json_decref(root);
@@ -800,7 +800,8 @@ static int rag_chat_augment(conn *c) {
         goto out;
     }
     double min_score = 0;
-    if ((st = rag_params(rag, "rag", &k, &mode, &e)) || (st = rag_min_score(rag, mode, &min_score, &e)))
+    if ((st = rag_params(rag, "rag", &k, &mode, &e)) ||
+        (st = rag_min_score(rag, mode, &min_score, &e)))
         goto out;
     json_array_foreach(msgs, i, m) {
         json_t *role = json_object_get(m, "role");
@@ -879,7 +880,8 @@ static enum MHD_Result serve_rag_abstain(conn *c) {
               (c->req.include_usage && sse_add(c, api_stream_usage(&c->req, &u, &n), &n)) ||
               sse_add_const(c, "data: [DONE]\n\n");
     if (bad) return respond_json(c, 500, NULL, 0);
-    struct MHD_Response *r = MHD_create_response_from_buffer(c->sse_len, c->sse, MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(c->sse_len, c->sse, MHD_RESPMEM_MUST_COPY);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");

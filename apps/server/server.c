@@ -298,8 +298,8 @@ static int open_rag(server *srv, const l3c_model_info *info) {
         return -1;
     }
     rag_store *first = NULL;
-    int bad = rag_store_open(srv->rag_db, 0, &first, err) ||
-              rag_store_get_meta(first, &m, &found, err);
+    int bad =
+        rag_store_open(srv->rag_db, 0, &first, err) || rag_store_get_meta(first, &m, &found, err);
     if (!bad && !found) {
         snprintf(err, sizeof err,
                  "index '%s' holds nothing yet (build it with `llama3c rag index`)", srv->rag_db);

@@ -58,8 +58,8 @@ typedef struct server {
     int32_t n_ctx, n_vocab;
     char model_id[256];
     long long started_at; /* unix time */
-    struct rag_pool *rag;     /* --rag-db: connections (opened and checked against the model at
-                               * start) for concurrent searches; NULL: no --rag-db */
+    struct rag_pool *rag; /* --rag-db: connections (opened and checked against the model at
+                           * start) for concurrent searches; NULL: no --rag-db */
     struct gcache *grammars;  /* compiled response_format / tools grammars, by schema text */
     struct accounts *accounts; /* --api-keys; NULL: none (then api_key, if set, is the one key) */
 } server;
