@@ -912,7 +912,7 @@ static int search_snapshot(rag_store *s, const char *query, const float *qvec, i
                    : mode == RAG_VECTOR ? c->cosine
                                         : alpha * nb + (1 - alpha) * nv;
     }
-    qsort(cs, (size_t)nc, sizeof *cs, by_fused);
+    if (nc > 1) qsort(cs, (size_t)nc, sizeof *cs, by_fused); /* cs is NULL when nc == 0 */
     int n = nc < k ? nc : k;
     if (n == 0) goto done;
     if (!(h = calloc((size_t)n, sizeof *h))) goto oom;
