@@ -234,7 +234,7 @@ from torch_ref import torch_python  # noqa: E402,F401  (fixture)
 def test_int8_scan_recall_and_reload(model, tmp_path):
     """The int8 matrix + exact rerank finds the float64 top 10 / top 50 (bench/rag_scale.c on
     5,000 random unit vectors, 21 queries), and a serving index sees files indexed after it
-    loaded its matrix (data_version)."""
+    loaded its matrix (the index generation)."""
     exe = os.path.join(os.path.dirname(BIN), "bench", "rag_scale")
     env = dict(os.environ)
     env["TMPDIR"] = str(tmp_path)
