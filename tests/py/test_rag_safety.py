@@ -294,6 +294,20 @@ def test_min_score_options(model, tmp_path):
         assert st == 200 and body["abstain"] is True and body["confidence"] > 0, body
         st, body = srv.post_json("/v1/rag/query", {"query": "cat", "min_score": 0})
         assert st == 200 and body["abstain"] is False, body
+        # chat below min_score: the fixed reply without the model, streamed or not
+        fixed = "I don't know: no indexed passage answers this."
+        chat = {"messages": [{"role": "user", "content": "cat"}], "rag": {"k": 1, "min_score": 1e5}, "max_tokens": 4}
+        st, body = srv.post_json("/v1/chat/completions", chat)
+        assert st == 200 and body["choices"][0]["message"]["content"] == fixed, body
+        assert body["rag_abstained"] is True and body["usage"]["completion_tokens"] == 0, body
+        assert [os.path.basename(x["path"]) for x in body["rag_sources"]] == ["a.md"], body
+        st, events, raw = srv.stream("/v1/chat/completions", dict(chat, stream=True))
+        assert st == 200 and raw.rstrip().endswith("data: [DONE]"), raw
+        text = "".join(ev["choices"][0]["delta"].get("content") or "" for ev in events
+                       if isinstance(ev, dict) and ev.get("choices"))
+        assert text == fixed, raw
+        st, body = srv.post_json("/v1/chat/completions", dict(chat, rag={"k": 1, "min_score": 0}))
+        assert st == 200 and "rag_abstained" not in body and body["usage"]["completion_tokens"] > 0, body
         for bad in ("x", -1, None):
             st, body = srv.post_json("/v1/rag/query", {"query": "cat", "min_score": bad})
             assert st == 400 and body["error"]["param"] == "min_score", body
