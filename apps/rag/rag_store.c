@@ -50,6 +50,8 @@ typedef struct rag_share {
     rag_mat *cur;            /* the cached matrix (holds one reference), NULL before the first */
     int refs;                /* stores using this share */
     int64_t loads;           /* matrices loaded (rag_store_matrix_loads) */
+    dev_t dev;               /* the file the first connection opened: a further connection must */
+    ino_t ino;               /* open the same one, not an index written over it since */
 } rag_share;
 
 struct rag_store {
@@ -177,6 +179,11 @@ static int store_open(const char *path, int create, rag_share *share, rag_store 
     *out = NULL;
     struct stat st;
     int exists = stat(path, &st) == 0;
+    if (share && (!exists || st.st_dev != share->dev || st.st_ino != share->ino))
+        return failf(err,
+                     "index '%s' was replaced or removed since it was opened (another file is at "
+                     "that path now); restart to use the new one",
+                     path);
     if (!exists && !create)
         return failf(err,
                      "index '%s' does not exist (build it with `llama3c rag index --db %s DIR`)",
@@ -282,6 +289,8 @@ static int store_open(const char *path, int create, rag_share *share, rag_store 
               path, ver, RAG_SCHEMA_VERSION);
         goto fail;
     }
+    if (!share && stat(path, &st) == 0) /* the file now exists (a new index was created) */
+        s->share->dev = st.st_dev, s->share->ino = st.st_ino;
     *out = s;
     return 0;
 fail:

@@ -219,6 +219,22 @@ static void test_old_snapshot(void) {
     rag_store_close(w);
 }
 
+/* A further connection of a pool must open the file the first one did, not an index that was
+ * written over its path since (its generations would not be comparable). */
+static void test_replaced_file(void) {
+    char err[RAG_ERR_CAP], other[600];
+    rag_store *a = NULL, *b = NULL;
+    CHECK(rag_store_open(g_db, 0, &a, err) == 0);
+    if (!a) return;
+    snprintf(other, sizeof other, "%s.other", g_db);
+    CHECK(rename(g_db, other) == 0);
+    CHECK(rag_store_open_more(a, &b, err) != 0 && strstr(err, "was replaced or removed"));
+    CHECK(rename(other, g_db) == 0); /* the same file back: accepted */
+    CHECK_MSG(rag_store_open_more(a, &b, err) == 0, "%s", err);
+    rag_store_close(b);
+    rag_store_close(a);
+}
+
 static void test_generation_added_on_open(void) {
     char err[RAG_ERR_CAP];
     rag_store *s = NULL;
@@ -270,6 +286,7 @@ int main(void) {
         rag_store_close(s);
         test_concurrent_with_writer();
         test_old_snapshot();
+        test_replaced_file();
         test_generation_added_on_open();
     }
     char side[600];
