@@ -297,8 +297,9 @@ static int open_rag(server *srv, const l3c_model_info *info) {
             "llama3c serve: --rag-db needs --pooling mean (the index holds mean-pooled vectors)\n");
         return -1;
     }
-    int bad = rag_store_open(srv->rag_db, 0, &srv->rag, err) ||
-              rag_store_get_meta(srv->rag, &m, &found, err);
+    rag_store *first = NULL;
+    int bad =
+        rag_store_open(srv->rag_db, 0, &first, err) || rag_store_get_meta(first, &m, &found, err);
     if (!bad && !found) {
         snprintf(err, sizeof err,
                  "index '%s' holds nothing yet (build it with `llama3c rag index`)", srv->rag_db);
@@ -310,15 +311,18 @@ static int open_rag(server *srv, const l3c_model_info *info) {
                                    err);
     if (bad) {
         fprintf(stderr, "llama3c serve: %s\n", err);
-        rag_store_close(srv->rag);
-        srv->rag = NULL;
+        rag_store_close(first);
         return -1;
     }
-    pthread_mutex_init(&srv->rag_mu, NULL);
     int64_t nf = 0, nc = 0;
-    if (rag_store_counts(srv->rag, &nf, &nc, err) == 0)
+    if (rag_store_counts(first, &nf, &nc, err) == 0)
         fprintf(stderr, "llama3c serve: RAG index %s: %lld files, %lld chunks\n", srv->rag_db,
                 (long long)nf, (long long)nc);
+    if (rag_pool_new(first, RAG_POOL_MAX, &srv->rag, err)) {
+        fprintf(stderr, "llama3c serve: %s\n", err);
+        rag_store_close(first);
+        return -1;
+    }
     return 0;
 }
 
@@ -473,8 +477,7 @@ out:
     l3c_context_free(srv.ctx);
     cli_adapters_free(adapters, lora.n);
     l3c_model_free(srv.model);
-    if (srv.rag) pthread_mutex_destroy(&srv.rag_mu);
-    rag_store_close(srv.rag);
+    rag_pool_free(srv.rag); /* after http_stop: no request holds a connection */
     accounts_free(srv.accounts);
     if (srv.api_keys_path) signal(SIGHUP, SIG_DFL);
     signal(SIGINT, SIG_DFL);

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct rag_store;
+struct rag_pool;
 struct gcache;
 
 #define SERVER_MAX_ALIASES 8
@@ -58,10 +58,10 @@ typedef struct server {
     int32_t n_ctx, n_vocab;
     char model_id[256];
     long long started_at; /* unix time */
-    struct rag_store *rag;    /* opened and checked against the model at start; NULL: no --rag-db */
+    struct rag_pool *rag; /* --rag-db: connections (opened and checked against the model at
+                           * start) for concurrent searches; NULL: no --rag-db */
     struct gcache *grammars;  /* compiled response_format / tools grammars, by schema text */
     struct accounts *accounts; /* --api-keys; NULL: none (then api_key, if set, is the one key) */
-    pthread_mutex_t rag_mu;   /* one search at a time on the shared SQLite connection */
 } server;
 
 #endif
