@@ -64,6 +64,26 @@ typedef struct l3c_backend {
      * (l3c_lora_target) of layer, in the order they were set; x [T x n_in] is the matrix's
      * input. The block calls it after each matrix when ctx->n_adapters > 0. */
     void (*lora_deltas)(l3c_context *ctx, int32_t layer, int target, const float *x, float *y, int64_t T);
+    /* ---- backward (l3c_block_backward, block.c): NULL in a backend that only decodes. Each
+     * ADDS into the gradients it writes (the caller zeroes them), as train_ops.h's pairs; the
+     * activations are the forward's (l3c_block_bufs), kept by this backend's forward ops where
+     * they are not arguments (attention's row log-sum-exp, LoRA's x A^T). */
+    /* dx [T x n] += d(rmsnorm)/dx^T dy; dg [n] += its gain's gradient (dg NULL: frozen) */
+    void (*rmsnorm_bwd)(l3c_context *ctx, const float *x, const float *g, const float *rstd,
+                        const float *dy, float *dx, float *dg, int64_t T, int64_t n);
+    /* matrix target (l3c_lora_target) w of layer, y = x w^T (+ adapters): dx [T x w->n_in] += dy W
+     * (dx NULL: not needed), dW += dy^T x (dW NULL: frozen), and the trained adapters' gradients */
+    void (*matmul_bwd)(l3c_context *ctx, int32_t layer, int target, const l3c_weight *w, const float *x,
+                       const float *dy, float *dx, float *dW, int64_t T);
+    /* dx [T x n_heads*hd] rotated back by the tables (in place) */
+    void (*rope_bwd)(l3c_context *ctx, float *dx, int64_t T, int n_heads, const float *cos_t,
+                     const float *sin_t);
+    /* of the layer's attention over q, k, v: dq, dk, dv += from dout [T x n_head*hd] */
+    void (*attention_bwd)(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q, const float *k,
+                          const float *v, const float *dout, float *dq, float *dk, float *dv);
+    /* h = silu(g) * u: dg, du [n] += from dh */
+    void (*swiglu_bwd)(l3c_context *ctx, const float *g, const float *u, const float *dh, float *dg, float *du,
+                       int64_t n);
     /* the residual stream x [T x E] around the model's layers [layer0, layer1) (l3c_model):
      * end == 0 before the first of them, 1 after the last. A pipeline stage (src/dist) receives x
      * from the previous stage there and hands it on; the CPU backend does nothing. */

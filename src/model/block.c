@@ -20,11 +20,16 @@
  * lora_deltas; q and k before rope, as their weights' rows are). When h is computed in place
  * (h == g), nothing traces and no adapter touches gate / up, the gate / up matmul_multi finishes
  * h = silu(g) * u in the same pass (gate and up are not traced then).
+ *
+ * l3c_block_backward runs the list upside down with one residual gradient dres updated in place:
+ * an add's backward is "dres passes through", each rmsnorm's backward adds its branch into it.
  */
 #include "model/block.h"
 
 #include "model/lora.h"
 #include "model/model.h"
+
+#include <string.h>
 
 #define TRACE(op, layer, data, rows, cols)                                                   \
     do {                                                                                     \
@@ -96,4 +101,41 @@ void l3c_block_forward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l3
     TRACE("ffn_down", l, s->proj, T, E);
     be->add(ctx, s->x_out, s->x_mid, s->proj, T * E);                    /* x_out = x_mid + proj */
     TRACE("l_out", l, s->x_out, T, E);
+}
+
+static void zero(float *x, int64_t n) { memset(x, 0, (size_t)n * sizeof(float)); }
+
+void l3c_block_backward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l3c_block_bufs *s,
+                        const l3c_block_grads *G, const l3c_block_dbufs *d) {
+    const l3c_backend *be = ctx->backend;
+    const l3c_config *c = &ctx->model->cfg;
+    const l3c_layer *L = &ctx->model->w.layers[l];
+    const int64_t T = b->n_tokens, E = c->n_embd, F = c->n_ff;
+    const int64_t q_dim = (int64_t)c->n_head * c->head_dim, kv_dim = (int64_t)c->n_head_kv * c->head_dim;
+
+    /* ---- feed-forward block: x_out = x_mid + h Wdown^T, dres passes to x_mid and to the branch */
+    zero(d->dh, T * F);
+    be->matmul_bwd(ctx, l, L3C_LORA_DOWN, &L->w_down, s->h, d->dres, d->dh, G->w[L3C_LORA_DOWN], T);
+    zero(d->dg, T * F);
+    zero(d->du, T * F);
+    be->swiglu_bwd(ctx, s->g, s->u, d->dh, d->dg, d->du, T * F);
+    zero(d->dxn, T * E);
+    be->matmul_bwd(ctx, l, L3C_LORA_GATE, &L->w_gate, s->xn2, d->dg, d->dxn, G->w[L3C_LORA_GATE], T);
+    be->matmul_bwd(ctx, l, L3C_LORA_UP, &L->w_up, s->xn2, d->du, d->dxn, G->w[L3C_LORA_UP], T);
+    be->rmsnorm_bwd(ctx, s->x_mid, L->ffn_norm, s->rstd2, d->dxn, d->dres, G->ffn_norm, T, E);
+
+    /* ---- attention block: x_mid = x_in + att_out Wo^T */
+    zero(d->dao, T * q_dim);
+    be->matmul_bwd(ctx, l, L3C_LORA_O, &L->wo, s->att_out, d->dres, d->dao, G->w[L3C_LORA_O], T);
+    zero(d->dq, T * q_dim);
+    zero(d->dk, T * kv_dim);
+    zero(d->dv, T * kv_dim);
+    be->attention_bwd(ctx, l, b, s->q, s->k, s->v, d->dao, d->dq, d->dk, d->dv);
+    be->rope_bwd(ctx, d->dq, T, c->n_head, s->rope_cos, s->rope_sin);
+    be->rope_bwd(ctx, d->dk, T, c->n_head_kv, s->rope_cos, s->rope_sin);
+    zero(d->dxn, T * E);
+    be->matmul_bwd(ctx, l, L3C_LORA_Q, &L->wq, s->xn1, d->dq, d->dxn, G->w[L3C_LORA_Q], T);
+    be->matmul_bwd(ctx, l, L3C_LORA_K, &L->wk, s->xn1, d->dk, d->dxn, G->w[L3C_LORA_K], T);
+    be->matmul_bwd(ctx, l, L3C_LORA_V, &L->wv, s->xn1, d->dv, d->dxn, G->w[L3C_LORA_V], T);
+    be->rmsnorm_bwd(ctx, s->x_in, L->attn_norm, s->rstd1, d->dxn, d->dres, G->attn_norm, T, E);
 }

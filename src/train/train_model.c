@@ -705,6 +705,11 @@ typedef struct l3c_train_fwd train_fwd;
 
 static train_fwd *tf(l3c_context *ctx) { return (train_fwd *)ctx; }
 
+/* keeps an op's first failure (ops cannot return one); the block's caller returns it */
+static void note(train_fwd *f, l3c_status st) {
+    if (st && !f->st) f->st = st;
+}
+
 static void train_matmul(l3c_context *ctx, const l3c_weight *w, const float *x, float *y, int64_t T) {
     mm(tf(ctx)->m, w, x, y, T);
 }
@@ -734,7 +739,7 @@ static void train_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b,
     const l3c_train_model *m = f->m;
     const l3c_status st = l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos, m->B, m->T, m->cfg.n_head,
                                                 m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
-    if (st && !f->st) f->st = st;
+    note(f, st);
 }
 
 static void train_swiglu(l3c_context *ctx, float *h, const float *g, const float *u, int64_t n) {
@@ -768,6 +773,39 @@ static void train_lora_deltas(l3c_context *ctx, int32_t l, int t, const float *x
                     lora_input(m, l, t, x, am->n_in), f->a->lu[t], y, T);
 }
 
+/* ---- backward: train_ops.c's pairs and train_kernels.c's threaded kernels */
+
+static void train_rmsnorm_bwd(l3c_context *ctx, const float *x, const float *g, const float *rstd,
+                              const float *dy, float *dx, float *dg, int64_t T, int64_t n) {
+    l3c_tr_rmsnorm_bwd(x, g, rstd, dy, T, n, dx, dg);
+}
+
+static void train_matmul_bwd(l3c_context *ctx, int32_t l, int t, const l3c_weight *w, const float *x,
+                             const float *dy, float *dx, float *dW, int64_t T) {
+    train_fwd *f = tf(ctx);
+    note(f, linear_bwd(f->m, l, t, x, f->a->lu[t], dy, dx, dW));
+}
+
+static void train_rope_bwd(l3c_context *ctx, float *dx, int64_t T, int n_heads, const float *cos_t,
+                           const float *sin_t) {
+    const l3c_train_model *m = tf(ctx)->m;
+    l3c_tr_rope_bwd(dx, T, n_heads, m->head_dim, m->cfg.n_rot, cos_t, sin_t);
+}
+
+static void train_attention_bwd(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
+                                const float *k, const float *v, const float *dout, float *dq, float *dk,
+                                float *dv) {
+    train_fwd *f = tf(ctx);
+    const l3c_train_model *m = f->m;
+    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos, f->a->alse, dout, m->B, m->T, m->cfg.n_head,
+                                  m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
+}
+
+static void train_swiglu_bwd(l3c_context *ctx, const float *g, const float *u, const float *dh, float *dg,
+                             float *du, int64_t n) {
+    l3c_tr_swiglu_bwd(g, u, dh, n, dg, du);
+}
+
 /* The CPU backend's get_rows, gather_rows, rmsnorm (with rstd), rope, add and stage; the rest
  * above. */
 static l3c_backend g_train;
@@ -784,6 +822,11 @@ static void train_backend_init(void) {
     g_train.swiglu = train_swiglu;
     g_train.lora = train_lora;
     g_train.lora_deltas = train_lora_deltas;
+    g_train.rmsnorm_bwd = train_rmsnorm_bwd;
+    g_train.matmul_bwd = train_matmul_bwd;
+    g_train.rope_bwd = train_rope_bwd;
+    g_train.attention_bwd = train_attention_bwd;
+    g_train.swiglu_bwd = train_swiglu_bwd;
 }
 
 /* m->fwd, made at the first forward: the context and model l3c_block_forward reads. The matrices'
@@ -841,16 +884,27 @@ static void train_fwd_free(l3c_train_model *m) {
     m->fwd = NULL;
 }
 
+/* The block's buffers of layer l's saved activations a (x_in, proj, x_out: see layer_forward). */
+static l3c_block_bufs block_bufs(const l3c_train_model *m, const float *x_in, l3c_train_acts *a, float *proj,
+                                 float *x_out) {
+    return (l3c_block_bufs){.x_in = x_in, .x_mid = a->x_mid, .x_out = x_out, .xn1 = a->xn1, .xn2 = a->xn2,
+                            .rstd1 = a->rstd1, .rstd2 = a->rstd2, .q = a->q, .k = a->k, .v = a->v,
+                            .att_out = a->ao, .proj = proj, .g = a->g, .u = a->u, .h = a->h,
+                            .rope_cos = m->rope_cos, .rope_sin = m->rope_sin};
+}
+
+/* the whole batch as one l3c_batch of B*T tokens (rows of packed examples) */
+static l3c_batch train_batch(const l3c_train_model *m) {
+    return (l3c_batch){.n_tokens = (int32_t)(m->B * m->T), .tokens = m->ids, .pos = m->pos};
+}
+
 /* Layer l of the last batch through l3c_block_forward: x_in -> x_out, keeping a's activations
  * (the checkpointed backward recomputes them with x_out a scratch buffer). */
 static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *proj,
                                 float *x_out) {
     train_fwd *f = m->fwd;
-    const l3c_batch b = {.n_tokens = (int32_t)(m->B * m->T), .tokens = m->ids, .pos = m->pos};
-    const l3c_block_bufs s = {.x_in = x_in, .x_mid = a->x_mid, .x_out = x_out, .xn1 = a->xn1, .xn2 = a->xn2,
-                              .rstd1 = a->rstd1, .rstd2 = a->rstd2, .q = a->q, .k = a->k, .v = a->v,
-                              .att_out = a->ao, .proj = proj, .g = a->g, .u = a->u, .h = a->h,
-                              .rope_cos = m->rope_cos, .rope_sin = m->rope_sin};
+    const l3c_batch b = train_batch(m);
+    const l3c_block_bufs s = block_bufs(m, x_in, a, proj, x_out);
     f->ctx.tp = m->tp; /* l3c_train_model_set_threads may have changed it */
     f->a = a;
     f->st = L3C_OK;
@@ -858,46 +912,24 @@ static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3
     return f->st;
 }
 
-/* s->dres holds dL/dx_out on entry and dL/dx_in on return. G's pointers are NULL for frozen
- * weights (LoRA mode). */
-static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, const l3c_train_acts *a,
+/* Its backward (l3c_block_backward): s->dres holds dL/dx_out on entry and dL/dx_in on return;
+ * the parameters' gradients are added into m->g (NULL there: frozen, LoRA mode) and the
+ * adapter's into m->dlora. */
+static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
                                  const bwd_bufs *s) {
-    const l3c_train_config *c = &m->cfg;
-    const l3c_train_layer *W = &m->p.layers[l];
-    const l3c_train_layer *G = &m->g.layers[l];
-    const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff, qd = q_dim(m), kd = kv_dim(m);
-    const int hd = m->head_dim;
-    l3c_status st;
-    /* x_out = x_mid + h Wd^T: dres passes to x_mid (add backward), the branch gets dres too */
-    zero(s->dh, N * F);
-    if ((st = linear_bwd(m, l, L3C_LORA_DOWN, a->h, a->lu[L3C_LORA_DOWN], s->dres, s->dh, G->w_down)))
-        return st;
-    zero(s->dg, N * F);
-    zero(s->du, N * F);
-    l3c_tr_swiglu_bwd(a->g, a->u, s->dh, N * F, s->dg, s->du);
-    zero(s->dxn, N * D);
-    if ((st = linear_bwd(m, l, L3C_LORA_GATE, a->xn2, a->lu[L3C_LORA_GATE], s->dg, s->dxn, G->w_gate)) ||
-        (st = linear_bwd(m, l, L3C_LORA_UP, a->xn2, a->lu[L3C_LORA_UP], s->du, s->dxn, G->w_up)))
-        return st;
-    l3c_tr_rmsnorm_bwd(a->x_mid, W->ffn_norm, a->rstd2, s->dxn, N, D, s->dres, G->ffn_norm);
-    /* x_mid = x_in + ao Wo^T */
-    zero(s->dao, N * qd);
-    if ((st = linear_bwd(m, l, L3C_LORA_O, a->ao, a->lu[L3C_LORA_O], s->dres, s->dao, G->wo))) return st;
-    zero(s->dq, N * qd);
-    zero(s->dk, N * kd);
-    zero(s->dv, N * kd);
-    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, m->pos, a->alse, s->dao, m->B, m->T, c->n_head,
-                                    c->n_head_kv, hd, s->dq, s->dk, s->dv)))
-        return st;
-    l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_tr_rope_bwd(s->dk, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    zero(s->dxn, N * D);
-    if ((st = linear_bwd(m, l, L3C_LORA_Q, a->xn1, a->lu[L3C_LORA_Q], s->dq, s->dxn, G->wq)) ||
-        (st = linear_bwd(m, l, L3C_LORA_K, a->xn1, a->lu[L3C_LORA_K], s->dk, s->dxn, G->wk)) ||
-        (st = linear_bwd(m, l, L3C_LORA_V, a->xn1, a->lu[L3C_LORA_V], s->dv, s->dxn, G->wv)))
-        return st;
-    l3c_tr_rmsnorm_bwd(x_in, W->attn_norm, a->rstd1, s->dxn, N, D, s->dres, G->attn_norm);
-    return L3C_OK;
+    train_fwd *f = m->fwd;
+    const l3c_batch b = train_batch(m);
+    const l3c_block_bufs fb = block_bufs(m, x_in, a, s->tmp, NULL);
+    const l3c_train_layer *g = &m->g.layers[l];
+    const l3c_block_grads G = {.attn_norm = g->attn_norm, .ffn_norm = g->ffn_norm,
+                               .w = {g->wq, g->wk, g->wv, g->wo, g->w_gate, g->w_up, g->w_down}};
+    const l3c_block_dbufs d = {.dres = s->dres, .dxn = s->dxn, .dao = s->dao, .dq = s->dq, .dk = s->dk,
+                               .dv = s->dv, .dh = s->dh, .dg = s->dg, .du = s->du};
+    f->ctx.tp = m->tp;
+    f->a = a;
+    f->st = L3C_OK;
+    l3c_block_backward(&f->ctx, l, &b, &fb, &G, &d);
+    return f->st;
 }
 
 /* ------------------------------------------------------------------ model forward / backward */
