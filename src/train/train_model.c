@@ -1,24 +1,26 @@
 /*
  * train_model.c -- the fp32 training model (train_model.h): parameter / gradient / AdamW
- * arenas, forward to the loss through the op pairs of train_ops.c, backward in reverse op
- * order, optional per-layer activation recomputation.
+ * arenas; the forward to the loss and the backward as the engine's block (l3c_block_forward /
+ * l3c_block_backward, src/model/block.c) run through a training backend table; head and
+ * cross-entropy; optional per-layer activation recomputation.
  *
- * One block, forward (x_in -> x_out; N = B*T rows), and what it saves (l3c_train_acts):
- *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1
+ * The block is not defined here: this file supplies the ops that differ from the CPU backend's
+ * (train_backend_init) and the buffers (l3c_block_bufs over l3c_train_acts). What a layer saves
+ * (N = B*T rows):
+ *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1            (op rmsnorm with rstd)
  *   q, k, v = xn1 Wq^T, Wk^T, Wv^T; rope q, k   q, k (rotated), v
  *   ao = attention(q, k, v)                  alse (row log-sum-exp, not the T x T probabilities), ao
  *   x_mid = x_in + ao Wo^T                   x_mid
  *   xn2 = rmsnorm(x_mid, ffn_norm)           xn2, rstd2
  *   h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h
  *   x_out = x_mid + h Wd^T                   (x_out is the next block's x_in, kept in x_res)
- * Backward runs the same list upside down with one residual-gradient buffer dres updated in
- * place: the add ops' backward is "dres passes through", each rmsnorm backward adds its branch.
  *
- * Every matrix product is a "linear" (linear_fwd / linear_bwd): the engine's l3c_matmul on an
- * l3c_weight forward, the threaded per-tile kernels of train_kernels.c backward. In full mode
- * the weights are F32 views of the parameter arena and get dW; in LoRA mode they are the base
- * model's (any type, frozen: only dx) plus the adapter's branch s (x A^T) B^T, whose A and B
- * get gradients. Norms and attention use the op pairs of train_ops.c.
+ * Every matrix product is the op matmul (mm: the engine's l3c_matmul on an l3c_weight, 512 rows
+ * a call) plus, in LoRA mode, the op lora_deltas (the adapter's branch s (x A^T) B^T, x A^T kept);
+ * its backward, matmul_bwd (linear_bwd), runs the threaded per-tile kernels of train_kernels.c.
+ * In full mode the weights are F32 views of the parameter arena and get dW; in LoRA mode they are
+ * the base model's (any type, frozen: only dx) and A, B get gradients. Norms, rope and swiglu
+ * backward are the op pairs of train_ops.c.
  */
 #include "train/train_model.h"
 
