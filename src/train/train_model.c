@@ -658,8 +658,8 @@ static const float *lora_input(l3c_train_model *m, int l, int t, const float *x,
     return m->drop_buf;
 }
 
-/* Backward of matrix t of layer l (train_matmul + train_lora_deltas) for dy: dx += dy W (dx may be NULL), dW += dy^T x (full mode), and
- * the adapter's dB += s dy^T (x A^T), d(x A^T) = s dy B, dA += d(x A^T)^T x, dx += d(x A^T) A. */
+/* Backward of matrix t of layer l (ops matmul + lora_deltas) for dy: dx += dy W (dx may be
+ * NULL), dW += dy^T x (full mode), and the adapter's dB += s dy^T (x A^T), d(x A^T) = s dy B, dA += d(x A^T)^T x, dx += d(x A^T) A. */
 static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, const float *lu,
                              const float *dy, float *dx, float *dW) {
     const int64_t N = m->B * m->T;
@@ -692,7 +692,7 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
 /* ------------------------------------------------------------------ the block's training backend */
 
 /* The training model as l3c_block_forward sees it: an l3c_context whose backend is
- * train_backend and whose model holds the shapes and the matrices (m->mats, the norms) as the
+ * g_train (below) and whose model holds the shapes and the matrices (m->mats, the norms) as the
  * engine's l3c_layer; the ops get &ctx and find the training model around it. */
 struct l3c_train_fwd {
     l3c_context ctx; /* first member: (train_fwd *)ctx */
