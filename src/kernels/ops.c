@@ -257,7 +257,8 @@ void l3c_weight_pack(const l3c_weight *w, const l3c_pack_layout *L, void *dst, i
 /* 1 / sqrt(mean(x^2) + eps) of one row, the sum of squares in double */
 static float rms_rstd_row(const float *xr, int64_t n, float eps) {
     double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)xr[i] * xr[i];
     return 1.0f / sqrtf((float)(ss / (double)n) + eps);
 }
 
@@ -271,9 +272,9 @@ void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n,
 }
 
 void l3c_rms_rstd(const float *x, float *rstd, int64_t T, int64_t n, float eps) {
-    for (int64_t t = 0; t < T; t++) rstd[t] = rms_rstd_row(x + t * n, n, eps);
+    for (int64_t t = 0; t < T; t++)
+        rstd[t] = rms_rstd_row(x + t * n, n, eps);
 }
-
 
 /* y += a * x: AVX2 when the CPU has it (the forward pass is compiled for the baseline ISA, and
  * -O2 does not vectorize loops that need alias checks), with a separate multiply and add so

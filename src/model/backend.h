@@ -29,8 +29,8 @@ typedef struct l3c_backend {
                         float *y);
     /* y [T x n] = x * rstd * g[n], rstd = rsqrt(mean(x^2) + eps) per row; rstd: NULL, or [T]
      * receiving each row's (what a backward needs) */
-    void (*rmsnorm)(l3c_context *ctx, const float *x, const float *g, float *y, float *rstd, int64_t T,
-                    int64_t n, float eps);
+    void (*rmsnorm)(l3c_context *ctx, const float *x, const float *g, float *y, float *rstd,
+                    int64_t T, int64_t n, float eps);
     /* y [T x w->n_out] = x [T x w->n_in] @ w^T */
     void (*matmul)(l3c_context *ctx, const l3c_weight *w, const float *x, float *y, int64_t T);
     /* n <= L3C_MATMUL_MAX weights with the same n_in on the same x in one pass,
@@ -63,7 +63,8 @@ typedef struct l3c_backend {
     /* y [T x n_out] += the delta of every adapter set on the context that adapts matrix target
      * (l3c_lora_target) of layer, in the order they were set; x [T x n_in] is the matrix's
      * input. The block calls it after each matrix when ctx->n_adapters > 0. */
-    void (*lora_deltas)(l3c_context *ctx, int32_t layer, int target, const float *x, float *y, int64_t T);
+    void (*lora_deltas)(l3c_context *ctx, int32_t layer, int target, const float *x, float *y,
+                        int64_t T);
     /* ---- backward (l3c_block_backward, block.c): NULL in a backend that only decodes. Each
      * ADDS into the gradients it writes (the caller zeroes them), as train_ops.h's pairs; the
      * activations are the forward's (l3c_block_bufs), kept by this backend's forward ops where
@@ -73,17 +74,18 @@ typedef struct l3c_backend {
                         const float *dy, float *dx, float *dg, int64_t T, int64_t n);
     /* matrix target (l3c_lora_target) w of layer, y = x w^T (+ adapters): dx [T x w->n_in] += dy W
      * (dx NULL: not needed), dW += dy^T x (dW NULL: frozen), and the trained adapters' gradients */
-    void (*matmul_bwd)(l3c_context *ctx, int32_t layer, int target, const l3c_weight *w, const float *x,
-                       const float *dy, float *dx, float *dW, int64_t T);
+    void (*matmul_bwd)(l3c_context *ctx, int32_t layer, int target, const l3c_weight *w,
+                       const float *x, const float *dy, float *dx, float *dW, int64_t T);
     /* dx [T x n_heads*hd] rotated back by the tables (in place) */
     void (*rope_bwd)(l3c_context *ctx, float *dx, int64_t T, int n_heads, const float *cos_t,
                      const float *sin_t);
     /* of the layer's attention over q, k, v: dq, dk, dv += from dout [T x n_head*hd] */
-    void (*attention_bwd)(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q, const float *k,
-                          const float *v, const float *dout, float *dq, float *dk, float *dv);
+    void (*attention_bwd)(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
+                          const float *k, const float *v, const float *dout, float *dq, float *dk,
+                          float *dv);
     /* h = silu(g) * u: dg, du [n] += from dh */
-    void (*swiglu_bwd)(l3c_context *ctx, const float *g, const float *u, const float *dh, float *dg, float *du,
-                       int64_t n);
+    void (*swiglu_bwd)(l3c_context *ctx, const float *g, const float *u, const float *dh, float *dg,
+                       float *du, int64_t n);
     /* the residual stream x [T x E] around the model's layers [layer0, layer1) (l3c_model):
      * end == 0 before the first of them, 1 after the last. A pipeline stage (src/dist) receives x
      * from the previous stage there and hands it on; the CPU backend does nothing. */

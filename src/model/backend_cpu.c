@@ -17,8 +17,8 @@ static void cpu_gather_rows(l3c_context *ctx, const float *x, const int32_t *idx
     for (int64_t r = 0; r < n; r++) memcpy(y + r * cols, x + (int64_t)idx[r] * cols, (size_t)cols * sizeof(float));
 }
 
-static void cpu_rmsnorm(l3c_context *ctx, const float *x, const float *g, float *y, float *rstd, int64_t T,
-                        int64_t n, float eps) {
+static void cpu_rmsnorm(l3c_context *ctx, const float *x, const float *g, float *y, float *rstd,
+                        int64_t T, int64_t n, float eps) {
     l3c_rmsnorm(x, g, y, T, n, eps);
     if (rstd) l3c_rms_rstd(x, rstd, T, n, eps);
 }
@@ -104,7 +104,8 @@ static void cpu_lora(l3c_context *ctx, const float *A, const float *B, int32_t r
 }
 
 /* every adapter's delta of (layer, target), through the context's own lora op */
-static void cpu_lora_deltas(l3c_context *ctx, int32_t layer, int target, const float *x, float *y, int64_t T) {
+static void cpu_lora_deltas(l3c_context *ctx, int32_t layer, int target, const float *x, float *y,
+                            int64_t T) {
     for (int i = 0; i < ctx->n_adapters; i++) {
         const l3c_lora_adapter *ad = ctx->adapters[i].lora;
         const l3c_lora_mat *m = l3c_lora_get(ad, layer, (l3c_lora_target)target);

@@ -31,9 +31,10 @@
 
 #include <string.h>
 
-#define TRACE(op, layer, data, rows, cols)                                                   \
-    do {                                                                                     \
-        if (ctx->trace) ctx->trace(ctx->trace_user, op, layer, data, (int64_t)(rows), (int64_t)(cols)); \
+#define TRACE(op, layer, data, rows, cols)                                                         \
+    do {                                                                                           \
+        if (ctx->trace)                                                                            \
+            ctx->trace(ctx->trace_user, op, layer, data, (int64_t)(rows), (int64_t)(cols));        \
     } while (0)
 
 /* 1 when some adapter set on the context adapts (layer l, target t) */
@@ -48,7 +49,8 @@ void l3c_block_forward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l3
     const l3c_config *c = &ctx->model->cfg;
     const l3c_layer *L = &ctx->model->w.layers[l];
     const int64_t T = b->n_tokens, E = c->n_embd, F = c->n_ff;
-    const int64_t q_dim = (int64_t)c->n_head * c->head_dim, kv_dim = (int64_t)c->n_head_kv * c->head_dim;
+    const int64_t q_dim = (int64_t)c->n_head * c->head_dim,
+                  kv_dim = (int64_t)c->n_head_kv * c->head_dim;
     const bool ad = ctx->n_adapters > 0;
 
     /* ---- attention block */
@@ -69,13 +71,13 @@ void l3c_block_forward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l3
     TRACE("k", l, s->k, T, kv_dim);
     TRACE("v", l, s->v, T, kv_dim);
     be->kv_store(ctx, l, b, s->k, s->v);
-    be->attention(ctx, l, b, s->q, s->att_out, s->probs, s->n_kv);      /* att_out [T x q_dim] */
+    be->attention(ctx, l, b, s->q, s->att_out, s->probs, s->n_kv); /* att_out [T x q_dim] */
     if (s->probs) TRACE("attn_scores", l, s->probs, c->n_head * T, s->n_kv);
     TRACE("attn_out", l, s->att_out, T, q_dim);
-    be->matmul(ctx, &L->wo, s->att_out, s->proj, T);                     /* proj [T x E] */
+    be->matmul(ctx, &L->wo, s->att_out, s->proj, T); /* proj [T x E] */
     if (ad) be->lora_deltas(ctx, l, L3C_LORA_O, s->att_out, s->proj, T);
     TRACE("attn_proj", l, s->proj, T, E);
-    be->add(ctx, s->x_mid, s->x_in, s->proj, T * E);                     /* x_mid = x_in + proj */
+    be->add(ctx, s->x_mid, s->x_in, s->proj, T * E); /* x_mid = x_in + proj */
     TRACE("ffn_inp", l, s->x_mid, T, E);
 
     /* ---- feed-forward block (SwiGLU) */
@@ -93,17 +95,19 @@ void l3c_block_forward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l3
         }
         TRACE("ffn_gate", l, s->g, T, F);
         TRACE("ffn_up", l, s->u, T, F);
-        be->swiglu(ctx, s->h, s->g, s->u, T * F);                        /* h [T x F] */
+        be->swiglu(ctx, s->h, s->g, s->u, T * F); /* h [T x F] */
     }
     TRACE("ffn_act", l, s->h, T, F);
-    be->matmul(ctx, &L->w_down, s->h, s->proj, T);                       /* proj [T x E] */
+    be->matmul(ctx, &L->w_down, s->h, s->proj, T); /* proj [T x E] */
     if (ad) be->lora_deltas(ctx, l, L3C_LORA_DOWN, s->h, s->proj, T);
     TRACE("ffn_down", l, s->proj, T, E);
-    be->add(ctx, s->x_out, s->x_mid, s->proj, T * E);                    /* x_out = x_mid + proj */
+    be->add(ctx, s->x_out, s->x_mid, s->proj, T * E); /* x_out = x_mid + proj */
     TRACE("l_out", l, s->x_out, T, E);
 }
 
-static void zero(float *x, int64_t n) { memset(x, 0, (size_t)n * sizeof(float)); }
+static void zero(float *x, int64_t n) {
+    memset(x, 0, (size_t)n * sizeof(float));
+}
 
 void l3c_block_backward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l3c_block_bufs *s,
                         const l3c_block_grads *G, const l3c_block_dbufs *d) {
@@ -111,7 +115,8 @@ void l3c_block_backward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l
     const l3c_config *c = &ctx->model->cfg;
     const l3c_layer *L = &ctx->model->w.layers[l];
     const int64_t T = b->n_tokens, E = c->n_embd, F = c->n_ff;
-    const int64_t q_dim = (int64_t)c->n_head * c->head_dim, kv_dim = (int64_t)c->n_head_kv * c->head_dim;
+    const int64_t q_dim = (int64_t)c->n_head * c->head_dim,
+                  kv_dim = (int64_t)c->n_head_kv * c->head_dim;
 
     /* ---- feed-forward block: x_out = x_mid + h Wdown^T, dres passes to x_mid and to the branch */
     zero(d->dh, T * F);
@@ -120,7 +125,8 @@ void l3c_block_backward(l3c_context *ctx, int32_t l, const l3c_batch *b, const l
     zero(d->du, T * F);
     be->swiglu_bwd(ctx, s->g, s->u, d->dh, d->dg, d->du, T * F);
     zero(d->dxn, T * E);
-    be->matmul_bwd(ctx, l, L3C_LORA_GATE, &L->w_gate, s->xn2, d->dg, d->dxn, G->w[L3C_LORA_GATE], T);
+    be->matmul_bwd(ctx, l, L3C_LORA_GATE, &L->w_gate, s->xn2, d->dg, d->dxn, G->w[L3C_LORA_GATE],
+                   T);
     be->matmul_bwd(ctx, l, L3C_LORA_UP, &L->w_up, s->xn2, d->du, d->dxn, G->w[L3C_LORA_UP], T);
     be->rmsnorm_bwd(ctx, s->x_mid, L->ffn_norm, s->rstd2, d->dxn, d->dres, G->ffn_norm, T, E);
 

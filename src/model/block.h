@@ -20,17 +20,17 @@
 
 /* One block's buffers (T rows; E = n_embd, F = n_ff, qd = n_head*hd, kvd = n_head_kv*hd). */
 typedef struct l3c_block_bufs {
-    const float *x_in;   /* [T x E] input (residual stream) */
-    float *x_mid;        /* [T x E] x_in + the attention branch (may be x_in: in place) */
-    float *x_out;        /* [T x E] x_mid + the FFN branch (may be x_mid: in place) */
-    float *xn1, *xn2;    /* [T x E] rmsnorm(x_in) * attn_norm, rmsnorm(x_mid) * ffn_norm (may alias) */
-    float *rstd1, *rstd2;/* [T] their rows' 1/rms, or NULL */
-    float *q, *k, *v;    /* [T x qd], [T x kvd], [T x kvd]; q, k after rope */
-    float *att_out;      /* [T x qd] */
-    float *proj;         /* [T x E] att_out Wo^T, then h Wdown^T */
-    float *g, *u, *h;    /* [T x F] gate, up, silu(gate) * up; h == g: in place */
+    const float *x_in; /* [T x E] input (residual stream) */
+    float *x_mid;      /* [T x E] x_in + the attention branch (may be x_in: in place) */
+    float *x_out;      /* [T x E] x_mid + the FFN branch (may be x_mid: in place) */
+    float *xn1, *xn2; /* [T x E] rmsnorm(x_in) * attn_norm, rmsnorm(x_mid) * ffn_norm (may alias) */
+    float *rstd1, *rstd2;             /* [T] their rows' 1/rms, or NULL */
+    float *q, *k, *v;                 /* [T x qd], [T x kvd], [T x kvd]; q, k after rope */
+    float *att_out;                   /* [T x qd] */
+    float *proj;                      /* [T x E] att_out Wo^T, then h Wdown^T */
+    float *g, *u, *h;                 /* [T x F] gate, up, silu(gate) * up; h == g: in place */
     const float *rope_cos, *rope_sin; /* [T x n_rot/2] of the batch's positions */
-    float *probs;        /* NULL, or the attn_scores trace [n_head*T x n_kv] */
+    float *probs;                     /* NULL, or the attn_scores trace [n_head*T x n_kv] */
     int64_t n_kv;
 } l3c_block_bufs;
 

@@ -106,24 +106,39 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
 
     /* the block's buffers: one residual stream x updated in place, xb for both norms, hb for
      * gate and silu(gate) * up (so the gate / up matmul may finish swiglu), xb2 the projections */
-    const l3c_block_bufs bufs = {.x_in = a->x, .x_mid = a->x, .x_out = a->x, .xn1 = a->xb, .xn2 = a->xb,
-                                 .q = a->q, .k = a->k, .v = a->v, .att_out = a->att_out, .proj = a->xb2,
-                                 .g = a->hb, .u = a->hb2, .h = a->hb, .rope_cos = a->rope_cos,
-                                 .rope_sin = a->rope_sin, .probs = a->probs, .n_kv = a->n_kv};
+    const l3c_block_bufs bufs = {.x_in = a->x,
+                                 .x_mid = a->x,
+                                 .x_out = a->x,
+                                 .xn1 = a->xb,
+                                 .xn2 = a->xb,
+                                 .q = a->q,
+                                 .k = a->k,
+                                 .v = a->v,
+                                 .att_out = a->att_out,
+                                 .proj = a->xb2,
+                                 .g = a->hb,
+                                 .u = a->hb2,
+                                 .h = a->hb,
+                                 .rope_cos = a->rope_cos,
+                                 .rope_sin = a->rope_sin,
+                                 .probs = a->probs,
+                                 .n_kv = a->n_kv};
     be->stage(ctx, 0, a->x, T); /* a pipeline stage: x from the previous one */
-    for (int32_t l = ctx->model->layer0; l < ctx->model->layer1; l++) l3c_block_forward(ctx, l, b, &bufs);
+    for (int32_t l = ctx->model->layer0; l < ctx->model->layer1; l++)
+        l3c_block_forward(ctx, l, b, &bufs);
     be->stage(ctx, 1, a->x, T); /* ... and on to the next */
 
     /* ---- head. Embeddings: every row normed -> embd [T x E], the requested ones gathered into
      * xb2 [n_out x E]; else only the requested rows: gather x rows -> xb [n_out x E], norm -> xb2.
      * Each row is normed alone, so the logits are the same either way. */
     if (ctx->embeddings) {
-        be->rmsnorm(ctx, a->x, w->output_norm, a->embd, NULL, T, E, c->norm_eps);  /* embd [T x E] */
+        be->rmsnorm(ctx, a->x, w->output_norm, a->embd, NULL, T, E, c->norm_eps); /* embd [T x E] */
         TRACE("result_norm", -1, a->embd, T, E);
         if (n_out > 0) be->gather_rows(ctx, a->embd, ctx->out_idx, n_out, E, a->xb2);
     } else if (n_out > 0) {
         be->gather_rows(ctx, a->x, ctx->out_idx, n_out, E, a->xb);
-        be->rmsnorm(ctx, a->xb, w->output_norm, a->xb2, NULL, n_out, E, c->norm_eps); /* xb2 [n_out x E] */
+        be->rmsnorm(ctx, a->xb, w->output_norm, a->xb2, NULL, n_out, E,
+                    c->norm_eps); /* xb2 [n_out x E] */
         TRACE("result_norm", -1, a->xb2, n_out, E);
     }
     if (n_out > 0) {

@@ -9,11 +9,10 @@
  * (N = B*T rows):
  *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1            (op rmsnorm with rstd)
  *   q, k, v = xn1 Wq^T, Wk^T, Wv^T; rope q, k   q, k (rotated), v
- *   ao = attention(q, k, v)                  alse (row log-sum-exp, not the T x T probabilities), ao
- *   x_mid = x_in + ao Wo^T                   x_mid
- *   xn2 = rmsnorm(x_mid, ffn_norm)           xn2, rstd2
- *   h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h
- *   x_out = x_mid + h Wd^T                   (x_out is the next block's x_in, kept in x_res)
+ *   ao = attention(q, k, v)                  alse (row log-sum-exp, not the T x T probabilities),
+ * ao x_mid = x_in + ao Wo^T                   x_mid xn2 = rmsnorm(x_mid, ffn_norm)           xn2,
+ * rstd2 h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h x_out = x_mid + h Wd^T (x_out is the next
+ * block's x_in, kept in x_res)
  *
  * Every matrix product is the op matmul (mm: the engine's l3c_matmul on an l3c_weight, 512 rows
  * a call) plus, in LoRA mode, the op lora_deltas (the adapter's branch s (x A^T) B^T, x A^T kept);
@@ -504,9 +503,11 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t R = l3c_train_xent_rows(m, N);
     m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + (keep ? N * V : 0) + R * V + N + 2 * N * half) *
                           sizeof(float));
-    m->scratch = l3c_malloc((size_t)(4 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
+    m->scratch =
+        l3c_malloc((size_t)(4 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
     m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
-    m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide + r)) * sizeof(float)) : NULL; /* + the op lora's x A^T */
+    m->lora_tmp =
+        r ? l3c_malloc((size_t)(N * (wide + r)) * sizeof(float)) : NULL; /* + the op lora's x A^T */
     m->dx_tmp = m->mats_t ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const int drop = r && m->lora_dropout > 0.0f;
     if (m->exact && !m->exact_w) {
@@ -659,7 +660,8 @@ static const float *lora_input(l3c_train_model *m, int l, int t, const float *x,
 }
 
 /* Backward of matrix t of layer l (ops matmul + lora_deltas) for dy: dx += dy W (dx may be
- * NULL), dW += dy^T x (full mode), and the adapter's dB += s dy^T (x A^T), d(x A^T) = s dy B, dA += d(x A^T)^T x, dx += d(x A^T) A. */
+ * NULL), dW += dy^T x (full mode), and the adapter's dB += s dy^T (x A^T), d(x A^T) = s dy B, dA +=
+ * d(x A^T)^T x, dx += d(x A^T) A. */
 static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, const float *lu,
                              const float *dy, float *dx, float *dW) {
     const int64_t N = m->B * m->T;
@@ -689,7 +691,8 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     return L3C_OK;
 }
 
-/* ------------------------------------------------------------------ the block's training backend */
+/* ------------------------------------------------------------------ the block's training backend
+ */
 
 /* The training model as l3c_block_forward sees it: an l3c_context whose backend is
  * g_train (below) and whose model holds the shapes and the matrices (m->mats, the norms) as the
@@ -705,24 +708,29 @@ struct l3c_train_fwd {
 };
 typedef struct l3c_train_fwd train_fwd;
 
-static train_fwd *tf(l3c_context *ctx) { return (train_fwd *)ctx; }
+static train_fwd *tf(l3c_context *ctx) {
+    return (train_fwd *)ctx;
+}
 
 /* keeps an op's first failure (ops cannot return one); the block's caller returns it */
 static void note(train_fwd *f, l3c_status st) {
     if (st && !f->st) f->st = st;
 }
 
-static void train_matmul(l3c_context *ctx, const l3c_weight *w, const float *x, float *y, int64_t T) {
+static void train_matmul(l3c_context *ctx, const l3c_weight *w, const float *x, float *y,
+                         int64_t T) {
     mm(tf(ctx)->m, w, x, y, T);
 }
 
 static void train_matmul_multi(l3c_context *ctx, int n, const l3c_weight *const *w, float *const *y,
                                const float *x, int64_t T, bool swiglu) {
-    for (int i = 0; i < n; i++) mm(tf(ctx)->m, w[i], x, y[i], T);
+    for (int i = 0; i < n; i++)
+        mm(tf(ctx)->m, w[i], x, y[i], T);
     if (swiglu) l3c_tr_swiglu_fwd(y[0], y[1], T * w[0]->n_out, y[0]);
 }
 
-static void train_rope_tables(l3c_context *ctx, const int32_t *pos, int64_t T, float *cos_t, float *sin_t) {
+static void train_rope_tables(l3c_context *ctx, const int32_t *pos, int64_t T, float *cos_t,
+                              float *sin_t) {
     const l3c_train_model *m = tf(ctx)->m;
     l3c_tr_rope_tables(pos, T, m->cfg.n_rot, m->cfg.rope_theta, m->rope_freqs, cos_t, sin_t);
 }
@@ -735,12 +743,13 @@ static void train_kv_store(l3c_context *ctx, int32_t layer, const l3c_batch *b, 
 }
 
 /* causal attention of every packed example over its own tokens; keeps each row's log-sum-exp */
-static void train_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q, float *out,
-                            float *probs, int64_t n_kv) {
+static void train_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
+                            float *out, float *probs, int64_t n_kv) {
     train_fwd *f = tf(ctx);
     const l3c_train_model *m = f->m;
-    const l3c_status st = l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos, m->B, m->T, m->cfg.n_head,
-                                                m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
+    const l3c_status st =
+        l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos, m->B, m->T, m->cfg.n_head,
+                              m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
     note(f, st);
 }
 
@@ -749,8 +758,9 @@ static void train_swiglu(l3c_context *ctx, float *h, const float *g, const float
 }
 
 /* y += scale * (x A^T) B^T, x A^T into xa [T x rank] */
-static void lora_branch(l3c_train_model *m, const float *A, const float *B, int32_t rank, int64_t n_in,
-                        int64_t n_out, float scale, const float *x, float *xa, float *y, int64_t T) {
+static void lora_branch(l3c_train_model *m, const float *A, const float *B, int32_t rank,
+                        int64_t n_in, int64_t n_out, float scale, const float *x, float *xa,
+                        float *y, int64_t T) {
     const l3c_weight wa = l3c_trk_f32_weight(A, n_in, rank, "lora_a");
     const l3c_weight wb = l3c_trk_f32_weight(B, rank, n_out, "lora_b");
     mm(m, &wa, x, xa, T);
@@ -766,7 +776,8 @@ static void train_lora(l3c_context *ctx, const float *A, const float *B, int32_t
 
 /* the trained adapter's branch of matrix (l, t): its input through the dropout mask when on, x A^T
  * kept in the layer's saved activations for the backward */
-static void train_lora_deltas(l3c_context *ctx, int32_t l, int t, const float *x, float *y, int64_t T) {
+static void train_lora_deltas(l3c_context *ctx, int32_t l, int t, const float *x, float *y,
+                              int64_t T) {
     train_fwd *f = tf(ctx);
     l3c_train_model *m = f->m;
     const l3c_lora_mat *am = l3c_lora_get(m->lora, l, (l3c_lora_target)t);
@@ -782,8 +793,8 @@ static void train_rmsnorm_bwd(l3c_context *ctx, const float *x, const float *g, 
     l3c_tr_rmsnorm_bwd(x, g, rstd, dy, T, n, dx, dg);
 }
 
-static void train_matmul_bwd(l3c_context *ctx, int32_t l, int t, const l3c_weight *w, const float *x,
-                             const float *dy, float *dx, float *dW, int64_t T) {
+static void train_matmul_bwd(l3c_context *ctx, int32_t l, int t, const l3c_weight *w,
+                             const float *x, const float *dy, float *dx, float *dW, int64_t T) {
     train_fwd *f = tf(ctx);
     note(f, linear_bwd(f->m, l, t, x, f->a->lu[t], dy, dx, dW));
 }
@@ -795,16 +806,16 @@ static void train_rope_bwd(l3c_context *ctx, float *dx, int64_t T, int n_heads, 
 }
 
 static void train_attention_bwd(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
-                                const float *k, const float *v, const float *dout, float *dq, float *dk,
-                                float *dv) {
+                                const float *k, const float *v, const float *dout, float *dq,
+                                float *dk, float *dv) {
     train_fwd *f = tf(ctx);
     const l3c_train_model *m = f->m;
-    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos, f->a->alse, dout, m->B, m->T, m->cfg.n_head,
-                                  m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
+    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos, f->a->alse, dout, m->B, m->T,
+                                  m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
 }
 
-static void train_swiglu_bwd(l3c_context *ctx, const float *g, const float *u, const float *dh, float *dg,
-                             float *du, int64_t n) {
+static void train_swiglu_bwd(l3c_context *ctx, const float *g, const float *u, const float *dh,
+                             float *dg, float *du, int64_t n) {
     l3c_tr_swiglu_bwd(g, u, dh, n, dg, du);
 }
 
@@ -854,12 +865,14 @@ static l3c_status train_fwd_bind(l3c_train_model *m) {
     }
     l3c_config *mc = &f->model.cfg;
     mc->n_vocab = c->n_vocab, mc->n_embd = c->n_embd, mc->n_layer = c->n_layer;
-    mc->n_head = c->n_head, mc->n_head_kv = c->n_head_kv, mc->head_dim = m->head_dim, mc->n_ff = c->n_ff;
+    mc->n_head = c->n_head, mc->n_head_kv = c->n_head_kv, mc->head_dim = m->head_dim,
+    mc->n_ff = c->n_ff;
     mc->n_rot = c->n_rot, mc->rope_theta = c->rope_theta, mc->norm_eps = c->norm_eps;
     mc->rope_freq_scale = 1.0f;
     f->model.w.layers = layers;
-    f->model.w.tok_embd = m->base ? m->base->w.tok_embd
-                                  : l3c_trk_f32_weight(m->p.tok_embd, c->n_embd, c->n_vocab, "token_embd");
+    f->model.w.tok_embd =
+        m->base ? m->base->w.tok_embd
+                : l3c_trk_f32_weight(m->p.tok_embd, c->n_embd, c->n_vocab, "token_embd");
     f->model.w.output_norm = m->p.output_norm;
     f->model.w.output = m->head;
     f->model.w.rope_freqs = m->rope_freqs;
@@ -887,12 +900,25 @@ static void train_fwd_free(l3c_train_model *m) {
 }
 
 /* The block's buffers of layer l's saved activations a (x_in, proj, x_out: see layer_forward). */
-static l3c_block_bufs block_bufs(const l3c_train_model *m, const float *x_in, l3c_train_acts *a, float *proj,
-                                 float *x_out) {
-    return (l3c_block_bufs){.x_in = x_in, .x_mid = a->x_mid, .x_out = x_out, .xn1 = a->xn1, .xn2 = a->xn2,
-                            .rstd1 = a->rstd1, .rstd2 = a->rstd2, .q = a->q, .k = a->k, .v = a->v,
-                            .att_out = a->ao, .proj = proj, .g = a->g, .u = a->u, .h = a->h,
-                            .rope_cos = m->rope_cos, .rope_sin = m->rope_sin};
+static l3c_block_bufs block_bufs(const l3c_train_model *m, const float *x_in, l3c_train_acts *a,
+                                 float *proj, float *x_out) {
+    return (l3c_block_bufs){.x_in = x_in,
+                            .x_mid = a->x_mid,
+                            .x_out = x_out,
+                            .xn1 = a->xn1,
+                            .xn2 = a->xn2,
+                            .rstd1 = a->rstd1,
+                            .rstd2 = a->rstd2,
+                            .q = a->q,
+                            .k = a->k,
+                            .v = a->v,
+                            .att_out = a->ao,
+                            .proj = proj,
+                            .g = a->g,
+                            .u = a->u,
+                            .h = a->h,
+                            .rope_cos = m->rope_cos,
+                            .rope_sin = m->rope_sin};
 }
 
 /* the whole batch as one l3c_batch of B*T tokens (rows of packed examples) */
@@ -902,8 +928,8 @@ static l3c_batch train_batch(const l3c_train_model *m) {
 
 /* Layer l of the last batch through l3c_block_forward: x_in -> x_out, keeping a's activations
  * (the checkpointed backward recomputes them with x_out a scratch buffer). */
-static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *proj,
-                                float *x_out) {
+static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
+                                float *proj, float *x_out) {
     train_fwd *f = m->fwd;
     const l3c_batch b = train_batch(m);
     const l3c_block_bufs s = block_bufs(m, x_in, a, proj, x_out);
@@ -923,10 +949,18 @@ static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, l
     const l3c_batch b = train_batch(m);
     const l3c_block_bufs fb = block_bufs(m, x_in, a, s->tmp, NULL);
     const l3c_train_layer *g = &m->g.layers[l];
-    const l3c_block_grads G = {.attn_norm = g->attn_norm, .ffn_norm = g->ffn_norm,
+    const l3c_block_grads G = {.attn_norm = g->attn_norm,
+                               .ffn_norm = g->ffn_norm,
                                .w = {g->wq, g->wk, g->wv, g->wo, g->w_gate, g->w_up, g->w_down}};
-    const l3c_block_dbufs d = {.dres = s->dres, .dxn = s->dxn, .dao = s->dao, .dq = s->dq, .dk = s->dk,
-                               .dv = s->dv, .dh = s->dh, .dg = s->dg, .du = s->du};
+    const l3c_block_dbufs d = {.dres = s->dres,
+                               .dxn = s->dxn,
+                               .dao = s->dao,
+                               .dq = s->dq,
+                               .dk = s->dk,
+                               .dv = s->dv,
+                               .dh = s->dh,
+                               .dg = s->dg,
+                               .du = s->du};
     f->ctx.tp = m->tp;
     f->a = a;
     f->st = L3C_OK;

@@ -283,9 +283,11 @@ static void test_elementwise(void) {
     l3c_rms_rstd(x, rstd, T, N, 1e-5f);
     for (int t = 0; t < T; t++) {
         double ss = 0;
-        for (int i = 0; i < N; i++) ss += (double)x[t * N + i] * x[t * N + i];
+        for (int i = 0; i < N; i++)
+            ss += (double)x[t * N + i] * x[t * N + i];
         CHECK_NEAR(rstd[t], 1.0 / sqrt(ss / N + 1e-5), 1e-6 / sqrt(ss / N + 1e-5));
-        for (int i = 0; i < N; i++) CHECK(y[t * N + i] == (x[t * N + i] * rstd[t]) * g[i]);
+        for (int i = 0; i < N; i++)
+            CHECK(y[t * N + i] == (x[t * N + i] * rstd[t]) * g[i]);
     }
     for (int i = 0; i < N; i++) a[i] = a0[i] = rnd_f(-10.0f, 10.0f), b[i] = rnd_f(-2.0f, 2.0f);
     a[0] = a0[0] = -100.0f; /* silu underflows to -0 */
@@ -384,8 +386,10 @@ static void test_backend_cpu_ops(void) {
     enum { T = 2, N = 45 };
     const l3c_backend *be = &l3c_backend_cpu;
     float x[T * N], g[N], y0[T * N], y1[T * N], r0[T], r1[T] = {0}, a[T * N], b[T * N], h[T * N];
-    for (int i = 0; i < T * N; i++) x[i] = rnd_f(-3.0f, 3.0f), b[i] = rnd_f(-2.0f, 2.0f);
-    for (int i = 0; i < N; i++) g[i] = rnd_f(0.5f, 1.5f);
+    for (int i = 0; i < T * N; i++)
+        x[i] = rnd_f(-3.0f, 3.0f), b[i] = rnd_f(-2.0f, 2.0f);
+    for (int i = 0; i < N; i++)
+        g[i] = rnd_f(0.5f, 1.5f);
     l3c_rmsnorm(x, g, y0, T, N, 1e-5f);
     l3c_rms_rstd(x, r0, T, N, 1e-5f);
     be->rmsnorm(NULL, x, g, y1, r1, T, N, 1e-5f);
@@ -395,14 +399,15 @@ static void test_backend_cpu_ops(void) {
     float x0[T * N];
     memcpy(x0, x, sizeof x0);
     memcpy(a, x, sizeof a);
-    be->swiglu(NULL, h, x, b, T * N); /* h = silu(x) * b */
-    be->swiglu(NULL, a, a, b, T * N); /* in place */
+    be->swiglu(NULL, h, x, b, T * N);                           /* h = silu(x) * b */
+    be->swiglu(NULL, a, a, b, T * N);                           /* in place */
     CHECK(!memcmp(a, h, sizeof a) && !memcmp(x, x0, sizeof x)); /* the same; x untouched */
     memcpy(a, x, sizeof a);
     be->add(NULL, h, x, b, T * N);
     be->add(NULL, a, a, b, T * N);
     CHECK(!memcmp(a, h, sizeof a));
-    for (int i = 0; i < T * N; i++) CHECK(h[i] == x[i] + b[i]);
+    for (int i = 0; i < T * N; i++)
+        CHECK(h[i] == x[i] + b[i]);
 }
 
 int main(void) {
