@@ -254,17 +254,27 @@ void l3c_weight_pack(const l3c_weight *w, const l3c_pack_layout *L, void *dst, i
     }
 }
 
+/* 1 / sqrt(mean(x^2) + eps) of one row, the sum of squares in double */
+static float rms_rstd_row(const float *xr, int64_t n, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)xr[i] * xr[i];
+    return 1.0f / sqrtf((float)(ss / (double)n) + eps);
+}
+
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps) {
     for (int64_t t = 0; t < T; t++) {
         const float *xr = x + t * n;
         float *yr = y + t * n;
-        double ss = 0.0;
-        for (int64_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
-        float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+        const float scale = rms_rstd_row(xr, n, eps);
         for (int64_t i = 0; i < n; i++) yr[i] = (xr[i] * scale) * g[i];
     }
 }
 
+void l3c_rms_rstd(const float *x, float *rstd, int64_t T, int64_t n, float eps) {
+    for (int64_t t = 0; t < T; t++)
+        rstd[t] = rms_rstd_row(x + t * n, n, eps);
+}
 
 /* y += a * x: AVX2 when the CPU has it (the forward pass is compiled for the baseline ISA, and
  * -O2 does not vectorize loops that need alias checks), with a separate multiply and add so
