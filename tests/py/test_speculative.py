@@ -21,6 +21,7 @@ import pytest
 
 from conftest import THREADS, eval_logits, run_cli
 
+gguf = pytest.importorskip("gguf", reason="gguf-py is not installed")
 gen_models = pytest.importorskip("gen_models")
 
 SPEC = gen_models.ModelSpec(n_embd=64, n_ff=128, n_head=2, n_head_kv=2, seed=77)
@@ -173,3 +174,25 @@ def test_chat_draft_and_lookup_unchanged(llama3c, smollm2_path, smollm2_q8):
         p = run_cli(*args, *extra, input=turns)
         assert p.stdout == base, extra
         assert "speculation:" in p.stderr or "--lookup" in extra, p.stderr
+
+
+def test_convert_q4_0_bytes_match_gguf_py(llama3c, tiny_model, tmp_path):
+    """`convert --type Q4_0` (the way to make a draft of a model's own weights): every matrix's
+    blocks equal gguf-py's Q4_0 quantizer (ggml's reference) applied to the F32 source."""
+    src = tiny_model("spec", SPEC, "F32")
+    out = str(tmp_path / "q4_0.gguf")
+    run_cli("convert", src, "-o", out, "--type", "Q4_0", "--quiet")
+    a = {t.name: t for t in gguf.GGUFReader(src).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    assert a.keys() == b.keys()
+    n_q = 0
+    for name, t in b.items():
+        f = np.asarray(a[name].data, dtype=np.float32)
+        if f.ndim < 2:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32, name
+            continue
+        assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0, name
+        want = gguf.quants.quantize(f, gguf.GGMLQuantizationType.Q4_0)
+        assert np.array_equal(np.asarray(t.data).reshape(-1).view(np.uint8), want.reshape(-1).view(np.uint8)), name
+        n_q += 1
+    assert n_q >= 2
