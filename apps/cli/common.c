@@ -747,9 +747,7 @@ static int decode_one(cli_session *s, int32_t id) {
     return 0;
 }
 
-/* up to k tokens that followed the latest earlier occurrence of the last m (3, then 2) tokens
- * of the sequence cache[0..n) + id; returns how many were written to draft */
-static int lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft) {
+int cli_lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft) {
 #define HIST(i) ((i) < n ? cache[i] : id)
     const int64_t h = n + 1;
     for (int m = 3; m >= 2; m--) {
@@ -1038,7 +1036,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
             s->spec_pause--;
             k = 0;
         }
-        if (k > 0 && s->spec.lookup) nd = lookup_draft(s->cache, s->n_cache, id, k, draft);
+        if (k > 0 && s->spec.lookup) nd = cli_lookup_draft(s->cache, s->n_cache, id, k, draft);
         if (k > 0 && s->dmodel && (nd = draft_propose(s, id, k, draft)) < 0) {
             rc = CLI_ERR;
             break;

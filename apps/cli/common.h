@@ -245,6 +245,10 @@ typedef struct cli_gen_opts {
  * tokens were accepted (drafting then costs more than it saves). */
 int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g);
 
+/* Prompt lookup: up to k tokens that followed the latest earlier occurrence of the last m (3,
+ * then 2) tokens of the sequence cache[0..n) + id; returns how many were written to draft. */
+int cli_lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft);
+
 /* "prompt: N tokens, X tok/s | generation: N tokens, Y tok/s" on stderr. */
 void cli_print_timings(const cli_session *s);
 

@@ -196,3 +196,35 @@ def test_convert_q4_0_bytes_match_gguf_py(llama3c, tiny_model, tmp_path):
         assert np.array_equal(np.asarray(t.data).reshape(-1).view(np.uint8), want.reshape(-1).view(np.uint8)), name
         n_q += 1
     assert n_q >= 2
+
+
+COPY_PROMPT = ("<|im_start|>user\nCopy the following paragraph exactly, word for word.\n\nThe lighthouse stood at "
+               "the edge of the cliff for more than two hundred years. Every night its keeper climbed the narrow "
+               "stairs, trimmed the wick and polished the great lens, so that ships passing in the dark would know "
+               "where the rocks were.<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.slow
+def test_serve_lookup_unchanged(llama3c, smollm2_path):
+    """serve --lookup: a slot generating alone gets drafts; the completion (greedy, and seeded
+    sampling with logprobs) is the one without --lookup; /metrics counts drafted / accepted."""
+    from server_util import Server
+
+    bodies = [{"model": "m", "prompt": COPY_PROMPT, "max_tokens": 48, "temperature": 0},
+              {"model": "m", "prompt": COPY_PROMPT, "max_tokens": 24, "temperature": 1.0, "seed": 5, "logprobs": 2}]
+    outs = []
+    for extra in ((), ("--lookup", "8")):
+        for srv in Server(smollm2_path, "--parallel", 2, "--ctx", 512, *extra).serving():
+            got = []
+            for b in bodies:
+                st, r = srv.post_json("/v1/completions", b)
+                assert st == 200, r
+                got.append((r["choices"][0]["text"], r["choices"][0].get("logprobs"), r["usage"]))
+            st, _, m = srv.request("GET", "/metrics")
+            drafted = int(re.search(rb"llama3c_draft_tokens_total (\d+)", m).group(1))
+            accepted = int(re.search(rb"llama3c_draft_tokens_accepted_total (\d+)", m).group(1))
+            outs.append((got, drafted, accepted))
+    (base, d0, _), (spec, d1, a1) = outs
+    assert d0 == 0 and d1 > 0 and a1 > 0, (d1, a1)
+    assert spec[0][0] == base[0][0] and spec[0][2] == base[0][2]
+    assert spec[1] == base[1]
