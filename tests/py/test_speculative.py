@@ -81,6 +81,7 @@ def chi2_limit(df, z=3.72):  # Wilson-Hilferty, upper tail ~1e-4
     return df * (1.0 - a + z * math.sqrt(a)) ** 3
 
 
+@pytest.mark.slow  # 400 processes: kept out of the (slower) sanitizer pass
 def test_sampled_distribution_exact(llama3c, tiny_model, tmp_path):
     target, draft = tiny_model("spec", SPEC, "F32"), tiny_model("spec", SPEC, "Q4_0")
     temp, top_k, n = 1.5, 3, 400
