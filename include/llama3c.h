@@ -301,9 +301,10 @@ typedef void (*l3c_convert_progress_fn)(int64_t i, int64_t n, const char *name, 
 /*
  * Writes in_path -- a Hugging Face Llama folder (config.json + safetensors + tokenizer.json) or a
  * GGUF -- as a GGUF file of out_type: "F32", "F16", "BF16", "Q8_0" (as llama.cpp's
- * convert_hf_to_gguf.py --outtype), "Q4_K_M" (llama-quantize's mix) or "Q4_0" (every matrix). 1-D tensors stay F32. The
- * file appears at out_path only when complete (see output files below); an out_path that is
- * in_path (or a file in it) is refused. progress may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
+ * convert_hf_to_gguf.py --outtype), "Q4_K_M" (llama-quantize's mix) or "Q4_0" (every matrix). 1-D
+ * tensors stay F32. The file appears at out_path only when complete (see output files below); an
+ * out_path that is in_path (or a file in it) is refused. progress may be NULL. Status: the loaders'
+ * errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
  */
 L3C_API l3c_status l3c_convert(const char *in_path, const char *out_path, const char *out_type,
                                l3c_convert_progress_fn progress, void *user);

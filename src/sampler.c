@@ -51,8 +51,8 @@ struct l3c_sampler {
     struct {             /* l3c_sampler_mark: what l3c_sampler_rollback restores */
         int set;
         int32_t hist_len, hist_head, n_counted;
-        int32_t *hist;   /* [repeat_last_n] */
-        int32_t *log;    /* ids accepted since the mark (their counts are undone) */
+        int32_t *hist; /* [repeat_last_n] */
+        int32_t *log;  /* ids accepted since the mark (their counts are undone) */
         int32_t n_log, cap_log;
     } mk;
 };
@@ -409,15 +409,18 @@ int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
     return n < 0 ? -1 : draw(s, n);
 }
 
-int32_t l3c_sampler_probs(l3c_sampler *s, const float *logits, int32_t *ids, float *p, int32_t cap) {
+int32_t l3c_sampler_probs(l3c_sampler *s, const float *logits, int32_t *ids, float *p,
+                          int32_t cap) {
     if (!s || !logits || !ids || !p || cap <= 0) {
-        l3c_fail(L3C_ERR_INVALID_ARG, "sampler: l3c_sampler_probs needs a sampler, logits and output arrays");
+        l3c_fail(L3C_ERR_INVALID_ARG,
+                 "sampler: l3c_sampler_probs needs a sampler, logits and output arrays");
         return -1;
     }
     int32_t n = probs(s, logits);
     if (n < 0) return -1;
     double total = 0.0;
-    for (int32_t i = 0; i < n; i++) total += s->cands[i].logit;
+    for (int32_t i = 0; i < n; i++)
+        total += s->cands[i].logit;
     if (n > cap) n = cap; /* the most probable first when sorted; callers pass n_vocab */
     for (int32_t i = 0; i < n; i++) {
         ids[i] = s->cands[i].id;
@@ -494,7 +497,8 @@ l3c_status l3c_sampler_mark(l3c_sampler *s) {
         l3c_status st = l3c_gmatch_mark(s->gm);
         if (st != L3C_OK) return st;
     }
-    if (s->p.repeat_last_n > 0) memcpy(s->mk.hist, s->hist, (size_t)s->p.repeat_last_n * sizeof *s->hist);
+    if (s->p.repeat_last_n > 0)
+        memcpy(s->mk.hist, s->hist, (size_t)s->p.repeat_last_n * sizeof *s->hist);
     s->mk.hist_len = s->hist_len;
     s->mk.hist_head = s->hist_head;
     s->mk.n_counted = s->n_counted;
@@ -505,7 +509,8 @@ l3c_status l3c_sampler_mark(l3c_sampler *s) {
 
 l3c_status l3c_sampler_rollback(l3c_sampler *s) {
     if (!s || !s->mk.set) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: rollback without a mark");
-    if (s->p.repeat_last_n > 0) memcpy(s->hist, s->mk.hist, (size_t)s->p.repeat_last_n * sizeof *s->hist);
+    if (s->p.repeat_last_n > 0)
+        memcpy(s->hist, s->mk.hist, (size_t)s->p.repeat_last_n * sizeof *s->hist);
     s->hist_len = s->mk.hist_len;
     s->hist_head = s->mk.hist_head;
     if (s->counts) {

@@ -229,9 +229,13 @@ int cmd_bench(int argc, char **argv) {
                 for (int k = 0; k < SWEEP_CALLS; k++) {
                     for (int j = 0; j < b; j++)
                         spos[j] = SWEEP_PREFIX + j;
-                    l3c_batch bt = {.n_tokens = b, .tokens = tokens + SWEEP_PREFIX, .pos = spos, .logits = want};
+                    l3c_batch bt = {.n_tokens = b,
+                                    .tokens = tokens + SWEEP_PREFIX,
+                                    .pos = spos,
+                                    .logits = want};
                     double t0 = now_s();
-                    if (l3c_decode(ctx, &bt) != L3C_OK || l3c_kv_seq_truncate(ctx, 0, SWEEP_PREFIX) != L3C_OK) {
+                    if (l3c_decode(ctx, &bt) != L3C_OK ||
+                        l3c_kv_seq_truncate(ctx, 0, SWEEP_PREFIX) != L3C_OK) {
                         fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
                         goto done;
                     }
@@ -268,9 +272,10 @@ int cmd_bench(int argc, char **argv) {
                "\"pp_cpu_ms_per_token\": %.4f, \"tg_cpu_ms_per_token\": %.4f, "
                "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d, "
                "\"ranks\": %d, \"tg_bytes_sent_per_token\": %.1f",
-               info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx, n_prompt, n_gen,
-               cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, cpp.min, ctg.min, rss,
-               l3c_backend_path(), (int)info.n_bf16_matmul, l3c_dist_size(), tg_bytes);
+               info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx,
+               n_prompt, n_gen, cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min,
+               stg.max, cpp.min, ctg.min, rss, l3c_backend_path(), (int)info.n_bf16_matmul,
+               l3c_dist_size(), tg_bytes);
         if (sweep) {
             printf(", \"batch_sweep_ms\": [");
             for (int b = 1; b <= sweep; b++)
@@ -290,8 +295,8 @@ int cmd_bench(int argc, char **argv) {
             printf("tg%-5d %9.2f t/s  (min %.2f, max %.2f)  CPU %.3f ms/token (best)\n", n_gen,
                    stg.median, stg.min, stg.max, ctg.min);
         for (int b = 1; b <= sweep; b++)
-            printf("batch %-3d %8.3f ms per call (%.2fx batch 1), %.3f ms per token\n", b, sweep_ms[b],
-                   sweep_ms[b] / sweep_ms[1], sweep_ms[b] / b);
+            printf("batch %-3d %8.3f ms per call (%.2fx batch 1), %.3f ms per token\n", b,
+                   sweep_ms[b], sweep_ms[b] / sweep_ms[1], sweep_ms[b] / b);
         printf("peak RSS %.1f MiB\n", rss / 1048576.0);
     }
     rc = 0;

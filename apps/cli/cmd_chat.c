@@ -147,8 +147,9 @@ static int turn(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c,
     fflush(stdout);
     if (!o->no_timings) cli_print_timings(s);
     if (!o->no_timings && s->n_drafted)
-        fprintf(stderr, "speculation: %lld draft tokens decoded, %lld accepted (%.0f%%)\n", (long long)s->n_drafted,
-                (long long)s->n_accepted, 100.0 * (double)s->n_accepted / (double)s->n_drafted);
+        fprintf(stderr, "speculation: %lld draft tokens decoded, %lld accepted (%.0f%%)\n",
+                (long long)s->n_drafted, (long long)s->n_accepted,
+                100.0 * (double)s->n_accepted / (double)s->n_drafted);
     if (rc) return rc;
     int bad = conv_add(c, "assistant", answer, strlen(answer));
     free(answer);
@@ -450,7 +451,8 @@ int cmd_chat(int argc, char **argv) {
     if ((rc = cli_session_open(&s, CMD, &o))) goto out;
     if (tmpl == L3C_CHAT_AUTO) tmpl = l3c_chat_template_detect(s.model);
     if (o.verbose) fprintf(stderr, "llama3c %s: template %s\n", CMD, l3c_chat_template_name(tmpl));
-    if ((rc = cli_session_spec(&s, &o, &spec)) || (rc = cli_grammar_load(CMD, &gopt, s.tok, &g_grammar))) {
+    if ((rc = cli_session_spec(&s, &o, &spec)) ||
+        (rc = cli_grammar_load(CMD, &gopt, s.tok, &g_grammar))) {
         cli_session_close(&s);
         goto out;
     }

@@ -628,18 +628,25 @@ int cli_spec_parse(const char *cmd, cli_spec *sp, int argc, char **argv, int *i)
     long n;
     const char *v;
     if (cli_is(a, "--lookup")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_parse_long(cmd, a, v, 1, CLI_LOOKUP_MAX, &n)) return -1;
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_long(cmd, a, v, 1, CLI_LOOKUP_MAX, &n))
+            return -1;
         sp->lookup = (int)n;
     } else if (cli_is(a, "--draft|-md|--model-draft")) {
         if (!(sp->draft = cli_value(cmd, argc, argv, i))) return -1;
     } else if (cli_is(a, "--draft-max|--draft-n")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_parse_long(cmd, a, v, 1, CLI_LOOKUP_MAX, &n)) return -1;
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_long(cmd, a, v, 1, CLI_LOOKUP_MAX, &n))
+            return -1;
         sp->draft_max = (int)n;
     } else if (cli_is(a, "--draft-min")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_parse_long(cmd, a, v, 0, CLI_LOOKUP_MAX, &n)) return -1;
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_long(cmd, a, v, 0, CLI_LOOKUP_MAX, &n))
+            return -1;
         sp->draft_min = (int)n;
     } else if (cli_is(a, "--draft-p-min")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_parse_float(cmd, a, v, 0.0, 1.0, &sp->draft_p_min))
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_float(cmd, a, v, 0.0, 1.0, &sp->draft_p_min))
             return -1;
     } else {
         return 0;
@@ -648,18 +655,19 @@ int cli_spec_parse(const char *cmd, cli_spec *sp, int argc, char **argv, int *i)
 }
 
 void cli_spec_help(FILE *f) {
-    fprintf(f,
-            "speculative decoding (docs/PERFORMANCE.md):\n"
-            "  --lookup N              drafts from the sequence itself: up to N (1..%d) tokens that\n"
-            "                          followed the last 3 or 2 tokens' latest earlier occurrence\n"
-            "  --draft FILE            drafts from a smaller model with the same vocabulary\n"
-            "  --draft-max K           the most tokens one draft proposes, 1..%d (default 8)\n"
-            "  --draft-min K           verify no draft of fewer tokens (default 0)\n"
-            "  --draft-p-min P         stop a draft where the draft model's top probability < P\n"
-            "                          (default 0)\n"
-            "  the target checks a draft in one batch; greedy output is identical, sampled output\n"
-            "  has the same distribution; drafting pauses where few drafted tokens are accepted\n",
-            CLI_LOOKUP_MAX, CLI_LOOKUP_MAX);
+    fprintf(
+        f,
+        "speculative decoding (docs/PERFORMANCE.md):\n"
+        "  --lookup N              drafts from the sequence itself: up to N (1..%d) tokens that\n"
+        "                          followed the last 3 or 2 tokens' latest earlier occurrence\n"
+        "  --draft FILE            drafts from a smaller model with the same vocabulary\n"
+        "  --draft-max K           the most tokens one draft proposes, 1..%d (default 8)\n"
+        "  --draft-min K           verify no draft of fewer tokens (default 0)\n"
+        "  --draft-p-min P         stop a draft where the draft model's top probability < P\n"
+        "                          (default 0)\n"
+        "  the target checks a draft in one batch; greedy output is identical, sampled output\n"
+        "  has the same distribution; drafting pauses where few drafted tokens are accepted\n",
+        CLI_LOOKUP_MAX, CLI_LOOKUP_MAX);
 }
 
 int cli_session_spec(cli_session *s, const cli_opts *o, const cli_spec *sp) {
@@ -675,22 +683,25 @@ int cli_session_spec(cli_session *s, const cli_opts *o, const cli_spec *sp) {
         fprintf(stderr, "llama3c %s: --draft is not available in a distributed run\n", s->cmd);
         return CLI_USAGE;
     }
-    if (cli_load_model(s->cmd, sp->draft, o->n_threads, o->verbose, o->bf16, &s->dmodel)) return CLI_ERR;
+    if (cli_load_model(s->cmd, sp->draft, o->n_threads, o->verbose, o->bf16, &s->dmodel))
+        return CLI_ERR;
     const l3c_tokenizer *dt = l3c_model_tokenizer(s->dmodel);
     if (l3c_vocab_size(dt) != s->n_vocab) {
-        fprintf(stderr,
-                "llama3c %s: the draft model '%s' has a vocabulary of %d tokens, the model '%s' %d: "
-                "a draft needs the same vocabulary\n",
-                s->cmd, sp->draft, (int)l3c_vocab_size(dt), o->model_path, (int)s->n_vocab);
+        fprintf(
+            stderr,
+            "llama3c %s: the draft model '%s' has a vocabulary of %d tokens, the model '%s' %d: "
+            "a draft needs the same vocabulary\n",
+            s->cmd, sp->draft, (int)l3c_vocab_size(dt), o->model_path, (int)s->n_vocab);
         return CLI_ERR;
     }
     for (int32_t id = 0; id < s->n_vocab; id++) {
         const char *a = l3c_token_text(s->tok, id), *b = l3c_token_text(dt, id);
         if (strcmp(a ? a : "", b ? b : "")) {
-            fprintf(stderr,
-                    "llama3c %s: the draft model '%s' and the model '%s' differ at token %d ('%s' vs "
-                    "'%s'): a draft needs the same vocabulary\n",
-                    s->cmd, sp->draft, o->model_path, (int)id, b ? b : "", a ? a : "");
+            fprintf(
+                stderr,
+                "llama3c %s: the draft model '%s' and the model '%s' differ at token %d ('%s' vs "
+                "'%s'): a draft needs the same vocabulary\n",
+                s->cmd, sp->draft, o->model_path, (int)id, b ? b : "", a ? a : "");
             return CLI_ERR;
         }
     }
@@ -701,7 +712,9 @@ int cli_session_spec(cli_session *s, const cli_opts *o, const cli_spec *sp) {
     if (l3c_context_create(s->dmodel, &cp, &s->dctx) != L3C_OK)
         return cli_runtime_error(s->cmd, "cannot create the draft model's context");
     if (l3c_context_n_ctx(s->dctx) < s->n_ctx) {
-        fprintf(stderr, "llama3c %s: the draft model '%s' holds %d positions, fewer than the context's %d (use -c)\n",
+        fprintf(stderr,
+                "llama3c %s: the draft model '%s' holds %d positions, fewer than the context's %d "
+                "(use -c)\n",
                 s->cmd, sp->draft, (int)l3c_context_n_ctx(s->dctx), (int)s->n_ctx);
         return CLI_ERR;
     }
@@ -787,8 +800,10 @@ static int decode_draft(cli_session *s, int32_t id, const int32_t *draft, int nd
 /* After a draft of nd tokens of which the first acc were accepted: the next draft length, and a
  * pause when the recent acceptance is too low to pay for the drafting. */
 static void spec_adapt(cli_session *s, int nd, int acc) {
-    if (acc == nd) s->k_cur = s->k_cur + 2 < s->spec.draft_max ? s->k_cur + 2 : s->spec.draft_max;
-    else s->k_cur = acc + 1 < s->spec.draft_max ? acc + 1 : s->spec.draft_max;
+    if (acc == nd)
+        s->k_cur = s->k_cur + 2 < s->spec.draft_max ? s->k_cur + 2 : s->spec.draft_max;
+    else
+        s->k_cur = acc + 1 < s->spec.draft_max ? acc + 1 : s->spec.draft_max;
     if (s->win_drafted >= 32) {
         if (s->win_accepted * 8 < s->win_drafted) s->spec_pause = 64;
         s->win_drafted = s->win_accepted = 0;
@@ -821,13 +836,15 @@ static int draft_propose(cli_session *s, int32_t id, int k, int32_t *draft) {
             pos[m] = (int32_t)(s->n_dcache + m);
         }
         l3c_batch b = {.n_tokens = m, .tokens = tok, .pos = pos};
-        if (l3c_decode(s->dctx, &b) != L3C_OK) return cli_runtime_error(s->cmd, "draft decode failed"), -1;
+        if (l3c_decode(s->dctx, &b) != L3C_OK)
+            return cli_runtime_error(s->cmd, "draft decode failed"), -1;
         memcpy(s->dcache + s->n_dcache, tok, (size_t)m * sizeof *tok);
         s->n_dcache += m;
         dl = l3c_get_logits(s->dctx, m - 1);
     }
 #undef SEQ
-    if (l3c_sampler_mark(s->smp) != L3C_OK) return cli_runtime_error(s->cmd, "sampler mark failed"), -1;
+    if (l3c_sampler_mark(s->smp) != L3C_OK)
+        return cli_runtime_error(s->cmd, "sampler mark failed"), -1;
     int c = 0;
     for (; c < k; c++) {
         if (s->spec.draft_p_min > 0.0f) { /* the draft's own top probability (softmax at T = 1) */
@@ -860,7 +877,8 @@ static int draft_propose(cli_session *s, int32_t id, int k, int32_t *draft) {
         s->dcache[s->n_dcache++] = x;
         dl = l3c_get_logits(s->dctx, 0);
     }
-    if (l3c_sampler_rollback(s->smp) != L3C_OK) return cli_runtime_error(s->cmd, "sampler rollback failed"), -1;
+    if (l3c_sampler_rollback(s->smp) != L3C_OK)
+        return cli_runtime_error(s->cmd, "sampler rollback failed"), -1;
     return c < s->spec.draft_min ? 0 : c;
 }
 

@@ -180,7 +180,7 @@ typedef struct cli_session {
     double t_prompt;     /* its seconds */
     int64_t n_gen;       /* tokens produced by the last cli_session_generate */
     double t_gen;        /* its seconds (sampling + decoding) */
-    int64_t n_drafted;   /* --lookup / --draft: draft tokens decoded by the last cli_session_generate */
+    int64_t n_drafted;   /* --lookup / --draft: draft tokens decoded by the last generate */
     int64_t n_accepted;  /* of them, the ones the sampler then produced (their rows reused) */
     int64_t n_rounds;    /* drafts verified (target batches with draft tokens) */
     /* speculation (cli_session_spec) */
@@ -192,7 +192,7 @@ typedef struct cli_session {
     int32_t *q_ids; /* [draft_max][n_vocab] the draft's distributions for the drafted tokens */
     float *q_p;
     int32_t q_n[CLI_LOOKUP_MAX];
-    int k_cur;          /* adaptive draft length, 1 .. draft_max */
+    int k_cur;                         /* adaptive draft length, 1 .. draft_max */
     int64_t win_drafted, win_accepted; /* the acceptance window for switching off */
     int64_t spec_pause; /* tokens left without speculation (acceptance was too low) */
 } cli_session;
@@ -222,15 +222,15 @@ typedef struct cli_gen_opts {
  * (unless ignore_eos) or a full context; each accepted token except the last is decoded into the
  * cache. 0 or CLI_ERR (printed).
  *
- * s->spec.lookup > 0 (speculative decoding by prompt lookup, no second model): with each sampled token
- * the up to s->spec.lookup tokens that followed the latest earlier occurrence of the last 3 (else 2)
- * tokens of the sequence (single-token matches draft too often in vain: measured 5% accepted on
- * free text, 1.2x the CPU time, against 12% and 1.0x with bigrams) are decoded in the same batch, with logits for every row. The
- * sampler still draws every token from the logits of the sequence as it is; while it produces
- * the drafted tokens their rows are kept (no decode for them), at the first difference the rest
- * is dropped from the cache. The logits of a row do not depend on the batch (the engine is batch
- * invariant), so the output, greedy or sampled with a seed, is identical to decoding without
- * drafts; only the number of decode calls changes.
+ * s->spec.lookup > 0 (speculative decoding by prompt lookup, no second model): with each sampled
+ * token the up to s->spec.lookup tokens that followed the latest earlier occurrence of the last 3
+ * (else 2) tokens of the sequence (single-token matches draft too often in vain: measured 5%
+ * accepted on free text, 1.2x the CPU time, against 12% and 1.0x with bigrams) are decoded in the
+ * same batch, with logits for every row. The sampler still draws every token from the logits of the
+ * sequence as it is; while it produces the drafted tokens their rows are kept (no decode for them),
+ * at the first difference the rest is dropped from the cache. The logits of a row do not depend on
+ * the batch (the engine is batch invariant), so the output, greedy or sampled with a seed, is
+ * identical to decoding without drafts; only the number of decode calls changes.
  *
  * s->spec.draft (a draft model): after each sampled token the draft model proposes up to k tokens
  * (sampled with the session's sampler, whose history and grammar are rolled back afterwards;

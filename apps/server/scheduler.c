@@ -17,9 +17,9 @@
  */
 #include "scheduler.h"
 
-#include "grammar_cache.h"
 #include "../cli/common.h"
 #include "../cli/logprob.h"
+#include "grammar_cache.h"
 
 #include <errno.h>
 #include <math.h>

@@ -80,8 +80,8 @@ typedef struct sched_options {
     int32_t n_slots;     /* == n_seq of the context */
     int32_t step_tokens; /* per-step token budget (<= the context's n_batch) */
     int32_t queue_cap;   /* waiting jobs beyond the slots; more -> SCHED_ERR_FULL */
-    int32_t lookup;      /* > 0: prompt-lookup drafts of up to this many tokens (<= SCHED_LOOKUP_MAX)
-                          * for a slot generating alone (scheduler.c, build_batch) */
+    int32_t lookup; /* > 0: prompt-lookup drafts of up to this many tokens (<= SCHED_LOOKUP_MAX)
+                     * for a slot generating alone (scheduler.c, build_batch) */
 } sched_options;
 #define SCHED_LOOKUP_MAX 16
 

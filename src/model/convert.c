@@ -97,7 +97,8 @@ l3c_status l3c_convert(const char *in, const char *out, const char *out_type,
         if (!strcasecmp(out_type, FTYPES[i].name)) ft = &FTYPES[i];
     if (!ft)
         return l3c_fail(L3C_ERR_INVALID_ARG,
-                        "convert: type '%s' is not one of F32, F16, BF16, Q8_0, Q4_K_M, Q4_0", out_type);
+                        "convert: type '%s' is not one of F32, F16, BF16, Q8_0, Q4_K_M, Q4_0",
+                        out_type);
     l3c_status st;
     l3c_hf *hf = NULL;
     l3c_gguf *g = NULL;

@@ -147,13 +147,14 @@ static void check_exact(float temp, int top_k, unsigned seed_p, unsigned seed_q)
     int df, df1, df2;
     double x2 = chi2(got, p, DRAWS, &df), w1 = chi2(wrong_p, p, DRAWS, &df1),
            w2 = chi2(wrong_all, p, DRAWS, &df2);
-    CHECK_MSG(x2 < chi2_crit(df), "T=%g top_k=%d: chi2 %.1f >= %.1f (df %d)", (double)temp, top_k, x2,
-              chi2_crit(df), df);
+    CHECK_MSG(x2 < chi2_crit(df), "T=%g top_k=%d: chi2 %.1f >= %.1f (df %d)", (double)temp, top_k,
+              x2, chi2_crit(df), df);
     CHECK_MSG(w1 > chi2_crit(df1), "wrong rule (resample from p) passed: chi2 %.1f", w1);
     CHECK_MSG(w2 > chi2_crit(df2), "wrong rule (accept all) passed: chi2 %.1f", w2);
-    printf("T=%g top_k=%d: acceptance %.3f (ideal %.3f), chi2 %.1f (df %d, limit %.1f); wrong rules: "
-           "%.0f, %.0f\n",
-           (double)temp, top_k, (double)acc / DRAWS, ideal, x2, df, chi2_crit(df), w1, w2);
+    printf(
+        "T=%g top_k=%d: acceptance %.3f (ideal %.3f), chi2 %.1f (df %d, limit %.1f); wrong rules: "
+        "%.0f, %.0f\n",
+        (double)temp, top_k, (double)acc / DRAWS, ideal, x2, df, chi2_crit(df), w1, w2);
     l3c_sampler_free(tgt);
     l3c_sampler_free(dr);
 }
