@@ -195,6 +195,7 @@ typedef struct cli_session {
     int k_cur;                         /* adaptive draft length, 1 .. draft_max */
     int64_t win_drafted, win_accepted; /* the acceptance window for switching off */
     int64_t spec_pause; /* tokens left without speculation (acceptance was too low) */
+    int64_t pause_len;  /* the last pause's length (doubles while acceptance stays low) */
 } cli_session;
 
 /* Loads the model and creates context and sampler; 0 or CLI_ERR (printed). */
@@ -241,8 +242,9 @@ typedef struct cli_gen_opts {
  * rejection at draft position j it becomes j + 1, after a fully accepted draft it grows by 2 (up
  * to draft_max).
  *
- * Both kinds switch themselves off for 64 tokens when fewer than 1 in 8 of the last 32+ drafted
- * tokens were accepted (drafting then costs more than it saves). */
+ * Both kinds switch themselves off when fewer than 1 in 8 of the last 16+ drafted tokens were
+ * accepted (drafting then costs more than it saves): for 64 tokens, doubling up to 1024 while
+ * the acceptance stays low. */
 int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g);
 
 /* Prompt lookup: up to k tokens that followed the latest earlier occurrence of the last m (3,
