@@ -804,13 +804,15 @@ static void spec_adapt(cli_session *s, int nd, int acc) {
         s->k_cur = s->k_cur + 2 < s->spec.draft_max ? s->k_cur + 2 : s->spec.draft_max;
     else
         s->k_cur = acc + 1 < s->spec.draft_max ? acc + 1 : s->spec.draft_max;
-    if (s->win_drafted >= 16) { /* a pause doubles while acceptance stays low (64 .. 1024) */
+    /* a pause, doubling while acceptance stays low (64 .. 1024 tokens) */
+    if (++s->win_rounds >= 4 && s->win_drafted >= 16) {
         if (s->win_accepted * 8 < s->win_drafted) {
             s->pause_len = s->pause_len ? (s->pause_len < 1024 ? 2 * s->pause_len : 1024) : 64;
             s->spec_pause = s->pause_len;
         } else {
             s->pause_len = 0;
         }
+        s->win_rounds = 0;
         s->win_drafted = s->win_accepted = 0;
     }
 }

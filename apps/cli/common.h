@@ -193,7 +193,7 @@ typedef struct cli_session {
     float *q_p;
     int32_t q_n[CLI_LOOKUP_MAX];
     int k_cur;                         /* adaptive draft length, 1 .. draft_max */
-    int64_t win_drafted, win_accepted; /* the acceptance window for switching off */
+    int64_t win_drafted, win_accepted, win_rounds; /* the acceptance window for switching off */
     int64_t spec_pause; /* tokens left without speculation (acceptance was too low) */
     int64_t pause_len;  /* the last pause's length (doubles while acceptance stays low) */
 } cli_session;
@@ -242,7 +242,7 @@ typedef struct cli_gen_opts {
  * rejection at draft position j it becomes j + 1, after a fully accepted draft it grows by 2 (up
  * to draft_max).
  *
- * Both kinds switch themselves off when fewer than 1 in 8 of the last 16+ drafted tokens were
+ * Both kinds switch themselves off when fewer than 1 in 8 of the last 16+ drafted tokens (4+ drafts) were
  * accepted (drafting then costs more than it saves): for 64 tokens, doubling up to 1024 while
  * the acceptance stays low. */
 int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g);
