@@ -242,9 +242,9 @@ typedef struct cli_gen_opts {
  * rejection at draft position j it becomes j + 1, after a fully accepted draft it grows by 2 (up
  * to draft_max).
  *
- * Both kinds switch themselves off when fewer than 1 in 8 of the last 16+ drafted tokens (4+ drafts) were
- * accepted (drafting then costs more than it saves): for 64 tokens, doubling up to 1024 while
- * the acceptance stays low. */
+ * Both kinds switch themselves off when fewer than 1 in 8 of the last 16+ drafted tokens (4+
+ * drafts) were accepted (drafting then costs more than it saves): for 64 tokens, doubling up to
+ * 1024 while the acceptance stays low. */
 int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g);
 
 /* Prompt lookup: up to k tokens that followed the latest earlier occurrence of the last m (3,
