@@ -229,3 +229,16 @@ def test_serve_lookup_unchanged(llama3c, smollm2_path):
     assert d0 == 0 and d1 > 0 and a1 > 0, (d1, a1)
     assert spec[0][0] == base[0][0] and spec[0][2] == base[0][2]
     assert spec[1] == base[1]
+
+
+def test_bench_batch_sweep(llama3c, tiny_model):
+    """bench --batch-sweep N: N wall and N CPU timings per decode call, positive; --json carries both."""
+    import json
+
+    model = tiny_model("spec", SPEC, "F32")
+    p = run_cli("bench", "-m", model, "-p", "0", "-n", "0", "--batch-sweep", "5", "-r", "1", "-t", "1", "--json")
+    j = json.loads(p.stdout)
+    assert len(j["batch_sweep_ms"]) == 5 and len(j["batch_sweep_cpu_ms"]) == 5
+    assert all(x > 0 for x in j["batch_sweep_ms"] + j["batch_sweep_cpu_ms"])
+    p = run_cli("bench", "-m", model, "-p", "0", "-n", "0", "--batch-sweep", "65", check=False)
+    assert p.returncode == 2
