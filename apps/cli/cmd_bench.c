@@ -303,8 +303,9 @@ int cmd_bench(int argc, char **argv) {
             printf("tg%-5d %9.2f t/s  (min %.2f, max %.2f)  CPU %.3f ms/token (best)\n", n_gen,
                    stg.median, stg.min, stg.max, ctg.min);
         for (int b = 1; b <= sweep; b++)
-            printf("batch %-3d %8.3f ms per call (%.2fx batch 1), CPU %.3f ms per call (%.2fx)\n", b,
-                   sweep_ms[b], sweep_ms[b] / sweep_ms[1], sweep_cpu[b], sweep_cpu[b] / sweep_cpu[1]);
+            printf("batch %-3d %8.3f ms per call (%.2fx batch 1), CPU %.3f ms per call (%.2fx)\n",
+                   b, sweep_ms[b], sweep_ms[b] / sweep_ms[1], sweep_cpu[b],
+                   sweep_cpu[b] / sweep_cpu[1]);
         printf("peak RSS %.1f MiB\n", rss / 1048576.0);
     }
     rc = 0;
