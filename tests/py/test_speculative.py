@@ -242,3 +242,21 @@ def test_bench_batch_sweep(llama3c, tiny_model):
     assert all(x > 0 for x in j["batch_sweep_ms"] + j["batch_sweep_cpu_ms"])
     p = run_cli("bench", "-m", model, "-p", "0", "-n", "0", "--batch-sweep", "65", check=False)
     assert p.returncode == 2
+
+
+@pytest.mark.slow
+def test_sampled_schema_with_draft(llama3c, smollm2_path, smollm2_q8):
+    """Sampling with a draft under a JSON schema and a repetition penalty (the draft's q is drawn
+    with the same grammar state and history, rolled back after each draft): complete, valid JSON of
+    the schema for each seed, and drafts accepted."""
+    import json
+
+    schema = ('{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"string","maxLength":12}},'
+              '"required":["a","b"],"additionalProperties":false}')
+    for seed in (1, 2, 3):
+        p = run_cli("run", "-m", smollm2_path, "-p", "A JSON object with an integer a: ", "--json-schema", schema,
+                    "--temp", "0.9", "--seed", seed, "-n", "80", "--repeat-penalty", "1.2", "-t", THREADS,
+                    "--draft", smollm2_q8)
+        v = json.loads(p.stdout)
+        assert set(v) == {"a", "b"} and isinstance(v["a"], int) and len(v["b"]) <= 12, p.stdout
+        assert counts(p.stderr)[1] > 0, p.stderr
