@@ -301,9 +301,10 @@ typedef void (*l3c_convert_progress_fn)(int64_t i, int64_t n, const char *name, 
 /*
  * Writes in_path -- a Hugging Face Llama folder (config.json + safetensors + tokenizer.json) or a
  * GGUF -- as a GGUF file of out_type: "F32", "F16", "BF16", "Q8_0" (as llama.cpp's
- * convert_hf_to_gguf.py --outtype) or "Q4_K_M" (llama-quantize's mix). 1-D tensors stay F32. The
- * file appears at out_path only when complete (see output files below); an out_path that is
- * in_path (or a file in it) is refused. progress may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
+ * convert_hf_to_gguf.py --outtype), "Q4_K_M" (llama-quantize's mix) or "Q4_0" (every matrix). 1-D
+ * tensors stay F32. The file appears at out_path only when complete (see output files below); an
+ * out_path that is in_path (or a file in it) is refused. progress may be NULL. Status: the loaders'
+ * errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
  */
 L3C_API l3c_status l3c_convert(const char *in_path, const char *out_path, const char *out_type,
                                l3c_convert_progress_fn progress, void *user);
@@ -418,6 +419,35 @@ L3C_API int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits);
 /* Records a token in the history used by the repetition, presence and frequency penalties. */
 L3C_API void l3c_sampler_accept(l3c_sampler *s, int32_t id);
 L3C_API void l3c_sampler_reset(l3c_sampler *s);
+
+/*
+ * Speculative decoding (a draft proposes tokens, the target checks them in one batch):
+ *
+ * l3c_sampler_probs writes the distribution l3c_sampler_sample would draw from for these logits
+ * (every chain step, biases, penalties and the grammar applied; greedy: the argmax with 1) as
+ * (ids[i], p[i]) pairs summing to 1, most probable first when the chain sorted them; returns
+ * their count (at most cap: pass n_vocab for all), -1 when a grammar allows no token. Draws
+ * nothing and accepts nothing.
+ *
+ * l3c_sampler_verify is l3c_sampler_sample for a position where a draft proposed token `draft`
+ * drawn from the distribution q (q_ids, q_p: q_n pairs, e.g. from l3c_sampler_probs on the
+ * draft's logits): it returns `draft` with probability min(1, p(draft) / q(draft)), else a token
+ * drawn from max(0, p - q) renormalized, so the result is distributed exactly as p (Leviathan et
+ * al. 2023). Greedy (temperature <= 0): `draft` if it is the argmax, else the argmax, i.e. the
+ * same token as l3c_sampler_sample. draft < 0: l3c_sampler_sample. Does not accept; -1 as for
+ * l3c_sampler_sample or when out of memory (the first call allocates n_vocab floats).
+ *
+ * l3c_sampler_mark saves the history (repetition / presence / frequency penalties) and grammar
+ * state; l3c_sampler_rollback returns to it, so one sampler can give the draft's q for proposed
+ * tokens it accepts provisionally. The random stream is not rolled back (draws stay
+ * independent). One mark at a time; l3c_sampler_reset drops it.
+ */
+L3C_API int32_t l3c_sampler_probs(l3c_sampler *s, const float *logits, int32_t *ids, float *p,
+                                  int32_t cap);
+L3C_API int32_t l3c_sampler_verify(l3c_sampler *s, const float *logits, int32_t draft,
+                                   const int32_t *q_ids, const float *q_p, int32_t q_n);
+L3C_API l3c_status l3c_sampler_mark(l3c_sampler *s);
+L3C_API l3c_status l3c_sampler_rollback(l3c_sampler *s);
 
 /* ---------------------------------------------------------------- grammars (constrained output) */
 

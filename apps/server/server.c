@@ -67,6 +67,8 @@ static void usage(FILE *f) {
             "--ctx-size)\n"
             "  --queue N             requests that may wait for a slot; more get 429 (default 64)\n"
             "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
+            "  --lookup N            speculative decoding by prompt lookup (1..16 drafted tokens)\n"
+            "                        while one slot generates alone; output unchanged\n"
             "  --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
             "                        (also read from LLAMA3C_API_KEY)\n"
             "  --api-keys FILE       accounts: lines 'NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]';\n"
@@ -237,6 +239,9 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         } else if (!strcmp(name, "--batch") || !strcmp(name, "-b")) {
             if (parse_int(name, val, 1, 65536, &x)) return -1;
             srv->step_tokens = (int)x;
+        } else if (!strcmp(name, "--lookup")) {
+            if (parse_int(name, val, 1, SCHED_LOOKUP_MAX, &x)) return -1;
+            srv->lookup = (int)x;
         } else if (!strcmp(name, "--max-body")) {
             if (parse_int(name, val, 64, (long long)1 << 34, &x)) return -1;
             srv->max_body = (size_t)x;
@@ -438,7 +443,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "llama3c serve: out of memory\n");
         goto out;
     }
-    sched_options so = {srv.parallel, srv.step_tokens, srv.queue};
+    sched_options so = {srv.parallel, srv.step_tokens, srv.queue, srv.lookup};
     srv.sched = sched_create(srv.model, srv.ctx, &so);
     if (!srv.sched || sched_start(srv.sched) != 0) {
         fprintf(stderr, "llama3c serve: cannot start the scheduler\n");
