@@ -22,9 +22,10 @@
  * Open-ended waits (a follower waiting for the server's next request, the chat's next line:
  * l3c_comm_bcast_idle) only end the job for a peer that does not answer.
  *
- * Threads: MPI_THREAD_MULTIPLE is requested for the watchdog; otherwise the decoding thread is the
- * only one that calls in (the thread pool's workers never do). With only MPI_THREAD_SERIALIZED
- * there is no watchdog (a note says so).
+ * Threads: MPI_THREAD_MULTIPLE is requested for the watchdog (unless L3C_DIST_TIMEOUT=0: no
+ * watchdog thread, MPI_THREAD_SERIALIZED); otherwise the decoding thread is the only one that calls
+ * in (the thread pool's workers never do). With only MPI_THREAD_SERIALIZED there is no watchdog (a
+ * note says so).
  */
 #include "dist/comm.h"
 
@@ -212,8 +213,21 @@ int l3c_comm_init(int *argc, char ***argv) {
      * starves the rank being waited for (SmolLM2 tensor split on 2 busy cores: tg 2.1 -> 6.2
      * tok/s); an explicit --mca mpi_yield_when_idle wins */
     setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
+    /* L3C_DIST_TIMEOUT=0: no watchdog thread at all, and MPI_THREAD_SERIALIZED */
+    const char *t = getenv("L3C_DIST_TIMEOUT");
+    if (t && *t) {
+        char *end;
+        double v = strtod(t, &end);
+        if (*end || !(v >= 0) || v > 1e9) {
+            fprintf(stderr, "llama3c: L3C_DIST_TIMEOUT='%s': expected seconds >= 0 (0: never)\n",
+                    t);
+            return -1;
+        }
+        g_timeout = v;
+    }
+    const int want = g_timeout > 0 ? MPI_THREAD_MULTIPLE : MPI_THREAD_SERIALIZED;
     int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+    if (MPI_Init_thread(argc, argv, want, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "llama3c: MPI_Init_thread failed\n");
         return -1;
     }
@@ -234,16 +248,8 @@ int l3c_comm_init(int *argc, char ***argv) {
     if (provided < MPI_THREAD_SERIALIZED && g_size > 1)
         l3c_comm_abort("this MPI provides thread level %d; llama3c needs MPI_THREAD_SERIALIZED",
                        provided);
-    const char *t = getenv("L3C_DIST_TIMEOUT");
-    if (t && *t) {
-        char *end;
-        double v = strtod(t, &end);
-        if (*end || !(v >= 0) || v > 1e9)
-            l3c_comm_abort("L3C_DIST_TIMEOUT='%s': expected seconds >= 0 (0: no timeout)", t);
-        g_timeout = v;
-    }
     g_out_t0 = l3c_time_s();
-    if (g_size > 1 && provided < MPI_THREAD_MULTIPLE && g_rank == 0)
+    if (want == MPI_THREAD_MULTIPLE && g_size > 1 && provided < MPI_THREAD_MULTIPLE && g_rank == 0)
         fprintf(stderr, "llama3c: this MPI has no MPI_THREAD_MULTIPLE: a hung rank will not be "
                         "detected (no --dist-timeout)\n");
     if (g_size > 1 && provided >= MPI_THREAD_MULTIPLE) watchdog_start();
