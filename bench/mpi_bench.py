@@ -148,7 +148,7 @@ def main():
         info = model_info(model)
         print(f"\n{os.path.basename(model)}: n_embd {info['n_embd']}, {info['n_layer']} layers, vocab {info['n_vocab']}")
         print(f"{'run':28} {'pp t/s':>8} {'tg t/s':>8} {'RSS MiB/rank':>14} {'sent B/token/rank (formula)':>34} "
-              f"{'tg % in MPI':>12}")
+              f"{'tg % in MPI (ms/token)':>24}")
         res, _ = bench([MPI_BIN], model, a, ["-t", "2"])
         print(f"{'1 process x 2 threads':28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
               f"{res['peak_rss_bytes'] / 2**20:14.1f} {'-':>34}")
@@ -158,9 +158,11 @@ def main():
             res, ranks = bench(mpi + [MPI_BIN], model, a, ["-t", "1", "--split", split])
             rss = "/".join(f"{ranks[r][0]:.0f}" for r in sorted(ranks))
             sent = "/".join(f"{ranks[r][1]:.0f} ({formula(split, info, 2, r)})" for r in sorted(ranks))
-            comm = "/".join(f"{ranks[r][2]:.0f}" for r in sorted(ranks))
+            # each rank's share of the tg time inside MPI calls, and that time per token
+            comm = "/".join(f"{ranks[r][2]:.0f}" for r in sorted(ranks)) + " (" + "/".join(
+                f"{ranks[r][2] * 10 / res['tg_tokens_per_s']:.1f}" for r in sorted(ranks)) + ")"
             print(f"{'2 ranks x 1 thread, ' + split:28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
-                  f"{rss:>14} {sent:>34} {comm:>12}")
+                  f"{rss:>14} {sent:>34} {comm:>24}")
         if rpc:
             res = llama_bench(rpc[1], model, a, ["-t", "2"])
             print(f"{'llama.cpp 1 process x 2 thr':28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f}")
