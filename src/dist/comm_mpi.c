@@ -87,12 +87,11 @@ static void on_term(int sig) {
 
 /* ---- the watchdog (see the top). Its thread calls MPI on g_wd_comm only, and MPI_Abort. */
 
-/* the answer to a ping: {1 if in an MPI call else 0, seconds in that state, 1 if open-ended} */
-static void my_state(double out[3]) {
+/* the answer to a ping: {1 if in an MPI call else 0, seconds in that state} */
+static void my_state(double out[2]) {
     const double now = l3c_time_s(), t0 = g_call_t0;
     out[0] = t0 > 0;
     out[1] = now - (t0 > 0 ? t0 : (double)g_out_t0);
-    out[2] = t0 > 0 && g_call_idle;
 }
 
 /* answers the pings that have arrived; *rq is the standing receive of one */
@@ -101,9 +100,9 @@ static void answer_pings(MPI_Request *rq, int *ping) {
         int done = 0;
         MPI_Status st;
         if (MPI_Test(rq, &done, &st) != MPI_SUCCESS || !done) return;
-        double state[3];
+        double state[2];
         my_state(state);
-        MPI_Send(state, 3, MPI_DOUBLE, st.MPI_SOURCE, TAG_PONG, g_wd_comm);
+        MPI_Send(state, 2, MPI_DOUBLE, st.MPI_SOURCE, TAG_PONG, g_wd_comm);
         MPI_Irecv(ping, 1, MPI_INT, MPI_ANY_SOURCE, TAG_PING, g_wd_comm, rq);
     }
 }
@@ -112,7 +111,7 @@ static void answer_pings(MPI_Request *rq, int *ping) {
  * returns (progress is being made, or this is an open-ended wait and every peer is alive). */
 static void roll_call(MPI_Request *rq, int *ping, double waited, const char *op, int idle) {
     const int n = g_size;
-    double(*st)[3] = calloc((size_t)n, sizeof *st);
+    double(*st)[2] = calloc((size_t)n, sizeof *st);
     MPI_Request *rr = calloc((size_t)n, sizeof *rr), *rs = calloc((size_t)n, sizeof *rs);
     int *got = calloc((size_t)n, sizeof *got);
     if (!st || !rr || !rs || !got) l3c_comm_abort("watchdog: out of memory");
@@ -120,7 +119,7 @@ static void roll_call(MPI_Request *rq, int *ping, double waited, const char *op,
     for (int r = 0; r < n; r++) {
         rr[r] = rs[r] = MPI_REQUEST_NULL;
         if (r == g_rank) continue;
-        MPI_Irecv(st[r], 3, MPI_DOUBLE, r, TAG_PONG, g_wd_comm, &rr[r]);
+        MPI_Irecv(st[r], 2, MPI_DOUBLE, r, TAG_PONG, g_wd_comm, &rr[r]);
         MPI_Isend(&one, 1, MPI_INT, r, TAG_PING, g_wd_comm, &rs[r]);
     }
     const double t_end = l3c_time_s() + ROLL_CALL_S;
@@ -141,24 +140,22 @@ static void roll_call(MPI_Request *rq, int *ping, double waited, const char *op,
         if (r != g_rank && !got[r])
             len += (size_t)snprintf(who + len, sizeof who - len, "%s%d", len ? ", " : "", r);
     if (missing > 0)
-        l3c_comm_abort("waited %.1f s in %s: rank %s did not answer the watchdog within %.0f s: "
+        l3c_comm_abort("waited %.3g s in %s: rank %s did not answer the watchdog within %.0f s: "
                        "stopped or hung (--dist-timeout %g); ending the job",
                        waited, op, who, ROLL_CALL_S, timeout);
-    int busy = -1, all_wait = 1;
+    int busy = -1,
+        all_wait = 1; /* all_wait: every peer has waited in MPI longer than the timeout */
     for (int r = 0; r < n; r++) {
         if (r == g_rank) continue;
-        if (!st[r][0]) all_wait = 0;
+        if (!st[r][0] || st[r][1] <= timeout) all_wait = 0;
         if (!st[r][0] && st[r][1] > timeout && (busy < 0 || st[r][1] > st[busy][1])) busy = r;
     }
     if (!idle && busy >= 0)
-        l3c_comm_abort("waited %.1f s in %s: rank %d has computed for %.1f s without reaching it: "
+        l3c_comm_abort("waited %.3g s in %s: rank %d has computed for %.1f s without reaching it: "
                        "hung (--dist-timeout %g); ending the job",
                        waited, op, busy, st[busy][1], timeout);
-    int any_idle = 0;
-    for (int r = 0; r < n; r++)
-        if (r != g_rank && st[r][2]) any_idle = 1;
-    if (!idle && !any_idle && all_wait)
-        l3c_comm_abort("waited %.1f s in %s and every other rank waits in MPI too: the ranks "
+    if (!idle && all_wait)
+        l3c_comm_abort("waited %.3g s in %s and every other rank waits in MPI too: the ranks "
                        "disagree on the next call (--dist-timeout %g); ending the job",
                        waited, op, timeout);
     for (int r = 0; r < n; r++)
