@@ -584,7 +584,7 @@ L3C_API const char *l3c_dist_transport(void);
  * stops answering ends the job while they wait (l3c_dist_set_timeout). */
 L3C_API void l3c_dist_bcast(void *bytes, size_t n);
 /* A rank that has waited `seconds` in a forward pass's message makes every rank's watchdog check
- * its peers: a rank that is stopped (does not answer within 1 s) or has computed for longer than
+ * its peers: a rank that is stopped (does not answer within 2-10 s) or has computed for longer than
  * `seconds` ends the job on every rank with a message naming it. 0: never. Default 300, or the
  * environment's L3C_DIST_TIMEOUT. Needs an MPI with MPI_THREAD_MULTIPLE (Open MPI has it). */
 L3C_API void l3c_dist_set_timeout(double seconds);

@@ -15,7 +15,7 @@
  * others waiting forever. A watchdog thread per rank watches the calls of the decoding thread:
  * one that has waited longer than the timeout (l3c_comm_set_timeout, --dist-timeout,
  * L3C_DIST_TIMEOUT; default DEFAULT_TIMEOUT_S) starts a roll call on a communicator of its own:
- * every peer's watchdog answers within ROLL_CALL_S with its state (in an MPI call, or computing
+ * every peer's watchdog answers within roll_call_s() with its state (in an MPI call, or computing
  * and since when). A peer that does not answer is stopped or hung; one that has computed longer
  * than the timeout without reaching the collective is hung; if every rank waits, they disagree on
  * the next call. Each verdict ends the job naming the rank (MPI_Abort from the watchdog).
@@ -48,7 +48,6 @@ static double g_seconds; /* wall time inside MPI calls */
 
 /* ---- the watchdog's view of the decoding thread (written by it, read by the watchdog) */
 enum { DEFAULT_TIMEOUT_S = 300 };
-#define ROLL_CALL_S   1.0 /* how long a roll call waits for the answers */
 #define WATCH_TICK_MS 50L
 enum { TAG_PING = 1, TAG_PONG = 2 };
 static _Atomic double g_timeout = DEFAULT_TIMEOUT_S; /* seconds; 0: no watchdog verdicts */
@@ -87,6 +86,13 @@ static void on_term(int sig) {
 
 /* ---- the watchdog (see the top). Its thread calls MPI on g_wd_comm only, and MPI_Abort. */
 
+/* How long a roll call waits for the answers: the timeout, within 2..10 s (a live peer's watchdog
+ * answers within a tick, 50 ms, but a loaded machine may not run it for a while). */
+static double roll_call_s(void) {
+    const double t = g_timeout;
+    return t < 2 ? 2 : t > 10 ? 10 : t;
+}
+
 /* the answer to a ping: {1 if in an MPI call else 0, seconds in that state} */
 static void my_state(double out[2]) {
     const double now = l3c_time_s(), t0 = g_call_t0;
@@ -122,7 +128,7 @@ static void roll_call(MPI_Request *rq, int *ping, double waited, const char *op,
         MPI_Irecv(st[r], 2, MPI_DOUBLE, r, TAG_PONG, g_wd_comm, &rr[r]);
         MPI_Isend(&one, 1, MPI_INT, r, TAG_PING, g_wd_comm, &rs[r]);
     }
-    const double t_end = l3c_time_s() + ROLL_CALL_S;
+    const double wait_s = roll_call_s(), t_end = l3c_time_s() + wait_s;
     while (missing > 0 && l3c_time_s() < t_end) {
         answer_pings(rq, ping);
         for (int r = 0; r < n; r++) {
@@ -142,7 +148,7 @@ static void roll_call(MPI_Request *rq, int *ping, double waited, const char *op,
     if (missing > 0)
         l3c_comm_abort("waited %.3g s in %s: rank %s did not answer the watchdog within %.0f s: "
                        "stopped or hung (--dist-timeout %g); ending the job",
-                       waited, op, who, ROLL_CALL_S, timeout);
+                       waited, op, who, wait_s, timeout);
     int busy = -1,
         all_wait = 1; /* all_wait: every peer has waited in MPI longer than the timeout */
     for (int r = 0; r < n; r++) {

@@ -295,8 +295,8 @@ def test_killed_rank_ends_every_rank(mpi, smollm2_path, split):
 @pytest.mark.parametrize("split", ["tensor", "layers"])
 def test_stopped_rank_ends_every_rank(mpi, smollm2_path, split):
     """SIGSTOP to rank 1 (hung, not dead: mpirun sees nothing) during a long generation with
-    --dist-timeout 2: rank 0's watchdog finds it waiting, rank 1 does not answer its roll call, and
-    the job ends non-zero within 10 s of the stop, naming rank 1."""
+    --dist-timeout 2: rank 0's watchdog finds it waiting after 2 s, rank 1 does not answer its roll
+    call (2 s), and the job ends non-zero within 10 s of the stop, naming rank 1."""
     cmd = mpi + ["-np", "2", MPI_BIN, "run", "-m", smollm2_path, "-p", "Once upon a time", "-n", "4000",
                  "--ignore-eos", "--temp", "0", "-t", "1", "-c", "4096", "--split", split, "--dist-timeout", "2"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
