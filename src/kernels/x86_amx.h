@@ -621,23 +621,34 @@ static void gemm_amx_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_
 /* ---------------------------------------------------------------- table */
 
 /* Replaces the gemm of the avx512 layouts (kept: their pack, unpack and activation format);
- * table == NULL: only says the file was built with its ISA. */
+ * table == NULL: only says the file was built with its ISA.
+ *
+ * The real path "amx" takes a tile kernel only where it measured faster than the avx512 packed
+ * one (bench_kernels --packed -T 512, one thread, CPU time, a Xeon with AMX; GFLOP/s tiles /
+ * VNNI): Q5_K 336-362 / 316-324 and bf16 600-640 / 96 (F16 exact on FMA: 120-133); Q4_K ~345
+ * / 332-358 (a tie, kept). Not taken: Q4_0 324-327 / 357-382, Q8_0 307-330 / 361-391, Q6_K
+ * 185-188 / 250-253 (per 32 or 16 elements a C tile must be stored and folded with its scale:
+ * the folds, not the tile unit, bound them; see q_gemm and kq_gemm). Both give the same bits, so
+ * the choice is speed only. "amx-emu" (tests) takes every tile kernel, so all stay tested (the
+ * real unit's start-up check below runs them all too). */
 bool AMX_PATH_HOOK(l3c_type_traits *table) {
     if (!table) return true;
     pthread_once(&g_avx512_once, amx_avx512_init);
+#ifdef L3C_AMX_EMULATE
+    const bool all = true;
+#else
+    const bool all = false;
+#endif
     static const struct {
         int type;
-        bool bf16;
+        bool bf16, faster; /* faster: than the avx512 kernel on the hardware */
         l3c_gemm_packed_fn gemm;
-    } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0},
-             {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
-
-             {L3C_TYPE_Q4_K, false, gemm_amx_q4_K},
-             {L3C_TYPE_Q5_K, false, gemm_amx_q5_K},
-             {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
-             {L3C_TYPE_F16, true, gemm_amx_bf16},
-             {L3C_TYPE_BF16, true, gemm_amx_bf16}};
+    } k[] = {{L3C_TYPE_Q4_0, false, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, false, gemm_amx_q8_0},
+             {L3C_TYPE_Q4_K, false, true, gemm_amx_q4_K},  {L3C_TYPE_Q5_K, false, true, gemm_amx_q5_K},
+             {L3C_TYPE_Q6_K, false, false, gemm_amx_q6_K}, {L3C_TYPE_F16, true, true, gemm_amx_bf16},
+             {L3C_TYPE_BF16, true, true, gemm_amx_bf16}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        if (!k[i].faster && !all) continue;
         l3c_pack_layout *L = k[i].bf16 ? &table[k[i].type].packed_bf16 : &table[k[i].type].packed;
         const l3c_pack_layout *V = k[i].bf16 ? &g_avx512[k[i].type].packed_bf16 : &g_avx512[k[i].type].packed;
         if (L->rows == AMX_ROWS && V->rows == AMX_ROWS && L->pack == V->pack) L->gemm = k[i].gemm;
