@@ -43,7 +43,8 @@ static void *run(void *arg) {
     tilecfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    for (int t = 0; t < 8; t++)
+        cfg.rows[t] = 16, cfg.colsb[t] = 64;
     static const uint8_t zero[16 * 64];
     __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
     __asm__ volatile("tileloadd (%0,%1,1), %%tmm4" ::"r"(zero), "r"(64L) : "memory");
@@ -52,16 +53,22 @@ static void *run(void *arg) {
     __asm__ volatile("tileloadd (%0,%1,1), %%tmm7" ::"r"(zero), "r"(64L) : "memory");
     *best = 1e30;
     for (int pass = 0; pass < 50; pass++) {
-        __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3" ::: "memory");
+        __asm__ volatile(
+            "tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3" ::
+                : "memory");
         const double t0 = now();
         if (g_bf16)
             for (int i = 0; i < ITERS; i++)
-                __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
-                                 "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::: "memory");
+                __asm__ volatile(
+                    "tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
+                    "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::
+                        : "memory");
         else
             for (int i = 0; i < ITERS; i++)
-                __asm__ volatile("tdpbsud %%tmm6, %%tmm4, %%tmm0\n\ttdpbsud %%tmm7, %%tmm4, %%tmm1\n\t"
-                                 "tdpbsud %%tmm6, %%tmm5, %%tmm2\n\ttdpbsud %%tmm7, %%tmm5, %%tmm3" ::: "memory");
+                __asm__ volatile(
+                    "tdpbsud %%tmm6, %%tmm4, %%tmm0\n\ttdpbsud %%tmm7, %%tmm4, %%tmm1\n\t"
+                    "tdpbsud %%tmm6, %%tmm5, %%tmm2\n\ttdpbsud %%tmm7, %%tmm5, %%tmm3" ::
+                        : "memory");
         const double s = now() - t0;
         if (s < *best) *best = s;
     }
@@ -91,9 +98,12 @@ int main(int argc, char **argv) {
     for (g_bf16 = 0; g_bf16 < 2; g_bf16++) {
         pthread_t th[256];
         double best[256], worst = 0;
-        for (int i = 0; i < threads; i++) pthread_create(&th[i], NULL, run, &best[i]);
-        for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
-        for (int i = 0; i < threads; i++) worst = best[i] > worst ? best[i] : worst;
+        for (int i = 0; i < threads; i++)
+            pthread_create(&th[i], NULL, run, &best[i]);
+        for (int i = 0; i < threads; i++)
+            pthread_join(th[i], NULL);
+        for (int i = 0; i < threads; i++)
+            worst = best[i] > worst ? best[i] : worst;
         const double macs = 16.0 * 16.0 * (g_bf16 ? 32 : 64) * 4 * ITERS;
         ops[g_bf16] = threads * 2 * macs / worst / 1e9;
     }

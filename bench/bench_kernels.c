@@ -152,7 +152,8 @@ static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_
     const size_t xb = (size_t)(N_IN / L->act_block_size) * L->act_type_size;
     uint8_t *pk = aligned_alloc(64, (row_bytes * (size_t)rows + 63) & ~(size_t)63);
     uint8_t *xq = aligned_alloc(64, (xb * GEMM_T + 63) & ~(size_t)63);
-    float *y = malloc(sizeof(float) * (size_t)L3C_MAX(rows, GEMM_ROWS * GEMM_T)), *x = malloc(sizeof(float) * N_IN);
+    float *y = malloc(sizeof(float) * (size_t)L3C_MAX(rows, GEMM_ROWS * GEMM_T)),
+          *x = malloc(sizeof(float) * N_IN);
     memset(pk, 0, row_bytes * (size_t)rows);
     double best_pk = 1e30;
     for (int k = 0; k < 3; k++) {
@@ -165,7 +166,8 @@ static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_
     for (int t = 0; t < GEMM_T; t++) {
         for (int i = 0; i < N_IN; i++) x[i] = rndf(-2.0f, 2.0f);
         if (L->act_from_float) L->act_from_float(x, xq + t * xb, N_IN);
-        else memcpy(xq + t * xb, x, sizeof(float) * N_IN);
+        else
+            memcpy(xq + t * xb, x, sizeof(float) * N_IN);
     }
     const int reps = g_packed_only ? 7 : 3;
     double best = 1e30, best_mm = 1e30;
@@ -195,8 +197,12 @@ int main(int argc, char **argv) {
     for (; argn < argc && argv[argn][0] == '-'; argn++) {
         if (strcmp(argv[argn], "--packed") == 0) g_packed_only = true;
         else if (strcmp(argv[argn], "--l2") == 0) g_matrix_bytes = 512u << 10, g_passes = 128;
-        else if (strcmp(argv[argn], "-T") == 0 && argn + 1 < argc && atoi(argv[argn + 1]) > 0) GEMM_T = atoi(argv[++argn]);
-        else return fprintf(stderr, "usage: %s [--packed] [--l2] [-T tokens] [type-name ...]\n", argv[0]), 2;
+        else if (strcmp(argv[argn], "-T") == 0 && argn + 1 < argc && atoi(argv[argn + 1]) > 0)
+            GEMM_T = atoi(argv[++argn]);
+        else
+            return fprintf(stderr, "usage: %s [--packed] [--l2] [-T tokens] [type-name ...]\n",
+                           argv[0]),
+                   2;
     }
     paths[np].name = "ref";
     for (int i = 0; i < L3C_TYPE_COUNT; i++) paths[np].tab[i] = *l3c_type_traits_ref(i);
@@ -261,10 +267,12 @@ int main(int argc, char **argv) {
             if (p > 0 && tr->vec_dot == paths[p - 1].tab[type].vec_dot &&
                 tr->gemm == paths[p - 1].tab[type].gemm) {
                 printf("%-5s %-7s (same kernels as %s)\n", rt->name, paths[p].name, paths[p - 1].name);
-                /* a packed layout of this path alone (Q5_K on avx512, the amx gemms) still gets its line */
+                /* a packed layout of this path alone (Q5_K on avx512, the amx gemms) still gets its
+                 * line */
                 if (tr->packed.rows && tr->packed.gemm != paths[p - 1].tab[type].packed.gemm)
                     time_packed(&tr->packed, "packed:", w, row_bytes, rows);
-                if (tr->packed_bf16.rows && tr->packed_bf16.gemm != paths[p - 1].tab[type].packed_bf16.gemm)
+                if (tr->packed_bf16.rows &&
+                    tr->packed_bf16.gemm != paths[p - 1].tab[type].packed_bf16.gemm)
                     time_packed(&tr->packed_bf16, "bf16:", w, row_bytes, rows);
                 continue;
             }

@@ -23,10 +23,10 @@
  *    than the avx512 packed Q4_1 kernel (2.26 vs 1.88 ms for 512 tokens x 1536 rows x 576, one
  *    thread, on a Xeon with AMX): see q_gemm for the limit. The amx path keeps the avx512 one.
  *  - Q4_K / Q5_K / Q6_K: the same for every 32-element sub-block (Q4_K: its nibbles; Q5_K: its
- *    5-bit quants; Q6_K: two products of 16 elements, one per scale) against the Q8_K activations; each C row is multiplied by its
- *    rows' scales into the super-block's exact int32 sum, and the avx512 kernel's epilogue
- *    (x86_packed.h: mins / -32 offset from the Q8_K group sums, two or one fma) finishes it:
- *    bit-identical to the avx512 packed kernel too.
+ *    5-bit quants; Q6_K: two products of 16 elements, one per scale) against the Q8_K activations;
+ * each C row is multiplied by its rows' scales into the super-block's exact int32 sum, and the
+ * avx512 kernel's epilogue (x86_packed.h: mins / -32 offset from the Q8_K group sums, two or one
+ * fma) finishes it: bit-identical to the avx512 packed kernel too.
  *  - bf16: per 32-element block 16 chunks of 64 bytes, chunk p lane r = the bf16 pair (2p, 2p+1)
  *    of row r: exactly the B operand of TDPBF16PS (16 rows of 16 pairs). A = 32 bf16 of up to
  *    16 tokens; C accumulates fp32 over the whole row. The tile unit sums in its own order (not
@@ -220,8 +220,9 @@ static void amx_avx512_init(void) {
 }
 
 static size_t group_block_bytes(int kind) { /* one block / super-block of a 16-row group */
-    static const size_t sz[] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q8_0), sizeof(l3c_block_q4_K),
-                                sizeof(l3c_block_q5_K), sizeof(l3c_block_q6_K)};
+    static const size_t sz[] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q8_0),
+                                sizeof(l3c_block_q4_K), sizeof(l3c_block_q5_K),
+                                sizeof(l3c_block_q6_K)};
     return PK_ROWS * sz[kind];
 }
 
@@ -340,17 +341,21 @@ static void q_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int
  * every token tile, then per token tile its products run back to back, each A tile (16 tokens'
  * K quants, the costly load: 16 rows of the activations, an L2 stream) serving both groups, into
  * a buffer of C tiles, and the super-block is folded one token tile later (see kq_gemm), while the
- * quants of the token tile after it are prefetched: isum = sum over products of C * scale (exact int32, any order), then the
- * avx512 kernel's epilogue (q4k_finish / q6_finish). Q5_K's B tiles hold a and b (the avx512
- * kernel's dpbusd chunks hold 8 a and shift isum8 = 8 isum back by 3), so isum is the same. The
- * float accumulators of a token tile pass from chunk to chunk through y (a store and a load: the
- * same bits), super-blocks in order: every value is the avx512 kernel's.
+ * quants of the token tile after it are prefetched: isum = sum over products of C * scale (exact
+ * int32, any order), then the avx512 kernel's epilogue (q4k_finish / q6_finish). Q5_K's B tiles
+ * hold a and b (the avx512 kernel's dpbusd chunks hold 8 a and shift isum8 = 8 isum back by 3), so
+ * isum is the same. The float accumulators of a token tile pass from chunk to chunk through y (a
+ * store and a load: the same bits), super-blocks in order: every value is the avx512 kernel's.
  */
-#define AMX_KP 16 /* most products per super-block (Q6_K) */
+#define AMX_KP 16  /* most products per super-block (Q6_K) */
 #define AMX_KT 128 /* tokens per block of accumulators */
 
-static int kq_products(int kind) { return kind == AMX_Q6_K ? 16 : 8; } /* per super-block */
-static int kq_k(int kind) { return kind == AMX_Q6_K ? 16 : 32; }       /* bytes of an A tile row */
+static int kq_products(int kind) {
+    return kind == AMX_Q6_K ? 16 : 8;
+} /* per super-block */
+static int kq_k(int kind) {
+    return kind == AMX_Q6_K ? 16 : 32;
+} /* bytes of an A tile row */
 
 /* the B tiles of super-block gb, kq_products(kind) of K / 4 rows x 64 bytes each, consecutive */
 INLINE void kq_btiles(int kind, const char *gb, uint8_t *wb) {
@@ -360,38 +365,43 @@ INLINE void kq_btiles(int kind, const char *gb, uint8_t *wb) {
             for (int cc = 0; cc < 8; cc++) {
                 const __m512i v = _mm512_loadu_si512(gb + 256 + (8 * j + cc) * 64);
                 _mm512_store_si512(wb + 512 * (2 * j) + 64 * cc, _mm512_and_si512(v, m4));
-                _mm512_store_si512(wb + 512 * (2 * j + 1) + 64 * cc, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+                _mm512_store_si512(wb + 512 * (2 * j + 1) + 64 * cc,
+                                   _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
             }
     } else if (kind == AMX_Q5_K) {
         const __m512i m1f = _mm512_set1_epi8(0x1F);
         for (int j = 0; j < 4; j++) /* a = Y >> 3 (sub-block 2j), b (2j + 1) */
             for (int c = 0; c < 8; c++) {
                 const __m512i yv = _mm512_loadu_si512(gb + Q5_Y(j, c));
-                _mm512_store_si512(wb + 512 * (2 * j) + 64 * c, _mm512_and_si512(_mm512_srli_epi16(yv, 3), m1f));
+                _mm512_store_si512(wb + 512 * (2 * j) + 64 * c,
+                                   _mm512_and_si512(_mm512_srli_epi16(yv, 3), m1f));
                 _mm512_store_si512(wb + 512 * (2 * j + 1) + 64 * c,
                                    q5_high(yv, _mm512_loadu_si512(gb + Q5_B(j, c / 4)), c));
             }
     } else { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4; two tiles of 16 */
         for (int sr = 0; sr < 8; sr++)
-            for (int cc = 0; cc < 8; cc++) _mm512_store_si512(wb + 512 * sr + 64 * cc, q6_quant(gb, sr / 4, cc, sr % 4));
+            for (int cc = 0; cc < 8; cc++)
+                _mm512_store_si512(wb + 512 * sr + 64 * cc, q6_quant(gb, sr / 4, cc, sr % 4));
     }
 }
 
 /* super-block b (at gb) of M tokens from its stored C tiles c[0 .. kq_products) into the
- * accumulators acc16 (16 floats per token; 0 before b = 0), token by token: isum = sum_p C_p * scale_p, then the avx512 epilogue of one
- * token (q4k_finish1 / q6_finish1: the same operations). Token-major, so that only the scales
- * and the epilogue's constants stay in registers (16 isum and 16 acc did not fit: spills). */
+ * accumulators acc16 (16 floats per token; 0 before b = 0), token by token: isum = sum_p C_p *
+ * scale_p, then the avx512 epilogue of one token (q4k_finish1 / q6_finish1: the same operations).
+ * Token-major, so that only the scales and the epilogue's constants stay in registers (16 isum and
+ * 16 acc did not fit: spills). */
 INLINE void kq_fold(int kind, int M, const char *gb, const char *x, size_t xs, int64_t b,
                     int32_t (*c)[AMX_M * AMX_ROWS], float *acc16) {
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gb));
     if (kind == AMX_Q6_K) {
         __m512i s[16], pairs[8];
-        for (int p = 0; p < 16; p++) s[p] = q6_scale(gb, p);
+        for (int p = 0; p < 16; p++)
+            s[p] = q6_scale(gb, p);
         q6_pairs(gb, pairs);
         for (int t = 0; t < M; t++) {
             __m512i isum = _mm512_mullo_epi32(_mm512_load_si512(c[0] + AMX_ROWS * t), s[0]);
-            UNROLL16 for (int p = 1; p < 16; p++)
-                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(_mm512_load_si512(c[p] + AMX_ROWS * t), s[p]));
+            UNROLL16 for (int p = 1; p < 16; p++) isum = _mm512_add_epi32(
+                isum, _mm512_mullo_epi32(_mm512_load_si512(c[p] + AMX_ROWS * t), s[p]));
             const __m512 acc = b == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc16 + AMX_ROWS * t);
             const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
             _mm512_store_ps(acc16 + AMX_ROWS * t, q6_finish1(pairs, dw, xb, isum, acc));
@@ -400,12 +410,13 @@ INLINE void kq_fold(int kind, int M, const char *gb, const char *x, size_t xs, i
     }
     __m512i u[4], s[8], mnp[8];
     q4k_scales(gb, u);
-    for (int p = 0; p < 8; p++) s[p] = q4k_byte(u, p), mnp[p] = q4k_byte2(u, 8 + p);
+    for (int p = 0; p < 8; p++)
+        s[p] = q4k_byte(u, p), mnp[p] = q4k_byte2(u, 8 + p);
     const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gb + 32)));
     for (int t = 0; t < M; t++) {
         __m512i isum = _mm512_mullo_epi32(_mm512_load_si512(c[0] + AMX_ROWS * t), s[0]);
-        UNROLL for (int p = 1; p < 8; p++)
-            isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(_mm512_load_si512(c[p] + AMX_ROWS * t), s[p]));
+        UNROLL for (int p = 1; p < 8; p++) isum = _mm512_add_epi32(
+            isum, _mm512_mullo_epi32(_mm512_load_si512(c[p] + AMX_ROWS * t), s[p]));
         const __m512 acc = b == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc16 + AMX_ROWS * t);
         const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
         _mm512_store_ps(acc16 + AMX_ROWS * t, q4k_finish1(mnp, dw, dmw, xb, isum, acc));
@@ -449,12 +460,13 @@ INLINE void kq_products_tile(int kind, int G, int64_t b, uint8_t (*wb)[AMX_KP * 
  * (acc[gi]: 16 floats per token), after prefetching the quants of the token tile whose products
  * run next (xn) */
 INLINE void kq_folds(int kind, int G, int M, int64_t b, const char *g, size_t gbytes,
-                     int32_t (*c)[AMX_KP][AMX_M * AMX_ROWS], const char *x, size_t xs, float (*acc)[AMX_KT * AMX_ROWS],
-                     const char *xn) {
+                     int32_t (*c)[AMX_KP][AMX_M * AMX_ROWS], const char *x, size_t xs,
+                     float (*acc)[AMX_KT * AMX_ROWS], const char *xn) {
     for (int gi = 0; gi < G; gi++) {
         if (xn)
             for (int t = gi * AMX_M / G; t < (gi + 1) * AMX_M / G; t++)
-                for (int l = 0; l < 256; l += 64) _mm_prefetch(xn + t * xs + l, _MM_HINT_T0);
+                for (int l = 0; l < 256; l += 64)
+                    _mm_prefetch(xn + t * xs + l, _MM_HINT_T0);
         kq_fold(kind, M, g + gi * gbytes + b * group_block_bytes(kind), x, xs, b, c[gi], acc[gi]);
     }
 }
@@ -468,8 +480,8 @@ INLINE void kq_folds(int kind, int G, int M, int64_t b, const char *g, size_t gb
  * folded from the other (a fold loads what tilestored wrote, which the CPU does not forward:
  * one tile later it is in L1).
  */
-static void kq_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy, const void *wp,
-                    const void *x, size_t xs) {
+static void kq_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                    const void *wp, const void *x, size_t xs) {
     const int64_t nb = n / 256;
     const int K = kq_k(kind);
     const size_t gbytes = (size_t)nb * group_block_bytes(kind);
@@ -479,7 +491,8 @@ static void kq_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, in
     _Alignas(64) float acc[2][AMX_KT * AMX_ROWS];
     amx_cfg cfg = {.palette = 1};
     int shape = 0;
-    for (int64_t r0 = 0; r0 < n_rows; r0 += 2 * AMX_ROWS) { /* two groups at a time where there are */
+    for (int64_t r0 = 0; r0 < n_rows;
+         r0 += 2 * AMX_ROWS) { /* two groups at a time where there are */
         const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
         const int G = n_rows - r0 > AMX_ROWS ? 2 : 1;
         __mmask16 rows[2] = {(__mmask16)((1u << L3C_MIN(AMX_ROWS, n_rows - r0)) - 1), 0};
@@ -487,12 +500,14 @@ static void kq_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, in
         for (int64_t tb = 0; tb < T; tb += AMX_KT) {
             const int64_t te = L3C_MIN(T, tb + AMX_KT);
             for (int64_t b = 0; b < nb; b++) {
-                for (int gi = 0; gi < G; gi++) kq_btiles(kind, g + gi * gbytes + b * group_block_bytes(kind), wb[gi]);
+                for (int gi = 0; gi < G; gi++)
+                    kq_btiles(kind, g + gi * gbytes + b * group_block_bytes(kind), wb[gi]);
                 int64_t prev = -1; /* the token tile waiting for its fold */
                 for (int64_t t0 = tb; t0 < te; t0 += AMX_M) {
                     const int M = (int)L3C_MIN(AMX_M, te - t0);
                     if (M != shape) {
-                        for (int i = 0; i < 4; i++) amx_tile_shape(&cfg, i, M, 64);
+                        for (int i = 0; i < 4; i++)
+                            amx_tile_shape(&cfg, i, M, 64);
                         amx_tile_shape(&cfg, 4, M, K), amx_tile_shape(&cfg, 5, M, K);
                         amx_tile_shape(&cfg, 6, K / 4, 64), amx_tile_shape(&cfg, 7, K / 4, 64);
                         AMX_CFG(&cfg);
@@ -500,16 +515,23 @@ static void kq_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, in
                     }
                     const char *xt = (const char *)x + t0 * xs;
                     const int slot = (int)((t0 - tb) / AMX_M) & 1;
-                    if (G == 2) kq_products_tile(kind, 2, b, wb, c[slot], xt, xs);
-                    else kq_products_tile(kind, 1, b, wb, c[slot], xt, xs);
+                    if (G == 2)
+                        kq_products_tile(kind, 2, b, wb, c[slot], xt, xs);
+                    else
+                        kq_products_tile(kind, 1, b, wb, c[slot], xt, xs);
                     if (prev >= 0) {
-                        const char *xn = t0 + AMX_M < te ? xt + AMX_M * xs + b * sizeof(l3c_block_q8_K) + qs : NULL;
-                        float(*ap)[AMX_KT * AMX_ROWS] = (float(*)[AMX_KT * AMX_ROWS])(&acc[0][(prev - tb) * AMX_ROWS]);
-                        kq_folds(kind, G, AMX_M, b, g, gbytes, c[slot ^ 1], (const char *)x + prev * xs, xs, ap, xn);
+                        const char *xn = t0 + AMX_M < te
+                                             ? xt + AMX_M * xs + b * sizeof(l3c_block_q8_K) + qs
+                                             : NULL;
+                        float(*ap)[AMX_KT * AMX_ROWS] =
+                            (float(*)[AMX_KT * AMX_ROWS])(&acc[0][(prev - tb) * AMX_ROWS]);
+                        kq_folds(kind, G, AMX_M, b, g, gbytes, c[slot ^ 1],
+                                 (const char *)x + prev * xs, xs, ap, xn);
                     }
                     prev = t0;
                 }
-                float(*ap)[AMX_KT * AMX_ROWS] = (float(*)[AMX_KT * AMX_ROWS])(&acc[0][(prev - tb) * AMX_ROWS]);
+                float(*ap)[AMX_KT * AMX_ROWS] =
+                    (float(*)[AMX_KT * AMX_ROWS])(&acc[0][(prev - tb) * AMX_ROWS]);
                 kq_folds(kind, G, (int)(te - prev), b, g, gbytes, c[((prev - tb) / AMX_M) & 1],
                          (const char *)x + prev * xs, xs, ap, NULL);
             }
@@ -643,10 +665,11 @@ bool AMX_PATH_HOOK(l3c_type_traits *table) {
         int type;
         bool bf16, faster; /* faster: than the avx512 kernel on the hardware */
         l3c_gemm_packed_fn gemm;
-    } k[] = {{L3C_TYPE_Q4_0, false, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, false, gemm_amx_q8_0},
-             {L3C_TYPE_Q4_K, false, true, gemm_amx_q4_K},  {L3C_TYPE_Q5_K, false, true, gemm_amx_q5_K},
-             {L3C_TYPE_Q6_K, false, false, gemm_amx_q6_K}, {L3C_TYPE_F16, true, true, gemm_amx_bf16},
-             {L3C_TYPE_BF16, true, true, gemm_amx_bf16}};
+    } k[] = {
+        {L3C_TYPE_Q4_0, false, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, false, gemm_amx_q8_0},
+        {L3C_TYPE_Q4_K, false, true, gemm_amx_q4_K},  {L3C_TYPE_Q5_K, false, true, gemm_amx_q5_K},
+        {L3C_TYPE_Q6_K, false, false, gemm_amx_q6_K}, {L3C_TYPE_F16, true, true, gemm_amx_bf16},
+        {L3C_TYPE_BF16, true, true, gemm_amx_bf16}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         if (!k[i].faster && !all) continue;
         l3c_pack_layout *L = k[i].bf16 ? &table[k[i].type].packed_bf16 : &table[k[i].type].packed;
@@ -693,7 +716,8 @@ static void chk_weights(int type, uint8_t *w, size_t bytes, uint32_t *seed) {
     if (type == L3C_TYPE_Q4_K)
         for (size_t b = 0; b < bytes / sizeof(l3c_block_q4_K); b++) ((l3c_block_q4_K *)w)[b].d = ((l3c_block_q4_K *)w)[b].dmin = d;
     if (type == L3C_TYPE_Q5_K)
-        for (size_t b = 0; b < bytes / sizeof(l3c_block_q5_K); b++) ((l3c_block_q5_K *)w)[b].d = ((l3c_block_q5_K *)w)[b].dmin = d;
+        for (size_t b = 0; b < bytes / sizeof(l3c_block_q5_K); b++)
+            ((l3c_block_q5_K *)w)[b].d = ((l3c_block_q5_K *)w)[b].dmin = d;
     if (type == L3C_TYPE_Q6_K)
         for (size_t b = 0; b < bytes / sizeof(l3c_block_q6_K); b++) ((l3c_block_q6_K *)w)[b].d = d;
 }
@@ -734,8 +758,8 @@ int AMX_CHECK_FN(void) {
     } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
 
              {L3C_TYPE_Q4_K, false, gemm_amx_q4_K}, {L3C_TYPE_Q5_K, false, gemm_amx_q5_K},
-             {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
-             {L3C_TYPE_F16, true, gemm_amx_bf16},   {L3C_TYPE_BF16, true, gemm_amx_bf16}};
+             {L3C_TYPE_Q6_K, false, gemm_amx_q6_K}, {L3C_TYPE_F16, true, gemm_amx_bf16},
+             {L3C_TYPE_BF16, true, gemm_amx_bf16}};
     uint32_t seed = 12345;
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         const int r = chk_layout(k[i].type, k[i].bf16, k[i].gemm, &seed);
