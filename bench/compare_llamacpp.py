@@ -26,9 +26,9 @@ prints the CPU model (lscpu), the read bandwidth (bench/bandwidth.c) and the AMX
 file and path a markdown row: both engines' pp and tg tokens/s (best of the alternated rounds),
 the ratios, tg as a share of the bandwidth bound (bandwidth / weight bytes a token reads) and pp
 as a share of the AMX peak: 2 x (weights of the layers' matrices) operations per prompt token
-over the int8 peak (quantized files, F16 by default: llama3c's default F16 kernel is exact
-fp16 x fp32 on AVX-512 FMA, not tiles) or the bf16 peak (--bf16). Attention's and the LM head's
-operations are left out, so the share is a little low.
+over the int8 peak (quantized files) or the bf16 peak (F16 / BF16 files; llama3c's default F16
+kernel is exact fp16 x fp32 on AVX-512 FMA, --bf16 runs the bf16 tiles). Attention's and the LM
+head's operations are left out, so the share is a little low.
 """
 import argparse
 import json
@@ -264,7 +264,8 @@ def main():
         bound = bw / gb
         for k in paths:
             o = best(runs_o[k])
-            peak = peak_bf if "--bf16" in extra else peak_i8
+            float_file = "--bf16" in extra or label.split()[-1] in ("F16", "BF16")
+            peak = peak_bf if float_file else peak_i8
             share = "%.1f%%" % (100 * o["pp_tokens_per_s"] * ops / peak) if peak else "(no AMX)"
             print("| %s | %s | %.2f | %.1f | %.1f | %.2fx | %s | %.2f | %.2f | %.2fx | %.0f%% | %.0f%% "
                   "| %.0f MiB |" % (
