@@ -197,75 +197,49 @@ static void qx_ref(float *dx, int64_t ldx, const float *dy, int64_t ldy, const f
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-/* qx_ref with 4 tokens x 32 columns in 16 AVX2 accumulators */
-__attribute__((target("avx2,fma"))) static void qx_avx2(float *dx, int64_t ldx, const float *dy, int64_t ldy,
-                                                        const float *tile, int64_t ldt, int64_t R, int64_t cw,
-                                                        int64_t T, float scale) {
-    const __m256 vs = _mm256_set1_ps(scale);
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) {
-        int64_t j = 0;
-        for (; j + 32 <= cw; j += 32) {
-            __m256 acc[4][4];
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++) acc[a][b] = _mm256_setzero_ps();
-            for (int64_t r = 0; r < R; r++) {
-                const float *w = tile + r * ldt + j;
-                const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8), w2 = _mm256_loadu_ps(w + 16),
-                             w3 = _mm256_loadu_ps(w + 24);
-                for (int a = 0; a < 4; a++) {
-                    const __m256 d = _mm256_broadcast_ss(dy + (t + a) * ldy + r);
-                    acc[a][0] = _mm256_fmadd_ps(d, w0, acc[a][0]);
-                    acc[a][1] = _mm256_fmadd_ps(d, w1, acc[a][1]);
-                    acc[a][2] = _mm256_fmadd_ps(d, w2, acc[a][2]);
-                    acc[a][3] = _mm256_fmadd_ps(d, w3, acc[a][3]);
-                }
-            }
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++) {
-                    float *o = dx + (t + a) * ldx + j + 8 * b;
-                    _mm256_storeu_ps(o, _mm256_fmadd_ps(vs, acc[a][b], _mm256_loadu_ps(o)));
-                }
-        }
-        if (j < cw) qx_ref(dx + t * ldx + j, ldx, dy + t * ldy, ldy, tile + j, ldt, R, cw - j, 4, scale);
+/* qx_ref with 4 tokens x 4 vectors of columns in 16 accumulators, written out (GCC keeps an
+ * array of vectors in memory); V the vector type, L its floats */
+#define QX_KERNEL(name, ISA, V, L, LOAD, STORE, ZERO, SET1, FMA, TAIL)                                    \
+    __attribute__((target(ISA))) static void name(float *dx, int64_t ldx, const float *dy, int64_t ldy,     \
+                                                     const float *tile, int64_t ldt, int64_t R, int64_t cw,    \
+                                                     int64_t T, float scale) {                                 \
+        const V vs = SET1(scale);                                                                              \
+        int64_t t = 0;                                                                                         \
+        for (; t + 4 <= T; t += 4) {                                                                           \
+            const float *d0 = dy + t * ldy, *d1 = d0 + ldy, *d2 = d1 + ldy, *d3 = d2 + ldy;                    \
+            int64_t j = 0;                                                                                     \
+            for (; j + 4 * L <= cw; j += 4 * L) {                                                              \
+                V a00 = ZERO(), a01 = ZERO(), a02 = ZERO(), a03 = ZERO(), a10 = ZERO(), a11 = ZERO();          \
+                V a12 = ZERO(), a13 = ZERO(), a20 = ZERO(), a21 = ZERO(), a22 = ZERO(), a23 = ZERO();          \
+                V a30 = ZERO(), a31 = ZERO(), a32 = ZERO(), a33 = ZERO();                                      \
+                for (int64_t r = 0; r < R; r++) {                                                              \
+                    const float *w = tile + r * ldt + j;                                                       \
+                    const V w0 = LOAD(w), w1 = LOAD(w + L), w2 = LOAD(w + 2 * L), w3 = LOAD(w + 3 * L);        \
+                    V d = SET1(d0[r]);                                                                         \
+                    a00 = FMA(d, w0, a00), a01 = FMA(d, w1, a01), a02 = FMA(d, w2, a02), a03 = FMA(d, w3, a03); \
+                    d = SET1(d1[r]);                                                                           \
+                    a10 = FMA(d, w0, a10), a11 = FMA(d, w1, a11), a12 = FMA(d, w2, a12), a13 = FMA(d, w3, a13); \
+                    d = SET1(d2[r]);                                                                           \
+                    a20 = FMA(d, w0, a20), a21 = FMA(d, w1, a21), a22 = FMA(d, w2, a22), a23 = FMA(d, w3, a23); \
+                    d = SET1(d3[r]);                                                                           \
+                    a30 = FMA(d, w0, a30), a31 = FMA(d, w1, a31), a32 = FMA(d, w2, a32), a33 = FMA(d, w3, a33); \
+                }                                                                                              \
+                const V acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,                                     \
+                                   a20, a21, a22, a23, a30, a31, a32, a33};                                    \
+                for (int k = 0; k < 16; k++) {                                                                 \
+                    float *o = dx + (t + k / 4) * ldx + j + (k % 4) * L;                                       \
+                    STORE(o, FMA(vs, acc[k], LOAD(o)));                                                        \
+                }                                                                                              \
+            }                                                                                                  \
+            if (j < cw) TAIL(dx + t * ldx + j, ldx, dy + t * ldy, ldy, tile + j, ldt, R, cw - j, 4, scale);    \
+        }                                                                                                      \
+        if (t < T) qx_ref(dx + t * ldx, ldx, dy + t * ldy, ldy, tile, ldt, R, cw, T - t, scale);               \
     }
-    if (t < T) qx_ref(dx + t * ldx, ldx, dy + t * ldy, ldy, tile, ldt, R, cw, T - t, scale);
-}
 
-/* qx_ref with 4 tokens x 64 columns in 16 AVX-512 accumulators */
-__attribute__((target("avx512f,fma"))) static void qx_avx512(float *dx, int64_t ldx, const float *dy, int64_t ldy,
-                                                             const float *tile, int64_t ldt, int64_t R, int64_t cw,
-                                                             int64_t T, float scale) {
-    const __m512 vs = _mm512_set1_ps(scale);
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) {
-        int64_t j = 0;
-        for (; j + 64 <= cw; j += 64) {
-            __m512 acc[4][4];
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++) acc[a][b] = _mm512_setzero_ps();
-            for (int64_t r = 0; r < R; r++) {
-                const float *w = tile + r * ldt + j;
-                const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32),
-                             w3 = _mm512_loadu_ps(w + 48);
-                for (int a = 0; a < 4; a++) {
-                    const __m512 d = _mm512_set1_ps(dy[(t + a) * ldy + r]);
-                    acc[a][0] = _mm512_fmadd_ps(d, w0, acc[a][0]);
-                    acc[a][1] = _mm512_fmadd_ps(d, w1, acc[a][1]);
-                    acc[a][2] = _mm512_fmadd_ps(d, w2, acc[a][2]);
-                    acc[a][3] = _mm512_fmadd_ps(d, w3, acc[a][3]);
-                }
-            }
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++) {
-                    float *o = dx + (t + a) * ldx + j + 16 * b;
-                    _mm512_storeu_ps(o, _mm512_fmadd_ps(vs, acc[a][b], _mm512_loadu_ps(o)));
-                }
-        }
-        if (j < cw) qx_avx2(dx + t * ldx + j, ldx, dy + t * ldy, ldy, tile + j, ldt, R, cw - j, 4, scale);
-    }
-    if (t < T) qx_ref(dx + t * ldx, ldx, dy + t * ldy, ldy, tile, ldt, R, cw, T - t, scale);
-}
+QX_KERNEL(qx_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_setzero_ps, _mm256_set1_ps,
+          _mm256_fmadd_ps, qx_ref)
+QX_KERNEL(qx_avx512, "avx512f,fma", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps,
+          _mm512_set1_ps, _mm512_fmadd_ps, qx_avx2)
 #endif
 
 typedef void (*qx_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t, int64_t, int64_t,
