@@ -19,7 +19,7 @@
 #define DX_ROWS 32      /* W rows per tile */
 #define DX_COLS 512     /* target columns per chunk (rounded to whole blocks) */
 #define DX_TOKENS 64    /* dx rows per chunk */
-#define QX_COLS 256     /* l3c_trk_matmul_dx_blocks: dx columns per chunk, a multiple of every block size */
+#define QX_COLS   256   /* dx_blocks: columns per chunk (whole blocks of any type) */
 
 l3c_weight l3c_trk_f32_weight(const float *W, int64_t n_in, int64_t n_out, const char *name) {
     l3c_weight w = {0};
@@ -181,15 +181,16 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
  * order by one chunk whatever the thread count; the ISAs differ only by fma vs mul + add.
  */
 #define QX_TOKENS 256
-#define QX_ROWS 32
+#define QX_ROWS   32
 
 /* dx[t, j] += scale * sum_r dy[t, r] tile[r, j] for t < T, j < cw, r < R (the scalar reference) */
-static void qx_ref(float *dx, int64_t ldx, const float *dy, int64_t ldy, const float *tile, int64_t ldt,
-                   int64_t R, int64_t cw, int64_t T, float scale) {
+static void qx_ref(float *dx, int64_t ldx, const float *dy, int64_t ldy, const float *tile,
+                   int64_t ldt, int64_t R, int64_t cw, int64_t T, float scale) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < cw; j++) {
             float acc = 0.0f;
-            for (int64_t r = 0; r < R; r++) acc += dy[t * ldy + r] * tile[r * ldt + j];
+            for (int64_t r = 0; r < R; r++)
+                acc += dy[t * ldy + r] * tile[r * ldt + j];
             dx[t * ldx + j] += scale * acc;
         }
 }
@@ -199,58 +200,70 @@ static void qx_ref(float *dx, int64_t ldx, const float *dy, int64_t ldy, const f
 
 /* qx_ref with 4 tokens x 4 vectors of columns in 16 accumulators, written out (GCC keeps an
  * array of vectors in memory); V the vector type, L its floats */
-#define QX_KERNEL(name, ISA, V, L, LOAD, STORE, ZERO, SET1, FMA, TAIL)                                    \
-    __attribute__((target(ISA))) static void name(float *dx, int64_t ldx, const float *dy, int64_t ldy,     \
-                                                     const float *tile, int64_t ldt, int64_t R, int64_t cw,    \
-                                                     int64_t T, float scale) {                                 \
-        const V vs = SET1(scale);                                                                              \
-        int64_t t = 0;                                                                                         \
-        for (; t + 4 <= T; t += 4) {                                                                           \
-            const float *d0 = dy + t * ldy, *d1 = d0 + ldy, *d2 = d1 + ldy, *d3 = d2 + ldy;                    \
-            int64_t j = 0;                                                                                     \
-            for (; j + 4 * L <= cw; j += 4 * L) {                                                              \
-                V a00 = ZERO(), a01 = ZERO(), a02 = ZERO(), a03 = ZERO(), a10 = ZERO(), a11 = ZERO();          \
-                V a12 = ZERO(), a13 = ZERO(), a20 = ZERO(), a21 = ZERO(), a22 = ZERO(), a23 = ZERO();          \
-                V a30 = ZERO(), a31 = ZERO(), a32 = ZERO(), a33 = ZERO();                                      \
-                for (int64_t r = 0; r < R; r++) {                                                              \
-                    const float *w = tile + r * ldt + j;                                                       \
-                    const V w0 = LOAD(w), w1 = LOAD(w + L), w2 = LOAD(w + 2 * L), w3 = LOAD(w + 3 * L);        \
-                    V d = SET1(d0[r]);                                                                         \
-                    a00 = FMA(d, w0, a00), a01 = FMA(d, w1, a01), a02 = FMA(d, w2, a02), a03 = FMA(d, w3, a03); \
-                    d = SET1(d1[r]);                                                                           \
-                    a10 = FMA(d, w0, a10), a11 = FMA(d, w1, a11), a12 = FMA(d, w2, a12), a13 = FMA(d, w3, a13); \
-                    d = SET1(d2[r]);                                                                           \
-                    a20 = FMA(d, w0, a20), a21 = FMA(d, w1, a21), a22 = FMA(d, w2, a22), a23 = FMA(d, w3, a23); \
-                    d = SET1(d3[r]);                                                                           \
-                    a30 = FMA(d, w0, a30), a31 = FMA(d, w1, a31), a32 = FMA(d, w2, a32), a33 = FMA(d, w3, a33); \
-                }                                                                                              \
-                const V acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,                                     \
-                                   a20, a21, a22, a23, a30, a31, a32, a33};                                    \
-                for (int k = 0; k < 16; k++) {                                                                 \
-                    float *o = dx + (t + k / 4) * ldx + j + (k % 4) * L;                                       \
-                    STORE(o, FMA(vs, acc[k], LOAD(o)));                                                        \
-                }                                                                                              \
-            }                                                                                                  \
-            if (j < cw) TAIL(dx + t * ldx + j, ldx, dy + t * ldy, ldy, tile + j, ldt, R, cw - j, 4, scale);    \
-        }                                                                                                      \
-        if (t < T) qx_ref(dx + t * ldx, ldx, dy + t * ldy, ldy, tile, ldt, R, cw, T - t, scale);               \
+#define QX_KERNEL(name, ISA, V, L, LOAD, STORE, ZERO, SET1, FMA, TAIL)                             \
+    __attribute__((target(ISA))) static void name(float *dx, int64_t ldx, const float *dy,         \
+                                                  int64_t ldy, const float *tile, int64_t ldt,     \
+                                                  int64_t R, int64_t cw, int64_t T, float scale) { \
+        const V vs = SET1(scale);                                                                  \
+        int64_t t = 0;                                                                             \
+        for (; t + 4 <= T; t += 4) {                                                               \
+            const float *d0 = dy + t * ldy, *d1 = d0 + ldy, *d2 = d1 + ldy, *d3 = d2 + ldy;        \
+            int64_t j = 0;                                                                         \
+            for (; j + 4 * L <= cw; j += 4 * L) {                                                  \
+                V a00 = ZERO(), a01 = ZERO(), a02 = ZERO(), a03 = ZERO(), a10 = ZERO(),            \
+                  a11 = ZERO();                                                                    \
+                V a12 = ZERO(), a13 = ZERO(), a20 = ZERO(), a21 = ZERO(), a22 = ZERO(),            \
+                  a23 = ZERO();                                                                    \
+                V a30 = ZERO(), a31 = ZERO(), a32 = ZERO(), a33 = ZERO();                          \
+                for (int64_t r = 0; r < R; r++) {                                                  \
+                    const float *w = tile + r * ldt + j;                                           \
+                    const V w0 = LOAD(w), w1 = LOAD(w + L), w2 = LOAD(w + 2 * L),                  \
+                            w3 = LOAD(w + 3 * L);                                                  \
+                    V d = SET1(d0[r]);                                                             \
+                    a00 = FMA(d, w0, a00), a01 = FMA(d, w1, a01), a02 = FMA(d, w2, a02),           \
+                    a03 = FMA(d, w3, a03);                                                         \
+                    d = SET1(d1[r]);                                                               \
+                    a10 = FMA(d, w0, a10), a11 = FMA(d, w1, a11), a12 = FMA(d, w2, a12),           \
+                    a13 = FMA(d, w3, a13);                                                         \
+                    d = SET1(d2[r]);                                                               \
+                    a20 = FMA(d, w0, a20), a21 = FMA(d, w1, a21), a22 = FMA(d, w2, a22),           \
+                    a23 = FMA(d, w3, a23);                                                         \
+                    d = SET1(d3[r]);                                                               \
+                    a30 = FMA(d, w0, a30), a31 = FMA(d, w1, a31), a32 = FMA(d, w2, a32),           \
+                    a33 = FMA(d, w3, a33);                                                         \
+                }                                                                                  \
+                const V acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,                         \
+                                   a20, a21, a22, a23, a30, a31, a32, a33};                        \
+                for (int k = 0; k < 16; k++) {                                                     \
+                    float *o = dx + (t + k / 4) * ldx + j + (k % 4) * L;                           \
+                    STORE(o, FMA(vs, acc[k], LOAD(o)));                                            \
+                }                                                                                  \
+            }                                                                                      \
+            if (j < cw)                                                                            \
+                TAIL(dx + t * ldx + j, ldx, dy + t * ldy, ldy, tile + j, ldt, R, cw - j, 4,        \
+                     scale);                                                                       \
+        }                                                                                          \
+        if (t < T) qx_ref(dx + t * ldx, ldx, dy + t * ldy, ldy, tile, ldt, R, cw, T - t, scale);   \
     }
 
-QX_KERNEL(qx_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_setzero_ps, _mm256_set1_ps,
-          _mm256_fmadd_ps, qx_ref)
-QX_KERNEL(qx_avx512, "avx512f,fma", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps,
-          _mm512_set1_ps, _mm512_fmadd_ps, qx_avx2)
+QX_KERNEL(qx_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_setzero_ps,
+          _mm256_set1_ps, _mm256_fmadd_ps, qx_ref)
+QX_KERNEL(qx_avx512, "avx512f,fma", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps,
+          _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps, qx_avx2)
 #endif
 
-typedef void (*qx_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t, int64_t, int64_t,
-                      int64_t, float);
+typedef void (*qx_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t, int64_t,
+                      int64_t, int64_t, float);
 
-/* the best kernel for this CPU within the dispatched kernel path (L3C_KERNELS=ref / avx2 caps it) */
+/* the best kernel for this CPU within the dispatched kernel path (L3C_KERNELS=ref / avx2 caps it)
+ */
 static qx_fn qx_best(void) {
 #if defined(__x86_64__) || defined(__i386__)
     const char *path = l3c_kernels_path();
-    const int avx512 = strcmp(path, "ref") && strcmp(path, "avx2") && __builtin_cpu_supports("avx512f");
-    const int avx2 = strcmp(path, "ref") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const int avx512 =
+        strcmp(path, "ref") && strcmp(path, "avx2") && __builtin_cpu_supports("avx512f");
+    const int avx2 =
+        strcmp(path, "ref") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (avx512) return qx_avx512;
     if (avx2) return qx_avx2;
 #endif
@@ -287,24 +300,34 @@ static void qx_chunk(void *arg, int64_t chunk, int ith) {
             ldt = (int64_t)(w->row_bytes / sizeof(float));
         } else {
             for (int64_t r = 0; r < R; r++)
-                j->tr->to_float((const char *)w->data + (size_t)(o0 + r) * w->row_bytes + off, tile + r * cw, cw);
+                j->tr->to_float((const char *)w->data + (size_t)(o0 + r) * w->row_bytes + off,
+                                tile + r * cw, cw);
         }
-        j->fn(j->dx + n0 * w->n_in + c0, w->n_in, j->dy + n0 * w->n_out + o0, w->n_out, t, ldt, R, cw, T, j->scale);
+        j->fn(j->dx + n0 * w->n_in + c0, w->n_in, j->dy + n0 * w->n_out + o0, w->n_out, t, ldt, R,
+              cw, T, j->scale);
     }
 }
 
-l3c_status l3c_trk_matmul_dx_blocks(l3c_threadpool *tp, const l3c_weight *w, const float *dy, int64_t N,
-                                    float scale, float *dx, int isa) {
+l3c_status l3c_trk_matmul_dx_blocks(l3c_threadpool *tp, const l3c_weight *w, const float *dy,
+                                    int64_t N, float scale, float *dx, int isa) {
     const l3c_type_traits *tr = l3c_type_traits_get(w->type);
     if (!tr || !tr->to_float || QX_COLS % tr->block_size || w->n_in % tr->block_size)
         return l3c_fail(L3C_ERR_UNSUPPORTED, "train: weight '%s' of type %s cannot be dequantized",
                         w->name ? w->name : "?", l3c_type_name(w->type));
     if (N <= 0) return L3C_OK;
-    qx_job j = {.w = w, .tr = tr, .dy = dy, .dx = dx, .N = N, .scale = scale, .fn = qx_best(),
+    qx_job j = {.w = w,
+                .tr = tr,
+                .dy = dy,
+                .dx = dx,
+                .N = N,
+                .scale = scale,
+                .fn = qx_best(),
                 .n_col_chunks = l3c_n_chunks(w->n_in, QX_COLS)};
 #if defined(__x86_64__) || defined(__i386__)
-    if (isa == 0) j.fn = qx_ref;
-    else if (isa == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) j.fn = qx_avx2;
+    if (isa == 0)
+        j.fn = qx_ref;
+    else if (isa == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        j.fn = qx_avx2;
 #else
     if (isa == 0) j.fn = qx_ref;
 #endif

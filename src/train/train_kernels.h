@@ -29,8 +29,8 @@ l3c_status l3c_trk_matmul_dw(l3c_threadpool *tp, const float *x, const float *dy
  * isa: -1 the best for the CPU and the kernel path (L3C_KERNELS), 0 the scalar reference,
  * 1 AVX2 (where the CPU has it; tests compare them).
  */
-l3c_status l3c_trk_matmul_dx_blocks(l3c_threadpool *tp, const l3c_weight *w, const float *dy, int64_t N,
-                                    float scale, float *dx, int isa);
+l3c_status l3c_trk_matmul_dx_blocks(l3c_threadpool *tp, const l3c_weight *w, const float *dy,
+                                    int64_t N, float scale, float *dx, int isa);
 
 /* An F32 l3c_weight over W [n_out x n_in] (row-major floats), for l3c_matmul and matmul_dx. */
 l3c_weight l3c_trk_f32_weight(const float *W, int64_t n_in, int64_t n_out, const char *name);

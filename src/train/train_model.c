@@ -476,8 +476,8 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->drop_buf = drop ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const size_t mmb = mm_scratch_bytes(m);
     m->mm_scratch = l3c_malloc(mmb ? mmb : 1);
-    if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) || !m->mm_scratch ||
-        (drop && !m->drop_buf)) {
+    if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) ||
+        !m->mm_scratch || (drop && !m->drop_buf)) {
         free(a);
         free_acts(m);
         return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the activations of %lld x %lld tokens",
@@ -569,7 +569,8 @@ static void mm(l3c_train_model *m, const l3c_weight *w, const float *x, float *y
 }
 
 /* dx += dy W, fp32 dy against W's blocks read in place (a quantized base: no copy of W) */
-static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const float *dy, int64_t N, float *dx) {
+static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const float *dy, int64_t N,
+                          float *dx) {
     return l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx);
 }
 

@@ -74,9 +74,12 @@ static char *make_weight(int type, int64_t n_in, int64_t n_out, float *wd) {
     fill(wf, n_in * n_out);
     for (int64_t o = 0; o < n_out; o++) {
         char *q = wq + o * row_bytes;
-        if (type == L3C_TYPE_F32) memcpy(q, wf + o * n_in, row_bytes);
-        else if (type == L3C_TYPE_Q4_K) l3c_quantize_row_q4_K(wf + o * n_in, q, n_in);
-        else if (type == L3C_TYPE_Q6_K) l3c_quantize_row_q6_K(wf + o * n_in, q, n_in);
+        if (type == L3C_TYPE_F32)
+            memcpy(q, wf + o * n_in, row_bytes);
+        else if (type == L3C_TYPE_Q4_K)
+            l3c_quantize_row_q4_K(wf + o * n_in, q, n_in);
+        else if (type == L3C_TYPE_Q6_K)
+            l3c_quantize_row_q6_K(wf + o * n_in, q, n_in);
         else if (type == L3C_TYPE_Q5_K)
             for (size_t i = 0; i < row_bytes; i++) {
                 q[i] = (char)(frand() * 128.0f);
@@ -86,7 +89,8 @@ static char *make_weight(int type, int64_t n_in, int64_t n_out, float *wd) {
                     i += 3;
                 }
             }
-        else tr->from_float(wf + o * n_in, q, n_in);
+        else
+            tr->from_float(wf + o * n_in, q, n_in);
         tr->to_float(q, wd + o * n_in, n_in);
     }
     free(wf);
@@ -100,26 +104,34 @@ static void check_blocks(int type, int64_t n_in, int64_t n_out, int64_t N, float
     const l3c_type_traits *tr = l3c_type_traits_ref(type);
     float *wd = malloc(sizeof(float) * (size_t)(n_in * n_out));
     char *wq = make_weight(type, n_in, n_out, wd);
-    float *dy = malloc(sizeof(float) * (size_t)(N * n_out)), *dys = malloc(sizeof(float) * (size_t)(N * n_out));
-    float *dx0 = malloc(sizeof(float) * (size_t)(N * n_in)), *dx[3], *ref = malloc(sizeof(float) * (size_t)(N * n_in));
+    float *dy = malloc(sizeof(float) * (size_t)(N * n_out)),
+          *dys = malloc(sizeof(float) * (size_t)(N * n_out));
+    float *dx0 = malloc(sizeof(float) * (size_t)(N * n_in)), *dx[3],
+          *ref = malloc(sizeof(float) * (size_t)(N * n_in));
     fill(dy, N * n_out);
     fill(dx0, N * n_in);
-    for (int64_t i = 0; i < N * n_out; i++) dys[i] = scale * dy[i];
+    for (int64_t i = 0; i < N * n_out; i++)
+        dys[i] = scale * dy[i];
     memcpy(ref, dx0, sizeof(float) * (size_t)(N * n_in));
     l3c_tr_matmul_bwd(NULL, wd, dys, N, n_in, n_out, ref, NULL);
-    l3c_weight w = {.name = "w", .type = type, .n_in = n_in, .n_out = n_out,
-                    .row_bytes = (size_t)(n_in / tr->block_size) * tr->type_size, .data = wq};
+    l3c_weight w = {.name = "w",
+                    .type = type,
+                    .n_in = n_in,
+                    .n_out = n_out,
+                    .row_bytes = (size_t)(n_in / tr->block_size) * tr->type_size,
+                    .data = wq};
     l3c_threadpool *tp = NULL;
     CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
     const int isa[3] = {0, 1, -1};
     for (int k = 0; k < 3; k++) {
         dx[k] = malloc(sizeof(float) * (size_t)(N * n_in));
         memcpy(dx[k], dx0, sizeof(float) * (size_t)(N * n_in));
-        CHECK(l3c_trk_matmul_dx_blocks(k == 2 ? tp : NULL, &w, dy, N, scale, dx[k], isa[k]) == L3C_OK);
+        CHECK(l3c_trk_matmul_dx_blocks(k == 2 ? tp : NULL, &w, dy, N, scale, dx[k], isa[k]) ==
+              L3C_OK);
     }
     const double r = rel_diff(dx[0], ref, N * n_in), r1 = rel_diff(dx[1], dx[0], N * n_in);
-    CHECK_MSG(r <= 1e-5, "dx_blocks %s [%lld x %lld] N %lld: %.2e", tr->name, (long long)n_out, (long long)n_in,
-              (long long)N, r);
+    CHECK_MSG(r <= 1e-5, "dx_blocks %s [%lld x %lld] N %lld: %.2e", tr->name, (long long)n_out,
+              (long long)n_in, (long long)N, r);
     CHECK_MSG(r1 <= 1e-6, "dx_blocks avx2 %s: %.2e", tr->name, r1);
     CHECK_MSG(rel_diff(dx[2], dx[0], N * n_in) <= 1e-6, "dx_blocks best %s", tr->name);
     /* the best kernel on one thread: the same bits as on nt */
@@ -127,7 +139,8 @@ static void check_blocks(int type, int64_t n_in, int64_t n_out, int64_t N, float
     CHECK(l3c_trk_matmul_dx_blocks(NULL, &w, dy, N, scale, dx[1], -1) == L3C_OK);
     CHECK(!memcmp(dx[1], dx[2], sizeof(float) * (size_t)(N * n_in)));
     l3c_threadpool_free(tp);
-    for (int k = 0; k < 3; k++) free(dx[k]);
+    for (int k = 0; k < 3; k++)
+        free(dx[k]);
     free(wd), free(wq), free(dy), free(dys), free(dx0), free(ref);
 }
 
@@ -227,10 +240,12 @@ int main(void) {
         check_dx(L3C_TYPE_F32, 3000, 8, 70, 1.0f, 2);  /* a LoRA A */
     }
     unsetenv("L3C_TRAIN_DX");
-    const int btypes[] = {L3C_TYPE_F32,  L3C_TYPE_F16,  L3C_TYPE_BF16, L3C_TYPE_Q8_0, L3C_TYPE_Q4_0,
-                          L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q4_K, L3C_TYPE_Q5_K, L3C_TYPE_Q6_K};
+    const int btypes[] = {L3C_TYPE_F32,  L3C_TYPE_F16,  L3C_TYPE_BF16, L3C_TYPE_Q8_0,
+                          L3C_TYPE_Q4_0, L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q4_K,
+                          L3C_TYPE_Q5_K, L3C_TYPE_Q6_K};
     for (size_t i = 0; i < sizeof btypes / sizeof *btypes; i++) {
-        /* column chunks (a partial last one), token chunks (a partial group of 4), partial row tiles */
+        /* column chunks (a partial last one), token chunks (a partial group of 4), partial row
+         * tiles */
         check_blocks(btypes[i], 768, 70, 263, 1.0f, 3);
         check_blocks(btypes[i], 256, 33, 5, 0.5f, 2);
         check_blocks(btypes[i], 512, 1000, 9, 2.0f, 2);
