@@ -19,6 +19,7 @@
 #define DX_ROWS 32      /* W rows per tile */
 #define DX_COLS 512     /* target columns per chunk (rounded to whole blocks) */
 #define DX_TOKENS 64    /* dx rows per chunk */
+#define QX_COLS   256   /* dx_blocks: columns per chunk (whole blocks of any type) */
 
 l3c_weight l3c_trk_f32_weight(const float *W, int64_t n_in, int64_t n_out, const char *name) {
     l3c_weight w = {0};
@@ -122,10 +123,11 @@ static l3c_status matmul_dx_gemm(l3c_threadpool *tp, const l3c_weight *w, const 
     return L3C_OK;
 }
 
-/* L3C_TRAIN_DX=tiles forces the per-tile axpy path (tests compare the two) */
-static int getenv_gemm(void) {
+/* L3C_TRAIN_DX=tiles / gemm forces one of the dequantizing paths below (tests and benchmarks
+ * compare them); unset, a weight of another type than F32 goes through its blocks */
+static const char *dx_path(void) {
     const char *e = getenv("L3C_TRAIN_DX");
-    return !(e && !strcmp(e, "tiles"));
+    return e && (!strcmp(e, "tiles") || !strcmp(e, "gemm")) ? e : "";
 }
 
 l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const float *dy, int64_t N,
@@ -135,8 +137,12 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
         return l3c_fail(L3C_ERR_UNSUPPORTED, "train: weight '%s' of type %s cannot be dequantized",
                         w->name ? w->name : "?", l3c_type_name(w->type));
     if (N <= 0) return L3C_OK;
+    const char *path = dx_path();
+    if (w->type != L3C_TYPE_F32 && !*path && QX_COLS % tr->block_size == 0)
+        return l3c_trk_matmul_dx_blocks(tp, w, dy, N, scale, dx, -1);
     /* the gemm pays off for wide products; a LoRA factor (rank-wide rows or columns) stays on tiles */
-    if (N >= DX_GEMM_MIN && w->n_in >= 64 && w->n_out >= 64 && getenv_gemm()) return matmul_dx_gemm(tp, w, tr, dy, N, scale, dx);
+    if (N >= DX_GEMM_MIN && w->n_in >= 64 && w->n_out >= 64 && strcmp(path, "tiles"))
+        return matmul_dx_gemm(tp, w, tr, dy, N, scale, dx);
     const int nt = l3c_threadpool_n_threads(tp);
     const int64_t bs = tr->block_size;
     int64_t cols = (DX_COLS + bs - 1) / bs * bs;
@@ -161,70 +167,178 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
     return L3C_OK;
 }
 
-/* ------------------------------------------------------------------ transposed Q8_0 copies */
+/* ------------------------------------------------------------------ dx through quantized blocks */
 
-typedef struct tq_job {
-    const l3c_weight *w;
-    const l3c_type_traits *tr, *q8;
-    char *dst;        /* [n_in rows x n_out/32 blocks] */
-    size_t row_bytes; /* of the transpose */
-    float *tmp;       /* [n_threads x (32 x n_in + n_out)] */
-} tq_job;
+/*
+ * dx [N x n_in] += scale * dy [N x n_out] W, W read in its own blocks (no transposed or
+ * re-quantized copy). A chunk owns dx[n0:n1, c0:c1] (QX_TOKENS x QX_COLS, whole blocks of the
+ * type), so threads never write the same dx. It walks W's rows QX_ROWS at a time: the rows'
+ * slice [c0, c1) is dequantized (the dispatched type table's to_float, which is exact) into a
+ * [QX_ROWS x QX_COLS] tile (32 KiB, L1), then every token of the chunk adds dy[n, rows] @ tile
+ * into its dx row: a register-blocked kernel of 4 tokens x 64 columns (AVX-512; 4 x 32 AVX2)
+ * summing the tile's rows in order, then dx += scale * sum. The tile is dequantized once per
+ * QX_TOKENS tokens (the dx slab, 256 KiB, stays in L2). Every dx element is summed in the same
+ * order by one chunk whatever the thread count; the ISAs differ only by fma vs mul + add.
+ */
+#define QX_TOKENS 256
+#define QX_ROWS   32
 
-/* chunk: 32 rows of the transpose = 32 columns of w, i.e. all of w's rows dequantized, and the
- * block [32 rows x 32 cols] pieces regrouped */
-static void tq_chunk(void *arg, int64_t chunk, int ith) {
-    const tq_job *j = arg;
-    const l3c_weight *w = j->w;
-    const int64_t bs = j->tr->block_size, c0 = chunk * 32;
-    /* columns [c0, c0 + 32) of every row of w: dequantize the block that holds them */
-    const int64_t b0 = c0 / bs * bs, bw = bs > 32 ? bs : 32;
-    float *blk = j->tmp + (size_t)ith * (size_t)(bw + 32 * w->n_out);
-    float *t = blk + bw; /* [32 x n_out] */
-    for (int64_t o = 0; o < w->n_out; o++) {
-        const char *src = (const char *)w->data + (size_t)o * w->row_bytes + (size_t)(b0 / bs) * j->tr->type_size;
-        j->tr->to_float(src, blk, bs > 32 ? bs : 32);
-        for (int64_t i = 0; i < 32; i++) t[i * w->n_out + o] = blk[c0 - b0 + i];
-    }
-    for (int64_t i = 0; i < 32; i++)
-        j->q8->from_float(t + i * w->n_out, j->dst + (size_t)(c0 + i) * j->row_bytes, w->n_out);
+/* dx[t, j] += scale * sum_r dy[t, r] tile[r, j] for t < T, j < cw, r < R (the scalar reference) */
+static void qx_ref(float *dx, int64_t ldx, const float *dy, int64_t ldy, const float *tile,
+                   int64_t ldt, int64_t R, int64_t cw, int64_t T, float scale) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < cw; j++) {
+            float acc = 0.0f;
+            for (int64_t r = 0; r < R; r++)
+                acc += dy[t * ldy + r] * tile[r * ldt + j];
+            dx[t * ldx + j] += scale * acc;
+        }
 }
 
-l3c_status l3c_trk_transpose_q8(l3c_threadpool *tp, const l3c_weight *w, l3c_weight *wt, void **mem) {
-    *mem = NULL;
-    const l3c_type_traits *tr = l3c_type_traits_ref(w->type), *q8 = l3c_type_traits_ref(L3C_TYPE_Q8_0);
-    if (!tr || !tr->to_float || w->n_in % 32 || w->n_out % 32 || w->n_in % tr->block_size)
-        return l3c_fail(L3C_ERR_UNSUPPORTED, "train: '%s' cannot be transposed to Q8_0", w->name ? w->name : "?");
-    const size_t rb = (size_t)(w->n_out / 32) * q8->type_size;
-    const int nt = l3c_threadpool_n_threads(tp);
-    const int64_t bw = tr->block_size > 32 ? tr->block_size : 32;
-    tq_job j = {.w = w, .tr = tr, .q8 = q8, .row_bytes = rb};
-    j.dst = malloc(rb * (size_t)w->n_in);
-    j.tmp = malloc((size_t)nt * (size_t)(bw + 32 * w->n_out) * sizeof(float));
-    if (!j.dst || !j.tmp) {
-        free(j.dst), free(j.tmp);
-        return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the transposed copy of '%s'",
-                        w->name ? w->name : "?");
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+/* qx_ref with 4 tokens x 4 vectors of columns in 16 accumulators, written out (GCC keeps an
+ * array of vectors in memory); V the vector type, L its floats */
+#define QX_KERNEL(name, ISA, V, L, LOAD, STORE, ZERO, SET1, FMA, TAIL)                             \
+    __attribute__((target(ISA))) static void name(float *dx, int64_t ldx, const float *dy,         \
+                                                  int64_t ldy, const float *tile, int64_t ldt,     \
+                                                  int64_t R, int64_t cw, int64_t T, float scale) { \
+        const V vs = SET1(scale);                                                                  \
+        int64_t t = 0;                                                                             \
+        for (; t + 4 <= T; t += 4) {                                                               \
+            const float *d0 = dy + t * ldy, *d1 = d0 + ldy, *d2 = d1 + ldy, *d3 = d2 + ldy;        \
+            int64_t j = 0;                                                                         \
+            for (; j + 4 * L <= cw; j += 4 * L) {                                                  \
+                V a00 = ZERO(), a01 = ZERO(), a02 = ZERO(), a03 = ZERO(), a10 = ZERO(),            \
+                  a11 = ZERO();                                                                    \
+                V a12 = ZERO(), a13 = ZERO(), a20 = ZERO(), a21 = ZERO(), a22 = ZERO(),            \
+                  a23 = ZERO();                                                                    \
+                V a30 = ZERO(), a31 = ZERO(), a32 = ZERO(), a33 = ZERO();                          \
+                for (int64_t r = 0; r < R; r++) {                                                  \
+                    const float *w = tile + r * ldt + j;                                           \
+                    const V w0 = LOAD(w), w1 = LOAD(w + L), w2 = LOAD(w + 2 * L),                  \
+                            w3 = LOAD(w + 3 * L);                                                  \
+                    V d = SET1(d0[r]);                                                             \
+                    a00 = FMA(d, w0, a00), a01 = FMA(d, w1, a01), a02 = FMA(d, w2, a02),           \
+                    a03 = FMA(d, w3, a03);                                                         \
+                    d = SET1(d1[r]);                                                               \
+                    a10 = FMA(d, w0, a10), a11 = FMA(d, w1, a11), a12 = FMA(d, w2, a12),           \
+                    a13 = FMA(d, w3, a13);                                                         \
+                    d = SET1(d2[r]);                                                               \
+                    a20 = FMA(d, w0, a20), a21 = FMA(d, w1, a21), a22 = FMA(d, w2, a22),           \
+                    a23 = FMA(d, w3, a23);                                                         \
+                    d = SET1(d3[r]);                                                               \
+                    a30 = FMA(d, w0, a30), a31 = FMA(d, w1, a31), a32 = FMA(d, w2, a32),           \
+                    a33 = FMA(d, w3, a33);                                                         \
+                }                                                                                  \
+                const V acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,                         \
+                                   a20, a21, a22, a23, a30, a31, a32, a33};                        \
+                for (int k = 0; k < 16; k++) {                                                     \
+                    float *o = dx + (t + k / 4) * ldx + j + (k % 4) * L;                           \
+                    STORE(o, FMA(vs, acc[k], LOAD(o)));                                            \
+                }                                                                                  \
+            }                                                                                      \
+            if (j < cw)                                                                            \
+                TAIL(dx + t * ldx + j, ldx, dy + t * ldy, ldy, tile + j, ldt, R, cw - j, 4,        \
+                     scale);                                                                       \
+        }                                                                                          \
+        if (t < T) qx_ref(dx + t * ldx, ldx, dy + t * ldy, ldy, tile, ldt, R, cw, T - t, scale);   \
     }
-    l3c_threadpool_run(tp, w->n_in / 32, tq_chunk, &j);
-    free(j.tmp);
-    *wt = (l3c_weight){.name = w->name, .type = L3C_TYPE_Q8_0, .n_in = w->n_out, .n_out = w->n_in,
-                       .row_bytes = rb, .data = j.dst};
-    const l3c_pack_layout *L = l3c_weight_layout(wt, false);
-    const size_t pb = L ? l3c_weight_packed_bytes(wt, L) : 0;
-    if (pb) { /* the packed copy replaces the plain one (matmuls read only the packed) */
-        void *pk = malloc(pb);
-        if (pk) {
-            l3c_weight_pack(wt, L, pk, 0, l3c_weight_pack_groups(wt, L));
-            free(j.dst);
-            wt->packed = pk;
-            wt->layout = L;
-            wt->data = pk; /* never read as rows (the matmuls read packed); kept non-NULL */
-            *mem = pk;
-            return L3C_OK;
+
+QX_KERNEL(qx_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_setzero_ps,
+          _mm256_set1_ps, _mm256_fmadd_ps, qx_ref)
+QX_KERNEL(qx_avx512, "avx512f,fma", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps,
+          _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps, qx_avx2)
+#endif
+
+typedef void (*qx_fn)(float *, int64_t, const float *, int64_t, const float *, int64_t, int64_t,
+                      int64_t, int64_t, float);
+
+/* the best kernel for this CPU within the dispatched kernel path (L3C_KERNELS=ref / avx2 caps it)
+ */
+static qx_fn qx_best(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    const char *path = l3c_kernels_path();
+    const int avx512 =
+        strcmp(path, "ref") && strcmp(path, "avx2") && __builtin_cpu_supports("avx512f");
+    const int avx2 =
+        strcmp(path, "ref") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx512) return qx_avx512;
+    if (avx2) return qx_avx2;
+#endif
+    return qx_ref;
+}
+
+typedef struct qx_job {
+    const l3c_weight *w;
+    const l3c_type_traits *tr;
+    const float *dy;
+    float *dx;
+    int64_t N, n_col_chunks;
+    float scale;
+    float *tiles; /* [n_threads x QX_ROWS x QX_COLS] */
+    qx_fn fn;
+} qx_job;
+
+static void qx_chunk(void *arg, int64_t chunk, int ith) {
+    const qx_job *j = arg;
+    const l3c_weight *w = j->w;
+    const int64_t bs = j->tr->block_size;
+    const int64_t c0 = (chunk % j->n_col_chunks) * QX_COLS;
+    const int64_t cw = c0 + QX_COLS < w->n_in ? QX_COLS : w->n_in - c0;
+    const int64_t n0 = (chunk / j->n_col_chunks) * QX_TOKENS;
+    const int64_t T = n0 + QX_TOKENS < j->N ? QX_TOKENS : j->N - n0;
+    float *tile = j->tiles + (size_t)ith * QX_ROWS * QX_COLS;
+    const size_t off = (size_t)(c0 / bs) * j->tr->type_size;
+    for (int64_t o0 = 0; o0 < w->n_out; o0 += QX_ROWS) {
+        const int64_t R = o0 + QX_ROWS < w->n_out ? QX_ROWS : w->n_out - o0;
+        const float *t = tile;
+        int64_t ldt = cw;
+        if (w->type == L3C_TYPE_F32) { /* already fp32: read in place */
+            t = (const float *)((const char *)w->data + (size_t)o0 * w->row_bytes) + c0;
+            ldt = (int64_t)(w->row_bytes / sizeof(float));
+        } else {
+            for (int64_t r = 0; r < R; r++)
+                j->tr->to_float((const char *)w->data + (size_t)(o0 + r) * w->row_bytes + off,
+                                tile + r * cw, cw);
         }
+        j->fn(j->dx + n0 * w->n_in + c0, w->n_in, j->dy + n0 * w->n_out + o0, w->n_out, t, ldt, R,
+              cw, T, j->scale);
     }
-    *mem = j.dst;
+}
+
+l3c_status l3c_trk_matmul_dx_blocks(l3c_threadpool *tp, const l3c_weight *w, const float *dy,
+                                    int64_t N, float scale, float *dx, int isa) {
+    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
+    if (!tr || !tr->to_float || QX_COLS % tr->block_size || w->n_in % tr->block_size)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "train: weight '%s' of type %s cannot be dequantized",
+                        w->name ? w->name : "?", l3c_type_name(w->type));
+    if (N <= 0) return L3C_OK;
+    qx_job j = {.w = w,
+                .tr = tr,
+                .dy = dy,
+                .dx = dx,
+                .N = N,
+                .scale = scale,
+                .fn = qx_best(),
+                .n_col_chunks = l3c_n_chunks(w->n_in, QX_COLS)};
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa == 0)
+        j.fn = qx_ref;
+    else if (isa == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        j.fn = qx_avx2;
+#else
+    if (isa == 0) j.fn = qx_ref;
+#endif
+    const int64_t n_chunks = j.n_col_chunks * l3c_n_chunks(N, QX_TOKENS);
+    if (n_chunks > L3C_MAX_CHUNKS)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "train: matmul of %lld tokens x '%s' is too large",
+                        (long long)N, w->name ? w->name : "?");
+    j.tiles = malloc((size_t)l3c_threadpool_n_threads(tp) * QX_ROWS * QX_COLS * sizeof(float));
+    if (!j.tiles) return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the backward tiles");
+    l3c_threadpool_run(tp, n_chunks, qx_chunk, &j);
+    free(j.tiles);
     return L3C_OK;
 }
 

@@ -22,13 +22,15 @@ l3c_status l3c_trk_matmul_dx(l3c_threadpool *tp, const l3c_weight *w, const floa
 l3c_status l3c_trk_matmul_dw(l3c_threadpool *tp, const float *x, const float *dy, int64_t N, int64_t n_in,
                              int64_t n_out, float scale, float *dW);
 /*
- * The transpose of w as a Q8_0 matrix [n_in rows of n_out] (w->n_out % 32 == 0), packed for the
- * dispatched kernels when they have a layout: dx = dy W is then l3c_matmul(wt, dy), the engine's
- * 8-bit gemm (dy quantized to 8-bit blocks like any activation). For quantized bases, whose
- * weights are already 4 to 8 bits: one 8.5-bit copy instead of dequantizing every step. *mem
- * receives the allocation (free it); built with the pool's threads.
+ * dx [N x w->n_in] += scale * dy [N x w->n_out] W reading W's blocks in place: chunks of
+ * (256 tokens x 256 columns) over the pool, 32 rows of W dequantized into a per-thread tile, a
+ * register-blocked fp32 kernel (dy stays fp32: exact up to float sums). For every type with a
+ * to_float and whole blocks of at most 256 (quantized bases: no transposed copy, no 8-bit dy).
+ * isa: -1 the best for the CPU and the kernel path (L3C_KERNELS), 0 the scalar reference,
+ * 1 AVX2 (where the CPU has it; tests compare them).
  */
-l3c_status l3c_trk_transpose_q8(l3c_threadpool *tp, const l3c_weight *w, l3c_weight *wt, void **mem);
+l3c_status l3c_trk_matmul_dx_blocks(l3c_threadpool *tp, const l3c_weight *w, const float *dy,
+                                    int64_t N, float scale, float *dx, int isa);
 
 /* An F32 l3c_weight over W [n_out x n_in] (row-major floats), for l3c_matmul and matmul_dx. */
 l3c_weight l3c_trk_f32_weight(const float *W, int64_t n_in, int64_t n_out, const char *name);

@@ -365,7 +365,6 @@ static void free_acts(l3c_train_model *m) {
     free(m->scratch);
     free(m->ids);
     free(m->lora_tmp);
-    free(m->dx_tmp);
     free(m->drop_buf);
     free(m->exact_w);
     free(m->exact_y);
@@ -374,7 +373,7 @@ static void free_acts(l3c_train_model *m) {
     m->exact_scratch = NULL;
     free(m->mm_scratch);
     m->acts = NULL;
-    m->x_res = m->scratch = m->lora_tmp = m->dx_tmp = m->drop_buf = NULL;
+    m->x_res = m->scratch = m->lora_tmp = m->drop_buf = NULL;
     m->mm_scratch = NULL;
     m->ids = m->targets = m->pos = NULL;
     m->cap_tokens = 0;
@@ -388,9 +387,6 @@ void l3c_train_model_free(l3c_train_model *m) {
     free(m->p.layers);
     free(m->g.layers);
     free(m->mats);
-    for (int i = 0; i < m->n_t_mem; i++) free(m->t_mem[i]);
-    free(m->t_mem);
-    free(m->mats_t);
     l3c_threadpool_free(m->tp);
     if (m->lora) { /* the arenas are the adapters' */
         l3c_lora_free(m->lora);
@@ -432,14 +428,6 @@ size_t l3c_train_act_bytes_per_token(const l3c_train_model *m, int64_t T, int ch
 /* The largest l3c_matmul scratch of any matrix at L3C_TRAIN_MM_ROWS tokens. */
 static size_t mm_scratch_bytes(const l3c_train_model *m) {
     size_t mx = l3c_matmul_scratch_bytes(&m->head, L3C_TRAIN_MM_ROWS);
-    if (m->mats_t) {
-        const int n = m->cfg.n_layer * L3C_TRAIN_N_MATS;
-        for (int i = 0; i <= n; i++) {
-            const l3c_weight *w = i < n ? &m->mats_t[i] : &m->head_t;
-            const size_t b = w->n_in ? l3c_matmul_scratch_bytes(w, L3C_TRAIN_MM_ROWS) : 0;
-            if (b > mx) mx = b;
-        }
-    }
     for (int i = 0; i < m->cfg.n_layer * L3C_TRAIN_N_MATS; i++) {
         const l3c_weight *w = &m->mats[i];
         size_t b = l3c_matmul_scratch_bytes(w, L3C_TRAIN_MM_ROWS);
@@ -457,27 +445,6 @@ static size_t mm_scratch_bytes(const l3c_train_model *m) {
     return mx;
 }
 
-/* The Q8_0 transposes of a quantized base's matrices (backward dx through the 8-bit gemm).
- * L3C_TRAIN_DX=gemm / tiles keeps the dequantizing paths instead (tests compare them). */
-static l3c_status build_transposes(l3c_train_model *m) {
-    const char *e = getenv("L3C_TRAIN_DX");
-    if (!m->base || m->mats_t || m->exact || (e && (!strcmp(e, "gemm") || !strcmp(e, "tiles")))) return L3C_OK;
-    const int n = m->cfg.n_layer * L3C_TRAIN_N_MATS;
-    m->mats_t = l3c_calloc((size_t)n, sizeof *m->mats_t);
-    m->t_mem = l3c_calloc((size_t)n + 1, sizeof *m->t_mem);
-    if (!m->mats_t || !m->t_mem) return l3c_fail(L3C_ERR_NOMEM, "train: out of memory");
-    for (int i = 0; i <= n; i++) {
-        const l3c_weight *w = i < n ? &m->mats[i] : &m->head;
-        l3c_weight *wt = i < n ? &m->mats_t[i] : &m->head_t;
-        const l3c_type_traits *tr = l3c_type_traits_ref(w->type);
-        if (!tr || !tr->is_quantized || w->n_in % 32 || w->n_out % 32) continue;
-        l3c_status st = l3c_trk_transpose_q8(m->tp, w, wt, &m->t_mem[m->n_t_mem]);
-        if (st) return st;
-        m->n_t_mem++;
-    }
-    return L3C_OK;
-}
-
 /* the widest n_out of a block's matrices */
 static int64_t widest(const l3c_train_model *m) {
     const int64_t D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m);
@@ -486,8 +453,6 @@ static int64_t widest(const l3c_train_model *m) {
 
 static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int ckpt = m->checkpoint ? 1 : 0;
-    l3c_status st = build_transposes(m);
-    if (st) return st;
     const int keep = m->keep_logits ? 1 : 0;
     if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt && m->cap_keep == keep &&
         !!m->drop_buf == (m->lora && m->lora_dropout > 0.0f))
@@ -508,7 +473,6 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
     m->lora_tmp =
         r ? l3c_malloc((size_t)(N * (wide + r)) * sizeof(float)) : NULL; /* + the op lora's x A^T */
-    m->dx_tmp = m->mats_t ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const int drop = r && m->lora_dropout > 0.0f;
     if (m->exact && !m->exact_w) {
         const l3c_weight s = l3c_trk_f32_weight(NULL, wide, exact_rows(D), "exact slice");
@@ -526,8 +490,8 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->drop_buf = drop ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const size_t mmb = mm_scratch_bytes(m);
     m->mm_scratch = l3c_malloc(mmb ? mmb : 1);
-    if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) || !m->mm_scratch ||
-        (m->mats_t && !m->dx_tmp) || (drop && !m->drop_buf)) {
+    if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) ||
+        !m->mm_scratch || (drop && !m->drop_buf)) {
         free(a);
         free_acts(m);
         return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the activations of %lld x %lld tokens",
@@ -619,13 +583,10 @@ static void mm(l3c_train_model *m, const l3c_weight *w, const float *x, float *y
     }
 }
 
-/* dx += dy W: through w's Q8_0 transpose when there is one, else dequantizing slices */
-static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const l3c_weight *wt, const float *dy,
-                          int64_t N, float *dx) {
-    if (!wt || !wt->n_in) return l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx);
-    mm(m, wt, dy, m->dx_tmp, N);
-    l3c_add(dx, m->dx_tmp, N * w->n_in);
-    return L3C_OK;
+/* dx += dy W, fp32 dy against W's blocks read in place (a quantized base: no copy of W) */
+static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const float *dy, int64_t N,
+                          float *dx) {
+    return l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx);
 }
 
 /* ------------------------------------------------------------------ LoRA dropout */
@@ -667,7 +628,7 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     const int64_t N = m->B * m->T;
     const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
     l3c_status st = L3C_OK;
-    if (dx && (st = base_dx(m, w, m->mats_t ? &m->mats_t[l * L3C_TRAIN_N_MATS + t] : NULL, dy, N, dx))) return st;
+    if (dx && (st = base_dx(m, w, dy, N, dx))) return st;
     if (dW && (st = l3c_trk_matmul_dw(m->tp, x, dy, N, w->n_in, w->n_out, 1.0f, dW))) return st;
     const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, (l3c_lora_target)t) : NULL;
     if (!am) return L3C_OK;
@@ -1069,7 +1030,7 @@ l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
         const int64_t r = N - n0 < R ? N - n0 : R;
         mm(m, &m->head, m->xn_f + n0 * D, dlogits, r);
         l3c_tr_xent_bwd(dlogits, m->lse + n0, m->targets + n0, r, V, scale, dlogits);
-        if ((st = base_dx(m, &m->head, m->mats_t ? &m->head_t : NULL, dlogits, r, s.dxn + n0 * D))) return st;
+        if ((st = base_dx(m, &m->head, dlogits, r, s.dxn + n0 * D))) return st;
         if (m->g.output &&
             (st = l3c_trk_matmul_dw(m->tp, m->xn_f + n0 * D, dlogits, r, D, V, 1.0f, m->g.output)))
             return st;

@@ -86,9 +86,9 @@ typedef struct l3c_train_model {
     uint64_t drop_fwd_seed;
     float *drop_buf;           /* [N x widest n_in]: a masked input / its gradient */
     /* exact mode (set before the first forward): matrices of a quantized base are multiplied in
-     * fp32, dequantized a slice of rows at a time forward (no 8-bit activations) and per tile
-     * backward (no Q8_0 transposes): the gradients of W + s B A on the dequantized weights, as
-     * with an F32 base. Slower; for tests and checks. */
+     * fp32 forward too, dequantized a slice of rows at a time (no 8-bit activations): the
+     * gradients of W + s B A on the dequantized weights, as with an F32 base (the backward's dx
+     * is fp32 on W's blocks in both modes). Slower; for tests and checks. */
     int exact;
     float *exact_w, *exact_y;  /* a slice of W [<= 2^20 floats], its product [512 x <= 4096] */
     void *exact_scratch;
@@ -96,12 +96,6 @@ typedef struct l3c_train_model {
      * arena in full mode, the base's weights in LoRA mode */
     l3c_weight *mats, head;
     l3c_threadpool *tp;        /* NULL: one thread (l3c_train_model_set_threads) */
-    /* LoRA on a quantized base: Q8_0 transposes of the matrices for the backward dx (built at the
-     * first forward; l3c_trk_transpose_q8), .n_in == 0 where none; their allocations in t_mem */
-    l3c_weight *mats_t, head_t;
-    void **t_mem;
-    int n_t_mem;
-    float *dx_tmp;             /* [N x widest n_in]: dy W^T before it is added into dx */
     void *mm_scratch;          /* l3c_matmul scratch for L3C_TRAIN_MM_ROWS tokens */
     int32_t head_dim;
     float *rope_freqs; /* [n_rot/2] or NULL */

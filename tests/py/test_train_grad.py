@@ -468,15 +468,15 @@ QUANT_CASES = [
     ("q8_0", "Q8_0", dict(n_embd=32, n_ff=64)),
     ("q4_k_m", "Q4_K_M", dict(n_embd=256, n_ff=512, n_vocab=256)),
 ]
-# The default (fast) mode's only approximations: the forward's activations quantized to 8-bit
+# The default (fast) mode's only approximation: the forward's activations quantized to 8-bit
 # blocks (Q8_0: 32 values share a scale max|x|/127, error <= scale/2, about 0.2% RMS of the
-# block's largest value per product), and in the backward dy quantized the same way against a
-# Q8_0 transpose of W (one more rounding of W to 8 bits). Through two blocks and the softmax
-# these give gradient differences measured at 0.09 (Q4_0), 0.11 (Q8_0), 0.14 (Q4_K_M) of each
-# tensor's largest gradient (logits 0.02-0.05, loss <= 2.2e-3 relative) on
+# block's largest value per product); the backward's dx is fp32 dy against W's dequantized blocks
+# (l3c_trk_matmul_dx_blocks, exact up to float sums). Through two blocks and the softmax the 8-bit
+# activations give gradient differences measured at 0.096 (Q4_0), 0.12 (Q8_0), 0.13 (Q4_K_M) of
+# each tensor's largest gradient (logits 0.02-0.05, loss <= 2.2e-3 relative) on
 # these random models (max-normalized: the worst element of a tensor whose gradient is itself
 # small where the activations round coarsely); 0.2 bounds them with margin. The exact mode
-# removes both (fp32 products on the dequantized weights) and must match torch like F32 (1e-4).
+# removes it too (fp32 products on the dequantized weights) and must match torch like F32 (1e-4).
 QUANT_TOL = {"exact": 1e-4, "fast": 0.2}
 
 

@@ -1,7 +1,8 @@
 /*
  * test_train_kernels.c -- the threaded training kernels (src/train/train_kernels.c) against the
  * scalar pairs of train_ops.c: matmul_dx over weights of every common GGUF type (the scalar
- * reference gets the weight dequantized whole by the type table), matmul_dw, and the batch-
+ * reference gets the weight dequantized whole by the type table) on each of its paths, its
+ * blocks kernel per ISA (scalar, AVX2, best) and thread count, matmul_dw, and the batch-
  * parallel attention (bitwise equal to the scalar loops, whatever the thread count).
  */
 #include "check.h"
@@ -63,38 +64,84 @@ static void check_dx(int type, int64_t n_in, int64_t n_out, int64_t N, float sca
     free(wf), free(wd), free(wq), free(dy), free(dys), free(dx), free(ref);
 }
 
-/* dx = dy W through the Q8_0 transpose and the engine's 8-bit gemm vs the scalar pair on W
- * dequantized (tolerance: dy and W^T in 8-bit blocks, ~0.5% of the largest value) */
-static void check_transpose_q8(int type, int64_t n_in, int64_t n_out, int64_t N, int nt) {
+/* W [n_out x n_in] of `type` from random floats (Q5_K, which has no quantizer here: random
+ * blocks with small fp16 scales), and its dequantization wd (the reference's weight) */
+static char *make_weight(int type, int64_t n_in, int64_t n_out, float *wd) {
     const l3c_type_traits *tr = l3c_type_traits_ref(type);
     const size_t row_bytes = (size_t)(n_in / tr->block_size) * tr->type_size;
-    float *wf = malloc(sizeof(float) * (size_t)(n_in * n_out)), *wd = malloc(sizeof(float) * (size_t)(n_in * n_out));
+    float *wf = malloc(sizeof(float) * (size_t)(n_in * n_out));
     char *wq = malloc(row_bytes * (size_t)n_out);
-    float *dy = malloc(sizeof(float) * (size_t)(N * n_out));
-    float *dx = malloc(sizeof(float) * (size_t)(N * n_in)), *ref = calloc((size_t)(N * n_in), sizeof(float));
     fill(wf, n_in * n_out);
-    fill(dy, N * n_out);
     for (int64_t o = 0; o < n_out; o++) {
-        if (type == L3C_TYPE_Q4_K) l3c_quantize_row_q4_K(wf + o * n_in, wq + o * row_bytes, n_in);
-        else if (type == L3C_TYPE_Q6_K) l3c_quantize_row_q6_K(wf + o * n_in, wq + o * row_bytes, n_in);
-        else tr->from_float(wf + o * n_in, wq + o * row_bytes, n_in);
-        tr->to_float(wq + o * row_bytes, wd + o * n_in, n_in);
+        char *q = wq + o * row_bytes;
+        if (type == L3C_TYPE_F32)
+            memcpy(q, wf + o * n_in, row_bytes);
+        else if (type == L3C_TYPE_Q4_K)
+            l3c_quantize_row_q4_K(wf + o * n_in, q, n_in);
+        else if (type == L3C_TYPE_Q6_K)
+            l3c_quantize_row_q6_K(wf + o * n_in, q, n_in);
+        else if (type == L3C_TYPE_Q5_K)
+            for (size_t i = 0; i < row_bytes; i++) {
+                q[i] = (char)(frand() * 128.0f);
+                if (i % tr->type_size == 0) { /* d, dmin: the block's first two fp16 */
+                    const uint16_t d = l3c_fp32_to_fp16(0.01f), dm = l3c_fp32_to_fp16(0.005f);
+                    memcpy(q + i, &d, 2), memcpy(q + i + 2, &dm, 2);
+                    i += 3;
+                }
+            }
+        else
+            tr->from_float(wf + o * n_in, q, n_in);
+        tr->to_float(q, wd + o * n_in, n_in);
     }
-    l3c_weight w = {.name = "w", .type = type, .n_in = n_in, .n_out = n_out, .row_bytes = row_bytes, .data = wq};
+    free(wf);
+    return wq;
+}
+
+/* dx += scale dy W through W's blocks (l3c_trk_matmul_dx_blocks): the scalar kernel (isa 0)
+ * vs the scalar pair on W dequantized whole (sums in another order: 1e-5 of the largest), AVX2
+ * and the best kernel vs the scalar one (fma vs mul + add: 1e-6), and 1 vs nt threads bitwise */
+static void check_blocks(int type, int64_t n_in, int64_t n_out, int64_t N, float scale, int nt) {
+    const l3c_type_traits *tr = l3c_type_traits_ref(type);
+    float *wd = malloc(sizeof(float) * (size_t)(n_in * n_out));
+    char *wq = make_weight(type, n_in, n_out, wd);
+    float *dy = malloc(sizeof(float) * (size_t)(N * n_out)),
+          *dys = malloc(sizeof(float) * (size_t)(N * n_out));
+    float *dx0 = malloc(sizeof(float) * (size_t)(N * n_in)), *dx[3],
+          *ref = malloc(sizeof(float) * (size_t)(N * n_in));
+    fill(dy, N * n_out);
+    fill(dx0, N * n_in);
+    for (int64_t i = 0; i < N * n_out; i++)
+        dys[i] = scale * dy[i];
+    memcpy(ref, dx0, sizeof(float) * (size_t)(N * n_in));
+    l3c_tr_matmul_bwd(NULL, wd, dys, N, n_in, n_out, ref, NULL);
+    l3c_weight w = {.name = "w",
+                    .type = type,
+                    .n_in = n_in,
+                    .n_out = n_out,
+                    .row_bytes = (size_t)(n_in / tr->block_size) * tr->type_size,
+                    .data = wq};
     l3c_threadpool *tp = NULL;
-    if (nt > 1) CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
-    l3c_weight wt;
-    void *mem = NULL;
-    CHECK(l3c_trk_transpose_q8(tp, &w, &wt, &mem) == L3C_OK);
-    CHECK(wt.n_in == n_out && wt.n_out == n_in);
-    void *scratch = malloc(l3c_matmul_scratch_bytes(&wt, N) + 1);
-    l3c_matmul(tp, &wt, dy, dx, N, scratch);
-    l3c_tr_matmul_bwd(NULL, wd, dy, N, n_in, n_out, ref, NULL);
-    const double r = rel_diff(dx, ref, N * n_in);
-    CHECK_MSG(r <= 1e-2, "transpose_q8 %s [%lld x %lld]: %.2e", tr->name, (long long)n_out, (long long)n_in, r);
+    CHECK(l3c_threadpool_create(nt, &tp) == L3C_OK);
+    const int isa[3] = {0, 1, -1};
+    for (int k = 0; k < 3; k++) {
+        dx[k] = malloc(sizeof(float) * (size_t)(N * n_in));
+        memcpy(dx[k], dx0, sizeof(float) * (size_t)(N * n_in));
+        CHECK(l3c_trk_matmul_dx_blocks(k == 2 ? tp : NULL, &w, dy, N, scale, dx[k], isa[k]) ==
+              L3C_OK);
+    }
+    const double r = rel_diff(dx[0], ref, N * n_in), r1 = rel_diff(dx[1], dx[0], N * n_in);
+    CHECK_MSG(r <= 1e-5, "dx_blocks %s [%lld x %lld] N %lld: %.2e", tr->name, (long long)n_out,
+              (long long)n_in, (long long)N, r);
+    CHECK_MSG(r1 <= 1e-6, "dx_blocks avx2 %s: %.2e", tr->name, r1);
+    CHECK_MSG(rel_diff(dx[2], dx[0], N * n_in) <= 1e-6, "dx_blocks best %s", tr->name);
+    /* the best kernel on one thread: the same bits as on nt */
+    memcpy(dx[1], dx0, sizeof(float) * (size_t)(N * n_in));
+    CHECK(l3c_trk_matmul_dx_blocks(NULL, &w, dy, N, scale, dx[1], -1) == L3C_OK);
+    CHECK(!memcmp(dx[1], dx[2], sizeof(float) * (size_t)(N * n_in)));
     l3c_threadpool_free(tp);
-    free(scratch), free(mem);
-    free(wf), free(wd), free(wq), free(dy), free(dx), free(ref);
+    for (int k = 0; k < 3; k++)
+        free(dx[k]);
+    free(wd), free(wq), free(dy), free(dys), free(dx0), free(ref);
 }
 
 static void check_dw(int64_t n_in, int64_t n_out, int64_t N, float scale, int nt) {
@@ -179,9 +226,10 @@ static void check_attention(int64_t B, int64_t T, int H, int Hkv, int hd, int nt
 int main(void) {
     const int types[] = {L3C_TYPE_F32, L3C_TYPE_F16, L3C_TYPE_BF16, L3C_TYPE_Q8_0, L3C_TYPE_Q4_0,
                          L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q4_K, L3C_TYPE_Q6_K};
-    /* both paths of matmul_dx: the gemm over transposed slices (N >= 16), the per-tile axpy one */
-    for (int path = 0; path < 2; path++) {
-        if (path) setenv("L3C_TRAIN_DX", "tiles", 1);
+    /* every path of matmul_dx: W's blocks (the default for other types than F32), the gemm over
+     * transposed slices (F32, N >= 16), the per-tile axpy one */
+    for (int path = 0; path < 3; path++) {
+        if (path) setenv("L3C_TRAIN_DX", path == 1 ? "gemm" : "tiles", 1);
         for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
             /* several column chunks and token chunks, a last partial tile of rows */
             check_dx(types[i], 1280, 70, 130, 1.0f, 3);
@@ -192,11 +240,17 @@ int main(void) {
         check_dx(L3C_TYPE_F32, 3000, 8, 70, 1.0f, 2);  /* a LoRA A */
     }
     unsetenv("L3C_TRAIN_DX");
-    const int qtypes[] = {L3C_TYPE_Q8_0, L3C_TYPE_Q4_0, L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q4_K, L3C_TYPE_Q6_K};
-    for (size_t i = 0; i < sizeof qtypes / sizeof *qtypes; i++) {
-        check_transpose_q8(qtypes[i], 512, 96, 40, 2);
-        check_transpose_q8(qtypes[i], 256, 1024, 7, 1);
+    const int btypes[] = {L3C_TYPE_F32,  L3C_TYPE_F16,  L3C_TYPE_BF16, L3C_TYPE_Q8_0,
+                          L3C_TYPE_Q4_0, L3C_TYPE_Q4_1, L3C_TYPE_Q5_0, L3C_TYPE_Q4_K,
+                          L3C_TYPE_Q5_K, L3C_TYPE_Q6_K};
+    for (size_t i = 0; i < sizeof btypes / sizeof *btypes; i++) {
+        /* column chunks (a partial last one), token chunks (a partial group of 4), partial row
+         * tiles */
+        check_blocks(btypes[i], 768, 70, 263, 1.0f, 3);
+        check_blocks(btypes[i], 256, 33, 5, 0.5f, 2);
+        check_blocks(btypes[i], 512, 1000, 9, 2.0f, 2);
     }
+    check_blocks(L3C_TYPE_F32, 40, 24, 11, 1.0f, 2); /* columns fewer than a vector */
     check_dw(576, 8, 200, 2.0f, 2);
     check_dw(8, 1536, 200, 1.0f, 3);
     check_dw(64, 19, 1, 1.0f, 1);
