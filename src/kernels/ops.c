@@ -254,7 +254,11 @@ void l3c_weight_pack(const l3c_weight *w, const l3c_pack_layout *L, void *dst, i
     }
 }
 
+static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps,
+                               float *ax, const float *ay, int64_t an);
+
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps) {
+    if (rmsnorm_add_avx512(x, g, y, T, n, eps, NULL, NULL, 0)) return;
     for (int64_t t = 0; t < T; t++) {
         const float *xr = x + t * n;
         float *yr = y + t * n;
@@ -429,6 +433,43 @@ V512_TARGET static void swiglu_avx512(float *a, const float *b, int64_t n) {
     if (i < n) swiglu_avx2(a + i, b + i, n - i);
 }
 
+/* rmsnorm of T rows (x != NULL; the sum of squares in double, 16 lanes then in order; then
+ * (x * scale) * g as the scalar loop), or ax[i] += ay[i] (ax != NULL; the same bits as the
+ * scalar loop). false: no AVX-512 here, the caller runs the scalar loops. */
+V512_TARGET static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps,
+                                           float *ax, const float *ay, int64_t an) {
+    if ((cpu_caps() & CAP_AVX512) == 0) return false;
+    if (ax) {
+        int64_t i = 0;
+        for (; i + 16 <= an; i += 16)
+            _mm512_storeu_ps(ax + i, _mm512_add_ps(_mm512_loadu_ps(ax + i), _mm512_loadu_ps(ay + i)));
+        const __mmask16 m = (__mmask16)((1u << (an - i)) - 1);
+        _mm512_mask_storeu_ps(ax + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, ax + i), _mm512_maskz_loadu_ps(m, ay + i)));
+        return true;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = x + t * n;
+        float *yr = y + t * n;
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            const __m512d lo = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i)), hi = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i + 8));
+            s0 = _mm512_fmadd_pd(lo, lo, s0);
+            s1 = _mm512_fmadd_pd(hi, hi, s1);
+        }
+        double lanes[8], ss = 0.0;
+        _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));
+        for (int k = 0; k < 8; k++) ss += lanes[k];
+        for (; i < n; i++) ss += (double)xr[i] * xr[i];
+        const float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+        const __m512 vs = _mm512_set1_ps(scale);
+        for (i = 0; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(yr + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vs), _mm512_loadu_ps(g + i)));
+        for (; i < n; i++) yr[i] = (xr[i] * scale) * g[i];
+    }
+    return true;
+}
+
 /* x[i] = exp(x[i] - max) for all i; returns their sum (in double, four lanes then in order) */
 V_TARGET static double softmax_exp_avx2(float *x, int64_t n, float max) {
     const __m256 vm = _mm256_set1_ps(max);
@@ -527,6 +568,7 @@ void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ld
 }
 
 void l3c_add(float *x, const float *y, int64_t n) {
+    if (rmsnorm_add_avx512(NULL, NULL, NULL, 0, 0, 0.0f, x, y, n)) return;
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -770,9 +812,11 @@ V512_TARGET static void attn_rows_avx512(const l3c_attn_rows_args *A) {
     float *Qt = S + n_max * Rp;     /* [hd x Rp] the queries transposed (rows past R: 0) */
     float *tmp = Qt + hd * Rp;      /* [ATT_KB x hd] converted keys / values */
     float *inv = tmp + ATT_KB * hd; /* [Rp] 1 / sum of each row's exps */
-    for (int64_t d = 0; d < hd; d++)
-        for (int64_t r = 0; r < Rp; r++)
-            Qt[d * Rp + r] = r < R ? A->q[r][d] : 0.0f;
+    for (int64_t r = 0; r < Rp; r++) {
+        const float *q = r < R ? A->q[r] : NULL;
+        for (int64_t d = 0; d < hd; d++)
+            Qt[d * Rp + r] = q ? q[d] : 0.0f;
+    }
 
     /* scores: all rows x keys 0 .. n_max - 1 (a row's keys past n[r] are computed, then masked) */
     for (int64_t p0 = 0; p0 < n_max; p0 += ATT_KB) {
@@ -838,6 +882,13 @@ V512_TARGET static void attn_rows_avx512(const l3c_attn_rows_args *A) {
             for (int64_t p = 0; p < A->n[r]; p++)
                 A->probs[r][p] = S[p * Rp + r] * inv[r];
     }
+}
+#endif
+
+#if !(defined(__x86_64__) && defined(__GNUC__))
+static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps, float *ax,
+                               const float *ay, int64_t an) {
+    return false;
 }
 #endif
 
