@@ -234,5 +234,8 @@ void l3c_rope_tables(const double *inv_freq, int n_rot, const int32_t *pos, int6
 /* Rotates adjacent pairs (x[2i], x[2i+1]), i < n_rot/2, of every head of x [T x n_heads*hd]. */
 void l3c_rope_apply(float *x, int64_t T, int n_heads, int hd, int n_rot, const float *cos_t,
                     const float *sin_t);
+/* The scalar loop l3c_rope_apply runs where the CPU has no AVX-512 (which gives the same bits). */
+void l3c_rope_apply_ref(float *x, int64_t T, int n_heads, int hd, int n_rot, const float *cos_t,
+                        const float *sin_t);
 
 #endif /* L3C_MODEL_H */

@@ -11,11 +11,13 @@
  *    F32 / F16 / Q8_0 key-value rows, head dims 32..128, 1..50 rows of ragged lengths; a row
  *    alone == the same row among others; the reference vs float64 softmax attention (4e-6;
  * measured 1.3e-6).
+ *  - l3c_rope_apply == l3c_rope_apply_ref bit for bit (n_rot < hd, pairs past a multiple of 8).
  *  - the thread pool: every chunk runs exactly once per job, over many back-to-back jobs, never
  *    two chunks at once on one thread index, and a slow worker does not lose chunks.
  */
 #include "check.h"
 #include "kernels/ops.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -491,8 +493,26 @@ static void test_attn_rows(void) {
         fprintf(stderr, "test_ops: attn_rows: no AVX-512 kernel on this CPU (reference only)\n");
 }
 
+static void test_rope(void) {
+    enum { T = 3, NH = 2 };
+    const int shapes[][2] = {{64, 64}, {80, 80}, {64, 32}, {38, 22}, {2, 2}}; /* hd, n_rot */
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int hd = shapes[k][0], half = shapes[k][1] / 2;
+        float x[T * NH * 80], x0[T * NH * 80], c[T * 40], sn[T * 40];
+        for (int i = 0; i < T * NH * hd; i++)
+            x[i] = x0[i] = rnd_f(-4.0f, 4.0f);
+        for (int i = 0; i < T * half; i++)
+            c[i] = rnd_f(-1.0f, 1.0f), sn[i] = rnd_f(-1.0f, 1.0f);
+        l3c_rope_apply(x, T, NH, hd, 2 * half, c, sn);
+        l3c_rope_apply_ref(x0, T, NH, hd, 2 * half, c, sn);
+        CHECK_MSG(memcmp(x, x0, sizeof(float) * (size_t)(T * NH * hd)) == 0,
+                  "rope hd %d n_rot %d differs from the reference", hd, 2 * half);
+    }
+}
+
 int main(void) {
     test_threadpool();
+    test_rope();
     test_attn_rows();
     test_elementwise();
     test_matmul();
