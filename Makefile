@@ -99,6 +99,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(TEST_HELPERS) $(BUILD)/libllama3c.a $(wildcar
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) -Itests/unit -o $@ $< $(TEST_HELPERS) $(BUILD)/libllama3c.a $(LDLIBS)
 
+# the RAG store's unit test includes apps/rag/ sources, which use SQLite
+$(BUILD)/tests/test_rag_pool: LDLIBS += -lsqlite3
+$(BUILD)/tests/test_rag_pool: $(wildcard apps/rag/*.c apps/rag/*.h)
+
 $(TRAIN_DUMP): tests/train/train_dump.c $(BUILD)/libllama3c.a
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) -o $@ $< $(BUILD)/libllama3c.a $(LDLIBS)

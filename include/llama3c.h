@@ -301,9 +301,10 @@ typedef void (*l3c_convert_progress_fn)(int64_t i, int64_t n, const char *name, 
 /*
  * Writes in_path -- a Hugging Face Llama folder (config.json + safetensors + tokenizer.json) or a
  * GGUF -- as a GGUF file of out_type: "F32", "F16", "BF16", "Q8_0" (as llama.cpp's
- * convert_hf_to_gguf.py --outtype) or "Q4_K_M" (llama-quantize's mix). 1-D tensors stay F32. The
- * file appears at out_path only when complete (see output files below); an out_path that is
- * in_path (or a file in it) is refused. progress may be NULL. Status: the loaders' errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
+ * convert_hf_to_gguf.py --outtype), "Q4_K_M" (llama-quantize's mix) or "Q4_0" (every matrix). 1-D
+ * tensors stay F32. The file appears at out_path only when complete (see output files below); an
+ * out_path that is in_path (or a file in it) is refused. progress may be NULL. Status: the loaders'
+ * errors, L3C_ERR_INVALID_ARG (unknown type), L3C_ERR_IO.
  */
 L3C_API l3c_status l3c_convert(const char *in_path, const char *out_path, const char *out_type,
                                l3c_convert_progress_fn progress, void *user);
@@ -418,6 +419,35 @@ L3C_API int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits);
 /* Records a token in the history used by the repetition, presence and frequency penalties. */
 L3C_API void l3c_sampler_accept(l3c_sampler *s, int32_t id);
 L3C_API void l3c_sampler_reset(l3c_sampler *s);
+
+/*
+ * Speculative decoding (a draft proposes tokens, the target checks them in one batch):
+ *
+ * l3c_sampler_probs writes the distribution l3c_sampler_sample would draw from for these logits
+ * (every chain step, biases, penalties and the grammar applied; greedy: the argmax with 1) as
+ * (ids[i], p[i]) pairs summing to 1, most probable first when the chain sorted them; returns
+ * their count (at most cap: pass n_vocab for all), -1 when a grammar allows no token. Draws
+ * nothing and accepts nothing.
+ *
+ * l3c_sampler_verify is l3c_sampler_sample for a position where a draft proposed token `draft`
+ * drawn from the distribution q (q_ids, q_p: q_n pairs, e.g. from l3c_sampler_probs on the
+ * draft's logits): it returns `draft` with probability min(1, p(draft) / q(draft)), else a token
+ * drawn from max(0, p - q) renormalized, so the result is distributed exactly as p (Leviathan et
+ * al. 2023). Greedy (temperature <= 0): `draft` if it is the argmax, else the argmax, i.e. the
+ * same token as l3c_sampler_sample. draft < 0: l3c_sampler_sample. Does not accept; -1 as for
+ * l3c_sampler_sample or when out of memory (the first call allocates n_vocab floats).
+ *
+ * l3c_sampler_mark saves the history (repetition / presence / frequency penalties) and grammar
+ * state; l3c_sampler_rollback returns to it, so one sampler can give the draft's q for proposed
+ * tokens it accepts provisionally. The random stream is not rolled back (draws stay
+ * independent). One mark at a time; l3c_sampler_reset drops it.
+ */
+L3C_API int32_t l3c_sampler_probs(l3c_sampler *s, const float *logits, int32_t *ids, float *p,
+                                  int32_t cap);
+L3C_API int32_t l3c_sampler_verify(l3c_sampler *s, const float *logits, int32_t draft,
+                                   const int32_t *q_ids, const float *q_p, int32_t q_n);
+L3C_API l3c_status l3c_sampler_mark(l3c_sampler *s);
+L3C_API l3c_status l3c_sampler_rollback(l3c_sampler *s);
 
 /* ---------------------------------------------------------------- grammars (constrained output) */
 
@@ -552,6 +582,211 @@ L3C_API l3c_status l3c_chat_tokenize_tools(const l3c_model *model, l3c_chat_temp
                                            const l3c_chat_message *msgs, size_t n,
                                            const l3c_chat_tools *tools, int add_assistant,
                                            const char *date, int32_t **out_ids, int64_t *out_n);
+
+/* ---------------------------------------------------------------- training */
+
+/*
+ * A trainer fine-tunes a loaded model or pre-trains a new one on a data file (docs/TRAINING.md):
+ *   L3C_TRAIN_LORA (default): LoRA adapters on the model's matrices; the base stays in its file
+ *     type (quantized weights are dequantized per tile in the backward pass, QLoRA-style) and is
+ *     frozen; only the adapters A, B are trained. Save with l3c_trainer_save_adapter.
+ *   L3C_TRAIN_FULL: every weight of an F32 / F16 / BF16 base (an fp32 copy read from the model's
+ *     file); quantized bases are refused. Save with l3c_trainer_save_model.
+ *   L3C_TRAIN_SCRATCH: a new fp32 llama of the shapes in config_path (JSON), seeded random
+ *     weights, with the model's vocabulary and tokenizer (the model's weights are not used).
+ * The optimizer is AdamW with linear warmup and cosine decay, global gradient-norm clipping.
+ * A run is a pure function of (model, data, params): the batch of step s depends only on (seed,
+ * s), so a run saved with l3c_trainer_save_state and continued by l3c_trainer_load_state in a
+ * new trainer (same model, data and params) gives bitwise the same result as one that was
+ * never interrupted.
+ *
+ * Data (data_path, eval_data_path): .txt plain text (cut into windows of seq_len tokens), JSONL
+ * with {"text": ...} per line, or JSONL chat {"messages": [{"role", "content"}, ...]} rendered
+ * with the model's chat template, trained on the assistant turns only. Errors name the file and
+ * line.
+ *
+ * Distributed (l3c_dist_init under mpirun, a build with MPI=1): with data_parallel set every
+ * rank holds the whole model and computes its share of the rows of every batch; gradients are
+ * summed over the ranks and every rank takes the same step. Every rank must make the same calls
+ * in the same order (create, step, eval, save, load); rank 0 writes the files and the metrics
+ * log, the other ranks write nothing. Without a job of several ranks it changes nothing.
+ *
+ * A trainer is used by one thread at a time (it runs its own n_threads workers). The model must
+ * outlive it and may be used by contexts meanwhile (LoRA and full training do not modify it).
+ */
+typedef struct l3c_trainer l3c_trainer;
+
+typedef enum l3c_train_mode {
+    L3C_TRAIN_LORA = 0,   /* adapters on a loaded base */
+    L3C_TRAIN_FULL = 1,   /* every weight of an unquantized base */
+    L3C_TRAIN_SCRATCH = 2 /* a new model of config_path's shapes with the base's tokenizer */
+} l3c_train_mode;
+
+/* LoRA targets: bit k adapts matrix k of every block, named by l3c_train_target_name(k). */
+enum {
+    L3C_TRAIN_TARGET_Q = 1 << 0,    /* attn_q      / self_attn.q_proj */
+    L3C_TRAIN_TARGET_K = 1 << 1,    /* attn_k      / self_attn.k_proj */
+    L3C_TRAIN_TARGET_V = 1 << 2,    /* attn_v      / self_attn.v_proj */
+    L3C_TRAIN_TARGET_O = 1 << 3,    /* attn_output / self_attn.o_proj */
+    L3C_TRAIN_TARGET_GATE = 1 << 4, /* ffn_gate    / mlp.gate_proj */
+    L3C_TRAIN_TARGET_UP = 1 << 5,   /* ffn_up      / mlp.up_proj */
+    L3C_TRAIN_TARGET_DOWN = 1 << 6, /* ffn_down    / mlp.down_proj */
+    L3C_TRAIN_TARGET_ALL = (1 << 7) - 1,
+    L3C_TRAIN_N_TARGETS = 7
+};
+/* Short name of target bit k (0 .. L3C_TRAIN_N_TARGETS-1): "q", "k", "v", "o", "gate", "up",
+ * "down"; NULL out of range. */
+L3C_API const char *l3c_train_target_name(int k);
+
+/* What one optimizer step did (l3c_trainer_step, and the on_step callback). */
+typedef struct l3c_train_step_info {
+    int64_t step; /* steps done, this one included (1 .. total_steps) */
+    int64_t total_steps;
+    int64_t epoch;    /* 0-based pass over the training examples */
+    float loss;       /* mean loss over the step's trained targets (every rank's) */
+    float lr;         /* learning rate used */
+    float grad_norm;  /* global gradient norm before clipping */
+    double eval_loss; /* evaluated after this step (eval_every, last step), else NaN */
+    /* since the trainer was created (resumed runs count from the step they resumed at): */
+    int64_t tokens;           /* positions computed (batch x seq_len x grad_accum per step) */
+    int64_t trained_tokens;   /* targets with a loss (padding and prompt tokens excluded) */
+    double train_seconds;     /* wall seconds spent in steps (not evaluation, not saving) */
+    double tok_per_s;         /* tokens / train_seconds */
+    double trained_tok_per_s; /* trained_tokens / train_seconds */
+    double elapsed_s;         /* wall seconds since the trainer's first step or evaluation */
+} l3c_train_step_info;
+
+/* Called after every step with a finite loss (info borrowed for the call). */
+typedef void (*l3c_train_step_fn)(void *user, const l3c_train_step_info *info);
+
+typedef struct l3c_trainer_params {
+    int mode;                /* l3c_train_mode; default L3C_TRAIN_LORA */
+    const char *config_path; /* L3C_TRAIN_SCRATCH: the shapes (JSON: n_embd, n_layer, n_head,
+                                n_head_kv, n_ff, rope_theta, norm_eps, tied, n_ctx, or a Hugging
+                                Face config.json); docs/TRAINING.md */
+    /* LoRA */
+    unsigned lora_targets; /* L3C_TRAIN_TARGET_* bits; default ALL */
+    int32_t lora_rank;     /* default 8 */
+    float lora_alpha;      /* scale alpha / rank; default 16 */
+    int rslora;            /* 1: rank-stabilized, scale alpha / sqrt(rank) (PEFT use_rslora) */
+    float lora_dropout;    /* [0, 0.9]: drop adapter inputs while training; default 0 */
+    /* data */
+    const char *data_path;      /* required */
+    const char *eval_data_path; /* evaluation examples; NULL: eval_frac of data_path held out */
+    float eval_frac;    /* [0, 0.5]; default 0.05; 0 (and no eval_data_path): no evaluation */
+    int32_t seq_len;    /* tokens per sequence, >= 2; default 256 */
+    int32_t batch;      /* sequences per micro-batch; default 4 (>= l3c_dist_size() with
+                           data_parallel) */
+    int32_t grad_accum; /* micro-batches per step, gradients summed; default 1 */
+    int pack;           /* pack short examples into rows: 1, 0, or -1 (default): on for
+                           JSONL data, off for plain text */
+    /* optimizer and schedule */
+    int64_t steps;      /* optimizer steps; 0 (default): epochs over the training examples */
+    int32_t epochs;     /* default 1 */
+    float lr;           /* peak learning rate; < 0 (default): 2e-4 LoRA, 1e-5 full, 1e-3
+                           scratch */
+    int32_t warmup;     /* linear warmup steps; default 0 */
+    float min_lr_ratio; /* cosine decay to min_lr_ratio * lr at the last step; default 0.1 */
+    float weight_decay; /* AdamW decoupled weight decay (matrices only); default 0 */
+    float grad_clip;    /* max global gradient norm; default 1; 0: off */
+    uint64_t seed;      /* initialisation, data split and order, dropout; default 42 */
+    int32_t eval_every; /* l3c_trainer_step evaluates every eval_every steps and after
+                           the last; -1 (default): 10 times per run; 0: after the last only */
+    /* run */
+    int n_threads;             /* <= 0: the model's default */
+    int checkpoint;            /* 1 (default): recompute activations layer by layer in backward
+                                  (less memory); 0: keep them (faster) */
+    int data_parallel;         /* 1 (default): under a job of several ranks, share every batch */
+    FILE *log;                 /* data summaries and notes while creating; NULL (default): none */
+    FILE *progress;            /* progress line after each step (redrawn on a terminal); NULL
+                                  (default): none */
+    int32_t log_every;         /* progress not on a terminal: a line every log_every steps; 10 */
+    const char *metrics_path;  /* JSONL log, one line per step (and per evaluation); a trainer
+                                  that resumed keeps the lines of the steps done and appends;
+                                  NULL (default): none */
+    l3c_train_step_fn on_step; /* NULL: none */
+    void *user;                /* passed to on_step */
+} l3c_trainer_params;
+
+L3C_API l3c_trainer_params l3c_trainer_default_params(void);
+
+/*
+ * Reads the data, builds the training model and allocates the optimizer state. Paths are read
+ * during the call only (metrics_path is copied). Caller owns *out (l3c_trainer_free); model
+ * must outlive it. Status: L3C_ERR_INVALID_ARG (a parameter out of range: the message names
+ * it; a quantized base with L3C_TRAIN_FULL; too few examples to hold out an eval share),
+ * L3C_ERR_IO / L3C_ERR_FORMAT (data or config files: the message names the file, line and
+ * key), L3C_ERR_UNSUPPORTED (a model the trainer cannot train, e.g. linear rope scaling),
+ * L3C_ERR_NOMEM.
+ */
+L3C_API l3c_status l3c_trainer_create(const l3c_model *model, const l3c_trainer_params *params,
+                                      l3c_trainer **out);
+L3C_API void l3c_trainer_free(l3c_trainer *t);
+
+typedef struct l3c_trainer_info {
+    int mode;                /* l3c_train_mode */
+    int64_t total_steps;     /* steps of the whole run */
+    int64_t next_step;       /* steps done (0 .. total_steps) */
+    size_t n_trained_values; /* parameters being trained (adapter values or weights) */
+    int32_t n_layer, n_embd; /* of the trained model (scratch: the config's) */
+    int n_threads;
+    int packed;                     /* 1 when the data were packed */
+    size_t n_train_examples;        /* rows of the training set (packed rows when packed) */
+    size_t n_eval_examples;         /* 0: no evaluation set */
+    int32_t batch_begin, batch_end; /* this rank's rows [begin, end) of every micro-batch */
+    uint64_t fingerprint;           /* hash of what a resumed run must share with this one */
+} l3c_trainer_info;
+
+L3C_API void l3c_trainer_get_info(const l3c_trainer *t, l3c_trainer_info *info);
+
+/*
+ * Runs the next optimizer step (grad_accum micro-batches, gradients summed over them and over
+ * the ranks, one AdamW update), evaluates when eval_every says so, writes the metrics line,
+ * updates the progress line, calls on_step. info (may be NULL) receives what it did. A loss that
+ * is not finite is returned in info->loss and is not logged (the caller should stop: lower lr).
+ * Status: L3C_ERR_INVALID_ARG (every step is done), compute errors.
+ */
+L3C_API l3c_status l3c_trainer_step(l3c_trainer *t, l3c_train_step_info *info);
+
+/* Mean loss over every trained target of the evaluation set (no dropout), written to the
+ * metrics log as {"step": steps done, "eval_loss", "eval_ppl"}. L3C_ERR_INVALID_ARG when the
+ * trainer has no evaluation set. */
+L3C_API l3c_status l3c_trainer_eval(l3c_trainer *t, double *loss);
+
+/* Ends the progress line (a newline on a terminal) before the caller writes to its stream;
+ * done by itself after the last step. */
+L3C_API void l3c_trainer_progress_end(l3c_trainer *t);
+
+/*
+ * Saving. Under data parallel these are collective: every rank calls them, the ranks' parameters
+ * are checked to be bitwise equal (else the job ends with a message), rank 0 writes.
+ *   l3c_trainer_save_adapter (LoRA): path ending in ".gguf": a llama.cpp GGUF LoRA, else a PEFT
+ *     folder (adapter_config.json + adapter_model.safetensors, created if missing); both load
+ *     with l3c_adapter_load.
+ *   l3c_trainer_save_model (full, scratch): a llama GGUF of F32 tensors with the base's
+ *     tokenizer and chat template; general.name = name (NULL: the base's name + "-ft" for full,
+ *     "llama3c-pretrained" from scratch).
+ *   l3c_trainer_save: what the mode produces into the folder dir: adapter.gguf and adapter/
+ *     (LoRA) or model.gguf.
+ *   l3c_trainer_save_state: parameters, AdamW moments, step count and the fingerprint, for
+ *     l3c_trainer_load_state.
+ * Files appear only when complete (see output files). L3C_ERR_INVALID_ARG: the wrong mode.
+ */
+L3C_API l3c_status l3c_trainer_save_adapter(l3c_trainer *t, const char *path);
+L3C_API l3c_status l3c_trainer_save_model(l3c_trainer *t, const char *path, const char *name);
+L3C_API l3c_status l3c_trainer_save(l3c_trainer *t, const char *dir);
+L3C_API l3c_status l3c_trainer_save_state(l3c_trainer *t, const char *path);
+
+/* Continues the run saved at path: call before the first step. The state must come from a
+ * trainer with the same model, data and params (its fingerprint), else L3C_ERR_INVALID_ARG
+ * naming the file; L3C_ERR_IO (cannot open), L3C_ERR_FORMAT (not a state, truncated). On error
+ * the trainer is unchanged. */
+L3C_API l3c_status l3c_trainer_load_state(l3c_trainer *t, const char *path);
+
+/* Writes the loss plot (SVG, 800 x 450) of a metrics log: the train loss per step as a line,
+ * eval losses as points. Errors name the file and line. */
+L3C_API l3c_status l3c_train_plot_svg(const char *metrics_path, const char *svg_path,
+                                      const char *title);
 
 /* ---------------------------------------------------------------- system */
 

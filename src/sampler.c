@@ -46,6 +46,15 @@ struct l3c_sampler {
     l3c_rng rng;
     l3c_gmatch *gm;      /* grammar parse state; NULL: unconstrained */
     uint32_t *mask;      /* [(n_vocab + 31) / 32] allowed-token bits, with gm */
+    int fixed;           /* the last probs() was a fixed pick (greedy, all banned): no draw */
+    float *dense;        /* [n_vocab] l3c_sampler_verify's scatter of q; all 0 between calls */
+    struct {             /* l3c_sampler_mark: what l3c_sampler_rollback restores */
+        int set;
+        int32_t hist_len, hist_head, n_counted;
+        int32_t *hist; /* [repeat_last_n] */
+        int32_t *log;  /* ids accepted since the mark (their counts are undone) */
+        int32_t n_log, cap_log;
+    } mk;
 };
 
 /* ---------------------------------------------------------------- PRNG */
@@ -116,6 +125,9 @@ void l3c_sampler_free(l3c_sampler *s) {
     free(s->counted);
     l3c_gmatch_free(s->gm);
     free(s->mask);
+    free(s->dense);
+    free(s->mk.hist);
+    free(s->mk.log);
     free(s);
 }
 
@@ -135,6 +147,19 @@ l3c_status l3c_sampler_set_logit_bias(l3c_sampler *s, int32_t id, float bias) {
 
 void l3c_sampler_accept(l3c_sampler *s, int32_t id) {
     if (!s || id < 0 || id >= s->n_vocab) return;
+    if (s->mk.set && s->counts) {
+        if (s->mk.n_log == s->mk.cap_log) { /* grows to the longest draft once */
+            int32_t cap = s->mk.cap_log ? 2 * s->mk.cap_log : 32;
+            int32_t *l = l3c_realloc(s->mk.log, (size_t)cap * sizeof *l);
+            if (!l) {
+                s->mk.set = 0; /* rollback then reports the lost mark */
+            } else {
+                s->mk.log = l;
+                s->mk.cap_log = cap;
+            }
+        }
+        if (s->mk.set) s->mk.log[s->mk.n_log++] = id;
+    }
     if (s->counts) {
         if (s->counts[id] == 0) s->counted[s->n_counted++] = id;
         if (s->counts[id] < INT32_MAX) s->counts[id]++;
@@ -152,6 +177,7 @@ void l3c_sampler_reset(l3c_sampler *s) {
     s->hist_len = s->hist_head = 0;
     for (int32_t j = 0; j < s->n_counted; j++) s->counts[s->counted[j]] = 0;
     s->n_counted = 0;
+    s->mk.set = 0;
     l3c_rng_seed(&s->rng, s->p.seed);
     if (s->gm) l3c_gmatch_reset(s->gm);
 }
@@ -244,14 +270,17 @@ static void select_top_k(cand *c, int32_t n, int32_t k) {
     qsort(c, (size_t)k, sizeof *c, cand_cmp);
 }
 
-/* The chain after candidate building on c[0..n), n >= 1; sorted: c is already sorted best first. */
-static int32_t sample_chain(l3c_sampler *s, int32_t n, int sorted) {
+/* The chain after candidate building on c[0..n), n >= 1; sorted: c is already sorted best first.
+ * Leaves the distribution it draws from in c[0..return) (probabilities, not renormalized after
+ * top-p / min-p: their sum is the draw's total); greedy leaves the argmax alone with 1. */
+static int32_t chain_probs(l3c_sampler *s, int32_t n, int sorted) {
     cand *c = s->cands;
     if (s->p.temperature <= 0.0f) {
         int32_t best = 0;
         for (int32_t i = 1; i < n; i++)
             if (cand_before(&c[i], &c[best])) best = i;
-        return c[best].id;
+        c[0] = (cand){1.0f, c[best].id};
+        return 1;
     }
 
     if (!sorted && s->p.top_k > 0 && s->p.top_k < n) {
@@ -301,8 +330,13 @@ static int32_t sample_chain(l3c_sampler *s, int32_t n, int sorted) {
             if (c[i].logit >= thr) c[m++] = c[i];
         n = m; /* the max itself always survives, so n >= 1 */
     }
+    return n;
+}
 
-    /* draw from the renormalized remainder */
+/* One draw from c[0..n) (weights, renormalized here); a fixed pick uses no random number. */
+static int32_t draw(l3c_sampler *s, int32_t n) {
+    cand *c = s->cands;
+    if (s->fixed) return c[0].id;
     double total = 0.0;
     for (int32_t i = 0; i < n; i++) total += c[i].logit;
     double r = l3c_rng_uniform(&s->rng) * total, cum = 0.0;
@@ -321,19 +355,22 @@ static int32_t sample_chain(l3c_sampler *s, int32_t n, int sorted) {
  * ones, has exactly the masked top-k set. Otherwise (or when too few pass) the mask filters all
  * candidates. Either way the distribution is exactly the chain's over the masked logits.
  */
-static int32_t sample_grammar(l3c_sampler *s, const float *logits, int32_t n) {
+static int32_t grammar_probs(l3c_sampler *s, const float *logits, int32_t n) {
     cand *c = s->cands;
     if (n > 0 && s->p.temperature <= 0.0f) {
         int32_t best = 0;
         for (int32_t i = 1; i < n; i++)
             if (cand_before(&c[i], &c[best])) best = i;
-        if (l3c_gmatch_allows(s->gm, c[best].id)) return c[best].id;
+        if (l3c_gmatch_allows(s->gm, c[best].id)) {
+            c[0] = (cand){1.0f, c[best].id};
+            return 1;
+        }
     } else if (n > 0 && s->p.top_k > 0 && s->p.top_k < n) {
         int32_t k = s->p.top_k, K = L3C_MIN(n, L3C_MAX(4 * k, 64)), m = 0;
         select_top_k(c, n, K);
         for (int32_t i = 0; i < K && m < k; i++)
             if (l3c_gmatch_allows(s->gm, c[i].id)) c[m++] = c[i];
-        if (m == k) return sample_chain(s, m, 1);
+        if (m == k) return chain_probs(s, m, 1);
         n = build_candidates(s, logits); /* select_top_k dropped the rest */
     }
     if (l3c_gmatch_mask(s->gm, s->mask, s->n_vocab) < 0) return -1;
@@ -346,19 +383,142 @@ static int32_t sample_grammar(l3c_sampler *s, const float *logits, int32_t n) {
         l3c_fail(L3C_ERR_INVALID_ARG, "grammar: no token is allowed: %s", l3c_gmatch_why_none(s->gm));
         return -1;
     }
-    return sample_chain(s, m, 0);
+    return chain_probs(s, m, 0);
 }
 
-int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
-    if (!s || !logits) return -1;
+/* The distribution l3c_sampler_sample draws from, in s->cands[0..return) as weights (their sum
+ * is the total); -1 when a grammar allows no token. */
+static int32_t probs(l3c_sampler *s, const float *logits) {
     int32_t n = build_candidates(s, logits);
-    if (s->gm) return sample_grammar(s, logits, n);
+    s->fixed = s->p.temperature <= 0.0f || n == 0;
+    if (s->gm) return grammar_probs(s, logits, n);
     if (n == 0) {
         /* everything is banned or NaN: fall back to the raw argmax so callers always get a token */
         int32_t best = 0;
         for (int32_t i = 1; i < s->n_vocab; i++)
             if (logits[i] > logits[best]) best = i;
-        return best;
+        s->cands[0] = (cand){1.0f, best};
+        return 1;
     }
-    return sample_chain(s, n, 0);
+    return chain_probs(s, n, 0);
+}
+
+int32_t l3c_sampler_sample(l3c_sampler *s, const float *logits) {
+    if (!s || !logits) return -1;
+    int32_t n = probs(s, logits);
+    return n < 0 ? -1 : draw(s, n);
+}
+
+int32_t l3c_sampler_probs(l3c_sampler *s, const float *logits, int32_t *ids, float *p,
+                          int32_t cap) {
+    if (!s || !logits || !ids || !p || cap <= 0) {
+        l3c_fail(L3C_ERR_INVALID_ARG,
+                 "sampler: l3c_sampler_probs needs a sampler, logits and output arrays");
+        return -1;
+    }
+    int32_t n = probs(s, logits);
+    if (n < 0) return -1;
+    double total = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        total += s->cands[i].logit;
+    if (n > cap) n = cap; /* the most probable first when sorted; callers pass n_vocab */
+    for (int32_t i = 0; i < n; i++) {
+        ids[i] = s->cands[i].id;
+        p[i] = (float)(s->cands[i].logit / total);
+    }
+    return n;
+}
+
+/*
+ * Speculative sampling (Leviathan et al. 2023, Chen et al. 2023): with x drawn from q, accept x
+ * with probability min(1, p(x) / q(x)), else draw from max(0, p - q) renormalized; the result is
+ * distributed exactly as p. p is this sampler's distribution for logits (every chain step and the
+ * grammar applied); q is the draft's, given sparse as (q_ids, q_p).
+ */
+int32_t l3c_sampler_verify(l3c_sampler *s, const float *logits, int32_t draft, const int32_t *q_ids,
+                           const float *q_p, int32_t q_n) {
+    if (!s || !logits || (q_n > 0 && (!q_ids || !q_p))) return -1;
+    int32_t n = probs(s, logits);
+    if (n < 0) return -1;
+    if (draft < 0 || draft >= s->n_vocab || q_n <= 0) return draw(s, n);
+    if (!s->dense) {
+        s->dense = l3c_calloc((size_t)s->n_vocab, sizeof *s->dense);
+        if (!s->dense) {
+            l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for speculative sampling");
+            return -1;
+        }
+    }
+    cand *c = s->cands;
+    double total = 0.0, px = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        total += c[i].logit;
+        if (c[i].id == draft) px = c[i].logit;
+    }
+    px /= total;
+    for (int32_t i = 0; i < q_n; i++)
+        if (q_ids[i] >= 0 && q_ids[i] < s->n_vocab) s->dense[q_ids[i]] = q_p[i];
+    const double qx = s->dense[draft];
+    int32_t out = -1;
+    if (px > 0.0 && (qx <= 0.0 || l3c_rng_uniform(&s->rng) * qx < px)) {
+        out = draft;
+    } else { /* the residual max(0, p - q) */
+        double rt = 0.0;
+        for (int32_t i = 0; i < n; i++) {
+            double r = c[i].logit / total - s->dense[c[i].id];
+            c[i].logit = r > 0.0 ? (float)r : 0.0f;
+            rt += c[i].logit;
+        }
+        if (rt <= 0.0) { /* p == q up to rounding: p itself */
+            for (int32_t i = 0; i < q_n; i++)
+                if (q_ids[i] >= 0 && q_ids[i] < s->n_vocab) s->dense[q_ids[i]] = 0.0f;
+            n = probs(s, logits);
+            return n < 0 ? -1 : draw(s, n);
+        }
+        double r = l3c_rng_uniform(&s->rng) * rt, cum = 0.0;
+        for (int32_t i = 0; i < n && out < 0; i++) {
+            cum += c[i].logit;
+            if (r < cum) out = c[i].id;
+        }
+        for (int32_t i = n - 1; out < 0 && i >= 0; i--) /* rounding: the last with weight */
+            if (c[i].logit > 0.0f) out = c[i].id;
+    }
+    for (int32_t i = 0; i < q_n; i++)
+        if (q_ids[i] >= 0 && q_ids[i] < s->n_vocab) s->dense[q_ids[i]] = 0.0f;
+    return out;
+}
+
+l3c_status l3c_sampler_mark(l3c_sampler *s) {
+    if (!s) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: NULL sampler");
+    if (s->p.repeat_last_n > 0 && !s->mk.hist) {
+        s->mk.hist = l3c_malloc((size_t)s->p.repeat_last_n * sizeof *s->mk.hist);
+        if (!s->mk.hist) return l3c_fail(L3C_ERR_NOMEM, "sampler: out of memory for a mark");
+    }
+    if (s->gm) {
+        l3c_status st = l3c_gmatch_mark(s->gm);
+        if (st != L3C_OK) return st;
+    }
+    if (s->p.repeat_last_n > 0)
+        memcpy(s->mk.hist, s->hist, (size_t)s->p.repeat_last_n * sizeof *s->hist);
+    s->mk.hist_len = s->hist_len;
+    s->mk.hist_head = s->hist_head;
+    s->mk.n_counted = s->n_counted;
+    s->mk.n_log = 0;
+    s->mk.set = 1;
+    return L3C_OK;
+}
+
+l3c_status l3c_sampler_rollback(l3c_sampler *s) {
+    if (!s || !s->mk.set) return l3c_fail(L3C_ERR_INVALID_ARG, "sampler: rollback without a mark");
+    if (s->p.repeat_last_n > 0)
+        memcpy(s->hist, s->mk.hist, (size_t)s->p.repeat_last_n * sizeof *s->hist);
+    s->hist_len = s->mk.hist_len;
+    s->hist_head = s->mk.hist_head;
+    if (s->counts) {
+        for (int32_t j = 0; j < s->mk.n_log; j++)
+            if (s->counts[s->mk.log[j]] > 0) s->counts[s->mk.log[j]]--;
+        s->n_counted = s->mk.n_counted; /* ids first counted after the mark are back at 0 */
+    }
+    s->mk.n_log = 0;
+    s->mk.set = 0;
+    return s->gm ? l3c_gmatch_rollback(s->gm) : L3C_OK;
 }

@@ -2,7 +2,11 @@
  * cmd_bench.c -- `llama3c bench`: prompt-processing and generation speed, measured like
  * llama.cpp's llama-bench so the two can be compared on the same file and threads:
  *   pp: an empty sequence, then one batch of n_prompt tokens (in n_batch chunks) -> tokens/s;
- *   tg: an empty sequence, then n_gen single-token decodes -> tokens/s.
+ *   tg: an empty sequence, then n_gen single-token decodes -> tokens/s;
+ *   --batch-sweep N: after a 64-token prefix, one decode call of b = 1..N tokens of one sequence
+ *   with logits for every row (what a speculative draft's verification costs), median of 8 calls
+ *   per rep -> ms per call (wall and process CPU, best rep) and their ratio to b = 1 (flat when the
+ *   weights are read once per call).
  * Tokens are pseudo-random ids (fixed seed); speed does not depend on them. Each test runs
  * after one warm-up and is repeated -r times; medians and spread (min..max) are reported,
  * with peak RSS and the kernel path. Built on the public header only.
@@ -33,6 +37,8 @@ static void usage(FILE *f) {
             "  --kv TYPE          KV cache type f16 (default), f32, q8_0\n"
             "  --bf16             F16/BF16 matrices multiply in bfloat16 (see llama3c run --help)\n"
             "  -c, --ctx-size N   context size to allocate (default: max(-p, -n) + 8; also --ctx)\n"
+            "  --batch-sweep N    also time one decode call of 1..N tokens (N <= 64) of one\n"
+            "                     sequence after a 64-token prefix (speculative verification)\n"
             "  --json             print one JSON object instead of the table\n"
             "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
             "                     (see llama3c run --help); each rank reports its peak RSS and the\n"
@@ -98,7 +104,9 @@ static double timed_decode(l3c_context *ctx, const int32_t *tokens, int32_t *pos
 int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
     int n_prompt = 512, n_gen = 128, n_batch = 512, threads = 0, reps = 3, json = 0, n_ctx = 0;
-    int kv_type = L3C_KV_F16, bf16 = 0;
+    int kv_type = L3C_KV_F16, bf16 = 0, sweep = 0;
+    enum { SWEEP_PREFIX = 64, SWEEP_MAX = 64, SWEEP_CALLS = 8 };
+    double sweep_ms[SWEEP_MAX + 1] = {0}, sweep_cpu[SWEEP_MAX + 1] = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int bad = 0, r;
@@ -121,6 +129,8 @@ int cmd_bench(int argc, char **argv) {
             bad = cli_int(CMD, argc, argv, &i, 0, INT32_MAX, &n_ctx);
         else if (!strcmp(a, "--json"))
             json = 1;
+        else if (!strcmp(a, "--batch-sweep"))
+            bad = cli_int(CMD, argc, argv, &i, 1, SWEEP_MAX, &sweep);
         else if (!strcmp(a, "--bf16"))
             bf16 = 1;
         else if (!strcmp(a, "--kv"))
@@ -134,9 +144,10 @@ int cmd_bench(int argc, char **argv) {
         if (bad) return CLI_USAGE;
     }
     if (!path) return cli_usage_error(CMD, "no model: pass -m FILE.gguf");
-    if (!n_prompt && !n_gen)
+    if (!n_prompt && !n_gen && !sweep)
         return cli_usage_error(CMD, "-p and -n are both 0: nothing to measure");
     int32_t n_max = n_prompt > n_gen ? n_prompt : n_gen;
+    if (sweep && n_max < SWEEP_PREFIX + sweep) n_max = SWEEP_PREFIX + sweep;
     if (n_ctx != 0 && n_ctx < n_max)
         return cli_usage_error(CMD, "-c %d is smaller than max(-p, -n) = %d", n_ctx, (int)n_max);
     if (threads <= 0) threads = l3c_default_threads();
@@ -155,6 +166,7 @@ int cmd_bench(int argc, char **argv) {
     l3c_context_params cp = l3c_context_default_params();
     cp.n_ctx = n_ctx ? n_ctx : n_max + 8;
     cp.n_batch = n_batch < n_prompt ? n_batch : (n_prompt > 0 ? n_prompt : 1);
+    if (cp.n_batch < sweep) cp.n_batch = sweep;
     cp.n_threads = threads;
     cp.kv_type = kv_type;
     l3c_context *ctx = NULL;
@@ -202,9 +214,45 @@ int cmd_bench(int argc, char **argv) {
             tg[r] = n_gen / s;
             tgc[r] = 1e3 * c / n_gen;
         }
-        if (!json)
+        if (!json && (n_prompt || n_gen))
             fprintf(stderr, "llama3c bench: rep %d/%d: pp %.2f t/s, tg %.2f t/s\n", r + 1, reps,
                     pp[r], tg[r]);
+    }
+    if (sweep) {
+        int32_t spos[SWEEP_MAX];
+        int8_t want[SWEEP_MAX];
+        double calls[SWEEP_CALLS], cpus[SWEEP_CALLS];
+        memset(want, 1, sizeof want);
+        if (timed_decode(ctx, tokens, pos, SWEEP_PREFIX, cp.n_batch, NULL) < 0) goto done;
+        for (int b = 1; b <= sweep; b++) {
+            double best = -1, best_cpu = -1;
+            for (int r = 0; r < reps; r++) {
+                for (int k = 0; k < SWEEP_CALLS; k++) {
+                    for (int j = 0; j < b; j++)
+                        spos[j] = SWEEP_PREFIX + j;
+                    l3c_batch bt = {.n_tokens = b,
+                                    .tokens = tokens + SWEEP_PREFIX,
+                                    .pos = spos,
+                                    .logits = want};
+                    double t0 = now_s(), c0 = cpu_s();
+                    if (l3c_decode(ctx, &bt) != L3C_OK ||
+                        l3c_kv_seq_truncate(ctx, 0, SWEEP_PREFIX) != L3C_OK) {
+                        fprintf(stderr, "llama3c bench: %s\n", l3c_last_error());
+                        goto done;
+                    }
+                    calls[k] = now_s() - t0;
+                    cpus[k] = cpu_s() - c0;
+                }
+                double med = summarize(calls, SWEEP_CALLS).median;
+                double cmed = summarize(cpus, SWEEP_CALLS).median;
+                if (best < 0 || med < best) best = med;
+                if (best_cpu < 0 || cmed < best_cpu) best_cpu = cmed;
+            }
+            sweep_ms[b] = 1e3 * best;
+            sweep_cpu[b] = 1e3 * best_cpu;
+            if (!json)
+                fprintf(stderr, "llama3c bench: batch %d: %.3f ms per call\n", b, sweep_ms[b]);
+        }
     }
     stats spp = summarize(pp, reps), stg = summarize(tg, reps);
     stats cpp = summarize(ppc, reps), ctg = summarize(tgc, reps);
@@ -228,10 +276,21 @@ int cmd_bench(int argc, char **argv) {
                "\"tg_tokens_per_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, "
                "\"pp_cpu_ms_per_token\": %.4f, \"tg_cpu_ms_per_token\": %.4f, "
                "\"peak_rss_bytes\": %lld, \"path\": \"%s\", \"bf16_matrices\": %d, "
-               "\"ranks\": %d, \"tg_bytes_sent_per_token\": %.1f}\n",
-               info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx, n_prompt, n_gen,
-               cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min, stg.max, cpp.min, ctg.min, rss,
-               l3c_backend_path(), (int)info.n_bf16_matmul, l3c_dist_size(), tg_bytes);
+               "\"ranks\": %d, \"tg_bytes_sent_per_token\": %.1f",
+               info.file_type, (long long)info.n_params, info.weight_bytes, threads, cp.n_ctx,
+               n_prompt, n_gen, cp.n_batch, reps, spp.median, spp.min, spp.max, stg.median, stg.min,
+               stg.max, cpp.min, ctg.min, rss, l3c_backend_path(), (int)info.n_bf16_matmul,
+               l3c_dist_size(), tg_bytes);
+        if (sweep) {
+            printf(", \"batch_sweep_ms\": [");
+            for (int b = 1; b <= sweep; b++)
+                printf("%s%.4f", b > 1 ? ", " : "", sweep_ms[b]);
+            printf("], \"batch_sweep_cpu_ms\": [");
+            for (int b = 1; b <= sweep; b++)
+                printf("%s%.4f", b > 1 ? ", " : "", sweep_cpu[b]);
+            printf("]");
+        }
+        printf("}\n");
     } else {
         printf("model   %s (%s, %.2f GB of weights)\n", path, info.file_type,
                info.weight_bytes / 1e9);
@@ -243,6 +302,10 @@ int cmd_bench(int argc, char **argv) {
         if (n_gen)
             printf("tg%-5d %9.2f t/s  (min %.2f, max %.2f)  CPU %.3f ms/token (best)\n", n_gen,
                    stg.median, stg.min, stg.max, ctg.min);
+        for (int b = 1; b <= sweep; b++)
+            printf("batch %-3d %8.3f ms per call (%.2fx batch 1), CPU %.3f ms per call (%.2fx)\n",
+                   b, sweep_ms[b], sweep_ms[b] / sweep_ms[1], sweep_cpu[b],
+                   sweep_cpu[b] / sweep_cpu[1]);
         printf("peak RSS %.1f MiB\n", rss / 1048576.0);
     }
     rc = 0;

@@ -51,6 +51,7 @@ static void help(FILE *f) {
         "text\n"
         "  --print-prompt-ids      print the prompt's token ids and exit\n");
     cli_opts_help(f, &d);
+    cli_spec_help(f);
     cli_grammar_help(f);
 }
 
@@ -145,6 +146,10 @@ static int turn(cli_session *s, const cli_opts *o, l3c_chat_template t, conv *c,
     fputc('\n', stdout);
     fflush(stdout);
     if (!o->no_timings) cli_print_timings(s);
+    if (!o->no_timings && s->n_drafted)
+        fprintf(stderr, "speculation: %lld draft tokens decoded, %lld accepted (%.0f%%)\n",
+                (long long)s->n_drafted, (long long)s->n_accepted,
+                100.0 * (double)s->n_accepted / (double)s->n_drafted);
     if (rc) return rc;
     int bad = conv_add(c, "assistant", answer, strlen(answer));
     free(answer);
@@ -354,6 +359,8 @@ int cmd_chat(int argc, char **argv) {
     const char **seed_texts = calloc((size_t)argc, sizeof *seed_texts);
     size_t n_seed = 0;
     cli_grammar gopt = {0};
+    cli_spec spec;
+    cli_spec_init(&spec);
     if (!seed_roles || !seed_texts) {
         rc = CLI_ERR;
         goto out;
@@ -362,6 +369,7 @@ int cmd_chat(int argc, char **argv) {
         const char *a = argv[i];
         int r = cli_opts_parse(CMD, &o, argc, argv, &i);
         if (!r) r = cli_grammar_parse(CMD, &gopt, argc, argv, &i);
+        if (!r) r = cli_spec_parse(CMD, &spec, argc, argv, &i);
         if (r < 0) {
             rc = CLI_USAGE;
             goto out;
@@ -443,7 +451,8 @@ int cmd_chat(int argc, char **argv) {
     if ((rc = cli_session_open(&s, CMD, &o))) goto out;
     if (tmpl == L3C_CHAT_AUTO) tmpl = l3c_chat_template_detect(s.model);
     if (o.verbose) fprintf(stderr, "llama3c %s: template %s\n", CMD, l3c_chat_template_name(tmpl));
-    if ((rc = cli_grammar_load(CMD, &gopt, s.tok, &g_grammar))) {
+    if ((rc = cli_session_spec(&s, &o, &spec)) ||
+        (rc = cli_grammar_load(CMD, &gopt, s.tok, &g_grammar))) {
         cli_session_close(&s);
         goto out;
     }

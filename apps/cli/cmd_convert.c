@@ -14,13 +14,14 @@
 static void usage(FILE *f) {
     fprintf(
         f,
-        "usage: llama3c convert IN -o OUT.gguf [--type F16|BF16|F32|Q8_0|Q4_K_M] [--quiet]\n"
+        "usage: llama3c convert IN -o OUT.gguf [--type F16|BF16|F32|Q8_0|Q4_K_M|Q4_0] [--quiet]\n"
         "  IN          a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json)\n"
         "              or a GGUF file\n"
         "  -o FILE     the GGUF to write (appears only when complete; never IN itself)\n"
         "  --type T    F16 (default), BF16, F32, Q8_0 (as convert_hf_to_gguf.py --outtype), or\n"
         "              Q4_K_M (llama-quantize's mix: Q4_K, Q6_K for output / some attn_v, "
-        "ffn_down)\n"
+        "ffn_down), or\n"
+        "              Q4_0 (every matrix; e.g. a draft model for run --draft)\n"
         "  --quiet     no progress bar\n");
 }
 

@@ -75,6 +75,9 @@ static void usage(FILE *f) {
         "of\n"
         "                          the embeddings only; bm25: SQLite FTS5 only\n"
         "  --alpha A               hybrid: weight of BM25 in [0, 1] (default %.1f)\n"
+        "  --min-score S           ask: below this retrieval confidence (the best BM25 score of\n"
+        "                          the chunks) answer \"I don't know\" without the model\n"
+        "                          (default 3.0 in hybrid / bm25 mode; 0: always ask the model)\n"
         "  --follow-symlinks       index: follow symbolic links below the folders (default: skip\n"
         "                          them; a folder is walked once however it is reached)\n"
         "  --max-file-bytes N      index: skip files (and PDF text) larger than N bytes; suffixes\n"
@@ -96,6 +99,8 @@ typedef struct rag_args {
     float extract_timeout;
     rag_mode mode;
     float alpha;
+    float min_score; /* ask: abstain below this retrieval confidence (rag_confidence) */
+    int min_score_set;
     char **pos; /* positional arguments */
     int n_pos;
 } rag_args;
@@ -154,6 +159,11 @@ static int parse(rag_args *a, int argc, char **argv, int default_k) {
                 a->overlap = (int)l, a->chunk_set = 1;
             else
                 a->k = (int)l;
+        } else if (!strcmp(s, "--min-score")) {
+            if (!(v = cli_value(CMD, argc, argv, &i)) ||
+                cli_parse_float(CMD, s, v, 0.0, 1e6, &a->min_score))
+                return CLI_USAGE;
+            a->min_score_set = 1;
         } else if (!strcmp(s, "--alpha")) {
             if (!(v = cli_value(CMD, argc, argv, &i)) ||
                 cli_parse_float(CMD, s, v, 0.0, 1.0, &a->alpha))
@@ -174,6 +184,11 @@ static int parse(rag_args *a, int argc, char **argv, int default_k) {
             "--chunk %d --overlap %d: need a chunk of at least 8 tokens and an overlap "
             "below half of it",
             a->chunk, a->overlap);
+    if (!a->min_score_set) /* vector mode has no BM25 score to judge by: no abstention */
+        a->min_score = a->mode == RAG_VECTOR ? 0.0f : (float)RAG_MIN_SCORE;
+    else if (a->mode == RAG_VECTOR && a->min_score > 0)
+        return cli_usage_error(CMD, "--min-score is a BM25 score: it needs --mode hybrid or bm25 "
+                                    "(or --min-score 0)");
     if (cli_opts_finish(CMD, &a->o)) return CLI_USAGE;
     return 0;
 }
@@ -819,8 +834,9 @@ static int cmd_query(rag_args *a) {
                                "byte_end", (json_int_t)h[i].byte_end, "score", h[i].score, "bm25",
                                h[i].bm25, "cosine", h[i].cosine, "rank_bm25", h[i].rank_bm25,
                                "rank_vector", h[i].rank_vec, "text", h[i].text));
-        json_t *root = json_pack("{s:s, s:s, s:i, s:o}", "query", question, "mode",
-                                 rag_mode_name(a->mode), "k", a->k, "results", res);
+        json_t *root = json_pack("{s:s, s:s, s:i, s:f, s:o}", "query", question, "mode",
+                                 rag_mode_name(a->mode), "k", a->k, "confidence",
+                                 rag_confidence(h, n), "results", res);
         char *s = root ? json_dumps(root, JSON_INDENT(1) | JSON_ENSURE_ASCII) : NULL;
         json_decref(root);
         if (!s) {
@@ -867,6 +883,15 @@ static int cmd_ask(rag_args *a) {
     int32_t *ids = NULL;
     int64_t n_ids = 0;
     if ((rc = retrieve(&e, a, question, &h, &n))) goto done;
+    double conf = rag_confidence(h, n);
+    if (conf < a->min_score) { /* abstain: a fixed answer, not the model's guess */
+        printf("%s (retrieval confidence %.2f < --min-score %.2f)\n\nNearest sources:\n",
+               RAG_DONT_KNOW, conf, a->min_score);
+        for (int i = 0; i < n; i++)
+            printf("[%d] %s:%d-%d\n", i + 1, h[i].path, h[i].line_start, h[i].line_end);
+        fflush(stdout);
+        goto done;
+    }
     if (!(user = rag_sources_text(h, n, question))) {
         rc = rag_error("out of memory");
         goto done;

@@ -30,15 +30,9 @@ static void help(FILE *f) {
                "  --echo                  print the prompt text before the continuation\n"
                "  --print-ids             print the generated token ids (space-separated) instead "
                "of text\n"
-               "  --print-special         print the text of special tokens that are generated\n"
-               "  --lookup N              speculative decoding by prompt lookup: decode up to N "
-               "(1..%d) tokens\n"
-               "                          that followed the last 3 or 2 tokens' latest earlier "
-               "occurrence with each\n"
-               "                          token, keep those the sampler then produces; output "
-               "unchanged\n",
-               CLI_LOOKUP_MAX);
+               "  --print-special         print the text of special tokens that are generated\n");
     cli_opts_help(f, &d);
+    cli_spec_help(f);
     cli_grammar_help(f);
 }
 
@@ -82,13 +76,16 @@ int cmd_run(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o, 256, 0.8f, 0.95f);
     const char *prompt = NULL, *prompt_file = NULL, *ids_text = NULL;
-    int no_bos = 0, special = 0, echo = 0, print_ids = 0, print_special = 0, escape = 0, lookup = 0;
+    int no_bos = 0, special = 0, echo = 0, print_ids = 0, print_special = 0, escape = 0;
     cli_grammar gopt = {0};
+    cli_spec spec;
+    cli_spec_init(&spec);
     l3c_grammar *grammar = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_opts_parse(CMD, &o, argc, argv, &i);
         if (!r) r = cli_grammar_parse(CMD, &gopt, argc, argv, &i);
+        if (!r) r = cli_spec_parse(CMD, &spec, argc, argv, &i);
         if (r < 0) return CLI_USAGE;
         if (r > 0) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -112,14 +109,6 @@ int cmd_run(int argc, char **argv) {
             print_ids = 1;
         } else if (!strcmp(a, "--print-special")) {
             print_special = 1;
-        } else if (!strcmp(a, "--lookup")) {
-            const char *v = cli_value(CMD, argc, argv, &i);
-            if (!v) return CLI_USAGE;
-            char *end;
-            long n = strtol(v, &end, 10);
-            if (*v == '\0' || *end || n < 1 || n > CLI_LOOKUP_MAX)
-                return cli_usage_error(CMD, "--lookup: '%s' is not a number of tokens from 1 to %d", v, CLI_LOOKUP_MAX);
-            lookup = (int)n;
         } else {
             return cli_usage_error(CMD, "unknown option '%s'", a);
         }
@@ -148,6 +137,7 @@ int cmd_run(int argc, char **argv) {
     cli_session s;
     int rc = cli_session_open(&s, CMD, &o);
     if (rc) goto done;
+    if ((rc = cli_session_spec(&s, &o, &spec))) goto close;
     if (!ids) {
         int flags =
             (no_bos ? 0 : L3C_TOKENIZE_ADD_BOS) | (special ? L3C_TOKENIZE_PARSE_SPECIAL : 0);
@@ -174,7 +164,7 @@ int cmd_run(int argc, char **argv) {
             free(t);
         }
     }
-    cli_gen_opts g = {.out = stdout, .print_ids = print_ids, .print_special = print_special, .lookup = lookup};
+    cli_gen_opts g = {.out = stdout, .print_ids = print_ids, .print_special = print_special};
     rc = cli_session_generate(&s, &o, &g);
     if (print_ids || isatty(STDOUT_FILENO)) fputc('\n', stdout);
     if (!rc && grammar && !l3c_sampler_grammar_done(s.smp))
@@ -182,9 +172,11 @@ int cmd_run(int argc, char **argv) {
                 (int)o.n_predict);
     fflush(stdout);
     if (!o.no_timings) cli_print_timings(&s);
-    if (lookup && !o.no_timings)
-        fprintf(stderr, "lookup: %lld draft tokens decoded, %lld accepted (%.0f%%)\n", (long long)s.n_drafted,
-                (long long)s.n_accepted, s.n_drafted ? 100.0 * (double)s.n_accepted / (double)s.n_drafted : 0.0);
+    if ((spec.lookup || spec.draft) && !o.no_timings)
+        fprintf(stderr, "%s: %lld draft tokens decoded, %lld accepted (%.0f%%), %lld drafts\n",
+                spec.draft ? "draft" : "lookup", (long long)s.n_drafted, (long long)s.n_accepted,
+                s.n_drafted ? 100.0 * (double)s.n_accepted / (double)s.n_drafted : 0.0,
+                (long long)s.n_rounds);
 close:
     cli_session_close(&s);
     l3c_grammar_free(grammar);

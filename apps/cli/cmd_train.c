@@ -1,27 +1,16 @@
 /*
  * cmd_train.c -- `llama3c train`: LoRA fine-tuning on a GGUF base (weights kept in their file
- * type), with data from a text / JSONL / chat file, an eval split, progress, a JSONL metrics
- * log, a loss plot, checkpoints with exact resume, and the adapter in both formats users load
- * (llama.cpp GGUF LoRA and a PEFT folder).
+ * type), full fine-tuning, or pre-training from scratch, with data from a text / JSONL / chat
+ * file, an eval split, progress, a JSONL metrics log, a loss plot, checkpoints with exact resume,
+ * and the adapter in both formats users load (llama.cpp GGUF LoRA and a PEFT folder).
  *
- * Unlike the other commands this one is built on the internal training API (src/train/,
- * docs/TRAINING.md), not only on llama3c.h: training has no public C API yet.
- *
- * The run is a pure function of (model, data, options): batches come from (seed, step)
- * (l3c_data_locate / l3c_data_order), the optimizer state is the adapter, the AdamW moments and
- * the step count, all in DIR/train_state.bin. `--resume` continues from that file and gives
- * bitwise the same adapter as a run that was never interrupted.
+ * Built on the public training API (l3c_trainer in llama3c.h, docs/TRAINING.md) only. The run is
+ * a pure function of (model, data, options); DIR/train_state.bin (l3c_trainer_save_state) holds
+ * the trained values, the AdamW moments and the step count: `--resume` continues from it and
+ * gives bitwise the same result as a run that was never interrupted.
  */
 #include "cli.h"
 #include "common.h"
-
-#include "dist/comm.h"
-#include "model/lora.h"
-#include "model/model.h"
-#include "train/data.h"
-#include "train/report.h"
-#include "train/train_io.h"
-#include "train/train_model.h"
 
 #include <errno.h>
 #include <math.h>
@@ -125,9 +114,9 @@ static int parse_targets(const char *s, unsigned *out) {
     unsigned t = 0;
     for (char *sv = NULL, *p = strtok_r(buf, ",", &sv); p; p = strtok_r(NULL, ",", &sv)) {
         int k = 0;
-        while (k < L3C_LORA_N_TARGETS && strcmp(p, l3c_lora_target_short_name((l3c_lora_target)k)))
+        while (k < L3C_TRAIN_N_TARGETS && strcmp(p, l3c_train_target_name(k)))
             k++;
-        if (k == L3C_LORA_N_TARGETS)
+        if (k == L3C_TRAIN_N_TARGETS)
             return cli_usage_error(CMD, "--targets: unknown matrix '%s' (use q,k,v,o,gate,up,down)",
                                    p);
         t |= 1u << k;
@@ -153,7 +142,7 @@ static int parse(int argc, char **argv, train_opts *o) {
                       .pack = -1,
                       .grad_accum = 1,
                       .seed = 42,
-                      .targets = (1u << L3C_LORA_N_TARGETS) - 1};
+                      .targets = L3C_TRAIN_TARGET_ALL};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long n;
@@ -265,41 +254,6 @@ static void join(char *dst, size_t n, const char *dir, const char *name) {
     snprintf(dst, n, "%s/%s", dir, name);
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-    const unsigned char *c = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ c[i]) * 1099511628211ull;
-    return h;
-}
-
-/* What a resumed run must share with the one it continues. */
-static uint64_t fingerprint(const train_opts *o, const l3c_model *m, const l3c_train_model *tm,
-                            const l3c_dataset *train, const l3c_dataset *eval, int total) {
-    char s[1024];
-    snprintf(
-        s, sizeof s,
-        "v1|%lld|%d|%d|%d|%d|%d|%u|%.9g|%d|%d|%.9g|%.9g|%.9g|%.9g|%.9g|%d|%llu|%zu|%zu|%zu|%zu",
-        (long long)m->n_params, m->cfg.n_vocab, m->cfg.n_embd, m->cfg.n_layer, o->rank,
-        o->checkpoint, o->targets, (double)o->alpha, o->batch, o->seq, (double)o->lr,
-        (double)o->min_lr_ratio, (double)o->wd, (double)o->clip, (double)o->eval_frac, o->warmup,
-        (unsigned long long)o->seed, train->n_ex, train->n_tokens, eval ? eval->n_ex : 0,
-        eval ? eval->n_tokens : 0);
-    uint64_t h = fnv(1469598103934665603ull, s, strlen(s));
-    h = fnv(h, &total, sizeof total);
-    h = fnv(h, &o->from_scratch, sizeof o->from_scratch);
-    h = fnv(h, &o->pack, sizeof o->pack); /* resolved (0 / 1) */
-    h = fnv(h, &o->grad_accum, sizeof o->grad_accum);
-    h = fnv(h, &o->full, sizeof o->full);
-    h = fnv(h, &o->rslora, sizeof o->rslora);
-    h = fnv(h, &o->lora_dropout, sizeof o->lora_dropout);
-    h = fnv(h, &tm->n_params, sizeof tm->n_params);
-    h = fnv(h, &tm->cfg, sizeof tm->cfg); /* shapes, rope, eps (from_scratch: the --config) */
-    h = fnv(h, train->tokens, train->n_tokens * sizeof(int32_t));
-    return fnv(h, train->mask, train->n_tokens);
-}
-
-#define STATE_MAGIC "L3CTRN01"
-
 /* SIGINT / SIGTERM: the step under way finishes, state and adapters are saved, exit 128 + signal.
  * A second signal ends the process at once (removing any file half-written). */
 static volatile sig_atomic_t g_stop;
@@ -307,90 +261,6 @@ static volatile sig_atomic_t g_stop;
 static void on_stop(int sig) {
     g_stop = sig;
     cli_remove_partial_outputs_on_signal();
-}
-
-/* train_state.bin: magic, fingerprint, next step, AdamW t, n, then params, m, v [n] floats. */
-static int save_state(const char *dir, const l3c_train_model *tm, uint64_t fp, int64_t next_step) {
-    char path[4096];
-    join(path, sizeof path, dir, "train_state.bin");
-    l3c_output *out;
-    FILE *f;
-    if (l3c_output_open(path, NULL, 0, &out, &f) != L3C_OK)
-        return cli_runtime_error(CMD, "saving the state");
-    const uint64_t n = tm->n_params;
-    const int64_t t = tm->adam_t;
-    int ok = fwrite(STATE_MAGIC, 8, 1, f) == 1 && fwrite(&fp, 8, 1, f) == 1 &&
-             fwrite(&next_step, 8, 1, f) == 1 && fwrite(&t, 8, 1, f) == 1 &&
-             fwrite(&n, 8, 1, f) == 1 && fwrite(tm->params, sizeof(float), n, f) == n &&
-             fwrite(tm->adam_m, sizeof(float), n, f) == n &&
-             fwrite(tm->adam_v, sizeof(float), n, f) == n;
-    if (!ok) {
-        fprintf(stderr, "llama3c train: cannot write %s: %s\n", path, strerror(errno));
-        l3c_output_abort(out);
-        return CLI_ERR;
-    }
-    if (l3c_output_commit(out) != L3C_OK) return cli_runtime_error(CMD, "saving the state");
-    return 0;
-}
-
-static int load_state(const char *dir, l3c_train_model *tm, uint64_t fp, int64_t *next_step) {
-    char path[4096];
-    join(path, sizeof path, dir, "train_state.bin");
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "llama3c train: --resume: cannot open %s: %s\n", path, strerror(errno));
-        return CLI_ERR;
-    }
-    char magic[8];
-    uint64_t ffp = 0, n = 0;
-    int64_t step = 0, t = 0;
-    int rc = CLI_ERR;
-    if (fread(magic, 8, 1, f) != 1 || memcmp(magic, STATE_MAGIC, 8) || fread(&ffp, 8, 1, f) != 1 ||
-        fread(&step, 8, 1, f) != 1 || fread(&t, 8, 1, f) != 1 || fread(&n, 8, 1, f) != 1) {
-        fprintf(stderr, "llama3c train: %s: not a llama3c training state (bad header)\n", path);
-    } else if (ffp != fp) {
-        fprintf(stderr,
-                "llama3c train: %s was written by a run with other options, model or data; "
-                "--resume needs the same ones\n",
-                path);
-    } else if (n != tm->n_params || step < 0 || t < 0 || t > step) {
-        fprintf(stderr, "llama3c train: %s: inconsistent state (%llu values, step %lld)\n", path,
-                (unsigned long long)n, (long long)step);
-    } else if (fread(tm->params, sizeof(float), n, f) != n ||
-               fread(tm->adam_m, sizeof(float), n, f) != n ||
-               fread(tm->adam_v, sizeof(float), n, f) != n || fgetc(f) != EOF) {
-        fprintf(stderr, "llama3c train: %s: truncated or too long\n", path);
-    } else {
-        tm->adam_t = (int)t;
-        *next_step = step;
-        rc = 0;
-    }
-    fclose(f);
-    return rc;
-}
-
-/* Keeps the metrics log's lines of the next_step steps done (a resumed run rewrites the rest). */
-static int trim_metrics(const char *path, int64_t next_step) {
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    l3c_output *out;
-    FILE *o;
-    if (l3c_output_open(path, NULL, 0, &out, &o) != L3C_OK) {
-        fclose(f);
-        return cli_runtime_error(CMD, "rewriting the metrics log");
-    }
-    char line[4096];
-    while (fgets(line, sizeof line, f)) {
-        long long s;
-        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s <= next_step) fputs(line, o);
-    }
-    fclose(f);
-    if (ferror(o)) {
-        l3c_output_abort(out);
-        return CLI_ERR;
-    }
-    return l3c_output_commit(out) != L3C_OK ? cli_runtime_error(CMD, "rewriting the metrics log")
-                                            : 0;
 }
 
 /* The files written into -o must not be an input (-m, --data, --eval-data, --config): checked
@@ -419,123 +289,24 @@ static int refuse_inputs_as_outputs(const train_opts *o) {
     return 0;
 }
 
-/* general.name of a saved whole model: --from-scratch's, or --full's (the base's name + "-ft") */
-static const char *g_model_name = "llama3c-pretrained";
-
-static int save_adapters(const char *dir, const l3c_model *model, const l3c_train_model *tm) {
-    char path[4096];
-    if (!tm->lora) { /* --from-scratch / --full: the whole model, with -m's tokenizer */
-        join(path, sizeof path, dir, "model.gguf");
-        if (l3c_train_model_save_gguf(tm, model, 0, path, g_model_name))
-            return cli_runtime_error(CMD, "saving the model");
-        return 0;
-    }
-    join(path, sizeof path, dir, "adapter.gguf");
-    if (l3c_lora_save_gguf(tm->lora, &model->cfg, path))
-        return cli_runtime_error(CMD, "saving the adapter");
-    join(path, sizeof path, dir, "adapter");
-    if (l3c_lora_save_peft(tm->lora, &model->cfg, path, model->name))
-        return cli_runtime_error(CMD, "saving the PEFT adapter");
-    return 0;
-}
-
-/* Replaces *ds by its packed form (l3c_data_pack) and says how many rows it saved. */
-static int pack_data(l3c_dataset **ds, int T, int quiet) {
-    l3c_dataset *p;
-    if (l3c_data_pack(*ds, T, &p)) return cli_runtime_error(CMD, "packing the data");
-    if (!quiet)
-        fprintf(stderr, "data: packed %zu examples into %zu rows of <= %d tokens\n", (*ds)->n_ex,
-                p->n_ex, T);
-    l3c_data_free(*ds);
-    *ds = p;
-    return 0;
-}
-
-/* --full trains an fp32 copy of every weight: only bases stored in F32 / F16 / BF16 (a quantized
- * base would be trained and saved at another precision than it was made for). */
-static int full_base_check(const l3c_model *m, const char *path) {
-    for (int l = 0; l < m->cfg.n_layer; l++) {
-        const l3c_layer *L = &m->w.layers[l];
-        const l3c_weight *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof w / sizeof *w; i++) {
-            const int t = w[i]->type;
-            if (t != L3C_TYPE_F32 && t != L3C_TYPE_F16 && t != L3C_TYPE_BF16) {
-                fprintf(stderr,
-                        "llama3c train: --full needs an F32, F16 or BF16 base; %s has %s weights "
-                        "(layer %d): fine-tune it with LoRA (the default, QLoRA-style), or --full "
-                        "an unquantized copy\n",
-                        path, l3c_type_name(t), l);
-                return CLI_ERR;
-            }
-        }
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------------ evaluation */
-
-/* Mean loss over every trained target of ds (batches of B, in order). */
-static int evaluate(l3c_train_model *tm, const l3c_dataset *ds, int B, int T, int32_t *ids,
-                    int32_t *tgt, int32_t *pos, double *mean) {
-    double sum = 0.0;
-    int64_t n = 0;
-    const size_t steps = l3c_data_steps_per_epoch(ds, B);
-    tm->dropout_on = 0; /* LoRA dropout is for training only */
-    for (size_t k = 0; k < steps; k++) {
-        l3c_data_batch_pos(ds, NULL, k * (size_t)B, B, T, ids, tgt, pos);
-        float loss;
-        if (l3c_train_forward_pos(tm, ids, tgt, pos, B, T, &loss))
-            return cli_runtime_error(CMD, "evaluation");
-        sum += (double)loss * (double)tm->n_valid;
-        n += tm->n_valid;
-    }
-    tm->n_valid = -1;
-    *mean = n ? sum / (double)n : NAN;
-    return 0;
-}
-
 static long long peak_rss_mib(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return (long long)ru.ru_maxrss / 1024;
 }
 
-/* ------------------------------------------------------------------ data parallel (mpirun)
- * Under mpirun every rank holds the whole model and trains on its share of every batch: rows
- * [b0, b1) of each of the step's micro-batches of B sequences. Its gradients and loss are sums over
- * its own targets divided by the whole step's target count (every rank loads the whole batch and
- * counts them), so summed over the ranks (MPI all-reduce) they are the step's means: N ranks x B/N
- * sequences step like one process with B (up to the order of float sums). Rank 0's summed gradients are then broadcast, so every rank takes the same AdamW step and
- * the parameters stay bitwise equal (checked at every save: dp_check_same). Rank 0 writes every
- * file; the others read only (--resume: the same output folder on every node). */
-
-static void dp_share(int B, int *b0, int *b1) {
-    const int N = l3c_comm_size(), r = l3c_comm_rank(), base = B / N, extra = B % N;
-    *b0 = r * base + (r < extra ? r : extra);
-    *b1 = *b0 + base + (r < extra);
+/* l3c_trainer's failures carry what was being done and the file / field: printed as they are. */
+static int train_error(void) {
+    fprintf(stderr, "llama3c train: %s\n", l3c_last_error());
+    return CLI_ERR;
 }
 
-static void dp_reduce(l3c_train_model *tm, double *loss_sum) {
-    /* each rank's gradients are its rows' share of the step's gradient (normalized by the
-     * targets of the whole step), so the step's gradient is their sum; rank 0's sum is then sent
-     * to all, so every rank applies the same bits */
-    if (l3c_comm_size() == 1) return;
-    float w = (float)*loss_sum;
-    l3c_comm_allreduce_sum_f32(&w, 1);
-    l3c_comm_allreduce_sum_f32(tm->grads, (int64_t)tm->n_params);
-    l3c_comm_bcast(tm->grads, tm->n_params * sizeof(float), 0); /* one result, bit for bit */
-    *loss_sum = (double)w;
-}
-
-/* every rank's parameters equal rank 0's, bit for bit (else the job stops) */
-static void dp_check_same(const l3c_train_model *tm, int64_t step) {
-    if (l3c_comm_size() == 1) return;
-    uint64_t h = 0xcbf29ce484222325ull, h0;
-    const unsigned char *b = (const unsigned char *)tm->params;
-    for (size_t i = 0; i < tm->n_params * sizeof(float); i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    h0 = h;
-    l3c_comm_bcast(&h0, sizeof h0, 0);
-    if (h != h0) l3c_comm_abort("train: after step %lld the parameters differ from rank 0's", (long long)step);
+/* state and outputs after a step: the state file, then the adapters / model */
+static int save_all(l3c_trainer *tr, const char *dir) {
+    char path[4096];
+    join(path, sizeof path, dir, "train_state.bin");
+    if (l3c_trainer_save_state(tr, path) || l3c_trainer_save(tr, dir)) return train_error();
+    return 0;
 }
 
 /* ------------------------------------------------------------------ the command */
@@ -545,18 +316,16 @@ int cmd_train(int argc, char **argv) {
     int rc = parse(argc, argv, &o);
     if (rc) return rc;
     l3c_model *model = NULL;
-    l3c_dataset *all = NULL, *train = NULL, *eval = NULL;
-    l3c_train_model *tm = NULL;
-    l3c_metrics_log *ml = NULL;
-    int32_t *ids = NULL, *tgt = NULL, *pos = NULL, *order = NULL;
+    l3c_trainer *tr = NULL;
     char path[4096];
 
-    const int writer = l3c_comm_rank() == 0; /* data parallel: rank 0 writes the files */
-    if (o.batch < l3c_comm_size()) {
+    /* data parallel (mpirun): every rank takes a share of every batch; rank 0 writes the files */
+    const int writer = l3c_dist_rank() == 0;
+    if (o.batch < l3c_dist_size()) {
         fprintf(stderr,
                 "llama3c train: --batch %d is smaller than the %d ranks (each takes a share of "
                 "every batch)\n",
-                o.batch, l3c_comm_size());
+                o.batch, l3c_dist_size());
         return CLI_USAGE;
     }
     if (mkdir(o.out, 0777) != 0 &&
@@ -567,131 +336,78 @@ int cmd_train(int argc, char **argv) {
     if ((rc = refuse_inputs_as_outputs(&o))) return rc;
     if ((rc = cli_load_model(CMD, o.model, o.n_threads, 0, 0, &model))) return rc;
     rc = CLI_ERR;
-    l3c_data_params dp = l3c_data_default_params();
-    dp.seq_len = o.seq;
-    if (l3c_data_load(model, o.data, &dp, &all)) {
-        cli_runtime_error(CMD, "reading the data");
-        goto done;
-    }
-    if (o.eval_data) {
-        if (l3c_data_split(all, 0.0, o.seed, &train, &eval) ||
-            l3c_data_load(model, o.eval_data, &dp, &eval)) {
-            cli_runtime_error(CMD, "reading the evaluation data");
-            goto done;
-        }
-    } else if (o.eval_frac > 0.0f && all->n_ex < 2) {
-        fprintf(stderr,
-                "llama3c train: %s has %zu example(s): too few to hold out an evaluation share "
-                "(use --eval-frac 0 or --eval-data)\n",
-                o.data, all->n_ex);
-        goto done;
-    } else if (l3c_data_split(all, o.eval_frac, o.seed, &train, &eval)) {
-        cli_runtime_error(CMD, "splitting the data");
-        goto done;
-    }
-    if (!o.quiet) {
-        l3c_data_describe(train, "train", stderr);
-        if (eval) l3c_data_describe(eval, "eval", stderr);
-    }
-    if (train->n_ex == 0 || train->n_trained == 0) {
-        fprintf(stderr, "llama3c train: %s: no training examples with a trained target\n", o.data);
-        goto done;
-    }
-    if (o.pack < 0) o.pack = train->format != L3C_DATA_TEXT;
-    if (o.pack && (pack_data(&train, o.seq, o.quiet) || (eval && pack_data(&eval, o.seq, 1))))
-        goto done;
+    l3c_model_info mi;
+    l3c_model_get_info(model, &mi);
 
+    char metrics[4096];
+    join(metrics, sizeof metrics, o.out, "metrics.jsonl");
+    l3c_trainer_params tp = l3c_trainer_default_params();
+    tp.mode = o.from_scratch ? L3C_TRAIN_SCRATCH : o.full ? L3C_TRAIN_FULL : L3C_TRAIN_LORA;
+    tp.config_path = o.config;
+    tp.lora_targets = o.targets;
+    tp.lora_rank = o.rank;
+    tp.lora_alpha = o.alpha;
+    tp.rslora = o.rslora;
+    tp.lora_dropout = o.lora_dropout;
+    tp.data_path = o.data;
+    tp.eval_data_path = o.eval_data;
+    tp.eval_frac = o.eval_frac;
+    tp.seq_len = o.seq;
+    tp.batch = o.batch;
+    tp.grad_accum = o.grad_accum;
+    tp.pack = o.pack;
+    tp.steps = o.steps;
+    tp.epochs = o.epochs;
+    tp.lr = o.lr;
+    tp.warmup = o.warmup;
+    tp.min_lr_ratio = o.min_lr_ratio;
+    tp.weight_decay = o.wd;
+    tp.grad_clip = o.clip;
+    tp.seed = o.seed;
+    tp.eval_every = o.eval_every;
+    tp.n_threads = o.n_threads;
+    tp.checkpoint = o.checkpoint;
+    tp.log = o.quiet ? NULL : stderr;
+    tp.progress = o.quiet ? NULL : stderr;
+    tp.log_every = o.log_every;
+    tp.metrics_path = metrics;
+    if (l3c_trainer_create(model, &tp, &tr)) {
+        train_error();
+        goto done;
+    }
+    l3c_trainer_info ti;
+    l3c_trainer_get_info(tr, &ti);
+    const int total = (int)ti.total_steps, nt = ti.n_threads;
     const int B = o.batch, T = o.seq, G = o.grad_accum;
-    const size_t spe = l3c_data_steps_per_epoch(train, B * G);
-    const int64_t total64 = o.steps ? o.steps : (int64_t)spe * o.epochs;
-    if (total64 > 100000000) {
-        fprintf(stderr, "llama3c train: %lld steps is too many\n", (long long)total64);
-        goto done;
-    }
-    const int total = (int)total64;
-    if (o.eval_every < 0) o.eval_every = total >= 10 ? total / 10 : 1;
-
-    if (o.from_scratch) {
-        l3c_train_config tc;
-        if (l3c_train_config_from_json(o.config, model->cfg.n_vocab, &tc) ||
-            l3c_train_model_create(&tc, o.seed, &tm)) {
-            cli_runtime_error(CMD, "creating the model");
-            goto done;
-        }
-    } else if (o.full) {
-        static char name[300];
-        if (full_base_check(model, o.model)) goto done;
-        if (l3c_train_model_from_gguf(o.model, &tm)) {
-            cli_runtime_error(CMD, "loading the model for full fine-tuning");
-            goto done;
-        }
-        snprintf(name, sizeof name, "%s-ft", model->name);
-        g_model_name = name;
-    } else {
-        /* rsLoRA scales by alpha / sqrt(r) == (alpha sqrt(r)) / r: the adapter keeps that alpha
-         * (GGUF: llama.cpp's alpha / r gives the same scale) and remembers the user's for PEFT */
-        const float a = o.rslora ? (float)(o.alpha * sqrt((double)o.rank)) : o.alpha;
-        if (l3c_train_model_lora(model, o.targets, o.rank, a, o.seed, NULL, &tm)) {
-            cli_runtime_error(CMD, "setting up LoRA");
-            goto done;
-        }
-        if (o.rslora) tm->lora->rs_alpha = o.alpha;
-        tm->lora_dropout = tm->lora->dropout = o.lora_dropout;
-    }
-    tm->checkpoint = o.checkpoint;
-    const int nt = o.n_threads > 0 ? o.n_threads : model->n_threads;
-    if (l3c_train_model_set_threads(tm, nt)) {
-        cli_runtime_error(CMD, "starting threads");
-        goto done;
-    }
-    tm->adam_m = calloc(tm->n_params, sizeof(float));
-    tm->adam_v = calloc(tm->n_params, sizeof(float));
-    ids = malloc((size_t)B * T * sizeof *ids);
-    tgt = malloc((size_t)B * T * sizeof *tgt);
-    pos = malloc((size_t)B * T * sizeof *pos);
-    order = malloc((train->n_ex ? train->n_ex : 1) * sizeof *order);
-    if (!tm->adam_m || !tm->adam_v || !ids || !tgt || !pos || !order) {
-        fprintf(stderr, "llama3c train: out of memory\n");
-        goto done;
-    }
-    const uint64_t fp = fingerprint(&o, model, tm, train, eval, total);
     int64_t first = 0;
-    join(path, sizeof path, o.out, "metrics.jsonl");
     if (o.resume) {
-        if (load_state(o.out, tm, fp, &first) || (writer && trim_metrics(path, first))) goto done;
+        join(path, sizeof path, o.out, "train_state.bin");
+        if (l3c_trainer_load_state(tr, path)) {
+            fprintf(stderr, "llama3c train: --resume: %s\n", l3c_last_error());
+            goto done;
+        }
+        l3c_trainer_get_info(tr, &ti);
+        first = ti.next_step;
         fprintf(stderr, "llama3c train: resuming at step %lld of %d\n", (long long)first, total);
-    }
-    if (l3c_metrics_open(writer ? path : "/dev/null", o.resume, &ml)) {
-        cli_runtime_error(CMD, "opening the metrics log");
-        goto done;
     }
     if (o.from_scratch)
         fprintf(
             stderr,
             "llama3c train: from scratch, %d layers x %d wide, %zu parameters, vocabulary of %s\n",
-            tm->cfg.n_layer, tm->cfg.n_embd, tm->n_params, model->name);
+            ti.n_layer, ti.n_embd, ti.n_trained_values, mi.name);
     else if (o.full)
-        fprintf(stderr, "llama3c train: full fine-tuning of %s (%zu parameters, fp32)\n",
-                model->name, tm->n_params);
+        fprintf(stderr, "llama3c train: full fine-tuning of %s (%zu parameters, fp32)\n", mi.name,
+                ti.n_trained_values);
     else
         fprintf(stderr, "llama3c train: %s rank %d alpha %g on %s (%zu adapter values)\n",
-                o.rslora ? "rsLoRA" : "LoRA", o.rank, (double)o.alpha, model->name, tm->n_params);
+                o.rslora ? "rsLoRA" : "LoRA", o.rank, (double)o.alpha, mi.name,
+                ti.n_trained_values);
     fprintf(stderr, "llama3c train: %d steps of %d x %d tokens%s, %d threads%s\n", total, B * G, T,
             G > 1 ? " (micro-batches' gradients summed)" : "", nt,
             o.checkpoint ? ", recomputing activations" : "");
-    int b0, b1; /* this rank's rows of every batch */
-    dp_share(B, &b0, &b1);
-    if (l3c_comm_size() > 1)
-        fprintf(stderr, "llama3c train: rank %d of %d: sequences [%d, %d) of every batch\n", l3c_comm_rank(),
-                l3c_comm_size(), b0, b1);
-
-    l3c_adamw_params ap = l3c_adamw_default_params();
-    ap.lr = o.lr;
-    ap.weight_decay = o.wd;
-    ap.grad_clip = o.clip;
-    ap.warmup_steps = o.warmup;
-    ap.total_steps = total;
-    ap.min_lr_ratio = o.min_lr_ratio;
+    if (l3c_dist_size() > 1)
+        fprintf(stderr, "llama3c train: rank %d of %d: sequences [%d, %d) of every batch\n",
+                l3c_dist_rank(), l3c_dist_size(), ti.batch_begin, ti.batch_end);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -699,98 +415,38 @@ int cmd_train(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    l3c_progress pr;
-    l3c_progress_init(&pr, o.quiet ? NULL : stderr, first, total, o.log_every, -1);
-    const double t0 = l3c_time_s();
-    double t_train = 0.0, first_loss = NAN, last_loss = NAN, first_eval = NAN, last_eval = NAN;
-    int64_t tokens = 0, trained = 0, cur_epoch = -1;
-    if (eval && first == 0) { /* the base model's eval loss, the baseline the adapter improves on */
-        if (evaluate(tm, eval, B, T, ids, tgt, pos, &first_eval)) goto done;
-        l3c_metrics_row r = l3c_metrics_row_empty(0);
-        r.eval_loss = first_eval;
-        r.eval_ppl = exp(first_eval);
-        l3c_metrics_write(ml, &r);
+    double first_loss = NAN, last_loss = NAN, first_eval = NAN, last_eval = NAN;
+    l3c_train_step_info si = {.train_seconds = 0.0};
+    if (ti.n_eval_examples && first == 0) { /* the base's eval loss, the baseline to improve on */
+        if (l3c_trainer_eval(tr, &first_eval)) {
+            train_error();
+            goto done;
+        }
         last_eval = first_eval;
         fprintf(stderr, "llama3c train: eval loss before training %.4f (ppl %.2f)\n", first_eval,
                 exp(first_eval));
     }
     for (int64_t step = first; step < total; step++) {
-        int64_t epoch;
-        size_t start;
-        l3c_data_locate(train, B * G, step, &epoch, &start);
-        if (epoch != cur_epoch) {
-            l3c_data_order(train->n_ex, o.seed, epoch, order);
-            cur_epoch = epoch;
-        }
-        /* G micro-batches of B rows, the loss normalized by the trained targets of all of them */
-        int64_t n_tgt = 0;
-        for (int g = 0; g < G; g++)
-            n_tgt += l3c_data_batch(train, order, start + (size_t)g * B, B, T, ids, tgt);
-        const double ts = l3c_time_s();
-        float loss = 0.0f, norm = 0.0f, lr = 0.0f;
-        double loss_sum = 0.0;
-        l3c_train_zero_grad(tm);
-        /* data parallel: this rank runs rows [b0, b1) of every micro-batch; n_tgt counts the
-         * whole step's targets on every rank, so the ranks' gradients add up to the step's */
-        for (int g = 0; g < G && start + (size_t)g * B < train->n_ex; g++) {
-            float mloss;
-            l3c_data_batch_pos(train, order, start + (size_t)g * B, B, T, ids, tgt, pos);
-            tm->dropout_on =
-                1; /* a mask per (seed, step, micro-batch): resumed runs see the same */
-            tm->dropout_seed = o.seed * 0x9e3779b97f4a7c15ull + (uint64_t)(step * G + g);
-            const size_t r0 = (size_t)b0 * (size_t)T;
-            if (l3c_train_forward_pos(tm, ids + r0, tgt + r0, pos + r0, b1 - b0, T, &mloss)) {
-                cli_runtime_error(CMD, "forward");
-                goto done;
-            }
-            loss_sum += (double)mloss * (double)tm->n_valid;
-            if (l3c_train_backward_n(tm, n_tgt)) {
-                cli_runtime_error(CMD, "backward");
-                goto done;
-            }
-        }
-        dp_reduce(tm, &loss_sum);
-        loss = n_tgt ? (float)(loss_sum / (double)n_tgt) : 0.0f;
-        if (l3c_train_step(tm, &ap, (int)step, &norm, &lr)) {
-            cli_runtime_error(CMD, "optimizer step");
+        if (l3c_trainer_step(tr, &si)) {
+            train_error();
             goto done;
         }
-        t_train += l3c_time_s() - ts;
-        tokens += (int64_t)B * T * G;
-        trained += n_tgt;
-        if (isnan(first_loss)) first_loss = loss;
-        last_loss = loss;
-        if (!isfinite(loss)) {
+        if (isnan(first_loss)) first_loss = si.loss;
+        last_loss = si.loss;
+        if (!isfinite(si.loss)) {
             fprintf(stderr, "\nllama3c train: the loss is %g at step %lld: lower --lr?\n",
-                    (double)loss, (long long)step);
+                    (double)si.loss, (long long)step);
             goto done;
         }
-        l3c_metrics_row r = l3c_metrics_row_empty(step + 1);
-        r.epoch = epoch;
-        r.loss = loss;
-        r.lr = lr;
-        r.grad_norm = norm;
-        r.tokens = tokens;
-        r.tok_per_s = t_train > 0 ? (double)tokens / t_train : NAN;
-        r.trained_tokens = trained;
-        r.trained_tok_per_s = t_train > 0 ? (double)trained / t_train : NAN;
-        r.elapsed_s = l3c_time_s() - t0;
+        if (!isnan(si.eval_loss)) last_eval = si.eval_loss;
         const int last = step + 1 == total;
-        if (eval && ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || last)) {
-            if (evaluate(tm, eval, B, T, ids, tgt, pos, &last_eval)) goto done;
-            r.eval_loss = last_eval;
-            r.eval_ppl = exp(last_eval);
-        }
-        l3c_metrics_write(ml, &r);
-        l3c_progress_update(&pr, step + 1, loss, lr, r.tok_per_s, r.trained_tok_per_s);
         const int stop =
             (o.stop_after > 0 && step + 1 == o.stop_after && !last) || (g_stop && !last);
-        if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last || stop) {
-            dp_check_same(tm, step + 1);
-            if (writer && (save_state(o.out, tm, fp, step + 1) || save_adapters(o.out, model, tm))) goto done;
-        }
+        if (((o.save_every > 0 && (step + 1) % o.save_every == 0) || last || stop) &&
+            save_all(tr, o.out))
+            goto done;
         if (stop) {
-            l3c_progress_finish(&pr);
+            l3c_trainer_progress_end(tr);
             if (g_stop)
                 fprintf(
                     stderr,
@@ -805,17 +461,21 @@ int cmd_train(int argc, char **argv) {
             goto done;
         }
     }
-    l3c_progress_finish(&pr);
-    if (writer && first == total && save_adapters(o.out, model, tm)) goto done; /* resumed a finished run */
-    l3c_metrics_close(ml);
-    ml = NULL;
+    l3c_trainer_progress_end(tr);
+    if (first == total && l3c_trainer_save(tr, o.out)) { /* resumed a finished run */
+        train_error();
+        goto done;
+    }
+    const size_t n_values = ti.n_trained_values;
+    l3c_trainer_free(tr); /* closes the metrics log */
+    tr = NULL;
     if (!writer) {
         rc = 0;
         goto done;
     }
     char svg[4096];
     join(svg, sizeof svg, o.out, "loss.svg");
-    if (l3c_plot_svg_from_jsonl(path, svg, "llama3c train: loss")) {
+    if (l3c_train_plot_svg(metrics, svg, "llama3c train: loss")) {
         cli_runtime_error(CMD, "plotting the loss");
         goto done;
     }
@@ -826,6 +486,7 @@ int cmd_train(int argc, char **argv) {
             stderr,
             "llama3c train: wrote %s/adapter.gguf, %s/adapter/ (PEFT), metrics.jsonl, loss.svg\n",
             o.out, o.out);
+    const double ts = si.train_seconds;
     printf(
         "{\"steps\": %d, \"first_step\": %lld, \"tokens\": %lld, \"trained_tokens\": %lld, "
         "\"seconds\": %.3f, "
@@ -833,22 +494,14 @@ int cmd_train(int argc, char **argv) {
         "\"train_loss\": %.6g, \"eval_loss_before\": "
         "%.6g, "
         "\"eval_loss\": %.6g, \"peak_rss_mib\": %lld, \"threads\": %d, \"trained_values\": %zu}\n",
-        total, (long long)first, (long long)tokens, (long long)trained, t_train,
-        t_train > 0 ? (double)tokens / t_train : 0.0, t_train > 0 ? (double)trained / t_train : 0.0,
-        o.pack, isnan(first_loss) ? -1.0 : first_loss, isnan(last_loss) ? -1.0 : last_loss,
+        total, (long long)first, (long long)si.tokens, (long long)si.trained_tokens, ts,
+        ts > 0 ? (double)si.tokens / ts : 0.0, ts > 0 ? (double)si.trained_tokens / ts : 0.0,
+        ti.packed, isnan(first_loss) ? -1.0 : first_loss, isnan(last_loss) ? -1.0 : last_loss,
         isnan(first_eval) ? -1.0 : first_eval, isnan(last_eval) ? -1.0 : last_eval, peak_rss_mib(),
-        nt, tm->n_params);
+        nt, n_values);
     rc = 0;
 done:
-    if (ml) l3c_metrics_close(ml);
-    free(ids);
-    free(tgt);
-    free(pos);
-    free(order);
-    l3c_train_model_free(tm);
-    l3c_data_free(all);
-    l3c_data_free(train);
-    l3c_data_free(eval);
+    l3c_trainer_free(tr);
     l3c_model_free(model);
     return rc;
 }

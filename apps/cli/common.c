@@ -619,7 +619,122 @@ fail:
     return CLI_ERR;
 }
 
+void cli_spec_init(cli_spec *sp) {
+    *sp = (cli_spec){.draft_max = 8};
+}
+
+int cli_spec_parse(const char *cmd, cli_spec *sp, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    long n;
+    const char *v;
+    if (cli_is(a, "--lookup")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_long(cmd, a, v, 1, CLI_LOOKUP_MAX, &n))
+            return -1;
+        sp->lookup = (int)n;
+    } else if (cli_is(a, "--draft|-md|--model-draft")) {
+        if (!(sp->draft = cli_value(cmd, argc, argv, i))) return -1;
+    } else if (cli_is(a, "--draft-max|--draft-n")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_long(cmd, a, v, 1, CLI_LOOKUP_MAX, &n))
+            return -1;
+        sp->draft_max = (int)n;
+    } else if (cli_is(a, "--draft-min")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_long(cmd, a, v, 0, CLI_LOOKUP_MAX, &n))
+            return -1;
+        sp->draft_min = (int)n;
+    } else if (cli_is(a, "--draft-p-min")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) ||
+            cli_parse_float(cmd, a, v, 0.0, 1.0, &sp->draft_p_min))
+            return -1;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+void cli_spec_help(FILE *f) {
+    fprintf(
+        f,
+        "speculative decoding (docs/PERFORMANCE.md):\n"
+        "  --lookup N              drafts from the sequence itself: up to N (1..%d) tokens that\n"
+        "                          followed the last 3 or 2 tokens' latest earlier occurrence\n"
+        "  --draft FILE            drafts from a smaller model with the same vocabulary\n"
+        "  --draft-max K           the most tokens one draft proposes, 1..%d (default 8)\n"
+        "  --draft-min K           verify no draft of fewer tokens (default 0)\n"
+        "  --draft-p-min P         stop a draft where the draft model's top probability < P\n"
+        "                          (default 0)\n"
+        "  the target checks a draft in one batch; greedy output is identical, sampled output\n"
+        "  has the same distribution; drafting pauses where few drafted tokens are accepted\n",
+        CLI_LOOKUP_MAX, CLI_LOOKUP_MAX);
+}
+
+int cli_session_spec(cli_session *s, const cli_opts *o, const cli_spec *sp) {
+    s->spec = *sp;
+    if (s->spec.draft_max > CLI_LOOKUP_MAX) s->spec.draft_max = CLI_LOOKUP_MAX;
+    s->k_cur = s->spec.draft_max;
+    if (!sp->draft) return 0;
+    if (sp->lookup) {
+        fprintf(stderr, "llama3c %s: --lookup and --draft exclude each other\n", s->cmd);
+        return CLI_USAGE;
+    }
+    if (l3c_dist_size() > 1) {
+        fprintf(stderr, "llama3c %s: --draft is not available in a distributed run\n", s->cmd);
+        return CLI_USAGE;
+    }
+    if (cli_load_model(s->cmd, sp->draft, o->n_threads, o->verbose, o->bf16, &s->dmodel))
+        return CLI_ERR;
+    const l3c_tokenizer *dt = l3c_model_tokenizer(s->dmodel);
+    if (l3c_vocab_size(dt) != s->n_vocab) {
+        fprintf(
+            stderr,
+            "llama3c %s: the draft model '%s' has a vocabulary of %d tokens, the model '%s' %d: "
+            "a draft needs the same vocabulary\n",
+            s->cmd, sp->draft, (int)l3c_vocab_size(dt), o->model_path, (int)s->n_vocab);
+        return CLI_ERR;
+    }
+    for (int32_t id = 0; id < s->n_vocab; id++) {
+        const char *a = l3c_token_text(s->tok, id), *b = l3c_token_text(dt, id);
+        if (strcmp(a ? a : "", b ? b : "")) {
+            fprintf(
+                stderr,
+                "llama3c %s: the draft model '%s' and the model '%s' differ at token %d ('%s' vs "
+                "'%s'): a draft needs the same vocabulary\n",
+                s->cmd, sp->draft, o->model_path, (int)id, b ? b : "", a ? a : "");
+            return CLI_ERR;
+        }
+    }
+    l3c_context_params cp = l3c_context_default_params();
+    cp.n_ctx = s->n_ctx;
+    cp.n_batch = o->n_batch;
+    cp.n_threads = o->n_threads;
+    if (l3c_context_create(s->dmodel, &cp, &s->dctx) != L3C_OK)
+        return cli_runtime_error(s->cmd, "cannot create the draft model's context");
+    if (l3c_context_n_ctx(s->dctx) < s->n_ctx) {
+        fprintf(stderr,
+                "llama3c %s: the draft model '%s' holds %d positions, fewer than the context's %d "
+                "(use -c)\n",
+                s->cmd, sp->draft, (int)l3c_context_n_ctx(s->dctx), (int)s->n_ctx);
+        return CLI_ERR;
+    }
+    size_t nq = (size_t)s->spec.draft_max * (size_t)s->n_vocab;
+    s->dcache = malloc((size_t)s->n_ctx * sizeof *s->dcache);
+    s->q_ids = malloc(nq * sizeof *s->q_ids);
+    s->q_p = malloc(nq * sizeof *s->q_p);
+    if (!s->dcache || !s->q_ids || !s->q_p) {
+        fprintf(stderr, "llama3c %s: out of memory for the draft\n", s->cmd);
+        return CLI_ERR;
+    }
+    return 0;
+}
+
 void cli_session_close(cli_session *s) {
+    free(s->dcache);
+    free(s->q_ids);
+    free(s->q_p);
+    l3c_context_free(s->dctx);
+    l3c_model_free(s->dmodel);
     free(s->cache);
     l3c_sampler_free(s->smp);
     l3c_context_free(s->ctx);
@@ -645,9 +760,7 @@ static int decode_one(cli_session *s, int32_t id) {
     return 0;
 }
 
-/* up to k tokens that followed the latest earlier occurrence of the last m (3, then 2) tokens
- * of the sequence cache[0..n) + id; returns how many were written to draft */
-static int lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft) {
+int cli_lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft) {
 #define HIST(i) ((i) < n ? cache[i] : id)
     const int64_t h = n + 1;
     for (int m = 3; m >= 2; m--) {
@@ -679,7 +792,101 @@ static int decode_draft(cli_session *s, int32_t id, const int32_t *draft, int nd
     s->cache[s->n_cache++] = id;
     s->logits = l3c_get_logits(s->ctx, 0);
     s->n_drafted += nd;
+    s->win_drafted += nd;
+    s->n_rounds++;
     return 0;
+}
+
+/* After a draft of nd tokens of which the first acc were accepted: the next draft length, and a
+ * pause when the recent acceptance is too low to pay for the drafting. */
+static void spec_adapt(cli_session *s, int nd, int acc) {
+    if (acc == nd)
+        s->k_cur = s->k_cur + 2 < s->spec.draft_max ? s->k_cur + 2 : s->spec.draft_max;
+    else
+        s->k_cur = acc + 1 < s->spec.draft_max ? acc + 1 : s->spec.draft_max;
+    /* a pause, doubling while acceptance stays low (64 .. 1024 tokens) */
+    if (++s->win_rounds >= 4 && s->win_drafted >= 16) {
+        if (s->win_accepted * 8 < s->win_drafted) {
+            s->pause_len = s->pause_len ? (s->pause_len < 1024 ? 2 * s->pause_len : 1024) : 64;
+            s->spec_pause = s->pause_len;
+        } else {
+            s->pause_len = 0;
+        }
+        s->win_rounds = 0;
+        s->win_drafted = s->win_accepted = 0;
+    }
+}
+
+/*
+ * The draft model proposes up to k tokens after cache[0..n_cache) + id: its sequence 0 is first
+ * brought to hold exactly that (keeping the common prefix with dcache, so the tokens it drafted
+ * and the target accepted are not decoded again), then each proposed token is drawn with the
+ * session's sampler from the draft's logits (its distribution kept in q_ids/q_p for
+ * l3c_sampler_verify) and accepted provisionally; the sampler is rolled back at the end.
+ * Returns the number proposed (0: none), -1 on error (printed).
+ */
+static int draft_propose(cli_session *s, int32_t id, int k, int32_t *draft) {
+    const int64_t n = s->n_cache + 1;
+#define SEQ(i) ((i) < s->n_cache ? s->cache[i] : id)
+    int64_t keep = 0;
+    while (keep < n - 1 && keep < s->n_dcache && s->dcache[keep] == SEQ(keep))
+        keep++; /* at most n - 1: the last one is decoded again for its logits */
+    if (keep < s->n_dcache && l3c_kv_seq_truncate(s->dctx, 0, (int32_t)keep) != L3C_OK)
+        return cli_runtime_error(s->cmd, "cannot truncate the draft's KV cache"), -1;
+    s->n_dcache = keep;
+    int32_t tok[64], pos[64];
+    const float *dl = NULL;
+    while (s->n_dcache < n) {
+        int m = 0;
+        for (; m < 64 && s->n_dcache + m < n; m++) {
+            tok[m] = SEQ(s->n_dcache + m);
+            pos[m] = (int32_t)(s->n_dcache + m);
+        }
+        l3c_batch b = {.n_tokens = m, .tokens = tok, .pos = pos};
+        if (l3c_decode(s->dctx, &b) != L3C_OK)
+            return cli_runtime_error(s->cmd, "draft decode failed"), -1;
+        memcpy(s->dcache + s->n_dcache, tok, (size_t)m * sizeof *tok);
+        s->n_dcache += m;
+        dl = l3c_get_logits(s->dctx, m - 1);
+    }
+#undef SEQ
+    if (l3c_sampler_mark(s->smp) != L3C_OK)
+        return cli_runtime_error(s->cmd, "sampler mark failed"), -1;
+    int c = 0;
+    for (; c < k; c++) {
+        if (s->spec.draft_p_min > 0.0f) { /* the draft's own top probability (softmax at T = 1) */
+            float mx = dl[0];
+            for (int32_t j = 1; j < s->n_vocab; j++)
+                if (dl[j] > mx) mx = dl[j];
+            double z = 0.0;
+            for (int32_t j = 0; j < s->n_vocab; j++)
+                z += exp((double)(dl[j] - mx));
+            if (1.0 / z < (double)s->spec.draft_p_min) break;
+        }
+        int32_t *qi = s->q_ids + (size_t)c * (size_t)s->n_vocab;
+        float *qp = s->q_p + (size_t)c * (size_t)s->n_vocab;
+        int32_t qn = l3c_sampler_probs(s->smp, dl, qi, qp, s->n_vocab);
+        int32_t x = qn > 0 ? l3c_sampler_sample(s->smp, dl) : -1;
+        if (x < 0) break; /* the grammar allows nothing: the target will say so */
+        s->q_n[c] = qn;
+        draft[c] = x;
+        if (l3c_token_is_eog(s->tok, x) || c + 1 == k) {
+            c++;
+            break;
+        }
+        l3c_sampler_accept(s->smp, x);
+        int32_t p = (int32_t)s->n_dcache;
+        l3c_batch b = {.n_tokens = 1, .tokens = &x, .pos = &p};
+        if (l3c_decode(s->dctx, &b) != L3C_OK) {
+            l3c_sampler_rollback(s->smp);
+            return cli_runtime_error(s->cmd, "draft decode failed"), -1;
+        }
+        s->dcache[s->n_dcache++] = x;
+        dl = l3c_get_logits(s->dctx, 0);
+    }
+    if (l3c_sampler_rollback(s->smp) != L3C_OK)
+        return cli_runtime_error(s->cmd, "sampler rollback failed"), -1;
+    return c < s->spec.draft_min ? 0 : c;
 }
 
 int cli_session_feed(cli_session *s, const int32_t *ids, int64_t n) {
@@ -774,7 +981,7 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
     int nd = 0, di = 0; /* draft tokens in the cache's rows past n_cache; the next one to match */
     s->n_gen = 0;
     s->t_gen = 0;
-    s->n_drafted = s->n_accepted = 0;
+    s->n_drafted = s->n_accepted = s->n_rounds = 0;
     if (g->text) *g->text = NULL;
     if (!s->logits) {
         fprintf(stderr, "llama3c %s: nothing to continue (no prompt evaluated)\n", s->cmd);
@@ -783,7 +990,11 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
     double t0 = cli_now_s();
     for (int64_t i = 0; o->n_predict < 0 || i < o->n_predict; i++) {
         if (g->stop && *g->stop) break;
-        int32_t id = l3c_sampler_sample(s->smp, s->logits);
+        int32_t id = di < nd && s->dmodel
+                         ? l3c_sampler_verify(s->smp, s->logits, draft[di],
+                                              s->q_ids + (size_t)di * (size_t)s->n_vocab,
+                                              s->q_p + (size_t)di * (size_t)s->n_vocab, s->q_n[di])
+                         : l3c_sampler_sample(s->smp, s->logits);
         l3c_dist_bcast(&id, sizeof id); /* a distributed run follows rank 0's choice */
         if (id < 0) {
             rc = cli_runtime_error(s->cmd, "sampling failed");
@@ -828,22 +1039,33 @@ int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *
             s->cache[s->n_cache++] = id;
             s->logits = l3c_get_logits(s->ctx, ++di);
             s->n_accepted++;
+            s->win_accepted++;
             continue;
         }
         if (di < nd && l3c_kv_seq_truncate(s->ctx, 0, (int32_t)s->n_cache) != L3C_OK) {
             rc = cli_runtime_error(s->cmd, "cannot drop the rejected draft");
             break;
         }
+        if (nd > 0) spec_adapt(s, nd, di);
         nd = di = 0;
         if (s->n_cache >= s->n_ctx) {
             fprintf(stderr, "\nllama3c %s: context full (%d positions); stopping\n", s->cmd,
                     (int)s->n_ctx);
             break;
         }
-        int k = g->lookup < CLI_LOOKUP_MAX ? g->lookup : CLI_LOOKUP_MAX;
+        int k = s->spec.lookup ? s->spec.lookup : s->dmodel ? s->k_cur : 0;
+        if (k > CLI_LOOKUP_MAX) k = CLI_LOOKUP_MAX;
         if (k > s->n_ctx - s->n_cache - 1) k = (int)(s->n_ctx - s->n_cache - 1);
         if (o->n_predict >= 0 && k > o->n_predict - i - 2) k = (int)(o->n_predict - i - 2);
-        if (k > 0) nd = lookup_draft(s->cache, s->n_cache, id, k, draft);
+        if (s->spec_pause > 0) {
+            s->spec_pause--;
+            k = 0;
+        }
+        if (k > 0 && s->spec.lookup) nd = cli_lookup_draft(s->cache, s->n_cache, id, k, draft);
+        if (k > 0 && s->dmodel && (nd = draft_propose(s, id, k, draft)) < 0) {
+            rc = CLI_ERR;
+            break;
+        }
         if ((rc = nd > 0 ? decode_draft(s, id, draft, nd) : decode_one(s, id))) break;
     }
     /* drafted rows never matched: the cache holds exactly cache[0..n_cache) again */

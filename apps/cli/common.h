@@ -148,6 +148,22 @@ l3c_status cli_model_load(const char *path, l3c_model_params *mp, l3c_model **ou
 int cli_load_model(const char *cmd, const char *path, int n_threads, int verbose, int bf16,
                    l3c_model **out);
 
+/* Speculative decoding (run, chat): --lookup N, --draft FILE, --draft-max K, --draft-min K,
+ * --draft-p-min P. */
+typedef struct cli_spec {
+    int lookup;        /* > 0: prompt-lookup drafts of up to this many tokens (CLI_LOOKUP_MAX) */
+    const char *draft; /* a draft model with the target's vocabulary; NULL: none */
+    int draft_max;     /* the most tokens one draft proposes (default 8, <= CLI_LOOKUP_MAX) */
+    int draft_min;     /* fewer proposed tokens are not verified (default 0) */
+    float draft_p_min; /* the draft stops where its top probability is below this (default 0) */
+} cli_spec;
+#define CLI_LOOKUP_MAX 16
+void cli_spec_init(cli_spec *sp);
+/* Consumes argv[*i] (and its value) if it is a speculation option: 1 consumed, 0 not one, -1
+ * usage error (printed). */
+int cli_spec_parse(const char *cmd, cli_spec *sp, int argc, char **argv, int *i);
+void cli_spec_help(FILE *f);
+
 typedef struct cli_session {
     const char *cmd;
     l3c_model *model;
@@ -164,12 +180,30 @@ typedef struct cli_session {
     double t_prompt;     /* its seconds */
     int64_t n_gen;       /* tokens produced by the last cli_session_generate */
     double t_gen;        /* its seconds (sampling + decoding) */
-    int64_t n_drafted;   /* --lookup: draft tokens decoded by the last cli_session_generate */
+    int64_t n_drafted;   /* --lookup / --draft: draft tokens decoded by the last generate */
     int64_t n_accepted;  /* of them, the ones the sampler then produced (their rows reused) */
+    int64_t n_rounds;    /* drafts verified (target batches with draft tokens) */
+    /* speculation (cli_session_spec) */
+    cli_spec spec;
+    l3c_model *dmodel; /* --draft: the draft model and its context (sequence 0) */
+    l3c_context *dctx;
+    int32_t *dcache; /* [n_ctx] ids held in the draft's sequence 0 */
+    int64_t n_dcache;
+    int32_t *q_ids; /* [draft_max][n_vocab] the draft's distributions for the drafted tokens */
+    float *q_p;
+    int32_t q_n[CLI_LOOKUP_MAX];
+    int k_cur;                         /* adaptive draft length, 1 .. draft_max */
+    int64_t win_drafted, win_accepted, win_rounds; /* the acceptance window for switching off */
+    int64_t spec_pause; /* tokens left without speculation (acceptance was too low) */
+    int64_t pause_len;  /* the last pause's length (doubles while acceptance stays low) */
 } cli_session;
 
 /* Loads the model and creates context and sampler; 0 or CLI_ERR (printed). */
 int cli_session_open(cli_session *s, const char *cmd, const cli_opts *o);
+/* Sets the session's speculation; with sp->draft loads the draft model (its vocabulary must be
+ * the target's: same size and the same token texts, else an error naming both files) and gives
+ * it a context of the session's size. 0 or CLI_ERR (printed). */
+int cli_session_spec(cli_session *s, const cli_opts *o, const cli_spec *sp);
 void cli_session_close(cli_session *s);
 
 /* Makes sequence 0 hold exactly ids[0..n): keeps the common prefix with the cache, evaluates the
@@ -183,25 +217,39 @@ typedef struct cli_gen_opts {
     char **text;       /* optional: the generated text (NUL-terminated, malloc'd; caller frees) */
     volatile sig_atomic_t *stop; /* optional: generation ends before the next token once *stop
                                     is nonzero (set by a signal handler: chat's Ctrl-C) */
-    int lookup; /* > 0: prompt-lookup drafts of up to this many tokens (CLI_LOOKUP_MAX) */
 } cli_gen_opts;
-
-#define CLI_LOOKUP_MAX 16
 
 /* Samples up to o->n_predict tokens after the fed prompt, stopping at an end-of-generation token
  * (unless ignore_eos) or a full context; each accepted token except the last is decoded into the
  * cache. 0 or CLI_ERR (printed).
  *
- * g->lookup > 0 (speculative decoding by prompt lookup, no second model): with each sampled token
- * the up to g->lookup tokens that followed the latest earlier occurrence of the last 3 (else 2)
- * tokens of the sequence (single-token matches draft too often in vain: measured 5% accepted on
- * free text, 1.2x the CPU time, against 12% and 1.0x with bigrams) are decoded in the same batch, with logits for every row. The
- * sampler still draws every token from the logits of the sequence as it is; while it produces
- * the drafted tokens their rows are kept (no decode for them), at the first difference the rest
- * is dropped from the cache. The logits of a row do not depend on the batch (the engine is batch
- * invariant), so the output, greedy or sampled with a seed, is identical to decoding without
- * drafts; only the number of decode calls changes. */
+ * s->spec.lookup > 0 (speculative decoding by prompt lookup, no second model): with each sampled
+ * token the up to s->spec.lookup tokens that followed the latest earlier occurrence of the last 3
+ * (else 2) tokens of the sequence (single-token matches draft too often in vain: measured 5%
+ * accepted on free text, 1.2x the CPU time, against 12% and 1.0x with bigrams) are decoded in the
+ * same batch, with logits for every row. The sampler still draws every token from the logits of the
+ * sequence as it is; while it produces the drafted tokens their rows are kept (no decode for them),
+ * at the first difference the rest is dropped from the cache. The logits of a row do not depend on
+ * the batch (the engine is batch invariant), so the output, greedy or sampled with a seed, is
+ * identical to decoding without drafts; only the number of decode calls changes.
+ *
+ * s->spec.draft (a draft model): after each sampled token the draft model proposes up to k tokens
+ * (sampled with the session's sampler, whose history and grammar are rolled back afterwards;
+ * stopping early where its top probability is below draft_p_min), which the target decodes in
+ * one batch with the token. Each proposed token is checked by l3c_sampler_verify against the
+ * draft's distribution q: greedy output is identical to decoding without a draft, sampled output
+ * is distributed exactly as without one (the tokens differ for a given seed). k adapts: after a
+ * rejection at draft position j it becomes j + 1, after a fully accepted draft it grows by 2 (up
+ * to draft_max).
+ *
+ * Both kinds switch themselves off when fewer than 1 in 8 of the last 16+ drafted tokens (4+
+ * drafts) were accepted (drafting then costs more than it saves): for 64 tokens, doubling up to
+ * 1024 while the acceptance stays low. */
 int cli_session_generate(cli_session *s, const cli_opts *o, const cli_gen_opts *g);
+
+/* Prompt lookup: up to k tokens that followed the latest earlier occurrence of the last m (3,
+ * then 2) tokens of the sequence cache[0..n) + id; returns how many were written to draft. */
+int cli_lookup_draft(const int32_t *cache, int64_t n, int32_t id, int k, int32_t *draft);
 
 /* "prompt: N tokens, X tok/s | generation: N tokens, Y tok/s" on stderr. */
 void cli_print_timings(const cli_session *s);

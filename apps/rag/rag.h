@@ -7,7 +7,8 @@
  *  - rag_store.c: the on-disk index, one SQLite file (WAL): meta (what the index was built with),
  *    files (path, size, mtime, sha256), chunks (byte and line ranges, text, float32 unit vector)
  *    and an FTS5 table over the chunks' text (BM25); search by BM25, by cosine (an exact scan of
- *    the stored vectors) or hybrid (reciprocal-rank fusion of the two).
+ *    the stored vectors, held as an int8 matrix shared by the index's connections) or hybrid
+ *    (relative score fusion of the two); a pool of connections for concurrent searches.
  *  - rag_embed.c: pooled, L2-normalized embeddings of texts with an l3c embeddings context, and
  *    the model fingerprint recorded in the index.
  *  - rag_sha256.c: SHA-256 (file identity for incremental re-indexing).
@@ -116,6 +117,23 @@ typedef struct rag_meta {
  * a SQLite file without this schema, is an error naming the path. */
 int rag_store_open(const char *path, int create, rag_store **out, char *err);
 void rag_store_close(rag_store *s);
+/* Another connection to the index `first` was opened on (no checks again: `first` made them),
+ * sharing its vector matrix. Connections are used by one thread at a time each; different
+ * connections search concurrently (WAL readers), each in one read transaction. */
+int rag_store_open_more(rag_store *first, rag_store **out, char *err);
+/* How many times the vector matrix of this index (shared by its connections) was loaded. */
+int64_t rag_store_matrix_loads(rag_store *s);
+
+/* A pool of up to max connections to one index for concurrent searches (the server): get one
+ * (an idle one, else a new one while fewer than max are open, else waits), search, put it back.
+ * rag_pool_new takes `first` (opened and checked); rag_pool_free closes every connection, all of
+ * which must have been put back. NULL from get: a new connection failed (err says why). */
+typedef struct rag_pool rag_pool;
+#define RAG_POOL_MAX 8 /* connections of `serve --rag-db` (more concurrent searches wait) */
+int rag_pool_new(rag_store *first, int max, rag_pool **out, char *err);
+rag_store *rag_pool_get(rag_pool *p, char *err);
+void rag_pool_put(rag_pool *p, rag_store *s);
+void rag_pool_free(rag_pool *p);
 /* Reads the meta table into *m; *found = 0 when the index is new (no meta yet). */
 int rag_store_get_meta(rag_store *s, rag_meta *m, int *found, char *err);
 /* Writes the meta of a new index. */
@@ -201,6 +219,14 @@ void rag_hits_free(rag_hit *hits, int n);
 /* The system message of an answer from sources: use only them, cite them as [n]. */
 extern const char RAG_SYSTEM_PROMPT[];
 /* "Sources:\n[1] (path:a-b)\ntext\n\n...Question: QUESTION" as the user message; malloc'd. */
+/* Abstention (docs/RAG.md "Unanswerable questions"): the retrieval confidence of an answer is the
+ * best BM25 score (higher is better) among its retrieved chunks, 0 when none matches a word of the
+ * question (vector mode computes no BM25: 0). Below RAG_MIN_SCORE (`rag ask --min-score`, the
+ * server's "min_score") the answer is RAG_DONT_KNOW, without calling the model. The default was
+ * calibrated on tests/py/rag_eval_set.py: it refused no answerable question there. */
+#define RAG_MIN_SCORE 3.0
+extern const char RAG_DONT_KNOW[];
+double rag_confidence(const rag_hit *h, int n);
 char *rag_sources_text(const rag_hit *h, int n, const char *question);
 
 /* Replaces invalid UTF-8 and NUL / control bytes other than \t \n \r with U+FFFD; malloc'd. */

@@ -15,6 +15,15 @@ const char RAG_SYSTEM_PROMPT[] = "You answer questions using only the numbered s
                                  "sources do not contain the answer, say "
                                  "that you do not know.";
 
+const char RAG_DONT_KNOW[] = "I don't know: no indexed passage answers this.";
+
+double rag_confidence(const rag_hit *h, int n) {
+    double best = 0;
+    for (int i = 0; i < n; i++)
+        best = h[i].bm25 > best ? h[i].bm25 : best;
+    return best;
+}
+
 char *rag_sources_text(const rag_hit *h, int n, const char *question) {
     size_t cap = strlen(question) + 64;
     for (int i = 0; i < n; i++)

@@ -26,6 +26,7 @@
 #include <sqlite3.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,14 +34,30 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The vectors of one index generation as an int8 matrix (rag_vec.c); refcounted: a search holds
+ * a reference while it scans, so a reload never frees a matrix in use. */
+typedef struct rag_mat {
+    rag_vecs v;
+    int64_t gen; /* meta 'generation' it was loaded at */
+    int refs;    /* under rag_share.mu */
+} rag_mat;
+
+/* What the connections of one index share (rag_store_open_more, rag_pool): the current matrix,
+ * replaced when a search sees a newer generation. */
+typedef struct rag_share {
+    pthread_mutex_t mu;      /* cur, every rag_mat.refs, refs */
+    pthread_mutex_t load_mu; /* one load at a time: concurrent searches wait for it, not redo it */
+    rag_mat *cur;            /* the cached matrix (holds one reference), NULL before the first */
+    int refs;                /* stores using this share */
+    int64_t loads;           /* matrices loaded (rag_store_matrix_loads) */
+    dev_t dev;               /* the file the first connection opened: a further connection must */
+    ino_t ino;               /* open the same one, not an index written over it since */
+} rag_share;
+
 struct rag_store {
     sqlite3 *db;
     char *path;
-    /* the vectors as an int8 matrix (rag_vec.c), loaded by the first search and reloaded when
-     * the database changed: data_version (other connections' commits) or vecs_loaded = 0 (ours) */
-    rag_vecs vecs;
-    int vecs_loaded;
-    int64_t data_version;
+    rag_share *share;
 };
 
 static int failf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -104,19 +121,84 @@ static const char SCHEMA[] =
     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter "
     "unicode61');";
 
+static int store_open(const char *path, int create, rag_share *share, rag_store **out, char *err);
+
 int rag_store_open(const char *path, int create, rag_store **out, char *err) {
+    return store_open(path, create, NULL, out, err);
+}
+
+int rag_store_open_more(rag_store *first, rag_store **out, char *err) {
+    return store_open(first->path, 0, first->share, out, err);
+}
+
+static rag_share *share_new(void) {
+    rag_share *sh = calloc(1, sizeof *sh);
+    if (!sh) return NULL;
+    pthread_mutex_init(&sh->mu, NULL);
+    pthread_mutex_init(&sh->load_mu, NULL);
+    sh->refs = 1;
+    return sh;
+}
+
+static void mat_release(rag_share *sh, rag_mat *m) {
+    if (!m) return;
+    pthread_mutex_lock(&sh->mu);
+    int last = --m->refs == 0;
+    pthread_mutex_unlock(&sh->mu);
+    if (last) {
+        rag_vecs_free(&m->v);
+        free(m);
+    }
+}
+
+static void share_release(rag_share *sh) {
+    if (!sh) return;
+    pthread_mutex_lock(&sh->mu);
+    int last = --sh->refs == 0;
+    pthread_mutex_unlock(&sh->mu);
+    if (!last) return;
+    mat_release(sh, sh->cur);
+    pthread_mutex_destroy(&sh->mu);
+    pthread_mutex_destroy(&sh->load_mu);
+    free(sh);
+}
+
+/* The index generation: meta 'generation', bumped by triggers on every change to the chunks
+ * (any writer, this program or not), so connections can tell whether a shared matrix is current.
+ * Indexes made before it get the row and the triggers on their first open. */
+static const char GENERATION_SQL[] =
+    "INSERT OR IGNORE INTO meta VALUES('generation', '0');"
+    "CREATE TRIGGER IF NOT EXISTS chunks_gen_ins AFTER INSERT ON chunks BEGIN"
+    " UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'; END;"
+    "CREATE TRIGGER IF NOT EXISTS chunks_gen_del AFTER DELETE ON chunks BEGIN"
+    " UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'; END;"
+    "CREATE TRIGGER IF NOT EXISTS chunks_gen_upd AFTER UPDATE OF id, embedding ON chunks BEGIN"
+    " UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'; END;";
+
+static int store_open(const char *path, int create, rag_share *share, rag_store **out, char *err) {
     *out = NULL;
     struct stat st;
     int exists = stat(path, &st) == 0;
+    if (share && (!exists || st.st_dev != share->dev || st.st_ino != share->ino))
+        return failf(err,
+                     "index '%s' was replaced or removed since it was opened (another file is at "
+                     "that path now); restart to use the new one",
+                     path);
     if (!exists && !create)
         return failf(err,
                      "index '%s' does not exist (build it with `llama3c rag index --db %s DIR`)",
                      path, path);
     if (exists && !S_ISREG(st.st_mode)) return failf(err, "index '%s' is not a regular file", path);
     rag_store *s = calloc(1, sizeof *s);
-    if (!s || !(s->path = strdup(path))) {
+    if (!s || !(s->path = strdup(path)) || !(s->share = share ? share : share_new())) {
+        if (s) free(s->path);
         free(s);
         return failf(err, "out of memory");
+    }
+    if (share) { /* one more connection to an index opened and checked before */
+        pthread_mutex_lock(&share->mu);
+        share->refs++;
+        pthread_mutex_unlock(&share->mu);
     }
     int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_FULLMUTEX;
     if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
@@ -145,8 +227,9 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
         failf(err, "'%s' is a SQLite database but not a llama3c RAG index (no meta table)", path);
         goto fail;
     }
-    if (exists &&
-        n_tables > 0) { /* a damaged page fails here with a clear message, not mid-query */
+    /* a damaged page fails here with a clear message, not mid-query (once per index: the pool's
+     * further connections skip it) */
+    if (exists && n_tables > 0 && !share) {
         char result[128] = "";
         sqlite3_stmt *ic = NULL;
         if (sqlite3_prepare_v2(s->db, "PRAGMA quick_check", -1, &ic, NULL) == SQLITE_OK &&
@@ -173,7 +256,23 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
         char sql[256];
         snprintf(sql, sizeof sql, "INSERT OR IGNORE INTO meta VALUES('schema_version','%d');",
                  RAG_SCHEMA_VERSION);
-        if (exec(s, SCHEMA, err) || exec(s, sql, err) || exec(s, "COMMIT;", err)) {
+        if (exec(s, SCHEMA, err) || exec(s, sql, err) || exec(s, GENERATION_SQL, err) ||
+            exec(s, "COMMIT;", err)) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            goto fail;
+        }
+    } else if (!share) { /* an index from before the generation counter: add it */
+        q = NULL;
+        int have = 0;
+        if (prep(s,
+                 "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN "
+                 "('chunks_gen_ins', 'chunks_gen_del', 'chunks_gen_upd')",
+                 &q, err))
+            goto fail;
+        if (sqlite3_step(q) == SQLITE_ROW) have = sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+        if (have != 3 && (exec(s, "BEGIN IMMEDIATE;", err) || exec(s, GENERATION_SQL, err) ||
+                          exec(s, "COMMIT;", err))) {
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
             goto fail;
         }
@@ -190,6 +289,8 @@ int rag_store_open(const char *path, int create, rag_store **out, char *err) {
               path, ver, RAG_SCHEMA_VERSION);
         goto fail;
     }
+    if (!share && stat(path, &st) == 0) /* the file now exists (a new index was created) */
+        s->share->dev = st.st_dev, s->share->ino = st.st_ino;
     *out = s;
     return 0;
 fail:
@@ -200,7 +301,7 @@ fail:
 void rag_store_close(rag_store *s) {
     if (!s) return;
     sqlite3_close(s->db);
-    rag_vecs_free(&s->vecs);
+    share_release(s->share);
     free(s->path);
     free(s);
 }
@@ -350,7 +451,6 @@ static int64_t file_id_of(rag_store *s, const char *path) {
 int rag_store_put_file(rag_store *s, const char *path, const char *title, int64_t size,
                        int64_t mtime_ns, const char *sha, const char *text, const rag_chunk *chunks,
                        size_t n_chunks, const float *vecs, int32_t n_embd, char *err) {
-    s->vecs_loaded = 0; /* our own write: data_version does not count it */
     sqlite3_stmt *qf = NULL, *qc = NULL, *qt = NULL;
     if (exec(s, "BEGIN IMMEDIATE", err)) return -1;
     int64_t old = file_id_of(s, path);
@@ -429,7 +529,6 @@ static int cmp_str(const void *a, const void *b) {
 
 int rag_store_remove_missing(rag_store *s, char *const *keep, size_t n_keep, char *const *roots,
                              size_t n_roots, int *removed, char *err) {
-    s->vecs_loaded = 0; /* our own write: data_version does not count it */
     *removed = 0;
     char **sorted = malloc((n_keep ? n_keep : 1) * sizeof *sorted);
     int64_t *gone = NULL;
@@ -592,16 +691,9 @@ static int by_fused(const void *pa, const void *pb) {
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
-/* The matrix of every vector, (re)loaded when the database changed since it was read. */
-static int vecs_ensure(rag_store *s, int32_t n_embd, char *err) {
+/* Loads every vector of this connection's snapshot into m. */
+static int mat_load(rag_store *s, rag_vecs *m, int32_t n_embd, char *err) {
     sqlite3_stmt *q = NULL;
-    int64_t dv = -1;
-    if (prep(s, "PRAGMA data_version", &q, err)) return -1;
-    if (sqlite3_step(q) == SQLITE_ROW) dv = sqlite3_column_int64(q, 0);
-    sqlite3_finalize(q);
-    if (s->vecs_loaded && dv == s->data_version && s->vecs.dim == n_embd) return 0;
-    s->vecs.n = 0;
-    s->vecs_loaded = 0;
     if (prep(s, "SELECT id, embedding FROM chunks ORDER BY id", &q, err)) return -1;
     int rc;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
@@ -612,16 +704,84 @@ static int vecs_ensure(rag_store *s, int32_t n_embd, char *err) {
             sqlite3_finalize(q);
             return -1;
         }
-        if (rag_vecs_append(&s->vecs, sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1),
-                            n_embd)) {
+        if (rag_vecs_append(m, sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1), n_embd)) {
             sqlite3_finalize(q);
             return failf(err, "out of memory loading the vectors of '%s'", s->path);
         }
     }
     sqlite3_finalize(q);
     if (rc != SQLITE_DONE) return dbfail(s, err, "reading the vectors");
-    if (s->vecs.n == 0) s->vecs.dim = n_embd;
-    s->vecs_loaded = 1, s->data_version = dv;
+    if (m->n == 0) m->dim = n_embd;
+    return 0;
+}
+
+/* The matrix of generation gen (this connection's snapshot, inside its read transaction), with a
+ * reference the caller releases (mat_release). The shared one when it is of that generation;
+ * else loaded once (other searches wanting it wait on load_mu) and cached if it is the newest. A
+ * search on an older snapshot than the cached matrix (a commit landed between two searches'
+ * starts) gets a private one: a matrix always equals the snapshot it is used with. */
+static int mat_acquire(rag_store *s, int64_t gen, int32_t n_embd, rag_mat **out, char *err) {
+    rag_share *sh = s->share;
+    *out = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        pthread_mutex_lock(&sh->mu);
+        rag_mat *c = sh->cur;
+        if (c && c->gen == gen && c->v.dim == n_embd) {
+            c->refs++;
+            *out = c;
+        }
+        pthread_mutex_unlock(&sh->mu);
+        if (*out) {
+            if (pass) pthread_mutex_unlock(&sh->load_mu);
+            return 0;
+        }
+        if (!pass) pthread_mutex_lock(&sh->load_mu);
+    }
+    rag_mat *m = calloc(1, sizeof *m);
+    if (!m) {
+        pthread_mutex_unlock(&sh->load_mu);
+        return failf(err, "out of memory");
+    }
+    m->gen = gen, m->refs = 1;
+    if (mat_load(s, &m->v, n_embd, err)) {
+        pthread_mutex_unlock(&sh->load_mu);
+        rag_vecs_free(&m->v);
+        free(m);
+        return -1;
+    }
+    rag_mat *old = NULL;
+    pthread_mutex_lock(&sh->mu);
+    sh->loads++;
+    if (!sh->cur || sh->cur->gen <= gen) {
+        old = sh->cur;
+        sh->cur = m;
+        m->refs++; /* the cache's reference */
+    }
+    pthread_mutex_unlock(&sh->mu);
+    pthread_mutex_unlock(&sh->load_mu);
+    mat_release(sh, old);
+    *out = m;
+    return 0;
+}
+
+int64_t rag_store_matrix_loads(rag_store *s) {
+    pthread_mutex_lock(&s->share->mu);
+    int64_t n = s->share->loads;
+    pthread_mutex_unlock(&s->share->mu);
+    return n;
+}
+
+/* The index generation in this connection's snapshot. */
+static int read_generation(rag_store *s, int64_t *gen, char *err) {
+    sqlite3_stmt *q = NULL;
+    if (prep(s, "SELECT value FROM meta WHERE key = 'generation'", &q, err)) return -1;
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) *gen = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE
+                   ? failf(err, "index '%s': no generation in the meta table", s->path)
+                   : dbfail(s, err, "reading the meta table");
     return 0;
 }
 
@@ -644,14 +804,34 @@ static int by_score(const void *pa, const void *pb) {
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
+static int search_snapshot(rag_store *s, const char *query, const float *qvec, int32_t n_embd,
+                           int k, rag_mode mode, double alpha, rag_hit **hits, int *n_hits,
+                           char *err);
+
+/* One read transaction around the whole search: the BM25 list, the matrix (of the snapshot's
+ * generation) and the chunks read by id all come from one committed state of the index, whatever
+ * a concurrent `rag index` commits meanwhile (WAL: readers do not block the writer). */
 int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t n_embd, int k,
                      rag_mode mode, double alpha, rag_hit **hits, int *n_hits, char *err) {
+    *hits = NULL, *n_hits = 0;
+    if (k <= 0) return 0;
+    int own = sqlite3_get_autocommit(s->db);
+    if (own && exec(s, "BEGIN", err)) return -1;
+    int rc = search_snapshot(s, query, qvec, n_embd, k, mode, alpha, hits, n_hits, err);
+    if (own) sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL); /* read-only: nothing to lose */
+    return rc;
+}
+
+static int search_snapshot(rag_store *s, const char *query, const float *qvec, int32_t n_embd,
+                           int k, rag_mode mode, double alpha, rag_hit **hits, int *n_hits,
+                           char *err) {
     *hits = NULL, *n_hits = 0;
     cand *cs = NULL;
     int nc = 0, capc = 0, n_take = k > RAG_CANDIDATES ? k : RAG_CANDIDATES;
     sqlite3_stmt *q = NULL;
     char *fq = NULL;
     rag_hit *h = NULL;
+    rag_mat *mat = NULL;
     int nh = 0;
     if (k <= 0) return 0;
     if (mode != RAG_VECTOR) { /* BM25 candidates */
@@ -681,11 +861,15 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
     }
     const int n_bm = nc;
     if (mode != RAG_BM25) { /* int8 scan of the matrix, exact float32 rerank of its best rows */
-        if (vecs_ensure(s, n_embd, err)) goto fail;
+        int64_t gen = 0;
+        if (read_generation(s, &gen, err) || mat_acquire(s, gen, n_embd, &mat, err)) goto fail;
         const int keep = 4 * n_take < 200 ? 200 : 4 * n_take;
         rag_scored *sc = malloc((size_t)keep * sizeof *sc);
         int ns = 0;
-        if (!sc || rag_vecs_scan(&s->vecs, qvec, keep, rag_default_threads(), sc, &ns)) {
+        int bad = !sc || rag_vecs_scan(&mat->v, qvec, keep, rag_default_threads(), sc, &ns);
+        mat_release(s->share, mat);
+        mat = NULL;
+        if (bad) {
             free(sc);
             goto oom;
         }
@@ -737,7 +921,7 @@ int rag_store_search(rag_store *s, const char *query, const float *qvec, int32_t
                    : mode == RAG_VECTOR ? c->cosine
                                         : alpha * nb + (1 - alpha) * nv;
     }
-    qsort(cs, (size_t)nc, sizeof *cs, by_fused);
+    if (nc > 1) qsort(cs, (size_t)nc, sizeof *cs, by_fused); /* cs is NULL when nc == 0 */
     int n = nc < k ? nc : k;
     if (n == 0) goto done;
     if (!(h = calloc((size_t)n, sizeof *h))) goto oom;
@@ -791,4 +975,74 @@ void rag_hits_free(rag_hit *hits, int n) {
     for (int i = 0; i < n; i++)
         free(hits[i].path), free(hits[i].text);
     free(hits);
+}
+
+/* ---------------------------------------------------------------- pool */
+
+struct rag_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    rag_store *first; /* opened and checked by the caller; source of the others */
+    rag_store **idle;
+    int n_idle, n_open, max;
+};
+
+int rag_pool_new(rag_store *first, int max, rag_pool **out, char *err) {
+    *out = NULL;
+    rag_pool *p = calloc(1, sizeof *p);
+    if (max < 1) max = 1;
+    if (!p || !(p->idle = malloc((size_t)max * sizeof *p->idle))) {
+        free(p);
+        return failf(err, "out of memory");
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->first = first, p->max = max;
+    p->idle[p->n_idle++] = first;
+    p->n_open = 1;
+    *out = p;
+    return 0;
+}
+
+rag_store *rag_pool_get(rag_pool *p, char *err) {
+    pthread_mutex_lock(&p->mu);
+    while (p->n_idle == 0 && p->n_open >= p->max)
+        pthread_cond_wait(&p->cv, &p->mu);
+    if (p->n_idle > 0) {
+        rag_store *s = p->idle[--p->n_idle];
+        pthread_mutex_unlock(&p->mu);
+        return s;
+    }
+    p->n_open++; /* a new connection, opened outside the lock */
+    pthread_mutex_unlock(&p->mu);
+    rag_store *s = NULL;
+    if (rag_store_open_more(p->first, &s, err)) {
+        pthread_mutex_lock(&p->mu);
+        p->n_open--;
+        pthread_cond_signal(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        return NULL;
+    }
+    return s;
+}
+
+void rag_pool_put(rag_pool *p, rag_store *s) {
+    if (!s) return;
+    pthread_mutex_lock(&p->mu);
+    p->idle[p->n_idle++] = s;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void rag_pool_free(rag_pool *p) {
+    if (!p) return;
+    /* every connection is back (the caller stopped using the pool); the first closes last, since
+     * the others share its state */
+    for (int i = 0; i < p->n_idle; i++)
+        if (p->idle[i] != p->first) rag_store_close(p->idle[i]);
+    rag_store_close(p->first);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p->idle);
+    free(p);
 }

@@ -13,8 +13,9 @@
  *      int8 error (~1e-3 of a cosine) cannot push a true top candidate out unless thousands of
  *      rows sit within that distance of it; test_rag_scale.py measures recall@50 == 1 against
  *      a float64 brute force, and the cosines reported are the exact float32 ones.
- * The matrix is rebuilt when the database changed since it was loaded (SQLite's data_version
- * counts other connections' commits; this connection's own writes call rag_vecs_invalidate).
+ * The matrix is rebuilt when the index generation changed since it was loaded (rag_store.c:
+ * a meta row bumped by triggers on every change to the chunks); the connections of one index
+ * share it, refcounted.
  */
 #include "rag.h"
 

@@ -63,6 +63,7 @@ typedef struct conn {
     api_request req;
     api_embd_request ereq; /* embeddings */
     json_t *rag_sources;   /* chat with "rag": the sources, added to the non-streamed response */
+    int rag_abstain; /* chat with "rag": confidence below min_score, answered without the model */
     sched_job *job;
     int tokens_recorded;
     /* streaming */
@@ -678,6 +679,19 @@ static int rag_params(json_t *obj, const char *where, int *k, rag_mode *mode, ap
     return 0;
 }
 
+/* "min_score" (number >= 0; default RAG_MIN_SCORE, 0 in vector mode, which has no BM25 score):
+ * the retrieval confidence under which the answer is "I don't know" ("abstain": true). */
+static int rag_min_score(json_t *obj, rag_mode mode, double *out, api_error *e) {
+    json_t *j = json_object_get(obj, "min_score");
+    *out = mode == RAG_VECTOR ? 0 : RAG_MIN_SCORE;
+    if (!j) return 0;
+    if (!json_is_number(j) || json_number_value(j) < 0 || json_number_value(j) > 1e6)
+        return (int)api_fail(e, 400, "invalid_request_error", "min_score", NULL,
+                             "'min_score' must be a number in [0, 1e6]");
+    *out = json_number_value(j);
+    return 0;
+}
+
 /* Retrieval for a query: embed (unless bm25), then search the index. 0, -1 (client left) or status.
  */
 static int rag_search(conn *c, const char *query, const char *where, int k, rag_mode mode,
@@ -693,10 +707,10 @@ static int rag_search(conn *c, const char *query, const char *where, int k, rag_
     int rc = mode == RAG_BM25 ? 0 : rag_embed_query(c, query, q, e);
     if (rc == 0) {
         char err[RAG_ERR_CAP];
-        pthread_mutex_lock(&srv->rag_mu);
-        int bad = rag_store_search(srv->rag, query, mode == RAG_BM25 ? NULL : q, info.n_embd, k,
-                                   mode, RAG_HYBRID_ALPHA, hits, n, err);
-        pthread_mutex_unlock(&srv->rag_mu);
+        rag_store *db = rag_pool_get(srv->rag, err); /* concurrent searches: one connection each */
+        int bad = !db || rag_store_search(db, query, mode == RAG_BM25 ? NULL : q, info.n_embd, k,
+                                          mode, RAG_HYBRID_ALPHA, hits, n, err);
+        rag_pool_put(srv->rag, db);
         if (bad) rc = (int)api_fail(e, 500, "server_error", NULL, NULL, "%s", err);
     }
     free(q);
@@ -729,10 +743,12 @@ static enum MHD_Result serve_rag_query(conn *c) {
     rag_mode mode = RAG_HYBRID;
     rag_hit *h = NULL;
     int n = 0;
+    double min_score = 0;
     if (!json_is_string(jq) || !*json_string_value(jq)) {
         st = (int)api_fail(&e, 400, "invalid_request_error", "query", NULL,
                            "'query' must be a non-empty string");
-    } else if (!(st = rag_params(root, NULL, &k, &mode, &e))) {
+    } else if (!(st = rag_params(root, NULL, &k, &mode, &e)) &&
+               !(st = rag_min_score(root, mode, &min_score, &e))) {
         st = rag_search(c, json_string_value(jq), "query", k, mode, &h, &n, &e);
     }
     if (st) {
@@ -742,8 +758,10 @@ static enum MHD_Result serve_rag_query(conn *c) {
     json_t *data = json_array();
     for (int i = 0; i < n; i++)
         json_array_append_new(data, hit_json(&h[i], i + 1, 1));
-    json_t *out = json_pack("{s:s, s:O, s:s, s:o}", "object", "list", "query", jq, "mode",
-                            rag_mode_name(mode), "data", data);
+    double conf = rag_confidence(h, n);
+    json_t *out = json_pack("{s:s, s:O, s:s, s:f, s:b, s:o}", "object", "list", "query", jq, "mode",
+                            rag_mode_name(mode), "confidence", conf, "abstain", conf < min_score,
+                            "data", data);
     char *body = out ? json_dumps(out, JSON_COMPACT) : NULL;
     json_decref(out);
     json_decref(root);
@@ -781,7 +799,10 @@ static int rag_chat_augment(conn *c) {
                            "'rag' must be an object like {\"k\": 4}");
         goto out;
     }
-    if ((st = rag_params(rag, "rag", &k, &mode, &e))) goto out;
+    double min_score = 0;
+    if ((st = rag_params(rag, "rag", &k, &mode, &e)) ||
+        (st = rag_min_score(rag, mode, &min_score, &e)))
+        goto out;
     json_array_foreach(msgs, i, m) {
         json_t *role = json_object_get(m, "role");
         if (json_is_string(role) && !strcmp(json_string_value(role), "user")) last = m;
@@ -795,6 +816,7 @@ static int rag_chat_augment(conn *c) {
     }
     if ((st = rag_search(c, json_string_value(content), "messages", k, mode, &h, &n, &e)))
         goto out;
+    c->rag_abstain = rag_confidence(h, n) < min_score; /* serve_rag_abstain answers it */
     char *user = rag_sources_text(h, n, json_string_value(content));
     json_t *sources = json_array(),
            *sys = json_pack("{s:s, s:s}", "role", "system", "content", RAG_SYSTEM_PROMPT);
@@ -832,6 +854,41 @@ out:
     return 0;
 }
 
+/* Chat with "rag" whose retrieval confidence is below min_score: the fixed RAG_DONT_KNOW as the
+ * assistant's reply, streamed or not as asked, without a scheduler job (the model is not run:
+ * usage counts no tokens), with "rag_sources" (the nearest chunks) and "rag_abstained": true in a
+ * non-streamed response. */
+static enum MHD_Result serve_rag_abstain(conn *c) {
+    sched_update u = {.finish = SCHED_FINISH_STOP};
+    size_t len = 0, n = 0;
+    const size_t tl = strlen(RAG_DONT_KNOW);
+    if (!c->req.stream) {
+        char *body = api_response_json(&c->req, RAG_DONT_KNOW, tl, &u, &len);
+        json_t *root = body ? json_loadb(body, len, 0, NULL) : NULL;
+        free(body);
+        body = NULL;
+        if (root && !json_object_set(root, "rag_sources", c->rag_sources) &&
+            !json_object_set_new(root, "rag_abstained", json_true()))
+            body = json_dumps(root, JSON_COMPACT);
+        json_decref(root);
+        touch(c);
+        return respond_json(c, 200, body, body ? strlen(body) : 0);
+    }
+    int bad = sse_add(c, api_stream_chunk(&c->req, 1, "", 0, SCHED_RUNNING, &n), &n) ||
+              sse_add(c, api_stream_text(&c->req, RAG_DONT_KNOW, tl, &n), &n) ||
+              sse_add(c, api_stream_end(&c->req, SCHED_FINISH_STOP, &n), &n) ||
+              (c->req.include_usage && sse_add(c, api_stream_usage(&c->req, &u, &n), &n)) ||
+              sse_add_const(c, "data: [DONE]\n\n");
+    if (bad) return respond_json(c, 500, NULL, 0);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(c->sse_len, c->sse, MHD_RESPMEM_MUST_COPY);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    touch(c);
+    return queue(c, 200, r);
+}
+
 /* POST /apply-template (as llama.cpp's server): a chat completion body -> {"prompt", "tokens"}: the
  * prompt the model would see (tools included), nothing generated. */
 static enum MHD_Result serve_apply_template(conn *c) {
@@ -855,6 +912,7 @@ static enum MHD_Result serve_generate(conn *c) {
     }
     if (api_parse_request(srv, c->ep == EP_CHAT ? API_CHAT : API_COMPLETION, c->body, c->len, &c->req, &e))
         return respond_error(c, &e);
+    if (c->rag_abstain) return serve_rag_abstain(c);
     free(c->body);
     c->body = NULL;
     c->len = c->cap = 0;

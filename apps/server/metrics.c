@@ -162,6 +162,12 @@ char *metrics_render(sched *s, size_t *len) {
     sb_printf(&b, "# HELP llama3c_generated_tokens_total Tokens sampled.\n"
                   "# TYPE llama3c_generated_tokens_total counter\n"
                   "llama3c_generated_tokens_total %llu\n", (unsigned long long)st.gen_tokens);
+    sb_printf(&b, "# HELP llama3c_draft_tokens_total Prompt-lookup draft tokens decoded (--lookup).\n"
+                  "# TYPE llama3c_draft_tokens_total counter\nllama3c_draft_tokens_total %llu\n"
+                  "# HELP llama3c_draft_tokens_accepted_total Draft tokens the sampler then produced.\n"
+                  "# TYPE llama3c_draft_tokens_accepted_total counter\n"
+                  "llama3c_draft_tokens_accepted_total %llu\n",
+              (unsigned long long)st.spec_drafted, (unsigned long long)st.spec_accepted);
     if (b.failed) {
         free(b.p);
         return NULL;

@@ -17,8 +17,9 @@
  */
 #include "scheduler.h"
 
-#include "grammar_cache.h"
+#include "../cli/common.h"
 #include "../cli/logprob.h"
+#include "grammar_cache.h"
 
 #include <errno.h>
 #include <math.h>
@@ -94,13 +95,18 @@ typedef struct slot {
     int32_t lpb_len, lpb_cap;
     int32_t pf_idx, pf_pos, pf_len; /* this step's prompt tokens: batch index, position, count */
     int lp_failed;        /* a record could not be allocated */
+    /* prompt-lookup speculation: draft[0..n_draft) follow next_token in this step's batch (rows
+     * logit_idx + 1 ..), not in cache[] until the sampler produces them */
+    int32_t draft[SCHED_LOOKUP_MAX];
+    int32_t n_draft;
+    int32_t win_drafted, win_accepted, spec_pause; /* switch-off on low acceptance */
 } slot;
 
 struct sched {
     const l3c_model *model;
     const l3c_tokenizer *tok;
     l3c_context *ctx;
-    int32_t n_ctx, n_vocab, n_embd, step_tokens;
+    int32_t n_ctx, n_vocab, n_embd, step_tokens, lookup;
     int32_t python_tag; /* <|python_tag|> (starts a lazy grammar), -1 if none */
     int32_t n_slots;
     slot *slots;
@@ -327,6 +333,7 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
     s->n_embd = info.n_embd;
     s->n_slots = opt->n_slots;
     s->step_tokens = opt->step_tokens > 0 ? opt->step_tokens : 256;
+    s->lookup = opt->lookup < SCHED_LOOKUP_MAX ? opt->lookup : SCHED_LOOKUP_MAX;
     s->queue_cap = opt->queue_cap > 0 ? opt->queue_cap : 1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_condattr_t ca;
@@ -729,6 +736,39 @@ int32_t sched_job_take_logprobs(sched *s, sched_job *job, sched_logprob **out) {
 /* ------------------------------------------------------------------ engine: one step */
 
 /* Builds the batch. Returns its size (0: nothing to do). */
+/*
+ * Prompt-lookup speculation for a slot generating alone (with several slots busy the batch is
+ * already wide and drafts would only add rows): up to s->lookup tokens that followed the latest
+ * earlier occurrence of the slot's last tokens go into the batch after next_token, with logits.
+ * engine_step keeps those the sampler then produces (their rows are reused) and truncates the
+ * rest; the sampler draws every token from the target's logits as without drafts, so the output
+ * is unchanged. Drafting pauses for 64 tokens when fewer than 1 in 8 of the last 32 drafted
+ * tokens were accepted. Returns the rows added at b_*[n ..).
+ */
+static int32_t slot_draft(sched *s, slot *sl, int32_t n) {
+    sl->n_draft = 0;
+    if (s->lookup <= 0) return 0;
+    for (int32_t i = 0; i < s->n_slots; i++)
+        if (s->slots[i].state != SLOT_FREE && &s->slots[i] != sl) return 0;
+    if (sl->spec_pause > 0) {
+        sl->spec_pause--;
+        return 0;
+    }
+    int32_t k = s->lookup;
+    if (k > s->b_cap - n) k = s->b_cap - n;
+    if (k > s->n_ctx - sl->n_cache - 1) k = s->n_ctx - sl->n_cache - 1;
+    if (k > sl->job->max_tokens - sl->n_gen - 1) k = sl->job->max_tokens - sl->n_gen - 1;
+    if (k <= 0) return 0;
+    sl->n_draft = cli_lookup_draft(sl->cache, sl->n_cache, sl->next_token, k, sl->draft);
+    for (int32_t j = 0; j < sl->n_draft; j++) {
+        s->b_tok[n + j] = sl->draft[j];
+        s->b_pos[n + j] = sl->n_cache + 1 + j;
+        s->b_seq[n + j] = sl->id;
+        s->b_logits[n + j] = 1;
+    }
+    return sl->n_draft;
+}
+
 static int32_t build_batch(sched *s) {
     int32_t n = 0;
     /* one token per generating slot first, so generation never stalls behind prefills */
@@ -742,6 +782,7 @@ static int32_t build_batch(sched *s) {
         s->b_logits[n] = 1;
         sl->logit_idx = n;
         n++;
+        n += slot_draft(s, sl, n);
     }
     /* prompt chunks, oldest assignment first, within the step budget */
     int32_t budget = s->step_tokens;
@@ -783,6 +824,8 @@ static int32_t commit_batch(sched *s, int32_t n) {
     int32_t n_prefill = 0;
     for (int32_t i = 0; i < n; i++) {
         slot *sl = &s->slots[s->b_seq[i]];
+        if (sl->state == SLOT_GEN && i > sl->logit_idx && i <= sl->logit_idx + sl->n_draft)
+            continue; /* a draft row: cached once the sampler produces it */
         sl->cache[sl->n_cache++] = s->b_tok[i];
         if (sl->state == SLOT_PREFILL) {
             sl->n_prompt_done++;
@@ -931,13 +974,36 @@ static void engine_step(sched *s) {
     /* sample outside the lock; collect per-slot results */
     sched_finish fin[s->n_slots > 0 ? s->n_slots : 1];
     size_t emit_to[s->n_slots > 0 ? s->n_slots : 1];
+    int32_t n_tok[s->n_slots > 0 ? s->n_slots : 1];
     for (int32_t i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
         fin[i] = SCHED_RUNNING;
         emit_to[i] = sl->emitted;
+        n_tok[i] = 1;
         if (sl->state == SLOT_FREE || sl->logit_idx < 0) continue;
         long stop_at;
         fin[i] = sample_slot(s, sl, &emit_to[i], &stop_at);
+        if (sl->n_draft == 0) continue;
+        int32_t used = 0; /* drafted tokens the sampler produced: their rows follow */
+        while (fin[i] == SCHED_RUNNING && used < sl->n_draft && sl->next_token == sl->draft[used]) {
+            sl->cache[sl->n_cache++] = sl->draft[used++];
+            sl->logit_idx++;
+            fin[i] = sample_slot(s, sl, &emit_to[i], &stop_at);
+            n_tok[i]++;
+        }
+        if (used < sl->n_draft && l3c_kv_seq_truncate(s->ctx, sl->id, sl->n_cache) != L3C_OK)
+            fin[i] = SCHED_FINISH_ERROR;
+        sl->win_drafted += sl->n_draft;
+        sl->win_accepted += used;
+        if (sl->win_drafted >= 32) {
+            if (sl->win_accepted * 8 < sl->win_drafted) sl->spec_pause = 64;
+            sl->win_drafted = sl->win_accepted = 0;
+        }
+        pthread_mutex_lock(&s->mu);
+        s->stats.spec_drafted += (uint64_t)sl->n_draft;
+        s->stats.spec_accepted += (uint64_t)used;
+        pthread_mutex_unlock(&s->mu);
+        sl->n_draft = 0;
     }
 
     pthread_mutex_lock(&s->mu);
@@ -955,7 +1021,7 @@ static void engine_step(sched *s) {
             job_push_locked(j, sl->gen + sl->emitted, emit_to[i] - sl->emitted);
             sl->emitted = emit_to[i];
         }
-        s->stats.gen_tokens++;
+        s->stats.gen_tokens += (uint64_t)n_tok[i];
         if (j->finish != SCHED_RUNNING) fin[i] = j->finish; /* e.g. push ran out of memory */
         if (fin[i] != SCHED_RUNNING)
             slot_release_locked(s, sl, fin[i], fin[i] == SCHED_FINISH_ERROR ? "generation failed" : NULL);

@@ -80,7 +80,10 @@ typedef struct sched_options {
     int32_t n_slots;     /* == n_seq of the context */
     int32_t step_tokens; /* per-step token budget (<= the context's n_batch) */
     int32_t queue_cap;   /* waiting jobs beyond the slots; more -> SCHED_ERR_FULL */
+    int32_t lookup; /* > 0: prompt-lookup drafts of up to this many tokens (<= SCHED_LOOKUP_MAX)
+                     * for a slot generating alone (scheduler.c, build_batch) */
 } sched_options;
+#define SCHED_LOOKUP_MAX 16
 
 typedef enum sched_submit_result {
     SCHED_OK = 0,
@@ -139,6 +142,7 @@ void sched_job_release(sched *s, sched_job *job); /* NULL-safe */
 typedef struct sched_stats {
     int32_t n_slots, slots_busy, queue_len, queue_cap;
     uint64_t steps, batch_tokens, prompt_tokens_evaluated, prompt_tokens_reused, gen_tokens;
+    uint64_t spec_drafted, spec_accepted; /* --lookup: draft tokens decoded, of them accepted */
 } sched_stats;
 void sched_get_stats(sched *s, sched_stats *st);
 int32_t sched_n_ctx(const sched *s);

@@ -67,6 +67,8 @@ static void usage(FILE *f) {
             "--ctx-size)\n"
             "  --queue N             requests that may wait for a slot; more get 429 (default 64)\n"
             "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
+            "  --lookup N            speculative decoding by prompt lookup (1..16 drafted tokens)\n"
+            "                        while one slot generates alone; output unchanged\n"
             "  --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
             "                        (also read from LLAMA3C_API_KEY)\n"
             "  --api-keys FILE       accounts: lines 'NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]';\n"
@@ -237,6 +239,9 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         } else if (!strcmp(name, "--batch") || !strcmp(name, "-b")) {
             if (parse_int(name, val, 1, 65536, &x)) return -1;
             srv->step_tokens = (int)x;
+        } else if (!strcmp(name, "--lookup")) {
+            if (parse_int(name, val, 1, SCHED_LOOKUP_MAX, &x)) return -1;
+            srv->lookup = (int)x;
         } else if (!strcmp(name, "--max-body")) {
             if (parse_int(name, val, 64, (long long)1 << 34, &x)) return -1;
             srv->max_body = (size_t)x;
@@ -297,8 +302,9 @@ static int open_rag(server *srv, const l3c_model_info *info) {
             "llama3c serve: --rag-db needs --pooling mean (the index holds mean-pooled vectors)\n");
         return -1;
     }
-    int bad = rag_store_open(srv->rag_db, 0, &srv->rag, err) ||
-              rag_store_get_meta(srv->rag, &m, &found, err);
+    rag_store *first = NULL;
+    int bad =
+        rag_store_open(srv->rag_db, 0, &first, err) || rag_store_get_meta(first, &m, &found, err);
     if (!bad && !found) {
         snprintf(err, sizeof err,
                  "index '%s' holds nothing yet (build it with `llama3c rag index`)", srv->rag_db);
@@ -310,15 +316,18 @@ static int open_rag(server *srv, const l3c_model_info *info) {
                                    err);
     if (bad) {
         fprintf(stderr, "llama3c serve: %s\n", err);
-        rag_store_close(srv->rag);
-        srv->rag = NULL;
+        rag_store_close(first);
         return -1;
     }
-    pthread_mutex_init(&srv->rag_mu, NULL);
     int64_t nf = 0, nc = 0;
-    if (rag_store_counts(srv->rag, &nf, &nc, err) == 0)
+    if (rag_store_counts(first, &nf, &nc, err) == 0)
         fprintf(stderr, "llama3c serve: RAG index %s: %lld files, %lld chunks\n", srv->rag_db,
                 (long long)nf, (long long)nc);
+    if (rag_pool_new(first, RAG_POOL_MAX, &srv->rag, err)) {
+        fprintf(stderr, "llama3c serve: %s\n", err);
+        rag_store_close(first);
+        return -1;
+    }
     return 0;
 }
 
@@ -434,7 +443,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "llama3c serve: out of memory\n");
         goto out;
     }
-    sched_options so = {srv.parallel, srv.step_tokens, srv.queue};
+    sched_options so = {srv.parallel, srv.step_tokens, srv.queue, srv.lookup};
     srv.sched = sched_create(srv.model, srv.ctx, &so);
     if (!srv.sched || sched_start(srv.sched) != 0) {
         fprintf(stderr, "llama3c serve: cannot start the scheduler\n");
@@ -473,8 +482,7 @@ out:
     l3c_context_free(srv.ctx);
     cli_adapters_free(adapters, lora.n);
     l3c_model_free(srv.model);
-    if (srv.rag) pthread_mutex_destroy(&srv.rag_mu);
-    rag_store_close(srv.rag);
+    rag_pool_free(srv.rag); /* after http_stop: no request holds a connection */
     accounts_free(srv.accounts);
     if (srv.api_keys_path) signal(SIGHUP, SIG_DFL);
     signal(SIGINT, SIG_DFL);

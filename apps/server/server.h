@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct rag_store;
+struct rag_pool;
 struct gcache;
 
 #define SERVER_MAX_ALIASES 8
@@ -29,6 +29,7 @@ typedef struct server {
     int ctx_per_slot;     /* 0: min(model context, 2048) */
     int queue;            /* waiting requests beyond the slots */
     int step_tokens;      /* per-step token budget of the scheduler */
+    int lookup;           /* --lookup N: prompt-lookup drafts for a slot generating alone */
     const char *api_key;  /* NULL: no authentication */
     const char *api_keys_path; /* --api-keys FILE: named keys with limits (accounts.h) */
     size_t max_body;      /* bytes */
@@ -58,10 +59,10 @@ typedef struct server {
     int32_t n_ctx, n_vocab;
     char model_id[256];
     long long started_at; /* unix time */
-    struct rag_store *rag;    /* opened and checked against the model at start; NULL: no --rag-db */
+    struct rag_pool *rag; /* --rag-db: connections (opened and checked against the model at
+                           * start) for concurrent searches; NULL: no --rag-db */
     struct gcache *grammars;  /* compiled response_format / tools grammars, by schema text */
     struct accounts *accounts; /* --api-keys; NULL: none (then api_key, if set, is the one key) */
-    pthread_mutex_t rag_mu;   /* one search at a time on the shared SQLite connection */
 } server;
 
 #endif

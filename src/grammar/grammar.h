@@ -101,6 +101,9 @@ int64_t l3c_gmatch_mask(l3c_gmatch *m, uint32_t *bits, int32_t n_bits);
 l3c_status l3c_gmatch_accept(l3c_gmatch *m, int32_t id);
 /* 1: complete and nothing else may follow. */
 int l3c_gmatch_done(const l3c_gmatch *m);
+/* Saves the parse state; l3c_gmatch_rollback returns to the last saved one (speculative drafts). */
+l3c_status l3c_gmatch_mark(l3c_gmatch *m);
+l3c_status l3c_gmatch_rollback(l3c_gmatch *m);
 /* 1: no continuation at all (dead). */
 int l3c_gmatch_dead(const l3c_gmatch *m);
 /* Why no token is allowed (for the sampler's error message). */

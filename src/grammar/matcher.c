@@ -129,6 +129,8 @@ struct l3c_gmatch {
     uint32_t gen2;
     item *cur; /* current state */
     uint32_t n_cur;
+    item *saved; /* l3c_gmatch_mark's copy of cur (node ids stay valid: nodes are never freed) */
+    uint32_t n_saved;
     item *work; /* trie walk / step scratch: frames of items */
     size_t work_len, work_cap;
     l3c_status err; /* sticky failure (allocation, expansion too deep) */
@@ -542,8 +544,22 @@ void l3c_gmatch_free(l3c_gmatch *m) {
     for (int k = 0; k < m->n_loops; k++)
         free(m->loops[k].key);
     free(m->cur);
+    free(m->saved);
     free(m->work);
     free(m);
+}
+
+l3c_status l3c_gmatch_mark(l3c_gmatch *m) {
+    item *c = l3c_realloc(m->saved, (m->n_cur ? m->n_cur : 1) * sizeof *c);
+    if (!c) return l3c_fail(L3C_ERR_NOMEM, "grammar: out of memory");
+    memcpy(c, m->cur, m->n_cur * sizeof *c);
+    m->saved = c;
+    m->n_saved = m->n_cur;
+    return L3C_OK;
+}
+
+l3c_status l3c_gmatch_rollback(l3c_gmatch *m) {
+    return m->saved ? set_cur(m, m->saved, m->n_saved) : L3C_OK;
 }
 
 void l3c_gmatch_set_cache(l3c_gmatch *m, int on) {

@@ -255,21 +255,34 @@ void l3c_weight_pack(const l3c_weight *w, const l3c_pack_layout *L, void *dst, i
     }
 }
 
+static bool rms_ss_avx512(const float *xr, int64_t n, double *ss);
 static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps,
                                float *ax, const float *ay, int64_t an);
+
+/* 1 / sqrt(mean(x^2) + eps) of one row, the sum of squares in double (AVX-512: 16 lanes, then in
+ * order); l3c_rmsnorm and l3c_rms_rstd both use it, so they agree bit for bit */
+static float rms_rstd_row(const float *xr, int64_t n, float eps) {
+    double ss = 0.0;
+    if (!rms_ss_avx512(xr, n, &ss))
+        for (int64_t i = 0; i < n; i++)
+            ss += (double)xr[i] * xr[i];
+    return 1.0f / sqrtf((float)(ss / (double)n) + eps);
+}
 
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps) {
     if (rmsnorm_add_avx512(x, g, y, T, n, eps, NULL, NULL, 0)) return;
     for (int64_t t = 0; t < T; t++) {
         const float *xr = x + t * n;
         float *yr = y + t * n;
-        double ss = 0.0;
-        for (int64_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
-        float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+        const float scale = rms_rstd_row(xr, n, eps);
         for (int64_t i = 0; i < n; i++) yr[i] = (xr[i] * scale) * g[i];
     }
 }
 
+void l3c_rms_rstd(const float *x, float *rstd, int64_t T, int64_t n, float eps) {
+    for (int64_t t = 0; t < T; t++)
+        rstd[t] = rms_rstd_row(x + t * n, n, eps);
+}
 
 /* y += a * x: AVX2 when the CPU has it (the forward pass is compiled for the baseline ISA, and
  * -O2 does not vectorize loops that need alias checks), with a separate multiply and add so
@@ -434,6 +447,24 @@ V512_TARGET static void swiglu_avx512(float *a, const float *b, int64_t n) {
     if (i < n) swiglu_avx2(a + i, b + i, n - i);
 }
 
+/* *ss = sum of x^2 in double, 16 lanes then in order; false: no AVX-512 here */
+V512_TARGET static bool rms_ss_avx512(const float *xr, int64_t n, double *ss) {
+    if ((cpu_caps() & CAP_AVX512) == 0) return false;
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512d lo = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i)), hi = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i + 8));
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
+    }
+    double lanes[8], sum = 0.0;
+    _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));
+    for (int k = 0; k < 8; k++) sum += lanes[k];
+    for (; i < n; i++) sum += (double)xr[i] * xr[i];
+    *ss = sum;
+    return true;
+}
+
 /* rmsnorm of T rows (x != NULL; the sum of squares in double, 16 lanes then in order; then
  * (x * scale) * g as the scalar loop), or ax[i] += ay[i] (ax != NULL; the same bits as the
  * scalar loop). false: no AVX-512 here, the caller runs the scalar loops. */
@@ -451,18 +482,8 @@ V512_TARGET static bool rmsnorm_add_avx512(const float *x, const float *g, float
     for (int64_t t = 0; t < T; t++) {
         const float *xr = x + t * n;
         float *yr = y + t * n;
-        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-            const __m512d lo = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i)), hi = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i + 8));
-            s0 = _mm512_fmadd_pd(lo, lo, s0);
-            s1 = _mm512_fmadd_pd(hi, hi, s1);
-        }
-        double lanes[8], ss = 0.0;
-        _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));
-        for (int k = 0; k < 8; k++) ss += lanes[k];
-        for (; i < n; i++) ss += (double)xr[i] * xr[i];
-        const float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+        const float scale = rms_rstd_row(xr, n, eps);
+        int64_t i;
         const __m512 vs = _mm512_set1_ps(scale);
         for (i = 0; i + 16 <= n; i += 16)
             _mm512_storeu_ps(yr + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vs), _mm512_loadu_ps(g + i)));
@@ -918,6 +939,7 @@ V512_TARGET static void attn_rows_avx512(const l3c_attn_rows_args *A) {
 #endif
 
 #if !(defined(__x86_64__) && defined(__GNUC__))
+static bool rms_ss_avx512(const float *xr, int64_t n, double *ss) { return false; }
 static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps, float *ax,
                                const float *ay, int64_t an) {
     return false;

@@ -61,6 +61,8 @@ void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, flo
 
 /* y[T x n] = x * rsqrt(mean(x^2) + eps) * g[n] */
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps);
+/* rstd[T]: the 1/sqrt(mean(x^2) + eps) of each row l3c_rmsnorm scales by (bitwise the same) */
+void l3c_rms_rstd(const float *x, float *rstd, int64_t T, int64_t n, float eps);
 /* a[i] = silu(a[i]) * b[i] for n elements */
 void l3c_swiglu(float *a, const float *b, int64_t n);
 /* x[i] += y[i] */

@@ -2,8 +2,10 @@
  * backend.h -- the ops the forward pass is made of, as one table of function pointers per
  * backend. forward.c is a fixed sequence of these calls (docs/ARCHITECTURE.md lists it); a
  * backend supplies them for its memory and its kernels. The CPU backend (backend_cpu.c) is the
- * kernels of src/kernels/ plus attention.c. A backward pass, another device or pipeline stages
- * sit beside it and reuse forward.c's sequence instead of copying it.
+ * kernels of src/kernels/ plus attention.c. The block's sequence is defined once
+ * (l3c_block_forward, block.c): decode runs it on this table, training on its own
+ * (src/train/train_model.c: the same math, keeping what the backward needs), and the splits of
+ * src/dist override a few ops of the CPU one.
  *
  * Conventions: activations are row-major float32 [T x n], one row per batch token in batch
  * order (E = n_embd, hd = head_dim). Buffers are explicit arguments, so an op may be called on
@@ -25,9 +27,10 @@ typedef struct l3c_backend {
     /* y [n x cols] = rows idx[n] of x [. x cols] */
     void (*gather_rows)(l3c_context *ctx, const float *x, const int32_t *idx, int64_t n, int64_t cols,
                         float *y);
-    /* y [T x n] = x * rsqrt(mean(x^2) + eps) * g[n] */
-    void (*rmsnorm)(l3c_context *ctx, const float *x, const float *g, float *y, int64_t T, int64_t n,
-                    float eps);
+    /* y [T x n] = x * rstd * g[n], rstd = rsqrt(mean(x^2) + eps) per row; rstd: NULL, or [T]
+     * receiving each row's (what a backward needs) */
+    void (*rmsnorm)(l3c_context *ctx, const float *x, const float *g, float *y, float *rstd,
+                    int64_t T, int64_t n, float eps);
     /* y [T x w->n_out] = x [T x w->n_in] @ w^T */
     void (*matmul)(l3c_context *ctx, const l3c_weight *w, const float *x, float *y, int64_t T);
     /* n <= L3C_MATMUL_MAX weights with the same n_in on the same x in one pass,
@@ -49,14 +52,40 @@ typedef struct l3c_backend {
      * 0..pos_t; the others are left alone) */
     void (*attention)(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q, float *out,
                       float *probs, int64_t n_kv);
-    /* a[i] = silu(a[i]) * b[i], n elements */
-    void (*swiglu)(l3c_context *ctx, float *a, const float *b, int64_t n);
-    /* x[i] += y[i], n elements (the residual connection) */
-    void (*add)(l3c_context *ctx, float *x, const float *y, int64_t n);
+    /* h[i] = silu(g[i]) * u[i], n elements; h may be g (in place) */
+    void (*swiglu)(l3c_context *ctx, float *h, const float *g, const float *u, int64_t n);
+    /* out[i] = x[i] + y[i], n elements (the residual connection); out may be x (in place) */
+    void (*add)(l3c_context *ctx, float *out, const float *x, const float *y, int64_t n);
     /* LoRA: y [T x n_out] += scale * (x [T x n_in] @ A^T) @ B^T, A [rank x n_in], B [n_out x rank]
      * (the context's lora_tmp holds x A^T, [T x rank]) */
     void (*lora)(l3c_context *ctx, const float *A, const float *B, int32_t rank, int64_t n_in,
                  int64_t n_out, float scale, const float *x, float *y, int64_t T);
+    /* y [T x n_out] += the delta of every adapter set on the context that adapts matrix target
+     * (l3c_lora_target) of layer, in the order they were set; x [T x n_in] is the matrix's
+     * input. The block calls it after each matrix when ctx->n_adapters > 0. */
+    void (*lora_deltas)(l3c_context *ctx, int32_t layer, int target, const float *x, float *y,
+                        int64_t T);
+    /* ---- backward (l3c_block_backward, block.c): NULL in a backend that only decodes. Each
+     * ADDS into the gradients it writes (the caller zeroes them), as train_ops.h's pairs; the
+     * activations are the forward's (l3c_block_bufs), kept by this backend's forward ops where
+     * they are not arguments (attention's row log-sum-exp, LoRA's x A^T). */
+    /* dx [T x n] += d(rmsnorm)/dx^T dy; dg [n] += its gain's gradient (dg NULL: frozen) */
+    void (*rmsnorm_bwd)(l3c_context *ctx, const float *x, const float *g, const float *rstd,
+                        const float *dy, float *dx, float *dg, int64_t T, int64_t n);
+    /* matrix target (l3c_lora_target) w of layer, y = x w^T (+ adapters): dx [T x w->n_in] += dy W
+     * (dx NULL: not needed), dW += dy^T x (dW NULL: frozen), and the trained adapters' gradients */
+    void (*matmul_bwd)(l3c_context *ctx, int32_t layer, int target, const l3c_weight *w,
+                       const float *x, const float *dy, float *dx, float *dW, int64_t T);
+    /* dx [T x n_heads*hd] rotated back by the tables (in place) */
+    void (*rope_bwd)(l3c_context *ctx, float *dx, int64_t T, int n_heads, const float *cos_t,
+                     const float *sin_t);
+    /* of the layer's attention over q, k, v: dq, dk, dv += from dout [T x n_head*hd] */
+    void (*attention_bwd)(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
+                          const float *k, const float *v, const float *dout, float *dq, float *dk,
+                          float *dv);
+    /* h = silu(g) * u: dg, du [n] += from dh */
+    void (*swiglu_bwd)(l3c_context *ctx, const float *g, const float *u, const float *dh, float *dg,
+                       float *du, int64_t n);
     /* the residual stream x [T x E] around the model's layers [layer0, layer1) (l3c_model):
      * end == 0 before the first of them, 1 after the last. A pipeline stage (src/dist) receives x
      * from the previous stage there and hands it on; the CPU backend does nothing. */

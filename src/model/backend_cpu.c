@@ -3,6 +3,7 @@
  * src/kernels/ (ops.c, rope.c), the context's thread pool and scratch, the KV cache of
  * kv_cache.c and the attention of attention.c.
  */
+#include "model/lora.h"
 #include "model/model.h"
 
 #include <string.h>
@@ -16,9 +17,10 @@ static void cpu_gather_rows(l3c_context *ctx, const float *x, const int32_t *idx
     for (int64_t r = 0; r < n; r++) memcpy(y + r * cols, x + (int64_t)idx[r] * cols, (size_t)cols * sizeof(float));
 }
 
-static void cpu_rmsnorm(l3c_context *ctx, const float *x, const float *g, float *y, int64_t T, int64_t n,
-                        float eps) {
+static void cpu_rmsnorm(l3c_context *ctx, const float *x, const float *g, float *y, float *rstd,
+                        int64_t T, int64_t n, float eps) {
     l3c_rmsnorm(x, g, y, T, n, eps);
+    if (rstd) l3c_rms_rstd(x, rstd, T, n, eps);
 }
 
 static void cpu_matmul(l3c_context *ctx, const l3c_weight *w, const float *x, float *y, int64_t T) {
@@ -46,9 +48,15 @@ static void cpu_kv_store(l3c_context *ctx, int32_t layer, const l3c_batch *b, co
     l3c_kv_cache_store(&ctx->kv, layer, k, v, b->n_tokens, b->seq_id, b->pos, c->n_head_kv, c->head_dim);
 }
 
-static void cpu_swiglu(l3c_context *ctx, float *a, const float *b, int64_t n) { l3c_swiglu(a, b, n); }
+static void cpu_swiglu(l3c_context *ctx, float *h, const float *g, const float *u, int64_t n) {
+    if (h != g) memcpy(h, g, (size_t)n * sizeof(float));
+    l3c_swiglu(h, u, n);
+}
 
-static void cpu_add(l3c_context *ctx, float *x, const float *y, int64_t n) { l3c_add(x, y, n); }
+static void cpu_add(l3c_context *ctx, float *out, const float *x, const float *y, int64_t n) {
+    if (out != x) memcpy(out, x, (size_t)n * sizeof(float));
+    l3c_add(out, y, n);
+}
 
 /* ---- lora: two small matmuls, tmp = x A^T then y += scale * tmp B^T, each on the thread pool.
  * Every output element is one thread's fixed-order sum, so results do not depend on the
@@ -95,6 +103,18 @@ static void cpu_lora(l3c_context *ctx, const float *A, const float *B, int32_t r
     l3c_threadpool_run(ctx->tp, l3c_n_chunks(n_out, LORA_ROWS), lora_up_chunk, &j);
 }
 
+/* every adapter's delta of (layer, target), through the context's own lora op */
+static void cpu_lora_deltas(l3c_context *ctx, int32_t layer, int target, const float *x, float *y,
+                            int64_t T) {
+    for (int i = 0; i < ctx->n_adapters; i++) {
+        const l3c_lora_adapter *ad = ctx->adapters[i].lora;
+        const l3c_lora_mat *m = l3c_lora_get(ad, layer, (l3c_lora_target)target);
+        if (m)
+            ctx->backend->lora(ctx, m->a, m->b, m->rank, m->n_in, m->n_out,
+                               ctx->adapters[i].scale * l3c_lora_mat_scale(ad, m), x, y, T);
+    }
+}
+
 static void cpu_stage(l3c_context *ctx, int end, float *x, int64_t T) {}
 
 const l3c_backend l3c_backend_cpu = {
@@ -111,5 +131,6 @@ const l3c_backend l3c_backend_cpu = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .lora = cpu_lora,
+    .lora_deltas = cpu_lora_deltas,
     .stage = cpu_stage,
 };

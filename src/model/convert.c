@@ -8,7 +8,8 @@
  *    falls back to F16, as gguf-py does), and Q4_K_M as llama-quantize's llama_tensor_get_type:
  *    Q4_K, with Q6_K for output.weight (or the tied token_embd), for attn_v and ffn_down of the
  *    layers use_more_bits picks, and llama-quantize's fallbacks for rows that are not a multiple
- *    of 256 (Q4_K -> Q5_0, Q6_K -> Q8_0);
+ *    of 256 (Q4_K -> Q5_0, Q6_K -> Q8_0); Q4_0 (every 2-D tensor, rows not a multiple of 32 in
+ *    F16; a quick low-bit copy, e.g. a draft model for speculative decoding);
  *  - data: each row to float (the type table's to_float), then the reference quantizer (ggml's
  *    quantize_row_*_ref; no importance matrix).
  * The output is written to a temporary file beside OUT and renamed when complete (io/outfile.h);
@@ -32,7 +33,7 @@ typedef struct ftype_info {
 
 static const ftype_info FTYPES[] = {
     {"F32", 0, L3C_TYPE_F32},   {"F16", 1, L3C_TYPE_F16},      {"BF16", 32, L3C_TYPE_BF16},
-    {"Q8_0", 7, L3C_TYPE_Q8_0}, {"Q4_K_M", 15, L3C_TYPE_Q4_K},
+    {"Q8_0", 7, L3C_TYPE_Q8_0}, {"Q4_K_M", 15, L3C_TYPE_Q4_K}, {"Q4_0", 2, L3C_TYPE_Q4_0},
 };
 
 /* llama.cpp's use_more_bits(i_layer, n_layers) */
@@ -74,6 +75,8 @@ static quant_fn quantizer(int type) {
         return l3c_ref_from_float_bf16;
     case L3C_TYPE_Q8_0:
         return l3c_ref_from_float_q8_0;
+    case L3C_TYPE_Q4_0:
+        return l3c_ref_from_float_q4_0;
     case L3C_TYPE_Q5_0:
         return l3c_ref_from_float_q5_0;
     case L3C_TYPE_Q4_K:
@@ -94,7 +97,8 @@ l3c_status l3c_convert(const char *in, const char *out, const char *out_type,
         if (!strcasecmp(out_type, FTYPES[i].name)) ft = &FTYPES[i];
     if (!ft)
         return l3c_fail(L3C_ERR_INVALID_ARG,
-                        "convert: type '%s' is not one of F32, F16, BF16, Q8_0, Q4_K_M", out_type);
+                        "convert: type '%s' is not one of F32, F16, BF16, Q8_0, Q4_K_M, Q4_0",
+                        out_type);
     l3c_status st;
     l3c_hf *hf = NULL;
     l3c_gguf *g = NULL;

@@ -14,11 +14,12 @@
  * Files: config.c (hyperparameters from metadata, validated), weights.c (bind every tensor by
  * name / type / shape), model.c (load, info, metadata), context.c (context, activations),
  * kv_cache.c/.h (KV cache: layout, store, seq_len bookkeeping), rope.c (rotary embedding),
- * forward.c (l3c_decode: validation, then the fixed op sequence: embd, layer_forward per layer,
- * head), lora.c / lora_io.c / adapter.c / lora_merge.c (LoRA adapters), backend.h (the op table the sequence calls), backend_cpu.c + attention.c (the CPU
- * backend), pooling.c (embeddings). A distributed run's share and backends: src/dist/.
- * docs/ARCHITECTURE.md describes the op sequence, the KV-cache layout and the trace
- * contract.
+ * forward.c (l3c_decode: validation, then the fixed op sequence: embd, the block per layer,
+ * head), block.c (the block's op sequence, forward and backward: decode's and training's), lora.c /
+ * lora_io.c / adapter.c / lora_merge.c (LoRA adapters), backend.h (the op table the sequence
+ * calls), backend_cpu.c + attention.c (the CPU backend), pooling.c (embeddings). A distributed
+ * run's share and backends: src/dist/. docs/ARCHITECTURE.md describes the op sequence, the KV-cache
+ * layout and the trace contract.
  */
 #ifndef L3C_MODEL_H
 #define L3C_MODEL_H

@@ -1,32 +1,35 @@
 /*
  * train_model.c -- the fp32 training model (train_model.h): parameter / gradient / AdamW
- * arenas, forward to the loss through the op pairs of train_ops.c, backward in reverse op
- * order, optional per-layer activation recomputation.
+ * arenas; the forward to the loss and the backward as the engine's block (l3c_block_forward /
+ * l3c_block_backward, src/model/block.c) run through a training backend table; head and
+ * cross-entropy; optional per-layer activation recomputation.
  *
- * One block, forward (x_in -> x_out; N = B*T rows), and what it saves (l3c_train_acts):
- *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1
+ * The block is not defined here: this file supplies the ops that differ from the CPU backend's
+ * (train_backend_init) and the buffers (l3c_block_bufs over l3c_train_acts). What a layer saves
+ * (N = B*T rows):
+ *   xn1 = rmsnorm(x_in, attn_norm)          xn1, rstd1            (op rmsnorm with rstd)
  *   q, k, v = xn1 Wq^T, Wk^T, Wv^T; rope q, k   q, k (rotated), v
- *   ao = attention(q, k, v)                  alse (row log-sum-exp, not the T x T probabilities), ao
- *   x_mid = x_in + ao Wo^T                   x_mid
- *   xn2 = rmsnorm(x_mid, ffn_norm)           xn2, rstd2
- *   h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h
- *   x_out = x_mid + h Wd^T                   (x_out is the next block's x_in, kept in x_res)
- * Backward runs the same list upside down with one residual-gradient buffer dres updated in
- * place: the add ops' backward is "dres passes through", each rmsnorm backward adds its branch.
+ *   ao = attention(q, k, v)                  alse (row log-sum-exp, not the T x T probabilities),
+ * ao x_mid = x_in + ao Wo^T                   x_mid xn2 = rmsnorm(x_mid, ffn_norm)           xn2,
+ * rstd2 h = silu(xn2 Wg^T) * (xn2 Wu^T)          g, u, h x_out = x_mid + h Wd^T (x_out is the next
+ * block's x_in, kept in x_res)
  *
- * Every matrix product is a "linear" (linear_fwd / linear_bwd): the engine's l3c_matmul on an
- * l3c_weight forward, the threaded per-tile kernels of train_kernels.c backward. In full mode
- * the weights are F32 views of the parameter arena and get dW; in LoRA mode they are the base
- * model's (any type, frozen: only dx) plus the adapter's branch s (x A^T) B^T, whose A and B
- * get gradients. Norms and attention use the op pairs of train_ops.c.
+ * Every matrix product is the op matmul (mm: the engine's l3c_matmul on an l3c_weight, 512 rows
+ * a call) plus, in LoRA mode, the op lora_deltas (the adapter's branch s (x A^T) B^T, x A^T kept);
+ * its backward, matmul_bwd (linear_bwd), runs the threaded per-tile kernels of train_kernels.c.
+ * In full mode the weights are F32 views of the parameter arena and get dW; in LoRA mode they are
+ * the base model's (any type, frozen: only dx) and A, B get gradients. Norms, rope and swiglu
+ * backward are the op pairs of train_ops.c.
  */
 #include "train/train_model.h"
 
+#include "model/block.h"
 #include "model/model.h"
 #include "train/train_kernels.h"
 #include "train/train_ops.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,9 +38,11 @@ struct l3c_train_acts {
     float *lu[L3C_TRAIN_N_MATS]; /* LoRA: x A^T [N x rank] of each adapted matrix, else NULL */
 };
 
+static void train_fwd_free(l3c_train_model *m); /* the block's view of the model (below) */
+
 /* Backward scratch (one set, reused by every layer) and the forward's temporary. */
 typedef struct bwd_bufs {
-    float *dres, *dxn, *dao, *dq, *dk, *dv, *dh, *dg, *du, *tmp;
+    float *dres, *dxn, *dao, *dq, *dk, *dv, *dh, *dg, *du, *tmp, *xo;
 } bwd_bufs;
 
 static int64_t q_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head * m->head_dim; }
@@ -378,6 +383,7 @@ static void free_acts(l3c_train_model *m) {
 void l3c_train_model_free(l3c_train_model *m) {
     if (!m) return;
     free_acts(m);
+    train_fwd_free(m);
     free(m->tensors);
     free(m->p.layers);
     free(m->g.layers);
@@ -472,6 +478,12 @@ static l3c_status build_transposes(l3c_train_model *m) {
     return L3C_OK;
 }
 
+/* the widest n_out of a block's matrices */
+static int64_t widest(const l3c_train_model *m) {
+    const int64_t D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m);
+    return F > qd ? (F > D ? F : D) : (qd > D ? qd : D);
+}
+
 static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int ckpt = m->checkpoint ? 1 : 0;
     l3c_status st = build_transposes(m);
@@ -485,15 +497,17 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
                   kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer, r = lora_rank(m);
     const int n_sets = ckpt ? 1 : m->cfg.n_layer;
     const size_t per = per_layer_floats(m, B, T);
-    const int64_t wide = F > qd ? (F > D ? F : D) : (qd > D ? qd : D); /* widest n_out of a block */
+    const int64_t wide = widest(m);
     m->acts = l3c_calloc((size_t)n_sets, sizeof *m->acts);
     float *a = l3c_malloc((size_t)n_sets * per * sizeof(float));
     const int64_t R = l3c_train_xent_rows(m, N);
     m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + (keep ? N * V : 0) + R * V + N + 2 * N * half) *
                           sizeof(float));
-    m->scratch = l3c_malloc((size_t)(3 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
+    m->scratch =
+        l3c_malloc((size_t)(4 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
     m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
-    m->lora_tmp = r ? l3c_malloc((size_t)(N * (wide > r ? wide : r)) * sizeof(float)) : NULL;
+    m->lora_tmp =
+        r ? l3c_malloc((size_t)(N * (wide + r)) * sizeof(float)) : NULL; /* + the op lora's x A^T */
     m->dx_tmp = m->mats_t ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
     const int drop = r && m->lora_dropout > 0.0f;
     if (m->exact && !m->exact_w) {
@@ -561,6 +575,7 @@ static bwd_bufs scratch_bufs(const l3c_train_model *m) {
     s.dres = x, x += N * D;
     s.dxn = x, x += N * D;
     s.tmp = x, x += N * D;
+    s.xo = x, x += N * D; /* a recomputed layer's output (not needed again) */
     s.dao = x, x += N * qd;
     s.dq = x, x += N * qd;
     s.dk = x, x += N * kd;
@@ -644,23 +659,9 @@ static const float *lora_input(l3c_train_model *m, int l, int t, const float *x,
     return m->drop_buf;
 }
 
-/* Matrix t of layer l: y = x W^T, plus the adapter's s (x A^T) B^T (x A^T saved in lu; x through
- * the dropout mask when it is on). */
-static void linear_fwd(l3c_train_model *m, int l, int t, const float *x, float *y, float *lu) {
-    const int64_t N = m->B * m->T;
-    const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
-    mm(m, w, x, y, N);
-    const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, (l3c_lora_target)t) : NULL;
-    if (!am) return;
-    const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
-    const l3c_weight wb = l3c_trk_f32_weight(am->b, am->rank, am->n_out, "lora_b");
-    mm(m, &wa, lora_input(m, l, t, x, am->n_in), lu, N);
-    mm(m, &wb, lu, m->lora_tmp, N);
-    l3c_axpy(y, m->lora_scale, m->lora_tmp, N * w->n_out);
-}
-
-/* Backward of linear_fwd for dy: dx += dy W (dx may be NULL), dW += dy^T x (full mode), and
- * the adapter's dB += s dy^T (x A^T), d(x A^T) = s dy B, dA += d(x A^T)^T x, dx += d(x A^T) A. */
+/* Backward of matrix t of layer l (ops matmul + lora_deltas) for dy: dx += dy W (dx may be
+ * NULL), dW += dy^T x (full mode), and the adapter's dB += s dy^T (x A^T), d(x A^T) = s dy B, dA +=
+ * d(x A^T)^T x, dx += d(x A^T) A. */
 static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, const float *lu,
                              const float *dy, float *dx, float *dW) {
     const int64_t N = m->B * m->T;
@@ -690,97 +691,284 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     return L3C_OK;
 }
 
-/* ------------------------------------------------------------------ one block */
+/* ------------------------------------------------------------------ the block's training backend
+ */
 
-/* x_out NULL: recompute the saved activations only (checkpointed backward). */
-static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a, float *tmp,
-                                float *x_out) {
+/* The training model as l3c_block_forward sees it: an l3c_context whose backend is
+ * g_train (below) and whose model holds the shapes and the matrices (m->mats, the norms) as the
+ * engine's l3c_layer; the ops get &ctx and find the training model around it. */
+struct l3c_train_fwd {
+    l3c_context ctx; /* first member: (train_fwd *)ctx */
+    l3c_model model;
+    l3c_ctx_adapter adapter; /* LoRA mode: the trained adapter, scale 1 (m->lora_scale applies) */
+    l3c_train_model *m;
+    l3c_train_acts *a;  /* the layer being run: attention's row log-sum-exp, LoRA's x A^T */
+    const float *k, *v; /* kv_store's: the batch's own keys and values */
+    l3c_status st;      /* the first failure of an op (out of memory in the attention) */
+};
+typedef struct l3c_train_fwd train_fwd;
+
+static train_fwd *tf(l3c_context *ctx) {
+    return (train_fwd *)ctx;
+}
+
+/* keeps an op's first failure (ops cannot return one); the block's caller returns it */
+static void note(train_fwd *f, l3c_status st) {
+    if (st && !f->st) f->st = st;
+}
+
+static void train_matmul(l3c_context *ctx, const l3c_weight *w, const float *x, float *y,
+                         int64_t T) {
+    mm(tf(ctx)->m, w, x, y, T);
+}
+
+static void train_matmul_multi(l3c_context *ctx, int n, const l3c_weight *const *w, float *const *y,
+                               const float *x, int64_t T, bool swiglu) {
+    for (int i = 0; i < n; i++)
+        mm(tf(ctx)->m, w[i], x, y[i], T);
+    if (swiglu) l3c_tr_swiglu_fwd(y[0], y[1], T * w[0]->n_out, y[0]);
+}
+
+static void train_rope_tables(l3c_context *ctx, const int32_t *pos, int64_t T, float *cos_t,
+                              float *sin_t) {
+    const l3c_train_model *m = tf(ctx)->m;
+    l3c_tr_rope_tables(pos, T, m->cfg.n_rot, m->cfg.rope_theta, m->rope_freqs, cos_t, sin_t);
+}
+
+/* the keys and values are the layer's saved k, v already: attention reads them there */
+static void train_kv_store(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *k,
+                           const float *v) {
+    tf(ctx)->k = k;
+    tf(ctx)->v = v;
+}
+
+/* causal attention of every packed example over its own tokens; keeps each row's log-sum-exp */
+static void train_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
+                            float *out, float *probs, int64_t n_kv) {
+    train_fwd *f = tf(ctx);
+    const l3c_train_model *m = f->m;
+    const l3c_status st =
+        l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos, m->B, m->T, m->cfg.n_head,
+                              m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
+    note(f, st);
+}
+
+static void train_swiglu(l3c_context *ctx, float *h, const float *g, const float *u, int64_t n) {
+    l3c_tr_swiglu_fwd(g, u, n, h);
+}
+
+/* y += scale * (x A^T) B^T, x A^T into xa [T x rank] */
+static void lora_branch(l3c_train_model *m, const float *A, const float *B, int32_t rank,
+                        int64_t n_in, int64_t n_out, float scale, const float *x, float *xa,
+                        float *y, int64_t T) {
+    const l3c_weight wa = l3c_trk_f32_weight(A, n_in, rank, "lora_a");
+    const l3c_weight wb = l3c_trk_f32_weight(B, rank, n_out, "lora_b");
+    mm(m, &wa, x, xa, T);
+    mm(m, &wb, xa, m->lora_tmp, T);
+    l3c_axpy(y, scale, m->lora_tmp, T * n_out);
+}
+
+static void train_lora(l3c_context *ctx, const float *A, const float *B, int32_t rank, int64_t n_in,
+                       int64_t n_out, float scale, const float *x, float *y, int64_t T) {
+    l3c_train_model *m = tf(ctx)->m;
+    lora_branch(m, A, B, rank, n_in, n_out, scale, x, m->lora_tmp + m->B * m->T * widest(m), y, T);
+}
+
+/* the trained adapter's branch of matrix (l, t): its input through the dropout mask when on, x A^T
+ * kept in the layer's saved activations for the backward */
+static void train_lora_deltas(l3c_context *ctx, int32_t l, int t, const float *x, float *y,
+                              int64_t T) {
+    train_fwd *f = tf(ctx);
+    l3c_train_model *m = f->m;
+    const l3c_lora_mat *am = l3c_lora_get(m->lora, l, (l3c_lora_target)t);
+    if (am)
+        lora_branch(m, am->a, am->b, am->rank, am->n_in, am->n_out, m->lora_scale,
+                    lora_input(m, l, t, x, am->n_in), f->a->lu[t], y, T);
+}
+
+/* ---- backward: train_ops.c's pairs and train_kernels.c's threaded kernels */
+
+static void train_rmsnorm_bwd(l3c_context *ctx, const float *x, const float *g, const float *rstd,
+                              const float *dy, float *dx, float *dg, int64_t T, int64_t n) {
+    l3c_tr_rmsnorm_bwd(x, g, rstd, dy, T, n, dx, dg);
+}
+
+static void train_matmul_bwd(l3c_context *ctx, int32_t l, int t, const l3c_weight *w,
+                             const float *x, const float *dy, float *dx, float *dW, int64_t T) {
+    train_fwd *f = tf(ctx);
+    note(f, linear_bwd(f->m, l, t, x, f->a->lu[t], dy, dx, dW));
+}
+
+static void train_rope_bwd(l3c_context *ctx, float *dx, int64_t T, int n_heads, const float *cos_t,
+                           const float *sin_t) {
+    const l3c_train_model *m = tf(ctx)->m;
+    l3c_tr_rope_bwd(dx, T, n_heads, m->head_dim, m->cfg.n_rot, cos_t, sin_t);
+}
+
+static void train_attention_bwd(l3c_context *ctx, int32_t layer, const l3c_batch *b, const float *q,
+                                const float *k, const float *v, const float *dout, float *dq,
+                                float *dk, float *dv) {
+    train_fwd *f = tf(ctx);
+    const l3c_train_model *m = f->m;
+    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos, f->a->alse, dout, m->B, m->T,
+                                  m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
+}
+
+static void train_swiglu_bwd(l3c_context *ctx, const float *g, const float *u, const float *dh,
+                             float *dg, float *du, int64_t n) {
+    l3c_tr_swiglu_bwd(g, u, dh, n, dg, du);
+}
+
+/* The CPU backend's get_rows, gather_rows, rmsnorm (with rstd), rope, add and stage; the rest
+ * above. */
+static l3c_backend g_train;
+static pthread_once_t g_train_once = PTHREAD_ONCE_INIT;
+
+static void train_backend_init(void) {
+    g_train = l3c_backend_cpu;
+    g_train.name = "train";
+    g_train.matmul = train_matmul;
+    g_train.matmul_multi = train_matmul_multi;
+    g_train.rope_tables = train_rope_tables;
+    g_train.kv_store = train_kv_store;
+    g_train.attention = train_attention;
+    g_train.swiglu = train_swiglu;
+    g_train.lora = train_lora;
+    g_train.lora_deltas = train_lora_deltas;
+    g_train.rmsnorm_bwd = train_rmsnorm_bwd;
+    g_train.matmul_bwd = train_matmul_bwd;
+    g_train.rope_bwd = train_rope_bwd;
+    g_train.attention_bwd = train_attention_bwd;
+    g_train.swiglu_bwd = train_swiglu_bwd;
+}
+
+/* m->fwd, made at the first forward: the context and model l3c_block_forward reads. The matrices'
+ * views (m->mats) and the norms do not move after creation. */
+static l3c_status train_fwd_bind(l3c_train_model *m) {
+    if (m->fwd) return L3C_OK;
     const l3c_train_config *c = &m->cfg;
-    const l3c_train_layer *W = &m->p.layers[l];
-    const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff;
-    const int hd = m->head_dim;
-    l3c_tr_rmsnorm_fwd(x_in, W->attn_norm, N, D, c->norm_eps, a->xn1, a->rstd1);
-    linear_fwd(m, l, L3C_LORA_Q, a->xn1, a->q, a->lu[L3C_LORA_Q]);
-    linear_fwd(m, l, L3C_LORA_K, a->xn1, a->k, a->lu[L3C_LORA_K]);
-    linear_fwd(m, l, L3C_LORA_V, a->xn1, a->v, a->lu[L3C_LORA_V]);
-    l3c_tr_rope_fwd(a->q, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_tr_rope_fwd(a->k, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_status st = l3c_trk_attention_fwd(m->tp, a->q, a->k, a->v, m->pos, m->B, m->T, c->n_head, c->n_head_kv,
-                                          hd, a->alse, a->ao);
-    if (st) return st;
-    linear_fwd(m, l, L3C_LORA_O, a->ao, tmp, a->lu[L3C_LORA_O]);
-    memcpy(a->x_mid, x_in, (size_t)(N * D) * sizeof(float));
-    l3c_tr_add_fwd(a->x_mid, tmp, N * D);
-    l3c_tr_rmsnorm_fwd(a->x_mid, W->ffn_norm, N, D, c->norm_eps, a->xn2, a->rstd2);
-    linear_fwd(m, l, L3C_LORA_GATE, a->xn2, a->g, a->lu[L3C_LORA_GATE]);
-    linear_fwd(m, l, L3C_LORA_UP, a->xn2, a->u, a->lu[L3C_LORA_UP]);
-    l3c_tr_swiglu_fwd(a->g, a->u, N * F, a->h);
-    if (!x_out) { /* the down matrix's output is not needed again, its adapter's h A^T is */
-        const l3c_lora_mat *am = m->lora ? l3c_lora_get(m->lora, l, L3C_LORA_DOWN) : NULL;
-        if (am) {
-            const l3c_weight wa = l3c_trk_f32_weight(am->a, am->n_in, am->rank, "lora_a");
-            mm(m, &wa, lora_input(m, l, L3C_LORA_DOWN, a->h, am->n_in), a->lu[L3C_LORA_DOWN], N);
-        }
-        return L3C_OK;
+    train_fwd *f = l3c_calloc(1, sizeof *f);
+    l3c_layer *layers = l3c_calloc((size_t)c->n_layer, sizeof *layers);
+    if (!f || !layers) {
+        free(f);
+        free(layers);
+        return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the model");
     }
-    linear_fwd(m, l, L3C_LORA_DOWN, a->h, tmp, a->lu[L3C_LORA_DOWN]);
-    memcpy(x_out, a->x_mid, (size_t)(N * D) * sizeof(float));
-    l3c_tr_add_fwd(x_out, tmp, N * D);
+    pthread_once(&g_train_once, train_backend_init);
+    for (int l = 0; l < c->n_layer; l++) {
+        l3c_layer *L = &layers[l];
+        const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS];
+        L->attn_norm = m->p.layers[l].attn_norm;
+        L->ffn_norm = m->p.layers[l].ffn_norm;
+        L->wq = w[L3C_LORA_Q], L->wk = w[L3C_LORA_K], L->wv = w[L3C_LORA_V], L->wo = w[L3C_LORA_O];
+        L->w_gate = w[L3C_LORA_GATE], L->w_up = w[L3C_LORA_UP], L->w_down = w[L3C_LORA_DOWN];
+    }
+    l3c_config *mc = &f->model.cfg;
+    mc->n_vocab = c->n_vocab, mc->n_embd = c->n_embd, mc->n_layer = c->n_layer;
+    mc->n_head = c->n_head, mc->n_head_kv = c->n_head_kv, mc->head_dim = m->head_dim,
+    mc->n_ff = c->n_ff;
+    mc->n_rot = c->n_rot, mc->rope_theta = c->rope_theta, mc->norm_eps = c->norm_eps;
+    mc->rope_freq_scale = 1.0f;
+    f->model.w.layers = layers;
+    f->model.w.tok_embd =
+        m->base ? m->base->w.tok_embd
+                : l3c_trk_f32_weight(m->p.tok_embd, c->n_embd, c->n_vocab, "token_embd");
+    f->model.w.output_norm = m->p.output_norm;
+    f->model.w.output = m->head;
+    f->model.w.rope_freqs = m->rope_freqs;
+    f->model.w.tied_output = c->tied;
+    f->model.layer0 = 0;
+    f->model.layer1 = c->n_layer;
+    f->model.backend = &g_train;
+    f->ctx.model = &f->model;
+    f->ctx.backend = &g_train;
+    f->ctx.tp = m->tp;
+    f->adapter.lora = m->lora;
+    f->adapter.scale = 1.0f;
+    f->ctx.adapters = m->lora ? &f->adapter : NULL;
+    f->ctx.n_adapters = m->lora ? 1 : 0;
+    f->m = m;
+    m->fwd = f;
     return L3C_OK;
 }
 
-/* s->dres holds dL/dx_out on entry and dL/dx_in on return. G's pointers are NULL for frozen
- * weights (LoRA mode). */
-static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, const l3c_train_acts *a,
+static void train_fwd_free(l3c_train_model *m) {
+    if (!m->fwd) return;
+    free(m->fwd->model.w.layers);
+    free(m->fwd);
+    m->fwd = NULL;
+}
+
+/* The block's buffers of layer l's saved activations a (x_in, proj, x_out: see layer_forward). */
+static l3c_block_bufs block_bufs(const l3c_train_model *m, const float *x_in, l3c_train_acts *a,
+                                 float *proj, float *x_out) {
+    return (l3c_block_bufs){.x_in = x_in,
+                            .x_mid = a->x_mid,
+                            .x_out = x_out,
+                            .xn1 = a->xn1,
+                            .xn2 = a->xn2,
+                            .rstd1 = a->rstd1,
+                            .rstd2 = a->rstd2,
+                            .q = a->q,
+                            .k = a->k,
+                            .v = a->v,
+                            .att_out = a->ao,
+                            .proj = proj,
+                            .g = a->g,
+                            .u = a->u,
+                            .h = a->h,
+                            .rope_cos = m->rope_cos,
+                            .rope_sin = m->rope_sin};
+}
+
+/* the whole batch as one l3c_batch of B*T tokens (rows of packed examples) */
+static l3c_batch train_batch(const l3c_train_model *m) {
+    return (l3c_batch){.n_tokens = (int32_t)(m->B * m->T), .tokens = m->ids, .pos = m->pos};
+}
+
+/* Layer l of the last batch through l3c_block_forward: x_in -> x_out, keeping a's activations
+ * (the checkpointed backward recomputes them with x_out a scratch buffer). */
+static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
+                                float *proj, float *x_out) {
+    train_fwd *f = m->fwd;
+    const l3c_batch b = train_batch(m);
+    const l3c_block_bufs s = block_bufs(m, x_in, a, proj, x_out);
+    f->ctx.tp = m->tp; /* l3c_train_model_set_threads may have changed it */
+    f->a = a;
+    f->st = L3C_OK;
+    l3c_block_forward(&f->ctx, l, &b, &s);
+    return f->st;
+}
+
+/* Its backward (l3c_block_backward): s->dres holds dL/dx_out on entry and dL/dx_in on return;
+ * the parameters' gradients are added into m->g (NULL there: frozen, LoRA mode) and the
+ * adapter's into m->dlora. */
+static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
                                  const bwd_bufs *s) {
-    const l3c_train_config *c = &m->cfg;
-    const l3c_train_layer *W = &m->p.layers[l];
-    const l3c_train_layer *G = &m->g.layers[l];
-    const int64_t N = m->B * m->T, D = c->n_embd, F = c->n_ff, qd = q_dim(m), kd = kv_dim(m);
-    const int hd = m->head_dim;
-    l3c_status st;
-    /* x_out = x_mid + h Wd^T: dres passes to x_mid (add backward), the branch gets dres too */
-    zero(s->dh, N * F);
-    if ((st = linear_bwd(m, l, L3C_LORA_DOWN, a->h, a->lu[L3C_LORA_DOWN], s->dres, s->dh, G->w_down)))
-        return st;
-    zero(s->dg, N * F);
-    zero(s->du, N * F);
-    l3c_tr_swiglu_bwd(a->g, a->u, s->dh, N * F, s->dg, s->du);
-    zero(s->dxn, N * D);
-    if ((st = linear_bwd(m, l, L3C_LORA_GATE, a->xn2, a->lu[L3C_LORA_GATE], s->dg, s->dxn, G->w_gate)) ||
-        (st = linear_bwd(m, l, L3C_LORA_UP, a->xn2, a->lu[L3C_LORA_UP], s->du, s->dxn, G->w_up)))
-        return st;
-    l3c_tr_rmsnorm_bwd(a->x_mid, W->ffn_norm, a->rstd2, s->dxn, N, D, s->dres, G->ffn_norm);
-    /* x_mid = x_in + ao Wo^T */
-    zero(s->dao, N * qd);
-    if ((st = linear_bwd(m, l, L3C_LORA_O, a->ao, a->lu[L3C_LORA_O], s->dres, s->dao, G->wo))) return st;
-    zero(s->dq, N * qd);
-    zero(s->dk, N * kd);
-    zero(s->dv, N * kd);
-    if ((st = l3c_trk_attention_bwd(m->tp, a->q, a->k, a->v, m->pos, a->alse, s->dao, m->B, m->T, c->n_head,
-                                    c->n_head_kv, hd, s->dq, s->dk, s->dv)))
-        return st;
-    l3c_tr_rope_bwd(s->dq, N, c->n_head, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    l3c_tr_rope_bwd(s->dk, N, c->n_head_kv, hd, c->n_rot, m->rope_cos, m->rope_sin);
-    zero(s->dxn, N * D);
-    if ((st = linear_bwd(m, l, L3C_LORA_Q, a->xn1, a->lu[L3C_LORA_Q], s->dq, s->dxn, G->wq)) ||
-        (st = linear_bwd(m, l, L3C_LORA_K, a->xn1, a->lu[L3C_LORA_K], s->dk, s->dxn, G->wk)) ||
-        (st = linear_bwd(m, l, L3C_LORA_V, a->xn1, a->lu[L3C_LORA_V], s->dv, s->dxn, G->wv)))
-        return st;
-    l3c_tr_rmsnorm_bwd(x_in, W->attn_norm, a->rstd1, s->dxn, N, D, s->dres, G->attn_norm);
-    return L3C_OK;
+    train_fwd *f = m->fwd;
+    const l3c_batch b = train_batch(m);
+    const l3c_block_bufs fb = block_bufs(m, x_in, a, s->tmp, NULL);
+    const l3c_train_layer *g = &m->g.layers[l];
+    const l3c_block_grads G = {.attn_norm = g->attn_norm,
+                               .ffn_norm = g->ffn_norm,
+                               .w = {g->wq, g->wk, g->wv, g->wo, g->w_gate, g->w_up, g->w_down}};
+    const l3c_block_dbufs d = {.dres = s->dres,
+                               .dxn = s->dxn,
+                               .dao = s->dao,
+                               .dq = s->dq,
+                               .dk = s->dk,
+                               .dv = s->dv,
+                               .dh = s->dh,
+                               .dg = s->dg,
+                               .du = s->du};
+    f->ctx.tp = m->tp;
+    f->a = a;
+    f->st = L3C_OK;
+    l3c_block_backward(&f->ctx, l, &b, &fb, &G, &d);
+    return f->st;
 }
 
 /* ------------------------------------------------------------------ model forward / backward */
-
-/* token embeddings of ids [N] into x [N x D] */
-static void embed(const l3c_train_model *m, const int32_t *ids, int64_t N, float *x) {
-    const int64_t D = m->cfg.n_embd;
-    if (m->base)
-        for (int64_t n = 0; n < N; n++) l3c_get_row(&m->base->w.tok_embd, ids[n], x + n * D);
-    else
-        l3c_tr_embedding_fwd(m->p.tok_embd, D, ids, N, x);
-}
 
 l3c_status l3c_train_forward(l3c_train_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                              int64_t T, float *loss) {
@@ -813,7 +1001,9 @@ l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const i
                             t > 0 ? pos[n - 1] : -1);
     }
     l3c_status st = reserve(m, B, T);
-    if (st) return st;
+    if (st || (st = train_fwd_bind(m))) return st;
+    l3c_context *ctx = &m->fwd->ctx;
+    const l3c_backend *be = ctx->backend;
     bwd_bufs s = scratch_bufs(m);
     memcpy(m->ids, ids, (size_t)N * sizeof(int32_t));
     for (int64_t n = 0; n < N; n++) {
@@ -823,21 +1013,22 @@ l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const i
     m->n_valid = -1; /* no backward without targets */
     m->drop_fwd = m->lora && m->lora_dropout > 0.0f && m->dropout_on; /* the backward's too */
     m->drop_fwd_seed = m->dropout_seed;
-    l3c_tr_rope_tables(m->pos, N, c->n_rot, c->rope_theta, m->rope_freqs, m->rope_cos, m->rope_sin);
-    embed(m, m->ids, N, m->x_res);
+    /* the op sequence of l3c_decode (forward.c) on every token, through the training backend */
+    be->rope_tables(ctx, m->pos, N, m->rope_cos, m->rope_sin);
+    be->get_rows(ctx, &m->fwd->model.w.tok_embd, m->ids, N, m->x_res);
     for (int l = 0; l < c->n_layer; l++)
         if ((st = layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
                                 m->x_res + (l + 1) * N * D)))
             return st;
     const float *xf = m->x_res + (int64_t)c->n_layer * N * D;
-    l3c_tr_rmsnorm_fwd(xf, m->p.output_norm, N, D, c->norm_eps, m->xn_f, m->rstd_f);
+    be->rmsnorm(ctx, xf, m->p.output_norm, m->xn_f, m->rstd_f, N, D, c->norm_eps);
     /* head + cross-entropy R rows at a time: the [N x V] logits are never all in memory */
     const int64_t R = l3c_train_xent_rows(m, N);
     int64_t nv = 0;
     double sum = 0.0;
     for (int64_t n0 = 0; n0 < N; n0 += R) {
         const int64_t r = N - n0 < R ? N - n0 : R;
-        mm(m, &m->head, m->xn_f + n0 * D, m->xent_buf, r);
+        be->matmul(ctx, &m->head, m->xn_f + n0 * D, m->xent_buf, r);
         if (m->logits) memcpy(m->logits + n0 * V, m->xent_buf, (size_t)(r * V) * sizeof(float));
         if (!targets) continue;
         int64_t c_nv = 0;
@@ -889,7 +1080,7 @@ l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const float *x_in = m->x_res + l * N * D;
         l3c_train_acts *a = &m->acts[m->checkpoint ? 0 : l];
-        if (m->checkpoint && (st = layer_forward(m, l, x_in, a, s.tmp, NULL))) return st;
+        if (m->checkpoint && (st = layer_forward(m, l, x_in, a, s.tmp, s.xo))) return st;
         if ((st = layer_backward(m, l, x_in, a, &s))) return st;
     }
     if (m->g.tok_embd) l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);

@@ -120,6 +120,7 @@ typedef struct l3c_train_model {
     int32_t *pos;           /* [N] rope positions (t, or restarting per packed example) */
     float *x_res;           /* [(n_layer + 1) x N x D] input of each layer, then the final stream */
     l3c_train_acts *acts;   /* [n_layer], or [1] with checkpointing */
+    struct l3c_train_fwd *fwd; /* the model as l3c_block_forward runs it (train_model.c), or NULL */
     float *rope_cos, *rope_sin; /* [N x n_rot/2] */
     float *xn_f, *rstd_f;   /* final norm: [N x D], [N] */
     int keep_logits;        /* 1: the forward also keeps all logits in `logits` (tests, dumps) */

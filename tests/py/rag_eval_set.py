@@ -196,4 +196,31 @@ UNANSWERABLE = [
     "What is the name of the glassworks' current director?",
     "How many passengers did the steam ferry carry in 1999?",
     "Which composer wrote an opera about the clock tower?",
+    "How many visitors does the glass museum receive in a year?",
+    "How tall is the tower of the harbour lighthouse?",
+    "How much does a loaf of the rye bread cost?",
+    "Which rocket carried the lightning-watching spacecraft into orbit?",
+    "How long do the spring-dwelling reptiles live?",
+    "Who designed the dome of the library reading room?",
+    "How many passengers fit into one car of the mountain railway?",
+    "What is the population of the town that holds the cheese race?",
+    "In which year was the first kite festival of the coastal town held?",
+    "How deep are the caves where the glowing moss grows?",
+    "Who was the last director of the copper mine?",
+]
+
+# Off the corpus's topics (abstention: docs/RAG.md "Unanswerable questions").
+OFF_TOPIC = [
+    "What is the capital of France?",
+    "How do I reset the password of my wifi router?",
+    "Who won the football world cup in 2010?",
+    "What is the boiling point of mercury?",
+    "Which programming language uses a borrow checker?",
+    "How many moons does Jupiter have?",
+    "What is a good recipe for tomato soup?",
+    "When did the Roman empire fall?",
+    "How do vaccines train the immune system?",
+    "What is the speed of light in a vacuum?",
+    "Who painted the Mona Lisa?",
+    "How do I file my income tax return?",
 ]

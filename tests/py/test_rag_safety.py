@@ -234,7 +234,7 @@ from torch_ref import torch_python  # noqa: E402,F401  (fixture)
 def test_int8_scan_recall_and_reload(model, tmp_path):
     """The int8 matrix + exact rerank finds the float64 top 10 / top 50 (bench/rag_scale.c on
     5,000 random unit vectors, 21 queries), and a serving index sees files indexed after it
-    loaded its matrix (data_version)."""
+    loaded its matrix (the index generation)."""
     exe = os.path.join(os.path.dirname(BIN), "bench", "rag_scale")
     env = dict(os.environ)
     env["TMPDIR"] = str(tmp_path)
@@ -270,3 +270,47 @@ def test_int8_scan_recall_and_reload(model, tmp_path):
         assert index(model, db, tmp_path / "notes").returncode == 0
         hits = ask(srv.port, "dog")
         assert sorted(os.path.basename(h["path"]) for h in hits) == ["a.md", "b.md"], hits
+
+
+def test_min_score_options(model, tmp_path):
+    """--min-score / "min_score": validated, reported (docs/RAG.md "Unanswerable questions")."""
+    import json
+    from server_util import Server
+    write(tmp_path / "notes" / "a.md", "The cat sat on the mat.\n")
+    db = tmp_path / "i.db"
+    assert index(model, db, tmp_path / "notes").returncode == 0
+    p = run_cli("rag", "ask", "-m", model, "--db", db, "--mode", "vector", "--min-score", "1", "cat", check=False)
+    assert p.returncode == 2 and "--min-score is a BM25 score" in p.stderr, p.stderr
+    p = run_cli("rag", "ask", "-m", model, "--db", db, "--min-score", "x", "cat", check=False)
+    assert p.returncode == 2 and "--min-score" in p.stderr, p.stderr
+    # a word of the text: confidence > 0; none: 0, and ask refuses without the model
+    out = json.loads(run_cli("rag", "query", "-m", model, "--db", db, "--json", "cat").stdout)
+    assert out["confidence"] == max(h["bm25"] for h in out["results"]) > 0
+    p = run_cli("rag", "ask", "-m", model, "--db", db, "-n", "4", "zebra")
+    assert p.stdout.startswith("I don't know: no indexed passage answers this. (retrieval confidence 0.00"), p.stdout
+    assert "[1] " in p.stdout.split("Nearest sources:")[1]
+    with Server(model, "--rag-db", db, "--pooling", "mean") as srv:
+        st, body = srv.post_json("/v1/rag/query", {"query": "cat", "min_score": 1e5})
+        assert st == 200 and body["abstain"] is True and body["confidence"] > 0, body
+        st, body = srv.post_json("/v1/rag/query", {"query": "cat", "min_score": 0})
+        assert st == 200 and body["abstain"] is False, body
+        # chat below min_score: the fixed reply without the model, streamed or not
+        fixed = "I don't know: no indexed passage answers this."
+        chat = {"messages": [{"role": "user", "content": "cat"}], "rag": {"k": 1, "min_score": 1e5}, "max_tokens": 4}
+        st, body = srv.post_json("/v1/chat/completions", chat)
+        assert st == 200 and body["choices"][0]["message"]["content"] == fixed, body
+        assert body["rag_abstained"] is True and body["usage"]["completion_tokens"] == 0, body
+        assert [os.path.basename(x["path"]) for x in body["rag_sources"]] == ["a.md"], body
+        st, events, raw = srv.stream("/v1/chat/completions", dict(chat, stream=True))
+        assert st == 200 and raw.rstrip().endswith("data: [DONE]"), raw
+        text = "".join(ev["choices"][0]["delta"].get("content") or "" for ev in events
+                       if isinstance(ev, dict) and ev.get("choices"))
+        assert text == fixed, raw
+        st, body = srv.post_json("/v1/chat/completions", dict(chat, rag={"k": 1, "min_score": 0}))
+        assert st == 200 and "rag_abstained" not in body and body["usage"]["completion_tokens"] > 0, body
+        for bad in ("x", -1, None):
+            st, body = srv.post_json("/v1/rag/query", {"query": "cat", "min_score": bad})
+            assert st == 400 and body["error"]["param"] == "min_score", body
+            st, body = srv.post_json("/v1/chat/completions", {"messages": [{"role": "user", "content": "cat"}],
+                                                              "rag": {"min_score": bad}})
+            assert st == 400 and body["error"]["param"] == "min_score", body
