@@ -11,9 +11,14 @@
  *   cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc bench/bench_kernels.c build/libllama3c.a \
  *      -lpcre2-8 -ljansson -lpthread -lm -o build/bench_kernels
  * Run: build/bench_kernels [--packed] [--l2] [type-name ...]   (default: every weight type)
- *   --packed: only the packed-layout lines (gemv, gemm and pack speed), several repetitions
+ *   --packed: only the packed-layout lines (gemv, gemm and pack speed) of the best path (and of
+ *             avx512 where amx is best), several repetitions
  *   --l2:     a ~512 KiB matrix (fits in L2); the packed timings pass over it 128 times: the
  *             packed kernels' compute rate without the memory stream
+ *   -T N:     N tokens per gemm call instead of 32 (a prompt chunk: -T 512 times the AMX tiles as a
+ *             pp512 runs them)
+ * The path "amx" (x86_amx.c: the packed gemm on tile instructions) is timed where dispatch.c
+ * would offer it (cpuid, XCR0, the kernel's grant and the start-up check).
  */
 #include "kernels/types.h"
 
@@ -25,7 +30,7 @@ static size_t g_matrix_bytes = 64u << 20; /* weight matrix per type */
 static bool g_packed_only;
 static int g_passes = 1; /* passes over the matrix per timing (--l2) */
 #define GEMM_ROWS 1024
-#define GEMM_T 32
+static int GEMM_T = 32; /* tokens per gemm call (-T N) */
 #define GEMM_TILE 32
 
 static uint64_t g_rng = 88172645463325252ULL;
@@ -147,7 +152,8 @@ static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_
     const size_t xb = (size_t)(N_IN / L->act_block_size) * L->act_type_size;
     uint8_t *pk = aligned_alloc(64, (row_bytes * (size_t)rows + 63) & ~(size_t)63);
     uint8_t *xq = aligned_alloc(64, (xb * GEMM_T + 63) & ~(size_t)63);
-    float *y = malloc(sizeof(float) * (size_t)L3C_MAX(rows, GEMM_ROWS * GEMM_T)), x[N_IN];
+    float *y = malloc(sizeof(float) * (size_t)L3C_MAX(rows, GEMM_ROWS * GEMM_T)),
+          *x = malloc(sizeof(float) * N_IN);
     memset(pk, 0, row_bytes * (size_t)rows);
     double best_pk = 1e30;
     for (int k = 0; k < 3; k++) {
@@ -160,7 +166,8 @@ static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_
     for (int t = 0; t < GEMM_T; t++) {
         for (int i = 0; i < N_IN; i++) x[i] = rndf(-2.0f, 2.0f);
         if (L->act_from_float) L->act_from_float(x, xq + t * xb, N_IN);
-        else memcpy(xq + t * xb, x, sizeof x);
+        else
+            memcpy(xq + t * xb, x, sizeof(float) * N_IN);
     }
     const int reps = g_packed_only ? 7 : 3;
     double best = 1e30, best_mm = 1e30;
@@ -180,17 +187,22 @@ static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_
     const double bytes = (double)row_bytes * (double)rows * g_passes;
     printf("      %-7s gemv %6.2f GB/s | gemm %8.2f GFLOP/s | pack %6.2f GB/s\n", what, bytes / best / 1e9,
            2.0 * N_IN * (double)mm_rows * GEMM_T / best_mm / 1e9, bytes / best_pk / 1e9);
-    free(pk), free(xq), free(y);
+    free(pk), free(xq), free(y), free(x);
 }
 
 int main(int argc, char **argv) {
-    static path paths[3];
+    static path paths[4];
     int np = 0;
     int argn = 1;
     for (; argn < argc && argv[argn][0] == '-'; argn++) {
         if (strcmp(argv[argn], "--packed") == 0) g_packed_only = true;
         else if (strcmp(argv[argn], "--l2") == 0) g_matrix_bytes = 512u << 10, g_passes = 128;
-        else return fprintf(stderr, "usage: %s [--packed] [--l2] [type-name ...]\n", argv[0]), 2;
+        else if (strcmp(argv[argn], "-T") == 0 && argn + 1 < argc && atoi(argv[argn + 1]) > 0)
+            GEMM_T = atoi(argv[++argn]);
+        else
+            return fprintf(stderr, "usage: %s [--packed] [--l2] [-T tokens] [type-name ...]\n",
+                           argv[0]),
+                   2;
     }
     paths[np].name = "ref";
     for (int i = 0; i < L3C_TYPE_COUNT; i++) paths[np].tab[i] = *l3c_type_traits_ref(i);
@@ -209,6 +221,7 @@ int main(int argc, char **argv) {
             paths[np].name = "avx512";
             l3c_kernels_override_avx512(paths[np].tab);
             np++;
+            if (l3c_kernels_build_table("amx", paths[np].tab)) paths[np++].name = "amx";
         }
     }
 #endif
@@ -244,7 +257,7 @@ int main(int argc, char **argv) {
         for (int p = 0; p < np; p++) {
             const l3c_type_traits *tr = &paths[p].tab[type];
             if (g_packed_only) {
-                if (p != np - 1) continue;
+                if (p != np - 1 && strcmp(paths[p].name, "avx512") != 0) continue; /* amx: both */
                 printf("%-5s %-7s\n", rt->name, paths[p].name);
                 if (tr->packed.rows) time_packed(&tr->packed, "packed:", w, row_bytes, rows);
                 if (tr->packed_bf16.rows) time_packed(&tr->packed_bf16, "bf16:", w, row_bytes, rows);
@@ -254,9 +267,13 @@ int main(int argc, char **argv) {
             if (p > 0 && tr->vec_dot == paths[p - 1].tab[type].vec_dot &&
                 tr->gemm == paths[p - 1].tab[type].gemm) {
                 printf("%-5s %-7s (same kernels as %s)\n", rt->name, paths[p].name, paths[p - 1].name);
-                /* a packed layout of this path alone (Q5_K on avx512) still gets its line */
+                /* a packed layout of this path alone (Q5_K on avx512, the amx gemms) still gets its
+                 * line */
                 if (tr->packed.rows && tr->packed.gemm != paths[p - 1].tab[type].packed.gemm)
                     time_packed(&tr->packed, "packed:", w, row_bytes, rows);
+                if (tr->packed_bf16.rows &&
+                    tr->packed_bf16.gemm != paths[p - 1].tab[type].packed_bf16.gemm)
+                    time_packed(&tr->packed_bf16, "bf16:", w, row_bytes, rows);
                 continue;
             }
             int64_t r = p == 0 ? L3C_MIN(rows, 2048) : rows; /* ref: a prefix */

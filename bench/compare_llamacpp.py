@@ -13,7 +13,22 @@ With --llama-bench PATH the peer is llama.cpp's own `llama-bench` binary instead
 mean of its -r repetitions); --build-peer DIR builds that binary first, natively, from the
 vendor/llama.cpp of the llama-cpp-python sdist (pip download --no-binary), Release, with
 -fno-tree-dse -fno-dse (GCC 12 otherwise drops ggml's AMX tile config: SIGILL), into DIR.
---kernels PATH runs llama3c with L3C_KERNELS=PATH (e.g. avx512 on an AMX machine).
+--kernels PATH[,PATH...] runs llama3c with L3C_KERNELS=PATH (e.g. amx,avx512 on an AMX machine:
+one row per path, each alternated with the peer).
+
+The report (docs/PERFORMANCE.md's table is this script's output):
+
+    python3 bench/compare_llamacpp.py --build-peer /work/peer --dir /tmp/l3c-bench --bf16 \
+        --kernels amx,avx512 [--with-8b] [--smollm2]
+
+prints the CPU model (lscpu), the read bandwidth (bench/bandwidth.c) and the AMX peak
+(bench/amx_peak.c: int8 and bf16 tile products back to back, the same thread count), then per
+file and path a markdown row: both engines' pp and tg tokens/s (best of the alternated rounds),
+the ratios, tg as a share of the bandwidth bound (bandwidth / weight bytes a token reads) and pp
+as a share of the AMX peak: 2 x (weights of the layers' matrices) operations per prompt token
+over the int8 peak (quantized files) or the bf16 peak (F16 / BF16 files; llama3c's default F16
+kernel is exact fp16 x fp32 on AVX-512 FMA, --bf16 runs the bf16 tiles). Attention's and the LM
+head's operations are left out, so the share is a little low.
 """
 import argparse
 import json
@@ -42,11 +57,40 @@ def make_file(path, preset, qtype, layers=None):
 
 
 def bandwidth(threads):
-    exe = os.path.join(REPO, "build", "bandwidth")
+    return float(tool("bandwidth", threads, 2).strip())
+
+
+def tool(name, *args):
+    """bench/NAME.c built once into build/NAME (native flags), run with args: its stdout."""
+    exe = os.path.join(REPO, "build", name)
     if not os.path.exists(exe):
-        sh(["cc", "-O3", "-march=native", "-pthread", os.path.join(REPO, "bench", "bandwidth.c"),
+        sh(["cc", "-O3", "-march=native", "-pthread", os.path.join(REPO, "bench", name + ".c"),
             "-o", exe])
-    return float(sh([exe, str(threads), "2"]).strip())
+    return sh([exe, *map(str, args)])
+
+
+def amx_peak(threads):
+    """(int8 ops/s, bf16 flop/s) of the tile unit with this many threads; (0, 0) without AMX
+    (amx_peak.c prints "0 0" there; it does not compile off x86-64)."""
+    try:
+        i8, bf = tool("amx_peak", threads).split()
+    except subprocess.CalledProcessError:
+        return 0.0, 0.0
+    return float(i8) * 1e9, float(bf) * 1e9
+
+
+def cpu_model():
+    out = sh(["lscpu"])
+    return next((x.split(":", 1)[1].strip() for x in out.splitlines()
+                 if x.startswith("Model name")), "?")
+
+
+def layer_matmul_ops(path):
+    """Operations (2 per multiply-add) per prompt token in the layers' weight matrices."""
+    import gguf
+    r = gguf.GGUFReader(path)
+    return 2 * sum(int(t.n_elements) for t in r.tensors
+                   if t.name.startswith("blk.") and len(t.shape) == 2)
 
 
 def weights_read_per_token(path):
@@ -167,7 +211,8 @@ def main():
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary as the peer")
     ap.add_argument("--build-peer", metavar="DIR",
                     help="build llama-bench natively from the llama-cpp-python sdist into DIR")
-    ap.add_argument("--kernels", help="L3C_KERNELS for llama3c (e.g. avx512)")
+    ap.add_argument("--kernels", help="L3C_KERNELS for llama3c, comma-separated: a row per path "
+                    "(e.g. amx,avx512)")
     a = ap.parse_args()
     if a.build_peer:
         a.llama_bench = build_peer(a.build_peer)
@@ -192,32 +237,48 @@ def main():
     files += [(os.path.basename(f), f, ()) for f in a.files]
 
     bw = bandwidth(a.threads)
-    print("read bandwidth with %d threads: %.1f GB/s" % (a.threads, bw))
-    print("| file | GB/token | ours pp%d | llama.cpp pp%d | pp ratio | ours tg%d | llama.cpp tg%d "
-          "| tg ratio | ours %% of bound | llama.cpp %% of bound | ours peak RSS |" % (a.p, a.p, a.n, a.n))
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    peak_i8, peak_bf = amx_peak(a.threads)
+    paths = a.kernels.split(",") if a.kernels else [None]
+    print("CPU: %s; %d threads; read bandwidth %.1f GB/s; AMX peak %.0f int8 GOPS / %.0f bf16 "
+          "GFLOPS; load average %s; %s" % (
+              cpu_model(), a.threads, bw, peak_i8 / 1e9, peak_bf / 1e9,
+              " ".join(open("/proc/loadavg").read().split()[:3]), time.strftime("%Y-%m-%d %H:%M")))
+    print()
+    print("| file | path | GB/token | ours pp%d | llama.cpp pp%d | pp ratio | pp %% of AMX peak "
+          "| ours tg%d | llama.cpp tg%d | tg ratio | ours %% of bound | llama.cpp %% of bound "
+          "| ours peak RSS |" % (a.p, a.p, a.n, a.n))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    peer = None
     for label, f, extra in files:
         gb = weights_read_per_token(f) / 1e9
-        runs_o, runs_l = [], []
+        ops = layer_matmul_ops(f)
+        runs_o, runs_l = {k: [] for k in paths}, []
         for _ in range(a.rounds):  # alternate, so both see the same machine load
-            runs_o.append(ours(f, a.threads, a.p, a.n, a.reps, extra, a.kernels))
+            for k in paths:
+                runs_o[k].append(ours(f, a.threads, a.p, a.n, a.reps, extra, k))
             if a.llama_bench:
                 runs_l.append(llama_bench(a.llama_bench, f, a.threads, a.p, a.n, a.reps))
             else:
                 runs_l.append(llamacpp(f, a.threads, a.p, a.n, a.reps))
-        o, l = best(runs_o), best(runs_l)
+        peer = l = best(runs_l)
         bound = bw / gb
-        print("| %s | %.2f | %.1f | %.1f | %.2fx | %.2f | %.2f | %.2fx | %.0f%% | %.0f%% | %.0f MiB |" % (
-            label, gb, o["pp_tokens_per_s"], l["pp_tokens_per_s"],
-            o["pp_tokens_per_s"] / max(l["pp_tokens_per_s"], 1e-9), o["tg_tokens_per_s"],
-            l["tg_tokens_per_s"], o["tg_tokens_per_s"] / max(l["tg_tokens_per_s"], 1e-9),
-            100 * o["tg_tokens_per_s"] / bound, 100 * l["tg_tokens_per_s"] / bound,
-            o["peak_rss_bytes"] / 2**20), flush=True)
-    cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo")
-                if x.startswith("model name")), "?")
-    print("path: %s; llama.cpp: %s; CPU: %s; load average %s; %s" % (
-        o["path"], l.get("version") if a.llama_bench else "llama-cpp-python " + str(l.get("version")),
-        cpu, " ".join(open("/proc/loadavg").read().split()[:3]), time.strftime("%Y-%m-%d")))
+        for k in paths:
+            o = best(runs_o[k])
+            float_file = "--bf16" in extra or label.split()[-1] in ("F16", "BF16")
+            peak = peak_bf if float_file else peak_i8
+            share = "%.1f%%" % (100 * o["pp_tokens_per_s"] * ops / peak) if peak else "(no AMX)"
+            print("| %s | %s | %.2f | %.1f | %.1f | %.2fx | %s | %.2f | %.2f | %.2fx | %.0f%% | %.0f%% "
+                  "| %.0f MiB |" % (
+                      label, o["path"], gb, o["pp_tokens_per_s"], l["pp_tokens_per_s"],
+                      o["pp_tokens_per_s"] / max(l["pp_tokens_per_s"], 1e-9), share,
+                      o["tg_tokens_per_s"], l["tg_tokens_per_s"],
+                      o["tg_tokens_per_s"] / max(l["tg_tokens_per_s"], 1e-9),
+                      100 * o["tg_tokens_per_s"] / bound, 100 * l["tg_tokens_per_s"] / bound,
+                      o["peak_rss_bytes"] / 2**20), flush=True)
+    print()
+    print("llama.cpp: %s; best of %d alternated rounds of %d reps; load average at the end %s" % (
+        peer.get("version") if a.llama_bench else "llama-cpp-python " + str(peer.get("version")),
+        a.rounds, a.reps, " ".join(open("/proc/loadavg").read().split()[:3])))
 
 
 if __name__ == "__main__":

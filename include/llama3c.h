@@ -799,7 +799,8 @@ L3C_API int l3c_default_threads(void);
  * A program started N times by mpirun (in a build with MPI=1) joins one job of N ranks here;
  * models loaded with l3c_model_params.split then run their forward passes together: every rank
  * must make the same calls (load, context, l3c_decode with the same batches) in the same order,
- * and every rank gets the same logits. Rank 0 is the one that reads input and writes output;
+ * and rank 0 gets the logits: l3c_get_logits on the other ranks gives rows of zeros (they
+ * follow rank 0's choices: l3c_dist_bcast). Rank 0 is the one that reads input and writes output;
  * its batches are the reference (another rank's different batch ends the job with a message).
  * A peer that fails ends every rank with a message naming it. Without MPI, or started without a
  * launcher, the program is rank 0 of 1 and these calls cost nothing. docs/DISTRIBUTED.md. */
@@ -813,8 +814,15 @@ L3C_API int l3c_dist_rank(void); /* 0 .. size-1 */
 L3C_API int l3c_dist_size(void); /* 1 without a job */
 /* "mpi" in a build with MPI=1, else "none" */
 L3C_API const char *l3c_dist_transport(void);
-/* Copies rank 0's bytes[n] to every rank (e.g. the sampled token, a seed). Collective. */
+/* Copies rank 0's bytes[n] to every rank (e.g. the sampled token, a seed, an input line).
+ * Collective; the others may wait as long as rank 0 takes (e.g. reading input): only a rank that
+ * stops answering ends the job while they wait (l3c_dist_set_timeout). */
 L3C_API void l3c_dist_bcast(void *bytes, size_t n);
+/* A rank that has waited `seconds` in a forward pass's message makes every rank's watchdog check
+ * its peers: a rank that is stopped (does not answer within 2-10 s) or has computed for longer than
+ * `seconds` ends the job on every rank with a message naming it. 0: never. Default 300, or the
+ * environment's L3C_DIST_TIMEOUT. Needs an MPI with MPI_THREAD_MULTIPLE (Open MPI has it). */
+L3C_API void l3c_dist_set_timeout(double seconds);
 /* A context driven from rank 0 (a server: only rank 0 knows what comes next). Every rank creates
  * the same context; rank 0 calls l3c_dist_lead on it, then uses it as usual: each l3c_decode and
  * l3c_kv_seq_truncate is first sent to the other ranks, which sit in l3c_dist_follow making the

@@ -267,7 +267,7 @@ int cmd_eval(int argc, char **argv) {
     free(want);
     if (!ok) goto done;
 
-    if (l3c_dist_rank() != 0) { /* every rank has the same logits; rank 0 writes them */
+    if (l3c_dist_rank() != 0) { /* rank 0 has the logits and writes them */
         rc = 0;
         goto done;
     }

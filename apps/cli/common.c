@@ -435,6 +435,17 @@ int cli_split_parse(const char *cmd, int argc, char **argv, int *i) {
         }
         return 1;
     }
+    if (!strcmp(a, "--dist-timeout")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        char *end;
+        double t = strtod(v, &end);
+        if (end == v || *end || !(t >= 0) || t > 1e9) {
+            cli_usage_error(cmd, "--dist-timeout '%s': expected seconds >= 0 (0: never)", v);
+            return -1;
+        }
+        l3c_dist_set_timeout(t);
+        return 1;
+    }
     if (!strcmp(a, "--layers-per-rank")) {
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;
         const int n = l3c_dist_size();
@@ -466,10 +477,14 @@ int cli_split_parse(const char *cmd, int argc, char **argv, int *i) {
 }
 
 void cli_split_help(FILE *f) {
-    fprintf(f, "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
-               "  --split none|tensor|layers  how the ranks share the model: tensor (heads, FFN and\n"
-               "                          vocabulary; N <= KV heads) or layers (pipeline); default none\n"
-               "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n");
+    fprintf(
+        f,
+        "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
+        "  --split none|tensor|layers  how the ranks share the model: tensor (heads, FFN and\n"
+        "                          vocabulary; N <= KV heads) or layers (pipeline); default none\n"
+        "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
+        "  --dist-timeout SEC      a rank stopped or hung for SEC s ends every rank, naming it\n"
+        "                          (default 300, or $L3C_DIST_TIMEOUT; 0: never)\n");
 }
 
 int cli_opts_finish(const char *cmd, cli_opts *o) {
@@ -520,6 +535,8 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
         "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
         "  --split none|tensor|layers  how the ranks share the model (default none)\n"
         "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
+        "  --dist-timeout SEC      a rank stopped or hung for SEC s ends every rank, naming it\n"
+        "                          (default 300, or $L3C_DIST_TIMEOUT; 0: never)\n"
         "output:\n"
         "  -v, --verbose           loading details and the seed on stderr\n"
         "  --no-timings            no speed summary on stderr\n"

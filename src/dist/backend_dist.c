@@ -8,8 +8,8 @@
  *   matmul     attn_output and ffn_down (L3C_WDIST_SUM): the rank's partial sums are
  *              all-reduced, T x n_embd floats each, twice per layer (Megatron);
  *              the output head (L3C_WDIST_GATHER): every rank's vocabulary slice is gathered on
- *              every rank, one row at a time into the logits (n_vocab floats per row), so every
- *              rank samples from the same logits.
+ *              rank 0, one row at a time into the logits (n_vocab floats per row); the other
+ *              ranks' logits are zeros (they follow rank 0's sampled tokens, llama3c.h).
  * Every other op touches only the rank's own heads / FFN units, whose counts are the model
  * config's (attention, rope and the KV cache see n_head_kv of this rank).
  *
@@ -48,8 +48,10 @@ static void tp_matmul(l3c_context *ctx, const l3c_weight *w, const float *x, flo
         const int64_t V = ctx->model->cfg.n_vocab;
         float *part = ctx->act.dist_part; /* [T x vocab slice] */
         l3c_backend_cpu.matmul(ctx, w, x, part, T);
+        if (s->rank != 0) memset(y, 0, (size_t)(T * V) * sizeof(float));
         for (int64_t t = 0; t < T; t++)
-            l3c_comm_allgather_f32(part + t * w->n_out, y + t * V, s->vocab_n);
+            l3c_comm_gather_f32(part + t * w->n_out, s->rank == 0 ? y + t * V : NULL, s->vocab_n,
+                                0);
         return;
     }
     l3c_backend_cpu.matmul(ctx, w, x, y, T);
@@ -86,7 +88,7 @@ static void pp_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b, co
 
 /* before the stage's layers: x from the previous stage (rank 0 keeps its embedding); after them:
  * x to the next stage, and the last stage's x to every rank for the head (each computes its
- * vocabulary slice of the logits, gathered by tp_matmul) */
+ * vocabulary slice of the logits, gathered on rank 0 by tp_matmul) */
 static void pp_stage(l3c_context *ctx, int end, float *x, int64_t T) {
     const l3c_shard *s = ctx->model->shard;
     const int64_t n = T * ctx->model->cfg.n_embd;

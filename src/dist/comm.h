@@ -27,12 +27,16 @@ int l3c_comm_size(void);
 
 /* x[n] = the sum over ranks of every rank's x[n] (identical on every rank) */
 void l3c_comm_allreduce_sum_f32(float *x, int64_t n);
-/* all[sum counts] = the ranks' mine[counts[r]] concatenated in rank order, on every rank */
-void l3c_comm_allgather_f32(const float *mine, float *all, const int64_t *counts);
+/* all[sum counts] = the ranks' mine[counts[r]] concatenated in rank order, on rank root only
+ * (all is not touched on the others and may be NULL there) */
+void l3c_comm_gather_f32(const float *mine, float *all, const int64_t *counts, int root);
 /* all[size] = every rank's v */
 void l3c_comm_allgather_u64(uint64_t v, uint64_t *all);
 /* buf[bytes] of rank root to every rank */
 void l3c_comm_bcast(void *buf, size_t bytes, int root);
+/* the same, for an open-ended wait (the root waits for input first: the server's next request,
+ * the chat's next line): the watchdog ends the job only for a peer that stopped answering */
+void l3c_comm_bcast_idle(void *buf, size_t bytes, int root);
 /* point to point (pipeline stages): blocking */
 void l3c_comm_send_f32(const float *x, int64_t n, int to);
 void l3c_comm_recv_f32(float *x, int64_t n, int from);
@@ -41,10 +45,16 @@ int64_t l3c_comm_max_i64(int64_t v);
 void l3c_comm_barrier(void);
 
 /* Payload bytes this rank has handed to the transport since start (for the figures of
- * docs/DISTRIBUTED.md): allreduce n*4, allgather its own part, bcast from the root, send n*4. */
+ * docs/DISTRIBUTED.md): allreduce n*4, gather its own part (not on the root), bcast from the
+ * root, send n*4. */
 uint64_t l3c_comm_bytes_sent(void);
 /* Wall seconds this rank has spent inside MPI calls (transfers and waiting for peers). */
 double l3c_comm_seconds(void);
+
+/* A call that has waited `seconds` for its peers makes the watchdog check them (comm_mpi.c): a
+ * rank that is stopped or hung ends the job with a message naming it. 0: never. Default 300,
+ * or $L3C_DIST_TIMEOUT. */
+void l3c_comm_set_timeout(double seconds);
 
 /* Prints "llama3c: rank R of N: <message>" on stderr and ends every rank with status 1. */
 _Noreturn void l3c_comm_abort(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

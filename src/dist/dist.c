@@ -23,7 +23,10 @@ const char *l3c_dist_transport(void) {
     return l3c_comm_transport();
 }
 void l3c_dist_bcast(void *bytes, size_t n) {
-    l3c_comm_bcast(bytes, n, 0);
+    l3c_comm_bcast_idle(bytes, n, 0); /* rank 0 may read input first */
+}
+void l3c_dist_set_timeout(double seconds) {
+    l3c_comm_set_timeout(seconds);
 }
 uint64_t l3c_dist_bytes_sent(void) {
     return l3c_comm_bytes_sent();

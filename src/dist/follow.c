@@ -72,7 +72,7 @@ l3c_status l3c_dist_follow(l3c_context *ctx) {
     }
     for (;;) {
         int64_t h[6];
-        l3c_comm_bcast(h, sizeof h, 0);
+        l3c_comm_bcast_idle(h, sizeof h, 0); /* rank 0 waits for requests first */
         if (h[0] == CALL_STOP) break;
         if (h[0] == CALL_TRUNCATE) {
             l3c_kv_seq_truncate(ctx, (int32_t)h[2], (int32_t)h[3]); /* fails here as on rank 0 */

@@ -1,7 +1,7 @@
 /*
  * x86_amx.h -- AMX kernels (Advanced Matrix Extensions: 8 tile registers of up to 16 rows x 64
  * bytes; TDPBSUD int8 and TDPBF16PS bf16 tile products) for the packed layouts of x86_avx512.c:
- * Q4_0, Q8_0, Q4_K and Q6_K (int8) and the bf16 layout of F16 / BF16 weights (--bf16).
+ * Q4_0, Q8_0, Q4_K, Q5_K and Q6_K (int8) and the bf16 layout of F16 / BF16 weights (--bf16).
  *
  * Included twice. x86_amx.c runs the instructions (path "amx": dispatch.c picks it where cpuid,
  * XCR0 and Linux's arch_prctl(ARCH_REQ_XCOMP_PERM) allow tiles). x86_amx_emu.c defines
@@ -22,11 +22,11 @@
  *  - Q4_1 has no AMX kernel: one was written (as Q4_0, plus the min chain) and measured slower
  *    than the avx512 packed Q4_1 kernel (2.26 vs 1.88 ms for 512 tokens x 1536 rows x 576, one
  *    thread, on a Xeon with AMX): see q_gemm for the limit. The amx path keeps the avx512 one.
- *  - Q4_K / Q6_K: the same for every 32-element sub-block (Q4_K: its nibbles; Q6_K: two products
- *    of 16 elements, one per scale) against the Q8_K activations; each C row is multiplied by its
- *    rows' scales into the super-block's exact int32 sum, and the avx512 kernel's epilogue
- *    (x86_packed.h: mins / -32 offset from the Q8_K group sums, two or one fma) finishes it:
- *    bit-identical to the avx512 packed kernel too.
+ *  - Q4_K / Q5_K / Q6_K: the same for every 32-element sub-block (Q4_K: its nibbles; Q5_K: its
+ *    5-bit quants; Q6_K: two products of 16 elements, one per scale) against the Q8_K activations;
+ * each C row is multiplied by its rows' scales into the super-block's exact int32 sum, and the
+ * avx512 kernel's epilogue (x86_packed.h: mins / -32 offset from the Q8_K group sums, two or one
+ * fma) finishes it: bit-identical to the avx512 packed kernel too.
  *  - bf16: per 32-element block 16 chunks of 64 bytes, chunk p lane r = the bf16 pair (2p, 2p+1)
  *    of row r: exactly the B operand of TDPBF16PS (16 rows of 16 pairs). A = 32 bf16 of up to
  *    16 tokens; C accumulates fp32 over the whole row. The tile unit sums in its own order (not
@@ -207,7 +207,7 @@ static void amx_tile_shape(amx_cfg *c, int t, int rows, int colsb) {
 /* Calls with fewer tokens run the avx512 kernel (the same bits, see above). */
 #define AMX_INT8_MIN_T 8
 
-enum { AMX_Q4_0, AMX_Q8_0, AMX_Q4_K, AMX_Q6_K };
+enum { AMX_Q4_0, AMX_Q8_0, AMX_Q4_K, AMX_Q5_K, AMX_Q6_K };
 enum { ACT_QS = offsetof(l3c_block_q8_0x, qs), ACT_BYTES = sizeof(l3c_block_q8_0x) };
 
 static l3c_type_traits g_avx512[L3C_TYPE_COUNT]; /* the avx512 table: the few-token kernels */
@@ -220,7 +220,8 @@ static void amx_avx512_init(void) {
 }
 
 static size_t group_block_bytes(int kind) { /* one block / super-block of a 16-row group */
-    static const size_t sz[] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q8_0), sizeof(l3c_block_q4_K),
+    static const size_t sz[] = {sizeof(l3c_block_q4_0), sizeof(l3c_block_q8_0),
+                                sizeof(l3c_block_q4_K), sizeof(l3c_block_q5_K),
                                 sizeof(l3c_block_q6_K)};
     return PK_ROWS * sz[kind];
 }
@@ -248,32 +249,7 @@ INLINE void q_fold(int M, const char *gb, const char *x, size_t xs, int64_t b, c
     }
 }
 
-/* isum[t] += C0[t] * s0 + C1[t] * s1 (int32 lanes = rows) for the stored C tiles c0, c1 */
-INLINE void kq_scale_add(int M, const int32_t *c0, __m512i s0, const int32_t *c1, __m512i s1, __m512i isum[]) {
-    UNROLL16 for (int t = 0; t < AMX_M; t++) {
-        if (t >= M) break;
-        const __m512i p0 = _mm512_mullo_epi32(_mm512_load_si512(c0 + AMX_ROWS * t), s0);
-        const __m512i p1 = _mm512_mullo_epi32(_mm512_load_si512(c1 + AMX_ROWS * t), s1);
-        isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(p0, p1));
-    }
-}
-
-/* C0 = A(tile 2) . B(tile 4), C1 = A(3) . B(5), stored to c[0], c[1] */
-#define AMX_TWO_PRODUCTS(a0, a1, xs, b0, b1, c)  \
-    do {                                         \
-        AMX_ZERO(0);                             \
-        AMX_ZERO(1);                             \
-        AMX_LOAD(2, a0, xs);                     \
-        AMX_LOAD(3, a1, xs);                     \
-        AMX_LOAD(4, b0, 64);                     \
-        AMX_LOAD(5, b1, 64);                     \
-        AMX_DPBSUD(0, 2, 4);                     \
-        AMX_DPBSUD(1, 3, 5);                     \
-        AMX_STORE(0, (c)[0], 64);                \
-        AMX_STORE(1, (c)[1], 64);                \
-    } while (0)
-
-/* C(c) = A(a) . B(b) of one Q4_0 / Q8_0 block, stored to cbuf */
+/* C(c) = A(a) . B(b) of one block / sub-block, stored to cbuf */
 #define AMX_ONE_PRODUCT(c, a, b, ap, xs, bp, cbuf) \
     do {                                           \
         AMX_ZERO(c);                               \
@@ -282,64 +258,6 @@ INLINE void kq_scale_add(int M, const int32_t *c0, __m512i s0, const int32_t *c1
         AMX_DPBSUD(c, a, b);                       \
         AMX_STORE(c, cbuf, 64);                    \
     } while (0)
-
-/* Q4_K, super-blocks [0, nb): per 64 elements the two sub-blocks of a nibble chunk row in flight */
-INLINE void q4k_blocks(int M, int64_t nb, const char *g, const char *x, size_t xs, __m512 acc[]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    _Alignas(64) int32_t c[2][AMX_M * AMX_ROWS];
-    _Alignas(64) uint8_t wb[2][512];
-    for (int64_t b = 0; b < nb; b++) {
-        const char *gb = g + b * group_block_bytes(AMX_Q4_K);
-        const char *xq = x + b * sizeof(l3c_block_q8_K) + offsetof(l3c_block_q8_K, qs);
-        __m512i u[4], isum[AMX_M];
-        q4k_scales(gb, u);
-        UNROLL16 for (int t = 0; t < AMX_M; t++) isum[t] = _mm512_setzero_si512();
-        for (int j = 0; j < 4; j++) { /* sub-blocks 2j (low nibbles) and 2j + 1 (high) */
-            for (int cc = 0; cc < 8; cc++) {
-                const __m512i v = _mm512_loadu_si512(gb + 256 + (8 * j + cc) * 64);
-                _mm512_store_si512(wb[0] + 64 * cc, _mm512_and_si512(v, m4));
-                _mm512_store_si512(wb[1] + 64 * cc, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
-            }
-            AMX_TWO_PRODUCTS(xq + 64 * j, xq + 64 * j + 32, xs, wb[0], wb[1], c);
-            kq_scale_add(M, c[0], q4k_byte(u, 2 * j), c[1], q4k_byte(u, 2 * j + 1), isum);
-        }
-        q4k_finish(M, gb, u, x, xs, b, isum, acc);
-    }
-}
-
-/* Q6_K, super-blocks [0, nb): per 32 elements two products of 16 (one per scale) */
-INLINE void q6k_blocks(int M, int64_t nb, const char *g, const char *x, size_t xs, __m512 acc[]) {
-    _Alignas(64) int32_t c[2][AMX_M * AMX_ROWS];
-    _Alignas(64) uint8_t wb[512];
-    for (int64_t b = 0; b < nb; b++) {
-        const char *gb = g + b * group_block_bytes(AMX_Q6_K);
-        const char *xq = x + b * sizeof(l3c_block_q8_K) + offsetof(l3c_block_q8_K, qs);
-        __m512i isum[AMX_M];
-        UNROLL16 for (int t = 0; t < AMX_M; t++) isum[t] = _mm512_setzero_si512();
-        for (int sr = 0; sr < 8; sr++) { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4 */
-            for (int cc = 0; cc < 8; cc++) _mm512_store_si512(wb + 64 * cc, q6_quant(gb, sr / 4, cc, sr % 4));
-            AMX_TWO_PRODUCTS(xq + 32 * sr, xq + 32 * sr + 16, xs, wb, wb + 256, c);
-            kq_scale_add(M, c[0], q6_scale(gb, 2 * sr), c[1], q6_scale(gb, 2 * sr + 1), isum);
-        }
-        q6_finish(M, gb, x, xs, b, isum, acc);
-    }
-}
-
-/* Q4_K / Q6_K: M tokens x one group of 16 rows: the float accumulators, the blocks, the rows' outputs. The
- * nibble / 6-bit unpacking of a group is redone per 16-token tile (~10% of the epilogue's work);
- * hoisting it out of the token loop needs a buffer of the whole group, worth trying only where
- * AMX can be timed. */
-INLINE void int8_group(int kind, int M, int64_t nb, const char *g, const char *x, size_t xs, float *y, int64_t ldy,
-                       __mmask16 rows) {
-    __m512 acc[AMX_M];
-    UNROLL16 for (int t = 0; t < AMX_M; t++) acc[t] = _mm512_setzero_ps();
-    if (kind == AMX_Q4_K) q4k_blocks(M, nb, g, x, xs, acc);
-    else q6k_blocks(M, nb, g, x, xs, acc);
-    UNROLL16 for (int t = 0; t < AMX_M; t++) {
-        if (t >= M) break;
-        _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
-    }
-}
 
 /*
  * Q4_0 / Q8_0, group by group (16 rows), in chunks of up to AMX_KB blocks: the chunk's B tiles
@@ -417,8 +335,216 @@ static void q_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int
     AMX_RELEASE();
 }
 
-/* Tiles: C 0, 1 (M x 16 dwords); A 2, 3 (M x K bytes); B 4, 5 (K / 4 rows of 64 bytes); K = 16
- * for Q6_K (one scale per 16 elements), else 32. */
+/*
+ * Q4_K / Q5_K / Q6_K, two groups (32 rows) at a time, super-block by super-block: its B tiles
+ * (Q4_K / Q5_K: 8 sub-blocks of 32, K = 32; Q6_K: 16 groups of 16, K = 16) are unpacked once for
+ * every token tile, then per token tile its products run back to back, each A tile (16 tokens'
+ * K quants, the costly load: 16 rows of the activations, an L2 stream) serving both groups, into
+ * a buffer of C tiles, and the super-block is folded one token tile later (see kq_gemm), while the
+ * quants of the token tile after it are prefetched: isum = sum over products of C * scale (exact
+ * int32, any order), then the avx512 kernel's epilogue (q4k_finish / q6_finish). Q5_K's B tiles
+ * hold a and b (the avx512 kernel's dpbusd chunks hold 8 a and shift isum8 = 8 isum back by 3), so
+ * isum is the same. The float accumulators of a token tile pass from chunk to chunk through y (a
+ * store and a load: the same bits), super-blocks in order: every value is the avx512 kernel's.
+ */
+#define AMX_KP 16  /* most products per super-block (Q6_K) */
+#define AMX_KT 128 /* tokens per block of accumulators */
+
+static int kq_products(int kind) {
+    return kind == AMX_Q6_K ? 16 : 8;
+} /* per super-block */
+static int kq_k(int kind) {
+    return kind == AMX_Q6_K ? 16 : 32;
+} /* bytes of an A tile row */
+
+/* the B tiles of super-block gb, kq_products(kind) of K / 4 rows x 64 bytes each, consecutive */
+INLINE void kq_btiles(int kind, const char *gb, uint8_t *wb) {
+    if (kind == AMX_Q4_K) {
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        for (int j = 0; j < 4; j++) /* sub-blocks 2j (low nibbles) and 2j + 1 (high) */
+            for (int cc = 0; cc < 8; cc++) {
+                const __m512i v = _mm512_loadu_si512(gb + 256 + (8 * j + cc) * 64);
+                _mm512_store_si512(wb + 512 * (2 * j) + 64 * cc, _mm512_and_si512(v, m4));
+                _mm512_store_si512(wb + 512 * (2 * j + 1) + 64 * cc,
+                                   _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            }
+    } else if (kind == AMX_Q5_K) {
+        const __m512i m1f = _mm512_set1_epi8(0x1F);
+        for (int j = 0; j < 4; j++) /* a = Y >> 3 (sub-block 2j), b (2j + 1) */
+            for (int c = 0; c < 8; c++) {
+                const __m512i yv = _mm512_loadu_si512(gb + Q5_Y(j, c));
+                _mm512_store_si512(wb + 512 * (2 * j) + 64 * c,
+                                   _mm512_and_si512(_mm512_srli_epi16(yv, 3), m1f));
+                _mm512_store_si512(wb + 512 * (2 * j + 1) + 64 * c,
+                                   q5_high(yv, _mm512_loadu_si512(gb + Q5_B(j, c / 4)), c));
+            }
+    } else { /* elements 32 sr .. 32 sr + 31: half sr / 4, quarter sr % 4; two tiles of 16 */
+        for (int sr = 0; sr < 8; sr++)
+            for (int cc = 0; cc < 8; cc++)
+                _mm512_store_si512(wb + 512 * sr + 64 * cc, q6_quant(gb, sr / 4, cc, sr % 4));
+    }
+}
+
+/* super-block b (at gb) of M tokens from its stored C tiles c[0 .. kq_products) into the
+ * accumulators acc16 (16 floats per token; 0 before b = 0), token by token: isum = sum_p C_p *
+ * scale_p, then the avx512 epilogue of one token (q4k_finish1 / q6_finish1: the same operations).
+ * Token-major, so that only the scales and the epilogue's constants stay in registers (16 isum and
+ * 16 acc did not fit: spills). */
+INLINE void kq_fold(int kind, int M, const char *gb, const char *x, size_t xs, int64_t b,
+                    int32_t (*c)[AMX_M * AMX_ROWS], float *acc16) {
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gb));
+    if (kind == AMX_Q6_K) {
+        __m512i s[16], pairs[8];
+        for (int p = 0; p < 16; p++)
+            s[p] = q6_scale(gb, p);
+        q6_pairs(gb, pairs);
+        for (int t = 0; t < M; t++) {
+            __m512i isum = _mm512_mullo_epi32(_mm512_load_si512(c[0] + AMX_ROWS * t), s[0]);
+            UNROLL16 for (int p = 1; p < 16; p++) isum = _mm512_add_epi32(
+                isum, _mm512_mullo_epi32(_mm512_load_si512(c[p] + AMX_ROWS * t), s[p]));
+            const __m512 acc = b == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc16 + AMX_ROWS * t);
+            const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+            _mm512_store_ps(acc16 + AMX_ROWS * t, q6_finish1(pairs, dw, xb, isum, acc));
+        }
+        return;
+    }
+    __m512i u[4], s[8], mnp[8];
+    q4k_scales(gb, u);
+    for (int p = 0; p < 8; p++)
+        s[p] = q4k_byte(u, p), mnp[p] = q4k_byte2(u, 8 + p);
+    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gb + 32)));
+    for (int t = 0; t < M; t++) {
+        __m512i isum = _mm512_mullo_epi32(_mm512_load_si512(c[0] + AMX_ROWS * t), s[0]);
+        UNROLL for (int p = 1; p < 8; p++) isum = _mm512_add_epi32(
+            isum, _mm512_mullo_epi32(_mm512_load_si512(c[p] + AMX_ROWS * t), s[p]));
+        const __m512 acc = b == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc16 + AMX_ROWS * t);
+        const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
+        _mm512_store_ps(acc16 + AMX_ROWS * t, q4k_finish1(mnp, dw, dmw, xb, isum, acc));
+    }
+}
+
+/* The G (1, 2) groups' products of super-block b (B tiles wb[gi]) for one token tile, C tiles
+ * to c[gi][p]: per step one A tile (the tokens' K quants of product p) serves the G groups */
+INLINE void kq_products_tile(int kind, int G, int64_t b, uint8_t (*wb)[AMX_KP * 512],
+                             int32_t (*c)[AMX_KP][AMX_M * AMX_ROWS], const char *x, size_t xs) {
+    const int P = kq_products(kind), K = kq_k(kind);
+    const size_t tb = (size_t)K * 16;
+    const char *a = x + b * sizeof(l3c_block_q8_K) + offsetof(l3c_block_q8_K, qs);
+    for (int p = 0; p < P; p += 2) { /* C 0, 1 (A 4) then C 2, 3 (A 5); B 6, 7: groups 0, 1 */
+        AMX_ZERO(0);
+        AMX_LOAD(4, a + K * p, xs);
+        AMX_LOAD(6, wb[0] + tb * p, 64);
+        AMX_DPBSUD(0, 4, 6);
+        if (G == 2) {
+            AMX_ZERO(1);
+            AMX_LOAD(7, wb[1] + tb * p, 64);
+            AMX_DPBSUD(1, 4, 7);
+        }
+        AMX_STORE(0, c[0][p], 64);
+        if (G == 2) AMX_STORE(1, c[1][p], 64);
+        AMX_ZERO(2);
+        AMX_LOAD(5, a + K * (p + 1), xs);
+        AMX_LOAD(6, wb[0] + tb * (p + 1), 64);
+        AMX_DPBSUD(2, 5, 6);
+        if (G == 2) {
+            AMX_ZERO(3);
+            AMX_LOAD(7, wb[1] + tb * (p + 1), 64);
+            AMX_DPBSUD(3, 5, 7);
+        }
+        AMX_STORE(2, c[0][p + 1], 64);
+        if (G == 2) AMX_STORE(3, c[1][p + 1], 64);
+    }
+}
+
+/* the folds of G groups' C tiles c (M tokens at x, super-block b) into their accumulators acc
+ * (acc[gi]: 16 floats per token), after prefetching the quants of the token tile whose products
+ * run next (xn) */
+INLINE void kq_folds(int kind, int G, int M, int64_t b, const char *g, size_t gbytes,
+                     int32_t (*c)[AMX_KP][AMX_M * AMX_ROWS], const char *x, size_t xs,
+                     float (*acc)[AMX_KT * AMX_ROWS], const char *xn) {
+    for (int gi = 0; gi < G; gi++) {
+        if (xn)
+            for (int t = gi * AMX_M / G; t < (gi + 1) * AMX_M / G; t++)
+                for (int l = 0; l < 256; l += 64)
+                    _mm_prefetch(xn + t * xs + l, _MM_HINT_T0);
+        kq_fold(kind, M, g + gi * gbytes + b * group_block_bytes(kind), x, xs, b, c[gi], acc[gi]);
+    }
+}
+
+/*
+ * Blocks of up to AMX_KT tokens: their float accumulators stay in a buffer of this call (16
+ * floats a token and group, contiguous) from super-block to super-block, and go to y at the end
+ * (y's rows are n_out floats apart, a power of two in most models: read and written super-block
+ * by super-block they all fell into one L1 set). Within a block, token tiles are
+ * software-pipelined: the products of tile i go to one half of the C buffer while tile i - 1 is
+ * folded from the other (a fold loads what tilestored wrote, which the CPU does not forward:
+ * one tile later it is in L1).
+ */
+static void kq_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                    const void *wp, const void *x, size_t xs) {
+    const int64_t nb = n / 256;
+    const int K = kq_k(kind);
+    const size_t gbytes = (size_t)nb * group_block_bytes(kind);
+    const size_t qs = offsetof(l3c_block_q8_K, qs);
+    _Alignas(64) uint8_t wb[2][AMX_KP * 512];
+    _Alignas(64) int32_t c[2][2][AMX_KP][AMX_M * AMX_ROWS]; /* [pipeline slot][group] */
+    _Alignas(64) float acc[2][AMX_KT * AMX_ROWS];
+    amx_cfg cfg = {.palette = 1};
+    int shape = 0;
+    for (int64_t r0 = 0; r0 < n_rows;
+         r0 += 2 * AMX_ROWS) { /* two groups at a time where there are */
+        const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
+        const int G = n_rows - r0 > AMX_ROWS ? 2 : 1;
+        __mmask16 rows[2] = {(__mmask16)((1u << L3C_MIN(AMX_ROWS, n_rows - r0)) - 1), 0};
+        if (G == 2) rows[1] = (__mmask16)((1u << L3C_MIN(AMX_ROWS, n_rows - r0 - AMX_ROWS)) - 1);
+        for (int64_t tb = 0; tb < T; tb += AMX_KT) {
+            const int64_t te = L3C_MIN(T, tb + AMX_KT);
+            for (int64_t b = 0; b < nb; b++) {
+                for (int gi = 0; gi < G; gi++)
+                    kq_btiles(kind, g + gi * gbytes + b * group_block_bytes(kind), wb[gi]);
+                int64_t prev = -1; /* the token tile waiting for its fold */
+                for (int64_t t0 = tb; t0 < te; t0 += AMX_M) {
+                    const int M = (int)L3C_MIN(AMX_M, te - t0);
+                    if (M != shape) {
+                        for (int i = 0; i < 4; i++)
+                            amx_tile_shape(&cfg, i, M, 64);
+                        amx_tile_shape(&cfg, 4, M, K), amx_tile_shape(&cfg, 5, M, K);
+                        amx_tile_shape(&cfg, 6, K / 4, 64), amx_tile_shape(&cfg, 7, K / 4, 64);
+                        AMX_CFG(&cfg);
+                        shape = M;
+                    }
+                    const char *xt = (const char *)x + t0 * xs;
+                    const int slot = (int)((t0 - tb) / AMX_M) & 1;
+                    if (G == 2)
+                        kq_products_tile(kind, 2, b, wb, c[slot], xt, xs);
+                    else
+                        kq_products_tile(kind, 1, b, wb, c[slot], xt, xs);
+                    if (prev >= 0) {
+                        const char *xn = t0 + AMX_M < te
+                                             ? xt + AMX_M * xs + b * sizeof(l3c_block_q8_K) + qs
+                                             : NULL;
+                        float(*ap)[AMX_KT * AMX_ROWS] =
+                            (float(*)[AMX_KT * AMX_ROWS])(&acc[0][(prev - tb) * AMX_ROWS]);
+                        kq_folds(kind, G, AMX_M, b, g, gbytes, c[slot ^ 1],
+                                 (const char *)x + prev * xs, xs, ap, xn);
+                    }
+                    prev = t0;
+                }
+                float(*ap)[AMX_KT * AMX_ROWS] =
+                    (float(*)[AMX_KT * AMX_ROWS])(&acc[0][(prev - tb) * AMX_ROWS]);
+                kq_folds(kind, G, (int)(te - prev), b, g, gbytes, c[((prev - tb) / AMX_M) & 1],
+                         (const char *)x + prev * xs, xs, ap, NULL);
+            }
+            for (int gi = 0; gi < G; gi++)
+                for (int64_t t = tb; t < te; t++)
+                    _mm512_mask_storeu_ps(y + t * ldy + r0 + gi * AMX_ROWS, rows[gi],
+                                          _mm512_load_ps(&acc[gi][(t - tb) * AMX_ROWS]));
+        }
+    }
+    AMX_RELEASE();
+}
+
+/* T < AMX_INT8_MIN_T: the avx512 kernel; Q4_0 / Q8_0: q_gemm; the K-quants: kq_gemm */
 static void int8_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
                       const void *wp, const void *x, size_t xs) {
     if (T < AMX_INT8_MIN_T) {
@@ -429,29 +555,7 @@ static void int8_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, 
         q_gemm(kind, n, n_rows, T, y, ldy, wp, x, xs);
         return;
     }
-    const int K = kind == AMX_Q6_K ? 16 : 32;
-    const int64_t nb = n / (kind == AMX_Q4_K || kind == AMX_Q6_K ? 256 : 32);
-    const size_t gbytes = (size_t)nb * group_block_bytes(kind);
-    amx_cfg cfg = {.palette = 1};
-    int shape = 0;
-    for (int64_t t0 = 0; t0 < T; t0 += AMX_M) {
-        const int M = (int)L3C_MIN(AMX_M, T - t0);
-        if (M != shape) {
-            amx_tile_shape(&cfg, 0, M, 64), amx_tile_shape(&cfg, 1, M, 64);
-            amx_tile_shape(&cfg, 2, M, K), amx_tile_shape(&cfg, 3, M, K);
-            amx_tile_shape(&cfg, 4, K / 4, 64), amx_tile_shape(&cfg, 5, K / 4, 64);
-            AMX_CFG(&cfg);
-            shape = M;
-        }
-        const char *xt = (const char *)x + t0 * xs;
-        for (int64_t r0 = 0; r0 < n_rows; r0 += AMX_ROWS) {
-            const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
-            const __mmask16 rows = (__mmask16)((1u << L3C_MIN(AMX_ROWS, n_rows - r0)) - 1);
-            if (M == AMX_M) int8_group(kind, AMX_M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
-            else int8_group(kind, M, nb, g, xt, xs, y + t0 * ldy + r0, ldy, rows);
-        }
-    }
-    AMX_RELEASE();
+    kq_gemm(kind, n, n_rows, T, y, ldy, wp, x, xs);
 }
 
 #define AMX_INT8_KERNEL(name, kind, type)                                                                  \
@@ -462,6 +566,7 @@ static void int8_gemm(int kind, int type, int64_t n, int64_t n_rows, int64_t T, 
 AMX_INT8_KERNEL(q4_0, AMX_Q4_0, L3C_TYPE_Q4_0)
 AMX_INT8_KERNEL(q8_0, AMX_Q8_0, L3C_TYPE_Q8_0)
 AMX_INT8_KERNEL(q4_K, AMX_Q4_K, L3C_TYPE_Q4_K)
+AMX_INT8_KERNEL(q5_K, AMX_Q5_K, L3C_TYPE_Q5_K)
 AMX_INT8_KERNEL(q6_K, AMX_Q6_K, L3C_TYPE_Q6_K)
 
 /* ---------------------------------------------------------------- bf16 (TDPBF16PS) */
@@ -538,22 +643,35 @@ static void gemm_amx_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_
 /* ---------------------------------------------------------------- table */
 
 /* Replaces the gemm of the avx512 layouts (kept: their pack, unpack and activation format);
- * table == NULL: only says the file was built with its ISA. */
+ * table == NULL: only says the file was built with its ISA.
+ *
+ * The real path "amx" takes a tile kernel only where it measured faster than the avx512 packed
+ * one (bench_kernels --packed -T 512, one thread, CPU time, a Xeon with AMX; GFLOP/s tiles /
+ * VNNI): Q5_K 336-362 / 316-324 and bf16 600-640 / 96 (F16 exact on FMA: 120-133); Q4_K ~345
+ * / 332-358 (a tie, kept). Not taken: Q4_0 324-327 / 357-382, Q8_0 307-330 / 361-391, Q6_K
+ * 185-188 / 250-253 (per 32 or 16 elements a C tile must be stored and folded with its scale:
+ * the folds, not the tile unit, bound them; see q_gemm and kq_gemm). Both give the same bits, so
+ * the choice is speed only. "amx-emu" (tests) takes every tile kernel, so all stay tested (the
+ * real unit's start-up check below runs them all too). */
 bool AMX_PATH_HOOK(l3c_type_traits *table) {
     if (!table) return true;
     pthread_once(&g_avx512_once, amx_avx512_init);
+#ifdef L3C_AMX_EMULATE
+    const bool all = true;
+#else
+    const bool all = false;
+#endif
     static const struct {
         int type;
-        bool bf16;
+        bool bf16, faster; /* faster: than the avx512 kernel on the hardware */
         l3c_gemm_packed_fn gemm;
-    } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0},
-             {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
-
-             {L3C_TYPE_Q4_K, false, gemm_amx_q4_K},
-             {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
-             {L3C_TYPE_F16, true, gemm_amx_bf16},
-             {L3C_TYPE_BF16, true, gemm_amx_bf16}};
+    } k[] = {
+        {L3C_TYPE_Q4_0, false, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, false, gemm_amx_q8_0},
+        {L3C_TYPE_Q4_K, false, true, gemm_amx_q4_K},  {L3C_TYPE_Q5_K, false, true, gemm_amx_q5_K},
+        {L3C_TYPE_Q6_K, false, false, gemm_amx_q6_K}, {L3C_TYPE_F16, true, true, gemm_amx_bf16},
+        {L3C_TYPE_BF16, true, true, gemm_amx_bf16}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        if (!k[i].faster && !all) continue;
         l3c_pack_layout *L = k[i].bf16 ? &table[k[i].type].packed_bf16 : &table[k[i].type].packed;
         const l3c_pack_layout *V = k[i].bf16 ? &g_avx512[k[i].type].packed_bf16 : &g_avx512[k[i].type].packed;
         if (L->rows == AMX_ROWS && V->rows == AMX_ROWS && L->pack == V->pack) L->gemm = k[i].gemm;
@@ -597,6 +715,9 @@ static void chk_weights(int type, uint8_t *w, size_t bytes, uint32_t *seed) {
         for (size_t b = 0; b < bytes / sizeof(l3c_block_q8_0); b++) ((l3c_block_q8_0 *)w)[b].d = d;
     if (type == L3C_TYPE_Q4_K)
         for (size_t b = 0; b < bytes / sizeof(l3c_block_q4_K); b++) ((l3c_block_q4_K *)w)[b].d = ((l3c_block_q4_K *)w)[b].dmin = d;
+    if (type == L3C_TYPE_Q5_K)
+        for (size_t b = 0; b < bytes / sizeof(l3c_block_q5_K); b++)
+            ((l3c_block_q5_K *)w)[b].d = ((l3c_block_q5_K *)w)[b].dmin = d;
     if (type == L3C_TYPE_Q6_K)
         for (size_t b = 0; b < bytes / sizeof(l3c_block_q6_K); b++) ((l3c_block_q6_K *)w)[b].d = d;
 }
@@ -636,8 +757,9 @@ int AMX_CHECK_FN(void) {
         l3c_gemm_packed_fn gemm;
     } k[] = {{L3C_TYPE_Q4_0, false, gemm_amx_q4_0}, {L3C_TYPE_Q8_0, false, gemm_amx_q8_0},
 
-             {L3C_TYPE_Q4_K, false, gemm_amx_q4_K}, {L3C_TYPE_Q6_K, false, gemm_amx_q6_K},
-             {L3C_TYPE_F16, true, gemm_amx_bf16},   {L3C_TYPE_BF16, true, gemm_amx_bf16}};
+             {L3C_TYPE_Q4_K, false, gemm_amx_q4_K}, {L3C_TYPE_Q5_K, false, gemm_amx_q5_K},
+             {L3C_TYPE_Q6_K, false, gemm_amx_q6_K}, {L3C_TYPE_F16, true, gemm_amx_bf16},
+             {L3C_TYPE_BF16, true, gemm_amx_bf16}};
     uint32_t seed = 12345;
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         const int r = chk_layout(k[i].type, k[i].bf16, k[i].gemm, &seed);

@@ -1434,8 +1434,7 @@ static void gemm_packed_bf16x(int64_t n, int64_t n_rows, int64_t T, float *y, in
  * isum8 = 8 isum exactly (|isum8| < 2^29) is shifted back before Q4_K's epilogue (mins from the
  * Q8_K group sums, per-lane float): the same operations for every tile shape, batch invariant.
  */
-#define Q5_B(j, k) (256 + 640 * (j) + 64 * (k))
-#define Q5_Y(j, c) (256 + 640 * (j) + 128 + 64 * (c))
+/* Q5_B, Q5_Y and q5_high: x86_packed.h (the AMX kernel unpacks the same chunks) */
 
 /* per row and pair j, 8 elements per 64-bit word: bytes of a and b, then Y and B as above */
 static void pack_q5_K(int64_t n, int64_t n_rows, const void *w, size_t ws, void *dst) {
@@ -1483,15 +1482,6 @@ static void unpack_q5_K(int64_t n, const void *gv, int r, void *dst) {
                 blk->qh[l] |= (uint8_t)((a >> 4 | (bq >> 4) << 1) << 2 * j);
             }
     }
-}
-
-/* b of column c (see the layout) from its Y chunk and B chunk (the 16-bit shifts keep bits 3..4
- * within their byte: bits 0..1 move up 3, bits 6..7 down 3) */
-INLINE __m512i q5_high(__m512i y, __m512i bv, int c) {
-    const __m512i m07 = _mm512_set1_epi8(0x07), m18 = _mm512_set1_epi8(0x18);
-    const int sh = 3 - 2 * (c % 4);
-    const __m512i t = sh > 0 ? _mm512_slli_epi16(bv, sh) : _mm512_srli_epi16(bv, -sh);
-    return _mm512_ternarylogic_epi32(_mm512_and_si512(t, m18), y, m07, 0xF8); /* a | (b & c) */
 }
 
 /* many tokens: per sub-block, its 8 unpacked chunks stay in registers for all RT tokens */

@@ -173,6 +173,16 @@ INLINE __m512i q4k_byte2(const __m512i u[4], int s) {
     return _mm512_shuffle_epi8(u[s / 4], _mm512_add_epi32(at, _mm512_set1_epi32((int)0x80008000u + (s % 4) * 0x10001)));
 }
 
+/* one token's part of q4k_finish (mnp: the min pairs, dw / dmw: the rows' d and dmin as float) */
+INLINE __m512 q4k_finish1(const __m512i mnp[8], __m512 dw, __m512 dmw, const l3c_block_q8_K *xb,
+                          __m512i isum, __m512 acc) {
+    __m512i m = _mm512_setzero_si512();
+    UNROLL for (int s = 0; s < 8; s++) m = dpwssd_b(m, mnp[s], xb->bsums + 2 * s);
+    const __m512 dx = _mm512_set1_ps(xb->d);
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum), acc);
+    return _mm512_fnmadd_ps(_mm512_mul_ps(dmw, dx), _mm512_cvtepi32_ps(m), acc);
+}
+
 /* the end of a super-block, the same per lane for every tile shape: the mins from the Q8_K group
  * sums, then acc = fma(d * dx, (float)isum, acc); acc = fnmadd(dmin * dx, (float)msum, acc) */
 INLINE void q4k_finish(int RT, const char *g, const __m512i u[4], const char *x, size_t xs, int64_t b,
@@ -181,14 +191,8 @@ INLINE void q4k_finish(int RT, const char *g, const __m512i u[4], const char *x,
     UNROLL for (int s = 0; s < 8; s++) mnp[s] = q4k_byte2(u, 8 + s);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
     const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
-    UNROLL for (int t = 0; t < RT; t++) {
-        const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
-        __m512i m = _mm512_setzero_si512();
-        UNROLL for (int s = 0; s < 8; s++) m = dpwssd_b(m, mnp[s], xb->bsums + 2 * s);
-        const __m512 dx = _mm512_set1_ps(xb->d);
-        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc[t]);
-        acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, dx), _mm512_cvtepi32_ps(m), acc[t]);
-    }
+    UNROLL for (int t = 0; t < RT; t++) acc[t] =
+        q4k_finish1(mnp, dw, dmw, (const l3c_block_q8_K *)(x + t * xs) + b, isum[t], acc[t]);
 }
 
 /* the 6-bit quants of quarter qt at column c of half h: X_qt & 63 for qt < 3; quarter 3 is
@@ -211,25 +215,46 @@ INLINE __m512i q6_scale(const char *g, int j) {
     return _mm512_srai_epi32(p == 3 ? v : _mm512_slli_epi32(v, 24 - 8 * p), 24);
 }
 
-/* the end of a super-block, the same per lane for every tile shape: the -32 offset from the
- * Q8_K group sums, then acc = fma(d * dx, (float)(isum - 32 * osum), acc) */
-INLINE void q6_finish(int RT, const char *g, const char *x, size_t xs, int64_t b,
-                      const __m512i isum[], __m512 acc[]) {
-    __m512i pairs[8];
+/* the int16 scale pairs of a Q6_K group for q6_finish1 */
+INLINE void q6_pairs(const char *g, __m512i pairs[8]) {
     UNROLL for (int k = 0; k < 4; k++) {
         const __m512i sv = _mm512_loadu_si512(g + 32 + 64 * k);
         pairs[2 * k] = _mm512_srai_epi16(_mm512_slli_epi16(sv, 8), 8);
         pairs[2 * k + 1] = _mm512_srai_epi16(sv, 8);
     }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-    UNROLL for (int t = 0; t < RT; t++) {
-        const l3c_block_q8_K *xb = (const l3c_block_q8_K *)(x + t * xs) + b;
-        __m512i o = _mm512_setzero_si512();
-        UNROLL for (int p = 0; p < 8; p++)
-            o = dpwssd_b(o, pairs[p], xb->bsums + 2 * p);
-        const __m512i tot = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(o, 5));
-        const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
-        acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(tot), acc[t]);
-    }
 }
+
+/* one token's part of q6_finish (dw: the rows' d as float) */
+INLINE __m512 q6_finish1(const __m512i pairs[8], __m512 dw, const l3c_block_q8_K *xb, __m512i isum,
+                         __m512 acc) {
+    __m512i o = _mm512_setzero_si512();
+    UNROLL for (int p = 0; p < 8; p++) o = dpwssd_b(o, pairs[p], xb->bsums + 2 * p);
+    const __m512i tot = _mm512_sub_epi32(isum, _mm512_slli_epi32(o, 5));
+    const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
+    return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(tot), acc);
+}
+
+/* the end of a super-block, the same per lane for every tile shape: the -32 offset from the
+ * Q8_K group sums, then acc = fma(d * dx, (float)(isum - 32 * osum), acc) */
+INLINE void q6_finish(int RT, const char *g, const char *x, size_t xs, int64_t b,
+                      const __m512i isum[], __m512 acc[]) {
+    __m512i pairs[8];
+    q6_pairs(g, pairs);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+    UNROLL for (int t = 0; t < RT; t++) acc[t] =
+        q6_finish1(pairs, dw, (const l3c_block_q8_K *)(x + t * xs) + b, isum[t], acc[t]);
+}
+/* packed Q5_K (the layout: x86_avx512.c, "packed Q5_K"): the chunks of pair j */
+#define Q5_B(j, k) (256 + 640 * (j) + 64 * (k))
+#define Q5_Y(j, c) (256 + 640 * (j) + 128 + 64 * (c))
+
+/* b of column c (see the layout) from its Y chunk and B chunk (the 16-bit shifts keep bits 3..4
+ * within their byte: bits 0..1 move up 3, bits 6..7 down 3) */
+INLINE __m512i q5_high(__m512i y, __m512i bv, int c) {
+    const __m512i m07 = _mm512_set1_epi8(0x07), m18 = _mm512_set1_epi8(0x18);
+    const int sh = 3 - 2 * (c % 4);
+    const __m512i t = sh > 0 ? _mm512_slli_epi16(bv, sh) : _mm512_srli_epi16(bv, -sh);
+    return _mm512_ternarylogic_epi32(_mm512_and_si512(t, m18), y, m07, 0xF8); /* a | (b & c) */
+}
+
 #endif /* L3C_X86_PACKED_H */

@@ -240,7 +240,7 @@ def test_bf16_matmul_without_bf16_kernels(llama3c, tiny_model, tmp_path, monkeyp
     assert np.array_equal(exact, asked), "--bf16 without bf16 kernels changed the logits"
 
 
-# AMX (src/kernels/x86_amx.h): the tile kernels of the packed Q4_0 / Q8_0 / Q4_K / Q6_K layouts reproduce the
+# AMX (src/kernels/x86_amx.h): the tile kernels of the packed Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K layouts reproduce the
 # avx512 packed kernel bit for bit (same integer block dots, same float epilogue in the same
 # order; calls with few tokens run the avx512 kernel itself); the bf16 tile kernel (--bf16) sums
 # in the tile unit's order, so it is held to the bf16 tolerance and to batch invariance.
@@ -248,7 +248,7 @@ def test_bf16_matmul_without_bf16_kernels(llama3c, tiny_model, tmp_path, monkeyp
 AMX_PATHS = ("amx-emu", "amx")
 AMX_INT8_CASES = [(k, s, t) for k in AMX_PATHS
                   for s, t in (("gqa1_tied", "Q4_0"), ("gqa4_untied_rf", "Q8_0"), ("gqa3_untied", "Q4_0"),
-                               ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K"))]
+                               ("gqa1_tied", "Q4_K_M"), ("gqa4_untied_rf", "Q6_K"), ("gqa1_tied", "Q5_K"))]
 
 
 def use_kernel_path(name, model, monkeypatch):

@@ -11,8 +11,9 @@ a skip here a failure. Ranks run oversubscribed with 1 thread each (the CI machi
   near tie of the single-process logits (the split changes the order of float sums, so 8-bit
   activation blocks may round differently: the same margin test_smollm2.py allows a peer engine);
 - the MPI build without mpirun is one process, and the plain build ignores --split;
-- faults: more ranks than KV heads / layers refused before loading, mismatched files across ranks
-  and a killed rank end every rank non-zero with a message naming the rank, within 10 s.
+- faults: more ranks than KV heads / layers refused before loading, mismatched files across ranks,
+  a killed rank and a stopped one (SIGSTOP: the watchdog, --dist-timeout) end every rank non-zero
+  with a message naming the rank, within 10 s; an idle server's followers outlive the timeout.
 """
 import os
 import shutil
@@ -289,6 +290,64 @@ def test_killed_rank_ends_every_rank(mpi, smollm2_path, split):
     assert "rank 1" in err and "signal 9" in err, err[-3000:]
     for r in (0, 2):  # stopped by mpirun (SIGTERM), or its own MPI call failed first
         assert f"llama3c: rank {r} of 3: " in err, err[-3000:]
+
+
+@pytest.mark.parametrize("split", ["tensor", "layers"])
+def test_stopped_rank_ends_every_rank(mpi, smollm2_path, split):
+    """SIGSTOP to rank 1 (hung, not dead: mpirun sees nothing) during a long generation with
+    --dist-timeout 2: rank 0's watchdog finds it waiting after 2 s, rank 1 does not answer its roll
+    call (2 s), and the job ends non-zero within 10 s of the stop, naming rank 1."""
+    cmd = mpi + ["-np", "2", MPI_BIN, "run", "-m", smollm2_path, "-p", "Once upon a time", "-n", "4000",
+                 "--ignore-eos", "--temp", "0", "-t", "1", "-c", "4096", "--split", split, "--dist-timeout", "2"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ranks = {}
+    try:
+        ranks = rank_pids(p.pid, 2, time.monotonic() + 30)
+        assert set(ranks) == {0, 1}, f"ranks found: {ranks}"
+        time.sleep(2.0)  # loaded and generating
+        assert p.poll() is None, "the job ended before the stop"
+        t0 = time.monotonic()
+        os.kill(ranks[1], signal.SIGSTOP)
+        _, err = p.communicate(timeout=30)
+        dt = time.monotonic() - t0
+    finally:
+        for pid in ranks.values():  # never leave a stopped rank behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode != 0
+    assert dt < FAULT_SECONDS, f"the job took {dt:.1f} s to end after rank 1 was stopped\n{err[-3000:]}"
+    assert "llama3c: rank 0 of 2: waited" in err and "rank 1 did not answer" in err, err[-3000:]
+
+
+def test_idle_follower_outlives_the_timeout(mpi, smollm2_path, tmp_path):
+    """serve --dist-timeout 1: rank 1 waits for the next request longer than the timeout (an
+    open-ended wait: rank 0 answers the watchdog's roll call), and the server still answers."""
+    pm, port = start_server(mpi + ["-np", "2", MPI_BIN] + serve_args(smollm2_path) +
+                            ["--split", "tensor", "--dist-timeout", "1", "-c", "256"], tmp_path / "idle.log")
+    try:
+        time.sleep(3.5)
+        assert pm.poll() is None, open(tmp_path / "idle.log", errors="replace").read()[-3000:]
+        r = post(port, "/v1/completions", {"prompt": "The capital of France is", "temperature": 0, "max_tokens": 4})
+        assert r["choices"][0]["text"].strip()
+        ranks = rank_pids(pm.pid, 2, time.monotonic() + 10)
+        os.kill(ranks[0], signal.SIGTERM)
+        rc = pm.wait(timeout=30)
+    finally:
+        if pm.poll() is None:
+            pm.kill()
+            pm.wait()
+    assert rc == 0, open(tmp_path / "idle.log", errors="replace").read()[-3000:]
+
+
+def test_bad_dist_timeout_refused(mpi, tiny, tmp_path):
+    p = subprocess.run([MPI_BIN, "eval", "-m", tiny["f32"], "--ids", "1", "-o", tmp_path / "x.f32",
+                        "--dist-timeout", "soon"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "--dist-timeout 'soon'" in p.stderr, p.stderr
 
 
 # ---------------------------------------------------------------- data-parallel training
