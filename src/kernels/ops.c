@@ -146,6 +146,8 @@ static void tile(const matmul_job *j, int i, int64_t r0, int64_t r1) {
                         xq + (size_t)t * j->xs[i]);
 }
 
+static void swiglu_rows(float *a, const float *b, int64_t ld, int64_t T, int64_t n);
+
 static void dot_chunk(void *arg, int64_t c, int ith) {
     const matmul_job *j = arg;
     int i = 0;
@@ -158,8 +160,7 @@ static void dot_chunk(void *arg, int64_t c, int ith) {
         tile(j, i, r0, r1);
         if (j->swiglu) { /* w[0] = gate, w[1] = up: same tile of both, then the activation */
             tile(j, 1, r0, r1);
-            for (int64_t t = 0; t < j->T; t++)
-                l3c_swiglu(j->y[0] + t * n_out + r0, j->y[1] + t * n_out + r0, r1 - r0);
+            swiglu_rows(j->y[0] + r0, j->y[1] + r0, n_out, j->T, r1 - r0);
         }
     }
 }
@@ -254,15 +255,22 @@ void l3c_weight_pack(const l3c_weight *w, const l3c_pack_layout *L, void *dst, i
     }
 }
 
-/* 1 / sqrt(mean(x^2) + eps) of one row, the sum of squares in double */
+static bool rms_ss_avx512(const float *xr, int64_t n, double *ss);
+static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps,
+                               float *ax, const float *ay, int64_t an);
+
+/* 1 / sqrt(mean(x^2) + eps) of one row, the sum of squares in double (AVX-512: 16 lanes, then in
+ * order); l3c_rmsnorm and l3c_rms_rstd both use it, so they agree bit for bit */
 static float rms_rstd_row(const float *xr, int64_t n, float eps) {
     double ss = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        ss += (double)xr[i] * xr[i];
+    if (!rms_ss_avx512(xr, n, &ss))
+        for (int64_t i = 0; i < n; i++)
+            ss += (double)xr[i] * xr[i];
     return 1.0f / sqrtf((float)(ss / (double)n) + eps);
 }
 
 void l3c_rmsnorm(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps) {
+    if (rmsnorm_add_avx512(x, g, y, T, n, eps, NULL, NULL, 0)) return;
     for (int64_t t = 0; t < T; t++) {
         const float *xr = x + t * n;
         float *yr = y + t * n;
@@ -439,6 +447,72 @@ V512_TARGET static void swiglu_avx512(float *a, const float *b, int64_t n) {
     if (i < n) swiglu_avx2(a + i, b + i, n - i);
 }
 
+/* *ss = sum of x^2 in double, 16 lanes then in order; false: no AVX-512 here */
+V512_TARGET static bool rms_ss_avx512(const float *xr, int64_t n, double *ss) {
+    if ((cpu_caps() & CAP_AVX512) == 0) return false;
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512d lo = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i)), hi = _mm512_cvtps_pd(_mm256_loadu_ps(xr + i + 8));
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
+    }
+    double lanes[8], sum = 0.0;
+    _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));
+    for (int k = 0; k < 8; k++) sum += lanes[k];
+    for (; i < n; i++) sum += (double)xr[i] * xr[i];
+    *ss = sum;
+    return true;
+}
+
+/* rmsnorm of T rows (x != NULL; the sum of squares in double, 16 lanes then in order; then
+ * (x * scale) * g as the scalar loop), or ax[i] += ay[i] (ax != NULL; the same bits as the
+ * scalar loop). false: no AVX-512 here, the caller runs the scalar loops. */
+V512_TARGET static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps,
+                                           float *ax, const float *ay, int64_t an) {
+    if ((cpu_caps() & CAP_AVX512) == 0) return false;
+    if (ax) {
+        int64_t i = 0;
+        for (; i + 16 <= an; i += 16)
+            _mm512_storeu_ps(ax + i, _mm512_add_ps(_mm512_loadu_ps(ax + i), _mm512_loadu_ps(ay + i)));
+        const __mmask16 m = (__mmask16)((1u << (an - i)) - 1);
+        _mm512_mask_storeu_ps(ax + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, ax + i), _mm512_maskz_loadu_ps(m, ay + i)));
+        return true;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = x + t * n;
+        float *yr = y + t * n;
+        const float scale = rms_rstd_row(xr, n, eps);
+        int64_t i;
+        const __m512 vs = _mm512_set1_ps(scale);
+        for (i = 0; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(yr + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vs), _mm512_loadu_ps(g + i)));
+        for (; i < n; i++) yr[i] = (xr[i] * scale) * g[i];
+    }
+    return true;
+}
+
+/* l3c_swiglu on T rows of n (a multiple of 16) ld apart: the same bits, one call per tile. The
+ * rows are a page or more apart (ld = n_ff), which the hardware prefetchers do not follow, so
+ * the rows SWIGLU_AHEAD ahead are prefetched. */
+#define SWIGLU_AHEAD 4
+V512_TARGET static void swiglu_rows_avx512(float *a, const float *b, int64_t ld, int64_t T, int64_t n) {
+    for (int64_t t = 0; t < T; t++) {
+        if (t + SWIGLU_AHEAD < T)
+            for (int64_t i = 0; i < n; i += 16) {
+                _mm_prefetch((const char *)(a + (t + SWIGLU_AHEAD) * ld + i), _MM_HINT_T0);
+                _mm_prefetch((const char *)(b + (t + SWIGLU_AHEAD) * ld + i), _MM_HINT_T0);
+            }
+        for (int64_t i = 0; i < n; i += 16) {
+            float *at = a + t * ld + i;
+            const __m512 v = _mm512_loadu_ps(at);
+            const __m512 e = v512_exp(_mm512_sub_ps(_mm512_setzero_ps(), v));
+            _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e)),
+                                               _mm512_loadu_ps(b + t * ld + i)));
+        }
+    }
+}
+
 /* x[i] = exp(x[i] - max) for all i; returns their sum (in double, four lanes then in order) */
 V_TARGET static double softmax_exp_avx2(float *x, int64_t n, float max) {
     const __m256 vm = _mm256_set1_ps(max);
@@ -499,6 +573,16 @@ void l3c_swiglu(float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + l3c_expf(-a[i])) * b[i];
 }
 
+static void swiglu_rows(float *a, const float *b, int64_t ld, int64_t T, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if ((cpu_caps() & (CAP_FMA | CAP_AVX512)) == (CAP_FMA | CAP_AVX512) && n % 16 == 0) {
+        swiglu_rows_avx512(a, b, ld, T, n);
+        return;
+    }
+#endif
+    for (int64_t t = 0; t < T; t++) l3c_swiglu(a + t * ld, b + t * ld, n);
+}
+
 void l3c_softmax(float *x, int64_t n) {
     if (n <= 0) return;
     double sum = 0.0;
@@ -537,6 +621,7 @@ void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ld
 }
 
 void l3c_add(float *x, const float *y, int64_t n) {
+    if (rmsnorm_add_avx512(NULL, NULL, NULL, 0, 0, 0.0f, x, y, n)) return;
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -557,4 +642,327 @@ void l3c_get_row(const l3c_weight *w, int64_t id, float *dst) {
         return;
     }
     tr->to_float((const char *)w->data + (size_t)id * w->row_bytes, dst, w->n_in);
+}
+
+/* ---------------------------------------------------------------- attention rows */
+
+/* K / V rows converted to float at a time */
+#define ATT_KB 32
+
+static int64_t round16(int64_t x) {
+    return (x + 15) / 16 * 16;
+}
+
+size_t l3c_attn_work_floats(int64_t R, int64_t n_max, int64_t hd) {
+    const int64_t Rp = round16(R);
+    /* scores [n_max x Rp], queries transposed [hd x Rp], converted rows [ATT_KB x hd], 1 / sums
+     * [Rp] */
+    return (size_t)(n_max * Rp + hd * Rp + ATT_KB * hd + Rp);
+}
+
+/* key / value row p as floats: in place, or converted into tmp */
+static const float *kv_row(const l3c_attn_rows_args *A, const uint8_t *base, int64_t p,
+                           float *tmp) {
+    const uint8_t *row = base + (size_t)p * A->row_bytes;
+    if (!A->to_float) return (const float *)row;
+    A->to_float(row, tmp, A->hd);
+    return tmp;
+}
+
+void l3c_attn_rows_ref(const l3c_attn_rows_args *A) {
+    const int64_t hd = A->hd;
+    float *s = A->work;              /* [n[r]] scores, then exps */
+    float *tmp = s + A->n[A->R - 1]; /* [hd] one converted row */
+    for (int64_t r = 0; r < A->R; r++) {
+        const int64_t n = A->n[r];
+        const float *q = A->q[r];
+        float *o = A->out[r];
+        for (int64_t p = 0; p < n; p++) {
+            const float *k = kv_row(A, A->k, p, tmp);
+            float acc = 0.0f;
+            for (int64_t d = 0; d < hd; d++)
+                acc = fmaf(k[d], q[d], acc);
+            s[p] = acc;
+        }
+        float m = s[0];
+        for (int64_t p = 1; p < n; p++)
+            m = L3C_MAX(m, s[p]);
+        const float ms = m * A->scale;
+        double sum = 0.0;
+        for (int64_t p = 0; p < n; p++) {
+            s[p] = l3c_expf(s[p] * A->scale - ms);
+            sum += (double)s[p];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t d = 0; d < hd; d++)
+            o[d] = 0.0f;
+        for (int64_t p = 0; p < n; p++) {
+            const float *v = kv_row(A, A->v, p, tmp);
+            for (int64_t d = 0; d < hd; d++)
+                o[d] = fmaf(s[p], v[d], o[d]);
+        }
+        for (int64_t d = 0; d < hd; d++)
+            o[d] *= inv;
+        if (A->probs)
+            for (int64_t p = 0; p < n; p++)
+                A->probs[r][p] = s[p] * inv;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* constant NP / NV / NR / ND and unrolled loops: the accumulators live in registers */
+#define ATT_INLINE V512_TARGET static inline __attribute__((always_inline))
+
+/* keys / values [p0, p0 + np) as float rows ldr apart: in place, or converted into tmp */
+static const float *kv_rows(const l3c_attn_rows_args *A, const uint8_t *base, int64_t p0,
+                            int64_t np, float *tmp, int64_t *ldr) {
+    if (!A->to_float) {
+        *ldr = (int64_t)(A->row_bytes / sizeof(float));
+        return (const float *)(base + (size_t)p0 * A->row_bytes);
+    }
+    for (int64_t p = 0; p < np; p++)
+        A->to_float(base + (size_t)(p0 + p) * A->row_bytes, tmp + p * A->hd, A->hd);
+    *ldr = A->hd;
+    return tmp;
+}
+
+/* S[i][16 j .. 16 j + 15] = sum_d k_i[d] * Qt[d][16 j ..] for NP keys x NV vectors of 16 rows:
+ * per (key, row) one fma chain over d in order, as the reference */
+ATT_INLINE void qk_micro(int NP, int NV, int64_t hd, const float *k, int64_t ldk, const float *Qt,
+                         int64_t Rp, float *S) {
+    __m512 acc[8][3];
+#pragma GCC unroll 8
+    for (int i = 0; i < NP; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < hd; d++) {
+        __m512 qv[3];
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; j++)
+            qv[j] = _mm512_loadu_ps(Qt + d * Rp + 16 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < NP; i++) {
+            const __m512 kb = _mm512_set1_ps(k[i * ldk + d]);
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; j++)
+                acc[i][j] = _mm512_fmadd_ps(kb, qv[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NP; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; j++)
+            _mm512_storeu_ps(S + i * Rp + 16 * j, acc[i][j]);
+}
+
+/* o_i[d0 ..] += sum_{p in [pa, pb)} P[p][i] * v_p[d0 ..] for NR rows (one fma chain per element in
+ * p order) over ND vectors of 16 elements; the last one masked by tail */
+ATT_INLINE void pv_micro(int NR, int ND, float *const *o, int64_t d0, __mmask16 tail,
+                         const float *P, int64_t Rp, const float *V, int64_t ldv, int64_t vp0,
+                         int64_t pa, int64_t pb) {
+    __m512 acc[4][4];
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < ND; c++)
+            acc[i][c] = _mm512_maskz_loadu_ps(c == ND - 1 ? tail : 0xFFFF, o[i] + d0 + 16 * c);
+    for (int64_t p = pa; p < pb; p++) {
+        __m512 vv[4];
+#pragma GCC unroll 8
+        for (int c = 0; c < ND; c++)
+            vv[c] = _mm512_maskz_loadu_ps(c == ND - 1 ? tail : 0xFFFF,
+                                          V + (p - vp0) * ldv + d0 + 16 * c);
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; i++) {
+            const __m512 pb_ = _mm512_set1_ps(P[p * Rp + i]);
+#pragma GCC unroll 8
+            for (int c = 0; c < ND; c++)
+                acc[i][c] = _mm512_fmadd_ps(pb_, vv[c], acc[i][c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < ND; c++)
+            _mm512_mask_storeu_ps(o[i] + d0 + 16 * c, c == ND - 1 ? tail : 0xFFFF, acc[i][c]);
+}
+
+V512_TARGET static void qk_block(int64_t np, int64_t nv, int64_t hd, const float *k, int64_t ldk,
+                                 const float *Qt, int64_t Rp, float *S) {
+    for (int64_t j = 0; j < nv; j += 3) {
+        const int NV = (int)L3C_MIN(3, nv - j);
+        const float *Qj = Qt + 16 * j;
+        float *Sj = S + 16 * j;
+        int64_t i = 0;
+        if (NV == 1)
+            for (; i + 8 <= np; i += 8)
+                qk_micro(8, 1, hd, k + i * ldk, ldk, Qj, Rp, Sj + i * Rp);
+        for (; i + 4 <= np; i += 4) {
+            if (NV == 1)
+                qk_micro(4, 1, hd, k + i * ldk, ldk, Qj, Rp, Sj + i * Rp);
+            else if (NV == 2)
+                qk_micro(4, 2, hd, k + i * ldk, ldk, Qj, Rp, Sj + i * Rp);
+            else
+                qk_micro(4, 3, hd, k + i * ldk, ldk, Qj, Rp, Sj + i * Rp);
+        }
+        for (; i < np; i++) {
+            if (NV == 1)
+                qk_micro(1, 1, hd, k + i * ldk, ldk, Qj, Rp, Sj + i * Rp);
+            else if (NV == 2)
+                qk_micro(1, 2, hd, k + i * ldk, ldk, Qj, Rp, Sj + i * Rp);
+            else
+                qk_micro(1, 3, hd, k + i * ldk, ldk, Qj, Rp, Sj + i * Rp);
+        }
+    }
+}
+
+#define PV_CASE(nr, nd) pv_micro(nr, nd, o, d0, tail, P, Rp, V, ldv, vp0, pa, pb)
+#define PV_ND(nr)                                                                                  \
+    switch (ND) {                                                                                  \
+    case 1:                                                                                        \
+        PV_CASE(nr, 1);                                                                            \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        PV_CASE(nr, 2);                                                                            \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        PV_CASE(nr, 3);                                                                            \
+        break;                                                                                     \
+    default:                                                                                       \
+        PV_CASE(nr, 4);                                                                            \
+        break;                                                                                     \
+    }
+/* V: the values of keys vp0 .. (rows ldv apart); keys [pa, pb) of NR rows */
+V512_TARGET static void pv_rows(int NR, float *const *o, int64_t hd, const float *P, int64_t Rp,
+                                const float *V, int64_t ldv, int64_t vp0, int64_t pa, int64_t pb) {
+    for (int64_t d0 = 0; d0 < hd; d0 += 64) {
+        const int64_t left = L3C_MIN(64, hd - d0);
+        const int ND = (int)((left + 15) / 16);
+        const __mmask16 tail = (__mmask16)(left % 16 ? (1u << (left % 16)) - 1 : 0xFFFF);
+        switch (NR) {
+        case 1:
+            PV_ND(1);
+            break;
+        case 2:
+            PV_ND(2);
+            break;
+        case 3:
+            PV_ND(3);
+            break;
+        default:
+            PV_ND(4);
+            break;
+        }
+    }
+}
+#undef PV_ND
+#undef PV_CASE
+
+V512_TARGET static void attn_rows_avx512(const l3c_attn_rows_args *A) {
+    const int64_t R = A->R, hd = A->hd, Rp = round16(R), nv = Rp / 16, n_max = A->n[R - 1];
+    float *S = A->work;             /* [n_max x Rp] scores of (key, row), then exps */
+    float *Qt = S + n_max * Rp;     /* [hd x Rp] the queries transposed (rows past R: 0) */
+    float *tmp = Qt + hd * Rp;      /* [ATT_KB x hd] converted keys / values */
+    float *inv = tmp + ATT_KB * hd; /* [Rp] 1 / sum of each row's exps */
+    for (int64_t r = 0; r < Rp; r++) {
+        const float *q = r < R ? A->q[r] : NULL;
+        for (int64_t d = 0; d < hd; d++)
+            Qt[d * Rp + r] = q ? q[d] : 0.0f;
+    }
+
+    /* scores: all rows x keys 0 .. n_max - 1 (a row's keys past n[r] are computed, then masked) */
+    for (int64_t p0 = 0; p0 < n_max; p0 += ATT_KB) {
+        const int64_t np = L3C_MIN(ATT_KB, n_max - p0);
+        int64_t ldk;
+        const float *k = kv_rows(A, A->k, p0, np, tmp, &ldk);
+        qk_block(np, nv, hd, k, ldk, Qt, Rp, S + p0 * Rp);
+    }
+
+    /* softmax, 16 rows a vector: lane r sees keys p < n[r] */
+    const __m512 vscale = _mm512_set1_ps(A->scale);
+    for (int64_t j = 0; j < nv; j++) {
+        int32_t nl[16];
+        for (int l = 0; l < 16; l++)
+            nl[l] = 16 * j + l < R ? A->n[16 * j + l] : 0;
+        const __m512i vn = _mm512_loadu_si512(nl);
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        for (int64_t p = 0; p < n_max; p++) {
+            const __mmask16 live = _mm512_cmpgt_epi32_mask(vn, _mm512_set1_epi32((int32_t)p));
+            m = _mm512_mask_max_ps(m, live, m, _mm512_loadu_ps(S + p * Rp + 16 * j));
+        }
+        const __m512 ms = _mm512_mul_ps(m, vscale);
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        for (int64_t p = 0; p < n_max; p++) {
+            const __mmask16 live = _mm512_cmpgt_epi32_mask(vn, _mm512_set1_epi32((int32_t)p));
+            float *sp = S + p * Rp + 16 * j;
+            const __m512 e = _mm512_maskz_mov_ps(
+                live, v512_exp(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(sp), vscale), ms)));
+            _mm512_storeu_ps(sp, e);
+            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(
+                                       _mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+        }
+        double sums[16];
+        _mm512_storeu_pd(sums, s0);
+        _mm512_storeu_pd(sums + 8, s1);
+        for (int l = 0; l < 16; l++)
+            inv[16 * j + l] = nl[l] ? (float)(1.0 / sums[l]) : 0.0f;
+    }
+
+    /* out = exps . V, rows in fours; rows r .. r + 3 share keys up to n[r], then go on alone */
+    for (int64_t r = 0; r < R; r++)
+        memset(A->out[r], 0, (size_t)hd * sizeof(float));
+    for (int64_t p0 = 0; p0 < n_max; p0 += ATT_KB) {
+        const int64_t np = L3C_MIN(ATT_KB, n_max - p0);
+        int64_t ldv;
+        const float *V = kv_rows(A, A->v, p0, np, tmp, &ldv);
+        for (int64_t r = 0; r < R; r += 4) {
+            const int nr = (int)L3C_MIN(4, R - r);
+            int64_t pa = p0;
+            for (int i = 0; i < nr; i++) {
+                const int64_t pb = L3C_MIN(p0 + np, (int64_t)A->n[r + i]);
+                if (pb > pa) pv_rows(nr - i, A->out + r + i, hd, S + r + i, Rp, V, ldv, p0, pa, pb);
+                pa = L3C_MAX(pa, pb);
+            }
+        }
+    }
+    for (int64_t r = 0; r < R; r++) {
+        float *o = A->out[r];
+        for (int64_t d = 0; d < hd; d++)
+            o[d] *= inv[r];
+        if (A->probs)
+            for (int64_t p = 0; p < A->n[r]; p++)
+                A->probs[r][p] = S[p * Rp + r] * inv[r];
+    }
+}
+#endif
+
+#if !(defined(__x86_64__) && defined(__GNUC__))
+static bool rms_ss_avx512(const float *xr, int64_t n, double *ss) { return false; }
+static bool rmsnorm_add_avx512(const float *x, const float *g, float *y, int64_t T, int64_t n, float eps, float *ax,
+                               const float *ay, int64_t an) {
+    return false;
+}
+#endif
+
+bool l3c_attn_rows_fast(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    return (cpu_caps() & (CAP_FMA | CAP_AVX512)) == (CAP_FMA | CAP_AVX512);
+#else
+    return false;
+#endif
+}
+
+void l3c_attn_rows(const l3c_attn_rows_args *A) {
+    L3C_ASSERT(A->R >= 1 && A->n[0] >= 1);
+    for (int64_t r = 1; r < A->R; r++)
+        L3C_ASSERT(A->n[r] >= A->n[r - 1]);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (l3c_attn_rows_fast()) {
+        attn_rows_avx512(A);
+        return;
+    }
+#endif
+    l3c_attn_rows_ref(A);
 }

@@ -74,6 +74,40 @@ void l3c_axpy(float *restrict y, float a, const float *restrict x, int64_t n);
 void l3c_axpy_rows(float *restrict y, const float *a, const float *X, int64_t ldx, int64_t n_rows, int64_t n);
 /* softmax of n values in place (max-subtracted) */
 void l3c_softmax(float *x, int64_t n);
+
+/*
+ * Causal attention of R query rows that read one K/V head (GQA: the query heads of one KV head
+ * for a run of tokens of one sequence): out[r] = softmax(scale * q[r] . k_p, p < n[r]) . v_p.
+ * Each row's arithmetic is fixed, so a row gets the same bits whatever R, its place among the
+ * rows and the other rows' lengths (batch invariance): score s_p = one fmaf chain over
+ * d = 0..hd-1; m = max s_p; e_p = expf(s_p * scale - m * scale) (ops.c's EXP_STEPS); sum = the
+ * e_p added in double in p order; out[d] = (one fmaf chain e_p * v_p[d] over p in order) *
+ * (float)(1 / sum). probs (tracing) gets e_p * (float)(1 / sum).
+ */
+typedef struct l3c_attn_rows_args {
+    int64_t R;             /* query rows, >= 1 */
+    const float *const *q; /* [R] rows of hd floats */
+    float *const *out;     /* [R] rows of hd floats (written) */
+    float *const *probs;   /* [R] rows of n[r] floats, or NULL */
+    const int32_t *n;      /* [R] keys row r sees (positions 0 .. n[r] - 1); >= 1, non-decreasing */
+    int64_t hd;            /* head dimension */
+    float scale;           /* 1 / sqrt(hd) */
+    const uint8_t *k, *v;  /* position p's key / value: hd elements at k / v + p * row_bytes */
+    size_t row_bytes;
+    l3c_to_float_fn to_float; /* converts a key / value row; NULL: the rows are float */
+    float *work;              /* l3c_attn_work_floats(R, n[R - 1], hd) floats */
+} l3c_attn_rows_args;
+
+/* Floats of l3c_attn_rows' work buffer for R rows, n_max keys and head dimension hd. */
+size_t l3c_attn_work_floats(int64_t R, int64_t n_max, int64_t hd);
+/* true when l3c_attn_rows runs a SIMD kernel on this CPU (AVX-512 F); otherwise it runs the
+ * scalar reference, and the attention op keeps its per-head path (gemm + softmax + axpy_rows) */
+bool l3c_attn_rows_fast(void);
+/* The attention above: the AVX-512 kernel where l3c_attn_rows_fast(), else the reference. */
+void l3c_attn_rows(const l3c_attn_rows_args *a);
+/* The scalar reference: row by row, the formula above (tests compare the kernel with it). */
+void l3c_attn_rows_ref(const l3c_attn_rows_args *a);
+
 /* Embedding row lookup: dst[n_embd] = dequantized row `id` of the token_embd matrix */
 void l3c_get_row(const l3c_weight *w, int64_t id, float *dst);
 

@@ -73,7 +73,7 @@ static bool activations_alloc(l3c_activations *a, const l3c_model *m, size_t B, 
            l3c_alloc_arr(&a->inv_freq, half ? half : 1, 1, sizeof(double), total) &&
            l3c_alloc_arr(&a->rope_cos, B, half ? half : 1, sizeof(float), total) &&
            l3c_alloc_arr(&a->rope_sin, B, half ? half : 1, sizeof(float), total) &&
-           l3c_alloc_arr(&a->att, nth * L3C_ATT_TOKENS, (size_t)n_ctx, sizeof(float), total) &&
+           l3c_alloc_arr(&a->att, nth, l3c_att_floats_per_thread(c, n_ctx), sizeof(float), total) &&
            l3c_alloc_arr(&a->kv_tmp, nth, hd * L3C_ATT_ROWS, sizeof(float), total) &&
            l3c_alloc_arr(&a->scratch, max_scratch(m, (int64_t)B), 1, 1, total);
 }

@@ -122,6 +122,11 @@ struct l3c_model {
 #define L3C_ATT_TOKENS 16
 /* V rows converted to float at a time (prompt path: each serves every query of the block). */
 #define L3C_ATT_ROWS 32
+/* Query rows (tokens x the query heads of one KV head) per l3c_attn_rows call (AVX-512 path). */
+#define L3C_ATT_QROWS 48
+
+/* Floats of act.att one thread uses, for either attention path (attention.c). */
+size_t l3c_att_floats_per_thread(const l3c_config *cfg, int32_t n_ctx);
 
 /* Bytes of one KV row (n_head_kv*hd elements) of the given cache type; 0 if unsupported
  * (kv_cache.c). */
@@ -153,7 +158,7 @@ typedef struct l3c_activations {
     float *rope_cos;  /* [B x n_rot/2] for this batch's positions */
     float *rope_sin;  /* [B x n_rot/2] */
     /* workspace of the ops */
-    float *att;       /* [n_threads x L3C_ATT_TOKENS x n_ctx] attention scores, per thread */
+    float *att; /* [n_threads x l3c_att_floats_per_thread] attention scores + work, per thread */
     float *kv_tmp;    /* [n_threads x L3C_ATT_ROWS x hd] dequantized K / V head rows per thread */
     void *scratch;    /* l3c_matmul_scratch_bytes of the largest weight at B */
     /* tracing "attn_scores": [n_head*T x n_kv], row h*T + t; allocated by l3c_decode only while
@@ -230,5 +235,8 @@ void l3c_rope_tables(const double *inv_freq, int n_rot, const int32_t *pos, int6
 /* Rotates adjacent pairs (x[2i], x[2i+1]), i < n_rot/2, of every head of x [T x n_heads*hd]. */
 void l3c_rope_apply(float *x, int64_t T, int n_heads, int hd, int n_rot, const float *cos_t,
                     const float *sin_t);
+/* The scalar loop l3c_rope_apply runs where the CPU has no AVX-512 (which gives the same bits). */
+void l3c_rope_apply_ref(float *x, int64_t T, int n_heads, int hd, int n_rot, const float *cos_t,
+                        const float *sin_t);
 
 #endif /* L3C_MODEL_H */

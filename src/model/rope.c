@@ -31,8 +31,51 @@ void l3c_rope_tables(const double *inv_freq, int n_rot, const int32_t *pos, int6
         }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* 8 pairs a vector: (x0 c - x1 s, x1 c + x0 s) as two products and one add / sub each, as the
+ * reference rounds them; pairs past the last multiple of 8 in the reference's loop */
+__attribute__((target("avx512f"))) static void rope_avx512(float *x, int64_t T, int n_heads, int hd,
+                                                           int n_rot, const float *cos_t,
+                                                           const float *sin_t) {
+    const int half = n_rot / 2, half8 = half / 8 * 8;
+    const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    for (int64_t t = 0; t < T; t++) {
+        const float *c = cos_t + t * half, *s = sin_t + t * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (t * n_heads + h) * (int64_t)hd; /* one head [hd] */
+            for (int i = 0; i < half8; i += 8) {
+                const __m512 cc =
+                    _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(c + i)));
+                const __m512 ss =
+                    _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(s + i)));
+                const __m512 xv = _mm512_loadu_ps(v + 2 * i), sw = _mm512_permute_ps(xv, 0xB1);
+                const __m512 a = _mm512_mul_ps(xv, cc), b = _mm512_mul_ps(sw, ss);
+                _mm512_storeu_ps(v + 2 * i, _mm512_mask_add_ps(_mm512_sub_ps(a, b), 0xAAAA, a, b));
+            }
+            for (int i = half8; i < half; i++) {
+                float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * c[i] - x1 * s[i];
+                v[2 * i + 1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+#endif
+
 void l3c_rope_apply(float *x, int64_t T, int n_heads, int hd, int n_rot, const float *cos_t,
                     const float *sin_t) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f")) {
+        rope_avx512(x, T, n_heads, hd, n_rot, cos_t, sin_t);
+        return;
+    }
+#endif
+    l3c_rope_apply_ref(x, T, n_heads, hd, n_rot, cos_t, sin_t);
+}
+
+void l3c_rope_apply_ref(float *x, int64_t T, int n_heads, int hd, int n_rot, const float *cos_t,
+                        const float *sin_t) {
     const int half = n_rot / 2;
     for (int64_t t = 0; t < T; t++) {
         const float *c = cos_t + t * half, *s = sin_t + t * half;

@@ -6,6 +6,11 @@
  *    weight types, T in {1, 5, 17} and 1..4 threads. Tolerance relative to sum |w||x|, plus the
  *    8-bit activation rounding (half a step of amax/127 per element) where the type uses it.
  *    Results must also be bitwise identical for every thread count (ops.c splits whole tiles).
+ *  - l3c_attn_rows (the attention kernel) == l3c_attn_rows_ref bit for bit (out and probs),
+ *    F32 / F16 / Q8_0 key-value rows, head dims 32..128, 1..50 rows of ragged lengths; a row
+ *    alone == the same row among others; the reference vs float64 softmax attention (4e-6;
+ *    measured 1.3e-6).
+ *  - l3c_rope_apply == l3c_rope_apply_ref bit for bit (n_rot < hd, pairs past a multiple of 8).
  *  - rmsnorm, softmax, swiglu, add, get_row vs naive formulas (1e-6 relative); l3c_rms_rstd is
  *    the scale l3c_rmsnorm applies (bitwise).
  *  - the CPU backend's rmsnorm / swiglu / add ops (backend.h) out of place (as training runs
@@ -15,6 +20,7 @@
  */
 #include "check.h"
 #include "kernels/ops.h"
+#include "model/model.h"
 #include "model/backend.h"
 
 #include <math.h>
@@ -380,6 +386,144 @@ static void test_matmul_batch_invariance(void) {
     l3c_threadpool_free(tp3);
 }
 
+/* one attention case: R rows, nondecreasing n[r] <= n_max, key/value rows of kv_type (the
+ * head at byte offset head_off of rows row_bytes long, as in the KV cache) */
+static void attn_case(int kv_type, int64_t hd, int64_t R, int32_t n_max) {
+    const l3c_type_traits *tr = l3c_type_traits_get(kv_type);
+    size_t head_bytes = 0;
+    CHECK(l3c_row_size(kv_type, hd, &head_bytes));
+    const size_t row_bytes = 2 * head_bytes + 8,
+                 head_off = head_bytes + 8; /* the second of two heads */
+    float *q = malloc(sizeof(float) * (size_t)(R * hd)),
+          *out = malloc(sizeof(float) * (size_t)(R * hd));
+    float *out1 = malloc(sizeof(float) * (size_t)hd),
+          *outr = malloc(sizeof(float) * (size_t)(R * hd));
+    float *pr = malloc(sizeof(float) * (size_t)(R * n_max)),
+          *prr = malloc(sizeof(float) * (size_t)(R * n_max));
+    float *p1 = malloc(sizeof(float) * (size_t)n_max),
+          *kf = malloc(sizeof(float) * (size_t)(n_max * hd));
+    float *vf = malloc(sizeof(float) * (size_t)(n_max * hd)),
+          *row = malloc(sizeof(float) * (size_t)hd);
+    uint8_t *k = calloc((size_t)n_max, row_bytes), *v = calloc((size_t)n_max, row_bytes);
+    float *work = malloc(sizeof(float) * l3c_attn_work_floats(R, n_max, hd));
+    const float **qp = malloc(sizeof(float *) * (size_t)R);
+    float **op = malloc(sizeof(float *) * (size_t)R), **opr = malloc(sizeof(float *) * (size_t)R);
+    float **pp = malloc(sizeof(float *) * (size_t)R), **ppr = malloc(sizeof(float *) * (size_t)R);
+    int32_t *n = malloc(sizeof(int32_t) * (size_t)R);
+    for (int64_t i = 0; i < R * hd; i++)
+        q[i] = rnd_f(-2.0f, 2.0f);
+    for (int32_t p = 0; p < n_max; p++) { /* stored rows and their exact float values */
+        for (int64_t d = 0; d < hd; d++)
+            row[d] = rnd_f(-2.0f, 2.0f);
+        tr->from_float(row, k + (size_t)p * row_bytes + head_off, hd);
+        tr->to_float(k + (size_t)p * row_bytes + head_off, kf + p * hd, hd);
+        for (int64_t d = 0; d < hd; d++)
+            row[d] = rnd_f(-2.0f, 2.0f);
+        tr->from_float(row, v + (size_t)p * row_bytes + head_off, hd);
+        tr->to_float(v + (size_t)p * row_bytes + head_off, vf + p * hd, hd);
+    }
+    for (int64_t r = 0; r < R; r++) { /* ragged, nondecreasing, the last one n_max */
+        n[r] = r == R - 1 ? n_max : (int32_t)(1 + (n_max - 1) * (r + rnd_f(0.0f, 0.9f)) / R);
+        if (r && n[r] < n[r - 1]) n[r] = n[r - 1];
+        qp[r] = q + r * hd, op[r] = out + r * hd, opr[r] = outr + r * hd;
+        pp[r] = pr + r * n_max, ppr[r] = prr + r * n_max;
+    }
+    l3c_attn_rows_args A = {.R = R,
+                            .q = qp,
+                            .out = op,
+                            .probs = pp,
+                            .n = n,
+                            .hd = hd,
+                            .scale = 1.0f / sqrtf((float)hd),
+                            .k = k + head_off,
+                            .v = v + head_off,
+                            .row_bytes = row_bytes,
+                            .to_float = kv_type == L3C_TYPE_F32 ? NULL : tr->to_float,
+                            .work = work};
+    l3c_attn_rows(&A);
+    A.out = opr, A.probs = ppr;
+    l3c_attn_rows_ref(&A);
+    int bad = 0;
+    double max_err = 0.0;
+    for (int64_t r = 0; r < R; r++) {
+        bad += memcmp(op[r], opr[r], sizeof(float) * (size_t)hd) != 0;
+        bad += memcmp(pp[r], ppr[r], sizeof(float) * (size_t)n[r]) != 0;
+        /* float64 softmax attention over the stored values */
+        double s[512], m = -INFINITY, sum = 0.0;
+        for (int32_t p = 0; p < n[r]; p++) {
+            s[p] = 0.0;
+            for (int64_t d = 0; d < hd; d++)
+                s[p] += (double)qp[r][d] * kf[p * hd + d];
+            s[p] /= sqrt((double)hd);
+            m = fmax(m, s[p]);
+        }
+        for (int32_t p = 0; p < n[r]; p++)
+            sum += (s[p] = exp(s[p] - m));
+        for (int64_t d = 0; d < hd; d++) {
+            double want = 0.0;
+            for (int32_t p = 0; p < n[r]; p++)
+                want += s[p] / sum * vf[p * hd + d];
+            max_err = fmax(max_err, fabs(opr[r][d] - want));
+        }
+        for (int32_t p = 0; p < n[r]; p++)
+            max_err = fmax(max_err, fabs(ppr[r][p] - s[p] / sum));
+    }
+    CHECK_MSG(bad == 0,
+              "attn_rows type %d hd %lld R %lld n_max %d: %d rows differ from the reference",
+              kv_type, (long long)hd, (long long)R, n_max, bad);
+    CHECK_MSG(max_err <= 4e-6,
+              "attn_rows_ref type %d hd %lld R %lld n_max %d: max |err| %.3g vs float64", kv_type,
+              (long long)hd, (long long)R, n_max, max_err);
+    /* each row alone (R = 1) == the row among the others */
+    bad = 0;
+    for (int64_t r = 0; r < R; r++) {
+        l3c_attn_rows_args B = A;
+        float *o1[1] = {out1}, *q1[1] = {p1};
+        B.R = 1, B.q = &qp[r], B.out = o1, B.probs = q1, B.n = &n[r];
+        l3c_attn_rows(&B);
+        bad += memcmp(out1, op[r], sizeof(float) * (size_t)hd) != 0 ||
+               memcmp(p1, pp[r], sizeof(float) * (size_t)n[r]) != 0;
+    }
+    CHECK_MSG(bad == 0, "attn_rows type %d hd %lld R %lld: %d rows alone differ from the batch",
+              kv_type, (long long)hd, (long long)R, bad);
+    free(q), free(out), free(out1), free(outr), free(pr), free(prr), free(p1), free(kf), free(vf),
+        free(row);
+    free(k), free(v), free(work), free(qp), free(op), free(opr), free(pp), free(ppr), free(n);
+}
+
+static void test_attn_rows(void) {
+    const int types[] = {L3C_TYPE_F32, L3C_TYPE_F16, L3C_TYPE_Q8_0};
+    const int64_t hds[] = {32, 64, 80, 128};
+    const int64_t Rs[] = {1, 3, 16, 17, 48, 50};
+    const int32_t ns[] = {1, 7, 33, 70, 130};
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t hi = 0; hi < 4; hi++) {
+            if (types[ti] == L3C_TYPE_Q8_0 && hds[hi] % 32) continue;
+            for (size_t ri = 0; ri < 6; ri++)
+                for (size_t ni = 0; ni < 5; ni++)
+                    attn_case(types[ti], hds[hi], Rs[ri], ns[ni]);
+        }
+    if (!l3c_attn_rows_fast())
+        fprintf(stderr, "test_ops: attn_rows: no AVX-512 kernel on this CPU (reference only)\n");
+}
+
+static void test_rope(void) {
+    enum { T = 3, NH = 2 };
+    const int shapes[][2] = {{64, 64}, {80, 80}, {64, 32}, {38, 22}, {2, 2}}; /* hd, n_rot */
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int hd = shapes[k][0], half = shapes[k][1] / 2;
+        float x[T * NH * 80], x0[T * NH * 80], c[T * 40], sn[T * 40];
+        for (int i = 0; i < T * NH * hd; i++)
+            x[i] = x0[i] = rnd_f(-4.0f, 4.0f);
+        for (int i = 0; i < T * half; i++)
+            c[i] = rnd_f(-1.0f, 1.0f), sn[i] = rnd_f(-1.0f, 1.0f);
+        l3c_rope_apply(x, T, NH, hd, 2 * half, c, sn);
+        l3c_rope_apply_ref(x0, T, NH, hd, 2 * half, c, sn);
+        CHECK_MSG(memcmp(x, x0, sizeof(float) * (size_t)(T * NH * hd)) == 0,
+                  "rope hd %d n_rot %d differs from the reference", hd, 2 * half);
+    }
+}
+
 /* the ops decode runs in place and training out of place (block.c) agree bitwise; the CPU ops
  * do not read the context */
 static void test_backend_cpu_ops(void) {
@@ -412,6 +556,8 @@ static void test_backend_cpu_ops(void) {
 
 int main(void) {
     test_threadpool();
+    test_rope();
+    test_attn_rows();
     test_backend_cpu_ops();
     test_elementwise();
     test_matmul();
