@@ -29,6 +29,7 @@ typedef struct server {
     int ctx_per_slot;     /* 0: min(model context, 2048) */
     int queue;            /* waiting requests beyond the slots */
     int step_tokens;      /* per-step token budget of the scheduler */
+    int cache_mib;        /* --cache-ram: prompt cache budget in MiB (0: off) */
     const char *api_key;  /* NULL: no authentication */
     const char *api_keys_path; /* --api-keys FILE: named keys with limits (accounts.h) */
     size_t max_body;      /* bytes */
