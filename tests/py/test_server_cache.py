@@ -102,7 +102,7 @@ def test_shared_prefix_copied_not_restored(llama3c, smollm2_path):
     with Server(smollm2_path, "--parallel", 2, "--ctx", 512, "--cache-ram", 0) as srv:
         ref = post(srv, question)
         post(srv, {"model": "m", "prompt": "Quartz is", "max_tokens": 2, "temperature": 0}, "/v1/completions")
-        long = chat_body("Describe every country of Europe.", max_tokens=200, system=SYSTEM,
+        long = chat_body("Describe every country of Europe.", max_tokens=120, system=SYSTEM,
                          logit_bias={"0": -100, "1": -100, "2": -100})
         g0 = srv.metrics()["llama3c_generated_tokens_total"]
         t = threading.Thread(target=lambda: srv.post_json("/v1/chat/completions", long))
