@@ -239,10 +239,10 @@ L3C_API l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t
 L3C_API l3c_status l3c_kv_seq_copy(l3c_context *ctx, int32_t src, int32_t dst, int32_t n);
 /* 0 for a NULL context or n outside [0, n_ctx]. */
 L3C_API size_t l3c_kv_seq_state_size(const l3c_context *ctx, int32_t n);
-L3C_API l3c_status l3c_kv_seq_state_get(const l3c_context *ctx, int32_t seq_id, int32_t n, void *dst,
-                                        size_t size);
-L3C_API l3c_status l3c_kv_seq_state_set(l3c_context *ctx, int32_t seq_id, int32_t n, const void *src,
-                                        size_t size);
+L3C_API l3c_status l3c_kv_seq_state_get(const l3c_context *ctx, int32_t seq_id, int32_t n,
+                                        void *dst, size_t size);
+L3C_API l3c_status l3c_kv_seq_state_set(l3c_context *ctx, int32_t seq_id, int32_t n,
+                                        const void *src, size_t size);
 
 /*
  * Tracing, for `explain` and debugging: after every named op of the forward pass the callback

@@ -13,11 +13,11 @@
 #include <string.h>
 
 typedef struct pc_entry {
-    int32_t *toks;   /* [n] */
+    int32_t *toks; /* [n] */
     int32_t n;
-    void *state;     /* [size] l3c_kv_seq_state_get of n positions */
+    void *state; /* [size] l3c_kv_seq_state_get of n positions */
     size_t size;
-    uint64_t used;   /* last save / restore (LRU clock) */
+    uint64_t used; /* last save / restore (LRU clock) */
 } pc_entry;
 
 struct pcache {
@@ -43,14 +43,16 @@ static void entry_drop(pcache *c, int32_t i) {
 
 void pcache_free(pcache *c) {
     if (!c) return;
-    while (c->n) entry_drop(c, c->n - 1);
+    while (c->n)
+        entry_drop(c, c->n - 1);
     free(c->e);
     free(c);
 }
 
 static int32_t common_prefix(const int32_t *a, int32_t na, const int32_t *b, int32_t nb) {
     int32_t n = na < nb ? na : nb, i = 0;
-    while (i < n && a[i] == b[i]) i++;
+    while (i < n && a[i] == b[i])
+        i++;
     return i;
 }
 
@@ -67,7 +69,8 @@ int32_t pcache_find(const pcache *c, const int32_t *toks, int32_t n, int32_t *lc
     return best;
 }
 
-int pcache_save(pcache *c, l3c_context *ctx, int32_t seq, const int32_t *toks, int32_t n, int32_t n_same) {
+int pcache_save(pcache *c, l3c_context *ctx, int32_t seq, const int32_t *toks, int32_t n,
+                int32_t n_same) {
     if (n < PCACHE_MIN_TOKENS) return 0;
     const size_t size = l3c_kv_seq_state_size(ctx, n);
     if (!size || size > c->max_bytes) return 0;
@@ -107,7 +110,8 @@ int pcache_save(pcache *c, l3c_context *ctx, int32_t seq, const int32_t *toks, i
     return 1;
 }
 
-int pcache_restore(pcache *c, int32_t i, l3c_context *ctx, int32_t seq, int32_t n, int32_t *toks_out) {
+int pcache_restore(pcache *c, int32_t i, l3c_context *ctx, int32_t seq, int32_t n,
+                   int32_t *toks_out) {
     pc_entry *e = &c->e[i];
     if (n < 1 || n > e->n) return -1;
     if (l3c_kv_seq_state_set(ctx, seq, e->n, e->state, e->size) != L3C_OK ||

@@ -26,7 +26,7 @@ typedef struct pcache pcache;
 
 typedef struct pcache_stats {
     int32_t entries;
-    size_t bytes;            /* state bytes held (<= max_bytes) */
+    size_t bytes; /* state bytes held (<= max_bytes) */
     uint64_t saves, restores, evictions;
 } pcache_stats;
 
@@ -42,12 +42,14 @@ int32_t pcache_find(const pcache *c, const int32_t *toks, int32_t n, int32_t *lc
  * the same prompt) or that it extends are replaced. Returns 1 when stored, 0 when not needed
  * (too short, already held by an entry, larger than the whole budget) and -1 when it failed
  * (no memory, the context refused: a led context). */
-int pcache_save(pcache *c, l3c_context *ctx, int32_t seq, const int32_t *toks, int32_t n, int32_t n_same);
+int pcache_save(pcache *c, l3c_context *ctx, int32_t seq, const int32_t *toks, int32_t n,
+                int32_t n_same);
 
 /* Makes sequence seq hold the first n (1 <= n <= the entry's length) positions of entry i and
  * copies their tokens to toks_out[0 .. n). 0, or -1 when the context refused (seq unchanged or
  * cleared). */
-int pcache_restore(pcache *c, int32_t i, l3c_context *ctx, int32_t seq, int32_t n, int32_t *toks_out);
+int pcache_restore(pcache *c, int32_t i, l3c_context *ctx, int32_t seq, int32_t n,
+                   int32_t *toks_out);
 
 void pcache_get_stats(const pcache *c, pcache_stats *st);
 

@@ -105,7 +105,7 @@ struct sched {
     int32_t python_tag; /* <|python_tag|> (starts a lazy grammar), -1 if none */
     int32_t n_slots;
     slot *slots;
-    pcache *pc;         /* engine (under mu): saved prefixes; NULL: no prompt cache */
+    pcache *pc; /* engine (under mu): saved prefixes; NULL: no prompt cache */
 
     pthread_mutex_t mu;
     pthread_cond_t work;
@@ -529,7 +529,8 @@ static void slot_assign_embd_locked(sched *s, slot *sl, sched_job *j) {
  * that loses less than PCACHE_MIN_TOKENS. */
 static void slot_save_prefix_locked(sched *s, slot *sl, int32_t keep) {
     if (s->pc && sl->n_cache - keep >= PCACHE_MIN_TOKENS)
-        pcache_save(s->pc, s->ctx, sl->id, sl->cache, sl->n_cache, sl->plen > 0 ? sl->plen : sl->n_cache);
+        pcache_save(s->pc, s->ctx, sl->id, sl->cache, sl->n_cache,
+                    sl->plen > 0 ? sl->plen : sl->n_cache);
 }
 
 /*
@@ -570,7 +571,8 @@ static int32_t slot_reuse_prefix_locked(sched *s, slot *sl, const sched_job *j, 
             return best;
         }
     }
-    if (l3c_kv_seq_truncate(s->ctx, sl->id, keep) != L3C_OK || l3c_kv_seq_len(s->ctx, sl->id) != keep) {
+    if (l3c_kv_seq_truncate(s->ctx, sl->id, keep) != L3C_OK ||
+        l3c_kv_seq_len(s->ctx, sl->id) != keep) {
         l3c_kv_seq_truncate(s->ctx, sl->id, 0);
         keep = 0;
     }

@@ -10,10 +10,10 @@
  * Jobs: created by an HTTP thread (which tokenizes the prompt), submitted into a bounded FIFO
  * queue, assigned to the free slot whose cached tokens share the longest prefix with the prompt
  * (prefix cache; a longer prefix held by another slot is copied, one in the prompt cache in
- * host memory restored: prompt_cache.h), and reference-counted: the HTTP side and the scheduler each hold a reference;
- * sched_job_release drops the caller's (a slot holding one input of an embedding job holds one
- * more). All job fields the two sides share are guarded by the scheduler mutex; everything
- * else in a slot belongs to the engine thread alone.
+ * host memory restored: prompt_cache.h), and reference-counted: the HTTP side and the scheduler
+ * each hold a reference; sched_job_release drops the caller's (a slot holding one input of an
+ * embedding job holds one more). All job fields the two sides share are guarded by the scheduler
+ * mutex; everything else in a slot belongs to the engine thread alone.
  */
 #ifndef L3C_SERVER_SCHEDULER_H
 #define L3C_SERVER_SCHEDULER_H

@@ -1,14 +1,14 @@
 /*
  * follow.c -- one context driven from rank 0 (l3c_dist_lead / l3c_dist_follow / l3c_dist_release,
  * llama3c.h): for programs like the server, where only rank 0 knows what to decode next. The
- * leader's context announces each l3c_decode, l3c_kv_seq_truncate and l3c_kv_seq_copy before running it (the
- * context's `mirror` hook); the followers' loop receives the call and makes it on their copy of
- * the context, so every rank runs the same forward passes on the same cache state.
+ * leader's context announces each l3c_decode, l3c_kv_seq_truncate and l3c_kv_seq_copy before
+ * running it (the context's `mirror` hook); the followers' loop receives the call and makes it on
+ * their copy of the context, so every rank runs the same forward passes on the same cache state.
  *
  * Wire format, all broadcast from rank 0: a header int64[6] {what, n_tokens, seq_id, n_keep,
- * has seq_id[], has logits[]} (a copy: {what, dst, src, n, 0, 0}), then for a decode tokens[n], pos[n], seq_id[n]?, logits[n]? .
- * A batch that cannot be announced (NULL arrays, n_tokens outside 1..n_batch) is not: l3c_decode
- * refuses it on rank 0 alone and no rank runs anything.
+ * has seq_id[], has logits[]} (a copy: {what, dst, src, n, 0, 0}), then for a decode tokens[n],
+ * pos[n], seq_id[n]?, logits[n]? . A batch that cannot be announced (NULL arrays, n_tokens
+ * outside 1..n_batch) is not: l3c_decode refuses it on rank 0 alone and no rank runs anything.
  */
 #include "dist/comm.h"
 #include "model/model.h"

@@ -517,7 +517,8 @@ static void test_kv_share(l3c_model *m, int kv_type) {
     CHECK(decode_seq(c, IDS, 8, 0, 512, full) == 0);
     CHECK(decode_seq(f, alt, 8, 0, 512, fresh) == 0);
     CHECK(decode_seq(c, IDS, 3, 1, 512, cont) == 0); /* dst's old content is dropped */
-    CHECK(l3c_kv_seq_copy(c, 0, 1, 5) == L3C_OK && l3c_kv_seq_len(c, 1) == 5 && l3c_kv_seq_len(c, 0) == 8);
+    CHECK(l3c_kv_seq_copy(c, 0, 1, 5) == L3C_OK && l3c_kv_seq_len(c, 1) == 5 &&
+          l3c_kv_seq_len(c, 0) == 8);
     CHECK(decode_seq(c, alt + 5, 3, 1, 512, cont) == 0);
     CHECK_MSG(max_diff(cont, fresh + 5 * V, 3 * V) == 0.0, "copied prefix: max diff %g",
               max_diff(cont, fresh + 5 * V, 3 * V));
