@@ -62,9 +62,11 @@ def loadavg():
 class PeerServer:
     """llama-server on a free port, the same slots / threads / positions per slot."""
 
-    def __init__(self, binary, model, parallel, threads, ctx):
+    def __init__(self, binary, model, parallel, threads, ctx, threads_http):
         self.cmd = [binary, "-m", model, "--host", "127.0.0.1", "--port", "0", "-np", str(parallel),
                     "-t", str(threads), "-tb", str(threads), "-c", str(ctx * parallel)]
+        if threads_http > 0:  # its default pool (from the core count) is smaller than the clients
+            self.cmd += ["--threads-http", str(threads_http)]
         self.proc = None
         self.port = None
 
@@ -146,6 +148,9 @@ def main(argv=None):
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each engine, alternated")
+    ap.add_argument("--threads-http", type=int, default=-1,
+                    help="llama-server's --threads-http (default: its own; llama3c has one thread per "
+                         "connection)")
     ap.add_argument("--json", default=os.path.join(REPO, "build", "serve_compare.json"))
     a = ap.parse_args(argv)
     if a.build_server:
@@ -164,7 +169,7 @@ def main(argv=None):
     args = ("--parallel", a.parallel, "--ctx", a.ctx, "--queue", max(64, 2 * a.clients))
     engines = [("llama3c", lambda: Server(model, *args, binary=a.binary, threads=a.threads))]
     if peer:
-        engines.append(("llama-server", lambda: PeerServer(a.server, model, a.parallel, a.threads, a.ctx)))
+        engines.append(("llama-server", lambda: PeerServer(a.server, model, a.parallel, a.threads, a.ctx, a.threads_http)))
     if a.base:
         engines.append(("llama3c-base", lambda: Server(model, *args, binary=a.base, threads=a.threads)))
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {os.path.basename(model)}; {a.parallel} slots, "
