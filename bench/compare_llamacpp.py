@@ -147,27 +147,30 @@ def llamacpp(path, threads, p, n, reps):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def build_peer(dest):
-    """llama-bench from the llama-cpp-python sdist's vendor/llama.cpp, native Release build;
-    returns the binary's path (reused when it exists)."""
-    binary = os.path.join(dest, "build", "bin", "llama-bench")
+def build_peer(dest, target="llama-bench"):
+    """A llama.cpp tool (llama-bench, or llama-server for bench/serve_compare.py) from the
+    llama-cpp-python sdist's vendor/llama.cpp, native Release build; returns the binary's path
+    (reused when it exists; so is an sdist already in DEST/sdist)."""
+    binary = os.path.join(dest, "build", "bin", target)
     if os.path.exists(binary):
         return binary
     import glob
     import tarfile
     src = os.path.join(dest, "sdist")
     os.makedirs(src, exist_ok=True)
-    sh([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "llama-cpp-python", "-d", src])
+    if not glob.glob(os.path.join(src, "llama_cpp_python-*.tar.gz")):
+        sh([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+            "llama-cpp-python", "-d", src])
     tgz = sorted(glob.glob(os.path.join(src, "llama_cpp_python-*.tar.gz")))[-1]
     with tarfile.open(tgz) as t:
         t.extractall(src)
     vendor = os.path.join(tgz[:-len(".tar.gz")], "vendor", "llama.cpp")
     flags = "-fno-tree-dse -fno-dse"
+    server = "ON" if target == "llama-server" else "OFF"
     sh(["cmake", "-S", vendor, "-B", os.path.join(dest, "build"), "-DGGML_NATIVE=ON",
         "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_C_FLAGS=" + flags, "-DCMAKE_CXX_FLAGS=" + flags,
-        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=OFF"])
-    sh(["cmake", "--build", os.path.join(dest, "build"), "--target", "llama-bench", "-j2"])
+        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=" + server])
+    sh(["cmake", "--build", os.path.join(dest, "build"), "--target", target, "-j2"])
     return binary
 
 

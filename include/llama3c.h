@@ -223,6 +223,26 @@ L3C_API const float *l3c_get_embeddings_seq(const l3c_context *ctx, int32_t seq_
 L3C_API int32_t l3c_kv_seq_len(const l3c_context *ctx, int32_t seq_id);
 /* Drops positions >= n_keep of a sequence (0: clears it). Used for prefix reuse. */
 L3C_API l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep);
+/*
+ * Prefix sharing between sequences (a server's prompt cache). l3c_kv_seq_copy: sequence dst
+ * becomes the first n positions of src (0 <= n <= l3c_kv_seq_len(src); dst's old content is
+ * dropped); decoding dst from position n then gives the logits a fresh evaluation of those n
+ * tokens would. In a led context (l3c_dist_lead) it is announced to the other ranks like
+ * l3c_kv_seq_truncate.
+ * l3c_kv_seq_state_get copies the first n positions of a sequence (every layer's keys and values,
+ * in the context's KV type) into dst, exactly l3c_kv_seq_state_size(ctx, n) bytes;
+ * l3c_kv_seq_state_set makes a sequence hold exactly such a state of n positions (taken from a
+ * context of the same model, KV type and n_ctx). Both refuse a led context (L3C_ERR_UNSUPPORTED:
+ * its cache is spread over the ranks). The pooled embedding state of the target sequence is
+ * unknown afterwards (as after a partial truncation) unless n == 0.
+ */
+L3C_API l3c_status l3c_kv_seq_copy(l3c_context *ctx, int32_t src, int32_t dst, int32_t n);
+/* 0 for a NULL context or n outside [0, n_ctx]. */
+L3C_API size_t l3c_kv_seq_state_size(const l3c_context *ctx, int32_t n);
+L3C_API l3c_status l3c_kv_seq_state_get(const l3c_context *ctx, int32_t seq_id, int32_t n,
+                                        void *dst, size_t size);
+L3C_API l3c_status l3c_kv_seq_state_set(l3c_context *ctx, int32_t seq_id, int32_t n,
+                                        const void *src, size_t size);
 
 /*
  * Tracing, for `explain` and debugging: after every named op of the forward pass the callback

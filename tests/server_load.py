@@ -52,6 +52,24 @@ def rss_kb(pid):
         return None
 
 
+def prompt_cache_kib(base_url):
+    """KiB held by llama3c's prompt cache (/metrics llama3c_prompt_cache_bytes; RSS it may grow
+    by on purpose), or None (another server, no /metrics)."""
+    u = urllib.parse.urlparse(base_url)
+    try:
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        text = r.read().decode(errors="replace")
+        c.close()
+    except (OSError, http.client.HTTPException):
+        return None
+    for line in text.splitlines() if r.status == 200 else ():
+        if line.startswith("llama3c_prompt_cache_bytes "):
+            return float(line.split()[1]) / 1024
+    return None
+
+
 def one_request(conn, rng, max_tokens):
     prompt = rng.choice(PROMPTS)
     stream = rng.random() < 0.5
@@ -117,6 +135,7 @@ def run_load(base_url, n_requests, n_clients, max_tokens=4, seed=1, pid=None, lo
         t.join()
     wall = time.perf_counter() - t0
     rss1 = rss_kb(pid) if pid else None
+    cache_kib = prompt_cache_kib(base_url)
     res = {
         "requests": n_requests, "clients": n_clients, "max_tokens": max_tokens,
         "ok": len(latencies), "failures": len(failures), "failure_samples": failures[:5],
@@ -124,12 +143,13 @@ def run_load(base_url, n_requests, n_clients, max_tokens=4, seed=1, pid=None, lo
         "completion_tokens_per_s": tokens[0] / wall,
         "latency_s": {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90),
                       "p99": percentile(latencies, 99), "max": max(latencies) if latencies else None},
-        "rss_kib_before": rss0, "rss_kib_after": rss1,
+        "rss_kib_before": rss0, "rss_kib_after": rss1, "prompt_cache_kib": cache_kib,
     }
     lat = res["latency_s"]
     log(f"{res['ok']}/{n_requests} ok, {res['failures']} failed, {wall:.1f} s, {res['requests_per_s']:.1f} req/s, "
         f"{res['completion_tokens_per_s']:.1f} tok/s; latency p50 {lat['p50']:.3f} s, p90 {lat['p90']:.3f} s, "
-        f"p99 {lat['p99']:.3f} s, max {lat['max']:.3f} s; RSS {rss0} -> {rss1} KiB")
+        f"p99 {lat['p99']:.3f} s, max {lat['max']:.3f} s; RSS {rss0} -> {rss1} KiB"
+        + (f" (prompt cache {cache_kib:.0f} KiB)" if cache_kib is not None else ""))
     return res
 
 

@@ -159,6 +159,24 @@ char *metrics_render(sched *s, size_t *len) {
                   "KV cache (prefix cache hits).\n# TYPE llama3c_prompt_tokens_cached_total counter\n"
                   "llama3c_prompt_tokens_cached_total %llu\n",
               (unsigned long long)st.prompt_tokens_reused);
+    sb_printf(&b,
+              "# HELP llama3c_prompt_tokens_copied_total Of the cached prompt tokens: copied "
+              "from another slot's KV cache.\n# TYPE llama3c_prompt_tokens_copied_total counter\n"
+              "llama3c_prompt_tokens_copied_total %llu\n",
+              (unsigned long long)st.prefix_copied_tokens);
+    sb_printf(&b,
+              "# HELP llama3c_prompt_tokens_restored_total Of the cached prompt tokens: restored "
+              "from the prompt cache (--cache-ram).\n# TYPE llama3c_prompt_tokens_restored_total "
+              "counter\nllama3c_prompt_tokens_restored_total %llu\n",
+              (unsigned long long)st.cache_restored_tokens);
+    sb_printf(&b,
+              "# HELP llama3c_prompt_cache_entries Prefixes held by the prompt cache.\n"
+              "# TYPE llama3c_prompt_cache_entries gauge\nllama3c_prompt_cache_entries %d\n",
+              st.cache_entries);
+    sb_printf(&b,
+              "# HELP llama3c_prompt_cache_bytes KV bytes held by the prompt cache.\n"
+              "# TYPE llama3c_prompt_cache_bytes gauge\nllama3c_prompt_cache_bytes %zu\n",
+              st.cache_bytes);
     sb_printf(&b, "# HELP llama3c_generated_tokens_total Tokens sampled.\n"
                   "# TYPE llama3c_generated_tokens_total counter\n"
                   "llama3c_generated_tokens_total %llu\n", (unsigned long long)st.gen_tokens);

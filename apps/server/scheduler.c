@@ -20,6 +20,7 @@
 #include "../cli/common.h"
 #include "../cli/logprob.h"
 #include "grammar_cache.h"
+#include "prompt_cache.h"
 
 #include <errno.h>
 #include <math.h>
@@ -110,6 +111,7 @@ struct sched {
     int32_t python_tag; /* <|python_tag|> (starts a lazy grammar), -1 if none */
     int32_t n_slots;
     slot *slots;
+    pcache *pc; /* engine (under mu): saved prefixes; NULL: no prompt cache */
 
     pthread_mutex_t mu;
     pthread_cond_t work;
@@ -129,6 +131,7 @@ struct sched {
 };
 
 static void slot_first_prompt_logprob(slot *sl, const sched_job *j);
+static void slot_save_prefix_locked(sched *s, slot *sl, int32_t keep);
 
 /* ------------------------------------------------------------------ jobs */
 
@@ -335,6 +338,7 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
     s->step_tokens = opt->step_tokens > 0 ? opt->step_tokens : 256;
     s->lookup = opt->lookup < SCHED_LOOKUP_MAX ? opt->lookup : SCHED_LOOKUP_MAX;
     s->queue_cap = opt->queue_cap > 0 ? opt->queue_cap : 1;
+    if (opt->cache_bytes && !(s->pc = pcache_create(opt->cache_bytes))) goto fail;
     pthread_mutex_init(&s->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -380,6 +384,7 @@ void sched_free(sched *s) {
         }
     free(s->slots);
     free(s->queue);
+    pcache_free(s->pc);
     free(s->b_tok);
     free(s->b_pos);
     free(s->b_seq);
@@ -427,6 +432,13 @@ const float *sched_job_embeddings(sched *s, sched_job *job) {
 void sched_get_stats(sched *s, sched_stats *st) {
     pthread_mutex_lock(&s->mu);
     *st = s->stats;
+    if (s->pc) {
+        pcache_stats ps;
+        pcache_get_stats(s->pc, &ps);
+        st->cache_entries = ps.entries;
+        st->cache_bytes = ps.bytes;
+        st->cache_restores = ps.restores;
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -503,6 +515,7 @@ static slot *pick_embd_slot(sched *s) {
  * sequence over every position it holds). The slot holds its own reference to the job. */
 static void slot_assign_embd_locked(sched *s, slot *sl, sched_job *j) {
     const int32_t i = j->next_input++;
+    slot_save_prefix_locked(s, sl, 0);
     l3c_kv_seq_truncate(s->ctx, sl->id, 0);
     sl->n_cache = 0;
     sl->n_prompt_done = 0;
@@ -518,6 +531,61 @@ static void slot_assign_embd_locked(sched *s, slot *sl, sched_job *j) {
     s->stats.slots_busy++;
 }
 
+/* mu held (engine). Saves what slot sl holds (its last job's prompt, sl->plen tokens, and
+ * answer) to the prompt cache before all but its first `keep` positions are overwritten, unless
+ * that loses less than PCACHE_MIN_TOKENS. */
+static void slot_save_prefix_locked(sched *s, slot *sl, int32_t keep) {
+    if (s->pc && sl->n_cache - keep >= PCACHE_MIN_TOKENS)
+        pcache_save(s->pc, s->ctx, sl->id, sl->cache, sl->n_cache,
+                    sl->plen > 0 ? sl->plen : sl->n_cache);
+}
+
+/*
+ * mu held (engine). Brings the longest cached prefix of job j's prompt into slot sl, which
+ * shares lcp tokens with it: kept from the slot's own cache, copied from another slot's
+ * (l3c_kv_seq_copy; any state: a busy slot's cache is fixed between steps) or restored from the
+ * prompt cache; what sl held goes to the prompt cache first. At least the last prompt token is
+ * always evaluated (its logits give the first generated token), and all of them for echo
+ * logprobs. A copy or restore must gain 1 + n/32 tokens over the own prefix (it moves n
+ * positions of K and V). Returns the prefix length now in sl (sl->cache updated).
+ */
+static int32_t slot_reuse_prefix_locked(sched *s, slot *sl, const sched_job *j, int32_t lcp) {
+    const int32_t cap = j->echo_logprobs ? 0 : j->n_prompt - 1;
+    int32_t keep = lcp < cap ? lcp : cap;
+    if (keep < 0) keep = 0;
+    slot_save_prefix_locked(s, sl, keep);
+    slot *src = NULL;
+    int32_t best = keep, entry = -1;
+    for (int32_t i = 0; i < s->n_slots && cap > 0; i++) {
+        slot *o = &s->slots[i];
+        int32_t l = o == sl ? 0 : common_prefix(o->cache, o->n_cache, j->prompt, j->n_prompt);
+        if (l > cap) l = cap;
+        if (l > best) best = l, src = o;
+    }
+    if (s->pc && cap > 0) {
+        int32_t l, e = pcache_find(s->pc, j->prompt, j->n_prompt, &l);
+        if (l > cap) l = cap;
+        if (l > best) best = l, entry = e, src = NULL;
+    }
+    if (best - keep >= 1 + best / 32) {
+        if (entry >= 0 && pcache_restore(s->pc, entry, s->ctx, sl->id, best, sl->cache) == 0) {
+            s->stats.cache_restored_tokens += (uint64_t)best;
+            return best;
+        }
+        if (src && l3c_kv_seq_copy(s->ctx, src->id, sl->id, best) == L3C_OK) {
+            memcpy(sl->cache, src->cache, (size_t)best * sizeof *sl->cache);
+            s->stats.prefix_copied_tokens += (uint64_t)best;
+            return best;
+        }
+    }
+    if (l3c_kv_seq_truncate(s->ctx, sl->id, keep) != L3C_OK ||
+        l3c_kv_seq_len(s->ctx, sl->id) != keep) {
+        l3c_kv_seq_truncate(s->ctx, sl->id, 0);
+        keep = 0;
+    }
+    return keep;
+}
+
 /* mu held. Sets up a slot for a job: sampler, prefix reuse. Returns 0, or -1 (job failed). */
 static int slot_assign_locked(sched *s, slot *sl, sched_job *j, int32_t lcp) {
     l3c_sampler_free(sl->smp);
@@ -529,15 +597,7 @@ static int slot_assign_locked(sched *s, slot *sl, sched_job *j, int32_t lcp) {
     sl->grammar_wait = j->grammar && j->grammar_lazy;
     if (sl->grammar_on && l3c_sampler_set_grammar(sl->smp, gcache_grammar(j->grammar)) != L3C_OK)
         return -1;
-    /* Keep the shared prefix, but always evaluate at least the last prompt token (its logits
-     * give the first generated token). */
-    if (j->echo_logprobs) lcp = 0; /* every prompt position's logits are needed */
-    int32_t keep = lcp < j->n_prompt ? lcp : j->n_prompt - 1;
-    if (keep < 0) keep = 0;
-    if (l3c_kv_seq_truncate(s->ctx, sl->id, keep) != L3C_OK) {
-        l3c_kv_seq_truncate(s->ctx, sl->id, 0);
-        keep = 0;
-    }
+    const int32_t keep = slot_reuse_prefix_locked(s, sl, j, lcp);
     sl->n_cache = keep;
     sl->n_prompt_done = keep;
     sl->n_gen = 0;

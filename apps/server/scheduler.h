@@ -9,10 +9,11 @@
  *
  * Jobs: created by an HTTP thread (which tokenizes the prompt), submitted into a bounded FIFO
  * queue, assigned to the free slot whose cached tokens share the longest prefix with the prompt
- * (prefix cache), and reference-counted: the HTTP side and the scheduler each hold a reference;
- * sched_job_release drops the caller's (a slot holding one input of an embedding job holds one
- * more). All job fields the two sides share are guarded by the scheduler mutex; everything
- * else in a slot belongs to the engine thread alone.
+ * (prefix cache; a longer prefix held by another slot is copied, one in the prompt cache in
+ * host memory restored: prompt_cache.h), and reference-counted: the HTTP side and the scheduler
+ * each hold a reference; sched_job_release drops the caller's (a slot holding one input of an
+ * embedding job holds one more). All job fields the two sides share are guarded by the scheduler
+ * mutex; everything else in a slot belongs to the engine thread alone.
  */
 #ifndef L3C_SERVER_SCHEDULER_H
 #define L3C_SERVER_SCHEDULER_H
@@ -82,6 +83,7 @@ typedef struct sched_options {
     int32_t queue_cap;   /* waiting jobs beyond the slots; more -> SCHED_ERR_FULL */
     int32_t lookup; /* > 0: prompt-lookup drafts of up to this many tokens (<= SCHED_LOOKUP_MAX)
                      * for a slot generating alone (scheduler.c, build_batch) */
+    size_t cache_bytes;  /* prompt cache in host memory (prompt_cache.h); 0: none */
 } sched_options;
 #define SCHED_LOOKUP_MAX 16
 
@@ -143,6 +145,10 @@ typedef struct sched_stats {
     int32_t n_slots, slots_busy, queue_len, queue_cap;
     uint64_t steps, batch_tokens, prompt_tokens_evaluated, prompt_tokens_reused, gen_tokens;
     uint64_t spec_drafted, spec_accepted; /* --lookup: draft tokens decoded, of them accepted */
+    /* of prompt_tokens_reused: copied from another slot, restored from the prompt cache */
+    uint64_t prefix_copied_tokens, cache_restored_tokens, cache_restores;
+    int32_t cache_entries;
+    size_t cache_bytes;
 } sched_stats;
 void sched_get_stats(sched *s, sched_stats *st);
 int32_t sched_n_ctx(const sched *s);

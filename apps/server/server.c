@@ -69,6 +69,9 @@ static void usage(FILE *f) {
             "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
             "  --lookup N            speculative decoding by prompt lookup (1..16 drafted tokens)\n"
             "                        while one slot generates alone; output unchanged\n"
+            "  --cache-ram MIB       prompt cache in host memory: KV of earlier prompts and answers,\n"
+            "                        restored for a request starting with the same tokens\n"
+            "                        (default 256; 0: off)\n"
             "  --api-key KEY         require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
             "                        (also read from LLAMA3C_API_KEY)\n"
             "  --api-keys FILE       accounts: lines 'NAME KEY [REQUESTS_PER_MINUTE [TOKENS_PER_DAY]]';\n"
@@ -236,6 +239,9 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         } else if (!strcmp(name, "--queue")) {
             if (parse_int(name, val, 1, 100000, &x)) return -1;
             srv->queue = (int)x;
+        } else if (!strcmp(name, "--cache-ram") || !strcmp(name, "-cram")) {
+            if (parse_int(name, val, 0, 1 << 20, &x)) return -1;
+            srv->cache_mib = (int)x;
         } else if (!strcmp(name, "--batch") || !strcmp(name, "-b")) {
             if (parse_int(name, val, 1, 65536, &x)) return -1;
             srv->step_tokens = (int)x;
@@ -369,6 +375,7 @@ int cmd_serve(int argc, char **argv) {
     srv.parallel = 4;
     srv.queue = 64;
     srv.step_tokens = 256;
+    srv.cache_mib = 256;
     srv.max_body = (size_t)1 << 20;
     srv.timeout_s = 60;
     srv.api_key = getenv("LLAMA3C_API_KEY");
@@ -443,7 +450,10 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "llama3c serve: out of memory\n");
         goto out;
     }
-    sched_options so = {srv.parallel, srv.step_tokens, srv.queue, srv.lookup};
+    /* the prompt cache moves KV states through rank 0's memory: one process only (a led
+     * context's cache is spread over the ranks; prefixes are still shared between slots) */
+    sched_options so = {srv.parallel, srv.step_tokens, srv.queue, srv.lookup,
+                        l3c_dist_size() == 1 ? (size_t)srv.cache_mib << 20 : 0};
     srv.sched = sched_create(srv.model, srv.ctx, &so);
     if (!srv.sched || sched_start(srv.sched) != 0) {
         fprintf(stderr, "llama3c serve: cannot start the scheduler\n");

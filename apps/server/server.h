@@ -30,6 +30,7 @@ typedef struct server {
     int queue;            /* waiting requests beyond the slots */
     int step_tokens;      /* per-step token budget of the scheduler */
     int lookup;           /* --lookup N: prompt-lookup drafts for a slot generating alone */
+    int cache_mib;        /* --cache-ram: prompt cache budget in MiB (0: off) */
     const char *api_key;  /* NULL: no authentication */
     const char *api_keys_path; /* --api-keys FILE: named keys with limits (accounts.h) */
     size_t max_body;      /* bytes */

@@ -1,21 +1,21 @@
 /*
  * follow.c -- one context driven from rank 0 (l3c_dist_lead / l3c_dist_follow / l3c_dist_release,
  * llama3c.h): for programs like the server, where only rank 0 knows what to decode next. The
- * leader's context announces each l3c_decode and l3c_kv_seq_truncate before running it (the
- * context's `mirror` hook); the followers' loop receives the call and makes it on their copy of
- * the context, so every rank runs the same forward passes on the same cache state.
+ * leader's context announces each l3c_decode, l3c_kv_seq_truncate and l3c_kv_seq_copy before
+ * running it (the context's `mirror` hook); the followers' loop receives the call and makes it on
+ * their copy of the context, so every rank runs the same forward passes on the same cache state.
  *
  * Wire format, all broadcast from rank 0: a header int64[6] {what, n_tokens, seq_id, n_keep,
- * has seq_id[], has logits[]}, then for a decode tokens[n], pos[n], seq_id[n]?, logits[n]? .
- * A batch that cannot be announced (NULL arrays, n_tokens outside 1..n_batch) is not: l3c_decode
- * refuses it on rank 0 alone and no rank runs anything.
+ * has seq_id[], has logits[]} (a copy: {what, dst, src, n, 0, 0}), then for a decode tokens[n],
+ * pos[n], seq_id[n]?, logits[n]? . A batch that cannot be announced (NULL arrays, n_tokens
+ * outside 1..n_batch) is not: l3c_decode refuses it on rank 0 alone and no rank runs anything.
  */
 #include "dist/comm.h"
 #include "model/model.h"
 
 #include <string.h>
 
-enum { CALL_STOP = 0, CALL_DECODE = 1, CALL_TRUNCATE = 2 };
+enum { CALL_STOP = 0, CALL_DECODE = 1, CALL_TRUNCATE = 2, CALL_COPY = 3 };
 
 static void announce(l3c_context *ctx, int what, const l3c_batch *b, int32_t seq, int32_t n_keep) {
     if (what == CALL_DECODE &&
@@ -40,6 +40,12 @@ static void mirror_truncate(l3c_context *ctx, int32_t seq, int32_t n_keep) {
     announce(ctx, CALL_TRUNCATE, NULL, seq, n_keep);
 }
 
+static void mirror_copy(l3c_context *ctx, int32_t src, int32_t dst, int32_t n) {
+    (void)ctx;
+    int64_t h[6] = {CALL_COPY, dst, src, n, 0, 0};
+    l3c_comm_bcast(h, sizeof h, 0);
+}
+
 l3c_status l3c_dist_lead(l3c_context *ctx) {
     if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_dist_lead: NULL context");
     if (l3c_comm_rank() != 0)
@@ -47,6 +53,7 @@ l3c_status l3c_dist_lead(l3c_context *ctx) {
     if (l3c_comm_size() == 1) return L3C_OK;
     ctx->mirror_decode = mirror_decode;
     ctx->mirror_truncate = mirror_truncate;
+    ctx->mirror_copy = mirror_copy;
     return L3C_OK;
 }
 
@@ -54,6 +61,7 @@ void l3c_dist_release(l3c_context *ctx) {
     if (!ctx || !ctx->mirror_decode) return;
     ctx->mirror_decode = NULL;
     ctx->mirror_truncate = NULL;
+    ctx->mirror_copy = NULL;
     announce(ctx, CALL_STOP, NULL, 0, 0);
 }
 
@@ -76,6 +84,10 @@ l3c_status l3c_dist_follow(l3c_context *ctx) {
         if (h[0] == CALL_STOP) break;
         if (h[0] == CALL_TRUNCATE) {
             l3c_kv_seq_truncate(ctx, (int32_t)h[2], (int32_t)h[3]); /* fails here as on rank 0 */
+            continue;
+        }
+        if (h[0] == CALL_COPY) {
+            l3c_kv_seq_copy(ctx, (int32_t)h[2], (int32_t)h[1], (int32_t)h[3]); /* as on rank 0 */
             continue;
         }
         const int64_t n = h[1];

@@ -102,3 +102,104 @@ l3c_status l3c_kv_seq_truncate(l3c_context *ctx, int32_t seq_id, int32_t n_keep)
     }
     return L3C_OK;
 }
+
+/* The n positions of seq in every layer, K then V: n_layer x 2 runs of n rows each. */
+static size_t kv_state_bytes(const l3c_kv_cache *kv, int32_t n) {
+    return (size_t)n * kv->row_bytes * (size_t)kv->n_layer * 2;
+}
+
+static l3c_status kv_check_seq(const l3c_context *ctx, const char *fn, int32_t seq_id) {
+    if (seq_id < 0 || seq_id >= ctx->n_seq)
+        return l3c_fail(L3C_ERR_INVALID_ARG, "%s: seq_id %d out of range [0, %d)", fn, seq_id,
+                        ctx->n_seq);
+    return L3C_OK;
+}
+
+l3c_status l3c_kv_seq_copy(l3c_context *ctx, int32_t src, int32_t dst, int32_t n) {
+    if (!ctx) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_copy: NULL context");
+    if (ctx->mirror_copy) ctx->mirror_copy(ctx, src, dst, n); /* a led context */
+    l3c_status st = kv_check_seq(ctx, "l3c_kv_seq_copy", src);
+    if (st == L3C_OK) st = kv_check_seq(ctx, "l3c_kv_seq_copy", dst);
+    if (st != L3C_OK) return st;
+    if (n < 0 || n > ctx->kv.seq_len[src])
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "l3c_kv_seq_copy: n %d outside [0, %d] (the length of seq %d)", n,
+                        ctx->kv.seq_len[src], src);
+    l3c_kv_cache *kv = &ctx->kv;
+    if (src == dst) { /* a truncation (not announced again) */
+        if (n < kv->seq_len[dst]) {
+            kv->seq_len[dst] = n;
+            l3c_pool_truncate(ctx, dst, n);
+        }
+        return L3C_OK;
+    }
+    for (int32_t l = 0; l < kv->n_layer; l++) {
+        memcpy(l3c_kv_cache_row(kv, kv->k, dst, l, 0), l3c_kv_cache_row(kv, kv->k, src, l, 0),
+               (size_t)n * kv->row_bytes);
+        memcpy(l3c_kv_cache_row(kv, kv->v, dst, l, 0), l3c_kv_cache_row(kv, kv->v, src, l, 0),
+               (size_t)n * kv->row_bytes);
+    }
+    kv->seq_len[dst] = n;
+    l3c_pool_truncate(ctx, dst, n); /* the pooled state of dst is unknown now (cleared if n == 0) */
+    return L3C_OK;
+}
+
+size_t l3c_kv_seq_state_size(const l3c_context *ctx, int32_t n) {
+    if (!ctx || n < 0 || n > ctx->n_ctx) return 0;
+    return kv_state_bytes(&ctx->kv, n);
+}
+
+l3c_status l3c_kv_seq_state_get(const l3c_context *ctx, int32_t seq_id, int32_t n, void *dst,
+                                size_t size) {
+    if (!ctx || !dst) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_state_get: NULL argument");
+    if (ctx->mirror_decode)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "l3c_kv_seq_state_get: the cache of a led context is "
+                                             "spread over the ranks");
+    l3c_status st = kv_check_seq(ctx, "l3c_kv_seq_state_get", seq_id);
+    if (st != L3C_OK) return st;
+    if (n < 0 || n > ctx->kv.seq_len[seq_id])
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "l3c_kv_seq_state_get: n %d outside [0, %d] (the length of seq %d)", n,
+                        ctx->kv.seq_len[seq_id], seq_id);
+    const l3c_kv_cache *kv = &ctx->kv;
+    const size_t run = (size_t)n * kv->row_bytes;
+    if (size != kv_state_bytes(kv, n))
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "l3c_kv_seq_state_get: buffer of %zu bytes, %d positions need %zu", size, n,
+                        kv_state_bytes(kv, n));
+    uint8_t *p = dst;
+    for (int32_t l = 0; l < kv->n_layer; l++) {
+        memcpy(p, l3c_kv_cache_row(kv, kv->k, seq_id, l, 0), run);
+        memcpy(p + run, l3c_kv_cache_row(kv, kv->v, seq_id, l, 0), run);
+        p += 2 * run;
+    }
+    return L3C_OK;
+}
+
+l3c_status l3c_kv_seq_state_set(l3c_context *ctx, int32_t seq_id, int32_t n, const void *src,
+                                size_t size) {
+    if (!ctx || !src) return l3c_fail(L3C_ERR_INVALID_ARG, "l3c_kv_seq_state_set: NULL argument");
+    if (ctx->mirror_decode)
+        return l3c_fail(L3C_ERR_UNSUPPORTED, "l3c_kv_seq_state_set: the cache of a led context is "
+                                             "spread over the ranks");
+    l3c_status st = kv_check_seq(ctx, "l3c_kv_seq_state_set", seq_id);
+    if (st != L3C_OK) return st;
+    if (n < 0 || n > ctx->n_ctx)
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "l3c_kv_seq_state_set: n %d outside [0, %d] (the context)", n, ctx->n_ctx);
+    l3c_kv_cache *kv = &ctx->kv;
+    const size_t run = (size_t)n * kv->row_bytes;
+    if (size != kv_state_bytes(kv, n))
+        return l3c_fail(L3C_ERR_INVALID_ARG,
+                        "l3c_kv_seq_state_set: %zu bytes, %d positions need %zu", size, n,
+                        kv_state_bytes(kv, n));
+    const uint8_t *p = src;
+    for (int32_t l = 0; l < kv->n_layer; l++) {
+        memcpy(l3c_kv_cache_row(kv, kv->k, seq_id, l, 0), p, run);
+        memcpy(l3c_kv_cache_row(kv, kv->v, seq_id, l, 0), p + run, run);
+        p += 2 * run;
+    }
+    kv->seq_len[seq_id] = n;
+    l3c_pool_truncate(ctx, seq_id, n);
+    return L3C_OK;
+}

@@ -213,10 +213,11 @@ struct l3c_context {
     l3c_ctx_adapter *adapters;
     int n_adapters;
 
-    /* l3c_dist_lead (src/dist/follow.c): each l3c_decode / l3c_kv_seq_truncate is first announced
-     * to the other ranks, which make the same call; NULL otherwise */
+    /* l3c_dist_lead (src/dist/follow.c): each l3c_decode / l3c_kv_seq_truncate / l3c_kv_seq_copy
+     * is first announced to the other ranks, which make the same call; NULL otherwise */
     void (*mirror_decode)(l3c_context *ctx, const l3c_batch *b);
     void (*mirror_truncate)(l3c_context *ctx, int32_t seq_id, int32_t n_keep);
+    void (*mirror_copy)(l3c_context *ctx, int32_t src, int32_t dst, int32_t n);
 };
 
 /* Embeddings (pooling.c). After the forward pass of a validated batch b and the update of

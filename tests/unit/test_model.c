@@ -502,6 +502,58 @@ done:
     l3c_context_free(f);
 }
 
+/* l3c_kv_seq_copy and l3c_kv_seq_state_get/_set (a server's prompt cache): a sequence given the
+ * first 5 positions of another (copied, or saved and restored) and continued with 3 tokens gives
+ * exactly (same kernels, same cache rows) the logits of a fresh evaluation of those 8 tokens. */
+static void test_kv_share(l3c_model *m, int kv_type) {
+    float full[8 * V], fresh[8 * V], cont[3 * V];
+    int32_t alt[8];
+    memcpy(alt, IDS, sizeof alt);
+    alt[5] = 11, alt[6] = 2, alt[7] = 33;
+    void *state = NULL;
+    l3c_context *c = make_ctx(m, 16, 3, 512, kv_type), *f = make_ctx(m, 16, 1, 512, kv_type);
+    CHECK(c && f);
+    if (!c || !f) goto done;
+    CHECK(decode_seq(c, IDS, 8, 0, 512, full) == 0);
+    CHECK(decode_seq(f, alt, 8, 0, 512, fresh) == 0);
+    CHECK(decode_seq(c, IDS, 3, 1, 512, cont) == 0); /* dst's old content is dropped */
+    CHECK(l3c_kv_seq_copy(c, 0, 1, 5) == L3C_OK && l3c_kv_seq_len(c, 1) == 5 &&
+          l3c_kv_seq_len(c, 0) == 8);
+    CHECK(decode_seq(c, alt + 5, 3, 1, 512, cont) == 0);
+    CHECK_MSG(max_diff(cont, fresh + 5 * V, 3 * V) == 0.0, "copied prefix: max diff %g",
+              max_diff(cont, fresh + 5 * V, 3 * V));
+    /* save 5 positions of seq 0, restore them into seq 2 */
+    size_t sz = l3c_kv_seq_state_size(c, 5);
+    CHECK(sz > 0 && sz == 5 * l3c_kv_seq_state_size(c, 1));
+    state = malloc(sz);
+    CHECK(state != NULL);
+    if (!state) goto done;
+    CHECK(l3c_kv_seq_state_get(c, 0, 5, state, sz) == L3C_OK);
+    CHECK(l3c_kv_seq_truncate(c, 0, 0) == L3C_OK); /* the source is gone */
+    CHECK(l3c_kv_seq_state_set(c, 2, 5, state, sz) == L3C_OK && l3c_kv_seq_len(c, 2) == 5);
+    CHECK(decode_seq(c, alt + 5, 3, 2, 512, cont) == 0);
+    CHECK_MSG(max_diff(cont, fresh + 5 * V, 3 * V) == 0.0, "restored prefix: max diff %g",
+              max_diff(cont, fresh + 5 * V, 3 * V));
+    /* refusals name the argument */
+    CHECK(l3c_kv_seq_copy(c, 0, 1, 1) == L3C_ERR_INVALID_ARG); /* seq 0 is empty now */
+    CHECK(strstr(l3c_last_error(), "n 1") != NULL);
+    CHECK(l3c_kv_seq_copy(c, 3, 1, 0) == L3C_ERR_INVALID_ARG);
+    CHECK(strstr(l3c_last_error(), "seq_id 3") != NULL);
+    CHECK(l3c_kv_seq_state_get(c, 2, 5, state, sz - 1) == L3C_ERR_INVALID_ARG);
+    CHECK(l3c_kv_seq_state_get(c, 2, 9, state, sz) == L3C_ERR_INVALID_ARG);
+    CHECK(l3c_kv_seq_state_set(c, 0, 17, state, sz) == L3C_ERR_INVALID_ARG);
+    CHECK(l3c_kv_seq_state_set(c, 0, 4, state, sz) == L3C_ERR_INVALID_ARG);
+    CHECK(l3c_kv_seq_state_size(c, 17) == 0 && l3c_kv_seq_state_size(NULL, 1) == 0);
+    CHECK(l3c_kv_seq_len(c, 0) == 0); /* a refused call changes nothing */
+    /* copy onto itself truncates */
+    CHECK(l3c_kv_seq_copy(c, 2, 2, 6) == L3C_OK && l3c_kv_seq_len(c, 2) == 6);
+    CHECK(l3c_kv_seq_copy(c, 2, 2, 2) == L3C_OK && l3c_kv_seq_len(c, 2) == 2);
+done:
+    free(state);
+    l3c_context_free(c);
+    l3c_context_free(f);
+}
+
 static void test_bad_batches(l3c_model *m) {
     l3c_context *c = make_ctx(m, 16, 2, 8, L3C_KV_F16);
     CHECK(c != NULL);
@@ -688,6 +740,8 @@ int main(void) {
         test_two_sequences(m);
         test_thread_invariance(m);
         test_truncate(m);
+        test_kv_share(m, L3C_KV_F16);
+        test_kv_share(m, L3C_KV_F32);
         test_bad_batches(m);
         test_trace(m);
         l3c_model_free(m);
