@@ -9,11 +9,15 @@
  *  - bad batches are rejected with the right status and leave the context unchanged;
  *  - load errors (missing tensor, wrong shape, unsupported type, wrong architecture) name the
  *    tensor / value; every allocation failure during load + context creation fails cleanly;
- *  - tracing reports every op, softmaxed attention rows sum to 1, and does not change logits.
+ *  - tracing reports every op, softmaxed attention rows sum to 1, and does not change logits;
+ *  - the CPU backend's rmsnorm / swiglu / add ops (backend.h) out of place (as training runs
+ *    them) equal in place (as decode runs them), bitwise, and the rstd they write.
  */
 #include "check.h"
 
+#include "kernels/ops.h"
 #include "llama3c.h"
+#include "model/backend.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -722,6 +726,37 @@ static void test_alloc_failures(void) {
     CHECK(completed);
 }
 
+/* the CPU backend's ops that decode runs in place and training out of place (block.c) agree
+ * bitwise; they do not read the context. (Here, not in test_ops: the backend table links the
+ * whole library, which the arm64 cross build of test_ops does not have.) */
+static void test_backend_cpu_ops(void) {
+    enum { T = 2, N = 45 };
+    const l3c_backend *be = &l3c_backend_cpu;
+    float x[T * N], g[N], y0[T * N], y1[T * N], r0[T], r1[T] = {0}, a[T * N], b[T * N], h[T * N];
+    for (int i = 0; i < T * N; i++)
+        x[i] = 3.0f * frand(), b[i] = 2.0f * frand();
+    for (int i = 0; i < N; i++)
+        g[i] = 1.0f + 0.5f * frand();
+    l3c_rmsnorm(x, g, y0, T, N, 1e-5f);
+    l3c_rms_rstd(x, r0, T, N, 1e-5f);
+    be->rmsnorm(NULL, x, g, y1, r1, T, N, 1e-5f);
+    CHECK(!memcmp(y0, y1, sizeof y0) && !memcmp(r0, r1, sizeof r0));
+    be->rmsnorm(NULL, x, g, y1, NULL, T, N, 1e-5f); /* rstd not asked for */
+    CHECK(!memcmp(y0, y1, sizeof y0));
+    float x0[T * N];
+    memcpy(x0, x, sizeof x0);
+    memcpy(a, x, sizeof a);
+    be->swiglu(NULL, h, x, b, T * N);                           /* h = silu(x) * b */
+    be->swiglu(NULL, a, a, b, T * N);                           /* in place */
+    CHECK(!memcmp(a, h, sizeof a) && !memcmp(x, x0, sizeof x)); /* the same; x untouched */
+    memcpy(a, x, sizeof a);
+    be->add(NULL, h, x, b, T * N);
+    be->add(NULL, a, a, b, T * N);
+    CHECK(!memcmp(a, h, sizeof a));
+    for (int i = 0; i < T * N; i++)
+        CHECK(h[i] == x[i] + b[i]);
+}
+
 int main(void) {
     snprintf(g_path, sizeof g_path, "/tmp/l3c_test_model_%d.gguf", (int)getpid());
 
@@ -746,6 +781,7 @@ int main(void) {
         test_trace(m);
         l3c_model_free(m);
     }
+    test_backend_cpu_ops();
     test_alloc_failures();
     test_load_errors();
     unlink(g_path);

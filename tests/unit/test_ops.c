@@ -13,15 +13,12 @@
  *  - l3c_rope_apply == l3c_rope_apply_ref bit for bit (n_rot < hd, pairs past a multiple of 8).
  *  - rmsnorm, softmax, swiglu, add, get_row vs naive formulas (1e-6 relative); l3c_rms_rstd is
  *    the scale l3c_rmsnorm applies (bitwise).
- *  - the CPU backend's rmsnorm / swiglu / add ops (backend.h) out of place (as training runs
- *    them) equal in place (as decode runs them), bitwise, and the rstd they write.
  *  - the thread pool: every chunk runs exactly once per job, over many back-to-back jobs, never
  *    two chunks at once on one thread index, and a slow worker does not lose chunks.
  */
 #include "check.h"
 #include "kernels/ops.h"
 #include "model/model.h"
-#include "model/backend.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -524,41 +521,10 @@ static void test_rope(void) {
     }
 }
 
-/* the ops decode runs in place and training out of place (block.c) agree bitwise; the CPU ops
- * do not read the context */
-static void test_backend_cpu_ops(void) {
-    enum { T = 2, N = 45 };
-    const l3c_backend *be = &l3c_backend_cpu;
-    float x[T * N], g[N], y0[T * N], y1[T * N], r0[T], r1[T] = {0}, a[T * N], b[T * N], h[T * N];
-    for (int i = 0; i < T * N; i++)
-        x[i] = rnd_f(-3.0f, 3.0f), b[i] = rnd_f(-2.0f, 2.0f);
-    for (int i = 0; i < N; i++)
-        g[i] = rnd_f(0.5f, 1.5f);
-    l3c_rmsnorm(x, g, y0, T, N, 1e-5f);
-    l3c_rms_rstd(x, r0, T, N, 1e-5f);
-    be->rmsnorm(NULL, x, g, y1, r1, T, N, 1e-5f);
-    CHECK(!memcmp(y0, y1, sizeof y0) && !memcmp(r0, r1, sizeof r0));
-    be->rmsnorm(NULL, x, g, y1, NULL, T, N, 1e-5f); /* rstd not asked for */
-    CHECK(!memcmp(y0, y1, sizeof y0));
-    float x0[T * N];
-    memcpy(x0, x, sizeof x0);
-    memcpy(a, x, sizeof a);
-    be->swiglu(NULL, h, x, b, T * N);                           /* h = silu(x) * b */
-    be->swiglu(NULL, a, a, b, T * N);                           /* in place */
-    CHECK(!memcmp(a, h, sizeof a) && !memcmp(x, x0, sizeof x)); /* the same; x untouched */
-    memcpy(a, x, sizeof a);
-    be->add(NULL, h, x, b, T * N);
-    be->add(NULL, a, a, b, T * N);
-    CHECK(!memcmp(a, h, sizeof a));
-    for (int i = 0; i < T * N; i++)
-        CHECK(h[i] == x[i] + b[i]);
-}
-
 int main(void) {
     test_threadpool();
     test_rope();
     test_attn_rows();
-    test_backend_cpu_ops();
     test_elementwise();
     test_matmul();
     test_matmul_multi();
