@@ -126,10 +126,17 @@ static int64_t symbol(parser *p, const char *name, size_t len, size_t at) {
     return k;
 }
 
-/* A new rule named base_N. */
+/* A new rule named base_N, N chosen so that the name is not taken: the grammar's own names may
+ * look the same ("object_9"), and handing out an existing symbol would overwrite its body. */
 static int64_t gen_symbol(parser *p, const char *base) {
     char buf[160];
-    snprintf(buf, sizeof buf, "%.120s_%u", base, p->n_sym);
+    for (uint32_t n = p->n_sym;; n++) {
+        snprintf(buf, sizeof buf, "%.120s_%u", base, n);
+        uint32_t k = 0;
+        while (k < p->n_sym && strcmp(p->names[k], buf) != 0)
+            k++;
+        if (k == p->n_sym) break;
+    }
     int64_t k = symbol(p, buf, strlen(buf), p->i);
     if (k >= 0) p->defined[k] = 1;
     return k;
