@@ -334,13 +334,9 @@ def test_idle_follower_outlives_the_timeout(mpi, smollm2_path, tmp_path):
         assert pm.poll() is None, open(tmp_path / "idle.log", errors="replace").read()[-3000:]
         r = post(port, "/v1/completions", {"prompt": "The capital of France is", "temperature": 0, "max_tokens": 4})
         assert r["choices"][0]["text"].strip()
-        ranks = rank_pids(pm.pid, 2, time.monotonic() + 10)
-        os.kill(ranks[0], signal.SIGTERM)
-        rc = pm.wait(timeout=30)
+        rc = stop_server_rank0(pm)
     finally:
-        if pm.poll() is None:
-            pm.kill()
-            pm.wait()
+        kill_if_running(pm)
     assert rc == 0, open(tmp_path / "idle.log", errors="replace").read()[-3000:]
 
 
@@ -468,6 +464,19 @@ def answers(port):
     return out, np.array([d["embedding"] for d in emb["data"]]), [token_steps(t) for t in texts]
 
 
+def stop_server_rank0(pm):
+    """SIGTERM to rank 0 of a 2-rank mpirun server; mpirun's exit status."""
+    ranks = rank_pids(pm.pid, 2, time.monotonic() + 10)
+    os.kill(ranks[0], signal.SIGTERM)
+    return pm.wait(timeout=30)
+
+
+def kill_if_running(pm):
+    if pm.poll() is None:
+        pm.kill()
+        pm.wait()
+
+
 def token_steps(reply):
     """[(token, {top-2 token: logprob})] of a reply's greedy steps, chat or completion format."""
     lp = reply["choices"][0]["logprobs"]
@@ -517,13 +526,9 @@ def test_serve_under_mpi_answers_like_one_process(mpi, smollm2_path, single_serv
                             tmp_path / "mpi.log")
     try:
         got_text, got_emb, got_steps = answers(port)
-        ranks = rank_pids(pm.pid, 2, time.monotonic() + 10)
-        os.kill(ranks[0], signal.SIGTERM)
-        rc = pm.wait(timeout=30)
+        rc = stop_server_rank0(pm)
     finally:
-        if pm.poll() is None:
-            pm.kill()
-            pm.wait()
+        kill_if_running(pm)
     if split == "layers":  # the same arithmetic
         assert got_text == want_text
     else:  # sums in another order: equal, or apart from a near tie on (test_smollm2.py's margin)
