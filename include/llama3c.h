@@ -843,6 +843,12 @@ L3C_API void l3c_dist_bcast(void *bytes, size_t n);
  * `seconds` ends the job on every rank with a message naming it. 0: never. Default 300, or the
  * environment's L3C_DIST_TIMEOUT. Needs an MPI with MPI_THREAD_MULTIPLE (Open MPI has it). */
 L3C_API void l3c_dist_set_timeout(double seconds);
+/* Tokens per pipeline micro-batch of a layer split (l3c_model_params.split = L3C_SPLIT_LAYERS):
+ * l3c_decode runs a batch through the stages in consecutive ranges of this many tokens, so that
+ * N stages work on N of them at once (results are bitwise the same for any value). 0 (default):
+ * automatic, a batch of T tokens in ranges of max(16, ceil(T / 2N)). Every rank must use the same
+ * value. Process-wide; any time between l3c_decode calls. */
+L3C_API void l3c_dist_set_ubatch(int32_t rows);
 /* A context driven from rank 0 (a server: only rank 0 knows what comes next). Every rank creates
  * the same context; rank 0 calls l3c_dist_lead on it, then uses it as usual: each l3c_decode and
  * l3c_kv_seq_truncate is first sent to the other ranks, which sit in l3c_dist_follow making the

@@ -446,6 +446,18 @@ int cli_split_parse(const char *cmd, int argc, char **argv, int *i) {
         l3c_dist_set_timeout(t);
         return 1;
     }
+    if (!strcmp(a, "--ubatch")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        char *end;
+        long u = strtol(v, &end, 10);
+        if (end == v || *end || u < 0 || u > 1 << 20) {
+            cli_usage_error(
+                cmd, "--ubatch '%s': expected tokens per micro-batch >= 0 (0: automatic)", v);
+            return -1;
+        }
+        l3c_dist_set_ubatch((int32_t)u);
+        return 1;
+    }
     if (!strcmp(a, "--layers-per-rank")) {
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;
         const int n = l3c_dist_size();
@@ -483,6 +495,8 @@ void cli_split_help(FILE *f) {
         "  --split none|tensor|layers  how the ranks share the model: tensor (heads, FFN and\n"
         "                          vocabulary; N <= KV heads) or layers (pipeline); default none\n"
         "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
+        "  --ubatch N              --split layers: batches cross the stages in micro-batches\n"
+        "                          of N tokens (pipelined; default max(16, tokens / 2 ranks))\n"
         "  --dist-timeout SEC      a rank stopped or hung for SEC s ends every rank, naming it\n"
         "                          (default 300, or $L3C_DIST_TIMEOUT; 0: never)\n");
 }
@@ -535,6 +549,8 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
         "distributed (a build with MPI=1, under mpirun -np N; docs/DISTRIBUTED.md):\n"
         "  --split none|tensor|layers  how the ranks share the model (default none)\n"
         "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
+        "  --ubatch N              --split layers: batches cross the stages in micro-batches\n"
+        "                          of N tokens (pipelined; default max(16, tokens / 2 ranks))\n"
         "  --dist-timeout SEC      a rank stopped or hung for SEC s ends every rank, naming it\n"
         "                          (default 300, or $L3C_DIST_TIMEOUT; 0: never)\n"
         "output:\n"

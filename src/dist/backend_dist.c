@@ -15,11 +15,12 @@
  *
  * The backend of a layer-split model (pipeline stages) shares get_rows and the gathered output
  * head, and adds:
- *   stage      before the stage's layers x [T x n_embd] comes from the previous rank, after them
- *              it goes to the next (point to point), and the last rank's x is broadcast to every
- *              rank for its vocabulary slice of the head;
+ *   stage      forward.c runs the layers in micro-batches of stage_rows tokens; before the
+ *              stage's layers a micro-batch's x rows come from the previous rank, after them they
+ *              go to the next (point to point, the send not waited for: GPipe, stage r works on
+ *              micro-batch m while r+1 works on m-1), and after the last micro-batch the last
+ *              rank's x is broadcast to every rank for its vocabulary slice of the head;
  *   kv_store, attention   the cache holds the stage's layers only: layer - layer0.
- * One sequence's token passes the stages one after another (no overlap between stages).
  */
 #include "dist/comm.h"
 #include "dist/shard.h"
@@ -86,18 +87,36 @@ static void pp_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b, co
     l3c_backend_cpu.attention(ctx, layer - ctx->model->layer0, b, q, out, probs, n_kv);
 }
 
-/* before the stage's layers: x from the previous stage (rank 0 keeps its embedding); after them:
- * x to the next stage, and the last stage's x to every rank for the head (each computes its
- * vocabulary slice of the logits, gathered on rank 0 by tp_matmul) */
-static void pp_stage(l3c_context *ctx, int end, float *x, int64_t T) {
+/* One micro-batch, rows [t0, t0 + n) of x: before the stage's layers they come from the previous
+ * stage (rank 0 keeps its embedding); after them they go to the next one without waiting (the
+ * rows are not touched again until the batch ends), and the stage goes on to the next
+ * micro-batch. After the batch's last micro-batch the sends are waited for and the last stage's x
+ * goes to every rank for the head (each computes its vocabulary slice of the logits, gathered on
+ * rank 0 by tp_matmul). */
+static void pp_stage(l3c_context *ctx, int end, float *x, int64_t t0, int64_t n, int64_t T) {
     const l3c_shard *s = ctx->model->shard;
-    const int64_t n = T * ctx->model->cfg.n_embd;
+    const int64_t E = ctx->model->cfg.n_embd;
+    float *rows = x + t0 * E;
     if (!end) {
-        if (s->rank > 0) l3c_comm_recv_f32(x, n, s->rank - 1);
+        if (s->rank > 0) l3c_comm_recv_f32(rows, n * E, s->rank - 1);
         return;
     }
-    if (s->rank < s->size - 1) l3c_comm_send_f32(x, n, s->rank + 1);
-    l3c_comm_bcast(x, (size_t)n * sizeof(float), s->size - 1);
+    if (s->rank < s->size - 1) l3c_comm_isend_f32(rows, n * E, s->rank + 1);
+    if (t0 + n < T) return;
+    l3c_comm_wait_sends();
+    l3c_comm_bcast(x, (size_t)(T * E) * sizeof(float), s->size - 1);
+}
+
+/* Micro-batch rows: --ubatch (l3c_dist_set_ubatch), else 2 per stage (the pipeline's fill and
+ * drain idle N-1 of M + N - 1 steps per stage), but at least PIPE_MIN_ROWS tokens: each
+ * micro-batch reads the stage's weights once more. */
+enum { PIPE_MIN_ROWS = 16 };
+
+static int64_t pp_stage_rows(l3c_context *ctx, int64_t T) {
+    const int64_t set = l3c_comm_ubatch();
+    if (set > 0) return set;
+    const int64_t M = 2 * (int64_t)ctx->model->shard->size;
+    return L3C_MAX((int64_t)PIPE_MIN_ROWS, (T + M - 1) / M);
 }
 
 static l3c_backend g_layers;
@@ -111,6 +130,7 @@ static void layers_init(void) {
     g_layers.kv_store = pp_kv_store;
     g_layers.attention = pp_attention;
     g_layers.stage = pp_stage;
+    g_layers.stage_rows = pp_stage_rows;
 }
 
 const l3c_backend *l3c_backend_layers(void) {

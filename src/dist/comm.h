@@ -37,8 +37,11 @@ void l3c_comm_bcast(void *buf, size_t bytes, int root);
 /* the same, for an open-ended wait (the root waits for input first: the server's next request,
  * the chat's next line): the watchdog ends the job only for a peer that stopped answering */
 void l3c_comm_bcast_idle(void *buf, size_t bytes, int root);
-/* point to point (pipeline stages): blocking */
-void l3c_comm_send_f32(const float *x, int64_t n, int to);
+/* point to point (pipeline stages). The send does not wait: x[n] must stay as it is until
+ * l3c_comm_wait_sends, which waits for every send this rank has started. The receive waits for
+ * exactly n floats (a message of another size ends the job). */
+void l3c_comm_isend_f32(const float *x, int64_t n, int to);
+void l3c_comm_wait_sends(void);
 void l3c_comm_recv_f32(float *x, int64_t n, int from);
 /* max over ranks of v (identical on every rank) */
 int64_t l3c_comm_max_i64(int64_t v);
@@ -55,6 +58,11 @@ double l3c_comm_seconds(void);
  * rank that is stopped or hung ends the job with a message naming it. 0: never. Default 300,
  * or $L3C_DIST_TIMEOUT. */
 void l3c_comm_set_timeout(double seconds);
+
+/* Rows per pipeline micro-batch of a layer split (l3c_dist_set_ubatch; kept in dist.c, the same
+ * in both builds); 0: automatic. */
+void l3c_comm_set_ubatch(int32_t rows);
+int32_t l3c_comm_ubatch(void);
 
 /* Prints "llama3c: rank R of N: <message>" on stderr and ends every rank with status 1. */
 _Noreturn void l3c_comm_abort(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -379,14 +379,39 @@ void l3c_comm_bcast_idle(void *buf, size_t bytes, int root) {
     bcast(buf, bytes, root, 1);
 }
 
-void l3c_comm_send_f32(const float *x, int64_t n, int to) {
+/* the sends under way (l3c_comm_isend_f32), completed by l3c_comm_wait_sends */
+static MPI_Request *g_sends;
+static int g_n_sends, g_cap_sends;
+
+void l3c_comm_isend_f32(const float *x, int64_t n, int to) {
+    if (g_n_sends == g_cap_sends) {
+        const int cap = g_cap_sends ? 2 * g_cap_sends : 16;
+        MPI_Request *r = realloc(g_sends, (size_t)cap * sizeof *r);
+        if (!r) l3c_comm_abort("MPI_Isend: out of memory for %d sends under way", cap);
+        g_sends = r;
+        g_cap_sends = cap;
+    }
     g_sent += (uint64_t)n * sizeof(float);
-    check(MPI_Send(x, count_of(n, "send"), MPI_FLOAT, to, 0, MPI_COMM_WORLD), "MPI_Send");
+    check(MPI_Isend(x, count_of(n, "send"), MPI_FLOAT, to, 0, MPI_COMM_WORLD, &g_sends[g_n_sends]),
+          "MPI_Isend");
+    g_n_sends++;
+}
+
+void l3c_comm_wait_sends(void) {
+    if (!g_n_sends) return;
+    check(MPI_Waitall(g_n_sends, g_sends, MPI_STATUSES_IGNORE), "MPI_Waitall");
+    g_n_sends = 0;
 }
 
 void l3c_comm_recv_f32(float *x, int64_t n, int from) {
-    check(MPI_Recv(x, count_of(n, "recv"), MPI_FLOAT, from, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
-          "MPI_Recv");
+    MPI_Status st;
+    check(MPI_Recv(x, count_of(n, "recv"), MPI_FLOAT, from, 0, MPI_COMM_WORLD, &st), "MPI_Recv");
+    int got = 0;
+    MPI_Get_count(&st, MPI_FLOAT, &got);
+    if (got != n)
+        l3c_comm_abort("MPI_Recv: rank %d sent %d floats where %lld were expected: the ranks "
+                       "split the batch differently (the same --ubatch on every rank?)",
+                       from, got, (long long)n);
 }
 
 int64_t l3c_comm_max_i64(int64_t v) {

@@ -28,6 +28,18 @@ void l3c_dist_bcast(void *bytes, size_t n) {
 void l3c_dist_set_timeout(double seconds) {
     l3c_comm_set_timeout(seconds);
 }
+
+static int32_t g_ubatch; /* 0: automatic */
+
+void l3c_comm_set_ubatch(int32_t rows) {
+    g_ubatch = rows > 0 ? rows : 0;
+}
+int32_t l3c_comm_ubatch(void) {
+    return g_ubatch;
+}
+void l3c_dist_set_ubatch(int32_t rows) {
+    l3c_comm_set_ubatch(rows);
+}
 uint64_t l3c_dist_bytes_sent(void) {
     return l3c_comm_bytes_sent();
 }

@@ -86,10 +86,18 @@ typedef struct l3c_backend {
     /* h = silu(g) * u: dg, du [n] += from dh */
     void (*swiglu_bwd)(l3c_context *ctx, const float *g, const float *u, const float *dh, float *dg,
                        float *du, int64_t n);
-    /* the residual stream x [T x E] around the model's layers [layer0, layer1) (l3c_model):
-     * end == 0 before the first of them, 1 after the last. A pipeline stage (src/dist) receives x
-     * from the previous stage there and hands it on; the CPU backend does nothing. */
-    void (*stage)(l3c_context *ctx, int end, float *x, int64_t T);
+    /* the residual stream around the model's layers [layer0, layer1) (l3c_model), one
+     * micro-batch at a time: x [T x E] is the whole batch's, rows [t0, t0 + n) the micro-batch's;
+     * end == 0 before the first of the layers, 1 after the last. A pipeline stage (src/dist)
+     * receives the rows from the previous stage there and hands them on (after the batch's last
+     * micro-batch, t0 + n == T, every row of x is final on every rank); the CPU backend does
+     * nothing. */
+    void (*stage)(l3c_context *ctx, int end, float *x, int64_t t0, int64_t n, int64_t T);
+    /* rows per micro-batch of a batch of T tokens: forward.c runs the layers on consecutive
+     * ranges of this many tokens (the last may be shorter), each through stage / layers / stage,
+     * so pipeline stages work on several micro-batches at once. T: the whole batch at once (the
+     * CPU backend). The kernels are batch invariant, so the split changes no bit. */
+    int64_t (*stage_rows)(l3c_context *ctx, int64_t T);
 } l3c_backend;
 
 /* The CPU backend: src/kernels/ on the context's thread pool (backend_cpu.c). */

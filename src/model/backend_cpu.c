@@ -115,7 +115,11 @@ static void cpu_lora_deltas(l3c_context *ctx, int32_t layer, int target, const f
     }
 }
 
-static void cpu_stage(l3c_context *ctx, int end, float *x, int64_t T) {}
+static void cpu_stage(l3c_context *ctx, int end, float *x, int64_t t0, int64_t n, int64_t T) {}
+
+static int64_t cpu_stage_rows(l3c_context *ctx, int64_t T) {
+    return T;
+}
 
 const l3c_backend l3c_backend_cpu = {
     .name = "cpu",
@@ -133,4 +137,5 @@ const l3c_backend l3c_backend_cpu = {
     .lora = cpu_lora,
     .lora_deltas = cpu_lora_deltas,
     .stage = cpu_stage,
+    .stage_rows = cpu_stage_rows,
 };

@@ -7,11 +7,12 @@
  * contract):
  *
  *   x = embd(tokens)                                        get_rows      "embd"
- *   (x from the previous pipeline stage)                    stage
- *   for each layer l the model holds (all but in a pipeline stage):
- *     x = block(x)                          l3c_block_forward (block.c: the block's op sequence,
+ *   for each micro-batch of rows (stage_rows; the whole batch but in a pipeline):
+ *     (its x rows from the previous pipeline stage)         stage
+ *     for each layer l the model holds (all but in a pipeline stage):
+ *       x = block(x)                        l3c_block_forward (block.c: the block's op sequence,
  *                                           rmsnorm .. add, with its trace names; LoRA deltas)
- *   (x to the next pipeline stage)                          stage
+ *     (its x rows to the next pipeline stage)               stage
  *   rows = x[requested tokens]                              gather_rows
  *   rows = rmsnorm(rows) * output_norm                      rmsnorm       "result_norm"
  *     (embeddings context: every row is normed, into act.embd, kept and pooled: pooling.c;
@@ -123,10 +124,28 @@ l3c_status l3c_decode(l3c_context *ctx, const l3c_batch *b) {
                                  .rope_sin = a->rope_sin,
                                  .probs = a->probs,
                                  .n_kv = a->n_kv};
-    be->stage(ctx, 0, a->x, T); /* a pipeline stage: x from the previous one */
-    for (int32_t l = ctx->model->layer0; l < ctx->model->layer1; l++)
-        l3c_block_forward(ctx, l, b, &bufs);
-    be->stage(ctx, 1, a->x, T); /* ... and on to the next */
+    /* the layers, one micro-batch (consecutive tokens [t0, t0 + n)) at a time: the whole batch
+     * on one process; in a pipeline, stage r works on micro-batch m while stage r+1 works on
+     * m-1. Each stage takes them in order, so a sequence's earlier tokens are in the stage's KV
+     * cache before its later ones attend to them. Tracing keeps whole-batch tensors. */
+    const int64_t ub = ctx->trace ? T : L3C_MAX(1, be->stage_rows(ctx, T));
+    const int64_t half_rot = c->n_rot / 2;
+    for (int64_t t0 = 0; t0 < T; t0 += ub) {
+        const int64_t n = L3C_MIN(ub, T - t0);
+        const l3c_batch mb = {.n_tokens = (int32_t)n,
+                              .tokens = b->tokens + t0,
+                              .pos = b->pos + t0,
+                              .seq_id = b->seq_id ? b->seq_id + t0 : NULL,
+                              .logits = b->logits ? b->logits + t0 : NULL};
+        l3c_block_bufs mbufs = bufs;
+        mbufs.x_in = mbufs.x_mid = mbufs.x_out = a->x + t0 * E;
+        mbufs.rope_cos = a->rope_cos + t0 * half_rot;
+        mbufs.rope_sin = a->rope_sin + t0 * half_rot;
+        be->stage(ctx, 0, a->x, t0, n, T); /* a pipeline stage: rows from the previous one */
+        for (int32_t l = ctx->model->layer0; l < ctx->model->layer1; l++)
+            l3c_block_forward(ctx, l, &mb, &mbufs);
+        be->stage(ctx, 1, a->x, t0, n, T); /* ... and on to the next */
+    }
 
     /* ---- head. Embeddings: every row normed -> embd [T x E], the requested ones gathered into
      * xb2 [n_out x E]; else only the requested rows: gather x rows -> xb [n_out x E], norm -> xb2.
