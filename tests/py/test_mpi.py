@@ -145,6 +145,46 @@ def test_layer_split_batches_of_one(mpi, tiny, tmp_path):
     assert rel_err(read_logits(out, len(IDS)), ref) <= REL_TOL_F32
 
 
+@pytest.mark.parametrize("n,layers,ub", [(2, "4,1", 1), (2, None, 5), (3, "1,3,1", 3), (3, "2,1,2", 2)])
+def test_layer_split_pipelined_bitwise(mpi, tiny, tmp_path, n, layers, ub):
+    """--ubatch: the 12-token batch crosses the stages in micro-batches of ub tokens (the last one
+    shorter where ub does not divide 12), N stages at work at once; the logits are bitwise those of
+    one process and of the unpipelined split (one micro-batch of 12: the default for 12 tokens)."""
+    ref = eval_single(tiny["f32"], tmp_path)
+    args = ["--split", "layers"] + (["--layers-per-rank", layers] if layers else [])
+    whole = eval_mpi(mpi, n, tiny["f32"], tmp_path, args)
+    piped = eval_mpi(mpi, n, tiny["f32"], tmp_path, args + ["--ubatch", ub])
+    assert np.array_equal(whole, ref), f"unpipelined --split layers x{n}: {rel_err(whole, ref):.3g}"
+    assert np.array_equal(piped, ref), f"--ubatch {ub} x{n} ({layers}): {rel_err(piped, ref):.3g}"
+
+
+def test_layer_split_pipelined_greedy_q4_0(mpi, tiny):
+    """Greedy generation on a Q4_0 model (8-bit activation blocks) after a pipelined prompt, 3
+    stages: the ids equal one process's."""
+    want = greedy_single(tiny["q4_0"], IDS, 8)
+    p = mpirun(mpi, 3, "run", "-m", tiny["q4_0"], "--ids", ids_arg(IDS), "-n", 8, "--split", "layers",
+               "--layers-per-rank", "1,3,1", "--ubatch", 2, *GREEDY)
+    assert [int(x) for x in p.stdout.split()] == want
+
+
+def test_layer_split_ubatch_mismatch_ends_the_job(mpi, tiny, tmp_path):
+    """Ranks started with different --ubatch send micro-batches of another size: the receiving rank
+    ends the job naming the sender (no silent garbage, no hang)."""
+    common = ["eval", "-m", tiny["f32"], "--ids", ids_arg(IDS), "--all", "-o", tmp_path / "x.f32", "-t", 1,
+              "--split", "layers"]
+    cmd = mpi + ["-np", "1", MPI_BIN] + [str(a) for a in common] + ["--ubatch", "2", ":",
+                 "-np", "1", MPI_BIN] + [str(a) for a in common] + ["--ubatch", "3"]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert_fast_failure(p, t0, "rank 0 sent 256 floats where 384 were expected")
+
+
+def test_bad_ubatch_refused(mpi, tiny, tmp_path):
+    p = subprocess.run([MPI_BIN, "eval", "-m", tiny["f32"], "--ids", "1", "-o", tmp_path / "x.f32",
+                        "--ubatch", "-2"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "--ubatch '-2'" in p.stderr, p.stderr
+
+
 def test_mpi_build_runs_without_mpirun(mpi, tiny, tmp_path):
     """The MPI build started directly is one process and gives the plain build's logits; --split
     in a run of one rank is the whole model."""
@@ -515,14 +555,18 @@ def serve_args(model):
 @pytest.mark.slow
 @pytest.mark.parametrize("split", ["layers", "tensor"])
 def test_serve_under_mpi_answers_like_one_process(mpi, smollm2_path, single_server_answers, tmp_path, split):
-    """mpirun -np 2 serve: rank 0 serves HTTP, rank 1 follows every decode. Greedy answers (two
+    """mpirun -np 2 serve: rank 0 serves HTTP, rank 1 follows every decode (layers: pipelined,
+    one token per micro-batch). Greedy answers (two
     requests in one batch) equal the single-process server's (tensor: or differ from a near tie on,
     checked with the single process's top-2 logprobs at the first differing token); embeddings within 1e-6 of the max
     (layers: the same arithmetic), cosine >= 0.999 (tensor: sums in another order, then 8-bit
     activation blocks; test_embeddings.py's SmolLM2 vs llama.cpp bound); rank 0's SIGTERM ends both
     ranks cleanly (status 0)."""
     want_text, want_emb, want_steps = single_server_answers
-    pm, port = start_server(mpi + ["-np", "2", MPI_BIN] + serve_args(smollm2_path) + ["--split", split],
+    # layers: --ubatch 1 pipelines every batch token by token, the two slots' decode batches
+    # split by sequence
+    pipe = ["--ubatch", "1"] if split == "layers" else []
+    pm, port = start_server(mpi + ["-np", "2", MPI_BIN] + serve_args(smollm2_path) + ["--split", split] + pipe,
                             tmp_path / "mpi.log")
     try:
         got_text, got_emb, got_steps = answers(port)
