@@ -7,6 +7,12 @@ the pipeline llama.cpp offers), and llama.cpp's llama-bench x 2 threads in one p
 test (figures depend on the machine and its load).
 
     python3 bench/mpi_bench.py [-m MODEL.gguf ...] [-p 64] [-n 64] [-r 3] [--build-rpc DIR]
+    python3 bench/mpi_bench.py --pipe ROUNDS [--ubatch U] [-m ...] [-p 64] [-n 16]
+
+--pipe ROUNDS: the layer split's pipelining, before / after: ROUNDS alternations (A B C A B C, as
+the machine's load drifts) of 1 process x 2 threads, 2 ranks x 1 thread --split layers with one
+micro-batch per batch (--ubatch P: the stages one after another, as before pipelining) and 2 ranks
+pipelined (--ubatch U; default the automatic size), then each one's median and the ratios.
 
 Needs `make MPI=1` (build-mpi/llama3c) and Open MPI's mpirun. The default model is SmolLM2
 (scripts/default-model.sh); a Llama-3.2-1B-shaped Q4_0 file comes from
@@ -127,6 +133,33 @@ def rpc_bench(server, lbench, model, a, n_layer):
         srv.wait(timeout=30)
 
 
+def pipe_rounds(mpi, model, a):
+    """--pipe: 1 process, the unpipelined layer split and the pipelined one, alternated"""
+    import statistics
+
+    runs = [("1 process x 2 threads", [MPI_BIN], ["-t", "2"]),
+            ("layers, 1 micro-batch", mpi + [MPI_BIN], ["-t", "1", "--split", "layers", "--ubatch", str(a.p)]),
+            (f"layers, --ubatch {a.ubatch or 'auto'}", mpi + [MPI_BIN],
+             ["-t", "1", "--split", "layers", "--ubatch", str(a.ubatch)])]
+    got = {name: [] for name, _, _ in runs}
+    print(f"\n{os.path.basename(model)}, -p {a.p} -n {a.n} -r {a.r}, {a.pipe} rounds")
+    print(f"{'round':>5} {'run':32} {'pp t/s':>8} {'tg t/s':>8} {'load':>5}")
+    for k in range(a.pipe):
+        for name, prefix, extra in runs:
+            res, _ = bench(prefix, model, a, extra)
+            got[name].append((res["pp_tokens_per_s"], res["tg_tokens_per_s"]))
+            print(f"{k + 1:5} {name:32} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
+                  f"{os.getloadavg()[0]:5.1f}", flush=True)
+    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for n, v in got.items()}
+    for n, (pp, tg) in med.items():
+        print(f"median {n:32} pp {pp:8.2f} tg {tg:8.2f}")
+    one, before, after = (med[n][0] for n, _, _ in runs)
+    # per round, as the load drifts: pipelined / unpipelined pp of the same round
+    per = [got[runs[2][0]][k][0] / got[runs[1][0]][k][0] for k in range(a.pipe)]
+    print(f"pp pipelined / unpipelined {after / before:.2f} (per round {', '.join(f'{r:.2f}' for r in per)}); "
+          f"pipelined / 1 process {after / one:.2f}; unpipelined / 1 process {before / one:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-m", action="append", help="model(s); default SmolLM2")
@@ -134,6 +167,8 @@ def main():
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--build-rpc", metavar="DIR", help="also llama.cpp's RPC backend, built into DIR (once)")
+    ap.add_argument("--pipe", type=int, metavar="ROUNDS", help="layer split pipelined vs not (see above)")
+    ap.add_argument("--ubatch", type=int, default=0, help="--pipe: micro-batch tokens (default automatic)")
     a = ap.parse_args()
     mpirun = shutil.which("mpirun")
     if not mpirun or not os.path.exists(MPI_BIN):
@@ -144,6 +179,11 @@ def main():
     rpc = build_rpc_peer(a.build_rpc) if a.build_rpc else None
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"CPU {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    if a.pipe:
+        for model in models:
+            pipe_rounds(mpi, model, a)
+        print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+        return
     for model in models:
         info = model_info(model)
         print(f"\n{os.path.basename(model)}: n_embd {info['n_embd']}, {info['n_layer']} layers, vocab {info['n_vocab']}")
