@@ -9,7 +9,7 @@ test (figures depend on the machine and its load).
     python3 bench/mpi_bench.py [-m MODEL.gguf ...] [-p 64] [-n 64] [-r 3] [--build-rpc DIR]
     python3 bench/mpi_bench.py --pipe ROUNDS [--ubatch U] [-m ...] [-p 64] [-n 16]
 
---pipe ROUNDS: the layer split's pipelining, before / after: ROUNDS alternations (A B C A B C, as
+--pipe ROUNDS: the layer split's pipelining, before / after: ROUNDS alternations (A B C C B A ..., as
 the machine's load drifts) of 1 process x 2 threads, 2 ranks x 1 thread --split layers with one
 micro-batch per batch (--ubatch P: the stages one after another, as before pipelining) and 2 ranks
 pipelined (--ubatch U; default the automatic size), then each one's median and the ratios.
@@ -145,7 +145,7 @@ def pipe_rounds(mpi, model, a):
     print(f"\n{os.path.basename(model)}, -p {a.p} -n {a.n} -r {a.r}, {a.pipe} rounds")
     print(f"{'round':>5} {'run':32} {'pp t/s':>8} {'tg t/s':>8} {'load':>5}")
     for k in range(a.pipe):
-        for name, prefix, extra in runs:
+        for name, prefix, extra in runs if k % 2 == 0 else runs[::-1]:  # A B C, C B A: no slot favoured
             res, _ = bench(prefix, model, a, extra)
             got[name].append((res["pp_tokens_per_s"], res["tg_tokens_per_s"]))
             print(f"{k + 1:5} {name:32} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "

@@ -846,7 +846,7 @@ L3C_API void l3c_dist_set_timeout(double seconds);
 /* Tokens per pipeline micro-batch of a layer split (l3c_model_params.split = L3C_SPLIT_LAYERS):
  * l3c_decode runs a batch through the stages in consecutive ranges of this many tokens, so that
  * N stages work on N of them at once (results are bitwise the same for any value). 0 (default):
- * automatic, a batch of T tokens in ranges of max(16, ceil(T / 2N)). Every rank must use the same
+ * automatic, a batch of T tokens in ranges of max(32, ceil(T / 2N)). Every rank must use the same
  * value. Process-wide; any time between l3c_decode calls. */
 L3C_API void l3c_dist_set_ubatch(int32_t rows);
 /* A context driven from rank 0 (a server: only rank 0 knows what comes next). Every rank creates

@@ -496,7 +496,7 @@ void cli_split_help(FILE *f) {
         "                          vocabulary; N <= KV heads) or layers (pipeline); default none\n"
         "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
         "  --ubatch N              --split layers: batches cross the stages in micro-batches\n"
-        "                          of N tokens (pipelined; default max(16, tokens / 2 ranks))\n"
+        "                          of N tokens (pipelined; default max(32, tokens / 2 ranks))\n"
         "  --dist-timeout SEC      a rank stopped or hung for SEC s ends every rank, naming it\n"
         "                          (default 300, or $L3C_DIST_TIMEOUT; 0: never)\n");
 }
@@ -550,7 +550,7 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
         "  --split none|tensor|layers  how the ranks share the model (default none)\n"
         "  --layers-per-rank A,B,..  --split layers with these layer counts per rank\n"
         "  --ubatch N              --split layers: batches cross the stages in micro-batches\n"
-        "                          of N tokens (pipelined; default max(16, tokens / 2 ranks))\n"
+        "                          of N tokens (pipelined; default max(32, tokens / 2 ranks))\n"
         "  --dist-timeout SEC      a rank stopped or hung for SEC s ends every rank, naming it\n"
         "                          (default 300, or $L3C_DIST_TIMEOUT; 0: never)\n"
         "output:\n"

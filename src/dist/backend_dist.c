@@ -108,9 +108,11 @@ static void pp_stage(l3c_context *ctx, int end, float *x, int64_t t0, int64_t n,
 }
 
 /* Micro-batch rows: --ubatch (l3c_dist_set_ubatch), else 2 per stage (the pipeline's fill and
- * drain idle N-1 of M + N - 1 steps per stage), but at least PIPE_MIN_ROWS tokens: each
- * micro-batch reads the stage's weights once more. */
-enum { PIPE_MIN_ROWS = 16 };
+ * drain idle N-1 of M + N - 1 steps per stage), but at least PIPE_MIN_ROWS tokens: the matmuls
+ * cost more per row in small batches (1B Q4_0, 1 thread, CPU time per token against batches of
+ * 128: 1.1x at 64 rows, 1.2x at 32, 1.5x at 16; docs/DISTRIBUTED.md), and each micro-batch is one
+ * more message per stage. */
+enum { PIPE_MIN_ROWS = 32 };
 
 static int64_t pp_stage_rows(l3c_context *ctx, int64_t T) {
     const int64_t set = l3c_comm_ubatch();
