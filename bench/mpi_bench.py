@@ -60,8 +60,9 @@ def bench(cmd_prefix, model, a, extra):
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    ranks = {int(m.group(1)): (float(m.group(2)), float(m.group(3)), float(m.group(4))) for m in re.finditer(
-        r"rank (\d+) of \d+: peak RSS ([0-9.]+) MiB, sent ([0-9.]+) bytes per generated token, ([0-9.]+)%", p.stderr)}
+    ranks = {int(m.group(1)): (float(m.group(2)), float(m.group(3)), float(m.group(4)), float(m.group(5)))
+             for m in re.finditer(r"rank (\d+) of \d+: peak RSS ([0-9.]+) MiB, sent ([0-9.]+) bytes per generated "
+                                  r"token, ([0-9.]+)% of tg in message passing, ([0-9.]+)% of pp", p.stderr)}
     return res, ranks
 
 
@@ -143,12 +144,15 @@ def pipe_rounds(mpi, model, a):
              ["-t", "1", "--split", "layers", "--ubatch", str(a.ubatch)])]
     got = {name: [] for name, _, _ in runs}
     print(f"\n{os.path.basename(model)}, -p {a.p} -n {a.n} -r {a.r}, {a.pipe} rounds")
-    print(f"{'round':>5} {'run':32} {'pp t/s':>8} {'tg t/s':>8} {'load':>5}")
+    # "pp % in MPI": each rank's share of the pp time inside MPI calls, mostly waiting for the
+    # previous stage (2 stages one after another: ~50% each; pipelined: the fill and drain)
+    print(f"{'round':>5} {'run':32} {'pp t/s':>8} {'tg t/s':>8} {'pp % in MPI':>12} {'load':>5}")
     for k in range(a.pipe):
         for name, prefix, extra in runs if k % 2 == 0 else runs[::-1]:  # A B C, C B A: no slot favoured
-            res, _ = bench(prefix, model, a, extra)
+            res, ranks = bench(prefix, model, a, extra)
             got[name].append((res["pp_tokens_per_s"], res["tg_tokens_per_s"]))
-            print(f"{k + 1:5} {name:32} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
+            comm = "/".join(f"{ranks[r][3]:.0f}" for r in sorted(ranks)) or "-"
+            print(f"{k + 1:5} {name:32} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} {comm:>12} "
                   f"{os.getloadavg()[0]:5.1f}", flush=True)
     med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for n, v in got.items()}
     for n, (pp, tg) in med.items():

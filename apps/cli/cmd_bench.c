@@ -177,6 +177,7 @@ int cmd_bench(int argc, char **argv) {
     int rc = 1;
     double tg_bytes = 0; /* bytes this rank sent per generated token (distributed runs) */
     double tg_comm = 0;  /* share of the tg time this rank spent in message passing */
+    double pp_comm = 0;  /* ... of the pp time (waiting for the previous pipeline stage, etc.) */
     if (!tokens || !pos || !pp || !tg || !ppc || !tgc) {
         fprintf(stderr, "llama3c bench: out of memory\n");
         goto done;
@@ -199,8 +200,10 @@ int cmd_bench(int argc, char **argv) {
     for (int r = 0; r < reps; r++) {
         double c = 0;
         if (n_prompt) {
+            const double comm0 = l3c_dist_comm_seconds();
             double s = timed_decode(ctx, tokens, pos, n_prompt, cp.n_batch, &c);
             if (s < 0) goto done;
+            pp_comm = (l3c_dist_comm_seconds() - comm0) / s;
             pp[r] = n_prompt / s;
             ppc[r] = 1e3 * c / n_prompt;
         }
@@ -261,8 +264,9 @@ int cmd_bench(int argc, char **argv) {
     long long rss = (long long)ru.ru_maxrss * 1024;
     if (l3c_dist_size() > 1)
         fprintf(stderr, "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token, "
-                        "%.0f%% of tg in message passing\n",
-                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes, 100.0 * tg_comm);
+                        "%.0f%% of tg in message passing, %.0f%% of pp\n",
+                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes, 100.0 * tg_comm,
+                100.0 * pp_comm);
     if (json) {
         printf("{\"model\": \"");
         for (const char *c = path; *c; c++) {
