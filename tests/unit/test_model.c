@@ -11,13 +11,17 @@
  *    tensor / value; every allocation failure during load + context creation fails cleanly;
  *  - tracing reports every op, softmaxed attention rows sum to 1, and does not change logits;
  *  - the CPU backend's rmsnorm / swiglu / add ops (backend.h) out of place (as training runs
- *    them) equal in place (as decode runs them), bitwise, and the rstd they write.
+ *    them) equal in place (as decode runs them), bitwise, and the rstd they write;
+ *  - micro-batches (a backend whose stage_rows cuts a batch, as a pipeline split does): two
+ *    interleaved sequences in micro-batches of 3 == the whole batch, bitwise, with the stage op
+ *    called before / after each consecutive range, in order.
  */
 #include "check.h"
 
 #include "kernels/ops.h"
 #include "llama3c.h"
 #include "model/backend.h"
+#include "model/model.h" /* l3c_context.backend: the micro-batch test swaps it */
 
 #include <math.h>
 #include <stdint.h>
@@ -757,6 +761,58 @@ static void test_backend_cpu_ops(void) {
         CHECK(h[i] == x[i] + b[i]);
 }
 
+/* a backend table as a pipeline's: stage_rows cuts every batch into ranges of 3 tokens; the
+ * stage op checks that it sees them in order, each before (end 0) and after (end 1) the layers */
+static int64_t g_mb_next, g_mb_calls, g_mb_bad;
+static int g_mb_open;
+
+static void mb_stage(l3c_context *ctx, int end, float *x, int64_t t0, int64_t n, int64_t T) {
+    g_mb_calls++;
+    if (!end) {
+        if (g_mb_open || t0 != g_mb_next || n != (T - t0 < 3 ? T - t0 : 3)) g_mb_bad++;
+        g_mb_open = 1;
+        return;
+    }
+    if (!g_mb_open || t0 != g_mb_next) g_mb_bad++;
+    g_mb_open = 0;
+    g_mb_next = t0 + n == T ? 0 : t0 + n;
+}
+
+static int64_t mb_rows(l3c_context *ctx, int64_t T) {
+    return 3;
+}
+
+static void test_micro_batches(l3c_model *m) {
+    /* 11 tokens of two interleaved sequences, logits for all: ranges of 3 cut through both */
+    int32_t tok[11], sq[11] = {0, 0, 1, 1, 1, 0, 1, 0, 0, 1, 1}, pos[11], n_at[2] = {0, 0};
+    int8_t want[11];
+    for (int i = 0; i < 11; i++)
+        tok[i] = IDS[i], pos[i] = n_at[sq[i]]++, want[i] = 1;
+    l3c_context *a = make_ctx(m, 32, 2, 16, L3C_KV_F16), *b = make_ctx(m, 32, 2, 16, L3C_KV_F16);
+    CHECK(a && b);
+    if (!a || !b) goto done;
+    l3c_backend mb = *b->backend;
+    mb.stage = mb_stage;
+    mb.stage_rows = mb_rows;
+    b->backend = &mb;
+    for (int round = 0; round < 2; round++) { /* the second batch continues both caches */
+        l3c_batch bt = {11, tok, pos, sq, want};
+        CHECK(l3c_decode(a, &bt) == L3C_OK && l3c_decode(b, &bt) == L3C_OK);
+        int same = 1;
+        for (int i = 0; i < 11; i++)
+            same &= !memcmp(l3c_get_logits(a, i), l3c_get_logits(b, i), V * sizeof(float));
+        CHECK_MSG(same, "micro-batches of 3 differ from the whole batch (round %d)", round);
+        for (int i = 0; i < 11; i++)
+            pos[i] += 5 * (sq[i] == 0) + 6 * (sq[i] == 1);
+    }
+    CHECK_MSG(g_mb_calls == 2 * 2 * 4 && !g_mb_bad && !g_mb_open,
+              "stage op: %lld calls (want 16), %lld out of order", (long long)g_mb_calls,
+              (long long)g_mb_bad);
+done:
+    l3c_context_free(a);
+    l3c_context_free(b);
+}
+
 int main(void) {
     snprintf(g_path, sizeof g_path, "/tmp/l3c_test_model_%d.gguf", (int)getpid());
 
@@ -779,6 +835,7 @@ int main(void) {
         test_kv_share(m, L3C_KV_F32);
         test_bad_batches(m);
         test_trace(m);
+        test_micro_batches(m);
         l3c_model_free(m);
     }
     test_backend_cpu_ops();
