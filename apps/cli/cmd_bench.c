@@ -40,9 +40,10 @@ static void usage(FILE *f) {
             "  --batch-sweep N    also time one decode call of 1..N tokens (N <= 64) of one\n"
             "                     sequence after a 64-token prefix (speculative verification)\n"
             "  --json             print one JSON object instead of the table\n"
-            "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
-            "                     (see llama3c run --help); each rank reports its peak RSS and the\n"
-            "                     bytes it sent per generated token on stderr\n"
+            "  --split S, --layers-per-rank A,B,.., --ubatch N  under mpirun: how the ranks share\n"
+            "                     the model (see llama3c run --help); each rank reports its peak\n"
+            "                     RSS, the bytes it sent per generated token and its share of the\n"
+            "                     tg / pp time in message passing on stderr\n"
             "  -h, --help         this text\n");
 }
 

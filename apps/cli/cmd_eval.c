@@ -38,7 +38,8 @@ static void usage(FILE *f) {
            "  -t N        threads (default: physical cores)\n"
            "  --batch N   tokens per decode call (default 512; 1 = token by token)\n"
            "  --kv TYPE   KV-cache type (default f16)\n"
-           "  --split S, --layers-per-rank A,B,..  under mpirun: how the ranks share the model\n"
+           "  --split S, --layers-per-rank A,B,.., --ubatch N  under mpirun: how the ranks share\n"
+           "              the model (see llama3c run --help)\n"
            "  --bf16      F16/BF16 matrices multiply in bfloat16 (l3c_model_params.bf16_matmul)\n");
     cli_lora_help(f);
 }

@@ -96,6 +96,7 @@ static void usage(FILE *f) {
             "digits)\n"
             "  -v, --verbose         log HTTP errors and model loading on stderr\n");
     cli_lora_help(f);
+    cli_split_help(f); /* --split, --layers-per-rank, --ubatch, --dist-timeout */
 }
 
 static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out) {
