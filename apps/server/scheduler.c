@@ -11,6 +11,9 @@
  *    sharing a prefix can keep them.
  *  - A generating slot has one sampled token (next_token) not yet in its cache; it is decoded in
  *    the next step unless the job ended.
+ *  - With a draft model (--draft), sequence i of the draft context holds exactly slot i's
+ *    dcache[0 .. n_dcache); how much of it is still a prefix of cache[] is found (and the rest
+ *    dropped) before each draft, so nothing that rewrites cache[] needs to tell the draft.
  *  - Text is handed to the job only up to a point that cannot be the start of a stop string and
  *    does not end inside a UTF-8 sequence; the stop text itself is never handed over.
  *  - A job is freed when its last reference goes (HTTP side and scheduler hold one each).
@@ -1161,9 +1164,10 @@ static void engine_step(sched *s) {
         }
         if (used < sl->n_draft && l3c_kv_seq_truncate(s->ctx, sl->id, sl->n_cache) != L3C_OK)
             fin[i] = SCHED_FINISH_ERROR;
-        if (s->dctx) /* after a rejection at j: j + 1; after a whole draft accepted: + 2 */
+        if (s->dctx) { /* after a rejection at j: j + 1; after a whole draft accepted: + 2 */
             sl->k_cur = used == sl->n_draft ? sl->k_cur + 2 : used + 1;
-        if (sl->k_cur > s->draft_max) sl->k_cur = s->draft_max;
+            if (sl->k_cur > s->draft_max) sl->k_cur = s->draft_max;
+        }
         sl->win_drafted += sl->n_draft;
         sl->win_accepted += used;
         if (sl->win_drafted >= 32) {
