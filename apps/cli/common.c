@@ -703,6 +703,29 @@ void cli_spec_help(FILE *f) {
         CLI_LOOKUP_MAX, CLI_LOOKUP_MAX);
 }
 
+int cli_draft_vocab_check(const char *cmd, const l3c_tokenizer *tok, const char *path,
+                          const l3c_tokenizer *dt, const char *draft_path) {
+    const int32_t n_vocab = l3c_vocab_size(tok);
+    if (l3c_vocab_size(dt) != n_vocab) {
+        fprintf(stderr,
+                "llama3c %s: the draft model '%s' has a vocabulary of %d tokens, the model '%s' "
+                "%d: a draft needs the same vocabulary\n",
+                cmd, draft_path, (int)l3c_vocab_size(dt), path, (int)n_vocab);
+        return CLI_ERR;
+    }
+    for (int32_t id = 0; id < n_vocab; id++) {
+        const char *a = l3c_token_text(tok, id), *b = l3c_token_text(dt, id);
+        if (strcmp(a ? a : "", b ? b : "")) {
+            fprintf(stderr,
+                    "llama3c %s: the draft model '%s' and the model '%s' differ at token %d ('%s' "
+                    "vs '%s'): a draft needs the same vocabulary\n",
+                    cmd, draft_path, path, (int)id, b ? b : "", a ? a : "");
+            return CLI_ERR;
+        }
+    }
+    return 0;
+}
+
 int cli_session_spec(cli_session *s, const cli_opts *o, const cli_spec *sp) {
     s->spec = *sp;
     if (s->spec.draft_max > CLI_LOOKUP_MAX) s->spec.draft_max = CLI_LOOKUP_MAX;
@@ -718,26 +741,9 @@ int cli_session_spec(cli_session *s, const cli_opts *o, const cli_spec *sp) {
     }
     if (cli_load_model(s->cmd, sp->draft, o->n_threads, o->verbose, o->bf16, &s->dmodel))
         return CLI_ERR;
-    const l3c_tokenizer *dt = l3c_model_tokenizer(s->dmodel);
-    if (l3c_vocab_size(dt) != s->n_vocab) {
-        fprintf(
-            stderr,
-            "llama3c %s: the draft model '%s' has a vocabulary of %d tokens, the model '%s' %d: "
-            "a draft needs the same vocabulary\n",
-            s->cmd, sp->draft, (int)l3c_vocab_size(dt), o->model_path, (int)s->n_vocab);
+    if (cli_draft_vocab_check(s->cmd, s->tok, o->model_path, l3c_model_tokenizer(s->dmodel),
+                              sp->draft))
         return CLI_ERR;
-    }
-    for (int32_t id = 0; id < s->n_vocab; id++) {
-        const char *a = l3c_token_text(s->tok, id), *b = l3c_token_text(dt, id);
-        if (strcmp(a ? a : "", b ? b : "")) {
-            fprintf(
-                stderr,
-                "llama3c %s: the draft model '%s' and the model '%s' differ at token %d ('%s' vs "
-                "'%s'): a draft needs the same vocabulary\n",
-                s->cmd, sp->draft, o->model_path, (int)id, b ? b : "", a ? a : "");
-            return CLI_ERR;
-        }
-    }
     l3c_context_params cp = l3c_context_default_params();
     cp.n_ctx = s->n_ctx;
     cp.n_batch = o->n_batch;

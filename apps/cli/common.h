@@ -163,6 +163,10 @@ void cli_spec_init(cli_spec *sp);
  * usage error (printed). */
 int cli_spec_parse(const char *cmd, cli_spec *sp, int argc, char **argv, int *i);
 void cli_spec_help(FILE *f);
+/* A draft model must have the target's vocabulary: the same size and the same token texts. 0, or
+ * CLI_ERR with a message naming both files (cmd: the subcommand). */
+int cli_draft_vocab_check(const char *cmd, const l3c_tokenizer *tok, const char *path,
+                          const l3c_tokenizer *dt, const char *draft_path);
 
 typedef struct cli_session {
     const char *cmd;

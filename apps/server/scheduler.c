@@ -11,6 +11,9 @@
  *    sharing a prefix can keep them.
  *  - A generating slot has one sampled token (next_token) not yet in its cache; it is decoded in
  *    the next step unless the job ended.
+ *  - With a draft model (--draft), sequence i of the draft context holds exactly slot i's
+ *    dcache[0 .. n_dcache); how much of it is still a prefix of cache[] is found (and the rest
+ *    dropped) before each draft, so nothing that rewrites cache[] needs to tell the draft.
  *  - Text is handed to the job only up to a point that cannot be the start of a stop string and
  *    does not end inside a UTF-8 sequence; the stop text itself is never handed over.
  *  - A job is freed when its last reference goes (HTTP side and scheduler hold one each).
@@ -101,6 +104,11 @@ typedef struct slot {
     int32_t draft[SCHED_LOOKUP_MAX];
     int32_t n_draft;
     int32_t win_drafted, win_accepted, spec_pause; /* switch-off on low acceptance */
+    /* draft model (sched.dctx): the slot's sequence there holds dcache[0 .. n_dcache), kept
+     * in step lazily (slot_draft_model: the common prefix with cache[] stays, the rest is
+     * decoded again); k_cur is the adaptive draft length */
+    int32_t *dcache;
+    int32_t n_dcache, k_cur;
 } slot;
 
 struct sched {
@@ -108,6 +116,9 @@ struct sched {
     const l3c_tokenizer *tok;
     l3c_context *ctx;
     int32_t n_ctx, n_vocab, n_embd, step_tokens, lookup;
+    l3c_context *dctx; /* draft model context (borrowed), sequence i = slot i; NULL: none */
+    int32_t draft_max, draft_min;
+    float draft_p_min;
     int32_t python_tag; /* <|python_tag|> (starts a lazy grammar), -1 if none */
     int32_t n_slots;
     slot *slots;
@@ -126,6 +137,7 @@ struct sched {
     int32_t b_cap;
     int32_t *b_tok, *b_pos, *b_seq;
     int8_t *b_logits;
+    int32_t *d_tok, *d_pos, *d_seq; /* [step_tokens]: the draft model's catch-up batch */
 
     sched_stats stats; /* guarded by mu */
 };
@@ -338,6 +350,15 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
     s->step_tokens = opt->step_tokens > 0 ? opt->step_tokens : 256;
     s->lookup = opt->lookup < SCHED_LOOKUP_MAX ? opt->lookup : SCHED_LOOKUP_MAX;
     s->queue_cap = opt->queue_cap > 0 ? opt->queue_cap : 1;
+    if (opt->draft) {
+        s->dctx = opt->draft;
+        s->lookup = 0;
+        s->draft_max = opt->draft_max < 1                  ? 1
+                       : opt->draft_max > SCHED_LOOKUP_MAX ? SCHED_LOOKUP_MAX
+                                                           : opt->draft_max;
+        s->draft_min = opt->draft_min;
+        s->draft_p_min = opt->draft_p_min;
+    }
     if (opt->cache_bytes && !(s->pc = pcache_create(opt->cache_bytes))) goto fail;
     pthread_mutex_init(&s->mu, NULL);
     pthread_condattr_t ca;
@@ -353,6 +374,12 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
     s->b_seq = malloc((size_t)s->b_cap * sizeof *s->b_seq);
     s->b_logits = malloc((size_t)s->b_cap);
     if (!s->slots || !s->queue || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits) goto fail;
+    if (s->dctx) {
+        s->d_tok = malloc((size_t)s->step_tokens * sizeof *s->d_tok);
+        s->d_pos = malloc((size_t)s->step_tokens * sizeof *s->d_pos);
+        s->d_seq = malloc((size_t)s->step_tokens * sizeof *s->d_seq);
+        if (!s->d_tok || !s->d_pos || !s->d_seq) goto fail;
+    }
     for (int32_t i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
         sl->id = i;
@@ -361,6 +388,11 @@ sched *sched_create(const l3c_model *model, l3c_context *ctx, const sched_option
         sl->cache = malloc((size_t)s->n_ctx * sizeof *sl->cache);
         if (!sl->cache) goto fail;
         l3c_kv_seq_truncate(ctx, i, 0);
+        sl->k_cur = s->draft_max;
+        if (s->dctx) {
+            if (!(sl->dcache = malloc((size_t)s->n_ctx * sizeof *sl->dcache))) goto fail;
+            l3c_kv_seq_truncate(s->dctx, i, 0);
+        }
     }
     s->stats.n_slots = s->n_slots;
     s->stats.queue_cap = s->queue_cap;
@@ -378,6 +410,7 @@ void sched_free(sched *s) {
     if (s->slots)
         for (int32_t i = 0; i < s->n_slots; i++) {
             free(s->slots[i].cache);
+            free(s->slots[i].dcache);
             free(s->slots[i].gen);
             free(s->slots[i].lpb);
             l3c_sampler_free(s->slots[i].smp);
@@ -389,6 +422,9 @@ void sched_free(sched *s) {
     free(s->b_pos);
     free(s->b_seq);
     free(s->b_logits);
+    free(s->d_tok);
+    free(s->d_pos);
+    free(s->d_seq);
     pthread_cond_destroy(&s->work);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -795,31 +831,105 @@ int32_t sched_job_take_logprobs(sched *s, sched_job *job, sched_logprob **out) {
 
 /* ------------------------------------------------------------------ engine: one step */
 
-/* Builds the batch. Returns its size (0: nothing to do). */
 /*
- * Prompt-lookup speculation for a slot generating alone (with several slots busy the batch is
- * already wide and drafts would only add rows): up to s->lookup tokens that followed the latest
- * earlier occurrence of the slot's last tokens go into the batch after next_token, with logits.
- * engine_step keeps those the sampler then produces (their rows are reused) and truncates the
- * rest; the sampler draws every token from the target's logits as without drafts, so the output
- * is unchanged. Drafting pauses for 64 tokens when fewer than 1 in 8 of the last 32 drafted
- * tokens were accepted. Returns the rows added at b_*[n ..).
+ * Draft-model speculation (--draft): up to k tokens the draft model predicts (its argmax, as long
+ * as its top probability is >= draft_p_min) after the slot's cache[0 .. n_cache) + next_token,
+ * written to sl->draft. The slot's draft sequence is first brought to hold that sequence less
+ * its last token: the common prefix with dcache stays (the tokens it drafted that the target
+ * accepted are not decoded again), a longer one held by another (free) slot's draft sequence is
+ * copied as the target's prefix reuse does, and the rest is decoded in step_tokens chunks (after
+ * a prompt, a restore from the prompt cache, or a pause). A draft failure only pauses drafting
+ * for the slot. Returns the number of tokens drafted (0 when fewer than draft_min).
+ */
+static int32_t slot_draft_model(sched *s, slot *sl, int32_t k) {
+    l3c_context *dc = s->dctx;
+    const int32_t n = sl->n_cache + 1; /* the sequence: cache[0 .. n_cache) + next_token */
+#define SEQ(i) ((i) < sl->n_cache ? sl->cache[i] : sl->next_token)
+    int32_t keep = common_prefix(sl->dcache, sl->n_dcache, sl->cache, sl->n_cache);
+    slot *src = NULL;
+    int32_t best = keep;
+    for (int32_t i = 0; i < s->n_slots; i++) { /* the others are free: their sequences are fixed */
+        slot *o = &s->slots[i];
+        int32_t l = o == sl ? 0 : common_prefix(o->dcache, o->n_dcache, sl->cache, sl->n_cache);
+        if (l > best) best = l, src = o;
+    }
+    if (src && best - keep >= 1 + best / 32) {
+        if (l3c_kv_seq_copy(dc, src->id, sl->id, best) != L3C_OK) goto fail;
+        memcpy(sl->dcache, src->dcache, (size_t)best * sizeof *sl->dcache);
+        keep = best;
+    } else if (keep < sl->n_dcache && l3c_kv_seq_truncate(dc, sl->id, keep) != L3C_OK) {
+        goto fail;
+    }
+    sl->n_dcache = keep;
+    const float *dl = NULL;
+    while (sl->n_dcache < n) {
+        int32_t m = n - sl->n_dcache < s->step_tokens ? n - sl->n_dcache : s->step_tokens;
+        for (int32_t t = 0; t < m; t++) {
+            s->d_tok[t] = SEQ(sl->n_dcache + t);
+            s->d_pos[t] = sl->n_dcache + t;
+            s->d_seq[t] = sl->id;
+        }
+        l3c_batch b = {m, s->d_tok, s->d_pos, s->d_seq, NULL}; /* logits of the last row */
+        if (l3c_decode(dc, &b) != L3C_OK) goto fail;
+        memcpy(sl->dcache + sl->n_dcache, s->d_tok, (size_t)m * sizeof *s->d_tok);
+        sl->n_dcache += m;
+        dl = l3c_get_logits(dc, m - 1);
+    }
+#undef SEQ
+    int32_t c = 0;
+    while (c < k && dl) {
+        int32_t x = 0;
+        for (int32_t j = 1; j < s->n_vocab; j++)
+            if (dl[j] > dl[x]) x = j;
+        if (s->draft_p_min > 0.0f) { /* the draft's own top probability (softmax at T = 1) */
+            double z = 0.0;
+            for (int32_t j = 0; j < s->n_vocab; j++)
+                z += exp((double)(dl[j] - dl[x]));
+            if (1.0 / z < (double)s->draft_p_min) break;
+        }
+        sl->draft[c++] = x;
+        if (c == k || l3c_token_is_eog(s->tok, x)) break;
+        int32_t pos = sl->n_dcache, seq = sl->id;
+        l3c_batch b = {1, &x, &pos, &seq, NULL};
+        if (l3c_decode(dc, &b) != L3C_OK) goto fail;
+        sl->dcache[sl->n_dcache++] = x;
+        dl = l3c_get_logits(dc, 0);
+    }
+    return c < s->draft_min ? 0 : c;
+fail:
+    /* the draft sequence's content is unknown now: start it afresh, and draft later */
+    l3c_kv_seq_truncate(dc, sl->id, 0);
+    sl->n_dcache = 0;
+    sl->spec_pause = 64;
+    return 0;
+}
+
+/*
+ * Speculation for a slot generating alone (with several slots busy the batch is already wide
+ * and drafts would only add rows): up to s->lookup tokens that followed the latest earlier
+ * occurrence of the slot's last tokens (prompt lookup), or up to k_cur tokens of the draft model
+ * (slot_draft_model), go into the batch after next_token, with logits. engine_step keeps those
+ * the sampler then produces (their rows are reused) and truncates the rest; the sampler draws
+ * every token from the target's logits as without drafts, so the output is unchanged, greedy or
+ * sampled with a seed. Drafting pauses for 64 tokens when fewer than 1 in 8 of the last 32
+ * drafted tokens were accepted. Returns the rows added at b_*[n ..).
  */
 static int32_t slot_draft(sched *s, slot *sl, int32_t n) {
     sl->n_draft = 0;
-    if (s->lookup <= 0) return 0;
+    if (s->lookup <= 0 && !s->dctx) return 0;
     for (int32_t i = 0; i < s->n_slots; i++)
         if (s->slots[i].state != SLOT_FREE && &s->slots[i] != sl) return 0;
     if (sl->spec_pause > 0) {
         sl->spec_pause--;
         return 0;
     }
-    int32_t k = s->lookup;
+    int32_t k = s->dctx ? sl->k_cur : s->lookup;
     if (k > s->b_cap - n) k = s->b_cap - n;
     if (k > s->n_ctx - sl->n_cache - 1) k = s->n_ctx - sl->n_cache - 1;
     if (k > sl->job->max_tokens - sl->n_gen - 1) k = sl->job->max_tokens - sl->n_gen - 1;
     if (k <= 0) return 0;
-    sl->n_draft = cli_lookup_draft(sl->cache, sl->n_cache, sl->next_token, k, sl->draft);
+    sl->n_draft = s->dctx ? slot_draft_model(s, sl, k)
+                          : cli_lookup_draft(sl->cache, sl->n_cache, sl->next_token, k, sl->draft);
     for (int32_t j = 0; j < sl->n_draft; j++) {
         s->b_tok[n + j] = sl->draft[j];
         s->b_pos[n + j] = sl->n_cache + 1 + j;
@@ -829,6 +939,7 @@ static int32_t slot_draft(sched *s, slot *sl, int32_t n) {
     return sl->n_draft;
 }
 
+/* Builds the batch. Returns its size (0: nothing to do). */
 static int32_t build_batch(sched *s) {
     int32_t n = 0;
     /* one token per generating slot first, so generation never stalls behind prefills */
@@ -1053,6 +1164,10 @@ static void engine_step(sched *s) {
         }
         if (used < sl->n_draft && l3c_kv_seq_truncate(s->ctx, sl->id, sl->n_cache) != L3C_OK)
             fin[i] = SCHED_FINISH_ERROR;
+        if (s->dctx) { /* after a rejection at j: j + 1; after a whole draft accepted: + 2 */
+            sl->k_cur = used == sl->n_draft ? sl->k_cur + 2 : used + 1;
+            if (sl->k_cur > s->draft_max) sl->k_cur = s->draft_max;
+        }
         sl->win_drafted += sl->n_draft;
         sl->win_accepted += used;
         if (sl->win_drafted >= 32) {

@@ -84,6 +84,12 @@ typedef struct sched_options {
     int32_t lookup; /* > 0: prompt-lookup drafts of up to this many tokens (<= SCHED_LOOKUP_MAX)
                      * for a slot generating alone (scheduler.c, build_batch) */
     size_t cache_bytes;  /* prompt cache in host memory (prompt_cache.h); 0: none */
+    /* A draft model's context (the target's vocabulary, n_slots sequences of >= the target's
+     * positions, n_batch >= step_tokens), borrowed: drafts of up to draft_max tokens
+     * (<= SCHED_LOOKUP_MAX) for a slot generating alone; NULL: none (excludes lookup) */
+    l3c_context *draft;
+    int32_t draft_max, draft_min; /* a draft shorter than draft_min is not verified */
+    float draft_p_min; /* a draft stops where the draft's top probability is below this */
 } sched_options;
 #define SCHED_LOOKUP_MAX 16
 
@@ -144,7 +150,8 @@ void sched_job_release(sched *s, sched_job *job); /* NULL-safe */
 typedef struct sched_stats {
     int32_t n_slots, slots_busy, queue_len, queue_cap;
     uint64_t steps, batch_tokens, prompt_tokens_evaluated, prompt_tokens_reused, gen_tokens;
-    uint64_t spec_drafted, spec_accepted; /* --lookup: draft tokens decoded, of them accepted */
+    uint64_t spec_drafted, spec_accepted; /* --lookup / --draft: draft tokens decoded, of them
+                                           * accepted */
     /* of prompt_tokens_reused: copied from another slot, restored from the prompt cache */
     uint64_t prefix_copied_tokens, cache_restored_tokens, cache_restores;
     int32_t cache_entries;

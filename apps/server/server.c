@@ -69,6 +69,12 @@ static void usage(FILE *f) {
             "  --batch N             tokens per engine step for prompt evaluation (default 256)\n"
             "  --lookup N            speculative decoding by prompt lookup (1..16 drafted tokens)\n"
             "                        while one slot generates alone; output unchanged\n"
+            "  --draft FILE          speculative decoding with a draft model (same vocabulary,\n"
+            "                        e.g. `llama3c convert MODEL -o D --type Q4_0`) while one slot\n"
+            "                        generates alone; output unchanged (also -md, --model-draft)\n"
+            "  --draft-max K         the most tokens one draft proposes, 1..16 (default 8)\n"
+            "  --draft-min K         verify no draft of fewer tokens (default 0)\n"
+            "  --draft-p-min P       stop a draft where the draft's top probability < P (default 0)\n"
             "  --cache-ram MIB       prompt cache in host memory: KV of earlier prompts and answers,\n"
             "                        restored for a request starting with the same tokens\n"
             "                        (default 256; 0: off)\n"
@@ -249,6 +255,23 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
         } else if (!strcmp(name, "--lookup")) {
             if (parse_int(name, val, 1, SCHED_LOOKUP_MAX, &x)) return -1;
             srv->lookup = (int)x;
+        } else if (!strcmp(name, "--draft") || !strcmp(name, "-md") || !strcmp(name, "--model-draft")) {
+            srv->draft_path = val;
+        } else if (!strcmp(name, "--draft-max") || !strcmp(name, "--draft-n")) {
+            if (parse_int(name, val, 1, SCHED_LOOKUP_MAX, &x)) return -1;
+            srv->draft_max = (int)x;
+        } else if (!strcmp(name, "--draft-min")) {
+            if (parse_int(name, val, 0, SCHED_LOOKUP_MAX, &x)) return -1;
+            srv->draft_min = (int)x;
+        } else if (!strcmp(name, "--draft-p-min")) {
+            char *end;
+            errno = 0;
+            double p = strtod(val, &end);
+            if (errno || end == val || *end || !(p >= 0.0 && p <= 1.0)) {
+                fprintf(stderr, "llama3c serve: --draft-p-min expects a number in [0, 1], got '%s'\n", val);
+                return -1;
+            }
+            srv->draft_p_min = (float)p;
         } else if (!strcmp(name, "--max-body")) {
             if (parse_int(name, val, 64, (long long)1 << 34, &x)) return -1;
             srv->max_body = (size_t)x;
@@ -283,6 +306,16 @@ static int parse_args(server *srv, cli_lora *lora, int argc, char **argv) {
     }
     if (!srv->model_path) {
         fprintf(stderr, "llama3c serve: a model is required (-m MODEL)\n");
+        return -1;
+    }
+    if (srv->draft_path && srv->lookup) {
+        fprintf(stderr, "llama3c serve: --lookup and --draft exclude each other\n");
+        return -1;
+    }
+    /* rank 0 would hold the draft alone, but loading a model is collective under mpirun */
+    if (srv->draft_path && l3c_dist_size() > 1) {
+        fprintf(stderr, "llama3c serve: --draft is not available in a distributed run (mpirun): "
+                        "serve without it, or use --lookup\n");
         return -1;
     }
     if (srv->api_key && !*srv->api_key) srv->api_key = NULL;
@@ -338,6 +371,37 @@ static int open_rag(server *srv, const l3c_model_info *info) {
     return 0;
 }
 
+/* --draft: loads the draft model (the target's vocabulary, else an error naming both files) and
+ * gives it a context of one sequence per slot, as many positions as a slot. 0, or -1 (printed). */
+static int open_draft(server *srv, const l3c_model_params *mp) {
+    l3c_model_params dp = *mp;
+    if (cli_model_load(srv->draft_path, &dp, &srv->dmodel) != L3C_OK) {
+        fprintf(stderr, "llama3c serve: --draft: %s\n", l3c_last_error());
+        return -1;
+    }
+    if (cli_draft_vocab_check("serve", srv->tok, srv->model_path, l3c_model_tokenizer(srv->dmodel),
+                              srv->draft_path))
+        return -1;
+    l3c_context_params cp = l3c_context_default_params();
+    cp.n_ctx = srv->n_ctx;
+    cp.n_seq = srv->parallel;
+    cp.n_batch = srv->step_tokens;
+    cp.n_threads = srv->threads;
+    cp.kv_type = srv->kv_type;
+    if (l3c_context_create(srv->dmodel, &cp, &srv->dctx) != L3C_OK) {
+        fprintf(stderr, "llama3c serve: cannot create the draft model's context: %s\n", l3c_last_error());
+        return -1;
+    }
+    if (l3c_context_n_ctx(srv->dctx) < srv->n_ctx) {
+        fprintf(stderr,
+                "llama3c serve: the draft model '%s' holds %d positions, fewer than a slot's %d "
+                "(use --ctx)\n",
+                srv->draft_path, (int)l3c_context_n_ctx(srv->dctx), (int)srv->n_ctx);
+        return -1;
+    }
+    return 0;
+}
+
 /* --api-keys: loads the accounts and re-reads them on SIGHUP. 0, or -1 (printed). */
 static int open_accounts(server *srv) {
     char err[512];
@@ -376,6 +440,7 @@ int cmd_serve(int argc, char **argv) {
     srv.parallel = 4;
     srv.queue = 64;
     srv.step_tokens = 256;
+    srv.draft_max = 8;
     srv.cache_mib = 256;
     srv.max_body = (size_t)1 << 20;
     srv.timeout_s = 60;
@@ -445,6 +510,10 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "llama3c serve: %s\n", l3c_last_error());
         goto out;
     }
+    if (srv.draft_path && open_draft(&srv, &mp)) goto out;
+    if (srv.dctx)
+        fprintf(stderr, "llama3c serve: draft model %s, drafts of up to %d tokens\n", srv.draft_path,
+                srv.draft_max);
     if (srv.rag_db && open_rag(&srv, &info)) goto out;
 
     if (!(srv.grammars = gcache_create(srv.tok, GRAMMAR_CACHE_SIZE))) {
@@ -453,8 +522,15 @@ int cmd_serve(int argc, char **argv) {
     }
     /* the prompt cache moves KV states through rank 0's memory: one process only (a led
      * context's cache is spread over the ranks; prefixes are still shared between slots) */
-    sched_options so = {srv.parallel, srv.step_tokens, srv.queue, srv.lookup,
-                        l3c_dist_size() == 1 ? (size_t)srv.cache_mib << 20 : 0};
+    sched_options so = {srv.parallel,
+                        srv.step_tokens,
+                        srv.queue,
+                        srv.lookup,
+                        l3c_dist_size() == 1 ? (size_t)srv.cache_mib << 20 : 0,
+                        srv.dctx,
+                        srv.draft_max,
+                        srv.draft_min,
+                        srv.draft_p_min};
     srv.sched = sched_create(srv.model, srv.ctx, &so);
     if (!srv.sched || sched_start(srv.sched) != 0) {
         fprintf(stderr, "llama3c serve: cannot start the scheduler\n");
@@ -490,6 +566,8 @@ out:
     sched_free(srv.sched);
     if (l3c_dist_rank() == 0) l3c_dist_release(srv.ctx); /* the other ranks' l3c_dist_follow returns */
     gcache_free(srv.grammars); /* after the jobs, which hold references */
+    l3c_context_free(srv.dctx);
+    l3c_model_free(srv.dmodel);
     l3c_context_free(srv.ctx);
     cli_adapters_free(adapters, lora.n);
     l3c_model_free(srv.model);

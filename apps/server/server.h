@@ -30,6 +30,9 @@ typedef struct server {
     int queue;            /* waiting requests beyond the slots */
     int step_tokens;      /* per-step token budget of the scheduler */
     int lookup;           /* --lookup N: prompt-lookup drafts for a slot generating alone */
+    const char *draft_path;   /* --draft FILE: a draft model for a slot generating alone */
+    int draft_max, draft_min; /* --draft-max (default 8), --draft-min (default 0) */
+    float draft_p_min;        /* --draft-p-min (default 0) */
     int cache_mib;        /* --cache-ram: prompt cache budget in MiB (0: off) */
     const char *api_key;  /* NULL: no authentication */
     const char *api_keys_path; /* --api-keys FILE: named keys with limits (accounts.h) */
@@ -54,6 +57,8 @@ typedef struct server {
     /* engine, set up before the HTTP daemon starts */
     l3c_model *model;
     l3c_context *ctx;
+    l3c_model *dmodel; /* --draft: the draft model, and its context of --parallel sequences */
+    l3c_context *dctx;
     const l3c_tokenizer *tok;
     sched *sched;
     l3c_chat_template tmpl;

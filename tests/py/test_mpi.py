@@ -257,6 +257,15 @@ def test_too_many_ranks_refused(mpi, tiny, tmp_path, split, n, what):
         assert f"rank {r} of {n}" in p.stderr, f"rank {r} did not report:\n{p.stderr[-3000:]}"
 
 
+def test_serve_draft_refused(mpi, tiny):
+    """serve --draft under mpirun: refused at once on every rank (loading the draft would be
+    collective), exit non-zero with the reason."""
+    t0 = time.monotonic()
+    p = mpirun(mpi, 2, "serve", "-m", tiny["f32"], "--port", "0", "-t", 1, "--split", "tensor",
+               "--draft", tiny["q8_0"], check=False, timeout=60)
+    assert_fast_failure(p, t0, "--draft is not available in a distributed run")
+
+
 def test_bad_layers_per_rank_refused(mpi, tiny, tmp_path):
     t0 = time.monotonic()
     p = mpirun(mpi, 2, "eval", "-m", tiny["f32"], "--ids", "1 2", "-o", tmp_path / "x.f32", "-t", 1,
