@@ -560,8 +560,7 @@ void cli_note_bf16(const char *cmd, const l3c_model *model) {
             stderr,
             "llama3c %s: --bf16 changes nothing here: the model has no F16/BF16 matrices (nor, on "
             "the amx path, Q4_0/Q8_0/Q4_K/Q5_K/Q6_K ones), the %s kernels have no bf16 dot "
-            "products "
-            "(AVX512-BF16), or L3C_PACK=0\n",
+            "products (AVX512-BF16), or L3C_PACK=0\n",
             cmd, l3c_backend_path());
 }
 
