@@ -33,6 +33,10 @@
  *    vdpbf16ps's), so this kernel serves every T: each (row, token) value is the same whatever T,
  *    the token's place or the row range (batch invariant), and differs from the avx512 bf16 path
  *    in the last bits only.
+ *  - quantized weights as bf16 (--bf16, calls of >= 32 tokens; see bq_gemm): the Q4_0 / Q8_0 /
+ *    Q4_K / Q5_K / Q6_K groups dequantized per call into the bf16 layout's B tiles, then the bf16
+ *    tile product: the packed_bf16 layout of those types is their packed one plus this prompt
+ *    kernel (l3c_pack_layout.prompt).
  *
  * Tiles are configured per call (ldtilecfg: the tile state is per thread and another kernel may
  * have changed it) and released at its end (tilerelease: the OS then saves no tile data).
