@@ -187,6 +187,25 @@ static void time_packed(const l3c_pack_layout *L, const char *what, const uint8_
     const double bytes = (double)row_bytes * (double)rows * g_passes;
     printf("      %-7s gemv %6.2f GB/s | gemm %8.2f GFLOP/s | pack %6.2f GB/s\n", what, bytes / best / 1e9,
            2.0 * N_IN * (double)mm_rows * GEMM_T / best_mm / 1e9, bytes / best_pk / 1e9);
+    if (L->prompt.gemm) { /* the prompt kernel (amx --bf16 on quantized weights), its activations */
+        const size_t pb = (size_t)(N_IN / L->prompt.act_block_size) * L->prompt.act_type_size;
+        uint8_t *xp = aligned_alloc(64, (pb * GEMM_T + 63) & ~(size_t)63);
+        for (int t = 0; t < GEMM_T; t++) {
+            for (int i = 0; i < N_IN; i++) x[i] = rndf(-2.0f, 2.0f);
+            L->prompt.act_from_float(x, xp + t * pb, N_IN);
+        }
+        double best_p = 1e30;
+        for (int k = 0; k < reps; k++) {
+            const double t0 = now();
+            for (int p = 0; p < (g_passes + 3) / 4; p++)
+                for (int64_t r0 = 0; r0 < mm_rows; r0 += GEMM_TILE)
+                    L->prompt.gemm(N_IN, GEMM_TILE, GEMM_T, y + r0, mm_rows, pk + r0 * row_bytes, xp, pb);
+            best_p = L3C_MIN(best_p, (now() - t0) / ((g_passes + 3) / 4));
+        }
+        printf("      %-7s prompt gemm (T >= %lld) %8.2f GFLOP/s\n", what, (long long)L->prompt.min_T,
+               2.0 * N_IN * (double)mm_rows * GEMM_T / best_p / 1e9);
+        free(xp);
+    }
     free(pk), free(xq), free(y), free(x);
 }
 

@@ -210,7 +210,8 @@ def main():
     ap.add_argument("--smollm2", action="store_true", help="also the default SmolLM2 Q4_1 model")
     ap.add_argument("--files", nargs="*", default=[], help="extra GGUF files to compare")
     ap.add_argument("--bf16", action="store_true",
-                    help="F16 files once more with llama3c --bf16 (bf16 matmul; llama.cpp unchanged)")
+                    help="every file once more with llama3c --bf16 (F16 / BF16: bf16 matmul; quantized, "
+                    "amx path: prompts on bf16 tiles; llama.cpp unchanged)")
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary as the peer")
     ap.add_argument("--build-peer", metavar="DIR",
                     help="build llama-bench natively from the llama-cpp-python sdist into DIR")
@@ -225,7 +226,7 @@ def main():
         f = os.path.join(a.dir, "llama3.2-1b-%s.gguf" % t)
         make_file(f, "llama3.2-1b", t)
         files.append(("1B " + t, f, ()))
-        if a.bf16 and t in ("F16", "BF16"):
+        if a.bf16:  # F16 / BF16: bf16 matmul; quantized (amx path): bf16 tiles for prompts
             files.append(("1B %s --bf16" % t, f, ("--bf16",)))
     if a.with_8b:
         for t in ("Q4_0", "Q4_K_M"):

@@ -71,7 +71,12 @@ typedef struct l3c_model_params {
      * products (AVX512-BF16): F16 weights are rounded to bf16 once at load and activations at
      * each matmul (~3 significant digits, like 8-bit activation blocks of quantized files), for
      * ~2x the multiply-adds per instruction in prompts. 0 (default): exact F16 / BF16 weights and
-     * fp32 activations. Prompt and generation use the same arithmetic either way. */
+     * fp32 activations. Prompt and generation use the same arithmetic either way. On the amx
+     * kernel path, 1 also takes Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices in calls of >= 32 tokens
+     * (prompts): weights dequantized to bf16 tiles, activations rounded to bf16 (about the same
+     * precision as their 8-bit activation blocks, ~1.5-2x the prompt speed); calls of fewer tokens
+     * (generation) keep the int8 kernels, so there a token's logits depend on whether it was in a
+     * call of >= 32 tokens. */
     int bf16_matmul;
     /* How the ranks of a distributed run (l3c_dist_init under mpirun) share the model; ignored
      * (the whole model) in a run of one rank. L3C_SPLIT_NONE (default): every rank holds all of

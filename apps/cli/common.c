@@ -522,7 +522,9 @@ void cli_opts_help(FILE *f, const cli_opts *d) {
         "  --bf16                  F16/BF16 weight matrices multiply in bfloat16 where the CPU "
         "has\n"
         "                          bf16 dot products (AVX512-BF16): faster prompts, weights and\n"
-        "                          activations rounded to ~3 significant digits (default: exact)\n"
+        "                          activations rounded to ~3 significant digits (default: exact);\n"
+        "                          on AMX also Q4_0/Q8_0/Q4_K/Q5_K/Q6_K ones in prompts (>= 32 "
+        "tokens)\n"
         "  -c, --ctx-size N        context positions (default: the model's, capped by a 1 GiB KV "
         "cache)\n"
         "  -b, --batch-size N      prompt tokens per forward pass (default %d)\n"
@@ -570,10 +572,12 @@ void cli_note_bf16(const char *cmd, const l3c_model *model) {
     l3c_model_info mi;
     l3c_model_get_info(model, &mi);
     if (mi.n_bf16_matmul == 0)
-        fprintf(stderr,
-                "llama3c %s: --bf16 changes nothing here: the model has no F16/BF16 matrices, "
-                "the %s kernels have no bf16 dot products (AVX512-BF16), or L3C_PACK=0\n",
-                cmd, l3c_backend_path());
+        fprintf(
+            stderr,
+            "llama3c %s: --bf16 changes nothing here: the model has no F16/BF16 matrices (nor, on "
+            "the amx path, Q4_0/Q8_0/Q4_K/Q5_K/Q6_K ones), the %s kernels have no bf16 dot "
+            "products (AVX512-BF16), or L3C_PACK=0\n",
+            cmd, l3c_backend_path());
 }
 
 l3c_status cli_model_load(const char *path, l3c_model_params *mp, l3c_model **out) {

@@ -39,14 +39,22 @@
 typedef struct act_fmt {
     l3c_from_float_fn from;
     size_t row_bytes;
+    l3c_gemm_packed_fn gemm; /* packed: the layout's kernel for this T (its prompt kernel or not) */
 } act_fmt;
 
-static bool act_format(const l3c_weight *w, const l3c_type_traits *tr, act_fmt *f) {
+static bool act_format(const l3c_weight *w, const l3c_type_traits *tr, int64_t T, act_fmt *f) {
+    f->gemm = NULL;
     if (w->packed) {
         const l3c_pack_layout *L = w->layout;
         if (!L || !L->gemm || w->n_in % L->act_block_size) return false;
         f->from = L->act_from_float;
         f->row_bytes = (size_t)(w->n_in / L->act_block_size) * L->act_type_size;
+        f->gemm = L->gemm;
+        if (L->prompt.gemm && T >= L->prompt.min_T && w->n_in % L->prompt.act_block_size == 0) {
+            f->from = L->prompt.act_from_float;
+            f->row_bytes = (size_t)(w->n_in / L->prompt.act_block_size) * L->prompt.act_type_size;
+            f->gemm = L->prompt.gemm;
+        }
         return true;
     }
     if (!tr->vec_dot || !l3c_row_size(tr->vec_dot_type, w->n_in, &f->row_bytes)) return false;
@@ -64,7 +72,8 @@ static size_t plan_scratch(int n, const l3c_weight *const *w, int64_t T, size_t 
     if (n < 1 || n > L3C_MATMUL_MAX || T < 0) return SIZE_MAX;
     for (int i = 0; i < n; i++) {
         size_t bytes;
-        if (!act_format(w[i], l3c_type_traits_get(w[i]->type), &fmt[i]) || w[i]->n_in != w[0]->n_in)
+        if (!act_format(w[i], l3c_type_traits_get(w[i]->type), T, &fmt[i]) ||
+            w[i]->n_in != w[0]->n_in)
             return SIZE_MAX;
         slot[i] = SIZE_MAX;
         if (!fmt[i].from) continue;
@@ -95,6 +104,7 @@ typedef struct matmul_job {
     const l3c_type_traits *tr[L3C_MATMUL_MAX];
     float *y[L3C_MATMUL_MAX];     /* [T x w[i]->n_out] */
     const void *xq[L3C_MATMUL_MAX]; /* [T x xs[i] bytes] x in w[i]'s activation format */
+    l3c_gemm_packed_fn gemm[L3C_MATMUL_MAX]; /* packed w[i]: its kernel for this T */
     size_t xs[L3C_MATMUL_MAX];
     l3c_from_float_fn from[L3C_MATMUL_MAX];
     int64_t first_chunk[L3C_MATMUL_MAX + 1]; /* chunks of w[i]: [first_chunk[i], first_chunk[i+1]) */
@@ -133,7 +143,7 @@ static void tile(const matmul_job *j, int i, int64_t r0, int64_t r1) {
     if (w->packed) { /* groups of R rows, each R * row_bytes; r0 % R == 0 */
         const int64_t R = w->layout->rows;
         const char *g = (const char *)w->packed + (size_t)(r0 / R) * (size_t)R * w->row_bytes;
-        w->layout->gemm(w->n_in, r1 - r0, j->T, y, w->n_out, g, xq, j->xs[i]);
+        j->gemm[i](w->n_in, r1 - r0, j->T, y, w->n_out, g, xq, j->xs[i]);
         return;
     }
     if (tr->gemm) {
@@ -191,6 +201,7 @@ void l3c_matmul_multi(l3c_threadpool *tp, int n, const l3c_weight *const *w, flo
         job.y[i] = y[i];
         job.xs[i] = fmt[i].row_bytes;
         job.from[i] = fmt[i].from;
+        job.gemm[i] = fmt[i].gemm;
         if (slot[i] == SIZE_MAX) {
             job.xq[i] = x; /* F32: already in the activation format */
             continue;

@@ -82,6 +82,16 @@ typedef struct l3c_pack_layout {
     l3c_from_float_fn act_from_float; /* activations for gemm (NULL: F32 rows used as they are), */
     int64_t act_block_size;           /* in blocks of this many elements, */
     size_t act_type_size;             /* each this many bytes */
+    /* optional second kernel on the same packed weights for calls of at least min_T tokens
+     * (prompts), with its own activation format (gemm == NULL: none): the bf16 tile kernel of
+     * the quantized layouts on the amx path (--bf16, x86_amx.h "quantized weights as bf16") */
+    struct {
+        l3c_gemm_packed_fn gemm;
+        l3c_from_float_fn act_from_float;
+        int64_t act_block_size;
+        size_t act_type_size;
+        int64_t min_T;
+    } prompt;
 } l3c_pack_layout;
 
 typedef struct l3c_type_traits {
@@ -96,7 +106,8 @@ typedef struct l3c_type_traits {
     l3c_gemm_fn gemm;          /* optional batched kernel, NULL in the reference table */
     /* optional packed layouts (see l3c_pack_fn): the exact one, used by default, and one that
      * computes in bfloat16 (F16 / BF16 weights rounded to bf16 at load, activations at each
-     * matmul; ~3 significant digits), used only for a model loaded with bf16_matmul */
+     * matmul; ~3 significant digits), used only for a model loaded with bf16_matmul; on the
+     * amx path the quantized types' packed_bf16 is their packed layout plus a bf16 prompt kernel */
     l3c_pack_layout packed;
     l3c_pack_layout packed_bf16;
 } l3c_type_traits;

@@ -33,6 +33,10 @@
  *    vdpbf16ps's), so this kernel serves every T: each (row, token) value is the same whatever T,
  *    the token's place or the row range (batch invariant), and differs from the avx512 bf16 path
  *    in the last bits only.
+ *  - quantized weights as bf16 (--bf16, calls of >= 32 tokens; see bq_gemm): the Q4_0 / Q8_0 /
+ *    Q4_K / Q5_K / Q6_K groups dequantized per call into the bf16 layout's B tiles, then the bf16
+ *    tile product: the packed_bf16 layout of those types is their packed one plus this prompt
+ *    kernel (l3c_pack_layout.prompt).
  *
  * Tiles are configured per call (ldtilecfg: the tile state is per thread and another kernel may
  * have changed it) and released at its end (tilerelease: the OS then saves no tile data).
@@ -576,11 +580,14 @@ AMX_INT8_KERNEL(q6_K, AMX_Q6_K, L3C_TYPE_Q6_K)
  * 0..15, group 0), 1 (tokens 0..15, group 1), 2 (tokens 16.., group 0), 3 (tokens 16.., group 1);
  * A 4, 5; B 6, 7. Each A and B load serves two products.
  */
-INLINE void bf16_tiles(int G, int TT, int64_t nb, const char *g, size_t gbytes, const char *x, size_t xs) {
-    AMX_ZERO(0);
-    if (G == 2) AMX_ZERO(1);
-    if (TT == 2) AMX_ZERO(2);
-    if (TT == 2 && G == 2) AMX_ZERO(3);
+INLINE void bf16_tiles(int G, int TT, bool zero, int64_t nb, const char *g, size_t gbytes,
+                       const char *x, size_t xs) {
+    if (zero) { /* else the caller loaded the C tiles */
+        AMX_ZERO(0);
+        if (G == 2) AMX_ZERO(1);
+        if (TT == 2) AMX_ZERO(2);
+        if (TT == 2 && G == 2) AMX_ZERO(3);
+    }
     for (int64_t b = 0; b < nb; b++) {
         AMX_LOAD(4, x + 64 * b, xs);
         if (TT == 2) AMX_LOAD(5, x + AMX_M * xs + 64 * b, xs);
@@ -626,10 +633,14 @@ static void gemm_amx_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_
         for (int64_t r0 = 0; r0 < n_rows; r0 += 2 * AMX_ROWS) {
             const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
             const int nr0 = (int)L3C_MIN(AMX_ROWS, n_rows - r0), nr1 = (int)L3C_MIN(AMX_ROWS, n_rows - r0 - nr0);
-            if (nr1 > 0 && M1 > 0) bf16_tiles(2, 2, nb, g, gbytes, xt, xs);
-            else if (nr1 > 0) bf16_tiles(2, 1, nb, g, gbytes, xt, xs);
-            else if (M1 > 0) bf16_tiles(1, 2, nb, g, gbytes, xt, xs);
-            else bf16_tiles(1, 1, nb, g, gbytes, xt, xs);
+            if (nr1 > 0 && M1 > 0)
+                bf16_tiles(2, 2, true, nb, g, gbytes, xt, xs);
+            else if (nr1 > 0)
+                bf16_tiles(2, 1, true, nb, g, gbytes, xt, xs);
+            else if (M1 > 0)
+                bf16_tiles(1, 2, true, nb, g, gbytes, xt, xs);
+            else
+                bf16_tiles(1, 1, true, nb, g, gbytes, xt, xs);
             float *y0 = y + t0 * ldy + r0, *y1 = y0 + AMX_M * ldy;
             BF16_STORE(0, M0, nr0, y0, ldy);
             if (nr1 > 0) BF16_STORE(1, M0, nr1, y0 + AMX_ROWS, ldy);
@@ -639,6 +650,184 @@ static void gemm_amx_bf16(int64_t n, int64_t n_rows, int64_t T, float *y, int64_
     }
     AMX_RELEASE();
 }
+
+/* ---------------------------------------------------------------- quantized weights as bf16 */
+
+/*
+ * --bf16 on the quantized layouts (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K), calls of at least BQ_MIN_T
+ * tokens only (prompts): the int8 kernels above fold every 32-element block's (or 16's) scale
+ * outside the tile unit, which bounds them at a few % of its int8 peak. Here the call's two
+ * groups (32 rows) are dequantized, up to BQ_KC blocks of 32 at a time, into bf16 B tiles (the
+ * layout of gemm_amx_bf16: chunk p lane r = the pair (2p, 2p + 1) of row r) in a buffer of this
+ * call that stays in L2 (2 x 64 KiB), and every token tile of the call runs the bf16 tile product
+ * over them with fp32 accumulation in C; activations are rounded to bf16 (the bf16 layout's
+ * activation format). Each weight is exactly the file's dequantized value (integer quant *
+ * scale + offset: one fma, exact where the reference's dequantization is) rounded to bf16
+ * (nearest even), so the result is gemm_amx_bf16's on those bf16 weights bit for bit (test_simd
+ * checks it). C goes to y and back between chunks of K (a store and a load: the same bits, the
+ * same order), so each value is the same whatever T, the token's place or the row range; calls
+ * with fewer tokens (decode) run the int8 kernels, so --bf16 on a quantized model is not batch
+ * invariant across that boundary.
+ */
+#define BQ_MIN_T 32 /* tokens: below, the dequantization is not paid back */
+#define BQ_KC    64 /* 32-element blocks per chunk of K (a multiple of 8: whole super-blocks) */
+
+/* the 16 rows' scale s and offset o spread over the 4 quarters of a 64-byte int8 chunk (quarter
+ * k holds rows 4k .. 4k + 3, four quants each) */
+INLINE void bq_spread(__m512 s, __m512 o, __m512 sk[4], __m512 ok[4]) {
+    for (int k = 0; k < 4; k++) {
+        const __m512i idx = _mm512_set_epi32(4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 2,
+                                             4 * k + 2, 4 * k + 2, 4 * k + 2, 4 * k + 1, 4 * k + 1,
+                                             4 * k + 1, 4 * k + 1, 4 * k, 4 * k, 4 * k, 4 * k);
+        sk[k] = _mm512_permutexvar_ps(idx, s), ok[k] = _mm512_permutexvar_ps(idx, o);
+    }
+}
+
+/* one int8 B-tile chunk (lane r: quants 4c .. 4c + 3 of row r, unsigned) to the two bf16 chunks
+ * 2c (pairs 4c, 4c + 1) and 2c + 1 at dst: bf16(q * s + o) */
+INLINE void bq_chunk(const uint8_t *q, const __m512 sk[4], const __m512 ok[4], char *dst) {
+    __m512 f[4];
+    for (int k = 0; k < 4; k++)
+        f[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                                   _mm_loadu_si128((const __m128i *)(q + 16 * k)))),
+                               sk[k], ok[k]);
+    /* dword i of h0: row i / 2 (rows 0..7), pair i % 2; h1: rows 8..15 */
+    const __m512i h0 = (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0]),
+                  h1 = (__m512i)_mm512_cvtne2ps_pbh(f[3], f[2]);
+    const __m512i even =
+        _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    _mm512_store_si512(dst, _mm512_permutex2var_epi32(h0, even, h1));
+    _mm512_store_si512(dst + 64, _mm512_permutex2var_epi32(h0, odd, h1));
+}
+
+INLINE __m512 bq_ph(const char *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* blocks [kb0, kb0 + kc) of 32 elements of the group at g as bf16 B tiles (1 KiB each) at dst */
+static void bq_dequant(int kind, const char *g, int64_t kb0, int kc, char *dst) {
+    _Alignas(64) uint8_t qt[AMX_KP * 512]; /* the int8 B tiles of one block / super-block */
+    __m512 sk[4], ok[4];
+    if (kind == AMX_Q4_0 || kind == AMX_Q8_0) { /* (nibble - 8) d, (byte ^ 0x80 - 128) d */
+        const size_t gbs = group_block_bytes(kind);
+        const __m512 off = _mm512_set1_ps(kind == AMX_Q4_0 ? -8.0f : -128.0f);
+        for (int k = 0; k < kc; k++) {
+            const char *gb = g + (kb0 + k) * gbs;
+            const uint8_t *bt = q_btile(kind, gb, qt);
+            const __m512 d = bq_ph(gb);
+            bq_spread(d, _mm512_mul_ps(d, off), sk, ok);
+            for (int c = 0; c < 8; c++)
+                bq_chunk(bt + 64 * c, sk, ok, dst + 1024 * k + 128 * c);
+        }
+        return;
+    }
+    for (int64_t sb = kb0 / 8; sb < (kb0 + kc) / 8; sb++) { /* K-quants: whole super-blocks */
+        const char *gb = g + sb * group_block_bytes(kind);
+        char *o = dst + (sb * 8 - kb0) * 1024;
+        kq_btiles(kind, gb, qt);
+        const __m512 dw = bq_ph(gb);
+        if (kind == AMX_Q6_K) { /* d sc_p (q - 32), p: 16 elements */
+            for (int p = 0; p < 16; p++) {
+                const __m512 s = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(q6_scale(gb, p)));
+                bq_spread(s, _mm512_mul_ps(s, _mm512_set1_ps(-32.0f)), sk, ok);
+                for (int c = 0; c < 4; c++)
+                    bq_chunk(qt + 256 * p + 64 * c, sk, ok, o + 512 * p + 128 * c);
+            }
+            continue;
+        }
+        __m512i u[4]; /* Q4_K / Q5_K: d sc_p q - dmin m_p, p: 32 elements */
+        q4k_scales(gb, u);
+        const __m512 dmw = bq_ph(gb + 32);
+        for (int p = 0; p < 8; p++) {
+            const __m512 s = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(q4k_byte(u, p)));
+            const __m512 m = _mm512_mul_ps(dmw, _mm512_cvtepi32_ps(q4k_byte(u, 8 + p)));
+            bq_spread(s, _mm512_sub_ps(_mm512_setzero_ps(), m), sk, ok);
+            for (int c = 0; c < 8; c++)
+                bq_chunk(qt + 512 * p + 64 * c, sk, ok, o + 1024 * p + 128 * c);
+        }
+    }
+}
+
+/* C tile of M tokens x 16 rows from y (row stride ldy), its first nr rows (the rest zero) */
+#define BQ_LOADC(tile, M, nr, y, ldy)                                                              \
+    do {                                                                                           \
+        if ((nr) == AMX_ROWS) {                                                                    \
+            AMX_LOAD(tile, y, (ldy) * sizeof(float));                                              \
+        } else {                                                                                   \
+            _Alignas(64) float c_[AMX_M * AMX_ROWS] = {0};                                         \
+            for (int t_ = 0; t_ < (M); t_++)                                                       \
+                memcpy(c_ + AMX_ROWS * t_, (y) + t_ * (ldy), (nr) * sizeof(float));                \
+            AMX_LOAD(tile, c_, AMX_ROWS * sizeof(float));                                          \
+        }                                                                                          \
+    } while (0)
+
+static void bq_gemm(int kind, int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,
+                    const void *wp, const void *x, size_t xs) {
+    const int64_t nb = n / 32;
+    const bool kq = kind == AMX_Q4_K || kind == AMX_Q5_K || kind == AMX_Q6_K;
+    const size_t gbytes = (size_t)(kq ? nb / 8 : nb) * group_block_bytes(kind);
+    _Alignas(64) char wb[2][BQ_KC * 1024]; /* the two groups' bf16 B tiles of a chunk of K */
+    amx_cfg cfg = {.palette = 1};
+    int shape = 0;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 2 * AMX_ROWS) {
+        const char *g = (const char *)wp + (size_t)(r0 / AMX_ROWS) * gbytes;
+        const int nr0 = (int)L3C_MIN(AMX_ROWS, n_rows - r0),
+                  nr1 = (int)L3C_MIN(AMX_ROWS, n_rows - r0 - nr0);
+        for (int64_t kb0 = 0; kb0 < nb; kb0 += BQ_KC) {
+            const int kc = (int)L3C_MIN(BQ_KC, nb - kb0);
+            bq_dequant(kind, g, kb0, kc, wb[0]);
+            if (nr1 > 0) bq_dequant(kind, g + gbytes, kb0, kc, wb[1]);
+            const bool first = kb0 == 0;
+            for (int64_t t0 = 0; t0 < T; t0 += 2 * AMX_M) {
+                const int M0 = (int)L3C_MIN(AMX_M, T - t0), M1 = (int)L3C_MIN(AMX_M, T - t0 - M0);
+                if (shape != M0 + 64 * M1) {
+                    amx_cfg fresh = {.palette = 1};
+                    cfg = fresh;
+                    amx_tile_shape(&cfg, 0, M0, 64), amx_tile_shape(&cfg, 1, M0, 64),
+                        amx_tile_shape(&cfg, 4, M0, 64);
+                    amx_tile_shape(&cfg, 2, M1, 64), amx_tile_shape(&cfg, 3, M1, 64),
+                        amx_tile_shape(&cfg, 5, M1, 64);
+                    amx_tile_shape(&cfg, 6, 16, 64), amx_tile_shape(&cfg, 7, 16, 64);
+                    AMX_CFG(&cfg);
+                    shape = M0 + 64 * M1;
+                }
+                const char *xt = (const char *)x + t0 * xs + kb0 * 64;
+                float *y0 = y + t0 * ldy + r0, *y1 = y0 + AMX_M * ldy;
+                if (!first) {
+                    BQ_LOADC(0, M0, nr0, y0, ldy);
+                    if (nr1 > 0) BQ_LOADC(1, M0, nr1, y0 + AMX_ROWS, ldy);
+                    if (M1 > 0) BQ_LOADC(2, M1, nr0, y1, ldy);
+                    if (M1 > 0 && nr1 > 0) BQ_LOADC(3, M1, nr1, y1 + AMX_ROWS, ldy);
+                }
+                if (nr1 > 0 && M1 > 0)
+                    bf16_tiles(2, 2, first, kc, wb[0], sizeof wb[0], xt, xs);
+                else if (nr1 > 0)
+                    bf16_tiles(2, 1, first, kc, wb[0], sizeof wb[0], xt, xs);
+                else if (M1 > 0)
+                    bf16_tiles(1, 2, first, kc, wb[0], sizeof wb[0], xt, xs);
+                else
+                    bf16_tiles(1, 1, first, kc, wb[0], sizeof wb[0], xt, xs);
+                BF16_STORE(0, M0, nr0, y0, ldy);
+                if (nr1 > 0) BF16_STORE(1, M0, nr1, y0 + AMX_ROWS, ldy);
+                if (M1 > 0) BF16_STORE(2, M1, nr0, y1, ldy);
+                if (M1 > 0 && nr1 > 0) BF16_STORE(3, M1, nr1, y1 + AMX_ROWS, ldy);
+            }
+        }
+    }
+    AMX_RELEASE();
+}
+
+#define AMX_BQ_KERNEL(name, kind)                                                                  \
+    static void gemm_amx_bq_##name(int64_t n, int64_t n_rows, int64_t T, float *y, int64_t ldy,    \
+                                   const void *wp, const void *x, size_t xs) {                     \
+        bq_gemm(kind, n, n_rows, T, y, ldy, wp, x, xs);                                            \
+    }
+AMX_BQ_KERNEL(q4_0, AMX_Q4_0)
+AMX_BQ_KERNEL(q8_0, AMX_Q8_0)
+AMX_BQ_KERNEL(q4_K, AMX_Q4_K)
+AMX_BQ_KERNEL(q5_K, AMX_Q5_K)
+AMX_BQ_KERNEL(q6_K, AMX_Q6_K)
 
 /* ---------------------------------------------------------------- table */
 
@@ -675,6 +864,30 @@ bool AMX_PATH_HOOK(l3c_type_traits *table) {
         l3c_pack_layout *L = k[i].bf16 ? &table[k[i].type].packed_bf16 : &table[k[i].type].packed;
         const l3c_pack_layout *V = k[i].bf16 ? &g_avx512[k[i].type].packed_bf16 : &g_avx512[k[i].type].packed;
         if (L->rows == AMX_ROWS && V->rows == AMX_ROWS && L->pack == V->pack) L->gemm = k[i].gemm;
+    }
+    /* --bf16: the quantized layouts as they are (their int8 kernels for few tokens) plus the bf16
+     * prompt kernel, whose activations are the bf16 layout's */
+    const l3c_pack_layout *A = &g_avx512[L3C_TYPE_F16].packed_bf16;
+    static const struct {
+        int type;
+        l3c_gemm_packed_fn gemm;
+    } q[] = {{L3C_TYPE_Q4_0, gemm_amx_bq_q4_0},
+             {L3C_TYPE_Q8_0, gemm_amx_bq_q8_0},
+             {L3C_TYPE_Q4_K, gemm_amx_bq_q4_K},
+             {L3C_TYPE_Q5_K, gemm_amx_bq_q5_K},
+             {L3C_TYPE_Q6_K, gemm_amx_bq_q6_K}};
+    for (size_t i = 0; i < sizeof q / sizeof q[0] && A->rows; i++) {
+        const l3c_pack_layout *P = &table[q[i].type].packed;
+        if (P->rows != AMX_ROWS || P->pack != g_avx512[q[i].type].packed.pack ||
+            A->act_block_size != 32 || A->act_type_size != 64)
+            continue;
+        l3c_pack_layout *L = &table[q[i].type].packed_bf16;
+        *L = *P;
+        L->prompt.gemm = q[i].gemm;
+        L->prompt.act_from_float = A->act_from_float;
+        L->prompt.act_block_size = A->act_block_size;
+        L->prompt.act_type_size = A->act_type_size;
+        L->prompt.min_T = BQ_MIN_T;
     }
     return true;
 }

@@ -157,9 +157,10 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
             fprintf(stderr, "llama3c: rank %d of %d (--split layers): layers [%d, %d), vocabulary [%d, %d)\n",
                     s->rank, s->size, s->layer0, s->layer1, s->vocab0, s->vocab1);
         if (m->w.pack_bytes)
-            fprintf(stderr, "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s%s\n",
+            fprintf(stderr,
+                    "llama3c: %.1f MiB of weights repacked for the %s kernels in %.2f s%s\n",
                     (double)m->w.pack_bytes / (1024.0 * 1024.0), l3c_kernels_path(), t_pack,
-                    m->w.n_bf16 ? " (F16/BF16 matrices as bf16)" : "");
+                    m->w.n_bf16 ? " (matrices as bf16: --bf16)" : "");
     }
     *out = m;
     return L3C_OK;

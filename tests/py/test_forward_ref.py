@@ -287,3 +287,30 @@ def test_amx_bf16_vs_reference(llama3c, tiny_model, tmp_path, monkeypatch, kpath
     for batch in (1, 5, 17):
         chunked = eval_logits(path, PROMPT, tmp_path, batch=batch, extra=("--bf16", "--kv", "f32"))
         assert np.array_equal(full, chunked), f"{kpath} --bf16 --batch {batch} differs from one batch"
+
+
+# --bf16 on quantized weights (x86_amx.h "quantized weights as bf16", amx paths only): calls of at
+# least 32 tokens (the 32-token PROMPT in one batch) dequantize Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K
+# weights to bf16 tiles, activations rounded to bf16: held to the bf16 tolerance against the
+# float64 reference on the file's dequantized weights, and batch invariant among such calls. Fewer
+# tokens (--batch 5, generation) keep the int8 kernels: the logits without --bf16, bit for bit.
+AMX_BQ_CASES = [(k, s, t) for k in AMX_PATHS
+                for s, t in (("gqa1_tied", "Q4_0"), ("gqa4_untied_rf", "Q8_0"), ("gqa1_tied", "Q4_K_M"),
+                             ("gqa4_untied_rf", "Q5_K"), ("gqa4_untied_rf", "Q6_K"))]
+
+
+@pytest.mark.parametrize("kpath,shape,wtype", AMX_BQ_CASES, ids=[f"{k}-{s}-{t}" for k, s, t in AMX_BQ_CASES])
+def test_amx_bf16_quantized_vs_reference(llama3c, tiny_model, tmp_path, monkeypatch, kpath, shape, wtype):
+    path = tiny_model(shape, SHAPES[shape], wtype)
+    use_kernel_path(kpath, path, monkeypatch)
+    assert bf16_matrices(path) == 7 * SHAPES[shape].n_layer + 1, "--bf16 did not take every quantized matrix"
+    ref = reference(path)
+    int8 = eval_logits(path, PROMPT, tmp_path, extra=("--kv", "f32"))
+    ours = eval_logits(path, PROMPT, tmp_path, extra=("--bf16", "--kv", "f32"))
+    check(compare(ours, ref), "bf16_matmul", f"{shape} {wtype} --bf16 on {kpath} vs numpy float64 reference")
+    assert not np.array_equal(ours, int8), "--bf16 gave the int8 kernels' logits: the bf16 tiles did not run"
+    again = eval_logits(path, PROMPT + PROMPT[1:17], tmp_path, extra=("--bf16", "--kv", "f32"))
+    assert np.array_equal(again[:len(PROMPT)], ours), "--bf16 prompt of 48 tokens differs on the first 32"
+    chunked = eval_logits(path, PROMPT, tmp_path, batch=5, extra=("--bf16", "--kv", "f32"))
+    want = eval_logits(path, PROMPT, tmp_path, batch=5, extra=("--kv", "f32"))
+    assert np.array_equal(chunked, want), f"{kpath} --bf16 --batch 5 (int8 kernels) differs from no --bf16"

@@ -408,12 +408,125 @@ static int check_layout(const char *path, int type, const l3c_type_traits *st, c
     return tested;
 }
 
+/*
+ * The prompt kernel of a packed layout (layout.prompt.gemm: the amx path's --bf16 on quantized
+ * weights, calls of >= prompt.min_T tokens): on the layout's packed weights and its activations
+ * (exactly the reference BF16 rows of the floats), against
+ *  - the scalar reference "dequantize (reference to_float) -> round to bf16 (nearest even) ->
+ *    float64 dot with the bf16 activations", within 1e-5 * sum |w x| (fp32 accumulation);
+ *  - bit for bit, the table's bf16 kernel of BF16 weights (gemm_amx_bf16 on the amx paths) on those
+ *    bf16-rounded weights: the dequantization adds no rounding of its own;
+ * and bit-identical for other T, token offsets and row counts (batch invariance); nothing written
+ * past n_rows. Lengths: up to 73 blocks of 32, past the kernel's 64-block chunks of K.
+ */
+static int check_prompt(const char *path, int type, const l3c_type_traits *tab,
+                        const l3c_pack_layout *L) {
+    int tested = 0;
+    const l3c_pack_layout *B = &tab[L3C_TYPE_BF16].packed_bf16;
+    const bool k_quant = l3c_type_traits_ref(type)->block_size == 256;
+    const int64_t lens[] = {32, 224, 2336}, klens[] = {256, 2304}, PR = L->rows;
+    CHECK_MSG(L->prompt.act_block_size == 32 && L->prompt.act_type_size == 64 && B->rows == PR,
+              "%s prompt kernel of %s: bf16 activations and a bf16 layout of 16 rows expected",
+              path, l3c_type_name(type));
+    if (check_failures) return 0;
+    for (size_t li = 0; li < (k_quant ? 2 : 3); li++) {
+        const int64_t n = k_quant ? klens[li] : lens[li];
+        enum { R = 35, T = 37, LDY = 37 };
+        const int ng = (R + (int)PR - 1) / (int)PR;
+        size_t wb, bb, xb = (size_t)n * 2;
+        L3C_ASSERT(l3c_row_size(type, n, &wb) && l3c_row_size(L3C_TYPE_BF16, n, &bb));
+        uint8_t *w = malloc(wb * R), *pk = malloc(wb * PR * ng), *wbf = malloc(bb * R),
+                *pkb = malloc(bb * PR * ng);
+        uint8_t *xq = malloc(xb * T), *ref_x = malloc(xb);
+        float *x = malloc((size_t)n * sizeof(float)), *wf = malloc((size_t)n * R * sizeof(float));
+        float *y = malloc(sizeof(float) * T * LDY), *y2 = malloc(sizeof(float) * T * LDY);
+        for (int r = 0; r < R; r++) {
+            make_weights(type, n, w + r * wb, wb);
+            l3c_type_traits_ref(type)->to_float(w + r * wb, wf + r * n, n);
+            for (int64_t i = 0; i < n; i++) {
+                const uint16_t h = l3c_fp32_to_bf16(wf[r * n + i]);
+                wf[r * n + i] = l3c_bf16_to_fp32(h);
+                memcpy(wbf + r * bb + 2 * i, &h, 2);
+            }
+        }
+        for (int g = 0; g < ng; g++) {
+            const int nr = (int)L3C_MIN(PR, R - g * PR);
+            L->pack(n, nr, w + (size_t)g * PR * wb, wb, pk + (size_t)g * PR * wb);
+            B->pack(n, nr, wbf + (size_t)g * PR * bb, bb, pkb + (size_t)g * PR * bb);
+        }
+        for (int t = 0; t < T; t++) {
+            make_acts(n, x);
+            L->prompt.act_from_float(x, xq + t * xb, n);
+            l3c_type_traits_ref(L3C_TYPE_BF16)->from_float(x, ref_x, n);
+            CHECK_MSG(memcmp(xq + t * xb, ref_x, xb) == 0,
+                      "%s prompt activations for %s n=%lld t=%d", path, l3c_type_name(type),
+                      (long long)n, t);
+        }
+        for (int i = 0; i < T * LDY; i++)
+            y[i] = y2[i] = -777.0f;
+        L->prompt.gemm(n, R, T, y, LDY, pk, xq, xb);
+        B->gemm(n, R, T, y2, LDY, pkb, xq, xb);
+        for (int t = 0; t < T; t++) {
+            const uint16_t *ab = (const uint16_t *)(xq + t * xb);
+            for (int r = 0; r < R; r++) {
+                double ref = 0.0, mag = 0.0;
+                for (int64_t i = 0; i < n; i++) {
+                    const double p = (double)wf[r * n + i] * l3c_bf16_to_fp32(ab[i]);
+                    ref += p, mag += fabs(p);
+                }
+                CHECK_MSG(fabs((double)y[t * LDY + r] - ref) <= 1e-5 * mag + 1e-30,
+                          "%s prompt gemm %s n=%lld r=%d t=%d: %.9g vs %.9g", path,
+                          l3c_type_name(type), (long long)n, r, t, y[t * LDY + r], ref);
+                CHECK_MSG(memcmp(&y[t * LDY + r], &y2[t * LDY + r], sizeof(float)) == 0,
+                          "%s prompt gemm %s n=%lld r=%d t=%d: %.9g, the bf16 kernel on the bf16 "
+                          "weights %.9g",
+                          path, l3c_type_name(type), (long long)n, r, t, y[t * LDY + r],
+                          y2[t * LDY + r]);
+            }
+            for (int r = R; r < LDY; r++)
+                CHECK_MSG(y[t * LDY + r] == -777.0f, "%s prompt gemm %s wrote past n_rows", path,
+                          l3c_type_name(type));
+        }
+        if (li + 1 == (k_quant ? 2u : 3u)) { /* the longest rows: any T, offset and row count */
+            const int rows[] = {1, 17, 35}, nts[] = {1, 16, 33, T};
+            for (size_t ri = 0; ri < 3; ri++)
+                for (size_t ni = 0; ni < 4; ni++) {
+                    const int nt = nts[ni], t0 = T - nt;
+                    for (int i = 0; i < T * LDY; i++)
+                        y2[i] = -777.0f;
+                    L->prompt.gemm(n, rows[ri], nt, y2, LDY, pk, xq + t0 * xb, xb);
+                    for (int t = 0; t < nt; t++) {
+                        for (int r = 0; r < rows[ri]; r++)
+                            CHECK_MSG(memcmp(&y2[t * LDY + r], &y[(t0 + t) * LDY + r],
+                                             sizeof(float)) == 0,
+                                      "%s prompt invariance %s n=%lld rows=%d T=%d t0=%d r=%d t=%d",
+                                      path, l3c_type_name(type), (long long)n, rows[ri], nt, t0, r,
+                                      t);
+                        CHECK_MSG(y2[t * LDY + rows[ri]] == -777.0f,
+                                  "%s prompt gemm %s wrote row %d", path, l3c_type_name(type),
+                                  rows[ri]);
+                    }
+                    tested++;
+                }
+        }
+        free(w), free(pk), free(wbf), free(pkb), free(xq), free(ref_x), free(x), free(wf), free(y),
+            free(y2);
+    }
+    return tested;
+}
+
 static void check_packed(const char *path, const l3c_type_traits *tab) {
     int before = check_failures, tested = 0;
     for (size_t k = 0; k < sizeof g_types / sizeof g_types[0]; k++) {
         const l3c_type_traits *st = &tab[g_types[k]];
         if (st->packed.rows) tested += check_layout(path, g_types[k], st, &st->packed, false);
-        if (st->packed_bf16.rows) tested += check_layout(path, g_types[k], st, &st->packed_bf16, true);
+        if (st->packed_bf16.rows &&
+            st->packed_bf16.prompt.gemm) /* int8 kernels as packed, bf16 prompts */
+            tested += check_layout(path, g_types[k], st, &st->packed_bf16, false) +
+                      check_prompt(path, g_types[k], tab, &st->packed_bf16);
+        else if (st->packed_bf16.rows)
+            tested += check_layout(path, g_types[k], st, &st->packed_bf16, true);
+        if (st->packed.prompt.gemm) tested += check_prompt(path, g_types[k], tab, &st->packed);
     }
     fprintf(stderr, "test_simd: %s: %d packed-kernel checks, %d failures\n", path, tested,
             check_failures - before);
