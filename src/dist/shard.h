@@ -37,6 +37,13 @@ typedef struct l3c_shard {
     /* layers */
     int32_t layer0, layer1;
     int32_t *first; /* [size + 1] first layer of each rank, first[size] = n_layer */
+    /* a mapped GGUF (else map NULL, fd -1): the mapping, and the file opened again for the
+     * embedding rows (l3c_shard_get_rows), which are read, not mapped */
+    const uint8_t *map;
+    size_t map_bytes;
+    int fd;
+    const void *embd_data; /* token_embd's rows in the mapping, at file offset embd_off */
+    size_t embd_off;
 } l3c_shard;
 
 /* Before any weight is bound: checks the split against the model (ranks <= n_head_kv for
@@ -50,6 +57,18 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *cfg, const l3c_mo
  * read for the column copies are dropped afterwards. */
 l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *cfg, const char *path,
                            int release_file_pages);
+/*
+ * Resident memory of a mapped file on a rank (docs/DISTRIBUTED.md, "Memory per rank"): the plan
+ * advises the mapping MADV_NOHUGEPAGE (a fault then maps 4 KiB pages, not the 2 MiB folio around
+ * a rank's range, which holds the other ranks' rows); after packing, l3c_shard_release_file drops
+ * every page of the mapping (all a rank reads later is packed or copied, or refaults); and the
+ * embedding rows of the tokens are read from the file (pread), so they are never mapped.
+ */
+void l3c_shard_release_file(const l3c_shard *s);
+/* Rows ids[0..T) of w into x [T x n_in] if w is the mapped token_embd: returns 1, else 0 (the
+ * caller reads them itself). A failed read falls back to the mapping. */
+int l3c_shard_get_rows(const l3c_shard *s, const l3c_weight *w, const int32_t *ids, int64_t T,
+                       float *x);
 void l3c_shard_free(l3c_shard *s);
 /* min over the ranks of v (collective) */
 int32_t l3c_shard_min_i32(const l3c_shard *s, int32_t v);
