@@ -10,7 +10,8 @@
  *     E slices, and the file's pages are dropped right after);
  *   - FFN units [ff0, ff1): rows of ffn_gate / ffn_up (views), columns of ffn_down (copy);
  *   - vocabulary rows [v0, v1) of the output head (a view);
- *   - the whole token_embd (only the rows of the tokens it sees are ever read) and the norms.
+ *   - the whole token_embd (only the rows of the tokens it sees are ever read, from the file:
+ *     l3c_shard_get_rows) and the norms (copies).
  * The model's config is then this rank's: n_head, n_head_kv, n_ff are its own counts (so the
  * context's buffers and KV cache are its share); `full` keeps the file's. attn_output and
  * ffn_down produce partial sums (l3c_weight.dist = L3C_WDIST_SUM: the backend all-reduces them),
