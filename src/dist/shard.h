@@ -59,11 +59,13 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *cfg, const l3c_mo
 l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *cfg, const char *path,
                            int release_file_pages);
 /*
- * Resident memory of a mapped file on a rank (docs/DISTRIBUTED.md, "Memory per rank"): the plan
- * advises the mapping MADV_NOHUGEPAGE (a fault then maps 4 KiB pages, not the 2 MiB folio around
- * a rank's range, which holds the other ranks' rows); after packing, l3c_shard_release_file drops
- * every page of the mapping (all a rank reads later is packed or copied, or refaults); and the
- * embedding rows of the tokens are read from the file (pread), so they are never mapped.
+ * Resident memory of a mapped file on a rank (docs/DISTRIBUTED.md, "Memory per rank"): a fault
+ * maps the whole page-cache folio around the page read (up to 2 MiB: other ranks' rows, the next
+ * tensor), so the plan advises the mapping MADV_NOHUGEPAGE (no PMD mappings), packed matrices
+ * are released in whole 2 MiB blocks (l3c_weights_release), l3c_shard_release_file drops every
+ * page of the mapping after the hash, after binding and after packing (all a rank reads later is
+ * packed or copied, or refaults), and the embedding rows of the tokens are read from the file
+ * (pread), so they are never mapped.
  */
 void l3c_shard_release_file(const l3c_shard *s);
 /* Rows ids[0..T) of w into x [T x n_in] if w is the mapped token_embd: returns 1, else 0 (the

@@ -81,8 +81,8 @@ static l3c_status bind_matrix(const l3c_gguf *g, const char *path, const char *n
 }
 
 /* A float vector [n], copied (F16/BF16 converted) into an owned buffer: the norms are read for
- * every token, and a read of the mapping keeps the page around them resident (with transparent
- * huge pages the whole 2 MiB folio, matrix data that was packed and dropped). */
+ * every token, and a read of the mapping maps the page-cache folio around them (up to 2 MiB of
+ * matrix data that was packed and dropped). */
 static l3c_status bind_vector(const l3c_gguf *g, const char *path, const char *name, int optional,
                               int64_t n, l3c_weights *w, const float **out) {
     *out = NULL;
