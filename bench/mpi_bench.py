@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Distributed inference on one machine: 1 process x 2 threads vs 2 ranks x 1 thread (--split tensor
-and --split layers), with each rank's peak RSS and the bytes it sent per generated token against the
-formula of docs/DISTRIBUTED.md; with --build-rpc, llama.cpp's RPC backend on the same files (its
+and --split layers), with each rank's peak RSS, the KiB of the model file still resident on it at the
+end, and the bytes it sent per generated token against the formula of docs/DISTRIBUTED.md; with --build-rpc, llama.cpp's RPC backend on the same files (its
 llama-bench x 1 thread with the last half of the layers on one rpc-server x 1 thread on localhost,
 the pipeline llama.cpp offers), and llama.cpp's llama-bench x 2 threads in one process. Not a CI
 test (figures depend on the machine and its load).
@@ -60,9 +60,10 @@ def bench(cmd_prefix, model, a, extra):
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    ranks = {int(m.group(1)): (float(m.group(2)), float(m.group(3)), float(m.group(4)), float(m.group(5)))
+    ranks = {int(m.group(1)): (float(m.group(2)), float(m.group(3)), float(m.group(4)), float(m.group(5)), m.group(6))
              for m in re.finditer(r"rank (\d+) of \d+: peak RSS ([0-9.]+) MiB, sent ([0-9.]+) bytes per generated "
-                                  r"token, ([0-9.]+)% of tg in message passing, ([0-9.]+)% of pp", p.stderr)}
+                                  r"token, ([0-9.]+)% of tg in message passing, ([0-9.]+)% of pp"
+                                  r"(?:, (-?[0-9.]+) KiB of the model file resident)?", p.stderr)}
     return res, ranks
 
 
@@ -192,7 +193,7 @@ def main():
         info = model_info(model)
         print(f"\n{os.path.basename(model)}: n_embd {info['n_embd']}, {info['n_layer']} layers, vocab {info['n_vocab']}")
         print(f"{'run':28} {'pp t/s':>8} {'tg t/s':>8} {'RSS MiB/rank':>14} {'sent B/token/rank (formula)':>34} "
-              f"{'tg % in MPI (ms/token)':>24}")
+              f"{'tg % in MPI (ms/token)':>24} {'file KiB/rank':>14}")
         res, _ = bench([MPI_BIN], model, a, ["-t", "2"])
         print(f"{'1 process x 2 threads':28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
               f"{res['peak_rss_bytes'] / 2**20:14.1f} {'-':>34}")
@@ -205,8 +206,10 @@ def main():
             # each rank's share of the tg time inside MPI calls, and that time per token
             comm = "/".join(f"{ranks[r][2]:.0f}" for r in sorted(ranks)) + " (" + "/".join(
                 f"{ranks[r][2] * 10 / res['tg_tokens_per_s']:.1f}" for r in sorted(ranks)) + ")"
+            # KiB of the model file still resident on each rank at the end (docs/DISTRIBUTED.md)
+            files = "/".join(ranks[r][4] or "?" for r in sorted(ranks))
             print(f"{'2 ranks x 1 thread, ' + split:28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f} "
-                  f"{rss:>14} {sent:>34} {comm:>24}")
+                  f"{rss:>14} {sent:>34} {comm:>24} {files:>14}")
         if rpc:
             res = llama_bench(rpc[1], model, a, ["-t", "2"])
             print(f"{'llama.cpp 1 process x 2 thr':28} {res['pp_tokens_per_s']:8.2f} {res['tg_tokens_per_s']:8.2f}")

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #define CMD "bench"
 
@@ -45,6 +46,32 @@ static void usage(FILE *f) {
             "                     RSS, the bytes it sent per generated token and its share of the\n"
             "                     tg / pp time in message passing on stderr\n"
             "  -h, --help         this text\n");
+}
+
+/* KiB of the mapped file `path` resident in this process now (Linux /proc/self/smaps; -1 when
+ * unknown): a distributed rank should hold none (docs/DISTRIBUTED.md, "Memory per rank") */
+static double file_rss_kib(const char *path) {
+    char *canon = realpath(path, NULL);
+    FILE *f = canon ? fopen("/proc/self/smaps", "r") : NULL;
+    double kib = -1;
+    if (f) {
+        char line[4096];
+        int in = 0;
+        size_t n = strlen(canon);
+        kib = 0;
+        while (fgets(line, sizeof line, f)) {
+            unsigned long long v;
+            const char *sp = strchr(line, ' ');
+            if (sp && strchr(line, '-') && strchr(line, '-') < sp) { /* a mapping's first line */
+                size_t len = strcspn(line, "\n");
+                in = len > n && memcmp(line + len - n, canon, n) == 0 && line[len - n - 1] == ' ';
+            } else if (in && sscanf(line, "Rss: %llu kB", &v) == 1)
+                kib += (double)v;
+        }
+        fclose(f);
+    }
+    free(canon);
+    return kib;
 }
 
 static double now_s(void) {
@@ -264,10 +291,11 @@ int cmd_bench(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     long long rss = (long long)ru.ru_maxrss * 1024;
     if (l3c_dist_size() > 1)
-        fprintf(stderr, "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token, "
-                        "%.0f%% of tg in message passing, %.0f%% of pp\n",
-                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes, 100.0 * tg_comm,
-                100.0 * pp_comm);
+        fprintf(stderr,
+                "llama3c bench: rank %d of %d: peak RSS %.1f MiB, sent %.0f bytes per generated token, "
+                "%.0f%% of tg in message passing, %.0f%% of pp, %.0f KiB of the model file resident\n",
+                l3c_dist_rank(), l3c_dist_size(), rss / 1048576.0, tg_bytes, 100.0 * tg_comm, 100.0 * pp_comm,
+                file_rss_kib(path));
     if (json) {
         printf("{\"model\": \"");
         for (const char *c = path; *c; c++) {

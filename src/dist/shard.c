@@ -6,9 +6,13 @@
 #include "dist/shard.h"
 
 #include "dist/comm.h"
+#include "model/hf.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* [*lo, *hi) = rank r's share of n units over size ranks, the first n % size getting one more */
@@ -63,6 +67,11 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *c, const l3c_mode
     if (p->split != L3C_SPLIT_NONE && p->split != L3C_SPLIT_TENSOR && p->split != L3C_SPLIT_LAYERS)
         return l3c_fail(L3C_ERR_INVALID_ARG, "%s: unknown split %d", path, p->split);
     if (N == 1 || p->split == L3C_SPLIT_NONE) return L3C_OK;
+    /* a mapped GGUF: small pages from the first read on (the hash below touches every tensor) */
+    const int mapped = p->use_mmap && g->base && !g->header_only && !l3c_path_is_dir(path);
+#ifdef MADV_NOHUGEPAGE
+    if (mapped) madvise((void *)g->base, g->size, MADV_NOHUGEPAGE); /* best effort */
+#endif
 
     /* the same file and split on every rank, before anything can differ */
     uint64_t mine[2] = {file_hash(g), fnv(0xcbf29ce484222325ull, &p->split, sizeof p->split)};
@@ -71,6 +80,7 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *c, const l3c_mode
     uint64_t all[2][N];
     l3c_comm_allgather_u64(mine[0], all[0]);
     l3c_comm_allgather_u64(mine[1], all[1]);
+    if (mapped) madvise((void *)g->base, g->size, MADV_DONTNEED); /* the pages the hash read */
     for (int r = 1; r < N; r++) {
         if (all[0][r] != all[0][0])
             return l3c_fail(L3C_ERR_INVALID_ARG,
@@ -88,6 +98,8 @@ l3c_status l3c_shard_plan(const l3c_gguf *g, const l3c_config *c, const l3c_mode
     l3c_shard *s = l3c_calloc(1, sizeof *s);
     if (!s) return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory", path);
     s->split = p->split;
+    s->fd = -1;
+    if (mapped) s->map = g->base, s->map_bytes = g->size;
     s->rank = rank;
     s->size = N;
     s->full = *c;
@@ -188,13 +200,6 @@ fail:
     return st;
 }
 
-/* drops the whole pages of [p, p + n) from this process (file pages refault if read again) */
-static void release_pages(const void *p, size_t n) {
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)p + page - 1) / page * page, hi = ((uintptr_t)p + n) / page * page;
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
-}
-
 /* w keeps output rows [r0, r1): a view */
 static void keep_rows(l3c_weight *w, int64_t r0, int64_t r1, int dist) {
     w->data = (const char *)w->data + (size_t)r0 * w->row_bytes;
@@ -210,12 +215,13 @@ static size_t cols_bytes(const l3c_weight *w, int64_t c0, int64_t c1) {
 }
 
 /* w keeps input columns [c0, c1), copied row by row to dst; returns the bytes written */
-static size_t keep_cols(l3c_weight *w, int64_t c0, int64_t c1, char *dst, int release) {
+static size_t keep_cols(const l3c_weights *ws, l3c_weight *w, int64_t c0, int64_t c1, char *dst,
+                        int release) {
     const size_t skip = cols_bytes(w, 0, c0), rb = cols_bytes(w, c0, c1);
     const char *src = w->data;
     for (int64_t o = 0; o < w->n_out; o++)
         memcpy(dst + (size_t)o * rb, src + (size_t)o * w->row_bytes + skip, rb);
-    if (release) release_pages(src, (size_t)w->n_out * w->row_bytes);
+    if (release) l3c_weights_release(ws, src, (size_t)w->n_out * w->row_bytes);
     w->data = dst;
     w->n_in = c1 - c0;
     w->row_bytes = rb;
@@ -223,8 +229,65 @@ static size_t keep_cols(l3c_weight *w, int64_t c0, int64_t c1, char *dst, int re
     return (size_t)w->n_out * rb;
 }
 
+/* the file again, for the embedding rows (none if it cannot be opened as the same file: the
+ * rows then come from the mapping) */
+static void open_rows(l3c_shard *s, const l3c_weight *embd, const char *path) {
+    struct stat sb;
+    if (!s->map || embd->packed) return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size != s->map_bytes) {
+        close(fd);
+        return;
+    }
+    s->fd = fd;
+    s->embd_data = embd->data;
+    s->embd_off = (size_t)((const uint8_t *)embd->data - s->map);
+}
+
+/* n bytes at offset off of fd, all of them */
+static int read_at(int fd, void *buf, size_t n, size_t off) {
+    for (size_t got = 0; got < n;) {
+        ssize_t r = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0;
+        got += (size_t)r;
+    }
+    return 1;
+}
+
+int l3c_shard_get_rows(const l3c_shard *s, const l3c_weight *w, const int32_t *ids, int64_t T,
+                       float *x) {
+    if (s->fd < 0 || w->data != s->embd_data || w->packed) return 0;
+    const l3c_type_traits *tr = l3c_type_traits_get(w->type);
+    const int64_t bs = tr->block_size, n_blocks = w->n_in / bs;
+    size_t bb = 0;
+    _Alignas(64) char buf[4096]; /* whole blocks at a time (one read for a row of most models) */
+    if (!l3c_row_size(w->type, bs, &bb) || bb > sizeof buf) return 0;
+    const int64_t per = (int64_t)(sizeof buf / bb);
+    for (int64_t t = 0; t < T; t++) {
+        L3C_ASSERT(ids[t] >= 0 && ids[t] < w->n_out); /* callers validate token ids */
+        float *dst = x + t * w->n_in;
+        const size_t row = s->embd_off + (size_t)ids[t] * w->row_bytes;
+        for (int64_t b = 0; b < n_blocks; b += per) {
+            const int64_t n = L3C_MIN(per, n_blocks - b);
+            if (!read_at(s->fd, buf, (size_t)n * bb, row + (size_t)b * bb)) {
+                l3c_get_row(w, ids[t], dst); /* an I/O error: the mapping has the same bytes */
+                break;
+            }
+            tr->to_float(buf, dst + b * bs, n * bs);
+        }
+    }
+    return 1;
+}
+
+void l3c_shard_release_file(const l3c_shard *s) {
+    if (s && s->map) madvise((void *)s->map, s->map_bytes, MADV_DONTNEED);
+}
+
 l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *c, const char *path,
                            int release_file_pages) {
+    if (release_file_pages) open_rows(s, &w->tok_embd, path);
     if (s->split == L3C_SPLIT_LAYERS) {
         /* other stages' layers are forgotten (never read, so never resident) */
         for (int32_t l = 0; l < c->n_layer; l++) {
@@ -235,6 +298,7 @@ l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *c, const ch
                 m[i]->data = NULL;
         }
         keep_rows(&w->output, s->vocab0, s->vocab1, L3C_WDIST_GATHER);
+        l3c_shard_release_file(s); /* what binding read (the norms' neighbours) */
         return L3C_OK;
     }
     const int64_t hd = c->head_dim, G = c->n_head / c->n_head_kv;
@@ -262,15 +326,16 @@ l3c_status l3c_shard_apply(l3c_shard *s, l3c_weights *w, l3c_config *c, const ch
         keep_rows(&L->wv, k0, k1, L3C_WDIST_WHOLE);
         keep_rows(&L->w_gate, s->ff0, s->ff1, L3C_WDIST_WHOLE);
         keep_rows(&L->w_up, s->ff0, s->ff1, L3C_WDIST_WHOLE);
-        dst += (keep_cols(&L->wo, q0, q1, dst, release_file_pages) + 4095) / 4096 * 4096;
-        dst +=
-            (keep_cols(&L->w_down, s->ff0, s->ff1, dst, release_file_pages) + 4095) / 4096 * 4096;
+        dst += (keep_cols(w, &L->wo, q0, q1, dst, release_file_pages) + 4095) / 4096 * 4096;
+        dst += (keep_cols(w, &L->w_down, s->ff0, s->ff1, dst, release_file_pages) + 4095) / 4096 *
+               4096;
     }
     /* the output head (token_embd itself when tied: the embedding keeps every row) */
     keep_rows(&w->output, s->vocab0, s->vocab1, L3C_WDIST_GATHER);
     c->n_head = (int32_t)((s->kv1 - s->kv0) * G);
     c->n_head_kv = s->kv1 - s->kv0;
     c->n_ff = s->ff1 - s->ff0;
+    l3c_shard_release_file(s); /* what binding read (the norms' neighbours) */
     return L3C_OK;
 }
 
@@ -281,6 +346,7 @@ int32_t l3c_shard_min_i32(const l3c_shard *s, int32_t v) {
 void l3c_shard_free(l3c_shard *s) {
     if (!s) return;
     if (s->arena) munmap(s->arena, s->arena_bytes);
+    if (s->fd >= 0) close(s->fd);
     free(s->vocab_n);
     free(s->first);
     free(s);

@@ -3,12 +3,15 @@
  * src/kernels/ (ops.c, rope.c), the context's thread pool and scratch, the KV cache of
  * kv_cache.c and the attention of attention.c.
  */
+#include "dist/shard.h"
 #include "model/lora.h"
 #include "model/model.h"
 
 #include <string.h>
 
 static void cpu_get_rows(l3c_context *ctx, const l3c_weight *w, const int32_t *ids, int64_t T, float *x) {
+    /* a distributed rank reads the embedding rows from the file, not the mapping (shard.h) */
+    if (ctx->model->shard && l3c_shard_get_rows(ctx->model->shard, w, ids, T, x)) return;
     for (int64_t t = 0; t < T; t++) l3c_get_row(w, ids[t], x + t * w->n_in);
 }
 

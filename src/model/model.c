@@ -95,6 +95,7 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
     m->backend = &l3c_backend_cpu;
     if (m->shard) m->backend = m->shard->split == L3C_SPLIT_TENSOR ? l3c_backend_tensor() : l3c_backend_layers();
     if ((st = l3c_weights_bind(g, &m->cfg, path, &m->w))) goto fail;
+    if (p.use_mmap && !m->hf) m->w.file_map = g->base, m->w.file_bytes = g->size;
     m->layer0 = 0;
     m->layer1 = m->cfg.n_layer;
     if (m->shard) {
@@ -136,6 +137,7 @@ l3c_status l3c_model_load(const char *path, const l3c_model_params *params, l3c_
     /* pages of packed matrices are dropped only where they refault from a file: not the owned
      * (permuted) copies of a Hugging Face folder */
     if ((st = l3c_weights_pack(&m->w, &m->cfg, path, p.use_mmap && !m->hf, p.bf16_matmul, m->n_threads))) goto fail;
+    l3c_shard_release_file(m->shard); /* a rank's file pages: what stays mapped is not its share */
     t_pack = l3c_time_s() - t_pack;
 
     if (p.verbose) {

@@ -75,11 +75,13 @@ typedef struct l3c_weights {
     l3c_weight output;       /* n_embd -> n_vocab (== tok_embd when tied) */
     int tied_output;
     const float *rope_freqs; /* [n_rot/2] or NULL */
-    float **owned;           /* float copies of non-F32 norm vectors, [n_owned] */
+    float **owned;           /* float copies of the norm vectors, [n_owned] */
     int n_owned;
     void *pack_arena;        /* packed copies of the matrices (l3c_weights_pack), or NULL */
     size_t pack_bytes;
     int n_bf16;              /* matrices packed as bf16 (bf16_matmul) */
+    const uint8_t *file_map; /* the mapped file the matrices point into (set after bind), or NULL */
+    size_t file_bytes;
 } l3c_weights;
 
 /* Binds every tensor; path is for messages. On failure w is left empty (l3c_weights_free ok). */
@@ -95,6 +97,11 @@ void l3c_weights_free(l3c_weights *w);
  */
 l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *path,
                             int release_source, int bf16, int n_threads);
+/* Drops [p, p + n) from this process once it is read no more: in w's file mapping every page of
+ * the 2 MiB-aligned blocks it touches (the kernel maps a whole large folio of the page cache on a
+ * fault, so the neighbours' pages are resident too; they refault unchanged if read again),
+ * elsewhere (an anonymous copy) only the whole pages inside it. */
+void l3c_weights_release(const l3c_weights *w, const void *p, size_t n);
 
 struct l3c_model {
     char *path;

@@ -1,7 +1,7 @@
 /*
  * weights.c -- binds every tensor of a llama GGUF by name, type and exact shape, so a wrong or
  * truncated file fails at load with a message naming the tensor. Matrices stay in the mapping
- * (no copies); norm vectors stored as F16/BF16 are converted once into small owned buffers.
+ * (no copies); norm vectors are copied (F16/BF16 converted) once into small owned buffers.
  *
  * Expected tensors (GGUF ne[0] is the row / input dimension; hd = head_dim):
  *   token_embd.weight        [n_embd, n_vocab]
@@ -80,31 +80,33 @@ static l3c_status bind_matrix(const l3c_gguf *g, const char *path, const char *n
     return L3C_OK;
 }
 
-/* A float vector [n]: F32 in place, F16/BF16 converted into an owned copy. */
+/* A float vector [n], copied (F16/BF16 converted) into an owned buffer: the norms are read for
+ * every token, and a read of the mapping maps the page-cache folio around them (up to 2 MiB of
+ * matrix data that was packed and dropped). */
 static l3c_status bind_vector(const l3c_gguf *g, const char *path, const char *name, int optional,
                               int64_t n, l3c_weights *w, const float **out) {
     *out = NULL;
     const l3c_gguf_tensor *t;
     l3c_status st = find_shaped(g, path, name, optional, n, 0, &t);
     if (st != L3C_OK || !t) return st;
-    if (t->type == L3C_TYPE_F32) {
-        *out = (const float *)t->data;
-        return L3C_OK;
-    }
-    if (t->type != L3C_TYPE_F16 && t->type != L3C_TYPE_BF16)
+    if (t->type != L3C_TYPE_F32 && t->type != L3C_TYPE_F16 && t->type != L3C_TYPE_BF16)
         return l3c_fail(L3C_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s; llama3c expects F32, F16 "
                                              "or BF16 for this vector", path, name,
                         l3c_type_name((int)t->type));
     float *buf = l3c_malloc((size_t)n * sizeof(float));
     if (!buf) return l3c_fail(L3C_ERR_NOMEM, "%s: out of memory converting '%s'", path, name);
+    w->owned[w->n_owned++] = buf;
+    *out = buf;
+    if (t->type == L3C_TYPE_F32) {
+        memcpy(buf, t->data, (size_t)n * sizeof(float));
+        return L3C_OK;
+    }
     const uint16_t *src = (const uint16_t *)t->data;
     for (int64_t i = 0; i < n; i++) {
         uint16_t h;
         memcpy(&h, src + i, sizeof h);
         buf[i] = t->type == L3C_TYPE_F16 ? l3c_fp16_to_fp32(h) : l3c_bf16_to_fp32(h);
     }
-    w->owned[w->n_owned++] = buf;
-    *out = buf;
     return L3C_OK;
 }
 
@@ -190,6 +192,17 @@ static void pack_chunk(void *arg, int64_t c, int ith) {
     }
 }
 
+void l3c_weights_release(const l3c_weights *w, const void *p, size_t n) {
+    const uintptr_t a = (uintptr_t)p, m = (uintptr_t)w->file_map, block = (uintptr_t)2 << 20;
+    if (!w->file_map || a < m || a + n > m + w->file_bytes) {
+        release_pages(p, n);
+        return;
+    }
+    const uintptr_t lo = L3C_MAX(a / block * block, m); /* the mapping starts on a page */
+    const uintptr_t hi = L3C_MIN((a + n + block - 1) / block * block, m + w->file_bytes);
+    madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *path,
                             int release_source, int bf16, int n_threads) {
     const char *env = getenv("L3C_PACK");
@@ -239,7 +252,8 @@ l3c_status l3c_weights_pack(l3c_weights *w, const l3c_config *cfg, const char *p
         l3c_threadpool_run(tp, l3c_n_chunks(j.n_groups, j.groups_per_chunk), pack_chunk, &j);
         mat[i]->packed = j.dst;
         /* the matmuls read only the copy now; keeps peak RSS near one copy of the weights */
-        if (release_source) release_pages(mat[i]->data, (size_t)mat[i]->n_out * mat[i]->row_bytes);
+        if (release_source)
+            l3c_weights_release(w, mat[i]->data, (size_t)mat[i]->n_out * mat[i]->row_bytes);
     }
     l3c_threadpool_free(tp);
     mprotect(arena, total, PROT_READ);

@@ -11,11 +11,14 @@ a skip here a failure. Ranks run oversubscribed with 1 thread each (the CI machi
   near tie of the single-process logits (the split changes the order of float sums, so 8-bit
   activation blocks may round differently: the same margin test_smollm2.py allows a peer engine);
 - the MPI build without mpirun is one process, and the plain build ignores --split;
+- a rank of either split keeps no page of the model file resident after load (Q4_0 / Q8_0: all
+  packed; bench's per-rank report), and the measure sees the pages when matrices are read in place;
 - faults: more ranks than KV heads / layers refused before loading, mismatched files across ranks,
   a killed rank and a stopped one (SIGSTOP: the watchdog, --dist-timeout) end every rank non-zero
   with a message naming the rank, within 10 s; an idle server's followers outlive the timeout.
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -194,6 +197,28 @@ def test_mpi_build_runs_without_mpirun(mpi, tiny, tmp_path):
     if os.path.exists(BIN):
         c = eval_single(tiny["f32"], tmp_path, binary=BIN, extra=["--split", "tensor"])
         assert np.array_equal(a, c)
+
+
+def file_kib_per_rank(mpi, model, split, env=None):
+    """bench's per-rank KiB of the model file resident at the end of its run"""
+    cmd = mpi + ["-np", "2", MPI_BIN, "bench", "-m", model, "-p", "8", "-n", "4", "-r", "1", "-t", "1", "--split", split]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-3000:]}"
+    got = {int(m.group(1)): float(m.group(2)) for m in re.finditer(
+        r"rank (\d+) of 2: .* ([0-9.]+) KiB of the model file resident", p.stderr)}
+    assert sorted(got) == [0, 1], p.stderr[-3000:]
+    return got
+
+
+@pytest.mark.parametrize("model,split", [("q4_0", "tensor"), ("q8_0", "tensor"), ("q4_0", "layers")])
+def test_rank_keeps_no_file_pages(mpi, tiny, model, split):
+    """After load a rank reads nothing through the mapping: its matrices are packed copies, the
+    norms owned copies, the embedding rows read from the file (docs/DISTRIBUTED.md "Memory per
+    rank"). With L3C_PACK=0 the matrices are read in place, and the same measure sees their pages."""
+    got = file_kib_per_rank(mpi, tiny[model], split)
+    assert all(v == 0 for v in got.values()), f"--split {split} {model}: KiB of the file resident per rank {got}"
+    unpacked = file_kib_per_rank(mpi, tiny[model], split, env=dict(os.environ, L3C_PACK="0"))
+    assert all(v > 0 for v in unpacked.values()), f"L3C_PACK=0: {unpacked}"
 
 
 GREEDY = ("--temp", 0, "--print-ids", "--ignore-eos", "--no-bos", "-t", 1)
