@@ -655,6 +655,36 @@ INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x,
 }
 
 /*
+ * Packed Q4_0, one token (every generated token's matmuls): the same isum and the same float
+ * step as pk_tile(B_Q4_0, 1, ...) with fewer instructions per block (28 instead of 42), so that
+ * the weight stream, not the core, sets the pace. The high nibbles are not shifted down: a chunk
+ * AND 0xF0 is 16 x the high nibble (still a u8), dpbusd over it gives 16 x their exact dot, and
+ * one arithmetic shift per block takes it back (exact: a multiple of 16, |sum| < 2^20). The low
+ * and high halves run as two chains of 4 dpbusd with the activation dword broadcast from memory
+ * (dpbusd_b); integer addition is exact, so isum, and with it every bit of y, is pk_tile's.
+ */
+INLINE void pk_q4_0_gemv(int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
+    const size_t gbs = PK_ROWS * sizeof(l3c_block_q4_0);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const l3c_block_q8_0x *a = (const l3c_block_q8_0x *)x;
+    (void)xs;
+    for (int64_t b = 0; b < nb; b++, a++) {
+        const char *g = wp + b * gbs;
+        __m512i v[4];
+        UNROLL for (int c = 0; c < 4; c++) v[c] = _mm512_loadu_si512(g + 32 + 64 * c);
+        __asm__("" : "+v"(v[0]), "+v"(v[1]), "+v"(v[2]), "+v"(v[3])); /* one load per chunk */
+        __m512i lo = _mm512_set1_epi32(a->neg_off_sum), hi = _mm512_setzero_si512();
+        UNROLL for (int c = 0; c < 4; c++) {
+            lo = dpbusd_b(lo, _mm512_and_si512(v[c], m4), a->qs + 4 * c);
+            hi = dpbusd_b(hi, _mm512_andnot_si512(m4, v[c]), a->qs + 16 + 4 * c);
+        }
+        const __m512i s = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        acc[0] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[0]);
+    }
+}
+
+/*
  * Packed Q4_1 (16 rows): per 32-element block a group holds the 16 fp16 scales d (32 bytes), the
  * 16 fp16 mins m (32 bytes), then the 4 nibble chunks of Q4_0's layout (20 bytes per row and
  * block, as in the file). Activations: l3c_block_q8_1x (Q8_0 quants, float d, s = d * sum(qs)).
@@ -1285,7 +1315,8 @@ static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
         }                                                                                         \
     }
 
-#define PK_TILE_Q4_0(RT, ...) pk_tile(B_Q4_0, RT, __VA_ARGS__)
+/* Q4_0: one token on its own kernel (decode), more through the shared tile */
+#define PK_TILE_Q4_0(RT, ...) ((RT) == 1 ? pk_q4_0_gemv(__VA_ARGS__) : pk_tile(B_Q4_0, RT, __VA_ARGS__))
 #define PK_TILE_Q8_0(RT, ...) pk_tile(B_Q8_0, RT, __VA_ARGS__)
 PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
