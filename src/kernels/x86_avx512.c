@@ -680,7 +680,8 @@ INLINE void pk_q4_0_gemv(int64_t nb, const char *wp, const char *x, size_t xs, _
         }
         const __m512i s = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-        acc[0] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[0]);
+        acc[0] =
+            _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[0]);
     }
 }
 
@@ -1316,7 +1317,8 @@ static void unpack_f16(int64_t n, const void *g, int r, void *dst) {
     }
 
 /* Q4_0: one token on its own kernel (decode), more through the shared tile */
-#define PK_TILE_Q4_0(RT, ...) ((RT) == 1 ? pk_q4_0_gemv(__VA_ARGS__) : pk_tile(B_Q4_0, RT, __VA_ARGS__))
+#define PK_TILE_Q4_0(RT, ...)                                                                      \
+    ((RT) == 1 ? pk_q4_0_gemv(__VA_ARGS__) : pk_tile(B_Q4_0, RT, __VA_ARGS__))
 #define PK_TILE_Q8_0(RT, ...) pk_tile(B_Q8_0, RT, __VA_ARGS__)
 PK_KERNEL(q4_0, PK_TILE_Q4_0, l3c_block_q4_0, 32)
 PK_KERNEL(q8_0, PK_TILE_Q8_0, l3c_block_q8_0, 32)
