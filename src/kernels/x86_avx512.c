@@ -627,12 +627,24 @@ static void unpack_q8_0(int64_t n, const void *g, int r, void *dst) {
     }
 }
 
+/* One token streams the matrix from memory: the lines of the block at g (bytes long) are
+ * prefetched PK_PREFETCH bytes ahead. The hardware streamer stops at 4 KiB page ends and each
+ * thread's stream restarts at every chunk. 1B Q4_0, two threads, loaded machine (load ~20):
+ * tg 4.3-5.1 t/s with against 3.0-3.6 without (CPU 61-67 vs 81-88 ms per token); 576 to 2304
+ * bytes ahead alike, 4608 or 3 lines per Q4_0 block worse. A prefetch past the matrix's end is
+ * harmless (no fault). */
+#define PK_PREFETCH 1152
+INLINE void pk_prefetch(const char *g, size_t bytes) {
+    UNROLL for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(g + PK_PREFETCH + o, _MM_HINT_T0);
+}
+
 /* one group of 16 rows x RT tokens; acc[t] lane r = (row r, token t) */
 INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
     const size_t gbs = PK_ROWS * (kind == B_Q8_0 ? sizeof(l3c_block_q8_0) : sizeof(l3c_block_q4_0));
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         const char *g = wp + b * gbs;
+        if (RT == 1) pk_prefetch(g, gbs);
         __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
         __m512i q[8];
         if (kind == B_Q8_0) {
@@ -662,13 +674,8 @@ INLINE void pk_tile(int kind, int RT, int64_t nb, const char *wp, const char *x,
  * one arithmetic shift per block takes it back (exact: a multiple of 16, |sum| < 2^20). The low
  * and high halves run as two chains of 4 dpbusd with the activation dword broadcast from memory
  * (dpbusd_b); integer addition is exact, so isum, and with it every bit of y, is pk_tile's.
- * Each block's 288 bytes (5 lines) are prefetched PK_Q4_0_PREFETCH bytes ahead: the hardware
- * streamer stops at 4 KiB page ends and the stream of each thread restarts at every chunk; with
- * two threads on a shared memory bus the prefetch kept tg at 4.3-5.1 t/s against 3.0-3.6
- * without (CPU 61-67 vs 81-88 ms per token, 1B Q4_0, load ~20); 576 to 2304 bytes ahead were
- * alike, 4608 and 3 lines per block worse. A prefetch past the matrix's end is harmless.
+ * Each block's 288 bytes (5 lines) are prefetched 4 blocks ahead (pk_prefetch).
  */
-#define PK_Q4_0_PREFETCH 1152 /* 4 blocks */
 INLINE void pk_q4_0_gemv(int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
     const size_t gbs = PK_ROWS * sizeof(l3c_block_q4_0);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -676,7 +683,7 @@ INLINE void pk_q4_0_gemv(int64_t nb, const char *wp, const char *x, size_t xs, _
     (void)xs;
     for (int64_t b = 0; b < nb; b++, a++) {
         const char *g = wp + b * gbs;
-        UNROLL for (int k = 0; k < 5; k++) _mm_prefetch(g + PK_Q4_0_PREFETCH + 64 * k, _MM_HINT_T0);
+        pk_prefetch(g, gbs);
         __m512i v[4];
         UNROLL for (int c = 0; c < 4; c++) v[c] = _mm512_loadu_si512(g + 32 + 64 * c);
         __asm__("" : "+v"(v[0]), "+v"(v[1]), "+v"(v[2]), "+v"(v[3])); /* one load per chunk */
