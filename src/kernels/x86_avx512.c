@@ -1117,6 +1117,7 @@ INLINE void pk_q4_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
             __m512i p[PK_RT][4];
             UNROLL for (int t = 0; t < RT; t++) UNROLL for (int k = 0; k < 4; k++) p[t][k] = _mm512_setzero_si512();
             UNROLL for (int c = 0; c < 8; c++) {
+                if (RT == 1) _mm_prefetch(g + PK_PREFETCH + (8 * j + c) * 64, _MM_HINT_T0); /* lines 0..31 */
                 __m512i v = _mm512_loadu_si512(g + 256 + (8 * j + c) * 64);
                 __asm__("" : "+v"(v)); /* one load for both nibbles, not one folded into each use */
                 const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_andnot_si512(m4, v);
@@ -1132,6 +1133,7 @@ INLINE void pk_q4_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
                                                                      _mm512_mullo_epi32(_mm512_add_epi32(p[t][2], p[t][3]), s1)));
         }
         UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_srai_epi32(isum[t], 4);
+        if (RT == 1) pk_prefetch(g + 2048, 256); /* lines 32..35 of the block 2304 bytes long */
         q4k_finish(RT, g, u, x, xs, b, isum, acc);
     }
 }
@@ -1188,6 +1190,7 @@ INLINE void pk_q6_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
             UNROLL for (int t = 0; t < RT; t++) UNROLL for (int qt = 0; qt < 4; qt++)
                 p[t][qt] = _mm512_setzero_si512();
             UNROLL for (int c = 4 * k; c < 4 * k + 4; c++) {
+                if (RT == 1) pk_prefetch(g + 192 * (4 * (2 * h + k) + c - 4 * k), 192); /* lines 0..47 */
                 __m512i v0 = _mm512_loadu_si512(g + Q6_CHUNK(h, c, 0));
                 __m512i v1 = _mm512_loadu_si512(g + Q6_CHUNK(h, c, 1));
                 __m512i v2 = _mm512_loadu_si512(g + Q6_CHUNK(h, c, 2));
@@ -1218,6 +1221,7 @@ INLINE void pk_q6_K_tile_cm(int RT, int64_t nb, const char *wp, const char *x, s
             UNROLL for (int t = 0; t < RT; t++) __asm__("" : "+v"(isum[t])); /* scaled here, not spilled */
         }
         UNROLL for (int t = 0; t < RT; t++) isum[t] = _mm512_srai_epi32(isum[t], 2);
+        if (RT == 1) pk_prefetch(g + 3072, 288); /* lines 48..52 of the block 3360 bytes long */
         q6_finish(RT, g, x, xs, b, isum, acc);
     }
 }
