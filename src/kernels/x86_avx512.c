@@ -630,7 +630,7 @@ static void unpack_q8_0(int64_t n, const void *g, int r, void *dst) {
 /* One token streams the matrix from memory: the lines of the block at g (bytes long) are
  * prefetched PK_PREFETCH bytes ahead. The hardware streamer stops at 4 KiB page ends and each
  * thread's stream restarts at every chunk. 1B Q4_0, two threads, loaded machine (load ~20):
- * tg 4.3-5.1 t/s with against 3.0-3.6 without (CPU 61-67 vs 81-88 ms per token); 576 to 2304
+ * tg 4.3-5.0 t/s with against 3.0-3.6 without (CPU 61-67 vs 81-88 ms per token); 576 to 2304
  * bytes ahead alike, 4608 or 3 lines per Q4_0 block worse. A prefetch past the matrix's end is
  * harmless (no fault). */
 #define PK_PREFETCH 1152
