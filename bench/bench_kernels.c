@@ -17,6 +17,8 @@
  *             packed kernels' compute rate without the memory stream
  *   -T N:     N tokens per gemm call instead of 32 (a prompt chunk: -T 512 times the AMX tiles as a
  *             pp512 runs them)
+ *   --shape N,R: rows of N elements (default 4096) and R rows in the gemm timing (default 1024):
+ *             `--packed -T 512 --shape 576,1536 Q4_1` is SmolLM2's gate / up matrix, all in cache
  * The path "amx" (x86_amx.c: the packed gemm on tile instructions) is timed where dispatch.c
  * would offer it (cpuid, XCR0, the kernel's grant and the start-up check).
  */
@@ -25,11 +27,11 @@
 #include <string.h>
 #include <time.h>
 
-#define N_IN 4096
+static int N_IN = 4096;                   /* elements per row (--shape) */
 static size_t g_matrix_bytes = 64u << 20; /* weight matrix per type */
 static bool g_packed_only;
 static int g_passes = 1; /* passes over the matrix per timing (--l2) */
-#define GEMM_ROWS 1024
+static int GEMM_ROWS = 1024; /* rows of the gemm timing (--shape) */
 static int GEMM_T = 32; /* tokens per gemm call (-T N) */
 #define GEMM_TILE 32
 
@@ -218,8 +220,14 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[argn], "--l2") == 0) g_matrix_bytes = 512u << 10, g_passes = 128;
         else if (strcmp(argv[argn], "-T") == 0 && argn + 1 < argc && atoi(argv[argn + 1]) > 0)
             GEMM_T = atoi(argv[++argn]);
+        else if (strcmp(argv[argn], "--shape") == 0 && argn + 1 < argc &&
+                 sscanf(argv[argn + 1], "%d,%d", &N_IN, &GEMM_ROWS) == 2 && N_IN > 0 &&
+                 N_IN % 32 == 0 && GEMM_ROWS > 0 && GEMM_ROWS % 32 == 0)
+            argn++;
         else
-            return fprintf(stderr, "usage: %s [--packed] [--l2] [-T tokens] [type-name ...]\n",
+            return fprintf(stderr,
+                           "usage: %s [--packed] [--l2] [-T tokens] [--shape N,R (N %% 32 = R %% "
+                           "32 = 0)] [type-name ...]\n",
                            argv[0]),
                    2;
     }

@@ -719,8 +719,10 @@ static void pack_act_q4_1(const float *src, void *dst, int64_t n) {
 }
 
 /* one group of 16 rows x RT tokens; acc[t] lane r = (row r, token t). A block's nibbles are
- * unpacked once for the RT tokens; each token's dot runs as two chains of 4 dpbusd (shorter
- * latency for decode), whose integer sum is exact, so any split gives the same isum. */
+ * unpacked once for the RT tokens; each token's dot runs as one chain of 8 dpbusd, or two of 4
+ * for RT <= 2 (shorter latency for decode): the integer sum is exact, so any split gives the
+ * same isum. Each chain starts from the xor zero idiom (no port), so a token and block cost 8
+ * dpbusd, one cvt, one mul and two fma (one more add with two chains). */
 INLINE void pk_q4_1_tile(int RT, int64_t nb, const char *wp, const char *x, size_t xs, __m512 acc[PK_RT]) {
     const size_t gbs = PK_ROWS * sizeof(l3c_block_q4_1);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -738,12 +740,17 @@ INLINE void pk_q4_1_tile(int RT, int64_t nb, const char *wp, const char *x, size
         }
         UNROLL for (int t = 0; t < RT; t++) {
             const l3c_block_q8_1x *a = (const l3c_block_q8_1x *)(x + t * xs) + b;
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            UNROLL for (int c = 0; c < 4; c++) {
-                s0 = dpbusd_b(s0, q[c], a->qs + 4 * c);
-                s1 = dpbusd_b(s1, q[c + 4], a->qs + 16 + 4 * c);
+            __m512i s = zero_si512();
+            if (RT <= 2) { /* decode: two chains of 4 (latency) */
+                __m512i s1 = zero_si512();
+                UNROLL for (int c = 0; c < 4; c++) {
+                    s = dpbusd_b(s, q[c], a->qs + 4 * c);
+                    s1 = dpbusd_b(s1, q[c + 4], a->qs + 16 + 4 * c);
+                }
+                s = _mm512_add_epi32(s, s1);
+            } else { /* RT independent chains already hide the latency: no add */
+                UNROLL for (int c = 0; c < 8; c++) s = dpbusd_b(s, q[c], a->qs + 4 * c);
             }
-            const __m512i s = _mm512_add_epi32(s0, s1);
             acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a->d)), _mm512_cvtepi32_ps(s), acc[t]);
             macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), macc[t]);
         }

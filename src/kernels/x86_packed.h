@@ -32,6 +32,14 @@ INLINE __m512i dpwssd_b(__m512i acc, __m512i w, const void *p) {
     return acc;
 }
 
+/* a zero vector by the xor idiom, which the renamer resolves without an execution port (GCC
+ * keeps one zero register and copies it with vmovdqa64, a port uop per dot chain otherwise) */
+INLINE __m512i zero_si512(void) {
+    __m512i z;
+    __asm__ volatile("vpxord %0, %0, %0" : "=v"(z));
+    return z;
+}
+
 /* ---- packed Q3_K (the layout: x86_avx512.c, "packed Q3_K") */
 
 /* byte offset of chunk k (0..2) of the triple at column c (0..1) of round rho (0..3) */
