@@ -23,6 +23,7 @@
  */
 #include "train/train_model.h"
 
+#include "io/gguf.h"
 #include "model/block.h"
 #include "model/model.h"
 #include "train/train_kernels.h"
@@ -32,6 +33,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 struct l3c_train_acts {
     float *xn1, *rstd1, *q, *k, *v, *alse, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
@@ -480,11 +483,11 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t R = l3c_train_xent_rows(m, N);
     m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + (keep ? N * V : 0) + R * V + N + 2 * N * half) *
                           sizeof(float));
-    m->scratch = l3c_malloc(
-        (size_t)(N * D + Nc * (3 * D + 2 * qd + 2 * kd + 3 * F) + R * D) * sizeof(float));
+    m->scratch = l3c_malloc((size_t)(N * D + Nc * (3 * D + 2 * qd + 2 * kd + 3 * F) + R * D) *
+                            sizeof(float));
     m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
-    m->lora_tmp =
-        r ? l3c_malloc((size_t)(Nc * (wide + r)) * sizeof(float)) : NULL; /* + the op lora's x A^T */
+    m->lora_tmp = r ? l3c_malloc((size_t)(Nc * (wide + r)) * sizeof(float))
+                    : NULL; /* + the op lora's x A^T */
     const int drop = r && m->lora_dropout > 0.0f;
     if (m->exact && !m->exact_w) {
         const l3c_weight s = l3c_trk_f32_weight(NULL, wide, exact_rows(D), "exact slice");
@@ -525,7 +528,8 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
         A->g = a, a += n * F;
         A->u = a, a += n * F;
         A->h = a, a += n * F;
-        for (int t = 0; t < L3C_TRAIN_N_MATS; t++) A->lu[t] = r ? a : NULL, a += n * r;
+        for (int t = 0; t < L3C_TRAIN_N_MATS; t++)
+            A->lu[t] = r ? a : NULL, a += n * r;
     }
     float *x = m->x_res + (L + 1) * N * D;
     m->xn_f = x, x += N * D;
@@ -549,8 +553,8 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
 }
 
 static bwd_bufs scratch_bufs(const l3c_train_model *m) {
-    const int64_t N = m->B * m->T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m),
-                  Nc = m->cap_rows * m->T;
+    const int64_t N = m->B * m->T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m),
+                  kd = kv_dim(m), Nc = m->cap_rows * m->T;
     bwd_bufs s;
     float *x = m->scratch;
     s.dres = x, x += N * D;
@@ -586,7 +590,8 @@ static l3c_train_acts acts_at(const l3c_train_model *m, const l3c_train_acts *A,
                         .g = A->g + t0 * F,
                         .u = A->u + t0 * F,
                         .h = A->h + t0 * F};
-    for (int t = 0; t < L3C_TRAIN_N_MATS; t++) v.lu[t] = A->lu[t] ? A->lu[t] + t0 * r : NULL;
+    for (int t = 0; t < L3C_TRAIN_N_MATS; t++)
+        v.lu[t] = A->lu[t] ? A->lu[t] + t0 * r : NULL;
     return v;
 }
 
@@ -627,6 +632,21 @@ static void mm(l3c_train_model *m, const l3c_weight *w, const float *x, float *y
 static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const float *dy, int64_t N,
                           float *dx) {
     return l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx);
+}
+
+/* The backward's dx reads a quantized W's blocks in the file mapping, while the forward reads its
+ * packed copy (model/weights.c drops the mapping's pages once packed): after a backward has read
+ * W, its whole pages are dropped from the mapping again (they fault back in from the page cache
+ * at the next backward), so the base is not resident twice. Only a matrix with a packed copy in
+ * a mapping of the file itself (not a read buffer, a Hugging Face folder or any other memory). */
+static void release_file_pages(const l3c_train_model *m, const l3c_weight *w) {
+    const l3c_gguf *g = m->base ? m->base->gguf : NULL;
+    if (!g || !g->owns_map || m->base->hf || m->base->file_buf || !w->packed) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p = (uintptr_t)w->data,
+                    n = (uintptr_t)(w->n_out * (int64_t)w->row_bytes);
+    if (p < (uintptr_t)g->base || p + n > (uintptr_t)g->base + g->size) return;
+    const uintptr_t lo = (p + page - 1) / page * page, hi = (p + n) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 /* ------------------------------------------------------------------ LoRA dropout */
@@ -752,8 +772,8 @@ static void train_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b,
     train_fwd *f = tf(ctx);
     const l3c_train_model *m = f->m;
     const l3c_status st =
-        l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos + m->c0, m->cn / m->T, m->T, m->cfg.n_head,
-                              m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
+        l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos + m->c0, m->cn / m->T, m->T,
+                              m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
     note(f, st);
 }
 
@@ -775,8 +795,8 @@ static void lora_branch(l3c_train_model *m, const float *A, const float *B, int3
 static void train_lora(l3c_context *ctx, const float *A, const float *B, int32_t rank, int64_t n_in,
                        int64_t n_out, float scale, const float *x, float *y, int64_t T) {
     l3c_train_model *m = tf(ctx)->m;
-    lora_branch(m, A, B, rank, n_in, n_out, scale, x, m->lora_tmp + m->cap_rows * m->T * widest(m), y,
-                T);
+    lora_branch(m, A, B, rank, n_in, n_out, scale, x, m->lora_tmp + m->cap_rows * m->T * widest(m),
+                y, T);
 }
 
 /* the trained adapter's branch of matrix (l, t): its input through the dropout mask when on, x A^T
@@ -815,8 +835,8 @@ static void train_attention_bwd(l3c_context *ctx, int32_t layer, const l3c_batch
                                 float *dk, float *dv) {
     train_fwd *f = tf(ctx);
     const l3c_train_model *m = f->m;
-    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos + m->c0, f->a->alse, dout, m->cn / m->T, m->T,
-                                  m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
+    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos + m->c0, f->a->alse, dout, m->cn / m->T,
+                                  m->T, m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
 }
 
 static void train_swiglu_bwd(l3c_context *ctx, const float *g, const float *u, const float *dh,
@@ -1098,10 +1118,11 @@ l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
         l3c_tr_rmsnorm_bwd(xf + n0 * D, m->p.output_norm, m->rstd_f + n0, s.dxf, r, D,
                            s.dres + n0 * D, m->g.output_norm);
     }
+    release_file_pages(m, &m->head);
     /* layer by layer, the forward's chunks: with checkpointing the chunk's activations are
      * recomputed from its input right before its backward */
     const int64_t Nc = m->cap_rows * m->T;
-    for (int l = c->n_layer - 1; l >= 0; l--)
+    for (int l = c->n_layer - 1; l >= 0; l--) {
         for (int64_t c0 = 0; c0 < N; c0 += Nc) {
             set_chunk(m, c0, N - c0 < Nc ? N - c0 : Nc);
             const float *x_in = m->x_res + l * N * D + c0 * D;
@@ -1109,6 +1130,9 @@ l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
             if (m->checkpoint && (st = layer_forward(m, l, x_in, &a, s.tmp, s.xo))) return st;
             if ((st = layer_backward(m, l, x_in, &a, &s))) return st;
         }
+        for (int t = 0; t < L3C_TRAIN_N_MATS; t++)
+            release_file_pages(m, &m->mats[l * L3C_TRAIN_N_MATS + t]);
+    }
     if (m->g.tok_embd) l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);
     return L3C_OK;
 }

@@ -115,8 +115,8 @@ typedef struct l3c_train_model {
 
     /* activations of the last forward (B x T) */
     int64_t B, T, cap_tokens;
-    int64_t cap_rows;       /* rows of a chunk (l3c_train_chunk_rows) the buffers were sized for */
-    int64_t c0, cn;         /* the chunk the layer ops run now: first token, tokens */
+    int64_t cap_rows; /* rows of a chunk (l3c_train_chunk_rows) the buffers were sized for */
+    int64_t c0, cn;   /* the chunk the layer ops run now: first token, tokens */
     int cap_ckpt;
     int32_t *ids, *targets; /* [N] copies */
     int32_t *pos;           /* [N] rope positions (t, or restarting per packed example) */
@@ -132,7 +132,7 @@ typedef struct l3c_train_model {
     float *lse;             /* [N] */
     int64_t n_valid;        /* unmasked targets of the last forward */
     float *scratch;         /* backward gradient buffers: dL/dx_res [N x D], the rest per chunk */
-    float *lora_tmp;        /* [chunk x max n_out]: a LoRA branch's output; its gradient [chunk x rank] */
+    float *lora_tmp; /* [chunk x max n_out]: a LoRA branch's output; its gradient [chunk x rank] */
 } l3c_train_model;
 
 /* Token rows per matmul call (bounds the kernel scratch). */

@@ -14,8 +14,8 @@
  * "epoch", "start", "n_trained", "ids", "targets"}] for steps K .. K+N-1 of the training
  * order (seeded per epoch); --pack: of the (split's training) examples packed into rows of T
  * as `llama3c train` packs them (l3c_data_pack), each step also with "pos" (the rope position
- * of every token, restarting at 0 where an example starts). --describe: l3c_data_describe on stderr. Exit 1 with the library's
- * message on stderr on failure.
+ * of every token, restarting at 0 where an example starts). --describe: l3c_data_describe on
+ * stderr. Exit 1 with the library's message on stderr on failure.
  */
 #include "train/data.h"
 #include "train/report.h"
@@ -74,7 +74,8 @@ int main(int argc, char **argv) {
                 if (!strcmp(v, l3c_chat_template_name((l3c_chat_template)t))) p.tmpl = (l3c_chat_template)t;
         } else if (!strcmp(a, "--drop-long")) p.drop_long = 1;
         else if (!strcmp(a, "--describe")) describe = 1;
-        else if (!strcmp(a, "--pack")) pack = 1;
+        else if (!strcmp(a, "--pack"))
+            pack = 1;
         else {
             fprintf(stderr, "data_dump: unknown or incomplete argument %s\n", a);
             return 2;
@@ -129,8 +130,10 @@ int main(int argc, char **argv) {
             }
             d = packed;
         }
-        int32_t *order = malloc(d->n_ex * sizeof *order), *ids = malloc((size_t)B * T * sizeof *ids),
-                *tgt = malloc((size_t)B * T * sizeof *tgt), *pos = malloc((size_t)B * T * sizeof *pos);
+        int32_t *order = malloc(d->n_ex * sizeof *order),
+                *ids = malloc((size_t)B * T * sizeof *ids),
+                *tgt = malloc((size_t)B * T * sizeof *tgt),
+                *pos = malloc((size_t)B * T * sizeof *pos);
         printf(",\"steps\":[");
         for (long long s = from; s < from + steps; s++) {
             int64_t epoch;

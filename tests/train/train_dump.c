@@ -5,7 +5,8 @@
  *
  *   train_dump (--model F.gguf | --random V,D,L,H,HKV,FF [--tied] [--seed S] [--theta X]
  *               [--eps X] [--n-rot R] | --config F.json (--tok-from M.gguf | --vocab V) [--seed S])
- *              --ids F.i32 [--targets F.i32] --batch B --seq T [--checkpoint] [--chunk-tokens N] --out DIR
+ *              --ids F.i32 [--targets F.i32] --batch B --seq T [--checkpoint] [--chunk-tokens N]
+ * --out DIR
  *              [--steps K --lr X --wd X --warmup N --total N --min-lr-ratio X --clip X
  *               --beta1 X --beta2 X --adam-eps X] [--threads N]
  *              [--lora-rank R --lora-alpha A --lora-targets q,k,... [--lora-b-std S]
@@ -111,7 +112,8 @@ int main(int argc, char **argv) {
         else if (ARG("--name")) name = v;
         else if (strcmp(a, "--tied") == 0) tied = 1;
         else if (strcmp(a, "--checkpoint") == 0) ckpt = 1;
-        else if (ARG("--chunk-tokens")) chunk_tokens = atoll(v);
+        else if (ARG("--chunk-tokens"))
+            chunk_tokens = atoll(v);
         else if (ARG("--seed")) seed = strtoull(v, NULL, 10);
         else if (ARG("--theta")) theta = strtof(v, NULL);
         else if (ARG("--eps")) eps = strtof(v, NULL);

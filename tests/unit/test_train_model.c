@@ -159,8 +159,15 @@ static void run_chunked(l3c_train_model *m, int ckpt, int64_t chunk_tokens, cons
 /* Chunks of 2 and 1 rows: the recompute sees the chunk the forward ran (same bits), and the
  * chunked gradients are the whole batch's (the dW sums only add in another order). */
 static void test_chunks(void) {
-    l3c_train_config c = {.n_vocab = 40, .n_embd = 24, .n_layer = 2, .n_head = 6, .n_head_kv = 2,
-                          .n_ff = 36, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tied = 1};
+    l3c_train_config c = {.n_vocab = 40,
+                          .n_embd = 24,
+                          .n_layer = 2,
+                          .n_head = 6,
+                          .n_head_kv = 2,
+                          .n_ff = 36,
+                          .rope_theta = 10000.0f,
+                          .norm_eps = 1e-5f,
+                          .tied = 1};
     l3c_train_model *m = NULL;
     CHECK(l3c_train_model_create(&c, 7, &m) == L3C_OK && m);
     int32_t ids[3 * T], tgt[3 * T];
@@ -176,15 +183,16 @@ static void test_chunks(void) {
     float *gw = malloc(m->n_params * sizeof(float)), *gs = malloc(m->n_params * sizeof(float)),
           *gc = malloc(m->n_params * sizeof(float));
     float lw = 0, ls = 0, lc = 0;
-    run_chunked(m, 0, 0, ids, tgt, &lw, gw);         /* one chunk */
-    run_chunked(m, 0, 2 * T, ids, tgt, &ls, gs);     /* stored, rows {0, 1}, {2} */
-    run_chunked(m, 1, 2 * T, ids, tgt, &lc, gc);     /* checkpointed, the same chunks */
+    run_chunked(m, 0, 0, ids, tgt, &lw, gw);     /* one chunk */
+    run_chunked(m, 0, 2 * T, ids, tgt, &ls, gs); /* stored, rows {0, 1}, {2} */
+    run_chunked(m, 1, 2 * T, ids, tgt, &lc, gc); /* checkpointed, the same chunks */
     CHECK(lc == ls);
     CHECK_MSG(memcmp(gs, gc, m->n_params * sizeof(float)) == 0,
               "checkpointed chunks' gradients differ from the stored chunks'");
     const double e = rel_max(gc, gw, m->n_params);
     CHECK_MSG(fabsf(lc - lw) <= 1e-6f * lw && e <= 1e-6,
-              "chunked vs whole batch: loss %.9g vs %.9g, gradients %.3g", (double)lc, (double)lw, e);
+              "chunked vs whole batch: loss %.9g vs %.9g, gradients %.3g", (double)lc, (double)lw,
+              e);
     CHECK(l3c_grad_norm(gw, m->n_params) > 0.0);
     printf("chunks: 2 + 1 rows vs the whole batch: loss %.9g vs %.9g, gradients %.2e\n", (double)lc,
            (double)lw, e);
