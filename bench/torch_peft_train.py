@@ -17,6 +17,9 @@ So torch + peft train on an fp32 copy of the dequantized base: that is what they
 The batches: BATCHES.json as `build/tests/data_dump --batch B --steps N` writes them (the exact
 ids / targets `llama3c train` builds from the same data, seed and sequence length; target -1 is
 masked), so both engines process the same B x T positions and the same trained targets.
+Packed rows (data_dump --pack: each step also has "pos", restarting at 0 where an example
+starts) get position_ids = pos and a 4D additive attention mask that lets a token see only the
+earlier tokens of its own example (transformers takes a 4D mask as given), as llama3c's packing.
 
 The loop: peft LoraConfig(r, lora_alpha, target_modules, lora_dropout=0), AdamW (weight decay 0)
 over the adapter parameters, loss = cross_entropy(logits, targets, ignore_index=-1) (mean over
@@ -187,7 +190,14 @@ def main():
         ids = torch.tensor(s["ids"], dtype=torch.long).view(B, T)
         tgt = torch.tensor(s["targets"], dtype=torch.long).view(B * T)
         t = time.perf_counter()
-        logits = model(input_ids=ids, use_cache=False).logits
+        extra = {}
+        if "pos" in s:  # packed: own positions, attention within each example only
+            pos = torch.tensor(s["pos"], dtype=torch.long).view(B, T)
+            seg = torch.cumsum((pos == 0).long(), dim=1)
+            ok = (seg[:, :, None] == seg[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
+            mask = torch.zeros(B, 1, T, T).masked_fill_(~ok[:, None], torch.finfo(torch.float32).min)
+            extra = {"position_ids": pos, "attention_mask": mask}
+        logits = model(input_ids=ids, use_cache=False, **extra).logits
         loss = F.cross_entropy(logits.view(B * T, -1), tgt, ignore_index=-1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -204,6 +214,7 @@ def main():
     timed = steps[w:]
     out = {"engine": "torch+peft", "steps": len(timed), "warmup_steps": w, "batch": B, "seq": T,
            "tokens": B * T * len(timed), "trained_tokens": sum(s["n_trained"] for s in timed),
+           "packed": "pos" in steps[0],
            "seconds": secs, "tok_per_s": B * T * len(timed) / secs,
            "first_loss": losses[0], "train_loss": losses[-1], "losses": losses, "step_seconds": times,
            "load_seconds": load_s, "n_params": n_params, "n_trainable": n_train,

@@ -117,6 +117,8 @@ def bench_llama3c(a, model, outdir, n_total):
            "--threads", str(a.threads), "--seed", str(a.seed), "--eval-frac", "0"]
     if a.no_checkpoint:
         cmd.append("--no-checkpoint")
+    if a.no_pack:
+        cmd.append("--no-pack")
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     line, rss, wall = run_child(cmd)
     s = json.loads(line)
@@ -171,6 +173,9 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-checkpoint", action="store_true",
                     help="both engines keep every activation (default: both recompute per layer)")
+    ap.add_argument("--no-pack", action="store_true",
+                    help="one example per padded row in both engines (default: both pack rows as "
+                         "llama3c train does; torch gets positions and a per-example attention mask)")
     ap.add_argument("--engines", default="llama3c,torch", help="comma list: llama3c, torch")
     ap.add_argument("--blas-dir", help="folder with an optimized libblas.so.3 for torch (default: OpenBLAS, found)")
     ap.add_argument("--quick", action="store_true", help="smoke test: B 4, 2 timed steps after 1 warm-up")
@@ -191,7 +196,8 @@ def main():
             with open(batches, "w") as f:
                 subprocess.run([os.path.join(BUILD, "tests", "data_dump"), "-m", model, "--data", a.data,
                                 "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(n_total),
-                                "--seed", str(a.seed)], check=True, stdout=f)
+                                "--seed", str(a.seed), "--split", "0"] + ([] if a.no_pack else ["--pack"]),
+                               check=True, stdout=f)
             with open(batches) as f:
                 steps = json.load(f)["steps"]
             trained = [s["n_trained"] for s in steps]
@@ -216,10 +222,13 @@ def main():
     print("\nLoRA r %d alpha %d on %s; B %d x T %d, %d timed steps after %d warm-up; %d threads; %s; %s"
           % (a.rank, a.alpha, a.targets, a.batch, a.seq, a.steps, a.warmup_steps, a.threads, ck,
              time.strftime("%Y-%m-%d %H:%M")))
-    print("| model | engine | tok/s | s/step | peak RSS MiB | first-step loss | last-step loss | tok/s vs torch+peft | RSS vs torch+peft | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("rows %s; trained tok/s = tok/s x the timed steps' trained targets / positions (the same batches)"
+          % ("one example per padded row" if a.no_pack else "packed (both engines)"))
+    print("| model | engine | tok/s | trained tok/s | s/step | peak RSS MiB | first-step loss | last-step loss | tok/s vs torch+peft | RSS vs torch+peft | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ref = r.get("torch")
+        share = sum(r["trained_per_step"][a.warmup_steps:]) / float(a.batch * a.seq * a.steps)
         for e in engines:
             s = r[e]
             name = "llama3c" if e == "llama3c" else "torch+peft (fp32)"
@@ -227,8 +236,8 @@ def main():
             ratio = "%.2fx" % (tps / ref["bench_tok_per_s"]) if ref else "-"
             rss = "%.2fx" % (s["peak_rss_bytes"] / ref["peak_rss_bytes"]) if ref else "-"
             first = s["first_loss"]
-            print("| %s | %s | %.1f | %.2f | %.0f | %.4f | %.4f | %s | %s | %.2f |" % (
-                r["model"], name, tps, a.batch * a.seq / tps, s["peak_rss_bytes"] / 2**20, first,
+            print("| %s | %s | %.1f | %.1f | %.2f | %.0f | %.4f | %.4f | %s | %s | %.2f |" % (
+                r["model"], name, tps, tps * share, a.batch * a.seq / tps, s["peak_rss_bytes"] / 2**20, first,
                 float(s.get("train_loss", float("nan"))), ratio, rss, s["load_average"]))
         for e in engines:
             print("%s: %s timed: %s" % (r["model"], e, r[e]["timed_note"]))

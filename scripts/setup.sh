@@ -53,6 +53,10 @@ PKGS+=(bible-kjv bible-kjv-text)
 # the distributed runs (`make MPI=1`, tests/py/test_mpi.py, docs/DISTRIBUTED.md): Open MPI, found
 # through pkg-config (ompi-c)
 ((WITH_TEST)) && PKGS+=(openmpi-bin libopenmpi-dev pkgconf)
+# bench/train_lora.py (not a test): Debian's torch calls libblas.so.3, the netlib reference BLAS
+# (~2.5 GFLOP/s) unless an optimized one provides it; OpenBLAS's pthread build becomes the
+# alternative when installed (the bench also puts its folder on torch's LD_LIBRARY_PATH)
+((WITH_TEST)) && PKGS+=(libopenblas0-pthread)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -205,6 +209,11 @@ if ((WITH_TEST)); then
     for m in torch transformers safetensors peft; do
         err=$("$TORCH_PY" -c "import $m" 2>&1) || die "test reference '$m' does not import in .venv-torch: ${err##*$'\n'}"
     done
+    blas_dir=$(dpkg -L libopenblas0-pthread 2>/dev/null | grep '/openblas-pthread/libblas\.so\.3$' | head -1)
+    [ -n "$blas_dir" ] && [ -f "$blas_dir" ] ||
+        die "OpenBLAS (libopenblas0-pthread) has no libblas.so.3: bench/train_lora.py would run torch on the reference BLAS"
+    LD_LIBRARY_PATH=$(dirname "$blas_dir") "$TORCH_PY" -c "import torch; torch.ones(64, 64) @ torch.ones(64, 64); import sys; sys.exit(0 if any('openblas' in l for l in open('/proc/self/maps')) else 1)" ||
+        die "torch (.venv-torch) does not load OpenBLAS from $(dirname "$blas_dir") (bench/train_lora.py)"
     chromium=$(command -v chromium || command -v chromium-browser) || die "chromium is not on PATH (the web-page tests need it)"
     "$chromium" --headless --no-sandbox --disable-gpu --version >/dev/null 2>&1 ||
         die "$chromium does not start (--headless --version failed)"
@@ -240,7 +249,7 @@ b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696 stories260K/sto
 a3213f9ea026d75bf2993355ae334822d7c9d34328964c711ab030d3148e6cef stories260K/expected_greedy_t0.txt
 0216cc3ebe402a4b4f7221564caa5dd593708753568ff2818ae74e4e8283fb61 stories260K/expected_greedy_t0.ids
 EOF_SUMS
-    say "test references: python modules (.venv, .venv-torch), chromium, clang/libFuzzer, Open MPI, bible, default model, test data ($DATA): verified"
+    say "test references: python modules (.venv, .venv-torch), torch on OpenBLAS, chromium, clang/libFuzzer, Open MPI, bible, default model, test data ($DATA): verified"
 fi
 
 say "done. Try: make demo   (or: build/llama3c chat -m \"\$(sh scripts/default-model.sh)\")"

@@ -23,6 +23,7 @@
  */
 #include "train/train_model.h"
 
+#include "io/gguf.h"
 #include "model/block.h"
 #include "model/model.h"
 #include "train/train_kernels.h"
@@ -32,6 +33,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 struct l3c_train_acts {
     float *xn1, *rstd1, *q, *k, *v, *alse, *ao, *x_mid, *xn2, *rstd2, *g, *u, *h;
@@ -42,7 +45,9 @@ static void train_fwd_free(l3c_train_model *m); /* the block's view of the model
 
 /* Backward scratch (one set, reused by every layer) and the forward's temporary. */
 typedef struct bwd_bufs {
-    float *dres, *dxn, *dao, *dq, *dk, *dv, *dh, *dg, *du, *tmp, *xo;
+    float *dres;                                               /* [N x D] */
+    float *dxn, *dao, *dq, *dk, *dv, *dh, *dg, *du, *tmp, *xo; /* [chunk x width] */
+    float *dxf;                                                /* the head's [xent rows x D] */
 } bwd_bufs;
 
 static int64_t q_dim(const l3c_train_model *m) { return (int64_t)m->cfg.n_head * m->head_dim; }
@@ -411,6 +416,12 @@ int64_t l3c_train_xent_rows(const l3c_train_model *m, int64_t N) {
 
 static int32_t lora_rank(const l3c_train_model *m) { return m->lora ? m->lora->rank : 0; }
 
+int64_t l3c_train_chunk_rows(const l3c_train_model *m, int64_t B, int64_t T) {
+    const int64_t ct = m->chunk_tokens > 0 ? m->chunk_tokens : L3C_TRAIN_CHUNK_TOKENS;
+    const int64_t r = ct / T;
+    return r < 1 ? 1 : r > B ? B : r;
+}
+
 static size_t per_layer_floats(const l3c_train_model *m, int64_t B, int64_t T) {
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
     return (size_t)(N * (3 * D + 2 + 2 * qd + 2 * kd + 3 * F) + N * m->cfg.n_head +
@@ -454,25 +465,29 @@ static int64_t widest(const l3c_train_model *m) {
 static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     const int ckpt = m->checkpoint ? 1 : 0;
     const int keep = m->keep_logits ? 1 : 0;
-    if (m->acts && m->B == B && m->T == T && m->cap_ckpt == ckpt && m->cap_keep == keep &&
-        !!m->drop_buf == (m->lora && m->lora_dropout > 0.0f))
+    const int64_t Bc = l3c_train_chunk_rows(m, B, T);
+    if (m->acts && m->B == B && m->T == T && m->cap_rows == Bc && m->cap_ckpt == ckpt &&
+        m->cap_keep == keep && !!m->drop_buf == (m->lora && m->lora_dropout > 0.0f))
         return L3C_OK; /* same layout */
     free_acts(m);
     const int64_t N = B * T, D = m->cfg.n_embd, F = m->cfg.n_ff, V = m->cfg.n_vocab, qd = q_dim(m),
-                  kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer, r = lora_rank(m);
+                  kd = kv_dim(m), half = m->cfg.n_rot / 2, L = m->cfg.n_layer, r = lora_rank(m),
+                  Nc = Bc * T;
+    /* stored: every layer's activations of all N tokens; checkpointed: one chunk's */
     const int n_sets = ckpt ? 1 : m->cfg.n_layer;
-    const size_t per = per_layer_floats(m, B, T);
+    const int64_t set_tokens = ckpt ? Nc : N;
+    const size_t per = per_layer_floats(m, ckpt ? Bc : B, T);
     const int64_t wide = widest(m);
     m->acts = l3c_calloc((size_t)n_sets, sizeof *m->acts);
     float *a = l3c_malloc((size_t)n_sets * per * sizeof(float));
     const int64_t R = l3c_train_xent_rows(m, N);
     m->x_res = l3c_malloc((size_t)((L + 1) * N * D + N * D + N + (keep ? N * V : 0) + R * V + N + 2 * N * half) *
                           sizeof(float));
-    m->scratch =
-        l3c_malloc((size_t)(4 * N * D + 2 * N * qd + 2 * N * kd + 3 * N * F) * sizeof(float));
+    m->scratch = l3c_malloc((size_t)(N * D + Nc * (3 * D + 2 * qd + 2 * kd + 3 * F) + R * D) *
+                            sizeof(float));
     m->ids = l3c_malloc((size_t)N * 3 * sizeof(int32_t));
-    m->lora_tmp =
-        r ? l3c_malloc((size_t)(N * (wide + r)) * sizeof(float)) : NULL; /* + the op lora's x A^T */
+    m->lora_tmp = r ? l3c_malloc((size_t)(Nc * (wide + r)) * sizeof(float))
+                    : NULL; /* + the op lora's x A^T */
     const int drop = r && m->lora_dropout > 0.0f;
     if (m->exact && !m->exact_w) {
         const l3c_weight s = l3c_trk_f32_weight(NULL, wide, exact_rows(D), "exact slice");
@@ -487,7 +502,7 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
             return l3c_fail(L3C_ERR_NOMEM, "train: out of memory for the exact mode");
         }
     }
-    m->drop_buf = drop ? l3c_malloc((size_t)(N * wide) * sizeof(float)) : NULL;
+    m->drop_buf = drop ? l3c_malloc((size_t)(Nc * wide) * sizeof(float)) : NULL;
     const size_t mmb = mm_scratch_bytes(m);
     m->mm_scratch = l3c_malloc(mmb ? mmb : 1);
     if (!m->acts || !a || !m->x_res || !m->scratch || !m->ids || (r && !m->lora_tmp) ||
@@ -499,20 +514,22 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     }
     for (int s = 0; s < n_sets; s++) {
         l3c_train_acts *A = &m->acts[s];
-        A->xn1 = a, a += N * D;
-        A->rstd1 = a, a += N;
-        A->q = a, a += N * qd;
-        A->k = a, a += N * kd;
-        A->v = a, a += N * kd;
-        A->alse = a, a += N * m->cfg.n_head;
-        A->ao = a, a += N * qd;
-        A->x_mid = a, a += N * D;
-        A->xn2 = a, a += N * D;
-        A->rstd2 = a, a += N;
-        A->g = a, a += N * F;
-        A->u = a, a += N * F;
-        A->h = a, a += N * F;
-        for (int t = 0; t < L3C_TRAIN_N_MATS; t++) A->lu[t] = r ? a : NULL, a += N * r;
+        const int64_t n = set_tokens;
+        A->xn1 = a, a += n * D;
+        A->rstd1 = a, a += n;
+        A->q = a, a += n * qd;
+        A->k = a, a += n * kd;
+        A->v = a, a += n * kd;
+        A->alse = a, a += n * m->cfg.n_head;
+        A->ao = a, a += n * qd;
+        A->x_mid = a, a += n * D;
+        A->xn2 = a, a += n * D;
+        A->rstd2 = a, a += n;
+        A->g = a, a += n * F;
+        A->u = a, a += n * F;
+        A->h = a, a += n * F;
+        for (int t = 0; t < L3C_TRAIN_N_MATS; t++)
+            A->lu[t] = r ? a : NULL, a += n * r;
     }
     float *x = m->x_res + (L + 1) * N * D;
     m->xn_f = x, x += N * D;
@@ -527,27 +544,55 @@ static l3c_status reserve(l3c_train_model *m, int64_t B, int64_t T) {
     m->B = B;
     m->T = T;
     m->cap_tokens = N;
+    m->cap_rows = Bc;
+    m->c0 = 0;
+    m->cn = Nc;
     m->cap_ckpt = ckpt;
     m->cap_keep = keep;
     return L3C_OK;
 }
 
 static bwd_bufs scratch_bufs(const l3c_train_model *m) {
-    const int64_t N = m->B * m->T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m);
+    const int64_t N = m->B * m->T, D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m),
+                  kd = kv_dim(m), Nc = m->cap_rows * m->T;
     bwd_bufs s;
     float *x = m->scratch;
     s.dres = x, x += N * D;
-    s.dxn = x, x += N * D;
-    s.tmp = x, x += N * D;
-    s.xo = x, x += N * D; /* a recomputed layer's output (not needed again) */
-    s.dao = x, x += N * qd;
-    s.dq = x, x += N * qd;
-    s.dk = x, x += N * kd;
-    s.dv = x, x += N * kd;
-    s.dh = x, x += N * F;
-    s.dg = x, x += N * F;
-    s.du = x;
+    s.dxn = x, x += Nc * D;
+    s.tmp = x, x += Nc * D;
+    s.xo = x, x += Nc * D; /* a recomputed layer's output (not needed again) */
+    s.dao = x, x += Nc * qd;
+    s.dq = x, x += Nc * qd;
+    s.dk = x, x += Nc * kd;
+    s.dv = x, x += Nc * kd;
+    s.dh = x, x += Nc * F;
+    s.dg = x, x += Nc * F;
+    s.du = x, x += Nc * F;
+    s.dxf = x;
     return s;
+}
+
+/* Tokens [c0, c0 + n) of a set of activations (a chunk of the stored ones, or the checkpointed
+ * chunk-sized set at t0 = 0). */
+static l3c_train_acts acts_at(const l3c_train_model *m, const l3c_train_acts *A, int64_t t0) {
+    const int64_t D = m->cfg.n_embd, F = m->cfg.n_ff, qd = q_dim(m), kd = kv_dim(m),
+                  H = m->cfg.n_head, r = lora_rank(m);
+    l3c_train_acts v = {.xn1 = A->xn1 + t0 * D,
+                        .rstd1 = A->rstd1 + t0,
+                        .q = A->q + t0 * qd,
+                        .k = A->k + t0 * kd,
+                        .v = A->v + t0 * kd,
+                        .alse = A->alse + t0 * H,
+                        .ao = A->ao + t0 * qd,
+                        .x_mid = A->x_mid + t0 * D,
+                        .xn2 = A->xn2 + t0 * D,
+                        .rstd2 = A->rstd2 + t0,
+                        .g = A->g + t0 * F,
+                        .u = A->u + t0 * F,
+                        .h = A->h + t0 * F};
+    for (int t = 0; t < L3C_TRAIN_N_MATS; t++)
+        v.lu[t] = A->lu[t] ? A->lu[t] + t0 * r : NULL;
+    return v;
 }
 
 static void zero(float *x, int64_t n) { memset(x, 0, (size_t)n * sizeof(float)); }
@@ -589,6 +634,21 @@ static l3c_status base_dx(l3c_train_model *m, const l3c_weight *w, const float *
     return l3c_trk_matmul_dx(m->tp, w, dy, N, 1.0f, dx);
 }
 
+/* The backward's dx reads a quantized W's blocks in the file mapping, while the forward reads its
+ * packed copy (model/weights.c drops the mapping's pages once packed): after a backward has read
+ * W, its whole pages are dropped from the mapping again (they fault back in from the page cache
+ * at the next backward), so the base is not resident twice. Only a matrix with a packed copy in
+ * a mapping of the file itself (not a read buffer, a Hugging Face folder or any other memory). */
+static void release_file_pages(const l3c_train_model *m, const l3c_weight *w) {
+    const l3c_gguf *g = m->base ? m->base->gguf : NULL;
+    if (!g || !g->owns_map || m->base->hf || m->base->file_buf || !w->packed) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p = (uintptr_t)w->data,
+                    n = (uintptr_t)(w->n_out * (int64_t)w->row_bytes);
+    if (p < (uintptr_t)g->base || p + n > (uintptr_t)g->base + g->size) return;
+    const uintptr_t lo = (p + page - 1) / page * page, hi = (p + n) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* ------------------------------------------------------------------ LoRA dropout */
 
 static uint64_t mix64(uint64_t z) { /* splitmix64's finalizer */
@@ -611,12 +671,14 @@ void l3c_train_dropout_mask(const l3c_train_model *m, int l, int t, int64_t n, f
     for (int64_t i = 0; i < n; i++) out[i] = drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
 }
 
-/* The input of matrix (l, t)'s LoRA branch: x itself, or with the last forward's dropout on, x
- * times its mask in m->drop_buf. */
+/* The input of matrix (l, t)'s LoRA branch for the chunk being run: x itself, or with the last
+ * forward's dropout on, x times its mask in m->drop_buf (element i of the chunk is element
+ * c0 n_in + i of the whole batch's input: the masks do not depend on the chunking). */
 static const float *lora_input(l3c_train_model *m, int l, int t, const float *x, int64_t n_in) {
     if (!m->drop_fwd) return x;
-    const int64_t n = m->B * m->T * n_in;
-    for (int64_t i = 0; i < n; i++) m->drop_buf[i] = x[i] * drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
+    const int64_t n = m->cn * n_in, i0 = m->c0 * n_in;
+    for (int64_t i = 0; i < n; i++)
+        m->drop_buf[i] = x[i] * drop_keep(m->drop_fwd_seed, l, t, i0 + i, m->lora_dropout);
     return m->drop_buf;
 }
 
@@ -625,7 +687,7 @@ static const float *lora_input(l3c_train_model *m, int l, int t, const float *x,
  * d(x A^T)^T x, dx += d(x A^T) A. */
 static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, const float *lu,
                              const float *dy, float *dx, float *dW) {
-    const int64_t N = m->B * m->T;
+    const int64_t N = m->cn; /* the chunk's tokens */
     const l3c_weight *w = &m->mats[l * L3C_TRAIN_N_MATS + t];
     l3c_status st = L3C_OK;
     if (dx && (st = base_dx(m, w, dy, N, dx))) return st;
@@ -647,8 +709,9 @@ static l3c_status linear_bwd(l3c_train_model *m, int l, int t, const float *x, c
     /* through the dropout: dx += (d(x A^T) A) * mask */
     zero(m->drop_buf, N * am->n_in);
     if ((st = l3c_trk_matmul_dx(m->tp, &wa, dlu, N, 1.0f, m->drop_buf))) return st;
+    const int64_t i0 = m->c0 * am->n_in;
     for (int64_t i = 0; i < N * am->n_in; i++)
-        dx[i] += m->drop_buf[i] * drop_keep(m->drop_fwd_seed, l, t, i, m->lora_dropout);
+        dx[i] += m->drop_buf[i] * drop_keep(m->drop_fwd_seed, l, t, i0 + i, m->lora_dropout);
     return L3C_OK;
 }
 
@@ -709,8 +772,8 @@ static void train_attention(l3c_context *ctx, int32_t layer, const l3c_batch *b,
     train_fwd *f = tf(ctx);
     const l3c_train_model *m = f->m;
     const l3c_status st =
-        l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos, m->B, m->T, m->cfg.n_head,
-                              m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
+        l3c_trk_attention_fwd(m->tp, q, f->k, f->v, m->pos + m->c0, m->cn / m->T, m->T,
+                              m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, f->a->alse, out);
     note(f, st);
 }
 
@@ -732,7 +795,8 @@ static void lora_branch(l3c_train_model *m, const float *A, const float *B, int3
 static void train_lora(l3c_context *ctx, const float *A, const float *B, int32_t rank, int64_t n_in,
                        int64_t n_out, float scale, const float *x, float *y, int64_t T) {
     l3c_train_model *m = tf(ctx)->m;
-    lora_branch(m, A, B, rank, n_in, n_out, scale, x, m->lora_tmp + m->B * m->T * widest(m), y, T);
+    lora_branch(m, A, B, rank, n_in, n_out, scale, x, m->lora_tmp + m->cap_rows * m->T * widest(m),
+                y, T);
 }
 
 /* the trained adapter's branch of matrix (l, t): its input through the dropout mask when on, x A^T
@@ -771,8 +835,8 @@ static void train_attention_bwd(l3c_context *ctx, int32_t layer, const l3c_batch
                                 float *dk, float *dv) {
     train_fwd *f = tf(ctx);
     const l3c_train_model *m = f->m;
-    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos, f->a->alse, dout, m->B, m->T,
-                                  m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
+    note(f, l3c_trk_attention_bwd(m->tp, q, k, v, m->pos + m->c0, f->a->alse, dout, m->cn / m->T,
+                                  m->T, m->cfg.n_head, m->cfg.n_head_kv, m->head_dim, dq, dk, dv));
 }
 
 static void train_swiglu_bwd(l3c_context *ctx, const float *g, const float *u, const float *dh,
@@ -878,17 +942,24 @@ static l3c_block_bufs block_bufs(const l3c_train_model *m, const float *x_in, l3
                             .g = a->g,
                             .u = a->u,
                             .h = a->h,
-                            .rope_cos = m->rope_cos,
-                            .rope_sin = m->rope_sin};
+                            .rope_cos = m->rope_cos + m->c0 * (m->cfg.n_rot / 2),
+                            .rope_sin = m->rope_sin + m->c0 * (m->cfg.n_rot / 2)};
 }
 
-/* the whole batch as one l3c_batch of B*T tokens (rows of packed examples) */
+/* the chunk being run as one l3c_batch of whole rows (of packed examples) */
 static l3c_batch train_batch(const l3c_train_model *m) {
-    return (l3c_batch){.n_tokens = (int32_t)(m->B * m->T), .tokens = m->ids, .pos = m->pos};
+    return (l3c_batch){.n_tokens = (int32_t)m->cn, .tokens = m->ids + m->c0, .pos = m->pos + m->c0};
 }
 
-/* Layer l of the last batch through l3c_block_forward: x_in -> x_out, keeping a's activations
- * (the checkpointed backward recomputes them with x_out a scratch buffer). */
+/* the layer ops run tokens [c0, c0 + n) from now on */
+static void set_chunk(l3c_train_model *m, int64_t c0, int64_t n) {
+    m->c0 = c0;
+    m->cn = n;
+}
+
+/* Layer l of the chunk set_chunk chose through l3c_block_forward: x_in -> x_out (the chunk's
+ * rows), keeping a's activations (the checkpointed backward recomputes them with x_out a
+ * scratch buffer). */
 static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
                                 float *proj, float *x_out) {
     train_fwd *f = m->fwd;
@@ -901,7 +972,8 @@ static l3c_status layer_forward(l3c_train_model *m, int l, const float *x_in, l3
     return f->st;
 }
 
-/* Its backward (l3c_block_backward): s->dres holds dL/dx_out on entry and dL/dx_in on return;
+/* Its backward (l3c_block_backward) on the same chunk: s->dres (all N rows; the chunk's are
+ * used) holds dL/dx_out on entry and dL/dx_in on return;
  * the parameters' gradients are added into m->g (NULL there: frozen, LoRA mode) and the
  * adapter's into m->dlora. */
 static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, l3c_train_acts *a,
@@ -913,7 +985,7 @@ static l3c_status layer_backward(l3c_train_model *m, int l, const float *x_in, l
     const l3c_block_grads G = {.attn_norm = g->attn_norm,
                                .ffn_norm = g->ffn_norm,
                                .w = {g->wq, g->wk, g->wv, g->wo, g->w_gate, g->w_up, g->w_down}};
-    const l3c_block_dbufs d = {.dres = s->dres,
+    const l3c_block_dbufs d = {.dres = s->dres + m->c0 * m->cfg.n_embd,
                                .dxn = s->dxn,
                                .dao = s->dao,
                                .dq = s->dq,
@@ -977,10 +1049,17 @@ l3c_status l3c_train_forward_pos(l3c_train_model *m, const int32_t *ids, const i
     /* the op sequence of l3c_decode (forward.c) on every token, through the training backend */
     be->rope_tables(ctx, m->pos, N, m->rope_cos, m->rope_sin);
     be->get_rows(ctx, &m->fwd->model.w.tok_embd, m->ids, N, m->x_res);
+    /* each layer a chunk of whole rows at a time: stored activations at the chunk's offset in
+     * the layer's set, checkpointed ones in the one chunk-sized set */
+    const int64_t Nc = m->cap_rows * T;
     for (int l = 0; l < c->n_layer; l++)
-        if ((st = layer_forward(m, l, m->x_res + l * N * D, &m->acts[m->checkpoint ? 0 : l], s.tmp,
-                                m->x_res + (l + 1) * N * D)))
-            return st;
+        for (int64_t c0 = 0; c0 < N; c0 += Nc) {
+            set_chunk(m, c0, N - c0 < Nc ? N - c0 : Nc);
+            l3c_train_acts a = acts_at(m, &m->acts[m->checkpoint ? 0 : l], m->checkpoint ? 0 : c0);
+            if ((st = layer_forward(m, l, m->x_res + l * N * D + c0 * D, &a, s.tmp,
+                                    m->x_res + (l + 1) * N * D + c0 * D)))
+                return st;
+        }
     const float *xf = m->x_res + (int64_t)c->n_layer * N * D;
     be->rmsnorm(ctx, xf, m->p.output_norm, m->xn_f, m->rstd_f, N, D, c->norm_eps);
     /* head + cross-entropy R rows at a time: the [N x V] logits are never all in memory */
@@ -1021,28 +1100,38 @@ l3c_status l3c_train_backward_n(l3c_train_model *m, int64_t n_norm) {
     const float scale = n_norm ? 1.0f / (float)n_norm : 0.0f;
     l3c_status st;
     m->n_valid = -1;
-    zero(s.dxn, N * D);
+    zero(s.dres, N * D);
     /* the forward's chunks again: logits recomputed, turned into dlogits in place, then the head's
-     * dx (and dW in full mode) of those rows */
+     * dx (and dW in full mode) of those rows and the final norm's backward into dres */
     const int64_t R = l3c_train_xent_rows(m, N);
+    const float *xf = m->x_res + (int64_t)c->n_layer * N * D;
     float *dlogits = m->xent_buf;
     for (int64_t n0 = 0; n0 < N; n0 += R) {
         const int64_t r = N - n0 < R ? N - n0 : R;
         mm(m, &m->head, m->xn_f + n0 * D, dlogits, r);
         l3c_tr_xent_bwd(dlogits, m->lse + n0, m->targets + n0, r, V, scale, dlogits);
-        if ((st = base_dx(m, &m->head, dlogits, r, s.dxn + n0 * D))) return st;
+        zero(s.dxf, r * D);
+        if ((st = base_dx(m, &m->head, dlogits, r, s.dxf))) return st;
         if (m->g.output &&
             (st = l3c_trk_matmul_dw(m->tp, m->xn_f + n0 * D, dlogits, r, D, V, 1.0f, m->g.output)))
             return st;
+        l3c_tr_rmsnorm_bwd(xf + n0 * D, m->p.output_norm, m->rstd_f + n0, s.dxf, r, D,
+                           s.dres + n0 * D, m->g.output_norm);
     }
-    zero(s.dres, N * D);
-    l3c_tr_rmsnorm_bwd(m->x_res + (int64_t)c->n_layer * N * D, m->p.output_norm, m->rstd_f, s.dxn, N, D,
-                       s.dres, m->g.output_norm);
+    release_file_pages(m, &m->head);
+    /* layer by layer, the forward's chunks: with checkpointing the chunk's activations are
+     * recomputed from its input right before its backward */
+    const int64_t Nc = m->cap_rows * m->T;
     for (int l = c->n_layer - 1; l >= 0; l--) {
-        const float *x_in = m->x_res + l * N * D;
-        l3c_train_acts *a = &m->acts[m->checkpoint ? 0 : l];
-        if (m->checkpoint && (st = layer_forward(m, l, x_in, a, s.tmp, s.xo))) return st;
-        if ((st = layer_backward(m, l, x_in, a, &s))) return st;
+        for (int64_t c0 = 0; c0 < N; c0 += Nc) {
+            set_chunk(m, c0, N - c0 < Nc ? N - c0 : Nc);
+            const float *x_in = m->x_res + l * N * D + c0 * D;
+            l3c_train_acts a = acts_at(m, &m->acts[m->checkpoint ? 0 : l], m->checkpoint ? 0 : c0);
+            if (m->checkpoint && (st = layer_forward(m, l, x_in, &a, s.tmp, s.xo))) return st;
+            if ((st = layer_backward(m, l, x_in, &a, &s))) return st;
+        }
+        for (int t = 0; t < L3C_TRAIN_N_MATS; t++)
+            release_file_pages(m, &m->mats[l * L3C_TRAIN_N_MATS + t]);
     }
     if (m->g.tok_embd) l3c_tr_embedding_bwd(m->g.tok_embd, D, m->ids, N, s.dres);
     return L3C_OK;

@@ -16,9 +16,13 @@
  * on their answer tokens only. The loss is the mean over unmasked targets.
  *
  * Activations are sized at the first forward for (B, T) (reallocated when the batch grows).
- * With checkpointing on, only each layer's input (the residual stream) is kept; backward
- * recomputes one layer at a time into a single set of buffers, with the same code, so the
- * gradients are bitwise identical to the stored-activation path.
+ * Each layer runs a chunk of whole rows at a time (l3c_train_chunk_rows: about
+ * L3C_TRAIN_CHUNK_TOKENS tokens; a row's attention needs only its own row), forward and backward.
+ * With checkpointing on, only each layer's input (the residual stream, N x D) is kept; the forward
+ * runs every chunk through one chunk-sized set of activation buffers and the backward recomputes
+ * layer l's chunk into it right before that chunk's backward, with one chunk-sized set of
+ * gradient buffers (only dL/dx of the residual stream is N x D). The chunks are the same with and
+ * without checkpointing, so the gradients are bitwise identical to the stored-activation path.
  *
  * Ownership: l3c_train_model owns all its arenas and buffers (l3c_train_model_free).
  */
@@ -105,15 +109,19 @@ typedef struct l3c_train_model {
     l3c_train_tensor *tensors;
     int n_tensors;
     int checkpoint; /* recompute layer activations in backward */
+    int64_t chunk_tokens; /* tokens a layer runs at a time (whole rows, at least one); 0:
+                           * L3C_TRAIN_CHUNK_TOKENS. Set before a forward (tests use small ones). */
     int adam_t;     /* AdamW steps taken */
 
     /* activations of the last forward (B x T) */
     int64_t B, T, cap_tokens;
+    int64_t cap_rows; /* rows of a chunk (l3c_train_chunk_rows) the buffers were sized for */
+    int64_t c0, cn;   /* the chunk the layer ops run now: first token, tokens */
     int cap_ckpt;
     int32_t *ids, *targets; /* [N] copies */
     int32_t *pos;           /* [N] rope positions (t, or restarting per packed example) */
     float *x_res;           /* [(n_layer + 1) x N x D] input of each layer, then the final stream */
-    l3c_train_acts *acts;   /* [n_layer], or [1] with checkpointing */
+    l3c_train_acts *acts;   /* [n_layer] of N tokens, or [1] of one chunk with checkpointing */
     struct l3c_train_fwd *fwd; /* the model as l3c_block_forward runs it (train_model.c), or NULL */
     float *rope_cos, *rope_sin; /* [N x n_rot/2] */
     float *xn_f, *rstd_f;   /* final norm: [N x D], [N] */
@@ -123,8 +131,8 @@ typedef struct l3c_train_model {
     float *xent_buf;        /* [l3c_train_xent_rows x V]: one chunk of logits / dlogits */
     float *lse;             /* [N] */
     int64_t n_valid;        /* unmasked targets of the last forward */
-    float *scratch;         /* backward gradient buffers */
-    float *lora_tmp;        /* [N x max n_out]: a LoRA branch's output; its gradient [N x rank] */
+    float *scratch;         /* backward gradient buffers: dL/dx_res [N x D], the rest per chunk */
+    float *lora_tmp; /* [chunk x max n_out]: a LoRA branch's output; its gradient [chunk x rank] */
 } l3c_train_model;
 
 /* Token rows per matmul call (bounds the kernel scratch). */
@@ -133,6 +141,11 @@ typedef struct l3c_train_model {
  * time (16 .. L3C_TRAIN_MM_ROWS), forward and again in backward (4 M floats: 16 MiB). */
 #define L3C_TRAIN_XENT_FLOATS (1 << 22)
 int64_t l3c_train_xent_rows(const l3c_train_model *m, int64_t N);
+/* Tokens of a layer chunk: at least one whole row of a batch; 1024 keeps a 1B-shaped layer's
+ * saved activations and their gradients near 150 MB each however large B x T is. */
+#define L3C_TRAIN_CHUNK_TOKENS 1024
+/* Rows of B rows of T tokens a layer runs at a time: max(1, chunk_tokens / T), at most B. */
+int64_t l3c_train_chunk_rows(const l3c_train_model *m, int64_t B, int64_t T);
 
 /* A model with seeded random weights: matrices N(0, 1/n_in) (token_embd and output too, so a
  * tied head starts with O(1) logits; attn_output and ffn_down also scaled by 1/sqrt(2 n_layer)),

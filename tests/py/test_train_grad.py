@@ -394,13 +394,15 @@ def test_lora_dropout_grads_vs_torch(tmp_path, train_dump, torch_python):
     """--lora-dropout: the forward drops elements of each LoRA branch's input (mask hashed from the
     seed, 0 or 1/(1-p)); torch on the same masks (x W^T + s ((x * mask) A^T) B^T, unmerged) gives
     the loss, logits and every A / B gradient within 1e-4 (F32 base); the masks drop about p of
-    the elements, differ between matrices and seeds; 1 / 3 threads and checkpointing bitwise."""
+    the elements, differ between matrices and seeds; 1 / 3 threads and checkpointing bitwise.
+    The layers run one row at a time (--chunk-tokens T: each chunk's masks are its elements' of
+    the whole batch's input, and its x A^T sits at its rows)."""
     d = str(tmp_path)
     ids, tgt = batch(64)
     bargs = write_batch(d, ids, tgt)
     path = write_gguf(os.path.join(d, "base.gguf"), tied=False, rope_freqs=True)
     write_base(d, path)
-    drop = ["--lora-dropout", "0.3", "--dropout-seed", "11"]
+    drop = ["--lora-dropout", "0.3", "--dropout-seed", "11", "--chunk-tokens", str(T)]
     run([train_dump, "--model", path, *LORA, *drop, *bargs, "--out", d, "--threads", "2"])
     run([torch_python, TORCH_REF, d, *bargs])
     loss = float(open(os.path.join(d, "loss.txt")).read())

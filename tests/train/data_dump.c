@@ -5,15 +5,17 @@
  *
  *   data_dump -m MODEL.gguf --data FILE [--seq T] [--format auto|text|jsonl|chat] [--drop-long]
  *             [--min-tokens N] [--template NAME] [--date D] [--split FRAC --seed S]
- *             [--batch B --steps N --from-step K --seed S] [--describe]
+ *             [--batch B --steps N --from-step K --seed S [--pack]] [--describe]
  *   data_dump --plot METRICS.jsonl OUT.svg [--title T]     (l3c_plot_svg_from_jsonl, no model)
  *
  * Output: {"format", "seq_len", "pad_id", "n_records", "n_truncated", "n_dropped_long",
  * "n_dropped_empty", "n_tokens_cut", "n_trained", "examples": [{"line", "tokens", "mask"}],
  * with --split: "train" / "eval": [the examples' lines], with --batch: "steps": [{"step",
  * "epoch", "start", "n_trained", "ids", "targets"}] for steps K .. K+N-1 of the training
- * order (seeded per epoch). --describe: l3c_data_describe on stderr. Exit 1 with the library's
- * message on stderr on failure.
+ * order (seeded per epoch); --pack: of the (split's training) examples packed into rows of T
+ * as `llama3c train` packs them (l3c_data_pack), each step also with "pos" (the rope position
+ * of every token, restarting at 0 where an example starts). --describe: l3c_data_describe on
+ * stderr. Exit 1 with the library's message on stderr on failure.
  */
 #include "train/data.h"
 #include "train/report.h"
@@ -44,7 +46,7 @@ int main(int argc, char **argv) {
     l3c_data_params p = l3c_data_default_params();
     double split = -1;
     unsigned long long seed = 0;
-    int B = 0, steps = 1, describe = 0;
+    int B = 0, steps = 1, describe = 0, pack = 0;
     long long from = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -72,6 +74,8 @@ int main(int argc, char **argv) {
                 if (!strcmp(v, l3c_chat_template_name((l3c_chat_template)t))) p.tmpl = (l3c_chat_template)t;
         } else if (!strcmp(a, "--drop-long")) p.drop_long = 1;
         else if (!strcmp(a, "--describe")) describe = 1;
+        else if (!strcmp(a, "--pack"))
+            pack = 1;
         else {
             fprintf(stderr, "data_dump: unknown or incomplete argument %s\n", a);
             return 2;
@@ -85,7 +89,7 @@ int main(int argc, char **argv) {
     l3c_model *model = NULL;
     l3c_model_params mp = l3c_model_default_params();
     if (l3c_model_load(model_path, &mp, &model) != L3C_OK) return fail(model_path);
-    l3c_dataset *ds = NULL, *train = NULL, *eval = NULL;
+    l3c_dataset *ds = NULL, *train = NULL, *eval = NULL, *packed = NULL;
     int rc = 0;
     if (l3c_data_load(model, data, &p, &ds) != L3C_OK) {
         rc = fail("load");
@@ -119,33 +123,48 @@ int main(int argc, char **argv) {
     if (B > 0) {
         const int T = p.seq_len;
         const l3c_dataset *d = train ? train : ds;
-        int32_t *order = malloc(d->n_ex * sizeof *order), *ids = malloc((size_t)B * T * sizeof *ids),
-                *tgt = malloc((size_t)B * T * sizeof *tgt);
+        if (pack) {
+            if (l3c_data_pack(d, T, &packed) != L3C_OK) {
+                rc = fail("pack");
+                goto done;
+            }
+            d = packed;
+        }
+        int32_t *order = malloc(d->n_ex * sizeof *order),
+                *ids = malloc((size_t)B * T * sizeof *ids),
+                *tgt = malloc((size_t)B * T * sizeof *tgt),
+                *pos = malloc((size_t)B * T * sizeof *pos);
         printf(",\"steps\":[");
         for (long long s = from; s < from + steps; s++) {
             int64_t epoch;
             size_t start;
             l3c_data_locate(d, B, s, &epoch, &start);
             l3c_data_order(d->n_ex, seed, epoch, order);
-            int64_t nt = l3c_data_batch(d, order, start, B, T, ids, tgt);
+            int64_t nt = l3c_data_batch_pos(d, order, start, B, T, ids, tgt, pos);
             printf("%s{\"step\":%lld,\"epoch\":%lld,\"start\":%zu,\"n_trained\":%lld,\"counted\":%lld,\"ids\":",
                    s > from ? "," : "", s, (long long)epoch, start, (long long)nt,
                    (long long)l3c_data_count_targets(tgt, (size_t)B * T));
             ints(ids, (size_t)B * T);
             printf(",\"targets\":");
             ints(tgt, (size_t)B * T);
+            if (pack) {
+                printf(",\"pos\":");
+                ints(pos, (size_t)B * T);
+            }
             putchar('}');
         }
         putchar(']');
         free(order);
         free(ids);
         free(tgt);
+        free(pos);
     }
     printf("}\n");
 done:
     l3c_data_free(ds);
     l3c_data_free(train);
     l3c_data_free(eval);
+    l3c_data_free(packed);
     l3c_model_free(model);
     return rc;
 }

@@ -5,7 +5,8 @@
  *
  *   train_dump (--model F.gguf | --random V,D,L,H,HKV,FF [--tied] [--seed S] [--theta X]
  *               [--eps X] [--n-rot R] | --config F.json (--tok-from M.gguf | --vocab V) [--seed S])
- *              --ids F.i32 [--targets F.i32] --batch B --seq T [--checkpoint] --out DIR
+ *              --ids F.i32 [--targets F.i32] --batch B --seq T [--checkpoint] [--chunk-tokens N]
+ * --out DIR
  *              [--steps K --lr X --wd X --warmup N --total N --min-lr-ratio X --clip X
  *               --beta1 X --beta2 X --adam-eps X] [--threads N]
  *              [--lora-rank R --lora-alpha A --lora-targets q,k,... [--lora-b-std S]
@@ -94,7 +95,7 @@ int main(int argc, char **argv) {
     const char *lora_targets = "q,k,v,o,gate,up,down";
     const char *config = NULL, *tok_from = NULL, *save = NULL, *name = NULL;
     int vocab = 0, n_ctx = 0;
-    long long B = 0, T = 0;
+    long long B = 0, T = 0, chunk_tokens = 0;
     unsigned long long seed = 42;
     float theta = 10000.0f, eps = 1e-5f;
     l3c_adamw_params ap = l3c_adamw_default_params();
@@ -111,6 +112,8 @@ int main(int argc, char **argv) {
         else if (ARG("--name")) name = v;
         else if (strcmp(a, "--tied") == 0) tied = 1;
         else if (strcmp(a, "--checkpoint") == 0) ckpt = 1;
+        else if (ARG("--chunk-tokens"))
+            chunk_tokens = atoll(v);
         else if (ARG("--seed")) seed = strtoull(v, NULL, 10);
         else if (ARG("--theta")) theta = strtof(v, NULL);
         else if (ARG("--eps")) eps = strtof(v, NULL);
@@ -196,6 +199,7 @@ int main(int argc, char **argv) {
     }
     if (st) FAIL(l3c_last_error(), NULL);
     m->checkpoint = ckpt;
+    m->chunk_tokens = chunk_tokens;
     m->keep_logits = 1; /* logits.f32 */
     m->lora_dropout = lora_dropout;
     m->exact = exact;
